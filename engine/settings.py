@@ -1,6 +1,7 @@
 """The engine's one Settings object: every knob, read from ENGINE_* environment variables.
 
-``engine serve --mllp-port ...`` and friends override the same fields. Nothing is read at import time:
+``engine serve --mllp-port ...`` and friends override the same fields. Nothing is read at import
+time:
 call :func:`load_settings` (the CLI and ``create_app`` do).
 """
 

@@ -13,14 +13,20 @@ Every other well-formed sequence is *kept verbatim* in the decoded text: formatt
 exactly that same set back verbatim, so a formatted text survives a read and a write unchanged, and
 ``unescape(escape(s)) == s`` for every string ``s``.
 
-Encoding escapes the five delimiters, writes ``"\\n"`` as ``\\.br\\`` and ``"\\r"`` as ``\\X0D\\``
-(a carriage return in data would end the segment).
+Encoding escapes the five delimiters (and the v2.7 truncation character as ``\\P\\``), writes
+``"\\n"`` as ``\\.br\\`` and ``"\\r"`` as ``\\X0D\\`` (a carriage return in data would end the
+segment), and the MLLP block bytes 0x0B and 0x1C as ``\\X0B\\`` / ``\\X1C\\`` (the MLLP transport,
+v2.5.1 appendix C, forbids them inside a message, and a framing layer would strip them). A kept
+sequence whose content contains one of the message's delimiters (possible only with unusual
+delimiters such as ``-`` or ``.``) is escaped character by character instead of being kept.
 
 A malformed sequence (an escape character with no closing one, or an unknown code such as
 ``\\Q\\``) is read as literal text, as chapter 2.7 asks of receivers that do not recognise it.
 
 Incomplete: ``\\C`` / ``\\M`` switches are not interpreted (the text between them is decoded in the
-message charset); a literal text that happens to look like ``\\H\\`` is written as highlighting.
+message charset); a ``\\Xhh..\\`` whose bytes are not valid in that charset (or a multi-byte
+character split over two ``\\X`` sequences) is decoded as latin-1; a literal text that happens to
+look like ``\\H\\`` is written as highlighting.
 """
 
 from __future__ import annotations
@@ -30,8 +36,8 @@ from functools import lru_cache
 
 __all__ = ["escape", "unescape"]
 
-# Sequences kept verbatim by both directions. Content is restricted to characters that can never be
-# delimiters in practice (letters, digits, '.', '+', '-').
+# Sequences kept verbatim by both directions. Content is restricted to letters, digits, '.', '+' and
+# '-'; ``escape`` does not keep one whose content holds a delimiter of the message.
 _KEPT = r"H|N|\.(?!br\\)[a-z]{2}[+-]?[0-9]*|Z[A-Za-z0-9]*|C[0-9A-Fa-f]{4}|M[0-9A-Fa-f]{6}"
 _KEPT_RE = re.compile(rf"^(?:{_KEPT})$")
 _HEX_RE = re.compile(r"^X((?:[0-9A-Fa-f]{2})+)$")
@@ -40,10 +46,12 @@ _HEX_RE = re.compile(r"^X((?:[0-9A-Fa-f]{2})+)$")
 @lru_cache(maxsize=64)
 def _escape_table(delims: str) -> tuple[re.Pattern[str], dict[str, str]]:
     """Regex and replacement table for one delimiter set ``F C R E S [T]``."""
-    f, c, r, e, s = delims[:5]
+    f, c, r, e, s = delims[0], delims[1], delims[2], delims[3], delims[4]
     t = delims[5] if len(delims) > 5 else ""
     table = {f: f"{e}F{e}", c: f"{e}S{e}", s: f"{e}T{e}", r: f"{e}R{e}", "\n": f"{e}.br{e}"}
     table["\r"] = f"{e}X0D{e}"
+    table["\x0b"] = f"{e}X0B{e}"
+    table["\x1c"] = f"{e}X1C{e}"
     if t:
         table[t] = f"{e}P{e}"
     ee = re.escape(e)
@@ -54,10 +62,11 @@ def _escape_table(delims: str) -> tuple[re.Pattern[str], dict[str, str]]:
     return pattern, table
 
 
-def escape(value: str, delims: str, *, _cache: dict[str, str] | None = None) -> str:
-    """Escape ``value`` for writing into ER7 data with delimiters ``delims`` (``|^~\\&`` order F C R E S).
+def escape(value: str, delims: str) -> str:
+    """Escape ``value`` for ER7 data (HL7 v2.5.1 section 2.7) with delimiters ``delims``.
 
-    ``delims`` is the field separator followed by the MSH-2 encoding characters, e.g. ``"|^~\\&"``.
+    ``delims`` is the field separator followed by the MSH-2 encoding characters in the order
+    F C R E S [T], e.g. ``"|^~\\&"`` (or ``"|^~\\&#"`` with the v2.7 truncation character).
     """
     pattern, table = _escape_table(delims)
     e = delims[3]
@@ -66,8 +75,10 @@ def escape(value: str, delims: str, *, _cache: dict[str, str] | None = None) -> 
 
     def repl(m: re.Match[str]) -> str:
         tok = m.group(0)
-        if len(tok) > 1:  # a kept sequence
-            return tok
+        if len(tok) > 1:  # a kept sequence, unless a delimiter inside it would split it
+            if not any(ch in delims for ch in tok[1:-1]):
+                return tok
+            return f"{e}E{e}" + escape(tok[1:], delims)
         if tok == e:
             return f"{e}E{e}"
         return table[tok]
@@ -76,11 +87,14 @@ def escape(value: str, delims: str, *, _cache: dict[str, str] | None = None) -> 
 
 
 def unescape(value: str, delims: str, charset: str = "utf-8") -> str:
-    """Decode the escape sequences in ``value`` (raw ER7 data) with delimiters ``delims``."""
+    """Decode the escape sequences in ``value`` (one raw ER7 leaf) with delimiters ``delims``.
+
+    ``charset`` (a Python codec name) decodes the bytes of ``\\Xhh..\\`` (section 2.7.3).
+    """
     e = delims[3]
     if e not in value:
         return value
-    f, c, r, _, s = delims[:5]
+    f, c, r, s = delims[0], delims[1], delims[2], delims[4]
     t = delims[5] if len(delims) > 5 else ""
     simple = {"F": f, "S": c, "T": s, "R": r, "E": e, ".br": "\n"}
     if t:

@@ -1,7 +1,9 @@
 """HL7 table 0354, message structure: which abstract message syntax a message type and trigger use.
 
-When MSH-9.3 is empty (common: senders fill MSH-9 as ``ADT^A04``) the structure is looked up here,
-e.g. A04 → ADT_A01, A40 → ADT_A39, S15 → SIU_S12. The facts are HL7's table 0354 as listed by the HL7
+When MSH-9.3 is empty (common: senders fill MSH-9 as ``ADT^A04``) the structure is looked up
+here,
+e.g. A04 → ADT_A01, A40 → ADT_A39, S15 → SIU_S12. The facts are HL7's table 0354 as listed by the
+HL7
 v2-to-FHIR IG's MessageStructure concept map, with the v2.5.1 ADT_A30 family (A34-A36, A46-A49).
 """
 

@@ -1,0 +1,49 @@
+"""Run the benchmark suites: ``python -m bench [--suite NAME ...] [--quick]`` (``make bench``).
+
+Each suite prints its table and writes ``bench/results/<suite>.json`` (``<suite>-quick.json`` for a
+``--quick`` smoke run, so it never overwrites a full run). Results belong to one machine and are not
+committed. To add a suite, write a module with ``run(options) -> dict`` and list it in ``SUITES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Sequence
+
+from bench.harness import Options, write_results
+
+#: suite name -> module with ``run(options) -> dict`` (imported only when the suite runs)
+SUITES: dict[str, str] = {
+    "codec": "bench.codec_bench",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--suite",
+        action="append",
+        choices=sorted(SUITES),
+        help="run only this suite (repeatable; default: all)",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run on fewer messages")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions per contestant")
+    parser.add_argument(
+        "--regenerate", action="store_true", help="rewrite the generated data files first"
+    )
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    options = Options(quick=args.quick, repeat=args.repeat, regenerate=args.regenerate)
+    for name in args.suite or list(SUITES):
+        module = importlib.import_module(SUITES[name])
+        print(f"== {name}{' (quick)' if options.quick else ''} ==")
+        result = module.run(options)
+        path = write_results(f"{name}-quick" if options.quick else name, result)
+        print(f"results: {path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

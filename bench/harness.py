@@ -1,0 +1,163 @@
+"""What every benchmark suite shares: options, timing, the results table and the JSON file.
+
+A suite is a module with ``run(options) -> dict``; :mod:`bench.__main__` lists the suites. Timing is
+wall-clock (:func:`time.perf_counter`) with the garbage collector left on, as in production; each
+contestant runs ``repeat`` times over the same pre-built inputs and reports the best and the mean.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BENCH_DIR",
+    "DATA_DIR",
+    "RESULTS_DIR",
+    "Options",
+    "Timing",
+    "environment",
+    "format_table",
+    "measure",
+    "write_results",
+]
+
+BENCH_DIR = Path(__file__).resolve().parent
+DATA_DIR = BENCH_DIR / "data"
+RESULTS_DIR = BENCH_DIR / "results"
+
+
+@dataclass(frozen=True)
+class Options:
+    """Command-line choices every suite receives."""
+
+    quick: bool = False
+    repeat: int = 3
+    regenerate: bool = False
+
+
+@dataclass
+class Timing:
+    """One contestant's measurements over ``messages`` inputs."""
+
+    key: str
+    label: str
+    messages: int
+    seconds: list[float] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def best_rate(self) -> float:
+        return self.messages / min(self.seconds)
+
+    @property
+    def mean_rate(self) -> float:
+        return self.messages / statistics.fmean(self.seconds)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["best_msgs_per_s"] = round(self.best_rate, 1)
+        d["mean_msgs_per_s"] = round(self.mean_rate, 1)
+        d["best_us_per_msg"] = round(1e6 / self.best_rate, 2)
+        return d
+
+
+def measure(
+    key: str,
+    label: str,
+    fn: Callable[[Any], object],
+    inputs: Sequence[Any],
+    repeat: int,
+    note: str = "",
+) -> Timing:
+    """Call ``fn`` on every input, ``repeat`` times; results are discarded as they are made."""
+    timing = Timing(key, label, len(inputs), note=note)
+    for _ in range(repeat):
+        gc.collect()
+        start = time.perf_counter()
+        for item in inputs:
+            fn(item)
+        timing.seconds.append(time.perf_counter() - start)
+    return timing
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(packages: Sequence[str]) -> dict[str, Any]:
+    """Where the numbers came from: interpreter, machine and package versions."""
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpu": _cpu(),
+        "cpus": os.cpu_count(),
+        "packages": versions,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _ratio(r: float) -> str:
+    return f"{r:.3f}x" if r < 1 else f"{r:,.1f}x"
+
+
+def format_table(timings: Sequence[Timing], baselines: Sequence[tuple[str, str]]) -> str:
+    """A plain-text table; ``baselines`` are ``(key, column title)`` pairs for the ratio columns."""
+    refs = {key: t.best_rate for key, _ in baselines for t in timings if t.key == key}
+    head = ["", "contestant", "msgs", "best msg/s", "mean msg/s", "us/msg"]
+    head += [title for _, title in baselines]
+    rows = [head]
+    for t in timings:
+        row = [
+            t.key,
+            t.label,
+            f"{t.messages:,}",
+            f"{t.best_rate:,.0f}",
+            f"{t.mean_rate:,.0f}",
+            f"{1e6 / t.best_rate:,.1f}",
+        ]
+        row += [_ratio(t.best_rate / refs[key]) if key in refs else "-" for key, _ in baselines]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = []
+    for n, r in enumerate(rows):
+        cells = [
+            c.ljust(w) if i < 2 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_results(name: str, data: dict[str, Any]) -> Path:
+    """Write ``bench/results/<name>.json`` (not committed: results belong to one machine)."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path

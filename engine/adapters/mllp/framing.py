@@ -1,0 +1,107 @@
+"""MLLP framing: ``<VT> message <FS><CR>`` (HL7 v2.5.1 appendix C.4.3, MLLP release 2 block format).
+
+The reader is a plain state machine fed with whatever bytes arrive, so it handles a frame split
+across
+many packets as well as several frames in one packet. Bytes outside a frame (line noise, a sender
+that forgot the start block) are counted and dropped, never passed on as a message.
+"""
+
+from __future__ import annotations
+
+__all__ = ["END_BLOCK", "START_BLOCK", "FrameReader", "FrameTooLarge", "frame"]
+
+START_BLOCK = b"\x0b"
+END_BLOCK = b"\x1c\x0d"
+
+
+def frame(payload: bytes) -> bytes:
+    """Wrap one message in MLLP start and end blocks."""
+    return START_BLOCK + payload + END_BLOCK
+
+
+class FrameTooLarge(Exception):
+    """A frame grew past the configured maximum before its end block arrived.
+
+    ``head`` holds the first bytes of the frame, so the caller can still read its MSH and answer
+    with a NAK.
+    """
+
+    def __init__(self, limit: int, head: bytes) -> None:
+        super().__init__(f"MLLP frame larger than {limit} bytes")
+        self.limit = limit
+        self.head = head
+
+
+class FrameReader:
+    """Incremental MLLP deframer."""
+
+    __slots__ = ("max_bytes", "_buf", "_in_frame", "skipped")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._buf = bytearray()
+        self._in_frame = False
+        #: bytes seen outside any frame and dropped
+        self.skipped = 0
+
+    @property
+    def in_frame(self) -> bool:
+        """True while a frame has started and not ended (for in-frame timeouts)."""
+        return self._in_frame
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes; return every frame completed by them (payload only).
+
+        Each byte is searched once (a frame arriving in 64 KiB packets costs linear time).
+        """
+        out: list[bytes] = []
+        buf = self._buf
+        pos = 0
+        n = len(data)
+        while pos < n:
+            if not self._in_frame:
+                start = data.find(START_BLOCK, pos)
+                if start < 0:
+                    self.skipped += n - pos
+                    return out
+                self.skipped += start - pos
+                pos = start + 1
+                self._in_frame = True
+                buf.clear()
+                continue
+            # in a frame: the end block may straddle the previous packet
+            if buf and buf[-1:] == b"\x1c" and data[pos : pos + 1] == b"\x0d":
+                del buf[-1:]
+                out.append(self._complete())
+                pos += 1
+                continue
+            end = data.find(END_BLOCK, pos)
+            stop = n if end < 0 else end
+            restart = data.rfind(START_BLOCK, pos, stop)
+            if restart >= 0:
+                # a start block inside a frame: the earlier frame was never closed and MLLP cannot
+                # recover it, so it is dropped and the new frame begins here
+                self.skipped += len(buf) + (restart - pos) + 1
+                buf.clear()
+                pos = restart + 1
+            buf += data[pos:stop]
+            if len(buf) > self.max_bytes:
+                head = bytes(buf[:4096])
+                buf.clear()
+                self._in_frame = False
+                if end >= 0:
+                    pos = end + 2
+                else:
+                    pos = n
+                raise FrameTooLarge(self.max_bytes, head)
+            if end < 0:
+                return out
+            out.append(self._complete())
+            pos = end + 2
+        return out
+
+    def _complete(self) -> bytes:
+        payload = bytes(self._buf)
+        self._buf.clear()
+        self._in_frame = False
+        return payload

@@ -1,0 +1,1 @@
+"""Scheduled jobs (APScheduler): eligibility checks, redelivery, retention."""

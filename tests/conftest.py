@@ -1,0 +1,67 @@
+"""Shared fixtures: the message store on SQLite and on a real PostgreSQL.
+
+PostgreSQL comes from ENGINE_TEST_POSTGRES_URL (default: the local cluster, database ``test``). Each
+test run works in a schema of its own, dropped at the end, so runs never see each other's rows. The
+PostgreSQL tests fail (they do not skip) when the server is down: CI starts it, and a silent skip
+would hide a broken store. ENGINE_TEST_SKIP_POSTGRES=1 skips them deliberately.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from engine.store.repository import SqlMessageStore, create_db_engine
+
+POSTGRES_URL = os.environ.get(
+    "ENGINE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def postgres_schema_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped after the session."""
+    if os.environ.get("ENGINE_TEST_SKIP_POSTGRES") == "1":
+        pytest.skip("ENGINE_TEST_SKIP_POSTGRES=1")
+    schema = f"t_{secrets.token_hex(4)}"
+    admin = create_db_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """The store's database, once on SQLite (WAL, in a temp dir) and once on PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'engine.db'}"
+    else:
+        url = request.getfixturevalue("postgres_schema_url")
+    db = create_db_engine(url)
+    store = SqlMessageStore(db)
+    store.create_schema()
+    try:
+        yield db
+    finally:
+        if request.param == "postgresql":
+            from engine.store.tables import metadata
+
+            metadata.drop_all(db)
+        db.dispose()
+
+
+@pytest.fixture
+def store(db_engine: Engine) -> SqlMessageStore:
+    return SqlMessageStore(db_engine)

@@ -1,0 +1,167 @@
+"""The ``engine`` command line as a user runs it: a real subprocess, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from engine.hl7v2.codec import parse_message
+from tests.conftest import FIXTURES
+
+ENGINE = [sys.executable, "-m", "engine"]
+
+
+def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*ENGINE, *args],
+        input=stdin.decode() if stdin is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_help_and_version() -> None:
+    out = run("--help")
+    assert out.returncode == 0
+    for command in ("version", "validate", "convert", "serve"):
+        assert command in out.stdout
+    version = run("version")
+    assert version.returncode == 0 and version.stdout.startswith("engine 0.")
+
+
+def test_validate_a_good_file() -> None:
+    out = run("validate", str(FIXTURES / "hl7" / "adt_a04.hl7"))
+    assert out.returncode == 0, out.stderr
+    assert "1 message(s), 1 valid, 0 invalid" in out.stdout
+
+
+def test_validate_names_the_missing_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.hl7"
+    bad.write_text(
+        "MSH|^~\\&|A|B|C|D|20260101||ADT^A04^ADT_A01|X1|P|2.5.1\rEVN||20260101\rPID|1\rPV1|1|O\r"
+    )
+    out = run("validate", str(bad))
+    assert out.returncode == 1
+    assert "segment 3 (PID)" in out.stdout and "Patient Identifier List" in out.stdout
+    assert "1 invalid" in out.stdout
+
+
+def test_validate_unparseable_file_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.hl7"
+    bad.write_text("MSH|\rPID|1\r")
+    assert_one_line_error(run("validate", str(bad)), "MSH-2", "missing")
+
+
+def test_missing_file_is_one_line() -> None:
+    assert_one_line_error(run("convert", "/no/such/file.hl7"), "no such file")
+
+
+def test_convert_unknown_format(tmp_path: Path) -> None:
+    f = tmp_path / "x.txt"
+    f.write_text("hello")
+    assert_one_line_error(run("convert", str(f)), "not HL7v2")
+
+
+def test_convert_says_what_it_cannot_convert_yet() -> None:
+    proc = run("convert", str(FIXTURES / "hl7" / "adt_a04.hl7"))
+    assert_one_line_error(proc, "ADT^A04", "ADT_A01")
+
+
+def test_usage_error_exits_2() -> None:
+    proc = run("no-such-command")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], deadline_s: float = 30) -> bytes:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"engine exited early: {proc.stderr.read() if proc.stderr else ''!r}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                return bytes(resp.read())
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("engine did not come up")
+
+
+def test_serve_end_to_end_then_ctrl_c(tmp_path: Path) -> None:
+    """What `make run` does: serve, take an MLLP message, answer health checks, stop on SIGINT."""
+    mllp, http = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "ENGINE_VAR_DIR": str(tmp_path / "var"),
+        "ENGINE_MLLP_HOST": "127.0.0.1",
+        "ENGINE_HTTP_HOST": "127.0.0.1",
+    }
+    proc = subprocess.Popen(
+        [*ENGINE, "serve", "--mllp-port", str(mllp), "--http-port", str(http)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert b'"ok"' in _wait_http(f"http://127.0.0.1:{http}/healthz", proc)
+        assert b'"ready"' in _wait_http(f"http://127.0.0.1:{http}/readyz", proc)
+        msg = b"MSH|^~\\&|A|B|ENGINE|HUB|20260101||ADT^A04|E2E-1|P|2.5.1\rPID|1||M1\r"
+        with socket.create_connection(("127.0.0.1", mllp), timeout=10) as sock:
+            sock.sendall(b"\x0b" + msg + b"\x1c\r")
+            buf = b""
+            while not buf.endswith(b"\x1c\r"):
+                chunk = sock.recv(4096)
+                assert chunk, "connection closed before the ACK"
+                buf += chunk
+        assert parse_message(buf).get("MSA-2") == "E2E-1"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert b"engine stopped" in err and b"Traceback" not in err
+    assert (tmp_path / "var" / "engine.db").exists()
+
+
+def test_serve_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "ENGINE_VAR_DIR": str(tmp_path), "ENGINE_MLLP_HOST": "127.0.0.1"}
+        proc = subprocess.run(
+            [*ENGINE, "serve", "--mllp-port", str(port), "--http-port", str(_free_port())],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"cannot listen for MLLP on 127.0.0.1:{port}" in proc.stderr
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "engine"
+    proc = subprocess.run([str(script), "version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("engine ")
