@@ -42,7 +42,7 @@ def default_specs_dir() -> Path:
 
 @dataclass
 class MappingFiles:
-    """Every mapping file, validated, keyed by its name; ``origin`` says which file each came from."""
+    """Every mapping file, validated, keyed by name; ``origin`` says which file each came from."""
 
     tables: dict[str, CodeTable] = field(default_factory=dict)
     datatypes: dict[str, DatatypeMap] = field(default_factory=dict)
@@ -159,7 +159,7 @@ def _name_of(spec: BaseModel) -> str:
     if isinstance(spec, DatatypeMap):
         return spec.datatype
     if isinstance(spec, SegmentMap):
-        return spec.segment
+        return spec.name or spec.segment
     if isinstance(spec, MessageMap):
         return spec.message
     raise TypeError(type(spec))

@@ -81,6 +81,9 @@ class Rule(_Strict):
     transform: str | None = None
     value: Any = None
     resource: str | None = None
+    #: build one element from several fields of the same segment, with another segment map of
+    #: that segment (``{fhir: "item[]", build: FT1-item}``)
+    build: str | None = None
     wrap: dict[str, Any] | None = None
     when: Condition | None = None
     repeat: bool | None = None
@@ -94,8 +97,9 @@ class Rule(_Strict):
     @classmethod
     def _path(cls, v: str) -> str:
         parts = v.split(".")
-        if not v or any(not p or p.count("[]") > 1 or ("[]" in p and not p.endswith("[]"))
-                        for p in parts):
+        if not v or any(
+            not p or p.count("[]") > 1 or ("[]" in p and not p.endswith("[]")) for p in parts
+        ):
             raise ValueError(f"{v!r} is not {_FHIR_PATH_HELP}")
         if any(p.endswith("[]") for p in parts[:-1]):
             raise ValueError(
@@ -110,6 +114,8 @@ class Rule(_Strict):
             raise ValueError(f"use only one of type/table/transform (got {', '.join(kinds)})")
         if self.value is not None and (kinds or self.field or self.component):
             raise ValueError("a 'value' rule assigns a constant: it takes no field or type")
+        if self.build is not None and (kinds or self.field or self.component or self.value):
+            raise ValueError("a 'build' rule takes only 'fhir' (and 'when', 'wrap')")
         if self.resource and not self.type:
             raise ValueError("'resource' needs the 'type' (datatype map) that builds it")
         return self
@@ -136,9 +142,14 @@ class DatatypeMap(_Strict):
 
 
 class SegmentMap(_Strict):
-    """Segment → one resource's elements."""
+    """Segment → one resource's elements.
+
+    A segment may feed several resources (IN1 → Coverage and the payer Organization): each is a
+    file of its own with a ``name`` (``IN1-payer``); ``name`` defaults to the segment ID.
+    """
 
     segment: str = Field(..., pattern=r"^[A-Z][A-Z0-9]{2}$")
+    name: str | None = Field(None, pattern=r"^[A-Z][A-Z0-9]{2}(-[a-z0-9-]+)?$")
     resource: str
     note: str | None = None
     rules: list[Rule]
@@ -146,9 +157,23 @@ class SegmentMap(_Strict):
     @model_validator(mode="after")
     def _fields_only(self) -> SegmentMap:
         for r in self.rules:
-            if r.field is None and r.value is None:
+            if r.field is None and r.value is None and r.build is None:
                 raise ValueError(f"segment rule for {r.fhir!r} needs a 'field' (or a 'value')")
         return self
+
+
+class RefSpec(_Strict):
+    """A reference put into a fixed shape:
+    ``{to: patient, wrap: {type: replaced-by, other: $value}}``.
+
+    In ``wrap``, ``$value`` is the reference, ``$index`` the target's 1-based position among the
+    resources of its plan and ``$first`` whether it is the first. ``all: true`` refers to every
+    resource of the target plan (Claim.insurance to each Coverage), not only the first.
+    """
+
+    to: str | list[str]
+    wrap: dict[str, Any] | None = None
+    all: bool = False
 
 
 class ResourcePlan(_Strict):
@@ -161,14 +186,17 @@ class ResourcePlan(_Strict):
     #: one resource per occurrence of this segment; the other segments are those that follow it
     #: (its group), e.g. ``each: IN1`` with ``segments: [IN1, IN2]``
     each: str | None = None
-    #: references to other resources of the message: FHIR path -> plan name
-    refs: dict[str, str] = {}
-    #: constant values
+    #: references to other resources of the message: FHIR path -> plan name, or a list of plan
+    #: names tried in order (``subscriber: [subscriber, patient]``)
+    refs: dict[str, str | list[str] | RefSpec] = {}
+    #: default values (set when the segments did not set them)
     values: dict[str, Any] = {}
     #: FHIR path -> code table keyed by the trigger event (e.g. Encounter.status from A03)
     trigger_values: dict[str, str] = {}
     #: the FHIR path of the business identifier used for the conditional update
     identity: str | None = None
+    #: build the resource only when this holds on the (first or anchor) segment
+    when: Condition | None = None
     #: skip the resource when it would hold nothing but these elements
     required: list[str] = []
 
@@ -189,8 +217,10 @@ class MessageMap(_Strict):
             raise ValueError(f"resource names must be unique: {', '.join(sorted(dupes))}")
         for p in self.resources:
             for path, target in p.refs.items():
-                if target not in names:
-                    raise ValueError(f"{p.name}.refs.{path}: no resource named {target!r}")
+                to = target.to if isinstance(target, RefSpec) else target
+                for t in [to] if isinstance(to, str) else to:
+                    if t not in names:
+                        raise ValueError(f"{p.name}.refs.{path}: no resource named {t!r}")
         return self
 
 
@@ -206,6 +236,8 @@ class CodeTable(_Strict):
     #: FHIR code -> HL7 code, when the inverse of ``map`` is ambiguous
     reverse: dict[str, str] = {}
     display: dict[str, str] = {}
+    #: FHIR code -> its code system, where a table maps into several (table 0063)
+    systems: dict[str, str] = {}
     #: FHIR code for an HL7 code not in the map (None: the element is left out)
     default: str | None = None
     #: HL7 code for a FHIR code not in the map
