@@ -309,7 +309,24 @@ TRANSFORMS: dict[str, Transform] = {
 }
 
 
+_EXTRAS_LOADED = False
+
+
+def _load_extras() -> None:
+    """Register the transforms of the per-area modules (scheduling, financial) once."""
+    global _EXTRAS_LOADED
+    if _EXTRAS_LOADED:
+        return
+    from engine.mappings import transforms_financial, transforms_scheduling
+
+    for module in (transforms_scheduling, transforms_financial):
+        for t in module.TRANSFORMS_EXTRA:
+            TRANSFORMS.setdefault(t.name, t)
+    _EXTRAS_LOADED = True
+
+
 def get_transform(name: str) -> Transform:
+    _load_extras()
     try:
         return TRANSFORMS[name]
     except KeyError:
