@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from engine import __version__
-from engine.errors import ConversionError, EngineError
+from engine.errors import EngineError
 
 __all__ = ["app", "main"]
 
@@ -81,31 +81,77 @@ def validate(
 def convert(
     file: Annotated[Path, typer.Argument(help="input file: HL7v2, X12 or FHIR JSON ('-' = stdin)")],
     to: Annotated[
-        str | None, typer.Option("--to", help="target format: fhir, hl7v2 or x12")
+        str | None, typer.Option("--to", help="target format: fhir (default for HL7v2), hl7v2")
+    ] = None,
+    mappings: Annotated[
+        Path | None, typer.Option(help="site mappings directory (ENGINE_MAPPINGS_DIR)")
+    ] = None,
+    validate_fhir: Annotated[
+        bool | None,
+        typer.Option("--validate/--no-validate", help="check FHIR output with fhir.resources"),
+    ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="worker processes (default: one per core for 2,000+ messages)",
+        ),
     ] = None,
 ) -> None:
-    """Convert FILE between HL7v2, FHIR R4 (JSON) and X12 (format detected from the content)."""
-    from engine.formats import detect_format
+    """Convert FILE: HL7v2 → FHIR Bundle (JSON; NDJSON for several messages), FHIR → HL7v2."""
+    from engine.convert import convert_file
+    from engine.settings import load_settings
 
-    data = _read_input(file)
-    fmt = detect_format(data)
-    if fmt == "unknown":
-        raise ConversionError(
-            f"{file}: not HL7v2 (MSH/FHS/BHS), X12 (ISA) or FHIR JSON; nothing to convert"
-        )
-    if fmt == "hl7v2":
-        from engine.hl7v2.batch import iter_messages
+    settings = load_settings(mappings_dir=mappings, validate_fhir=validate_fhir)
+    convert_file(_read_input(file), str(file), to=to, settings=settings, jobs=jobs)
 
-        first = next(iter(iter_messages(data)), None)
-        if first is None:
-            raise ConversionError(f"{file}: no HL7v2 message found")
-        raise ConversionError(
-            f"{file}: no mapping is installed for {first.type} ({first.type.structure or '?'}) "
-            "to FHIR yet"
-        )
-    if fmt == "x12":
-        raise ConversionError(f"{file}: X12 conversion is not available yet")
-    raise ConversionError(f"{file}: FHIR JSON to {to or 'hl7v2'} is not available yet")
+
+mappings_app = typer.Typer(help="Check and test mapping files.", no_args_is_help=True)
+app.add_typer(mappings_app, name="mappings")
+
+
+@mappings_app.command("check")
+def mappings_check(
+    directory: Annotated[
+        Path | None, typer.Argument(help="site mappings directory (default: the built-in set)")
+    ] = None,
+) -> None:
+    """Load and validate the mapping files (the built-ins with DIRECTORY layered over them)."""
+    from engine.mappings import load_mappings
+
+    m = load_mappings(directory)
+    f = m.files
+    typer.echo(
+        f"ok: {len(f.messages)} message maps, {len(f.segments)} segment maps, "
+        f"{len(f.datatypes)} datatype maps, {len(f.tables)} code tables"
+        + (f" (site directory {directory})" if directory else "")
+    )
+
+
+@mappings_app.command("test")
+def mappings_test(
+    directory: Annotated[
+        Path | None, typer.Argument(help="site mappings directory (default: the built-in set)")
+    ] = None,
+    golden: Annotated[
+        Path | None,
+        typer.Option(
+            help="folder with hl7/NAME.hl7 and fhir/NAME.json pairs "
+            "(default: DIRECTORY/golden, else ./fixtures)"
+        ),
+    ] = None,
+) -> None:
+    """Run golden pairs (an HL7v2 file and its expected FHIR) and show readable differences."""
+    from engine.convert import run_golden
+
+    folder = golden or (
+        directory / "golden" if directory and (directory / "golden").is_dir() else Path("fixtures")
+    )
+    failed = run_golden(directory, folder, echo=typer.echo)
+    if failed:
+        raise typer.Exit(EXIT_ERROR)
 
 
 @app.command()

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     application_name: str = "ENGINE"
     facility_name: str = "ENGINE"
 
+    #: a site directory of mapping files layered over the built-in ones (docs/MAPPINGS.md)
+    mappings_dir: Path | None = None
+    #: validate every FHIR resource the engine writes against fhir.resources' R4B models
+    validate_fhir: bool = False
+
     log_level: str = "INFO"
 
     def resolved_database_url(self) -> str:

@@ -246,6 +246,11 @@ class Segment:
     def delimiters(self) -> Delimiters:
         return self._d
 
+    @property
+    def charset(self) -> str:
+        """The Python codec of the message's character set (for ``\\X..\\`` escapes)."""
+        return self._cs
+
     def fields(self) -> list[str]:
         """The raw fields, split on first use."""
         f = self._fields

@@ -17,102 +17,39 @@ Bundle assembly (FHIR R4 §3.1.0.11 transactions):
 
 from __future__ import annotations
 
+import hashlib
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
 from engine.errors import ConfigError, UnsupportedMessageError
-from engine.hl7v2.codec import Delimiters, Message, Segment
-from engine.hl7v2.escape import unescape
+from engine.hl7v2.codec import Message, MessageType, Segment
+from engine.mappings.compiler import Compiler, DatatypeFn, put, wrap
 from engine.mappings.loader import MappingFiles
-from engine.mappings.spec import CodeTable, Condition, MessageMap, RefSpec, ResourcePlan, Rule
-from engine.mappings.transforms import TransformContext, get_transform
+from engine.mappings.spec import CodeTable, Condition, MessageMap, RefSpec, ResourcePlan
+from engine.mappings.transforms import TransformContext
 
-__all__ = ["InboundMapper", "Node"]
+__all__ = ["InboundMapper"]
 
 _NS = uuid.UUID("6f1c0e52-2f43-4b8e-9a57-3c1e2a3f5b10")
-
-# -- a uniform view of one level of an HL7 element -------------------------------------------
-
-
-class Node:
-    """An HL7 element at one level: a field repetition (parts = components) or a component
-    (parts = subcomponents). ``text(i)`` is part i unescaped, first sub-part only."""
-
-    __slots__ = ("raw", "_seps", "_d", "_cs", "_parts")
-
-    def __init__(self, raw: str, seps: str, d: Delimiters, cs: str) -> None:
-        self.raw = raw
-        self._seps = seps  # separators from this level down, e.g. "^&" or "&"
-        self._d = d
-        self._cs = cs
-        self._parts: list[str] | None = None
-
-    def parts(self) -> list[str]:
-        p = self._parts
-        if p is None:
-            p = self.raw.split(self._seps[0]) if self._seps else [self.raw]
-            self._parts = p
-        return p
-
-    def raw_part(self, i: int) -> str:
-        p = self.parts()
-        return p[i - 1] if i <= len(p) else ""
-
-    def text(self, i: int = 1) -> str:
-        v = self.raw_part(i)
-        if len(self._seps) > 1 and self._seps[1] in v:
-            v = v.split(self._seps[1], 1)[0]
-        if v and self._d.escape in v:
-            v = unescape(v, self._d.key, self._cs)
-        return v
-
-    def child(self, i: int) -> Node:
-        return Node(self.raw_part(i), self._seps[1:], self._d, self._cs)
-
-    def texts(self) -> list[str]:
-        """Every part unescaped (for transforms that read several parts, e.g. HD)."""
-        d, cs = self._d, self._cs
-        out = []
-        for v in self.parts():
-            if len(self._seps) > 1 and self._seps[1] in v:
-                v = v.split(self._seps[1], 1)[0]
-            out.append(unescape(v, d.key, cs) if v and d.escape in v else v)
-        return out
+_NS_BYTES = _NS.bytes
 
 
-def _field_nodes(seg: Segment, field_no: int, repeat: bool) -> list[Node]:
-    reps = seg.repetitions(field_no)
-    if not reps:
-        return []
-    d = seg.delimiters
-    seps = d.component + d.subcomponent
-    cs = seg._cs
-    if not repeat:
-        reps = reps[:1]
-    return [Node(r.raw, seps, d, cs) for r in reps if r.raw]
+_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9|:/._~-]*$")
 
 
-# -- writing into FHIR dicts -----------------------------------------------------------------
-
-
-def _put(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    obj = target
-    for step in path[:-1]:
-        nxt = obj.get(step)
-        if nxt is None:
-            nxt = obj[step] = {}
-        obj = nxt
-    last = path[-1]
-    if last.endswith("[]"):
-        obj.setdefault(last[:-2], []).append(value)
-    elif last not in obj:
-        obj[last] = value
-    elif isinstance(obj[last], dict) and isinstance(value, dict):
-        for k, v in value.items():
-            obj[last].setdefault(k, v)
+@lru_cache(maxsize=65536)
+def _uuid5(name: str) -> str:
+    """``str(uuid.uuid5(_NS, name))`` (RFC 4122 §4.3), without building UUID objects."""
+    h = bytearray(hashlib.sha1(_NS_BYTES + name.encode("utf-8")).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50
+    h[8] = (h[8] & 0x3F) | 0x80
+    x = h.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def _get(target: dict[str, Any], path: str) -> Any:
@@ -129,29 +66,6 @@ def _get(target: dict[str, Any], path: str) -> Any:
     return obj
 
 
-def _wrap(template: Any, value: Any, index: int = 1) -> Any:
-    """Put ``value`` into a fixed JSON shape at ``$value`` (``$index``, ``$first``: see RefSpec)."""
-    if isinstance(template, str):
-        if template == "$value":
-            return value
-        if template == "$index":
-            return index
-        if template == "$first":
-            return index == 1
-        return template
-    if isinstance(template, dict):
-        return {k: _wrap(v, value, index) for k, v in template.items()}
-    if isinstance(template, list):
-        return [_wrap(v, value, index) for v in template]
-    return template
-
-
-# -- compiling rules -------------------------------------------------------------------------
-
-#: a compiled rule: (source node or segment, output resource, run state) -> None
-Apply = Callable[[Any, dict[str, Any], "_Run"], None]
-
-
 @dataclass
 class _Run:
     """Per-message state: context, trigger, and resources made from fields (Practitioners ...)."""
@@ -159,27 +73,6 @@ class _Run:
     ctx: TransformContext
     trigger: str
     extra: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # key -> (url, res)
-
-
-def _table_fn(table: CodeTable, as_: str) -> Callable[[str], Any]:
-    mapping, default, system, display = table.map, table.default, table.system, table.display
-    systems = table.systems
-
-    def code_of(text: str) -> Any:
-        code = mapping.get(text, default) if text else None
-        if code is None:
-            return None
-        if as_ == "code":
-            return code
-        coding: dict[str, Any] = {"code": code}
-        sys_uri = systems.get(code, system)
-        if sys_uri:
-            coding = {"system": sys_uri, "code": code}
-        if code in display:
-            coding["display"] = display[code]
-        return coding if as_ == "Coding" else {"coding": [coding]}
-
-    return code_of
 
 
 class InboundMapper:
@@ -192,11 +85,30 @@ class InboundMapper:
             identifier_systems=tuple(site.identifier_systems.items()),
             identifier_system_base=site.identifier_system_base,
         )
-        self._dt_cache: dict[str, Callable[[Node, _Run], dict[str, Any] | None]] = {}
-        self._seg_cache: dict[str, list[Apply]] = {}
+        self._compiler = Compiler(files, self._resource_maker)
         self._by_trigger: dict[tuple[str, str], MessageMap] = {}
         self._seg_ids = {name: smap.segment for name, smap in files.segments.items()}
         self._plan_conditions: dict[tuple[str, str], Callable[[Any, _Run], bool]] = {}
+        self._plans = {
+            mm.message: {p.name: p for p in mm.resources} for mm in files.messages.values()
+        }
+        #: (message, plan) -> [(path steps, target plans, wrap template, all)]
+        self._refs: dict[tuple[str, str], list[tuple[tuple[str, ...], list[str], Any, bool]]] = {}
+        for mm in files.messages.values():
+            for plan in mm.resources:
+                entries = []
+                for path, spec in plan.refs.items():
+                    to = spec.to if isinstance(spec, RefSpec) else spec
+                    entries.append(
+                        (
+                            _steps(path),
+                            [to] if isinstance(to, str) else list(to),
+                            spec.wrap if isinstance(spec, RefSpec) else None,
+                            isinstance(spec, RefSpec) and spec.all,
+                        )
+                    )
+                self._refs[(mm.message, plan.name)] = entries
+        self._contexts: dict[str, TransformContext] = {}
         for mm in files.messages.values():
             for trig in mm.triggers:
                 self._by_trigger[(mm.message, trig)] = mm
@@ -215,7 +127,7 @@ class InboundMapper:
                             f"{smap.resource}, but {mm.message}'s {plan.name!r} builds "
                             f"{plan.resource}"
                         )
-                    self._segment(seg)
+                    self._compiler.segment(seg)
                 for path, tname in plan.trigger_values.items():
                     self._table(tname, f"messages/{mm.message}", f"trigger_values.{path}")
                 if plan.each is not None and plan.each != self._seg_ids[plan.segments[0]]:
@@ -223,7 +135,7 @@ class InboundMapper:
                         f"{files.origin.get('messages/' + mm.message)}: resource {plan.name!r} "
                         f"repeats on {plan.each}, so its first segment map must map {plan.each}"
                     )
-                cond = self._condition(plan.when, "field")
+                cond = self._condition(plan.when)
                 if cond is not None:
                     self._plan_conditions[(mm.message, plan.name)] = cond
 
@@ -238,200 +150,59 @@ class InboundMapper:
             )
         return t
 
-    def _datatype(self, name: str, origin: str) -> Callable[[Node, _Run], dict[str, Any] | None]:
-        fn = self._dt_cache.get(name)
-        if fn is not None:
-            return fn
-        dmap = self.files.datatypes.get(name)
-        if dmap is None:
-            raise ConfigError(f"{origin}: no datatype map named {name!r} (datatypes/{name}.yaml)")
-        where = self.files.origin.get(f"datatypes/{name}", name)
-        self._dt_cache[name] = lambda n, r: None  # recursion guard
-        rules = [
-            self._compile(rule, where, f"rules[{i}]", level="component")
-            for i, rule in enumerate(dmap.rules)
-            if rule.direction != "out"
-        ]
-
-        def build(node: Node, run: _Run) -> dict[str, Any] | None:
-            out: dict[str, Any] = {}
-            for apply in rules:
-                apply(node, out, run)
-            return out or None
-
-        self._dt_cache[name] = build
-        return build
-
-    def _segment(self, name: str) -> list[Apply]:
-        got = self._seg_cache.get(name)
-        if got is not None:
-            return got
-        smap = self.files.segments[name]
-        where = self.files.origin.get(f"segments/{name}", name)
-        compiled = [
-            self._compile(rule, where, f"rules[{i}]", level="field")
-            for i, rule in enumerate(smap.rules)
-            if rule.direction != "out"
-        ]
-        self._seg_cache[name] = compiled
-        return compiled
-
-    def _compile(self, rule: Rule, where: str, key: str, *, level: str) -> Apply:
-        path = tuple(rule.fhir.split("."))
-        where_key = f"{where}, {key}"
-        if rule.value is not None:
-            const = rule.value
-            cond = self._condition(rule.when, level)
-
-            def apply_const(src: Any, out: dict[str, Any], run: _Run) -> None:
-                if cond is None or cond(src, run):
-                    _put(out, path, const)
-
-            return apply_const
-
-        if rule.build is not None:
-            if level != "field":
-                raise ConfigError(f"{where_key}: 'build' is for segment maps only")
-            sub_name = rule.build
-            if sub_name not in self.files.segments:
-                raise ConfigError(f"{where_key}: no segment map named {sub_name!r}")
-            sub_rules = self._segment(sub_name)
-            bcond = self._condition(rule.when, level)
-            bwrap = rule.wrap
-
-            def apply_build(seg: Segment, out: dict[str, Any], run: _Run) -> None:
-                if bcond is not None and not bcond(seg, run):
-                    return
-                part: dict[str, Any] = {}
-                for apply in sub_rules:
-                    apply(seg, part, run)
-                if part:
-                    _put(out, path, _wrap(bwrap, part) if bwrap is not None else part)
-
-            return apply_build
-
-        # how to turn one node into a FHIR value
-        convert: Callable[[Node, _Run], Any]
-        if rule.type:
-            dt = self._datatype(rule.type, where_key)
-            if rule.resource:
-                convert = self._resource_maker(rule.resource, dt)
-            else:
-                convert = dt
-        elif rule.table:
-            code_of = _table_fn(self._table(rule.table, where, key), rule.as_)
-
-            def convert(n: Node, run: _Run) -> Any:
-                return code_of(n.text(1))
-        else:
-            tf = get_transform(rule.transform or "text").inbound
-
-            def convert(n: Node, run: _Run) -> Any:
-                return tf(n.texts(), run.ctx)
-
-        wrap = rule.wrap
-        cond = self._condition(rule.when, level)
-        repeat = rule.repeats
-        sub = rule.subcomponent
-
-        def emit(node: Node, out: dict[str, Any], run: _Run) -> None:
-            if sub:
-                node = node.child(sub)  # a subcomponent as a one-part node
-            value = convert(node, run)
-            if value is None or value == "" or value == {}:
-                return
-            _put(out, path, _wrap(wrap, value) if wrap is not None else value)
-
-        if level == "field":
-            fno = rule.field
-            assert fno is not None
-            comp = rule.component
-
-            def apply_field(seg: Segment, out: dict[str, Any], run: _Run) -> None:
-                if cond is not None and not cond(seg, run):
-                    return
-                for node in _field_nodes(seg, fno, repeat):
-                    if comp:
-                        node = node.child(comp)
-                    emit(node, out, run)
-
-            return apply_field
-
-        cno = rule.component
-        if cno is None:  # the rule reads the whole element (a transform over all its parts)
-
-            def apply_whole(node: Node, out: dict[str, Any], run: _Run) -> None:
-                if cond is None or cond(node, run):
-                    emit(node, out, run)
-
-            return apply_whole
-
-        def apply_component(node: Node, out: dict[str, Any], run: _Run) -> None:
-            if cond is not None and not cond(node, run):
-                return
-            child = node.child(cno)
-            if child.raw:
-                emit(child, out, run)
-
-        return apply_component
-
-    def _condition(self, c: Condition | None, level: str) -> Callable[[Any, _Run], bool] | None:
+    def _condition(self, c: Condition | None) -> Callable[[Segment, _Run], bool] | None:
+        """A plan's ``when``, tested on its first (or anchor) segment."""
         if c is None:
             return None
         allowed = set(c.in_) if c.in_ is not None else None
         denied = set(c.not_in or ())
         triggers = set(c.trigger) if c.trigger else None
 
-        def read(src: Any) -> str:
-            if level == "field":
-                seg: Segment = src
-                return seg.get(c.field or 1, 1, c.component or 1, c.subcomponent or 1)
-            node: Node = src
-            if c.component is None:
-                return node.text(1)
-            child = node.child(c.component)
-            return child.text(c.subcomponent or 1)
-
-        def check(src: Any, run: _Run) -> bool:
+        def check(seg: Segment, run: _Run) -> bool:
             if triggers is not None and run.trigger not in triggers:
                 return False
-            if c.field is None and c.component is None:
+            if c.field is None:
                 return True
-            text = read(src)
+            text = seg.get(c.field, 1, c.component or 1, c.subcomponent or 1)
             if allowed is not None and text not in allowed:
                 return False
             if text in denied:
                 return False
-            if c.present is not None and bool(text) != c.present:
-                return False
-            return True
+            return c.present is None or bool(text) == c.present
 
         return check
 
-    def _resource_maker(
-        self, resource_type: str, dt: Callable[[Node, _Run], dict[str, Any] | None]
-    ) -> Callable[[Node, _Run], Any]:
-        def make(node: Node, run: _Run) -> Any:
-            body = dt(node, run)
+    def _resource_maker(self, resource_type: str, dt: DatatypeFn) -> Callable[..., Any]:
+        """A rule with ``resource:`` makes a resource of its own (one per identity per message)
+        and yields a reference to it."""
+
+        def make(raw: str, p: str, q: str, d: Any, cs: str, run: _Run) -> Any:
+            body = dt(raw, p, q, d, cs, run)
             if not body:
                 return None
             key = _identity_key(body) or repr(sorted(body.items()))
             full = f"{resource_type}|{key}"
             existing = run.extra.get(full)
             if existing is None:
-                url = "urn:uuid:" + str(uuid.uuid5(_NS, full))
-                res = {"resourceType": resource_type, **body}
-                run.extra[full] = (url, res)
+                url = "urn:uuid:" + _uuid5(full)
+                run.extra[full] = (url, {"resourceType": resource_type, **body})
             else:
                 url = existing[0]
             return {"reference": url}
 
         return make
 
+    def source(self, name: str) -> str:
+        """The generated Python code of a segment or datatype map (for mapping authors)."""
+        for label in (f"segment {name}", f"datatype {name}"):
+            if label in self._compiler.sources:
+                return self._compiler.sources[label]
+        raise ConfigError(f"no compiled map named {name!r}")
+
     # -- run ---------------------------------------------------------------------------------
 
-    def message_map(self, message: Message) -> MessageMap:
-        mtype = message.type
+    def message_map(self, message: Message, mtype: MessageType | None = None) -> MessageMap:
+        mtype = mtype or message.type
         mm = self._by_trigger.get((mtype.code, mtype.trigger))
         if mm is None:
             known = any(m.message == mtype.code for m in self.files.messages.values())
@@ -453,45 +224,55 @@ class InboundMapper:
         site = self.files.site
         facility = message.msh.get(4)
         tz = site.facility_timezones.get(facility, site.timezone)
-        return TransformContext(timezone=tz, **self._ctx_base)  # type: ignore[arg-type]
+        ctx = self._contexts.get(tz)
+        if ctx is None:
+            ctx = TransformContext(timezone=tz, **self._ctx_base)  # type: ignore[arg-type]
+            self._contexts[tz] = ctx
+        return ctx
 
     def to_bundle(self, message: Message) -> dict[str, Any]:
         """The FHIR transaction Bundle for one message (a dict ready for JSON)."""
-        mm = self.message_map(message)
-        run = _Run(self.context_for(message), message.type.trigger)
+        mtype = message.type
+        mm = self.message_map(message, mtype)
+        run = _Run(self.context_for(message), mtype.trigger)
+        positions = _positions(message)
+        msh = message.msh
+        fallback_key = f"{msh.get(3)}|{msh.get(4)}|{msh.get(10)}"
         made: dict[str, dict[int, str]] = {}  # plan name -> group index -> fullUrl
-        order: list[tuple[str, dict[str, Any], ResourcePlan, int]] = []
+        order: list[tuple[str, dict[str, Any], ResourcePlan, int, dict[str, Any] | None]] = []
         seg_ids = self._seg_ids
+        segment_fns = self._compiler.segments
+        tables = self.files.tables
         for plan in mm.resources:
             plan_when = self._plan_conditions.get((mm.message, plan.name))
-            for index, group in enumerate(_groups(message, plan, seg_ids)):
+            for index, group in enumerate(_groups(message, positions, plan, seg_ids)):
                 if plan_when is not None and not plan_when(group[0][1], run):
                     continue
                 res: dict[str, Any] = {"resourceType": plan.resource}
                 for map_name, seg in group:
-                    for apply in self._seg_cache[map_name]:
-                        apply(seg, res, run)
+                    segment_fns[map_name](seg, res, run)
                 if len(res) == 1 or any(_get(res, p) is None for p in plan.required):
                     continue
                 for path, tname in plan.trigger_values.items():
-                    code = self.files.tables[tname].map.get(run.trigger)
+                    code = tables[tname].map.get(run.trigger)
                     if code is not None:
-                        _put(res, tuple(path.split(".")), code)
+                        put(res, _steps(path), code)
                 for path, value in plan.values.items():
-                    _put(res, tuple(path.split(".")), value)
-                url = self._full_url(plan, res, message, index)
+                    put(res, _steps(path), value)
+                ident = self._pick_identifier(res) if plan.identity else None
+                if ident is not None:
+                    key = f"{ident.get('system', '')}|{ident['value']}"
+                else:
+                    key = f"{fallback_key}|{plan.name}|{index}"
+                url = "urn:uuid:" + _uuid5(f"{plan.resource}|{key}")
                 made.setdefault(plan.name, {})[index] = url
-                order.append((url, res, plan, index))
+                order.append((url, res, plan, index, ident))
         # references between planned resources: same group when both repeat on the same
         # segment (a Coverage and its payer), else the first one made
-        plans = {p.name: p for p in mm.resources}
-        for _url, res, plan, index in order:
-            for path, spec in plan.refs.items():
-                targets = spec.to if isinstance(spec, RefSpec) else spec
-                wrap = spec.wrap if isinstance(spec, RefSpec) else None
-                every = isinstance(spec, RefSpec) and spec.all
-                steps = tuple(path.split("."))
-                for target in [targets] if isinstance(targets, str) else targets:
+        plans = self._plans[mm.message]
+        for _url, res, plan, index, _ident in order:
+            for steps, targets, wrap_tpl, every in self._refs[(mm.message, plan.name)]:
+                for target in targets:
                     got = made.get(target)
                     if not got:
                         continue
@@ -506,14 +287,13 @@ class InboundMapper:
                     else:
                         chosen = keys[:1]
                     for k in chosen:
-                        pos = keys.index(k) + 1
                         ref_value: Any = {"reference": got[k]}
-                        if wrap:
-                            ref_value = _wrap(wrap, ref_value, pos)
-                        _put(res, steps, ref_value)
+                        if wrap_tpl:
+                            ref_value = wrap(wrap_tpl, ref_value, keys.index(k) + 1)
+                        put(res, steps, ref_value)
                     break
-        entries = [self._entry(url, res, plan.identity) for url, res, plan, _ in order]
-        entries += [self._entry(url, res, "identifier") for url, res in run.extra.values()]
+        entries = [_entry(url, res, ident) for url, res, _plan, _index, ident in order]
+        entries += [_entry(url, res, self._pick_identifier(res)) for url, res in run.extra.values()]
         return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
     def _pick_identifier(self, res: dict[str, Any]) -> dict[str, Any] | None:
@@ -538,53 +318,64 @@ class InboundMapper:
             authority, self.files.site.identifier_system_base + authority
         )
 
-    def _full_url(
-        self, plan: ResourcePlan, res: dict[str, Any], message: Message, index: int
-    ) -> str:
-        ident = self._pick_identifier(res) if plan.identity else None
-        if ident is not None:
-            key = f"{ident.get('system', '')}|{ident['value']}"
-        else:
-            msh = message.msh
-            key = f"{msh.get(3)}|{msh.get(4)}|{message.control_id}|{plan.name}|{index}"
-        return "urn:uuid:" + str(uuid.uuid5(_NS, f"{plan.resource}|{key}"))
 
-    def _entry(self, url: str, res: dict[str, Any], identity: str | None) -> dict[str, Any]:
-        rtype = res["resourceType"]
-        ident = self._pick_identifier(res) if identity else None
-        if ident is not None:
-            token = (f"{ident['system']}|" if ident.get("system") else "") + ident["value"]
-            request = {"method": "PUT", "url": f"{rtype}?identifier={quote(token, safe='|:/')}"}
-        else:
-            rid = url.removeprefix("urn:uuid:")
-            res = {
-                "resourceType": rtype,
-                "id": rid,
-                **{k: v for k, v in res.items() if k != "resourceType"},
-            }
-            request = {"method": "PUT", "url": f"{rtype}/{rid}"}
-        return {"fullUrl": url, "resource": res, "request": request}
+def _entry(url: str, res: dict[str, Any], ident: dict[str, Any] | None) -> dict[str, Any]:
+    """A transaction entry: conditional update on the business identifier, else PUT by id."""
+    rtype = res["resourceType"]
+    if ident is not None:
+        token = (f"{ident['system']}|" if ident.get("system") else "") + ident["value"]
+        if not _SAFE_TOKEN.match(token):
+            token = quote(token, safe="|:/")
+        request = {"method": "PUT", "url": f"{rtype}?identifier={token}"}
+    else:
+        rid = url[9:]  # after "urn:uuid:"
+        res = {
+            "resourceType": rtype,
+            "id": rid,
+            **{k: v for k, v in res.items() if k != "resourceType"},
+        }
+        request = {"method": "PUT", "url": f"{rtype}/{rid}"}
+    return {"fullUrl": url, "resource": res, "request": request}
+
+
+@lru_cache(maxsize=1024)
+def _steps(path: str) -> tuple[str, ...]:
+    return tuple(path.split("."))
+
+
+def _positions(message: Message) -> dict[str, list[int]]:
+    """Segment ID -> its positions in the message."""
+    out: dict[str, list[int]] = {}
+    for i, seg in enumerate(message.segments):
+        out.setdefault(seg.name, []).append(i)
+    return out
 
 
 def _groups(
-    message: Message, plan: ResourcePlan, seg_ids: dict[str, str]
+    message: Message,
+    positions: dict[str, list[int]],
+    plan: ResourcePlan,
+    seg_ids: dict[str, str],
 ) -> list[list[tuple[str, Segment]]]:
     """The segments each resource of a plan is built from, as (segment map name, segment)."""
+    segments = message.segments
     if plan.each is None:
         # one resource from every occurrence of the listed segments, in the plan's order
-        first = message.segment(seg_ids[plan.segments[0]])
-        if first is None:
+        if seg_ids[plan.segments[0]] not in positions:
             return []
         group: list[tuple[str, Segment]] = []
         for name in plan.segments:
-            group.extend((name, seg) for seg in message.all(seg_ids[name]))
+            group.extend((name, segments[i]) for i in positions.get(seg_ids[name], ()))
         return [group]
+    anchors = positions.get(plan.each)
+    if not anchors:
+        return []
     by_id: dict[str, list[str]] = {}
     for name in plan.segments:
         by_id.setdefault(seg_ids[name], []).append(name)
     groups: list[list[tuple[str, Segment]]] = []
     current: list[tuple[str, Segment]] | None = None
-    for seg in message.segments:
+    for seg in segments[anchors[0] :]:
         if seg.name == plan.each:
             current = [(name, seg) for name in by_id.get(seg.name, ())]
             groups.append(current)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -49,6 +49,8 @@ class Transform:
     doc: str
     inbound: Callable[[list[str], TransformContext], Any]
     outbound: Callable[[Any, TransformContext], list[str]]
+    #: reads only the first part (the element's text): generated code passes ``[text]``
+    single: bool = False
 
 
 # -- dates and times -------------------------------------------------------------------------
@@ -244,6 +246,15 @@ def _phone_out(value: Any, ctx: TransformContext) -> list[str]:
     return [] if not value else [str(value)]
 
 
+def _street_in(parts: list[str], ctx: TransformContext) -> str | None:
+    """SAD (street address & street name & dwelling number) → one address line. A sender that
+    splits the street (``1000&Hospital Lane``) gets "1000 Hospital Lane"; one that sends it whole
+    in SAD-1 keeps it as it is."""
+    first = parts[0] if parts else ""
+    rest = [p for p in parts[1:3] if p and p not in first]
+    return " ".join([first, *rest]).strip() or None
+
+
 def _location_in(parts: list[str], ctx: TransformContext) -> str | None:
     """PL → Location.name: point of care (1), room (2) and bed (3) joined by spaces."""
     text = " ".join(p for p in parts[:3] if p)
@@ -294,6 +305,9 @@ TRANSFORMS: dict[str, Transform] = {
         Transform("yes_no", "ID Y/N (table 0136) → boolean", _yn_in, _yn_out),
         Transform("text", "the text as it is (the default)", _text_in, _str_out),
         Transform(
+            "street_address", "SAD → address line (street parts joined)", _street_in, _phone_out
+        ),
+        Transform(
             "location_name",
             "PL → Location.name: point of care, room, bed",
             _location_in,
@@ -307,6 +321,10 @@ TRANSFORMS: dict[str, Transform] = {
         ),
     )
 }
+
+# transforms that read only the element's text: generated code skips building the parts list
+for _name in ("date", "datetime", "instant", "decimal", "integer", "yes_no"):
+    TRANSFORMS[_name] = replace(TRANSFORMS[_name], single=True)
 
 
 _EXTRAS_LOADED = False

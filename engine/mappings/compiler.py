@@ -1,0 +1,362 @@
+"""Compile mapping rules into Python functions (HL7v2 → FHIR).
+
+An interpreter that walks the rules per message costs a Python call per rule per element, several
+hundred calls for an ADT; generating one straight-line function per datatype map and per segment
+map, once at start-up, removes those calls and makes conversion ~3x faster. The mapping files stay
+data: this module only reads them, and every generated function is plain code over the same
+vocabulary (see :mod:`engine.mappings.spec`). ``InboundMapper.source(name)`` shows the code.
+
+Levels: a datatype map reads *parts* separated by ``P`` (components of a field repetition, or
+subcomponents of a component), each part possibly split again by ``Q``. A segment map reads fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from engine.errors import ConfigError
+from engine.hl7v2.escape import unescape
+from engine.mappings.loader import MappingFiles
+from engine.mappings.spec import CodeTable, Condition, Rule
+from engine.mappings.transforms import get_transform
+
+__all__ = ["Compiler", "DatatypeFn", "SegmentFn", "put", "wrap"]
+
+#: (raw, P, Q, delimiters, charset, run) -> dict or None
+DatatypeFn = Callable[..., Any]
+#: (segment, out, run) -> None
+SegmentFn = Callable[..., None]
+
+
+def put(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    """Write ``value`` at a dotted path; ``x[]`` appends; an existing element is kept (the first
+    valued rule wins), except that dicts merge."""
+    obj = target
+    for step in path[:-1]:
+        nxt = obj.get(step)
+        if nxt is None:
+            nxt = obj[step] = {}
+        obj = nxt
+    last = path[-1]
+    if last.endswith("[]"):
+        obj.setdefault(last[:-2], []).append(value)
+    elif last not in obj:
+        obj[last] = value
+    elif isinstance(obj[last], dict) and isinstance(value, dict):
+        for k, v in value.items():
+            obj[last].setdefault(k, v)
+
+
+def wrap(template: Any, value: Any, index: int = 1) -> Any:
+    """Put ``value`` into a fixed JSON shape at ``$value`` (``$index``, ``$first``: see RefSpec)."""
+    if isinstance(template, str):
+        if template == "$value":
+            return value
+        if template == "$index":
+            return index
+        if template == "$first":
+            return index == 1
+        return template
+    if isinstance(template, dict):
+        return {k: wrap(v, value, index) for k, v in template.items()}
+    if isinstance(template, list):
+        return [wrap(v, value, index) for v in template]
+    return template
+
+
+def literal(template: Any, value_expr: str = "val") -> str:
+    """Python source that builds ``template`` afresh, with ``$value`` replaced by ``value_expr``.
+
+    Generated code then builds wrapped values and constants directly, with no copying or walking
+    of templates per message.
+    """
+    if isinstance(template, str):
+        return value_expr if template == "$value" else repr(template)
+    if isinstance(template, dict):
+        items = ", ".join(f"{k!r}: {literal(v, value_expr)}" for k, v in template.items())
+        return "{" + items + "}"
+    if isinstance(template, list):
+        return "[" + ", ".join(literal(v, value_expr) for v in template) + "]"
+    return repr(template)
+
+
+def table_fn(table: CodeTable, as_: str) -> Callable[[str], Any]:
+    """HL7 code → FHIR code, Coding or CodeableConcept, per the table."""
+    mapping, default, system, display = table.map, table.default, table.system, table.display
+    systems = table.systems
+
+    def code_of(text: str) -> Any:
+        code = mapping.get(text, default) if text else None
+        if code is None:
+            return None
+        if as_ == "code":
+            return code
+        sys_uri = systems.get(code, system)
+        coding: dict[str, Any] = {"system": sys_uri, "code": code} if sys_uri else {"code": code}
+        if code in display:
+            coding["display"] = display[code]
+        return coding if as_ == "Coding" else {"coding": [coding]}
+
+    return code_of
+
+
+def _text(v: str, q: str, d: Any, cs: str) -> str:
+    """The first sub-part of ``v``, unescaped."""
+    if q and q in v:
+        v = v.split(q, 1)[0]
+    if v and d.escape in v:
+        v = unescape(v, d.key, cs)
+    return v
+
+
+def _texts(v: str, p: str, q: str, d: Any, cs: str) -> list[str]:
+    return [_text(x, q, d, cs) for x in (v.split(p) if p else [v])]
+
+
+class Compiler:
+    """Generates the functions; ``resource_maker`` turns a datatype result into a reference."""
+
+    def __init__(
+        self,
+        files: MappingFiles,
+        resource_maker: Callable[[str, DatatypeFn], Callable[..., Any]],
+    ) -> None:
+        self.files = files
+        self.resource_maker = resource_maker
+        self.datatypes: dict[str, DatatypeFn] = {}
+        self.segments: dict[str, SegmentFn] = {}
+        self.sources: dict[str, str] = {}
+
+    # -- helpers for the generated code ------------------------------------------------------
+
+    def _table(self, name: str, where: str) -> CodeTable:
+        t = self.files.tables.get(name)
+        if t is None:
+            raise ConfigError(f"{where}: no code table named {name!r} (tables/{name}.yaml)")
+        return t
+
+    def datatype(self, name: str, where: str) -> DatatypeFn:
+        fn = self.datatypes.get(name)
+        if fn is not None:
+            return fn
+        dmap = self.files.datatypes.get(name)
+        if dmap is None:
+            raise ConfigError(f"{where}: no datatype map named {name!r} (datatypes/{name}.yaml)")
+        origin = self.files.origin.get(f"datatypes/{name}", name)
+        # a forward reference lets a map refer to itself without recursing at compile time
+        slot: list[DatatypeFn] = []
+        self.datatypes[name] = lambda *a: slot[0](*a)
+        env: dict[str, Any] = {}
+        lines = ["def fn(raw, P, Q, d, cs, run):"]
+        lines += [
+            "    parts = raw.split(P) if P else [raw]",
+            "    n = len(parts)",
+            "    out = {}",
+        ]
+        for i, rule in enumerate(dmap.rules):
+            if rule.direction == "out":
+                continue
+            lines += self._rule_code(rule, i, env, f"{origin}, rules[{i}]", level="part")
+        lines.append("    return out or None")
+        built: DatatypeFn = self._exec(f"datatype {name}", lines, env)
+        slot.append(built)
+        self.datatypes[name] = built
+        return built
+
+    def segment(self, name: str) -> SegmentFn:
+        fn = self.segments.get(name)
+        if fn is not None:
+            return fn
+        smap = self.files.segments[name]
+        origin = self.files.origin.get(f"segments/{name}", name)
+        env: dict[str, Any] = {}
+        lines = [
+            "def fn(seg, out, run):",
+            "    f = seg.fields()",
+            "    nf = len(f)",
+            "    d = seg._d",
+            "    cs = seg._cs",
+            "    R = d.repetition",
+            "    C = d.component",
+            "    S = d.subcomponent",
+        ]
+        for i, rule in enumerate(smap.rules):
+            if rule.direction == "out":
+                continue
+            lines += self._rule_code(rule, i, env, f"{origin}, rules[{i}]", level="field")
+        lines.append("    return None")
+        seg_fn: SegmentFn = self._exec(f"segment {name}", lines, env)
+        self.segments[name] = seg_fn
+        return seg_fn
+
+    def _exec(self, label: str, lines: list[str], env: dict[str, Any]) -> Any:
+        env.update(
+            PUT=put, WRAP=wrap, TEXT=_text, TEXTS=_texts, UNESC=unescape, __builtins__=__builtins__
+        )
+        source = "\n".join(lines) + "\n"
+        self.sources[label] = source
+        code = compile(source, f"<mapping {label}>", "exec")
+        exec(code, env)  # noqa: S102 - our own generated code from validated specs
+        return env["fn"]
+
+    # -- code for one rule -------------------------------------------------------------------
+
+    def _rule_code(
+        self, rule: Rule, i: int, env: dict[str, Any], where: str, *, level: str
+    ) -> list[str]:
+        path = tuple(rule.fhir.split("."))
+        simple = len(path) == 1
+        key = path[0].removesuffix("[]")
+        append = path[-1].endswith("[]")
+        env[f"PATH{i}"] = path
+        if rule.wrap is not None:
+            env[f"TPL{i}"] = rule.wrap
+
+        # text, codes and datatypes are never valued when falsy; a transform may give False or 0
+        truthy = rule.transform in (None, "text") or rule.build is not None
+
+        def store(ind: str) -> list[str]:
+            test = "val" if truthy else "val is not None and val != '' and val != {}"
+            out = [f"{ind}if {test}:"]
+            ind2 = ind + "    "
+            if rule.wrap is not None:
+                out.append(f"{ind2}val = {literal(rule.wrap)}")
+            if simple and append:
+                out.append(f"{ind2}out.setdefault({key!r}, []).append(val)")
+            elif simple:
+                out.append(f"{ind2}if {key!r} not in out: out[{key!r}] = val")
+            else:
+                out.append(f"{ind2}PUT(out, PATH{i}, val)")
+            return out
+
+        cond_lines, cond_expr = self._cond_code(rule.when, i, env, level)
+
+        if rule.value is not None:
+            body = [f"    val = {literal(rule.value)}", *store("    ")]
+            if cond_expr:
+                return [*cond_lines, f"    if {cond_expr}:", *["    " + s for s in body]]
+            return body
+
+        if rule.build is not None:
+            if level != "field":
+                raise ConfigError(f"{where}: 'build' is for segment maps only")
+            if rule.build not in self.files.segments:
+                raise ConfigError(f"{where}: no segment map named {rule.build!r}")
+            env[f"BUILD{i}"] = self.segment(rule.build)
+            body = ["    val = {}", f"    BUILD{i}(seg, val, run)", *store("    ")]
+            if cond_expr:
+                return [*cond_lines, f"    if {cond_expr}:", *["    " + s for s in body]]
+            return body
+
+        # the value of one node: its raw text v, split into parts by p, sub-parts by q
+        def produce(ind: str, v: str, p: str, q: str) -> list[str]:
+            if rule.type:
+                dt = self.datatype(rule.type, where)
+                if rule.resource:
+                    env[f"MAKE{i}"] = self.resource_maker(rule.resource, dt)
+                    return [f"{ind}val = MAKE{i}({v}, {p}, {q}, d, cs, run)"]
+                env[f"DT{i}"] = dt
+                return [f"{ind}val = DT{i}({v}, {p}, {q}, d, cs, run)"]
+            name = rule.transform or "text"
+            if rule.table or name == "text":
+                lines = [f"{ind}val = {v}"]
+                for sep in (p, q):
+                    if sep != "''":
+                        lines.append(
+                            f"{ind}if {sep} and {sep} in val: val = val.split({sep}, 1)[0]"
+                        )
+                lines.append(f"{ind}if val and d.escape in val: val = UNESC(val, d.key, cs)")
+                if rule.table:
+                    env[f"TAB{i}"] = table_fn(self._table(rule.table, where), rule.as_)
+                    lines.append(f"{ind}val = TAB{i}(val) if val else None")
+                return lines
+            env[f"TF{i}"] = get_transform(name).inbound
+            return [f"{ind}val = TF{i}(TEXTS({v}, {p}, {q}, d, cs), run.ctx)"]
+
+        if level == "part":
+            c = rule.component
+            if c is None:  # the whole element
+                body = [*produce("    ", "raw", "P", "Q"), *store("    ")]
+            else:
+                sub = rule.subcomponent
+                body = [f"    if n >= {c} and parts[{c - 1}]:", f"        v = parts[{c - 1}]"]
+                if sub:
+                    body += [
+                        f"        v = (v.split(Q) + [''] * {sub})[{sub - 1}] if Q else "
+                        f"(v if {sub} == 1 else '')",
+                        "        if v:",
+                        *produce("            ", "v", "''", "''"),
+                        *store("            "),
+                    ]
+                else:
+                    body += [*produce("        ", "v", "Q", "''"), *store("        ")]
+            if cond_expr:
+                return [*cond_lines, f"    if {cond_expr}:", *["    " + s for s in body]]
+            return body
+
+        # field level
+        fno = rule.field
+        assert fno is not None
+        comp, sub = rule.component, rule.subcomponent
+        reps = "raw.split(R) if R in raw else (raw,)" if rule.repeats else "(raw.split(R, 1)[0],)"
+        body = [f"    if nf > {fno} and f[{fno}]:", f"        raw = f[{fno}]"]
+        inner: list[str] = []
+        if cond_expr:
+            inner += ["        " + s.strip() for s in cond_lines]
+            inner.append(f"        if {cond_expr}:")
+            ind = "            "
+        else:
+            ind = "        "
+        inner.append(f"{ind}for r in {reps}:")
+        ind2 = ind + "    "
+        inner.append(f"{ind2}if not r: continue")
+        if comp:
+            inner.append(
+                f"{ind2}v = (r.split(C) + [''] * {comp})[{comp - 1}] if C in r else "
+                f"(r if {comp} == 1 else '')"
+            )
+            if sub:
+                inner.append(
+                    f"{ind2}v = (v.split(S) + [''] * {sub})[{sub - 1}] if S in v else "
+                    f"(v if {sub} == 1 else '')"
+                )
+                inner.append(f"{ind2}if not v: continue")
+                inner += produce(ind2, "v", "''", "''")
+            else:
+                inner.append(f"{ind2}if not v: continue")
+                inner += produce(ind2, "v", "S", "''")
+        else:
+            inner += produce(ind2, "r", "C", "S")
+        inner += store(ind2)
+        return body + inner
+
+    def _cond_code(
+        self, c: Condition | None, i: int, env: dict[str, Any], level: str
+    ) -> tuple[list[str], str]:
+        """Lines that read the condition's element into ``ct{i}``, and the test expression."""
+        if c is None:
+            return [], ""
+        tests: list[str] = []
+        lines: list[str] = []
+        if c.trigger:
+            env[f"TRIG{i}"] = frozenset(c.trigger)
+            tests.append(f"run.trigger in TRIG{i}")
+        if c.field is not None or c.component is not None:
+            if level == "field":
+                lines.append(
+                    f"    ct{i} = seg.get({c.field or 1}, 1, {c.component or 1}, "
+                    f"{c.subcomponent or 1})"
+                )
+            else:
+                cno = c.component or 1
+                lines.append(f"    ct{i} = TEXT(parts[{cno - 1}], Q, d, cs) if n >= {cno} else ''")
+            if c.in_ is not None:
+                env[f"IN{i}"] = frozenset(c.in_)
+                tests.append(f"ct{i} in IN{i}")
+            if c.not_in:
+                env[f"NOTIN{i}"] = frozenset(c.not_in)
+                tests.append(f"ct{i} not in NOTIN{i}")
+            if c.present is not None:
+                tests.append(f"bool(ct{i}) is {c.present}")
+        return lines, " and ".join(tests) or "True"
