@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -78,9 +79,48 @@ def test_convert_unknown_format(tmp_path: Path) -> None:
     assert_one_line_error(run("convert", str(f)), "not HL7v2")
 
 
-def test_convert_says_what_it_cannot_convert_yet() -> None:
+def test_convert_one_message_gives_one_bundle() -> None:
     proc = run("convert", str(FIXTURES / "hl7" / "adt_a04.hl7"))
-    assert_one_line_error(proc, "ADT^A04", "ADT_A01")
+    assert proc.returncode == 0, proc.stderr
+    bundle = json.loads(proc.stdout)
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "transaction"
+    patient = bundle["entry"][0]["resource"]
+    assert patient["resourceType"] == "Patient"
+    assert patient["name"][0]["family"] == "Okafor"
+
+
+def test_convert_several_messages_gives_ndjson(tmp_path: Path) -> None:
+    one = (FIXTURES / "hl7" / "adt_a04.hl7").read_bytes()
+    siu = (FIXTURES / "hl7" / "siu_s12.hl7").read_bytes()
+    f = tmp_path / "many.hl7"
+    f.write_bytes(one + b"\n" + siu + b"\n" + one)
+    proc = run("convert", str(f))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3
+    kinds = [{e["resource"]["resourceType"] for e in json.loads(line)["entry"]} for line in lines]
+    assert "Appointment" in kinds[1] and "Appointment" not in kinds[0]
+
+
+def test_convert_unsupported_type_names_it(tmp_path: Path) -> None:
+    f = tmp_path / "zzz.hl7"
+    f.write_text("MSH|^~\\&|A|B|C|D|20260101||ZZZ^Q99|X|P|2.5.1\rPID|1\r")
+    assert_one_line_error(run("convert", str(f)), "ZZZ^Q99")
+
+
+def test_convert_bad_message_in_a_file_names_its_position(tmp_path: Path) -> None:
+    good = (FIXTURES / "hl7" / "adt_a04.hl7").read_bytes()
+    f = tmp_path / "mixed.hl7"
+    f.write_bytes(good + b"MSH|^~\\&|A|B|C|D|20260101||ADT^A02|X|P|2.5.1\rPID|1\r")
+    assert_one_line_error(run("convert", str(f)), "message 2", "ADT^A02")
+
+
+def test_mappings_check_and_test() -> None:
+    check = run("mappings", "check")
+    assert check.returncode == 0 and check.stdout.startswith("ok: ")
+    golden = run("mappings", "test", "--golden", str(FIXTURES))
+    assert golden.returncode == 0, golden.stdout + golden.stderr
+    assert "golden pairs agree" in golden.stdout
 
 
 def test_usage_error_exits_2() -> None:

@@ -214,7 +214,7 @@ class Compiler:
             env[f"TPL{i}"] = rule.wrap
 
         # text, codes and datatypes are never valued when falsy; a transform may give False or 0
-        truthy = rule.transform in (None, "text") or rule.build is not None
+        truthy = rule.value is None and (rule.transform in (None, "text") or rule.build is not None)
 
         def store(ind: str) -> list[str]:
             test = "val" if truthy else "val is not None and val != '' and val != {}"

@@ -251,7 +251,7 @@ class InboundMapper:
                 res: dict[str, Any] = {"resourceType": plan.resource}
                 for map_name, seg in group:
                     segment_fns[map_name](seg, res, run)
-                if len(res) == 1 or any(_get(res, p) is None for p in plan.required):
+                if len(res) == 1:
                     continue
                 for path, tname in plan.trigger_values.items():
                     code = tables[tname].map.get(run.trigger)
@@ -292,7 +292,12 @@ class InboundMapper:
                             ref_value = wrap(wrap_tpl, ref_value, keys.index(k) + 1)
                         put(res, steps, ref_value)
                     break
-        entries = [_entry(url, res, ident) for url, res, _plan, _index, ident in order]
+        # ``required`` is checked once references are in (a Claim needs its Coverage)
+        entries = [
+            _entry(url, res, ident)
+            for url, res, plan, _index, ident in order
+            if not plan.required or all(_get(res, p) is not None for p in plan.required)
+        ]
         entries += [_entry(url, res, self._pick_identifier(res)) for url, res in run.extra.values()]
         return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 

@@ -60,9 +60,14 @@ def _compose_lines(text: str, where: str) -> tuple[Any, dict[tuple[Any, ...], in
     try:
         node = yaml.compose(text, Loader=_LineLoader)
     except yaml.YAMLError as exc:
+        # the construct that failed (context) is where to look; the problem may be lines later
+        ctx = getattr(exc, "context_mark", None)
         mark = getattr(exc, "problem_mark", None)
-        line = f", line {mark.line + 1}" if mark is not None else ""
+        first = ctx or mark
+        line = f", line {first.line + 1}" if first is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if ctx is not None and mark is not None and mark.line != ctx.line:
+            problem += f" at line {mark.line + 1}"
         raise ConfigError(f"{where}{line}: not valid YAML ({problem})") from exc
     lines: dict[tuple[Any, ...], int] = {}
 
@@ -146,11 +151,34 @@ def load_files(site_dir: Path | None = None, *, defaults: Path | None = None) ->
                     )
                 store[name] = spec
                 out.origin[f"{kind}/{name}"] = where
+        _attach(out)
         site = root / "site.yaml"
         if site.is_file():
             out.site = parse_file(site, SiteConfig, f"{prefix}site.yaml")
             out.origin["site"] = f"{prefix}site.yaml"
     return out
+
+
+def _attach(out: MappingFiles) -> None:
+    """Join segment maps with ``add_to`` to the plans they name."""
+    for name, smap in out.segments.items():
+        for target in smap.add_to:
+            where = out.origin.get(f"segments/{name}", name)
+            message, _, plan_name = target.partition(".")
+            mm = out.messages.get(message)
+            plans = [p.name for p in mm.resources] if mm else []
+            if mm is None or plan_name not in plans:
+                raise ConfigError(
+                    f"{where}, add_to: no resource {plan_name!r} in messages/{message}.yaml"
+                    + (f" (it has: {', '.join(plans)})" if plans else "")
+                )
+            resources = [
+                p.model_copy(update={"segments": [*p.segments, name]})
+                if p.name == plan_name and name not in p.segments
+                else p
+                for p in mm.resources
+            ]
+            out.messages[message] = mm.model_copy(update={"resources": resources})
 
 
 def _name_of(spec: BaseModel) -> str:

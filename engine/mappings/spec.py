@@ -151,6 +151,9 @@ class SegmentMap(_Strict):
     segment: str = Field(..., pattern=r"^[A-Z][A-Z0-9]{2}$")
     name: str | None = Field(None, pattern=r"^[A-Z][A-Z0-9]{2}(-[a-z0-9-]+)?$")
     resource: str
+    #: plans this map joins, as ``MESSAGE.plan`` (``[ADT.patient, SIU.patient]``): how a site maps a
+    #: Z-segment without copying the message map
+    add_to: list[str] = []
     note: str | None = None
     rules: list[Rule]
 
@@ -197,7 +200,8 @@ class ResourcePlan(_Strict):
     identity: str | None = None
     #: build the resource only when this holds on the (first or anchor) segment
     when: Condition | None = None
-    #: skip the resource when it would hold nothing but these elements
+    #: leave the resource out unless all these elements are present once references are made
+    #: (a Claim without insurance is not a claim); such a resource must not be a ref target
     required: list[str] = []
 
 
