@@ -238,8 +238,10 @@ class InboundMapper:
         positions = _positions(message)
         msh = message.msh
         fallback_key = f"{msh.get(3)}|{msh.get(4)}|{msh.get(10)}"
-        made: dict[str, dict[int, str]] = {}  # plan name -> group index -> fullUrl
+        # plan name -> [(position of its first segment in the message, fullUrl)]
+        made: dict[str, list[tuple[int, str]]] = {}
         order: list[tuple[str, dict[str, Any], ResourcePlan, int, dict[str, Any] | None]] = []
+        where = {id(seg): i for i, seg in enumerate(message.segments)}
         seg_ids = self._seg_ids
         segment_fns = self._compiler.segments
         tables = self.files.tables
@@ -265,31 +267,35 @@ class InboundMapper:
                 else:
                     key = f"{fallback_key}|{plan.name}|{index}"
                 url = "urn:uuid:" + _uuid5(f"{plan.resource}|{key}")
-                made.setdefault(plan.name, {})[index] = url
-                order.append((url, res, plan, index, ident))
-        # references between planned resources: same group when both repeat on the same
-        # segment (a Coverage and its payer), else the first one made
+                pos = where[id(group[0][1])]
+                made.setdefault(plan.name, []).append((pos, url))
+                order.append((url, res, plan, pos, ident))
+        # references between planned resources:
+        # - to a plan repeating on the same segment: the resource of the same group (a Coverage
+        #   and its payer), or none;
+        # - else the nearest one before (a merge's prior patient and the PID it follows), or the
+        #   first one (a Claim's patient); ``all`` refers to every one
         plans = self._plans[mm.message]
-        for _url, res, plan, index, _ident in order:
+        for _url, res, plan, pos, _ident in order:
             for steps, targets, wrap_tpl, every in self._refs[(mm.message, plan.name)]:
                 for target in targets:
                     got = made.get(target)
                     if not got:
                         continue
                     tplan = plans[target]
-                    keys = sorted(got)
                     if every:
-                        chosen = keys
+                        chosen = list(range(len(got)))
                     elif tplan.each is not None and tplan.each == plan.each:
-                        if index not in got:
+                        chosen = [i for i, (p, _) in enumerate(got) if p == pos][:1]
+                        if not chosen:
                             continue
-                        chosen = [index]
                     else:
-                        chosen = keys[:1]
-                    for k in chosen:
-                        ref_value: Any = {"reference": got[k]}
+                        before = [i for i, (p, _) in enumerate(got) if p <= pos]
+                        chosen = [before[-1] if before else 0]
+                    for i in chosen:
+                        ref_value: Any = {"reference": got[i][1]}
                         if wrap_tpl:
-                            ref_value = wrap(wrap_tpl, ref_value, keys.index(k) + 1)
+                            ref_value = wrap(wrap_tpl, ref_value, i + 1)
                         put(res, steps, ref_value)
                     break
         # ``required`` is checked once references are in (a Claim needs its Coverage)
@@ -388,6 +394,9 @@ def _groups(
             current.extend((name, seg) for name in by_id[seg.name])
         elif current is not None and seg.name in _GROUP_ENDERS:
             current = None
+        elif current is None and groups and seg.name in by_id and seg.name[0] == "Z":
+            # a site's Z-segment, sent at the end of the message, belongs to the last group
+            groups[-1].extend((name, seg) for name in by_id[seg.name])
     return groups
 
 

@@ -156,6 +156,23 @@ def test_a40_merge_links_both_patients(mappings: Mappings) -> None:
     }
 
 
+def test_a40_with_two_merges_pairs_each_prior_with_its_own_survivor(mappings: Mappings) -> None:
+    raw = (FIXTURES / "hl7" / "adt_a40.hl7").read_bytes().rstrip(b"\r") + (
+        b"\rPID|1||MRN50001^^^OAKCLINIC^MR||Second^Sam||19700101|M\rMRG|MRN59999^^^OAKCLINIC^MR\r"
+    )
+    bundle = mappings.to_fhir(parse_message(raw))
+    patients = {
+        e["resource"]["identifier"][0]["value"]: (e["fullUrl"], e["resource"])
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "Patient"
+    }
+    assert set(patients) == {"MRN30007", "MRN39999", "MRN50001", "MRN59999"}
+    assert patients["MRN50001"][1]["link"][0]["other"]["identifier"]["value"] == "MRN59999"
+    assert patients["MRN59999"][1]["link"][0]["other"]["reference"] == patients["MRN50001"][0]
+    assert patients["MRN39999"][1]["link"][0]["other"]["reference"] == patients["MRN30007"][0]
+    assert patients["MRN50001"][1]["name"][0]["family"] == "Second"  # not merged into one
+
+
 def test_same_patient_same_full_url_across_messages(mappings: Mappings) -> None:
     a01 = convert(mappings, "adt_a01")["entry"][0]["fullUrl"]
     a03 = convert(mappings, "adt_a03")["entry"][0]["fullUrl"]
