@@ -16,6 +16,7 @@ from bench.harness import Options, write_results
 #: suite name -> module with ``run(options) -> dict`` (imported only when the suite runs)
 SUITES: dict[str, str] = {
     "codec": "bench.codec_bench",
+    "convert": "bench.convert_bench",
 }
 
 

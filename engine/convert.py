@@ -10,7 +10,9 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -75,16 +77,28 @@ def _hl7_to_fhir(data: bytes, name: str, settings: Settings, jobs: int | None) -
     pool = None
     results: Iterator[tuple[bytes, tuple[int, str, str] | None]]
     if jobs > 1 and len(spans) > 1:
-        # fork: the workers inherit the compiled mappings and the messages; only spans go out
-        # and NDJSON comes back, in order
+        # fork: the workers inherit the compiled mappings and the messages; only spans go out.
+        # Each worker writes its NDJSON to a file of its own and the parent copies the files to
+        # stdout in order (no pickling of results through pipes).
+        spool = tempfile.TemporaryDirectory(prefix="engine-convert-")
+        assert _WORKER is not None
+        _WORKER.spool = spool.name
         pool = multiprocessing.get_context("fork").Pool(jobs)
         results = pool.imap(_convert_span, spans)
     else:
+        spool = None
         results = map(_convert_span, spans)
     try:
         done = 0
         for text, failure in results:
-            out.write(text)
+            if spool is not None:
+                out.flush()
+                chunk = Path(text.decode())
+                with chunk.open("rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                chunk.unlink()
+            else:
+                out.write(text)
             done += _CHUNK
             if progress is not None:
                 progress(min(done, len(pieces)))
@@ -96,6 +110,8 @@ def _hl7_to_fhir(data: bytes, name: str, settings: Settings, jobs: int | None) -
     finally:
         if pool is not None:
             pool.terminate()
+        if spool is not None:
+            spool.cleanup()
         out.flush()
         if progress is not None:
             progress(-1)
@@ -112,6 +128,8 @@ class _Converter:
         self.mappings = mappings
         self.settings = settings
         self.pieces = pieces
+        #: in a worker process: the directory its NDJSON files go to
+        self.spool: str | None = None
         self.validate: Callable[[dict[str, Any]], None] | None = None
         if settings.validate_fhir:
             from engine.mappings.fhir_validate import validate_bundle
@@ -137,9 +155,19 @@ def _convert_span(span: tuple[int, int]) -> tuple[bytes, tuple[int, str, str] | 
             if conv.validate is not None:
                 conv.validate(bundle)
         except EngineError as exc:
-            return b"".join(lines), (start + offset, type(exc).__name__, str(exc))
+            return _emit(conv, start, lines), (start + offset, type(exc).__name__, str(exc))
         lines.append(orjson.dumps(bundle, option=option) + b"\n")
-    return b"".join(lines), None
+    return _emit(conv, start, lines), None
+
+
+def _emit(conv: _Converter, start: int, lines: list[bytes]) -> bytes:
+    """The NDJSON itself, or (in a worker) the path of the file it was written to."""
+    if conv.spool is None:
+        return b"".join(lines)
+    path = Path(conv.spool) / f"{start:09d}.ndjson"
+    with path.open("wb") as fh:
+        fh.writelines(lines)
+    return str(path).encode()
 
 
 _ERRORS: dict[str, type[EngineError]] = {

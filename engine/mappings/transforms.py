@@ -37,10 +37,12 @@ class TransformContext:
     identifier_system_base: str = "urn:engine:identifier:"
 
     def system_for(self, namespace: str) -> str | None:
-        for ns, uri in self.identifier_systems:
-            if ns == namespace:
-                return uri
-        return None
+        return _systems(self.identifier_systems).get(namespace)
+
+
+@lru_cache(maxsize=16)
+def _systems(pairs: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    return dict(pairs)
 
 
 @dataclass(frozen=True)
