@@ -90,6 +90,12 @@ def convert(
         bool | None,
         typer.Option("--validate/--no-validate", help="check FHIR output with fhir.resources"),
     ] = None,
+    event: Annotated[
+        str | None,
+        typer.Option(
+            help="FHIR → HL7v2: new, update, reschedule, modify, or a trigger such as A08"
+        ),
+    ] = None,
     jobs: Annotated[
         int | None,
         typer.Option(
@@ -105,7 +111,7 @@ def convert(
     from engine.settings import load_settings
 
     settings = load_settings(mappings_dir=mappings, validate_fhir=validate_fhir)
-    convert_file(_read_input(file), str(file), to=to, settings=settings, jobs=jobs)
+    convert_file(_read_input(file), str(file), to=to, settings=settings, jobs=jobs, event=event)
 
 
 mappings_app = typer.Typer(help="Check and test mapping files.", no_args_is_help=True)

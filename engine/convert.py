@@ -34,7 +34,13 @@ __all__ = ["convert_file", "run_golden"]
 
 
 def convert_file(
-    data: bytes, name: str, *, to: str | None, settings: Settings, jobs: int | None = None
+    data: bytes,
+    name: str,
+    *,
+    to: str | None,
+    settings: Settings,
+    jobs: int | None = None,
+    event: str | None = None,
 ) -> None:
     """Convert one input file and write the result to stdout."""
     fmt = detect_format(data)
@@ -52,7 +58,7 @@ def convert_file(
         return
     if fmt == "x12":
         raise ConversionError(f"{name}: X12 conversion is not available yet")
-    _fhir_to_hl7(data, name, target, settings)
+    _fhir_to_hl7(data, name, target, settings, event)
 
 
 def _hl7_to_fhir(data: bytes, name: str, settings: Settings, jobs: int | None) -> None:
@@ -199,7 +205,13 @@ def _progress(total: int) -> Callable[[int], None]:
     return step
 
 
-def _fhir_to_hl7(data: bytes, name: str, target: str | None, settings: Settings) -> None:
+def _fhir_to_hl7(
+    data: bytes, name: str, target: str | None, settings: Settings, event: str | None
+) -> None:
+    from datetime import UTC, datetime
+
+    from engine.mappings import load_mappings
+
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -208,7 +220,25 @@ def _fhir_to_hl7(data: bytes, name: str, target: str | None, settings: Settings)
         raise ConversionError(f"{name}: JSON without a resourceType is not FHIR")
     if target == "x12":
         raise ConversionError(f"{name}: FHIR to X12 is not available yet")
-    raise ConversionError(f"{name}: FHIR to HL7v2 is not available yet")
+    if settings.validate_fhir:
+        from engine.mappings.fhir_validate import validate_bundle, validate_resource
+
+        if doc["resourceType"] == "Bundle":
+            validate_bundle(doc)
+        else:
+            validate_resource(doc)
+    mappings = load_mappings(settings.mappings_dir)
+    now = datetime.now(UTC)
+    try:
+        message = mappings.to_hl7(
+            doc, control_id=now.strftime("E%Y%m%d%H%M%S%f"), timestamp=now, event=event
+        )
+    except EngineError as exc:
+        raise type(exc)(exc.message, where=f"{name}: {exc.where}" if exc.where else name) from exc
+    # ER7 ends segments with CR; on a terminal, show them one per line
+    terminator = "\n" if sys.stdout.isatty() else "\r"
+    sys.stdout.buffer.write(message.to_bytes(terminator))
+    sys.stdout.flush()
 
 
 def run_golden(site_dir: Path | None, folder: Path, *, echo: Callable[[str], None]) -> int:

@@ -115,6 +115,24 @@ def test_convert_bad_message_in_a_file_names_its_position(tmp_path: Path) -> Non
     assert_one_line_error(run("convert", str(f)), "message 2", "ADT^A02")
 
 
+def test_convert_fhir_to_hl7v2() -> None:
+    proc = run("convert", "--to", "hl7v2", str(FIXTURES / "fhir" / "adt_a28.json"))
+    assert proc.returncode == 0, proc.stderr
+    message = parse_message(proc.stdout)
+    assert message.type.code == "ADT" and message.type.trigger == "A28"
+    assert message.get("PID-3.1") == "MRN30007" and message.get("PID-5.1") == "O'Brien-Núñez"
+    assert message.get("IN1-36") == "W998877665"
+
+
+def test_convert_fhir_names_what_is_missing(tmp_path: Path) -> None:
+    f = tmp_path / "appointment.json"
+    f.write_text('{"resourceType": "Appointment", "status": "booked"}')
+    assert_one_line_error(run("convert", "--to", "hl7v2", str(f)), "needs a Patient")
+    g = tmp_path / "broken.json"
+    g.write_text('{"resourceType": "Patient", "birthDate": "not a date"}')
+    assert_one_line_error(run("convert", "--validate", str(g)), "birthDate")
+
+
 def test_mappings_check_and_test() -> None:
     check = run("mappings", "check")
     assert check.returncode == 0 and check.stdout.startswith("ok: ")

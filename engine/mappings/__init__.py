@@ -1,12 +1,15 @@
 """Mappings: HL7v2 ⇄ FHIR R4 as YAML data an IT admin can read and change.
 
 ``load_mappings(site_dir)`` reads the built-in files and a site directory over them, validates them
-and compiles them; ``Mappings.to_fhir(message)`` gives a transaction Bundle. docs/MAPPINGS.md is the
-guide for mapping authors.
+and compiles them; ``Mappings.to_fhir(message)`` gives a transaction Bundle and
+``Mappings.to_hl7(bundle, ...)`` an HL7v2 v2.5.1 message. docs/MAPPINGS.md is the guide for mapping
+authors.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +21,41 @@ __all__ = ["MappingFiles", "Mappings", "default_specs_dir", "load_mappings"]
 
 
 class Mappings:
-    """The compiled mapping set, both directions."""
+    """The compiled mapping set, both directions (the outbound side is compiled on first use)."""
 
     def __init__(self, files: MappingFiles) -> None:
         self.files = files
         self.inbound = InboundMapper(files)
+        self._outbound: Any = None
 
     def to_fhir(self, message: Message) -> dict[str, Any]:
         """HL7v2 message → FHIR transaction Bundle (dict)."""
         return self.inbound.to_bundle(message)
 
+    def to_hl7(
+        self,
+        data: Mapping[str, Any],
+        *,
+        control_id: str,
+        timestamp: str | datetime | None = None,
+        event: str | None = None,
+        message: str | None = None,
+    ) -> Message:
+        """A FHIR Bundle or resource → an HL7v2 message (ADT, SIU or DFT, by what it holds)."""
+        if self._outbound is None:
+            from engine.mappings.outbound import OutboundMapper
+
+            self._outbound = OutboundMapper(self.files)
+        result: Message = self._outbound.to_hl7(
+            data, event=event, control_id=control_id, timestamp=timestamp, message=message
+        )
+        return result
+
 
 def load_mappings(site_dir: Path | None = None) -> Mappings:
     """Load, validate and compile the mapping files (raises ConfigError naming file/line/key)."""
-    return Mappings(load_files(site_dir))
+    from engine.mappings.outbound_spec import load_outbound
+
+    files = load_files(site_dir)
+    files.outbound = load_outbound(site_dir)
+    return Mappings(files)

@@ -50,6 +50,8 @@ class MappingFiles:
     messages: dict[str, MessageMap] = field(default_factory=dict)
     site: SiteConfig = field(default_factory=SiteConfig)
     origin: dict[str, str] = field(default_factory=dict)
+    #: outbound message layouts (engine.mappings.outbound_spec.OutboundMessage), by message code
+    outbound: dict[str, Any] = field(default_factory=dict)
 
 
 class _LineLoader(yaml.SafeLoader):
