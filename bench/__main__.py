@@ -17,6 +17,7 @@ from bench.harness import Options, write_results
 SUITES: dict[str, str] = {
     "codec": "bench.codec_bench",
     "convert": "bench.convert_bench",
+    "ingest": "bench.ingest_bench",
 }
 
 

@@ -1,22 +1,31 @@
-"""The one place that knows the order of the stages: receive → store → parse → (map → route →
-deliver) → acknowledge.
+"""The one place that knows the order of the stages:
 
-Today the pipeline stores, parses and acknowledges; mapping, routing and delivery join it as they
-are
-built. The rule it enforces is the engine's promise: a message is acknowledged positively only after
-its raw bytes are committed to the store, and every byte received is stored, with its state and the
-reason, even when it cannot be read.
+    receive → store → acknowledge          (Ingest: here, on the listener's time)
+    processing: parse → route → map        (Processor: engine/processing.py, from the queue)
+    delivery: deliver, retry, dead-letter  (Dispatcher: engine/processing.py)
+
+The rule Ingest enforces is the engine's promise: a message is acknowledged positively only after
+its raw bytes and metadata are committed to the store, and every byte received is stored, with its
+state and the reason, even when it cannot be read. Stores are *group commits*: messages arriving
+together from many senders share one transaction, so durable ACKs stay fast.
+
+What is checked before the ACK (cheap, so ACKs stay fast; HL7 v2.5.1 §2.9, table 0357):
+the message parses (else AR, 100/102), MSH-9, MSH-10 and MSH-12 are present (101), MSH-11 is a
+processing ID of table 0103 (103), and some route wants the message type and trigger, with a
+mapping for it (else AR, 200 unsupported message type / 201 unsupported event). Everything else
+(mapping, delivery) happens after the ACK, from the queue.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
-from engine.errors import EngineError
+from engine.errors import EngineError, HL7ValidationError, UnsupportedMessageError
 from engine.hl7v2.ack import (
     ack_code_for,
     ack_mode,
@@ -27,30 +36,26 @@ from engine.hl7v2.ack import (
     nak_for_unparseable,
 )
 from engine.hl7v2.codec import Message, parse_message
+from engine.store.repository import Incoming, Stored
 
-__all__ = ["Ingest", "MessageStore", "Receipt"]
+__all__ = ["Ingest", "MessageStore", "Receipt", "RouteCheck"]
 
 log = logging.getLogger(__name__)
 
+#: HL7 table 0103 processing ID
+_PROCESSING_IDS = frozenset({"P", "D", "T"})
+
 
 class MessageStore(Protocol):
-    """What the pipeline needs of the store (SqlMessageStore, or a fake in tests)."""
+    """What Ingest needs of the store (SqlMessageStore, or a fake in tests)."""
 
-    def save_received(self, raw: bytes, *, channel: str, peer: str = "") -> int: ...
+    def save_batch(self, items: list[Incoming]) -> list[Stored]: ...
 
-    def describe(
-        self,
-        message_id: int,
-        *,
-        control_id: str,
-        message_type: str,
-        trigger: str,
-        structure: str,
-        sending_application: str,
-        sending_facility: str,
-    ) -> None: ...
 
-    def set_state(self, message_id: int, state: str, reason: str | None = None) -> None: ...
+class RouteCheck(Protocol):
+    """Says, before the ACK, whether the engine will take a message: None, or why not."""
+
+    def refuse(self, message: Message) -> EngineError | None: ...
 
 
 @dataclass(frozen=True)
@@ -61,79 +66,175 @@ class Receipt:
     state: str
     ack: bytes | None
     ack_code: str | None
+    duplicate: bool = False
+
+
+@dataclass
+class _Pending:
+    item: Incoming
+    future: asyncio.Future[Stored]
 
 
 class Ingest:
-    """Receives raw messages from any channel (MLLP, HTTP, file) and acknowledges them."""
+    """Receives raw messages from any channel (MLLP, HTTP, file), stores and acknowledges them."""
 
     def __init__(
         self,
         store: MessageStore,
         *,
+        routes: RouteCheck | None = None,
         default_charset: str = "utf-8",
         identity: tuple[str, str] = ("ENGINE", "ENGINE"),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_stored: Callable[[], None] | None = None,
+        on_receipt: Callable[[str, Receipt], None] | None = None,
+        max_batch: int = 500,
     ) -> None:
         self.store = store
+        self.routes = routes
         self.default_charset = default_charset
         self.identity = identity
         self.clock = clock
+        self.on_stored = on_stored
+        self.on_receipt = on_receipt
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._writer: asyncio.Task[None] | None = None
 
-    def receive(self, raw: bytes, *, channel: str, peer: str = "") -> Receipt:
-        """Store, parse and acknowledge one message. Never raises for bad input.
+    # -- group commit ------------------------------------------------------------------------
 
-        If the store itself fails, the sender gets a negative commit ACK (or nothing, when not even
-        the MSH can be read) and must send again: nothing is acknowledged that is not stored.
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write_loop(), name="ingest-writer")
+
+    async def stop(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            try:
+                await self._writer
+            except asyncio.CancelledError:
+                pass
+            self._writer = None
+
+    async def _store(self, item: Incoming) -> Stored:
+        if self._queue is None:  # not started: one transaction per message
+            return (await asyncio.to_thread(self.store.save_batch, [item]))[0]
+        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(item, future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        """Drain the queue: whatever arrived while the last commit ran goes in the next one."""
+        assert self._queue is not None
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                stored = await asyncio.to_thread(self.store.save_batch, [p.item for p in batch])
+            except Exception as exc:  # the database is down: every sender gets a refusal
+                log.error("store failed", extra={"error": type(exc).__name__, "n": len(batch)})
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            for p, s in zip(batch, stored, strict=True):
+                if not p.future.done():
+                    p.future.set_result(s)
+            if self.on_stored is not None:
+                self.on_stored()
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def receive(self, raw: bytes, *, channel: str, peer: str = "") -> Receipt:
+        """Store and acknowledge one HL7v2 message. Never raises for bad input.
+
+        If the store itself fails, the sender gets a negative ACK (AR, or CR in enhanced mode)
+        and must send again: nothing is acknowledged that is not stored.
         """
-        try:
-            message_id = self.store.save_received(raw, channel=channel, peer=peer)
-        except Exception as exc:  # the database is down: refuse, the sender will retry
-            log.error("store failed; message refused", extra={"error": type(exc).__name__})
-            error = EngineError("message could not be stored; send again")
-            nak = self._nak(raw, error, "storefail")
-            return Receipt(None, "refused", nak, _msa1(nak))
+        receipt = await self._receive(raw, channel=channel, peer=peer)
+        if self.on_receipt is not None:
+            self.on_receipt(channel, receipt)
+        return receipt
 
+    async def _receive(self, raw: bytes, *, channel: str, peer: str) -> Receipt:
         try:
             message = parse_message(raw, default_charset=self.default_charset)
-            mtype = message.type
-            msh = message.msh
         except EngineError as exc:
-            self.store.set_state(message_id, "error", str(exc))
-            log.info("message unreadable", extra={"message_id": message_id, "code": exc.code})
-            nak = self._nak(raw, exc, str(message_id))
-            return Receipt(message_id, "error", nak, _msa1(nak))
+            item = Incoming(raw=raw, channel=channel, peer=peer, state="error", reason=str(exc))
+            return await self._refuse_unreadable(raw, item, exc)
 
-        self.store.describe(
-            message_id,
-            control_id=message.control_id,
-            message_type=mtype.code,
-            trigger=mtype.trigger,
-            structure=mtype.structure,
-            sending_application=msh.get(3),
-            sending_facility=msh.get(4),
+        mtype = message.type
+        msh = message.msh
+        control_id = message.control_id
+        problem = _header_problem(message)
+        if problem is None and self.routes is not None:
+            problem = self.routes.refuse(message)
+        sender = msh.get(3)
+        facility = msh.get(4)
+        item = Incoming(
+            raw=raw,
+            channel=channel,
+            peer=peer,
+            state="error" if problem else "received",
+            reason=str(problem) if problem else None,
+            control_id=control_id or None,
+            message_type=mtype.code or None,
+            trigger=mtype.trigger or None,
+            structure=mtype.structure or None,
+            sending_application=sender or None,
+            sending_facility=facility or None,
+            dedupe_key=f"{sender}|{facility}|{control_id}" if control_id else None,
         )
+        try:
+            stored = await self._store(item)
+        except Exception:
+            return self._refused(raw)
         log.info(
             "message stored",
-            extra={"message_id": message_id, "control_id": message.control_id, "type": str(mtype)},
+            extra={
+                "message_id": stored.id,
+                "control_id": control_id,
+                "type": str(mtype),
+                "duplicate": stored.duplicate,
+                "outcome": "error" if problem else "received",
+            },
         )
-        return self._acknowledge(message, message_id, None)
+        return self._acknowledge(message, stored, problem, item.state)
 
-    def _acknowledge(self, message: Message, message_id: int, error: EngineError | None) -> Receipt:
+    async def _refuse_unreadable(self, raw: bytes, item: Incoming, exc: EngineError) -> Receipt:
+        try:
+            stored = await self._store(item)
+        except Exception:
+            return self._refused(raw)
+        log.info("message unreadable", extra={"message_id": stored.id, "code": exc.code})
+        nak = self._nak(raw, exc, str(stored.id))
+        return Receipt(stored.id, "error", nak, _msa1(nak))
+
+    def _refused(self, raw: bytes) -> Receipt:
+        error = EngineError("message could not be stored; send again")
+        nak = self._nak(raw, error, "STOREFAIL")
+        return Receipt(None, "refused", nak, _msa1(nak))
+
+    def _acknowledge(
+        self, message: Message, stored: Stored, error: EngineError | None, state: str
+    ) -> Receipt:
         enhanced = ack_mode(message) == "enhanced"
         accepted = error is None
-        state = "received" if accepted else "error"
         if enhanced and not commit_ack_wanted(message, accepted):
-            return Receipt(message_id, state, None, None)
+            return Receipt(stored.id, state, None, None, stored.duplicate)
         code = ack_code_for(error, enhanced=enhanced, stage="commit" if enhanced else "application")
+        # the ACK is built from the stored message's id and time, so a duplicate gets the very
+        # same ACK again (idempotent receiver)
         ack = build_ack(
             message,
             code,
-            control_id=f"A{message_id}",
-            timestamp=hl7_timestamp(self.clock()),
+            control_id=f"A{stored.id}",
+            timestamp=hl7_timestamp(stored.received_at),
             errors=errors_for(error, message) if error else (),
             sending=self.identity,
         )
-        return Receipt(message_id, state, ack.to_bytes(), code)
+        return Receipt(stored.id, state, ack.to_bytes(), code, stored.duplicate)
 
     def _nak(self, raw: bytes, error: EngineError, suffix: str) -> bytes | None:
         return nak_for_unparseable(
@@ -144,9 +245,69 @@ class Ingest:
             sending=self.identity,
         )
 
+    async def receive_fhir(self, body: bytes, *, peer: str = "") -> Receipt:
+        """Store a FHIR Bundle or resource (JSON) received over HTTP, for routing."""
+        import orjson
+
+        try:
+            doc: Any = orjson.loads(body)
+            rtype = doc.get("resourceType") if isinstance(doc, dict) else None
+            problem = None if isinstance(rtype, str) else "not a FHIR resource: no resourceType"
+        except orjson.JSONDecodeError as exc:
+            rtype, problem = None, f"not valid JSON ({exc})"
+        item = Incoming(
+            raw=body,
+            channel="http",
+            peer=peer,
+            kind="fhir",
+            message_type=rtype,
+            state="error" if problem else "received",
+            reason=problem,
+        )
+        try:
+            stored = await self._store(item)
+        except Exception:
+            receipt = Receipt(None, "refused", None, None)
+        else:
+            receipt = Receipt(stored.id, item.state, None, None)
+        if self.on_receipt is not None:
+            self.on_receipt("fhir", receipt)
+        return receipt
+
+
+def _header_problem(message: Message) -> EngineError | None:
+    """The MSH fields a receiver must have to process and acknowledge a message."""
+    msh = message.msh
+    for n, name in ((9, "Message Type"), (10, "Message Control ID"), (12, "Version ID")):
+        if not msh.get(n):
+            return HL7ValidationError(
+                f"field {n} ({name}) is required but empty", where=f"MSH-{n}", code="101"
+            )
+    if msh.get(11) not in _PROCESSING_IDS:
+        return HL7ValidationError(
+            f"processing ID {msh.get(11)!r} is not in HL7 table 0103 (P, D, T)",
+            where="MSH-11",
+            code="103",
+        )
+    return None
+
 
 def _msa1(ack: bytes | None) -> str | None:
     """The acknowledgment code of an ACK we built (for the receipt and metrics)."""
     if ack is None:
         return None
     return parse_message(ack).get("MSA-1") or None
+
+
+def unsupported(message: Message, known_codes: set[str]) -> UnsupportedMessageError:
+    """Table 0357 code 200 for a message type we do not take, 201 for an event of one we do."""
+    mtype = message.type
+    if mtype.code in known_codes:
+        return UnsupportedMessageError(
+            f"unsupported event {mtype.code}^{mtype.trigger}: no route takes it",
+            where="MSH-9.2",
+            code="201",
+        )
+    return UnsupportedMessageError(
+        f"unsupported message type {mtype.code}: no route takes it", where="MSH-9.1", code="200"
+    )

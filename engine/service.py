@@ -10,8 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import os
 import signal
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 
@@ -19,9 +23,12 @@ from engine.adapters.mllp.server import MLLPServer
 from engine.api.app import create_app
 from engine.errors import ConfigError, EngineError
 from engine.hl7v2.ack import hl7_timestamp, nak_for_unparseable
-from engine.pipeline import Ingest
+from engine.metrics import ENGINE_METRICS, EngineMetrics
+from engine.operations import Messages
+from engine.pipeline import Ingest, Receipt
 from engine.settings import Settings
 from engine.store.repository import SqlMessageStore, create_db_engine
+from engine.worker import run_workers
 
 __all__ = ["Engine", "serve"]
 
@@ -37,13 +44,13 @@ class _Server(uvicorn.Server):
 
 
 class _MLLPHandler:
-    """Adapts the synchronous pipeline to the MLLP listener (store I/O runs in a worker thread)."""
+    """Adapts the pipeline to the MLLP listener."""
 
     def __init__(self, ingest: Ingest) -> None:
         self.ingest = ingest
 
     async def on_message(self, payload: bytes, peer: str) -> bytes | None:
-        receipt = await asyncio.to_thread(self.ingest.receive, payload, channel="mllp", peer=peer)
+        receipt = await self.ingest.receive(payload, channel="mllp", peer=peer)
         return receipt.ack
 
     async def on_oversize(self, head: bytes, limit: int, peer: str) -> bytes | None:
@@ -57,17 +64,64 @@ class _MLLPHandler:
         )
 
 
+class _Health:
+    """Ready when the store answers."""
+
+    def __init__(self, store: SqlMessageStore) -> None:
+        self.store = store
+
+    def ready(self) -> bool:
+        try:
+            return self.store.ping()
+        except Exception:  # any database failure means not ready
+            return False
+
+
+class _DeliveryMetrics:
+    """Delivery outcomes into the Prometheus metrics."""
+
+    def __init__(self, metrics: EngineMetrics) -> None:
+        self.metrics = metrics
+
+    def delivered(self, destination: str, seconds: float, ok: bool, dead: bool) -> None:
+        outcome = "delivered" if ok else ("dead" if dead else "retry")
+        self.metrics.deliveries.inc(destination=destination, outcome=outcome)
+        if ok:
+            self.metrics.delivery_latency.observe(seconds, destination=destination)
+        elif dead:
+            self.metrics.dead_letters.inc(destination=destination)
+            self.metrics.errors.inc(stage="deliver")
+
+
 class Engine:
-    """The running engine: store, pipeline, MLLP listener and HTTP server."""
+    """The running engine: store, pipeline, queue workers, MLLP listener and HTTP server."""
 
     def __init__(self, settings: Settings) -> None:
+        from engine.adapters.destination import build_destination
+        from engine.mappings import load_mappings
+        from engine.processing import RouteGate
+        from engine.routes.loader import load_routes
+        from engine.routes.router import Router
+
         self.settings = settings
+        # configuration first: a broken mapping or route file stops start-up with its location
+        self.mappings = load_mappings(settings.mappings_dir)
+        self.routes = load_routes(settings.routes_dir)
         self.db_engine = create_db_engine(settings.resolved_database_url())
         self.store = SqlMessageStore(self.db_engine)
+        # destinations are built here too, so a bad destination stops start-up at once
+        for name, destination in self.routes.destinations.items():
+            build_destination(name, destination)
+        self.metrics = ENGINE_METRICS
+        self.metrics.queue_depth.set_function(
+            lambda: self.store.counts().get("deliveries_pending", 0)
+        )
         self.ingest = Ingest(
             self.store,
+            routes=RouteGate(Router(self.routes), self.mappings),
             default_charset=settings.default_charset,
             identity=(settings.application_name, settings.facility_name),
+            on_receipt=self._count,
         )
         self.mllp = MLLPServer(
             _MLLPHandler(self.ingest),
@@ -78,8 +132,15 @@ class Engine:
             frame_timeout_s=settings.frame_timeout_s,
             max_connections=settings.max_connections,
         )
+        app = create_app(
+            settings,
+            ingest=self.ingest,
+            messages=Messages(self.store),
+            health=_Health(self.store),
+            metrics=self.metrics,
+        )
         config = uvicorn.Config(
-            create_app(settings, self.store),
+            app,
             host=settings.http_host,
             port=settings.http_port,
             log_level="warning",
@@ -88,12 +149,23 @@ class Engine:
         )
         self.http = _Server(config)
 
+    def _count(self, channel: str, receipt: Receipt) -> None:
+        stored = receipt.message_id is not None and not receipt.duplicate
+        self.metrics.record_receipt(channel=channel, ack_code=receipt.ack_code, stored=stored)
+        if receipt.state == "refused":
+            self.metrics.errors.inc(stage="store")
+        elif receipt.state == "error":
+            self.metrics.errors.inc(stage="receive")
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set."""
-        self.store.create_schema()
+        await asyncio.to_thread(self.store.migrate)
+        await self.ingest.start()
+        workers = self._start_workers() if self.settings.workers else None
         try:
             await self.mllp.start()
         except OSError as exc:
+            self._stop_workers(workers)
             raise ConfigError(
                 f"cannot listen for MLLP on {self.settings.mllp_host}:{self.settings.mllp_port}: "
                 f"{exc.strerror or exc}"
@@ -120,7 +192,41 @@ class Engine:
             await self.mllp.stop()
             with contextlib.suppress(asyncio.CancelledError, SystemExit):
                 await http_task  # a bind failure ends uvicorn with SystemExit; reported above
+            await self.ingest.stop()
+            self._stop_workers(workers)
             self.db_engine.dispose()
+
+    def _start_workers(self) -> tuple[Any, Any, threading.Thread]:
+        """Start the worker process and a thread that feeds its delivery outcomes to /metrics."""
+        ctx = multiprocessing.get_context("spawn")
+        events = ctx.Queue(maxsize=100_000)
+        proc = ctx.Process(
+            target=run_workers, args=(self.settings, events, os.getpid()), name="engine-worker"
+        )
+        proc.start()
+        observer = _DeliveryMetrics(self.metrics)
+
+        def drain() -> None:
+            while True:
+                item = events.get()
+                if item is None:
+                    return
+                observer.delivered(*item)
+
+        thread = threading.Thread(target=drain, name="worker-metrics", daemon=True)
+        thread.start()
+        return proc, events, thread
+
+    def _stop_workers(self, workers: tuple[Any, Any, threading.Thread] | None) -> None:
+        if workers is None:
+            return
+        proc, events, thread = workers
+        proc.terminate()  # SIGTERM: the worker finishes in-flight deliveries and stops
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+        events.put(None)
+        thread.join(5)
 
 
 def serve(settings: Settings) -> None:

@@ -46,6 +46,13 @@ class Settings(BaseSettings):
 
     #: a site directory of mapping files layered over the built-in ones (docs/MAPPINGS.md)
     mappings_dir: Path | None = None
+    #: a site directory of route files layered over the built-in example (engine/routes/specs)
+    routes_dir: Path | None = None
+    #: retention: delivered messages are purged after this many days (undelivered never are)
+    retention_days: int = Field(30, ge=1)
+    #: run the processor and the dispatcher in this process (several processes may share one
+    #: PostgreSQL; a receive-only process sets this false)
+    workers: bool = True
     #: validate every FHIR resource the engine writes against fhir.resources' R4B models
     validate_fhir: bool = False
 

@@ -59,6 +59,8 @@ def db_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine
             from engine.store.tables import metadata
 
             metadata.drop_all(db)
+            with db.begin() as conn:
+                conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
         db.dispose()
 
 

@@ -1,38 +1,72 @@
-"""``create_app``: the FastAPI application, built from Settings and the running parts."""
+"""``create_app``: the FastAPI application, built from Settings and the ports of the running engine.
+
+Wiring only. The engine (``engine.service``) passes the pipeline, the message repository, a
+readiness probe and the metrics as ports (``engine.api.ports``); tests pass in-memory fakes.
+``/healthz`` is open; ``/readyz`` is open and asks the HealthPort; ``/metrics`` is open unless
+configured otherwise; everything else needs a bearer token (``engine.api.auth``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import httpx
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from engine import __version__
+from engine.api import routes_fhir, routes_hl7, routes_messages
+from engine.api.auth import build_verifier
+from engine.api.auth_settings import AuthSettings, auth_settings_for
+from engine.api.deps import ApiContext, HealthDep
+from engine.api.metrics import metrics_router
+from engine.api.ports import HealthPort, IngestPort, MessagesPort
+from engine.metrics import EngineMetrics
 from engine.settings import Settings
-from engine.store.repository import SqlMessageStore
 
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings, store: SqlMessageStore) -> FastAPI:
-    """The HTTP side of the engine. Health endpoints are open; everything else will need a token."""
+def create_app(
+    settings: Settings,
+    *,
+    ingest: IngestPort,
+    messages: MessagesPort,
+    health: HealthPort,
+    metrics: EngineMetrics,
+    auth: AuthSettings | None = None,
+    http_client: httpx.Client | None = None,
+) -> FastAPI:
+    """The HTTP side of the engine.
+
+    ``auth`` defaults to ``auth_settings_for(settings)`` (the ``ENGINE_AUTH_*`` environment, the dev
+    secret under ``settings.var_dir``). The key file or dev secret is read now, so a bad one stops
+    start-up with a ConfigError. ``http_client`` fetches the JWKS (tests pass one on an
+    ``httpx.MockTransport``).
+    """
+    auth = auth if auth is not None else auth_settings_for(settings)
     app = FastAPI(title="engine", version=__version__, docs_url=None, redoc_url=None)
+    app.state.context = ApiContext(settings, ingest, messages, health, metrics)
+    app.state.token_verifier = build_verifier(auth, http_client=http_client)
 
     @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
+    async def healthz() -> dict[str, Any]:
         """Liveness: the process is up."""
         return {"status": "ok", "version": __version__}
 
     @app.get("/readyz")
-    def readyz() -> JSONResponse:
-        """Readiness: the message store answers."""
+    def readyz(probe: HealthDep) -> JSONResponse:
+        """Readiness: the store answers and the engine takes messages."""
         try:
-            ok = store.ping()
-        except Exception:  # any database failure means not ready
+            ok = probe.ready()
+        except Exception:  # any failure of the probe means not ready
             ok = False
         return JSONResponse(
-            {"status": "ready" if ok else "unavailable", "store": "ok" if ok else "down"},
-            status_code=200 if ok else 503,
+            {"status": "ready" if ok else "unavailable"}, status_code=200 if ok else 503
         )
 
+    app.include_router(routes_hl7.router)
+    app.include_router(routes_fhir.router)
+    app.include_router(routes_messages.router)
+    app.include_router(metrics_router(require_token=auth.metrics_require_token))
     return app

@@ -1,43 +1,178 @@
 """All queries of the message store live here (Repository pattern).
 
 SQLite (WAL) is the embedded default, PostgreSQL the production choice; both run the same code and
-the same tests.
+the same tests. Work is claimed with ``SELECT ... FOR UPDATE SKIP LOCKED`` (rendered on PostgreSQL,
+where several engine processes may share one database; SQLite has one writer at a time anyway and
+takes its write lock at ``BEGIN IMMEDIATE``), so each message is processed once.
 """
 
 from __future__ import annotations
 
+import builtins
+import fcntl
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    case,
+    create_engine,
+    delete,
+    event,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import make_url
 
-from engine.store.tables import messages, metadata
+from engine.store.tables import deliveries, messages
 
-__all__ = ["MessageRecord", "SqlMessageStore", "create_db_engine"]
+__all__ = [
+    "DeliveryRecord",
+    "DueDelivery",
+    "Incoming",
+    "MessageRecord",
+    "NewDelivery",
+    "Outcome",
+    "Processed",
+    "SqlMessageStore",
+    "Stored",
+    "create_db_engine",
+]
 
 
-def create_db_engine(url: str) -> Engine:
-    """A SQLAlchemy engine (``db_engine``) for the URL; SQLite gets WAL and a created directory."""
+def create_db_engine(url: str, *, durable: bool = True) -> Engine:
+    """A SQLAlchemy engine (``db_engine``) for the URL; SQLite gets WAL and a created directory.
+
+    ``durable`` (the receiver): every commit is fsynced (SQLite ``synchronous=FULL``), because an
+    ACK promises the message survives a power cut. The queue workers pass ``durable=False``
+    (``synchronous=NORMAL``: still safe against a crash of the process, and under WAL a commit
+    needs no fsync): what they write can be redone — a message whose processing was lost is
+    claimed again, a delivery whose outcome was lost is delivered again (idempotently) — and
+    their shorter transactions keep the receiver's ACKs fast.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        db_engine = create_engine(url, connect_args={"check_same_thread": False})
+        db_engine = create_engine(
+            url, connect_args={"check_same_thread": False, "isolation_level": None}
+        )
 
         @event.listens_for(db_engine, "connect")
         def _pragma(dbapi_conn, _record):  # type: ignore[no-untyped-def]
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")  # durable: an ACKed message survives power loss
-            cur.execute("PRAGMA busy_timeout=5000")
+            cur.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+
+        @event.listens_for(db_engine, "begin")
+        def _begin(conn):  # type: ignore[no-untyped-def]
+            # a write transaction takes the write lock up front (no deadlock when two
+            # transactions both upgrade); reads stay deferred, so under WAL they never wait
+            if conn.get_execution_options().get("write"):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.exec_driver_sql("BEGIN")
 
         return db_engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    return create_engine(parsed, pool_pre_ping=True)
+    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+class _WriteLock:
+    """Serialises SQLite writers across threads and processes with a lock file.
+
+    SQLite lets one writer in at a time and makes the others poll with growing sleeps (up to
+    100 ms each), which shows as ACK latency when the worker process writes while the receiver
+    does. An ``flock`` on ``<db>.writelock`` wakes a waiter the moment the lock is free. On
+    PostgreSQL (row locks, no single writer) this is a no-op.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+
+    @classmethod
+    def for_engine(cls, db_engine: Engine) -> _WriteLock:
+        url = db_engine.url
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            return cls(Path(url.database).with_suffix(".writelock"))
+        return cls(None)
+
+    def __enter__(self) -> None:
+        if self.path is None:
+            return
+        self._thread_lock.acquire()
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        if self.path is None:
+            return
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored as UTC)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A message to store as received (``state`` is ``received``, or ``error`` with a reason)."""
+
+    raw: bytes
+    channel: str
+    peer: str = ""
+    kind: str = "hl7v2"
+    state: str = "received"
+    reason: str | None = None
+    control_id: str | None = None
+    message_type: str | None = None
+    trigger: str | None = None
+    structure: str | None = None
+    sending_application: str | None = None
+    sending_facility: str | None = None
+    dedupe_key: str | None = None
+    replay_of: int | None = None
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Where an incoming message went: its id, or the original's when it is a duplicate."""
+
+    id: int
+    received_at: datetime
+    duplicate: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,99 +189,62 @@ class MessageRecord:
     trigger: str | None
     state: str
     reason: str | None
+    kind: str = "hl7v2"
+    replay_of: int | None = None
 
 
-class SqlMessageStore:
-    """The message store on a SQLAlchemy engine."""
+@dataclass(frozen=True)
+class NewDelivery:
+    destination: str
+    route: str
+    kind: str
+    content_type: str
+    payload: bytes
+    patient_key: str
 
-    def __init__(self, db_engine: Engine) -> None:
-        self.db_engine = db_engine
 
-    def create_schema(self) -> None:
-        metadata.create_all(self.db_engine)
+@dataclass(frozen=True)
+class Processed:
+    """The outcome of processing one message."""
 
-    def save_received(self, raw: bytes, *, channel: str, peer: str = "") -> int:
-        """Store raw bytes as they arrived (state ``received``) and return the row id.
+    message_id: int
+    state: str
+    reason: str | None = None
+    patient_key: str | None = None
+    new_deliveries: Sequence[NewDelivery] = ()
 
-        Committed before returning: the caller may acknowledge once this returns.
-        """
-        now = datetime.now(UTC)
-        with self.db_engine.begin() as conn:
-            result = conn.execute(
-                insert(messages).values(
-                    received_at=now,
-                    channel=channel,
-                    peer=peer,
-                    size=len(raw),
-                    raw=raw,
-                    state="received",
-                    updated_at=now,
-                )
-            )
-            pk = result.inserted_primary_key
-            assert pk is not None
-            return int(pk[0])
 
-    def describe(
-        self,
-        message_id: int,
-        *,
-        control_id: str,
-        message_type: str,
-        trigger: str,
-        structure: str,
-        sending_application: str,
-        sending_facility: str,
-    ) -> None:
-        """Record what a stored message turned out to be once parsed."""
-        with self.db_engine.begin() as conn:
-            conn.execute(
-                update(messages)
-                .where(messages.c.id == message_id)
-                .values(
-                    control_id=control_id,
-                    message_type=message_type,
-                    trigger=trigger,
-                    structure=structure,
-                    sending_application=sending_application,
-                    sending_facility=sending_facility,
-                    updated_at=datetime.now(UTC),
-                )
-            )
+@dataclass(frozen=True)
+class Outcome:
+    """The outcome of one delivery attempt: delivered, or failed (retry at, or dead if None)."""
 
-    def set_state(self, message_id: int, state: str, reason: str | None = None) -> None:
-        with self.db_engine.begin() as conn:
-            conn.execute(
-                update(messages)
-                .where(messages.c.id == message_id)
-                .values(state=state, reason=reason, updated_at=datetime.now(UTC))
-            )
+    delivery_id: int
+    ok: bool
+    error: str = ""
+    retry_at: datetime | None = None
 
-    def get(self, message_id: int) -> MessageRecord | None:
-        with self.db_engine.connect() as conn:
-            row = conn.execute(
-                select(*_RECORD_COLUMNS).where(messages.c.id == message_id)
-            ).one_or_none()
-        return MessageRecord(**row._mapping) if row else None
 
-    def raw(self, message_id: int) -> bytes | None:
-        with self.db_engine.connect() as conn:
-            value = conn.execute(
-                select(messages.c.raw).where(messages.c.id == message_id)
-            ).scalar_one_or_none()
-        return bytes(value) if value is not None else None
+@dataclass(frozen=True)
+class DueDelivery:
+    id: int
+    message_id: int
+    destination: str
+    kind: str
+    content_type: str
+    payload: bytes
+    attempts: int
+    control_id: str
 
-    def list(self, *, state: str | None = None, limit: int = 100) -> list[MessageRecord]:
-        query = select(*_RECORD_COLUMNS).order_by(messages.c.id.desc()).limit(limit)
-        if state:
-            query = query.where(messages.c.state == state)
-        with self.db_engine.connect() as conn:
-            return [MessageRecord(**row._mapping) for row in conn.execute(query)]
 
-    def ping(self) -> bool:
-        """True when the database answers (for /readyz)."""
-        with self.db_engine.connect() as conn:
-            return bool(conn.execute(select(1)).scalar_one() == 1)
+@dataclass(frozen=True)
+class DeliveryRecord:
+    id: int
+    destination: str
+    route: str
+    state: str
+    attempts: int
+    last_error: str | None
+    delivered_at: datetime | None
 
 
 _RECORD_COLUMNS = (
@@ -160,4 +258,532 @@ _RECORD_COLUMNS = (
     messages.c.trigger,
     messages.c.state,
     messages.c.reason,
+    messages.c.kind,
+    messages.c.replay_of,
 )
+
+
+def _record(row: Any) -> MessageRecord:
+    data = dict(row._mapping)
+    data["received_at"] = _aware(data["received_at"])
+    return MessageRecord(**data)
+
+
+class SqlMessageStore:
+    """The message store on a SQLAlchemy engine."""
+
+    def __init__(self, db_engine: Engine) -> None:
+        self.db_engine = db_engine
+        self._write_lock = _WriteLock.for_engine(db_engine)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        """A write transaction (on SQLite: BEGIN IMMEDIATE, under the writers' file lock)."""
+        with self._write_lock, self.db_engine.connect() as conn:
+            conn.execution_options(write=True)
+            with conn.begin():
+                yield conn
+
+    # -- schema ------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (creates it on a new database)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        with self.db_engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    create_schema = migrate
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def save_batch(self, items: Sequence[Incoming]) -> list[Stored]:
+        """Store messages in ONE transaction (group commit) and return where each went.
+
+        A message whose ``dedupe_key`` (sender + MSH-10) is already stored, or appears earlier in
+        the batch, is not stored again: its result points at the original (``duplicate``).
+        Committed before returning: the caller may acknowledge once this returns.
+        """
+        now = _now()
+        results: list[Stored | None] = [None] * len(items)
+        with self._tx() as conn:
+            keys = [i.dedupe_key for i in items if i.dedupe_key]
+            known: dict[str, tuple[int, datetime]] = {}
+            if keys:
+                for row in conn.execute(
+                    select(messages.c.dedupe_key, messages.c.id, messages.c.received_at).where(
+                        messages.c.dedupe_key.in_(set(keys))
+                    )
+                ):
+                    known[row.dedupe_key] = (row.id, _aware(row.received_at))
+            for n, item in enumerate(items):
+                if item.dedupe_key and item.dedupe_key in known:
+                    mid, at = known[item.dedupe_key]
+                    results[n] = Stored(mid, at, duplicate=True)
+                    continue
+                pk = conn.execute(
+                    insert(messages).values(
+                        received_at=now,
+                        channel=item.channel,
+                        peer=item.peer,
+                        kind=item.kind,
+                        size=len(item.raw),
+                        raw=item.raw,
+                        control_id=item.control_id,
+                        message_type=item.message_type,
+                        trigger=item.trigger,
+                        structure=item.structure,
+                        sending_application=item.sending_application,
+                        sending_facility=item.sending_facility,
+                        dedupe_key=item.dedupe_key,
+                        replay_of=item.replay_of,
+                        state=item.state,
+                        reason=item.reason,
+                        updated_at=now,
+                    )
+                ).inserted_primary_key
+                assert pk is not None
+                results[n] = Stored(int(pk[0]), now)
+                if item.dedupe_key:
+                    known[item.dedupe_key] = (int(pk[0]), now)
+        return [r for r in results if r is not None]
+
+    def save_received(self, raw: bytes, *, channel: str, peer: str = "") -> int:
+        """Store raw bytes as they arrived (state ``received``, nothing parsed yet)."""
+        return self.save_batch([Incoming(raw=raw, channel=channel, peer=peer)])[0].id
+
+    def describe(
+        self,
+        message_id: int,
+        *,
+        control_id: str,
+        message_type: str,
+        trigger: str,
+        structure: str,
+        sending_application: str,
+        sending_facility: str,
+    ) -> None:
+        """Record what a stored message turned out to be once parsed."""
+        with self._tx() as conn:
+            conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id)
+                .values(
+                    control_id=control_id,
+                    message_type=message_type,
+                    trigger=trigger,
+                    structure=structure,
+                    sending_application=sending_application,
+                    sending_facility=sending_facility,
+                    updated_at=_now(),
+                )
+            )
+
+    def set_state(self, message_id: int, state: str, reason: str | None = None) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id)
+                .values(state=state, reason=reason, updated_at=_now())
+            )
+
+    # -- processing --------------------------------------------------------------------------
+
+    def claim_received(self, worker: str, limit: int = 100) -> list[tuple[int, bytes, str]]:
+        """Claim up to ``limit`` received messages for processing: (id, raw, kind), oldest first."""
+        now = _now()
+        with self._tx() as conn:
+            ids = [
+                row.id
+                for row in conn.execute(
+                    select(messages.c.id)
+                    .where(messages.c.state == "received")
+                    .order_by(messages.c.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            ]
+            if not ids:
+                return []
+            conn.execute(
+                update(messages)
+                .where(messages.c.id.in_(ids))
+                .values(state="processing", claimed_by=worker, claimed_at=now, updated_at=now)
+            )
+            rows = conn.execute(
+                select(messages.c.id, messages.c.raw, messages.c.kind)
+                .where(messages.c.id.in_(ids))
+                .order_by(messages.c.id)
+            )
+            return [(r.id, bytes(r.raw), r.kind) for r in rows]
+
+    def reclaim_stale(self, older_than: timedelta) -> int:
+        """Put back messages whose processing was claimed by a worker that died."""
+        cutoff = _now() - older_than
+        with self._tx() as conn:
+            result = conn.execute(
+                update(messages)
+                .where(messages.c.state == "processing", messages.c.claimed_at < cutoff)
+                .values(state="received", claimed_by=None, claimed_at=None, updated_at=_now())
+            )
+            return int(result.rowcount or 0)
+
+    def finish_processing(
+        self,
+        message_id: int,
+        *,
+        state: str,
+        reason: str | None = None,
+        patient_key: str | None = None,
+        new_deliveries: Sequence[NewDelivery] = (),
+    ) -> None:
+        """Record the outcome of processing one message and the deliveries it made."""
+        self.finish_batch([Processed(message_id, state, reason, patient_key, new_deliveries)])
+
+    def finish_batch(self, outcomes: Sequence[Processed]) -> None:
+        """Record the outcomes of processing several messages, with their deliveries, in ONE
+        transaction."""
+        now = _now()
+        with self._tx() as conn:
+            conn.execute(
+                update(messages)
+                .where(messages.c.id == bindparam("mid"))
+                .values(
+                    state=bindparam("st"),
+                    reason=bindparam("why"),
+                    patient_key=bindparam("pk"),
+                    updated_at=now,
+                ),
+                [
+                    {"mid": o.message_id, "st": o.state, "why": o.reason, "pk": o.patient_key}
+                    for o in outcomes
+                ],
+            )
+            rows = [
+                {
+                    "message_id": o.message_id,
+                    "destination": d.destination,
+                    "route": d.route,
+                    "kind": d.kind,
+                    "content_type": d.content_type,
+                    "payload": d.payload,
+                    "patient_key": d.patient_key,
+                    "state": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+                for o in outcomes
+                for d in o.new_deliveries
+            ]
+            if rows:
+                conn.execute(insert(deliveries), rows)
+
+    # -- delivering --------------------------------------------------------------------------
+
+    def claim_due_deliveries(
+        self, limit: int = 50, lease: float = 120.0, paused: Sequence[str] = ()
+    ) -> list[DueDelivery]:
+        """Claim deliveries that are due, at most one in flight per (destination, patient): a
+        delivery waits while an earlier one for the same patient and destination is pending, so
+        order is kept per patient while different patients flow in parallel."""
+        now = _now()
+        earlier = deliveries.alias("earlier")
+        blocked = exists().where(
+            earlier.c.destination == deliveries.c.destination,
+            earlier.c.patient_key == deliveries.c.patient_key,
+            earlier.c.state == "pending",
+            earlier.c.id < deliveries.c.id,
+        )
+        due = select(deliveries.c.id).where(
+            deliveries.c.state == "pending",
+            deliveries.c.next_attempt_at <= now,
+            or_(deliveries.c.claimed_until.is_(None), deliveries.c.claimed_until < now),
+            ~blocked,
+        )
+        if paused:
+            due = due.where(deliveries.c.destination.notin_(list(paused)))
+        due = due.order_by(deliveries.c.id).limit(limit)
+        sqlite = self.db_engine.dialect.name == "sqlite"
+        if sqlite:
+            # find candidates without the write lock, then claim them in a short write
+            # transaction that re-checks they are still unclaimed and pending
+            with self.db_engine.connect() as conn:
+                candidates = [row.id for row in conn.execute(due)]
+            if not candidates:
+                return []
+        with self._tx() as conn:
+            if sqlite:
+                ids = [
+                    row.id
+                    for row in conn.execute(
+                        update(deliveries)
+                        .where(
+                            deliveries.c.id.in_(candidates),
+                            deliveries.c.state == "pending",
+                            or_(
+                                deliveries.c.claimed_until.is_(None),
+                                deliveries.c.claimed_until < now,
+                            ),
+                        )
+                        .values(claimed_until=now + timedelta(seconds=lease))
+                        .returning(deliveries.c.id)
+                    )
+                ]
+            else:
+                ids = [
+                    row.id
+                    for row in conn.execute(due.with_for_update(skip_locked=True, of=deliveries))
+                ]
+                if ids:
+                    conn.execute(
+                        update(deliveries)
+                        .where(deliveries.c.id.in_(ids))
+                        .values(claimed_until=now + timedelta(seconds=lease))
+                    )
+            if not ids:
+                return []
+            rows = conn.execute(
+                select(
+                    deliveries.c.id,
+                    deliveries.c.message_id,
+                    deliveries.c.destination,
+                    deliveries.c.kind,
+                    deliveries.c.content_type,
+                    deliveries.c.payload,
+                    deliveries.c.attempts,
+                    messages.c.control_id,
+                )
+                .join(messages, messages.c.id == deliveries.c.message_id)
+                .where(deliveries.c.id.in_(ids))
+                .order_by(deliveries.c.id)
+            )
+            return [
+                DueDelivery(
+                    r.id,
+                    r.message_id,
+                    r.destination,
+                    r.kind,
+                    r.content_type,
+                    bytes(r.payload),
+                    r.attempts,
+                    r.control_id or "",
+                )
+                for r in rows
+            ]
+
+    def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Record delivery outcomes in ONE transaction of a few set-based statements (the
+        dispatcher batches them): the write lock is held as briefly as possible."""
+        if not outcomes:
+            return
+        now = _now()
+        done = [o.delivery_id for o in outcomes if o.ok]
+        dead = [o for o in outcomes if not o.ok and o.retry_at is None]
+        retry = [o for o in outcomes if not o.ok and o.retry_at is not None]
+        with self._tx() as conn:
+            if done:
+                conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id.in_(done))
+                    .values(
+                        state="delivered",
+                        delivered_at=now,
+                        attempts=deliveries.c.attempts + 1,
+                        claimed_until=None,
+                        last_error=None,
+                    )
+                )
+            for group, values in ((dead, {"state": "dead"}), (retry, {})):
+                if not group:
+                    continue
+                stmt = (
+                    update(deliveries)
+                    .where(deliveries.c.id == bindparam("did"))
+                    .values(
+                        attempts=deliveries.c.attempts + 1,
+                        claimed_until=None,
+                        last_error=bindparam("err"),
+                        **values,
+                        **({} if values else {"next_attempt_at": bindparam("at")}),
+                    )
+                )
+                conn.execute(
+                    stmt,
+                    [
+                        {"did": o.delivery_id, "err": o.error[:2000], "at": o.retry_at}
+                        for o in group
+                    ],
+                )
+            settled = done + [o.delivery_id for o in dead]
+            if settled:
+                mids = [
+                    r.message_id
+                    for r in conn.execute(
+                        select(deliveries.c.message_id)
+                        .where(deliveries.c.id.in_(settled))
+                        .distinct()
+                    )
+                ]
+                self._settle(conn, mids, now)
+
+    def mark_delivered(self, delivery_id: int) -> None:
+        self.record_outcomes([Outcome(delivery_id, True)])
+
+    def mark_failed(self, delivery_id: int, *, error: str, retry_at: datetime | None) -> None:
+        """A failed attempt: retry at ``retry_at``, or dead-letter when it is None."""
+        self.record_outcomes([Outcome(delivery_id, False, error, retry_at)])
+
+    def _settle(self, conn: Connection, message_ids: Sequence[int], now: datetime) -> None:
+        """A message is delivered when every delivery is, dead when one is dead.
+
+        The message rows are locked first, so two deliveries of one message finishing at the
+        same time (READ COMMITTED on PostgreSQL) cannot each miss the other's outcome.
+        """
+        conn.execute(
+            select(messages.c.id).where(messages.c.id.in_(message_ids)).with_for_update()
+        ).all()
+        pending = exists().where(
+            deliveries.c.message_id == messages.c.id, deliveries.c.state == "pending"
+        )
+        any_dead = exists().where(
+            deliveries.c.message_id == messages.c.id, deliveries.c.state == "dead"
+        )
+        conn.execute(
+            update(messages)
+            .where(messages.c.id.in_(message_ids), messages.c.state == "routed", ~pending)
+            .values(
+                state=case((any_dead, "dead"), else_="delivered"),
+                updated_at=now,
+            )
+        )
+
+    # -- operating ---------------------------------------------------------------------------
+
+    def get(self, message_id: int) -> MessageRecord | None:
+        with self.db_engine.connect() as conn:
+            row = conn.execute(
+                select(*_RECORD_COLUMNS).where(messages.c.id == message_id)
+            ).one_or_none()
+        return _record(row) if row else None
+
+    def raw(self, message_id: int) -> bytes | None:
+        with self.db_engine.connect() as conn:
+            value = conn.execute(
+                select(messages.c.raw).where(messages.c.id == message_id)
+            ).scalar_one_or_none()
+        return bytes(value) if value is not None else None
+
+    def list(self, *, state: str | None = None, limit: int = 100) -> list[MessageRecord]:
+        query = select(*_RECORD_COLUMNS).order_by(messages.c.id.desc()).limit(limit)
+        if state:
+            query = query.where(messages.c.state == state)
+        with self.db_engine.connect() as conn:
+            return [_record(row) for row in conn.execute(query)]
+
+    def deliveries_for(self, message_id: int) -> builtins.list[DeliveryRecord]:
+        with self.db_engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    deliveries.c.id,
+                    deliveries.c.destination,
+                    deliveries.c.route,
+                    deliveries.c.state,
+                    deliveries.c.attempts,
+                    deliveries.c.last_error,
+                    deliveries.c.delivered_at,
+                )
+                .where(deliveries.c.message_id == message_id)
+                .order_by(deliveries.c.id)
+            )
+            return [
+                DeliveryRecord(
+                    r.id,
+                    r.destination,
+                    r.route,
+                    r.state,
+                    r.attempts,
+                    r.last_error,
+                    _aware(r.delivered_at) if r.delivered_at else None,
+                )
+                for r in rows
+            ]
+
+    def replay(self, message_id: int) -> int:
+        """Store a copy of a message as received again (an operator's replay, not a duplicate)."""
+        with self.db_engine.connect() as conn:
+            row = conn.execute(
+                select(messages.c.raw, messages.c.kind, messages.c.peer).where(
+                    messages.c.id == message_id
+                )
+            ).one_or_none()
+        if row is None:
+            raise KeyError(message_id)
+        return self.save_batch(
+            [
+                Incoming(
+                    raw=bytes(row.raw),
+                    channel="replay",
+                    peer=row.peer,
+                    kind=row.kind,
+                    replay_of=message_id,
+                )
+            ]
+        )[0].id
+
+    def ids_in_state(self, state: str, limit: int = 10_000) -> builtins.list[int]:
+        with self.db_engine.connect() as conn:
+            return [
+                r.id
+                for r in conn.execute(
+                    select(messages.c.id)
+                    .where(messages.c.state == state)
+                    .order_by(messages.c.id)
+                    .limit(limit)
+                )
+            ]
+
+    def counts(self) -> dict[str, int]:
+        """Messages per state, and deliveries pending (the queue depth)."""
+        with self.db_engine.connect() as conn:
+            out = {
+                r.state: int(r.n)
+                for r in conn.execute(
+                    select(messages.c.state, func.count().label("n")).group_by(messages.c.state)
+                )
+            }
+            out["deliveries_pending"] = int(
+                conn.execute(
+                    select(func.count()).where(deliveries.c.state == "pending")
+                ).scalar_one()
+            )
+        return out
+
+    def purge_delivered(self, older_than: timedelta) -> int:
+        """Retention: delete messages delivered (or unrouted) before the cutoff, with their
+        deliveries. Messages not delivered (received, routed, error, dead) are never purged."""
+        cutoff = _now() - older_than
+        with self._tx() as conn:
+            ids = [
+                r.id
+                for r in conn.execute(
+                    select(messages.c.id).where(
+                        messages.c.state.in_(("delivered", "unrouted")),
+                        messages.c.updated_at < cutoff,
+                    )
+                )
+            ]
+            if not ids:
+                return 0
+            conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(ids)))
+            conn.execute(delete(messages).where(messages.c.id.in_(ids)))
+            return len(ids)
+
+    def ping(self) -> bool:
+        """True when the database answers (for /readyz)."""
+        with self.db_engine.connect() as conn:
+            return bool(conn.execute(select(1)).scalar_one() == 1)

@@ -1,8 +1,16 @@
-"""Tables of the message store (SQLAlchemy 2 Core).
+"""Tables of the message store (SQLAlchemy 2 Core). Alembic migrations: engine/store/migrations.
 
-Every message received is a row in ``messages`` *before* it is acknowledged: its raw bytes as they
-arrived (so nothing is ever lost, even bytes that are not HL7), where it came from, what it is (when
-it could be read) and its state with the reason for it.
+``messages``: every message received, *before* it is acknowledged: its raw bytes as they arrived
+(so nothing is ever lost, even bytes that are not HL7), where it came from, what it is (when it
+could be read) and its state with the reason. States::
+
+    received ──▶ processing ──▶ routed ──▶ delivered        (every delivery done)
+        │             │            └──────▶ dead            (a delivery dead-lettered)
+        └─────────────┴──────────▶ error                    (unreadable, unsupported, unmappable)
+                                   unrouted                 (no route wants it)
+
+``deliveries``: one row per message and destination, with the payload to send, attempts, the next
+attempt's time, the last error and the patient key that orders deliveries per patient.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -20,30 +29,60 @@ from sqlalchemy import (
     Text,
 )
 
-__all__ = ["messages", "metadata"]
+__all__ = ["deliveries", "messages", "metadata"]
 
 metadata = MetaData()
+
+_ID = BigInteger().with_variant(Integer, "sqlite")
 
 messages = Table(
     "messages",
     metadata,
-    Column(
-        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    ),
+    Column("id", _ID, primary_key=True, autoincrement=True),
     Column("received_at", DateTime(timezone=True), nullable=False),
-    Column("channel", String(32), nullable=False),  # mllp, http, file, cli
+    Column("channel", String(32), nullable=False),  # mllp, http, file, replay
     Column("peer", String(255), nullable=False, default=""),
+    Column("kind", String(16), nullable=False, default="hl7v2"),  # hl7v2, fhir
     Column("size", Integer, nullable=False),
     Column("raw", LargeBinary, nullable=False),
-    Column("control_id", String(199), nullable=True),  # MSH-10 (ST, 199 in v2.7)
-    Column("message_type", String(16), nullable=True),  # MSH-9.1
+    Column("control_id", String(199), nullable=True),  # MSH-10
+    Column("message_type", String(16), nullable=True),  # MSH-9.1 (or the FHIR resourceType)
     Column("trigger", String(16), nullable=True),  # MSH-9.2
     Column("structure", String(16), nullable=True),
     Column("sending_application", String(227), nullable=True),
     Column("sending_facility", String(227), nullable=True),
-    Column("state", String(16), nullable=False),  # received, error, ...
+    #: sender + MSH-10 of an original (not replayed) message: the idempotent receiver's key
+    Column("dedupe_key", String(700), nullable=True),
+    Column("replay_of", _ID, nullable=True),
+    Column("patient_key", String(255), nullable=True),
+    Column("state", String(16), nullable=False),
     Column("reason", Text, nullable=True),
+    Column("claimed_by", String(64), nullable=True),
+    Column("claimed_at", DateTime(timezone=True), nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
-    Index("ix_messages_state", "state"),
-    Index("ix_messages_sender_control", "sending_application", "sending_facility", "control_id"),
+    Index("ix_messages_state", "state", "id"),
+    Index("ux_messages_dedupe", "dedupe_key", unique=True),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("message_id", _ID, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("destination", String(128), nullable=False),
+    Column("route", String(128), nullable=False),
+    Column("kind", String(16), nullable=False),  # fhir-bundle, hl7v2
+    Column("content_type", String(64), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("patient_key", String(255), nullable=False, default=""),
+    Column("state", String(16), nullable=False),  # pending, delivered, dead
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("claimed_until", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("delivered_at", DateTime(timezone=True), nullable=True),
+    Index("ix_deliveries_due", "state", "next_attempt_at"),
+    Index("ix_deliveries_order", "destination", "patient_key", "state", "id"),
+    Index("ix_deliveries_message", "message_id"),
 )

@@ -1,0 +1,228 @@
+"""MLLP in → stored → ACKed: ``engine serve`` under load, beside python-hl7's own asyncio MLLP
+server that ACKs without storing anything (the non-durable baseline), in the same run.
+
+Scenarios, each on SQLite (synchronous=FULL: every ACKed message is fsynced) and PostgreSQL:
+
+* 1 and 8 concurrent senders, each sending its next message as soon as the ACK arrives;
+* an offered load of 200 messages/s (paced), for the p99 ACK latency;
+* 8 senders while the only destination is down (connection refused): ingest must not change.
+
+The engine runs as a user runs it (``engine serve``: a receiver process and a worker process that
+maps and delivers); the load generator is ``bench/mllp_load.py`` in a process of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.harness import Options, environment
+
+__all__ = ["run"]
+
+ROUTES = """
+destinations:
+  {name}:
+    type: {type}
+{extra}
+    retry: {{max_attempts: 5, base_delay_s: 1, max_delay_s: 10}}
+routes:
+  - name: everything
+    match: {{message: [ADT]}}
+    mapping: fhir
+    destinations: [{name}]
+"""
+FILE_DEST = "    directory: {dir}"
+DOWN_DEST = "    base_url: http://127.0.0.1:{port}/fhir\n    mode: transaction\n    timeout_s: 2"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], deadline: float = 30.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"server exited: {proc.stderr.read().decode()[-800:] if proc.stderr else ''}"
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not start")
+
+
+def _load(port: int, senders: int, count: int, rate: float = 0.0) -> dict[str, Any]:
+    args = [sys.executable, "-m", "bench.mllp_load", str(port), str(senders), str(count)]
+    if rate:
+        args.append(str(rate))
+    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=600)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["positive"] == result["messages"], f"negative ACKs: {result}"
+    return result
+
+
+def _engine(db_url: str, routes_dir: Path, var: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "ENGINE_VAR_DIR": str(var),
+        "ENGINE_ROUTES_DIR": str(routes_dir),
+        "ENGINE_MLLP_HOST": "127.0.0.1",
+        "ENGINE_HTTP_HOST": "127.0.0.1",
+        "ENGINE_LOG_LEVEL": "WARNING",
+    }
+    if db_url:
+        env["ENGINE_DATABASE_URL"] = db_url
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "serve",
+            "--mllp-port",
+            str(port),
+            "--http-port",
+            str(_free_port()),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=var,
+    )
+    _wait_port(port, proc)
+    return proc, port
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _postgres_url(schema: str) -> str | None:
+    base = os.environ.get(
+        "ENGINE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    )
+    try:
+        from sqlalchemy import create_engine, text
+
+        eng = create_engine(base)
+        with eng.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        eng.dispose()
+    except Exception as exc:  # no PostgreSQL here: say so, measure SQLite only
+        print(f"  (PostgreSQL not available: {type(exc).__name__}; skipped)")
+        return None
+    return f"{base}?options=-csearch_path%3D{schema}"
+
+
+def run(options: Options) -> dict[str, Any]:
+    n8 = 1500 if options.quick else 6000
+    n1 = 500 if options.quick else 2000
+    paced = 600 if options.quick else 2000
+    results: dict[str, Any] = {}
+    rows: list[tuple[str, dict[str, Any]]] = []
+
+    # the baseline: python-hl7's asyncio MLLP server, ACK without storing
+    port = _free_port()
+    base = subprocess.Popen(
+        [sys.executable, "-m", "bench.hl7_baseline_server", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    _wait_port(port, base)
+    try:
+        for label, senders, count, rate in (
+            ("python-hl7 server, no store, 8 senders", 8, n8, 0.0),
+            ("python-hl7 server, no store, 1 sender", 1, n1, 0.0),
+            ("python-hl7 server, no store, 200 msg/s offered", 4, paced, 200.0),
+        ):
+            r = _load(port, senders, count, rate)
+            rows.append((label, r))
+            print(
+                f"  {label}: {r['rate']:,.0f} msg/s, p50 {r['p50_ms']:.2f} ms, "
+                f"p99 {r['p99_ms']:.2f} ms",
+                flush=True,
+            )
+    finally:
+        _stop(base)
+
+    for backend in ("sqlite", "postgresql"):
+        with tempfile.TemporaryDirectory() as tmp:
+            var = Path(tmp)
+            db_url = ""
+            if backend == "postgresql":
+                maybe = _postgres_url(f"bench_{os.getpid()}")
+                if maybe is None:
+                    continue
+                db_url = maybe
+            for scenario in ("file", "down"):
+                routes_dir = var / f"routes-{scenario}"
+                routes_dir.mkdir()
+                extra = (
+                    FILE_DEST.format(dir=var / "outbox")
+                    if scenario == "file"
+                    else DOWN_DEST.format(port=_free_port())
+                )
+                (routes_dir / "example.yaml").write_text(
+                    ROUTES.format(
+                        name="dest", type="file" if scenario == "file" else "fhir", extra=extra
+                    )
+                )
+                proc, port = _engine(db_url, routes_dir, var)
+                try:
+                    cases = (
+                        [
+                            ("8 senders", 8, n8, 0.0),
+                            ("1 sender", 1, n1, 0.0),
+                            ("200 msg/s offered", 4, paced, 200.0),
+                        ]
+                        if scenario == "file"
+                        else [("8 senders, destination down", 8, n8, 0.0)]
+                    )
+                    for label, senders, count, rate in cases:
+                        full = f"engine serve ({backend}), {label}"
+                        r = _load(port, senders, count, rate)
+                        rows.append((full, r))
+                        print(
+                            f"  {full}: {r['rate']:,.0f} msg/s, p50 {r['p50_ms']:.2f} ms, "
+                            f"p99 {r['p99_ms']:.2f} ms",
+                            flush=True,
+                        )
+                finally:
+                    _stop(proc)
+            if backend == "postgresql":
+                from sqlalchemy import create_engine, text
+
+                eng = create_engine(db_url.split("?")[0])
+                with eng.begin() as conn:
+                    conn.execute(text(f'DROP SCHEMA IF EXISTS "bench_{os.getpid()}" CASCADE'))
+                eng.dispose()
+
+    print()
+    width = max(len(label) for label, _ in rows)
+    print(f"  {'scenario':<{width}}  {'msgs':>6}  {'msg/s':>7}  {'p50 ms':>7}  {'p99 ms':>7}")
+    for label, r in rows:
+        print(
+            f"  {label:<{width}}  {r['messages']:>6}  {r['rate']:>7,.0f}  "
+            f"{r['p50_ms']:>7.2f}  {r['p99_ms']:>7.2f}"
+        )
+    results["rows"] = [{"scenario": label, **r} for label, r in rows]
+    results["environment"] = environment(["hl7", "hl7-engine"])
+    return {"suite": "ingest", "quick": options.quick, **results}

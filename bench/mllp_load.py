@@ -1,0 +1,78 @@
+"""An MLLP load generator: N concurrent senders, each sending its messages one at a time and
+waiting for the ACK (as an EHR does), measuring each ACK's latency.
+
+``python -m bench.mllp_load PORT SENDERS COUNT [RATE]`` prints one JSON line: messages, seconds,
+rate, p50/p99 latency in ms, and how many ACKs were AA/CA. With RATE (messages/s over all
+senders) the messages are paced (an open-loop offered load) instead of sent back to back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+
+START, END = b"\x0b", b"\x1c\r"
+
+MESSAGE = (
+    "MSH|^~\\&|LOADGEN|CLINIC|ENGINE|HUB|20260102030405-0500||ADT^A08^ADT_A01|{cid}|P|2.5.1\r"
+    "EVN|A08|20260102030405-0500\r"
+    "PID|1||MRN{n}^^^CLINIC^MR||Loadtest^Patient{n}||19800101|F|||1 Main St^^Springfield^IL^62701\r"
+    "PV1|1|O|CLINIC^EXAM1^1||||1234567893^Testdoc^Tess^^^^^^NPI\r"
+)
+
+
+async def sender(
+    port: int, who: int, count: int, interval: float, latencies: list[float], codes: list[str]
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    for i in range(count):
+        if interval:
+            next_at += interval
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        n = who * 1_000_000 + i
+        payload = MESSAGE.format(cid=f"L{time.time_ns()}-{n}", n=n).encode()
+        start = time.perf_counter()
+        writer.write(START + payload + END)
+        ack = await reader.readuntil(END)
+        latencies.append(time.perf_counter() - start)
+        msa = ack.split(b"MSA|", 1)[1][:2] if b"MSA|" in ack else b"??"
+        codes.append(msa.decode())
+    writer.close()
+    await writer.wait_closed()
+
+
+async def main(port: int, senders: int, count: int, rate: float) -> dict[str, float]:
+    latencies: list[float] = []
+    codes: list[str] = []
+    per = count // senders
+    interval = senders / rate if rate else 0.0
+    start = time.perf_counter()
+    await asyncio.gather(
+        *(sender(port, s, per, interval, latencies, codes) for s in range(senders))
+    )
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    q = statistics.quantiles(latencies, n=100)
+    return {
+        "messages": len(latencies),
+        "seconds": elapsed,
+        "rate": len(latencies) / elapsed,
+        "p50_ms": q[49] * 1000,
+        "p99_ms": q[98] * 1000,
+        "positive": sum(c in ("AA", "CA") for c in codes),
+    }
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    result = asyncio.run(
+        main(int(args[0]), int(args[1]), int(args[2]), float(args[3]) if len(args) > 3 else 0.0)
+    )
+    print(json.dumps(result))

@@ -1,0 +1,106 @@
+"""The destination contract: one payload in, one delivery result out (the EIP Message Endpoint).
+
+A :class:`Destination` delivers a :class:`Payload` (the body already mapped for it) and says how it
+went in a :class:`DeliveryResult`. It does not raise for a peer's failure: a refused connection, a
+503 or an AE are *results*, classified as retryable (try again later: the peer may recover) or
+permanent (the same bytes will fail the same way: dead-letter them). Only a programming error
+escapes. ``detail`` is PHI-free by contract: a status code, an ACK code, an error class, never a
+body, a URL with identifiers or a field value, so it can go to logs and the store as is.
+
+Deliveries are at-least-once: a message may reach a destination twice (an ACK lost on the way
+back), so each adapter makes a redelivery harmless where its protocol allows (conditional updates,
+files named by message, the idempotency key sent along).
+
+:func:`build_destination` turns a route file's destination config into its adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from engine.routes.spec import (
+    DestinationConfig,
+    FhirDestination,
+    FileDestination,
+    MllpDestination,
+)
+
+__all__ = ["DeliveryResult", "Destination", "Payload", "PayloadKind", "build_destination"]
+
+PayloadKind = Literal["fhir-bundle", "hl7v2"]
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What one destination receives for one message."""
+
+    message_id: int
+    destination: str
+    kind: PayloadKind
+    body: bytes
+    content_type: str
+    #: the same on every attempt for this message and destination (sent where the protocol can)
+    idempotency_key: str
+    #: MSH-10 of the message received (for logs; an MLLP sender checks the ACK against the body)
+    control_id: str
+
+    def __repr__(self) -> str:  # no body: PHI-safe
+        return (
+            f"<Payload message={self.message_id} destination={self.destination} "
+            f"kind={self.kind} {len(self.body)} bytes>"
+        )
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """The outcome of one attempt. ``detail`` is PHI-free (status, ACK code, error class)."""
+
+    ok: bool
+    retryable: bool
+    detail: str
+    #: a wait the peer asked for (HTTP Retry-After on 429/503), seconds
+    retry_after_s: float | None = None
+
+    @classmethod
+    def success(cls, detail: str) -> DeliveryResult:
+        return cls(True, False, detail)
+
+    @classmethod
+    def retry(cls, detail: str, *, after_s: float | None = None) -> DeliveryResult:
+        return cls(False, True, detail, after_s)
+
+    @classmethod
+    def fail(cls, detail: str) -> DeliveryResult:
+        return cls(False, False, detail)
+
+
+class Destination(Protocol):
+    """Where payloads go. ``deliver`` is called one payload at a time per destination."""
+
+    name: str
+
+    async def deliver(self, payload: Payload) -> DeliveryResult: ...
+
+    async def close(self) -> None: ...
+
+
+def build_destination(name: str, config: DestinationConfig) -> Destination:
+    """The adapter for one destination config (a route file's ``destinations.<name>``).
+
+    Raises :class:`~engine.errors.ConfigError` when the config cannot work (e.g. the environment
+    variable holding its token is not set).
+    """
+    if isinstance(config, FhirDestination):
+        from engine.adapters.fhir_rest import FhirRestDestination
+
+        return FhirRestDestination(name, config)
+    if isinstance(config, MllpDestination):
+        from engine.adapters.mllp.client import MLLPDestination
+
+        return MLLPDestination(name, config)
+    if isinstance(config, FileDestination):
+        from engine.adapters.files import FileDropDestination
+
+        return FileDropDestination(name, config)
+    raise TypeError(f"no adapter for destination config {type(config).__name__}")

@@ -1,0 +1,447 @@
+"""The FHIR REST destination: delivers a transaction Bundle to a FHIR R4 server over HTTP.
+
+Two modes (:class:`~engine.routes.spec.FhirDestination`):
+
+``transaction``
+    POST the Bundle to the base URL (https://hl7.org/fhir/R4/http.html#transaction): the server
+    applies every entry or none. The engine's bundles use conditional updates
+    (``PUT Patient?identifier=system|value``) and updates by id (``PUT RelatedPerson/<id>``), so
+    posting the same Bundle twice leaves the server as posting it once.
+``conditional``
+    for servers without transactions: each entry is sent as its own request, ``entry.request``'s
+    method and URL (http.html#cond-update), in an order where a resource comes before those that
+    refer to it, and references to an earlier entry's ``fullUrl`` (``urn:uuid:...``) rewritten to
+    the ``Type/id`` the server answered with (its Location header, else the returned resource).
+    Not atomic: entries written before a failure stay written; a retry sends them again.
+
+Classification (``DeliveryResult``): 2xx is delivered; 408, 429, 5xx, timeouts and connection
+errors are retryable (with the server's Retry-After when it sends one); any other status is
+permanent, its detail the status and the OperationOutcome's first ``issue.code`` (never its
+diagnostics, which may quote the data). A 401 fetches a new OAuth2 token and tries once more.
+
+Authentication: none; a bearer token read from the environment variable ``token_env`` names; or
+the OAuth 2.0 client credentials grant (RFC 6749 section 4.4) with the secret from
+``client_secret_env``, the token cached until shortly before ``expires_in`` runs out.
+Each request carries the payload's idempotency key as ``X-Correlation-Id`` (http.html#custom) and
+``Idempotency-Key`` (IETF draft-ietf-httpapi-idempotency-key-header), for servers that use them.
+
+Incomplete: no SMART backend services (JWT client assertion) auth; no batch Bundles; the
+conditional mode does not send ``If-Match`` versions of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+
+import httpx
+import orjson
+
+from engine.adapters.destination import DeliveryResult, Payload
+from engine.errors import ConfigError
+from engine.routes.spec import BearerAuth, FhirDestination, OAuth2Auth
+
+__all__ = [
+    "AuthProvider",
+    "BearerToken",
+    "FhirRestDestination",
+    "NoAuth",
+    "OAuth2ClientCredentials",
+]
+
+log = logging.getLogger(__name__)
+
+_FHIR_JSON = "application/fhir+json"
+#: seconds before ``expires_in`` at which a cached token counts as expired (at most 10%)
+_TOKEN_SKEW_S = 30.0
+
+
+class _Refused(Exception):
+    """Private: stops a delivery early with its result (never leaves this module)."""
+
+    def __init__(self, result: DeliveryResult) -> None:
+        super().__init__(result.detail)
+        self.result = result
+
+
+# -- authentication ------------------------------------------------------------------------------
+
+
+class AuthProvider(Protocol):
+    """Gives the Authorization header value; ``invalidate`` after a 401 asks for a new one."""
+
+    async def authorization(self, client: httpx.AsyncClient) -> str | None: ...
+
+    def invalidate(self) -> bool:
+        """Forget the credential; True when a new one may differ (worth one more try)."""
+        ...
+
+
+class NoAuth:
+    """No Authorization header."""
+
+    async def authorization(self, client: httpx.AsyncClient) -> str | None:
+        return None
+
+    def invalidate(self) -> bool:
+        return False
+
+
+class BearerToken:
+    """A fixed bearer token (RFC 6750), read once from the environment."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def authorization(self, client: httpx.AsyncClient) -> str | None:
+        return f"Bearer {self._token}"
+
+    def invalidate(self) -> bool:
+        return False  # the same token again would get the same 401
+
+
+class OAuth2ClientCredentials:
+    """OAuth 2.0 client credentials grant (RFC 6749 section 4.4), token cached until it expires.
+
+    The token endpoint's answers are classified like the FHIR server's: 5xx, 408, 429 and network
+    errors are retryable; any other error (``invalid_client``: a wrong secret) is permanent.
+    """
+
+    def __init__(self, config: OAuth2Auth, secret: str, *, clock: Any = time.monotonic) -> None:
+        self.config = config
+        self._secret = secret
+        self._clock = clock
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self._lock = asyncio.Lock()
+        #: how many tokens were fetched (for tests and metrics)
+        self.fetches = 0
+
+    async def authorization(self, client: httpx.AsyncClient) -> str | None:
+        async with self._lock:
+            if self._token is None or self._clock() >= self._expires_at:
+                await self._fetch(client)
+            return f"Bearer {self._token}"
+
+    def invalidate(self) -> bool:
+        self._token = None
+        return True
+
+    async def _fetch(self, client: httpx.AsyncClient) -> None:
+        cfg = self.config
+        form = {"grant_type": "client_credentials"}
+        if cfg.scope:
+            form["scope"] = cfg.scope
+        headers = {"Accept": "application/json"}
+        if cfg.client_auth == "basic":
+            basic = httpx.BasicAuth(cfg.client_id, self._secret)
+            sending = client.post(cfg.token_url, data=form, auth=basic, headers=headers)
+        else:
+            form |= {"client_id": cfg.client_id, "client_secret": self._secret}
+            sending = client.post(cfg.token_url, data=form, headers=headers)
+        try:
+            resp = await sending
+        except httpx.TimeoutException as exc:
+            raise _Refused(DeliveryResult.retry("fhir: oauth2 token endpoint timeout")) from exc
+        except httpx.RequestError as exc:
+            raise _Refused(
+                DeliveryResult.retry(f"fhir: oauth2 token endpoint {type(exc).__name__}")
+            ) from exc
+        if resp.status_code != 200:
+            result = _classify(resp, "oauth2 token endpoint")
+            raise _Refused(result if not result.ok else DeliveryResult.fail(result.detail))
+        try:
+            body = resp.json()
+            token = body["access_token"]
+            expires_in = body.get("expires_in")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise _Refused(
+                DeliveryResult.fail("fhir: oauth2 token response without access_token")
+            ) from exc
+        if not isinstance(token, str) or not token:
+            raise _Refused(DeliveryResult.fail("fhir: oauth2 token response without access_token"))
+        self.fetches += 1
+        self._token = token
+        if isinstance(expires_in, int | float) and expires_in > 0:
+            self._expires_at = self._clock() + expires_in - min(_TOKEN_SKEW_S, expires_in / 10)
+        else:  # no lifetime given (it is only RECOMMENDED): keep it until a 401
+            self._expires_at = float("inf")
+        log.info("oauth2 token fetched", extra={"token_url": cfg.token_url})
+
+
+def _env(environ: Mapping[str, str], var: str, destination: str) -> str:
+    value = environ.get(var, "")
+    if not value:
+        raise ConfigError(
+            f"destination {destination!r}: environment variable {var} is not set (it holds the "
+            "credential; route files never do)"
+        )
+    return value
+
+
+def auth_provider(
+    config: FhirDestination, destination: str, environ: Mapping[str, str]
+) -> AuthProvider:
+    """The provider for a destination's ``auth``; ConfigError when its secret is not set."""
+    auth = config.auth
+    if isinstance(auth, BearerAuth):
+        return BearerToken(_env(environ, auth.token_env, destination))
+    if isinstance(auth, OAuth2Auth):
+        return OAuth2ClientCredentials(auth, _env(environ, auth.client_secret_env, destination))
+    return NoAuth()
+
+
+# -- classifying answers -------------------------------------------------------------------------
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    """Retry-After (RFC 9110 section 10.2.3): delay-seconds or an HTTP date."""
+    value = resp.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _issue_code(resp: httpx.Response) -> str:
+    """The first OperationOutcome ``issue.code`` (a FHIR code, PHI-free), or ``""``."""
+    if "json" not in resp.headers.get("content-type", ""):
+        return ""
+    try:
+        body = orjson.loads(resp.content)
+        code = body["issue"][0]["code"] if body.get("resourceType") == "OperationOutcome" else ""
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        return ""
+    return code if isinstance(code, str) and code.isascii() and len(code) < 40 else ""
+
+
+def _classify(resp: httpx.Response, what: str) -> DeliveryResult:
+    status = resp.status_code
+    detail = f"fhir: {what} -> {status}"
+    if 200 <= status < 300:
+        return DeliveryResult.success(detail)
+    issue = _issue_code(resp)
+    if issue:
+        detail += f" (OperationOutcome: {issue})"
+    if status in (408, 429) or status >= 500:
+        return DeliveryResult.retry(detail, after_s=_retry_after(resp))
+    return DeliveryResult.fail(detail)
+
+
+# -- conditional mode helpers --------------------------------------------------------------------
+
+
+def _references(node: Any, into: set[str]) -> None:
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str):
+            into.add(ref)
+        for v in node.values():
+            _references(v, into)
+    elif isinstance(node, list):
+        for v in node:
+            _references(v, into)
+
+
+def _rewrite(node: Any, resolved: Mapping[str, str]) -> Any:
+    """A copy of ``node`` with every ``reference`` to a resolved fullUrl replaced."""
+    if isinstance(node, dict):
+        out = {k: _rewrite(v, resolved) for k, v in node.items()}
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref in resolved:
+            out["reference"] = resolved[ref]
+        return out
+    if isinstance(node, list):
+        return [_rewrite(v, resolved) for v in node]
+    return node
+
+
+def dependency_order(entries: list[dict[str, Any]]) -> list[int]:
+    """Entry indexes, each after the entries whose fullUrl it refers to (stable; a cycle keeps
+    the Bundle's order for what remains)."""
+    full = {e.get("fullUrl"): i for i, e in enumerate(entries) if e.get("fullUrl")}
+    deps: list[set[int]] = []
+    for i, e in enumerate(entries):
+        refs: set[str] = set()
+        _references(e.get("resource"), refs)
+        deps.append({full[r] for r in refs if r in full and full[r] != i})
+    done: set[int] = set()
+    order: list[int] = []
+    while len(order) < len(entries):
+        ready = [i for i in range(len(entries)) if i not in done and deps[i] <= done]
+        if not ready:  # a cycle: fall back to the Bundle's order
+            ready = [i for i in range(len(entries)) if i not in done]
+        order.append(ready[0])
+        done.add(ready[0])
+    return order
+
+
+def _resolved_id(resp: httpx.Response, rtype: str, url: str) -> str | None:
+    """``Type/id`` of the resource a write answered with (Location, body, or a ``Type/id`` URL)."""
+    location = resp.headers.get("location") or resp.headers.get("content-location") or ""
+    parts = location.split("/")
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == rtype and parts[i + 1]:
+            return f"{rtype}/{parts[i + 1]}"
+    try:
+        body = orjson.loads(resp.content) if resp.content else None
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict) and body.get("resourceType") == rtype and body.get("id"):
+        return f"{rtype}/{body['id']}"
+    if "?" not in url and url.count("/") == 1:
+        return url
+    return None
+
+
+_CONDITIONAL_HEADERS = {
+    "ifNoneExist": "If-None-Exist",
+    "ifMatch": "If-Match",
+    "ifNoneMatch": "If-None-Match",
+    "ifModifiedSince": "If-Modified-Since",
+}
+
+
+# -- the destination -----------------------------------------------------------------------------
+
+
+class FhirRestDestination:
+    """Delivers FHIR Bundles to one FHIR server; one HTTP connection pool per destination."""
+
+    def __init__(
+        self,
+        name: str,
+        config: FhirDestination,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.auth = auth_provider(config, name, os.environ if environ is None else environ)
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                base_url=self.config.base_url + "/",
+                timeout=self.config.timeout_s,
+                verify=self.config.verify_tls,
+                transport=self._transport,
+                headers={"Accept": _FHIR_JSON, "User-Agent": "hl7-engine"},
+            )
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def deliver(self, payload: Payload) -> DeliveryResult:
+        if payload.kind != "fhir-bundle":
+            return DeliveryResult.fail(f"fhir: cannot deliver a {payload.kind} payload")
+        try:
+            if self.config.mode == "transaction":
+                result = await self._transaction(payload)
+            else:
+                result = await self._conditional(payload)
+        except _Refused as exc:
+            result = exc.result
+        except httpx.TimeoutException as exc:
+            result = DeliveryResult.retry(f"fhir: timeout ({type(exc).__name__})")
+        except httpx.RequestError as exc:
+            result = DeliveryResult.retry(f"fhir: {type(exc).__name__}")
+        log.log(
+            logging.INFO if result.ok else logging.WARNING,
+            "fhir delivery %s",
+            "ok" if result.ok else ("retryable" if result.retryable else "failed"),
+            extra={
+                "destination": self.name,
+                "message_id": payload.message_id,
+                "detail": result.detail,
+            },
+        )
+        return result
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        payload: Payload,
+        body: bytes | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """One request, with auth; after a 401 a new credential (if any) and one more try."""
+        client = self._http()
+        h = {
+            "X-Correlation-Id": payload.idempotency_key,
+            "Idempotency-Key": payload.idempotency_key,
+            **(headers or {}),
+        }
+        if body is not None:
+            h["Content-Type"] = payload.content_type or _FHIR_JSON
+        for attempt in (1, 2):
+            authorization = await self.auth.authorization(client)
+            if authorization:
+                h["Authorization"] = authorization
+            resp = await client.request(method, url, content=body, headers=h)
+            if resp.status_code != 401 or attempt == 2 or not self.auth.invalidate():
+                return resp
+            log.info("fhir 401: fetching a new token", extra={"destination": self.name})
+        raise AssertionError("unreachable")
+
+    async def _transaction(self, payload: Payload) -> DeliveryResult:
+        resp = await self._send("POST", self.config.base_url, payload, payload.body)
+        return _classify(resp, "transaction")
+
+    async def _conditional(self, payload: Payload) -> DeliveryResult:
+        try:
+            bundle = orjson.loads(payload.body)
+            entries = bundle.get("entry") or []
+            if not isinstance(entries, list):
+                raise TypeError("entry is not a list")
+        except (orjson.JSONDecodeError, AttributeError, TypeError):
+            return DeliveryResult.fail("fhir: payload is not a FHIR Bundle")
+        resolved: dict[str, str] = {}
+        for done, i in enumerate(dependency_order(entries)):
+            entry = entries[i]
+            request = entry.get("request") or {}
+            method = str(request.get("method") or "PUT").upper()
+            url = str(request.get("url") or "").lstrip("/")
+            resource = entry.get("resource")
+            rtype = resource.get("resourceType", "?") if isinstance(resource, dict) else "?"
+            what = f"entry {i + 1} ({method} {rtype})"
+            if not url:
+                return DeliveryResult.fail(f"fhir: {what} has no request.url")
+            body = None
+            if resource is not None and method in ("PUT", "POST", "PATCH"):
+                body = orjson.dumps(_rewrite(resource, resolved))
+            headers = {
+                h: str(request[k]) for k, h in _CONDITIONAL_HEADERS.items() if request.get(k)
+            }
+            resp = await self._send(method, url, payload, body, headers)
+            result = _classify(resp, what)
+            if not result.ok:
+                return DeliveryResult(
+                    False,
+                    result.retryable,
+                    f"{result.detail}, after {done} of {len(entries)} entries",
+                    result.retry_after_s,
+                )
+            full = entry.get("fullUrl")
+            if isinstance(full, str) and full:
+                target = _resolved_id(resp, rtype, url)
+                if target is not None:
+                    resolved[full] = target
+        return DeliveryResult.success(f"fhir: {len(entries)} entries -> 2xx")

@@ -1,0 +1,213 @@
+"""An asyncio MLLP sender: the HL7v2 destination (HL7 v2.5.1 appendix C; chapter 2, section 2.9).
+
+One connection per destination, kept open between messages and opened again after any error.
+Each message is framed (:mod:`engine.adapters.mllp.framing`), sent, and answered by one ACK before
+the next goes out (MLLP is a request/response exchange: appendix C.4.3). The ACK is parsed with our
+codec and judged by :func:`judge_ack`.
+
+How an ACK is judged (MSA-1 from table 0008, the error code from table 0357)::
+
+    MSA-2 is not the MSH-10 sent     permanent  "ACK for another message"; the connection is out
+                                                of step, so it is closed too
+    AA, CA                           delivered  accepted
+    any code with error 206 or 207   retryable  record locked, internal error: the receiver's
+                                                trouble, not the message's
+    AR, CR with another error code   permanent  the receiver refuses the message itself: its type,
+                                                event, processing id or version (2.9.2, 2.9.3:
+                                                200-203), or it cannot read it (1xx)
+    AR, CR without an error code     retryable  table 0008: rejected "for a reason unrelated to
+                                                content or format" (receiver down, its store
+                                                failed); the sender decides whether to resend
+    AE without a retryable code      permanent  the receiver processed the message and found an
+                                                error in its content: the same bytes would get the
+                                                same answer; a person must fix the message
+    CE without an error code         retryable  commit error: the receiver did not take custody
+                                                of the message (2.9.3.1)
+
+The error code is read from ERR-3.1 (v2.5 and later), else ERR-1.4.1 (the ELD of earlier
+versions), else MSA-6.1 (before v2.5). Connection refused or reset, a connect or ACK timeout and
+an unreadable ACK are retryable. A reused connection that turns out closed by the peer (an idle
+timeout on its side) is reopened and the message sent again at once, not counted as an attempt.
+
+``detail`` holds the ACK code and the 0357 code, never MSA-3 or ERR text (they may quote data).
+
+Incomplete: no enhanced-mode application ACK wait after a CA (the commit ACK ends the exchange);
+no batch (BHS/BTS) sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+
+from engine.adapters.destination import DeliveryResult, Payload
+from engine.adapters.mllp.framing import FrameReader, FrameTooLarge, frame
+from engine.errors import HL7Error
+from engine.hl7v2.codec import Message, parse_message
+from engine.routes.spec import MllpDestination
+
+__all__ = ["MLLPDestination", "ack_error_code", "judge_ack"]
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE = 64 * 1024
+#: table 0357 codes that say the receiver is in trouble, not the message: retry
+_TRANSIENT_CODES = frozenset({"206", "207"})
+
+
+class _PeerClosed(Exception):
+    """Private: the peer closed the connection before the whole ACK arrived."""
+
+    def __init__(self, partial: bool) -> None:
+        super().__init__("connection closed inside the ACK" if partial else "connection closed")
+        self.partial = partial
+
+
+def ack_error_code(ack: Message) -> str:
+    """The table 0357 error code of an ACK: ERR-3.1, ERR-1.4.1 (before v2.5), or MSA-6.1."""
+    return (ack.get("ERR-3.1") or ack.get("ERR-1.4.1") or ack.get("MSA-6.1")).strip()
+
+
+def judge_ack(ack: Message, control_id: str) -> DeliveryResult:
+    """The delivery result an ACK means for the message with MSH-10 ``control_id`` (see the module
+    docstring's table)."""
+    if ack.segment("MSA") is None:
+        return DeliveryResult.retry("mllp: ACK without MSA")
+    code = ack.get("MSA-1").strip().upper()
+    if ack.get("MSA-2") != control_id:
+        return DeliveryResult.fail(f"mllp: ACK for another message ({code})")
+    if code in ("AA", "CA"):
+        return DeliveryResult.success(f"mllp: {code}")
+    error = ack_error_code(ack)
+    detail = f"mllp: {code}" + (f" (0357 {error})" if error else "")
+    if code not in ("AE", "AR", "CE", "CR"):
+        return DeliveryResult.fail(f"mllp: unknown ACK code {code[:4]!r}")
+    if error in _TRANSIENT_CODES:
+        return DeliveryResult.retry(detail)
+    if error:
+        return DeliveryResult.fail(detail)
+    if code in ("AR", "CR", "CE"):
+        return DeliveryResult.retry(detail)
+    return DeliveryResult.fail(detail)
+
+
+class MLLPDestination:
+    """Sends HL7v2 payloads to one MLLP receiver and waits for each ACK."""
+
+    def __init__(
+        self, name: str, config: MllpDestination, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        self.name = name
+        self.config = config
+        if ssl_context is None and config.tls:
+            ssl_context = ssl.create_default_context()
+        self._ssl = ssl_context
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._frames = FrameReader(config.max_ack_bytes)
+        self._lock = asyncio.Lock()
+        #: connections opened so far (for tests and metrics)
+        self.connects = 0
+
+    async def deliver(self, payload: Payload) -> DeliveryResult:
+        if payload.kind != "hl7v2":
+            return DeliveryResult.fail(f"mllp: cannot deliver a {payload.kind} payload")
+        try:
+            control_id = parse_message(payload.body).control_id
+        except HL7Error as exc:
+            return DeliveryResult.fail(f"mllp: payload is not HL7v2 ({type(exc).__name__})")
+        if not control_id:
+            return DeliveryResult.fail("mllp: payload has no MSH-10 to match the ACK")
+        async with self._lock:
+            result = await self._exchange(payload.body, control_id)
+        log.log(
+            logging.INFO if result.ok else logging.WARNING,
+            "mllp delivery %s",
+            "ok" if result.ok else ("retryable" if result.retryable else "failed"),
+            extra={
+                "destination": self.name,
+                "message_id": payload.message_id,
+                "detail": result.detail,
+            },
+        )
+        return result
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._drop()
+
+    async def _exchange(self, body: bytes, control_id: str) -> DeliveryResult:
+        timeout = self.config.timeout_s
+        for fresh_retry in (False, True):
+            reused = self._writer is not None
+            if reused and self._reader is not None and self._reader.at_eof():
+                await self._drop()
+                reused = False
+            try:
+                if self._writer is None:
+                    await asyncio.wait_for(self._connect(), timeout)
+                raw = await asyncio.wait_for(self._round_trip(body), timeout)
+            except _PeerClosed as exc:
+                await self._drop()
+                if reused and not fresh_retry and not exc.partial:
+                    log.info("mllp connection was closed by the peer: reconnecting")
+                    continue
+                return DeliveryResult.retry(f"mllp: {exc} before the ACK")
+            except TimeoutError:
+                await self._drop()
+                return DeliveryResult.retry(f"mllp: no connection or ACK within {timeout:g} s")
+            except FrameTooLarge as exc:
+                await self._drop()
+                return DeliveryResult.retry(f"mllp: ACK larger than {exc.limit} bytes")
+            except (OSError, ssl.SSLError) as exc:
+                await self._drop()
+                if reused and not fresh_retry and isinstance(exc, ConnectionError):
+                    log.info("mllp connection was reset: reconnecting")
+                    continue
+                return DeliveryResult.retry(f"mllp: {type(exc).__name__}")
+            try:
+                ack = parse_message(raw)
+            except HL7Error as exc:
+                await self._drop()
+                return DeliveryResult.retry(f"mllp: unreadable ACK ({type(exc).__name__})")
+            if ack.get("MSA-2") != control_id:
+                await self._drop()  # out of step: whatever comes next on it is suspect
+            return judge_ack(ack, control_id)
+        raise AssertionError("unreachable")
+
+    async def _connect(self) -> None:
+        cfg = self.config
+        self._reader, self._writer = await asyncio.open_connection(
+            cfg.host,
+            cfg.port,
+            ssl=self._ssl,
+            server_hostname=cfg.host if self._ssl is not None else None,
+        )
+        self._frames = FrameReader(cfg.max_ack_bytes)
+        self.connects += 1
+
+    async def _round_trip(self, body: bytes) -> bytes:
+        """Send one frame, return the payload of the first frame that comes back."""
+        assert self._reader is not None and self._writer is not None
+        self._writer.write(frame(body))
+        await self._writer.drain()
+        got_any = False
+        while True:
+            data = await self._reader.read(_READ_SIZE)
+            if not data:
+                raise _PeerClosed(got_any)
+            got_any = True
+            frames = self._frames.feed(data)
+            if frames:
+                if len(frames) > 1:
+                    log.warning("mllp: %d extra frames after the ACK dropped", len(frames) - 1)
+                return frames[0]
+
+    async def _drop(self) -> None:
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)

@@ -1,0 +1,521 @@
+"""A stub FHIR R4 server that speaks real HTTP, for tests and ``make run`` (in memory only).
+
+Enough of the RESTful API (https://hl7.org/fhir/R4/http.html) for the bundles the engine writes:
+
+* ``POST {base}`` with a transaction Bundle (http.html#transaction): every entry is applied or
+  none; references to an entry's ``fullUrl`` are rewritten to the ``Type/id`` it got; the answer
+  is a transaction-response Bundle with each ``entry.response.status``, ``location`` and ``etag``;
+* ``PUT {base}/{type}?identifier=system|value``: conditional update (http.html#cond-update):
+  no match creates (201), one match updates (200), several answer 412;
+* ``PUT {base}/{type}/{id}`` update or create; ``POST {base}/{type}`` create;
+* ``GET {base}/{type}/{id}`` read; ``GET {base}/{type}?identifier=...`` search (a searchset).
+
+Test switches (not FHIR): ``POST {base}/$fail`` with ``{"status": 503, "count": N}`` makes the
+next N requests answer that status (optionally after ``"delay_s"``, with a ``"retry_after"``);
+``GET {base}/$log`` lists the write requests received, in order, with ids and identifiers only;
+``POST {base}/$reset`` forgets everything. :attr:`StubFhirState.accepted_tokens`, when set,
+makes every request need ``Authorization: Bearer <one of them>`` (else 401).
+
+Incomplete: no search parameters but ``identifier``; no history, versioned reads, If-Match,
+PATCH or batch Bundles; no validation beyond ``resourceType``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+__all__ = [
+    "ServerThread",
+    "StubFhirServer",
+    "StubFhirState",
+    "create_stub_fhir_app",
+    "run_stub_fhir",
+    "running_stub_fhir",
+]
+
+_FHIR_JSON = "application/fhir+json"
+_STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
+
+
+class _Problem(Exception):
+    """Private: an HTTP error with an OperationOutcome (issue code, text)."""
+
+    def __init__(self, status: int, code: str, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.code = code
+        self.text = text
+
+
+@dataclass
+class _Failure:
+    status: int
+    count: int
+    delay_s: float
+    retry_after: int | None
+
+
+@dataclass
+class _Write:
+    """One planned write of a transaction or a single request."""
+
+    method: str
+    rtype: str
+    rid: str
+    resource: dict[str, Any] | None
+    identifier: str | None
+    created: bool
+
+
+@dataclass
+class StubFhirState:
+    """The server's memory; safe to read from another thread (under ``lock``)."""
+
+    #: resource type -> id -> resource (with ``id`` and ``meta.versionId``)
+    resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: the write requests received, in order (ids, identifiers and statuses only)
+    log: list[dict[str, Any]] = field(default_factory=list)
+    #: when set, the bearer tokens the server accepts
+    accepted_tokens: set[str] | None = None
+    #: the Authorization header of every request received (tests check what was sent)
+    authorizations: list[str | None] = field(default_factory=list)
+    failures: list[_Failure] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def reset(self) -> None:
+        with self.lock:
+            self.resources.clear()
+            self.log.clear()
+            self.failures.clear()
+            self.authorizations.clear()
+
+    def fail_next(
+        self, status: int, count: int = 1, delay_s: float = 0.0, retry_after: int | None = None
+    ) -> None:
+        """Answer the next ``count`` requests with ``status`` (after ``delay_s``; with a
+        Retry-After header when ``retry_after`` is given)."""
+        with self.lock:
+            self.failures.append(_Failure(status, count, delay_s, retry_after))
+
+    def get(self, rtype: str, rid: str) -> dict[str, Any] | None:
+        with self.lock:
+            return self.resources.get(rtype, {}).get(rid)
+
+    def count(self, rtype: str) -> int:
+        with self.lock:
+            return len(self.resources.get(rtype, {}))
+
+    # -- called with the lock held -----------------------------------------------------------
+
+    def _take_failure(self) -> _Failure | None:
+        if not self.failures:
+            return None
+        f = self.failures[0]
+        f.count -= 1
+        if f.count <= 0:
+            self.failures.pop(0)
+        return f
+
+    def _find(self, rtype: str, token: str) -> list[str]:
+        system, bar, value = token.partition("|")
+        if not bar:
+            system, value = "", token
+        out = []
+        for rid, res in self.resources.get(rtype, {}).items():
+            for ident in res.get("identifier") or []:
+                if ident.get("value") == value and (not bar or ident.get("system", "") == system):
+                    out.append(rid)
+                    break
+        return out
+
+    def _new_id(self) -> str:
+        return str(next(self._ids))
+
+
+def _outcome(status: int, code: str, text: str, headers: dict[str, str] | None = None) -> Response:
+    body = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": text}],
+    }
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    return Response(orjson.dumps(body), status, headers=headers, media_type=_FHIR_JSON)
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers=headers, media_type=_FHIR_JSON)
+
+
+def _identifier_of(url_query: str) -> str | None:
+    values = parse_qs(url_query, keep_blank_values=True).get("identifier")
+    return values[0] if values else None
+
+
+def _rewrite(node: Any, resolved: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        out = {k: _rewrite(v, resolved) for k, v in node.items()}
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref in resolved:
+            out["reference"] = resolved[ref]
+        return out
+    if isinstance(node, list):
+        return [_rewrite(v, resolved) for v in node]
+    return node
+
+
+class _Stub:
+    """The request handlers over one :class:`StubFhirState`."""
+
+    def __init__(self, state: StubFhirState, base: str) -> None:
+        self.state = state
+        self.base = base
+
+    # -- planning and applying writes ----------------------------------------------------------
+
+    def _plan(self, method: str, url: str, resource: Any, taken: set[tuple[str, str]]) -> _Write:
+        """Work out one write from its method and URL (relative to the base); lock held."""
+        path, _, query = url.partition("?")
+        parts = [p for p in path.strip("/").split("/") if p]
+        if not parts:
+            raise _Problem(400, "invalid", "request URL names no resource type")
+        rtype = parts[0]
+        if method in ("PUT", "POST"):
+            if not isinstance(resource, dict) or resource.get("resourceType") != rtype:
+                raise _Problem(400, "invalid", f"the resource is not a {rtype}")
+        identifier = None
+        if method == "PUT" and len(parts) == 2:
+            rid = parts[1]
+            if resource.get("id") not in (None, rid):
+                raise _Problem(400, "invalid", "resource id does not match the URL")
+        elif method == "PUT" and len(parts) == 1:
+            identifier = _identifier_of(query)
+            if not identifier:
+                raise _Problem(400, "not-supported", "conditional update needs ?identifier=")
+            found = self.state._find(rtype, identifier)
+            if len(found) > 1:
+                raise _Problem(412, "multiple-matches", "the identifier matches several resources")
+            rid = found[0] if found else self.state._new_id()
+        elif method == "POST" and len(parts) == 1:
+            rid = self.state._new_id()
+        elif method == "DELETE" and len(parts) == 2:
+            rid = parts[1]
+        else:
+            raise _Problem(400, "not-supported", f"{method} of this URL is not supported")
+        if (rtype, rid) in taken:
+            raise _Problem(400, "duplicate", "two entries write the same resource")
+        taken.add((rtype, rid))
+        created = rid not in self.state.resources.get(rtype, {})
+        res = dict(resource) if isinstance(resource, dict) else None
+        return _Write(method, rtype, rid, res, identifier, created)
+
+    def _apply(self, w: _Write) -> tuple[int, dict[str, Any] | None]:
+        """Store one planned write; lock held. Returns (status, stored resource)."""
+        bucket = self.state.resources.setdefault(w.rtype, {})
+        if w.method == "DELETE":
+            bucket.pop(w.rid, None)
+            return 204, None
+        assert w.resource is not None
+        old = bucket.get(w.rid)
+        version = int(old["meta"]["versionId"]) + 1 if old else 1
+        stored = {
+            **w.resource,
+            "id": w.rid,
+            "meta": {
+                **(w.resource.get("meta") or {}),
+                "versionId": str(version),
+                "lastUpdated": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            },
+        }
+        bucket[w.rid] = stored
+        return (201 if w.created else 200), stored
+
+    @staticmethod
+    def _log_entry(w: _Write, status: int) -> dict[str, Any]:
+        return {
+            "method": w.method,
+            "resourceType": w.rtype,
+            "id": w.rid,
+            "identifier": w.identifier,
+            "status": status,
+        }
+
+    # -- the gate every FHIR request passes ----------------------------------------------------
+
+    async def _gate(self, request: Request, interaction: str) -> Response | None:
+        """Injected failures, then the bearer token check."""
+        auth = request.headers.get("authorization")
+        with self.state.lock:
+            self.state.authorizations.append(auth)
+            failure = self.state._take_failure()
+            if failure is None:
+                tokens = self.state.accepted_tokens
+                if tokens is None:
+                    return None
+                scheme, _, token = (auth or "").partition(" ")
+                if scheme.lower() == "bearer" and token in tokens:
+                    return None
+                status, code, text = 401, "login", "a valid bearer token is required"
+            else:
+                status, code, text = failure.status, "transient", "injected failure"
+            if request.method != "GET":
+                self.state.log.append({"interaction": interaction, "status": status})
+        headers = None
+        if failure is not None:
+            if failure.delay_s:
+                await asyncio.sleep(failure.delay_s)
+            if failure.retry_after is not None:
+                headers = {"Retry-After": str(failure.retry_after)}
+        return _outcome(status, code, text, headers)
+
+    # -- endpoints -----------------------------------------------------------------------------
+
+    async def transaction(self, request: Request) -> Response:
+        refused = await self._gate(request, "transaction")
+        if refused is not None:
+            return refused
+        try:
+            bundle = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return _outcome(400, "structure", "the body is not JSON")
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            return _outcome(400, "invalid", "POST to the base takes a Bundle")
+        if bundle.get("type") != "transaction":
+            return _outcome(400, "not-supported", "only transaction Bundles are supported")
+        entries = bundle.get("entry") or []
+        with self.state.lock:
+            try:
+                writes: list[_Write] = []
+                taken: set[tuple[str, str]] = set()
+                resolved: dict[str, str] = {}
+                for entry in entries:
+                    req = entry.get("request") or {}
+                    w = self._plan(
+                        str(req.get("method", "")).upper(),
+                        str(req.get("url", "")),
+                        entry.get("resource"),
+                        taken,
+                    )
+                    writes.append(w)
+                    if entry.get("fullUrl"):
+                        resolved[entry["fullUrl"]] = f"{w.rtype}/{w.rid}"
+            except _Problem as exc:
+                self.state.log.append({"interaction": "transaction", "status": exc.status})
+                return _outcome(exc.status, exc.code, exc.text)
+            out_entries = []
+            logged = []
+            for w in writes:
+                if w.resource is not None:
+                    w.resource = _rewrite(w.resource, resolved)
+                status, stored = self._apply(w)
+                response: dict[str, Any] = {"status": _STATUS_TEXT[status]}
+                if stored is not None:
+                    version = stored["meta"]["versionId"]
+                    response["location"] = f"{w.rtype}/{w.rid}/_history/{version}"
+                    response["etag"] = f'W/"{version}"'
+                out_entries.append({"response": response})
+                logged.append(self._log_entry(w, status))
+            self.state.log.append({"interaction": "transaction", "status": 200, "entry": logged})
+        return _json(
+            {"resourceType": "Bundle", "type": "transaction-response", "entry": out_entries}
+        )
+
+    async def _write(self, request: Request, method: str, url: str) -> Response:
+        try:
+            resource = orjson.loads(await request.body()) if method != "DELETE" else None
+        except orjson.JSONDecodeError:
+            return _outcome(400, "structure", "the body is not JSON")
+        interaction = {"PUT": "update", "POST": "create", "DELETE": "delete"}[method]
+        with self.state.lock:
+            try:
+                w = self._plan(method, url, resource, set())
+            except _Problem as exc:
+                self.state.log.append({"interaction": interaction, "status": exc.status})
+                return _outcome(exc.status, exc.code, exc.text)
+            status, stored = self._apply(w)
+            self.state.log.append(
+                {
+                    "interaction": interaction,
+                    "status": status,
+                    "entry": [self._log_entry(w, status)],
+                }
+            )
+        if stored is None:
+            return Response(status_code=status)
+        version = stored["meta"]["versionId"]
+        base = f"{request.url.scheme}://{request.url.netloc}{self.base}"
+        headers = {
+            "Location": f"{base}/{w.rtype}/{w.rid}/_history/{version}",
+            "ETag": f'W/"{version}"',
+        }
+        return _json(stored, status, headers)
+
+    async def type_level(self, request: Request) -> Response:
+        rtype = request.path_params["rtype"]
+        if rtype.startswith("$"):
+            return await self._admin(request, rtype)
+        method = request.method
+        refused = await self._gate(request, {"GET": "search"}.get(method, "write"))
+        if refused is not None:
+            return refused
+        if method == "GET":
+            return self._search(rtype, request.url.query)
+        url = rtype + (f"?{request.url.query}" if request.url.query else "")
+        return await self._write(request, method, url)
+
+    async def instance_level(self, request: Request) -> Response:
+        rtype, rid = request.path_params["rtype"], request.path_params["rid"]
+        method = request.method
+        refused = await self._gate(request, {"GET": "read"}.get(method, "write"))
+        if refused is not None:
+            return refused
+        if method == "GET":
+            found = self.state.get(rtype, rid)
+            if found is None:
+                return _outcome(404, "not-found", f"{rtype}/{rid} is not known")
+            return _json(found)
+        return await self._write(request, method, f"{rtype}/{rid}")
+
+    def _search(self, rtype: str, query: str) -> Response:
+        token = _identifier_of(query)
+        with self.state.lock:
+            if token is None:
+                found = list(self.state.resources.get(rtype, {}))
+            else:
+                found = self.state._find(rtype, token)
+            matches = [self.state.resources[rtype][rid] for rid in found]
+        return _json(
+            {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "total": len(matches),
+                "entry": [{"resource": r, "search": {"mode": "match"}} for r in matches],
+            }
+        )
+
+    async def _admin(self, request: Request, op: str) -> Response:
+        if op == "$fail" and request.method == "POST":
+            try:
+                body = orjson.loads(await request.body())
+                retry_after = body.get("retry_after")
+                self.state.fail_next(
+                    int(body.get("status", 503)),
+                    int(body.get("count", 1)),
+                    float(body.get("delay_s", 0)),
+                    None if retry_after is None else int(retry_after),
+                )
+            except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+                return _outcome(400, "invalid", 'expected {"status": 503, "count": N}')
+            return _json({"ok": True})
+        if op == "$log" and request.method == "GET":
+            with self.state.lock:
+                return _json({"log": list(self.state.log)})
+        if op == "$reset" and request.method == "POST":
+            self.state.reset()
+            return _json({"ok": True})
+        return _outcome(404, "not-supported", f"unknown operation {op}")
+
+
+def create_stub_fhir_app(state: StubFhirState | None = None, *, base: str = "/fhir") -> Starlette:
+    """The stub as an ASGI app; ``app.state.fhir`` is its :class:`StubFhirState`."""
+    base = "/" + base.strip("/") if base.strip("/") else ""
+    stub = _Stub(state or StubFhirState(), base)
+    routes = [
+        Route(base or "/", stub.transaction, methods=["POST"]),
+        Route(f"{base}/{{rtype}}", stub.type_level, methods=["GET", "POST", "PUT"]),
+        Route(f"{base}/{{rtype}}/{{rid}}", stub.instance_level, methods=["GET", "PUT", "DELETE"]),
+    ]
+    if base:
+        routes.append(Route(f"{base}/", stub.transaction, methods=["POST"]))
+    app = Starlette(routes=routes)
+    app.state.fhir = stub.state
+    return app
+
+
+def run_stub_fhir(host: str = "127.0.0.1", port: int = 8090, *, base: str = "/fhir") -> None:
+    """Serve the stub until interrupted (``engine stub-fhir``)."""
+    uvicorn.run(create_stub_fhir_app(base=base), host=host, port=port, log_level="info")
+
+
+class ServerThread:
+    """Any ASGI app served by uvicorn in a daemon thread on a free port (for tests)."""
+
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
+        self.host = host
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self.port: int = self._sock.getsockname()[1]
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            ws="none",
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test HTTP server did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+        self._sock.close()
+
+
+class StubFhirServer(ServerThread):
+    """The stub FHIR server on a free port; ``base_url`` ends with the base path."""
+
+    def __init__(self, *, base: str = "/fhir", host: str = "127.0.0.1", port: int = 0) -> None:
+        self.state = StubFhirState()
+        self.base = "/" + base.strip("/")
+        super().__init__(create_stub_fhir_app(self.state, base=base), host, port)
+
+    @property
+    def base_url(self) -> str:
+        return self.url + self.base
+
+
+@contextmanager
+def running_stub_fhir(**kwargs: Any) -> Iterator[StubFhirServer]:
+    """``with running_stub_fhir() as fhir: ... fhir.base_url ... fhir.state``."""
+    server = StubFhirServer(**kwargs)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

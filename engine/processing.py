@@ -1,0 +1,349 @@
+"""Processing and delivery, decoupled from receiving by the database-backed queue.
+
+``Processor`` claims received messages (``FOR UPDATE SKIP LOCKED``: several engine processes may
+share one PostgreSQL and each message is processed once), routes them (engine/routes), maps them
+(engine/mappings) and records one delivery per destination, in one transaction.
+
+``Dispatcher`` delivers: it claims due deliveries, at most one in flight per destination and
+patient (order is kept per patient; different patients flow in parallel), calls the destination
+adapter, and records the outcome: delivered, retried later (exponential back-off with jitter), or
+dead-lettered after the route's maximum attempts or a permanent refusal. A slow or dead
+destination only fills its own queue: receiving and acknowledging never wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import orjson
+
+from engine.adapters.destination import DeliveryResult, Destination, Payload
+from engine.errors import EngineError, UnsupportedMessageError
+from engine.hl7v2.codec import Message, parse_message
+from engine.mappings import Mappings
+from engine.pipeline import unsupported
+from engine.routes.loader import RouteSet
+from engine.routes.router import Router
+from engine.store.repository import (
+    DueDelivery,
+    NewDelivery,
+    Outcome,
+    Processed,
+    SqlMessageStore,
+)
+
+__all__ = ["Dispatcher", "Processor", "RouteGate", "patient_key_of"]
+
+log = logging.getLogger(__name__)
+
+HL7_CONTENT_TYPE = "x-application/hl7-v2+er7"
+FHIR_CONTENT_TYPE = "application/fhir+json"
+
+
+class RouteGate:
+    """Before the ACK: does some route take this message, and can its mapping read it?"""
+
+    def __init__(self, router: Router, mappings: Mappings) -> None:
+        self.router = router
+        self.mappings = mappings
+        self._codes = {
+            code for route in router.routes.routes for code in (route.match.message or [])
+        }
+
+    def refuse(self, message: Message) -> EngineError | None:
+        routes = self.router.match(message=message)
+        if not routes:
+            return unsupported(message, self._codes)
+        if any(r.mapping == "fhir" for r in routes):
+            try:
+                self.mappings.inbound.message_map(message)
+            except UnsupportedMessageError as exc:
+                return exc
+        return None
+
+
+def patient_key_of(message: Message) -> str | None:
+    """The patient a message is about (PID-3, first repetition: authority and ID), for ordering."""
+    pid = message.segment("PID")
+    if pid is None:
+        return None
+    value = pid.get(3, 1, 1)
+    return f"{pid.get(3, 1, 4)}|{value}" if value else None
+
+
+def _fhir_patient_key(doc: Mapping[str, Any]) -> str | None:
+    resources = (
+        [e.get("resource", {}) for e in doc.get("entry", [])]
+        if doc.get("resourceType") == "Bundle"
+        else [doc]
+    )
+    for res in resources:
+        if isinstance(res, dict) and res.get("resourceType") == "Patient":
+            for ident in res.get("identifier", []):
+                if ident.get("value"):
+                    return f"{ident.get('system', '')}|{ident['value']}"
+    return None
+
+
+class Processor:
+    """Claims received messages and turns them into deliveries."""
+
+    def __init__(
+        self,
+        store: SqlMessageStore,
+        routes: RouteSet,
+        mappings: Mappings,
+        *,
+        worker: str | None = None,
+        on_routed: Callable[[], None] | None = None,
+        batch: int = 100,
+        idle_s: float = 0.2,
+    ) -> None:
+        self.store = store
+        self.router = Router(routes)
+        self.mappings = mappings
+        self.worker = worker or f"{os.uname().nodename}:{os.getpid()}"
+        self.on_routed = on_routed
+        self.batch = batch
+        self.idle_s = idle_s
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Called when messages were stored: process them now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.to_thread(self.store.reclaim_stale, timedelta(seconds=0))
+        while not stop.is_set():
+            n = await asyncio.to_thread(self.process_batch)
+            if n:
+                if self.on_routed is not None:
+                    self.on_routed()
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.idle_s)
+            except TimeoutError:
+                pass
+
+    def process_batch(self) -> int:
+        """Claim and process one batch; returns how many messages it took."""
+        claimed = self.store.claim_received(self.worker, self.batch)
+        done: list[Processed] = []
+        for message_id, raw, kind in claimed:
+            try:
+                state, reason, key, made = self.process_one(message_id, raw, kind)
+            except EngineError as exc:
+                state, reason, key, made = "error", str(exc), None, []
+            except Exception as exc:  # a bug must not stop the queue: park the message
+                log.exception("processing failed", extra={"message_id": message_id})
+                state, key, made = "error", None, []
+                reason = f"internal error ({type(exc).__name__})"
+            done.append(Processed(message_id, state, reason, key, made))
+            log.info(
+                "message processed",
+                extra={"message_id": message_id, "outcome": state, "deliveries": len(made)},
+            )
+        if done:
+            self.store.finish_batch(done)  # one transaction for the whole batch
+        return len(claimed)
+
+    def process_one(
+        self, message_id: int, raw: bytes, kind: str
+    ) -> tuple[str, str | None, str | None, list[NewDelivery]]:
+        """Route and map one message: (state, reason, patient key, deliveries)."""
+        if kind == "fhir":
+            doc = orjson.loads(raw)
+            routes = self.router.match(resource_type=str(doc.get("resourceType")))
+            key = _fhir_patient_key(doc) or f"msg:{message_id}"
+            made: list[NewDelivery] = []
+            for route in routes:
+                if route.mapping == "hl7v2":
+                    msg = self.mappings.to_hl7(doc, control_id=f"E{message_id}")
+                    body, dkind, ctype = msg.to_bytes(), "hl7v2", HL7_CONTENT_TYPE
+                else:
+                    body, dkind, ctype = raw, "fhir-bundle", FHIR_CONTENT_TYPE
+                made += [
+                    NewDelivery(dest, route.name, dkind, ctype, body, key)
+                    for dest in route.destinations
+                ]
+            return ("routed" if made else "unrouted"), None, key, made
+        message = parse_message(raw)
+        routes = self.router.match(message=message)
+        key = patient_key_of(message) or f"msg:{message_id}"
+        made = []
+        bundle: bytes | None = None
+        for route in routes:
+            if route.mapping == "fhir":
+                if bundle is None:
+                    bundle = orjson.dumps(self.mappings.to_fhir(message))
+                body, dkind, ctype = bundle, "fhir-bundle", FHIR_CONTENT_TYPE
+            else:
+                body, dkind, ctype = raw, "hl7v2", HL7_CONTENT_TYPE
+            made += [
+                NewDelivery(dest, route.name, dkind, ctype, body, key)
+                for dest in route.destinations
+            ]
+        return ("routed" if made else "unrouted"), None, key, made
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    due: DueDelivery
+    result: DeliveryResult
+    elapsed: float
+
+
+class Observer(Protocol):
+    """Receives delivery outcomes (metrics)."""
+
+    def delivered(self, destination: str, seconds: float, ok: bool, dead: bool) -> None: ...
+
+
+class Dispatcher:
+    """Delivers due deliveries with their destination adapters."""
+
+    def __init__(
+        self,
+        store: SqlMessageStore,
+        routes: RouteSet,
+        destinations: Mapping[str, Destination],
+        *,
+        batch: int = 50,
+        per_destination: int = 8,
+        idle_s: float = 0.2,
+        observer: Observer | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.routes = routes
+        self.destinations = dict(destinations)
+        self.batch = batch
+        self.idle_s = idle_s
+        self.observer = observer
+        self.rng = rng or random.Random()
+        self._limits = {name: asyncio.Semaphore(per_destination) for name in self.destinations}
+        self._wake = asyncio.Event()
+        self._outcomes: list[tuple[DueDelivery, DeliveryResult, float]] = []
+        #: circuit breaker: destination -> (consecutive failures, paused until loop time)
+        self._failures: dict[str, int] = {}
+        self._paused: dict[str, float] = {}
+        self._flushed = asyncio.Event()
+        self._flushing: asyncio.Lock | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                now = asyncio.get_running_loop().time()
+                paused = [d for d, until in self._paused.items() if until > now]
+                due = await asyncio.to_thread(
+                    self.store.claim_due_deliveries, self.batch, 120.0, paused
+                )
+                for d in due:
+                    task = asyncio.create_task(self._deliver(d))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                if due:
+                    # a patient's next delivery is not claimable while the one before is still
+                    # pending (in flight included): the claim query keeps the order
+                    continue
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.idle_s)
+                except TimeoutError:
+                    pass
+        finally:
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _deliver(self, due: DueDelivery) -> None:
+        dest = self.destinations.get(due.destination)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        if dest is None:
+            result = DeliveryResult(False, False, f"no destination named {due.destination!r}")
+        else:
+            payload = Payload(
+                message_id=due.message_id,
+                destination=due.destination,
+                kind=due.kind,  # type: ignore[arg-type]
+                body=due.payload,
+                content_type=due.content_type,
+                idempotency_key=f"{due.message_id}-{due.destination}",
+                control_id=due.control_id,
+            )
+            async with self._limits[due.destination]:
+                try:
+                    result = await dest.deliver(payload)
+                except Exception as exc:  # an adapter bug: retry, and say so
+                    result = DeliveryResult(False, True, f"adapter error ({type(exc).__name__})")
+        self._breaker(due.destination, result, loop.time())
+        # outcomes are recorded in batches: one transaction for all that finished meanwhile
+        self._outcomes.append((due, result, loop.time() - start))
+        await self._flush()
+        self.wake()  # the patient's next delivery may be due now
+
+    def _breaker(self, destination: str, result: DeliveryResult, now: float) -> None:
+        """After 5 retryable failures in a row, stop claiming for a destination for a while
+        (doubling up to 60 s): a destination that is down is probed, not hammered, and its
+        failures do not fill the database with attempts. A success closes the breaker."""
+        if result.ok or not result.retryable:
+            self._failures.pop(destination, None)
+            self._paused.pop(destination, None)
+            return
+        n = self._failures.get(destination, 0) + 1
+        self._failures[destination] = n
+        if n >= 5:
+            self._paused[destination] = now + min(60.0, 0.5 * 2 ** min(n - 5, 7))
+
+    async def _flush(self) -> None:
+        if self._flushing is None:
+            self._flushing = asyncio.Lock()
+        async with self._flushing:
+            batch, self._outcomes = self._outcomes, []
+            if batch:
+                await asyncio.to_thread(self._record_batch, batch)
+
+    def _record_batch(self, batch: list[tuple[DueDelivery, DeliveryResult, float]]) -> None:
+        outcomes: list[Outcome] = []
+        notes: list[tuple[DueDelivery, DeliveryResult, float, bool]] = []
+        for due, result, elapsed in batch:
+            dead = False
+            if result.ok:
+                outcomes.append(Outcome(due.id, True))
+            else:
+                attempts = due.attempts + 1
+                config = self.routes.destinations.get(due.destination)
+                policy = config.retry if config is not None else None
+                if result.retryable and policy is not None and attempts < policy.max_attempts:
+                    delay = policy.delay_for(attempts) * self.rng.uniform(0.5, 1.0)
+                    retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+                    outcomes.append(Outcome(due.id, False, result.detail, retry_at))
+                else:
+                    dead = True
+                    outcomes.append(Outcome(due.id, False, result.detail, None))
+            notes.append((due, result, elapsed, dead))
+        self.store.record_outcomes(outcomes)
+        for due, result, elapsed, dead in notes:
+            log.info(
+                "delivery",
+                extra={
+                    "message_id": due.message_id,
+                    "destination": due.destination,
+                    "outcome": "delivered" if result.ok else ("dead" if dead else "retry"),
+                    "detail": result.detail,
+                },
+            )
+            if self.observer is not None:
+                self.observer.delivered(due.destination, elapsed, result.ok, dead)

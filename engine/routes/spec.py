@@ -1,0 +1,367 @@
+"""The models of route files (YAML): which messages go to which destinations, and how.
+
+A route file holds two keys, both optional::
+
+    destinations:            # name -> where to deliver, and how often to retry
+      local-fhir: {type: fhir, base_url: "http://127.0.0.1:8090/fhir", mode: transaction}
+      dropbox:    {type: file, directory: var/outbox}
+    routes:                  # each matching route delivers to each of its destinations
+      - name: adt-to-fhir
+        match: {message: [ADT], trigger: [A04, A08], conditions: [{path: PV1-2, in: [O]}]}
+        mapping: fhir        # fhir: HL7v2 -> FHIR Bundle; none: as received; hl7v2: FHIR -> HL7v2
+        destinations: [local-fhir]
+
+A route reads one kind of input. HL7v2 criteria (``message``, ``trigger``, ``sending_application``,
+``sending_facility``, ``conditions``) and ``mapping: fhir`` make it an HL7v2 route;
+``resource_type`` and ``mapping: hl7v2`` make it a FHIR route; a route with neither (``match: {}``
+and ``mapping: none``) passes every input through.
+
+Destination types (``type`` selects the model): ``fhir`` (a FHIR R4 REST server,
+https://hl7.org/fhir/R4/http.html), ``mllp`` (an HL7v2 receiver, HL7 v2.5.1 appendix C) and
+``file`` (a directory). Secrets never sit in a route file: a bearer token or an OAuth2 client secret
+is read from the environment variable the file names (``token_env``, ``client_secret_env``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from engine.errors import HL7PathError
+from engine.hl7v2.path import Path as HL7Path
+from engine.hl7v2.path import parse_path
+
+__all__ = [
+    "MAPPINGS",
+    "BearerAuth",
+    "Condition",
+    "DestinationConfig",
+    "FhirAuth",
+    "FhirDestination",
+    "FileDestination",
+    "Match",
+    "MllpDestination",
+    "NoAuth",
+    "OAuth2Auth",
+    "RetryPolicy",
+    "Route",
+    "RouteFile",
+]
+
+#: the values of a route's ``mapping``: what the engine does to a message before delivery
+MAPPINGS: dict[str, str] = {
+    "fhir": "convert HL7v2 to a FHIR transaction Bundle (engine.mappings)",
+    "none": "deliver the message as received",
+    "hl7v2": "convert FHIR to HL7v2 (engine.mappings.outbound)",
+}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MESSAGE_RE = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+_TRIGGER_RE = re.compile(r"^[A-Z0-9]{3}$")
+_RESOURCE_RE = re.compile(r"^[A-Z][A-Za-z]+$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_name(value: str, what: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(f"{what} {value!r} must be letters, digits, '.', '_' or '-'")
+    return value
+
+
+def _check_env(value: str) -> str:
+    if not _ENV_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not an environment variable name (the file names the variable; "
+            "the secret itself never goes in a route file)"
+        )
+    return value
+
+
+# -- destinations --------------------------------------------------------------------------------
+
+
+class RetryPolicy(_Strict):
+    """How often, and how far apart, a failed delivery is tried again (exponential back-off)."""
+
+    #: attempts in all, the first included; after the last the message is dead-lettered
+    max_attempts: int = Field(default=10, ge=1)
+    base_delay_s: float = Field(default=2.0, ge=0)
+    max_delay_s: float = Field(default=300.0, ge=0)
+
+    def delay_for(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based): base * 2^(n-1),
+        capped at ``max_delay_s``. Jitter, if wanted, is the scheduler's."""
+        if attempt < 1:
+            return 0.0
+        return float(min(self.max_delay_s, self.base_delay_s * 2 ** min(attempt - 1, 32)))
+
+
+class NoAuth(_Strict):
+    """No Authorization header."""
+
+    type: Literal["none"] = "none"
+
+
+class BearerAuth(_Strict):
+    """``Authorization: Bearer <token>`` with the token read from an environment variable."""
+
+    type: Literal["bearer"]
+    token_env: str
+
+    @field_validator("token_env")
+    @classmethod
+    def _env(cls, value: str) -> str:
+        return _check_env(value)
+
+
+class OAuth2Auth(_Strict):
+    """OAuth 2.0 client credentials grant (RFC 6749 section 4.4); the token is cached until it
+    expires and fetched again when the server answers 401."""
+
+    type: Literal["oauth2"]
+    token_url: str
+    client_id: str
+    client_secret_env: str
+    scope: str | None = None
+    #: how the client authenticates to the token endpoint (RFC 6749 section 2.3.1): HTTP Basic
+    #: (every server must accept it) or client_id/client_secret in the form body
+    client_auth: Literal["basic", "post"] = "basic"
+
+    @field_validator("client_secret_env")
+    @classmethod
+    def _env(cls, value: str) -> str:
+        return _check_env(value)
+
+    @field_validator("token_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"token_url {value!r} must start with http:// or https://")
+        return value
+
+
+FhirAuth = Annotated[NoAuth | BearerAuth | OAuth2Auth, Field(discriminator="type")]
+
+
+class FhirDestination(_Strict):
+    """A FHIR R4 REST server (https://hl7.org/fhir/R4/http.html).
+
+    ``transaction`` POSTs the Bundle to ``base_url`` (http.html#transaction: all or nothing);
+    ``conditional`` sends each entry as its own request (``entry.request``: conditional updates
+    ``PUT Patient?identifier=system|value``, http.html#cond-update), for servers without
+    transactions. That is not atomic: entries sent before a failure stay written, and a retry
+    sends them again (harmless: each is an update).
+    """
+
+    type: Literal["fhir"]
+    base_url: str
+    mode: Literal["transaction", "conditional"] = "transaction"
+    auth: FhirAuth = Field(default_factory=NoAuth)
+    timeout_s: float = Field(default=30.0, gt=0)
+    verify_tls: bool = True
+    retry: RetryPolicy = RetryPolicy()
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"base_url {value!r} must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class MllpDestination(_Strict):
+    """An HL7v2 receiver over MLLP (HL7 v2.5.1 appendix C); each message waits for its ACK."""
+
+    type: Literal["mllp"]
+    host: str
+    port: int = Field(..., ge=1, le=65535)
+    #: connect, and wait for the ACK, at most this long
+    timeout_s: float = Field(default=30.0, gt=0)
+    tls: bool = False
+    #: the largest ACK accepted (an ACK is small; a runaway peer is not)
+    max_ack_bytes: int = Field(default=1024 * 1024, ge=1024)
+    retry: RetryPolicy = RetryPolicy()
+
+
+class FileDestination(_Strict):
+    """A directory: one file per message and destination, written atomically."""
+
+    type: Literal["file"]
+    directory: Path
+    retry: RetryPolicy = RetryPolicy()
+
+
+DestinationConfig = Annotated[
+    FhirDestination | MllpDestination | FileDestination, Field(discriminator="type")
+]
+
+
+# -- routes --------------------------------------------------------------------------------------
+
+
+class Condition(_Strict):
+    """A test on one element of an HL7v2 message, by terse path (``PV1-2``, ``PID-3[2].4``).
+
+    ``in``: the text is one of these; ``not_in``: it is none of these; ``present``: it is non-empty
+    (true) or empty (false). When several are given, all must hold. An absent element reads as
+    ``""``, so ``not_in: [""]`` also requires it to be there.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    path: str
+    in_: list[str] | None = Field(default=None, alias="in")
+    not_in: list[str] | None = None
+    present: bool | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        try:
+            p = parse_path(value)
+        except HL7PathError as exc:
+            raise ValueError(exc.message) from exc
+        if not p.field:
+            raise ValueError(f"path {value!r} names a whole segment: name a field, e.g. PV1-2")
+        return value
+
+    @model_validator(mode="after")
+    def _one_test(self) -> Condition:
+        if self.in_ is None and self.not_in is None and self.present is None:
+            raise ValueError("a condition needs 'in', 'not_in' or 'present'")
+        return self
+
+    @property
+    def parsed_path(self) -> HL7Path:
+        return parse_path(self.path)
+
+
+def _codes(values: list[str] | None, pattern: re.Pattern[str], what: str) -> list[str] | None:
+    if values is not None:
+        for v in values:
+            if not pattern.match(v):
+                raise ValueError(f"{v!r} is not {what}")
+    return values
+
+
+class Match(_Strict):
+    """Which inputs a route takes. An omitted (or empty) list matches anything; given lists must
+    all match (MSH-9.1, MSH-9.2, MSH-3.1, MSH-4.1; for FHIR input, the resource type)."""
+
+    message: list[str] | None = None
+    trigger: list[str] | None = None
+    sending_application: list[str] | None = None
+    sending_facility: list[str] | None = None
+    resource_type: list[str] | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+    @field_validator("message")
+    @classmethod
+    def _message(cls, v: list[str] | None) -> list[str] | None:
+        return _codes(v, _MESSAGE_RE, "a message code (MSH-9.1, e.g. ADT)")
+
+    @field_validator("trigger")
+    @classmethod
+    def _trigger(cls, v: list[str] | None) -> list[str] | None:
+        return _codes(v, _TRIGGER_RE, "a trigger event (MSH-9.2, e.g. A04)")
+
+    @field_validator("resource_type")
+    @classmethod
+    def _resource(cls, v: list[str] | None) -> list[str] | None:
+        return _codes(v, _RESOURCE_RE, "a FHIR resource type (e.g. Patient, Bundle)")
+
+    @property
+    def hl7v2_criteria(self) -> bool:
+        """Whether any criterion reads an HL7v2 message."""
+        return bool(
+            self.message
+            or self.trigger
+            or self.sending_application
+            or self.sending_facility
+            or self.conditions
+        )
+
+    @model_validator(mode="after")
+    def _one_input(self) -> Match:
+        if self.resource_type and self.hl7v2_criteria:
+            raise ValueError(
+                "resource_type matches FHIR input and cannot be mixed with HL7v2 criteria "
+                "(message, trigger, sending_application, sending_facility, conditions)"
+            )
+        return self
+
+
+class Route(_Strict):
+    """One integration route: a match, a mapping and the destinations to deliver to."""
+
+    name: str
+    description: str | None = None
+    match: Match = Field(default_factory=Match)
+    mapping: Literal["fhir", "none", "hl7v2"]
+    destinations: list[str] = Field(..., min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v, "route name")
+
+    @field_validator("mapping", mode="before")
+    @classmethod
+    def _mapping(cls, v: Any, info: ValidationInfo) -> Any:
+        if v not in MAPPINGS:
+            route = info.data.get("name", "?")
+            raise ValueError(
+                f"route {route!r} names an unknown mapping {v!r} (known: {', '.join(MAPPINGS)})"
+            )
+        return v
+
+    @property
+    def input(self) -> Literal["hl7v2", "fhir", "any"]:
+        """The kind of input this route reads."""
+        if self.match.resource_type or self.mapping == "hl7v2":
+            return "fhir"
+        if self.match.hl7v2_criteria or self.mapping == "fhir":
+            return "hl7v2"
+        return "any"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Route:
+        if self.mapping == "fhir" and self.match.resource_type:
+            raise ValueError(
+                f"route {self.name!r}: mapping 'fhir' converts HL7v2, but the route matches FHIR "
+                "input (resource_type); use mapping 'hl7v2' or 'none'"
+            )
+        if self.mapping == "hl7v2" and self.match.hl7v2_criteria:
+            raise ValueError(
+                f"route {self.name!r}: mapping 'hl7v2' converts FHIR input, but the route matches "
+                "HL7v2 criteria; use mapping 'fhir' or 'none'"
+            )
+        return self
+
+
+class RouteFile(_Strict):
+    """One route file: destinations by name, and routes."""
+
+    destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
+    routes: list[Route] = Field(default_factory=list)
+
+    @field_validator("destinations")
+    @classmethod
+    def _names(cls, v: dict[str, DestinationConfig]) -> dict[str, DestinationConfig]:
+        for name in v:
+            _check_name(name, "destination name")
+        return v

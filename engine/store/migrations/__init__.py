@@ -1,0 +1,1 @@
+"""Alembic migrations of the message store (run by ``SqlMessageStore.migrate``)."""

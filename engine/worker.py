@@ -1,0 +1,121 @@
+"""The queue workers' process: processing (route → map) and delivery, apart from the receiver.
+
+``engine serve`` runs the MLLP/HTTP receiver in its own process and starts this one beside it, so
+mapping and delivery never compete with ACKs for the interpreter (each process has its own GIL on
+this 2-core machine). Both share the database: with PostgreSQL, more worker processes — on this
+host or others — may be added with ``engine worker``; work is claimed with FOR UPDATE SKIP LOCKED.
+
+Delivery outcomes go back to the receiver's /metrics through a queue; the worker dies with the
+process that started it (Linux PR_SET_PDEATHSIG, and a parent check every second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+from datetime import timedelta
+from typing import Any
+
+from engine.settings import Settings
+
+__all__ = ["run_workers", "serve_workers"]
+
+log = logging.getLogger(__name__)
+
+
+class _QueueObserver:
+    """Sends delivery outcomes to the receiver process (for its Prometheus metrics)."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+
+    def delivered(self, destination: str, seconds: float, ok: bool, dead: bool) -> None:
+        with contextlib.suppress(Exception):  # metrics must never stop a delivery
+            self.queue.put_nowait((destination, seconds, ok, dead))
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+async def serve_workers(settings: Settings, stop: asyncio.Event, events: Any = None) -> None:
+    """Run the processor, the dispatcher and the retention job until ``stop`` is set."""
+    from engine.adapters.destination import build_destination
+    from engine.mappings import load_mappings
+    from engine.processing import Dispatcher, Processor
+    from engine.routes.loader import load_routes
+    from engine.store.repository import SqlMessageStore, create_db_engine
+
+    mappings = load_mappings(settings.mappings_dir)
+    routes = load_routes(settings.routes_dir)
+    db_engine = create_db_engine(settings.resolved_database_url(), durable=False)
+    store = SqlMessageStore(db_engine)
+    await asyncio.to_thread(store.migrate)
+    destinations = {
+        name: build_destination(name, config) for name, config in routes.destinations.items()
+    }
+    observer = _QueueObserver(events) if events is not None else None
+    processor = Processor(store, routes, mappings, idle_s=0.05, batch=50)
+    dispatcher = Dispatcher(store, routes, destinations, observer=observer, idle_s=0.05)
+    processor.on_routed = dispatcher.wake
+    tasks = [
+        asyncio.create_task(processor.run(stop), name="processor"),
+        asyncio.create_task(dispatcher.run(stop), name="dispatcher"),
+        asyncio.create_task(_retention(store, settings, stop), name="retention"),
+    ]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for dest in destinations.values():
+            with contextlib.suppress(Exception):
+                await dest.close()
+        db_engine.dispose()
+
+
+async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> None:
+    """Purge delivered messages older than the retention period, hourly."""
+    while not stop.is_set():
+        try:
+            purged = await asyncio.to_thread(
+                store.purge_delivered, timedelta(days=settings.retention_days)
+            )
+            if purged:
+                log.info("retention purge", extra={"purged": purged})
+        except Exception as exc:  # the database may be away; try again next hour
+            log.warning("retention failed", extra={"error": type(exc).__name__})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 3600)
+
+
+def run_workers(settings: Settings, events: Any = None, parent: int | None = None) -> None:
+    """Process entry point: run the workers until SIGTERM/SIGINT or the parent goes away."""
+    _die_with_parent()
+    # ACKs first: under load the receiver gets the CPU and the queue absorbs the burst; the
+    # workers catch up as soon as the senders pause
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    logging.basicConfig(level=settings.log_level.upper())
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        async def watch_parent() -> None:
+            while parent is not None and not stop.is_set():
+                if os.getppid() != parent:
+                    stop.set()
+                await asyncio.sleep(1)
+
+        watcher = asyncio.create_task(watch_parent())
+        await serve_workers(settings, stop, events)
+        watcher.cancel()
+
+    asyncio.run(main())

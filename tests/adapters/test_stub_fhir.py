@@ -1,0 +1,137 @@
+"""The stub FHIR server over real HTTP: transactions, conditional updates, reads, test switches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from engine.adapters.stub_fhir import StubFhirServer, running_stub_fhir
+
+BUNDLES = Path(__file__).resolve().parents[2] / "fixtures" / "fhir"
+SYSTEM = "urn:engine:identifier:OAKCLINIC"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[StubFhirServer]:
+    with running_stub_fhir() as s:
+        yield s
+
+
+@pytest.fixture
+def fhir(server: StubFhirServer) -> Iterator[httpx.Client]:
+    server.state.reset()
+    server.state.accepted_tokens = None
+    with httpx.Client(base_url=server.base_url + "/", timeout=5) as client:
+        yield client
+
+
+def patient(mrn: str, family: str = "Testpatient") -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "identifier": [{"system": SYSTEM, "value": mrn}],
+        "name": [{"family": family}],
+    }
+
+
+def test_transaction_creates_then_updates_and_resolves_references(
+    fhir: httpx.Client, server: StubFhirServer
+) -> None:
+    bundle = json.loads((BUNDLES / "adt_a01.json").read_text())
+    first = fhir.post("", json=bundle)
+    assert first.status_code == 200
+    body = first.json()
+    assert body["type"] == "transaction-response"
+    assert [e["response"]["status"] for e in body["entry"]] == ["201 Created"] * 7
+    pid = body["entry"][0]["response"]["location"].split("/")[1]
+    encounter = fhir.get("Encounter", params={"identifier": f"{SYSTEM}|V20001"}).json()
+    assert encounter["total"] == 1
+    assert encounter["entry"][0]["resource"]["subject"]["reference"] == f"Patient/{pid}"
+
+    again = fhir.post("", json=bundle).json()
+    assert [e["response"]["status"] for e in again["entry"]] == ["200 OK"] * 7
+    assert again["entry"][0]["response"]["etag"] == 'W/"2"'
+    assert server.state.count("Patient") == 1
+    log = fhir.get("$log").json()["log"]
+    assert [e["interaction"] for e in log] == ["transaction", "transaction"]
+    assert log[0]["entry"][0] == {
+        "method": "PUT",
+        "resourceType": "Patient",
+        "id": pid,
+        "identifier": f"{SYSTEM}|MRN20001",
+        "status": 201,
+    }
+
+
+def test_transaction_is_all_or_nothing(fhir: httpx.Client, server: StubFhirServer) -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": patient("M1"),
+                "request": {"method": "PUT", "url": f"Patient?identifier={SYSTEM}|M1"},
+            },
+            {"resource": patient("M2"), "request": {"method": "PUT", "url": "Observation/x"}},
+        ],
+    }
+    resp = fhir.post("", json=bundle)
+    assert resp.status_code == 400
+    assert resp.json()["issue"][0]["code"] == "invalid"
+    assert server.state.count("Patient") == 0
+
+
+def test_conditional_update_read_search(fhir: httpx.Client) -> None:
+    url = f"Patient?identifier={SYSTEM}|M7"
+    created = fhir.put(url, json=patient("M7"))
+    assert created.status_code == 201
+    rid = created.json()["id"]
+    assert created.headers["location"].endswith(f"/fhir/Patient/{rid}/_history/1")
+    updated = fhir.put(url, json=patient("M7", "Renamed"))
+    assert updated.status_code == 200 and updated.json()["id"] == rid
+    assert fhir.get(f"Patient/{rid}").json()["name"][0]["family"] == "Renamed"
+    assert fhir.get("Patient", params={"identifier": f"{SYSTEM}|M7"}).json()["total"] == 1
+    assert fhir.get("Patient", params={"identifier": "M7"}).json()["total"] == 1
+    assert fhir.get("Patient", params={"identifier": "other|M7"}).json()["total"] == 0
+    assert fhir.get("Patient/nope").status_code == 404
+
+
+def test_put_by_id_and_multiple_matches(fhir: httpx.Client) -> None:
+    assert fhir.put("Patient/a", json={**patient("DUP"), "id": "a"}).status_code == 201
+    assert fhir.put("Patient/b", json=patient("DUP")).status_code == 201
+    assert fhir.put("Patient/a", json={**patient("DUP"), "id": "b"}).status_code == 400
+    resp = fhir.put(f"Patient?identifier={SYSTEM}|DUP", json=patient("DUP"))
+    assert resp.status_code == 412
+
+
+def test_fail_switch_fails_the_next_n_requests(fhir: httpx.Client) -> None:
+    assert fhir.post("$fail", json={"status": 503, "count": 2, "retry_after": 7}).status_code == 200
+    first = fhir.put("Patient/p", json=patient("P"))
+    assert first.status_code == 503 and first.headers["retry-after"] == "7"
+    assert fhir.get("Patient/p").status_code == 503
+    assert fhir.put("Patient/p", json=patient("P")).status_code == 201
+    log = fhir.get("$log").json()["log"]
+    assert [(e["interaction"], e["status"]) for e in log] == [
+        ("write", 503),
+        ("update", 201),
+    ]
+
+
+def test_bearer_tokens_when_required(fhir: httpx.Client, server: StubFhirServer) -> None:
+    server.state.accepted_tokens = {"t1"}
+    resp = fhir.get("Patient/x")
+    assert resp.status_code == 401 and resp.headers["www-authenticate"] == "Bearer"
+    assert fhir.get("Patient/x", headers={"Authorization": "Bearer t1"}).status_code == 404
+    assert server.state.authorizations[-2:] == [None, "Bearer t1"]
+
+
+def test_reset_and_unknown_operation(fhir: httpx.Client, server: StubFhirServer) -> None:
+    fhir.put("Patient/p", json=patient("P"))
+    assert fhir.post("$reset").status_code == 200
+    assert server.state.count("Patient") == 0 and fhir.get("$log").json() == {"log": []}
+    assert fhir.post("$nope").status_code == 404
+    assert fhir.post("", json={"resourceType": "Bundle", "type": "batch"}).status_code == 400

@@ -1,0 +1,120 @@
+"""In-memory fakes of the API's ports (engine.api.ports), for the HTTP tests."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+
+from engine.api.ports import DeliveryView, MessageView
+from engine.metrics import EngineMetrics
+from engine.pipeline import Receipt
+
+__all__ = ["ACK", "NAK", "FakeHealth", "FakeIngest", "FakeMessages", "sample_view"]
+
+ACK = (
+    b"MSH|^~\\&|ENGINE|HUB|FRONTDESK|CLINIC|20260102030405||ACK^A04^ACK|A1|P|2.5.1\rMSA|AA|CTRL-1\r"
+)
+NAK = (
+    b"MSH|^~\\&|ENGINE|HUB|FRONTDESK|CLINIC|20260102030405||ACK^A04^ACK|Astorefail|P|2.5.1\r"
+    b"MSA|AE|CTRL-1\r"
+    b"ERR|||207^Application internal error^HL70357|E\r"
+)
+CLOCK = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+class FakeIngest:
+    """Answers with a canned receipt; ``mode`` picks which (ok, refused, unreadable, silent)."""
+
+    def __init__(self, metrics: EngineMetrics | None = None) -> None:
+        self.metrics = metrics
+        self.mode = "ok"
+        self.calls: list[tuple[str, bytes, str, str]] = []
+        self.next_id = 1
+
+    def _id(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+    def _count(self, channel: str, receipt: Receipt) -> Receipt:
+        if self.metrics is not None:  # as the real pipeline does, once per message
+            self.metrics.record_receipt(
+                channel=channel, ack_code=receipt.ack_code, stored=receipt.message_id is not None
+            )
+        return receipt
+
+    async def receive(self, raw: bytes, *, channel: str, peer: str) -> Receipt:
+        self.calls.append(("hl7v2", raw, channel, peer))
+        if self.mode == "refused":
+            return self._count(channel, Receipt(None, "refused", NAK, "AE"))
+        if self.mode == "unreadable":
+            return self._count(channel, Receipt(self._id(), "error", None, None))
+        if self.mode == "silent":
+            return self._count(channel, Receipt(self._id(), "received", None, None))
+        return self._count(channel, Receipt(self._id(), "received", ACK, "AA"))
+
+    async def receive_fhir(self, body: bytes, *, peer: str) -> Receipt:
+        self.calls.append(("fhir", body, "fhir", peer))
+        if self.mode == "refused":
+            return self._count("fhir", Receipt(None, "refused", None, None))
+        if self.mode == "unreadable":
+            return self._count("fhir", Receipt(self._id(), "error", None, None))
+        return self._count("fhir", Receipt(self._id(), "received", None, None))
+
+
+def sample_view(message_id: int, *, state: str = "received", deliveries: int = 0) -> MessageView:
+    """A synthetic message's metadata."""
+    return MessageView(
+        id=message_id,
+        received_at=CLOCK,
+        channel="mllp",
+        control_id=f"CTRL-{message_id}",
+        message_type="ADT",
+        trigger="A04",
+        state=state,
+        reason=None if state != "error" else "segment 2 (PID): field 3 is required",
+        deliveries=[
+            DeliveryView(
+                destination=f"dest-{n}",
+                state="delivered" if n == 0 else "retrying",
+                attempts=n + 1,
+                last_error=None if n == 0 else "HTTP 503",
+                delivered_at=CLOCK if n == 0 else None,
+            )
+            for n in range(deliveries)
+        ],
+    )
+
+
+class FakeMessages:
+    """Messages in a dict; replay copies one under a new id."""
+
+    def __init__(self, views: list[MessageView] | None = None) -> None:
+        self.views = {view.id: view for view in views or []}
+        self.list_calls: list[tuple[str | None, int]] = []
+
+    def list(self, *, state: str | None = None, limit: int = 100) -> list[MessageView]:
+        self.list_calls.append((state, limit))
+        newest = sorted(self.views.values(), key=lambda v: v.id, reverse=True)
+        return [v for v in newest if state is None or v.state == state][:limit]
+
+    def get(self, message_id: int) -> MessageView | None:
+        return self.views.get(message_id)
+
+    def replay(self, message_id: int) -> int:
+        original = self.views[message_id]  # KeyError when unknown, as the port says
+        new_id = max(self.views) + 1
+        self.views[new_id] = dataclasses.replace(
+            original, id=new_id, state="received", deliveries=[]
+        )
+        return new_id
+
+
+class FakeHealth:
+    def __init__(self, ready: bool = True) -> None:
+        self.is_ready = ready
+        self.fail = False
+
+    def ready(self) -> bool:
+        if self.fail:
+            raise RuntimeError("database gone")
+        return self.is_ready

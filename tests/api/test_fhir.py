@@ -1,0 +1,100 @@
+"""``POST /fhir``: a FHIR JSON resource is stored (202); anything else is named and refused."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+
+from engine.metrics import EngineMetrics
+from tests.api.conftest import MAX_BYTES, TestClient, bearer
+from tests.api.fakes import FakeIngest
+
+BUNDLE = json.dumps(
+    {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {"resourceType": "Patient", "name": [{"family": "Testpatient"}]},
+                "request": {"method": "POST", "url": "Patient"},
+            }
+        ],
+    }
+).encode()
+
+
+@pytest.fixture
+def headers(token: Callable[[str], str]) -> dict[str, str]:
+    return {"Content-Type": "application/fhir+json", **bearer(token("integration"))}
+
+
+def test_bundle_is_stored_and_202(
+    client: TestClient, headers: dict[str, str], ingest: FakeIngest
+) -> None:
+    response = client.post("/fhir", content=BUNDLE, headers=headers)
+    assert response.status_code == 202 and response.json() == {"message_id": 1}
+    assert ingest.calls[0][:2] == ("fhir", BUNDLE)
+
+
+def test_plain_json_content_type_is_accepted(client: TestClient, headers: dict[str, str]) -> None:
+    response = client.post(
+        "/fhir", content=BUNDLE, headers={**headers, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 202
+
+
+def test_invalid_json_is_400_naming_where(
+    client: TestClient, headers: dict[str, str], ingest: FakeIngest, metrics: EngineMetrics
+) -> None:
+    response = client.post(
+        "/fhir", content=b'{"resourceType": "Patient",\n  "name": }', headers=headers
+    )
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert detail.startswith("invalid JSON at line 2 column") and "Patient" not in detail
+    assert ingest.calls == [] and metrics.errors.value(stage="receive") == 1
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b'"Patient"', b'{"id": "x"}', b'{"resourceType": 5}'])
+def test_json_that_is_not_a_resource_is_400(
+    client: TestClient, headers: dict[str, str], body: bytes
+) -> None:
+    response = client.post("/fhir", content=body, headers=headers)
+    assert response.status_code == 400 and "resourceType" in response.json()["detail"]
+
+
+def test_wrong_content_type_is_415(client: TestClient, headers: dict[str, str]) -> None:
+    response = client.post("/fhir", content=BUNDLE, headers={**headers, "Content-Type": "text/xml"})
+    assert response.status_code == 415
+
+
+def test_oversize_is_413(client: TestClient, headers: dict[str, str]) -> None:
+    body = json.dumps({"resourceType": "Binary", "data": "A" * MAX_BYTES}).encode()
+    assert client.post("/fhir", content=body, headers=headers).status_code == 413
+
+
+def test_store_refusal_is_503(
+    client: TestClient, headers: dict[str, str], ingest: FakeIngest
+) -> None:
+    ingest.mode = "refused"
+    response = client.post("/fhir", content=BUNDLE, headers=headers)
+    assert response.status_code == 503 and response.headers["retry-after"] == "30"
+
+
+def test_stored_but_rejected_is_422_with_the_id(
+    client: TestClient, headers: dict[str, str], ingest: FakeIngest
+) -> None:
+    ingest.mode = "unreadable"
+    response = client.post("/fhir", content=BUNDLE, headers=headers)
+    assert response.status_code == 422 and response.json()["message_id"] == 1
+
+
+def test_viewer_may_not_post(client: TestClient, token: Callable[[str], str]) -> None:
+    response = client.post(
+        "/fhir",
+        content=BUNDLE,
+        headers={"Content-Type": "application/fhir+json", **bearer(token("viewer"))},
+    )
+    assert response.status_code == 403

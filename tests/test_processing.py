@@ -1,0 +1,181 @@
+"""The queue end to end, in process: ingest → processor → dispatcher, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import pytest
+
+from engine.adapters.memory import MemoryDestination
+from engine.hl7v2.codec import parse_message
+from engine.mappings import Mappings, load_mappings
+from engine.pipeline import Ingest
+from engine.processing import Dispatcher, Processor, RouteGate
+from engine.routes.loader import RouteSet, load_routes
+from engine.routes.router import Router
+from engine.store.repository import SqlMessageStore
+
+ROUTES = """
+destinations:
+  fhir:
+    type: file
+    directory: {tmp}/fhir
+    retry: {{max_attempts: 3, base_delay_s: 0, max_delay_s: 0}}
+  raw:
+    type: file
+    directory: {tmp}/raw
+    retry: {{max_attempts: 2, base_delay_s: 0, max_delay_s: 0}}
+routes:
+  - name: all-to-fhir
+    match: {{message: [ADT, SIU]}}
+    mapping: fhir
+    destinations: [fhir]
+  - name: adt-raw
+    match: {{message: [ADT]}}
+    mapping: none
+    destinations: [raw]
+"""
+
+MSG = (
+    "MSH|^~\\&|FRONTDESK|CLINIC|ENGINE|HUB|20260102030405||ADT^A08|C{n}|P|2.5.1\r"
+    "EVN|A08|20260102030405\rPID|1||{mrn}^^^CLINIC^MR||Testpatient^Alice||19800101|F\rPV1|1|O\r"
+)
+
+
+@pytest.fixture(scope="module")
+def mappings() -> Mappings:
+    return load_mappings()
+
+
+@pytest.fixture
+def routes(tmp_path: Path) -> RouteSet:
+    folder = tmp_path / "routes"
+    folder.mkdir()
+    (folder / "test.yaml").write_text(ROUTES.format(tmp=tmp_path))
+    return load_routes(defaults=folder)
+
+
+def msg(n: int, mrn: str = "MRN1") -> bytes:
+    return MSG.format(n=n, mrn=mrn).encode()
+
+
+def run_all(
+    store: SqlMessageStore,
+    routes: RouteSet,
+    mappings: Mappings,
+    dests: dict[str, MemoryDestination],
+    raws: list[bytes],
+    *,
+    settle: float = 1.5,
+) -> list[bytes | None]:
+    async def main() -> list[bytes | None]:
+        stop = asyncio.Event()
+        ingest = Ingest(store, routes=RouteGate(Router(routes), mappings))
+        await ingest.start()
+        processor = Processor(store, routes, mappings, idle_s=0.02)
+        dispatcher = Dispatcher(store, routes, dests, idle_s=0.02)
+        processor.on_routed = dispatcher.wake
+        ingest.on_stored = processor.wake
+        tasks = [
+            asyncio.create_task(processor.run(stop)),
+            asyncio.create_task(dispatcher.run(stop)),
+        ]
+        acks = [(await ingest.receive(r, channel="test")).ack for r in raws]
+        deadline = asyncio.get_running_loop().time() + settle
+        while asyncio.get_running_loop().time() < deadline:
+            counts = await asyncio.to_thread(store.counts)
+            if (
+                not counts.get("received")
+                and not counts.get("processing")
+                and not counts.get("deliveries_pending")
+            ):
+                break
+            await asyncio.sleep(0.02)
+        stop.set()
+        await asyncio.gather(*tasks)
+        await ingest.stop()
+        return acks
+
+    return asyncio.run(main())
+
+
+def test_routed_mapped_and_delivered(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    dests = {"fhir": MemoryDestination("fhir"), "raw": MemoryDestination("raw")}
+    acks = run_all(store, routes, mappings, dests, [msg(1), msg(2, "MRN2")])
+    assert [parse_message(a or b"").get("MSA-1") for a in acks] == ["AA", "AA"]
+    [second, first] = store.list()
+    for rec in (first, second):
+        assert rec.state == "delivered"
+        assert {d.destination: d.state for d in store.deliveries_for(rec.id)} == {
+            "fhir": "delivered",
+            "raw": "delivered",
+        }
+    bundle = orjson.loads(dests["fhir"].received(first.id)[0].body)
+    assert bundle["type"] == "transaction"
+    assert dests["raw"].received(first.id)[0].body == msg(1)
+
+
+def test_unsupported_trigger_is_refused_before_the_ack(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    raw = msg(3).replace(b"ADT^A08", b"ADT^A02").replace(b"EVN|A08", b"EVN|A02")
+    [ack] = run_all(store, routes, mappings, {}, [raw], settle=0.2)
+    nak = parse_message(ack or b"")
+    assert nak.get("MSA-1") == "AR" and nak.get("ERR-3.1") == "201"
+    [rec] = store.list()
+    assert rec.state == "error" and "ADT^A02" in (rec.reason or "")
+    assert store.raw(rec.id) == raw
+
+
+def test_retry_then_delivered_and_dead_letter(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    fhir, raw = MemoryDestination("fhir"), MemoryDestination("raw")
+    fhir.fail_next(2, retryable=True, detail="503")  # 3 attempts allowed: delivered on the third
+    raw.fail_next(5, retryable=True, detail="503")  # 2 attempts allowed: dead-lettered
+    run_all(store, routes, mappings, {"fhir": fhir, "raw": raw}, [msg(4)])
+    [rec] = store.list()
+    states = {d.destination: (d.state, d.attempts) for d in store.deliveries_for(rec.id)}
+    assert states == {"fhir": ("delivered", 3), "raw": ("dead", 2)}
+    assert rec.state == "dead"
+
+
+def test_permanent_refusal_is_dead_at_once(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    fhir, raw = MemoryDestination("fhir"), MemoryDestination("raw")
+    fhir.fail_next(1, retryable=False, detail="400 Bad Request")
+    run_all(store, routes, mappings, {"fhir": fhir, "raw": raw}, [msg(5)])
+    [rec] = store.list()
+    [d] = [d for d in store.deliveries_for(rec.id) if d.destination == "fhir"]
+    assert (d.state, d.attempts, d.last_error) == ("dead", 1, "400 Bad Request")
+
+
+def test_order_is_kept_per_patient(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    fhir, raw = MemoryDestination("fhir", delay_s=0.01), MemoryDestination("raw")
+    fhir.fail_next(1, retryable=True, detail="503")  # the first message is retried...
+    raws = [msg(10 + i, mrn="SAME") for i in range(5)]
+    run_all(store, routes, mappings, {"fhir": fhir, "raw": raw}, raws, settle=3)
+    # ...and the later ones for the same patient waited for it
+    assert [p.control_id for p in fhir.attempts] == ["C10"] + [f"C{10 + i}" for i in range(5)]
+    assert [p.control_id for p in fhir.delivered] == [f"C{10 + i}" for i in range(5)]
+
+
+def test_retention_never_purges_undelivered(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    fhir, raw = MemoryDestination("fhir"), MemoryDestination("raw")
+    raw.fail_next(5, retryable=False, detail="refused")
+    run_all(store, routes, mappings, {"fhir": fhir, "raw": raw}, [msg(20)])
+    run_all(store, routes, mappings, {"fhir": fhir, "raw": MemoryDestination("raw")}, [msg(21)])
+    from datetime import timedelta
+
+    assert {r.state for r in store.list()} == {"dead", "delivered"}
+    assert store.purge_delivered(timedelta(seconds=-1)) == 1
+    assert [r.state for r in store.list()] == ["dead"]
