@@ -14,7 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# the engine, with the stub FHIR server its example routes deliver to (stopped with the engine)
 run: $(STAMP)
+	@$(VENV)/bin/engine stub-fhir --port 8090 & stub=$$!; \
+	trap 'kill $$stub 2>/dev/null' EXIT INT TERM; \
 	$(VENV)/bin/engine serve
 
 lint: $(STAMP)

@@ -23,7 +23,8 @@ Authentication: none; a bearer token read from the environment variable ``token_
 the OAuth 2.0 client credentials grant (RFC 6749 section 4.4) with the secret from
 ``client_secret_env``, the token cached until shortly before ``expires_in`` runs out.
 Each request carries the payload's idempotency key as ``X-Correlation-Id`` (http.html#custom) and
-``Idempotency-Key`` (IETF draft-ietf-httpapi-idempotency-key-header), for servers that use them.
+``Idempotency-Key`` (IETF draft-ietf-httpapi-idempotency-key-header), for servers that use them;
+in conditional mode each entry's request gets the key plus ``/<entry number>``.
 
 Incomplete: no SMART backend services (JWT client assertion) auth; no batch Bundles; the
 conditional mode does not send ``If-Match`` versions of its own.
@@ -35,7 +36,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
@@ -112,10 +113,12 @@ class OAuth2ClientCredentials:
     errors are retryable; any other error (``invalid_client``: a wrong secret) is permanent.
     """
 
-    def __init__(self, config: OAuth2Auth, secret: str, *, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, config: OAuth2Auth, secret: str, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.config = config
         self._secret = secret
-        self._clock = clock
+        self.clock = clock
         self._token: str | None = None
         self._expires_at = 0.0
         self._lock = asyncio.Lock()
@@ -124,7 +127,7 @@ class OAuth2ClientCredentials:
 
     async def authorization(self, client: httpx.AsyncClient) -> str | None:
         async with self._lock:
-            if self._token is None or self._clock() >= self._expires_at:
+            if self._token is None or self.clock() >= self._expires_at:
                 await self._fetch(client)
             return f"Bearer {self._token}"
 
@@ -168,7 +171,7 @@ class OAuth2ClientCredentials:
         self.fetches += 1
         self._token = token
         if isinstance(expires_in, int | float) and expires_in > 0:
-            self._expires_at = self._clock() + expires_in - min(_TOKEN_SKEW_S, expires_in / 10)
+            self._expires_at = self.clock() + expires_in - min(_TOKEN_SKEW_S, expires_in / 10)
         else:  # no lifetime given (it is only RECOMMENDED): keep it until a 401
             self._expires_at = float("inf")
         log.info("oauth2 token fetched", extra={"token_url": cfg.token_url})
@@ -381,14 +384,17 @@ class FhirRestDestination:
         payload: Payload,
         body: bytes | None,
         headers: Mapping[str, str] | None = None,
+        *,
+        part: str = "",
     ) -> httpx.Response:
-        """One request, with auth; after a 401 a new credential (if any) and one more try."""
+        """One request, with auth; after a 401 a new credential (if any) and one more try.
+
+        ``part`` tells the requests of one payload apart (conditional mode: the entry number), so
+        each has an idempotency key of its own that stays the same on every attempt.
+        """
         client = self._http()
-        h = {
-            "X-Correlation-Id": payload.idempotency_key,
-            "Idempotency-Key": payload.idempotency_key,
-            **(headers or {}),
-        }
+        key = payload.idempotency_key + (f"/{part}" if part else "")
+        h = {"X-Correlation-Id": key, "Idempotency-Key": key, **(headers or {})}
         if body is not None:
             h["Content-Type"] = payload.content_type or _FHIR_JSON
         for attempt in (1, 2):
@@ -430,7 +436,7 @@ class FhirRestDestination:
             headers = {
                 h: str(request[k]) for k, h in _CONDITIONAL_HEADERS.items() if request.get(k)
             }
-            resp = await self._send(method, url, payload, body, headers)
+            resp = await self._send(method, url, payload, body, headers, part=str(i + 1))
             result = _classify(resp, what)
             if not result.ok:
                 return DeliveryResult(

@@ -34,7 +34,15 @@ log = logging.getLogger(__name__)
 _EXTENSIONS = {"fhir-bundle": ".json", "hl7v2": ".hl7"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _PERMANENT = frozenset(
-    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR}
+    {
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENAMETOOLONG,
+        errno.EISDIR,
+        errno.ENOTDIR,
+        errno.EEXIST,  # a file where the directory should be
+    }
 )
 
 

@@ -12,9 +12,13 @@ Enough of the RESTful API (https://hl7.org/fhir/R4/http.html) for the bundles th
 
 Test switches (not FHIR): ``POST {base}/$fail`` with ``{"status": 503, "count": N}`` makes the
 next N requests answer that status (optionally after ``"delay_s"``, with a ``"retry_after"``);
-``GET {base}/$log`` lists the write requests received, in order, with ids and identifiers only;
-``POST {base}/$reset`` forgets everything. :attr:`StubFhirState.accepted_tokens`, when set,
-makes every request need ``Authorization: Bearer <one of them>`` (else 401).
+``GET {base}/$log`` lists the write requests received, in order, with ids, identifiers and
+idempotency keys only; ``POST {base}/$reset`` forgets everything.
+:attr:`StubFhirState.accepted_tokens`, when set, makes every request need
+``Authorization: Bearer <one of them>`` (else 401).
+
+A write carrying an ``Idempotency-Key`` header (IETF draft-ietf-httpapi-idempotency-key-header)
+is applied once: the same key again gets the first 2xx answer replayed, logged with ``replayed``.
 
 Incomplete: no search parameters but ``identifier``; no history, versioned reads, If-Match,
 PATCH or batch Bundles; no validation beyond ``resourceType``.
@@ -23,11 +27,12 @@ PATCH or batch Bundles; no validation beyond ``resourceType``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -98,15 +103,24 @@ class StubFhirState:
     #: the Authorization header of every request received (tests check what was sent)
     authorizations: list[str | None] = field(default_factory=list)
     failures: list[_Failure] = field(default_factory=list)
+    #: Idempotency-Key -> (request fingerprint, status, body, headers) of its 2xx answer
+    responses: dict[str, tuple[str, int, bytes, dict[str, str]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def reset(self) -> None:
+        """Forget everything: resources, log, injected failures, idempotency keys."""
         with self.lock:
             self.resources.clear()
             self.log.clear()
             self.failures.clear()
             self.authorizations.clear()
+            self.responses.clear()
+
+    def reset_failures(self) -> None:
+        """Drop the injected failures not yet used (the destination is back)."""
+        with self.lock:
+            self.failures.clear()
 
     def fail_next(
         self, status: int, count: int = 1, delay_s: float = 0.0, retry_after: int | None = None
@@ -277,7 +291,10 @@ class _Stub:
             else:
                 status, code, text = failure.status, "transient", "injected failure"
             if request.method != "GET":
-                self.state.log.append({"interaction": interaction, "status": status})
+                key = request.headers.get("idempotency-key")
+                self.state.log.append(
+                    {"interaction": interaction, "status": status, "idempotency_key": key}
+                )
         headers = None
         if failure is not None:
             if failure.delay_s:
@@ -288,12 +305,60 @@ class _Stub:
 
     # -- endpoints -----------------------------------------------------------------------------
 
+    def _once(
+        self,
+        request: Request,
+        body: bytes,
+        interaction: str,
+        apply: Callable[[str | None], Response],
+    ) -> Response:
+        """Run ``apply`` under the lock, at most once per ``Idempotency-Key``.
+
+        A key seen before with a 2xx answer gets that answer again without applying anything
+        (logged with ``replayed``); the same key on a different request gets 422 (IETF
+        draft-ietf-httpapi-idempotency-key-header). Error answers are not kept: a retry applies.
+        """
+        key = request.headers.get("idempotency-key")
+        fingerprint = hashlib.sha256(
+            f"{request.method} {request.url.path}?{request.url.query}\n".encode() + body
+        ).hexdigest()
+        with self.state.lock:
+            if key is not None and key in self.state.responses:
+                seen, status, content, headers = self.state.responses[key]
+                if seen != fingerprint:
+                    self.state.log.append(
+                        {"interaction": interaction, "status": 422, "idempotency_key": key}
+                    )
+                    return _outcome(422, "conflict", "Idempotency-Key reused for another request")
+                self.state.log.append(
+                    {
+                        "interaction": interaction,
+                        "status": status,
+                        "idempotency_key": key,
+                        "replayed": True,
+                    }
+                )
+                return Response(content, status, headers=headers, media_type=_FHIR_JSON)
+            response = apply(key)
+            if key is not None and 200 <= response.status_code < 300:
+                headers = {
+                    k: v for k, v in response.headers.items() if k.lower() in ("location", "etag")
+                }
+                self.state.responses[key] = (
+                    fingerprint,
+                    response.status_code,
+                    bytes(response.body),
+                    headers,
+                )
+            return response
+
     async def transaction(self, request: Request) -> Response:
         refused = await self._gate(request, "transaction")
         if refused is not None:
             return refused
+        body = await request.body()
         try:
-            bundle = orjson.loads(await request.body())
+            bundle = orjson.loads(body)
         except orjson.JSONDecodeError:
             return _outcome(400, "structure", "the body is not JSON")
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
@@ -301,67 +366,88 @@ class _Stub:
         if bundle.get("type") != "transaction":
             return _outcome(400, "not-supported", "only transaction Bundles are supported")
         entries = bundle.get("entry") or []
-        with self.state.lock:
-            try:
-                writes: list[_Write] = []
-                taken: set[tuple[str, str]] = set()
-                resolved: dict[str, str] = {}
-                for entry in entries:
-                    req = entry.get("request") or {}
-                    w = self._plan(
-                        str(req.get("method", "")).upper(),
-                        str(req.get("url", "")),
-                        entry.get("resource"),
-                        taken,
-                    )
-                    writes.append(w)
-                    if entry.get("fullUrl"):
-                        resolved[entry["fullUrl"]] = f"{w.rtype}/{w.rid}"
-            except _Problem as exc:
-                self.state.log.append({"interaction": "transaction", "status": exc.status})
-                return _outcome(exc.status, exc.code, exc.text)
-            out_entries = []
-            logged = []
-            for w in writes:
-                if w.resource is not None:
-                    w.resource = _rewrite(w.resource, resolved)
-                status, stored = self._apply(w)
-                response: dict[str, Any] = {"status": _STATUS_TEXT[status]}
-                if stored is not None:
-                    version = stored["meta"]["versionId"]
-                    response["location"] = f"{w.rtype}/{w.rid}/_history/{version}"
-                    response["etag"] = f'W/"{version}"'
-                out_entries.append({"response": response})
-                logged.append(self._log_entry(w, status))
-            self.state.log.append({"interaction": "transaction", "status": 200, "entry": logged})
+        return self._once(request, body, "transaction", lambda key: self._transaction(entries, key))
+
+    def _transaction(self, entries: list[dict[str, Any]], key: str | None) -> Response:
+        """Apply a transaction's entries, all or none; lock held."""
+        try:
+            writes: list[_Write] = []
+            taken: set[tuple[str, str]] = set()
+            resolved: dict[str, str] = {}
+            for entry in entries:
+                req = entry.get("request") or {}
+                w = self._plan(
+                    str(req.get("method", "")).upper(),
+                    str(req.get("url", "")),
+                    entry.get("resource"),
+                    taken,
+                )
+                writes.append(w)
+                if entry.get("fullUrl"):
+                    resolved[entry["fullUrl"]] = f"{w.rtype}/{w.rid}"
+        except _Problem as exc:
+            self.state.log.append(
+                {"interaction": "transaction", "status": exc.status, "idempotency_key": key}
+            )
+            return _outcome(exc.status, exc.code, exc.text)
+        out_entries = []
+        logged = []
+        for w in writes:
+            if w.resource is not None:
+                w.resource = _rewrite(w.resource, resolved)
+            status, stored = self._apply(w)
+            response: dict[str, Any] = {"status": _STATUS_TEXT[status]}
+            if stored is not None:
+                version = stored["meta"]["versionId"]
+                response["location"] = f"{w.rtype}/{w.rid}/_history/{version}"
+                response["etag"] = f'W/"{version}"'
+            out_entries.append({"response": response})
+            logged.append(self._log_entry(w, status))
+        self.state.log.append(
+            {"interaction": "transaction", "status": 200, "idempotency_key": key, "entry": logged}
+        )
         return _json(
             {"resourceType": "Bundle", "type": "transaction-response", "entry": out_entries}
         )
 
     async def _write(self, request: Request, method: str, url: str) -> Response:
+        body = await request.body()
         try:
-            resource = orjson.loads(await request.body()) if method != "DELETE" else None
+            resource = orjson.loads(body) if method != "DELETE" else None
         except orjson.JSONDecodeError:
             return _outcome(400, "structure", "the body is not JSON")
         interaction = {"PUT": "update", "POST": "create", "DELETE": "delete"}[method]
-        with self.state.lock:
-            try:
-                w = self._plan(method, url, resource, set())
-            except _Problem as exc:
-                self.state.log.append({"interaction": interaction, "status": exc.status})
-                return _outcome(exc.status, exc.code, exc.text)
-            status, stored = self._apply(w)
+        base = f"{request.url.scheme}://{request.url.netloc}{self.base}"
+        return self._once(
+            request,
+            body,
+            interaction,
+            lambda key: self._write_one(method, url, resource, interaction, key, base),
+        )
+
+    def _write_one(
+        self, method: str, url: str, resource: Any, interaction: str, key: str | None, base: str
+    ) -> Response:
+        """Apply one write; lock held."""
+        try:
+            w = self._plan(method, url, resource, set())
+        except _Problem as exc:
             self.state.log.append(
-                {
-                    "interaction": interaction,
-                    "status": status,
-                    "entry": [self._log_entry(w, status)],
-                }
+                {"interaction": interaction, "status": exc.status, "idempotency_key": key}
             )
+            return _outcome(exc.status, exc.code, exc.text)
+        status, stored = self._apply(w)
+        self.state.log.append(
+            {
+                "interaction": interaction,
+                "status": status,
+                "idempotency_key": key,
+                "entry": [self._log_entry(w, status)],
+            }
+        )
         if stored is None:
             return Response(status_code=status)
         version = stored["meta"]["versionId"]
-        base = f"{request.url.scheme}://{request.url.netloc}{self.base}"
         headers = {
             "Location": f"{base}/{w.rtype}/{w.rid}/_history/{version}",
             "ETag": f'W/"{version}"',
@@ -461,7 +547,8 @@ class ServerThread:
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
         self.app = app
         self.host = host
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.port: int = self._sock.getsockname()[1]

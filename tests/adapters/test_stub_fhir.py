@@ -135,3 +135,34 @@ def test_reset_and_unknown_operation(fhir: httpx.Client, server: StubFhirServer)
     assert server.state.count("Patient") == 0 and fhir.get("$log").json() == {"log": []}
     assert fhir.post("$nope").status_code == 404
     assert fhir.post("", json={"resourceType": "Bundle", "type": "batch"}).status_code == 400
+
+
+def test_idempotency_key_applies_a_write_once(fhir: httpx.Client, server: StubFhirServer) -> None:
+    key = {"Idempotency-Key": "9-fhir"}
+    first = fhir.put("Patient/p", json=patient("P"), headers=key)
+    again = fhir.put("Patient/p", json=patient("P"), headers=key)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json() == first.json() and again.headers["location"] == first.headers["location"]
+    assert fhir.get("Patient/p").json()["meta"]["versionId"] == "1"
+    other = fhir.put("Patient/p", json=patient("P", "Changed"), headers=key)
+    assert other.status_code == 422
+    server.state.fail_next(503)
+    assert (
+        fhir.put("Patient/q", json=patient("Q"), headers={"Idempotency-Key": "q"}).status_code
+        == 503
+    )
+    assert (
+        fhir.put("Patient/q", json=patient("Q"), headers={"Idempotency-Key": "q"}).status_code
+        == 201
+    )
+    log = fhir.get("$log").json()["log"]
+    assert [(e["status"], e["idempotency_key"], e.get("replayed", False)) for e in log] == [
+        (201, "9-fhir", False),
+        (201, "9-fhir", True),
+        (422, "9-fhir", False),
+        (503, "q", False),
+        (201, "q", False),
+    ]
+    server.state.fail_next(503, 5)
+    server.state.reset_failures()
+    assert fhir.get("Patient/q").status_code == 200
