@@ -6,7 +6,6 @@ traceback; set ENGINE_DEBUG=1 to see the traceback of an unexpected failure.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -173,7 +172,9 @@ def serve(
     from engine.settings import load_settings
 
     settings = load_settings(mllp_port=mllp_port, http_port=http_port, database_url=database_url)
-    _configure_logging(settings.log_level)
+    from engine.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     typer.echo(
         f"engine {__version__}: MLLP on {settings.mllp_host}:{settings.mllp_port}, "
         f"HTTP on http://{settings.http_host}:{settings.http_port} (health: /healthz), "
@@ -182,6 +183,28 @@ def serve(
     )
     run_engine(settings)
     typer.echo("engine stopped", err=True)
+
+
+@app.command()
+def worker(
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL (ENGINE_DATABASE_URL); default SQLite")
+    ] = None,
+) -> None:
+    """Run queue workers only (route, map, deliver): add processes, here or on other hosts, to
+    an engine that shares this PostgreSQL. Ctrl-C stops."""
+    from engine.logs import configure_logging
+    from engine.settings import load_settings
+    from engine.worker import run_workers
+
+    settings = load_settings(database_url=database_url)
+    configure_logging(settings.log_level, settings.log_format)
+    typer.echo(
+        f"engine {__version__}: queue workers on {_safe_url(settings.resolved_database_url())}",
+        err=True,
+    )
+    run_workers(settings)
+    typer.echo("workers stopped", err=True)
 
 
 messages_app = typer.Typer(help="Look at stored messages and replay them.", no_args_is_help=True)
@@ -295,10 +318,11 @@ def token(
     ttl: Annotated[int, typer.Option(help="seconds the token is valid", min=60)] = 3600,
 ) -> None:
     """Mint a development token (HS256, local secret) for `make run` users."""
-    from engine.api.auth_settings import AuthSettings
+    from engine.api.auth_settings import auth_settings_for
     from engine.api.tokens import mint_dev_token
+    from engine.settings import load_settings
 
-    typer.echo(mint_dev_token(AuthSettings(), role=role, ttl_s=ttl))
+    typer.echo(mint_dev_token(auth_settings_for(load_settings()), role=role, ttl_s=ttl))
 
 
 @app.command("stub-fhir")
@@ -318,14 +342,6 @@ def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from engine.errors import EngineError, HL7ValidationError, UnsupportedMessageErr
 from engine.hl7v2.ack import (
     ack_code_for,
     ack_mode,
+    application_ack_wanted,
     build_ack,
     commit_ack_wanted,
     errors_for,
@@ -67,6 +68,8 @@ class Receipt:
     ack: bytes | None
     ack_code: str | None
     duplicate: bool = False
+    #: enhanced mode: the sender asked for an application ACK (MSH-16 AL, ER or SU)
+    application_ack: bool = False
 
 
 @dataclass
@@ -221,8 +224,9 @@ class Ingest:
     ) -> Receipt:
         enhanced = ack_mode(message) == "enhanced"
         accepted = error is None
+        app = enhanced and (message.msh.get(16) or "AL") in ("AL", "ER", "SU")
         if enhanced and not commit_ack_wanted(message, accepted):
-            return Receipt(stored.id, state, None, None, stored.duplicate)
+            return Receipt(stored.id, state, None, None, stored.duplicate, app)
         code = ack_code_for(error, enhanced=enhanced, stage="commit" if enhanced else "application")
         # the ACK is built from the stored message's id and time, so a duplicate gets the very
         # same ACK again (idempotent receiver)
@@ -234,7 +238,49 @@ class Ingest:
             errors=errors_for(error, message) if error else (),
             sending=self.identity,
         )
-        return Receipt(stored.id, state, ack.to_bytes(), code, stored.duplicate)
+        return Receipt(stored.id, state, ack.to_bytes(), code, stored.duplicate, app)
+
+    async def application_ack(
+        self,
+        raw: bytes,
+        receipt: Receipt,
+        state_of: Callable[[int], str | None],
+        *,
+        timeout_s: float = 30.0,
+        poll_s: float = 0.05,
+    ) -> bytes | None:
+        """Enhanced mode (HL7 v2.5.1 §2.9.3): once the message has been processed (routed and
+        mapped, or refused), the application ACK MSH-16 asks for — AL always, ER on error, SU
+        on success — or None. Waits at most ``timeout_s`` for the queue."""
+        if receipt.message_id is None or not receipt.application_ack:
+            return None
+        message = parse_message(raw, default_charset=self.default_charset)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        state = receipt.state
+        while state in ("received", "processing"):
+            if loop.time() > deadline:
+                log.warning(
+                    "no application ACK: processing took too long",
+                    extra={"message_id": receipt.message_id},
+                )
+                return None
+            await asyncio.sleep(poll_s)
+            current = await asyncio.to_thread(state_of, receipt.message_id)
+            state = current or "error"
+        error = None if state != "error" else EngineError("the message could not be processed")
+        if not application_ack_wanted(message, error is None):
+            return None
+        code = ack_code_for(error, enhanced=True, stage="application")
+        ack = build_ack(
+            message,
+            code,
+            control_id=f"P{receipt.message_id}",
+            timestamp=hl7_timestamp(self.clock()),
+            errors=errors_for(error, message) if error else (),
+            sending=self.identity,
+        )
+        return ack.to_bytes()
 
     def _nak(self, raw: bytes, error: EngineError, suffix: str) -> bytes | None:
         return nak_for_unparseable(

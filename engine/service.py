@@ -13,13 +13,14 @@ import logging
 import multiprocessing
 import os
 import signal
+import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
 
-from engine.adapters.mllp.server import MLLPServer
+from engine.adapters.mllp.server import MLLPServer, Reply, current_reply
 from engine.api.app import create_app
 from engine.errors import ConfigError, EngineError
 from engine.hl7v2.ack import hl7_timestamp, nak_for_unparseable
@@ -46,12 +47,26 @@ class _Server(uvicorn.Server):
 class _MLLPHandler:
     """Adapts the pipeline to the MLLP listener."""
 
-    def __init__(self, ingest: Ingest) -> None:
+    def __init__(self, ingest: Ingest, state_of: Callable[[int], str | None] | None = None) -> None:
         self.ingest = ingest
+        self.state_of = state_of
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def on_message(self, payload: bytes, peer: str) -> bytes | None:
         receipt = await self.ingest.receive(payload, channel="mllp", peer=peer)
+        reply = current_reply.get()
+        if receipt.application_ack and reply is not None and self.state_of is not None:
+            # enhanced mode: the application ACK follows on this connection once processed
+            task = asyncio.create_task(self._application_ack(payload, receipt, reply))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
         return receipt.ack
+
+    async def _application_ack(self, payload: bytes, receipt: Receipt, reply: Reply) -> None:
+        assert self.state_of is not None
+        ack = await self.ingest.application_ack(payload, receipt, self.state_of)
+        if ack is not None:
+            await reply.send(ack)
 
     async def on_oversize(self, head: bytes, limit: int, peer: str) -> bytes | None:
         error = EngineError(f"message larger than the {limit}-byte limit; not accepted")
@@ -93,6 +108,18 @@ class _DeliveryMetrics:
             self.metrics.errors.inc(stage="deliver")
 
 
+def _mllp_tls(settings: Settings) -> ssl.SSLContext | None:
+    if settings.mllp_tls_cert is None and settings.mllp_tls_key is None:
+        return None
+    if settings.mllp_tls_cert is None or settings.mllp_tls_key is None:
+        raise ConfigError("MLLP TLS needs both ENGINE_MLLP_TLS_CERT and ENGINE_MLLP_TLS_KEY")
+    from engine.adapters.mllp.tls import server_context
+
+    return server_context(
+        settings.mllp_tls_cert, settings.mllp_tls_key, settings.mllp_tls_client_ca
+    )
+
+
 class Engine:
     """The running engine: store, pipeline, queue workers, MLLP listener and HTTP server."""
 
@@ -124,13 +151,14 @@ class Engine:
             on_receipt=self._count,
         )
         self.mllp = MLLPServer(
-            _MLLPHandler(self.ingest),
+            _MLLPHandler(self.ingest, self._state_of),
             host=settings.mllp_host,
             port=settings.mllp_port,
             max_message_bytes=settings.max_message_bytes,
             idle_timeout_s=settings.idle_timeout_s,
             frame_timeout_s=settings.frame_timeout_s,
             max_connections=settings.max_connections,
+            ssl_context=_mllp_tls(settings),
         )
         app = create_app(
             settings,
@@ -148,6 +176,10 @@ class Engine:
             lifespan="off",
         )
         self.http = _Server(config)
+
+    def _state_of(self, message_id: int) -> str | None:
+        rec = self.store.get(message_id)
+        return rec.state if rec else None
 
     def _count(self, channel: str, receipt: Receipt) -> None:
         stored = receipt.message_id is not None and not receipt.duplicate

@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     validate_fhir: bool = False
 
     log_level: str = "INFO"
+    #: json (one object a line, for log shippers) or text (for a terminal)
+    log_format: str = Field("json", pattern="^(json|text)$")
+
+    #: MLLP over TLS: the server's certificate and key (PEM); with ``mllp_tls_client_ca`` the
+    #: listener requires client certificates signed by that CA (mutual TLS)
+    mllp_tls_cert: Path | None = None
+    mllp_tls_key: Path | None = None
+    mllp_tls_client_ca: Path | None = None
 
     def resolved_database_url(self) -> str:
         """``database_url`` or SQLite at ``var_dir/engine.db``."""

@@ -100,7 +100,9 @@ def run_workers(settings: Settings, events: Any = None, parent: int | None = Non
     # workers catch up as soon as the senders pause
     with contextlib.suppress(OSError):
         os.nice(10)
-    logging.basicConfig(level=settings.log_level.upper())
+    from engine.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
 
     async def main() -> None:
         stop = asyncio.Event()

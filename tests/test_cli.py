@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -194,6 +195,28 @@ def test_serve_end_to_end_then_ctrl_c(tmp_path: Path) -> None:
                 assert chunk, "connection closed before the ACK"
                 buf += chunk
         assert parse_message(buf).get("MSA-2") == "E2E-1"
+        # the same over HTTP, with a development token minted by `engine token`
+        token = subprocess.run(
+            [*ENGINE, "token", "--role", "integration"], env=env, capture_output=True, text=True
+        ).stdout.strip()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{http}/hl7v2",
+            data=msg.replace(b"E2E-1", b"E2E-2"),
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "x-application/hl7-v2+er7",
+            },
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert parse_message(resp.read()).get("MSA-2") == "E2E-2"
+        unauthenticated = urllib.request.Request(
+            f"http://127.0.0.1:{http}/hl7v2", data=msg, headers={"Content-Type": "text/plain"}
+        )
+        try:
+            urllib.request.urlopen(unauthenticated, timeout=10)
+            raise AssertionError("an unauthenticated POST was accepted")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)

@@ -245,3 +245,23 @@ def test_alive(setup: tuple[Engine, StubFhirServer, SqlMessageStore]) -> None:
     acked: list[str] = []
     send_stream(engine.mllp, stream(3, 1, "A"), acked, [])
     assert acked == ["A-0000", "A-0001", "A-0002"]
+
+
+def test_enhanced_mode_gets_commit_then_application_ack(
+    setup: tuple[Engine, StubFhirServer, SqlMessageStore],
+) -> None:
+    engine, _fhir, _store = setup
+    engine.start()
+    raw = (
+        MESSAGE.format(cid="ENH-1", p=1, seq=1).replace("|P|2.5.1\r", "|P|2.5.1|||AL|AL\r").encode()
+    )
+    with socket.create_connection(("127.0.0.1", engine.mllp), timeout=10) as sock:
+        sock.sendall(b"\x0b" + raw + b"\x1c\r")
+        buf = b""
+        while buf.count(b"\x1c\r") < 2:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed before both ACKs"
+            buf += chunk
+    commit, application = (p.strip(b"\x0b") for p in buf.split(b"\x1c\r")[:2])
+    assert b"MSA|CA|ENH-1" in commit
+    assert b"MSA|AA|ENH-1" in application

@@ -179,3 +179,67 @@ def test_retention_never_purges_undelivered(
     assert {r.state for r in store.list()} == {"dead", "delivered"}
     assert store.purge_delivered(timedelta(seconds=-1)) == 1
     assert [r.state for r in store.list()] == ["dead"]
+
+
+@pytest.mark.postgres
+def test_two_processors_share_the_queue_and_process_each_message_once(
+    postgres_schema_url: str, routes: RouteSet, mappings: Mappings
+) -> None:
+    """Two engine processes on one PostgreSQL: FOR UPDATE SKIP LOCKED gives each message to one."""
+    import threading
+
+    from engine.store.repository import create_db_engine
+
+    db = create_db_engine(postgres_schema_url)
+    store = SqlMessageStore(db)
+    store.migrate()
+    try:
+        asyncio.run(_ingest_many(store, routes, mappings, 120))
+        taken: dict[str, list[int]] = {"a": [], "b": []}
+
+        def work(name: str) -> None:
+            proc = Processor(store, routes, mappings, worker=name, batch=7)
+            real = store.claim_received
+
+            def claim(worker: str, limit: int = 100) -> list[tuple[int, bytes, str]]:
+                got = real(worker, limit)
+                taken[name] += [mid for mid, _, _ in got]
+                return got
+
+            proc.store = type(
+                "S", (), {"claim_received": staticmethod(claim), "finish_batch": store.finish_batch}
+            )()  # type: ignore[assignment]
+            while proc.process_batch():
+                pass
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert taken["a"] and taken["b"]  # both worked
+        assert not set(taken["a"]) & set(taken["b"])  # never the same message
+        assert len(taken["a"]) + len(taken["b"]) == 120
+        assert store.counts().get("routed") == 120
+    finally:
+        from engine.store.tables import metadata
+
+        metadata.drop_all(db)
+        with db.begin() as conn:
+            from sqlalchemy import text
+
+            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        db.dispose()
+
+
+async def _ingest_many(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings, n: int
+) -> None:
+    ingest = Ingest(store, routes=RouteGate(Router(routes), mappings))
+    await ingest.start()
+    try:
+        await asyncio.gather(
+            *(ingest.receive(msg(1000 + i, f"P{i}"), channel="t") for i in range(n))
+        )
+    finally:
+        await ingest.stop()

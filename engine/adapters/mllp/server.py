@@ -21,15 +21,41 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable
+from contextvars import ContextVar
 from typing import Protocol
 
 from engine.adapters.mllp.framing import FrameReader, FrameTooLarge, frame
 
-__all__ = ["MLLPHandler", "MLLPServer"]
+__all__ = ["MLLPHandler", "MLLPServer", "Reply", "current_reply"]
 
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 64 * 1024
+
+
+class Reply:
+    """Sends a later message (an enhanced-mode application ACK) on a connection, framed, in
+    order with its other writes; quietly does nothing once the connection is gone."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._lock = asyncio.Lock()
+
+    async def send(self, data: bytes) -> bool:
+        async with self._lock:
+            if self._writer.is_closing():
+                return False
+            try:
+                self._writer.write(frame(data))
+                await self._writer.drain()
+            except (ConnectionError, OSError):
+                return False
+            return True
+
+
+#: the connection a handler is answering (set while ``on_message`` runs, and inherited by the
+#: tasks it starts): how a handler sends something after its first answer
+current_reply: ContextVar[Reply | None] = ContextVar("current_reply", default=None)
 
 
 class MLLPHandler(Protocol):
@@ -122,6 +148,7 @@ class MLLPServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
     ) -> None:
         frames = FrameReader(self.max_message_bytes)
+        reply = Reply(writer)
         loop = asyncio.get_running_loop()
         frame_started = 0.0
         while True:
@@ -154,9 +181,12 @@ class MLLPServer:
                     await writer.drain()
                 return
             for payload in payloads:
-                ack = await self.handler.on_message(payload, peer)
+                token = current_reply.set(reply)
+                try:
+                    ack = await self.handler.on_message(payload, peer)
+                finally:
+                    current_reply.reset(token)
                 if ack is not None:
-                    writer.write(frame(ack))
-                    await writer.drain()
+                    await reply.send(ack)
             if frames.in_frame and (not was_in_frame or payloads):
                 frame_started = loop.time()
