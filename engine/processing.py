@@ -33,6 +33,7 @@ from engine.routes.loader import RouteSet
 from engine.routes.router import Router
 from engine.store.repository import (
     DueDelivery,
+    IndexedResource,
     NewDelivery,
     Outcome,
     Processed,
@@ -92,6 +93,46 @@ def _fhir_patient_key(doc: Mapping[str, Any]) -> str | None:
     return None
 
 
+#: the resources kept in the index (what the eligibility job needs)
+INDEXED_TYPES = frozenset({"Patient", "Coverage", "Organization", "Appointment", "Practitioner"})
+
+
+def index_rows(bundle: Mapping[str, Any]) -> list[IndexedResource]:
+    """The resources of a mapped Bundle to keep in the index, with their patient and start."""
+    entries = [e for e in bundle.get("entry", []) if isinstance(e, dict)]
+    patients = {
+        e["fullUrl"] for e in entries if e.get("resource", {}).get("resourceType") == "Patient"
+    }
+    rows: list[IndexedResource] = []
+    for e in entries:
+        res = e.get("resource", {})
+        rtype = res.get("resourceType")
+        if rtype not in INDEXED_TYPES or not e.get("fullUrl"):
+            continue
+        patient: str | None = None
+        start: datetime | None = None
+        if rtype == "Patient":
+            patient = e["fullUrl"]
+        elif rtype == "Coverage":
+            patient = (res.get("beneficiary") or {}).get("reference")
+        elif rtype == "Appointment":
+            for p in res.get("participant", []):
+                ref = (p.get("actor") or {}).get("reference")
+                if ref in patients:
+                    patient = ref
+            if res.get("start"):
+                try:
+                    start = datetime.fromisoformat(str(res["start"]).replace("Z", "+00:00"))
+                except ValueError:
+                    start = None
+        rows.append(
+            IndexedResource(
+                rtype, e["fullUrl"], orjson.dumps(res), patient, start, res.get("status")
+            )
+        )
+    return rows
+
+
 class Processor:
     """Claims received messages and turns them into deliveries."""
 
@@ -114,6 +155,7 @@ class Processor:
         self.batch = batch
         self.idle_s = idle_s
         self._wake = asyncio.Event()
+        self._indexed: list[IndexedResource] = []
 
     def wake(self) -> None:
         """Called when messages were stored: process them now rather than at the next poll."""
@@ -138,6 +180,7 @@ class Processor:
         claimed = self.store.claim_received(self.worker, self.batch)
         done: list[Processed] = []
         for message_id, raw, kind in claimed:
+            self._indexed = []
             try:
                 state, reason, key, made = self.process_one(message_id, raw, kind)
             except EngineError as exc:
@@ -146,7 +189,7 @@ class Processor:
                 log.exception("processing failed", extra={"message_id": message_id})
                 state, key, made = "error", None, []
                 reason = f"internal error ({type(exc).__name__})"
-            done.append(Processed(message_id, state, reason, key, made))
+            done.append(Processed(message_id, state, reason, key, made, self._indexed))
             log.info(
                 "message processed",
                 extra={"message_id": message_id, "outcome": state, "deliveries": len(made)},
@@ -183,7 +226,9 @@ class Processor:
         for route in routes:
             if route.mapping == "fhir":
                 if bundle is None:
-                    bundle = orjson.dumps(self.mappings.to_fhir(message))
+                    mapped = self.mappings.to_fhir(message)
+                    self._indexed = index_rows(mapped)
+                    bundle = orjson.dumps(mapped)
                 body, dkind, ctype = bundle, "fhir-bundle", FHIR_CONTENT_TYPE
             else:
                 body, dkind, ctype = raw, "hl7v2", HL7_CONTENT_TYPE

@@ -243,3 +243,32 @@ async def _ingest_many(
         )
     finally:
         await ingest.stop()
+
+
+def test_mapped_resources_are_indexed_for_the_jobs(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    from datetime import UTC, datetime
+
+    from tests.conftest import FIXTURES
+
+    adt = (FIXTURES / "hl7" / "adt_a01.hl7").read_bytes()
+    s12 = (FIXTURES / "hl7" / "siu_s12.hl7").read_bytes()
+    s15 = (FIXTURES / "hl7" / "siu_s15.hl7").read_bytes()
+    dests = {"fhir": MemoryDestination("fhir"), "raw": MemoryDestination("raw")}
+    run_all(store, routes, mappings, dests, [adt, s12, s15])
+    appointments = store.appointments_between(
+        datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+    )
+    statuses = sorted(a["status"] for a in appointments)
+    assert statuses  # SIU fixtures make appointments
+    assert all(a["resourceType"] == "Appointment" for a in appointments)
+    patient_url = next(
+        e["fullUrl"]
+        for e in mappings.to_fhir(parse_message(adt))["entry"]
+        if e["resource"]["resourceType"] == "Patient"
+    )
+    [coverage] = store.resources_for_patient("Coverage", patient_url)
+    assert coverage["subscriberId"] == "XQZ123456789"
+    payer = store.resource(coverage["payor"][0]["reference"])
+    assert payer is not None and payer["name"] == "Example Blue Cross"

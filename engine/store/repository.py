@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     Connection,
     Engine,
@@ -36,11 +37,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
-from engine.store.tables import deliveries, messages
+from engine.store.tables import deliveries, fhir_resources, messages
 
 __all__ = [
     "DeliveryRecord",
     "DueDelivery",
+    "IndexedResource",
     "Incoming",
     "MessageRecord",
     "NewDelivery",
@@ -204,6 +206,18 @@ class NewDelivery:
 
 
 @dataclass(frozen=True)
+class IndexedResource:
+    """A FHIR resource the engine mapped, kept (latest version) for the jobs that read them."""
+
+    resource_type: str
+    full_url: str
+    body: bytes
+    patient_url: str | None = None
+    start: datetime | None = None
+    status: str | None = None
+
+
+@dataclass(frozen=True)
 class Processed:
     """The outcome of processing one message."""
 
@@ -212,6 +226,7 @@ class Processed:
     reason: str | None = None
     patient_key: str | None = None
     new_deliveries: Sequence[NewDelivery] = ()
+    resources: Sequence[IndexedResource] = ()
 
 
 @dataclass(frozen=True)
@@ -482,6 +497,91 @@ class SqlMessageStore:
             ]
             if rows:
                 conn.execute(insert(deliveries), rows)
+            indexed = [(o.message_id, r) for o in outcomes for r in o.resources]
+            if indexed:
+                self._upsert_resources(conn, indexed, now)
+
+    def _upsert_resources(
+        self, conn: Connection, items: Sequence[tuple[int, IndexedResource]], now: datetime
+    ) -> None:
+        """Insert or update by fullUrl; an older message never overwrites a newer one's."""
+        latest: dict[str, tuple[int, IndexedResource]] = {}
+        for mid, r in items:  # one row per fullUrl in a statement
+            latest[r.full_url] = (mid, r)
+        rows = [
+            {
+                "resource_type": r.resource_type,
+                "full_url": r.full_url,
+                "patient_url": r.patient_url,
+                "start": r.start,
+                "status": r.status,
+                "body": r.body.decode(),
+                "message_id": mid,
+                "updated_at": now,
+            }
+            for mid, r in latest.values()
+        ]
+        stmt: Any
+        if self.db_engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            stmt = postgresql.insert(fhir_resources).values(rows)
+        else:
+            from sqlalchemy.dialects import sqlite
+
+            stmt = sqlite.insert(fhir_resources).values(rows)
+        excluded = stmt.excluded
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[fhir_resources.c.full_url],
+                set_={
+                    "patient_url": excluded.patient_url,
+                    "start": excluded.start,
+                    "status": excluded.status,
+                    "body": excluded.body,
+                    "message_id": excluded.message_id,
+                    "updated_at": excluded.updated_at,
+                },
+                where=fhir_resources.c.message_id <= excluded.message_id,
+            )
+        )
+
+    # -- the resource index (read by jobs) ------------------------------------------------------
+
+    def appointments_between(self, start: datetime, end: datetime) -> builtins.list[dict[str, Any]]:
+        """Appointments starting in [start, end), as FHIR dicts with ``_full_url``."""
+        with self.db_engine.connect() as conn:
+            rows = conn.execute(
+                select(fhir_resources.c.full_url, fhir_resources.c.body)
+                .where(
+                    fhir_resources.c.resource_type == "Appointment",
+                    fhir_resources.c.start >= start,
+                    fhir_resources.c.start < end,
+                )
+                .order_by(fhir_resources.c.start, fhir_resources.c.id)
+            )
+            return [{**orjson.loads(r.body), "_full_url": r.full_url} for r in rows]
+
+    def resource(self, full_url: str) -> dict[str, Any] | None:
+        with self.db_engine.connect() as conn:
+            body = conn.execute(
+                select(fhir_resources.c.body).where(fhir_resources.c.full_url == full_url)
+            ).scalar_one_or_none()
+        return {**orjson.loads(body), "_full_url": full_url} if body else None
+
+    def resources_for_patient(
+        self, resource_type: str, patient_url: str
+    ) -> builtins.list[dict[str, Any]]:
+        with self.db_engine.connect() as conn:
+            rows = conn.execute(
+                select(fhir_resources.c.full_url, fhir_resources.c.body)
+                .where(
+                    fhir_resources.c.resource_type == resource_type,
+                    fhir_resources.c.patient_url == patient_url,
+                )
+                .order_by(fhir_resources.c.id)
+            )
+            return [{**orjson.loads(r.body), "_full_url": r.full_url} for r in rows]
 
     # -- delivering --------------------------------------------------------------------------
 

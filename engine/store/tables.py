@@ -29,7 +29,7 @@ from sqlalchemy import (
     Text,
 )
 
-__all__ = ["deliveries", "messages", "metadata"]
+__all__ = ["deliveries", "fhir_resources", "messages", "metadata"]
 
 metadata = MetaData()
 
@@ -85,4 +85,24 @@ deliveries = Table(
     Index("ix_deliveries_due", "state", "next_attempt_at"),
     Index("ix_deliveries_order", "destination", "patient_key", "state", "id"),
     Index("ix_deliveries_message", "message_id"),
+)
+
+
+#: the latest version of every FHIR resource the engine mapped, keyed by its fullUrl (derived
+#: from its business identifiers, so an SIU^S14 updates the Appointment an S12 made)
+fhir_resources = Table(
+    "fhir_resources",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("resource_type", String(64), nullable=False),
+    Column("full_url", String(128), nullable=False),
+    Column("patient_url", String(128), nullable=True),
+    Column("start", DateTime(timezone=True), nullable=True),  # Appointment.start
+    Column("status", String(32), nullable=True),
+    Column("body", Text, nullable=False),  # the resource as JSON
+    Column("message_id", _ID, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ux_fhir_resources_url", "full_url", unique=True),
+    Index("ix_fhir_resources_start", "resource_type", "start"),
+    Index("ix_fhir_resources_patient", "resource_type", "patient_url"),
 )
