@@ -37,7 +37,8 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 conformance: $(STAMP)
-	$(PY) -m scripts.conformance
+	$(PY) -m scripts.conformance; hl7=$$?; $(PY) -m scripts.x12_conformance; x12=$$?; \
+	test $$hl7 -eq 0 -a $$x12 -eq 0
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

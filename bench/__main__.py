@@ -18,6 +18,7 @@ SUITES: dict[str, str] = {
     "codec": "bench.codec_bench",
     "convert": "bench.convert_bench",
     "ingest": "bench.ingest_bench",
+    "x12": "bench.x12_bench",
 }
 
 

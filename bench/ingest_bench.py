@@ -74,7 +74,9 @@ def _load(port: int, senders: int, count: int, rate: float = 0.0) -> dict[str, A
     return result
 
 
-def _engine(db_url: str, routes_dir: Path, var: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _engine(
+    db_url: str, routes_dir: Path, var: Path, *, workers: bool = True
+) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
     env = {
         **os.environ,
@@ -83,6 +85,7 @@ def _engine(db_url: str, routes_dir: Path, var: Path) -> tuple[subprocess.Popen[
         "ENGINE_MLLP_HOST": "127.0.0.1",
         "ENGINE_HTTP_HOST": "127.0.0.1",
         "ENGINE_LOG_LEVEL": "WARNING",
+        "ENGINE_WORKERS": "true" if workers else "false",
     }
     if db_url:
         env["ENGINE_DATABASE_URL"] = db_url
@@ -164,38 +167,41 @@ def run(options: Options) -> dict[str, Any]:
         _stop(base)
 
     for backend in ("sqlite", "postgresql"):
-        with tempfile.TemporaryDirectory() as tmp:
-            var = Path(tmp)
-            db_url = ""
-            if backend == "postgresql":
-                maybe = _postgres_url(f"bench_{os.getpid()}")
-                if maybe is None:
-                    continue
-                db_url = maybe
-            for scenario in ("file", "down"):
+        for scenario in ("receiver", "file", "down"):
+            # a database of its own per scenario: no backlog carried from one to the next
+            with tempfile.TemporaryDirectory() as tmp:
+                var = Path(tmp)
+                db_url = ""
+                if backend == "postgresql":
+                    maybe = _postgres_url(f"bench_{os.getpid()}")
+                    if maybe is None:
+                        break
+                    db_url = maybe
                 routes_dir = var / f"routes-{scenario}"
                 routes_dir.mkdir()
+                down = scenario == "down"
                 extra = (
-                    FILE_DEST.format(dir=var / "outbox")
-                    if scenario == "file"
-                    else DOWN_DEST.format(port=_free_port())
+                    DOWN_DEST.format(port=_free_port())
+                    if down
+                    else FILE_DEST.format(dir=var / "outbox")
                 )
                 (routes_dir / "example.yaml").write_text(
-                    ROUTES.format(
-                        name="dest", type="file" if scenario == "file" else "fhir", extra=extra
-                    )
+                    ROUTES.format(name="dest", type="fhir" if down else "file", extra=extra)
                 )
-                proc, port = _engine(db_url, routes_dir, var)
+                proc, port = _engine(db_url, routes_dir, var, workers=scenario != "receiver")
                 try:
-                    cases = (
-                        [
-                            ("8 senders", 8, n8, 0.0),
-                            ("1 sender", 1, n1, 0.0),
-                            ("200 msg/s offered", 4, paced, 200.0),
-                        ]
-                        if scenario == "file"
-                        else [("8 senders, destination down", 8, n8, 0.0)]
-                    )
+                    cases = {
+                        "receiver": [
+                            ("receiver alone (workers elsewhere), 8 senders", 8, n8, 0.0),
+                            ("receiver alone, 200 msg/s offered", 4, paced, 200.0),
+                        ],
+                        "file": [
+                            ("with its worker, 8 senders", 8, n8, 0.0),
+                            ("with its worker, 1 sender", 1, n1, 0.0),
+                            ("with its worker, 200 msg/s offered", 4, paced, 200.0),
+                        ],
+                        "down": [("with its worker, 8 senders, destination down", 8, n8, 0.0)],
+                    }[scenario]
                     for label, senders, count, rate in cases:
                         full = f"engine serve ({backend}), {label}"
                         r = _load(port, senders, count, rate)

@@ -312,6 +312,134 @@ def messages_replay(
         typer.echo(f"no message in state {state}")
 
 
+eligibility_app = typer.Typer(
+    help="Insurance eligibility (X12 270/271) for upcoming appointments.", no_args_is_help=True
+)
+app.add_typer(eligibility_app, name="eligibility")
+
+
+def _eligibility_service() -> Any:
+    from engine.adapters.payer import load_payers
+    from engine.jobs.eligibility import EligibilityService
+    from engine.settings import load_settings
+
+    settings = load_settings()
+    return EligibilityService(_store(), load_payers(settings.payers_dir), settings)
+
+
+def _day(value: str | None) -> Any:
+    from datetime import date, timedelta
+
+    if value is None:
+        return date.today() + timedelta(days=1)
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise EngineError(f"--date {value!r}: use YYYY-MM-DD") from None
+
+
+@eligibility_app.command("check")
+def eligibility_check(
+    on: Annotated[
+        str | None, typer.Option("--date", help="first day to check (default: tomorrow)")
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, max=30, help="business days from --date")] = 1,
+    force: Annotated[bool, typer.Option(help="ask again even if checked today")] = False,
+) -> None:
+    """Check the appointments of the coming business days now."""
+    import asyncio
+
+    from rich.progress import Progress
+
+    service = _eligibility_service()
+    start = _day(on)
+
+    async def run() -> list[Any]:
+        try:
+            if sys.stderr.isatty():
+                with Progress(transient=True) as bar:
+                    task = bar.add_task("checking", total=None)
+                    return list(
+                        await service.check_upcoming(
+                            start=start,
+                            days=days,
+                            force=force,
+                            progress=lambda n, t: bar.update(task, completed=n, total=t),
+                        )
+                    )
+            return list(await service.check_upcoming(start=start, days=days, force=force))
+        finally:
+            await service.close()
+
+    outcomes = asyncio.run(run())
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to check"
+    typer.echo(f"{len(outcomes)} appointment coverage(s) checked: {summary}")
+
+
+@eligibility_app.command("list")
+def eligibility_list(
+    on: Annotated[str | None, typer.Option("--date", help="the day (default: tomorrow)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON, one object a line")] = False,
+) -> None:
+    """The front desk's list: who is covered, the copay to collect, who needs a call."""
+    import orjson
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = _store().eligibility_for_day(_day(on))
+    if as_json:
+        for r in rows:
+            typer.echo(orjson.dumps(r, default=str).decode())
+        return
+    table = Table("time", "payer", "status", "copay", "deductible left", "plan", "note")
+    for r in rows:
+        start = r["appointment_start"]
+        table.add_row(
+            start.strftime("%H:%M") if start else "",
+            r["payer_name"] or r["payer_id"],
+            r["status"].replace("_", " "),
+            r["copay"] or "",
+            r["deductible_remaining"] or "",
+            (r["plan"] or "")[:30],
+            (r["reason"] or "")[:50],
+        )
+    Console().print(table)
+
+
+@app.command("payer-stub")
+def payer_stub(
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8091,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+) -> None:
+    """Run the stub payer over HTTP: answers 270s with 271s from a YAML roster."""
+    from engine.adapters.payer.stub import run_payer_stub
+
+    typer.echo(f"stub payer on http://{host}:{port} (Ctrl-C stops)", err=True)
+    run_payer_stub(host, port)
+
+
+@app.command()
+def demo(
+    host: Annotated[str, typer.Option(help="the engine's MLLP host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="the engine's MLLP port")] = 2575,
+) -> None:
+    """Send synthetic patients with appointments the next business day to a running engine."""
+    from engine.demo import send
+
+    try:
+        results = send(host, port)
+    except OSError as exc:
+        raise EngineError(f"cannot reach the engine at {host}:{port} ({exc})") from exc
+    for label, code in results:
+        typer.echo(f"{code}  {label}")
+    typer.echo(
+        "then: engine eligibility check && engine eligibility list   (or wait for the schedule)"
+    )
+
+
 @app.command()
 def token(
     role: Annotated[str, typer.Option(help="admin, integration or viewer")] = "integration",

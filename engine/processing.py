@@ -94,7 +94,9 @@ def _fhir_patient_key(doc: Mapping[str, Any]) -> str | None:
 
 
 #: the resources kept in the index (what the eligibility job needs)
-INDEXED_TYPES = frozenset({"Patient", "Coverage", "Organization", "Appointment", "Practitioner"})
+INDEXED_TYPES = frozenset(
+    {"Patient", "Coverage", "Organization", "Appointment", "Practitioner", "RelatedPerson"}
+)
 
 
 def index_rows(bundle: Mapping[str, Any]) -> list[IndexedResource]:
@@ -115,6 +117,8 @@ def index_rows(bundle: Mapping[str, Any]) -> list[IndexedResource]:
             patient = e["fullUrl"]
         elif rtype == "Coverage":
             patient = (res.get("beneficiary") or {}).get("reference")
+        elif rtype == "RelatedPerson":
+            patient = (res.get("patient") or {}).get("reference")
         elif rtype == "Appointment":
             for p in res.get("participant", []):
                 ref = (p.get("actor") or {}).get("reference")

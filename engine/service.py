@@ -166,6 +166,7 @@ class Engine:
             messages=Messages(self.store),
             health=_Health(self.store),
             metrics=self.metrics,
+            eligibility=self._eligibility_service(),
         )
         config = uvicorn.Config(
             app,
@@ -176,6 +177,13 @@ class Engine:
             lifespan="off",
         )
         self.http = _Server(config)
+
+    def _eligibility_service(self) -> Any:
+        """On-demand checks from the API (the schedule runs in the worker process)."""
+        from engine.adapters.payer import load_payers
+        from engine.jobs.eligibility import EligibilityService
+
+        return EligibilityService(self.store, load_payers(self.settings.payers_dir), self.settings)
 
     def _state_of(self, message_id: int) -> str | None:
         rec = self.store.get(message_id)

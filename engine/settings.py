@@ -56,6 +56,18 @@ class Settings(BaseSettings):
     #: validate every FHIR resource the engine writes against fhir.resources' R4B models
     validate_fhir: bool = False
 
+    #: eligibility (X12 270/271): when the nightly job runs (cron, in the engine's time zone),
+    #: how many business days ahead it looks, and who is asking
+    eligibility_cron: str = "0 18 * * *"
+    eligibility_days: int = Field(2, ge=1, le=30)
+    eligibility_on_start: bool = False
+    eligibility_provider_npi: str = "1234567893"
+    eligibility_provider_name: str = "EXAMPLE FAMILY PRACTICE"
+    x12_sender_id: str = "ENGINE"
+    #: a site directory of payer files layered over the built-ins (engine/adapters/payer/specs)
+    payers_dir: Path | None = None
+    timezone: str = "America/New_York"
+
     log_level: str = "INFO"
     #: json (one object a line, for log shippers) or text (for a terminal)
     log_format: str = Field("json", pattern="^(json|text)$")

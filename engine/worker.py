@@ -64,6 +64,7 @@ async def serve_workers(settings: Settings, stop: asyncio.Event, events: Any = N
     processor = Processor(store, routes, mappings, idle_s=0.05, batch=50)
     dispatcher = Dispatcher(store, routes, destinations, observer=observer, idle_s=0.05)
     processor.on_routed = dispatcher.wake
+    eligibility, scheduler = _eligibility(settings, store)
     tasks = [
         asyncio.create_task(processor.run(stop), name="processor"),
         asyncio.create_task(dispatcher.run(stop), name="dispatcher"),
@@ -72,10 +73,25 @@ async def serve_workers(settings: Settings, stop: asyncio.Event, events: Any = N
     try:
         await asyncio.gather(*tasks)
     finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+        if eligibility is not None:
+            await eligibility.close()
         for dest in destinations.values():
             with contextlib.suppress(Exception):
                 await dest.close()
         db_engine.dispose()
+
+
+def _eligibility(settings: Settings, store: Any) -> tuple[Any, Any]:
+    """The eligibility service and its schedule (None, None when payers cannot be loaded)."""
+    from engine.adapters.payer import load_payers
+    from engine.jobs.eligibility import EligibilityService
+    from engine.jobs.scheduler import start_scheduler
+
+    service = EligibilityService(store, load_payers(settings.payers_dir), settings)
+    scheduler = start_scheduler(service, settings, settings.resolved_database_url())
+    return service, scheduler
 
 
 async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> None:

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from engine import __version__
-from engine.api import routes_fhir, routes_hl7, routes_messages
+from engine.api import routes_eligibility, routes_fhir, routes_hl7, routes_messages
 from engine.api.auth import build_verifier
 from engine.api.auth_settings import AuthSettings, auth_settings_for
 from engine.api.deps import ApiContext, HealthDep
@@ -36,6 +36,7 @@ def create_app(
     metrics: EngineMetrics,
     auth: AuthSettings | None = None,
     http_client: httpx.Client | None = None,
+    eligibility: Any = None,
 ) -> FastAPI:
     """The HTTP side of the engine.
 
@@ -47,6 +48,7 @@ def create_app(
     auth = auth if auth is not None else auth_settings_for(settings)
     app = FastAPI(title="engine", version=__version__, docs_url=None, redoc_url=None)
     app.state.context = ApiContext(settings, ingest, messages, health, metrics)
+    app.state.eligibility = eligibility  # engine.jobs.eligibility.EligibilityService, or None
     app.state.token_verifier = build_verifier(auth, http_client=http_client)
 
     @app.get("/healthz")
@@ -68,5 +70,6 @@ def create_app(
     app.include_router(routes_hl7.router)
     app.include_router(routes_fhir.router)
     app.include_router(routes_messages.router)
+    app.include_router(routes_eligibility.router)
     app.include_router(metrics_router(require_token=auth.metrics_require_token))
     return app

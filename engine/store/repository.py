@@ -37,7 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
-from engine.store.tables import deliveries, fhir_resources, messages
+from engine.store.tables import deliveries, eligibility_checks, fhir_resources, messages
 
 __all__ = [
     "DeliveryRecord",
@@ -760,6 +760,51 @@ class SqlMessageStore:
                 state=case((any_dead, "dead"), else_="delivered"),
                 updated_at=now,
             )
+        )
+
+    # -- eligibility ---------------------------------------------------------------------------
+
+    def save_eligibility(self, row: dict[str, Any]) -> int:
+        """Store one eligibility check (history: a new row every time)."""
+        with self._tx() as conn:
+            pk = conn.execute(insert(eligibility_checks).values(**row)).inserted_primary_key
+            assert pk is not None
+            return int(pk[0])
+
+    def eligibility_checked(
+        self, patient_url: str, payer_id: str, since: datetime
+    ) -> dict[str, Any] | None:
+        """The newest check of a patient with a payer since ``since`` (no repeat the same day)."""
+        with self.db_engine.connect() as conn:
+            row = conn.execute(
+                select(eligibility_checks)
+                .where(
+                    eligibility_checks.c.patient_url == patient_url,
+                    eligibility_checks.c.payer_id == payer_id,
+                    eligibility_checks.c.checked_at >= since,
+                    eligibility_checks.c.status != "payer_unavailable",
+                )
+                .order_by(eligibility_checks.c.id.desc())
+                .limit(1)
+            ).one_or_none()
+        return dict(row._mapping) if row else None
+
+    def eligibility_for_day(self, day: Any) -> builtins.list[dict[str, Any]]:
+        """The latest check per appointment (or patient) for appointments on ``day``."""
+        with self.db_engine.connect() as conn:
+            rows = [
+                dict(r._mapping)
+                for r in conn.execute(
+                    select(eligibility_checks)
+                    .where(eligibility_checks.c.service_date == day)
+                    .order_by(eligibility_checks.c.id)
+                )
+            ]
+        latest: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            latest[r["appointment_url"] or r["patient_url"]] = r
+        return sorted(
+            latest.values(), key=lambda r: (r["appointment_start"] is None, r["appointment_start"])
         )
 
     # -- operating ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -29,7 +30,7 @@ from sqlalchemy import (
     Text,
 )
 
-__all__ = ["deliveries", "fhir_resources", "messages", "metadata"]
+__all__ = ["deliveries", "eligibility_checks", "fhir_resources", "messages", "metadata"]
 
 metadata = MetaData()
 
@@ -105,4 +106,32 @@ fhir_resources = Table(
     Index("ux_fhir_resources_url", "full_url", unique=True),
     Index("ix_fhir_resources_start", "resource_type", "start"),
     Index("ix_fhir_resources_patient", "resource_type", "patient_url"),
+)
+
+
+#: eligibility checks (X12 270/271), kept as history and attached to the appointment
+eligibility_checks = Table(
+    "eligibility_checks",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("appointment_url", String(128), nullable=True),
+    Column("appointment_start", DateTime(timezone=True), nullable=True),
+    Column("patient_url", String(128), nullable=False),
+    Column("coverage_url", String(128), nullable=True),
+    Column("payer_id", String(80), nullable=False),
+    Column("payer_name", String(200), nullable=True),
+    Column("service_date", Date, nullable=False),
+    Column("checked_at", DateTime(timezone=True), nullable=False),
+    # eligible, inactive, needs_action, payer_unavailable
+    Column("status", String(24), nullable=False),
+    Column("copay", String(32), nullable=True),
+    Column("deductible", String(32), nullable=True),
+    Column("deductible_remaining", String(32), nullable=True),
+    Column("plan", String(200), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("trace", String(80), nullable=True),
+    Column("attempts", Integer, nullable=False, default=1),
+    Column("response", Text, nullable=True),  # the CoverageEligibilityResponse (FHIR JSON)
+    Index("ix_eligibility_day", "service_date", "id"),
+    Index("ix_eligibility_dedupe", "patient_url", "payer_id", "checked_at"),
 )

@@ -1,0 +1,461 @@
+"""Insurance eligibility before the visit: X12 270 out to the payer, 271 back, a verdict for the
+front desk (X12 005010X279A1; CAQH CORE real-time: 20 s to answer).
+
+For each appointment in the coming business days whose patient has a Coverage (from the
+resources the engine has mapped: engine/processing.py keeps them), the job builds a 270 from the
+Patient, the Coverage, the payer Organization (its identifier is the payer ID) and the practice
+(settings: NPI and name), sends it through the payer's adapter (engine/adapters/payer), reads the
+271 and stores one check:
+
+* ``eligible``: active coverage (EB01 1-5), with the office-visit copay and the deductible and its
+  remainder when the payer gave them;
+* ``inactive``: the payer says the coverage is not active (EB01 6-8);
+* ``needs_action``: the payer could not match the patient (AAA 72 member ID, 73 name, 75 not found,
+  58 date of birth ...) or refused the request: somebody must call or fix the registration;
+* ``payer_unavailable``: the payer did not answer (timeout, AAA 42, HTTP 5xx) after the retries.
+
+A patient is not checked twice with the same payer on the same day unless forced; each payer gets
+at most ``max_concurrency`` requests at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from engine.adapters.payer import (
+    PayerAdapter,
+    PayerRejected,
+    PayerSet,
+    PayerUnavailable,
+    build_payer,
+)
+from engine.errors import EngineError
+from engine.settings import Settings
+from engine.store.repository import SqlMessageStore
+from engine.x12.x270 import EligibilityInquiry, Payer, Person, Provider, build_270
+from engine.x12.x271 import Benefit, EligibilityResult, read_271
+
+__all__ = ["CheckOutcome", "EligibilityService", "business_days"]
+
+log = logging.getLogger(__name__)
+
+#: AAA reject reasons that say the payer could not answer now (retry later)
+_UNAVAILABLE = frozenset({"42", "79", "80", "T4"})
+#: EB03 service types whose copay the front desk collects, in order of preference
+_VISIT_TYPES = ("98", "30", "BZ", "A3")
+
+
+def business_days(start: date, count: int) -> list[date]:
+    """``count`` business days from ``start`` (inclusive), skipping Saturdays and Sundays."""
+    out: list[date] = []
+    day = start
+    while len(out) < count:
+        if day.weekday() < 5:
+            out.append(day)
+        day += timedelta(days=1)
+    return out
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """One check's verdict, as stored."""
+
+    check_id: int | None
+    status: str
+    patient_url: str
+    payer_id: str
+    copay: str | None = None
+    deductible_remaining: str | None = None
+    reason: str | None = None
+    reused: bool = False
+
+
+@dataclass(frozen=True)
+class _Target:
+    appointment_url: str | None
+    appointment_start: datetime | None
+    service_date: date
+    patient: dict[str, Any]
+    coverage: dict[str, Any]
+    payer: dict[str, Any]
+    subscriber: dict[str, Any] | None
+
+
+def _name(resource: dict[str, Any]) -> tuple[str, str]:
+    names = resource.get("name") or [{}]
+    n = names[0] if isinstance(names, list) else {}
+    given = n.get("given") or [""]
+    return str(n.get("family", "")), str(given[0])
+
+
+def _birth(resource: dict[str, Any]) -> date | None:
+    text = str(resource.get("birthDate", ""))
+    try:
+        return date.fromisoformat(text) if len(text) == 10 else None
+    except ValueError:
+        return None
+
+
+def _gender(resource: dict[str, Any]) -> str:
+    return {"female": "F", "male": "M"}.get(str(resource.get("gender", "")), "U")
+
+
+def _payer_id(org: dict[str, Any]) -> str:
+    for ident in org.get("identifier", []):
+        if ident.get("value"):
+            return str(ident["value"])
+    return ""
+
+
+def _money(value: Decimal | None) -> str | None:
+    return None if value is None else f"{value:.2f}"
+
+
+def _pick(
+    benefits: Sequence[Benefit], info: str, *, remaining: bool | None = None
+) -> Benefit | None:
+    """The benefit of this EB01 that applies to an office visit, in network, individual."""
+    candidates = [b for b in benefits if b.info.code == info and b.amount is not None]
+    if remaining is not None:
+        candidates = [
+            b
+            for b in candidates
+            if (b.time_period is not None and b.time_period.code == "29") == remaining
+        ]
+
+    def score(b: Benefit) -> tuple[int, int, int]:
+        types = [t.code for t in b.service_types] or ["30"]
+        kind = min((_VISIT_TYPES.index(t) for t in types if t in _VISIT_TYPES), default=9)
+        network = 0 if b.in_network is True else 1 if b.in_network is None else 2
+        level = 0 if b.coverage_level is None or b.coverage_level.code == "IND" else 1
+        return (network, kind, level)
+
+    return min(candidates, key=score) if candidates else None
+
+
+def verdict(result: EligibilityResult) -> dict[str, Any]:
+    """The front desk's view of one 271 result."""
+    if result.errors:
+        reasons = "; ".join(f"AAA {e.reason.code} {e.reason.meaning}" for e in result.errors)
+        if any(e.reason.code in _UNAVAILABLE for e in result.errors):
+            return {"status": "payer_unavailable", "reason": reasons}
+        return {"status": "needs_action", "reason": reasons}
+    active = result.active
+    if active is None:
+        return {
+            "status": "needs_action",
+            "reason": "the payer did not say whether coverage is active",
+        }
+    if not active:
+        return {
+            "status": "inactive",
+            "reason": "the payer says the coverage is not active",
+            "plan": result.plan or None,
+        }
+    copay = _pick(result.benefits, "B")
+    deductible = _pick(result.benefits, "C", remaining=False)
+    remaining = _pick(result.benefits, "C", remaining=True)
+    return {
+        "status": "eligible",
+        "copay": _money(copay.amount if copay else None),
+        "deductible": _money(deductible.amount if deductible else None),
+        "deductible_remaining": _money(remaining.amount if remaining else None),
+        "plan": result.plan or None,
+    }
+
+
+class EligibilityService:
+    """Runs eligibility checks for appointments, with one adapter per payer."""
+
+    def __init__(
+        self,
+        store: SqlMessageStore,
+        payers: PayerSet,
+        settings: Settings,
+        *,
+        adapter_for: Callable[[str], PayerAdapter] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.payers = payers
+        self.settings = settings
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._adapters: dict[str, PayerAdapter] = {}
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._adapter_for = adapter_for or self._build
+        self._control = int(self.clock().timestamp()) % 100_000_000
+
+    def _config(self, payer_id: str) -> Any:
+        config = self.payers.payers.get(payer_id) or self.payers.default
+        if config is None:
+            raise EngineError(f"no payer configured for payer id {payer_id!r} and no default")
+        return config
+
+    def _build(self, payer_id: str) -> PayerAdapter:
+        return build_payer(payer_id, self._config(payer_id))
+
+    def adapter(self, payer_id: str) -> PayerAdapter:
+        if payer_id not in self._adapters:
+            self._adapters[payer_id] = self._adapter_for(payer_id)
+        return self._adapters[payer_id]
+
+    async def close(self) -> None:
+        for adapter in self._adapters.values():
+            await adapter.close()
+
+    # -- what to check ---------------------------------------------------------------------------
+
+    def targets(self, start: date, days: int) -> list[_Target]:
+        """Appointments in the next ``days`` business days and their patients' coverages."""
+        tz = ZoneInfo(self.settings.timezone)
+        dates = business_days(start, days)
+        first = datetime.combine(dates[0], datetime.min.time(), tz)
+        last = datetime.combine(dates[-1] + timedelta(days=1), datetime.min.time(), tz)
+        out: list[_Target] = []
+        for appt in self.store.appointments_between(first, last):
+            if appt.get("status") in ("cancelled", "entered-in-error", "noshow"):
+                continue
+            start_at = datetime.fromisoformat(str(appt["start"]).replace("Z", "+00:00"))
+            if start_at.astimezone(tz).date() not in dates:
+                continue
+            for part in appt.get("participant", []):
+                ref = (part.get("actor") or {}).get("reference", "")
+                patient = self.store.resource(ref) if ref else None
+                if patient is None or patient.get("resourceType") != "Patient":
+                    continue
+                for coverage in self.store.resources_for_patient("Coverage", ref):
+                    if coverage.get("status", "active") != "active":
+                        continue
+                    payor = (coverage.get("payor") or [{}])[0].get("reference", "")
+                    payer = self.store.resource(payor) if payor else None
+                    if payer is None:
+                        continue
+                    sub_ref = (coverage.get("subscriber") or {}).get("reference", "")
+                    subscriber = (
+                        self.store.resource(sub_ref) if sub_ref and sub_ref != ref else None
+                    )
+                    out.append(
+                        _Target(
+                            appt["_full_url"],
+                            start_at,
+                            start_at.astimezone(tz).date(),
+                            patient,
+                            coverage,
+                            payer,
+                            subscriber,
+                        )
+                    )
+        return out
+
+    # -- checking ----------------------------------------------------------------------------------
+
+    async def check_upcoming(
+        self,
+        *,
+        start: date | None = None,
+        days: int | None = None,
+        force: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[CheckOutcome]:
+        """Check every appointment in the coming business days (the nightly job)."""
+        tz = ZoneInfo(self.settings.timezone)
+        first = start or (self.clock().astimezone(tz).date() + timedelta(days=1))
+        targets = await asyncio.to_thread(
+            self.targets, first, days or self.settings.eligibility_days
+        )
+        done = 0
+
+        async def one(t: _Target) -> CheckOutcome:
+            nonlocal done
+            outcome = await self.check(t, force=force)
+            done += 1
+            if progress is not None:
+                progress(done, len(targets))
+            return outcome
+
+        return list(await asyncio.gather(*(one(t) for t in targets)))
+
+    async def check(self, target: _Target, *, force: bool = False) -> CheckOutcome:
+        patient_url = target.patient["_full_url"]
+        payer_id = _payer_id(target.payer)
+        today = datetime.combine(
+            self.clock().astimezone(ZoneInfo(self.settings.timezone)).date(),
+            datetime.min.time(),
+            ZoneInfo(self.settings.timezone),
+        )
+        if not force:
+            prior = await asyncio.to_thread(
+                self.store.eligibility_checked, patient_url, payer_id, today
+            )
+            if prior is not None:
+                return CheckOutcome(
+                    prior["id"],
+                    prior["status"],
+                    patient_url,
+                    payer_id,
+                    prior["copay"],
+                    prior["deductible_remaining"],
+                    prior["reason"],
+                    reused=True,
+                )
+        config = self._config(payer_id)
+        limit = self._limits.setdefault(payer_id, asyncio.Semaphore(config.max_concurrency))
+        self._control += 1
+        trace = f"{self._control:09d}"
+        inquiry = self._inquiry(target, payer_id, trace)
+        attempts = 0
+        result: dict[str, Any]
+        response_json: str | None = None
+        async with limit:
+            while True:
+                attempts += 1
+                try:
+                    x270 = build_270(
+                        inquiry,
+                        sender_id=config.sender_id or self.settings.x12_sender_id,
+                        receiver_id=config.receiver_id or payer_id,
+                        control_number=self._control,
+                        now=self.clock(),
+                    )
+                    answer = await self.adapter(payer_id).exchange(x270, timeout_s=config.timeout_s)
+                    result, response_json = self._read(answer, target, trace)
+                except PayerUnavailable as exc:
+                    result = {"status": "payer_unavailable", "reason": str(exc)}
+                except (PayerRejected, EngineError) as exc:
+                    result = {"status": "needs_action", "reason": str(exc)}
+                if result["status"] != "payer_unavailable" or attempts >= config.retry.max_attempts:
+                    break
+                delay = min(
+                    config.retry.max_delay_s, config.retry.base_delay_s * 2 ** (attempts - 1)
+                ) * self.rng.uniform(0.5, 1.0)
+                await asyncio.sleep(delay)
+        row = {
+            "appointment_url": target.appointment_url,
+            "appointment_start": target.appointment_start,
+            "patient_url": patient_url,
+            "coverage_url": target.coverage.get("_full_url"),
+            "payer_id": payer_id,
+            "payer_name": target.payer.get("name"),
+            "service_date": target.service_date,
+            "checked_at": self.clock(),
+            "status": result["status"],
+            "copay": result.get("copay"),
+            "deductible": result.get("deductible"),
+            "deductible_remaining": result.get("deductible_remaining"),
+            "plan": result.get("plan"),
+            "reason": result.get("reason"),
+            "trace": trace,
+            "attempts": attempts,
+            "response": response_json,
+        }
+        check_id = await asyncio.to_thread(self.store.save_eligibility, row)
+        log.info(
+            "eligibility checked",
+            extra={
+                "check_id": check_id,
+                "payer_id": payer_id,
+                "outcome": result["status"],
+                "attempts": attempts,
+            },
+        )
+        return CheckOutcome(
+            check_id,
+            result["status"],
+            patient_url,
+            payer_id,
+            result.get("copay"),
+            result.get("deductible_remaining"),
+            result.get("reason"),
+        )
+
+    def _inquiry(self, target: _Target, payer_id: str, trace: str) -> EligibilityInquiry:
+        member_id = str(target.coverage.get("subscriberId", ""))
+        family, given = _name(target.patient)
+        patient = Person(
+            last_name=family,
+            first_name=given,
+            birth_date=_birth(target.patient),
+            gender=_gender(target.patient),
+            member_id=member_id,
+        )
+        subscriber, dependent = patient, None
+        if target.subscriber is not None:
+            s_family, s_given = _name(target.subscriber)
+            subscriber = Person(
+                last_name=s_family,
+                first_name=s_given,
+                birth_date=_birth(target.subscriber),
+                gender=_gender(target.subscriber),
+                member_id=member_id,
+            )
+            dependent = Person(
+                last_name=family,
+                first_name=given,
+                birth_date=_birth(target.patient),
+                gender=_gender(target.patient),
+            )
+        return EligibilityInquiry(
+            payer=Payer(name=str(target.payer.get("name", payer_id)), payer_id=payer_id),
+            provider=Provider(
+                npi=self.settings.eligibility_provider_npi,
+                organization=self.settings.eligibility_provider_name,
+            ),
+            subscriber=subscriber,
+            dependent=dependent,
+            trace_number=trace,
+            originator_id=f"1{self.settings.eligibility_provider_npi}"[:10],
+            service_date=target.service_date,
+        )
+
+    def _read(self, answer: str, target: _Target, trace: str) -> tuple[dict[str, Any], str | None]:
+        """A 271 → the verdict for our patient; a TA1/999 → why the request was refused."""
+        if (
+            "ST*271" not in answer.replace("\r", "").replace("\n", "")[:400]
+            and "*271*" not in answer[:400]
+        ):
+            from engine.x12.ack import read_acks
+
+            acks = read_acks(answer, strict=False)
+            status = "payer_unavailable" if acks.action == "retry" else "needs_action"
+            why = "; ".join(acks.reasons) or "no 271 in the answer"
+            return {"status": status, "reason": f"the payer refused the request: {why}"}, None
+        responses = read_271(answer, strict=False)
+        results = [r for resp in responses for r in resp.results]
+        mine = [r for r in results if any(t.number == trace for t in r.traces)] or results
+        if target.subscriber is not None:
+            deps = [r for r in mine if r.is_dependent]
+            mine = deps or mine
+        if not mine:
+            errors = [e for resp in responses for e in resp.errors]
+            if errors:
+                codes = "; ".join(f"AAA {e.reason.code} {e.reason.meaning}" for e in errors)
+                unavailable = any(e.reason.code in _UNAVAILABLE for e in errors)
+                return {
+                    "status": "payer_unavailable" if unavailable else "needs_action",
+                    "reason": codes,
+                }, None
+            return {
+                "status": "needs_action",
+                "reason": "the 271 says nothing about the patient",
+            }, None
+        result = mine[0]
+        response_json = None
+        try:
+            from engine.x12.fhir import x271_to_fhir
+
+            response_json = orjson.dumps(x271_to_fhir(answer)).decode()
+        except Exception as exc:  # the verdict stands without its FHIR form
+            log.warning("271 to FHIR failed", extra={"error": type(exc).__name__})
+        return verdict(result), response_json

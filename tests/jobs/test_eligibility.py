@@ -1,0 +1,161 @@
+"""Eligibility end to end, in process: mapped appointments and coverages → 270 → the stub payer
+(answering from its synthetic roster) → 271 → a verdict per appointment, stored with history."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from engine.adapters.memory import MemoryDestination
+from engine.adapters.payer import PayerSet, load_payers
+from engine.adapters.payer.config import PayerConfig
+from engine.adapters.payer.memory import MemoryPayer
+from engine.demo import demo_messages
+from engine.jobs.eligibility import EligibilityService, business_days
+from engine.mappings import Mappings, load_mappings
+from engine.processing import Processor
+from engine.routes.loader import RouteSet, load_routes
+from engine.settings import Settings
+from engine.store.repository import Incoming, SqlMessageStore
+
+TODAY = date(2026, 11, 27)  # a Friday: the next business day is Monday the 30th
+MONDAY = date(2026, 11, 30)
+
+ROUTES = """
+destinations:
+  fhir: {type: file, directory: /nonexistent}
+routes:
+  - {name: all, match: {message: [ADT, SIU]}, mapping: fhir, destinations: [fhir]}
+"""
+
+
+@pytest.fixture(scope="module")
+def mappings() -> Mappings:
+    return load_mappings()
+
+
+@pytest.fixture
+def indexed(store: SqlMessageStore, mappings: Mappings, tmp_path: Path) -> SqlMessageStore:
+    """The demo patients and their appointments, received and processed."""
+    (tmp_path / "routes").mkdir()
+    (tmp_path / "routes" / "r.yaml").write_text(ROUTES)
+    routes: RouteSet = load_routes(defaults=tmp_path / "routes")
+    store.save_batch([Incoming(raw=raw, channel="test") for _, raw in demo_messages(TODAY)])
+    processor = Processor(store, routes, mappings)
+    while processor.process_batch():
+        pass
+    _ = MemoryDestination  # deliveries are not the point here
+    return store
+
+
+def service(
+    store: SqlMessageStore, payers: PayerSet | None = None, **kw: object
+) -> EligibilityService:
+    settings = Settings(timezone="America/New_York")
+    return EligibilityService(
+        store,
+        payers or load_payers(),
+        settings,
+        clock=lambda: datetime(2026, 11, 27, 18, 0, tzinfo=UTC),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_business_days_skip_the_weekend() -> None:
+    assert business_days(TODAY, 3) == [TODAY, MONDAY, date(2026, 12, 1)]
+
+
+def test_the_stub_payer_answers_each_demo_patient(indexed: SqlMessageStore) -> None:
+    svc = service(indexed)
+    outcomes = asyncio.run(svc.check_upcoming(start=MONDAY, days=1))
+    asyncio.run(svc.close())
+    by_status = {o.status: o for o in outcomes}
+    assert sorted(o.status for o in outcomes) == ["eligible", "inactive", "needs_action"]
+    eligible = by_status["eligible"]
+    assert eligible.copay == "25.00" and eligible.deductible_remaining == "650.00"
+    assert "AAA 75" in (by_status["needs_action"].reason or "")
+    rows = indexed.eligibility_for_day(MONDAY)
+    assert [r["status"] for r in rows] == ["eligible", "inactive", "needs_action"]  # by time
+    assert rows[0]["plan"] == "DEMO HEALTH PLAN PPO"
+    assert rows[0]["response"] and '"CoverageEligibilityResponse"' in rows[0]["response"]
+
+
+def test_no_repeat_the_same_day_unless_forced(indexed: SqlMessageStore) -> None:
+    payer = MemoryPayer("stub", default=None)
+    real = load_payers()
+    svc = service(indexed, real)
+    first = asyncio.run(svc.check_upcoming(start=MONDAY, days=1))
+    again = asyncio.run(svc.check_upcoming(start=MONDAY, days=1))
+    assert all(o.reused for o in again) and {o.check_id for o in again} == {
+        o.check_id for o in first
+    }
+    forced = asyncio.run(svc.check_upcoming(start=MONDAY, days=1, force=True))
+    assert not any(o.reused for o in forced)
+    assert len(indexed.eligibility_for_day(MONDAY)) == 3  # latest per appointment
+    asyncio.run(svc.close())
+    assert payer.requests == []
+
+
+def test_payer_down_is_retried_then_reported_unavailable(indexed: SqlMessageStore) -> None:
+    from engine.routes.spec import RetryPolicy
+
+    config = PayerConfig(retry=RetryPolicy(max_attempts=3, base_delay_s=0, max_delay_s=0))
+    payers = PayerSet(payers={}, default=config, origin={})
+    down = MemoryPayer("down")
+    down.fail_next(100, retryable=True, detail="timeout")
+    svc = service(indexed, payers, adapter_for=lambda payer_id: down)
+    outcomes = asyncio.run(svc.check_upcoming(start=MONDAY, days=1))
+    assert {o.status for o in outcomes} == {"payer_unavailable"}
+    assert len(down.requests) == 3 * 3  # three appointments, three attempts each
+    rows = indexed.eligibility_for_day(MONDAY)
+    assert all(r["attempts"] == 3 for r in rows)
+    # unavailable does not count as checked: the next run asks again
+    down.fail_next(0)
+
+
+def test_concurrency_per_payer_is_bounded(indexed: SqlMessageStore) -> None:
+    config = PayerConfig(max_concurrency=1)
+    payers = PayerSet(payers={}, default=config, origin={})
+    slow = MemoryPayer("slow", delay_s=0.02, default=None)
+    svc = service(indexed, payers, adapter_for=lambda payer_id: slow)
+    asyncio.run(svc.check_upcoming(start=MONDAY, days=1))
+    assert slow.max_in_flight == 1
+
+
+def test_api_gives_the_front_desk_list(indexed: SqlMessageStore, tmp_path: Path) -> None:
+    from engine.api.auth_settings import AuthSettings
+    from engine.api.tokens import mint_dev_token
+    from engine.metrics import EngineMetrics
+    from tests.api.fakes import FakeHealth, FakeIngest, FakeMessages
+
+    svc = service(indexed)
+    asyncio.run(svc.check_upcoming(start=MONDAY, days=1))
+    auth = AuthSettings(dev_secret_file=tmp_path / "secret")
+    from engine.api.app import create_app
+
+    app = create_app(
+        Settings(var_dir=tmp_path),
+        ingest=FakeIngest(),
+        messages=FakeMessages(),
+        health=FakeHealth(),
+        metrics=EngineMetrics(),
+        auth=auth,
+        eligibility=svc,
+    )
+    token = mint_dev_token(auth, role="viewer")
+    with TestClient(app) as client:
+        resp = client.get(
+            "/api/eligibility",
+            params={"date": MONDAY.isoformat()},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert resp.status_code == 200
+        body = resp.json()
+        assert [r["status"] for r in body] == ["eligible", "inactive", "needs_action"]
+        assert body[0]["copay"] == "25.00"
+        assert client.get("/api/eligibility", params={"date": "2026-11-30"}).status_code == 401
+    asyncio.run(svc.close())
