@@ -14,10 +14,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-# the engine, with the stub FHIR server its example routes deliver to (stopped with the engine)
+# the engine, with the stub FHIR server its example routes deliver to (stopped with the engine),
+# the in-process stub payer, and a sample schedule: eligibility checks every two minutes
 run: $(STAMP)
 	@$(VENV)/bin/engine stub-fhir --port 8090 & stub=$$!; \
 	trap 'kill $$stub 2>/dev/null' EXIT INT TERM; \
+	ENGINE_ELIGIBILITY_ON_START=true ENGINE_ELIGIBILITY_CRON='*/2 * * * *' \
 	$(VENV)/bin/engine serve
 
 lint: $(STAMP)

@@ -19,6 +19,7 @@ SUITES: dict[str, str] = {
     "convert": "bench.convert_bench",
     "ingest": "bench.ingest_bench",
     "x12": "bench.x12_bench",
+    "eligibility": "bench.eligibility_bench",
 }
 
 

@@ -57,8 +57,35 @@ def convert_file(
         _hl7_to_fhir(data, name, settings, jobs)
         return
     if fmt == "x12":
-        raise ConversionError(f"{name}: X12 conversion is not available yet")
+        if target not in (None, "fhir"):
+            raise ConversionError(f"{name}: X12 converts to FHIR only (--to fhir)")
+        _x12_to_fhir(data, name, settings)
+        return
     _fhir_to_hl7(data, name, target, settings, event)
+
+
+def _x12_to_fhir(data: bytes, name: str, settings: Settings) -> None:
+    """A 271 → a FHIR Bundle of CoverageEligibilityResponses (a TA1/999 → a clear error)."""
+    from engine.x12.envelope import parse_interchanges
+    from engine.x12.fhir import x271_to_fhir
+
+    try:
+        interchanges = parse_interchanges(data)
+    except EngineError as exc:
+        raise _located(exc, f"{name}: {exc.where}" if exc.where else name) from exc
+    kinds = {tx.id for ic in interchanges for g in ic.groups for tx in g.transactions}
+    if "271" not in kinds:
+        what = ", ".join(sorted(kinds)) or "no transaction set (a TA1?)"
+        raise ConversionError(f"{name}: X12 {what}: only a 271 converts to FHIR")
+    try:
+        bundle = x271_to_fhir(data)
+    except EngineError as exc:
+        raise _located(exc, f"{name}: {exc.where}" if exc.where else name) from exc
+    if settings.validate_fhir:
+        from engine.mappings.fhir_validate import validate_bundle
+
+        validate_bundle(bundle)
+    sys.stdout.buffer.write(orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n")
 
 
 def _hl7_to_fhir(data: bytes, name: str, settings: Settings, jobs: int | None) -> None:
@@ -218,8 +245,29 @@ def _fhir_to_hl7(
         raise ConversionError(f"{name}: not valid JSON ({exc})") from exc
     if not isinstance(doc, dict) or "resourceType" not in doc:
         raise ConversionError(f"{name}: JSON without a resourceType is not FHIR")
-    if target == "x12":
-        raise ConversionError(f"{name}: FHIR to X12 is not available yet")
+    if target == "x12" or (target is None and _holds(doc, "CoverageEligibilityRequest")):
+        from datetime import UTC, datetime
+
+        from engine.x12.fhir import request_to_inquiry
+        from engine.x12.x270 import build_270
+
+        now = datetime.now(UTC)
+        try:
+            inquiry = request_to_inquiry(
+                doc, originator_id=f"1{settings.eligibility_provider_npi}"[:10]
+            )
+            x270 = build_270(
+                inquiry,
+                sender_id=settings.x12_sender_id,
+                receiver_id=inquiry.payer.payer_id,  # the payer, or its clearinghouse's ID
+                control_number=int(now.timestamp()) % 1_000_000_000,
+                now=now,
+            )
+        except EngineError as exc:
+            raise _located(exc, f"{name}: {exc.where}" if exc.where else name) from exc
+        sys.stdout.write(x270 if x270.endswith("\n") else x270 + "\n")
+        sys.stdout.flush()
+        return
     if settings.validate_fhir:
         from engine.mappings.fhir_validate import validate_bundle, validate_resource
 
@@ -234,11 +282,27 @@ def _fhir_to_hl7(
             doc, control_id=now.strftime("E%Y%m%d%H%M%S%f"), timestamp=now, event=event
         )
     except EngineError as exc:
-        raise type(exc)(exc.message, where=f"{name}: {exc.where}" if exc.where else name) from exc
+        raise _located(exc, f"{name}: {exc.where}" if exc.where else name) from exc
     # ER7 ends segments with CR; on a terminal, show them one per line
     terminator = "\n" if sys.stdout.isatty() else "\r"
     sys.stdout.buffer.write(message.to_bytes(terminator))
     sys.stdout.flush()
+
+
+def _located(exc: EngineError, where: str) -> EngineError:
+    """The same error, said of a file (and a place in it)."""
+    located = EngineError(exc.message, where=where)
+    located.code = exc.code
+    return located
+
+
+def _holds(doc: dict[str, Any], resource_type: str) -> bool:
+    if doc.get("resourceType") == resource_type:
+        return True
+    return any(
+        isinstance(e, dict) and e.get("resource", {}).get("resourceType") == resource_type
+        for e in doc.get("entry", [])
+    )
 
 
 def run_golden(site_dir: Path | None, folder: Path, *, echo: Callable[[str], None]) -> int:

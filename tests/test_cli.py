@@ -134,6 +134,24 @@ def test_convert_fhir_names_what_is_missing(tmp_path: Path) -> None:
     assert_one_line_error(run("convert", "--validate", str(g)), "birthDate")
 
 
+def test_convert_271_to_fhir_and_request_to_270() -> None:
+    proc = run("convert", "--validate", str(FIXTURES / "x12" / "271_subscriber_benefits.x12"))
+    assert proc.returncode == 0, proc.stderr
+    bundle = json.loads(proc.stdout)
+    kinds = {e["resource"]["resourceType"] for e in bundle["entry"]}
+    assert "CoverageEligibilityResponse" in kinds
+    x270 = run(
+        "convert", "--to", "x12", str(FIXTURES / "x12" / "coverage_eligibility_request.json")
+    )
+    assert x270.returncode == 0, x270.stderr
+    assert x270.stdout.startswith("ISA*") and "ST*270*" in x270.stdout
+    assert "NM1*IL*1*OCONNOR-NUNEZ" in x270.stdout  # transliterated to the X12 basic set
+
+
+def test_convert_x12_that_is_not_a_271_is_one_line() -> None:
+    assert_one_line_error(run("convert", str(FIXTURES / "x12" / "ta1_rejected.x12")), "only a 271")
+
+
 def test_mappings_check_and_test() -> None:
     check = run("mappings", "check")
     assert check.returncode == 0 and check.stdout.startswith("ok: ")
