@@ -389,6 +389,10 @@ def eligibility_list(
     from rich.console import Console
     from rich.table import Table
 
+    from engine.jobs.eligibility import local_time
+    from engine.settings import load_settings
+
+    tz = load_settings().timezone
     rows = _store().eligibility_for_day(_day(on))
     if as_json:
         for r in rows:
@@ -396,7 +400,7 @@ def eligibility_list(
         return
     table = Table("time", "payer", "status", "copay", "deductible left", "plan", "note")
     for r in rows:
-        start = r["appointment_start"]
+        start = local_time(r["appointment_start"], tz)
         table.add_row(
             start.strftime("%H:%M") if start else "",
             r["payer_name"] or r["payer_id"],

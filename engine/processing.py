@@ -127,6 +127,8 @@ def index_rows(bundle: Mapping[str, Any]) -> list[IndexedResource]:
             if res.get("start"):
                 try:
                     start = datetime.fromisoformat(str(res["start"]).replace("Z", "+00:00"))
+                    # kept in UTC: SQLite stores datetimes without their offset
+                    start = start.astimezone(UTC) if start.tzinfo else start
                 except ValueError:
                     start = None
         rows.append(

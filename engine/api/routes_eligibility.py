@@ -43,8 +43,12 @@ def _service(request: Request) -> Any:
     return service
 
 
-def _row(r: dict[str, Any]) -> dict[str, Any]:
+def _row(r: dict[str, Any], timezone: str) -> dict[str, Any]:
+    from engine.jobs.eligibility import local_time
+
     out = {k: r.get(k) for k in _FIELDS}
+    out["appointment_start"] = local_time(r.get("appointment_start"), timezone)
+    out["checked_at"] = local_time(r.get("checked_at"), timezone)
     out["check_id"] = r.get("id")
     out["appointment"] = r.get("appointment_url")
     out["patient"] = r.get("patient_url")
@@ -60,7 +64,8 @@ def day(
     request: Request, principal: ViewerDep, on: Annotated[date, Query(alias="date")]
 ) -> list[dict[str, Any]]:
     """The latest eligibility check of every appointment on ``date``."""
-    return [_row(r) for r in _service(request).store.eligibility_for_day(on)]
+    service = _service(request)
+    return [_row(r, service.settings.timezone) for r in service.store.eligibility_for_day(on)]
 
 
 @router.post("/check")

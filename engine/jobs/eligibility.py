@@ -45,7 +45,7 @@ from engine.store.repository import SqlMessageStore
 from engine.x12.x270 import EligibilityInquiry, Payer, Person, Provider, build_270
 from engine.x12.x271 import Benefit, EligibilityResult, read_271
 
-__all__ = ["CheckOutcome", "EligibilityService", "business_days"]
+__all__ = ["CheckOutcome", "EligibilityService", "business_days", "local_time"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,14 @@ log = logging.getLogger(__name__)
 _UNAVAILABLE = frozenset({"42", "79", "80", "T4"})
 #: EB03 service types whose copay the front desk collects, in order of preference
 _VISIT_TYPES = ("98", "30", "BZ", "A3")
+
+
+def local_time(value: datetime | None, timezone: str) -> datetime | None:
+    """A stored time in the practice's time zone (SQLite hands back naive UTC)."""
+    if value is None:
+        return None
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return aware.astimezone(ZoneInfo(timezone))
 
 
 def business_days(start: date, count: int) -> list[date]:

@@ -550,6 +550,7 @@ class SqlMessageStore:
 
     def appointments_between(self, start: datetime, end: datetime) -> builtins.list[dict[str, Any]]:
         """Appointments starting in [start, end), as FHIR dicts with ``_full_url``."""
+        start, end = start.astimezone(UTC), end.astimezone(UTC)  # the index keeps UTC
         with self.db_engine.connect() as conn:
             rows = conn.execute(
                 select(fhir_resources.c.full_url, fhir_resources.c.body)
