@@ -159,3 +159,43 @@ def test_api_gives_the_front_desk_list(indexed: SqlMessageStore, tmp_path: Path)
         assert body[0]["copay"] == "25.00"
         assert client.get("/api/eligibility", params={"date": "2026-11-30"}).status_code == 401
     asyncio.run(svc.close())
+
+
+def test_the_schedule_is_kept_in_the_database_and_runs_the_check(
+    indexed: SqlMessageStore, tmp_path: Path
+) -> None:
+    from sqlalchemy import create_engine, text
+
+    from engine.jobs import scheduler as jobs
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    settings = Settings(eligibility_cron="0 18 * * *", timezone="America/New_York")
+    svc = service(indexed)
+    calls: list[int] = []
+
+    async def main() -> None:
+        sched = jobs.start_scheduler(svc, settings, url)
+        try:
+            job = sched.get_job("eligibility-nightly")
+            assert job is not None and str(job.trigger).startswith("cron[")
+            assert job.next_run_time.hour == 18
+            # the job function the schedule calls runs the checks
+            real = svc.check_upcoming
+
+            async def counted(**kw: object) -> list[object]:
+                calls.append(1)
+                return list(await real(start=MONDAY, days=1))
+
+            svc.check_upcoming = counted  # type: ignore[method-assign]
+            await jobs.nightly_eligibility()
+        finally:
+            sched.shutdown(wait=False)
+
+    asyncio.run(main())
+    assert calls == [1]
+    assert len(indexed.eligibility_for_day(MONDAY)) == 3
+    db = create_engine(url)
+    with db.connect() as conn:  # persistent: the job is a row in the engine's database
+        ids = [r[0] for r in conn.execute(text("SELECT id FROM scheduled_jobs"))]
+    db.dispose()
+    assert ids == ["eligibility-nightly"]
