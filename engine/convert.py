@@ -61,6 +61,8 @@ def convert_file(
             raise ConversionError(f"{name}: X12 converts to FHIR only (--to fhir)")
         _x12_to_fhir(data, name, settings)
         return
+    if target == "fhir":
+        raise ConversionError(f"{name}: the input is already FHIR: say --to hl7v2 or --to x12")
     _fhir_to_hl7(data, name, target, settings, event)
 
 

@@ -135,11 +135,20 @@ class Ingest:
                 batch.append(self._queue.get_nowait())
             try:
                 stored = await asyncio.to_thread(self.store.save_batch, [p.item for p in batch])
-            except Exception as exc:  # the database is down: every sender gets a refusal
+            except Exception as exc:
                 log.error("store failed", extra={"error": type(exc).__name__, "n": len(batch)})
+                # one bad row must not refuse its neighbours: store them one by one
                 for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
+                    try:
+                        [one] = await asyncio.to_thread(self.store.save_batch, [p.item])
+                    except Exception as single:  # the database is down, or this row is bad
+                        if not p.future.done():
+                            p.future.set_exception(single)
+                    else:
+                        if not p.future.done():
+                            p.future.set_result(one)
+                if self.on_stored is not None:
+                    self.on_stored()
                 continue
             for p, s in zip(batch, stored, strict=True):
                 if not p.future.done():
@@ -164,7 +173,9 @@ class Ingest:
         try:
             message = parse_message(raw, default_charset=self.default_charset)
         except EngineError as exc:
-            item = Incoming(raw=raw, channel=channel, peer=peer, state="error", reason=str(exc))
+            item = Incoming(
+                raw=raw, channel=channel, peer=peer[:255], state="error", reason=str(exc)
+            )
             return await self._refuse_unreadable(raw, item, exc)
 
         mtype = message.type
@@ -178,16 +189,22 @@ class Ingest:
         item = Incoming(
             raw=raw,
             channel=channel,
-            peer=peer,
+            peer=peer[:255],
             state="error" if problem else "received",
             reason=str(problem) if problem else None,
-            control_id=control_id or None,
-            message_type=mtype.code or None,
-            trigger=mtype.trigger or None,
-            structure=mtype.structure or None,
-            sending_application=sender or None,
-            sending_facility=facility or None,
-            dedupe_key=f"{sender}|{facility}|{control_id}" if control_id else None,
+            control_id=_clip(control_id, 199),
+            message_type=_clip(mtype.code, 16),
+            trigger=_clip(mtype.trigger, 16),
+            structure=_clip(mtype.structure, 16),
+            sending_application=_clip(sender, 227),
+            sending_facility=_clip(facility, 227),
+            # only an accepted message is one a resend duplicates: a refused one may be fixed and
+            # sent again with the same MSH-10, and must then be taken
+            dedupe_key=(
+                _clip(f"{sender}|{facility}|{control_id}", 700)
+                if control_id and problem is None
+                else None
+            ),
         )
         try:
             stored = await self._store(item)
@@ -304,9 +321,9 @@ class Ingest:
         item = Incoming(
             raw=body,
             channel="http",
-            peer=peer,
+            peer=peer[:255],
             kind="fhir",
-            message_type=rtype,
+            message_type=_clip(rtype, 16) if rtype else None,
             state="error" if problem else "received",
             reason=problem,
         )
@@ -319,6 +336,11 @@ class Ingest:
         if self.on_receipt is not None:
             self.on_receipt("fhir", receipt)
         return receipt
+
+
+def _clip(value: str, width: int) -> str | None:
+    """Metadata cut to its column's width (the raw bytes keep every character)."""
+    return value[:width] or None
 
 
 def _header_problem(message: Message) -> EngineError | None:

@@ -152,9 +152,13 @@ class Processor:
         on_routed: Callable[[], None] | None = None,
         batch: int = 100,
         idle_s: float = 0.2,
+        default_charset: str = "utf-8",
+        stale_after: timedelta = timedelta(minutes=5),
     ) -> None:
         self.store = store
         self.router = Router(routes)
+        self.default_charset = default_charset
+        self.stale_after = stale_after
         self.mappings = mappings
         self.worker = worker or f"{os.uname().nodename}:{os.getpid()}"
         self.on_routed = on_routed
@@ -168,9 +172,22 @@ class Processor:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        await asyncio.to_thread(self.store.reclaim_stale, timedelta(seconds=0))
+        loop = asyncio.get_running_loop()
+        next_reclaim = 0.0
+        failures = 0
         while not stop.is_set():
-            n = await asyncio.to_thread(self.process_batch)
+            try:
+                if loop.time() >= next_reclaim:
+                    # messages claimed by a worker that died (not by one still working)
+                    await asyncio.to_thread(self.store.reclaim_stale, self.stale_after)
+                    next_reclaim = loop.time() + 60
+                n = await asyncio.to_thread(self.process_batch)
+                failures = 0
+            except Exception as exc:  # the database away for a moment: wait and go on
+                failures += 1
+                log.error("processor failed", extra={"error": type(exc).__name__})
+                await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                continue
             if n:
                 if self.on_routed is not None:
                     self.on_routed()
@@ -195,7 +212,7 @@ class Processor:
                 log.exception("processing failed", extra={"message_id": message_id})
                 state, key, made = "error", None, []
                 reason = f"internal error ({type(exc).__name__})"
-            done.append(Processed(message_id, state, reason, key, made, self._indexed))
+            done.append(Processed(message_id, state, reason, key, made, self._indexed, self.worker))
             log.info(
                 "message processed",
                 extra={"message_id": message_id, "outcome": state, "deliveries": len(made)},
@@ -224,7 +241,7 @@ class Processor:
                     for dest in route.destinations
                 ]
             return ("routed" if made else "unrouted"), None, key, made
-        message = parse_message(raw)
+        message = parse_message(raw, default_charset=self.default_charset)
         routes = self.router.match(message=message)
         key = patient_key_of(message) or f"msg:{message_id}"
         made = []
@@ -281,6 +298,8 @@ class Dispatcher:
         self.observer = observer
         self.rng = rng or random.Random()
         self._limits = {name: asyncio.Semaphore(per_destination) for name in self.destinations}
+        #: deliveries in flight at most (all destinations together)
+        self.capacity = max(1, per_destination * max(1, len(self.destinations)))
         self._wake = asyncio.Event()
         self._outcomes: list[tuple[DueDelivery, DeliveryResult, float]] = []
         #: circuit breaker: destination -> (consecutive failures, paused until loop time)
@@ -294,13 +313,26 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         in_flight: set[asyncio.Task[None]] = set()
+        failures = 0
         try:
             while not stop.is_set():
                 now = asyncio.get_running_loop().time()
                 paused = [d for d, until in self._paused.items() if until > now]
-                due = await asyncio.to_thread(
-                    self.store.claim_due_deliveries, self.batch, 120.0, paused
-                )
+                # claim only what can start now: a claimed delivery waiting behind others could
+                # outlive its lease and be claimed (and sent) a second time
+                room = self.capacity - len(in_flight)
+                due: list[DueDelivery] = []
+                if room > 0:
+                    try:
+                        due = await asyncio.to_thread(
+                            self.store.claim_due_deliveries, min(room, self.batch), 600.0, paused
+                        )
+                        failures = 0
+                    except Exception as exc:  # the database away for a moment
+                        failures += 1
+                        log.error("dispatcher failed", extra={"error": type(exc).__name__})
+                        await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                        continue
                 for d in due:
                     task = asyncio.create_task(self._deliver(d))
                     in_flight.add(task)
@@ -308,6 +340,9 @@ class Dispatcher:
                 if due:
                     # a patient's next delivery is not claimable while the one before is still
                     # pending (in flight included): the claim query keeps the order
+                    continue
+                if room <= 0 and in_flight:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 self._wake.clear()
                 try:
@@ -379,6 +414,8 @@ class Dispatcher:
                 policy = config.retry if config is not None else None
                 if result.retryable and policy is not None and attempts < policy.max_attempts:
                     delay = policy.delay_for(attempts) * self.rng.uniform(0.5, 1.0)
+                    # a server that says when to come back (Retry-After) is believed
+                    delay = max(delay, result.retry_after_s or 0.0)
                     retry_at = datetime.now(UTC) + timedelta(seconds=delay)
                     outcomes.append(Outcome(due.id, False, result.detail, retry_at))
                 else:

@@ -136,7 +136,16 @@ class Engine:
         self.routes = load_routes(settings.routes_dir)
         self.db_engine = create_db_engine(settings.resolved_database_url())
         self.store = SqlMessageStore(self.db_engine)
-        # destinations are built here too, so a bad destination stops start-up at once
+        # the worker's configuration is checked here too, so a mistake stops start-up at once
+        # rather than leaving a receiver that ACKs messages no worker will ever process
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(settings.eligibility_cron, timezone=settings.timezone)
+        except ValueError as exc:
+            raise ConfigError(
+                f"ENGINE_ELIGIBILITY_CRON {settings.eligibility_cron!r}: {exc}"
+            ) from exc
         for name, destination in self.routes.destinations.items():
             build_destination(name, destination)
         self.metrics = ENGINE_METRICS
@@ -177,6 +186,7 @@ class Engine:
             lifespan="off",
         )
         self.http = _Server(config)
+        self._workers: tuple[Any, Any, threading.Thread] | None = None
 
     def _eligibility_service(self) -> Any:
         """On-demand checks from the API (the schedule runs in the worker process)."""
@@ -202,6 +212,9 @@ class Engine:
         await asyncio.to_thread(self.store.migrate)
         await self.ingest.start()
         workers = self._start_workers() if self.settings.workers else None
+        supervisor = (
+            asyncio.create_task(self._supervise(workers), name="supervisor") if workers else None
+        )
         try:
             await self.mllp.start()
         except OSError as exc:
@@ -233,8 +246,30 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError, SystemExit):
                 await http_task  # a bind failure ends uvicorn with SystemExit; reported above
             await self.ingest.stop()
+            if supervisor is not None:
+                supervisor.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await supervisor
+                workers = self._workers
             self._stop_workers(workers)
             self.db_engine.dispose()
+
+    async def _supervise(self, workers: tuple[Any, Any, threading.Thread]) -> None:
+        """Restart the worker process if it dies: messages are still ACKed (and kept), but
+        without a worker none would be routed or delivered."""
+        self._workers = workers
+        delay = 1.0
+        while True:
+            await asyncio.sleep(2)
+            proc = self._workers[0]
+            if proc.is_alive():
+                delay = 1.0
+                continue
+            log.error("worker process died; restarting", extra={"exitcode": proc.exitcode})
+            await asyncio.sleep(delay)
+            delay = min(60.0, delay * 2)
+            self._stop_workers(self._workers)
+            self._workers = self._start_workers()
 
     def _start_workers(self) -> tuple[Any, Any, threading.Thread]:
         """Start the worker process and a thread that feeds its delivery outcomes to /metrics."""

@@ -61,7 +61,9 @@ async def serve_workers(settings: Settings, stop: asyncio.Event, events: Any = N
         name: build_destination(name, config) for name, config in routes.destinations.items()
     }
     observer = _QueueObserver(events) if events is not None else None
-    processor = Processor(store, routes, mappings, idle_s=0.05, batch=50)
+    processor = Processor(
+        store, routes, mappings, idle_s=0.05, batch=50, default_charset=settings.default_charset
+    )
     dispatcher = Dispatcher(store, routes, destinations, observer=observer, idle_s=0.05)
     processor.on_routed = dispatcher.wake
     eligibility, scheduler = _eligibility(settings, store)
@@ -84,13 +86,19 @@ async def serve_workers(settings: Settings, stop: asyncio.Event, events: Any = N
 
 
 def _eligibility(settings: Settings, store: Any) -> tuple[Any, Any]:
-    """The eligibility service and its schedule (None, None when payers cannot be loaded)."""
+    """The eligibility service and its schedule (None, None when they cannot start: the queue
+    workers must run whatever is wrong with the payers' configuration; the receiver checked it
+    at start-up and said so)."""
     from engine.adapters.payer import load_payers
     from engine.jobs.eligibility import EligibilityService
     from engine.jobs.scheduler import start_scheduler
 
-    service = EligibilityService(store, load_payers(settings.payers_dir), settings)
-    scheduler = start_scheduler(service, settings, settings.resolved_database_url())
+    try:
+        service = EligibilityService(store, load_payers(settings.payers_dir), settings)
+        scheduler = start_scheduler(service, settings, settings.resolved_database_url())
+    except Exception as exc:
+        log.error("eligibility schedule not started", extra={"error": type(exc).__name__})
+        return None, None
     return service, scheduler
 
 

@@ -158,3 +158,45 @@ def test_store_failure_is_never_acknowledged_positively(tail: str, code: str) ->
     assert receipt.message_id is None and receipt.state == "refused"
     assert receipt.ack_code == code
     assert receipt.ack is not None and parse_message(receipt.ack).get("MSA-2") == "CTRL-4"
+
+
+def test_a_refused_message_fixed_and_resent_with_the_same_control_id_is_taken(
+    store: SqlMessageStore,
+) -> None:
+    ing = ingest(store)
+    refused = receive(ing, adt(30).replace(b"|P|2.5.1", b"|X|2.5.1"))
+    assert refused.ack_code == "AE"
+    fixed = receive(ing, adt(30))
+    assert fixed.ack_code == "AA" and not fixed.duplicate
+    assert fixed.message_id != refused.message_id
+    rec = store.get(fixed.message_id or 0)
+    assert rec is not None and rec.state == "received"
+
+
+def test_long_header_values_are_clipped_to_their_columns_not_refused(
+    store: SqlMessageStore,
+) -> None:
+    long_id = "L" * 250
+    raw = (
+        adt(31)
+        .replace(b"CTRL-31", long_id.encode())
+        .replace(b"ADT^A04", b"ADTXXXXXXXXXXXXXXXXXXX^A04")
+    )
+
+    async def run() -> list[Receipt]:
+        ing = ingest(store)
+        await ing.start()
+        try:
+            return await asyncio.gather(
+                ing.receive(raw, channel="mllp"),
+                *(ing.receive(adt(40 + i), channel="mllp") for i in range(3)),
+            )
+        finally:
+            await ing.stop()
+
+    receipts = asyncio.run(run())
+    assert all(r.message_id is not None for r in receipts)  # nobody refused
+    rec = store.get(receipts[0].message_id or 0)
+    assert rec is not None and rec.control_id == long_id[:199]  # clipped metadata...
+    assert rec.message_type == "ADTXXXXXXXXXXXXX"
+    assert store.raw(rec.id) == raw  # ...the raw bytes whole

@@ -15,7 +15,7 @@ from engine.pipeline import Ingest
 from engine.processing import Dispatcher, Processor, RouteGate
 from engine.routes.loader import RouteSet, load_routes
 from engine.routes.router import Router
-from engine.store.repository import SqlMessageStore
+from engine.store.repository import Incoming, SqlMessageStore
 
 ROUTES = """
 destinations:
@@ -272,3 +272,81 @@ def test_mapped_resources_are_indexed_for_the_jobs(
     assert coverage["subscriberId"] == "XQZ123456789"
     payer = store.resource(coverage["payor"][0]["reference"])
     assert payer is not None and payer["name"] == "Example Blue Cross"
+
+
+def test_processor_uses_the_configured_default_charset(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    raw = msg(60).replace(b"Alice", "Ren\u00e9e".encode("latin-1"))
+    store.save_batch([Incoming(raw=raw, channel="t")])
+    Processor(store, routes, mappings, default_charset="latin-1").process_batch()
+    [rec] = store.list()
+    assert rec.state == "routed", rec.reason
+
+
+def test_an_outcome_whose_claim_was_taken_back_is_dropped(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    from datetime import timedelta
+
+    store.save_batch([Incoming(raw=msg(61), channel="t")])
+    a = Processor(store, routes, mappings, worker="a")
+    b = Processor(store, routes, mappings, worker="b")
+    [(mid, raw, kind)] = store.claim_received("a")
+    store.reclaim_stale(timedelta(seconds=-1))  # a was thought dead
+    assert b.process_batch() == 1  # b claims and finishes it
+    state, reason, key, made = a.process_one(mid, raw, kind)
+    from engine.store.repository import Processed
+
+    store.finish_batch([Processed(mid, state, reason, key, made, (), "a")])  # a finishes late
+    assert len(store.deliveries_for(mid)) == 2  # b's two deliveries only, not four
+
+
+def test_processor_survives_a_database_hiccup(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    store.save_batch([Incoming(raw=msg(62), channel="t")])
+    proc = Processor(store, routes, mappings, idle_s=0.01)
+    real = store.claim_received
+    calls = {"n": 0}
+
+    def flaky(worker: str, limit: int = 100) -> list[tuple[int, bytes, str]]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("database restarting")
+        return real(worker, limit)
+
+    store.claim_received = flaky  # type: ignore[method-assign]
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(proc.run(stop))
+        for _ in range(200):
+            if store.counts().get("routed"):
+                break
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    assert store.counts().get("routed") == 1 and calls["n"] >= 2
+
+
+def test_dispatcher_never_holds_more_claims_than_it_can_send(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    fhir = MemoryDestination("fhir", delay_s=0.02)
+    raw = MemoryDestination("raw", delay_s=0.02)
+    run_all(
+        store,
+        routes,
+        mappings,
+        {"fhir": fhir, "raw": raw},
+        [msg(70 + i, f"P{i}") for i in range(30)],
+        settle=5,
+    )
+    # every delivery sent exactly once
+    assert sorted(p.message_id for p in fhir.attempts) == sorted(
+        {p.message_id for p in fhir.attempts}
+    )
+    assert len(fhir.delivered) == 30 and len(raw.delivered) == 30

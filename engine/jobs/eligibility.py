@@ -287,7 +287,17 @@ class EligibilityService:
 
         async def one(t: _Target) -> CheckOutcome:
             nonlocal done
-            outcome = await self.check(t, force=force)
+            try:
+                outcome = await self.check(t, force=force)
+            except Exception as exc:  # one bad check must not lose the others
+                log.exception("eligibility check failed", extra={"error": type(exc).__name__})
+                outcome = CheckOutcome(
+                    None,
+                    "needs_action",
+                    t.patient.get("_full_url", ""),
+                    _payer_id(t.payer),
+                    reason=f"internal error ({type(exc).__name__})",
+                )
             done += 1
             if progress is not None:
                 progress(done, len(targets))
@@ -318,37 +328,52 @@ class EligibilityService:
                     prior["reason"],
                     reused=True,
                 )
-        config = self._config(payer_id)
-        limit = self._limits.setdefault(payer_id, asyncio.Semaphore(config.max_concurrency))
-        self._control += 1
-        trace = f"{self._control:09d}"
-        inquiry = self._inquiry(target, payer_id, trace)
         attempts = 0
         result: dict[str, Any]
         response_json: str | None = None
-        async with limit:
-            while True:
-                attempts += 1
-                try:
-                    x270 = build_270(
-                        inquiry,
-                        sender_id=config.sender_id or self.settings.x12_sender_id,
-                        receiver_id=config.receiver_id or payer_id,
-                        control_number=self._control,
-                        now=self.clock(),
-                    )
-                    answer = await self.adapter(payer_id).exchange(x270, timeout_s=config.timeout_s)
-                    result, response_json = self._read(answer, target, trace)
-                except PayerUnavailable as exc:
-                    result = {"status": "payer_unavailable", "reason": str(exc)}
-                except (PayerRejected, EngineError) as exc:
-                    result = {"status": "needs_action", "reason": str(exc)}
-                if result["status"] != "payer_unavailable" or attempts >= config.retry.max_attempts:
-                    break
-                delay = min(
-                    config.retry.max_delay_s, config.retry.base_delay_s * 2 ** (attempts - 1)
-                ) * self.rng.uniform(0.5, 1.0)
-                await asyncio.sleep(delay)
+        try:
+            config = self._config(payer_id)
+        except EngineError as exc:  # no adapter for this payer: the front desk must know
+            config = None
+            result = {"status": "needs_action", "reason": str(exc)}
+        if config is not None:
+            limit = self._limits.setdefault(payer_id, asyncio.Semaphore(config.max_concurrency))
+            self._control += 1
+            control = self._control  # this check's own number (ISA13/GS06), read once
+            trace = f"{control:09d}"
+            inquiry = self._inquiry(target, payer_id, trace)
+            async with limit:
+                while True:
+                    attempts += 1
+                    retry_after = 0.0
+                    try:
+                        x270 = build_270(
+                            inquiry,
+                            sender_id=config.sender_id or self.settings.x12_sender_id,
+                            receiver_id=config.receiver_id or payer_id,
+                            control_number=control,
+                            now=self.clock(),
+                        )
+                        answer = await self.adapter(payer_id).exchange(
+                            x270, timeout_s=config.timeout_s
+                        )
+                        result, response_json = self._read(answer, target, trace)
+                    except PayerUnavailable as exc:
+                        result = {"status": "payer_unavailable", "reason": str(exc)}
+                        retry_after = exc.retry_after_s or 0.0
+                    except (PayerRejected, EngineError) as exc:
+                        result = {"status": "needs_action", "reason": str(exc)}
+                    if (
+                        result["status"] != "payer_unavailable"
+                        or attempts >= config.retry.max_attempts
+                    ):
+                        break
+                    delay = min(
+                        config.retry.max_delay_s, config.retry.base_delay_s * 2 ** (attempts - 1)
+                    ) * self.rng.uniform(0.5, 1.0)
+                    await asyncio.sleep(max(delay, retry_after))
+        else:
+            trace = ""
         row = {
             "appointment_url": target.appointment_url,
             "appointment_start": target.appointment_start,

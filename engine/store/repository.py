@@ -227,6 +227,8 @@ class Processed:
     patient_key: str | None = None
     new_deliveries: Sequence[NewDelivery] = ()
     resources: Sequence[IndexedResource] = ()
+    #: the worker that claimed the message: its outcome counts only while the claim is its own
+    worker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -461,23 +463,27 @@ class SqlMessageStore:
 
     def finish_batch(self, outcomes: Sequence[Processed]) -> None:
         """Record the outcomes of processing several messages, with their deliveries, in ONE
-        transaction."""
+        transaction. An outcome whose claim was taken back (the worker was thought dead and
+        another claimed the message) is dropped: the other worker's counts."""
         now = _now()
         with self._tx() as conn:
-            conn.execute(
-                update(messages)
-                .where(messages.c.id == bindparam("mid"))
-                .values(
-                    state=bindparam("st"),
-                    reason=bindparam("why"),
-                    patient_key=bindparam("pk"),
-                    updated_at=now,
-                ),
-                [
-                    {"mid": o.message_id, "st": o.state, "why": o.reason, "pk": o.patient_key}
-                    for o in outcomes
-                ],
-            )
+            kept: list[Processed] = []
+            for o in outcomes:
+                where = [messages.c.id == o.message_id]
+                if o.worker is not None:
+                    where += [messages.c.state == "processing", messages.c.claimed_by == o.worker]
+                done = conn.execute(
+                    update(messages)
+                    .where(*where)
+                    .values(
+                        state=o.state,
+                        reason=o.reason,
+                        patient_key=o.patient_key,
+                        updated_at=now,
+                    )
+                )
+                if done.rowcount:
+                    kept.append(o)
             rows = [
                 {
                     "message_id": o.message_id,
@@ -492,12 +498,12 @@ class SqlMessageStore:
                     "next_attempt_at": now,
                     "created_at": now,
                 }
-                for o in outcomes
+                for o in kept
                 for d in o.new_deliveries
             ]
             if rows:
                 conn.execute(insert(deliveries), rows)
-            indexed = [(o.message_id, r) for o in outcomes for r in o.resources]
+            indexed = [(o.message_id, r) for o in kept for r in o.resources]
             if indexed:
                 self._upsert_resources(conn, indexed, now)
 
@@ -776,6 +782,7 @@ class SqlMessageStore:
         self, patient_url: str, payer_id: str, since: datetime
     ) -> dict[str, Any] | None:
         """The newest check of a patient with a payer since ``since`` (no repeat the same day)."""
+        since = since.astimezone(UTC)  # SQLite keeps naive UTC
         with self.db_engine.connect() as conn:
             row = conn.execute(
                 select(eligibility_checks)

@@ -199,3 +199,22 @@ def test_the_schedule_is_kept_in_the_database_and_runs_the_check(
         ids = [r[0] for r in conn.execute(text("SELECT id FROM scheduled_jobs"))]
     db.dispose()
     assert ids == ["eligibility-nightly"]
+
+
+def test_each_270_has_its_own_control_number(indexed: SqlMessageStore) -> None:
+    config = PayerConfig(max_concurrency=1)
+    payers = PayerSet(payers={}, default=config, origin={})
+    payer = MemoryPayer("one", delay_s=0.01, default=None)
+    svc = service(indexed, payers, adapter_for=lambda payer_id: payer)
+    asyncio.run(svc.check_upcoming(start=MONDAY, days=1))
+    isa13 = [r.split("*")[13] for r in payer.requests]
+    assert len(isa13) == 3 and len(set(isa13)) == 3
+
+
+def test_a_payer_without_configuration_is_needs_action_not_a_crash(
+    indexed: SqlMessageStore,
+) -> None:
+    svc = service(indexed, PayerSet(payers={}, default=None, origin={}))
+    outcomes = asyncio.run(svc.check_upcoming(start=MONDAY, days=1))
+    assert [o.status for o in outcomes] == ["needs_action"] * 3
+    assert "no payer configured" in (outcomes[0].reason or "")
