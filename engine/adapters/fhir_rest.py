@@ -32,7 +32,6 @@ conditional mode does not send ``If-Match`` versions of its own.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -44,6 +43,7 @@ import httpx
 import orjson
 
 from engine.adapters.destination import DeliveryResult, Payload
+from engine.adapters.oauth2 import ClientCredentials, TokenError
 from engine.errors import ConfigError
 from engine.routes.spec import BearerAuth, FhirDestination, OAuth2Auth
 
@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 
 _FHIR_JSON = "application/fhir+json"
 #: seconds before ``expires_in`` at which a cached token counts as expired (at most 10%)
-_TOKEN_SKEW_S = 30.0
 
 
 class _Refused(Exception):
@@ -107,74 +106,41 @@ class BearerToken:
 
 
 class OAuth2ClientCredentials:
-    """OAuth 2.0 client credentials grant (RFC 6749 section 4.4), token cached until it expires.
-
-    The token endpoint's answers are classified like the FHIR server's: 5xx, 408, 429 and network
-    errors are retryable; any other error (``invalid_client``: a wrong secret) is permanent.
-    """
+    """OAuth 2.0 client credentials (engine/adapters/oauth2.py), its failures as delivery
+    results: the token endpoint's 5xx, 408, 429 and network errors are retryable; any other error
+    (``invalid_client``: a wrong secret) is permanent."""
 
     def __init__(
         self, config: OAuth2Auth, secret: str, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self.config = config
-        self._secret = secret
-        self.clock = clock
-        self._token: str | None = None
-        self._expires_at = 0.0
-        self._lock = asyncio.Lock()
-        #: how many tokens were fetched (for tests and metrics)
-        self.fetches = 0
+        self._credentials = ClientCredentials(config, secret, clock=clock)
+
+    @property
+    def fetches(self) -> int:
+        return self._credentials.fetches
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._credentials.clock
+
+    @clock.setter
+    def clock(self, value: Callable[[], float]) -> None:
+        self._credentials.clock = value
 
     async def authorization(self, client: httpx.AsyncClient) -> str | None:
-        async with self._lock:
-            if self._token is None or self.clock() >= self._expires_at:
-                await self._fetch(client)
-            return f"Bearer {self._token}"
+        try:
+            return await self._credentials.authorization(client)
+        except TokenError as exc:
+            if exc.response is not None:
+                result = _classify(exc.response, "oauth2 token endpoint")
+                raise _Refused(
+                    result if not result.ok else DeliveryResult.fail(result.detail)
+                ) from exc
+            kind = DeliveryResult.retry if exc.retryable else DeliveryResult.fail
+            raise _Refused(kind(f"fhir: {exc.detail}")) from exc
 
     def invalidate(self) -> bool:
-        self._token = None
-        return True
-
-    async def _fetch(self, client: httpx.AsyncClient) -> None:
-        cfg = self.config
-        form = {"grant_type": "client_credentials"}
-        if cfg.scope:
-            form["scope"] = cfg.scope
-        headers = {"Accept": "application/json"}
-        if cfg.client_auth == "basic":
-            basic = httpx.BasicAuth(cfg.client_id, self._secret)
-            sending = client.post(cfg.token_url, data=form, auth=basic, headers=headers)
-        else:
-            form |= {"client_id": cfg.client_id, "client_secret": self._secret}
-            sending = client.post(cfg.token_url, data=form, headers=headers)
-        try:
-            resp = await sending
-        except httpx.TimeoutException as exc:
-            raise _Refused(DeliveryResult.retry("fhir: oauth2 token endpoint timeout")) from exc
-        except httpx.RequestError as exc:
-            raise _Refused(
-                DeliveryResult.retry(f"fhir: oauth2 token endpoint {type(exc).__name__}")
-            ) from exc
-        if resp.status_code != 200:
-            result = _classify(resp, "oauth2 token endpoint")
-            raise _Refused(result if not result.ok else DeliveryResult.fail(result.detail))
-        try:
-            body = resp.json()
-            token = body["access_token"]
-            expires_in = body.get("expires_in")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise _Refused(
-                DeliveryResult.fail("fhir: oauth2 token response without access_token")
-            ) from exc
-        if not isinstance(token, str) or not token:
-            raise _Refused(DeliveryResult.fail("fhir: oauth2 token response without access_token"))
-        self.fetches += 1
-        self._token = token
-        if isinstance(expires_in, int | float) and expires_in > 0:
-            self._expires_at = self.clock() + expires_in - min(_TOKEN_SKEW_S, expires_in / 10)
-        else:  # no lifetime given (it is only RECOMMENDED): keep it until a 401
-            self._expires_at = float("inf")
-        log.info("oauth2 token fetched", extra={"token_url": cfg.token_url})
+        return self._credentials.invalidate()
 
 
 def _env(environ: Mapping[str, str], var: str, destination: str) -> str:

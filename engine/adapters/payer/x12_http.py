@@ -34,6 +34,7 @@ from uuid import uuid4
 
 import httpx
 
+from engine.adapters.oauth2 import ClientCredentials, TokenError
 from engine.adapters.payer.config import PayerConfig
 from engine.adapters.payer.contract import PayerRejected, PayerUnavailable
 from engine.adapters.payer.core import (
@@ -49,12 +50,11 @@ from engine.adapters.payer.core import (
 from engine.errors import ConfigError
 from engine.routes.spec import OAuth2Auth
 
-__all__ = ["ClientCredentials", "X12HttpPayer"]
+__all__ = ["PayerCredentials", "X12HttpPayer"]
 
 log = logging.getLogger(__name__)
 
 #: seconds before ``expires_in`` at which a cached token counts as expired (at most 10%)
-_TOKEN_SKEW_S = 30.0
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
@@ -79,71 +79,43 @@ def _status_error(
     return PayerRejected(text)
 
 
-class ClientCredentials:
-    """OAuth 2.0 client credentials grant (RFC 6749 section 4.4): the token endpoint is asked
-    with HTTP Basic client authentication (``client_auth: basic``, section 2.3.1) or the
-    credentials in the form (``post``); the token is kept until it is about to expire."""
+class PayerCredentials:
+    """OAuth 2.0 client credentials (engine/adapters/oauth2.py), its failures in payer terms:
+    the token endpoint's 5xx, 408, 429 and network errors make the payer unavailable, anything
+    else (a wrong secret) a rejected request."""
 
     def __init__(
         self, config: OAuth2Auth, secret: str, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self.config = config
-        self._secret = secret
-        self.clock = clock
-        self._token: str | None = None
-        self._expires_at = 0.0
-        self._lock: asyncio.Lock | None = None
-        #: how many tokens were fetched (for tests and metrics)
-        self.fetches = 0
+        self._credentials = ClientCredentials(config, secret, clock=clock)
+
+    @property
+    def fetches(self) -> int:
+        return self._credentials.fetches
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._credentials.clock
+
+    @clock.setter
+    def clock(self, value: Callable[[], float]) -> None:
+        self._credentials.clock = value
 
     async def authorization(self, client: httpx.AsyncClient, payer: str) -> str:
         """``Bearer <token>``, fetching a token when none is cached or it is about to expire."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._token is None or self.clock() >= self._expires_at:
-                await self._fetch(client, payer)
-            return f"Bearer {self._token}"
+        what = f"{payer}: oauth2 token endpoint"
+        try:
+            return await self._credentials.authorization(client)
+        except TokenError as exc:
+            if exc.response is not None:
+                raise _status_error(exc.response, what) from exc
+            if exc.retryable:
+                raise PayerUnavailable(f"{payer}: {exc.detail}") from exc
+            raise PayerRejected(f"{payer}: {exc.detail}") from exc
 
     def invalidate(self) -> None:
         """Forget the token (the server answered 401 to it)."""
-        self._token = None
-
-    async def _fetch(self, client: httpx.AsyncClient, payer: str) -> None:
-        cfg = self.config
-        form = {"grant_type": "client_credentials"}
-        if cfg.scope:
-            form["scope"] = cfg.scope
-        headers = {"Accept": "application/json"}
-        if cfg.client_auth == "basic":
-            basic = httpx.BasicAuth(cfg.client_id, self._secret)
-            sending = client.post(cfg.token_url, data=form, auth=basic, headers=headers)
-        else:
-            form |= {"client_id": cfg.client_id, "client_secret": self._secret}
-            sending = client.post(cfg.token_url, data=form, headers=headers)
-        what = f"{payer}: oauth2 token endpoint"
-        try:
-            resp = await sending
-        except httpx.TimeoutException as exc:
-            raise PayerUnavailable(f"{what} timeout") from exc
-        except httpx.RequestError as exc:
-            raise PayerUnavailable(f"{what} {type(exc).__name__}") from exc
-        if resp.status_code != 200:
-            raise _status_error(resp, what)
-        try:
-            body = resp.json()
-            token, expires_in = body["access_token"], body.get("expires_in")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise PayerRejected(f"{what}: the answer has no access_token") from exc
-        if not isinstance(token, str) or not token:
-            raise PayerRejected(f"{what}: the answer has no access_token")
-        self.fetches += 1
-        self._token = token
-        if isinstance(expires_in, int | float) and expires_in > 0:
-            self._expires_at = self.clock() + expires_in - min(_TOKEN_SKEW_S, expires_in / 10)
-        else:  # expires_in is only RECOMMENDED: keep the token until a 401
-            self._expires_at = float("inf")
-        log.info("payer oauth2 token fetched", extra={"payer": payer})
+        self._credentials.invalidate()
 
 
 class X12HttpPayer:
@@ -165,7 +137,7 @@ class X12HttpPayer:
         self.config = config
         self.url: str = config.url
         env = os.environ if environ is None else environ
-        self.auth: ClientCredentials | None = None
+        self.auth: PayerCredentials | None = None
         if isinstance(config.auth, OAuth2Auth):
             secret = env.get(config.auth.client_secret_env, "")
             if not secret:
@@ -173,7 +145,7 @@ class X12HttpPayer:
                     f"payer {name!r}: environment variable {config.auth.client_secret_env} is "
                     "not set (it holds the client secret; payer files never do)"
                 )
-            self.auth = ClientCredentials(config.auth, secret)
+            self.auth = PayerCredentials(config.auth, secret)
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._limit: asyncio.Semaphore | None = None

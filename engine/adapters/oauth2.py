@@ -1,0 +1,110 @@
+"""OAuth 2.0 client credentials (RFC 6749 section 4.4), shared by the adapters that need it
+(FHIR REST destinations, the x12-http payer).
+
+The token endpoint is asked with HTTP Basic client authentication (``client_auth: basic``,
+section 2.3.1) or the credentials in the form (``post``); the token is kept until shortly before it
+expires (30 s, or a tenth of its lifetime). Failures are a :class:`TokenError` that each adapter
+translates into its own terms (a delivery result, a payer error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import httpx
+
+from engine.routes.spec import OAuth2Auth
+
+__all__ = ["ClientCredentials", "TokenError"]
+
+log = logging.getLogger(__name__)
+
+_TOKEN_SKEW_S = 30.0
+
+
+class TokenError(Exception):
+    """The token endpoint did not give a token: ``response`` when it answered, else the network
+    failure (``timeout`` tells a timeout apart)."""
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        response: httpx.Response | None = None,
+        timeout: bool = False,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.response = response
+        self.timeout = timeout
+        #: worth trying again later (the network), unlike a malformed answer
+        self.retryable = retryable or timeout
+
+
+class ClientCredentials:
+    """A client-credentials token, fetched when needed and cached until it is about to expire."""
+
+    def __init__(
+        self, config: OAuth2Auth, secret: str, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.config = config
+        self._secret = secret
+        self.clock = clock
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self._lock: asyncio.Lock | None = None
+        #: how many tokens were fetched (for tests and metrics)
+        self.fetches = 0
+
+    async def authorization(self, client: httpx.AsyncClient) -> str:
+        """``Bearer <token>``; raises :class:`TokenError`."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._token is None or self.clock() >= self._expires_at:
+                await self._fetch(client)
+            return f"Bearer {self._token}"
+
+    def invalidate(self) -> bool:
+        """Forget the token (the server answered 401 to it); True: a new one may help."""
+        self._token = None
+        return True
+
+    async def _fetch(self, client: httpx.AsyncClient) -> None:
+        cfg = self.config
+        form = {"grant_type": "client_credentials"}
+        if cfg.scope:
+            form["scope"] = cfg.scope
+        headers = {"Accept": "application/json"}
+        if cfg.client_auth == "basic":
+            basic = httpx.BasicAuth(cfg.client_id, self._secret)
+            sending = client.post(cfg.token_url, data=form, auth=basic, headers=headers)
+        else:
+            form |= {"client_id": cfg.client_id, "client_secret": self._secret}
+            sending = client.post(cfg.token_url, data=form, headers=headers)
+        try:
+            resp = await sending
+        except httpx.TimeoutException as exc:
+            raise TokenError("oauth2 token endpoint timeout", timeout=True) from exc
+        except httpx.RequestError as exc:
+            raise TokenError(f"oauth2 token endpoint {type(exc).__name__}", retryable=True) from exc
+        if resp.status_code != 200:
+            raise TokenError("oauth2 token endpoint refused", response=resp)
+        try:
+            body = resp.json()
+            token, expires_in = body["access_token"], body.get("expires_in")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise TokenError("oauth2 token response without access_token") from exc
+        if not isinstance(token, str) or not token:
+            raise TokenError("oauth2 token response without access_token")
+        self.fetches += 1
+        self._token = token
+        if isinstance(expires_in, int | float) and expires_in > 0:
+            self._expires_at = self.clock() + expires_in - min(_TOKEN_SKEW_S, expires_in / 10)
+        else:  # expires_in is only RECOMMENDED: keep the token until a 401
+            self._expires_at = float("inf")
+        log.info("oauth2 token fetched", extra={"token_url": cfg.token_url})
