@@ -19,7 +19,7 @@ venv: $(STAMP)
 run: $(STAMP)
 	@$(VENV)/bin/engine stub-fhir --port 8090 & stub=$$!; \
 	trap 'kill $$stub 2>/dev/null' EXIT INT TERM; \
-	ENGINE_ELIGIBILITY_ON_START=true ENGINE_ELIGIBILITY_CRON='*/2 * * * *' \
+	ENGINE_ELIGIBILITY_ON_START=true ENGINE_ELIGIBILITY_CRON='*/2 * * * *' ENGINE_LOG_FORMAT=text \
 	$(VENV)/bin/engine serve
 
 lint: $(STAMP)

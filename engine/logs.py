@@ -60,3 +60,6 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root.setLevel(level.upper())
     # uvicorn's access log would print request paths (identifiers in query strings)
     logging.getLogger("uvicorn.access").disabled = True
+    # migrations and the scheduler narrate every step at INFO; their warnings still show
+    for noisy in ("alembic", "apscheduler"):
+        logging.getLogger(noisy).setLevel(max(root.level, logging.WARNING))
