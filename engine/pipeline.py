@@ -39,7 +39,7 @@ from engine.hl7v2.ack import (
 from engine.hl7v2.codec import Message, parse_message
 from engine.store.repository import Incoming, Stored
 
-__all__ = ["Ingest", "MessageStore", "Receipt", "RouteCheck"]
+__all__ = ["Ingest", "MessageStore", "Receipt", "RouteCheck", "patient_key_of"]
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,7 @@ class Ingest:
                 if control_id and problem is None
                 else None
             ),
+            patient_key=_clip(patient_key_of(message) or "", 255),
         )
         try:
             stored = await self._store(item)
@@ -336,6 +337,15 @@ class Ingest:
         if self.on_receipt is not None:
             self.on_receipt("fhir", receipt)
         return receipt
+
+
+def patient_key_of(message: Message) -> str | None:
+    """The patient a message is about (PID-3, first repetition: authority and ID), for ordering."""
+    pid = message.segment("PID")
+    if pid is None:
+        return None
+    value = pid.get(3, 1, 1)
+    return f"{pid.get(3, 1, 4)}|{value}" if value else None
 
 
 def _clip(value: str, width: int) -> str | None:

@@ -28,7 +28,7 @@ from engine.adapters.destination import DeliveryResult, Destination, Payload
 from engine.errors import EngineError, UnsupportedMessageError
 from engine.hl7v2.codec import Message, parse_message
 from engine.mappings import Mappings
-from engine.pipeline import unsupported
+from engine.pipeline import patient_key_of, unsupported
 from engine.routes.loader import RouteSet
 from engine.routes.router import Router
 from engine.store.repository import (
@@ -68,15 +68,6 @@ class RouteGate:
             except UnsupportedMessageError as exc:
                 return exc
         return None
-
-
-def patient_key_of(message: Message) -> str | None:
-    """The patient a message is about (PID-3, first repetition: authority and ID), for ordering."""
-    pid = message.segment("PID")
-    if pid is None:
-        return None
-    value = pid.get(3, 1, 1)
-    return f"{pid.get(3, 1, 4)}|{value}" if value else None
 
 
 def _fhir_patient_key(doc: Mapping[str, Any]) -> str | None:

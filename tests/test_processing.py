@@ -350,3 +350,29 @@ def test_dispatcher_never_holds_more_claims_than_it_can_send(
         {p.message_id for p in fhir.attempts}
     )
     assert len(fhir.delivered) == 30 and len(raw.delivered) == 30
+
+
+def test_a_patients_next_message_waits_for_the_one_before_across_workers(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    asyncio.run(
+        _receive_all(store, routes, mappings, [msg(80, "SAME"), msg(81, "SAME"), msg(82, "OTHER")])
+    )
+    first = store.claim_received("a", limit=1)  # worker a: SAME's first message
+    assert [parse_message(r).get("MSH-10") for _, r, _ in first] == ["C80"]
+    # worker b may take OTHER, not SAME's second message while the first is in flight
+    second = store.claim_received("b", limit=10)
+    assert [parse_message(r).get("MSH-10") for _, r, _ in second] == ["C82"]
+    from engine.store.repository import Processed
+
+    store.finish_batch([Processed(first[0][0], "routed", worker="a")])
+    third = store.claim_received("b", limit=10)
+    assert [parse_message(r).get("MSH-10") for _, r, _ in third] == ["C81"]
+
+
+async def _receive_all(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings, raws: list[bytes]
+) -> None:
+    ingest = Ingest(store, routes=RouteGate(Router(routes), mappings))
+    for raw in raws:
+        await ingest.receive(raw, channel="t")

@@ -166,6 +166,8 @@ class Incoming:
     sending_facility: str | None = None
     dedupe_key: str | None = None
     replay_of: int | None = None
+    #: the patient the message is about (PID-3), known at receipt: processing keeps its order
+    patient_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -358,6 +360,7 @@ class SqlMessageStore:
                         sending_facility=item.sending_facility,
                         dedupe_key=item.dedupe_key,
                         replay_of=item.replay_of,
+                        patient_key=item.patient_key,
                         state=item.state,
                         reason=item.reason,
                         updated_at=now,
@@ -411,17 +414,31 @@ class SqlMessageStore:
     # -- processing --------------------------------------------------------------------------
 
     def claim_received(self, worker: str, limit: int = 100) -> list[tuple[int, bytes, str]]:
-        """Claim up to ``limit`` received messages for processing: (id, raw, kind), oldest first."""
+        """Claim up to ``limit`` received messages for processing: (id, raw, kind), oldest first.
+
+        A patient's message waits while an earlier one of the same patient is still received or
+        being processed (by this worker or another): each patient's messages are processed, and
+        so delivered, in the order they arrived, while different patients go in parallel.
+        """
         now = _now()
+        earlier = messages.alias("earlier")
+        waiting = exists().where(
+            earlier.c.patient_key == messages.c.patient_key,
+            earlier.c.id < messages.c.id,
+            earlier.c.state.in_(("received", "processing")),
+        )
         with self._tx() as conn:
             ids = [
                 row.id
                 for row in conn.execute(
                     select(messages.c.id)
-                    .where(messages.c.state == "received")
+                    .where(
+                        messages.c.state == "received",
+                        or_(messages.c.patient_key.is_(None), ~waiting),
+                    )
                     .order_by(messages.c.id)
                     .limit(limit)
-                    .with_for_update(skip_locked=True)
+                    .with_for_update(skip_locked=True, of=messages)
                 )
             ]
             if not ids:
@@ -870,9 +887,9 @@ class SqlMessageStore:
         """Store a copy of a message as received again (an operator's replay, not a duplicate)."""
         with self.db_engine.connect() as conn:
             row = conn.execute(
-                select(messages.c.raw, messages.c.kind, messages.c.peer).where(
-                    messages.c.id == message_id
-                )
+                select(
+                    messages.c.raw, messages.c.kind, messages.c.peer, messages.c.patient_key
+                ).where(messages.c.id == message_id)
             ).one_or_none()
         if row is None:
             raise KeyError(message_id)
@@ -881,6 +898,7 @@ class SqlMessageStore:
                 Incoming(
                     raw=bytes(row.raw),
                     channel="replay",
+                    patient_key=row.patient_key,
                     peer=row.peer,
                     kind=row.kind,
                     replay_of=message_id,

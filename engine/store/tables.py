@@ -63,6 +63,7 @@ messages = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_messages_state", "state", "id"),
     Index("ux_messages_dedupe", "dedupe_key", unique=True),
+    Index("ix_messages_patient", "patient_key", "state", "id"),
 )
 
 deliveries = Table(
