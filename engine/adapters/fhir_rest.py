@@ -36,14 +36,13 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import httpx
 import orjson
 
 from engine.adapters.destination import DeliveryResult, Payload
-from engine.adapters.oauth2 import ClientCredentials, TokenError
+from engine.adapters.oauth2 import ClientCredentials, TokenError, retry_after
 from engine.errors import ConfigError
 from engine.routes.spec import BearerAuth, FhirDestination, OAuth2Auth
 
@@ -58,7 +57,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _FHIR_JSON = "application/fhir+json"
-#: seconds before ``expires_in`` at which a cached token counts as expired (at most 10%)
 
 
 class _Refused(Exception):
@@ -113,23 +111,12 @@ class OAuth2ClientCredentials:
     def __init__(
         self, config: OAuth2Auth, secret: str, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._credentials = ClientCredentials(config, secret, clock=clock)
-
-    @property
-    def fetches(self) -> int:
-        return self._credentials.fetches
-
-    @property
-    def clock(self) -> Callable[[], float]:
-        return self._credentials.clock
-
-    @clock.setter
-    def clock(self, value: Callable[[], float]) -> None:
-        self._credentials.clock = value
+        #: the shared token cache (its ``fetches`` count and ``clock`` are what tests look at)
+        self.credentials = ClientCredentials(config, secret, clock=clock)
 
     async def authorization(self, client: httpx.AsyncClient) -> str | None:
         try:
-            return await self._credentials.authorization(client)
+            return await self.credentials.authorization(client)
         except TokenError as exc:
             if exc.response is not None:
                 result = _classify(exc.response, "oauth2 token endpoint")
@@ -140,7 +127,7 @@ class OAuth2ClientCredentials:
             raise _Refused(kind(f"fhir: {exc.detail}")) from exc
 
     def invalidate(self) -> bool:
-        return self._credentials.invalidate()
+        return self.credentials.invalidate()
 
 
 def _env(environ: Mapping[str, str], var: str, destination: str) -> str:
@@ -168,20 +155,6 @@ def auth_provider(
 # -- classifying answers -------------------------------------------------------------------------
 
 
-def _retry_after(resp: httpx.Response) -> float | None:
-    """Retry-After (RFC 9110 section 10.2.3): delay-seconds or an HTTP date."""
-    value = resp.headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def _issue_code(resp: httpx.Response) -> str:
     """The first OperationOutcome ``issue.code`` (a FHIR code, PHI-free), or ``""``."""
     if "json" not in resp.headers.get("content-type", ""):
@@ -203,7 +176,7 @@ def _classify(resp: httpx.Response, what: str) -> DeliveryResult:
     if issue:
         detail += f" (OperationOutcome: {issue})"
     if status in (408, 429) or status >= 500:
-        return DeliveryResult.retry(detail, after_s=_retry_after(resp))
+        return DeliveryResult.retry(detail, after_s=retry_after(resp))
     return DeliveryResult.fail(detail)
 
 

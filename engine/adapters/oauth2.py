@@ -4,7 +4,8 @@
 The token endpoint is asked with HTTP Basic client authentication (``client_auth: basic``,
 section 2.3.1) or the credentials in the form (``post``); the token is kept until shortly before it
 expires (30 s, or a tenth of its lifetime). Failures are a :class:`TokenError` that each adapter
-translates into its own terms (a delivery result, a payer error).
+translates into its own terms (a delivery result, a payer error). :func:`retry_after` reads the
+delay a server asks for, for both adapters.
 """
 
 from __future__ import annotations
@@ -13,16 +14,31 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from email.utils import parsedate_to_datetime
 
 import httpx
 
 from engine.routes.spec import OAuth2Auth
 
-__all__ = ["ClientCredentials", "TokenError"]
+__all__ = ["ClientCredentials", "TokenError", "retry_after"]
 
 log = logging.getLogger(__name__)
 
 _TOKEN_SKEW_S = 30.0
+
+
+def retry_after(resp: httpx.Response) -> float | None:
+    """Retry-After (RFC 9110 section 10.2.3): delay-seconds or an HTTP date, as seconds from now."""
+    value = resp.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 class TokenError(Exception):

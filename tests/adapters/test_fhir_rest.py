@@ -268,7 +268,7 @@ def test_oauth2_token_is_cached_and_refreshed_on_401(
 
     results = asyncio.run(run())
     assert [r.ok for r in results] == [True, True, True]
-    assert endpoint.issued == ["tok-1", "tok-2"] and auth.fetches == 2
+    assert endpoint.issued == ["tok-1", "tok-2"] and auth.credentials.fetches == 2
     assert endpoint.forms[0] == {"grant_type": "client_credentials", "scope": "system/*.write"}
     assert stub.state.authorizations == [
         "Bearer tok-1",
@@ -288,7 +288,7 @@ def test_oauth2_token_expiry_fetches_a_new_one(
     auth = dest.auth
     assert isinstance(auth, OAuth2ClientCredentials)
     now = [1000.0]
-    auth.clock = lambda: now[0]
+    auth.credentials.clock = lambda: now[0]
 
     async def run() -> None:
         await dest.deliver(payload())

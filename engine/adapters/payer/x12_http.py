@@ -29,12 +29,11 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from email.utils import parsedate_to_datetime
 from uuid import uuid4
 
 import httpx
 
-from engine.adapters.oauth2 import ClientCredentials, TokenError
+from engine.adapters.oauth2 import ClientCredentials, TokenError, retry_after
 from engine.adapters.payer.config import PayerConfig
 from engine.adapters.payer.contract import PayerRejected, PayerUnavailable
 from engine.adapters.payer.core import (
@@ -54,19 +53,6 @@ __all__ = ["PayerCredentials", "X12HttpPayer"]
 
 log = logging.getLogger(__name__)
 
-#: seconds before ``expires_in`` at which a cached token counts as expired (at most 10%)
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    """Retry-After (RFC 9110 section 10.2.3): delay-seconds or an HTTP date."""
-    value = resp.headers.get("retry-after", "").strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time()) if value else None
-    except (TypeError, ValueError):
-        return None
-
 
 def _status_error(
     resp: httpx.Response, what: str, detail: str = ""
@@ -75,7 +61,7 @@ def _status_error(
     status = resp.status_code
     text = f"{what} -> HTTP {status}" + (f" ({detail})" if detail else "")
     if status in (408, 429) or status >= 500:
-        return PayerUnavailable(text, retry_after_s=_retry_after(resp))
+        return PayerUnavailable(text, retry_after_s=retry_after(resp))
     return PayerRejected(text)
 
 
@@ -87,25 +73,14 @@ class PayerCredentials:
     def __init__(
         self, config: OAuth2Auth, secret: str, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._credentials = ClientCredentials(config, secret, clock=clock)
-
-    @property
-    def fetches(self) -> int:
-        return self._credentials.fetches
-
-    @property
-    def clock(self) -> Callable[[], float]:
-        return self._credentials.clock
-
-    @clock.setter
-    def clock(self, value: Callable[[], float]) -> None:
-        self._credentials.clock = value
+        #: the shared token cache (its ``fetches`` count and ``clock`` are what tests look at)
+        self.credentials = ClientCredentials(config, secret, clock=clock)
 
     async def authorization(self, client: httpx.AsyncClient, payer: str) -> str:
         """``Bearer <token>``, fetching a token when none is cached or it is about to expire."""
         what = f"{payer}: oauth2 token endpoint"
         try:
-            return await self._credentials.authorization(client)
+            return await self.credentials.authorization(client)
         except TokenError as exc:
             if exc.response is not None:
                 raise _status_error(exc.response, what) from exc
@@ -115,7 +90,7 @@ class PayerCredentials:
 
     def invalidate(self) -> None:
         """Forget the token (the server answered 401 to it)."""
-        self._credentials.invalidate()
+        self.credentials.invalidate()
 
 
 class X12HttpPayer:

@@ -132,7 +132,7 @@ def test_oauth2_token_fetched_once_cached_and_refreshed_on_401(stub: PayerStubSe
 
     answers = asyncio.run(go())
     assert all(read_271(a)[0].results[0].active for a in answers)
-    assert payer.auth.fetches == 2 and stub.state.token_fetches == 2
+    assert payer.auth.credentials.fetches == 2 and stub.state.token_fetches == 2
     assert [r.get("status") for r in stub.state.received] == [None, None, "401", None]
 
 
@@ -140,7 +140,7 @@ def test_oauth2_token_refreshed_before_it_expires(stub: PayerStubServer) -> None
     payer = X12HttpPayer("SYNPAY", oauth(stub), environ={"PAYER_SECRET": "pa55"})
     assert payer.auth is not None
     now = [1000.0]
-    payer.auth.clock = lambda: now[0]
+    payer.auth.credentials.clock = lambda: now[0]
 
     async def go() -> None:
         await payer.exchange(x270(alice()))
