@@ -415,7 +415,8 @@ class Dispatcher:
             notes.append((due, result, elapsed, dead))
         self.store.record_outcomes(outcomes)
         for due, result, elapsed, dead in notes:
-            log.info(
+            log.log(
+                logging.INFO if result.ok else logging.WARNING,
                 "delivery",
                 extra={
                     "message_id": due.message_id,

@@ -304,17 +304,7 @@ class FhirRestDestination:
             result = DeliveryResult.retry(f"fhir: timeout ({type(exc).__name__})")
         except httpx.RequestError as exc:
             result = DeliveryResult.retry(f"fhir: {type(exc).__name__}")
-        log.log(
-            logging.INFO if result.ok else logging.WARNING,
-            "fhir delivery %s",
-            "ok" if result.ok else ("retryable" if result.retryable else "failed"),
-            extra={
-                "destination": self.name,
-                "message_id": payload.message_id,
-                "detail": result.detail,
-            },
-        )
-        return result
+        return result  # the dispatcher logs the outcome, for every kind of destination
 
     async def _send(
         self,

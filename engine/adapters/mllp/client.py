@@ -122,17 +122,7 @@ class MLLPDestination:
             return DeliveryResult.fail("mllp: payload has no MSH-10 to match the ACK")
         async with self._lock:
             result = await self._exchange(payload.body, control_id)
-        log.log(
-            logging.INFO if result.ok else logging.WARNING,
-            "mllp delivery %s",
-            "ok" if result.ok else ("retryable" if result.retryable else "failed"),
-            extra={
-                "destination": self.name,
-                "message_id": payload.message_id,
-                "detail": result.detail,
-            },
-        )
-        return result
+        return result  # the dispatcher logs the outcome, for every kind of destination
 
     async def close(self) -> None:
         async with self._lock:
