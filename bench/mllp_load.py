@@ -42,7 +42,8 @@ async def sender(
         writer.write(START + payload + END)
         ack = await reader.readuntil(END)
         latencies.append(time.perf_counter() - start)
-        msa = ack.split(b"MSA|", 1)[1][:2] if b"MSA|" in ack else b"??"
+        # the MSA segment, not "MSA|" anywhere: python-hl7's random MSH-10 may end in "MSA"
+        msa = ack.split(b"\rMSA|", 1)[1][:2] if b"\rMSA|" in ack else b"??"
         codes.append(msa.decode())
     writer.close()
     await writer.wait_closed()

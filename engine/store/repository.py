@@ -288,6 +288,10 @@ def _record(row: Any) -> MessageRecord:
     return MessageRecord(**data)
 
 
+#: the receiver's insert, prepared once (executemany with RETURNING, in parameter order)
+_INSERT_MESSAGES = insert(messages).returning(messages.c.id, sort_by_parameter_order=True)
+
+
 class SqlMessageStore:
     """The message store on a SQLAlchemy engine."""
 
@@ -339,37 +343,53 @@ class SqlMessageStore:
                     )
                 ):
                     known[row.dedupe_key] = (row.id, _aware(row.received_at))
+            rows: list[dict[str, Any]] = []
+            where: list[int] = []  # the index in ``items`` of each row to insert
+            fresh: dict[str, int] = {}  # dedupe key -> index of its first item in this batch
             for n, item in enumerate(items):
-                if item.dedupe_key and item.dedupe_key in known:
-                    mid, at = known[item.dedupe_key]
+                key = item.dedupe_key
+                if key and key in known:
+                    mid, at = known[key]
                     results[n] = Stored(mid, at, duplicate=True)
                     continue
-                pk = conn.execute(
-                    insert(messages).values(
-                        received_at=now,
-                        channel=item.channel,
-                        peer=item.peer,
-                        kind=item.kind,
-                        size=len(item.raw),
-                        raw=item.raw,
-                        control_id=item.control_id,
-                        message_type=item.message_type,
-                        trigger=item.trigger,
-                        structure=item.structure,
-                        sending_application=item.sending_application,
-                        sending_facility=item.sending_facility,
-                        dedupe_key=item.dedupe_key,
-                        replay_of=item.replay_of,
-                        patient_key=item.patient_key,
-                        state=item.state,
-                        reason=item.reason,
-                        updated_at=now,
-                    )
-                ).inserted_primary_key
-                assert pk is not None
-                results[n] = Stored(int(pk[0]), now)
-                if item.dedupe_key:
-                    known[item.dedupe_key] = (int(pk[0]), now)
+                if key and key in fresh:
+                    continue  # a resend within the batch: resolved below, once ids are known
+                if key:
+                    fresh[key] = n
+                where.append(n)
+                rows.append(
+                    {
+                        "received_at": now,
+                        "channel": item.channel,
+                        "peer": item.peer,
+                        "kind": item.kind,
+                        "size": len(item.raw),
+                        "raw": item.raw,
+                        "control_id": item.control_id,
+                        "message_type": item.message_type,
+                        "trigger": item.trigger,
+                        "structure": item.structure,
+                        "sending_application": item.sending_application,
+                        "sending_facility": item.sending_facility,
+                        "dedupe_key": key,
+                        "replay_of": item.replay_of,
+                        "patient_key": item.patient_key,
+                        "state": item.state,
+                        "reason": item.reason,
+                        "updated_at": now,
+                    }
+                )
+            if rows:
+                # one statement for the batch (INSERT ... VALUES (...), (...) RETURNING id, in
+                # the rows' order): building a statement per row cost more than SQLite's insert
+                ids = conn.execute(_INSERT_MESSAGES, rows).scalars().all()
+                for n, mid in zip(where, ids, strict=True):
+                    results[n] = Stored(int(mid), now)
+            for n, item in enumerate(items):
+                if results[n] is None:  # resent within the batch: the first one's id
+                    first = results[fresh[item.dedupe_key or ""]]
+                    assert first is not None
+                    results[n] = Stored(first.id, first.received_at, duplicate=True)
         return [r for r in results if r is not None]
 
     def save_received(self, raw: bytes, *, channel: str, peer: str = "") -> int:
