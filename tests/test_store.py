@@ -4,6 +4,7 @@ PostgreSQL."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from engine.store.repository import SqlMessageStore
 
@@ -69,3 +70,73 @@ def test_group_commit_keeps_order_and_dedupes_within_and_across_batches(
     assert (again[0].id, again[0].duplicate) == (first[2].id, True)
     assert not again[1].duplicate and store.raw(again[1].id) == b"m5"
     assert len(store.list()) == 4
+
+
+def test_only_the_head_of_each_patients_queue_is_claimable(store: SqlMessageStore) -> None:
+    from engine.store.repository import NewDelivery, Outcome, Processed
+
+    def route(patient: str) -> int:
+        mid = store.save_received(b"MSH|", channel="test")
+        delivery = NewDelivery("dest", "r", "hl7v2", "text/plain", b"x", patient)
+        store.finish_batch([Processed(mid, "routed", None, patient, [delivery])])
+        return mid
+
+    a1, a2, b1, a3 = route("A"), route("A"), route("B"), route("A")
+
+    def state(mid: int) -> str:
+        [d] = store.deliveries_for(mid)
+        return d.state
+
+    assert [state(m) for m in (a1, a2, b1, a3)] == ["pending", "waiting", "pending", "waiting"]
+    assert store.counts()["deliveries_pending"] == 4
+    claimed = store.claim_due_deliveries(10)
+    assert [d.message_id for d in claimed] == [a1, b1]  # heads only, one per patient
+    assert store.claim_due_deliveries(10) == []  # claimed heads are not claimed twice
+    # a dead head lets the next one go, as a delivered one does; the one after still waits
+    head = next(d for d in claimed if d.message_id == a1)
+    store.record_outcomes([Outcome(head.id, False, "refused", None)])
+    assert [state(m) for m in (a1, a2, a3)] == ["dead", "pending", "waiting"]
+    assert store.get(a1).state == "dead"  # type: ignore[union-attr]
+    [second] = store.claim_due_deliveries(10)
+    assert second.message_id == a2
+    store.record_outcomes([Outcome(second.id, True)])
+    assert [state(m) for m in (a2, a3)] == ["delivered", "pending"]
+    assert store.get(a2).state == "delivered"  # type: ignore[union-attr]
+
+
+def test_upgrading_to_0005_queues_deliveries_behind_their_patients_head(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    import engine.store
+    from engine.store.repository import create_db_engine
+
+    db = create_db_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(engine.store.__file__).parent / "migrations"))
+    with db.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0004")
+        conn.execute(
+            text(
+                "INSERT INTO messages (id, received_at, channel, peer, kind, size, raw, state,"
+                " updated_at) VALUES (1, '2026-01-01', 't', '', 'hl7v2', 1, x'00', 'routed',"
+                " '2026-01-01')"
+            )
+        )
+        for did, patient in ((1, "A"), (2, "A"), (3, "B"), (4, "A")):
+            conn.execute(
+                text(
+                    "INSERT INTO deliveries (id, message_id, destination, route, kind,"
+                    " content_type, payload, patient_key, state, attempts, next_attempt_at,"
+                    " created_at) VALUES (:id, 1, 'd', 'r', 'hl7v2', 't', x'00', :p, 'pending',"
+                    " 0, '2026-01-01', '2026-01-01')"
+                ),
+                {"id": did, "p": patient},
+            )
+    SqlMessageStore(db).migrate()
+    with db.connect() as conn:
+        states = conn.execute(text("SELECT state FROM deliveries ORDER BY id")).scalars().all()
+    assert states == ["pending", "waiting", "pending", "waiting"]
+    db.dispose()

@@ -288,8 +288,198 @@ def _record(row: Any) -> MessageRecord:
     return MessageRecord(**data)
 
 
-#: the receiver's insert, prepared once (executemany with RETURNING, in parameter order)
+# -- the hot statements, built once ----------------------------------------------------------
+# Building a SQLAlchemy statement (and its cache key) costs more than SQLite takes to run it; the
+# receiver and the queue workers run these thousands of times a second, so they are built here,
+# with bind parameters (``expanding`` ones for id lists), and only executed in the methods.
+
+
+def _ids(name: str = "ids") -> Any:
+    return bindparam(name, expanding=True)
+
+
+#: the receiver's insert (executemany with RETURNING, in parameter order)
 _INSERT_MESSAGES = insert(messages).returning(messages.c.id, sort_by_parameter_order=True)
+_KNOWN_KEYS = select(messages.c.dedupe_key, messages.c.id, messages.c.received_at).where(
+    messages.c.dedupe_key.in_(_ids("keys"))
+)
+
+_earlier_message = messages.alias("earlier")
+#: received messages whose patient has no earlier message still received or being processed
+_CLAIMABLE_MESSAGES = (
+    select(messages.c.id)
+    .where(
+        messages.c.state == "received",
+        or_(
+            messages.c.patient_key.is_(None),
+            ~exists().where(
+                _earlier_message.c.patient_key == messages.c.patient_key,
+                _earlier_message.c.id < messages.c.id,
+                _earlier_message.c.state.in_(("received", "processing")),
+            ),
+        ),
+    )
+    .order_by(messages.c.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True, of=messages)
+)
+_MARK_PROCESSING = (
+    update(messages)
+    .where(messages.c.id.in_(_ids()))
+    .values(
+        state="processing",
+        claimed_by=bindparam("worker"),
+        claimed_at=bindparam("now"),
+        updated_at=bindparam("now"),
+    )
+)
+_RAW_OF = (
+    select(messages.c.id, messages.c.raw, messages.c.kind)
+    .where(messages.c.id.in_(_ids()))
+    .order_by(messages.c.id)
+)
+_EXISTING = select(messages.c.id).where(messages.c.id.in_(_ids()))
+#: the messages of a batch still claimed by this worker (a claim taken back does not count)
+_STILL_CLAIMED = select(messages.c.id).where(
+    messages.c.id.in_(_ids()),
+    messages.c.state == "processing",
+    messages.c.claimed_by == bindparam("worker"),
+)
+_FINISH_MESSAGE = (
+    update(messages)
+    .where(messages.c.id == bindparam("mid"))
+    .values(
+        state=bindparam("new_state"),
+        reason=bindparam("new_reason"),
+        patient_key=bindparam("new_patient"),
+        updated_at=bindparam("now"),
+    )
+)
+_INSERT_DELIVERIES = insert(deliveries)
+#: the patients of a destination with a delivery still queued (pending or waiting)
+_QUEUED_PATIENTS = select(deliveries.c.patient_key).where(
+    deliveries.c.destination == bindparam("dest"),
+    deliveries.c.patient_key.in_(_ids("patients")),
+    deliveries.c.state.in_(("pending", "waiting")),
+)
+_QUEUED_PATIENTS_LOCKED = _QUEUED_PATIENTS.with_for_update()
+
+_queued = deliveries.alias("queued")
+#: the next waiting delivery of a (destination, patient) becomes the head of its queue
+_PROMOTE = (
+    update(deliveries)
+    .where(
+        deliveries.c.id
+        == select(func.min(_queued.c.id))
+        .where(
+            _queued.c.destination == bindparam("dest"),
+            _queued.c.patient_key == bindparam("patient"),
+            _queued.c.state == "waiting",
+        )
+        .scalar_subquery()
+    )
+    .values(state="pending", next_attempt_at=bindparam("now"))
+)
+
+_free_claim = or_(
+    deliveries.c.claimed_until.is_(None), deliveries.c.claimed_until < bindparam("now")
+)
+#: due deliveries: only queue heads are pending (the rest wait), so this is an index range
+#: scan in due order that stops at its limit, however deep the queues are
+_DUE = (
+    select(deliveries.c.id)
+    .where(
+        deliveries.c.state == "pending",
+        deliveries.c.next_attempt_at <= bindparam("now"),
+        _free_claim,
+    )
+    .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+    .limit(bindparam("limit"))
+)
+_DUE_UNPAUSED = _DUE.where(deliveries.c.destination.notin_(_ids("paused")))
+_CLAIM_DELIVERIES = (
+    update(deliveries)
+    .where(deliveries.c.id.in_(_ids()), deliveries.c.state == "pending", _free_claim)
+    .values(claimed_until=bindparam("until"))
+    .returning(deliveries.c.id)
+)
+_LEASE_DELIVERIES = (
+    update(deliveries).where(deliveries.c.id.in_(_ids())).values(claimed_until=bindparam("until"))
+)
+_DUE_ROWS = (
+    select(
+        deliveries.c.id,
+        deliveries.c.message_id,
+        deliveries.c.destination,
+        deliveries.c.kind,
+        deliveries.c.content_type,
+        deliveries.c.payload,
+        deliveries.c.attempts,
+        messages.c.control_id,
+    )
+    .join(messages, messages.c.id == deliveries.c.message_id)
+    .where(deliveries.c.id.in_(_ids()))
+    .order_by(deliveries.c.id)
+)
+_DELIVERED = (
+    update(deliveries)
+    .where(deliveries.c.id.in_(_ids()))
+    .values(
+        state="delivered",
+        delivered_at=bindparam("now"),
+        attempts=deliveries.c.attempts + 1,
+        claimed_until=None,
+        last_error=None,
+    )
+)
+_DEAD = (
+    update(deliveries)
+    .where(deliveries.c.id == bindparam("did"))
+    .values(
+        state="dead",
+        attempts=deliveries.c.attempts + 1,
+        claimed_until=None,
+        last_error=bindparam("err"),
+    )
+)
+_RETRY = (
+    update(deliveries)
+    .where(deliveries.c.id == bindparam("did"))
+    .values(
+        attempts=deliveries.c.attempts + 1,
+        claimed_until=None,
+        last_error=bindparam("err"),
+        next_attempt_at=bindparam("at"),
+    )
+)
+_SETTLED = select(
+    deliveries.c.message_id, deliveries.c.destination, deliveries.c.patient_key
+).where(deliveries.c.id.in_(_ids()))
+_LOCK_MESSAGES = select(messages.c.id).where(messages.c.id.in_(_ids())).with_for_update()
+#: a routed message is delivered once no delivery is queued, dead if one is dead
+_SETTLE_MESSAGES = (
+    update(messages)
+    .where(
+        messages.c.id.in_(_ids()),
+        messages.c.state == "routed",
+        ~exists().where(
+            deliveries.c.message_id == messages.c.id,
+            deliveries.c.state.in_(("pending", "waiting")),
+        ),
+    )
+    .values(
+        state=case(
+            (
+                exists().where(
+                    deliveries.c.message_id == messages.c.id, deliveries.c.state == "dead"
+                ),
+                "dead",
+            ),
+            else_="delivered",
+        ),
+        updated_at=bindparam("now"),
+    )
+)
 
 
 class SqlMessageStore:
@@ -337,11 +527,7 @@ class SqlMessageStore:
             keys = [i.dedupe_key for i in items if i.dedupe_key]
             known: dict[str, tuple[int, datetime]] = {}
             if keys:
-                for row in conn.execute(
-                    select(messages.c.dedupe_key, messages.c.id, messages.c.received_at).where(
-                        messages.c.dedupe_key.in_(set(keys))
-                    )
-                ):
+                for row in conn.execute(_KNOWN_KEYS, {"keys": list(set(keys))}):
                     known[row.dedupe_key] = (row.id, _aware(row.received_at))
             rows: list[dict[str, Any]] = []
             where: list[int] = []  # the index in ``items`` of each row to insert
@@ -441,38 +627,12 @@ class SqlMessageStore:
         so delivered, in the order they arrived, while different patients go in parallel.
         """
         now = _now()
-        earlier = messages.alias("earlier")
-        waiting = exists().where(
-            earlier.c.patient_key == messages.c.patient_key,
-            earlier.c.id < messages.c.id,
-            earlier.c.state.in_(("received", "processing")),
-        )
         with self._tx() as conn:
-            ids = [
-                row.id
-                for row in conn.execute(
-                    select(messages.c.id)
-                    .where(
-                        messages.c.state == "received",
-                        or_(messages.c.patient_key.is_(None), ~waiting),
-                    )
-                    .order_by(messages.c.id)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True, of=messages)
-                )
-            ]
+            ids = list(conn.execute(_CLAIMABLE_MESSAGES, {"limit": limit}).scalars())
             if not ids:
                 return []
-            conn.execute(
-                update(messages)
-                .where(messages.c.id.in_(ids))
-                .values(state="processing", claimed_by=worker, claimed_at=now, updated_at=now)
-            )
-            rows = conn.execute(
-                select(messages.c.id, messages.c.raw, messages.c.kind)
-                .where(messages.c.id.in_(ids))
-                .order_by(messages.c.id)
-            )
+            conn.execute(_MARK_PROCESSING, {"ids": ids, "worker": worker, "now": now})
+            rows = conn.execute(_RAW_OF, {"ids": ids})
             return [(r.id, bytes(r.raw), r.kind) for r in rows]
 
     def reclaim_stale(self, older_than: timedelta) -> int:
@@ -504,23 +664,29 @@ class SqlMessageStore:
         another claimed the message) is dropped: the other worker's counts."""
         now = _now()
         with self._tx() as conn:
-            kept: list[Processed] = []
-            for o in outcomes:
-                where = [messages.c.id == o.message_id]
-                if o.worker is not None:
-                    where += [messages.c.state == "processing", messages.c.claimed_by == o.worker]
-                done = conn.execute(
-                    update(messages)
-                    .where(*where)
-                    .values(
-                        state=o.state,
-                        reason=o.reason,
-                        patient_key=o.patient_key,
-                        updated_at=now,
-                    )
+            owned: set[int] = set()
+            for worker in {o.worker for o in outcomes}:
+                ids = [o.message_id for o in outcomes if o.worker == worker]
+                if worker is None:
+                    found = conn.execute(_EXISTING, {"ids": ids})
+                else:
+                    found = conn.execute(_STILL_CLAIMED, {"ids": ids, "worker": worker})
+                owned.update(found.scalars())
+            kept = [o for o in outcomes if o.message_id in owned]
+            if kept:
+                conn.execute(
+                    _FINISH_MESSAGE,
+                    [
+                        {
+                            "mid": o.message_id,
+                            "new_state": o.state,
+                            "new_reason": o.reason,
+                            "new_patient": o.patient_key,
+                            "now": now,
+                        }
+                        for o in kept
+                    ],
                 )
-                if done.rowcount:
-                    kept.append(o)
             rows = [
                 {
                     "message_id": o.message_id,
@@ -539,10 +705,46 @@ class SqlMessageStore:
                 for d in o.new_deliveries
             ]
             if rows:
-                conn.execute(insert(deliveries), rows)
+                self._queue(conn, rows)
+                conn.execute(_INSERT_DELIVERIES, rows)
             indexed = [(o.message_id, r) for o in kept for r in o.resources]
             if indexed:
                 self._upsert_resources(conn, indexed, now)
+
+    def _queue(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """Mark each new delivery ``waiting`` when an earlier one for the same destination and
+        patient is still pending or waiting (here or earlier in ``rows``): only the head of each
+        queue is claimable, and settling it promotes the next (``_promote``).
+
+        On PostgreSQL the earlier deliveries are locked, so a dispatcher settling the head at
+        the same moment either sees the new delivery (and promotes it) or has settled the head
+        before we look (and the new one is the head)."""
+        by_destination: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_destination.setdefault(row["destination"], []).append(row)
+        busy = (
+            _QUEUED_PATIENTS_LOCKED
+            if self.db_engine.dialect.name == "postgresql"
+            else _QUEUED_PATIENTS
+        )
+        for destination, group in by_destination.items():
+            patients = list({r["patient_key"] for r in group})
+            queued = set(conn.execute(busy, {"dest": destination, "patients": patients}).scalars())
+            for row in group:
+                if row["patient_key"] in queued:
+                    row["state"] = "waiting"
+                else:
+                    queued.add(row["patient_key"])
+
+    def _promote(self, conn: Connection, queues: set[tuple[str, str]], now: datetime) -> None:
+        """The next waiting delivery of each (destination, patient) whose head was settled
+        becomes pending, due now."""
+        if not queues:
+            return
+        conn.execute(
+            _PROMOTE,
+            [{"dest": d, "patient": p, "now": now} for d, p in sorted(queues)],
+        )
 
     def _upsert_resources(
         self, conn: Connection, items: Sequence[tuple[int, IndexedResource]], now: datetime
@@ -633,92 +835,50 @@ class SqlMessageStore:
         self, limit: int = 50, lease: float = 120.0, paused: Sequence[str] = ()
     ) -> list[DueDelivery]:
         """Claim deliveries that are due, at most one in flight per (destination, patient): a
-        delivery waits while an earlier one for the same patient and destination is pending, so
-        order is kept per patient while different patients flow in parallel."""
+        delivery is ``waiting`` while an earlier one for the same patient and destination is
+        pending, so order is kept per patient while different patients flow in parallel."""
         now = _now()
-        earlier = deliveries.alias("earlier")
-        blocked = exists().where(
-            earlier.c.destination == deliveries.c.destination,
-            earlier.c.patient_key == deliveries.c.patient_key,
-            earlier.c.state == "pending",
-            earlier.c.id < deliveries.c.id,
-        )
-        due = select(deliveries.c.id).where(
-            deliveries.c.state == "pending",
-            deliveries.c.next_attempt_at <= now,
-            or_(deliveries.c.claimed_until.is_(None), deliveries.c.claimed_until < now),
-            ~blocked,
-        )
-        if paused:
-            due = due.where(deliveries.c.destination.notin_(list(paused)))
-        due = due.order_by(deliveries.c.id).limit(limit)
-        sqlite = self.db_engine.dialect.name == "sqlite"
-        if sqlite:
+        until = now + timedelta(seconds=lease)
+        due = _DUE_UNPAUSED if paused else _DUE
+        params = {"now": now, "limit": limit, "paused": list(paused)}
+        if self.db_engine.dialect.name == "sqlite":
             # find candidates without the write lock, then claim them in a short write
             # transaction that re-checks they are still unclaimed and pending
             with self.db_engine.connect() as conn:
-                candidates = [row.id for row in conn.execute(due)]
+                candidates = list(conn.execute(due, params).scalars())
             if not candidates:
                 return []
-        with self._tx() as conn:
-            if sqlite:
-                ids = [
-                    row.id
-                    for row in conn.execute(
-                        update(deliveries)
-                        .where(
-                            deliveries.c.id.in_(candidates),
-                            deliveries.c.state == "pending",
-                            or_(
-                                deliveries.c.claimed_until.is_(None),
-                                deliveries.c.claimed_until < now,
-                            ),
-                        )
-                        .values(claimed_until=now + timedelta(seconds=lease))
-                        .returning(deliveries.c.id)
-                    )
-                ]
-            else:
-                ids = [
-                    row.id
-                    for row in conn.execute(due.with_for_update(skip_locked=True, of=deliveries))
-                ]
-                if ids:
+            with self._tx() as conn:
+                ids = list(
                     conn.execute(
-                        update(deliveries)
-                        .where(deliveries.c.id.in_(ids))
-                        .values(claimed_until=now + timedelta(seconds=lease))
-                    )
-            if not ids:
-                return []
-            rows = conn.execute(
-                select(
-                    deliveries.c.id,
-                    deliveries.c.message_id,
-                    deliveries.c.destination,
-                    deliveries.c.kind,
-                    deliveries.c.content_type,
-                    deliveries.c.payload,
-                    deliveries.c.attempts,
-                    messages.c.control_id,
+                        _CLAIM_DELIVERIES, {"ids": candidates, "now": now, "until": until}
+                    ).scalars()
                 )
-                .join(messages, messages.c.id == deliveries.c.message_id)
-                .where(deliveries.c.id.in_(ids))
-                .order_by(deliveries.c.id)
+                return self._due_rows(conn, ids)
+        with self._tx() as conn:
+            locked = due.with_for_update(skip_locked=True, of=deliveries)
+            ids = list(conn.execute(locked, params).scalars())
+            if ids:
+                conn.execute(_LEASE_DELIVERIES, {"ids": ids, "until": until})
+            return self._due_rows(conn, ids)
+
+    def _due_rows(self, conn: Connection, ids: list[int]) -> list[DueDelivery]:
+        if not ids:
+            return []
+        rows = conn.execute(_DUE_ROWS, {"ids": ids})
+        return [
+            DueDelivery(
+                r.id,
+                r.message_id,
+                r.destination,
+                r.kind,
+                r.content_type,
+                bytes(r.payload),
+                r.attempts,
+                r.control_id or "",
             )
-            return [
-                DueDelivery(
-                    r.id,
-                    r.message_id,
-                    r.destination,
-                    r.kind,
-                    r.content_type,
-                    bytes(r.payload),
-                    r.attempts,
-                    r.control_id or "",
-                )
-                for r in rows
-            ]
+            for r in rows
+        ]
 
     def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
         """Record delivery outcomes in ONE transaction of a few set-based statements (the
@@ -731,49 +891,22 @@ class SqlMessageStore:
         retry = [o for o in outcomes if not o.ok and o.retry_at is not None]
         with self._tx() as conn:
             if done:
+                conn.execute(_DELIVERED, {"ids": done, "now": now})
+            if dead:
+                conn.execute(_DEAD, [{"did": o.delivery_id, "err": o.error[:2000]} for o in dead])
+            if retry:
                 conn.execute(
-                    update(deliveries)
-                    .where(deliveries.c.id.in_(done))
-                    .values(
-                        state="delivered",
-                        delivered_at=now,
-                        attempts=deliveries.c.attempts + 1,
-                        claimed_until=None,
-                        last_error=None,
-                    )
-                )
-            for group, values in ((dead, {"state": "dead"}), (retry, {})):
-                if not group:
-                    continue
-                stmt = (
-                    update(deliveries)
-                    .where(deliveries.c.id == bindparam("did"))
-                    .values(
-                        attempts=deliveries.c.attempts + 1,
-                        claimed_until=None,
-                        last_error=bindparam("err"),
-                        **values,
-                        **({} if values else {"next_attempt_at": bindparam("at")}),
-                    )
-                )
-                conn.execute(
-                    stmt,
+                    _RETRY,
                     [
                         {"did": o.delivery_id, "err": o.error[:2000], "at": o.retry_at}
-                        for o in group
+                        for o in retry
                     ],
                 )
             settled = done + [o.delivery_id for o in dead]
             if settled:
-                mids = [
-                    r.message_id
-                    for r in conn.execute(
-                        select(deliveries.c.message_id)
-                        .where(deliveries.c.id.in_(settled))
-                        .distinct()
-                    )
-                ]
-                self._settle(conn, mids, now)
+                rows = conn.execute(_SETTLED, {"ids": settled}).all()
+                self._promote(conn, {(r.destination, r.patient_key) for r in rows}, now)
+                self._settle(conn, sorted({r.message_id for r in rows}), now)
 
     def mark_delivered(self, delivery_id: int) -> None:
         self.record_outcomes([Outcome(delivery_id, True)])
@@ -788,23 +921,8 @@ class SqlMessageStore:
         The message rows are locked first, so two deliveries of one message finishing at the
         same time (READ COMMITTED on PostgreSQL) cannot each miss the other's outcome.
         """
-        conn.execute(
-            select(messages.c.id).where(messages.c.id.in_(message_ids)).with_for_update()
-        ).all()
-        pending = exists().where(
-            deliveries.c.message_id == messages.c.id, deliveries.c.state == "pending"
-        )
-        any_dead = exists().where(
-            deliveries.c.message_id == messages.c.id, deliveries.c.state == "dead"
-        )
-        conn.execute(
-            update(messages)
-            .where(messages.c.id.in_(message_ids), messages.c.state == "routed", ~pending)
-            .values(
-                state=case((any_dead, "dead"), else_="delivered"),
-                updated_at=now,
-            )
-        )
+        conn.execute(_LOCK_MESSAGES, {"ids": list(message_ids)}).all()
+        conn.execute(_SETTLE_MESSAGES, {"ids": list(message_ids), "now": now})
 
     # -- eligibility ---------------------------------------------------------------------------
 
@@ -949,7 +1067,7 @@ class SqlMessageStore:
             }
             out["deliveries_pending"] = int(
                 conn.execute(
-                    select(func.count()).where(deliveries.c.state == "pending")
+                    select(func.count()).where(deliveries.c.state.in_(("pending", "waiting")))
                 ).scalar_one()
             )
         return out

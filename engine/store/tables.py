@@ -77,7 +77,8 @@ deliveries = Table(
     Column("content_type", String(64), nullable=False),
     Column("payload", LargeBinary, nullable=False),
     Column("patient_key", String(255), nullable=False, default=""),
-    Column("state", String(16), nullable=False),  # pending, delivered, dead
+    # waiting (behind an earlier one for the same patient), pending, delivered, dead
+    Column("state", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", DateTime(timezone=True), nullable=False),
     Column("claimed_until", DateTime(timezone=True), nullable=True),
