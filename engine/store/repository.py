@@ -35,6 +35,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql as postgresql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 
 from engine.store.tables import deliveries, eligibility_checks, fhir_resources, messages
@@ -380,6 +382,31 @@ _PROMOTE = (
     )
     .values(state="pending", next_attempt_at=bindparam("now"))
 )
+
+
+def _upsert_resource(dialect: Any) -> Any:
+    """Insert a resource, or update it by fullUrl; an older message never overwrites a newer
+    one's (executemany: one row per fullUrl)."""
+    stmt = dialect.insert(fhir_resources)
+    excluded = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=[fhir_resources.c.full_url],
+        set_={
+            "patient_url": excluded.patient_url,
+            "start": excluded.start,
+            "status": excluded.status,
+            "body": excluded.body,
+            "message_id": excluded.message_id,
+            "updated_at": excluded.updated_at,
+        },
+        where=fhir_resources.c.message_id <= excluded.message_id,
+    )
+
+
+_UPSERT_RESOURCES = {
+    "postgresql": _upsert_resource(postgresql_dialect),
+    "sqlite": _upsert_resource(sqlite_dialect),
+}
 
 _free_claim = or_(
     deliveries.c.claimed_until.is_(None), deliveries.c.claimed_until < bindparam("now")
@@ -764,32 +791,10 @@ class SqlMessageStore:
                 "message_id": mid,
                 "updated_at": now,
             }
-            for mid, r in latest.values()
+            # sorted: one lock order for concurrent workers
+            for mid, r in sorted(latest.values(), key=lambda item: item[1].full_url)
         ]
-        stmt: Any
-        if self.db_engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects import postgresql
-
-            stmt = postgresql.insert(fhir_resources).values(rows)
-        else:
-            from sqlalchemy.dialects import sqlite
-
-            stmt = sqlite.insert(fhir_resources).values(rows)
-        excluded = stmt.excluded
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[fhir_resources.c.full_url],
-                set_={
-                    "patient_url": excluded.patient_url,
-                    "start": excluded.start,
-                    "status": excluded.status,
-                    "body": excluded.body,
-                    "message_id": excluded.message_id,
-                    "updated_at": excluded.updated_at,
-                },
-                where=fhir_resources.c.message_id <= excluded.message_id,
-            )
-        )
+        conn.execute(_UPSERT_RESOURCES[self.db_engine.dialect.name], rows)
 
     # -- the resource index (read by jobs) ------------------------------------------------------
 
