@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ from engine.hl7v2.ack import (
     nak_for_unparseable,
 )
 from engine.hl7v2.codec import Message, parse_message
+from engine.pressure import IngestPressure
 from engine.store.repository import Incoming, Stored
 
 __all__ = ["Ingest", "MessageStore", "Receipt", "RouteCheck", "patient_key_of"]
@@ -92,6 +94,7 @@ class Ingest:
         on_stored: Callable[[], None] | None = None,
         on_receipt: Callable[[str, Receipt], None] | None = None,
         max_batch: int = 500,
+        pressure: IngestPressure | None = None,
     ) -> None:
         self.store = store
         self.routes = routes
@@ -101,6 +104,8 @@ class Ingest:
         self.on_stored = on_stored
         self.on_receipt = on_receipt
         self.max_batch = max_batch
+        #: tells the queue workers when the receiver is saturated (they then yield the database)
+        self.pressure = pressure
         self._queue: asyncio.Queue[_Pending] | None = None
         self._writer: asyncio.Task[None] | None = None
 
@@ -133,6 +138,7 @@ class Ingest:
             batch = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            started = time.monotonic()
             try:
                 stored = await asyncio.to_thread(self.store.save_batch, [p.item for p in batch])
             except Exception as exc:
@@ -150,6 +156,8 @@ class Ingest:
                 if self.on_stored is not None:
                     self.on_stored()
                 continue
+            if self.pressure is not None:
+                self.pressure.committed(time.monotonic() - started)
             for p, s in zip(batch, stored, strict=True):
                 if not p.future.done():
                     p.future.set_result(s)

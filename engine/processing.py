@@ -29,6 +29,7 @@ from engine.errors import EngineError, UnsupportedMessageError
 from engine.hl7v2.codec import Message, parse_message
 from engine.mappings import Mappings
 from engine.pipeline import patient_key_of, unsupported
+from engine.pressure import IngestPressure
 from engine.routes.loader import RouteSet
 from engine.routes.router import Router
 from engine.store.repository import (
@@ -145,6 +146,7 @@ class Processor:
         idle_s: float = 0.2,
         default_charset: str = "utf-8",
         stale_after: timedelta = timedelta(minutes=5),
+        pressure: IngestPressure | None = None,
     ) -> None:
         self.store = store
         self.router = Router(routes)
@@ -157,6 +159,7 @@ class Processor:
         self.idle_s = idle_s
         self._wake = asyncio.Event()
         self._indexed: list[IndexedResource] = []
+        self.pressure = pressure
 
     def wake(self) -> None:
         """Called when messages were stored: process them now rather than at the next poll."""
@@ -172,6 +175,8 @@ class Processor:
                     # messages claimed by a worker that died (not by one still working)
                     await asyncio.to_thread(self.store.reclaim_stale, self.stale_after)
                     next_reclaim = loop.time() + 60
+                if self.pressure is not None:
+                    await self.pressure.yield_to()  # a burst: ACKs first
                 n = await asyncio.to_thread(self.process_batch)
                 failures = 0
             except Exception as exc:  # the database away for a moment: wait and go on
@@ -280,6 +285,7 @@ class Dispatcher:
         idle_s: float = 0.2,
         observer: Observer | None = None,
         rng: random.Random | None = None,
+        pressure: IngestPressure | None = None,
     ) -> None:
         self.store = store
         self.routes = routes
@@ -288,6 +294,7 @@ class Dispatcher:
         self.idle_s = idle_s
         self.observer = observer
         self.rng = rng or random.Random()
+        self.pressure = pressure
         self._limits = {name: asyncio.Semaphore(per_destination) for name in self.destinations}
         #: deliveries in flight at most (all destinations together)
         self.capacity = max(1, per_destination * max(1, len(self.destinations)))
@@ -314,6 +321,8 @@ class Dispatcher:
                 room = self.capacity - len(in_flight)
                 due: list[DueDelivery] = []
                 if room > 0:
+                    if self.pressure is not None:
+                        await self.pressure.yield_to()  # a burst: ACKs first
                     try:
                         due = await asyncio.to_thread(
                             self.store.claim_due_deliveries, min(room, self.batch), 600.0, paused

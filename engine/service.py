@@ -27,6 +27,7 @@ from engine.hl7v2.ack import hl7_timestamp, nak_for_unparseable
 from engine.metrics import ENGINE_METRICS, EngineMetrics
 from engine.operations import Messages
 from engine.pipeline import Ingest, Receipt
+from engine.pressure import IngestPressure
 from engine.settings import Settings
 from engine.store.repository import SqlMessageStore, create_db_engine
 from engine.worker import run_workers
@@ -152,12 +153,15 @@ class Engine:
         self.metrics.queue_depth.set_function(
             lambda: self.store.counts().get("deliveries_pending", 0)
         )
+        # shared with the worker process: under a burst it yields the database to the ACKs
+        self._pressure = multiprocessing.get_context("spawn").Value("d", 0.0, lock=False)
         self.ingest = Ingest(
             self.store,
             routes=RouteGate(Router(self.routes), self.mappings),
             default_charset=settings.default_charset,
             identity=(settings.application_name, settings.facility_name),
             on_receipt=self._count,
+            pressure=IngestPressure(self._pressure),
         )
         self.mllp = MLLPServer(
             _MLLPHandler(self.ingest, self._state_of),
@@ -223,6 +227,7 @@ class Engine:
                 f"cannot listen for MLLP on {self.settings.mllp_host}:{self.settings.mllp_port}: "
                 f"{exc.strerror or exc}"
             ) from exc
+        checkpoints = asyncio.create_task(self.store.checkpoints(stop), name="checkpoints")
         http_task = asyncio.create_task(self.http.serve())
         try:
             while not self.http.started:
@@ -246,6 +251,9 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError, SystemExit):
                 await http_task  # a bind failure ends uvicorn with SystemExit; reported above
             await self.ingest.stop()
+            checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checkpoints
             if supervisor is not None:
                 supervisor.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -276,7 +284,9 @@ class Engine:
         ctx = multiprocessing.get_context("spawn")
         events = ctx.Queue(maxsize=100_000)
         proc = ctx.Process(
-            target=run_workers, args=(self.settings, events, os.getpid()), name="engine-worker"
+            target=run_workers,
+            args=(self.settings, events, os.getpid(), self._pressure),
+            name="engine-worker",
         )
         proc.start()
         observer = _DeliveryMetrics(self.metrics)

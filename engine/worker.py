@@ -44,10 +44,16 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-async def serve_workers(settings: Settings, stop: asyncio.Event, events: Any = None) -> None:
-    """Run the processor, the dispatcher and the retention job until ``stop`` is set."""
+async def serve_workers(
+    settings: Settings, stop: asyncio.Event, events: Any = None, pressure: Any = None
+) -> None:
+    """Run the processor, the dispatcher and the retention job until ``stop`` is set.
+
+    ``pressure``: the receiver's shared ingest-pressure value (``engine serve``), or None.
+    """
     from engine.adapters.destination import build_destination
     from engine.mappings import load_mappings
+    from engine.pressure import IngestPressure
     from engine.processing import Dispatcher, Processor
     from engine.routes.loader import load_routes
     from engine.store.repository import SqlMessageStore, create_db_engine
@@ -61,16 +67,26 @@ async def serve_workers(settings: Settings, stop: asyncio.Event, events: Any = N
         name: build_destination(name, config) for name, config in routes.destinations.items()
     }
     observer = _QueueObserver(events) if events is not None else None
+    burst = IngestPressure(pressure) if pressure is not None else None
     processor = Processor(
-        store, routes, mappings, idle_s=0.05, batch=50, default_charset=settings.default_charset
+        store,
+        routes,
+        mappings,
+        idle_s=0.05,
+        batch=50,
+        default_charset=settings.default_charset,
+        pressure=burst,
     )
-    dispatcher = Dispatcher(store, routes, destinations, observer=observer, idle_s=0.05)
+    dispatcher = Dispatcher(
+        store, routes, destinations, observer=observer, idle_s=0.05, pressure=burst
+    )
     processor.on_routed = dispatcher.wake
     eligibility, scheduler = _eligibility(settings, store)
     tasks = [
         asyncio.create_task(processor.run(stop), name="processor"),
         asyncio.create_task(dispatcher.run(stop), name="dispatcher"),
         asyncio.create_task(_retention(store, settings, stop), name="retention"),
+        asyncio.create_task(store.checkpoints(stop), name="checkpoints"),
     ]
     try:
         await asyncio.gather(*tasks)
@@ -117,7 +133,9 @@ async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> Non
             await asyncio.wait_for(stop.wait(), 3600)
 
 
-def run_workers(settings: Settings, events: Any = None, parent: int | None = None) -> None:
+def run_workers(
+    settings: Settings, events: Any = None, parent: int | None = None, pressure: Any = None
+) -> None:
     """Process entry point: run the workers until SIGTERM/SIGINT or the parent goes away."""
     _die_with_parent()
     # ACKs first: under load the receiver gets the CPU and the queue absorbs the burst; the
@@ -141,7 +159,7 @@ def run_workers(settings: Settings, events: Any = None, parent: int | None = Non
                 await asyncio.sleep(1)
 
         watcher = asyncio.create_task(watch_parent())
-        await serve_workers(settings, stop, events)
+        await serve_workers(settings, stop, events, pressure)
         watcher.cancel()
 
     asyncio.run(main())

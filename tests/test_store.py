@@ -140,3 +140,22 @@ def test_upgrading_to_0005_queues_deliveries_behind_their_patients_head(tmp_path
         states = conn.execute(text("SELECT state FROM deliveries ORDER BY id")).scalars().all()
     assert states == ["pending", "waiting", "pending", "waiting"]
     db.dispose()
+
+
+def test_sqlite_checkpoints_run_beside_the_writers_not_inside_a_commit(tmp_path: Path) -> None:
+    from engine.store.repository import create_db_engine
+
+    db = create_db_engine(f"sqlite:///{tmp_path / 'e.db'}")
+    store = SqlMessageStore(db)
+    store.migrate()
+    for i in range(50):
+        store.save_received(b"x" * 5000 + str(i).encode(), channel="test")
+    with db.connect() as conn:
+        # no commit checkpoints (an ACK would wait for it): the log keeps every frame...
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    wal, main = tmp_path / "e.db-wal", tmp_path / "e.db"
+    assert wal.stat().st_size > 50 * 5000
+    before = main.stat().st_size
+    store.checkpoint()  # ...until the checkpointer copies them into the database
+    assert main.stat().st_size > before + 50 * 5000
+    db.dispose()

@@ -8,8 +8,11 @@ takes its write lock at ``BEGIN IMMEDIATE``), so each message is processed once.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextlib
 import fcntl
+import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -55,6 +58,8 @@ __all__ = [
     "create_db_engine",
 ]
 
+log = logging.getLogger(__name__)
+
 
 def create_db_engine(url: str, *, durable: bool = True) -> Engine:
     """A SQLAlchemy engine (``db_engine``) for the URL; SQLite gets WAL and a created directory.
@@ -80,6 +85,9 @@ def create_db_engine(url: str, *, durable: bool = True) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             cur.execute("PRAGMA busy_timeout=10000")
+            # no checkpoint inside a commit (an ACK would wait for it, ~100 ms at times):
+            # ``checkpoint`` runs beside the writers instead (engine serve, engine worker)
+            cur.execute("PRAGMA wal_autocheckpoint=0")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
@@ -99,18 +107,26 @@ def create_db_engine(url: str, *, durable: bool = True) -> Engine:
 
 
 class _WriteLock:
-    """Serialises SQLite writers across threads and processes with a lock file.
+    """Serialises SQLite writers across threads and processes with lock files, the receiver's
+    commits first.
 
     SQLite lets one writer in at a time and makes the others poll with growing sleeps (up to
     100 ms each), which shows as ACK latency when the worker process writes while the receiver
-    does. An ``flock`` on ``<db>.writelock`` wakes a waiter the moment the lock is free. On
-    PostgreSQL (row locks, no single writer) this is a no-op.
+    does. An ``flock`` on ``<db>.writelock`` wakes a waiter the moment the lock is free.
+
+    ``flock`` keeps no queue, so the queue workers' writers could take turns while the receiver
+    waits. A second lock, ``<db>.writeintent``, gives the receiver's group commit (which ACKs
+    wait on) the first turn: it holds the intent exclusively while it waits for the write lock;
+    every other writer passes through the intent (shared) before queueing for the write lock.
+    The receiver thus waits for at most the one transaction already running, and the workers
+    still get a turn between two of its commits. On PostgreSQL (row locks, no single writer)
+    this is a no-op.
     """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._thread_lock = threading.Lock()
-        self._fd: int | None = None
+        self._fds: tuple[int, int] | None = None
 
     @classmethod
     def for_engine(cls, db_engine: Engine) -> _WriteLock:
@@ -119,26 +135,35 @@ class _WriteLock:
             return cls(Path(url.database).with_suffix(".writelock"))
         return cls(None)
 
-    def __enter__(self) -> None:
-        if self.path is None:
-            return
-        self._thread_lock.acquire()
-        try:
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        except BaseException:
-            self._thread_lock.release()
-            raise
+    def _open(self) -> tuple[int, int]:
+        if self._fds is None:
+            assert self.path is not None
+            lock = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            intent = os.open(self.path.with_suffix(".writeintent"), os.O_RDWR | os.O_CREAT, 0o600)
+            self._fds = (lock, intent)
+        return self._fds
 
-    def __exit__(self, *exc: object) -> None:
+    @contextmanager
+    def held(self, *, priority: bool = False) -> Iterator[None]:
         if self.path is None:
+            yield
             return
-        try:
-            if self._fd is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            self._thread_lock.release()
+        with self._thread_lock:
+            lock, intent = self._open()
+            if priority:
+                fcntl.flock(intent, fcntl.LOCK_EX)
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                finally:
+                    fcntl.flock(intent, fcntl.LOCK_UN)
+            else:
+                fcntl.flock(intent, fcntl.LOCK_SH)  # behind a receiver that is waiting
+                fcntl.flock(intent, fcntl.LOCK_UN)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _now() -> datetime:
@@ -517,9 +542,10 @@ class SqlMessageStore:
         self._write_lock = _WriteLock.for_engine(db_engine)
 
     @contextmanager
-    def _tx(self) -> Iterator[Connection]:
-        """A write transaction (on SQLite: BEGIN IMMEDIATE, under the writers' file lock)."""
-        with self._write_lock, self.db_engine.connect() as conn:
+    def _tx(self, *, priority: bool = False) -> Iterator[Connection]:
+        """A write transaction (on SQLite: BEGIN IMMEDIATE, under the writers' file lock;
+        ``priority`` for the receiver's commits, which ACKs wait on)."""
+        with self._write_lock.held(priority=priority), self.db_engine.connect() as conn:
             conn.execution_options(write=True)
             with conn.begin():
                 yield conn
@@ -550,7 +576,7 @@ class SqlMessageStore:
         """
         now = _now()
         results: list[Stored | None] = [None] * len(items)
-        with self._tx() as conn:
+        with self._tx(priority=True) as conn:
             keys = [i.dedupe_key for i in items if i.dedupe_key]
             known: dict[str, tuple[int, datetime]] = {}
             if keys:
@@ -1096,6 +1122,27 @@ class SqlMessageStore:
             conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(ids)))
             conn.execute(delete(messages).where(messages.c.id.in_(ids)))
             return len(ids)
+
+    def checkpoint(self) -> None:
+        """SQLite: copy the write-ahead log into the database without waiting for (or
+        blocking) readers and writers, so the log does not grow without end. Elsewhere nothing.
+        """
+        if self.db_engine.dialect.name != "sqlite":
+            return
+        with self.db_engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()
+
+    async def checkpoints(self, stop: asyncio.Event, every_s: float = 1.0) -> None:
+        """Run :meth:`checkpoint` every ``every_s`` until ``stop`` is set."""
+        if self.db_engine.dialect.name != "sqlite":
+            return
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.checkpoint)
+            except Exception as exc:  # busy, or the disk is full: try again later
+                log.warning("checkpoint failed", extra={"error": type(exc).__name__})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
 
     def ping(self) -> bool:
         """True when the database answers (for /readyz)."""

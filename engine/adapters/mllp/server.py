@@ -160,7 +160,9 @@ class MLLPServer:
             else:
                 timeout = self.idle_timeout_s
             try:
-                data = await asyncio.wait_for(reader.read(_READ_SIZE), timeout)
+                # asyncio.timeout, not wait_for: no task per read (a read per message here)
+                async with asyncio.timeout(timeout):
+                    data = await reader.read(_READ_SIZE)
             except TimeoutError:
                 log.info(
                     "mllp %s timeout, closing",

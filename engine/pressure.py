@@ -1,0 +1,67 @@
+"""Ingest pressure: the receiver tells the queue workers when it is saturated, so that under a
+burst they give the database to the ACK path and catch up once the burst is over.
+
+On SQLite one writer at a time holds the database; the receiver's group commits (each message's
+ACK waits on one) and the workers' transactions take turns. While the receiver's writer is busy
+more than ``threshold`` of the time (over windows of ``window_s``) — senders are keeping it
+saturated — the workers pause before each of their transactions (never longer than
+``max_wait_s`` at a time, so processing always moves on). At an ordinary rate the writer is
+mostly idle and the workers never wait. A destination that is down changes nothing here: its
+deliveries wait in their own queue.
+
+The state is one shared double (a monotonic deadline), written by the receiver and read by the
+worker process ``engine serve`` starts; without it (``engine worker`` elsewhere, on PostgreSQL)
+the workers never wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+__all__ = ["IngestPressure"]
+
+
+class IngestPressure:
+    """Receiver side: :meth:`committed` after each group commit. Worker side: :meth:`yield_to`."""
+
+    def __init__(
+        self,
+        shared: Any = None,
+        *,
+        threshold: float = 0.5,
+        window_s: float = 0.1,
+        hold_s: float = 0.2,
+        max_wait_s: float = 0.5,
+    ) -> None:
+        #: a ``multiprocessing.Value("d")`` (or anything with ``.value``): saturated until
+        self.shared = shared
+        self.threshold = threshold
+        self.window_s = window_s
+        self.hold_s = hold_s
+        self.max_wait_s = max_wait_s
+        self._window_start = time.monotonic()
+        self._busy = 0.0
+
+    def committed(self, seconds: float, now: float | None = None) -> None:
+        """The receiver's writer spent ``seconds`` on a group commit (lock wait included)."""
+        now = time.monotonic() if now is None else now
+        self._busy += seconds
+        elapsed = now - self._window_start
+        if elapsed < self.window_s:
+            return
+        if self.shared is not None and self._busy / elapsed >= self.threshold:
+            self.shared.value = now + self.hold_s
+        self._window_start, self._busy = now, 0.0
+
+    def saturated(self) -> bool:
+        return self.shared is not None and time.monotonic() < self.shared.value
+
+    async def yield_to(self, poll_s: float = 0.02) -> float:
+        """Wait while the receiver is saturated, at most ``max_wait_s``; the seconds waited."""
+        waited = 0.0
+        while waited < self.max_wait_s and self.saturated():
+            await asyncio.sleep(poll_s)
+            waited += poll_s
+        return waited

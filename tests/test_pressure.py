@@ -1,0 +1,108 @@
+"""Under a burst the queue workers yield the database to the receiver's commits (ACKs first),
+and at an ordinary rate they never wait."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from engine.pressure import IngestPressure
+from engine.store.repository import _WriteLock
+
+
+def test_a_busy_writer_marks_the_receiver_saturated() -> None:
+    shared = SimpleNamespace(value=0.0)
+    pressure = IngestPressure(shared, threshold=0.5, window_s=0.1, hold_s=0.2)
+    start = time.monotonic()
+    # 80 ms of commits in a 100 ms window: saturated for the next 200 ms
+    for i in range(8):
+        pressure.committed(0.01, now=start + 0.0125 * (i + 1))
+    assert shared.value > time.monotonic()
+    assert pressure.saturated()
+
+
+def test_an_ordinary_rate_never_makes_the_workers_wait() -> None:
+    shared = SimpleNamespace(value=0.0)
+    pressure = IngestPressure(shared, threshold=0.5, window_s=0.1)
+    start = time.monotonic()
+    # 200 messages/s, one 2 ms commit each: the writer is busy 40% of the time
+    for i in range(100):
+        pressure.committed(0.002, now=start + 0.005 * (i + 1))
+    assert shared.value == 0.0
+    assert asyncio.run(pressure.yield_to()) == 0.0
+
+
+def test_the_workers_wait_at_most_max_wait_then_go_on() -> None:
+    shared = SimpleNamespace(value=time.monotonic() + 60)  # saturated for a minute
+    pressure = IngestPressure(shared, max_wait_s=0.1)
+    waited = asyncio.run(pressure.yield_to(poll_s=0.02))
+    assert 0.09 <= waited <= 0.12  # then it processes a batch anyway: never starved
+    assert asyncio.run(IngestPressure(None).yield_to()) == 0.0  # no receiver beside it
+
+
+def test_a_worker_already_queued_and_the_receiver_both_get_their_turn(tmp_path: Path) -> None:
+    receiver, worker = _WriteLock(tmp_path / "db.writelock"), _WriteLock(tmp_path / "db.writelock")
+    holder = _WriteLock(tmp_path / "db.writelock")
+    order: list[str] = []
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with holder.held():
+            held.set()
+            release.wait(5)
+            order.append("holder")
+
+    def take(lock: _WriteLock, name: str, priority: bool) -> None:
+        with lock.held(priority=priority):
+            order.append(name)
+
+    first = threading.Thread(target=hold)
+    first.start()
+    held.wait(5)
+    w = threading.Thread(target=take, args=(worker, "worker", False))
+    w.start()
+    time.sleep(0.05)  # the worker queues for the lock first...
+    r = threading.Thread(target=take, args=(receiver, "receiver", True))
+    r.start()
+    time.sleep(0.05)
+    release.set()
+    for t in (first, w, r):
+        t.join(5)
+    # ...so either may go first, but neither is left waiting (no deadlock between the locks)
+    assert order[0] == "holder"
+    assert set(order[1:]) == {"worker", "receiver"}
+
+
+def test_a_worker_arriving_while_the_receiver_waits_goes_after_it(tmp_path: Path) -> None:
+    path = tmp_path / "db.writelock"
+    holder, receiver, worker = _WriteLock(path), _WriteLock(path), _WriteLock(path)
+    order: list[str] = []
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with holder.held():
+            held.set()
+            release.wait(5)
+            order.append("holder")
+
+    def take(lock: _WriteLock, name: str, priority: bool) -> None:
+        with lock.held(priority=priority):
+            order.append(name)
+
+    first = threading.Thread(target=hold)
+    first.start()
+    held.wait(5)
+    r = threading.Thread(target=take, args=(receiver, "receiver", True))
+    r.start()
+    time.sleep(0.05)  # the receiver is waiting for the write lock (holding the intent)
+    w = threading.Thread(target=take, args=(worker, "worker", False))
+    w.start()
+    time.sleep(0.05)
+    release.set()
+    for t in (first, r, w):
+        t.join(5)
+    assert order == ["holder", "receiver", "worker"]
