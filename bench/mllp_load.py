@@ -3,7 +3,8 @@ waiting for the ACK (as an EHR does), measuring each ACK's latency.
 
 ``python -m bench.mllp_load PORT SENDERS COUNT [RATE]`` prints one JSON line: messages, seconds,
 rate, p50/p99 latency in ms, and how many ACKs were AA/CA. With RATE (messages/s over all
-senders) the messages are paced (an open-loop offered load) instead of sent back to back.
+senders) the messages are paced (an open-loop offered load, the senders staggered so that the
+messages are evenly spaced) instead of sent back to back.
 """
 
 from __future__ import annotations
@@ -25,11 +26,18 @@ MESSAGE = (
 
 
 async def sender(
-    port: int, who: int, count: int, interval: float, latencies: list[float], codes: list[str]
+    port: int,
+    who: int,
+    senders: int,
+    count: int,
+    interval: float,
+    latencies: list[float],
+    codes: list[str],
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
     loop = asyncio.get_running_loop()
-    next_at = loop.time()
+    # paced senders are staggered, so together they offer an evenly spaced load
+    next_at = loop.time() + (who * interval / senders if interval else 0.0)
     for i in range(count):
         if interval:
             next_at += interval
@@ -56,7 +64,7 @@ async def main(port: int, senders: int, count: int, rate: float) -> dict[str, fl
     interval = senders / rate if rate else 0.0
     start = time.perf_counter()
     await asyncio.gather(
-        *(sender(port, s, per, interval, latencies, codes) for s in range(senders))
+        *(sender(port, s, senders, per, interval, latencies, codes) for s in range(senders))
     )
     elapsed = time.perf_counter() - start
     latencies.sort()

@@ -282,6 +282,7 @@ class Dispatcher:
         *,
         batch: int = 50,
         per_destination: int = 8,
+        claim_ahead: int = 4,
         idle_s: float = 0.2,
         observer: Observer | None = None,
         rng: random.Random | None = None,
@@ -296,8 +297,10 @@ class Dispatcher:
         self.rng = rng or random.Random()
         self.pressure = pressure
         self._limits = {name: asyncio.Semaphore(per_destination) for name in self.destinations}
-        #: deliveries in flight at most (all destinations together)
-        self.capacity = max(1, per_destination * max(1, len(self.destinations)))
+        #: deliveries claimed at most (all destinations together): up to ``claim_ahead`` times
+        #: what the destinations take at once, so that claims (and the outcomes recorded) come
+        #: in batches; the lease (600 s) outlasts a queue of that length at any sane timeout
+        self.capacity = max(1, per_destination * claim_ahead * max(1, len(self.destinations)))
         self._wake = asyncio.Event()
         self._outcomes: list[tuple[DueDelivery, DeliveryResult, float]] = []
         #: circuit breaker: destination -> (consecutive failures, paused until loop time)

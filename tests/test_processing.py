@@ -332,7 +332,7 @@ def test_processor_survives_a_database_hiccup(
     assert store.counts().get("routed") == 1 and calls["n"] >= 2
 
 
-def test_dispatcher_never_holds_more_claims_than_it_can_send(
+def test_a_dispatcher_claiming_ahead_sends_each_delivery_once(
     store: SqlMessageStore, routes: RouteSet, mappings: Mappings
 ) -> None:
     fhir = MemoryDestination("fhir", delay_s=0.02)
