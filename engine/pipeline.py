@@ -157,7 +157,10 @@ class Ingest:
                     self.on_stored()
                 continue
             if self.pressure is not None:
-                self.pressure.committed(time.monotonic() - started)
+                # the writer's own time: waiting for the workers' transactions is not the
+                # receiver being busy (counting it would make the workers pause in turns)
+                waited = getattr(self.store, "last_commit_wait_s", 0.0)
+                self.pressure.committed(time.monotonic() - started - waited)
             for p, s in zip(batch, stored, strict=True):
                 if not p.future.done():
                     p.future.set_result(s)

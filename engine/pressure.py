@@ -3,11 +3,11 @@ burst they give the database to the ACK path and catch up once the burst is over
 
 On SQLite one writer at a time holds the database; the receiver's group commits (each message's
 ACK waits on one) and the workers' transactions take turns. While the receiver's writer is busy
-more than ``threshold`` of the time (over windows of ``window_s``) — senders are keeping it
-saturated — the workers pause before each of their transactions (never longer than
-``max_wait_s`` at a time, so processing always moves on). At an ordinary rate the writer is
-mostly idle and the workers never wait. A destination that is down changes nothing here: its
-deliveries wait in their own queue.
+more than ``threshold`` of the time with work of its own (over windows of ``window_s``) —
+senders are keeping it saturated — the workers pause before each of their transactions (never
+longer than ``max_wait_s`` at a time, so processing always moves on). At an ordinary rate the
+writer is mostly idle and the workers never wait. A destination that is down changes nothing
+here: its deliveries wait in their own queue.
 
 The state is one shared double (a monotonic deadline), written by the receiver and read by the
 worker process ``engine serve`` starts; without it (``engine worker`` elsewhere, on PostgreSQL)
@@ -45,7 +45,9 @@ class IngestPressure:
         self._busy = 0.0
 
     def committed(self, seconds: float, now: float | None = None) -> None:
-        """The receiver's writer spent ``seconds`` on a group commit (lock wait included)."""
+        """The receiver's writer spent ``seconds`` of its own on a group commit: not counting
+        the wait for a worker's transaction, or the workers' own transactions would make them
+        pause (the receiver looking busy because they write), then write in a rush, in turns."""
         now = time.monotonic() if now is None else now
         self._busy += seconds
         elapsed = now - self._window_start

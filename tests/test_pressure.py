@@ -106,3 +106,29 @@ def test_a_worker_arriving_while_the_receiver_waits_goes_after_it(tmp_path: Path
     for t in (first, r, w):
         t.join(5)
     assert order == ["holder", "receiver", "worker"]
+
+
+def test_the_receivers_commits_report_their_wait_for_other_writers(tmp_path: Path) -> None:
+    from engine.store.repository import Incoming, SqlMessageStore, create_db_engine
+
+    db = create_db_engine(f"sqlite:///{tmp_path / 'e.db'}")
+    store = SqlMessageStore(db)
+    store.migrate()
+    worker = _WriteLock(tmp_path / "e.writelock")
+    held = threading.Event()
+
+    def hold() -> None:
+        with worker.held():
+            held.set()
+            time.sleep(0.1)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(5)
+    store.save_batch([Incoming(raw=b"x", channel="test")])  # waits for the "worker"
+    t.join(5)
+    # the time waited is known, so the receiver's pressure counts only its own work
+    assert 0.05 <= store.last_commit_wait_s < 5
+    store.save_batch([Incoming(raw=b"y", channel="test")])
+    assert store.last_commit_wait_s < 0.05
+    db.dispose()

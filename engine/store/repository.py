@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -127,6 +128,8 @@ class _WriteLock:
         self.path = path
         self._thread_lock = threading.Lock()
         self._fds: tuple[int, int] | None = None
+        #: how long the last priority writer waited for the lock (the receiver's commits)
+        self.priority_wait_s = 0.0
 
     @classmethod
     def for_engine(cls, db_engine: Engine) -> _WriteLock:
@@ -148,6 +151,7 @@ class _WriteLock:
         if self.path is None:
             yield
             return
+        started = time.monotonic()
         with self._thread_lock:
             lock, intent = self._open()
             if priority:
@@ -156,6 +160,7 @@ class _WriteLock:
                     fcntl.flock(lock, fcntl.LOCK_EX)
                 finally:
                     fcntl.flock(intent, fcntl.LOCK_UN)
+                self.priority_wait_s = time.monotonic() - started
             else:
                 fcntl.flock(intent, fcntl.LOCK_SH)  # behind a receiver that is waiting
                 fcntl.flock(intent, fcntl.LOCK_UN)
@@ -566,6 +571,11 @@ class SqlMessageStore:
     create_schema = migrate
 
     # -- receiving ---------------------------------------------------------------------------
+
+    @property
+    def last_commit_wait_s(self) -> float:
+        """How long the last :meth:`save_batch` waited for other writers (SQLite)."""
+        return self._write_lock.priority_wait_s
 
     def save_batch(self, items: Sequence[Incoming]) -> list[Stored]:
         """Store messages in ONE transaction (group commit) and return where each went.
