@@ -159,3 +159,51 @@ def test_sqlite_checkpoints_run_beside_the_writers_not_inside_a_commit(tmp_path:
     store.checkpoint()  # ...until the checkpointer copies them into the database
     assert main.stat().st_size > before + 50 * 5000
     db.dispose()
+
+
+def test_a_head_settled_while_the_next_delivery_is_queued_never_strands_it(
+    store: SqlMessageStore,
+) -> None:
+    """The dispatcher settling a patient's head and a processor queueing the patient's next
+    delivery, at the same moment: the new one ends up pending (the head), never left waiting
+    behind a head that is gone."""
+    import threading
+
+    from engine.store.repository import NewDelivery, Outcome, Processed
+
+    def routed(patient: str) -> int:
+        mid = store.save_received(b"MSH|", channel="test")
+        delivery = NewDelivery("dest", "r", "hl7v2", "text/plain", b"x", patient)
+        store.finish_batch([Processed(mid, "routed", None, patient, [delivery])])
+        return mid
+
+    for i in range(15):
+        patient = f"RACE{i}"
+        routed(patient)
+        [head] = store.claim_due_deliveries(100)
+        nxt = store.save_received(b"MSH|", channel="test")
+        delivery = NewDelivery("dest", "r", "hl7v2", "text/plain", b"y", patient)
+        barrier = threading.Barrier(2)
+
+        def settle(head_id: int = head.id, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            store.record_outcomes([Outcome(head_id, True)])
+
+        def queue(
+            mid: int = nxt,
+            d: NewDelivery = delivery,
+            p: str = patient,
+            barrier: threading.Barrier = barrier,
+        ) -> None:
+            barrier.wait()
+            store.finish_batch([Processed(mid, "routed", None, p, [d])])
+
+        threads = [threading.Thread(target=settle), threading.Thread(target=queue)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        [d] = store.deliveries_for(nxt)
+        assert d.state == "pending", f"round {i}: the next delivery was stranded ({d.state})"
+        [again] = store.claim_due_deliveries(100)
+        store.record_outcomes([Outcome(again.id, True)])

@@ -37,6 +37,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql as postgresql_dialect
@@ -394,7 +395,8 @@ _QUEUED_PATIENTS = select(deliveries.c.patient_key).where(
     deliveries.c.patient_key.in_(_ids("patients")),
     deliveries.c.state.in_(("pending", "waiting")),
 )
-_QUEUED_PATIENTS_LOCKED = _QUEUED_PATIENTS.with_for_update()
+#: PostgreSQL: one (destination, patient) queue at a time, for the rest of the transaction
+_LOCK_QUEUE = text("SELECT pg_advisory_xact_lock(hashtextextended(:queue, 0))")
 
 _queued = deliveries.alias("queued")
 #: the next waiting delivery of a (destination, patient) becomes the head of its queue
@@ -779,20 +781,20 @@ class SqlMessageStore:
         patient is still pending or waiting (here or earlier in ``rows``): only the head of each
         queue is claimable, and settling it promotes the next (``_promote``).
 
-        On PostgreSQL the earlier deliveries are locked, so a dispatcher settling the head at
-        the same moment either sees the new delivery (and promotes it) or has settled the head
-        before we look (and the new one is the head)."""
+        On PostgreSQL each queue is locked first (``_lock_queues``, as ``_promote`` does), so a
+        dispatcher settling the head at the same moment either promotes the new delivery after
+        we commit, or has settled the head before we look (and the new one is the head)."""
         by_destination: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             by_destination.setdefault(row["destination"], []).append(row)
-        busy = (
-            _QUEUED_PATIENTS_LOCKED
-            if self.db_engine.dialect.name == "postgresql"
-            else _QUEUED_PATIENTS
-        )
+        self._lock_queues(conn, {(r["destination"], r["patient_key"]) for r in rows})
         for destination, group in by_destination.items():
             patients = list({r["patient_key"] for r in group})
-            queued = set(conn.execute(busy, {"dest": destination, "patients": patients}).scalars())
+            queued = set(
+                conn.execute(
+                    _QUEUED_PATIENTS, {"dest": destination, "patients": patients}
+                ).scalars()
+            )
             for row in group:
                 if row["patient_key"] in queued:
                     row["state"] = "waiting"
@@ -804,10 +806,20 @@ class SqlMessageStore:
         becomes pending, due now."""
         if not queues:
             return
+        self._lock_queues(conn, queues)
         conn.execute(
             _PROMOTE,
             [{"dest": d, "patient": p, "now": now} for d, p in sorted(queues)],
         )
+
+    def _lock_queues(self, conn: Connection, queues: set[tuple[str, str]]) -> None:
+        """PostgreSQL: transaction-scoped advisory locks on (destination, patient) queues, in
+        one order everywhere (no deadlock), and no row locks that a dispatcher's updates could
+        meet in another order. SQLite has one writer at a time: nothing to do."""
+        if self.db_engine.dialect.name != "postgresql":
+            return
+        for destination, patient in sorted(queues):
+            conn.execute(_LOCK_QUEUE, {"queue": f"{destination}\x1f{patient}"})
 
     def _upsert_resources(
         self, conn: Connection, items: Sequence[tuple[int, IndexedResource]], now: datetime
