@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from engine.errors import EngineError, HL7ValidationError, UnsupportedMessageError
 from engine.hl7v2.ack import (
+    ack_bytes,
     ack_code_for,
     ack_mode,
     application_ack_wanted,
@@ -259,15 +260,21 @@ class Ingest:
         code = ack_code_for(error, enhanced=enhanced, stage="commit" if enhanced else "application")
         # the ACK is built from the stored message's id and time, so a duplicate gets the very
         # same ACK again (idempotent receiver)
-        ack = build_ack(
-            message,
-            code,
-            control_id=f"A{stored.id}",
-            timestamp=hl7_timestamp(stored.received_at),
-            errors=errors_for(error, message) if error else (),
-            sending=self.identity,
-        )
-        return Receipt(stored.id, state, ack.to_bytes(), code, stored.duplicate, app)
+        control_id, timestamp = f"A{stored.id}", hl7_timestamp(stored.received_at)
+        if error is None:
+            ack = ack_bytes(
+                message, code, control_id=control_id, timestamp=timestamp, sending=self.identity
+            )
+        else:
+            ack = build_ack(
+                message,
+                code,
+                control_id=control_id,
+                timestamp=timestamp,
+                errors=errors_for(error, message),
+                sending=self.identity,
+            ).to_bytes()
+        return Receipt(stored.id, state, ack, code, stored.duplicate, app)
 
     async def application_ack(
         self,

@@ -20,6 +20,7 @@ from engine.errors import (
 from engine.hl7v2.ack import (
     AckError,
     ErrorLocation,
+    ack_bytes,
     ack_code_for,
     ack_mode,
     application_ack_wanted,
@@ -432,3 +433,29 @@ def test_nak_never_raises(raw: bytes | str) -> None:
         raw, HL7ParseError("x"), control_id="N", timestamp=TS, sending=("E", "F")
     )
     assert out is None or out.startswith(b"MSH")
+
+
+_HEADERS = [
+    "MSH|^~\\&|FRONT|CLINIC|ENGINE|HUB|20260102030405||ADT^A08^ADT_A01|C1|P|2.5.1",
+    "MSH|^~\\&|FRONT|CLINIC|||20260102030405||ADT^A04|C2|T|2.3",  # no MSH-5/6: our identity
+    "MSH|^~\\&|A^1.2^ISO|F&x|B|G|20260102||SIU^S12^SIU_S12|C\\F\\3|P|2.5.1|||AL|NE||8859/1",
+    "MSH|^~\\&#|A|F|B|G|20260102||ADT^A01^ADT_A01|C4|P^T|2.7|||AL|AL",  # enhanced, truncation
+    "MSH*^~\\&*A*F*B*G*20260102**ADT^A08*C5*D*2.4",  # other field separator
+    "MSH|^~\\&|A|F|B|G|20260102||DFT^P03|C6|P|2.5.1^USA&&ISO3166|||||UNICODE UTF-8",
+]
+
+
+@pytest.mark.parametrize("header", _HEADERS)
+@pytest.mark.parametrize("code", ["AA", "CA", "AE"])
+def test_the_cached_ack_is_the_composed_ack(header: str, code: str) -> None:
+    f = header[3]
+    original = parse_message(f"{header}\rPID{f}1{f}{f}MRN1\r")
+    for control_id in ("A1", "A123456", "A|pipe", "A^hat"):  # the last two are composed in full
+        timestamp = hl7_timestamp(datetime(2026, 1, 2, 3, 4, 5, 600, tzinfo=UTC))
+        expected = build_ack(
+            original, code, control_id=control_id, timestamp=timestamp, sending=("EN", "HUB")
+        ).to_bytes()
+        got = ack_bytes(
+            original, code, control_id=control_id, timestamp=timestamp, sending=("EN", "HUB")
+        )
+        assert got == expected
