@@ -33,7 +33,7 @@ class IngestPressure:
         threshold: float = 0.5,
         window_s: float = 0.1,
         hold_s: float = 0.2,
-        max_wait_s: float = 0.5,
+        max_wait_s: float = 0.25,
     ) -> None:
         #: a ``multiprocessing.Value("d")`` (or anything with ``.value``): saturated until
         self.shared = shared
@@ -62,8 +62,10 @@ class IngestPressure:
 
     async def yield_to(self, poll_s: float = 0.02) -> float:
         """Wait while the receiver is saturated, at most ``max_wait_s``; the seconds waited."""
-        waited = 0.0
-        while waited < self.max_wait_s and self.saturated():
-            await asyncio.sleep(poll_s)
-            waited += poll_s
-        return waited
+        if not self.saturated():
+            return 0.0
+        start = time.monotonic()
+        deadline = start + self.max_wait_s
+        while self.saturated() and time.monotonic() < deadline:
+            await asyncio.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        return time.monotonic() - start

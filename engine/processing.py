@@ -14,6 +14,7 @@ destination only fills its own queue: receiving and acknowledging never wait for
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -297,10 +298,16 @@ class Dispatcher:
         self.rng = rng or random.Random()
         self.pressure = pressure
         self._limits = {name: asyncio.Semaphore(per_destination) for name in self.destinations}
-        #: deliveries claimed at most (all destinations together): up to ``claim_ahead`` times
-        #: what the destinations take at once, so that claims (and the outcomes recorded) come
-        #: in batches; the lease (600 s) outlasts a queue of that length at any sane timeout
-        self.capacity = max(1, per_destination * claim_ahead * max(1, len(self.destinations)))
+        #: deliveries claimed at most, per destination: up to ``claim_ahead`` times what it
+        #: takes at once, so that claims (and the outcomes recorded) come in batches. A claim
+        #: that waited half its lease is renewed before it is sent (``renew_claim``), or not
+        #: sent when it is no longer ours; claims not started when the dispatcher stops are
+        #: given back.
+        self.per_destination_claims = per_destination * claim_ahead
+        self.capacity = max(1, self.per_destination_claims * max(1, len(self.destinations)))
+        self.lease_s = 600.0
+        self._claimed: dict[str, int] = {}
+        self._not_started: dict[int, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._outcomes: list[tuple[DueDelivery, DeliveryResult, float]] = []
         #: circuit breaker: destination -> (consecutive failures, paused until loop time)
@@ -319,8 +326,12 @@ class Dispatcher:
             while not stop.is_set():
                 now = asyncio.get_running_loop().time()
                 paused = [d for d, until in self._paused.items() if until > now]
-                # claim only what can start now: a claimed delivery waiting behind others could
-                # outlive its lease and be claimed (and sent) a second time
+                # a destination with all the claims it may hold gets no more for now
+                paused += [
+                    d
+                    for d, n in self._claimed.items()
+                    if n >= self.per_destination_claims and d not in paused
+                ]
                 room = self.capacity - len(in_flight)
                 due: list[DueDelivery] = []
                 if room > 0:
@@ -328,7 +339,10 @@ class Dispatcher:
                         await self.pressure.yield_to()  # a burst: ACKs first
                     try:
                         due = await asyncio.to_thread(
-                            self.store.claim_due_deliveries, min(room, self.batch), 600.0, paused
+                            self.store.claim_due_deliveries,
+                            min(room, self.batch),
+                            self.lease_s,
+                            paused,
                         )
                         failures = 0
                     except Exception as exc:  # the database away for a moment
@@ -340,12 +354,18 @@ class Dispatcher:
                     task = asyncio.create_task(self._deliver(d))
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
+                    self._claimed[d.destination] = self._claimed.get(d.destination, 0) + 1
+                    self._not_started[d.id] = task
+                    task.add_done_callback(functools.partial(self._done, d))
                 if due:
                     # a patient's next delivery is not claimable while the one before is still
                     # pending (in flight included): the claim query keeps the order
                     continue
                 if room <= 0 and in_flight:
-                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    # (with a timeout: a stop is noticed while the destinations are slow)
+                    await asyncio.wait(
+                        in_flight, timeout=self.idle_s, return_when=asyncio.FIRST_COMPLETED
+                    )
                     continue
                 self._wake.clear()
                 try:
@@ -353,8 +373,39 @@ class Dispatcher:
                 except TimeoutError:
                     pass
         finally:
+            # deliveries under way finish; claims not started are given back, not left to
+            # block their patients' queues until the lease runs out
+            waiting = dict(self._not_started)
+            for task in waiting.values():
+                task.cancel()
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
+            if waiting:
+                try:
+                    await asyncio.to_thread(self.store.release_claims, list(waiting))
+                except Exception as exc:  # the lease runs out instead
+                    log.warning("claims not given back", extra={"error": type(exc).__name__})
+
+    def _done(self, due: DueDelivery, _task: asyncio.Task[None]) -> None:
+        self._not_started.pop(due.id, None)
+        self._claimed[due.destination] = max(0, self._claimed.get(due.destination, 1) - 1)
+
+    async def _still_ours(self, due: DueDelivery) -> bool:
+        """A claim that waited half its lease is renewed first; False when it ran out and the
+        delivery may be another dispatcher's now (it is then not sent from here)."""
+        if due.claimed_until is None:
+            return True
+        now = datetime.now(UTC)
+        until = (
+            due.claimed_until if due.claimed_until.tzinfo else due.claimed_until.replace(tzinfo=UTC)
+        )
+        if (until - now).total_seconds() > self.lease_s / 2:
+            return True
+        new = now + timedelta(seconds=self.lease_s)
+        try:
+            return await asyncio.to_thread(self.store.renew_claim, due.id, due.claimed_until, new)
+        except Exception:  # the database away: do not risk a second sender
+            return False
 
     async def _deliver(self, due: DueDelivery) -> None:
         dest = self.destinations.get(due.destination)
@@ -373,6 +424,13 @@ class Dispatcher:
                 control_id=due.control_id,
             )
             async with self._limits[due.destination]:
+                self._not_started.pop(due.id, None)
+                if not await self._still_ours(due):
+                    log.warning(
+                        "claim ran out before sending; left to its new owner",
+                        extra={"message_id": due.message_id, "destination": due.destination},
+                    )
+                    return
                 try:
                     result = await dest.deliver(payload)
                 except Exception as exc:  # an adapter bug: retry, and say so

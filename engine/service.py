@@ -153,15 +153,20 @@ class Engine:
         self.metrics.queue_depth.set_function(
             lambda: self.store.counts().get("deliveries_pending", 0)
         )
-        # shared with the worker process: under a burst it yields the database to the ACKs
-        self._pressure = multiprocessing.get_context("spawn").Value("d", 0.0, lock=False)
+        # SQLite: shared with the worker process, which yields the one writer's turn to the ACKs
+        # under a burst (PostgreSQL takes many writers: its workers never wait)
+        self._pressure = (
+            multiprocessing.get_context("spawn").Value("d", 0.0, lock=False)
+            if self.db_engine.dialect.name == "sqlite"
+            else None
+        )
         self.ingest = Ingest(
             self.store,
             routes=RouteGate(Router(self.routes), self.mappings),
             default_charset=settings.default_charset,
             identity=(settings.application_name, settings.facility_name),
             on_receipt=self._count,
-            pressure=IngestPressure(self._pressure),
+            pressure=IngestPressure(self._pressure) if self._pressure is not None else None,
         )
         self.mllp = MLLPServer(
             _MLLPHandler(self.ingest, self._state_of),

@@ -119,7 +119,8 @@ def _eligibility(settings: Settings, store: Any) -> tuple[Any, Any]:
 
 
 async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> None:
-    """Purge delivered messages older than the retention period, hourly."""
+    """Purge delivered messages older than the retention period, and repair any delivery queue
+    left without a head (see ``repair_queues``), hourly and at start."""
     while not stop.is_set():
         try:
             purged = await asyncio.to_thread(
@@ -127,6 +128,10 @@ async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> Non
             )
             if purged:
                 log.info("retention purge", extra={"purged": purged})
+            # a guard: no path should leave a patient's queue without a head
+            repaired = await asyncio.to_thread(store.repair_queues)
+            if repaired:
+                log.warning("delivery queues without a head repaired", extra={"n": repaired})
         except Exception as exc:  # the database may be away; try again next hour
             log.warning("retention failed", extra={"error": type(exc).__name__})
         with contextlib.suppress(TimeoutError):

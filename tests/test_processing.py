@@ -376,3 +376,40 @@ async def _receive_all(
     ingest = Ingest(store, routes=RouteGate(Router(routes), mappings))
     for raw in raws:
         await ingest.receive(raw, channel="t")
+
+
+def test_a_stopping_dispatcher_gives_back_the_claims_it_has_not_started(
+    store: SqlMessageStore, routes: RouteSet
+) -> None:
+    from engine.adapters.destination import DeliveryResult, Payload
+    from engine.store.repository import NewDelivery, Processed
+
+    for i in range(4):  # four patients, one delivery each, all due
+        mid = store.save_received(b"MSH|", channel="test")
+        delivery = NewDelivery("fhir", "r", "hl7v2", "text/plain", b"x", f"P{i}")
+        store.finish_batch([Processed(mid, "routed", None, f"P{i}", [delivery])])
+
+    class Slow(MemoryDestination):
+        started = 0
+
+        async def deliver(self, payload: Payload) -> DeliveryResult:
+            self.started += 1
+            return await super().deliver(payload)
+
+    slow = Slow("fhir", delay_s=0.3)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        dispatcher = Dispatcher(
+            store, routes, {"fhir": slow}, per_destination=1, claim_ahead=4, idle_s=0.02
+        )
+        task = asyncio.create_task(dispatcher.run(stop))
+        while not slow.started:
+            await asyncio.sleep(0.01)
+        stop.set()  # one delivery under way, three claimed and waiting for the destination
+        await task
+
+    asyncio.run(main())
+    assert len(slow.delivered) == 1  # the one under way finished
+    # the other three are claimable again at once, not after their 600 s lease
+    assert len(store.claim_due_deliveries(10)) == 3

@@ -207,3 +207,63 @@ def test_a_head_settled_while_the_next_delivery_is_queued_never_strands_it(
         assert d.state == "pending", f"round {i}: the next delivery was stranded ({d.state})"
         [again] = store.claim_due_deliveries(100)
         store.record_outcomes([Outcome(again.id, True)])
+
+
+def _queue_of_three(store: SqlMessageStore, patient: str = "Q") -> list[int]:
+    from engine.store.repository import NewDelivery, Processed
+
+    mids = []
+    for _ in range(3):
+        mid = store.save_received(b"MSH|", channel="test")
+        delivery = NewDelivery("dest", "r", "hl7v2", "text/plain", b"x", patient)
+        store.finish_batch([Processed(mid, "routed", None, patient, [delivery])])
+        mids.append(mid)
+    return mids
+
+
+def _states(store: SqlMessageStore, mids: list[int]) -> list[str]:
+    return [store.deliveries_for(m)[0].state for m in mids]
+
+
+def test_a_delivery_settled_twice_promotes_only_once(store: SqlMessageStore) -> None:
+    from engine.store.repository import Outcome
+
+    mids = _queue_of_three(store)
+    [head] = store.claim_due_deliveries(10)
+    # sent twice (its lease ran out in flight): both outcomes come back
+    store.record_outcomes([Outcome(head.id, True)])
+    store.record_outcomes([Outcome(head.id, True)])
+    assert _states(store, mids) == ["delivered", "pending", "waiting"]
+    store.record_outcomes([Outcome(head.id, False, "late refusal", None)])  # a late dead
+    assert _states(store, mids) == ["delivered", "pending", "waiting"]
+    assert store.get(mids[0]).state == "delivered"  # type: ignore[union-attr]
+
+
+def test_claims_are_renewed_only_while_ours_and_given_back(store: SqlMessageStore) -> None:
+    from datetime import timedelta
+
+    mids = _queue_of_three(store)
+    [head] = store.claim_due_deliveries(10, lease=600)
+    assert head.claimed_until is not None
+    later = head.claimed_until + timedelta(seconds=60)
+    assert store.renew_claim(head.id, head.claimed_until, later)
+    assert not store.renew_claim(head.id, head.claimed_until, later)  # no longer that lease
+    assert store.claim_due_deliveries(10) == []
+    store.release_claims([head.id])
+    [again] = store.claim_due_deliveries(10)
+    assert again.id == head.id and again.message_id == mids[0]
+
+
+def test_a_queue_left_without_a_head_is_repaired(store: SqlMessageStore) -> None:
+    from sqlalchemy import update
+
+    from engine.store.tables import deliveries
+
+    mids = _queue_of_three(store)
+    [head] = store.claim_due_deliveries(10)
+    with store.db_engine.begin() as conn:  # settled behind the store's back: no promotion
+        conn.execute(update(deliveries).where(deliveries.c.id == head.id).values(state="dead"))
+    assert store.claim_due_deliveries(10) == []
+    assert store.repair_queues() == 1
+    assert _states(store, mids) == ["dead", "pending", "waiting"]
+    assert store.repair_queues() == 0

@@ -484,7 +484,13 @@ def ack_bytes(
     head = _header_of(original)
     d = original.delimiters
     template = None
-    if escape(control_id, d.key) == control_id and escape(timestamp, d.key) == timestamp:
+    theirs = head.control_id
+    if (
+        escape(control_id, d.key) == control_id
+        and escape(timestamp, d.key) == timestamp
+        # a structured MSH-10 is normalised when copied (trailing empty parts dropped)
+        and not any(ch in theirs for ch in (d.component, d.repetition, d.subcomponent))
+    ):
         keyed = replace(head, control_id=_THEIRS)
         template = _ack_template(keyed, d, original.charset, code, sending, message_type)
     if template is None:  # an unusual header: compose it in full
@@ -496,11 +502,7 @@ def ack_bytes(
             sending=sending,
             message_type=message_type,
         ).to_bytes()
-    text = (
-        template.replace(_TIME, timestamp)
-        .replace(_OURS, control_id)
-        .replace(_THEIRS, head.control_id)
-    )
+    text = template.replace(_TIME, timestamp).replace(_OURS, control_id).replace(_THEIRS, theirs)
     try:
         return text.encode(original.charset)
     except UnicodeEncodeError as exc:

@@ -143,7 +143,13 @@ class _WriteLock:
         if self._fds is None:
             assert self.path is not None
             lock = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            intent = os.open(self.path.with_suffix(".writeintent"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                intent = os.open(
+                    self.path.with_suffix(".writeintent"), os.O_RDWR | os.O_CREAT, 0o600
+                )
+            except OSError:
+                os.close(lock)
+                raise
             self._fds = (lock, intent)
         return self._fds
 
@@ -286,6 +292,8 @@ class DueDelivery:
     payload: bytes
     attempts: int
     control_id: str
+    #: the lease this claim holds (``renew_claim`` extends it while it is still ours)
+    claimed_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -371,12 +379,17 @@ _RAW_OF = (
     .where(messages.c.id.in_(_ids()))
     .order_by(messages.c.id)
 )
-_EXISTING = select(messages.c.id).where(messages.c.id.in_(_ids()))
+_EXISTING = select(messages.c.id).where(messages.c.id.in_(_ids())).with_for_update()
 #: the messages of a batch still claimed by this worker (a claim taken back does not count)
-_STILL_CLAIMED = select(messages.c.id).where(
-    messages.c.id.in_(_ids()),
-    messages.c.state == "processing",
-    messages.c.claimed_by == bindparam("worker"),
+#: (locked on PostgreSQL, so a reclaim and another worker's finish cannot slip in before our update)
+_STILL_CLAIMED = (
+    select(messages.c.id)
+    .where(
+        messages.c.id.in_(_ids()),
+        messages.c.state == "processing",
+        messages.c.claimed_by == bindparam("worker"),
+    )
+    .with_for_update()
 )
 _FINISH_MESSAGE = (
     update(messages)
@@ -410,7 +423,12 @@ _PROMOTE = (
             _queued.c.patient_key == bindparam("patient"),
             _queued.c.state == "waiting",
         )
-        .scalar_subquery()
+        .scalar_subquery(),
+        ~exists().where(
+            _queued.c.destination == bindparam("dest"),
+            _queued.c.patient_key == bindparam("patient"),
+            _queued.c.state == "pending",
+        ),
     )
     .values(state="pending", next_attempt_at=bindparam("now"))
 )
@@ -480,9 +498,11 @@ _DUE_ROWS = (
     .where(deliveries.c.id.in_(_ids()))
     .order_by(deliveries.c.id)
 )
+# outcomes apply to pending deliveries only: a delivery sent twice (its lease ran out while it
+# was in flight) is settled once, and settles (and promotes) nothing the second time
 _DELIVERED = (
     update(deliveries)
-    .where(deliveries.c.id.in_(_ids()))
+    .where(deliveries.c.id.in_(_ids()), deliveries.c.state == "pending")
     .values(
         state="delivered",
         delivered_at=bindparam("now"),
@@ -490,20 +510,22 @@ _DELIVERED = (
         claimed_until=None,
         last_error=None,
     )
+    .returning(deliveries.c.message_id, deliveries.c.destination, deliveries.c.patient_key)
 )
 _DEAD = (
     update(deliveries)
-    .where(deliveries.c.id == bindparam("did"))
+    .where(deliveries.c.id == bindparam("did"), deliveries.c.state == "pending")
     .values(
         state="dead",
         attempts=deliveries.c.attempts + 1,
         claimed_until=None,
         last_error=bindparam("err"),
     )
+    .returning(deliveries.c.message_id, deliveries.c.destination, deliveries.c.patient_key)
 )
 _RETRY = (
     update(deliveries)
-    .where(deliveries.c.id == bindparam("did"))
+    .where(deliveries.c.id == bindparam("did"), deliveries.c.state == "pending")
     .values(
         attempts=deliveries.c.attempts + 1,
         claimed_until=None,
@@ -511,9 +533,36 @@ _RETRY = (
         next_attempt_at=bindparam("at"),
     )
 )
-_SETTLED = select(
-    deliveries.c.message_id, deliveries.c.destination, deliveries.c.patient_key
-).where(deliveries.c.id.in_(_ids()))
+#: queues whose head is gone (a guard against any path that settles without promoting)
+_headless = deliveries.alias("headless")
+_HEADLESS_QUEUES = (
+    select(deliveries.c.destination, deliveries.c.patient_key)
+    .where(
+        deliveries.c.state == "waiting",
+        ~exists().where(
+            _headless.c.destination == deliveries.c.destination,
+            _headless.c.patient_key == deliveries.c.patient_key,
+            _headless.c.state == "pending",
+        ),
+    )
+    .distinct()
+)
+#: a claim given back (the worker stopped before it started the delivery)
+_RELEASE = (
+    update(deliveries)
+    .where(deliveries.c.id.in_(_ids()), deliveries.c.state == "pending")
+    .values(claimed_until=None)
+)
+#: a claim kept for longer: only while it is still ours (same lease) and pending
+_RENEW = (
+    update(deliveries)
+    .where(
+        deliveries.c.id == bindparam("did"),
+        deliveries.c.state == "pending",
+        deliveries.c.claimed_until == bindparam("old"),
+    )
+    .values(claimed_until=bindparam("new"))
+)
 _LOCK_MESSAGES = select(messages.c.id).where(messages.c.id.in_(_ids())).with_for_update()
 #: a routed message is delivered once no delivery is queued, dead if one is dead
 _SETTLE_MESSAGES = (
@@ -818,8 +867,8 @@ class SqlMessageStore:
         meet in another order. SQLite has one writer at a time: nothing to do."""
         if self.db_engine.dialect.name != "postgresql":
             return
-        for destination, patient in sorted(queues):
-            conn.execute(_LOCK_QUEUE, {"queue": f"{destination}\x1f{patient}"})
+        for key in sorted(f"{destination}\x1f{patient}" for destination, patient in queues):
+            conn.execute(_LOCK_QUEUE, {"queue": key})
 
     def _upsert_resources(
         self, conn: Connection, items: Sequence[tuple[int, IndexedResource]], now: datetime
@@ -907,15 +956,15 @@ class SqlMessageStore:
                         _CLAIM_DELIVERIES, {"ids": candidates, "now": now, "until": until}
                     ).scalars()
                 )
-                return self._due_rows(conn, ids)
+                return self._due_rows(conn, ids, until)
         with self._tx() as conn:
             locked = due.with_for_update(skip_locked=True, of=deliveries)
             ids = list(conn.execute(locked, params).scalars())
             if ids:
                 conn.execute(_LEASE_DELIVERIES, {"ids": ids, "until": until})
-            return self._due_rows(conn, ids)
+            return self._due_rows(conn, ids, until)
 
-    def _due_rows(self, conn: Connection, ids: list[int]) -> list[DueDelivery]:
+    def _due_rows(self, conn: Connection, ids: list[int], until: datetime) -> list[DueDelivery]:
         if not ids:
             return []
         rows = conn.execute(_DUE_ROWS, {"ids": ids})
@@ -929,6 +978,7 @@ class SqlMessageStore:
                 bytes(r.payload),
                 r.attempts,
                 r.control_id or "",
+                until,
             )
             for r in rows
         ]
@@ -943,10 +993,11 @@ class SqlMessageStore:
         dead = [o for o in outcomes if not o.ok and o.retry_at is None]
         retry = [o for o in outcomes if not o.ok and o.retry_at is not None]
         with self._tx() as conn:
+            settled: list[Any] = []
             if done:
-                conn.execute(_DELIVERED, {"ids": done, "now": now})
-            if dead:
-                conn.execute(_DEAD, [{"did": o.delivery_id, "err": o.error[:2000]} for o in dead])
+                settled += conn.execute(_DELIVERED, {"ids": done, "now": now}).all()
+            for o in dead:
+                settled += conn.execute(_DEAD, {"did": o.delivery_id, "err": o.error[:2000]}).all()
             if retry:
                 conn.execute(
                     _RETRY,
@@ -955,11 +1006,31 @@ class SqlMessageStore:
                         for o in retry
                     ],
                 )
-            settled = done + [o.delivery_id for o in dead]
             if settled:
-                rows = conn.execute(_SETTLED, {"ids": settled}).all()
-                self._promote(conn, {(r.destination, r.patient_key) for r in rows}, now)
-                self._settle(conn, sorted({r.message_id for r in rows}), now)
+                self._promote(conn, {(r.destination, r.patient_key) for r in settled}, now)
+                self._settle(conn, sorted({r.message_id for r in settled}), now)
+
+    def release_claims(self, delivery_ids: Sequence[int]) -> None:
+        """Give back claims on deliveries not started (a stopping dispatcher): they are due
+        again at once instead of when their lease runs out."""
+        if delivery_ids:
+            with self._tx() as conn:
+                conn.execute(_RELEASE, {"ids": list(delivery_ids)})
+
+    def renew_claim(self, delivery_id: int, old: datetime, new: datetime) -> bool:
+        """Extend a claim that is still ours (same lease, still pending); False when it is not
+        (it ran out and another dispatcher may have the delivery now: do not send it)."""
+        with self._tx() as conn:
+            done = conn.execute(_RENEW, {"did": delivery_id, "old": old, "new": new})
+            return bool(done.rowcount)
+
+    def repair_queues(self) -> int:
+        """Promote the next delivery of any queue left without a pending head; how many queues.
+        Nothing should leave one so; this runs with the retention job as a guard."""
+        with self._tx() as conn:
+            queues = {(r.destination, r.patient_key) for r in conn.execute(_HEADLESS_QUEUES)}
+            self._promote(conn, queues, _now())
+            return len(queues)
 
     def mark_delivered(self, delivery_id: int) -> None:
         self.record_outcomes([Outcome(delivery_id, True)])

@@ -442,6 +442,9 @@ _HEADERS = [
     "MSH|^~\\&#|A|F|B|G|20260102||ADT^A01^ADT_A01|C4|P^T|2.7|||AL|AL",  # enhanced, truncation
     "MSH*^~\\&*A*F*B*G*20260102**ADT^A08*C5*D*2.4",  # other field separator
     "MSH|^~\\&|A|F|B|G|20260102||DFT^P03|C6|P|2.5.1^USA&&ISO3166|||||UNICODE UTF-8",
+    "MSH|^~\\&|A|F|B|G|20260102||ADT^A08|123^|P|2.5.1",  # MSH-10 with trailing delimiters
+    "MSH|^~\\&|A|F|B|G|20260102||ADT^A08|12~|P|2.5.1",
+    "MSH|^~\\&|A|F|B|G|20260102||ADT^A08|1&|P|2.5.1",
 ]
 
 
