@@ -116,25 +116,20 @@ def _engine(
     return proc, port
 
 
-def _delivered(db_url: str) -> int:
-    from sqlalchemy import create_engine, text
-
-    eng = create_engine(db_url)
-    try:
-        with eng.connect() as conn:
-            n = conn.execute(text("SELECT count(*) FROM messages WHERE state = 'delivered'"))
-            return int(n.scalar_one())
-    finally:
-        eng.dispose()
-
-
 def _wait_delivered(db_url: str, total: int, timeout: float = 600.0) -> float:
     """Wait until ``total`` messages are delivered; the monotonic time they all were."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if _delivered(db_url) >= total:
-            return time.monotonic()
-        time.sleep(0.1)
+    from engine.store.repository import SqlMessageStore, create_db_engine
+
+    db = create_db_engine(db_url, durable=False)
+    try:
+        store = SqlMessageStore(db)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if store.counts().get("delivered", 0) >= total:
+                return time.monotonic()
+            time.sleep(0.1)
+    finally:
+        db.dispose()
     raise RuntimeError(f"not all {total} messages delivered within {timeout:.0f} s")
 
 

@@ -313,7 +313,6 @@ class Dispatcher:
         #: circuit breaker: destination -> (consecutive failures, paused until loop time)
         self._failures: dict[str, int] = {}
         self._paused: dict[str, float] = {}
-        self._flushed = asyncio.Event()
         self._flushing: asyncio.Lock | None = None
 
     def wake(self) -> None:

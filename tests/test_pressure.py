@@ -43,43 +43,10 @@ def test_the_workers_wait_at_most_max_wait_then_go_on() -> None:
     assert asyncio.run(IngestPressure(None).yield_to()) == 0.0  # no receiver beside it
 
 
-def test_a_worker_already_queued_and_the_receiver_both_get_their_turn(tmp_path: Path) -> None:
-    receiver, worker = _WriteLock(tmp_path / "db.writelock"), _WriteLock(tmp_path / "db.writelock")
-    holder = _WriteLock(tmp_path / "db.writelock")
-    order: list[str] = []
-    held = threading.Event()
-    release = threading.Event()
-
-    def hold() -> None:
-        with holder.held():
-            held.set()
-            release.wait(5)
-            order.append("holder")
-
-    def take(lock: _WriteLock, name: str, priority: bool) -> None:
-        with lock.held(priority=priority):
-            order.append(name)
-
-    first = threading.Thread(target=hold)
-    first.start()
-    held.wait(5)
-    w = threading.Thread(target=take, args=(worker, "worker", False))
-    w.start()
-    time.sleep(0.05)  # the worker queues for the lock first...
-    r = threading.Thread(target=take, args=(receiver, "receiver", True))
-    r.start()
-    time.sleep(0.05)
-    release.set()
-    for t in (first, w, r):
-        t.join(5)
-    # ...so either may go first, but neither is left waiting (no deadlock between the locks)
-    assert order[0] == "holder"
-    assert set(order[1:]) == {"worker", "receiver"}
-
-
-def test_a_worker_arriving_while_the_receiver_waits_goes_after_it(tmp_path: Path) -> None:
-    path = tmp_path / "db.writelock"
-    holder, receiver, worker = _WriteLock(path), _WriteLock(path), _WriteLock(path)
+def _turns(path: Path, first: tuple[str, bool], second: tuple[str, bool]) -> list[str]:
+    """While a third writer holds the lock, ``first`` then ``second`` (name, priority) queue for
+    it; the order in which all three got it."""
+    holder = _WriteLock(path)
     order: list[str] = []
     held, release = threading.Event(), threading.Event()
 
@@ -89,22 +56,34 @@ def test_a_worker_arriving_while_the_receiver_waits_goes_after_it(tmp_path: Path
             release.wait(5)
             order.append("holder")
 
-    def take(lock: _WriteLock, name: str, priority: bool) -> None:
-        with lock.held(priority=priority):
+    def take(name: str, priority: bool) -> None:
+        with _WriteLock(path).held(priority=priority):
             order.append(name)
 
-    first = threading.Thread(target=hold)
-    first.start()
+    threads = [threading.Thread(target=hold)]
+    threads[0].start()
     held.wait(5)
-    r = threading.Thread(target=take, args=(receiver, "receiver", True))
-    r.start()
-    time.sleep(0.05)  # the receiver is waiting for the write lock (holding the intent)
-    w = threading.Thread(target=take, args=(worker, "worker", False))
-    w.start()
-    time.sleep(0.05)
+    for name, priority in (first, second):
+        threads.append(threading.Thread(target=take, args=(name, priority)))
+        threads[-1].start()
+        time.sleep(0.05)  # queued (or waiting at the intent) before the next one comes
     release.set()
-    for t in (first, r, w):
+    for t in threads:
         t.join(5)
+    return order
+
+
+def test_a_worker_already_queued_and_the_receiver_both_get_their_turn(tmp_path: Path) -> None:
+    order = _turns(tmp_path / "db.writelock", ("worker", False), ("receiver", True))
+    # the worker queued first, so either may go first, but neither is left waiting (no deadlock
+    # between the locks)
+    assert order[0] == "holder"
+    assert set(order[1:]) == {"worker", "receiver"}
+
+
+def test_a_worker_arriving_while_the_receiver_waits_goes_after_it(tmp_path: Path) -> None:
+    # the receiver waits for the write lock holding the intent: the worker goes after it
+    order = _turns(tmp_path / "db.writelock", ("receiver", True), ("worker", False))
     assert order == ["holder", "receiver", "worker"]
 
 

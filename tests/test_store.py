@@ -72,22 +72,25 @@ def test_group_commit_keeps_order_and_dedupes_within_and_across_batches(
     assert len(store.list()) == 4
 
 
+def _routed(store: SqlMessageStore, patient: str) -> int:
+    """A message routed to one destination, ``dest``, for ``patient``: its id."""
+    from engine.store.repository import NewDelivery, Processed
+
+    mid = store.save_received(b"MSH|", channel="test")
+    delivery = NewDelivery("dest", "r", "hl7v2", "text/plain", b"x", patient)
+    store.finish_batch([Processed(mid, "routed", None, patient, [delivery])])
+    return mid
+
+
+def _states(store: SqlMessageStore, mids: list[int]) -> list[str]:
+    return [store.deliveries_for(m)[0].state for m in mids]
+
+
 def test_only_the_head_of_each_patients_queue_is_claimable(store: SqlMessageStore) -> None:
-    from engine.store.repository import NewDelivery, Outcome, Processed
+    from engine.store.repository import Outcome
 
-    def route(patient: str) -> int:
-        mid = store.save_received(b"MSH|", channel="test")
-        delivery = NewDelivery("dest", "r", "hl7v2", "text/plain", b"x", patient)
-        store.finish_batch([Processed(mid, "routed", None, patient, [delivery])])
-        return mid
-
-    a1, a2, b1, a3 = route("A"), route("A"), route("B"), route("A")
-
-    def state(mid: int) -> str:
-        [d] = store.deliveries_for(mid)
-        return d.state
-
-    assert [state(m) for m in (a1, a2, b1, a3)] == ["pending", "waiting", "pending", "waiting"]
+    a1, a2, b1, a3 = (_routed(store, p) for p in ("A", "A", "B", "A"))
+    assert _states(store, [a1, a2, b1, a3]) == ["pending", "waiting", "pending", "waiting"]
     assert store.counts()["deliveries_pending"] == 4
     claimed = store.claim_due_deliveries(10)
     assert [d.message_id for d in claimed] == [a1, b1]  # heads only, one per patient
@@ -95,12 +98,12 @@ def test_only_the_head_of_each_patients_queue_is_claimable(store: SqlMessageStor
     # a dead head lets the next one go, as a delivered one does; the one after still waits
     head = next(d for d in claimed if d.message_id == a1)
     store.record_outcomes([Outcome(head.id, False, "refused", None)])
-    assert [state(m) for m in (a1, a2, a3)] == ["dead", "pending", "waiting"]
+    assert _states(store, [a1, a2, a3]) == ["dead", "pending", "waiting"]
     assert store.get(a1).state == "dead"  # type: ignore[union-attr]
     [second] = store.claim_due_deliveries(10)
     assert second.message_id == a2
     store.record_outcomes([Outcome(second.id, True)])
-    assert [state(m) for m in (a2, a3)] == ["delivered", "pending"]
+    assert _states(store, [a2, a3]) == ["delivered", "pending"]
     assert store.get(a2).state == "delivered"  # type: ignore[union-attr]
 
 
@@ -171,15 +174,9 @@ def test_a_head_settled_while_the_next_delivery_is_queued_never_strands_it(
 
     from engine.store.repository import NewDelivery, Outcome, Processed
 
-    def routed(patient: str) -> int:
-        mid = store.save_received(b"MSH|", channel="test")
-        delivery = NewDelivery("dest", "r", "hl7v2", "text/plain", b"x", patient)
-        store.finish_batch([Processed(mid, "routed", None, patient, [delivery])])
-        return mid
-
     for i in range(15):
         patient = f"RACE{i}"
-        routed(patient)
+        _routed(store, patient)
         [head] = store.claim_due_deliveries(100)
         nxt = store.save_received(b"MSH|", channel="test")
         delivery = NewDelivery("dest", "r", "hl7v2", "text/plain", b"y", patient)
@@ -210,19 +207,7 @@ def test_a_head_settled_while_the_next_delivery_is_queued_never_strands_it(
 
 
 def _queue_of_three(store: SqlMessageStore, patient: str = "Q") -> list[int]:
-    from engine.store.repository import NewDelivery, Processed
-
-    mids = []
-    for _ in range(3):
-        mid = store.save_received(b"MSH|", channel="test")
-        delivery = NewDelivery("dest", "r", "hl7v2", "text/plain", b"x", patient)
-        store.finish_batch([Processed(mid, "routed", None, patient, [delivery])])
-        mids.append(mid)
-    return mids
-
-
-def _states(store: SqlMessageStore, mids: list[int]) -> list[str]:
-    return [store.deliveries_for(m)[0].state for m in mids]
+    return [_routed(store, patient) for _ in range(3)]
 
 
 def test_a_delivery_settled_twice_promotes_only_once(store: SqlMessageStore) -> None:
