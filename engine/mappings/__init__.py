@@ -28,9 +28,13 @@ class Mappings:
         self.inbound = InboundMapper(files)
         self._outbound: Any = None
 
-    def to_fhir(self, message: Message) -> dict[str, Any]:
-        """HL7v2 message → FHIR transaction Bundle (dict)."""
-        return self.inbound.to_bundle(message)
+    def to_fhir(self, message: Message, warnings: list[str] | None = None) -> dict[str, Any]:
+        """HL7v2 message → FHIR transaction Bundle (dict).
+
+        ``warnings``, when given, receives a line for each element the message carries that no
+        mapping takes (``PID-9 (2 repetitions)``, ``segment ZPI``), so nothing is dropped in
+        silence; a message that cannot make its main resource raises instead."""
+        return self.inbound.to_bundle(message, warnings)
 
     def to_hl7(
         self,
@@ -40,14 +44,22 @@ class Mappings:
         timestamp: str | datetime | None = None,
         event: str | None = None,
         message: str | None = None,
+        warnings: list[str] | None = None,
     ) -> Message:
-        """A FHIR Bundle or resource → an HL7v2 message (ADT, SIU or DFT, by what it holds)."""
+        """A FHIR Bundle or resource → an HL7v2 message (ADT, SIU or DFT, by what it holds).
+
+        ``warnings``, when given, receives what the input holds that the message cannot carry."""
         if self._outbound is None:
             from engine.mappings.outbound import OutboundMapper
 
             self._outbound = OutboundMapper(self.files)
         result: Message = self._outbound.to_hl7(
-            data, event=event, control_id=control_id, timestamp=timestamp, message=message
+            data,
+            event=event,
+            control_id=control_id,
+            timestamp=timestamp,
+            message=message,
+            warnings=warnings,
         )
         return result
 

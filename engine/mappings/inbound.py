@@ -230,8 +230,9 @@ class InboundMapper:
             self._contexts[tz] = ctx
         return ctx
 
-    def to_bundle(self, message: Message) -> dict[str, Any]:
-        """The FHIR transaction Bundle for one message (a dict ready for JSON)."""
+    def to_bundle(self, message: Message, warnings: list[str] | None = None) -> dict[str, Any]:
+        """The FHIR transaction Bundle for one message (a dict ready for JSON); ``warnings``
+        receives what the message carries that no mapping takes."""
         mtype = message.type
         mm = self.message_map(message, mtype)
         run = _Run(self.context_for(message), mtype.trigger)

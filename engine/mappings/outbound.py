@@ -990,8 +990,12 @@ class OutboundMapper:
         timestamp: str | datetime | None = None,
         message: str | None = None,
         receiving: tuple[str, str] = ("", ""),
+        warnings: list[str] | None = None,
     ) -> Message:
         """Write one HL7v2 message from a FHIR Bundle (any type) or a single resource.
+
+        ``warnings``, when given, receives a line for each thing the input holds that the message
+        cannot carry (naming the FHIR element), so nothing is dropped without a word.
 
         ``event``: ``new`` (the default), ``update``, ``reschedule``, ``modify``, or a trigger
         event code (``A08``); ``message`` forces the message type when the input could make
