@@ -10,6 +10,7 @@ A thin, exact layer of our own (no maintained Python library reads 5010 270/271 
     x270       EligibilityInquiry → 270 (005010X279A1), and a 270 reader
     x271       271 → EligibilityResponse / EligibilityResult (benefits, AAA errors, traces)
     ack        TA1 and 999 (005010X231A1) → accepted / rejected, why, retry or fix
+    acknowledge  a 999 (and TA1) for what we received, tolerated envelope faults noted as E
     fhir       CoverageEligibilityRequest → 270; 271 → CoverageEligibilityResponse Bundle
 
 Errors are :class:`engine.x12.errors.X12Error` (segment, position, element) on the X12 side and
@@ -17,6 +18,7 @@ Errors are :class:`engine.x12.errors.X12Error` (segment, position, element) on t
 """
 
 from engine.x12.ack import AckResult, read_acks
+from engine.x12.acknowledge import acknowledge
 from engine.x12.envelope import (
     FunctionalGroup,
     Interchange,
@@ -62,6 +64,7 @@ __all__ = [
     "Segment",
     "Transaction",
     "X12Error",
+    "acknowledge",
     "build_270",
     "build_interchange",
     "coverage_eligibility_request_to_270",

@@ -14,9 +14,16 @@ indentation) between segments, and checks what the envelope promises:
 
 A fault raises :class:`~engine.x12.errors.X12Error` naming the segment, its position and the
 element: ``segment 16 (SE): SE01 says 22 segments, the transaction has 16``. With
-``strict=False`` the count and control-number faults become ``Interchange.warnings`` instead (some
-trading partners send wrong counts; the caller decides); a structure we cannot follow (no ISA, a
-short ISA, an ST without SE, no IEA) is refused either way.
+``strict=False`` the count and control-number faults (SE01, SE02, GE01, GE02, GS06, IEA01,
+IEA02) become ``Interchange.warnings`` instead, and ``Interchange.faults`` keeps each as the error
+it would have been, for an acknowledgment that notes it (IK5/AK9/TA1 ``E``). A structure we
+cannot follow (no ISA, a short ISA, an ST without SE, no IEA, data cut off) is refused either way.
+
+Which to use: :func:`parse_interchanges` defaults to ``strict=True`` (a sender checking what it
+built wants every fault raised); the readers of what a trading partner sent us
+(:func:`engine.x12.x271.read_271`, :func:`engine.x12.fhir.interchange_to_fhir`) default to
+``strict=False``, because payers do send 271s with a wrong SE01 and the answer inside is still
+the answer (the oopfactory validation samples have SE01 22 for 5 to 29 segments).
 
 Loops are not this module's business: the 270/271 readers derive them from HL levels.
 
@@ -157,7 +164,9 @@ class Interchange:
     """ISA, any TA1 acknowledgments, the functional groups, IEA.
 
     ``warnings`` lists what was tolerated (``segment 2 (GS): GS01 'XX' ...``), each naming the
-    segment.
+    segment. ``faults`` holds the envelope faults among them (counts, control numbers) as the
+    :class:`~engine.x12.errors.X12Error` a strict read would have raised, with the code an
+    acknowledgment carries for each (see :mod:`engine.x12.acknowledge`).
     """
 
     isa: Segment
@@ -166,6 +175,7 @@ class Interchange:
     delimiters: Delimiters
     ta1: list[Segment] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    faults: list[X12Error] = field(default_factory=list)
 
     @property
     def sender_qualifier(self) -> str:
@@ -324,7 +334,14 @@ def _read_isa(text: str, start: int) -> tuple[Segment, Delimiters, int, list[str
             f"segment 1 (ISA): ISA11 and ISA16 are both {repetition!r}; repeating and composite "
             "elements are told apart by their definitions"
         )
-    if version != "00501":
+    if version == "00401":
+        # the 4010 ISA differs from 5010's only in ISA11 (handled above); the transactions'
+        # version is GS08's to say (a 5010 270 inside a 00401 envelope is common)
+        warnings.append(
+            "segment 1 (ISA): ISA12 '00401' is a 4010 envelope; its transactions are read as "
+            "their GS08 says"
+        )
+    elif version != "00501":
         warnings.append(f"segment 1 (ISA): ISA12 {version!r} is not 00501; read as 00501")
     if not (len(values[12]) == 9 and values[12].isdigit()):
         raise _isa_error(f"ISA13 {values[12]!r} is not a 9-digit control number", "018", 13)
@@ -341,7 +358,8 @@ def _read_isa(text: str, start: int) -> tuple[Segment, Delimiters, int, list[str
     return isa, delimiters, seps[15] + 3, warnings
 
 
-_CLOSERS = frozenset(("GE", "IEA", "ST", "GS"))
+#: segments that cannot be inside a transaction set: meeting one before SE means SE is missing
+_CLOSERS = frozenset(("GE", "IEA", "ST", "GS", "ISA"))
 
 
 class _Reader:
@@ -352,6 +370,7 @@ class _Reader:
         self.i = 0
         self.strict = strict
         self.warnings = warnings
+        self.faults: list[X12Error] = []
 
     def fault(self, seg: Segment, element: int, message: str, code: str, level: str) -> None:
         err = X12Error(
@@ -365,6 +384,7 @@ class _Reader:
         if self.strict:
             raise err
         self.warnings.append(str(err))
+        self.faults.append(err)
 
     def next(self, expected: str) -> Segment:
         if self.i >= len(self.segments):
@@ -532,7 +552,8 @@ def _parse_one(text: str, start: int, strict: bool) -> tuple[Interchange, int]:
             )
     reader.count(seg, 1, "functional groups", "interchange", len(groups))
     reader.match(seg, 2, isa, 13, "001", "TA1")
-    return Interchange(isa, groups, seg, d, ta1, warnings), min(consumed, len(text))
+    interchange = Interchange(isa, groups, seg, d, ta1, warnings, reader.faults)
+    return interchange, min(consumed, len(text))
 
 
 def parse_interchanges(data: str | bytes, *, strict: bool = True) -> list[Interchange]:

@@ -88,6 +88,7 @@ from engine.x12.fhir_terms import (
     X12_SERVICE_TYPE_SYSTEM,
     X12_TIME_PERIOD_SYSTEM,
 )
+from engine.x12.loops import eligibility_version
 from engine.x12.x271 import (
     Benefit,
     EligibilityResponse,
@@ -513,7 +514,8 @@ def x271_to_fhir(
     insurer: str | None = None,
     trace: str | None = None,
     created: datetime | None = None,
-    strict: bool = True,
+    strict: bool = False,
+    warnings: list[str] | None = None,
 ) -> Json:
     """The Bundle (type ``collection``) for a 271 (see the module table).
 
@@ -521,31 +523,40 @@ def x271_to_fhir(
     used for the result that answers the 270 whose TRN02 was ``trace`` (the only result when
     ``trace`` is None); ``insurer`` (``Organization/p1``) is used for every response. ``created``
     (timezone-aware) stamps the responses and the Bundle; otherwise BHT04's date is used.
-    Raises :class:`~engine.x12.errors.X12Error` as :func:`engine.x12.x271.read_271` does.
+
+    The 271 is read leniently unless ``strict`` (as :func:`engine.x12.x271.read_271` reads it):
+    envelope faults and what the reader passed over are appended to ``warnings`` when a list is
+    given, each naming its segment. Raises :class:`~engine.x12.errors.X12Error` as
+    :func:`~engine.x12.x271.read_271` does.
     """
     interchanges = (
         [source] if isinstance(source, Interchange) else parse_interchanges(source, strict=strict)
     )
+    notes: list[str] = [] if warnings is None else warnings
     bundle: Json = {"resourceType": "Bundle", "type": "collection"}
     if created is not None:
         bundle["timestamp"] = created.isoformat()
     entries: list[Json] = []
     for interchange in interchanges:
-        for tx in interchange.transactions():
-            response = read_271_transaction(tx, list(interchange.warnings))
-            key = f"{interchange.sender_id}/{interchange.control_number}/{tx.control_number}"
-            builder = _Builder(key)
-            when = created.isoformat() if created is not None else None
-            if when is None:
-                stamp = response.created
-                when = stamp.date().isoformat() if stamp else datetime.now().date().isoformat()
-            refs = {
-                "request": _ref(request),
-                "patient": _ref(patient),
-                "coverage": _ref(coverage),
-                "insurer": _ref(insurer),
-            }
-            _convert(response, builder, refs, trace, when)
-            entries.extend(builder.entries)
+        notes.extend(interchange.warnings)
+        for group in interchange.groups:
+            for tx in group.transactions:
+                if tx.id == "271":
+                    eligibility_version(group, tx, notes)
+                response = read_271_transaction(tx, notes)
+                key = f"{interchange.sender_id}/{interchange.control_number}/{tx.control_number}"
+                builder = _Builder(key)
+                when = created.isoformat() if created is not None else None
+                if when is None:
+                    stamp = response.created
+                    when = stamp.date().isoformat() if stamp else datetime.now().date().isoformat()
+                refs = {
+                    "request": _ref(request),
+                    "patient": _ref(patient),
+                    "coverage": _ref(coverage),
+                    "insurer": _ref(insurer),
+                }
+                _convert(response, builder, refs, trace, when)
+                entries.extend(builder.entries)
     bundle["entry"] = entries
     return bundle

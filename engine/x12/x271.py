@@ -41,7 +41,7 @@ from engine.x12 import codes
 from engine.x12.codes import Action, Code, describe
 from engine.x12.envelope import Interchange, Transaction, parse_interchanges
 from engine.x12.errors import X12Error
-from engine.x12.loops import Level, hierarchy
+from engine.x12.loops import Level, eligibility_version, hierarchy
 from engine.x12.segments import Segment
 from engine.x12.x270 import Address
 
@@ -577,21 +577,31 @@ def read_271_transaction(tx: Transaction, warnings: list[str] | None = None) -> 
 
 
 def read_271(
-    source: str | bytes | Interchange, *, strict: bool = True
+    source: str | bytes | Interchange, *, strict: bool = False
 ) -> list[EligibilityResponse]:
     """Every 271 transaction set in ``source`` (text, bytes or a parsed interchange).
 
-    Raises :class:`X12Error` naming the segment and element for an envelope fault (see
-    :mod:`engine.x12.envelope`; ``strict=False`` tolerates wrong counts and control numbers),
-    a transaction set that is not a 271, an HL hierarchy that does not link up, or a number or
-    date that cannot be read. Oddities that can be read around are in each response's
-    ``warnings``.
+    Read leniently by default: a wrong SE01/GE01/IEA01 count or a control number that does not
+    match its header (SE02, GE02, IEA02) becomes a warning naming the segment and element
+    (``segment 14 (SE): SE01 says 12 segments, the transaction has 13``), because the answer
+    inside is still the payer's answer; ``strict=True`` raises them instead (see
+    :mod:`engine.x12.envelope`). A 4010 (004010X092A1) 271 is read with a warning saying so;
+    another version is refused (:func:`engine.x12.loops.eligibility_version`).
+
+    Raises :class:`X12Error` naming the segment and element for an envelope that cannot be
+    followed (no SE, no IEA, data cut off), a transaction set that is not a 271, an HL hierarchy
+    that does not link up, or a number or date that cannot be read. Oddities that can be read
+    around are in each response's ``warnings`` (the interchange's envelope warnings first).
     """
     interchanges = (
         [source] if isinstance(source, Interchange) else parse_interchanges(source, strict=strict)
     )
     out: list[EligibilityResponse] = []
     for interchange in interchanges:
-        for tx in interchange.transactions():
-            out.append(read_271_transaction(tx, list(interchange.warnings)))
+        for group in interchange.groups:
+            for tx in group.transactions:
+                notes = list(interchange.warnings)
+                if tx.id == "271":
+                    eligibility_version(group, tx, notes)
+                out.append(read_271_transaction(tx, notes))
     return out

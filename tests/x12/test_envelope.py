@@ -104,7 +104,10 @@ def test_4010_style_isa11_means_no_repetition_separator() -> None:
     ic = parse_interchange(interchange(isa=isa))
     assert ic.delimiters.repetition == ""
     assert list(ic.transactions())[0].segments[-2].repetitions(1) == ["30^98"]
-    assert ic.warnings == ["segment 1 (ISA): ISA12 '00401' is not 00501; read as 00501"]
+    assert ic.warnings == [
+        "segment 1 (ISA): ISA12 '00401' is a 4010 envelope; its transactions are read as their "
+        "GS08 says"
+    ]
 
 
 def test_same_repetition_and_component_separator_is_tolerated_with_a_warning() -> None:
