@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, HL7ValidationError
 from engine.hl7v2.escape import unescape
 from engine.mappings.loader import MappingFiles
 from engine.mappings.spec import CodeTable, Condition, Rule
@@ -86,10 +86,12 @@ def table_fn(table: CodeTable, as_: str) -> Callable[[str], Any]:
     mapping, default, system, display = table.map, table.default, table.system, table.display
     systems = table.systems
 
+    keep_text = table.unmapped_as_text and as_ == "CodeableConcept"
+
     def code_of(text: str) -> Any:
         code = mapping.get(text, default) if text else None
         if code is None:
-            return None
+            return {"text": text} if keep_text and text else None
         if as_ == "code":
             return code
         sys_uri = systems.get(code, system)
@@ -112,6 +114,10 @@ def _text(v: str, q: str, d: Any, cs: str) -> str:
 
 def _texts(v: str, p: str, q: str, d: Any, cs: str) -> list[str]:
     return [_text(x, q, d, cs) for x in (v.split(p) if p else [v])]
+
+
+def _bad_value(exc: ValueError, seg: Any, field: int) -> None:
+    raise HL7ValidationError(str(exc), where=f"{seg.name}-{field}", code="102") from exc
 
 
 class Compiler:
@@ -180,6 +186,9 @@ class Compiler:
             "    R = d.repetition",
             "    C = d.component",
             "    S = d.subcomponent",
+            # the fields some rule took a value from (what is left is reported as not mapped)
+            "    u = run.used.get(id(seg))",
+            "    if u is None: u = run.used[id(seg)] = set()",
         ]
         for i, rule in enumerate(smap.rules):
             if rule.direction == "out":
@@ -220,6 +229,8 @@ class Compiler:
             test = "val" if truthy else "val is not None and val != '' and val != {}"
             out = [f"{ind}if {test}:"]
             ind2 = ind + "    "
+            if level == "field" and rule.field is not None:
+                out.append(f"{ind2}u.add({rule.field})")
             if rule.wrap is not None:
                 out.append(f"{ind2}val = {literal(rule.wrap)}")
             if simple and append:
@@ -300,7 +311,10 @@ class Compiler:
         assert fno is not None
         comp, sub = rule.component, rule.subcomponent
         reps = "raw.split(R) if R in raw else (raw,)" if rule.repeats else "(raw.split(R, 1)[0],)"
-        body = [f"    if nf > {fno} and f[{fno}]:", f"        raw = f[{fno}]"]
+        # a single element another rule has set already is not read again (the first valued
+        # rule wins): nothing is built for it (no Practitioner nobody refers to)
+        taken = f" and {key!r} not in out" if simple and not append else ""
+        body = [f"    if nf > {fno} and f[{fno}]{taken}:", f"        raw = f[{fno}]"]
         inner: list[str] = []
         if cond_expr:
             inner += ["        " + s.strip() for s in cond_lines]
@@ -329,34 +343,56 @@ class Compiler:
         else:
             inner += produce(ind2, "r", "C", "S")
         inner += store(ind2)
-        return body + inner
+        # a value a transform cannot read (a date that does not exist) is an error naming the
+        # field, never a wrong value sent on
+        env["BAD"] = _bad_value
+        return [
+            "    try:",
+            *["    " + line for line in body + inner],
+            "    except ValueError as exc:",
+            f"        BAD(exc, seg, {fno})",
+        ]
 
     def _cond_code(
         self, c: Condition | None, i: int, env: dict[str, Any], level: str
     ) -> tuple[list[str], str]:
-        """Lines that read the condition's element into ``ct{i}``, and the test expression."""
+        """Lines that read the condition's elements into ``ct{i}...``, and the test expression."""
         if c is None:
             return [], ""
-        tests: list[str] = []
         lines: list[str] = []
+        return lines, self._cond_expr(c, f"{i}", env, level, lines)
+
+    def _cond_expr(
+        self, c: Condition, tag: str, env: dict[str, Any], level: str, lines: list[str]
+    ) -> str:
+        if c.lacks:
+            raise ConfigError("'lacks' is for a message map's resource plans, not for rules")
+        tests: list[str] = []
         if c.trigger:
-            env[f"TRIG{i}"] = frozenset(c.trigger)
-            tests.append(f"run.trigger in TRIG{i}")
+            env[f"TRIG{tag}"] = frozenset(c.trigger)
+            tests.append(f"run.trigger in TRIG{tag}")
         if c.field is not None or c.component is not None:
             if level == "field":
                 lines.append(
-                    f"    ct{i} = seg.get({c.field or 1}, 1, {c.component or 1}, "
+                    f"    ct{tag} = seg.get({c.field or 1}, 1, {c.component or 1}, "
                     f"{c.subcomponent or 1})"
                 )
             else:
                 cno = c.component or 1
-                lines.append(f"    ct{i} = TEXT(parts[{cno - 1}], Q, d, cs) if n >= {cno} else ''")
+                lines.append(
+                    f"    ct{tag} = TEXT(parts[{cno - 1}], Q, d, cs) if n >= {cno} else ''"
+                )
             if c.in_ is not None:
-                env[f"IN{i}"] = frozenset(c.in_)
-                tests.append(f"ct{i} in IN{i}")
+                env[f"IN{tag}"] = frozenset(c.in_)
+                tests.append(f"ct{tag} in IN{tag}")
             if c.not_in:
-                env[f"NOTIN{i}"] = frozenset(c.not_in)
-                tests.append(f"ct{i} not in NOTIN{i}")
+                env[f"NOTIN{tag}"] = frozenset(c.not_in)
+                tests.append(f"ct{tag} not in NOTIN{tag}")
             if c.present is not None:
-                tests.append(f"bool(ct{i}) is {c.present}")
-        return lines, " and ".join(tests) or "True"
+                tests.append(f"bool(ct{tag}) is {c.present}")
+        if c.any:
+            alternatives = [
+                self._cond_expr(sub, f"{tag}_{k}", env, level, lines) for k, sub in enumerate(c.any)
+            ]
+            tests.append("(" + " or ".join(f"({a})" for a in alternatives) + ")")
+        return " and ".join(tests) or "True"

@@ -26,7 +26,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
-from engine.errors import ConfigError, UnsupportedMessageError
+from engine.errors import ConfigError, HL7ValidationError, UnsupportedMessageError
 from engine.hl7v2.codec import Message, MessageType, Segment
 from engine.mappings.compiler import Compiler, DatatypeFn, put, wrap
 from engine.mappings.loader import MappingFiles
@@ -72,6 +72,10 @@ class _Run:
 
     ctx: TransformContext
     trigger: str
+    #: the segment IDs the message holds (for plans' ``lacks``)
+    present: frozenset[str] = frozenset()
+    #: id(segment) -> the fields a rule took a value from (the rest is reported as not mapped)
+    used: dict[int, set[int]] = field(default_factory=dict)
     extra: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # key -> (url, res)
 
 
@@ -151,15 +155,21 @@ class InboundMapper:
         return t
 
     def _condition(self, c: Condition | None) -> Callable[[Segment, _Run], bool] | None:
-        """A plan's ``when``, tested on its first (or anchor) segment."""
+        """A plan's ``when``, tested on its first (or anchor) segment and the message."""
         if c is None:
             return None
         allowed = set(c.in_) if c.in_ is not None else None
         denied = set(c.not_in or ())
         triggers = set(c.trigger) if c.trigger else None
+        lacks = tuple(c.lacks or ())
+        alternatives = [self._condition(sub) for sub in c.any or ()]
 
         def check(seg: Segment, run: _Run) -> bool:
             if triggers is not None and run.trigger not in triggers:
+                return False
+            if lacks and any(s in run.present for s in lacks):
+                return False
+            if alternatives and not any(alt(seg, run) for alt in alternatives if alt):
                 return False
             if c.field is None:
                 return True
@@ -235,8 +245,8 @@ class InboundMapper:
         receives what the message carries that no mapping takes."""
         mtype = message.type
         mm = self.message_map(message, mtype)
-        run = _Run(self.context_for(message), mtype.trigger)
         positions = _positions(message)
+        run = _Run(self.context_for(message), mtype.trigger, frozenset(positions))
         msh = message.msh
         fallback_key = f"{msh.get(3)}|{msh.get(4)}|{msh.get(10)}"
         # plan name -> [(position of its first segment in the message, fullUrl)]
@@ -261,10 +271,14 @@ class InboundMapper:
                     if code is not None:
                         put(res, _steps(path), code)
                 for path, value in plan.values.items():
-                    put(res, _steps(path), value)
+                    # a default, never merged into what the segments set
+                    if _get(res, path) is None:
+                        put(res, _steps(path), value)
                 ident = self._pick_identifier(res) if plan.identity else None
                 if ident is not None:
                     key = f"{ident.get('system', '')}|{ident['value']}"
+                elif plan.key_from is not None and made.get(plan.key_from):
+                    key = f"{plan.name}|{made[plan.key_from][0][1]}"
                 else:
                     key = f"{fallback_key}|{plan.name}|{index}"
                 url = "urn:uuid:" + _uuid5(f"{plan.resource}|{key}")
@@ -300,13 +314,59 @@ class InboundMapper:
                         put(res, steps, ref_value)
                     break
         # ``required`` is checked once references are in (a Claim needs its Coverage)
-        entries = [
-            _entry(url, res, ident)
+        kept = [
+            (url, res, plan, ident)
             for url, res, plan, _index, ident in order
             if not plan.required or all(_get(res, p) is not None for p in plan.required)
         ]
+        if mm.main is not None and not any(plan.name == mm.main for _u, _r, plan, _i in kept):
+            raise self._no_main(message, mm, order)
+        entries = [_entry(url, res, ident) for url, res, _plan, ident in kept]
         entries += [_entry(url, res, self._pick_identifier(res)) for url, res in run.extra.values()]
+        if warnings is not None:
+            warnings.extend(_not_mapped(message, run.used, mm.ignore))
         return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+    def _no_main(
+        self,
+        message: Message,
+        mm: MessageMap,
+        order: list[tuple[str, dict[str, Any], ResourcePlan, int, dict[str, Any] | None]],
+    ) -> HL7ValidationError:
+        """Why the message made no main resource (it is refused rather than half converted)."""
+        plan = self._plans[mm.message][mm.main or ""]
+        seg_id = self._seg_ids[plan.segments[0]]
+        label = f"{mm.message}^{message.type.trigger}"
+        made = [res for _u, res, p, _pos, _i in order if p.name == plan.name]
+        if not message.all(seg_id):
+            return HL7ValidationError(
+                f"{label} has no {seg_id} segment: cannot make its {plan.resource}",
+                where=seg_id,
+                code="100",
+            )
+        if not made:
+            cond = plan.when
+            field_no = cond.field if cond is not None else None
+            if field_no is not None:
+                values = sorted({s.get(field_no) for s in message.all(seg_id)})
+                return HL7ValidationError(
+                    f"{label} makes no {plan.resource}: {seg_id}-{field_no} is "
+                    + ", ".join(repr(v) for v in values),
+                    where=f"{seg_id}-{field_no}",
+                    code="101",
+                )
+            return HL7ValidationError(
+                f"{label} makes no {plan.resource}: its {seg_id} carries no data for it",
+                where=seg_id,
+                code="101",
+            )
+        missing = [p for p in plan.required if _get(made[0], p) is None]
+        return HL7ValidationError(
+            f"{label} makes no {plan.resource}: it has no "
+            + " and no ".join(f"{plan.resource}.{p}" for p in missing),
+            where=seg_id,
+            code="101",
+        )
 
     def _pick_identifier(self, res: dict[str, Any]) -> dict[str, Any] | None:
         """The business identifier: a Patient's MRN (site.yaml ``mrn_type``), else the first."""
@@ -329,6 +389,53 @@ class InboundMapper:
         return self.files.site.identifier_systems.get(
             authority, self.files.site.identifier_system_base + authority
         )
+
+
+def _not_mapped(
+    message: Message, used: dict[int, set[int]], ignore: dict[str, list[int]]
+) -> list[str]:
+    """One line per segment occurrence whose valued fields no rule took a value from.
+
+    A field counts as valued when it holds more than delimiters and the explicit null ``""``.
+    MSH is the envelope (the engine reads it itself) and is never reported; ``ignore`` (the
+    message map's) lists fields left out on purpose.
+
+    Incomplete: the check is per field; a component no datatype map reads (XAD-10, say) is not
+    reported.
+    """
+    lines: list[str] = []
+    seen: dict[str, int] = {}
+    for seg in message.segments:
+        name = seg.name
+        n = seen[name] = seen.get(name, 0) + 1
+        if name == "MSH":
+            continue
+        skip = ignore.get(name)
+        if skip is not None and not skip:
+            continue
+        d = seg.delimiters
+        blank = d.component + d.repetition + d.subcomponent + " "
+        took = used.get(id(seg), ())
+        fields = seg.fields()
+        left = [
+            i
+            for i in range(1, len(fields))
+            if i not in took
+            and (skip is None or i not in skip)
+            and fields[i].strip(blank) not in ("", '""')
+        ]
+        if not left:
+            continue
+        label = name if len(message.all(name)) == 1 else f"{name}[{n}]"
+        if not took and id(seg) not in used:
+            lines.append(
+                f"{label}: no mapping took this segment (fields "
+                + ", ".join(str(i) for i in left)
+                + ")"
+            )
+        else:
+            lines.append(f"{label}: not mapped: " + ", ".join(f"{name}-{i}" for i in left))
+    return lines
 
 
 def _entry(url: str, res: dict[str, Any], ident: dict[str, Any] | None) -> dict[str, Any]:

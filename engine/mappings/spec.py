@@ -63,6 +63,12 @@ class Condition(_Strict):
     present: bool | None = None
     #: the message's trigger event must be one of these (MSH-9.2)
     trigger: list[str] | None = None
+    #: at least one of these conditions must hold as well (``any: [{field: 3, present: true},
+    #: {field: 19, present: true}]``): how "a PV1 that carries visit data" is said
+    any: list[Condition] | None = None
+    #: for a resource plan: the message must have none of these segments (a self-pay Coverage is
+    #: made only when there is no IN1)
+    lacks: list[str] | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -198,6 +204,9 @@ class ResourcePlan(_Strict):
     trigger_values: dict[str, str] = {}
     #: the FHIR path of the business identifier used for the conditional update
     identity: str | None = None
+    #: without a business identifier, derive the resource's id from this plan's resource (a
+    #: self-pay Coverage is one per patient: ``key_from: patient``) rather than from the message
+    key_from: str | None = None
     #: build the resource only when this holds on the (first or anchor) segment
     when: Condition | None = None
     #: leave the resource out unless all these elements are present once references are made
@@ -212,6 +221,13 @@ class MessageMap(_Strict):
     triggers: list[str]
     note: str | None = None
     resources: list[ResourcePlan]
+    #: the plan whose resource the message exists to carry (ADT: the Patient; SIU: the
+    #: Appointment; DFT: the Claim): a message that cannot make it is refused with the reason,
+    #: never answered with a Bundle that lacks it
+    main: str | None = None
+    #: fields that no map takes on purpose, per segment ID (an empty list: the whole segment),
+    #: left out of the "not mapped" warnings; each should say why in the file's comments
+    ignore: dict[str, list[int]] = {}
 
     @model_validator(mode="after")
     def _names(self) -> MessageMap:
@@ -219,6 +235,11 @@ class MessageMap(_Strict):
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"resource names must be unique: {', '.join(sorted(dupes))}")
+        for p in self.resources:
+            if p.key_from is not None and p.key_from not in names:
+                raise ValueError(f"{p.name}.key_from: no resource named {p.key_from!r}")
+        if self.main is not None and self.main not in names:
+            raise ValueError(f"main: no resource named {self.main!r}")
         for p in self.resources:
             for path, target in p.refs.items():
                 to = target.to if isinstance(target, RefSpec) else target
@@ -246,6 +267,10 @@ class CodeTable(_Strict):
     default: str | None = None
     #: HL7 code for a FHIR code not in the map
     reverse_default: str | None = None
+    #: an HL7 code not in the map (and no ``default``) becomes a CodeableConcept with the code as
+    #: its ``text`` (``as: CodeableConcept`` rules only), rather than being left out: a site's own
+    #: identifier type code (``MRN``) is kept as sent
+    unmapped_as_text: bool = False
     note: str | None = None
 
 

@@ -14,6 +14,7 @@ Dates and times (HL7 v2.5.1 chapter 2A, DTM; FHIR R4 §2.24 date, dateTime, inst
 
 from __future__ import annotations
 
+import calendar
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -80,10 +81,39 @@ def _offset_for(y: int, mo: int, d: int, h: int, mi: int, s: int, tz: str) -> st
 
 
 def _parse_dtm(text: str) -> tuple[str, ...] | None:
-    m = _DTM_RE.match(text.strip())
-    if not m:
+    """The parts of an HL7 DTM (YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]), checked.
+
+    An empty text (or the explicit null ``""``) is no value. Anything else that is not a date
+    that exists (month 13, 31 April, hour 25, an offset past 14 hours) raises ``ValueError``
+    naming the part that is wrong (never echoing the value: it may be a birth date): the
+    compiled mapping turns it into an error naming the field. HL7 v2.5.1 section 2A.22.
+    """
+    text = text.strip()
+    if not text or text == '""':
         return None
-    return tuple(m.groups(default=""))
+    m = _DTM_RE.match(text)
+    if not m:
+        raise ValueError(
+            f"not a date/time (HL7 DTM is YYYY[MM[DD[HH[MM[SS]]]]][+/-ZZZZ], got {len(text)} "
+            "characters that are not)"
+        )
+    g = tuple(m.groups(default=""))
+    y, mo, d, h, mi, s, _frac, off = g
+    if mo and not 1 <= int(mo) <= 12:
+        raise ValueError(f"month {mo} does not exist")
+    if d:
+        last = calendar.monthrange(int(y), int(mo))[1]
+        if not 1 <= int(d) <= last:
+            raise ValueError(f"day {d} does not exist in month {mo} of {y}")
+    if h and int(h) > 23:
+        raise ValueError(f"hour {h} does not exist")
+    if mi and int(mi) > 59:
+        raise ValueError(f"minute {mi} does not exist")
+    if s and int(s) > 59:
+        raise ValueError(f"second {s} does not exist")
+    if off and (int(off[1:3]) > 14 or int(off[3:]) > 59):
+        raise ValueError(f"time zone offset {off} does not exist")
+    return g
 
 
 def _date_in(parts: list[str], ctx: TransformContext) -> str | None:
@@ -188,6 +218,8 @@ def _decimal_in(parts: list[str], ctx: TransformContext) -> float | int | None:
     try:
         d = Decimal(text)
     except InvalidOperation:
+        return None  # not a number: the field is then reported as not mapped
+    if not d.is_finite():
         return None
     return int(d) if d == d.to_integral_value() and "." not in text else float(d)
 

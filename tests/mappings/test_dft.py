@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from engine.errors import HL7ValidationError
 from engine.hl7v2 import parse_message
 from engine.mappings import Mappings, load_mappings
 from engine.mappings.fhir_validate import validate_bundle
@@ -241,12 +242,36 @@ def test_payments_and_adjustments_are_not_billed(mappings: Mappings) -> None:
     assert [i["sequence"] for i in claim["item"]] == [1, 2]
 
 
-def test_no_claim_when_the_first_transaction_is_a_payment(mappings: Mappings) -> None:
-    text = _text("dft_p03_minimal")
-    text = _replace_line(text, "FT1|", "FT1|1|||20250311||PY|COPAY^Copay^L|||1|-25.00&USD")
+def test_a_payment_first_still_bills_the_charges_after_it(mappings: Mappings) -> None:
+    """Issue 9: a Claim is made from every charge, whatever comes first (it used to be made only
+    when the first FT1 was a charge, and a DFT starting with a copay lost its charges)."""
+    payment = "FT1|1|||20250311||PY|COPAY^Copay^L|||1|-25.00&USD"
+    charge = "FT1|2|||20250311||CG|99213^Office visit^CPT|||1|110.00"
+    text = _replace_line(_text("dft_p03_minimal"), "FT1|", payment + "\n" + charge)
     bundle = _bundle(mappings, text)
-    assert _resources(bundle, "Claim") == []
-    assert len(_resources(bundle, "Patient")) == 1
+    validate_bundle(bundle)
+    (item,) = _claim(bundle)["item"]
+    assert item["sequence"] == 2
+    warnings: list[str] = []
+    mappings.to_fhir(parse_message(text.replace("\n", "\r")), warnings)
+    assert any(w.startswith("FT1[1]: ") for w in warnings), warnings
+
+
+def test_only_payments_is_refused_naming_the_reason(mappings: Mappings) -> None:
+    text = _replace_line(
+        _text("dft_p03_minimal"), "FT1|", "FT1|1|||20250311||PY|COPAY^Copay^L|||1|-25.00&USD"
+    )
+    with pytest.raises(HL7ValidationError, match=r"makes no Claim: it has no Claim.item"):
+        _bundle(mappings, text)
+
+
+def test_no_ft1_is_refused(mappings: Mappings) -> None:
+    text = "\n".join(
+        line for line in _text("dft_p03_minimal").splitlines() if not line.startswith("FT1|")
+    )
+    with pytest.raises(HL7ValidationError, match=r"DFT\^P03 has no FT1 segment") as info:
+        _bundle(mappings, text)
+    assert info.value.where == "FT1"
 
 
 def test_created_falls_back_to_msh7(mappings: Mappings) -> None:
@@ -290,13 +315,44 @@ def test_transaction_code_alone_keeps_its_alternate_coding(mappings: Mappings) -
     assert _codes(item["productOrService"]) == [(None, "4471"), (CPT, "99213")]
 
 
-def test_self_pay_makes_no_claim(mappings: Mappings) -> None:
+def test_self_pay_bills_the_patient(mappings: Mappings) -> None:
+    """Issue 9: no IN1 is a self-pay visit: a Coverage whose payor is the Patient (FHIR R4
+    Coverage.payor), and the Claim is still made with it."""
     text = "\n".join(
         line for line in _text("dft_p03_minimal").splitlines() if not line.startswith("IN1|")
     )
     bundle = _bundle(mappings, text)
-    assert _resources(bundle, "Claim") == []
     validate_bundle(bundle)
+    (patient,) = _resources(bundle, "Patient")
+    (coverage,) = _resources(bundle, "Coverage")
+    patient_url = next(e["fullUrl"] for e in bundle["entry"] if e["resource"] is patient)
+    assert coverage["payor"] == [{"reference": patient_url}]
+    assert coverage["beneficiary"] == {"reference": patient_url}
+    assert coverage["type"]["coding"][0]["code"] == "pay"
+    claim = _claim(bundle)
+    coverage_url = next(e["fullUrl"] for e in bundle["entry"] if e["resource"] is coverage)
+    assert claim["insurance"] == [
+        {"sequence": 1, "focal": True, "coverage": {"reference": coverage_url}}
+    ]
+    assert len(claim["item"]) == 1
+    # the same patient's next self-pay DFT updates the same Coverage
+    again = _bundle(mappings, text.replace("DFT0000000002", "DFT0000000003"))
+    (coverage2,) = _resources(again, "Coverage")
+    assert coverage2["id"] == coverage["id"]
+
+
+def test_provider_falls_back_to_the_sending_facility(mappings: Mappings) -> None:
+    """No FT1-20 and no PV1-7: the sending facility (MSH-4) is the provider, an Organization."""
+    text = _replace_line(
+        _text("dft_p03_minimal"),
+        "PV1|",
+        "PV1|1|O|||||||||||||||||V000000231^^^MAPLEFM&2.25.184592301472019384756&ISO^VN",
+    )
+    bundle = _bundle(mappings, text)
+    validate_bundle(bundle)
+    provider = _target(bundle, _claim(bundle)["provider"])
+    assert provider["resourceType"] == "Organization"
+    assert provider["name"] == "MAPLEFM"
 
 
 @pytest.mark.parametrize(
