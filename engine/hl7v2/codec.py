@@ -124,6 +124,10 @@ class Delimiters(NamedTuple):
         enc = text[4:] if end < 0 else text[4:end]
         if not enc:
             raise HL7ParseError("encoding characters missing", where=f"{where}-2")
+        if len(enc) == 5 and enc[2] == enc[3] and enc[2] not in (enc[0], enc[1], enc[4]):
+            # ``^~\\&``: the escape character doubled, as a message copied out of a source
+            # file's string literal has it; other parsers read it as ``^~\&``, and so do we
+            enc = enc[:3] + enc[4]
         if len(enc) < 4 or len(enc) > 5:
             raise HL7ParseError(
                 f"encoding characters {enc!r} must be 4 characters (or 5 with the v2.7 truncation "

@@ -248,8 +248,8 @@ class EligibilityService:
                         continue
                     payor = (coverage.get("payor") or [{}])[0].get("reference", "")
                     payer = self.store.resource(payor) if payor else None
-                    if payer is None:
-                        continue
+                    if payer is None or payer.get("resourceType") != "Organization":
+                        continue  # self-pay (the payor is the Patient): no payer to ask
                     sub_ref = (coverage.get("subscriber") or {}).get("reference", "")
                     subscriber = (
                         self.store.resource(sub_ref) if sub_ref and sub_ref != ref else None

@@ -266,6 +266,9 @@ class InboundMapper:
                     segment_fns[map_name](seg, res, run)
                 if len(res) == 1:
                     continue
+                ids = res.get("identifier")
+                if ids is not None and len(ids) > 1:
+                    res["identifier"] = _distinct(ids)
                 for path, tname in plan.trigger_values.items():
                     code = tables[tname].map.get(run.trigger)
                     if code is not None:
@@ -389,6 +392,27 @@ class InboundMapper:
         return self.files.site.identifier_systems.get(
             authority, self.files.site.identifier_system_base + authority
         )
+
+
+def _distinct(ids: list[Any]) -> list[Any]:
+    """Identifiers without repeats: one whose value an earlier one has, in the same system or
+    with no system of its own, is the same identifier sent twice (PID-2 repeating PID-3 in
+    messages from before v2.5 retired PID-2) and is left out."""
+    out: list[Any] = []
+    seen: set[tuple[str | None, str]] = set()
+    values: set[str] = set()
+    for ident in ids:
+        value = ident.get("value") if isinstance(ident, dict) else None
+        if not isinstance(value, str):
+            out.append(ident)
+            continue
+        system = ident.get("system")
+        if (system, value) in seen or (system is None and value in values):
+            continue
+        seen.add((system, value))
+        values.add(value)
+        out.append(ident)
+    return out
 
 
 def _not_mapped(

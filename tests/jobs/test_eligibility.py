@@ -218,3 +218,32 @@ def test_a_payer_without_configuration_is_needs_action_not_a_crash(
     outcomes = asyncio.run(svc.check_upcoming(start=MONDAY, days=1))
     assert [o.status for o in outcomes] == ["needs_action"] * 3
     assert "no payer configured" in (outcomes[0].reason or "")
+
+
+def test_a_self_pay_coverage_is_not_sent_to_a_payer(
+    indexed: SqlMessageStore, mappings: Mappings, tmp_path: Path
+) -> None:
+    """A DFT without IN1 makes a self-pay Coverage whose payor is the Patient (issue 9): there is
+    no payer to ask, so it adds no check (the patient's insured coverages still are checked)."""
+    svc = service(indexed)
+    before = svc.targets(MONDAY, 1)
+    patient = before[0].patient
+    (mrn,) = [i for i in patient["identifier"] if i["type"]["coding"][0]["code"] == "MR"]
+    authority = mrn["system"].removeprefix("urn:engine:identifier:")
+    dft = (
+        "MSH|^~\\&|PMS|CLINIC|ENGINE|HUB|20261127090000||DFT^P03|SELFPAY1|P|2.5.1\r"
+        "EVN|P03|20261127090000\r"
+        f"PID|1||{mrn['value']}^^^{authority}^MR||Doe^Pat\r"
+        "FT1|1|||20261127||CG|99213^Visit^CPT|||1|110.00\r"
+    )
+    indexed.save_batch([Incoming(raw=dft.encode(), channel="test")])
+    (tmp_path / "dft-routes").mkdir()
+    (tmp_path / "dft-routes" / "r.yaml").write_text(ROUTES.replace("[ADT, SIU]", "[DFT]"))
+    processor = Processor(indexed, load_routes(defaults=tmp_path / "dft-routes"), mappings)
+    while processor.process_batch():
+        pass
+    coverages = indexed.resources_for_patient("Coverage", patient["_full_url"])
+    assert any(c.get("type", {}).get("coding", [{}])[0].get("code") == "pay" for c in coverages)
+    after = svc.targets(MONDAY, 1)
+    assert len(after) == len(before)
+    assert all(t.payer["resourceType"] == "Organization" for t in after)
