@@ -37,6 +37,7 @@ class Messages:
             state=rec.state,
             reason=rec.reason,
             deliveries=deliveries,
+            warnings=rec.warnings.splitlines() if rec.warnings else [],
         )
 
     def list(self, *, state: str | None = None, limit: int = 100) -> list[MessageView]:

@@ -69,6 +69,9 @@ class RouteGate:
                 self.mappings.inbound.message_map(message)
             except UnsupportedMessageError as exc:
                 return exc
+            # an ADT without PID, an SIU without SCH, a DFT without FT1: refused now, with the
+            # reason, rather than acknowledged and then mapped to nothing
+            return self.mappings.inbound.refusal(message)
         return None
 
 
@@ -201,27 +204,45 @@ class Processor:
         done: list[Processed] = []
         for message_id, raw, kind in claimed:
             self._indexed = []
+            warnings: list[str] = []
             try:
-                state, reason, key, made = self.process_one(message_id, raw, kind)
+                state, reason, key, made = self.process_one(message_id, raw, kind, warnings)
             except EngineError as exc:
                 state, reason, key, made = "error", str(exc), None, []
             except Exception as exc:  # a bug must not stop the queue: park the message
                 log.exception("processing failed", extra={"message_id": message_id})
                 state, key, made = "error", None, []
                 reason = f"internal error ({type(exc).__name__})"
-            done.append(Processed(message_id, state, reason, key, made, self._indexed, self.worker))
+            done.append(
+                Processed(
+                    message_id,
+                    state,
+                    reason,
+                    key,
+                    made,
+                    self._indexed,
+                    self.worker,
+                    _warning_text(warnings),
+                )
+            )
             log.info(
                 "message processed",
-                extra={"message_id": message_id, "outcome": state, "deliveries": len(made)},
+                extra={
+                    "message_id": message_id,
+                    "outcome": state,
+                    "deliveries": len(made),
+                    "warnings": len(warnings),  # how many, never what: they name fields
+                },
             )
         if done:
             self.store.finish_batch(done)  # one transaction for the whole batch
         return len(claimed)
 
     def process_one(
-        self, message_id: int, raw: bytes, kind: str
+        self, message_id: int, raw: bytes, kind: str, warnings: list[str] | None = None
     ) -> tuple[str, str | None, str | None, list[NewDelivery]]:
-        """Route and map one message: (state, reason, patient key, deliveries)."""
+        """Route and map one message: (state, reason, patient key, deliveries); ``warnings``
+        receives what the message carried that no mapping took."""
         if kind == "fhir":
             doc = orjson.loads(raw)
             routes = self.router.match(resource_type=str(doc.get("resourceType")))
@@ -229,7 +250,7 @@ class Processor:
             made: list[NewDelivery] = []
             for route in routes:
                 if route.mapping == "hl7v2":
-                    msg = self.mappings.to_hl7(doc, control_id=f"E{message_id}")
+                    msg = self.mappings.to_hl7(doc, control_id=f"E{message_id}", warnings=warnings)
                     body, dkind, ctype = msg.to_bytes(), "hl7v2", HL7_CONTENT_TYPE
                 else:
                     body, dkind, ctype = raw, "fhir-bundle", FHIR_CONTENT_TYPE
@@ -246,7 +267,7 @@ class Processor:
         for route in routes:
             if route.mapping == "fhir":
                 if bundle is None:
-                    mapped = self.mappings.to_fhir(message)
+                    mapped = self.mappings.to_fhir(message, warnings)
                     self._indexed = index_rows(mapped)
                     bundle = orjson.dumps(mapped)
                 body, dkind, ctype = bundle, "fhir-bundle", FHIR_CONTENT_TYPE
@@ -257,6 +278,20 @@ class Processor:
                 for dest in route.destinations
             ]
         return ("routed" if made else "unrouted"), None, key, made
+
+
+#: at most this much warning text is kept per message (a message with hundreds of unmapped
+#: Z-segments says so in its first lines)
+_WARNINGS_MAX = 8000
+
+
+def _warning_text(warnings: list[str]) -> str | None:
+    if not warnings:
+        return None
+    text = "\n".join(dict.fromkeys(warnings))  # once each (a Bundle built for two routes)
+    if len(text) > _WARNINGS_MAX:
+        text = text[: _WARNINGS_MAX - 30].rsplit("\n", 1)[0] + "\n(more not shown)"
+    return text
 
 
 @dataclass(frozen=True)

@@ -413,3 +413,41 @@ def test_a_stopping_dispatcher_gives_back_the_claims_it_has_not_started(
     assert len(slow.delivered) == 1  # the one under way finished
     # the other three are claimable again at once, not after their 600 s lease
     assert len(store.claim_due_deliveries(10)) == 3
+
+
+def test_an_adt_without_pid_is_refused_before_the_ack(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    """Issue 9: never an AA for a message that cannot make its main resource."""
+    raw = (
+        b"MSH|^~\\&|FRONTDESK|CLINIC|ENGINE|HUB|20260102030405||ADT^A08|NOPID1|P|2.5.1\r"
+        b"EVN|A08|20260102030405\rPV1|1|O\r"
+    )
+    dests = {"fhir": MemoryDestination("fhir"), "raw": MemoryDestination("raw")}
+    (ack,) = run_all(store, routes, mappings, dests, [raw])
+    reply = parse_message(ack or b"")
+    assert reply.get("MSA-1") in ("AE", "AR")
+    assert "no PID segment" in reply.get("ERR-8")
+    (stored,) = store.list()
+    assert stored.state == "error"
+    assert "ADT^A08 has no PID segment" in (stored.reason or "")
+    assert dests["fhir"].delivered == [] and dests["raw"].delivered == []
+
+
+def test_what_no_map_took_is_kept_on_the_stored_message(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    raw = msg(7).replace(b"|F\rPV1", b"|F|Alias^Ann\rZPI|1|custom\rPV1")
+    dests = {"fhir": MemoryDestination("fhir"), "raw": MemoryDestination("raw")}
+    (ack,) = run_all(store, routes, mappings, dests, [raw])
+    assert parse_message(ack or b"").get("MSA-1") == "AA"
+    (stored,) = store.list()
+    assert stored.state == "delivered"
+    assert (stored.warnings or "").splitlines() == [
+        "PID: not mapped: PID-9",
+        "ZPI: no mapping took this segment (fields 1, 2)",
+    ]
+    from engine.operations import Messages
+
+    view = Messages(store).get(stored.id)
+    assert view is not None and view.warnings == (stored.warnings or "").splitlines()

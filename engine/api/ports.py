@@ -43,6 +43,8 @@ class MessageView:
     state: str
     reason: str | None
     deliveries: list[DeliveryView] = field(default_factory=list)
+    #: what the message carried that no mapping took, one line each
+    warnings: list[str] = field(default_factory=list)
 
 
 class IngestPort(Protocol):

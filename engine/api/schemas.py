@@ -71,6 +71,8 @@ class MessageDetail(MessageSummary):
 
     reason: str | None
     deliveries: list[DeliveryPublic]
+    #: what the message carried that no mapping took (``PID: not mapped: PID-9``)
+    warnings: list[str] = []
 
     @classmethod
     def of(cls, view: MessageView) -> MessageDetail:
@@ -78,4 +80,5 @@ class MessageDetail(MessageSummary):
             **MessageSummary.of(view).model_dump(),
             reason=view.reason,
             deliveries=[DeliveryPublic.of(d) for d in view.deliveries],
+            warnings=view.warnings,
         )

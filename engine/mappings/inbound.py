@@ -330,6 +330,20 @@ class InboundMapper:
             warnings.extend(_not_mapped(message, run.used, mm.ignore))
         return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
+    def refusal(self, message: Message) -> HL7ValidationError | None:
+        """Before the ACK: a message whose main resource cannot be made for want of its segment
+        (an ADT without PID, an SIU without SCH, a DFT without FT1), or None. Cheap: it looks at
+        which segments are there; what only the mapping finds out (a DFT whose FT1s are all
+        payments, a date that does not exist) is an error of the stored message after the ACK.
+        """
+        mm = self.message_map(message)
+        if mm.main is None:
+            return None
+        seg_id = self._seg_ids[self._plans[mm.message][mm.main].segments[0]]
+        if message.segment(seg_id) is not None:
+            return None
+        return self._no_main(message, mm, [])
+
     def _no_main(
         self,
         message: Message,

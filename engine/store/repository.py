@@ -234,6 +234,8 @@ class MessageRecord:
     reason: str | None
     kind: str = "hl7v2"
     replay_of: int | None = None
+    #: what the message carried that no mapping took, one line each
+    warnings: str | None = None
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,8 @@ class Processed:
     resources: Sequence[IndexedResource] = ()
     #: the worker that claimed the message: its outcome counts only while the claim is its own
     worker: str | None = None
+    #: what the message carried that no mapping took, one line each
+    warnings: str | None = None
 
 
 @dataclass(frozen=True)
@@ -320,6 +324,7 @@ _RECORD_COLUMNS = (
     messages.c.reason,
     messages.c.kind,
     messages.c.replay_of,
+    messages.c.warnings,
 )
 
 
@@ -397,6 +402,7 @@ _FINISH_MESSAGE = (
     .values(
         state=bindparam("new_state"),
         reason=bindparam("new_reason"),
+        warnings=bindparam("new_warnings"),
         patient_key=bindparam("new_patient"),
         updated_at=bindparam("now"),
     )
@@ -795,6 +801,7 @@ class SqlMessageStore:
                             "mid": o.message_id,
                             "new_state": o.state,
                             "new_reason": o.reason,
+                            "new_warnings": o.warnings,
                             "new_patient": o.patient_key,
                             "now": now,
                         }

@@ -58,6 +58,8 @@ messages = Table(
     Column("patient_key", String(255), nullable=True),
     Column("state", String(16), nullable=False),
     Column("reason", Text, nullable=True),
+    #: what the message carried that no mapping took, one line each (``PID: not mapped: PID-9``)
+    Column("warnings", Text, nullable=True),
     Column("claimed_by", String(64), nullable=True),
     Column("claimed_at", DateTime(timezone=True), nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),

@@ -48,7 +48,8 @@ def test_list_refuses_bad_parameters(
 
 def test_show_includes_reason_and_deliveries(client: TestClient, viewer: dict[str, str]) -> None:
     body = client.get("/api/messages/3", headers=viewer).json()
-    assert set(body) == SUMMARY_KEYS | {"reason", "deliveries"}
+    assert set(body) == SUMMARY_KEYS | {"reason", "deliveries", "warnings"}
+    assert body["warnings"] == []
     assert body["deliveries"] == [
         {
             "destination": "dest-0",
