@@ -11,7 +11,8 @@ A thin, exact layer of our own (no maintained Python library reads 5010 270/271 
     x271       271 → EligibilityResponse / EligibilityResult (benefits, AAA errors, traces)
     ack        TA1 and 999 (005010X231A1) → accepted / rejected, why, retry or fix
     acknowledge  a 999 (and TA1) for what we received, tolerated envelope faults noted as E
-    fhir       CoverageEligibilityRequest → 270; 271 → CoverageEligibilityResponse Bundle
+    fhir       CoverageEligibilityRequest ⇄ 270; 271 → CoverageEligibilityResponse Bundle;
+               interchange_to_fhir: a 270 or 271 file → a Bundle and its warnings
 
 Errors are :class:`engine.x12.errors.X12Error` (segment, position, element) on the X12 side and
 :class:`engine.errors.ConversionError` on the FHIR side.
@@ -28,7 +29,13 @@ from engine.x12.envelope import (
     parse_interchanges,
 )
 from engine.x12.errors import X12Error
-from engine.x12.fhir import coverage_eligibility_request_to_270, request_to_inquiry, x271_to_fhir
+from engine.x12.fhir import (
+    coverage_eligibility_request_to_270,
+    interchange_to_fhir,
+    request_to_inquiry,
+    x270_to_fhir,
+    x271_to_fhir,
+)
 from engine.x12.segments import Delimiters, Segment
 from engine.x12.x270 import (
     Address,
@@ -68,11 +75,13 @@ __all__ = [
     "build_270",
     "build_interchange",
     "coverage_eligibility_request_to_270",
+    "interchange_to_fhir",
     "parse_interchange",
     "parse_interchanges",
     "read_270",
     "read_271",
     "read_acks",
     "request_to_inquiry",
+    "x270_to_fhir",
     "x271_to_fhir",
 ]

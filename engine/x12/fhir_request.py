@@ -15,7 +15,9 @@ for contained resources. Where each 270 element comes from:
                             writes it), else the only identifier
 2100B NM1*1P, XX NPI        ``provider`` → Organization or Practitioner (a PractitionerRole:
                             its practitioner, else its organization) with an identifier of
-                            system ``http://hl7.org/fhir/sid/us-npi``
+                            system ``http://hl7.org/fhir/sid/us-npi``; without one, an
+                            identifier typed v2-0203 ``PRN`` (NM108 SV, service provider
+                            number) or ``TAX`` (NM108 FI)
 2100C NM1*IL, MI member ID  ``insurance`` (the ``focal`` one, else the first) → Coverage:
                             ``subscriberId`` (else its identifier typed ``MB``); when the
                             relationship is ``self`` (or absent) the patient is the subscriber,
@@ -29,15 +31,39 @@ EQ01                        ``item.category`` codings of system
                             ``https://x12.org/codes/service-type-codes`` or ``ex-benefitcategory``
                             (whose numeric codes are X12 service types); none → 30
 TRN02                       ``trace_number`` if given, else the first ``identifier.value``, else
-                            ``id``: the 271 echoes it, which is how its answer finds this request
+                            ``id``, else a generated one (below): the 271 echoes it, which is
+                            how its answer finds this request
+TRN03                       ``originator_id`` if given, else the trace identifier's
+                            ``assigner.identifier.value`` (what :mod:`engine.x12.fhir_inquiry`
+                            writes for a 270 read back)
 ==========================  ================================================================
 
-A missing or unusable piece raises :class:`~engine.errors.ConversionError` naming the element
-(``CoverageEligibilityRequest.provider: Practitioner/p1 has no NPI ...``).
+A reference whose target is not in the input becomes what the reference itself carries: the
+insurer's ``identifier`` is the payer ID and its ``display`` the payer name; the provider's
+identifier (an NPI, or typed PRN/TAX) and display; a Coverage reference's identifier typed
+``MB`` (or untyped) the member ID; a Patient that is absent is not needed when the member ID is
+known and the patient is the subscriber (the 270 may ask by member ID alone, IG 2100C). Each such
+stand-in is reported in ``warnings``. Only what the 270 truly needs and nothing gives is refused,
+every missing piece named in one :class:`~engine.errors.ConversionError`
+(``CoverageEligibilityRequest.insurer: 'Organization/2' is not in the input and the reference
+has no identifier: the 270 needs the payer ID (loop 2100A NM109)``).
+
+A request without ``identifier`` or ``id`` (one POSTed in a transaction Bundle under a
+``urn:uuid:`` fullUrl) gets a trace number derived from its fullUrl and its content:
+``FHIR`` + the first 26 hex digits of a SHA-256, upper case (30 characters; TRN02 takes 50).
+Deterministic rather than random, on purpose: converting the same request again gives the same
+270, so a resend is recognisably the same question and the 271 that comes back for either
+matches it, without a store of the numbers handed out (the CLI has none); and tests and golden
+files stay stable. Two requests differing in anything (fullUrl, created, patient) get different
+numbers. :func:`trace_number_for` gives the number; ``request_to_inquiry`` reports it in a
+warning and puts it in the inquiry, whose 271 :func:`engine.x12.fhir_response.x271_to_fhir`
+matches with ``trace=`` (the response's ``request.identifier`` carries it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
@@ -58,7 +84,7 @@ from engine.x12.x270 import (
     build_270,
 )
 
-__all__ = ["coverage_eligibility_request_to_270", "request_to_inquiry"]
+__all__ = ["coverage_eligibility_request_to_270", "request_to_inquiry", "trace_number_for"]
 
 Resource = dict[str, Any]
 _GENDERS = {"male": "M", "female": "F"}
@@ -100,6 +126,35 @@ class _Resolver:
         target = ref["reference"]
         return self.index.get(target) or self.index.get("/".join(target.split("/")[-2:]))
 
+    def lookup(self, ref: Any, where: str, *types: str) -> Resource | None:
+        """The resource ``ref`` points at, None when it is not in the input; refuses a
+        reference of the wrong type."""
+        res = self.find(ref)
+        if res is not None and types and res.get("resourceType") not in types:
+            raise ConversionError(
+                f"{where}: {ref['reference']!r} is a {res.get('resourceType')}, not a "
+                f"{' or '.join(types)}"
+            )
+        return res
+
+
+def _absent(ref: Any, noun: str) -> str:
+    """How a reference whose target is not in the input is named in a message."""
+    if isinstance(ref, Mapping) and isinstance(ref.get("reference"), str):
+        return f"{ref['reference']!r} is not in the input"
+    if isinstance(ref, Mapping) and (ref.get("identifier") or ref.get("display")):
+        return "the reference names no resource"
+    return f"there is no reference to a {noun}"
+
+
+def _ref_identifier(ref: Any) -> Mapping[str, Any]:
+    ident = ref.get("identifier") if isinstance(ref, Mapping) else None
+    return ident if isinstance(ident, Mapping) and ident.get("value") else {}
+
+
+def _ref_display(ref: Any) -> str:
+    return str(ref.get("display") or "") if isinstance(ref, Mapping) else ""
+
 
 def _collect(data: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[tuple[str, Resource]]:
     if isinstance(data, Mapping):
@@ -139,6 +194,22 @@ def _npi(res: Resource) -> str | None:
     for ident in res.get("identifier", []) or []:
         if ident.get("system") == NPI_SYSTEM and ident.get("value"):
             return str(ident["value"])
+    return None
+
+
+#: v2-0203 identifier type → NM108 for a provider identifier that is not an NPI
+_PROVIDER_ID_QUALIFIERS = {"PRN": "SV", "TAX": "FI"}
+
+
+def _provider_id(idents: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
+    """(NM108, NM109): the NPI (XX), else an identifier typed PRN (SV) or TAX (FI)."""
+    for ident in idents:
+        if ident.get("value") and (ident.get("system") == NPI_SYSTEM or _has_type(ident, "NPI")):
+            return "XX", str(ident["value"])
+    for code, qualifier in _PROVIDER_ID_QUALIFIERS.items():
+        for ident in idents:
+            if ident.get("value") and _has_type(ident, code):
+                return qualifier, str(ident["value"])
     return None
 
 
@@ -194,33 +265,101 @@ def _person(res: Resource | None, member_id: str = "") -> Person:
     )
 
 
-def _provider(resolver: _Resolver, request: Resource) -> Provider:
+def _provider(
+    resolver: _Resolver, request: Resource, problems: list[str], notes: list[str]
+) -> Provider | None:
     where = "CoverageEligibilityRequest.provider"
-    res = resolver.get(
-        request.get("provider"), where, "Organization", "Practitioner", "PractitionerRole"
-    )
+    ref = request.get("provider")
+    res = resolver.lookup(ref, where, "Organization", "Practitioner", "PractitionerRole")
+    wanted = f"an NPI (identifier system {NPI_SYSTEM}) or an identifier typed PRN or TAX"
+    if res is None:
+        found = _provider_id([_ref_identifier(ref)] if _ref_identifier(ref) else [])
+        name = _ref_display(ref)
+        missing = []
+        if found is None:
+            missing.append(f"the provider's ID (loop 2100B NM109), {wanted}, in the reference")
+        if not name:
+            missing.append("the provider's name (loop 2100B NM103) as the reference's display")
+        if missing:
+            problems.append(
+                f"{where}: {_absent(ref, 'provider')}; the 270 needs " + ", ".join(missing)
+            )
+            return None
+        assert found is not None
+        notes.append(
+            f"{where}: {_absent(ref, 'provider')}; the 270 names the provider by the "
+            "reference's identifier and display"
+        )
+        return Provider(npi=found[1], organization=name, id_qualifier=found[0])
     if res["resourceType"] == "PractitionerRole":
         candidates = [
             resolver.find(res.get("practitioner")),
             resolver.find(res.get("organization")),
         ]
-        with_npi = [c for c in candidates if c is not None and _npi(c)]
-        if not with_npi:
+        with_id = [
+            c for c in candidates if c is not None and _provider_id(c.get("identifier") or [])
+        ]
+        if not with_id:
             raise ConversionError(
-                f"{where}: {_label(res)} has no practitioner or organization with an NPI "
-                f"(identifier system {NPI_SYSTEM})"
+                f"{where}: {_label(res)} has no practitioner or organization with {wanted}"
             )
-        res = with_npi[0]
-    npi = _npi(res)
-    if not npi:
-        raise ConversionError(f"{where}: {_label(res)} has no NPI (identifier system {NPI_SYSTEM})")
+        res = with_id[0]
+    found = _provider_id(res.get("identifier") or [])
+    if found is None:
+        raise ConversionError(
+            f"{where}: {_label(res)} has no NPI (identifier system {NPI_SYSTEM})"
+            " nor an identifier typed PRN or TAX"
+        )
+    qualifier, number = found
     if res["resourceType"] == "Organization":
-        return Provider(npi=npi, organization=str(res.get("name") or ""))
-    name = _human_name(res)
-    given = [str(g) for g in name.get("given", []) or []]
+        return Provider(npi=number, organization=str(res.get("name") or ""), id_qualifier=qualifier)
+    person = _human_name(res)
+    given = [str(g) for g in person.get("given", []) or []]
     return Provider(
-        npi=npi, last_name=str(name.get("family") or ""), first_name=given[0] if given else ""
+        npi=number,
+        last_name=str(person.get("family") or ""),
+        first_name=given[0] if given else "",
+        id_qualifier=qualifier,
     )
+
+
+def _insurer(
+    resolver: _Resolver, request: Resource, problems: list[str], notes: list[str]
+) -> Payer | None:
+    where = "CoverageEligibilityRequest.insurer"
+    ref = request.get("insurer")
+    org = resolver.lookup(ref, where, "Organization")
+    if org is not None:
+        return Payer(name=str(org.get("name") or ""), payer_id=_payer_id(org))
+    ident, name = _ref_identifier(ref), _ref_display(ref)
+    missing = []
+    if not ident:
+        missing.append("the payer ID (loop 2100A NM109) as the reference's identifier")
+    if not name:
+        missing.append("the payer name (loop 2100A NM103) as the reference's display")
+    if missing:
+        problems.append(
+            f"{where}: {_absent(ref, 'Organization')}; the 270 needs " + ", ".join(missing)
+        )
+        return None
+    notes.append(
+        f"{where}: {_absent(ref, 'Organization')}; the 270 names the payer by the "
+        "reference's identifier and display"
+    )
+    return Payer(name=name, payer_id=str(ident["value"]))
+
+
+def _trace_identifier(request: Resource) -> Mapping[str, Any]:
+    return next((i for i in request.get("identifier", []) or [] if i.get("value")), {})
+
+
+def trace_number_for(request: Mapping[str, Any], full_url: str = "") -> str:
+    """The trace number (TRN02) generated for a request with neither identifier nor id:
+    ``FHIR`` + 26 upper-case hex digits of the SHA-256 of its fullUrl and its content (JSON,
+    keys sorted), so the same request always gets the same number (see the module docstring)."""
+    content = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.sha256(f"{full_url}\n{content}".encode()).hexdigest()
+    return "FHIR" + digest[:26].upper()
 
 
 def _member_id(coverage: Resource) -> str:
@@ -273,70 +412,109 @@ def _service_dates(request: Resource) -> tuple[date | None, date | None]:
 def request_to_inquiry(
     data: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     *,
-    originator_id: str,
+    originator_id: str | None = None,
     trace_number: str | None = None,
     request_id: str | None = None,
+    warnings: list[str] | None = None,
 ) -> EligibilityInquiry:
     """The eligibility question a CoverageEligibilityRequest asks (see the module table).
 
-    ``originator_id`` is TRN03 (``1`` + the practice's EIN, 10 characters). ``request_id``
-    picks one request when the input holds several.
+    ``originator_id`` is TRN03 (``1`` + the practice's EIN, 10 characters); without it, the
+    trace identifier's assigner's identifier (a 270 read back). ``request_id`` picks one
+    request when the input holds several: its ``id`` or its entry's ``fullUrl``. Stand-ins for
+    referenced resources that are not in the input, and a generated trace number, are appended
+    to ``warnings`` when a list is given.
     """
+    notes: list[str] = [] if warnings is None else warnings
     resources = _collect(data)
     requests = [
-        r
-        for _, r in resources
+        (url, r)
+        for url, r in resources
         if r.get("resourceType") == "CoverageEligibilityRequest"
-        and (request_id is None or r.get("id") == request_id)
+        and (request_id is None or request_id in (r.get("id"), url))
     ]
     if len(requests) != 1:
         which = f" with id {request_id!r}" if request_id else ""
         raise ConversionError(
             f"expected one CoverageEligibilityRequest{which}, found {len(requests)}"
         )
-    request = requests[0]
+    full_url, request = requests[0]
     resolver = _Resolver(resources)
-    patient = resolver.get(request.get("patient"), "CoverageEligibilityRequest.patient", "Patient")
-    insurer = resolver.get(
-        request.get("insurer"), "CoverageEligibilityRequest.insurer", "Organization"
-    )
+    problems: list[str] = []
+    patient_where = "CoverageEligibilityRequest.patient"
+    patient = resolver.lookup(request.get("patient"), patient_where, "Patient")
+    payer = _insurer(resolver, request, problems, notes)
     insurances = request.get("insurance", []) or []
     focal = [i for i in insurances if i.get("focal")] or insurances
-    coverage = (
-        resolver.get(
-            focal[0].get("coverage"), "CoverageEligibilityRequest.insurance.coverage", "Coverage"
-        )
-        if focal
-        else None
-    )
+    coverage_where = "CoverageEligibilityRequest.insurance.coverage"
+    coverage_ref = focal[0].get("coverage") if focal else None
+    coverage = resolver.lookup(coverage_ref, coverage_where, "Coverage") if focal else None
     member_id = _member_id(coverage) if coverage else ""
+    if focal and coverage is None:
+        ident = _ref_identifier(coverage_ref)
+        if ident and (not ident.get("type") or _has_type(ident, "MB")):
+            member_id = str(ident["value"])
+            notes.append(
+                f"{coverage_where}: {_absent(coverage_ref, 'Coverage')}; the member ID (loop "
+                "2100C NM109) is the reference's identifier"
+            )
+        else:
+            notes.append(f"{coverage_where}: {_absent(coverage_ref, 'Coverage')}; no member ID")
     relationship = ""
     if coverage is not None:
         codings = (coverage.get("relationship") or {}).get("coding", []) or []
         relationship = str(codings[0].get("code") or "") if codings else ""
     subscriber_res = resolver.find(coverage.get("subscriber")) if coverage else None
-    is_dependent = relationship not in ("", "self") and subscriber_res is not patient
+    is_dependent = relationship not in ("", "self") and (
+        patient is None or subscriber_res is not patient
+    )
+    if patient is None:
+        absent = _absent(request.get("patient"), "Patient")
+        if is_dependent:
+            problems.append(
+                f"{patient_where}: {absent}; the 270 needs the dependent's last and first "
+                "name (loop 2100D NM103/NM104)"
+            )
+        elif not member_id:
+            problems.append(
+                f"{patient_where}: {absent}, and there is no member ID (Coverage.subscriberId); "
+                "the 270 needs one or the other (loop 2100C NM109, or NM103/NM104 and DMG02)"
+            )
+        else:
+            notes.append(f"{patient_where}: {absent}; the 270 asks by the member ID alone")
+    provider = _provider(resolver, request, problems, notes)
+    if problems:
+        raise ConversionError("; ".join(problems))
+    assert payer is not None and provider is not None
     if is_dependent:
         subscriber = _person(subscriber_res, member_id)
         dependent: Person | None = _person(patient)
     else:
         subscriber, dependent = _person(patient, member_id), None
-    trace = trace_number or next(
-        (str(i["value"]) for i in request.get("identifier", []) or [] if i.get("value")),
-        str(request.get("id") or ""),
-    )
+    trace_ident = _trace_identifier(request)
+    trace = trace_number or str(trace_ident.get("value") or request.get("id") or "")
     if not trace:
+        trace = trace_number_for(request, full_url)
+        notes.append(
+            f"CoverageEligibilityRequest has no identifier or id: trace number (TRN02) {trace} "
+            "derived from its fullUrl and content"
+        )
+    originator = originator_id or str(
+        ((trace_ident.get("assigner") or {}).get("identifier") or {}).get("value") or ""
+    )
+    if not originator:
         raise ConversionError(
-            "CoverageEligibilityRequest has no identifier or id to use as the 270 trace number"
+            "the trace originator (TRN03) is unknown: give originator_id, or an identifier "
+            "whose assigner.identifier is the originator (CoverageEligibilityRequest.identifier)"
         )
     start, end = _service_dates(request)
     return EligibilityInquiry(
-        payer=Payer(name=str(insurer.get("name") or ""), payer_id=_payer_id(insurer)),
-        provider=_provider(resolver, request),
+        payer=payer,
+        provider=provider,
         subscriber=subscriber,
         dependent=dependent,
         trace_number=trace,
-        originator_id=originator_id,
+        originator_id=originator,
         service_date=start,
         service_date_end=end,
         service_types=_service_types(request),

@@ -456,9 +456,14 @@ def _read_tail(segments: list[Segment]) -> tuple[str, str, date | None, date | N
 
 
 def _name_segment(level: Level, entity: str) -> Segment:
-    for seg in level.segments:
-        if seg.id == "NM1" and seg.get(1) == entity:
+    """The NM1 of a 2000A/2000B level: NM101 ``entity`` (PR, 1P), else the first NM1 (2100B
+    also allows FA facility, 80 hospital, 2B third-party administrator ...)."""
+    names = [seg for seg in level.segments if seg.id == "NM1"]
+    for seg in names:
+        if seg.get(1) == entity:
             return seg
+    if names:
+        return names[0]
     raise X12Error(
         f"loop {level.loop} (HL {level.id}) has no NM1*{entity}",
         segment_id="HL",

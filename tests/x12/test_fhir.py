@@ -112,10 +112,16 @@ def _resource(bundle: dict[str, Any], rtype: str) -> dict[str, Any]:
             "CoverageEligibilityRequest.provider: Organization/prov-1 has no NPI",
         ),
         (
-            lambda b: _resource(b, "CoverageEligibilityRequest").update(
-                patient={"reference": "Patient/nobody"}
+            # an absent patient is refused only when the 270 has no member ID to ask by instead
+            # (issue 9: a reference not in the input becomes what it can)
+            lambda b: (
+                _resource(b, "CoverageEligibilityRequest").update(
+                    patient={"reference": "Patient/nobody"}
+                ),
+                _resource(b, "Coverage").pop("subscriberId"),
             ),
-            "CoverageEligibilityRequest.patient: 'Patient/nobody' is not in the bundle",
+            "CoverageEligibilityRequest.patient: 'Patient/nobody' is not in the input, and there "
+            "is no member ID",
         ),
         (
             lambda b: _resource(b, "CoverageEligibilityRequest")["item"].append(
