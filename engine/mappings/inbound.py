@@ -269,6 +269,8 @@ class InboundMapper:
                 ids = res.get("identifier")
                 if ids is not None and len(ids) > 1:
                     res["identifier"] = _distinct(ids)
+                if plan.resource == "Claim":
+                    _number_lines(res)
                 for path, tname in plan.trigger_values.items():
                     code = tables[tname].map.get(run.trigger)
                     if code is not None:
@@ -406,6 +408,20 @@ class InboundMapper:
         return self.files.site.identifier_systems.get(
             authority, self.files.site.identifier_system_base + authority
         )
+
+
+def _number_lines(claim: dict[str, Any]) -> None:
+    """Claim.item, careTeam and diagnosis need a sequence (1..1 in R4); the lines take theirs
+    from the set ID (FT1-1, DG1-1), and a line sent without one is numbered after the others."""
+    for key in ("item", "careTeam", "diagnosis"):
+        lines = claim.get(key)
+        if not lines or all("sequence" in line for line in lines):
+            continue
+        n = max((line["sequence"] for line in lines if "sequence" in line), default=0)
+        for line in lines:
+            if "sequence" not in line:
+                n += 1
+                line["sequence"] = n
 
 
 def _distinct(ids: list[Any]) -> list[Any]:
