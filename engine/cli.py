@@ -48,31 +48,35 @@ def version() -> None:
     typer.echo(f"engine {__version__}")
 
 
+_QUIET_HELP = "no progress bar and no summary (errors and warnings are always shown)"
+
+
 @app.command()
 def validate(
-    file: Annotated[Path, typer.Argument(help="HL7v2 file (one message, a batch, or many)")],
+    file: Annotated[
+        Path, typer.Argument(help="HL7v2 file (one message, a batch, or many; '-' = stdin)")
+    ],
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="no 'valid' lines, progress bar or summary (problems are always shown)",
+        ),
+    ] = False,
 ) -> None:
-    """Validate every HL7v2 message in FILE against its message structure (via hl7apy)."""
-    from engine.hl7v2.batch import iter_messages
-    from engine.hl7v2.validate import validate as validate_message
+    """Validate every HL7v2 message in FILE against its message structure (via hl7apy).
 
-    data = _read_input(file)
-    total = bad = 0
-    for message in iter_messages(data):
-        total += 1
-        issues = validate_message(message)
-        label = f"message {total} ({message.type}, MSH-10 {message.control_id!r})"
-        errors = [i for i in issues if i.severity == "E"]
-        if errors:
-            bad += 1
-        if not issues:
-            typer.echo(f"{label}: valid")
-        for issue in issues:
-            typer.echo(f"{label}: {issue}")
-    if total == 0:
-        raise EngineError(f"{file}: no HL7v2 message found")
-    typer.echo(f"{total} message(s), {total - bad} valid, {bad} invalid")
-    if bad:
+    Every message is checked, unreadable ones included; the rest go on after a bad one.
+
+    Each problem names the message, the line it starts on, and the segment or field.
+
+    Exit code 1 when any message is invalid.
+    """
+    from engine.convert import validate_file
+    from engine.settings import load_settings
+
+    if validate_file(_read_input(file), str(file), settings=load_settings(), quiet=quiet):
         raise typer.Exit(EXIT_ERROR)
 
 
@@ -80,7 +84,12 @@ def validate(
 def convert(
     file: Annotated[Path, typer.Argument(help="input file: HL7v2, X12 or FHIR JSON ('-' = stdin)")],
     to: Annotated[
-        str | None, typer.Option("--to", help="target format: fhir (default for HL7v2), hl7v2")
+        str | None,
+        typer.Option(
+            "--to",
+            help="target: fhir, hl7v2 or x12 (which input converts to which: see above; "
+            "default: the one target of the input)",
+        ),
     ] = None,
     mappings: Annotated[
         Path | None, typer.Option(help="site mappings directory (ENGINE_MAPPINGS_DIR)")
@@ -104,13 +113,29 @@ def convert(
             help="worker processes (default: one per core for 2,000+ messages)",
         ),
     ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=_QUIET_HELP)] = False,
 ) -> None:
-    """Convert FILE: HL7v2 → FHIR Bundle (JSON; NDJSON for several messages), FHIR → HL7v2."""
+    """Convert FILE (HL7v2, X12 or FHIR JSON, told apart by its first bytes) to --to.
+
+    HL7v2 (one message, a batch, or many) → fhir: a Bundle; NDJSON for several messages.
+
+    X12 271 → fhir: a Bundle of CoverageEligibilityResponses.
+
+    FHIR → hl7v2 (ADT, SIU or DFT, by what it holds) or x12 (CoverageEligibilityRequest → 270).
+
+    Each bad message is reported on stderr ("FILE: message N (line L): reason"); the rest go on.
+
+    Warnings (what no map takes) are reported the same way, then a summary; exit 1 if any failed.
+    """
     from engine.convert import convert_file
     from engine.settings import load_settings
 
     settings = load_settings(mappings_dir=mappings, validate_fhir=validate_fhir)
-    convert_file(_read_input(file), str(file), to=to, settings=settings, jobs=jobs, event=event)
+    failed = convert_file(
+        _read_input(file), str(file), to=to, settings=settings, jobs=jobs, event=event, quiet=quiet
+    )
+    if failed:
+        raise typer.Exit(EXIT_ERROR)
 
 
 mappings_app = typer.Typer(help="Check and test mapping files.", no_args_is_help=True)
@@ -280,6 +305,8 @@ def messages_show(message_id: Annotated[int, typer.Argument(help="message id")])
         f"control id {view.control_id!r}, received {view.received_at.isoformat()} "
         f"over {view.channel}, state {view.state}" + (f" ({view.reason})" if view.reason else "")
     )
+    for line in view.warnings:
+        typer.echo(f"  warning: {line}")
     for d in view.deliveries:
         typer.echo(
             f"  → {d.destination}: {d.state} after {d.attempts} attempt(s)"

@@ -1,8 +1,25 @@
-"""``engine convert`` and ``engine mappings test``: files in, FHIR or HL7v2 out.
+"""``engine convert``, ``engine validate``, ``engine mappings test``: files in, FHIR or HL7v2 out.
 
-One message in gives one Bundle (pretty JSON); several give NDJSON, one Bundle per line, with a
-progress bar on stderr when stderr is a terminal. Bad input ends with one line naming the problem
-(the message's position in the file and what is wrong).
+An HL7v2 file holds one message, messages back to back, or a batch file (FHS/BHS envelopes, HL7
+v2.5.1 chapter 2, section 2.10.3); :func:`engine.hl7v2.codec.split_messages` cuts it into messages,
+each with the line it starts on. One message in gives one Bundle (pretty JSON); several give
+NDJSON, one Bundle per line in file order.
+
+A message that cannot be read or converted does not stop the others: it is reported on stderr as
+``FILE: message N (line L): reason`` (the reason names the segment or field, as the engine's errors
+do; a stray line between messages is named by its own line in the file) and the command ends with
+exit code 1. What a message carries that no map takes is reported the same way, as ``...: warning:
+...``, without changing the exit code. A run of several messages ends with a summary on stderr
+(``12 messages: 10 converted, 2 failed, 0 warnings``) and shows a progress bar on stderr when that
+is a terminal and the run is long; ``quiet`` drops both, never an error or a warning, so data is
+never lost in silence. A file of one message keeps a one-line error (``error: FILE: ...``).
+
+``engine validate`` walks a file the same way: every message is checked (hl7apy, see
+:mod:`engine.hl7v2.validate`) and every bad one reported, unreadable ones included.
+
+Incomplete: ``convert`` and ``validate`` skip batch envelopes without checking them (BTS-1/FTS-1
+counts, a missing trailer); :func:`engine.hl7v2.batch.parse_batch` checks them but stops at the
+first bad message.
 """
 
 from __future__ import annotations
@@ -10,6 +27,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -30,7 +48,7 @@ from engine.errors import (
 from engine.formats import detect_format
 from engine.settings import Settings
 
-__all__ = ["convert_file", "run_golden"]
+__all__ = ["convert_file", "run_golden", "validate_file"]
 
 
 def convert_file(
@@ -41,8 +59,13 @@ def convert_file(
     settings: Settings,
     jobs: int | None = None,
     event: str | None = None,
-) -> None:
-    """Convert one input file and write the result to stdout."""
+    quiet: bool = False,
+) -> int:
+    """Convert one input file: the result on stdout, errors and warnings on stderr.
+
+    Returns how many messages of a file of several failed (each one reported already); a file of
+    one message or document that fails raises instead.
+    """
     fmt = detect_format(data)
     target = (to or "").lower() or None
     if target not in (None, "fhir", "hl7v2", "x12"):
@@ -54,16 +77,16 @@ def convert_file(
     if fmt == "hl7v2":
         if target not in (None, "fhir"):
             raise ConversionError(f"{name}: HL7v2 converts to FHIR only (--to fhir)")
-        _hl7_to_fhir(data, name, settings, jobs)
-        return
+        return _hl7_to_fhir(data, name, settings, jobs, quiet)
     if fmt == "x12":
         if target not in (None, "fhir"):
             raise ConversionError(f"{name}: X12 converts to FHIR only (--to fhir)")
         _x12_to_fhir(data, name, settings)
-        return
+        return 0
     if target == "fhir":
         raise ConversionError(f"{name}: the input is already FHIR: say --to hl7v2 or --to x12")
     _fhir_to_hl7(data, name, target, settings, event)
+    return 0
 
 
 def _x12_to_fhir(data: bytes, name: str, settings: Settings) -> None:
@@ -90,7 +113,7 @@ def _x12_to_fhir(data: bytes, name: str, settings: Settings) -> None:
     sys.stdout.buffer.write(orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n")
 
 
-def _hl7_to_fhir(data: bytes, name: str, settings: Settings, jobs: int | None) -> None:
+def _hl7_to_fhir(data: bytes, name: str, settings: Settings, jobs: int | None, quiet: bool) -> int:
     from engine.hl7v2.codec import split_messages
     from engine.mappings import load_mappings
 
@@ -98,25 +121,27 @@ def _hl7_to_fhir(data: bytes, name: str, settings: Settings, jobs: int | None) -
     pieces = [(line, raw) for line, raw in split_messages(data) if isinstance(raw, bytes)]
     if not pieces:
         raise ConversionError(f"{name}: no HL7v2 message found")
-    _WORKER = _Converter(load_mappings(settings.mappings_dir), settings, pieces)
+    total = len(pieces)
+    single = total == 1
+    report = _Report(name, data, pieces)
+    _WORKER = _Converter(load_mappings(settings.mappings_dir), settings, pieces, single)
     # Bundles are trees of dicts without reference cycles, freed by reference counting; the
     # cyclic collector would only rescan the heap.
     gc.freeze()
     gc.disable()
-    single = len(pieces) == 1
     out = sys.stdout.buffer
-    progress = _progress(len(pieces)) if not single and sys.stderr.isatty() else None
+    progress = _progress("converting", total, quiet)
     if jobs is None:
-        jobs = min(os.cpu_count() or 1, 8) if len(pieces) >= _PARALLEL_FROM else 1
-    spans = [(i, min(i + _CHUNK, len(pieces))) for i in range(0, len(pieces), _CHUNK)]
+        jobs = min(os.cpu_count() or 1, 8) if total >= _PARALLEL_FROM else 1
+    spans = [(i, min(i + _CHUNK, total)) for i in range(0, total, _CHUNK)]
     pool = None
-    results: Iterator[tuple[bytes, tuple[int, str, str] | None]]
+    results: Iterator[tuple[bytes, list[_Event]]]
     if jobs > 1 and len(spans) > 1:
         # fork: the workers inherit the compiled mappings and the messages; only spans go out.
         # Each worker writes its NDJSON to a file of its own and the parent copies the files to
-        # stdout in order (no pickling of results through pipes).
+        # stdout in order (no pickling of results through pipes); failures and warnings come
+        # back as (message index, ...) events.
         spool = tempfile.TemporaryDirectory(prefix="engine-convert-")
-        assert _WORKER is not None
         _WORKER.spool = spool.name
         pool = multiprocessing.get_context("fork").Pool(jobs)
         results = pool.imap(_convert_span, spans)
@@ -124,8 +149,7 @@ def _hl7_to_fhir(data: bytes, name: str, settings: Settings, jobs: int | None) -
         spool = None
         results = map(_convert_span, spans)
     try:
-        done = 0
-        for text, failure in results:
+        for (_start, end), (text, events) in zip(spans, results, strict=True):
             if spool is not None:
                 out.flush()
                 chunk = Path(text.decode())
@@ -134,35 +158,60 @@ def _hl7_to_fhir(data: bytes, name: str, settings: Settings, jobs: int | None) -
                 chunk.unlink()
             else:
                 out.write(text)
-            done += _CHUNK
+            if events:
+                out.flush()  # a reader of both streams sees each report after the Bundle before it
+            for index, kind, where, what in events:
+                if not kind:
+                    report.warning(index, what)
+                elif single:
+                    reason = f"{report.place(index, where)}: {what}" if where else what
+                    raise _ERRORS.get(kind, EngineError)(reason, where=name)
+                else:
+                    report.failure(index, where, what)
+            report.flush()
             if progress is not None:
-                progress(min(done, len(pieces)))
-            if failure is not None:
-                index, kind, message = failure
-                line = pieces[index][0]
-                where = name if single else f"{name}: message {index + 1} (line {line})"
-                raise _ERRORS.get(kind, EngineError)(message, where=where)
+                progress(end)
     finally:
         if pool is not None:
             pool.terminate()
         if spool is not None:
             spool.cleanup()
         out.flush()
+        report.flush()
         if progress is not None:
             progress(-1)
+        _WORKER = None
+        gc.enable()
+        gc.unfreeze()
+    if not single and not quiet:
+        report.summary("converted")
+    return report.failed
 
 
 #: files with at least this many messages are converted by one process per core
 _PARALLEL_FROM = 2000
+#: runs of at least this many messages show a progress bar (when stderr is a terminal)
+_PROGRESS_FROM = 200
 _CHUNK = 250
 _WORKER: _Converter | None = None
 
+#: (message index, error class name or "" for a warning, where, text) from a worker
+_Event = tuple[int, str, str, str]
+
 
 class _Converter:
-    def __init__(self, mappings: Any, settings: Settings, pieces: list[tuple[int, bytes]]) -> None:
+    def __init__(
+        self,
+        mappings: Any,
+        settings: Settings,
+        pieces: list[tuple[int, bytes]],
+        single: bool,
+    ) -> None:
         self.mappings = mappings
         self.settings = settings
         self.pieces = pieces
+        #: a file of one message: a failure of any kind ends the command, as it always has
+        self.single = single
         #: in a worker process: the directory its NDJSON files go to
         self.spool: str | None = None
         self.validate: Callable[[dict[str, Any]], None] | None = None
@@ -172,27 +221,47 @@ class _Converter:
             self.validate = validate_bundle
 
 
-def _convert_span(span: tuple[int, int]) -> tuple[bytes, tuple[int, str, str] | None]:
-    """Convert a run of messages: their NDJSON (or pretty JSON for a lone message), and the first
-    failure as (index, error class name, message)."""
+def _convert_span(span: tuple[int, int]) -> tuple[bytes, list[_Event]]:
+    """Convert a run of messages: their NDJSON (pretty JSON for a lone message), and the failures
+    and warnings of the run, in message order.
+
+    A failed message leaves no line in the NDJSON and no warning (nothing of it was converted).
+    An unexpected exception (a bug) in a file of several messages is reported by its class name
+    only, which carries no field value; ENGINE_DEBUG=1 lets it through with its traceback.
+    """
     from engine.hl7v2.codec import parse_message
 
     start, end = span
     conv = _WORKER
     assert conv is not None
-    chunk = conv.pieces[start:end]
+    to_fhir = conv.mappings.to_fhir
+    validate = conv.validate
+    charset = conv.settings.default_charset
     lines: list[bytes] = []
-    option = orjson.OPT_INDENT_2 if start == 0 and len(chunk) == 1 else 0
-    for offset, (_line, raw) in enumerate(chunk):
+    events: list[_Event] = []
+    warnings: list[str] = []
+    option = orjson.OPT_INDENT_2 if conv.single else 0
+    for index, (_line, raw) in enumerate(conv.pieces[start:end], start):
         try:
-            message = parse_message(raw, default_charset=conv.settings.default_charset)
-            bundle = conv.mappings.to_fhir(message)
-            if conv.validate is not None:
-                conv.validate(bundle)
+            bundle = to_fhir(parse_message(raw, default_charset=charset), warnings)
+            if validate is not None:
+                validate(bundle)
+            lines.append(orjson.dumps(bundle, option=option) + b"\n")
         except EngineError as exc:
-            return _emit(conv, start, lines), (start + offset, type(exc).__name__, str(exc))
-        lines.append(orjson.dumps(bundle, option=option) + b"\n")
-    return _emit(conv, start, lines), None
+            warnings.clear()
+            events.append((index, type(exc).__name__, exc.where or "", exc.message))
+            continue
+        except Exception as exc:
+            if conv.single or os.environ.get("ENGINE_DEBUG"):
+                raise
+            warnings.clear()
+            text = f"internal error ({type(exc).__name__}); set ENGINE_DEBUG=1 for details"
+            events.append((index, "internal", "", text))
+            continue
+        if warnings:
+            events.extend((index, "", "", w) for w in warnings)
+            warnings.clear()
+    return _emit(conv, start, lines), events
 
 
 def _emit(conv: _Converter, start: int, lines: list[bytes]) -> bytes:
@@ -217,21 +286,169 @@ _ERRORS: dict[str, type[EngineError]] = {
     )
 }
 
+#: an error's ``where`` that names a segment of the message: ``segment 4`` or ``segment 4 (PV1)``
+_SEGMENT_RE = re.compile(r"segment (\d+)(?: \(([^)]*)\))?")
 
-def _progress(total: int) -> Callable[[int], None]:
+
+class _Report:
+    """The per-message lines on stderr, ``FILE: message N (line L): ...``, and their counts."""
+
+    def __init__(self, name: str, data: bytes, pieces: list[tuple[int, bytes]]) -> None:
+        self.name = name
+        self.data = data
+        self.pieces = pieces
+        self.failed = 0
+        self.warnings = 0
+        self._lines: list[bytes] | None = None
+        #: report lines not yet written: a run's are written at once (a file may hold thousands)
+        self._pending: list[str] = []
+
+    def where(self, index: int) -> str:
+        """``FILE: message N (line L)``; just ``FILE`` when the file holds one message."""
+        if len(self.pieces) == 1:
+            return self.name
+        return f"{self.name}: message {index + 1} (line {self.pieces[index][0]})"
+
+    def failure(self, index: int, where: str, text: str) -> None:
+        self.failed += 1
+        place = f"{self.place(index, where)}: " if where else ""
+        self._pending.append(f"{self.where(index)}: {place}{text}")
+
+    def warning(self, index: int, text: str) -> None:
+        self.warnings += 1
+        self._pending.append(f"{self.where(index)}: warning: {text}")
+
+    def summary(self, done: str) -> None:
+        total = len(self.pieces)
+        w = "warning" if self.warnings == 1 else "warnings"
+        self._pending.append(
+            f"{total:,} messages: {total - self.failed:,} {done}, {self.failed:,} failed, "
+            f"{self.warnings:,} {w}"
+        )
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the pending lines to stderr (looked up now: a live progress bar swaps in a
+        proxy that prints above the bar)."""
+        if self._pending:
+            self._pending.append("")
+            sys.stderr.write("\n".join(self._pending))
+            sys.stderr.flush()
+            self._pending.clear()
+
+    def place(self, index: int, where: str) -> str:
+        """``where`` with the file line of the segment it names (``segment 4 (PV1, line 44)``):
+        a stray line between two messages is part of the first one, and this finds it."""
+        m = _SEGMENT_RE.match(where)
+        if m is None:
+            return where
+        line = self._segment_line(self.pieces[index][0], int(m.group(1)))
+        if line is None:
+            return where
+        inner = f"{m.group(2)}, line {line}" if m.group(2) else f"line {line}"
+        return f"segment {m.group(1)} ({inner}){where[m.end() :]}"
+
+    def _segment_line(self, first: int, n: int) -> int | None:
+        """The file line of segment ``n`` of the message starting at line ``first``, counted as
+        :func:`engine.hl7v2.codec.split_units` counts (blank lines and MLLP bytes skipped)."""
+        if self._lines is None:
+            self._lines = self.data.replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r")
+        seen = 0
+        for i in range(first - 1, len(self._lines)):
+            text = self._lines[i].strip(b"\x0b\x1c")
+            if text and not text.isspace():
+                seen += 1
+                if seen == n:
+                    return i + 1
+        return None
+
+
+def _stderr(line: str) -> None:
+    # sys.stderr looked up each time: a live progress bar swaps in a proxy that prints above it
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _progress(what: str, total: int, quiet: bool) -> Callable[[int], None] | None:
+    """A transient bar on stderr for a long run at a terminal, else None.
+
+    stdout is never drawn on: it carries the output. Lines written to stderr (and to stdout when
+    that is the same terminal) while the bar shows are printed above it.
+    """
+    if quiet or total < _PROGRESS_FROM or not sys.stderr.isatty():
+        return None
+    from rich.console import Console
     from rich.progress import Progress
 
-    bar = Progress(transient=True)
-    task = bar.add_task("converting", total=total)
+    bar = Progress(
+        console=Console(stderr=True), transient=True, redirect_stdout=sys.stdout.isatty()
+    )
+    task = bar.add_task(what, total=total)
     bar.start()
 
     def step(n: int) -> None:
         if n < 0:
             bar.stop()
-        elif n % 200 == 0 or n == total:
+        else:
             bar.update(task, completed=n)
 
     return step
+
+
+def validate_file(data: bytes, name: str, *, settings: Settings, quiet: bool = False) -> int:
+    """Check every HL7v2 message of a file (hl7apy): one line per problem on stdout, a line per
+    valid message and a summary unless ``quiet``. Returns the number of invalid messages.
+
+    An unreadable message (no MSH, a broken MSH-2, bytes not in its charset) counts as invalid and
+    the others are still checked; in a file of one message it raises (one line, as before).
+    """
+    from engine.hl7v2.codec import parse_message, split_messages
+    from engine.hl7v2.validate import validate
+
+    pieces = [(line, raw) for line, raw in split_messages(data) if isinstance(raw, bytes)]
+    if not pieces:
+        raise EngineError(f"{name}: no HL7v2 message found")
+    report = _Report(name, data, pieces)
+    single = len(pieces) == 1
+    progress = _progress("validating", len(pieces), quiet)
+    bad = 0
+    try:
+        for index, (line, raw) in enumerate(pieces):
+            try:
+                message = parse_message(raw, default_charset=settings.default_charset)
+                issues = validate(message)
+            except EngineError as exc:
+                place = report.place(index, exc.where) if exc.where else ""
+                if single:
+                    raise _located(exc, f"{name}: {place}" if place else name) from exc
+                bad += 1
+                where = f"{place}: " if place else ""
+                _stdout(f"{report.where(index)}: {where}{exc.message} (error {exc.code})")
+                continue
+            label = (
+                f"{name}: message {index + 1} "
+                f"(line {line}, {message.type}, MSH-10 {message.control_id!r})"
+            )
+            if any(i.severity == "E" for i in issues):
+                bad += 1
+            elif not issues and not quiet:
+                _stdout(f"{label}: valid")
+            for issue in issues:
+                _stdout(f"{label}: {issue}")
+            if progress is not None and (index + 1) % 10 == 0:
+                progress(index + 1)
+    finally:
+        if progress is not None:
+            progress(-1)
+    if not quiet:
+        total = len(pieces)
+        _stdout(f"{total} message(s), {total - bad} valid, {bad} invalid")
+    return bad
+
+
+def _stdout(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _fhir_to_hl7(
@@ -248,8 +465,6 @@ def _fhir_to_hl7(
     if not isinstance(doc, dict) or "resourceType" not in doc:
         raise ConversionError(f"{name}: JSON without a resourceType is not FHIR")
     if target == "x12" or (target is None and _holds(doc, "CoverageEligibilityRequest")):
-        from datetime import UTC, datetime
-
         from engine.x12.fhir import request_to_inquiry
         from engine.x12.x270 import build_270
 
@@ -279,9 +494,14 @@ def _fhir_to_hl7(
             validate_resource(doc)
     mappings = load_mappings(settings.mappings_dir)
     now = datetime.now(UTC)
+    warnings: list[str] = []
     try:
         message = mappings.to_hl7(
-            doc, control_id=now.strftime("E%Y%m%d%H%M%S%f"), timestamp=now, event=event
+            doc,
+            control_id=now.strftime("E%Y%m%d%H%M%S%f"),
+            timestamp=now,
+            event=event,
+            warnings=warnings,
         )
     except EngineError as exc:
         raise _located(exc, f"{name}: {exc.where}" if exc.where else name) from exc
@@ -289,6 +509,8 @@ def _fhir_to_hl7(
     terminator = "\n" if sys.stdout.isatty() else "\r"
     sys.stdout.buffer.write(message.to_bytes(terminator))
     sys.stdout.flush()
+    for text in warnings:
+        _stderr(f"{name}: warning: {text}")
 
 
 def _located(exc: EngineError, where: str) -> EngineError:

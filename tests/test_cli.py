@@ -113,7 +113,13 @@ def test_convert_bad_message_in_a_file_names_its_position(tmp_path: Path) -> Non
     good = (FIXTURES / "hl7" / "adt_a04.hl7").read_bytes()
     f = tmp_path / "mixed.hl7"
     f.write_bytes(good + b"MSH|^~\\&|A|B|C|D|20260101||ADT^A02|X|P|2.5.1\rPID|1\r")
-    assert_one_line_error(run("convert", str(f)), "message 2", "ADT^A02")
+    # issue 9: the good message is still converted; the bad one is reported and exit is 1
+    proc = run("convert", str(f))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert [json.loads(line)["resourceType"] for line in proc.stdout.splitlines()] == ["Bundle"]
+    line = good.replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n") + 1  # after `good`
+    assert f"{f}: message 2 (line {line}): " in proc.stderr and "ADT^A02" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("2 messages: 1 converted, 1 failed")
 
 
 def test_convert_fhir_to_hl7v2() -> None:
