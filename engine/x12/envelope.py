@@ -272,8 +272,15 @@ def _isa_error(message: str, code: str, element: int | None = None) -> X12Error:
     )
 
 
-def _read_isa(text: str, start: int) -> tuple[Segment, Delimiters, int, list[str]]:
-    """The ISA at ``text[start:]``, the delimiters it names and where the next segment starts."""
+def _read_isa(
+    text: str, start: int, strict: bool = True
+) -> tuple[Segment, Delimiters, int, list[str], list[X12Error]]:
+    """The ISA at ``text[start:]``, the delimiters it names and where the next segment starts.
+
+    With ``strict=False`` an ISA whose elements are not their fixed widths (a 14-character
+    ISA08, as some senders pad) is read by its element separators, with a warning naming each
+    element: the separators still say where each element ends, ISA16 is still one character
+    and the terminator follows it."""
     if not text.startswith("ISA", start):
         found = text[start : start + 3]
         raise _isa_error(f"an interchange starts with ISA; found {found!r}", "022")
@@ -294,6 +301,8 @@ def _read_isa(text: str, start: int) -> tuple[Segment, Delimiters, int, list[str
     values.append(text[seps[15] + 1 : seps[15] + 2])
     term = text[seps[15] + 2 : seps[15] + 3]
     length = seps[15] + 3 - start
+    warnings: list[str] = []
+    faults: list[X12Error] = []
     if length != ISA_LENGTH or len(values[15]) != 1:
         wrong = [
             f"ISA{k:02d} ({name}) is {len(v)} characters, must be {width}"
@@ -304,11 +313,13 @@ def _read_isa(text: str, start: int) -> tuple[Segment, Delimiters, int, list[str
             (_ISA_FIELDS[k][2] for k, v in enumerate(values) if len(v) != _ISA_FIELDS[k][1]),
             "022",
         )
-        raise _isa_error(
-            f"ISA is {length} characters, X12 fixes it at {ISA_LENGTH}"
-            + (": " + "; ".join(wrong) if wrong else ""),
-            code,
+        message = f"ISA is {length} characters, X12 fixes it at {ISA_LENGTH}" + (
+            ": " + "; ".join(wrong) if wrong else ""
         )
+        if strict or len(values[15]) != 1 or not wrong:
+            raise _isa_error(message, code)
+        faults.append(_isa_error(message, code))
+        warnings.append(f"segment 1 (ISA): {message}; read by its element separators")
     component = values[15]
     if not term:
         raise _isa_error("the data ends after ISA16; no segment terminator", "023", 16)
@@ -316,7 +327,6 @@ def _read_isa(text: str, start: int) -> tuple[Segment, Delimiters, int, list[str
         raise _isa_error(f"the segment terminator {term!r} (after ISA16) is not usable", "004", 16)
     if component.isalnum() or component in (sep, " "):
         raise _isa_error(f"ISA16 {component!r} is not a usable component separator", "027", 16)
-    warnings: list[str] = []
     repetition = values[10]
     version = values[11]
     if repetition.isalnum():
@@ -355,7 +365,7 @@ def _read_isa(text: str, start: int) -> tuple[Segment, Delimiters, int, list[str
         raise _isa_error(f"ISA10 {values[9]!r} is not an HHMM time", "015", 10)
     delimiters = Delimiters(sep, repetition, component, term)
     isa = Segment(["ISA", *values], 1, delimiters)
-    return isa, delimiters, seps[15] + 3, warnings
+    return isa, delimiters, seps[15] + 3, warnings, faults
 
 
 #: segments that cannot be inside a transaction set: meeting one before SE means SE is missing
@@ -507,7 +517,7 @@ def _well_formed(sid: str) -> bool:
 
 
 def _parse_one(text: str, start: int, strict: bool) -> tuple[Interchange, int]:
-    isa, d, pos, warnings = _read_isa(text, start)
+    isa, d, pos, warnings, isa_faults = _read_isa(text, start, strict)
     pieces = text[pos:].split(d.segment)
     segments: list[Segment] = []
     position = 1
@@ -532,6 +542,7 @@ def _parse_one(text: str, start: int, strict: bool) -> tuple[Interchange, int]:
         if sid == "IEA":
             break
     reader = _Reader(segments, strict, warnings)
+    reader.faults.extend(isa_faults)
     ta1: list[Segment] = []
     groups: list[FunctionalGroup] = []
     while True:
@@ -539,6 +550,15 @@ def _parse_one(text: str, start: int, strict: bool) -> tuple[Interchange, int]:
         if seg.id == "GS":
             groups.append(reader.group(seg))
         elif seg.id == "TA1" and not groups:
+            ta1.append(seg)
+        elif seg.id == "TA1":
+            reader.fault(
+                seg,
+                1,
+                "a TA1 after a functional group; X12 puts TA1s between the ISA and the first GS",
+                "024",
+                "TA1",
+            )
             ta1.append(seg)
         elif seg.id == "IEA":
             break

@@ -102,6 +102,8 @@ class _Bundle:
 
 
 def _d8(seg: Segment, element: int, value: str) -> date:
+    """A CCYYMMDD date; spaces around it (a padded fixed-width field) are ignored."""
+    value = value.strip()
     if len(value) == 8 and value.isdigit():
         try:
             return date(int(value[:4]), int(value[4:6]), int(value[6:]))
@@ -291,7 +293,7 @@ def _category(code: str) -> Json:
 
 
 def _serviced(seg: Segment) -> tuple[str, Any]:
-    value = seg.get(3)
+    value = seg.get(3).strip()
     if seg.get(2) == "RD8":
         first, sep, last = value.partition("-")
         if not sep:

@@ -391,7 +391,7 @@ def normalize_inquiry(inquiry: EligibilityInquiry) -> EligibilityInquiry:
 
 def _date(value: str, seg: Segment, element: int) -> date:
     try:
-        return datetime.strptime(value, "%Y%m%d").date()
+        return datetime.strptime(value.strip(), "%Y%m%d").date()
     except ValueError:
         raise X12Error(
             f"{seg.id}{element:02d} {value!r} is not a CCYYMMDD date",

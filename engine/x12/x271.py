@@ -304,6 +304,8 @@ def _decimal(seg: Segment, element: int) -> Decimal | None:
 
 
 def _d8(seg: Segment, element: int, value: str) -> date:
+    """A CCYYMMDD date; spaces around it (senders padding a fixed-width field) are ignored."""
+    value = value.strip()
     if len(value) == 8 and value.isdigit():
         try:
             return date(int(value[:4]), int(value[4:6]), int(value[6:]))
@@ -313,7 +315,7 @@ def _d8(seg: Segment, element: int, value: str) -> date:
 
 
 def _dtp(seg: Segment) -> DateInfo:
-    fmt, value = seg.get(2), seg.get(3)
+    fmt, value = seg.get(2).strip(), seg.get(3).strip()
     qualifier = describe(codes.DATE_QUALIFIERS, seg.get(1))
     if fmt == "RD8":
         first, sep, last = value.partition("-")

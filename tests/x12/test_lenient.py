@@ -242,3 +242,36 @@ def test_every_public_271_sample_converts_leniently_with_named_warnings() -> Non
         assert all(re.match(r"segment \d+ \(\w+\): ", w) for w in warnings), path.name
         faulty += any("SE01 says" in w or "SE02" in w for w in warnings)
     assert faulty >= 8  # the oopfactory Validation* files and the linuxforhealth error sample
+
+
+def test_an_isa_off_its_fixed_widths_is_read_by_its_separators_when_lenient() -> None:
+    short = SUBSCRIBER.replace("*ZZ*GREENFIELDFP   *", "*ZZ*GREENFIELDFP  *", 1)
+    message = (
+        "segment 1 (ISA): ISA is 105 characters, X12 fixes it at 106: ISA08 (interchange "
+        "receiver ID) is 14 characters, must be 15"
+    )
+    with pytest.raises(X12Error, match=re.escape(message)):
+        parse_interchange(short)
+    lenient = parse_interchange(short, strict=False)
+    assert lenient.warnings == [message + "; read by its element separators"]
+    assert lenient.receiver_id == "GREENFIELDFP"
+    assert [(f.segment_id, f.ack_level, f.ack_code) for f in lenient.faults] == [
+        ("ISA", "TA1", "008")
+    ]
+    assert "TA1*000000101*250314*0931*E*008~" in ack999(lenient)
+    (response,) = read_271(short)
+    assert response.results[0].member_id == "W123456789"
+
+
+def test_a_ta1_after_the_groups_is_named_and_tolerated_when_lenient() -> None:
+    text = SUBSCRIBER.replace("IEA*", "TA1*000000044*250314*0930*A*000~IEA*", 1)
+    message = "a TA1 after a functional group; X12 puts TA1s between the ISA and the first GS"
+    with pytest.raises(X12Error, match=re.escape(message)):
+        parse_interchange(text)
+    assert parse_interchange(text, strict=False).ta1[0].get(1) == "000000044"
+
+
+def test_dates_padded_with_spaces_are_read() -> None:
+    text = with_segment(SUBSCRIBER, "DMG*D8*19800229*F~", "DMG*D8*19800229 *F~")
+    (response,) = read_271(text)
+    assert str(response.results[0].birth_date) == "1980-02-29"
