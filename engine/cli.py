@@ -119,7 +119,7 @@ def convert(
 
     HL7v2 (one message, a batch, or many) → fhir: a Bundle; NDJSON for several messages.
 
-    X12 271 → fhir: a Bundle of CoverageEligibilityResponses.
+    X12 270 or 271 → fhir: a Bundle of CoverageEligibilityRequests or CoverageEligibilityResponses.
 
     FHIR → hl7v2 (ADT, SIU or DFT, by what it holds) or x12 (CoverageEligibilityRequest → 270).
 

@@ -90,20 +90,13 @@ def convert_file(
 
 
 def _x12_to_fhir(data: bytes, name: str, settings: Settings) -> None:
-    """A 271 → a FHIR Bundle of CoverageEligibilityResponses (a TA1/999 → a clear error)."""
-    from engine.x12.envelope import parse_interchanges
-    from engine.x12.fhir import x271_to_fhir
+    """A 270 or 271 → a FHIR Bundle of CoverageEligibilityRequests or -Responses, its warnings
+    (an envelope count that is off, a segment no map takes: X12 005010X279A1, segment and element
+    named) on stderr; a TA1, a 999 or another transaction set → one error naming it."""
+    from engine.x12.fhir import interchange_to_fhir
 
     try:
-        interchanges = parse_interchanges(data)
-    except EngineError as exc:
-        raise _located(exc, f"{name}: {exc.where}" if exc.where else name) from exc
-    kinds = {tx.id for ic in interchanges for g in ic.groups for tx in g.transactions}
-    if "271" not in kinds:
-        what = ", ".join(sorted(kinds)) or "no transaction set (a TA1?)"
-        raise ConversionError(f"{name}: X12 {what}: only a 271 converts to FHIR")
-    try:
-        bundle = x271_to_fhir(data)
+        bundle, warnings = interchange_to_fhir(data)
     except EngineError as exc:
         raise _located(exc, f"{name}: {exc.where}" if exc.where else name) from exc
     if settings.validate_fhir:
@@ -111,6 +104,9 @@ def _x12_to_fhir(data: bytes, name: str, settings: Settings) -> None:
 
         validate_bundle(bundle)
     sys.stdout.buffer.write(orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n")
+    sys.stdout.flush()
+    for text in warnings:
+        _stderr(f"{name}: warning: {text}")
 
 
 def _hl7_to_fhir(data: bytes, name: str, settings: Settings, jobs: int | None, quiet: bool) -> int:

@@ -294,6 +294,25 @@ def test_validate_reports_every_bad_message_and_goes_on(tmp_path: Path) -> None:
     )
 
 
+# -- X12 ----------------------------------------------------------------------------------------
+
+
+def test_x12_270_converts_with_its_warnings_and_a_999_is_refused_by_name() -> None:
+    x270 = FIXTURES / "x12" / "270_subscriber_and_dependent.x12"
+    proc = run("convert", str(x270))
+    assert proc.returncode == 0, proc.stderr
+    kinds = {e["resource"]["resourceType"] for e in json.loads(proc.stdout)["entry"]}
+    assert "CoverageEligibilityRequest" in kinds
+    warnings = proc.stderr.splitlines()
+    assert warnings and all(line.startswith(f"{x270}: warning: segment ") for line in warnings)
+    x999 = FIXTURES / "x12" / "999_accepted.x12"
+    refused = run("convert", str(x999))
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.splitlines() == [
+        f"error: {x999}: segment 3 (ST): X12 999: only a 270 or 271 converts to FHIR"
+    ]
+
+
 # -- help ----------------------------------------------------------------------------------------
 
 
@@ -305,7 +324,7 @@ def test_to_help_lists_every_target_and_an_unknown_one_names_them(tmp_path: Path
         "--to",
         "fhir, hl7v2 or x12",
         "HL7v2 (one message, a batch, or many) → fhir",
-        "X12 271 → fhir",
+        "X12 270 or 271 → fhir",
         "FHIR → hl7v2",
         "or x12 (CoverageEligibilityRequest → 270)",
         "errors and warnings are always shown",
