@@ -61,18 +61,17 @@ from engine.x12.fhir_terms import (
     BENEFIT_CATEGORY_SYSTEM,
     NPI_SYSTEM,
     RELATIONSHIP_SYSTEM,
+    TRACE_TYPE_TEXT,
     V2_0203_SYSTEM,
     X12_SERVICE_TYPE_SYSTEM,
 )
 from engine.x12.loops import Level, eligibility_version, hierarchy
 from engine.x12.segments import Segment
 
-__all__ = ["TRACE_TYPE_TEXT", "x270_to_fhir"]
+__all__ = ["x270_to_fhir"]
 
 Json = dict[str, Any]
 _NS = uuid.uuid5(uuid.NAMESPACE_URL, "urn:engine:x12:270")
-#: Identifier.type.text of a TRN02 trace number (the 271 converter writes the same)
-TRACE_TYPE_TEXT = "X12 270 trace number (TRN02)"
 _GENDERS = {"F": "female", "M": "male", "U": "unknown"}
 _RELATIONSHIPS = {"01": "spouse", "19": "child"}
 #: NM108 → v2-0203 identifier type (code, display) for a provider identifier other than the NPI

@@ -79,6 +79,7 @@ from engine.x12.fhir_terms import (
     COVERAGE_CLASS_SYSTEM,
     NPI_SYSTEM,
     RELATIONSHIP_SYSTEM,
+    TRACE_TYPE_TEXT,
     V2_0203_SYSTEM,
     X12_COVERAGE_LEVEL_SYSTEM,
     X12_ELIGIBILITY_SYSTEM,
@@ -456,7 +457,7 @@ def _convert(
         if request_ref is None:
             if echoed:
                 request_ref = {
-                    "identifier": {"type": {"text": "X12 270 trace number (TRN02)"}},
+                    "identifier": {"type": {"text": TRACE_TYPE_TEXT}},
                     "display": f"the 270 with trace number {echoed[0].number}",
                 }
                 request_ref["identifier"]["value"] = echoed[0].number

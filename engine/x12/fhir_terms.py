@@ -29,6 +29,7 @@ __all__ = [
     "COVERAGE_CLASS_SYSTEM",
     "NPI_SYSTEM",
     "RELATIONSHIP_SYSTEM",
+    "TRACE_TYPE_TEXT",
     "V2_0203_SYSTEM",
     "X12_COVERAGE_LEVEL_SYSTEM",
     "X12_ELIGIBILITY_SYSTEM",
@@ -48,6 +49,10 @@ BENEFIT_UNIT_SYSTEM = "http://terminology.hl7.org/CodeSystem/benefit-unit"
 BENEFIT_TERM_SYSTEM = "http://terminology.hl7.org/CodeSystem/benefit-term"
 RELATIONSHIP_SYSTEM = "http://terminology.hl7.org/CodeSystem/subscriber-relationship"
 COVERAGE_CLASS_SYSTEM = "http://terminology.hl7.org/CodeSystem/coverage-class"
+
+#: Identifier.type.text of a 270's TRN02 trace number, on a CoverageEligibilityRequest read from
+#: a 270 and on the request reference of the CoverageEligibilityResponse that echoes it
+TRACE_TYPE_TEXT = "X12 270 trace number (TRN02)"
 
 X12_SERVICE_TYPE_SYSTEM = "https://x12.org/codes/service-type-codes"
 X12_ELIGIBILITY_SYSTEM = "https://x12.org/codes/eligibility-or-benefit-information-codes"

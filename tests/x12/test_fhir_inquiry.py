@@ -4,6 +4,7 @@ examples, and the one X12 → FHIR entry point."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 from datetime import date, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from engine.x12.fhir import (
     x270_to_fhir,
     x271_to_fhir,
 )
-from engine.x12.fhir_inquiry import TRACE_TYPE_TEXT
+from engine.x12.fhir_terms import TRACE_TYPE_TEXT
 from engine.x12.x270 import EligibilityInquiry, build_270, read_270
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -348,14 +349,10 @@ SPEC_EXAMPLE_2: dict[str, Any] = {
     "purpose": ["validation", "benefits"],
     "servicedDate": "2014-09-17",
     "enterer": {"identifier": {"system": "http://happyvalleyclinic.com/staff", "value": "14"}},
-    "facility": {"reference": "Location/1"},
-    "insurance": [
-        {
-            "focal": True,
-            "coverage": {"reference": "Coverage/9876B1"},
-            "businessArrangement": "NB8742",
-        }
-    ],
+    "facility": {
+        "identifier": {"system": "http://statecliniclicensor.com/clinicid", "value": "G35B9"}
+    },
+    "insurance": [{"coverage": {"reference": "Coverage/9876B1"}, "businessArrangement": "NB8742"}],
     "item": [
         {
             "category": {
@@ -370,6 +367,26 @@ SPEC_EXAMPLE_2: dict[str, Any] = {
         }
     ],
 }
+
+
+SPEC_FILES = ROOT / "tests" / "corpus" / "fhir" / "fhir-r4-spec-examples"
+
+
+@pytest.mark.parametrize(
+    ("name", "example"),
+    [
+        ("coverageeligibilityrequest-example.json", SPEC_EXAMPLE),
+        ("coverageeligibilityrequest-example-2.json", SPEC_EXAMPLE_2),
+    ],
+)
+def test_the_spec_examples_here_are_the_published_ones(name: str, example: dict[str, Any]) -> None:
+    path = SPEC_FILES / name
+    if not path.is_file():
+        pytest.skip(f"{name} not in tests/corpus/fhir")
+    published = json.loads(path.read_text())
+    published.pop("text", None)  # narrative and meta aside
+    published.pop("meta", None)
+    assert published == example
 
 
 def referenced() -> list[dict[str, Any]]:
