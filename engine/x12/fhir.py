@@ -76,7 +76,12 @@ def _kind(interchanges: list[Interchange]) -> str:
                 )
             found = tx.id
     if found is None:
-        raise X12Error("the interchange holds no transaction set: nothing converts to FHIR")
+        gs = interchanges[0].groups[0].gs
+        raise X12Error(
+            "the functional group holds no transaction set: nothing converts to FHIR",
+            segment_id=gs.id,
+            position=gs.position,
+        )
     return found
 
 

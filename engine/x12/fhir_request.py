@@ -107,19 +107,6 @@ class _Resolver:
                 if isinstance(inner, dict) and inner.get("id"):
                     self.index.setdefault(f"#{inner['id']}", inner)
 
-    def get(self, ref: Any, where: str, *types: str) -> Resource:
-        if not isinstance(ref, dict) or not isinstance(ref.get("reference"), str):
-            raise ConversionError(f"{where}: no reference to a {' or '.join(types)}")
-        target = ref["reference"]
-        res = self.index.get(target) or self.index.get("/".join(target.split("/")[-2:]))
-        if res is None:
-            raise ConversionError(f"{where}: {target!r} is not in the bundle")
-        if types and res.get("resourceType") not in types:
-            raise ConversionError(
-                f"{where}: {target!r} is a {res.get('resourceType')}, not a {' or '.join(types)}"
-            )
-        return res
-
     def find(self, ref: Any) -> Resource | None:
         if not isinstance(ref, dict) or not isinstance(ref.get("reference"), str):
             return None

@@ -559,3 +559,13 @@ def test_interchange_to_fhir_refuses_mixed_and_cut_off_files() -> None:
     cut = fixture("271_dependents.x12")
     with pytest.raises(X12Error, match="expected SE"):
         interchange_to_fhir(cut[: cut.index("SE*")].encode())
+
+
+def test_interchange_to_fhir_refuses_an_empty_group_by_its_gs() -> None:
+    text = fixture("271_dependents.x12")
+    empty = text[: text.index("ST*")] + text[text.index("GE*") :].replace("GE*1*", "GE*0*")
+    with pytest.raises(X12Error) as info:
+        interchange_to_fhir(empty.encode())
+    assert str(info.value) == (
+        "segment 2 (GS): the functional group holds no transaction set: nothing converts to FHIR"
+    )
