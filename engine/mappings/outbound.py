@@ -91,10 +91,13 @@ class _Slots:
     is committed only when the rule applies (its value fits, agrees with what is there, and its
     condition holds)."""
 
-    __slots__ = ("own", "parent", "shape")
+    __slots__ = ("notes", "own", "parent", "shape")
 
     def __init__(self, parent: _Slots | None = None, shape: _Shape | None = None) -> None:
         self.own: dict[Key, str] = {}
+        #: warnings about what this layer wrote (a code that reads back as another), kept only
+        #: when the layer is committed: (kind, text)
+        self.notes: list[tuple[str, str]] = []
         self.parent = parent
         self.shape: _Shape | None = parent.shape if parent is not None else shape
 
@@ -130,6 +133,7 @@ class _Slots:
     def commit(self) -> None:
         assert self.parent is not None
         self.parent.own.update(self.own)
+        self.parent.notes.extend(self.notes)
 
     def keys(self) -> set[Key]:
         out: set[Key] = set()
@@ -310,7 +314,9 @@ _TAIL_RE = re.compile(r"([A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)
 
 class _Index:
     """The input's resources and how references find them (FHIR R4 §3.1.0.11.2: by fullUrl, by
-    ``Type/id``, or ``#id`` for contained resources)."""
+    ``Type/id``, or ``#id`` for contained resources; a logical reference, FHIR R4 §2.3.0.3, by
+    the identifier of a resource of its type), and the stand-ins made for references to
+    resources outside the input (:meth:`stand_in`)."""
 
     def __init__(self, data: Mapping[str, Any]) -> None:
         entries: list[tuple[str | None, dict[str, Any]]] = []
@@ -338,6 +344,26 @@ class _Index:
             for c in res.get("contained") or []:
                 if isinstance(c, dict) and isinstance(c.get("id"), str):
                     self._by.setdefault("#" + c["id"], c)
+        self._by_identifier: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for res in self.resources:
+            for ident in res.get("identifier") or []:
+                if isinstance(ident, dict) and isinstance(ident.get("value"), str):
+                    key = (res["resourceType"], str(ident.get("system") or ""), ident["value"])
+                    self._by_identifier.setdefault(key, res)
+        self._stand_ins: dict[str, dict[str, Any]] = {}
+        self._made: dict[str, str] = {}
+        self._urls = {id(res): url for url, res in entries if isinstance(url, str)}
+        #: ids of the stand-ins made
+        self.standing: set[int] = set()
+
+    def own_id(self, res: dict[str, Any]) -> str | None:
+        """A resource's id: Resource.id, else the tail of its fullUrl (``urn:uuid:…``)."""
+        rid = res.get("id")
+        if isinstance(rid, str) and rid:
+            return rid
+        url = self._urls.get(id(res), "")
+        tail = url.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+        return tail or None
 
     def resolve(self, ref: Any) -> dict[str, Any] | None:
         if not isinstance(ref, str) or not ref:
@@ -347,7 +373,98 @@ class _Index:
             m = _TAIL_RE.search(ref)
             if m:
                 got = self._by.get(m.group(1))
-        return got
+        return got if got is not None else self._stand_ins.get(ref)
+
+    def resolve_ref(self, ref: Any) -> dict[str, Any] | None:
+        """A Reference (dict) to what it points to in the input, or to its stand-in: by its
+        ``reference``, else (a logical reference) by its identifier, among resources of its
+        ``type`` when it has one."""
+        if not isinstance(ref, dict):
+            return None
+        literal = ref.get("reference")
+        if isinstance(literal, str) and literal:
+            return self.resolve(literal)
+        ident = ref.get("identifier")
+        if not isinstance(ident, dict) or not isinstance(ident.get("value"), str):
+            return None
+        system, value = str(ident.get("system") or ""), ident["value"]
+        rtype = ref.get("type")
+        for (t, sys_, val), res in self._by_identifier.items():
+            if sys_ == system and val == value and (not rtype or t == rtype):
+                return res
+        return self._stand_ins.get(_logical_key(ref))
+
+    def stand_in(
+        self, ref: Any, rtype: str, *, presume: bool = True
+    ) -> tuple[dict[str, Any], str] | None:
+        """A resource of type ``rtype`` made from a Reference to a resource outside the input,
+        and what it was made from (for the warning); None when the reference names another
+        type, names none and ``presume`` is false, or carries nothing to write. The same
+        reference gives the same stand-in."""
+        if not isinstance(ref, dict):
+            return None
+        literal = ref.get("reference") if isinstance(ref.get("reference"), str) else None
+        m = _TAIL_RE.search(literal) if literal else None
+        named = ref.get("type") or (m.group(1).split("/", 1)[0] if m else None)
+        if named is not None and named != rtype:
+            return None
+        if named is None and (literal is not None or not presume):
+            return None  # a urn:uuid:, a fragment, or a logical reference of unknown type
+        key = literal or _logical_key(ref)
+        known = self._stand_ins.get(key)
+        if known is not None:
+            return known, self._made[key]
+        res: dict[str, Any] = {"resourceType": rtype}
+        said: list[str] = []
+        ident = ref.get("identifier")
+        if isinstance(ident, dict) and ident.get("value"):
+            res["identifier"] = [ident]
+            said.append("its identifier")
+        elif m is not None:
+            res["identifier"] = [{"value": m.group(1).split("/", 1)[1]}]
+            said.append("its id as the identifier")
+        display = ref.get("display")
+        if isinstance(display, str) and display.strip():
+            res["name"] = [{"family": display}] if rtype in _PERSONS else display
+            said.append("its display as the name")
+        if not said:
+            return None
+        self._made[key] = " and ".join(said)
+        self._stand_ins[key] = res
+        self.standing.add(id(res))
+        return res, self._made[key]
+
+
+#: resources whose name is a list of HumanName
+_PERSONS = frozenset({"Patient", "Practitioner", "RelatedPerson", "Person"})
+
+
+def _names_type(ref: Any) -> str | None:
+    """The resource type a Reference names (its ``type``, else its ``Type/id``), if any."""
+    if not isinstance(ref, dict):
+        return None
+    if isinstance(ref.get("type"), str):
+        return str(ref["type"])
+    literal = ref.get("reference")
+    m = _TAIL_RE.search(literal) if isinstance(literal, str) else None
+    return m.group(1).split("/", 1)[0] if m else None
+
+
+def _logical_key(ref: dict[str, Any]) -> str:
+    ident = ref.get("identifier") or {}
+    return f"identifier|{ref.get('type') or ''}|{ident.get('system') or ''}|{ident.get('value')}"
+
+
+def _ref_label(ref: Any) -> str:
+    """How a warning names a reference: its literal reference, else its identifier or display."""
+    if not isinstance(ref, dict):
+        return "?"
+    if isinstance(ref.get("reference"), str):
+        return str(ref["reference"])
+    ident = ref.get("identifier")
+    if isinstance(ident, dict) and ident.get("value"):
+        return f"identifier {ident.get('system') or ''}|{ident['value']}"
+    return f"display {ref.get('display')!r}" if ref.get("display") else "no reference"
 
 
 def _refs(res: Any, path: str) -> list[str]:
@@ -356,6 +473,20 @@ def _refs(res: Any, path: str) -> list[str]:
     for v in _values(res, path):
         if isinstance(v, dict) and isinstance(v.get("reference"), str):
             out.append(v["reference"])
+    return out
+
+
+def _ref_objs(res: Any, path: str) -> list[tuple[Any, dict[str, Any]]]:
+    """The References at a path, each with the element of the path's first step that holds it
+    (the ``participant`` of ``participant.actor``): literal or logical (identifier) ones."""
+    first, _, rest = path.partition(".")
+    out: list[tuple[Any, dict[str, Any]]] = []
+    for holder in _values(res, first):
+        for v in _values(holder, rest) if rest else [holder]:
+            if isinstance(v, dict) and (
+                isinstance(v.get("reference"), str) or isinstance(v.get("identifier"), dict)
+            ):
+                out.append((holder, v))
     return out
 
 
@@ -375,6 +506,44 @@ class _Run:
     ctx: TransformContext
     trigger: str
     index: _Index
+    #: the segment being written and the FHIR element being offered (for warnings)
+    segment: str = ""
+    where: list[str] = field(default_factory=list)
+    #: while the map only works out what it would write: no warnings
+    quiet: bool = False
+    #: warnings: kind -> [text, how many of that kind]
+    notes: dict[str, list[Any]] = field(default_factory=dict)
+    #: codes no table rule could write, by FHIR element, until a rule writes that element
+    misses: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
+    #: FHIR elements some rule wrote
+    wrote: set[str] = field(default_factory=set)
+    #: the copies ``each: selection.list`` makes (one element each) -> the resource copied
+    copies: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: list elements offered to a segment's rules: id -> (FHIR element, segments), and taken
+    offered: dict[int, tuple[str, list[str], Any]] = field(default_factory=dict)
+    took: set[int] = field(default_factory=set)
+
+    def note(self, kind: str, text: str) -> None:
+        """One warning per kind of element: later ones of the same kind (another text) are
+        counted; the same text again (a group selecting again) is not."""
+        got = self.notes.get(kind)
+        if got is None:
+            self.notes[kind] = [text, {text}]
+        else:
+            got[1].add(text)
+
+    def path(self) -> str:
+        return ".".join(self.where)
+
+    def lines(self) -> list[str]:
+        for element, (text, tables) in self.misses.items():
+            if element not in self.wrote:
+                self.note(f"miss {_kind(element)}", text + " or ".join(tables) + "; left out")
+        self.misses.clear()
+        return [
+            t if len(seen) == 1 else f"{t} (and {len(seen) - 1} more like it)"
+            for t, seen in self.notes.values()
+        ]
 
 
 @dataclass
@@ -441,10 +610,12 @@ def _shape(segment: str, version: str) -> _Shape | None:
 
 def _reverse_table(
     table: CodeTable, as_: str, override: Mapping[str, str]
-) -> Callable[[Any], str | None]:
+) -> Callable[[Any], tuple[str | None, bool]]:
     """FHIR code (or Coding / CodeableConcept) → HL7 code: the outbound file's ``reverse``, the
-    table's ``reverse``, the inverted ``map`` (the first HL7 code of a FHIR code), then
-    ``reverse_default``."""
+    table's ``reverse``, the inverted ``map`` (the first HL7 code of a FHIR code), a plain code
+    that already is one of the table's HL7 codes (an ISO alpha-3 country), then
+    ``reverse_default``; and whether that code only approximates the FHIR one (a warning says so):
+    the default, or an outbound file's code that reads back as another (name use old as U)."""
     inverse: dict[str, str] = {}
     for hl7, fhir in table.map.items():
         inverse.setdefault(fhir, hl7)
@@ -454,13 +625,20 @@ def _reverse_table(
     system, systems = table.system, table.systems
     known_systems = {s for s in (system, *systems.values()) if s}
 
+    def rough(fhir: str) -> bool:
+        return fhir in override and table.map.get(override[fhir], table.default) != fhir
+
     if as_ == "code":
 
-        def from_code(value: Any) -> str | None:
+        def from_code(value: Any) -> tuple[str | None, bool]:
             text = _text(value)
             if text is None:
-                return None
-            return inverse.get(text, default)
+                return None, False
+            if text in inverse:
+                return inverse[text], rough(text)
+            if text in table.map:
+                return text, False
+            return default, default is not None
 
         return from_code
 
@@ -471,12 +649,12 @@ def _reverse_table(
         expected = systems.get(code, system)
         return sys_uri == expected if code in inverse and expected else sys_uri in known_systems
 
-    def from_coding(value: Any) -> str | None:
+    def from_coding(value: Any) -> tuple[str | None, bool]:
         if not isinstance(value, dict):
-            return None
+            return None, False
         codings = value.get("coding") if as_ == "CodeableConcept" else [value]
         if not isinstance(codings, list):
-            return None
+            return None, False
         pairs = [
             (c["code"], c.get("system"))
             for c in codings
@@ -484,10 +662,10 @@ def _reverse_table(
         ]
         for code, sys_uri in pairs:
             if code in inverse and fits(code, sys_uri):
-                return inverse[code]
+                return inverse[code], rough(code)
         if default is not None and any(fits(code, sys_uri) for code, sys_uri in pairs):
-            return default
-        return None
+            return default, True
+        return None, False
 
     return from_coding
 
@@ -568,7 +746,8 @@ class _Compiler:
             where_pick: list[tuple[str, frozenset[str]]] = []
             for pick in picks:
                 p = parse_path(pick.field)
-                if rule.field == p.field and pick.fhir.removesuffix("[]") == ".".join(steps):
+                fields = {rule.field} if rule.field is not None else self._fields_of(rule)
+                if p.field in fields and pick.fhir.removesuffix("[]") == ".".join(steps):
                     where_pick += [(k, frozenset(v)) for k, v in pick.where.items()]
             fno = rule.field or 0
             repeats = level == "field" and rule.repeats and rule.build is None
@@ -650,11 +829,43 @@ class _Compiler:
                 def write_resource(
                     value: Any, pos: Pos, slots: _Slots, run: _Run, seen: Seen
                 ) -> bool | None:
-                    ref = value.get("reference") if isinstance(value, dict) else None
-                    target = run.index.resolve(ref)
-                    if target is None or target.get("resourceType") != rtype:
+                    target = run.index.resolve_ref(value)
+                    made = ""
+                    if target is None:
+                        # a rule's reference may be to one of several types (Claim.provider):
+                        # only one that names its type stands in
+                        got = run.index.stand_in(value, rtype, presume=False)
+                        if got is None:
+                            named = _names_type(value)
+                            if not run.quiet and named in (None, rtype):
+                                why = "names no type" if named is None else "carries nothing"
+                                run.misses.setdefault(
+                                    run.path(),
+                                    (
+                                        f"{run.path()} ({_ref_label(value)}) is not in the input "
+                                        f"and {why}",
+                                        [""],
+                                    ),
+                                )
+                            return None
+                        target, made = got
+                    if target.get("resourceType") != rtype:
                         return None
-                    return _nested(_apply(plan, target, pos, slots, run, frozenset()))
+                    outer, run.where = run.where, [rtype]
+                    try:
+                        done = _nested(_apply(plan, target, pos, slots, run, frozenset()))
+                    finally:
+                        run.where = outer
+                    if done and made:
+                        slots.notes.append(
+                            (
+                                f"stand-in {run.path()}",
+                                f"{run.path()} ({_ref_label(value)}) is not in the input: "
+                                f"{_loc(run.segment, pos)} is written from what the reference "
+                                f"carries ({made})",
+                            )
+                        )
+                    return done
 
                 return write_resource
 
@@ -665,6 +876,7 @@ class _Compiler:
 
             return write_datatype
         if rule.table:
+            tname = rule.table
             table = self.files.tables.get(rule.table)
             if table is None:
                 raise ConfigError(
@@ -672,16 +884,34 @@ class _Compiler:
                 )
             code_of = _reverse_table(table, rule.as_, self.reverse.get(rule.table, {}))
             as_ = rule.as_
+            hl7_table = f"HL7 table {table.hl7_table}" if table.hl7_table else "the HL7 table"
+            version = self.version
 
             def write_code(
                 value: Any, pos: Pos, slots: _Slots, run: _Run, seen: Seen
             ) -> bool | None:
-                code = code_of(value)
+                code, approximate = code_of(value)
+                shown = _shown(value)
                 if code is None:
+                    if not run.quiet and shown:
+                        got = run.misses.setdefault(
+                            run.path(), (f"{run.path()} {shown}: no code for it in ", [])
+                        )
+                        where = f"{hl7_table} (tables/{tname}.yaml)"
+                        if where not in got[1]:
+                            got[1].append(where)
                     return None
                 done = _put_parts(slots, pos, [code])
                 if done is False and _reads_back(table, as_, slots.get(_leaf(pos)), value):
                     return True  # the code already there means the same (CP is a phone)
+                if done and approximate:
+                    slots.notes.append(
+                        (
+                            f"approximate {run.path()} {shown}",
+                            f"{run.path()} {shown}: {hl7_table} (v{version}) has no code that "
+                            f"means it; {_loc(run.segment, pos)} is {code}",
+                        )
+                    )
                 return done
 
             return write_code
@@ -703,6 +933,33 @@ class _Compiler:
             return _put_parts(slots, pos, out(value, run.ctx))
 
         return write_transform
+
+
+def _shown(value: Any) -> str:
+    """A FHIR code, Coding or CodeableConcept as a warning shows it: its code(s), quoted."""
+    if isinstance(value, dict):
+        got = value.get("coding")
+        codings: list[Any] = got if isinstance(got, list) else [value]
+        codes = [
+            str(c["code"])
+            for c in codings
+            if isinstance(c, dict) and isinstance(c.get("code"), str)
+        ]
+        if codes:
+            return "/".join(repr(c) for c in codes)
+        return repr(value["text"]) if isinstance(value.get("text"), str) else ""
+    text = _text(value)
+    return repr(text) if text else ""
+
+
+def _loc(segment: str, pos: Pos) -> str:
+    """``PID-5[2].7`` for a position in a segment."""
+    if not pos:
+        return segment
+    out = f"{segment}-{pos[0]}"
+    if len(pos) > 1 and pos[1] > 1:
+        out += f"[{pos[1]}]"
+    return out + "".join(f".{p}" for p in pos[2:])
 
 
 def _flag_rule(rule: Rule, order: int, level: str) -> _CRule | None:
@@ -782,6 +1039,7 @@ def _apply(
         """What the map would write at ``key`` were no condition checked (computed once)."""
         if not cache:
             p = slots.trial()
+            quiet, run.quiet = run.quiet, True
             for gi, g in enumerate(plan.groups):
                 for _, value in all_items[gi]:
                     for r in g.rules:
@@ -792,6 +1050,7 @@ def _apply(
                         t = p.trial()
                         if r.write(inner, target[-1][0], t, run, seen):
                             t.commit()
+            run.quiet = quiet
             cache.append(p)
         return cache[0].get(key)
 
@@ -803,17 +1062,24 @@ def _apply(
                     if not rules or not pending[gi]:
                         continue
                     left: list[_Item] = []
+                    label = ".".join(plan.groups[gi].steps)
                     for item in pending[gi]:
                         key, value = item
                         now = seen | taken if taken else seen
                         results = []
-                        for r in rules:
-                            got = _try(
-                                plan, r, value, strict, pos, slots, run, used, now, would_write
-                            )
-                            results.append(got)
-                            if got and key[2] >= 0:
-                                break  # a list element goes to one rule only
+                        run.where.append(label + _index_text(run, obj, plan.groups[gi], key, value))
+                        try:
+                            for r in rules:
+                                got = _try(
+                                    plan, r, value, strict, pos, slots, run, used, now, would_write
+                                )
+                                results.append(got)
+                                if got and key[2] >= 0:
+                                    break  # a list element goes to one rule only
+                            if any(results):
+                                run.wrote.add(run.path())
+                        finally:
+                            run.where.pop()
                         if any(results):
                             wrote = True
                             accepted.add(key)
@@ -825,6 +1091,19 @@ def _apply(
                             conflict = True
                     pending[gi] = left
     return wrote, taken, conflict
+
+
+def _index_text(run: _Run, obj: Any, group: _Group, key: tuple[int, str, int], value: Any) -> str:
+    """``[2]`` for a list element, as the input numbers it (a copy made for ``each`` holds one
+    element: its index is the one it has in the resource copied)."""
+    if key[2] < 0:
+        return ""
+    original = run.copies.get(id(obj)) if len(run.where) == 1 else None
+    if original is not None and len(group.steps) == 1:
+        for i, el in enumerate(original.get(group.steps[0]) or []):
+            if el is value:
+                return f"[{i}]"
+    return f"[{key[2]}]"
 
 
 def _targets(plan: _Plan, r: _CRule, pos: Pos, slots: _Slots) -> list[tuple[Pos, bool]]:
@@ -1032,6 +1311,25 @@ class OutboundMapper:
             sel = next(s for s in spec.select if s.name == req.select)
             got = state.selected[req.select]
             if not got or not _values(got[0], req.fhir):
+                if (
+                    got
+                    and req.unless
+                    and any(
+                        any(_text(v) in allowed for v in _values(got[0], path))
+                        for path, allowed in req.unless.items()
+                    )
+                ):
+                    said = ", ".join(
+                        f"{p} {'/'.join(str(v) for v in _values(got[0], p))}"
+                        for p in req.unless
+                        if _values(got[0], p)
+                    )
+                    run.note(
+                        f"lacks {sel.resource}.{req.fhir}",
+                        f"{sel.resource}.{req.fhir}: none ({said}), so {spec.message} "
+                        f"{req.for_} is empty",
+                    )
+                    continue
                 raise ConversionError(
                     f"{sel.resource}.{req.fhir} is required for {spec.message} {req.for_}"
                 )
@@ -1054,6 +1352,14 @@ class OutboundMapper:
             "$sending_application": site.sending_application,
         }
         self._steps(spec.segments, state, msg, set())
+        if warnings is not None:
+            for eid, (element, segments, _) in run.offered.items():
+                if eid not in run.took:
+                    run.note(
+                        f"unplaced {_kind(element)}",
+                        f"{element}: no place for it in {'/'.join(dict.fromkeys(segments))}",
+                    )
+            warnings.extend(run.lines())
         return msg
 
     def _spec_for(self, index: _Index, message: str | None) -> OutboundMessage:
@@ -1070,12 +1376,16 @@ class OutboundMapper:
             anchor = next(s for s in spec.select if s.name == spec.anchor)
             if anchor.resource in types and (best is None or spec.priority > best.priority):
                 best = spec
+        for spec in self.messages.values() if best is None else ():
+            if types & set(spec.also_from) and (best is None or spec.priority > best.priority):
+                best = spec
         if best is None:
             wanted = sorted(
                 {
                     next(s for s in m.select if s.name == m.anchor).resource
                     for m in self.messages.values()
                 }
+                | {t for m in self.messages.values() for t in m.also_from}
             )
             raise ConversionError(
                 "nothing to write as HL7v2: the input has no "
@@ -1118,18 +1428,11 @@ class OutboundMapper:
     def _select(self, sel: Select, state: _State) -> list[dict[str, Any]]:
         index = state.run.index
         out: list[dict[str, Any]] = []
-        if sel.via:
-            base, path = sel.via.split(".", 1)
-            bases = [state.current[base]] if base in state.current else state.selected.get(base, [])
-            for b in bases:
-                for ref in _refs(b, path):
-                    res = index.resolve(ref)
-                    if res is None:
-                        state.missing.setdefault(sel.name, []).append(ref)
-                    elif res.get("resourceType") == sel.resource and all(res is not o for o in out):
-                        out.append(res)
-        else:
+        if not sel.via:
             out = [r for r in index.resources if r["resourceType"] == sel.resource]
+        via = sel.via or (sel.or_via if not out else None)
+        if via:
+            out = self._via(sel, via, state)
         for path, target in sel.refers.items():
             targets = (
                 [state.current[target]]
@@ -1139,14 +1442,17 @@ class OutboundMapper:
             out = [
                 r
                 for r in out
-                if any(any(index.resolve(ref) is t for t in targets) for ref in _refs(r, path))
+                if any(
+                    any(index.resolve_ref(ref) is t for t in targets)
+                    for _, ref in _ref_objs(r, path)
+                )
             ]
         for nv in sel.not_via:
             base, path = nv.split(".", 1)
             dropped = {
-                id(index.resolve(ref))
+                id(index.resolve_ref(ref))
                 for b in state.selected.get(base, [])
-                for ref in _refs(b, path)
+                for _, ref in _ref_objs(b, path)
             }
             out = [r for r in out if id(r) not in dropped]
         if sel.sort:
@@ -1161,6 +1467,53 @@ class OutboundMapper:
 
             out.sort(key=key)
         return out if sel.many else out[:1]
+
+    def _via(self, sel: Select, via: str, state: _State) -> list[dict[str, Any]]:
+        """The resources the references at ``via`` point to: those in the input first, then the
+        stand-ins of references that name this type, then those of logical references (whose
+        type is only presumed). A reference outside the input that makes no stand-in is
+        remembered for the error and the warning."""
+        index, run = state.run.index, state.run
+        base, path = via.split(".", 1)
+        base_sel = next(s for s in state.spec.select if s.name == base)
+        bases = [state.current[base]] if base in state.current else state.selected.get(base, [])
+        found: list[tuple[int, dict[str, Any], Any]] = []
+        for b in bases:
+            for holder, ref in _ref_objs(b, path):
+                res = index.resolve_ref(ref)
+                if res is not None:
+                    if res.get("resourceType") == sel.resource:
+                        found.append((0, res, holder))
+                    continue
+                element = f"{base_sel.resource}.{path}"
+                made = index.stand_in(ref, sel.resource) if sel.stand_in else None
+                if made is not None:
+                    res, what = made
+                    found.append((1 if ref.get("type") or ref.get("reference") else 2, res, holder))
+                    run.note(
+                        f"stand-in {element}",
+                        f"{element} ({_ref_label(ref)}) is not in the input: the "
+                        f"{sel.resource} is written from the reference ({what})",
+                    )
+                    continue
+                literal = ref.get("reference")
+                m = _TAIL_RE.search(literal) if isinstance(literal, str) else None
+                named = ref.get("type") or (m.group(1).split("/", 1)[0] if m else None)
+                if named in (None, sel.resource):
+                    state.missing.setdefault(sel.name, []).append(_ref_label(ref))
+                    if not sel.required:
+                        run.note(
+                            f"missing {element} {sel.resource}",
+                            f"{element} ({_ref_label(ref)}) is not in the input: "
+                            f"no {sel.resource} for it in the message",
+                        )
+        out: list[dict[str, Any]] = []
+        for _, res, holder in sorted(found, key=lambda f: f[0]):
+            if all(res is not o for o in out):
+                out.append(res)
+            if isinstance(holder, dict):
+                run.took.add(id(holder))  # the participant that is the patient has its place
+        return out
 
     def _resources(self, name: str, state: _State) -> list[dict[str, Any]]:
         if name in state.current:
@@ -1206,7 +1559,9 @@ class OutboundMapper:
                 continue
             elements = res.get(path)
             for el in elements if isinstance(elements, list) else []:
-                yield name, {**res, path: [el]}
+                copy = {**res, path: [el]}
+                state.run.copies[id(copy)] = res
+                yield name, copy
 
     def _steps(
         self,
@@ -1247,6 +1602,8 @@ class OutboundMapper:
             slots.own[_key(path)] = specials.get(value, value)
         own = step.from_ or (step.each or "").split(".", 1)[0] or None
         wrote = False
+        run = state.run
+        run.segment = seg_id
         for use in step.maps:
             name, sel, _accept, picks = _use(use)
             sel = sel or own
@@ -1255,9 +1612,12 @@ class OutboundMapper:
             if not found:
                 continue
             plan = state.compiler.segment(name, picks)
-            done, taken, _ = _apply(plan, found[0], (), slots, state.run, given)
+            first = found[0]
+            run.where = [str(first.get("resourceType"))]
+            done, taken, _ = _apply(plan, first, (), slots, run, given)
             given.update(taken)
             wrote = done or wrote
+            _offered(plan, first, taken, seg_id, run)
         if not wrote and not step.always:
             return
         for target, source in step.fill_from.items():
@@ -1270,6 +1630,32 @@ class OutboundMapper:
             p = parse_path(path)
             if not slots.has(p.field, p.component):
                 slots.own[_key(path)] = specials.get(value, value)
+        mine = self._resources(own, state) if own else []
+        res: dict[str, Any] | None = mine[0] if mine else None
+        for path, dflt in step.default_from.items():
+            p = parse_path(path)
+            if res is None or slots.has(p.field, p.component):
+                continue
+            for fpath in dflt.fhir:
+                got = _values(res, fpath)
+                parts = get_transform(dflt.transform).outbound(got[0], run.ctx) if got else []
+                if parts and _put_parts(slots, _key(path)[: 3 if p.component else 2], parts):
+                    rtype = res.get("resourceType")
+                    run.note(
+                        f"default {path}",
+                        f"{dflt.instead_of}: none; {path} is {rtype}.{fpath}",
+                    )
+                    break
+        for path, element in step.id_without.items():
+            p = parse_path(path)
+            rid = state.run.index.own_id(res) if res is not None else None
+            if rid and not slots.has(p.field, p.component):
+                slots.own[_key(path)] = rid
+                run.note(
+                    f"id {path}",
+                    f"{element}: none; {path} is the {res.get('resourceType') if res else ''}'s "
+                    f"id ({rid}), which is not a business identifier",
+                )
         for path in step.skip_without:
             p = parse_path(path)
             if not slots.has(p.field, p.component):
@@ -1278,10 +1664,53 @@ class OutboundMapper:
             p = parse_path(path)
             if not slots.has(p.field, p.component):
                 raise ConversionError(f"{element} is required for {state.spec.message} {path}")
+        for path, element in step.null_without.items():
+            p = parse_path(path)
+            if not slots.has(p.field, p.component):
+                slots.own[_key(path)] = '""'
+                run.note(
+                    f"null {path}",
+                    f'{element}: none, and HL7 requires {path}: it is sent as the HL7 null ""',
+                )
+        for kind, text in slots.notes:
+            run.note(kind, text)
         seg = msg.add(seg_id)
         for (f, r, c, s), text in sorted(slots.own.items()):
             seg.set(f, text, r, c, s)
         state.counts[seg_id] = state.counts.get(seg_id, 0) + 1
+
+
+def _offered(plan: _Plan, res: dict[str, Any], taken: Seen, segment: str, run: _Run) -> None:
+    """Remember the list elements of ``res`` a segment map was offered (``Coverage.class[2]``)
+    and those it took, so that what no segment took is reported (see :meth:`_Run.lines`)."""
+    for g in plan.groups:
+        if len(g.steps) != 1:
+            continue
+        for key, value in _items(res, g.steps):
+            if key[2] < 0 or not isinstance(value, dict):
+                continue
+            if key in taken:
+                run.took.add(id(value))
+            got = run.offered.get(id(value))
+            if got is None:
+                element = f"{res.get('resourceType')}.{g.steps[0]}[{key[2]}]{_what(value)}"
+                run.offered[id(value)] = (element, [segment], value)
+            elif segment not in got[1]:
+                got[1].append(segment)
+
+
+def _what(value: dict[str, Any]) -> str:
+    """`` (type rxgroup)``: what tells one element of a list from another, for a warning."""
+    for path in ("type.coding.code", "type.text", "use", "system", "code.coding.code"):
+        got = [v for v in _values(value, path) if isinstance(v, str)]
+        if got:
+            return f" ({path.split('.', 1)[0]} {got[0]})"
+    return ""
+
+
+def _kind(element: str) -> str:
+    """``Coverage.class (type rxgroup)`` for ``Coverage.class[2] (type rxgroup)``."""
+    return re.sub(r"\[\d+\]", "", element)
 
 
 def _use(use: MapUse | str) -> tuple[str, str | None, list[str], tuple[Pick, ...]]:

@@ -30,7 +30,16 @@ Selections (``select``) are read in order, so a selection may name the ones abov
 * ``not_via: [coverage.subscriber]``: drop those referred to from there (a subscriber is not a
   next of kin);
 * ``sort``: order by the value at that path (Coverage.order), those without it last;
-* ``many``: every match, else the first; ``required``: none is an error naming what is missing.
+* ``many``: every match, else the first; ``required``: none is an error naming what is missing;
+* ``or_via: insured.beneficiary``: when the input holds no resource of the type at all, the ones
+  the references there point to (a lone Coverage is an ADT about its beneficiary);
+* ``stand_in``: a reference (at ``via`` or ``or_via``) to a resource of this type that is not in
+  the input does not stop the message: a stand-in resource is made from what the reference
+  carries, its ``identifier`` (else the id of a ``Type/id`` reference, as an identifier value)
+  and its ``display`` (a person's as the family name, unsplit: the order of its words is unknown;
+  anything else's as its ``name``), and a warning says so. A logical reference (identifier only,
+  no ``type``) stands in for the selection's type. Without ``stand_in``, such a reference is left
+  out with a warning (a Claim's Coverage that is not in the input makes no IN1).
 
 Segment steps: ``from`` (a selection: its first resource) or ``each`` (a selection, one segment
 per resource; or ``selection.list``, one segment per element of that list: ``claim.item`` gives an
@@ -41,11 +50,19 @@ before the maps, which then cannot change it: a rule whose condition names the f
 the maps left nothing), each with ``$set_id``, ``$trigger``, ``$timestamp``, ``$control_id``,
 ``$sending_application`` (site.yaml) or a constant; ``always`` (write the segment even without
 data: the message structure requires it); ``requires`` (a field that must have a value, with the
-FHIR element named in the error); ``skip_without`` (fields without which the segment is left
-out, e.g. an AIL without a location).
+FHIR element named in the error); ``default_from`` (a field the maps left empty, filled from
+other FHIR elements with a warning: FT1-4 from Claim.billablePeriod.start, else Claim.created),
+``id_without`` (a field the maps left empty gets the resource's own id, with a warning: PID-3 of
+a Patient without identifier) and ``skip_without`` (fields without which the segment is left
+out, e.g. an AIL without a location); ``null_without`` (a field HL7 requires that the maps left
+empty gets the HL7 null ``""`` (v2.5.1 §2.5.3: the value is known to be absent), with a warning
+naming the FHIR element: a Patient known only by a reference without a display has no name).
 
 ``reverse`` gives, per code table, the HL7 code to write for a FHIR code when the table's own
 reverse gives one the HL7 version written does not have.
+
+``also_from`` (message level) names resource types that make this message when the input holds
+no message's anchor: ``[Coverage]`` on ADT, for a Coverage sent alone.
 
 Triggers: ``event`` (what the caller says: ``new``, ``update``, ``reschedule``, ``modify``; a
 trigger code passed as the event picks that trigger), ``site`` (``site.yaml`` outbound_adt) and
@@ -67,6 +84,7 @@ from engine.hl7v2.path import parse_path
 from engine.mappings.loader import default_specs_dir, parse_file
 
 __all__ = [
+    "DefaultFrom",
     "MapUse",
     "OutboundMessage",
     "Pick",
@@ -100,6 +118,10 @@ class Select(_Strict):
     sort: str | None = None
     many: bool = False
     required: bool = False
+    #: ``selection.path``: without a resource of this type in the input, the ones referred to there
+    or_via: str | None = Field(None, pattern=r"^[a-z][a-z0-9_-]*\.[A-Za-z][A-Za-z0-9.]*$")
+    #: a reference to such a resource outside the input makes a stand-in from the reference
+    stand_in: bool = False
     note: str | None = None
 
 
@@ -107,7 +129,8 @@ class Pick(_Strict):
     """Outbound only: the elements a field takes, by what they hold.
 
     ``{field: PID-18, fhir: identifier, where: {type.coding.code: [AN]}}``: the PID-18 rule takes
-    only identifiers typed AN, and is offered them before the other rules of ``identifier``.
+    only identifiers typed AN, and is offered them before the other rules of ``identifier``. A
+    ``build`` rule is picked by a field its map writes (``IN1-8`` for the group class of IN1-8/9).
     """
 
     field: str
@@ -126,6 +149,16 @@ class MapUse(_Strict):
     pick: list[Pick] = []
 
 
+class DefaultFrom(_Strict):
+    """Where a field's value comes from when the maps left it empty: the first of these FHIR
+    paths on the step's resource with a value, written with a transform (``date``)."""
+
+    fhir: list[str] = Field(..., min_length=1)
+    transform: str = "text"
+    #: the FHIR element the maps read, named in the warning (``Claim.item.serviced[x]``)
+    instead_of: str
+
+
 class Step(_Strict):
     """A segment, or a group of steps repeated per resource (``each``)."""
 
@@ -142,6 +175,15 @@ class Step(_Strict):
     always: bool = False
     #: terse path -> the FHIR element named in the error (``PID-3: Patient.identifier``)
     requires: dict[str, str] = {}
+    #: terse path -> the FHIR element: a required field the maps left empty is sent as HL7 null
+    null_without: dict[str, str] = {}
+    #: terse path -> FHIR paths on the step's resource, tried in order, for a field the maps left
+    #: empty (FT1-4 date of service from Claim.billablePeriod.start, else Claim.created)
+    default_from: dict[str, DefaultFrom] = {}
+    #: terse path -> the FHIR element: a field the maps left empty gets the resource's own id
+    #: (Resource.id, else the tail of its fullUrl), with a warning (PID-3 of a Patient without
+    #: an identifier: FHIR R4 Patient.identifier is 0..*)
+    id_without: dict[str, str] = {}
     skip_without: list[str] = []
     note: str | None = None
 
@@ -158,6 +200,9 @@ class Step(_Strict):
                 or self.fill_from
                 or self.defaults
                 or self.requires
+                or self.null_without
+                or self.default_from
+                or self.id_without
                 or self.skip_without
             ):
                 raise ValueError("a group takes only 'each' and 'segments'")
@@ -165,7 +210,8 @@ class Step(_Strict):
         if self.from_ is not None and self.each is not None:
             raise ValueError("use 'from' (one segment) or 'each' (one per resource), not both")
         seg = self.segment
-        paths = [*self.set, *self.defaults, *self.requires, *self.skip_without]
+        paths = [*self.set, *self.defaults, *self.requires, *self.null_without, *self.skip_without]
+        paths += [*self.default_from, *self.id_without]
         paths += [*self.fill_from, *self.fill_from.values()]
         for key in paths:
             try:
@@ -208,6 +254,10 @@ class Requirement(_Strict):
     select: str = Field(..., pattern=_NAME)
     fhir: str
     for_: str = Field(..., alias="for")
+    #: FHIR path -> values: when the resource has one of them, the element may be absent (FHIR
+    #: R4 Appointment invariant app-3: a proposed appointment has no start); a warning then says
+    #: what the message lacks
+    unless: dict[str, list[str]] = {}
 
 
 class OutboundMessage(_Strict):
@@ -219,6 +269,8 @@ class OutboundMessage(_Strict):
     #: when an input holds the anchors of several message types, the highest priority wins
     #: (a Claim's Bundle holds its Patient too)
     priority: int = 0
+    #: resource types that make this message when the input holds no anchor of any message
+    also_from: list[str] = []
     note: str | None = None
     select: list[Select]
     triggers: list[TriggerChoice]
@@ -238,8 +290,11 @@ class OutboundMessage(_Strict):
             if sel.name in known:
                 raise ValueError(f"selection {sel.name!r} is defined twice")
             named = [t for t in sel.refers.values()]
-            if sel.via:
-                named.append(sel.via.split(".", 1)[0])
+            for via in (sel.via, sel.or_via):
+                if via:
+                    named.append(via.split(".", 1)[0])
+            if sel.via and sel.or_via:
+                raise ValueError(f"selection {sel.name!r}: 'or_via' is for one without 'via'")
             named += [p.split(".", 1)[0] for p in sel.not_via]
             for n in named:
                 if n not in known:

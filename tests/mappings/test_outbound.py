@@ -249,8 +249,22 @@ def test_hand_written_adt_bundle(mappings: Mappings, outbound: OutboundMapper) -
 def test_patient_without_identifier_names_the_element(outbound: OutboundMapper) -> None:
     patient = _fhir("outbound_patient.json")
     del patient["identifier"]
+    patient.pop("id", None)  # nothing at all to put in PID-3
     with pytest.raises(ConversionError, match=r"Patient.identifier is required for ADT PID-3"):
         outbound.to_hl7(patient, control_id="C", timestamp=TS)
+
+
+def test_patient_without_identifier_is_sent_with_its_id(outbound: OutboundMapper) -> None:
+    # issue 9: FHIR R4 Patient.identifier is 0..* (the spec's patient-example-mom has none)
+    patient = _fhir("outbound_patient.json")
+    del patient["identifier"]
+    patient["id"] = "mom"
+    warnings: list[str] = []
+    msg = outbound.to_hl7(patient, control_id="C", timestamp=TS, warnings=warnings)
+    pid = msg.segment("PID")
+    assert pid is not None and pid.get(3) == "mom"
+    assert _errors(msg) == []
+    assert "Patient.identifier: none; PID-3 is the Patient's id (mom)" in "\n".join(warnings)
 
 
 # -- SIU -----------------------------------------------------------------------------------------
@@ -298,7 +312,9 @@ def test_hand_written_appointment(mappings: Mappings, outbound: OutboundMapper) 
         "MSH", "SCH", "TQ1", "NTE", "PID", "RGS", "AIS", "AIL", "AIP",
     ]  # fmt: skip
     ail, aip = msg.segment("AIL"), msg.segment("AIP")
-    assert ail is not None and ail.get(3, 1, 2) == "EXAM4" and ail.get(12) == "Pending"
+    # issue 9: a Location's name is one place, never split on its spaces (was CLINIC^EXAM4)
+    assert ail is not None and ail.raw_field(3).startswith("CLINIC EXAM4^")
+    assert ail.get(3, 1, 2) == "" and ail.get(12) == "Pending"
     assert aip is not None and aip.get(3) == "1888888881"
     back = mappings.to_fhir(parse_message(msg.to_er7()))
     (appt,) = _resources(back, "Appointment")
@@ -329,17 +345,47 @@ def test_siu_trigger_from_status_and_event(
     assert _errors(msg) == []
 
 
-def test_appointment_alone_names_the_missing_patient(outbound: OutboundMapper) -> None:
+def test_appointment_alone_names_a_patient_reference_of_unknown_type(
+    outbound: OutboundMapper,
+) -> None:
     appt = copy.deepcopy(_fhir("outbound_siu_bundle.json")["entry"][0]["resource"])
     appt["participant"] = [
-        {"actor": {"reference": "Patient/p-404"}, "status": "accepted"},
+        {"actor": {"reference": "urn:uuid:5d0e7f9c-0a51-4c1e-9a57-000000000404"}},
         {"actor": {"reference": "Practitioner/d-404"}, "status": "accepted"},
     ]
     with pytest.raises(ConversionError) as err:
         outbound.to_hl7(appt, control_id="C", timestamp=TS)
     text = str(err.value)
     assert "SIU needs the Patient that Appointment.participant.actor refers to" in text
-    assert "Patient/p-404" in text and "Practitioner/d-404" not in text
+    assert "urn:uuid:5d0e7f9c-0a51-4c1e-9a57-000000000404" in text
+    assert "Practitioner/d-404" not in text
+
+
+def test_appointment_alone_is_written_from_its_references(outbound: OutboundMapper) -> None:
+    # issue 9 (was a refusal): a lone Appointment is an SIU; the patient and the practitioner
+    # outside the input are written from what their references carry
+    appt = copy.deepcopy(_fhir("outbound_siu_bundle.json")["entry"][0]["resource"])
+    appt["participant"] = [
+        {"actor": {"reference": "Patient/p-404", "display": "Pell Vantongeren"}},
+        {
+            "actor": {
+                "reference": "Practitioner/d-404",
+                "identifier": {"system": "http://hl7.org/fhir/sid/us-npi", "value": "1999999992"},
+            },
+            "status": "accepted",
+        },
+    ]
+    warnings: list[str] = []
+    msg = outbound.to_hl7(appt, control_id="C", timestamp=TS, warnings=warnings)
+    assert msg.type == ("SIU", "S12", "SIU_S12") and _errors(msg) == []
+    pid, aip = msg.segment("PID"), msg.segment("AIP")
+    assert pid is not None and (pid.get(3), pid.get(5)) == ("p-404", "Pell Vantongeren")
+    assert aip is not None and aip.get(3) == "1999999992"
+    text = "\n".join(warnings)
+    assert "Appointment.participant.actor (Patient/p-404) is not in the input" in text
+    assert (
+        "Appointment.participant[1].actor (Practitioner/d-404) is not in the input: AIP-3" in text
+    )
 
 
 def test_appointment_without_participants(outbound: OutboundMapper) -> None:
@@ -350,12 +396,21 @@ def test_appointment_without_participants(outbound: OutboundMapper) -> None:
 
 
 def test_appointment_with_a_participant_not_in_the_bundle(outbound: OutboundMapper) -> None:
+    # issue 9 (was a refusal): the reference becomes what it can, an AIP with its display
     bundle = _fhir("outbound_siu_bundle.json")
     bundle["entry"][0]["resource"]["participant"].append(
-        {"actor": {"reference": "Practitioner/d-404"}, "status": "accepted"}
+        {"actor": {"reference": "Practitioner/d-404", "display": "Dr Ilse Varga"}}
     )
-    with pytest.raises(ConversionError, match=r"Practitioner/d-404 is not there"):
-        outbound.to_hl7(bundle, control_id="C", timestamp=TS)
+    warnings: list[str] = []
+    msg = outbound.to_hl7(bundle, control_id="C", timestamp=TS, warnings=warnings)
+    assert _errors(msg) == []
+    second = msg.all("AIP")[1]
+    assert (second.get(3, 1, 1), second.get(3, 1, 2)) == ("d-404", "Dr Ilse Varga")
+    assert warnings == [
+        "Appointment.participant[3].actor (Practitioner/d-404) is not in the input: AIP-3 is "
+        "written from what the reference carries (its id as the identifier and its display as "
+        "the name)"
+    ]
 
 
 def test_appointment_without_start(outbound: OutboundMapper) -> None:
@@ -542,3 +597,208 @@ def test_selection_names_must_be_defined_above(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"line 1, \(file\): selection 'payer' names 'coverage'"):
         load_outbound(tmp_path)
+
+
+# -- issue 9: anything valid a FHIR server hands us converts --------------------------------------
+
+_CLASS = "http://terminology.hl7.org/CodeSystem/coverage-class"
+
+
+def _class(kind: str, value: str, name: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": {"coding": [{"system": _CLASS, "code": kind}]}, "value": value}
+    if name:
+        out["name"] = name
+    return out
+
+
+def _coverage(**extra: Any) -> dict[str, Any]:
+    """A Coverage shaped like the FHIR R4 spec's coverage-example (synthetic values)."""
+    cov: dict[str, Any] = {
+        "resourceType": "Coverage",
+        "id": "cov-1",
+        "status": "active",
+        "subscriberId": "SUB0001",
+        "beneficiary": {"reference": "Patient/pat-4"},
+        "relationship": {"coding": [{"code": "self"}]},
+        "period": {"start": "2025-01-01"},
+        "payor": [{"reference": "Organization/payer-2"}],
+        "class": [
+            _class("group", "GRP-77", "Quillon Tool Works"),
+            _class("subgroup", "SG-1"),
+            _class("plan", "PLN-9", "Quillon Gold"),
+            _class("rxgroup", "RXG-5"),
+        ],
+    }
+    cov.update(extra)
+    return cov
+
+
+def test_a_lone_coverage_is_an_adt_about_its_beneficiary(outbound: OutboundMapper) -> None:
+    warnings: list[str] = []
+    msg = outbound.to_hl7(_coverage(), control_id="C", timestamp=TS, warnings=warnings)
+    assert msg.type == ("ADT", "A28", "ADT_A05") and _errors(msg) == []
+    pid, in1 = msg.segment("PID"), msg.segment("IN1")
+    assert pid is not None and in1 is not None
+    # the beneficiary is known by its reference alone: its id, and HL7 null for the name
+    assert (pid.get(3), pid.raw_field(5)) == ("pat-4", '""')
+    assert in1.get(3) == "payer-2" and in1.get(36) == "SUB0001" and in1.get(17) == "SEL"
+    assert warnings[:3] == [
+        "Coverage.beneficiary (Patient/pat-4) is not in the input: the Patient is written from "
+        "the reference (its id as the identifier)",
+        "Coverage.payor (Organization/payer-2) is not in the input: the Organization is written "
+        "from the reference (its id as the identifier)",
+        'Patient.name: none, and HL7 requires PID-5: it is sent as the HL7 null ""',
+    ]
+    assert outbound.to_hl7(_coverage(), event="update", control_id="C", timestamp=TS).type == (
+        "ADT",
+        "A31",
+        "ADT_A05",
+    )
+
+
+def test_coverage_class_by_type(mappings: Mappings, outbound: OutboundMapper) -> None:
+    warnings: list[str] = []
+    msg = outbound.to_hl7(_coverage(), control_id="C", timestamp=TS, warnings=warnings)
+    in1 = msg.segment("IN1")
+    assert in1 is not None
+    # the plan to IN1-2, the group to IN1-8 with its name in IN1-9, whatever their order
+    assert (in1.get(2), in1.get(2, 1, 2)) == ("PLN-9", "Quillon Gold")
+    assert (in1.get(8), in1.get(9)) == ("GRP-77", "Quillon Tool Works")
+    assert "Coverage.class[1] (type subgroup): no place for it in IN1" in warnings
+    assert "Coverage.class[3] (type rxgroup): no place for it in IN1" in warnings
+    # and back: IN1-2 plan, IN1-8 and IN1-9 one group class
+    back = mappings.to_fhir(parse_message(msg.to_er7()))
+    (cov,) = _resources(back, "Coverage")
+    assert sorted(cov["class"], key=lambda c: c["value"]) == [
+        _class("group", "GRP-77", "Quillon Tool Works"),
+        {**_class("plan", "PLN-9", "Quillon Gold")},
+    ]
+
+
+def test_group_name_without_group_number_reads_as_the_group(mappings: Mappings) -> None:
+    text = _hl7("adt_a28.hl7").to_er7()
+    in1 = next(line for line in text.split("\r") if line.startswith("IN1|"))
+    fields = in1.split("|")
+    fields[8], fields[9] = "", "Harbor Freight Union"
+    bundle = mappings.to_fhir(parse_message(text.replace(in1, "|".join(fields))))
+    (cov,) = _resources(bundle, "Coverage")
+    groups = [c for c in cov["class"] if c["type"]["coding"][0]["code"] == "group"]
+    assert groups == [_class("group", "Harbor Freight Union")]
+
+
+def test_a_coverage_without_plan_still_makes_its_in1(outbound: OutboundMapper) -> None:
+    cov = _coverage(**{"class": [_class("group", "GRP-77")]})
+    warnings: list[str] = []
+    msg = outbound.to_hl7(cov, control_id="C", timestamp=TS, warnings=warnings)
+    in1 = msg.segment("IN1")
+    assert in1 is not None and in1.raw_field(2) == '""' and in1.get(8) == "GRP-77"
+    assert _errors(msg) == []
+    assert (
+        'Coverage.class (type plan): none, and HL7 requires IN1-2: it is sent as the HL7 null ""'
+        in warnings
+    )
+    # a Claim with such a Coverage still makes its DFT, with the IN1
+    bundle = _fhir("outbound_dft_bundle.json")
+    for entry in bundle["entry"]:
+        if entry["resource"]["resourceType"] == "Coverage":
+            entry["resource"]["class"] = [_class("group", "GRP-77")]
+    dft = outbound.to_hl7(bundle, control_id="C", timestamp=TS)
+    assert dft.type.code == "DFT" and _errors(dft) == []
+    assert [s.raw_field(2) for s in dft.all("IN1")] == ['""']
+
+
+def test_a_lone_claim_is_a_dft(outbound: OutboundMapper) -> None:
+    claim = copy.deepcopy(
+        next(
+            e["resource"]
+            for e in _fhir("outbound_dft_bundle.json")["entry"]
+            if e["resource"]["resourceType"] == "Claim"
+        )
+    )
+    claim["patient"] = {"reference": "Patient/pt-1", "display": "Oren Quillfeather"}
+    claim["insurance"] = [{"sequence": 1, "focal": True, "coverage": {"reference": "Coverage/c9"}}]
+    for item in claim["item"]:
+        item.pop("servicedDate", None)
+        item.pop("servicedPeriod", None)
+    claim["billablePeriod"] = {"start": "2025-05-01", "end": "2025-05-02"}
+    warnings: list[str] = []
+    msg = outbound.to_hl7(claim, control_id="C", timestamp=TS, warnings=warnings)
+    assert msg.type == ("DFT", "P03", "DFT_P03") and _errors(msg) == []
+    assert [s.name for s in msg.segments if s.name == "IN1"] == []
+    assert {s.get(4) for s in msg.all("FT1")} == {"20250501"}
+    text = "\n".join(warnings)
+    assert "Claim.insurance.coverage (Coverage/c9) is not in the input: no Coverage" in text
+    assert "Claim.item.serviced[x]: none; FT1-4 is Claim.billablePeriod.start" in text
+
+
+def test_a_logical_payor_reference(outbound: OutboundMapper) -> None:
+    ident = {"system": "urn:oid:2.16.840.1.113883.3.19.2.3", "value": "666666"}
+    cov = _coverage(payor=[{"identifier": ident, "display": "Quillon Mutual"}])
+    msg = outbound.to_hl7(cov, control_id="C", timestamp=TS)
+    in1 = msg.segment("IN1")
+    assert in1 is not None and (in1.get(3), in1.get(4)) == ("666666", "Quillon Mutual")
+    # and resolved by identifier when the payer is in the Bundle
+    payer = {
+        "resourceType": "Organization",
+        "identifier": [ident],
+        "name": "Quillon Mutual Insurance",
+    }
+    bundle = {"resourceType": "Bundle", "entry": [{"resource": cov}, {"resource": payer}]}
+    in1 = outbound.to_hl7(bundle, control_id="C", timestamp=TS).segment("IN1")
+    assert in1 is not None and in1.get(4) == "Quillon Mutual Insurance"
+
+
+@pytest.mark.parametrize(
+    ("country", "xad6", "warned"),
+    [("US", "USA", False), ("CAN", "CAN", False), ("Norway", "NOR", False), ("CAD", "", True)],
+)
+def test_country_codes_go_to_table_0399(
+    outbound: OutboundMapper, country: str, xad6: str, warned: bool
+) -> None:
+    patient = _fhir("outbound_patient.json")
+    patient["address"] = [{"line": ["4 Gannet Row"], "city": "Hull", "country": country}]
+    warnings: list[str] = []
+    msg = outbound.to_hl7(patient, control_id="C", timestamp=TS, warnings=warnings)
+    pid = msg.segment("PID")
+    assert pid is not None and pid.get(11, 1, 6) == xad6 and _errors(msg) == []
+    expected = [
+        f"Patient.address[0].country '{country}': no code for it in HL7 table 0399 "
+        "(tables/country.yaml); left out"
+    ]
+    assert [w for w in warnings if "country" in w] == (expected if warned else [])
+
+
+def test_name_uses_get_codes_of_table_0200_in_2_5_1(outbound: OutboundMapper) -> None:
+    uses = ["official", "usual", "maiden", "nickname", "anonymous", "old", "temp"]
+    patient = _fhir("outbound_patient.json")
+    patient["name"] = [{"use": u, "family": f"Fam{i}"} for i, u in enumerate(uses)]
+    warnings: list[str] = []
+    msg = outbound.to_hl7(patient, control_id="C", timestamp=TS, warnings=warnings)
+    pid = msg.segment("PID")
+    assert pid is not None
+    assert [pid.get(5, r, 7) for r in range(1, 8)] == ["L", "D", "M", "N", "S", "U", "U"]
+    assert _errors(msg) == []
+    assert [w for w in warnings if ".use" in w] == [
+        "Patient.name[5].use 'old': HL7 table 0200 (v2.5.1) has no code that means it; "
+        "PID-5[6].7 is U",
+        "Patient.name[6].use 'temp': HL7 table 0200 (v2.5.1) has no code that means it; "
+        "PID-5[7].7 is U",
+    ]
+
+
+def test_a_proposed_appointment_without_start(outbound: OutboundMapper) -> None:
+    bundle = _fhir("outbound_siu_bundle.json")
+    appt = bundle["entry"][0]["resource"]
+    appt["status"] = "proposed"
+    for key in ("start", "end", "minutesDuration"):
+        del appt[key]
+    warnings: list[str] = []
+    msg = outbound.to_hl7(bundle, control_id="C", timestamp=TS, warnings=warnings)
+    assert msg.type.trigger == "S12" and _errors(msg) == []
+    assert "Appointment.start: none (status proposed), so SIU SCH-11 / TQ1-7 is empty" in warnings
+
+
+def test_mappings_to_hl7_passes_the_warnings(mappings: Mappings) -> None:
+    warnings: list[str] = []
+    mappings.to_hl7(_coverage(), control_id="C", timestamp=TS, warnings=warnings)
+    assert any(w.startswith("Coverage.beneficiary (Patient/pat-4)") for w in warnings)
