@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from engine.hl7v2.codec import parse_message
+from engine.hl7v2.validate import validate
 from engine.mappings import Mappings, load_mappings
 from engine.mappings.fhir_validate import validate_bundle
 from tests.conftest import FIXTURES
@@ -351,7 +352,9 @@ def test_what_the_maps_leave_is_reported(mappings: Mappings) -> None:
 def test_outbound_adt_writes_no_clinical_segments(
     mappings: Mappings, bundle: dict[str, Any]
 ) -> None:
+    """The maps are inbound only: an ADT written from this Bundle is the registration it was."""
     msg = mappings.to_hl7(bundle, control_id="OUT-CLIN-1", timestamp="20260311090000-0500")
     names = [s.name for s in msg.segments]
-    assert "PID" in names
+    assert "PID" in names and "PV1" in names
     assert not {"OBX", "AL1", "DG1"} & set(names)
+    assert [str(i) for i in validate(msg.to_er7()) if i.severity == "E"] == []
