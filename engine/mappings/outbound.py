@@ -42,8 +42,21 @@ value (SCH-10 ``min`` for SCH-9 in minutes).
 Which segments a message has, in which order and from which resources is data too:
 :mod:`engine.mappings.outbound_spec` (``specs/outbound/*.yaml``).
 
-Incomplete: the maps have no HL7 place for a third given name or address line, which are dropped;
-a reference to a resource outside the input writes nothing; one HL7 version (2.5.1) is written.
+References (FHIR R4 §2.3.0) resolve inside the input by fullUrl, ``Type/id``, ``#id`` or, for a
+logical reference, the identifier. One to a resource outside the input does not stop the message:
+a stand-in is made from what the reference carries (its identifier, else the id of ``Type/id``;
+its display as the name), for a selection marked ``stand_in`` and for a ``resource`` rule when the
+reference names the rule's type; a warning says so.
+
+Warnings (``to_hl7(..., warnings=[])``), one line per kind of element, each naming the FHIR
+element: a list element no segment took (``Coverage.class[3] (type rxgroup): no place for it in
+IN1``), a code no table rule could write or one written only approximately (name use ``old`` is
+U in v2.5.1), a stand-in, a required field sent as the HL7 null ``""``. They are collected in the
+slots' layers, so what a rule tried and did not write says nothing.
+
+Incomplete: the maps have no HL7 place for a third given name or address line, which are dropped
+without a warning, nor for HumanName.text; elements below a list element (``name[0].text``) are
+not checked for a place; one HL7 version (2.5.1) is written.
 """
 
 from __future__ import annotations
