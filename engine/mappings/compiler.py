@@ -230,7 +230,8 @@ class Compiler:
             out = [f"{ind}if {test}:"]
             ind2 = ind + "    "
             if level == "field" and rule.field is not None:
-                out.append(f"{ind2}u.add({rule.field})")
+                # -n: only the first repetition of field n was read (reported if it has more)
+                out.append(f"{ind2}u.add({rule.field if rule.repeats else -rule.field})")
             if rule.wrap is not None:
                 out.append(f"{ind2}val = {literal(rule.wrap)}")
             if simple and append:

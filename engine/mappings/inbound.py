@@ -477,19 +477,31 @@ def _not_mapped(
             if i not in took
             and (skip is None or i not in skip)
             and fields[i].strip(blank) not in ("", '""')
+            # a field whose first repetition was read: left only if it has more that are valued
+            and (-i not in took or _more_repetitions(fields[i], d.repetition, blank))
         ]
         if not left:
             continue
         label = name if len(message.all(name)) == 1 else f"{name}[{n}]"
-        if not took and id(seg) not in used:
+        if id(seg) not in used:
             lines.append(
                 f"{label}: no mapping took this segment (fields "
                 + ", ".join(str(i) for i in left)
                 + ")"
             )
-        else:
-            lines.append(f"{label}: not mapped: " + ", ".join(f"{name}-{i}" for i in left))
+            continue
+        lines.append(
+            f"{label}: not mapped: "
+            + ", ".join(
+                f"{name}-{i}" + (" (repetitions after the first)" if -i in took else "")
+                for i in left
+            )
+        )
     return lines
+
+
+def _more_repetitions(raw: str, rep: str, blank: str) -> bool:
+    return rep in raw and any(r.strip(blank) not in ("", '""') for r in raw.split(rep)[1:])
 
 
 def _entry(url: str, res: dict[str, Any], ident: dict[str, Any] | None) -> dict[str, Any]:

@@ -201,3 +201,13 @@ def test_what_no_map_takes_is_listed(mappings: Mappings) -> None:
     warnings.clear()
     _convert(mappings, PID, warnings=warnings)
     assert warnings == []
+
+
+def test_repetitions_a_rule_does_not_read_are_listed(mappings: Mappings) -> None:
+    warnings: list[str] = []
+    pid = PID + "||||||||||ACCT1~ACCT2"  # PID-18 is read once (an account number is one)
+    _convert(mappings, pid, warnings=warnings)
+    assert warnings == ["PID: not mapped: PID-18 (repetitions after the first)"]
+    warnings.clear()
+    _convert(mappings, PID + "||||||||||ACCT1~", warnings=warnings)
+    assert warnings == []
