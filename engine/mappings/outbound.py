@@ -772,7 +772,19 @@ class _Compiler:
                     if level == "field"
                     else not whole and rule.when.component not in written
                 )
-                cond = _condition(rule.when, level, forcible)
+                w = rule.when
+                vacant = (
+                    w.present is False
+                    and w.in_ is None
+                    and not w.not_in
+                    and (w.field, w.component, w.subcomponent)
+                    == (
+                        rule.field if level == "field" else None,
+                        rule.component,
+                        rule.subcomponent,
+                    )
+                )
+                cond = _condition(w, level, forcible, vacant=vacant)
             group.rules.append(
                 _CRule(
                     order=i,
@@ -1737,8 +1749,11 @@ def _key(path: str) -> Key:
     return (p.field, p.repetition, p.component or 1, p.subcomponent or 1)
 
 
-def _condition(c: Condition, level: str, forcible: bool) -> CondFn:
-    """A ``when`` checked on what has been written (see the module docstring)."""
+def _condition(c: Condition, level: str, forcible: bool, *, vacant: bool = False) -> CondFn:
+    """A ``when`` checked on what has been written (see the module docstring). ``vacant``: the
+    condition is that the rule's own place is empty (``{component: 1, present: false}`` on a
+    rule writing component 1), checked on what was there before the rule wrote: the rule writes
+    only where no other rule did (XPN-1 from HumanName.text when there is no family name)."""
     allowed = set(c.in_) if c.in_ is not None else None
     first = c.in_[0] if c.in_ else None
     denied = set(c.not_in or ())
@@ -1762,6 +1777,8 @@ def _condition(c: Condition, level: str, forcible: bool) -> CondFn:
         key = where(pos)
         if key is None:
             return c.present is False or (allowed is None and c.present is None)
+        if vacant:
+            return not (slots.parent or slots).get(key)
         text = slots.get(key)
         if not text and forcible:
             if first and first not in denied:

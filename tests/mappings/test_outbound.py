@@ -802,3 +802,15 @@ def test_mappings_to_hl7_passes_the_warnings(mappings: Mappings) -> None:
     warnings: list[str] = []
     mappings.to_hl7(_coverage(), control_id="C", timestamp=TS, warnings=warnings)
     assert any(w.startswith("Coverage.beneficiary (Patient/pat-4)") for w in warnings)
+
+
+def test_a_name_known_only_as_text_is_xpn_1(outbound: OutboundMapper) -> None:
+    patient = _fhir("outbound_patient.json")
+    patient["name"] = [
+        {"use": "official", "text": "Ravi Kumar Varga"},
+        {"use": "usual", "family": "Varga", "given": ["Ravi"], "text": "Ravi Varga"},
+    ]
+    msg = outbound.to_hl7(patient, control_id="C", timestamp=TS)
+    pid = msg.segment("PID")
+    assert pid is not None and _errors(msg) == []
+    assert pid.raw_field(5) == "Ravi Kumar Varga^^^^^^L~Varga^Ravi^^^^^D"
