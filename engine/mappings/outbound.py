@@ -1123,7 +1123,7 @@ def _index_text(run: _Run, obj: Any, group: _Group, key: tuple[int, str, int], v
     element: its index is the one it has in the resource copied)."""
     if key[2] < 0:
         return ""
-    original = run.copies.get(id(obj)) if len(run.where) == 1 else None
+    original = run.copies.get(id(obj)) if len(run.where) <= 1 else None
     if original is not None and len(group.steps) == 1:
         for i, el in enumerate(original.get(group.steps[0]) or []):
             if el is value:
@@ -1629,6 +1629,7 @@ class OutboundMapper:
         wrote = False
         run = state.run
         run.segment = seg_id
+        took: set[int] = set()
         for use in step.maps:
             name, sel, _accept, picks = _use(use)
             sel = sel or own
@@ -1642,7 +1643,7 @@ class OutboundMapper:
             done, taken, _ = _apply(plan, first, (), slots, run, given)
             given.update(taken)
             wrote = done or wrote
-            _offered(plan, first, taken, seg_id, run)
+            took |= _offered(plan, first, taken, seg_id, run)
         if not wrote and not step.always:
             return
         for target, source in step.fill_from.items():
@@ -1684,6 +1685,7 @@ class OutboundMapper:
         for path in step.skip_without:
             p = parse_path(path)
             if not slots.has(p.field, p.component):
+                run.took -= took  # left out with the segment
                 return
         for path, element in step.requires.items():
             p = parse_path(path)
@@ -1705,23 +1707,27 @@ class OutboundMapper:
         state.counts[seg_id] = state.counts.get(seg_id, 0) + 1
 
 
-def _offered(plan: _Plan, res: dict[str, Any], taken: Seen, segment: str, run: _Run) -> None:
+def _offered(plan: _Plan, res: dict[str, Any], taken: Seen, segment: str, run: _Run) -> set[int]:
     """Remember the list elements of ``res`` a segment map was offered (``Coverage.class[2]``)
-    and those it took, so that what no segment took is reported (see :meth:`_Run.lines`)."""
+    and those it took, so that what no segment took is reported; give those it took."""
+    took: set[int] = set()
     for g in plan.groups:
         if len(g.steps) != 1:
             continue
         for key, value in _items(res, g.steps):
             if key[2] < 0 or not isinstance(value, dict):
                 continue
-            if key in taken:
+            if key in taken and id(value) not in run.took:
                 run.took.add(id(value))
+                took.add(id(value))
             got = run.offered.get(id(value))
             if got is None:
-                element = f"{res.get('resourceType')}.{g.steps[0]}[{key[2]}]{_what(value)}"
+                index = _index_text(run, res, g, key, value)
+                element = f"{res.get('resourceType')}.{g.steps[0]}{index}{_what(value)}"
                 run.offered[id(value)] = (element, [segment], value)
             elif segment not in got[1]:
                 got[1].append(segment)
+    return took
 
 
 def _what(value: dict[str, Any]) -> str:

@@ -814,3 +814,14 @@ def test_a_name_known_only_as_text_is_xpn_1(outbound: OutboundMapper) -> None:
     pid = msg.segment("PID")
     assert pid is not None and _errors(msg) == []
     assert pid.raw_field(5) == "Ravi Kumar Varga^^^^^^L~Varga^Ravi^^^^^D"
+
+
+def test_a_diagnosis_without_a_code_is_reported(outbound: OutboundMapper) -> None:
+    bundle = _fhir("outbound_dft_bundle.json")
+    claim = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Claim")
+    claim["diagnosis"].append({"sequence": 9, "diagnosisReference": {"reference": "Condition/c1"}})
+    warnings: list[str] = []
+    msg = outbound.to_hl7(bundle, control_id="C", timestamp=TS, warnings=warnings)
+    assert len(msg.all("DG1")) == len(claim["diagnosis"]) - 1  # DG1-3 is required
+    n = len(claim["diagnosis"]) - 1
+    assert warnings == [f"Claim.diagnosis[{n}]: no place for it in DG1"]
