@@ -49,14 +49,15 @@ its display as the name), for a selection marked ``stand_in`` and for a ``resour
 reference names the rule's type; a warning says so.
 
 Warnings (``to_hl7(..., warnings=[])``), one line per kind of element, each naming the FHIR
-element: a list element no segment took (``Coverage.class[3] (type rxgroup): no place for it in
-IN1``), a code no table rule could write or one written only approximately (name use ``old`` is
-U in v2.5.1), a stand-in, a required field sent as the HL7 null ``""``. They are collected in the
-slots' layers, so what a rule tried and did not write says nothing.
+element: the list elements no segment took, one line per list (``Coverage.class[1] (type
+subgroup), [3] (type rxgroup): no place for them in IN1``), a code no table rule could write or
+one written only approximately (name use ``old`` is U in v2.5.1), a stand-in, a required field
+sent as the HL7 null ``""``. They are collected in the slots' layers, so what a rule tried and did
+not write says nothing.
 
 Incomplete: the maps have no HL7 place for a third given name or address line, which are dropped
-without a warning, nor for HumanName.text; elements below a list element (``name[0].text``) are
-not checked for a place; one HL7 version (2.5.1) is written.
+without a warning, nor for HumanName.text beside a family name; elements below a list element
+(``name[0].text``) are not checked for a place; one HL7 version (2.5.1) is written.
 """
 
 from __future__ import annotations
@@ -1378,12 +1379,19 @@ class OutboundMapper:
         }
         self._steps(spec.segments, state, msg, set())
         if warnings is not None:
+            # one line per list: Coverage.class[1] (type subgroup), [3] (type rxgroup): ...
+            unplaced: dict[str, list[tuple[str, list[str]]]] = {}
             for eid, (element, segments, _) in run.offered.items():
                 if eid not in run.took:
-                    run.note(
-                        f"unplaced {_kind(element)}",
-                        f"{element}: no place for it in {'/'.join(dict.fromkeys(segments))}",
-                    )
+                    list_path = element.split("[", 1)[0]
+                    unplaced.setdefault(list_path, []).append((element, segments))
+            for list_path, items in unplaced.items():
+                names = [items[0][0]] + ["[" + e.split("[", 1)[1] for e, _ in items[1:]]
+                segs = "/".join(dict.fromkeys(s for _, ss in items for s in ss))
+                them = "it" if len(items) == 1 else "them"
+                run.note(
+                    f"unplaced {list_path}", f"{', '.join(names)}: no place for {them} in {segs}"
+                )
             warnings.extend(run.lines())
         return msg
 

@@ -664,8 +664,10 @@ def test_coverage_class_by_type(mappings: Mappings, outbound: OutboundMapper) ->
     # the plan to IN1-2, the group to IN1-8 with its name in IN1-9, whatever their order
     assert (in1.get(2), in1.get(2, 1, 2)) == ("PLN-9", "Quillon Gold")
     assert (in1.get(8), in1.get(9)) == ("GRP-77", "Quillon Tool Works")
-    assert "Coverage.class[1] (type subgroup): no place for it in IN1" in warnings
-    assert "Coverage.class[3] (type rxgroup): no place for it in IN1" in warnings
+    # one line for the list, naming each element left out
+    assert "Coverage.class[1] (type subgroup), [3] (type rxgroup): no place for them in IN1" in (
+        warnings
+    )
     # and back: IN1-2 plan, IN1-8 and IN1-9 one group class
     back = mappings.to_fhir(parse_message(msg.to_er7()))
     (cov,) = _resources(back, "Coverage")
