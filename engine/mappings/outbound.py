@@ -367,8 +367,6 @@ class _Index:
         self._stand_ins: dict[str, dict[str, Any]] = {}
         self._made: dict[str, str] = {}
         self._urls = {id(res): url for url, res in entries if isinstance(url, str)}
-        #: ids of the stand-ins made
-        self.standing: set[int] = set()
 
     def own_id(self, res: dict[str, Any]) -> str | None:
         """A resource's id: Resource.id, else the tail of its fullUrl (``urn:uuid:…``)."""
@@ -445,7 +443,6 @@ class _Index:
             return None
         self._made[key] = " and ".join(said)
         self._stand_ins[key] = res
-        self.standing.add(id(res))
         return res, self._made[key]
 
 
