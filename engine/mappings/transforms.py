@@ -296,7 +296,8 @@ def _location_in(parts: list[str], ctx: TransformContext) -> str | None:
 
 
 def _location_out(value: Any, ctx: TransformContext) -> list[str]:
-    return str(value).split(" ", 2) if value else []
+    """A Location's name is one PL component (PL-1): never split on its spaces."""
+    return [str(value)] if value else []
 
 
 TRANSFORMS: dict[str, Transform] = {
