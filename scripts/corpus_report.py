@@ -7,6 +7,9 @@ how many were refused (and why, grouped), and what broke a property the engine p
   with a reason (an EngineError naming the problem); a Bundle is never empty; a DFT's charges are
   all Claim items; a visit (PV1 with visit data) is an Encounter.
 * X12 → FHIR: every 270/271 converts to valid R4 or is refused with a reason.
+* FHIR → HL7v2: every Patient, Coverage, Appointment and Claim (alone or in a Bundle) converts to
+  a message that passes ``engine validate`` (hl7apy, strict); a CoverageEligibilityRequest
+  converts to a 270 or is refused naming what the 270 needs.
 
 ``tests/test_corpus.py`` holds ``make test`` to the same properties with these functions.
 """
@@ -116,6 +119,48 @@ def x12_outcomes() -> Iterator[Outcome]:
             yield out
 
 
+_V2_KINDS = frozenset({"Patient", "Coverage", "Appointment", "Claim"})
+
+
+def fhir_outcomes() -> Iterator[Outcome]:
+    """Every FHIR example of the corpus, to HL7v2 (validated) or to a 270."""
+    import orjson
+
+    from engine.errors import EngineError
+    from engine.hl7v2.validate import validate
+    from engine.mappings import load_mappings
+    from engine.x12.fhir import request_to_inquiry
+
+    mappings = load_mappings()
+    for source in _sources("fhir"):
+        for path in sorted(source.glob("*.json")):
+            doc = orjson.loads(path.read_bytes())
+            entries = doc.get("entry") or [] if doc.get("resourceType") == "Bundle" else []
+            kinds = {str(e.get("resource", {}).get("resourceType")) for e in entries} | {
+                str(doc.get("resourceType"))
+            }
+            out = Outcome(source.name, path.name, 1, "converted")
+            try:
+                if "CoverageEligibilityRequest" in kinds:
+                    out.message_type = "CoverageEligibilityRequest → 270"
+                    request_to_inquiry(doc, originator_id="1234567890")
+                elif kinds & _V2_KINDS:
+                    out.message_type = "→ HL7v2"
+                    message = mappings.to_hl7(
+                        doc, control_id="C1", timestamp="20250101000000", warnings=out.warnings
+                    )
+                    errors = [i for i in validate(message) if i.severity == "E"]
+                    if errors:
+                        out.status, out.detail = "broken", f"invalid HL7v2: {errors[0]}"
+                else:
+                    continue  # a type that makes no message (Organization, Practitioner ...)
+            except EngineError as exc:
+                out.status, out.detail = "refused", str(exc)
+            except Exception as exc:
+                out.status, out.detail = "broken", f"crash: {type(exc).__name__}: {exc}"
+            yield out
+
+
 def _reason(detail: str) -> str:
     """A refusal's reason without the parts that differ per message."""
     text = detail.split(": ", 1)[-1] if detail.startswith(("segment", "PID", "MSH")) else detail
@@ -157,9 +202,11 @@ def report(outcomes: list[Outcome], title: str) -> list[str]:
 def main() -> int:
     hl7 = list(hl7_outcomes())
     x12 = list(x12_outcomes())
+    fhir = list(fhir_outcomes())
     lines = report(hl7, "HL7v2 → FHIR R4") + [""] + report(x12, "X12 → FHIR R4")
+    lines += [""] + report(fhir, "FHIR R4 → HL7v2 (validated) and CoverageEligibilityRequest → 270")
     sys.stdout.write("\n".join(lines) + "\n")
-    return 1 if any(o.status == "broken" for o in hl7 + x12) else 0
+    return 1 if any(o.status == "broken" for o in hl7 + x12 + fhir) else 0
 
 
 if __name__ == "__main__":
