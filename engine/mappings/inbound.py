@@ -333,18 +333,38 @@ class InboundMapper:
         return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
     def refusal(self, message: Message) -> HL7ValidationError | None:
-        """Before the ACK: a message whose main resource cannot be made for want of its segment
-        (an ADT without PID, an SIU without SCH, a DFT without FT1), or None. Cheap: it looks at
-        which segments are there; what only the mapping finds out (a DFT whose FT1s are all
-        payments, a date that does not exist) is an error of the stored message after the ACK.
-        """
+        """Before the ACK: a message whose main resource cannot be made (an ADT without PID, an
+        SIU without SCH, a DFT without FT1 or whose FT1s are all payments), or None. Cheap: it
+        looks at which segments are there and runs only the main plan's maps of its first
+        segment when the plan requires something of it; what only the whole mapping finds out (a
+        birth date that does not exist) is an error of the stored message after the ACK."""
         mm = self.message_map(message)
         if mm.main is None:
             return None
-        seg_id = self._seg_ids[self._plans[mm.message][mm.main].segments[0]]
-        if message.segment(seg_id) is not None:
+        plan = self._plans[mm.message][mm.main]
+        seg_id = self._seg_ids[plan.segments[0]]
+        anchors = message.all(seg_id)
+        if not anchors:
+            return self._no_main(message, mm, [])
+        # what the plan requires of its own first segment (a Claim's items, from FT1): those
+        # maps alone are run, which costs a few rules per segment, not the whole message's
+        wanted = [p for p in plan.required if p not in plan.refs and f"{p}[]" not in plan.refs]
+        if not wanted:
             return None
-        return self._no_main(message, mm, [])
+        run = _Run(self.context_for(message), message.type.trigger, frozenset((seg_id,)))
+        res: dict[str, Any] = {"resourceType": plan.resource}
+        try:
+            for name in plan.segments:
+                if self._seg_ids[name] == seg_id:
+                    fn = self._compiler.segments[name]
+                    for seg in anchors:
+                        fn(seg, res, run)
+        except HL7ValidationError as exc:
+            return exc
+        if all(_get(res, p) is not None for p in wanted):
+            return None
+        url = "urn:uuid:" + _uuid5(f"{plan.resource}|refusal")
+        return self._no_main(message, mm, [(url, res, plan, 0, None)])
 
     def _no_main(
         self,

@@ -265,6 +265,22 @@ def test_only_payments_is_refused_naming_the_reason(mappings: Mappings) -> None:
         _bundle(mappings, text)
 
 
+def test_the_gate_refuses_payments_only_and_no_ft1_before_the_ack(mappings: Mappings) -> None:
+    """``refusal`` runs before the ACK: what cannot make a Claim is refused there (AR/AE), a DFT
+    with a charge is not."""
+    text = _text("dft_p03_minimal")
+    assert mappings.inbound.refusal(parse_message(text.replace("\n", "\r"))) is None
+    payments = _replace_line(text, "FT1|", "FT1|1|||20250311||PY|COPAY^Copay^L|||1|-25.00&USD")
+    problem = mappings.inbound.refusal(parse_message(payments.replace("\n", "\r")))
+    assert problem is not None and "makes no Claim: it has no Claim.item" in str(problem)
+    no_ft1 = "\r".join(line for line in text.splitlines() if not line.startswith("FT1|"))
+    problem = mappings.inbound.refusal(parse_message(no_ft1))
+    assert problem is not None and problem.where == "FT1"
+    bad_date = _replace_line(text, "FT1|", "FT1|1|||20251311||CG|99213^Visit^CPT|||1|110.00")
+    problem = mappings.inbound.refusal(parse_message(bad_date.replace("\n", "\r")))
+    assert problem is not None and problem.where == "FT1-4"
+
+
 def test_no_ft1_is_refused(mappings: Mappings) -> None:
     text = "\n".join(
         line for line in _text("dft_p03_minimal").splitlines() if not line.startswith("FT1|")
