@@ -335,3 +335,20 @@ def test_to_help_lists_every_target_and_an_unknown_one_names_them(tmp_path: Path
     proc = run("convert", "--to", "xml", str(f))
     assert proc.returncode == 1
     assert "choose fhir, hl7v2 or x12" in proc.stderr
+
+
+def test_validate_shows_progress_at_a_terminal_and_keeps_stdout_clean(tmp_path: Path) -> None:
+    f = tmp_path / "long.hl7"
+    f.write_bytes(
+        b"".join(
+            f"MSH|^~\\&|A|B|C|D|20260101||ADT^A04^ADT_A01|C{i}|P|2.5.1\rEVN||20260101\r"
+            f"PID|1||MRN{i}||Doe^Jane\rPV1|1|O\r".encode()
+            for i in range(200)
+        )
+    )
+    code, stdout, terminal = _with_stderr_on_a_terminal(tmp_path, "validate", str(f))
+    assert code == 0
+    assert b"validating" in terminal
+    lines = stdout.splitlines()
+    assert len(lines) == 201 and lines[-1] == "200 message(s), 200 valid, 0 invalid"
+    assert lines[199] == f"{f}: message 200 (line 797, ADT^A04, MSH-10 'C199'): valid"
