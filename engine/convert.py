@@ -122,7 +122,8 @@ def _hl7_to_fhir(data: bytes, name: str, settings: Settings, jobs: int | None, q
     report = _Report(name, data, pieces)
     _WORKER = _Converter(load_mappings(settings.mappings_dir), settings, pieces, single)
     # Bundles are trees of dicts without reference cycles, freed by reference counting; the
-    # cyclic collector would only rescan the heap.
+    # cyclic collector would only rescan the heap (restored at the end, for callers in process).
+    collecting = gc.isenabled()
     gc.freeze()
     gc.disable()
     out = sys.stdout.buffer
@@ -177,8 +178,9 @@ def _hl7_to_fhir(data: bytes, name: str, settings: Settings, jobs: int | None, q
         if progress is not None:
             progress(-1)
         _WORKER = None
-        gc.enable()
         gc.unfreeze()
+        if collecting:
+            gc.enable()
     if not single and not quiet:
         report.summary("converted")
     return report.failed
