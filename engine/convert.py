@@ -423,6 +423,15 @@ def validate_file(data: bytes, name: str, *, settings: Settings, quiet: bool = F
                 where = f"{place}: " if place else ""
                 _stdout(f"{report.where(index)}: {where}{exc.message} (error {exc.code})")
                 continue
+            except Exception as exc:  # a bug: named by class only, as convert does
+                if single or os.environ.get("ENGINE_DEBUG"):
+                    raise
+                bad += 1
+                _stdout(
+                    f"{report.where(index)}: internal error ({type(exc).__name__}); "
+                    "set ENGINE_DEBUG=1 for details"
+                )
+                continue
             label = (
                 f"{name}: message {index + 1} "
                 f"(line {line}, {message.type}, MSH-10 {message.control_id!r})"

@@ -352,3 +352,41 @@ def test_validate_shows_progress_at_a_terminal_and_keeps_stdout_clean(tmp_path: 
     lines = stdout.splitlines()
     assert len(lines) == 201 and lines[-1] == "200 message(s), 200 valid, 0 invalid"
     assert lines[199] == f"{f}: message 200 (line 797, ADT^A04, MSH-10 'C199'): valid"
+
+
+def test_a_bug_on_one_message_is_reported_by_class_and_the_rest_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine.hl7v2.validate as checker
+
+    to_fhir = Mappings.to_fhir
+    check = checker.validate
+
+    def fragile_to_fhir(
+        self: Mappings, message: Message, warnings: list[str] | None = None
+    ) -> dict[str, Any]:
+        if message.control_id == "C2":
+            raise KeyError("MRN2")  # a value: must not reach the report
+        return to_fhir(self, message, warnings)
+
+    def fragile_check(message: Message, **kwargs: Any) -> Any:
+        if message.control_id == "C2":
+            raise KeyError("MRN2")
+        return check(message, **kwargs)
+
+    monkeypatch.setattr(Mappings, "to_fhir", fragile_to_fhir)
+    monkeypatch.setattr(checker, "validate", fragile_check)
+    f = tmp_path / "three.hl7"
+    f.write_bytes(adt(1) + adt(2) + adt(3))
+    internal = "internal error (KeyError); set ENGINE_DEBUG=1 for details"
+    result = CliRunner().invoke(app, ["convert", str(f)])
+    assert result.exit_code == 1
+    assert mrns(result.stdout) == ["MRN1", "MRN3"]
+    assert errors(result.stderr) == [f"{f}: message 2 (line 3): {internal}"]
+    assert "MRN2" not in result.stderr
+    checked = CliRunner().invoke(app, ["validate", str(f)])
+    assert checked.exit_code == 1
+    assert f"{f}: message 2 (line 3): {internal}" in checked.stdout.splitlines()
+    out = checked.stdout.splitlines()
+    assert any(line.startswith(f"{f}: message 3 (line 5, ADT^A04, MSH-10 'C3')") for line in out)
+    assert out[-1] == "3 message(s), 0 valid, 3 invalid"
