@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import compress
 from typing import Any
 from urllib.parse import quote
 
@@ -465,6 +466,9 @@ def _distinct(ids: list[Any]) -> list[Any]:
     return out
 
 
+_NOTHING: frozenset[int] = frozenset()
+
+
 def _not_mapped(
     message: Message, used: dict[int, set[int]], ignore: dict[str, list[int]]
 ) -> list[str]:
@@ -478,8 +482,12 @@ def _not_mapped(
     reported.
     """
     lines: list[str] = []
+    segments = message.segments
+    totals: dict[str, int] = {}
+    for seg in segments:
+        totals[seg.name] = totals.get(seg.name, 0) + 1
     seen: dict[str, int] = {}
-    for seg in message.segments:
+    for seg in segments:
         name = seg.name
         n = seen[name] = seen.get(name, 0) + 1
         if name == "MSH":
@@ -487,22 +495,28 @@ def _not_mapped(
         skip = ignore.get(name)
         if skip is not None and not skip:
             continue
+        took = used.get(id(seg), _NOTHING)
+        fields = seg.fields()
+        # the fields that hold something and no rule read, as set operations (in C)
+        candidates = set(compress(range(len(fields)), fields))
+        candidates.discard(0)
+        candidates -= took
+        if skip:
+            candidates.difference_update(skip)
+        if not candidates:
+            continue
         d = seg.delimiters
         blank = d.component + d.repetition + d.subcomponent + " "
-        took = used.get(id(seg), ())
-        fields = seg.fields()
         left = [
             i
-            for i in range(1, len(fields))
-            if i not in took
-            and (skip is None or i not in skip)
-            and fields[i].strip(blank) not in ("", '""')
+            for i in sorted(candidates)
+            if fields[i].strip(blank) not in ("", '""')
             # a field whose first repetition was read: left only if it has more that are valued
             and (-i not in took or _more_repetitions(fields[i], d.repetition, blank))
         ]
         if not left:
             continue
-        label = name if len(message.all(name)) == 1 else f"{name}[{n}]"
+        label = name if totals[name] == 1 else f"{name}[{n}]"
         if id(seg) not in used:
             lines.append(
                 f"{label}: no mapping took this segment (fields "

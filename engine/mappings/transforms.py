@@ -80,6 +80,10 @@ def _offset_for(y: int, mo: int, d: int, h: int, mi: int, s: int, tz: str) -> st
     return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
 
 
+#: days in each month of a common year (index 1-12)
+_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
 def _parse_dtm(text: str) -> tuple[str, ...] | None:
     """The parts of an HL7 DTM (YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]), checked.
 
@@ -102,7 +106,8 @@ def _parse_dtm(text: str) -> tuple[str, ...] | None:
     if mo and not 1 <= int(mo) <= 12:
         raise ValueError(f"month {mo} does not exist")
     if d:
-        last = calendar.monthrange(int(y), int(mo))[1]
+        month, year = int(mo), int(y)
+        last = _DAYS[month] if month != 2 or not calendar.isleap(year) else 29
         if not 1 <= int(d) <= last:
             raise ValueError(f"day {d} does not exist in month {mo} of {y}")
     if h and int(h) > 23:
