@@ -29,9 +29,9 @@ DatatypeFn = Callable[..., Any]
 SegmentFn = Callable[..., None]
 
 
-def put(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+def put(target: dict[str, Any], path: tuple[str, ...], value: Any) -> bool:
     """Write ``value`` at a dotted path; ``x[]`` appends; an existing element is kept (the first
-    valued rule wins), except that dicts merge."""
+    valued rule wins), except that dicts merge. True when something of ``value`` was written."""
     obj = target
     for step in path[:-1]:
         nxt = obj.get(step)
@@ -41,11 +41,17 @@ def put(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     last = path[-1]
     if last.endswith("[]"):
         obj.setdefault(last[:-2], []).append(value)
-    elif last not in obj:
+        return True
+    if last not in obj:
         obj[last] = value
-    elif isinstance(obj[last], dict) and isinstance(value, dict):
-        for k, v in value.items():
-            obj[last].setdefault(k, v)
+        return True
+    if isinstance(obj[last], dict) and isinstance(value, dict):
+        into = obj[last]
+        new = [k for k in value if k not in into]
+        for k in new:
+            into[k] = value[k]
+        return bool(new)
+    return False
 
 
 def wrap(template: Any, value: Any, index: int = 1) -> Any:
@@ -229,15 +235,24 @@ class Compiler:
             test = "val" if truthy else "val is not None and val != '' and val != {}"
             out = [f"{ind}if {test}:"]
             ind2 = ind + "    "
+            # the field counts as taken only once its value is written (-n: only the first
+            # repetition of field n was read, reported if it has more)
+            used = ""
             if level == "field" and rule.field is not None:
-                # -n: only the first repetition of field n was read (reported if it has more)
-                out.append(f"{ind2}u.add({rule.field if rule.repeats else -rule.field})")
+                used = f"u.add({rule.field if rule.repeats else -rule.field})"
             if rule.wrap is not None:
                 out.append(f"{ind2}val = {literal(rule.wrap)}")
             if simple and append:
                 out.append(f"{ind2}out.setdefault({key!r}, []).append(val)")
+                if used:
+                    out.append(f"{ind2}{used}")
             elif simple:
-                out.append(f"{ind2}if {key!r} not in out: out[{key!r}] = val")
+                out.append(f"{ind2}if {key!r} not in out:")
+                out.append(f"{ind2}    out[{key!r}] = val")
+                if used:
+                    out.append(f"{ind2}    {used}")
+            elif used:
+                out.append(f"{ind2}if PUT(out, PATH{i}, val): {used}")
             else:
                 out.append(f"{ind2}PUT(out, PATH{i}, val)")
             return out
@@ -313,9 +328,17 @@ class Compiler:
         comp, sub = rule.component, rule.subcomponent
         reps = "raw.split(R) if R in raw else (raw,)" if rule.repeats else "(raw.split(R, 1)[0],)"
         # a single element another rule has set already is not read again (the first valued
-        # rule wins): nothing is built for it (no Practitioner nobody refers to)
-        taken = f" and {key!r} not in out" if simple and not append else ""
-        body = [f"    if nf > {fno} and f[{fno}]{taken}:", f"        raw = f[{fno}]"]
+        # rule wins): nothing is built for it (no Practitioner nobody refers to), and the field
+        # counts as taken, a source the mapping file ranks below the one that set it
+        if simple and not append:
+            body = [
+                f"    if nf > {fno} and f[{fno}] and {key!r} in out:",
+                f"        u.add({fno if rule.repeats else -fno})",
+                f"    elif nf > {fno} and f[{fno}]:",
+                f"        raw = f[{fno}]",
+            ]
+        else:
+            body = [f"    if nf > {fno} and f[{fno}]:", f"        raw = f[{fno}]"]
         inner: list[str] = []
         if cond_expr:
             inner += ["        " + s.strip() for s in cond_lines]

@@ -335,10 +335,11 @@ class InboundMapper:
 
     def refusal(self, message: Message) -> HL7ValidationError | None:
         """Before the ACK: a message whose main resource cannot be made (an ADT without PID, an
-        SIU without SCH, a DFT without FT1 or whose FT1s are all payments), or None. Cheap: it
-        looks at which segments are there and runs only the main plan's maps of its first
-        segment when the plan requires something of it; what only the whole mapping finds out (a
-        birth date that does not exist) is an error of the stored message after the ACK."""
+        SIU without SCH or without anyone taking part, a DFT without FT1 or whose FT1s are all
+        payments or uncoded), or None. Cheap: it looks at which segments are there, and runs the
+        main plan's own maps only when the plan requires something; what only the whole mapping
+        finds out (a birth date that does not exist) is an error of the stored message after
+        the ACK."""
         mm = self.message_map(message)
         if mm.main is None:
             return None
@@ -347,22 +348,32 @@ class InboundMapper:
         anchors = message.all(seg_id)
         if not anchors:
             return self._no_main(message, mm, [])
-        # what the plan requires of its own first segment (a Claim's items, from FT1): those
-        # maps alone are run, which costs a few rules per segment, not the whole message's
-        wanted = [p for p in plan.required if p not in plan.refs and f"{p}[]" not in plan.refs]
-        if not wanted:
+        # what the plan requires (a Claim's items, an Appointment's participants): its own maps
+        # are run (a few segments, not the whole message), and a requirement met by a reference
+        # holds when a segment the referred-to plan is made from is there (a PID for the patient)
+        if not plan.required:
             return None
-        run = _Run(self.context_for(message), message.type.trigger, frozenset((seg_id,)))
+        positions = _positions(message)
+        run = _Run(self.context_for(message), message.type.trigger, frozenset(positions))
         res: dict[str, Any] = {"resourceType": plan.resource}
         try:
-            for name in plan.segments:
-                if self._seg_ids[name] == seg_id:
-                    fn = self._compiler.segments[name]
-                    for seg in anchors:
-                        fn(seg, res, run)
+            for name, seg in _groups(message, positions, plan, self._seg_ids)[0]:
+                self._compiler.segments[name](seg, res, run)
         except HL7ValidationError as exc:
             return exc
-        if all(_get(res, p) is not None for p in wanted):
+        plans = self._plans[mm.message]
+
+        def referred(path: str) -> bool:
+            spec = plan.refs.get(path, plan.refs.get(f"{path}[]"))
+            if spec is None:
+                return False
+            to = spec.to if isinstance(spec, RefSpec) else spec
+            targets = [to] if isinstance(to, str) else to
+            return any(
+                message.segment(self._seg_ids[plans[t].segments[0]]) is not None for t in targets
+            )
+
+        if all(_get(res, p) is not None or referred(p) for p in plan.required):
             return None
         url = "urn:uuid:" + _uuid5(f"{plan.resource}|refusal")
         return self._no_main(message, mm, [(url, res, plan, 0, None)])
@@ -388,10 +399,10 @@ class InboundMapper:
             cond = plan.when
             field_no = cond.field if cond is not None else None
             if field_no is not None:
-                values = sorted({s.get(field_no) for s in message.all(seg_id)})
+                # the condition's field is named, not its value (it may be a patient's data)
                 return HL7ValidationError(
-                    f"{label} makes no {plan.resource}: {seg_id}-{field_no} is "
-                    + ", ".join(repr(v) for v in values),
+                    f"{label} makes no {plan.resource}: {seg_id}-{field_no} does not allow it"
+                    " (see the message map's 'when')",
                     where=f"{seg_id}-{field_no}",
                     code="101",
                 )
@@ -446,24 +457,30 @@ def _number_lines(claim: dict[str, Any]) -> None:
 
 
 def _distinct(ids: list[Any]) -> list[Any]:
-    """Identifiers without repeats: one whose value an earlier one has, in the same system or
-    with no system of its own, is the same identifier sent twice (PID-2 repeating PID-3 in
-    messages from before v2.5 retired PID-2) and is left out."""
+    """Identifiers without repeats: one that says no more than an earlier one (the same value,
+    in the same system or with none of its own, of the same type or with none) is the same
+    identifier sent twice (PID-2 repeating PID-3 in messages from before v2.5 retired PID-2) and
+    is left out. Identifiers that differ in type (an account number equal to the MRN) are kept.
+    """
     out: list[Any] = []
-    seen: set[tuple[str | None, str]] = set()
-    values: set[str] = set()
     for ident in ids:
-        value = ident.get("value") if isinstance(ident, dict) else None
-        if not isinstance(value, str):
-            out.append(ident)
+        if (
+            isinstance(ident, dict)
+            and ident.get("value")
+            and any(_repeats(ident, earlier) for earlier in out)
+        ):
             continue
-        system = ident.get("system")
-        if (system, value) in seen or (system is None and value in values):
-            continue
-        seen.add((system, value))
-        values.add(value)
         out.append(ident)
     return out
+
+
+def _repeats(ident: dict[str, Any], earlier: Any) -> bool:
+    if not isinstance(earlier, dict) or earlier.get("value") != ident["value"]:
+        return False
+    system, kind = ident.get("system"), ident.get("type")
+    return (system is None or system == earlier.get("system")) and (
+        kind is None or kind == earlier.get("type")
+    )
 
 
 _NOTHING: frozenset[int] = frozenset()

@@ -1769,6 +1769,9 @@ def _condition(c: Condition, level: str, forcible: bool, *, vacant: bool = False
     first = c.in_[0] if c.in_ else None
     denied = set(c.not_in or ())
     triggers = set(c.trigger) if c.trigger else None
+    # ``any``: one of these must hold as well, each checked on what has been written (never
+    # forced: writing a code to make an alternative true would be a guess)
+    alternatives = [_condition(sub, level, False) for sub in c.any or ()]
 
     def where(pos: Pos) -> Key | None:
         if level == "field":
@@ -1782,6 +1785,8 @@ def _condition(c: Condition, level: str, forcible: bool, *, vacant: bool = False
 
     def check(slots: _Slots, pos: Pos, run: _Run, would_write: Callable[[Key], str] | None) -> bool:
         if triggers is not None and run.trigger not in triggers:
+            return False
+        if alternatives and not any(a(slots, pos, run, would_write) for a in alternatives):
             return False
         if c.field is None and c.component is None:
             return True

@@ -89,8 +89,9 @@ def _parse_dtm(text: str) -> tuple[str, ...] | None:
 
     An empty text (or the explicit null ``""``) is no value. Anything else that is not a date
     that exists (month 13, 31 April, hour 25, an offset past 14 hours) raises ``ValueError``
-    naming the part that is wrong (never echoing the value: it may be a birth date): the
-    compiled mapping turns it into an error naming the field. HL7 v2.5.1 section 2A.22.
+    naming the part that is wrong, never its digits (the value may be a birth date, and the
+    reason goes into the NAK and the stored message): the compiled mapping turns it into an
+    error naming the field. HL7 v2.5.1 section 2A.22.
     """
     text = text.strip()
     if not text or text == '""':
@@ -104,20 +105,20 @@ def _parse_dtm(text: str) -> tuple[str, ...] | None:
     g = tuple(m.groups(default=""))
     y, mo, d, h, mi, s, _frac, off = g
     if mo and not 1 <= int(mo) <= 12:
-        raise ValueError(f"month {mo} does not exist")
+        raise ValueError("the month does not exist (DTM: YYYYMMDD...)")
     if d:
         month, year = int(mo), int(y)
         last = _DAYS[month] if month != 2 or not calendar.isleap(year) else 29
         if not 1 <= int(d) <= last:
-            raise ValueError(f"day {d} does not exist in month {mo} of {y}")
+            raise ValueError("the day does not exist in its month (DTM: YYYYMMDD...)")
     if h and int(h) > 23:
-        raise ValueError(f"hour {h} does not exist")
+        raise ValueError("the hour does not exist (DTM: ...HHMM, 00-23)")
     if mi and int(mi) > 59:
-        raise ValueError(f"minute {mi} does not exist")
+        raise ValueError("the minute does not exist (DTM: ...HHMM, 00-59)")
     if s and int(s) > 59:
-        raise ValueError(f"second {s} does not exist")
+        raise ValueError("the second does not exist (DTM: ...HHMMSS, 00-59)")
     if off and (int(off[1:3]) > 14 or int(off[3:]) > 59):
-        raise ValueError(f"time zone offset {off} does not exist")
+        raise ValueError("the time zone offset does not exist (+/-ZZZZ, at most 14 hours)")
     return g
 
 

@@ -155,9 +155,9 @@ def test_an_unknown_sex_is_unknown_with_the_code_kept(mappings: Mappings) -> Non
 @pytest.mark.parametrize(
     ("value", "problem"),
     [
-        ("19841399", "month 13 does not exist"),
-        ("19840231", "day 31 does not exist in month 02 of 1984"),
-        ("198412312599", "hour 25 does not exist"),
+        ("19841399", "the month does not exist"),
+        ("19840231", "the day does not exist in its month"),
+        ("198412312599", "the hour does not exist"),
         ("ABC", "not a date/time"),
     ],
 )
@@ -168,7 +168,9 @@ def test_an_impossible_date_is_an_error_naming_the_field(
         _convert(mappings, f"PID|1||MRN1^^^HOSP^MR||Doe^Jane||{value}|F")
     assert info.value.where == "PID-7"
     assert problem in info.value.message
-    assert value not in str(info.value)  # a birth date is PHI: not echoed
+    # a birth date is PHI: neither it nor its parts are echoed
+    assert value not in str(info.value)
+    assert not any(part in info.value.message for part in ("1984", "13", "31", "25"))
 
 
 def test_a_doubled_escape_in_msh2_is_read(mappings: Mappings) -> None:
@@ -211,3 +213,55 @@ def test_repetitions_a_rule_does_not_read_are_listed(mappings: Mappings) -> None
     warnings.clear()
     _convert(mappings, PID + "||||||||||ACCT1~", warnings=warnings)
     assert warnings == []
+
+
+@pytest.mark.parametrize(
+    "pid",
+    [
+        "PID|1||1001^^^H^MR||Doe^John||19840220|M||||||||||1001",  # account number = MRN
+        "PID|1||1001^^^H^MR||Doe^John||19840220|M||||||||||1001^^^H",
+        "PID|1||1001^^^^MR~1001^^^^SS||Doe^John",
+        "PID|1||1001^^^H^MR~1001^^^H^PI||Doe^John",
+    ],
+)
+def test_identifiers_of_different_types_are_all_kept(mappings: Mappings, pid: str) -> None:
+    ids = _one(_convert(mappings, pid), "Patient")["identifier"]
+    assert len(ids) == 2, ids
+
+
+def test_an_siu_with_nobody_taking_part_is_refused_before_the_ack(mappings: Mappings) -> None:
+    msh = MSH.replace("ADT^A04", "SIU^S12")
+    sch = "SCH|A1^^X|F1^^X|||||||||^^^202601011000^202601011100"
+    message = parse_message("\r".join((msh, sch)))
+    problem = mappings.inbound.refusal(message)
+    assert problem is not None and "Appointment.participant" in str(problem)
+    with pytest.raises(HL7ValidationError, match="Appointment.participant"):
+        mappings.to_fhir(message)
+    assert mappings.inbound.refusal(parse_message("\r".join((msh, sch, PID)))) is None
+
+
+def test_a_charge_without_a_code_is_not_billed_blind(mappings: Mappings) -> None:
+    msh = MSH.replace("ADT^A04", "DFT^P03")
+    uncoded = "FT1|1|||20250311||CG||||1|110.00"
+    coded = "FT1|2|||20250311||CG|99213^Visit^CPT|||1|110.00"
+    warnings: list[str] = []
+    bundle = _convert(mappings, PID, uncoded, coded, msh=msh, warnings=warnings)
+    assert [i["sequence"] for i in _one(bundle, "Claim")["item"]] == [2]
+    assert any(w.startswith("FT1[1]: not mapped") for w in warnings), warnings
+    problem = mappings.inbound.refusal(parse_message("\r".join((msh, PID, uncoded))))
+    assert problem is not None and "Claim.item" in str(problem)
+
+
+def test_an_email_under_a_phone_type_is_an_email(mappings: Mappings) -> None:
+    telecom = _one(_convert(mappings, PID + "|||||^PRN^PH^a@example.com"), "Patient")["telecom"]
+    assert [(t["system"], t["value"]) for t in telecom] == [("email", "a@example.com")]
+
+
+def test_next_of_kin_and_payer_keep_both_phone_and_email(mappings: Mappings) -> None:
+    nk1 = "NK1|1|Doe^Jim|SPO^Spouse^HL70063||0404111111^^^kin@example.com"
+    bundle = _convert(mappings, PID, nk1)
+    telecom = _one(bundle, "RelatedPerson")["telecom"]
+    assert {(t["system"], t["value"]) for t in telecom} == {
+        ("phone", "0404111111"),
+        ("email", "kin@example.com"),
+    }
