@@ -265,3 +265,10 @@ def test_next_of_kin_and_payer_keep_both_phone_and_email(mappings: Mappings) -> 
         ("phone", "0404111111"),
         ("email", "kin@example.com"),
     }
+
+
+def test_a_plan_named_only_is_a_valid_coverage_class(mappings: Mappings) -> None:
+    in1 = "IN1|1|^Blue Plan|60054^^^^NIIP|Westpeak Health|||||||||||||SEL||||||||||||||||||||W1"
+    coverage = _one(_convert(mappings, PID, in1), "Coverage")
+    (plan,) = [c for c in coverage["class"] if c["type"]["coding"][0]["code"] == "plan"]
+    assert plan["value"] == "Blue Plan" and plan["name"] == "Blue Plan"
