@@ -50,7 +50,6 @@ ID) reads back as a payer ID typed by text, so a round trip writes it as PI.
 from __future__ import annotations
 
 import uuid
-from datetime import date
 from typing import Any
 
 from engine.x12 import codes
@@ -66,7 +65,7 @@ from engine.x12.fhir_terms import (
     X12_SERVICE_TYPE_SYSTEM,
 )
 from engine.x12.loops import Level, eligibility_version, hierarchy
-from engine.x12.segments import Segment
+from engine.x12.segments import Segment, read_d8
 
 __all__ = ["x270_to_fhir"]
 
@@ -98,22 +97,6 @@ class _Bundle:
             self.urls[name] = url
             self.entries.append({"fullUrl": url, "resource": resource})
         return {"reference": url}
-
-
-def _d8(seg: Segment, element: int, value: str) -> date:
-    """A CCYYMMDD date; spaces around it (a padded fixed-width field) are ignored."""
-    value = value.strip()
-    if len(value) == 8 and value.isdigit():
-        try:
-            return date(int(value[:4]), int(value[4:6]), int(value[6:]))
-        except ValueError:
-            pass
-    raise X12Error(
-        f"{seg.id}{element:02d} {value!r} is not a CCYYMMDD date",
-        segment_id=seg.id,
-        position=seg.position,
-        element=element,
-    )
 
 
 def _passed_over(seg: Segment, loop: str, warnings: list[str], why: str = "") -> None:
@@ -267,7 +250,7 @@ def _person(party: _Party, resource_type: str) -> Json:
     dmg = party.dmg
     if dmg is not None:
         if dmg.get(1) == "D8" and dmg.get(2):
-            resource["birthDate"] = _d8(dmg, 2, dmg.get(2)).isoformat()
+            resource["birthDate"] = read_d8(dmg, 2, dmg.get(2)).isoformat()
         if dmg.get(3) in _GENDERS:
             resource["gender"] = _GENDERS[dmg.get(3)]
     address = _address(party.n3, party.n4)
@@ -302,7 +285,7 @@ def _serviced(seg: Segment) -> tuple[str, Any]:
                 position=seg.position,
                 element=3,
             )
-        start, end = _d8(seg, 3, first), _d8(seg, 3, last)
+        start, end = read_d8(seg, 3, first), read_d8(seg, 3, last)
         return "servicedPeriod", {"start": start.isoformat(), "end": end.isoformat()}
     if seg.get(2) != "D8":
         raise X12Error(
@@ -311,7 +294,7 @@ def _serviced(seg: Segment) -> tuple[str, Any]:
             position=seg.position,
             element=2,
         )
-    return "servicedDate", _d8(seg, 3, value).isoformat()
+    return "servicedDate", read_d8(seg, 3, value).isoformat()
 
 
 def _identifiers(traces: list[Segment], bht: Segment | None) -> list[Json]:
@@ -336,8 +319,8 @@ def _identifiers(traces: list[Segment], bht: Segment | None) -> list[Json]:
 def _created(tx: Transaction, group: FunctionalGroup) -> str:
     bht = tx.body[0] if tx.body and tx.body[0].id == "BHT" else None
     if bht is not None and bht.get(4):
-        return _d8(bht, 4, bht.get(4)).isoformat()
-    return _d8(group.gs, 4, group.gs.get(4)).isoformat()
+        return read_d8(bht, 4, bht.get(4)).isoformat()
+    return read_d8(group.gs, 4, group.gs.get(4)).isoformat()
 
 
 def _transaction(

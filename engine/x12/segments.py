@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 
 from engine.x12.errors import X12Error
 
@@ -26,6 +27,7 @@ __all__ = [
     "Element",
     "Segment",
     "format_segment",
+    "read_d8",
 ]
 
 
@@ -159,3 +161,20 @@ def format_segment(
             reps = [_check(r, delimiters, segment_id, n) for r in value if r]
             parts.append(delimiters.repetition.join(reps))
     return delimiters.element.join(_trim(parts)) + delimiters.segment
+
+
+def read_d8(seg: Segment, element: int, value: str) -> date:
+    """A CCYYMMDD date (X12 format qualifier D8); spaces around it (senders padding a
+    fixed-width field) are ignored. Raises :class:`X12Error` naming the segment and element."""
+    value = value.strip()
+    if len(value) == 8 and value.isdigit():
+        try:
+            return date(int(value[:4]), int(value[4:6]), int(value[6:]))
+        except ValueError:
+            pass
+    raise X12Error(
+        f"{seg.id}{element:02d} {value!r} is not a CCYYMMDD date",
+        segment_id=seg.id,
+        position=seg.position,
+        element=element,
+    )

@@ -42,7 +42,7 @@ from engine.x12.codes import Action, Code, describe
 from engine.x12.envelope import Interchange, Transaction, parse_interchanges
 from engine.x12.errors import X12Error
 from engine.x12.loops import Level, eligibility_version, hierarchy
-from engine.x12.segments import Segment
+from engine.x12.segments import Segment, read_d8
 from engine.x12.x270 import Address
 
 __all__ = [
@@ -303,17 +303,6 @@ def _decimal(seg: Segment, element: int) -> Decimal | None:
     return number
 
 
-def _d8(seg: Segment, element: int, value: str) -> date:
-    """A CCYYMMDD date; spaces around it (senders padding a fixed-width field) are ignored."""
-    value = value.strip()
-    if len(value) == 8 and value.isdigit():
-        try:
-            return date(int(value[:4]), int(value[4:6]), int(value[6:]))
-        except ValueError:
-            pass
-    raise _fail(seg, element, f"{value!r} is not a CCYYMMDD date")
-
-
 def _dtp(seg: Segment) -> DateInfo:
     fmt, value = seg.get(2).strip(), seg.get(3).strip()
     qualifier = describe(codes.DATE_QUALIFIERS, seg.get(1))
@@ -321,10 +310,10 @@ def _dtp(seg: Segment) -> DateInfo:
         first, sep, last = value.partition("-")
         if not sep:
             raise _fail(seg, 3, f"{value!r} is not a CCYYMMDD-CCYYMMDD range")
-        return DateInfo(qualifier, _d8(seg, 3, first), _d8(seg, 3, last))
+        return DateInfo(qualifier, read_d8(seg, 3, first), read_d8(seg, 3, last))
     if fmt != "D8":
         raise _fail(seg, 2, f"{fmt!r} is not D8 or RD8")
-    return DateInfo(qualifier, _d8(seg, 3, value))
+    return DateInfo(qualifier, read_d8(seg, 3, value))
 
 
 def _optional(table: dict[str, str], value: str) -> Code | None:
@@ -485,7 +474,7 @@ def _walk(level: Level, warnings: list[str]) -> _LevelData:
             _attach(data.entity, seg)
         elif sid == "DMG" and code in ("22", "23"):
             if seg.get(1) == "D8" and seg.get(2):
-                data.birth_date = _d8(seg, 2, seg.get(2))
+                data.birth_date = read_d8(seg, 2, seg.get(2))
             data.gender = _optional(codes.GENDERS, seg.get(3))
         elif sid == "INS" and code in ("22", "23"):
             data.relationship = _optional(codes.RELATIONSHIPS, seg.get(2))
