@@ -351,16 +351,6 @@ class InboundMapper:
         # what the plan requires (a Claim's items, an Appointment's participants): its own maps
         # are run (a few segments, not the whole message), and a requirement met by a reference
         # holds when a segment the referred-to plan is made from is there (a PID for the patient)
-        if not plan.required:
-            return None
-        positions = _positions(message)
-        run = _Run(self.context_for(message), message.type.trigger, frozenset(positions))
-        res: dict[str, Any] = {"resourceType": plan.resource}
-        try:
-            for name, seg in _groups(message, positions, plan, self._seg_ids)[0]:
-                self._compiler.segments[name](seg, res, run)
-        except HL7ValidationError as exc:
-            return exc
         plans = self._plans[mm.message]
 
         def referred(path: str) -> bool:
@@ -373,7 +363,18 @@ class InboundMapper:
                 message.segment(self._seg_ids[plans[t].segments[0]]) is not None for t in targets
             )
 
-        if all(_get(res, p) is not None or referred(p) for p in plan.required):
+        unmet = [p for p in plan.required if not referred(p)]
+        if not unmet:  # the usual SIU: its PID gives the Appointment a participant, no mapping
+            return None
+        positions = _positions(message)
+        run = _Run(self.context_for(message), message.type.trigger, frozenset(positions))
+        res: dict[str, Any] = {"resourceType": plan.resource}
+        try:
+            for name, seg in _groups(message, positions, plan, self._seg_ids)[0]:
+                self._compiler.segments[name](seg, res, run)
+        except HL7ValidationError as exc:
+            return exc
+        if all(_get(res, p) is not None for p in unmet):
             return None
         url = "urn:uuid:" + _uuid5(f"{plan.resource}|refusal")
         return self._no_main(message, mm, [(url, res, plan, 0, None)])
