@@ -40,6 +40,7 @@ from pydantic import (
 from engine.errors import HL7PathError
 from engine.hl7v2.path import Path as HL7Path
 from engine.hl7v2.path import parse_path
+from engine.retry import RetryPolicy
 
 __all__ = [
     "MAPPINGS",
@@ -53,7 +54,6 @@ __all__ = [
     "MllpDestination",
     "NoAuth",
     "OAuth2Auth",
-    "RetryPolicy",
     "Route",
     "RouteFile",
 ]
@@ -92,22 +92,6 @@ def _check_env(value: str) -> str:
 
 
 # -- destinations --------------------------------------------------------------------------------
-
-
-class RetryPolicy(_Strict):
-    """How often, and how far apart, a failed delivery is tried again (exponential back-off)."""
-
-    #: attempts in all, the first included; after the last the message is dead-lettered
-    max_attempts: int = Field(default=10, ge=1)
-    base_delay_s: float = Field(default=2.0, ge=0)
-    max_delay_s: float = Field(default=300.0, ge=0)
-
-    def delay_for(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based): base * 2^(n-1),
-        capped at ``max_delay_s``. Jitter, if wanted, is the scheduler's."""
-        if attempt < 1:
-            return 0.0
-        return float(min(self.max_delay_s, self.base_delay_s * 2 ** min(attempt - 1, 32)))
 
 
 class NoAuth(_Strict):

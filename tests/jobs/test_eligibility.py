@@ -101,7 +101,7 @@ def test_no_repeat_the_same_day_unless_forced(indexed: SqlMessageStore) -> None:
 
 
 def test_payer_down_is_retried_then_reported_unavailable(indexed: SqlMessageStore) -> None:
-    from engine.routes.spec import RetryPolicy
+    from engine.retry import RetryPolicy
 
     config = PayerConfig(retry=RetryPolicy(max_attempts=3, base_delay_s=0, max_delay_s=0))
     payers = PayerSet(payers={}, default=config, origin={})

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ConfigError
+from engine.retry import RetryPolicy
 from engine.routes.loader import RouteSet, load_routes
-from engine.routes.spec import FhirDestination, FileDestination, MllpDestination, RetryPolicy
+from engine.routes.spec import FhirDestination, FileDestination, MllpDestination
 
 DESTS = """\
 destinations:

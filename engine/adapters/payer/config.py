@@ -45,7 +45,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engine.errors import ConfigError
 from engine.mappings.loader import parse_file
-from engine.routes.spec import NoAuth, OAuth2Auth, RetryPolicy
+from engine.retry import RetryPolicy
+from engine.routes.spec import NoAuth, OAuth2Auth
 
 __all__ = [
     "PayerConfig",
