@@ -218,9 +218,9 @@ def worker(
 ) -> None:
     """Run queue workers only (route, map, deliver): add processes, here or on other hosts, to
     an engine that shares this PostgreSQL. Ctrl-C stops."""
+    from engine.flow.worker import run_workers
     from engine.logs import configure_logging
     from engine.settings import load_settings
-    from engine.worker import run_workers
 
     settings = load_settings(database_url=database_url)
     configure_logging(settings.log_level, settings.log_format)

@@ -23,14 +23,14 @@ import uvicorn
 from engine.adapters.mllp.server import MLLPServer, Reply, current_reply
 from engine.api.app import create_app
 from engine.errors import ConfigError, EngineError
+from engine.flow.ingest import Ingest, Receipt
+from engine.flow.worker import run_workers
 from engine.hl7v2.ack import hl7_timestamp, nak_for_unparseable
 from engine.metrics import ENGINE_METRICS, EngineMetrics
 from engine.operations import Messages
-from engine.pipeline import Ingest, Receipt
 from engine.pressure import IngestPressure
 from engine.settings import Settings
 from engine.store.repository import SqlMessageStore, create_db_engine
-from engine.worker import run_workers
 
 __all__ = ["Engine", "serve"]
 
@@ -126,8 +126,8 @@ class Engine:
 
     def __init__(self, settings: Settings) -> None:
         from engine.adapters.destination import build_destination
+        from engine.flow.gate import RouteGate
         from engine.mappings import load_mappings
-        from engine.processing import RouteGate
         from engine.routes.loader import load_routes
         from engine.routes.router import Router
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from engine.pipeline import Receipt
+from engine.flow.ingest import Receipt
 
 __all__ = ["DeliveryView", "HealthPort", "IngestPort", "MessageView", "MessagesPort"]
 

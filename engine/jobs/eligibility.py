@@ -2,7 +2,7 @@
 front desk (X12 005010X279A1; CAQH CORE real-time: 20 s to answer).
 
 For each appointment in the coming business days whose patient has a Coverage (from the
-resources the engine has mapped: engine/processing.py keeps them), the job builds a 270 from the
+resources the engine has mapped: engine/flow/process.py keeps them), the job builds a 270 from the
 Patient, the Coverage, the payer Organization (its identifier is the payer ID) and the practice
 (settings: NPI and name), sends it through the payer's adapter (engine/adapters/payer), reads the
 271 and stores one check:

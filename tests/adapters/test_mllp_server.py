@@ -15,8 +15,8 @@ from hl7.client import MLLPClient
 from hl7.mllp import open_hl7_connection
 
 from engine.adapters.mllp.server import MLLPServer
+from engine.flow.ingest import Ingest
 from engine.hl7v2.codec import parse_message
-from engine.pipeline import Ingest
 from engine.service import _MLLPHandler
 from engine.store.repository import SqlMessageStore, create_db_engine
 

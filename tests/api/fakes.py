@@ -6,8 +6,8 @@ import dataclasses
 from datetime import UTC, datetime
 
 from engine.api.ports import DeliveryView, MessageView
+from engine.flow.ingest import Receipt
 from engine.metrics import EngineMetrics
-from engine.pipeline import Receipt
 
 __all__ = ["ACK", "NAK", "FakeHealth", "FakeIngest", "FakeMessages", "sample_view"]
 

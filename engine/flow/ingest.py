@@ -1,19 +1,13 @@
-"""The one place that knows the order of the stages:
-
-    receive → store → acknowledge          (Ingest: here, on the listener's time)
-    processing: parse → route → map        (Processor: engine/processing.py, from the queue)
-    delivery: deliver, retry, dead-letter  (Dispatcher: engine/processing.py)
+"""Ingest (Idempotent Receiver): receive, store and acknowledge, on the listener's time.
 
 The rule Ingest enforces is the engine's promise: a message is acknowledged positively only after
 its raw bytes and metadata are committed to the store, and every byte received is stored, with its
 state and the reason, even when it cannot be read. Stores are *group commits*: messages arriving
 together from many senders share one transaction, so durable ACKs stay fast.
 
-What is checked before the ACK (cheap, so ACKs stay fast; HL7 v2.5.1 §2.9, table 0357):
-the message parses (else AR, 100/102), MSH-9, MSH-10 and MSH-12 are present (101), MSH-11 is a
-processing ID of table 0103 (103), and some route wants the message type and trigger, with a
-mapping for it (else AR, 200 unsupported message type / 201 unsupported event). Everything else
-(mapping, delivery) happens after the ACK, from the queue.
+Before the ACK the message must parse (else AR, 100/102) and pass the gate (engine/flow/gate.py:
+the MSH header and whether some route takes it). Everything else (route, map, deliver) happens
+after the ACK, from the queue.
 """
 
 from __future__ import annotations
@@ -26,7 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from engine.errors import EngineError, HL7ValidationError, UnsupportedMessageError
+from engine.errors import EngineError
+from engine.flow.gate import RouteCheck, header_problem
 from engine.hl7v2.ack import (
     ack_bytes,
     ack_code_for,
@@ -42,24 +37,15 @@ from engine.hl7v2.codec import Message, parse_message
 from engine.pressure import IngestPressure
 from engine.store.repository import Incoming, Stored
 
-__all__ = ["Ingest", "MessageStore", "Receipt", "RouteCheck", "patient_key_of"]
+__all__ = ["Ingest", "MessageStore", "Receipt", "patient_key_of"]
 
 log = logging.getLogger(__name__)
-
-#: HL7 table 0103 processing ID
-_PROCESSING_IDS = frozenset({"P", "D", "T"})
 
 
 class MessageStore(Protocol):
     """What Ingest needs of the store (SqlMessageStore, or a fake in tests)."""
 
     def save_batch(self, items: list[Incoming]) -> list[Stored]: ...
-
-
-class RouteCheck(Protocol):
-    """Says, before the ACK, whether the engine will take a message: None, or why not."""
-
-    def refuse(self, message: Message) -> EngineError | None: ...
 
 
 @dataclass(frozen=True)
@@ -193,7 +179,7 @@ class Ingest:
         mtype = message.type
         msh = message.msh
         control_id = message.control_id
-        problem = _header_problem(message)
+        problem = header_problem(message)
         if problem is None and self.routes is not None:
             problem = self.routes.refuse(message)
         sender = msh.get(3)
@@ -371,39 +357,8 @@ def _clip(value: str, width: int) -> str | None:
     return value[:width] or None
 
 
-def _header_problem(message: Message) -> EngineError | None:
-    """The MSH fields a receiver must have to process and acknowledge a message."""
-    msh = message.msh
-    for n, name in ((9, "Message Type"), (10, "Message Control ID"), (12, "Version ID")):
-        if not msh.get(n):
-            return HL7ValidationError(
-                f"field {n} ({name}) is required but empty", where=f"MSH-{n}", code="101"
-            )
-    if msh.get(11) not in _PROCESSING_IDS:
-        return HL7ValidationError(
-            f"processing ID {msh.get(11)!r} is not in HL7 table 0103 (P, D, T)",
-            where="MSH-11",
-            code="103",
-        )
-    return None
-
-
 def _msa1(ack: bytes | None) -> str | None:
     """The acknowledgment code of an ACK we built (for the receipt and metrics)."""
     if ack is None:
         return None
     return parse_message(ack).get("MSA-1") or None
-
-
-def unsupported(message: Message, known_codes: set[str]) -> UnsupportedMessageError:
-    """Table 0357 code 200 for a message type we do not take, 201 for an event of one we do."""
-    mtype = message.type
-    if mtype.code in known_codes:
-        return UnsupportedMessageError(
-            f"unsupported event {mtype.code}^{mtype.trigger}: no route takes it",
-            where="MSH-9.2",
-            code="201",
-        )
-    return UnsupportedMessageError(
-        f"unsupported message type {mtype.code}: no route takes it", where="MSH-9.1", code="200"
-    )

@@ -1,0 +1,83 @@
+"""The gate: what the receiver decides about a message before it acknowledges it.
+
+Cheap checks only, so that ACKs stay fast (HL7 v2.5.1 §2.9, table 0357): MSH-9, MSH-10 and
+MSH-12 are present (101), MSH-11 is a processing ID of table 0103 (103), and some route wants
+the message type and trigger, with a mapping that can read it (else AR, 200 unsupported message
+type / 201 unsupported event). A message the gate refuses is still stored, with the reason.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from engine.errors import EngineError, HL7ValidationError, UnsupportedMessageError
+from engine.hl7v2.codec import Message
+from engine.mappings import Mappings
+from engine.routes.router import Router
+
+__all__ = ["RouteCheck", "RouteGate", "header_problem", "unsupported"]
+
+#: HL7 table 0103 processing ID
+_PROCESSING_IDS = frozenset({"P", "D", "T"})
+
+
+class RouteCheck(Protocol):
+    """Says, before the ACK, whether the engine will take a message: None, or why not."""
+
+    def refuse(self, message: Message) -> EngineError | None: ...
+
+
+class RouteGate:
+    """Before the ACK: does some route take this message, and can its mapping read it?"""
+
+    def __init__(self, router: Router, mappings: Mappings) -> None:
+        self.router = router
+        self.mappings = mappings
+        self._codes = {
+            code for route in router.routes.routes for code in (route.match.message or [])
+        }
+
+    def refuse(self, message: Message) -> EngineError | None:
+        routes = self.router.match(message=message)
+        if not routes:
+            return unsupported(message, self._codes)
+        if any(r.mapping == "fhir" for r in routes):
+            try:
+                self.mappings.inbound.message_map(message)
+            except UnsupportedMessageError as exc:
+                return exc
+            # an ADT without PID, an SIU without SCH, a DFT without FT1: refused now, with the
+            # reason, rather than acknowledged and then mapped to nothing
+            return self.mappings.inbound.refusal(message)
+        return None
+
+
+def header_problem(message: Message) -> EngineError | None:
+    """The MSH fields a receiver must have to process and acknowledge a message."""
+    msh = message.msh
+    for n, name in ((9, "Message Type"), (10, "Message Control ID"), (12, "Version ID")):
+        if not msh.get(n):
+            return HL7ValidationError(
+                f"field {n} ({name}) is required but empty", where=f"MSH-{n}", code="101"
+            )
+    if msh.get(11) not in _PROCESSING_IDS:
+        return HL7ValidationError(
+            f"processing ID {msh.get(11)!r} is not in HL7 table 0103 (P, D, T)",
+            where="MSH-11",
+            code="103",
+        )
+    return None
+
+
+def unsupported(message: Message, known_codes: set[str]) -> UnsupportedMessageError:
+    """Table 0357 code 200 for a message type we do not take, 201 for an event of one we do."""
+    mtype = message.type
+    if mtype.code in known_codes:
+        return UnsupportedMessageError(
+            f"unsupported event {mtype.code}^{mtype.trigger}: no route takes it",
+            where="MSH-9.2",
+            code="201",
+        )
+    return UnsupportedMessageError(
+        f"unsupported message type {mtype.code}: no route takes it", where="MSH-9.1", code="200"
+    )

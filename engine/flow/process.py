@@ -1,0 +1,253 @@
+"""Processing (Content-Based Router, Message Translator): parse, route and map, from the queue.
+
+``Processor`` claims received messages (``FOR UPDATE SKIP LOCKED``: several engine processes may
+share one PostgreSQL and each message is processed once), routes them (engine/routes), maps them
+(engine/mappings) and records one delivery per destination, in one transaction. The deliveries
+are the dispatcher's (engine/flow/deliver.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from engine.errors import EngineError
+from engine.flow.ingest import patient_key_of
+from engine.hl7v2.codec import parse_message
+from engine.mappings import Mappings
+from engine.pressure import IngestPressure
+from engine.routes.loader import RouteSet
+from engine.routes.router import Router
+from engine.store.repository import IndexedResource, NewDelivery, Processed, SqlMessageStore
+
+__all__ = ["Processor", "index_rows"]
+
+log = logging.getLogger(__name__)
+
+HL7_CONTENT_TYPE = "x-application/hl7-v2+er7"
+FHIR_CONTENT_TYPE = "application/fhir+json"
+
+
+def _fhir_patient_key(doc: Mapping[str, Any]) -> str | None:
+    resources = (
+        [e.get("resource", {}) for e in doc.get("entry", [])]
+        if doc.get("resourceType") == "Bundle"
+        else [doc]
+    )
+    for res in resources:
+        if isinstance(res, dict) and res.get("resourceType") == "Patient":
+            for ident in res.get("identifier", []):
+                if ident.get("value"):
+                    return f"{ident.get('system', '')}|{ident['value']}"
+    return None
+
+
+#: the resources kept in the index (what the eligibility job needs)
+INDEXED_TYPES = frozenset(
+    {"Patient", "Coverage", "Organization", "Appointment", "Practitioner", "RelatedPerson"}
+)
+
+
+def index_rows(bundle: Mapping[str, Any]) -> list[IndexedResource]:
+    """The resources of a mapped Bundle to keep in the index, with their patient and start."""
+    entries = [e for e in bundle.get("entry", []) if isinstance(e, dict)]
+    patients = {
+        e["fullUrl"] for e in entries if e.get("resource", {}).get("resourceType") == "Patient"
+    }
+    rows: list[IndexedResource] = []
+    for e in entries:
+        res = e.get("resource", {})
+        rtype = res.get("resourceType")
+        if rtype not in INDEXED_TYPES or not e.get("fullUrl"):
+            continue
+        patient: str | None = None
+        start: datetime | None = None
+        if rtype == "Patient":
+            patient = e["fullUrl"]
+        elif rtype == "Coverage":
+            patient = (res.get("beneficiary") or {}).get("reference")
+        elif rtype == "RelatedPerson":
+            patient = (res.get("patient") or {}).get("reference")
+        elif rtype == "Appointment":
+            for p in res.get("participant", []):
+                ref = (p.get("actor") or {}).get("reference")
+                if ref in patients:
+                    patient = ref
+            if res.get("start"):
+                try:
+                    start = datetime.fromisoformat(str(res["start"]).replace("Z", "+00:00"))
+                    # kept in UTC: SQLite stores datetimes without their offset
+                    start = start.astimezone(UTC) if start.tzinfo else start
+                except ValueError:
+                    start = None
+        rows.append(
+            IndexedResource(
+                rtype, e["fullUrl"], orjson.dumps(res), patient, start, res.get("status")
+            )
+        )
+    return rows
+
+
+class Processor:
+    """Claims received messages and turns them into deliveries."""
+
+    def __init__(
+        self,
+        store: SqlMessageStore,
+        routes: RouteSet,
+        mappings: Mappings,
+        *,
+        worker: str | None = None,
+        on_routed: Callable[[], None] | None = None,
+        batch: int = 100,
+        idle_s: float = 0.2,
+        default_charset: str = "utf-8",
+        stale_after: timedelta = timedelta(minutes=5),
+        pressure: IngestPressure | None = None,
+    ) -> None:
+        self.store = store
+        self.router = Router(routes)
+        self.default_charset = default_charset
+        self.stale_after = stale_after
+        self.mappings = mappings
+        self.worker = worker or f"{os.uname().nodename}:{os.getpid()}"
+        self.on_routed = on_routed
+        self.batch = batch
+        self.idle_s = idle_s
+        self._wake = asyncio.Event()
+        self._indexed: list[IndexedResource] = []
+        self.pressure = pressure
+
+    def wake(self) -> None:
+        """Called when messages were stored: process them now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_reclaim = 0.0
+        failures = 0
+        while not stop.is_set():
+            try:
+                if loop.time() >= next_reclaim:
+                    # messages claimed by a worker that died (not by one still working)
+                    await asyncio.to_thread(self.store.reclaim_stale, self.stale_after)
+                    next_reclaim = loop.time() + 60
+                if self.pressure is not None:
+                    await self.pressure.yield_to()  # a burst: ACKs first
+                n = await asyncio.to_thread(self.process_batch)
+                failures = 0
+            except Exception as exc:  # the database away for a moment: wait and go on
+                failures += 1
+                log.error("processor failed", extra={"error": type(exc).__name__})
+                await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                continue
+            if n:
+                if self.on_routed is not None:
+                    self.on_routed()
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.idle_s)
+            except TimeoutError:
+                pass
+
+    def process_batch(self) -> int:
+        """Claim and process one batch; returns how many messages it took."""
+        claimed = self.store.claim_received(self.worker, self.batch)
+        done: list[Processed] = []
+        for message_id, raw, kind in claimed:
+            self._indexed = []
+            warnings: list[str] = []
+            try:
+                state, reason, key, made = self.process_one(message_id, raw, kind, warnings)
+            except EngineError as exc:
+                state, reason, key, made = "error", str(exc), None, []
+            except Exception as exc:  # a bug must not stop the queue: park the message
+                log.exception("processing failed", extra={"message_id": message_id})
+                state, key, made = "error", None, []
+                reason = f"internal error ({type(exc).__name__})"
+            done.append(
+                Processed(
+                    message_id,
+                    state,
+                    reason,
+                    key,
+                    made,
+                    self._indexed,
+                    self.worker,
+                    _warning_text(warnings),
+                )
+            )
+            log.info(
+                "message processed",
+                extra={
+                    "message_id": message_id,
+                    "outcome": state,
+                    "deliveries": len(made),
+                    "warnings": len(warnings),  # how many, never what: they name fields
+                },
+            )
+        if done:
+            self.store.finish_batch(done)  # one transaction for the whole batch
+        return len(claimed)
+
+    def process_one(
+        self, message_id: int, raw: bytes, kind: str, warnings: list[str] | None = None
+    ) -> tuple[str, str | None, str | None, list[NewDelivery]]:
+        """Route and map one message: (state, reason, patient key, deliveries); ``warnings``
+        receives what the message carried that no mapping took."""
+        if kind == "fhir":
+            doc = orjson.loads(raw)
+            routes = self.router.match(resource_type=str(doc.get("resourceType")))
+            key = _fhir_patient_key(doc) or f"msg:{message_id}"
+            made: list[NewDelivery] = []
+            for route in routes:
+                if route.mapping == "hl7v2":
+                    msg = self.mappings.to_hl7(doc, control_id=f"E{message_id}", warnings=warnings)
+                    body, dkind, ctype = msg.to_bytes(), "hl7v2", HL7_CONTENT_TYPE
+                else:
+                    body, dkind, ctype = raw, "fhir-bundle", FHIR_CONTENT_TYPE
+                made += [
+                    NewDelivery(dest, route.name, dkind, ctype, body, key)
+                    for dest in route.destinations
+                ]
+            return ("routed" if made else "unrouted"), None, key, made
+        message = parse_message(raw, default_charset=self.default_charset)
+        routes = self.router.match(message=message)
+        key = patient_key_of(message) or f"msg:{message_id}"
+        made = []
+        bundle: bytes | None = None
+        for route in routes:
+            if route.mapping == "fhir":
+                if bundle is None:
+                    mapped = self.mappings.to_fhir(message, warnings)
+                    self._indexed = index_rows(mapped)
+                    bundle = orjson.dumps(mapped)
+                body, dkind, ctype = bundle, "fhir-bundle", FHIR_CONTENT_TYPE
+            else:
+                body, dkind, ctype = raw, "hl7v2", HL7_CONTENT_TYPE
+            made += [
+                NewDelivery(dest, route.name, dkind, ctype, body, key)
+                for dest in route.destinations
+            ]
+        return ("routed" if made else "unrouted"), None, key, made
+
+
+#: at most this much warning text is kept per message (a message with hundreds of unmapped
+#: Z-segments says so in its first lines)
+_WARNINGS_MAX = 8000
+
+
+def _warning_text(warnings: list[str]) -> str | None:
+    if not warnings:
+        return None
+    text = "\n".join(dict.fromkeys(warnings))  # once each (a Bundle built for two routes)
+    if len(text) > _WARNINGS_MAX:
+        text = text[: _WARNINGS_MAX - 30].rsplit("\n", 1)[0] + "\n(more not shown)"
+    return text
