@@ -48,6 +48,7 @@ from engine.store.tables import deliveries, eligibility_checks, fhir_resources, 
 
 __all__ = [
     "DeliveryRecord",
+    "DestinationBacklog",
     "DueDelivery",
     "IndexedResource",
     "Incoming",
@@ -298,6 +299,18 @@ class DueDelivery:
     control_id: str
     #: the lease this claim holds (``renew_claim`` extends it while it is still ours)
     claimed_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DestinationBacklog:
+    """What one destination still has to deliver: the queue depth and how long the oldest has
+    been waiting (for the ``queue depth`` and ``oldest waiting age`` gauges)."""
+
+    destination: str
+    #: deliveries not yet delivered and not dead (the head of each queue and those behind it)
+    waiting: int
+    #: seconds since the oldest of them was queued
+    oldest_age_s: float
 
 
 @dataclass(frozen=True)
@@ -1038,6 +1051,30 @@ class SqlMessageStore:
             queues = {(r.destination, r.patient_key) for r in conn.execute(_HEADLESS_QUEUES)}
             self._promote(conn, queues, _now())
             return len(queues)
+
+    def backlog(self) -> builtins.list[DestinationBacklog]:
+        """Per destination with anything left to deliver: how many deliveries wait (pending or
+        queued behind one) and the age of the oldest. A destination with nothing waiting is not
+        listed. Read-only: no write lock, no transaction of its own."""
+        query = (
+            select(
+                deliveries.c.destination,
+                func.count().label("waiting"),
+                func.min(deliveries.c.created_at).label("oldest"),
+            )
+            .where(deliveries.c.state.in_(("pending", "waiting")))
+            .group_by(deliveries.c.destination)
+            .order_by(deliveries.c.destination)
+        )
+        now = _now()
+        with self.db_engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            DestinationBacklog(
+                r.destination, int(r.waiting), max(0.0, (now - _aware(r.oldest)).total_seconds())
+            )
+            for r in rows
+        ]
 
     def mark_delivered(self, delivery_id: int) -> None:
         self.record_outcomes([Outcome(delivery_id, True)])
