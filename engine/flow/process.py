@@ -22,6 +22,7 @@ from engine.flow.ingest import patient_key_of
 from engine.hl7v2.codec import parse_message
 from engine.mappings import Mappings
 from engine.pressure import IngestPressure
+from engine.retry import backoff_s
 from engine.routes.loader import RouteSet
 from engine.routes.router import Router
 from engine.store.repository import IndexedResource, NewDelivery, Processed, SqlMessageStore
@@ -121,7 +122,6 @@ class Processor:
         self.batch = batch
         self.idle_s = idle_s
         self._wake = asyncio.Event()
-        self._indexed: list[IndexedResource] = []
         self.pressure = pressure
 
     def wake(self) -> None:
@@ -145,7 +145,7 @@ class Processor:
             except Exception as exc:  # the database away for a moment: wait and go on
                 failures += 1
                 log.error("processor failed", extra={"error": type(exc).__name__})
-                await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                await asyncio.sleep(backoff_s(failures))
                 continue
             if n:
                 if self.on_routed is not None:
@@ -160,74 +160,75 @@ class Processor:
     def process_batch(self) -> int:
         """Claim and process one batch; returns how many messages it took."""
         claimed = self.store.claim_received(self.worker, self.batch)
-        done: list[Processed] = []
-        for message_id, raw, kind in claimed:
-            self._indexed = []
-            warnings: list[str] = []
-            try:
-                state, reason, key, made = self.process_one(message_id, raw, kind, warnings)
-            except EngineError as exc:
-                state, reason, key, made = "error", str(exc), None, []
-            except Exception as exc:  # a bug must not stop the queue: park the message
-                log.exception("processing failed", extra={"message_id": message_id})
-                state, key, made = "error", None, []
-                reason = f"internal error ({type(exc).__name__})"
-            done.append(
-                Processed(
-                    message_id,
-                    state,
-                    reason,
-                    key,
-                    made,
-                    self._indexed,
-                    self.worker,
-                    _warning_text(warnings),
-                )
-            )
-            log.info(
-                "message processed",
-                extra={
-                    "message_id": message_id,
-                    "outcome": state,
-                    "deliveries": len(made),
-                    "warnings": len(warnings),  # how many, never what: they name fields
-                },
-            )
+        done = [self.process_one(message_id, raw, kind) for message_id, raw, kind in claimed]
         if done:
             self.store.finish_batch(done)  # one transaction for the whole batch
         return len(claimed)
 
-    def process_one(
-        self, message_id: int, raw: bytes, kind: str, warnings: list[str] | None = None
-    ) -> tuple[str, str | None, str | None, list[NewDelivery]]:
-        """Route and map one message: (state, reason, patient key, deliveries); ``warnings``
-        receives what the message carried that no mapping took."""
-        if kind == "fhir":
-            doc = orjson.loads(raw)
-            routes = self.router.match(resource_type=str(doc.get("resourceType")))
-            key = _fhir_patient_key(doc) or f"msg:{message_id}"
-            made: list[NewDelivery] = []
-            for route in routes:
-                if route.mapping == "hl7v2":
-                    msg = self.mappings.to_hl7(doc, control_id=f"E{message_id}", warnings=warnings)
-                    body, dkind, ctype = msg.to_bytes(), "hl7v2", HL7_CONTENT_TYPE
-                else:
-                    body, dkind, ctype = raw, "fhir-bundle", FHIR_CONTENT_TYPE
-                made += [
-                    NewDelivery(dest, route.name, dkind, ctype, body, key)
-                    for dest in route.destinations
-                ]
-            return ("routed" if made else "unrouted"), None, key, made
+    def process_one(self, message_id: int, raw: bytes, kind: str) -> Processed:
+        """Route and map one message into its outcome: state, patient key, deliveries, the
+        resources to index and what the message carried that no mapping took. Never raises: a
+        message that cannot be processed is parked in state ``error`` with the reason."""
+        warnings: list[str] = []
+        try:
+            if kind == "fhir":
+                done = self._from_fhir(message_id, raw, warnings)
+            else:
+                done = self._from_hl7v2(message_id, raw, warnings)
+        except Exception as exc:
+            if isinstance(exc, EngineError):
+                reason = str(exc)
+            else:  # a bug must not stop the queue: park the message
+                log.exception("processing failed", extra={"message_id": message_id})
+                reason = f"internal error ({type(exc).__name__})"
+            done = Processed(
+                message_id, "error", reason, worker=self.worker, warnings=_warning_text(warnings)
+            )
+        log.info(
+            "message processed",
+            extra={
+                "message_id": message_id,
+                "outcome": done.state,
+                "deliveries": len(done.new_deliveries),
+                "warnings": len(warnings),  # how many, never what: they name fields
+            },
+        )
+        return done
+
+    def _from_fhir(self, message_id: int, raw: bytes, warnings: list[str]) -> Processed:
+        """A FHIR resource or Bundle received over HTTP: routed by resource type, mapped to
+        HL7v2 for the routes that want it, passed on as it came for the others."""
+        doc = orjson.loads(raw)
+        routes = self.router.match(resource_type=str(doc.get("resourceType")))
+        key = _fhir_patient_key(doc) or f"msg:{message_id}"
+        made: list[NewDelivery] = []
+        for route in routes:
+            if route.mapping == "hl7v2":
+                msg = self.mappings.to_hl7(doc, control_id=f"E{message_id}", warnings=warnings)
+                body, dkind, ctype = msg.to_bytes(), "hl7v2", HL7_CONTENT_TYPE
+            else:
+                body, dkind, ctype = raw, "fhir-bundle", FHIR_CONTENT_TYPE
+            made += [
+                NewDelivery(dest, route.name, dkind, ctype, body, key)
+                for dest in route.destinations
+            ]
+        return self._routed(message_id, key, made, [], warnings)
+
+    def _from_hl7v2(self, message_id: int, raw: bytes, warnings: list[str]) -> Processed:
+        """An HL7v2 message: routed by type and trigger, mapped to a FHIR Bundle once for all
+        the routes that want one (its resources indexed for the jobs), passed on as it came for
+        the others."""
         message = parse_message(raw, default_charset=self.default_charset)
         routes = self.router.match(message=message)
         key = patient_key_of(message) or f"msg:{message_id}"
-        made = []
+        made: list[NewDelivery] = []
+        indexed: list[IndexedResource] = []
         bundle: bytes | None = None
         for route in routes:
             if route.mapping == "fhir":
                 if bundle is None:
                     mapped = self.mappings.to_fhir(message, warnings)
-                    self._indexed = index_rows(mapped)
+                    indexed = index_rows(mapped)
                     bundle = orjson.dumps(mapped)
                 body, dkind, ctype = bundle, "fhir-bundle", FHIR_CONTENT_TYPE
             else:
@@ -236,7 +237,21 @@ class Processor:
                 NewDelivery(dest, route.name, dkind, ctype, body, key)
                 for dest in route.destinations
             ]
-        return ("routed" if made else "unrouted"), None, key, made
+        return self._routed(message_id, key, made, indexed, warnings)
+
+    def _routed(
+        self,
+        message_id: int,
+        key: str,
+        made: list[NewDelivery],
+        indexed: list[IndexedResource],
+        warnings: list[str],
+    ) -> Processed:
+        """A message some route took (``routed``) or none wanted (``unrouted``)."""
+        state = "routed" if made else "unrouted"
+        return Processed(
+            message_id, state, None, key, made, indexed, self.worker, _warning_text(warnings)
+        )
 
 
 #: at most this much warning text is kept per message (a message with hundreds of unmapped

@@ -297,10 +297,9 @@ def test_an_outcome_whose_claim_was_taken_back_is_dropped(
     [(mid, raw, kind)] = store.claim_received("a")
     store.reclaim_stale(timedelta(seconds=-1))  # a was thought dead
     assert b.process_batch() == 1  # b claims and finishes it
-    state, reason, key, made = a.process_one(mid, raw, kind)
-    from engine.store.repository import Processed
-
-    store.finish_batch([Processed(mid, state, reason, key, made, (), "a")])  # a finishes late
+    late = a.process_one(mid, raw, kind)
+    assert late.worker == "a" and len(late.new_deliveries) == 2
+    store.finish_batch([late])  # a finishes late
     assert len(store.deliveries_for(mid)) == 2  # b's two deliveries only, not four
 
 
