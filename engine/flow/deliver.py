@@ -19,6 +19,7 @@ from typing import Protocol
 
 from engine.adapters.destination import DeliveryResult, Destination, Payload
 from engine.pressure import IngestPressure
+from engine.retry import CircuitBreaker, backoff_s
 from engine.routes.loader import RouteSet
 from engine.store.repository import DueDelivery, Outcome, SqlMessageStore
 
@@ -71,9 +72,10 @@ class Dispatcher:
         self._not_started: dict[int, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._outcomes: list[tuple[DueDelivery, DeliveryResult, float]] = []
-        #: circuit breaker: destination -> (consecutive failures, paused until loop time)
-        self._failures: dict[str, int] = {}
-        self._paused: dict[str, float] = {}
+        #: after 5 retryable failures in a row a destination is not claimed for a while
+        #: (0.5 s doubling up to 60 s): a destination that is down is probed, not hammered, and
+        #: its failures do not fill the database with attempts. A success closes the breaker.
+        self.breaker = CircuitBreaker(threshold=5, base_s=0.5, cap_s=60.0)
         self._flushing: asyncio.Lock | None = None
 
     def wake(self) -> None:
@@ -85,7 +87,7 @@ class Dispatcher:
         try:
             while not stop.is_set():
                 now = asyncio.get_running_loop().time()
-                paused = [d for d, until in self._paused.items() if until > now]
+                paused = self.breaker.open_keys(now)
                 # a destination with all the claims it may hold gets no more for now
                 paused += [
                     d
@@ -108,7 +110,7 @@ class Dispatcher:
                     except Exception as exc:  # the database away for a moment
                         failures += 1
                         log.error("dispatcher failed", extra={"error": type(exc).__name__})
-                        await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                        await asyncio.sleep(backoff_s(failures))
                         continue
                 for d in due:
                     task = asyncio.create_task(self._deliver(d))
@@ -195,24 +197,13 @@ class Dispatcher:
                     result = await dest.deliver(payload)
                 except Exception as exc:  # an adapter bug: retry, and say so
                     result = DeliveryResult(False, True, f"adapter error ({type(exc).__name__})")
-        self._breaker(due.destination, result, loop.time())
+        self.breaker.record(
+            due.destination, ok=result.ok, retryable=result.retryable, now=loop.time()
+        )
         # outcomes are recorded in batches: one transaction for all that finished meanwhile
         self._outcomes.append((due, result, loop.time() - start))
         await self._flush()
         self.wake()  # the patient's next delivery may be due now
-
-    def _breaker(self, destination: str, result: DeliveryResult, now: float) -> None:
-        """After 5 retryable failures in a row, stop claiming for a destination for a while
-        (doubling up to 60 s): a destination that is down is probed, not hammered, and its
-        failures do not fill the database with attempts. A success closes the breaker."""
-        if result.ok or not result.retryable:
-            self._failures.pop(destination, None)
-            self._paused.pop(destination, None)
-            return
-        n = self._failures.get(destination, 0) + 1
-        self._failures[destination] = n
-        if n >= 5:
-            self._paused[destination] = now + min(60.0, 0.5 * 2 ** min(n - 5, 7))
 
     async def _flush(self) -> None:
         if self._flushing is None:
@@ -233,7 +224,7 @@ class Dispatcher:
                 attempts = due.attempts + 1
                 config = self.routes.destinations.get(due.destination)
                 policy = config.retry if config is not None else None
-                if result.retryable and policy is not None and attempts < policy.max_attempts:
+                if result.retryable and policy is not None and not policy.gives_up_after(attempts):
                     delay = policy.delay_for(attempts) * self.rng.uniform(0.5, 1.0)
                     # a server that says when to come back (Retry-After) is believed
                     delay = max(delay, result.retry_after_s or 0.0)
