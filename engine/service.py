@@ -71,13 +71,14 @@ class _MLLPHandler:
 
     async def on_oversize(self, head: bytes, limit: int, peer: str) -> bytes | None:
         error = EngineError(f"message larger than the {limit}-byte limit; not accepted")
-        return nak_for_unparseable(
+        nak, _ = nak_for_unparseable(
             head,
             error,
             control_id="AOVERSIZE",
             timestamp=hl7_timestamp(self.ingest.clock()),
             sending=self.ingest.identity,
         )
+        return nak
 
 
 class _Health:

@@ -227,13 +227,13 @@ class Ingest:
         except Exception:
             return self._refused(raw)
         log.info("message unreadable", extra={"message_id": stored.id, "code": exc.code})
-        nak = self._nak(raw, exc, str(stored.id))
-        return Receipt(stored.id, "error", nak, _msa1(nak))
+        nak, code = self._nak(raw, exc, str(stored.id))
+        return Receipt(stored.id, "error", nak, code)
 
     def _refused(self, raw: bytes) -> Receipt:
         error = EngineError("message could not be stored; send again")
-        nak = self._nak(raw, error, "STOREFAIL")
-        return Receipt(None, "refused", nak, _msa1(nak))
+        nak, code = self._nak(raw, error, "STOREFAIL")
+        return Receipt(None, "refused", nak, code)
 
     def _acknowledge(
         self, message: Message, stored: Stored, error: EngineError | None, state: str
@@ -304,7 +304,8 @@ class Ingest:
         )
         return ack.to_bytes()
 
-    def _nak(self, raw: bytes, error: EngineError, suffix: str) -> bytes | None:
+    def _nak(self, raw: bytes, error: EngineError, suffix: str) -> tuple[bytes | None, str | None]:
+        """A reject ACK for bytes that could not be read or stored, and its code."""
         return nak_for_unparseable(
             raw,
             error,
@@ -355,10 +356,3 @@ def patient_key_of(message: Message) -> str | None:
 def _clip(value: str, width: int) -> str | None:
     """Metadata cut to its column's width (the raw bytes keep every character)."""
     return value[:width] or None
-
-
-def _msa1(ack: bytes | None) -> str | None:
-    """The acknowledgment code of an ACK we built (for the receipt and metrics)."""
-    if ack is None:
-        return None
-    return parse_message(ack).get("MSA-1") or None

@@ -615,15 +615,15 @@ def nak_for_unparseable(
     control_id: str,
     timestamp: str,
     sending: tuple[str, str],
-) -> bytes | None:
+) -> tuple[bytes | None, str | None]:
     """A reject ACK (AR, or CR in enhanced mode) for a message that could not be parsed or stored.
 
     It salvages what it can of the MSH: the delimiters when MSH-1/MSH-2 are valid (else the
     standard ``|^~\\&``), MSH-3 .. MSH-6 to swap, MSH-9.2, MSH-10 for MSA-2, MSH-11, MSH-12 and
     MSH-18. The reply is sent whatever MSH-15 says: a message that cannot be read cannot be trusted
     to have meant it. When no MSH can be found at all, the reject still goes out, with the standard
-    delimiters and an empty MSA-2, so a sender never waits on a silent line. Returns None only if
-    the reject itself cannot be built, and never raises.
+    delimiters and an empty MSA-2, so a sender never waits on a silent line. Returns the ACK and
+    its MSA-1 code as decided; both None only if the reject cannot be built. Never raises.
     """
     try:
         salvaged = _salvage(raw)
@@ -644,12 +644,12 @@ def nak_for_unparseable(
             message_type="ACK",
         )
         try:
-            return ack.to_bytes()
+            return ack.to_bytes(), code
         except EngineError:  # an echoed value the charset cannot write
-            return ack.to_er7().encode(codec, errors="replace")
+            return ack.to_er7().encode(codec, errors="replace"), code
     except Exception as exc:  # the last line of defence of a listener: answer nothing, never crash
         log.warning("could not build a reject ACK", extra={"error": type(exc).__name__})
-        return None
+        return None, None
 
 
 _UNKNOWN_SENDER = _Header(

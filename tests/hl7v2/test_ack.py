@@ -305,14 +305,19 @@ def test_hl7_timestamp_writes_a_dtm_with_offset() -> None:
 
 
 def nak(raw: bytes | str, error: EngineError | None = None) -> Message | None:
-    out = nak_for_unparseable(
+    out, code = nak_for_unparseable(
         raw,
         error or HL7ParseError("not ER7", where="segment 2"),
         control_id="NAK1",
         timestamp=TS,
         sending=("ENG", "PRACTICE"),
     )
-    return None if out is None else parse_message(out)
+    if out is None:
+        assert code is None
+        return None
+    ack = parse_message(out)
+    assert ack.get("MSA-1") == code  # the code returned beside the ACK is the one it carries
+    return ack
 
 
 @pytest.mark.parametrize(
@@ -390,7 +395,7 @@ def test_non_default_delimiters_are_kept_in_the_nak() -> None:
 
 def test_nak_uses_the_charset_msh18_names() -> None:
     raw = adt().replace("FRONTDESK", "RÉCEPTION").replace("UNICODE UTF-8", "8859/1")
-    out = nak_for_unparseable(
+    out, _ = nak_for_unparseable(
         raw.encode("latin-1"),
         HL7DecodeError("bad byte"),
         control_id="N",
@@ -405,7 +410,7 @@ def test_nak_uses_the_charset_msh18_names() -> None:
 def test_nak_never_copies_patient_data() -> None:
     raw = adt().replace("EVN", "E\x00N")
     error = HL7ParseError("bad segment ID", where="segment 2")
-    out = nak_for_unparseable(raw, error, control_id="N", timestamp=TS, sending=("E", "F"))
+    out, _ = nak_for_unparseable(raw, error, control_id="N", timestamp=TS, sending=("E", "F"))
     assert out is not None
     assert b"TESTPATIENT" not in out and b"19800101" not in out
 
@@ -429,7 +434,7 @@ def test_nak_for_a_store_failure_on_a_good_message_is_a_reject() -> None:
     ],
 )
 def test_nak_never_raises(raw: bytes | str) -> None:
-    out = nak_for_unparseable(
+    out, _ = nak_for_unparseable(
         raw, HL7ParseError("x"), control_id="N", timestamp=TS, sending=("E", "F")
     )
     assert out is None or out.startswith(b"MSH")
