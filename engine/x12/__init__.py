@@ -4,6 +4,7 @@ A thin, exact layer of our own (no maintained Python library reads 5010 270/271 
 
     segments   Segment, Delimiters: elements as sent, repetitions/components split on demand
     envelope   ISA/IEA, GS/GE, ST/SE: delimiters from the ISA, counts and control numbers
+    isa        the fixed-width ISA: its widths, the delimiters it names, its control elements
     loops      the HL hierarchy of a 270/271 (2000A source ... 2000D dependent)
     charset    the X12 basic character set: transliteration of names, identifier checks
     codes      X12 code lists (EB01, AAA03, AAA04, TA105, IK304 ...) with their meanings

@@ -2,10 +2,11 @@
 
 :func:`parse_interchanges` reads text or bytes into :class:`Interchange` → :class:`FunctionalGroup`
 → :class:`Transaction` → :class:`~engine.x12.segments.Segment`. It takes the delimiters from the
-fixed-width ISA (element separator = the 4th character, repetition separator = ISA11, component
-separator = ISA16, segment terminator = the character after ISA16, which may be ``~``, a line
-break or 0x1D), tolerates a UTF-8 byte order mark and white space (CRLF or LF line breaks, tabs,
-indentation) between segments, and checks what the envelope promises:
+fixed-width ISA, read by :mod:`engine.x12.isa` (element separator = the 4th character, repetition
+separator = ISA11, component separator = ISA16, segment terminator = the character after ISA16,
+which may be ``~``, a line break or 0x1D), tolerates a UTF-8 byte order mark and white space
+(CRLF or LF line breaks, tabs, indentation) between segments, and checks what the envelope
+promises:
 
 * the ISA is 106 characters (each of ISA01-ISA16 its fixed width), ISA13 nine digits;
 * IEA01 = the number of GS, IEA02 = ISA13 (TA105 021, 001);
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from engine.x12.errors import X12Error
+from engine.x12.isa import WHITESPACE, read_isa
 from engine.x12.segments import DEFAULT_DELIMITERS, Delimiters, Element, Segment, format_segment
 
 __all__ = [
@@ -52,29 +54,8 @@ __all__ = [
     "parse_interchanges",
 ]
 
-_WS = " \t\r\n"
 _BOM = "\ufeff"
-ISA_LENGTH = 106
 
-#: ISA01-ISA16: (name, fixed width, TA105 note code for a fault in it)
-_ISA_FIELDS: tuple[tuple[str, int, str], ...] = (
-    ("authorization information qualifier", 2, "010"),
-    ("authorization information", 10, "011"),
-    ("security information qualifier", 2, "012"),
-    ("security information", 10, "013"),
-    ("interchange sender ID qualifier", 2, "005"),
-    ("interchange sender ID", 15, "006"),
-    ("interchange receiver ID qualifier", 2, "007"),
-    ("interchange receiver ID", 15, "008"),
-    ("interchange date", 6, "014"),
-    ("interchange time", 4, "015"),
-    ("repetition separator", 1, "022"),
-    ("interchange control version number", 5, "017"),
-    ("interchange control number", 9, "018"),
-    ("acknowledgment requested", 1, "019"),
-    ("interchange usage indicator", 1, "020"),
-    ("component element separator", 1, "027"),
-)
 
 #: ST01 → the GS01 functional identifier code its group should carry
 _FUNCTIONAL_IDS = {
@@ -266,108 +247,6 @@ def _decode(data: str | bytes) -> str:
     return text[1:] if text.startswith(_BOM) else text
 
 
-def _isa_error(message: str, code: str, element: int | None = None) -> X12Error:
-    return X12Error(
-        message, segment_id="ISA", position=1, element=element, ack_code=code, ack_level="TA1"
-    )
-
-
-def _read_isa(
-    text: str, start: int, strict: bool = True
-) -> tuple[Segment, Delimiters, int, list[str], list[X12Error]]:
-    """The ISA at ``text[start:]``, the delimiters it names and where the next segment starts.
-
-    With ``strict=False`` an ISA whose elements are not their fixed widths (a 14-character
-    ISA08, as some senders pad) is read by its element separators, with a warning naming each
-    element: the separators still say where each element ends, ISA16 is still one character
-    and the terminator follows it."""
-    if not text.startswith("ISA", start):
-        found = text[start : start + 3]
-        raise _isa_error(f"an interchange starts with ISA; found {found!r}", "022")
-    sep = text[start + 3 : start + 4]
-    if not sep or sep.isalnum() or sep in _WS:
-        raise _isa_error(f"the element separator {sep!r} (after ISA) is not a delimiter", "026")
-    seps = [start + 3]
-    limit = start + 3 * ISA_LENGTH
-    while len(seps) < 16:
-        nxt = text.find(sep, seps[-1] + 1, limit)
-        if nxt < 0:
-            raise _isa_error(
-                f"ISA has {len(seps)} elements before the data ends or runs on; X12 fixes 16",
-                "023" if limit >= len(text) else "022",
-            )
-        seps.append(nxt)
-    values = [text[seps[k] + 1 : seps[k + 1]] for k in range(15)]
-    values.append(text[seps[15] + 1 : seps[15] + 2])
-    term = text[seps[15] + 2 : seps[15] + 3]
-    length = seps[15] + 3 - start
-    warnings: list[str] = []
-    faults: list[X12Error] = []
-    if length != ISA_LENGTH or len(values[15]) != 1:
-        wrong = [
-            f"ISA{k:02d} ({name}) is {len(v)} characters, must be {width}"
-            for k, ((name, width, _), v) in enumerate(zip(_ISA_FIELDS, values, strict=True), 1)
-            if len(v) != width
-        ]
-        code = next(
-            (_ISA_FIELDS[k][2] for k, v in enumerate(values) if len(v) != _ISA_FIELDS[k][1]),
-            "022",
-        )
-        message = f"ISA is {length} characters, X12 fixes it at {ISA_LENGTH}" + (
-            ": " + "; ".join(wrong) if wrong else ""
-        )
-        if strict or len(values[15]) != 1 or not wrong:
-            raise _isa_error(message, code)
-        faults.append(_isa_error(message, code))
-        warnings.append(f"segment 1 (ISA): {message}; read by its element separators")
-    component = values[15]
-    if not term:
-        raise _isa_error("the data ends after ISA16; no segment terminator", "023", 16)
-    if term.isalnum() or term in (sep, component):
-        raise _isa_error(f"the segment terminator {term!r} (after ISA16) is not usable", "004", 16)
-    if component.isalnum() or component in (sep, " "):
-        raise _isa_error(f"ISA16 {component!r} is not a usable component separator", "027", 16)
-    repetition = values[10]
-    version = values[11]
-    if repetition.isalnum():
-        # 4010 and earlier: ISA11 is the control standards identifier ("U"), no repetitions
-        if version >= "00501":
-            warnings.append(
-                f"segment 1 (ISA): ISA11 {repetition!r} is not a delimiter, so this {version} "
-                "interchange has no repetition separator"
-            )
-        repetition = ""
-    elif repetition in (sep, term) or repetition in _WS:
-        raise _isa_error(f"ISA11 {repetition!r} is not a usable repetition separator", "022", 11)
-    elif repetition == component:
-        warnings.append(
-            f"segment 1 (ISA): ISA11 and ISA16 are both {repetition!r}; repeating and composite "
-            "elements are told apart by their definitions"
-        )
-    if version == "00401":
-        # the 4010 ISA differs from 5010's only in ISA11 (handled above); the transactions'
-        # version is GS08's to say (a 5010 270 inside a 00401 envelope is common)
-        warnings.append(
-            "segment 1 (ISA): ISA12 '00401' is a 4010 envelope; its transactions are read as "
-            "their GS08 says"
-        )
-    elif version != "00501":
-        warnings.append(f"segment 1 (ISA): ISA12 {version!r} is not 00501; read as 00501")
-    if not (len(values[12]) == 9 and values[12].isdigit()):
-        raise _isa_error(f"ISA13 {values[12]!r} is not a 9-digit control number", "018", 13)
-    if values[13] not in ("0", "1"):
-        raise _isa_error(f"ISA14 {values[13]!r} is not 0 or 1", "019", 14)
-    if values[14] not in ("P", "T"):
-        raise _isa_error(f"ISA15 {values[14]!r} is not P (production) or T (test)", "020", 15)
-    if not values[8].isdigit():
-        raise _isa_error(f"ISA09 {values[8]!r} is not a YYMMDD date", "014", 9)
-    if not values[9].isdigit():
-        raise _isa_error(f"ISA10 {values[9]!r} is not an HHMM time", "015", 10)
-    delimiters = Delimiters(sep, repetition, component, term)
-    isa = Segment(["ISA", *values], 1, delimiters)
-    return isa, delimiters, seps[15] + 3, warnings, faults
-
-
 #: segments that cannot be inside a transaction set: meeting one before SE means SE is missing
 _CLOSERS = frozenset(("GE", "IEA", "ST", "GS", "ISA"))
 
@@ -516,8 +395,9 @@ def _well_formed(sid: str) -> bool:
     )
 
 
-def _parse_one(text: str, start: int, strict: bool) -> tuple[Interchange, int]:
-    isa, d, pos, warnings, isa_faults = _read_isa(text, start, strict)
+def _split_segments(text: str, pos: int, d: Delimiters) -> tuple[list[Segment], int]:
+    """The segments after the ISA up to and including the IEA (numbered from 2, the ISA being
+    1), and where the text after that IEA starts."""
     pieces = text[pos:].split(d.segment)
     segments: list[Segment] = []
     position = 1
@@ -525,7 +405,7 @@ def _parse_one(text: str, start: int, strict: bool) -> tuple[Interchange, int]:
     element = d.element
     for piece in pieces:
         consumed += len(piece) + 1
-        stripped = piece.lstrip(_WS)
+        stripped = piece.lstrip(WHITESPACE)
         if not stripped:
             continue
         position += 1
@@ -541,8 +421,15 @@ def _parse_one(text: str, start: int, strict: bool) -> tuple[Interchange, int]:
         segments.append(Segment(elements, position, d))
         if sid == "IEA":
             break
+    return segments, min(consumed, len(text))
+
+
+def _parse_one(text: str, start: int, strict: bool) -> tuple[Interchange, int]:
+    header = read_isa(text, start, strict)
+    isa, d, warnings = header.isa, header.delimiters, header.warnings
+    segments, consumed = _split_segments(text, header.end, d)
     reader = _Reader(segments, strict, warnings)
-    reader.faults.extend(isa_faults)
+    reader.faults.extend(header.faults)
     ta1: list[Segment] = []
     groups: list[FunctionalGroup] = []
     while True:
@@ -573,7 +460,7 @@ def _parse_one(text: str, start: int, strict: bool) -> tuple[Interchange, int]:
     reader.count(seg, 1, "functional groups", "interchange", len(groups))
     reader.match(seg, 2, isa, 13, "001", "TA1")
     interchange = Interchange(isa, groups, seg, d, ta1, warnings, reader.faults)
-    return interchange, min(consumed, len(text))
+    return interchange, consumed
 
 
 def parse_interchanges(data: str | bytes, *, strict: bool = True) -> list[Interchange]:
@@ -583,7 +470,7 @@ def parse_interchanges(data: str | bytes, *, strict: bool = True) -> list[Interc
     pos = 0
     n = len(text)
     while True:
-        while pos < n and text[pos] in _WS:
+        while pos < n and text[pos] in WHITESPACE:
             pos += 1
         if pos >= n:
             break
@@ -640,6 +527,63 @@ def build_interchange(
     ISA13 and GS06 are ``control_number`` (1 to 999,999,999); ST02 counts from ``0001``. SE01,
     GE01 and IEA01 are computed. ISA06/ISA08 are padded to their fixed 15 characters.
     """
+    _check_envelope_ids(
+        control_number, sender_qualifier, sender_id, receiver_qualifier, receiver_id
+    )
+    if usage not in ("P", "T"):
+        raise X12Error(f"ISA15 {usage!r} is not P or T", segment_id="ISA")
+    d = delimiters
+    isa_elements: list[Element] = [
+        "00",
+        " " * 10,
+        "00",
+        " " * 10,
+        sender_qualifier,
+        sender_id.ljust(15),
+        receiver_qualifier,
+        receiver_id.ljust(15),
+        now.strftime("%y%m%d"),
+        now.strftime("%H%M"),
+        d.repetition,
+        "00501",
+        f"{control_number:09d}",
+        "1" if ack_requested else "0",
+        usage,
+        d.component,
+    ]
+    gs_elements: list[Element] = [
+        functional_id,
+        sender_id,
+        receiver_id,
+        now.strftime("%Y%m%d"),
+        now.strftime("%H%M"),
+        str(control_number),
+        "X",
+        convention,
+    ]
+    out = [
+        # ISA11/ISA16 *are* delimiters: written as they are, not escaped or refused
+        format_segment("ISA", isa_elements, Delimiters(d.element, "", "", d.segment)),
+        format_segment("GS", gs_elements, d),
+    ]
+    for n, body in enumerate(transactions, start=1):
+        st02 = f"{n:04d}"
+        out.append(format_segment("ST", [transaction_set, st02, convention], d))
+        out.extend(format_segment(sid, elements, d) for sid, elements in body)
+        out.append(format_segment("SE", [str(len(body) + 2), st02], d))
+    out.append(format_segment("GE", [str(len(transactions)), str(control_number)], d))
+    out.append(format_segment("IEA", ["1", f"{control_number:09d}"], d))
+    return "".join(out)
+
+
+def _check_envelope_ids(
+    control_number: int,
+    sender_qualifier: str,
+    sender_id: str,
+    receiver_qualifier: str,
+    receiver_id: str,
+) -> None:
+    """ISA13 within 1 to 999,999,999, and ISA05-ISA08 within their fixed widths."""
     if not 0 < control_number <= 999_999_999:
         raise X12Error(f"control number {control_number} is not 1 to 999999999", segment_id="ISA")
     for name, value, width in (
@@ -650,53 +594,3 @@ def build_interchange(
     ):
         if not value or len(value) > width:
             raise X12Error(f"{name} {value!r} must be 1 to {width} characters", segment_id="ISA")
-    if usage not in ("P", "T"):
-        raise X12Error(f"ISA15 {usage!r} is not P or T", segment_id="ISA")
-    d = delimiters
-    isa = format_segment(
-        "ISA",
-        [
-            "00",
-            " " * 10,
-            "00",
-            " " * 10,
-            sender_qualifier,
-            sender_id.ljust(15),
-            receiver_qualifier,
-            receiver_id.ljust(15),
-            now.strftime("%y%m%d"),
-            now.strftime("%H%M"),
-            d.repetition,
-            "00501",
-            f"{control_number:09d}",
-            "1" if ack_requested else "0",
-            usage,
-            d.component,
-        ],
-        Delimiters(d.element, "", "", d.segment),  # ISA11/ISA16 *are* delimiters
-    )
-    out = [
-        isa,
-        format_segment(
-            "GS",
-            [
-                functional_id,
-                sender_id,
-                receiver_id,
-                now.strftime("%Y%m%d"),
-                now.strftime("%H%M"),
-                str(control_number),
-                "X",
-                convention,
-            ],
-            d,
-        ),
-    ]
-    for n, body in enumerate(transactions, start=1):
-        st02 = f"{n:04d}"
-        out.append(format_segment("ST", [transaction_set, st02, convention], d))
-        out.extend(format_segment(sid, elements, d) for sid, elements in body)
-        out.append(format_segment("SE", [str(len(body) + 2), st02], d))
-    out.append(format_segment("GE", [str(len(transactions)), str(control_number)], d))
-    out.append(format_segment("IEA", ["1", f"{control_number:09d}"], d))
-    return "".join(out)
