@@ -89,6 +89,17 @@ class CheckOutcome:
 
 
 @dataclass(frozen=True)
+class _Answer:
+    """What the payer said about one check, after every attempt it took."""
+
+    result: dict[str, Any]
+    response_json: str | None = None
+    #: the 270's trace number (TRN02), "" when no 270 was sent
+    trace: str = ""
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
 class _Target:
     appointment_url: str | None
     appointment_start: datetime | None
@@ -306,78 +317,91 @@ class EligibilityService:
         return list(await asyncio.gather(*(one(t) for t in targets)))
 
     async def check(self, target: _Target, *, force: bool = False) -> CheckOutcome:
+        """Ask the payer about one appointment's coverage and store the verdict; a check made
+        today already is given again instead, unless ``force``."""
         patient_url = target.patient["_full_url"]
         payer_id = _payer_id(target.payer)
-        today = datetime.combine(
-            self.clock().astimezone(ZoneInfo(self.settings.timezone)).date(),
-            datetime.min.time(),
-            ZoneInfo(self.settings.timezone),
-        )
         if not force:
-            prior = await asyncio.to_thread(
-                self.store.eligibility_checked, patient_url, payer_id, today
-            )
+            prior = await self._checked_today(patient_url, payer_id)
             if prior is not None:
-                return CheckOutcome(
-                    prior["id"],
-                    prior["status"],
-                    patient_url,
-                    payer_id,
-                    prior["copay"],
-                    prior["deductible_remaining"],
-                    prior["reason"],
-                    reused=True,
-                )
-        attempts = 0
-        result: dict[str, Any]
-        response_json: str | None = None
+                return prior
         try:
             config = self._config(payer_id)
         except EngineError as exc:  # no adapter for this payer: the front desk must know
-            config = None
-            result = {"status": "needs_action", "reason": str(exc)}
-        if config is not None:
-            limit = self._limits.setdefault(payer_id, asyncio.Semaphore(config.max_concurrency))
-            self._control += 1
-            control = self._control  # this check's own number (ISA13/GS06), read once
-            trace = f"{control:09d}"
-            inquiry = self._inquiry(target, payer_id, trace)
-            async with limit:
-                while True:
-                    attempts += 1
-                    retry_after = 0.0
-                    try:
-                        x270 = build_270(
-                            inquiry,
-                            sender_id=config.sender_id or self.settings.x12_sender_id,
-                            receiver_id=config.receiver_id or payer_id,
-                            control_number=control,
-                            now=self.clock(),
-                        )
-                        answer = await self.adapter(payer_id).exchange(
-                            x270, timeout_s=config.timeout_s
-                        )
-                        result, response_json = self._read(answer, target, trace)
-                    except PayerUnavailable as exc:
-                        result = {"status": "payer_unavailable", "reason": str(exc)}
-                        retry_after = exc.retry_after_s or 0.0
-                    except (PayerRejected, EngineError) as exc:
-                        result = {"status": "needs_action", "reason": str(exc)}
-                    if (
-                        result["status"] != "payer_unavailable"
-                        or attempts >= config.retry.max_attempts
-                    ):
-                        break
-                    delay = min(
-                        config.retry.max_delay_s, config.retry.base_delay_s * 2 ** (attempts - 1)
-                    ) * self.rng.uniform(0.5, 1.0)
-                    await asyncio.sleep(max(delay, retry_after))
+            answer = _Answer({"status": "needs_action", "reason": str(exc)})
         else:
-            trace = ""
+            answer = await self._ask(target, payer_id, config)
+        return await self._record(target, payer_id, answer)
+
+    async def _checked_today(self, patient_url: str, payer_id: str) -> CheckOutcome | None:
+        """Today's check of this patient with this payer, if there is one."""
+        tz = ZoneInfo(self.settings.timezone)
+        today = datetime.combine(self.clock().astimezone(tz).date(), datetime.min.time(), tz)
+        prior = await asyncio.to_thread(
+            self.store.eligibility_checked, patient_url, payer_id, today
+        )
+        if prior is None:
+            return None
+        return CheckOutcome(
+            prior["id"],
+            prior["status"],
+            patient_url,
+            payer_id,
+            prior["copay"],
+            prior["deductible_remaining"],
+            prior["reason"],
+            reused=True,
+        )
+
+    async def _ask(self, target: _Target, payer_id: str, config: Any) -> _Answer:
+        """The 270 → 271 exchange, tried again while the payer is unavailable as the payer's
+        retry policy says (with jitter; a Retry-After the payer sent is believed)."""
+        limit = self._limits.setdefault(payer_id, asyncio.Semaphore(config.max_concurrency))
+        self._control += 1
+        control = self._control  # this check's own number (ISA13/GS06), read once
+        trace = f"{control:09d}"
+        inquiry = self._inquiry(target, payer_id, trace)
+        policy = config.retry
+        attempts = 0
+        result: dict[str, Any]
+        response_json: str | None = None
+        async with limit:
+            while True:
+                attempts += 1
+                retry_after = 0.0
+                try:
+                    answer = await self._exchange(inquiry, payer_id, config, control)
+                    result, response_json = self._read(answer, target, trace)
+                except PayerUnavailable as exc:
+                    result = {"status": "payer_unavailable", "reason": str(exc)}
+                    retry_after = exc.retry_after_s or 0.0
+                except (PayerRejected, EngineError) as exc:
+                    result = {"status": "needs_action", "reason": str(exc)}
+                if result["status"] != "payer_unavailable" or policy.gives_up_after(attempts):
+                    return _Answer(result, response_json, trace, attempts)
+                delay = policy.delay_for(attempts) * self.rng.uniform(0.5, 1.0)
+                await asyncio.sleep(max(delay, retry_after))
+
+    async def _exchange(
+        self, inquiry: EligibilityInquiry, payer_id: str, config: Any, control: int
+    ) -> str:
+        """One 270 sent through the payer's adapter; the raw answer (a 271, or a TA1/999)."""
+        x270 = build_270(
+            inquiry,
+            sender_id=config.sender_id or self.settings.x12_sender_id,
+            receiver_id=config.receiver_id or payer_id,
+            control_number=control,
+            now=self.clock(),
+        )
+        return await self.adapter(payer_id).exchange(x270, timeout_s=config.timeout_s)
+
+    async def _record(self, target: _Target, payer_id: str, answer: _Answer) -> CheckOutcome:
+        """Store one check and say what it found."""
+        result = answer.result
         row = {
             "appointment_url": target.appointment_url,
             "appointment_start": target.appointment_start,
-            "patient_url": patient_url,
+            "patient_url": target.patient["_full_url"],
             "coverage_url": target.coverage.get("_full_url"),
             "payer_id": payer_id,
             "payer_name": target.payer.get("name"),
@@ -389,9 +413,9 @@ class EligibilityService:
             "deductible_remaining": result.get("deductible_remaining"),
             "plan": result.get("plan"),
             "reason": result.get("reason"),
-            "trace": trace,
-            "attempts": attempts,
-            "response": response_json,
+            "trace": answer.trace,
+            "attempts": answer.attempts,
+            "response": answer.response_json,
         }
         check_id = await asyncio.to_thread(self.store.save_eligibility, row)
         log.info(
@@ -400,13 +424,13 @@ class EligibilityService:
                 "check_id": check_id,
                 "payer_id": payer_id,
                 "outcome": result["status"],
-                "attempts": attempts,
+                "attempts": answer.attempts,
             },
         )
         return CheckOutcome(
             check_id,
             result["status"],
-            patient_url,
+            target.patient["_full_url"],
             payer_id,
             result.get("copay"),
             result.get("deductible_remaining"),
