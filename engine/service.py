@@ -29,6 +29,7 @@ from engine.hl7v2.ack import hl7_timestamp, nak_for_unparseable
 from engine.metrics import ENGINE_METRICS, EngineMetrics
 from engine.operations import Messages
 from engine.pressure import IngestPressure
+from engine.retry import backoff_s
 from engine.settings import Settings
 from engine.store.repository import SqlMessageStore, create_db_engine
 
@@ -46,7 +47,7 @@ class _Server(uvicorn.Server):
 
 
 class _MLLPHandler:
-    """Adapts the pipeline to the MLLP listener."""
+    """Adapts ingest (engine/flow/ingest.py) to the MLLP listener."""
 
     def __init__(self, ingest: Ingest, state_of: Callable[[int], str | None] | None = None) -> None:
         self.ingest = ingest
@@ -123,7 +124,7 @@ def _mllp_tls(settings: Settings) -> ssl.SSLContext | None:
 
 
 class Engine:
-    """The running engine: store, pipeline, queue workers, MLLP listener and HTTP server."""
+    """The running engine: store, ingest, queue workers, MLLP listener and HTTP server."""
 
     def __init__(self, settings: Settings) -> None:
         from engine.adapters.destination import build_destination
@@ -272,16 +273,16 @@ class Engine:
         """Restart the worker process if it dies: messages are still ACKed (and kept), but
         without a worker none would be routed or delivered."""
         self._workers = workers
-        delay = 1.0
+        deaths = 0  # in a row: 1 s before the first restart, doubling up to 60 s
         while True:
             await asyncio.sleep(2)
             proc = self._workers[0]
             if proc.is_alive():
-                delay = 1.0
+                deaths = 0
                 continue
             log.error("worker process died; restarting", extra={"exitcode": proc.exitcode})
-            await asyncio.sleep(delay)
-            delay = min(60.0, delay * 2)
+            await asyncio.sleep(backoff_s(deaths, base_s=1.0, cap_s=60.0))
+            deaths += 1
             self._stop_workers(self._workers)
             self._workers = self._start_workers()
 
