@@ -1,39 +1,78 @@
-"""Metrics: a tiny registry of counters, gauges and histograms, rendered for Prometheus.
+"""Metrics: the engine's Prometheus metrics, kept by ``prometheus_client``.
 
-No dependency: the engine needs seven metrics, not a client library. The output follows the
-Prometheus text exposition format 0.0.4
-(https://prometheus.io/docs/instrumenting/exposition_formats/#text-based-format): one ``# HELP``
-and one ``# TYPE`` line per family, label values escaped (backslash, double quote, newline),
-histograms as cumulative ``_bucket{le=...}`` samples ending in ``le="+Inf"``, then ``_sum`` and
-``_count``.
+What ``/metrics`` shows (text exposition format 0.0.4,
+https://prometheus.io/docs/instrumenting/exposition_formats/#text-based-format)::
 
-Every update takes the metric's lock: ACKs and deliveries are counted from worker threads while
-the HTTP server renders ``/metrics`` on the event loop.
+    engine_messages_received_total{channel}          counter    receiver
+    engine_acks_total{code}                          counter    receiver
+    engine_errors_total{stage}                       counter    receiver (receive, store),
+                                                                worker (deliver)
+    engine_messages_routed_total{route}              counter    worker
+    engine_deliveries_total{destination,outcome}     counter    worker
+    engine_delivery_latency_seconds{destination}     histogram  worker
+    engine_dead_letters_total{destination}           counter    worker
+    engine_worker_processes                          gauge      worker (livesum)
+    engine_queue_depth                               gauge      the store, at scrape time
+    engine_destination_queue_depth{destination}      gauge      the store, at scrape time
+    engine_destination_oldest_waiting_seconds{destination}
+                                                     gauge      the store, at scrape time
 
-Labels carry names the engine chose (channel, ACK code, stage, destination, outcome) — never a
-field of a message, so no patient data can reach a scrape.
+New with issue 10: ``engine_messages_routed_total``, ``engine_worker_processes`` and the two
+``engine_destination_*`` gauges. The other names and label names are those dashboards already
+use: keep them.
 
-Incomplete: no OpenMetrics output, no exemplars, no timestamps, unlabelled gauges only.
+Two ways to keep the values:
+
+- in memory, in a ``CollectorRegistry`` of the instance's own (``EngineMetrics()``): one process,
+  and tests, which build as many as they like;
+- in files, prometheus_client's multiprocess mode (``EngineMetrics(multiprocess_dir=...)``):
+  ``engine serve`` runs the receiver and its worker process(es) apart, each process writes its
+  own values into the directory (``var/metrics``, emptied by the receiver at start with
+  :func:`reset_multiprocess_dir`) and the receiver's ``/metrics`` adds them up
+  (``MultiProcessCollector``). Counters and histograms are summed over every process that ever
+  wrote, so a worker that was restarted keeps its counts. A process is in one mode or the other,
+  and builds one ``EngineMetrics`` in multiprocess mode (two would write the same file entries).
+
+Gauges in multiprocess mode: ``engine_worker_processes`` is ``livesum`` (each worker sets 1; the
+receiver removes a stopped worker's file with :meth:`EngineMetrics.forget_process`). The queue
+gauges are not recorded by any process: a callback gauge (``Gauge.set_function``) cannot work in
+multiprocess mode, which reads only the files, and the queue lives in the database anyway, so a
+collector of our own queries the store when ``/metrics`` is scraped, and never between scrapes.
+
+Labels carry names the engine chose (channel, ACK code, stage, route, destination, outcome) —
+never a field of a message, so no patient data can reach a scrape.
+
+Incomplete: no OpenMetrics output, no exemplars, no ``_created`` series (multiprocess mode
+cannot keep them, so neither mode shows them).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import re
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TypeVar
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Protocol
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    values,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 __all__ = [
     "DEFAULT_LATENCY_BUCKETS",
     "ENGINE_METRICS",
-    "Counter",
+    "Backlog",
     "EngineMetrics",
-    "Gauge",
-    "Histogram",
-    "Registry",
-    "render_prometheus",
+    "reset_multiprocess_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,284 +94,261 @@ DEFAULT_LATENCY_BUCKETS: tuple[float, ...] = (
     60.0,
 )
 
-_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-
-LabelKey = tuple[str, ...]
-Sample = tuple[str, tuple[tuple[str, str], ...], float]
+#: where prometheus_client's multiprocess mode keeps its files (inherited by spawned workers)
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-class _Metric:
-    """A metric family: name, help text, label names, and values per label combination."""
+class Backlog(Protocol):
+    """One destination's waiting deliveries (``SqlMessageStore.backlog()`` returns these)."""
 
-    kind = "untyped"
+    @property
+    def destination(self) -> str: ...
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
-        if not _NAME.match(name):
-            raise ValueError(f"invalid metric name {name!r}")
-        for label in labelnames:
-            if not _LABEL.match(label) or label.startswith("__"):
-                raise ValueError(f"invalid label name {label!r} for {name}")
-        if len(set(labelnames)) != len(labelnames):
-            raise ValueError(f"duplicate label names for {name}")
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
-        self._lock = threading.Lock()
+    @property
+    def waiting(self) -> int: ...
 
-    def _key(self, labels: dict[str, str]) -> LabelKey:
-        if set(labels) != set(self.labelnames):
-            raise ValueError(
-                f"{self.name} takes labels {sorted(self.labelnames)}, got {sorted(labels)}"
-            )
-        return tuple(str(labels[name]) for name in self.labelnames)
-
-    def _pairs(self, key: LabelKey) -> tuple[tuple[str, str], ...]:
-        return tuple(zip(self.labelnames, key, strict=True))
-
-    def samples(self) -> list[Sample]:
-        raise NotImplementedError
+    @property
+    def oldest_age_s(self) -> float: ...
 
 
-class Counter(_Metric):
-    """A value that only goes up (per label combination)."""
+def reset_multiprocess_dir(directory: Path) -> None:
+    """Create ``directory`` or empty it of the files a previous run left (counts start at 0).
 
-    kind = "counter"
-
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, documentation, labelnames)
-        self._values: dict[LabelKey, float] = {}
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if not amount >= 0:  # also refuses NaN
-            raise ValueError(f"{self.name}: a counter cannot go down")
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: str) -> float:
-        key = self._key(labels)
-        with self._lock:
-            return self._values.get(key, 0.0)
-
-    def samples(self) -> list[Sample]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return [(self.name, self._pairs(key), value) for key, value in items]
+    Only the receiver calls this, before it starts any worker: a file removed while a process
+    writes to it would lose that process's counts.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
 
 
-class Gauge(_Metric):
-    """A value that goes up and down; set directly or read from a callback at scrape time."""
+def _record_to_files(directory: Path) -> None:
+    """Make this process keep its metric values in ``directory`` (multiprocess mode).
 
-    kind = "gauge"
-
-    def __init__(
-        self, name: str, documentation: str, function: Callable[[], float] | None = None
-    ) -> None:
-        super().__init__(name, documentation)
-        self._value = 0.0
-        self._function = function
-
-    def set(self, value: float) -> None:
-        with self._lock:
-            self._value = float(value)
-
-    def set_function(self, function: Callable[[], float] | None) -> None:
-        """Read the value from ``function`` at every scrape (``None`` goes back to ``set``)."""
-        with self._lock:
-            self._function = function
-
-    def value(self) -> float | None:
-        """The current value; ``None`` when the callback fails (the scrape then omits it)."""
-        with self._lock:
-            function, value = self._function, self._value
-        if function is None:
-            return value
-        try:
-            return float(function())
-        except Exception as exc:  # a broken callback must not break the whole scrape
-            log.warning(
-                "gauge callback failed", extra={"metric": self.name, "error": type(exc).__name__}
-            )
-            return None
-
-    def samples(self) -> list[Sample]:
-        value = self.value()
-        return [] if value is None else [(self.name, (), value)]
+    prometheus_client chooses where values live once, when it is first imported, from
+    ``PROMETHEUS_MULTIPROC_DIR``. A worker spawned after the receiver set the variable starts in
+    that mode; the receiver itself imported prometheus_client before it read its Settings, so
+    it switches here, the way prometheus_client's own tests do (before any metric exists).
+    """
+    directory = directory.resolve()
+    current = os.environ.get(_MULTIPROC_ENV)
+    if current and Path(current).resolve() != directory:
+        raise ValueError(f"this process already keeps its metrics in {current}")
+    os.environ[_MULTIPROC_ENV] = str(directory)
+    if not values.ValueClass._multiprocess:
+        values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
 
-class Histogram(_Metric):
-    """Observations counted into fixed, cumulative buckets, with their sum and count."""
-
-    kind = "histogram"
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str] = (),
-        buckets: Iterable[float] = DEFAULT_LATENCY_BUCKETS,
-    ) -> None:
-        if "le" in labelnames:
-            raise ValueError(f"{name}: 'le' is reserved for histogram buckets")
-        super().__init__(name, documentation, labelnames)
-        bounds = sorted(float(b) for b in buckets if not math.isinf(b))
-        if not bounds or len(set(bounds)) != len(bounds):
-            raise ValueError(f"{name}: buckets must be distinct finite numbers")
-        self.buckets = (*bounds, math.inf)
-        # per label combination: (count per bucket, non-cumulative), sum
-        self._counts: dict[LabelKey, list[int]] = {}
-        self._sums: dict[LabelKey, float] = {}
-
-    def observe(self, value: float, **labels: str) -> None:
-        """Count ``value`` into its bucket; NaN is dropped (it would poison ``_sum`` for good)."""
-        key = self._key(labels)
-        if math.isnan(value):
-            return
-        index = next(i for i, bound in enumerate(self.buckets) if value <= bound)
-        with self._lock:
-            counts = self._counts.setdefault(key, [0] * len(self.buckets))
-            counts[index] += 1
-            self._sums[key] = self._sums.get(key, 0.0) + value
-
-    def count(self, **labels: str) -> int:
-        key = self._key(labels)
-        with self._lock:
-            return sum(self._counts.get(key, ()))
-
-    def samples(self) -> list[Sample]:
-        with self._lock:
-            snapshot = sorted(
-                (key, list(counts), self._sums[key]) for key, counts in self._counts.items()
-            )
-        out: list[Sample] = []
-        for key, counts, total in snapshot:
-            pairs = self._pairs(key)
-            running = 0
-            for bound, n in zip(self.buckets, counts, strict=True):
-                running += n
-                out.append((f"{self.name}_bucket", (*pairs, ("le", _number(bound))), running))
-            out.append((f"{self.name}_sum", pairs, total))
-            out.append((f"{self.name}_count", pairs, running))
-        return out
-
-
-M = TypeVar("M", bound=_Metric)
-
-
-class Registry:
-    """The metric families one ``/metrics`` page shows, in registration order."""
+class _QueueGauges:
+    """A collector: the queue gauges, read from the store when ``/metrics`` is scraped."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._metrics: dict[str, _Metric] = {}
+        self.backlog: Callable[[], Iterable[Backlog]] | None = None
+        #: destinations shown at 0 when nothing waits for them (the store lists only the others)
+        self.destinations: tuple[str, ...] = ()
+        #: transitional: the total alone, from ``queue_depth.set_function`` (engine/service.py)
+        self.total: Callable[[], float] | None = None
 
-    def register(self, metric: M) -> M:
-        with self._lock:
-            if metric.name in self._metrics:
-                raise ValueError(f"metric {metric.name} is already registered")
-            self._metrics[metric.name] = metric
-        return metric
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily("engine_queue_depth", "Deliveries waiting in the outbound queue."),
+            GaugeMetricFamily(
+                "engine_destination_queue_depth",
+                "Deliveries waiting (not delivered, not dead), by destination.",
+                labels=("destination",),
+            ),
+            GaugeMetricFamily(
+                "engine_destination_oldest_waiting_seconds",
+                "Age of the oldest waiting delivery, by destination (0 when none waits).",
+                labels=("destination",),
+            ),
+        )
 
-    def __iter__(self) -> Iterator[_Metric]:
-        with self._lock:
-            return iter(list(self._metrics.values()))
+    def describe(self) -> list[Metric]:
+        """The families without samples: registering must not query the store."""
+        return list(self._families())
+
+    def collect(self) -> list[Metric]:
+        total, depth, age = self._families()
+        try:
+            if self.backlog is not None:
+                rows = {row.destination: row for row in self.backlog()}
+                for name in sorted(set(self.destinations) | set(rows)):
+                    row = rows.get(name)
+                    depth.add_metric([name], row.waiting if row else 0)
+                    age.add_metric([name], row.oldest_age_s if row else 0.0)
+                total.add_metric([], sum(row.waiting for row in rows.values()))
+            elif self.total is not None:
+                total.add_metric([], float(self.total()))
+        except Exception as exc:  # the database away: the scrape shows the rest, without these
+            log.warning("queue gauges not read", extra={"error": type(exc).__name__})
+            return list(self._families())
+        return [total, depth, age]
 
 
-def render_prometheus(registry: Registry) -> str:
-    """The registry in the text exposition format 0.0.4 (``text/plain; version=0.0.4``)."""
-    lines: list[str] = []
-    for metric in registry:
-        lines.append(f"# HELP {metric.name} {_escape_help(metric.documentation)}")
-        lines.append(f"# TYPE {metric.name} {metric.kind}")
-        for name, labels, value in metric.samples():
-            if labels:
-                rendered = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)
-                lines.append(f"{name}{{{rendered}}} {_number(value)}")
-            else:
-                lines.append(f"{name} {_number(value)}")
-    return "\n".join(lines) + "\n" if lines else ""
+class _ByKeyword:
+    """Transitional: a labelled metric called as engine/service.py calls it today
+    (``errors.inc(stage="store")``); goes when the service uses the ``record_*`` methods."""
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self._metric = metric
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        child = self._metric.labels(**labels)
+        assert isinstance(child, Counter)
+        child.inc(amount)
+
+    def observe(self, value: float, **labels: str) -> None:
+        child = self._metric.labels(**labels)
+        assert isinstance(child, Histogram)
+        child.observe(value)
 
 
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
+class _QueueDepth:
+    """Transitional: ``queue_depth.set_function(...)`` as engine/service.py calls it today;
+    goes when the service calls :meth:`EngineMetrics.watch_backlog`."""
 
+    def __init__(self, gauges: _QueueGauges) -> None:
+        self._gauges = gauges
 
-def _escape_label(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    """A sample value as Prometheus parses it (Go ``ParseFloat`` plus ``+Inf``/``-Inf``/``NaN``)."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
+    def set_function(self, function: Callable[[], float] | None) -> None:
+        self._gauges.total = function
 
 
 class EngineMetrics:
-    """The engine's metrics, on a registry of their own (one per running engine or test)."""
+    """The engine's metrics: what the receiver and the workers record, and the page to scrape.
 
-    def __init__(self, *, latency_buckets: Iterable[float] = DEFAULT_LATENCY_BUCKETS) -> None:
-        self.registry = Registry()
-        reg = self.registry.register
-        self.messages_received = reg(
-            Counter(
-                "engine_messages_received_total",
-                "Messages received and stored, by channel (mllp, http, fhir, file).",
-                ("channel",),
-            )
+    ``multiprocess_dir``: keep the values in files there, so that ``/metrics`` in the receiver
+    shows those of every process writing to it (see the module's docstring); ``None`` keeps them
+    in memory, in a registry of this instance's own.
+    """
+
+    def __init__(
+        self,
+        *,
+        latency_buckets: Iterable[float] = DEFAULT_LATENCY_BUCKETS,
+        multiprocess_dir: Path | None = None,
+    ) -> None:
+        # the engine's metrics are the only prometheus_client metrics in its processes; the
+        # ``_created`` series exist only in memory, so one switch keeps both modes' pages alike
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.multiprocess_dir = multiprocess_dir
+        self.registry = CollectorRegistry()
+        if multiprocess_dir is not None:
+            _record_to_files(multiprocess_dir)
+            MultiProcessCollector(self.registry, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
+            own: CollectorRegistry | None = None  # values are read from the files, not objects
+        else:
+            own = self.registry
+        self._received = Counter(
+            "engine_messages_received_total",
+            "Messages received and stored, by channel (mllp, http, fhir, file).",
+            ("channel",),
+            registry=own,
         )
-        self.acks = reg(
-            Counter(
-                "engine_acks_total",
-                "Acknowledgments sent, by MSA-1 code (AA/CA accepted; AE/AR/CE/CR negative).",
-                ("code",),
-            )
+        self._acks = Counter(
+            "engine_acks_total",
+            "Acknowledgments sent, by MSA-1 code (AA/CA accepted; AE/AR/CE/CR negative).",
+            ("code",),
+            registry=own,
         )
-        self.errors = reg(
-            Counter(
-                "engine_errors_total",
-                "Failures, by pipeline stage (receive, store, parse, map, route, deliver).",
-                ("stage",),
-            )
+        self._errors = Counter(
+            "engine_errors_total",
+            "Failures, by pipeline stage (receive, store, parse, map, route, deliver).",
+            ("stage",),
+            registry=own,
         )
-        self.queue_depth = reg(
-            Gauge("engine_queue_depth", "Deliveries waiting in the outbound queue.")
+        self._routed = Counter(
+            "engine_messages_routed_total",
+            "Messages routed, by route (once per route that made deliveries for the message).",
+            ("route",),
+            registry=own,
         )
-        self.delivery_latency = reg(
-            Histogram(
-                "engine_delivery_latency_seconds",
-                "Time from a message's receipt to its successful delivery, by destination.",
-                ("destination",),
-                latency_buckets,
-            )
+        self._latency = Histogram(
+            "engine_delivery_latency_seconds",
+            "Time from a message's receipt to its successful delivery, by destination.",
+            ("destination",),
+            registry=own,
+            buckets=tuple(latency_buckets),
         )
-        self.dead_letters = reg(
-            Counter(
-                "engine_dead_letters_total",
-                "Deliveries given up after their last retry, by destination.",
-                ("destination",),
-            )
+        self._dead = Counter(
+            "engine_dead_letters_total",
+            "Deliveries given up after their last retry, by destination.",
+            ("destination",),
+            registry=own,
         )
-        self.deliveries = reg(
-            Counter(
-                "engine_deliveries_total",
-                "Delivery attempts, by destination and outcome (delivered, retry, dead).",
-                ("destination", "outcome"),
-            )
+        self._deliveries = Counter(
+            "engine_deliveries_total",
+            "Delivery attempts, by destination and outcome (delivered, retry, dead).",
+            ("destination", "outcome"),
+            registry=own,
         )
+        self._workers = Gauge(
+            "engine_worker_processes",
+            "Worker processes running (processing and delivery) beside this receiver.",
+            registry=own,
+            multiprocess_mode="livesum",
+        )
+        self._queues = _QueueGauges()
+        self.registry.register(self._queues)
+        # transitional, for engine/service.py as it is (see _ByKeyword and _QueueDepth)
+        self.errors = _ByKeyword(self._errors)
+        self.deliveries = _ByKeyword(self._deliveries)
+        self.delivery_latency = _ByKeyword(self._latency)
+        self.dead_letters = _ByKeyword(self._dead)
+        self.queue_depth = _QueueDepth(self._queues)
 
     def record_receipt(self, *, channel: str, ack_code: str | None, stored: bool) -> None:
         """Count one received message (when stored) and the ACK it was answered with (if any)."""
         if stored:
-            self.messages_received.inc(channel=channel)
+            self._received.labels(channel=channel).inc()
         if ack_code:
-            self.acks.inc(code=ack_code)
+            self._acks.labels(code=ack_code).inc()
+
+    def record_error(self, stage: str) -> None:
+        """Count one failure at ``stage`` (receive, store, parse, map, route, deliver)."""
+        self._errors.labels(stage=stage).inc()
+
+    def record_routed(self, routes: Iterable[str]) -> None:
+        """Count one message routed by each of ``routes`` (each route once)."""
+        for route in set(routes):
+            self._routed.labels(route=route).inc()
+
+    def delivered(self, destination: str, seconds: float, ok: bool, dead: bool) -> None:
+        """One delivery attempt's outcome (the dispatcher's ``Observer``): counted by outcome;
+        its latency when delivered; a dead letter (and a ``deliver`` error) when given up."""
+        outcome = "delivered" if ok else ("dead" if dead else "retry")
+        self._deliveries.labels(destination=destination, outcome=outcome).inc()
+        if ok:
+            self._latency.labels(destination=destination).observe(seconds)
+        elif dead:
+            self._dead.labels(destination=destination).inc()
+            self.record_error("deliver")
+
+    def watch_backlog(
+        self, backlog: Callable[[], Iterable[Backlog]], destinations: Iterable[str] = ()
+    ) -> None:
+        """Read the queue gauges from ``backlog`` (``SqlMessageStore.backlog``) at each scrape;
+        ``destinations`` (the routes' destinations) are shown at 0 when nothing waits for them."""
+        self._queues.backlog = backlog
+        self._queues.destinations = tuple(destinations)
+
+    def worker_running(self) -> None:
+        """Called once by each worker process: counts it in ``engine_worker_processes``."""
+        self._workers.set(1)
+
+    def forget_process(self, pid: int) -> None:
+        """A process that wrote here has ended: drop its live gauges (``engine_worker_processes``);
+        its counters stay in the totals. Nothing to do in memory."""
+        if self.multiprocess_dir is not None:
+            mark_process_dead(pid, str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+
+    def exposition(self) -> bytes:
+        """Every metric, in the text exposition format 0.0.4 (queries the store's backlog)."""
+        return generate_latest(self.registry)
 
 
-#: the process-wide metrics that ``engine serve`` wires; tests build their own EngineMetrics
+#: transitional: the process-wide metrics engine/service.py uses today; the service will build
+#: its own (in multiprocess mode) instead, and this goes
 ENGINE_METRICS = EngineMetrics()

@@ -30,13 +30,13 @@ async def read_capped(request: Request, *, limit: int, metrics: EngineMetrics) -
         if not declared.isdigit():
             raise HTTPException(400, detail="invalid Content-Length")
         if int(declared) > limit:
-            metrics.errors.inc(stage="receive")
+            metrics.record_error("receive")
             raise HTTPException(413, detail=f"body larger than the {limit}-byte limit")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            metrics.errors.inc(stage="receive")
+            metrics.record_error("receive")
             raise HTTPException(413, detail=f"body larger than the {limit}-byte limit")
     if not body:
         raise HTTPException(400, detail="empty body")

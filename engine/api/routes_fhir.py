@@ -41,12 +41,12 @@ async def post_fhir(
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:  # position and kind only: never the body's text
-        metrics.errors.inc(stage="receive")
+        metrics.record_error("receive")
         raise HTTPException(
             400, detail=f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
     if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
-        metrics.errors.inc(stage="receive")
+        metrics.record_error("receive")
         raise HTTPException(400, detail="expected a FHIR resource: a JSON object with resourceType")
     receipt = await ingest.receive_fhir(body, peer=peer_of(request))
     log.info("fhir over http", extra={"message_id": receipt.message_id, "state": receipt.state})

@@ -79,12 +79,9 @@ class Dispatcher:
         self._flushing: asyncio.Lock | None = None
 
     def wake(self) -> None:
-        """Called when deliveries were made or settled: claim now rather than at the next poll."""
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Claim and deliver until ``stop`` is set, skipping destinations whose breaker is open
-        or that hold all the claims they may; on stop, claims not started are given back."""
         in_flight: set[asyncio.Task[None]] = set()
         failures = 0
         try:

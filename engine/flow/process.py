@@ -36,7 +36,6 @@ FHIR_CONTENT_TYPE = "application/fhir+json"
 
 
 def _fhir_patient_key(doc: Mapping[str, Any]) -> str | None:
-    """The first Patient's first identifier (system|value), for ordering, as PID-3 is for HL7v2."""
     resources = (
         [e.get("resource", {}) for e in doc.get("entry", [])]
         if doc.get("resourceType") == "Bundle"
@@ -130,8 +129,6 @@ class Processor:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Process batches until ``stop`` is set: at once while there is work, else on a wake
-        or every ``idle_s``; stale claims of dead workers are taken back every minute."""
         loop = asyncio.get_running_loop()
         next_reclaim = 0.0
         failures = 0
