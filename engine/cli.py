@@ -446,7 +446,7 @@ def payer_stub(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
 ) -> None:
     """Run the stub payer over HTTP: answers 270s with 271s from a YAML roster."""
-    from engine.adapters.payer.stub import run_payer_stub
+    from engine.sim.payer.http_server import run_payer_stub
 
     typer.echo(f"stub payer on http://{host}:{port} (Ctrl-C stops)", err=True)
     run_payer_stub(host, port)
@@ -458,7 +458,7 @@ def demo(
     port: Annotated[int, typer.Option(help="the engine's MLLP port")] = 2575,
 ) -> None:
     """Send synthetic patients with appointments the next business day to a running engine."""
-    from engine.demo import send
+    from engine.sim.demo import send
 
     try:
         results = send(host, port)
@@ -490,7 +490,7 @@ def stub_fhir(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
 ) -> None:
     """Run a stub FHIR server (in memory) for demos and tests: base URL http://HOST:PORT/fhir."""
-    from engine.adapters.stub_fhir import run_stub_fhir
+    from engine.sim.fhir_server import run_stub_fhir
 
     typer.echo(f"stub FHIR server on http://{host}:{port}/fhir (Ctrl-C stops)", err=True)
     run_stub_fhir(host, port)

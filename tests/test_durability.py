@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.adapters.stub_fhir import StubFhirServer, running_stub_fhir
+from engine.sim.fhir_server import StubFhirServer, running_stub_fhir
 from engine.store.repository import SqlMessageStore, create_db_engine
 
 ROUTES = """

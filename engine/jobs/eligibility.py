@@ -37,8 +37,8 @@ from engine.adapters.payer import (
     PayerRejected,
     PayerSet,
     PayerUnavailable,
-    build_payer,
 )
+from engine.adapters.payer.registry import build_payer
 from engine.errors import EngineError
 from engine.settings import Settings
 from engine.store.repository import SqlMessageStore

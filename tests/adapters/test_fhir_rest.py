@@ -19,9 +19,10 @@ from starlette.routing import Route
 
 from engine.adapters.destination import DeliveryResult, Payload, build_destination
 from engine.adapters.fhir_rest import FhirRestDestination, OAuth2ClientCredentials, dependency_order
-from engine.adapters.stub_fhir import ServerThread, StubFhirServer, running_stub_fhir
 from engine.errors import ConfigError
 from engine.routes.spec import FhirDestination
+from engine.sim.fhir_server import StubFhirServer, running_stub_fhir
+from engine.sim.server_thread import ServerThread
 
 BUNDLES = Path(__file__).resolve().parents[2] / "fixtures" / "fhir"
 ADT_A01 = (BUNDLES / "adt_a01.json").read_bytes()

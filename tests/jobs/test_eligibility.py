@@ -14,12 +14,12 @@ from engine.adapters.memory import MemoryDestination
 from engine.adapters.payer import PayerSet, load_payers
 from engine.adapters.payer.config import PayerConfig
 from engine.adapters.payer.memory import MemoryPayer
-from engine.demo import demo_messages
 from engine.flow.process import Processor
 from engine.jobs.eligibility import EligibilityService, business_days
 from engine.mappings import Mappings, load_mappings
 from engine.routes.loader import RouteSet, load_routes
 from engine.settings import Settings
+from engine.sim.demo import demo_messages
 from engine.store.repository import Incoming, SqlMessageStore
 
 TODAY = date(2026, 11, 27)  # a Friday: the next business day is Monday the 30th

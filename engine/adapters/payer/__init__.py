@@ -1,9 +1,11 @@
 """Payers: how the engine asks insurers about eligibility (X12 270 out, 271 back).
 
 :class:`PayerAdapter` is the contract (:mod:`.contract`); payer files say which adapter reaches
-which payer (:mod:`.config`); ``x12-http`` talks to a clearinghouse in the CAQH CORE real-time
-style (:mod:`.x12_http`); the stub payer answers from a synthetic roster in-process
-(:mod:`.stub`) or over HTTP (:mod:`.stub_http`); :class:`MemoryPayer` is the fake for tests.
+which payer (:mod:`.config`) and :func:`.registry.build_payer` builds it; ``x12-http`` talks to a
+clearinghouse in the CAQH CORE real-time style (:mod:`.x12_http`, its wire format in :mod:`.core`);
+the ``stub`` kind is the stub payer of :mod:`engine.sim.payer`; :class:`MemoryPayer` is the fake
+for tests. The registry is not imported here: it imports the simulator, which imports this
+package's contract.
 """
 
 from engine.adapters.payer.config import PayerConfig, PayerSet, load_payers
@@ -11,11 +13,9 @@ from engine.adapters.payer.contract import (
     PayerAdapter,
     PayerRejected,
     PayerUnavailable,
-    build_payer,
     check_answer,
 )
 from engine.adapters.payer.memory import MemoryPayer
-from engine.adapters.payer.stub import StubPayer
 
 __all__ = [
     "MemoryPayer",
@@ -24,8 +24,6 @@ __all__ = [
     "PayerRejected",
     "PayerSet",
     "PayerUnavailable",
-    "StubPayer",
-    "build_payer",
     "check_answer",
     "load_payers",
 ]

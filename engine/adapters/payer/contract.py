@@ -25,17 +25,14 @@ member ID or a name, so they can go to logs and the store as they are.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from engine.errors import EngineError
 from engine.x12.ack import AckResult, read_acks
 from engine.x12.envelope import parse_interchanges
 from engine.x12.errors import X12Error
 
-if TYPE_CHECKING:
-    from engine.adapters.payer.config import PayerConfig
-
-__all__ = ["PayerAdapter", "PayerRejected", "PayerUnavailable", "build_payer", "check_answer"]
+__all__ = ["PayerAdapter", "PayerRejected", "PayerUnavailable", "check_answer"]
 
 
 class PayerUnavailable(EngineError):
@@ -122,28 +119,3 @@ def check_answer(x12: str) -> str:
     if acks.action == "retry":
         raise PayerUnavailable(f"the payer asks to send again: {reasons}")
     raise PayerRejected(f"the payer rejected the 270: {reasons}")
-
-
-def build_payer(name: str, config: PayerConfig) -> PayerAdapter:
-    """The adapter for one payer's config (``name``: the payer ID, or a label for logs).
-
-    ``x12-http``, or a ``stub`` with a ``url``, talks HTTP
-    (:class:`~engine.adapters.payer.x12_http.X12HttpPayer`); a ``stub`` without one answers
-    in-process from its roster (:class:`~engine.adapters.payer.stub.StubPayer`). Raises
-    :class:`~engine.errors.ConfigError` when the config cannot work (a secret's environment
-    variable not set, a roster file that does not load).
-    """
-    if config.adapter == "x12-http" or config.url is not None:
-        from engine.adapters.payer.x12_http import X12HttpPayer
-
-        return X12HttpPayer(name, config)
-    from engine.adapters.payer.roster import load_roster
-    from engine.adapters.payer.stub import StubPayer
-
-    return StubPayer(
-        load_roster(config.roster),
-        name=name,
-        latency_ms=config.latency_ms,
-        jitter_ms=config.jitter_ms,
-        max_concurrency=config.max_concurrency,
-    )

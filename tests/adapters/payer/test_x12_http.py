@@ -17,11 +17,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from engine.adapters.payer import PayerConfig, PayerRejected, PayerUnavailable, StubPayer
+from engine.adapters.payer import PayerConfig, PayerRejected, PayerUnavailable
 from engine.adapters.payer.core import EDI_X12, PAYLOAD_270, decode_form, encode_form
-from engine.adapters.payer.stub_http import PayerStubServer, running_payer_stub
 from engine.adapters.payer.x12_http import X12HttpPayer
-from engine.adapters.stub_fhir import ServerThread
+from engine.sim.payer.http_server import PayerStubServer, running_payer_stub
+from engine.sim.payer.stub import StubPayer
+from engine.sim.server_thread import ServerThread
 from engine.x12.x271 import read_271
 from tests.adapters.payer.conftest import NOW, TRACE, alice, x270
 

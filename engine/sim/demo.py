@@ -3,7 +3,7 @@ so a new user sees the whole flow: registration (ADT^A04 with insurance), schedu
 mapping to FHIR, delivery to the stub FHIR server, and an eligibility check against the stub payer.
 
 The patients and member IDs are synthetic and match the stub payer's roster
-(engine/adapters/payer/specs/roster.yaml), one of each answer it gives.
+(engine/sim/payer/specs/roster.yaml), one of each answer it gives.
 """
 
 from __future__ import annotations

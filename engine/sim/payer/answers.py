@@ -2,7 +2,7 @@
 
 :func:`answer_inquiry` looks the subscriber up by member ID (2100C NM109), or by last name, first
 name and birth date when the 270 sends no ID, and says (as a
-:class:`~engine.adapters.payer.x271_builder.EligibilityAnswer`):
+:class:`~engine.sim.payer.x271.EligibilityAnswer`):
 
 * found, active on the service date (DTP*291, else the stub's today): EB*1 coverage with the
   plan, then per network (EB12 Y/N) the copays by service type (EB*B, EB06 27 per visit),
@@ -28,7 +28,7 @@ from dataclasses import replace
 from datetime import date
 from decimal import Decimal
 
-from engine.adapters.payer.roster import (
+from engine.sim.payer.roster import (
     RELATIONSHIP_CODES,
     Accumulator,
     Dependent,
@@ -36,7 +36,7 @@ from engine.adapters.payer.roster import (
     NetworkBenefits,
     Roster,
 )
-from engine.adapters.payer.x271_builder import (
+from engine.sim.payer.x271 import (
     BenefitLine,
     EligibilityAnswer,
     PatientAnswer,

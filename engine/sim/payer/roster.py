@@ -216,7 +216,7 @@ class Roster(_Strict):
 
 def default_roster_file() -> Path:
     """The built-in synthetic roster."""
-    return Path(str(resources.files("engine.adapters.payer") / "specs" / "roster.yaml"))
+    return Path(str(resources.files("engine.sim.payer") / "specs" / "roster.yaml"))
 
 
 def load_roster(path: Path | None = None) -> Roster:

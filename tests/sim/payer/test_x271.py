@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from engine.adapters.payer.x271_builder import (
+from engine.sim.payer.x271 import (
     BenefitLine,
     EligibilityAnswer,
     PatientAnswer,

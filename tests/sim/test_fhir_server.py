@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from engine.adapters.stub_fhir import StubFhirServer, running_stub_fhir
+from engine.sim.fhir_server import StubFhirServer, running_stub_fhir
 
 BUNDLES = Path(__file__).resolve().parents[2] / "fixtures" / "fhir"
 SYSTEM = "urn:engine:identifier:OAKCLINIC"

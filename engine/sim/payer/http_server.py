@@ -24,7 +24,7 @@ Test switches (not CORE)::
 An outage in ``unavailable`` mode answers 503 (with ``Retry-After: 1``); ``silent`` holds the
 request for ``silent_s`` seconds (the client's timeout fires first) and then answers 504. An
 envelope the stub cannot read gets 400 with a CORE ErrorCode; a body that is not X12 at all,
-400. The answers themselves come from :class:`~engine.adapters.payer.stub.StubPayer`.
+400. The answers themselves come from :class:`~engine.sim.payer.stub.StubPayer`.
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ from engine.adapters.payer.core import (
     decode_form,
     encode_form,
 )
-from engine.adapters.payer.roster import load_roster
-from engine.adapters.payer.stub import StubPayer
-from engine.adapters.stub_fhir import ServerThread
+from engine.sim.payer.roster import load_roster
+from engine.sim.payer.stub import StubPayer
+from engine.sim.server_thread import ServerThread
 
 __all__ = [
     "PayerStubServer",

@@ -1,9 +1,9 @@
 """A stub payer: answers 270s with 271s from a roster of synthetic members (in-process).
 
 Each patient of a 270 (:func:`engine.x12.x270.read_270`) gets the roster's answer
-(:mod:`engine.adapters.payer.answers`: active with copays, deductible, coinsurance and
+(:mod:`engine.sim.payer.answers`: active with copays, deductible, coinsurance and
 out-of-pocket; inactive; an AAA for a member ID, name or birth date that does not match), written
-as a 005010X279A1 271 (:mod:`engine.adapters.payer.x271_builder`) from the 270's receiver to its
+as a 005010X279A1 271 (:mod:`engine.sim.payer.x271`) from the 270's receiver to its
 sender, echoing its BHT03 and TRN.
 
 A 270 the stub cannot read gets what a payer sends: a TA1 rejecting the envelope (TA105 note)
@@ -28,12 +28,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Literal, TypedDict
+from typing import Literal, TypedDict
 
-from engine.adapters.payer.answers import answer_inquiry
 from engine.adapters.payer.contract import PayerRejected, PayerUnavailable
-from engine.adapters.payer.roster import Roster, load_roster
-from engine.adapters.payer.x271_builder import (
+from engine.sim.payer.answers import answer_inquiry
+from engine.sim.payer.roster import Roster, load_roster
+from engine.sim.payer.x271 import (
     EligibilityAnswer,
     Rejection,
     SyntaxReject,
@@ -45,7 +45,7 @@ from engine.x12.envelope import FunctionalGroup, Interchange, Transaction, parse
 from engine.x12.errors import X12Error
 from engine.x12.x270 import EligibilityInquiry, read_270
 
-__all__ = ["OutageMode", "StubPayer", "StubReply", "run_payer_stub"]
+__all__ = ["OutageMode", "StubPayer", "StubReply"]
 
 log = logging.getLogger(__name__)
 
@@ -309,11 +309,3 @@ def _syntax_fault(interchange: Interchange, exc: X12Error) -> SyntaxReject:
         element=exc.element if in_set else None,
         element_code="8" if "date" in exc.message.lower() else "7",
     )
-
-
-def run_payer_stub(host: str = "127.0.0.1", port: int = 8091, **options: Any) -> None:
-    """Serve the stub payer over HTTP until interrupted (``engine payer-stub``); see
-    :func:`engine.adapters.payer.stub_http.run_payer_stub` for ``options``."""
-    from engine.adapters.payer.stub_http import run_payer_stub as run
-
-    run(host, port, **options)

@@ -29,9 +29,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,10 +43,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
+
+from engine.sim.server_thread import ServerThread
 
 __all__ = [
-    "ServerThread",
     "StubFhirServer",
     "StubFhirState",
     "create_stub_fhir_app",
@@ -539,49 +537,6 @@ def create_stub_fhir_app(state: StubFhirState | None = None, *, base: str = "/fh
 def run_stub_fhir(host: str = "127.0.0.1", port: int = 8090, *, base: str = "/fhir") -> None:
     """Serve the stub until interrupted (``engine stub-fhir``)."""
     uvicorn.run(create_stub_fhir_app(base=base), host=host, port=port, log_level="info")
-
-
-class ServerThread:
-    """Any ASGI app served by uvicorn in a daemon thread on a free port (for tests)."""
-
-    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.app = app
-        self.host = host
-        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
-        self.port: int = self._sock.getsockname()[1]
-        config = uvicorn.Config(
-            app,
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            ws="none",
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout_s: float = 10.0) -> None:
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the test HTTP server did not start")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
-        self._sock.close()
 
 
 class StubFhirServer(ServerThread):

@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import pytest
 
-from engine.adapters.payer import PayerRejected, PayerUnavailable, StubPayer, check_answer
-from engine.adapters.payer.stub import OutageMode
+from engine.adapters.payer import PayerRejected, PayerUnavailable, check_answer
+from engine.sim.payer.stub import OutageMode, StubPayer
 from engine.x12.ack import read_acks
 from engine.x12.x270 import EligibilityInquiry, Person
 from engine.x12.x271 import EligibilityResponse, EligibilityResult, read_271
