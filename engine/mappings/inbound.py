@@ -67,6 +67,11 @@ def _get(target: dict[str, Any], path: str) -> Any:
     return obj
 
 
+#: a planned resource as made: its fullUrl, the resource, its plan, the position in the message
+#: of its first segment, its business identifier
+_Made = tuple[str, dict[str, Any], ResourcePlan, int, dict[str, Any] | None]
+
+
 @dataclass
 class _Run:
     """Per-message state: context, trigger, and resources made from fields (Practitioners ...)."""
@@ -243,20 +248,49 @@ class InboundMapper:
 
     def to_bundle(self, message: Message, warnings: list[str] | None = None) -> dict[str, Any]:
         """The FHIR transaction Bundle for one message (a dict ready for JSON); ``warnings``
-        receives what the message carries that no mapping takes."""
+        receives what the message carries that no mapping takes.
+
+        The stages, in order: make each plan's resources from its segments (with their
+        fullUrls), link them by reference, keep those whose ``required`` elements are there
+        (refusing the message when its main resource is not among them), then assemble the
+        entries, the resources made from fields (``resource:`` rules) last."""
         mtype = message.type
         mm = self.message_map(message, mtype)
         positions = _positions(message)
         run = _Run(self.context_for(message), mtype.trigger, frozenset(positions))
+        made, order = self._make_resources(message, mm, positions, run)
+        self._link(mm, made, order)
+        # ``required`` is checked once references are in (a Claim needs its Coverage)
+        kept = [
+            (url, res, plan, ident)
+            for url, res, plan, _index, ident in order
+            if not plan.required or all(_get(res, p) is not None for p in plan.required)
+        ]
+        if mm.main is not None and not any(plan.name == mm.main for _u, _r, plan, _i in kept):
+            raise self._no_main(message, mm, order)
+        entries = [_entry(url, res, ident) for url, res, _plan, ident in kept]
+        entries += [_entry(url, res, self._pick_identifier(res)) for url, res in run.extra.values()]
+        if warnings is not None:
+            warnings.extend(_not_mapped(message, run.used, mm.ignore))
+        return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+    def _make_resources(
+        self, message: Message, mm: MessageMap, positions: dict[str, list[int]], run: _Run
+    ) -> tuple[dict[str, list[tuple[int, str]]], list[_Made]]:
+        """Each plan's resources, one per group of its segments that its ``when`` allows and
+        that gives it any data, in plan order; and per plan name the (position of the first
+        segment, fullUrl) of each, for the references.
+
+        The fullUrl comes from the business identity (FHIR R4 §3.1.0.11): the identifier, else
+        the fullUrl of the plan named by ``key_from``, else the message's sender and control ID
+        with the plan and its place."""
         msh = message.msh
         fallback_key = f"{msh.get(3)}|{msh.get(4)}|{msh.get(10)}"
-        # plan name -> [(position of its first segment in the message, fullUrl)]
         made: dict[str, list[tuple[int, str]]] = {}
-        order: list[tuple[str, dict[str, Any], ResourcePlan, int, dict[str, Any] | None]] = []
+        order: list[_Made] = []
         where = {id(seg): i for i, seg in enumerate(message.segments)}
         seg_ids = self._seg_ids
         segment_fns = self._compiler.segments
-        tables = self.files.tables
         for plan in mm.resources:
             plan_when = self._plan_conditions.get((mm.message, plan.name))
             for index, group in enumerate(_groups(message, positions, plan, seg_ids)):
@@ -267,19 +301,7 @@ class InboundMapper:
                     segment_fns[map_name](seg, res, run)
                 if len(res) == 1:
                     continue
-                ids = res.get("identifier")
-                if ids is not None and len(ids) > 1:
-                    res["identifier"] = _distinct(ids)
-                if plan.resource == "Claim":
-                    _number_lines(res)
-                for path, tname in plan.trigger_values.items():
-                    code = tables[tname].map.get(run.trigger)
-                    if code is not None:
-                        put(res, _steps(path), code)
-                for path, value in plan.values.items():
-                    # a default, never merged into what the segments set
-                    if _get(res, path) is None:
-                        put(res, _steps(path), value)
+                self._complete(res, plan, run.trigger)
                 ident = self._pick_identifier(res) if plan.identity else None
                 if ident is not None:
                     key = f"{ident.get('system', '')}|{ident['value']}"
@@ -291,11 +313,35 @@ class InboundMapper:
                 pos = where[id(group[0][1])]
                 made.setdefault(plan.name, []).append((pos, url))
                 order.append((url, res, plan, pos, ident))
-        # references between planned resources:
-        # - to a plan repeating on the same segment: the resource of the same group (a Coverage
-        #   and its payer), or none;
-        # - else the nearest one before (a merge's prior patient and the PID it follows), or the
-        #   first one (a Claim's patient); ``all`` refers to every one
+        return made, order
+
+    def _complete(self, res: dict[str, Any], plan: ResourcePlan, trigger: str) -> None:
+        """What a resource gets once its segments are mapped: identifiers made distinct, a
+        Claim's lines numbered, the plan's codes by trigger event and its default values."""
+        ids = res.get("identifier")
+        if ids is not None and len(ids) > 1:
+            res["identifier"] = _distinct(ids)
+        if plan.resource == "Claim":
+            _number_lines(res)
+        tables = self.files.tables
+        for path, tname in plan.trigger_values.items():
+            code = tables[tname].map.get(trigger)
+            if code is not None:
+                put(res, _steps(path), code)
+        for path, value in plan.values.items():
+            # a default, never merged into what the segments set
+            if _get(res, path) is None:
+                put(res, _steps(path), value)
+
+    def _link(
+        self, mm: MessageMap, made: dict[str, list[tuple[int, str]]], order: list[_Made]
+    ) -> None:
+        """References between planned resources, the first target plan that made any:
+
+        - to a plan repeating on the same segment: the resource of the same group (a Coverage
+          and its payer), or none;
+        - else the nearest one before (a merge's prior patient and the PID it follows), or the
+          first one (a Claim's patient); ``all`` refers to every one."""
         plans = self._plans[mm.message]
         for _url, res, plan, pos, _ident in order:
             for steps, targets, wrap_tpl, every in self._refs[(mm.message, plan.name)]:
@@ -319,19 +365,6 @@ class InboundMapper:
                             ref_value = wrap(wrap_tpl, ref_value, i + 1)
                         put(res, steps, ref_value)
                     break
-        # ``required`` is checked once references are in (a Claim needs its Coverage)
-        kept = [
-            (url, res, plan, ident)
-            for url, res, plan, _index, ident in order
-            if not plan.required or all(_get(res, p) is not None for p in plan.required)
-        ]
-        if mm.main is not None and not any(plan.name == mm.main for _u, _r, plan, _i in kept):
-            raise self._no_main(message, mm, order)
-        entries = [_entry(url, res, ident) for url, res, _plan, ident in kept]
-        entries += [_entry(url, res, self._pick_identifier(res)) for url, res in run.extra.values()]
-        if warnings is not None:
-            warnings.extend(_not_mapped(message, run.used, mm.ignore))
-        return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
     def refusal(self, message: Message) -> HL7ValidationError | None:
         """Before the ACK: a message whose main resource cannot be made (an ADT without PID, an
@@ -383,7 +416,7 @@ class InboundMapper:
         self,
         message: Message,
         mm: MessageMap,
-        order: list[tuple[str, dict[str, Any], ResourcePlan, int, dict[str, Any] | None]],
+        order: list[_Made],
     ) -> HL7ValidationError:
         """Why the message made no main resource (it is refused rather than half converted)."""
         plan = self._plans[mm.message][mm.main or ""]
