@@ -21,7 +21,7 @@ from engine.adapters.destination import DeliveryResult, Destination, Payload
 from engine.pressure import IngestPressure
 from engine.retry import CircuitBreaker, backoff_s
 from engine.routes.loader import RouteSet
-from engine.store.repository import DueDelivery, Outcome, SqlMessageStore
+from engine.store import DueDelivery, Outcome, SqlMessageStore
 
 __all__ = ["Dispatcher", "Observer"]
 

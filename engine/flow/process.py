@@ -25,7 +25,7 @@ from engine.pressure import IngestPressure
 from engine.retry import backoff_s
 from engine.routes.loader import RouteSet
 from engine.routes.router import Router
-from engine.store.repository import IndexedResource, NewDelivery, Processed, SqlMessageStore
+from engine.store import IndexedResource, NewDelivery, Processed, SqlMessageStore
 
 __all__ = ["Processor", "index_rows"]
 
