@@ -10,6 +10,7 @@ destination only fills its own queue: receiving and acknowledging never wait for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -21,7 +22,7 @@ from engine.adapters.destination import DeliveryResult, Destination, Payload
 from engine.pressure import IngestPressure
 from engine.retry import CircuitBreaker, backoff_s
 from engine.routes.loader import RouteSet
-from engine.store import DueDelivery, Outcome, SqlMessageStore
+from engine.store.repository import DueDelivery, Outcome, SqlMessageStore
 
 __all__ = ["Dispatcher", "Observer"]
 
@@ -130,10 +131,8 @@ class Dispatcher:
                     )
                     continue
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.idle_s)
-                except TimeoutError:
-                    pass
         finally:
             # deliveries under way finish; claims not started are given back, not left to
             # block their patients' queues until the lease runs out

@@ -9,6 +9,7 @@ are the dispatcher's (engine/flow/deliver.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -25,7 +26,7 @@ from engine.pressure import IngestPressure
 from engine.retry import backoff_s
 from engine.routes.loader import RouteSet
 from engine.routes.router import Router
-from engine.store import IndexedResource, NewDelivery, Processed, SqlMessageStore
+from engine.store.repository import IndexedResource, NewDelivery, Processed, SqlMessageStore
 
 __all__ = ["Processor", "index_rows"]
 
@@ -152,10 +153,8 @@ class Processor:
                     self.on_routed()
                 continue
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.idle_s)
-            except TimeoutError:
-                pass
 
     def process_batch(self) -> int:
         """Claim and process one batch; returns how many messages it took."""

@@ -1,4 +1,4 @@
-"""Transforms for the scheduling mappings (registered with :mod:`engine.mappings.transforms`).
+"""Transforms for the scheduling mappings (collected by name in :mod:`engine.mappings.transforms`).
 
 Appointment durations (FHIR R4 Appointment.minutesDuration, a positiveInt) come from an HL7 number
 whose unit is in *another* field: SCH-9 with SCH-10, AIS-7 with AIS-8 (HL7 v2.5.1 §10.6.2,
@@ -20,9 +20,9 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from engine.mappings.transforms import Transform, TransformContext
+from engine.mappings.transforms.contract import Transform, TransformContext
 
-__all__ = ["TRANSFORMS_EXTRA"]
+__all__ = ["TRANSFORMS"]
 
 
 def _number(parts: list[str]) -> Decimal | None:
@@ -70,7 +70,7 @@ def _scaled_out(
     return out
 
 
-TRANSFORMS_EXTRA: list[Transform] = [
+TRANSFORMS: list[Transform] = [
     Transform(
         "minutes",
         "NM in minutes → positiveInt minutes (left out unless whole and positive)",

@@ -1,9 +1,5 @@
-"""Named transform functions that mapping rules refer to (``transform: date``).
-
-Each transform works both ways: ``inbound`` turns the HL7 text (a list: the element's parts, its
-subcomponents or components, the first being the text itself) into a FHIR value; ``outbound`` turns
-the FHIR value back into the HL7 parts. Mapping authors cannot add code here from a YAML file; a
-developer adds a function and documents it in docs/MAPPINGS.md.
+"""The transforms every area uses: dates and times, identifier systems, numbers, yes/no, text,
+phone numbers, street addresses and locations.
 
 Dates and times (HL7 v2.5.1 chapter 2A, DTM; FHIR R4 §2.24 date, dateTime, instant):
 
@@ -16,8 +12,6 @@ from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -25,35 +19,9 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.errors import ConfigError
+from engine.mappings.transforms.contract import Transform, TransformContext
 
-__all__ = ["TRANSFORMS", "Transform", "TransformContext", "get_transform"]
-
-
-@dataclass(frozen=True)
-class TransformContext:
-    """What a transform may consult: the message's time zone and the site's identifier systems."""
-
-    timezone: str = "America/New_York"
-    identifier_systems: tuple[tuple[str, str], ...] = ()
-    identifier_system_base: str = "urn:engine:identifier:"
-
-    def system_for(self, namespace: str) -> str | None:
-        return _systems(self.identifier_systems).get(namespace)
-
-
-@lru_cache(maxsize=16)
-def _systems(pairs: tuple[tuple[str, str], ...]) -> dict[str, str]:
-    return dict(pairs)
-
-
-@dataclass(frozen=True)
-class Transform:
-    name: str
-    doc: str
-    inbound: Callable[[list[str], TransformContext], Any]
-    outbound: Callable[[Any, TransformContext], list[str]]
-    #: reads only the first part (the element's text): generated code passes ``[text]``
-    single: bool = False
+__all__ = ["TRANSFORMS"]
 
 
 # -- dates and times -------------------------------------------------------------------------
@@ -306,89 +274,58 @@ def _location_out(value: Any, ctx: TransformContext) -> list[str]:
     return [str(value)] if value else []
 
 
-TRANSFORMS: dict[str, Transform] = {
-    t.name: t
-    for t in (
-        Transform(
-            "date",
-            "DT/DTM → FHIR date, keeping precision (YYYY, YYYY-MM, YYYY-MM-DD)",
-            _date_in,
-            _date_out,
-        ),
-        Transform(
-            "datetime",
-            "DTM → FHIR dateTime, keeping precision; offset from the "
-            "message or the facility's time zone",
-            _datetime_in,
-            _datetime_out,
-        ),
-        Transform(
-            "instant",
-            "DTM → FHIR instant (seconds and offset always present)",
-            lambda p, c: _datetime_in(p, c, instant=True),
-            _datetime_out,
-        ),
-        Transform(
-            "identifier_system",
-            "HD → identifier system URI (site map, urn:oid:, URI, or the site's base + namespace)",
-            _system_in,
-            _system_out,
-        ),
-        Transform(
-            "ei_system",
-            "EI (entity ID ^ namespace ^ universal ID ^ type) → identifier "
-            "system URI, read from components 2-4",
-            lambda p, c: _system_in(p[1:4], c),
-            lambda v, c: ["", *_system_out(v, c)],
-        ),
-        Transform("decimal", "NM → JSON number", _decimal_in, _decimal_out),
-        Transform("integer", "NM/SI → integer", _int_in, _str_out),
-        Transform("yes_no", "ID Y/N (table 0136) → boolean", _yn_in, _yn_out),
-        Transform("text", "the text as it is (the default)", _text_in, _str_out),
-        Transform(
-            "street_address", "SAD → address line (street parts joined)", _street_in, _phone_out
-        ),
-        Transform(
-            "location_name",
-            "PL → Location.name: point of care, room, bed",
-            _location_in,
-            _location_out,
-        ),
-        Transform(
-            "phone",
-            "XTN → ContactPoint.value: XTN-1, else XTN-12, else +5 6 7 X8",
-            _phone_in,
-            _phone_out,
-        ),
-    )
-}
-
-# transforms that read only the element's text: generated code skips building the parts list
-for _name in ("date", "datetime", "instant", "decimal", "integer", "yes_no"):
-    TRANSFORMS[_name] = replace(TRANSFORMS[_name], single=True)
-
-
-_EXTRAS_LOADED = False
-
-
-def _load_extras() -> None:
-    """Register the transforms of the per-area modules (scheduling, financial) once."""
-    global _EXTRAS_LOADED
-    if _EXTRAS_LOADED:
-        return
-    from engine.mappings import transforms_financial, transforms_scheduling
-
-    for module in (transforms_scheduling, transforms_financial):
-        for t in module.TRANSFORMS_EXTRA:
-            TRANSFORMS.setdefault(t.name, t)
-    _EXTRAS_LOADED = True
-
-
-def get_transform(name: str) -> Transform:
-    _load_extras()
-    try:
-        return TRANSFORMS[name]
-    except KeyError:
-        raise ConfigError(
-            f"no transform named {name!r} (available: {', '.join(sorted(TRANSFORMS))})"
-        ) from None
+#: ``single``: reads only the element's text, so generated code skips building the parts list
+TRANSFORMS: list[Transform] = [
+    Transform(
+        "date",
+        "DT/DTM → FHIR date, keeping precision (YYYY, YYYY-MM, YYYY-MM-DD)",
+        _date_in,
+        _date_out,
+        single=True,
+    ),
+    Transform(
+        "datetime",
+        "DTM → FHIR dateTime, keeping precision; offset from the "
+        "message or the facility's time zone",
+        _datetime_in,
+        _datetime_out,
+        single=True,
+    ),
+    Transform(
+        "instant",
+        "DTM → FHIR instant (seconds and offset always present)",
+        lambda p, c: _datetime_in(p, c, instant=True),
+        _datetime_out,
+        single=True,
+    ),
+    Transform(
+        "identifier_system",
+        "HD → identifier system URI (site map, urn:oid:, URI, or the site's base + namespace)",
+        _system_in,
+        _system_out,
+    ),
+    Transform(
+        "ei_system",
+        "EI (entity ID ^ namespace ^ universal ID ^ type) → identifier "
+        "system URI, read from components 2-4",
+        lambda p, c: _system_in(p[1:4], c),
+        lambda v, c: ["", *_system_out(v, c)],
+    ),
+    Transform("decimal", "NM → JSON number", _decimal_in, _decimal_out, single=True),
+    Transform("integer", "NM/SI → integer", _int_in, _str_out, single=True),
+    Transform("yes_no", "ID Y/N (table 0136) → boolean", _yn_in, _yn_out, single=True),
+    Transform("text", "the text as it is (the default)", _text_in, _str_out),
+    Transform("street_address", "SAD → address line (street parts joined)", _street_in, _phone_out),
+    Transform(
+        "location_name",
+        "PL → Location.name: point of care, room, bed",
+        _location_in,
+        _location_out,
+    ),
+    Transform(
+        "phone",
+        "XTN → ContactPoint.value: XTN-1, else XTN-12, else +5 6 7 X8",
+        _phone_in,
+        _phone_out,
+    ),
+]

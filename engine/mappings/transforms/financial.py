@@ -1,4 +1,4 @@
-"""Transforms for the financial mappings (registered with :mod:`engine.mappings.transforms`).
+"""Transforms for the financial mappings (collected by name in :mod:`engine.mappings.transforms`).
 
 ``procedure_modifier_system``
     The code system of a procedure code modifier sent without one (FT1-26, HL7 v2.5.1 section
@@ -17,9 +17,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from engine.mappings.transforms import Transform, TransformContext
+from engine.mappings.transforms.contract import Transform, TransformContext
 
-__all__ = ["CPT_SYSTEM", "HCPCS_SYSTEM", "TRANSFORMS_EXTRA"]
+__all__ = ["CPT_SYSTEM", "HCPCS_SYSTEM", "TRANSFORMS"]
 
 #: the code system URIs of HL7 Terminology (THO): CodeSystem v3-cpt-4 and hcpcs-Level-II
 CPT_SYSTEM = "http://www.ama-assn.org/go/cpt"
@@ -40,7 +40,7 @@ def _modifier_system_out(value: Any, ctx: TransformContext) -> list[str]:
     return []
 
 
-TRANSFORMS_EXTRA: list[Transform] = [
+TRANSFORMS: list[Transform] = [
     Transform(
         "procedure_modifier_system",
         "CNE (procedure modifier, table 0340) → its code system when CNE-3 is empty: CPT when "
