@@ -127,10 +127,9 @@ class Engine:
     """The running engine: store, ingest, queue workers, MLLP listener and HTTP server."""
 
     def __init__(self, settings: Settings) -> None:
-        from engine.adapters.destination import build_destination
+        from engine.adapters.registry import build_destination, load_routes
         from engine.flow.gate import RouteGate
         from engine.mappings import load_mappings
-        from engine.routes.loader import load_routes
         from engine.routes.router import Router
 
         self.settings = settings

@@ -11,7 +11,8 @@ Deliveries are at-least-once: a message may reach a destination twice (an ACK lo
 back), so each adapter makes a redelivery harmless where its protocol allows (conditional updates,
 files named by message, the idempotency key sent along).
 
-:func:`build_destination` turns a route file's destination config into its adapter.
+The adapters are built from a route file's destinations by :mod:`engine.adapters.registry`; this
+contract knows none of them.
 """
 
 from __future__ import annotations
@@ -19,14 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from engine.routes.spec import (
-    DestinationConfig,
-    FhirDestination,
-    FileDestination,
-    MllpDestination,
-)
-
-__all__ = ["DeliveryResult", "Destination", "Payload", "PayloadKind", "build_destination"]
+__all__ = ["DeliveryResult", "Destination", "Payload", "PayloadKind"]
 
 PayloadKind = Literal["fhir-bundle", "hl7v2"]
 
@@ -83,24 +77,3 @@ class Destination(Protocol):
     async def deliver(self, payload: Payload) -> DeliveryResult: ...
 
     async def close(self) -> None: ...
-
-
-def build_destination(name: str, config: DestinationConfig) -> Destination:
-    """The adapter for one destination config (a route file's ``destinations.<name>``).
-
-    Raises :class:`~engine.errors.ConfigError` when the config cannot work (e.g. the environment
-    variable holding its token is not set).
-    """
-    if isinstance(config, FhirDestination):
-        from engine.adapters.fhir_rest import FhirRestDestination
-
-        return FhirRestDestination(name, config)
-    if isinstance(config, MllpDestination):
-        from engine.adapters.mllp.client import MLLPDestination
-
-        return MLLPDestination(name, config)
-    if isinstance(config, FileDestination):
-        from engine.adapters.files import FileDropDestination
-
-        return FileDropDestination(name, config)
-    raise TypeError(f"no adapter for destination config {type(config).__name__}")

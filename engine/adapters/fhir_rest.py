@@ -1,6 +1,6 @@
 """The FHIR REST destination: delivers a transaction Bundle to a FHIR R4 server over HTTP.
 
-Two modes (:class:`~engine.routes.spec.FhirDestination`):
+Two modes (:class:`FhirDestination`, the config model of a route file's ``type: fhir``):
 
 ``transaction``
     POST the Bundle to the base URL (https://hl7.org/fhir/R4/http.html#transaction): the server
@@ -36,19 +36,22 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import httpx
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from engine.adapters.auth import BearerAuth, OAuth2Auth
+from engine.adapters.auth import NoAuth as NoAuthConfig
 from engine.adapters.destination import DeliveryResult, Payload
 from engine.adapters.oauth2 import ClientCredentials, TokenError, retry_after
 from engine.errors import ConfigError
-from engine.routes.spec import BearerAuth, FhirDestination, OAuth2Auth
 
 __all__ = [
     "AuthProvider",
     "BearerToken",
+    "FhirDestination",
     "FhirRestDestination",
     "NoAuth",
     "OAuth2ClientCredentials",
@@ -57,6 +60,38 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _FHIR_JSON = "application/fhir+json"
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+FhirAuth = Annotated[NoAuthConfig | BearerAuth | OAuth2Auth, Field(discriminator="type")]
+
+
+class FhirDestination(BaseModel):
+    """A route file's ``type: fhir`` destination: a FHIR R4 REST server
+    (https://hl7.org/fhir/R4/http.html).
+
+    ``transaction`` POSTs the Bundle to ``base_url`` (http.html#transaction: all or nothing);
+    ``conditional`` sends each entry as its own request (``entry.request``: conditional updates
+    ``PUT Patient?identifier=system|value``, http.html#cond-update), for servers without
+    transactions. That is not atomic: entries sent before a failure stay written, and a retry
+    sends them again (harmless: each is an update).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str
+    mode: Literal["transaction", "conditional"] = "transaction"
+    auth: FhirAuth = Field(default_factory=NoAuthConfig)
+    timeout_s: float = Field(default=30.0, gt=0)
+    verify_tls: bool = True
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"base_url {value!r} must start with http:// or https://")
+        return value.rstrip("/")
 
 
 class _Refused(Exception):

@@ -24,10 +24,11 @@ import re
 import tempfile
 from pathlib import Path
 
-from engine.adapters.destination import DeliveryResult, Payload
-from engine.routes.spec import FileDestination
+from pydantic import BaseModel, ConfigDict
 
-__all__ = ["FileDropDestination", "file_name"]
+from engine.adapters.destination import DeliveryResult, Payload
+
+__all__ = ["FileDestination", "FileDropDestination", "file_name"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,15 @@ _PERMANENT = frozenset(
         errno.EEXIST,  # a file where the directory should be
     }
 )
+
+
+class FileDestination(BaseModel):
+    """A route file's ``type: file`` destination: a directory, one file per message and
+    destination, written atomically."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    directory: Path
 
 
 def file_name(payload: Payload) -> str:

@@ -18,7 +18,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from engine.routes.spec import OAuth2Auth
+from engine.adapters.auth import OAuth2Auth
 
 __all__ = ["ClientCredentials", "TokenError", "retry_after"]
 

@@ -51,12 +51,11 @@ async def serve_workers(
 
     ``pressure``: the receiver's shared ingest-pressure value (``engine serve``), or None.
     """
-    from engine.adapters.destination import build_destination
+    from engine.adapters.registry import build_destination, load_routes
     from engine.flow.deliver import Dispatcher
     from engine.flow.process import Processor
     from engine.mappings import load_mappings
     from engine.pressure import IngestPressure
-    from engine.routes.loader import load_routes
     from engine.store.repository import SqlMessageStore, create_db_engine
 
     mappings = load_mappings(settings.mappings_dir)

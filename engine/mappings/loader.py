@@ -11,21 +11,18 @@ rules[3].table: no code table named 'sex'``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from engine.errors import ConfigError
 from engine.mappings.spec import CodeTable, DatatypeMap, MessageMap, SegmentMap, SiteConfig
+from engine.yamlfile import parse_file
 
 __all__ = ["MappingFiles", "default_specs_dir", "load_files"]
-
-M = TypeVar("M", bound=BaseModel)
 
 _KINDS: dict[str, type[BaseModel]] = {
     "tables": CodeTable,
@@ -52,79 +49,6 @@ class MappingFiles:
     origin: dict[str, str] = field(default_factory=dict)
     #: outbound message layouts (engine.mappings.outbound_spec.OutboundMessage), by message code
     outbound: dict[str, Any] = field(default_factory=dict)
-
-
-#: libyaml's parser where PyYAML was built with it (about ten times faster than the pure-Python
-#: one: start-up reads some hundred mapping files), with the same node marks for line numbers
-_LineLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def _compose_lines(text: str, where: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
-    try:
-        node = yaml.compose(text, Loader=_LineLoader)
-    except yaml.YAMLError as exc:
-        # the construct that failed (context) is where to look; the problem may be lines later
-        ctx = getattr(exc, "context_mark", None)
-        mark = getattr(exc, "problem_mark", None)
-        first = ctx or mark
-        line = f", line {first.line + 1}" if first is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        if ctx is not None and mark is not None and mark.line != ctx.line:
-            problem += f" at line {mark.line + 1}"
-        raise ConfigError(f"{where}{line}: not valid YAML ({problem})") from exc
-    lines: dict[tuple[Any, ...], int] = {}
-
-    def walk(n: yaml.Node, path: tuple[Any, ...]) -> None:
-        lines[path] = n.start_mark.line + 1
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                key = k.value
-                lines[(*path, key)] = k.start_mark.line + 1
-                walk(v, (*path, key))
-        elif isinstance(n, yaml.SequenceNode):
-            for i, v in enumerate(n.value):
-                walk(v, (*path, i))
-
-    if node is not None:
-        walk(node, ())
-    data = yaml.load(text, Loader=_LineLoader) if node is not None else None
-    return data, lines
-
-
-def _loc_text(loc: Iterable[Any]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def parse_file(path: Path, model: type[M], where: str) -> M:
-    """Read and validate one mapping file; errors name file, line and key."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where}: cannot read ({exc})") from exc
-    data, lines = _compose_lines(text, where)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}, line 1: expected a mapping of keys (e.g. 'segment: PID')")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function")))
-        # find the deepest located prefix for a line number
-        line = 1
-        for i in range(len(loc), -1, -1):
-            if loc[:i] in lines:
-                line = lines[loc[:i]]
-                break
-        key = _loc_text(loc) or "(file)"
-        msg = err["msg"].removeprefix("Value error, ")
-        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise ConfigError(f"{where}, line {line}, {key}: {msg}{more}") from exc
 
 
 def _files(root: Path, kind: str) -> list[Path]:

@@ -81,7 +81,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.errors import ConfigError, HL7PathError
 from engine.hl7v2.path import parse_path
-from engine.mappings.loader import default_specs_dir, parse_file
+from engine.mappings.loader import default_specs_dir
+from engine.yamlfile import parse_file
 
 __all__ = [
     "DefaultFrom",

@@ -6,6 +6,6 @@ matches a message against them. The core: no web, database or adapter imports.
 
 from engine.routes.loader import RouteSet, load_routes
 from engine.routes.router import Router
-from engine.routes.spec import DestinationConfig, Route
+from engine.routes.spec import DestinationSpec, Route
 
-__all__ = ["DestinationConfig", "Route", "RouteSet", "Router", "load_routes"]
+__all__ = ["DestinationSpec", "Route", "RouteSet", "Router", "load_routes"]

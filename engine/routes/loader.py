@@ -10,24 +10,35 @@ A name defined twice (destinations or routes) is an error naming both files; so 
 names a destination nobody defines. Every error names the file, the line and the key:
 ``site/routes.yaml, line 14, routes[1].destinations[0]: route 'adt-out' names an unknown
 destination 'fihr' (defined: dropbox, local-fhir)``.
+
+Routes know no adapter, so a destination's own keys (``base_url``, ``port``, ...) are checked by
+the ``check_destination`` the caller passes: :func:`engine.adapters.registry.load_routes` passes
+the check of each destination type's adapter, and its errors name file, line and key the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from engine.errors import ConfigError
-from engine.mappings.loader import parse_file
-from engine.routes.spec import DestinationConfig, Route, RouteFile
+from engine.routes.spec import DestinationSpec, Route, RouteFile
+from engine.yamlfile import YamlFile, key_text, read_yaml
 
-__all__ = ["RouteSet", "default_routes_dir", "load_routes"]
+__all__ = ["DestinationCheck", "RouteSet", "default_routes_dir", "load_routes"]
+
+#: checks one destination's adapter settings, raising pydantic's ValidationError located from the
+#: destination (``("port",)``: the destination's ``port`` key); what it returns is not kept
+DestinationCheck = Callable[[DestinationSpec], object]
+
+_SECRET_HINT = (
+    "a secret never goes in a route file: name the environment variable that holds it, "
+    "in token_env or client_secret_env"
+)
 
 
 def default_routes_dir() -> Path:
@@ -41,7 +52,7 @@ class RouteSet:
     (keys ``route:<name>`` and ``destination:<name>``)."""
 
     routes: list[Route] = field(default_factory=list)
-    destinations: dict[str, DestinationConfig] = field(default_factory=dict)
+    destinations: dict[str, DestinationSpec] = field(default_factory=dict)
     origin: dict[str, str] = field(default_factory=dict)
 
     def route(self, name: str) -> Route:
@@ -50,83 +61,6 @@ class RouteSet:
             if r.name == name:
                 return r
         raise KeyError(name)
-
-
-def _line_index(path: Path) -> tuple[dict[tuple[Any, ...], int], list[tuple[tuple[Any, ...], int]]]:
-    """Line of every key and item in a YAML file, and the keys written twice in one mapping
-    (which YAML loaders silently collapse to the last one)."""
-    node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    lines: dict[tuple[Any, ...], int] = {}
-    dupes: list[tuple[tuple[Any, ...], int]] = []
-
-    def walk(n: yaml.Node, at: tuple[Any, ...]) -> None:
-        lines.setdefault(at, n.start_mark.line + 1)
-        if isinstance(n, yaml.MappingNode):
-            seen: set[Any] = set()
-            for k, v in n.value:
-                here = (*at, k.value)
-                if k.value in seen:
-                    dupes.append((here, k.start_mark.line + 1))
-                seen.add(k.value)
-                lines[here] = k.start_mark.line + 1
-                walk(v, here)
-        elif isinstance(n, yaml.SequenceNode):
-            for i, v in enumerate(n.value):
-                walk(v, (*at, i))
-
-    if node is not None:
-        walk(node, ())
-    return lines, dupes
-
-
-class _Raw(BaseModel):
-    """Any mapping: :func:`parse_file` reads the YAML (and reports its syntax errors) into it."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-#: the ``type`` values of the discriminated unions, which pydantic puts into error locations
-_TAGS = frozenset({"fhir", "mllp", "file", "none", "bearer", "oauth2"})
-
-
-def _validate(data: dict[str, Any], lines: dict[tuple[Any, ...], int], where: str) -> RouteFile:
-    """Validate a route file; the first error names its line and key as the file writes it."""
-    try:
-        return RouteFile.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors()
-        # a misspelt key gives "extra" and "missing" errors: the extra one points at the typo
-        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-        loc: list[Any] = []
-        parts = list(err["loc"])
-        for n, part in enumerate(parts):
-            here = (*loc, part)
-            # drop the union tag pydantic adds (destinations.x.fhir.auth -> destinations.x.auth)
-            if part in _TAGS and here not in lines and n < len(parts) - 1:
-                continue
-            if isinstance(part, str) and part.startswith("function"):
-                continue
-            loc.append(part)
-        line = next(
-            (lines[tuple(loc[:i])] for i in range(len(loc), -1, -1) if tuple(loc[:i]) in lines), 1
-        )
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden" and any(
-            w in str(loc[-1]).lower() for w in ("token", "secret", "password")
-        ):
-            msg += " (a secret never goes in a route file: name the environment variable that "
-            msg += "holds it, in token_env or client_secret_env)"
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ConfigError(
-            f"{where}, line {line}, {_key_text(loc) or '(file)'}: {msg}{more}"
-        ) from exc
-
-
-def _key_text(key: Iterable[Any]) -> str:
-    out = ""
-    for part in key:
-        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
-    return out
 
 
 def _files(defaults: Path, site_dir: Path | None) -> list[tuple[str, Path]]:
@@ -144,48 +78,63 @@ def _files(defaults: Path, site_dir: Path | None) -> list[tuple[str, Path]]:
     return list(chosen.values())
 
 
-def load_routes(site_dir: Path | None = None, *, defaults: Path | None = None) -> RouteSet:
+def _read(path: Path, where: str, check: DestinationCheck | None) -> tuple[YamlFile, RouteFile]:
+    """One route file, validated (its destinations by ``check`` too)."""
+    doc = read_yaml(path, where)
+    spec = doc.validate(RouteFile, secret_hint=_SECRET_HINT)
+    if check is not None:
+        for name, dest in spec.destinations.items():
+            try:
+                check(dest)
+            except ValidationError as exc:
+                at = ("destinations", name)
+                raise doc.validation_error(exc, at=at, secret_hint=_SECRET_HINT) from exc
+    if doc.duplicates:
+        key, line = doc.duplicates[0]
+        raise ConfigError(f"{where}, line {line}, {key_text(key)}: written twice in the file")
+    return doc, spec
+
+
+def load_routes(
+    site_dir: Path | None = None,
+    *,
+    defaults: Path | None = None,
+    check_destination: DestinationCheck | None = None,
+) -> RouteSet:
     """Load the built-in route files, then the site directory over them.
 
-    Raises :class:`ConfigError` naming the file, line and key of the first problem.
+    ``check_destination`` checks each destination's adapter settings (None: only what every
+    destination has, ``type`` and ``retry``). Raises :class:`ConfigError` naming the file, line
+    and key of the first problem.
     """
     out = RouteSet()
-    pending: list[tuple[str, Path, int, Route]] = []  # where, path, index in file, route
+    pending: list[tuple[YamlFile, int, Route]] = []  # the file, index in it, route
     for where, path in _files(defaults or default_routes_dir(), site_dir):
-        raw = parse_file(path, _Raw, where)
-        lines, dupes = _line_index(path)
-        spec = _validate(dict(raw.model_extra or {}), lines, where)
-        if dupes:
-            key, line = dupes[0]
-            raise ConfigError(f"{where}, line {line}, {_key_text(key)}: written twice in the file")
+        doc, spec = _read(path, where, check_destination)
         for name, dest in spec.destinations.items():
             seen = out.origin.get(f"destination:{name}")
             if seen is not None:
-                line = lines.get(("destinations", name), 1)
-                raise ConfigError(
-                    f"{where}, line {line}, destinations.{name}: destination {name!r} is already "
-                    f"defined in {seen}"
+                raise doc.error(
+                    ("destinations", name), f"destination {name!r} is already defined in {seen}"
                 )
             out.destinations[name] = dest
             out.origin[f"destination:{name}"] = where
         for i, route in enumerate(spec.routes):
             seen = out.origin.get(f"route:{route.name}")
             if seen is not None:
-                line = lines.get(("routes", i, "name"), 1)
-                raise ConfigError(
-                    f"{where}, line {line}, routes[{i}].name: route {route.name!r} is already "
-                    f"defined in {seen}"
+                raise doc.error(
+                    ("routes", i, "name"), f"route {route.name!r} is already defined in {seen}"
                 )
             out.origin[f"route:{route.name}"] = where
             out.routes.append(route)
-            pending.append((where, path, i, route))
-    for where, path, i, route in pending:
+            pending.append((doc, i, route))
+    for doc, i, route in pending:
         for j, dest_name in enumerate(route.destinations):
             if dest_name not in out.destinations:
-                line = _line_index(path)[0].get(("routes", i, "destinations", j), 1)
                 known = ", ".join(sorted(out.destinations)) or "none"
-                raise ConfigError(
-                    f"{where}, line {line}, routes[{i}].destinations[{j}]: route {route.name!r} "
-                    f"names an unknown destination {dest_name!r} (defined: {known})"
+                raise doc.error(
+                    ("routes", i, "destinations", j),
+                    f"route {route.name!r} names an unknown destination {dest_name!r} "
+                    f"(defined: {known})",
                 )
     return out

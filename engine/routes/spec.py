@@ -16,17 +16,18 @@ A route reads one kind of input. HL7v2 criteria (``message``, ``trigger``, ``sen
 ``resource_type`` and ``mapping: hl7v2`` make it a FHIR route; a route with neither (``match: {}``
 and ``mapping: none``) passes every input through.
 
-Destination types (``type`` selects the model): ``fhir`` (a FHIR R4 REST server,
+Destination types (``type`` selects the adapter, whose config model lies beside it in
+:mod:`engine.adapters` and checks the destination's other keys): ``fhir`` (a FHIR R4 REST server,
 https://hl7.org/fhir/R4/http.html), ``mllp`` (an HL7v2 receiver, HL7 v2.5.1 appendix C) and
-``file`` (a directory). Secrets never sit in a route file: a bearer token or an OAuth2 client secret
-is read from the environment variable the file names (``token_env``, ``client_secret_env``).
+``file`` (a directory). Every destination has a ``retry`` policy. Secrets never sit in a route
+file: a bearer token or an OAuth2 client secret is read from the environment variable the file
+names (``token_env``, ``client_secret_env``).
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -44,16 +45,9 @@ from engine.retry import RetryPolicy
 
 __all__ = [
     "MAPPINGS",
-    "BearerAuth",
     "Condition",
-    "DestinationConfig",
-    "FhirAuth",
-    "FhirDestination",
-    "FileDestination",
+    "DestinationSpec",
     "Match",
-    "MllpDestination",
-    "NoAuth",
-    "OAuth2Auth",
     "Route",
     "RouteFile",
 ]
@@ -66,7 +60,6 @@ MAPPINGS: dict[str, str] = {
 }
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MESSAGE_RE = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _TRIGGER_RE = re.compile(r"^[A-Z0-9]{3}$")
 _RESOURCE_RE = re.compile(r"^[A-Z][A-Za-z]+$")
@@ -82,116 +75,27 @@ def _check_name(value: str, what: str) -> str:
     return value
 
 
-def _check_env(value: str) -> str:
-    if not _ENV_RE.match(value):
-        raise ValueError(
-            f"{value!r} is not an environment variable name (the file names the variable; "
-            "the secret itself never goes in a route file)"
-        )
-    return value
-
-
 # -- destinations --------------------------------------------------------------------------------
 
 
-class NoAuth(_Strict):
-    """No Authorization header."""
+class DestinationSpec(BaseModel):
+    """One destination as the route file writes it: its ``type``, how often to retry a delivery,
+    and its adapter's own keys beside them (:attr:`settings`: ``base_url``, ``host``, ...).
 
-    type: Literal["none"] = "none"
-
-
-class BearerAuth(_Strict):
-    """``Authorization: Bearer <token>`` with the token read from an environment variable."""
-
-    type: Literal["bearer"]
-    token_env: str
-
-    @field_validator("token_env")
-    @classmethod
-    def _env(cls, value: str) -> str:
-        return _check_env(value)
-
-
-class OAuth2Auth(_Strict):
-    """OAuth 2.0 client credentials grant (RFC 6749 section 4.4); the token is cached until it
-    expires and fetched again when the server answers 401."""
-
-    type: Literal["oauth2"]
-    token_url: str
-    client_id: str
-    client_secret_env: str
-    scope: str | None = None
-    #: how the client authenticates to the token endpoint (RFC 6749 section 2.3.1): HTTP Basic
-    #: (every server must accept it) or client_id/client_secret in the form body
-    client_auth: Literal["basic", "post"] = "basic"
-
-    @field_validator("client_secret_env")
-    @classmethod
-    def _env(cls, value: str) -> str:
-        return _check_env(value)
-
-    @field_validator("token_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"token_url {value!r} must start with http:// or https://")
-        return value
-
-
-FhirAuth = Annotated[NoAuth | BearerAuth | OAuth2Auth, Field(discriminator="type")]
-
-
-class FhirDestination(_Strict):
-    """A FHIR R4 REST server (https://hl7.org/fhir/R4/http.html).
-
-    ``transaction`` POSTs the Bundle to ``base_url`` (http.html#transaction: all or nothing);
-    ``conditional`` sends each entry as its own request (``entry.request``: conditional updates
-    ``PUT Patient?identifier=system|value``, http.html#cond-update), for servers without
-    transactions. That is not atomic: entries sent before a failure stay written, and a retry
-    sends them again (harmless: each is an update).
+    The routes know no adapter (the core imports none): the adapter of the ``type`` checks the
+    settings with its own config model, through the check the route loader is given
+    (:func:`engine.adapters.registry.load_routes`), and builds the destination from them.
     """
 
-    type: Literal["fhir"]
-    base_url: str
-    mode: Literal["transaction", "conditional"] = "transaction"
-    auth: FhirAuth = Field(default_factory=NoAuth)
-    timeout_s: float = Field(default=30.0, gt=0)
-    verify_tls: bool = True
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str
     retry: RetryPolicy = RetryPolicy()
 
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"base_url {value!r} must start with http:// or https://")
-        return value.rstrip("/")
-
-
-class MllpDestination(_Strict):
-    """An HL7v2 receiver over MLLP (HL7 v2.5.1 appendix C); each message waits for its ACK."""
-
-    type: Literal["mllp"]
-    host: str
-    port: int = Field(..., ge=1, le=65535)
-    #: connect, and wait for the ACK, at most this long
-    timeout_s: float = Field(default=30.0, gt=0)
-    tls: bool = False
-    #: the largest ACK accepted (an ACK is small; a runaway peer is not)
-    max_ack_bytes: int = Field(default=1024 * 1024, ge=1024)
-    retry: RetryPolicy = RetryPolicy()
-
-
-class FileDestination(_Strict):
-    """A directory: one file per message and destination, written atomically."""
-
-    type: Literal["file"]
-    directory: Path
-    retry: RetryPolicy = RetryPolicy()
-
-
-DestinationConfig = Annotated[
-    FhirDestination | MllpDestination | FileDestination, Field(discriminator="type")
-]
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The keys for the adapter: every key but ``type`` and ``retry``."""
+        return dict(self.model_extra or {})
 
 
 # -- routes --------------------------------------------------------------------------------------
@@ -340,12 +244,12 @@ class Route(_Strict):
 class RouteFile(_Strict):
     """One route file: destinations by name, and routes."""
 
-    destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
+    destinations: dict[str, DestinationSpec] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
 
     @field_validator("destinations")
     @classmethod
-    def _names(cls, v: dict[str, DestinationConfig]) -> dict[str, DestinationConfig]:
+    def _names(cls, v: dict[str, DestinationSpec]) -> dict[str, DestinationSpec]:
         for name in v:
             _check_name(name, "destination name")
         return v

@@ -17,10 +17,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from engine.adapters.destination import DeliveryResult, Payload, build_destination
-from engine.adapters.fhir_rest import FhirRestDestination, OAuth2ClientCredentials, dependency_order
+from engine.adapters.destination import DeliveryResult, Payload
+from engine.adapters.fhir_rest import (
+    FhirDestination,
+    FhirRestDestination,
+    OAuth2ClientCredentials,
+    dependency_order,
+)
+from engine.adapters.registry import build_destination
 from engine.errors import ConfigError
-from engine.routes.spec import FhirDestination
+from engine.routes.spec import DestinationSpec
 from engine.sim.fhir_server import StubFhirServer, running_stub_fhir
 from engine.sim.server_thread import ServerThread
 
@@ -54,7 +60,7 @@ def payload(body: bytes = ADT_A01, kind: str = "fhir-bundle") -> Payload:
 
 
 def config(base_url: str, **extra: Any) -> FhirDestination:
-    return FhirDestination.model_validate({"type": "fhir", "base_url": base_url, **extra})
+    return FhirDestination.model_validate({"base_url": base_url, **extra})
 
 
 def deliver_all(dest: FhirRestDestination, *payloads: Payload) -> list[DeliveryResult]:
@@ -68,7 +74,8 @@ def deliver_all(dest: FhirRestDestination, *payloads: Payload) -> list[DeliveryR
 
 
 def test_transaction_mode_posts_the_bundle_and_is_idempotent(stub: StubFhirServer) -> None:
-    dest = build_destination("fhir", config(stub.base_url))
+    spec = DestinationSpec.model_validate({"type": "fhir", "base_url": stub.base_url})
+    dest = build_destination("fhir", spec)
     assert isinstance(dest, FhirRestDestination)
     first, second = deliver_all(dest, payload(), payload())
     assert first == DeliveryResult(True, False, "fhir: transaction -> 200")

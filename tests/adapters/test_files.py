@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.adapters.destination import DeliveryResult, Payload, build_destination
+from engine.adapters.destination import DeliveryResult, Payload
 from engine.adapters.files import FileDropDestination, file_name
-from engine.routes.spec import FileDestination
+from engine.adapters.registry import build_destination
+from engine.routes.spec import DestinationSpec
 
 
 def payload(
@@ -31,7 +32,7 @@ def payload(
 
 def destination(directory: Path) -> FileDropDestination:
     dest = build_destination(
-        "drop", FileDestination.model_validate({"type": "file", "directory": str(directory)})
+        "drop", DestinationSpec.model_validate({"type": "file", "directory": str(directory)})
     )
     assert isinstance(dest, FileDropDestination)
     return dest

@@ -21,12 +21,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from hl7.mllp import start_hl7_server
 
-from engine.adapters.destination import DeliveryResult, Payload, build_destination
-from engine.adapters.mllp.client import MLLPDestination, judge_ack
+from engine.adapters.destination import DeliveryResult, Payload
+from engine.adapters.mllp.client import MLLPDestination, MllpDestination, judge_ack
 from engine.adapters.mllp.server import MLLPServer
+from engine.adapters.registry import build_destination
 from engine.hl7v2.ack import AckError, build_ack
 from engine.hl7v2.codec import parse_message
-from engine.routes.spec import MllpDestination
+from engine.routes.spec import DestinationSpec
 
 MSG = (
     "MSH|^~\\&|ENGINE|HUB|LAB|CLINIC|20260102030405||ADT^A04^ADT_A01|{cid}|P|2.5.1\r"
@@ -82,10 +83,12 @@ def answer(code: str, err: str = "", version: str = "2.5.1") -> Reply:
     return lambda data: ack(code, parse_message(data).control_id, err, version)
 
 
+def settings(port: int, **extra: Any) -> dict[str, Any]:
+    return {"host": "127.0.0.1", "port": port, "timeout_s": 2, **extra}
+
+
 def config(port: int, **extra: Any) -> MllpDestination:
-    return MllpDestination.model_validate(
-        {"type": "mllp", "host": "127.0.0.1", "port": port, "timeout_s": 2, **extra}
-    )
+    return MllpDestination.model_validate(settings(port, **extra))
 
 
 def with_server(
@@ -120,7 +123,8 @@ def test_aa_delivers_on_one_kept_connection() -> None:
     seen: list[int] = []
 
     async def body(port: int) -> list[DeliveryResult]:
-        dest = build_destination("lab", config(port))
+        spec = DestinationSpec.model_validate({"type": "mllp", **settings(port)})
+        dest = build_destination("lab", spec)
         assert isinstance(dest, MLLPDestination)
         out = [await dest.deliver(payload(f"C{i}")) for i in range(3)]
         seen.append(dest.connects)

@@ -1,4 +1,7 @@
-"""Route files: the built-in example, site layering, and errors that name file, line and key."""
+"""Route files: the built-in example, site layering, and errors that name file, line and key.
+
+Loaded as the engine loads them (:func:`engine.adapters.registry.load_routes`): each destination's
+own keys checked by its adapter's config model."""
 
 from __future__ import annotations
 
@@ -6,10 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from engine.adapters.fhir_rest import FhirDestination
+from engine.adapters.files import FileDestination
+from engine.adapters.mllp.client import MllpDestination
+from engine.adapters.registry import destination_config, load_routes
 from engine.errors import ConfigError
 from engine.retry import RetryPolicy
-from engine.routes.loader import RouteSet, load_routes
-from engine.routes.spec import FhirDestination, FileDestination, MllpDestination
+from engine.routes import loader
+from engine.routes.loader import RouteSet
 
 DESTS = """\
 destinations:
@@ -48,14 +55,14 @@ def error_of(tmp_path: Path, files: dict[str, str]) -> str:
 
 def test_builtin_example_routes_adt_siu_dft_to_local_fhir_and_adt_to_dropbox() -> None:
     rs = load_routes(None)
-    fhir = rs.destinations["local-fhir"]
+    fhir = destination_config(rs.destinations["local-fhir"])
     assert isinstance(fhir, FhirDestination)
     assert (fhir.base_url, fhir.mode, fhir.auth.type) == (
         "http://127.0.0.1:8090/fhir",
         "transaction",
         "none",
     )
-    drop = rs.destinations["dropbox"]
+    drop = destination_config(rs.destinations["dropbox"])
     assert isinstance(drop, FileDestination) and drop.directory == Path("var/outbox")
     to_fhir = rs.route("to-local-fhir")
     assert to_fhir.mapping == "fhir" and to_fhir.match.message == ["ADT", "SIU", "DFT"]
@@ -75,7 +82,7 @@ def test_site_file_adds_routes_and_can_use_builtin_destinations(tmp_path: Path) 
     )
     assert [r.name for r in rs.routes] == ["to-local-fhir", "adt-to-dropbox", "orders"]
     lab = rs.destinations["lab"]
-    assert isinstance(lab, MllpDestination)
+    assert isinstance(destination_config(lab), MllpDestination)
     assert lab.retry == RetryPolicy(max_attempts=3, base_delay_s=2, max_delay_s=300)
     assert rs.origin["route:orders"].endswith("site/lab.yaml")
 
@@ -211,3 +218,20 @@ def test_missing_site_directory(tmp_path: Path) -> None:
 def test_file_must_be_a_mapping(tmp_path: Path) -> None:
     msg = error_of(tmp_path, {"a.yaml": "- just\n- a list\n"})
     assert "site/a.yaml, line 1: expected a mapping" in msg
+
+
+def test_the_routes_alone_keep_a_destinations_own_keys_for_its_adapter(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    write(site, "a.yaml", "destinations:\n  x: {type: smtp, host: h, retry: {max_attempts: 2}}\n")
+    rs = loader.load_routes(site, defaults=tmp_path)
+    x = rs.destinations["x"]
+    assert (x.type, x.retry.max_attempts, x.settings) == ("smtp", 2, {"host": "h"})
+
+
+def test_the_destination_check_is_given_each_destination(tmp_path: Path) -> None:
+    seen: list[str] = []
+    write(tmp_path / "site", "a.yaml", DESTS)
+    loader.load_routes(
+        tmp_path / "site", defaults=tmp_path, check_destination=lambda d: seen.append(d.type)
+    )
+    assert seen == ["fhir", "mllp"]

@@ -42,19 +42,35 @@ import contextlib
 import logging
 import ssl
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from engine.adapters.destination import DeliveryResult, Payload
 from engine.adapters.mllp.framing import FrameReader, FrameTooLarge, frame
 from engine.errors import HL7Error
 from engine.hl7v2.codec import Message, parse_message
-from engine.routes.spec import MllpDestination
 
-__all__ = ["MLLPDestination", "ack_error_code", "judge_ack"]
+__all__ = ["MLLPDestination", "MllpDestination", "ack_error_code", "judge_ack"]
 
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 64 * 1024
 #: table 0357 codes that say the receiver is in trouble, not the message: retry
 _TRANSIENT_CODES = frozenset({"206", "207"})
+
+
+class MllpDestination(BaseModel):
+    """A route file's ``type: mllp`` destination: an HL7v2 receiver over MLLP (HL7 v2.5.1
+    appendix C); each message waits for its ACK."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str
+    port: int = Field(..., ge=1, le=65535)
+    #: connect, and wait for the ACK, at most this long
+    timeout_s: float = Field(default=30.0, gt=0)
+    tls: bool = False
+    #: the largest ACK accepted (an ACK is small; a runaway peer is not)
+    max_ack_bytes: int = Field(default=1024 * 1024, ge=1024)
 
 
 class _PeerClosed(Exception):

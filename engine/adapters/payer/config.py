@@ -40,13 +40,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from engine.adapters.auth import NoAuth, OAuth2Auth
 from engine.errors import ConfigError
-from engine.mappings.loader import parse_file
 from engine.retry import RetryPolicy
-from engine.routes.spec import NoAuth, OAuth2Auth
+from engine.yamlfile import read_yaml
 
 __all__ = [
     "PayerConfig",
@@ -193,59 +192,10 @@ def _files(builtin: Path, site_dir: Path | None) -> list[tuple[str, Path]]:
     return list(chosen.values())
 
 
-class _Raw(BaseModel):
-    """Any mapping: :func:`parse_file` reads the YAML (and reports its syntax errors) into it."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-def _line_of(path: Path, loc: list[str | int]) -> int:
-    """The line of the deepest key of ``loc`` the file has (a key's own line, not its value's)."""
-    node: yaml.Node | None = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    line = 1
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            found = next(((k, v) for k, v in node.value if k.value == str(part)), None)
-            if found is None:
-                break
-            line, node = found[0].start_mark.line + 1, found[1]
-        elif (
-            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
-        ):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
-
-
-def _validate(data: dict[str, object], path: Path, where: str) -> PayerFile:
-    """Validate a payer file; the first error (a misspelt or forbidden key first) names its
-    line and key as the file writes it."""
-    try:
-        return PayerFile.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors()
-        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-        parts = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function"))]
-        # drop the union tag pydantic adds (payers.X.auth.oauth2.scope -> payers.X.auth.scope)
-        loc = [
-            p
-            for n, p in enumerate(parts)
-            if not (p in ("none", "oauth2") and n and parts[n - 1] == "auth" and n < len(parts) - 1)
-        ]
-        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden" and any(
-            w in str(loc[-1]).lower() for w in ("token", "secret", "password")
-        ):
-            msg += (
-                " (a secret never goes in a payer file: name the environment variable that "
-                "holds it, in client_secret_env)"
-            )
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        line = _line_of(path, loc)
-        raise ConfigError(f"{where}, line {line}, {key or '(file)'}: {msg}{more}") from exc
+_SECRET_HINT = (
+    "a secret never goes in a payer file: name the environment variable that holds it, "
+    "in client_secret_env"
+)
 
 
 def _resolved(config: PayerConfig, base: Path) -> PayerConfig:
@@ -262,8 +212,7 @@ def load_payers(site_dir: Path | None = None, *, builtin: Path | None = None) ->
     """
     out = PayerSet()
     for where, path in _files(builtin or default_payers_file(), site_dir):
-        raw = parse_file(path, _Raw, where)
-        spec = _validate(dict(raw.model_extra or {}), path, where)
+        spec = read_yaml(path, where).validate(PayerFile, secret_hint=_SECRET_HINT)
         if spec.default is not None:
             seen = out.origin.get("default")
             if seen is not None:

@@ -33,6 +33,7 @@ from uuid import uuid4
 
 import httpx
 
+from engine.adapters.auth import OAuth2Auth
 from engine.adapters.oauth2 import ClientCredentials, TokenError, retry_after
 from engine.adapters.payer.config import PayerConfig
 from engine.adapters.payer.contract import PayerRejected, PayerUnavailable
@@ -47,7 +48,6 @@ from engine.adapters.payer.core import (
     encode_form,
 )
 from engine.errors import ConfigError
-from engine.routes.spec import OAuth2Auth
 
 __all__ = ["PayerCredentials", "X12HttpPayer"]
 

@@ -42,8 +42,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engine.mappings.loader import parse_file
 from engine.x12.codes import INSURANCE_TYPES, REJECT_REASONS, SERVICE_TYPES
+from engine.yamlfile import parse_file
 
 __all__ = [
     "Accumulator",

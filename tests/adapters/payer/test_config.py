@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from engine.adapters.auth import OAuth2Auth
 from engine.adapters.payer import PayerConfig, load_payers
 from engine.adapters.payer.config import default_payers_file
 from engine.adapters.payer.registry import build_payer
 from engine.adapters.payer.x12_http import X12HttpPayer
 from engine.errors import ConfigError
-from engine.routes.spec import OAuth2Auth
 from engine.sim.payer.roster import load_roster
 from engine.sim.payer.stub import StubPayer
 

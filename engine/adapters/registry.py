@@ -1,0 +1,114 @@
+"""The destination registry: a route file's destination ``type`` names its adapter, whose config
+model checks the destination's keys and whose class delivers to it.
+
+* ``fhir``: :class:`~engine.adapters.fhir_rest.FhirDestination` and
+  :class:`~engine.adapters.fhir_rest.FhirRestDestination` (a FHIR R4 REST server);
+* ``mllp``: :class:`~engine.adapters.mllp.client.MllpDestination` and
+  :class:`~engine.adapters.mllp.client.MLLPDestination` (an HL7v2 receiver);
+* ``file``: :class:`~engine.adapters.files.FileDestination` and
+  :class:`~engine.adapters.files.FileDropDestination` (a directory).
+
+The registry sits above the contract (:mod:`engine.adapters.destination`) and the adapters, so the
+contract imports no adapter and no import runs in a circle. Routes, the core, know no adapter
+either: :func:`load_routes` hands the routes loader the check of each destination's keys, so a
+bad destination stops start-up (and ``engine serve``, ``engine worker``) with the route file, the
+line and the key, before anything runs. Every destination's ``type`` and ``retry`` are the
+routes' own (:class:`~engine.routes.spec.DestinationSpec`); a new kind of destination is one
+line here, with its config model beside its adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from engine.adapters.destination import Destination
+from engine.adapters.fhir_rest import FhirDestination, FhirRestDestination
+from engine.adapters.files import FileDestination, FileDropDestination
+from engine.adapters.mllp.client import MLLPDestination, MllpDestination
+from engine.errors import ConfigError
+from engine.routes import loader
+from engine.routes.loader import RouteSet
+from engine.routes.spec import DestinationSpec
+
+__all__ = [
+    "DESTINATION_TYPES",
+    "DestinationType",
+    "build_destination",
+    "destination_config",
+    "load_routes",
+]
+
+C = TypeVar("C", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class DestinationType(Generic[C]):
+    """One kind of destination: the model of its keys, and its adapter built from them."""
+
+    config: type[C]
+    build: Callable[[str, C], Destination]
+
+
+#: every destination ``type`` a route file may name
+DESTINATION_TYPES: dict[str, DestinationType[Any]] = {
+    "fhir": DestinationType(FhirDestination, FhirRestDestination),
+    "mllp": DestinationType(MllpDestination, MLLPDestination),
+    "file": DestinationType(FileDestination, FileDropDestination),
+}
+
+
+def _kind(spec: DestinationSpec) -> DestinationType[Any]:
+    kind = DESTINATION_TYPES.get(spec.type)
+    if kind is None:
+        known = ", ".join(repr(t) for t in DESTINATION_TYPES)
+        problem = PydanticCustomError(
+            "destination_type",
+            "destination type '{type}' does not match any of the expected tags: {known}",
+            {"type": spec.type, "known": known},
+        )
+        detail = InitErrorDetails(type=problem, loc=("type",), input=spec.type)
+        raise ValidationError.from_exception_data("DestinationSpec", [detail])
+    return kind
+
+
+def destination_config(spec: DestinationSpec) -> BaseModel:
+    """A destination's keys checked by the config model of its ``type``.
+
+    Raises pydantic's :class:`~pydantic.ValidationError`, located from the destination (an
+    unknown type at ``type``): the check :func:`load_routes` gives the routes loader.
+    """
+    config: BaseModel = _kind(spec).config.model_validate(spec.settings)
+    return config
+
+
+def build_destination(name: str, spec: DestinationSpec) -> Destination:
+    """The adapter for one destination (a route file's ``destinations.<name>``).
+
+    Raises :class:`~engine.errors.ConfigError` when the destination cannot work: its keys are
+    wrong, or the environment variable holding its token is not set.
+    """
+    try:
+        kind = _kind(spec)
+        config = kind.config.model_validate(spec.settings)
+    except ValidationError as exc:
+        raise ConfigError(f"destination {name!r}: {_first(exc)}") from exc
+    return kind.build(name, config)
+
+
+def load_routes(site_dir: Path | None = None, *, defaults: Path | None = None) -> RouteSet:
+    """The route files (:func:`engine.routes.loader.load_routes`) with every destination's keys
+    checked by its adapter's config model. Raises :class:`ConfigError` naming file, line and key.
+    """
+    return loader.load_routes(site_dir, defaults=defaults, check_destination=destination_config)
+
+
+def _first(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    return f"{key}: {err['msg']}" if key else err["msg"]
