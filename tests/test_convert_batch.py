@@ -11,8 +11,10 @@ import json
 import os
 import pty
 import re
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +236,11 @@ def _with_stderr_on_a_terminal(tmp_path: Path, *args: str) -> tuple[int, str, by
         )
         os.close(slave)
         seen = b""
+        deadline = time.monotonic() + 120
         while True:
+            if not select.select([master], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                proc.kill()
+                raise AssertionError(f"engine {' '.join(args)} still running after 120 s")
             try:
                 chunk = os.read(master, 65536)
             except OSError:  # EIO: the child closed the terminal

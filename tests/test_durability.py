@@ -110,14 +110,11 @@ class Engine:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-def send_stream(
-    port: int, messages: list[tuple[str, bytes]], acked: list[str], latencies: list[float]
-) -> None:
+def send_stream(port: int, messages: list[tuple[str, bytes]], acked: list[str]) -> None:
     """Send one at a time, like an EHR; stop at the first broken connection."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             for cid, raw in messages:
-                start = time.perf_counter()
                 sock.sendall(b"\x0b" + raw + b"\x1c\r")
                 buf = b""
                 while not buf.endswith(b"\x1c\r"):
@@ -125,7 +122,6 @@ def send_stream(
                     if not chunk:
                         return
                     buf += chunk
-                latencies.append(time.perf_counter() - start)
                 if b"MSA|AA|" in buf:
                     acked.append(cid)
     except OSError:
@@ -183,9 +179,13 @@ def test_kill_9_mid_stream_loses_nothing_and_delivers_once(
     engine.start()
     messages = stream(400, patients=7, tag="K")
     acked: list[str] = []
-    sender = threading.Thread(target=send_stream, args=(engine.mllp, messages, acked, []))
+    sender = threading.Thread(target=send_stream, args=(engine.mllp, messages, acked))
     sender.start()
+    deadline = time.monotonic() + 60
     while len(acked) < 120:
+        assert sender.is_alive() and time.monotonic() < deadline, (
+            f"{len(acked)} ACKs, not the 120 wanted before the kill"
+        )
         time.sleep(0.01)
     engine.kill9()  # receiver and worker, mid-stream
     sender.join(10)
@@ -193,7 +193,7 @@ def test_kill_9_mid_stream_loses_nothing_and_delivers_once(
 
     engine.start()  # the same database: the queue picks up where it was
     rest = [(c, r) for c, r in messages if c not in set(acked)][:50]
-    send_stream(engine.mllp, rest, acked, [])
+    send_stream(engine.mllp, rest, acked)
     stored = {r.control_id for r in store.list(limit=1000)}
     assert set(acked) <= stored  # every ACKed message is stored
     counts = wait_delivered(store, len(stored))
@@ -215,11 +215,10 @@ def test_destination_down_then_back_delivers_all_in_order_and_acks_never_wait(
     engine.start()
     messages = stream(200, patients=5, tag="D")
     acked: list[str] = []
-    latencies: list[float] = []
-    send_stream(engine.mllp, messages, acked, latencies)
+    send_stream(engine.mllp, messages, acked)
+    # every message ACKed AA while the destination refused them all: ACKs never wait for it (how
+    # fast they come is the ingest bench's p99, not a test's)
     assert len(acked) == 200
-    latencies.sort()
-    assert latencies[int(len(latencies) * 0.99)] < 0.5  # ACKs never waited for the destination
     time.sleep(1)
     assert store.counts().get("delivered", 0) == 0
     fhir.state.reset_failures()  # back
@@ -243,7 +242,7 @@ def test_alive(setup: tuple[Engine, StubFhirServer, SqlMessageStore]) -> None:
     engine, _fhir, _store = setup
     engine.start()
     acked: list[str] = []
-    send_stream(engine.mllp, stream(3, 1, "A"), acked, [])
+    send_stream(engine.mllp, stream(3, 1, "A"), acked)
     assert acked == ["A-0000", "A-0001", "A-0002"]
 
 

@@ -405,7 +405,9 @@ def test_a_stopping_dispatcher_gives_back_the_claims_it_has_not_started(
             store, routes, {"fhir": slow}, per_destination=1, claim_ahead=4, idle_s=0.02
         )
         task = asyncio.create_task(dispatcher.run(stop))
+        deadline = asyncio.get_running_loop().time() + 30
         while not slow.started:
+            assert asyncio.get_running_loop().time() < deadline, "no delivery started in 30 s"
             await asyncio.sleep(0.01)
         stop.set()  # one delivery under way, three claimed and waiting for the destination
         await task

@@ -183,10 +183,8 @@ def test_latency_and_jitter() -> None:
 
 def test_latency_beyond_the_timeout_is_unavailable() -> None:
     stub = StubPayer(latency_ms=5000, clock=lambda: NOW)
-    started = time.monotonic()
-    with pytest.raises(PayerUnavailable, match="no answer within 0.05 s"):
+    with pytest.raises(PayerUnavailable, match="no answer within 0.05 s"):  # not the 5 s answer
         asyncio.run(stub.exchange(x270(alice()), timeout_s=0.05))
-    assert time.monotonic() - started < 1
     assert stub.requests == 0  # the stub never got to it
 
 
@@ -213,11 +211,12 @@ def test_outage_answers_aaa_42_for_the_whole_stub_or_one_payer() -> None:
 def test_outage_without_an_answer(mode: OutageMode) -> None:
     stub = StubPayer(clock=lambda: NOW)
     stub.set_outage(mode)
+    # a silent payer is waited for until the timeout; an unavailable one says so at once
+    expected = "no answer within 0.05 s" if mode == "silent" else "the payer is down"
     started = time.monotonic()
-    with pytest.raises(PayerUnavailable):
+    with pytest.raises(PayerUnavailable, match=expected):
         asyncio.run(stub.exchange(x270(alice()), timeout_s=0.05))
-    elapsed = time.monotonic() - started
-    assert elapsed >= 0.05 if mode == "silent" else elapsed < 0.05
+    assert mode != "silent" or time.monotonic() - started >= 0.05
     assert stub.outcomes == {mode: 1}
 
 
