@@ -1,4 +1,4 @@
-"""FHIR R4 → HL7v2 with the mapping files run in reverse (engine/mappings/outbound.py).
+"""FHIR R4 → HL7v2 with the mapping files run in reverse (engine/mappings/outbound/).
 
 Every message written here must pass hl7apy's structural validation for 2.5.1 (no error issue),
 and the round trips HL7v2 → FHIR → HL7v2 → FHIR are compared on meaning
