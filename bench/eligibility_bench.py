@@ -23,7 +23,7 @@ from engine.adapters.payer import PayerSet
 from engine.adapters.payer.config import PayerConfig
 from engine.jobs.eligibility import EligibilityService
 from engine.settings import Settings
-from engine.store.repository import IndexedResource, Processed, SqlMessageStore, create_db_engine
+from engine.store import Incoming, IndexedResource, Processed, SqlMessageStore, create_db_engine
 
 __all__ = ["run"]
 
@@ -71,7 +71,7 @@ def _index(store: SqlMessageStore, n: int, day: datetime) -> None:
                 "Appointment", appt_url, orjson.dumps(appt), patient_url, start, "booked"
             ),
         ]
-    mid = store.save_received(b"bench", channel="bench")
+    [mid] = [s.id for s in store.save_batch([Incoming(raw=b"bench", channel="bench")])]
     store.finish_batch([Processed(mid, "routed", resources=rows)])
 
 

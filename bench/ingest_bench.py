@@ -118,7 +118,7 @@ def _engine(
 
 def _wait_delivered(db_url: str, total: int, timeout: float = 600.0) -> float:
     """Wait until ``total`` messages are delivered; the monotonic time they all were."""
-    from engine.store.repository import SqlMessageStore, create_db_engine
+    from engine.store import SqlMessageStore, create_db_engine
 
     db = create_db_engine(db_url, durable=False)
     try:

@@ -238,7 +238,7 @@ app.add_typer(messages_app, name="messages")
 
 def _store() -> Any:
     from engine.settings import load_settings
-    from engine.store.repository import SqlMessageStore, create_db_engine
+    from engine.store import SqlMessageStore, create_db_engine
 
     settings = load_settings()
     store = SqlMessageStore(create_db_engine(settings.resolved_database_url()))
@@ -255,9 +255,7 @@ def messages_list(
     """The newest stored messages (no payloads): id, control ID, type, state, time."""
     import orjson
 
-    from engine.operations import Messages
-
-    views = Messages(_store()).list(state=state, limit=limit)
+    views = _store().list(state=state, limit=limit)
     if as_json:
         for v in views:
             typer.echo(
@@ -295,9 +293,7 @@ def messages_list(
 @messages_app.command("show")
 def messages_show(message_id: Annotated[int, typer.Argument(help="message id")]) -> None:
     """One message's metadata and deliveries (no payload)."""
-    from engine.operations import Messages
-
-    view = Messages(_store()).get(message_id)
+    view = _store().get(message_id)
     if view is None:
         raise EngineError(f"no message {message_id}")
     typer.echo(
@@ -322,16 +318,13 @@ def messages_replay(
     ] = None,
 ) -> None:
     """Receive stored messages again (an operator's replay is never taken for a duplicate)."""
-    from engine.operations import Messages
-
     if (message_id is None) == (state is None):
         raise EngineError("give a message id or --state, not both")
     store = _store()
-    ops = Messages(store)
     ids = [message_id] if message_id is not None else store.ids_in_state(state or "")
     for mid in ids:
         try:
-            new = ops.replay(mid)
+            new = store.replay(mid)
         except KeyError:
             raise EngineError(f"no message {mid}") from None
         typer.echo(f"message {mid} replayed as {new}")

@@ -27,11 +27,10 @@ from engine.flow.ingest import Ingest, Receipt
 from engine.flow.worker import run_workers
 from engine.hl7v2.ack import hl7_timestamp, nak_for_unparseable
 from engine.metrics import ENGINE_METRICS, EngineMetrics
-from engine.operations import Messages
 from engine.pressure import IngestPressure
 from engine.retry import backoff_s
 from engine.settings import Settings
-from engine.store.repository import SqlMessageStore, create_db_engine
+from engine.store import SqlMessageStore, create_db_engine
 
 __all__ = ["Engine", "serve"]
 
@@ -182,7 +181,7 @@ class Engine:
         app = create_app(
             settings,
             ingest=self.ingest,
-            messages=Messages(self.store),
+            messages=self.store,
             health=_Health(self.store),
             metrics=self.metrics,
             eligibility=self._eligibility_service(),

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from engine.store.repository import SqlMessageStore, create_db_engine
+from engine.store import SqlMessageStore, create_db_engine
 
 POSTGRES_URL = os.environ.get(
     "ENGINE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -51,7 +51,7 @@ def db_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine
         url = request.getfixturevalue("postgres_schema_url")
     db = create_db_engine(url)
     store = SqlMessageStore(db)
-    store.create_schema()
+    store.migrate()
     try:
         yield db
     finally:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from engine.sim.fhir_server import StubFhirServer, running_stub_fhir
-from engine.store.repository import SqlMessageStore, create_db_engine
+from engine.store import SqlMessageStore, create_db_engine
 
 ROUTES = """
 destinations:

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from engine.pressure import IngestPressure
-from engine.store.repository import _WriteLock
+from engine.store.db import WriteLock
 
 
 def test_a_busy_writer_marks_the_receiver_saturated() -> None:
@@ -48,7 +48,7 @@ def test_the_workers_wait_at_most_max_wait_then_go_on() -> None:
 def _turns(path: Path, first: tuple[str, bool], second: tuple[str, bool]) -> list[str]:
     """While a third writer holds the lock, ``first`` then ``second`` (name, priority) queue for
     it; the order in which all three got it."""
-    holder = _WriteLock(path)
+    holder = WriteLock(path)
     order: list[str] = []
     held, release = threading.Event(), threading.Event()
 
@@ -59,7 +59,7 @@ def _turns(path: Path, first: tuple[str, bool], second: tuple[str, bool]) -> lis
             order.append("holder")
 
     def take(name: str, priority: bool) -> None:
-        with _WriteLock(path).held(priority=priority):
+        with WriteLock(path).held(priority=priority):
             order.append(name)
 
     threads = [threading.Thread(target=hold)]
@@ -90,12 +90,12 @@ def test_a_worker_arriving_while_the_receiver_waits_goes_after_it(tmp_path: Path
 
 
 def test_the_receivers_commits_report_their_wait_for_other_writers(tmp_path: Path) -> None:
-    from engine.store.repository import Incoming, SqlMessageStore, create_db_engine
+    from engine.store import Incoming, SqlMessageStore, create_db_engine
 
     db = create_db_engine(f"sqlite:///{tmp_path / 'e.db'}")
     store = SqlMessageStore(db)
     store.migrate()
-    worker = _WriteLock(tmp_path / "e.writelock")
+    worker = WriteLock(tmp_path / "e.writelock")
     held = threading.Event()
 
     def hold() -> None:

@@ -1,50 +1,22 @@
-"""What the HTTP API needs of the rest of the engine: three Protocols and the views they return.
+"""What the HTTP API needs of the rest of the engine: three Protocols.
 
 The API never touches the store's tables or the queue: ``engine.service`` hands ``create_app``
 objects that satisfy these ports (the pipeline, the repository, a readiness probe), and the tests
 hand it in-memory fakes (``tests/api/fakes.py``).
 
-Views carry metadata only — ids, control IDs, types, states, destinations — never a payload, so
+Messages are returned as the store's views (:mod:`engine.store.views`), which the API serialises
+as they are: metadata only — ids, control IDs, types, states, destinations — never a payload, so
 nothing the API lists can leak a message's content.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Protocol
 
 from engine.flow.ingest import Receipt
+from engine.store import MessageView
 
-__all__ = ["DeliveryView", "HealthPort", "IngestPort", "MessageView", "MessagesPort"]
-
-
-@dataclass(frozen=True)
-class DeliveryView:
-    """One destination of one message, and how its delivery is going."""
-
-    destination: str
-    state: str
-    attempts: int
-    last_error: str | None
-    delivered_at: datetime | None
-
-
-@dataclass(frozen=True)
-class MessageView:
-    """One stored message's metadata and its deliveries (empty until routed)."""
-
-    id: int
-    received_at: datetime
-    channel: str
-    control_id: str | None
-    message_type: str | None
-    trigger: str | None
-    state: str
-    reason: str | None
-    deliveries: list[DeliveryView] = field(default_factory=list)
-    #: what the message carried that no mapping took, one line each
-    warnings: list[str] = field(default_factory=list)
+__all__ = ["HealthPort", "IngestPort", "MessagesPort"]
 
 
 class IngestPort(Protocol):
@@ -63,10 +35,13 @@ class IngestPort(Protocol):
 
 
 class MessagesPort(Protocol):
-    """Reads stored messages and replays them (synchronous: called from a worker thread)."""
+    """Reads stored messages and replays them (synchronous: called from a worker thread).
+
+    ``SqlMessageStore`` is one as it stands.
+    """
 
     def list(self, *, state: str | None = None, limit: int = 100) -> list[MessageView]:
-        """The newest messages first, optionally only those in ``state``."""
+        """The newest messages first, optionally only those in ``state`` (no deliveries)."""
         ...
 
     def get(self, message_id: int) -> MessageView | None:

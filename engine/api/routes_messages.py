@@ -13,7 +13,8 @@ from fastapi import APIRouter, HTTPException, Path, Query, status
 
 from engine.api.auth import AdminDep, ViewerDep
 from engine.api.deps import MessagesDep
-from engine.api.schemas import MessageDetail, MessageSummary, ReplayAccepted
+from engine.api.schemas import ReplayAccepted
+from engine.store import MessageSummary, MessageView
 
 __all__ = ["router"]
 
@@ -30,20 +31,19 @@ def list_messages(
     messages: MessagesDep,
     state: Annotated[str | None, Query(max_length=32, pattern=r"^[a-z_]+$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[MessageSummary]:
-    """The newest messages first, optionally only those in one state."""
-    return [MessageSummary.of(view) for view in messages.list(state=state, limit=limit)]
+) -> list[MessageView]:
+    """The newest messages first, optionally only those in one state (each line the view's
+    summary: ``response_model`` leaves out the rest)."""
+    return messages.list(state=state, limit=limit)
 
 
-@router.get("/{message_id}", response_model=MessageDetail)
-def show_message(
-    message_id: MessageId, principal: ViewerDep, messages: MessagesDep
-) -> MessageDetail:
+@router.get("/{message_id}", response_model=MessageView)
+def show_message(message_id: MessageId, principal: ViewerDep, messages: MessagesDep) -> MessageView:
     """One message with its deliveries."""
     view = messages.get(message_id)
     if view is None:
         raise HTTPException(404, detail=f"no message {message_id}")
-    return MessageDetail.of(view)
+    return view
 
 
 @router.post(

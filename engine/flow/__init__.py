@@ -1,14 +1,17 @@
 """The flow of a message through the engine, one module per stage, in the order data moves:
 
-    receive → store → gate → acknowledge    ingest.py (Ingest), gate.py (RouteGate): the
-                                            listener's time, before the ACK
-    route → map                             process.py (Processor): from the queue
-    deliver, retry, dead-letter             deliver.py (Dispatcher): from the queue
-                                            worker.py: the process that runs process + deliver
+    receive → store → gate → acknowledge → route → map → deliver
 
-The receiver parses only what the gate needs (MSH, and the route and mapping checks), stores the
-raw bytes with that metadata and answers; routing, mapping and delivery follow in the worker
-process, decoupled by the database-backed queue. Names are those of Enterprise Integration
-Patterns: Idempotent Receiver, Content-Based Router, Message Translator, Guaranteed Delivery,
-Dead Letter Channel.
+    ingest.py    receive, store, acknowledge (Ingest): on the listener's time, before the ACK
+    gate.py      what the receiver decides before the ACK (RouteGate, the MSH header checks)
+    ── the database-backed queue ──
+    process.py   parse, route, map (Processor): one outcome per message, ``Processed``
+    deliver.py   deliver, retry, dead-letter (Dispatcher): one RetryPolicy, one CircuitBreaker
+    worker.py    the process that runs process and deliver, apart from the receiver
+
+The receiver parses the message, asks the gate, stores the raw bytes with the metadata and the
+gate's verdict in one commit (a refused message is kept too, with its reason), and only then
+answers; routing, mapping and delivery follow in the worker process. Names are those of
+Enterprise Integration Patterns: Idempotent Receiver (ingest), Content-Based Router and Message
+Translator (process), Guaranteed Delivery and Dead Letter Channel (deliver).
 """

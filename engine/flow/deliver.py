@@ -22,7 +22,7 @@ from engine.adapters.destination import DeliveryResult, Destination, Payload
 from engine.pressure import IngestPressure
 from engine.retry import CircuitBreaker, backoff_s
 from engine.routes.loader import RouteSet
-from engine.store.repository import DueDelivery, Outcome, SqlMessageStore
+from engine.store import DueDelivery, Outcome, SqlMessageStore
 
 __all__ = ["Dispatcher", "Observer"]
 
@@ -80,9 +80,12 @@ class Dispatcher:
         self._flushing: asyncio.Lock | None = None
 
     def wake(self) -> None:
+        """Called when deliveries were made or settled: claim now rather than at the next poll."""
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Claim and deliver until ``stop`` is set, skipping destinations whose breaker is open
+        or that hold all the claims they may; on stop, claims not started are given back."""
         in_flight: set[asyncio.Task[None]] = set()
         failures = 0
         try:

@@ -35,7 +35,7 @@ from engine.hl7v2.ack import (
 )
 from engine.hl7v2.codec import Message, parse_message
 from engine.pressure import IngestPressure
-from engine.store.repository import Incoming, Stored
+from engine.store import Incoming, Stored
 
 __all__ = ["Ingest", "MessageStore", "Receipt", "patient_key_of"]
 

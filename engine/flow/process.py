@@ -26,7 +26,7 @@ from engine.pressure import IngestPressure
 from engine.retry import backoff_s
 from engine.routes.loader import RouteSet
 from engine.routes.router import Router
-from engine.store.repository import IndexedResource, NewDelivery, Processed, SqlMessageStore
+from engine.store import IndexedResource, NewDelivery, Processed, SqlMessageStore
 
 __all__ = ["Processor", "index_rows"]
 
@@ -37,6 +37,7 @@ FHIR_CONTENT_TYPE = "application/fhir+json"
 
 
 def _fhir_patient_key(doc: Mapping[str, Any]) -> str | None:
+    """The first Patient's first identifier (system|value), for ordering, as PID-3 is for HL7v2."""
     resources = (
         [e.get("resource", {}) for e in doc.get("entry", [])]
         if doc.get("resourceType") == "Bundle"
@@ -130,6 +131,8 @@ class Processor:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Process batches until ``stop`` is set: at once while there is work, else on a wake
+        or every ``idle_s``; stale claims of dead workers are taken back every minute."""
         loop = asyncio.get_running_loop()
         next_reclaim = 0.0
         failures = 0

@@ -56,7 +56,7 @@ async def serve_workers(
     from engine.flow.process import Processor
     from engine.mappings import load_mappings
     from engine.pressure import IngestPressure
-    from engine.store.repository import SqlMessageStore, create_db_engine
+    from engine.store import SqlMessageStore, create_db_engine
 
     mappings = load_mappings(settings.mappings_dir)
     routes = load_routes(settings.routes_dir)

@@ -41,7 +41,7 @@ from engine.adapters.payer import (
 from engine.adapters.payer.registry import build_payer
 from engine.errors import EngineError
 from engine.settings import Settings
-from engine.store.repository import SqlMessageStore
+from engine.store import SqlMessageStore
 from engine.x12.x270 import EligibilityInquiry, Payer, Person, Provider, build_270
 from engine.x12.x271 import Benefit, EligibilityResult, read_271
 

@@ -1,10 +1,34 @@
-"""The message store: SQLAlchemy tables and the repository that holds every query."""
+"""The message store, split by what it stores; the rest of the engine imports from here.
 
-from engine.store.repository import (
-    DestinationBacklog,
-    MessageRecord,
-    SqlMessageStore,
-    create_db_engine,
-)
+db            the database: engine creation, SQLite's settings, the writers' lock, transactions
+tables        the tables (SQLAlchemy Core); Alembic migrations under migrations/
+views         what is shown of a message and its deliveries (CLI and API alike)
+messages      received messages: group commit, claims for processing, showing, replay
+deliveries    the queues per (destination, patient): claims, outcomes, upkeep, backlog
+index         the FHIR resource index the jobs read
+eligibility   eligibility checks (X12 270/271)
+repository    SqlMessageStore: the parts combined on one database
+"""
 
-__all__ = ["DestinationBacklog", "MessageRecord", "SqlMessageStore", "create_db_engine"]
+from engine.store.db import create_db_engine
+from engine.store.deliveries import DestinationBacklog, DueDelivery, NewDelivery, Outcome
+from engine.store.index import IndexedResource
+from engine.store.messages import Incoming, Processed, Stored
+from engine.store.repository import SqlMessageStore
+from engine.store.views import DeliveryView, MessageSummary, MessageView
+
+__all__ = [
+    "DeliveryView",
+    "DestinationBacklog",
+    "DueDelivery",
+    "IndexedResource",
+    "Incoming",
+    "MessageSummary",
+    "MessageView",
+    "NewDelivery",
+    "Outcome",
+    "Processed",
+    "SqlMessageStore",
+    "Stored",
+    "create_db_engine",
+]

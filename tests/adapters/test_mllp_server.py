@@ -18,7 +18,7 @@ from engine.adapters.mllp.server import MLLPServer
 from engine.flow.ingest import Ingest
 from engine.hl7v2.codec import parse_message
 from engine.service import _MLLPHandler
-from engine.store.repository import SqlMessageStore, create_db_engine
+from engine.store import SqlMessageStore, create_db_engine
 
 MSG = (
     "MSH|^~\\&|FRONTDESK|CLINIC|ENGINE|HUB|20260102030405||ADT^A04|{cid}|P|2.5.1\r"
@@ -31,7 +31,7 @@ def running_server(tmp_path: Path, **limits: float) -> Iterator[tuple[int, SqlMe
     """A listener on an ephemeral port, in its own loop thread, backed by a SQLite store."""
     db = create_db_engine(f"sqlite:///{tmp_path / 'engine.db'}")
     store = SqlMessageStore(db)
-    store.create_schema()
+    store.migrate()
     loop = asyncio.new_event_loop()
     server = MLLPServer(_MLLPHandler(Ingest(store)), host="127.0.0.1", port=0, **limits)  # type: ignore[arg-type]
     loop.run_until_complete(server.start())

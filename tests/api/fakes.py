@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 
-from engine.api.ports import DeliveryView, MessageView
 from engine.flow.ingest import Receipt
 from engine.metrics import EngineMetrics
+from engine.store import DeliveryView, MessageView
 
 __all__ = ["ACK", "NAK", "FakeHealth", "FakeIngest", "FakeMessages", "sample_view"]
 
@@ -72,7 +72,7 @@ def sample_view(message_id: int, *, state: str = "received", deliveries: int = 0
         trigger="A04",
         state=state,
         reason=None if state != "error" else "segment 2 (PID): field 3 is required",
-        deliveries=[
+        deliveries=tuple(
             DeliveryView(
                 destination=f"dest-{n}",
                 state="delivered" if n == 0 else "retrying",
@@ -81,7 +81,7 @@ def sample_view(message_id: int, *, state: str = "received", deliveries: int = 0
                 delivered_at=CLOCK if n == 0 else None,
             )
             for n in range(deliveries)
-        ],
+        ),
     )
 
 
@@ -104,7 +104,7 @@ class FakeMessages:
         original = self.views[message_id]  # KeyError when unknown, as the port says
         new_id = max(self.views) + 1
         self.views[new_id] = dataclasses.replace(
-            original, id=new_id, state="received", deliveries=[]
+            original, id=new_id, state="received", deliveries=()
         )
         return new_id
 

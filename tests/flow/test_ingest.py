@@ -9,7 +9,7 @@ import pytest
 
 from engine.flow.ingest import Ingest, Receipt
 from engine.hl7v2.codec import parse_message
-from engine.store.repository import Incoming, SqlMessageStore, Stored
+from engine.store import Incoming, SqlMessageStore, Stored
 
 CLOCK = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

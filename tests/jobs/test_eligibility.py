@@ -20,7 +20,7 @@ from engine.mappings import Mappings, load_mappings
 from engine.routes.loader import RouteSet, load_routes
 from engine.settings import Settings
 from engine.sim.demo import demo_messages
-from engine.store.repository import Incoming, SqlMessageStore
+from engine.store import Incoming, SqlMessageStore
 
 TODAY = date(2026, 11, 27)  # a Friday: the next business day is Monday the 30th
 MONDAY = date(2026, 11, 30)

@@ -1,0 +1,182 @@
+"""The store's database: the SQLAlchemy engine, SQLite's settings, the writers' lock and the
+write transaction every part of the store runs its statements in.
+
+SQLite (WAL) is the embedded default, PostgreSQL the production choice; both run the same code
+and the same tests. SQLite has one writer at a time: a write transaction takes its lock up front
+(``BEGIN IMMEDIATE``) after queueing on :class:`WriteLock`. PostgreSQL takes many writers; work
+is claimed there with ``SELECT ... FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import BindParameter, Connection, Engine, bindparam, create_engine, event
+from sqlalchemy.engine import make_url
+
+__all__ = ["Repository", "WriteLock", "aware", "create_db_engine", "id_list", "utcnow"]
+
+
+def create_db_engine(url: str, *, durable: bool = True) -> Engine:
+    """A SQLAlchemy engine (``db_engine``) for the URL; SQLite gets WAL and a created directory.
+
+    ``durable`` (the receiver): every commit is fsynced (SQLite ``synchronous=FULL``), because an
+    ACK promises the message survives a power cut. The queue workers pass ``durable=False``
+    (``synchronous=NORMAL``: still safe against a crash of the process, and under WAL a commit
+    needs no fsync): what they write can be redone — a message whose processing was lost is
+    claimed again, a delivery whose outcome was lost is delivered again (idempotently) — and
+    their shorter transactions keep the receiver's ACKs fast.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        db_engine = create_engine(
+            url, connect_args={"check_same_thread": False, "isolation_level": None}
+        )
+        _configure_sqlite(db_engine, durable=durable)
+        return db_engine
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def _configure_sqlite(db_engine: Engine, *, durable: bool) -> None:
+    """WAL and the pragmas on every new connection; write transactions begin IMMEDIATE."""
+
+    @event.listens_for(db_engine, "connect")
+    def _pragma(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        cur.execute("PRAGMA busy_timeout=10000")
+        # no checkpoint inside a commit (an ACK would wait for it, ~100 ms at times):
+        # ``checkpoint`` runs beside the writers instead (engine serve, engine worker)
+        cur.execute("PRAGMA wal_autocheckpoint=0")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(db_engine, "begin")
+    def _begin(conn):  # type: ignore[no-untyped-def]
+        # a write transaction takes the write lock up front (no deadlock when two
+        # transactions both upgrade); reads stay deferred, so under WAL they never wait
+        if conn.get_execution_options().get("write"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+class WriteLock:
+    """Serialises SQLite writers across threads and processes with lock files, the receiver's
+    commits first.
+
+    SQLite lets one writer in at a time and makes the others poll with growing sleeps (up to
+    100 ms each), which shows as ACK latency when the worker process writes while the receiver
+    does. An ``flock`` on ``<db>.writelock`` wakes a waiter the moment the lock is free.
+
+    ``flock`` keeps no queue, so the queue workers' writers could take turns while the receiver
+    waits. A second lock, ``<db>.writeintent``, gives the receiver's group commit (which ACKs
+    wait on) the first turn: it holds the intent exclusively while it waits for the write lock;
+    every other writer passes through the intent (shared) before queueing for the write lock.
+    The receiver thus waits for at most the one transaction already running, and the workers
+    still get a turn between two of its commits. On PostgreSQL (row locks, no single writer)
+    this is a no-op.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._thread_lock = threading.Lock()
+        self._fds: tuple[int, int] | None = None
+        #: how long the last priority writer waited for the lock (the receiver's commits)
+        self.priority_wait_s = 0.0
+
+    @classmethod
+    def for_engine(cls, db_engine: Engine) -> WriteLock:
+        """The lock beside a SQLite database file; a no-op lock for anything else."""
+        url = db_engine.url
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            return cls(Path(url.database).with_suffix(".writelock"))
+        return cls(None)
+
+    def _open(self) -> tuple[int, int]:
+        if self._fds is None:
+            assert self.path is not None
+            lock = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                intent = os.open(
+                    self.path.with_suffix(".writeintent"), os.O_RDWR | os.O_CREAT, 0o600
+                )
+            except OSError:
+                os.close(lock)
+                raise
+            self._fds = (lock, intent)
+        return self._fds
+
+    @contextmanager
+    def held(self, *, priority: bool = False) -> Iterator[None]:
+        """Hold the write lock; ``priority`` (the receiver) goes before writers arriving later."""
+        if self.path is None:
+            yield
+            return
+        started = time.monotonic()
+        with self._thread_lock:
+            lock, intent = self._open()
+            if priority:
+                fcntl.flock(intent, fcntl.LOCK_EX)
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                finally:
+                    fcntl.flock(intent, fcntl.LOCK_UN)
+                self.priority_wait_s = time.monotonic() - started
+            else:
+                fcntl.flock(intent, fcntl.LOCK_SH)  # behind a receiver that is waiting
+                fcntl.flock(intent, fcntl.LOCK_UN)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class Repository:
+    """What every part of the store shares: the database and its write transactions.
+
+    The parts (messages, deliveries, the resource index, eligibility) each subclass this, and
+    :class:`~engine.store.repository.SqlMessageStore` combines them on one database.
+    """
+
+    def __init__(self, db_engine: Engine) -> None:
+        self.db_engine = db_engine
+        self._write_lock = WriteLock.for_engine(db_engine)
+
+    @contextmanager
+    def _tx(self, *, priority: bool = False) -> Iterator[Connection]:
+        """A write transaction (on SQLite: BEGIN IMMEDIATE, under the writers' file lock;
+        ``priority`` for the receiver's commits, which ACKs wait on)."""
+        with self._write_lock.held(priority=priority), self.db_engine.connect() as conn:
+            conn.execution_options(write=True)
+            with conn.begin():
+                yield conn
+
+
+def utcnow() -> datetime:
+    """Now, in UTC: the store writes every time in UTC."""
+    return datetime.now(UTC)
+
+
+def aware(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored as UTC)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def id_list(name: str = "ids") -> BindParameter[Any]:
+    """A bind parameter for a list of values (``IN (...)``), so a statement is built once."""
+    return bindparam(name, expanding=True)

@@ -1,0 +1,507 @@
+"""Deliveries: one queue per (destination, patient), so each patient's messages reach each
+destination in the order they arrived while different patients flow in parallel.
+
+Only the head of a queue is ``pending`` (claimable); the deliveries behind it are ``waiting``.
+Settling the head (delivered or dead) promotes the next one. A delivery is claimed with a lease
+(``claimed_until``): a dispatcher that dies loses its claims when the lease runs out, and an
+outcome counts only for a delivery still pending, so one sent twice is settled once.
+
+Building a SQLAlchemy statement (and its cache key) costs more than SQLite takes to run it; the
+queue workers run these thousands of times a second, so each is built once, beside the method
+that runs it, with bind parameters (``expanding`` ones for id lists).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    bindparam,
+    case,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+
+from engine.store.db import Repository, aware, id_list, utcnow
+from engine.store.tables import deliveries, messages
+from engine.store.views import DeliveryView
+
+__all__ = [
+    "Deliveries",
+    "DestinationBacklog",
+    "DueDelivery",
+    "NewDelivery",
+    "Outcome",
+    "deliveries_of",
+    "queue_deliveries",
+]
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """A payload processing made for one destination, to queue behind the patient's earlier
+    ones."""
+
+    destination: str
+    route: str
+    kind: str
+    content_type: str
+    payload: bytes
+    patient_key: str
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    """A delivery claimed for sending: the payload and what the destination needs with it."""
+
+    id: int
+    message_id: int
+    destination: str
+    kind: str
+    content_type: str
+    payload: bytes
+    attempts: int
+    control_id: str
+    #: the lease this claim holds (``renew_claim`` extends it while it is still ours)
+    claimed_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The outcome of one delivery attempt: delivered, or failed (retry at, or dead if None)."""
+
+    delivery_id: int
+    ok: bool
+    error: str = ""
+    retry_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DestinationBacklog:
+    """What one destination still has to deliver: the queue depth and how long the oldest has
+    been waiting (for the ``queue depth`` and ``oldest waiting age`` gauges)."""
+
+    destination: str
+    #: deliveries not yet delivered and not dead (the head of each queue and those behind it)
+    waiting: int
+    #: seconds since the oldest of them was queued
+    oldest_age_s: float
+
+
+# -- queueing (in the transaction that finishes processing a message) ---------------------------
+
+#: the patients of a destination with a delivery still queued (pending or waiting)
+_QUEUED_PATIENTS = select(deliveries.c.patient_key).where(
+    deliveries.c.destination == bindparam("dest"),
+    deliveries.c.patient_key.in_(id_list("patients")),
+    deliveries.c.state.in_(("pending", "waiting")),
+)
+_INSERT_DELIVERIES = insert(deliveries)
+
+
+def queue_deliveries(
+    conn: Connection, new: Sequence[tuple[int, NewDelivery]], now: datetime
+) -> None:
+    """Queue the deliveries (message id, delivery) in the caller's transaction, each behind the
+    earlier ones for its destination and patient (here or already queued).
+
+    A new delivery is ``waiting`` when an earlier one of its queue is still pending or waiting:
+    only the head of each queue is claimable, and settling it promotes the next. On PostgreSQL
+    each queue is locked first (as promoting does), so a dispatcher settling the head at the
+    same moment either promotes the new delivery after we commit, or has settled the head before
+    we look (and the new one is the head).
+    """
+    if not new:
+        return
+    rows: list[dict[str, Any]] = [
+        {
+            "message_id": mid,
+            "destination": d.destination,
+            "route": d.route,
+            "kind": d.kind,
+            "content_type": d.content_type,
+            "payload": d.payload,
+            "patient_key": d.patient_key,
+            "state": "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        for mid, d in new
+    ]
+    by_destination: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_destination.setdefault(row["destination"], []).append(row)
+    _lock_queues(conn, {(r["destination"], r["patient_key"]) for r in rows})
+    for destination, group in by_destination.items():
+        patients = list({r["patient_key"] for r in group})
+        queued = set(
+            conn.execute(_QUEUED_PATIENTS, {"dest": destination, "patients": patients}).scalars()
+        )
+        for row in group:
+            if row["patient_key"] in queued:
+                row["state"] = "waiting"
+            else:
+                queued.add(row["patient_key"])
+    conn.execute(_INSERT_DELIVERIES, rows)
+
+
+#: PostgreSQL: one (destination, patient) queue at a time, for the rest of the transaction
+_LOCK_QUEUE = text("SELECT pg_advisory_xact_lock(hashtextextended(:queue, 0))")
+
+
+def _lock_queues(conn: Connection, queues: set[tuple[str, str]]) -> None:
+    """PostgreSQL: transaction-scoped advisory locks on (destination, patient) queues, in one
+    order everywhere (no deadlock), and no row locks that a dispatcher's updates could meet in
+    another order. SQLite has one writer at a time: nothing to do."""
+    if conn.dialect.name != "postgresql":
+        return
+    for key in sorted(f"{destination}\x1f{patient}" for destination, patient in queues):
+        conn.execute(_LOCK_QUEUE, {"queue": key})
+
+
+_queued = deliveries.alias("queued")
+#: the next waiting delivery of a (destination, patient) becomes the head of its queue
+_PROMOTE = (
+    update(deliveries)
+    .where(
+        deliveries.c.id
+        == select(func.min(_queued.c.id))
+        .where(
+            _queued.c.destination == bindparam("dest"),
+            _queued.c.patient_key == bindparam("patient"),
+            _queued.c.state == "waiting",
+        )
+        .scalar_subquery(),
+        ~exists().where(
+            _queued.c.destination == bindparam("dest"),
+            _queued.c.patient_key == bindparam("patient"),
+            _queued.c.state == "pending",
+        ),
+    )
+    .values(state="pending", next_attempt_at=bindparam("now"))
+)
+
+
+def _promote(conn: Connection, queues: set[tuple[str, str]], now: datetime) -> None:
+    """The next waiting delivery of each (destination, patient) whose head was settled becomes
+    pending, due now."""
+    if not queues:
+        return
+    _lock_queues(conn, queues)
+    conn.execute(_PROMOTE, [{"dest": d, "patient": p, "now": now} for d, p in sorted(queues)])
+
+
+_LOCK_MESSAGES = select(messages.c.id).where(messages.c.id.in_(id_list())).with_for_update()
+#: a routed message is delivered once no delivery is queued, dead if one is dead
+_SETTLE_MESSAGES = (
+    update(messages)
+    .where(
+        messages.c.id.in_(id_list()),
+        messages.c.state == "routed",
+        ~exists().where(
+            deliveries.c.message_id == messages.c.id,
+            deliveries.c.state.in_(("pending", "waiting")),
+        ),
+    )
+    .values(
+        state=case(
+            (
+                exists().where(
+                    deliveries.c.message_id == messages.c.id, deliveries.c.state == "dead"
+                ),
+                "dead",
+            ),
+            else_="delivered",
+        ),
+        updated_at=bindparam("now"),
+    )
+)
+
+
+def _settle(conn: Connection, message_ids: Sequence[int], now: datetime) -> None:
+    """A message is delivered when every delivery is, dead when one is dead.
+
+    The message rows are locked first, so two deliveries of one message finishing at the same
+    time (READ COMMITTED on PostgreSQL) cannot each miss the other's outcome.
+    """
+    conn.execute(_LOCK_MESSAGES, {"ids": list(message_ids)}).all()
+    conn.execute(_SETTLE_MESSAGES, {"ids": list(message_ids), "now": now})
+
+
+_DELIVERIES_OF = (
+    select(
+        deliveries.c.destination,
+        deliveries.c.state,
+        deliveries.c.attempts,
+        deliveries.c.last_error,
+        deliveries.c.delivered_at,
+    )
+    .where(deliveries.c.message_id == bindparam("mid"))
+    .order_by(deliveries.c.id)
+)
+
+
+def deliveries_of(conn: Connection, message_id: int) -> tuple[DeliveryView, ...]:
+    """How each delivery of a message is going, in the order they were queued."""
+    return tuple(
+        DeliveryView(
+            r.destination,
+            r.state,
+            r.attempts,
+            r.last_error,
+            aware(r.delivered_at) if r.delivered_at else None,
+        )
+        for r in conn.execute(_DELIVERIES_OF, {"mid": message_id})
+    )
+
+
+_free_claim = or_(
+    deliveries.c.claimed_until.is_(None), deliveries.c.claimed_until < bindparam("now")
+)
+
+
+class Deliveries(Repository):
+    """Claiming due deliveries, recording their outcomes, and the queues' upkeep."""
+
+    #: due deliveries: only queue heads are pending (the rest wait), so this is an index range
+    #: scan in due order that stops at its limit, however deep the queues are
+    _DUE = (
+        select(deliveries.c.id)
+        .where(
+            deliveries.c.state == "pending",
+            deliveries.c.next_attempt_at <= bindparam("now"),
+            _free_claim,
+        )
+        .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+        .limit(bindparam("limit"))
+    )
+    _DUE_UNPAUSED = _DUE.where(deliveries.c.destination.notin_(id_list("paused")))
+    #: SQLite: claim candidates found without the write lock, if still unclaimed and pending
+    _CLAIM_DELIVERIES = (
+        update(deliveries)
+        .where(deliveries.c.id.in_(id_list()), deliveries.c.state == "pending", _free_claim)
+        .values(claimed_until=bindparam("until"))
+        .returning(deliveries.c.id)
+    )
+    #: PostgreSQL: lease the rows already locked (FOR UPDATE SKIP LOCKED)
+    _LEASE_DELIVERIES = (
+        update(deliveries)
+        .where(deliveries.c.id.in_(id_list()))
+        .values(claimed_until=bindparam("until"))
+    )
+
+    def claim_due_deliveries(
+        self, limit: int = 50, lease: float = 120.0, paused: Sequence[str] = ()
+    ) -> list[DueDelivery]:
+        """Claim deliveries that are due, at most one in flight per (destination, patient): a
+        delivery is ``waiting`` while an earlier one for the same patient and destination is
+        pending, so order is kept per patient while different patients flow in parallel."""
+        now = utcnow()
+        until = now + timedelta(seconds=lease)
+        due = self._DUE_UNPAUSED if paused else self._DUE
+        params = {"now": now, "limit": limit, "paused": list(paused)}
+        if self.db_engine.dialect.name == "sqlite":
+            # find candidates without the write lock, then claim them in a short write
+            # transaction that re-checks they are still unclaimed and pending
+            with self.db_engine.connect() as conn:
+                candidates = list(conn.execute(due, params).scalars())
+            if not candidates:
+                return []
+            with self._tx() as conn:
+                claim = {"ids": candidates, "now": now, "until": until}
+                ids = list(conn.execute(self._CLAIM_DELIVERIES, claim).scalars())
+                return self._due_rows(conn, ids, until)
+        with self._tx() as conn:
+            locked = due.with_for_update(skip_locked=True, of=deliveries)
+            ids = list(conn.execute(locked, params).scalars())
+            if ids:
+                conn.execute(self._LEASE_DELIVERIES, {"ids": ids, "until": until})
+            return self._due_rows(conn, ids, until)
+
+    _DUE_ROWS = (
+        select(
+            deliveries.c.id,
+            deliveries.c.message_id,
+            deliveries.c.destination,
+            deliveries.c.kind,
+            deliveries.c.content_type,
+            deliveries.c.payload,
+            deliveries.c.attempts,
+            messages.c.control_id,
+        )
+        .join(messages, messages.c.id == deliveries.c.message_id)
+        .where(deliveries.c.id.in_(id_list()))
+        .order_by(deliveries.c.id)
+    )
+
+    def _due_rows(self, conn: Connection, ids: list[int], until: datetime) -> list[DueDelivery]:
+        if not ids:
+            return []
+        return [
+            DueDelivery(
+                r.id,
+                r.message_id,
+                r.destination,
+                r.kind,
+                r.content_type,
+                bytes(r.payload),
+                r.attempts,
+                r.control_id or "",
+                until,
+            )
+            for r in conn.execute(self._DUE_ROWS, {"ids": ids})
+        ]
+
+    # outcomes apply to pending deliveries only: a delivery sent twice (its lease ran out while
+    # it was in flight) is settled once, and settles (and promotes) nothing the second time
+    _DELIVERED = (
+        update(deliveries)
+        .where(deliveries.c.id.in_(id_list()), deliveries.c.state == "pending")
+        .values(
+            state="delivered",
+            delivered_at=bindparam("now"),
+            attempts=deliveries.c.attempts + 1,
+            claimed_until=None,
+            last_error=None,
+        )
+        .returning(deliveries.c.message_id, deliveries.c.destination, deliveries.c.patient_key)
+    )
+    _DEAD = (
+        update(deliveries)
+        .where(deliveries.c.id == bindparam("did"), deliveries.c.state == "pending")
+        .values(
+            state="dead",
+            attempts=deliveries.c.attempts + 1,
+            claimed_until=None,
+            last_error=bindparam("err"),
+        )
+        .returning(deliveries.c.message_id, deliveries.c.destination, deliveries.c.patient_key)
+    )
+    _RETRY = (
+        update(deliveries)
+        .where(deliveries.c.id == bindparam("did"), deliveries.c.state == "pending")
+        .values(
+            attempts=deliveries.c.attempts + 1,
+            claimed_until=None,
+            last_error=bindparam("err"),
+            next_attempt_at=bindparam("at"),
+        )
+    )
+
+    def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Record delivery outcomes in ONE transaction of a few set-based statements (the
+        dispatcher batches them): the write lock is held as briefly as possible."""
+        if not outcomes:
+            return
+        now = utcnow()
+        done = [o.delivery_id for o in outcomes if o.ok]
+        dead = [o for o in outcomes if not o.ok and o.retry_at is None]
+        retry = [o for o in outcomes if not o.ok and o.retry_at is not None]
+        with self._tx() as conn:
+            settled: list[Any] = []
+            if done:
+                settled += conn.execute(self._DELIVERED, {"ids": done, "now": now}).all()
+            for o in dead:
+                error = {"did": o.delivery_id, "err": o.error[:2000]}
+                settled += conn.execute(self._DEAD, error).all()
+            if retry:
+                conn.execute(
+                    self._RETRY,
+                    [
+                        {"did": o.delivery_id, "err": o.error[:2000], "at": o.retry_at}
+                        for o in retry
+                    ],
+                )
+            if settled:
+                _promote(conn, {(r.destination, r.patient_key) for r in settled}, now)
+                _settle(conn, sorted({r.message_id for r in settled}), now)
+
+    #: a claim given back (the worker stopped before it started the delivery)
+    _RELEASE = (
+        update(deliveries)
+        .where(deliveries.c.id.in_(id_list()), deliveries.c.state == "pending")
+        .values(claimed_until=None)
+    )
+
+    def release_claims(self, delivery_ids: Sequence[int]) -> None:
+        """Give back claims on deliveries not started (a stopping dispatcher): they are due
+        again at once instead of when their lease runs out."""
+        if delivery_ids:
+            with self._tx() as conn:
+                conn.execute(self._RELEASE, {"ids": list(delivery_ids)})
+
+    #: a claim kept for longer: only while it is still ours (same lease) and pending
+    _RENEW = (
+        update(deliveries)
+        .where(
+            deliveries.c.id == bindparam("did"),
+            deliveries.c.state == "pending",
+            deliveries.c.claimed_until == bindparam("old"),
+        )
+        .values(claimed_until=bindparam("new"))
+    )
+
+    def renew_claim(self, delivery_id: int, old: datetime, new: datetime) -> bool:
+        """Extend a claim that is still ours (same lease, still pending); False when it is not
+        (it ran out and another dispatcher may have the delivery now: do not send it)."""
+        with self._tx() as conn:
+            done = conn.execute(self._RENEW, {"did": delivery_id, "old": old, "new": new})
+            return bool(done.rowcount)
+
+    _headless = deliveries.alias("headless")
+    #: queues whose head is gone (a guard against any path that settles without promoting)
+    _HEADLESS_QUEUES = (
+        select(deliveries.c.destination, deliveries.c.patient_key)
+        .where(
+            deliveries.c.state == "waiting",
+            ~exists().where(
+                _headless.c.destination == deliveries.c.destination,
+                _headless.c.patient_key == deliveries.c.patient_key,
+                _headless.c.state == "pending",
+            ),
+        )
+        .distinct()
+    )
+
+    def repair_queues(self) -> int:
+        """Promote the next delivery of any queue left without a pending head; how many queues.
+        Nothing should leave one so; this runs with the retention job as a guard."""
+        with self._tx() as conn:
+            queues = {(r.destination, r.patient_key) for r in conn.execute(self._HEADLESS_QUEUES)}
+            _promote(conn, queues, utcnow())
+            return len(queues)
+
+    _BACKLOG = (
+        select(
+            deliveries.c.destination,
+            func.count().label("waiting"),
+            func.min(deliveries.c.created_at).label("oldest"),
+        )
+        .where(deliveries.c.state.in_(("pending", "waiting")))
+        .group_by(deliveries.c.destination)
+        .order_by(deliveries.c.destination)
+    )
+
+    def backlog(self) -> list[DestinationBacklog]:
+        """Per destination with anything left to deliver: how many deliveries wait (pending or
+        queued behind one) and the age of the oldest. A destination with nothing waiting is not
+        listed. Read-only: no write lock, no transaction of its own."""
+        now = utcnow()
+        with self.db_engine.connect() as conn:
+            rows = conn.execute(self._BACKLOG).all()
+        return [
+            DestinationBacklog(
+                r.destination, int(r.waiting), max(0.0, (now - aware(r.oldest)).total_seconds())
+            )
+            for r in rows
+        ]

@@ -1,0 +1,65 @@
+"""Eligibility checks (X12 270/271): a history of every check, attached to its appointment.
+
+The eligibility job writes a row per check and reads back whether a patient was already checked
+with a payer today; the CLI and the API list a day's results.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from engine.store.db import Repository
+from engine.store.tables import eligibility_checks
+
+__all__ = ["EligibilityChecks"]
+
+
+class EligibilityChecks(Repository):
+    """Rows of ``eligibility_checks``, as dicts keyed by column name."""
+
+    def save_eligibility(self, row: dict[str, Any]) -> int:
+        """Store one eligibility check (history: a new row every time); its id."""
+        with self._tx() as conn:
+            pk = conn.execute(insert(eligibility_checks).values(**row)).inserted_primary_key
+            assert pk is not None
+            return int(pk[0])
+
+    def eligibility_checked(
+        self, patient_url: str, payer_id: str, since: datetime
+    ) -> dict[str, Any] | None:
+        """The newest check of a patient with a payer since ``since`` (no repeat the same day)."""
+        since = since.astimezone(UTC)  # SQLite keeps naive UTC
+        with self.db_engine.connect() as conn:
+            row = conn.execute(
+                select(eligibility_checks)
+                .where(
+                    eligibility_checks.c.patient_url == patient_url,
+                    eligibility_checks.c.payer_id == payer_id,
+                    eligibility_checks.c.checked_at >= since,
+                    eligibility_checks.c.status != "payer_unavailable",
+                )
+                .order_by(eligibility_checks.c.id.desc())
+                .limit(1)
+            ).one_or_none()
+        return dict(row._mapping) if row else None
+
+    def eligibility_for_day(self, day: date) -> list[dict[str, Any]]:
+        """The latest check per appointment (or patient) for appointments on ``day``."""
+        with self.db_engine.connect() as conn:
+            rows = [
+                dict(r._mapping)
+                for r in conn.execute(
+                    select(eligibility_checks)
+                    .where(eligibility_checks.c.service_date == day)
+                    .order_by(eligibility_checks.c.id)
+                )
+            ]
+        latest: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            latest[r["appointment_url"] or r["patient_url"]] = r
+        return sorted(
+            latest.values(), key=lambda r: (r["appointment_start"] is None, r["appointment_start"])
+        )

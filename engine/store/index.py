@@ -1,0 +1,126 @@
+"""The FHIR resource index: the latest version of every resource the engine mapped, by fullUrl.
+
+Processing writes it (in the same transaction that finishes the message, see
+:func:`upsert_resources`); the jobs read it (the eligibility job looks up the day's
+appointments, their patients, coverages and payers) without asking a FHIR server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from engine.store.db import Repository
+from engine.store.tables import fhir_resources
+
+__all__ = ["IndexedResource", "ResourceIndex", "upsert_resources"]
+
+
+@dataclass(frozen=True)
+class IndexedResource:
+    """A FHIR resource the engine mapped, kept (latest version) for the jobs that read them."""
+
+    resource_type: str
+    full_url: str
+    body: bytes
+    patient_url: str | None = None
+    start: datetime | None = None
+    status: str | None = None
+
+
+def _upsert_statement(insert: postgresql.Insert | sqlite.Insert) -> Insert:
+    """Insert a resource, or update it by fullUrl; an older message never overwrites a newer
+    one's (executemany: one row per fullUrl)."""
+    excluded = insert.excluded
+    return insert.on_conflict_do_update(
+        index_elements=[fhir_resources.c.full_url],
+        set_={
+            "patient_url": excluded.patient_url,
+            "start": excluded.start,
+            "status": excluded.status,
+            "body": excluded.body,
+            "message_id": excluded.message_id,
+            "updated_at": excluded.updated_at,
+        },
+        where=fhir_resources.c.message_id <= excluded.message_id,
+    )
+
+
+#: built once per dialect (the upsert is spelled the same on both, but built by each dialect)
+_UPSERT = {
+    "postgresql": _upsert_statement(postgresql.insert(fhir_resources)),
+    "sqlite": _upsert_statement(sqlite.insert(fhir_resources)),
+}
+
+
+def upsert_resources(
+    conn: Connection, items: Sequence[tuple[int, IndexedResource]], now: datetime
+) -> None:
+    """Index the resources (message id, resource) in the caller's transaction: insert or update
+    by fullUrl; an older message never overwrites a newer one's."""
+    if not items:
+        return
+    latest: dict[str, tuple[int, IndexedResource]] = {}
+    for mid, r in items:  # one row per fullUrl in a statement
+        latest[r.full_url] = (mid, r)
+    rows = [
+        {
+            "resource_type": r.resource_type,
+            "full_url": r.full_url,
+            "patient_url": r.patient_url,
+            "start": r.start,
+            "status": r.status,
+            "body": r.body.decode(),
+            "message_id": mid,
+            "updated_at": now,
+        }
+        # sorted: one lock order for concurrent workers
+        for mid, r in sorted(latest.values(), key=lambda item: item[1].full_url)
+    ]
+    conn.execute(_UPSERT[conn.dialect.name], rows)
+
+
+class ResourceIndex(Repository):
+    """Reads of the resource index, as FHIR dicts with their fullUrl under ``_full_url``."""
+
+    def resource(self, full_url: str) -> dict[str, Any] | None:
+        """The resource with this fullUrl, or None."""
+        with self.db_engine.connect() as conn:
+            body = conn.execute(
+                select(fhir_resources.c.body).where(fhir_resources.c.full_url == full_url)
+            ).scalar_one_or_none()
+        return {**orjson.loads(body), "_full_url": full_url} if body else None
+
+    def resources_for_patient(self, resource_type: str, patient_url: str) -> list[dict[str, Any]]:
+        """The resources of one type that refer to a patient (e.g. its Coverages), oldest first."""
+        with self.db_engine.connect() as conn:
+            rows = conn.execute(
+                select(fhir_resources.c.full_url, fhir_resources.c.body)
+                .where(
+                    fhir_resources.c.resource_type == resource_type,
+                    fhir_resources.c.patient_url == patient_url,
+                )
+                .order_by(fhir_resources.c.id)
+            )
+            return [{**orjson.loads(r.body), "_full_url": r.full_url} for r in rows]
+
+    def appointments_between(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
+        """Appointments starting in [start, end), as FHIR dicts with ``_full_url``."""
+        start, end = start.astimezone(UTC), end.astimezone(UTC)  # the index keeps UTC
+        with self.db_engine.connect() as conn:
+            rows = conn.execute(
+                select(fhir_resources.c.full_url, fhir_resources.c.body)
+                .where(
+                    fhir_resources.c.resource_type == "Appointment",
+                    fhir_resources.c.start >= start,
+                    fhir_resources.c.start < end,
+                )
+                .order_by(fhir_resources.c.start, fhir_resources.c.id)
+            )
+            return [{**orjson.loads(r.body), "_full_url": r.full_url} for r in rows]

@@ -1,0 +1,397 @@
+"""Messages: every message received, stored before it is acknowledged, and its way through.
+
+The receiver stores a batch in one transaction (group commit, the idempotent receiver's
+duplicate check included); the processor claims received messages, oldest first and one at a
+time per patient, and finishes them with their deliveries and indexed resources in one
+transaction; operators list, show and replay them; retention purges the delivered ones.
+States are drawn in :mod:`engine.store.tables`.
+
+The receiver's and the processor's statements run thousands of times a second: each is built
+once, beside the method that runs it (building a statement costs more than SQLite running it).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, bindparam, delete, exists, func, insert, or_, select, update
+
+from engine.store.db import Repository, aware, id_list, utcnow
+from engine.store.deliveries import NewDelivery, deliveries_of, queue_deliveries
+from engine.store.index import IndexedResource, upsert_resources
+from engine.store.tables import deliveries, messages
+from engine.store.views import MessageView
+
+__all__ = ["Incoming", "MessageStore", "Processed", "Stored"]
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A message to store as received (``state`` is ``received``, or ``error`` with a reason)."""
+
+    raw: bytes
+    channel: str
+    peer: str = ""
+    kind: str = "hl7v2"
+    state: str = "received"
+    reason: str | None = None
+    control_id: str | None = None
+    message_type: str | None = None
+    trigger: str | None = None
+    structure: str | None = None
+    sending_application: str | None = None
+    sending_facility: str | None = None
+    dedupe_key: str | None = None
+    replay_of: int | None = None
+    #: the patient the message is about (PID-3), known at receipt: processing keeps its order
+    patient_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Where an incoming message went: its id, or the original's when it is a duplicate."""
+
+    id: int
+    received_at: datetime
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Processed:
+    """The outcome of processing one message."""
+
+    message_id: int
+    state: str
+    reason: str | None = None
+    patient_key: str | None = None
+    new_deliveries: Sequence[NewDelivery] = ()
+    resources: Sequence[IndexedResource] = ()
+    #: the worker that claimed the message: its outcome counts only while the claim is its own
+    worker: str | None = None
+    #: what the message carried that no mapping took, one line each
+    warnings: str | None = None
+
+
+def _row(item: Incoming, now: datetime) -> dict[str, Any]:
+    """The ``messages`` row of an incoming message."""
+    return {
+        "received_at": now,
+        "channel": item.channel,
+        "peer": item.peer,
+        "kind": item.kind,
+        "size": len(item.raw),
+        "raw": item.raw,
+        "control_id": item.control_id,
+        "message_type": item.message_type,
+        "trigger": item.trigger,
+        "structure": item.structure,
+        "sending_application": item.sending_application,
+        "sending_facility": item.sending_facility,
+        "dedupe_key": item.dedupe_key,
+        "replay_of": item.replay_of,
+        "patient_key": item.patient_key,
+        "state": item.state,
+        "reason": item.reason,
+        "updated_at": now,
+    }
+
+
+def _view(row: Row[*tuple[Any, ...]]) -> MessageView:
+    """A message's view from a row of :attr:`MessageStore._VIEW` (no deliveries)."""
+    data = row._asdict()
+    data["received_at"] = aware(data["received_at"])
+    data["warnings"] = tuple(data["warnings"].splitlines()) if data["warnings"] else ()
+    return MessageView(**data)
+
+
+class MessageStore(Repository):
+    """Storing, processing and showing messages."""
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    _KNOWN_KEYS = select(messages.c.dedupe_key, messages.c.id, messages.c.received_at).where(
+        messages.c.dedupe_key.in_(id_list("keys"))
+    )
+    #: executemany with RETURNING, in parameter order
+    _INSERT_MESSAGES = insert(messages).returning(messages.c.id, sort_by_parameter_order=True)
+
+    @property
+    def last_commit_wait_s(self) -> float:
+        """How long the last :meth:`save_batch` waited for other writers (SQLite)."""
+        return self._write_lock.priority_wait_s
+
+    def save_batch(self, items: Sequence[Incoming]) -> list[Stored]:
+        """Store messages in ONE transaction (group commit) and return where each went.
+
+        A message whose ``dedupe_key`` (sender + MSH-10) is already stored, or appears earlier in
+        the batch, is not stored again: its result points at the original (``duplicate``).
+        Committed before returning: the caller may acknowledge once this returns.
+        """
+        now = utcnow()
+        results: list[Stored | None] = [None] * len(items)
+        with self._tx(priority=True) as conn:
+            keys = {i.dedupe_key for i in items if i.dedupe_key}
+            known: dict[str, tuple[int, datetime]] = {}
+            if keys:
+                for row in conn.execute(self._KNOWN_KEYS, {"keys": list(keys)}):
+                    known[row.dedupe_key] = (row.id, aware(row.received_at))
+            rows: list[dict[str, Any]] = []
+            where: list[int] = []  # the index in ``items`` of each row to insert
+            fresh: dict[str, int] = {}  # dedupe key -> index of its first item in this batch
+            for n, item in enumerate(items):
+                key = item.dedupe_key
+                if key and key in known:
+                    mid, at = known[key]
+                    results[n] = Stored(mid, at, duplicate=True)
+                    continue
+                if key and key in fresh:
+                    continue  # a resend within the batch: resolved below, once ids are known
+                if key:
+                    fresh[key] = n
+                where.append(n)
+                rows.append(_row(item, now))
+            if rows:
+                # one statement for the batch (INSERT ... VALUES (...), (...) RETURNING id, in
+                # the rows' order): building a statement per row cost more than SQLite's insert
+                ids = conn.execute(self._INSERT_MESSAGES, rows).scalars().all()
+                for n, mid in zip(where, ids, strict=True):
+                    results[n] = Stored(int(mid), now)
+            for n, item in enumerate(items):
+                if results[n] is None:  # resent within the batch: the first one's id
+                    first = results[fresh[item.dedupe_key or ""]]
+                    assert first is not None
+                    results[n] = Stored(first.id, first.received_at, duplicate=True)
+        return [r for r in results if r is not None]
+
+    # -- processing --------------------------------------------------------------------------
+
+    _earlier = messages.alias("earlier")
+    #: received messages whose patient has no earlier message still received or being processed
+    _CLAIMABLE = (
+        select(messages.c.id)
+        .where(
+            messages.c.state == "received",
+            or_(
+                messages.c.patient_key.is_(None),
+                ~exists().where(
+                    _earlier.c.patient_key == messages.c.patient_key,
+                    _earlier.c.id < messages.c.id,
+                    _earlier.c.state.in_(("received", "processing")),
+                ),
+            ),
+        )
+        .order_by(messages.c.id)
+        .limit(bindparam("limit"))
+        .with_for_update(skip_locked=True, of=messages)
+    )
+    _MARK_PROCESSING = (
+        update(messages)
+        .where(messages.c.id.in_(id_list()))
+        .values(
+            state="processing",
+            claimed_by=bindparam("worker"),
+            claimed_at=bindparam("now"),
+            updated_at=bindparam("now"),
+        )
+    )
+    _RAW_OF = (
+        select(messages.c.id, messages.c.raw, messages.c.kind)
+        .where(messages.c.id.in_(id_list()))
+        .order_by(messages.c.id)
+    )
+
+    def claim_received(self, worker: str, limit: int = 100) -> list[tuple[int, bytes, str]]:
+        """Claim up to ``limit`` received messages for processing: (id, raw, kind), oldest first.
+
+        A patient's message waits while an earlier one of the same patient is still received or
+        being processed (by this worker or another): each patient's messages are processed, and
+        so delivered, in the order they arrived, while different patients go in parallel.
+        """
+        now = utcnow()
+        with self._tx() as conn:
+            ids = list(conn.execute(self._CLAIMABLE, {"limit": limit}).scalars())
+            if not ids:
+                return []
+            conn.execute(self._MARK_PROCESSING, {"ids": ids, "worker": worker, "now": now})
+            rows = conn.execute(self._RAW_OF, {"ids": ids})
+            return [(r.id, bytes(r.raw), r.kind) for r in rows]
+
+    def reclaim_stale(self, older_than: timedelta) -> int:
+        """Put back messages whose processing was claimed by a worker that died."""
+        now = utcnow()
+        with self._tx() as conn:
+            result = conn.execute(
+                update(messages)
+                .where(messages.c.state == "processing", messages.c.claimed_at < now - older_than)
+                .values(state="received", claimed_by=None, claimed_at=None, updated_at=now)
+            )
+            return int(result.rowcount or 0)
+
+    _EXISTING = select(messages.c.id).where(messages.c.id.in_(id_list())).with_for_update()
+    #: the messages of a batch still claimed by this worker (a claim taken back does not count)
+    #: (locked on PostgreSQL, so a reclaim and another worker's finish cannot slip in before our
+    #: update)
+    _STILL_CLAIMED = (
+        select(messages.c.id)
+        .where(
+            messages.c.id.in_(id_list()),
+            messages.c.state == "processing",
+            messages.c.claimed_by == bindparam("worker"),
+        )
+        .with_for_update()
+    )
+    _FINISH = (
+        update(messages)
+        .where(messages.c.id == bindparam("mid"))
+        .values(
+            state=bindparam("new_state"),
+            reason=bindparam("new_reason"),
+            warnings=bindparam("new_warnings"),
+            patient_key=bindparam("new_patient"),
+            updated_at=bindparam("now"),
+        )
+    )
+
+    def finish_batch(self, outcomes: Sequence[Processed]) -> None:
+        """Record the outcomes of processing several messages, with their deliveries and indexed
+        resources, in ONE transaction. An outcome whose claim was taken back (the worker was
+        thought dead and another claimed the message) is dropped: the other worker's counts."""
+        now = utcnow()
+        with self._tx() as conn:
+            owned: set[int] = set()
+            for worker in {o.worker for o in outcomes}:
+                ids = [o.message_id for o in outcomes if o.worker == worker]
+                if worker is None:
+                    found = conn.execute(self._EXISTING, {"ids": ids})
+                else:
+                    found = conn.execute(self._STILL_CLAIMED, {"ids": ids, "worker": worker})
+                owned.update(found.scalars())
+            kept = [o for o in outcomes if o.message_id in owned]
+            if kept:
+                finished = [
+                    {
+                        "mid": o.message_id,
+                        "new_state": o.state,
+                        "new_reason": o.reason,
+                        "new_warnings": o.warnings,
+                        "new_patient": o.patient_key,
+                        "now": now,
+                    }
+                    for o in kept
+                ]
+                conn.execute(self._FINISH, finished)
+            queue_deliveries(conn, [(o.message_id, d) for o in kept for d in o.new_deliveries], now)
+            upsert_resources(conn, [(o.message_id, r) for o in kept for r in o.resources], now)
+
+    # -- showing and replaying ---------------------------------------------------------------
+
+    #: the columns of a :class:`MessageView`, in its order
+    _VIEW = select(
+        messages.c.id,
+        messages.c.received_at,
+        messages.c.channel,
+        messages.c.control_id,
+        messages.c.message_type,
+        messages.c.trigger,
+        messages.c.state,
+        messages.c.reason,
+        messages.c.warnings,
+    )
+
+    def get(self, message_id: int) -> MessageView | None:
+        """One message with its deliveries, or None."""
+        with self.db_engine.connect() as conn:
+            row = conn.execute(self._VIEW.where(messages.c.id == message_id)).one_or_none()
+            if row is None:
+                return None
+            return replace(_view(row), deliveries=deliveries_of(conn, message_id))
+
+    def list(self, *, state: str | None = None, limit: int = 100) -> builtins.list[MessageView]:
+        """The newest messages first, optionally only those in ``state`` (without deliveries)."""
+        query = self._VIEW.order_by(messages.c.id.desc()).limit(limit)
+        if state:
+            query = query.where(messages.c.state == state)
+        with self.db_engine.connect() as conn:
+            return [_view(row) for row in conn.execute(query)]
+
+    def raw(self, message_id: int) -> bytes | None:
+        """The bytes of a message as they arrived, or None."""
+        with self.db_engine.connect() as conn:
+            value = conn.execute(
+                select(messages.c.raw).where(messages.c.id == message_id)
+            ).scalar_one_or_none()
+        return bytes(value) if value is not None else None
+
+    def ids_in_state(self, state: str, limit: int = 10_000) -> builtins.list[int]:
+        """The ids of messages in ``state``, oldest first (to replay them all)."""
+        with self.db_engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(messages.c.id)
+                    .where(messages.c.state == state)
+                    .order_by(messages.c.id)
+                    .limit(limit)
+                ).scalars()
+            )
+
+    def replay(self, message_id: int) -> int:
+        """Store a copy of a message as received again (an operator's replay, not a duplicate);
+        the new message's id. KeyError when there is no such message."""
+        with self.db_engine.connect() as conn:
+            row = conn.execute(
+                select(
+                    messages.c.raw, messages.c.kind, messages.c.peer, messages.c.patient_key
+                ).where(messages.c.id == message_id)
+            ).one_or_none()
+        if row is None:
+            raise KeyError(message_id)
+        again = Incoming(
+            raw=bytes(row.raw),
+            channel="replay",
+            patient_key=row.patient_key,
+            peer=row.peer,
+            kind=row.kind,
+            replay_of=message_id,
+        )
+        return self.save_batch([again])[0].id
+
+    def counts(self) -> dict[str, int]:
+        """Messages per state, and deliveries pending (the queue depth)."""
+        with self.db_engine.connect() as conn:
+            out = {
+                r.state: int(r.n)
+                for r in conn.execute(
+                    select(messages.c.state, func.count().label("n")).group_by(messages.c.state)
+                )
+            }
+            out["deliveries_pending"] = int(
+                conn.execute(
+                    select(func.count()).where(deliveries.c.state.in_(("pending", "waiting")))
+                ).scalar_one()
+            )
+        return out
+
+    # -- retention ---------------------------------------------------------------------------
+
+    def purge_delivered(self, older_than: timedelta) -> int:
+        """Retention: delete messages delivered (or unrouted) before the cutoff, with their
+        deliveries. Messages not delivered (received, routed, error, dead) are never purged."""
+        cutoff = utcnow() - older_than
+        with self._tx() as conn:
+            ids = list(
+                conn.execute(
+                    select(messages.c.id).where(
+                        messages.c.state.in_(("delivered", "unrouted")),
+                        messages.c.updated_at < cutoff,
+                    )
+                ).scalars()
+            )
+            if not ids:
+                return 0
+            conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(ids)))
+            conn.execute(delete(messages).where(messages.c.id.in_(ids)))
+            return len(ids)
