@@ -284,6 +284,45 @@ def _ik4(seg: Segment) -> ElementError:
     )
 
 
+def _segment_error(ik3: Segment, ik4s: list[ElementError], contexts: list[str]) -> SegmentError:
+    """Loop 2100: an IK3 with its CTX and its IK4s (loop 2110)."""
+    return SegmentError(
+        segment_id=ik3.get(1),
+        position=_int(ik3, 2),
+        loop=ik3.get(3),
+        code=describe(codes.IK304_CODES, ik3.get(4)) if ik3.get(4) else None,
+        elements=tuple(ik4s),
+        context=tuple(contexts),
+    )
+
+
+def _transaction_ack(ak2: Segment, ik5: Segment, errors: list[SegmentError]) -> TransactionAck:
+    """Loop 2000: the AK2 naming our transaction set, the IK5 answering it, its segment errors."""
+    return TransactionAck(
+        transaction_set=ak2.get(1),
+        control_number=ak2.get(2),
+        convention=ak2.get(3),
+        status=describe(codes.IK501_CODES, ik5.get(1)),
+        codes=tuple(describe(codes.IK502_CODES, ik5.get(n)) for n in range(2, 7) if ik5.get(n)),
+        segment_errors=tuple(errors),
+    )
+
+
+def _group_ack(ak1: Segment, ak9: Segment, transactions: list[TransactionAck]) -> GroupAck:
+    """The AK1 naming our functional group, the AK9 answering it, its transaction sets."""
+    return GroupAck(
+        functional_id=ak1.get(1),
+        control_number=ak1.get(2),
+        version=ak1.get(3),
+        status=describe(codes.AK901_CODES, ak9.get(1)),
+        included=_int(ak9, 2),
+        received=_int(ak9, 3),
+        accepted_count=_int(ak9, 4),
+        codes=tuple(describe(codes.AK905_CODES, ak9.get(n)) for n in range(5, 10) if ak9.get(n)),
+        transactions=tuple(transactions),
+    )
+
+
 def read_999_transaction(tx: Transaction) -> list[GroupAck]:
     """The group acknowledgments (AK1 ... AK9) of one 999 transaction set."""
     if tx.id != "999":
@@ -302,16 +341,7 @@ def read_999_transaction(tx: Transaction) -> list[GroupAck]:
     def close_ik3() -> None:
         nonlocal ik3, ik4s, contexts
         if ik3 is not None:
-            seg_errors.append(
-                SegmentError(
-                    segment_id=ik3.get(1),
-                    position=_int(ik3, 2),
-                    loop=ik3.get(3),
-                    code=describe(codes.IK304_CODES, ik3.get(4)) if ik3.get(4) else None,
-                    elements=tuple(ik4s),
-                    context=tuple(contexts),
-                )
-            )
+            seg_errors.append(_segment_error(ik3, ik4s, contexts))
         ik3, ik4s, contexts = None, [], []
 
     for seg in tx.body:
@@ -331,37 +361,12 @@ def read_999_transaction(tx: Transaction) -> list[GroupAck]:
             close_ik3()
             if ak2 is None:
                 raise X12Error("IK5 without an AK2", segment_id="IK5", position=seg.position)
-            transactions.append(
-                TransactionAck(
-                    transaction_set=ak2.get(1),
-                    control_number=ak2.get(2),
-                    convention=ak2.get(3),
-                    status=describe(codes.IK501_CODES, seg.get(1)),
-                    codes=tuple(
-                        describe(codes.IK502_CODES, seg.get(n)) for n in range(2, 7) if seg.get(n)
-                    ),
-                    segment_errors=tuple(seg_errors),
-                )
-            )
+            transactions.append(_transaction_ack(ak2, seg, seg_errors))
             ak2 = None
         elif sid == "AK9":
             if ak1 is None:
                 raise X12Error("AK9 without an AK1", segment_id="AK9", position=seg.position)
-            groups.append(
-                GroupAck(
-                    functional_id=ak1.get(1),
-                    control_number=ak1.get(2),
-                    version=ak1.get(3),
-                    status=describe(codes.AK901_CODES, seg.get(1)),
-                    included=_int(seg, 2),
-                    received=_int(seg, 3),
-                    accepted_count=_int(seg, 4),
-                    codes=tuple(
-                        describe(codes.AK905_CODES, seg.get(n)) for n in range(5, 10) if seg.get(n)
-                    ),
-                    transactions=tuple(transactions),
-                )
-            )
+            groups.append(_group_ack(ak1, seg, transactions))
             ak1 = None
     if ak1 is not None:
         raise X12Error(f"AK1 ({ak1.where()}) has no AK9", segment_id="AK1", position=ak1.position)

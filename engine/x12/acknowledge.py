@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from engine.x12.envelope import Interchange, SegmentData, build_interchange
+from engine.x12.envelope import FunctionalGroup, Interchange, SegmentData, build_interchange
 from engine.x12.errors import X12Error
 from engine.x12.segments import DEFAULT_DELIMITERS, Delimiters, Element, format_segment
 
@@ -47,6 +47,48 @@ def _codes(faults: list[X12Error]) -> list[str]:
         if fault.ack_code and fault.ack_code not in out:
             out.append(fault.ack_code)
     return out[:_MAX_CODES]
+
+
+def _faults_by_level(interchange: Interchange) -> dict[str, list[X12Error]]:
+    """The tolerated faults by where they are answered: TA1, AK9 (group) or IK5 (set)."""
+    by_level: dict[str, list[X12Error]] = {"TA1": [], "AK9": [], "IK5": []}
+    for fault in interchange.faults:
+        by_level.setdefault(fault.ack_level or "IK5", []).append(fault)
+    return by_level
+
+
+def _group_999(
+    group: FunctionalGroup, group_faults: list[X12Error], set_faults: list[X12Error]
+) -> list[SegmentData]:
+    """The body of the 999 for one group: AK1, an AK2/IK5 pair per transaction set, AK9."""
+    body: list[SegmentData] = [("AK1", [group.functional_id, group.control_number, group.version])]
+    noted = False
+    for tx in group.transactions:
+        tx_faults = [f for f in set_faults if f.position == tx.se.position]
+        noted = noted or bool(tx_faults)
+        body.append(("AK2", [tx.id, tx.control_number, tx.convention]))
+        body.append(("IK5", ["E" if tx_faults else "A", *_codes(tx_faults)]))
+    received = len(group.transactions)
+    claimed = group.ge.get(1) if group.ge.get(1).isdigit() else str(received)
+    status = "E" if group_faults or noted else "A"
+    ak9: list[Element] = [status, str(int(claimed)), str(received), str(received)]
+    body.append(("AK9", [*ak9, *_codes(group_faults)]))
+    return body
+
+
+def _ta1(interchange: Interchange, ta1_faults: list[X12Error], delimiters: Delimiters) -> str:
+    """The TA1 answering the interchange: TA104 E with the first fault's TA105 note, else A."""
+    return format_segment(
+        "TA1",
+        [
+            interchange.control_number,
+            interchange.date,
+            interchange.time,
+            "E" if ta1_faults else "A",
+            (ta1_faults[0].ack_code or "000") if ta1_faults else "000",
+        ],
+        delimiters,
+    )
 
 
 def acknowledge(
@@ -66,30 +108,12 @@ def acknowledge(
     ISA15 repeats the received one. Raises :class:`X12Error` for an interchange with neither a
     group nor a TA1 to write (nothing to acknowledge).
     """
-    by_level: dict[str, list[X12Error]] = {"TA1": [], "AK9": [], "IK5": []}
-    for fault in interchange.faults:
-        by_level.setdefault(fault.ack_level or "IK5", []).append(fault)
+    by_level = _faults_by_level(interchange)
     bodies: list[list[SegmentData]] = []
     for group in interchange.groups:
         positions = {group.gs.position, group.ge.position}
         group_faults = [f for f in by_level["AK9"] if f.position in positions]
-        body: list[SegmentData] = [
-            ("AK1", [group.functional_id, group.control_number, group.version])
-        ]
-        for tx in group.transactions:
-            tx_faults = [f for f in by_level["IK5"] if f.position == tx.se.position]
-            body.append(("AK2", [tx.id, tx.control_number, tx.convention]))
-            status = "E" if tx_faults else "A"
-            body.append(("IK5", [status, *_codes(tx_faults)]))
-        received = len(group.transactions)
-        claimed = group.ge.get(1) if group.ge.get(1).isdigit() else str(received)
-        noted = any(
-            f.position == tx.se.position for tx in group.transactions for f in by_level["IK5"]
-        )
-        status = "E" if group_faults or noted else "A"
-        ak9: list[Element] = [status, str(int(claimed)), str(received), str(received)]
-        body.append(("AK9", [*ak9, *_codes(group_faults)]))
-        bodies.append(body)
+        bodies.append(_group_999(group, group_faults, by_level["IK5"]))
     ta1_faults = by_level["TA1"]
     if not bodies and not (ta1_faults or interchange.ack_requested):
         raise X12Error(
@@ -118,16 +142,5 @@ def acknowledge(
         )
     if ta1_faults or interchange.ack_requested:
         isa_end = text.index(delimiters.segment) + 1
-        ta1 = format_segment(
-            "TA1",
-            [
-                interchange.control_number,
-                interchange.date,
-                interchange.time,
-                "E" if ta1_faults else "A",
-                (ta1_faults[0].ack_code or "000") if ta1_faults else "000",
-            ],
-            delimiters,
-        )
-        text = text[:isa_end] + ta1 + text[isa_end:]
+        text = text[:isa_end] + _ta1(interchange, ta1_faults, delimiters) + text[isa_end:]
     return text

@@ -323,6 +323,105 @@ def _created(tx: Transaction, group: FunctionalGroup) -> str:
     return read_d8(group.gs, 4, group.gs.get(4)).isoformat()
 
 
+def _member_coverage(
+    party: _Party,
+    subscriber: _Party,
+    member_id: str,
+    *,
+    patient: Json,
+    insurer: Json,
+    bundle: _Bundle,
+    name: str,
+) -> Json:
+    """The Coverage a patient is asked about (``member_id`` from 2100C NM109; ``patient`` and
+    ``insurer`` references), and for a dependent (2000D) the subscriber as a RelatedPerson with
+    the relationship from 2100D INS02."""
+    coverage: Json = {
+        "resourceType": "Coverage",
+        "status": "active",
+        "beneficiary": patient,
+        "payor": [insurer],
+    }
+    if member_id:
+        coverage["subscriberId"] = member_id
+        member_type = {"system": V2_0203_SYSTEM, "code": "MB", "display": "Member Number"}
+        coverage["identifier"] = [{"type": {"coding": [member_type]}, "value": member_id}]
+    if subscriber is party:
+        relationship, text = "self", "18 Self (subscriber, loop 2000C)"
+    else:
+        related = _person(subscriber, "RelatedPerson")
+        related["patient"] = patient
+        coverage["subscriber"] = bundle.add(f"{name}/subscriber", related)
+        ins02 = party.ins.get(2) if party.ins is not None else ""
+        relationship = _RELATIONSHIPS.get(ins02, "other")
+        text = (
+            f"{ins02} {codes.RELATIONSHIPS.get(ins02, 'unknown code')} (2100D INS02)"
+            if ins02
+            else "dependent (loop 2000D) without INS02"
+        )
+    coverage["relationship"] = {
+        "coding": [{"system": RELATIONSHIP_SYSTEM, "code": relationship}],
+        "text": text,
+    }
+    return coverage
+
+
+def _patient_request(
+    level: Level,
+    parties: dict[int, _Party],
+    key: str,
+    bht: Segment | None,
+    created: str,
+    bundle: _Bundle,
+) -> None:
+    """Adds the CoverageEligibilityRequest of one patient (a 2000C or 2000D level) and what it
+    references: the payer (2000A), the provider (2000B), the patient, the coverage."""
+    party = parties[id(level)]
+    chain = level.ancestors()
+    source = next((lv for lv in chain if lv.code == "20"), None)
+    receiver = next((lv for lv in chain if lv.code == "21"), None)
+    if source is None or receiver is None:  # hierarchy() links 22 under 21 under 20
+        raise X12Error(
+            f"HL {level.id} has no information source or receiver above it",
+            segment_id="HL",
+            position=level.hl.position,
+        )
+    insurer = bundle.add(f"{key}/hl{source.id}/payer", _payer(parties[id(source)]))
+    provider = bundle.add(f"{key}/hl{receiver.id}/provider", _provider(parties[id(receiver)]))
+    name = f"{key}/hl{level.id}"
+    patient = bundle.add(f"{name}/patient", _person(party, "Patient"))
+    subscriber = parties[id(level.parent)] if level.code == "23" and level.parent else party
+    member_id = subscriber.nm1.get(9) if subscriber.nm1 is not None else ""
+    traces = party.traces or (subscriber.traces if subscriber is not party else [])
+    request: Json = {"resourceType": "CoverageEligibilityRequest"}
+    identifiers = _identifiers(traces, bht)
+    if identifiers:
+        request["identifier"] = identifiers
+    request.update(
+        {
+            "status": "active",
+            "purpose": ["validation", "benefits"],
+            "patient": patient,
+            "created": created,
+            "provider": provider,
+            "insurer": insurer,
+        }
+    )
+    if party.service is not None:
+        element, value = _serviced(party.service)
+        request[element] = value
+    if subscriber is not party or member_id:
+        coverage = _member_coverage(
+            party, subscriber, member_id, patient=patient, insurer=insurer, bundle=bundle, name=name
+        )
+        request["insurance"] = [
+            {"focal": True, "coverage": bundle.add(f"{name}/coverage", coverage)}
+        ]
+    if party.service_types:
+        request["item"] = [{"category": _category(c)} for c in party.service_types]
+    bundle.add(f"{name}/request", request)
+
+
 def _transaction(
     interchange: Interchange,
     group: FunctionalGroup,
@@ -351,90 +450,16 @@ def _transaction(
                 "2000C) are not carried into FHIR: the dependents are the patients; passed over"
             )
     key = f"{interchange.sender_id}/{interchange.control_number}/{tx.control_number}"
-    count = 0
-    for level in levels:
-        if level.code not in ("22", "23") or (level.code == "22" and level.children):
-            continue
-        party = parties[id(level)]
-        chain = level.ancestors()
-        source = next((lv for lv in chain if lv.code == "20"), None)
-        receiver = next((lv for lv in chain if lv.code == "21"), None)
-        if source is None or receiver is None:  # hierarchy() links 22 under 21 under 20
-            raise X12Error(
-                f"HL {level.id} has no information source or receiver above it",
-                segment_id="HL",
-                position=level.hl.position,
-            )
-        insurer = bundle.add(f"{key}/hl{source.id}/payer", _payer(parties[id(source)]))
-        provider = bundle.add(f"{key}/hl{receiver.id}/provider", _provider(parties[id(receiver)]))
-        name = f"{key}/hl{level.id}"
-        patient = bundle.add(f"{name}/patient", _person(party, "Patient"))
-        subscriber = parties[id(level.parent)] if level.code == "23" and level.parent else party
-        member_id = subscriber.nm1.get(9) if subscriber.nm1 is not None else ""
-        traces = party.traces or (subscriber.traces if subscriber is not party else [])
-        request: Json = {"resourceType": "CoverageEligibilityRequest"}
-        identifiers = _identifiers(traces, bht)
-        if identifiers:
-            request["identifier"] = identifiers
-        request.update(
-            {
-                "status": "active",
-                "purpose": ["validation", "benefits"],
-                "patient": patient,
-                "created": created,
-                "provider": provider,
-                "insurer": insurer,
-            }
-        )
-        if party.service is not None:
-            element, value = _serviced(party.service)
-            request[element] = value
-        if subscriber is not party or member_id:
-            coverage: Json = {
-                "resourceType": "Coverage",
-                "status": "active",
-                "beneficiary": patient,
-                "payor": [insurer],
-            }
-            if member_id:
-                coverage["subscriberId"] = member_id
-                coverage["identifier"] = [
-                    {
-                        "type": {
-                            "coding": [
-                                {"system": V2_0203_SYSTEM, "code": "MB", "display": "Member Number"}
-                            ]
-                        },
-                        "value": member_id,
-                    }
-                ]
-            if subscriber is party:
-                relationship, text = "self", "18 Self (subscriber, loop 2000C)"
-            else:
-                related = _person(subscriber, "RelatedPerson")
-                related["patient"] = patient
-                coverage["subscriber"] = bundle.add(f"{name}/subscriber", related)
-                ins02 = party.ins.get(2) if party.ins is not None else ""
-                relationship = _RELATIONSHIPS.get(ins02, "other")
-                text = (
-                    f"{ins02} {codes.RELATIONSHIPS.get(ins02, 'unknown code')} (2100D INS02)"
-                    if ins02
-                    else "dependent (loop 2000D) without INS02"
-                )
-            coverage["relationship"] = {
-                "coding": [{"system": RELATIONSHIP_SYSTEM, "code": relationship}],
-                "text": text,
-            }
-            request["insurance"] = [
-                {"focal": True, "coverage": bundle.add(f"{name}/coverage", coverage)}
-            ]
-        if party.service_types:
-            request["item"] = [{"category": _category(c)} for c in party.service_types]
-        bundle.add(f"{name}/request", request)
-        count += 1
-    if not count:
+    patients = [
+        level
+        for level in levels
+        if level.code == "23" or (level.code == "22" and not level.children)
+    ]
+    for level in patients:
+        _patient_request(level, parties, key, bht, created, bundle)
+    if not patients:
         warnings.append(f"{tx.st.where()}: the 270 asks about no patient (no 2000C or 2000D)")
-    return count
+    return len(patients)
 
 
 def x270_to_fhir(

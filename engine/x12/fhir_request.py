@@ -396,6 +396,114 @@ def _service_dates(request: Resource) -> tuple[date | None, date | None]:
     return None, None
 
 
+def _the_request(
+    resources: list[tuple[str, Resource]], request_id: str | None
+) -> tuple[str, Resource]:
+    """The one CoverageEligibilityRequest of the input (its fullUrl and itself)."""
+    requests = [
+        (url, r)
+        for url, r in resources
+        if r.get("resourceType") == "CoverageEligibilityRequest"
+        and (request_id is None or request_id in (r.get("id"), url))
+    ]
+    if len(requests) != 1:
+        which = f" with id {request_id!r}" if request_id else ""
+        raise ConversionError(
+            f"expected one CoverageEligibilityRequest{which}, found {len(requests)}"
+        )
+    return requests[0]
+
+
+def _coverage(
+    resolver: _Resolver, request: Resource, notes: list[str]
+) -> tuple[Resource | None, str]:
+    """The focal insurance's Coverage (else the first) and the member ID (2100C NM109): its
+    subscriberId, or a Coverage reference's own identifier when the Coverage is not in the input."""
+    where = "CoverageEligibilityRequest.insurance.coverage"
+    insurances = request.get("insurance", []) or []
+    focal = [i for i in insurances if i.get("focal")] or insurances
+    if not focal:
+        return None, ""
+    ref = focal[0].get("coverage")
+    coverage = resolver.lookup(ref, where, "Coverage")
+    if coverage is not None:
+        return coverage, _member_id(coverage)
+    ident = _ref_identifier(ref)
+    if ident and (not ident.get("type") or _has_type(ident, "MB")):
+        notes.append(
+            f"{where}: {_absent(ref, 'Coverage')}; the member ID (loop 2100C NM109) is the "
+            "reference's identifier"
+        )
+        return None, str(ident["value"])
+    notes.append(f"{where}: {_absent(ref, 'Coverage')}; no member ID")
+    return None, ""
+
+
+def _subscriber_of(
+    resolver: _Resolver, coverage: Resource | None, patient: Resource | None
+) -> tuple[bool, Resource | None]:
+    """Whether the patient is a dependent (loop 2000D: Coverage.relationship other than self,
+    and a subscriber other than the patient), and the Coverage's subscriber."""
+    relationship = ""
+    if coverage is not None:
+        codings = (coverage.get("relationship") or {}).get("coding", []) or []
+        relationship = str(codings[0].get("code") or "") if codings else ""
+    subscriber = resolver.find(coverage.get("subscriber")) if coverage else None
+    is_dependent = relationship not in ("", "self") and (
+        patient is None or subscriber is not patient
+    )
+    return is_dependent, subscriber
+
+
+def _absent_patient(
+    request: Resource, is_dependent: bool, member_id: str, problems: list[str], notes: list[str]
+) -> None:
+    """A patient not in the input: refused for a dependent (2100D needs a name) or without a
+    member ID; otherwise the 270 asks by the member ID alone (IG 2100C)."""
+    where = "CoverageEligibilityRequest.patient"
+    absent = _absent(request.get("patient"), "Patient")
+    if is_dependent:
+        problems.append(
+            f"{where}: {absent}; the 270 needs the dependent's last and first name (loop 2100D "
+            "NM103/NM104)"
+        )
+    elif not member_id:
+        problems.append(
+            f"{where}: {absent}, and there is no member ID (Coverage.subscriberId); the 270 "
+            "needs one or the other (loop 2100C NM109, or NM103/NM104 and DMG02)"
+        )
+    else:
+        notes.append(f"{where}: {absent}; the 270 asks by the member ID alone")
+
+
+def _trace(
+    request: Resource,
+    full_url: str,
+    trace_number: str | None,
+    originator_id: str | None,
+    notes: list[str],
+) -> tuple[str, str]:
+    """TRN02 and TRN03 (see the module table): given, else from the request, else generated
+    (TRN02 only; TRN03 unknown is refused)."""
+    trace_ident = _trace_identifier(request)
+    trace = trace_number or str(trace_ident.get("value") or request.get("id") or "")
+    if not trace:
+        trace = trace_number_for(request, full_url)
+        notes.append(
+            f"CoverageEligibilityRequest has no identifier or id: trace number (TRN02) {trace} "
+            "derived from its fullUrl and content"
+        )
+    originator = originator_id or str(
+        ((trace_ident.get("assigner") or {}).get("identifier") or {}).get("value") or ""
+    )
+    if not originator:
+        raise ConversionError(
+            "the trace originator (TRN03) is unknown: give originator_id, or an identifier "
+            "whose assigner.identifier is the originator (CoverageEligibilityRequest.identifier)"
+        )
+    return trace, originator
+
+
 def request_to_inquiry(
     data: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     *,
@@ -414,61 +522,17 @@ def request_to_inquiry(
     """
     notes: list[str] = [] if warnings is None else warnings
     resources = _collect(data)
-    requests = [
-        (url, r)
-        for url, r in resources
-        if r.get("resourceType") == "CoverageEligibilityRequest"
-        and (request_id is None or request_id in (r.get("id"), url))
-    ]
-    if len(requests) != 1:
-        which = f" with id {request_id!r}" if request_id else ""
-        raise ConversionError(
-            f"expected one CoverageEligibilityRequest{which}, found {len(requests)}"
-        )
-    full_url, request = requests[0]
+    full_url, request = _the_request(resources, request_id)
     resolver = _Resolver(resources)
-    problems: list[str] = []
-    patient_where = "CoverageEligibilityRequest.patient"
-    patient = resolver.lookup(request.get("patient"), patient_where, "Patient")
-    payer = _insurer(resolver, request, problems, notes)
-    insurances = request.get("insurance", []) or []
-    focal = [i for i in insurances if i.get("focal")] or insurances
-    coverage_where = "CoverageEligibilityRequest.insurance.coverage"
-    coverage_ref = focal[0].get("coverage") if focal else None
-    coverage = resolver.lookup(coverage_ref, coverage_where, "Coverage") if focal else None
-    member_id = _member_id(coverage) if coverage else ""
-    if focal and coverage is None:
-        ident = _ref_identifier(coverage_ref)
-        if ident and (not ident.get("type") or _has_type(ident, "MB")):
-            member_id = str(ident["value"])
-            notes.append(
-                f"{coverage_where}: {_absent(coverage_ref, 'Coverage')}; the member ID (loop "
-                "2100C NM109) is the reference's identifier"
-            )
-        else:
-            notes.append(f"{coverage_where}: {_absent(coverage_ref, 'Coverage')}; no member ID")
-    relationship = ""
-    if coverage is not None:
-        codings = (coverage.get("relationship") or {}).get("coding", []) or []
-        relationship = str(codings[0].get("code") or "") if codings else ""
-    subscriber_res = resolver.find(coverage.get("subscriber")) if coverage else None
-    is_dependent = relationship not in ("", "self") and (
-        patient is None or subscriber_res is not patient
+    problems: list[str] = []  # everything missing, refused together
+    patient = resolver.lookup(
+        request.get("patient"), "CoverageEligibilityRequest.patient", "Patient"
     )
+    payer = _insurer(resolver, request, problems, notes)
+    coverage, member_id = _coverage(resolver, request, notes)
+    is_dependent, subscriber_res = _subscriber_of(resolver, coverage, patient)
     if patient is None:
-        absent = _absent(request.get("patient"), "Patient")
-        if is_dependent:
-            problems.append(
-                f"{patient_where}: {absent}; the 270 needs the dependent's last and first "
-                "name (loop 2100D NM103/NM104)"
-            )
-        elif not member_id:
-            problems.append(
-                f"{patient_where}: {absent}, and there is no member ID (Coverage.subscriberId); "
-                "the 270 needs one or the other (loop 2100C NM109, or NM103/NM104 and DMG02)"
-            )
-        else:
-            notes.append(f"{patient_where}: {absent}; the 270 asks by the member ID alone")
+        _absent_patient(request, is_dependent, member_id, problems, notes)
     provider = _provider(resolver, request, problems, notes)
     if problems:
         raise ConversionError("; ".join(problems))
@@ -478,22 +542,7 @@ def request_to_inquiry(
         dependent: Person | None = _person(patient)
     else:
         subscriber, dependent = _person(patient, member_id), None
-    trace_ident = _trace_identifier(request)
-    trace = trace_number or str(trace_ident.get("value") or request.get("id") or "")
-    if not trace:
-        trace = trace_number_for(request, full_url)
-        notes.append(
-            f"CoverageEligibilityRequest has no identifier or id: trace number (TRN02) {trace} "
-            "derived from its fullUrl and content"
-        )
-    originator = originator_id or str(
-        ((trace_ident.get("assigner") or {}).get("identifier") or {}).get("value") or ""
-    )
-    if not originator:
-        raise ConversionError(
-            "the trace originator (TRN03) is unknown: give originator_id, or an identifier "
-            "whose assigner.identifier is the originator (CoverageEligibilityRequest.identifier)"
-        )
+    trace, originator = _trace(request, full_url, trace_number, originator_id, notes)
     start, end = _service_dates(request)
     return EligibilityInquiry(
         payer=payer,

@@ -198,19 +198,23 @@ def _patient_tail(inquiry: EligibilityInquiry) -> list[SegmentData]:
     return out
 
 
-def _body(inquiry: EligibilityInquiry) -> list[SegmentData]:
-    payer, provider, sub, dep = (
-        inquiry.payer,
-        inquiry.provider,
-        inquiry.subscriber,
-        inquiry.dependent,
-    )
+def _information_source(payer: Payer) -> list[SegmentData]:
+    """Loop 2000A/2100A: HL*1**20*1 and the payer's NM1*PR."""
     payer_name = _text(payer.name, 60)
     if not payer_name:
         raise X12Error("the payer name is empty (NM103, loop 2100A)", segment_id="NM1", element=3)
     payer_id = check_identifier(
         payer.payer_id, "payer ID", segment_id="NM1", element=9, min_length=2, max_length=80
     )
+    return [
+        ("HL", ["1", "", "20", "1"]),
+        ("NM1", ["PR", "2", payer_name, "", "", "", "", payer.id_qualifier, payer_id]),
+    ]
+
+
+def _information_receiver(provider: Provider) -> list[SegmentData]:
+    """Loop 2000B/2100B: HL*2*1*21*1 and the provider's NM1*1P (an organization or a person),
+    its NPI checked when NM108 is XX."""
     npi = check_identifier(
         provider.npi, "provider ID", segment_id="NM1", element=9, min_length=2, max_length=80
     )
@@ -221,7 +225,7 @@ def _body(inquiry: EligibilityInquiry) -> list[SegmentData]:
             element=9,
         )
     if provider.organization:
-        prov_nm1: list[Element] = ["1P", "2", _text(provider.organization, 60), "", "", "", ""]
+        nm1: list[Element] = ["1P", "2", _text(provider.organization, 60), "", "", "", ""]
     else:
         last = _name(provider.last_name, 60)
         if not last:
@@ -230,7 +234,12 @@ def _body(inquiry: EligibilityInquiry) -> list[SegmentData]:
                 segment_id="NM1",
                 element=3,
             )
-        prov_nm1 = ["1P", "1", last, _name(provider.first_name, 35), "", "", ""]
+        nm1 = ["1P", "1", last, _name(provider.first_name, 35), "", "", ""]
+    return [("HL", ["2", "1", "21", "1"]), ("NM1", [*nm1, provider.id_qualifier, npi])]
+
+
+def _trace(inquiry: EligibilityInquiry) -> tuple[str, str]:
+    """TRN02 (the trace number, also BHT03) and TRN03 (the originator, 10 characters)."""
     trace = check_identifier(
         inquiry.trace_number, "trace number", segment_id="TRN", element=2, max_length=50
     )
@@ -242,6 +251,12 @@ def _body(inquiry: EligibilityInquiry) -> list[SegmentData]:
         min_length=10,
         max_length=10,
     )
+    return trace, originator
+
+
+def _subscriber(sub: Person, trn: SegmentData | None, has_dependent: bool) -> list[SegmentData]:
+    """Loop 2000C/2100C: HL*3*2*22, the TRN when the subscriber is the patient, NM1*IL (the
+    member ID, or a name and birth date to search by), N3/N4 and DMG."""
     member_id = (
         check_identifier(
             sub.member_id, "member ID", segment_id="NM1", element=9, min_length=2, max_length=80
@@ -249,62 +264,54 @@ def _body(inquiry: EligibilityInquiry) -> list[SegmentData]:
         if sub.member_id
         else ""
     )
-    sub_last, sub_first = _name(sub.last_name, 60), _name(sub.first_name, 35)
-    if not member_id and not (sub_last and sub_first and sub.birth_date):
+    last, first = _name(sub.last_name, 60), _name(sub.first_name, 35)
+    if not member_id and not (last and first and sub.birth_date):
         raise X12Error(
             "the subscriber needs a member ID, or a last name, first name and birth date to be "
             "searched by (NM1/DMG, loop 2100C)",
             segment_id="NM1",
             element=9,
         )
-    body: list[SegmentData] = [
-        ("BHT", ["0022", "13", trace, "", ""]),  # date and time filled in by build_270
-        ("HL", ["1", "", "20", "1"]),
-        ("NM1", ["PR", "2", payer_name, "", "", "", "", payer.id_qualifier, payer_id]),
-        ("HL", ["2", "1", "21", "1"]),
-        ("NM1", [*prov_nm1, provider.id_qualifier, npi]),
-        ("HL", ["3", "2", "22", "1" if dep is not None else "0"]),
-    ]
-    trn: SegmentData = ("TRN", ["1", trace, originator])
-    if dep is None:
-        body.append(trn)
-    body.append(
-        (
-            "NM1",
-            [
-                "IL",
-                "1",
-                sub_last,
-                sub_first,
-                _name(sub.middle_name, 25),
-                "",
-                _name(sub.suffix, 10),
-                "MI" if member_id else "",
-                member_id,
-            ],
-        )
-    )
-    body.extend(_person_segments(sub))
-    if dep is None:
-        body.extend(_patient_tail(inquiry))
-        return body
-    dep_last, dep_first = _name(dep.last_name, 60), _name(dep.first_name, 35)
-    if not (dep_last and dep_first):
+    out: list[SegmentData] = [("HL", ["3", "2", "22", "1" if has_dependent else "0"])]
+    if trn is not None:
+        out.append(trn)
+    middle, suffix = _name(sub.middle_name, 25), _name(sub.suffix, 10)
+    qualifier = "MI" if member_id else ""
+    out.append(("NM1", ["IL", "1", last, first, middle, "", suffix, qualifier, member_id]))
+    out.extend(_person_segments(sub))
+    return out
+
+
+def _dependent(dep: Person, trn: SegmentData) -> list[SegmentData]:
+    """Loop 2000D/2100D: HL*4*3*23*0, the TRN, NM1*03 (a name, no member ID), N3/N4 and DMG."""
+    last, first = _name(dep.last_name, 60), _name(dep.first_name, 35)
+    if not (last and first):
         raise X12Error(
             "the dependent needs a last and first name (NM103/NM104, loop 2100D)",
             segment_id="NM1",
             element=3,
         )
-    body.append(("HL", ["4", "3", "23", "0"]))
-    body.append(trn)
-    body.append(
-        (
-            "NM1",
-            ["03", "1", dep_last, dep_first, _name(dep.middle_name, 25), "", _name(dep.suffix, 10)],
-        )
-    )
-    body.extend(_person_segments(dep))
-    body.extend(_patient_tail(inquiry))
+    middle, suffix = _name(dep.middle_name, 25), _name(dep.suffix, 10)
+    return [
+        ("HL", ["4", "3", "23", "0"]),
+        trn,
+        ("NM1", ["03", "1", last, first, middle, "", suffix]),
+        *_person_segments(dep),
+    ]
+
+
+def _body(inquiry: EligibilityInquiry) -> list[SegmentData]:
+    """The segments between ST and SE, loop by loop (BHT04/BHT05 left for build_270)."""
+    source = _information_source(inquiry.payer)
+    receiver = _information_receiver(inquiry.provider)
+    trace, originator = _trace(inquiry)
+    trn: SegmentData = ("TRN", ["1", trace, originator])  # at the patient's level
+    dep = inquiry.dependent
+    body: list[SegmentData] = [("BHT", ["0022", "13", trace, "", ""]), *source, *receiver]
+    body += _subscriber(inquiry.subscriber, trn if dep is None else None, dep is not None)
+    if dep is not None:
+        body += _dependent(dep, trn)
+    body += _patient_tail(inquiry)
     return body
 
 
