@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import values
 
 from engine.metrics import EngineMetrics, reset_multiprocess_dir
+from engine.store import Incoming, NewDelivery, Processed, SqlMessageStore
 from tests.metrics_support import families, parse, record_in_process
 
 #: the families, types and label names the engine showed before prometheus_client (keep them)
@@ -142,6 +143,22 @@ def test_a_failing_backlog_leaves_the_rest_of_the_page(caplog: pytest.LogCapture
     assert "# TYPE engine_queue_depth gauge" in text
     assert not any(key.startswith(("engine_queue", "engine_destination_")) for key in samples)
     assert [r.getMessage() for r in caplog.records] == ["queue gauges not read"]
+
+
+def test_the_queue_gauges_from_a_real_store(store: SqlMessageStore) -> None:
+    for destination, patient in (("lab", "A"), ("lab", "A"), ("lab", "B"), ("archive", "C")):
+        [stored] = store.save_batch([Incoming(raw=b"MSH|", channel="test")])
+        delivery = NewDelivery(destination, "r", "hl7v2", "text/plain", b"x", patient)
+        store.finish_batch([Processed(stored.id, "routed", None, patient, [delivery])])
+    metrics = EngineMetrics()
+    metrics.watch_backlog(store.backlog, destinations=["lab", "archive", "payer"])
+    samples = parse(page(metrics))
+    assert samples["engine_queue_depth"] == 4
+    assert samples['engine_destination_queue_depth{destination="lab"}'] == 3
+    assert samples['engine_destination_queue_depth{destination="archive"}'] == 1
+    assert samples['engine_destination_queue_depth{destination="payer"}'] == 0
+    assert samples['engine_destination_oldest_waiting_seconds{destination="lab"}'] >= 0
+    assert samples['engine_destination_oldest_waiting_seconds{destination="payer"}'] == 0
 
 
 def test_updates_from_many_threads_are_not_lost() -> None:
