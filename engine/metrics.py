@@ -69,7 +69,6 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 __all__ = [
     "DEFAULT_LATENCY_BUCKETS",
-    "ENGINE_METRICS",
     "Backlog",
     "EngineMetrics",
     "reset_multiprocess_dir",
@@ -146,8 +145,6 @@ class _QueueGauges:
         self.backlog: Callable[[], Iterable[Backlog]] | None = None
         #: destinations shown at 0 when nothing waits for them (the store lists only the others)
         self.destinations: tuple[str, ...] = ()
-        #: transitional: the total alone, from ``queue_depth.set_function`` (engine/service.py)
-        self.total: Callable[[], float] | None = None
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
@@ -179,41 +176,10 @@ class _QueueGauges:
                     depth.add_metric([name], row.waiting if row else 0)
                     age.add_metric([name], row.oldest_age_s if row else 0.0)
                 total.add_metric([], sum(row.waiting for row in rows.values()))
-            elif self.total is not None:
-                total.add_metric([], float(self.total()))
         except Exception as exc:  # the database away: the scrape shows the rest, without these
             log.warning("queue gauges not read", extra={"error": type(exc).__name__})
             return list(self._families())
         return [total, depth, age]
-
-
-class _ByKeyword:
-    """Transitional: a labelled metric called as engine/service.py calls it today
-    (``errors.inc(stage="store")``); goes when the service uses the ``record_*`` methods."""
-
-    def __init__(self, metric: Counter | Histogram) -> None:
-        self._metric = metric
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        child = self._metric.labels(**labels)
-        assert isinstance(child, Counter)
-        child.inc(amount)
-
-    def observe(self, value: float, **labels: str) -> None:
-        child = self._metric.labels(**labels)
-        assert isinstance(child, Histogram)
-        child.observe(value)
-
-
-class _QueueDepth:
-    """Transitional: ``queue_depth.set_function(...)`` as engine/service.py calls it today;
-    goes when the service calls :meth:`EngineMetrics.watch_backlog`."""
-
-    def __init__(self, gauges: _QueueGauges) -> None:
-        self._gauges = gauges
-
-    def set_function(self, function: Callable[[], float] | None) -> None:
-        self._gauges.total = function
 
 
 class EngineMetrics:
@@ -292,12 +258,6 @@ class EngineMetrics:
         )
         self._queues = _QueueGauges()
         self.registry.register(self._queues)
-        # transitional, for engine/service.py as it is (see _ByKeyword and _QueueDepth)
-        self.errors = _ByKeyword(self._errors)
-        self.deliveries = _ByKeyword(self._deliveries)
-        self.delivery_latency = _ByKeyword(self._latency)
-        self.dead_letters = _ByKeyword(self._dead)
-        self.queue_depth = _QueueDepth(self._queues)
 
     def record_receipt(self, *, channel: str, ack_code: str | None, stored: bool) -> None:
         """Count one received message (when stored) and the ACK it was answered with (if any)."""
@@ -347,8 +307,3 @@ class EngineMetrics:
     def exposition(self) -> bytes:
         """Every metric, in the text exposition format 0.0.4 (queries the store's backlog)."""
         return generate_latest(self.registry)
-
-
-#: transitional: the process-wide metrics engine/service.py uses today; the service will build
-#: its own (in multiprocess mode) instead, and this goes
-ENGINE_METRICS = EngineMetrics()

@@ -14,8 +14,8 @@ import multiprocessing
 import os
 import signal
 import ssl
-import threading
 from collections.abc import Callable, Iterator
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import uvicorn
@@ -26,7 +26,7 @@ from engine.errors import ConfigError, EngineError
 from engine.flow.ingest import Ingest, Receipt
 from engine.flow.worker import run_workers
 from engine.hl7v2.ack import hl7_timestamp, nak_for_unparseable
-from engine.metrics import ENGINE_METRICS, EngineMetrics
+from engine.metrics import EngineMetrics, reset_multiprocess_dir
 from engine.pressure import IngestPressure
 from engine.retry import backoff_s
 from engine.settings import Settings
@@ -94,22 +94,6 @@ class _Health:
             return False
 
 
-class _DeliveryMetrics:
-    """Delivery outcomes into the Prometheus metrics."""
-
-    def __init__(self, metrics: EngineMetrics) -> None:
-        self.metrics = metrics
-
-    def delivered(self, destination: str, seconds: float, ok: bool, dead: bool) -> None:
-        outcome = "delivered" if ok else ("dead" if dead else "retry")
-        self.metrics.deliveries.inc(destination=destination, outcome=outcome)
-        if ok:
-            self.metrics.delivery_latency.observe(seconds, destination=destination)
-        elif dead:
-            self.metrics.dead_letters.inc(destination=destination)
-            self.metrics.errors.inc(stage="deliver")
-
-
 def _mllp_tls(settings: Settings) -> ssl.SSLContext | None:
     if settings.mllp_tls_cert is None and settings.mllp_tls_key is None:
         return None
@@ -149,10 +133,12 @@ class Engine:
             ) from exc
         for name, destination in self.routes.destinations.items():
             build_destination(name, destination)
-        self.metrics = ENGINE_METRICS
-        self.metrics.queue_depth.set_function(
-            lambda: self.store.counts().get("deliveries_pending", 0)
-        )
+        # the receiver and its worker process keep their metrics in files here (emptied now,
+        # before any process writes); /metrics adds them up
+        self.metrics_dir = settings.var_dir / "metrics"
+        reset_multiprocess_dir(self.metrics_dir)
+        self.metrics = EngineMetrics(multiprocess_dir=self.metrics_dir)
+        self.metrics.watch_backlog(self.store.backlog, destinations=self.routes.destinations)
         # SQLite: shared with the worker process, which yields the one writer's turn to the ACKs
         # under a burst (PostgreSQL takes many writers: its workers never wait)
         self._pressure = (
@@ -195,7 +181,7 @@ class Engine:
             lifespan="off",
         )
         self.http = _Server(config)
-        self._workers: tuple[Any, Any, threading.Thread] | None = None
+        self._workers: BaseProcess | None = None
 
     def _eligibility_service(self) -> Any:
         """On-demand checks from the API (the schedule runs in the worker process)."""
@@ -212,9 +198,9 @@ class Engine:
         stored = receipt.message_id is not None and not receipt.duplicate
         self.metrics.record_receipt(channel=channel, ack_code=receipt.ack_code, stored=stored)
         if receipt.state == "refused":
-            self.metrics.errors.inc(stage="store")
+            self.metrics.record_error("store")
         elif receipt.state == "error":
-            self.metrics.errors.inc(stage="receive")
+            self.metrics.record_error("receive")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set."""
@@ -267,14 +253,14 @@ class Engine:
             self._stop_workers(workers)
             self.db_engine.dispose()
 
-    async def _supervise(self, workers: tuple[Any, Any, threading.Thread]) -> None:
+    async def _supervise(self, workers: BaseProcess) -> None:
         """Restart the worker process if it dies: messages are still ACKed (and kept), but
         without a worker none would be routed or delivered."""
         self._workers = workers
         deaths = 0  # in a row: 1 s before the first restart, doubling up to 60 s
         while True:
             await asyncio.sleep(2)
-            proc = self._workers[0]
+            proc = self._workers
             if proc.is_alive():
                 deaths = 0
                 continue
@@ -284,39 +270,26 @@ class Engine:
             self._stop_workers(self._workers)
             self._workers = self._start_workers()
 
-    def _start_workers(self) -> tuple[Any, Any, threading.Thread]:
-        """Start the worker process and a thread that feeds its delivery outcomes to /metrics."""
+    def _start_workers(self) -> BaseProcess:
+        """Start the worker process; it records its metrics into ``metrics_dir`` itself."""
         ctx = multiprocessing.get_context("spawn")
-        events = ctx.Queue(maxsize=100_000)
         proc = ctx.Process(
             target=run_workers,
-            args=(self.settings, events, os.getpid(), self._pressure),
+            args=(self.settings, os.getpid(), self._pressure, self.metrics_dir),
             name="engine-worker",
         )
         proc.start()
-        observer = _DeliveryMetrics(self.metrics)
+        return proc
 
-        def drain() -> None:
-            while True:
-                item = events.get()
-                if item is None:
-                    return
-                observer.delivered(*item)
-
-        thread = threading.Thread(target=drain, name="worker-metrics", daemon=True)
-        thread.start()
-        return proc, events, thread
-
-    def _stop_workers(self, workers: tuple[Any, Any, threading.Thread] | None) -> None:
-        if workers is None:
+    def _stop_workers(self, proc: BaseProcess | None) -> None:
+        if proc is None:
             return
-        proc, events, thread = workers
         proc.terminate()  # SIGTERM: the worker finishes in-flight deliveries and stops
         proc.join(30)
         if proc.is_alive():
             proc.kill()
-        events.put(None)
-        thread.join(5)
+        if proc.pid is not None:
+            self.metrics.forget_process(proc.pid)  # no longer counted as a running worker
 
 
 def serve(settings: Settings) -> None:

@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -28,7 +28,7 @@ from engine.routes.loader import RouteSet
 from engine.routes.router import Router
 from engine.store import IndexedResource, NewDelivery, Processed, SqlMessageStore
 
-__all__ = ["Processor", "index_rows"]
+__all__ = ["Processor", "RoutedCounter", "index_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,12 @@ def index_rows(bundle: Mapping[str, Any]) -> list[IndexedResource]:
     return rows
 
 
+class RoutedCounter(Protocol):
+    """Counts messages routed, by route (metrics)."""
+
+    def record_routed(self, routes: Iterable[str]) -> None: ...
+
+
 class Processor:
     """Claims received messages and turns them into deliveries."""
 
@@ -113,6 +119,7 @@ class Processor:
         default_charset: str = "utf-8",
         stale_after: timedelta = timedelta(minutes=5),
         pressure: IngestPressure | None = None,
+        metrics: RoutedCounter | None = None,
     ) -> None:
         self.store = store
         self.router = Router(routes)
@@ -125,6 +132,7 @@ class Processor:
         self.idle_s = idle_s
         self._wake = asyncio.Event()
         self.pressure = pressure
+        self.metrics = metrics
 
     def wake(self) -> None:
         """Called when messages were stored: process them now rather than at the next poll."""
@@ -165,6 +173,9 @@ class Processor:
         done = [self.process_one(message_id, raw, kind) for message_id, raw, kind in claimed]
         if done:
             self.store.finish_batch(done)  # one transaction for the whole batch
+            if self.metrics is not None:  # counted once stored, so a failed batch is not
+                for processed in done:
+                    self.metrics.record_routed(d.route for d in processed.new_deliveries)
         return len(claimed)
 
     def process_one(self, message_id: int, raw: bytes, kind: str) -> Processed:

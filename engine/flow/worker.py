@@ -5,8 +5,10 @@ mapping and delivery never compete with ACKs for the interpreter (each process h
 this 2-core machine). Both share the database: with PostgreSQL, more worker processes — on this
 host or others — may be added with ``engine worker``; work is claimed with FOR UPDATE SKIP LOCKED.
 
-Delivery outcomes go back to the receiver's /metrics through a queue; the worker dies with the
-process that started it (Linux PR_SET_PDEATHSIG, and a parent check every second).
+Started by ``engine serve``, the worker records its metrics (routed, delivered, dead letters)
+into the receiver's metrics directory itself (prometheus_client's multiprocess mode, see
+engine/metrics.py), and dies with the process that started it (Linux PR_SET_PDEATHSIG, and a
+parent check every second).
 """
 
 from __future__ import annotations
@@ -18,24 +20,15 @@ import logging
 import os
 import signal
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+from engine.metrics import EngineMetrics
 from engine.settings import Settings
 
 __all__ = ["run_workers", "serve_workers"]
 
 log = logging.getLogger(__name__)
-
-
-class _QueueObserver:
-    """Sends delivery outcomes to the receiver process (for its Prometheus metrics)."""
-
-    def __init__(self, queue: Any) -> None:
-        self.queue = queue
-
-    def delivered(self, destination: str, seconds: float, ok: bool, dead: bool) -> None:
-        with contextlib.suppress(Exception):  # metrics must never stop a delivery
-            self.queue.put_nowait((destination, seconds, ok, dead))
 
 
 def _die_with_parent() -> None:
@@ -45,11 +38,15 @@ def _die_with_parent() -> None:
 
 
 async def serve_workers(
-    settings: Settings, stop: asyncio.Event, events: Any = None, pressure: Any = None
+    settings: Settings,
+    stop: asyncio.Event,
+    pressure: Any = None,
+    metrics: EngineMetrics | None = None,
 ) -> None:
     """Run the processor, the dispatcher and the retention job until ``stop`` is set.
 
     ``pressure``: the receiver's shared ingest-pressure value (``engine serve``), or None.
+    ``metrics``: where routing and delivery outcomes are counted, or None.
     """
     from engine.adapters.registry import build_destination, load_routes
     from engine.flow.deliver import Dispatcher
@@ -66,7 +63,6 @@ async def serve_workers(
     destinations = {
         name: build_destination(name, config) for name, config in routes.destinations.items()
     }
-    observer = _QueueObserver(events) if events is not None else None
     burst = IngestPressure(pressure) if pressure is not None else None
     processor = Processor(
         store,
@@ -76,9 +72,10 @@ async def serve_workers(
         batch=50,
         default_charset=settings.default_charset,
         pressure=burst,
+        metrics=metrics,
     )
     dispatcher = Dispatcher(
-        store, routes, destinations, observer=observer, idle_s=0.05, pressure=burst
+        store, routes, destinations, observer=metrics, idle_s=0.05, pressure=burst
     )
     processor.on_routed = dispatcher.wake
     eligibility, scheduler = _eligibility(settings, store)
@@ -139,9 +136,16 @@ async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> Non
 
 
 def run_workers(
-    settings: Settings, events: Any = None, parent: int | None = None, pressure: Any = None
+    settings: Settings,
+    parent: int | None = None,
+    pressure: Any = None,
+    metrics_dir: Path | None = None,
 ) -> None:
-    """Process entry point: run the workers until SIGTERM/SIGINT or the parent goes away."""
+    """Process entry point: run the workers until SIGTERM/SIGINT or the parent goes away.
+
+    ``metrics_dir``: the receiver's metrics directory (``engine serve``); ``engine worker`` runs
+    without one, as no /metrics of its own shows them.
+    """
     _die_with_parent()
     # ACKs first: under load the receiver gets the CPU and the queue absorbs the burst; the
     # workers catch up as soon as the senders pause
@@ -150,6 +154,10 @@ def run_workers(
     from engine.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    metrics = None
+    if metrics_dir is not None:
+        metrics = EngineMetrics(multiprocess_dir=metrics_dir)
+        metrics.worker_running()
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -164,7 +172,7 @@ def run_workers(
                 await asyncio.sleep(1)
 
         watcher = asyncio.create_task(watch_parent())
-        await serve_workers(settings, stop, events, pressure)
+        await serve_workers(settings, stop, pressure, metrics)
         watcher.cancel()
 
     asyncio.run(main())
