@@ -248,6 +248,7 @@ class Segment:
 
     @property
     def delimiters(self) -> Delimiters:
+        """The message's separators (MSH-1, MSH-2), for code that splits ``fields()`` itself."""
         return self._d
 
     @property

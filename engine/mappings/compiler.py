@@ -8,6 +8,8 @@ vocabulary (see :mod:`engine.mappings.spec`). ``InboundMapper.source(name)`` sho
 
 Levels: a datatype map reads *parts* separated by ``P`` (components of a field repetition, or
 subcomponents of a component), each part possibly split again by ``Q``. A segment map reads fields.
+The generated code reads a segment through the codec's public API only (``Segment.fields()``,
+``get``, ``delimiters``, ``charset``), so the codec may change how it stores them.
 """
 
 from __future__ import annotations
@@ -187,8 +189,8 @@ class Compiler:
             "def fn(seg, out, run):",
             "    f = seg.fields()",
             "    nf = len(f)",
-            "    d = seg._d",
-            "    cs = seg._cs",
+            "    d = seg.delimiters",
+            "    cs = seg.charset",
             "    R = d.repetition",
             "    C = d.component",
             "    S = d.subcomponent",
@@ -216,129 +218,79 @@ class Compiler:
         return env["fn"]
 
     # -- code for one rule -------------------------------------------------------------------
+    #
+    # Each builder returns source lines for the body of ``fn``: one per kind of rule (a constant,
+    # a build, a datatype part, a field), one per kind of value read (a datatype, a code or text,
+    # a transform), and one for where the value is stored. ``i`` is the rule's index: the names
+    # a rule puts in ``env`` (``PATH3``, ``DT3``) carry it.
 
     def _rule_code(
         self, rule: Rule, i: int, env: dict[str, Any], where: str, *, level: str
     ) -> list[str]:
-        path = tuple(rule.fhir.split("."))
-        simple = len(path) == 1
-        key = path[0].removesuffix("[]")
-        append = path[-1].endswith("[]")
-        env[f"PATH{i}"] = path
+        """The lines of one rule, under its ``when`` when it has one."""
+        env[f"PATH{i}"] = tuple(rule.fhir.split("."))
         if rule.wrap is not None:
             env[f"TPL{i}"] = rule.wrap
-
-        # text, codes and datatypes are never valued when falsy; a transform may give False or 0
-        truthy = rule.value is None and (rule.transform in (None, "text") or rule.build is not None)
-
-        def store(ind: str) -> list[str]:
-            test = "val" if truthy else "val is not None and val != '' and val != {}"
-            out = [f"{ind}if {test}:"]
-            ind2 = ind + "    "
-            # the field counts as taken only once its value is written (-n: only the first
-            # repetition of field n was read, reported if it has more)
-            used = ""
-            if level == "field" and rule.field is not None:
-                used = f"u.add({rule.field if rule.repeats else -rule.field})"
-            if rule.wrap is not None:
-                out.append(f"{ind2}val = {literal(rule.wrap)}")
-            if simple and append:
-                out.append(f"{ind2}out.setdefault({key!r}, []).append(val)")
-                if used:
-                    out.append(f"{ind2}{used}")
-            elif simple:
-                out.append(f"{ind2}if {key!r} not in out:")
-                out.append(f"{ind2}    out[{key!r}] = val")
-                if used:
-                    out.append(f"{ind2}    {used}")
-            elif used:
-                out.append(f"{ind2}if PUT(out, PATH{i}, val): {used}")
-            else:
-                out.append(f"{ind2}PUT(out, PATH{i}, val)")
-            return out
-
         cond_lines, cond_expr = self._cond_code(rule.when, i, env, level)
-
         if rule.value is not None:
-            body = [f"    val = {literal(rule.value)}", *store("    ")]
-            if cond_expr:
-                return [*cond_lines, f"    if {cond_expr}:", *["    " + s for s in body]]
-            return body
-
+            body = [f"    val = {literal(rule.value)}", *_store(rule, i, "    ", level)]
+            return _guarded(cond_lines, cond_expr, body)
         if rule.build is not None:
-            if level != "field":
-                raise ConfigError(f"{where}: 'build' is for segment maps only")
-            if rule.build not in self.files.segments:
-                raise ConfigError(f"{where}: no segment map named {rule.build!r}")
-            env[f"BUILD{i}"] = self.segment(rule.build)
-            body = ["    val = {}", f"    BUILD{i}(seg, val, run)", *store("    ")]
-            if cond_expr:
-                return [*cond_lines, f"    if {cond_expr}:", *["    " + s for s in body]]
-            return body
-
-        # the value of one node: its raw text v, split into parts by p, sub-parts by q
-        def produce(ind: str, v: str, p: str, q: str) -> list[str]:
-            if rule.type:
-                dt = self.datatype(rule.type, where)
-                if rule.resource:
-                    env[f"MAKE{i}"] = self.resource_maker(rule.resource, dt)
-                    return [f"{ind}val = MAKE{i}({v}, {p}, {q}, d, cs, run)"]
-                env[f"DT{i}"] = dt
-                return [f"{ind}val = DT{i}({v}, {p}, {q}, d, cs, run)"]
-            name = rule.transform or "text"
-            if rule.table or name == "text":
-                lines = [f"{ind}val = {v}"]
-                for sep in (p, q):
-                    if sep != "''":
-                        lines.append(
-                            f"{ind}if {sep} and {sep} in val: val = val.split({sep}, 1)[0]"
-                        )
-                lines.append(f"{ind}if val and d.escape in val: val = UNESC(val, d.key, cs)")
-                if rule.table:
-                    env[f"TAB{i}"] = table_fn(self._table(rule.table, where), rule.as_)
-                    lines.append(f"{ind}val = TAB{i}(val) if val else None")
-                return lines
-            env[f"TF{i}"] = get_transform(name).inbound
-            return [f"{ind}val = TF{i}(TEXTS({v}, {p}, {q}, d, cs), run.ctx)"]
-
+            return _guarded(cond_lines, cond_expr, self._build_code(rule, i, env, where, level))
         if level == "part":
-            c = rule.component
-            if c is None:  # the whole element
-                body = [*produce("    ", "raw", "P", "Q"), *store("    ")]
-            else:
-                sub = rule.subcomponent
-                body = [f"    if n >= {c} and parts[{c - 1}]:", f"        v = parts[{c - 1}]"]
-                if sub:
-                    body += [
-                        f"        v = (v.split(Q) + [''] * {sub})[{sub - 1}] if Q else "
-                        f"(v if {sub} == 1 else '')",
-                        "        if v:",
-                        *produce("            ", "v", "''", "''"),
-                        *store("            "),
-                    ]
-                else:
-                    body += [*produce("        ", "v", "Q", "''"), *store("        ")]
-            if cond_expr:
-                return [*cond_lines, f"    if {cond_expr}:", *["    " + s for s in body]]
-            return body
+            return _guarded(cond_lines, cond_expr, self._part_code(rule, i, env, where))
+        return self._field_code(rule, i, env, where, cond_lines, cond_expr)
 
-        # field level
+    def _build_code(
+        self, rule: Rule, i: int, env: dict[str, Any], where: str, level: str
+    ) -> list[str]:
+        """A ``build`` rule: another map of the same segment fills one element."""
+        if level != "field":
+            raise ConfigError(f"{where}: 'build' is for segment maps only")
+        if rule.build not in self.files.segments:
+            raise ConfigError(f"{where}: no segment map named {rule.build!r}")
+        env[f"BUILD{i}"] = self.segment(rule.build)
+        return ["    val = {}", f"    BUILD{i}(seg, val, run)", *_store(rule, i, "    ", level)]
+
+    def _part_code(self, rule: Rule, i: int, env: dict[str, Any], where: str) -> list[str]:
+        """A datatype map's rule: the whole element, or one component (and subcomponent)."""
+        c = rule.component
+        if c is None:  # the whole element
+            return [
+                *self._value_code(rule, i, env, where, "    ", "raw", "P", "Q"),
+                *_store(rule, i, "    ", "part"),
+            ]
+        sub = rule.subcomponent
+        body = [f"    if n >= {c} and parts[{c - 1}]:", f"        v = parts[{c - 1}]"]
+        if not sub:
+            return [
+                *body,
+                *self._value_code(rule, i, env, where, "        ", "v", "Q", "''"),
+                *_store(rule, i, "        ", "part"),
+            ]
+        return [
+            *body,
+            f"        v = (v.split(Q) + [''] * {sub})[{sub - 1}] if Q else "
+            f"(v if {sub} == 1 else '')",
+            "        if v:",
+            *self._value_code(rule, i, env, where, "            ", "v", "''", "''"),
+            *_store(rule, i, "            ", "part"),
+        ]
+
+    def _field_code(
+        self,
+        rule: Rule,
+        i: int,
+        env: dict[str, Any],
+        where: str,
+        cond_lines: list[str],
+        cond_expr: str,
+    ) -> list[str]:
+        """A segment map's rule: each repetition of the field (the first only, unless the rule
+        repeats), its component and subcomponent, inside a ``try`` that turns a ValueError into
+        an error naming the field."""
         fno = rule.field
         assert fno is not None
-        comp, sub = rule.component, rule.subcomponent
-        reps = "raw.split(R) if R in raw else (raw,)" if rule.repeats else "(raw.split(R, 1)[0],)"
-        # a single element another rule has set already is not read again (the first valued
-        # rule wins): nothing is built for it (no Practitioner nobody refers to), and the field
-        # counts as taken, a source the mapping file ranks below the one that set it
-        if simple and not append:
-            body = [
-                f"    if nf > {fno} and f[{fno}] and {key!r} in out:",
-                f"        u.add({fno if rule.repeats else -fno})",
-                f"    elif nf > {fno} and f[{fno}]:",
-                f"        raw = f[{fno}]",
-            ]
-        else:
-            body = [f"    if nf > {fno} and f[{fno}]:", f"        raw = f[{fno}]"]
         inner: list[str] = []
         if cond_expr:
             inner += ["        " + s.strip() for s in cond_lines]
@@ -346,36 +298,85 @@ class Compiler:
             ind = "            "
         else:
             ind = "        "
+        reps = "raw.split(R) if R in raw else (raw,)" if rule.repeats else "(raw.split(R, 1)[0],)"
         inner.append(f"{ind}for r in {reps}:")
         ind2 = ind + "    "
         inner.append(f"{ind2}if not r: continue")
-        if comp:
-            inner.append(
-                f"{ind2}v = (r.split(C) + [''] * {comp})[{comp - 1}] if C in r else "
-                f"(r if {comp} == 1 else '')"
-            )
-            if sub:
-                inner.append(
-                    f"{ind2}v = (v.split(S) + [''] * {sub})[{sub - 1}] if S in v else "
-                    f"(v if {sub} == 1 else '')"
-                )
-                inner.append(f"{ind2}if not v: continue")
-                inner += produce(ind2, "v", "''", "''")
-            else:
-                inner.append(f"{ind2}if not v: continue")
-                inner += produce(ind2, "v", "S", "''")
-        else:
-            inner += produce(ind2, "r", "C", "S")
-        inner += store(ind2)
+        inner += self._component_code(rule, i, env, where, ind2)
+        inner += _store(rule, i, ind2, "field")
         # a value a transform cannot read (a date that does not exist) is an error naming the
         # field, never a wrong value sent on
         env["BAD"] = _bad_value
         return [
             "    try:",
-            *["    " + line for line in body + inner],
+            *["    " + line for line in _field_read(rule, fno) + inner],
             "    except ValueError as exc:",
             f"        BAD(exc, seg, {fno})",
         ]
+
+    def _component_code(
+        self, rule: Rule, i: int, env: dict[str, Any], where: str, ind: str
+    ) -> list[str]:
+        """From one repetition ``r``: the rule's component (and subcomponent), then its value."""
+        comp, sub = rule.component, rule.subcomponent
+        if not comp:
+            return self._value_code(rule, i, env, where, ind, "r", "C", "S")
+        lines = [
+            f"{ind}v = (r.split(C) + [''] * {comp})[{comp - 1}] if C in r else "
+            f"(r if {comp} == 1 else '')"
+        ]
+        if not sub:
+            lines.append(f"{ind}if not v: continue")
+            return lines + self._value_code(rule, i, env, where, ind, "v", "S", "''")
+        lines.append(
+            f"{ind}v = (v.split(S) + [''] * {sub})[{sub - 1}] if S in v else "
+            f"(v if {sub} == 1 else '')"
+        )
+        lines.append(f"{ind}if not v: continue")
+        return lines + self._value_code(rule, i, env, where, ind, "v", "''", "''")
+
+    # -- code for one value ------------------------------------------------------------------
+
+    def _value_code(
+        self, rule: Rule, i: int, env: dict[str, Any], where: str, ind: str, v: str, p: str, q: str
+    ) -> list[str]:
+        """``val`` from one node: its raw text ``v``, split into parts by ``p``, sub-parts by
+        ``q`` (``''``: not split)."""
+        if rule.type:
+            return self._datatype_value(rule, i, env, where, ind, v, p, q)
+        name = rule.transform or "text"
+        if rule.table or name == "text":
+            return self._text_value(rule, i, env, where, ind, v, p, q)
+        env[f"TF{i}"] = get_transform(name).inbound
+        return [f"{ind}val = TF{i}(TEXTS({v}, {p}, {q}, d, cs), run.ctx)"]
+
+    def _datatype_value(
+        self, rule: Rule, i: int, env: dict[str, Any], where: str, ind: str, v: str, p: str, q: str
+    ) -> list[str]:
+        """A datatype map's function on the node (or a resource made from it)."""
+        assert rule.type is not None
+        dt = self.datatype(rule.type, where)
+        if rule.resource:
+            env[f"MAKE{i}"] = self.resource_maker(rule.resource, dt)
+            return [f"{ind}val = MAKE{i}({v}, {p}, {q}, d, cs, run)"]
+        env[f"DT{i}"] = dt
+        return [f"{ind}val = DT{i}({v}, {p}, {q}, d, cs, run)"]
+
+    def _text_value(
+        self, rule: Rule, i: int, env: dict[str, Any], where: str, ind: str, v: str, p: str, q: str
+    ) -> list[str]:
+        """The node's first part, unescaped; through the code table when the rule names one."""
+        lines = [f"{ind}val = {v}"]
+        for sep in (p, q):
+            if sep != "''":
+                lines.append(f"{ind}if {sep} and {sep} in val: val = val.split({sep}, 1)[0]")
+        lines.append(f"{ind}if val and d.escape in val: val = UNESC(val, d.key, cs)")
+        if rule.table:
+            env[f"TAB{i}"] = table_fn(self._table(rule.table, where), rule.as_)
+            lines.append(f"{ind}val = TAB{i}(val) if val else None")
+        return lines
+
+    # -- code for a condition ----------------------------------------------------------------
 
     def _cond_code(
         self, c: Condition | None, i: int, env: dict[str, Any], level: str
@@ -389,6 +390,8 @@ class Compiler:
     def _cond_expr(
         self, c: Condition, tag: str, env: dict[str, Any], level: str, lines: list[str]
     ) -> str:
+        """The test of one condition (its trigger, its element, its ``any``), all of which must
+        hold; ``tag`` names what it reads (``ct3``, ``ct3_0`` for the first alternative)."""
         if c.lacks:
             raise ConfigError("'lacks' is for a message map's resource plans, not for rules")
         tests: list[str] = []
@@ -396,27 +399,94 @@ class Compiler:
             env[f"TRIG{tag}"] = frozenset(c.trigger)
             tests.append(f"run.trigger in TRIG{tag}")
         if c.field is not None or c.component is not None:
-            if level == "field":
-                lines.append(
-                    f"    ct{tag} = seg.get({c.field or 1}, 1, {c.component or 1}, "
-                    f"{c.subcomponent or 1})"
-                )
-            else:
-                cno = c.component or 1
-                lines.append(
-                    f"    ct{tag} = TEXT(parts[{cno - 1}], Q, d, cs) if n >= {cno} else ''"
-                )
-            if c.in_ is not None:
-                env[f"IN{tag}"] = frozenset(c.in_)
-                tests.append(f"ct{tag} in IN{tag}")
-            if c.not_in:
-                env[f"NOTIN{tag}"] = frozenset(c.not_in)
-                tests.append(f"ct{tag} not in NOTIN{tag}")
-            if c.present is not None:
-                tests.append(f"bool(ct{tag}) is {c.present}")
+            tests += _element_tests(c, tag, env, level, lines)
         if c.any:
             alternatives = [
                 self._cond_expr(sub, f"{tag}_{k}", env, level, lines) for k, sub in enumerate(c.any)
             ]
             tests.append("(" + " or ".join(f"({a})" for a in alternatives) + ")")
         return " and ".join(tests) or "True"
+
+
+def _element_tests(
+    c: Condition, tag: str, env: dict[str, Any], level: str, lines: list[str]
+) -> list[str]:
+    """Read the element a condition names into ``ct{tag}`` (a line added to ``lines``) and test
+    it: ``in``, ``not_in``, ``present``."""
+    if level == "field":
+        lines.append(
+            f"    ct{tag} = seg.get({c.field or 1}, 1, {c.component or 1}, {c.subcomponent or 1})"
+        )
+    else:
+        cno = c.component or 1
+        lines.append(f"    ct{tag} = TEXT(parts[{cno - 1}], Q, d, cs) if n >= {cno} else ''")
+    tests: list[str] = []
+    if c.in_ is not None:
+        env[f"IN{tag}"] = frozenset(c.in_)
+        tests.append(f"ct{tag} in IN{tag}")
+    if c.not_in:
+        env[f"NOTIN{tag}"] = frozenset(c.not_in)
+        tests.append(f"ct{tag} not in NOTIN{tag}")
+    if c.present is not None:
+        tests.append(f"bool(ct{tag}) is {c.present}")
+    return tests
+
+
+def _guarded(cond_lines: list[str], cond_expr: str, body: list[str]) -> list[str]:
+    """``body`` under the rule's condition when it has one, after the lines that read it."""
+    if cond_expr:
+        return [*cond_lines, f"    if {cond_expr}:", *["    " + s for s in body]]
+    return body
+
+
+def _field_read(rule: Rule, fno: int) -> list[str]:
+    """The opening of a field rule: the field's raw text as ``raw`` when it has one.
+
+    A single element another rule has set already is not read again (the first valued rule
+    wins): nothing is built for it (no Practitioner nobody refers to), and the field counts as
+    taken, a source the mapping file ranks below the one that set it."""
+    path = rule.fhir.split(".")
+    if len(path) == 1 and not path[-1].endswith("[]"):
+        key = path[0]
+        return [
+            f"    if nf > {fno} and f[{fno}] and {key!r} in out:",
+            f"        u.add({fno if rule.repeats else -fno})",
+            f"    elif nf > {fno} and f[{fno}]:",
+            f"        raw = f[{fno}]",
+        ]
+    return [f"    if nf > {fno} and f[{fno}]:", f"        raw = f[{fno}]"]
+
+
+def _store(rule: Rule, i: int, ind: str, level: str) -> list[str]:
+    """Store ``val`` (wrapped, when the rule says so) at the rule's FHIR path in ``out``, when it
+    has a value; at field level, the field then counts as taken."""
+    path = rule.fhir.split(".")
+    simple = len(path) == 1
+    key = path[0].removesuffix("[]")
+    append = path[-1].endswith("[]")
+    # text, codes and datatypes are never valued when falsy; a transform may give False or 0
+    truthy = rule.value is None and (rule.transform in (None, "text") or rule.build is not None)
+    test = "val" if truthy else "val is not None and val != '' and val != {}"
+    out = [f"{ind}if {test}:"]
+    ind2 = ind + "    "
+    # the field counts as taken only once its value is written (-n: only the first repetition
+    # of field n was read, reported if it has more)
+    used = ""
+    if level == "field" and rule.field is not None:
+        used = f"u.add({rule.field if rule.repeats else -rule.field})"
+    if rule.wrap is not None:
+        out.append(f"{ind2}val = {literal(rule.wrap)}")
+    if simple and append:
+        out.append(f"{ind2}out.setdefault({key!r}, []).append(val)")
+        if used:
+            out.append(f"{ind2}{used}")
+    elif simple:
+        out.append(f"{ind2}if {key!r} not in out:")
+        out.append(f"{ind2}    out[{key!r}] = val")
+        if used:
+            out.append(f"{ind2}    {used}")
+    elif used:
+        out.append(f"{ind2}if PUT(out, PATH{i}, val): {used}")
+    else:
+        out.append(f"{ind2}PUT(out, PATH{i}, val)")
+    return out
