@@ -1,6 +1,6 @@
 """The flow of a message through the engine, one module per stage, in the order data moves:
 
-    receive → store → gate → acknowledge → route → map → deliver
+    receive → parse MSH → gate → store → acknowledge  |  route → map → deliver
 
     ingest.py    receive, store, acknowledge (Ingest): on the listener's time, before the ACK
     gate.py      what the receiver decides before the ACK (RouteGate, the MSH header checks)
