@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import values
 from sqlalchemy import Engine, text
 
+from engine.metrics import reset_multiprocess_dir
 from engine.store import SqlMessageStore, create_db_engine
 
 POSTGRES_URL = os.environ.get(
@@ -67,3 +69,14 @@ def db_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine
 @pytest.fixture
 def store(db_engine: Engine) -> SqlMessageStore:
     return SqlMessageStore(db_engine)
+
+
+@pytest.fixture
+def metrics_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory for multiprocess mode, and this test process back in memory mode after."""
+    directory = tmp_path / "metrics"
+    reset_multiprocess_dir(directory)
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    yield directory
+    values.close_all_multiprocess_files()

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from prometheus_client import values
 
 from engine.metrics import EngineMetrics, reset_multiprocess_dir
 from engine.store import Incoming, NewDelivery, Processed, SqlMessageStore
@@ -177,17 +175,6 @@ def test_updates_from_many_threads_are_not_lost() -> None:
     samples = parse(page(metrics))
     assert samples['engine_acks_total{code="AA"}'] == 16000
     assert samples['engine_delivery_latency_seconds_count{destination="d"}'] == 16000
-
-
-@pytest.fixture
-def metrics_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A directory for multiprocess mode, and this test process back in memory mode after."""
-    directory = tmp_path / "metrics"
-    reset_multiprocess_dir(directory)
-    monkeypatch.setattr(values, "ValueClass", values.ValueClass)
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
-    yield directory
-    values.close_all_multiprocess_files()
 
 
 def test_two_processes_record_and_the_receiver_shows_both(metrics_dir: Path) -> None:

@@ -3,15 +3,12 @@ other processes (multiprocess mode) on the receiver's page."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
-from prometheus_client import values
 
 from engine.api.app import create_app
 from engine.api.auth_settings import AuthSettings
-from engine.metrics import EngineMetrics, reset_multiprocess_dir
+from engine.metrics import EngineMetrics
 from engine.settings import Settings
 from tests.api.conftest import AppFactory, TestClient, bearer
 from tests.api.fakes import FakeHealth, FakeIngest, FakeMessages
@@ -46,17 +43,6 @@ def test_metrics_can_require_a_viewer_token(
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers=bearer(token("integration"))).status_code == 403
     assert client.get("/metrics", headers=bearer(token("viewer"))).status_code == 200
-
-
-@pytest.fixture
-def metrics_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A directory for multiprocess mode, and this test process back in memory mode after."""
-    directory = tmp_path / "metrics"
-    reset_multiprocess_dir(directory)
-    monkeypatch.setattr(values, "ValueClass", values.ValueClass)
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
-    yield directory
-    values.close_all_multiprocess_files()
 
 
 def test_the_page_adds_up_what_worker_processes_recorded(
