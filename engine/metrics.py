@@ -48,11 +48,12 @@ cannot keep them, so neither mode shows them).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import ParamSpec, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -108,6 +109,26 @@ class Backlog(Protocol):
 
     @property
     def oldest_age_s(self) -> float: ...
+
+
+_P = ParamSpec("_P")
+
+
+def _never_raises(record: Callable[_P, None]) -> Callable[_P, None]:
+    """Metrics must never stop an ACK, a routing or a delivery: a value that cannot be written
+    (multiprocess mode writes to memory-mapped files, which can fail) is logged and dropped."""
+
+    @functools.wraps(record)
+    def guarded(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        try:
+            record(*args, **kwargs)
+        except Exception as exc:
+            log.warning(
+                "metric not recorded",
+                extra={"metric": record.__name__, "error": type(exc).__name__},
+            )
+
+    return guarded
 
 
 def reset_multiprocess_dir(directory: Path) -> None:
@@ -259,6 +280,7 @@ class EngineMetrics:
         self._queues = _QueueGauges()
         self.registry.register(self._queues)
 
+    @_never_raises
     def record_receipt(self, *, channel: str, ack_code: str | None, stored: bool) -> None:
         """Count one received message (when stored) and the ACK it was answered with (if any)."""
         if stored:
@@ -266,15 +288,18 @@ class EngineMetrics:
         if ack_code:
             self._acks.labels(code=ack_code).inc()
 
+    @_never_raises
     def record_error(self, stage: str) -> None:
         """Count one failure at ``stage`` (receive, store, parse, map, route, deliver)."""
         self._errors.labels(stage=stage).inc()
 
+    @_never_raises
     def record_routed(self, routes: Iterable[str]) -> None:
         """Count one message routed by each of ``routes`` (each route once)."""
         for route in set(routes):
             self._routed.labels(route=route).inc()
 
+    @_never_raises
     def delivered(self, destination: str, seconds: float, ok: bool, dead: bool) -> None:
         """One delivery attempt's outcome (the dispatcher's ``Observer``): counted by outcome;
         its latency when delivered; a dead letter (and a ``deliver`` error) when given up."""
@@ -294,6 +319,7 @@ class EngineMetrics:
         self._queues.backlog = backlog
         self._queues.destinations = tuple(destinations)
 
+    @_never_raises
     def worker_running(self) -> None:
         """Called once by each worker process: counts it in ``engine_worker_processes``."""
         self._workers.set(1)

@@ -227,3 +227,29 @@ def test_one_process_keeps_its_metrics_in_one_directory(metrics_dir: Path) -> No
     EngineMetrics(multiprocess_dir=metrics_dir)
     with pytest.raises(ValueError, match="already keeps its metrics in"):
         EngineMetrics(multiprocess_dir=metrics_dir.parent / "elsewhere")
+
+
+def test_a_metric_that_cannot_be_written_never_stops_the_flow(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Multiprocess files can fail to write: the ACK, the routing and the delivery go on."""
+    metrics = EngineMetrics()
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise OSError("no space left on device")
+
+    for counter in (metrics._received, metrics._routed, metrics._deliveries, metrics._errors):
+        monkeypatch.setattr(counter, "labels", broken)
+    with caplog.at_level(logging.WARNING, logger="engine.metrics"):
+        metrics.record_receipt(channel="mllp", ack_code="AA", stored=True)
+        metrics.record_routed(["adt-to-fhir"])
+        metrics.delivered("local-fhir", 0.01, ok=False, dead=True)
+        metrics.record_error("store")
+    failed = [r for r in caplog.records if r.getMessage() == "metric not recorded"]
+    assert [r.metric for r in failed] == [  # type: ignore[attr-defined]
+        "record_receipt",
+        "record_routed",
+        "delivered",
+        "record_error",
+    ]
+    assert all(r.error == "OSError" for r in failed)  # type: ignore[attr-defined]

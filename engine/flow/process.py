@@ -172,9 +172,9 @@ class Processor:
         claimed = self.store.claim_received(self.worker, self.batch)
         done = [self.process_one(message_id, raw, kind) for message_id, raw, kind in claimed]
         if done:
-            self.store.finish_batch(done)  # one transaction for the whole batch
-            if self.metrics is not None:  # counted once stored, so a failed batch is not
-                for processed in done:
+            kept = self.store.finish_batch(done)  # one transaction for the whole batch
+            if self.metrics is not None:  # counted once stored: not a failed batch, nor an
+                for processed in kept:  # outcome whose claim another worker had taken back
                     self.metrics.record_routed(d.route for d in processed.new_deliveries)
         return len(claimed)
 

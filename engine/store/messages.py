@@ -256,10 +256,11 @@ class MessageStore(Repository):
         )
     )
 
-    def finish_batch(self, outcomes: Sequence[Processed]) -> None:
+    def finish_batch(self, outcomes: Sequence[Processed]) -> list[Processed]:
         """Record the outcomes of processing several messages, with their deliveries and indexed
-        resources, in ONE transaction. An outcome whose claim was taken back (the worker was
-        thought dead and another claimed the message) is dropped: the other worker's counts."""
+        resources, in ONE transaction, and return those recorded. An outcome whose claim was
+        taken back (the worker was thought dead and another claimed the message) is dropped:
+        the other worker's counts."""
         now = utcnow()
         with self._tx() as conn:
             owned: set[int] = set()
@@ -286,6 +287,7 @@ class MessageStore(Repository):
                 conn.execute(self._FINISH, finished)
             queue_deliveries(conn, [(o.message_id, d) for o in kept for d in o.new_deliveries], now)
             upsert_resources(conn, [(o.message_id, r) for o in kept for r in o.resources], now)
+        return kept
 
     # -- showing and replaying ---------------------------------------------------------------
 

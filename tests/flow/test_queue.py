@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from pathlib import Path
 
 import orjson
@@ -299,8 +300,37 @@ def test_an_outcome_whose_claim_was_taken_back_is_dropped(
     assert b.process_batch() == 1  # b claims and finishes it
     late = a.process_one(mid, raw, kind)
     assert late.worker == "a" and len(late.new_deliveries) == 2
-    store.finish_batch([late])  # a finishes late
+    assert store.finish_batch([late]) == []  # a finishes late: nothing of it is kept
     assert len(store.get(mid).deliveries) == 2  # b's two deliveries only, not four
+
+
+def test_only_outcomes_the_store_kept_are_counted_as_routed(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    """An outcome whose claim another worker took back meanwhile is the other worker's count."""
+    counted: list[list[str]] = []
+
+    class Routed:
+        def record_routed(self, names: Iterable[str]) -> None:
+            counted.append(sorted(set(names)))
+
+    store.save_batch([Incoming(raw=msg(63), channel="t"), Incoming(raw=msg(64), channel="t")])
+    proc = Processor(store, routes, mappings, worker="a", batch=1, metrics=Routed())
+    real_finish = store.finish_batch
+    proc.store = type(
+        "Reclaimed",
+        (),
+        {
+            "claim_received": store.claim_received,
+            # the claim was taken back before the outcome was recorded: the store keeps nothing
+            "finish_batch": staticmethod(lambda done: real_finish([])),
+        },
+    )()  # type: ignore[assignment]
+    assert proc.process_batch() == 1
+    assert counted == []
+    proc.store = store
+    assert proc.process_batch() == 1
+    assert counted == [["adt-raw", "all-to-fhir"]]  # an ADT: both routes, each once
 
 
 def test_processor_survives_a_database_hiccup(
