@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -40,6 +41,7 @@ from engine.adapters.payer import (
 )
 from engine.adapters.payer.registry import build_payer
 from engine.errors import EngineError
+from engine.retry import CircuitBreaker
 from engine.settings import Settings
 from engine.store import SqlMessageStore
 from engine.x12.x270 import EligibilityInquiry, Payer, Person, Provider, build_270
@@ -215,6 +217,10 @@ class EligibilityService:
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._adapter_for = adapter_for or self._build
         self._control = int(self.clock().timestamp()) % 100_000_000
+        #: per payer: after five checks in a row that ended unavailable (each after its
+        #: retries), the next checks of that payer are not sent for a while (30 s, doubling up
+        #: to 10 min), so a payer that is down is not sent a 270 for every appointment of the day
+        self.breaker = CircuitBreaker(threshold=5, base_s=30.0, cap_s=600.0)
 
     def _config(self, payer_id: str) -> Any:
         config = self.payers.payers.get(payer_id) or self.payers.default
@@ -330,7 +336,7 @@ class EligibilityService:
         except EngineError as exc:  # no adapter for this payer: the front desk must know
             answer = _Answer({"status": "needs_action", "reason": str(exc)})
         else:
-            answer = await self._ask(target, payer_id, config)
+            answer = await self._ask_unless_paused(target, payer_id, config)
         return await self._record(target, payer_id, answer)
 
     async def _checked_today(self, patient_url: str, payer_id: str) -> CheckOutcome | None:
@@ -352,6 +358,25 @@ class EligibilityService:
             prior["reason"],
             reused=True,
         )
+
+    async def _ask_unless_paused(self, target: _Target, payer_id: str, config: Any) -> _Answer:
+        """Ask the payer, unless its breaker is open: then the check is reported unavailable
+        without a 270 (the front desk re-checks, or the next run asks)."""
+        if self.breaker.is_open(payer_id, time.monotonic()):
+            failures = self.breaker.failures(payer_id)
+            return _Answer(
+                {
+                    "status": "payer_unavailable",
+                    "reason": f"not asked: the payer's last {failures} checks found it "
+                    "unavailable; it is asked again after a pause",
+                }
+            )
+        answer = await self._ask(target, payer_id, config)
+        unavailable = answer.result["status"] == "payer_unavailable"
+        self.breaker.record(
+            payer_id, ok=not unavailable, retryable=unavailable, now=time.monotonic()
+        )
+        return answer
 
     async def _ask(self, target: _Target, payer_id: str, config: Any) -> _Answer:
         """The 270 → 271 exchange, tried again while the payer is unavailable as the payer's

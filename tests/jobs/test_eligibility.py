@@ -117,6 +117,27 @@ def test_payer_down_is_retried_then_reported_unavailable(indexed: SqlMessageStor
     down.fail_next(0)
 
 
+def test_a_payer_down_check_after_check_is_paused_not_asked_for_every_appointment(
+    indexed: SqlMessageStore,
+) -> None:
+    from engine.retry import RetryPolicy
+
+    config = PayerConfig(retry=RetryPolicy(max_attempts=1, base_delay_s=0, max_delay_s=0))
+    payers = PayerSet(payers={}, default=config, origin={})
+    down = MemoryPayer("down")
+    down.fail_next(100, retryable=True, detail="timeout")
+    svc = service(indexed, payers, adapter_for=lambda payer_id: down)
+    asyncio.run(svc.check_upcoming(start=MONDAY, days=1))  # three checks, three failures
+    again = asyncio.run(svc.check_upcoming(start=MONDAY, days=1, force=True))
+    assert len(down.requests) == 5  # the fifth failure in a row opened the breaker
+    assert again[-1].reason and again[-1].reason.startswith("not asked")
+    paused = asyncio.run(svc.check_upcoming(start=MONDAY, days=1, force=True))
+    assert len(down.requests) == 5  # no 270 while the payer is paused
+    assert {o.status for o in paused} == {"payer_unavailable"}
+    assert all(o.reason and o.reason.startswith("not asked") for o in paused)
+    asyncio.run(svc.close())
+
+
 def test_concurrency_per_payer_is_bounded(indexed: SqlMessageStore) -> None:
     config = PayerConfig(max_concurrency=1)
     payers = PayerSet(payers={}, default=config, origin={})
