@@ -24,8 +24,9 @@ class Settings(BaseSettings):
     # and HTTP listeners, ingest, the API); "the worker" is engine/flow/worker.py (the process that
     # routes, maps and delivers, started by the receiver or by ``engine worker``).
 
-    #: where the embedded database, the metrics files of the worker processes (var/metrics) and the
-    #: API's signing keys live. Read by the receiver and the API (engine/api/app.py).
+    #: where the embedded SQLite database (the default of ``database_url``: read by the receiver,
+    #: the worker and the CLI), the metrics files of the receiver and its workers (var/metrics,
+    #: the receiver's) and the API's development signing secret (engine/api/app.py) live.
     var_dir: Path = Path("var")
     #: SQLAlchemy URL; default SQLite under var_dir. Read through :meth:`resolved_database_url` by
     #: the receiver, the worker, the scheduler's job store and the CLI's ``messages`` commands.

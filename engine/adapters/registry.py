@@ -102,10 +102,10 @@ def build_destination(name: str, spec: DestinationSpec) -> Destination:
 
 
 def load_routes(site_dir: Path | None = None, *, defaults: Path | None = None) -> RouteSet:
-    """The route files (:func:`engine.routes.loader.load_routes`) with every destination's keys
+    """The route files (:func:`engine.routes.loader.read_routes`) with every destination's keys
     checked by its adapter's config model. Raises :class:`ConfigError` naming file, line and key.
     """
-    return loader.load_routes(site_dir, defaults=defaults, check_destination=destination_config)
+    return loader.read_routes(site_dir, defaults=defaults, check_destination=destination_config)
 
 
 def _first(exc: ValidationError) -> str:

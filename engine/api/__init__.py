@@ -1,4 +1,4 @@
-"""The HTTP API (FastAPI). Thin: handlers call the pipeline and the store, nothing else."""
+"""The HTTP API (FastAPI). Thin: its handlers call ingest (engine.flow) and the store, no more."""
 
 from engine.api.app import create_app
 

@@ -1,6 +1,6 @@
 """``create_app``: the FastAPI application, built from Settings and the ports of the running engine.
 
-Wiring only. The engine (``engine.service``) passes the pipeline, the message repository, a
+Wiring only. The engine (``engine.service``) passes ingest, the store, a
 readiness probe and the metrics as ports (``engine.api.ports``); tests pass in-memory fakes.
 ``/healthz`` is open; ``/readyz`` is open and asks the HealthPort; ``/metrics`` is open unless
 configured otherwise; everything else needs a bearer token (``engine.api.auth``).

@@ -1,7 +1,7 @@
 """What the HTTP API needs of the rest of the engine: three Protocols.
 
 The API never touches the store's tables or the queue: ``engine.service`` hands ``create_app``
-objects that satisfy these ports (the pipeline, the repository, a readiness probe), and the tests
+objects that satisfy these ports (ingest, the store, a readiness probe), and the tests
 hand it in-memory fakes (``tests/api/fakes.py``).
 
 Messages are returned as the store's views (:mod:`engine.store.views`), which the API serialises
@@ -20,7 +20,7 @@ __all__ = ["HealthPort", "IngestPort", "MessagesPort"]
 
 
 class IngestPort(Protocol):
-    """Receives messages arriving over HTTP (the same pipeline MLLP uses)."""
+    """Receives messages arriving over HTTP (the same ingest MLLP uses)."""
 
     async def receive(self, raw: bytes, *, channel: str, peer: str) -> Receipt:
         """Store, parse and acknowledge an HL7v2 message; never raises for bad input.

@@ -1,8 +1,8 @@
-"""``POST /fhir``: store a FHIR R4 Bundle or resource (JSON) for the pipeline to route.
+"""``POST /fhir``: store a FHIR R4 Bundle or resource (JSON) for the worker to route.
 
 Only the outer shape is checked here — a JSON object with a ``resourceType`` — so a caller learns
 at once that the body is not FHIR JSON (400, naming the line and column); the resource itself is
-validated later in the pipeline, after it is stored. 202 with the message id on success.
+validated later by the worker, after it is stored. 202 with the message id on success.
 """
 
 from __future__ import annotations

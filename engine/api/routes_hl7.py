@@ -1,4 +1,4 @@
-"""``POST /hl7v2``: HL7v2 over HTTP — the same pipeline as MLLP, the ACK as the response body.
+"""``POST /hl7v2``: HL7v2 over HTTP — the same ingest as MLLP, the ACK as the response body.
 
 The body is one ER7 message (segments ended by CR). The answer is 200 with the ACK for any
 acknowledgment code (AA/AE/AR, CA/CE/CR): the HTTP status says the exchange worked, MSA-1 says what

@@ -52,7 +52,7 @@ def show_message(message_id: MessageId, principal: ViewerDep, messages: Messages
 def replay_message(
     message_id: MessageId, principal: AdminDep, messages: MessagesDep
 ) -> ReplayAccepted:
-    """Receive a stored message again, as a new message that goes through the whole pipeline."""
+    """Receive a stored message again, as a new message that goes through the whole flow."""
     try:
         new_id = messages.replay(message_id)
     except KeyError:

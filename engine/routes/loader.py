@@ -29,7 +29,7 @@ from engine.errors import ConfigError
 from engine.routes.spec import DestinationSpec, Route, RouteFile
 from engine.yamlfile import YamlFile, key_text, read_yaml
 
-__all__ = ["DestinationCheck", "RouteSet", "default_routes_dir", "load_routes"]
+__all__ = ["DestinationCheck", "RouteSet", "default_routes_dir", "read_routes"]
 
 #: checks one destination's adapter settings, raising pydantic's ValidationError located from the
 #: destination (``("port",)``: the destination's ``port`` key); what it returns is not kept
@@ -95,17 +95,19 @@ def _read(path: Path, where: str, check: DestinationCheck | None) -> tuple[YamlF
     return doc, spec
 
 
-def load_routes(
+def read_routes(
     site_dir: Path | None = None,
     *,
     defaults: Path | None = None,
     check_destination: DestinationCheck | None = None,
 ) -> RouteSet:
-    """Load the built-in route files, then the site directory over them.
+    """Read the built-in route files, then the site directory over them.
 
     ``check_destination`` checks each destination's adapter settings (None: only what every
-    destination has, ``type`` and ``retry``). Raises :class:`ConfigError` naming the file, line
-    and key of the first problem.
+    destination has, ``type`` and ``retry``: the routes alone, as the router's tests want them).
+    The engine reads routes through :func:`engine.adapters.registry.load_routes`, which passes
+    the adapters' check; this core package cannot know the adapters. Raises
+    :class:`ConfigError` naming the file, line and key of the first problem.
     """
     out = RouteSet()
     pending: list[tuple[YamlFile, int, Route]] = []  # the file, index in it, route

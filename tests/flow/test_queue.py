@@ -10,13 +10,14 @@ import orjson
 import pytest
 
 from engine.adapters.memory import MemoryDestination
+from engine.adapters.registry import load_routes
 from engine.flow.deliver import Dispatcher
 from engine.flow.gate import RouteGate
 from engine.flow.ingest import Ingest
 from engine.flow.process import Processor
 from engine.hl7v2.codec import parse_message
 from engine.mappings import Mappings, load_mappings
-from engine.routes.loader import RouteSet, load_routes
+from engine.routes.loader import RouteSet
 from engine.routes.router import Router
 from engine.store import Incoming, SqlMessageStore
 

@@ -14,10 +14,11 @@ from engine.adapters.memory import MemoryDestination
 from engine.adapters.payer import PayerSet, load_payers
 from engine.adapters.payer.config import PayerConfig
 from engine.adapters.payer.memory import MemoryPayer
+from engine.adapters.registry import load_routes
 from engine.flow.process import Processor
 from engine.jobs.eligibility import EligibilityService, business_days
 from engine.mappings import Mappings, load_mappings
-from engine.routes.loader import RouteSet, load_routes
+from engine.routes.loader import RouteSet
 from engine.settings import Settings
 from engine.sim.demo import demo_messages
 from engine.store import Incoming, SqlMessageStore

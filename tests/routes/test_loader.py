@@ -223,7 +223,7 @@ def test_file_must_be_a_mapping(tmp_path: Path) -> None:
 def test_the_routes_alone_keep_a_destinations_own_keys_for_its_adapter(tmp_path: Path) -> None:
     site = tmp_path / "site"
     write(site, "a.yaml", "destinations:\n  x: {type: smtp, host: h, retry: {max_attempts: 2}}\n")
-    rs = loader.load_routes(site, defaults=tmp_path)
+    rs = loader.read_routes(site, defaults=tmp_path)
     x = rs.destinations["x"]
     assert (x.type, x.retry.max_attempts, x.settings) == ("smtp", 2, {"host": "h"})
 
@@ -231,7 +231,7 @@ def test_the_routes_alone_keep_a_destinations_own_keys_for_its_adapter(tmp_path:
 def test_the_destination_check_is_given_each_destination(tmp_path: Path) -> None:
     seen: list[str] = []
     write(tmp_path / "site", "a.yaml", DESTS)
-    loader.load_routes(
+    loader.read_routes(
         tmp_path / "site", defaults=tmp_path, check_destination=lambda d: seen.append(d.type)
     )
     assert seen == ["fhir", "mllp"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from engine.hl7v2.codec import Message, parse_message
-from engine.routes.loader import RouteSet, load_routes
+from engine.routes.loader import RouteSet, read_routes
 from engine.routes.router import Router
 from engine.routes.spec import Route, RouteFile
 
@@ -40,7 +40,7 @@ def r(name: str, mapping: str = "none", **match: object) -> dict[str, object]:
 
 
 def test_example_routes_on_fixture_messages() -> None:
-    rt = Router(load_routes(None))
+    rt = Router(read_routes(None))
     for fixture, expected in [
         ("adt_a01.hl7", ["to-local-fhir", "adt-to-dropbox"]),
         ("siu_s12.hl7", ["to-local-fhir"]),

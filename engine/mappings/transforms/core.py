@@ -228,10 +228,6 @@ def _text_in(parts: list[str], ctx: TransformContext) -> str | None:
     return parts[0] if parts and parts[0] else None
 
 
-def _reference_in(parts: list[str], ctx: TransformContext) -> str | None:
-    return parts[0] or None
-
-
 def _phone_in(parts: list[str], ctx: TransformContext) -> str | None:
     """XTN → ContactPoint.value for a phone: XTN-1 when sent (the formatted number), else XTN-12
     (unformatted), else composed from country (5), area (6), local number (7) and extension (8),
