@@ -404,31 +404,34 @@ def eligibility_list(
     on: Annotated[str | None, typer.Option("--date", help="the day (default: tomorrow)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON, one object a line")] = False,
 ) -> None:
-    """The front desk's list: who is covered, the copay to collect, who needs a call."""
+    """The front desk's list: who comes when (in the practice's time zone), who is covered, the
+    copay to collect, who needs a call."""
     import orjson
     from rich.console import Console
     from rich.table import Table
 
-    from engine.jobs.eligibility import local_time
+    from engine.jobs.eligibility import worklist
     from engine.settings import load_settings
 
     tz = load_settings().timezone
-    rows = _store().eligibility_for_day(_day(on))
+    rows = worklist(_store(), _day(on), tz)
     if as_json:
         for r in rows:
-            typer.echo(orjson.dumps(r, default=str).decode())
+            typer.echo(orjson.dumps(r).decode())
         return
-    table = Table("time", "payer", "status", "copay", "deductible left", "plan", "note")
+    table = Table(
+        f"time ({tz})", "patient", "MRN", "payer", "status", "copay", "deductible left", "note"
+    )
     for r in rows:
-        start = local_time(r["appointment_start"], tz)
         table.add_row(
-            start.strftime("%H:%M") if start else "",
+            r["time"] or "",
+            r["patient_name"] or "",
+            r["mrn"] or "",
             r["payer_name"] or r["payer_id"],
             r["status"].replace("_", " "),
             r["copay"] or "",
             r["deductible_remaining"] or "",
-            (r["plan"] or "")[:30],
-            (r["reason"] or "")[:50],
+            (r["reason"] or r["plan"] or "")[:50],
         )
     Console().print(table)
 

@@ -1,7 +1,8 @@
 """``/api/eligibility``: the front desk's list for a day, and an on-demand check.
 
 ``GET /api/eligibility?date=YYYY-MM-DD`` (viewers): who is covered, the copay to collect, the
-deductible left, who needs a call — the latest check per appointment that day.
+deductible left, who needs a call — the latest check per appointment that day, with the patient's
+name and MRN and the time in the practice's time zone (engine.jobs.eligibility.worklist).
 ``POST /api/eligibility/check?date=YYYY-MM-DD[&force=true]`` (admins and integrations): check that
 day's appointments now.
 """
@@ -22,19 +23,6 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/eligibility")
 
-_FIELDS = (
-    "appointment_start",
-    "payer_id",
-    "payer_name",
-    "status",
-    "copay",
-    "deductible",
-    "deductible_remaining",
-    "plan",
-    "reason",
-    "checked_at",
-)
-
 
 def _service(request: Request) -> Any:
     service = getattr(request.app.state, "eligibility", None)
@@ -43,41 +31,40 @@ def _service(request: Request) -> Any:
     return service
 
 
-def _row(r: dict[str, Any], timezone: str) -> dict[str, Any]:
-    from engine.jobs.eligibility import local_time
-
-    out = {k: r.get(k) for k in _FIELDS}
-    out["appointment_start"] = local_time(r.get("appointment_start"), timezone)
-    out["checked_at"] = local_time(r.get("checked_at"), timezone)
-    out["check_id"] = r.get("id")
-    out["appointment"] = r.get("appointment_url")
-    out["patient"] = r.get("patient_url")
-    for k in ("appointment_start", "checked_at"):
-        value = out.get(k)
-        if value is not None:
-            out[k] = value.isoformat()
-    return out
+def _required(on: date | None) -> date:
+    """The ``date`` query value, or a 400 that says it is missing (FastAPI's own answer, a 422
+    listing a "missing" field, left the front desk's scripts guessing)."""
+    if on is None:
+        raise HTTPException(400, detail="query parameter 'date' is required (YYYY-MM-DD)")
+    return on
 
 
 @router.get("")
 def day(
-    request: Request, principal: ViewerDep, on: Annotated[date, Query(alias="date")]
+    request: Request,
+    principal: ViewerDep,
+    on: Annotated[date | None, Query(alias="date", description="the day, YYYY-MM-DD")] = None,
 ) -> list[dict[str, Any]]:
-    """The latest eligibility check of every appointment on ``date``."""
+    """The latest eligibility check of every appointment on ``date``, with the patient's name and
+    MRN and the appointment time in the practice's time zone."""
+    from engine.jobs.eligibility import worklist
+
+    wanted = _required(on)
     service = _service(request)
-    return [_row(r, service.settings.timezone) for r in service.store.eligibility_for_day(on)]
+    return worklist(service.store, wanted, service.settings.timezone)
 
 
 @router.post("/check")
 async def check(
     request: Request,
     principal: IntegrationDep,
-    on: Annotated[date, Query(alias="date")],
+    on: Annotated[date | None, Query(alias="date", description="the day, YYYY-MM-DD")] = None,
     force: bool = False,
 ) -> dict[str, Any]:
     """Check ``date``'s appointments now (a patient checked today is not asked again unless
     ``force``)."""
-    outcomes = await _service(request).check_upcoming(start=on, days=1, force=force)
+    start = _required(on)
+    outcomes = await _service(request).check_upcoming(start=start, days=1, force=force)
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1

@@ -47,7 +47,7 @@ from engine.store import SqlMessageStore
 from engine.x12.x270 import EligibilityInquiry, Payer, Person, Provider, build_270
 from engine.x12.x271 import Benefit, EligibilityResult, read_271
 
-__all__ = ["CheckOutcome", "EligibilityService", "business_days", "local_time"]
+__all__ = ["CheckOutcome", "EligibilityService", "business_days", "local_time", "worklist"]
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,60 @@ def verdict(result: EligibilityResult) -> dict[str, Any]:
         "deductible_remaining": _money(remaining.amount if remaining else None),
         "plan": result.plan or None,
     }
+
+
+#: the stored check's columns a worklist row carries as they are
+_WORKLIST_FIELDS = (
+    "payer_id",
+    "payer_name",
+    "status",
+    "copay",
+    "deductible",
+    "deductible_remaining",
+    "plan",
+    "reason",
+)
+
+
+def _mrn(patient: dict[str, Any]) -> str | None:
+    """The patient's medical record number (the identifier typed MR), or None."""
+    for ident in patient.get("identifier") or []:
+        codings = (ident.get("type") or {}).get("coding") or []
+        if any(c.get("code") == "MR" for c in codings) and ident.get("value"):
+            return str(ident["value"])
+    return None
+
+
+def worklist(store: SqlMessageStore, day: date, timezone: str) -> list[dict[str, Any]]:
+    """The front desk's list for ``day``: the latest check of each appointment, with the
+    patient's name and MRN, and its times in the practice's ``timezone`` (``time`` as HH:MM,
+    ``appointment_start`` and ``checked_at`` as ISO 8601 with their offset). The one shape of
+    ``engine eligibility list --json`` and ``GET /api/eligibility``; the 271 itself is left out."""
+    patients: dict[str, dict[str, Any] | None] = {}
+    out: list[dict[str, Any]] = []
+    for r in store.eligibility_for_day(day):
+        url = r["patient_url"]
+        if url not in patients:
+            patients[url] = store.resource(url)
+        patient = patients[url] or {}
+        family, given = _name(patient)
+        start = local_time(r.get("appointment_start"), timezone)
+        checked = local_time(r.get("checked_at"), timezone)
+        out.append(
+            {
+                "check_id": r.get("id"),
+                "appointment": r.get("appointment_url"),
+                "appointment_start": start.isoformat() if start else None,
+                "time": start.strftime("%H:%M") if start else None,
+                "timezone": timezone,
+                "patient": url,
+                "patient_name": ", ".join(n for n in (family, given) if n) or None,
+                "mrn": _mrn(patient),
+                **{k: r.get(k) for k in _WORKLIST_FIELDS},
+                "checked_at": checked.isoformat() if checked else None,
+            }
+        )
+    return out
 
 
 class EligibilityService:

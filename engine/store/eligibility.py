@@ -17,11 +17,19 @@ from engine.store.tables import eligibility_checks
 __all__ = ["EligibilityChecks"]
 
 
+def _utc(value: datetime) -> datetime:
+    """An aware time in UTC. SQLite drops the offset and keeps the wall time, and the readers
+    take a naive time as UTC: an appointment at 09:00-05:00 kept as "09:00" came back as 04:00
+    in New York."""
+    return value.astimezone(UTC) if value.tzinfo is not None else value
+
+
 class EligibilityChecks(Repository):
     """Rows of ``eligibility_checks``, as dicts keyed by column name."""
 
     def save_eligibility(self, row: dict[str, Any]) -> int:
         """Store one eligibility check (history: a new row every time); its id."""
+        row = {k: _utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
         with self._tx() as conn:
             pk = conn.execute(insert(eligibility_checks).values(**row)).inserted_primary_key
             assert pk is not None
@@ -44,13 +52,14 @@ class EligibilityChecks(Repository):
                 .order_by(eligibility_checks.c.id.desc())
                 .limit(1)
             ).one_or_none()
-        return dict(row._mapping) if row else None
+        return {str(k): v for k, v in row._mapping.items()} if row else None
 
     def eligibility_for_day(self, day: date) -> list[dict[str, Any]]:
         """The latest check per appointment (or patient) for appointments on ``day``."""
         with self.db_engine.connect() as conn:
+            # str(): the keys are SQLAlchemy's quoted_name, which orjson refuses as keys
             rows = [
-                dict(r._mapping)
+                {str(k): v for k, v in r._mapping.items()}
                 for r in conn.execute(
                     select(eligibility_checks)
                     .where(eligibility_checks.c.service_date == day)

@@ -4,66 +4,21 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
-from engine.adapters.memory import MemoryDestination
 from engine.adapters.payer import PayerSet, load_payers
 from engine.adapters.payer.config import PayerConfig
 from engine.adapters.payer.memory import MemoryPayer
 from engine.adapters.registry import load_routes
 from engine.flow.process import Processor
-from engine.jobs.eligibility import EligibilityService, business_days
-from engine.mappings import Mappings, load_mappings
-from engine.routes.loader import RouteSet
+from engine.jobs.eligibility import business_days
+from engine.mappings import Mappings
 from engine.settings import Settings
-from engine.sim.demo import demo_messages
 from engine.store import Incoming, SqlMessageStore
-
-TODAY = date(2026, 11, 27)  # a Friday: the next business day is Monday the 30th
-MONDAY = date(2026, 11, 30)
-
-ROUTES = """
-destinations:
-  fhir: {type: file, directory: /nonexistent}
-routes:
-  - {name: all, match: {message: [ADT, SIU]}, mapping: fhir, destinations: [fhir]}
-"""
-
-
-@pytest.fixture(scope="module")
-def mappings() -> Mappings:
-    return load_mappings()
-
-
-@pytest.fixture
-def indexed(store: SqlMessageStore, mappings: Mappings, tmp_path: Path) -> SqlMessageStore:
-    """The demo patients and their appointments, received and processed."""
-    (tmp_path / "routes").mkdir()
-    (tmp_path / "routes" / "r.yaml").write_text(ROUTES)
-    routes: RouteSet = load_routes(defaults=tmp_path / "routes")
-    store.save_batch([Incoming(raw=raw, channel="test") for _, raw in demo_messages(TODAY)])
-    processor = Processor(store, routes, mappings)
-    while processor.process_batch():
-        pass
-    _ = MemoryDestination  # deliveries are not the point here
-    return store
-
-
-def service(
-    store: SqlMessageStore, payers: PayerSet | None = None, **kw: object
-) -> EligibilityService:
-    settings = Settings(timezone="America/New_York")
-    return EligibilityService(
-        store,
-        payers or load_payers(),
-        settings,
-        clock=lambda: datetime(2026, 11, 27, 18, 0, tzinfo=UTC),
-        **kw,  # type: ignore[arg-type]
-    )
+from tests.jobs.conftest import MONDAY, ROUTES, TODAY, service
 
 
 def test_business_days_skip_the_weekend() -> None:
