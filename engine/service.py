@@ -22,10 +22,9 @@ import uvicorn
 
 from engine.adapters.mllp.server import MLLPServer, Reply, current_reply
 from engine.api.app import create_app
-from engine.errors import ConfigError, EngineError
+from engine.errors import ConfigError
 from engine.flow.ingest import Ingest, Receipt
 from engine.flow.worker import run_workers
-from engine.hl7v2.ack import hl7_timestamp, nak_for_unparseable
 from engine.metrics import EngineMetrics, reset_multiprocess_dir
 from engine.pressure import IngestPressure
 from engine.retry import backoff_s
@@ -70,15 +69,9 @@ class _MLLPHandler:
             await reply.send(ack)
 
     async def on_oversize(self, head: bytes, limit: int, peer: str) -> bytes | None:
-        error = EngineError(f"message larger than the {limit}-byte limit; not accepted")
-        nak, _ = nak_for_unparseable(
-            head,
-            error,
-            control_id="AOVERSIZE",
-            timestamp=hl7_timestamp(self.ingest.clock()),
-            sending=self.ingest.identity,
-        )
-        return nak
+        # stored (its first bytes, state error, the reason) so every frame is accounted for
+        receipt = await self.ingest.receive_oversize(head, limit=limit, channel="mllp", peer=peer)
+        return receipt.ack
 
 
 class _Health:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from engine.errors import EngineError
 from engine.flow.gate import RouteCheck, header_problem
@@ -40,6 +40,9 @@ from engine.store import Incoming, Stored
 __all__ = ["Ingest", "MessageStore", "Receipt", "patient_key_of"]
 
 log = logging.getLogger(__name__)
+
+#: how much of a frame refused for its size is stored: enough to see what it was and who sent it
+OVERSIZE_KEPT_BYTES = 64 * 1024
 
 
 class MessageStore(Protocol):
@@ -177,33 +180,25 @@ class Ingest:
             return await self._refuse_unreadable(raw, item, exc)
 
         mtype = message.type
-        msh = message.msh
         control_id = message.control_id
         problem = header_problem(message)
         if problem is None and self.routes is not None:
             problem = self.routes.refuse(message)
-        sender = msh.get(3)
-        facility = msh.get(4)
+        header = _header_of(message)
         item = Incoming(
             raw=raw,
             channel=channel,
             peer=peer[:255],
             state="error" if problem else "received",
             reason=str(problem) if problem else None,
-            control_id=_clip(control_id, 199),
-            message_type=_clip(mtype.code, 16),
-            trigger=_clip(mtype.trigger, 16),
-            structure=_clip(mtype.structure, 16),
-            sending_application=_clip(sender, 227),
-            sending_facility=_clip(facility, 227),
             # only an accepted message is one a resend duplicates: a refused one may be fixed and
             # sent again with the same MSH-10, and must then be taken
             dedupe_key=(
-                _clip(f"{sender}|{facility}|{control_id}", 700)
+                _clip(f"{message.msh.get(3)}|{message.msh.get(4)}|{control_id}", 700)
                 if control_id and problem is None
                 else None
             ),
-            patient_key=_clip(patient_key_of(message) or "", 255),
+            **header,
         )
         try:
             stored = await self._store(item)
@@ -220,6 +215,51 @@ class Ingest:
             },
         )
         return self._acknowledge(message, stored, problem, item.state)
+
+    async def receive_oversize(
+        self, head: bytes, *, limit: int, channel: str, peer: str = ""
+    ) -> Receipt:
+        """Account for a frame refused for its size: store its first bytes (at most 64 KiB) with
+        state ``error`` and the reason, and answer with a reject that says a resend will be
+        refused too. The rest of the frame was never read, so nothing of it is ever routed."""
+        kept = head[:OVERSIZE_KEPT_BYTES]
+        try:
+            header = _header_of(parse_message(kept, default_charset=self.default_charset))
+        except EngineError:  # cut off inside the header, or no MSH at all: the bytes still count
+            header = _Header()
+        item = Incoming(
+            raw=kept,
+            channel=channel,
+            peer=peer[:255],
+            state="error",
+            reason=(
+                f"message larger than the {limit}-byte limit (ENGINE_MAX_MESSAGE_BYTES): refused "
+                f"unread; the first {len(kept)} bytes are kept"
+            ),
+            **header,
+        )
+        error = EngineError(
+            f"message larger than the {limit}-byte limit: refused, and refused again if resent; "
+            "split it or have the limit raised"
+        )
+        # 104 (value too long), not 207 (internal error): the same bytes can never be taken,
+        # so the reject must not read as a passing fault worth a resend
+        error.code = "104"
+        try:
+            stored = await self._store(item)
+        except Exception:
+            nak, code = self._nak(kept, error, "OVERSIZE")
+            receipt = Receipt(None, "refused", nak, code)
+        else:
+            log.warning(
+                "oversize frame stored",
+                extra={"message_id": stored.id, "control_id": item.control_id, "limit": limit},
+            )
+            nak, code = self._nak(kept, error, str(stored.id))
+            receipt = Receipt(stored.id, "error", nak, code)
+        if self.on_receipt is not None:
+            self.on_receipt(channel, receipt)
+        return receipt
 
     async def _refuse_unreadable(self, raw: bytes, item: Incoming, exc: EngineError) -> Receipt:
         try:
@@ -351,6 +391,32 @@ def patient_key_of(message: Message) -> str | None:
         return None
     value = pid.get(3, 1, 1)
     return f"{pid.get(3, 1, 4)}|{value}" if value else None
+
+
+class _Header(TypedDict, total=False):
+    """The :class:`Incoming` fields a message's header gives."""
+
+    control_id: str | None
+    message_type: str | None
+    trigger: str | None
+    structure: str | None
+    sending_application: str | None
+    sending_facility: str | None
+    patient_key: str | None
+
+
+def _header_of(message: Message) -> _Header:
+    """The stored metadata a message's header gives, each value clipped to its column."""
+    mtype, msh = message.type, message.msh
+    return _Header(
+        control_id=_clip(message.control_id, 199),
+        message_type=_clip(mtype.code, 16),
+        trigger=_clip(mtype.trigger, 16),
+        structure=_clip(mtype.structure, 16),
+        sending_application=_clip(msh.get(3), 227),
+        sending_facility=_clip(msh.get(4), 227),
+        patient_key=_clip(patient_key_of(message) or "", 255),
+    )
 
 
 def _clip(value: str, width: int) -> str | None:
