@@ -31,6 +31,7 @@ from sqlalchemy import (
     update,
 )
 
+from engine.store.clean import clean, clean_lines
 from engine.store.db import Repository, aware, id_list, utcnow
 from engine.store.tables import deliveries, messages
 from engine.store.views import DeliveryView
@@ -106,6 +107,7 @@ _QUEUED_PATIENTS = select(deliveries.c.patient_key).where(
     deliveries.c.state.in_(("pending", "waiting")),
 )
 _INSERT_DELIVERIES = insert(deliveries)
+_PATIENT_WIDTH = getattr(deliveries.c.patient_key.type, "length", None)
 
 
 def queue_deliveries(
@@ -130,7 +132,8 @@ def queue_deliveries(
             "kind": d.kind,
             "content_type": d.content_type,
             "payload": d.payload,
-            "patient_key": d.patient_key,
+            # cleaned as the message's own (a NUL in PID-3 must not fail PostgreSQL's insert)
+            "patient_key": clean(d.patient_key, _PATIENT_WIDTH) or "",
             "state": "pending",
             "attempts": 0,
             "next_attempt_at": now,
@@ -412,13 +415,13 @@ class Deliveries(Repository):
             if done:
                 settled += conn.execute(self._DELIVERED, {"ids": done, "now": now}).all()
             for o in dead:
-                error = {"did": o.delivery_id, "err": o.error[:2000]}
+                error = {"did": o.delivery_id, "err": clean_lines(o.error, 2000)}
                 settled += conn.execute(self._DEAD, error).all()
             if retry:
                 conn.execute(
                     self._RETRY,
                     [
-                        {"did": o.delivery_id, "err": o.error[:2000], "at": o.retry_at}
+                        {"did": o.delivery_id, "err": clean_lines(o.error, 2000), "at": o.retry_at}
                         for o in retry
                     ],
                 )

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Row, bindparam, delete, exists, func, insert, or_, select, update
 
+from engine.store.clean import clean, clean_key, clean_lines
 from engine.store.db import Repository, aware, id_list, utcnow
 from engine.store.deliveries import NewDelivery, deliveries_of, queue_deliveries
 from engine.store.index import IndexedResource, upsert_resources
@@ -76,28 +77,48 @@ class Processed:
     warnings: str | None = None
 
 
-def _row(item: Incoming, now: datetime) -> dict[str, Any]:
-    """The ``messages`` row of an incoming message."""
-    return {
+def _width(column: str) -> int | None:
+    """The width of a ``messages`` column (None for text without one)."""
+    return getattr(messages.c[column].type, "length", None)
+
+
+#: the header columns read from a message, cleaned (see engine/store/clean.py) and cut to their
+#: widths: a NUL in MSH-10 or PID-3 must not keep the raw bytes out of the store
+_HEADERS = {
+    name: _width(name)
+    for name in (
+        "peer",
+        "control_id",
+        "message_type",
+        "trigger",
+        "structure",
+        "sending_application",
+        "sending_facility",
+        "patient_key",
+        "reason",
+    )
+}
+_KEY_WIDTH = _width("dedupe_key")
+_PATIENT_WIDTH = _width("patient_key")
+
+
+def _row(item: Incoming, key: str | None, now: datetime) -> dict[str, Any]:
+    """The ``messages`` row of an incoming message (its header columns cleaned; ``key`` is its
+    dedupe key already cleaned by :func:`clean_key`)."""
+    row: dict[str, Any] = {
         "received_at": now,
         "channel": item.channel,
-        "peer": item.peer,
         "kind": item.kind,
         "size": len(item.raw),
         "raw": item.raw,
-        "control_id": item.control_id,
-        "message_type": item.message_type,
-        "trigger": item.trigger,
-        "structure": item.structure,
-        "sending_application": item.sending_application,
-        "sending_facility": item.sending_facility,
-        "dedupe_key": item.dedupe_key,
+        "dedupe_key": key,
         "replay_of": item.replay_of,
-        "patient_key": item.patient_key,
         "state": item.state,
-        "reason": item.reason,
         "updated_at": now,
     }
+    for name, width in _HEADERS.items():
+        row[name] = clean(getattr(item, name), width)
+    return row
 
 
 def _view(row: Row[*tuple[Any, ...]]) -> MessageView:
@@ -133,8 +154,10 @@ class MessageStore(Repository):
         """
         now = utcnow()
         results: list[Stored | None] = [None] * len(items)
+        # the keys as stored (cleaned): a resend must find its original
+        cleaned = [clean_key(i.dedupe_key, _KEY_WIDTH) for i in items]
         with self._tx(priority=True) as conn:
-            keys = {i.dedupe_key for i in items if i.dedupe_key}
+            keys = {k for k in cleaned if k}
             known: dict[str, tuple[int, datetime]] = {}
             if keys:
                 for row in conn.execute(self._KNOWN_KEYS, {"keys": list(keys)}):
@@ -143,7 +166,7 @@ class MessageStore(Repository):
             where: list[int] = []  # the index in ``items`` of each row to insert
             fresh: dict[str, int] = {}  # dedupe key -> index of its first item in this batch
             for n, item in enumerate(items):
-                key = item.dedupe_key
+                key = cleaned[n]
                 if key and key in known:
                     mid, at = known[key]
                     results[n] = Stored(mid, at, duplicate=True)
@@ -153,16 +176,16 @@ class MessageStore(Repository):
                 if key:
                     fresh[key] = n
                 where.append(n)
-                rows.append(_row(item, now))
+                rows.append(_row(item, key, now))
             if rows:
                 # one statement for the batch (INSERT ... VALUES (...), (...) RETURNING id, in
                 # the rows' order): building a statement per row cost more than SQLite's insert
                 ids = conn.execute(self._INSERT_MESSAGES, rows).scalars().all()
                 for n, mid in zip(where, ids, strict=True):
                     results[n] = Stored(int(mid), now)
-            for n, item in enumerate(items):
+            for n, key in enumerate(cleaned):
                 if results[n] is None:  # resent within the batch: the first one's id
-                    first = results[fresh[item.dedupe_key or ""]]
+                    first = results[fresh[key or ""]]
                     assert first is not None
                     results[n] = Stored(first.id, first.received_at, duplicate=True)
         return [r for r in results if r is not None]
@@ -277,9 +300,9 @@ class MessageStore(Repository):
                     {
                         "mid": o.message_id,
                         "new_state": o.state,
-                        "new_reason": o.reason,
-                        "new_warnings": o.warnings,
-                        "new_patient": o.patient_key,
+                        "new_reason": clean(o.reason),
+                        "new_warnings": clean_lines(o.warnings),
+                        "new_patient": clean(o.patient_key, _PATIENT_WIDTH),
                         "now": now,
                     }
                     for o in kept
