@@ -43,10 +43,14 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``time level logger event key=value ...``"""
+    """``time level logger event key=value ...``; an exception as ``error=Class``, no traceback."""
 
     def format(self, record: logging.LogRecord) -> str:
-        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        fields = _fields(record)
+        if record.exc_info and record.exc_info[0] is not None:
+            # as in JSON: the exception's class, never its text or traceback (either may quote data)
+            fields.setdefault("error", record.exc_info[0].__name__)
+        extra = " ".join(f"{k}={v}" for k, v in fields.items())
         stamp = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
         line = f"{stamp} {record.levelname:<7} {record.name} {record.getMessage()}"
         return f"{line} {extra}" if extra else line

@@ -3,7 +3,9 @@
 Wiring only. The engine (``engine.service``) passes ingest, the store, a
 readiness probe and the metrics as ports (``engine.api.ports``); tests pass in-memory fakes.
 ``/healthz`` is open; ``/readyz`` is open and asks the HealthPort; ``/metrics`` is open unless
-configured otherwise; everything else needs a bearer token (``engine.api.auth``).
+configured otherwise; everything else needs a bearer token (``engine.api.auth``). A malformed path,
+query or header answers 4xx; an error no handler expected answers a generic 500 and is logged
+without its traceback (``engine.api.unexpected``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from engine.api.auth_settings import AuthSettings, auth_settings_for
 from engine.api.deps import ApiContext, HealthDep
 from engine.api.metrics import metrics_router
 from engine.api.ports import HealthPort, IngestPort, MessagesPort
+from engine.api.unexpected import UnexpectedErrors
 from engine.metrics import EngineMetrics
 from engine.settings import Settings
 
@@ -72,4 +75,5 @@ def create_app(
     app.include_router(routes_messages.router)
     app.include_router(routes_eligibility.router)
     app.include_router(metrics_router(require_token=auth.metrics_require_token))
+    app.add_middleware(UnexpectedErrors)
     return app

@@ -27,9 +27,12 @@ async def read_capped(request: Request, *, limit: int, metrics: EngineMetrics) -
     """The whole body, at most ``limit`` bytes (413 beyond, 400 when empty)."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        # ASCII digits only: str.isdigit() also takes "²", which int() refuses
+        if not (declared.isascii() and declared.isdigit()):
             raise HTTPException(400, detail="invalid Content-Length")
-        if int(declared) > limit:
+        # a length of more digits than the limit has is over it, and int() is never asked to
+        # read thousands of digits (it refuses past 4300)
+        if len(declared.lstrip("0")) > len(str(limit)) or int(declared) > limit:
             metrics.record_error("receive")
             raise HTTPException(413, detail=f"body larger than the {limit}-byte limit")
     body = bytearray()

@@ -2,6 +2,11 @@
 
 Viewers read; only admins replay, and each replay is logged with who asked (an audit trail of ids,
 never content). Handlers are sync: the store is, and FastAPI runs them in a worker thread.
+
+A message id is 1 .. 2**63 - 1, the range of the store's BIGINT key. Anything else where an id
+belongs — 0, -1, 2**63, 10**30, a word — is not an id at all and answers 422 before the store is
+asked (a database driver raises on an integer it cannot bind); a valid id with no message answers
+404.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/messages")
 
-MessageId = Annotated[int, Path(ge=1)]
+BIGINT_MAX = 2**63 - 1
+
+MessageId = Annotated[int, Path(ge=1, le=BIGINT_MAX)]
 
 
 @router.get("", response_model=list[MessageSummary])
