@@ -155,6 +155,7 @@ class Engine:
             idle_timeout_s=settings.idle_timeout_s,
             frame_timeout_s=settings.frame_timeout_s,
             max_connections=settings.max_connections,
+            max_connections_per_peer=settings.max_connections_per_peer,
             ssl_context=_mllp_tls(settings),
         )
         app = create_app(

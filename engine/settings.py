@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     idle_timeout_s: float = Field(300.0, gt=0)
     frame_timeout_s: float = Field(30.0, gt=0)
     max_connections: int = Field(200, ge=1)
+    #: connections one address may hold at once (so one sender cannot take every slot). Read by
+    #: the MLLP server (engine/adapters/mllp/server.py), passed by engine/service.py.
+    max_connections_per_peer: int = Field(20, ge=1)
 
     #: charset for messages whose MSH-18 is empty. Read by ingest, the processor and
     #: ``engine convert``.

@@ -35,7 +35,7 @@ class FrameTooLarge(Exception):
 class FrameReader:
     """Incremental MLLP deframer."""
 
-    __slots__ = ("max_bytes", "_buf", "_in_frame", "skipped")
+    __slots__ = ("max_bytes", "_buf", "_in_frame", "skipped", "noise")
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -43,6 +43,9 @@ class FrameReader:
         self._in_frame = False
         #: bytes seen outside any frame and dropped
         self.skipped = 0
+        #: bytes outside a frame since the last start block (the listener bounds this: noise
+        #: alone must not hold a connection open)
+        self.noise = 0
 
     @property
     def in_frame(self) -> bool:
@@ -63,8 +66,10 @@ class FrameReader:
                 start = data.find(START_BLOCK, pos)
                 if start < 0:
                     self.skipped += n - pos
+                    self.noise += n - pos
                     return out
                 self.skipped += start - pos
+                self.noise = 0
                 pos = start + 1
                 self._in_frame = True
                 buf.clear()

@@ -10,9 +10,18 @@ Limits a production interface needs and MLLP does not define:
 * ``max_message_bytes``: a frame larger than this is refused: the handler's ``on_oversize`` may
   answer with a NAK built from the frame's head, then the connection is closed; other connections
   carry on.
-* ``idle_timeout_s``: a connection that sends nothing for this long is closed.
+* ``idle_timeout_s``: a connection that exchanges no message for this long is closed. Bytes
+  outside a frame (noise) do not count as activity, or a sender of one byte a minute would hold a
+  connection for ever.
+* ``max_noise_bytes``: a connection that sends more than this outside a frame since its last
+  start block is closed (logged with the count, never the bytes).
 * ``frame_timeout_s``: a frame that has started must finish within this time (slow-loris senders).
-* ``max_connections``: further connections are accepted and closed at once.
+* ``max_connections_per_peer``: one address (a misconfigured sender reconnecting in a loop, or an
+  attacker) holds at most this many connections; a further one is accepted and closed at once.
+* ``max_connections``: when every slot is taken, the connection idle the longest is closed to admit
+  the new one (a sender reconnects when it has a message; idle sockets must not lock real senders
+  out for the idle timeout). A connection in a frame or awaiting its ACK is not idle; when none is
+  idle, the new connection is accepted and closed at once.
 """
 
 from __future__ import annotations
@@ -66,6 +75,27 @@ class MLLPHandler(Protocol):
     def on_oversize(self, head: bytes, limit: int, peer: str) -> Awaitable[bytes | None]: ...
 
 
+class _Connection:
+    """Private: what the listener knows of one open connection, for its limits."""
+
+    __slots__ = ("task", "host", "peer", "frames", "handling", "last_active")
+
+    def __init__(self, task: asyncio.Task[None], host: str, peer: str, frames: FrameReader) -> None:
+        self.task = task
+        self.host = host
+        self.peer = peer
+        self.frames = frames
+        #: a message has arrived and its ACK is not sent yet
+        self.handling = False
+        #: loop time of the last message exchanged (or of the connect): the idle timer's start
+        self.last_active = asyncio.get_running_loop().time()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight: no frame started, no message being handled or answered."""
+        return not self.frames.in_frame and not self.handling
+
+
 class MLLPServer:
     """Listens for MLLP connections and hands each frame to the handler, one at a time per peer.
 
@@ -83,6 +113,8 @@ class MLLPServer:
         idle_timeout_s: float = 300.0,
         frame_timeout_s: float = 30.0,
         max_connections: int = 200,
+        max_connections_per_peer: int = 20,
+        max_noise_bytes: int = 64 * 1024,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.handler = handler
@@ -92,9 +124,14 @@ class MLLPServer:
         self.idle_timeout_s = idle_timeout_s
         self.frame_timeout_s = frame_timeout_s
         self.max_connections = max_connections
+        self.max_connections_per_peer = max_connections_per_peer
+        self.max_noise_bytes = max_noise_bytes
         self.ssl_context = ssl_context
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        #: the connections counted against the limits
+        self._open: dict[asyncio.Task[None], _Connection] = {}
+        #: every connection task still running, including those closed to make room (for stop)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def bound_port(self) -> int:
@@ -112,10 +149,10 @@ class MLLPServer:
         """Stop accepting, let in-flight messages finish their ACK, close every connection."""
         if self._server is not None:
             self._server.close()
-        for task in list(self._connections):
+        for task in list(self._tasks):
             task.cancel()
-        if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -124,42 +161,75 @@ class MLLPServer:
         task = asyncio.current_task()
         assert task is not None
         peer_info = writer.get_extra_info("peername")
+        host = str(peer_info[0]) if isinstance(peer_info, tuple) else str(peer_info)
         peer = f"{peer_info[0]}:{peer_info[1]}" if isinstance(peer_info, tuple) else str(peer_info)
-        if len(self._connections) >= self.max_connections:
-            log.warning("mllp connection refused: limit reached", extra={"peer": peer})
+        if not self._admit(host, peer):
             writer.close()
             return
-        self._connections.add(task)
+        conn = _Connection(task, host, peer, FrameReader(self.max_message_bytes))
+        self._open[task] = conn
+        self._tasks.add(task)
         try:
-            await self._serve_connection(reader, writer, peer)
+            await self._serve_connection(reader, writer, conn)
         except asyncio.CancelledError:
             pass
         except (ConnectionError, OSError) as exc:
             log.info("mllp connection dropped", extra={"peer": peer, "error": type(exc).__name__})
         finally:
-            self._connections.discard(task)
+            self._open.pop(task, None)
+            self._tasks.discard(task)
             writer.close()
             try:
                 await writer.wait_closed()
             except (ConnectionError, OSError):
                 pass
 
+    def _admit(self, host: str, peer: str) -> bool:
+        """Whether a new connection from ``host`` may be served. When every slot is taken, makes
+        room by closing the connection idle the longest; refuses when none is idle."""
+        from_host = sum(1 for c in self._open.values() if c.host == host)
+        if from_host >= self.max_connections_per_peer:
+            log.warning(
+                "mllp connection refused: %d connections from this peer (max_connections_per_peer)",
+                from_host,
+                extra={"peer": peer},
+            )
+            return False
+        if len(self._open) < self.max_connections:
+            return True
+        idle = [c for c in self._open.values() if c.idle]
+        if not idle:
+            log.warning(
+                "mllp connection refused: %d connections, none idle (max_connections)",
+                len(self._open),
+                extra={"peer": peer},
+            )
+            return False
+        oldest = min(idle, key=lambda c: c.last_active)
+        # out of the count now, so the new connection's slot is free at once; the task closes
+        # its socket as it ends
+        del self._open[oldest.task]
+        oldest.task.cancel()
+        log.info("mllp idle connection closed to admit another", extra={"peer": oldest.peer})
+        return True
+
     async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Connection
     ) -> None:
-        frames = FrameReader(self.max_message_bytes)
+        frames = conn.frames
         reply = Reply(writer)
         loop = asyncio.get_running_loop()
         frame_started = 0.0
         while True:
+            # in a frame the frame timeout runs; outside one the idle timer, which only a message
+            # restarts (noise does not)
             if frames.in_frame:
                 timeout = self.frame_timeout_s - (loop.time() - frame_started)
-                if timeout <= 0:
-                    log.warning("mllp frame timeout", extra={"peer": peer})
-                    return
             else:
-                timeout = self.idle_timeout_s
+                timeout = self.idle_timeout_s - (loop.time() - conn.last_active)
             try:
+                if timeout <= 0:
+                    raise TimeoutError
                 # asyncio.timeout, not wait_for: no task per read (a read per message here)
                 async with asyncio.timeout(timeout):
                     data = await reader.read(_READ_SIZE)
@@ -167,7 +237,7 @@ class MLLPServer:
                 log.info(
                     "mllp %s timeout, closing",
                     "frame" if frames.in_frame else "idle",
-                    extra={"peer": peer},
+                    extra={"peer": conn.peer},
                 )
                 return
             if not data:
@@ -176,19 +246,39 @@ class MLLPServer:
             try:
                 payloads = frames.feed(data)
             except FrameTooLarge as exc:
-                log.warning("mllp frame over %d bytes refused", exc.limit, extra={"peer": peer})
-                nak = await self.handler.on_oversize(exc.head, exc.limit, peer)
+                log.warning(
+                    "mllp frame over %d bytes refused", exc.limit, extra={"peer": conn.peer}
+                )
+                nak = await self.handler.on_oversize(exc.head, exc.limit, conn.peer)
                 if nak is not None:
                     writer.write(frame(nak))
                     await writer.drain()
                 return
+            if payloads:
+                await self._answer(payloads, conn, reply)
+            if frames.noise > self.max_noise_bytes:
+                log.warning(
+                    "mllp %d bytes of noise outside a frame (max %d), closing",
+                    frames.noise,
+                    self.max_noise_bytes,
+                    extra={"peer": conn.peer},
+                )
+                return
+            if frames.in_frame and (not was_in_frame or payloads):
+                frame_started = loop.time()
+
+    async def _answer(self, payloads: list[bytes], conn: _Connection, reply: Reply) -> None:
+        """Hand each message to the handler and send its ACK, in order."""
+        conn.handling = True
+        try:
             for payload in payloads:
                 token = current_reply.set(reply)
                 try:
-                    ack = await self.handler.on_message(payload, peer)
+                    ack = await self.handler.on_message(payload, conn.peer)
                 finally:
                     current_reply.reset(token)
                 if ack is not None:
                     await reply.send(ack)
-            if frames.in_frame and (not was_in_frame or payloads):
-                frame_started = loop.time()
+        finally:
+            conn.handling = False
+            conn.last_active = asyncio.get_running_loop().time()
