@@ -15,12 +15,21 @@ makes its correct spelling "missing", and the misspelling is what to fix. The un
 puts into an error's location (``auth.oauth2.scope``) are left out of the key shown
 (``auth.scope``), as are its validator names.
 
+A file is bounded before anything is built from it (a "billion laughs" route file of a dozen
+lines once took 4.7 GB at start-up): at most :data:`MAX_BYTES` of text, and once parsed, before
+the document is constructed, at most :data:`MAX_VALUES` values counting an alias as its anchor's
+whole content again, nested at most :data:`MAX_DEPTH` deep, no alias inside the value it names,
+and no tags but the plain ones (``!!python/object`` and ``!custom`` are refused). The parse keeps
+aliases as shared nodes, so a bomb is refused from a few kilobytes of nodes, and the count walks
+each node once.
+
 A pure leaf: it imports nothing of the engine but its error type, so the core (mappings,
 routes) and the adapters may all use it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +40,16 @@ from pydantic import BaseModel, ValidationError
 
 from engine.errors import ConfigError
 
-__all__ = ["Key", "YamlFile", "key_text", "parse_file", "read_yaml"]
+__all__ = [
+    "MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_VALUES",
+    "Key",
+    "YamlFile",
+    "key_text",
+    "parse_file",
+    "read_yaml",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -39,6 +57,22 @@ M = TypeVar("M", bound=BaseModel)
 Key = tuple[Any, ...]
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+#: the most bytes a configuration file may have (the largest built-in one has 9 KB)
+MAX_BYTES = 2**20
+#: the most values (mappings, keys, lists, items) a file may hold, an alias counting its anchor's
+#: whole content again; a file of ``MAX_BYTES`` without aliases writes some 200 000 at most
+MAX_VALUES = 200_000
+#: the deepest a value may be nested, the document being level 1 and a mapping's keys and values
+#: one level below it (the built-in files go 12 deep)
+MAX_DEPTH = 64
+
+_YAML_TAG = "tag:yaml.org,2002:"
+#: the tags a configuration file may hold: plain values, lists and mappings, merge keys (``<<``)
+_PLAIN_TAGS = frozenset(
+    _YAML_TAG + t
+    for t in ("str", "int", "float", "bool", "null", "timestamp", "seq", "map", "merge", "value")
+)
 
 #: words in a key that say it holds a secret, which a configuration file must only name
 _SECRET_WORDS = ("token", "secret", "password")
@@ -132,22 +166,44 @@ class YamlFile:
         return tuple(key)
 
 
-def read_yaml(path: Path, where: str) -> YamlFile:
+def read_yaml(
+    path: Path,
+    where: str,
+    *,
+    max_bytes: int = MAX_BYTES,
+    max_values: int = MAX_VALUES,
+    max_depth: int = MAX_DEPTH,
+) -> YamlFile:
     """Parse one YAML file (PyYAML's safe loader) and note where each key is written.
 
-    Raises :class:`ConfigError` when the file cannot be read or is not valid YAML.
+    Raises :class:`ConfigError` when the file cannot be read, is not valid YAML, or passes one of
+    the limits (see the module's docstring), naming the file and, but for its size, the line.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            # no more than one byte past the limit is read, in a buffer of the file's size
+            size = os.fstat(f.fileno()).st_size
+            raw = f.read(min(size, max_bytes) + 1)
+            if len(raw) > size:  # a pipe, or a file growing as it is read
+                raw += f.read(max_bytes + 1 - len(raw))
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{where}: cannot read ({exc})") from exc
+    if len(raw) > max_bytes:
+        raise ConfigError(
+            f"{where}: larger than {_size(max_bytes)}, the most a configuration file may have"
+        )
     loader = _Loader(text)
     try:
         node: yaml.Node | None = loader.get_single_node()
+        if node is not None:
+            _Bounds(where, max_values, max_depth).visit(node, 1)
         # constructed from the same nodes: the text is parsed once
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         raise _syntax_error(exc, where) from exc
+    except RecursionError as exc:  # the pure-Python parser recurses (libyaml stops at 1000)
+        raise ConfigError(f"{where}: nested deeper than {max_depth} levels") from exc
     finally:
         loader.dispose()
     out = YamlFile(where, data)
@@ -159,6 +215,75 @@ def read_yaml(path: Path, where: str) -> YamlFile:
 def parse_file(path: Path, model: type[M], where: str) -> M:
     """Read one YAML file that is one ``model``; errors name the file, the line and the key."""
     return read_yaml(path, where).validate(model)
+
+
+def _size(n: int) -> str:
+    return f"{n // 2**20} MiB ({n} bytes)" if n >= 2**20 and n % 2**20 == 0 else f"{n} bytes"
+
+
+class _Bounds:
+    """The limits on a parsed document, checked on its nodes before it is constructed.
+
+    An alias is a second reference to its anchor's node: its count (values and height) is
+    remembered by node, so each node is walked once and a bomb is refused in the time and memory
+    of its few nodes, at the first one whose expansion passes the limit.
+    """
+
+    def __init__(self, where: str, max_values: int, max_depth: int) -> None:
+        self.where = where
+        self.max_values = max_values
+        self.max_depth = max_depth
+        self.counted: dict[int, tuple[int, int]] = {}  # id(node): its values, its height
+        self.open: set[int] = set()  # ids of the nodes being walked (their ancestors)
+
+    def visit(self, node: yaml.Node, depth: int) -> tuple[int, int]:
+        """The values in ``node`` (aliases expanded) and its height; raises past a limit."""
+        known = self.counted.get(id(node))
+        if known is None:
+            return self._walk(node, depth)
+        if depth + known[1] - 1 > self.max_depth:
+            raise self._error(node, f"nested deeper than {self.max_depth} levels")
+        return known
+
+    def _walk(self, node: yaml.Node, depth: int) -> tuple[int, int]:
+        if id(node) in self.open:
+            raise self._error(node, "an alias names a value from inside itself (a recursive value)")
+        if depth > self.max_depth:
+            raise self._error(node, f"nested deeper than {self.max_depth} levels")
+        if node.tag not in _PLAIN_TAGS:
+            tag = node.tag.replace(_YAML_TAG, "!!", 1)
+            raise self._error(
+                node, f"tag {tag!r} is not allowed (only plain values, lists and mappings)"
+            )
+        if isinstance(node, yaml.ScalarNode):
+            return 1, 1
+        children: list[yaml.Node] = (
+            [n for pair in node.value for n in pair]
+            if isinstance(node, yaml.MappingNode)
+            else node.value
+        )
+        self.open.add(id(node))
+        values, height = 1, 1
+        for child in children:
+            if child.__class__ is yaml.ScalarNode and child.tag in _PLAIN_TAGS:
+                n, h = 1, 1  # the most common node, counted without a call (start-up time)
+                if depth >= self.max_depth:
+                    raise self._error(child, f"nested deeper than {self.max_depth} levels")
+            else:
+                n, h = self.visit(child, depth + 1)
+            values, height = values + n, max(height, h + 1)
+            if values > self.max_values:
+                raise self._error(
+                    node,
+                    f"more than {self.max_values} values once its aliases are expanded (an alias "
+                    "counts its anchor's whole content again)",
+                )
+        self.open.discard(id(node))
+        self.counted[id(node)] = (values, height)
+        return values, height
+
+    def _error(self, node: yaml.Node, message: str) -> ConfigError:
+        return ConfigError(f"{self.where}, line {node.start_mark.line + 1}: {message}")
 
 
 def _syntax_error(exc: yaml.YAMLError, where: str) -> ConfigError:
