@@ -1,7 +1,9 @@
 """The gate: what the receiver decides about a message before it acknowledges it.
 
-Cheap checks only, so that ACKs stay fast (HL7 v2.5.1 §2.9, table 0357): MSH-9, MSH-10 and
-MSH-12 are present (101), MSH-11 is a processing ID of table 0103 (103), and some route wants
+Cheap checks only, so that ACKs stay fast (HL7 v2.5.1 §2.9, table 0357): one MSH only, since an
+MLLP frame (appendix C) carries one message and two glued together must never be routed as one
+(AR, 100 segment sequence error, ERR-2 naming the second MSH); MSH-9, MSH-10 and MSH-12 are
+present (101), MSH-11 is a processing ID of table 0103 (103), and some route wants
 the message type and trigger, with a mapping that can read it (else AR, 200 unsupported message
 type / 201 unsupported event). A message the gate refuses is still stored, with the reason.
 """
@@ -10,7 +12,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from engine.errors import EngineError, HL7ValidationError, UnsupportedMessageError
+from engine.errors import (
+    EngineError,
+    HL7ParseError,
+    HL7ValidationError,
+    UnsupportedMessageError,
+)
 from engine.hl7v2.codec import Message
 from engine.mappings import Mappings
 from engine.routes.router import Router
@@ -28,7 +35,16 @@ class RouteCheck(Protocol):
 
 
 class RouteGate:
-    """Before the ACK: does some route take this message, and can its mapping read it?"""
+    """Before the ACK: can some route take this message?
+
+    A route that passes messages on as received (``mapping: none``) takes any message it
+    matches; a mapping route (``mapping: fhir``) only one of a type and trigger the FHIR mapping
+    knows. So a message of a type without a mapping (ADT^A02, ORU) is refused only when no
+    pass-through route takes it; its mapping routes are skipped after the ACK, with a warning
+    (engine/flow/process.py). A message of a type the mapping knows but cannot make its main
+    resource from (an ADT without PID) is refused whatever other routes take it: never an AA
+    for a message the EHR would not get (docs/ROUTES.md).
+    """
 
     def __init__(self, router: Router, mappings: Mappings) -> None:
         self.router = router
@@ -41,19 +57,41 @@ class RouteGate:
         routes = self.router.match(message=message)
         if not routes:
             return unsupported(message, self._codes)
-        if any(r.mapping == "fhir" for r in routes):
-            try:
-                self.mappings.inbound.message_map(message)
-            except UnsupportedMessageError as exc:
-                return exc
-            # an ADT without PID, an SIU without SCH, a DFT without FT1: refused now, with the
-            # reason, rather than acknowledged and then mapped to nothing
-            return self.mappings.inbound.refusal(message)
+        if all(r.mapping != "fhir" for r in routes):
+            return None  # passed on as received
+        unmapped = self.unmapped(self.mappings, message)
+        if unmapped is not None:
+            return None if any(r.mapping != "fhir" for r in routes) else unmapped
+        # an ADT without PID, an SIU without SCH, a DFT without FT1: refused now, with the
+        # reason, rather than acknowledged and then mapped to nothing
+        return self.mappings.inbound.refusal(message)
+
+    @staticmethod
+    def unmapped(mappings: Mappings, message: Message) -> UnsupportedMessageError | None:
+        """Why the FHIR mapping has no map for ``message``'s type and trigger (table 0357 code
+        200 or 201), or None. Cheap (a lookup): the gate asks it before the ACK, the processor
+        again to skip the mapping routes of a message it passes on as received."""
+        try:
+            mappings.inbound.message_map(message)
+        except UnsupportedMessageError as exc:
+            return exc
         return None
 
 
 def header_problem(message: Message) -> EngineError | None:
-    """The MSH fields a receiver must have to process and acknowledge a message."""
+    """The MSH fields a receiver must have to process and acknowledge a message, and no second
+    MSH (a frame holding two messages is refused whole: which of them an ACK would answer, and
+    where one ends, is the sender's to say, by sending each in its own frame)."""
+    second = next(
+        (n for n, seg in enumerate(message.segments, start=1) if n > 1 and seg.name == "MSH"),
+        None,
+    )
+    if second is not None:
+        return HL7ParseError(
+            f"segment {second} (MSH): a second message header; one frame must carry one "
+            "message, so the frame is refused whole: send each message in its own frame",
+            where=f"segment {second} (MSH)",
+        )
     msh = message.msh
     for n, name in ((9, "Message Type"), (10, "Message Control ID"), (12, "Version ID")):
         if not msh.get(n):

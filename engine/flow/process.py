@@ -19,13 +19,15 @@ from typing import Any, Protocol
 import orjson
 
 from engine.errors import EngineError
+from engine.flow.gate import RouteGate
 from engine.flow.ingest import patient_key_of
-from engine.hl7v2.codec import parse_message
+from engine.hl7v2.codec import Message, parse_message
 from engine.mappings import Mappings
 from engine.pressure import IngestPressure
 from engine.retry import backoff_s
 from engine.routes.loader import RouteSet
 from engine.routes.router import Router
+from engine.routes.spec import Route
 from engine.store import IndexedResource, NewDelivery, Processed, SqlMessageStore
 
 __all__ = ["Processor", "RoutedCounter", "index_rows"]
@@ -232,7 +234,7 @@ class Processor:
         the routes that want one (its resources indexed for the jobs), passed on as it came for
         the others."""
         message = parse_message(raw, default_charset=self.default_charset)
-        routes = self.router.match(message=message)
+        routes = self._mappable(self.router.match(message=message), message, warnings)
         key = patient_key_of(message) or f"msg:{message_id}"
         made: list[NewDelivery] = []
         indexed: list[IndexedResource] = []
@@ -251,6 +253,21 @@ class Processor:
                 for dest in route.destinations
             ]
         return self._routed(message_id, key, made, indexed, warnings)
+
+    def _mappable(self, routes: list[Route], message: Message, warnings: list[str]) -> list[Route]:
+        """The routes to run: all of them, but for the mapping routes of a message whose type
+        and trigger the FHIR mapping has no map for (ADT^A02, ORU) that a pass-through route
+        takes: those are skipped with a warning and the message goes on as received (the gate
+        took it for the pass-through route). With no pass-through route nothing is skipped and
+        the mapping's error parks the message (routes changed since the ACK)."""
+        mapping = [r for r in routes if r.mapping == "fhir"]
+        if not mapping or len(mapping) == len(routes):
+            return routes
+        problem = RouteGate.unmapped(self.mappings, message)
+        if problem is None:
+            return routes
+        warnings += [f"route {r.name} skipped: {problem}" for r in mapping]
+        return [r for r in routes if r.mapping != "fhir"]
 
     def _routed(
         self,

@@ -126,12 +126,13 @@ def test_routed_mapped_and_delivered(
 def test_unsupported_trigger_is_refused_before_the_ack(
     store: SqlMessageStore, routes: RouteSet, mappings: Mappings
 ) -> None:
-    raw = msg(3).replace(b"ADT^A08", b"ADT^A02").replace(b"EVN|A08", b"EVN|A02")
+    # an SIU only the mapping route takes (an ADT^A02 goes to adt-raw: test_pass_through.py)
+    raw = msg(3).replace(b"ADT^A08", b"SIU^S99")
     [ack] = run_all(store, routes, mappings, {}, [raw], settle=0.2)
     nak = parse_message(ack or b"")
     assert nak.get("MSA-1") == "AR" and nak.get("ERR-3.1") == "201"
     [rec] = store.list()
-    assert rec.state == "error" and "ADT^A02" in (rec.reason or "")
+    assert rec.state == "error" and "SIU^S99" in (rec.reason or "")
     assert store.raw(rec.id) == raw
 
 
