@@ -39,6 +39,59 @@ class _BrokenStore:
         raise OSError("disk full")
 
 
+# -- two messages in one frame -------------------------------------------------------------------
+
+
+def test_two_msh_in_one_frame_is_rejected_naming_the_second_msh(store: SqlMessageStore) -> None:
+    raw = msg("FIRST") + msg("SECOND")
+    receipt = asyncio.run(ingest(store).receive(raw, channel="mllp", peer="10.0.0.1:1"))
+    assert receipt.state == "error" and receipt.ack_code == "AR"
+    assert receipt.ack is not None
+    ack = parse_message(receipt.ack)
+    assert ack.get("MSA-1") == "AR" and ack.get("MSA-2") == "FIRST"
+    # ERR-2 (ERL): the second MSH segment; ERR-3: 0357 code 100, segment sequence error
+    assert (ack.get("ERR-2.1"), ack.get("ERR-2.2")) == ("MSH", "2")
+    assert ack.get("ERR-3.1") == "100"
+    assert [s.name for s in ack.segments].count("ERR") == 1
+    assert receipt.message_id is not None
+    rec = store.get(receipt.message_id)
+    assert rec is not None and rec.state == "error"
+    assert rec.reason is not None and "MSH" in rec.reason and "segment 4" in rec.reason
+    assert store.raw(receipt.message_id) == raw  # the frame's bytes, whole
+    assert store.claim_received("test") == []  # nothing routed, glued or not
+
+
+def test_two_msh_in_enhanced_mode_is_a_commit_reject(store: SqlMessageStore) -> None:
+    raw = msg("E1", "|||AL|NE") + msg("E2", "|||AL|NE")
+    receipt = asyncio.run(ingest(store).receive(raw, channel="mllp"))
+    assert receipt.ack_code == "CR" and receipt.state == "error"
+    assert receipt.ack is not None and parse_message(receipt.ack).get("MSA-1") == "CR"
+
+
+def test_a_resend_of_the_first_message_alone_is_taken(store: SqlMessageStore) -> None:
+    ing = ingest(store)
+    refused = asyncio.run(ing.receive(msg("R1") + msg("R2"), channel="mllp"))
+    assert refused.ack_code == "AR"
+    alone = asyncio.run(ing.receive(msg("R1"), channel="mllp"))
+    assert alone.ack_code == "AA" and not alone.duplicate
+
+
+def test_two_msh_over_mllp_get_one_ar_and_nothing_routed(tmp_path: Path) -> None:
+    with running_server(tmp_path) as (port, store):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"\x0b" + msg("G1") + msg("G2") + b"\x1c\r")
+            ack = parse_message(recv_frame(sock))
+            assert ack.get("MSA-1") == "AR" and ack.get("MSA-2") == "G1"
+            assert (ack.get("ERR-2.1"), ack.get("ERR-2.2")) == ("MSH", "2")
+            # the connection carries on: the next frame is a message of its own
+            sock.sendall(b"\x0b" + msg("G3") + b"\x1c\r")
+            assert parse_message(recv_frame(sock)).get("MSA-1") == "AA"
+        states = sorted((r.control_id, r.state) for r in store.list())
+        assert states == [("G1", "error"), ("G3", "received")]
+        claimed = store.claim_received("test")
+        assert len(claimed) == 1 and claimed[0][1] == msg("G3")
+
+
 # -- oversize frames -----------------------------------------------------------------------------
 
 
