@@ -31,11 +31,21 @@ def _service(request: Request) -> Any:
     return service
 
 
+#: the days a front desk can mean; outside them a date is a typo (and near year 9999 the job's
+#: date arithmetic would overflow)
+_FIRST_DAY = date(1900, 1, 1)
+_LAST_DAY = date(2999, 12, 31)
+
+
 def _required(on: date | None) -> date:
     """The ``date`` query value, or a 400 that says it is missing (FastAPI's own answer, a 422
     listing a "missing" field, left the front desk's scripts guessing)."""
     if on is None:
         raise HTTPException(400, detail="query parameter 'date' is required (YYYY-MM-DD)")
+    if not _FIRST_DAY <= on <= _LAST_DAY:  # the job adds business days: 9999-12-31 overflows
+        raise HTTPException(
+            422, detail=f"query parameter 'date' must lie between {_FIRST_DAY} and {_LAST_DAY}"
+        )
     return on
 
 

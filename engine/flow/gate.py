@@ -3,9 +3,10 @@
 Cheap checks only, so that ACKs stay fast (HL7 v2.5.1 §2.9, table 0357): one MSH only, since an
 MLLP frame (appendix C) carries one message and two glued together must never be routed as one
 (AR, 100 segment sequence error, ERR-2 naming the second MSH); MSH-9, MSH-10 and MSH-12 are
-present (101), MSH-11 is a processing ID of table 0103 (103), and some route wants
-the message type and trigger, with a mapping that can read it (else AR, 200 unsupported message
-type / 201 unsupported event). A message the gate refuses is still stored, with the reason.
+present (101), MSH-11 is a processing ID of table 0103 (103), and some route can take the
+message: a pass-through route (``mapping: none``), or a mapping route whose mapping can make its
+main resource (else AR, 200 unsupported message type / 201 unsupported event; docs/ROUTES.md has
+the rule). A message the gate refuses is still stored, with the reason.
 """
 
 from __future__ import annotations

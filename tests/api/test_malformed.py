@@ -200,11 +200,10 @@ def test_the_text_format_names_an_exception_without_its_traceback() -> None:
     assert "Traceback" not in line and "DOE" not in line
 
 
-def test_a_date_out_of_range_is_not_a_500(
+def test_a_date_out_of_range_is_a_422_naming_it(
     make_app: Callable[..., FastAPI], admin: dict[str, str]
 ) -> None:
-    """9999-12-31 parses; what the service does with it is its own affair, but never a 500
-    page with a traceback."""
+    """9999-12-31 parses as a date, but the job adds business days to it: refused up front."""
 
     class Service:
         async def check_upcoming(self, *, start: date, days: int, force: bool) -> list[Any]:
@@ -213,6 +212,8 @@ def test_a_date_out_of_range_is_not_a_500(
 
     app = make_app()
     app.state.eligibility = Service()
-    response = TestClient(app).post("/api/eligibility/check?date=9999-12-31", headers=admin)
-    assert response.status_code in (422, 500)
-    assert "Traceback" not in response.text
+    client = TestClient(app)
+    response = client.post("/api/eligibility/check?date=9999-12-31", headers=admin)
+    assert response.status_code == 422
+    assert "'date' must lie between" in response.json()["detail"]
+    assert client.get("/api/eligibility?date=0001-01-01", headers=admin).status_code == 422
