@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from engine.adapters.payer import PayerSet, load_payers
 from engine.adapters.registry import load_routes
@@ -60,3 +61,24 @@ def service(
         clock=lambda: datetime(2026, 11, 27, 18, 0, tzinfo=UTC),
         **kw,  # type: ignore[arg-type]
     )
+
+
+def api_client(svc: object, tmp_path: Path, role: str = "admin") -> tuple[TestClient, str]:
+    """The API over ``svc`` (fakes for the rest) and a dev token with ``role``."""
+    from engine.api.app import create_app
+    from engine.api.auth_settings import AuthSettings
+    from engine.api.tokens import mint_dev_token
+    from engine.metrics import EngineMetrics
+    from tests.api.fakes import FakeHealth, FakeIngest, FakeMessages
+
+    auth = AuthSettings(dev_secret_file=tmp_path / "secret")
+    app = create_app(
+        Settings(var_dir=tmp_path),
+        ingest=FakeIngest(),
+        messages=FakeMessages(),
+        health=FakeHealth(),
+        metrics=EngineMetrics(),
+        auth=auth,
+        eligibility=svc,
+    )
+    return TestClient(app), mint_dev_token(auth, role=role)

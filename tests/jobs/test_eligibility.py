@@ -7,8 +7,6 @@ import asyncio
 from datetime import date
 from pathlib import Path
 
-from fastapi.testclient import TestClient
-
 from engine.adapters.payer import PayerSet, load_payers
 from engine.adapters.payer.config import PayerConfig
 from engine.adapters.payer.memory import MemoryPayer
@@ -18,7 +16,7 @@ from engine.jobs.eligibility import business_days
 from engine.mappings import Mappings
 from engine.settings import Settings
 from engine.store import Incoming, SqlMessageStore
-from tests.jobs.conftest import MONDAY, ROUTES, TODAY, service
+from tests.jobs.conftest import MONDAY, ROUTES, TODAY, api_client, service
 
 
 def test_business_days_skip_the_weekend() -> None:
@@ -104,27 +102,10 @@ def test_concurrency_per_payer_is_bounded(indexed: SqlMessageStore) -> None:
 
 
 def test_api_gives_the_front_desk_list(indexed: SqlMessageStore, tmp_path: Path) -> None:
-    from engine.api.auth_settings import AuthSettings
-    from engine.api.tokens import mint_dev_token
-    from engine.metrics import EngineMetrics
-    from tests.api.fakes import FakeHealth, FakeIngest, FakeMessages
-
     svc = service(indexed)
     asyncio.run(svc.check_upcoming(start=MONDAY, days=1))
-    auth = AuthSettings(dev_secret_file=tmp_path / "secret")
-    from engine.api.app import create_app
-
-    app = create_app(
-        Settings(var_dir=tmp_path),
-        ingest=FakeIngest(),
-        messages=FakeMessages(),
-        health=FakeHealth(),
-        metrics=EngineMetrics(),
-        auth=auth,
-        eligibility=svc,
-    )
-    token = mint_dev_token(auth, role="viewer")
-    with TestClient(app) as client:
+    client, token = api_client(svc, tmp_path, role="viewer")
+    with client:
         resp = client.get(
             "/api/eligibility",
             params={"date": MONDAY.isoformat()},

@@ -13,13 +13,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from engine.cli import app as cli
-from engine.settings import Settings
 from engine.store import SqlMessageStore
-from tests.jobs.conftest import MONDAY, TIMEZONE, service
+from tests.jobs.conftest import MONDAY, TIMEZONE, api_client, service
 
 #: the demo's Monday: who comes when (local time), with the verdict the stub payer gives
 EXPECTED = [
@@ -102,28 +100,8 @@ def test_cli_list_table_shows_name_mrn_and_local_time() -> None:
         assert any(name in line and mrn in line and time in line for line in lines), name
 
 
-def _client(svc: object, tmp_path: Path) -> tuple[TestClient, str]:
-    from engine.api.app import create_app
-    from engine.api.auth_settings import AuthSettings
-    from engine.api.tokens import mint_dev_token
-    from engine.metrics import EngineMetrics
-    from tests.api.fakes import FakeHealth, FakeIngest, FakeMessages
-
-    auth = AuthSettings(dev_secret_file=tmp_path / "secret")
-    app = create_app(
-        Settings(var_dir=tmp_path),
-        ingest=FakeIngest(),
-        messages=FakeMessages(),
-        health=FakeHealth(),
-        metrics=EngineMetrics(),
-        auth=auth,
-        eligibility=svc,
-    )
-    return TestClient(app), mint_dev_token(auth, role="admin")
-
-
 def test_api_gives_name_mrn_and_local_time(checked: SqlMessageStore, tmp_path: Path) -> None:
-    client, token = _client(service(checked), tmp_path)
+    client, token = api_client(service(checked), tmp_path)
     with client:
         resp = client.get(
             "/api/eligibility",
@@ -143,7 +121,7 @@ def test_api_gives_name_mrn_and_local_time(checked: SqlMessageStore, tmp_path: P
 def test_api_without_a_date_is_400_naming_it(
     indexed: SqlMessageStore, tmp_path: Path, path: str, method: str
 ) -> None:
-    client, token = _client(service(indexed), tmp_path)
+    client, token = api_client(service(indexed), tmp_path)
     with client:
         resp = client.request(method, path, headers={"Authorization": f"Bearer {token}"})
         bad = client.request(
