@@ -184,6 +184,32 @@ def mappings_test(
         raise typer.Exit(EXIT_ERROR)
 
 
+routes_app = typer.Typer(help="Check route files.", no_args_is_help=True)
+app.add_typer(routes_app, name="routes")
+
+
+@routes_app.command("check")
+def routes_check(
+    directory: Annotated[
+        Path | None,
+        typer.Argument(help="site routes directory (default: ENGINE_ROUTES_DIR, else none)"),
+    ] = None,
+) -> None:
+    """Load and check the route files (the built-ins with DIRECTORY layered over them): every
+    destination's keys against its adapter, every route's destinations defined."""
+    from engine.adapters.registry import load_routes
+    from engine.settings import load_settings
+
+    site = directory if directory is not None else load_settings().routes_dir
+    rs = load_routes(site)  # a ConfigError names file, line and key; main() prints it
+    files = list(dict.fromkeys(rs.origin.values()))  # first-seen order: the order they were read
+    typer.echo(
+        f"ok: {len(rs.routes)} routes, {len(rs.destinations)} destinations"
+        + (f" from {', '.join(files)}" if files else "")
+        + (f" (site directory {site})" if site else "")
+    )
+
+
 @app.command()
 def serve(
     mllp_port: Annotated[int | None, typer.Option(help="MLLP port (ENGINE_MLLP_PORT)")] = None,

@@ -273,3 +273,37 @@ def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "engine"
     proc = subprocess.run([str(script), "version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("engine ")
+
+
+def test_routes_check_built_ins() -> None:
+    check = run("routes", "check")
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.startswith("ok: ") and "(built-in) example.yaml" in check.stdout
+    assert "routes" in check.stdout and "destinations" in check.stdout
+
+
+def test_routes_check_names_a_misspelt_destination_key(tmp_path: Path) -> None:
+    (tmp_path / "site.yaml").write_text(
+        "destinations:\n  outbox:\n    type: file\n    directroy: /srv/outbox\n"
+        "routes:\n  - name: to-outbox\n    match: {message: [ADT]}\n    mapping: none\n"
+        "    destinations: [outbox]\n"
+    )
+    check = run("routes", "check", str(tmp_path))
+    assert check.returncode == 1
+    assert_one_line_error(check, "site.yaml, line 4", "destinations.outbox.directroy")
+
+
+def test_routes_check_missing_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    check = run("routes", "check", str(missing))
+    assert check.returncode == 1
+    assert_one_line_error(check, str(missing), "not found")
+
+
+def test_routes_check_defaults_to_engine_routes_dir(tmp_path: Path) -> None:
+    missing = tmp_path / "from-env"
+    env = {**os.environ, "ENGINE_ROUTES_DIR": str(missing)}
+    check = subprocess.run(
+        [*ENGINE, "routes", "check"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert_one_line_error(check, str(missing), "not found")
