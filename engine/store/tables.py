@@ -30,7 +30,16 @@ from sqlalchemy import (
     Text,
 )
 
-__all__ = ["deliveries", "eligibility_checks", "fhir_resources", "messages", "metadata"]
+__all__ = [
+    "audit_log",
+    "deliveries",
+    "eligibility_checks",
+    "fhir_resources",
+    "job_runs",
+    "messages",
+    "metadata",
+    "nodes",
+]
 
 metadata = MetaData()
 
@@ -66,6 +75,8 @@ messages = Table(
     Index("ix_messages_state", "state", "id"),
     Index("ux_messages_dedupe", "dedupe_key", unique=True),
     Index("ix_messages_patient", "patient_key", "state", "id"),
+    Index("ix_messages_received", "received_at", "id"),
+    Index("ix_messages_control", "control_id"),
 )
 
 deliveries = Table(
@@ -84,6 +95,10 @@ deliveries = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", DateTime(timezone=True), nullable=False),
     Column("claimed_until", DateTime(timezone=True), nullable=True),
+    #: the node (``nodes.id``) holding the lease
+    Column("claimed_by", String(64), nullable=True),
+    #: a resend's delivery: the failed or dead delivery it replaces (now ``resent``)
+    Column("resend_of", _ID, nullable=True),
     Column("last_error", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("delivered_at", DateTime(timezone=True), nullable=True),
@@ -138,4 +153,48 @@ eligibility_checks = Table(
     Column("response", Text, nullable=True),  # the CoverageEligibilityResponse (FHIR JSON)
     Index("ix_eligibility_day", "service_date", "id"),
     Index("ix_eligibility_dedupe", "patient_url", "payer_id", "checked_at"),
+)
+
+
+#: each running process that claims work (``host:pid:random``), with its heartbeat: a claim held
+#: by a node whose heartbeat stopped is taken over (engine/store/nodes.py)
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("role", String(16), nullable=False),  # worker, receiver
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+)
+
+#: who replayed, resent or viewed what (the console's audit trail extends it)
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(255), nullable=False),  # token subject, or the OS user for the CLI
+    Column("source", String(16), nullable=False),  # cli, api
+    Column("action", String(32), nullable=False),  # replay, resend, view-payload, ...
+    Column("message_id", _ID, nullable=True),
+    Column("patient_key", String(255), nullable=True),
+    Column("detail", Text, nullable=True),
+    Column("outcome", String(16), nullable=False),  # ok, refused, error
+    Column("peer", String(255), nullable=True),
+    Index("ix_audit_log_at", "at", "id"),
+    Index("ix_audit_log_message", "message_id"),
+)
+
+#: one row per scheduled job and fire time: the process that inserts it runs that run
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("run_at", DateTime(timezone=True), primary_key=True),
+    Column("node", String(64), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("outcome", String(200), nullable=True),
 )
