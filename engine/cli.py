@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from engine import __version__
+from engine.cli_support import open_store, safe_url
 from engine.errors import EngineError
 
 __all__ = ["app", "main"]
@@ -229,7 +230,7 @@ def serve(
     typer.echo(
         f"engine {__version__}: MLLP on {settings.mllp_host}:{settings.mllp_port}, "
         f"HTTP on http://{settings.http_host}:{settings.http_port} (health: /healthz), "
-        f"store {_safe_url(settings.resolved_database_url())}. Ctrl-C stops.",
+        f"store {safe_url(settings.resolved_database_url())}. Ctrl-C stops.",
         err=True,
     )
     run_engine(settings)
@@ -251,111 +252,16 @@ def worker(
     settings = load_settings(database_url=database_url)
     configure_logging(settings.log_level, settings.log_format)
     typer.echo(
-        f"engine {__version__}: queue workers on {_safe_url(settings.resolved_database_url())}",
+        f"engine {__version__}: queue workers on {safe_url(settings.resolved_database_url())}",
         err=True,
     )
     run_workers(settings)
     typer.echo("workers stopped", err=True)
 
 
-messages_app = typer.Typer(help="Look at stored messages and replay them.", no_args_is_help=True)
+from engine.cli_messages import messages_app  # noqa: E402  (the messages commands)
+
 app.add_typer(messages_app, name="messages")
-
-
-def _store() -> Any:
-    from engine.settings import load_settings
-    from engine.store import SqlMessageStore, create_db_engine
-
-    settings = load_settings()
-    store = SqlMessageStore(create_db_engine(settings.resolved_database_url()))
-    store.migrate()
-    return store
-
-
-@messages_app.command("list")
-def messages_list(
-    state: Annotated[str | None, typer.Option(help="only messages in this state")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON, one object a line")] = False,
-) -> None:
-    """The newest stored messages (no payloads): id, control ID, type, state, time."""
-    import orjson
-
-    views = _store().list(state=state, limit=limit)
-    if as_json:
-        for v in views:
-            typer.echo(
-                orjson.dumps(
-                    {
-                        "id": v.id,
-                        "control_id": v.control_id,
-                        "message_type": v.message_type,
-                        "trigger": v.trigger,
-                        "state": v.state,
-                        "received_at": v.received_at.isoformat(),
-                        "channel": v.channel,
-                        "reason": v.reason,
-                    }
-                ).decode()
-            )
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("id", "received", "channel", "control id", "type", "state", "reason")
-    for v in views:
-        table.add_row(
-            str(v.id),
-            v.received_at.strftime("%Y-%m-%d %H:%M:%S"),
-            v.channel,
-            v.control_id or "",
-            f"{v.message_type or ''}^{v.trigger or ''}".strip("^"),
-            v.state,
-            (v.reason or "")[:60],
-        )
-    Console().print(table)
-
-
-@messages_app.command("show")
-def messages_show(message_id: Annotated[int, typer.Argument(help="message id")]) -> None:
-    """One message's metadata and deliveries (no payload)."""
-    view = _store().get(message_id)
-    if view is None:
-        raise EngineError(f"no message {message_id}")
-    typer.echo(
-        f"message {view.id}: {view.message_type or '?'}^{view.trigger or ''} "
-        f"control id {view.control_id!r}, received {view.received_at.isoformat()} "
-        f"over {view.channel}, state {view.state}" + (f" ({view.reason})" if view.reason else "")
-    )
-    for line in view.warnings:
-        typer.echo(f"  warning: {line}")
-    for d in view.deliveries:
-        typer.echo(
-            f"  → {d.destination}: {d.state} after {d.attempts} attempt(s)"
-            + (f", last error: {d.last_error}" if d.last_error else "")
-        )
-
-
-@messages_app.command("replay")
-def messages_replay(
-    message_id: Annotated[int | None, typer.Argument(help="message id")] = None,
-    state: Annotated[
-        str | None, typer.Option(help="replay every message in this state (e.g. error, dead)")
-    ] = None,
-) -> None:
-    """Receive stored messages again (an operator's replay is never taken for a duplicate)."""
-    if (message_id is None) == (state is None):
-        raise EngineError("give a message id or --state, not both")
-    store = _store()
-    ids = [message_id] if message_id is not None else store.ids_in_state(state or "")
-    for mid in ids:
-        try:
-            new = store.replay(mid)
-        except KeyError:
-            raise EngineError(f"no message {mid}") from None
-        typer.echo(f"message {mid} replayed as {new}")
-    if not ids:
-        typer.echo(f"no message in state {state}")
 
 
 eligibility_app = typer.Typer(
@@ -370,7 +276,7 @@ def _eligibility_service() -> Any:
     from engine.settings import load_settings
 
     settings = load_settings()
-    return EligibilityService(_store(), load_payers(settings.payers_dir), settings)
+    return EligibilityService(open_store(), load_payers(settings.payers_dir), settings)
 
 
 def _day(value: str | None) -> Any:
@@ -440,7 +346,7 @@ def eligibility_list(
     from engine.settings import load_settings
 
     tz = load_settings().timezone
-    rows = worklist(_store(), _day(on), tz)
+    rows = worklist(open_store(), _day(on), tz)
     if as_json:
         for r in rows:
             typer.echo(orjson.dumps(r).decode())
@@ -516,13 +422,6 @@ def stub_fhir(
 
     typer.echo(f"stub FHIR server on http://{host}:{port}/fhir (Ctrl-C stops)", err=True)
     run_stub_fhir(host, port)
-
-
-def _safe_url(url: str) -> str:
-    """A database URL without its password, for display."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def main() -> None:

@@ -73,7 +73,7 @@ def test_a_summer_appointment_is_shown_at_its_local_time_too(
 def cli_env(checked: SqlMessageStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The CLI in New York, on the test's store (its own engine would leave a PostgreSQL
     connection open in this process)."""
-    monkeypatch.setattr("engine.cli._store", lambda: checked)
+    monkeypatch.setattr("engine.cli.open_store", lambda: checked)
     monkeypatch.setenv("ENGINE_TIMEZONE", TIMEZONE)
     yield
 
