@@ -17,7 +17,13 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from engine import __version__
-from engine.api import routes_eligibility, routes_fhir, routes_hl7, routes_messages
+from engine.api import (
+    routes_admin,
+    routes_eligibility,
+    routes_fhir,
+    routes_hl7,
+    routes_messages,
+)
 from engine.api.auth import build_verifier
 from engine.api.auth_settings import AuthSettings, auth_settings_for
 from engine.api.deps import ApiContext, HealthDep
@@ -52,6 +58,7 @@ def create_app(
     app = FastAPI(title="engine", version=__version__, docs_url=None, redoc_url=None)
     app.state.context = ApiContext(settings, ingest, messages, health, metrics)
     app.state.eligibility = eligibility  # engine.jobs.eligibility.EligibilityService, or None
+    app.state.reloader = None  # engine.flow.config.Reloader, set by engine serve
     app.state.token_verifier = build_verifier(auth, http_client=http_client)
 
     @app.get("/healthz")
@@ -74,6 +81,7 @@ def create_app(
     app.include_router(routes_fhir.router)
     app.include_router(routes_messages.router)
     app.include_router(routes_eligibility.router)
+    app.include_router(routes_admin.router)
     app.include_router(metrics_router(require_token=auth.metrics_require_token))
     app.add_middleware(UnexpectedErrors)
     return app
