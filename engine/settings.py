@@ -3,16 +3,46 @@
 ``engine serve --mllp-port ...`` and friends override the same fields. Nothing is read at import
 time: call :func:`load_settings` (the CLI and ``create_app`` do). Each field's comment names the
 parts of the engine that read it.
+
+Every file lives under one **home** (``ENGINE_HOME``; default: the directory the command was
+started in, fixed when the settings are loaded): a relative path in a setting (``var_dir``,
+``routes_dir``, TLS files, a relative SQLite URL) is made absolute against it at once, so nothing
+depends on the current directory later, and ``engine token`` or ``engine messages`` run from any
+folder with ``ENGINE_HOME`` set find the same store and secret. A value pydantic refuses becomes
+one line naming the variable (``ENGINE_MLLP_PORT: 'abc' is not a port number (0-65535)``).
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
-__all__ = ["Settings", "load_settings"]
+from engine.errors import ConfigError
+
+__all__ = [
+    "Settings",
+    "engine_home",
+    "load_settings",
+    "settings_from_environment",
+    "settings_problem",
+]
+
+
+def engine_home() -> Path:
+    """``ENGINE_HOME`` (absolute), else the current directory: the default of ``Settings.home``.
+
+    ``engine serve`` and ``engine worker`` put their home into the environment, so the processes
+    they start and the adapters that resolve paths from route files (a ``file`` destination's
+    folder) agree with the settings.
+    """
+    value = os.environ.get("ENGINE_HOME", "").strip()
+    return Path(value).expanduser().absolute() if value else Path.cwd()
 
 
 class Settings(BaseSettings):
@@ -24,6 +54,9 @@ class Settings(BaseSettings):
     # and HTTP listeners, ingest, the API); "the worker" is engine/flow/worker.py (the process that
     # routes, maps and delivers, started by the receiver or by ``engine worker``).
 
+    #: the folder every relative path resolves against (settings and route files); shown in the
+    #: start banner. Read through the resolved fields below by every part of the engine.
+    home: Path = Field(default_factory=engine_home)
     #: where the embedded SQLite database (the default of ``database_url``: read by the receiver,
     #: the worker and the CLI), the metrics files of the receiver and its workers (var/metrics,
     #: the receiver's) and the API's development signing secret (engine/api/app.py) live.
@@ -103,12 +136,113 @@ class Settings(BaseSettings):
     mllp_tls_key: Path | None = None
     mllp_tls_client_ca: Path | None = None
 
+    @field_validator("home")
+    @classmethod
+    def _home_is_a_folder(cls, value: Path) -> Path:
+        home = value.expanduser().absolute()
+        if not home.is_dir():
+            raise ValueError(f"{home} is not a folder")
+        return home
+
+    @model_validator(mode="after")
+    def _paths_under_home(self) -> Settings:
+        """Every relative path setting made absolute against ``home``, once, now."""
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name != "home" and isinstance(value, Path):
+                value = value.expanduser()
+                setattr(self, name, value if value.is_absolute() else self.home / value)
+        return self
+
     def resolved_database_url(self) -> str:
-        """``database_url`` or SQLite at ``var_dir/engine.db``."""
-        return self.database_url or f"sqlite:///{(self.var_dir / 'engine.db').as_posix()}"
+        """``database_url`` (a relative SQLite path made the home's) or SQLite at
+        ``var_dir/engine.db``."""
+        if not self.database_url:
+            return f"sqlite:///{(self.var_dir / 'engine.db').as_posix()}"
+        match = _SQLITE_FILE.match(self.database_url)
+        if match and match["path"] and not match["path"].startswith(("/", ":memory:")):
+            path = (self.home / match["path"]).as_posix()
+            return f"{match['scheme']}:///{path}{match['query'] or ''}"
+        return self.database_url
+
+
+#: a SQLite URL with a file path (``sqlite:///path`` relative, ``sqlite:////path`` absolute)
+_SQLITE_FILE = re.compile(r"^(?P<scheme>sqlite(\+\w+)?):///(?P<path>[^?]*)(?P<query>\?.*)?$")
+
+#: what pydantic's error types mean for a value typed into an environment variable
+_PLAIN = {
+    "int_parsing": "is not a whole number",
+    "int_from_float": "is not a whole number",
+    "float_parsing": "is not a number",
+    "bool_parsing": "is not true or false",
+    "path_type": "is not a path",
+}
+
+
+def settings_problem(
+    exc: ValidationError, model: type[BaseSettings], flags: frozenset[str] = frozenset()
+) -> str:
+    """One line naming the setting (``ENGINE_MLLP_PORT``, or ``--mllp-port`` when a command-line
+    flag set it) and what is wrong with its value. URLs are not echoed (they may hold a password).
+    """
+    errors = exc.errors(include_url=False)
+    err = errors[0]
+    field = str(err["loc"][0]) if err["loc"] else ""
+    name = _setting_name(model, field, flags)
+    text = str(err["msg"]).removeprefix("Value error, ").removeprefix("Input ")
+    value = err.get("input")
+    if field.endswith("port") and err["type"] in _PLAIN.keys() | {
+        "greater_than_equal",
+        "less_than_equal",
+    }:
+        text = "is not a port number (0-65535)"
+    else:
+        text = _PLAIN.get(err["type"], text)
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    show = (
+        err["type"] != "value_error"
+        and isinstance(value, str | int | float)
+        and "url" not in field
+        and "secret" not in field
+    )
+    if not name:
+        return f"{text}{more}"
+    return f"{name}: {value!r} {text}{more}" if show else f"{name}: {text}{more}"
+
+
+def _setting_name(model: type[BaseSettings], field: str, flags: frozenset[str]) -> str:
+    if not field:
+        return ""
+    if field in flags:
+        return "--" + field.replace("_", "-")
+    info = model.model_fields.get(field)
+    if info is None:  # reported under its alias (``ENGINE_ENV``)
+        return field.upper()
+    if isinstance(info.validation_alias, str):
+        return info.validation_alias.upper()
+    return f"{model.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def settings_from_environment(
+    model: type[BaseSettings], overrides: dict[str, Any] | None = None
+) -> Any:
+    """``model(**overrides)`` read from the environment, its errors one :class:`ConfigError` line
+    naming the setting."""
+    clean = {k: v for k, v in (overrides or {}).items() if v is not None}
+    try:
+        return model(**clean)
+    except ValidationError as exc:
+        raise ConfigError(settings_problem(exc, model, frozenset(clean))) from None
+    except SettingsError as exc:  # a JSON-valued variable that is not JSON
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = _setting_name(model, found[1] if found else "", frozenset())
+        raise ConfigError(f"{name or 'settings'}: not valid JSON") from None
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment, with explicit overrides (CLI flags) on top."""
-    clean = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**clean)  # type: ignore[arg-type]
+    """Settings from the environment, with explicit overrides (CLI flags) on top.
+
+    Raises :class:`ConfigError` naming the variable (or flag) of a value that does not fit.
+    """
+    settings: Settings = settings_from_environment(Settings, overrides)
+    return settings

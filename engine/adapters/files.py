@@ -1,13 +1,20 @@
 """The file drop destination: one file per message and destination in a directory.
 
-A file is written atomically: the body goes to a temporary file in the same directory, is flushed
-to disk (``fsync``), then renamed over the final name (``os.replace``, atomic on POSIX and
-Windows within one file system), and the directory entry is flushed too. A reader polling the
-directory sees either no file or the whole file, never half of one; temporary files start with a
-dot and end in ``.tmp`` so pollers can skip them.
+A file is written atomically and never replaces another: the body goes to a temporary file in the
+same directory (created exclusively), is flushed to disk (``fsync``), then hard-linked to its
+final name (``os.link``, which fails rather than replace an existing file), and the directory
+entry is flushed too. A reader polling the directory sees either no file or the whole file, never
+half of one; temporary files start with a dot and end in ``.tmp`` so pollers can skip them. The
+folder's file system must support hard links (every local POSIX one does).
 
-The name is ``<message id>-<destination>.json`` (FHIR Bundle) or ``.hl7`` (HL7v2), so a redelivery
-of the same message overwrites the same file: delivering twice is harmless (idempotent).
+The name is ``<message id>-<destination>-<engine>.json`` (FHIR Bundle) or ``.hl7`` (HL7v2).
+``<engine>`` (:func:`engine_tag`) is 8 hex digits of a hash of the host name and the engine home:
+two engines on one machine (two homes, two stores whose message ids both start at 1) writing into
+one folder never produce the same name. A redelivery of the same message by the same engine finds
+its file and is done (delivering twice is harmless); the file already there is never replaced.
+
+A relative ``directory`` in a route file is the engine home's (``ENGINE_HOME``), never the current
+directory's.
 
 Errors that may pass (disk full, I/O error, a busy file) are retryable; errors that the next try
 will meet again (permission denied, read-only file system, a name too long, a directory in the way)
@@ -17,18 +24,22 @@ are permanent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import hashlib
 import logging
 import os
 import re
+import socket
 import tempfile
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from engine.adapters.destination import DeliveryResult, Payload
+from engine.settings import engine_home
 
-__all__ = ["FileDestination", "FileDropDestination", "file_name"]
+__all__ = ["FileDestination", "FileDropDestination", "engine_tag", "file_name"]
 
 log = logging.getLogger(__name__)
 
@@ -55,30 +66,51 @@ class FileDestination(BaseModel):
 
     directory: Path
 
+    @field_validator("directory")
+    @classmethod
+    def _under_home(cls, value: Path) -> Path:
+        value = value.expanduser()
+        return value if value.is_absolute() else engine_home() / value
 
-def file_name(payload: Payload) -> str:
-    """``<message id>-<destination>.<json|hl7>``, the destination reduced to safe characters."""
-    return (
-        f"{payload.message_id}-{_UNSAFE.sub('_', payload.destination)}{_EXTENSIONS[payload.kind]}"
-    )
+
+def engine_tag() -> str:
+    """This engine's mark in file names: 8 hex digits of a hash of the host and the home."""
+    who = f"{socket.gethostname()}\0{engine_home()}".encode()
+    return hashlib.sha256(who).hexdigest()[:8]
 
 
-def _write_atomic(directory: Path, name: str, body: bytes) -> None:
+def file_name(payload: Payload, tag: str | None = None) -> str:
+    """``<message id>-<destination>-<engine>.<json|hl7>``, the destination reduced to safe
+    characters; ``tag`` defaults to :func:`engine_tag`."""
+    dest = _UNSAFE.sub("_", payload.destination)
+    return f"{payload.message_id}-{dest}-{tag or engine_tag()}{_EXTENSIONS[payload.kind]}"
+
+
+def _write_new(directory: Path, name: str, body: bytes) -> bool:
+    """Write ``name`` whole, or find it there (False); an existing file is never replaced."""
     directory.mkdir(parents=True, exist_ok=True)
+    target = directory / name
+    if target.exists():
+        return False
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(body)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, directory / name)
-    except BaseException:
         try:
+            os.link(tmp, target)  # EEXIST instead of replacing: another writer was first
+        except FileExistsError:
+            return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+    _sync_directory(directory)
+    return True
+
+
+def _sync_directory(directory: Path) -> None:
+    if hasattr(os, "O_DIRECTORY"):  # make the new entry itself durable (POSIX)
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)
@@ -93,11 +125,12 @@ class FileDropDestination:
         self.name = name
         self.config = config
         self.directory = config.directory
+        self.tag = engine_tag()
 
     async def deliver(self, payload: Payload) -> DeliveryResult:
-        name = file_name(payload)
+        name = file_name(payload, self.tag)
         try:
-            await asyncio.to_thread(_write_atomic, self.directory, name, payload.body)
+            written = await asyncio.to_thread(_write_new, self.directory, name, payload.body)
         except OSError as exc:
             code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
             detail = f"file: {code}"
@@ -108,6 +141,8 @@ class FileDropDestination:
             if exc.errno in _PERMANENT:
                 return DeliveryResult.fail(detail)
             return DeliveryResult.retry(detail)
+        if not written:
+            return DeliveryResult.success(f"file: {name} exists (delivered before)")
         return DeliveryResult.success(f"file: wrote {name} ({len(payload.body)} bytes)")
 
     async def close(self) -> None:

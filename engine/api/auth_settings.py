@@ -27,7 +27,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from engine.settings import Settings
+from engine.settings import Settings, settings_from_environment
 
 __all__ = ["ASYMMETRIC_ALGORITHMS", "AuthMode", "AuthSettings", "auth_settings_for"]
 
@@ -124,8 +124,15 @@ def auth_settings_for(settings: Settings) -> AuthSettings:
 
     ``create_app`` and ``engine token`` both use this, so they find the same secret wherever
     ``ENGINE_VAR_DIR`` points.
+
+    Relative ``ENGINE_AUTH_KEY_FILE`` and ``ENGINE_AUTH_DEV_SECRET_FILE`` are the engine home's
+    (``settings.home``), and a value that does not fit is one ConfigError line naming its variable.
     """
-    auth = AuthSettings()
-    if "dev_secret_file" not in auth.model_fields_set:
-        auth = auth.model_copy(update={"dev_secret_file": settings.var_dir / DEV_SECRET_NAME})
-    return auth
+    auth: AuthSettings = settings_from_environment(AuthSettings)
+    files: dict[str, Any] = {"dev_secret_file": settings.var_dir / DEV_SECRET_NAME}
+    for name in ("dev_secret_file", "key_file"):
+        path = getattr(auth, name)
+        if name in auth.model_fields_set and path is not None:
+            path = path.expanduser()
+            files[name] = path if path.is_absolute() else settings.home / path
+    return auth.model_copy(update=files)

@@ -20,9 +20,53 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import BindParameter, Connection, Engine, bindparam, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-__all__ = ["Repository", "WriteLock", "aware", "create_db_engine", "id_list", "utcnow"]
+from engine.errors import ConfigError
+
+__all__ = [
+    "Repository",
+    "WriteLock",
+    "aware",
+    "connection_problem",
+    "create_db_engine",
+    "id_list",
+    "utcnow",
+]
+
+#: how long a PostgreSQL connection attempt may take (a server that accepts but never answers
+#: would otherwise hold start-up for ever); a ``connect_timeout`` in the URL wins
+CONNECT_TIMEOUT_S = 10
+_SUPPORTED = "use postgresql://user@host:5432/name or sqlite:///path/engine.db"
+
+
+def _parse(url: str) -> URL:
+    """The URL parsed, or a ConfigError naming ENGINE_DATABASE_URL (the value is not echoed:
+    it may hold a password)."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"ENGINE_DATABASE_URL: not a database URL ({_SUPPORTED})") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"ENGINE_DATABASE_URL: database {backend!r} is not supported ({_SUPPORTED})"
+        )
+    return parsed
+
+
+def connection_problem(db_engine: Engine, exc: Exception) -> ConfigError:
+    """A failed connection as one line naming the database (host and port, or the SQLite file;
+    never the password) and ENGINE_DATABASE_URL."""
+    url = db_engine.url
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc) else ""
+    reason = text.rsplit("failed: ", 1)[-1].removeprefix("FATAL:").strip() or type(exc).__name__
+    if url.get_backend_name() == "sqlite":
+        where = f"the SQLite database {url.database}"
+    else:
+        where = f"the database at {url.host or 'localhost'}:{url.port or 5432}"
+    return ConfigError(f"ENGINE_DATABASE_URL: cannot connect to {where} ({reason})")
 
 
 def create_db_engine(url: str, *, durable: bool = True) -> Engine:
@@ -34,19 +78,44 @@ def create_db_engine(url: str, *, durable: bool = True) -> Engine:
     needs no fsync): what they write can be redone — a message whose processing was lost is
     claimed again, a delivery whose outcome was lost is delivered again (idempotently) — and
     their shorter transactions keep the receiver's ACKs fast.
+
+    A URL that does not parse, names a database other than PostgreSQL or SQLite, or a driver
+    that is not installed, and a SQLite folder that cannot be created, raise a ConfigError naming
+    ENGINE_DATABASE_URL (nothing connects yet: :func:`connection_problem` words that failure).
     """
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        db_engine = create_engine(
-            url, connect_args={"check_same_thread": False, "isolation_level": None}
+    parsed = _parse(url)
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            return _sqlite_engine(parsed, durable=durable)
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        timeout = (
+            {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_TIMEOUT_S}
         )
-        _configure_sqlite(db_engine, durable=durable)
-        return db_engine
-    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        return create_engine(
+            parsed, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=timeout
+        )
+    except (NoSuchModuleError, ImportError) as exc:
+        raise ConfigError(
+            f"ENGINE_DATABASE_URL: driver {parsed.drivername!r} is not available ({_SUPPORTED})"
+        ) from exc
+
+
+def _sqlite_engine(parsed: URL, *, durable: bool) -> Engine:
+    if parsed.database and parsed.database != ":memory:":
+        folder = Path(parsed.database).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"ENGINE_DATABASE_URL: cannot create the database folder {folder} "
+                f"({exc.strerror or exc}); set ENGINE_HOME or ENGINE_DATABASE_URL"
+            ) from exc
+    db_engine = create_engine(
+        parsed, connect_args={"check_same_thread": False, "isolation_level": None}
+    )
+    _configure_sqlite(db_engine, durable=durable)
+    return db_engine
 
 
 def _configure_sqlite(db_engine: Engine, *, durable: bool) -> None:

@@ -1,17 +1,20 @@
-"""The file drop destination: atomic writes, names by message, redelivery overwrites."""
+"""The file drop destination: atomic writes, names by engine and message, never replacing a file
+(a redelivery finds its file; two engines writing into one folder never collide)."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from engine.adapters.destination import DeliveryResult, Payload
-from engine.adapters.files import FileDropDestination, file_name
+from engine.adapters.files import FileDropDestination, engine_tag, file_name
 from engine.adapters.registry import build_destination
 from engine.routes.spec import DestinationSpec
 
@@ -42,22 +45,83 @@ def deliver(dest: FileDropDestination, p: Payload) -> DeliveryResult:
     return asyncio.run(dest.deliver(p))
 
 
-def test_names_by_message_destination_and_kind() -> None:
-    assert file_name(payload(b"", kind="hl7v2")) == "12-drop.hl7"
-    assert file_name(payload(b"", kind="fhir-bundle", message_id=3)) == "3-drop.json"
-    assert file_name(payload(b"", dest="../etc/pass wd")) == "12-.._etc_pass_wd.hl7"
+def test_names_by_message_destination_engine_and_kind() -> None:
+    tag = engine_tag()
+    assert file_name(payload(b"", kind="hl7v2")) == f"12-drop-{tag}.hl7"
+    assert file_name(payload(b"", kind="fhir-bundle", message_id=3)) == f"3-drop-{tag}.json"
+    assert file_name(payload(b"", dest="../etc/pass wd")) == f"12-.._etc_pass_wd-{tag}.hl7"
 
 
-def test_writes_creates_the_directory_and_redelivery_overwrites(tmp_path: Path) -> None:
+def test_the_engine_tag_differs_between_homes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENGINE_HOME", str(tmp_path / "a"))
+    a = engine_tag()
+    monkeypatch.setenv("ENGINE_HOME", str(tmp_path / "b"))
+    assert engine_tag() != a and len(a) == 8
+
+
+def test_a_relative_folder_is_the_homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENGINE_HOME", str(tmp_path))
+    monkeypatch.chdir("/")
+    assert destination(Path("var/outbox")).directory == tmp_path / "var" / "outbox"
+
+
+def test_writes_creates_the_directory_and_redelivery_keeps_the_first_file(tmp_path: Path) -> None:
     out = tmp_path / "outbox" / "adt"
     dest = destination(out)
+    name = file_name(payload(b""))
     first = deliver(dest, payload(b"MSH|first"))
-    assert first == DeliveryResult(True, False, "file: wrote 12-drop.hl7 (9 bytes)")
-    assert deliver(dest, payload(b"MSH|second")).ok
+    assert first == DeliveryResult(True, False, f"file: wrote {name} (9 bytes)")
+    again = deliver(dest, payload(b"MSH|second"))
+    assert again == DeliveryResult(True, False, f"file: {name} exists (delivered before)")
     assert deliver(dest, payload(b"{}", kind="fhir-bundle", message_id=13)).ok
-    assert sorted(p.name for p in out.iterdir()) == ["12-drop.hl7", "13-drop.json"]
-    assert (out / "12-drop.hl7").read_bytes() == b"MSH|second"
+    json_name = file_name(payload(b"", kind="fhir-bundle", message_id=13))
+    assert sorted(p.name for p in out.iterdir()) == sorted([name, json_name])
+    assert (out / name).read_bytes() == b"MSH|first"  # never replaced
     asyncio.run(dest.close())
+
+
+_WRITER = """
+import asyncio, sys
+from pathlib import Path
+from engine.adapters.destination import Payload
+from engine.adapters.files import FileDestination, FileDropDestination
+
+dest = FileDropDestination("drop", FileDestination(directory=Path(sys.argv[1])))
+who = sys.argv[2].encode()
+
+async def main() -> None:
+    for n in range(1, 201):
+        body = b"MSH|" + who + b"|" + str(n).encode() * 2000
+        p = Payload(n, "drop", "hl7v2", body, "x-application/hl7-v2+er7", f"{n}-drop", "C")
+        assert (await dest.deliver(p)).ok
+
+asyncio.run(main())
+"""
+
+
+def test_two_engines_writing_one_folder_never_collide(tmp_path: Path) -> None:
+    """Two engine processes (two homes, so two stores whose message ids both start at 1) write
+    the same ids into one folder at the same time: every file of each is there, whole."""
+    out = tmp_path / "shared-outbox"
+    procs = []
+    for who in ("alpha", "bravo"):
+        home = tmp_path / who
+        home.mkdir()
+        env = {**os.environ, "ENGINE_HOME": str(home)}
+        procs.append(subprocess.Popen([sys.executable, "-c", _WRITER, str(out), who], env=env))
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    files = [p for p in out.iterdir()]
+    assert not [p for p in files if p.name.startswith(".")]  # no temporary file left
+    assert len(files) == 400
+    by_writer: dict[bytes, int] = {}
+    for f in files:
+        body = f.read_bytes()
+        who, n = body.split(b"|")[1], f.name.split("-")[0]
+        assert body == b"MSH|" + who + b"|" + n.encode() * 2000
+        by_writer[who] = by_writer.get(who, 0) + 1
+    assert by_writer == {b"alpha": 200, b"bravo": 200}
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temp_file(
@@ -69,11 +133,11 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(
     def broken(src: str, dst: object) -> None:
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(os, "replace", broken)
-    result = deliver(dest, payload(b"new"))
+    monkeypatch.setattr(os, "link", broken)
+    result = deliver(dest, payload(b"new", message_id=13))
     assert result == DeliveryResult(False, True, "file: EIO")
-    assert [p.name for p in tmp_path.iterdir()] == ["12-drop.hl7"]
-    assert (tmp_path / "12-drop.hl7").read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == [file_name(payload(b""))]
+    assert (tmp_path / file_name(payload(b""))).read_bytes() == b"old"
 
 
 @pytest.mark.parametrize(
@@ -101,14 +165,14 @@ def test_a_path_in_the_way_is_permanent(tmp_path: Path) -> None:
 def test_readers_never_see_a_partial_file(tmp_path: Path) -> None:
     dest = destination(tmp_path)
     bodies = [bytes([65 + i]) * 300_000 for i in range(4)]
-    target = tmp_path / "12-drop.hl7"
-    deliver(dest, payload(bodies[0]))
     seen: set[bytes] = set()
     stop = threading.Event()
 
     def poll() -> None:
         while not stop.is_set():
-            seen.add(target.read_bytes())
+            for path in tmp_path.iterdir():
+                if not path.name.startswith("."):  # temporary files are skipped, as documented
+                    seen.add(path.read_bytes())
 
     reader = threading.Thread(target=poll)
     reader.start()
@@ -116,11 +180,11 @@ def test_readers_never_see_a_partial_file(tmp_path: Path) -> None:
 
         async def write_many() -> None:
             for n in range(24):
-                assert (await dest.deliver(payload(bodies[n % 4]))).ok
+                assert (await dest.deliver(payload(bodies[n % 4], message_id=n))).ok
 
         asyncio.run(write_many())
     finally:
         stop.set()
         reader.join()
     assert seen <= set(bodies) and len(seen) > 1
-    assert [p.name for p in tmp_path.iterdir()] == ["12-drop.hl7"]
+    assert len(list(tmp_path.iterdir())) == 24
