@@ -65,9 +65,14 @@ class Mappings:
 
 
 def load_mappings(site_dir: Path | None = None) -> Mappings:
-    """Load, validate and compile the mapping files (raises ConfigError naming file/line/key)."""
+    """Load, validate and compile the mapping files (raises ConfigError naming file/line/key).
+
+    Before anything is compiled, every FHIR path is checked against the R4 model and every name
+    a rule uses against what is loaded (:mod:`engine.mappings.check`)."""
+    from engine.mappings.check import check_files
     from engine.mappings.outbound_spec import load_outbound
 
     files = load_files(site_dir)
-    files.outbound = load_outbound(site_dir)
+    files.outbound = load_outbound(site_dir, sources=files.sources)
+    check_files(files)
     return Mappings(files)

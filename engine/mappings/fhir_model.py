@@ -44,10 +44,20 @@ class Element:
     fhir_type: str
     #: a list in JSON (cardinality ``..*``)
     many: bool
-    #: the element's model (a datatype or backbone element); None for a primitive
-    model: type[Any] | None
+    #: fhir.resources' marker of the element's type, whose model is imported when first asked
+    #: for (most elements of a type are never walked into)
+    ref: Any = None
     #: for a concrete name of a choice element, the choice (``deceased`` for ``deceasedBoolean``)
     choice: str | None = None
+
+    @property
+    def model(self) -> type[Any] | None:
+        """The element's model (a datatype or backbone element); None for a primitive."""
+        load = getattr(self.ref, "get_model_klass", None)
+        if load is None:
+            return None
+        model: type[Any] = load()
+        return model
 
 
 def model_of(type_name: str) -> type[Any] | None:
@@ -93,14 +103,14 @@ def elements(model: type[Any]) -> dict[str, Element]:
 def _elements(model: type[Any]) -> dict[str, Element]:
     out: dict[str, Element] = {}
     for name, info in model.model_fields.items():
-        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         alias = info.alias or name
-        if not extra.get("element_property") and not alias.startswith("_"):
-            continue  # fhir_comments and other helpers, not FHIR elements
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if alias == "fhir_comments":
+            continue  # fhir.resources' own, not a FHIR element
         many, target = _unwrap(info.annotation)
         choice = extra.get("one_of_many")
         out[alias] = Element(
-            alias, _type_name(target), many, _model_class(target), str(choice) if choice else None
+            alias, _type_name(target), many, target, str(choice) if choice else None
         )
     from fhir.resources.R4B.resource import Resource
 
@@ -126,18 +136,10 @@ def _unwrap(annotation: Any) -> tuple[bool, Any]:
             return many, t
 
 
-def _model_class(target: Any) -> type[Any] | None:
-    klass = getattr(target, "get_model_klass", None)
-    if klass is None:
-        return None
-    model: type[Any] = klass()
-    return model
-
-
 def _type_name(target: Any) -> str:
-    model = _model_class(target)
-    if model is not None:
-        return str(model.__name__)
+    path = getattr(target, "_model_klass", None)  # "fhir.resources.R4B.patient.PatientContact"
+    if isinstance(path, str):
+        return path.rsplit(".", 1)[-1]
     if typing.get_origin(target) is typing.Annotated:
         marker = typing.get_args(target)[1:]
         if marker:

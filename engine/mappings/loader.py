@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from engine.errors import ConfigError
 from engine.mappings.spec import CodeTable, DatatypeMap, MessageMap, SegmentMap, SiteConfig
-from engine.yamlfile import parse_file
+from engine.yamlfile import YamlFile, read_yaml
 
 __all__ = ["MappingFiles", "default_specs_dir", "load_files"]
 
@@ -49,6 +49,9 @@ class MappingFiles:
     origin: dict[str, str] = field(default_factory=dict)
     #: outbound message layouts (engine.mappings.outbound_spec.OutboundMessage), by message code
     outbound: dict[str, Any] = field(default_factory=dict)
+    #: each file as read, with the line of every key, by the same key as ``origin``
+    #: (``segments/PID``, ``outbound/ADT``): the checks after loading name lines from it
+    sources: dict[str, YamlFile] = field(default_factory=dict)
 
 
 def _files(root: Path, kind: str) -> list[Path]:
@@ -69,7 +72,8 @@ def load_files(site_dir: Path | None = None, *, defaults: Path | None = None) ->
             store: dict[str, Any] = getattr(out, kind)
             for path in _files(root, kind):
                 where = f"{prefix or '(built-in) '}{kind}/{path.name}"
-                spec = parse_file(path, model, where)
+                source = read_yaml(path, where)
+                spec = source.validate(model)
                 name = _name_of(spec)
                 if path.stem != name:
                     raise ConfigError(
@@ -78,10 +82,13 @@ def load_files(site_dir: Path | None = None, *, defaults: Path | None = None) ->
                     )
                 store[name] = spec
                 out.origin[f"{kind}/{name}"] = where
+                out.sources[f"{kind}/{name}"] = source
         _attach(out)
         site = root / "site.yaml"
         if site.is_file():
-            out.site = parse_file(site, SiteConfig, f"{prefix}site.yaml")
+            source = read_yaml(site, f"{prefix}site.yaml")
+            out.site = source.validate(SiteConfig)
+            out.sources["site"] = source
             out.origin["site"] = f"{prefix}site.yaml"
     return out
 

@@ -82,7 +82,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from engine.errors import ConfigError, HL7PathError
 from engine.hl7v2.path import parse_path
 from engine.mappings.loader import default_specs_dir
-from engine.yamlfile import parse_file
+from engine.yamlfile import YamlFile, read_yaml
 
 __all__ = [
     "DefaultFrom",
@@ -327,10 +327,16 @@ class OutboundMessage(_Strict):
 
 
 def load_outbound(
-    site_dir: Path | None = None, *, defaults: Path | None = None
+    site_dir: Path | None = None,
+    *,
+    defaults: Path | None = None,
+    sources: dict[str, YamlFile] | None = None,
 ) -> dict[str, OutboundMessage]:
     """Read ``outbound/*.yaml`` of the built-in specs, then of a site directory over them (a site
-    file of the same name replaces the built-in one). Raises :class:`ConfigError`."""
+    file of the same name replaces the built-in one). Raises :class:`ConfigError`.
+
+    ``sources``, when given, receives each file as read (``outbound/ADT``), for the checks that
+    name lines after loading."""
     roots = [("(built-in) ", defaults or default_specs_dir())]
     if site_dir is not None:
         roots.append((f"{site_dir}/", site_dir))
@@ -341,11 +347,14 @@ def load_outbound(
             continue
         for path in sorted(folder.glob("*.yaml")):
             where = f"{prefix}outbound/{path.name}"
-            spec = parse_file(path, OutboundMessage, where)
+            source = read_yaml(path, where)
+            spec = source.validate(OutboundMessage)
             if path.stem != spec.message:
                 raise ConfigError(
                     f"{where}, line 1: the file must be named after its message "
                     f"({spec.message}.yaml), so a site file of the same name replaces it"
                 )
             out[spec.message] = spec
+            if sources is not None:
+                sources[f"outbound/{spec.message}"] = source
     return out
