@@ -374,4 +374,5 @@ def test_tls_to_our_listener(tmp_path: Path) -> None:
 
     ok, refused = asyncio.run(run())
     assert ok == DeliveryResult(True, False, "mllp: AA") and handler.received == ["T1"]
-    assert refused == DeliveryResult(False, True, "mllp: SSLCertVerificationError")
+    detail = "mllp: TLS: certificate verify failed (self-signed certificate)"
+    assert refused == DeliveryResult(False, True, detail)

@@ -31,6 +31,16 @@ timeout on its side) is reopened and the message sent again at once, not counted
 
 ``detail`` holds the ACK code and the 0357 code, never MSA-3 or ERR text (they may quote data).
 
+TLS (``tls:`` in the route file): ``tls: true`` trusts the system's CAs; a mapping takes
+``ca_file`` (a PEM CA bundle to trust instead), ``cert_file`` and ``key_file`` (a client
+certificate, for a receiver that wants mutual TLS), ``server_name`` (the name the receiver's
+certificate must carry, and the SNI sent; default ``host``) and ``verify`` (false skips checking
+the receiver's certificate: tests only). The files must be absolute paths; they are loaded when
+the route file is, so a missing or unreadable file, or a certificate without its key, stops
+start-up naming the route file, the line and the destination. A handshake that fails (a receiver
+whose certificate the CA bundle does not trust, one that refuses our certificate) is retryable:
+``detail`` says what TLS reported (``certificate verify failed (self-signed certificate)``).
+
 Incomplete: no enhanced-mode application ACK wait after a CA (the commit ACK ends the exchange);
 no batch (BHS/BTS) sending.
 """
@@ -41,21 +51,66 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.adapters.destination import DeliveryResult, Payload
 from engine.adapters.mllp.framing import FrameReader, FrameTooLarge, frame
-from engine.errors import HL7Error
+from engine.adapters.mllp.tls import client_context
+from engine.errors import ConfigError, HL7Error
 from engine.hl7v2.codec import Message, parse_message
 
-__all__ = ["MLLPDestination", "MllpDestination", "ack_error_code", "judge_ack"]
+__all__ = ["MLLPDestination", "MllpDestination", "MllpTls", "ack_error_code", "judge_ack"]
 
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 64 * 1024
 #: table 0357 codes that say the receiver is in trouble, not the message: retry
 _TRANSIENT_CODES = frozenset({"206", "207"})
+
+
+class MllpTls(BaseModel):
+    """An MLLP destination's ``tls:`` settings (see the module docstring); checked, and the
+    files loaded, when the route file is read."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: PEM CA bundle the receiver's certificate must chain to (default: the system's CAs)
+    ca_file: Path | None = None
+    #: PEM client certificate (chain) and its private key, for mutual TLS
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: the name the receiver's certificate must carry, sent as SNI (default: the host)
+    server_name: str | None = Field(default=None, min_length=1, max_length=253)
+    #: check the receiver's certificate and name (false: tests only)
+    verify: bool = True
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _a_file(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        path = path.expanduser()
+        if not path.is_absolute():
+            raise ValueError(f"{path}: give an absolute path (the working folder is not fixed)")
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file")
+        return path
+
+    @model_validator(mode="after")
+    def _loads(self) -> MllpTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs both cert_file and key_file")
+        try:
+            self.context()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+    def context(self) -> ssl.SSLContext:
+        """A client SSL context from these settings; raises ConfigError naming a bad file."""
+        return client_context(self.ca_file, self.cert_file, self.key_file, verify=self.verify)
 
 
 class MllpDestination(BaseModel):
@@ -68,9 +123,21 @@ class MllpDestination(BaseModel):
     port: int = Field(..., ge=1, le=65535)
     #: connect, and wait for the ACK, at most this long
     timeout_s: float = Field(default=30.0, gt=0)
-    tls: bool = False
+    #: the TLS settings (:class:`MllpTls`); ``true`` is TLS trusting the system's CAs, ``false``
+    #: (the default) plain MLLP
+    tls: MllpTls | None = None
     #: the largest ACK accepted (an ACK is small; a runaway peer is not)
     max_ack_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _tls_flag(cls, value: object) -> object:
+        """``tls: true`` / ``false`` as before settings existed: the defaults, or none."""
+        if value is True:
+            return MllpTls()
+        if value is False:
+            return None
+        return value
 
 
 class _PeerClosed(Exception):
@@ -117,9 +184,10 @@ class MLLPDestination:
     ) -> None:
         self.name = name
         self.config = config
-        if ssl_context is None and config.tls:
-            ssl_context = ssl.create_default_context()
+        if ssl_context is None and config.tls is not None:
+            ssl_context = config.tls.context()
         self._ssl = ssl_context
+        self._server_name = (config.tls.server_name if config.tls else None) or config.host
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._frames = FrameReader(config.max_ack_bytes)
@@ -172,7 +240,7 @@ class MLLPDestination:
                 if reused and not fresh_retry and isinstance(exc, ConnectionError):
                     log.info("mllp connection was reset: reconnecting")
                     continue
-                return DeliveryResult.retry(f"mllp: {type(exc).__name__}")
+                return DeliveryResult.retry(_failure(exc))
             try:
                 ack = parse_message(raw)
             except HL7Error as exc:
@@ -189,7 +257,7 @@ class MLLPDestination:
             cfg.host,
             cfg.port,
             ssl=self._ssl,
-            server_hostname=cfg.host if self._ssl is not None else None,
+            server_hostname=self._server_name if self._ssl is not None else None,
         )
         self._frames = FrameReader(cfg.max_ack_bytes)
         self.connects += 1
@@ -217,3 +285,14 @@ class MLLPDestination:
             writer.close()
             with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+
+def _failure(exc: OSError) -> str:
+    """A connection failure as a delivery detail: the exception's type, and for TLS what it
+    reported (``certificate verify failed (unable to get local issuer certificate)``,
+    ``SSLError (TLSV13_ALERT_CERTIFICATE_REQUIRED)``): names and codes, never data."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"mllp: TLS: certificate verify failed ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"mllp: TLS: {type(exc).__name__} ({exc.reason or 'handshake failed'})"
+    return f"mllp: {type(exc).__name__}"

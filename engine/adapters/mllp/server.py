@@ -22,6 +22,11 @@ Limits a production interface needs and MLLP does not define:
   the new one (a sender reconnects when it has a message; idle sockets must not lock real senders
   out for the idle timeout). A connection in a frame or awaiting its ACK is not idle; when none is
   idle, the new connection is accepted and closed at once.
+
+With an ``ssl_context`` the TLS handshake is made on each admitted connection (within
+``frame_timeout_s``), not by the socket server, so that a handshake that fails is logged: a
+warning per connection with the peer and what TLS reported (never the bytes), and a plain-text
+MLLP client on the TLS port named as the likely cause; the connection is then closed.
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ __all__ = ["MLLPHandler", "MLLPServer", "Reply", "current_reply"]
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 64 * 1024
+#: what OpenSSL reports when the first bytes are not a TLS record (an MLLP start block, HTTP)
+_NOT_TLS = frozenset(
+    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "UNKNOWN_PROTOCOL"}
+)
 
 
 class Reply:
@@ -140,8 +149,9 @@ class MLLPServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
+        # TLS is started per connection (_handshake), so that a failed handshake is seen
         self._server = await asyncio.start_server(
-            self._on_connect, self.host, self.port, ssl=self.ssl_context, limit=_READ_SIZE
+            self._on_connect, self.host, self.port, limit=_READ_SIZE
         )
         log.info("mllp listening", extra={"port": self.bound_port})
 
@@ -170,7 +180,8 @@ class MLLPServer:
         self._open[task] = conn
         self._tasks.add(task)
         try:
-            await self._serve_connection(reader, writer, conn)
+            if self.ssl_context is None or await self._handshake(writer, conn.peer):
+                await self._serve_connection(reader, writer, conn)
         except asyncio.CancelledError:
             pass
         except (ConnectionError, OSError) as exc:
@@ -183,6 +194,23 @@ class MLLPServer:
                 await writer.wait_closed()
             except (ConnectionError, OSError):
                 pass
+
+    async def _handshake(self, writer: asyncio.StreamWriter, peer: str) -> bool:
+        """Start TLS on a new connection; a failure is logged once (peer, TLS's reason) and the
+        connection is to be closed."""
+        assert self.ssl_context is not None
+        try:
+            await writer.start_tls(self.ssl_context, ssl_handshake_timeout=self.frame_timeout_s)
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+            reason = str(getattr(exc, "reason", None) or type(exc).__name__)
+            log.warning(
+                "mllp TLS handshake failed, closing: %s%s",
+                reason,
+                " (a plain-text client on the TLS port?)" if reason in _NOT_TLS else "",
+                extra={"peer": peer},
+            )
+            return False
+        return True
 
     def _admit(self, host: str, peer: str) -> bool:
         """Whether a new connection from ``host`` may be served. When every slot is taken, makes
