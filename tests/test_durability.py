@@ -8,11 +8,7 @@ the destination itself.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -23,6 +19,7 @@ import pytest
 
 from engine.sim.fhir_server import StubFhirServer, running_stub_fhir
 from engine.store import SqlMessageStore, create_db_engine
+from tests.serve_support import Engine, send_stream
 
 ROUTES = """
 destinations:
@@ -45,87 +42,6 @@ MESSAGE = (
     "PID|1||MRN{p}^^^CLINIC^MR||Durable^Patient{p}^{seq}||19800101|F\r"
     "PV1|1|O\r"
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Engine:
-    """``engine serve`` in a process group of its own (so SIGKILL reaches the worker too)."""
-
-    def __init__(self, var: Path, routes: Path) -> None:
-        self.var, self.routes = var, routes
-        self.mllp = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "ENGINE_VAR_DIR": str(self.var),
-            "ENGINE_ROUTES_DIR": str(self.routes),
-            "ENGINE_MLLP_HOST": "127.0.0.1",
-            "ENGINE_HTTP_HOST": "127.0.0.1",
-            "ENGINE_LOG_LEVEL": "WARNING",
-        }
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "engine",
-                "serve",
-                "--mllp-port",
-                str(self.mllp),
-                "--http-port",
-                str(_free_port()),
-            ],
-            env=env,
-            cwd=self.var,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.mllp), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("engine did not start")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-
-
-def send_stream(port: int, messages: list[tuple[str, bytes]], acked: list[str]) -> None:
-    """Send one at a time, like an EHR; stop at the first broken connection."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            for cid, raw in messages:
-                sock.sendall(b"\x0b" + raw + b"\x1c\r")
-                buf = b""
-                while not buf.endswith(b"\x1c\r"):
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                if b"MSA|AA|" in buf:
-                    acked.append(cid)
-    except OSError:
-        return
 
 
 def stream(n: int, patients: int, tag: str) -> list[tuple[str, bytes]]:
