@@ -17,6 +17,7 @@ from engine.errors import ConfigError
 from engine.retry import RetryPolicy
 from engine.routes import loader
 from engine.routes.loader import RouteSet
+from engine.settings import engine_home
 
 DESTS = """\
 destinations:
@@ -63,7 +64,8 @@ def test_builtin_example_routes_adt_siu_dft_to_local_fhir_and_adt_to_dropbox() -
         "none",
     )
     drop = destination_config(rs.destinations["dropbox"])
-    assert isinstance(drop, FileDestination) and drop.directory == Path("var/outbox")
+    # a relative folder is the engine home's (ENGINE_HOME, else the directory started in)
+    assert isinstance(drop, FileDestination) and drop.directory == engine_home() / "var/outbox"
     to_fhir = rs.route("to-local-fhir")
     assert to_fhir.mapping == "fhir" and to_fhir.match.message == ["ADT", "SIU", "DFT"]
     assert rs.route("adt-to-dropbox").destinations == ["dropbox"]
