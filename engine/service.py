@@ -3,6 +3,11 @@
 MLLP and HTTP share one asyncio loop. SIGINT/SIGTERM stop both cleanly: the listeners stop
 accepting,
 in-flight messages finish and are acknowledged, connections close, the database is disposed.
+
+Building :class:`Engine` checks everything first (engine/startup.py: files, folders, routes,
+mappings, the database reached and migrated); nothing listens until all of it passed, and
+:func:`serve` reports the start (the banner) only once both listeners are open. A signal during
+those checks stops the process at once (:class:`~engine.startup.StartupInterrupted`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import uvicorn
 
 from engine.adapters.mllp.server import MLLPServer, Reply, current_reply
 from engine.api.app import create_app
+from engine.api.auth_settings import auth_settings_for
 from engine.errors import ConfigError
 from engine.flow.ingest import Ingest, Receipt
 from engine.flow.worker import run_workers
@@ -29,7 +35,14 @@ from engine.metrics import EngineMetrics, reset_multiprocess_dir
 from engine.pressure import IngestPressure
 from engine.retry import backoff_s
 from engine.settings import Settings
-from engine.store import SqlMessageStore, create_db_engine
+from engine.startup import (
+    check_files,
+    check_folders,
+    check_schedule,
+    open_database,
+    startup_signals,
+)
+from engine.store import SqlMessageStore
 
 __all__ = ["Engine", "serve"]
 
@@ -109,23 +122,17 @@ class Engine:
         from engine.routes.router import Router
 
         self.settings = settings
-        # configuration first: a broken mapping or route file stops start-up with its location
+        # configuration first: a broken file or setting stops start-up naming it, and the
+        # database (the one check that may wait on the network) last
+        auth = auth_settings_for(settings)
+        check_files(settings, auth)
         self.mappings = load_mappings(settings.mappings_dir)
         self.routes = load_routes(settings.routes_dir)
-        self.db_engine = create_db_engine(settings.resolved_database_url())
-        self.store = SqlMessageStore(self.db_engine)
-        # the worker's configuration is checked here too, so a mistake stops start-up at once
-        # rather than leaving a receiver that ACKs messages no worker will ever process
-        from apscheduler.triggers.cron import CronTrigger
-
-        try:
-            CronTrigger.from_crontab(settings.eligibility_cron, timezone=settings.timezone)
-        except ValueError as exc:
-            raise ConfigError(
-                f"ENGINE_ELIGIBILITY_CRON {settings.eligibility_cron!r}: {exc}"
-            ) from exc
+        check_schedule(settings)  # the worker's, so a mistake stops the receiver too
         for name, destination in self.routes.destinations.items():
             build_destination(name, destination)
+        check_folders(self.routes)
+        self.db_engine, self.store = open_database(settings)
         # the receiver and its worker process keep their metrics in files here (emptied now,
         # before any process writes); /metrics adds them up
         self.metrics_dir = settings.var_dir / "metrics"
@@ -160,6 +167,7 @@ class Engine:
         )
         app = create_app(
             settings,
+            auth=auth,
             ingest=self.ingest,
             messages=self.store,
             health=_Health(self.store),
@@ -196,9 +204,8 @@ class Engine:
         elif receipt.state == "error":
             self.metrics.record_error("receive")
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set."""
-        await asyncio.to_thread(self.store.migrate)
+    async def run(self, stop: asyncio.Event, on_started: Callable[[], None] | None = None) -> None:
+        """Run until ``stop`` is set; ``on_started`` once both listeners are open."""
         await self.ingest.start()
         workers = self._start_workers() if self.settings.workers else None
         supervisor = (
@@ -227,6 +234,8 @@ class Engine:
                 "engine started",
                 extra={"mllp_port": self.mllp.bound_port, "http_port": self.settings.http_port},
             )
+            if on_started is not None:
+                on_started()
             stop_task = asyncio.create_task(stop.wait())
             await asyncio.wait({http_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
             stop_task.cancel()
@@ -286,14 +295,22 @@ class Engine:
             self.metrics.forget_process(proc.pid)  # no longer counted as a running worker
 
 
-def serve(settings: Settings) -> None:
-    """Run the engine in the foreground until SIGINT or SIGTERM."""
+def serve(settings: Settings, on_started: Callable[[Engine], None] | None = None) -> None:
+    """Run the engine in the foreground until SIGINT or SIGTERM; ``on_started`` once it listens.
 
-    async def main() -> None:
+    Raises :class:`~engine.errors.ConfigError` (a check failed: nothing listened) or
+    :class:`~engine.startup.StartupInterrupted` (a signal before the engine ran).
+    """
+    # the worker process and the adapters that resolve route-file paths use the same home
+    os.environ["ENGINE_HOME"] = str(settings.home)
+
+    async def main(engine: Engine) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await Engine(settings).run(stop)
+        await engine.run(stop, (lambda: on_started(engine)) if on_started else None)
 
-    asyncio.run(main())
+    with startup_signals():
+        engine = Engine(settings)
+        asyncio.run(main(engine))
