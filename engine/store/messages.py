@@ -2,9 +2,11 @@
 
 The receiver stores a batch in one transaction (group commit, the idempotent receiver's
 duplicate check included); the processor claims received messages, oldest first and one at a
-time per patient, and finishes them with their deliveries and indexed resources in one
-transaction; operators list, show and replay them; retention purges the delivered ones.
-States are drawn in :mod:`engine.store.tables`.
+time per patient, in the name of its node (whose claims are taken over if it dies, see
+engine/store/nodes.py), and finishes them with their deliveries and indexed resources in one
+transaction, keeping an outcome only while the claim is still its own; operators list, show
+and replay them; retention purges the delivered ones. States are drawn in
+:mod:`engine.store.tables`.
 
 The receiver's and the processor's statements run thousands of times a second: each is built
 once, beside the method that runs it (building a statement costs more than SQLite running it).
@@ -244,7 +246,9 @@ class MessageStore(Repository):
             return [(r.id, bytes(r.raw), r.kind) for r in rows]
 
     def reclaim_stale(self, older_than: timedelta) -> int:
-        """Put back messages whose processing was claimed by a worker that died."""
+        """Put back messages whose processing was claimed more than ``older_than`` ago: the
+        fallback for a claim no node takes over (a dead node's claims are taken over within
+        seconds, see engine/store/nodes.py)."""
         now = utcnow()
         with self._tx() as conn:
             result = conn.execute(

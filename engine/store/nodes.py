@@ -1,0 +1,201 @@
+"""Nodes: the processes that claim work, with their heartbeats, and the runs of singleton jobs.
+
+A worker process registers a node (``host:pid:random``) and beats its heartbeat every
+:data:`HEARTBEAT_S`; its claims carry that id (``messages.claimed_by`` for processing,
+``deliveries.claimed_by`` beside the lease). When a node's heartbeat is older than
+:data:`DEAD_AFTER` (it was killed, or its host went away), or its row is gone, any other node's
+:meth:`Nodes.take_over` releases its claims at once: a kill -9 no longer leaves its patients'
+queues blocked for the claims' own time-outs (5 minutes for processing, 10 for a lease), which
+stay as the fallback for a claim without an owner. A node that stops cleanly gives its claims
+back itself (:meth:`Nodes.forget_node`).
+
+Safety: a claim is released only when its owner is dead by that rule, never a live node's; and
+a node thought dead that comes back cannot record a late outcome over the new owner's
+(``finish_batch`` and ``record_outcomes`` keep an outcome only while its claim is still the
+node's). Heartbeats are written and compared in the database's clock on PostgreSQL (nodes on
+several hosts need not agree on the time); SQLite is one host's file, so its clock is the host's.
+
+``job_runs``: a scheduled job's run (job id, scheduled fire time) is done by the one process whose
+insert of that row succeeds (the primary key decides, on SQLite and PostgreSQL alike); the others
+skip it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, union, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from engine.store.clean import clean
+from engine.store.db import Repository, id_list, utcnow
+from engine.store.tables import deliveries, job_runs, messages, nodes
+
+__all__ = ["DEAD_AFTER", "HEARTBEAT_S", "Nodes", "TakenOver", "new_node_id"]
+
+#: how often a node beats its heartbeat
+HEARTBEAT_S = 2.0
+#: a node whose heartbeat is older than this is dead: its claims are taken over
+DEAD_AFTER = timedelta(seconds=10)
+#: the row of a node dead this long is deleted (it held no claim for most of that time)
+FORGET_AFTER = timedelta(days=1)
+
+
+def new_node_id() -> str:
+    """``host:pid:random``: unique even when a pid is reused after a restart."""
+    host = socket.gethostname()[:40]
+    return f"{host}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True)
+class TakenOver:
+    """What a takeover released: the dead nodes and how many claims of each kind."""
+
+    nodes: tuple[str, ...] = ()
+    messages: int = 0
+    deliveries: int = 0
+
+
+_HEARTBEAT = (
+    update(nodes).where(nodes.c.id == bindparam("node")).values(heartbeat_at=bindparam("now"))
+)
+#: the nodes alive at ``cutoff``: a claim of any other owner is taken over. Read inside each
+#: release statement, so a node that registers and then claims is never missed by a snapshot
+#: taken between the two (PostgreSQL's READ COMMITTED: one snapshot per statement)
+_LIVE = select(nodes.c.id).where(nodes.c.heartbeat_at >= bindparam("cutoff"))
+_live = _LIVE.scalar_subquery()
+#: the owners of claims that are not live nodes, in one statement (one snapshot)
+_DEAD_OWNERS = union(
+    select(messages.c.claimed_by).where(
+        messages.c.state == "processing",
+        messages.c.claimed_by.is_not(None),
+        messages.c.claimed_by.not_in(_live),
+    ),
+    select(deliveries.c.claimed_by).where(
+        deliveries.c.state == "pending",
+        deliveries.c.claimed_by.is_not(None),
+        deliveries.c.claimed_by.not_in(_live),
+    ),
+)
+#: their claims, if they are still not live when released
+_TAKE_MESSAGES = (
+    update(messages)
+    .where(
+        messages.c.state == "processing",
+        messages.c.claimed_by.in_(id_list("owners")),
+        messages.c.claimed_by.not_in(_live),
+    )
+    .values(state="received", claimed_by=None, claimed_at=None, updated_at=bindparam("now"))
+)
+_TAKE_DELIVERIES = (
+    update(deliveries)
+    .where(
+        deliveries.c.state == "pending",
+        deliveries.c.claimed_by.in_(id_list("owners")),
+        deliveries.c.claimed_by.not_in(_live),
+    )
+    .values(claimed_until=None, claimed_by=None)
+)
+#: a node stopping: its own claims
+_GIVE_BACK_MESSAGES = (
+    update(messages)
+    .where(messages.c.state == "processing", messages.c.claimed_by == bindparam("node"))
+    .values(state="received", claimed_by=None, claimed_at=None, updated_at=bindparam("now"))
+)
+_GIVE_BACK_DELIVERIES = (
+    update(deliveries)
+    .where(deliveries.c.state == "pending", deliveries.c.claimed_by == bindparam("node"))
+    .values(claimed_until=None, claimed_by=None)
+)
+
+
+class Nodes(Repository):
+    """Registering nodes, their heartbeats, taking over dead nodes' claims, singleton runs."""
+
+    def _db_now(self, conn: Connection) -> datetime:
+        """Now in the database's clock (PostgreSQL), or this host's (SQLite)."""
+        if conn.dialect.name == "postgresql":
+            value: datetime = conn.execute(select(func.now())).scalar_one()
+            return value.astimezone(UTC)
+        return utcnow()
+
+    def register_node(self, role: str, node_id: str | None = None) -> str:
+        """Record a running node (``worker``) with a fresh heartbeat; its id."""
+        node = node_id or new_node_id()
+        host, pid = socket.gethostname()[:255], os.getpid()
+        with self._tx() as conn:
+            now = self._db_now(conn)
+            conn.execute(delete(nodes).where(nodes.c.id == node))
+            conn.execute(
+                insert(nodes).values(
+                    id=node, host=host, pid=pid, role=role, started_at=now, heartbeat_at=now
+                )
+            )
+        return node
+
+    def heartbeat(self, node_id: str) -> bool:
+        """Beat the node's heartbeat; False when its row was gone (it is recorded again, but
+        its claims may have been taken over meanwhile)."""
+        with self._tx() as conn:
+            now = self._db_now(conn)
+            if conn.execute(_HEARTBEAT, {"node": node_id, "now": now}).rowcount:
+                return True
+        self.register_node("worker", node_id)
+        return False
+
+    def forget_node(self, node_id: str) -> TakenOver:
+        """A node stopping cleanly: its claims given back at once and its row deleted."""
+        with self._tx() as conn:
+            released = conn.execute(_GIVE_BACK_MESSAGES, {"node": node_id, "now": utcnow()})
+            leased = conn.execute(_GIVE_BACK_DELIVERIES, {"node": node_id})
+            conn.execute(delete(nodes).where(nodes.c.id == node_id))
+        return TakenOver((node_id,), int(released.rowcount or 0), int(leased.rowcount or 0))
+
+    def take_over(self, dead_after: timedelta = DEAD_AFTER) -> TakenOver:
+        """Release the claims of every node whose heartbeat is older than ``dead_after``, and of
+        owners without a row (gone; or claims made before nodes existed). A live node's claims
+        are never touched. Rows of nodes dead for a day are deleted."""
+        with self._tx() as conn:
+            now = self._db_now(conn)
+            cutoff = now - dead_after
+            dead = sorted(conn.execute(_DEAD_OWNERS, {"cutoff": cutoff}).scalars())
+            n_messages = n_deliveries = 0
+            if dead:
+                params = {"owners": dead, "cutoff": cutoff, "now": now}
+                n_messages = int(conn.execute(_TAKE_MESSAGES, params).rowcount or 0)
+                n_deliveries = int(conn.execute(_TAKE_DELIVERIES, params).rowcount or 0)
+            conn.execute(delete(nodes).where(nodes.c.heartbeat_at < now - FORGET_AFTER))
+        return TakenOver(tuple(dead), n_messages, n_deliveries)
+
+    # -- singleton jobs ----------------------------------------------------------------------
+
+    def start_job_run(self, job_id: str, run_at: datetime, node: str) -> bool:
+        """Take the run of ``job_id`` scheduled at ``run_at`` for ``node``: True for the one
+        process whose row is inserted first, False for every other (it skips the run)."""
+        row = {
+            "job_id": job_id,
+            "run_at": run_at.astimezone(UTC),
+            "node": node,
+            "started_at": utcnow(),
+        }
+        dialect = self.db_engine.dialect.name
+        stmt = (
+            postgresql.insert(job_runs).values(row).on_conflict_do_nothing()
+            if dialect == "postgresql"
+            else sqlite.insert(job_runs).values(row).on_conflict_do_nothing()
+        )
+        with self._tx() as conn:  # (a row comes back only when this insert made it)
+            return conn.execute(stmt.returning(job_runs.c.node)).first() is not None
+
+    def finish_job_run(self, job_id: str, run_at: datetime, outcome: str) -> None:
+        """Record when a run ended and how (``ok: ...`` or ``failed: ...``)."""
+        with self._tx() as conn:
+            conn.execute(
+                update(job_runs)
+                .where(job_runs.c.job_id == job_id, job_runs.c.run_at == run_at.astimezone(UTC))
+                .values(finished_at=utcnow(), outcome=clean(outcome, 200))
+            )
