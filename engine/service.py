@@ -29,6 +29,7 @@ from engine.adapters.mllp.server import MLLPServer, Reply, current_reply
 from engine.api.app import create_app
 from engine.api.auth_settings import auth_settings_for
 from engine.errors import ConfigError
+from engine.flow.config import LoadedConfig, Reloader, load_config
 from engine.flow.ingest import Ingest, Receipt
 from engine.flow.worker import run_workers
 from engine.metrics import EngineMetrics, reset_multiprocess_dir
@@ -37,7 +38,6 @@ from engine.retry import backoff_s
 from engine.settings import Settings
 from engine.startup import (
     check_files,
-    check_folders,
     check_schedule,
     open_database,
     startup_signals,
@@ -116,29 +116,24 @@ class Engine:
     """The running engine: store, ingest, queue workers, MLLP listener and HTTP server."""
 
     def __init__(self, settings: Settings) -> None:
-        from engine.adapters.registry import build_destination, load_routes
-        from engine.flow.gate import RouteGate
-        from engine.mappings import load_mappings
-        from engine.routes.router import Router
-
         self.settings = settings
         # configuration first: a broken file or setting stops start-up naming it, and the
         # database (the one check that may wait on the network) last
         auth = auth_settings_for(settings)
         check_files(settings, auth)
-        self.mappings = load_mappings(settings.mappings_dir)
-        self.routes = load_routes(settings.routes_dir)
+        config = load_config(settings)  # mappings, routes, destinations, their folders
         check_schedule(settings)  # the worker's, so a mistake stops the receiver too
-        for name, destination in self.routes.destinations.items():
-            build_destination(name, destination)
-        check_folders(self.routes)
+        # SIGHUP and POST /api/admin/reload read the files again: applied only when all valid
+        self.reloader = Reloader(settings, config, self._apply_config)
+        self._reload_workers = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.db_engine, self.store = open_database(settings)
         # the receiver and its worker process keep their metrics in files here (emptied now,
         # before any process writes); /metrics adds them up
         self.metrics_dir = settings.var_dir / "metrics"
         reset_multiprocess_dir(self.metrics_dir)
         self.metrics = EngineMetrics(multiprocess_dir=self.metrics_dir)
-        self.metrics.watch_backlog(self.store.backlog, destinations=self.routes.destinations)
+        self.metrics.watch_backlog(self.store.backlog, destinations=config.routes.destinations)
         # SQLite: shared with the worker process, which yields the one writer's turn to the ACKs
         # under a burst (PostgreSQL takes many writers: its workers never wait)
         self._pressure = (
@@ -148,7 +143,7 @@ class Engine:
         )
         self.ingest = Ingest(
             self.store,
-            routes=RouteGate(Router(self.routes), self.mappings),
+            routes=config.gate,
             default_charset=settings.default_charset,
             identity=(settings.application_name, settings.facility_name),
             on_receipt=self._count,
@@ -174,7 +169,8 @@ class Engine:
             metrics=self.metrics,
             eligibility=self._eligibility_service(),
         )
-        config = uvicorn.Config(
+        app.state.reloader = self.reloader
+        http_config = uvicorn.Config(
             app,
             host=settings.http_host,
             port=settings.http_port,
@@ -182,8 +178,20 @@ class Engine:
             access_log=False,
             lifespan="off",
         )
-        self.http = _Server(config)
+        self.http = _Server(http_config)
         self._workers: BaseProcess | None = None
+
+    def _apply_config(self, config: LoadedConfig) -> None:
+        """Switch to a reloaded configuration: the gate before the ACK at once, the worker
+        process by a restart (it finishes what it holds, then starts on the new files)."""
+        self.ingest.routes = config.gate
+        self.metrics.watch_backlog(self.store.backlog, destinations=config.routes.destinations)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._reload_workers.set)
+
+    async def reload(self) -> None:
+        """``SIGHUP``: read the route and mapping files again (see :class:`Reloader`)."""
+        await asyncio.to_thread(self.reloader.reload)
 
     def _eligibility_service(self) -> Any:
         """On-demand checks from the API (the schedule runs in the worker process)."""
@@ -206,6 +214,7 @@ class Engine:
 
     async def run(self, stop: asyncio.Event, on_started: Callable[[], None] | None = None) -> None:
         """Run until ``stop`` is set; ``on_started`` once both listeners are open."""
+        self._loop = asyncio.get_running_loop()
         await self.ingest.start()
         workers = self._start_workers() if self.settings.workers else None
         supervisor = (
@@ -262,7 +271,14 @@ class Engine:
         self._workers = workers
         deaths = 0  # in a row: 1 s before the first restart, doubling up to 60 s
         while True:
-            await asyncio.sleep(2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload_workers.wait(), 2)
+            if self._reload_workers.is_set():
+                self._reload_workers.clear()
+                log.info("worker process restarting on the reloaded configuration")
+                await asyncio.to_thread(self._stop_workers, self._workers)
+                self._workers = self._start_workers()
+                continue
             proc = self._workers
             if proc.is_alive():
                 deaths = 0
@@ -309,6 +325,14 @@ def serve(settings: Settings, on_started: Callable[[Engine], None] | None = None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_hangup() -> None:
+            task = asyncio.create_task(engine.reload(), name="reload")
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
         await engine.run(stop, (lambda: on_started(engine)) if on_started else None)
 
     with startup_signals():

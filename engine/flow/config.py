@@ -50,17 +50,19 @@ def load_config(settings: Settings) -> LoadedConfig:
 
     Raises :class:`~engine.errors.ConfigError` naming the file, line and key of the first
     problem. Destinations are built to check them (a missing token variable, say) and dropped:
-    the worker builds its own.
+    the worker builds its own. Used by ``engine serve`` at start and by every reload.
     """
     from engine.adapters.registry import build_destination, load_routes
     from engine.flow.gate import RouteGate
     from engine.mappings import load_mappings
     from engine.routes.router import Router
+    from engine.startup import check_folders
 
     mappings = load_mappings(settings.mappings_dir)
     routes = load_routes(settings.routes_dir)
     for name, destination in routes.destinations.items():
         build_destination(name, destination)
+    check_folders(routes)  # a file destination's folder exists or can be made, and is writable
     return LoadedConfig(
         mappings=mappings,
         routes=routes,
