@@ -219,21 +219,38 @@ def serve(
         str | None, typer.Option(help="SQLAlchemy URL (ENGINE_DATABASE_URL); default SQLite")
     ] = None,
 ) -> None:
-    """Run the engine: MLLP listener, HTTP API, message store. Ctrl-C stops it."""
-    from engine.service import serve as run_engine
-    from engine.settings import load_settings
+    """Run the engine: MLLP listener, HTTP API, message store. Ctrl-C stops it.
 
-    settings = load_settings(mllp_port=mllp_port, http_port=http_port, database_url=database_url)
-    from engine.logs import configure_logging
+    Everything is checked first (settings, files, folders, routes, mappings, the database); the
+    banner (home, listeners and which are TLS, store) shows once both listeners are open.
+    """
+    from engine.startup import StartupInterrupted, banner, startup_signals
 
-    configure_logging(settings.log_level, settings.log_format)
-    typer.echo(
-        f"engine {__version__}: MLLP on {settings.mllp_host}:{settings.mllp_port}, "
-        f"HTTP on http://{settings.http_host}:{settings.http_port} (health: /healthz), "
-        f"store {safe_url(settings.resolved_database_url())}. Ctrl-C stops.",
-        err=True,
-    )
-    run_engine(settings)
+    try:
+        with startup_signals():  # Ctrl-C or SIGTERM while loading stops at once
+            from engine.logs import configure_logging
+            from engine.service import Engine
+            from engine.service import serve as run_engine
+            from engine.settings import load_settings
+
+            settings = load_settings(
+                mllp_port=mllp_port, http_port=http_port, database_url=database_url
+            )
+            configure_logging(settings.log_level, settings.log_format)
+
+            def started(engine: Engine) -> None:
+                text = banner(
+                    settings,
+                    version=__version__,
+                    mllp_port=engine.mllp.bound_port,
+                    store=safe_url(settings.resolved_database_url()),
+                )
+                typer.echo(text, err=True)
+
+            run_engine(settings, started)
+    except StartupInterrupted as exc:
+        typer.echo(f"engine stopped during start-up ({exc}); nothing was listening", err=True)
+        raise typer.Exit(128 + exc.signum) from None
     typer.echo("engine stopped", err=True)
 
 
@@ -251,17 +268,24 @@ def worker(
 
     settings = load_settings(database_url=database_url)
     configure_logging(settings.log_level, settings.log_format)
+    os.environ["ENGINE_HOME"] = str(settings.home)  # route-file paths resolve against it
+    from engine.startup import open_database
+
+    db_engine, _ = open_database(settings)  # reachable and migrated, or one line naming it
+    db_engine.dispose()
     typer.echo(
-        f"engine {__version__}: queue workers on {safe_url(settings.resolved_database_url())}",
+        f"engine {__version__}: home {settings.home}; queue workers on "
+        f"{safe_url(settings.resolved_database_url())}",
         err=True,
     )
     run_workers(settings)
     typer.echo("workers stopped", err=True)
 
 
-from engine.cli_messages import messages_app  # noqa: E402  (the messages commands)
+from engine.cli_messages import audit_app, messages_app  # noqa: E402  (the messages commands)
 
 app.add_typer(messages_app, name="messages")
+app.add_typer(audit_app, name="audit")
 
 
 eligibility_app = typer.Typer(

@@ -1,67 +1,172 @@
-"""``engine messages``: look at stored messages and replay them."""
+"""``engine messages`` and ``engine audit``: find stored messages and see why they are where they
+are, show one (its payload on request), replay it, resend its deliveries; who did which.
+
+Replays, resends and payload views are recorded in the audit trail with the OS user
+(``getpass.getuser()``) as the actor and ``cli`` as the source (engine/store/audit.py).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import getpass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, time, timedelta
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import typer
 
 from engine.cli_support import open_store
 from engine.errors import EngineError
 
-__all__ = ["messages_app"]
+__all__ = ["audit_app", "messages_app", "parse_when"]
 
-messages_app = typer.Typer(help="Look at stored messages and replay them.", no_args_is_help=True)
+messages_app = typer.Typer(
+    help="Find stored messages, see why, replay them or resend their deliveries.",
+    no_args_is_help=True,
+)
+audit_app = typer.Typer(help="Who replayed, resent or viewed a message.", no_args_is_help=True)
+
+
+@contextmanager
+def _store() -> Iterator[Any]:
+    """The engine's store for one command, its connections closed after."""
+    store = open_store()
+    try:
+        yield store
+    finally:
+        store.db_engine.dispose()
+
+
+def _who() -> Any:
+    """The CLI's actor: the OS user."""
+    from engine.store import Who
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in the environment nor the password database
+        user = "unknown"
+    return Who(user, "cli")
+
+
+def _zone() -> ZoneInfo:
+    from engine.settings import load_settings
+
+    return ZoneInfo(load_settings().timezone)
+
+
+def parse_when(value: str, zone: ZoneInfo, *, end_of_day: bool = False) -> datetime:
+    """A date (``2026-03-01``: its midnight, or the next one with ``end_of_day``) or an ISO time
+    (``2026-03-01T14:30``, in ``zone`` unless it carries an offset)."""
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            start = datetime.combine(day, time(), tzinfo=zone)
+            return start + timedelta(days=1) if end_of_day else start
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise EngineError(
+            f"{value!r} is not a date (2026-03-01) or an ISO time (2026-03-01T14:30)"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=zone)
+
+
+def _query(**options: Any) -> tuple[Any, ZoneInfo]:
+    """The store's query for the list's options (an unknown state is refused by name), and the
+    engine's time zone its times are read and shown in."""
+    from engine.store import MessageQuery
+
+    zone = _zone()
+    since, until = options.pop("since"), options.pop("until")
+    options["since"] = parse_when(since, zone) if since else None
+    options["until"] = parse_when(until, zone, end_of_day=True) if until else None
+    try:
+        query = MessageQuery(**options)
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
+    return query, zone
+
+
+def _why(line: Any) -> str:
+    """Why a message is where it is: the processing's reason and each failing destination."""
+    parts = [line.reason] if line.reason else []
+    return "; ".join(parts + list(line.failing))
 
 
 @messages_app.command("list")
 def messages_list(
     state: Annotated[str | None, typer.Option(help="only messages in this state")] = None,
+    message_type: Annotated[str | None, typer.Option("--type", help="MSH-9.1, e.g. ADT")] = None,
+    trigger: Annotated[str | None, typer.Option(help="MSH-9.2, e.g. A04")] = None,
+    sender: Annotated[str | None, typer.Option(help="MSH-3, MSH-4, or MSH-3^MSH-4")] = None,
+    mrn: Annotated[str | None, typer.Option(help="PID-3: MRN, or AUTHORITY|MRN")] = None,
+    control_id: Annotated[str | None, typer.Option(help="MSH-10")] = None,
+    since: Annotated[str | None, typer.Option(help="from this date or ISO time")] = None,
+    until: Annotated[str | None, typer.Option(help="up to this date (inclusive) or time")] = None,
+    before: Annotated[int | None, typer.Option(help="next page: ids below this", min=1)] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="JSON, one object a line")] = False,
 ) -> None:
-    """The newest stored messages (no payloads): id, control ID, type, state, time."""
-    import orjson
-
-    views = open_store().list(state=state, limit=limit)
+    """Stored messages, newest first (no payloads), with why each error, dead or stuck message
+    is so: the processing's reason and each failing destination with its last error."""
+    query, zone = _query(
+        state=state,
+        message_type=message_type,
+        trigger=trigger,
+        sender=sender,
+        mrn=mrn,
+        control_id=control_id,
+        since=since,
+        until=until,
+        before=before,
+        limit=limit,
+    )
+    with _store() as store:
+        lines = store.search(query)
     if as_json:
-        for v in views:
-            typer.echo(
-                orjson.dumps(
-                    {
-                        "id": v.id,
-                        "control_id": v.control_id,
-                        "message_type": v.message_type,
-                        "trigger": v.trigger,
-                        "state": v.state,
-                        "received_at": v.received_at.isoformat(),
-                        "channel": v.channel,
-                        "reason": v.reason,
-                    }
-                ).decode()
-            )
+        _print_json(lines)
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("id", "received", "channel", "control id", "type", "state", "reason")
-    for v in views:
+    table = Table("id", "received", "type", "control id", "sender", "state", "why")
+    for v in lines:
         table.add_row(
             str(v.id),
-            v.received_at.strftime("%Y-%m-%d %H:%M:%S"),
-            v.channel,
-            v.control_id or "",
+            v.received_at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S"),
             f"{v.message_type or ''}^{v.trigger or ''}".strip("^"),
+            v.control_id or "",
+            v.sender or "",
             v.state,
-            (v.reason or "")[:60],
+            _why(v),
         )
-    Console().print(table)
+    Console(width=200).print(table)
+    if len(lines) == limit:
+        typer.echo(f"more: --before {lines[-1].id}")
+
+
+def _print_json(lines: list[Any]) -> None:
+    import dataclasses
+
+    import orjson
+
+    for v in lines:
+        typer.echo(orjson.dumps(dataclasses.asdict(v)).decode())
 
 
 @messages_app.command("show")
-def messages_show(message_id: Annotated[int, typer.Argument(help="message id")]) -> None:
-    """One message's metadata and deliveries (no payload)."""
-    view = open_store().get(message_id)
+def messages_show(
+    message_id: Annotated[int, typer.Argument(help="message id")],
+    raw: Annotated[
+        bool, typer.Option("--raw", help="print the payload as received (recorded as a view)")
+    ] = False,
+) -> None:
+    """One message's metadata and deliveries; with --raw, its bytes as they arrived."""
+    if raw:
+        _show_raw(message_id)
+        return
+    with _store() as store:
+        view = store.get(message_id)
     if view is None:
         raise EngineError(f"no message {message_id}")
     typer.echo(
@@ -78,6 +183,25 @@ def messages_show(message_id: Annotated[int, typer.Argument(help="message id")])
         )
 
 
+def _show_raw(message_id: int) -> None:
+    """The payload as received, segments on their own lines; the view is audited."""
+    who = _who()
+    with _store() as store:
+        payload = store.raw(message_id)
+        store.record_audit(
+            action="view-payload",
+            actor=who.actor,
+            source=who.source,
+            message_id=message_id,
+            outcome="ok" if payload is not None else "refused",
+            detail=None if payload is not None else "no such message",
+        )
+    if payload is None:
+        raise EngineError(f"no message {message_id}")
+    text = payload.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    typer.echo(text if text.endswith(b"\n") else text + b"\n", nl=False)
+
+
 @messages_app.command("replay")
 def messages_replay(
     message_id: Annotated[int | None, typer.Argument(help="message id")] = None,
@@ -85,16 +209,69 @@ def messages_replay(
         str | None, typer.Option(help="replay every message in this state (e.g. error, dead)")
     ] = None,
 ) -> None:
-    """Receive stored messages again (an operator's replay is never taken for a duplicate)."""
+    """Receive stored messages again: routed and mapped anew, to every route that takes them.
+    The original becomes 'replayed', so replaying a state twice replays nothing the second time.
+    To send a dead delivery again only where it failed, use `engine messages resend`."""
+    from engine.store import MESSAGE_STATES, ActionRefused
+
     if (message_id is None) == (state is None):
         raise EngineError("give a message id or --state, not both")
-    store = open_store()
-    ids = [message_id] if message_id is not None else store.ids_in_state(state or "")
-    for mid in ids:
-        try:
-            new = store.replay(mid)
-        except KeyError:
-            raise EngineError(f"no message {mid}") from None
-        typer.echo(f"message {mid} replayed as {new}")
+    if state is not None and state not in MESSAGE_STATES:
+        raise EngineError(f"unknown state {state!r} (states: {', '.join(MESSAGE_STATES)})")
+    who = _who()
+    with _store() as store:
+        ids = [message_id] if message_id is not None else store.ids_in_state(state or "")
+        for mid in ids:
+            try:
+                done = store.replay_message(mid, who)
+            except KeyError:
+                raise EngineError(f"no message {mid}") from None
+            except ActionRefused as exc:
+                raise EngineError(str(exc)) from None
+            typer.echo(f"message {mid} ({done.original_state}) replayed as {done.message_id}")
     if not ids:
         typer.echo(f"no message in state {state}")
+
+
+@messages_app.command("resend")
+def messages_resend(
+    message_id: Annotated[int, typer.Argument(help="message id")],
+    destination: Annotated[
+        str | None,
+        typer.Option(help="resend to this destination only, even if it was delivered"),
+    ] = None,
+) -> None:
+    """Send a message's dead deliveries again (or its delivery to one destination), with the
+    payload made the first time: nothing goes to the destinations that had it."""
+    from engine.store import ActionRefused
+
+    try:
+        with _store() as store:
+            done = store.resend(message_id, _who(), destination)
+    except KeyError:
+        raise EngineError(f"no message {message_id}") from None
+    except ActionRefused as exc:
+        raise EngineError(str(exc)) from None
+    if not done.queued:
+        typer.echo(f"message {message_id}: nothing resent ({done.note})")
+    for dest, new_id, old_id in done.queued:
+        typer.echo(
+            f"message {message_id}: {dest} queued again (delivery {new_id} replaces {old_id})"
+        )
+
+
+@audit_app.command("list")
+def audit_list(
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    message_id: Annotated[int | None, typer.Option("--message", help="one message's")] = None,
+) -> None:
+    """Replays, resends and payload views, newest first: when, who, from where, what, outcome."""
+    zone = _zone()
+    with _store() as store:
+        entries = store.audit_entries(limit=limit, message_id=message_id)
+    for e in entries:
+        typer.echo(
+            f"{e.at.astimezone(zone).isoformat(timespec='seconds')}  {e.actor} ({e.source})  "
+            f"{e.action} message {e.message_id} patient {e.patient_key or '-'}: {e.outcome}"
+            + (f" ({e.detail})" if e.detail else "")
+        )

@@ -4,12 +4,29 @@ SIGTERM during start-up stops it promptly."""
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from engine.api.auth_settings import auth_settings_for
 from engine.errors import ConfigError
 from engine.settings import Settings, load_settings
 from engine.store import create_db_engine
+
+ENGINE = [sys.executable, "-m", "engine"]
 
 
 @pytest.mark.parametrize(
@@ -63,3 +80,232 @@ def test_a_bad_database_url_names_the_setting_not_the_password(url: str, expecte
     with pytest.raises(ConfigError) as caught:
         create_db_engine(url)
     assert str(caught.value).startswith(expected) and "hunter2" not in str(caught.value)
+
+
+# --- engine serve, as an admin starts it -------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(home: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``engine serve`` started in ``home`` (its default home) on free local ports."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
+    return subprocess.Popen(
+        [*ENGINE, "serve"],
+        cwd=home,
+        env={
+            **clean,
+            "ENGINE_MLLP_HOST": "127.0.0.1",
+            "ENGINE_HTTP_HOST": "127.0.0.1",
+            "ENGINE_MLLP_PORT": str(_free_port()),
+            "ENGINE_HTTP_PORT": str(_free_port()),
+            "ENGINE_WORKERS": "false",
+            **env,
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens once the block ends
+
+
+def _route_file(home: Path, name: str, text: str) -> dict[str, str]:
+    (home / "routes").mkdir(exist_ok=True)
+    (home / "routes" / name).write_text(text)
+    return {"ENGINE_ROUTES_DIR": "routes"}
+
+
+_DROP = """destinations:
+  drop:
+    type: file
+    directory: {folder}
+routes:
+  - name: to-drop
+    match: {{message: [ADT]}}
+    mapping: none
+    destinations: [drop]
+"""
+
+
+def _case(name: str, home: Path) -> tuple[dict[str, str], list[str]]:
+    """(environment, what the one error line must say) for each kind of start-up mistake."""
+    if name == "port":
+        return {"ENGINE_MLLP_PORT": "abc"}, ["ENGINE_MLLP_PORT: 'abc' is not a port number"]
+    if name == "unreachable-database":
+        port = _closed_port()
+        url = f"postgresql://engine:hunter2@127.0.0.1:{port}/engine"
+        return {"ENGINE_DATABASE_URL": url}, ["ENGINE_DATABASE_URL", f"127.0.0.1:{port}"]
+    if name == "unknown-database":
+        return {"ENGINE_DATABASE_URL": "mysql://u@db/e"}, ["ENGINE_DATABASE_URL", "'mysql'"]
+    if name == "tls-file":
+        env = {"ENGINE_MLLP_TLS_CERT": "tls/server.crt", "ENGINE_MLLP_TLS_KEY": "tls/server.key"}
+        return env, [f"ENGINE_MLLP_TLS_CERT: {home}/tls/server.crt: no such file"]
+    if name == "key-file":
+        env = {"ENGINE_AUTH_MODE": "keyfile", "ENGINE_AUTH_KEY_FILE": "keys/idp.pem"}
+        return env, [f"ENGINE_AUTH_KEY_FILE: {home}/keys/idp.pem: no such file"]
+    if name == "python-tag":
+        text = "destinations: !!python/object/apply:os.system ['true']\n"
+        return _route_file(home, "evil.yaml", text), ["routes/evil.yaml", "line 1"]
+    if name == "var-folder":
+        (home / "a-file").write_text("not a folder")
+        return {"ENGINE_VAR_DIR": "a-file/var"}, ["ENGINE_VAR_DIR: folder", "a-file/var"]
+    assert name == "destination-folder"
+    (home / "a-file").write_text("not a folder")
+    env = _route_file(home, "drop.yaml", _DROP.format(folder="a-file/outbox"))
+    return env, ["routes/drop.yaml: destination 'drop': folder", f"{home}/a-file/outbox"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "port",
+        "unreachable-database",
+        "unknown-database",
+        "tls-file",
+        "key-file",
+        "python-tag",
+        "var-folder",
+        "destination-folder",
+    ],
+)
+def test_serve_refuses_a_mistake_in_one_line_before_anything_listens(
+    tmp_path: Path, case: str
+) -> None:
+    env, needles = _case(case, tmp_path)
+    proc = _serve(tmp_path, env)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: "), err
+    for needle in needles:
+        assert needle in last, last
+    assert "hunter2" not in err
+    assert "MLLP on" not in err  # no banner: nothing was started
+
+
+def _cert(folder: Path) -> None:
+    """A self-signed server certificate and key (it also serves as the client CA)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir()
+    (folder / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def _lines(proc: subprocess.Popen[str]) -> tuple[queue.Queue[str], threading.Thread]:
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.put(line)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return lines, thread
+
+
+def test_the_banner_comes_once_listening_and_names_home_tls_and_store(tmp_path: Path) -> None:
+    _cert(tmp_path / "tls")
+    proc = _serve(
+        tmp_path,
+        {
+            "ENGINE_MLLP_TLS_CERT": "tls/server.crt",  # relative: the home's
+            "ENGINE_MLLP_TLS_KEY": "tls/server.key",
+            "ENGINE_MLLP_TLS_CLIENT_CA": "tls/server.crt",
+        },
+    )
+    lines, pump = _lines(proc)
+    try:
+        banner = ""
+        while "MLLP on" not in banner:
+            banner = lines.get(timeout=30)
+        assert proc.returncode is None
+        mllp = int(banner.split("MLLP on 127.0.0.1:")[1].split(" ")[0])
+        http = int(banner.split("HTTP on http://127.0.0.1:")[1].split(" ")[0])
+        assert f"home {tmp_path};" in banner
+        assert f"MLLP on 127.0.0.1:{mllp} (mutual TLS: client certificates required)" in banner
+        assert f"HTTP on http://127.0.0.1:{http} (no TLS" in banner
+        assert f"store sqlite:///{tmp_path}/var/engine.db" in banner
+        # both listen by the time the banner shows
+        socket.create_connection(("127.0.0.1", mllp), timeout=5).close()
+        socket.create_connection(("127.0.0.1", http), timeout=5).close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        pump.join(timeout=5)
+        for pipe in (proc.stdout, proc.stderr):
+            assert pipe is not None
+            pipe.close()
+    assert proc.returncode == 0
+    assert "engine stopped" in list(lines.queue)[-1]
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_start_up_stops_the_engine_promptly(
+    tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
+    """A database that accepts the connection and never answers holds start-up; SIGTERM (or
+    Ctrl-C) then stops the engine within seconds, with one clean line."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        url = f"postgresql://engine@127.0.0.1:{port}/engine"
+        proc = _serve(tmp_path, {"ENGINE_DATABASE_URL": url})
+        silent.settimeout(30)
+        conn, _ = silent.accept()  # the engine is connecting now
+        with conn:
+            started = time.monotonic()
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=10)
+            took = time.monotonic() - started
+    assert took < 5, took
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "MLLP on" not in err
+    assert f"engine stopped during start-up ({sig.name})" in err
+
+
+def test_worker_names_an_unreachable_database(tmp_path: Path) -> None:
+    port = _closed_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
+    url = f"postgresql://engine:hunter2@127.0.0.1:{port}/engine"
+    proc = subprocess.run(
+        [*ENGINE, "worker"],
+        cwd=tmp_path,
+        env={**clean, "ENGINE_DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ENGINE_DATABASE_URL") and f"127.0.0.1:{port}" in last
+    assert "hunter2" not in proc.stderr

@@ -6,7 +6,8 @@ hand it in-memory fakes (``tests/api/fakes.py``).
 
 Messages are returned as the store's views (:mod:`engine.store.views`), which the API serialises
 as they are: metadata only — ids, control IDs, types, states, destinations — never a payload, so
-nothing the API lists can leak a message's content.
+nothing the API lists can leak a message's content. The one payload the API hands out is
+``raw``, read on purpose by one endpoint that records each read in the audit trail.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from engine.flow.ingest import Receipt
-from engine.store import MessageView
+from engine.store import MessageLine, MessageQuery, MessageView, Replayed, ResendOutcome, Who
 
 __all__ = ["HealthPort", "IngestPort", "MessagesPort"]
 
@@ -35,21 +36,44 @@ class IngestPort(Protocol):
 
 
 class MessagesPort(Protocol):
-    """Reads stored messages and replays them (synchronous: called from a worker thread).
-
-    ``SqlMessageStore`` is one as it stands.
+    """Finds stored messages, replays them and resends their deliveries, and records who did
+    (synchronous: called from a worker thread). ``SqlMessageStore`` is one as it stands.
     """
 
-    def list(self, *, state: str | None = None, limit: int = 100) -> list[MessageView]:
-        """The newest messages first, optionally only those in ``state`` (no deliveries)."""
+    def search(self, query: MessageQuery) -> list[MessageLine]:
+        """The messages that match, newest first (engine/store/search.py)."""
         ...
 
     def get(self, message_id: int) -> MessageView | None:
         """One message with its deliveries, or ``None``."""
         ...
 
-    def replay(self, message_id: int) -> int:
-        """Receive a stored message's bytes again as a new message; its id. KeyError if unknown."""
+    def raw(self, message_id: int) -> bytes | None:
+        """A message's bytes as they arrived, or ``None``."""
+        ...
+
+    def replay_message(self, message_id: int, who: Who) -> Replayed:
+        """Receive a stored message again as a new message; the original becomes ``replayed``.
+        KeyError if unknown, ActionRefused while it is not processed yet. Audited."""
+        ...
+
+    def resend(self, message_id: int, who: Who, destination: str | None = None) -> ResendOutcome:
+        """Queue the message's dead deliveries again (or the one to ``destination``). KeyError
+        if unknown, ActionRefused (UnknownDestination) when it cannot. Audited."""
+        ...
+
+    def record_audit(
+        self,
+        *,
+        action: str,
+        actor: str,
+        source: str,
+        message_id: int | None,
+        outcome: str,
+        detail: str | None = None,
+        peer: str | None = None,
+    ) -> None:
+        """Record an action in the audit trail (a payload read, a refusal)."""
         ...
 
 

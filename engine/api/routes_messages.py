@@ -1,25 +1,38 @@
-"""``/api/messages``: list, show and replay stored messages (metadata only, never payloads).
+"""``/api/messages``: find and show messages (metadata), read one's payload, replay, resend.
 
-Viewers read; only admins replay, and each replay is logged with who asked (an audit trail of ids,
-never content). Handlers are sync: the store is, and FastAPI runs them in a worker thread.
+Viewers search and show metadata, and may read a payload as received (``/raw``); only admins
+replay and resend. Each payload read, replay and resend is recorded in the audit trail with the
+token's subject and the caller's address, refused ones too (a 403 here is recorded before it is
+answered). Handlers are sync: the store is, and FastAPI runs them in a worker thread.
 
 A message id is 1 .. 2**63 - 1, the range of the store's BIGINT key. Anything else where an id
 belongs — 0, -1, 2**63, 10**30, a word — is not an id at all and answers 422 before the store is
 asked (a database driver raises on an integer it cannot bind); a valid id with no message answers
-404.
+404. An unknown state answers 422 naming it and the valid ones.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 
-from engine.api.auth import AdminDep, ViewerDep
-from engine.api.deps import MessagesDep
-from engine.api.schemas import ReplayAccepted
-from engine.store import MessageSummary, MessageView
+from engine.api.auth import Principal, Role, ViewerDep, current_principal
+from engine.api.deps import MessagesDep, SettingsDep, peer_of
+from engine.api.schemas import ReplayAccepted, ResendAccepted
+from engine.store import (
+    MESSAGE_STATES,
+    ActionRefused,
+    MessageLine,
+    MessageQuery,
+    MessageView,
+    UnknownDestination,
+    Who,
+)
 
 __all__ = ["router"]
 
@@ -30,18 +43,79 @@ router = APIRouter(prefix="/api/messages")
 BIGINT_MAX = 2**63 - 1
 
 MessageId = Annotated[int, Path(ge=1, le=BIGINT_MAX)]
+HL7_MEDIA_TYPE = "x-application/hl7-v2+er7"
+Header = Annotated[str | None, Query(max_length=227)]
 
 
-@router.get("", response_model=list[MessageSummary])
+def _audited(role: Role, action: str) -> Callable[..., Who]:
+    """A dependency: the caller as an audit actor when they hold ``role``; otherwise the refusal
+    is recorded and answered 403."""
+
+    def dependency(
+        message_id: MessageId,
+        request: Request,
+        messages: MessagesDep,
+        principal: Annotated[Principal, Depends(current_principal)],
+    ) -> Who:
+        who = Who(principal.subject, "api", peer_of(request))
+        if not principal.may(role):
+            messages.record_audit(
+                action=action,
+                actor=who.actor,
+                source=who.source,
+                peer=who.peer,
+                message_id=message_id,
+                outcome="refused",
+                detail=f"requires the {role.value} role",
+            )
+            raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"requires the {role.value} role")
+        return who
+
+    return dependency
+
+
+def _when(value: datetime | None, zone: str) -> datetime | None:
+    """A time without an offset is in the engine's time zone (``timezone`` setting)."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=ZoneInfo(zone))
+
+
+@router.get("", response_model=list[MessageLine])
 def list_messages(
     principal: ViewerDep,
     messages: MessagesDep,
-    state: Annotated[str | None, Query(max_length=32, pattern=r"^[a-z_]+$")] = None,
+    settings: SettingsDep,
+    state: Annotated[str | None, Query(max_length=32)] = None,
+    type: Annotated[str | None, Query(max_length=16)] = None,  # noqa: A002  (the query's name)
+    trigger: Annotated[str | None, Query(max_length=16)] = None,
+    sender: Header = None,
+    mrn: Annotated[str | None, Query(max_length=255)] = None,
+    control_id: Annotated[str | None, Query(max_length=199)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    before: Annotated[int | None, Query(ge=1, le=BIGINT_MAX)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[MessageView]:
-    """The newest messages first, optionally only those in one state (each line the view's
-    summary: ``response_model`` leaves out the rest)."""
-    return messages.list(state=state, limit=limit)
+) -> list[MessageLine]:
+    """Messages newest first, filtered, with why each is where it is (keyset paging: the next
+    page is ``before`` = the last id of this one)."""
+    if state is not None and state not in MESSAGE_STATES:
+        raise HTTPException(
+            422, detail=f"unknown state {state!r} (states: {', '.join(MESSAGE_STATES)})"
+        )
+    query = MessageQuery(
+        state=state,
+        message_type=type,
+        trigger=trigger,
+        sender=sender,
+        mrn=mrn,
+        control_id=control_id,
+        since=_when(since, settings.timezone),
+        until=_when(until, settings.timezone),
+        before=before,
+        limit=limit,
+    )
+    return messages.search(query)
 
 
 @router.get("/{message_id}", response_model=MessageView)
@@ -53,19 +127,71 @@ def show_message(message_id: MessageId, principal: ViewerDep, messages: Messages
     return view
 
 
+@router.get("/{message_id}/raw")
+def message_payload(
+    message_id: MessageId,
+    messages: MessagesDep,
+    who: Annotated[Who, Depends(_audited(Role.VIEWER, "view-payload"))],
+) -> Response:
+    """The message's bytes exactly as they arrived (the view is audited)."""
+    payload = messages.raw(message_id)
+    messages.record_audit(
+        action="view-payload",
+        actor=who.actor,
+        source=who.source,
+        peer=who.peer,
+        message_id=message_id,
+        outcome="ok" if payload is not None else "refused",
+        detail=None if payload is not None else "no such message",
+    )
+    if payload is None:
+        raise HTTPException(404, detail=f"no message {message_id}")
+    return Response(payload, media_type=HL7_MEDIA_TYPE)
+
+
 @router.post(
     "/{message_id}/replay", status_code=status.HTTP_202_ACCEPTED, response_model=ReplayAccepted
 )
 def replay_message(
-    message_id: MessageId, principal: AdminDep, messages: MessagesDep
+    message_id: MessageId,
+    messages: MessagesDep,
+    who: Annotated[Who, Depends(_audited(Role.ADMIN, "replay"))],
 ) -> ReplayAccepted:
-    """Receive a stored message again, as a new message that goes through the whole flow."""
+    """Receive a stored message again, as a new message that goes through the whole flow; the
+    original becomes ``replayed``."""
     try:
-        new_id = messages.replay(message_id)
+        done = messages.replay_message(message_id, who)
     except KeyError:
         raise HTTPException(404, detail=f"no message {message_id}") from None
+    except ActionRefused as exc:
+        raise HTTPException(409, detail=str(exc)) from None
     log.info(
         "message replayed",
-        extra={"message_id": message_id, "new_message_id": new_id, "by": principal.subject},
+        extra={"message_id": message_id, "new_message_id": done.message_id, "by": who.actor},
     )
-    return ReplayAccepted(message_id=new_id, replay_of=message_id)
+    return ReplayAccepted(message_id=done.message_id, replay_of=message_id)
+
+
+@router.post(
+    "/{message_id}/resend", status_code=status.HTTP_202_ACCEPTED, response_model=ResendAccepted
+)
+def resend_message(
+    message_id: MessageId,
+    messages: MessagesDep,
+    who: Annotated[Who, Depends(_audited(Role.ADMIN, "resend"))],
+    destination: Annotated[str | None, Query(max_length=128)] = None,
+) -> ResendAccepted:
+    """Queue the message's dead deliveries again, or its delivery to one ``destination``."""
+    try:
+        done = messages.resend(message_id, who, destination)
+    except KeyError:
+        raise HTTPException(404, detail=f"no message {message_id}") from None
+    except UnknownDestination as exc:
+        raise HTTPException(422, detail=str(exc)) from None
+    except ActionRefused as exc:
+        raise HTTPException(409, detail=str(exc)) from None
+    log.info(
+        "message resent",
+        extra={"message_id": message_id, "deliveries": len(done.queued), "by": who.actor},
+    )
+    return ResendAccepted.of(done)

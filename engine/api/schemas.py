@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-__all__ = ["Accepted", "ReplayAccepted"]
+from engine.store import ResendOutcome
+
+__all__ = ["Accepted", "ReplayAccepted", "ResendAccepted", "ResentDelivery"]
 
 
 class Accepted(BaseModel):
@@ -22,3 +24,30 @@ class ReplayAccepted(BaseModel):
 
     message_id: int
     replay_of: int
+
+
+class ResentDelivery(BaseModel):
+    """One delivery queued again: its destination, its id, and the delivery it replaces."""
+
+    destination: str
+    delivery_id: int
+    resend_of: int
+
+
+class ResendAccepted(BaseModel):
+    """A resend: the deliveries queued again, or none and why (``note``)."""
+
+    message_id: int
+    queued: list[ResentDelivery]
+    note: str
+
+    @classmethod
+    def of(cls, outcome: ResendOutcome) -> ResendAccepted:
+        return cls(
+            message_id=outcome.message_id,
+            queued=[
+                ResentDelivery(destination=d, delivery_id=i, resend_of=o)
+                for d, i, o in outcome.queued
+            ],
+            note=outcome.note,
+        )

@@ -7,6 +7,10 @@ messages      received messages: group commit, claims for processing, showing, r
 deliveries    the queues per (destination, patient): claims, outcomes, upkeep, backlog
 index         the FHIR resource index the jobs read
 eligibility   eligibility checks (X12 270/271)
+nodes         the worker processes' heartbeats, takeover of dead ones' claims, singleton job runs
+search        the operator's message list: filters, keyset paging, failing destinations
+operator      an operator's replay of a message and resend of its deliveries
+audit         who replayed, resent or viewed a payload, and when
 repository    SqlMessageStore: the parts combined on one database
 """
 
@@ -14,21 +18,39 @@ from engine.store.db import create_db_engine
 from engine.store.deliveries import DestinationBacklog, DueDelivery, NewDelivery, Outcome
 from engine.store.index import IndexedResource
 from engine.store.messages import Incoming, Processed, Stored
+from engine.store.operator import ActionRefused, Replayed, UnknownDestination, Who
 from engine.store.repository import SqlMessageStore
-from engine.store.views import DeliveryView, MessageSummary, MessageView
+from engine.store.search import MESSAGE_STATES, MessageQuery
+from engine.store.views import (
+    AuditEntry,
+    DeliveryView,
+    MessageLine,
+    MessageSummary,
+    MessageView,
+    ResendOutcome,
+)
 
 __all__ = [
+    "MESSAGE_STATES",
+    "ActionRefused",
+    "AuditEntry",
     "DeliveryView",
     "DestinationBacklog",
     "DueDelivery",
     "IndexedResource",
     "Incoming",
+    "MessageLine",
+    "MessageQuery",
     "MessageSummary",
     "MessageView",
     "NewDelivery",
     "Outcome",
     "Processed",
+    "Replayed",
+    "ResendOutcome",
     "SqlMessageStore",
     "Stored",
+    "UnknownDestination",
+    "Who",
     "create_db_engine",
 ]

@@ -3,8 +3,10 @@ destination in the order they arrived while different patients flow in parallel.
 
 Only the head of a queue is ``pending`` (claimable); the deliveries behind it are ``waiting``.
 Settling the head (delivered or dead) promotes the next one. A delivery is claimed with a lease
-(``claimed_until``): a dispatcher that dies loses its claims when the lease runs out, and an
-outcome counts only for a delivery still pending, so one sent twice is settled once.
+(``claimed_until``) and its owner, the claiming node (``claimed_by``): a dispatcher that dies
+loses its claims as soon as its node's heartbeat stops (engine/store/nodes.py), or when the
+lease runs out for a claim without an owner; an outcome counts only for a delivery still pending
+(and still its node's), so one sent twice is settled once.
 
 Building a SQLAlchemy statement (and its cache key) costs more than SQLite takes to run it; the
 queue workers run these thousands of times a second, so each is built once, beside the method
@@ -43,6 +45,7 @@ __all__ = [
     "NewDelivery",
     "Outcome",
     "deliveries_of",
+    "lock_queues",
     "queue_deliveries",
 ]
 
@@ -58,6 +61,8 @@ class NewDelivery:
     content_type: str
     payload: bytes
     patient_key: str
+    #: an operator's resend: the delivery this one replaces (now ``resent``)
+    resend_of: int | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,7 @@ def queue_deliveries(
             "attempts": 0,
             "next_attempt_at": now,
             "created_at": now,
+            "resend_of": d.resend_of,
         }
         for mid, d in new
     ]
@@ -170,6 +176,10 @@ def _lock_queues(conn: Connection, queues: set[tuple[str, str]]) -> None:
         return
     for key in sorted(f"{destination}\x1f{patient}" for destination, patient in queues):
         conn.execute(_LOCK_QUEUE, {"queue": key})
+
+
+#: for an operator's resend, which takes the queues before it locks the message
+lock_queues = _lock_queues
 
 
 _queued = deliveries.alias("queued")
@@ -293,22 +303,30 @@ class Deliveries(Repository):
     _CLAIM_DELIVERIES = (
         update(deliveries)
         .where(deliveries.c.id.in_(id_list()), deliveries.c.state == "pending", _free_claim)
-        .values(claimed_until=bindparam("until"))
+        .values(claimed_until=bindparam("until"), claimed_by=bindparam("owner"))
         .returning(deliveries.c.id)
     )
     #: PostgreSQL: lease the rows already locked (FOR UPDATE SKIP LOCKED)
     _LEASE_DELIVERIES = (
         update(deliveries)
         .where(deliveries.c.id.in_(id_list()))
-        .values(claimed_until=bindparam("until"))
+        .values(claimed_until=bindparam("until"), claimed_by=bindparam("owner"))
     )
 
     def claim_due_deliveries(
-        self, limit: int = 50, lease: float = 120.0, paused: Sequence[str] = ()
+        self,
+        limit: int = 50,
+        lease: float = 120.0,
+        paused: Sequence[str] = (),
+        owner: str | None = None,
     ) -> list[DueDelivery]:
         """Claim deliveries that are due, at most one in flight per (destination, patient): a
         delivery is ``waiting`` while an earlier one for the same patient and destination is
-        pending, so order is kept per patient while different patients flow in parallel."""
+        pending, so order is kept per patient while different patients flow in parallel.
+
+        ``owner``: the claiming node (engine/store/nodes.py): its claims are taken over as soon
+        as its heartbeat stops, and only its own outcomes count for them. A claim without an
+        owner is free again when its lease runs out."""
         now = utcnow()
         until = now + timedelta(seconds=lease)
         due = self._DUE_UNPAUSED if paused else self._DUE
@@ -321,14 +339,15 @@ class Deliveries(Repository):
             if not candidates:
                 return []
             with self._tx() as conn:
-                claim = {"ids": candidates, "now": now, "until": until}
+                claim = {"ids": candidates, "now": now, "until": until, "owner": owner}
                 ids = list(conn.execute(self._CLAIM_DELIVERIES, claim).scalars())
                 return self._due_rows(conn, ids, until)
         with self._tx() as conn:
             locked = due.with_for_update(skip_locked=True, of=deliveries)
             ids = list(conn.execute(locked, params).scalars())
             if ids:
-                conn.execute(self._LEASE_DELIVERIES, {"ids": ids, "until": until})
+                lease_of = {"ids": ids, "until": until, "owner": owner}
+                conn.execute(self._LEASE_DELIVERIES, lease_of)
             return self._due_rows(conn, ids, until)
 
     _DUE_ROWS = (
@@ -375,6 +394,7 @@ class Deliveries(Repository):
             delivered_at=bindparam("now"),
             attempts=deliveries.c.attempts + 1,
             claimed_until=None,
+            claimed_by=None,
             last_error=None,
         )
         .returning(deliveries.c.message_id, deliveries.c.destination, deliveries.c.patient_key)
@@ -386,6 +406,7 @@ class Deliveries(Repository):
             state="dead",
             attempts=deliveries.c.attempts + 1,
             claimed_until=None,
+            claimed_by=None,
             last_error=bindparam("err"),
         )
         .returning(deliveries.c.message_id, deliveries.c.destination, deliveries.c.patient_key)
@@ -396,32 +417,51 @@ class Deliveries(Repository):
         .values(
             attempts=deliveries.c.attempts + 1,
             claimed_until=None,
+            claimed_by=None,
             last_error=bindparam("err"),
             next_attempt_at=bindparam("at"),
         )
     )
+    #: a node's outcomes count only while the claim is still its own: one thought dead (its
+    #: claims taken over, perhaps claimed and settled by another) records nothing late
+    _owned = deliveries.c.claimed_by == bindparam("owner")
+    _DELIVERED_BY = _DELIVERED.where(_owned)
+    _DEAD_BY = _DEAD.where(_owned)
+    _RETRY_BY = _RETRY.where(_owned)
 
-    def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+    def record_outcomes(self, outcomes: Sequence[Outcome], owner: str | None = None) -> None:
         """Record delivery outcomes in ONE transaction of a few set-based statements (the
-        dispatcher batches them): the write lock is held as briefly as possible."""
+        dispatcher batches them): the write lock is held as briefly as possible.
+
+        ``owner``: the node that claimed them; an outcome counts only while its delivery is
+        still claimed by that node (not after a takeover). Without one, while still pending."""
         if not outcomes:
             return
         now = utcnow()
         done = [o.delivery_id for o in outcomes if o.ok]
         dead = [o for o in outcomes if not o.ok and o.retry_at is None]
         retry = [o for o in outcomes if not o.ok and o.retry_at is not None]
+        owned = owner is not None
+        delivered = self._DELIVERED_BY if owned else self._DELIVERED
+        dead_stmt = self._DEAD_BY if owned else self._DEAD
         with self._tx() as conn:
             settled: list[Any] = []
             if done:
-                settled += conn.execute(self._DELIVERED, {"ids": done, "now": now}).all()
+                params = {"ids": done, "now": now, "owner": owner}
+                settled += conn.execute(delivered, params).all()
             for o in dead:
-                error = {"did": o.delivery_id, "err": clean_lines(o.error, 2000)}
-                settled += conn.execute(self._DEAD, error).all()
+                error = {"did": o.delivery_id, "err": clean_lines(o.error, 2000), "owner": owner}
+                settled += conn.execute(dead_stmt, error).all()
             if retry:
                 conn.execute(
-                    self._RETRY,
+                    self._RETRY_BY if owned else self._RETRY,
                     [
-                        {"did": o.delivery_id, "err": clean_lines(o.error, 2000), "at": o.retry_at}
+                        {
+                            "did": o.delivery_id,
+                            "err": clean_lines(o.error, 2000),
+                            "at": o.retry_at,
+                            "owner": owner,
+                        }
                         for o in retry
                     ],
                 )
@@ -433,15 +473,18 @@ class Deliveries(Repository):
     _RELEASE = (
         update(deliveries)
         .where(deliveries.c.id.in_(id_list()), deliveries.c.state == "pending")
-        .values(claimed_until=None)
+        .values(claimed_until=None, claimed_by=None)
     )
+    _RELEASE_BY = _RELEASE.where(deliveries.c.claimed_by == bindparam("owner"))
 
-    def release_claims(self, delivery_ids: Sequence[int]) -> None:
+    def release_claims(self, delivery_ids: Sequence[int], owner: str | None = None) -> None:
         """Give back claims on deliveries not started (a stopping dispatcher): they are due
-        again at once instead of when their lease runs out."""
+        again at once instead of when their lease runs out. With ``owner``, only while they
+        are still that node's claims."""
         if delivery_ids:
             with self._tx() as conn:
-                conn.execute(self._RELEASE, {"ids": list(delivery_ids)})
+                stmt = self._RELEASE_BY if owner is not None else self._RELEASE
+                conn.execute(stmt, {"ids": list(delivery_ids), "owner": owner})
 
     #: a claim kept for longer: only while it is still ours (same lease) and pending
     _RENEW = (

@@ -367,27 +367,6 @@ class MessageStore(Repository):
                 ).scalars()
             )
 
-    def replay(self, message_id: int) -> int:
-        """Store a copy of a message as received again (an operator's replay, not a duplicate);
-        the new message's id. KeyError when there is no such message."""
-        with self.db_engine.connect() as conn:
-            row = conn.execute(
-                select(
-                    messages.c.raw, messages.c.kind, messages.c.peer, messages.c.patient_key
-                ).where(messages.c.id == message_id)
-            ).one_or_none()
-        if row is None:
-            raise KeyError(message_id)
-        again = Incoming(
-            raw=bytes(row.raw),
-            channel="replay",
-            patient_key=row.patient_key,
-            peer=row.peer,
-            kind=row.kind,
-            replay_of=message_id,
-        )
-        return self.save_batch([again])[0].id
-
     def counts(self) -> dict[str, int]:
         """Messages per state, and deliveries pending (the queue depth)."""
         with self.db_engine.connect() as conn:

@@ -15,19 +15,33 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from engine.store.audit import Audit
 from engine.store.deliveries import Deliveries
 from engine.store.eligibility import EligibilityChecks
 from engine.store.index import ResourceIndex
 from engine.store.messages import MessageStore
+from engine.store.nodes import Nodes
+from engine.store.operator import Operator
+from engine.store.search import MessageSearch
 
 __all__ = ["SqlMessageStore"]
 
 log = logging.getLogger(__name__)
 
 
-class SqlMessageStore(MessageStore, Deliveries, ResourceIndex, EligibilityChecks):
-    """The message store on a SQLAlchemy engine: messages, deliveries, the resource index and
-    eligibility checks (``SqlMessageStore(db_engine)``)."""
+class SqlMessageStore(
+    MessageStore,
+    Deliveries,
+    ResourceIndex,
+    EligibilityChecks,
+    MessageSearch,
+    Operator,
+    Audit,
+    Nodes,
+):
+    """The message store on a SQLAlchemy engine: messages, deliveries, the resource index,
+    eligibility checks, the operator's search, replay and resend, and the audit trail
+    (``SqlMessageStore(db_engine)``)."""
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (creates it on a new database)."""

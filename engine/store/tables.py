@@ -9,8 +9,15 @@ could be read) and its state with the reason. States::
         └─────────────┴──────────▶ error                    (unreadable, unsupported, unmappable)
                                    unrouted                 (no route wants it)
 
+    routed, delivered, dead, error, unrouted ──▶ replayed   (an operator replayed it: the copy,
+                                                             ``replay_of`` this one, goes on)
+    dead, delivered, replayed ──▶ routed                    (an operator resent a delivery)
+
 ``deliveries``: one row per message and destination, with the payload to send, attempts, the next
-attempt's time, the last error and the patient key that orders deliveries per patient.
+attempt's time, the last error and the patient key that orders deliveries per patient. States:
+waiting (behind an earlier one of its queue) ──▶ pending ──▶ delivered or dead; an operator's
+resend makes a new row (``resend_of`` the one it replaces) and settles the old one as ``resent``
+(engine/store/operator.py).
 """
 
 from __future__ import annotations

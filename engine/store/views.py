@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-__all__ = ["DeliveryView", "MessageSummary", "MessageView"]
+__all__ = [
+    "AuditEntry",
+    "DeliveryView",
+    "MessageLine",
+    "MessageSummary",
+    "MessageView",
+    "ResendOutcome",
+]
 
 
 @dataclass(frozen=True)
@@ -52,3 +59,48 @@ class MessageView(MessageSummary):
     deliveries: tuple[DeliveryView, ...] = ()
     #: what the message carried that no mapping took, one line each (``PID: not mapped: PID-9``)
     warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MessageLine(MessageSummary):
+    """A message as one line of a search (``engine messages list``, ``GET /api/messages``): its
+    summary, who sent it, why it is in its state, and which destinations fail it.
+
+    ``failing`` names each destination whose delivery is dead or retrying, with its last error
+    (``"fhir (dead): HTTP 503"``): the reason a routed or dead message is stuck is there, not in
+    ``reason`` (which is the processing's).
+    """
+
+    #: MSH-3 and MSH-4 (``FRONTDESK^CLINIC``)
+    sender: str | None
+    reason: str | None
+    failing: tuple[str, ...] = ()
+    #: the message this one replays, if it is a replay
+    replay_of: int | None = None
+
+
+@dataclass(frozen=True)
+class ResendOutcome:
+    """What a resend did: the new deliveries (one per destination), and why nothing was made
+    when that is so (``note``: already queued, nothing failed)."""
+
+    message_id: int
+    #: (destination, new delivery id, the delivery it replaces)
+    queued: tuple[tuple[str, int, int], ...]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """Who replayed, resent or viewed what, and when: one line of the audit trail."""
+
+    id: int
+    at: datetime
+    actor: str
+    source: str
+    action: str
+    message_id: int | None
+    #: the patient of the message (its patient key, PID-3): whose data was seen or sent
+    patient_key: str | None
+    outcome: str
+    detail: str | None

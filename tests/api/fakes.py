@@ -7,7 +7,17 @@ from datetime import UTC, datetime
 
 from engine.flow.ingest import Receipt
 from engine.metrics import EngineMetrics
-from engine.store import DeliveryView, MessageView
+from engine.store import (
+    ActionRefused,
+    DeliveryView,
+    MessageLine,
+    MessageQuery,
+    MessageView,
+    Replayed,
+    ResendOutcome,
+    UnknownDestination,
+    Who,
+)
 
 __all__ = ["ACK", "NAK", "FakeHealth", "FakeIngest", "FakeMessages", "sample_view"]
 
@@ -85,28 +95,85 @@ def sample_view(message_id: int, *, state: str = "received", deliveries: int = 0
     )
 
 
+def _line(view: MessageView) -> MessageLine:
+    return MessageLine(
+        id=view.id,
+        received_at=view.received_at,
+        channel=view.channel,
+        control_id=view.control_id,
+        message_type=view.message_type,
+        trigger=view.trigger,
+        state=view.state,
+        sender="FRONTDESK^CLINIC",
+        reason=view.reason,
+        failing=tuple(
+            f"{d.destination} (retrying): {d.last_error}" for d in view.deliveries if d.last_error
+        ),
+    )
+
+
 class FakeMessages:
-    """Messages in a dict; replay copies one under a new id."""
+    """Messages in a dict; replay copies one under a new id; every audit record kept."""
 
     def __init__(self, views: list[MessageView] | None = None) -> None:
         self.views = {view.id: view for view in views or []}
-        self.list_calls: list[tuple[str | None, int]] = []
+        self.queries: list[MessageQuery] = []
+        self.audit: list[dict[str, object]] = []
+        self.resends: list[tuple[int, str | None]] = []
 
-    def list(self, *, state: str | None = None, limit: int = 100) -> list[MessageView]:
-        self.list_calls.append((state, limit))
+    def search(self, query: MessageQuery) -> list[MessageLine]:
+        self.queries.append(query)
         newest = sorted(self.views.values(), key=lambda v: v.id, reverse=True)
-        return [v for v in newest if state is None or v.state == state][:limit]
+        found = [v for v in newest if query.state is None or v.state == query.state]
+        return [_line(v) for v in found][: query.limit]
 
     def get(self, message_id: int) -> MessageView | None:
         return self.views.get(message_id)
 
-    def replay(self, message_id: int) -> int:
+    def raw(self, message_id: int) -> bytes | None:
+        if message_id not in self.views:
+            return None
+        return (
+            f"MSH|^~\\&|FRONTDESK|CLINIC|||20260102||ADT^A04|CTRL-{message_id}|P|2.5.1\r".encode()
+        )
+
+    def replay_message(self, message_id: int, who: Who) -> Replayed:
         original = self.views[message_id]  # KeyError when unknown, as the port says
+        if original.state == "processing":
+            raise ActionRefused(f"message {message_id} is processing")
         new_id = max(self.views) + 1
         self.views[new_id] = dataclasses.replace(
             original, id=new_id, state="received", deliveries=()
         )
-        return new_id
+        self.views[message_id] = dataclasses.replace(original, state="replayed")
+        self.record_audit(
+            action="replay",
+            actor=who.actor,
+            source=who.source,
+            message_id=message_id,
+            outcome="ok",
+            peer=who.peer,
+        )
+        return Replayed(new_id, message_id, original.state)
+
+    def resend(self, message_id: int, who: Who, destination: str | None = None) -> ResendOutcome:
+        view = self.views[message_id]
+        known = {d.destination for d in view.deliveries}
+        if destination is not None and destination not in known:
+            raise UnknownDestination(f"message {message_id} has no destination {destination!r}")
+        self.resends.append((message_id, destination))
+        self.record_audit(
+            action="resend",
+            actor=who.actor,
+            source=who.source,
+            message_id=message_id,
+            outcome="ok",
+            peer=who.peer,
+        )
+        return ResendOutcome(message_id, ((destination or "dest-1", 7, 2),))
+
+    def record_audit(self, **entry: object) -> None:
+        self.audit.append(entry)
 
 
 class FakeHealth:

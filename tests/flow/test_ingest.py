@@ -58,9 +58,11 @@ def test_duplicate_gets_the_original_ack_and_is_stored_once(store: SqlMessageSto
     assert again.duplicate and again.message_id == first.message_id
     assert again.ack == first.ack
     assert len(store.list()) == 1
-    # an operator's replay is not a duplicate
+    # an operator's replay (a copy with replay_of, engine/store/operator.py) is not a duplicate
     assert first.message_id is not None
-    replayed = store.replay(first.message_id)
+    copy = Incoming(raw=adt(8), channel="replay", replay_of=first.message_id)
+    [stored] = store.save_batch([copy])
+    replayed = stored.id
     assert replayed != first.message_id and len(store.list()) == 2
 
 

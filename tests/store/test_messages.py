@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 
 from engine.store import Incoming, MessageView, SqlMessageStore
@@ -75,21 +74,6 @@ def test_ids_increase_and_list_newest_first(store: SqlMessageStore) -> None:
     assert store.get(10**9) is None
     assert store.raw(10**9) is None
     assert store.ping()
-
-
-def test_a_replay_is_a_new_message_pointing_at_its_original(store: SqlMessageStore) -> None:
-    mid = _receive(store, b"MSH|1", channel="mllp", peer="p", dedupe_key="A|B|1")
-    again = store.replay(mid)
-    assert again > mid and store.raw(again) == b"MSH|1"
-    shown = store.get(again)
-    assert shown is not None and (shown.channel, shown.state) == ("replay", "received")
-    with store.db_engine.connect() as conn:
-        assert (
-            conn.execute(select(messages.c.replay_of).where(messages.c.id == again)).scalar_one()
-            == mid
-        )
-    with pytest.raises(KeyError):
-        store.replay(10**9)
 
 
 def test_group_commit_keeps_order_and_dedupes_within_and_across_batches(

@@ -1,0 +1,211 @@
+"""Finding messages: the operator's list, with filters and keyset paging, and why each is stuck.
+
+A search is newest first (by id, which grows with ``received_at``) and pages by keyset
+(``before``: the last id of the previous page), so a page costs the same on a million rows as on
+a hundred: no OFFSET. Each filter has an index to stand on:
+
+========================  =====================================================================
+state                     ``ix_messages_state (state, id)``
+since / until             ``ix_messages_received (received_at, id)``: one seek turns each bound
+                          into an id bound too, then a range of the primary key
+control ID                ``ix_messages_control``
+patient (``AUTH|MRN``)    ``ix_messages_patient (patient_key, state, id)``
+========================  =====================================================================
+
+Type, trigger and sender are checked on the rows the index range gives. A bare MRN (no
+assigning authority) matches any authority's patient key ending in ``|MRN``: that reads the
+patient index from end to end, not a range of it.
+
+Each line names the destinations that fail the message (dead, or retrying with an error) and
+their last error, read in one query for the page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Select, and_, bindparam, or_, select
+
+from engine.store.db import Repository, aware
+from engine.store.tables import deliveries, messages
+from engine.store.views import MessageLine
+
+__all__ = ["MESSAGE_STATES", "MessageQuery", "MessageSearch"]
+
+#: every state a message can be in (tables.py draws them)
+MESSAGE_STATES = (
+    "received",
+    "processing",
+    "routed",
+    "delivered",
+    "dead",
+    "error",
+    "unrouted",
+    "replayed",
+)
+
+
+@dataclass(frozen=True)
+class MessageQuery:
+    """What to look for; every field is optional and they combine with AND."""
+
+    state: str | None = None
+    message_type: str | None = None
+    trigger: str | None = None
+    #: MSH-3, MSH-4 or ``MSH-3^MSH-4``
+    sender: str | None = None
+    #: the patient: ``AUTHORITY|MRN`` (PID-3.4 and PID-3.1), or a bare MRN of any authority
+    mrn: str | None = None
+    control_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    #: keyset paging: only messages with a smaller id (the last id of the previous page)
+    before: int | None = None
+    limit: int = 50
+
+    def __post_init__(self) -> None:
+        if self.state is not None and self.state not in MESSAGE_STATES:
+            raise ValueError(f"unknown state {self.state!r} (states: {', '.join(MESSAGE_STATES)})")
+
+
+_LINE = select(
+    messages.c.id,
+    messages.c.received_at,
+    messages.c.channel,
+    messages.c.control_id,
+    messages.c.message_type,
+    messages.c.trigger,
+    messages.c.state,
+    messages.c.sending_application,
+    messages.c.sending_facility,
+    messages.c.reason,
+    messages.c.replay_of,
+)
+#: the first message received at or after a time: one seek in ``ix_messages_received``
+_FIRST_FROM = (
+    select(messages.c.id)
+    .where(messages.c.received_at >= bindparam("at"))
+    .order_by(messages.c.received_at, messages.c.id)
+    .limit(1)
+)
+#: ids follow received_at only roughly: a writer takes its time before it waits for the lock,
+#: so a message received a little later may get a smaller id. The id bounds keep this margin
+#: (far more than a write transaction lasts); the time bounds themselves are exact.
+ID_SKEW = timedelta(minutes=5)
+_FAILING = (
+    select(
+        deliveries.c.message_id,
+        deliveries.c.destination,
+        deliveries.c.state,
+        deliveries.c.last_error,
+    )
+    .where(
+        or_(
+            deliveries.c.state == "dead",
+            and_(deliveries.c.state == "pending", deliveries.c.last_error.is_not(None)),
+        )
+    )
+    .order_by(deliveries.c.id)
+)
+
+
+def _like_suffix(value: str) -> str:
+    """A LIKE pattern for keys ending in ``|value`` (its wildcards escaped with ``\\``)."""
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%|{escaped}"
+
+
+def _sender(value: str) -> ColumnElement[bool]:
+    app, sep, facility = value.partition("^")
+    if sep:
+        return and_(messages.c.sending_application == app, messages.c.sending_facility == facility)
+    return or_(messages.c.sending_application == value, messages.c.sending_facility == value)
+
+
+def _where(q: MessageQuery) -> list[ColumnElement[bool]]:
+    """The conditions of a query, each on the column its index leads with."""
+    conditions: list[ColumnElement[bool]] = []
+    if q.state:
+        conditions.append(messages.c.state == q.state)
+    if q.message_type:
+        conditions.append(messages.c.message_type == q.message_type.upper())
+    if q.trigger:
+        conditions.append(messages.c.trigger == q.trigger.upper())
+    if q.sender:
+        conditions.append(_sender(q.sender))
+    if q.control_id:
+        conditions.append(messages.c.control_id == q.control_id)
+    if q.mrn:
+        if "|" in q.mrn:
+            conditions.append(messages.c.patient_key == q.mrn)
+        else:
+            conditions.append(messages.c.patient_key.like(_like_suffix(q.mrn), escape="\\"))
+    if q.before is not None:
+        conditions.append(messages.c.id < q.before)
+    return conditions
+
+
+def _time_bounds(conn: Connection, q: MessageQuery) -> list[ColumnElement[bool]]:
+    """since/until as id bounds as well as time bounds: the id bound lets the query walk a range
+    of the primary key (newest first, stopping at the limit) instead of sorting every row in
+    the time range."""
+    conditions: list[ColumnElement[bool]] = []
+    if q.since is not None:
+        first = conn.execute(_FIRST_FROM, {"at": q.since - ID_SKEW}).scalar_one_or_none()
+        if first is None:
+            return [messages.c.id < 0]  # nothing received since then
+        conditions += [messages.c.id >= first, messages.c.received_at >= q.since]
+    if q.until is not None:
+        after = conn.execute(_FIRST_FROM, {"at": q.until + ID_SKEW}).scalar_one_or_none()
+        if after is not None:
+            conditions.append(messages.c.id < after)
+        conditions.append(messages.c.received_at < q.until)
+    return conditions
+
+
+def _failing(conn: Connection, ids: Sequence[int]) -> dict[int, list[str]]:
+    """Per message: ``destination: last error`` of each dead or retrying delivery."""
+    out: dict[int, list[str]] = {}
+    if not ids:
+        return out
+    for r in conn.execute(_FAILING.where(deliveries.c.message_id.in_(list(ids)))):
+        error = (r.last_error or "").splitlines()[0][:200] if r.last_error else "no error recorded"
+        label = "dead" if r.state == "dead" else "retrying"
+        out.setdefault(r.message_id, []).append(f"{r.destination} ({label}): {error}")
+    return out
+
+
+def _line(row: Any, failing: list[str]) -> MessageLine:
+    sender = "^".join(p or "" for p in (row.sending_application, row.sending_facility))
+    return MessageLine(
+        id=row.id,
+        received_at=aware(row.received_at),
+        channel=row.channel,
+        control_id=row.control_id,
+        message_type=row.message_type,
+        trigger=row.trigger,
+        state=row.state,
+        sender=sender.strip("^") or None,
+        reason=row.reason,
+        failing=tuple(failing),
+        replay_of=row.replay_of,
+    )
+
+
+class MessageSearch(Repository):
+    """The operator's message list."""
+
+    def search(self, query: MessageQuery) -> list[MessageLine]:
+        """The messages that match, newest first, at most ``query.limit`` (the next page:
+        ``before`` = the last id of this one)."""
+        with self.db_engine.connect() as conn:
+            conditions = _where(query) + _time_bounds(conn, query)
+            statement: Select[Any] = (
+                _LINE.where(*conditions).order_by(messages.c.id.desc()).limit(query.limit)
+            )
+            rows = conn.execute(statement).all()
+            failing = _failing(conn, [r.id for r in rows])
+        return [_line(r, failing.get(r.id, [])) for r in rows]

@@ -1,0 +1,219 @@
+"""An operator's replay and resend, recorded in the audit trail. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from engine.store import (
+    ActionRefused,
+    Incoming,
+    NewDelivery,
+    Outcome,
+    Processed,
+    SqlMessageStore,
+    Who,
+)
+from engine.store.tables import deliveries, messages
+
+CLI = Who("alice", "cli")
+RAW = b"MSH|^~\\&|FRONTDESK|CLINIC|ENGINE|HUB|20260102||ADT^A08|C1|P|2.5.1\r"
+
+
+def _routed(
+    store: SqlMessageStore, *destinations: str, patient: str = "CLINIC|MRN1", control: str = "C1"
+) -> int:
+    """A message routed to ``destinations`` (one delivery each): its id."""
+    [stored] = store.save_batch(
+        [
+            Incoming(
+                raw=RAW,
+                channel="mllp",
+                control_id=control,
+                message_type="ADT",
+                trigger="A08",
+                sending_application="FRONTDESK",
+                sending_facility="CLINIC",
+                dedupe_key=f"FRONTDESK|CLINIC|{control}",
+                patient_key=patient,
+            )
+        ]
+    )
+    new = [
+        NewDelivery(d, "r", "hl7v2", "text/plain", f"to {d}".encode(), patient)
+        for d in destinations
+    ]
+    store.finish_batch([Processed(stored.id, "routed", None, patient, new)])
+    return stored.id
+
+
+def _run(store: SqlMessageStore, fail: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """Deliver everything due; deliveries to ``fail`` are dead at once."""
+    while due := store.claim_due_deliveries(100):
+        store.record_outcomes(
+            [
+                Outcome(d.id, d.destination not in fail, "" if d.destination not in fail else "503")
+                for d in due
+            ]
+        )
+
+
+def _rows(store: SqlMessageStore, mid: int) -> list[tuple[str, str, int | None]]:
+    with store.db_engine.connect() as conn:
+        return [
+            (r.destination, r.state, r.resend_of)
+            for r in conn.execute(
+                select(deliveries.c.destination, deliveries.c.state, deliveries.c.resend_of)
+                .where(deliveries.c.message_id == mid)
+                .order_by(deliveries.c.id)
+            )
+        ]
+
+
+def _state(store: SqlMessageStore, mid: int) -> str:
+    view = store.get(mid)
+    assert view is not None
+    return view.state
+
+
+def test_resend_goes_to_the_dead_delivery_only_and_settles_the_message(
+    store: SqlMessageStore,
+) -> None:
+    mid = _routed(store, "fhir", "raw")
+    _run(store, fail={"raw"})
+    assert _state(store, mid) == "dead"
+    first = store.resend(mid, CLI)
+    [(dest, new_id, old_id)] = first.queued
+    assert dest == "raw"
+    rows = _rows(store, mid)
+    assert rows == [
+        ("fhir", "delivered", None),
+        ("raw", "resent", None),
+        ("raw", "pending", old_id),
+    ]
+    assert _state(store, mid) == "routed"
+    # again while the first resend is queued: nothing made, and it says so
+    second = store.resend(mid, CLI)
+    assert second.queued == () and "still queued: raw" in second.note
+    assert len(_rows(store, mid)) == 3
+    [due] = store.claim_due_deliveries(10)
+    assert (due.id, due.payload, due.control_id) == (new_id, b"to raw", "C1")
+    store.record_outcomes([Outcome(due.id, True)])
+    assert _state(store, mid) == "delivered"
+    # nothing dead any more: a third resend makes nothing either
+    third = store.resend(mid, CLI)
+    assert third.queued == () and "nothing dead" in third.note
+    assert len(_rows(store, mid)) == 3
+
+
+def test_a_resend_that_dies_again_leaves_the_message_dead(store: SqlMessageStore) -> None:
+    mid = _routed(store, "fhir", "raw")
+    _run(store, fail={"raw"})
+    store.resend(mid, CLI)
+    _run(store, fail={"raw"})
+    assert _state(store, mid) == "dead"
+    assert [s for _, s, _ in _rows(store, mid)] == ["delivered", "resent", "dead"]
+    store.resend(mid, CLI)  # the newest dead one is resent, not the one already resent
+    assert [s for _, s, _ in _rows(store, mid)] == ["delivered", "resent", "resent", "pending"]
+
+
+def test_resend_to_a_named_destination_even_delivered(store: SqlMessageStore) -> None:
+    mid = _routed(store, "fhir", "raw")
+    _run(store)
+    assert _state(store, mid) == "delivered"
+    done = store.resend(mid, CLI, destination="fhir")
+    assert [d for d, _, _ in done.queued] == ["fhir"]
+    assert [s for _, s, _ in _rows(store, mid)] == ["resent", "delivered", "pending"]
+    again = store.resend(mid, CLI, destination="fhir")
+    assert again.queued == () and "already queued" in again.note
+    _run(store)
+    assert _state(store, mid) == "delivered"
+
+
+def test_resend_refuses_an_unknown_destination_naming_the_known_ones(
+    store: SqlMessageStore,
+) -> None:
+    mid = _routed(store, "fhir", "raw")
+    with pytest.raises(ActionRefused, match=r"no destination 'epic' \(it has: fhir, raw\)"):
+        store.resend(mid, CLI, destination="epic")
+    with pytest.raises(KeyError):
+        store.resend(10**9, CLI)
+
+
+def test_resend_of_a_message_without_deliveries_is_refused(store: SqlMessageStore) -> None:
+    [stored] = store.save_batch([Incoming(raw=b"junk", channel="mllp", state="error")])
+    with pytest.raises(ActionRefused, match="no deliveries .*replay it"):
+        store.resend(stored.id, CLI)
+
+
+def test_resend_queues_behind_the_patients_later_deliveries(store: SqlMessageStore) -> None:
+    """Per-patient order: a resend of an old message goes behind what is queued for the patient."""
+    first = _routed(store, "raw")
+    _run(store, fail={"raw"})
+    second = _routed(store, "raw", control="C2")  # queued, the head of the patient's queue
+    outcome = store.resend(first, CLI)
+    assert [s for _, s, _ in _rows(store, first)] == ["resent", "waiting"]
+    [head] = store.claim_due_deliveries(10)
+    assert head.message_id == second
+    store.record_outcomes([Outcome(head.id, True)])
+    [nxt] = store.claim_due_deliveries(10)
+    assert nxt.id == outcome.queued[0][1]
+
+
+def test_replay_keeps_the_header_links_the_original_and_settles_it(
+    store: SqlMessageStore,
+) -> None:
+    mid = _routed(store, "raw")
+    _run(store, fail={"raw"})
+    assert store.ids_in_state("dead") == [mid]
+    replayed = store.replay_message(mid, CLI)
+    assert (replayed.replay_of, replayed.original_state) == (mid, "dead")
+    with store.db_engine.connect() as conn:
+        row = conn.execute(select(messages).where(messages.c.id == replayed.message_id)).one()
+    assert (row.control_id, row.message_type, row.trigger) == ("C1", "ADT", "A08")
+    assert (row.sending_application, row.sending_facility) == ("FRONTDESK", "CLINIC")
+    assert (row.replay_of, row.dedupe_key, row.channel, row.state) == (
+        mid,
+        None,
+        "replay",
+        "received",
+    )
+    assert bytes(row.raw) == RAW and row.patient_key == "CLINIC|MRN1"
+    original = store.get(mid)
+    assert original is not None and original.state == "replayed"
+    assert original.reason == f"replayed as message {replayed.message_id} (was dead)"
+    # the dead set is empty now: `replay --state dead` again replays nothing
+    assert store.ids_in_state("dead") == []
+
+
+def test_replay_refuses_a_message_not_yet_processed(store: SqlMessageStore) -> None:
+    [stored] = store.save_batch([Incoming(raw=RAW, channel="mllp")])
+    with pytest.raises(ActionRefused, match="is received"):
+        store.replay_message(stored.id, CLI)
+    with pytest.raises(KeyError):
+        store.replay_message(10**9, CLI)
+
+
+def test_every_replay_and_resend_is_audited_refusals_too(store: SqlMessageStore) -> None:
+    mid = _routed(store, "fhir", "raw")
+    _run(store, fail={"raw"})
+    api = Who("svc-console", "api", "127.0.0.1:5555")
+    store.resend(mid, api)
+    with pytest.raises(ActionRefused):
+        store.resend(mid, CLI, destination="nowhere")
+    store.replay_message(mid, CLI)
+    store.record_audit(
+        action="view-payload", actor="bob", source="api", message_id=mid, outcome="refused"
+    )
+    entries = store.audit_entries(limit=10)
+    assert [(e.action, e.actor, e.source, e.outcome) for e in entries] == [
+        ("view-payload", "bob", "api", "refused"),
+        ("replay", "alice", "cli", "ok"),
+        ("resend", "alice", "cli", "refused"),
+        ("resend", "svc-console", "api", "ok"),
+    ]
+    assert all(e.message_id == mid and e.patient_key == "CLINIC|MRN1" for e in entries)
+    assert "no destination 'nowhere'" in (entries[2].detail or "")
+    assert "raw (delivery" in (entries[3].detail or "")
+    assert len(store.audit_entries(limit=2)) == 2
+    assert store.audit_entries(message_id=10**9) == []
