@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Row, and_, bindparam, delete, exists, func, insert, or_, select, update
 
 from engine.store.clean import clean, clean_key, clean_lines
 from engine.store.db import Repository, aware, id_list, utcnow
@@ -387,13 +387,27 @@ class MessageStore(Repository):
 
     def purge_delivered(self, older_than: timedelta) -> int:
         """Retention: delete messages delivered (or unrouted) before the cutoff, with their
-        deliveries. Messages not delivered (received, routed, error, dead) are never purged."""
+        deliveries, and replayed originals whose copies are delivered or gone (a chain of
+        replays goes one link a run). Messages not delivered (received, routed, error, dead)
+        are never purged, nor the original of a copy that is not delivered yet."""
         cutoff = utcnow() - older_than
+        copy = messages.alias("copy")
+        unfinished_copy = (
+            select(copy.c.id)
+            .where(
+                copy.c.replay_of == messages.c.id,
+                copy.c.state.not_in(("delivered", "unrouted")),
+            )
+            .exists()
+        )
         with self._tx() as conn:
             ids = list(
                 conn.execute(
                     select(messages.c.id).where(
-                        messages.c.state.in_(("delivered", "unrouted")),
+                        or_(
+                            messages.c.state.in_(("delivered", "unrouted")),
+                            and_(messages.c.state == "replayed", ~unfinished_copy),
+                        ),
                         messages.c.updated_at < cutoff,
                     )
                 ).scalars()

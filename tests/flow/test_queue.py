@@ -186,6 +186,29 @@ def test_retention_never_purges_undelivered(
     assert [r.state for r in store.list()] == ["dead"]
 
 
+def test_retention_purges_a_replayed_original_once_its_copy_is_delivered(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    from datetime import timedelta
+
+    from engine.store import Who
+
+    fhir, raw = MemoryDestination("fhir"), MemoryDestination("raw")
+    raw.fail_next(5, retryable=False, detail="refused")
+    run_all(store, routes, mappings, {"fhir": fhir, "raw": raw}, [msg(22)])
+    [dead] = store.list()
+    assert dead.state == "dead"
+    copy = store.replay_message(dead.id, Who("tester", "cli"))
+    # the copy is not processed yet: the original is kept
+    assert store.purge_delivered(timedelta(seconds=-1)) == 0
+    run_all(store, routes, mappings, {"fhir": fhir, "raw": MemoryDestination("raw")}, [])
+    states = {r.id: r.state for r in store.list()}
+    assert states == {dead.id: "replayed", copy.message_id: "delivered"}
+    # the copy goes this run; its original, whose copy was delivered, too
+    assert store.purge_delivered(timedelta(seconds=-1)) == 2
+    assert store.list() == []
+
+
 @pytest.mark.postgres
 def test_two_processors_share_the_queue_and_process_each_message_once(
     postgres_schema_url: str, routes: RouteSet, mappings: Mappings
