@@ -51,8 +51,12 @@ class Dispatcher:
         observer: Observer | None = None,
         rng: random.Random | None = None,
         pressure: IngestPressure | None = None,
+        node: str | None = None,
     ) -> None:
         self.store = store
+        #: the node (engine/store/nodes.py) whose claims these are: taken over when its
+        #: heartbeat stops; only its own outcomes are recorded
+        self.node = node
         self.routes = routes
         self.destinations = dict(destinations)
         self.batch = batch
@@ -109,6 +113,7 @@ class Dispatcher:
                             min(room, self.batch),
                             self.lease_s,
                             paused,
+                            self.node,
                         )
                         failures = 0
                     except Exception as exc:  # the database away for a moment
@@ -146,7 +151,7 @@ class Dispatcher:
                 await asyncio.gather(*in_flight, return_exceptions=True)
             if waiting:
                 try:
-                    await asyncio.to_thread(self.store.release_claims, list(waiting))
+                    await asyncio.to_thread(self.store.release_claims, list(waiting), self.node)
                 except Exception as exc:  # the lease runs out instead
                     log.warning("claims not given back", extra={"error": type(exc).__name__})
 
@@ -236,7 +241,7 @@ class Dispatcher:
                     dead = True
                     outcomes.append(Outcome(due.id, False, result.detail, None))
             notes.append((due, result, elapsed, dead))
-        self.store.record_outcomes(outcomes)
+        self.store.record_outcomes(outcomes, self.node)
         for due, result, elapsed, dead in notes:
             log.log(
                 logging.INFO if result.ok else logging.WARNING,

@@ -106,7 +106,11 @@ class RoutedCounter(Protocol):
 
 
 class Processor:
-    """Claims received messages and turns them into deliveries."""
+    """Claims received messages and turns them into deliveries.
+
+    ``worker``: the node (engine/store/nodes.py) that claims: its claims are taken over when its
+    heartbeat stops, and an outcome is recorded only while the claim is still its own.
+    """
 
     def __init__(
         self,
@@ -142,7 +146,9 @@ class Processor:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process batches until ``stop`` is set: at once while there is work, else on a wake
-        or every ``idle_s``; stale claims of dead workers are taken back every minute."""
+        or every ``idle_s``. Claims older than ``stale_after`` are taken back every minute (the
+        fallback: a dead node's claims are taken over within seconds by the worker's
+        heartbeat, see engine/flow/worker.py)."""
         loop = asyncio.get_running_loop()
         next_reclaim = 0.0
         failures = 0
