@@ -4,8 +4,11 @@ the reason is logged with the file's name."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,3 +109,54 @@ def test_sighup_applies_valid_routes_and_keeps_the_running_ones_when_invalid(
     assert ack_code(engine.mllp, raw(ORU, 4).replace(b"ORU^R01", b"ORM^O01")) == "AR"
     delivered = len(list(lab.iterdir()))
     assert wait_for(lambda: len(list(lab.iterdir())) > delivered, 20), "worker stopped delivering"
+
+
+ADT = (
+    b"MSH|^~\\&|FRONTDESK|CLINIC|ENGINE|HUB|20260102030405||ADT^A08|R{n}|P|2.5.1\r"
+    b"EVN|A08|20260102030405\rPID|1||MRN{n}^^^CLINIC^MR||Testpatient^Ann||19800101|F\r"
+)
+
+
+def test_engine_worker_reloads_on_sighup(tmp_path: Path) -> None:
+    """``engine worker`` on its own (another host's workers): SIGHUP with a valid change moves
+    its deliveries to the new folder; a broken file keeps it on the running routes."""
+    routes = tmp_path / "routes"
+    routes.mkdir()
+    first, second = tmp_path / "first", tmp_path / "second"
+    (routes / "example.yaml").write_text(ADT_ONLY.format(folder=first))
+    var = tmp_path / "var"
+    var.mkdir()
+    receiver = Engine(var, routes, env={"ENGINE_WORKERS": "false"})
+    receiver.start()
+    env = {
+        **os.environ,
+        "ENGINE_VAR_DIR": str(var),
+        "ENGINE_ROUTES_DIR": str(routes),
+        "ENGINE_LOG_LEVEL": "INFO",
+    }
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "engine", "worker"], env=env, cwd=var, stderr=out
+        )
+    try:
+        n = iter(range(1, 1000))
+        assert ack_code(receiver.mllp, raw(ADT, next(n))) == "AA"
+        assert wait_for(lambda: first.is_dir() and any(first.iterdir()), 20)
+
+        (routes / "example.yaml").write_text(ADT_ONLY.format(folder=second))
+        worker.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "workers restarting" in log.read_text(errors="replace"), 15)
+        assert ack_code(receiver.mllp, raw(ADT, next(n))) == "AA"
+        assert wait_for(lambda: second.is_dir() and any(second.iterdir()), 20)
+
+        (routes / "broken.yaml").write_text(BROKEN)
+        worker.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "reload refused" in log.read_text(errors="replace"), 15)
+        assert worker.poll() is None
+        assert ack_code(receiver.mllp, raw(ADT, next(n))) == "AA"
+        assert wait_for(lambda: len(list(second.iterdir())) == 2, 20)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        receiver.stop()

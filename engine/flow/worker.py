@@ -194,6 +194,31 @@ async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> Non
             await asyncio.wait_for(stop.wait(), 3600)
 
 
+async def _checked_reload(settings: Settings, restart: asyncio.Event) -> None:
+    """``engine worker`` on SIGHUP: restart on the files only when all of them are valid."""
+    from engine.errors import EngineError
+    from engine.flow.config import load_config
+
+    try:
+        await asyncio.to_thread(load_config, settings)
+    except EngineError as exc:
+        log.error("reload refused: running configuration kept", extra={"error": str(exc)})
+        return
+    log.info("configuration reloaded: workers restarting on it")
+    restart.set()
+
+
+async def _first_of(*events: asyncio.Event, then: asyncio.Event) -> None:
+    """Set ``then`` as soon as any of ``events`` is set."""
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+    then.set()
+
+
 def run_workers(
     settings: Settings,
     parent: int | None = None,
@@ -201,6 +226,9 @@ def run_workers(
     metrics_dir: Path | None = None,
 ) -> None:
     """Process entry point: run the workers until SIGTERM/SIGINT or the parent goes away.
+
+    ``engine worker`` (no ``parent``) reloads its routes and mappings on SIGHUP when they are
+    valid; the worker of ``engine serve`` ignores SIGHUP (its receiver reloads and restarts it).
 
     ``metrics_dir``: the receiver's metrics directory (``engine serve``); ``engine worker`` runs
     without one, as no /metrics of its own shows them.
@@ -220,9 +248,20 @@ def run_workers(
 
     async def main() -> None:
         stop = asyncio.Event()
+        restart = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_hangup() -> None:
+            if parent is not None:
+                return  # engine serve's worker: the receiver reloads, then restarts this process
+            task = asyncio.create_task(_checked_reload(settings, restart))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
 
         async def watch_parent() -> None:
             while parent is not None and not stop.is_set():
@@ -231,7 +270,14 @@ def run_workers(
                 await asyncio.sleep(1)
 
         watcher = asyncio.create_task(watch_parent())
-        await serve_workers(settings, stop, pressure, metrics)
+        while not stop.is_set():
+            # one round per configuration: a valid reload ends the round (what is held is
+            # finished and given back) and the next one loads the files again
+            restart.clear()
+            round_stop = asyncio.Event()
+            relay = asyncio.create_task(_first_of(stop, restart, then=round_stop))
+            await serve_workers(settings, round_stop, pressure, metrics)
+            relay.cancel()
         watcher.cancel()
 
     asyncio.run(main())
