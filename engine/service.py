@@ -29,7 +29,7 @@ from engine.adapters.mllp.server import MLLPServer, Reply, current_reply
 from engine.api.app import create_app
 from engine.api.auth_settings import auth_settings_for
 from engine.errors import ConfigError
-from engine.flow.config import LoadedConfig, Reloader, load_config
+from engine.flow.config import LoadedConfig, Reloader, load_running_config
 from engine.flow.ingest import Ingest, Receipt
 from engine.flow.worker import run_workers
 from engine.metrics import EngineMetrics, reset_multiprocess_dir
@@ -121,7 +121,8 @@ class Engine:
         # database (the one check that may wait on the network) last
         auth = auth_settings_for(settings)
         check_files(settings, auth)
-        config = load_config(settings)  # mappings, routes, destinations, their folders
+        # mappings, routes, destinations, their folders; from a copy the worker runs too
+        config, self._running = load_running_config(settings)
         check_schedule(settings)  # the worker's, so a mistake stops the receiver too
         # SIGHUP and POST /api/admin/reload read the files again: applied only when all valid
         self.reloader = Reloader(settings, config, self._apply_config)
@@ -181,9 +182,10 @@ class Engine:
         self.http = _Server(http_config)
         self._workers: BaseProcess | None = None
 
-    def _apply_config(self, config: LoadedConfig) -> None:
+    def _apply_config(self, config: LoadedConfig, running: Settings) -> None:
         """Switch to a reloaded configuration: the gate before the ACK at once, the worker
-        process by a restart (it finishes what it holds, then starts on the new files)."""
+        process by a restart on its snapshot (it finishes what it holds first)."""
+        self._running = running
         self.ingest.routes = config.gate
         self.metrics.watch_backlog(self.store.backlog, destinations=config.routes.destinations)
         if self._loop is not None:
@@ -294,7 +296,7 @@ class Engine:
         ctx = multiprocessing.get_context("spawn")
         proc = ctx.Process(
             target=run_workers,
-            args=(self.settings, os.getpid(), self._pressure, self.metrics_dir),
+            args=(self._running, os.getpid(), self._pressure, self.metrics_dir),
             name="engine-worker",
         )
         proc.start()

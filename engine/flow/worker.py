@@ -194,17 +194,21 @@ async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> Non
             await asyncio.wait_for(stop.wait(), 3600)
 
 
-async def _checked_reload(settings: Settings, restart: asyncio.Event) -> None:
-    """``engine worker`` on SIGHUP: restart on the files only when all of them are valid."""
+async def _checked_reload(
+    settings: Settings, restart: asyncio.Event, rounds: list[Settings]
+) -> None:
+    """``engine worker`` on SIGHUP: restart on the files only when all of them are valid (on
+    their snapshot, engine/flow/config.py, so what runs is what was checked)."""
     from engine.errors import EngineError
-    from engine.flow.config import load_config
+    from engine.flow.config import load_running_config
 
     try:
-        await asyncio.to_thread(load_config, settings)
+        _, running = await asyncio.to_thread(load_running_config, settings)
     except EngineError as exc:
         log.error("reload refused: running configuration kept", extra={"error": str(exc)})
         return
     log.info("configuration reloaded: workers restarting on it")
+    rounds.append(running)
     restart.set()
 
 
@@ -253,11 +257,12 @@ def run_workers(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         reloads: set[asyncio.Task[None]] = set()
+        rounds = [settings]  # the settings of each round: the last one runs
 
         def on_hangup() -> None:
             if parent is not None:
                 return  # engine serve's worker: the receiver reloads, then restarts this process
-            task = asyncio.create_task(_checked_reload(settings, restart))
+            task = asyncio.create_task(_checked_reload(settings, restart, rounds))
             reloads.add(task)
             task.add_done_callback(reloads.discard)
 
@@ -276,7 +281,7 @@ def run_workers(
             restart.clear()
             round_stop = asyncio.Event()
             relay = asyncio.create_task(_first_of(stop, restart, then=round_stop))
-            await serve_workers(settings, round_stop, pressure, metrics)
+            await serve_workers(rounds[-1], round_stop, pressure, metrics)
             relay.cancel()
         watcher.cancel()
 

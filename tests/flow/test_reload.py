@@ -41,7 +41,15 @@ def reload_settings(tmp_path: Path) -> Settings:
 
 def make_reloader(settings: Settings) -> tuple[Reloader, list[LoadedConfig]]:
     applied: list[LoadedConfig] = []
-    return Reloader(settings, load_config(settings), applied.append), applied
+    running: list[Settings] = []
+
+    def apply(config: LoadedConfig, settings: Settings) -> None:
+        applied.append(config)
+        running.append(settings)
+
+    reloader = Reloader(settings, load_config(settings), apply)
+    reloader.running = running  # type: ignore[attr-defined]
+    return reloader, applied
 
 
 def test_a_valid_change_is_applied(tmp_path: Path) -> None:
@@ -78,3 +86,37 @@ def test_an_invalid_change_keeps_the_running_configuration(tmp_path: Path) -> No
     assert reloader.current is running
     assert result.error is not None and "bad.yaml" in result.error and "nowhere" in result.error
     assert result.as_dict()["status"] == "kept"
+
+
+def test_what_runs_is_the_checked_copy_not_the_files_edited_since(tmp_path: Path) -> None:
+    """The worker is started on a snapshot of the files the reload checked: a file broken (or
+    changed) after the reload does not reach it, and errors name the admin's files."""
+    settings = reload_settings(tmp_path)
+    reloader, _ = make_reloader(settings)
+    assert settings.routes_dir is not None
+    (settings.routes_dir / "lab.yaml").write_text(EXTRA_ROUTE.format(folder=tmp_path / "lab"))
+    (settings.routes_dir / "notes.txt").write_text("not read by the loaders: not copied")
+    assert reloader.reload().applied
+    [running] = reloader.running  # type: ignore[attr-defined]
+    assert running.routes_dir != settings.routes_dir
+    assert running.routes_dir.parent.parent == settings.var_dir / "config"
+    assert sorted(p.name for p in running.routes_dir.iterdir()) == ["lab.yaml"]
+
+    (settings.routes_dir / "lab.yaml").write_text(BROKEN_ROUTE)
+    # what the worker loads (a restart after a crash too) is still the checked set
+    assert load_config(running).routes.route("oru-to-lab").name == "oru-to-lab"
+    refused = reloader.reload()
+    assert not refused.applied and refused.error is not None
+    assert str(settings.routes_dir / "lab.yaml") in refused.error
+    assert "var/config" not in refused.error
+
+
+def test_old_snapshots_are_pruned(tmp_path: Path) -> None:
+    settings = reload_settings(tmp_path)
+    reloader, _ = make_reloader(settings)
+    for _ in range(6):
+        assert reloader.reload().applied
+    kept = list((settings.var_dir / "config").iterdir())
+    assert len(kept) == 3
+    [*_, last] = reloader.running  # type: ignore[attr-defined]
+    assert last.routes_dir.parent in kept
