@@ -187,15 +187,7 @@ def _show_raw(message_id: int) -> None:
     """The payload as received, segments on their own lines; the view is audited."""
     who = _who()
     with _store() as store:
-        payload = store.raw(message_id)
-        store.record_audit(
-            action="view-payload",
-            actor=who.actor,
-            source=who.source,
-            message_id=message_id,
-            outcome="ok" if payload is not None else "refused",
-            detail=None if payload is not None else "no such message",
-        )
+        payload = store.read_payload(message_id, who)
     if payload is None:
         raise EngineError(f"no message {message_id}")
     text = payload.replace(b"\r\n", b"\n").replace(b"\r", b"\n")

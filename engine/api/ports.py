@@ -48,8 +48,8 @@ class MessagesPort(Protocol):
         """One message with its deliveries, or ``None``."""
         ...
 
-    def raw(self, message_id: int) -> bytes | None:
-        """A message's bytes as they arrived, or ``None``."""
+    def read_payload(self, message_id: int, who: Who) -> bytes | None:
+        """A message's bytes as they arrived, or ``None``; the read is audited."""
         ...
 
     def replay_message(self, message_id: int, who: Who) -> Replayed:

@@ -134,16 +134,7 @@ def message_payload(
     who: Annotated[Who, Depends(_audited(Role.VIEWER, "view-payload"))],
 ) -> Response:
     """The message's bytes exactly as they arrived (the view is audited)."""
-    payload = messages.raw(message_id)
-    messages.record_audit(
-        action="view-payload",
-        actor=who.actor,
-        source=who.source,
-        peer=who.peer,
-        message_id=message_id,
-        outcome="ok" if payload is not None else "refused",
-        detail=None if payload is not None else "no such message",
-    )
+    payload = messages.read_payload(message_id, who)
     if payload is None:
         raise HTTPException(404, detail=f"no message {message_id}")
     return Response(payload, media_type=HL7_MEDIA_TYPE)

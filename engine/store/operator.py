@@ -233,6 +233,23 @@ class Operator(Repository):
         ).all()
         return ResendOutcome(message_id, tuple((d, int(i), int(o)) for d, i, o in made))
 
+    _RAW = select(messages.c.raw).where(messages.c.id == bindparam("mid"))
+
+    def read_payload(self, message_id: int, who: Who) -> bytes | None:
+        """A message's bytes exactly as they arrived, or None; the read is recorded in the
+        audit trail in the same transaction (``refused`` when there is no such message)."""
+        with self._tx() as conn:
+            value = conn.execute(self._RAW, {"mid": message_id}).scalar_one_or_none()
+            audit(
+                conn,
+                action="view-payload",
+                **_who(who),
+                message_id=message_id,
+                outcome="ok" if value is not None else "refused",
+                detail=None if value is not None else "no such message",
+            )
+        return bytes(value) if value is not None else None
+
     def _refused(self, action: str, who: Who, message_id: int, exc: Exception) -> None:
         """Record a refused replay or resend (its own transaction: the action's rolled back)."""
         reason = f"no message {message_id}" if isinstance(exc, KeyError) else str(exc)

@@ -130,8 +130,18 @@ class FakeMessages:
     def get(self, message_id: int) -> MessageView | None:
         return self.views.get(message_id)
 
-    def raw(self, message_id: int) -> bytes | None:
-        if message_id not in self.views:
+    def read_payload(self, message_id: int, who: Who) -> bytes | None:
+        found = message_id in self.views
+        self.record_audit(
+            action="view-payload",
+            actor=who.actor,
+            source=who.source,
+            peer=who.peer,
+            message_id=message_id,
+            outcome="ok" if found else "refused",
+            detail=None if found else "no such message",
+        )
+        if not found:
             return None
         return (
             f"MSH|^~\\&|FRONTDESK|CLINIC|||20260102||ADT^A04|CTRL-{message_id}|P|2.5.1\r".encode()
