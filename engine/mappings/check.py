@@ -15,7 +15,9 @@ element 'birthdate' (did you mean 'birthDate'?)``):
   (an outbound-only rule is not compiled until the first outbound message: a misspelt transform
   there would otherwise be found by that message).
 
-All problems are collected; the first is raised, with how many more there are.
+All problems are collected; the first is raised, with how many more there are. A rule that a
+file's format refused at load (:attr:`MappingFiles.refused`) comes first: the file was kept with
+its other rules, whose paths are checked here like any other, so the count includes them.
 """
 
 from __future__ import annotations
@@ -44,19 +46,26 @@ def check_files(files: MappingFiles) -> None:
         src = f"datatypes/{name}"
         start = problems.root(src, ("fhir",), dmap.fhir)
         if start is not None:
-            for i, rule in enumerate(dmap.rules):
+            for i, rule in _numbered(files, src, dmap.rules):
                 problems.rule(src, ("rules", i), start, rule)
     for name, starts in _starts(problems).items():
+        src = f"segments/{name}"
         for start in starts:
             if start is not None:
-                for i, rule in enumerate(files.segments[name].rules):
-                    problems.rule(f"segments/{name}", ("rules", i), start, rule)
+                for i, rule in _numbered(files, src, files.segments[name].rules):
+                    problems.rule(src, ("rules", i), start, rule)
     for name, mm in files.messages.items():
         _message(problems, f"messages/{name}", mm)
     for name, om in files.outbound.items():
         if isinstance(om, OutboundMessage):
             _Outbound(problems, f"outbound/{name}", om).check()
     problems.raise_first()
+
+
+def _numbered(files: MappingFiles, src: str, rules: list[Rule]) -> list[tuple[int, Rule]]:
+    """Each rule of a map with its position in the file (rules the file's format refused at
+    load are not in the map: those after them have a position past their index)."""
+    return list(zip(files.kept.get(src, range(len(rules))), rules, strict=True))
 
 
 class _Problems:
@@ -74,10 +83,12 @@ class _Problems:
             self.found.append(str(source.error(key, message)))
 
     def raise_first(self) -> None:
-        if self.found:
-            more = len(self.found) - 1
+        """The first problem, the refusals at load first, with the count of all the others."""
+        found = [text for text, _ in self.files.refused] + self.found
+        if found:
+            more = len(found) - 1 + sum(n for _, n in self.files.refused)
             tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-            raise ConfigError(self.found[0] + tail)
+            raise ConfigError(found[0] + tail)
 
     def root(self, src: str, key: Key, type_name: str) -> Target | None:
         try:

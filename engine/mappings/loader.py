@@ -6,7 +6,11 @@ map), and new files add to the set (``segments/ZPD.yaml`` for a Z-segment). ``si
 settings (time zones, identifier systems, which identifier is the MRN).
 
 Every problem stops loading with the file, the line and the key: ``segments/PID.yaml, line 12,
-rules[3].table: no code table named 'sex'``.
+rules[3].table: no code table named 'sex'``. A rule of a datatype or segment map that the file's
+format refuses (a misspelt key, ``[]`` before the last step of a path) does not stop reading: the
+file is kept with its other rules, so that the checks after loading (:mod:`engine.mappings.check`)
+walk their FHIR paths too, and the refusal is noted in :attr:`MappingFiles.refused` for them to
+raise first, with the count of every other problem.
 """
 
 from __future__ import annotations
@@ -16,10 +20,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from engine.errors import ConfigError
-from engine.mappings.spec import CodeTable, DatatypeMap, MessageMap, SegmentMap, SiteConfig
+from engine.mappings.spec import CodeTable, DatatypeMap, MessageMap, Rule, SegmentMap, SiteConfig
 from engine.yamlfile import YamlFile, read_yaml
 
 __all__ = ["MappingFiles", "default_specs_dir", "load_files"]
@@ -52,6 +56,12 @@ class MappingFiles:
     #: each file as read, with the line of every key, by the same key as ``origin``
     #: (``segments/PID``, ``outbound/ADT``): the checks after loading name lines from it
     sources: dict[str, YamlFile] = field(default_factory=dict)
+    #: what the file formats refused in rules (the first problem, as an error names it, and how
+    #: many more the same file has), raised by the checks after loading before what they find
+    refused: list[tuple[str, int]] = field(default_factory=list)
+    #: for a map kept without the rules its format refused: the position in the file of each
+    #: rule kept (``rules[i]`` of the model is ``rules[kept[i]]`` of the file), by the same key
+    kept: dict[str, list[int]] = field(default_factory=dict)
 
 
 def _files(root: Path, kind: str) -> list[Path]:
@@ -60,7 +70,8 @@ def _files(root: Path, kind: str) -> list[Path]:
 
 
 def load_files(site_dir: Path | None = None, *, defaults: Path | None = None) -> MappingFiles:
-    """Load the defaults, then the site directory over them. Raises :class:`ConfigError`."""
+    """Load the defaults, then the site directory over them. Raises :class:`ConfigError`, but
+    for refused rules of datatype and segment maps: those are in ``refused``, for the checks."""
     roots = [("", defaults or default_specs_dir())]
     if site_dir is not None:
         if not site_dir.is_dir():
@@ -73,7 +84,7 @@ def load_files(site_dir: Path | None = None, *, defaults: Path | None = None) ->
             for path in _files(root, kind):
                 where = f"{prefix or '(built-in) '}{kind}/{path.name}"
                 source = read_yaml(path, where)
-                spec = source.validate(model)
+                spec, kept = _read(source, model, out.refused)
                 name = _name_of(spec)
                 if path.stem != name:
                     raise ConfigError(
@@ -83,6 +94,10 @@ def load_files(site_dir: Path | None = None, *, defaults: Path | None = None) ->
                 store[name] = spec
                 out.origin[f"{kind}/{name}"] = where
                 out.sources[f"{kind}/{name}"] = source
+                if kept is None:
+                    out.kept.pop(f"{kind}/{name}", None)
+                else:
+                    out.kept[f"{kind}/{name}"] = kept
         _attach(out)
         site = root / "site.yaml"
         if site.is_file():
@@ -91,6 +106,41 @@ def load_files(site_dir: Path | None = None, *, defaults: Path | None = None) ->
             out.sources["site"] = source
             out.origin["site"] = f"{prefix}site.yaml"
     return out
+
+
+def _read(
+    source: YamlFile, model: type[BaseModel], refused: list[tuple[str, int]]
+) -> tuple[BaseModel, list[int] | None]:
+    """The file as ``model``, and for a map kept without the rules its format refuses, the
+    position of each rule kept (the refusal added to ``refused``). Raises :class:`ConfigError`
+    when the file is refused for more than its rules."""
+    try:
+        return source.validate(model), None
+    except ConfigError as error:
+        cause = error.__cause__
+        if model not in (DatatypeMap, SegmentMap) or not isinstance(cause, ValidationError):
+            raise
+        data, count = source.mapping(), len(cause.errors())
+        rules = data.get("rules")
+        if not isinstance(rules, list):
+            raise
+        kept = [i for i, rule in enumerate(rules) if _valid_rule(rule)]
+        try:
+            spec = model.model_validate({**data, "rules": [rules[i] for i in kept]})
+        except ValidationError:
+            raise error from cause
+        # the count of the rest is the checks' to give, with what they find
+        text = str(error).removesuffix(f" (and {count - 1} more)" if count > 1 else "")
+        refused.append((text, count - 1))
+        return spec, kept
+
+
+def _valid_rule(rule: Any) -> bool:
+    try:
+        Rule.model_validate(rule)
+    except ValidationError:
+        return False
+    return True
 
 
 def _attach(out: MappingFiles) -> None:

@@ -176,3 +176,37 @@ def test_the_model_knows_resources_datatypes_and_backbone_elements() -> None:
     assert walk(root("Patient"), "contact.name.given[]", writes=False).fhir_type == "string"
     with pytest.raises(PathError, match="a primitive: it has no element 'x'"):
         walk(root("Patient"), "gender.x")
+
+
+def test_a_rule_the_format_refuses_is_shown_with_the_count_of_every_other_problem(
+    tmp_path: Path,
+) -> None:
+    # rules[2] is refused by the file's format ('[]' before the last step); the FHIR paths of the
+    # other rules are still walked, and what they find is counted after it
+    site = tmp_path / "segments/ZPD.yaml"
+    site.parent.mkdir(parents=True)
+    site.write_text(
+        "segment: ZPD\nresource: Patient\nrules:\n"
+        '  - {field: 2, fhir: "extension[]", wrap: {url: "http://x.test", valueStrin: $value}}\n'
+        '  - {field: 3, fhir: "maritalStatus.codng[]"}\n'
+        '  - {field: 4, fhir: "contact[].nam"}\n'
+    )
+    text = load_error(tmp_path)
+    assert text.startswith(f"{site}, line 6, rules[2].fhir: 'contact[].nam': only the last step")
+    assert text.endswith("(and 2 more problems)")
+
+
+def test_every_refused_rule_and_every_bad_path_is_counted(tmp_path: Path) -> None:
+    # two rules the format refuses (one error each) in one file, a bad path in it and in another
+    site = tmp_path / "segments/ZPD.yaml"
+    site.parent.mkdir(parents=True)
+    site.write_text(
+        "segment: ZPD\nresource: Patient\nrules:\n"
+        '  - {field: 2, fhir: "contact[].nam"}\n'
+        '  - {field: 3, fhir: "maritalStatus.codng[]"}\n'
+        '  - {field: 4, fhir: "name[].given[]"}\n'
+    )
+    site_copy(tmp_path, "segments/PID.yaml", "fhir: birthDate,", "fhir: birthdate,")
+    text = load_error(tmp_path)
+    assert text.startswith(f"{site}, line 4, rules[0].fhir: 'contact[].nam'")
+    assert text.endswith("(and 3 more problems)")
