@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,9 @@ __all__ = ["open_store", "safe_url"]
 def open_store() -> Any:
     """The message store of the configured database, migrated to the current schema.
 
-    The CLI reads the engine's store; it never makes one. A SQLite file that does not exist is
-    an error naming it (an empty database would only answer "no messages"), and so is a database
+    The CLI reads the engine's store; it never makes one. A SQLite file that does not exist, or a
+    database without the engine's tables (an empty file, another application's database) is an
+    error naming it (an empty database would only answer "no messages"), and so is a database
     that cannot be reached (its host and port, never the password).
     """
     from sqlalchemy.exc import SQLAlchemyError
@@ -32,10 +34,37 @@ def open_store() -> Any:
     db_engine = create_db_engine(url)
     store = SqlMessageStore(db_engine)
     try:
-        store.migrate()
+        if not _has_schema(db_engine):
+            shown = database if database is not None else safe_url(url)
+            raise ConfigError(
+                f"{shown} is not an engine database (it has no engine tables): start the "
+                "engine once with `engine serve` on it, or set ENGINE_HOME / ENGINE_DATABASE_URL"
+            )
+        store.migrate()  # an older engine's schema is brought up to date
     except SQLAlchemyError as exc:
         raise connection_problem(db_engine, exc) from exc
     return store
+
+
+def _has_schema(db_engine: Any) -> bool:
+    """Whether the database holds an engine schema (Alembic's version table). A SQLite file is
+    opened read-only for this: the check must not write into a file that is not ours."""
+    import sqlite3
+
+    from sqlalchemy import inspect
+
+    database = db_engine.url.database
+    if db_engine.dialect.name == "sqlite" and database not in (None, "", ":memory:"):
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+                found = db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+                ).fetchone()
+        except sqlite3.DatabaseError:  # not a SQLite file at all
+            return False
+        return found is not None
+    with db_engine.connect() as conn:
+        return bool(inspect(conn).has_table("alembic_version"))
 
 
 def _sqlite_file(url: str) -> Path | None:

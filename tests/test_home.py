@@ -130,6 +130,16 @@ def test_a_missing_sqlite_database_is_named_not_created(tmp_path: Path) -> None:
     assert not (tmp_path / "var").exists()
 
 
+def test_a_database_without_the_engine_schema_is_named_not_filled(tmp_path: Path) -> None:
+    """An empty file (or another application's database) is not migrated into an engine's."""
+    (tmp_path / "var").mkdir()
+    empty = tmp_path / "var" / "engine.db"
+    empty.write_bytes(b"")
+    proc = engine_cli("messages", "list", cwd=tmp_path, env={})
+    one_line_error(proc, f"{empty} is not an engine database", "engine serve")
+    assert empty.stat().st_size == 0
+
+
 def test_an_unreachable_postgresql_is_named_without_its_password(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
