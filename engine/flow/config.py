@@ -126,12 +126,18 @@ def load_running_config(settings: Settings) -> tuple[LoadedConfig, Settings]:
     and the settings that point at its copy (hand those to the worker process)."""
     running, origin = snapshot(settings)
     try:
-        return load_config(running), running
+        config = load_config(running)
     except EngineError as exc:
         text = str(exc)
         for copy, source in origin.items():
             text = text.replace(copy, source)
         raise ConfigError(text) from exc
+    # what the admin sees (the reload's answer, `files`) names their files, not the copy
+    for key, where in config.routes.origin.items():
+        for copy, source in origin.items():
+            where = where.replace(copy, source)
+        config.routes.origin[key] = where
+    return config, running
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,7 @@ def test_what_runs_is_the_checked_copy_not_the_files_edited_since(tmp_path: Path
     assert running.routes_dir != settings.routes_dir
     assert running.routes_dir.parent.parent == settings.var_dir / "config"
     assert sorted(p.name for p in running.routes_dir.iterdir()) == ["lab.yaml"]
+    assert str(settings.routes_dir / "lab.yaml") in reloader.current.files  # not the copy
 
     (settings.routes_dir / "lab.yaml").write_text(BROKEN_ROUTE)
     # what the worker loads (a restart after a crash too) is still the checked set
