@@ -6,7 +6,9 @@ again with the mappings of today, to every route that takes it. The copy keeps t
 control ID, type and sender (only its dedupe key stays empty, so it is never taken for a
 duplicate of the original), and the original is settled as ``replayed`` (its reason names the
 copy): ``engine messages replay --state dead`` run again finds nothing to replay instead of making
-one more copy each time.
+one more copy each time. A ``replayed`` message is refused a second replay and a resend, naming
+its copy: the copy is the live one (before, each replay of the original made one more copy, and a
+resend put the original back to ``dead`` for the next ``replay --state dead``).
 
 **Resend** sends a delivery's payload again, as it was made, to its destination: by default each
 dead delivery of the message, or every delivery to one named destination (even one delivered:
@@ -18,8 +20,8 @@ is still queued, resending it again makes nothing (and says so), as does a resen
 failed: repeating a resend never multiplies copies.
 
 Each replay and resend is recorded in the audit trail (engine/store/audit.py) in the transaction
-that makes it; a refused one (unknown destination, a message still being processed) is recorded
-as refused.
+that makes it; a refused one (unknown destination, a message still being processed or already
+replayed) is recorded as refused.
 """
 
 from __future__ import annotations
@@ -106,9 +108,28 @@ _MARK_RESENT = (
 )
 
 
+_NEWEST_COPY = (
+    select(messages.c.id)
+    .where(messages.c.replay_of == bindparam("mid"))
+    .order_by(messages.c.id.desc())
+    .limit(1)
+)
+
+
 def _lock_message(conn: Connection, message_id: int) -> Any | None:
     """The message's row, locked until the transaction ends (PostgreSQL; SQLite has one writer)."""
     return conn.execute(_ORIGINAL.with_for_update(), {"mid": message_id}).one_or_none()
+
+
+def _refuse_replayed(conn: Connection, message_id: int, state: str) -> None:
+    """ActionRefused for a message already replayed, naming its (newest) copy: the live one."""
+    if state != "replayed":
+        return
+    copy = conn.execute(_NEWEST_COPY, {"mid": message_id}).scalar_one_or_none()
+    as_ = f"as message {copy}" if copy is not None else "(its copy is gone)"
+    raise ActionRefused(
+        f"message {message_id} was already replayed {as_}: replay or resend that one"
+    )
 
 
 class Operator(Repository):
@@ -117,7 +138,8 @@ class Operator(Repository):
     def replay_message(self, message_id: int, who: Who) -> Replayed:
         """Receive a stored message again as a new message and settle the original as
         ``replayed``. KeyError when there is no such message; :class:`ActionRefused` while it
-        is still received or being processed (the copy would race it)."""
+        is still received or being processed (the copy would race it), or once it is replayed
+        (the message names the copy)."""
         now = utcnow()
         try:
             with self._tx() as conn:
@@ -128,6 +150,7 @@ class Operator(Repository):
                     raise ActionRefused(
                         f"message {message_id} is {row.state}: it has not been processed yet"
                     )
+                _refuse_replayed(conn, message_id, row.state)
                 copy = {c: getattr(row, c) for c in _COPIED}
                 new_id = conn.execute(
                     insert(messages)
@@ -167,8 +190,8 @@ class Operator(Repository):
     def resend(self, message_id: int, who: Who, destination: str | None = None) -> ResendOutcome:
         """Queue a message's dead deliveries again (or every delivery to ``destination``), each
         linked to the one it replaces, which becomes ``resent``. KeyError when there is no such
-        message; :class:`ActionRefused` for a destination the message never had, or a message
-        with no deliveries."""
+        message; :class:`ActionRefused` for a destination the message never had, a message with
+        no deliveries, or one replayed (its copy is the live one: the message names it)."""
         try:
             with self._tx() as conn:
                 outcome = self._resend(conn, message_id, destination)
@@ -195,6 +218,7 @@ class Operator(Repository):
         message = _lock_message(conn, message_id)
         if message is None:
             raise KeyError(message_id)
+        _refuse_replayed(conn, message_id, message.state)
         rows = conn.execute(_DELIVERY_COLUMNS.order_by(deliveries.c.id), {"mid": message_id}).all()
         current = [r for r in rows if r.state != "resent"]
         if not current:
@@ -220,7 +244,7 @@ class Operator(Repository):
             for r in targets
         ]
         queue_deliveries(conn, [(message_id, d) for d in new], now)
-        if message.state in ("dead", "delivered", "replayed"):
+        if message.state in ("dead", "delivered"):
             conn.execute(
                 update(messages)
                 .where(messages.c.id == message_id)

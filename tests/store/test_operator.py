@@ -217,3 +217,58 @@ def test_every_replay_and_resend_is_audited_refusals_too(store: SqlMessageStore)
     assert "raw (delivery" in (entries[3].detail or "")
     assert len(store.audit_entries(limit=2)) == 2
     assert store.audit_entries(message_id=10**9) == []
+
+
+def _copies(store: SqlMessageStore, mid: int) -> list[int]:
+    with store.db_engine.connect() as conn:
+        return list(
+            conn.scalars(
+                select(messages.c.id).where(messages.c.replay_of == mid).order_by(messages.c.id)
+            )
+        )
+
+
+def test_a_replayed_message_is_refused_a_second_replay_naming_its_copy(
+    store: SqlMessageStore,
+) -> None:
+    """Before: each replay of the original made one more copy (the reason named the newest)."""
+    mid = _routed(store, "raw")
+    _run(store, fail={"raw"})
+    copy = store.replay_message(mid, CLI).message_id
+    refusal = f"message {mid} was already replayed as message {copy}: replay or resend that one"
+    for who in (CLI, Who("svc-console", "api", "127.0.0.1:5555")):
+        with pytest.raises(ActionRefused, match=refusal):
+            store.replay_message(mid, who)
+    assert _copies(store, mid) == [copy]
+    original = store.get(mid)
+    assert original is not None and original.state == "replayed"
+    assert original.reason == f"replayed as message {copy} (was dead)"
+    [api, cli, ok] = store.audit_entries(message_id=mid, limit=10)
+    assert [(e.action, e.actor, e.outcome) for e in (api, cli, ok)] == [
+        ("replay", "svc-console", "refused"),
+        ("replay", "alice", "refused"),
+        ("replay", "alice", "ok"),
+    ]
+    assert api.detail == refusal
+
+
+def test_resend_of_a_replayed_message_is_refused_naming_its_copy(
+    store: SqlMessageStore,
+) -> None:
+    """Before: the resend put the replayed original back to routed, then dead, and `replay
+    --state dead` replayed it again (one more copy)."""
+    mid = _routed(store, "fhir", "raw")
+    _run(store, fail={"raw"})
+    copy = store.replay_message(mid, CLI).message_id
+    before = _rows(store, mid)
+    refusal = f"message {mid} was already replayed as message {copy}: replay or resend that one"
+    with pytest.raises(ActionRefused, match=refusal):
+        store.resend(mid, CLI)
+    with pytest.raises(ActionRefused, match=refusal):
+        store.resend(mid, CLI, destination="fhir")
+    assert _rows(store, mid) == before  # nothing queued, nothing marked resent
+    assert _state(store, mid) == "replayed"
+    _run(store, fail={"raw"})
+    assert mid not in store.ids_in_state("dead")
+    [last] = store.audit_entries(message_id=mid, limit=1)
+    assert (last.action, last.outcome, last.detail) == ("resend", "refused", refusal)
