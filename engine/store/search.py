@@ -12,6 +12,9 @@ control ID                ``ix_messages_control``
 patient (``AUTH|MRN``)    ``ix_messages_patient (patient_key, state, id)``
 ========================  =====================================================================
 
+The time bounds may be in any zone: they are turned to UTC, as the store keeps times, so SQLite
+(which compares the text of the wall time) and PostgreSQL give the same answer.
+
 Type, trigger and sender are checked on the rows the index range gives. A bare MRN (no
 assigning authority) matches any authority's patient key ending in ``|MRN``: that reads the
 patient index from end to end, not a range of it.
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Select, and_, bindparam, or_, select
@@ -148,21 +151,30 @@ def _where(q: MessageQuery) -> list[ColumnElement[bool]]:
     return conditions
 
 
+def _utc(value: datetime) -> datetime:
+    """A bound in UTC, as the store keeps times (a naive one is taken as UTC already). SQLite
+    keeps the wall time and drops the offset, so it compares the bound's wall time with the
+    stored UTC one: 02:11 New York was taken for 02:11Z, five hours early."""
+    return aware(value).astimezone(UTC)
+
+
 def _time_bounds(conn: Connection, q: MessageQuery) -> list[ColumnElement[bool]]:
     """since/until as id bounds as well as time bounds: the id bound lets the query walk a range
     of the primary key (newest first, stopping at the limit) instead of sorting every row in
     the time range."""
     conditions: list[ColumnElement[bool]] = []
     if q.since is not None:
-        first = conn.execute(_FIRST_FROM, {"at": q.since - ID_SKEW}).scalar_one_or_none()
+        since = _utc(q.since)
+        first = conn.execute(_FIRST_FROM, {"at": since - ID_SKEW}).scalar_one_or_none()
         if first is None:
             return [messages.c.id < 0]  # nothing received since then
-        conditions += [messages.c.id >= first, messages.c.received_at >= q.since]
+        conditions += [messages.c.id >= first, messages.c.received_at >= since]
     if q.until is not None:
-        after = conn.execute(_FIRST_FROM, {"at": q.until + ID_SKEW}).scalar_one_or_none()
+        until = _utc(q.until)
+        after = conn.execute(_FIRST_FROM, {"at": until + ID_SKEW}).scalar_one_or_none()
         if after is not None:
             conditions.append(messages.c.id < after)
-        conditions.append(messages.c.received_at < q.until)
+        conditions.append(messages.c.received_at < until)
     return conditions
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import update
@@ -79,6 +80,35 @@ def test_date_range(store: SqlMessageStore) -> None:
     assert _ids(store, until=day + timedelta(days=1)) == [old]
     assert _ids(store, since=day + timedelta(days=1), until=day + timedelta(days=2)) == [mid]
     assert _ids(store, since=day + timedelta(days=9)) == []
+
+
+def test_time_bounds_in_another_zone_compare_in_utc(store: SqlMessageStore) -> None:
+    """Before: on SQLite the bound's wall-clock text was compared with the stored UTC text, so a
+    New York time was off by five hours (only UTC bounds worked)."""
+    received = [
+        datetime(2026, 12, 3, 4, 0, tzinfo=UTC),  # 23:00 the day before in New York
+        datetime(2026, 12, 3, 7, 11, 40, tzinfo=UTC),  # 02:11:40 in New York
+        datetime(2026, 12, 3, 10, 30, tzinfo=UTC),  # 05:30 in New York
+    ]
+    early, mid, late = (_save(store, n) for n in range(3))
+    with store.db_engine.begin() as conn:
+        for id_, at in zip((early, mid, late), received, strict=True):
+            conn.execute(update(messages).where(messages.c.id == id_).values(received_at=at))
+    for zone in (ZoneInfo("America/New_York"), timezone(timedelta(hours=-5))):
+        assert _ids(store, since=datetime(2026, 12, 3, 2, 11, 40, tzinfo=zone)) == [late, mid]
+        assert _ids(store, until=datetime(2026, 12, 3, 2, 11, 40, tzinfo=zone)) == [early]
+        assert _ids(store, until=datetime(2026, 12, 3, 5, 0, tzinfo=zone)) == [mid, early]
+        assert _ids(
+            store,
+            since=datetime(2026, 12, 2, 23, 30, tzinfo=zone),
+            until=datetime(2026, 12, 3, 5, 0, tzinfo=zone),
+        ) == [mid]
+    # east of UTC too: 12:00 in Kolkata is 06:30Z
+    kolkata = ZoneInfo("Asia/Kolkata")
+    assert _ids(store, since=datetime(2026, 12, 3, 12, 0, tzinfo=kolkata)) == [late, mid]
+    assert _ids(store, until=datetime(2026, 12, 3, 12, 0, tzinfo=kolkata)) == [early]
+    # a time without a zone is UTC, as the store keeps it
+    assert _ids(store, since=datetime(2026, 12, 3, 7, 11, 40)) == [late, mid]
 
 
 def test_unknown_state_is_refused_naming_the_valid_ones() -> None:
