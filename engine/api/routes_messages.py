@@ -8,7 +8,8 @@ answered). Handlers are sync: the store is, and FastAPI runs them in a worker th
 A message id is 1 .. 2**63 - 1, the range of the store's BIGINT key. Anything else where an id
 belongs — 0, -1, 2**63, 10**30, a word — is not an id at all and answers 422 before the store is
 asked (a database driver raises on an integer it cannot bind); a valid id with no message answers
-404. An unknown state answers 422 naming it and the valid ones.
+404. An unknown state answers 422 naming it and the valid ones; a state is read in any case
+(``DEAD``), and ``type`` may carry the trigger as the list shows it (``ADT^A01``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ BIGINT_MAX = 2**63 - 1
 
 MessageId = Annotated[int, Path(ge=1, le=BIGINT_MAX)]
 HL7_MEDIA_TYPE = "x-application/hl7-v2+er7"
+FHIR_MEDIA_TYPE = "application/fhir+json"
 Header = Annotated[str | None, Query(max_length=227)]
 
 
@@ -87,7 +89,7 @@ def list_messages(
     messages: MessagesDep,
     settings: SettingsDep,
     state: Annotated[str | None, Query(max_length=32)] = None,
-    type: Annotated[str | None, Query(max_length=16)] = None,  # noqa: A002  (the query's name)
+    type: Annotated[str | None, Query(max_length=33)] = None,  # noqa: A002  (the query's name)
     trigger: Annotated[str | None, Query(max_length=16)] = None,
     sender: Header = None,
     mrn: Annotated[str | None, Query(max_length=255)] = None,
@@ -99,10 +101,18 @@ def list_messages(
 ) -> list[MessageLine]:
     """Messages newest first, filtered, with why each is where it is (keyset paging: the next
     page is ``before`` = the last id of this one)."""
+    state = state.lower() if state is not None else None
     if state is not None and state not in MESSAGE_STATES:
         raise HTTPException(
             422, detail=f"unknown state {state!r} (states: {', '.join(MESSAGE_STATES)})"
         )
+    if type is not None and "^" in type:  # ADT^A01, as the list shows it
+        type, _, its_trigger = type.partition("^")  # noqa: A001
+        if trigger is not None and trigger.upper() != its_trigger.upper():
+            raise HTTPException(
+                422, detail=f"type {type}^{its_trigger} and trigger {trigger} disagree"
+            )
+        type, trigger = type or None, its_trigger or None  # noqa: A001
     query = MessageQuery(
         state=state,
         message_type=type,
@@ -133,11 +143,18 @@ def message_payload(
     messages: MessagesDep,
     who: Annotated[Who, Depends(_audited(Role.VIEWER, "view-payload"))],
 ) -> Response:
-    """The message's bytes exactly as they arrived (the view is audited)."""
+    """The message's bytes exactly as they arrived (the view is audited): a FHIR resource as
+    ``application/fhir+json``, an HL7 v2 message as ER7."""
     payload = messages.read_payload(message_id, who)
     if payload is None:
         raise HTTPException(404, detail=f"no message {message_id}")
-    return Response(payload, media_type=HL7_MEDIA_TYPE)
+    return Response(payload, media_type=_media_type(payload))
+
+
+def _media_type(payload: bytes) -> str:
+    """A stored message's media type, from its bytes: the store keeps FHIR resources as JSON
+    (an object), and an HL7 v2 message starts with its MSH (or FHS, BHS) segment, never ``{``."""
+    return FHIR_MEDIA_TYPE if payload[:1024].lstrip()[:1] == b"{" else HL7_MEDIA_TYPE
 
 
 @router.post(

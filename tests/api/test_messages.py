@@ -187,3 +187,20 @@ def test_raw_needs_the_viewer_role_and_a_refusal_is_audited(
     assert client.get("/api/messages/2/raw", headers=integration).status_code == 403
     assert [(e["actor"], e["outcome"]) for e in messages.audit] == [("test-integration", "refused")]
     assert client.get("/api/messages/2/raw").status_code == 401
+
+
+def test_list_takes_type_with_trigger_and_state_in_any_case(
+    client: TestClient, viewer: dict[str, str], messages: FakeMessages
+) -> None:
+    """Before: ``type=ADT^A01`` (what the type column shows) searched for a type ``ADT^A01``
+    and found nothing; ``state=DEAD`` was refused."""
+    assert client.get("/api/messages?type=ADT%5EA01&state=DEAD", headers=viewer).status_code == 200
+    q = messages.queries[-1]
+    assert (q.message_type, q.trigger, q.state) == ("ADT", "A01", "dead")
+    both = "/api/messages?type=adt%5Ea01&trigger=A01"
+    assert client.get(both, headers=viewer).status_code == 200
+    assert (messages.queries[-1].message_type, messages.queries[-1].trigger) == ("adt", "a01")
+    response = client.get("/api/messages?type=ADT%5EA01&trigger=A04", headers=viewer)
+    assert response.status_code == 422
+    assert response.json()["detail"] == "type ADT^A01 and trigger A04 disagree"
+    assert client.get("/api/messages?state=Deadd", headers=viewer).status_code == 422

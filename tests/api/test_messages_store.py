@@ -74,3 +74,21 @@ def test_search_filters_and_pages_on_the_store(
     by_mrn = client.get("/api/messages?mrn=MRN2", headers=viewer).json()
     assert [r["id"] for r in by_mrn] == [ids[1]]
     assert client.get("/api/messages?since=2999-01-01", headers=viewer).json() == []
+
+
+def test_raw_of_a_fhir_message_is_fhir_json_and_a_v2_message_er7(
+    client: TestClient, store: SqlMessageStore, token: Callable[[str], str]
+) -> None:
+    """Before: a FHIR JSON message was answered as ``x-application/hl7-v2+er7``."""
+    viewer = bearer(token("viewer"))
+    body = b'{"resourceType":"Bundle","type":"message"}'
+    [fhir] = store.save_batch(
+        [Incoming(raw=body, channel="http", kind="fhir", message_type="Bundle")]
+    )
+    response = client.get(f"/api/messages/{fhir.id}/raw", headers=viewer)
+    assert response.status_code == 200 and response.content == body
+    assert response.headers["content-type"] == "application/fhir+json"
+    v2 = client.get(f"/api/messages/{_dead(store, 1)}/raw", headers=viewer)
+    assert v2.headers["content-type"] == "x-application/hl7-v2+er7"
+    by_type = client.get("/api/messages?type=ADT%5EA08&state=DEAD", headers=viewer).json()
+    assert [r["id"] for r in by_type] == [2]
