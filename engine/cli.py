@@ -365,12 +365,17 @@ def eligibility_list(
     import orjson
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from engine.jobs.eligibility import worklist
     from engine.settings import load_settings
 
     tz = load_settings().timezone
-    rows = worklist(open_store(), _day(on), tz)
+    store = open_store()
+    try:
+        rows = worklist(store, _day(on), tz)
+    finally:
+        store.db_engine.dispose()  # its connections closed, not left to the garbage collector
     if as_json:
         for r in rows:
             typer.echo(orjson.dumps(r).decode())
@@ -379,7 +384,7 @@ def eligibility_list(
         f"time ({tz})", "patient", "MRN", "payer", "status", "copay", "deductible left", "note"
     )
     for r in rows:
-        table.add_row(
+        cells = (
             r["time"] or "",
             r["patient_name"] or "",
             r["mrn"] or "",
@@ -389,6 +394,7 @@ def eligibility_list(
             r["deductible_remaining"] or "",
             (r["reason"] or r["plan"] or "")[:50],
         )
+        table.add_row(*(Text(str(cell)) for cell in cells))  # stored values: text, not markup
     Console().print(table)
 
 

@@ -8,6 +8,8 @@ Replays, resends and payload views are recorded in the audit trail with the OS u
 from __future__ import annotations
 
 import getpass
+import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta
@@ -20,6 +22,9 @@ from engine.cli_support import open_store
 from engine.errors import EngineError
 
 __all__ = ["audit_app", "messages_app", "parse_when"]
+
+#: a message id: 1 .. 2**63 - 1, the range of the store's BIGINT key (typer refuses the rest)
+ID_MAX = 2**63 - 1
 
 messages_app = typer.Typer(
     help="Find stored messages, see why, replay them or resend their deliveries.",
@@ -71,12 +76,32 @@ def parse_when(value: str, zone: ZoneInfo, *, end_of_day: bool = False) -> datet
     return when if when.tzinfo is not None else when.replace(tzinfo=zone)
 
 
+def _type_and_trigger(message_type: str | None, trigger: str | None) -> tuple[str | None, ...]:
+    """``--type`` as the list shows it, ``ADT^A01``, is a type and a trigger; a ``--trigger``
+    given too must be the same one (any case)."""
+    if message_type is None or "^" not in message_type:
+        return message_type, trigger
+    kind, _, its_trigger = message_type.partition("^")
+    if trigger is not None and trigger.upper() != its_trigger.upper():
+        raise EngineError(f"--type {message_type} and --trigger {trigger} disagree")
+    return kind or None, its_trigger or None
+
+
+def _state(state: str | None) -> str | None:
+    """A state in any case (``DEAD``), as the store names it."""
+    return state.lower() if state is not None else None
+
+
 def _query(**options: Any) -> tuple[Any, ZoneInfo]:
-    """The store's query for the list's options (an unknown state is refused by name), and the
-    engine's time zone its times are read and shown in."""
+    """The store's query for the list's options (an unknown state is refused by name; ``--type``
+    may carry the trigger), and the engine's time zone its times are read and shown in."""
     from engine.store import MessageQuery
 
     zone = _zone()
+    options["state"] = _state(options["state"])
+    options["message_type"], options["trigger"] = _type_and_trigger(
+        options["message_type"], options["trigger"]
+    )
     since, until = options.pop("since"), options.pop("until")
     options["since"] = parse_when(since, zone) if since else None
     options["until"] = parse_when(until, zone, end_of_day=True) if until else None
@@ -95,15 +120,21 @@ def _why(line: Any) -> str:
 
 @messages_app.command("list")
 def messages_list(
-    state: Annotated[str | None, typer.Option(help="only messages in this state")] = None,
-    message_type: Annotated[str | None, typer.Option("--type", help="MSH-9.1, e.g. ADT")] = None,
+    state: Annotated[
+        str | None, typer.Option(help="only messages in this state (any case)")
+    ] = None,
+    message_type: Annotated[
+        str | None, typer.Option("--type", help="MSH-9.1, e.g. ADT, or with MSH-9.2: ADT^A04")
+    ] = None,
     trigger: Annotated[str | None, typer.Option(help="MSH-9.2, e.g. A04")] = None,
     sender: Annotated[str | None, typer.Option(help="MSH-3, MSH-4, or MSH-3^MSH-4")] = None,
     mrn: Annotated[str | None, typer.Option(help="PID-3: MRN, or AUTHORITY|MRN")] = None,
     control_id: Annotated[str | None, typer.Option(help="MSH-10")] = None,
     since: Annotated[str | None, typer.Option(help="from this date or ISO time")] = None,
     until: Annotated[str | None, typer.Option(help="up to this date (inclusive) or time")] = None,
-    before: Annotated[int | None, typer.Option(help="next page: ids below this", min=1)] = None,
+    before: Annotated[
+        int | None, typer.Option(help="next page: ids below this", min=1, max=ID_MAX)
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="JSON, one object a line")] = False,
 ) -> None:
@@ -128,21 +159,28 @@ def messages_list(
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table("id", "received", "type", "control id", "sender", "state", "why")
     for v in lines:
-        table.add_row(
+        cells = (
             str(v.id),
             v.received_at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S"),
-            f"{v.message_type or ''}^{v.trigger or ''}".strip("^"),
+            _type_of(v),
             v.control_id or "",
             v.sender or "",
             v.state,
             _why(v),
         )
+        table.add_row(*(Text(cell) for cell in cells))  # senders' values: text, never markup
     Console(width=200).print(table)
     if len(lines) == limit:
         typer.echo(f"more: --before {lines[-1].id}")
+
+
+def _type_of(v: Any) -> str:
+    """``ADT^A04``, or the type alone (a FHIR ``Bundle``, a message without a trigger)."""
+    return f"{v.message_type or ''}^{v.trigger or ''}".strip("^")
 
 
 def _print_json(lines: list[Any]) -> None:
@@ -156,12 +194,14 @@ def _print_json(lines: list[Any]) -> None:
 
 @messages_app.command("show")
 def messages_show(
-    message_id: Annotated[int, typer.Argument(help="message id")],
+    message_id: Annotated[int, typer.Argument(help="message id", min=1, max=ID_MAX)],
     raw: Annotated[
         bool, typer.Option("--raw", help="print the payload as received (recorded as a view)")
     ] = False,
 ) -> None:
-    """One message's metadata and deliveries; with --raw, its bytes as they arrived."""
+    """One message's metadata and deliveries; with --raw, its bytes as they arrived, one segment
+    a line. On a terminal, control characters other than tab and line ends are shown escaped
+    (ESC as \\x1b), so a sender's bytes cannot drive the terminal; piped, the bytes are exact."""
     if raw:
         _show_raw(message_id)
         return
@@ -169,10 +209,11 @@ def messages_show(
         view = store.get(message_id)
     if view is None:
         raise EngineError(f"no message {message_id}")
+    control = f" control id {view.control_id!r}" if view.control_id is not None else ""
     typer.echo(
-        f"message {view.id}: {view.message_type or '?'}^{view.trigger or ''} "
-        f"control id {view.control_id!r}, received {view.received_at.isoformat()} "
-        f"over {view.channel}, state {view.state}" + (f" ({view.reason})" if view.reason else "")
+        f"message {view.id}: {_type_of(view) or '?'}{control}, received "
+        f"{view.received_at.isoformat()} over {view.channel}, state {view.state}"
+        + (f" ({view.reason})" if view.reason else "")
     )
     for line in view.warnings:
         typer.echo(f"  warning: {line}")
@@ -191,14 +232,32 @@ def _show_raw(message_id: int) -> None:
     if payload is None:
         raise EngineError(f"no message {message_id}")
     text = payload.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    typer.echo(text if text.endswith(b"\n") else text + b"\n", nl=False)
+    text = text if text.endswith(b"\n") else text + b"\n"
+    if _to_terminal():
+        typer.echo(_CONTROL.sub(_escaped, text.decode("utf-8", "backslashreplace")), nl=False)
+    else:
+        typer.echo(text, nl=False)
+
+
+#: C0 controls but tab and line feed, DEL, and C1 controls (U+0080-U+009F: U+009B is a CSI)
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
+
+
+def _to_terminal() -> bool:
+    """Is standard output a terminal (a person reading), not a pipe or a file?"""
+    return sys.stdout.isatty()
 
 
 @messages_app.command("replay")
 def messages_replay(
-    message_id: Annotated[int | None, typer.Argument(help="message id")] = None,
+    message_id: Annotated[int | None, typer.Argument(help="message id", min=1, max=ID_MAX)] = None,
     state: Annotated[
-        str | None, typer.Option(help="replay every message in this state (e.g. error, dead)")
+        str | None,
+        typer.Option(help="replay every message in this state (e.g. error, dead; not replayed)"),
     ] = None,
 ) -> None:
     """Receive stored messages again: routed and mapped anew, to every route that takes them.
@@ -206,8 +265,16 @@ def messages_replay(
     To send a dead delivery again only where it failed, use `engine messages resend`."""
     from engine.store import MESSAGE_STATES, ActionRefused
 
-    if (message_id is None) == (state is None):
+    if message_id is None and state is None:
+        raise EngineError("give a message id or --state")
+    if message_id is not None and state is not None:
         raise EngineError("give a message id or --state, not both")
+    state = _state(state)
+    if state == "replayed":
+        raise EngineError(
+            "--state replayed is refused: those messages were already replayed, and replaying "
+            "them again would send another copy each time (replay or resend their replays)"
+        )
     if state is not None and state not in MESSAGE_STATES:
         raise EngineError(f"unknown state {state!r} (states: {', '.join(MESSAGE_STATES)})")
     who = _who()
@@ -227,7 +294,7 @@ def messages_replay(
 
 @messages_app.command("resend")
 def messages_resend(
-    message_id: Annotated[int, typer.Argument(help="message id")],
+    message_id: Annotated[int, typer.Argument(help="message id", min=1, max=ID_MAX)],
     destination: Annotated[
         str | None,
         typer.Option(help="resend to this destination only, even if it was delivered"),
@@ -255,7 +322,9 @@ def messages_resend(
 @audit_app.command("list")
 def audit_list(
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
-    message_id: Annotated[int | None, typer.Option("--message", help="one message's")] = None,
+    message_id: Annotated[
+        int | None, typer.Option("--message", help="one message's", min=1, max=ID_MAX)
+    ] = None,
 ) -> None:
     """Replays, resends and payload views, newest first: when, who, from where, what, outcome."""
     zone = _zone()
