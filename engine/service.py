@@ -39,6 +39,7 @@ from engine.settings import Settings
 from engine.startup import (
     check_files,
     check_schedule,
+    listen_http,
     open_database,
     startup_signals,
 )
@@ -217,28 +218,34 @@ class Engine:
     async def run(self, stop: asyncio.Event, on_started: Callable[[], None] | None = None) -> None:
         """Run until ``stop`` is set; ``on_started`` once both listeners are open."""
         self._loop = asyncio.get_running_loop()
+        # both ports taken before anything starts: a busy one is one line and nothing listens
+        http_sockets = listen_http(
+            self.settings.http_host, self.settings.http_port, self.http.config.backlog
+        )
         await self.ingest.start()
+        try:
+            await self.mllp.start()
+        except OSError as exc:
+            for sock in http_sockets:
+                sock.close()
+            await self.ingest.stop()
+            why = os.strerror(exc.errno) if exc.errno else str(exc)  # not asyncio's long text
+            raise ConfigError(
+                f"cannot listen for MLLP on {self.settings.mllp_host}:{self.settings.mllp_port}: "
+                f"{why}"
+            ) from exc
         workers = self._start_workers() if self.settings.workers else None
         supervisor = (
             asyncio.create_task(self._supervise(workers), name="supervisor") if workers else None
         )
-        try:
-            await self.mllp.start()
-        except OSError as exc:
-            self._stop_workers(workers)
-            raise ConfigError(
-                f"cannot listen for MLLP on {self.settings.mllp_host}:{self.settings.mllp_port}: "
-                f"{exc.strerror or exc}"
-            ) from exc
         checkpoints = asyncio.create_task(self.store.checkpoints(stop), name="checkpoints")
-        http_task = asyncio.create_task(self.http.serve())
+        http_task = asyncio.create_task(self.http.serve(sockets=http_sockets))
         try:
             while not self.http.started:
                 if http_task.done():
-                    await self.mllp.stop()
                     raise ConfigError(
                         f"cannot listen for HTTP on {self.settings.http_host}:"
-                        f"{self.settings.http_port} (address in use?)"
+                        f"{self.settings.http_port} (the HTTP server did not start)"
                     )
                 await asyncio.sleep(0.02)
             log.info(
@@ -254,7 +261,9 @@ class Engine:
             self.http.should_exit = True
             await self.mllp.stop()
             with contextlib.suppress(asyncio.CancelledError, SystemExit):
-                await http_task  # a bind failure ends uvicorn with SystemExit; reported above
+                await http_task  # a failed start ends uvicorn with SystemExit; reported above
+            for sock in http_sockets:
+                sock.close()  # uvicorn closed them if it ran; if it did not, closed here
             await self.ingest.stop()
             checkpoints.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import os
 import signal
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = [
     "check_files",
     "check_folders",
     "check_schedule",
+    "listen_http",
     "open_database",
     "startup_signals",
 ]
@@ -120,6 +122,39 @@ def check_files(settings: Settings, auth: AuthSettings) -> None:
             raise ConfigError(
                 f"ENGINE_AUTH_DEV_SECRET_FILE: folder {secret.parent} cannot be written ({problem})"
             )
+
+
+def listen_http(host: str, port: int, backlog: int = 2048) -> list[socket.socket]:
+    """The HTTP port taken now, before MLLP starts, so a busy port stops start-up in one line
+    (uvicorn, binding it later, would print its own error after MLLP was already listening).
+
+    One listening socket per address of ``host`` (as asyncio's ``create_server`` binds), with
+    ``SO_REUSEADDR`` like uvicorn, non-blocking, for ``uvicorn.Server.serve(sockets=...)``.
+    Raises :class:`ConfigError` naming ``host:port``; nothing stays open then."""
+    where = f"cannot listen for HTTP on {host}:{port}"
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigError(f"{where} (unknown host: {exc.strerror})") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio: the IPv4 address has its own socket
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)  # listening now: a port bound elsewhere fails here, not later
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        why = "address in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise ConfigError(f"{where} ({why.lower()})") from None
+    return sockets
 
 
 def check_schedule(settings: Settings) -> None:

@@ -309,3 +309,65 @@ def test_worker_names_an_unreachable_database(tmp_path: Path) -> None:
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ENGINE_DATABASE_URL") and f"127.0.0.1:{port}" in last
     assert "hunter2" not in proc.stderr
+
+
+def test_a_busy_http_port_is_one_line_and_nothing_listens(tmp_path: Path) -> None:
+    """The HTTP port is taken before MLLP starts: the start-up error, not uvicorn's."""
+    mllp = _free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        http = taken.getsockname()[1]
+        proc = _serve(tmp_path, {"ENGINE_HTTP_PORT": str(http), "ENGINE_MLLP_PORT": str(mllp)})
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        f"error: cannot listen for HTTP on 127.0.0.1:{http} (address in use)"
+    ), err
+    assert "ERROR" not in err and "Errno" not in err, err  # no second line from uvicorn
+    assert "mllp listening" not in err and "MLLP on" not in err, err  # MLLP never started
+
+
+_MLLP_BUSY = """
+import asyncio, socket, sys
+from pathlib import Path
+from engine.errors import ConfigError
+from engine.service import Engine
+from engine.settings import load_settings
+
+mllp, http = int(sys.argv[1]), int(sys.argv[2])
+engine = Engine(load_settings(
+    home=Path.cwd(), mllp_host="127.0.0.1", mllp_port=mllp, http_host="127.0.0.1",
+    http_port=http, workers=False,
+))
+try:
+    asyncio.run(engine.run(asyncio.Event()))
+except ConfigError as exc:
+    print(exc)
+with socket.socket() as again:  # no SO_REUSEADDR: fails while the engine's socket is open
+    again.bind(("127.0.0.1", http))
+    print("http port free")
+"""
+
+
+def test_a_busy_mllp_port_closes_the_http_socket_it_had_opened(tmp_path: Path) -> None:
+    """In its own process (the engine's metrics switch the process to multiprocess mode)."""
+    http = _free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        mllp = taken.getsockname()[1]
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
+        proc = subprocess.run(
+            [sys.executable, "-c", _MLLP_BUSY, str(mllp), str(http)],
+            cwd=tmp_path,
+            env=clean,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"cannot listen for MLLP on 127.0.0.1:{mllp}: Address already in use",
+        "http port free",  # the HTTP socket taken first was closed when MLLP failed
+    ], proc.stdout
