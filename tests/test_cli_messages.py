@@ -143,3 +143,210 @@ def test_show_raw_prints_the_payload_and_is_audited(
     assert f"{user} (cli)  view-payload message 999999" in lines[0] and "refused" in lines[0]
     assert f"{user} (cli)  resend message {mid} patient CLINIC|MRN1: ok" in lines[1]
     assert f"{user} (cli)  view-payload message {mid} patient CLINIC|MRN1: ok" in lines[2]
+
+
+def test_a_replayed_message_is_not_replayed_or_resent_again(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings, cli
+) -> None:
+    """Before: `replay 3` twice made a second copy; a resend of the original put it back to dead
+    and `replay --state dead` made a third."""
+    mid, fhir, raw = _dead_on_raw(store, routes, mappings)
+    dests = {"fhir": fhir, "raw": raw}
+    code, out, err = cli("messages", "replay", str(mid))
+    assert code == 0, err
+    copy = int(out.split()[-1])
+    refusal = f"message {mid} was already replayed as message {copy}: replay or resend that one"
+    code, out, err = cli("messages", "replay", str(mid))
+    assert (code, out, err) == (1, "", refusal)
+    code, out, err = cli("messages", "resend", str(mid))
+    assert (code, out, err) == (1, "", refusal)
+    run_all(store, routes, mappings, dests, [])
+    code, out, err = cli("messages", "replay", "--state", "dead")
+    assert (code, out) == (0, "no message in state dead\n"), err
+    assert [p.control_id for p in raw.delivered] == ["C1"]  # the copy, once
+    assert [p.control_id for p in fhir.delivered] == ["C1", "C1"]  # the original, the copy
+    assert sorted(line.state for line in store.search(MessageQuery())) == [
+        "delivered",
+        "replayed",
+    ]
+
+
+def _stored(store: SqlMessageStore, raw: bytes, **fields: object) -> int:
+    """One message stored as received, with the header columns given."""
+    from engine.store import Incoming
+
+    [stored] = store.save_batch([Incoming(raw=raw, channel="mllp", **fields)])  # type: ignore[arg-type]
+    return stored.id
+
+
+def test_stored_values_are_shown_as_text_not_rich_markup(
+    store: SqlMessageStore, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: MSH-3 ``[/bold]`` made every page with it fail (internal error (MarkupError)),
+    and ``[bold red]EVIL[/bold red]`` showed as ``EVIL``."""
+    _stored(store, b"MSH|^~\\&|[/bold]|X\r", sending_application="[/bold]", control_id="[/]")
+    _stored(
+        store,
+        b"MSH|^~\\&|EVIL|X\r",
+        sending_application="[bold red]EVIL[/bold red]",
+        state="error",
+        reason="bad [i]segment[/i]",
+    )
+    code, out, err = cli("messages", "list")
+    assert code == 0, err
+    assert "[/bold]^X" not in out  # no facility stored: the sender is MSH-3 alone
+    assert "[/bold]" in out and "[/]" in out
+    assert "[bold red]EVIL[/bold red]" in out and "bad [i]segment[/i]" in out
+    # engine eligibility list: payer, patient and note come from outside too
+    import engine.jobs.eligibility as eligibility
+
+    row = {
+        "time": "09:00",
+        "patient_name": "[bold]Doe[/bold]",
+        "mrn": "[/]",
+        "payer_name": "[red]ACME[/red]",
+        "payer_id": "1",
+        "status": "active",
+        "copay": "",
+        "deductible_remaining": "",
+        "reason": None,
+        "plan": "[/plan]",
+    }
+    monkeypatch.setattr(eligibility, "worklist", lambda *args: [row])
+    monkeypatch.setenv("COLUMNS", "200")  # rich's width: no cell cut short
+    code, out, err = cli("eligibility", "list", "--date", "2026-03-01")
+    assert code == 0, err
+    for value in ("[bold]Doe[/bold]", "[/]", "[red]ACME[/red]", "[/plan]"):
+        assert value in out
+
+
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        (("messages", "show", "{}", "--raw"), "'message_id'"),
+        (("messages", "show", "{}"), "'message_id'"),
+        (("messages", "resend", "{}"), "'message_id'"),
+        (("messages", "replay", "{}"), "'message_id'"),
+        (("audit", "list", "--message", "{}"), "'--message'"),
+        (("messages", "list", "--before", "{}"), "'--before'"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("value", "bound"),
+    [("99999999999999999999", "less than or equal to 9223372036854775807"), ("0", "greater")],
+)
+def test_ids_out_of_range_are_a_usage_error_naming_the_argument(
+    cli, args: tuple[str, ...], name: str, value: str, bound: str
+) -> None:
+    """Before: ``internal error (OverflowError)``, exit 70 (the API already answers 422)."""
+    code, _, err = cli(*(a.format(value) for a in args))
+    assert code == 2, err
+    assert f"Invalid value for {name}: Input should be " in err
+    assert bound in " ".join(err.replace("│", " ").split())
+
+
+def test_show_raw_escapes_control_characters_on_a_terminal_only(
+    store: SqlMessageStore, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: ESC sequences from a sender's MSH-4 or PID-5 went straight to the terminal."""
+    import engine.cli_messages as cli_messages
+
+    raw = b"MSH|^~\\&|APP|\x1b]0;pwned\x07\x1b[2J|\rPID|1||M1||DOE\x9b\tJOHN\x7f\r\n"
+    mid = _stored(store, raw)
+    code, out, err = cli("messages", "show", str(mid), "--raw")  # piped: the exact bytes
+    assert code == 0, err
+    assert out == raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").decode("utf-8", "replace")
+    monkeypatch.setattr(cli_messages, "_to_terminal", lambda: True)
+    code, out, err = cli("messages", "show", str(mid), "--raw")
+    assert code == 0, err
+    assert out == ("MSH|^~\\&|APP|\\x1b]0;pwned\\x07\\x1b[2J|\nPID|1||M1||DOE\\x9b\tJOHN\\x7f\n")
+    code, out, _ = cli("messages", "show", "--help")
+    assert "escaped" in out and "terminal" in out
+
+
+def test_replay_names_what_is_missing_and_refuses_the_replayed_state(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings, cli
+) -> None:
+    """Before: neither id nor --state said 'not both'; ``--state replayed`` replayed the
+    originals again, a copy more each time."""
+    mid, _, _ = _dead_on_raw(store, routes, mappings)
+    code, _, err = cli("messages", "replay")
+    assert code == 1 and err.strip().endswith("give a message id or --state")
+    code, _, err = cli("messages", "replay", str(mid), "--state", "dead")
+    assert code == 1 and err.strip().endswith("give a message id or --state, not both")
+    assert cli("messages", "replay", "--state", "DEAD")[0] == 0  # any case
+    code, out, err = cli("messages", "replay", "--state", "replayed")
+    assert code == 1 and out == ""
+    assert "--state replayed is refused" in err and "already replayed" in err
+    assert sorted(line.state for line in store.search(MessageQuery())) == ["received", "replayed"]
+
+
+def test_type_takes_type_and_trigger_and_state_any_case(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings, cli
+) -> None:
+    """Before: ``--type ADT^A08`` (what the type column shows) found nothing, ``--state DEAD``
+    was refused."""
+    mid, _, _ = _dead_on_raw(store, routes, mappings)
+    for args in (
+        ("--type", "ADT^A08"),
+        ("--type", "adt^a08", "--trigger", "A08"),
+        ("--type", "ADT", "--trigger", "a08"),
+        ("--state", "DEAD"),
+        ("--state", "Dead", "--type", "adt"),
+    ):
+        code, out, err = cli("messages", "list", "--json", *args)
+        assert code == 0, (args, err)
+        assert f'"id":{mid}' in out, args
+    code, out, err = cli("messages", "list", "--json", "--type", "ADT^A04")
+    assert (code, out) == (0, ""), err
+    code, out, err = cli("messages", "list", "--type", "ADT^A08", "--trigger", "A04")
+    assert code == 1 and "--type ADT^A08 and --trigger A04 disagree" in err
+
+
+def test_show_of_a_fhir_message_says_what_it_is(store: SqlMessageStore, cli) -> None:
+    """Before: ``Bundle^ control id None``."""
+    mid = _stored(store, b'{"resourceType":"Bundle"}', kind="fhir", message_type="Bundle")
+    code, out, err = cli("messages", "show", str(mid))
+    assert code == 0, err
+    first = out.splitlines()[0]
+    assert first.startswith(f"message {mid}: Bundle, received ")
+    assert "None" not in first and "^" not in first and "control id" not in first
+    hl7 = _stored(store, b"MSH|^~\\&|A|B\r", message_type="ADT", trigger="A01", control_id="C9")
+    code, out, _ = cli("messages", "show", str(hl7))
+    assert out.startswith(f"message {hl7}: ADT^A01 control id 'C9', received ")
+
+
+def test_since_and_until_are_read_in_the_engine_zone_on_every_database(
+    store: SqlMessageStore, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: on SQLite a New York time (or one with -05:00) was compared with the stored UTC
+    as if it were UTC: ``--since`` 02:11:40 New York listed messages from 23:00 the day before."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import update
+
+    from engine.store import Incoming
+    from engine.store.tables import messages
+
+    received = [
+        datetime(2026, 12, 3, 4, 0, tzinfo=UTC),  # 23:00 the day before in New York
+        datetime(2026, 12, 3, 7, 11, 40, tzinfo=UTC),  # 02:11:40 in New York
+        datetime(2026, 12, 3, 10, 30, tzinfo=UTC),  # 05:30 in New York
+    ]
+    ids = [s.id for s in store.save_batch([Incoming(raw=b"MSH|", channel="mllp")] * 3)]
+    with store.db_engine.begin() as conn:
+        for id_, at in zip(ids, received, strict=True):
+            conn.execute(update(messages).where(messages.c.id == id_).values(received_at=at))
+    early, mid, late = ids
+    monkeypatch.setenv("ENGINE_TIMEZONE", "America/New_York")
+
+    def listed(*args: str) -> list[int]:
+        code, out, err = cli("messages", "list", "--json", *args)
+        assert code == 0, err
+        return [int(line.split('"id":')[1].split(",")[0]) for line in out.splitlines()]
+
+    for since in ("2026-12-03T02:11:40", "2026-12-03T02:11:40-05:00", "2026-12-03T07:11:40Z"):
+        assert listed("--since", since) == [late, mid], since
+        assert listed("--until", since) == [early], since
+    assert listed("--since", "2026-12-03") == [late, mid]  # New York's midnight is 05:00Z
+    assert listed("--until", "2026-12-02") == [early]  # through the end of that day
