@@ -152,6 +152,8 @@ def _case(name: str, home: Path) -> tuple[dict[str, str], list[str]]:
     if name == "key-file":
         env = {"ENGINE_AUTH_MODE": "keyfile", "ENGINE_AUTH_KEY_FILE": "keys/idp.pem"}
         return env, [f"ENGINE_AUTH_KEY_FILE: {home}/keys/idp.pem: no such file"]
+    if name.startswith("garbage-"):  # a file that exists and reads, but is not what it should be
+        return _garbage(home, name.removeprefix("garbage-"))
     if name == "python-tag":
         text = "destinations: !!python/object/apply:os.system ['true']\n"
         return _route_file(home, "evil.yaml", text), ["routes/evil.yaml", "line 1"]
@@ -164,6 +166,36 @@ def _case(name: str, home: Path) -> tuple[dict[str, str], list[str]]:
     return env, ["routes/drop.yaml: destination 'drop': folder", f"{home}/a-file/outbox"]
 
 
+def _garbage(home: Path, which: str) -> tuple[dict[str, str], list[str]]:
+    """A TLS or key file with garbage in it (the others good): the setting and path named."""
+    (home / "junk.pem").write_text("this is not PEM\n")
+    if which == "key-file":
+        env = {"ENGINE_AUTH_MODE": "keyfile", "ENGINE_AUTH_KEY_FILE": "junk.pem"}
+        return env, [f"ENGINE_AUTH_KEY_FILE: {home}/junk.pem: not a PEM public key"]
+    _cert(home / "tls")
+    env = {
+        "ENGINE_MLLP_TLS_CERT": "tls/server.crt",
+        "ENGINE_MLLP_TLS_KEY": "tls/server.key",
+        "ENGINE_MLLP_TLS_CLIENT_CA": "tls/server.crt",
+    }
+    if which == "tls-key-mismatch":  # a good key, but not the certificate's
+        _cert(home / "tls2")
+        env["ENGINE_MLLP_TLS_CERT"] = "tls2/server.crt"
+        needle = f"ENGINE_MLLP_TLS_KEY: {home}/tls/server.key: cannot load the MLLP TLS private key"
+        return env, [needle, "does not match the certificate in ENGINE_MLLP_TLS_CERT"]
+    if which == "tls-key-password":  # would be OpenSSL's prompt on the terminal
+        key = serialization.load_pem_private_key((home / "tls" / "server.key").read_bytes(), None)
+        encrypted = serialization.BestAvailableEncryption(b"secret")
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encrypted
+        )
+        (home / "tls" / "server.key").write_bytes(pem)
+        return env, [f"ENGINE_MLLP_TLS_KEY: {home}/tls/server.key: ", "protected by a password"]
+    setting = {"tls-cert": "CERT", "tls-key": "KEY", "tls-client-ca": "CLIENT_CA"}[which]
+    env[f"ENGINE_MLLP_TLS_{setting}"] = "junk.pem"
+    return env, [f"ENGINE_MLLP_TLS_{setting}: {home}/junk.pem: cannot load"]
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -172,6 +204,12 @@ def _case(name: str, home: Path) -> tuple[dict[str, str], list[str]]:
         "unknown-database",
         "tls-file",
         "key-file",
+        "garbage-tls-cert",
+        "garbage-tls-key",
+        "garbage-tls-client-ca",
+        "garbage-tls-key-mismatch",
+        "garbage-tls-key-password",
+        "garbage-key-file",
         "python-tag",
         "var-folder",
         "destination-folder",

@@ -126,25 +126,26 @@ def _create_secret(path: Path) -> None:
 
 def public_key_file(path: Path, algorithms: list[str]) -> StaticKeys:
     """Keys for the algorithms of ``algorithms`` that fit the PEM public key in ``path``."""
+    where = f"ENGINE_AUTH_KEY_FILE: {path}"  # the setting named: the admin knows where to look
     try:
         pem = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the public key: {exc.strerror}") from exc
+        raise ConfigError(f"{where}: cannot read the public key: {exc.strerror}") from exc
     try:
         public = serialization.load_pem_public_key(pem)
     except ValueError as exc:
-        raise ConfigError(f"{path}: not a PEM public key (a private key is refused)") from exc
+        raise ConfigError(f"{where}: not a PEM public key (a private key is refused)") from exc
     if isinstance(public, rsa.RSAPublicKey):
         if public.key_size < 2048:
-            raise ConfigError(f"{path}: RSA key of {public.key_size} bits; 2048 or more needed")
+            raise ConfigError(f"{where}: RSA key of {public.key_size} bits; 2048 or more needed")
         fits = {"RS256", "RS384", "RS512"}
     elif isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name in _CURVE_ALG:
         fits = {_CURVE_ALG[public.curve.name]}
     else:
-        raise ConfigError(f"{path}: only RSA and EC P-256/P-384/P-521 public keys are supported")
+        raise ConfigError(f"{where}: only RSA and EC P-256/P-384/P-521 public keys are supported")
     usable = sorted(fits & set(algorithms))
     if not usable:
-        raise ConfigError(f"{path}: the key fits {sorted(fits)}, none of algorithms {algorithms}")
+        raise ConfigError(f"{where}: the key fits {sorted(fits)}, none of algorithms {algorithms}")
     text = pem.decode("ascii")
     return StaticKeys({alg: jwk.construct(text, alg) for alg in usable})
 

@@ -16,17 +16,46 @@ __all__ = ["client_context", "server_context"]
 
 
 def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
-    """A server context; with ``client_ca`` every client must present a certificate it signed."""
+    """A server context; with ``client_ca`` every client must present a certificate it signed.
+
+    Raises :class:`ConfigError` naming the setting (``ENGINE_MLLP_TLS_CERT``, ``_KEY``,
+    ``_CLIENT_CA``) and the file that cannot be loaded, and why."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # OpenSSL loads certificate and key in one call and its error does not say which file it
+    # was: the certificate is read alone first, so a bad key is the key's fault
+    _certificates("ENGINE_MLLP_TLS_CERT", cert, "certificate")
+
+    def password() -> bytes:  # never OpenSSL's prompt on the terminal of a service
+        raise ConfigError(
+            f"ENGINE_MLLP_TLS_KEY: {key}: the MLLP TLS private key is protected by a password; "
+            "give it without one (and readable only by the engine)"
+        )
+
     try:
-        ctx.load_cert_chain(str(cert), str(key))
-        if client_ca is not None:
-            ctx.load_verify_locations(cafile=str(client_ca))
-            ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_cert_chain(str(cert), str(key), password=password)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"MLLP TLS: cannot load certificate or key ({exc})") from exc
+        if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
+            why = f"it does not match the certificate in ENGINE_MLLP_TLS_CERT ({cert})"
+        else:
+            why = _why(exc, "not a PEM private key")
+        raise ConfigError(
+            f"ENGINE_MLLP_TLS_KEY: {key}: cannot load the MLLP TLS private key ({why})"
+        ) from exc
+    if client_ca is not None:
+        _certificates("ENGINE_MLLP_TLS_CLIENT_CA", client_ca, "client CA certificates", ctx)
+        ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+def _certificates(setting: str, path: Path, what: str, ctx: ssl.SSLContext | None = None) -> None:
+    """Load the PEM certificates in ``path`` as trusted into ``ctx`` (a scratch context: only
+    checked), or raise :class:`ConfigError` naming ``setting`` and ``path``."""
+    try:
+        (ctx or ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)).load_verify_locations(cafile=str(path))
+    except (OSError, ssl.SSLError) as exc:
+        why = _why(exc, "not a PEM certificate")
+        raise ConfigError(f"{setting}: {path}: cannot load the MLLP TLS {what} ({why})") from exc
 
 
 def client_context(
@@ -61,10 +90,15 @@ def client_context(
     return ctx
 
 
-def _why(exc: BaseException) -> str:
-    """What OpenSSL or the OS says, without the errno noise: ``PEM lib``, ``No such file``."""
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return str(exc.reason)
+def _why(exc: BaseException, unreadable: str | None = None) -> str:
+    """What OpenSSL or the OS says, without the errno noise: ``PEM lib``, ``No such file``;
+    ``unreadable`` instead when OpenSSL found nothing it could read in the file."""
+    if isinstance(exc, ssl.SSLError):
+        found_nothing = exc.reason in (None, "NO_CERTIFICATE_OR_CRL_FOUND") or "PEM lib" in str(exc)
+        if unreadable is not None and found_nothing:
+            return unreadable
+        if exc.reason:
+            return str(exc.reason)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return type(exc).__name__
