@@ -76,32 +76,12 @@ def parse_when(value: str, zone: ZoneInfo, *, end_of_day: bool = False) -> datet
     return when if when.tzinfo is not None else when.replace(tzinfo=zone)
 
 
-def _type_and_trigger(message_type: str | None, trigger: str | None) -> tuple[str | None, ...]:
-    """``--type`` as the list shows it, ``ADT^A01``, is a type and a trigger; a ``--trigger``
-    given too must be the same one (any case)."""
-    if message_type is None or "^" not in message_type:
-        return message_type, trigger
-    kind, _, its_trigger = message_type.partition("^")
-    if trigger is not None and trigger.upper() != its_trigger.upper():
-        raise EngineError(f"--type {message_type} and --trigger {trigger} disagree")
-    return kind or None, its_trigger or None
-
-
-def _state(state: str | None) -> str | None:
-    """A state in any case (``DEAD``), as the store names it."""
-    return state.lower() if state is not None else None
-
-
 def _query(**options: Any) -> tuple[Any, ZoneInfo]:
     """The store's query for the list's options (an unknown state is refused by name; ``--type``
     may carry the trigger), and the engine's time zone its times are read and shown in."""
     from engine.store import MessageQuery
 
     zone = _zone()
-    options["state"] = _state(options["state"])
-    options["message_type"], options["trigger"] = _type_and_trigger(
-        options["message_type"], options["trigger"]
-    )
     since, until = options.pop("since"), options.pop("until")
     options["since"] = parse_when(since, zone) if since else None
     options["until"] = parse_when(until, zone, end_of_day=True) if until else None
@@ -269,7 +249,7 @@ def messages_replay(
         raise EngineError("give a message id or --state")
     if message_id is not None and state is not None:
         raise EngineError("give a message id or --state, not both")
-    state = _state(state)
+    state = state.lower() if state is not None else None
     if state == "replayed":
         raise EngineError(
             "--state replayed is refused: those messages were already replayed, and replaying "

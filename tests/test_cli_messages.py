@@ -300,7 +300,7 @@ def test_type_takes_type_and_trigger_and_state_any_case(
     code, out, err = cli("messages", "list", "--json", "--type", "ADT^A04")
     assert (code, out) == (0, ""), err
     code, out, err = cli("messages", "list", "--type", "ADT^A08", "--trigger", "A04")
-    assert code == 1 and "--type ADT^A08 and --trigger A04 disagree" in err
+    assert code == 1 and "type ADT^A08 and trigger A04 disagree" in err
 
 
 def test_show_of_a_fhir_message_says_what_it_is(store: SqlMessageStore, cli) -> None:

@@ -70,6 +70,17 @@ class MessageQuery:
     limit: int = 50
 
     def __post_init__(self) -> None:
+        """One reading of the filters for the CLI and the API: a state in any case (``DEAD``),
+        and a type as the list shows it (``ADT^A01``) is a type and a trigger; a trigger given
+        too must be the same one. ValueError names what is wrong."""
+        if self.state is not None:
+            object.__setattr__(self, "state", self.state.lower())
+        if self.message_type is not None and "^" in self.message_type:
+            kind, _, its_trigger = self.message_type.partition("^")
+            if self.trigger is not None and self.trigger.upper() != its_trigger.upper():
+                raise ValueError(f"type {self.message_type} and trigger {self.trigger} disagree")
+            object.__setattr__(self, "message_type", kind or None)
+            object.__setattr__(self, "trigger", its_trigger or None)
         if self.state is not None and self.state not in MESSAGE_STATES:
             raise ValueError(f"unknown state {self.state!r} (states: {', '.join(MESSAGE_STATES)})")
 
