@@ -238,3 +238,32 @@ def test_a_plain_text_client_on_the_tls_port_is_logged_once_and_closed(
     assert "plain-text client on the TLS port" in failed[0].getMessage()
     assert str(getattr(failed[0], "peer", "")).startswith("127.0.0.1:")
     assert "Testpatient" not in caplog.text and "MRN1" not in caplog.text
+
+
+@pytest.mark.parametrize("client", ["closes at once", "stays silent"])
+def test_a_tls_listener_stops_promptly_with_a_client_mid_handshake(pki: Path, client: str) -> None:
+    """The engine stopping while a client has connected to the TLS port and not finished (or not
+    begun) its handshake: stop() returns at once instead of waiting for a connection whose close
+    never completes (seen as an `engine serve` that ignored SIGTERM, in 4 runs out of 10)."""
+
+    async def main() -> float:
+        ctx = server_context(pki / "server.crt", pki / "server.key", pki / "ca.crt")
+        server = MLLPServer(_Ack(), host="127.0.0.1", port=0, ssl_context=ctx)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        stalls = []
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.bound_port)
+            if client == "closes at once":
+                writer.close()
+            else:
+                stalls.append(writer)
+            await asyncio.sleep(0.05)  # the server has accepted and begun the handshake
+        started = loop.time()
+        await asyncio.wait_for(server.stop(), 20)
+        took = loop.time() - started
+        for writer in stalls:
+            writer.close()
+        return took
+
+    assert asyncio.run(main()) < 5

@@ -189,11 +189,7 @@ class MLLPServer:
         finally:
             self._open.pop(task, None)
             self._tasks.discard(task)
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
+            await _close(writer)
 
     async def _handshake(self, writer: asyncio.StreamWriter, peer: str) -> bool:
         """Start TLS on a new connection; a failure is logged once (peer, TLS's reason) and the
@@ -310,3 +306,20 @@ class MLLPServer:
         finally:
             conn.handling = False
             conn.last_active = asyncio.get_running_loop().time()
+
+
+#: how long a closing connection may take to say it is closed before its transport is aborted
+CLOSE_WAIT_S = 2.0
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close a connection, waiting a bounded time for it to go: a TLS handshake cancelled half
+    way (the engine stopping while a client connected and said nothing) leaves a transport whose
+    ``wait_closed`` never returns, which held ``engine serve`` at SIGTERM."""
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), CLOSE_WAIT_S)
+    except TimeoutError:
+        writer.transport.abort()
+    except (ConnectionError, OSError):
+        pass
