@@ -95,13 +95,13 @@ def test_sighup_applies_valid_routes_and_keeps_the_running_ones_when_invalid(
 
     (engine.routes / "lab.yaml").write_text(LAB.format(folder=lab))
     engine.proc.send_signal(signal.SIGHUP)
-    assert wait_for(lambda: ack_code(engine.mllp, raw(ORU, 2)) == "AA", 15), "not reloaded"
+    assert wait_for(lambda: ack_code(engine.mllp, raw(ORU, 2)) == "AA", 30), "not reloaded"
     # the worker process was restarted on the new files: it delivers to the new destination
     assert wait_for(lambda: lab.is_dir() and any(lab.iterdir()), 20), "ORU never delivered"
 
     (engine.routes / "broken.yaml").write_text(BROKEN)
     engine.proc.send_signal(signal.SIGHUP)
-    assert wait_for(lambda: "reload refused" in engine.log.read_text(errors="replace"), 15)
+    assert wait_for(lambda: "reload refused" in engine.log.read_text(errors="replace"), 30)
     log = engine.log.read_text(errors="replace")
     assert "broken.yaml" in log and "nowhere" in log
     assert engine.proc.poll() is None  # still running
@@ -146,13 +146,13 @@ def test_engine_worker_reloads_on_sighup(tmp_path: Path) -> None:
 
         (routes / "example.yaml").write_text(ADT_ONLY.format(folder=second))
         worker.send_signal(signal.SIGHUP)
-        assert wait_for(lambda: "workers restarting" in log.read_text(errors="replace"), 15)
+        assert wait_for(lambda: "workers restarting" in log.read_text(errors="replace"), 30)
         assert ack_code(receiver.mllp, raw(ADT, next(n))) == "AA"
         assert wait_for(lambda: second.is_dir() and any(second.iterdir()), 20)
 
         (routes / "broken.yaml").write_text(BROKEN)
         worker.send_signal(signal.SIGHUP)
-        assert wait_for(lambda: "reload refused" in log.read_text(errors="replace"), 15)
+        assert wait_for(lambda: "reload refused" in log.read_text(errors="replace"), 30)
         assert worker.poll() is None
         assert ack_code(receiver.mllp, raw(ADT, next(n))) == "AA"
         assert wait_for(lambda: len(list(second.iterdir())) == 2, 20)
