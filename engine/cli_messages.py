@@ -239,10 +239,18 @@ def messages_replay(
         str | None,
         typer.Option(help="replay every message in this state (e.g. error, dead; not replayed)"),
     ] = None,
+    all_destinations: Annotated[
+        bool,
+        typer.Option(
+            "--all-destinations",
+            help="also to destinations the original was delivered to (after a mapping fix)",
+        ),
+    ] = False,
 ) -> None:
-    """Receive stored messages again: routed and mapped anew, to every route that takes them.
-    The original becomes 'replayed', so replaying a state twice replays nothing the second time.
-    To send a dead delivery again only where it failed, use `engine messages resend`."""
+    """Receive stored messages again: routed and mapped anew with today's routes and mappings,
+    to the destinations the original was not delivered to (--all-destinations: to every route
+    that takes them). The original becomes 'replayed', so replaying a state twice replays
+    nothing the second time. To send the same payload again, use `engine messages resend`."""
     from engine.store import MESSAGE_STATES, ActionRefused
 
     if message_id is None and state is None:
@@ -262,7 +270,7 @@ def messages_replay(
         ids = [message_id] if message_id is not None else store.ids_in_state(state or "")
         for mid in ids:
             try:
-                done = store.replay_message(mid, who)
+                done = store.replay_message(mid, who, everywhere=all_destinations)
             except KeyError:
                 raise EngineError(f"no message {mid}") from None
             except ActionRefused as exc:

@@ -67,11 +67,45 @@ def test_three_replays_of_the_dead_set_do_not_multiply_copies(  # the issue's fi
         run_all(store, routes, mappings, dests, [])
     assert outputs[0].startswith(f"message {mid} (dead) replayed as ")
     assert outputs[1:] == ["no message in state dead\n"] * 2
-    # before: the original stayed dead and each run replayed it again (4 copies after 3 runs)
+    # before: the original stayed dead and each run replayed it again (4 copies after 3 runs),
+    # and the replay went to fhir too, which had it
     assert [p.control_id for p in raw.delivered] == ["C1"]  # the replay kept its control id
+    assert [p.control_id for p in fhir.delivered] == ["C1"]  # the original's, not again
+    lines = store.search(MessageQuery())
+    assert sorted(line.state for line in lines) == ["delivered", "replayed"]
+    copy = store.get(max(line.id for line in lines))
+    assert copy is not None and [d.destination for d in copy.deliveries] == ["raw"]
+    assert f"destination fhir skipped: message {mid} was delivered there" in "\n".join(
+        copy.warnings
+    )
+
+
+def test_replay_all_destinations_sends_to_those_that_had_it_too(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings, cli
+) -> None:
+    mid, fhir, raw = _dead_on_raw(store, routes, mappings)
+    code, out, err = cli("messages", "replay", str(mid), "--all-destinations")
+    assert code == 0, err
+    run_all(store, routes, mappings, {"fhir": fhir, "raw": raw}, [])
+    assert [p.control_id for p in raw.delivered] == ["C1"]
     assert [p.control_id for p in fhir.delivered] == ["C1", "C1"]  # the original, the replay
-    states = sorted(line.state for line in store.search(MessageQuery()))
-    assert states == ["delivered", "replayed"]
+
+
+def test_a_replay_every_destination_had_is_delivered_at_once(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings, cli
+) -> None:
+    """A replay of a delivered message (by mistake, or to re-run the mapping): with nothing left
+    to send it is settled, the skips on it, instead of sending duplicates."""
+    mid, fhir, raw = _dead_on_raw(store, routes, mappings)
+    assert cli("messages", "resend", str(mid))[0] == 0
+    run_all(store, routes, mappings, {"fhir": fhir, "raw": raw}, [])
+    code, _, err = cli("messages", "replay", str(mid))
+    assert code == 0, err
+    run_all(store, routes, mappings, {"fhir": fhir, "raw": raw}, [])
+    assert len(fhir.delivered) == 1 and len(raw.delivered) == 1
+    copy = store.get(max(line.id for line in store.search(MessageQuery())))
+    assert copy is not None and copy.state == "delivered" and copy.deliveries == ()
+    assert len(copy.warnings) == 2
 
 
 def test_resend_goes_where_it_failed_once_however_often_asked(
@@ -164,7 +198,7 @@ def test_a_replayed_message_is_not_replayed_or_resent_again(
     code, out, err = cli("messages", "replay", "--state", "dead")
     assert (code, out) == (0, "no message in state dead\n"), err
     assert [p.control_id for p in raw.delivered] == ["C1"]  # the copy, once
-    assert [p.control_id for p in fhir.delivered] == ["C1", "C1"]  # the original, the copy
+    assert [p.control_id for p in fhir.delivered] == ["C1"]  # the original; the copy skips it
     assert sorted(line.state for line in store.search(MessageQuery())) == [
         "delivered",
         "replayed",

@@ -52,7 +52,7 @@ class MessagesPort(Protocol):
         """A message's bytes as they arrived, or ``None``; the read is audited."""
         ...
 
-    def replay_message(self, message_id: int, who: Who) -> Replayed:
+    def replay_message(self, message_id: int, who: Who, *, everywhere: bool = False) -> Replayed:
         """Receive a stored message again as a new message; the original becomes ``replayed``.
         KeyError if unknown, ActionRefused while it is not processed yet. Audited."""
         ...

@@ -154,11 +154,13 @@ def replay_message(
     message_id: MessageId,
     messages: MessagesDep,
     who: Annotated[Who, Depends(_audited(Role.ADMIN, "replay"))],
+    all_destinations: bool = False,
 ) -> ReplayAccepted:
-    """Receive a stored message again, as a new message that goes through the whole flow; the
-    original becomes ``replayed``."""
+    """Receive a stored message again, as a new message that goes through the whole flow, to
+    the destinations the original was not delivered to (``?all_destinations=true``: to every
+    route's); the original becomes ``replayed``."""
     try:
-        done = messages.replay_message(message_id, who)
+        done = messages.replay_message(message_id, who, everywhere=all_destinations)
     except KeyError:
         raise HTTPException(404, detail=f"no message {message_id}") from None
     except ActionRefused as exc:

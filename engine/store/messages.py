@@ -20,7 +20,19 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from engine.store.clean import clean, clean_key, clean_lines
 from engine.store.db import Repository, aware, id_list, utcnow
@@ -129,6 +141,68 @@ def _view(row: Row[*tuple[Any, ...]]) -> MessageView:
     data["received_at"] = aware(data["received_at"])
     data["warnings"] = tuple(data["warnings"].splitlines()) if data["warnings"] else ()
     return MessageView(**data)
+
+
+#: a replay's copy (channel ``replay``) and the message it copies
+_REPLAYS = select(messages.c.id, messages.c.replay_of).where(
+    messages.c.id.in_(id_list()), messages.c.channel == "replay"
+)
+_PARENT = select(messages.c.replay_of).where(messages.c.id == bindparam("mid"))
+_DELIVERED_TO = select(deliveries.c.destination).where(
+    deliveries.c.message_id == bindparam("mid"), deliveries.c.state == "delivered"
+)
+#: how far back a chain of replays is followed
+_MAX_REPLAY_DEPTH = 50
+
+
+def _had_it(conn: Connection, original: int) -> dict[str, int]:
+    """Each destination that an earlier message of a replay chain was delivered to, with the
+    nearest such message."""
+    had: dict[str, int] = {}
+    mid: int | None = original
+    for _ in range(_MAX_REPLAY_DEPTH):
+        if mid is None:
+            break
+        for destination in conn.execute(_DELIVERED_TO, {"mid": mid}).scalars():
+            had.setdefault(destination, mid)
+        mid = conn.execute(_PARENT, {"mid": mid}).scalar_one_or_none()
+    return had
+
+
+def _skip_delivered_before(conn: Connection, outcomes: list[Processed]) -> list[Processed]:
+    """A replay goes only where its original (or an earlier replay of it) was not delivered: an
+    outage's dead letters replayed do not reach again the destinations that had the message.
+    Each skip is a warning on the copy; a copy every destination had is delivered at once.
+    ``replay --all-destinations`` (channel ``replay-all``) sends everywhere."""
+    ids = [o.message_id for o in outcomes if o.new_deliveries]
+    if not ids:
+        return outcomes
+    originals = {r.id: r.replay_of for r in conn.execute(_REPLAYS, {"ids": ids})}
+    if not originals:
+        return outcomes
+    result = []
+    for o in outcomes:
+        original = originals.get(o.message_id)
+        had = _had_it(conn, original) if original is not None else {}
+        skipped = [d for d in o.new_deliveries if d.destination in had]
+        if not skipped:
+            result.append(o)
+            continue
+        lines = [
+            f"destination {d.destination} skipped: message {had[d.destination]} was delivered "
+            "there (replay --all-destinations sends it again)"
+            for d in skipped
+        ]
+        left = [d for d in o.new_deliveries if d.destination not in had]
+        result.append(
+            replace(
+                o,
+                new_deliveries=left,
+                state=o.state if left else "delivered",
+                warnings="\n".join([o.warnings, *lines] if o.warnings else lines),
+            )
+        )
+    return result
 
 
 class MessageStore(Repository):
@@ -299,6 +373,7 @@ class MessageStore(Repository):
                     found = conn.execute(self._STILL_CLAIMED, {"ids": ids, "worker": worker})
                 owned.update(found.scalars())
             kept = [o for o in outcomes if o.message_id in owned]
+            kept = _skip_delivered_before(conn, kept)
             if kept:
                 finished = [
                     {

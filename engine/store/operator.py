@@ -135,11 +135,13 @@ def _refuse_replayed(conn: Connection, message_id: int, state: str) -> None:
 class Operator(Repository):
     """Replaying messages and resending deliveries, each recorded in the audit trail."""
 
-    def replay_message(self, message_id: int, who: Who) -> Replayed:
+    def replay_message(self, message_id: int, who: Who, *, everywhere: bool = False) -> Replayed:
         """Receive a stored message again as a new message and settle the original as
-        ``replayed``. KeyError when there is no such message; :class:`ActionRefused` while it
-        is still received or being processed (the copy would race it), or once it is replayed
-        (the message names the copy)."""
+        ``replayed``. The copy goes only to destinations the original (or an earlier replay of
+        it) was not delivered to, unless ``everywhere`` (channel ``replay-all``; see
+        engine/store/messages.py ``_skip_delivered_before``). KeyError when there is no such
+        message; :class:`ActionRefused` while it is still received or being processed (the copy
+        would race it), or once it is replayed (the message names the copy)."""
         now = utcnow()
         try:
             with self._tx() as conn:
@@ -157,7 +159,7 @@ class Operator(Repository):
                     .values(
                         **copy,
                         received_at=now,
-                        channel="replay",
+                        channel="replay-all" if everywhere else "replay",
                         replay_of=message_id,
                         dedupe_key=None,
                         state="received",

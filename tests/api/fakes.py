@@ -147,7 +147,7 @@ class FakeMessages:
             f"MSH|^~\\&|FRONTDESK|CLINIC|||20260102||ADT^A04|CTRL-{message_id}|P|2.5.1\r".encode()
         )
 
-    def replay_message(self, message_id: int, who: Who) -> Replayed:
+    def replay_message(self, message_id: int, who: Who, *, everywhere: bool = False) -> Replayed:
         original = self.views[message_id]  # KeyError when unknown, as the port says
         if original.state == "processing":
             raise ActionRefused(f"message {message_id} is processing")

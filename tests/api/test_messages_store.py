@@ -92,3 +92,22 @@ def test_raw_of_a_fhir_message_is_fhir_json_and_a_v2_message_er7(
     assert v2.headers["content-type"] == "x-application/hl7-v2+er7"
     by_type = client.get("/api/messages?type=ADT%5EA08&state=DEAD", headers=viewer).json()
     assert [r["id"] for r in by_type] == [2]
+
+
+def test_replay_all_destinations_is_asked_by_query(
+    client: TestClient, store: SqlMessageStore, token: Callable[[str], str]
+) -> None:
+    """``?all_destinations=true`` makes a copy that goes everywhere (channel replay-all); without
+    it the copy skips the destinations its original was delivered to (channel replay)."""
+    admin = bearer(token("admin"))
+    first, second = _dead(store, 1), _dead(store, 2)
+    plain = client.post(f"/api/messages/{first}/replay", headers=admin).json()
+    everywhere = client.post(
+        f"/api/messages/{second}/replay?all_destinations=true", headers=admin
+    ).json()
+    channels = {
+        v.id: v.channel
+        for v in (store.get(plain["message_id"]), store.get(everywhere["message_id"]))
+        if v is not None
+    }
+    assert channels == {plain["message_id"]: "replay", everywhere["message_id"]: "replay-all"}
