@@ -433,13 +433,22 @@ def demo(
 def token(
     role: Annotated[str, typer.Option(help="admin, integration or viewer")] = "integration",
     ttl: Annotated[int, typer.Option(help="seconds the token is valid", min=60)] = 3600,
+    subject: Annotated[
+        str | None,
+        typer.Option(help="who the token is for, as the audit trail names them (default: you)"),
+    ] = None,
 ) -> None:
     """Mint a development token (HS256, local secret) for `make run` users."""
+    import getpass
+
     from engine.api.auth_settings import auth_settings_for
     from engine.api.tokens import mint_dev_token
     from engine.settings import load_settings
 
-    typer.echo(mint_dev_token(auth_settings_for(load_settings()), role=role, ttl_s=ttl))
+    who = subject or getpass.getuser()
+    typer.echo(
+        mint_dev_token(auth_settings_for(load_settings()), role=role, ttl_s=ttl, subject=who)
+    )
 
 
 @app.command("stub-fhir")

@@ -320,7 +320,9 @@ def audit_list(
         entries = store.audit_entries(limit=limit, message_id=message_id)
     for e in entries:
         typer.echo(
-            f"{e.at.astimezone(zone).isoformat(timespec='seconds')}  {e.actor} ({e.source})  "
+            f"{e.at.astimezone(zone).isoformat(timespec='seconds')}  {e.actor} ({e.source}"
+            + (f" from {e.peer}" if e.peer else "")
+            + ")  "
             f"{e.action} message {e.message_id} patient {e.patient_key or '-'}: {e.outcome}"
             + (f" ({e.detail})" if e.detail else "")
         )

@@ -175,6 +175,7 @@ def test_show_raw_prints_the_payload_and_is_audited(
     user = getpass.getuser()
     assert code == 0 and len(lines) == 3
     assert f"{user} (cli)  view-payload message 999999" in lines[0] and "refused" in lines[0]
+    assert " from " not in out  # the CLI has no caller address; the API's rows show theirs
     assert f"{user} (cli)  resend message {mid} patient CLINIC|MRN1: ok" in lines[1]
     assert f"{user} (cli)  view-payload message {mid} patient CLINIC|MRN1: ok" in lines[2]
 

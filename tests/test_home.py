@@ -5,6 +5,7 @@ that does not exist says so instead of creating an empty one."""
 
 from __future__ import annotations
 
+import getpass
 import os
 import socket
 import subprocess
@@ -110,6 +111,12 @@ def test_token_and_messages_work_from_any_folder(tmp_path: Path) -> None:
         minted_elsewhere.stdout.strip(), secret.decode(), algorithms=["HS256"], audience="engine"
     )
     assert claims["roles"] == ["integration"]
+    assert claims["sub"] == getpass.getuser()  # the audit trail names who, not "dev"
+    named = engine_cli("token", "--subject", "alice", cwd=elsewhere, env={"ENGINE_HOME": str(home)})
+    alice = jwt.decode(
+        named.stdout.strip(), secret.decode(), algorithms=["HS256"], audience="engine"
+    )
+    assert alice["sub"] == "alice"
 
     listed = engine_cli("messages", "list", cwd=elsewhere, env={"ENGINE_HOME": str(home)})
     assert listed.returncode == 0, listed.stderr

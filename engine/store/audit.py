@@ -98,6 +98,7 @@ class Audit(Repository):
                 audit_log.c.patient_key,
                 audit_log.c.outcome,
                 audit_log.c.detail,
+                audit_log.c.peer,
             )
             .order_by(audit_log.c.at.desc(), audit_log.c.id.desc())
             .limit(limit)

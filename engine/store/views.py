@@ -104,3 +104,5 @@ class AuditEntry:
     patient_key: str | None
     outcome: str
     detail: str | None
+    #: the caller's address (API), or None (CLI)
+    peer: str | None = None

@@ -48,10 +48,9 @@ def test_resend_replay_and_raw_are_audited_with_the_token_subject(
     assert client.post(f"/api/messages/{second}/replay", headers=admin).status_code == 202
     raw = client.get(f"/api/messages/{second}/raw", headers=viewer)
     assert raw.status_code == 200 and raw.content.endswith(b"|C2|P|2.5.1\r")
-    trail = [
-        (e.action, e.actor, e.source, e.message_id, e.patient_key, e.outcome)
-        for e in store.audit_entries(limit=10)
-    ]
+    entries = store.audit_entries(limit=10)
+    assert {e.peer for e in entries} == {"testclient:50000"}  # the caller, for every row
+    trail = [(e.action, e.actor, e.source, e.message_id, e.patient_key, e.outcome) for e in entries]
     assert trail == [
         ("view-payload", "test-viewer", "api", second, "CLINIC|MRN2", "ok"),
         ("replay", "test-admin", "api", second, "CLINIC|MRN2", "ok"),
