@@ -176,10 +176,21 @@ def test_a_missing_file_is_named(pki: Path) -> None:
     assert f"{pki}/missing-ca.crt: no such file" in text
 
 
-def test_a_relative_path_is_refused(pki: Path) -> None:
+def test_a_relative_path_is_the_engine_homes(
+    pki: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Like every path the engine reads, a relative one is the engine home's, never the folder
+    the engine happened to start in."""
     site = pki / "routes"
-    _route_file(site, "{ca_file: certs/ca.crt}")
-    assert "give an absolute path" in _load_error(site)
+    _route_file(site, "{ca_file: ca.crt}")
+    monkeypatch.setenv("ENGINE_HOME", str(pki))
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    tls = load_routes(site).destinations["lab"].settings["tls"]
+    config = MllpDestination.model_validate({"host": "127.0.0.1", "port": 2575, "tls": tls})
+    assert config.tls is not None and not isinstance(config.tls, bool)
+    assert config.tls.ca_file == pki / "ca.crt"
+    monkeypatch.setenv("ENGINE_HOME", str(pki / "routes"))  # a home without it: named
+    assert f"{pki}/routes/ca.crt: no such file" in _load_error(site)
 
 
 def test_a_file_that_is_not_a_certificate_is_refused(pki: Path) -> None:

@@ -35,9 +35,9 @@ TLS (``tls:`` in the route file): ``tls: true`` trusts the system's CAs; a mappi
 ``ca_file`` (a PEM CA bundle to trust instead), ``cert_file`` and ``key_file`` (a client
 certificate, for a receiver that wants mutual TLS), ``server_name`` (the name the receiver's
 certificate must carry, and the SNI sent; default ``host``) and ``verify`` (false skips checking
-the receiver's certificate: tests only). The files must be absolute paths; they are loaded when
-the route file is, so a missing or unreadable file, or a certificate without its key, stops
-start-up naming the route file, the line and the destination. A handshake that fails (a receiver
+the receiver's certificate: tests only). A relative file is the engine home's; the files are
+loaded when the route file is, so a missing or unreadable file, or a certificate without its
+key, stops start-up naming the route file, the line and the destination. A handshake that fails (a receiver
 whose certificate the CA bundle does not trust, one that refuses our certificate) is retryable:
 ``detail`` says what TLS reported (``certificate verify failed (self-signed certificate)``).
 
@@ -91,9 +91,11 @@ class MllpTls(BaseModel):
     def _a_file(cls, path: Path | None) -> Path | None:
         if path is None:
             return None
+        from engine.settings import engine_home
+
         path = path.expanduser()
-        if not path.is_absolute():
-            raise ValueError(f"{path}: give an absolute path (the working folder is not fixed)")
+        if not path.is_absolute():  # the engine home's, like every path (never the cwd)
+            path = engine_home() / path
         if not path.is_file():
             raise ValueError(f"{path}: no such file")
         return path
