@@ -37,8 +37,9 @@ certificate, for a receiver that wants mutual TLS), ``server_name`` (the name th
 certificate must carry, and the SNI sent; default ``host``) and ``verify`` (false skips checking
 the receiver's certificate: tests only). A relative file is the engine home's; the files are
 loaded when the route file is, so a missing or unreadable file, or a certificate without its
-key, stops start-up naming the route file, the line and the destination. A handshake that fails (a receiver
-whose certificate the CA bundle does not trust, one that refuses our certificate) is retryable:
+key, stops start-up naming the route file, the line and the destination. A handshake that
+fails (a receiver whose certificate the CA bundle does not trust, one that refuses our
+certificate) is retryable:
 ``detail`` says what TLS reported (``certificate verify failed (self-signed certificate)``).
 
 Incomplete: no enhanced-mode application ACK wait after a CA (the commit ACK ends the exchange);
