@@ -59,15 +59,6 @@ class _Echo:
         return None
 
 
-@pytest.fixture
-def pki(tmp_path: Path) -> Path:
-    ca = _cert(tmp_path / "ca", "test-ca", None)
-    _cert(tmp_path / "server", "localhost", ca)
-    _cert(tmp_path / "client", "ehr-client", ca)
-    _cert(tmp_path / "stranger", "stranger", _cert(tmp_path / "other-ca", "other", None))
-    return tmp_path
-
-
 def _client(pki: Path, cert: str | None) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     if cert:

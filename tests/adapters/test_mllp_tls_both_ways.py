@@ -21,7 +21,6 @@ from engine.adapters.mllp.server import MLLPServer
 from engine.adapters.mllp.tls import server_context
 from engine.adapters.registry import load_routes
 from engine.errors import ConfigError
-from tests.adapters.test_mllp_tls import _cert
 
 CONTROL_ID = "TLS1"
 MESSAGE = (
@@ -45,15 +44,6 @@ class _Ack:
 
     async def on_oversize(self, head: bytes, limit: int, peer: str) -> bytes | None:
         return None
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Path:
-    ca = _cert(tmp_path / "ca", "test-ca", None)
-    _cert(tmp_path / "server", "localhost", ca)
-    _cert(tmp_path / "client", "ehr-client", ca)
-    _cert(tmp_path / "stranger", "stranger", _cert(tmp_path / "other-ca", "other", None))
-    return tmp_path
 
 
 def _deliver(pki: Path, tls: dict[str, object], *, mutual: bool) -> tuple[DeliveryResult, _Ack]:
