@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     mllp_tls_key: Path | None = None
     mllp_tls_client_ca: Path | None = None
 
+    #: the engine's public base URL (``https://engine.example.org``): its JWKS is published at
+    #: ``<this>/.well-known/jwks.json``, the ``jku`` of its client assertions. Read by engine/keys.
+    public_base_url: str | None = None
+
     @field_validator("home")
     @classmethod
     def _home_is_a_folder(cls, value: Path) -> Path:
