@@ -282,10 +282,12 @@ def worker(
     typer.echo("workers stopped", err=True)
 
 
+from engine.cli_keys import keys_app  # noqa: E402  (the signing-key commands)
 from engine.cli_messages import audit_app, messages_app  # noqa: E402  (the messages commands)
 
 app.add_typer(messages_app, name="messages")
 app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
 
 
 eligibility_app = typer.Typer(
