@@ -22,6 +22,7 @@ from engine.api import (
     routes_eligibility,
     routes_fhir,
     routes_hl7,
+    routes_jwks,
     routes_messages,
 )
 from engine.api.auth import build_verifier
@@ -82,6 +83,7 @@ def create_app(
     app.include_router(routes_messages.router)
     app.include_router(routes_eligibility.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_jwks.router)
     app.include_router(metrics_router(require_token=auth.metrics_require_token))
     app.add_middleware(UnexpectedErrors)
     return app
