@@ -3,7 +3,8 @@
 Wiring only. The engine (``engine.service``) passes ingest, the store, a
 readiness probe and the metrics as ports (``engine.api.ports``); tests pass in-memory fakes.
 ``/healthz`` is open; ``/readyz`` is open and asks the HealthPort; ``/metrics`` is open unless
-configured otherwise; everything else needs a bearer token (``engine.api.auth``). A malformed path,
+configured otherwise; ``/.well-known/jwks.json`` (the engine's public signing keys, which EHRs
+fetch) is open; everything else needs a bearer token (``engine.api.auth``). A malformed path,
 query or header answers 4xx; an error no handler expected answers a generic 500 and is logged
 without its traceback (``engine.api.unexpected``).
 """
