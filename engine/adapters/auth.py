@@ -1,10 +1,13 @@
 """How an HTTP adapter authenticates: the ``auth`` key of a route file's FHIR destination and of a
 payer file, as config models.
 
-``none``, ``bearer`` (RFC 6750, the token in an environment variable) or ``oauth2`` (the client
-credentials grant, RFC 6749 section 4.4, run by :mod:`engine.adapters.oauth2`). Secrets never sit
-in a configuration file: the file names the environment variable that holds one (``token_env``,
-``client_secret_env``), and the adapter reads it when it is built.
+``none``, ``bearer`` (RFC 6750, the token in an environment variable), ``oauth2`` (the client
+credentials grant, RFC 6749 section 4.4, run by :mod:`engine.adapters.oauth2`) or
+``smart-backend`` (SMART Backend Services: a JWT client assertion signed with the engine's own
+key, run by :mod:`engine.adapters.smart`; Epic). Secrets never sit in a configuration file: the
+file names the environment variable that holds one (``token_env``, ``client_secret_env``), and
+the adapter reads it when it is built; a ``smart-backend`` destination has no secret but the
+engine's signing key (``engine keys``).
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["BearerAuth", "NoAuth", "OAuth2Auth"]
+__all__ = ["BearerAuth", "NoAuth", "OAuth2Auth", "SmartBackendAuth"]
 
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -72,5 +75,23 @@ class OAuth2Auth(_Strict):
     @classmethod
     def _url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
+            raise ValueError(f"token_url {value!r} must start with http:// or https://")
+        return value
+
+
+class SmartBackendAuth(_Strict):
+    """SMART Backend Services (client-confidential-asymmetric): client credentials with a JWT
+    client assertion signed by the engine's active key (``engine keys``). The token URL comes
+    from ``{base_url}/.well-known/smart-configuration`` unless ``token_url`` is given."""
+
+    type: Literal["smart-backend"]
+    client_id: str = Field(min_length=1, max_length=200)
+    scope: str = Field(min_length=1, max_length=2000)
+    token_url: str | None = None
+
+    @field_validator("token_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError(f"token_url {value!r} must start with http:// or https://")
         return value

@@ -19,15 +19,17 @@ errors are retryable (with the server's Retry-After when it sends one); any othe
 permanent, its detail the status and the OperationOutcome's first ``issue.code`` (never its
 diagnostics, which may quote the data). A 401 fetches a new OAuth2 token and tries once more.
 
-Authentication: none; a bearer token read from the environment variable ``token_env`` names; or
+Authentication: none; a bearer token read from the environment variable ``token_env`` names;
 the OAuth 2.0 client credentials grant (RFC 6749 section 4.4) with the secret from
-``client_secret_env``, the token cached until shortly before ``expires_in`` runs out.
+``client_secret_env``, the token cached until shortly before ``expires_in`` runs out; or SMART
+Backend Services (``smart-backend``: a JWT client assertion signed with the engine's key, the
+token shared by the worker processes through a file; engine/adapters/smart.py).
 Each request carries the payload's idempotency key as ``X-Correlation-Id`` (http.html#custom) and
 ``Idempotency-Key`` (IETF draft-ietf-httpapi-idempotency-key-header), for servers that use them;
 in conditional mode each entry's request gets the key plus ``/<entry number>``.
 
-Incomplete: no SMART backend services (JWT client assertion) auth; no batch Bundles; the
-conditional mode does not send ``If-Match`` versions of its own.
+Incomplete: no batch Bundles; the conditional mode does not send ``If-Match`` versions of its
+own.
 """
 
 from __future__ import annotations
@@ -42,11 +44,13 @@ import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from engine.adapters.auth import BearerAuth, OAuth2Auth
+from engine.adapters.auth import BearerAuth, OAuth2Auth, SmartBackendAuth
 from engine.adapters.auth import NoAuth as NoAuthConfig
 from engine.adapters.destination import DeliveryResult, Payload
 from engine.adapters.oauth2 import ClientCredentials, TokenError, retry_after
+from engine.adapters.smart import SmartBackend
 from engine.errors import ConfigError
+from engine.settings import Settings
 
 __all__ = [
     "AuthProvider",
@@ -55,6 +59,7 @@ __all__ = [
     "FhirRestDestination",
     "NoAuth",
     "OAuth2ClientCredentials",
+    "SmartBackendServices",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,7 +69,9 @@ _FHIR_JSON = "application/fhir+json"
 
 # -- configuration -------------------------------------------------------------------------------
 
-FhirAuth = Annotated[NoAuthConfig | BearerAuth | OAuth2Auth, Field(discriminator="type")]
+FhirAuth = Annotated[
+    NoAuthConfig | BearerAuth | OAuth2Auth | SmartBackendAuth, Field(discriminator="type")
+]
 
 
 class FhirDestination(BaseModel):
@@ -165,6 +172,25 @@ class OAuth2ClientCredentials:
         return self.credentials.invalidate()
 
 
+class SmartBackendServices:
+    """SMART Backend Services (engine/adapters/smart.py), its failures as delivery results that
+    name the OAuth error: retryable or not as :class:`~engine.adapters.smart.SmartBackend` says."""
+
+    def __init__(self, smart: SmartBackend) -> None:
+        #: the token, shared with the other processes through its file
+        self.smart = smart
+
+    async def authorization(self, client: httpx.AsyncClient) -> str | None:
+        try:
+            return await self.smart.authorization(client)
+        except TokenError as exc:
+            kind = DeliveryResult.retry if exc.retryable else DeliveryResult.fail
+            raise _Refused(kind(f"fhir: {exc.detail}")) from exc
+
+    def invalidate(self) -> bool:
+        return self.smart.invalidate()
+
+
 def _env(environ: Mapping[str, str], var: str, destination: str) -> str:
     value = environ.get(var, "")
     if not value:
@@ -176,7 +202,10 @@ def _env(environ: Mapping[str, str], var: str, destination: str) -> str:
 
 
 def auth_provider(
-    config: FhirDestination, destination: str, environ: Mapping[str, str]
+    config: FhirDestination,
+    destination: str,
+    environ: Mapping[str, str],
+    settings: Settings | None = None,
 ) -> AuthProvider:
     """The provider for a destination's ``auth``; ConfigError when its secret is not set."""
     auth = config.auth
@@ -184,6 +213,8 @@ def auth_provider(
         return BearerToken(_env(environ, auth.token_env, destination))
     if isinstance(auth, OAuth2Auth):
         return OAuth2ClientCredentials(auth, _env(environ, auth.client_secret_env, destination))
+    if isinstance(auth, SmartBackendAuth):  # the settings (keys, var dir) read at first use
+        return SmartBackendServices(SmartBackend(auth, config.base_url, settings=settings))
     return NoAuth()
 
 
@@ -302,10 +333,12 @@ class FhirRestDestination:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         environ: Mapping[str, str] | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.name = name
         self.config = config
-        self.auth = auth_provider(config, name, os.environ if environ is None else environ)
+        env = os.environ if environ is None else environ
+        self.auth = auth_provider(config, name, env, settings)
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
 

@@ -1,0 +1,230 @@
+"""SMART Backend Services tokens (Epic): client credentials with a JWT client assertion.
+
+SMART App Launch IG, Backend Services, and RFC 7523: the token URL is read from
+``{base_url}/.well-known/smart-configuration`` (unless the route file gives it); the form carries
+``grant_type=client_credentials``, the jwt-bearer ``client_assertion_type``, an assertion signed
+by the engine's active key (:func:`engine.keys.client_assertion_for`) and the ``scope``.
+
+One token per (token URL, client id, scope) for **every worker process**: it is kept in
+``VAR_DIR/tokens/smart-<hash>.json`` (0600, folder 0700) and an exclusive ``fcntl`` lock on the
+file beside it is held while a process reads it and, when it is missing, expired or the one a
+server just refused, fetches a new one, so two processes never both ask. A token is used until
+60 s before ``expires_in`` runs out (half its lifetime when that is shorter). After a 401,
+:meth:`SmartBackend.invalidate` marks the token refused; the next call takes the file's token if
+another process already replaced it, else fetches one. No token value is logged.
+
+Failures are :class:`~engine.adapters.oauth2.TokenError`, naming the OAuth error code (RFC 6749
+section 5.2) and never the assertion or a token: the token endpoint's 5xx, 408, 429,
+``temporarily_unavailable`` and network errors are retryable; any other refusal is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from engine.adapters.auth import SmartBackendAuth
+from engine.adapters.oauth2 import TokenError
+from engine.errors import EngineError
+from engine.keys import CLIENT_ASSERTION_TYPE, client_assertion_for
+from engine.settings import Settings, load_settings
+
+__all__ = ["SmartBackend"]
+
+log = logging.getLogger(__name__)
+
+_EARLY_S = 60.0
+_MAX_FILE_BYTES = 64 * 1024
+_WELL_KNOWN = "/.well-known/smart-configuration"
+
+
+def _retryable(status: int) -> bool:
+    return status in (408, 429) or status >= 500
+
+
+def _oauth_error(resp: httpx.Response) -> str:
+    """The OAuth ``error`` code of a refusal (a short ASCII code), or ``""``."""
+    try:
+        error = resp.json().get("error")
+    except (ValueError, AttributeError):
+        return ""
+    ok = isinstance(error, str) and error.isascii() and len(error) < 40
+    return error.replace(" ", "_") if ok else ""
+
+
+def _lock(path: Path) -> int:
+    """Open and exclusively lock ``path`` (blocking; run in a thread). Closing the fd unlocks."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read(path: Path) -> tuple[str, float] | None:
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(_MAX_FILE_BYTES + 1)
+        doc = json.loads(raw)
+        token, until = doc["access_token"], float(doc["use_until"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (token, until) if isinstance(token, str) and token else None
+
+
+def _write(path: Path, token: str, until: float) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump({"access_token": token, "use_until": until}, handle)
+    os.replace(tmp, path)
+
+
+class SmartBackend:
+    """The token of one FHIR destination's ``smart-backend`` auth, shared through the file."""
+
+    def __init__(
+        self,
+        config: SmartBackendAuth,
+        base_url: str,
+        *,
+        settings: Settings | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.base_url = base_url.rstrip("/")
+        self.clock = clock
+        self._settings = settings
+        self._token_url = config.token_url
+        self._token: str | None = None
+        self._use_until = 0.0
+        self._refused: str | None = None
+        self._lock: asyncio.Lock | None = None
+        #: how many tokens this instance fetched (for tests and metrics)
+        self.fetches = 0
+
+    async def authorization(self, client: httpx.AsyncClient) -> str:
+        """``Bearer <token>``; raises :class:`TokenError`."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._token is None or self.clock() >= self._use_until:
+                await self._refresh(client)
+            return f"Bearer {self._token}"
+
+    def invalidate(self) -> bool:
+        """The server answered 401 to the token: the next call takes a new one."""
+        self._refused, self._token = self._token, None
+        return True
+
+    def _settings_now(self) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = load_settings()
+            except EngineError as exc:
+                raise TokenError(f"smart-backend: {exc}") from exc
+        return self._settings
+
+    def cache_file(self, settings: Settings, token_url: str) -> Path:
+        cfg = self.config
+        key = hashlib.sha256(f"{token_url}\n{cfg.client_id}\n{cfg.scope}".encode()).hexdigest()
+        return settings.var_dir / "tokens" / f"smart-{key[:32]}.json"
+
+    async def _refresh(self, client: httpx.AsyncClient) -> None:
+        settings = self._settings_now()
+        token_url = await self._discover(client)
+        path = self.cache_file(settings, token_url)
+        fd = await asyncio.to_thread(_lock, path.with_suffix(".lock"))
+        try:
+            cached = _read(path)
+            if cached and cached[0] != self._refused and self.clock() < cached[1]:
+                self._token, self._use_until = cached
+                return
+            token, expires_in = await self._fetch(client, settings, token_url)
+            until = self.clock() + expires_in - min(_EARLY_S, expires_in / 2)
+            _write(path, token, until)
+            self._token, self._use_until, self._refused = token, until, None
+        finally:
+            os.close(fd)
+
+    async def _discover(self, client: httpx.AsyncClient) -> str:
+        if self._token_url is not None:
+            return self._token_url
+        url = self.base_url + _WELL_KNOWN
+        try:
+            resp = await client.get(url, headers={"Accept": "application/json"})
+        except httpx.RequestError as exc:
+            raise TokenError(f"smart-configuration {type(exc).__name__}", retryable=True) from exc
+        if resp.status_code != 200:
+            raise TokenError(
+                f"smart-configuration -> {resp.status_code}", retryable=_retryable(resp.status_code)
+            )
+        try:
+            conf = resp.json()
+            endpoint = conf["token_endpoint"]
+            methods = conf.get("token_endpoint_auth_methods_supported", ["private_key_jwt"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise TokenError("smart-configuration without token_endpoint") from exc
+        if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
+            raise TokenError("smart-configuration: token_endpoint is not an http(s) URL")
+        if "private_key_jwt" not in methods:
+            raise TokenError("smart-configuration: the server does not take private_key_jwt")
+        self._token_url = endpoint
+        return endpoint
+
+    async def _fetch(
+        self, client: httpx.AsyncClient, settings: Settings, token_url: str
+    ) -> tuple[str, float]:
+        cfg = self.config
+        try:
+            assertion = client_assertion_for(settings, cfg.client_id, token_url)
+        except EngineError as exc:
+            raise TokenError(f"smart-backend: {exc}") from exc
+        form = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": CLIENT_ASSERTION_TYPE,
+            "client_assertion": assertion,
+            "scope": cfg.scope,
+        }
+        try:
+            resp = await client.post(token_url, data=form, headers={"Accept": "application/json"})
+        except httpx.TimeoutException as exc:
+            raise TokenError("smart-backend token endpoint timeout", timeout=True) from exc
+        except httpx.RequestError as exc:
+            detail = f"smart-backend token endpoint {type(exc).__name__}"
+            raise TokenError(detail, retryable=True) from exc
+        if resp.status_code != 200:
+            error = _oauth_error(resp)
+            detail = f"smart-backend token endpoint -> {resp.status_code}"
+            detail += f" {error}" if error else ""
+            detail += f" (client_id {cfg.client_id!r})"
+            retry = _retryable(resp.status_code) or error == "temporarily_unavailable"
+            raise TokenError(detail, retryable=retry)
+        try:
+            body = resp.json()
+            token, expires_in = body["access_token"], body.get("expires_in", 300)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise TokenError("smart-backend token response without access_token") from exc
+        if not isinstance(token, str) or not token:
+            raise TokenError("smart-backend token response without access_token")
+        if not isinstance(expires_in, int | float) or expires_in <= 0:
+            expires_in = 300
+        self.fetches += 1
+        log.info(
+            "smart-backend token fetched",
+            extra={"token_url": token_url, "client_id": cfg.client_id, "expires_in": expires_in},
+        )
+        return token, float(expires_in)
