@@ -243,3 +243,25 @@ def test_the_auth_keys_are_checked() -> None:
         FhirDestination.model_validate(
             {"base_url": "http://x", "auth": {"type": "smart-backend", "scope": SCOPE}}
         )
+
+
+def test_the_token_is_used_until_a_minute_before_it_expires(
+    epic: StubEpicServer, home: Path
+) -> None:
+    dest = destination(epic, home)
+    assert isinstance(dest.auth, SmartBackendServices)
+    before = epic.state.token_requests
+    now = time.time()
+
+    async def run() -> list[DeliveryResult]:
+        try:
+            results = []
+            for n, at in enumerate((now, now + 239, now + 241), 1):
+                dest.auth.smart.clock = lambda at=at: at  # type: ignore[union-attr]
+                results.append(await dest.deliver(payload(n)))
+                assert epic.state.token_requests - before == (1 if n < 3 else 2)
+            return results
+        finally:
+            await dest.close()
+
+    assert all(r.ok for r in asyncio.run(run()))

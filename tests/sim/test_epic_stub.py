@@ -177,3 +177,12 @@ def test_token_requests_are_counted_and_failures_injected(
     resp = ask(epic, signed(keyring, aud=epic.token_url))
     assert (resp.status_code, resp.json()["error"]) == (400, "invalid_client")
     assert epic.state.token_requests == before + 1
+
+
+def test_an_expired_token_is_refused(epic: StubEpicServer, keyring: Keyring) -> None:
+    token = ask(epic, signed(keyring, aud=epic.token_url)).json()["access_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(epic.base_url + "/Patient", headers=auth).status_code == 200
+    with epic.state.lock:
+        epic.state.tokens[token] = time.time() - 1
+    assert httpx.get(epic.base_url + "/Patient", headers=auth).status_code == 401
