@@ -74,6 +74,22 @@ def _lock(path: Path) -> int:
     return fd
 
 
+async def _locked(path: Path) -> int:
+    """:func:`_lock` in a thread. Cancelled while it waits, the lock it then takes is let go at
+    once (else this process would hold it, and every other process wait on it, for ever)."""
+    waiting = asyncio.ensure_future(asyncio.to_thread(_lock, path))
+    try:
+        return await asyncio.shield(waiting)
+    except asyncio.CancelledError:
+        waiting.add_done_callback(_close_taken)
+        raise
+
+
+def _close_taken(done: asyncio.Future[int]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        os.close(done.result())
+
+
 def _read(path: Path) -> tuple[str, float] | None:
     try:
         with path.open("rb") as handle:
@@ -147,7 +163,7 @@ class SmartBackend:
         settings = self._settings_now()
         token_url = await self._discover(client)
         path = self.cache_file(settings, token_url)
-        fd = await asyncio.to_thread(_lock, path.with_suffix(".lock"))
+        fd = await _locked(path.with_suffix(".lock"))
         try:
             cached = _read(path)
             if cached and cached[0] != self._refused and self.clock() < cached[1]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import stat
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from starlette.routing import Route
 from engine.adapters.destination import DeliveryResult, Payload
 from engine.adapters.fhir_rest import FhirDestination, FhirRestDestination, SmartBackendServices
 from engine.adapters.registry import build_destination
+from engine.adapters.smart import _lock
 from engine.keys import Keyring, keyring_for
 from engine.routes.spec import DestinationSpec
 from engine.settings import Settings
@@ -265,3 +268,41 @@ def test_the_token_is_used_until_a_minute_before_it_expires(
             await dest.close()
 
     assert all(r.ok for r in asyncio.run(run()))
+
+
+def test_a_delivery_cancelled_while_waiting_for_the_token_lock_does_not_keep_it(
+    epic: StubEpicServer, home: Path
+) -> None:
+    dest = destination(epic, home)
+    assert isinstance(dest.auth, SmartBackendServices)
+    lock = dest.auth.smart.cache_file(settings(home), epic.token_url).with_suffix(".lock")
+    held = _lock(lock)  # another process holds the lock
+
+    def free() -> bool:
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+
+    async def run() -> bool:
+        try:
+            task = asyncio.create_task(dest.deliver(payload(1)))
+            await asyncio.sleep(0.3)  # let it reach the lock (the test passes vacuously if not)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            os.close(held)  # the other process lets go: the cancelled wait takes the lock
+            deadline = time.monotonic() + 5
+            while not free():
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.01)
+            return True
+        finally:
+            await dest.close()
+
+    assert asyncio.run(run()), "the cancelled delivery kept the token lock"
