@@ -17,7 +17,8 @@ Two modes (:class:`FhirDestination`, the config model of a route file's ``type: 
 Classification (``DeliveryResult``): 2xx is delivered; 408, 429, 5xx, timeouts and connection
 errors are retryable (with the server's Retry-After when it sends one); any other status is
 permanent, its detail the status and the OperationOutcome's first ``issue.code`` (never its
-diagnostics, which may quote the data). A 401 fetches a new OAuth2 token and tries once more.
+diagnostics, which may quote the data). A 401 fetches a new token (oauth2 or smart-backend)
+and tries once more.
 
 Authentication: none; a bearer token read from the environment variable ``token_env`` names;
 the OAuth 2.0 client credentials grant (RFC 6749 section 4.4) with the secret from
