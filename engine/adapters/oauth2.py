@@ -61,7 +61,29 @@ class TokenError(Exception):
         self.retryable = retryable or timeout
 
 
-class ClientCredentials:
+class CachedBearer:
+    """A bearer token fetched when there is none or it is about to expire (``_use_until`` on
+    ``clock``), one fetch at a time per instance; subclasses say how in ``_renew``."""
+
+    clock: Callable[[], float]
+    _token: str | None = None
+    _use_until: float = 0.0
+    _lock: asyncio.Lock | None = None
+
+    async def authorization(self, client: httpx.AsyncClient) -> str:
+        """``Bearer <token>``; raises :class:`TokenError`."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._token is None or self.clock() >= self._use_until:
+                await self._renew(client)
+            return f"Bearer {self._token}"
+
+    async def _renew(self, client: httpx.AsyncClient) -> None:
+        raise NotImplementedError
+
+
+class ClientCredentials(CachedBearer):
     """A client-credentials token, fetched when needed and cached until it is about to expire."""
 
     def __init__(
@@ -70,27 +92,15 @@ class ClientCredentials:
         self.config = config
         self._secret = secret
         self.clock = clock
-        self._token: str | None = None
-        self._expires_at = 0.0
-        self._lock: asyncio.Lock | None = None
         #: how many tokens were fetched (for tests and metrics)
         self.fetches = 0
-
-    async def authorization(self, client: httpx.AsyncClient) -> str:
-        """``Bearer <token>``; raises :class:`TokenError`."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._token is None or self.clock() >= self._expires_at:
-                await self._fetch(client)
-            return f"Bearer {self._token}"
 
     def invalidate(self) -> bool:
         """Forget the token (the server answered 401 to it); True: a new one may help."""
         self._token = None
         return True
 
-    async def _fetch(self, client: httpx.AsyncClient) -> None:
+    async def _renew(self, client: httpx.AsyncClient) -> None:
         cfg = self.config
         form = {"grant_type": "client_credentials"}
         if cfg.scope:
@@ -120,7 +130,7 @@ class ClientCredentials:
         self.fetches += 1
         self._token = token
         if isinstance(expires_in, int | float) and expires_in > 0:
-            self._expires_at = self.clock() + expires_in - min(_TOKEN_SKEW_S, expires_in / 10)
+            self._use_until = self.clock() + expires_in - min(_TOKEN_SKEW_S, expires_in / 10)
         else:  # expires_in is only RECOMMENDED: keep the token until a 401
-            self._expires_at = float("inf")
+            self._use_until = float("inf")
         log.info("oauth2 token fetched", extra={"token_url": cfg.token_url})

@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 
 from engine.adapters.auth import SmartBackendAuth
-from engine.adapters.oauth2 import TokenError
+from engine.adapters.oauth2 import CachedBearer, TokenError
 from engine.errors import EngineError
 from engine.keys import CLIENT_ASSERTION_TYPE, client_assertion_for
 from engine.settings import Settings, load_settings
@@ -109,7 +109,7 @@ def _write(path: Path, token: str, until: float) -> None:
     os.replace(tmp, path)
 
 
-class SmartBackend:
+class SmartBackend(CachedBearer):
     """The token of one FHIR destination's ``smart-backend`` auth, shared through the file."""
 
     def __init__(
@@ -125,21 +125,9 @@ class SmartBackend:
         self.clock = clock
         self._settings = settings
         self._token_url = config.token_url
-        self._token: str | None = None
-        self._use_until = 0.0
         self._refused: str | None = None
-        self._lock: asyncio.Lock | None = None
         #: how many tokens this instance fetched (for tests and metrics)
         self.fetches = 0
-
-    async def authorization(self, client: httpx.AsyncClient) -> str:
-        """``Bearer <token>``; raises :class:`TokenError`."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._token is None or self.clock() >= self._use_until:
-                await self._refresh(client)
-            return f"Bearer {self._token}"
 
     def invalidate(self) -> bool:
         """The server answered 401 to the token: the next call takes a new one."""
@@ -159,7 +147,7 @@ class SmartBackend:
         key = hashlib.sha256(f"{token_url}\n{cfg.client_id}\n{cfg.scope}".encode()).hexdigest()
         return settings.var_dir / "tokens" / f"smart-{key[:32]}.json"
 
-    async def _refresh(self, client: httpx.AsyncClient) -> None:
+    async def _renew(self, client: httpx.AsyncClient) -> None:
         settings = self._settings_now()
         token_url = await self._discover(client)
         path = self.cache_file(settings, token_url)
