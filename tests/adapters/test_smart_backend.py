@@ -15,10 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from engine.adapters.destination import DeliveryResult, Payload
 from engine.adapters.fhir_rest import FhirDestination, FhirRestDestination, SmartBackendServices
@@ -27,8 +23,8 @@ from engine.adapters.smart import _lock
 from engine.keys import Keyring, keyring_for
 from engine.routes.spec import DestinationSpec
 from engine.settings import Settings
-from engine.sim.epic import StubEpicServer, running_stub_epic
-from engine.sim.server_thread import ServerThread
+from engine.sim.epic import StubEpicServer
+from tests.sim.epic_support import epic_with_client
 
 BUNDLES = Path(__file__).resolve().parents[2] / "fixtures" / "fhir"
 ADT_A01 = (BUNDLES / "adt_a01.json").read_bytes()
@@ -44,22 +40,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def jwks_server(home: Path) -> Iterator[ServerThread]:
-    ring = Keyring(home / "var" / "keys")
-
-    async def jwks(request: Request) -> JSONResponse:
-        return JSONResponse(ring.jwks())
-
-    server = ServerThread(Starlette(routes=[Route("/.well-known/jwks.json", jwks)]))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def epic_server(jwks_server: ServerThread) -> Iterator[StubEpicServer]:
-    with running_stub_epic() as epic:
-        epic.state.register(CLIENT, jwks_server.url + "/.well-known/jwks.json")
+def epic_server(home: Path) -> Iterator[StubEpicServer]:
+    with epic_with_client(Keyring(home / "var" / "keys"), CLIENT) as epic:
         yield epic
 
 

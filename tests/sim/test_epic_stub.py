@@ -11,14 +11,10 @@ from typing import Any
 import httpx
 import pytest
 from jose import jwt
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from engine.keys import CLIENT_ASSERTION_TYPE, Keyring, client_assertion
-from engine.sim.epic import StubEpicServer, running_stub_epic
-from engine.sim.server_thread import ServerThread
+from engine.sim.epic import StubEpicServer
+from tests.sim.epic_support import epic_with_client
 
 CLIENT = "engine-test-client"
 
@@ -31,20 +27,8 @@ def keyring(tmp_path_factory: pytest.TempPathFactory) -> Keyring:
 
 
 @pytest.fixture(scope="module")
-def jwks_server(keyring: Keyring) -> Iterator[ServerThread]:
-    async def jwks(request: Request) -> JSONResponse:
-        return JSONResponse(keyring.jwks())
-
-    server = ServerThread(Starlette(routes=[Route("/.well-known/jwks.json", jwks)]))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def epic_server(jwks_server: ServerThread) -> Iterator[StubEpicServer]:
-    with running_stub_epic() as epic:
-        epic.state.register(CLIENT, jwks_server.url + "/.well-known/jwks.json")
+def epic_server(keyring: Keyring) -> Iterator[StubEpicServer]:
+    with epic_with_client(keyring, CLIENT) as epic:
         yield epic
 
 
