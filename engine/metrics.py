@@ -304,10 +304,10 @@ class EngineMetrics:
         """One delivery attempt's outcome (the dispatcher's ``Observer``): counted by outcome;
         its latency when delivered; a dead letter (and a ``deliver`` error) when given up."""
         outcome = "delivered" if ok else ("dead" if dead else "retry")
-        self._deliveries.labels(destination=destination, outcome=outcome).inc()
-        if ok:
+        if ok:  # the latency first: a scrape that counts the delivery sees its latency too
             self._latency.labels(destination=destination).observe(seconds)
-        elif dead:
+        self._deliveries.labels(destination=destination, outcome=outcome).inc()
+        if dead and not ok:
             self._dead.labels(destination=destination).inc()
             self.record_error("deliver")
 
