@@ -20,9 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from engine.documents.model import DocumentContent
+
 __all__ = ["DeliveryResult", "Destination", "Payload", "PayloadKind"]
 
-PayloadKind = Literal["fhir-bundle", "hl7v2"]
+#: ``document``: the body is a :class:`~engine.documents.model.DocumentEnvelope` (JSON) and
+#: :attr:`Payload.content` reads the document's bytes
+PayloadKind = Literal["fhir-bundle", "hl7v2", "document"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class Payload:
     idempotency_key: str
     #: MSH-10 of the message received (for logs; an MLLP sender checks the ACK against the body)
     control_id: str
+    #: a document delivery's bytes (kind ``document``), read from the store when sending
+    content: DocumentContent | None = None
 
     def __repr__(self) -> str:  # no body: PHI-safe
         return (
@@ -55,6 +61,10 @@ class DeliveryResult:
     detail: str
     #: a wait the peer asked for (HTTP Retry-After on 429/503), seconds
     retry_after_s: float | None = None
+    #: the destination does not know the patient (no match for the MRN): the delivery waits in
+    #: state ``needs-patient`` for an operator to match the document or resend it, neither
+    #: retried nor dead
+    needs_patient: bool = False
 
     @classmethod
     def success(cls, detail: str) -> DeliveryResult:
@@ -67,6 +77,10 @@ class DeliveryResult:
     @classmethod
     def fail(cls, detail: str) -> DeliveryResult:
         return cls(False, False, detail)
+
+    @classmethod
+    def unknown_patient(cls, detail: str) -> DeliveryResult:
+        return cls(False, False, detail, None, True)
 
 
 class Destination(Protocol):

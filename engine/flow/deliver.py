@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from engine.adapters.destination import DeliveryResult, Destination, Payload
+from engine.documents.model import DocumentContent, DocumentEnvelope
 from engine.pressure import IngestPressure
 from engine.retry import CircuitBreaker, backoff_s
 from engine.routes.loader import RouteSet
@@ -176,6 +177,15 @@ class Dispatcher:
         except Exception:  # the database away: do not risk a second sender
             return False
 
+    def _content(self, due: DueDelivery) -> DocumentContent | None:
+        """A document delivery's bytes, read from the store when the adapter asks."""
+        if due.kind != "document":
+            return None
+        doc = DocumentEnvelope.from_bytes(due.payload).document
+        return DocumentContent(
+            doc.sha256, doc.size, functools.partial(self.store.document_chunks, doc.sha256)
+        )
+
     async def _deliver(self, due: DueDelivery) -> None:
         dest = self.destinations.get(due.destination)
         loop = asyncio.get_running_loop()
@@ -191,6 +201,7 @@ class Dispatcher:
                 content_type=due.content_type,
                 idempotency_key=f"{due.message_id}-{due.destination}",
                 control_id=due.control_id,
+                content=self._content(due),
             )
             async with self._limits[due.destination]:
                 self._not_started.pop(due.id, None)

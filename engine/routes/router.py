@@ -5,14 +5,18 @@ reads only the MSH fields and condition paths it needs from the lazily parsed me
 
 An HL7v2 message is matched on MSH-9.1 (message code), MSH-9.2 (trigger event), MSH-3.1 (sending
 application namespace ID), MSH-4.1 (sending facility namespace ID) (HL7 v2.5.1 section 2.14.9)
-and the route's conditions; a FHIR input on its resource type. Routes come back in the order their
-files list them; a message no route takes gets an empty list (the caller decides what that means).
+and the route's conditions; a FHIR input on its resource type; a document (engine/documents) on its
+type, its sender and its practice, by the routes that take documents only (``kind: document`` or a
+document criterion: a catch-all pass-through route does not take them). Routes come back in the
+order their files list them; a message no route takes gets an empty list (the caller decides what
+that means).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.documents.model import DocumentInfo
 from engine.hl7v2.codec import Message
 from engine.hl7v2.path import Path
 from engine.routes.loader import RouteSet
@@ -51,6 +55,8 @@ class _Compiled:
     facility: frozenset[str] | None
     resource_type: frozenset[str] | None
     tests: tuple[_Test, ...]
+    document_type: frozenset[str] | None
+    practice: frozenset[str] | None
 
     @classmethod
     def of(cls, route: Route) -> _Compiled:
@@ -73,6 +79,8 @@ class _Compiled:
             _set(m.sending_facility),
             _set(m.resource_type),
             tests,
+            _set(m.document_type),
+            _set(m.practice),
         )
 
 
@@ -86,19 +94,31 @@ class Router:
         self._compiled = tuple(_Compiled.of(r) for r in routes.routes)
 
     def match(
-        self, *, message: Message | None = None, resource_type: str | None = None
+        self,
+        *,
+        message: Message | None = None,
+        resource_type: str | None = None,
+        document: DocumentInfo | None = None,
     ) -> list[Route]:
-        """The routes that take an HL7v2 ``message`` or a FHIR input of ``resource_type``.
-
-        Give exactly one of the two.
+        """The routes that take an HL7v2 ``message``, a FHIR input of ``resource_type`` or a
+        ``document``. Give exactly one of the three.
         """
-        if (message is None) == (resource_type is None):
-            raise TypeError("give exactly one of message= or resource_type=")
+        if sum(x is not None for x in (message, resource_type, document)) != 1:
+            raise TypeError("give exactly one of message=, resource_type= or document=")
+        if document is not None:
+            return [
+                c.route
+                for c in self._compiled
+                if c.input == "document"
+                and (c.document_type is None or document.document_type in c.document_type)
+                and (c.practice is None or (document.practice or "") in c.practice)
+                and (c.application is None or document.sender in c.application)
+            ]
         if resource_type is not None:
             return [
                 c.route
                 for c in self._compiled
-                if c.input != "hl7v2"
+                if c.input in ("fhir", "any")
                 and (c.resource_type is None or resource_type in c.resource_type)
             ]
         assert message is not None
@@ -107,7 +127,7 @@ class Router:
         app, facility = msh.get(3, 1, 1), msh.get(4, 1, 1)
         out: list[Route] = []
         for c in self._compiled:
-            if c.input == "fhir":
+            if c.input in ("fhir", "document"):
                 continue
             if c.message is not None and code not in c.message:
                 continue

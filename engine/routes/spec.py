@@ -50,6 +50,7 @@ __all__ = [
     "Match",
     "Route",
     "RouteFile",
+    "SourceSpec",
 ]
 
 #: the values of a route's ``mapping``: what the engine does to a message before delivery
@@ -148,8 +149,16 @@ def _codes(values: list[str] | None, pattern: re.Pattern[str], what: str) -> lis
 
 class Match(_Strict):
     """Which inputs a route takes. An omitted (or empty) list matches anything; given lists must
-    all match (MSH-9.1, MSH-9.2, MSH-3.1, MSH-4.1; for FHIR input, the resource type)."""
+    all match (MSH-9.1, MSH-9.2, MSH-3.1, MSH-4.1; for FHIR input, the resource type; for a
+    document, its type, its sender (``sending_application``) and its practice).
 
+    ``kind`` names the input outright (``hl7v2``, ``fhir``, ``document``); without it the
+    criteria and the mapping say it (``document_type`` or ``practice``: a document).
+    """
+
+    kind: Literal["hl7v2", "fhir", "document"] | None = None
+    document_type: list[str] | None = None
+    practice: list[str] | None = None
     message: list[str] | None = None
     trigger: list[str] | None = None
     sending_application: list[str] | None = None
@@ -183,8 +192,36 @@ class Match(_Strict):
             or self.conditions
         )
 
+    @property
+    def document_criteria(self) -> bool:
+        """Whether any criterion reads a document's metadata."""
+        return bool(self.document_type or self.practice)
+
     @model_validator(mode="after")
     def _one_input(self) -> Match:
+        if self.document_criteria and (
+            self.resource_type
+            or self.message
+            or self.trigger
+            or self.sending_facility
+            or self.conditions
+            or self.kind in ("hl7v2", "fhir")
+        ):
+            raise ValueError(
+                "document_type and practice match documents and cannot be mixed with HL7v2 or "
+                "FHIR criteria (message, trigger, sending_facility, conditions, resource_type)"
+            )
+        if self.kind == "document" and (
+            self.resource_type
+            or self.message
+            or self.trigger
+            or self.sending_facility
+            or self.conditions
+        ):
+            raise ValueError(
+                "kind: document matches documents: use document_type, practice and "
+                "sending_application (the sender), not HL7v2 or FHIR criteria"
+            )
         if self.resource_type and self.hl7v2_criteria:
             raise ValueError(
                 "resource_type matches FHIR input and cannot be mixed with HL7v2 criteria "
@@ -218,8 +255,12 @@ class Route(_Strict):
         return v
 
     @property
-    def input(self) -> Literal["hl7v2", "fhir", "any"]:
+    def input(self) -> Literal["hl7v2", "fhir", "document", "any"]:
         """The kind of input this route reads."""
+        if self.match.kind is not None:
+            return self.match.kind
+        if self.match.document_criteria:
+            return "document"
         if self.match.resource_type or self.mapping == "hl7v2":
             return "fhir"
         if self.match.hl7v2_criteria or self.mapping == "fhir":
@@ -228,6 +269,18 @@ class Route(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Route:
+        if self.input == "document":
+            return self  # fhir: DocumentReference and Binary; hl7v2: MDM^T02; none: as it came
+        if self.match.kind == "hl7v2" and self.mapping == "hl7v2":
+            raise ValueError(
+                f"route {self.name!r}: mapping 'hl7v2' converts FHIR input, but the route takes "
+                "HL7v2 (kind: hl7v2); use mapping 'fhir' or 'none'"
+            )
+        if self.match.kind == "fhir" and self.mapping == "fhir":
+            raise ValueError(
+                f"route {self.name!r}: mapping 'fhir' converts HL7v2, but the route takes FHIR "
+                "(kind: fhir); use mapping 'hl7v2' or 'none'"
+            )
         if self.mapping == "fhir" and self.match.resource_type:
             raise ValueError(
                 f"route {self.name!r}: mapping 'fhir' converts HL7v2, but the route matches FHIR "
@@ -241,15 +294,55 @@ class Route(_Strict):
         return self
 
 
+# -- pull sources --------------------------------------------------------------------------------
+
+
+class SourceSpec(BaseModel):
+    """A pull source as the route file writes it: its ``type`` (``epic``, ``athenahealth``),
+    how often it runs (``every_minutes``, or a ``cron`` line in the engine's time zone), how
+    many days ahead it reads (``days``), and its adapter's own keys beside them
+    (:attr:`settings`), checked like a destination's by the adapter of its type.
+
+    What a source pulls (booked appointments, their patients and coverages) goes into the same
+    pipeline as a pushed message: stored, deduplicated by version, routed and mapped.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str
+    every_minutes: int | None = Field(default=None, ge=1, le=24 * 60)
+    cron: str | None = None
+    days: int = Field(default=2, ge=1, le=31)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The keys for the adapter: all but ``type``, ``every_minutes``, ``cron`` and ``days``."""
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _when(self) -> SourceSpec:
+        if self.every_minutes is not None and self.cron is not None:
+            raise ValueError("give every_minutes or cron, not both")
+        return self
+
+
 class RouteFile(_Strict):
-    """One route file: destinations by name, and routes."""
+    """One route file: destinations by name, routes, and pull sources by name."""
 
     destinations: dict[str, DestinationSpec] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
+    sources: dict[str, SourceSpec] = Field(default_factory=dict)
 
     @field_validator("destinations")
     @classmethod
     def _names(cls, v: dict[str, DestinationSpec]) -> dict[str, DestinationSpec]:
         for name in v:
             _check_name(name, "destination name")
+        return v
+
+    @field_validator("sources")
+    @classmethod
+    def _source_names(cls, v: dict[str, SourceSpec]) -> dict[str, SourceSpec]:
+        for name in v:
+            _check_name(name, "source name")
         return v

@@ -9,6 +9,7 @@ index         the FHIR resource index the jobs read
 eligibility   eligibility checks (X12 270/271)
 nodes         the worker processes' heartbeats, takeover of dead ones' claims, singleton job runs
 search        the operator's message list: filters, keyset paging, failing destinations
+documents     documents' metadata and bytes (content-addressed), stored before they are accepted
 operator      an operator's replay of a message and resend of its deliveries
 audit         who replayed, resent or viewed a payload, and when
 repository    SqlMessageStore: the parts combined on one database
@@ -16,6 +17,7 @@ repository    SqlMessageStore: the parts combined on one database
 
 from engine.store.db import create_db_engine
 from engine.store.deliveries import DestinationBacklog, DueDelivery, NewDelivery, Outcome
+from engine.store.documents import NewDocument, StoredDocument
 from engine.store.index import IndexedResource
 from engine.store.messages import Incoming, Processed, Stored
 from engine.store.operator import ActionRefused, Replayed, UnknownDestination, Who
@@ -44,12 +46,14 @@ __all__ = [
     "MessageSummary",
     "MessageView",
     "NewDelivery",
+    "NewDocument",
     "Outcome",
     "Processed",
     "Replayed",
     "ResendOutcome",
     "SqlMessageStore",
     "Stored",
+    "StoredDocument",
     "UnknownDestination",
     "Who",
     "create_db_engine",

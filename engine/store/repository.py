@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from engine.store.audit import Audit
 from engine.store.deliveries import Deliveries
+from engine.store.documents import Documents
 from engine.store.eligibility import EligibilityChecks
 from engine.store.index import ResourceIndex
 from engine.store.messages import MessageStore
@@ -38,6 +39,7 @@ class SqlMessageStore(
     Operator,
     Audit,
     Nodes,
+    Documents,
 ):
     """The message store on a SQLAlchemy engine: messages, deliveries, the resource index,
     eligibility checks, the operator's search, replay and resend, and the audit trail

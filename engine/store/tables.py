@@ -40,6 +40,9 @@ from sqlalchemy import (
 __all__ = [
     "audit_log",
     "deliveries",
+    "document_blobs",
+    "document_chunks",
+    "documents",
     "eligibility_checks",
     "fhir_resources",
     "job_runs",
@@ -204,4 +207,58 @@ job_runs = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("outcome", String(200), nullable=True),
+)
+
+
+#: documents (engine/documents): each accepted document's metadata, with the ``messages`` row of
+#: kind ``document`` that carries it through routing and delivery. ``dedupe_key`` (sha256 and
+#: patient): the same bytes uploaded again for the same patient are stored once.
+documents = Table(
+    "documents",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("message_id", _ID, ForeignKey("messages.id", ondelete="SET NULL"), nullable=True),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("media_type", String(64), nullable=False),
+    Column("patient_mrn", String(64), nullable=False),
+    Column("patient_authority", String(64), nullable=False, default=""),
+    Column("document_type", String(64), nullable=False),
+    Column("document_date", String(10), nullable=False),  # YYYY-MM-DD
+    Column("channel", String(16), nullable=False),  # folder, http, mllp
+    Column("sender", String(255), nullable=False),
+    Column("practice", String(64), nullable=True),
+    Column("department", String(64), nullable=True),
+    Column("appointment", String(128), nullable=True),
+    Column("encounter", String(128), nullable=True),
+    Column("author", String(255), nullable=True),
+    Column("title", String(255), nullable=True),
+    Column("file_name", String(255), nullable=True),
+    Column("unique_number", String(199), nullable=True),  # TXA-12 of an MDM
+    Column("dedupe_key", String(200), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ux_documents_dedupe", "dedupe_key", unique=True),
+    Index("ix_documents_sha256", "sha256"),
+    Index("ix_documents_patient", "patient_authority", "patient_mrn", "id"),
+    Index("ix_documents_message", "message_id"),
+)
+
+#: a document's bytes, once per content (SHA-256), in chunks of at most 1 MiB so neither the
+#: writer nor a reader holds a whole document in memory
+document_blobs = Table(
+    "document_blobs",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("chunks", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+document_chunks = Table(
+    "document_chunks",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
 )
