@@ -6,9 +6,9 @@ SMART App Launch IG, Backend Services, and RFC 7523: the token URL is read from
 by the engine's active key (:func:`engine.keys.client_assertion_for`) and the ``scope``.
 
 One token per (token URL, client id, scope) for **every worker process**: it is kept in
-``VAR_DIR/tokens/smart-<hash>.json`` (0600, folder 0700) and an exclusive ``fcntl`` lock on the
-file beside it is held while a process reads it and, when it is missing, expired or the one a
-server just refused, fetches a new one, so two processes never both ask. A token is used until
+``VAR_DIR/tokens/smart-<hash>.json`` through :mod:`engine.adapters.token_cache` (0600, an
+exclusive ``fcntl`` lock held while a process reads it and, when it is missing, expired or the one
+a server just refused, fetches a new one), so two processes never both ask. A token is used until
 60 s before ``expires_in`` runs out (half its lifetime when that is shorter). After a 401,
 :meth:`SmartBackend.invalidate` marks the token refused; the next call takes the file's token if
 another process already replaced it, else fetches one. No token value is logged.
@@ -20,12 +20,8 @@ section 5.2) and never the assertion or a token: the token endpoint's 5xx, 408, 
 
 from __future__ import annotations
 
-import asyncio
-import fcntl
 import hashlib
-import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +30,7 @@ import httpx
 
 from engine.adapters.auth import SmartBackendAuth
 from engine.adapters.oauth2 import CachedBearer, TokenError
+from engine.adapters.token_cache import lock_file, shared_token
 from engine.errors import EngineError
 from engine.keys import CLIENT_ASSERTION_TYPE, client_assertion_for
 from engine.settings import Settings, load_settings
@@ -42,9 +39,11 @@ __all__ = ["SmartBackend"]
 
 log = logging.getLogger(__name__)
 
-_EARLY_S = 60.0
-_MAX_FILE_BYTES = 64 * 1024
 _WELL_KNOWN = "/.well-known/smart-configuration"
+
+
+#: the token file's blocking lock (tests hold it as another process would)
+_lock = lock_file
 
 
 def _retryable(status: int) -> bool:
@@ -59,54 +58,6 @@ def _oauth_error(resp: httpx.Response) -> str:
         return ""
     ok = isinstance(error, str) and error.isascii() and len(error) < 40
     return error.replace(" ", "_") if ok else ""
-
-
-def _lock(path: Path) -> int:
-    """Open and exclusively lock ``path`` (blocking; run in a thread). Closing the fd unlocks."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-async def _locked(path: Path) -> int:
-    """:func:`_lock` in a thread. Cancelled while it waits, the lock it then takes is let go at
-    once (else this process would hold it, and every other process wait on it, for ever)."""
-    waiting = asyncio.ensure_future(asyncio.to_thread(_lock, path))
-    try:
-        return await asyncio.shield(waiting)
-    except asyncio.CancelledError:
-        waiting.add_done_callback(_close_taken)
-        raise
-
-
-def _close_taken(done: asyncio.Future[int]) -> None:
-    if not done.cancelled() and done.exception() is None:
-        os.close(done.result())
-
-
-def _read(path: Path) -> tuple[str, float] | None:
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(_MAX_FILE_BYTES + 1)
-        doc = json.loads(raw)
-        token, until = doc["access_token"], float(doc["use_until"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return (token, until) if isinstance(token, str) and token else None
-
-
-def _write(path: Path, token: str, until: float) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"access_token": token, "use_until": until}, handle)
-    os.replace(tmp, path)
 
 
 class SmartBackend(CachedBearer):
@@ -151,18 +102,14 @@ class SmartBackend(CachedBearer):
         settings = self._settings_now()
         token_url = await self._discover(client)
         path = self.cache_file(settings, token_url)
-        fd = await _locked(path.with_suffix(".lock"))
-        try:
-            cached = _read(path)
-            if cached and cached[0] != self._refused and self.clock() < cached[1]:
-                self._token, self._use_until = cached
-                return
-            token, expires_in = await self._fetch(client, settings, token_url)
-            until = self.clock() + expires_in - min(_EARLY_S, expires_in / 2)
-            _write(path, token, until)
-            self._token, self._use_until, self._refused = token, until, None
-        finally:
-            os.close(fd)
+
+        async def fetch() -> tuple[str, float]:
+            return await self._fetch(client, settings, token_url)
+
+        got = await shared_token(path, fetch, clock=self.clock, refused=self._refused)
+        self._token, self._use_until = got.token, got.use_until
+        if got.fetched:
+            self._refused = None
 
     async def _discover(self, client: httpx.AsyncClient) -> str:
         if self._token_url is not None:
