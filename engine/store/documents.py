@@ -5,21 +5,46 @@ document is accepted (engine/documents).
 The bytes are stored once per SHA-256 (``document_blobs``, ``document_chunks`` of at most 1 MiB);
 the same bytes for the same patient are one document (``documents.dedupe_key``): a second upload
 answers with the first one's id and makes no second message.
+
+The bytes are read from the spooled file one chunk at a time, hashed again as they go in: a file
+that changed since the intake hashed it (a scanner still writing) is refused by the transaction
+rolling back, never stored under a hash that is not its own. A document refused at intake (not a
+PDF or image, an encrypted PDF, over the size cap, bad metadata) is still recorded, as a
+``messages`` row of kind ``document`` in state ``error`` with the reason: its bytes kept when they
+were all received, the first 4 KiB when it was over the cap (as an oversize MLLP frame is).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import base64
+import hashlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from engine.documents.model import DocumentInfo
-from engine.store.db import Repository
+from engine.store.clean import clean, clean_key
+from engine.store.db import Repository, utcnow
+from engine.store.tables import document_blobs, document_chunks, documents, messages
 
-__all__ = ["CHUNK_BYTES", "Documents", "NewDocument", "StoredDocument"]
+__all__ = [
+    "CHUNK_BYTES",
+    "REFUSED_HEAD_BYTES",
+    "Documents",
+    "NewDocument",
+    "RefusedDocument",
+    "StoredDocument",
+]
 
 #: the largest chunk of a document's bytes in one row
 CHUNK_BYTES = 1024 * 1024
+#: what is kept of a document refused for its size (the rest was never read)
+REFUSED_HEAD_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -55,21 +80,244 @@ class StoredDocument:
     duplicate: bool
 
 
+@dataclass(frozen=True)
+class RefusedDocument:
+    """A document the intake refused, to record (a ``messages`` row, state ``error``).
+
+    ``fields`` is the metadata as it was given (it may be what was wrong); ``head`` the first
+    bytes of a document refused for its size (at most :data:`REFUSED_HEAD_BYTES` are kept).
+    """
+
+    reason: str
+    channel: str
+    sender: str
+    peer: str = ""
+    size: int = 0
+    sha256: str | None = None
+    media_type: str | None = None
+    file_name: str | None = None
+    fields: Mapping[str, str] = field(default_factory=dict)
+    head: bytes | None = None
+
+
+def _width(table: Any, column: str) -> int | None:
+    return getattr(table.c[column].type, "length", None)
+
+
+#: DocumentInfo's text fields, cleaned and cut to their ``documents`` columns' widths
+_TEXT = {
+    f.name: _width(documents, f.name)
+    for f in fields(DocumentInfo)
+    if f.name not in ("document_id", "sha256", "size", "media_type")
+}
+_MSG = {name: _width(messages, name) for name in ("peer", "trigger", "sending_application")}
+_MSG_KEY_WIDTH = _width(messages, "dedupe_key")
+_DOC_KEY_WIDTH = _width(documents, "dedupe_key")
+#: a refused document's metadata as given: each value cut to this (it may be anything)
+_FIELD_WIDTH = 256
+
+
+def _info(row: Any) -> DocumentInfo:
+    data = {f.name: getattr(row, f.name) for f in fields(DocumentInfo) if f.name != "document_id"}
+    return DocumentInfo(document_id=int(row.id), **data)
+
+
+def dedupe_key(sha256: str, authority: str, mrn: str) -> str:
+    """The same bytes for the same patient (``sha256|authority|mrn``): one document."""
+    key = clean_key(f"{sha256}|{authority}|{mrn}", _DOC_KEY_WIDTH)
+    assert key is not None
+    return key
+
+
 class Documents(Repository):
     """The documents' statements (mixed into :class:`~engine.store.SqlMessageStore`)."""
+
+    _BY_KEY = select(documents).where(documents.c.dedupe_key == bindparam("key"))
+    _BY_ID = select(documents).where(documents.c.id == bindparam("id"))
+    _BLOB = select(document_blobs.c.chunks).where(document_blobs.c.sha256 == bindparam("sha"))
+    _CHUNK = select(document_chunks.c.data).where(
+        document_chunks.c.sha256 == bindparam("sha"), document_chunks.c.seq == bindparam("seq")
+    )
+    _INSERT_DOCUMENT = insert(documents).returning(documents.c.id)
+    _INSERT_MESSAGE = insert(messages).returning(messages.c.id)
+    _LINK = (
+        update(documents)
+        .where(documents.c.id == bindparam("doc_id"))
+        .values(message_id=bindparam("mid"))
+    )
 
     def store_document(
         self, new: NewDocument, source: Path, *, sha256: str, size: int, media_type: str
     ) -> StoredDocument:
         """Commit ``source``'s bytes (hashed ``sha256``, ``size`` bytes, of ``media_type``),
         the document and its ``messages`` row (kind ``document``, state ``received``, raw: the
-        metadata as JSON) in one transaction; a duplicate returns the stored one."""
-        raise NotImplementedError
+        metadata as JSON) in one transaction; a duplicate returns the stored one.
+
+        Committed before returning (on SQLite with the receiver's fsync): the caller may
+        answer "accepted" once this returns. ValueError when the file's bytes are not
+        ``sha256`` and ``size`` (it changed since it was hashed): nothing is stored then.
+        """
+        text: dict[str, Any] = {
+            name: clean(getattr(new, name), width) for name, width in _TEXT.items()
+        }
+        text["patient_authority"] = text["patient_authority"] or ""
+        key = dedupe_key(sha256, text["patient_authority"], text["patient_mrn"] or "")
+        # PostgreSQL: two uploads of the same document (or of the same bytes) at once both find
+        # nothing and the second insert breaks the unique key: its retry finds the first
+        for attempt in range(2):
+            try:
+                with self._tx() as conn:
+                    found = conn.execute(self._BY_KEY, {"key": key}).first()
+                    if found is not None:
+                        mid = found.message_id
+                        return StoredDocument(_info(found), int(mid or 0), duplicate=True)
+                    self._put_blob(conn, source, sha256, size)
+                    now = utcnow()
+                    doc_id = conn.execute(
+                        self._INSERT_DOCUMENT,
+                        {
+                            **text,
+                            "received_at": now,
+                            "updated_at": now,
+                            "sha256": sha256,
+                            "size": size,
+                            "media_type": media_type,
+                            "dedupe_key": key,
+                        },
+                    ).scalar_one()
+                    info = DocumentInfo(
+                        document_id=int(doc_id),
+                        sha256=sha256,
+                        size=size,
+                        media_type=media_type,
+                        **text,
+                    )
+                    raw = info.to_json()
+                    mid = conn.execute(
+                        self._INSERT_MESSAGE,
+                        {
+                            "received_at": now,
+                            "updated_at": now,
+                            "channel": new.channel,
+                            "peer": clean(new.peer, _MSG["peer"]) or "",
+                            "kind": "document",
+                            "size": len(raw),
+                            "raw": raw,
+                            "state": "received",
+                            "message_type": "DOC",
+                            "trigger": clean(info.document_type, _MSG["trigger"]),
+                            "sending_application": clean(info.sender, _MSG["sending_application"]),
+                            "patient_key": clean(info.patient_key, _width(messages, "patient_key")),
+                            "dedupe_key": clean_key(f"document|{key}", _MSG_KEY_WIDTH),
+                        },
+                    ).scalar_one()
+                    conn.execute(self._LINK, {"doc_id": doc_id, "mid": mid})
+                    return StoredDocument(info, int(mid), duplicate=False)
+            except IntegrityError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _put_blob(self, conn: Connection, source: Path, sha256: str, size: int) -> None:
+        """Copy the file's bytes into ``document_chunks`` one chunk at a time (never the whole
+        file in memory), checking they still hash to ``sha256``; nothing when already stored."""
+        if conn.execute(self._BLOB, {"sha": sha256}).first() is not None:
+            return
+        digest = hashlib.sha256()
+        seq = total = 0
+        with source.open("rb") as f:
+            while chunk := f.read(CHUNK_BYTES):
+                digest.update(chunk)
+                total += len(chunk)
+                conn.execute(insert(document_chunks), {"sha256": sha256, "seq": seq, "data": chunk})
+                seq += 1
+        if total != size or digest.hexdigest() != sha256:
+            # the transaction rolls back: no chunk of bytes that are not what was hashed stays
+            raise ValueError(
+                f"the file changed since it was hashed (sha256 {sha256[:12]}, {size} bytes)"
+            )
+        conn.execute(
+            insert(document_blobs),
+            {"sha256": sha256, "size": size, "chunks": seq, "created_at": utcnow()},
+        )
+
+    def refuse_document(self, refused: RefusedDocument, source: Path | None = None) -> int:
+        """Record a refused document: a ``messages`` row (kind ``document``, state ``error``,
+        the reason) whose raw is JSON naming what came (size, hash, type, metadata as given).
+
+        With ``source`` (and ``refused.sha256``) the bytes are kept in the blob store as an
+        accepted document's are; without, the first 4 KiB of ``refused.head`` go in the JSON
+        (a document over the size cap, read no further). Returns the message's id.
+        """
+        kept = source is not None and refused.sha256 is not None
+        body: dict[str, Any] = {
+            "refused": refused.reason,
+            "sender": refused.sender,
+            "channel": refused.channel,
+            "size": refused.size,
+            "sha256": refused.sha256,
+            "media_type": refused.media_type,
+            "file_name": refused.file_name,
+            "fields": {str(k)[:64]: str(v)[:_FIELD_WIDTH] for k, v in refused.fields.items()},
+            "bytes_kept": kept,
+        }
+        if not kept and refused.head is not None:
+            body["head_base64"] = base64.b64encode(refused.head[:REFUSED_HEAD_BYTES]).decode()
+        raw = orjson.dumps(body)
+        doc_type = refused.fields.get("document_type")
+        for attempt in range(2):
+            try:
+                with self._tx() as conn:
+                    if kept:
+                        assert source is not None and refused.sha256 is not None
+                        self._put_blob(conn, source, refused.sha256, refused.size)
+                    now = utcnow()
+                    mid = conn.execute(
+                        self._INSERT_MESSAGE,
+                        {
+                            "received_at": now,
+                            "updated_at": now,
+                            "channel": refused.channel,
+                            "peer": clean(refused.peer, _MSG["peer"]) or "",
+                            "kind": "document",
+                            "size": len(raw),
+                            "raw": raw,
+                            "state": "error",
+                            "reason": clean(refused.reason, _width(messages, "reason")),
+                            "message_type": "DOC",
+                            "trigger": clean(doc_type, _MSG["trigger"]),
+                            "sending_application": clean(
+                                refused.sender, _MSG["sending_application"]
+                            ),
+                        },
+                    ).scalar_one()
+                    return int(mid)
+            except IntegrityError:  # the same bytes' blob written at the same moment
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def document_chunks(self, sha256: str) -> Iterator[bytes]:
-        """The bytes stored under ``sha256``, chunk by chunk (blocking: run it in a thread)."""
-        raise NotImplementedError
+        """The bytes stored under ``sha256``, chunk by chunk (blocking: run it in a thread).
+
+        KeyError when no bytes are stored under it. Each chunk is read in a short read of its
+        own: the bytes never change once stored, and no transaction stays open while the
+        caller sends a chunk somewhere slow.
+        """
+        with self.db_engine.connect() as conn:
+            count = conn.execute(self._BLOB, {"sha": sha256}).scalar_one_or_none()
+        if count is None:
+            raise KeyError(f"no document bytes stored under sha256 {sha256[:12]}")
+        return self._chunks(sha256, int(count))
+
+    def _chunks(self, sha256: str, count: int) -> Iterator[bytes]:
+        for seq in range(count):
+            with self.db_engine.connect() as conn:
+                data = conn.execute(self._CHUNK, {"sha": sha256, "seq": seq}).scalar_one()
+            yield bytes(data)
 
     def get_document(self, document_id: int) -> DocumentInfo | None:
         """A stored document's metadata."""
-        raise NotImplementedError
+        with self.db_engine.connect() as conn:
+            row = conn.execute(self._BY_ID, {"id": document_id}).first()
+        return None if row is None else _info(row)
