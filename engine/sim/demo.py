@@ -1,6 +1,9 @@
 """``engine demo``: send a few synthetic patients with appointments tomorrow to a running engine,
 so a new user sees the whole flow: registration (ADT^A04 with insurance), scheduling (SIU^S12),
 mapping to FHIR, delivery to the stub FHIR server, and an eligibility check against the stub payer.
+Then the front office's paper: a synthetic scanned insurance card, consent and referral
+(:mod:`engine.sim.pdf`) dropped into the watched documents folder, and one more uploaded over
+``POST /documents``, for the example routes to deliver to the stub Epic and athenahealth.
 
 The patients and member IDs are synthetic and match the stub payer's roster
 (engine/sim/payer/specs/roster.yaml), one of each answer it gives.
@@ -8,11 +11,26 @@ The patients and member IDs are synthetic and match the stub payer's roster
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from pathlib import Path
 
-__all__ = ["demo_messages", "send"]
+import httpx
+import orjson
+
+from engine.sim.pdf import synthetic_pdf
+
+__all__ = [
+    "DEMO_DOCUMENTS",
+    "DemoDocument",
+    "demo_messages",
+    "drop_documents",
+    "send",
+    "upload_document",
+]
 
 #: (MRN, family, given, DOB, sex, payer id, payer name, member id)
 PATIENTS = (
@@ -95,3 +113,86 @@ def send(host: str, port: int) -> list[tuple[str, str]]:
             code = buf.split(b"MSA|", 1)[1][:2].decode() if b"MSA|" in buf else "??"
             out.append((label, code))
     return out
+
+
+@dataclass(frozen=True)
+class DemoDocument:
+    """A synthetic scanned document for a demo patient; ``sidecar`` says how the folder learns
+    whose it is: a ``<name>.json`` beside it, or else its name (``MRN_type_YYYYMMDD.pdf``)."""
+
+    mrn: str
+    patient: str
+    document_type: str
+    title: str
+    sidecar: bool
+
+
+#: one paper each for the demo patients: what the front desk scans at check-in
+DEMO_DOCUMENTS = (
+    DemoDocument("DEMO1001", "Rivera, Ana", "insurance-card", "Insurance card, front", False),
+    DemoDocument("DEMO1002", "Okafor, Chidi", "consent", "Consent to treat", True),
+    DemoDocument("DEMO1003", "Lindqvist, Maja", "referral", "Referral letter", False),
+)
+
+#: the document uploaded over HTTP: a second paper for the first patient
+UPLOADED = DemoDocument("DEMO1001", "Rivera, Ana", "consent", "Consent to treat", False)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write beside ``path`` under a hidden name, then rename: the folder never sees half a file."""
+    part = path.with_name(f".{path.name}.part")
+    part.write_bytes(data)
+    os.replace(part, path)
+
+
+def drop_documents(inbox: Path, today: date | None = None) -> list[Path]:
+    """Write :data:`DEMO_DOCUMENTS` as PDFs into ``inbox`` (created if missing); their paths.
+
+    A sidecar is written before its PDF, so the folder finds both when it sees the PDF.
+    """
+    day = today or date.today()
+    inbox.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%H%M%S")
+    paths: list[Path] = []
+    for doc in DEMO_DOCUMENTS:
+        data = synthetic_pdf(doc.document_type, doc.patient, mrn=doc.mrn, date=day.isoformat())
+        if doc.sidecar:
+            path = inbox / f"scan-{doc.mrn}-{stamp}.pdf"
+            meta = {
+                "mrn": doc.mrn,
+                "document_type": doc.document_type,
+                "date": day.isoformat(),
+                "title": doc.title,
+            }
+            _write_atomically(path.with_suffix(".json"), orjson.dumps(meta))
+        else:
+            path = inbox / f"{doc.mrn}_{doc.document_type}_{day:%Y%m%d}.pdf"
+        _write_atomically(path, data)
+        paths.append(path)
+    return paths
+
+
+def upload_document(
+    base_url: str, token: str, today: date | None = None, *, timeout_s: float = 30.0
+) -> tuple[int, dict[str, object]]:
+    """POST :data:`UPLOADED` to ``{base_url}/documents`` (multipart); (status, JSON answer)."""
+    day = today or date.today()
+    doc = UPLOADED
+    data = synthetic_pdf(doc.document_type, doc.patient, mrn=doc.mrn, date=day.isoformat())
+    response = httpx.post(
+        f"{base_url.rstrip('/')}/documents",
+        headers={"Authorization": f"Bearer {token}"},
+        files={"file": (f"{doc.document_type}.pdf", data, "application/pdf")},
+        data={
+            "mrn": doc.mrn,
+            "document_type": doc.document_type,
+            "date": day.isoformat(),
+            "title": doc.title,
+        },
+        timeout=timeout_s,
+    )
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"detail": response.text[:200]}
+    return response.status_code, body if isinstance(body, dict) else {"answer": body}
