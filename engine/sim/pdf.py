@@ -15,6 +15,7 @@ objects, the cross-reference table (one 20-byte entry per object, §7.5.4) and t
 
 from __future__ import annotations
 
+import os
 import random
 import secrets
 from datetime import UTC, datetime
@@ -123,7 +124,8 @@ def synthetic_pdf(
     # the padding's /Length has a fixed width, but startxref's digits still move with the
     # padding's size; where its one more digit skips the target, a space or two in the trailer
     # (after the xref, so startxref stays) makes up the byte
-    noise = rng.randbytes(target_size)
+    # a scanner's bytes: os.urandom is fast; a seeded generator when the bytes must repeat
+    noise = os.urandom(target_size) if seed is None else rng.randbytes(target_size)
     for slack in range(3):
         base = len(_assemble([*objects, _stream(b"", b"", fixed=True)], info, slack))
         padding = target_size - base
