@@ -1,0 +1,587 @@
+"""A stub athenahealth (athenaOne REST API) that enforces the rules a tenant does (real HTTP,
+loopback, in memory).
+
+What athena's developer documentation says, as the stub applies it (docs.athenahealth.com/api):
+
+* ``POST /oauth2/v1/token``: OAuth 2.0 client credentials, the client authenticated with HTTP
+  Basic (``client_secret_basic``), scope ``athena/service/Athenanet.MDP.*``; answers
+  ``{access_token, token_type, expires_in: 3600, scope}``. The token endpoint is rate limited per
+  client per minute (athena's "OAuth request" quota resets each minute): beyond
+  :attr:`StubAthenaState.token_limit_per_minute` it answers 429 with ``Retry-After``;
+* the API under ``/v1/{practiceid}/...`` wants a live bearer token (401 otherwise, or once it
+  expired), a known practice (404) and is paced per practice (429 ``Retry-After: 1`` beyond
+  :attr:`StubAthenaState.practice_rps` requests in a second);
+* ``GET /patients/search?searchterm=``: patients whose athena id or MRN is the term;
+  ``GET /patients/{patientid}`` (a list of one, as athena answers);
+  ``GET /patients/{patientid}/insurances``;
+* ``POST /patients/{patientid}/documents`` (multipart/form-data): one document per call;
+  ``departmentid`` and ``documentsubclass`` required, the file in ``attachmentcontents`` (PDF:
+  athena's docs recommend PDF, its APIs "not able to accept other formats"); a 400 names the
+  missing field (``missingfields``); ``GET`` lists a patient's documents (with ``internalnote``);
+* ``GET /appointments/booked?departmentid=&startdate=MM/DD/YYYY&enddate=``: paged with
+  ``limit``/``offset``, ``totalcount`` and a ``next`` path until the last page.
+
+Test switches: :meth:`StubAthenaState.fail_next` (5xx, 429 with Retry-After), ``delay_s`` (slow),
+:meth:`StubAthenaState.expire_tokens`, :meth:`StubAthenaState.seed_appointments`;
+``token_requests``, ``tokens_issued``, ``uploads_by_hash`` and ``paced`` count what happened.
+Seeded with the demo's synthetic patients (engine/sim/demo.py) and their appointments on the next
+business days.
+
+Incomplete: the per-day API quota, document types (``documenttypeid``), class-specific document
+endpoints and the real patient search's fuzzy matching are not simulated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import itertools
+import math
+import secrets
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from engine.sim.server_thread import ServerThread
+
+__all__ = [
+    "DEMO_DEPARTMENT",
+    "DEMO_PRACTICE",
+    "DOCUMENT_SUBCLASSES",
+    "StubAthenaServer",
+    "StubAthenaState",
+    "create_stub_athena_app",
+    "run_stub_athena",
+    "running_stub_athena",
+]
+
+TOKEN_PATH = "/oauth2/v1/token"
+SCOPE_PREFIX = "athena/service/Athenanet.MDP."
+DEMO_PRACTICE = "195900"
+DEMO_DEPARTMENT = "1"
+MAX_FORM_BYTES = 64 * 1024
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+MAX_LIMIT = 5000
+
+#: athena's document subclasses the stub takes (the general document endpoint; the admin ones
+#: are those of athena's Document Classification Guide)
+DOCUMENT_SUBCLASSES = frozenset(
+    {
+        "ADMIN",
+        "ADMIN_BILLING",
+        "ADMIN_CONSENT",
+        "ADMIN_HIPAA",
+        "ADMIN_INSURANCEAPPROVAL",
+        "ADMIN_INSURANCECARD",
+        "ADMIN_INSURANCEDENIAL",
+        "ADMIN_LEGAL",
+        "ADMIN_MEDICALRECORDREQ",
+        "ADMIN_REFERRAL",
+        "ADMIN_SIGNEDFORMS",
+        "CLINICALDOCUMENT",
+        "ENCOUNTERDOCUMENT_PROGRESSNOTE",
+        "LABRESULT",
+        "MEDICALRECORD",
+    }
+)
+
+#: the demo's synthetic patients (engine/sim/demo.py): MRN, last, first, DOB, sex, member id
+_DEMO_PATIENTS = (
+    ("DEMO1001", "Rivera", "Ana", "03/12/1985", "F", "DEMO100001"),
+    ("DEMO1002", "Okafor", "Chidi", "01/01/1970", "M", "DEMO100002"),
+    ("DEMO1003", "Lindqvist", "Maja", "11/20/1992", "F", "NOSUCH999"),
+)
+#: the demo payer's athena insurance package (a route maps it to the payer id DEMOPAY)
+DEMO_INSURANCE_PACKAGE = "7001"
+
+
+@dataclass
+class StubDocument:
+    """One uploaded document (its bytes are not kept: their hash and size are)."""
+
+    documentid: str
+    patientid: str
+    departmentid: str
+    documentsubclass: str
+    sha256: str
+    size: int
+    internalnote: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def _next_business_days(today: date, n: int) -> list[date]:
+    out: list[date] = []
+    day = today
+    while len(out) < n:
+        day += timedelta(days=1)
+        if day.weekday() < 5:
+            out.append(day)
+    return out
+
+
+@dataclass
+class StubAthenaState:
+    """The stub's memory: clients, tokens, practices, patients, appointments, documents."""
+
+    #: client id -> secret
+    clients: dict[str, str] = field(default_factory=dict)
+    #: practice id -> its department ids
+    practices: dict[str, set[str]] = field(default_factory=dict)
+    #: access token -> (client id, expires at time.time())
+    tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
+    expires_in: int = 3600
+    token_limit_per_minute: int = 5
+    #: requests a practice may make in one second
+    practice_rps: int = 50
+    #: how long every API answer takes (a slow EHR)
+    delay_s: float = 0.0
+    token_requests: int = 0
+    tokens_issued: int = 0
+    #: 429s the token endpoint gave for its per-minute limit
+    token_limited: int = 0
+    #: the most tokens one client got within any 60 seconds
+    max_tokens_per_minute: int = 0
+    #: API requests refused by the per-practice pacing
+    paced: int = 0
+    api_requests: int = 0
+    patients: dict[str, dict[str, Any]] = field(default_factory=dict)
+    insurances: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    appointments: list[dict[str, Any]] = field(default_factory=list)
+    documents: list[StubDocument] = field(default_factory=list)
+    uploads_by_hash: Counter[str] = field(default_factory=Counter)
+    failures: list[tuple[int, int | None]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _token_times: dict[str, deque[float]] = field(default_factory=dict)
+    _issued_times: dict[str, deque[float]] = field(default_factory=dict)
+    _practice_times: dict[str, deque[float]] = field(default_factory=dict)
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(9001))
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self, today: date | None = None) -> None:
+        """Back to the seeded demo (clients kept): no tokens, counters at zero."""
+        with self.lock:
+            self.practices = {DEMO_PRACTICE: {DEMO_DEPARTMENT, "2"}}
+            self.tokens.clear()
+            self.expires_in, self.token_limit_per_minute, self.practice_rps = 3600, 5, 50
+            self.delay_s = 0.0
+            self.token_requests = self.tokens_issued = self.token_limited = 0
+            self.max_tokens_per_minute = self.paced = self.api_requests = 0
+            self.documents.clear()
+            self.uploads_by_hash.clear()
+            self.failures.clear()
+            self._token_times.clear()
+            self._issued_times.clear()
+            self._practice_times.clear()
+            self.patients.clear()
+            self.insurances.clear()
+            self.appointments.clear()
+            days = _next_business_days(today or date.today(), 2)
+            for n, (mrn, last, first, dob, sex, member) in enumerate(_DEMO_PATIENTS):
+                pid = str(1001 + n)
+                self.patients[pid] = {
+                    "patientid": pid,
+                    "mrn": mrn,
+                    "lastname": last,
+                    "firstname": first,
+                    "dob": dob,
+                    "sex": sex,
+                    "departmentid": DEMO_DEPARTMENT,
+                }
+                self.insurances[pid] = [
+                    {
+                        "insuranceid": str(501 + n),
+                        "insurancepackageid": DEMO_INSURANCE_PACKAGE,
+                        "insuranceplanname": "Demo PPO",
+                        "insurancepayername": "Demo Health Plan",
+                        "insuranceidnumber": member,
+                        "sequencenumber": "1",
+                        "relationshiptoinsured": "Self",
+                        "eligibilitystatus": "Unverified",
+                    }
+                ]
+                for k, day in enumerate(days):
+                    self.appointments.append(
+                        {
+                            "appointmentid": str(2001 + 10 * n + k),
+                            "patientid": pid,
+                            "departmentid": DEMO_DEPARTMENT,
+                            "date": f"{day:%m/%d/%Y}",
+                            "starttime": f"{9 + n:02d}:{30 * k:02d}",
+                            "duration": "30",
+                            "appointmenttype": "Office Visit",
+                            "appointmenttypeid": "82",
+                            "appointmentstatus": "f",
+                            "providerid": "71",
+                        }
+                    )
+
+    # -- test switches ---------------------------------------------------------------------------
+
+    def register(self, client_id: str, secret: str) -> None:
+        with self.lock:
+            self.clients[client_id] = secret
+
+    def expire_tokens(self) -> None:
+        """Every token issued so far stops working (the next API call answers 401)."""
+        with self.lock:
+            self.tokens.clear()
+
+    def fail_next(self, status: int, *, n: int = 1, retry_after: int | None = None) -> None:
+        """The next ``n`` API requests answer ``status`` (with ``Retry-After`` if given)."""
+        with self.lock:
+            self.failures.extend([(status, retry_after)] * n)
+
+    def patient_id(self, mrn: str) -> str:
+        return next(str(p["patientid"]) for p in self.patients.values() if p["mrn"] == mrn)
+
+    def seed_appointments(self, n: int, *, start: date, patient_mrn: str = "DEMO1001") -> None:
+        """``n`` more booked appointments from ``start`` (business days, one a day)."""
+        pid = self.patient_id(patient_mrn)
+        day = start
+        with self.lock:
+            for _ in range(n):
+                while day.weekday() >= 5:
+                    day += timedelta(days=1)
+                self.appointments.append(
+                    {
+                        "appointmentid": str(next(self._ids)),
+                        "patientid": pid,
+                        "departmentid": DEMO_DEPARTMENT,
+                        "date": f"{day:%m/%d/%Y}",
+                        "starttime": "10:00",
+                        "duration": "15",
+                        "appointmenttype": "Follow Up",
+                        "appointmenttypeid": "83",
+                        "appointmentstatus": "f",
+                        "providerid": "71",
+                    }
+                )
+                day += timedelta(days=1)
+
+    # -- rules -----------------------------------------------------------------------------------
+
+    def token_client(self, token: str) -> str | None:
+        with self.lock:
+            client, until = self.tokens.get(token, ("", 0.0))
+        return client if until > time.time() else None
+
+    def _window(self, times: dict[str, deque[float]], key: str, span: float) -> deque[float]:
+        now = time.monotonic()
+        q = times.setdefault(key, deque())
+        while q and q[0] <= now - span:
+            q.popleft()
+        return q
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status)
+
+
+def _oauth(status: int, error: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": error}
+    return JSONResponse(body, status, headers={"Cache-Control": "no-store", **(headers or {})})
+
+
+def _basic(request: Request) -> tuple[str, str] | None:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        client, sep, secret = base64.b64decode(value, validate=True).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return (client, secret) if sep else None
+
+
+def _mdy(text: str) -> date | None:
+    try:
+        return datetime.strptime(text, "%m/%d/%Y").date()
+    except ValueError:
+        return None
+
+
+def _int(text: str | None, default: int) -> int:
+    try:
+        return int(text) if text not in (None, "") else default
+    except ValueError:
+        return -1
+
+
+class _Athena:
+    def __init__(self, state: StubAthenaState) -> None:
+        self.state = state
+
+    async def token(self, request: Request) -> Response:
+        st = self.state
+        body = await request.body()
+        with st.lock:
+            st.token_requests += 1
+        creds = _basic(request)
+        if creds is None or st.clients.get(creds[0]) != creds[1] or not creds[1]:
+            return _oauth(401, "invalid_client", {"WWW-Authenticate": 'Basic realm="athena"'})
+        if len(body) > MAX_FORM_BYTES:
+            return _oauth(400, "invalid_request")
+        form = {k: v[0] for k, v in parse_qs(body.decode("latin-1")).items()}
+        if form.get("grant_type") != "client_credentials":
+            return _oauth(400, "unsupported_grant_type")
+        scope = form.get("scope", "")
+        if not scope.startswith(SCOPE_PREFIX):
+            return _oauth(400, "invalid_scope")
+        client = creds[0]
+        with st.lock:
+            window = st._window(st._token_times, client, 60.0)
+            if len(window) >= st.token_limit_per_minute:
+                st.token_limited += 1
+                wait = max(1, math.ceil(60.0 - (time.monotonic() - window[0])))
+                return _oauth(429, "rate_limited", {"Retry-After": str(wait)})
+            window.append(time.monotonic())
+            issued = st._window(st._issued_times, client, 60.0)
+            issued.append(time.monotonic())
+            st.max_tokens_per_minute = max(st.max_tokens_per_minute, len(issued))
+            access = secrets.token_urlsafe(24)
+            st.tokens[access] = (client, time.time() + st.expires_in)
+            st.tokens_issued += 1
+            expires_in = st.expires_in
+        return JSONResponse(
+            {
+                "access_token": access,
+                "token_type": "Bearer",
+                "expires_in": expires_in,
+                "scope": scope,
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def _gate(self, request: Request) -> Response | None:
+        """Bearer, practice, pacing, injected failures and delay, in that order."""
+        st = self.state
+        scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or st.token_client(bearer) is None:
+            return _error(401, "Invalid Access Token")
+        practice = request.path_params["practiceid"]
+        with st.lock:
+            st.api_requests += 1
+            if practice not in st.practices:
+                return _error(404, "Invalid practice.")
+            window = st._window(st._practice_times, practice, 1.0)
+            if len(window) >= st.practice_rps:
+                st.paced += 1
+                return JSONResponse(
+                    {"error": "Too many requests"}, 429, headers={"Retry-After": "1"}
+                )
+            window.append(time.monotonic())
+            failure = st.failures.pop(0) if st.failures else None
+            delay = st.delay_s
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if failure is not None:
+            status, retry_after = failure
+            headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+            return JSONResponse({"error": "injected failure"}, status, headers=headers)
+        return None
+
+    def _patient(self, request: Request) -> dict[str, Any] | None:
+        with self.state.lock:
+            return self.state.patients.get(request.path_params["patientid"])
+
+    async def search(self, request: Request) -> Response:
+        if (refused := await self._gate(request)) is not None:
+            return refused
+        term = request.query_params.get("searchterm", "").strip()
+        if not term:
+            return _error(400, "Additional fields are required.", missingfields=["searchterm"])
+        with self.state.lock:
+            found = [
+                dict(p) for p in self.state.patients.values() if term in (p["patientid"], p["mrn"])
+            ]
+        return JSONResponse({"patients": found, "totalcount": len(found)})
+
+    async def patient(self, request: Request) -> Response:
+        if (refused := await self._gate(request)) is not None:
+            return refused
+        patient = self._patient(request)
+        if patient is None:
+            return _error(404, "The patient is not found.")
+        return JSONResponse([dict(patient)])
+
+    async def insurances(self, request: Request) -> Response:
+        if (refused := await self._gate(request)) is not None:
+            return refused
+        if self._patient(request) is None:
+            return _error(404, "The patient is not found.")
+        with self.state.lock:
+            rows = [
+                dict(i) for i in self.state.insurances.get(request.path_params["patientid"], [])
+            ]
+        return JSONResponse({"insurances": rows, "totalcount": len(rows)})
+
+    async def list_documents(self, request: Request) -> Response:
+        if (refused := await self._gate(request)) is not None:
+            return refused
+        pid = request.path_params["patientid"]
+        with self.state.lock:
+            docs = [
+                {
+                    "documentid": d.documentid,
+                    "departmentid": d.departmentid,
+                    "documentsubclass": d.documentsubclass,
+                    "internalnote": d.internalnote,
+                }
+                for d in self.state.documents
+                if d.patientid == pid
+            ]
+        return JSONResponse({"documents": docs, "totalcount": len(docs)})
+
+    async def add_document(self, request: Request) -> Response:
+        if (refused := await self._gate(request)) is not None:
+            return refused
+        if _int(request.headers.get("content-length"), 0) > MAX_UPLOAD_BYTES + MAX_FORM_BYTES:
+            return _error(413, "The document is larger than 25 MiB.")
+        if self._patient(request) is None:
+            return _error(404, "The patient is not found.")
+        practice = request.path_params["practiceid"]
+        async with request.form(max_files=1, max_fields=32, max_part_size=MAX_FORM_BYTES) as form:
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            upload = form.get("attachmentcontents")
+            content = await upload.read() if isinstance(upload, UploadFile) else b""
+        missing = [
+            name
+            for name, value in (
+                ("departmentid", fields.get("departmentid")),
+                ("documentsubclass", fields.get("documentsubclass")),
+                ("attachmentcontents", content),
+            )
+            if not value
+        ]
+        if missing:
+            return _error(400, "Additional fields are required.", missingfields=missing)
+        if fields["departmentid"] not in self.state.practices[practice]:
+            return _error(400, "Invalid departmentid.")
+        if fields["documentsubclass"] not in DOCUMENT_SUBCLASSES:
+            return _error(400, "Invalid documentsubclass.")
+        if not content.startswith(b"%PDF-"):
+            return _error(400, "attachmentcontents must be a PDF.")
+        digest = hashlib.sha256(content).hexdigest()
+        with self.state.lock:
+            doc = StubDocument(
+                documentid=str(next(self.state._ids)),
+                patientid=request.path_params["patientid"],
+                departmentid=fields["departmentid"],
+                documentsubclass=fields["documentsubclass"],
+                sha256=digest,
+                size=len(content),
+                internalnote=fields.get("internalnote", ""),
+                fields=fields,
+            )
+            self.state.documents.append(doc)
+            self.state.uploads_by_hash[digest] += 1
+        return JSONResponse({"documentid": doc.documentid})
+
+    async def booked(self, request: Request) -> Response:
+        if (refused := await self._gate(request)) is not None:
+            return refused
+        q = request.query_params
+        missing = [k for k in ("departmentid", "startdate", "enddate") if not q.get(k)]
+        if missing:
+            return _error(400, "Additional fields are required.", missingfields=missing)
+        start, end = _mdy(q["startdate"]), _mdy(q["enddate"])
+        if start is None or end is None:
+            return _error(400, "startdate and enddate are MM/DD/YYYY.")
+        limit, offset = _int(q.get("limit"), 1500), _int(q.get("offset"), 0)
+        if not 0 < limit <= MAX_LIMIT or offset < 0:
+            return _error(400, "Invalid limit or offset.")
+        departments = set(q["departmentid"].split(","))
+        with self.state.lock:
+            rows = [
+                dict(a)
+                for a in self.state.appointments
+                if a["departmentid"] in departments and start <= _mdy(a["date"]) <= end  # type: ignore[operator]
+            ]
+        rows.sort(key=lambda a: (_mdy(a["date"]), a["starttime"], a["appointmentid"]))
+        page = rows[offset : offset + limit]
+        body: dict[str, Any] = {"appointments": page, "totalcount": len(rows)}
+        if offset + limit < len(rows):
+            params = {**dict(q), "offset": str(offset + limit), "limit": str(limit)}
+            body["next"] = f"{request.url.path}?{urlencode(params)}"
+        if offset > 0:
+            params = {**dict(q), "offset": str(max(0, offset - limit)), "limit": str(limit)}
+            body["previous"] = f"{request.url.path}?{urlencode(params)}"
+        return JSONResponse(body)
+
+
+def create_stub_athena_app(state: StubAthenaState | None = None) -> Starlette:
+    """The stub as an ASGI app; ``app.state.athena`` is its :class:`StubAthenaState`."""
+    state = state or StubAthenaState()
+    athena = _Athena(state)
+    base = "/v1/{practiceid}"
+    app = Starlette(
+        routes=[
+            Route(TOKEN_PATH, athena.token, methods=["POST"]),
+            Route(f"{base}/patients/search", athena.search),
+            Route(f"{base}/patients/{{patientid}}", athena.patient),
+            Route(f"{base}/patients/{{patientid}}/insurances", athena.insurances),
+            Route(f"{base}/patients/{{patientid}}/documents", athena.list_documents),
+            Route(
+                f"{base}/patients/{{patientid}}/documents", athena.add_document, methods=["POST"]
+            ),
+            Route(f"{base}/appointments/booked", athena.booked),
+        ]
+    )
+    app.state.athena = state
+    return app
+
+
+def run_stub_athena(
+    host: str, port: int, *, client_id: str, client_secret: str
+) -> None:  # pragma: no cover - runs until interrupted
+    """Serve the stub until interrupted (``engine stub-athena``)."""
+    state = StubAthenaState()
+    state.register(client_id, client_secret)
+    uvicorn.run(create_stub_athena_app(state), host=host, port=port, log_level="info")
+
+
+class StubAthenaServer(ServerThread):
+    """The stub athena on a free loopback port."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.state = StubAthenaState()
+        super().__init__(create_stub_athena_app(self.state), host, port)
+
+    @property
+    def base_url(self) -> str:
+        return self.url
+
+    @property
+    def token_url(self) -> str:
+        return self.url + TOKEN_PATH
+
+
+@contextmanager
+def running_stub_athena(
+    *, client_id: str = "", client_secret: str = "", **kwargs: Any
+) -> Iterator[StubAthenaServer]:
+    """``with running_stub_athena(client_id=..., client_secret=...) as athena: ...``."""
+    server = StubAthenaServer(**kwargs)
+    if client_id:
+        server.state.register(client_id, client_secret)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
