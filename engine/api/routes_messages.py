@@ -181,7 +181,8 @@ def resend_message(
     who: Annotated[Who, Depends(_audited(Role.ADMIN, "resend"))],
     destination: Annotated[str | None, Query(max_length=128)] = None,
 ) -> ResendAccepted:
-    """Queue the message's dead deliveries again, or its delivery to one ``destination``."""
+    """Queue the message's dead deliveries and those waiting for their patient again, or its
+    delivery to one ``destination``."""
     try:
         done = messages.resend(message_id, who, destination)
     except KeyError:

@@ -238,6 +238,13 @@ class Dispatcher:
             dead = False
             if result.ok:
                 outcomes.append(Outcome(due.id, True))
+            elif result.needs_patient:
+                # the destination does not know the patient: retrying sends the same unknown
+                # MRN again and dead-lettering loses a document an operator can still place, so
+                # it waits (``needs-patient``) for a resend or a match. It leaves its queue: the
+                # patient's next delivery to this destination is promoted, because what follows
+                # (an ADT that registers the patient, say) must not wait behind it for a person.
+                outcomes.append(Outcome(due.id, False, result.detail, needs_patient=True))
             else:
                 attempts = due.attempts + 1
                 config = self.routes.destinations.get(due.destination)
@@ -260,7 +267,11 @@ class Dispatcher:
                 extra={
                     "message_id": due.message_id,
                     "destination": due.destination,
-                    "outcome": "delivered" if result.ok else ("dead" if dead else "retry"),
+                    "outcome": "delivered"
+                    if result.ok
+                    else "needs-patient"
+                    if result.needs_patient
+                    else ("dead" if dead else "retry"),
                     "detail": result.detail,
                 },
             )

@@ -2,7 +2,10 @@
 destination in the order they arrived while different patients flow in parallel.
 
 Only the head of a queue is ``pending`` (claimable); the deliveries behind it are ``waiting``.
-Settling the head (delivered or dead) promotes the next one. A delivery is claimed with a lease
+Settling the head (delivered, dead, or ``needs-patient``: the destination does not know the
+patient) promotes the next one. A ``needs-patient`` delivery is neither retried nor dead: it
+waits, outside its queue, for an operator to resend it or match its document to a patient
+(engine/store/operator.py). A delivery is claimed with a lease
 (``claimed_until``) and its owner, the claiming node (``claimed_by``): a dispatcher that dies
 loses its claims as soon as its node's heartbeat stops (engine/store/nodes.py), or when the
 lease runs out for a claim without an owner; an outcome counts only for a delivery still pending
@@ -83,12 +86,14 @@ class DueDelivery:
 
 @dataclass(frozen=True)
 class Outcome:
-    """The outcome of one delivery attempt: delivered, or failed (retry at, or dead if None)."""
+    """The outcome of one delivery attempt: delivered, or failed (retry at, or dead if None),
+    or ``needs_patient``: the destination does not know the patient (``retry_at`` unused)."""
 
     delivery_id: int
     ok: bool
     error: str = ""
     retry_at: datetime | None = None
+    needs_patient: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,8 @@ class DestinationBacklog:
     been waiting (for the ``queue depth`` and ``oldest waiting age`` gauges)."""
 
     destination: str
-    #: deliveries not yet delivered and not dead (the head of each queue and those behind it)
+    #: deliveries not yet delivered and not dead (the head of each queue and those behind it);
+    #: not those that wait for their patient (``needs-patient``: no queue holds them)
     waiting: int
     #: seconds since the oldest of them was queued
     oldest_age_s: float
@@ -215,7 +221,9 @@ def _promote(conn: Connection, queues: set[tuple[str, str]], now: datetime) -> N
 
 
 _LOCK_MESSAGES = select(messages.c.id).where(messages.c.id.in_(id_list())).with_for_update()
-#: a routed message is delivered once no delivery is queued, dead if one is dead
+#: a routed message is delivered once no delivery is queued; ``needs-patient`` if one waits for
+#: its patient (the action an operator must take: match or resend; a dead one beside it shows in
+#: the list's ``failing`` and is resent with it), else dead if one is dead
 _SETTLE_MESSAGES = (
     update(messages)
     .where(
@@ -230,6 +238,13 @@ _SETTLE_MESSAGES = (
         state=case(
             (
                 exists().where(
+                    deliveries.c.message_id == messages.c.id,
+                    deliveries.c.state == "needs-patient",
+                ),
+                "needs-patient",
+            ),
+            (
+                exists().where(
                     deliveries.c.message_id == messages.c.id, deliveries.c.state == "dead"
                 ),
                 "dead",
@@ -242,7 +257,8 @@ _SETTLE_MESSAGES = (
 
 
 def _settle(conn: Connection, message_ids: Sequence[int], now: datetime) -> None:
-    """A message is delivered when every delivery is, dead when one is dead.
+    """A message is delivered when every delivery is; ``needs-patient`` when one waits for its
+    patient; dead when one is dead.
 
     The message rows are locked first, so two deliveries of one message finishing at the same
     time (READ COMMITTED on PostgreSQL) cannot each miss the other's outcome.
@@ -411,6 +427,9 @@ class Deliveries(Repository):
         )
         .returning(deliveries.c.message_id, deliveries.c.destination, deliveries.c.patient_key)
     )
+    #: the destination does not know the patient: settled out of its queue (the next delivery
+    #: of the queue is promoted), not dead, never claimed again; resent or matched by an operator
+    _NEEDS_PATIENT = _DEAD.values(state="needs-patient")
     _RETRY = (
         update(deliveries)
         .where(deliveries.c.id == bindparam("did"), deliveries.c.state == "pending")
@@ -427,6 +446,7 @@ class Deliveries(Repository):
     _owned = deliveries.c.claimed_by == bindparam("owner")
     _DELIVERED_BY = _DELIVERED.where(_owned)
     _DEAD_BY = _DEAD.where(_owned)
+    _NEEDS_PATIENT_BY = _NEEDS_PATIENT.where(_owned)
     _RETRY_BY = _RETRY.where(_owned)
 
     def record_outcomes(self, outcomes: Sequence[Outcome], owner: str | None = None) -> None:
@@ -439,11 +459,13 @@ class Deliveries(Repository):
             return
         now = utcnow()
         done = [o.delivery_id for o in outcomes if o.ok]
-        dead = [o for o in outcomes if not o.ok and o.retry_at is None]
-        retry = [o for o in outcomes if not o.ok and o.retry_at is not None]
+        waits = [o for o in outcomes if not o.ok and o.needs_patient]
+        dead = [o for o in outcomes if not o.ok and not o.needs_patient and o.retry_at is None]
+        retry = [o for o in outcomes if not o.ok and not o.needs_patient and o.retry_at is not None]
         owned = owner is not None
         delivered = self._DELIVERED_BY if owned else self._DELIVERED
         dead_stmt = self._DEAD_BY if owned else self._DEAD
+        waits_stmt = self._NEEDS_PATIENT_BY if owned else self._NEEDS_PATIENT
         with self._tx() as conn:
             settled: list[Any] = []
             if done:
@@ -452,6 +474,9 @@ class Deliveries(Repository):
             for o in dead:
                 error = {"did": o.delivery_id, "err": clean_lines(o.error, 2000), "owner": owner}
                 settled += conn.execute(dead_stmt, error).all()
+            for o in waits:
+                error = {"did": o.delivery_id, "err": clean_lines(o.error, 2000), "owner": owner}
+                settled += conn.execute(waits_stmt, error).all()
             if retry:
                 conn.execute(
                     self._RETRY_BY if owned else self._RETRY,

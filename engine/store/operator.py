@@ -11,13 +11,14 @@ its copy: the copy is the live one (before, each replay of the original made one
 resend put the original back to ``dead`` for the next ``replay --state dead``).
 
 **Resend** sends a delivery's payload again, as it was made, to its destination: by default each
-dead delivery of the message, or every delivery to one named destination (even one delivered:
+dead delivery of the message and each that waits for its patient (``needs-patient``: the EHR has
+registered the patient since), or every delivery to one named destination (even one delivered:
 the operator asked). Each resend is a new delivery row linked to the one it replaces
 (``resend_of``), which becomes ``resent`` (settled, no longer dead), queued in per-patient order
-behind what that destination already has for the patient. A message that was ``dead`` or
-``delivered`` is ``routed`` again until the resends settle it. While a resend of a destination
-is still queued, resending it again makes nothing (and says so), as does a resend when nothing
-failed: repeating a resend never multiplies copies.
+behind what that destination already has for the patient. A message that was ``dead``,
+``needs-patient`` or ``delivered`` is ``routed`` again until the resends settle it. While a
+resend of a destination is still queued, resending it again makes nothing (and says so), as does
+a resend when nothing failed: repeating a resend never multiplies copies.
 
 Each replay and resend is recorded in the audit trail (engine/store/audit.py) in the transaction
 that makes it; a refused one (unknown destination, a message still being processed or already
@@ -45,6 +46,10 @@ __all__ = ["ActionRefused", "Operator", "Replayed", "UnknownDestination", "Who"]
 _UNFINISHED = ("received", "processing")
 #: delivery states still in a queue
 _QUEUED = ("pending", "waiting")
+#: delivery states a resend takes by default: given up, or waiting for the patient
+_FAILED = ("dead", "needs-patient")
+#: message states a resend puts back to ``routed``
+_SETTLED = ("dead", "delivered", "needs-patient")
 
 
 class ActionRefused(EngineError):
@@ -103,7 +108,7 @@ _DELIVERY_COLUMNS = select(
 _MARK_RESENT = (
     update(deliveries)
     .where(deliveries.c.id.in_(bindparam("ids", expanding=True)))
-    .where(deliveries.c.state.in_(("dead", "delivered")))
+    .where(deliveries.c.state.in_(("dead", "delivered", "needs-patient")))
     .values(state="resent", claimed_until=None)
 )
 
@@ -190,7 +195,8 @@ class Operator(Repository):
         return Replayed(int(new_id), message_id, row.state)
 
     def resend(self, message_id: int, who: Who, destination: str | None = None) -> ResendOutcome:
-        """Queue a message's dead deliveries again (or every delivery to ``destination``), each
+        """Queue a message's dead and needs-patient deliveries again (or every delivery to
+        ``destination``), each
         linked to the one it replaces, which becomes ``resent``. KeyError when there is no such
         message; :class:`ActionRefused` for a destination the message never had, a message with
         no deliveries, or one replayed (its copy is the live one: the message names it)."""
@@ -246,7 +252,7 @@ class Operator(Repository):
             for r in targets
         ]
         queue_deliveries(conn, [(message_id, d) for d in new], now)
-        if message.state in ("dead", "delivered"):
+        if message.state in _SETTLED:
             conn.execute(
                 update(messages)
                 .where(messages.c.id == message_id)
@@ -309,7 +315,7 @@ def _targets(
         if queued:
             return [], f"{destination}: already queued ({queued[0].state}), nothing resent"
         return named, ""
-    dead = [r for r in current if r.state == "dead"]
+    dead = [r for r in current if r.state in _FAILED]
     if dead:
         return dead, ""
     waiting = sorted({r.destination for r in current if r.state in _QUEUED})
@@ -319,7 +325,7 @@ def _targets(
 
 
 def _resend_detail(destination: str | None, outcome: ResendOutcome) -> str:
-    target = f"destination {destination}" if destination else "dead deliveries"
+    target = f"destination {destination}" if destination else "failed deliveries"
     if not outcome.queued:
         return f"{target}: {outcome.note}"
     made = ", ".join(f"{d} (delivery {i} replaces {o})" for d, i, o in outcome.queued)

@@ -48,6 +48,7 @@ MESSAGE_STATES = (
     "error",
     "unrouted",
     "replayed",
+    "needs-patient",
 )
 
 
@@ -118,12 +119,15 @@ _FAILING = (
     )
     .where(
         or_(
-            deliveries.c.state == "dead",
+            deliveries.c.state.in_(("dead", "needs-patient")),
             and_(deliveries.c.state == "pending", deliveries.c.last_error.is_not(None)),
         )
     )
     .order_by(deliveries.c.id)
 )
+
+
+_LABELS = {"dead": "dead", "needs-patient": "needs patient"}
 
 
 def _like_suffix(value: str) -> str:
@@ -190,13 +194,14 @@ def _time_bounds(conn: Connection, q: MessageQuery) -> list[ColumnElement[bool]]
 
 
 def _failing(conn: Connection, ids: Sequence[int]) -> dict[int, list[str]]:
-    """Per message: ``destination: last error`` of each dead or retrying delivery."""
+    """Per message: ``destination (dead|needs patient|retrying): last error`` of each delivery
+    that is dead, waits for its patient, or is retrying."""
     out: dict[int, list[str]] = {}
     if not ids:
         return out
     for r in conn.execute(_FAILING.where(deliveries.c.message_id.in_(list(ids)))):
         error = (r.last_error or "").splitlines()[0][:200] if r.last_error else "no error recorded"
-        label = "dead" if r.state == "dead" else "retrying"
+        label = _LABELS.get(r.state, "retrying")
         out.setdefault(r.message_id, []).append(f"{r.destination} ({label}): {error}")
     return out
 

@@ -26,7 +26,8 @@ class DeliveryView:
     """One destination of one message, and how its delivery is going."""
 
     destination: str
-    #: waiting (behind an earlier one for the same patient), pending, delivered, dead
+    #: waiting (behind an earlier one for the same patient), pending, delivered, dead,
+    #: needs-patient (the destination does not know the patient), resent
     state: str
     attempts: int
     last_error: str | None
@@ -66,9 +67,10 @@ class MessageLine(MessageSummary):
     """A message as one line of a search (``engine messages list``, ``GET /api/messages``): its
     summary, who sent it, why it is in its state, and which destinations fail it.
 
-    ``failing`` names each destination whose delivery is dead or retrying, with its last error
-    (``"fhir (dead): HTTP 503"``): the reason a routed or dead message is stuck is there, not in
-    ``reason`` (which is the processing's).
+    ``failing`` names each destination whose delivery is dead, waits for its patient or is
+    retrying, with its last error (``"fhir (dead): HTTP 503"``, ``"epic (needs patient): ..."``):
+    the reason a routed, dead or needs-patient message is stuck is there, not in ``reason``
+    (which is the processing's).
     """
 
     #: MSH-3 and MSH-4 (``FRONTDESK^CLINIC``)
