@@ -465,6 +465,25 @@ def stub_fhir(
     run_stub_fhir(host, port)
 
 
+@app.command("stub-epic")
+def stub_epic(
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8091,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    jwks_url: Annotated[
+        str, typer.Option(help="the client's JWKS URL (the engine's /.well-known/jwks.json)")
+    ] = "http://127.0.0.1:8080/.well-known/jwks.json",
+    client_id: Annotated[str, typer.Option(help="the backend app's client id")] = "engine-demo",
+    admin: Annotated[
+        bool, typer.Option(help="open /admin/fail and /admin/stats (tests and demos only)")
+    ] = False,
+) -> None:
+    """Run a stub Epic (SMART Backend Services, FHIR R4 at /api/FHIR/R4, demo data seeded)."""
+    from engine.sim.epic import FHIR_BASE, run_stub_epic
+
+    typer.echo(f"stub Epic on http://{host}:{port}{FHIR_BASE} (Ctrl-C stops)", err=True)
+    run_stub_epic(host, port, jwks_url=jwks_url, client_id=client_id, admin=admin)
+
+
 def main() -> None:
     """Console-script entry point: run the CLI, turning errors into one line on stderr.
 

@@ -10,16 +10,22 @@ SMART App Launch IG, Backend Services, and RFC 7523 as Epic applies them:
   the registered client id; ``aud`` = this token URL; ``exp`` in the future and at most five
   minutes after ``iat``; a ``jti`` seen before is a replay. Answers ``{access_token, token_type,
   expires_in, scope}`` or 400/401 with an OAuth error (RFC 6749 section 5.2);
-* the FHIR API under ``{base}`` (the stub FHIR server's handlers and storage,
-  :mod:`engine.sim.fhir_server`) answers 401 without a token it issued and has not expired.
+* the FHIR API under ``{base}`` answers 401 without a token it issued and has not expired:
+  Epic's reads and writes (CapabilityStatement, Patient, Appointment and Coverage search,
+  DocumentReference and Binary create: :mod:`engine.sim.epic_fhir`) in front of the stub FHIR
+  server's handlers and storage (:mod:`engine.sim.fhir_server`: reads by id). The demo patients,
+  their coverages and appointments the next two business days are there from the start.
 
 Test switches: :meth:`StubEpicState.register`, :meth:`StubEpicState.revoke_tokens` (the next FHIR
 call answers 401), :meth:`StubEpicState.fail_token_next`, ``token_delay_s`` (a slow token
-endpoint); ``token_requests`` counts token calls. The FHIR stub's ``$fail``/``$log``/``$reset``
-need no token.
+endpoint); ``token_requests`` counts token calls; :meth:`StubEpicState.fail_next` (the next N FHIR
+requests answer a status, with Retry-After, or after a delay); :meth:`StubEpicState.grant_token`.
+The FHIR stub's ``$fail``/``$log``/``$reset`` need no token. Started with ``admin=True``
+(``engine stub-epic --admin``), ``POST /admin/fail`` takes ``{"status", "count", "retry_after",
+"delay_s"}`` and ``GET /admin/stats`` gives the counts (never on by default: it needs no token).
 
 Incomplete: no ``jku`` handling (only the registered JWKS URL is fetched); scopes are not
-enforced; no Patient/Appointment search beyond ``identifier``; no DocumentReference rules.
+enforced.
 """
 
 from __future__ import annotations
@@ -28,14 +34,17 @@ import asyncio
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
 import orjson
+import uvicorn
 from jose import jwt
 from jose.exceptions import ExpiredSignatureError, JWTClaimsError, JWTError
 from starlette.applications import Starlette
@@ -44,10 +53,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from engine.sim.epic_fhir import MRN_SYSTEM, EpicData, business_days, epic_fhir_routes
 from engine.sim.fhir_server import StubFhirState, create_stub_fhir_app
 from engine.sim.server_thread import ServerThread
 
-__all__ = ["StubEpicServer", "StubEpicState", "create_stub_epic_app", "running_stub_epic"]
+__all__ = [
+    "MRN_SYSTEM",
+    "StubEpicServer",
+    "StubEpicState",
+    "business_days",
+    "create_stub_epic_app",
+    "run_stub_epic",
+    "running_stub_epic",
+]
 
 FHIR_BASE = "/api/FHIR/R4"
 TOKEN_PATH = "/oauth2/token"
@@ -55,6 +73,14 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ALGORITHMS = ("RS384", "ES384")
 MAX_ASSERTION_S = 300
 MAX_FORM_BYTES = 64 * 1024
+
+
+@dataclass
+class _Failure:
+    status: int  # 200: only slow
+    count: int
+    retry_after: int | None
+    delay_s: float
 
 
 class _OAuthError(Exception):
@@ -81,7 +107,59 @@ class StubEpicState:
     token_delay_s: float = 0.0
     #: the refusals of the token endpoint's next requests: (status, OAuth error)
     token_failures: list[tuple[int, str]] = field(default_factory=list)
+    #: the injected answers of the FHIR API's next requests (:meth:`fail_next`)
+    failures: list[_Failure] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Epic's side of the FHIR data (counts, Binary support), over ``fhir``
+    data: EpicData = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.data = EpicData(self.fhir)
+
+    @property
+    def creates_by_hash(self) -> Counter[str]:
+        """DocumentReferences created per SHA-256 of their content."""
+        return self.data.creates_by_hash
+
+    @property
+    def binary_creates(self) -> int:
+        return self.data.binary_creates
+
+    @property
+    def binary_supported(self) -> bool:
+        return self.data.binary_supported
+
+    @binary_supported.setter
+    def binary_supported(self, value: bool) -> None:
+        self.data.binary_supported = value
+
+    def reset_documents(self) -> None:
+        self.data.reset_documents()
+
+    def fail_next(
+        self, status: int, count: int = 1, *, retry_after: int | None = None, delay_s: float = 0.0
+    ) -> None:
+        """The next ``count`` FHIR requests answer ``status`` (with Retry-After when given),
+        after ``delay_s``; status 200 only delays them."""
+        with self.lock:
+            self.failures.append(_Failure(status, count, retry_after, delay_s))
+
+    def take_failure(self) -> _Failure | None:
+        with self.lock:
+            if not self.failures:
+                return None
+            failure = self.failures[0]
+            failure.count -= 1
+            if failure.count <= 0:
+                self.failures.pop(0)
+            return failure
+
+    def grant_token(self) -> str:
+        """A live access token without the OAuth dance (tests of the FHIR API only)."""
+        access = secrets.token_urlsafe(24)
+        with self.lock:
+            self.tokens[access] = time.time() + self.expires_in
+        return access
 
     def register(self, client_id: str, jwks_url: str) -> None:
         with self.lock:
@@ -225,13 +303,24 @@ class _Epic:
 
 
 class _TokenGate:
-    """The FHIR API behind the stub's bearer tokens (401 without a live one)."""
+    """The FHIR API behind the stub's bearer tokens (401 without a live one; ``metadata`` is
+    open, as a FHIR server's CapabilityStatement is), after any injected failure."""
 
     def __init__(self, app: ASGIApp, state: StubEpicState) -> None:
         self.app, self.state = app, state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and "/$" not in scope["path"]:
+            failure = self.state.take_failure()
+            if failure is not None:
+                if failure.delay_s:
+                    await asyncio.sleep(failure.delay_s)
+                if failure.status != 200:
+                    await _injected(failure)(scope, receive, send)
+                    return
+            if scope["path"] == f"{FHIR_BASE}/metadata":  # open, as a FHIR server's is
+                await self.app(scope, receive, send)
+                return
             headers = dict(scope["headers"])
             auth = headers.get(b"authorization", b"").decode("latin-1")
             scheme, _, token = auth.partition(" ")
@@ -251,28 +340,106 @@ class _TokenGate:
         await self.app(scope, receive, send)
 
 
-def create_stub_epic_app(state: StubEpicState | None = None) -> Starlette:
-    """The stub as an ASGI app; ``app.state.epic`` is its :class:`StubEpicState`."""
+def _injected(failure: _Failure) -> Response:
+    body = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "transient", "diagnostics": "injected failure"}],
+    }
+    headers = {"Retry-After": str(failure.retry_after)} if failure.retry_after is not None else {}
+    return Response(orjson.dumps(body), failure.status, headers, "application/fhir+json")
+
+
+class _Admin:
+    """Test controls over HTTP, mounted only when the stub is started with ``admin``."""
+
+    def __init__(self, state: StubEpicState) -> None:
+        self.state = state
+
+    async def fail(self, request: Request) -> Response:
+        try:
+            body = orjson.loads(await request.body())
+            retry_after = body.get("retry_after")
+            self.state.fail_next(
+                int(body.get("status", 503)),
+                int(body.get("count", 1)),
+                retry_after=None if retry_after is None else int(retry_after),
+                delay_s=float(body.get("delay_s", 0)),
+            )
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            return JSONResponse({"error": 'expected {"status": 503, "count": N}'}, 400)
+        return JSONResponse({"ok": True})
+
+    async def stats(self, request: Request) -> Response:
+        data = self.state.data
+        with data.lock:
+            return JSONResponse(
+                {
+                    "document_creates": sum(data.creates_by_hash.values()),
+                    "documents_created_twice": sum(
+                        1 for n in data.creates_by_hash.values() if n > 1
+                    ),
+                    "binary_creates": data.binary_creates,
+                    "searches": dict(data.searches),
+                    "token_requests": self.state.token_requests,
+                    "tokens_issued": self.state.tokens_issued,
+                }
+            )
+
+
+def create_stub_epic_app(
+    state: StubEpicState | None = None, *, admin: bool = False, today: date | None = None
+) -> Starlette:
+    """The stub as an ASGI app, seeded with the demo data as of ``today``; ``app.state.epic``
+    is its :class:`StubEpicState`. ``admin`` adds the unauthenticated test controls."""
     state = state or StubEpicState()
+    state.data.seed_demo(today or date.today())
     epic = _Epic(state)
     fhir = create_stub_fhir_app(state.fhir, base=FHIR_BASE)
-    app = Starlette(
-        routes=[
-            Route(f"{FHIR_BASE}/.well-known/smart-configuration", epic.smart_configuration),
-            Route(TOKEN_PATH, epic.token, methods=["POST"]),
-            Mount("/", app=_TokenGate(fhir, state)),
+    api = Starlette(routes=[*epic_fhir_routes(state.data, FHIR_BASE), Mount("/", app=fhir)])
+    routes = [
+        Route(f"{FHIR_BASE}/.well-known/smart-configuration", epic.smart_configuration),
+        Route(TOKEN_PATH, epic.token, methods=["POST"]),
+    ]
+    if admin:
+        controls = _Admin(state)
+        routes += [
+            Route("/admin/fail", controls.fail, methods=["POST"]),
+            Route("/admin/stats", controls.stats, methods=["GET"]),
         ]
-    )
+    app = Starlette(routes=[*routes, Mount("/", app=_TokenGate(api, state))])
     app.state.epic = state
     return app
+
+
+def run_stub_epic(
+    host: str = "127.0.0.1",
+    port: int = 8091,
+    *,
+    jwks_url: str = "http://127.0.0.1:8080/.well-known/jwks.json",
+    client_id: str = "engine-demo",
+    admin: bool = False,
+) -> None:
+    """Serve the stub until interrupted (``engine stub-epic``), ``client_id`` registered with
+    ``jwks_url`` (the engine's /.well-known/jwks.json)."""
+    state = StubEpicState()
+    state.register(client_id, jwks_url)
+    app = create_stub_epic_app(state, admin=admin)
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 class StubEpicServer(ServerThread):
     """The stub Epic on a free loopback port."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        admin: bool = False,
+        today: date | None = None,
+    ) -> None:
         self.state = StubEpicState()
-        super().__init__(create_stub_epic_app(self.state), host, port)
+        super().__init__(create_stub_epic_app(self.state, admin=admin, today=today), host, port)
 
     @property
     def base_url(self) -> str:

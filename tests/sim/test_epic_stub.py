@@ -75,7 +75,7 @@ def test_smart_configuration_names_the_token_endpoint(epic: StubEpicServer) -> N
 def test_a_good_assertion_gets_a_token_that_opens_the_fhir_api(
     epic: StubEpicServer, keyring: Keyring
 ) -> None:
-    assert httpx.get(epic.base_url + "/Patient").status_code == 401
+    assert httpx.get(epic.base_url + "/Patient?identifier=X").status_code == 401
     resp = ask(epic, client_assertion(keyring, CLIENT, epic.token_url))
     assert resp.status_code == 200, resp.text
     body = resp.json()
@@ -83,9 +83,9 @@ def test_a_good_assertion_gets_a_token_that_opens_the_fhir_api(
     assert body["expires_in"] == 300
     assert body["scope"] == "system/*.write"
     auth = {"Authorization": f"Bearer {body['access_token']}"}
-    assert httpx.get(epic.base_url + "/Patient", headers=auth).status_code == 200
+    assert httpx.get(epic.base_url + "/Patient?identifier=X", headers=auth).status_code == 200
     epic.state.revoke_tokens()
-    assert httpx.get(epic.base_url + "/Patient", headers=auth).status_code == 401
+    assert httpx.get(epic.base_url + "/Patient?identifier=X", headers=auth).status_code == 401
 
 
 @pytest.mark.parametrize(
@@ -166,7 +166,7 @@ def test_token_requests_are_counted_and_failures_injected(
 def test_an_expired_token_is_refused(epic: StubEpicServer, keyring: Keyring) -> None:
     token = ask(epic, signed(keyring, aud=epic.token_url)).json()["access_token"]
     auth = {"Authorization": f"Bearer {token}"}
-    assert httpx.get(epic.base_url + "/Patient", headers=auth).status_code == 200
+    assert httpx.get(epic.base_url + "/Patient?identifier=X", headers=auth).status_code == 200
     with epic.state.lock:
         epic.state.tokens[token] = time.time() - 1
-    assert httpx.get(epic.base_url + "/Patient", headers=auth).status_code == 401
+    assert httpx.get(epic.base_url + "/Patient?identifier=X", headers=auth).status_code == 401
