@@ -74,5 +74,12 @@ def load_mappings(site_dir: Path | None = None) -> Mappings:
 
     files = load_files(site_dir)
     files.outbound = load_outbound(site_dir, sources=files.sources)
+    # documents: the type table and the DocumentReference mapping file (their paths are checked
+    # as they are read)
+    from engine.mappings.document_types import load_document_types
+    from engine.mappings.documents import load_document_maps
+
+    files.document_types = load_document_types(site_dir, sources=files.sources)
+    files.documents = load_document_maps(site_dir, sources=files.sources)
     check_files(files)
     return Mappings(files)

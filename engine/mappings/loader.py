@@ -62,11 +62,22 @@ class MappingFiles:
     #: for a map kept without the rules its format refused: the position in the file of each
     #: rule kept (``rules[i]`` of the model is ``rules[kept[i]]`` of the file), by the same key
     kept: dict[str, list[int]] = field(default_factory=dict)
+    #: the document type table (engine.mappings.document_types.DocumentTypes) and the document
+    #: mapping files (engine.mappings.documents), read by :func:`engine.mappings.load_mappings`
+    document_types: Any = None
+    documents: dict[str, Any] = field(default_factory=dict)
+
+
+#: files under a kind's folder that have a format of their own, read by their own loader
+#: (the document type table: engine/mappings/document_types.py)
+_OWN_FORMAT = frozenset({"tables/document_types.yaml"})
 
 
 def _files(root: Path, kind: str) -> list[Path]:
     d = root / kind
-    return sorted(d.glob("*.yaml")) if d.is_dir() else []
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.glob("*.yaml") if f"{kind}/{p.name}" not in _OWN_FORMAT)
 
 
 def load_files(site_dir: Path | None = None, *, defaults: Path | None = None) -> MappingFiles:
