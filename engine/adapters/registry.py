@@ -15,6 +15,12 @@ bad destination stops start-up (and ``engine serve``, ``engine worker``) with th
 line and the key, before anything runs. Every destination's ``type`` and ``retry`` are the
 routes' own (:class:`~engine.routes.spec.DestinationSpec`); a new kind of destination is one
 line here, with its config model beside its adapter.
+
+Pull sources (a route file's ``sources:``, engine/jobs/pull.py) are registered the same way in
+:data:`SOURCE_TYPES`: ``fhir`` (:class:`~engine.adapters.fhir_source.FhirSource`, appointment
+search on any FHIR R4 server); the EHR adapters add theirs (``epic``, ``athenahealth``).
+:func:`source_config` is the check the loader runs on each source (its type's keys, and its
+``cron`` line), :func:`build_source` builds one.
 """
 
 from __future__ import annotations
@@ -29,19 +35,25 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from engine.adapters.destination import Destination
 from engine.adapters.fhir_rest import FhirDestination, FhirRestDestination
+from engine.adapters.fhir_source import FhirSource, FhirSourceConfig
 from engine.adapters.files import FileDestination, FileDropDestination
 from engine.adapters.mllp.client import MLLPDestination, MllpDestination
+from engine.adapters.source import Source
 from engine.errors import ConfigError
 from engine.routes import loader
 from engine.routes.loader import RouteSet
-from engine.routes.spec import DestinationSpec
+from engine.routes.spec import DestinationSpec, SourceSpec
 
 __all__ = [
     "DESTINATION_TYPES",
+    "SOURCE_TYPES",
     "DestinationType",
+    "SourceType",
     "build_destination",
+    "build_source",
     "destination_config",
     "load_routes",
+    "source_config",
 ]
 
 C = TypeVar("C", bound=BaseModel)
@@ -60,6 +72,20 @@ DESTINATION_TYPES: dict[str, DestinationType[Any]] = {
     "fhir": DestinationType(FhirDestination, FhirRestDestination),
     "mllp": DestinationType(MllpDestination, MLLPDestination),
     "file": DestinationType(FileDestination, FileDropDestination),
+}
+
+
+@dataclass(frozen=True)
+class SourceType(Generic[C]):
+    """One kind of pull source: the model of its keys, and its adapter built from them."""
+
+    config: type[C]
+    build: Callable[[str, C], Source]
+
+
+#: every pull source ``type`` a route file may name
+SOURCE_TYPES: dict[str, SourceType[Any]] = {
+    "fhir": SourceType(FhirSourceConfig, FhirSource),
 }
 
 
@@ -101,11 +127,73 @@ def build_destination(name: str, spec: DestinationSpec) -> Destination:
     return kind.build(name, config)
 
 
-def load_routes(site_dir: Path | None = None, *, defaults: Path | None = None) -> RouteSet:
-    """The route files (:func:`engine.routes.loader.read_routes`) with every destination's keys
-    checked by its adapter's config model. Raises :class:`ConfigError` naming file, line and key.
+def _error(model: str, loc: tuple[str, ...], kind: str, text: str, value: Any) -> ValidationError:
+    """A one-problem ValidationError at ``loc`` (the loader names the file's line and key)."""
+    problem = PydanticCustomError(kind, text)
+    detail = InitErrorDetails(type=problem, loc=loc, input=value)
+    return ValidationError.from_exception_data(model, [detail])
+
+
+def _source_kind(spec: SourceSpec) -> SourceType[Any]:
+    kind = SOURCE_TYPES.get(spec.type)
+    if kind is None:
+        known = ", ".join(repr(t) for t in SOURCE_TYPES)
+        raise _error(
+            "SourceSpec",
+            ("type",),
+            "source_type",
+            f"source type {spec.type!r} does not match any of the expected tags: {known}",
+            spec.type,
+        )
+    return kind
+
+
+def source_config(spec: SourceSpec) -> BaseModel:
+    """A pull source's keys checked by the config model of its ``type``, and its ``cron`` line
+    read (five fields, minute to day of week). Raises pydantic's ValidationError located from
+    the source: the check :func:`load_routes` gives the routes loader."""
+    config: BaseModel = _source_kind(spec).config.model_validate(spec.settings)
+    if spec.cron is not None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(spec.cron, timezone="UTC")
+        except ValueError as exc:
+            raise _error(
+                "SourceSpec",
+                ("cron",),
+                "cron",
+                f"cron {spec.cron!r} is not a cron line (minute hour day month weekday): {exc}",
+                spec.cron,
+            ) from exc
+    return config
+
+
+def build_source(name: str, spec: SourceSpec) -> Source:
+    """The adapter for one pull source (a route file's ``sources.<name>``).
+
+    Raises :class:`~engine.errors.ConfigError` when the source cannot work: its keys are wrong,
+    or the environment variable holding its secret is not set.
     """
-    return loader.read_routes(site_dir, defaults=defaults, check_destination=destination_config)
+    try:
+        kind = _source_kind(spec)
+        config = kind.config.model_validate(spec.settings)
+    except ValidationError as exc:
+        raise ConfigError(f"source {name!r}: {_first(exc)}") from exc
+    return kind.build(name, config)
+
+
+def load_routes(site_dir: Path | None = None, *, defaults: Path | None = None) -> RouteSet:
+    """The route files (:func:`engine.routes.loader.read_routes`) with every destination's and
+    pull source's keys checked by its adapter's config model. Raises :class:`ConfigError`
+    naming file, line and key.
+    """
+    return loader.read_routes(
+        site_dir,
+        defaults=defaults,
+        check_destination=destination_config,
+        check_source=source_config,
+    )
 
 
 def _first(exc: ValidationError) -> str:

@@ -14,6 +14,10 @@ destination 'fihr' (defined: dropbox, local-fhir)``.
 Routes know no adapter, so a destination's own keys (``base_url``, ``port``, ...) are checked by
 the ``check_destination`` the caller passes: :func:`engine.adapters.registry.load_routes` passes
 the check of each destination type's adapter, and its errors name file, line and key the same way.
+
+Pull sources (``sources:``, engine/jobs/pull.py) are read the same way: shared by every file, a
+name defined in two files is an error naming both, and each source's keys are checked by the
+``check_source`` the caller passes (its type's config model, and its ``cron``).
 """
 
 from __future__ import annotations
@@ -26,14 +30,16 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from engine.errors import ConfigError
-from engine.routes.spec import DestinationSpec, Route, RouteFile
+from engine.routes.spec import DestinationSpec, Route, RouteFile, SourceSpec
 from engine.yamlfile import YamlFile, key_text, read_yaml
 
-__all__ = ["DestinationCheck", "RouteSet", "default_routes_dir", "read_routes"]
+__all__ = ["DestinationCheck", "RouteSet", "SourceCheck", "default_routes_dir", "read_routes"]
 
 #: checks one destination's adapter settings, raising pydantic's ValidationError located from the
 #: destination (``("port",)``: the destination's ``port`` key); what it returns is not kept
 DestinationCheck = Callable[[DestinationSpec], object]
+#: checks one pull source's settings the same way (``("base_url",)``: the source's key)
+SourceCheck = Callable[[SourceSpec], object]
 
 _SECRET_HINT = (
     "a secret never goes in a route file: name the environment variable that holds it, "
@@ -48,11 +54,12 @@ def default_routes_dir() -> Path:
 
 @dataclass
 class RouteSet:
-    """Every route and destination, validated; ``origin`` says which file each came from
-    (keys ``route:<name>`` and ``destination:<name>``)."""
+    """Every route, destination and pull source, validated; ``origin`` says which file each
+    came from (keys ``route:<name>``, ``destination:<name>`` and ``source:<name>``)."""
 
     routes: list[Route] = field(default_factory=list)
     destinations: dict[str, DestinationSpec] = field(default_factory=dict)
+    sources: dict[str, SourceSpec] = field(default_factory=dict)
     origin: dict[str, str] = field(default_factory=dict)
 
     def route(self, name: str) -> Route:
@@ -78,8 +85,11 @@ def _files(defaults: Path, site_dir: Path | None) -> list[tuple[str, Path]]:
     return list(chosen.values())
 
 
-def _read(path: Path, where: str, check: DestinationCheck | None) -> tuple[YamlFile, RouteFile]:
-    """One route file, validated (its destinations by ``check`` too)."""
+def _read(
+    path: Path, where: str, check: DestinationCheck | None, check_source: SourceCheck | None = None
+) -> tuple[YamlFile, RouteFile]:
+    """One route file, validated (its destinations by ``check``, its sources by
+    ``check_source``)."""
     doc = read_yaml(path, where)
     spec = doc.validate(RouteFile, secret_hint=_SECRET_HINT)
     if check is not None:
@@ -88,6 +98,13 @@ def _read(path: Path, where: str, check: DestinationCheck | None) -> tuple[YamlF
                 check(dest)
             except ValidationError as exc:
                 at = ("destinations", name)
+                raise doc.validation_error(exc, at=at, secret_hint=_SECRET_HINT) from exc
+    if check_source is not None:
+        for name, source in spec.sources.items():
+            try:
+                check_source(source)
+            except ValidationError as exc:
+                at = ("sources", name)
                 raise doc.validation_error(exc, at=at, secret_hint=_SECRET_HINT) from exc
     if doc.duplicates:
         key, line = doc.duplicates[0]
@@ -100,19 +117,27 @@ def read_routes(
     *,
     defaults: Path | None = None,
     check_destination: DestinationCheck | None = None,
+    check_source: SourceCheck | None = None,
 ) -> RouteSet:
     """Read the built-in route files, then the site directory over them.
 
     ``check_destination`` checks each destination's adapter settings (None: only what every
     destination has, ``type`` and ``retry``: the routes alone, as the router's tests want them).
     The engine reads routes through :func:`engine.adapters.registry.load_routes`, which passes
-    the adapters' check; this core package cannot know the adapters. Raises
+    the adapters' check (and ``check_source``, the pull sources' check); this core package
+    cannot know the adapters. Raises
     :class:`ConfigError` naming the file, line and key of the first problem.
     """
     out = RouteSet()
     pending: list[tuple[YamlFile, int, Route]] = []  # the file, index in it, route
     for where, path in _files(defaults or default_routes_dir(), site_dir):
-        doc, spec = _read(path, where, check_destination)
+        doc, spec = _read(path, where, check_destination, check_source)
+        for name, source in spec.sources.items():
+            seen = out.origin.get(f"source:{name}")
+            if seen is not None:
+                raise doc.error(("sources", name), f"source {name!r} is already defined in {seen}")
+            out.sources[name] = source
+            out.origin[f"source:{name}"] = where
         for name, dest in spec.destinations.items():
             seen = out.origin.get(f"destination:{name}")
             if seen is not None:

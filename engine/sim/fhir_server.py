@@ -8,7 +8,9 @@ Enough of the RESTful API (https://hl7.org/fhir/R4/http.html) for the bundles th
 * ``PUT {base}/{type}?identifier=system|value``: conditional update (http.html#cond-update):
   no match creates (201), one match updates (200), several answer 412;
 * ``PUT {base}/{type}/{id}`` update or create; ``POST {base}/{type}`` create;
-* ``GET {base}/{type}/{id}`` read; ``GET {base}/{type}?identifier=...`` search (a searchset).
+* ``GET {base}/{type}/{id}`` read; ``GET {base}/{type}?identifier=...`` search (a searchset),
+  also by ``date`` (an Appointment's start, by day), ``patient``/``beneficiary`` and ``status``,
+  paged by ``_count`` with a ``next`` link (http.html#search, search.html#prefix);
 
 Test switches (not FHIR): ``POST {base}/$fail`` with ``{"status": 503, "count": N}`` makes the
 next N requests answer that status (optionally after ``"delay_s"``, with a ``"retry_after"``);
@@ -20,8 +22,8 @@ idempotency keys only; ``POST {base}/$reset`` forgets everything.
 A write carrying an ``Idempotency-Key`` header (IETF draft-ietf-httpapi-idempotency-key-header)
 is applied once: the same key again gets the first 2xx answer replayed, logged with ``replayed``.
 
-Incomplete: no search parameters but ``identifier``; no history, versioned reads, If-Match,
-PATCH or batch Bundles; no validation beyond ``resourceType``.
+Incomplete: no search parameters but those above, no ``_include``; no history, versioned reads,
+If-Match, PATCH or batch Bundles; no validation beyond ``resourceType``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 import orjson
 import uvicorn
@@ -192,6 +194,54 @@ def _rewrite(node: Any, resolved: dict[str, str]) -> Any:
     if isinstance(node, list):
         return [_rewrite(v, resolved) for v in node]
     return node
+
+
+#: the date search prefixes the stub knows (https://hl7.org/fhir/R4/search.html#prefix)
+_DATE_TESTS: dict[str, Callable[[str, str], bool]] = {
+    "eq": lambda have, want: have == want,
+    "ge": lambda have, want: have >= want,
+    "le": lambda have, want: have <= want,
+    "gt": lambda have, want: have > want,
+    "lt": lambda have, want: have < want,
+}
+
+#: reference search parameters: (resource type, parameter) -> the element holding the reference
+_REFERENCES: dict[tuple[str, str], Callable[[dict[str, Any]], list[str]]] = {
+    ("Coverage", "patient"): lambda r: [(r.get("beneficiary") or {}).get("reference", "")],
+    ("Coverage", "beneficiary"): lambda r: [(r.get("beneficiary") or {}).get("reference", "")],
+    ("Appointment", "patient"): lambda r: [
+        (p.get("actor") or {}).get("reference", "") for p in r.get("participant") or []
+    ],
+}
+
+
+def _matches(resource: dict[str, Any], params: dict[str, list[str]], state: StubFhirState) -> bool:
+    """Whether a resource passes every search parameter the stub knows: ``identifier``,
+    ``date`` (an Appointment's ``start``, compared by day, with the prefixes eq, ge, le, gt,
+    lt), ``patient`` and ``beneficiary`` (a Coverage's beneficiary, an Appointment's
+    participant; ``Patient/1`` or ``1``) and ``status``. Others (``_count``, ``_include``...)
+    do not filter. Lock held."""
+    rtype = resource.get("resourceType", "")
+    for name, values in params.items():
+        for value in values:
+            if name == "identifier":
+                if resource.get("id") not in state._find(rtype, value):
+                    return False
+            elif name == "date":
+                prefix, day = (value[:2], value[2:]) if value[:2].isalpha() else ("eq", value)
+                test = _DATE_TESTS.get(prefix)
+                if test is None or len(day) < 10:
+                    raise _Problem(400, "invalid", f"date search {value!r} is not understood")
+                if not test(str(resource.get("start", ""))[:10], day[:10]):
+                    return False
+            elif name == "status":
+                if resource.get("status") not in value.split(","):
+                    return False
+            elif (rtype, name) in _REFERENCES:
+                want = value if "/" in value else f"Patient/{value}"
+                if want not in _REFERENCES[(rtype, name)](resource):
+                    return False
+    return True
 
 
 class _Stub:
@@ -461,7 +511,7 @@ class _Stub:
         if refused is not None:
             return refused
         if method == "GET":
-            return self._search(rtype, request.url.query)
+            return self._search(rtype, request)
         url = rtype + (f"?{request.url.query}" if request.url.query else "")
         return await self._write(request, method, url)
 
@@ -478,20 +528,47 @@ class _Stub:
             return _json(found)
         return await self._write(request, method, f"{rtype}/{rid}")
 
-    def _search(self, rtype: str, query: str) -> Response:
-        token = _identifier_of(query)
+    def _search(self, rtype: str, request: Request) -> Response:
+        """A searchset of the matches, a page of ``_count`` at a time (``_offset`` names the
+        page; ``link`` ``next`` points at the following one while there is one)."""
+        params = parse_qs(request.url.query, keep_blank_values=True)
+        try:
+            count = int(params.get("_count", ["100"])[0])
+            offset = int(params.get("_offset", ["0"])[0])
+        except ValueError:
+            return _outcome(400, "invalid", "_count and _offset are numbers")
+        if count < 1 or offset < 0:
+            return _outcome(400, "invalid", "_count must be positive and _offset not negative")
         with self.state.lock:
-            if token is None:
-                found = list(self.state.resources.get(rtype, {}))
-            else:
-                found = self.state._find(rtype, token)
-            matches = [self.state.resources[rtype][rid] for rid in found]
+            try:
+                matches = [
+                    r
+                    for r in self.state.resources.get(rtype, {}).values()
+                    if _matches(r, params, self.state)
+                ]
+            except _Problem as exc:
+                return _outcome(exc.status, exc.code, exc.text)
+        page = matches[offset : offset + count]
+        url = f"{request.url.scheme}://{request.url.netloc}{request.url.path}"
+        kept = [(k, v) for k, vs in params.items() if k != "_offset" for v in vs]
+        links = [{"relation": "self", "url": f"{url}?{urlencode(kept)}"}]
+        if offset + count < len(matches):
+            following = urlencode([*kept, ("_offset", str(offset + count))])
+            links.append({"relation": "next", "url": f"{url}?{following}"})
         return _json(
             {
                 "resourceType": "Bundle",
                 "type": "searchset",
                 "total": len(matches),
-                "entry": [{"resource": r, "search": {"mode": "match"}} for r in matches],
+                "link": links,
+                "entry": [
+                    {
+                        "fullUrl": f"{url.rsplit('/', 1)[0]}/{rtype}/{r['id']}",
+                        "resource": r,
+                        "search": {"mode": "match"},
+                    }
+                    for r in page
+                ],
             }
         )
 
