@@ -10,7 +10,7 @@ eligibility   eligibility checks (X12 270/271)
 nodes         the worker processes' heartbeats, takeover of dead ones' claims, singleton job runs
 search        the operator's message list: filters, keyset paging, failing destinations
 documents     documents' metadata and bytes (content-addressed), stored before they are accepted
-operator      an operator's replay of a message and resend of its deliveries
+operator      an operator's replay of a message, resend of its deliveries, match of a document
 audit         who replayed, resent or viewed a payload, and when
 repository    SqlMessageStore: the parts combined on one database
 """
@@ -22,10 +22,13 @@ from engine.store.index import IndexedResource
 from engine.store.messages import Incoming, Processed, Stored
 from engine.store.operator import ActionRefused, Replayed, UnknownDestination, Who
 from engine.store.repository import SqlMessageStore
-from engine.store.search import MESSAGE_STATES, MessageQuery
+from engine.store.search import MESSAGE_STATES, DocumentQuery, MessageQuery
 from engine.store.views import (
     AuditEntry,
     DeliveryView,
+    DocumentLine,
+    DocumentMatched,
+    DocumentView,
     MessageLine,
     MessageSummary,
     MessageView,
@@ -38,6 +41,10 @@ __all__ = [
     "AuditEntry",
     "DeliveryView",
     "DestinationBacklog",
+    "DocumentLine",
+    "DocumentMatched",
+    "DocumentQuery",
+    "DocumentView",
     "DueDelivery",
     "IndexedResource",
     "Incoming",

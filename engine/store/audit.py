@@ -18,7 +18,17 @@ from engine.store.views import AuditEntry
 __all__ = ["ACTIONS", "Audit", "OUTCOMES", "audit"]
 
 #: what an operator can do to a message that the trail records
-ACTIONS = frozenset({"replay", "resend", "view-payload"})
+ACTIONS = frozenset(
+    {
+        "replay",
+        "resend",
+        "view-payload",
+        # documents (issue 12): their metadata names a patient, so lists and views are recorded
+        "match-document",
+        "view-document",
+        "list-documents",
+    }
+)
 OUTCOMES = frozenset({"ok", "refused", "error"})
 
 _WIDTHS = {c.name: getattr(c.type, "length", None) for c in audit_log.columns}

@@ -20,25 +20,44 @@ behind what that destination already has for the patient. A message that was ``d
 resend of a destination is still queued, resending it again makes nothing (and says so), as does
 a resend when nothing failed: repeating a resend never multiplies copies.
 
-Each replay and resend is recorded in the audit trail (engine/store/audit.py) in the transaction
-that makes it; a refused one (unknown destination, a message still being processed or already
-replayed) is recorded as refused.
+**Match** (documents, issue 12) places a document whose patient a destination did not know
+(its deliveries there ``needs-patient``): the ``documents`` row takes the patient the operator
+names, and the document's message is replayed with the new metadata: a new message of kind
+``document`` whose raw is the updated :class:`~engine.documents.model.DocumentInfo`, ``replay_of``
+the old one, which becomes ``replayed``; the waiting deliveries become ``resent``. The copy goes
+through routing and mapping again (the new MRN in the DocumentReference or MDM), and, as for any
+replay (channel ``replay``), not to the destinations that already had the document. The document
+row then points at the copy, so a second match or a resend acts on the live message.
+
+Each replay, resend and match is recorded in the audit trail (engine/store/audit.py) in the
+transaction that makes it; a refused one (unknown destination, a message still being processed
+or already replayed) is recorded as refused. Lists and views of documents are recorded too: their
+metadata names a patient.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
+from engine.documents.model import DocumentInfo
 from engine.errors import EngineError
 from engine.store.audit import audit
+from engine.store.clean import clean
 from engine.store.db import Repository, utcnow
 from engine.store.deliveries import NewDelivery, lock_queues, queue_deliveries
-from engine.store.tables import deliveries, messages
-from engine.store.views import ResendOutcome
+from engine.store.search import DocumentQuery, document_lines, document_view
+from engine.store.tables import deliveries, documents, messages
+from engine.store.views import (
+    DocumentLine,
+    DocumentMatched,
+    DocumentView,
+    ResendOutcome,
+)
 
 __all__ = ["ActionRefused", "Operator", "Replayed", "UnknownDestination", "Who"]
 
@@ -137,8 +156,200 @@ def _refuse_replayed(conn: Connection, message_id: int, state: str) -> None:
     )
 
 
-class Operator(Repository):
-    """Replaying messages and resending deliveries, each recorded in the audit trail."""
+#: an MRN or assigning authority as a patient identifier may hold it: printable, none of the
+#: HL7 v2 delimiters (it goes into PID-3 of an MDM) nor ``|`` (the patient key's separator)
+_IDENTIFIER = re.compile(r"[^\x00-\x1f\x7f-\x9f|^~\\&]{1,64}")
+_DOCUMENT_ROW = select(documents.c.id, documents.c.message_id).where(
+    documents.c.id == bindparam("did")
+)
+_WAITING_STATES = ("needs-patient",)
+
+
+class DocumentActions(Repository):
+    """Matching a document to its patient, resending it, listing and showing documents; each
+    recorded in the audit trail (mixed into the :class:`Operator`)."""
+
+    def match_document(
+        self, document_id: int, mrn: str, authority: str | None = None, *, who: Who
+    ) -> DocumentMatched:
+        """Record ``mrn`` (and ``authority``; the document's own when None) as the document's
+        patient and replay its message with the new metadata (the module docstring says how).
+        KeyError for an unknown document; :class:`ActionRefused` for an identifier that cannot
+        be one, the patient it already has, a message not processed yet or already replayed,
+        a delivery still under way, or nothing waiting for its patient."""
+        mid: int | None = None
+        try:
+            if not _IDENTIFIER.fullmatch(mrn) or (
+                authority and not _IDENTIFIER.fullmatch(authority)
+            ):
+                raise ActionRefused(
+                    "an MRN (and its authority) must be 1 to 64 printable characters, "
+                    "without | ^ ~ \\ &"
+                )
+            with self._tx() as conn:
+                doc = conn.execute(
+                    _DOCUMENT_ROW.with_for_update(), {"did": document_id}
+                ).one_or_none()
+                if doc is None:
+                    raise KeyError(document_id)
+                mid = doc.message_id
+                done = self._match(conn, document_id, mid, mrn, authority)
+                audit(
+                    conn,
+                    action="match-document",
+                    **_who(who),
+                    message_id=done.message_id,
+                    outcome="ok",
+                    detail=(
+                        f"document {document_id}: message {done.replay_of} replayed as "
+                        f"{done.message_id} for another patient; waiting at "
+                        f"{', '.join(done.resent)} (resent)"
+                    ),
+                )
+        except (KeyError, ActionRefused) as exc:
+            self._document_refused("match-document", who, document_id, mid, exc)
+            raise
+        return done
+
+    def _match(
+        self,
+        conn: Connection,
+        document_id: int,
+        mid: int | None,
+        mrn: str,
+        authority: str | None,
+    ) -> DocumentMatched:
+        """The match, in the caller's transaction (the document's row locked)."""
+        if mid is None:
+            raise ActionRefused(f"document {document_id} has no message any more (purged)")
+        message = _lock_message(conn, mid)
+        if message is None:
+            raise ActionRefused(f"document {document_id} has no message any more (purged)")
+        if message.state in _UNFINISHED:
+            raise ActionRefused(
+                f"document {document_id}: its message {mid} has not been processed yet "
+                f"(state {message.state})"
+            )
+        _refuse_replayed(conn, mid, message.state)
+        rows = conn.execute(_DELIVERY_COLUMNS.order_by(deliveries.c.id), {"mid": mid}).all()
+        current = [r for r in rows if r.state != "resent"]
+        queued = sorted({r.destination for r in current if r.state in _QUEUED})
+        if queued:
+            raise ActionRefused(
+                f"document {document_id} is still being delivered to {', '.join(queued)}: "
+                "match it once that settles"
+            )
+        waiting = [r for r in current if r.state in _WAITING_STATES]
+        if not waiting:
+            raise ActionRefused(
+                f"document {document_id}: nothing waits for its patient "
+                f"(message {mid} is {message.state})"
+            )
+        info = DocumentInfo.from_json(bytes(message.raw))
+        new_authority = info.patient_authority if authority is None else authority
+        if (mrn, new_authority) == (info.patient_mrn, info.patient_authority):
+            raise ActionRefused(
+                f"document {document_id} is already for that patient: resend it instead "
+                "(once the destination knows the patient)"
+            )
+        matched = replace(info, patient_mrn=mrn, patient_authority=new_authority)
+        raw = matched.to_json()
+        now = utcnow()
+        copy = {c: getattr(message, c) for c in _COPIED}
+        copy.update(raw=raw, size=len(raw), patient_key=clean(matched.patient_key, 255))
+        new_id = int(
+            conn.execute(
+                insert(messages)
+                .values(
+                    **copy,
+                    received_at=now,
+                    channel="replay",  # engine/store/messages.py skips who had it
+                    replay_of=mid,
+                    dedupe_key=None,
+                    state="received",
+                    updated_at=now,
+                )
+                .returning(messages.c.id)
+            ).scalar_one()
+        )
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id.in_([r.id for r in waiting]))
+            .where(deliveries.c.state.in_(_WAITING_STATES))
+            .values(state="resent", claimed_until=None)
+        )
+        conn.execute(
+            update(messages)
+            .where(messages.c.id == mid)
+            .values(
+                state="replayed",
+                reason=f"matched to another patient: replayed as message {new_id} "
+                f"(was {message.state})",
+                updated_at=now,
+            )
+        )
+        conn.execute(
+            update(documents)
+            .where(documents.c.id == document_id)
+            .values(
+                patient_mrn=mrn,
+                patient_authority=new_authority,
+                message_id=new_id,
+                updated_at=now,
+            )
+        )
+        dests = tuple(sorted({r.destination for r in waiting}))
+        return DocumentMatched(document_id, new_id, mid, dests)
+
+    def list_documents(self, query: DocumentQuery, who: Who) -> list[DocumentLine]:
+        """The documents that match, newest first; the list is recorded in the audit trail
+        (which filters, how many; never the MRN asked for)."""
+        with self._tx() as conn:
+            lines = document_lines(conn, query)
+            audit(
+                conn,
+                action="list-documents",
+                **_who(who),
+                message_id=None,
+                outcome="ok",
+                detail=f"{len(lines)} shown; {query.describe()}",
+            )
+        return lines
+
+    def show_document(self, document_id: int, who: Who) -> DocumentView | None:
+        """One document's metadata and deliveries, or None; the view is audited (``refused``
+        when there is no such document)."""
+        with self._tx() as conn:
+            view = document_view(conn, document_id)
+            audit(
+                conn,
+                action="view-document",
+                **_who(who),
+                message_id=view.message_id if view is not None else None,
+                outcome="ok" if view is not None else "refused",
+                detail=f"document {document_id}" if view else f"no document {document_id}",
+            )
+        return view
+
+    def _document_refused(
+        self, action: str, who: Who, document_id: int, message_id: int | None, exc: Exception
+    ) -> None:
+        """Record a refused document action (its own transaction: the action's rolled back)."""
+        reason = f"no document {document_id}" if isinstance(exc, KeyError) else str(exc)
+        with self._tx() as conn:
+            audit(
+                conn,
+                action=action,
+                **_who(who),
+                message_id=message_id,
+                outcome="refused",
+                detail=reason,
+            )
+
+
+class Operator(DocumentActions):
+    """Replaying messages and resending deliveries, each recorded in the audit trail; and the
+    document actions (:class:`DocumentActions`)."""
 
     def replay_message(self, message_id: int, who: Who, *, everywhere: bool = False) -> Replayed:
         """Receive a stored message again as a new message and settle the original as
@@ -264,6 +475,19 @@ class Operator(Repository):
             .order_by(deliveries.c.id)
         ).all()
         return ResendOutcome(message_id, tuple((d, int(i), int(o)) for d, i, o in made))
+
+    def resend_document(
+        self, document_id: int, who: Who, destination: str | None = None
+    ) -> ResendOutcome:
+        """Resend the deliveries of the document's message that failed or wait for the patient
+        (or its delivery to ``destination``): :meth:`resend`. KeyError for an unknown
+        document (or one whose message is gone)."""
+        with self.db_engine.connect() as conn:
+            doc = conn.execute(_DOCUMENT_ROW, {"did": document_id}).one_or_none()
+        if doc is None or doc.message_id is None:
+            self._document_refused("resend", who, document_id, None, KeyError(document_id))
+            raise KeyError(document_id)
+        return self.resend(int(doc.message_id), who, destination)
 
     _RAW = select(messages.c.raw).where(messages.c.id == bindparam("mid"))
 

@@ -33,10 +33,18 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Select, and_, bindparam, or_, select
 
 from engine.store.db import Repository, aware
-from engine.store.tables import deliveries, messages
-from engine.store.views import MessageLine
+from engine.store.deliveries import deliveries_of
+from engine.store.tables import deliveries, documents, messages
+from engine.store.views import DocumentLine, DocumentView, MessageLine
 
-__all__ = ["MESSAGE_STATES", "MessageQuery", "MessageSearch"]
+__all__ = [
+    "MESSAGE_STATES",
+    "DocumentQuery",
+    "MessageQuery",
+    "MessageSearch",
+    "document_lines",
+    "document_view",
+]
 
 #: every state a message can be in (tables.py draws them)
 MESSAGE_STATES = (
@@ -237,3 +245,126 @@ class MessageSearch(Repository):
             rows = conn.execute(statement).all()
             failing = _failing(conn, [r.id for r in rows])
         return [_line(r, failing.get(r.id, [])) for r in rows]
+
+
+# -- documents --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DocumentQuery:
+    """What documents to list; the fields combine with AND. ``state`` is the state of the
+    document's message (``needs-patient``: a destination does not know the patient)."""
+
+    state: str | None = None
+    #: the patient: ``AUTHORITY|MRN``, or a bare MRN of any authority
+    mrn: str | None = None
+    document_type: str | None = None
+    #: keyset paging: only documents with a smaller id
+    before: int | None = None
+    limit: int = 50
+
+    def __post_init__(self) -> None:
+        if self.state is not None:
+            object.__setattr__(self, "state", self.state.lower())
+            if self.state not in MESSAGE_STATES:
+                raise ValueError(
+                    f"unknown state {self.state!r} (states: {', '.join(MESSAGE_STATES)})"
+                )
+
+    def describe(self) -> str:
+        """The filters used, for the audit trail: names and states, never the MRN's value."""
+        parts = [f"state {self.state}"] if self.state else []
+        parts += [f"type {self.document_type}"] if self.document_type else []
+        parts += ["one patient"] if self.mrn else []
+        return ", ".join(parts) or "no filter"
+
+
+_DOCUMENT_LINE = select(
+    documents.c.id,
+    documents.c.received_at,
+    documents.c.document_type,
+    documents.c.media_type,
+    documents.c.size,
+    documents.c.sender,
+    documents.c.channel,
+    documents.c.message_id,
+    messages.c.state,
+).select_from(documents.outerjoin(messages, messages.c.id == documents.c.message_id))
+_DOCUMENT_VIEW = _DOCUMENT_LINE.add_columns(
+    documents.c.sha256,
+    documents.c.patient_mrn,
+    documents.c.patient_authority,
+    documents.c.document_date,
+    documents.c.practice,
+    documents.c.department,
+    documents.c.appointment,
+    documents.c.encounter,
+    documents.c.author,
+    documents.c.title,
+    documents.c.file_name,
+    documents.c.unique_number,
+).where(documents.c.id == bindparam("did"))
+_WAITING = (
+    select(deliveries.c.message_id, deliveries.c.destination)
+    .where(
+        deliveries.c.message_id.in_(bindparam("ids", expanding=True)),
+        deliveries.c.state == "needs-patient",
+    )
+    .order_by(deliveries.c.id)
+)
+
+
+def _document_where(q: DocumentQuery) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if q.state:
+        conditions.append(messages.c.state == q.state)
+    if q.document_type:
+        conditions.append(documents.c.document_type == q.document_type)
+    if q.mrn:
+        authority, sep, mrn = q.mrn.rpartition("|")
+        conditions.append(documents.c.patient_mrn == mrn)
+        if sep:
+            conditions.append(documents.c.patient_authority == authority)
+    if q.before is not None:
+        conditions.append(documents.c.id < q.before)
+    return conditions
+
+
+def _waiting(conn: Connection, message_ids: Sequence[int]) -> dict[int, tuple[str, ...]]:
+    """Per message: the destinations whose delivery waits for the patient."""
+    out: dict[int, list[str]] = {}
+    if message_ids:
+        for r in conn.execute(_WAITING, {"ids": list(message_ids)}):
+            out.setdefault(r.message_id, []).append(r.destination)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _document_fields(row: Any, waiting: dict[int, tuple[str, ...]]) -> dict[str, Any]:
+    data = dict(row._asdict())
+    data["received_at"] = aware(data["received_at"])
+    data["size"] = int(data["size"])
+    data["waiting"] = waiting.get(row.message_id, ()) if row.message_id is not None else ()
+    return data
+
+
+def document_lines(conn: Connection, query: DocumentQuery) -> list[DocumentLine]:
+    """The documents that match, newest first, at most ``query.limit``."""
+    statement = (
+        _DOCUMENT_LINE.where(*_document_where(query))
+        .order_by(documents.c.id.desc())
+        .limit(query.limit)
+    )
+    rows = conn.execute(statement).all()
+    waiting = _waiting(conn, [r.message_id for r in rows if r.message_id is not None])
+    return [DocumentLine(**_document_fields(r, waiting)) for r in rows]
+
+
+def document_view(conn: Connection, document_id: int) -> DocumentView | None:
+    """One document's metadata and its message's deliveries, or None."""
+    row = conn.execute(_DOCUMENT_VIEW, {"did": document_id}).one_or_none()
+    if row is None:
+        return None
+    mid = row.message_id
+    waiting = _waiting(conn, [mid] if mid is not None else [])
+    shown = deliveries_of(conn, mid) if mid is not None else ()
+    return DocumentView(**_document_fields(row, waiting), deliveries=shown)

@@ -3,7 +3,8 @@
 The store returns these, the API's ports name them and the API serialises them as they are (FastAPI
 turns a dataclass into JSON field by field), as does the CLI: nothing copies them into another
 type. They carry metadata only — ids, control IDs, types, states, destinations — never a payload,
-so nothing listed or shown can leak a message's content.
+so nothing listed or shown can leak a message's content. A document's view names its patient
+(the operator matches documents to patients): the store audits each list and show of documents.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from datetime import datetime
 __all__ = [
     "AuditEntry",
     "DeliveryView",
+    "DocumentLine",
+    "DocumentMatched",
+    "DocumentView",
     "MessageLine",
     "MessageSummary",
     "MessageView",
@@ -108,3 +112,53 @@ class AuditEntry:
     detail: str | None
     #: the caller's address (API), or None (CLI)
     peer: str | None = None
+
+
+@dataclass(frozen=True)
+class DocumentLine:
+    """A stored document as one line of the document list: what it is, who sent it, and where
+    its message stands (no patient: ``show`` names it, audited as each list is)."""
+
+    id: int
+    received_at: datetime
+    document_type: str
+    media_type: str
+    size: int
+    sender: str
+    channel: str
+    #: the message that routes it now (after a match, the replay's), None once purged
+    message_id: int | None
+    #: that message's state (``needs-patient`` when a destination does not know the patient)
+    state: str | None
+    #: the destinations whose delivery waits for the patient (``needs-patient``)
+    waiting: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DocumentView(DocumentLine):
+    """One document's metadata, its SHA-256 and its message's deliveries (never its bytes)."""
+
+    sha256: str = ""
+    patient_mrn: str = ""
+    patient_authority: str = ""
+    document_date: str = ""
+    practice: str | None = None
+    department: str | None = None
+    appointment: str | None = None
+    encounter: str | None = None
+    author: str | None = None
+    title: str | None = None
+    file_name: str | None = None
+    unique_number: str | None = None
+    deliveries: tuple[DeliveryView, ...] = ()
+
+
+@dataclass(frozen=True)
+class DocumentMatched:
+    """What matching a document to a patient did: the new message that carries it (a replay of
+    the old one) and the destinations whose waiting deliveries it replaces."""
+
+    document_id: int
+    message_id: int
+    replay_of: int
+    resent: tuple[str, ...]
