@@ -140,6 +140,37 @@ class Settings(BaseSettings):
     #: ``<this>/.well-known/jwks.json``, the ``jku`` of its client assertions. Read by engine/keys.
     public_base_url: str | None = None
 
+    #: documents (engine/documents): the largest document taken, in bytes (a larger one is refused
+    #: one byte past the limit, its first 4 KiB kept); the watched folder scanners and fax servers
+    #: drop into (default ``var_dir/inbox``; a relative path is the home's; empty: no folder);
+    #: the pattern a dropped file's name tells who and what by when it has no sidecar (named
+    #: groups ``mrn``, ``type``, ``date`` YYYYMMDD or YYYY-MM-DD; type and date optional). Read
+    #: by the receiver (POST /documents, the watched folder in engine/documents/folder.py).
+    max_document_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    documents_inbox: str | None = None
+    documents_name_pattern: str = r"^(?P<mrn>[A-Za-z0-9]+)_(?P<type>[a-z0-9-]+)_(?P<date>\d{8})"
+
+    @field_validator("documents_name_pattern")
+    @classmethod
+    def _name_pattern(cls, value: str) -> str:
+        try:
+            groups = re.compile(value).groupindex
+        except re.error as exc:
+            raise ValueError(f"is not a regular expression ({exc})") from None
+        if "mrn" not in groups:
+            raise ValueError("needs a named group mrn: (?P<mrn>...)")
+        return value
+
+    def resolved_documents_inbox(self) -> Path | None:
+        """The watched folder (absolute): ``var_dir/inbox`` unless set; None when set empty."""
+        if self.documents_inbox is None:
+            return self.var_dir / "inbox"
+        value = self.documents_inbox.strip()
+        if not value:
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.home / path
+
     @field_validator("home")
     @classmethod
     def _home_is_a_folder(cls, value: Path) -> Path:

@@ -56,11 +56,13 @@ _MAGIC_BYTES = 16
 
 
 class DocumentRefused(EngineError):
-    """A document the intake will not take, and why (``kind`` picks the HTTP status)."""
+    """A document the intake will not take, and why (``kind`` picks the HTTP status);
+    ``message_id`` is the refusal's record once the intake stored it."""
 
     def __init__(self, message: str, *, kind: RefusalKind) -> None:
         super().__init__(message)
         self.kind: RefusalKind = kind
+        self.message_id: int | None = None
 
 
 def _other(head: bytes) -> str:
