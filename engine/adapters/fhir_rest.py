@@ -20,6 +20,10 @@ permanent, its detail the status and the OperationOutcome's first ``issue.code``
 diagnostics, which may quote the data). A 401 fetches a new token (oauth2 or smart-backend)
 and tries once more.
 
+Documents (payload kind ``document``) go through :mod:`engine.adapters.fhir_documents`: the
+patient matched by MRN, then a DocumentReference created inline or after a Binary, as the
+server's CapabilityStatement (or the route's ``document_mode``) says.
+
 Authentication: none; a bearer token read from the environment variable ``token_env`` names;
 the OAuth 2.0 client credentials grant (RFC 6749 section 4.4) with the secret from
 ``client_secret_env``, the token cached until shortly before ``expires_in`` runs out; or SMART
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, Protocol
@@ -48,7 +53,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from engine.adapters.auth import BearerAuth, OAuth2Auth, SmartBackendAuth
 from engine.adapters.auth import NoAuth as NoAuthConfig
 from engine.adapters.destination import DeliveryResult, Payload
-from engine.adapters.oauth2 import ClientCredentials, TokenError, retry_after
+from engine.adapters.fhir_documents import Body, DocumentMode, DocumentWriter
+from engine.adapters.fhir_http import classify
+from engine.adapters.oauth2 import ClientCredentials, TokenError
 from engine.adapters.smart import SmartBackend
 from engine.errors import ConfigError
 from engine.settings import Settings
@@ -93,6 +100,12 @@ class FhirDestination(BaseModel):
     auth: FhirAuth = Field(default_factory=NoAuthConfig)
     timeout_s: float = Field(default=30.0, gt=0)
     verify_tls: bool = True
+    #: documents: ``auto`` (Binary first when the CapabilityStatement lists Binary create, else
+    #: inline), ``inline`` (attachment.data) or ``binary``
+    document_mode: DocumentMode = "auto"
+    #: documents: the identifier system of the server's MRNs (``Patient?identifier=system|mrn``);
+    #: unset, the mapped DocumentReference's subject.identifier.system, else the MRN alone
+    mrn_system: str | None = Field(default=None, min_length=1, max_length=300)
 
     @field_validator("base_url")
     @classmethod
@@ -222,29 +235,7 @@ def auth_provider(
 # -- classifying answers -------------------------------------------------------------------------
 
 
-def _issue_code(resp: httpx.Response) -> str:
-    """The first OperationOutcome ``issue.code`` (a FHIR code, PHI-free), or ``""``."""
-    if "json" not in resp.headers.get("content-type", ""):
-        return ""
-    try:
-        body = orjson.loads(resp.content)
-        code = body["issue"][0]["code"] if body.get("resourceType") == "OperationOutcome" else ""
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
-        return ""
-    return code if isinstance(code, str) and code.isascii() and len(code) < 40 else ""
-
-
-def _classify(resp: httpx.Response, what: str) -> DeliveryResult:
-    status = resp.status_code
-    detail = f"fhir: {what} -> {status}"
-    if 200 <= status < 300:
-        return DeliveryResult.success(detail)
-    issue = _issue_code(resp)
-    if issue:
-        detail += f" (OperationOutcome: {issue})"
-    if status in (408, 429) or status >= 500:
-        return DeliveryResult.retry(detail, after_s=retry_after(resp))
-    return DeliveryResult.fail(detail)
+_classify = classify  # the shared rules (engine/adapters/fhir_http.py)
 
 
 # -- conditional mode helpers --------------------------------------------------------------------
@@ -335,20 +326,26 @@ class FhirRestDestination:
         transport: httpx.AsyncBaseTransport | None = None,
         environ: Mapping[str, str] | None = None,
         settings: Settings | None = None,
+        verify: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
         self.config = config
         env = os.environ if environ is None else environ
         self.auth = auth_provider(config, name, env, settings)
         self._transport = transport
+        self._verify: ssl.SSLContext | bool = config.verify_tls if verify is None else verify
         self._client: httpx.AsyncClient | None = None
+        #: documents: patient cache, the server's mode (engine/adapters/fhir_documents.py)
+        self.documents = DocumentWriter(
+            self._send, mrn_system=config.mrn_system, mode=config.document_mode
+        )
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(
                 base_url=self.config.base_url + "/",
                 timeout=self.config.timeout_s,
-                verify=self.config.verify_tls,
+                verify=self._verify,
                 transport=self._transport,
                 headers={"Accept": _FHIR_JSON, "User-Agent": "hl7-engine"},
             )
@@ -360,10 +357,12 @@ class FhirRestDestination:
             self._client = None
 
     async def deliver(self, payload: Payload) -> DeliveryResult:
-        if payload.kind != "fhir-bundle":
+        if payload.kind not in ("fhir-bundle", "document"):
             return DeliveryResult.fail(f"fhir: cannot deliver a {payload.kind} payload")
         try:
-            if self.config.mode == "transaction":
+            if payload.kind == "document":
+                result = await self.documents.write(payload)
+            elif self.config.mode == "transaction":
                 result = await self._transaction(payload)
             else:
                 result = await self._conditional(payload)
@@ -380,7 +379,7 @@ class FhirRestDestination:
         method: str,
         url: str,
         payload: Payload,
-        body: bytes | None,
+        body: Body | None,
         headers: Mapping[str, str] | None = None,
         *,
         part: str = "",
@@ -393,13 +392,14 @@ class FhirRestDestination:
         client = self._http()
         key = payload.idempotency_key + (f"/{part}" if part else "")
         h = {"X-Correlation-Id": key, "Idempotency-Key": key, **(headers or {})}
-        if body is not None:
+        if body is not None and "Content-Type" not in h:
             h["Content-Type"] = payload.content_type or _FHIR_JSON
         for attempt in (1, 2):
             authorization = await self.auth.authorization(client)
             if authorization:
                 h["Authorization"] = authorization
-            resp = await client.request(method, url, content=body, headers=h)
+            content = body() if callable(body) else body  # a stream starts again on a retry
+            resp = await client.request(method, url, content=content, headers=h)
             if resp.status_code != 401 or attempt == 2 or not self.auth.invalidate():
                 return resp
             log.info("fhir 401: fetching a new token", extra={"destination": self.name})
