@@ -348,7 +348,8 @@ class _Athena:
             window = st._window(st._token_times, client, 60.0)
             if len(window) >= st.token_limit_per_minute:
                 st.token_limited += 1
-                wait = max(1, math.ceil(60.0 - (time.monotonic() - window[0])))
+                oldest = window[0] if window else time.monotonic()
+                wait = max(1, math.ceil(60.0 - (time.monotonic() - oldest)))
                 return _oauth(429, "rate_limited", {"Retry-After": str(wait)})
             window.append(time.monotonic())
             issued = st._window(st._issued_times, client, 60.0)
