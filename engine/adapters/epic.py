@@ -13,7 +13,7 @@ assertion signed with the engine's key, registered with Epic by its JWKS URL). S
 * the pull source ``type: epic`` (:class:`EpicSource`) reads ``Appointment?date=ge..&date=le..
   &status=booked`` page by page (``Bundle.link`` ``next``, https://hl7.org/fhir/R4/http.html#paging)
   with each appointment's Patient and the patient's Coverages (``Coverage?patient=``), and yields
-  one transaction Bundle per appointment for the pipeline.
+  one transaction Bundle per appointment for the pipeline, its Patient keyed by the MRN.
 
 TLS to Epic verifies against the system trust store (truststore: the operating system's CAs, as
 a browser does, not a bundled list), or a private CA file when ``tls.ca_file`` is given, with an
@@ -22,30 +22,24 @@ optional client certificate (``tls.client_cert`` and ``tls.client_key``).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import hashlib
 import logging
 import ssl
 from collections.abc import AsyncIterator
 from datetime import date
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
-import orjson
 import truststore
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.adapters.auth import SmartBackendAuth
 from engine.adapters.destination import DeliveryResult, Payload
 from engine.adapters.fhir_documents import DocumentMode
-from engine.adapters.fhir_http import issue_code
 from engine.adapters.fhir_rest import FhirDestination, FhirRestDestination
-from engine.adapters.oauth2 import TokenError, retry_after
-from engine.adapters.smart import SmartBackend
-from engine.adapters.source import Pulled, SourceError
+from engine.adapters.fhir_source import FhirSource, FhirSourceConfig
+from engine.adapters.source import Pulled
 from engine.errors import ConfigError
 from engine.settings import Settings
 
@@ -74,8 +68,6 @@ BUNDLE_REFUSED = (
     "epic: the epic destination writes documents only (Epic takes no transaction Bundles from "
     "backend apps): route HL7v2 to an mllp destination"
 )
-_MAX_WAIT_S = 30.0
-_MAX_TRIES = 4
 
 
 class EpicTls(BaseModel):
@@ -195,15 +187,44 @@ class EpicSourceConfig(_EpicCommon):
 
     scope: str = Field(default=DEFAULT_SOURCE_SCOPE, min_length=1, max_length=2000)
     #: the appointment statuses to read (Appointment ``status`` search)
-    status: str = Field(default="booked", pattern=r"^[a-z-]+(,[a-z-]+)*$")
+    status: list[str] = Field(default_factory=lambda: ["booked"], min_length=1)
     #: ``_count`` per page (the server may give fewer)
     page_size: int = Field(default=50, ge=1, le=1000)
     #: a pull stops with an error past this many pages (a server looping its next links)
-    max_pages: int = Field(default=500, ge=1, le=100_000)
+    max_pages: int = Field(default=200, ge=1, le=10_000)
+    #: the longest Retry-After waited for
+    max_wait_s: float = Field(default=60.0, ge=0, le=600)
+
+    def fhir(self) -> FhirSourceConfig:
+        """The generic FHIR source this amounts to (smart-backend auth, Epic's base)."""
+        auth = SmartBackendAuth(
+            type="smart-backend",
+            client_id=self.client_id,
+            scope=self.scope,
+            token_url=self.token_url,
+        )
+        return FhirSourceConfig(
+            base_url=self.base_url,
+            auth=auth,
+            timeout_s=self.timeout_s,
+            page_size=self.page_size,
+            max_pages=self.max_pages,
+            max_wait_s=self.max_wait_s,
+            status=self.status,
+        )
 
 
 class EpicSource:
-    """Booked appointments from Epic, each with its Patient and Coverages, as Bundles."""
+    """Booked appointments from Epic, each with its Patient (keyed by the organisation's MRN)
+    and Coverages, as transaction Bundles.
+
+    The reading is the generic FHIR source's (engine/adapters/fhir_source.py: Appointment search
+    by date and status, every ``next`` page on the server's own origin, Retry-After obeyed, a new
+    token once after a 401, answers size-capped); Epic's part is the MRN: a Patient carries many
+    identifiers (Epic's internal ids, the MRN, others), so its MRN (``mrn_system``) is put first
+    and keys the Patient's conditional update, and an appointment whose patient has none is
+    skipped (logged with the appointment's id), since nothing downstream could match it.
+    """
 
     def __init__(
         self,
@@ -215,200 +236,45 @@ class EpicSource:
     ) -> None:
         self.name = name
         self.config = config
-        auth = SmartBackendAuth(
-            type="smart-backend",
-            client_id=config.client_id,
-            scope=config.scope,
-            token_url=config.token_url,
-        )
-        self.smart = SmartBackend(auth, config.base_url, settings=settings)
-        verify = ssl_context(config.tls) if config.base_url.startswith("https://") else True
-        self._client = httpx.AsyncClient(
-            base_url=config.base_url + "/",
-            timeout=config.timeout_s,
-            verify=verify,
-            transport=transport,
-            headers={"Accept": "application/fhir+json", "User-Agent": "hl7-engine"},
-        )
-        split = urlsplit(config.base_url)
-        self._origin = f"{split.scheme}://{split.netloc}"
+        if transport is None and config.base_url.startswith("https://"):
+            transport = httpx.AsyncHTTPTransport(verify=ssl_context(config.tls))
+        #: the generic source doing the reading
+        self.fhir = FhirSource(name, config.fhir(), transport=transport, settings=settings)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self.fhir.close()
 
     async def pull(self, start: date, end: date) -> AsyncIterator[Pulled]:
         """Every appointment from ``start`` to ``end`` (inclusive), page after page."""
-        cfg = self.config
-        url: str | None = (
-            f"Appointment?date=ge{start.isoformat()}&date=le{end.isoformat()}"
-            f"&status={quote(cfg.status, safe=',')}&_count={cfg.page_size}"
-        )
-        patients: dict[str, dict[str, Any] | None] = {}
-        coverages: dict[str, list[dict[str, Any]]] = {}
-        pages = 0
-        while url is not None:
-            pages += 1
-            if pages > cfg.max_pages:
-                raise SourceError(f"epic {self.name}: more than {cfg.max_pages} pages")
-            page = await self._get(url, "Appointment search", pages)
-            for entry in page.get("entry") or []:
-                appt = entry.get("resource") or {}
-                if appt.get("resourceType") != "Appointment" or not appt.get("id"):
-                    continue  # an OperationOutcome Epic adds to a searchset
-                pid = _patient_of(appt)
-                if pid is None:
-                    log.info("appointment without a patient skipped", extra={"source": self.name})
-                    continue
-                if pid not in patients:
-                    patients[pid] = await self._patient(pid)
-                    coverages[pid] = await self._coverages(pid)
-                patient = patients[pid]
-                mrn = _mrn(patient, cfg.mrn_system) if patient else None
-                if patient is None or mrn is None:
-                    log.warning(
-                        "appointment skipped: its patient has no MRN in mrn_system",
-                        extra={"source": self.name, "appointment": appt["id"]},
-                    )
-                    continue
-                yield Pulled(
-                    _version_key(cfg.base_url, appt),
-                    _bundle(cfg.base_url, cfg.mrn_system, mrn, appt, patient, coverages[pid]),
+        async for pulled in self.fhir.pull(start, end):
+            epic = _by_mrn(pulled, self.config.base_url, self.config.mrn_system)
+            if epic is None:
+                log.warning(
+                    "appointment skipped: its patient has no MRN in mrn_system",
+                    extra={"source": self.name, "version_key": pulled.version_key},
                 )
-            url = self._next(page)
-
-    def _next(self, page: dict[str, Any]) -> str | None:
-        for link in page.get("link") or []:
-            if isinstance(link, dict) and link.get("relation") == "next" and link.get("url"):
-                nxt = str(link["url"])
-                if not nxt.startswith(self._origin + "/"):  # the token goes nowhere else
-                    raise SourceError(f"epic {self.name}: a next link leaves the server")
-                return nxt
-        return None
-
-    async def _patient(self, pid: str) -> dict[str, Any] | None:
-        found = await self._get(f"Patient/{quote(pid)}", "Patient read", 0, missing_ok=True)
-        return found if found.get("resourceType") == "Patient" else None
-
-    async def _coverages(self, pid: str) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        url: str | None = f"Coverage?patient={quote(pid)}"
-        pages = 0
-        while url is not None and pages < self.config.max_pages:
-            pages += 1
-            page = await self._get(url, "Coverage search", pages)
-            out += [
-                e["resource"]
-                for e in page.get("entry") or []
-                if (e.get("resource") or {}).get("resourceType") == "Coverage"
-            ]
-            url = self._next(page)
-        return out
-
-    async def _get(
-        self, url: str, what: str, page: int, *, missing_ok: bool = False
-    ) -> dict[str, Any]:
-        """One GET with the token: a new token once after a 401; 429/503 obeyed (Retry-After,
-        at most 30 s, a few times); anything else not 200 is a :class:`SourceError`."""
-        refreshed = False
-        for _ in range(_MAX_TRIES + 1):
-            try:
-                authorization = await self.smart.authorization(self._client)
-                resp = await self._client.get(url, headers={"Authorization": authorization})
-            except TokenError as exc:
-                raise SourceError(f"epic {self.name}: {exc.detail}") from exc
-            except httpx.RequestError as exc:
-                raise SourceError(f"epic {self.name}: {what} {type(exc).__name__}") from exc
-            status = resp.status_code
-            if status == 401 and not refreshed:
-                refreshed = self.smart.invalidate()
                 continue
-            if status in (429, 503):
-                wait = min(retry_after(resp) or 1.0, _MAX_WAIT_S)
-                log.info("epic asked to wait", extra={"source": self.name, "wait_s": wait})
-                await asyncio.sleep(wait)
-                continue
-            if status == 404 and missing_ok:
-                return {}
-            if status != 200:
-                code = issue_code(resp)
-                at = f" at page {page}" if page else ""
-                raise SourceError(
-                    f"epic {self.name}: {what} -> {status}{at}"
-                    + (f" (OperationOutcome: {code})" if code else "")
-                )
-            try:
-                body = orjson.loads(resp.content)
-            except orjson.JSONDecodeError as exc:
-                raise SourceError(f"epic {self.name}: {what} answered no JSON") from exc
-            if not isinstance(body, dict):
-                raise SourceError(f"epic {self.name}: {what} answered no FHIR resource")
-            return body
-        raise SourceError(f"epic {self.name}: {what} still refused after {_MAX_TRIES} waits")
+            yield epic
 
 
-def _patient_of(appt: dict[str, Any]) -> str | None:
-    for p in appt.get("participant") or []:
-        ref = str((p.get("actor") or {}).get("reference") or "")
-        if ref.startswith("Patient/"):
-            return ref.removeprefix("Patient/")
-    return None
-
-
-def _mrn(patient: dict[str, Any], system: str) -> str | None:
-    for ident in patient.get("identifier") or []:
-        if ident.get("system") == system and ident.get("value"):
-            return str(ident["value"])
-    return None
-
-
-def _version_key(base: str, appt: dict[str, Any]) -> str:
-    meta = appt.get("meta") or {}
-    version = meta.get("versionId") or meta.get("lastUpdated")
-    if not version:
-        version = hashlib.sha256(orjson.dumps(appt, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
-    return f"epic:{base}:Appointment/{appt['id']}:{version}"
-
-
-def _with_own_identifier(resource: dict[str, Any], base: str) -> tuple[dict[str, Any], str]:
-    """The resource with the identifier ``{base}/{Type}`` | its Epic id (stable across pulls,
-    for a conditional update downstream), and that identifier as a search token."""
-    rtype, rid = resource["resourceType"], str(resource["id"])
-    system = f"{base}/{rtype}"
-    idents = [i for i in resource.get("identifier") or [] if i.get("system") != system]
-    return {**resource, "identifier": [*idents, {"system": system, "value": rid}]}, (
-        f"{quote(system, safe=':/')}|{quote(rid)}"
-    )
-
-
-def _bundle(
-    base: str,
-    mrn_system: str,
-    mrn: str,
-    appt: dict[str, Any],
-    patient: dict[str, Any],
-    coverages: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """A transaction Bundle: the Patient (keyed by its MRN), its Coverages, the Appointment.
-    Each fullUrl is the resource's URL at Epic, so ``Patient/<id>`` references resolve to the
-    entries (bundle.html#references) and a pull of the same appointment keys alike."""
-    entries = [
-        {
-            "fullUrl": f"{base}/Patient/{patient['id']}",
-            "resource": patient,
-            "request": {
-                "method": "PUT",
-                "url": f"Patient?identifier={quote(mrn_system, safe=':/')}|{quote(mrn)}",
-            },
-        }
-    ]
-    for resource in [*coverages, appt]:
-        marked, token = _with_own_identifier(resource, base)
-        rtype = marked["resourceType"]
-        entries.append(
-            {
-                "fullUrl": f"{base}/{rtype}/{marked['id']}",
-                "resource": marked,
-                "request": {"method": "PUT", "url": f"{rtype}?identifier={token}"},
+def _by_mrn(pulled: Pulled, base: str, mrn_system: str) -> Pulled | None:
+    """The pulled Bundle with each Patient's MRN first and its request keyed by it, and the
+    version key ``epic:<base>:Appointment/<id>:<digest>``; None when a Patient has no MRN."""
+    entries = []
+    for entry in pulled.bundle.get("entry") or []:
+        resource = entry.get("resource") or {}
+        if resource.get("resourceType") == "Patient":
+            idents = resource.get("identifier") or []
+            mrn = [i for i in idents if i.get("system") == mrn_system and i.get("value")]
+            if not mrn:
+                return None
+            others = [i for i in idents if i is not mrn[0]]
+            token = f"{quote(mrn_system, safe=':/')}|{quote(str(mrn[0]['value']))}"
+            entry = {
+                **entry,
+                "resource": {**resource, "identifier": [mrn[0], *others]},
+                "request": {"method": "PUT", "url": f"Patient?identifier={token}"},
             }
-        )
-    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+        entries.append(entry)
+    appointment, _, digest = pulled.version_key.partition("|")
+    return Pulled(f"epic:{base}:{appointment}:{digest}", {**pulled.bundle, "entry": entries})
