@@ -59,7 +59,15 @@ from engine.store.views import (
     ResendOutcome,
 )
 
-__all__ = ["ActionRefused", "Operator", "Replayed", "UnknownDestination", "Who"]
+__all__ = [
+    "ActionRefused",
+    "DocumentActions",
+    "InvalidIdentifier",
+    "Operator",
+    "Replayed",
+    "UnknownDestination",
+    "Who",
+]
 
 #: a message in these states has not been through processing yet: nothing to replay or resend
 _UNFINISHED = ("received", "processing")
@@ -73,6 +81,10 @@ _SETTLED = ("dead", "delivered", "needs-patient")
 
 class ActionRefused(EngineError):
     """A replay or resend the message's state does not allow (the message says why)."""
+
+
+class InvalidIdentifier(ActionRefused):
+    """A match to an MRN or authority that cannot be one (empty, too long, a delimiter)."""
 
 
 class UnknownDestination(ActionRefused):
@@ -182,7 +194,7 @@ class DocumentActions(Repository):
             if not _IDENTIFIER.fullmatch(mrn) or (
                 authority and not _IDENTIFIER.fullmatch(authority)
             ):
-                raise ActionRefused(
+                raise InvalidIdentifier(
                     "an MRN (and its authority) must be 1 to 64 printable characters, "
                     "without | ^ ~ \\ &"
                 )
