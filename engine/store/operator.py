@@ -404,6 +404,12 @@ class Operator(DocumentActions):
                         updated_at=now,
                     )
                 )
+                if row.kind == "document":  # the document goes with its live message
+                    conn.execute(
+                        update(documents)
+                        .where(documents.c.message_id == message_id)
+                        .values(message_id=new_id, updated_at=now)
+                    )
                 audit(
                     conn,
                     action="replay",

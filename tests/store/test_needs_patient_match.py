@@ -326,3 +326,18 @@ def test_documents_listed_and_shown_audited(store: SqlMessageStore, routes: Rout
     assert actions.count(("list-documents", "ok")) == 7
     assert entries[1].message_id == mid and entries[1].patient_key == "CLINIC|MRN404"
     assert all("MRN" not in (e.detail or "") for e in entries)
+
+
+def test_a_replayed_documents_message_takes_the_document_along(
+    store: SqlMessageStore, routes: RouteSet
+) -> None:
+    """``engine messages replay`` of a document's message: the document row follows the copy,
+    so a later match or resend acts on the live message."""
+    doc_id, old, epic, _ = _waiting_document(store, routes)
+    copy = store.replay_message(old, CLI).message_id
+    assert _doc_row(store, doc_id).message_id == copy
+    _process(store, "epic")
+    _dispatch(store, routes, {"epic": epic})
+    assert _message(store, copy).state == "needs-patient"
+    matched = store.match_document(doc_id, "MRN1", who=CLI)
+    assert matched.replay_of == copy
