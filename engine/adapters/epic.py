@@ -41,6 +41,7 @@ from engine.adapters.fhir_rest import FhirDestination, FhirRestDestination
 from engine.adapters.fhir_source import FhirSource, FhirSourceConfig
 from engine.adapters.source import Pulled
 from engine.errors import ConfigError
+from engine.routes.loader import RouteSet
 from engine.settings import Settings
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "EpicSource",
     "EpicSourceConfig",
     "EpicTls",
+    "check_epic_routes",
     "ssl_context",
 ]
 
@@ -143,6 +145,30 @@ class EpicDestination(_EpicCommon):
             document_mode=self.document_mode,
             mrn_system=self.mrn_system,
         )
+
+
+def check_epic_routes(routes: RouteSet) -> None:
+    """Refuse, when the routes are loaded, a route that would send an ``epic`` destination what
+    it refuses at delivery: HL7v2 or FHIR messages (Epic takes HL7v2 over MLLP), or documents
+    mapped to anything but ``fhir``. Raises :class:`ConfigError` naming the file and route."""
+    for route in routes.routes:
+        for name in route.destinations:
+            spec = routes.destinations.get(name)
+            if spec is None or spec.type != "epic":
+                continue
+            if route.input == "document" and route.mapping == "fhir":
+                continue
+            if route.input == "document":
+                why = (
+                    f"documents mapped to {route.mapping!r} cannot go to Epic over FHIR (use "
+                    "mapping fhir; send MDM^T02 to an mllp destination)"
+                )
+            else:
+                why = (
+                    HL7V2_REFUSED.removeprefix("epic: ") + " (an epic destination takes documents)"
+                )
+            where = routes.origin.get(f"route:{route.name}", "routes")
+            raise ConfigError(f"{where}: route {route.name!r} to epic destination {name!r}: {why}")
 
 
 class EpicDocumentDestination:
