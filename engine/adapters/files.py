@@ -13,6 +13,14 @@ two engines on one machine (two homes, two stores whose message ids both start a
 one folder never produce the same name. A redelivery of the same message by the same engine finds
 its file and is done (delivering twice is harmless); the file already there is never replaced.
 
+A document (payload kind ``document``) is written as two files: its bytes
+(``<message id>-<destination>-<engine>.pdf``, the extension from its media type; streamed from the
+store, never held whole) and then a sidecar ``<...>.meta.json`` with its metadata (type, patient,
+date, sender, SHA-256 ...), so a poller that waits for the sidecar finds the document whole. A
+document its route mapped to HL7v2 is written as the MDM^T02 with its data (``.hl7``); one mapped
+to FHIR as the DocumentReference with the data inline in its attachment (``.json``: a folder has
+no Binary endpoint to refer to).
+
 A relative ``directory`` in a route file is the engine home's (``ENGINE_HOME``), never the current
 directory's.
 
@@ -34,9 +42,13 @@ import socket
 import tempfile
 from pathlib import Path
 
+import orjson
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from engine.adapters.destination import DeliveryResult, Payload
+from engine.documents.model import DocumentContent, DocumentEnvelope
+from engine.mappings.documents import inline_attachment
+from engine.mappings.mdm import fill_mdm
 from engine.settings import engine_home
 
 __all__ = ["FileDestination", "FileDropDestination", "engine_tag", "file_name"]
@@ -44,6 +56,13 @@ __all__ = ["FileDestination", "FileDropDestination", "engine_tag", "file_name"]
 log = logging.getLogger(__name__)
 
 _EXTENSIONS = {"fhir-bundle": ".json", "hl7v2": ".hl7"}
+#: a document's file extension, from its media type (read from its bytes at intake)
+_MEDIA_EXTENSIONS = {
+    "application/pdf": ".pdf",
+    "image/tiff": ".tif",
+    "image/jpeg": ".jpg",
+    "image/png": ".png",
+}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _PERMANENT = frozenset(
     {
@@ -84,6 +103,42 @@ def file_name(payload: Payload, tag: str | None = None) -> str:
     characters; ``tag`` defaults to :func:`engine_tag`."""
     dest = _UNSAFE.sub("_", payload.destination)
     return f"{payload.message_id}-{dest}-{tag or engine_tag()}{_EXTENSIONS[payload.kind]}"
+
+
+def _document_stem(payload: Payload, tag: str) -> str:
+    """``<message id>-<destination>-<engine>`` for a document's files."""
+    return f"{payload.message_id}-{_UNSAFE.sub('_', payload.destination)}-{tag}"
+
+
+async def _stream_new(directory: Path, name: str, content: DocumentContent) -> str | None:
+    """Write ``content`` to ``name`` as :func:`_write_new` does, chunk by chunk (a 25 MiB scan
+    is never held whole); returns the SHA-256 of what was written, or None when ``name`` was
+    already there (delivered before). The caller refuses a hash that is not the stored one:
+    the file is then removed, never left under the document's name."""
+    await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+    target = directory / name
+    if target.exists():
+        return None
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as f:
+            async for chunk in content.stream():
+                digest.update(chunk)
+                await asyncio.to_thread(f.write, chunk)
+            await asyncio.to_thread(f.flush)
+            await asyncio.to_thread(os.fsync, f.fileno())
+        if digest.hexdigest() != content.sha256:
+            return digest.hexdigest()
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    await asyncio.to_thread(_sync_directory, directory)
+    return digest.hexdigest()
 
 
 def _write_new(directory: Path, name: str, body: bytes) -> bool:
@@ -128,8 +183,10 @@ class FileDropDestination:
         self.tag = engine_tag()
 
     async def deliver(self, payload: Payload) -> DeliveryResult:
-        name = file_name(payload, self.tag)
         try:
+            if payload.kind == "document":
+                return await self._deliver_document(payload)
+            name = file_name(payload, self.tag)
             written = await asyncio.to_thread(_write_new, self.directory, name, payload.body)
         except OSError as exc:
             code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
@@ -144,6 +201,41 @@ class FileDropDestination:
         if not written:
             return DeliveryResult.success(f"file: {name} exists (delivered before)")
         return DeliveryResult.success(f"file: wrote {name} ({len(payload.body)} bytes)")
+
+    async def _deliver_document(self, payload: Payload) -> DeliveryResult:
+        """A document (see the module docstring): its bytes, then the sidecar, each written
+        whole and never replaced; the MDM (``hl7v2``) or the DocumentReference with the data
+        inline (``fhir``) when its route mapped it."""
+        envelope = DocumentEnvelope.from_bytes(payload.body)
+        if payload.content is None:
+            return DeliveryResult.retry("file: the document's bytes were not given")
+        stem = _document_stem(payload, self.tag)
+        if envelope.format == "none":
+            name = stem + _MEDIA_EXTENSIONS.get(envelope.document.media_type, ".bin")
+            sha256 = await _stream_new(self.directory, name, payload.content)
+            if sha256 is not None and sha256 != envelope.document.sha256:
+                return DeliveryResult.retry(
+                    "file: the document's bytes read are not the ones stored"
+                )
+        else:
+            data = await payload.content.read()
+            if hashlib.sha256(data).hexdigest() != envelope.document.sha256:
+                return DeliveryResult.retry(
+                    "file: the document's bytes read are not the ones stored"
+                )
+            if envelope.format == "hl7v2":
+                name, body = stem + ".hl7", fill_mdm(envelope.body, data)
+            else:
+                docref = inline_attachment(envelope.body["DocumentReference"], data)
+                name, body = stem + ".json", orjson.dumps(docref)
+            del data
+            await asyncio.to_thread(_write_new, self.directory, name, body)
+        sidecar = orjson.dumps(
+            {"file": name, "format": envelope.format, "document": envelope.document.to_dict()},
+            option=orjson.OPT_INDENT_2,
+        )
+        await asyncio.to_thread(_write_new, self.directory, stem + ".meta.json", sidecar)
+        return DeliveryResult.success(f"file: wrote {name} ({envelope.document.size} bytes)")
 
     async def close(self) -> None:
         """Nothing is held open between deliveries."""

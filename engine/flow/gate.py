@@ -19,6 +19,7 @@ from engine.errors import (
     HL7ValidationError,
     UnsupportedMessageError,
 )
+from engine.flow.documents import carries_document, takes_documents
 from engine.hl7v2.codec import Message
 from engine.mappings import Mappings
 from engine.routes.router import Router
@@ -53,8 +54,13 @@ class RouteGate:
         self._codes = {
             code for route in router.routes.routes for code in (route.match.message or [])
         }
+        #: an MDM with a document is taken when some route takes documents: its document is
+        #: stored and routed as one (engine/flow/documents.py)
+        self._documents = takes_documents(router)
 
     def refuse(self, message: Message) -> EngineError | None:
+        if self._documents and carries_document(message):
+            return None
         routes = self.router.match(message=message)
         if not routes:
             return unsupported(message, self._codes)

@@ -42,6 +42,9 @@ fails (a receiver whose certificate the CA bundle does not trust, one that refus
 certificate) is retryable:
 ``detail`` says what TLS reported (``certificate verify failed (self-signed certificate)``).
 
+A document (payload kind ``document``) goes as the MDM^T02 its route made (``mapping: hl7v2``),
+its bytes read from the store when it is sent and base64-encoded once into OBX-5.
+
 Incomplete: no enhanced-mode application ACK wait after a CA (the commit ACK ends the exchange);
 no batch (BHS/BTS) sending.
 """
@@ -50,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import ssl
 from pathlib import Path
@@ -59,8 +63,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from engine.adapters.destination import DeliveryResult, Payload
 from engine.adapters.mllp.framing import FrameReader, FrameTooLarge, frame
 from engine.adapters.mllp.tls import client_context
+from engine.documents.model import DocumentEnvelope
 from engine.errors import ConfigError, HL7Error
 from engine.hl7v2.codec import Message, parse_message
+from engine.mappings.mdm import fill_mdm
 
 __all__ = ["MLLPDestination", "MllpDestination", "MllpTls", "ack_error_code", "judge_ack"]
 
@@ -199,6 +205,8 @@ class MLLPDestination:
         self.connects = 0
 
     async def deliver(self, payload: Payload) -> DeliveryResult:
+        if payload.kind == "document":
+            return await self._deliver_document(payload)
         if payload.kind != "hl7v2":
             return DeliveryResult.fail(f"mllp: cannot deliver a {payload.kind} payload")
         try:
@@ -210,6 +218,30 @@ class MLLPDestination:
         async with self._lock:
             result = await self._exchange(payload.body, control_id)
         return result  # the dispatcher logs the outcome, for every kind of destination
+
+    async def _deliver_document(self, payload: Payload) -> DeliveryResult:
+        """A document as the MDM^T02 its route mapped it to (``mapping: hl7v2``), its bytes read
+        from the store now and base64-encoded once into OBX-5 (:func:`fill_mdm`); the ACK is
+        judged as for any message. The bytes read must be the ones stored (SHA-256)."""
+        envelope = DocumentEnvelope.from_bytes(payload.body)
+        if envelope.format != "hl7v2" or not isinstance(envelope.body, str):
+            return DeliveryResult.fail(
+                f"mllp: a document mapped to {envelope.format!r} cannot go over MLLP: give its "
+                "route mapping: hl7v2 (MDM^T02)"
+            )
+        if payload.content is None:
+            return DeliveryResult.retry("mllp: the document's bytes were not given")
+        try:
+            control_id = parse_message(envelope.body).control_id
+        except HL7Error as exc:
+            return DeliveryResult.fail(f"mllp: the MDM is not HL7v2 ({type(exc).__name__})")
+        data = await payload.content.read()
+        if hashlib.sha256(data).hexdigest() != envelope.document.sha256:
+            return DeliveryResult.retry("mllp: the document's bytes read are not the ones stored")
+        body = fill_mdm(envelope.body, data)
+        del data
+        async with self._lock:
+            return await self._exchange(body, control_id)
 
     async def close(self) -> None:
         async with self._lock:

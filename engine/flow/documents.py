@@ -1,0 +1,205 @@
+"""Processing documents: a document's message routed and mapped, and an MDM's document taken in.
+
+A stored document (engine/documents) has a ``messages`` row of kind ``document`` whose raw bytes
+are its metadata (:class:`~engine.documents.model.DocumentInfo` as JSON). :func:`route_document`
+routes it (by type, sender and practice) and makes one delivery per destination, of kind
+``document``, whose payload is a :class:`~engine.documents.model.DocumentEnvelope`: for a route
+with ``mapping: fhir`` the DocumentReference and the Binary's metadata (the SHA-1 that
+Attachment.hash needs computed here once, streaming the stored chunks), for ``mapping: hl7v2``
+an MDM^T02 whose OBX-5 data the sender fills, for ``mapping: none`` the document as it came.
+The bytes are never copied into a delivery: the dispatcher gives the adapter a reader.
+
+An MDM^T02/T04/T06/T08/T10 received over MLLP carries a document (HL7 v2.5.1 chapter 9): when the
+routes take documents, :func:`take_mdm_document` decodes its OBX-5 ED data (the message is already
+bounded by ENGINE_MAX_MESSAGE_BYTES), reads its type from its bytes' magic and stores it through
+the store's ``store_document`` (channel ``mllp``, TXA-12 as its unique number, PID-3 as the
+patient, TXA-2 through the document type table back to our type), which makes the document's
+own message, routed like any other document. The MDM then settles as ``routed`` with a warning
+naming the document. An MDM whose OBX-5 is a reference pointer (RP: no bytes) is refused with the
+reason: the engine delivers documents with their bytes, and fetching a pointer from a system it
+does not know is not something it can do safely. An OBX-5 that is not base64 is an error naming
+OBX-5. T04/T06/T10 (status change, addendum, replacement) are taken as documents of their own;
+their relation to the earlier document (TXA-13) is noted on the MDM, not carried on (the
+documents table has no place for it yet).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine.documents.model import DOCUMENT_ENVELOPE_TYPE, DocumentEnvelope, DocumentInfo
+from engine.errors import ConversionError
+from engine.hl7v2.codec import Message
+from engine.mappings import Mappings
+from engine.mappings.document_types import document_types
+from engine.mappings.documents import fhir_body, sha1_base64
+from engine.mappings.mdm import MDM_TRIGGERS, mdm_t02, read_mdm
+from engine.routes.router import Router
+from engine.store import NewDelivery
+from engine.store.documents import NewDocument, StoredDocument
+
+__all__ = ["carries_document", "route_document", "take_mdm_document", "takes_documents"]
+
+log = logging.getLogger(__name__)
+
+
+class DocumentStore(Protocol):
+    """What processing needs of the store for documents."""
+
+    def document_chunks(self, sha256: str) -> Iterator[bytes]: ...
+
+    def store_document(
+        self, new: NewDocument, source: Path, *, sha256: str, size: int, media_type: str
+    ) -> StoredDocument: ...
+
+
+def carries_document(message: Message) -> bool:
+    """Whether ``message`` is an MDM that carries a document's content (T02/T04/T06/T08/T10)."""
+    mtype = message.type
+    return mtype.code == "MDM" and mtype.trigger in MDM_TRIGGERS
+
+
+def takes_documents(router: Router) -> bool:
+    """Whether some route takes documents (then an MDM's document is taken in)."""
+    return any(r.input == "document" for r in router.routes.routes)
+
+
+def route_document(
+    message_id: int,
+    raw: bytes,
+    router: Router,
+    mappings: Mappings,
+    store: DocumentStore,
+    *,
+    now: datetime | None = None,
+) -> tuple[str, list[NewDelivery]]:
+    """The patient key and the deliveries of a document's message (see the module docstring);
+    raises :class:`~engine.errors.EngineError` for a document that cannot be mapped."""
+    try:
+        info = DocumentInfo.from_json(raw)
+    except (ValueError, TypeError) as exc:
+        raise ConversionError(
+            f"a document's metadata cannot be read ({type(exc).__name__})"
+        ) from exc
+    key = info.patient_key
+    made: list[NewDelivery] = []
+    bodies: dict[str, bytes] = {}
+    for route in router.match(document=info):
+        body = bodies.get(route.mapping)
+        if body is None:
+            body = _envelope(message_id, info, route.mapping, mappings, store, now).to_bytes()
+            bodies[route.mapping] = body
+        made += [
+            NewDelivery(dest, route.name, "document", DOCUMENT_ENVELOPE_TYPE, body, key)
+            for dest in route.destinations
+        ]
+    return key, made
+
+
+def _envelope(
+    message_id: int,
+    info: DocumentInfo,
+    mapping: str,
+    mappings: Mappings,
+    store: DocumentStore,
+    now: datetime | None,
+) -> DocumentEnvelope:
+    if mapping == "fhir":
+        sha1 = sha1_base64(store.document_chunks(info.sha256))
+        body: Any = fhir_body(info, mappings, now=now, sha1=sha1)
+        return DocumentEnvelope(info, "fhir", body, {"sha1": sha1})
+    if mapping == "hl7v2":
+        er7 = mdm_t02(
+            info,
+            document_types(mappings),
+            mappings.files.site,
+            control_id=f"D{message_id}",
+            now=now or datetime.now(UTC),
+        )
+        return DocumentEnvelope(info, "hl7v2", er7)
+    return DocumentEnvelope(info, "none")
+
+
+def take_mdm_document(
+    message: Message,
+    mappings: Mappings,
+    store: DocumentStore,
+    *,
+    peer: str = "",
+    spool_dir: Path | None = None,
+) -> tuple[StoredDocument, list[str]]:
+    """Store the document an MDM carries (see the module docstring); returns it and the lines
+    to note on the MDM. Raises :class:`~engine.errors.EngineError` (or DocumentRefused) naming
+    why the document cannot be taken."""
+    from engine.documents.sniff import sniff
+
+    types = document_types(mappings)
+    doc = read_mdm(message, types)
+    notes: list[str] = []
+    if doc.data is None:
+        raise ConversionError(
+            "OBX-5 is a reference pointer (RP), not the document: the engine takes documents "
+            "with their bytes (OBX-2 ED, OBX-5 base64); have the sender include the content",
+            where="OBX-5",
+        )
+    if not doc.document_date:
+        raise ConversionError("no document date (TXA-4, TXA-6 or MSH-7)", where="TXA-4")
+    if doc.relation is not None:
+        notes.append(
+            f"MDM^{doc.trigger}: a {doc.relation} document"
+            + (" (parent in TXA-13)" if doc.parent_number else "")
+            + "; taken as a document of its own (the relation is not carried on)"
+        )
+    sha256 = hashlib.sha256(doc.data).hexdigest()
+    fd, name = tempfile.mkstemp(dir=spool_dir, prefix=".mdm-", suffix=".part")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(doc.data)
+        media_type = sniff(path)
+        if doc.declared_type and doc.declared_type != media_type:
+            notes.append(
+                f"OBX-5 says {doc.declared_type}; the bytes are {media_type} (taken as such)"
+            )
+        new = NewDocument(
+            patient_mrn=doc.patient_mrn,
+            document_type=doc.document_type,
+            document_date=doc.document_date,
+            sender=doc.sender,
+            channel="mllp",
+            patient_authority=doc.patient_authority,
+            encounter=doc.encounter,
+            author=doc.author,
+            file_name=doc.file_name,
+            unique_number=doc.unique_number or None,
+            peer=peer,
+        )
+        stored = store.store_document(
+            new, path, sha256=sha256, size=len(doc.data), media_type=media_type
+        )
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    what = "stored before" if stored.duplicate else "stored"
+    notes.append(
+        f"its document {what}: document {stored.info.document_id}, message {stored.message_id}"
+    )
+    log.info(
+        "mdm document taken",
+        extra={
+            "document_id": stored.info.document_id,
+            "message_id": stored.message_id,
+            "sha256": sha256[:12],
+            "size": len(doc.data),
+            "duplicate": stored.duplicate,
+        },
+    )
+    return stored, notes
