@@ -50,6 +50,7 @@ from engine.store.audit import audit
 from engine.store.clean import clean
 from engine.store.db import Repository, utcnow
 from engine.store.deliveries import NewDelivery, lock_queues, queue_deliveries
+from engine.store.documents import dedupe_key
 from engine.store.search import DocumentQuery, document_lines, document_view
 from engine.store.tables import deliveries, documents, messages
 from engine.store.views import (
@@ -264,6 +265,19 @@ class DocumentActions(Repository):
                 f"document {document_id} is already for that patient: resend it instead "
                 "(once the destination knows the patient)"
             )
+        # the same bytes for the same patient are one document (engine/store/documents.py):
+        # the key moves to the new patient, unless that patient has these bytes already
+        key = dedupe_key(info.sha256, new_authority, mrn)
+        other = conn.execute(
+            select(documents.c.id).where(
+                documents.c.dedupe_key == key, documents.c.id != document_id
+            )
+        ).scalar_one_or_none()
+        if other is not None:
+            raise ActionRefused(
+                f"document {document_id}: the same bytes are stored for that patient already, "
+                f"as document {other} (resend that one if it waits)"
+            )
         matched = replace(info, patient_mrn=mrn, patient_authority=new_authority)
         raw = matched.to_json()
         now = utcnow()
@@ -306,6 +320,7 @@ class DocumentActions(Repository):
             .values(
                 patient_mrn=mrn,
                 patient_authority=new_authority,
+                dedupe_key=key,
                 message_id=new_id,
                 updated_at=now,
             )

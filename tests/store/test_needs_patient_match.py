@@ -8,10 +8,12 @@ PostgreSQL, delivered by the real dispatcher to an EHR that knows one MRN."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import tempfile
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from engine.adapters.memory import MemoryDestination
 from engine.adapters.registry import load_routes
@@ -22,77 +24,46 @@ from engine.store import (
     ActionRefused,
     DocumentQuery,
     NewDelivery,
+    NewDocument,
     Outcome,
     Processed,
     SqlMessageStore,
     Who,
 )
-from engine.store.db import utcnow
+from engine.store.documents import dedupe_key
 from engine.store.tables import documents, messages
 from tests.store.test_needs_patient import KnowsOnePatient
 
 CLI = Who("alice", "cli")
-SHA = "ab" * 32
+PDF = b"%PDF-1.4\n" + b"0" * (1234 - 9)
+SHA = hashlib.sha256(PDF).hexdigest()
 
 
-def _document(store: SqlMessageStore, mrn: str = "MRN404", doc_type: str = "referral") -> int:
-    """A stored document (its ``documents`` row and its ``messages`` row of kind document, as
-    the intake commits them), still to be processed: its id."""
-    now = utcnow()
-    with store.db_engine.begin() as conn:
-        doc_id = conn.execute(
-            insert(documents)
-            .values(
-                received_at=now,
-                sha256=SHA,
-                size=1234,
-                media_type="application/pdf",
-                patient_mrn=mrn,
-                patient_authority="CLINIC",
-                document_type=doc_type,
-                document_date="2026-11-30",
-                channel="folder",
-                sender="scanner-1",
-                title="Referral letter",
-                dedupe_key=f"{SHA}|CLINIC|{mrn}|{doc_type}",
-                updated_at=now,
-            )
-            .returning(documents.c.id)
-        ).scalar_one()
-        info = DocumentInfo(
-            doc_id,
-            SHA,
-            1234,
-            "application/pdf",
-            mrn,
-            doc_type,
-            "2026-11-30",
-            "scanner-1",
-            "folder",
+def _document(
+    store: SqlMessageStore, mrn: str = "MRN404", doc_type: str = "referral", tmp: Path | None = None
+) -> int:
+    """A stored document (its bytes, its ``documents`` row and its message of kind document,
+    committed by the store as the intake does), still to be processed: its id."""
+    folder = tmp or Path(tempfile.mkdtemp())
+    source = folder / f"scan-{mrn}-{doc_type}.pdf"
+    source.write_bytes(PDF)
+    stored = store.store_document(
+        NewDocument(
+            patient_mrn=mrn,
+            document_type=doc_type,
+            document_date="2026-11-30",
+            sender="scanner-1",
+            channel="folder",
             patient_authority="CLINIC",
             title="Referral letter",
-        )
-        raw = info.to_json()
-        mid = conn.execute(
-            insert(messages)
-            .values(
-                received_at=now,
-                channel="folder",
-                peer="",
-                kind="document",
-                size=len(raw),
-                raw=raw,
-                message_type="document",
-                trigger=doc_type,
-                sending_application="scanner-1",
-                patient_key=info.patient_key,
-                state="received",
-                updated_at=now,
-            )
-            .returning(messages.c.id)
-        ).scalar_one()
-        conn.execute(documents.update().where(documents.c.id == doc_id).values(message_id=mid))
-    return int(doc_id)
+        ),
+        source,
+        sha256=SHA,
+        size=len(PDF),
+        media_type="application/pdf",
+    )
+    assert not stored.duplicate
+    return stored.info.document_id
 
 
 def _process(store: SqlMessageStore, *destinations: str) -> None:
@@ -341,3 +312,27 @@ def test_a_replayed_documents_message_takes_the_document_along(
     assert _message(store, copy).state == "needs-patient"
     matched = store.match_document(doc_id, "MRN1", who=CLI)
     assert matched.replay_of == copy
+
+
+def test_match_keeps_one_document_per_bytes_and_patient(
+    store: SqlMessageStore, routes: RouteSet
+) -> None:
+    """The same bytes for the same patient are one document: a match moves the document's
+    dedupe key to the new patient, and is refused when that patient has the bytes already."""
+    doc_id, _, _, _ = _waiting_document(store, routes)
+    already = _document(store, mrn="MRN1")
+    with pytest.raises(ActionRefused, match=rf"same bytes are stored for that patient.*{already}"):
+        store.match_document(doc_id, "MRN1", who=CLI)
+    store.match_document(doc_id, "MRN2", who=CLI)
+    row = _doc_row(store, doc_id)
+    assert row.dedupe_key == dedupe_key(SHA, "CLINIC", "MRN2")
+    source = Path(tempfile.mkdtemp()) / "again.pdf"
+    source.write_bytes(PDF)
+    again = store.store_document(
+        NewDocument("MRN2", "referral", "2026-11-30", "scanner-1", "folder", "CLINIC"),
+        source,
+        sha256=SHA,
+        size=len(PDF),
+        media_type="application/pdf",
+    )
+    assert again.duplicate and again.info.document_id == doc_id
