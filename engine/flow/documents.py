@@ -46,7 +46,13 @@ from engine.routes.router import Router
 from engine.store import NewDelivery
 from engine.store.documents import NewDocument, StoredDocument
 
-__all__ = ["carries_document", "route_document", "take_mdm_document", "takes_documents"]
+__all__ = [
+    "carries_document",
+    "document_problem",
+    "route_document",
+    "take_mdm_document",
+    "takes_documents",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,27 @@ def carries_document(message: Message) -> bool:
     """Whether ``message`` is an MDM that carries a document's content (T02/T04/T06/T08/T10)."""
     mtype = message.type
     return mtype.code == "MDM" and mtype.trigger in MDM_TRIGGERS
+
+
+def document_problem(message: Message) -> ConversionError | None:
+    """Before the ACK, cheaply (no decoding): why an MDM's document cannot be taken, or None.
+    An MDM with no OBX of value type ED (only a reference pointer, RP, or text) gets AE with the
+    reason, so the sender learns at once that the engine wants the content."""
+    kinds = {obx.get(2).strip().upper() for obx in message.all("OBX")}
+    if "ED" in kinds:
+        return None
+    if "RP" in kinds:
+        return ConversionError(_RP_REFUSED, where="OBX-5")
+    return ConversionError(
+        "the MDM has no OBX with the document (value type ED with base64 data)", where="OBX-2"
+    )
+
+
+#: why an MDM whose OBX-5 is a reference pointer is refused (the module docstring says why)
+_RP_REFUSED = (
+    "OBX-5 is a reference pointer (RP), not the document: the engine takes documents with "
+    "their bytes (OBX-2 ED, OBX-5 base64); have the sender include the content"
+)
 
 
 def takes_documents(router: Router) -> bool:
@@ -145,11 +172,7 @@ def take_mdm_document(
     doc = read_mdm(message, types)
     notes: list[str] = []
     if doc.data is None:
-        raise ConversionError(
-            "OBX-5 is a reference pointer (RP), not the document: the engine takes documents "
-            "with their bytes (OBX-2 ED, OBX-5 base64); have the sender include the content",
-            where="OBX-5",
-        )
+        raise ConversionError(_RP_REFUSED, where="OBX-5")
     if not doc.document_date:
         raise ConversionError("no document date (TXA-4, TXA-6 or MSH-7)", where="TXA-4")
     if doc.relation is not None:

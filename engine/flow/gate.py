@@ -19,7 +19,7 @@ from engine.errors import (
     HL7ValidationError,
     UnsupportedMessageError,
 )
-from engine.flow.documents import carries_document, takes_documents
+from engine.flow.documents import carries_document, document_problem, takes_documents
 from engine.hl7v2.codec import Message
 from engine.mappings import Mappings
 from engine.routes.router import Router
@@ -60,7 +60,11 @@ class RouteGate:
 
     def refuse(self, message: Message) -> EngineError | None:
         if self._documents and carries_document(message):
-            return None
+            # its document is taken (engine/flow/documents.py); one that cannot be (an RP
+            # pointer, no ED) is refused unless an HL7v2 route passes the MDM on as received
+            problem = document_problem(message)
+            passed_on = any(r.mapping != "fhir" for r in self.router.match(message=message))
+            return None if problem is None or passed_on else problem
         routes = self.router.match(message=message)
         if not routes:
             return unsupported(message, self._codes)
