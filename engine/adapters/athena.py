@@ -16,7 +16,8 @@ docs/EHRS.md list the pages), as applied here:
 * **Documents**: one document per call, ``POST /v1/{practiceid}/patients/{patientid}/documents``
   as multipart/form-data: the file in ``attachmentcontents``, ``departmentid`` (required for
   every document class), ``documentsubclass`` (our document type mapped through
-  :data:`DEFAULT_DOCUMENT_CLASSES`, overridable per destination), ``internalnote``. athena
+  the document type table's ``athena`` column, engine/mappings/specs/tables/document_types.yaml
+  layered with the site's, overridable per destination), ``internalnote``. athena
   recommends PDF ("the APIs are not able to accept other formats"): a TIFF, JPEG or PNG is
   refused here, permanently, naming its type.
 * **Patient**: found by MRN with ``GET /v1/{practiceid}/patients/search?searchterm=<mrn>``
@@ -58,10 +59,10 @@ from engine.adapters.oauth2 import CachedBearer, TokenError, retry_after
 from engine.adapters.token_cache import TokenCooldown, shared_token
 from engine.documents.model import DocumentEnvelope, DocumentInfo
 from engine.errors import ConfigError, EngineError
+from engine.mappings.document_types import DocumentTypes, load_document_types
 from engine.settings import Settings, load_settings
 
 __all__ = [
-    "DEFAULT_DOCUMENT_CLASSES",
     "AthenaConnection",
     "AthenaDestination",
     "AthenaDestinationConfig",
@@ -75,21 +76,6 @@ log = logging.getLogger(__name__)
 
 TOKEN_PATH = "/oauth2/v1/token"
 DEFAULT_SCOPE = "athena/service/Athenanet.MDP.*"
-
-#: our document types (engine/documents/model.py) -> athena's ``documentsubclass`` (athena's
-#: Document Classification Guide). A destination's ``document_classes`` adds to or replaces these.
-DEFAULT_DOCUMENT_CLASSES: dict[str, str] = {
-    "insurance-card": "ADMIN_INSURANCECARD",
-    "consent": "ADMIN_CONSENT",
-    "referral": "ADMIN_REFERRAL",
-    "hipaa": "ADMIN_HIPAA",
-    "legal": "ADMIN_LEGAL",
-    "billing": "ADMIN_BILLING",
-    "medical-records-request": "ADMIN_MEDICALRECORDREQ",
-    "signed-form": "ADMIN_SIGNEDFORMS",
-    "lab-report": "CLINICALDOCUMENT",
-    "clinical": "CLINICALDOCUMENT",
-}
 
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ID_RE = re.compile(r"^[0-9]{1,12}$")
@@ -173,7 +159,8 @@ class AthenaConnection(BaseModel):
 class AthenaDestinationConfig(AthenaConnection):
     """A route file's ``type: athenahealth`` destination (documents)."""
 
-    #: our document type -> athena ``documentsubclass``, over :data:`DEFAULT_DOCUMENT_CLASSES`
+    #: our document type -> athena ``documentsubclass``, over the document type table's
+    #: ``athena`` column (engine/mappings/specs/tables/document_types.yaml, site-layered)
     document_classes: dict[str, str] = Field(default_factory=dict)
     #: how long a patient found by MRN is remembered
     patient_cache_ttl_s: float = Field(default=300.0, ge=0, le=86_400)
@@ -191,10 +178,15 @@ class AthenaDestinationConfig(AthenaConnection):
                 )
         return value
 
-    def subclass_for(self, document_type: str) -> str | None:
-        return self.document_classes.get(document_type) or DEFAULT_DOCUMENT_CLASSES.get(
-            document_type
-        )
+    def subclass_for(self, document_type: str, table: DocumentTypes | None) -> str | None:
+        """athena's ``documentsubclass`` for our type: this destination's override, else the
+        type table's subclass, else its class (a class without subclasses, such as ADMIN)."""
+        if document_type in self.document_classes:
+            return self.document_classes[document_type]
+        if table is None or document_type not in table:
+            return None
+        row = table.get(document_type)
+        return row.athena_subclass or row.athena_class
 
 
 def athena_secret(config: AthenaConnection, name: str, environ: Mapping[str, str]) -> str:
@@ -488,7 +480,16 @@ class AthenaDestination:
         secret = athena_secret(config, f"destination {name}", env)
         self.api = AthenaClient(config, secret, settings=settings, transport=transport)
         self._clock = clock
+        self._settings = settings
+        self._types: DocumentTypes | None = None
         self._patients: dict[tuple[str, str], _Cached] = {}
+
+    def _type_table(self) -> DocumentTypes:
+        """The document type table (built-in and the site's), read at the first delivery."""
+        if self._types is None:
+            settings = self._settings or load_settings()
+            self._types = load_document_types(settings.mappings_dir)
+        return self._types
 
     async def close(self) -> None:
         await self.api.close()
@@ -520,11 +521,15 @@ class AthenaDestination:
                 "department_id, or the practices table)"
             )
         practice, department = where
-        subclass = cfg.subclass_for(doc.document_type)
+        try:
+            table = None if doc.document_type in cfg.document_classes else self._type_table()
+        except EngineError as exc:
+            return DeliveryResult.fail(f"athena: the document type table: {exc}")
+        subclass = cfg.subclass_for(doc.document_type, table)
         if subclass is None:
             return DeliveryResult.fail(
-                f"athena: no documentsubclass for document type {doc.document_type!r} "
-                "(document_classes)"
+                f"athena: no athena class for document type {doc.document_type!r} (the document "
+                "type table, or the destination's document_classes)"
             )
         if doc.media_type != "application/pdf":
             return DeliveryResult.fail(

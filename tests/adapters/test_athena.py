@@ -151,6 +151,30 @@ def test_the_type_table_can_be_overridden(athena: StubAthenaServer, home: Path) 
     ]
 
 
+def test_the_site_type_table_gives_the_class(athena: StubAthenaServer, tmp_path: Path) -> None:
+    """The mapping set's document type table (built-in, the site's layered over it): a type
+    with only a class sends the class; the site's row replaces the built-in one."""
+    home = tmp_path / "site-home"
+    tables = home / "mappings" / "tables"
+    tables.mkdir(parents=True)
+    (tables / "document_types.yaml").write_text(
+        "types:\n"
+        "  consent:\n"
+        "    display: Consent\n"
+        "    txa2: CS\n"
+        "    athena: {class: ADMIN, subclass: ADMIN_HIPAA}\n"
+    )
+    dest = AthenaDestination(
+        "athena",
+        config(athena),
+        environ={SECRET_ENV: SECRET},
+        settings=Settings(home=home, mappings_dir=home / "mappings"),
+    )
+    results = deliver_all(dest, payload(1), payload(2, document_type="lab-report"))
+    assert all(r.ok for r in results), results
+    assert [d.documentsubclass for d in athena.state.documents] == ["ADMIN_HIPAA", "LABRESULT"]
+
+
 def test_the_practice_table_gives_practice_and_department(
     athena: StubAthenaServer, home: Path
 ) -> None:
