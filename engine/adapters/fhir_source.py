@@ -64,6 +64,10 @@ _WAIT_STATUSES = frozenset({429, 503})
 _WAITS = 3
 
 
+class _Gone(SourceError):
+    """Private: the resource read is not on the server (404, 410)."""
+
+
 class FhirSourceConfig(BaseModel):
     """A route file's ``type: fhir`` source: the FHIR server to read appointments from."""
 
@@ -176,6 +180,14 @@ class FhirSource:
 
     # -- reading -----------------------------------------------------------------------------
 
+    async def _read_one(self, url: str, what: str) -> dict[str, Any] | None:
+        """A read of one resource; None when the server says it is gone (404, 410): the
+        appointment goes on without it, as a patient deleted in the EHR is not an outage."""
+        try:
+            return await self._get(url, what)
+        except _Gone:
+            return None
+
     async def _get(self, url: str, what: str) -> dict[str, Any]:
         """One GET on the server, as JSON: Retry-After waited out, a 401 answered with a new
         token once. ``what`` names the request in errors (a resource type, never an id)."""
@@ -211,6 +223,8 @@ class FhirSource:
                     waits += 1
                     await asyncio.sleep(wait)
                     continue
+            if status in (404, 410):
+                raise _Gone(f"{self.name}: {what} answered HTTP {status}")
             if status != 200:
                 raise SourceError(f"{self.name}: {what} answered HTTP {status}")
             try:
@@ -283,7 +297,7 @@ class FhirSource:
                 if not ref.startswith("Patient/"):
                     continue
                 if ref not in patients:
-                    patients[ref] = await self._get(f"{base}/{ref}", "Patient")
+                    patients[ref] = await self._read_one(f"{base}/{ref}", "Patient")
                     coverages[ref] = [
                         c
                         async for c in self._search(
@@ -303,9 +317,10 @@ class FhirSource:
                         if not pref.startswith("Organization/"):
                             continue  # self-pay (the Patient) or a RelatedPerson
                         if pref not in payers:
-                            payers[pref] = await self._get(f"{base}/{pref}", "Organization")
-                        if payers[pref] is not None:
-                            found.append(payers[pref] or {})
+                            payers[pref] = await self._read_one(f"{base}/{pref}", "Organization")
+                        payer = payers[pref]
+                        if payer is not None:
+                            found.append(payer)
             yield self._pulled(appt, found)
 
     def _pulled(self, appt: dict[str, Any], found: list[dict[str, Any]]) -> Pulled:

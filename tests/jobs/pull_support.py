@@ -90,9 +90,10 @@ def seed_alice(client: httpx.Client, day: date, *, aid: str = "a1") -> None:
     put(client, appointment(aid, "p1", day))
 
 
-def seed_many(client: httpx.Client, day: date, n: int) -> None:
-    """``n`` patients with one appointment each on ``day`` (no coverage)."""
-    for i in range(n):
+def seed_many(client: httpx.Client, day: date, n: int, *, first: int = 0) -> None:
+    """``n`` patients with one appointment each on ``day`` (no coverage), numbered from
+    ``first``."""
+    for i in range(first, first + n):
         put(
             client,
             {

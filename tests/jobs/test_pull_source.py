@@ -144,6 +144,23 @@ def test_a_failing_server_is_a_phi_free_source_error_and_429_is_waited_out(
     assert str(caught.value) == "clinic: Appointment answered HTTP 500"
 
 
+def test_a_patient_gone_from_the_server_leaves_the_appointment_without_it(
+    ehr: StubFhirServer, client: httpx.Client
+) -> None:
+    seed_alice(client, DAY)
+    put(client, appointment("a2", "gone", DAY, hour=10))  # its patient was never there
+    pulled = {p.version_key.split("|")[0]: p for p in _pull(_source(ehr), DAY, DAY)}
+    assert set(_types(pulled["Appointment/a2"])) == {"Appointment"}
+    assert set(_types(pulled["Appointment/a1"])) == {
+        "Appointment",
+        "Patient",
+        "Coverage",
+        "Organization",
+    }
+    with pytest.raises(SourceError, match="Appointment answered HTTP 404"):
+        _pull(FhirSource("clinic", FhirSourceConfig(base_url=ehr.url + "/nothing")), DAY, DAY)
+
+
 def test_an_oversize_answer_is_refused(ehr: StubFhirServer, client: httpx.Client) -> None:
     seed_many(client, DAY, 20)
     with pytest.raises(SourceError, match="larger than 1024 bytes"):
