@@ -20,6 +20,7 @@ SUITES: dict[str, str] = {
     "ingest": "bench.ingest_bench",
     "x12": "bench.x12_bench",
     "eligibility": "bench.eligibility_bench",
+    "documents": "bench.documents_bench",
 }
 
 

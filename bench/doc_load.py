@@ -1,0 +1,98 @@
+"""A document upload load generator: N concurrent uploaders, each POSTing its synthetic PDFs to
+``/documents`` one at a time (multipart, as a front-desk app would) and waiting for the answer.
+
+``python -m bench.doc_load URL TOKEN UPLOADERS COUNT SIZE`` prints one JSON line: documents,
+seconds, rate, p50/p99 latency in ms, and how many answers were 2xx. Every document is unique
+(the store keeps one copy of the same bytes for the same patient, which would flatter the
+rate): one synthetic PDF of SIZE bytes is built once and each upload overwrites 16 bytes of its
+padding stream with fresh random ones, so the loader spends its time uploading, not generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+
+import httpx
+
+from engine.sim.pdf import synthetic_pdf
+
+TYPES = ("insurance-card", "consent", "referral", "lab-report")
+#: the demo patients, whom the stub EHRs know (an unknown patient's document waits: needs-patient)
+MRNS = ("DEMO1001", "DEMO1002", "DEMO1003")
+
+
+def _template(size: int) -> tuple[bytes, int]:
+    """A PDF of ``size`` bytes, and where in its padding stream the unique bytes go."""
+    data = synthetic_pdf("referral", "Loadtest, Patient", mrn="LOAD0", target_size=size, seed=1)
+    at = data.rfind(b">>\nstream\n") + len(b">>\nstream\n")
+    assert at > 0 and at + 16 < size
+    return data, at
+
+
+async def uploader(
+    client: httpx.AsyncClient,
+    token: str,
+    who: int,
+    count: int,
+    template: tuple[bytes, int],
+    latencies: list[float],
+    statuses: list[int],
+) -> None:
+    data, at = template
+    for i in range(count):
+        body = bytearray(data)
+        body[at : at + 16] = os.urandom(16)
+        n = who * 1_000_000 + i
+        start = time.perf_counter()
+        response = await client.post(
+            "/documents",
+            headers={"Authorization": f"Bearer {token}"},
+            files={"file": (f"scan-{n}.pdf", bytes(body), "application/pdf")},
+            data={
+                "mrn": MRNS[n % len(MRNS)],
+                "document_type": TYPES[n % len(TYPES)],
+                "date": "2026-12-01",
+            },
+        )
+        latencies.append(time.perf_counter() - start)
+        statuses.append(response.status_code)
+        if response.status_code >= 300 and len(statuses) - sum(1 for s in statuses if s < 300) == 1:
+            print(f"first refusal: {response.status_code} {response.text[:300]}", file=sys.stderr)
+
+
+async def main(url: str, token: str, uploaders: int, count: int, size: int) -> dict[str, float]:
+    template = _template(size)
+    latencies: list[float] = []
+    statuses: list[int] = []
+    per = [count // uploaders + (1 if w < count % uploaders else 0) for w in range(uploaders)]
+    limits = httpx.Limits(max_connections=uploaders)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(
+            *(
+                uploader(client, token, w, n, template, latencies, statuses)
+                for w, n in enumerate(per)
+            )
+        )
+        seconds = time.perf_counter() - started
+    ms = sorted(x * 1000 for x in latencies)
+    return {
+        "documents": len(latencies),
+        "accepted": sum(1 for s in statuses if 200 <= s < 300),
+        "seconds": seconds,
+        "rate": len(latencies) / seconds,
+        "p50_ms": statistics.median(ms),
+        "p99_ms": ms[min(len(ms) - 1, int(len(ms) * 0.99))],
+        "size": size,
+    }
+
+
+if __name__ == "__main__":
+    url, token, uploaders, count, size = sys.argv[1:6]
+    result = asyncio.run(main(url, token, int(uploaders), int(count), int(size)))
+    print(json.dumps(result))
