@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from engine.documents.sniff import DocumentRefused, media_type_of, sniff
+from engine.documents.sniff import DocumentRefused, RefusalKind, media_type_of, sniff
 from engine.settings import Settings
 from engine.store.documents import (
     REFUSED_HEAD_BYTES,
@@ -47,6 +47,7 @@ __all__ = [
     "DocumentIntake",
     "DocumentRefused",
     "DocumentStore",
+    "RefusalKind",
     "Spool",
     "StoreUnavailable",
 ]
@@ -354,6 +355,8 @@ class DocumentIntake:
                 size=size,
                 media_type=media_type,
             )
+        except ValueError:  # the file changed since it was hashed (a folder's): look again
+            raise
         except Exception as exc:
             log.error("document store failed", extra={"error": type(exc).__name__})
             raise StoreUnavailable("the document could not be stored; send it again") from exc
@@ -375,6 +378,40 @@ class DocumentIntake:
         return Accepted(
             stored.info.document_id, stored.message_id, sha256, size, media_type, stored.duplicate
         )
+
+    async def refuse(
+        self,
+        reason: str,
+        *,
+        kind: RefusalKind,
+        fields: DocumentFields,
+        channel: str,
+        sender: str,
+        peer: str = "",
+        spool: Spool | None = None,
+        size: int | None = None,
+        file_name: str | None = None,
+    ) -> DocumentRefused:
+        """Record a refusal the caller found (a malformed form, a declared length over the cap)
+        and return the DocumentRefused to raise: with the spooled bytes when they were all
+        read, else what was read of them (at most 4 KiB)."""
+        refused = DocumentRefused(reason, kind=kind)
+        kept = spool is not None and not spool.over and spool.size > 0
+        if spool is not None:
+            await asyncio.to_thread(spool.close)
+        refusal = RefusedDocument(
+            reason=reason,
+            channel=channel,
+            sender=sender,
+            peer=peer,
+            size=size if size is not None else (spool.size if spool else 0),
+            sha256=spool.sha256 if kept and spool else None,
+            file_name=file_name,
+            fields=fields.given(),
+            head=spool.head if spool is not None and not kept else None,
+        )
+        await self._record(refused, refusal, spool.path if kept and spool else None)
+        return refused
 
     async def _refuse_oversize(self, refusal: RefusedDocument, head: bytes) -> Accepted:
         refused = DocumentRefused(

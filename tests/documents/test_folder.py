@@ -1,0 +1,240 @@
+"""The watched folder: a file is taken once it stops changing, who and what from its sidecar or
+its name; accepted files go to done/, refused ones to error/ with the reason beside them; a
+crash between the commit and the move stores nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from engine.documents.folder import WatchedFolder
+from engine.documents.intake import DocumentIntake
+from engine.settings import Settings
+from engine.store import SqlMessageStore
+from engine.store.tables import documents, messages
+from tests.documents.intake_support import PNG, pdf_bytes
+
+PATTERN = Settings().documents_name_pattern
+
+
+@pytest.fixture
+def inbox(tmp_path: Path) -> Path:
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def folder(store: SqlMessageStore, tmp_path: Path, inbox: Path) -> WatchedFolder:
+    intake = DocumentIntake(store, max_bytes=1024 * 1024, spool_dir=tmp_path / "spool")
+    return WatchedFolder(inbox, intake, name_pattern=PATTERN, sidecar_wait_s=0.0)
+
+
+def _poll(folder: WatchedFolder, times: int = 2) -> None:
+    """Poll as ``engine serve`` does every second: a file is taken on the second look."""
+    for _ in range(times):
+        asyncio.run(folder.poll())
+
+
+def _documents(store: SqlMessageStore) -> list:  # type: ignore[type-arg]
+    with store.db_engine.connect() as conn:
+        return list(conn.execute(select(documents).order_by(documents.c.id)))
+
+
+def _errors(store: SqlMessageStore) -> list:  # type: ignore[type-arg]
+    with store.db_engine.connect() as conn:
+        return list(conn.execute(select(messages).where(messages.c.state == "error")))
+
+
+def test_sidecar_says_who_and_what(
+    folder: WatchedFolder, inbox: Path, store: SqlMessageStore
+) -> None:
+    data = pdf_bytes()
+    (inbox / "scan-0001.json").write_text(
+        json.dumps(
+            {
+                "mrn": "MRN1001",
+                "document_type": "consent",
+                "date": "2026-11-30",
+                "title": "Consent to treat",
+            }
+        )
+    )
+    (inbox / "scan-0001.pdf").write_bytes(data)
+    _poll(folder)
+    [doc] = _documents(store)
+    assert (doc.patient_mrn, doc.document_type, doc.document_date, doc.title) == (
+        "MRN1001",
+        "consent",
+        "2026-11-30",
+        "Consent to treat",
+    )
+    assert (doc.channel, doc.file_name, doc.media_type) == (
+        "folder",
+        "scan-0001.pdf",
+        "application/pdf",
+    )
+    assert sorted(p.name for p in (inbox / "done").iterdir()) == ["scan-0001.json", "scan-0001.pdf"]
+    assert sorted(p.name for p in inbox.iterdir()) == ["done"]
+
+
+def test_yaml_sidecar_named_after_the_whole_file_name(
+    folder: WatchedFolder, inbox: Path, store: SqlMessageStore
+) -> None:
+    (inbox / "fax.tif.yaml").write_text("mrn: MRN2002\ndocument_type: referral\n")
+    (inbox / "fax.tif").write_bytes(b"II*\x00" + bytes(100))
+    _poll(folder)
+    [doc] = _documents(store)
+    assert (doc.patient_mrn, doc.document_type, doc.media_type) == (
+        "MRN2002",
+        "referral",
+        "image/tiff",
+    )
+
+
+def test_the_file_name_pattern_without_a_sidecar(
+    folder: WatchedFolder, inbox: Path, store: SqlMessageStore
+) -> None:
+    (inbox / "MRN3003_insurance-card_20261201.png").write_bytes(PNG)
+    _poll(folder)
+    [doc] = _documents(store)
+    assert (doc.patient_mrn, doc.document_type, doc.document_date) == (
+        "MRN3003",
+        "insurance-card",
+        "2026-12-01",
+    )
+
+
+def test_a_file_still_growing_is_not_taken(
+    folder: WatchedFolder, inbox: Path, store: SqlMessageStore
+) -> None:
+    path = inbox / "MRN3003_consent_20261201.pdf"
+    data = pdf_bytes()
+    path.write_bytes(data[:100])
+    asyncio.run(folder.poll())
+    with path.open("ab") as f:  # the scanner writes on
+        f.write(data[100:200])
+    asyncio.run(folder.poll())
+    assert _documents(store) == [] and path.exists()
+    path.write_bytes(data)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    _poll(folder)
+    [doc] = _documents(store)
+    assert doc.size == len(data)
+
+
+def test_hidden_and_sidecar_files_alone_are_left(
+    folder: WatchedFolder, inbox: Path, store: SqlMessageStore
+) -> None:
+    (inbox / ".MRN1_consent_20261201.pdf.part").write_bytes(PNG)
+    (inbox / "lonely.json").write_text("{}")
+    _poll(folder, 3)
+    assert _documents(store) == [] and _errors(store) == []
+    assert sorted(p.name for p in inbox.iterdir()) == [
+        ".MRN1_consent_20261201.pdf.part",
+        "lonely.json",
+    ]
+
+
+def test_refused_files_go_to_error_with_their_reason(
+    folder: WatchedFolder, inbox: Path, store: SqlMessageStore
+) -> None:
+    (inbox / "MRN1_consent_20261201.pdf").write_bytes(pdf_bytes(password="pw"))
+    (inbox / "MRN1_consent_20261202.docx").write_bytes(b"PK\x03\x04" + bytes(64))
+    (inbox / "no-one-knows.pdf").write_bytes(pdf_bytes())
+    (inbox / "bad-sidecar.pdf").write_bytes(pdf_bytes())
+    (inbox / "bad-sidecar.json").write_text("{not json")
+    _poll(folder)
+    error = inbox / "error"
+    reasons = {
+        p.name.removesuffix(".reason.txt"): p.read_text()
+        for p in error.iterdir()
+        if p.name.endswith(".reason.txt")
+    }
+    assert set(reasons) == {
+        "MRN1_consent_20261201.pdf",
+        "MRN1_consent_20261202.docx",
+        "no-one-knows.pdf",
+        "bad-sidecar.pdf",
+    }
+    assert reasons["MRN1_consent_20261201.pdf"].startswith("encrypted PDF (password-protected)")
+    assert "ZIP" in reasons["MRN1_consent_20261202.docx"]
+    assert "no sidecar" in reasons["no-one-knows.pdf"]
+    assert "bad-sidecar.json" in reasons["bad-sidecar.pdf"]
+    assert "message " in reasons["no-one-knows.pdf"]  # the refusal's record
+    assert (error / "bad-sidecar.json").exists() and (error / "no-one-knows.pdf").exists()
+    assert len(_errors(store)) == 4 and _documents(store) == []
+    assert sorted(p.name for p in inbox.iterdir()) == ["error"]
+
+
+def test_a_file_taken_again_after_a_crash_is_stored_once(
+    folder: WatchedFolder, inbox: Path, store: SqlMessageStore, tmp_path: Path
+) -> None:
+    path = inbox / "MRN1_consent_20261201.pdf"
+    data = pdf_bytes()
+    path.write_bytes(data)
+    _poll(folder)
+    # the crash: committed, but the file was never moved (put it back as it was)
+    os.replace(inbox / "done" / path.name, path)
+    intake = DocumentIntake(store, max_bytes=1024 * 1024, spool_dir=tmp_path / "spool")
+    restarted = WatchedFolder(inbox, intake, name_pattern=PATTERN, sidecar_wait_s=0.0)
+    _poll(restarted)
+    assert len(_documents(store)) == 1
+    assert not path.exists()
+    assert sorted(p.name for p in (inbox / "done").iterdir()) == ["MRN1_consent_20261201.pdf"]
+
+
+def test_a_failing_store_leaves_the_file_to_try_again(
+    inbox: Path, store: SqlMessageStore, tmp_path: Path
+) -> None:
+    class Broken:
+        def store_document(self, *args: object, **kwargs: object) -> object:
+            raise ConnectionError("database down")
+
+        def refuse_document(self, *args: object, **kwargs: object) -> int:
+            raise ConnectionError("database down")
+
+    intake = DocumentIntake(Broken(), max_bytes=1024 * 1024, spool_dir=tmp_path / "spool")  # type: ignore[arg-type]
+    folder = WatchedFolder(inbox, intake, name_pattern=PATTERN, sidecar_wait_s=0.0)
+    path = inbox / "MRN1_consent_20261201.png"
+    path.write_bytes(PNG)
+    (inbox / "junk.docx").write_bytes(b"PK\x03\x04")
+    _poll(folder, 3)
+    assert path.exists() and (inbox / "junk.docx").exists()
+    assert not (inbox / "error").exists() or list((inbox / "error").iterdir()) == []
+
+
+def test_runs_until_stopped(folder: WatchedFolder, inbox: Path, store: SqlMessageStore) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(folder.run(stop, poll_s=0.05))
+        (inbox / "MRN1_consent_20261201.png").write_bytes(PNG)
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if (inbox / "done").exists():
+                break
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
+    assert len(_documents(store)) == 1
+
+
+def test_a_sidecar_written_after_its_document_is_waited_for(
+    store: SqlMessageStore, tmp_path: Path, inbox: Path
+) -> None:
+    intake = DocumentIntake(store, max_bytes=1024 * 1024, spool_dir=tmp_path / "spool")
+    folder = WatchedFolder(inbox, intake, name_pattern=PATTERN, sidecar_wait_s=60.0)
+    (inbox / "scan-9.png").write_bytes(PNG)
+    _poll(folder, 3)
+    assert _documents(store) == [] and _errors(store) == []
+    (inbox / "scan-9.json").write_text('{"mrn": "MRN9", "type": "consent"}')
+    _poll(folder, 1)
+    [doc] = _documents(store)
+    assert (doc.patient_mrn, doc.document_type) == ("MRN9", "consent")
