@@ -378,3 +378,48 @@ def test_worker_processes_share_one_token(
     assert athena.state.token_limited == 0
     assert len(athena.state.documents) == 40
     assert len(athena.state.uploads_by_hash) == 40
+
+
+def test_the_token_is_used_until_a_minute_before_it_expires(
+    athena: StubAthenaServer, home: Path
+) -> None:
+    dest = destination(athena, home)
+    now = time.time()
+
+    async def run() -> list[DeliveryResult]:
+        try:
+            results = []
+            for n, at in enumerate((now, now + 3539, now + 3541), 1):
+                dest.api.token.clock = lambda at=at: at
+                results.append(await dest.deliver(payload(n)))
+                assert athena.state.token_requests == (1 if n < 3 else 2)
+            return results
+        finally:
+            await dest.close()
+
+    assert all(r.ok for r in asyncio.run(run()))
+
+
+def test_a_patient_found_is_remembered_for_its_ttl(athena: StubAthenaServer, home: Path) -> None:
+    clock = [0.0]
+    dest = AthenaDestination(
+        "athena",
+        config(athena, patient_cache_ttl_s=60, check_existing=False),
+        environ={SECRET_ENV: SECRET},
+        settings=Settings(home=home),
+        clock=lambda: clock[0],
+    )
+
+    async def run() -> list[int]:
+        counts = []
+        try:
+            for n, at in enumerate((0.0, 59.0, 61.0), 1):
+                clock[0] = at
+                before = athena.state.api_requests
+                assert (await dest.deliver(payload(n))).ok
+                counts.append(athena.state.api_requests - before)
+        finally:
+            await dest.close()
+        return counts
+
+    assert asyncio.run(run()) == [2, 1, 2]  # search + upload; upload; search again + upload
