@@ -423,3 +423,12 @@ def test_a_patient_found_is_remembered_for_its_ttl(athena: StubAthenaServer, hom
         return counts
 
     assert asyncio.run(run()) == [2, 1, 2]  # search + upload; upload; search again + upload
+
+
+def test_a_slow_athena_is_a_retryable_timeout(athena: StubAthenaServer, home: Path) -> None:
+    dest = destination(athena, home, timeout_s=0.3)
+    deliver_all(destination(athena, home), payload(1))  # the token, fetched before it slows
+    athena.state.delay_s = 1.0
+    (result,) = deliver_all(dest, payload(2))
+    assert not result.ok and result.retryable
+    assert result.detail == "athena: timeout (ReadTimeout)"
