@@ -412,8 +412,8 @@ class _EpicFhir:
             raise _Problem(400, "structure", "the body is not JSON") from exc
         if not isinstance(resource, dict) or resource.get("resourceType") != "DocumentReference":
             raise _Problem(400, "structure", "the body is not a DocumentReference")
-        try:
-            DocumentReference.model_validate(resource)
+        try:  # the structure; the base64 data is checked by decoding it below (5 ms a MiB less)
+            DocumentReference.model_validate(_without_data(resource))
         except ValidationError as exc:
             paths = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
             raise _Problem(400, "structure", f"invalid at {', '.join(paths[:5])}") from exc
@@ -454,6 +454,18 @@ class _EpicFhir:
             if ok:
                 out.append(doc)
         return out
+
+
+def _without_data(resource: dict[str, Any]) -> dict[str, Any]:
+    contents = resource.get("content")
+    if not isinstance(contents, list):
+        return resource
+    out = []
+    for c in contents:
+        if isinstance(c, dict) and isinstance(c.get("attachment"), dict):
+            c = {**c, "attachment": {k: v for k, v in c["attachment"].items() if k != "data"}}
+        out.append(c)
+    return {**resource, "content": out}
 
 
 async def _body(request: Request) -> bytes | Response:
