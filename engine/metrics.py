@@ -271,6 +271,19 @@ class EngineMetrics:
             ("destination", "outcome"),
             registry=own,
         )
+        self._pulled = Counter(
+            "engine_pulled_appointments_total",
+            "Appointments read by a pull source, by source and outcome (new: stored; unchanged: "
+            "already stored, that version).",
+            ("source", "outcome"),
+            registry=own,
+        )
+        self._pull_failures = Counter(
+            "engine_pull_failures_total",
+            "Pulls that stopped early (the source failed or timed out), by source.",
+            ("source",),
+            registry=own,
+        )
         self._workers = Gauge(
             "engine_worker_processes",
             "Worker processes running (processing and delivery) beside this receiver.",
@@ -310,6 +323,15 @@ class EngineMetrics:
         if dead and not ok:
             self._dead.labels(destination=destination).inc()
             self.record_error("deliver")
+
+    @_never_raises
+    def record_pull(self, source: str, *, new: int, unchanged: int, failed: bool) -> None:
+        """One pull of ``source`` (engine/jobs/pull.py): its appointments by outcome, and
+        whether it stopped early."""
+        self._pulled.labels(source=source, outcome="new").inc(new)
+        self._pulled.labels(source=source, outcome="unchanged").inc(unchanged)
+        if failed:
+            self._pull_failures.labels(source=source).inc()
 
     def watch_backlog(
         self, backlog: Callable[[], Iterable[Backlog]], destinations: Iterable[str] = ()

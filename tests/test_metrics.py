@@ -49,6 +49,8 @@ def test_every_family_with_its_labels_and_values() -> None:
     metrics.delivered("fhir-main", 1.0, False, False)
     metrics.delivered("payer", 0.0, False, True)
     metrics.record_routed(["adt-to-fhir", "adt-to-fhir", "adt-to-archive"])
+    metrics.record_pull("clinic", new=3, unchanged=2, failed=False)
+    metrics.record_pull("clinic", new=0, unchanged=1, failed=True)
     metrics.watch_backlog(lambda: [Row("fhir-main", 4, 12.5)], destinations=["payer"])
     text = page(metrics)
     assert families(text) == {
@@ -57,6 +59,8 @@ def test_every_family_with_its_labels_and_values() -> None:
         "engine_worker_processes": "gauge",
         "engine_destination_queue_depth": "gauge",
         "engine_destination_oldest_waiting_seconds": "gauge",
+        "engine_pulled_appointments_total": "counter",
+        "engine_pull_failures_total": "counter",
     }
     assert parse(text) == {
         'engine_messages_received_total{channel="mllp"}': 1,
@@ -76,6 +80,9 @@ def test_every_family_with_its_labels_and_values() -> None:
         'engine_deliveries_total{destination="fhir-main",outcome="delivered"}': 3,
         'engine_deliveries_total{destination="fhir-main",outcome="retry"}': 1,
         'engine_deliveries_total{destination="payer",outcome="dead"}': 1,
+        'engine_pulled_appointments_total{outcome="new",source="clinic"}': 3,
+        'engine_pulled_appointments_total{outcome="unchanged",source="clinic"}': 3,
+        'engine_pull_failures_total{source="clinic"}': 1,
         "engine_worker_processes": 0,
         "engine_queue_depth": 4,
         'engine_destination_queue_depth{destination="fhir-main"}': 4,
