@@ -47,7 +47,7 @@ import httpx
 import orjson
 from pydantic import Field, field_validator, model_validator
 
-from engine.adapters.athena import AthenaClient, AthenaConnection, athena_secret
+from engine.adapters.athena_client import AthenaClient, AthenaConnection, athena_secret
 from engine.adapters.oauth2 import TokenError, retry_after
 from engine.adapters.source import Pulled, SourceError
 from engine.errors import EngineError
