@@ -28,6 +28,8 @@ import uvicorn
 from engine.adapters.mllp.server import MLLPServer, Reply, current_reply
 from engine.api.app import create_app
 from engine.api.auth_settings import auth_settings_for
+from engine.documents.folder import WatchedFolder
+from engine.documents.intake import DocumentIntake
 from engine.errors import ConfigError
 from engine.flow.config import LoadedConfig, Reloader, load_running_config
 from engine.flow.ingest import Ingest, Receipt
@@ -162,6 +164,8 @@ class Engine:
             max_connections_per_peer=settings.max_connections_per_peer,
             ssl_context=_mllp_tls(settings),
         )
+        # documents (POST /documents and the watched folder): stored before accepted, like messages
+        self.documents = DocumentIntake.from_settings(self.store, settings)
         app = create_app(
             settings,
             auth=auth,
@@ -170,6 +174,7 @@ class Engine:
             health=_Health(self.store),
             metrics=self.metrics,
             eligibility=self._eligibility_service(),
+            documents=self.documents,
         )
         app.state.reloader = self.reloader
         http_config = uvicorn.Config(
@@ -202,6 +207,18 @@ class Engine:
         from engine.jobs.eligibility import EligibilityService
 
         return EligibilityService(self.store, load_payers(self.settings.payers_dir), self.settings)
+
+    def _watched_folder(self) -> WatchedFolder | None:
+        """The documents' inbox (ENGINE_DOCUMENTS_INBOX), polled every second; None if unset."""
+        inbox = self.settings.resolved_documents_inbox()
+        if inbox is None:
+            return None
+        return WatchedFolder(
+            inbox,
+            self.documents,
+            name_pattern=self.settings.documents_name_pattern,
+            retention_days=self.settings.retention_days,
+        )
 
     def _state_of(self, message_id: int) -> str | None:
         rec = self.store.get(message_id)
@@ -239,6 +256,8 @@ class Engine:
             asyncio.create_task(self._supervise(workers), name="supervisor") if workers else None
         )
         checkpoints = asyncio.create_task(self.store.checkpoints(stop), name="checkpoints")
+        inbox = self._watched_folder()
+        folder = asyncio.create_task(inbox.run(stop), name="inbox") if inbox else None
         http_task = asyncio.create_task(self.http.serve(sockets=http_sockets))
         try:
             while not self.http.started:
@@ -268,6 +287,14 @@ class Engine:
             checkpoints.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await checkpoints
+            if folder is not None:
+                # it stops at its next look once ``stop`` is set, a file being taken finished
+                # (cancelled, the file stays: committed or not, a re-take is stored once)
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(folder), 10 if stop.is_set() else 0)
+                folder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await folder
             if supervisor is not None:
                 supervisor.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -20,6 +20,8 @@ from fastapi.responses import JSONResponse
 from engine import __version__
 from engine.api import (
     routes_admin,
+    routes_documents,
+    routes_documents_admin,
     routes_eligibility,
     routes_fhir,
     routes_hl7,
@@ -48,6 +50,7 @@ def create_app(
     auth: AuthSettings | None = None,
     http_client: httpx.Client | None = None,
     eligibility: Any = None,
+    documents: Any = None,
 ) -> FastAPI:
     """The HTTP side of the engine.
 
@@ -60,6 +63,7 @@ def create_app(
     app = FastAPI(title="engine", version=__version__, docs_url=None, redoc_url=None)
     app.state.context = ApiContext(settings, ingest, messages, health, metrics)
     app.state.eligibility = eligibility  # engine.jobs.eligibility.EligibilityService, or None
+    app.state.documents = documents  # engine.documents.intake.DocumentIntake, or None
     app.state.reloader = None  # engine.flow.config.Reloader, set by engine serve
     app.state.token_verifier = build_verifier(auth, http_client=http_client)
 
@@ -82,7 +86,9 @@ def create_app(
     app.include_router(routes_hl7.router)
     app.include_router(routes_fhir.router)
     app.include_router(routes_messages.router)
+    app.include_router(routes_documents_admin.router)
     app.include_router(routes_eligibility.router)
+    app.include_router(routes_documents.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_jwks.router)
     app.include_router(metrics_router(require_token=auth.metrics_require_token))
