@@ -215,3 +215,40 @@ def test_a_declared_length_over_the_cap_is_413_unread(
     assert response.status_code == 413
     [row] = _rows(store)
     assert row.state == "error" and "limit" in row.reason
+
+
+def test_a_store_that_fails_is_503_send_again(
+    settings: Settings, auth: AuthSettings, tmp_path: Path, headers: dict[str, str]
+) -> None:
+    class Down:
+        def store_document(self, *args: object, **kwargs: object) -> object:
+            raise ConnectionError("database down")
+
+        def refuse_document(self, *args: object, **kwargs: object) -> int:
+            raise ConnectionError("database down")
+
+    metrics = EngineMetrics()
+    intake = DocumentIntake(Down(), max_bytes=CAP, spool_dir=tmp_path / "spool")  # type: ignore[arg-type]
+    app = create_app(
+        settings,
+        ingest=FakeIngest(metrics),
+        messages=FakeMessages([]),
+        health=FakeHealth(),
+        metrics=metrics,
+        auth=auth,
+        documents=intake,
+    )
+    client = TestClient(app)
+    for data in (PNG, b"PK\x03\x04"):  # accepted or refused: neither can be stored
+        files = {"file": ("a.png", data, "image/png")}
+        response = client.post("/documents", data=FORM, files=files, headers=headers)
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "30"
+        assert "send it again" in response.json()["detail"]
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_no_intake_is_503(client: TestClient, headers: dict[str, str]) -> None:
+    files = {"file": ("a.png", PNG, "image/png")}
+    response = client.post("/documents", data=FORM, files=files, headers=headers)
+    assert response.status_code == 503

@@ -238,3 +238,14 @@ def test_a_sidecar_written_after_its_document_is_waited_for(
     _poll(folder, 1)
     [doc] = _documents(store)
     assert (doc.patient_mrn, doc.document_type) == ("MRN9", "consent")
+
+
+def test_a_file_over_the_cap_goes_to_error(
+    folder: WatchedFolder, inbox: Path, store: SqlMessageStore
+) -> None:
+    (inbox / "MRN1_consent_20261201.png").write_bytes(PNG + bytes(1024 * 1024))
+    _poll(folder)
+    reason = (inbox / "error" / "MRN1_consent_20261201.png.reason.txt").read_text()
+    assert "1048576-byte limit (ENGINE_MAX_DOCUMENT_BYTES)" in reason
+    [msg] = _errors(store)
+    assert msg.channel == "folder" and _documents(store) == []
