@@ -6,7 +6,11 @@ model checks the destination's keys and whose class delivers to it.
 * ``mllp``: :class:`~engine.adapters.mllp.client.MllpDestination` and
   :class:`~engine.adapters.mllp.client.MLLPDestination` (an HL7v2 receiver);
 * ``file``: :class:`~engine.adapters.files.FileDestination` and
-  :class:`~engine.adapters.files.FileDropDestination` (a directory).
+  :class:`~engine.adapters.files.FileDropDestination` (a directory);
+* ``epic``: :class:`~engine.adapters.epic.EpicDestination` and
+  :class:`~engine.adapters.epic.EpicDocumentDestination` (documents to Epic over FHIR R4).
+* ``athenahealth``: :class:`~engine.adapters.athena.AthenaDestinationConfig` and
+  :class:`~engine.adapters.athena.AthenaDestination` (documents to athenahealth's REST API).
 
 The registry sits above the contract (:mod:`engine.adapters.destination`) and the adapters, so the
 contract imports no adapter and no import runs in a circle. Routes, the core, know no adapter
@@ -33,7 +37,16 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from engine.adapters.athena import AthenaDestination, AthenaDestinationConfig
+from engine.adapters.athena_source import AthenaSource, AthenaSourceConfig
 from engine.adapters.destination import Destination
+from engine.adapters.epic import (
+    EpicDestination,
+    EpicDocumentDestination,
+    EpicSource,
+    EpicSourceConfig,
+    check_epic_routes,
+)
 from engine.adapters.fhir_rest import FhirDestination, FhirRestDestination
 from engine.adapters.fhir_source import FhirSource, FhirSourceConfig
 from engine.adapters.files import FileDestination, FileDropDestination
@@ -72,6 +85,8 @@ DESTINATION_TYPES: dict[str, DestinationType[Any]] = {
     "fhir": DestinationType(FhirDestination, FhirRestDestination),
     "mllp": DestinationType(MllpDestination, MLLPDestination),
     "file": DestinationType(FileDestination, FileDropDestination),
+    "epic": DestinationType(EpicDestination, EpicDocumentDestination),
+    "athenahealth": DestinationType(AthenaDestinationConfig, AthenaDestination),
 }
 
 
@@ -86,6 +101,8 @@ class SourceType(Generic[C]):
 #: every pull source ``type`` a route file may name
 SOURCE_TYPES: dict[str, SourceType[Any]] = {
     "fhir": SourceType(FhirSourceConfig, FhirSource),
+    "epic": SourceType(EpicSourceConfig, EpicSource),
+    "athenahealth": SourceType(AthenaSourceConfig, AthenaSource),
 }
 
 
@@ -188,12 +205,14 @@ def load_routes(site_dir: Path | None = None, *, defaults: Path | None = None) -
     pull source's keys checked by its adapter's config model. Raises :class:`ConfigError`
     naming file, line and key.
     """
-    return loader.read_routes(
+    routes = loader.read_routes(
         site_dir,
         defaults=defaults,
         check_destination=destination_config,
         check_source=source_config,
     )
+    check_epic_routes(routes)  # what Epic takes (documents as FHIR), beyond each key's check
+    return routes
 
 
 def _first(exc: ValidationError) -> str:
