@@ -100,9 +100,10 @@ def _check_pdf(path: Path) -> None:
     from pypdf import PdfReader
 
     try:
-        with warnings.catch_warnings():
+        # an open file, not the path: given a path, pypdf reads the whole file into memory
+        with warnings.catch_warnings(), path.open("rb") as f:
             warnings.simplefilter("ignore")  # non-strict pypdf warns of every repair it makes
-            reader = PdfReader(path, strict=False)
+            reader = PdfReader(f, strict=False)
             if reader.is_encrypted:
                 raise DocumentRefused(ENCRYPTED_PDF, kind="pdf")
             pages = len(reader.pages)

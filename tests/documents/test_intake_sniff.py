@@ -4,6 +4,7 @@ and not be encrypted."""
 from __future__ import annotations
 
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,18 @@ def test_sniffing_a_long_pdf_is_fast(tmp_path: Path) -> None:
     started = time.perf_counter()
     assert sniff(path) == "application/pdf"
     assert time.perf_counter() - started < 0.5
+
+
+def test_a_25_mib_pdf_is_checked_without_reading_it_into_memory(tmp_path: Path) -> None:
+    from engine.sim.pdf import synthetic_pdf
+
+    path = write(
+        tmp_path / "big.pdf", synthetic_pdf("consent", "Test Patient", target_size=25 << 20)
+    )
+    tracemalloc.start()
+    try:
+        assert sniff(path) == "application/pdf"
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"peak {peak} bytes"
