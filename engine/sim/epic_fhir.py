@@ -13,8 +13,9 @@ Served under ``/api/FHIR/R4`` behind the stub's bearer tokens (:mod:`engine.sim.
 * ``POST DocumentReference``: validated with fhir.resources (R4B models, which read R4
   DocumentReference alike), ``status`` one of R4's codes, ``subject`` an existing Patient, the
   attachment's ``data`` (base64, its ``size`` checked when given) or ``url`` = ``Binary/<id>``
-  of a Binary created here; ``If-None-Exist`` (http.html#ccreate: ``identifier``, ``subject``
-  or ``patient``) honoured atomically: one match answers 200 with it, several 412;
+  of a Binary created here, its ``hash`` (base64 SHA-1) checked against the bytes when
+  given; ``If-None-Exist`` (http.html#ccreate: ``identifier``, ``subject`` or ``patient``)
+  honoured atomically: one match answers 200 with it, several 412;
 * ``POST Binary``: the raw bytes with their media type as Content-Type, or a FHIR JSON Binary
   (http.html#binary); 405 when :attr:`EpicData.binary_supported` is false.
 
@@ -83,8 +84,9 @@ class EpicData:
     #: SHA-256 of a DocumentReference's content -> how many were created with it
     creates_by_hash: Counter[str] = field(default_factory=Counter)
     binary_creates: int = 0
-    #: Binary id -> SHA-256 of its bytes
+    #: Binary id -> SHA-256 of its bytes, and the base64 of their SHA-1 (Attachment.hash)
     binary_sha: dict[str, str] = field(default_factory=dict)
+    binary_sha1: dict[str, str] = field(default_factory=dict)
     searches: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -97,6 +99,7 @@ class EpicData:
             self.creates_by_hash.clear()
             self.binary_creates = 0
             self.binary_sha.clear()
+            self.binary_sha1.clear()
             self.searches.clear()
 
     def put(self, resource: dict[str, Any]) -> dict[str, Any]:
@@ -378,6 +381,7 @@ class _EpicFhir:
         with self.data.lock:
             self.data.binary_creates += 1
             self.data.binary_sha[stored["id"]] = digest
+            self.data.binary_sha1[stored["id"]] = _sha1(raw)
         location = f"{self._origin(request)}/Binary/{stored['id']}/_history/1"
         return _json(stored, 201, {"Location": location, "ETag": 'W/"1"'})
 
@@ -431,12 +435,16 @@ class _EpicFhir:
                 raise _Problem(400, "value", "attachment.data is not base64") from exc
             if attachment.get("size") is not None and attachment["size"] != len(content):
                 raise _Problem(422, "value", "attachment.size differs from the data's size")
+            _check_hash(attachment, _sha1(content))
             return resource, hashlib.sha256(content).hexdigest()
         url = str(attachment.get("url") or "")
+        bid = url.rsplit("Binary/", 1)[-1]
         with self.data.lock:
-            digest = self.data.binary_sha.get(url.rsplit("Binary/", 1)[-1]) if url else None
+            digest = self.data.binary_sha.get(bid) if url else None
+            sha1 = self.data.binary_sha1.get(bid, "")
         if "Binary/" not in url or digest is None:
             raise _Problem(422, "required", "attachment needs data or the url of a Binary here")
+        _check_hash(attachment, sha1)
         return resource, digest
 
     def _matching(self, condition: str) -> list[dict[str, Any]]:
@@ -454,6 +462,16 @@ class _EpicFhir:
             if ok:
                 out.append(doc)
         return out
+
+
+def _sha1(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha1(data).digest()).decode()  # noqa: S324 (FHIR's choice)
+
+
+def _check_hash(attachment: dict[str, Any], sha1: str) -> None:
+    """Attachment.hash, when given, is the base64 of the data's SHA-1 (R4 datatypes)."""
+    if attachment.get("hash") not in (None, sha1):
+        raise _Problem(422, "value", "attachment.hash is not the SHA-1 of the data")
 
 
 def _without_data(resource: dict[str, Any]) -> dict[str, Any]:

@@ -236,3 +236,25 @@ def test_admin_endpoint_only_when_enabled(epic: StubEpicServer) -> None:
         assert http.get("metadata").status_code == 200
         stats = httpx.get(open_epic.url + "/admin/stats").json()
     assert stats["document_creates"] == 0
+
+
+def test_attachment_hash_is_checked_when_given(epic: StubEpicServer) -> None:
+    """Attachment.hash is the base64 of the data's SHA-1 (FHIR R4 datatypes.html#Attachment)."""
+    sha1 = base64.b64encode(hashlib.sha1(PDF).digest()).decode()
+    wrong = base64.b64encode(hashlib.sha1(b"other").digest()).decode()
+    data = base64.b64encode(PDF).decode()
+    with client(epic) as http:
+        pid = patient_id(http, "DEMO1002")
+        bid = http.post("Binary", content=PDF, headers={"Content-Type": "application/pdf"}).json()[
+            "id"
+        ]
+
+        def create(**attachment: Any) -> int:
+            body = docref(f"Patient/{pid}", **attachment)
+            body["identifier"] = []  # each a new document
+            return http.post("DocumentReference", content=orjson.dumps(body)).status_code
+
+        assert create(data=data, hash=wrong) == 422
+        assert create(url=f"Binary/{bid}", hash=wrong) == 422
+        assert create(data=data, hash=sha1) == 201
+        assert create(url=f"Binary/{bid}", hash=sha1) == 201
