@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -118,6 +119,22 @@ def _engine(var: Path, env: dict[str, str], http_port: int) -> Iterator[subproce
         _stop(proc)
 
 
+def _wait_worker(db: Path, timeout: float = 120.0) -> None:
+    """Until the worker process has registered (it starts after the receiver, seconds later on
+    a loaded machine): the delivery rate measures delivering, not starting up."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+                row = conn.execute("SELECT count(*) FROM nodes WHERE role = 'worker'").fetchone()
+            if row and row[0]:
+                return
+        except sqlite3.Error:
+            pass  # not created yet
+        time.sleep(0.2)
+    raise RuntimeError(f"no worker registered within {timeout:.0f} s")
+
+
 def _load(url: str, token: str, uploaders: int, count: int, size: int) -> dict[str, Any]:
     args = [sys.executable, "-m", "bench.doc_load", url, token, str(uploaders), str(count)]
     out = subprocess.run(
@@ -163,6 +180,8 @@ class _RssSampler:
     def __init__(self, pid: int, interval: float = 0.05) -> None:
         self.pid, self.interval = pid, interval
         self.peak_kib = 0
+        #: the sum when sampling started (the engine idle: what the imports and pools cost)
+        self.idle_kib: int | None = None
         self.hwm_kib: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -170,7 +189,10 @@ class _RssSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             pids = _tree(self.pid)
-            self.peak_kib = max(self.peak_kib, sum(_status_kib(p, "VmRSS") for p in pids))
+            now = sum(_status_kib(p, "VmRSS") for p in pids)
+            if self.idle_kib is None:
+                self.idle_kib = now
+            self.peak_kib = max(self.peak_kib, now)
             for p in pids:  # each process's own high-water mark, read while it lives
                 self.hwm_kib[p] = max(self.hwm_kib.get(p, 0), _status_kib(p, "VmHWM"))
             self._stop.wait(self.interval)
@@ -248,6 +270,8 @@ def _case(
         token = _engine_cli(env, "token", "--role", "integration", "--subject", "bench")
         url = f"http://127.0.0.1:{http_port}"
         with _engine(var, env, http_port) as proc:
+            if workers:
+                _wait_worker(var / "engine.db")
             sampler = _RssSampler(proc.pid) if rss else None
             if sampler:
                 sampler.__enter__()
@@ -266,6 +290,7 @@ def _case(
                     sampler.__exit__()
             if sampler:
                 result["peak_rss_mb"] = sampler.peak_kib / 1024
+                result["idle_rss_mb"] = (sampler.idle_kib or 0) / 1024
                 result["hwm_mb"] = {str(p): k / 1024 for p, k in sampler.hwm_kib.items()}
                 result["hwm_sum_mb"] = sum(sampler.hwm_kib.values()) / 1024
         print(f"  {label}: {_describe(result)}", flush=True)
