@@ -129,6 +129,8 @@ class EpicDestination(_EpicCommon):
     scope: str = Field(default=DEFAULT_SCOPE, min_length=1, max_length=2000)
     #: ``auto``: Binary first when the CapabilityStatement lists Binary create, else inline
     document_mode: DocumentMode = "auto"
+    #: how long a patient found by MRN is remembered (0: searched every time)
+    patient_cache_ttl_s: float = Field(default=300.0, ge=0, le=86_400)
 
     def fhir(self) -> FhirDestination:
         """The FHIR destination this amounts to (smart-backend auth, Epic's base)."""
@@ -144,6 +146,7 @@ class EpicDestination(_EpicCommon):
             timeout_s=self.timeout_s,
             document_mode=self.document_mode,
             mrn_system=self.mrn_system,
+            patient_cache_ttl_s=self.patient_cache_ttl_s,
         )
 
 

@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from engine.adapters.auth import BearerAuth, OAuth2Auth, SmartBackendAuth
 from engine.adapters.auth import NoAuth as NoAuthConfig
 from engine.adapters.destination import DeliveryResult, Payload
-from engine.adapters.fhir_documents import Body, DocumentMode, DocumentWriter
+from engine.adapters.fhir_documents import Body, DocumentMode, DocumentWriter, PatientCache
 from engine.adapters.fhir_http import classify
 from engine.adapters.oauth2 import ClientCredentials, TokenError
 from engine.adapters.smart import SmartBackend
@@ -106,6 +106,8 @@ class FhirDestination(BaseModel):
     #: documents: the identifier system of the server's MRNs (``Patient?identifier=system|mrn``);
     #: unset, the mapped DocumentReference's subject.identifier.system, else the MRN alone
     mrn_system: str | None = Field(default=None, min_length=1, max_length=300)
+    #: documents: how long a patient found by MRN is remembered (0: searched every time)
+    patient_cache_ttl_s: float = Field(default=300.0, ge=0, le=86_400)
 
     @field_validator("base_url")
     @classmethod
@@ -337,7 +339,10 @@ class FhirRestDestination:
         self._client: httpx.AsyncClient | None = None
         #: documents: patient cache, the server's mode (engine/adapters/fhir_documents.py)
         self.documents = DocumentWriter(
-            self._send, mrn_system=config.mrn_system, mode=config.document_mode
+            self._send,
+            mrn_system=config.mrn_system,
+            mode=config.document_mode,
+            patients=PatientCache(ttl_s=config.patient_cache_ttl_s),
         )
 
     def _http(self) -> httpx.AsyncClient:

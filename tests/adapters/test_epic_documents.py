@@ -315,3 +315,24 @@ def test_base64_body_streams_exactly_the_json_it_announces() -> None:
 
     parsed = orjson.loads(asyncio.run(collect()))
     assert base64.b64decode(parsed["content"][0]["attachment"]["data"]) == data
+
+
+def test_patient_cache_expires_and_stays_bounded() -> None:
+    from engine.adapters.fhir_documents import PatientCache
+
+    now = [0.0]
+    cache = PatientCache(ttl_s=60, size=2, clock=lambda: now[0])
+    cache.put("s|A", "1")
+    cache.put("s|B", "2")
+    assert cache.get("s|A") == "1"  # A is now the most recent
+    cache.put("s|C", "3")  # B, the least recent, goes
+    assert (cache.get("s|B"), len(cache)) == (None, 2)
+    now[0] = 61.0
+    assert cache.get("s|A") is None and cache.get("s|C") is None
+
+
+def test_patient_cache_ttl_is_a_route_key(epic: StubEpicServer, home: Path) -> None:
+    dest = destination(epic, home, patient_cache_ttl_s=0)
+    results = deliver(dest, document(40, pdf(40)), document(41, pdf(41)))
+    assert all(r.ok for r in results)
+    assert epic.state.data.searches["Patient"] == 2  # nothing kept: searched each time
