@@ -14,9 +14,10 @@ mapped DocumentReference (attachment with media type and size, no data); the byt
    destination; http.html#capabilities): Binary ``create`` listed → ``binary``: the raw bytes
    POSTed as a Binary with the document's media type as Content-Type (http.html#binary), then
    ``attachment.url = Binary/<id>``; else ``inline``: ``attachment.data``, base64. A route's
-   ``document_mode: inline|binary`` overrides. Either way the bytes are streamed from the store
-   with a Content-Length (base64-encoded chunk by chunk when inline): no copy of the whole
-   document, plain or encoded, is held.
+   ``document_mode: inline|binary`` overrides. A server answering 415 to raw bytes gets a FHIR
+   JSON Binary (``data`` in base64) instead, then and from then on. Either way the bytes are
+   streamed from the store with a Content-Length (base64-encoded chunk by chunk when JSON): no
+   copy of the whole document, plain or encoded, is held.
 3. **the DocumentReference**, created with ``If-None-Exist`` (http.html#ccreate) on its
    identifier ``urn:ietf:rfc:3986`` | ``urn:sha256:<content hash>`` and the subject: a
    redelivery (an answer lost, a crash after sending) finds the first and creates nothing. In
@@ -179,6 +180,8 @@ class DocumentWriter:
     patients: PatientCache | None = None
     #: the mode the server's CapabilityStatement gave (read once)
     server_mode: Literal["inline", "binary"] | None = None
+    #: the server refused a raw Binary (415): Binaries go as FHIR JSON from then on
+    binary_as_json: bool = False
 
     def __post_init__(self) -> None:
         if self.patients is None:
@@ -302,10 +305,22 @@ class DocumentWriter:
             return False
 
     async def _binary(self, payload: Payload, content: DocumentContent, media: str) -> str:
-        headers = {"Content-Type": media, "Content-Length": str(content.size)}
-        resp = await self.send(
-            "POST", "Binary", payload, _raw_body(content), headers, part="binary"
-        )
+        """Create the Binary: the raw bytes with their media type (http.html#binary), or, for
+        a server refusing that with 415, a FHIR JSON Binary with the data in base64."""
+        resp = None
+        if not self.binary_as_json:
+            headers = {"Content-Type": media, "Content-Length": str(content.size)}
+            resp = await self.send(
+                "POST", "Binary", payload, _raw_body(content), headers, part="binary"
+            )
+            if resp.status_code == 415:
+                self.binary_as_json = True
+        if self.binary_as_json:
+            binary: dict[str, Any] = {"resourceType": "Binary", "contentType": media}
+            body, length = base64_body(binary, binary, content)
+            headers = {"Content-Type": _FHIR_JSON, "Content-Length": str(length)}
+            resp = await self.send("POST", "Binary", payload, body, headers, part="binary-json")
+        assert resp is not None
         result = classify(resp, "Binary create")
         if not result.ok:
             raise _Stop(result)

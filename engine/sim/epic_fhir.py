@@ -17,7 +17,8 @@ Served under ``/api/FHIR/R4`` behind the stub's bearer tokens (:mod:`engine.sim.
   given; ``If-None-Exist`` (http.html#ccreate: ``identifier``, ``subject`` or ``patient``)
   honoured atomically: one match answers 200 with it, several 412;
 * ``POST Binary``: the raw bytes with their media type as Content-Type, or a FHIR JSON Binary
-  (http.html#binary); 405 when :attr:`EpicData.binary_supported` is false.
+  (http.html#binary); 405 when :attr:`EpicData.binary_supported` is false; raw bytes 415
+  when :attr:`EpicData.binary_raw_supported` is false.
 
 What tests look at: :attr:`EpicData.creates_by_hash` counts DocumentReferences created per
 SHA-256 of their content (the "delivered once" check), :attr:`EpicData.binary_creates`, and
@@ -81,6 +82,10 @@ class EpicData:
 
     fhir: StubFhirState
     binary_supported: bool = True
+    #: Binary create takes raw bytes (else only a FHIR JSON Binary: 415 for the rest)
+    binary_raw_supported: bool = True
+    #: raw Binary creates refused (415) while ``binary_raw_supported`` is off
+    binary_refused: int = 0
     #: SHA-256 of a DocumentReference's content -> how many were created with it
     creates_by_hash: Counter[str] = field(default_factory=Counter)
     binary_creates: int = 0
@@ -369,6 +374,10 @@ class _EpicFhir:
         if isinstance(raw, Response):
             return raw
         media = request.headers.get("content-type", "application/octet-stream").split(";")[0]
+        if media not in (_FHIR_JSON, "application/json") and not self.data.binary_raw_supported:
+            with self.data.lock:
+                self.data.binary_refused += 1
+            return _outcome(415, "not-supported", "Binary create takes application/fhir+json")
         if media in (_FHIR_JSON, "application/json"):
             try:
                 doc = orjson.loads(raw)

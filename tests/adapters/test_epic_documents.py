@@ -336,3 +336,20 @@ def test_patient_cache_ttl_is_a_route_key(epic: StubEpicServer, home: Path) -> N
     results = deliver(dest, document(40, pdf(40)), document(41, pdf(41)))
     assert all(r.ok for r in results)
     assert epic.state.data.searches["Patient"] == 2  # nothing kept: searched each time
+
+
+def test_a_server_taking_only_fhir_json_binaries_gets_one(epic: StubEpicServer, home: Path) -> None:
+    """Raw bytes refused with 415: the Binary goes as FHIR JSON (base64 data), and the next
+    document goes that way at once."""
+    epic.state.data.binary_raw_supported = False
+    try:
+        first, second = deliver(
+            destination(epic, home), document(50, pdf(50)), document(51, pdf(51))
+        )
+        assert first.ok and second.ok, (first.detail, second.detail)
+        assert epic.state.binary_creates == 2
+        assert epic.state.data.binary_refused == 1  # the raw attempt, once
+        for data in (pdf(50), pdf(51)):
+            assert epic.state.creates_by_hash[hashlib.sha256(data).hexdigest()] == 1
+    finally:
+        epic.state.data.binary_raw_supported = True
