@@ -19,6 +19,12 @@ from typing import Any, Protocol
 import orjson
 
 from engine.errors import EngineError
+from engine.flow.documents import (
+    carries_document,
+    route_document,
+    take_mdm_document,
+    takes_documents,
+)
 from engine.flow.gate import RouteGate
 from engine.flow.ingest import patient_key_of
 from engine.hl7v2.codec import Message, parse_message
@@ -97,6 +103,33 @@ def index_rows(bundle: Mapping[str, Any]) -> list[IndexedResource]:
             )
         )
     return rows
+
+
+def _resolved(bundle: Mapping[str, Any]) -> dict[str, Any]:
+    """The Bundle with each relative reference (``Patient/12``) that names an entry written as
+    that entry's fullUrl (``https://ehr/fhir/Patient/12``): FHIR resolves a relative reference
+    against the base of the fullUrl of the entry holding it (bundle.html#references), and the
+    index keys on fullUrls. References that name no entry are left as they are."""
+    entries = [e for e in bundle.get("entry", []) if isinstance(e, dict)]
+    by_ref: dict[str, str] = {}
+    for e in entries:
+        url = str(e.get("fullUrl") or "")
+        res = e.get("resource") or {}
+        if "://" in url and isinstance(res, dict) and res.get("id"):
+            by_ref[f"{res.get('resourceType')}/{res['id']}"] = url
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: walk(v) for k, v in node.items()}
+            ref = node.get("reference")
+            if isinstance(ref, str) and ref in by_ref:
+                out["reference"] = by_ref[ref]
+            return out
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return {**bundle, "entry": walk(entries)} if by_ref else dict(bundle)
 
 
 class RoutedCounter(Protocol):
@@ -194,6 +227,8 @@ class Processor:
         try:
             if kind == "fhir":
                 done = self._from_fhir(message_id, raw, warnings)
+            elif kind == "document":
+                done = self._from_document(message_id, raw, warnings)
             else:
                 done = self._from_hl7v2(message_id, raw, warnings)
         except Exception as exc:
@@ -217,9 +252,16 @@ class Processor:
         return done
 
     def _from_fhir(self, message_id: int, raw: bytes, warnings: list[str]) -> Processed:
-        """A FHIR resource or Bundle received over HTTP: routed by resource type, mapped to
-        HL7v2 for the routes that want it, passed on as it came for the others."""
+        """A FHIR resource or Bundle received over HTTP or pulled from an EHR
+        (engine/jobs/pull.py): routed by resource type, mapped to HL7v2 for the routes that
+        want it, passed on as it came for the others. A Bundle's resources are indexed for the
+        jobs whether or not a route takes it (a pulled appointment is checked for eligibility
+        with no route at all), its relative references resolved against the entries' fullUrls
+        first (https://hl7.org/fhir/R4/bundle.html#references), as the index keys on them."""
         doc = orjson.loads(raw)
+        indexed: list[IndexedResource] = []
+        if doc.get("resourceType") == "Bundle" and isinstance(doc.get("entry"), list):
+            indexed = index_rows(_resolved(doc))
         routes = self.router.match(resource_type=str(doc.get("resourceType")))
         key = _fhir_patient_key(doc) or f"msg:{message_id}"
         made: list[NewDelivery] = []
@@ -233,13 +275,15 @@ class Processor:
                 NewDelivery(dest, route.name, dkind, ctype, body, key)
                 for dest in route.destinations
             ]
-        return self._routed(message_id, key, made, [], warnings)
+        return self._routed(message_id, key, made, indexed, warnings)
 
     def _from_hl7v2(self, message_id: int, raw: bytes, warnings: list[str]) -> Processed:
         """An HL7v2 message: routed by type and trigger, mapped to a FHIR Bundle once for all
         the routes that want one (its resources indexed for the jobs), passed on as it came for
         the others."""
         message = parse_message(raw, default_charset=self.default_charset)
+        if carries_document(message) and takes_documents(self.router):
+            return self._from_mdm(message_id, message, raw, warnings)
         routes = self._mappable(self.router.match(message=message), message, warnings)
         key = patient_key_of(message) or f"msg:{message_id}"
         made: list[NewDelivery] = []
@@ -259,6 +303,41 @@ class Processor:
                 for dest in route.destinations
             ]
         return self._routed(message_id, key, made, indexed, warnings)
+
+    def _from_document(self, message_id: int, raw: bytes, warnings: list[str]) -> Processed:
+        """A stored document (kind ``document``, its metadata as JSON): routed by type, sender
+        and practice, and mapped per route into a DocumentEnvelope (engine/flow/documents.py)."""
+        key, made = route_document(message_id, raw, self.router, self.mappings, self.store)
+        return self._routed(message_id, key, made, [], warnings)
+
+    def _from_mdm(
+        self, message_id: int, message: Message, raw: bytes, warnings: list[str]
+    ) -> Processed:
+        """An MDM with a document, when routes take documents: the document is stored as one
+        (its own message, routed as a document); the HL7v2 routes that pass the MDM on as
+        received still get it; a FHIR mapping route is skipped (there is no FHIR map of MDM:
+        the document's routes map it)."""
+        routes = self.router.match(message=message)
+        try:
+            _, notes = take_mdm_document(message, self.mappings, self.store)
+        except EngineError as exc:
+            if all(r.mapping == "fhir" for r in routes):
+                raise
+            notes = [f"its document not taken: {exc}"]  # the MDM is still passed on
+        warnings += notes
+        key = patient_key_of(message) or f"msg:{message_id}"
+        made: list[NewDelivery] = []
+        for route in routes:
+            if route.mapping == "fhir":
+                warnings.append(f"route {route.name} skipped: an MDM is mapped as its document")
+                continue
+            made += [
+                NewDelivery(dest, route.name, "hl7v2", HL7_CONTENT_TYPE, raw, key)
+                for dest in route.destinations
+            ]
+        return Processed(
+            message_id, "routed", None, key, made, [], self.worker, _warning_text(warnings)
+        )
 
     def _mappable(self, routes: list[Route], message: Message, warnings: list[str]) -> list[Route]:
         """The routes to run: all of them, but for the mapping routes of a message whose type
