@@ -89,6 +89,7 @@ async def serve_workers(
     )
     processor.on_routed = dispatcher.wake
     eligibility, scheduler = _eligibility(settings, store, node)
+    pulls = _pulls(routes, settings, store, node, processor.wake, metrics)
     tasks = [
         asyncio.create_task(processor.run(stop), name="processor"),
         asyncio.create_task(dispatcher.run(stop), name="dispatcher"),
@@ -103,6 +104,8 @@ async def serve_workers(
     finally:
         if scheduler is not None:
             scheduler.shutdown(wait=False)
+        if pulls is not None:
+            await pulls.close()
         if eligibility is not None:
             await eligibility.close()
         for dest in destinations.values():
@@ -172,6 +175,33 @@ def _eligibility(settings: Settings, store: Any, node: str) -> tuple[Any, Any]:
         log.error("eligibility schedule not started", extra={"error": type(exc).__name__})
         return None, None
     return service, scheduler
+
+
+def _pulls(
+    routes: Any,
+    settings: Settings,
+    store: Any,
+    node: str,
+    wake: Callable[[], None],
+    metrics: EngineMetrics | None = None,
+) -> Any:
+    """The route files' pull sources on their schedules (engine/jobs/pull.py), each fire
+    claimed in ``job_runs`` so one worker process pulls; None when there are none. A source
+    that cannot be built (its secret's variable unset) is logged and left out: the queue and
+    the other sources run. A reload restarts this process, and the schedules with it."""
+    from engine.jobs.pull import build_pull_jobs
+
+    if not routes.sources:
+        return None
+    try:
+        jobs = build_pull_jobs(
+            routes, settings, store, runs=store, node=node, on_stored=wake, metrics=metrics
+        )
+        jobs.start()
+    except Exception as exc:
+        log.error("pull schedules not started", extra={"error": type(exc).__name__})
+        return None
+    return jobs
 
 
 async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> None:
