@@ -20,8 +20,9 @@ mapped DocumentReference (attachment with media type and size, no data); the byt
    copy of the whole document, plain or encoded, is held.
 3. **the DocumentReference**, created with ``If-None-Exist`` (http.html#ccreate) on its
    identifier ``urn:ietf:rfc:3986`` | ``urn:sha256:<content hash>`` and the subject: a
-   redelivery (an answer lost, a crash after sending) finds the first and creates nothing. In
-   binary mode the same search runs first, so a redelivery uploads no second Binary.
+   redelivery (an answer lost, a crash after sending) finds the first and creates nothing. The
+   same search runs first, so a redelivery uploads nothing (no second Binary), even to a server
+   that ignores If-None-Exist.
 
 Answers are classified as for Bundles (:func:`engine.adapters.fhir_http.classify`): 429 and 503
 retry after the server's Retry-After, a 401 gets one new token (the sender does that), another
@@ -219,9 +220,11 @@ class DocumentWriter:
             f"identifier={quote(_URI)}|{quote('urn:sha256:' + content.sha256)}"
             f"&subject=Patient/{quote(patient)}"
         )
+        # the search first: a redelivery finds the first (also on a server ignoring
+        # If-None-Exist) and uploads nothing, no second Binary either
+        if await self._exists(payload, condition):
+            return DeliveryResult.success("fhir: DocumentReference already there")
         if await self._mode(payload) == "binary":
-            if await self._exists(payload, condition):
-                return DeliveryResult.success("fhir: DocumentReference already there")
             binary_id = await self._binary(payload, content, str(attachment["contentType"]))
             attachment["url"] = f"Binary/{binary_id}"
             raw = orjson.dumps(resource)

@@ -9,7 +9,7 @@ Served under ``/api/FHIR/R4`` behind the stub's bearer tokens (:mod:`engine.sim.
   parameter: 400); ``GET Patient/<id>`` is the generic stub's read;
 * ``GET Appointment?date=geYYYY-MM-DD&date=leYYYY-MM-DD&status=booked[&patient=][&_count=]``:
   a searchset, paged with ``Bundle.link`` ``next`` (http.html#paging, search.html#count);
-* ``GET Coverage?patient=<id>``;
+* ``GET Coverage?patient=<id>``; ``GET DocumentReference?identifier=..&subject=..``;
 * ``POST DocumentReference``: validated with fhir.resources (R4B models, which read R4
   DocumentReference alike), ``status`` one of R4's codes, ``subject`` an existing Patient, the
   attachment's ``data`` (base64, its ``size`` checked when given) or ``url`` = ``Binary/<id>``
@@ -86,6 +86,8 @@ class EpicData:
     binary_raw_supported: bool = True
     #: raw Binary creates refused (415) while ``binary_raw_supported`` is off
     binary_refused: int = 0
+    #: conditional create (If-None-Exist) honoured; off, a server that ignores the header
+    honour_if_none_exist: bool = True
     #: SHA-256 of a DocumentReference's content -> how many were created with it
     creates_by_hash: Counter[str] = field(default_factory=Counter)
     binary_creates: int = 0
@@ -367,6 +369,18 @@ class _EpicFhir:
             links.append({"relation": "next", "url": f"{self._origin(request)}/Appointment?{nxt}"})
         return _json(_searchset(page, links, total=len(found)))
 
+    async def documents(self, request: Request) -> Response:
+        """DocumentReference search by ``identifier`` and ``subject`` or ``patient``."""
+        if not request.url.query:
+            return _outcome(400, "required", "DocumentReference search needs a parameter")
+        self._count("DocumentReference")
+        try:
+            with self.data.fhir.lock:
+                found = self._matching(request.url.query)
+        except _Problem as exc:
+            return _outcome(exc.status, exc.code, exc.text)
+        return _json(_searchset(found))
+
     async def binary(self, request: Request) -> Response:
         if not self.data.binary_supported:
             return _outcome(405, "not-supported", "Binary create is not enabled")
@@ -403,6 +417,8 @@ class _EpicFhir:
         except _Problem as exc:
             return _outcome(exc.status, exc.code, exc.text)
         condition = request.headers.get("if-none-exist")
+        if not self.data.honour_if_none_exist:
+            condition = None
         with self.data.fhir.lock:  # the check and the create in one step (concurrent retries)
             if condition:
                 matches = self._matching(condition)
@@ -518,5 +534,6 @@ def epic_fhir_routes(data: EpicData, base: str) -> list[Route]:
         Route(f"{base}/Appointment", epic.appointments, methods=["GET"]),
         Route(f"{base}/Coverage", epic.coverages, methods=["GET"]),
         Route(f"{base}/DocumentReference", epic.document_reference, methods=["POST"]),
+        Route(f"{base}/DocumentReference", epic.documents, methods=["GET"]),
         Route(f"{base}/Binary", epic.binary, methods=["POST"]),
     ]

@@ -353,3 +353,29 @@ def test_a_server_taking_only_fhir_json_binaries_gets_one(epic: StubEpicServer, 
             assert epic.state.creates_by_hash[hashlib.sha256(data).hexdigest()] == 1
     finally:
         epic.state.data.binary_raw_supported = True
+
+
+def test_redelivery_creates_once_even_where_if_none_exist_is_ignored(
+    epic: StubEpicServer, home: Path
+) -> None:
+    """A server that ignores If-None-Exist: the search before the create finds the first."""
+    epic.state.binary_supported = False
+    epic.state.data.honour_if_none_exist = False
+    try:
+        data = pdf(60)
+        first, again = deliver(destination(epic, home), document(60, data), document(60, data))
+        assert first.ok and again.ok
+        assert epic.state.creates_by_hash[hashlib.sha256(data).hexdigest()] == 1
+    finally:
+        epic.state.data.honour_if_none_exist = True
+
+
+def test_the_same_bytes_for_two_patients_are_two_documents(
+    epic: StubEpicServer, home: Path
+) -> None:
+    data = pdf(70)
+    results = deliver(
+        destination(epic, home), document(70, data, "DEMO1001"), document(71, data, "DEMO1002")
+    )
+    assert all(r.ok for r in results)
+    assert epic.state.creates_by_hash[hashlib.sha256(data).hexdigest()] == 2
