@@ -32,6 +32,7 @@ class Engine:
         self.var, self.routes = var, routes
         self.env = dict(env or {})
         self.mllp = free_port()
+        self.http = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -56,7 +57,7 @@ class Engine:
                     "--mllp-port",
                     str(self.mllp),
                     "--http-port",
-                    str(free_port()),
+                    str(self.http),
                 ],
                 env=env,
                 cwd=self.var,
