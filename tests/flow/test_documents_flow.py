@@ -43,6 +43,7 @@ from engine.routes.loader import RouteSet
 from engine.routes.router import Router
 from engine.store import SqlMessageStore
 from engine.store.documents import NewDocument
+from tests.adapters.test_mllp_client import ScriptedHandler
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 
@@ -558,3 +559,44 @@ def test_without_document_routes_an_mdm_is_still_unsupported(
     raw = inbound_mdm(mappings, simple_pdf())
     problem = RouteGate(Router(routes_in(tmp_path, text)), mappings).refuse(parse_message(raw))
     assert problem is not None and problem.code == "200"
+
+
+def test_bytes_that_are_not_the_stored_ones_are_never_written_or_sent(
+    store: SqlMessageStore, tmp_path: Path, mappings: Mappings
+) -> None:
+    routes = routes_in(tmp_path)
+    info, mid = put(store, tmp_path, simple_pdf(), practice="1")
+    lab, lab_mid = put(
+        store, tmp_path, simple_pdf() + b"\n", document_type="lab-report", sender="FAX"
+    )
+    process(store, routes, mappings)
+    got = payloads(store)
+    other = DocumentContent(info.sha256, info.size, lambda: iter([b"%PDF-1.4 something else"]))
+
+    def tampered(body: bytes, m: int, dest: str) -> Payload:
+        return Payload(m, dest, "document", body, DOCUMENT_ENVELOPE_TYPE, f"{m}", "", other)
+
+    async def run() -> list[tuple[bool, bool]]:
+        out = []
+        folder = FileDropDestination("cards", FileDestination(directory=tmp_path / "o"))
+        r = await folder.deliver(tampered(got[(mid, "cards")][1], mid, "cards"))
+        out.append((r.ok, r.retryable))
+        r = await folder.deliver(tampered(got[(lab_mid, "labs")][1], lab_mid, "labs"))
+        out.append((r.ok, r.retryable))
+        server = MLLPServer(peer, host="127.0.0.1", port=0)  # answers AA to anything
+        await server.start()
+        mllp = MLLPDestination(
+            "labs", MllpDestination(host="127.0.0.1", port=server.bound_port, timeout_s=2)
+        )
+        try:
+            r = await mllp.deliver(tampered(got[(lab_mid, "labs")][1], lab_mid, "labs"))
+            out.append((r.ok, r.retryable))
+        finally:
+            await mllp.close()
+            await server.stop()
+        return out
+
+    peer = ScriptedHandler()
+    assert asyncio.run(run()) == [(False, True)] * 3
+    assert peer.received == []  # nothing was sent
+    assert not list((tmp_path / "o").iterdir())  # nothing written, no temporary file left

@@ -107,6 +107,9 @@ def test_site_table_layers_type_by_type(tmp_path: Path) -> None:
     assert table.get("wound-photo").loinc_code is None
     assert table.get("insurance-card").loinc_code == "64290-0"  # untouched
     assert table.get("consent").origin.startswith(str(tmp_path))
+    site = load_mappings(tmp_path)
+    doc = fhir_body(info(document_type="wound-photo"), site, now=NOW)["DocumentReference"]
+    assert doc["type"] == {"text": "Wound photo"}  # the site's type, mapped
 
 
 @pytest.mark.parametrize(
