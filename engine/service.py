@@ -295,6 +295,7 @@ class Engine:
                 folder.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await folder
+            self.documents.close()
             if supervisor is not None:
                 supervisor.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

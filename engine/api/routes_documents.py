@@ -22,7 +22,6 @@ store failed: nothing was kept, send again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
@@ -242,12 +241,12 @@ async def _receive(
     who: dict[str, Any],
     metrics: MetricsDep,
 ) -> JSONResponse:
-    spool = await asyncio.to_thread(intake.spool)
+    spool = await intake.run(intake.spool)
     try:
         form = _Form(boundary, spool)
         try:
             async for chunk in request.stream():
-                if chunk and not await asyncio.to_thread(form.feed, chunk):
+                if chunk and not await intake.run(form.feed, chunk):
                     break  # over the cap: the rest is never read
             if not spool.over:
                 form.finish()
@@ -275,4 +274,4 @@ async def _receive(
         metrics.record_receipt(channel="http", ack_code=None, stored=not accepted.duplicate)
         return JSONResponse(accepted.to_dict(), status_code=200 if accepted.duplicate else 201)
     finally:
-        await asyncio.to_thread(spool.discard)
+        await intake.run(spool.discard)

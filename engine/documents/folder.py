@@ -111,7 +111,7 @@ class WatchedFolder:
                 await self.poll()
                 if self.retention_days is not None and time.monotonic() - self._swept > _SWEEP_S:
                     self._swept = time.monotonic()
-                    await asyncio.to_thread(self.sweep_done, self.retention_days)
+                    await self.intake.run(self.sweep_done, self.retention_days)
             except Exception as exc:  # the folder unmounted, permissions: try again later
                 log.warning("document folder poll failed", extra={"error": type(exc).__name__})
             with contextlib.suppress(TimeoutError):
@@ -119,7 +119,7 @@ class WatchedFolder:
 
     async def poll(self) -> int:
         """Look once: take every file stable since the last look. How many were handled."""
-        listing = await asyncio.to_thread(self._list)
+        listing = await self.intake.run(self._list)
         handled = 0
         now = time.monotonic()
         for name, seen in listing.items():
@@ -221,7 +221,7 @@ class WatchedFolder:
         """Accept or refuse one stable file, then move it; False when it waits (for a sidecar,
         or for the store to come back)."""
         path = self.inbox / name
-        sidecar = await asyncio.to_thread(self._sidecar, name)
+        sidecar = await self.intake.run(self._sidecar, name)
         origin: dict[str, Any] = {
             "channel": "folder",
             "sender": self.sender,
@@ -229,7 +229,7 @@ class WatchedFolder:
         }
         try:
             try:
-                fields = await asyncio.to_thread(self._fields, name, sidecar, now)
+                fields = await self.intake.run(self._fields, name, sidecar, now)
             except DocumentRefused as refused:
                 raise await self.intake.refuse(
                     str(refused),
@@ -248,9 +248,9 @@ class WatchedFolder:
             self._seen.pop(name, None)
             return False
         except DocumentRefused as refused:
-            await asyncio.to_thread(self._move_refused, path, sidecar, refused)
+            await self.intake.run(self._move_refused, path, sidecar, refused)
             return True
-        await asyncio.to_thread(self._move, path, sidecar, self.done)
+        await self.intake.run(self._move, path, sidecar, self.done)
         log.info(
             "document taken from the folder",
             extra={"document_id": accepted.document_id, "duplicate": accepted.duplicate},

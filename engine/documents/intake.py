@@ -24,18 +24,22 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterable, Callable, Collection
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterable, Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from engine.documents.sniff import DocumentRefused, RefusalKind, media_type_of, sniff
 from engine.settings import Settings
 from engine.store.documents import (
     REFUSED_HEAD_BYTES,
+    DocumentToStore,
     NewDocument,
     RefusedDocument,
     StoredDocument,
@@ -181,6 +185,90 @@ def _hash_file(path: Path, max_bytes: int) -> tuple[str, int, bytes, bool]:
     return digest.hexdigest(), size, head, False
 
 
+#: a group commit takes documents up to this many bytes together (at least one): the
+#: transaction holds SQLite's one writer's lock while it copies them, and MLLP ACKs wait on it
+_BATCH_BYTES = 8 * 1024 * 1024
+_BATCH_DOCUMENTS = 32
+#: threads for the documents' blocking work (spool writes, PDF checks, commits): their own, so
+#: uploads waiting on a commit never take the threads the message receiver's commits run on
+_THREADS = 16
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Slot:
+    item: DocumentToStore
+    result: StoredDocument | Exception | None = None
+    done: bool = False
+
+
+@dataclass
+class _GroupCommit:
+    """Documents stored together share one transaction, and one fsync (leader and followers:
+    the thread that gets the commit lock commits every document waiting, its own and those
+    queued behind it, while they wait; each then finds its result). An upload alone commits
+    at once; eight at once pay for about one commit instead of eight."""
+
+    store: DocumentStore
+    _pending: list[_Slot] = field(default_factory=list)
+    _queue_lock: threading.Lock = field(default_factory=threading.Lock)
+    _commit_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def store_document(self, item: DocumentToStore) -> StoredDocument:
+        slot = _Slot(item)
+        with self._queue_lock:
+            self._pending.append(slot)
+        while True:
+            with self._commit_lock:
+                if not slot.done:
+                    self._commit(self._take())
+            if slot.done:
+                break
+        if isinstance(slot.result, Exception):
+            raise slot.result
+        assert slot.result is not None
+        return slot.result
+
+    def _take(self) -> list[_Slot]:
+        with self._queue_lock:
+            size = 0
+            n = 0
+            for slot in self._pending[:_BATCH_DOCUMENTS]:
+                if n and size + slot.item.size > _BATCH_BYTES:
+                    break
+                size += slot.item.size
+                n += 1
+            batch, self._pending = self._pending[:n], self._pending[n:]
+        return batch
+
+    def _commit(self, batch: list[_Slot]) -> None:
+        items = [s.item for s in batch]
+        results: Sequence[StoredDocument | Exception]
+        try:
+            many = getattr(self.store, "store_documents", None)
+            if many is not None:
+                results = many(items)
+            else:
+                results = [self._one(i) for i in items]
+        except Exception as exc:  # the transaction failed: every document in it
+            results = [exc] * len(batch)
+        for slot, result in zip(batch, results, strict=True):
+            slot.result, slot.done = result, True
+
+    def _one(self, item: DocumentToStore) -> StoredDocument | Exception:
+        try:
+            return self.store.store_document(
+                item.new,
+                item.source,
+                sha256=item.sha256,
+                size=item.size,
+                media_type=item.media_type,
+            )
+        except Exception as exc:
+            return exc
+
+
 def load_document_types(settings: Settings) -> frozenset[str] | None:
     """The site's document type codes (the built-in table with ENGINE_MAPPINGS_DIR's over it),
     or None when there is no table (any code of the right shape is then taken)."""
@@ -214,6 +302,8 @@ class DocumentIntake:
         self.zone = ZoneInfo(timezone)
         self.document_types = frozenset(document_types) if document_types is not None else None
         self.on_stored = on_stored
+        self._group = _GroupCommit(store)
+        self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
     def from_settings(
@@ -243,6 +333,19 @@ class DocumentIntake:
                 if path.stat().st_mtime < cutoff:
                     path.unlink()
 
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` in one of the documents' threads (blocking work off the event loop)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="documents")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        """Let the documents' threads go (work under way finishes)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
     def spool(self) -> Spool:
         """A new spool file for a document's bytes (blocking)."""
         return Spool(self.spool_dir, self.max_bytes)
@@ -264,16 +367,16 @@ class DocumentIntake:
         DocumentRefused (recorded) when it cannot be taken; StoreUnavailable when the store
         failed (nothing recorded: send again).
         """
-        spool = await asyncio.to_thread(self.spool)
+        spool = await self.run(self.spool)
         try:
             async for chunk in chunks:
-                if not await asyncio.to_thread(spool.write, chunk):
+                if not await self.run(spool.write, chunk):
                     break
             return await self.accept_spooled(
                 spool, fields, channel=channel, sender=sender, peer=peer, file_name=file_name
             )
         finally:
-            await asyncio.to_thread(spool.discard)
+            await self.run(spool.discard)
 
     async def accept_spooled(
         self,
@@ -286,7 +389,7 @@ class DocumentIntake:
         file_name: str | None = None,
     ) -> Accepted:
         """Check and commit a spooled document (the caller discards the spool after)."""
-        await asyncio.to_thread(spool.close)
+        await self.run(spool.close)
         refusal = RefusedDocument(
             reason="",
             channel=channel,
@@ -314,7 +417,7 @@ class DocumentIntake:
     ) -> Accepted:
         """Check and commit a document from a file where it lies (the watched folder), hashed
         in place; the file is left where it is (the caller moves it once this returns)."""
-        sha256, size, head, over = await asyncio.to_thread(_hash_file, path, self.max_bytes)
+        sha256, size, head, over = await self.run(_hash_file, path, self.max_bytes)
         name = file_name if file_name is not None else path.name
         refusal = RefusedDocument(
             reason="",
@@ -341,19 +444,15 @@ class DocumentIntake:
         refusal = RefusedDocument(**{**asdict(refusal), "sha256": sha256})
         try:
             new = self.check(fields, channel=refusal.channel, sender=refusal.sender)
-            media_type = await asyncio.to_thread(sniff, path)
+            media_type = await self.run(sniff, path)
         except DocumentRefused as refused:
             await self._record(refused, refusal, path)
             raise
         new = NewDocument(**{**asdict(new), "peer": refusal.peer, "file_name": file_name})
         try:
-            stored = await asyncio.to_thread(
-                self.store.store_document,
-                new,
-                path,
-                sha256=sha256,
-                size=size,
-                media_type=media_type,
+            stored = await self.run(
+                self._group.store_document,
+                DocumentToStore(new, path, sha256, size, media_type),
             )
         except ValueError:  # the file changed since it was hashed (a folder's): look again
             raise
@@ -398,7 +497,7 @@ class DocumentIntake:
         refused = DocumentRefused(reason, kind=kind)
         kept = spool is not None and not spool.over and spool.size > 0
         if spool is not None:
-            await asyncio.to_thread(spool.close)
+            await self.run(spool.close)
         refusal = RefusedDocument(
             reason=reason,
             channel=channel,
@@ -431,7 +530,7 @@ class DocumentIntake:
         """Store the refusal (its bytes from ``source`` when given); its id on ``refused``."""
         record = RefusedDocument(**{**asdict(refusal), "reason": str(refused)})
         try:
-            mid = await asyncio.to_thread(self.store.refuse_document, record, source)
+            mid = await self.run(self.store.refuse_document, record, source)
         except Exception as exc:
             log.error("document refusal not stored", extra={"error": type(exc).__name__})
             raise StoreUnavailable("the document could not be stored; send it again") from exc

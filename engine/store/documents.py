@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from engine.store.tables import document_blobs, document_chunks, documents, mess
 __all__ = [
     "CHUNK_BYTES",
     "REFUSED_HEAD_BYTES",
+    "DocumentToStore",
     "Documents",
     "NewDocument",
     "RefusedDocument",
@@ -78,6 +79,17 @@ class StoredDocument:
     info: DocumentInfo
     message_id: int
     duplicate: bool
+
+
+@dataclass(frozen=True)
+class DocumentToStore:
+    """One document of a group commit (:meth:`Documents.store_documents`)."""
+
+    new: NewDocument
+    source: Path
+    sha256: str
+    size: int
+    media_type: str
 
 
 @dataclass(frozen=True)
@@ -157,66 +169,93 @@ class Documents(Repository):
         answer "accepted" once this returns. ValueError when the file's bytes are not
         ``sha256`` and ``size`` (it changed since it was hashed): nothing is stored then.
         """
+        [result] = self.store_documents([DocumentToStore(new, source, sha256, size, media_type)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def store_documents(self, batch: Sequence[DocumentToStore]) -> list[StoredDocument | Exception]:
+        """Commit several documents in ONE transaction (group commit: one fsync for all the
+        uploads that arrived together), each as :meth:`store_document` would, in a savepoint of
+        its own: one that fails (its file changed: ValueError) is rolled back alone and its
+        exception returned in its place. A document the same as an earlier one of the batch is
+        that one's duplicate. If the transaction itself fails, it raises (nothing stored)."""
+        results: list[StoredDocument | Exception] = []
+        with self._tx() as conn:
+            for item in batch:
+                results.append(self._store_one(conn, item))
+        return results
+
+    def _store_one(self, conn: Connection, item: DocumentToStore) -> StoredDocument | Exception:
+        new = item.new
         text: dict[str, Any] = {
             name: clean(getattr(new, name), width) for name, width in _TEXT.items()
         }
         text["patient_authority"] = text["patient_authority"] or ""
-        key = dedupe_key(sha256, text["patient_authority"], text["patient_mrn"] or "")
+        key = dedupe_key(item.sha256, text["patient_authority"], text["patient_mrn"] or "")
         # PostgreSQL: two uploads of the same document (or of the same bytes) at once both find
-        # nothing and the second insert breaks the unique key: its retry finds the first
+        # nothing and the second insert breaks the unique key (once the first committed): its
+        # retry finds the first
         for attempt in range(2):
             try:
-                with self._tx() as conn:
+                with conn.begin_nested():
                     found = conn.execute(self._BY_KEY, {"key": key}).first()
                     if found is not None:
                         mid = found.message_id
                         return StoredDocument(_info(found), int(mid or 0), duplicate=True)
-                    self._put_blob(conn, source, sha256, size)
-                    now = utcnow()
-                    doc_id = conn.execute(
-                        self._INSERT_DOCUMENT,
-                        {
-                            **text,
-                            "received_at": now,
-                            "updated_at": now,
-                            "sha256": sha256,
-                            "size": size,
-                            "media_type": media_type,
-                            "dedupe_key": key,
-                        },
-                    ).scalar_one()
-                    info = DocumentInfo(
-                        document_id=int(doc_id),
-                        sha256=sha256,
-                        size=size,
-                        media_type=media_type,
-                        **text,
-                    )
-                    raw = info.to_json()
-                    mid = conn.execute(
-                        self._INSERT_MESSAGE,
-                        {
-                            "received_at": now,
-                            "updated_at": now,
-                            "channel": new.channel,
-                            "peer": clean(new.peer, _MSG["peer"]) or "",
-                            "kind": "document",
-                            "size": len(raw),
-                            "raw": raw,
-                            "state": "received",
-                            "message_type": "DOC",
-                            "trigger": clean(info.document_type, _MSG["trigger"]),
-                            "sending_application": clean(info.sender, _MSG["sending_application"]),
-                            "patient_key": clean(info.patient_key, _width(messages, "patient_key")),
-                            "dedupe_key": clean_key(f"document|{key}", _MSG_KEY_WIDTH),
-                        },
-                    ).scalar_one()
-                    conn.execute(self._LINK, {"doc_id": doc_id, "mid": mid})
-                    return StoredDocument(info, int(mid), duplicate=False)
-            except IntegrityError:
+                    return self._insert(conn, item, text, key)
+            except IntegrityError as exc:
                 if attempt:
-                    raise
+                    return exc
+            except ValueError as exc:  # the file changed since it was hashed
+                return exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _insert(
+        self, conn: Connection, item: DocumentToStore, text: dict[str, Any], key: str
+    ) -> StoredDocument:
+        self._put_blob(conn, item.source, item.sha256, item.size)
+        now = utcnow()
+        doc_id = conn.execute(
+            self._INSERT_DOCUMENT,
+            {
+                **text,
+                "received_at": now,
+                "updated_at": now,
+                "sha256": item.sha256,
+                "size": item.size,
+                "media_type": item.media_type,
+                "dedupe_key": key,
+            },
+        ).scalar_one()
+        info = DocumentInfo(
+            document_id=int(doc_id),
+            sha256=item.sha256,
+            size=item.size,
+            media_type=item.media_type,
+            **text,
+        )
+        raw = info.to_json()
+        mid = conn.execute(
+            self._INSERT_MESSAGE,
+            {
+                "received_at": now,
+                "updated_at": now,
+                "channel": item.new.channel,
+                "peer": clean(item.new.peer, _MSG["peer"]) or "",
+                "kind": "document",
+                "size": len(raw),
+                "raw": raw,
+                "state": "received",
+                "message_type": "DOC",
+                "trigger": clean(info.document_type, _MSG["trigger"]),
+                "sending_application": clean(info.sender, _MSG["sending_application"]),
+                "patient_key": clean(info.patient_key, _width(messages, "patient_key")),
+                "dedupe_key": clean_key(f"document|{key}", _MSG_KEY_WIDTH),
+            },
+        ).scalar_one()
+        conn.execute(self._LINK, {"doc_id": doc_id, "mid": mid})
+        return StoredDocument(info, int(mid), duplicate=False)
 
     def _put_blob(self, conn: Connection, source: Path, sha256: str, size: int) -> None:
         """Copy the file's bytes into ``document_chunks`` one chunk at a time (never the whole

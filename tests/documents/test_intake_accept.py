@@ -223,3 +223,42 @@ def test_document_settings_checked() -> None:
     assert settings.resolved_documents_inbox() == Path("/tmp/x/inbox")
     assert Settings(documents_inbox="").resolved_documents_inbox() is None
     assert Settings(documents_inbox="/srv/scans").resolved_documents_inbox() == Path("/srv/scans")
+
+
+def test_uploads_arriving_together_share_a_commit(store: SqlMessageStore, tmp_path: Path) -> None:
+    """Group commit: while one transaction runs, the documents arriving behind it wait and go
+    in the next one together (one fsync for all of them on SQLite)."""
+    import time as clock
+
+    batches: list[int] = []
+
+    class Slow:
+        def store_documents(self, batch):  # type: ignore[no-untyped-def]
+            batches.append(len(batch))
+            clock.sleep(0.2)  # a slow disk: the others arrive meanwhile
+            return store.store_documents(batch)
+
+        def refuse_document(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            return store.refuse_document(*args, **kwargs)
+
+    intake = _intake(Slow(), tmp_path)  # type: ignore[arg-type]
+
+    async def many() -> list[object]:
+        return list(
+            await asyncio.gather(
+                *(
+                    intake.accept(
+                        _chunks(PNG + n.to_bytes(4, "big")),
+                        DocumentFields(mrn=f"MRN{n}", document_type="consent"),
+                        channel="http",
+                        sender="a",
+                    )
+                    for n in range(8)
+                )
+            )
+        )
+
+    accepted = asyncio.run(many())
+    assert len({a.document_id for a in accepted}) == 8  # type: ignore[attr-defined]
+    assert sum(batches) == 8 and len(batches) < 8, batches
+    assert len(_messages(store)) == 8

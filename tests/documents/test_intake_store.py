@@ -204,3 +204,64 @@ def test_25_mib_stored_and_read_without_holding_it(store: SqlMessageStore, tmp_p
         tracemalloc.stop()
     assert check.hexdigest() == digest.hexdigest()
     assert peak < 8 * CHUNK_BYTES, f"peak {peak} bytes"
+
+
+def test_a_batch_in_one_transaction_each_document_on_its_own(
+    store: SqlMessageStore, tmp_path: Path
+) -> None:
+    """Group commit: several documents in one transaction; a duplicate within the batch is the
+    first one, and a file that changed fails alone."""
+    from engine.store.documents import DocumentToStore
+
+    def item(name: str, data: bytes, mrn: str = "MRN1001", sha: str | None = None):  # type: ignore[no-untyped-def]
+        path = write(tmp_path / name, data)
+        return DocumentToStore(
+            new_document(mrn),
+            path,
+            sha or hashlib.sha256(data).hexdigest(),
+            len(data),
+            "application/pdf",
+        )
+
+    a, b = pdf_bytes(1), pdf_bytes(2)
+    results = store.store_documents(
+        [
+            item("a.pdf", a),
+            item("b.pdf", b),
+            item("a2.pdf", a),  # the same bytes, the same patient, in the same batch
+            item("bad.pdf", b"%PDF-changed", sha="0" * 64),
+            item("a3.pdf", a, mrn="MRN2"),
+        ]
+    )
+    first, second, dup, bad, other = results
+    assert isinstance(bad, ValueError)
+    assert not isinstance(first, Exception) and not isinstance(second, Exception)
+    assert not isinstance(dup, Exception) and not isinstance(other, Exception)
+    assert dup.duplicate and dup.info.document_id == first.info.document_id
+    assert not other.duplicate and other.info.sha256 == first.info.sha256
+    assert (_count(store, documents), _count(store, messages), _count(store, document_blobs)) == (
+        3,
+        3,
+        2,
+    )
+
+
+def test_the_same_document_stored_at_once_from_many_threads_is_one(
+    store: SqlMessageStore, tmp_path: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = pdf_bytes()
+    paths = [write(tmp_path / f"{n}.pdf", data) for n in range(6)]
+    sha = hashlib.sha256(data).hexdigest()
+
+    def one(path: Path):  # type: ignore[no-untyped-def]
+        return store.store_document(
+            new_document(), path, sha256=sha, size=len(data), media_type="application/pdf"
+        )
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(one, paths))
+    assert len({r.info.document_id for r in results}) == 1
+    assert sum(not r.duplicate for r in results) == 1
+    assert (_count(store, documents), _count(store, messages)) == (1, 1)
