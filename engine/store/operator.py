@@ -179,8 +179,9 @@ _WAITING_STATES = ("needs-patient",)
 
 
 class DocumentActions(Repository):
-    """Matching a document to its patient, resending it, listing and showing documents; each
-    recorded in the audit trail (mixed into the :class:`Operator`)."""
+    """Matching a document to its patient, listing and showing documents; each recorded in
+    the audit trail (a part of :class:`~engine.store.SqlMessageStore`, beside the
+    :class:`Operator`, whose ``resend_document`` resends one)."""
 
     def match_document(
         self, document_id: int, mrn: str, authority: str | None = None, *, who: Who
@@ -220,7 +221,7 @@ class DocumentActions(Repository):
                     ),
                 )
         except (KeyError, ActionRefused) as exc:
-            self._document_refused("match-document", who, document_id, mid, exc)
+            _document_refused(self, "match-document", who, document_id, mid, exc)
             raise
         return done
 
@@ -358,25 +359,9 @@ class DocumentActions(Repository):
             )
         return view
 
-    def _document_refused(
-        self, action: str, who: Who, document_id: int, message_id: int | None, exc: Exception
-    ) -> None:
-        """Record a refused document action (its own transaction: the action's rolled back)."""
-        reason = f"no document {document_id}" if isinstance(exc, KeyError) else str(exc)
-        with self._tx() as conn:
-            audit(
-                conn,
-                action=action,
-                **_who(who),
-                message_id=message_id,
-                outcome="refused",
-                detail=reason,
-            )
 
-
-class Operator(DocumentActions):
-    """Replaying messages and resending deliveries, each recorded in the audit trail; and the
-    document actions (:class:`DocumentActions`)."""
+class Operator(Repository):
+    """Replaying messages and resending deliveries, each recorded in the audit trail."""
 
     def replay_message(self, message_id: int, who: Who, *, everywhere: bool = False) -> Replayed:
         """Receive a stored message again as a new message and settle the original as
@@ -518,7 +503,7 @@ class Operator(DocumentActions):
         with self.db_engine.connect() as conn:
             doc = conn.execute(_DOCUMENT_ROW, {"did": document_id}).one_or_none()
         if doc is None or doc.message_id is None:
-            self._document_refused("resend", who, document_id, None, KeyError(document_id))
+            _document_refused(self, "resend", who, document_id, None, KeyError(document_id))
             raise KeyError(document_id)
         return self.resend(int(doc.message_id), who, destination)
 
@@ -551,6 +536,27 @@ class Operator(DocumentActions):
                 outcome="refused",
                 detail=reason,
             )
+
+
+def _document_refused(
+    repo: Repository,
+    action: str,
+    who: Who,
+    document_id: int,
+    message_id: int | None,
+    exc: Exception,
+) -> None:
+    """Record a refused document action (its own transaction: the action's rolled back)."""
+    reason = f"no document {document_id}" if isinstance(exc, KeyError) else str(exc)
+    with repo._tx() as conn:
+        audit(
+            conn,
+            action=action,
+            **_who(who),
+            message_id=message_id,
+            outcome="refused",
+            detail=reason,
+        )
 
 
 def _who(who: Who) -> dict[str, Any]:

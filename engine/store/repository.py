@@ -22,7 +22,7 @@ from engine.store.eligibility import EligibilityChecks
 from engine.store.index import ResourceIndex
 from engine.store.messages import MessageStore
 from engine.store.nodes import Nodes
-from engine.store.operator import Operator
+from engine.store.operator import DocumentActions, Operator
 from engine.store.search import MessageSearch
 
 __all__ = ["SqlMessageStore"]
@@ -37,12 +37,14 @@ class SqlMessageStore(
     EligibilityChecks,
     MessageSearch,
     Operator,
+    DocumentActions,
     Audit,
     Nodes,
     Documents,
 ):
     """The message store on a SQLAlchemy engine: messages, deliveries, the resource index,
-    eligibility checks, the operator's search, replay and resend, and the audit trail
+    eligibility checks, the operator's search, replay and resend, documents' matching, and the
+    audit trail
     (``SqlMessageStore(db_engine)``)."""
 
     def migrate(self) -> None:
