@@ -206,7 +206,20 @@ class FileDropDestination:
         """A document (see the module docstring): its bytes, then the sidecar, each written
         whole and never replaced; the MDM (``hl7v2``) or the DocumentReference with the data
         inline (``fhir``) when its route mapped it."""
-        envelope = DocumentEnvelope.from_bytes(payload.body)
+        try:
+            envelope = DocumentEnvelope.from_bytes(payload.body)
+        except (ValueError, KeyError, TypeError):
+            return DeliveryResult.fail("file: the payload is not a document envelope")
+        body_ok = {
+            "none": True,
+            "hl7v2": isinstance(envelope.body, str),
+            "fhir": isinstance(envelope.body, dict)
+            and isinstance(envelope.body.get("DocumentReference"), dict),
+        }.get(envelope.format, False)
+        if not body_ok:
+            return DeliveryResult.fail(
+                f"file: a {envelope.format!r} document envelope without its body"
+            )
         if payload.content is None:
             return DeliveryResult.retry("file: the document's bytes were not given")
         stem = _document_stem(payload, self.tag)

@@ -600,3 +600,24 @@ def test_bytes_that_are_not_the_stored_ones_are_never_written_or_sent(
     assert asyncio.run(run()) == [(False, True)] * 3
     assert peer.received == []  # nothing was sent
     assert not list((tmp_path / "o").iterdir())  # nothing written, no temporary file left
+
+
+def test_a_payload_that_is_no_document_envelope_is_a_permanent_failure(tmp_path: Path) -> None:
+    def bad(body: bytes) -> Payload:
+        content = DocumentContent("0" * 64, 1, lambda: iter([b"x"]))
+        return Payload(1, "d", "document", body, DOCUMENT_ENVELOPE_TYPE, "1", "", content)
+
+    info = DocumentInfo(1, "0" * 64, 1, "application/pdf", "M", "other", "2026-01-01", "S", "x")
+    no_body = DocumentEnvelope(info, "fhir", None).to_bytes()
+
+    async def run() -> list[tuple[bool, bool]]:
+        folder = FileDropDestination("d", FileDestination(directory=tmp_path / "o"))
+        mllp = MLLPDestination("d", MllpDestination(host="127.0.0.1", port=9, timeout_s=1))
+        results = [
+            await folder.deliver(bad(b"not json")),
+            await folder.deliver(bad(no_body)),
+            await mllp.deliver(bad(b"{}")),
+        ]
+        return [(r.ok, r.retryable) for r in results]
+
+    assert asyncio.run(run()) == [(False, False)] * 3

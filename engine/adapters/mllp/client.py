@@ -64,7 +64,7 @@ from engine.adapters.destination import DeliveryResult, Payload
 from engine.adapters.mllp.framing import FrameReader, FrameTooLarge, frame
 from engine.adapters.mllp.tls import client_context
 from engine.documents.model import DocumentEnvelope
-from engine.errors import ConfigError, HL7Error
+from engine.errors import ConfigError, ConversionError, HL7Error
 from engine.hl7v2.codec import Message, parse_message
 from engine.mappings.mdm import fill_mdm
 
@@ -223,7 +223,10 @@ class MLLPDestination:
         """A document as the MDM^T02 its route mapped it to (``mapping: hl7v2``), its bytes read
         from the store now and base64-encoded once into OBX-5 (:func:`fill_mdm`); the ACK is
         judged as for any message. The bytes read must be the ones stored (SHA-256)."""
-        envelope = DocumentEnvelope.from_bytes(payload.body)
+        try:
+            envelope = DocumentEnvelope.from_bytes(payload.body)
+        except (ValueError, KeyError, TypeError):
+            return DeliveryResult.fail("mllp: the payload is not a document envelope")
         if envelope.format != "hl7v2" or not isinstance(envelope.body, str):
             return DeliveryResult.fail(
                 f"mllp: a document mapped to {envelope.format!r} cannot go over MLLP: give its "
@@ -238,7 +241,10 @@ class MLLPDestination:
         data = await payload.content.read()
         if hashlib.sha256(data).hexdigest() != envelope.document.sha256:
             return DeliveryResult.retry("mllp: the document's bytes read are not the ones stored")
-        body = fill_mdm(envelope.body, data)
+        try:
+            body = fill_mdm(envelope.body, data)
+        except ConversionError as exc:
+            return DeliveryResult.fail(f"mllp: {exc}")
         del data
         async with self._lock:
             return await self._exchange(body, control_id)
