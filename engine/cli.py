@@ -282,12 +282,16 @@ def worker(
     typer.echo("workers stopped", err=True)
 
 
+from engine.cli_documents import documents_app  # noqa: E402  (the documents commands)
 from engine.cli_keys import keys_app  # noqa: E402  (the signing-key commands)
 from engine.cli_messages import audit_app, messages_app  # noqa: E402  (the messages commands)
+from engine.cli_pull import pull_app  # noqa: E402  (the pull-source commands)
 
 app.add_typer(messages_app, name="messages")
+app.add_typer(documents_app, name="documents")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
+app.add_typer(pull_app, name="pull")
 
 
 eligibility_app = typer.Typer(
@@ -416,8 +420,17 @@ def payer_stub(
 def demo(
     host: Annotated[str, typer.Option(help="the engine's MLLP host")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="the engine's MLLP port")] = 2575,
+    documents: Annotated[
+        bool,
+        typer.Option(help="also drop scanned documents in the folder and upload one over HTTP"),
+    ] = True,
+    http_url: Annotated[
+        str | None,
+        typer.Option(help="the engine's HTTP API (default: http://127.0.0.1:ENGINE_HTTP_PORT)"),
+    ] = None,
 ) -> None:
-    """Send synthetic patients with appointments the next business day to a running engine."""
+    """Send synthetic patients with appointments the next business day to a running engine,
+    then their scanned documents: three into the watched folder, one over POST /documents."""
     from engine.sim.demo import send
 
     try:
@@ -426,9 +439,41 @@ def demo(
         raise EngineError(f"cannot reach the engine at {host}:{port} ({exc})") from exc
     for label, code in results:
         typer.echo(f"{code}  {label}")
+    if documents:
+        _demo_documents(http_url)
     typer.echo(
         "then: engine eligibility check && engine eligibility list   (or wait for the schedule)"
     )
+
+
+def _demo_documents(http_url: str | None) -> None:
+    """The demo's documents: the folder's (ENGINE_DOCUMENTS_INBOX) and one upload, with a
+    development token minted here as ``engine token`` mints one."""
+    import httpx
+
+    from engine.api.auth_settings import auth_settings_for
+    from engine.api.tokens import mint_dev_token
+    from engine.settings import load_settings
+    from engine.sim.demo import drop_documents, upload_document
+
+    settings = load_settings()
+    inbox = settings.resolved_documents_inbox()
+    if inbox is None:
+        typer.echo("documents: no watched folder (ENGINE_DOCUMENTS_INBOX is empty); skipped")
+    else:
+        for path in drop_documents(inbox):
+            typer.echo(f"dropped  {path}")
+    url = http_url or f"http://127.0.0.1:{settings.http_port}"
+    token = mint_dev_token(
+        auth_settings_for(settings), role="integration", ttl_s=300, subject="engine-demo"
+    )
+    try:
+        status, body = upload_document(url, token)
+    except httpx.HTTPError as exc:
+        raise EngineError(f"cannot reach the engine's API at {url} ({exc})") from exc
+    if status >= 300:
+        raise EngineError(f"POST {url}/documents answered {status}: {body.get('detail', body)}")
+    typer.echo(f"{status}  uploaded  document {body.get('document_id')} over POST /documents")
 
 
 @app.command()
@@ -463,6 +508,34 @@ def stub_fhir(
 
     typer.echo(f"stub FHIR server on http://{host}:{port}/fhir (Ctrl-C stops)", err=True)
     run_stub_fhir(host, port)
+
+
+@app.command("stub-athena")
+def stub_athena(
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8093,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    client_id: Annotated[str, typer.Option(help="the client id it accepts")] = "engine-demo",
+) -> None:
+    """Run a stub athenahealth (in memory) for demos and tests: token endpoint, practice 195900.
+
+    The client secret is ENGINE_STUB_ATHENA_SECRET when set, else a new one made at start;
+    either way it is printed once for the engine's environment.
+    """
+    import os
+    import secrets
+
+    from engine.sim.athena import DEMO_DEPARTMENT, DEMO_PRACTICE, run_stub_athena
+
+    secret = os.environ.get("ENGINE_STUB_ATHENA_SECRET") or secrets.token_urlsafe(24)
+    typer.echo(
+        f"stub athenahealth on http://{host}:{port} (Ctrl-C stops)\n"
+        f"  token URL     http://{host}:{port}/oauth2/v1/token\n"
+        f"  practice id   {DEMO_PRACTICE}, department id {DEMO_DEPARTMENT}\n"
+        f"  client id     {client_id}\n"
+        f"  client secret {secret}  (set it in the variable your route's client_secret_env names)",
+        err=True,
+    )
+    run_stub_athena(host, port, client_id=client_id, client_secret=secret)
 
 
 @app.command("stub-epic")
