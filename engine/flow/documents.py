@@ -16,9 +16,10 @@ the store's ``store_document`` (channel ``mllp``, TXA-12 as its unique number, P
 patient, TXA-2 through the document type table back to our type), which makes the document's
 own message, routed like any other document. The MDM then settles as ``routed`` with a warning
 naming the document. An MDM whose OBX-5 is a reference pointer (RP: no bytes) is refused with the
-reason: the engine delivers documents with their bytes, and fetching a pointer from a system it
+reason, before the ACK (AE, :func:`document_problem`) unless an HL7v2 route passes the MDM on as
+received: the engine delivers documents with their bytes, and fetching a pointer from a system it
 does not know is not something it can do safely. An OBX-5 that is not base64 is an error naming
-OBX-5. T04/T06/T10 (status change, addendum, replacement) are taken as documents of their own;
+OBX-5 (found after the ACK: decoding 16 MiB is not a check for the receive path). T04/T06/T10 (status change, addendum, replacement) are taken as documents of their own;
 their relation to the earlier document (TXA-13) is noted on the MDM, not carried on (the
 documents table has no place for it yet).
 """
