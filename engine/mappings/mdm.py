@@ -109,8 +109,9 @@ def mdm_t02(
     if info.author:
         txa.set(9, info.author, comp=2)  # XCN-2 family name: the author as written
     txa.set(6, date)
+    # the sender's own number (an MDM received) stays in its namespace; else ours
     txa.set(12, info.unique_number or f"DOC{info.document_id}", comp=1)
-    txa.set(12, site.sending_application, comp=2)
+    txa.set(12, info.sender if info.unique_number else site.sending_application, comp=2)
     if info.appointment:
         txa.set(14, info.appointment, comp=1)  # placer order number: the appointment
     if info.file_name:

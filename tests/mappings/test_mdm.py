@@ -99,6 +99,13 @@ def test_round_trip_same_bytes(mappings: Mappings, types: DocumentTypes) -> None
     assert doc.file_name == "lab.pdf"
 
 
+def test_unique_number_stays_in_its_senders_namespace(mappings: Mappings) -> None:
+    assert parse_message(t02(mappings)).get("TXA-12") == "DOC31"
+    assert parse_message(t02(mappings)).get("TXA-12.2") == "ENGINE"
+    msg = parse_message(t02(mappings, unique_number="U-1", sender="EHR"))
+    assert (msg.get("TXA-12.1"), msg.get("TXA-12.2")) == ("U-1", "EHR")
+
+
 def test_image_types(mappings: Mappings) -> None:
     msg = parse_message(t02(mappings, media_type="image/tiff"))
     assert (msg.get("OBX-5.2"), msg.get("OBX-5.3")) == ("image", "tiff")
