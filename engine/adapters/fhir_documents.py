@@ -17,7 +17,9 @@ mapped DocumentReference (attachment with media type and size, no data); the byt
    ``document_mode: inline|binary`` overrides. A server answering 415 to raw bytes gets a FHIR
    JSON Binary (``data`` in base64) instead, then and from then on. Either way the bytes are
    streamed from the store with a Content-Length (base64-encoded chunk by chunk when JSON): no
-   copy of the whole document, plain or encoded, is held.
+   copy of the whole document, plain or encoded, is held. The bytes are checked against the
+   stored size and SHA-256 as they go, the last chunk held back: other bytes (a disk fault)
+   cut the request short, so nothing is created, and the delivery is retried.
 3. **the DocumentReference**, created with ``If-None-Exist`` (http.html#ccreate) on its
    identifier ``urn:ietf:rfc:3986`` | ``urn:sha256:<content hash>`` and the subject: a
    redelivery (an answer lost, a crash after sending) finds the first and creates nothing. The
@@ -33,6 +35,7 @@ byte of the document.
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -54,6 +57,7 @@ __all__ = [
     "PatientCache",
     "Sender",
     "base64_body",
+    "verified",
 ]
 
 DocumentMode = Literal["auto", "inline", "binary"]
@@ -78,6 +82,32 @@ class Sender(Protocol):
         *,
         part: str = "",
     ) -> httpx.Response: ...
+
+
+class _Corrupt(Exception):
+    """Private: the bytes read are not the stored ones (size or SHA-256)."""
+
+
+async def verified(content: DocumentContent) -> AsyncIterator[bytes]:
+    """``content``'s chunks, the last one held back until the size and SHA-256 of all of them
+    are the stored ones: a store giving other bytes (a disk fault) raises :class:`_Corrupt`
+    before the request's body is complete, so the server, short of its Content-Length, creates
+    nothing."""
+    digest = hashlib.sha256()
+    size = 0
+    held: bytes | None = None
+    async for chunk in content.stream():
+        digest.update(chunk)
+        size += len(chunk)
+        if size > content.size:
+            raise _Corrupt
+        if held is not None:
+            yield held
+        held = chunk
+    if size != content.size or digest.hexdigest() != content.sha256:
+        raise _Corrupt
+    if held is not None:
+        yield held
 
 
 class _Stop(Exception):
@@ -129,7 +159,7 @@ def base64_body(
     async def stream() -> AsyncIterator[bytes]:
         yield prefix
         rest = b""
-        async for chunk in content.stream():
+        async for chunk in verified(content):
             chunk = rest + chunk
             whole = len(chunk) - len(chunk) % 3
             yield base64.b64encode(chunk[:whole])
@@ -142,7 +172,7 @@ def base64_body(
 
 
 def _raw_body(content: DocumentContent) -> Callable[[], AsyncIterator[bytes]]:
-    return content.stream
+    return lambda: verified(content)
 
 
 def _created_id(resp: httpx.Response, rtype: str) -> str | None:
@@ -193,6 +223,12 @@ class DocumentWriter:
             return await self._write(payload)
         except _Stop as exc:
             return exc.result
+        except _Corrupt:
+            sha = payload.content.sha256[:12] if payload.content else "?"
+            return DeliveryResult.retry(
+                f"fhir: the document's bytes read are not the stored ones (sha256 {sha}...): "
+                "sent incomplete, nothing created"
+            )
 
     async def _write(self, payload: Payload) -> DeliveryResult:
         try:

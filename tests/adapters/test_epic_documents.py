@@ -300,7 +300,8 @@ def test_base64_body_streams_exactly_the_json_it_announces() -> None:
     from engine.adapters.fhir_documents import base64_body
 
     data = pdf(20, size=4097)
-    content = DocumentContent("x", len(data), lambda: iter([data[:1000], data[1000:]]))
+    sha = hashlib.sha256(data).hexdigest()
+    content = DocumentContent(sha, len(data), lambda: iter([data[:1000], data[1000:]]))
     resource: dict[str, Any] = {"resourceType": "DocumentReference", "content": []}
     attachment: dict[str, Any] = {"contentType": "application/pdf"}
     resource["content"].append({"attachment": attachment})
@@ -379,3 +380,26 @@ def test_the_same_bytes_for_two_patients_are_two_documents(
     )
     assert all(r.ok for r in results)
     assert epic.state.creates_by_hash[hashlib.sha256(data).hexdigest()] == 2
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_bytes_read_that_are_not_the_stored_ones_send_nothing(
+    epic: StubEpicServer, home: Path, binary: bool
+) -> None:
+    """The store gives other bytes than it hashed (a disk fault): the request is cut before
+    its last chunk, so the server creates nothing; retryable (the next read may be good)."""
+    import dataclasses
+
+    epic.state.binary_supported = binary
+    good = pdf(80, size=5000)
+    payload = document(80, good)
+    bad = good[:-1] + b"!"
+    chunks = [bad[i : i + 1000] for i in range(0, len(bad), 1000)]
+    payload = dataclasses.replace(
+        payload, content=DocumentContent(payload.content.sha256, len(bad), lambda: iter(chunks))
+    )
+    [result] = deliver(destination(epic, home), payload)
+    assert not result.ok and result.retryable
+    assert "not the stored ones" in result.detail
+    assert sum(epic.state.creates_by_hash.values()) == 0
+    assert epic.state.binary_creates == 0
