@@ -4,7 +4,13 @@ saying whose it is and what it is (a sidecar or its name), readable as PDFs."""
 from __future__ import annotations
 
 import io
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from datetime import date
 from pathlib import Path
 
@@ -50,3 +56,90 @@ def test_a_second_drop_adds_new_documents_not_the_same_bytes(tmp_path: Path) -> 
     first = [p.read_bytes() for p in drop_documents(tmp_path, DAY)]
     second = [p.read_bytes() for p in drop_documents(tmp_path, DAY)]
     assert not set(first) & set(second)
+
+
+def test_engine_demo_against_a_real_engine_stores_every_document(tmp_path: Path) -> None:
+    """``engine demo`` against ``engine serve``: the three dropped in the folder and the one
+    uploaded are all stored, each for its patient, with its type and channel."""
+    from sqlalchemy import create_engine, select
+
+    from engine.store.tables import documents
+    from tests.serve_support import free_port
+
+    var = tmp_path / "var"
+    var.mkdir()
+    routes = tmp_path / "routes"
+    routes.mkdir()
+    (routes / "example.yaml").write_text("routes: []\n")
+    mllp, http = free_port(), free_port()
+    env = {
+        **os.environ,
+        "ENGINE_VAR_DIR": str(var),
+        "ENGINE_ROUTES_DIR": str(routes),
+        "ENGINE_MLLP_HOST": "127.0.0.1",
+        "ENGINE_HTTP_HOST": "127.0.0.1",
+        "ENGINE_MLLP_PORT": str(mllp),
+        "ENGINE_HTTP_PORT": str(http),
+        "ENGINE_LOG_LEVEL": "WARNING",
+        "ENGINE_ENV": "development",
+    }
+    log = (var / "engine.log").open("wb")
+    engine = subprocess.Popen(
+        [sys.executable, "-m", "engine", "serve"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        start_new_session=True,
+    )
+    try:
+        _wait_port(http, engine, var / "engine.log")
+        _wait_port(mllp, engine, var / "engine.log")
+        demo = subprocess.run(
+            [sys.executable, "-m", "engine", "demo", "--port", str(mllp)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert demo.returncode == 0, demo.stderr
+        assert demo.stdout.count("dropped  ") == 3, demo.stdout
+        assert "uploaded" in demo.stdout
+        db = create_engine(f"sqlite:///{var / 'engine.db'}")
+        cols = (documents.c.patient_mrn, documents.c.document_type, documents.c.channel)
+        rows: list[tuple[str, str, str]] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(rows) < 4:
+            time.sleep(0.5)
+            with db.connect() as conn:
+                rows = [
+                    (r.patient_mrn, r.document_type, r.channel) for r in conn.execute(select(*cols))
+                ]
+        db.dispose()
+        assert sorted(rows) == [
+            ("DEMO1001", "consent", "http"),
+            ("DEMO1001", "insurance-card", "folder"),
+            ("DEMO1002", "consent", "folder"),
+            ("DEMO1003", "referral", "folder"),
+        ], (var / "engine.log").read_text(errors="replace")[-2000:]
+    finally:
+        engine.send_signal(signal.SIGTERM)
+        try:
+            engine.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(engine.pid, signal.SIGKILL)
+        log.close()
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"port {port} not open: {log.read_text(errors='replace')[-2000:]}")
