@@ -14,12 +14,22 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-# the engine, with the stub FHIR server its example routes deliver to (stopped with the engine),
-# the in-process stub payer, and a sample schedule: eligibility checks every two minutes
+# the engine, with the stub FHIR server, the stub Epic and the stub athenahealth its example routes
+# deliver to (all stopped with the engine: Ctrl-C), the in-process stub payer, and a sample
+# schedule: eligibility checks every two minutes. The engine's signing key is made once (Epic's
+# stub fetches its public key from the engine's /.well-known/jwks.json); athena's client secret
+# is made for this run (or taken from ENGINE_STUB_ATHENA_SECRET) and given to both, never stored.
 run: $(STAMP)
-	@$(VENV)/bin/engine stub-fhir --port 8090 & stub=$$!; \
-	trap 'kill $$stub 2>/dev/null' EXIT INT TERM; \
+	@$(VENV)/bin/engine keys list 2>/dev/null | grep -q ' active ' || $(VENV)/bin/engine keys create
+	@ENGINE_STUB_ATHENA_SECRET=$${ENGINE_STUB_ATHENA_SECRET:-$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(24))')}; \
+	export ENGINE_STUB_ATHENA_SECRET; \
+	$(VENV)/bin/engine stub-fhir --port 8090 & fhir=$$!; \
+	$(VENV)/bin/engine stub-epic --port 8092 --client-id engine-demo \
+		--jwks-url http://127.0.0.1:8080/.well-known/jwks.json & epic=$$!; \
+	$(VENV)/bin/engine stub-athena --port 8093 --client-id engine-demo 2>/dev/null & athena=$$!; \
+	trap 'kill $$fhir $$epic $$athena 2>/dev/null' EXIT INT TERM; \
 	ENGINE_ELIGIBILITY_ON_START=true ENGINE_ELIGIBILITY_CRON='*/2 * * * *' ENGINE_LOG_FORMAT=text \
+	ENGINE_PUBLIC_BASE_URL=http://127.0.0.1:8080 \
 	$(VENV)/bin/engine serve
 
 lint: $(STAMP)
