@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 from engine.documents.model import DocumentInfo
 from engine.errors import ConversionError, HL7ParseError
 from engine.hl7v2.codec import Message, parse_message
+from engine.hl7v2.escape import unescape
 from engine.mappings.document_types import DocumentTypes
 from engine.mappings.spec import SiteConfig
 
@@ -55,7 +55,6 @@ ED_MEDIA: dict[str, tuple[str, str]] = {
 }
 #: how a trigger relates its document to an earlier one (FHIR DocumentReference.relatesTo.code)
 RELATION_BY_TRIGGER = {"T04": "replaces", "T06": "appends", "T08": "replaces", "T10": "replaces"}
-_BASE64_RE = re.compile(rb"^[A-Za-z0-9+/\r\n]*={0,2}[\r\n]*$")
 
 
 def _ts(value: datetime) -> str:
@@ -250,17 +249,20 @@ def read_mdm(message: Message, types: DocumentTypes) -> MdmDocument:
         vtype = obx.get(2).strip().upper()
         where = f"OBX[{n}]-5" if n > 1 else "OBX-5"
         if vtype == "ED":
-            encoding = obx.get(5, 1, 4).strip().upper()
-            if encoding != "BASE64":
+            # the field is split once (a 16 MiB OBX-5 is read whole as few times as can be);
+            # ED-1 to ED-4 are short and unescaped here, ED-5 is base64 (no delimiter in it)
+            parts = obx.raw_field(5).split(obx.delimiters.component)
+            head = [unescape(p, obx.delimiters.key, obx.charset) for p in parts[:4]]
+            head += [""] * (4 - len(head))
+            if head[3].strip().upper() != "BASE64":
                 raise ConversionError(
-                    f"{where}: encoding {obx.get(5, 1, 4)!r} is not Base64 (table 0299): "
+                    f"{where}: encoding {head[3]!r} is not Base64 (table 0299): "
                     "only base64 documents are taken",
                     where=where,
                 )
-            raw = obx.raw_field(5).split(obx.delimiters.component)
-            data_text = raw[4] if len(raw) > 4 else ""
-            data = _b64decode(data_text, where)
-            declared = _media(obx.get(5, 1, 2), obx.get(5, 1, 3))
+            data = _b64decode(parts[4] if len(parts) > 4 else "", where)
+            del parts
+            declared = _media(head[1], head[2])
             return MdmDocument(**common, data=data, declared_type=declared)
         if vtype == "RP":
             pointer = obx.get(5, 1, 1)
@@ -275,18 +277,23 @@ def read_mdm(message: Message, types: DocumentTypes) -> MdmDocument:
 
 
 def _b64decode(text: str, where: str) -> bytes:
-    raw = text.encode("ascii", errors="replace")
-    if not raw or not _BASE64_RE.match(raw):
-        raise ConversionError(
-            f"{where}: the ED data is not valid base64 "
-            + ("(empty)" if not raw else "(a character outside the base64 alphabet)"),
-            where=where,
-        )
+    """The bytes of base64 ``text`` (RFC 4648 alphabet, padded), strictly: a character outside
+    the alphabet or a bad length is an error naming ``where``. Line breaks (some senders wrap
+    base64 at 76 columns) are taken out first, only when there are any."""
+    if not text:
+        raise ConversionError(f"{where}: the ED data is not valid base64 (empty)", where=where)
+    if "\n" in text:
+        text = text.replace("\n", "")
     try:
-        return base64.b64decode(raw.replace(b"\r", b"").replace(b"\n", b""), validate=True)
-    except (binascii.Error, ValueError):
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        why = (
+            "a character outside the base64 alphabet"
+            if "Only base64" in str(exc) or "ASCII" in str(exc)
+            else "bad length or padding"
+        )
         raise ConversionError(
-            f"{where}: the ED data is not valid base64 (bad length or padding)", where=where
+            f"{where}: the ED data is not valid base64 ({why})", where=where
         ) from None
 
 
