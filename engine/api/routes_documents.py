@@ -72,6 +72,8 @@ _MAX_PARTS = 24
 #: what a form holds beside the file (fields, boundaries, part headers): a declared
 #: Content-Length may be this much over the cap
 _FORM_SLACK = 128 * 1024
+#: how much of the body is handed to the parser's thread at once
+_FEED_BYTES = 256 * 1024
 _STATUS = {"size": 413, "type": 415, "pdf": 422, "metadata": 422}
 
 
@@ -118,6 +120,10 @@ class _Form:
         except FormParserError as exc:
             raise _FormProblem(f"not a valid multipart/form-data body ({exc})") from None
         return not self.spool.over
+
+    def feed_all(self, chunks: list[bytes]) -> bool:
+        """:meth:`feed` each chunk; False once over the cap."""
+        return all(self.feed(chunk) for chunk in chunks if chunk)
 
     def finish(self) -> None:
         try:
@@ -245,9 +251,22 @@ async def _receive(
     try:
         form = _Form(boundary, spool)
         try:
+            # the body's pieces are handed to a thread a few at a time (one hop per 256 KiB,
+            # not one per 64 KiB read), and each at once past the cap (a sender that stops
+            # there, waiting, is answered)
+            pending: list[bytes] = []
+            size = received = 0
             async for chunk in request.stream():
-                if chunk and not await intake.run(form.feed, chunk):
-                    break  # over the cap: the rest is never read
+                pending.append(chunk)
+                size += len(chunk)
+                received += len(chunk)
+                if size >= _FEED_BYTES or received > intake.max_bytes:
+                    if not await intake.run(form.feed_all, pending):
+                        break  # over the cap: the rest is never read
+                    pending, size = [], 0
+            else:
+                if pending:
+                    await intake.run(form.feed_all, pending)
             if not spool.over:
                 form.finish()
                 if form.files == 0:
