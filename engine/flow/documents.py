@@ -19,9 +19,10 @@ naming the document. An MDM whose OBX-5 is a reference pointer (RP: no bytes) is
 reason, before the ACK (AE, :func:`document_problem`) unless an HL7v2 route passes the MDM on as
 received: the engine delivers documents with their bytes, and fetching a pointer from a system it
 does not know is not something it can do safely. An OBX-5 that is not base64 is an error naming
-OBX-5 (found after the ACK: decoding 16 MiB is not a check for the receive path). T04/T06/T10 (status change, addendum, replacement) are taken as documents of their own;
-their relation to the earlier document (TXA-13) is noted on the MDM, not carried on (the
-documents table has no place for it yet).
+OBX-5 (found after the ACK: decoding 16 MiB is not a check for the receive path). T04/T06/T10
+(status change, addendum, replacement) are taken as documents of their own; their relation to
+the earlier document (TXA-13) is noted on the MDM, not carried on (the documents table has no
+place for it yet).
 """
 
 from __future__ import annotations
@@ -177,9 +178,10 @@ def take_mdm_document(
     if not doc.document_date:
         raise ConversionError("no document date (TXA-4, TXA-6 or MSH-7)", where="TXA-4")
     if doc.relation is not None:
+        what = "an addendum to" if doc.relation == "appends" else "a replacement of"
         notes.append(
-            f"MDM^{doc.trigger}: a {doc.relation} document"
-            + (" (parent in TXA-13)" if doc.parent_number else "")
+            f"MDM^{doc.trigger}: {what} an earlier document"
+            + (" (its number in TXA-13)" if doc.parent_number else "")
             + "; taken as a document of its own (the relation is not carried on)"
         )
     sha256 = hashlib.sha256(doc.data).hexdigest()

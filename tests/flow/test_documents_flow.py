@@ -621,3 +621,23 @@ def test_a_payload_that_is_no_document_envelope_is_a_permanent_failure(tmp_path:
         return [(r.ok, r.retryable) for r in results]
 
     assert asyncio.run(run()) == [(False, False)] * 3
+
+
+def test_the_same_mdm_sent_twice_is_one_document_and_an_addendum_is_noted(
+    store: SqlMessageStore, tmp_path: Path, mappings: Mappings
+) -> None:
+    routes = routes_in(tmp_path)
+    data = simple_pdf()
+    raw = inbound_mdm(mappings, data)
+    processor = Processor(store, routes, mappings)
+    first = processor.process_one(1, raw, "hl7v2")
+    again = processor.process_one(2, raw.replace(b"|M500|", b"|M501|"), "hl7v2")
+    assert first.state == again.state == "routed"
+    assert "its document stored: document" in (first.warnings or "")
+    assert "its document stored before: document" in (again.warnings or "")
+    assert len([v for v in store.list() if v.message_type == "DOC"]) == 1
+
+    addendum = inbound_mdm(mappings, data + b"\n").replace(b"MDM^T02", b"MDM^T06")
+    done = processor.process_one(3, addendum, "hl7v2")
+    assert done.state == "routed"
+    assert "MDM^T06: an addendum to an earlier document" in (done.warnings or "")
