@@ -252,3 +252,13 @@ def test_no_intake_is_503(client: TestClient, headers: dict[str, str]) -> None:
     files = {"file": ("a.png", PNG, "image/png")}
     response = client.post("/documents", data=FORM, files=files, headers=headers)
     assert response.status_code == 503
+
+
+def test_the_file_name_is_kept_without_its_folder(
+    app_client: TestClient, headers: dict[str, str], store: SqlMessageStore
+) -> None:
+    files = {"file": ("C:\\Scans\\front desk\\card.png", PNG, "image/png")}
+    response = app_client.post("/documents", data=FORM, files=files, headers=headers)
+    assert response.status_code == 201
+    info = store.get_document(response.json()["document_id"])
+    assert info is not None and info.file_name == "card.png"

@@ -249,3 +249,15 @@ def test_a_file_over_the_cap_goes_to_error(
     assert "1048576-byte limit (ENGINE_MAX_DOCUMENT_BYTES)" in reason
     [msg] = _errors(store)
     assert msg.channel == "folder" and _documents(store) == []
+
+
+def test_done_is_swept_of_files_past_retention(folder: WatchedFolder, inbox: Path) -> None:
+    done = inbox / "done"
+    done.mkdir()
+    old, new = done / "old.pdf", done / "new.pdf"
+    old.write_bytes(b"x")
+    new.write_bytes(b"y")
+    long_ago = time.time() - 31 * 86400
+    os.utime(old, (long_ago, long_ago))
+    assert folder.sweep_done(30) == 1
+    assert sorted(p.name for p in done.iterdir()) == ["new.pdf"]
