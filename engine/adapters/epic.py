@@ -9,7 +9,8 @@ assertion signed with the engine's key, registered with Epic by its JWKS URL). S
   the patient found by MRN (``Patient?identifier=<mrn_system>|<mrn>``; the shared writer,
   engine/adapters/fhir_documents.py). An HL7v2 payload sent to it is a permanent failure saying
   to route it to an ``mllp`` destination (the same route can send the document as MDM^T02
-  there); a FHIR Bundle one too (Epic takes no transaction Bundles from backend apps);
+  there); a FHIR Bundle one too (this destination writes documents; a Bundle for an Epic
+  API that takes one goes to a ``fhir`` destination with ``auth: smart-backend``);
 * the pull source ``type: epic`` (:class:`EpicSource`) reads ``Appointment?date=ge..&date=le..
   &status=booked`` page by page (``Bundle.link`` ``next``, https://hl7.org/fhir/R4/http.html#paging)
   with each appointment's Patient and the patient's Coverages (``Coverage?patient=``), and yields
@@ -67,8 +68,8 @@ DEFAULT_SCOPE = (
 DEFAULT_SOURCE_SCOPE = "system/Patient.read system/Appointment.read system/Coverage.read"
 HL7V2_REFUSED = "epic: Epic takes HL7v2 over MLLP: route it to an mllp destination"
 BUNDLE_REFUSED = (
-    "epic: the epic destination writes documents only (Epic takes no transaction Bundles from "
-    "backend apps): route HL7v2 to an mllp destination"
+    "epic: the epic destination writes documents only: route HL7v2 to an mllp destination "
+    "(a FHIR Bundle to a fhir destination with auth smart-backend)"
 )
 
 
