@@ -6,8 +6,10 @@ Its bytes are spooled to a file under ``var_dir/spool`` while hashed (SHA-256) a
 (``ENGINE_MAX_DOCUMENT_BYTES``). Then its metadata is checked (who: the MRN; what: a type of the
 site's document type table; when: a date), its type read from its bytes' magic
 (:mod:`engine.documents.sniff`), and the store commits bytes, document and message in one
-transaction (:meth:`~engine.store.documents.Documents.store_document`): that commit is the
-acceptance, with the receiver's fsync. The spooled file is removed either way.
+transaction (:meth:`~engine.store.documents.Documents.store_documents`): that commit is the
+acceptance, with the receiver's fsync. Documents arriving together share one transaction (a
+group commit, as the message receiver's), each in a savepoint of its own. The spooled file is
+removed either way. The blocking work runs on threads of the intake's own.
 
 A refused document is recorded too — a ``messages`` row of kind ``document``, state ``error``,
 the reason — with its bytes when they were all read, its first 4 KiB when it was over the cap:
