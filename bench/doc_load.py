@@ -1,7 +1,8 @@
 """A document upload load generator: N concurrent uploaders, each POSTing its synthetic PDFs to
 ``/documents`` one at a time (multipart, as a front-desk app would) and waiting for the answer.
 
-``python -m bench.doc_load URL TOKEN UPLOADERS COUNT SIZE`` prints one JSON line: documents,
+``python -m bench.doc_load URL UPLOADERS COUNT SIZE`` (the bearer token in ``DOC_LOAD_TOKEN``, not
+on the command line, where any process list shows it) prints one JSON line: documents,
 seconds, rate, p50/p99 latency in ms, and how many answers were 2xx. Every document is unique
 (the store keeps one copy of the same bytes for the same patient, which would flatter the
 rate): one synthetic PDF of SIZE bytes is built once and each upload overwrites 16 bytes of its
@@ -93,6 +94,7 @@ async def main(url: str, token: str, uploaders: int, count: int, size: int) -> d
 
 
 if __name__ == "__main__":
-    url, token, uploaders, count, size = sys.argv[1:6]
+    url, uploaders, count, size = sys.argv[1:5]
+    token = os.environ["DOC_LOAD_TOKEN"]
     result = asyncio.run(main(url, token, int(uploaders), int(count), int(size)))
     print(json.dumps(result))

@@ -136,9 +136,14 @@ def _wait_worker(db: Path, timeout: float = 120.0) -> None:
 
 
 def _load(url: str, token: str, uploaders: int, count: int, size: int) -> dict[str, Any]:
-    args = [sys.executable, "-m", "bench.doc_load", url, token, str(uploaders), str(count)]
+    args = [sys.executable, "-m", "bench.doc_load", url, str(uploaders), str(count), str(size)]
     out = subprocess.run(
-        [*args, str(size)], capture_output=True, text=True, check=False, timeout=1800
+        args,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+        env={**os.environ, "DOC_LOAD_TOKEN": token},
     )
     if out.returncode != 0:
         raise RuntimeError(f"doc_load failed: {out.stderr[-800:]}")
