@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -105,12 +106,43 @@ def index_rows(bundle: Mapping[str, Any]) -> list[IndexedResource]:
     return rows
 
 
+def _logical_payers(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries with, for each Coverage whose payer is given by identifier only (a logical
+    reference, references.html#logical, as Epic writes ``payor``), an Organization entry made
+    from it (its identifier; the display as its name; a ``urn:uuid`` fullUrl that is the same
+    for the same payer) and the payor referring to it: the eligibility job reads the payer ID
+    from the Organization a Coverage refers to."""
+    out: list[dict[str, Any]] = []
+    for e in entries:
+        res = e.get("resource")
+        if not isinstance(res, dict) or res.get("resourceType") != "Coverage":
+            out.append(e)
+            continue
+        payors: list[Any] = []
+        made: list[dict[str, Any]] = []
+        for payor in res.get("payor") or []:
+            ident = payor.get("identifier") if isinstance(payor, dict) else None
+            if not isinstance(ident, dict) or payor.get("reference") or not ident.get("value"):
+                payors.append(payor)
+                continue
+            token = f"Organization/{ident.get('system', '')}|{ident['value']}"
+            url = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, token)}"
+            org: dict[str, Any] = {"resourceType": "Organization", "identifier": [ident]}
+            if payor.get("display"):
+                org["name"] = payor["display"]
+            made.append({"fullUrl": url, "resource": org})
+            payors.append({**payor, "reference": url})
+        out += [{**e, "resource": {**res, "payor": payors}}, *made] if made else [e]
+    return out
+
+
 def _resolved(bundle: Mapping[str, Any]) -> dict[str, Any]:
-    """The Bundle with each relative reference (``Patient/12``) that names an entry written as
-    that entry's fullUrl (``https://ehr/fhir/Patient/12``): FHIR resolves a relative reference
-    against the base of the fullUrl of the entry holding it (bundle.html#references), and the
-    index keys on fullUrls. References that name no entry are left as they are."""
-    entries = [e for e in bundle.get("entry", []) if isinstance(e, dict)]
+    """The Bundle as the index keeps it: each relative reference (``Patient/12``) that names an
+    entry written as that entry's fullUrl (``https://ehr/fhir/Patient/12``), as FHIR resolves a
+    relative reference against the base of the fullUrl of the entry holding it
+    (bundle.html#references) and the index keys on fullUrls (references that name no entry are
+    left as they are); and a payer given by identifier only made an Organization entry."""
+    entries = _logical_payers([e for e in bundle.get("entry", []) if isinstance(e, dict)])
     by_ref: dict[str, str] = {}
     for e in entries:
         url = str(e.get("fullUrl") or "")
@@ -129,7 +161,7 @@ def _resolved(bundle: Mapping[str, Any]) -> dict[str, Any]:
             return [walk(v) for v in node]
         return node
 
-    return {**bundle, "entry": walk(entries)} if by_ref else dict(bundle)
+    return {**bundle, "entry": walk(entries) if by_ref else entries}
 
 
 class RoutedCounter(Protocol):

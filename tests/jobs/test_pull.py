@@ -280,6 +280,37 @@ def test_end_to_end_a_pulled_appointment_gets_an_eligibility_verdict_without_hl7
     assert svc.targets(MONDAY, 1) == []
 
 
+def test_a_payer_given_by_identifier_only_is_indexed_as_an_organization(
+    store: SqlMessageStore,
+    ehr: StubFhirServer,
+    client: httpx.Client,
+    tmp_path: Path,
+    mappings: Mappings,
+) -> None:
+    """Epic writes Coverage.payor as a logical reference (identifier and display): the index
+    makes the payer an Organization the Coverage refers to, and eligibility asks that payer."""
+    seed_alice(client, MONDAY)
+    coverage = client.get("Coverage/c1").json()
+    logical = {"identifier": {"system": "urn:payer", "value": "60054"}, "display": "WESTPEAK"}
+    put(client, {**coverage, "payor": [logical]})
+    routes = _routes(tmp_path, ehr)
+    assert _run(_jobs(store, routes)).new == 1
+    [row] = _pulled_rows(store)
+    assert b'"reference":"urn:uuid:' not in row.raw  # the message is kept as pulled
+    processor = Processor(store, routes, mappings)
+    while processor.process_batch():
+        pass
+    [indexed] = store.resources_for_patient("Coverage", f"{ehr.base_url}/Patient/p1")
+    [payor] = indexed["payor"]
+    assert payor["reference"].startswith("urn:uuid:") and payor["identifier"]["value"] == "60054"
+    org = store.resource(payor["reference"])
+    assert org is not None and org["name"] == "WESTPEAK"
+    svc = service(store)
+    [outcome] = asyncio.run(svc.check_upcoming(start=MONDAY, days=1))
+    asyncio.run(svc.close())
+    assert (outcome.status, outcome.payer_id) == ("eligible", "60054")
+
+
 def test_routes_still_take_pulled_bundles_by_resource_type(
     store: SqlMessageStore,
     ehr: StubFhirServer,
