@@ -39,6 +39,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy.exc import IntegrityError
 
 from engine.adapters.source import Pulled, Source, SourceError
 from engine.errors import ConfigError
@@ -156,7 +157,12 @@ async def pull_source(
         if not batch:
             return
         items, batch = batch, []
-        stored = await asyncio.to_thread(store.save_batch, items)
+        try:
+            stored = await asyncio.to_thread(store.save_batch, items)
+        except IntegrityError:
+            # another process stored one of these versions between our duplicate check and our
+            # insert (a pull by hand beside the schedule): once committed, it is a duplicate
+            stored = await asyncio.to_thread(store.save_batch, items)
         fresh = sum(1 for s in stored if not s.duplicate)
         new += fresh
         unchanged += len(stored) - fresh

@@ -161,6 +161,36 @@ def test_a_failing_source_is_recorded_and_keeps_what_it_read(
     assert counts.error is None and counts.new == 3
 
 
+def test_a_version_another_process_stored_first_counts_as_unchanged(
+    store: SqlMessageStore, ehr: StubFhirServer, client: httpx.Client, tmp_path: Path
+) -> None:
+    """A pull by hand beside the schedule: the other process inserts the same versions between
+    this one's duplicate check and its insert (the unique dedupe key refuses ours); stored
+    again, they are duplicates, and the pull goes on."""
+    from sqlalchemy.exc import IntegrityError
+
+    seed_many(client, TODAY, 2)
+    routes = _routes(tmp_path, ehr)
+
+    class Racing:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def save_batch(self, items: list[Any]) -> list[Any]:
+            self.calls += 1
+            if self.calls == 1:
+                store.save_batch(items)  # the other process, first
+                raise IntegrityError("INSERT", {}, Exception("ux_messages_dedupe"))
+            return store.save_batch(items)
+
+    racing = Racing()
+    jobs = _jobs(store, routes)
+    jobs.store = racing
+    counts = _run(jobs)
+    assert (counts.pulled, counts.new, counts.unchanged, counts.error) == (2, 0, 2, None)
+    assert racing.calls == 2 and len(_pulled_rows(store)) == 2
+
+
 def test_a_hanging_source_times_out(store: SqlMessageStore) -> None:
     class Hanging:
         name = "slow"

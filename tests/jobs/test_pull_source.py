@@ -254,3 +254,30 @@ def test_a_source_missing_its_token_variable_is_not_built(tmp_path: Path) -> Non
     routes = load_routes(site, defaults=tmp_path / "none")
     with pytest.raises(ConfigError, match="PULL_TEST_UNSET_TOKEN is not set"):
         build_source("c", routes.sources["c"])
+
+
+def test_a_reload_with_a_wrong_source_is_refused_and_a_right_one_takes_the_new_sources(
+    tmp_path: Path,
+) -> None:
+    """Sources follow the routes' reload: checked with the route files, and the worker is
+    restarted on the reloaded files (its schedules are built from them)."""
+    from engine.flow.config import Reloader, load_running_config
+    from engine.settings import Settings
+
+    site = _routes(tmp_path, example="sources:\n  c: {type: fhir, base_url: 'http://x/f'}\n")
+    settings = Settings(home=tmp_path, var_dir=tmp_path / "var", routes_dir=site)
+    config, _ = load_running_config(settings)
+    applied: list[Settings] = []
+    reloader = Reloader(settings, config, lambda new, running: applied.append(running))
+    (site / "example.yaml").write_text("sources:\n  c: {type: fhir, base_url: 'x'}\n")
+    refused = reloader.reload()
+    assert not refused.applied and "example.yaml, line 2, sources.c.base_url" in (
+        refused.error or ""
+    )
+    (site / "example.yaml").write_text(
+        "sources:\n  c: {type: fhir, base_url: 'http://y/f'}\n  d: {type: fhir, base_url: "
+        "'http://z/f', cron: '0 6 * * *'}\n"
+    )
+    assert reloader.reload().applied
+    [running] = applied  # the worker restarts on this snapshot
+    assert set(load_routes(running.routes_dir).sources) == {"c", "d"}
