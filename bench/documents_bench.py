@@ -211,12 +211,32 @@ class _RssSampler:
         self._thread.join()
 
 
+def _cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of one process (/proc/PID/stat fields 14 and 15)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_by_role(engine_pid: int, stub_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the receiver, its child processes (the worker) and the stub: where
+    a case's time went, on a machine whose cores the three share."""
+    children = [p for p in _tree(engine_pid) if p != engine_pid]
+    return {
+        "receiver": _cpu_s(engine_pid),
+        "worker": sum(_cpu_s(p) for p in children),
+        "stub_epic": _cpu_s(stub_pid),
+    }
+
+
 # -- the cases ------------------------------------------------------------------------------------
 
 
 @contextmanager
-def _stub_epic(jwks_url: str) -> Iterator[str]:
-    """``engine stub-epic --admin`` on a free port; its root URL."""
+def _stub_epic(jwks_url: str) -> Iterator[tuple[str, int]]:
+    """``engine stub-epic --admin`` on a free port; its root URL and process id."""
     port = _free_port()
     proc = subprocess.Popen(
         [
@@ -237,7 +257,7 @@ def _stub_epic(jwks_url: str) -> Iterator[str]:
     )
     try:
         _wait_port(port, proc)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc.pid
     finally:
         _stop(proc)
 
@@ -264,7 +284,7 @@ def _case(
 ) -> dict[str, Any]:
     http_port = _free_port()
     jwks_url = f"http://127.0.0.1:{http_port}/.well-known/jwks.json"
-    with tempfile.TemporaryDirectory() as tmp, _stub_epic(jwks_url) as epic:
+    with tempfile.TemporaryDirectory() as tmp, _stub_epic(jwks_url) as (epic, stub_pid):
         var = Path(tmp)
         routes = var / "routes"
         routes.mkdir()
@@ -282,6 +302,7 @@ def _case(
                 sampler.__enter__()
             try:
                 started = time.monotonic()
+                cpu_before = _cpu_by_role(proc.pid, stub_pid)
                 result = _load(url, token, 8, count, size)
                 if workers:
                     done = _wait_in_epic(epic, count, timeout)
@@ -290,6 +311,11 @@ def _case(
                     stats = _epic_stats(epic)
                     result["token_requests"] = stats["token_requests"]
                     result["documents_created_twice"] = stats["documents_created_twice"]
+                cpu_after = _cpu_by_role(proc.pid, stub_pid)
+                result["cpu_s"] = {
+                    role: round(cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0), 1)
+                    for role in cpu_after
+                }
             finally:
                 if sampler:
                     sampler.__exit__()
@@ -312,6 +338,8 @@ def _describe(r: dict[str, Any]) -> str:
             f"in the stub Epic after {r['delivered_s']:.1f} s ({r['delivered_rate']:.1f}/s), "
             f"{r['token_requests']} token request(s)"
         )
+    if isinstance(r.get("cpu_s"), dict):
+        parts.append("CPU s " + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_s"].items()))
     if "peak_rss_mb" in r:
         parts.append(f"peak RSS {r['peak_rss_mb']:.0f} MB (sum of VmHWM {r['hwm_sum_mb']:.0f} MB)")
     return "; ".join(parts)
