@@ -8,9 +8,12 @@ over real HTTP (or in-process) so the engine's own adapters can be run against i
 * :mod:`.payer`: a stub payer answering 270s with 271s from a synthetic roster, in-process (the
   ``stub`` adapter kind of payer files, the default of ``make run``) or over HTTP in the CAQH
   CORE real-time style (``engine payer-stub``);
-* :mod:`.demo`: synthetic patients and appointments sent to a running engine (``engine demo``);
+* :mod:`.epic` (with :mod:`.epic_fhir`) and :mod:`.athena`: stub EHRs that enforce their
+  vendors' rules (``engine stub-epic``, ``engine stub-athena``; ``make run`` starts both);
+* :mod:`.demo`: synthetic patients and appointments sent to a running engine, and their scanned
+  documents dropped in the watched folder and uploaded (``engine demo``);
+* :mod:`.pdf`: synthetic scanned documents (one-page PDFs, any size) for the demo and the benches;
 * :mod:`.server_thread`: any of these apps on a free port in a thread, for tests.
 
-The stub EHRs (Epic, athenahealth) the EHR adapters will be tested against belong here too.
 Only synthetic people live in this package.
 """
