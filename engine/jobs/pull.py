@@ -8,6 +8,9 @@ today to ``days - 1`` days ahead, with their patients and coverages, and stores 
 Bundle as a message (kind ``fhir``, channel ``pull``, peer the source's name) with the dedupe key
 ``pull:<source>|<version key>``: an appointment pulled again unchanged stores nothing (the
 store's idempotent-receiver check, engine/store/messages.py), a changed one is stored again.
+A version that comes back after a change (booked, cancelled, booked again, from a source whose
+keys digest the content) is stored again too, its key naming the newer message it follows: the
+index keeps the newest message's resources, and must get the booking back.
 The processor then routes it like any FHIR input and indexes its resources
 (engine/flow/process.py), so the eligibility job finds the appointment, its patient and coverage
 with no HL7 message ever received.
@@ -29,7 +32,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -39,6 +42,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
 from engine.adapters.source import Pulled, Source, SourceError
@@ -48,6 +52,7 @@ from engine.routes.loader import RouteSet
 from engine.routes.spec import SourceSpec
 from engine.settings import Settings
 from engine.store.messages import Incoming, Stored
+from engine.store.tables import fhir_resources, messages
 
 __all__ = [
     "PullCounts",
@@ -76,9 +81,53 @@ class PullMetrics(Protocol):
 
 
 class PullStore(Protocol):
-    """Where pulled Bundles go (the message store)."""
+    """Where pulled Bundles go (the message store; its database holds the resource index)."""
+
+    db_engine: Engine
 
     def save_batch(self, items: list[Incoming]) -> list[Stored]: ...
+
+
+def _appointment_url(bundle: Mapping[str, Any]) -> str | None:
+    """The fullUrl of the Bundle's Appointment: the appointment's identity in the index."""
+    for entry in bundle.get("entry") or []:
+        if (entry.get("resource") or {}).get("resourceType") == "Appointment":
+            url = entry.get("fullUrl")
+            return str(url) if url else None
+    return None
+
+
+def _indexed_by(store: PullStore, urls: list[str]) -> dict[str, tuple[int, str]]:
+    """The message each of these resources was last indexed from (the newest processed), with
+    that message's dedupe key."""
+    if not urls:
+        return {}
+    query = (
+        select(fhir_resources.c.full_url, messages.c.id, messages.c.dedupe_key)
+        .join(messages, messages.c.id == fhir_resources.c.message_id)
+        .where(fhir_resources.c.full_url.in_(urls))
+    )
+    with store.db_engine.connect() as conn:
+        return {row.full_url: (int(row.id), row.dedupe_key or "") for row in conn.execute(query)}
+
+
+def _reverted(
+    store: PullStore, items: list[Incoming], stored: list[Stored], urls: list[str | None]
+) -> list[Incoming]:
+    """The pulled versions that are duplicates of a message older than the one the index holds
+    for their appointment: it changed and came back (booked, cancelled, booked again, from a
+    source whose version keys digest the content). Each is to be stored again, its key naming
+    the newer message it follows, so the index takes it back; the same key in every process,
+    and an unchanged one the next time (the index then holds this very version)."""
+    dups = [n for n, s in enumerate(stored) if s.duplicate and urls[n]]
+    latest = _indexed_by(store, sorted({u for n in dups if (u := urls[n])}))
+    again: list[Incoming] = []
+    for n in dups:
+        key = items[n].dedupe_key or ""
+        newer, newer_key = latest.get(urls[n] or "", (0, ""))
+        if newer > stored[n].id and not newer_key.startswith(f"{key}|after:"):
+            again.append(replace(items[n], dedupe_key=f"{key}|after:{newer}"))
+    return again
 
 
 @dataclass(frozen=True)
@@ -150,20 +199,27 @@ async def pull_source(
     is called after each batch that stored something new (the processor's wake)."""
     pulled = new = unchanged = 0
     batch: list[Incoming] = []
+    urls: list[str | None] = []  # each item's appointment in the index
     error: str | None = None
 
-    async def flush() -> None:
-        nonlocal new, unchanged, batch
-        if not batch:
-            return
-        items, batch = batch, []
+    async def save(items: list[Incoming]) -> list[Stored]:
         try:
-            stored = await asyncio.to_thread(store.save_batch, items)
+            return await asyncio.to_thread(store.save_batch, items)
         except IntegrityError:
             # another process stored one of these versions between our duplicate check and our
             # insert (a pull by hand beside the schedule): once committed, it is a duplicate
-            stored = await asyncio.to_thread(store.save_batch, items)
+            return await asyncio.to_thread(store.save_batch, items)
+
+    async def flush() -> None:
+        nonlocal new, unchanged, batch, urls
+        if not batch:
+            return
+        items, batch, appointments, urls = batch, [], urls, []
+        stored = await save(items)
+        again = await asyncio.to_thread(_reverted, store, items, stored, appointments)
         fresh = sum(1 for s in stored if not s.duplicate)
+        if again:
+            fresh += sum(1 for s in await save(again) if not s.duplicate)
         new += fresh
         unchanged += len(stored) - fresh
         if fresh and on_stored is not None:
@@ -174,6 +230,7 @@ async def pull_source(
             async for item in source.pull(start, end):
                 pulled += 1
                 batch.append(_incoming(name, item))
+                urls.append(_appointment_url(item.bundle))
                 if len(batch) >= _BATCH:
                     await flush()
     except SourceError as exc:

@@ -175,6 +175,7 @@ def test_a_version_another_process_stored_first_counts_as_unchanged(
     class Racing:
         def __init__(self) -> None:
             self.calls = 0
+            self.db_engine = store.db_engine
 
         def save_batch(self, items: list[Any]) -> list[Any]:
             self.calls += 1
@@ -189,6 +190,50 @@ def test_a_version_another_process_stored_first_counts_as_unchanged(
     counts = _run(jobs)
     assert (counts.pulled, counts.new, counts.unchanged, counts.error) == (2, 0, 2, None)
     assert racing.calls == 2 and len(_pulled_rows(store)) == 2
+
+
+def test_an_appointment_that_changes_back_is_stored_again(
+    store: SqlMessageStore, tmp_path: Path, mappings: Mappings
+) -> None:
+    """A source whose version keys digest the content (athena's): booked, cancelled, booked
+    again gives the first key again. Stored again all the same (the index holds the
+    cancellation from a newer message), so the index and the eligibility job see it booked."""
+    url = "https://ehr.example/fhir/Appointment/1"
+
+    def bundle(status: str) -> dict[str, Any]:
+        appt = {"resourceType": "Appointment", "id": "1", "status": status}
+        appt["start"] = "2026-11-30T09:00:00-05:00"
+        return {"resourceType": "Bundle", "type": "transaction",
+                "entry": [{"fullUrl": url, "resource": appt}]}  # fmt: skip
+
+    class Digesting:
+        name = "digest"
+        status = "booked"
+
+        async def pull(self, start: date, end: date) -> Any:
+            yield Pulled(f"appointment/1:{self.status}", bundle(self.status))
+
+        async def close(self) -> None:
+            return None
+
+    src = Digesting()
+    processor = Processor(store, RouteSet(), mappings)
+
+    def pull_and_process(status: str) -> tuple[int, int]:
+        src.status = status
+        counts = asyncio.run(pull_source(store, "digest", src, TODAY, TODAY))
+        while processor.process_batch():
+            pass
+        return counts.new, counts.unchanged
+
+    assert pull_and_process("booked") == (1, 0)
+    assert pull_and_process("booked") == (0, 1)
+    assert pull_and_process("cancelled") == (1, 0)
+    assert (store.resource(url) or {})["status"] == "cancelled"
+    assert pull_and_process("booked") == (1, 0)  # back to booked: stored again
+    assert (store.resource(url) or {})["status"] == "booked"
+    assert pull_and_process("booked") == (0, 1)  # and then unchanged
+    assert len(_pulled_rows(store)) == 3
 
 
 def test_a_hanging_source_times_out(store: SqlMessageStore) -> None:
