@@ -26,7 +26,7 @@ from engine.routes.loader import RouteSet
 from engine.settings import Settings
 from engine.sim.fhir_server import StubFhirServer, running_stub_fhir
 from engine.store import SqlMessageStore, create_db_engine
-from engine.store.tables import job_runs, messages
+from engine.store.tables import deliveries, job_runs, messages
 from tests.jobs.conftest import MONDAY, TIMEZONE, TODAY, service
 from tests.jobs.pull_support import appointment, put, seed_alice, seed_many
 
@@ -402,6 +402,7 @@ def test_routes_still_take_pulled_bundles_by_resource_type(
   box: {{type: file, directory: {out}}}
 routes:
   - {{name: pulled, match: {{resource_type: [Bundle]}}, mapping: none, destinations: [box]}}
+  - {{name: as-siu, match: {{resource_type: [Bundle]}}, mapping: hl7v2, destinations: [box]}}
 """,
     )
     _run(_jobs(store, routes))
@@ -411,3 +412,11 @@ routes:
     [row] = _pulled_rows(store)
     assert row.state == "routed"
     assert store.resource(f"{ehr.base_url}/Coverage/c1") is not None
+    with store.db_engine.connect() as conn:
+        made = {
+            d.route: (d.kind, bytes(d.payload))
+            for d in conn.execute(select(deliveries).where(deliveries.c.message_id == row.id))
+        }
+    assert made["pulled"] == ("fhir-bundle", bytes(row.raw))  # as pulled
+    kind, siu = made["as-siu"]
+    assert kind == "hl7v2" and b"SIU^S12" in siu and b"PID|1||MRN0001^" in siu
