@@ -341,7 +341,10 @@ def _describe(r: dict[str, Any]) -> str:
     if isinstance(r.get("cpu_s"), dict):
         parts.append("CPU s " + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_s"].items()))
     if "peak_rss_mb" in r:
-        parts.append(f"peak RSS {r['peak_rss_mb']:.0f} MB (sum of VmHWM {r['hwm_sum_mb']:.0f} MB)")
+        parts.append(
+            f"peak RSS {r['peak_rss_mb']:.0f} MB (idle {r.get('idle_rss_mb', 0):.0f} MB; "
+            f"sum of VmHWM {r['hwm_sum_mb']:.0f} MB)"
+        )
     return "; ".join(parts)
 
 
