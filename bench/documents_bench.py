@@ -1,6 +1,6 @@
 """Documents in → stored → acknowledged → delivered to Epic: ``engine serve`` under upload load.
 
-Three cases, on SQLite (synchronous=FULL: every acknowledged document is fsynced), each with a
+Four cases, on SQLite (synchronous=FULL: every acknowledged document is fsynced), each with a
 fresh engine home:
 
 * **stored and acknowledged**: 8 concurrent uploaders POST 1 MiB synthetic PDFs to
@@ -14,7 +14,10 @@ fresh engine home:
 * **eight 25 MiB documents in flight**: 8 uploaders, two 25 MiB PDFs each, delivered to the stub
   Epic, while the resident memory of the engine's processes (the receiver and its worker) is
   sampled every 50 ms from /proc; the figure is the largest sum seen, with each process's own
-  high-water mark (VmHWM) beside it (goal: under 300 MB).
+  high-water mark (VmHWM) beside it (goal: under 300 MB);
+* **to the stub athenahealth**: 1 MiB documents uploaded one per call (the stub in this process,
+  in a thread, its counters read directly): the token requests its per-minute limit counts
+  (goal: one per token lifetime, an hour) and uploads made twice (goal: none).
 
 The stub Epic runs as ``make run`` runs it (``engine stub-epic --admin``, a process of its own),
 with the engine's JWKS URL registered for the client id, as an Epic customer registers a backend
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 import statistics
 import subprocess
@@ -57,6 +61,24 @@ routes:
     match: {{kind: document}}
     mapping: fhir
     destinations: [epic]
+"""
+
+ATHENA_ROUTES = """
+destinations:
+  athena:
+    type: athenahealth
+    base_url: {base_url}
+    client_id: {client_id}
+    client_secret_env: BENCH_ATHENA_SECRET
+    practice_id: "195900"
+    department_id: "1"
+    requests_per_second: 40
+    retry: {{max_attempts: 5, base_delay_s: 1, max_delay_s: 10}}
+routes:
+  - name: documents-to-athena
+    match: {{kind: document}}
+    mapping: none
+    destinations: [athena]
 """
 
 EPIC_DESTINATION = """    type: epic
@@ -328,14 +350,56 @@ def _case(
         return result
 
 
-def _describe(r: dict[str, Any]) -> str:
+def _athena_case(label: str, *, count: int, timeout: float) -> dict[str, Any]:
+    """``count`` 1 MiB documents delivered to the stub athenahealth (in this process, in a
+    thread: its counters are read directly): the token requests athena's per-minute limit
+    counts, and uploads made twice."""
+    from engine.sim.athena import running_stub_athena
+
+    secret = secrets.token_urlsafe(24)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_stub_athena(client_id=CLIENT_ID, client_secret=secret) as athena,
+    ):
+        var = Path(tmp)
+        routes = var / "routes"
+        routes.mkdir()
+        (routes / "example.yaml").write_text(
+            ATHENA_ROUTES.format(base_url=athena.base_url, client_id=CLIENT_ID)
+        )
+        http_port = _free_port()
+        env = {**_env(var, routes, http_port, workers=True), "BENCH_ATHENA_SECRET": secret}
+        token = _engine_cli(env, "token", "--role", "integration", "--subject", "bench")
+        with _engine(var, env, http_port):
+            _wait_worker(var / "engine.db")
+            started = time.monotonic()
+            result = _load(f"http://127.0.0.1:{http_port}", token, 8, count, MIB)
+            end = time.monotonic() + timeout
+            while sum(athena.state.uploads_by_hash.values()) < count:
+                if time.monotonic() > end:
+                    raise RuntimeError(
+                        f"the stub athena has {sum(athena.state.uploads_by_hash.values())} "
+                        f"of {count} documents after {timeout:.0f} s"
+                    )
+                time.sleep(0.05)
+            result["delivered_s"] = time.monotonic() - started
+            result["delivered_rate"] = count / result["delivered_s"]
+            result["token_requests"] = athena.state.token_requests
+            result["documents_created_twice"] = sum(
+                1 for n in athena.state.uploads_by_hash.values() if n > 1
+            )
+    print(f"  {label}: {_describe(result, 'athena')}", flush=True)
+    return result
+
+
+def _describe(r: dict[str, Any], ehr: str = "Epic") -> str:
     parts = [
         f"{r['documents']} x {r['size'] / MIB:.0f} MiB acknowledged at {r['rate']:.1f}/s",
         f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms",
     ]
     if "delivered_rate" in r:
         parts.append(
-            f"in the stub Epic after {r['delivered_s']:.1f} s ({r['delivered_rate']:.1f}/s), "
+            f"in the stub {ehr} after {r['delivered_s']:.1f} s ({r['delivered_rate']:.1f}/s), "
             f"{r['token_requests']} token request(s)"
         )
     if isinstance(r.get("cpu_s"), dict):
@@ -350,6 +414,7 @@ def _describe(r: dict[str, Any]) -> str:
 
 def run(options: Options) -> dict[str, Any]:
     n = 200 if options.quick else 800
+    athena_n = 40 if options.quick else 120
     big = 16
     # (label, worker on, documents, size)
     cases = [
@@ -369,6 +434,10 @@ def run(options: Options) -> dict[str, Any]:
                 timeout=600,
             )
             samples.setdefault(label, []).append(r)
+        label = "to the stub athenahealth, 1 MiB"
+        samples.setdefault(label, []).append(
+            _athena_case(f"[{rep}] {label}", count=athena_n, timeout=600)
+        )
     rows = []
     for label, runs in samples.items():
         row: dict[str, Any] = {"scenario": label, "runs": len(runs)}
@@ -379,7 +448,8 @@ def run(options: Options) -> dict[str, Any]:
         rows.append(row)
     print(f"\n  medians of {options.repeat} runs")
     for row in rows:
-        print(f"  {row['scenario']}: {_describe(row)}")
+        ehr = "athena" if "athena" in row["scenario"] else "Epic"
+        print(f"  {row['scenario']}: {_describe(row, ehr)}")
     return {
         "suite": "documents",
         "quick": options.quick,
