@@ -2,22 +2,45 @@
 
 ``messages``: every message received, *before* it is acknowledged: its raw bytes as they arrived
 (so nothing is ever lost, even bytes that are not HL7), where it came from, what it is (when it
-could be read) and its state with the reason. States::
+could be read) and its state with the reason. A stored document has a message too (kind
+``document``, its metadata as JSON in ``raw``), routed and delivered like any other. States::
 
     received ──▶ processing ──▶ routed ──▶ delivered        (every delivery done)
-        │             │            └──────▶ dead            (a delivery dead-lettered)
+        │             │            ├──────▶ dead            (a delivery dead-lettered)
+        │             │            └──────▶ needs-patient   (a destination does not know the
+        │             │                                      patient; the rest settled)
         └─────────────┴──────────▶ error                    (unreadable, unsupported, unmappable)
                                    unrouted                 (no route wants it)
 
-    routed, delivered, dead, error, unrouted ──▶ replayed   (an operator replayed it: the copy,
-                                                             ``replay_of`` this one, goes on)
-    dead, delivered, replayed ──▶ routed                    (an operator resent a delivery)
+    routed, delivered, dead, needs-patient, error, unrouted ──▶ replayed
+                                   (an operator replayed it, or matched its document to another
+                                    patient: the copy, ``replay_of`` this one, goes on)
+    dead, delivered, needs-patient ──▶ routed               (an operator resent a delivery)
+
+A message with one delivery needs-patient and another dead settles as needs-patient: what it
+needs is a person's action (match or resend); the dead one shows among the failing, and a resend
+takes both.
 
 ``deliveries``: one row per message and destination, with the payload to send, attempts, the next
-attempt's time, the last error and the patient key that orders deliveries per patient. States:
-waiting (behind an earlier one of its queue) ──▶ pending ──▶ delivered or dead; an operator's
-resend makes a new row (``resend_of`` the one it replaces) and settles the old one as ``resent``
-(engine/store/operator.py).
+attempt's time, the last error and the patient key that orders deliveries per patient. States::
+
+    waiting (behind an earlier one of its queue) ──▶ pending ──▶ delivered
+                                                         ├────▶ dead
+                                                         └────▶ needs-patient (EHR: unknown patient)
+    dead, delivered, needs-patient ──▶ resent   (an operator's resend makes a new row, resend_of
+                                                 this one; a match replays the message and
+                                                 settles its needs-patient rows as resent)
+
+needs-patient leaves its queue as delivered and dead do: the next delivery for the same patient
+and destination is promoted (an ADT registering the patient must not wait behind a document for
+a person). It is never claimed again nor dead-lettered, is not counted in the backlog, the
+queue-depth gauges or ``deliveries_pending``, and the repair job leaves it (it only promotes
+waiting rows) (engine/store/operator.py, engine/store/deliveries.py).
+
+``documents``: one row per document and patient (the same bytes for the same patient are one,
+keyed ``sha256|authority|mrn``), its metadata and the message that routes it; ``document_blobs``
+and ``document_chunks``: the bytes, once per content, keyed by SHA-256, in chunks of at most
+1 MiB (engine/store/documents.py).
 """
 
 from __future__ import annotations
