@@ -18,7 +18,9 @@ venv: $(STAMP)
 # deliver to (all stopped with the engine: Ctrl-C), the in-process stub payer, and a sample
 # schedule: eligibility checks every two minutes. The engine's signing key is made once (Epic's
 # stub fetches its public key from the engine's /.well-known/jwks.json); athena's client secret
-# is made for this run (or taken from ENGINE_STUB_ATHENA_SECRET) and given to both, never stored.
+# is made for this run (or taken from ENGINE_STUB_ATHENA_SECRET) and given to both, never stored;
+# the athena destination is layered over the example routes from engine/sim/routes (unless
+# ENGINE_ROUTES_DIR names a site directory).
 run: $(STAMP)
 	@$(VENV)/bin/engine keys list 2>/dev/null | grep -q ' active ' || $(VENV)/bin/engine keys create
 	@ENGINE_STUB_ATHENA_SECRET=$${ENGINE_STUB_ATHENA_SECRET:-$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(24))')}; \
@@ -29,7 +31,7 @@ run: $(STAMP)
 	$(VENV)/bin/engine stub-athena --port 8093 --client-id engine-demo 2>/dev/null & athena=$$!; \
 	trap 'kill $$fhir $$epic $$athena 2>/dev/null' EXIT INT TERM; \
 	ENGINE_ELIGIBILITY_ON_START=true ENGINE_ELIGIBILITY_CRON='*/2 * * * *' ENGINE_LOG_FORMAT=text \
-	ENGINE_PUBLIC_BASE_URL=http://127.0.0.1:8080 \
+	ENGINE_PUBLIC_BASE_URL=http://127.0.0.1:8080 ENGINE_ROUTES_DIR=$${ENGINE_ROUTES_DIR:-engine/sim/routes} \
 	$(VENV)/bin/engine serve
 
 lint: $(STAMP)

@@ -1,7 +1,8 @@
 """What ``make run`` does, on free ports: the stub Epic and the stub athenahealth as their commands
-start them, ``engine serve`` with the example route file, ``engine demo``; every demo document
-reaches both stubs (the Epic stub's own count of DocumentReferences, the engine's deliveries to
-athena) and the folder. The example file is the built-in one with only its ports changed."""
+start them, ``engine serve`` with the example route file and make run's addition
+(engine/sim/routes), ``engine demo``; every demo document reaches both stubs (the Epic stub's own
+count of DocumentReferences, the engine's deliveries to athena) and the folder. The route files
+are the repository's with only their ports changed."""
 
 from __future__ import annotations
 
@@ -62,12 +63,14 @@ def test_the_demo_documents_reach_the_stub_epic_the_stub_athena_and_the_folder(
     tmp_path: Path,
 ) -> None:
     ports = {p: free_port() for p in (8080, 8090, 8092, 8093, 2575)}
-    example = (default_routes_dir() / "example.yaml").read_text()
-    for old, new in ports.items():
-        example = re.sub(rf"127\.0\.0\.1:{old}\b", f"127.0.0.1:{new}", example)
     routes = tmp_path / "routes"
     routes.mkdir()
-    (routes / "example.yaml").write_text(example)
+    make_run = Path(__file__).resolve().parents[1] / "engine" / "sim" / "routes"
+    for source in [default_routes_dir() / "example.yaml", *make_run.glob("*.yaml")]:
+        text = source.read_text()
+        for old, new in ports.items():
+            text = re.sub(rf"127\.0\.0\.1:{old}\b", f"127.0.0.1:{new}", text)
+        (routes / source.name).write_text(text)
     env = {
         **os.environ,
         "ENGINE_ROUTES_DIR": str(routes),

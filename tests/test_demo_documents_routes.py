@@ -1,14 +1,18 @@
-"""The example routes `make run` uses take documents of any type to the stub Epic, the stub
-athenahealth and a folder, pull the stub Epic's appointments, and pass `engine routes check`."""
+"""The example routes take documents of any type to the stub Epic and a folder and pull the stub
+Epic's appointments; `make run` layers engine/sim/routes over them, adding the stub athenahealth.
+Both pass `engine routes check`, and the built-in example needs no secret in the environment."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from engine.adapters.registry import load_routes
 from engine.documents.model import DocumentInfo
 from engine.routes.router import Router
+
+MAKE_RUN_ROUTES = Path(__file__).resolve().parents[1] / "engine" / "sim" / "routes"
 
 
 def _document(document_type: str) -> DocumentInfo:
@@ -25,25 +29,38 @@ def _document(document_type: str) -> DocumentInfo:
     )
 
 
-def test_every_document_type_goes_to_epic_athena_and_the_folder() -> None:
-    routes = load_routes(None)
-    router = Router(routes)
+def _destinations(site: Path | None, document_type: str) -> dict[str, tuple[str, str]]:
+    routes = load_routes(site)
+    matched = Router(routes).match(document=_document(document_type))
+    return {
+        name: (routes.destinations[name].type, route.mapping)
+        for route in matched
+        for name in route.destinations
+    }
+
+
+def test_every_document_type_goes_to_epic_and_the_folder() -> None:
     for document_type in ("insurance-card", "consent", "referral", "lab-report"):
-        matched = router.match(document=_document(document_type))
-        by_destination = {
-            name: (routes.destinations[name].type, route.mapping)
-            for route in matched
-            for name in route.destinations
-        }
-        assert by_destination == {
+        assert _destinations(None, document_type) == {
+            "stub-epic": ("epic", "fhir"),
+            "documents-folder": ("file", "none"),
+        }, document_type
+    routes = load_routes(None)
+    assert (
+        routes.destinations["stub-epic"].settings["base_url"].startswith("http://127.0.0.1:8092/")
+    )
+
+
+def test_make_runs_routes_add_the_stub_athena_for_every_type() -> None:
+    for document_type in ("insurance-card", "consent", "referral", "lab-report"):
+        assert _destinations(MAKE_RUN_ROUTES, document_type) == {
             "stub-epic": ("epic", "fhir"),
             "stub-athena": ("athenahealth", "none"),
             "documents-folder": ("file", "none"),
         }, document_type
-    assert (
-        routes.destinations["stub-epic"].settings["base_url"].startswith("http://127.0.0.1:8092/")
-    )
-    assert routes.destinations["stub-athena"].settings["base_url"] == "http://127.0.0.1:8093"
+    athena = load_routes(MAKE_RUN_ROUTES).destinations["stub-athena"]
+    assert athena.settings["base_url"] == "http://127.0.0.1:8093"
+    assert athena.settings["client_secret_env"] == "ENGINE_STUB_ATHENA_SECRET"
 
 
 def test_the_stub_epics_appointments_are_pulled_on_a_schedule() -> None:
@@ -53,14 +70,21 @@ def test_the_stub_epics_appointments_are_pulled_on_a_schedule() -> None:
     assert source.settings["base_url"] == "http://127.0.0.1:8092/api/FHIR/R4"
 
 
-def test_engine_routes_check_passes_on_the_example() -> None:
-    out = subprocess.run(
+def _routes_check(site: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "engine", "routes", "check"],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
-        env={"PATH": "/usr/bin:/bin", "ENGINE_ROUTES_DIR": ""},
+        env={"PATH": "/usr/bin:/bin", "ENGINE_ROUTES_DIR": site},  # no athena secret
     )
+
+
+def test_engine_routes_check_passes_on_the_example_and_make_runs_routes() -> None:
+    out = _routes_check("")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("ok: 4 routes, 5 destinations")
+    assert out.stdout.startswith("ok: 4 routes, 4 destinations")
+    out = _routes_check(str(MAKE_RUN_ROUTES))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok: 5 routes, 5 destinations")
