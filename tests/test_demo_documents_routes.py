@@ -63,10 +63,10 @@ def test_make_runs_routes_add_the_stub_athena_for_every_type() -> None:
     assert athena.settings["client_secret_env"] == "ENGINE_STUB_ATHENA_SECRET"
 
 
-def test_the_stub_epics_appointments_are_pulled_on_a_schedule() -> None:
+def test_the_stub_epics_appointments_are_a_pull_source_run_by_hand() -> None:
     source = load_routes(None).sources["stub-epic-appointments"]
     assert source.type == "epic"
-    assert source.every_minutes is not None
+    assert (source.every_minutes, source.cron) == (None, None)  # engine pull run, not a schedule
     assert source.settings["base_url"] == "http://127.0.0.1:8092/api/FHIR/R4"
 
 
