@@ -67,3 +67,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     # migrations and the scheduler narrate every step at INFO; their warnings still show
     for noisy in ("alembic", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(root.level, logging.WARNING))
+    # httpx logs every request's URL at INFO (httpcore its connections at DEBUG): a patient
+    # search's URL carries the MRN (athena's searchterm=, Epic's Patient?identifier=), so
+    # neither may log below WARNING whatever the engine's level; the adapters log their own
+    # requests with ids and outcomes
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(root.level, logging.WARNING))
