@@ -13,7 +13,8 @@ The connection (token, hosts, pacing) is :mod:`engine.adapters.athena_client`.
   recommends PDF ("the APIs are not able to accept other formats"): a TIFF, JPEG or PNG is
   refused here, permanently, naming its type.
 * **Patient**: found by MRN with ``GET /v1/{practiceid}/patients/search?searchterm=<mrn>``
-  (the result whose ``mrn`` or ``patientid`` is exactly it), cached ``patient_cache_ttl_s``; no
+  (the result whose ``mrn`` is exactly it: the search term also matches athena's own patient
+  ids, which must never stand for an MRN), cached ``patient_cache_ttl_s``; no
   match is :meth:`DeliveryResult.unknown_patient` (the delivery waits in *needs patient*).
 * **Pacing**: ``requests_per_second`` per practice, shared by the deliveries of the destinations
   in one process (athena throttles per app); a 429 is retried after its Retry-After.
@@ -248,7 +249,9 @@ class AthenaDestination:
         ids = {
             str(r.get("patientid"))
             for r in rows
-            if isinstance(r, dict) and mrn in (str(r.get("mrn", "")), str(r.get("patientid", "")))
+            # athena's search term matches its own patient ids (and names) too: only the MRN
+            # counts, or a practice MRN equal to another patient's id files in that chart
+            if isinstance(r, dict) and str(r.get("mrn", "")) == mrn
         }
         if len(ids) > 1:
             raise _Refused(

@@ -210,6 +210,30 @@ def test_an_unknown_patient_waits_for_a_match(athena: StubAthenaServer, home: Pa
     assert athena.state.documents == []
 
 
+def test_an_mrn_that_is_another_patients_athena_id_is_not_that_patient(
+    athena: StubAthenaServer, home: Path
+) -> None:
+    """athena's search term also matches athena's own patient id: a practice MRN that happens
+    to equal another patient's id must not file the document in that patient's chart."""
+    other = athena.state.patient_id("DEMO1002")
+    assert other not in {p["mrn"] for p in athena.state.patients.values()}
+    (result,) = deliver_all(destination(athena, home), payload(1, mrn=other))
+    assert not result.ok and result.needs_patient, result
+    assert athena.state.documents == []
+
+
+def test_the_patient_whose_mrn_it_is_gets_it_not_the_one_with_that_id(
+    athena: StubAthenaServer, home: Path
+) -> None:
+    other = athena.state.patient_id("DEMO1002")
+    with athena.state.lock:
+        athena.state.patients["7001"] = {**athena.state.patients[other], "patientid": "7001"}
+        athena.state.patients["7001"]["mrn"] = other
+    (result,) = deliver_all(destination(athena, home), payload(1, mrn=other))
+    assert result.ok, result
+    assert [d.patientid for d in athena.state.documents] == ["7001"]
+
+
 def test_a_429_is_retried_after_its_retry_after(athena: StubAthenaServer, home: Path) -> None:
     dest = destination(athena, home)
     athena.state.fail_next(429, retry_after=7)
