@@ -12,7 +12,8 @@ In (MDM^T02, T04 status change, T06 addendum, T08 edit, T10 replacement, each "n
 content": TXA and OBX): :func:`read_mdm` finds the document an MDM carries, either the bytes in
 an OBX-5 of type ED (base64, decoded once) or a reference pointer (RP, 2.A.65: pointer ^
 application ID ^ type of data ^ subtype), with what TXA and PID say of it. An OBX-5 that is not
-valid base64 is refused with a reason naming it.
+valid base64 is refused with a reason naming it, as is a PID-3 MRN or authority longer than the
+store keeps (64 characters: cut, it would name another patient).
 
 PID-5 (patient name) is required by the MDM_T02 structure but a document's metadata has no name:
 it is sent as the HL7 null ``""`` (2.5.3: the value is known to be absent), as the outbound maps
@@ -36,6 +37,7 @@ from engine.mappings.spec import SiteConfig
 
 __all__ = [
     "ED_MEDIA",
+    "IDENTIFIER_MAX",
     "MDM_TRIGGERS",
     "MdmDocument",
     "fill_mdm",
@@ -53,6 +55,9 @@ ED_MEDIA: dict[str, tuple[str, str]] = {
     "image/jpeg": ("image", "jpeg"),
     "image/png": ("image", "png"),
 }
+#: the longest PID-3 MRN (and PID-3.4 authority) taken: the documents table's width for both
+#: (engine/store/tables.py); a longer one is refused, never cut
+IDENTIFIER_MAX = 64
 #: how a trigger relates its document to an earlier one (FHIR DocumentReference.relatesTo.code)
 RELATION_BY_TRIGGER = {"T04": "replaces", "T06": "appends", "T08": "replaces", "T10": "replaces"}
 
@@ -217,7 +222,7 @@ def _date(ts: str) -> str:
 def read_mdm(message: Message, types: DocumentTypes) -> MdmDocument:
     """The document an MDM carries; raises :class:`ConversionError` (or HL7ParseError) naming the
     segment and field when it cannot be had (no TXA, no OBX with ED or RP data, OBX-5 not
-    base64, no PID-3)."""
+    base64, no PID-3 or one longer than :data:`IDENTIFIER_MAX`)."""
     mtype = message.type
     if mtype.code != "MDM" or mtype.trigger not in MDM_TRIGGERS:
         raise ConversionError(
@@ -231,12 +236,21 @@ def read_mdm(message: Message, types: DocumentTypes) -> MdmDocument:
     if not mrn:
         raise HL7ParseError("PID-3 (patient identifier) is required for a document", where="PID-3")
     assert pid is not None
+    authority = pid.get(3, 1, 4)
+    for value, where, what in ((mrn, "PID-3", "the MRN"), (authority, "PID-3.4", "its authority")):
+        if len(value) > IDENTIFIER_MAX:
+            # never cut: a document filed under a shortened MRN is filed under another patient's
+            raise ConversionError(
+                f"{what} is longer than {IDENTIFIER_MAX} characters (the longest the engine "
+                "keeps): the document is not taken rather than filed under a shortened one",
+                where=where,
+            )
     date = _date(txa.get(4)) or _date(txa.get(6)) or _date(message.msh.get(7))
     common: dict[str, Any] = {
         "trigger": mtype.trigger,
         "document_type": types.from_txa2(txa.get(2)),
         "patient_mrn": mrn,
-        "patient_authority": pid.get(3, 1, 4),
+        "patient_authority": authority,
         "document_date": date,
         "unique_number": txa.get(12, 1, 1),
         "sender": message.msh.get(3, 1, 1),

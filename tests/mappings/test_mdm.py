@@ -116,7 +116,7 @@ def test_image_types(mappings: Mappings) -> None:
 INBOUND = (
     "MSH|^~\\&|EHR|CLINIC|ENGINE|HUB|20260301120000||MDM^{trigger}^MDM_T02|M1|P|2.5.1\r"
     "EVN|{trigger}|20260301120000\r"
-    "PID|1||MRN7^^^CLINIC^MR||Testpatient^Ann\r"
+    "PID|1||{pid3}||Testpatient^Ann\r"
     "PV1|1|O\r"
     "TXA|1|{txa2}|AP|20260228||||||||U-77^EHR|{parent}||||DO\r"
     "OBX|1|{vtype}|11506-3^Progress note^LN||{value}||||||F\r"
@@ -125,6 +125,7 @@ INBOUND = (
 
 def inbound(**kw: str) -> bytes:
     values = {"trigger": "T02", "txa2": "PR", "parent": "", "vtype": "ED"}
+    values["pid3"] = "MRN7^^^CLINIC^MR"
     values["value"] = "^application^pdf^Base64^" + base64.b64encode(PDF).decode()
     values.update(kw)
     return INBOUND.format(**values).encode()
@@ -176,3 +177,20 @@ def test_mdm_in_bad_obx5_names_it(types: DocumentTypes, value: str, words: str) 
 def test_mdm_in_without_document(types: DocumentTypes) -> None:
     with pytest.raises(ConversionError, match="no OBX with the document"):
         parse_mdm(inbound(vtype="TX", value="just text"), types)
+
+
+def test_mdm_in_an_mrn_or_authority_past_64_characters_is_refused_naming_pid3(
+    types: DocumentTypes,
+) -> None:
+    """The documents table keeps 64 characters of each: a longer one would be cut, and the
+    document filed under another patient's identifier. The error names the field, never the
+    value (an MRN names a patient)."""
+    long_mrn = "SMITHJOHN19700101-" + "7" * 47  # 65 characters
+    with pytest.raises(ConversionError) as err:
+        parse_mdm(inbound(pid3=f"{long_mrn}^^^CLINIC^MR"), types)
+    assert err.value.where == "PID-3" and "64" in str(err.value)
+    assert long_mrn not in str(err.value) and "SMITH" not in str(err.value)
+    with pytest.raises(ConversionError) as err:
+        parse_mdm(inbound(pid3="MRN7^^^" + "A" * 65 + "^MR"), types)
+    assert err.value.where == "PID-3.4" and "64" in str(err.value)
+    assert parse_mdm(inbound(pid3="7" * 64 + "^^^" + "A" * 64), types).patient_mrn == "7" * 64
