@@ -34,13 +34,19 @@ import logging
 import os
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from engine.documents.intake import DocumentFields, DocumentIntake, StoreUnavailable
+from engine.documents.intake import (
+    DocumentChanged,
+    DocumentFields,
+    DocumentIntake,
+    StoreUnavailable,
+)
 from engine.documents.sniff import DocumentRefused
 
 __all__ = ["WatchedFolder"]
@@ -67,6 +73,10 @@ _KEYS = {
 }
 #: how often done/ is swept of files past retention
 _SWEEP_S = 3600.0
+#: how long an empty file (document or sidecar) is waited for before it is taken as it is
+_EMPTY_WAIT_S = 60.0
+#: a file whose handling failed unexpectedly is tried again after this long
+_RETRY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,9 @@ class WatchedFolder:
         self.sidecar_wait_s = sidecar_wait_s
         self.retention_days = retention_days
         self._seen: dict[str, _Seen] = {}
+        self._sidecars_seen: dict[str, _Seen] = {}
         self._stable_since: dict[str, float] = {}
+        self._retry_at: dict[str, float] = {}
         self._swept = 0.0
 
     async def run(self, stop: asyncio.Event, poll_s: float = 1.0) -> None:
@@ -118,8 +130,15 @@ class WatchedFolder:
                 await asyncio.wait_for(stop.wait(), poll_s)
 
     async def poll(self) -> int:
-        """Look once: take every file stable since the last look. How many were handled."""
-        listing = await self.intake.run(self._list)
+        """Look once: take every file stable since the last look. How many were handled.
+
+        A file whose handling fails unexpectedly (out of memory, an unreadable file) is logged
+        and tried again a minute later: one bad file never stops the others."""
+        listing, sidecars = await self.intake.run(self._list)
+        stable = {
+            n for n, s in sidecars.items() if self._sidecars_seen.get(n) == s and self._full(s)
+        }
+        self._sidecars_seen = sidecars
         handled = 0
         now = time.monotonic()
         for name, seen in listing.items():
@@ -129,48 +148,77 @@ class WatchedFolder:
                 if before != seen:
                     self._stable_since[name] = now  # the wait for a sidecar starts again
                 continue
-            if await self._take(name, now):
-                handled += 1
+            if self._retry_at.get(name, 0.0) > now:
+                continue
+            try:
+                if await self._take(name, now, listing, stable):
+                    handled += 1
+            except Exception as exc:
+                self._retry_at[name] = now + _RETRY_S
+                log.warning(
+                    "document folder: a file could not be handled; tried again later",
+                    extra={"error": type(exc).__name__, "retry_s": _RETRY_S},
+                )
         self._seen = {n: s for n, s in listing.items() if (self.inbox / n).exists()}
         self._stable_since = {n: t for n, t in self._stable_since.items() if n in self._seen}
+        self._retry_at = {n: t for n, t in self._retry_at.items() if n in self._seen}
         return handled
+
+    @staticmethod
+    def _full(seen: _Seen) -> bool:
+        """A sidecar is read once it has something in it, or has stayed empty a minute (its
+        writer has given up: read as it is, it is refused)."""
+        return seen.size > 0 or time.time_ns() - seen.mtime_ns > _EMPTY_WAIT_S * 1e9
 
     def _old_enough(self, name: str, now: float, wait_s: float) -> bool:
         return now - self._stable_since.get(name, now) >= wait_s
 
-    def _list(self) -> dict[str, _Seen]:
-        """The candidate documents in the inbox: regular, visible, not sidecars."""
+    def _list(self) -> tuple[dict[str, _Seen], dict[str, _Seen]]:
+        """The candidate documents in the inbox (regular, visible, not sidecars), and the
+        sidecars (a sidecar is read only once it too is stable)."""
         found: dict[str, _Seen] = {}
+        sidecars: dict[str, _Seen] = {}
         try:
             entries = list(os.scandir(self.inbox))
         except FileNotFoundError:
             self.inbox.mkdir(parents=True, exist_ok=True)
-            return found
+            return found, sidecars
         for entry in entries:
             name = entry.name
-            if name.startswith(".") or name.lower().endswith(_SIDECARS + _NOT_DOCUMENTS):
+            if name.startswith(".") or name.lower().endswith(_NOT_DOCUMENTS):
                 continue
             with contextlib.suppress(OSError):
                 if entry.is_file(follow_symlinks=False):
                     st = entry.stat(follow_symlinks=False)
-                    found[name] = _Seen(st.st_size, st.st_mtime_ns)
-        return found
+                    into = sidecars if name.lower().endswith(_SIDECARS) else found
+                    into[name] = _Seen(st.st_size, st.st_mtime_ns)
+        return found, sidecars
 
-    def _sidecar(self, name: str) -> Path | None:
+    def _sidecar(self, name: str, names: Collection[str]) -> tuple[Path | None, list[str]]:
+        """The document's sidecar (its whole name's first, then its stem's), and the other
+        documents in the inbox that a stem's sidecar could as well be describing."""
         stem = Path(name).stem
         for base in (name, stem):
             for ext in _SIDECARS:
                 path = self.inbox / f"{base}{ext}"
                 if path.is_file():
-                    return path
-        return None
+                    others = [] if base == name else _same_stem(name, names)
+                    return path, others
+        return None, []
 
     def _fields_from_sidecar(self, path: Path) -> DocumentFields:
         try:
             if path.stat().st_size > _SIDECAR_BYTES:
                 raise _SidecarProblem(f"larger than {_SIDECAR_BYTES} bytes")
             text = path.read_text(encoding="utf-8")
-            data: Any = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            # YAML: every value as the text written (safe_load reads 0012345 as the number
+            # 5349), and aliases never expanded (a value that is not text is refused below);
+            # BaseLoader constructs only str, list and dict
+            data: Any = (
+                json.loads(text)
+                if path.suffix == ".json"
+                else yaml.load(text, Loader=yaml.BaseLoader)
+            )
         except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
             if isinstance(exc, _SidecarProblem):
                 raise
@@ -183,7 +231,13 @@ class WatchedFolder:
                 f"unknown keys {', '.join(k[:32] for k in unknown[:5])} (it takes "
                 f"{', '.join(sorted(set(_KEYS)))})"
             )
-        values = {_KEYS[k]: str(v) for k, v in data.items() if k in _KEYS and v is not None}
+        values: dict[str, str] = {}
+        for key, value in data.items():
+            if key not in _KEYS or value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                raise _SidecarProblem(f"{key} is not a single value (text such as MRN1001)")
+            values[_KEYS[key]] = str(value)
         return DocumentFields(**values)
 
     def _fields_from_name(self, name: str) -> DocumentFields | None:
@@ -196,9 +250,20 @@ class WatchedFolder:
             day = f"{day[:4]}-{day[4:6]}-{day[6:]}"
         return DocumentFields(mrn=groups.get("mrn"), document_type=groups.get("type"), date=day)
 
-    def _fields(self, name: str, sidecar: Path | None, now: float) -> DocumentFields | None:
+    def _fields(
+        self, name: str, sidecar: Path | None, others: list[str], now: float
+    ) -> DocumentFields | None:
         """Who and what, from the sidecar or the name; None to wait for a sidecar a little
-        longer; DocumentRefused when neither tells."""
+        longer; DocumentRefused when neither tells (or a stem's sidecar could be describing
+        ``others`` as well)."""
+        if sidecar is not None and others:
+            sharing = sorted([name, *others])[:5]
+            raise DocumentRefused(
+                f"sidecar {sidecar.name} is named after a stem {len(others) + 1} documents share "
+                f"({', '.join(sharing)}): name each sidecar after its document's whole file "
+                f"name ({', '.join(f'{n}.json' for n in sharing)})",
+                kind="metadata",
+            )
         if sidecar is not None:
             try:
                 return self._fields_from_sidecar(sidecar)
@@ -217,11 +282,16 @@ class WatchedFolder:
             )
         return found
 
-    async def _take(self, name: str, now: float) -> bool:
+    async def _take(
+        self, name: str, now: float, names: Collection[str], stable: Collection[str]
+    ) -> bool:
         """Accept or refuse one stable file, then move it; False when it waits (for a sidecar,
-        or for the store to come back)."""
+        for its sidecar to be written, or for the store to come back)."""
         path = self.inbox / name
-        sidecar = await self.intake.run(self._sidecar, name)
+        sidecar, others = await self.intake.run(self._sidecar, name, names)
+        if sidecar is not None and sidecar.name not in stable:
+            return False  # the sidecar is new or still being written: read it once it is not
+        safe = _safe_name(name)
         origin: dict[str, Any] = {
             "channel": "folder",
             "sender": self.sender,
@@ -229,13 +299,19 @@ class WatchedFolder:
         }
         try:
             try:
-                fields = await self.intake.run(self._fields, name, sidecar, now)
+                if safe != name:
+                    raise DocumentRefused(
+                        f"the file name is not UTF-8 text (moved to error/ as {safe}): rename "
+                        "it and drop it in again",
+                        kind="metadata",
+                    )
+                fields = await self.intake.run(self._fields, name, sidecar, others, now)
             except DocumentRefused as refused:
                 raise await self.intake.refuse(
                     str(refused),
                     kind=refused.kind,
                     fields=DocumentFields(),
-                    file_name=name,
+                    file_name=safe,
                     size=path.stat().st_size,
                     **origin,
                 ) from None
@@ -244,7 +320,7 @@ class WatchedFolder:
             accepted = await self.intake.accept_file(path, fields, file_name=name, **origin)
         except StoreUnavailable:
             return False  # nothing moves: tried again at the next poll
-        except ValueError:  # the file changed while it was stored: look again
+        except DocumentChanged:  # the file changed while it was stored: look again
             self._seen.pop(name, None)
             return False
         except DocumentRefused as refused:
@@ -259,11 +335,11 @@ class WatchedFolder:
 
     def _move(self, path: Path, sidecar: Path | None, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        target = _free_name(folder, path.name)
+        target = _free_name(folder, _safe_name(path.name))
         os.replace(path, target)
         if sidecar is not None:
             with contextlib.suppress(FileNotFoundError):
-                os.replace(sidecar, _free_name(folder, sidecar.name))
+                os.replace(sidecar, _free_name(folder, _safe_name(sidecar.name)))
         return target
 
     def _move_refused(self, path: Path, sidecar: Path | None, refused: DocumentRefused) -> None:
@@ -285,6 +361,19 @@ class WatchedFolder:
                     os.unlink(entry.path)
                     removed += 1
         return removed
+
+
+def _safe_name(name: str) -> str:
+    """``name`` as UTF-8 text: bytes that are not (the surrogates os.scandir decodes them to)
+    replaced by ``_``, so the name can be stored, logged and written in a reason file."""
+    return os.fsencode(name).decode("utf-8", "replace").replace("\ufffd", "_")
+
+
+def _same_stem(name: str, names: Collection[str]) -> list[str]:
+    """The other documents in ``names`` with ``name``'s stem (``scan-2.png`` for
+    ``scan-2.pdf``)."""
+    stem = Path(name).stem
+    return sorted(n for n in names if n != name and Path(n).stem == stem)
 
 
 def _free_name(folder: Path, name: str) -> Path:

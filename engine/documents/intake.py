@@ -41,6 +41,7 @@ from engine.documents.sniff import DocumentRefused, RefusalKind, media_type_of, 
 from engine.settings import Settings
 from engine.store.documents import (
     REFUSED_HEAD_BYTES,
+    DocumentChanged,
     DocumentToStore,
     NewDocument,
     RefusedDocument,
@@ -49,6 +50,7 @@ from engine.store.documents import (
 
 __all__ = [
     "Accepted",
+    "DocumentChanged",
     "DocumentFields",
     "DocumentIntake",
     "DocumentRefused",
@@ -456,7 +458,7 @@ class DocumentIntake:
                 self._group.store_document,
                 DocumentToStore(new, path, sha256, size, media_type),
             )
-        except ValueError:  # the file changed since it was hashed (a folder's): look again
+        except DocumentChanged:  # the file changed since it was hashed (a folder's): look again
             raise
         except Exception as exc:
             log.error("document store failed", extra={"error": type(exc).__name__})

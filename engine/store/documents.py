@@ -35,6 +35,7 @@ from engine.store.tables import document_blobs, document_chunks, documents, mess
 __all__ = [
     "CHUNK_BYTES",
     "REFUSED_HEAD_BYTES",
+    "DocumentChanged",
     "DocumentToStore",
     "Documents",
     "NewDocument",
@@ -46,6 +47,11 @@ __all__ = [
 CHUNK_BYTES = 1024 * 1024
 #: what is kept of a document refused for its size (the rest was never read)
 REFUSED_HEAD_BYTES = 4096
+
+
+class DocumentChanged(ValueError):
+    """The file's bytes are not those the intake hashed: it changed since (a scanner still
+    writing). Nothing was stored; the folder looks at it again."""
 
 
 @dataclass(frozen=True)
@@ -166,8 +172,8 @@ class Documents(Repository):
         metadata as JSON) in one transaction; a duplicate returns the stored one.
 
         Committed before returning (on SQLite with the receiver's fsync): the caller may
-        answer "accepted" once this returns. ValueError when the file's bytes are not
-        ``sha256`` and ``size`` (it changed since it was hashed): nothing is stored then.
+        answer "accepted" once this returns. When the file's bytes are not
+        ``sha256`` and ``size`` (it changed since it was hashed): DocumentChanged, nothing stored.
         """
         [result] = self.store_documents([DocumentToStore(new, source, sha256, size, media_type)])
         if isinstance(result, Exception):
@@ -177,7 +183,7 @@ class Documents(Repository):
     def store_documents(self, batch: Sequence[DocumentToStore]) -> list[StoredDocument | Exception]:
         """Commit several documents in ONE transaction (group commit: one fsync for all the
         uploads that arrived together), each as :meth:`store_document` would, in a savepoint of
-        its own: one that fails (its file changed: ValueError) is rolled back alone and its
+        its own: one that fails (its file changed: DocumentChanged) is rolled back alone and its
         exception returned in its place. A document the same as an earlier one of the batch is
         that one's duplicate. If the transaction itself fails, it raises (nothing stored)."""
         results: list[StoredDocument | Exception] = []
@@ -207,7 +213,7 @@ class Documents(Repository):
             except IntegrityError as exc:
                 if attempt:
                     return exc
-            except ValueError as exc:  # the file changed since it was hashed
+            except DocumentChanged as exc:  # the file changed since it was hashed
                 return exc
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -272,7 +278,7 @@ class Documents(Repository):
                 seq += 1
         if total != size or digest.hexdigest() != sha256:
             # the transaction rolls back: no chunk of bytes that are not what was hashed stays
-            raise ValueError(
+            raise DocumentChanged(
                 f"the file changed since it was hashed (sha256 {sha256[:12]}, {size} bytes)"
             )
         conn.execute(

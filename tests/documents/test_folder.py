@@ -18,7 +18,7 @@ from engine.documents.intake import DocumentIntake
 from engine.settings import Settings
 from engine.store import SqlMessageStore
 from engine.store.tables import documents, messages
-from tests.documents.intake_support import PNG, pdf_bytes
+from tests.documents.intake_support import PNG, TIFF_LE, pdf_bytes
 
 PATTERN = Settings().documents_name_pattern
 
@@ -88,7 +88,7 @@ def test_yaml_sidecar_named_after_the_whole_file_name(
     folder: WatchedFolder, inbox: Path, store: SqlMessageStore
 ) -> None:
     (inbox / "fax.tif.yaml").write_text("mrn: MRN2002\ndocument_type: referral\n")
-    (inbox / "fax.tif").write_bytes(b"II*\x00" + bytes(100))
+    (inbox / "fax.tif").write_bytes(TIFF_LE)
     _poll(folder)
     [doc] = _documents(store)
     assert (doc.patient_mrn, doc.document_type, doc.media_type) == (
@@ -235,7 +235,7 @@ def test_a_sidecar_written_after_its_document_is_waited_for(
     _poll(folder, 3)
     assert _documents(store) == [] and _errors(store) == []
     (inbox / "scan-9.json").write_text('{"mrn": "MRN9", "type": "consent"}')
-    _poll(folder, 1)
+    _poll(folder)  # the sidecar too is read on its second look, once it has stopped changing
     [doc] = _documents(store)
     assert (doc.patient_mrn, doc.document_type) == ("MRN9", "consent")
 
@@ -261,3 +261,123 @@ def test_done_is_swept_of_files_past_retention(folder: WatchedFolder, inbox: Pat
     os.utime(old, (long_ago, long_ago))
     assert folder.sweep_done(30) == 1
     assert sorted(p.name for p in done.iterdir()) == ["new.pdf"]
+
+
+def test_a_yaml_sidecar_keeps_every_value_as_written(
+    folder: WatchedFolder, inbox: Path, store: SqlMessageStore
+) -> None:
+    """YAML 1.1 reads 0012345 as an octal number (5349) and 12:34:56 as seconds: an MRN must
+    stay the text the scanner wrote, or the document goes to another patient."""
+    (inbox / "scan-1.yaml").write_text(
+        "mrn: 0012345\ndocument_type: consent\ndate: 2026-11-30\nappointment: 12:34:56\n"
+    )
+    (inbox / "scan-1.pdf").write_bytes(pdf_bytes())
+    _poll(folder)
+    [doc] = _documents(store)
+    assert (doc.patient_mrn, doc.appointment, doc.document_date) == (
+        "0012345",
+        "12:34:56",
+        "2026-11-30",
+    )
+
+
+def test_a_sidecar_value_that_is_not_a_single_value_is_refused_at_once(
+    folder: WatchedFolder, inbox: Path, store: SqlMessageStore
+) -> None:
+    """A 400-byte YAML of nested aliases (billion laughs) is refused naming the key, without
+    expanding it (which took 10 s and 400 MB and stalled the folder)."""
+    levels = ["title: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for key, (ref, anchor) in zip(
+        ["author", "encounter", "department", "practice", "appointment", "authority", "mrn"],
+        zip("abcdefg", "bcdefgh", strict=True),
+        strict=True,
+    ):
+        levels.append(f"{key}: &{anchor} [{', '.join(['*' + ref] * 9)}]")
+    (inbox / "scan-6.yaml").write_text("\n".join([*levels, "document_type: consent", ""]))
+    (inbox / "scan-6.pdf").write_bytes(pdf_bytes())
+    (inbox / "scan-7.json").write_text(json.dumps({"mrn": ["MRN1", "MRN2"], "type": "consent"}))
+    (inbox / "scan-7.pdf").write_bytes(pdf_bytes(2))
+    started = time.monotonic()
+    _poll(folder)
+    assert time.monotonic() - started < 5
+    error = inbox / "error"
+    for name in ("scan-6", "scan-7"):
+        reason = (error / f"{name}.pdf.reason.txt").read_text()
+        assert "is not a single value" in reason, reason
+    assert "mrn" in (error / "scan-7.pdf.reason.txt").read_text()
+    assert _documents(store) == [] and len(_errors(store)) == 2
+
+
+def test_one_file_that_fails_does_not_stop_the_others(
+    folder: WatchedFolder, inbox: Path, store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error on one file (here: out of memory reading it) is logged and the
+    file left to try again later; the files after it are still taken."""
+    accept_file = folder.intake.accept_file
+
+    async def failing(path: Path, *args: object, **kwargs: object) -> object:
+        if path.name.startswith("MRN1_"):
+            raise MemoryError
+        return await accept_file(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(folder.intake, "accept_file", failing)
+    (inbox / "MRN1_consent_20261201.png").write_bytes(PNG)
+    (inbox / "MRN2_consent_20261201.png").write_bytes(PNG + b"2")
+    _poll(folder)
+    [doc] = _documents(store)
+    assert doc.patient_mrn == "MRN2"
+    assert (inbox / "MRN1_consent_20261201.png").exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_under_a_safe_name(
+    folder: WatchedFolder, inbox: Path, store: SqlMessageStore
+) -> None:
+    """A name the store cannot hold (bytes that are not UTF-8) is refused and recorded, and
+    the file moved to error/ under a name with those bytes replaced (it stayed in the inbox,
+    unrecorded and unlogged, taken for "a file that changed" at every poll)."""
+    raw_name = b"MRN1001_consent_20261201_\xff.pdf"
+    with open(os.path.join(os.fsencode(inbox), raw_name), "wb") as f:
+        f.write(pdf_bytes())
+    (inbox / "MRN1002_consent_20261201.pdf").write_bytes(pdf_bytes(2))
+    _poll(folder, 3)
+    assert sorted(os.listdir(os.fsencode(inbox))) == [b"done", b"error"]
+    error = sorted(os.listdir(inbox / "error"))
+    assert error == ["MRN1001_consent_20261201__.pdf", "MRN1001_consent_20261201__.pdf.reason.txt"]
+    reason = (inbox / "error" / error[1]).read_text()
+    assert "not UTF-8" in reason
+    [refusal] = _errors(store)
+    assert "not UTF-8" in refusal.reason
+    [doc] = _documents(store)
+    assert doc.patient_mrn == "MRN1002"
+
+
+def test_a_sidecar_still_being_written_is_waited_for(
+    folder: WatchedFolder, inbox: Path, store: SqlMessageStore
+) -> None:
+    """The sidecar must be stable too: an empty one just created is not read yet."""
+    (inbox / "scan-3.pdf").write_bytes(pdf_bytes())
+    _poll(folder, 1)
+    sidecar = inbox / "scan-3.json"
+    sidecar.write_text("")  # the scanner opened it and has not written it yet
+    _poll(folder, 1)
+    assert _errors(store) == [] and (inbox / "scan-3.pdf").exists()
+    sidecar.write_text(json.dumps({"mrn": "MRN3", "type": "consent"}))
+    os.utime(sidecar, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    _poll(folder, 2)
+    [doc] = _documents(store)
+    assert doc.patient_mrn == "MRN3" and _errors(store) == []
+
+
+def test_a_sidecar_named_by_a_stem_two_documents_share_is_nobodys(
+    folder: WatchedFolder, inbox: Path, store: SqlMessageStore
+) -> None:
+    """scan-2.json beside scan-2.pdf and scan-2.png: which one it describes cannot be told, so
+    neither takes it (the png took it, and the pdf was refused)."""
+    (inbox / "scan-2.json").write_text(json.dumps({"mrn": "MRN1", "type": "consent"}))
+    (inbox / "scan-2.pdf").write_bytes(pdf_bytes())
+    (inbox / "scan-2.png").write_bytes(PNG)
+    _poll(folder, 3)
+    assert _documents(store) == []
+    reasons = [p.read_text() for p in (inbox / "error").glob("*.reason.txt")]
+    assert len(reasons) == 2
+    assert any("scan-2.json" in r and "scan-2.pdf.json" in r for r in reasons), reasons
