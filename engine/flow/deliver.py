@@ -251,9 +251,15 @@ class Dispatcher:
                 policy = config.retry if config is not None else None
                 if result.retryable and policy is not None and not policy.gives_up_after(attempts):
                     delay = policy.delay_for(attempts) * self.rng.uniform(0.5, 1.0)
-                    # a server that says when to come back (Retry-After) is believed
-                    delay = max(delay, result.retry_after_s or 0.0)
-                    retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+                    # a server that says when to come back (Retry-After) is believed, up to an
+                    # hour; a wait no datetime holds (Retry-After 1e12, a date in year 9999, an
+                    # absurd policy) must not raise here: that lost the batch's every outcome,
+                    # the delivered ones too (sent again after their lease)
+                    delay = max(delay, min(result.retry_after_s or 0.0, 3600.0))
+                    try:
+                        retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+                    except (OverflowError, ValueError):  # ValueError: nan
+                        retry_at = datetime.now(UTC) + timedelta(hours=1)
                     outcomes.append(Outcome(due.id, False, result.detail, retry_at))
                 else:
                     dead = True
