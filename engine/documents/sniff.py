@@ -9,11 +9,15 @@ refused naming what its magic says it is, so the sender learns "a Word document"
 A PDF is opened with pypdf, non-strict, reading only the trailer, the cross-reference table and
 the page count (no page is parsed): an encrypted one is refused (an EHR cannot show a
 password-protected scan, and we cannot check it), as is one that does not open or has no pages.
+An image must have more than its magic: a PNG its IHDR chunk (RFC 2083 §4.1.1: the first, 13
+bytes), a TIFF the first IFD its header points to (at least its 2-byte entry count, inside the
+file), a JPEG a marker after its SOI. The pixels are not decoded.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -119,13 +123,34 @@ def _check_pdf(path: Path) -> None:
         raise DocumentRefused("PDF has no pages", kind="pdf")
 
 
+def _image_problem(media_type: str, head: bytes, size: int) -> str | None:
+    """What an image lacks that even the smallest one has (None: nothing)."""
+    if media_type == "image/png":
+        # signature, then the IHDR chunk: length 13, type, 13 bytes of data, CRC
+        if head[8:16] != b"\x00\x00\x00\rIHDR" or size < 33:
+            return "PNG without its IHDR header (the image's size and depth)"
+    elif media_type == "image/tiff":
+        order = "little" if head.startswith(b"II") else "big"
+        offset = int.from_bytes(head[4:8], order) if len(head) >= 8 else 0
+        if offset < 8 or offset + 2 > size:
+            return "TIFF without its first IFD (the directory of its first page)"
+    elif media_type == "image/jpeg" and (len(head) < 4 or not 0xC0 <= head[3] <= 0xFE):
+        return "JPEG without a marker after its SOI"
+    return None
+
+
 def sniff(path: Path) -> str:
     """The media type of the file at ``path`` (application/pdf, image/tiff, image/jpeg or
     image/png), from its bytes; DocumentRefused saying why it cannot be taken (blocking: run it
     in a thread)."""
     with path.open("rb") as f:
         head = f.read(_MAGIC_BYTES)
+        size = os.fstat(f.fileno()).st_size
     media_type = media_type_of(head)
     if media_type == "application/pdf":
         _check_pdf(path)
+    elif (problem := _image_problem(media_type, head, size)) is not None:
+        raise DocumentRefused(
+            f"{problem}: {size} bytes, cut short or damaged; scan or save it again", kind="type"
+        )
     return media_type

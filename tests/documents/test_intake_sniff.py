@@ -95,3 +95,31 @@ def test_a_25_mib_pdf_is_checked_without_reading_it_into_memory(tmp_path: Path) 
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20, f"peak {peak} bytes"
+
+
+@pytest.mark.parametrize(
+    ("data", "what"),
+    [
+        (b"\x89PNG\r\n\x1a\n", "PNG without its IHDR header"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIDAT" + bytes(64), "PNG without its IHDR"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "PNG without its IHDR"),
+        (b"II*\x00", "TIFF without its first IFD"),
+        (b"II*\x00\x00\x00\x00\x00" + bytes(64), "TIFF without its first IFD"),
+        (b"MM\x00*\x00\x00\x10\x00" + bytes(64), "TIFF without its first IFD"),
+        (b"\xff\xd8\xff", "JPEG without a marker after its SOI"),
+        (b"\xff\xd8\xff\x00" + bytes(64), "JPEG without a marker after its SOI"),
+    ],
+)
+def test_an_image_too_short_to_be_one_is_refused(tmp_path: Path, data: bytes, what: str) -> None:
+    """The magic alone is not an image: an EHR cannot show 8 bytes of PNG signature."""
+    with pytest.raises(DocumentRefused) as refused:
+        sniff(write(tmp_path / "scan.bin", data))
+    assert refused.value.kind == "type"
+    assert what in str(refused.value)
+
+
+def test_a_tiff_whose_first_ifd_is_at_its_end_is_taken(tmp_path: Path) -> None:
+    """Many writers put the IFD after the pixels: its offset is checked against the file's
+    size, not the first bytes."""
+    data = b"II*\x00" + (1000).to_bytes(4, "little") + bytes(992) + b"\x00\x00" + bytes(12)
+    assert sniff(write(tmp_path / "fax.tif", data)) == "image/tiff"
