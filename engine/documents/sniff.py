@@ -130,7 +130,7 @@ def _image_problem(media_type: str, head: bytes, size: int) -> str | None:
         if head[8:16] != b"\x00\x00\x00\rIHDR" or size < 33:
             return "PNG without its IHDR header (the image's size and depth)"
     elif media_type == "image/tiff":
-        order = "little" if head.startswith(b"II") else "big"
+        order: Literal["little", "big"] = "little" if head.startswith(b"II") else "big"
         offset = int.from_bytes(head[4:8], order) if len(head) >= 8 else 0
         if offset < 8 or offset + 2 > size:
             return "TIFF without its first IFD (the directory of its first page)"
