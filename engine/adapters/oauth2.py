@@ -5,7 +5,7 @@ The token endpoint is asked with HTTP Basic client authentication (``client_auth
 section 2.3.1) or the credentials in the form (``post``); the token is kept until shortly before it
 expires (30 s, or a tenth of its lifetime). Failures are a :class:`TokenError` that each adapter
 translates into its own terms (a delivery result, a payer error). :func:`retry_after` reads the
-delay a server asks for, for both adapters.
+delay a server asks for (at most an hour), for every adapter.
 """
 
 from __future__ import annotations
@@ -20,25 +20,34 @@ import httpx
 
 from engine.adapters.auth import OAuth2Auth
 
-__all__ = ["ClientCredentials", "TokenError", "retry_after"]
+__all__ = ["MAX_RETRY_AFTER_S", "ClientCredentials", "TokenError", "retry_after"]
 
 log = logging.getLogger(__name__)
 
 _TOKEN_SKEW_S = 30.0
 
+#: the longest Retry-After believed, seconds (an hour)
+MAX_RETRY_AFTER_S = 3600.0
+
 
 def retry_after(resp: httpx.Response) -> float | None:
-    """Retry-After (RFC 9110 section 10.2.3): delay-seconds or an HTTP date, as seconds from now."""
+    """Retry-After (RFC 9110 section 10.2.3): delay-seconds or an HTTP date, as seconds from now,
+    at most :data:`MAX_RETRY_AFTER_S`; ``None`` when absent or unreadable.
+
+    The cap: a peer that asks for ``1000000000000`` seconds or a date in year 9999 (a bug, a
+    proxy's placeholder) would otherwise park a delivery or a token for decades; an hour later
+    it is simply asked again. Only ASCII digits are delay-seconds (``str.isdigit`` takes ``²``).
+    """
     value = resp.headers.get("retry-after", "").strip()
     if not value:
         return None
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_S)
     try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(max(0.0, when - time.time()), MAX_RETRY_AFTER_S)
 
 
 class TokenError(Exception):
