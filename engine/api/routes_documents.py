@@ -10,7 +10,9 @@ integration or admin.
 The body is parsed as it arrives (python-multipart's streaming parser, in a worker thread): the
 file part goes straight to the intake's spool file while hashed and counted, never into memory
 and never into a second temporary file, and reading stops one byte past
-``ENGINE_MAX_DOCUMENT_BYTES`` (a declared ``Content-Length`` over it is refused unread).
+``ENGINE_MAX_DOCUMENT_BYTES`` (a declared ``Content-Length`` over it is refused unread). Every
+byte of the body counts, not only the file's: a body past the cap and 128 KiB for the form
+(whatever follows the form's closing boundary too) is refused (413) where it crosses that.
 
 Answers: 201 ``{"document_id", "message_id", "sha256", "size", "media_type", "duplicate"}``,
 200 with the first one's ids when the same bytes were already stored for the patient; 413 over
@@ -256,6 +258,7 @@ async def _receive(
             # there, waiting, is answered)
             pending: list[bytes] = []
             size = received = 0
+            body_limit = intake.max_bytes + _FORM_SLACK
             async for chunk in request.stream():
                 pending.append(chunk)
                 size += len(chunk)
@@ -264,9 +267,25 @@ async def _receive(
                     if not await intake.run(form.feed_all, pending):
                         break  # over the cap: the rest is never read
                     pending, size = [], 0
+                if received > body_limit:
+                    break  # the file is within the cap, the body is not: read no more
             else:
                 if pending:
                     await intake.run(form.feed_all, pending)
+            if received > body_limit and not spool.over:
+                metrics.record_error("receive")
+                return _refused(
+                    await intake.refuse(
+                        f"request body larger than the {intake.max_bytes}-byte limit "
+                        f"(ENGINE_MAX_DOCUMENT_BYTES) and {_FORM_SLACK} bytes for the form: "
+                        "refused unread past that",
+                        kind="size",
+                        fields=_fields(form.fields),
+                        spool=spool,
+                        file_name=form.file_name,
+                        **who,
+                    )
+                )
             if not spool.over:
                 form.finish()
                 if form.files == 0:

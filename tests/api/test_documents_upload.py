@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -262,3 +262,37 @@ def test_the_file_name_is_kept_without_its_folder(
     assert response.status_code == 201
     info = store.get_document(response.json()["document_id"])
     assert info is not None and info.file_name == "card.png"
+
+
+def test_a_body_far_past_the_cap_is_413_even_when_the_form_ended(
+    app_client: TestClient, headers: dict[str, str], store: SqlMessageStore
+) -> None:
+    """Chunked, no Content-Length: a valid form then megabytes after its closing boundary (an
+    epilogue the parser skips) were all read and answered 201; every byte of the body counts."""
+    boundary = "b0undary"
+    form = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in FORM.items()
+    )
+    head = (
+        form
+        + f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + PNG
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+    def body() -> Iterator[bytes]:
+        yield head
+        for _ in range(64):  # 4 MiB after the form; the cap is 64 KiB
+            yield bytes(64 * 1024)
+
+    response = app_client.post(
+        "/documents",
+        content=body(),
+        headers={**headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.status_code == 413, response.text
+    assert "ENGINE_MAX_DOCUMENT_BYTES" in response.json()["detail"]
+    [row] = _rows(store)
+    assert row.state == "error" and "body" in row.reason
