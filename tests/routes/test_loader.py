@@ -82,7 +82,13 @@ def test_site_file_adds_routes_and_can_use_builtin_destinations(tmp_path: Path) 
         },
         with_builtin=True,
     )
-    assert [r.name for r in rs.routes] == ["to-local-fhir", "adt-to-dropbox", "orders"]
+    assert [r.name for r in rs.routes] == [
+        "to-local-fhir",
+        "adt-to-dropbox",
+        "documents-to-epic",
+        "documents-to-folder",
+        "orders",
+    ]
     lab = rs.destinations["lab"]
     assert isinstance(destination_config(lab), MllpDestination)
     assert lab.retry == RetryPolicy(max_attempts=3, base_delay_s=2, max_delay_s=300)
