@@ -15,11 +15,21 @@ bounded by ENGINE_MAX_MESSAGE_BYTES), reads its type from its bytes' magic and s
 the store's ``store_document`` (channel ``mllp``, TXA-12 as its unique number, PID-3 as the
 patient, TXA-2 through the document type table back to our type), which makes the document's
 own message, routed like any other document. The MDM then settles as ``routed`` with a warning
-naming the document. An MDM whose OBX-5 is a reference pointer (RP: no bytes) is refused with the
-reason, before the ACK (AE, :func:`document_problem`) unless an HL7v2 route passes the MDM on as
-received: the engine delivers documents with their bytes, and fetching a pointer from a system it
-does not know is not something it can do safely. An OBX-5 that is not base64 is an error naming
-OBX-5 (found after the ACK: decoding 16 MiB is not a check for the receive path). T04/T06/T10
+naming the document.
+
+Before the ACK, :func:`document_problem` does the same checks on the same bytes (decode, magic,
+the PDF's trailer and page count; the store is not touched), so a document the worker would
+refuse gets AE naming OBX-5 (or PID-3, TXA-4) and the reason: a sender that hears AA has handed
+the document over and will not send it again, so an AA for a document the engine cannot take
+loses it where only an operator sees it. That is real work on the receive path, so it is done
+only for an MDM carrying content when a route takes documents and no HL7v2 route passes the MDM
+on as received, and it is bounded: the decode by ENGINE_MAX_MESSAGE_BYTES (about 90 ms for a
+16 MiB message, measured), the type and PDF check by :data:`PRE_ACK_CHECK_S` (a few ms for a
+12 MiB scan; a crafted page tree that takes pypdf seconds is left to the worker, which refuses it
+after the ACK). An MDM whose OBX-5 is a reference pointer (RP: no bytes) is refused with the
+reason, before the ACK (AE) unless an HL7v2 route passes the MDM on as received: the engine
+delivers documents with their bytes, and fetching a pointer from a system it does not know is
+not something it can do safely. T04/T06/T10
 (status change, addendum, replacement) are taken as documents of their own; their relation to
 the earlier document (TXA-13) is noted on the MDM, not carried on (the documents table has no
 place for it yet).
@@ -33,22 +43,25 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from engine.documents.model import DOCUMENT_ENVELOPE_TYPE, DocumentEnvelope, DocumentInfo
-from engine.errors import ConversionError
+from engine.documents.sniff import DocumentRefused, sniff
+from engine.errors import ConversionError, EngineError
 from engine.hl7v2.codec import Message
 from engine.mappings import Mappings
-from engine.mappings.document_types import document_types
+from engine.mappings.document_types import DocumentTypes, document_types
 from engine.mappings.documents import fhir_body, sha1_base64
-from engine.mappings.mdm import MDM_TRIGGERS, mdm_t02, read_mdm
+from engine.mappings.mdm import MDM_TRIGGERS, MdmDocument, mdm_t02, read_mdm
 from engine.routes.router import Router
 from engine.store import NewDelivery
 from engine.store.documents import NewDocument, StoredDocument
 
 __all__ = [
+    "PRE_ACK_CHECK_S",
     "carries_document",
     "document_problem",
     "route_document",
@@ -75,18 +88,70 @@ def carries_document(message: Message) -> bool:
     return mtype.code == "MDM" and mtype.trigger in MDM_TRIGGERS
 
 
-def document_problem(message: Message) -> ConversionError | None:
-    """Before the ACK, cheaply (no decoding): why an MDM's document cannot be taken, or None.
-    An MDM with no OBX of value type ED (only a reference pointer, RP, or text) gets AE with the
-    reason, so the sender learns at once that the engine wants the content."""
-    kinds = {obx.get(2).strip().upper() for obx in message.all("OBX")}
-    if "ED" in kinds:
-        return None
-    if "RP" in kinds:
-        return ConversionError(_RP_REFUSED, where="OBX-5")
-    return ConversionError(
-        "the MDM has no OBX with the document (value type ED with base64 data)", where="OBX-2"
-    )
+#: how long the receive path waits for the check of an MDM's document (its type from the magic,
+#: a PDF's trailer and page count) before it leaves the check to the worker: a scan takes a few
+#: ms, a crafted page tree seconds, and the ACK of every message on the connection waits for it
+PRE_ACK_CHECK_S = 0.5
+
+#: one thread checks documents for the receive path: a check past its budget keeps it busy (and
+#: the next check waits its own budget in the queue) rather than piling threads up
+_checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mdm-check")
+
+
+def document_problem(
+    message: Message, types: DocumentTypes, *, budget_s: float = PRE_ACK_CHECK_S
+) -> EngineError | None:
+    """Before the ACK: why the worker would refuse an MDM's document, or None (the module
+    docstring says why this is worth doing on the receive path, and how it is bounded). The
+    error names the field (OBX-5, PID-3, TXA-4) and the reason; a check still running after
+    ``budget_s`` is left to the worker (None)."""
+    try:
+        doc = _document_of(message, types)
+    except EngineError as exc:
+        return exc
+    assert doc.data is not None
+    check = _checker.submit(_media_type_of, doc.data)
+    try:
+        check.result(timeout=budget_s)
+    except DocumentRefused as exc:
+        return ConversionError(f"the document cannot be taken: {exc.message}", where="OBX-5")
+    except TimeoutError:
+        log.warning("mdm document check past its budget", extra={"size": len(doc.data)})
+    except Exception as exc:  # the spool failed (a full disk): not the sender's problem
+        log.warning("mdm document check failed", extra={"error": type(exc).__name__})
+    return None
+
+
+def _document_of(message: Message, types: DocumentTypes) -> MdmDocument:
+    """The document an MDM carries, with its bytes and its date; the error naming the field
+    that keeps it from being taken (before the ACK and in the worker alike)."""
+    doc = read_mdm(message, types)
+    if doc.data is None:
+        raise ConversionError(_RP_REFUSED, where="OBX-5")
+    if not doc.document_date:
+        raise ConversionError("no document date (TXA-4, TXA-6 or MSH-7)", where="TXA-4")
+    return doc
+
+
+@contextlib.contextmanager
+def _spooled(data: bytes, spool_dir: Path | None = None) -> Iterator[Path]:
+    """``data`` in a temporary file (what sniff and the store read), removed after."""
+    fd, name = tempfile.mkstemp(dir=spool_dir, prefix=".mdm-", suffix=".part")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _media_type_of(data: bytes) -> str:
+    """The media type of a document's bytes by the intake's own sniff (the same refusals as
+    the folder and the upload); DocumentRefused naming why it cannot be taken."""
+    with _spooled(data) as path:
+        return sniff(path)
 
 
 #: why an MDM whose OBX-5 is a reference pointer is refused (the module docstring says why)
@@ -168,15 +233,9 @@ def take_mdm_document(
     """Store the document an MDM carries (see the module docstring); returns it and the lines
     to note on the MDM. Raises :class:`~engine.errors.EngineError` (or DocumentRefused) naming
     why the document cannot be taken."""
-    from engine.documents.sniff import sniff
-
-    types = document_types(mappings)
-    doc = read_mdm(message, types)
+    doc = _document_of(message, document_types(mappings))
+    assert doc.data is not None
     notes: list[str] = []
-    if doc.data is None:
-        raise ConversionError(_RP_REFUSED, where="OBX-5")
-    if not doc.document_date:
-        raise ConversionError("no document date (TXA-4, TXA-6 or MSH-7)", where="TXA-4")
     if doc.relation is not None:
         what = "an addendum to" if doc.relation == "appends" else "a replacement of"
         notes.append(
@@ -185,11 +244,7 @@ def take_mdm_document(
             + "; taken as a document of its own (the relation is not carried on)"
         )
     sha256 = hashlib.sha256(doc.data).hexdigest()
-    fd, name = tempfile.mkstemp(dir=spool_dir, prefix=".mdm-", suffix=".part")
-    path = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(doc.data)
+    with _spooled(doc.data, spool_dir) as path:
         media_type = sniff(path)
         if doc.declared_type and doc.declared_type != media_type:
             notes.append(
@@ -211,9 +266,6 @@ def take_mdm_document(
         stored = store.store_document(
             new, path, sha256=sha256, size=len(doc.data), media_type=media_type
         )
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
     what = "stored before" if stored.duplicate else "stored"
     notes.append(
         f"its document {what}: document {stored.info.document_id}, message {stored.message_id}"

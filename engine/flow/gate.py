@@ -6,7 +6,10 @@ MLLP frame (appendix C) carries one message and two glued together must never be
 present (101), MSH-11 is a processing ID of table 0103 (103), and some route can take the
 message: a pass-through route (``mapping: none``), or a mapping route whose mapping can make its
 main resource (else AR, 200 unsupported message type / 201 unsupported event; docs/ROUTES.md has
-the rule). A message the gate refuses is still stored, with the reason.
+the rule). One check is not cheap: an MDM carrying a document, when routes take documents, has
+its document decoded and checked as the worker would (engine/flow/documents.py says why, and
+how it is bounded), so the sender hears AE, never AA, for a document the engine cannot take. A
+message the gate refuses is still stored, with the reason.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from engine.errors import (
 from engine.flow.documents import carries_document, document_problem, takes_documents
 from engine.hl7v2.codec import Message
 from engine.mappings import Mappings
+from engine.mappings.document_types import document_types
 from engine.routes.router import Router
 
 __all__ = ["RouteCheck", "RouteGate", "header_problem", "unsupported"]
@@ -57,14 +61,16 @@ class RouteGate:
         #: an MDM with a document is taken when some route takes documents: its document is
         #: stored and routed as one (engine/flow/documents.py)
         self._documents = takes_documents(router)
+        self._types = document_types(mappings) if self._documents else None
 
     def refuse(self, message: Message) -> EngineError | None:
-        if self._documents and carries_document(message):
+        if self._types is not None and carries_document(message):
             # its document is taken (engine/flow/documents.py); one that cannot be (an RP
-            # pointer, no ED) is refused unless an HL7v2 route passes the MDM on as received
-            problem = document_problem(message)
-            passed_on = any(r.mapping != "fhir" for r in self.router.match(message=message))
-            return None if problem is None or passed_on else problem
+            # pointer, bad base64, bytes that are no document we take) is refused now, unless
+            # an HL7v2 route passes the MDM on as received (then its document is only a note)
+            if any(r.mapping != "fhir" for r in self.router.match(message=message)):
+                return None
+            return document_problem(message, self._types)
         routes = self.router.match(message=message)
         if not routes:
             return unsupported(message, self._codes)
