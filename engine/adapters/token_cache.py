@@ -9,9 +9,10 @@ second process waits on the lock and then reads the token the first one wrote: o
 
 The token is used until :func:`use_until` (60 s before ``expires_in`` runs out, half its lifetime
 when that is shorter). When the token endpoint answers 429 (or 503) with ``Retry-After``, the
-wait is written in the file too (``not_before``): every process that takes the lock before it
-passes fails at once with :class:`TokenCooldown` instead of asking again, so several workers
-never retry in a burst. No token value is logged; the file holds it, readable by the engine only.
+wait is written in the file too (``not_before``, at most :data:`MAX_COOLDOWN_S` = five minutes
+ahead; one further out is ignored): every process that takes the lock before it passes fails at
+once with :class:`TokenCooldown` instead of asking again, so several workers never retry in a
+burst. No token value is logged; the file holds it, readable by the engine only.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from engine.adapters.oauth2 import TokenError
 
 __all__ = [
+    "MAX_COOLDOWN_S",
     "CachedToken",
     "TokenCooldown",
     "lock_file",
@@ -35,6 +37,10 @@ __all__ = [
 ]
 
 _EARLY_S = 60.0
+#: the longest wait the token endpoint may impose on every process, seconds: written into the
+#: shared file, a longer one (``Retry-After: 1000000000``) stopped the destination's every
+#: delivery and pull, across restarts, for as long
+MAX_COOLDOWN_S = 300.0
 _MAX_FILE_BYTES = 64 * 1024
 
 
@@ -138,7 +144,9 @@ async def shared_token(
             if now < until:
                 return CachedToken(token, until, False)
         not_before = _number(doc.get("not_before"))
-        if now < not_before:
+        # a wait further out than the cap was not written by this code (an older engine, a
+        # clock set back): not believed, or it would hold every process for as long
+        if now < not_before <= now + MAX_COOLDOWN_S:
             wait = not_before - now
             raise TokenCooldown(
                 f"token endpoint asked to wait ({wait:.0f} s left)", retry_after_s=wait
@@ -146,6 +154,7 @@ async def shared_token(
         try:
             token, expires_in = await fetch()
         except TokenCooldown as exc:
+            exc.retry_after_s = min(exc.retry_after_s, MAX_COOLDOWN_S)
             _write(path, {**doc, "not_before": clock() + exc.retry_after_s})
             raise
         until = use_until(clock(), expires_in)

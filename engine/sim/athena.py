@@ -22,6 +22,7 @@ What athena's developer documentation says, as the stub applies it (docs.athenah
   ``limit``/``offset``, ``totalcount`` and a ``next`` path until the last page.
 
 Test switches: :meth:`StubAthenaState.fail_next` (5xx, 429 with Retry-After), ``delay_s`` (slow),
+``token_retry_after`` (the token endpoint's 429 asks for that wait),
 :meth:`StubAthenaState.expire_tokens`, :meth:`StubAthenaState.seed_appointments`;
 ``token_requests``, ``tokens_issued``, ``uploads_by_hash`` and ``paced`` count what happened.
 Seeded with the demo's synthetic patients (engine/sim/demo.py) and their appointments on the next
@@ -146,6 +147,9 @@ class StubAthenaState:
     tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
     expires_in: int = 3600
     token_limit_per_minute: int = 5
+    #: the Retry-After of the token endpoint's 429 instead of the rest of the minute (a test
+    #: switch: a peer that asks for an absurd wait)
+    token_retry_after: int | None = None
     #: requests a practice may make in one second
     practice_rps: int = 50
     #: how long every API answer takes (a slow EHR)
@@ -180,7 +184,7 @@ class StubAthenaState:
             self.practices = {DEMO_PRACTICE: {DEMO_DEPARTMENT, "2"}}
             self.tokens.clear()
             self.expires_in, self.token_limit_per_minute, self.practice_rps = 3600, 5, 50
-            self.delay_s = 0.0
+            self.delay_s, self.token_retry_after = 0.0, None
             self.token_requests = self.tokens_issued = self.token_limited = 0
             self.max_tokens_per_minute = self.paced = self.api_requests = 0
             self.documents.clear()
@@ -351,6 +355,8 @@ class _Athena:
                 st.token_limited += 1
                 oldest = window[0] if window else time.monotonic()
                 wait = max(1, math.ceil(60.0 - (time.monotonic() - oldest)))
+                if st.token_retry_after is not None:
+                    wait = st.token_retry_after
                 return _oauth(429, "rate_limited", {"Retry-After": str(wait)})
             window.append(time.monotonic())
             issued = st._window(st._issued_times, client, 60.0)
