@@ -228,6 +228,20 @@ class EngineMetrics:
             own: CollectorRegistry | None = None  # values are read from the files, not objects
         else:
             own = self.registry
+        self._message_metrics(own)
+        self._delivery_metrics(own, tuple(latency_buckets))
+        self._pull_metrics(own)
+        self._workers = Gauge(
+            "engine_worker_processes",
+            "Worker processes running (processing and delivery) beside this receiver.",
+            registry=own,
+            multiprocess_mode="livesum",
+        )
+        self._queues = _QueueGauges()
+        self.registry.register(self._queues)
+
+    def _message_metrics(self, own: CollectorRegistry | None) -> None:
+        """The receiver's and the processor's counters: received, ACKs, errors, routed."""
         self._received = Counter(
             "engine_messages_received_total",
             "Messages received and stored, by channel (mllp, http, fhir, file).",
@@ -252,12 +266,17 @@ class EngineMetrics:
             ("route",),
             registry=own,
         )
+
+    def _delivery_metrics(
+        self, own: CollectorRegistry | None, latency_buckets: tuple[float, ...]
+    ) -> None:
+        """The dispatcher's: delivery latency, attempts by outcome, dead letters."""
         self._latency = Histogram(
             "engine_delivery_latency_seconds",
             "Time from a message's receipt to its successful delivery, by destination.",
             ("destination",),
             registry=own,
-            buckets=tuple(latency_buckets),
+            buckets=latency_buckets,
         )
         self._dead = Counter(
             "engine_dead_letters_total",
@@ -271,6 +290,9 @@ class EngineMetrics:
             ("destination", "outcome"),
             registry=own,
         )
+
+    def _pull_metrics(self, own: CollectorRegistry | None) -> None:
+        """The pull sources': appointments read by outcome, pulls that stopped early."""
         self._pulled = Counter(
             "engine_pulled_appointments_total",
             "Appointments read by a pull source, by source and outcome (new: stored; unchanged: "
@@ -284,14 +306,6 @@ class EngineMetrics:
             ("source",),
             registry=own,
         )
-        self._workers = Gauge(
-            "engine_worker_processes",
-            "Worker processes running (processing and delivery) beside this receiver.",
-            registry=own,
-            multiprocess_mode="livesum",
-        )
-        self._queues = _QueueGauges()
-        self.registry.register(self._queues)
 
     @_never_raises
     def record_receipt(self, *, channel: str, ack_code: str | None, stored: bool) -> None:
