@@ -151,7 +151,6 @@ class Documents(Repository):
     """The documents' statements (mixed into :class:`~engine.store.SqlMessageStore`)."""
 
     _BY_KEY = select(documents).where(documents.c.dedupe_key == bindparam("key"))
-    _BY_ID = select(documents).where(documents.c.id == bindparam("id"))
     _BLOB = select(document_blobs.c.chunks).where(document_blobs.c.sha256 == bindparam("sha"))
     _CHUNK = select(document_chunks.c.data).where(
         document_chunks.c.sha256 == bindparam("sha"), document_chunks.c.seq == bindparam("seq")
@@ -360,9 +359,3 @@ class Documents(Repository):
             with self.db_engine.connect() as conn:
                 data = conn.execute(self._CHUNK, {"sha": sha256, "seq": seq}).scalar_one()
             yield bytes(data)
-
-    def get_document(self, document_id: int) -> DocumentInfo | None:
-        """A stored document's metadata."""
-        with self.db_engine.connect() as conn:
-            row = conn.execute(self._BY_ID, {"id": document_id}).first()
-        return None if row is None else _info(row)

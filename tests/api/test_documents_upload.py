@@ -22,7 +22,7 @@ from engine.store import SqlMessageStore
 from engine.store.tables import messages
 from tests.api.conftest import TestClient, bearer
 from tests.api.fakes import FakeHealth, FakeIngest, FakeMessages
-from tests.documents.intake_support import PNG, pdf_bytes
+from tests.documents.intake_support import PNG, pdf_bytes, stored_document
 
 CAP = 64 * 1024
 FORM = {"mrn": "MRN1001", "document_type": "insurance-card", "date": "2026-12-01"}
@@ -71,7 +71,7 @@ def test_upload_answers_201_once_stored_and_200_for_the_same_again(
         "application/pdf",
         False,
     )
-    info = store.get_document(body["document_id"])
+    info = stored_document(store, body["document_id"])
     assert info is not None
     assert (info.sender, info.channel, info.file_name) == ("test-integration", "http", "card.pdf")
     assert (info.appointment, info.title, info.practice) == ("APT-7", "Card", "195900")
@@ -260,7 +260,7 @@ def test_the_file_name_is_kept_without_its_folder(
     files = {"file": ("C:\\Scans\\front desk\\card.png", PNG, "image/png")}
     response = app_client.post("/documents", data=FORM, files=files, headers=headers)
     assert response.status_code == 201
-    info = store.get_document(response.json()["document_id"])
+    info = stored_document(store, response.json()["document_id"])
     assert info is not None and info.file_name == "card.png"
 
 

@@ -1,13 +1,19 @@
-"""Documents the intake tests feed in: real PDFs written with pypdf, image headers, metadata."""
+"""Documents the intake tests feed in: real PDFs written with pypdf, image headers, metadata;
+and a stored document's row read back."""
 
 from __future__ import annotations
 
 import io
+from dataclasses import fields
 from pathlib import Path
 
 from pypdf import PdfWriter
+from sqlalchemy import select
 
+from engine.documents.model import DocumentInfo
+from engine.store import SqlMessageStore
 from engine.store.documents import NewDocument
+from engine.store.tables import documents
 
 #: the first bytes of each image type the intake takes (then filler: the intake reads no further)
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(64)
@@ -43,3 +49,13 @@ def new_document(mrn: str = "MRN1001", **fields: str | None) -> NewDocument:
     }
     values.update(fields)
     return NewDocument(**values)  # type: ignore[arg-type]
+
+
+def stored_document(store: SqlMessageStore, document_id: int) -> DocumentInfo | None:
+    """The ``documents`` row ``document_id`` as a DocumentInfo (None: no such row)."""
+    with store.db_engine.connect() as conn:
+        row = conn.execute(select(documents).where(documents.c.id == document_id)).first()
+    if row is None:
+        return None
+    names = [f.name for f in fields(DocumentInfo) if f.name != "document_id"]
+    return DocumentInfo(document_id=int(row.id), **{n: getattr(row, n) for n in names})

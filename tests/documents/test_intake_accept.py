@@ -20,7 +20,7 @@ from engine.documents.intake import DocumentFields, DocumentIntake
 from engine.documents.sniff import DocumentRefused
 from engine.store import SqlMessageStore
 from engine.store.tables import documents, messages
-from tests.documents.intake_support import PNG, pdf_bytes
+from tests.documents.intake_support import PNG, pdf_bytes, stored_document
 
 MiB = 1024 * 1024
 FIELDS = DocumentFields(mrn="MRN1001", document_type="insurance-card", date="2026-12-01")
@@ -56,7 +56,7 @@ def test_accepted_once_committed_and_the_spool_emptied(
     assert not accepted.duplicate
     assert accepted.sha256 == hashlib.sha256(data).hexdigest()
     assert (accepted.size, accepted.media_type) == (len(data), "application/pdf")
-    info = store.get_document(accepted.document_id)
+    info = stored_document(store, accepted.document_id)
     assert info is not None
     assert (info.patient_mrn, info.document_type, info.document_date, info.file_name) == (
         "MRN1001",
@@ -139,7 +139,7 @@ def test_the_site_document_type_table_decides(store: SqlMessageStore, tmp_path: 
         asyncio.run(intake.accept(_chunks(pdf_bytes()), FIELDS, channel="http", sender="a"))
     fields = DocumentFields(mrn="MRN1001", document_type="referral")
     accepted = asyncio.run(intake.accept(_chunks(pdf_bytes()), fields, channel="http", sender="a"))
-    info = store.get_document(accepted.document_id)
+    info = stored_document(store, accepted.document_id)
     assert info is not None
     today = datetime.now(ZoneInfo("America/New_York")).date().isoformat()
     assert info.document_date == today  # no date given: today where the practice is

@@ -16,7 +16,7 @@ from engine.documents.model import DocumentInfo
 from engine.store import SqlMessageStore
 from engine.store.documents import CHUNK_BYTES, RefusedDocument
 from engine.store.tables import document_blobs, document_chunks, documents, messages
-from tests.documents.intake_support import new_document, pdf_bytes, write
+from tests.documents.intake_support import new_document, pdf_bytes, stored_document, write
 
 
 def _store(store: SqlMessageStore, path: Path, **fields: str | None):  # type: ignore[no-untyped-def]
@@ -49,7 +49,7 @@ def test_document_its_bytes_and_its_message_committed(
         "application/pdf",
         "MRN1001",
     )
-    assert store.get_document(info.document_id) == info
+    assert stored_document(store, info.document_id) == info
     assert b"".join(store.document_chunks(info.sha256)) == data
     with store.db_engine.connect() as conn:
         msg = conn.execute(select(messages).where(messages.c.id == stored.message_id)).one()
@@ -126,7 +126,7 @@ def test_bytes_that_changed_since_hashed_are_not_stored(
 
 
 def test_unknown_document_and_blob(store: SqlMessageStore) -> None:
-    assert store.get_document(999) is None
+    assert stored_document(store, 999) is None
     with pytest.raises(KeyError):
         list(store.document_chunks("f" * 64))
 
