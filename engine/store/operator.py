@@ -233,101 +233,13 @@ class DocumentActions(Repository):
         mrn: str,
         authority: str | None,
     ) -> DocumentMatched:
-        """The match, in the caller's transaction (the document's row locked)."""
-        if mid is None:
-            raise ActionRefused(f"document {document_id} has no message any more (purged)")
-        message = _lock_message(conn, mid)
-        if message is None:
-            raise ActionRefused(f"document {document_id} has no message any more (purged)")
-        if message.state in _UNFINISHED:
-            raise ActionRefused(
-                f"document {document_id}: its message {mid} has not been processed yet "
-                f"(state {message.state})"
-            )
-        _refuse_replayed(conn, mid, message.state)
-        rows = conn.execute(_DELIVERY_COLUMNS.order_by(deliveries.c.id), {"mid": mid}).all()
-        current = [r for r in rows if r.state != "resent"]
-        queued = sorted({r.destination for r in current if r.state in _QUEUED})
-        if queued:
-            raise ActionRefused(
-                f"document {document_id} is still being delivered to {', '.join(queued)}: "
-                "match it once that settles"
-            )
-        waiting = [r for r in current if r.state in _WAITING_STATES]
-        if not waiting:
-            raise ActionRefused(
-                f"document {document_id}: nothing waits for its patient "
-                f"(message {mid} is {message.state})"
-            )
-        info = DocumentInfo.from_json(bytes(message.raw))
-        new_authority = info.patient_authority if authority is None else authority
-        if (mrn, new_authority) == (info.patient_mrn, info.patient_authority):
-            raise ActionRefused(
-                f"document {document_id} is already for that patient: resend it instead "
-                "(once the destination knows the patient)"
-            )
-        # the same bytes for the same patient are one document (engine/store/documents.py):
-        # the key moves to the new patient, unless that patient has these bytes already
-        key = dedupe_key(info.sha256, new_authority, mrn)
-        other = conn.execute(
-            select(documents.c.id).where(
-                documents.c.dedupe_key == key, documents.c.id != document_id
-            )
-        ).scalar_one_or_none()
-        if other is not None:
-            raise ActionRefused(
-                f"document {document_id}: the same bytes are stored for that patient already, "
-                f"as document {other} (resend that one if it waits)"
-            )
-        matched = replace(info, patient_mrn=mrn, patient_authority=new_authority)
-        raw = matched.to_json()
-        now = utcnow()
-        copy = {c: getattr(message, c) for c in _COPIED}
-        copy.update(raw=raw, size=len(raw), patient_key=clean(matched.patient_key, 255))
-        new_id = int(
-            conn.execute(
-                insert(messages)
-                .values(
-                    **copy,
-                    received_at=now,
-                    channel="replay",  # engine/store/messages.py skips who had it
-                    replay_of=mid,
-                    dedupe_key=None,
-                    state="received",
-                    updated_at=now,
-                )
-                .returning(messages.c.id)
-            ).scalar_one()
-        )
-        conn.execute(
-            update(deliveries)
-            .where(deliveries.c.id.in_([r.id for r in waiting]))
-            .where(deliveries.c.state.in_(_WAITING_STATES))
-            .values(state="resent", claimed_until=None)
-        )
-        conn.execute(
-            update(messages)
-            .where(messages.c.id == mid)
-            .values(
-                state="replayed",
-                reason=f"matched to another patient: replayed as message {new_id} "
-                f"(was {message.state})",
-                updated_at=now,
-            )
-        )
-        conn.execute(
-            update(documents)
-            .where(documents.c.id == document_id)
-            .values(
-                patient_mrn=mrn,
-                patient_authority=new_authority,
-                dedupe_key=key,
-                message_id=new_id,
-                updated_at=now,
-            )
-        )
+        """The match, in the caller's transaction (the document's row locked): what waits for
+        the patient, the document for its new patient, and the message replayed for it."""
+        message, waiting = _waiting_for_patient(conn, document_id, mid)
+        matched, key = _for_new_patient(conn, document_id, message, mrn, authority)
+        new_id = _replay_matched(conn, document_id, message, matched, key, waiting)
         dests = tuple(sorted({r.destination for r in waiting}))
-        return DocumentMatched(document_id, new_id, mid, dests)
+        return DocumentMatched(document_id, new_id, message.id, dests)
 
     def list_documents(self, query: DocumentQuery, who: Who) -> list[DocumentLine]:
         """The documents that match, newest first; the list is recorded in the audit trail
@@ -593,3 +505,125 @@ def _resend_detail(destination: str | None, outcome: ResendOutcome) -> str:
         return f"{target}: {outcome.note}"
     made = ", ".join(f"{d} (delivery {i} replaces {o})" for d, i, o in outcome.queued)
     return f"{target}: {made}"
+
+
+def _waiting_for_patient(
+    conn: Connection, document_id: int, mid: int | None
+) -> tuple[Any, list[Any]]:
+    """A document's message (locked) and its deliveries that wait for the patient;
+    ActionRefused when there is nothing to match (purged, not processed yet, replayed, still
+    being delivered, nothing waiting)."""
+    if mid is None:
+        raise ActionRefused(f"document {document_id} has no message any more (purged)")
+    message = _lock_message(conn, mid)
+    if message is None:
+        raise ActionRefused(f"document {document_id} has no message any more (purged)")
+    if message.state in _UNFINISHED:
+        raise ActionRefused(
+            f"document {document_id}: its message {mid} has not been processed yet "
+            f"(state {message.state})"
+        )
+    _refuse_replayed(conn, mid, message.state)
+    rows = conn.execute(_DELIVERY_COLUMNS.order_by(deliveries.c.id), {"mid": mid}).all()
+    current = [r for r in rows if r.state != "resent"]
+    queued = sorted({r.destination for r in current if r.state in _QUEUED})
+    if queued:
+        raise ActionRefused(
+            f"document {document_id} is still being delivered to {', '.join(queued)}: "
+            "match it once that settles"
+        )
+    waiting = [r for r in current if r.state in _WAITING_STATES]
+    if not waiting:
+        raise ActionRefused(
+            f"document {document_id}: nothing waits for its patient "
+            f"(message {mid} is {message.state})"
+        )
+    return message, waiting
+
+
+def _for_new_patient(
+    conn: Connection, document_id: int, message: Any, mrn: str, authority: str | None
+) -> tuple[DocumentInfo, str]:
+    """The document's metadata for the new patient and its dedupe key there; ActionRefused
+    when it is that patient's already, or that patient has the same bytes as another
+    document."""
+    info = DocumentInfo.from_json(bytes(message.raw))
+    new_authority = info.patient_authority if authority is None else authority
+    if (mrn, new_authority) == (info.patient_mrn, info.patient_authority):
+        raise ActionRefused(
+            f"document {document_id} is already for that patient: resend it instead "
+            "(once the destination knows the patient)"
+        )
+    # the same bytes for the same patient are one document (engine/store/documents.py):
+    # the key moves to the new patient, unless that patient has these bytes already
+    key = dedupe_key(info.sha256, new_authority, mrn)
+    other = conn.execute(
+        select(documents.c.id).where(documents.c.dedupe_key == key, documents.c.id != document_id)
+    ).scalar_one_or_none()
+    if other is not None:
+        raise ActionRefused(
+            f"document {document_id}: the same bytes are stored for that patient already, "
+            f"as document {other} (resend that one if it waits)"
+        )
+    return replace(info, patient_mrn=mrn, patient_authority=new_authority), key
+
+
+def _replay_matched(
+    conn: Connection,
+    document_id: int,
+    message: Any,
+    matched: DocumentInfo,
+    key: str,
+    waiting: Sequence[Any],
+) -> int:
+    """Write the match: a replay of the message with the matched metadata (received again,
+    so it is routed for the new patient), the waiting deliveries resent, the old message
+    replayed, the document moved to the new patient and message; the new message's id."""
+    mid = message.id
+    raw = matched.to_json()
+    now = utcnow()
+    copy = {c: getattr(message, c) for c in _COPIED}
+    copy.update(raw=raw, size=len(raw), patient_key=clean(matched.patient_key, 255))
+    new_id = int(
+        conn.execute(
+            insert(messages)
+            .values(
+                **copy,
+                received_at=now,
+                channel="replay",  # engine/store/messages.py skips who had it
+                replay_of=mid,
+                dedupe_key=None,
+                state="received",
+                updated_at=now,
+            )
+            .returning(messages.c.id)
+        ).scalar_one()
+    )
+    conn.execute(
+        update(deliveries)
+        .where(deliveries.c.id.in_([r.id for r in waiting]))
+        .where(deliveries.c.state.in_(_WAITING_STATES))
+        .values(state="resent", claimed_until=None)
+    )
+    conn.execute(
+        update(messages)
+        .where(messages.c.id == mid)
+        .values(
+            state="replayed",
+            reason=f"matched to another patient: replayed as message {new_id} "
+            f"(was {message.state})",
+            updated_at=now,
+        )
+    )
+    conn.execute(
+        update(documents)
+        .where(documents.c.id == document_id)
+        .values(
+            patient_mrn=matched.patient_mrn,
+            patient_authority=matched.patient_authority,
+            dedupe_key=key,
+            message_id=new_id,
+            updated_at=now,
+        )
+    )
+    return new_id
