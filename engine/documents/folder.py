@@ -12,7 +12,12 @@ the document's whole file name or its stem: ``scan-17.pdf.json`` or ``scan-17.js
 ``department``, ``encounter``, ``author``, ``title``; without one, from the **file name**, by
 ``ENGINE_DOCUMENTS_NAME_PATTERN`` (named groups ``mrn``, ``type``, ``date``: by default
 ``MRN1001_insurance-card_20261201.pdf``). A stable file with neither waits ``sidecar_wait_s``
-for a sidecar written after it before it is refused.
+for a sidecar written after it before it is refused. A sidecar is read once it too is stable
+(and not empty, unless it stays so a minute); each value as the text written (YAML's
+``0012345`` is that MRN, not a number), a value that is not text (a list, a mapping) refused.
+A sidecar named by a stem two documents share (``scan-2.json`` beside ``scan-2.pdf`` and
+``scan-2.png``) describes neither: the first is refused with it, asking for whole-name sidecars.
+A file whose name is not UTF-8 is refused and moved under a name with those bytes replaced.
 
 Accepted files move to ``done/`` (with their sidecars) once the store has committed them; refused
 ones to ``error/`` with ``<name>.reason.txt`` saying why (and the refusal recorded in the store).
