@@ -116,6 +116,7 @@ def document_problem(
     except DocumentRefused as exc:
         return ConversionError(f"the document cannot be taken: {exc.message}", where="OBX-5")
     except TimeoutError:
+        check.cancel()  # still queued behind a slow one: the worker checks it anyway
         log.warning("mdm document check past its budget", extra={"size": len(doc.data)})
     except Exception as exc:  # the spool failed (a full disk): not the sender's problem
         log.warning("mdm document check failed", extra={"error": type(exc).__name__})

@@ -153,3 +153,17 @@ def test_over_mllp_the_sender_hears_ae_naming_obx5(
     assert "OBX" in ack.get("ERR-2") and "text" in ack.get("ERR-8")
     stored = store.get(int(ack.get("MSH-10").removeprefix("A")))  # the ACK's id: A<message id>
     assert stored is not None and stored.state == "error" and "OBX-5" in (stored.reason or "")
+
+
+def test_a_check_queued_behind_a_slow_one_waits_only_its_budget(mappings: Mappings) -> None:
+    """One thread checks: the next MDM does not wait for a slow check past its own budget."""
+    raw = with_obx5_data(inbound_mdm(mappings, simple_pdf()), b64(b"plain text"))
+    types = document_types(mappings)
+    busy = _checker.submit(time.sleep, 1.0)
+    try:
+        started = time.monotonic()
+        assert document_problem(parse_message(raw), types, budget_s=0.1) is None
+        assert time.monotonic() - started < 0.6
+    finally:
+        busy.result(timeout=30)
+    assert document_problem(parse_message(raw), types) is not None  # with the thread free
