@@ -42,6 +42,7 @@ from engine.settings import Settings, load_settings
 __all__ = [
     "DEFAULT_SCOPE",
     "TOKEN_PATH",
+    "AnswerTooLarge",
     "AthenaClient",
     "AthenaConnection",
     "AthenaPractice",
@@ -334,10 +335,13 @@ class AthenaClient:
         method: str,
         practice: str,
         path: str,
+        *,
+        max_bytes: int | None = None,
         **kwargs: Any,
     ) -> httpx.Response:
         """``method /v1/{practice}{path}`` (or ``path`` as is when it starts with ``/v1/``).
-        Raises :class:`TokenError` when no token can be had."""
+        Raises :class:`TokenError` when no token can be had; with ``max_bytes``, the answer is
+        streamed and :class:`AnswerTooLarge` raised once it passes that (read no further)."""
         client = self.http()
         url = path if path.startswith("/v1/") else f"/v1/{practice}{path}"
         pacer = PracticePacer.for_practice(
@@ -346,14 +350,54 @@ class AthenaClient:
         for attempt in (1, 2):
             authorization = await self.token.authorization(client)
             await pacer.wait()
-            resp = await client.request(
-                method, url, headers={"Authorization": authorization}, **kwargs
-            )
+            headers = {"Authorization": authorization}
+            if max_bytes is None:
+                resp = await client.request(method, url, headers=headers, **kwargs)
+            else:
+                resp = await _capped(client, method, url, headers, max_bytes, **kwargs)
             if resp.status_code != 401 or attempt == 2:
                 return resp
             log.info("athena 401: fetching a new token", extra={"practice": practice})
             self.token.invalidate()
         raise AssertionError("unreachable")
+
+
+class AnswerTooLarge(Exception):
+    """An answer longer than the caller's ``max_bytes`` (decoded): not read further."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"answer larger than {limit} bytes")
+        self.limit = limit
+
+
+#: headers that describe the body on the wire, not the decoded copy kept
+_WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+async def _capped(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    limit: int,
+    **kwargs: Any,
+) -> httpx.Response:
+    """The answer with its body read in full only when it is at most ``limit`` bytes decoded
+    (a declared Content-Length past it is refused unread): a huge or endless page must not take
+    the process's memory (a 200 MB page once took 701 MB)."""
+    async with client.stream(method, url, headers=headers, **kwargs) as streamed:
+        declared = streamed.headers.get("content-length", "")
+        if declared.isascii() and declared.isdigit() and int(declared) > limit:
+            raise AnswerTooLarge(limit)
+        body = bytearray()
+        async for chunk in streamed.aiter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise AnswerTooLarge(limit)
+    kept = [(k, v) for k, v in streamed.headers.multi_items() if k.lower() not in _WIRE_HEADERS]
+    return httpx.Response(
+        streamed.status_code, headers=kept, content=bytes(body), request=streamed.request
+    )
 
 
 def athena_detail(resp: httpx.Response) -> str:

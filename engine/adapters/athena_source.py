@@ -23,9 +23,10 @@ updates the same resources in the engine's index.
 rows (appointment, patient, insurances): unchanged, the same key (stored once); a moved
 appointment or a new member id, a new key.
 
-A 429 or 503 is waited out (Retry-After, at most ``max_wait_s``) up to three times; a 401 gets a
-new token once; anything else stops the pull with a :class:`SourceError` naming the request and
-its status, never a patient's data.
+Every answer is read up to ``max_response_bytes`` (10 MiB; decoded, streamed): a page past it
+stops the pull unread (raise it with ``page_size``). A 429 or 503 is waited out (Retry-After, at
+most ``max_wait_s``) up to three times; a 401 gets a new token once; anything else stops the
+pull with a :class:`SourceError` naming the request and its status, never a patient's data.
 
 Incomplete: a dependent's subscriber (athena's ``insurancepolicyholder*`` fields) is not made a
 RelatedPerson; providers and departments are not read.
@@ -47,7 +48,12 @@ import httpx
 import orjson
 from pydantic import Field, field_validator, model_validator
 
-from engine.adapters.athena_client import AthenaClient, AthenaConnection, athena_secret
+from engine.adapters.athena_client import (
+    AnswerTooLarge,
+    AthenaClient,
+    AthenaConnection,
+    athena_secret,
+)
 from engine.adapters.oauth2 import TokenError, retry_after
 from engine.adapters.source import Pulled, SourceError
 from engine.errors import EngineError
@@ -89,6 +95,8 @@ class AthenaSourceConfig(AthenaConnection):
     #: the practice's time zone (athena's times are local); default: the engine's
     timezone: str | None = None
     max_wait_s: float = Field(default=60.0, gt=0, le=600)
+    #: the longest answer read (decoded bytes): a page past it stops the pull unread
+    max_response_bytes: int = Field(default=10 * 2**20, ge=1024, le=256 * 2**20)
 
     @field_validator("department_ids")
     @classmethod
@@ -350,9 +358,20 @@ class AthenaSource:
     async def _get(self, path: str, params: dict[str, str] | None, what: str) -> dict[str, Any]:
         for attempt in range(_WAITS + 1):
             try:
-                resp = await self.api.request("GET", self.practice, path, params=params)
+                resp = await self.api.request(
+                    "GET",
+                    self.practice,
+                    path,
+                    params=params,
+                    max_bytes=self.config.max_response_bytes,
+                )
             except TokenError as exc:
                 raise SourceError(f"athena: {exc.detail}") from exc
+            except AnswerTooLarge as exc:
+                raise SourceError(
+                    f"athena {what}: the answer is larger than {exc.limit} bytes"
+                    " (max_response_bytes)"
+                ) from exc
             except httpx.HTTPError as exc:
                 raise SourceError(f"athena {what}: {type(exc).__name__}") from exc
             if resp.status_code in _WAIT_STATUSES and attempt < _WAITS:
