@@ -42,6 +42,7 @@ import httpx
 from pydantic import Field, field_validator
 
 from engine.adapters.athena_client import (
+    AnswerTooLarge,
     AthenaClient,
     AthenaConnection,
     athena_secret,
@@ -161,6 +162,8 @@ class AthenaDestination:
             return exc.result
         except TokenError as exc:
             return token_result(exc)
+        except AnswerTooLarge as exc:  # an answer no patient search needs: athena misbehaves
+            return DeliveryResult.retry(f"athena: an answer larger than {exc.limit} bytes")
         except httpx.TimeoutException as exc:
             return DeliveryResult.retry(f"athena: timeout ({type(exc).__name__})")
         except httpx.RequestError as exc:
@@ -236,7 +239,11 @@ class AthenaDestination:
         if cached is not None and now < cached.until:
             return cached.patient_id
         resp = await self.api.request(
-            "GET", practice, "/patients/search", params={"searchterm": mrn}
+            "GET",
+            practice,
+            "/patients/search",
+            params={"searchterm": mrn},
+            max_bytes=_MAX_ANSWER_BYTES,
         )
         if resp.status_code != 200:
             raise _Refused(classify(resp, "patient search"))
@@ -267,13 +274,18 @@ class AthenaDestination:
     async def _existing(
         self, practice: str, patient: str, department: str, marker: str
     ) -> str | None:
-        resp = await self.api.request(
-            "GET", practice, f"/patients/{patient}/documents", params={"departmentid": department}
-        )
+        try:
+            resp = await self.api.request(
+                "GET",
+                practice,
+                f"/patients/{patient}/documents",
+                params={"departmentid": department},
+                max_bytes=_MAX_ANSWER_BYTES,
+            )
+        except AnswerTooLarge:
+            return None  # as before: a list too long to check is uploaded to (at least once)
         if resp.status_code != 200:
             raise _Refused(classify(resp, "document list"))
-        if len(resp.content) > _MAX_ANSWER_BYTES:
-            return None
         try:
             docs = resp.json().get("documents") or []
         except (ValueError, AttributeError):

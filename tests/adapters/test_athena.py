@@ -234,6 +234,21 @@ def test_the_patient_whose_mrn_it_is_gets_it_not_the_one_with_that_id(
     assert [d.patientid for d in athena.state.documents] == ["7001"]
 
 
+def test_a_patient_search_answer_past_four_mib_is_retried_not_read(
+    athena: StubAthenaServer, home: Path
+) -> None:
+    """An answer the adapter cannot use whole (a broken or hostile athena) is refused as it
+    streams in: retryable, naming the limit; not taken as "no such patient"."""
+    base = athena.state.patients[athena.state.patient_id("DEMO1001")]
+    with athena.state.lock:
+        for n in range(50_000):  # about 6.5 MB of search answer
+            athena.state.patients[str(100_000 + n)] = {**base, "patientid": str(100_000 + n)}
+    (result,) = deliver_all(destination(athena, home), payload(1))
+    assert not result.ok and result.retryable and not result.needs_patient, result
+    assert "larger than 4194304 bytes" in result.detail
+    assert athena.state.documents == []
+
+
 def test_a_429_is_retried_after_its_retry_after(athena: StubAthenaServer, home: Path) -> None:
     dest = destination(athena, home)
     athena.state.fail_next(429, retry_after=7)
