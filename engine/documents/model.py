@@ -63,6 +63,9 @@ class DocumentInfo:
     file_name: str | None = None
     #: MDM in: TXA-12 (unique document number) of the document the EHR sent
     unique_number: str | None = None
+    #: base64 SHA-1 of the bytes (FHIR Attachment.hash), computed when they were stored (None
+    #: for bytes stored before it was: the processor then computes it from the chunks)
+    sha1: str | None = None
 
     @property
     def patient_key(self) -> str:

@@ -208,7 +208,8 @@ def _envelope(
     now: datetime | None,
 ) -> DocumentEnvelope:
     if mapping == "fhir":
-        sha1 = sha1_base64(store.document_chunks(info.sha256))
+        # computed as the bytes were stored; read back only for bytes stored before that
+        sha1 = info.sha1 or sha1_base64(store.document_chunks(info.sha256))
         body: Any = fhir_body(info, mappings, now=now, sha1=sha1)
         return DocumentEnvelope(info, "fhir", body, {"sha1": sha1})
     if mapping == "hl7v2":

@@ -276,6 +276,8 @@ document_blobs = Table(
     Column("size", BigInteger, nullable=False),
     Column("chunks", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    #: base64 SHA-1 of the bytes (FHIR Attachment.hash), computed as they are stored
+    Column("sha1", String(28), nullable=True),
 )
 
 document_chunks = Table(

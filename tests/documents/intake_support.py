@@ -57,5 +57,5 @@ def stored_document(store: SqlMessageStore, document_id: int) -> DocumentInfo | 
         row = conn.execute(select(documents).where(documents.c.id == document_id)).first()
     if row is None:
         return None
-    names = [f.name for f in fields(DocumentInfo) if f.name != "document_id"]
+    names = [f.name for f in fields(DocumentInfo) if f.name not in ("document_id", "sha1")]
     return DocumentInfo(document_id=int(row.id), **{n: getattr(row, n) for n in names})
