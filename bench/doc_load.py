@@ -20,11 +20,25 @@ import time
 
 import httpx
 
+from engine.sim.epic_fhir import load_mrn
 from engine.sim.pdf import synthetic_pdf
 
 TYPES = ("insurance-card", "consent", "referral", "lab-report")
 #: the demo patients, whom the stub EHRs know (an unknown patient's document waits: needs-patient)
-MRNS = ("DEMO1001", "DEMO1002", "DEMO1003")
+DEMO_MRNS = ("DEMO1001", "DEMO1002", "DEMO1003")
+
+
+def _mrns() -> tuple[str, ...]:
+    """The patients the documents are for: ``DOC_LOAD_PATIENTS=N`` spreads them over the stub
+    Epic's N synthetic load patients (``engine stub-epic --load-patients N``), as a clinic's day
+    spreads them over its patients; else the three demo patients (whom every stub knows). The
+    engine keeps one delivery in flight per patient and destination, so the patient count
+    bounds how many deliveries run at once."""
+    n = int(os.environ.get("DOC_LOAD_PATIENTS", "0") or 0)
+    return tuple(load_mrn(i) for i in range(1, n + 1)) if n else DEMO_MRNS
+
+
+MRNS = _mrns()
 
 
 def _template(size: int) -> tuple[bytes, int]:

@@ -22,7 +22,10 @@ fresh engine home:
 The stub Epic runs as ``make run`` runs it (``engine stub-epic --admin``, a process of its own),
 with the engine's JWKS URL registered for the client id, as an Epic customer registers a backend
 app's; its ``/admin/stats`` counts the DocumentReferences created and the token requests. The
-figures are this machine's, the median of ``--repeat`` runs.
+Epic cases' documents are for 64 synthetic patients (``--load-patients``: a clinic's documents
+are for many patients, and the engine delivers one at a time per patient and destination);
+the athenahealth case's for the three demo patients its stub knows. The figures are this
+machine's, the median of ``--repeat`` runs.
 """
 
 from __future__ import annotations
@@ -157,7 +160,16 @@ def _wait_worker(db: Path, timeout: float = 120.0) -> None:
     raise RuntimeError(f"no worker registered within {timeout:.0f} s")
 
 
-def _load(url: str, token: str, uploaders: int, count: int, size: int) -> dict[str, Any]:
+#: the stub Epic's synthetic patients the Epic cases' documents are spread over (a clinic's
+#: documents are for many patients; the engine keeps one delivery in flight per patient and
+#: destination, so three patients would measure three queues). The athenahealth case keeps the
+#: three demo patients its stub knows.
+LOAD_PATIENTS = 64
+
+
+def _load(
+    url: str, token: str, uploaders: int, count: int, size: int, *, patients: int = 0
+) -> dict[str, Any]:
     args = [sys.executable, "-m", "bench.doc_load", url, str(uploaders), str(count), str(size)]
     out = subprocess.run(
         args,
@@ -165,7 +177,7 @@ def _load(url: str, token: str, uploaders: int, count: int, size: int) -> dict[s
         text=True,
         check=False,
         timeout=1800,
-        env={**os.environ, "DOC_LOAD_TOKEN": token},
+        env={**os.environ, "DOC_LOAD_TOKEN": token, "DOC_LOAD_PATIENTS": str(patients)},
     )
     if out.returncode != 0:
         raise RuntimeError(f"doc_load failed: {out.stderr[-800:]}")
@@ -273,6 +285,8 @@ def _stub_epic(jwks_url: str) -> Iterator[tuple[str, int]]:
             CLIENT_ID,
             "--jwks-url",
             jwks_url,
+            "--load-patients",
+            str(LOAD_PATIENTS),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -325,7 +339,7 @@ def _case(
             try:
                 started = time.monotonic()
                 cpu_before = _cpu_by_role(proc.pid, stub_pid)
-                result = _load(url, token, 8, count, size)
+                result = _load(url, token, 8, count, size, patients=LOAD_PATIENTS)
                 if workers:
                     done = _wait_in_epic(epic, count, timeout)
                     result["delivered_s"] = done - started

@@ -549,12 +549,22 @@ def stub_epic(
     admin: Annotated[
         bool, typer.Option(help="open /admin/fail and /admin/stats (tests and demos only)")
     ] = False,
+    load_patients: Annotated[
+        int, typer.Option(min=0, max=100_000, help="synthetic patients LOAD00001... (benches)")
+    ] = 0,
 ) -> None:
     """Run a stub Epic (SMART Backend Services, FHIR R4 at /api/FHIR/R4, demo data seeded)."""
     from engine.sim.epic import FHIR_BASE, run_stub_epic
 
     typer.echo(f"stub Epic on http://{host}:{port}{FHIR_BASE} (Ctrl-C stops)", err=True)
-    run_stub_epic(host, port, jwks_url=jwks_url, client_id=client_id, admin=admin)
+    run_stub_epic(
+        host,
+        port,
+        jwks_url=jwks_url,
+        client_id=client_id,
+        admin=admin,
+        load_patients=load_patients,
+    )
 
 
 def main() -> None:

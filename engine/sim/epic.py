@@ -387,12 +387,17 @@ class _Admin:
 
 
 def create_stub_epic_app(
-    state: StubEpicState | None = None, *, admin: bool = False, today: date | None = None
+    state: StubEpicState | None = None,
+    *,
+    admin: bool = False,
+    today: date | None = None,
+    load_patients: int = 0,
 ) -> Starlette:
     """The stub as an ASGI app, seeded with the demo data as of ``today``; ``app.state.epic``
     is its :class:`StubEpicState`. ``admin`` adds the unauthenticated test controls."""
     state = state or StubEpicState()
     state.data.seed_demo(today or date.today())
+    state.data.seed_load_patients(load_patients)
     epic = _Epic(state)
     fhir = create_stub_fhir_app(state.fhir, base=FHIR_BASE)
     api = Starlette(routes=[*epic_fhir_routes(state.data, FHIR_BASE), Mount("/", app=fhir)])
@@ -418,12 +423,14 @@ def run_stub_epic(
     jwks_url: str = "http://127.0.0.1:8080/.well-known/jwks.json",
     client_id: str = "engine-demo",
     admin: bool = False,
+    load_patients: int = 0,
 ) -> None:
     """Serve the stub until interrupted (``engine stub-epic``), ``client_id`` registered with
-    ``jwks_url`` (the engine's /.well-known/jwks.json)."""
+    ``jwks_url`` (the engine's /.well-known/jwks.json); ``load_patients`` synthetic patients
+    beside the demo ones (benches)."""
     state = StubEpicState()
     state.register(client_id, jwks_url)
-    app = create_stub_epic_app(state, admin=admin)
+    app = create_stub_epic_app(state, admin=admin, load_patients=load_patients)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 

@@ -62,10 +62,18 @@ __all__ = [
     "EpicData",
     "business_days",
     "epic_fhir_routes",
+    "load_mrn",
 ]
 
 #: the synthetic MRN identifier system (Epic's are OIDs of this shape, per organisation)
 MRN_SYSTEM = "urn:oid:1.2.840.114350.1.13.99999.2.7.5.737384.14"
+
+
+def load_mrn(n: int) -> str:
+    """The MRN of synthetic load patient ``n`` (1-based; :meth:`EpicData.seed_load_patients`)."""
+    return f"LOAD{n:05d}"
+
+
 #: the appointment (CSN) and coverage identifier systems of the stub
 APPOINTMENT_SYSTEM = "urn:oid:1.2.840.114350.1.13.99999.2.7.3.698084.8"
 COVERAGE_SYSTEM = "urn:oid:1.2.840.114350.1.13.99999.2.7.2.657380"
@@ -126,6 +134,21 @@ class EpicData:
         }
         self.fhir.resources.setdefault(resource["resourceType"], {})[rid] = stored
         return stored
+
+    def seed_load_patients(self, count: int) -> None:
+        """``count`` more synthetic patients, MRNs ``LOAD00001``..., for load tests: a clinic's
+        documents are spread over many patients, and the engine keeps one delivery in flight
+        per patient and destination, so a load over the three demo patients would measure
+        three queues, not the engine."""
+        for n in range(1, count + 1):
+            self.put(
+                {
+                    "resourceType": "Patient",
+                    "identifier": [{"use": "usual", "system": MRN_SYSTEM, "value": load_mrn(n)}],
+                    "name": [{"family": "Loadtest", "given": [f"Patient{n}"]}],
+                    "active": True,
+                }
+            )
 
     def seed_demo(self, today: date, tz: str = "America/New_York") -> None:
         """The demo patients (engine/sim/demo.py) with a booked appointment on each of the next
