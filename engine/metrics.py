@@ -327,10 +327,17 @@ class EngineMetrics:
             self._routed.labels(route=route).inc()
 
     @_never_raises
-    def delivered(self, destination: str, seconds: float, ok: bool, dead: bool) -> None:
-        """One delivery attempt's outcome (the dispatcher's ``Observer``): counted by outcome;
-        its latency when delivered; a dead letter (and a ``deliver`` error) when given up."""
-        outcome = "delivered" if ok else ("dead" if dead else "retry")
+    def delivered(
+        self, destination: str, seconds: float, ok: bool, dead: bool, needs_patient: bool = False
+    ) -> None:
+        """One delivery attempt's outcome (the dispatcher's ``Observer``): counted by outcome
+        (delivered, retry, dead, needs-patient: the EHR does not know the patient, the delivery
+        waits for an operator); its latency when delivered; a dead letter (and a ``deliver``
+        error) when given up."""
+        if needs_patient and not ok:
+            outcome = "needs-patient"
+        else:
+            outcome = "delivered" if ok else ("dead" if dead else "retry")
         if ok:  # the latency first: a scrape that counts the delivery sees its latency too
             self._latency.labels(destination=destination).observe(seconds)
         self._deliveries.labels(destination=destination, outcome=outcome).inc()

@@ -260,3 +260,13 @@ def test_a_metric_that_cannot_be_written_never_stops_the_flow(
         "record_error",
     ]
     assert all(r.error == "OSError" for r in failed)  # type: ignore[attr-defined]
+
+
+def test_a_delivery_waiting_for_its_patient_is_counted_as_such() -> None:
+    """needs-patient is neither a retry nor a dead letter: the EHR does not know the patient."""
+    metrics = EngineMetrics()
+    metrics.delivered("epic", 0.2, ok=False, dead=False, needs_patient=True)
+    samples = parse(page(metrics))
+    assert samples['engine_deliveries_total{destination="epic",outcome="needs-patient"}'] == 1
+    assert 'engine_deliveries_total{destination="epic",outcome="retry"}' not in samples
+    assert 'engine_dead_letters_total{destination="epic"}' not in samples

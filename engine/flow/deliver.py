@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 class Observer(Protocol):
     """Receives delivery outcomes (metrics)."""
 
-    def delivered(self, destination: str, seconds: float, ok: bool, dead: bool) -> None: ...
+    def delivered(
+        self, destination: str, seconds: float, ok: bool, dead: bool, needs_patient: bool = False
+    ) -> None: ...
 
 
 class Dispatcher:
@@ -282,4 +284,6 @@ class Dispatcher:
                 },
             )
             if self.observer is not None:
-                self.observer.delivered(due.destination, elapsed, result.ok, dead)
+                self.observer.delivered(
+                    due.destination, elapsed, result.ok, dead, needs_patient=result.needs_patient
+                )
