@@ -34,7 +34,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.adapters.destination import DeliveryResult
-from engine.adapters.oauth2 import CachedBearer, TokenError, retry_after
+from engine.adapters.oauth2 import CachedBearer, TokenError, request_token, retry_after
 from engine.adapters.token_cache import TokenCooldown, shared_token
 from engine.errors import ConfigError, EngineError
 from engine.settings import Settings, load_settings
@@ -154,15 +154,6 @@ def athena_secret(config: AthenaConnection, name: str, environ: Mapping[str, str
 # -- the token -----------------------------------------------------------------------------------
 
 
-def _oauth_error(resp: httpx.Response) -> str:
-    try:
-        error = resp.json().get("error")
-    except (ValueError, AttributeError):
-        return ""
-    ok = isinstance(error, str) and error.isascii() and len(error) < 40
-    return error.replace(" ", "_") if ok else ""
-
-
 class AthenaToken(CachedBearer):
     """athena's client-credentials token, one per (token URL, client id, scope) for every
     worker process, through ``VAR_DIR/tokens/athena-<hash>.json``."""
@@ -213,38 +204,24 @@ class AthenaToken(CachedBearer):
 
     async def _fetch(self, client: httpx.AsyncClient) -> tuple[str, float]:
         cfg = self.config
-        form = {"grant_type": "client_credentials", "scope": cfg.scope}
-        try:
-            resp = await client.post(
-                cfg.token_endpoint,
-                data=form,
-                auth=httpx.BasicAuth(cfg.client_id, self._secret),
-                headers={"Accept": "application/json"},
-            )
-        except httpx.TimeoutException as exc:
-            raise TokenError("athena token endpoint timeout", timeout=True) from exc
-        except httpx.RequestError as exc:
-            detail = f"athena token endpoint {type(exc).__name__}"
-            raise TokenError(detail, retryable=True) from exc
-        if resp.status_code != 200:
-            error = _oauth_error(resp)
-            detail = f"athena token endpoint -> {resp.status_code}"
-            detail += f" {error}" if error else ""
-            detail += f" (client_id {cfg.client_id!r})"
+
+        def refused(resp: httpx.Response, error: str, detail: str) -> TokenError:
             if resp.status_code in (429, 503):
                 wait = retry_after(resp)
-                raise TokenCooldown(detail, retry_after_s=60.0 if wait is None else wait)
+                return TokenCooldown(detail, retry_after_s=60.0 if wait is None else wait)
             retry = resp.status_code in (408,) or resp.status_code >= 500
-            raise TokenError(detail, retryable=retry)
-        try:
-            body = resp.json()
-            token, expires_in = body["access_token"], body.get("expires_in", 3600)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise TokenError("athena token response without access_token") from exc
-        if not isinstance(token, str) or not token:
-            raise TokenError("athena token response without access_token")
-        if not isinstance(expires_in, int | float) or expires_in <= 0:
-            expires_in = 3600
+            return TokenError(detail, retryable=retry)
+
+        token, expires_in = await request_token(
+            client,
+            cfg.token_endpoint,
+            {"grant_type": "client_credentials", "scope": cfg.scope},
+            label="athena token endpoint",
+            client_id=cfg.client_id,
+            default_expires_in=3600,
+            refused=refused,
+            auth=httpx.BasicAuth(cfg.client_id, self._secret),
+        )
         self.fetches += 1
         log.info(
             "athena token fetched",

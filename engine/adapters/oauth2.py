@@ -13,14 +13,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 
 import httpx
 
 from engine.adapters.auth import OAuth2Auth
 
-__all__ = ["MAX_RETRY_AFTER_S", "ClientCredentials", "TokenError", "retry_after"]
+__all__ = [
+    "MAX_RETRY_AFTER_S",
+    "ClientCredentials",
+    "TokenError",
+    "oauth_error",
+    "request_token",
+    "retry_after",
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,61 @@ class TokenError(Exception):
         self.timeout = timeout
         #: worth trying again later (the network), unlike a malformed answer
         self.retryable = retryable or timeout
+
+
+def oauth_error(resp: httpx.Response) -> str:
+    """The OAuth ``error`` code of a refusal (a short ASCII code), or ``""``."""
+    try:
+        error = resp.json().get("error")
+    except (ValueError, AttributeError):
+        return ""
+    ok = isinstance(error, str) and error.isascii() and len(error) < 40
+    return error.replace(" ", "_") if ok else ""
+
+
+async def request_token(
+    client: httpx.AsyncClient,
+    url: str,
+    form: Mapping[str, str],
+    *,
+    label: str,
+    client_id: str,
+    default_expires_in: float,
+    refused: Callable[[httpx.Response, str, str], TokenError],
+    auth: httpx.Auth | None = None,
+) -> tuple[str, float]:
+    """POST a token request and read ``(access_token, expires_in)`` from the answer, for the
+    adapters that share a token through a file (athena, SMART Backend Services): one place for
+    the network failures and the malformed answers. ``label`` names the endpoint in errors; a
+    refusal (not 200) is what ``refused(response, oauth error code, detail)`` makes of it, since
+    each vendor says "try later" in its own way. Never logs or raises the token itself."""
+    headers = {"Accept": "application/json"}
+    try:
+        if auth is None:
+            resp = await client.post(url, data=dict(form), headers=headers)
+        else:
+            resp = await client.post(url, data=dict(form), auth=auth, headers=headers)
+    except httpx.TimeoutException as exc:
+        raise TokenError(f"{label} timeout", timeout=True) from exc
+    except httpx.RequestError as exc:
+        raise TokenError(f"{label} {type(exc).__name__}", retryable=True) from exc
+    if resp.status_code != 200:
+        error = oauth_error(resp)
+        detail = f"{label} -> {resp.status_code}"
+        detail += f" {error}" if error else ""
+        detail += f" (client_id {client_id!r})"
+        raise refused(resp, error, detail)
+    missing = f"{label.removesuffix(' endpoint')} response without access_token"
+    try:
+        body = resp.json()
+        token, expires_in = body["access_token"], body.get("expires_in", default_expires_in)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TokenError(missing) from exc
+    if not isinstance(token, str) or not token:
+        raise TokenError(missing)
+    if not isinstance(expires_in, int | float) or expires_in <= 0:
+        expires_in = default_expires_in
+    return token, float(expires_in)
 
 
 class CachedBearer:

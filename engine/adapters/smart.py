@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 
 from engine.adapters.auth import SmartBackendAuth
-from engine.adapters.oauth2 import CachedBearer, TokenError
+from engine.adapters.oauth2 import CachedBearer, TokenError, request_token
 from engine.adapters.token_cache import lock_file, shared_token
 from engine.errors import EngineError
 from engine.keys import CLIENT_ASSERTION_TYPE, client_assertion_for
@@ -48,16 +48,6 @@ _lock = lock_file
 
 def _retryable(status: int) -> bool:
     return status in (408, 429) or status >= 500
-
-
-def _oauth_error(resp: httpx.Response) -> str:
-    """The OAuth ``error`` code of a refusal (a short ASCII code), or ``""``."""
-    try:
-        error = resp.json().get("error")
-    except (ValueError, AttributeError):
-        return ""
-    ok = isinstance(error, str) and error.isascii() and len(error) < 40
-    return error.replace(" ", "_") if ok else ""
 
 
 class SmartBackend(CachedBearer):
@@ -150,29 +140,20 @@ class SmartBackend(CachedBearer):
             "client_assertion": assertion,
             "scope": cfg.scope,
         }
-        try:
-            resp = await client.post(token_url, data=form, headers={"Accept": "application/json"})
-        except httpx.TimeoutException as exc:
-            raise TokenError("smart-backend token endpoint timeout", timeout=True) from exc
-        except httpx.RequestError as exc:
-            detail = f"smart-backend token endpoint {type(exc).__name__}"
-            raise TokenError(detail, retryable=True) from exc
-        if resp.status_code != 200:
-            error = _oauth_error(resp)
-            detail = f"smart-backend token endpoint -> {resp.status_code}"
-            detail += f" {error}" if error else ""
-            detail += f" (client_id {cfg.client_id!r})"
+
+        def refused(resp: httpx.Response, error: str, detail: str) -> TokenError:
             retry = _retryable(resp.status_code) or error == "temporarily_unavailable"
-            raise TokenError(detail, retryable=retry)
-        try:
-            body = resp.json()
-            token, expires_in = body["access_token"], body.get("expires_in", 300)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise TokenError("smart-backend token response without access_token") from exc
-        if not isinstance(token, str) or not token:
-            raise TokenError("smart-backend token response without access_token")
-        if not isinstance(expires_in, int | float) or expires_in <= 0:
-            expires_in = 300
+            return TokenError(detail, retryable=retry)
+
+        token, expires_in = await request_token(
+            client,
+            token_url,
+            form,
+            label="smart-backend token endpoint",
+            client_id=cfg.client_id,
+            default_expires_in=300,
+            refused=refused,
+        )
         self.fetches += 1
         log.info(
             "smart-backend token fetched",
