@@ -9,11 +9,18 @@ source (engine/store/audit.py). The bytes are never printed.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from engine.cli_messages import ID_MAX, _store, _who, _zone
+from engine.cli_support import (
+    print_deliveries,
+    print_json,
+    print_resent,
+    print_table,
+    store_action,
+)
 from engine.errors import EngineError
 
 __all__ = ["documents_app"]
@@ -62,15 +69,10 @@ def documents_list(
     with _store() as store:
         lines = store.list_documents(query, _who())
     if as_json:
-        _print_json(lines)
+        print_json(lines)
         return
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table("id", "received", "type", "media type", "size", "sender", "state", "waiting")
-    for d in lines:
-        cells = (
+    rows = (
+        (
             str(d.id),
             d.received_at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S"),
             d.document_type,
@@ -80,19 +82,10 @@ def documents_list(
             d.state or "(no message)",
             ", ".join(d.waiting),
         )
-        table.add_row(*(Text(cell) for cell in cells))  # senders' values: text, never markup
-    Console(width=200).print(table)
-    if len(lines) == limit:
-        typer.echo(f"more: --before {lines[-1].id}")
-
-
-def _print_json(items: list[Any]) -> None:
-    import dataclasses
-
-    import orjson
-
-    for item in items:
-        typer.echo(orjson.dumps(dataclasses.asdict(item)).decode())
+        for d in lines
+    )
+    columns = ("id", "received", "type", "media type", "size", "sender", "state", "waiting")
+    print_table(columns, rows, more_before=lines[-1].id if len(lines) == limit else None)
 
 
 @documents_app.command("show")
@@ -106,7 +99,7 @@ def documents_show(
     if view is None:
         raise EngineError(f"no document {document_id}")
     if as_json:
-        _print_json([view])
+        print_json([view])
         return
     patient = f"{view.patient_authority}|{view.patient_mrn}".lstrip("|")
     typer.echo(
@@ -132,11 +125,7 @@ def documents_show(
         typer.echo("  message: none (purged)")
         return
     typer.echo(f"  message {view.message_id}: {view.state}")
-    for d in view.deliveries:
-        typer.echo(
-            f"  → {d.destination}: {d.state} after {d.attempts} attempt(s)"
-            + (f", last error: {d.last_error}" if d.last_error else "")
-        )
+    print_deliveries(view.deliveries)
 
 
 @documents_app.command("match")
@@ -150,15 +139,8 @@ def documents_match(
 ) -> None:
     """Place a document that waits for its patient: record the patient and send the document
     again with the new metadata, to the destinations that have not taken it."""
-    from engine.store import ActionRefused
-
-    try:
-        with _store() as store:
-            done = store.match_document(document_id, mrn, authority, who=_who())
-    except KeyError:
-        raise EngineError(f"no document {document_id}") from None
-    except ActionRefused as exc:
-        raise EngineError(str(exc)) from None
+    with store_action(f"no document {document_id}"), _store() as store:
+        done = store.match_document(document_id, mrn, authority, who=_who())
     typer.echo(
         f"document {document_id} matched: message {done.replay_of} replayed as "
         f"{done.message_id} (was waiting at {', '.join(done.resent)})"
@@ -175,18 +157,6 @@ def documents_resend(
 ) -> None:
     """Send the document again as it was made, where it failed or waits for its patient (the
     EHR knows the patient now), or to one destination."""
-    from engine.store import ActionRefused
-
-    try:
-        with _store() as store:
-            done = store.resend_document(document_id, _who(), destination)
-    except KeyError:
-        raise EngineError(f"no document {document_id}") from None
-    except ActionRefused as exc:
-        raise EngineError(str(exc)) from None
-    if not done.queued:
-        typer.echo(f"document {document_id}: nothing resent ({done.note})")
-    for dest, new_id, old_id in done.queued:
-        typer.echo(
-            f"document {document_id}: {dest} queued again (delivery {new_id} replaces {old_id})"
-        )
+    with store_action(f"no document {document_id}"), _store() as store:
+        done = store.resend_document(document_id, _who(), destination)
+    print_resent(f"document {document_id}", done)

@@ -18,7 +18,14 @@ from zoneinfo import ZoneInfo
 
 import typer
 
-from engine.cli_support import open_store
+from engine.cli_support import (
+    open_store,
+    print_deliveries,
+    print_json,
+    print_resent,
+    print_table,
+    store_action,
+)
 from engine.errors import EngineError
 
 __all__ = ["audit_app", "messages_app", "parse_when"]
@@ -135,15 +142,10 @@ def messages_list(
     with _store() as store:
         lines = store.search(query)
     if as_json:
-        _print_json(lines)
+        print_json(lines)
         return
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table("id", "received", "type", "control id", "sender", "state", "why")
-    for v in lines:
-        cells = (
+    rows = (
+        (
             str(v.id),
             v.received_at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S"),
             _type_of(v),
@@ -152,24 +154,15 @@ def messages_list(
             v.state,
             _why(v),
         )
-        table.add_row(*(Text(cell) for cell in cells))  # senders' values: text, never markup
-    Console(width=200).print(table)
-    if len(lines) == limit:
-        typer.echo(f"more: --before {lines[-1].id}")
+        for v in lines
+    )
+    columns = ("id", "received", "type", "control id", "sender", "state", "why")
+    print_table(columns, rows, more_before=lines[-1].id if len(lines) == limit else None)
 
 
 def _type_of(v: Any) -> str:
     """``ADT^A04``, or the type alone (a FHIR ``Bundle``, a message without a trigger)."""
     return f"{v.message_type or ''}^{v.trigger or ''}".strip("^")
-
-
-def _print_json(lines: list[Any]) -> None:
-    import dataclasses
-
-    import orjson
-
-    for v in lines:
-        typer.echo(orjson.dumps(dataclasses.asdict(v)).decode())
 
 
 @messages_app.command("show")
@@ -197,11 +190,7 @@ def messages_show(
     )
     for line in view.warnings:
         typer.echo(f"  warning: {line}")
-    for d in view.deliveries:
-        typer.echo(
-            f"  → {d.destination}: {d.state} after {d.attempts} attempt(s)"
-            + (f", last error: {d.last_error}" if d.last_error else "")
-        )
+    print_deliveries(view.deliveries)
 
 
 def _show_raw(message_id: int) -> None:
@@ -290,21 +279,9 @@ def messages_resend(
 ) -> None:
     """Send a message's dead deliveries again (or its delivery to one destination), with the
     payload made the first time: nothing goes to the destinations that had it."""
-    from engine.store import ActionRefused
-
-    try:
-        with _store() as store:
-            done = store.resend(message_id, _who(), destination)
-    except KeyError:
-        raise EngineError(f"no message {message_id}") from None
-    except ActionRefused as exc:
-        raise EngineError(str(exc)) from None
-    if not done.queued:
-        typer.echo(f"message {message_id}: nothing resent ({done.note})")
-    for dest, new_id, old_id in done.queued:
-        typer.echo(
-            f"message {message_id}: {dest} queued again (delivery {new_id} replaces {old_id})"
-        )
+    with store_action(f"no message {message_id}"), _store() as store:
+        done = store.resend(message_id, _who(), destination)
+    print_resent(f"message {message_id}", done)
 
 
 @audit_app.command("list")

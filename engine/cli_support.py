@@ -1,12 +1,22 @@
-"""What the CLI's commands share: opening the store, showing a database URL safely."""
+"""What the CLI's commands share: opening the store, showing a database URL safely, printing a
+page of listed rows (a table or JSON lines)."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["open_store", "safe_url"]
+__all__ = [
+    "open_store",
+    "print_deliveries",
+    "print_json",
+    "print_resent",
+    "print_table",
+    "safe_url",
+    "store_action",
+]
 
 
 def open_store() -> Any:
@@ -44,6 +54,73 @@ def open_store() -> Any:
     except SQLAlchemyError as exc:
         raise connection_problem(db_engine, exc) from exc
     return store
+
+
+def print_json(items: Iterable[Any]) -> None:
+    """Each item (a dataclass: a list's line, a view) as one JSON object a line."""
+    import dataclasses
+
+    import orjson
+    import typer
+
+    for item in items:
+        typer.echo(orjson.dumps(dataclasses.asdict(item)).decode())
+
+
+def print_table(
+    columns: Sequence[str], rows: Iterable[Sequence[str]], *, more_before: int | None
+) -> None:
+    """A page of a list as a table; ``more_before``: the page was full, so the command to see the
+    next one (``--before`` the last id) is printed after it. Cells are senders' values: shown as
+    text, never read as Rich markup."""
+    import typer
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(*columns)
+    for cells in rows:
+        table.add_row(*(Text(cell) for cell in cells))
+    Console(width=200).print(table)
+    if more_before is not None:
+        typer.echo(f"more: --before {more_before}")
+
+
+def print_deliveries(deliveries: Iterable[Any]) -> None:
+    """A shown message's or document's deliveries, one a line: where, state, attempts, and the
+    last error when there is one."""
+    import typer
+
+    for d in deliveries:
+        typer.echo(
+            f"  → {d.destination}: {d.state} after {d.attempts} attempt(s)"
+            + (f", last error: {d.last_error}" if d.last_error else "")
+        )
+
+
+def print_resent(what: str, done: Any) -> None:
+    """What a resend queued (``what``: ``message 7``, ``document 3``), or why nothing."""
+    import typer
+
+    if not done.queued:
+        typer.echo(f"{what}: nothing resent ({done.note})")
+    for dest, new_id, old_id in done.queued:
+        typer.echo(f"{what}: {dest} queued again (delivery {new_id} replaces {old_id})")
+
+
+@contextlib.contextmanager
+def store_action(missing: str) -> Iterator[None]:
+    """An operator's action on the store: an unknown id (``KeyError``) is the error ``missing``,
+    a refused action (``ActionRefused``) the store's own words, both without a traceback."""
+    from engine.errors import EngineError
+    from engine.store import ActionRefused
+
+    try:
+        yield
+    except KeyError:
+        raise EngineError(missing) from None
+    except ActionRefused as exc:
+        raise EngineError(str(exc)) from None
 
 
 def _has_schema(db_engine: Any) -> bool:
