@@ -17,7 +17,7 @@ from typing import Protocol
 from engine.flow.ingest import Receipt
 from engine.store import MessageLine, MessageQuery, MessageView, Replayed, ResendOutcome, Who
 
-__all__ = ["HealthPort", "IngestPort", "MessagesPort"]
+__all__ = ["AuditPort", "HealthPort", "IngestPort", "MessagesPort"]
 
 
 class IngestPort(Protocol):
@@ -35,7 +35,25 @@ class IngestPort(Protocol):
         ...
 
 
-class MessagesPort(Protocol):
+class AuditPort(Protocol):
+    """Recording in the audit trail what an endpoint did or refused (messages and documents)."""
+
+    def record_audit(
+        self,
+        *,
+        action: str,
+        actor: str,
+        source: str,
+        message_id: int | None,
+        outcome: str,
+        detail: str | None = None,
+        peer: str | None = None,
+    ) -> None:
+        """Record an action in the audit trail (a payload read, a refusal)."""
+        ...
+
+
+class MessagesPort(AuditPort, Protocol):
     """Finds stored messages, replays them and resends their deliveries, and records who did
     (synchronous: called from a worker thread). ``SqlMessageStore`` is one as it stands.
     """
@@ -60,20 +78,6 @@ class MessagesPort(Protocol):
     def resend(self, message_id: int, who: Who, destination: str | None = None) -> ResendOutcome:
         """Queue the message's dead deliveries again (or the one to ``destination``). KeyError
         if unknown, ActionRefused (UnknownDestination) when it cannot. Audited."""
-        ...
-
-    def record_audit(
-        self,
-        *,
-        action: str,
-        actor: str,
-        source: str,
-        message_id: int | None,
-        outcome: str,
-        detail: str | None = None,
-        peer: str | None = None,
-    ) -> None:
-        """Record an action in the audit trail (a payload read, a refusal)."""
         ...
 
 

@@ -23,9 +23,10 @@ from pydantic import BaseModel, Field
 
 from engine.api.auth import Principal, Role, current_principal
 from engine.api.deps import MessagesDep, peer_of
+from engine.api.ports import AuditPort
+from engine.api.refusals import answer_refusals
 from engine.api.schemas import ResendAccepted
 from engine.store import (
-    ActionRefused,
     DocumentLine,
     DocumentMatched,
     DocumentQuery,
@@ -47,7 +48,7 @@ DocumentId = Annotated[int, Path(ge=1, le=BIGINT_MAX)]
 
 
 @runtime_checkable
-class DocumentsPort(Protocol):
+class DocumentsPort(AuditPort, Protocol):
     """What these endpoints need of the store (``SqlMessageStore`` is one)."""
 
     def list_documents(self, query: DocumentQuery, who: Who) -> list[DocumentLine]: ...
@@ -61,18 +62,6 @@ class DocumentsPort(Protocol):
     def resend_document(
         self, document_id: int, who: Who, destination: str | None = None
     ) -> ResendOutcome: ...
-
-    def record_audit(
-        self,
-        *,
-        action: str,
-        actor: str,
-        source: str,
-        message_id: int | None,
-        outcome: str,
-        detail: str | None = None,
-        peer: str | None = None,
-    ) -> None: ...
 
 
 def _documents(messages: MessagesDep) -> DocumentsPort:
@@ -171,14 +160,8 @@ def match_document(
     """Record the document's patient and send it again with the new metadata, to the
     destinations that have not taken it (a new message, ``replay_of`` the old one)."""
     who, documents = caller
-    try:
+    with answer_refusals(f"no document {document_id}", InvalidIdentifier):
         done = documents.match_document(document_id, body.mrn, body.authority, who=who)
-    except KeyError:
-        raise HTTPException(404, detail=f"no document {document_id}") from None
-    except InvalidIdentifier as exc:
-        raise HTTPException(422, detail=str(exc)) from None
-    except ActionRefused as exc:
-        raise HTTPException(409, detail=str(exc)) from None
     log.info(
         "document matched",
         extra={"document_id": document_id, "message_id": done.message_id, "by": who.actor},
@@ -197,14 +180,8 @@ def resend_document(
     """Queue the document's deliveries that failed or wait for its patient again (the EHR knows
     the patient now), or its delivery to one ``destination``."""
     who, documents = caller
-    try:
+    with answer_refusals(f"no document {document_id}", UnknownDestination):
         done = documents.resend_document(document_id, who, destination)
-    except KeyError:
-        raise HTTPException(404, detail=f"no document {document_id}") from None
-    except UnknownDestination as exc:
-        raise HTTPException(422, detail=str(exc)) from None
-    except ActionRefused as exc:
-        raise HTTPException(409, detail=str(exc)) from None
     log.info(
         "document resent",
         extra={"document_id": document_id, "deliveries": len(done.queued), "by": who.actor},

@@ -24,9 +24,9 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 
 from engine.api.auth import Principal, Role, ViewerDep, current_principal
 from engine.api.deps import MessagesDep, SettingsDep, peer_of
+from engine.api.refusals import answer_refusals
 from engine.api.schemas import ReplayAccepted, ResendAccepted
 from engine.store import (
-    ActionRefused,
     MessageLine,
     MessageQuery,
     MessageView,
@@ -159,12 +159,8 @@ def replay_message(
     """Receive a stored message again, as a new message that goes through the whole flow, to
     the destinations the original was not delivered to (``?all_destinations=true``: to every
     route's); the original becomes ``replayed``."""
-    try:
+    with answer_refusals(f"no message {message_id}"):
         done = messages.replay_message(message_id, who, everywhere=all_destinations)
-    except KeyError:
-        raise HTTPException(404, detail=f"no message {message_id}") from None
-    except ActionRefused as exc:
-        raise HTTPException(409, detail=str(exc)) from None
     log.info(
         "message replayed",
         extra={"message_id": message_id, "new_message_id": done.message_id, "by": who.actor},
@@ -183,14 +179,8 @@ def resend_message(
 ) -> ResendAccepted:
     """Queue the message's dead deliveries and those waiting for their patient again, or its
     delivery to one ``destination``."""
-    try:
+    with answer_refusals(f"no message {message_id}", UnknownDestination):
         done = messages.resend(message_id, who, destination)
-    except KeyError:
-        raise HTTPException(404, detail=f"no message {message_id}") from None
-    except UnknownDestination as exc:
-        raise HTTPException(422, detail=str(exc)) from None
-    except ActionRefused as exc:
-        raise HTTPException(409, detail=str(exc)) from None
     log.info(
         "message resent",
         extra={"message_id": message_id, "deliveries": len(done.queued), "by": who.actor},
