@@ -40,6 +40,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
@@ -156,6 +157,46 @@ _NEWEST_COPY = (
 def _lock_message(conn: Connection, message_id: int) -> Any | None:
     """The message's row, locked until the transaction ends (PostgreSQL; SQLite has one writer)."""
     return conn.execute(_ORIGINAL.with_for_update(), {"mid": message_id}).one_or_none()
+
+
+def _insert_replay(
+    conn: Connection,
+    copy: dict[str, Any],
+    old_id: int,
+    old_state: str,
+    *,
+    channel: str,
+    now: datetime,
+    why: str = "",
+) -> int:
+    """Receive ``copy`` (the old message's copied columns) again as a new message, ``replay_of``
+    the old one, which becomes ``replayed`` naming the new one (``why`` before it); the new id.
+    One place for a replay and a match to a patient, so both leave the same trail."""
+    new_id = int(
+        conn.execute(
+            insert(messages)
+            .values(
+                **copy,
+                received_at=now,
+                channel=channel,
+                replay_of=old_id,
+                dedupe_key=None,
+                state="received",
+                updated_at=now,
+            )
+            .returning(messages.c.id)
+        ).scalar_one()
+    )
+    conn.execute(
+        update(messages)
+        .where(messages.c.id == old_id)
+        .values(
+            state="replayed",
+            reason=f"{why}replayed as message {new_id} (was {old_state})",
+            updated_at=now,
+        )
+    )
+    return new_id
 
 
 def _refuse_replayed(conn: Connection, message_id: int, state: str) -> None:
@@ -294,28 +335,8 @@ class Operator(Repository):
                     )
                 _refuse_replayed(conn, message_id, row.state)
                 copy = {c: getattr(row, c) for c in _COPIED}
-                new_id = conn.execute(
-                    insert(messages)
-                    .values(
-                        **copy,
-                        received_at=now,
-                        channel="replay-all" if everywhere else "replay",
-                        replay_of=message_id,
-                        dedupe_key=None,
-                        state="received",
-                        updated_at=now,
-                    )
-                    .returning(messages.c.id)
-                ).scalar_one()
-                conn.execute(
-                    update(messages)
-                    .where(messages.c.id == message_id)
-                    .values(
-                        state="replayed",
-                        reason=f"replayed as message {new_id} (was {row.state})",
-                        updated_at=now,
-                    )
-                )
+                channel = "replay-all" if everywhere else "replay"
+                new_id = _insert_replay(conn, copy, message_id, row.state, channel=channel, now=now)
                 if row.kind == "document":  # the document goes with its live message
                     conn.execute(
                         update(documents)
@@ -584,36 +605,21 @@ def _replay_matched(
     now = utcnow()
     copy = {c: getattr(message, c) for c in _COPIED}
     copy.update(raw=raw, size=len(raw), patient_key=clean(matched.patient_key, 255))
-    new_id = int(
-        conn.execute(
-            insert(messages)
-            .values(
-                **copy,
-                received_at=now,
-                channel="replay",  # engine/store/messages.py skips who had it
-                replay_of=mid,
-                dedupe_key=None,
-                state="received",
-                updated_at=now,
-            )
-            .returning(messages.c.id)
-        ).scalar_one()
+    # channel "replay": engine/store/messages.py skips the destinations that had it
+    new_id = _insert_replay(
+        conn,
+        copy,
+        mid,
+        message.state,
+        channel="replay",
+        now=now,
+        why="matched to another patient: ",
     )
     conn.execute(
         update(deliveries)
         .where(deliveries.c.id.in_([r.id for r in waiting]))
         .where(deliveries.c.state.in_(_WAITING_STATES))
         .values(state="resent", claimed_until=None)
-    )
-    conn.execute(
-        update(messages)
-        .where(messages.c.id == mid)
-        .values(
-            state="replayed",
-            reason=f"matched to another patient: replayed as message {new_id} "
-            f"(was {message.state})",
-            updated_at=now,
-        )
     )
     conn.execute(
         update(documents)
