@@ -33,11 +33,12 @@ from urllib.parse import quote
 
 import httpx
 import truststore
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from engine.adapters.auth import SmartBackendAuth
 from engine.adapters.destination import DeliveryResult, Payload
 from engine.adapters.fhir_documents import DocumentMode
+from engine.adapters.fhir_http import BaseUrl
 from engine.adapters.fhir_rest import FhirDestination, FhirRestDestination
 from engine.adapters.fhir_source import FhirSource, FhirSourceConfig
 from engine.adapters.source import Pulled
@@ -106,7 +107,7 @@ class _EpicCommon(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     #: the FHIR R4 base, e.g. https://fhir.example.org/interconnect-fhir-oauth/api/FHIR/R4
-    base_url: str
+    base_url: BaseUrl
     #: the backend app's client id (Epic's "Non-Production" or "Production" client ID)
     client_id: str = Field(min_length=1, max_length=200)
     #: the token endpoint; unset, read from {base_url}/.well-known/smart-configuration
@@ -115,13 +116,6 @@ class _EpicCommon(BaseModel):
     mrn_system: str = Field(min_length=1, max_length=300)
     timeout_s: float = Field(default=30.0, gt=0, le=300)
     tls: EpicTls | None = None
-
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"base_url {value!r} must start with http:// or https://")
-        return value.rstrip("/")
 
 
 class EpicDestination(_EpicCommon):

@@ -1,21 +1,56 @@
-"""How a FHIR server's HTTP answer becomes a :class:`~engine.adapters.destination.DeliveryResult`.
+"""What the FHIR adapters share over HTTP: how a FHIR server's HTTP answer becomes a
+:class:`~engine.adapters.destination.DeliveryResult`.
 
 Shared by the FHIR REST destination (Bundles) and the document writer (DocumentReference,
 Binary): 2xx is delivered; 408, 429 and 5xx are retryable, with the server's Retry-After; any
 other status is permanent. The detail names the status and the OperationOutcome's first
 ``issue.code`` (a FHIR code, https://hl7.org/fhir/R4/valueset-issue-type.html), never its
-``diagnostics`` or ``details.text``, which may quote the data (PHI).
+``diagnostics`` or ``details.text``, which may quote the data (PHI). Also the one way the
+FHIR destination, the FHIR pull source and Epic read a ``base_url`` and open their client.
 """
 
 from __future__ import annotations
 
+import ssl
+from typing import Annotated
+
 import httpx
 import orjson
+from pydantic import AfterValidator
 
 from engine.adapters.destination import DeliveryResult
 from engine.adapters.oauth2 import retry_after
 
-__all__ = ["classify", "issue_code"]
+__all__ = ["FHIR_JSON", "BaseUrl", "classify", "fhir_client", "issue_code"]
+
+FHIR_JSON = "application/fhir+json"
+
+
+def _base_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"base_url {value!r} must start with http:// or https://")
+    return value.rstrip("/")
+
+
+#: a FHIR server's base URL in a route file: http(s) only, kept without its trailing slash
+BaseUrl = Annotated[str, AfterValidator(_base_url)]
+
+
+def fhir_client(
+    *,
+    timeout_s: float,
+    verify: ssl.SSLContext | bool,
+    transport: httpx.AsyncBaseTransport | None,
+    base_url: str = "",
+) -> httpx.AsyncClient:
+    """The HTTP client of one FHIR adapter: FHIR JSON accepted, the engine named."""
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=timeout_s,
+        verify=verify,
+        transport=transport,
+        headers={"Accept": FHIR_JSON, "User-Agent": "hl7-engine"},
+    )
 
 
 def issue_code(resp: httpx.Response) -> str:

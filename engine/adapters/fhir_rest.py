@@ -48,13 +48,13 @@ from typing import Annotated, Any, Literal, Protocol
 
 import httpx
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from engine.adapters.auth import BearerAuth, OAuth2Auth, SmartBackendAuth
 from engine.adapters.auth import NoAuth as NoAuthConfig
 from engine.adapters.destination import DeliveryResult, Payload
 from engine.adapters.fhir_documents import Body, DocumentMode, DocumentWriter, PatientCache
-from engine.adapters.fhir_http import classify
+from engine.adapters.fhir_http import FHIR_JSON, BaseUrl, classify, fhir_client
 from engine.adapters.oauth2 import ClientCredentials, TokenError
 from engine.adapters.smart import SmartBackend
 from engine.errors import ConfigError
@@ -71,8 +71,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_FHIR_JSON = "application/fhir+json"
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -95,7 +93,7 @@ class FhirDestination(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    base_url: str
+    base_url: BaseUrl
     mode: Literal["transaction", "conditional"] = "transaction"
     auth: FhirAuth = Field(default_factory=NoAuthConfig)
     timeout_s: float = Field(default=30.0, gt=0)
@@ -108,13 +106,6 @@ class FhirDestination(BaseModel):
     mrn_system: str | None = Field(default=None, min_length=1, max_length=300)
     #: documents: how long a patient found by MRN is remembered (0: searched every time)
     patient_cache_ttl_s: float = Field(default=300.0, ge=0, le=86_400)
-
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"base_url {value!r} must start with http:// or https://")
-        return value.rstrip("/")
 
 
 class _Refused(Exception):
@@ -347,12 +338,11 @@ class FhirRestDestination:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(
+            self._client = fhir_client(
                 base_url=self.config.base_url + "/",
-                timeout=self.config.timeout_s,
+                timeout_s=self.config.timeout_s,
                 verify=self._verify,
                 transport=self._transport,
-                headers={"Accept": _FHIR_JSON, "User-Agent": "hl7-engine"},
             )
         return self._client
 
@@ -398,7 +388,7 @@ class FhirRestDestination:
         key = payload.idempotency_key + (f"/{part}" if part else "")
         h = {"X-Correlation-Id": key, "Idempotency-Key": key, **(headers or {})}
         if body is not None and "Content-Type" not in h:
-            h["Content-Type"] = payload.content_type or _FHIR_JSON
+            h["Content-Type"] = payload.content_type or FHIR_JSON
         for attempt in (1, 2):
             authorization = await self.auth.authorization(client)
             if authorization:

@@ -46,9 +46,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from engine.adapters.auth import NoAuth as NoAuthConfig
+from engine.adapters.fhir_http import BaseUrl, fhir_client
 from engine.adapters.fhir_rest import AuthProvider, FhirAuth, FhirDestination, auth_provider
 from engine.adapters.oauth2 import retry_after
 from engine.adapters.source import Pulled, SourceError
@@ -58,7 +59,6 @@ __all__ = ["FhirSource", "FhirSourceConfig"]
 
 log = logging.getLogger(__name__)
 
-_FHIR_JSON = "application/fhir+json"
 #: statuses waited out (with the server's Retry-After) before the pull gives up
 _WAIT_STATUSES = frozenset({429, 503})
 _WAITS = 3
@@ -73,7 +73,7 @@ class FhirSourceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    base_url: str
+    base_url: BaseUrl
     auth: FhirAuth = Field(default_factory=NoAuthConfig)
     timeout_s: float = Field(default=30.0, gt=0, le=300)
     verify_tls: bool = True
@@ -88,13 +88,6 @@ class FhirSourceConfig(BaseModel):
     #: only appointments with these statuses (``status=`` search); none: every status, so a
     #: cancelled appointment updates the one pulled booked before
     status: list[str] | None = None
-
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"base_url {value!r} must start with http:// or https://")
-        return value.rstrip("/")
 
 
 def _absolute(node: Any, base: str) -> Any:
@@ -165,11 +158,10 @@ class FhirSource:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=self.config.timeout_s,
+            self._client = fhir_client(
+                timeout_s=self.config.timeout_s,
                 verify=self.config.verify_tls,
                 transport=self._transport,
-                headers={"Accept": _FHIR_JSON, "User-Agent": "hl7-engine"},
             )
         return self._client
 
