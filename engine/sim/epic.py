@@ -54,7 +54,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.sim.epic_fhir import MRN_SYSTEM, EpicData, business_days, epic_fhir_routes
-from engine.sim.fhir_server import StubFhirState, create_stub_fhir_app
+from engine.sim.fhir_server import Failure, StubFhirState, create_stub_fhir_app, take_failure
 from engine.sim.server_thread import ServerThread
 
 __all__ = [
@@ -73,14 +73,6 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ALGORITHMS = ("RS384", "ES384")
 MAX_ASSERTION_S = 300
 MAX_FORM_BYTES = 64 * 1024
-
-
-@dataclass
-class _Failure:
-    status: int  # 200: only slow
-    count: int
-    retry_after: int | None
-    delay_s: float
 
 
 class _OAuthError(Exception):
@@ -108,7 +100,7 @@ class StubEpicState:
     #: the refusals of the token endpoint's next requests: (status, OAuth error)
     token_failures: list[tuple[int, str]] = field(default_factory=list)
     #: the injected answers of the FHIR API's next requests (:meth:`fail_next`)
-    failures: list[_Failure] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: Epic's side of the FHIR data (counts, Binary support), over ``fhir``
     data: EpicData = field(init=False)
@@ -142,17 +134,11 @@ class StubEpicState:
         """The next ``count`` FHIR requests answer ``status`` (with Retry-After when given),
         after ``delay_s``; status 200 only delays them."""
         with self.lock:
-            self.failures.append(_Failure(status, count, retry_after, delay_s))
+            self.failures.append(Failure(status, count, delay_s, retry_after))
 
-    def take_failure(self) -> _Failure | None:
+    def take_failure(self) -> Failure | None:
         with self.lock:
-            if not self.failures:
-                return None
-            failure = self.failures[0]
-            failure.count -= 1
-            if failure.count <= 0:
-                self.failures.pop(0)
-            return failure
+            return take_failure(self.failures)
 
     def grant_token(self) -> str:
         """A live access token without the OAuth dance (tests of the FHIR API only)."""
@@ -340,7 +326,7 @@ class _TokenGate:
         await self.app(scope, receive, send)
 
 
-def _injected(failure: _Failure) -> Response:
+def _injected(failure: Failure) -> Response:
     body = {
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "error", "code": "transient", "diagnostics": "injected failure"}],

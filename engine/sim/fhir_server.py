@@ -49,11 +49,13 @@ from starlette.routing import Route
 from engine.sim.server_thread import ServerThread
 
 __all__ = [
+    "Failure",
     "StubFhirServer",
     "StubFhirState",
     "create_stub_fhir_app",
     "run_stub_fhir",
     "running_stub_fhir",
+    "take_failure",
 ]
 
 _FHIR_JSON = "application/fhir+json"
@@ -71,11 +73,26 @@ class _Problem(Exception):
 
 
 @dataclass
-class _Failure:
+class Failure:
+    """An injected failure: the next ``count`` requests answer ``status`` after ``delay_s`` (200:
+    only slow), with Retry-After when ``retry_after`` is given (this stub's and Epic's)."""
+
     status: int
     count: int
     delay_s: float
     retry_after: int | None
+
+
+def take_failure(failures: list[Failure]) -> Failure | None:
+    """The failure the next request gets, if any (used up after ``count`` requests); the caller
+    holds its stub's lock."""
+    if not failures:
+        return None
+    failure = failures[0]
+    failure.count -= 1
+    if failure.count <= 0:
+        failures.pop(0)
+    return failure
 
 
 @dataclass
@@ -102,7 +119,7 @@ class StubFhirState:
     accepted_tokens: set[str] | None = None
     #: the Authorization header of every request received (tests check what was sent)
     authorizations: list[str | None] = field(default_factory=list)
-    failures: list[_Failure] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     #: Idempotency-Key -> (request fingerprint, status, body, headers) of its 2xx answer
     responses: dict[str, tuple[str, int, bytes, dict[str, str]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -128,7 +145,7 @@ class StubFhirState:
         """Answer the next ``count`` requests with ``status`` (after ``delay_s``; with a
         Retry-After header when ``retry_after`` is given)."""
         with self.lock:
-            self.failures.append(_Failure(status, count, delay_s, retry_after))
+            self.failures.append(Failure(status, count, delay_s, retry_after))
 
     def get(self, rtype: str, rid: str) -> dict[str, Any] | None:
         with self.lock:
@@ -140,14 +157,8 @@ class StubFhirState:
 
     # -- called with the lock held -----------------------------------------------------------
 
-    def _take_failure(self) -> _Failure | None:
-        if not self.failures:
-            return None
-        f = self.failures[0]
-        f.count -= 1
-        if f.count <= 0:
-            self.failures.pop(0)
-        return f
+    def _take_failure(self) -> Failure | None:
+        return take_failure(self.failures)
 
     def _find(self, rtype: str, token: str) -> list[str]:
         system, bar, value = token.partition("|")
