@@ -57,6 +57,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from engine.sim.epic_fhir import business_days  # the demo days, as the stub Epic books them
 from engine.sim.server_thread import ServerThread
 
 __all__ = [
@@ -125,16 +126,6 @@ class StubDocument:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-def _next_business_days(today: date, n: int) -> list[date]:
-    out: list[date] = []
-    day = today
-    while len(out) < n:
-        day += timedelta(days=1)
-        if day.weekday() < 5:
-            out.append(day)
-    return out
-
-
 @dataclass
 class StubAthenaState:
     """The stub's memory: clients, tokens, practices, patients, appointments, documents."""
@@ -196,7 +187,7 @@ class StubAthenaState:
             self.patients.clear()
             self.insurances.clear()
             self.appointments.clear()
-            days = _next_business_days(today or date.today(), 2)
+            days = business_days(today or date.today(), 2)
             for n, (mrn, last, first, dob, sex, member) in enumerate(_DEMO_PATIENTS):
                 pid = str(1001 + n)
                 self.patients[pid] = {
