@@ -459,16 +459,7 @@ class Operator(Repository):
 
     def _refused(self, action: str, who: Who, message_id: int, exc: Exception) -> None:
         """Record a refused replay or resend (its own transaction: the action's rolled back)."""
-        reason = f"no message {message_id}" if isinstance(exc, KeyError) else str(exc)
-        with self._tx() as conn:
-            audit(
-                conn,
-                action=action,
-                **_who(who),
-                message_id=message_id,
-                outcome="refused",
-                detail=reason,
-            )
+        _record_refused(self, action, who, message_id, exc, f"no message {message_id}")
 
 
 def _document_refused(
@@ -480,7 +471,20 @@ def _document_refused(
     exc: Exception,
 ) -> None:
     """Record a refused document action (its own transaction: the action's rolled back)."""
-    reason = f"no document {document_id}" if isinstance(exc, KeyError) else str(exc)
+    _record_refused(repo, action, who, message_id, exc, f"no document {document_id}")
+
+
+def _record_refused(
+    repo: Repository,
+    action: str,
+    who: Who,
+    message_id: int | None,
+    exc: Exception,
+    missing: str,
+) -> None:
+    """A refusal in the audit trail, in a transaction of its own: ``missing`` when the id was
+    unknown (``KeyError``), else the refusal's own words."""
+    reason = missing if isinstance(exc, KeyError) else str(exc)
     with repo._tx() as conn:
         audit(
             conn,
