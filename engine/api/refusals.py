@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import NoReturn
 
-from fastapi import HTTPException
+from fastapi import HTTPException, status
 
-from engine.store import ActionRefused
+from engine.api.ports import AuditPort
+from engine.store import ActionRefused, Who
 
-__all__ = ["answer_refusals"]
+__all__ = ["answer_refusals", "refuse_role"]
 
 
 @contextlib.contextmanager
@@ -27,3 +29,26 @@ def answer_refusals(missing: str, *invalid: type[Exception]) -> Iterator[None]:
         raise HTTPException(422, detail=str(exc)) from None
     except ActionRefused as exc:
         raise HTTPException(409, detail=str(exc)) from None
+
+
+def refuse_role(
+    port: AuditPort,
+    who: Who,
+    action: str,
+    needed: str,
+    *,
+    message_id: int | None = None,
+    subject: str = "",
+) -> NoReturn:
+    """A caller without the role ``needed``: the refusal recorded in the audit trail (``subject``
+    before the reason: ``document 7: ``), then 403."""
+    port.record_audit(
+        action=action,
+        actor=who.actor,
+        source=who.source,
+        peer=who.peer,
+        message_id=message_id,
+        outcome="refused",
+        detail=f"{subject}requires the {needed} role",
+    )
+    raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"requires the {needed} role")

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from engine.api.auth import Principal, Role, current_principal
 from engine.api.deps import MessagesDep, peer_of
 from engine.api.ports import AuditPort
-from engine.api.refusals import answer_refusals
+from engine.api.refusals import answer_refusals, refuse_role
 from engine.api.schemas import ResendAccepted
 from engine.store import (
     DocumentLine,
@@ -89,16 +89,9 @@ def _caller(
         if not any(principal.may(role) for role in roles):
             needed = " or ".join(role.value for role in roles)
             subject = request.path_params.get("document_id") if document else None
-            documents.record_audit(
-                action=action,
-                actor=who.actor,
-                source=who.source,
-                peer=who.peer,
-                message_id=None,
-                outcome="refused",
-                detail=(f"document {subject}: " if subject else "") + f"requires the {needed} role",
+            refuse_role(
+                documents, who, action, needed, subject=f"document {subject}: " if subject else ""
             )
-            raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"requires the {needed} role")
         return who, documents
 
     return dependency

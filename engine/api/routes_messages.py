@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 
 from engine.api.auth import Principal, Role, ViewerDep, current_principal
 from engine.api.deps import MessagesDep, SettingsDep, peer_of
-from engine.api.refusals import answer_refusals
+from engine.api.refusals import answer_refusals, refuse_role
 from engine.api.schemas import ReplayAccepted, ResendAccepted
 from engine.store import (
     MessageLine,
@@ -60,16 +60,7 @@ def _audited(role: Role, action: str) -> Callable[..., Who]:
     ) -> Who:
         who = Who(principal.subject, "api", peer_of(request))
         if not principal.may(role):
-            messages.record_audit(
-                action=action,
-                actor=who.actor,
-                source=who.source,
-                peer=who.peer,
-                message_id=message_id,
-                outcome="refused",
-                detail=f"requires the {role.value} role",
-            )
-            raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"requires the {role.value} role")
+            refuse_role(messages, who, action, role.value, message_id=message_id)
         return who
 
     return dependency
