@@ -15,6 +15,7 @@ import typer
 
 from engine.cli_messages import ID_MAX, _store, _who, _zone
 from engine.cli_support import (
+    ResendDestination,
     print_deliveries,
     print_json,
     print_resent,
@@ -150,10 +151,7 @@ def documents_match(
 @documents_app.command("resend")
 def documents_resend(
     document_id: Annotated[int, typer.Argument(help="document id", min=1, max=ID_MAX)],
-    destination: Annotated[
-        str | None,
-        typer.Option(help="resend to this destination only, even if it was delivered"),
-    ] = None,
+    destination: ResendDestination = None,
 ) -> None:
     """Send the document again as it was made, where it failed or waits for its patient (the
     EHR knows the patient now), or to one destination."""

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import typer
 
 from engine.cli_support import (
+    ResendDestination,
     open_store,
     print_deliveries,
     print_json,
@@ -240,7 +241,7 @@ def messages_replay(
     to the destinations the original was not delivered to (--all-destinations: to every route
     that takes them). The original becomes 'replayed', so replaying a state twice replays
     nothing the second time. To send the same payload again, use `engine messages resend`."""
-    from engine.store import MESSAGE_STATES, ActionRefused
+    from engine.store import MESSAGE_STATES
 
     if message_id is None and state is None:
         raise EngineError("give a message id or --state")
@@ -258,12 +259,8 @@ def messages_replay(
     with _store() as store:
         ids = [message_id] if message_id is not None else store.ids_in_state(state or "")
         for mid in ids:
-            try:
+            with store_action(f"no message {mid}"):
                 done = store.replay_message(mid, who, everywhere=all_destinations)
-            except KeyError:
-                raise EngineError(f"no message {mid}") from None
-            except ActionRefused as exc:
-                raise EngineError(str(exc)) from None
             typer.echo(f"message {mid} ({done.original_state}) replayed as {done.message_id}")
     if not ids:
         typer.echo(f"no message in state {state}")
@@ -272,10 +269,7 @@ def messages_replay(
 @messages_app.command("resend")
 def messages_resend(
     message_id: Annotated[int, typer.Argument(help="message id", min=1, max=ID_MAX)],
-    destination: Annotated[
-        str | None,
-        typer.Option(help="resend to this destination only, even if it was delivered"),
-    ] = None,
+    destination: ResendDestination = None,
 ) -> None:
     """Send a message's dead deliveries again (or its delivery to one destination), with the
     payload made the first time: nothing goes to the destinations that had it."""

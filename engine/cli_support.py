@@ -6,9 +6,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 __all__ = [
+    "ResendDestination",
     "open_store",
     "print_deliveries",
     "print_json",
@@ -16,6 +19,13 @@ __all__ = [
     "print_table",
     "safe_url",
     "store_action",
+]
+
+
+#: ``resend``'s option, for messages and documents alike
+ResendDestination = Annotated[
+    str | None,
+    typer.Option(help="resend to this destination only, even if it was delivered"),
 ]
 
 
