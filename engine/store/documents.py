@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from engine.documents.model import DocumentInfo
@@ -33,6 +33,7 @@ from engine.store.db import Repository, utcnow
 from engine.store.tables import document_blobs, document_chunks, documents, messages
 
 __all__ = [
+    "purge_documents_of",
     "CHUNK_BYTES",
     "REFUSED_HEAD_BYTES",
     "DocumentChanged",
@@ -384,3 +385,48 @@ class Documents(Repository):
             with self.db_engine.connect() as conn:
                 data = conn.execute(self._CHUNK, {"sha": sha256, "seq": seq}).scalar_one()
             yield bytes(data)
+
+
+def _refused_hashes(conn: Connection, candidates: set[str]) -> set[str]:
+    """Of ``candidates``, the SHA-256s whose bytes a refused upload still keeps (its ``messages``
+    row, kind ``document`` in state ``error``, names them in its JSON): refusals are never
+    purged, so neither are the bytes they kept."""
+    kept: set[str] = set()
+    rows = conn.execute(
+        select(messages.c.raw).where(messages.c.kind == "document", messages.c.state == "error")
+    )
+    for (raw,) in rows:
+        try:
+            sha = orjson.loads(bytes(raw)).get("sha256")
+        except (orjson.JSONDecodeError, AttributeError):
+            continue
+        if sha in candidates:
+            kept.add(sha)
+    return kept
+
+
+def purge_documents_of(conn: Connection, message_ids: Sequence[int]) -> int:
+    """Retention, in the transaction that purges ``message_ids``: their documents go with them,
+    and so do the bytes no other document (nor a kept refusal) still needs. Returns how many
+    documents were purged. A document whose message is not purged (waiting for its patient,
+    dead, replayed onto a copy that is not delivered) keeps its row and its bytes."""
+    if not message_ids:
+        return 0
+    rows = conn.execute(
+        select(documents.c.id, documents.c.sha256).where(documents.c.message_id.in_(message_ids))
+    ).all()
+    if not rows:
+        return 0
+    conn.execute(delete(documents).where(documents.c.id.in_([r.id for r in rows])))
+    hashes = {r.sha256 for r in rows}
+    still = set(
+        conn.execute(
+            select(documents.c.sha256).where(documents.c.sha256.in_(hashes)).distinct()
+        ).scalars()
+    )
+    gone = hashes - still
+    gone -= _refused_hashes(conn, gone)
+    if gone:
+        conn.execute(delete(document_chunks).where(document_chunks.c.sha256.in_(gone)))
+        conn.execute(delete(document_blobs).where(document_blobs.c.sha256.in_(gone)))
+    return len(rows)

@@ -37,6 +37,7 @@ from sqlalchemy import (
 from engine.store.clean import clean, clean_key, clean_lines
 from engine.store.db import Repository, aware, id_list, utcnow
 from engine.store.deliveries import NewDelivery, deliveries_of, queue_deliveries
+from engine.store.documents import purge_documents_of
 from engine.store.index import IndexedResource, upsert_resources
 from engine.store.tables import deliveries, messages
 from engine.store.views import MessageView
@@ -464,7 +465,9 @@ class MessageStore(Repository):
         """Retention: delete messages delivered (or unrouted) before the cutoff, with their
         deliveries, and replayed originals whose copies are delivered or gone (a chain of
         replays goes one link a run). Messages not delivered (received, routed, error, dead)
-        are never purged, nor the original of a copy that is not delivered yet."""
+        are never purged, nor the original of a copy that is not delivered yet. A purged
+        document message takes its document along, and its bytes when nothing else needs them
+        (``purge_documents_of``)."""
         cutoff = utcnow() - older_than
         copy = messages.alias("copy")
         unfinished_copy = (
@@ -490,5 +493,6 @@ class MessageStore(Repository):
             if not ids:
                 return 0
             conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(ids)))
+            purge_documents_of(conn, ids)
             conn.execute(delete(messages).where(messages.c.id.in_(ids)))
             return len(ids)
