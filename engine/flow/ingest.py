@@ -183,7 +183,13 @@ class Ingest:
         control_id = message.control_id
         problem = header_problem(message)
         if problem is None and self.routes is not None:
-            problem = self.routes.refuse(message)
+            if message.msh.get(9, 1, 1) == "MDM":
+                # an MDM's document is decoded and its type checked before the ACK (megabytes of
+                # base64: up to a second): off the event loop, so other connections' messages
+                # are acknowledged meanwhile; every other message's check stays inline (cheap)
+                problem = await asyncio.to_thread(self.routes.refuse, message)
+            else:
+                problem = self.routes.refuse(message)
         header = _header_of(message)
         item = Incoming(
             raw=raw,
