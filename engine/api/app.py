@@ -34,6 +34,7 @@ from engine.api.deps import ApiContext, HealthDep
 from engine.api.metrics import metrics_router
 from engine.api.ports import HealthPort, IngestPort, MessagesPort
 from engine.api.unexpected import UnexpectedErrors
+from engine.console.router import mount_console
 from engine.metrics import EngineMetrics
 from engine.settings import Settings
 
@@ -92,5 +93,6 @@ def create_app(
     app.include_router(routes_admin.router)
     app.include_router(routes_jwks.router)
     app.include_router(metrics_router(require_token=auth.metrics_require_token))
+    mount_console(app)
     app.add_middleware(UnexpectedErrors)
     return app

@@ -67,6 +67,8 @@ class Role(StrEnum):
     ADMIN = "admin"
     INTEGRATION = "integration"
     VIEWER = "viewer"
+    #: the console's front desk: the eligibility worklist, document upload and patient match
+    FRONT_DESK = "front-desk"
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class AuditPort(Protocol):
         outcome: str,
         detail: str | None = None,
         peer: str | None = None,
+        patient_key: str | None = None,
     ) -> None:
         """Record an action in the audit trail (a payload read, a refusal)."""
         ...

@@ -27,8 +27,31 @@ ACTIONS = frozenset(
         "match-document",
         "view-document",
         "list-documents",
+        # the console (issue 13): views of patient data, and what users and admins did
+        "search-messages",
+        "view-message",
+        "view-worklist",
+        "recheck-eligibility",
+        "upload-document",
+        "view-report",
+        "workbench",
+        "mark-handled",
+        "reprocess",
+        "reload",
+        "login",
+        "login-failed",
+        "logout",
+        "session-expired",
+        "user-add",
+        "user-change",
+        "user-disable",
+        "view-audit",
+        "export-audit",
+        "alert",
     }
 )
+#: where an action came from
+SOURCES = frozenset({"cli", "api", "console", "engine"})
 OUTCOMES = frozenset({"ok", "refused", "error"})
 
 _WIDTHS = {c.name: getattr(c.type, "length", None) for c in audit_log.columns}
@@ -45,13 +68,15 @@ def audit(
     outcome: str,
     detail: str | None = None,
     peer: str | None = None,
+    patient_key: str | None = None,
 ) -> None:
     """Record one action in the caller's transaction (so a resend and its record commit
-    together); the message's patient key is read here."""
+    together); the message's patient key is read here, unless ``patient_key`` names the
+    patient (a search by MRN, a worklist: no one message)."""
     if action not in ACTIONS or outcome not in OUTCOMES:
         raise ValueError(f"audit: unknown action {action!r} or outcome {outcome!r}")
-    patient = None
-    if message_id is not None:
+    patient = patient_key
+    if patient is None and message_id is not None:
         patient = conn.execute(_PATIENT_OF, {"mid": message_id}).scalar_one_or_none()
     conn.execute(
         insert(audit_log).values(
@@ -81,6 +106,7 @@ class Audit(Repository):
         outcome: str,
         detail: str | None = None,
         peer: str | None = None,
+        patient_key: str | None = None,
     ) -> None:
         """Record an action taken outside a store transaction (a payload view, a refusal)."""
         with self._tx() as conn:
@@ -93,6 +119,7 @@ class Audit(Repository):
                 outcome=outcome,
                 detail=detail,
                 peer=peer,
+                patient_key=patient_key,
             )
 
     def audit_entries(self, *, limit: int = 50, message_id: int | None = None) -> list[AuditEntry]:

@@ -1,0 +1,9 @@
+"""The console: users (admin; owner: console-auth)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+__all__ = ["router"]
+
+router = APIRouter()

@@ -1,0 +1,9 @@
+"""The console: mapping workbench (owner: front-office pages)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+__all__ = ["router"]
+
+router = APIRouter()

@@ -1,0 +1,20 @@
+"""Indexes the console's pages stand on (issue 13, search and scale): a placeholder.
+
+Revision ID: 0014
+Revises: 0013
+"""
+
+from __future__ import annotations
+
+revision = "0014"
+down_revision = "0013"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
