@@ -1,4 +1,4 @@
-"""Indexes the console's pages stand on (issue 13, search and scale): a placeholder.
+"""The console's message actions and figures (issue 13, ops pages): a placeholder.
 
 Revision ID: 0014
 Revises: 0013
