@@ -7,7 +7,7 @@ Revises: 0014
 from __future__ import annotations
 
 revision = "0015"
-down_revision = "0015"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
