@@ -25,6 +25,7 @@ store failed: nothing was kept, send again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from engine.api.auth import IntegrationDep
 from engine.api.deps import MetricsDep, peer_of
 from engine.documents.intake import (
+    Accepted,
     DocumentFields,
     DocumentIntake,
     DocumentRefused,
@@ -46,7 +48,7 @@ from engine.documents.intake import (
 if TYPE_CHECKING:  # defined for type checkers only
     from python_multipart.multipart import MultipartCallbacks
 
-__all__ = ["FORM_FIELDS", "router"]
+__all__ = ["FORM_FIELDS", "BeforeFile", "receive_upload", "router"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,11 @@ class _FormProblem(Exception):
     """The multipart form is not what POST /documents takes."""
 
 
+#: called with the text fields read so far when the ``file`` part begins (the console's upload
+#: checks its CSRF token there, before a byte of the document is spooled); it raises to refuse
+BeforeFile = Callable[[dict[str, str]], None]
+
+
 def _base_name(value: str) -> str:
     """A part's file name without any folder (a browser on Windows may send ``C:\\...``)."""
     return PureWindowsPath(PurePosixPath(value).name).name[:255]
@@ -92,8 +99,17 @@ class _Form:
     """A multipart body parsed as it arrives: text fields kept (small, counted), the ``file``
     part written to the spool. Fed from a worker thread."""
 
-    def __init__(self, boundary: bytes, spool: Spool) -> None:
+    def __init__(
+        self,
+        boundary: bytes,
+        spool: Spool,
+        *,
+        extra_fields: frozenset[str] = frozenset(),
+        before_file: BeforeFile | None = None,
+    ) -> None:
         self.spool = spool
+        self.extra_fields = extra_fields
+        self.before_file = before_file
         self.fields: dict[str, str] = {}
         self.file_name: str | None = None
         self.files = 0
@@ -161,11 +177,13 @@ class _Form:
             self.files += 1
             if self.files > 1:
                 raise _FormProblem("one file per request (the form has several 'file' parts)")
+            if self.before_file is not None:
+                self.before_file(self.fields)
             self._is_file = True
             filename = options.get(b"filename")
             if filename:
                 self.file_name = _base_name(filename.decode("utf-8", "replace")) or None
-        elif self._name not in FORM_FIELDS:
+        elif self._name not in FORM_FIELDS and self._name not in self.extra_fields:
             raise _FormProblem(
                 f"unknown form field {self._name[:64]!r} (the form takes file and "
                 f"{', '.join(sorted(FORM_FIELDS))})"
@@ -212,34 +230,58 @@ async def post_document(
 ) -> JSONResponse:
     """Store one uploaded document; answer with its ids once committed."""
     intake = _intake(request)
+    who: dict[str, Any] = {"channel": "http", "sender": principal.subject, "peer": peer_of(request)}
+    try:
+        accepted = await receive_upload(request, intake, who, metrics)
+    except DocumentRefused as refused:
+        return _refused(refused)
+    except StoreUnavailable as exc:
+        return _unavailable(exc)
+    return JSONResponse(accepted.to_dict(), status_code=200 if accepted.duplicate else 201)
+
+
+async def receive_upload(
+    request: Request,
+    intake: DocumentIntake,
+    who: dict[str, Any],
+    metrics: MetricsDep,
+    *,
+    extra_fields: frozenset[str] = frozenset(),
+    before_file: BeforeFile | None = None,
+) -> Accepted:
+    """Read the request's multipart body into ``intake`` (see the module docstring): the one
+    upload path of ``POST /documents`` and the console's Documents page. ``who`` is the
+    intake's ``channel``, ``sender`` and ``peer``; ``extra_fields`` are form fields taken
+    besides :data:`FORM_FIELDS` (and left out of the document's metadata); ``before_file`` is
+    called when the file part begins (whatever it raises is raised from here, nothing kept).
+
+    Raises HTTPException 415 for a body that is not multipart, DocumentRefused (recorded)
+    for a document refused, StoreUnavailable when the store failed."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if ctype.lower() != b"multipart/form-data" or not boundary:
         raise HTTPException(
             415, detail="content-type must be multipart/form-data (with a boundary)"
         )
-    who: dict[str, Any] = {"channel": "http", "sender": principal.subject, "peer": peer_of(request)}
     try:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isascii() and declared.isdigit():
             limit = intake.max_bytes + _FORM_SLACK
             if len(declared.lstrip("0")) > len(str(limit)) or int(declared) > limit:
                 metrics.record_error("receive")
-                return _refused(
-                    await intake.refuse(
-                        f"document larger than the {intake.max_bytes}-byte limit "
-                        "(ENGINE_MAX_DOCUMENT_BYTES): refused unread (Content-Length "
-                        f"{declared[:20]})",
-                        kind="size",
-                        fields=DocumentFields(),
-                        size=int(declared) if len(declared) < 19 else 0,
-                        **who,
-                    )
+                raise await intake.refuse(
+                    f"document larger than the {intake.max_bytes}-byte limit "
+                    "(ENGINE_MAX_DOCUMENT_BYTES): refused unread (Content-Length "
+                    f"{declared[:20]})",
+                    kind="size",
+                    fields=DocumentFields(),
+                    size=int(declared) if len(declared) < 19 else 0,
+                    **who,
                 )
-        return await _receive(request, intake, boundary, who, metrics)
-    except StoreUnavailable as exc:
+        return await _receive(request, intake, boundary, who, metrics, extra_fields, before_file)
+    except StoreUnavailable:
         metrics.record_error("store")
-        return _unavailable(exc)
+        raise
 
 
 async def _receive(
@@ -248,10 +290,12 @@ async def _receive(
     boundary: bytes,
     who: dict[str, Any],
     metrics: MetricsDep,
-) -> JSONResponse:
+    extra_fields: frozenset[str],
+    before_file: BeforeFile | None,
+) -> Accepted:
     spool = await intake.run(intake.spool)
     try:
-        form = _Form(boundary, spool)
+        form = _Form(boundary, spool, extra_fields=extra_fields, before_file=before_file)
         try:
             # the body's pieces are handed to a thread a few at a time (one hop per 256 KiB,
             # not one per 64 KiB read), and each at once past the cap (a sender that stops
@@ -274,17 +318,15 @@ async def _receive(
                     await intake.run(form.feed_all, pending)
             if received > body_limit and not spool.over:
                 metrics.record_error("receive")
-                return _refused(
-                    await intake.refuse(
-                        f"request body larger than the {intake.max_bytes}-byte limit "
-                        f"(ENGINE_MAX_DOCUMENT_BYTES) and {_FORM_SLACK} bytes for the form: "
-                        "refused unread past that",
-                        kind="size",
-                        fields=_fields(form.fields),
-                        spool=spool,
-                        file_name=form.file_name,
-                        **who,
-                    )
+                raise await intake.refuse(
+                    f"request body larger than the {intake.max_bytes}-byte limit "
+                    f"(ENGINE_MAX_DOCUMENT_BYTES) and {_FORM_SLACK} bytes for the form: "
+                    "refused unread past that",
+                    kind="size",
+                    fields=_fields(form.fields),
+                    spool=spool,
+                    file_name=form.file_name,
+                    **who,
                 )
             if not spool.over:
                 form.finish()
@@ -292,24 +334,22 @@ async def _receive(
                     raise _FormProblem("the form has no 'file' part (the document)")
         except _FormProblem as problem:
             metrics.record_error("receive")
-            return _refused(
-                await intake.refuse(
-                    str(problem),
-                    kind="metadata",
-                    fields=_fields(form.fields),
-                    spool=spool,
-                    file_name=form.file_name,
-                    **who,
-                )
-            )
+            raise await intake.refuse(
+                str(problem),
+                kind="metadata",
+                fields=_fields(form.fields),
+                spool=spool,
+                file_name=form.file_name,
+                **who,
+            ) from None
         try:
             accepted = await intake.accept_spooled(
                 spool, _fields(form.fields), file_name=form.file_name, **who
             )
-        except DocumentRefused as refused:
+        except DocumentRefused:
             metrics.record_error("receive")
-            return _refused(refused)
+            raise
         metrics.record_receipt(channel="http", ack_code=None, stored=not accepted.duplicate)
-        return JSONResponse(accepted.to_dict(), status_code=200 if accepted.duplicate else 201)
+        return accepted
     finally:
         await intake.run(spool.discard)
