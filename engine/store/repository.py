@@ -16,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from engine.store.audit import Audit
+from engine.store.console_stats import ConsoleStats
 from engine.store.deliveries import Deliveries
 from engine.store.documents import Documents
 from engine.store.eligibility import EligibilityChecks
@@ -41,6 +42,7 @@ class SqlMessageStore(
     Audit,
     Nodes,
     Documents,
+    ConsoleStats,
 ):
     """The message store on a SQLAlchemy engine: messages, deliveries, the resource index,
     eligibility checks, the operator's search, replay and resend, documents' matching, and the

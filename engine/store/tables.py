@@ -63,12 +63,14 @@ from sqlalchemy import (
 __all__ = [
     "audit_log",
     "deliveries",
+    "destination_breakers",
     "document_blobs",
     "document_chunks",
     "documents",
     "eligibility_checks",
     "fhir_resources",
     "job_runs",
+    "message_handled",
     "messages",
     "metadata",
     "nodes",
@@ -138,6 +140,8 @@ deliveries = Table(
     Index("ix_deliveries_due", "state", "next_attempt_at"),
     Index("ix_deliveries_order", "destination", "patient_key", "state", "id"),
     Index("ix_deliveries_message", "message_id"),
+    #: the console's counts per route and destination over a time window (index-only)
+    Index("ix_deliveries_created", "created_at", "route", "destination", "state"),
 )
 
 
@@ -286,4 +290,28 @@ document_chunks = Table(
     Column("sha256", String(64), primary_key=True),
     Column("seq", Integer, primary_key=True),
     Column("data", LargeBinary, nullable=False),
+)
+
+
+#: an error or dead message an operator acknowledged in the console ("mark handled", issue 13)
+message_handled = Table(
+    "message_handled",
+    metadata,
+    Column("message_id", _ID, ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True),
+    Column("handled_at", DateTime(timezone=True), nullable=False),
+    Column("handled_by", String(255), nullable=False),
+    Column("note", String(500), nullable=True),
+)
+
+#: each worker node's circuit breaker per destination, written when it opens or closes
+#: (engine/flow/deliver.py) so the console's dashboard can show it (issue 13)
+destination_breakers = Table(
+    "destination_breakers",
+    metadata,
+    Column("destination", String(128), primary_key=True),
+    Column("node", String(64), primary_key=True),
+    Column("state", String(8), nullable=False),  # open, closed
+    Column("failures", Integer, nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    Column("last_error", String(500), nullable=True),
 )

@@ -1,0 +1,605 @@
+"""What the console's operations pages read and write (issue 13): the dashboard's figures, one
+message in full, "mark handled", and the worker's circuit breakers.
+
+Every dashboard query is bounded by time and stands on an index, so it costs the same on a
+million stored messages as on a hundred (what it reads grows with the traffic of the window, not
+with the table):
+
+========================================  ===================================================
+deliveries made in the last hour / day,   ``ix_deliveries_created (created_at, route,
+per route, destination and state          destination, state)``: read from the index alone
+messages received per state, the ingest   ``ix_messages_received (received_at, id)``
+rate per minute / hour
+the queue (pending, waiting) per          ``ix_deliveries_due (state, next_attempt_at)``
+destination, dead letters, last error
+tomorrow's eligibility                    ``ix_eligibility_day (service_date, id)``
+breakers                                  ``destination_breakers`` (a row per destination and
+                                          worker node; the nodes' heartbeats say which live)
+========================================  ===================================================
+
+The breaker lives in the worker process (engine/flow/deliver.py, :class:`~engine.retry.
+CircuitBreaker`); the dispatcher writes a row here when one opens or closes (never on every
+delivery), so the dashboard shows what the worker does without asking it.
+
+The ACK is not stored: the engine builds it from the stored message's id and receive time, so
+the console builds the same bytes again (:func:`engine.console.er7.rebuilt_ack`).
+
+Incomplete: a delivery keeps its attempt count and its last error only (not every attempt's);
+a resend's row links to the delivery it replaces, so the chain shows earlier errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    String,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    select,
+)
+
+from engine.store.audit import audit
+from engine.store.db import Repository, aware, id_list, utcnow
+from engine.store.nodes import DEAD_AFTER
+from engine.store.operator import ActionRefused, Who
+from engine.store.tables import (
+    deliveries,
+    destination_breakers,
+    eligibility_checks,
+    message_handled,
+    messages,
+    nodes,
+)
+
+__all__ = [
+    "HANDLEABLE_STATES",
+    "Breaker",
+    "ConsoleStats",
+    "DeliveryDetail",
+    "DestinationFigures",
+    "Handled",
+    "MessageDetail",
+    "RouteFigures",
+    "WindowCounts",
+]
+
+#: the message states an operator may mark handled: what needs a person and got one
+HANDLEABLE_STATES = ("error", "dead", "unrouted", "needs-patient")
+#: a delivery's payload shown on the message page at most (a document's envelope may be large)
+PAYLOAD_SHOWN_BYTES = 256 * 1024
+#: how much of a breaker's last error is kept
+_ERROR_CHARS = 500
+
+
+@dataclass
+class WindowCounts:
+    """Deliveries made in a window and where they stand now."""
+
+    made: int = 0
+    delivered: int = 0
+    dead: int = 0
+    needs_patient: int = 0
+    queued: int = 0
+    resent: int = 0
+
+    @property
+    def errors(self) -> int:
+        return self.dead + self.needs_patient
+
+    def add(self, state: str, n: int) -> None:
+        self.made += n
+        if state == "delivered":
+            self.delivered += n
+        elif state == "dead":
+            self.dead += n
+        elif state == "needs-patient":
+            self.needs_patient += n
+        elif state in ("pending", "waiting"):
+            self.queued += n
+        elif state == "resent":
+            self.resent += n
+
+
+@dataclass(frozen=True)
+class Breaker:
+    """A destination's circuit breaker as the live worker nodes last reported it."""
+
+    open: bool
+    since: datetime
+    failures: int
+    last_error: str | None
+
+
+@dataclass
+class RouteFigures:
+    """One route and destination: its deliveries of the last hour and of the last day."""
+
+    route: str
+    destination: str
+    hour: WindowCounts = field(default_factory=WindowCounts)
+    day: WindowCounts = field(default_factory=WindowCounts)
+
+
+@dataclass
+class DestinationFigures:
+    """One destination now: its queue, dead letters, breaker and last error."""
+
+    destination: str
+    queued: int = 0
+    oldest_age_s: float | None = None
+    dead: int = 0
+    breaker: Breaker | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Handled:
+    """An operator's "mark handled" of a message."""
+
+    message_id: int
+    handled_at: datetime
+    handled_by: str
+    note: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryDetail:
+    """One delivery of a message, its payload included (the message page shows it)."""
+
+    id: int
+    destination: str
+    route: str
+    kind: str
+    content_type: str
+    state: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    resend_of: int | None
+    #: the payload, at most PAYLOAD_SHOWN_BYTES of it
+    payload: bytes
+    payload_size: int
+
+
+@dataclass(frozen=True)
+class MessageDetail:
+    """One message in full: metadata, the bytes as received, every delivery, the operator's mark."""
+
+    id: int
+    received_at: datetime
+    channel: str
+    peer: str
+    kind: str
+    size: int
+    control_id: str | None
+    message_type: str | None
+    trigger: str | None
+    structure: str | None
+    sender: str | None
+    patient_key: str | None
+    state: str
+    reason: str | None
+    warnings: tuple[str, ...]
+    replay_of: int | None
+    raw: bytes
+    deliveries: tuple[DeliveryDetail, ...]
+    handled: Handled | None
+
+    @property
+    def destinations(self) -> list[str]:
+        """The destinations the message has (a resend may name one of them)."""
+        return sorted({d.destination for d in self.deliveries})
+
+
+_WINDOW = (
+    select(
+        deliveries.c.route,
+        deliveries.c.destination,
+        deliveries.c.state,
+        func.count().label("n"),
+    )
+    .where(deliveries.c.created_at >= bindparam("since"))
+    .group_by(deliveries.c.route, deliveries.c.destination, deliveries.c.state)
+)
+_RECEIVED = (
+    select(messages.c.state, func.count().label("n"))
+    .where(messages.c.received_at >= bindparam("since"))
+    .group_by(messages.c.state)
+)
+_QUEUE = (
+    select(
+        deliveries.c.destination,
+        func.count().label("n"),
+        func.min(deliveries.c.created_at).label("oldest"),
+    )
+    .where(deliveries.c.state.in_(("pending", "waiting")))
+    .group_by(deliveries.c.destination)
+)
+_DEAD = (
+    select(deliveries.c.destination, func.count().label("n"))
+    .select_from(
+        deliveries.outerjoin(
+            message_handled, message_handled.c.message_id == deliveries.c.message_id
+        )
+    )
+    .where(deliveries.c.state == "dead", message_handled.c.message_id.is_(None))
+    .group_by(deliveries.c.destination)
+)
+#: the newest failed or retrying delivery with an error, per destination (of the last day)
+_LAST_FAILED = (
+    select(deliveries.c.destination, func.max(deliveries.c.id).label("id"))
+    .where(
+        deliveries.c.state.in_(("pending", "dead", "needs-patient")),
+        deliveries.c.last_error.is_not(None),
+        deliveries.c.created_at >= bindparam("since"),
+    )
+    .group_by(deliveries.c.destination)
+)
+_ERRORS_OF = select(deliveries.c.id, deliveries.c.last_error, deliveries.c.created_at).where(
+    deliveries.c.id.in_(id_list())
+)
+_BREAKERS = (
+    select(destination_breakers)
+    .select_from(destination_breakers.join(nodes, nodes.c.id == destination_breakers.c.node))
+    .where(nodes.c.heartbeat_at >= bindparam("alive_since"))
+    .order_by(destination_breakers.c.changed_at)
+)
+_ELIGIBILITY = (
+    select(
+        eligibility_checks.c.id,
+        eligibility_checks.c.appointment_url,
+        eligibility_checks.c.patient_url,
+        eligibility_checks.c.status,
+    )
+    .where(eligibility_checks.c.service_date == bindparam("day"))
+    .order_by(eligibility_checks.c.id)
+)
+_MESSAGE = select(
+    messages.c.id,
+    messages.c.received_at,
+    messages.c.channel,
+    messages.c.peer,
+    messages.c.kind,
+    messages.c.size,
+    messages.c.control_id,
+    messages.c.message_type,
+    messages.c.trigger,
+    messages.c.structure,
+    messages.c.sending_application,
+    messages.c.sending_facility,
+    messages.c.patient_key,
+    messages.c.state,
+    messages.c.reason,
+    messages.c.warnings,
+    messages.c.replay_of,
+    messages.c.raw,
+).where(messages.c.id == bindparam("mid"))
+_DELIVERIES = (
+    select(
+        deliveries.c.id,
+        deliveries.c.destination,
+        deliveries.c.route,
+        deliveries.c.kind,
+        deliveries.c.content_type,
+        deliveries.c.state,
+        deliveries.c.attempts,
+        deliveries.c.last_error,
+        deliveries.c.created_at,
+        deliveries.c.next_attempt_at,
+        deliveries.c.delivered_at,
+        deliveries.c.resend_of,
+        func.substr(deliveries.c.payload, 1, PAYLOAD_SHOWN_BYTES).label("payload"),
+        func.length(deliveries.c.payload).label("payload_size"),
+    )
+    .where(deliveries.c.message_id == bindparam("mid"))
+    .order_by(deliveries.c.id)
+)
+_HANDLED = select(message_handled).where(message_handled.c.message_id.in_(id_list()))
+
+
+def _bucket(db: str, span: str) -> ColumnElement[Any]:
+    """The start of a received time's minute or hour, as text, in the database's own terms.
+
+    PostgreSQL: ``date_trunc`` of the UTC wall time. SQLite keeps the UTC wall time as text
+    (``2026-12-03 11:58:07.123456``): its first 13 or 16 characters are the hour or minute."""
+    if db == "postgresql":
+        unit = "hour" if span == "day" else "minute"
+        utc = func.timezone("UTC", messages.c.received_at)
+        return cast(func.date_trunc(unit, utc), String)
+    return func.substr(messages.c.received_at, 1, 13 if span == "day" else 16)
+
+
+def _bucket_start(text: str) -> datetime:
+    """A bucket's text (either database) as an aware UTC time."""
+    text = text.strip().replace("T", " ")
+    if len(text) == 13:  # SQLite's hour
+        text += ":00"
+    return aware(datetime.fromisoformat(text[:16]))
+
+
+class ConsoleStats(Repository):
+    """The console's reads and writes for the dashboard and the message page."""
+
+    # -- the dashboard ----------------------------------------------------------------------
+
+    def route_figures(self, now: datetime | None = None) -> list[RouteFigures]:
+        """Per route and destination, the deliveries made in the last hour and day and where
+        each stands now; sorted by route, then destination."""
+        now = now or utcnow()
+        out: dict[tuple[str, str], RouteFigures] = {}
+        with self.db_engine.connect() as conn:
+            for r in conn.execute(_WINDOW, {"since": now - timedelta(days=1)}):
+                key = (r.route, r.destination)
+                out.setdefault(key, RouteFigures(*key)).day.add(r.state, int(r.n))
+            for r in conn.execute(_WINDOW, {"since": now - timedelta(hours=1)}):
+                key = (r.route, r.destination)
+                out.setdefault(key, RouteFigures(*key)).hour.add(r.state, int(r.n))
+        return [out[k] for k in sorted(out)]
+
+    def received_counts(self, since: datetime) -> dict[str, int]:
+        """Messages received since ``since``, per state they are in now."""
+        with self.db_engine.connect() as conn:
+            return {r.state: int(r.n) for r in conn.execute(_RECEIVED, {"since": since})}
+
+    def destination_figures(self, now: datetime | None = None) -> dict[str, DestinationFigures]:
+        """Per destination with anything to show: its queue and the age of the oldest waiting
+        delivery, its dead letters (of messages not marked handled), its breaker as the live
+        worker nodes report it, and its last error of the last day."""
+        now = now or utcnow()
+        out: dict[str, DestinationFigures] = {}
+
+        def of(name: str) -> DestinationFigures:
+            return out.setdefault(name, DestinationFigures(name))
+
+        with self.db_engine.connect() as conn:
+            for r in conn.execute(_QUEUE):
+                figures = of(r.destination)
+                figures.queued = int(r.n)
+                figures.oldest_age_s = max(0.0, (now - aware(r.oldest)).total_seconds())
+            for r in conn.execute(_DEAD):
+                of(r.destination).dead = int(r.n)
+            last = {
+                r.id: r.destination
+                for r in conn.execute(_LAST_FAILED, {"since": now - timedelta(days=1)})
+            }
+            if last:
+                for r in conn.execute(_ERRORS_OF, {"ids": list(last)}):
+                    figures = of(last[r.id])
+                    figures.last_error = _first_line(r.last_error)
+                    figures.last_error_at = aware(r.created_at)
+            for name, breaker in self._breakers(conn, now).items():
+                of(name).breaker = breaker
+        return out
+
+    def ingest_rate(self, span: str, now: datetime | None = None) -> list[tuple[datetime, int]]:
+        """Messages received per hour over the last day (``span`` ``day``: 24 buckets) or per
+        minute over the last hour (``hour``: 60 buckets), oldest first, empty buckets as 0."""
+        if span not in ("day", "hour"):
+            raise ValueError(f"span is day or hour, not {span!r}")
+        now = now or utcnow()
+        step = timedelta(hours=1) if span == "day" else timedelta(minutes=1)
+        count = 24 if span == "day" else 60
+        top = now.replace(minute=0 if span == "day" else now.minute, second=0, microsecond=0)
+        starts = [top - step * (count - 1 - i) for i in range(count)]
+        bucket = _bucket(self.db_engine.dialect.name, span).label("bucket")
+        statement = (
+            select(bucket, func.count().label("n"))
+            .where(messages.c.received_at >= starts[0])
+            .group_by(bucket)
+        )
+        with self.db_engine.connect() as conn:
+            seen = {_bucket_start(str(r.bucket)): int(r.n) for r in conn.execute(statement)}
+        return [(s, seen.get(s, 0)) for s in starts]
+
+    def eligibility_summary(self, day: date) -> dict[str, int]:
+        """The verdicts of a day's appointments (the latest check of each), counted."""
+        latest: dict[str, str] = {}
+        with self.db_engine.connect() as conn:
+            for r in conn.execute(_ELIGIBILITY, {"day": day}):
+                latest[r.appointment_url or r.patient_url] = r.status
+        counts: dict[str, int] = {}
+        for status in latest.values():
+            counts[status] = counts.get(status, 0) + 1
+        return dict(sorted(counts.items()))
+
+    # -- the breakers -----------------------------------------------------------------------
+
+    def record_breaker(
+        self,
+        destination: str,
+        node: str,
+        *,
+        is_open: bool,
+        failures: int,
+        last_error: str | None = None,
+    ) -> None:
+        """A worker node's breaker for ``destination`` opened or closed (one row each)."""
+        row = {
+            "destination": destination[:128],
+            "node": node[:64],
+            "state": "open" if is_open else "closed",
+            "failures": failures,
+            "changed_at": utcnow(),
+            "last_error": _first_line(last_error)[:_ERROR_CHARS] if last_error else None,
+        }
+        with self._tx() as conn:
+            conn.execute(
+                delete(destination_breakers).where(
+                    destination_breakers.c.destination == row["destination"],
+                    destination_breakers.c.node == row["node"],
+                )
+            )
+            conn.execute(insert(destination_breakers).values(**row))
+
+    def breakers(self, now: datetime | None = None) -> dict[str, Breaker]:
+        """Per destination: open when any live worker node's breaker is open."""
+        with self.db_engine.connect() as conn:
+            return self._breakers(conn, now or utcnow())
+
+    @staticmethod
+    def _breakers(conn: Connection, now: datetime) -> dict[str, Breaker]:
+        out: dict[str, Breaker] = {}
+        # a node's heartbeat is its database's clock on PostgreSQL: a margin of a few beats
+        alive_since = now - DEAD_AFTER * 3
+        for r in conn.execute(_BREAKERS, {"alive_since": alive_since}):
+            is_open = r.state == "open"
+            known = out.get(r.destination)
+            if known is not None and known.open and not is_open:
+                continue  # one node's breaker open is the destination's breaker open
+            out[r.destination] = Breaker(
+                is_open, aware(r.changed_at), int(r.failures), r.last_error
+            )
+        return out
+
+    # -- one message ------------------------------------------------------------------------
+
+    def message_detail(self, message_id: int, who: Who) -> MessageDetail | None:
+        """One message in full, or None; the view (it shows the payload) is recorded in the
+        audit trail in the same transaction, ``refused`` when there is no such message."""
+        with self._tx() as conn:
+            row = conn.execute(_MESSAGE, {"mid": message_id}).one_or_none()
+            audit(
+                conn,
+                action="view-message",
+                actor=who.actor,
+                source=who.source,
+                peer=who.peer,
+                message_id=message_id,
+                outcome="ok" if row is not None else "refused",
+                detail=None if row is not None else "no such message",
+            )
+            if row is None:
+                return None
+            shown = tuple(
+                _delivery(r) for r in conn.execute(_DELIVERIES, {"mid": message_id}).all()
+            )
+            handled = _handled(conn, [message_id]).get(message_id)
+        sender = "^".join(p or "" for p in (row.sending_application, row.sending_facility))
+        return MessageDetail(
+            id=row.id,
+            received_at=aware(row.received_at),
+            channel=row.channel,
+            peer=row.peer,
+            kind=row.kind,
+            size=int(row.size),
+            control_id=row.control_id,
+            message_type=row.message_type,
+            trigger=row.trigger,
+            structure=row.structure,
+            sender=sender.strip("^") or None,
+            patient_key=row.patient_key,
+            state=row.state,
+            reason=row.reason,
+            warnings=tuple((row.warnings or "").splitlines()),
+            replay_of=row.replay_of,
+            raw=bytes(row.raw),
+            deliveries=shown,
+            handled=handled,
+        )
+
+    def handled_marks(self, message_ids: Sequence[int]) -> dict[int, Handled]:
+        """The "handled" marks of these messages (a page of the list)."""
+        if not message_ids:
+            return {}
+        with self.db_engine.connect() as conn:
+            return _handled(conn, message_ids)
+
+    def mark_handled(self, message_id: int, who: Who, note: str | None = None) -> Handled:
+        """Record that an operator has dealt with an error or dead message (it stays in its
+        state; the list shows the mark). KeyError when there is no such message;
+        :class:`ActionRefused` when its state needs no one, or it is marked already. Audited
+        as ``mark-handled``, a refusal too."""
+        note = (note or "").strip()[:500] or None
+        try:
+            with self._tx() as conn:
+                state = conn.execute(
+                    select(messages.c.state).where(messages.c.id == message_id)
+                ).scalar_one_or_none()
+                if state is None:
+                    raise KeyError(message_id)
+                if state not in HANDLEABLE_STATES:
+                    raise ActionRefused(
+                        f"message {message_id} is {state}: only a message that is "
+                        f"{', '.join(HANDLEABLE_STATES)} is marked handled"
+                    )
+                known = _handled(conn, [message_id]).get(message_id)
+                if known is not None:
+                    raise ActionRefused(
+                        f"message {message_id} was marked handled by {known.handled_by} "
+                        f"at {known.handled_at:%Y-%m-%d %H:%M} UTC"
+                    )
+                mark = Handled(message_id, utcnow(), who.actor[:255], note)
+                conn.execute(
+                    insert(message_handled).values(
+                        message_id=message_id,
+                        handled_at=mark.handled_at,
+                        handled_by=mark.handled_by,
+                        note=note,
+                    )
+                )
+                audit(
+                    conn,
+                    action="mark-handled",
+                    actor=who.actor,
+                    source=who.source,
+                    peer=who.peer,
+                    message_id=message_id,
+                    outcome="ok",
+                    detail=f"was {state}",
+                )
+        except (KeyError, ActionRefused) as exc:
+            with self._tx() as conn:
+                audit(
+                    conn,
+                    action="mark-handled",
+                    actor=who.actor,
+                    source=who.source,
+                    peer=who.peer,
+                    message_id=message_id if not isinstance(exc, KeyError) else None,
+                    outcome="refused",
+                    detail=f"no message {message_id}" if isinstance(exc, KeyError) else str(exc),
+                )
+            raise
+        return mark
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").splitlines()[0][:_ERROR_CHARS] if text else ""
+
+
+def _handled(conn: Connection, ids: Sequence[int]) -> dict[int, Handled]:
+    return {
+        r.message_id: Handled(r.message_id, aware(r.handled_at), r.handled_by, r.note)
+        for r in conn.execute(_HANDLED, {"ids": list(ids)})
+    }
+
+
+def _delivery(r: Any) -> DeliveryDetail:
+    return DeliveryDetail(
+        id=int(r.id),
+        destination=r.destination,
+        route=r.route,
+        kind=r.kind,
+        content_type=r.content_type,
+        state=r.state,
+        attempts=int(r.attempts),
+        last_error=r.last_error,
+        created_at=aware(r.created_at),
+        next_attempt_at=aware(r.next_attempt_at) if r.next_attempt_at else None,
+        delivered_at=aware(r.delivered_at) if r.delivered_at else None,
+        resend_of=r.resend_of,
+        payload=bytes(r.payload or b""),
+        payload_size=int(r.payload_size or 0),
+    )
