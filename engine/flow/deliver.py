@@ -217,13 +217,40 @@ class Dispatcher:
                     result = await dest.deliver(payload)
                 except Exception as exc:  # an adapter bug: retry, and say so
                     result = DeliveryResult(False, True, f"adapter error ({type(exc).__name__})")
+        was_open = self.breaker.failures(due.destination) >= self.breaker.threshold
         self.breaker.record(
             due.destination, ok=result.ok, retryable=result.retryable, now=loop.time()
         )
+        if (self.breaker.failures(due.destination) >= self.breaker.threshold) != was_open:
+            await self._breaker_changed(due.destination, result.detail)
         # outcomes are recorded in batches: one transaction for all that finished meanwhile
         self._outcomes.append((due, result, loop.time() - start))
         await self._flush()
         self.wake()  # the patient's next delivery may be due now
+
+    async def _breaker_changed(self, destination: str, detail: str | None) -> None:
+        """Write a breaker's opening or closing where the console's dashboard reads it (the
+        breaker lives in this process): only on a change, never per delivery; a failure to
+        write is logged and delivery goes on."""
+        if self.node is None:
+            return
+        failures = self.breaker.failures(destination)
+        is_open = failures >= self.breaker.threshold
+        log.warning(
+            "breaker opened" if is_open else "breaker closed",
+            extra={"destination": destination, "failures": failures},
+        )
+        try:
+            await asyncio.to_thread(
+                self.store.record_breaker,
+                destination,
+                self.node,
+                is_open=is_open,
+                failures=failures,
+                last_error=detail if is_open else None,
+            )
+        except Exception as exc:  # the database away: the dashboard is behind, delivery is not
+            log.warning("breaker state not recorded", extra={"error": type(exc).__name__})
 
     async def _flush(self) -> None:
         if self._flushing is None:
