@@ -1,23 +1,74 @@
-"""The audit trail: who replayed, resent or viewed a message's payload, from where, and when.
+"""The audit trail: who did what to which patient's data, from where, when, and with what outcome.
 
-One row per action an operator took on a message, from the CLI (the OS user) or the API (the
-token's subject), refused ones included (outcome ``refused``). Each row names the message and its
-patient key (whose data was seen or sent) and never the payload. The console extends this table
-(tables.py ``audit_log``); this is the minimal trail issue 11 asks for.
+One row per action: replays, resends, views of patient data (payloads, searches, the worklist,
+documents), logins and user changes, from the CLI (the OS user), the API (the token's subject) and
+the console (the session's user), refused ones included (outcome ``refused``). Each row names
+the patient key whose data was seen or sent, never the data itself.
+
+Append-only and tamper-evident (issue 13): every record is chained to the one before by a hash
+(engine/audit/chain.py). :func:`audit` appends in the *caller's* transaction, so an action and
+its record commit together; the place in the chain is taken under a lock, so the chain never
+forks however many nodes share the database:
+
+- PostgreSQL: ``SELECT ... FOR UPDATE`` on the one row of ``audit_chain`` (the head), held to
+  the caller's commit; a second writer waits there and then reads the new head;
+- SQLite: one writer at a time already (``BEGIN IMMEDIATE`` under the store's write lock; a
+  deferred transaction that read an older head cannot commit over a newer one).
+
+``seq`` is unique besides, so a lock somehow skipped fails the insert instead of forking.
+
+Retention (:meth:`Audit.prune_audit`, ``ENGINE_AUDIT_RETENTION_DAYS``, six years by default) is
+separate from the messages': it deletes the oldest records, after checking them, and moves the
+chain's anchor to the last one deleted, recording the prune in the trail itself. Message
+retention never touches this table.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, bindparam, insert, select
+import logging
+from collections.abc import Generator, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    bindparam,
+    delete,
+    insert,
+    select,
+    update,
+)
+
+from engine.audit.chain import (
+    FIELDS,
+    ChainHead,
+    ChainRecord,
+    Verified,
+    record_hash,
+    verify_chain,
+)
 from engine.store.clean import clean
 from engine.store.db import Repository, aware, utcnow
-from engine.store.tables import audit_log, messages
+from engine.store.tables import audit_chain, audit_log, messages
 from engine.store.views import AuditEntry
 
-__all__ = ["ACTIONS", "Audit", "OUTCOMES", "audit"]
+__all__ = [
+    "ACTIONS",
+    "OUTCOMES",
+    "SOURCES",
+    "Audit",
+    "AuditChainMissing",
+    "AuditQuery",
+    "audit",
+]
 
-#: what an operator can do to a message that the trail records
+log = logging.getLogger(__name__)
+
+#: what the trail records
 ACTIONS = frozenset(
     {
         "replay",
@@ -48,6 +99,8 @@ ACTIONS = frozenset(
         "view-audit",
         "export-audit",
         "alert",
+        # retention deleted the oldest records (the trail's own)
+        "prune-audit",
     }
 )
 #: where an action came from
@@ -56,6 +109,43 @@ OUTCOMES = frozenset({"ok", "refused", "error"})
 
 _WIDTHS = {c.name: getattr(c.type, "length", None) for c in audit_log.columns}
 _PATIENT_OF = select(messages.c.patient_key).where(messages.c.id == bindparam("mid"))
+_HEAD = select(
+    audit_chain.c.head_seq,
+    audit_chain.c.head_hash,
+    audit_chain.c.anchor_seq,
+    audit_chain.c.anchor_hash,
+).where(audit_chain.c.id == 1)
+_HEAD_LOCKED = _HEAD.with_for_update()
+_SET_HEAD = (
+    update(audit_chain)
+    .where(audit_chain.c.id == 1)
+    .values(head_seq=bindparam("s"), head_hash=bindparam("h"))
+)
+_SET_HASH = update(audit_log).where(audit_log.c.id == bindparam("rid")).values(hash=bindparam("h"))
+_RECORD = select(*(audit_log.c[name] for name in (*FIELDS, "prev_hash", "hash")))
+
+
+class AuditChainMissing(RuntimeError):
+    """The chain's head row is gone (deleted outside the engine): nothing more can be appended
+    until an admin looks (``engine audit verify``)."""
+
+
+class _Caller(Protocol):
+    """Who asks (``engine.store.Who``): the actor, the source and the caller's address."""
+
+    @property
+    def actor(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def peer(self) -> str | None: ...
+
+
+def _locked_head(conn: Connection) -> ChainHead:
+    row = conn.execute(_HEAD_LOCKED).one_or_none()
+    if row is None:
+        raise AuditChainMissing("the audit chain's head (audit_chain) is missing")
+    return ChainHead(*row)
 
 
 def audit(
@@ -70,31 +160,110 @@ def audit(
     peer: str | None = None,
     patient_key: str | None = None,
 ) -> None:
-    """Record one action in the caller's transaction (so a resend and its record commit
+    """Append one record in the caller's transaction (so a resend and its record commit
     together); the message's patient key is read here, unless ``patient_key`` names the
-    patient (a search by MRN, a worklist: no one message)."""
-    if action not in ACTIONS or outcome not in OUTCOMES:
-        raise ValueError(f"audit: unknown action {action!r} or outcome {outcome!r}")
+    patient (a search by MRN, a worklist: no one message). The chain's head stays locked until
+    the caller commits: call this last in a transaction, after its other row locks."""
+    if action not in ACTIONS or outcome not in OUTCOMES or source not in SOURCES:
+        raise ValueError(
+            f"audit: unknown action {action!r}, outcome {outcome!r} or source {source!r}"
+        )
     patient = patient_key
     if patient is None and message_id is not None:
         patient = conn.execute(_PATIENT_OF, {"mid": message_id}).scalar_one_or_none()
-    conn.execute(
-        insert(audit_log).values(
-            at=utcnow(),
-            actor=clean(actor or "unknown", _WIDTHS["actor"]),
-            source=source,
-            action=action,
-            message_id=message_id,
-            patient_key=patient,
-            detail=clean(detail),
-            outcome=outcome,
-            peer=clean(peer, _WIDTHS["peer"]),
-        )
-    )
+    head = _locked_head(conn)
+    seq = head.head_seq + 1
+    fields: dict[str, Any] = {
+        "seq": seq,
+        "at": utcnow(),  # taken under the lock: times follow the chain's order
+        "actor": clean(actor or "unknown", _WIDTHS["actor"]),
+        "source": source,
+        "action": action,
+        "message_id": message_id,
+        "patient_key": clean(patient, _WIDTHS["patient_key"]),
+        "detail": clean(detail),
+        "outcome": outcome,
+        "peer": clean(peer, _WIDTHS["peer"]),
+    }
+    row_id = conn.execute(
+        insert(audit_log)
+        .values(**fields, prev_hash=head.head_hash, hash="")
+        .returning(audit_log.c.id)
+    ).scalar_one()
+    own = record_hash(head.head_hash, {**fields, "id": row_id})
+    conn.execute(_SET_HASH, {"rid": row_id, "h": own})
+    conn.execute(_SET_HEAD, {"s": seq, "h": own})
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Which records to read, newest first; the fields combine with AND."""
+
+    actor: str | None = None
+    action: str | None = None
+    #: the patient: ``AUTHORITY|MRN``, or a bare MRN of any authority
+    mrn: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    #: keyset paging: only records with a smaller seq (the last seq of the previous page)
+    before: int | None = None
+    limit: int = 50
+
+    def __post_init__(self) -> None:
+        if self.action is not None and self.action not in ACTIONS:
+            raise ValueError(
+                f"unknown action {self.action!r} (actions: {', '.join(sorted(ACTIONS))})"
+            )
+        if not 1 <= self.limit <= 10_000:
+            raise ValueError("limit must be between 1 and 10000")
+
+    def describe(self) -> str:
+        """The filters used, for the trail itself: never the MRN's value."""
+        parts = [f"actor {self.actor}"] if self.actor else []
+        parts += [f"action {self.action}"] if self.action else []
+        parts += ["one patient"] if self.mrn else []
+        parts += [f"since {self.since.isoformat()}"] if self.since else []
+        parts += [f"until {self.until.isoformat()}"] if self.until else []
+        parts += [f"before seq {self.before}"] if self.before else []
+        return ", ".join(parts) or "no filter"
+
+
+def _like_suffix(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%|{escaped}"
+
+
+def _where(q: AuditQuery) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if q.actor:
+        conditions.append(audit_log.c.actor == q.actor)
+    if q.action:
+        conditions.append(audit_log.c.action == q.action)
+    if q.mrn:
+        if "|" in q.mrn:
+            conditions.append(audit_log.c.patient_key == q.mrn)
+        else:
+            conditions.append(audit_log.c.patient_key.like(_like_suffix(q.mrn), escape="\\"))
+    if q.since is not None:  # in UTC: SQLite compares the stored wall time (UTC) as text
+        conditions.append(audit_log.c.at >= _utc(q.since))
+    if q.until is not None:
+        conditions.append(audit_log.c.at < _utc(q.until))
+    if q.before is not None:
+        conditions.append(audit_log.c.seq < q.before)
+    return conditions
+
+
+def _utc(value: datetime) -> datetime:
+    return aware(value).astimezone(UTC)
+
+
+def _record(row: Row[Any]) -> ChainRecord:
+    values = row._asdict()
+    return ChainRecord(**{**values, "at": aware(values["at"])})
 
 
 class Audit(Repository):
-    """Recording and listing the audit trail."""
+    """Recording, reading, verifying and pruning the audit trail."""
 
     def record_audit(
         self,
@@ -123,7 +292,8 @@ class Audit(Repository):
             )
 
     def audit_entries(self, *, limit: int = 50, message_id: int | None = None) -> list[AuditEntry]:
-        """The newest entries first, optionally only those of one message."""
+        """The newest entries first, optionally only those of one message (not recorded as a
+        view: :meth:`audit_page` is the trail's reading for people)."""
         query = (
             select(
                 audit_log.c.id,
@@ -137,7 +307,7 @@ class Audit(Repository):
                 audit_log.c.detail,
                 audit_log.c.peer,
             )
-            .order_by(audit_log.c.at.desc(), audit_log.c.id.desc())
+            .order_by(audit_log.c.seq.desc())
             .limit(limit)
         )
         if message_id is not None:
@@ -146,3 +316,151 @@ class Audit(Repository):
             return [
                 AuditEntry(**{**row._asdict(), "at": aware(row.at)}) for row in conn.execute(query)
             ]
+
+    def audit_page(
+        self, query: AuditQuery, who: _Caller, *, message_id: int | None = None
+    ) -> list[ChainRecord]:
+        """The records that match, newest first (next page: ``before`` = the last seq); the
+        reading is itself recorded (``view-audit``, the filters but never an MRN's value)."""
+        statement = (
+            _RECORD.where(*_where(query)).order_by(audit_log.c.seq.desc()).limit(query.limit)
+        )
+        if message_id is not None:
+            statement = statement.where(audit_log.c.message_id == message_id)
+        with self._tx() as conn:
+            records = [_record(r) for r in conn.execute(statement)]
+            audit(
+                conn,
+                action="view-audit",
+                actor=who.actor,
+                source=who.source,
+                peer=who.peer,
+                message_id=None,
+                outcome="ok",
+                detail=f"{len(records)} shown; {query.describe()}",
+            )
+        return records
+
+    def audit_head(self) -> ChainHead | None:
+        """The chain's head and anchor, or None when the head row is missing."""
+        with self.db_engine.connect() as conn:
+            row = conn.execute(_HEAD).one_or_none()
+        return ChainHead(*row) if row is not None else None
+
+    def _walk(self, conn: Connection, since: datetime | None = None) -> Generator[ChainRecord]:
+        """Every record in seq order, streamed (a server-side cursor on PostgreSQL)."""
+        statement = _RECORD.order_by(audit_log.c.seq)
+        if since is not None:
+            statement = statement.where(audit_log.c.at >= _utc(since))
+        result = conn.execution_options(yield_per=2000).execute(statement)
+        try:
+            for row in result:
+                yield _record(row)
+        finally:  # a walk stopped early closes its server-side cursor now
+            result.close()
+
+    def verify_audit(self, who: _Caller | None = None) -> Verified:
+        """Walk the whole chain from its anchor and report the first problem (chain.py says
+        which). Read in one transaction, so appends made meanwhile are not half seen; then, if
+        ``who`` is given, the check is recorded (``view-audit``)."""
+        with self.db_engine.connect() as conn:
+            if conn.dialect.name == "postgresql":  # one snapshot for the head and the walk
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                row = conn.execute(_HEAD).one_or_none()
+                head = ChainHead(*row) if row is not None else None
+                with closing(self._walk(conn)) as records:
+                    verified = verify_chain(records, head)
+        if who is not None:
+            self.record_audit(
+                action="view-audit",
+                actor=who.actor,
+                source=who.source,
+                peer=who.peer,
+                message_id=None,
+                outcome="ok",
+                detail=f"verify: {'intact' if verified.ok else 'BROKEN'}, {verified.count} records",
+            )
+        return verified
+
+    def export_audit(self, since: datetime | None, who: _Caller) -> Iterator[ChainRecord]:
+        """Every record from ``since`` in seq order, streamed; the export is recorded first
+        (``export-audit``), so it appears in the export."""
+        self.record_audit(
+            action="export-audit",
+            actor=who.actor,
+            source=who.source,
+            peer=who.peer,
+            message_id=None,
+            outcome="ok",
+            detail=f"since {since.isoformat()}" if since else "everything",
+        )
+        with self.db_engine.connect() as conn:
+            yield from self._walk(conn, since)
+
+    def prune_audit(
+        self, older_than: timedelta, *, batch: int = 5000, now: datetime | None = None
+    ) -> int:
+        """Retention: delete the oldest records written before ``now - older_than``, ``batch``
+        at a time from the anchor, each batch checked first (a broken one is kept, as evidence,
+        and the prune stops with a warning); the anchor moves to the last record deleted and
+        the prune is recorded (``prune-audit``). Returns how many were deleted."""
+        cutoff = (now or utcnow()) - older_than
+        total = 0
+        while True:
+            pruned = self._prune_batch(cutoff, batch)
+            total += pruned
+            if pruned < batch:
+                return total
+
+    def _prune_batch(self, cutoff: datetime, batch: int) -> int:
+        with self._tx() as conn:
+            head = _locked_head(conn)
+            rows = [
+                _record(r)
+                for r in conn.execute(
+                    _RECORD.where(audit_log.c.seq > head.anchor_seq)
+                    .order_by(audit_log.c.seq)
+                    .limit(batch)
+                )
+            ]
+            old: list[ChainRecord] = []
+            for r in rows:  # the oldest prefix only: the chain keeps no holes
+                if r.at >= aware(cutoff):
+                    break
+                old.append(r)
+            if not old:
+                return 0
+            last = old[-1]
+            check = verify_chain(
+                old, ChainHead(last.seq, last.hash, head.anchor_seq, head.anchor_hash)
+            )
+            if not check.ok:
+                log.warning(
+                    "audit retention stopped: the oldest records do not verify",
+                    extra={"seq": check.problem_seq},
+                )
+                return 0
+            conn.execute(
+                delete(audit_log).where(
+                    audit_log.c.seq > head.anchor_seq, audit_log.c.seq <= last.seq
+                )
+            )
+            conn.execute(
+                update(audit_chain)
+                .where(audit_chain.c.id == 1)
+                .values(anchor_seq=last.seq, anchor_hash=last.hash, pruned_at=utcnow())
+            )
+            audit(
+                conn,
+                action="prune-audit",
+                actor="retention",
+                source="engine",
+                message_id=None,
+                outcome="ok",
+                detail=(
+                    f"{len(old)} records up to seq {last.seq} (before {cutoff.date()}) "
+                    f"deleted; the chain is anchored at seq {last.seq}, hash {last.hash}"
+                ),
+            )
+            return len(old)

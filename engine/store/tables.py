@@ -61,6 +61,7 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "audit_chain",
     "audit_log",
     "deliveries",
     "destination_breakers",
@@ -220,8 +221,31 @@ audit_log = Table(
     Column("detail", Text, nullable=True),
     Column("outcome", String(16), nullable=False),  # ok, refused, error
     Column("peer", String(255), nullable=True),
+    #: the hash chain (issue 13, engine/audit/chain.py): place, previous record's hash, own hash
+    Column("seq", BigInteger, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
     Index("ix_audit_log_at", "at", "id"),
     Index("ix_audit_log_message", "message_id"),
+    Index("ux_audit_log_seq", "seq", unique=True),
+    #: the console's and the API's filters, newest first (keyset by seq)
+    Index("ix_audit_log_actor", "actor", "seq"),
+    Index("ix_audit_log_action", "action", "seq"),
+    Index("ix_audit_log_patient", "patient_key", "seq"),
+)
+
+#: the audit chain's head, one row (id 1): the newest record's seq and hash (so deleting the
+#: newest records is found) and the anchor retention left (the seq and hash of the last record
+#: pruned, which the first kept one chains to). Appends lock this row (engine/store/audit.py).
+audit_chain = Table(
+    "audit_chain",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("head_seq", BigInteger, nullable=False),
+    Column("head_hash", String(64), nullable=False),
+    Column("anchor_seq", BigInteger, nullable=False),
+    Column("anchor_hash", String(64), nullable=False),
+    Column("pruned_at", DateTime(timezone=True), nullable=True),
 )
 
 #: one row per scheduled job and fire time: the process that inserts it runs that run
