@@ -16,6 +16,7 @@ from typing import Any
 from engine.hl7v2.codec import Message
 from engine.mappings.inbound import InboundMapper
 from engine.mappings.loader import MappingFiles, default_specs_dir, load_files
+from engine.mappings.provenance import ElementSource
 
 __all__ = ["MappingFiles", "Mappings", "default_specs_dir", "load_mappings"]
 
@@ -27,6 +28,7 @@ class Mappings:
         self.files = files
         self.inbound = InboundMapper(files)
         self._outbound: Any = None
+        self._traced: InboundMapper | None = None
 
     def to_fhir(self, message: Message, warnings: list[str] | None = None) -> dict[str, Any]:
         """HL7v2 message → FHIR transaction Bundle (dict).
@@ -35,6 +37,16 @@ class Mappings:
         mapping takes (``PID-9 (2 repetitions)``, ``segment ZPI``), so nothing is dropped in
         silence; a message that cannot make its main resource raises instead."""
         return self.inbound.to_bundle(message, warnings)
+
+    def to_fhir_traced(
+        self, message: Message, warnings: list[str] | None = None
+    ) -> tuple[dict[str, Any], list[ElementSource]]:
+        """:meth:`to_fhir`, and which mapping file and line made each element of the Bundle
+        (engine.mappings.provenance). The traced functions are compiled on first use, beside
+        the ordinary ones, which stay as fast as they were."""
+        if self._traced is None:
+            self._traced = InboundMapper(self.files, trace=True)
+        return self._traced.to_bundle_traced(message, warnings)
 
     def to_hl7(
         self,

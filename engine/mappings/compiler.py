@@ -20,10 +20,11 @@ from typing import Any
 from engine.errors import ConfigError, HL7ValidationError
 from engine.hl7v2.escape import unescape
 from engine.mappings.loader import MappingFiles
+from engine.mappings.provenance import RuleOrigin, describe_rule
 from engine.mappings.spec import CodeTable, Condition, Rule
 from engine.mappings.transforms import get_transform
 
-__all__ = ["Compiler", "DatatypeFn", "SegmentFn", "put", "wrap"]
+__all__ = ["Compiler", "DatatypeFn", "SegmentFn", "put", "put_noted", "wrap"]
 
 #: (raw, P, Q, delimiters, charset, run) -> dict or None
 DatatypeFn = Callable[..., Any]
@@ -52,6 +53,39 @@ def put(target: dict[str, Any], path: tuple[str, ...], value: Any) -> bool:
         new = [k for k in value if k not in into]
         for k in new:
             into[k] = value[k]
+        return bool(new)
+    return False
+
+
+def put_noted(
+    target: dict[str, Any], path: tuple[str, ...], value: Any, trace: Any, who: Any
+) -> bool:
+    """:func:`put`, telling ``trace`` (a :class:`engine.mappings.provenance.Trace`, or None)
+    where each part of ``value`` went: the traced functions' store; the same result as put."""
+    if trace is None:
+        return put(target, path, value)
+    obj = target
+    for step in path[:-1]:
+        nxt = obj.get(step)
+        if nxt is None:
+            nxt = obj[step] = {}
+        obj = nxt
+    last = path[-1]
+    if last.endswith("[]"):
+        items = obj.setdefault(last[:-2], [])
+        items.append(value)
+        trace.note(items, len(items) - 1, value, who)
+        return True
+    if last not in obj:
+        obj[last] = value
+        trace.note(obj, last, value, who)
+        return True
+    if isinstance(obj[last], dict) and isinstance(value, dict):
+        into = obj[last]
+        new = [k for k in value if k not in into]
+        for k in new:
+            into[k] = value[k]
+            trace.note(into, k, value[k], who)
         return bool(new)
     return False
 
@@ -129,15 +163,22 @@ def _bad_value(exc: ValueError, seg: Any, field: int) -> None:
 
 
 class Compiler:
-    """Generates the functions; ``resource_maker`` turns a datatype result into a reference."""
+    """Generates the functions; ``resource_maker`` turns a datatype result into a reference.
+
+    ``trace``: every store also tells the run's trace (``run.trace``, a
+    :class:`engine.mappings.provenance.Trace`, or None) which rule, file and line wrote it, for
+    the workbench; without it the generated code is what it always was."""
 
     def __init__(
         self,
         files: MappingFiles,
         resource_maker: Callable[[str, DatatypeFn], Callable[..., Any]],
+        *,
+        trace: bool = False,
     ) -> None:
         self.files = files
         self.resource_maker = resource_maker
+        self.trace = trace
         self.datatypes: dict[str, DatatypeFn] = {}
         self.segments: dict[str, SegmentFn] = {}
         self.sources: dict[str, str] = {}
@@ -171,6 +212,8 @@ class Compiler:
         for i, rule in enumerate(dmap.rules):
             if rule.direction == "out":
                 continue
+            if self.trace:
+                env[f"WHO{i}"] = self._origin(f"datatypes/{name}", i, rule, name, segment=False)
             lines += self._rule_code(rule, i, env, f"{origin}, rules[{i}]", level="part")
         lines.append("    return out or None")
         built: DatatypeFn = self._exec(f"datatype {name}", lines, env)
@@ -201,15 +244,36 @@ class Compiler:
         for i, rule in enumerate(smap.rules):
             if rule.direction == "out":
                 continue
+            if self.trace:
+                env[f"WHO{i}"] = self._origin(f"segments/{name}", i, rule, smap.segment)
             lines += self._rule_code(rule, i, env, f"{origin}, rules[{i}]", level="field")
         lines.append("    return None")
         seg_fn: SegmentFn = self._exec(f"segment {name}", lines, env)
         self.segments[name] = seg_fn
         return seg_fn
 
+    def _origin(self, key: str, i: int, rule: Rule, owner: str, *, segment: bool = True) -> Any:
+        """Where rule ``i`` of a map is written (a map kept without refused rules counts its
+        rules as the file does)."""
+        kept = self.files.kept.get(key)
+        at = kept[i] if kept is not None and i < len(kept) else i
+        source = self.files.sources.get(key)
+        line = source.line_of(("rules", at)) if source is not None else 1
+        where = self.files.origin.get(key, key)
+        return RuleOrigin(where, line, describe_rule(rule, owner, segment=segment))
+
+    def _stored(self, rule: Rule, i: int, ind: str, level: str) -> list[str]:
+        return _store(rule, i, ind, level, traced=self.trace)
+
     def _exec(self, label: str, lines: list[str], env: dict[str, Any]) -> Any:
         env.update(
-            PUT=put, WRAP=wrap, TEXT=_text, TEXTS=_texts, UNESC=unescape, __builtins__=__builtins__
+            PUT=put,
+            NPUT=put_noted,
+            WRAP=wrap,
+            TEXT=_text,
+            TEXTS=_texts,
+            UNESC=unescape,
+            __builtins__=__builtins__,
         )
         source = "\n".join(lines) + "\n"
         self.sources[label] = source
@@ -233,7 +297,7 @@ class Compiler:
             env[f"TPL{i}"] = rule.wrap
         cond_lines, cond_expr = self._cond_code(rule.when, i, env, level)
         if rule.value is not None:
-            body = [f"    val = {literal(rule.value)}", *_store(rule, i, "    ", level)]
+            body = [f"    val = {literal(rule.value)}", *self._stored(rule, i, "    ", level)]
             return _guarded(cond_lines, cond_expr, body)
         if rule.build is not None:
             return _guarded(cond_lines, cond_expr, self._build_code(rule, i, env, where, level))
@@ -250,7 +314,11 @@ class Compiler:
         if rule.build not in self.files.segments:
             raise ConfigError(f"{where}: no segment map named {rule.build!r}")
         env[f"BUILD{i}"] = self.segment(rule.build)
-        return ["    val = {}", f"    BUILD{i}(seg, val, run)", *_store(rule, i, "    ", level)]
+        return [
+            "    val = {}",
+            f"    BUILD{i}(seg, val, run)",
+            *self._stored(rule, i, "    ", level),
+        ]
 
     def _part_code(self, rule: Rule, i: int, env: dict[str, Any], where: str) -> list[str]:
         """A datatype map's rule: the whole element, or one component (and subcomponent)."""
@@ -258,7 +326,7 @@ class Compiler:
         if c is None:  # the whole element
             return [
                 *self._value_code(rule, i, env, where, "    ", "raw", "P", "Q"),
-                *_store(rule, i, "    ", "part"),
+                *self._stored(rule, i, "    ", "part"),
             ]
         sub = rule.subcomponent
         body = [f"    if n >= {c} and parts[{c - 1}]:", f"        v = parts[{c - 1}]"]
@@ -266,7 +334,7 @@ class Compiler:
             return [
                 *body,
                 *self._value_code(rule, i, env, where, "        ", "v", "Q", "''"),
-                *_store(rule, i, "        ", "part"),
+                *self._stored(rule, i, "        ", "part"),
             ]
         return [
             *body,
@@ -274,7 +342,7 @@ class Compiler:
             f"(v if {sub} == 1 else '')",
             "        if v:",
             *self._value_code(rule, i, env, where, "            ", "v", "''", "''"),
-            *_store(rule, i, "            ", "part"),
+            *self._stored(rule, i, "            ", "part"),
         ]
 
     def _field_code(
@@ -303,7 +371,7 @@ class Compiler:
         ind2 = ind + "    "
         inner.append(f"{ind2}if not r: continue")
         inner += self._component_code(rule, i, env, where, ind2)
-        inner += _store(rule, i, ind2, "field")
+        inner += self._stored(rule, i, ind2, "field")
         # a value a transform cannot read (a date that does not exist) is an error naming the
         # field, never a wrong value sent on
         env["BAD"] = _bad_value
@@ -457,9 +525,10 @@ def _field_read(rule: Rule, fno: int) -> list[str]:
     return [f"    if nf > {fno} and f[{fno}]:", f"        raw = f[{fno}]"]
 
 
-def _store(rule: Rule, i: int, ind: str, level: str) -> list[str]:
+def _store(rule: Rule, i: int, ind: str, level: str, *, traced: bool = False) -> list[str]:
     """Store ``val`` (wrapped, when the rule says so) at the rule's FHIR path in ``out``, when it
-    has a value; at field level, the field then counts as taken."""
+    has a value; at field level, the field then counts as taken. ``traced``: the run's trace is
+    told where it went and by which rule (``WHO{i}``)."""
     path = rule.fhir.split(".")
     simple = len(path) == 1
     key = path[0].removesuffix("[]")
@@ -474,19 +543,29 @@ def _store(rule: Rule, i: int, ind: str, level: str) -> list[str]:
     used = ""
     if level == "field" and rule.field is not None:
         used = f"u.add({rule.field if rule.repeats else -rule.field})"
+    note = f"if run.trace is not None: run.trace.note({{}}, {{}}, val, WHO{i})"
     if rule.wrap is not None:
         out.append(f"{ind2}val = {literal(rule.wrap)}")
-    if simple and append:
+    if simple and append and traced:
+        out.append(f"{ind2}lst = out.setdefault({key!r}, [])")
+        out.append(f"{ind2}lst.append(val)")
+        out.append(f"{ind2}" + note.format("lst", "len(lst) - 1"))
+        if used:
+            out.append(f"{ind2}{used}")
+    elif simple and append:
         out.append(f"{ind2}out.setdefault({key!r}, []).append(val)")
         if used:
             out.append(f"{ind2}{used}")
     elif simple:
         out.append(f"{ind2}if {key!r} not in out:")
         out.append(f"{ind2}    out[{key!r}] = val")
+        if traced:
+            out.append(f"{ind2}    " + note.format("out", repr(key)))
         if used:
             out.append(f"{ind2}    {used}")
-    elif used:
-        out.append(f"{ind2}if PUT(out, PATH{i}, val): {used}")
     else:
-        out.append(f"{ind2}PUT(out, PATH{i}, val)")
+        put_call = (
+            f"NPUT(out, PATH{i}, val, run.trace, WHO{i})" if traced else f"PUT(out, PATH{i}, val)"
+        )
+        out.append(f"{ind2}if {put_call}: {used}" if used else f"{ind2}{put_call}")
     return out

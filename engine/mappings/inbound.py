@@ -31,6 +31,7 @@ from engine.errors import ConfigError, HL7ValidationError, UnsupportedMessageErr
 from engine.hl7v2.codec import Message, MessageType, Segment
 from engine.mappings.compiler import Compiler, DatatypeFn, put, wrap
 from engine.mappings.loader import MappingFiles
+from engine.mappings.provenance import ElementSource, Trace, plan_origins
 from engine.mappings.spec import CodeTable, Condition, MessageMap, RefSpec, ResourcePlan
 from engine.mappings.transforms import TransformContext
 
@@ -83,19 +84,23 @@ class _Run:
     #: id(segment) -> the fields a rule took a value from (the rest is reported as not mapped)
     used: dict[int, set[int]] = field(default_factory=dict)
     extra: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # key -> (url, res)
+    #: where the traced functions note which rule wrote what (the workbench); None: not asked
+    trace: Trace | None = None
 
 
 class InboundMapper:
-    """Compiled mapping files for HL7v2 → FHIR."""
+    """Compiled mapping files for HL7v2 → FHIR; ``trace``: compiled to say which rule made each
+    element as well (:meth:`to_bundle_traced`; engine.mappings.provenance)."""
 
-    def __init__(self, files: MappingFiles) -> None:
+    def __init__(self, files: MappingFiles, *, trace: bool = False) -> None:
         self.files = files
+        self.traced = trace
         site = files.site
         self._ctx_base = dict(
             identifier_systems=tuple(site.identifier_systems.items()),
             identifier_system_base=site.identifier_system_base,
         )
-        self._compiler = Compiler(files, self._resource_maker)
+        self._compiler = Compiler(files, self._resource_maker, trace=trace)
         self._by_trigger: dict[tuple[str, str], MessageMap] = {}
         self._seg_ids = {name: smap.segment for name, smap in files.segments.items()}
         self._plan_conditions: dict[tuple[str, str], Callable[[Any, _Run], bool]] = {}
@@ -202,6 +207,8 @@ class InboundMapper:
             if existing is None:
                 url = "urn:uuid:" + _uuid5(full)
                 run.extra[full] = (url, {"resourceType": resource_type, **body})
+                if run.trace is not None:
+                    run.trace.alias(run.extra[full][1], body)
             else:
                 url = existing[0]
             return {"reference": url}
@@ -246,9 +253,23 @@ class InboundMapper:
             self._contexts[tz] = ctx
         return ctx
 
-    def to_bundle(self, message: Message, warnings: list[str] | None = None) -> dict[str, Any]:
+    def to_bundle_traced(
+        self, message: Message, warnings: list[str] | None = None
+    ) -> tuple[dict[str, Any], list[ElementSource]]:
+        """:meth:`to_bundle`, and every element of it with the rules that made it (a mapper
+        compiled with ``trace=True`` only: the workbench's)."""
+        if not self.traced:
+            raise ConfigError("this mapper was compiled without trace=True")
+        trace = Trace()
+        bundle = self.to_bundle(message, warnings, trace=trace)
+        return bundle, trace.sources(bundle)
+
+    def to_bundle(
+        self, message: Message, warnings: list[str] | None = None, *, trace: Trace | None = None
+    ) -> dict[str, Any]:
         """The FHIR transaction Bundle for one message (a dict ready for JSON); ``warnings``
-        receives what the message carries that no mapping takes.
+        receives what the message carries that no mapping takes; ``trace`` (a traced mapper's)
+        where each element came from.
 
         The stages, in order: make each plan's resources from its segments (with their
         fullUrls), link them by reference, keep those whose ``required`` elements are there
@@ -257,7 +278,7 @@ class InboundMapper:
         mtype = message.type
         mm = self.message_map(message, mtype)
         positions = _positions(message)
-        run = _Run(self.context_for(message), mtype.trigger, frozenset(positions))
+        run = _Run(self.context_for(message), mtype.trigger, frozenset(positions), trace=trace)
         made, order = self._make_resources(message, mm, positions, run)
         self._link(mm, made, order)
         # ``required`` is checked once references are in (a Claim needs its Coverage)
@@ -270,6 +291,11 @@ class InboundMapper:
             raise self._no_main(message, mm, order)
         entries = [_entry(url, res, ident) for url, res, _plan, ident in kept]
         entries += [_entry(url, res, self._pick_identifier(res)) for url, res in run.extra.values()]
+        if trace is not None:
+            made_res = [res for _u, res, _p, _i in kept] + [res for _u, res in run.extra.values()]
+            for entry, res in zip(entries, made_res, strict=True):
+                trace.alias(entry["resource"], res)
+            trace.planned = [plan_origins(self.files, mm, plan) for _u, _r, plan, _i in kept]
         if warnings is not None:
             warnings.extend(_not_mapped(message, run.used, mm.ignore))
         return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
