@@ -47,7 +47,14 @@ from engine.store import SqlMessageStore
 from engine.x12.x270 import EligibilityInquiry, Payer, Person, Provider, build_270
 from engine.x12.x271 import Benefit, EligibilityResult, read_271
 
-__all__ = ["CheckOutcome", "EligibilityService", "business_days", "local_time", "worklist"]
+__all__ = [
+    "CheckOutcome",
+    "EligibilityService",
+    "business_days",
+    "local_time",
+    "patient_label",
+    "worklist",
+]
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +222,13 @@ def _mrn(patient: dict[str, Any]) -> str | None:
         if any(c.get("code") == "MR" for c in codings) and ident.get("value"):
             return str(ident["value"])
     return None
+
+
+def patient_label(patient: dict[str, Any]) -> tuple[str | None, str | None]:
+    """A Patient's name as the worklist shows it (``Family, Given``) and its MRN (the console's
+    worklist names an appointment not checked yet as :func:`worklist` names a checked one)."""
+    family, given = _name(patient)
+    return ", ".join(n for n in (family, given) if n) or None, _mrn(patient)
 
 
 def worklist(store: SqlMessageStore, day: date, timezone: str) -> list[dict[str, Any]]:
