@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     #: retention: delivered messages are purged after this many days (undelivered never are).
     #: Read by the worker's retention loop.
     retention_days: int = Field(30, ge=1)
+    #: alerts (engine/alerts, rules in ``routes_dir/alerts.yaml``): seconds between two
+    #: evaluations. Read by the worker's alerts loop (engine/jobs/alerts.py).
+    alerts_interval_s: float = Field(60.0, ge=1, le=3600)
     #: the receiver starts a worker process beside it (several processes may share one
     #: PostgreSQL; a receive-only process sets this false). Read by the receiver.
     workers: bool = True

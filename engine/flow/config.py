@@ -72,6 +72,9 @@ def load_config(settings: Settings) -> LoadedConfig:
     for name, destination in routes.destinations.items():
         build_destination(name, destination)
     check_folders(routes)  # a file destination's folder exists or can be made, and is writable
+    from engine.alerts.rules import load_alert_rules
+
+    load_alert_rules(settings.routes_dir)  # alerts.yaml beside the routes: checked as they are
     return LoadedConfig(
         mappings=mappings,
         routes=routes,

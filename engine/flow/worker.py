@@ -97,6 +97,7 @@ async def serve_workers(
             keep_node(store, node, stop, (processor.wake, dispatcher.wake)), name="node"
         ),
         asyncio.create_task(_retention(store, settings, stop), name="retention"),
+        asyncio.create_task(_alerts(settings, db_engine, node, stop), name="alerts"),
         asyncio.create_task(store.checkpoints(stop), name="checkpoints"),
     ]
     try:
@@ -222,6 +223,14 @@ async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> Non
             log.warning("retention failed", extra={"error": type(exc).__name__})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 3600)
+
+
+async def _alerts(settings: Settings, db_engine: Any, node: str, stop: asyncio.Event) -> None:
+    """The alert rules (``alerts.yaml`` beside the routes) on their schedule
+    (engine/jobs/alerts.py)."""
+    from engine.jobs.alerts import run_alerts
+
+    await run_alerts(settings, db_engine, node, stop)
 
 
 async def _checked_reload(

@@ -47,6 +47,10 @@ _SECRET_HINT = (
 )
 
 
+#: files of a routes directory that are not route files: the alert rules (engine/alerts/rules.py)
+NOT_ROUTE_FILES = frozenset({"alerts.yaml"})
+
+
 def default_routes_dir() -> Path:
     """The built-in route files shipped with the engine."""
     return Path(str(resources.files("engine.routes") / "specs"))
@@ -81,6 +85,8 @@ def _files(defaults: Path, site_dir: Path | None) -> list[tuple[str, Path]]:
         if not site_dir.is_dir():
             raise ConfigError(f"{site_dir}: routes directory not found")
         for p in sorted(site_dir.glob("*.yaml")):
+            if p.name in NOT_ROUTE_FILES:
+                continue
             chosen[p.name] = (f"{site_dir}/{p.name}", p)
     return list(chosen.values())
 

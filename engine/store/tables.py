@@ -61,6 +61,8 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "alert_events",
+    "alerts",
     "audit_chain",
     "audit_log",
     "deliveries",
@@ -338,4 +340,41 @@ destination_breakers = Table(
     Column("failures", Integer, nullable=False),
     Column("changed_at", DateTime(timezone=True), nullable=False),
     Column("last_error", String(500), nullable=True),
+)
+
+
+#: alerts (engine/alerts/state.py): one row per rule and subject (a destination, a payer; "" for
+#: none), raised or recovered, with the notice it still owes (``notice``: raise, recover) and the
+#: channels that already have it; ``sending_by``/``sending_until``: the evaluator sending it
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("rule", String(64), primary_key=True),
+    Column("subject", String(255), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("state", String(16), nullable=False),  # raised, recovered
+    Column("summary", Text, nullable=False),  # counts, names, ages: never PHI
+    Column("raised_at", DateTime(timezone=True), nullable=False),
+    Column("recovered_at", DateTime(timezone=True), nullable=True),
+    Column("notice", String(16), nullable=True),  # raise, recover: owed; None: nothing owed
+    Column("sent_to", Text, nullable=False, default=""),  # channels that have the owed notice
+    Column("notified_at", DateTime(timezone=True), nullable=True),  # last raise notice sent
+    Column("sending_by", String(64), nullable=True),
+    Column("sending_until", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_alerts_state", "state", "raised_at"),
+)
+
+#: the alerts' history: raised, recovered, notified, notice-failed (the console's list)
+alert_events = Table(
+    "alert_events",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("rule", String(64), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("event", String(16), nullable=False),
+    Column("detail", Text, nullable=True),
+    Index("ix_alert_events_at", "at", "id"),
 )
