@@ -46,7 +46,14 @@ from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from engine.yamlfile import read_yaml
 
@@ -128,7 +135,7 @@ class EmailChannel(_Strict):
     to: list[str] = Field(min_length=1, max_length=50)
     username: str | None = Field(default=None, max_length=255)
     password_env: str | None = None
-    password_file: Path | None = None
+    password_file: Path | None = Field(default=None, validate_default=True)
     timeout_s: float = Field(default=10.0, gt=0, le=60)
     #: false: the channel is defined but sends nothing (the sample under ``make run``)
     enabled: bool = True
@@ -153,13 +160,16 @@ class EmailChannel(_Strict):
     def _password_env(cls, value: str | None) -> str | None:
         return _env(value)
 
-    @model_validator(mode="after")
-    def _credentials(self) -> EmailChannel:
-        if self.password_env and self.password_file:
+    @field_validator("password_file")
+    @classmethod
+    def _credentials(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # a field's check (not the model's): its error names the key, not the channel's type
+        password_env = info.data.get("password_env")
+        if password_env and value:
             raise ValueError("give password_env or password_file, not both")
-        if (self.password_env or self.password_file) and not self.username:
+        if (password_env or value) and not info.data.get("username"):
             raise ValueError("a password needs a username")
-        return self
+        return value
 
 
 class WebhookChannel(_Strict):
@@ -168,7 +178,7 @@ class WebhookChannel(_Strict):
     type: Literal["webhook"]
     #: the URL, when it holds no secret (a receiver of your own); else ``url_env``
     url: str | None = Field(default=None, max_length=2000)
-    url_env: str | None = None
+    url_env: str | None = Field(default=None, validate_default=True)
     timeout_s: float = Field(default=5.0, gt=0, le=60)
     enabled: bool = True
 
@@ -181,14 +191,10 @@ class WebhookChannel(_Strict):
 
     @field_validator("url_env")
     @classmethod
-    def _url_env(cls, value: str | None) -> str | None:
-        return _env(value)
-
-    @model_validator(mode="after")
-    def _one_url(self) -> WebhookChannel:
-        if (self.url is None) == (self.url_env is None):
+    def _one_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if (info.data.get("url") is None) == (value is None):
             raise ValueError("give url or url_env (one of them)")
-        return self
+        return _env(value)
 
 
 Channel = Annotated[EmailChannel | WebhookChannel, Field(discriminator="type")]
@@ -284,13 +290,14 @@ class Disk(_Rule):
     kind: Literal["disk"]
     path: Path | None = None
     min_free_mb: int | None = Field(default=None, ge=1)
-    min_free_percent: float | None = Field(default=None, gt=0, lt=100)
+    min_free_percent: float | None = Field(default=None, gt=0, lt=100, validate_default=True)
 
-    @model_validator(mode="after")
-    def _a_threshold(self) -> Disk:
-        if self.min_free_mb is None and self.min_free_percent is None:
+    @field_validator("min_free_percent")
+    @classmethod
+    def _a_threshold(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is None and info.data.get("min_free_mb") is None:
             raise ValueError("give min_free_mb or min_free_percent")
-        return self
+        return value
 
 
 class Database(_Rule):
