@@ -1,8 +1,9 @@
-"""``engine messages`` and ``engine audit``: find stored messages and see why they are where they
-are, show one (its payload on request), replay it, resend its deliveries; who did which.
+"""``engine messages``: find stored messages and see why they are where they are, show one (its
+payload on request), replay it, resend its deliveries (who did which: ``engine audit``,
+engine/cli_audit.py).
 
-Replays, resends and payload views are recorded in the audit trail with the OS user
-(``getpass.getuser()``) as the actor and ``cli`` as the source (engine/store/audit.py).
+Lists, shows, payload views, replays and resends are recorded in the audit trail with the OS
+user (``getpass.getuser()``) as the actor and ``cli`` as the source (engine/store/audit.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from engine.cli_support import (
 )
 from engine.errors import EngineError
 
-__all__ = ["audit_app", "messages_app", "parse_when"]
+__all__ = ["ID_MAX", "messages_app", "parse_when"]
 
 #: a message id: 1 .. 2**63 - 1, the range of the store's BIGINT key (typer refuses the rest)
 ID_MAX = 2**63 - 1
@@ -38,7 +39,6 @@ messages_app = typer.Typer(
     help="Find stored messages, see why, replay them or resend their deliveries.",
     no_args_is_help=True,
 )
-audit_app = typer.Typer(help="Who replayed, resent or viewed a message.", no_args_is_help=True)
 
 
 @contextmanager
@@ -142,6 +142,7 @@ def messages_list(
     )
     with _store() as store:
         lines = store.search(query)
+        _record_search(store, query, len(lines))
     if as_json:
         print_json(lines)
         return
@@ -159,6 +160,22 @@ def messages_list(
     )
     columns = ("id", "received", "type", "control id", "sender", "state", "why")
     print_table(columns, rows, more_before=lines[-1].id if len(lines) == limit else None)
+
+
+def _record_search(store: Any, query: Any, shown: int) -> None:
+    """The list is a view of patient data: recorded (the MRN asked for as its patient key)."""
+    from engine.store.audit import search_detail
+
+    who = _who()
+    store.record_audit(
+        action="search-messages",
+        actor=who.actor,
+        source=who.source,
+        message_id=None,
+        outcome="ok",
+        detail=search_detail(query, shown),
+        patient_key=query.mrn,
+    )
 
 
 def _type_of(v: Any) -> str:
@@ -179,8 +196,17 @@ def messages_show(
     if raw:
         _show_raw(message_id)
         return
+    who = _who()
     with _store() as store:
         view = store.get(message_id)
+        store.record_audit(
+            action="view-message",
+            actor=who.actor,
+            source=who.source,
+            message_id=message_id,
+            outcome="ok" if view is not None else "refused",
+            detail=None if view is not None else "no such message",
+        )
     if view is None:
         raise EngineError(f"no message {message_id}")
     control = f" control id {view.control_id!r}" if view.control_id is not None else ""
@@ -276,24 +302,3 @@ def messages_resend(
     with store_action(f"no message {message_id}"), _store() as store:
         done = store.resend(message_id, _who(), destination)
     print_resent(f"message {message_id}", done)
-
-
-@audit_app.command("list")
-def audit_list(
-    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
-    message_id: Annotated[
-        int | None, typer.Option("--message", help="one message's", min=1, max=ID_MAX)
-    ] = None,
-) -> None:
-    """Replays, resends and payload views, newest first: when, who, from where, what, outcome."""
-    zone = _zone()
-    with _store() as store:
-        entries = store.audit_entries(limit=limit, message_id=message_id)
-    for e in entries:
-        typer.echo(
-            f"{e.at.astimezone(zone).isoformat(timespec='seconds')}  {e.actor} ({e.source}"
-            + (f" from {e.peer}" if e.peer else "")
-            + ")  "
-            f"{e.action} message {e.message_id} patient {e.patient_key or '-'}: {e.outcome}"
-            + (f" ({e.detail})" if e.detail else "")
-        )

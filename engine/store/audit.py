@@ -53,6 +53,7 @@ from engine.audit.chain import (
 )
 from engine.store.clean import clean
 from engine.store.db import Repository, aware, utcnow
+from engine.store.search import MessageQuery
 from engine.store.tables import audit_chain, audit_log, messages
 from engine.store.views import AuditEntry
 
@@ -64,6 +65,7 @@ __all__ = [
     "AuditChainMissing",
     "AuditQuery",
     "audit",
+    "search_detail",
 ]
 
 log = logging.getLogger(__name__)
@@ -193,6 +195,27 @@ def audit(
     own = record_hash(head.head_hash, {**fields, "id": row_id})
     conn.execute(_SET_HASH, {"rid": row_id, "h": own})
     conn.execute(_SET_HEAD, {"s": seq, "h": own})
+
+
+def search_detail(query: MessageQuery, shown: int) -> str:
+    """A message search as the trail records it: how many shown and which filters, never the
+    MRN's value (the record's patient key names the patient)."""
+    parts = [
+        f"{name} {value}"
+        for name, value in (
+            ("state", query.state),
+            ("type", query.message_type),
+            ("trigger", query.trigger),
+            ("sender", query.sender),
+            ("control id", query.control_id),
+            ("since", query.since.isoformat() if query.since else None),
+            ("until", query.until.isoformat() if query.until else None),
+            ("before", query.before),
+        )
+        if value
+    ]
+    parts += ["one patient"] if query.mrn else []
+    return f"{shown} shown; " + (", ".join(parts) or "no filter")
 
 
 @dataclass(frozen=True)

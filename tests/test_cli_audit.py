@@ -1,0 +1,195 @@
+"""``engine audit list | verify | export`` as an admin uses them on the engine's own store, and
+the CLI's message list and show recorded in the trail. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import getpass
+import json
+from pathlib import Path
+
+import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
+from sqlalchemy import delete, select, update
+from typer.testing import CliRunner
+
+from engine.cli import app
+from engine.store import SqlMessageStore
+from engine.store.tables import audit_log
+from tests.store.test_operator import _routed
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli(store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Run ``engine ...`` on the test's store; returns (exit code, stdout, stderr)."""
+    monkeypatch.setenv("ENGINE_DATABASE_URL", store.db_engine.url.render_as_string(False))
+    monkeypatch.setenv("ENGINE_HOME", str(tmp_path))
+    monkeypatch.setenv("ENGINE_TIMEZONE", "UTC")
+
+    def run(*args: str) -> tuple[int, str, str]:
+        result = runner.invoke(app, list(args))
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            return 1, result.stdout, str(result.exception)
+        return result.exit_code, result.stdout, result.stderr
+
+    return run
+
+
+def _actions(store: SqlMessageStore) -> list[tuple[str, str | None, str | None]]:
+    with store.db_engine.connect() as conn:
+        return [
+            (r.action, r.patient_key, r.detail)
+            for r in conn.execute(
+                select(audit_log.c.action, audit_log.c.patient_key, audit_log.c.detail).order_by(
+                    audit_log.c.seq
+                )
+            )
+        ]
+
+
+def _ids(store: SqlMessageStore) -> list[tuple[int, int]]:
+    with store.db_engine.connect() as conn:
+        return [
+            (r.id, r.seq)
+            for r in conn.execute(select(audit_log.c.id, audit_log.c.seq).order_by(audit_log.c.seq))
+        ]
+
+
+def test_messages_list_and_show_are_recorded(store: SqlMessageStore, cli) -> None:  # type: ignore[no-untyped-def]
+    mid = _routed(store, "a")
+    code, _, err = cli("messages", "list", "--mrn", "CLINIC|MRN1", "--state", "routed")
+    assert code == 0, err
+    code, _, err = cli("messages", "show", str(mid))
+    assert code == 0, err
+    [search, show] = _actions(store)
+    assert search[0] == "search-messages" and search[1] == "CLINIC|MRN1"
+    assert search[2] == "1 shown; state routed, one patient"
+    assert show == ("view-message", "CLINIC|MRN1", None)
+
+
+def test_verify_passes_then_finds_a_changed_record(store: SqlMessageStore, cli) -> None:  # type: ignore[no-untyped-def]
+    mid = _routed(store, "a")
+    for _ in range(3):
+        cli("messages", "show", str(mid))
+    code, out, err = cli("audit", "verify")
+    assert code == 0, err
+    assert "audit trail intact: 3 records verified" in out
+    rid, seq = _ids(store)[1]
+    with store.db_engine.begin() as conn:
+        conn.execute(update(audit_log).where(audit_log.c.id == rid).values(outcome="refused"))
+    code, out, err = cli("audit", "verify")
+    assert code == 1
+    assert f"record id {rid} (seq {seq})" in err and "hash mismatch" in err
+
+
+def test_verify_finds_a_deleted_middle_record(store: SqlMessageStore, cli) -> None:  # type: ignore[no-untyped-def]
+    mid = _routed(store, "a")
+    for _ in range(4):
+        cli("messages", "show", str(mid))
+    rid, seq = _ids(store)[1]
+    with store.db_engine.begin() as conn:
+        conn.execute(delete(audit_log).where(audit_log.c.id == rid))
+    code, _, err = cli("audit", "verify")
+    assert code == 1 and f"seq {seq}..{seq} missing" in err and "deleted" in err
+
+
+def test_verify_finds_the_deleted_last_record(store: SqlMessageStore, cli) -> None:  # type: ignore[no-untyped-def]
+    mid = _routed(store, "a")
+    for _ in range(3):
+        cli("messages", "show", str(mid))
+    rid, seq = _ids(store)[-1]
+    with store.db_engine.begin() as conn:
+        conn.execute(delete(audit_log).where(audit_log.c.id == rid))
+    code, _, err = cli("audit", "verify")
+    assert code == 1 and "truncated" in err and f"head is seq {seq}" in err
+
+
+def test_verify_is_itself_recorded(store: SqlMessageStore, cli) -> None:  # type: ignore[no-untyped-def]
+    cli("audit", "verify")
+    [(action, _, detail)] = _actions(store)
+    assert action == "view-audit" and detail == "verify: intact, 0 records"
+
+
+def test_list_filters_pages_and_is_recorded(store: SqlMessageStore, cli) -> None:  # type: ignore[no-untyped-def]
+    one = _routed(store, "a", patient="CLINIC|MRN1", control="C1")
+    two = _routed(store, "a", patient="OTHER|MRN2", control="C2")
+    for mid in (one, two, one):
+        cli("messages", "show", str(mid))
+    user = getpass.getuser()
+    code, out, err = cli("audit", "list", "--mrn", "MRN1")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 2 and all("patient CLINIC|MRN1" in line for line in lines)
+    assert f"{user} (cli)  view-message message {one}" in lines[0] and "[seq 3]" in lines[0]
+    code, out, err = cli("audit", "list", "--limit", "2")
+    assert "[seq 4]" in out.splitlines()[0]  # the first list's own record, view-audit
+    assert "more: --before 3" in err
+    code, out, _ = cli("audit", "list", "--before", "3", "--action", "view-message")
+    assert [line.rsplit("[seq ", 1)[1] for line in out.splitlines()] == ["2]", "1]"]
+    code, out, _ = cli("audit", "list", "--actor", "nobody-else")
+    assert out == ""
+    code, _, err = cli("audit", "list", "--action", "peek")
+    assert code != 0 and "unknown action 'peek'" in err
+    views = [a for a in _actions(store) if a[0] == "view-audit"]
+    assert views[0][1] is None and views[0][2] == "2 shown; one patient"  # never the MRN
+
+
+def test_list_json_carries_the_chain(store: SqlMessageStore, cli) -> None:  # type: ignore[no-untyped-def]
+    cli("messages", "show", str(_routed(store, "a")))
+    code, out, _ = cli("audit", "list", "--json")
+    [line] = [json.loads(x) for x in out.splitlines()]
+    assert line["seq"] == 1 and len(line["hash"]) == 64 and line["prev_hash"] == "0" * 64
+
+
+def test_export_writes_valid_balp_audit_events(
+    store: SqlMessageStore,
+    cli,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    mid = _routed(store, "a")
+    cli("messages", "list", "--mrn", "CLINIC|MRN1")
+    cli("messages", "show", str(mid), "--raw")
+    store.record_audit(
+        action="login-failed", actor="eve", source="console", message_id=None, outcome="refused",
+        detail="wrong password", peer="203.0.113.9:5555",
+    )  # fmt: skip
+    out = tmp_path / "trail.ndjson"
+    code, _, err = cli("audit", "export", "--since", "2000-01-01", "--out", str(out))
+    assert code == 0, err
+    assert "4 AuditEvents written to" in err
+    assert out.stat().st_mode & 0o777 == 0o600
+    events = [AuditEvent.model_validate_json(line) for line in out.read_text().splitlines()]
+    by_action = {e.entity[-1].name: e for e in events}
+    assert set(by_action) == {"search-messages", "view-payload", "login-failed", "export-audit"}
+    read = by_action["view-payload"]
+    assert read.meta.profile[0].endswith("IHE.BasicAudit.PatientRead")
+    assert (read.type.code, read.subtype[0].code, read.action, read.outcome) == (
+        "rest",
+        "read",
+        "R",
+        "0",
+    )
+    [patient] = [e for e in read.entity if e.role and e.role.code == "1"]
+    assert patient.what.identifier.system == "urn:engine:identifier:CLINIC"
+    assert patient.what.identifier.value == "MRN1"
+    user = next(a for a in read.agent if a.requestor)
+    assert user.who.identifier.value == getpass.getuser()
+    query = by_action["search-messages"]
+    assert query.meta.profile[0].endswith("IHE.BasicAudit.PatientQuery")
+    assert query.subtype[0].code == "search" and query.action == "E"
+    failed = by_action["login-failed"]
+    assert (failed.type.code, failed.subtype[0].code, failed.outcome) == ("110114", "110122", "4")
+    assert failed.meta is None and failed.outcomeDesc == "wrong password"
+    client = next(a for a in failed.agent if a.network is not None and a.network.type == "2")
+    assert client.network.address == "203.0.113.9"
+    assert by_action["export-audit"].type.code == "110101"
+    assert _actions(store)[-1][0] == "export-audit"
+
+
+def test_export_since_leaves_older_records_out(store: SqlMessageStore, cli) -> None:  # type: ignore[no-untyped-def]
+    cli("messages", "show", str(_routed(store, "a")))
+    code, out, err = cli("audit", "export", "--since", "2999-01-01")
+    assert code == 0 and out == "" and "0 AuditEvents" in err
+    code, _, err = cli("audit", "export", "--since", "soon")
+    assert code != 0 and "'soon' is not a date" in err
