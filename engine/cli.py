@@ -282,17 +282,18 @@ def worker(
     typer.echo("workers stopped", err=True)
 
 
-from engine.cli_audit import audit_app  # noqa: E402  (the audit trail's commands)
 from engine.cli_documents import documents_app  # noqa: E402  (the documents commands)
 from engine.cli_keys import keys_app  # noqa: E402  (the signing-key commands)
-from engine.cli_messages import messages_app  # noqa: E402  (the messages commands)
+from engine.cli_messages import audit_app, messages_app  # noqa: E402  (the messages commands)
 from engine.cli_pull import pull_app  # noqa: E402  (the pull-source commands)
+from engine.cli_users import users_app  # noqa: E402  (the console's users)
 
 app.add_typer(messages_app, name="messages")
 app.add_typer(documents_app, name="documents")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(pull_app, name="pull")
+app.add_typer(users_app, name="users")
 
 
 eligibility_app = typer.Typer(

@@ -153,6 +153,23 @@ class Settings(BaseSettings):
     documents_inbox: str | None = None
     documents_name_pattern: str = r"^(?P<mrn>[A-Za-z0-9]+)_(?P<type>[a-z0-9-]+)_(?P<date>\d{8})"
 
+    #: the console's sessions (engine/console/sessions.py): idle minutes before a session ends
+    #: (a float, so tests can idle for seconds), a session's absolute lifetime, failed logins in a
+    #: row that lock an account and for how long, and the file holding the key that signs the
+    #: session cookie (default ``var_dir/console-secret``, made 0600 on first use; nodes sharing
+    #: one database share this file too). Read by the receiver's console.
+    console_idle_minutes: float = Field(15.0, gt=0)
+    console_session_hours: float = Field(12.0, gt=0)
+    console_max_failed_logins: int = Field(5, ge=1)
+    console_lockout_minutes: float = Field(15.0, gt=0)
+    console_secret_file: Path | None = None
+
+    #: HTTPS on the HTTP port (API and console): the certificate (chain) and key, PEM. Read by
+    #: the receiver (engine/service.py); under TLS the console's cookie is Secure and every
+    #: answer carries Strict-Transport-Security (engine/api/security.py).
+    http_tls_cert: Path | None = None
+    http_tls_key: Path | None = None
+
     @field_validator("documents_name_pattern")
     @classmethod
     def _name_pattern(cls, value: str) -> str:

@@ -33,10 +33,12 @@ from engine.api.auth_settings import AuthSettings, auth_settings_for
 from engine.api.deps import ApiContext, HealthDep
 from engine.api.metrics import metrics_router
 from engine.api.ports import HealthPort, IngestPort, MessagesPort
+from engine.api.security import SecurityHeaders
 from engine.api.unexpected import UnexpectedErrors
 from engine.console.router import mount_console
 from engine.metrics import EngineMetrics
 from engine.settings import Settings
+from engine.store.users import Users
 
 __all__ = ["create_app"]
 
@@ -67,6 +69,8 @@ def create_app(
     app.state.documents = documents  # engine.documents.intake.DocumentIntake, or None
     app.state.reloader = None  # engine.flow.config.Reloader, set by engine serve
     app.state.token_verifier = build_verifier(auth, http_client=http_client)
+    # the console's users and sessions: the store, when it is the SQL one (fakes have none)
+    app.state.users = messages if isinstance(messages, Users) else None
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -95,4 +99,5 @@ def create_app(
     app.include_router(metrics_router(require_token=auth.metrics_require_token))
     mount_console(app)
     app.add_middleware(UnexpectedErrors)
+    app.add_middleware(SecurityHeaders)  # outermost: even a 500 carries the headers
     return app

@@ -86,7 +86,8 @@ def render(
             csrf_token=token,
             csrf_field=csrf_field,
             version=__version__,
-            **context,
+            # the login page passes its pre-session token as ``csrf_token`` (taken above)
+            **{k: v for k, v in context.items() if k != "csrf_token"},
         )
     )
     return HTMLResponse(html, status_code=status_code)

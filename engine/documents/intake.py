@@ -453,10 +453,15 @@ class DocumentIntake:
             await self._record(refused, refusal, path)
             raise
         new = NewDocument(**{**asdict(new), "peer": refusal.peer, "file_name": file_name})
+        # beside SQLite the bytes become a file of their own, fsynced here in this upload's
+        # thread, before the group commit: the commit then adds rows only, and uploads write
+        # their bytes side by side instead of one by one under SQLite's one writer
+        prepare = getattr(self.store, "prepare_blob", None)
         try:
+            sha1 = await self.run(prepare, path, sha256, size) if prepare else None
             stored = await self.run(
                 self._group.store_document,
-                DocumentToStore(new, path, sha256, size, media_type),
+                DocumentToStore(new, path, sha256, size, media_type, sha1=sha1),
             )
         except DocumentChanged:  # the file changed since it was hashed (a folder's): look again
             raise

@@ -12,6 +12,7 @@ search        the operator's message list: filters, keyset paging, failing desti
 documents     documents' metadata and bytes (content-addressed), stored before they are accepted
 operator      an operator's replay of a message, resend of its deliveries, match of a document
 audit         who replayed, resent or viewed a payload, and when
+users         the console's users (argon2id hashes, roles, lock-out) and sessions
 repository    SqlMessageStore: the parts combined on one database
 """
 

@@ -2,9 +2,12 @@
 the ``messages`` row of kind ``document`` that routes it, written in one transaction before the
 document is accepted (engine/documents).
 
-The bytes are stored once per SHA-256 (``document_blobs``, ``document_chunks`` of at most 1 MiB);
-the same bytes for the same patient are one document (``documents.dedupe_key``): a second upload
-answers with the first one's id and makes no second message.
+The bytes are stored once per SHA-256 (``document_blobs``): beside a SQLite database as a file
+of their own (:mod:`engine.store.blobs`: written and fsynced by the caller's thread before the
+transaction, so SQLite's one writer never waits on a document's bytes), in the database on
+PostgreSQL (``document_chunks`` of at most 1 MiB; several nodes share it). The same bytes for
+the same patient are one document (``documents.dedupe_key``): a second upload answers with the
+first one's id and makes no second message.
 
 The bytes are read from the spooled file one chunk at a time, hashed again as they go in: a file
 that changed since the intake hashed it (a scanner still writing) is refused by the transaction
@@ -28,6 +31,7 @@ from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from engine.documents.model import DocumentInfo
+from engine.store.blobs import BlobFiles, DocumentChanged
 from engine.store.clean import clean, clean_key
 from engine.store.db import Repository, utcnow
 from engine.store.tables import document_blobs, document_chunks, documents, messages
@@ -48,11 +52,6 @@ __all__ = [
 CHUNK_BYTES = 1024 * 1024
 #: what is kept of a document refused for its size (the rest was never read)
 REFUSED_HEAD_BYTES = 4096
-
-
-class DocumentChanged(ValueError):
-    """The file's bytes are not those the intake hashed: it changed since (a scanner still
-    writing). Nothing was stored; the folder looks at it again."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +96,8 @@ class DocumentToStore:
     sha256: str
     size: int
     media_type: str
+    #: the bytes' base64 SHA-1 when :meth:`Documents.prepare_blob` already put them in place
+    sha1: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,8 +158,31 @@ def dedupe_key(sha256: str, authority: str, mrn: str) -> str:
 class Documents(Repository):
     """The documents' statements (mixed into :class:`~engine.store.SqlMessageStore`)."""
 
+    _blob_files: BlobFiles | None | bool = False  # False: not looked up yet
+
+    @property
+    def blob_files(self) -> BlobFiles | None:
+        """Where the bytes go as files (beside a SQLite database), or None (in the database)."""
+        if self._blob_files is False:
+            self._blob_files = BlobFiles.for_engine(self.db_engine)
+        assert self._blob_files is not True
+        return self._blob_files
+
+    def prepare_blob(self, source: Path, sha256: str, size: int) -> str | None:
+        """Beside SQLite, put ``source``'s bytes in place as a file (fsynced) *before* the
+        transaction that records them, in the caller's thread: returns their SHA-1, to pass
+        as ``DocumentToStore.sha1``. None when there is nothing to do first (the bytes go in
+        the database, or they are in place already). DocumentChanged when the file's bytes are
+        not ``sha256``: nothing placed."""
+        files = self.blob_files
+        if files is None or files.has(sha256, size):
+            return None
+        return files.place(source, sha256, size)
+
     _BY_KEY = select(documents).where(documents.c.dedupe_key == bindparam("key"))
-    _BLOB = select(document_blobs.c.chunks).where(document_blobs.c.sha256 == bindparam("sha"))
+    _BLOB = select(document_blobs.c.chunks, document_blobs.c.stored).where(
+        document_blobs.c.sha256 == bindparam("sha")
+    )
     _BLOB_SHA1 = select(document_blobs.c.sha1).where(document_blobs.c.sha256 == bindparam("sha"))
     _INSERT_CHUNK = insert(document_chunks)
     _CHUNK = select(document_chunks.c.data).where(
@@ -228,7 +252,7 @@ class Documents(Repository):
     def _insert(
         self, conn: Connection, item: DocumentToStore, text: dict[str, Any], key: str
     ) -> StoredDocument:
-        sha1 = self._put_blob(conn, item.source, item.sha256, item.size)
+        sha1 = self._put_blob(conn, item.source, item.sha256, item.size, placed=item.sha1)
         now = utcnow()
         doc_id = conn.execute(
             self._INSERT_DOCUMENT,
@@ -272,9 +296,19 @@ class Documents(Repository):
         conn.execute(self._LINK, {"doc_id": doc_id, "mid": mid})
         return StoredDocument(info, int(mid), duplicate=False)
 
-    def _put_blob(self, conn: Connection, source: Path, sha256: str, size: int) -> str | None:
-        """Copy the file's bytes into ``document_chunks`` one chunk at a time (never the whole
-        file in memory), checking they still hash to ``sha256``; nothing when already stored.
+    def _put_blob(
+        self,
+        conn: Connection,
+        source: Path,
+        sha256: str,
+        size: int,
+        *,
+        placed: str | None = None,
+    ) -> str | None:
+        """Record the bytes of ``sha256``; nothing when already stored. Beside SQLite their
+        file is put in place (unless :meth:`prepare_blob` did: ``placed`` is then its SHA-1);
+        elsewhere the file's bytes go into ``document_chunks`` one chunk at a time (never the
+        whole file in memory). Either way they are checked to still hash to ``sha256``.
 
         Returns the bytes' base64 SHA-1 (FHIR Attachment.hash), hashed here beside the SHA-256
         while the bytes pass anyway, so the processor never reads a document back to map it
@@ -283,6 +317,22 @@ class Documents(Repository):
         row = conn.execute(self._BLOB_SHA1, {"sha": sha256}).first()
         if row is not None:
             return str(row.sha1) if row.sha1 else None
+        files = self.blob_files
+        if files is not None:
+            if placed is None or not files.has(sha256, size):
+                placed = files.place(source, sha256, size)
+            conn.execute(
+                insert(document_blobs),
+                {
+                    "sha256": sha256,
+                    "size": size,
+                    "chunks": 0,
+                    "created_at": utcnow(),
+                    "sha1": placed,
+                    "stored": "file",
+                },
+            )
+            return placed
         digest = hashlib.sha256()
         sha1 = hashlib.sha1(usedforsecurity=False)
         seq = total = 0
@@ -307,6 +357,7 @@ class Documents(Repository):
                 "chunks": seq,
                 "created_at": utcnow(),
                 "sha1": hash_b64,
+                "stored": "db",
             },
         )
         return hash_b64
@@ -375,10 +426,37 @@ class Documents(Repository):
         caller sends a chunk somewhere slow.
         """
         with self.db_engine.connect() as conn:
-            count = conn.execute(self._BLOB, {"sha": sha256}).scalar_one_or_none()
-        if count is None:
+            row = conn.execute(self._BLOB, {"sha": sha256}).first()
+        if row is None:
             raise KeyError(f"no document bytes stored under sha256 {sha256[:12]}")
-        return self._chunks(sha256, int(count))
+        if row.stored == "file":
+            files = self.blob_files
+            if files is None:
+                raise KeyError(f"the document bytes {sha256[:12]} are in a file, not here")
+            return files.chunks(sha256)
+        return self._chunks(sha256, int(row.chunks))
+
+    def sweep_blob_files(self) -> int:
+        """Remove the files of bytes no row names (a commit that crashed after its file was put
+        in place; bytes purged while a file was being read): only files older than an hour."""
+        files = self.blob_files
+        if files is None:
+            return 0
+
+        def unknown(hashes: set[str]) -> set[str]:
+            ordered, known = sorted(hashes), set[str]()
+            with self.db_engine.connect() as conn:
+                for i in range(0, len(ordered), 500):
+                    known.update(
+                        conn.execute(
+                            select(document_blobs.c.sha256).where(
+                                document_blobs.c.sha256.in_(ordered[i : i + 500])
+                            )
+                        ).scalars()
+                    )
+            return hashes - known
+
+        return files.sweep(unknown)
 
     def _chunks(self, sha256: str, count: int) -> Iterator[bytes]:
         for seq in range(count):
@@ -405,18 +483,20 @@ def _refused_hashes(conn: Connection, candidates: set[str]) -> set[str]:
     return kept
 
 
-def purge_documents_of(conn: Connection, message_ids: Sequence[int]) -> int:
+def purge_documents_of(conn: Connection, message_ids: Sequence[int]) -> set[str]:
     """Retention, in the transaction that purges ``message_ids``: their documents go with them,
-    and so do the bytes no other document (nor a kept refusal) still needs. Returns how many
-    documents were purged. A document whose message is not purged (waiting for its patient,
-    dead, replayed onto a copy that is not delivered) keeps its row and its bytes."""
+    and so do the bytes no other document (nor a kept refusal) still needs. Returns the SHA-256s
+    whose bytes are files (beside SQLite): the caller removes them once its transaction has
+    committed (:meth:`BlobFiles.remove`), never before. A document whose message is not purged
+    (waiting for its patient, dead, replayed onto a copy that is not delivered) keeps its row
+    and its bytes."""
     if not message_ids:
-        return 0
+        return set()
     rows = conn.execute(
         select(documents.c.id, documents.c.sha256).where(documents.c.message_id.in_(message_ids))
     ).all()
     if not rows:
-        return 0
+        return set()
     conn.execute(delete(documents).where(documents.c.id.in_([r.id for r in rows])))
     hashes = {r.sha256 for r in rows}
     still = set(
@@ -426,7 +506,15 @@ def purge_documents_of(conn: Connection, message_ids: Sequence[int]) -> int:
     )
     gone = hashes - still
     gone -= _refused_hashes(conn, gone)
-    if gone:
-        conn.execute(delete(document_chunks).where(document_chunks.c.sha256.in_(gone)))
-        conn.execute(delete(document_blobs).where(document_blobs.c.sha256.in_(gone)))
-    return len(rows)
+    if not gone:
+        return set()
+    files = set(
+        conn.execute(
+            select(document_blobs.c.sha256).where(
+                document_blobs.c.sha256.in_(gone), document_blobs.c.stored == "file"
+            )
+        ).scalars()
+    )
+    conn.execute(delete(document_chunks).where(document_chunks.c.sha256.in_(gone)))
+    conn.execute(delete(document_blobs).where(document_blobs.c.sha256.in_(gone)))
+    return files

@@ -34,6 +34,7 @@ from sqlalchemy import (
     update,
 )
 
+from engine.store.blobs import BlobFiles
 from engine.store.clean import clean, clean_key, clean_lines
 from engine.store.db import Repository, aware, id_list, utcnow
 from engine.store.deliveries import NewDelivery, deliveries_of, queue_deliveries
@@ -493,6 +494,9 @@ class MessageStore(Repository):
             if not ids:
                 return 0
             conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(ids)))
-            purge_documents_of(conn, ids)
+            files = purge_documents_of(conn, ids)
             conn.execute(delete(messages).where(messages.c.id.in_(ids)))
-            return len(ids)
+        blobs = BlobFiles.for_engine(self.db_engine)
+        if files and blobs is not None:  # committed: the files' rows are gone for good
+            blobs.remove(files)
+        return len(ids)

@@ -25,6 +25,7 @@ from engine.store.messages import MessageStore
 from engine.store.nodes import Nodes
 from engine.store.operator import DocumentActions, Operator
 from engine.store.search import MessageSearch
+from engine.store.users import Users
 
 __all__ = ["SqlMessageStore"]
 
@@ -43,6 +44,7 @@ class SqlMessageStore(
     Nodes,
     Documents,
     ConsoleStats,
+    Users,
 ):
     """The message store on a SQLAlchemy engine: messages, deliveries, the resource index,
     eligibility checks, the operator's search, replay and resend, documents' matching, and the

@@ -65,6 +65,8 @@ __all__ = [
     "alerts",
     "audit_chain",
     "audit_log",
+    "console_sessions",
+    "console_users",
     "deliveries",
     "destination_breakers",
     "document_blobs",
@@ -308,6 +310,9 @@ document_blobs = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     #: base64 SHA-1 of the bytes (FHIR Attachment.hash), computed as they are stored
     Column("sha1", String(28), nullable=True),
+    #: where the bytes are: ``db`` (document_chunks) or ``file`` (beside a SQLite database:
+    #: engine/store/blobs.py)
+    Column("stored", String(8), nullable=False, server_default="db"),
 )
 
 document_chunks = Table(
@@ -377,4 +382,42 @@ alert_events = Table(
     Column("event", String(16), nullable=False),
     Column("detail", Text, nullable=True),
     Index("ix_alert_events_at", "at", "id"),
+)
+
+
+#: the console's users (engine/store/users.py): local ones with an argon2id hash, or ones an
+#: OpenID Connect provider vouches for (``origin`` oidc, no hash). ``roles``: space-separated
+#: engine roles; ``disabled_at`` set: refused at login, their sessions revoked; after too many
+#: failed logins ``locked_until`` refuses even the right password for a while.
+console_users = Table(
+    "console_users",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("username", String(64), nullable=False),
+    Column("password_hash", String(255), nullable=True),
+    Column("roles", String(128), nullable=False),
+    Column("origin", String(16), nullable=False),  # local, oidc
+    Column("disabled_at", DateTime(timezone=True), nullable=True),
+    Column("failed_logins", Integer, nullable=False),
+    Column("locked_until", DateTime(timezone=True), nullable=True),
+    Column("last_login_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ux_console_users_username", "username", unique=True),
+)
+
+#: the console's sessions, server-side so every node shares them and logging out or disabling a
+#: user ends them at once; the cookie holds a random id, this table only its SHA-256
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("user_id", _ID, ForeignKey("console_users.id", ondelete="CASCADE"), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("method", String(16), nullable=False),  # password, oidc
+    Column("peer", String(255), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("ix_console_sessions_user", "user_id"),
 )

@@ -35,7 +35,9 @@ def _delivered_long_ago(store: SqlMessageStore, *message_ids: int) -> None:
         )
 
 
-def _blobs(store: SqlMessageStore, sha: str) -> tuple[int, int]:
+def _blobs(store: SqlMessageStore, sha: str) -> tuple[int, bool]:
+    """The blob rows of ``sha``, and whether its bytes are still kept: chunks in the database
+    (PostgreSQL), a file beside the database (SQLite)."""
     with store.db_engine.connect() as conn:
         blobs = conn.execute(
             select(func.count()).select_from(document_blobs).where(document_blobs.c.sha256 == sha)
@@ -43,7 +45,11 @@ def _blobs(store: SqlMessageStore, sha: str) -> tuple[int, int]:
         chunks = conn.execute(
             select(func.count()).select_from(document_chunks).where(document_chunks.c.sha256 == sha)
         ).scalar_one()
-    return int(blobs), int(chunks)
+    files = store.blob_files
+    if files is None:
+        return int(blobs), chunks > 0
+    assert chunks == 0  # beside SQLite the bytes are never in the database
+    return int(blobs), files.path(sha).exists()
 
 
 def _documents(store: SqlMessageStore) -> int:
@@ -64,14 +70,14 @@ def test_a_purged_document_takes_its_bytes_unless_another_still_needs_them(
     assert store.purge_delivered(timedelta(days=30)) == 2
 
     assert _documents(store) == 1  # the second's, still on its way
-    assert _blobs(store, shared_sha) == (1, 2)  # it still needs them
-    assert _blobs(store, alone_sha) == (0, 0)
+    assert _blobs(store, shared_sha) == (1, True)  # it still needs them
+    assert _blobs(store, alone_sha) == (0, False)
     assert store.raw(second) is not None
 
     _delivered_long_ago(store, second)
     assert store.purge_delivered(timedelta(days=30)) == 1
     assert _documents(store) == 0
-    assert _blobs(store, shared_sha) == (0, 0)
+    assert _blobs(store, shared_sha) == (0, False)
 
 
 def test_the_bytes_a_refusal_kept_stay(store: SqlMessageStore, tmp_path: Path) -> None:
@@ -95,4 +101,4 @@ def test_the_bytes_a_refusal_kept_stay(store: SqlMessageStore, tmp_path: Path) -
 
     assert store.purge_delivered(timedelta(days=30)) == 1
     assert _documents(store) == 0
-    assert _blobs(store, sha) == (1, 1)  # the refusal, never purged, still names them
+    assert _blobs(store, sha) == (1, True)  # the refusal, never purged, still names them

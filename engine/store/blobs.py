@@ -1,0 +1,154 @@
+"""A document's bytes as a file of their own, beside a SQLite database (``engine.blobs/``).
+
+On SQLite the database has one writer: every byte written inside a transaction holds the lock
+that every MLLP ACK waits on, and the write-ahead log writes it twice (the log, then the
+checkpoint). So beside a SQLite file the bytes go to a file named by their SHA-256
+(``<db>.blobs/ab/abcdef...``), written and fsynced by the uploader's own thread *before* the
+transaction that records the document: the transaction only adds rows. A file is written to a
+temporary name, fsynced, renamed into place and its folder fsynced, so a name in place always
+holds complete bytes; a crash between the rename and the commit leaves a file no row names
+(swept after an hour: :meth:`BlobFiles.sweep`), never a row without its bytes.
+
+On PostgreSQL the bytes stay in the database (``document_chunks``): several nodes share it, and
+a file on one node's disk would not be on the others'.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO
+
+from sqlalchemy import Engine
+
+__all__ = ["BlobFiles", "DocumentChanged"]
+
+_CHUNK = 1024 * 1024
+#: a file no row names is a crashed commit's only when older than this
+_ORPHAN_AGE_S = 3600.0
+
+
+class DocumentChanged(ValueError):
+    """The file's bytes are not those the intake hashed: it changed since (a scanner still
+    writing). Nothing was stored; the folder looks at it again."""
+
+
+class BlobFiles:
+    """Documents' bytes as files under ``root``, by SHA-256."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @classmethod
+    def for_engine(cls, db_engine: Engine) -> BlobFiles | None:
+        """The folder beside a SQLite database file; None for any other database (the bytes
+        then stay in it)."""
+        url = db_engine.url
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            return cls(Path(url.database).with_suffix(".blobs"))
+        return None
+
+    def path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise ValueError("not a SHA-256 in hex")
+        return self.root / sha256[:2] / sha256
+
+    def has(self, sha256: str, size: int) -> bool:
+        """Whether complete bytes for ``sha256`` are in place (a file in place is complete)."""
+        try:
+            return self.path(sha256).stat().st_size == size
+        except OSError:
+            return False
+
+    def place(self, source: Path, sha256: str, size: int) -> str:
+        """Copy ``source`` into place as the bytes of ``sha256``, checking they hash to it and
+        are ``size`` long (DocumentChanged otherwise: nothing placed), durably (file and folder
+        fsynced). Returns the bytes' base64 SHA-1 (FHIR Attachment.hash), hashed on the way."""
+        final = self.path(sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        sha1 = hashlib.sha1(usedforsecurity=False)
+        total = 0
+        fd, name = tempfile.mkstemp(dir=final.parent, prefix=".part-")
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out, source.open("rb") as f:
+                while chunk := f.read(_CHUNK):
+                    digest.update(chunk)
+                    sha1.update(chunk)
+                    total += len(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if total != size or digest.hexdigest() != sha256:
+                raise DocumentChanged(
+                    f"the file changed since it was hashed (sha256 {sha256[:12]}, {size} bytes)"
+                )
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        _fsync_dir(final.parent)
+        return base64.b64encode(sha1.digest()).decode("ascii")
+
+    def chunks(self, sha256: str) -> Iterator[bytes]:
+        """The bytes of ``sha256``, 1 MiB at a time; KeyError when the file is missing."""
+        try:
+            f = self.path(sha256).open("rb")
+        except FileNotFoundError:
+            raise KeyError(f"the file of the document bytes {sha256[:12]} is missing") from None
+        return _read(f)
+
+    def remove(self, hashes: Iterable[str]) -> None:
+        """Remove the files of ``hashes`` (their rows are gone: called after that commit)."""
+        for sha in hashes:
+            with contextlib.suppress(OSError, ValueError):
+                self.path(sha).unlink()
+
+    def sweep(self, unknown: Callable[[set[str]], set[str]]) -> int:
+        """Remove files older than an hour that no row names (``unknown`` returns which of the
+        hashes it is given have no row), and temporary files a crash left. Returns how many."""
+        if not self.root.is_dir():
+            return 0
+        cutoff = time.time() - _ORPHAN_AGE_S
+        old: dict[str, Path] = {}
+        removed = 0
+        for folder in self.root.iterdir():
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                with contextlib.suppress(OSError):
+                    if path.stat().st_mtime >= cutoff:
+                        continue
+                    if path.name.startswith(".part-"):
+                        path.unlink()
+                        removed += 1
+                    else:
+                        old[path.name] = path
+        if old:
+            for sha in unknown(set(old)):
+                with contextlib.suppress(OSError):
+                    old[sha].unlink()
+                    removed += 1
+        return removed
+
+
+def _read(f: IO[bytes]) -> Iterator[bytes]:
+    with f:
+        while chunk := f.read(_CHUNK):
+            yield chunk
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,164 @@
+"""Beside SQLite a document's bytes are a file of their own, put in place (fsynced) before the
+transaction that records them; on PostgreSQL they stay in the database. A crash between the two
+leaves a file no row names, swept once old; retention removes a file only after its commit."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, update
+
+from engine.store import SqlMessageStore, create_db_engine
+from engine.store.blobs import BlobFiles, DocumentChanged
+from engine.store.db import utcnow
+from engine.store.documents import DocumentToStore
+from engine.store.tables import document_blobs, document_chunks, messages
+from tests.documents.intake_support import new_document, pdf_bytes, write
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SqlMessageStore]:
+    """The store on SQLite only (the file tests: PostgreSQL keeps the bytes in the database)."""
+    db = create_db_engine(f"sqlite:///{tmp_path / 'engine.db'}")
+    store = SqlMessageStore(db)
+    store.migrate()
+    yield store
+    db.dispose()
+
+
+def _files(store: SqlMessageStore) -> BlobFiles:
+    files = store.blob_files
+    assert files is not None
+    return files
+
+
+def test_postgresql_keeps_the_bytes_in_the_database(store: SqlMessageStore, tmp_path: Path) -> None:
+    if store.db_engine.dialect.name != "postgresql":
+        assert store.blob_files is not None
+        assert store.blob_files.root == Path(str(store.db_engine.url.database)).with_suffix(
+            ".blobs"
+        )
+        return
+    assert store.blob_files is None
+    data = pdf_bytes()
+    path = write(tmp_path / "scan.pdf", data)
+    assert store.prepare_blob(path, _sha(data), len(data)) is None
+    stored = store.store_document(
+        new_document(), path, sha256=_sha(data), size=len(data), media_type="application/pdf"
+    )
+    with store.db_engine.connect() as conn:
+        where = document_blobs.c.sha256 == _sha(data)
+        assert conn.execute(select(document_blobs.c.stored).where(where)).scalar_one() == "db"
+        count = select(func.count()).select_from(document_chunks)
+        assert conn.execute(count).scalar_one() == 1
+    assert b"".join(store.document_chunks(stored.info.sha256)) == data
+
+
+def test_prepared_bytes_are_in_place_before_the_commit_and_read_back(
+    sqlite_store: SqlMessageStore, tmp_path: Path
+) -> None:
+    files = _files(sqlite_store)
+    data = pdf_bytes(3)
+    path = write(tmp_path / "scan.pdf", data)
+    sha1 = sqlite_store.prepare_blob(path, _sha(data), len(data))
+    assert sha1 is not None
+    # in place and durable before any row names it
+    assert files.path(_sha(data)).read_bytes() == data
+    with sqlite_store.db_engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(document_blobs)).scalar_one() == 0
+    [stored] = sqlite_store.store_documents(
+        [DocumentToStore(new_document(), path, _sha(data), len(data), "application/pdf", sha1)]
+    )
+    assert not isinstance(stored, Exception)
+    assert stored.info.sha1 == sha1
+    with sqlite_store.db_engine.connect() as conn:
+        row = conn.execute(select(document_blobs)).one()
+        assert (row.stored, row.chunks, row.sha1) == ("file", 0, sha1)
+        assert conn.execute(select(func.count()).select_from(document_chunks)).scalar_one() == 0
+    assert b"".join(sqlite_store.document_chunks(_sha(data))) == data
+    # prepared again (the same bytes uploaded again): nothing to do, they are in place
+    assert sqlite_store.prepare_blob(path, _sha(data), len(data)) is None
+
+
+def test_a_file_that_changed_since_hashed_is_not_put_in_place(
+    sqlite_store: SqlMessageStore, tmp_path: Path
+) -> None:
+    files = _files(sqlite_store)
+    data = pdf_bytes()
+    path = write(tmp_path / "scan.pdf", data + b"still writing")
+    with pytest.raises(DocumentChanged):
+        sqlite_store.prepare_blob(path, _sha(data), len(data))
+    assert not files.path(_sha(data)).exists()
+    assert [p for p in files.root.rglob("*") if p.is_file()] == []  # no temporary file left
+
+
+def test_a_crash_between_the_file_and_the_commit_leaves_a_file_swept_once_old(
+    sqlite_store: SqlMessageStore, tmp_path: Path
+) -> None:
+    files = _files(sqlite_store)
+    kept = pdf_bytes(1)
+    orphan = pdf_bytes(2)
+    write(tmp_path / "kept.pdf", kept)
+    sqlite_store.store_document(
+        new_document(),
+        tmp_path / "kept.pdf",
+        sha256=_sha(kept),
+        size=len(kept),
+        media_type="application/pdf",
+    )
+    sqlite_store.prepare_blob(write(tmp_path / "orphan.pdf", orphan), _sha(orphan), len(orphan))
+    # (the process died here: no row names the orphan)
+    assert sqlite_store.sweep_blob_files() == 0  # too young: its commit may be on its way
+    old = time.time() - 7200
+    for sha in (_sha(kept), _sha(orphan)):
+        os.utime(files.path(sha), (old, old))
+    assert sqlite_store.sweep_blob_files() == 1
+    assert files.path(_sha(kept)).exists()
+    assert not files.path(_sha(orphan)).exists()
+    assert b"".join(sqlite_store.document_chunks(_sha(kept))) == kept
+
+
+def test_retention_removes_the_file_once_its_rows_are_gone(
+    sqlite_store: SqlMessageStore, tmp_path: Path
+) -> None:
+    files = _files(sqlite_store)
+    data = pdf_bytes()
+    path = write(tmp_path / "scan.pdf", data)
+    stored = sqlite_store.store_document(
+        new_document(), path, sha256=_sha(data), size=len(data), media_type="application/pdf"
+    )
+    with sqlite_store.db_engine.begin() as conn:
+        conn.execute(
+            update(messages)
+            .where(messages.c.id == stored.message_id)
+            .values(state="delivered", updated_at=utcnow() - timedelta(days=90))
+        )
+    assert files.path(_sha(data)).exists()
+    assert sqlite_store.purge_delivered(timedelta(days=30)) == 1
+    assert not files.path(_sha(data)).exists()
+    with pytest.raises(KeyError):
+        sqlite_store.document_chunks(_sha(data))
+
+
+def test_a_missing_file_is_named_not_read_as_empty(
+    sqlite_store: SqlMessageStore, tmp_path: Path
+) -> None:
+    files = _files(sqlite_store)
+    data = pdf_bytes()
+    path = write(tmp_path / "scan.pdf", data)
+    sqlite_store.store_document(
+        new_document(), path, sha256=_sha(data), size=len(data), media_type="application/pdf"
+    )
+    files.path(_sha(data)).unlink()
+    with pytest.raises(KeyError, match="missing"):
+        list(sqlite_store.document_chunks(_sha(data)))
