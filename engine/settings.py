@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     #: retention: delivered messages are purged after this many days (undelivered never are).
     #: Read by the worker's retention loop.
     retention_days: int = Field(30, ge=1)
+    #: retention of the audit trail, separate from the messages' (six years by default: HIPAA
+    #: keeps documentation that long); the oldest records are pruned behind the hash chain's
+    #: anchor (engine/store/audit.py). Read by the worker's retention loop.
+    audit_retention_days: int = Field(2190, ge=1)
     #: alerts (engine/alerts, rules in ``routes_dir/alerts.yaml``): seconds between two
     #: evaluations. Read by the worker's alerts loop (engine/jobs/alerts.py).
     alerts_interval_s: float = Field(60.0, ge=1, le=3600)

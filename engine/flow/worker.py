@@ -215,6 +215,12 @@ async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> Non
             )
             if purged:
                 log.info("retention purge", extra={"purged": purged})
+            # the audit trail has its own period; message retention never deletes its rows
+            pruned = await asyncio.to_thread(
+                store.prune_audit, timedelta(days=settings.audit_retention_days)
+            )
+            if pruned:
+                log.info("audit retention prune", extra={"pruned": pruned})
             # a guard: no path should leave a patient's queue without a head
             repaired = await asyncio.to_thread(store.repair_queues)
             if repaired:
