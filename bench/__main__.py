@@ -21,7 +21,11 @@ SUITES: dict[str, str] = {
     "x12": "bench.x12_bench",
     "eligibility": "bench.eligibility_bench",
     "documents": "bench.documents_bench",
+    "athena-tokens": "bench.athena_tokens",
 }
+#: suites that run for a length of time, which ``--minutes`` sets (their ``run`` takes
+#: ``minutes=``)
+TIMED_SUITES = frozenset({"athena-tokens"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,14 +41,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--regenerate", action="store_true", help="rewrite the generated data files first"
     )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        help=f"length of a timed suite's run ({', '.join(sorted(TIMED_SUITES))})",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.minutes is not None:
+        if args.minutes <= 0:
+            parser.error("--minutes must be positive")
+        if not args.suite or set(args.suite) - TIMED_SUITES:
+            parser.error(f"--minutes goes with --suite {' / '.join(sorted(TIMED_SUITES))} only")
     options = Options(quick=args.quick, repeat=args.repeat, regenerate=args.regenerate)
     for name in args.suite or list(SUITES):
         module = importlib.import_module(SUITES[name])
         print(f"== {name}{' (quick)' if options.quick else ''} ==")
-        result = module.run(options)
+        timed = {"minutes": args.minutes} if args.minutes is not None else {}
+        result = module.run(options, **timed)
         path = write_results(f"{name}-quick" if options.quick else name, result)
         print(f"results: {path}\n")
     return 0

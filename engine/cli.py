@@ -517,6 +517,18 @@ def stub_athena(
     port: Annotated[int, typer.Option(help="port to listen on")] = 8093,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     client_id: Annotated[str, typer.Option(help="the client id it accepts")] = "engine-demo",
+    token_limit: Annotated[
+        int, typer.Option(min=0, max=10_000, help="token requests a client may make a minute")
+    ] = 5,
+    token_lifetime: Annotated[
+        int, typer.Option(min=1, max=86_400, help="tokens' expires_in, seconds (benches)")
+    ] = 3600,
+    admin: Annotated[
+        bool, typer.Option(help="open /admin/stats and /admin/expire (tests and benches only)")
+    ] = False,
+    load_patients: Annotated[
+        int, typer.Option(min=0, max=100_000, help="synthetic patients LOAD00001... (benches)")
+    ] = 0,
 ) -> None:
     """Run a stub athenahealth (in memory) for demos and tests: token endpoint, practice 195900.
 
@@ -537,7 +549,16 @@ def stub_athena(
         f"  client secret {secret}  (set it in the variable your route's client_secret_env names)",
         err=True,
     )
-    run_stub_athena(host, port, client_id=client_id, client_secret=secret)
+    run_stub_athena(
+        host,
+        port,
+        client_id=client_id,
+        client_secret=secret,
+        token_limit_per_minute=token_limit,
+        token_lifetime_s=token_lifetime,
+        admin=admin,
+        load_patients=load_patients,
+    )
 
 
 @app.command("stub-epic")

@@ -23,8 +23,13 @@ What athena's developer documentation says, as the stub applies it (docs.athenah
 
 Test switches: :meth:`StubAthenaState.fail_next` (5xx, 429 with Retry-After), ``delay_s`` (slow),
 ``token_retry_after`` (the token endpoint's 429 asks for that wait),
-:meth:`StubAthenaState.expire_tokens`, :meth:`StubAthenaState.seed_appointments`;
-``token_requests``, ``tokens_issued``, ``uploads_by_hash`` and ``paced`` count what happened.
+:meth:`StubAthenaState.expire_tokens`, :meth:`StubAthenaState.seed_appointments`,
+:meth:`StubAthenaState.seed_load_patients`;
+``token_requests``, ``tokens_issued``, ``uploads_by_hash`` and ``paced`` count what happened, and
+``token_log`` keeps each token request's time and answer (the per-minute figures of a run).
+Started with ``admin`` (``engine stub-athena --admin``), ``GET /admin/stats`` gives those counts
+and ``POST /admin/expire`` revokes every token issued so far, over HTTP, for a stub that runs
+as a process of its own (benches); never on by default, as they need no token.
 Seeded with the demo's synthetic patients (engine/sim/demo.py) and their appointments on the next
 business days.
 
@@ -57,7 +62,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from engine.sim.epic_fhir import business_days  # the demo days, as the stub Epic books them
+from engine.sim.epic_fhir import (  # the demo days and load MRNs, as the stub Epic has them
+    business_days,
+    load_mrn,
+)
 from engine.sim.server_thread import ServerThread
 
 __all__ = [
@@ -78,6 +86,10 @@ DEMO_DEPARTMENT = "1"
 MAX_FORM_BYTES = 64 * 1024
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 MAX_LIMIT = 5000
+#: token requests whose time and answer are kept for the per-minute figures
+TOKEN_LOG_MAX = 100_000
+#: athena ids of the synthetic load patients start above this (``seed_load_patients``)
+LOAD_PATIENT_BASE = 100_000
 
 #: athena's document subclasses the stub takes (the general document endpoint; the admin ones
 #: are those of athena's Document Classification Guide)
@@ -154,6 +166,11 @@ class StubAthenaState:
     #: API requests refused by the per-practice pacing
     paced: int = 0
     api_requests: int = 0
+    #: API requests refused for a missing, unknown or expired bearer token
+    api_unauthorized: int = 0
+    #: every token request: (``time.time()`` when it came, the status answered), the newest
+    #: :data:`TOKEN_LOG_MAX`
+    token_log: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=TOKEN_LOG_MAX))
     patients: dict[str, dict[str, Any]] = field(default_factory=dict)
     insurances: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     appointments: list[dict[str, Any]] = field(default_factory=list)
@@ -178,6 +195,8 @@ class StubAthenaState:
             self.delay_s, self.token_retry_after = 0.0, None
             self.token_requests = self.tokens_issued = self.token_limited = 0
             self.max_tokens_per_minute = self.paced = self.api_requests = 0
+            self.api_unauthorized = 0
+            self.token_log.clear()
             self.documents.clear()
             self.uploads_by_hash.clear()
             self.failures.clear()
@@ -242,6 +261,42 @@ class StubAthenaState:
         """The next ``n`` API requests answer ``status`` (with ``Retry-After`` if given)."""
         with self.lock:
             self.failures.extend([(status, retry_after)] * n)
+
+    def seed_load_patients(self, n: int) -> None:
+        """``n`` synthetic patients with the MRNs the stub Epic's load patients have
+        (``LOAD00001``...; athena ids from :data:`LOAD_PATIENT_BASE` + 1), for benches whose
+        documents are spread over many patients (the engine delivers one at a time per patient)."""
+        with self.lock:
+            for i in range(1, n + 1):
+                pid = str(LOAD_PATIENT_BASE + i)
+                self.patients[pid] = {
+                    "patientid": pid,
+                    "mrn": load_mrn(i),
+                    "lastname": "Load",
+                    "firstname": f"Patient{i}",
+                    "dob": "01/01/1980",
+                    "sex": "F" if i % 2 else "M",
+                    "departmentid": DEMO_DEPARTMENT,
+                }
+
+    def stats(self) -> dict[str, Any]:
+        """What happened, for ``GET /admin/stats`` and benches: the token endpoint's requests
+        (each one's time and status in ``token_log``), its 429s, the API's, the uploads."""
+        with self.lock:
+            return {
+                "token_requests": self.token_requests,
+                "tokens_issued": self.tokens_issued,
+                "token_limited": self.token_limited,
+                "max_tokens_per_minute": self.max_tokens_per_minute,
+                "token_limit_per_minute": self.token_limit_per_minute,
+                "expires_in": self.expires_in,
+                "token_log": [[round(t, 3), status] for t, status in self.token_log],
+                "api_requests": self.api_requests,
+                "api_unauthorized": self.api_unauthorized,
+                "paced": self.paced,
+                "uploads": sum(self.uploads_by_hash.values()),
+                "documents_created_twice": sum(1 for n in self.uploads_by_hash.values() if n > 1),
+            }
 
     def patient_id(self, mrn: str) -> str:
         return next(str(p["patientid"]) for p in self.patients.values() if p["mrn"] == mrn)
@@ -324,6 +379,14 @@ class _Athena:
         self.state = state
 
     async def token(self, request: Request) -> Response:
+        """:meth:`_token`, its time and answer logged (``token_log``)."""
+        came = time.time()
+        response = await self._token(request)
+        with self.state.lock:
+            self.state.token_log.append((came, response.status_code))
+        return response
+
+    async def _token(self, request: Request) -> Response:
         st = self.state
         body = await request.body()
         with st.lock:
@@ -372,6 +435,8 @@ class _Athena:
         st = self.state
         scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or st.token_client(bearer) is None:
+            with st.lock:
+                st.api_unauthorized += 1
             return _error(401, "Invalid Access Token")
         practice = request.path_params["practiceid"]
         with st.lock:
@@ -524,13 +589,36 @@ class _Athena:
         return JSONResponse(body)
 
 
-def create_stub_athena_app(state: StubAthenaState | None = None) -> Starlette:
-    """The stub as an ASGI app; ``app.state.athena`` is its :class:`StubAthenaState`."""
+class _Admin:
+    """Test controls over HTTP, mounted only when the stub is started with ``admin``."""
+
+    def __init__(self, state: StubAthenaState) -> None:
+        self.state = state
+
+    async def stats(self, request: Request) -> Response:
+        return JSONResponse(self.state.stats())
+
+    async def expire(self, request: Request) -> Response:
+        self.state.expire_tokens()
+        return JSONResponse({"ok": True})
+
+
+def create_stub_athena_app(
+    state: StubAthenaState | None = None, *, admin: bool = False
+) -> Starlette:
+    """The stub as an ASGI app; ``app.state.athena`` is its :class:`StubAthenaState`.
+    ``admin`` adds the unauthenticated test controls (``/admin/stats``, ``/admin/expire``)."""
     state = state or StubAthenaState()
     athena = _Athena(state)
     base = "/v1/{practiceid}"
+    controls = _Admin(state)
+    admin_routes = [
+        Route("/admin/stats", controls.stats, methods=["GET"]),
+        Route("/admin/expire", controls.expire, methods=["POST"]),
+    ]
     app = Starlette(
         routes=[
+            *(admin_routes if admin else []),
             Route(TOKEN_PATH, athena.token, methods=["POST"]),
             Route(f"{base}/patients/search", athena.search),
             Route(f"{base}/patients/{{patientid}}", athena.patient),
@@ -547,20 +635,35 @@ def create_stub_athena_app(state: StubAthenaState | None = None) -> Starlette:
 
 
 def run_stub_athena(
-    host: str, port: int, *, client_id: str, client_secret: str
+    host: str,
+    port: int,
+    *,
+    client_id: str,
+    client_secret: str,
+    token_limit_per_minute: int | None = None,
+    token_lifetime_s: int | None = None,
+    admin: bool = False,
+    load_patients: int = 0,
 ) -> None:  # pragma: no cover - runs until interrupted
-    """Serve the stub until interrupted (``engine stub-athena``)."""
+    """Serve the stub until interrupted (``engine stub-athena``); the token endpoint's
+    per-minute limit and the tokens' lifetime as given (else athena's: 5, 3600 s)."""
     state = StubAthenaState()
     state.register(client_id, client_secret)
-    uvicorn.run(create_stub_athena_app(state), host=host, port=port, log_level="info")
+    if token_limit_per_minute is not None:
+        state.token_limit_per_minute = token_limit_per_minute
+    if token_lifetime_s is not None:
+        state.expires_in = token_lifetime_s
+    state.seed_load_patients(load_patients)
+    app = create_stub_athena_app(state, admin=admin)
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 class StubAthenaServer(ServerThread):
     """The stub athena on a free loopback port."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, admin: bool = False) -> None:
         self.state = StubAthenaState()
-        super().__init__(create_stub_athena_app(self.state), host, port)
+        super().__init__(create_stub_athena_app(self.state, admin=admin), host, port)
 
     @property
     def base_url(self) -> str:
