@@ -282,6 +282,7 @@ def worker(
     typer.echo("workers stopped", err=True)
 
 
+from engine.cli_alerts import alerts_app  # noqa: E402  (the alert rules' commands)
 from engine.cli_documents import documents_app  # noqa: E402  (the documents commands)
 from engine.cli_keys import keys_app  # noqa: E402  (the signing-key commands)
 from engine.cli_messages import audit_app, messages_app  # noqa: E402  (the messages commands)
@@ -293,6 +294,7 @@ app.add_typer(documents_app, name="documents")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(pull_app, name="pull")
+app.add_typer(alerts_app, name="alerts")
 app.add_typer(users_app, name="users")
 
 
