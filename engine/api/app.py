@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from engine import __version__
 from engine.api import (
     routes_admin,
+    routes_audit,
     routes_documents,
     routes_documents_admin,
     routes_eligibility,
@@ -31,6 +32,7 @@ from engine.api import (
 from engine.api.auth import build_verifier
 from engine.api.auth_settings import AuthSettings, auth_settings_for
 from engine.api.deps import ApiContext, HealthDep
+from engine.api.docs import install_docs
 from engine.api.metrics import metrics_router
 from engine.api.ports import HealthPort, IngestPort, MessagesPort
 from engine.api.security import SecurityHeaders
@@ -95,9 +97,11 @@ def create_app(
     app.include_router(routes_eligibility.router)
     app.include_router(routes_documents.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_audit.router)
     app.include_router(routes_jwks.router)
     app.include_router(metrics_router(require_token=auth.metrics_require_token))
     mount_console(app)
+    install_docs(app)  # /docs, and the bearer scheme in /openapi.json
     app.add_middleware(UnexpectedErrors)
     app.add_middleware(SecurityHeaders)  # outermost: even a 500 carries the headers
     return app
