@@ -31,7 +31,7 @@ a resend's row links to the delivery it replaces, so the chain shows earlier err
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -51,6 +51,7 @@ from engine.store.audit import audit
 from engine.store.db import Repository, aware, id_list, utcnow
 from engine.store.nodes import DEAD_AFTER
 from engine.store.operator import ActionRefused, Who
+from engine.store.search import MessageQuery, _time_bounds, _where
 from engine.store.tables import (
     deliveries,
     destination_breakers,
@@ -196,6 +197,9 @@ class MessageDetail:
     raw: bytes
     deliveries: tuple[DeliveryDetail, ...]
     handled: Handled | None
+    #: taken at receipt (it has the idempotent receiver's key, which only an accepted original
+    #: gets): its ACK was positive; a replay's copy was never acknowledged to anyone
+    accepted: bool = False
 
     @property
     def destinations(self) -> list[str]:
@@ -285,6 +289,7 @@ _MESSAGE = select(
     messages.c.warnings,
     messages.c.replay_of,
     messages.c.raw,
+    messages.c.dedupe_key,
 ).where(messages.c.id == bindparam("mid"))
 _DELIVERIES = (
     select(
@@ -507,7 +512,24 @@ class ConsoleStats(Repository):
             raw=bytes(row.raw),
             deliveries=shown,
             handled=handled,
+            accepted=row.dedupe_key is not None,
         )
+
+    def newer_cursor(self, query: MessageQuery, first_id: int) -> int | None:
+        """Keyset paging backwards: the ``before`` that shows the page just newer than the one
+        whose first (newest) line is ``first_id``, with the same filters; None when that is the
+        newest page. The same indexes as the search (engine/store/search.py), read upwards."""
+        q = replace(query, before=None)
+        with self.db_engine.connect() as conn:
+            conditions = _where(q) + _time_bounds(conn, q) + [messages.c.id > first_id]
+            ids = (
+                conn.execute(
+                    select(messages.c.id).where(*conditions).order_by(messages.c.id).limit(q.limit)
+                )
+                .scalars()
+                .all()
+            )
+        return int(ids[-1]) + 1 if len(ids) == q.limit else None
 
     def handled_marks(self, message_ids: Sequence[int]) -> dict[int, Handled]:
         """The "handled" marks of these messages (a page of the list)."""

@@ -196,3 +196,19 @@ def test_eligibility_summary_counts_the_latest_verdict_per_appointment(
             )
     assert store.eligibility_summary(day) == {"eligible": 1, "inactive": 1, "needs_action": 1}
     assert store.eligibility_summary(day + timedelta(days=1)) == {}
+
+
+def test_newer_cursor_pages_back_with_the_same_filters(store: SqlMessageStore) -> None:
+    from engine.store import MessageQuery
+
+    ids = [_message(store, n) for n in range(1, 8)]  # 7 messages, newest last
+    query = MessageQuery(mrn=None, limit=3)
+    first = store.search(query)
+    older = store.search(MessageQuery(before=first[-1].id, limit=3))
+    assert [m.id for m in older] == ids[3:0:-1]
+    back = store.newer_cursor(query, older[0].id)
+    assert back is not None
+    assert [m.id for m in store.search(MessageQuery(before=back, limit=3))] == [m.id for m in first]
+    assert store.newer_cursor(query, first[0].id) is None  # the newest page already
+    only_one = MessageQuery(mrn="MRN2", limit=3)
+    assert store.newer_cursor(only_one, ids[0]) is None  # one match above: the newest page

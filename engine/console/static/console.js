@@ -48,3 +48,39 @@
   }
 })();
 // --- end front desk ---------------------------------------------------------------------------
+
+// --- ops pages (owner: ops-pages): the dashboard refreshes its figures ----------------------
+// An element with data-refresh="URL" is replaced every data-refresh-seconds (default 15) by the
+// HTML the URL answers (the same figures, without the page around them). A failed fetch keeps
+// what is shown and marks it stale; a logged-out session (redirect to the login page) reloads
+// the page so the browser lands on the login form.
+(function () {
+  function setUp(box) {
+    var url = box.dataset.refresh;
+    var every = Math.max(5, parseInt(box.dataset.refreshSeconds || "15", 10)) * 1000;
+    function tick() {
+      fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+        .then(function (answer) {
+          if (answer.redirected || answer.status === 401) { window.location.reload(); return null; }
+          if (!answer.ok) { throw new Error("HTTP " + answer.status); }
+          return answer.text();
+        })
+        .then(function (html) {
+          if (html !== null) {
+            box.innerHTML = html;
+            box.classList.remove("stale");
+          }
+        })
+        .catch(function () { box.classList.add("stale"); })
+        .then(function () { window.setTimeout(tick, every); });
+    }
+    window.setTimeout(tick, every);
+  }
+  function start() { document.querySelectorAll("[data-refresh]").forEach(setUp); }
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", start);
+  } else {
+    start();
+  }
+})();
+// --- end ops pages ---------------------------------------------------------------------------

@@ -1,0 +1,102 @@
+"""The console's dashboard on the real app and store (SQLite and PostgreSQL): figures per route
+and destination by window, the queue and its oldest, dead letters, breakers, last errors, the
+messages received, the SVG sparkline, tomorrow's eligibility, alerts, and the fragment the page
+refreshes itself with."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import update
+
+from engine.api.auth import Role
+from engine.store import Incoming, SqlMessageStore
+from engine.store.tables import deliveries, eligibility_checks
+from tests.console.test_messages_page_support import ZONE, cells, client_for, dead_message, text_of
+
+
+def _by_destination(html: str) -> dict[str, list[str]]:
+    return {row[1]: row for row in cells(html, "routes-figures")}
+
+
+def test_figures_per_route_and_destination(store: SqlMessageStore, tmp_path: Path) -> None:
+    dead_message(store, 1)  # fhir dead, folder delivered
+    dead_message(store, 2, ok=("fhir", "folder"))
+    queued = dead_message(store, 3, destinations=("epic",), ok=())
+    # epic's: back to the queue, made two hours ago (its oldest waiting)
+    with store.db_engine.begin() as conn:
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.message_id == queued)
+            .values(state="pending", created_at=datetime.now(UTC) - timedelta(hours=2))
+        )
+    live = store.register_node("worker")
+    store.record_breaker("epic", live, is_open=True, failures=7, last_error="connect refused")
+    client = client_for(store, tmp_path, Role.VIEWER)
+    answer = client.get("/console/")
+    assert answer.status_code == 200, answer.text
+    rows = _by_destination(answer.text)
+    # route, destination, hour made/delivered/errors, day made/delivered/errors, queued, oldest,
+    # dead letters, breaker, last error
+    assert rows["fhir"][:9] == ["adt", "fhir", "2", "1", "1", "2", "1", "1", "0"]
+    assert rows["fhir"][10] == "1" and rows["fhir"][12] == "HTTP 422 bad bundle"
+    assert rows["folder"][2:8] == ["2", "2", "0", "2", "2", "0"]
+    assert rows["epic"][2:5] == ["0", "0", "0"]  # made two hours ago: the day only
+    assert rows["epic"][5] == "1" and rows["epic"][8] == "1"
+    assert rows["epic"][9].startswith("2 h")
+    assert rows["epic"][11] == "open after 7 failures"
+    assert cells(answer.text, "received")[0][:1] == ["3"]
+    assert 'data-refresh="/console/dashboard/live?span=day"' in answer.text
+    assert "<script>" not in answer.text.replace('<script src="/console/static/console.js"', "")
+
+
+def test_sparkline_by_hour_and_by_minute(store: SqlMessageStore, tmp_path: Path) -> None:
+    store.save_batch([Incoming(raw=b"MSH|", channel="mllp") for _ in range(4)])
+    client = client_for(store, tmp_path, Role.INTEGRATION)
+    day = client.get("/console/").text
+    svg = re.search(r'<svg class="spark".*?</svg>', day, re.S)
+    assert svg is not None
+    assert len(re.findall(r"<circle ", svg.group(0))) == 24
+    assert 'aria-label="4 messages, at most 4 in one bucket"' in svg.group(0)
+    hour = client.get("/console/?span=hour").text
+    svg = re.search(r'<svg class="spark".*?</svg>', hour, re.S)
+    assert svg is not None and len(re.findall(r"<circle ", svg.group(0))) == 60
+    assert client.get("/console/?span=week").status_code == 422
+
+
+def test_tomorrows_eligibility_and_the_live_fragment(
+    store: SqlMessageStore, tmp_path: Path
+) -> None:
+    tomorrow = datetime.now(ZoneInfo(ZONE)).date() + timedelta(days=1)
+    with store.db_engine.begin() as conn:
+        for n, status in enumerate(("eligible", "eligible", "inactive")):
+            conn.execute(
+                eligibility_checks.insert().values(
+                    appointment_url=f"Appointment/{n}",
+                    patient_url="Patient/1",
+                    payer_id="P",
+                    service_date=tomorrow,
+                    checked_at=datetime.now(UTC),
+                    status=status,
+                    attempts=1,
+                )
+            )
+    client = client_for(store, tmp_path, Role.VIEWER)
+    page = text_of(client.get("/console/").text)
+    assert f"Eligibility for {tomorrow.isoformat()}" in page
+    assert "eligible: 2" in page and "not active: 1" in page
+    live = client.get("/console/dashboard/live?span=hour")
+    assert live.status_code == 200 and live.headers["cache-control"] == "no-store"
+    assert "<html" not in live.text and "<nav" not in live.text  # the figures alone
+    assert "eligible: 2" in text_of(live.text)
+    assert 'class="routes-figures"' in live.text
+
+
+def test_the_dashboard_needs_a_viewer_or_integration_role(
+    store: SqlMessageStore, tmp_path: Path
+) -> None:
+    assert client_for(store, tmp_path, Role.FRONT_DESK).get("/console/").status_code == 403
+    assert client_for(store, tmp_path, Role.ADMIN).get("/console/").status_code == 200
