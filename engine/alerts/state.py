@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, Engine, and_, case, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -89,6 +90,10 @@ class ActiveAlert:
     notified_at: datetime | None
     last_error: str | None
 
+    def since(self, timezone: str = "UTC") -> str:
+        """When it was raised, in ``timezone`` (the page's ENGINE_TIMEZONE)."""
+        return _local(self.raised_at, timezone)
+
 
 @dataclass(frozen=True)
 class AlertRow:
@@ -105,6 +110,11 @@ class AlertRow:
     notice: str | None
     last_error: str | None
 
+    def at(self, field: str, timezone: str = "UTC") -> str:
+        """One of its times (``raised_at``, ``recovered_at``, ``notified_at``) in ``timezone``."""
+        value = getattr(self, field)
+        return _local(value if isinstance(value, datetime) else None, timezone)
+
 
 @dataclass(frozen=True)
 class AlertEvent:
@@ -115,6 +125,20 @@ class AlertEvent:
     subject: str
     event: str
     detail: str | None
+
+    def when(self, timezone: str = "UTC") -> str:
+        """Its time in ``timezone``."""
+        return _local(self.at, timezone)
+
+
+def _local(value: datetime | None, timezone: str) -> str:
+    if value is None:
+        return ""
+    try:
+        zone = ZoneInfo(timezone)
+    except (ValueError, ZoneInfoNotFoundError):
+        zone = ZoneInfo("UTC")
+    return value.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
 
 
 def _opt(value: datetime | None) -> datetime | None:
