@@ -308,6 +308,11 @@ def _message_page(
         ack_note=ack_note,
         deliveries=deliveries,
         may_act=user.may(Role.ADMIN),
+        # the resend's choice starts on a destination that failed, if one did
+        failed=next(
+            (d.destination for d in detail.deliveries if d.state in ("dead", "needs-patient")),
+            None,
+        ),
         handleable=detail.state in HANDLEABLE_STATES and detail.handled is None,
         notice=notice,
         error=error,

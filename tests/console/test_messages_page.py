@@ -5,6 +5,8 @@ view and action in the audit trail from the console."""
 
 from __future__ import annotations
 
+import asyncio
+import html as html_text
 import re
 from pathlib import Path
 
@@ -12,7 +14,8 @@ import pytest
 from sqlalchemy import update
 
 from engine.api.auth import Role
-from engine.store import Incoming, SqlMessageStore
+from engine.flow.ingest import Ingest
+from engine.store import Incoming, MessageQuery, SqlMessageStore
 from engine.store.tables import messages
 from tests.console.test_messages_page_support import (
     TOKEN,
@@ -135,7 +138,7 @@ def test_resend_to_one_destination_reprocess_and_mark_handled(
     mid = dead_message(store, 1)
     client = client_for(store, tmp_path, Role.ADMIN)
     page = client.get(f"/console/messages/{mid}").text
-    assert '<option value="fhir">' in page and '<option value="folder">' in page
+    assert '<option value="fhir" selected>' in page and '<option value="folder">' in page
     # without the session's CSRF token: refused, nothing done
     refused = client.post(f"/console/messages/{mid}/resend", data={"destination": "fhir"})
     assert refused.status_code == 403
@@ -216,3 +219,46 @@ def test_pages_need_the_viewer_role(store: SqlMessageStore, tmp_path: Path) -> N
     client = client_for(store, tmp_path, Role.FRONT_DESK)
     assert client.get("/console/messages").status_code == 403
     assert client.get("/console/messages/1").status_code == 403
+
+
+@pytest.mark.parametrize("enhanced", [False, True])
+def test_the_ack_shown_is_the_ack_ingest_sent(
+    store: SqlMessageStore, tmp_path: Path, enhanced: bool
+) -> None:
+    raw = (
+        "MSH|^~\\&|FRONTDESK|CLINIC|ENGINE|HUB|20260102030405||ADT^A04|ACK1|P|2.5.1"
+        + ("|||AL|NE" if enhanced else "")
+        + "\rPID|1||MRN5^^^CLINIC^MR||Testpatient^Alice\r"
+    ).encode()
+
+    async def receive() -> bytes | None:
+        ingest = Ingest(store, identity=("HUB-APP", "HUB-FAC"))
+        return (await ingest.receive(raw, channel="mllp")).ack
+
+    sent = asyncio.run(receive())
+    assert sent is not None
+    [line] = store.search(MessageQuery())
+    client = client_for(store, tmp_path, Role.VIEWER)
+    page = client.get(f"/console/messages/{line.id}").text
+    shown = re.search(r'<pre class="ack">(.*?)</pre>', page, re.S)
+    assert shown is not None
+    expected = sent.decode().replace("\r", "\n").rstrip("\n")
+    assert html_text.unescape(shown.group(1)).rstrip("\n") == expected
+
+
+def test_no_ack_is_made_up_for_a_message_refused_at_receipt(
+    store: SqlMessageStore, tmp_path: Path
+) -> None:
+    [stored] = store.save_batch(
+        [
+            Incoming(
+                raw=b"MSH|^~\\&|A|B|||20260102||ZZZ^Z01|R1|P|2.5.1\r",
+                channel="mllp",
+                state="error",
+                reason="no route takes ZZZ^Z01",
+            )
+        ]
+    )
+    page = client_for(store, tmp_path, Role.VIEWER).get(f"/console/messages/{stored.id}").text
+    assert '<pre class="ack">' not in page
+    assert "refused at receipt" in text_of(page)
