@@ -190,7 +190,8 @@ def messages_show(
         bool, typer.Option("--raw", help="print the payload as received (recorded as a view)")
     ] = False,
 ) -> None:
-    """One message's metadata and deliveries; with --raw, its bytes as they arrived, one segment
+    """One message's metadata, deliveries and history (who viewed, replayed or resent it, from
+    the audit trail); with --raw, its bytes as they arrived, one segment
     a line. On a terminal, control characters other than tab and line ends are shown escaped
     (ESC as \\x1b), so a sender's bytes cannot drive the terminal; piped, the bytes are exact."""
     if raw:
@@ -199,6 +200,7 @@ def messages_show(
     who = _who()
     with _store() as store:
         view = store.get(message_id)
+        history = store.audit_entries(limit=10, message_id=message_id)  # before this view
         store.record_audit(
             action="view-message",
             actor=who.actor,
@@ -218,6 +220,12 @@ def messages_show(
     for line in view.warnings:
         typer.echo(f"  warning: {line}")
     print_deliveries(view.deliveries)
+    zone = _zone()
+    for e in history:  # who viewed, replayed or resent it: the latest first
+        typer.echo(
+            f"  history: {e.at.astimezone(zone).isoformat(timespec='seconds')} {e.actor} "
+            f"({e.source}) {e.action}: {e.outcome}"
+        )
 
 
 def _show_raw(message_id: int) -> None:

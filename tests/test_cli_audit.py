@@ -62,7 +62,9 @@ def test_messages_list_and_show_are_recorded(store: SqlMessageStore, cli) -> Non
     assert code == 0, err
     code, _, err = cli("messages", "show", str(mid))
     assert code == 0, err
-    [search, show] = _actions(store)
+    code, out, _ = cli("messages", "show", str(mid))
+    assert "  history: " in out and f"{getpass.getuser()} (cli) view-message: ok" in out
+    [search, show, _] = _actions(store)
     assert search[0] == "search-messages" and search[1] == "CLINIC|MRN1"
     assert search[2] == "1 shown; state routed, one patient"
     assert show == ("view-message", "CLINIC|MRN1", None)

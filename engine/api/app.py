@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from engine import __version__
 from engine.api import (
     routes_admin,
+    routes_audit,
     routes_documents,
     routes_documents_admin,
     routes_eligibility,
@@ -96,6 +97,7 @@ def create_app(
     app.include_router(routes_eligibility.router)
     app.include_router(routes_documents.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_audit.router)
     app.include_router(routes_jwks.router)
     app.include_router(metrics_router(require_token=auth.metrics_require_token))
     mount_console(app)

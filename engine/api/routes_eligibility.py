@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from engine.api.auth import IntegrationDep, ViewerDep
+from engine.api.deps import MessagesDep, peer_of
 
 __all__ = ["router"]
 
@@ -53,15 +54,27 @@ def _required(on: date | None) -> date:
 def day(
     request: Request,
     principal: ViewerDep,
+    messages: MessagesDep,
     on: Annotated[date | None, Query(alias="date", description="the day, YYYY-MM-DD")] = None,
 ) -> list[dict[str, Any]]:
     """The latest eligibility check of every appointment on ``date``, with the patient's name and
-    MRN and the appointment time in the practice's time zone."""
+    MRN and the appointment time in the practice's time zone. The list is recorded in the audit
+    trail (``view-worklist``: the day and how many, no patient's data)."""
     from engine.jobs.eligibility import worklist
 
     wanted = _required(on)
     service = _service(request)
-    return worklist(service.store, wanted, service.settings.timezone)
+    rows = worklist(service.store, wanted, service.settings.timezone)
+    messages.record_audit(
+        action="view-worklist",
+        actor=principal.subject,
+        source="api",
+        peer=peer_of(request),
+        message_id=None,
+        outcome="ok",
+        detail=f"{wanted.isoformat()}: {len(rows)} appointments",
+    )
+    return rows
 
 
 @router.post("/check")

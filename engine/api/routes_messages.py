@@ -33,6 +33,7 @@ from engine.store import (
     UnknownDestination,
     Who,
 )
+from engine.store.audit import search_detail
 
 __all__ = ["router"]
 
@@ -75,6 +76,7 @@ def _when(value: datetime | None, zone: str) -> datetime | None:
 
 @router.get("", response_model=list[MessageLine])
 def list_messages(
+    request: Request,
     principal: ViewerDep,
     messages: MessagesDep,
     settings: SettingsDep,
@@ -90,7 +92,8 @@ def list_messages(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[MessageLine]:
     """Messages newest first, filtered, with why each is where it is (keyset paging: the next
-    page is ``before`` = the last id of this one)."""
+    page is ``before`` = the last id of this one). The search is recorded in the audit trail
+    (``search-messages``, the MRN asked for as its patient)."""
     try:  # the state in any case, and ADT^A01 as a type and trigger: MessageQuery reads them
         query = MessageQuery(
             state=state,
@@ -106,7 +109,18 @@ def list_messages(
         )
     except ValueError as exc:
         raise HTTPException(422, detail=str(exc)) from None
-    return messages.search(query)
+    lines = messages.search(query)
+    messages.record_audit(
+        action="search-messages",
+        actor=principal.subject,
+        source="api",
+        peer=peer_of(request),
+        message_id=None,
+        outcome="ok",
+        detail=search_detail(query, len(lines)),
+        patient_key=query.mrn,
+    )
+    return lines
 
 
 @router.get("/{message_id}", response_model=MessageView)

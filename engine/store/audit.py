@@ -39,6 +39,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     insert,
+    or_,
     select,
     update,
 )
@@ -265,8 +266,13 @@ def _where(q: AuditQuery) -> list[ColumnElement[bool]]:
     if q.mrn:
         if "|" in q.mrn:
             conditions.append(audit_log.c.patient_key == q.mrn)
-        else:
-            conditions.append(audit_log.c.patient_key.like(_like_suffix(q.mrn), escape="\\"))
+        else:  # any authority's, and a search that named the bare MRN
+            conditions.append(
+                or_(
+                    audit_log.c.patient_key == q.mrn,
+                    audit_log.c.patient_key.like(_like_suffix(q.mrn), escape="\\"),
+                )
+            )
     if q.since is not None:  # in UTC: SQLite compares the stored wall time (UTC) as text
         conditions.append(audit_log.c.at >= _utc(q.since))
     if q.until is not None:
