@@ -16,8 +16,9 @@ there, and only there, at the next evaluation. An alert still raised is notified
 its rule's repeat interval (notice ``repeat``). A raise never notified (every channel failing
 until it cleared) is followed by no recovery notice.
 
-Only counts, names (rules, routes, destinations, senders, payers) and ages are stored here,
-never a message's content.
+Each raise and recovery is also a record of the audit trail (action ``alert``, source ``engine``,
+in the same transaction). Only counts, names (rules, routes, destinations, senders, payers) and
+ages are stored here, never a message's content.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Connection, Engine, and_, case, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from engine.store.audit import audit
 from engine.store.clean import clean_lines
 from engine.store.db import Repository, aware, utcnow
 from engine.store.tables import alert_events, alerts
@@ -199,6 +201,20 @@ class AlertStates(Repository):
                         gone = Finding(rule, subject, kind, False, f"{subject}: cleared")
                         if self._one(conn, gone, now):
                             made.append((rule, subject, "recovered"))
+            # last in the transaction, after the alerts' rows: the audit trail locks its head
+            summaries = {(f.rule, f.subject): f.summary for f in found}
+            for rule, subject, event in made:
+                about = rule + (f" ({subject})" if subject else "")
+                why = summaries.get((rule, subject), "cleared")
+                audit(
+                    conn,
+                    action="alert",
+                    actor="engine",
+                    source="engine",
+                    message_id=None,
+                    outcome="ok",
+                    detail=f"{event}: {about}: {why}",
+                )
         return made
 
     def _insert_raised(self, conn: Connection, f: Finding, now: datetime) -> bool:

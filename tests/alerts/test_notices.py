@@ -10,13 +10,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from engine.alerts.rules import load_alert_rules
 from engine.alerts.state import active_alerts, recent_events
 from engine.jobs.alerts import AlertRunner
 from engine.settings import Settings
 from engine.store import SqlMessageStore
+from engine.store.tables import audit_log
 from tests.alerts.conftest import Hook, Mailbox, dead_letter, deliver_all, routed, write_alerts
 
 
@@ -119,6 +120,16 @@ def test_dead_letters_raise_once_then_recover_once(
     asyncio.run(runner.run_once(now=later + timedelta(minutes=1)))
     assert len(smtp.mails) == 2 and len(webhook.bodies) == 2
     assert active_alerts(db_engine) == []
+    with db_engine.connect() as conn:
+        trail = conn.execute(
+            select(audit_log.c.actor, audit_log.c.source, audit_log.c.detail, audit_log.c.outcome)
+            .where(audit_log.c.action == "alert")
+            .order_by(audit_log.c.id)
+        ).all()
+    assert [tuple(r) for r in trail] == [
+        ("engine", "engine", "raised: lab-dead (lab): " + active.summary, "ok"),
+        ("engine", "engine", "recovered: lab-dead (lab): " + cleared.findings[0].summary, "ok"),
+    ]
     events = [(e.event, e.detail) for e in reversed(recent_events(db_engine))]
     assert [e for e, _ in events] == ["raised", "notified", "recovered", "notified"]
     assert events[1][1] == "raise to it-mail, slack"
