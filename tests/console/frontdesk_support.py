@@ -1,6 +1,7 @@
 """The front desk's pages under test (owner: frontdesk-pages): the real app on a real store
 (SQLite and PostgreSQL), the real intake and eligibility service (the stub payer answers), with
-the console's user and CSRF check given by the test until the sessions land.
+the console's user given by the test (``dependency_overrides[current_console_user]``), its
+CSRF token checked by the console's own check (engine/console/sessions.py).
 
 ``waiting_document`` makes the state a destination leaves a document in when the EHR does not
 know its patient: stored as the intake stores it, routed to ``epic`` and ``files``, delivered to
@@ -11,18 +12,16 @@ know its patient: stored as the intake stores it, routed to ``epic`` and ``files
 from __future__ import annotations
 
 import hashlib
-import hmac
-from collections.abc import Callable
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI
 
 from engine.adapters.payer import load_payers
 from engine.adapters.registry import load_routes
 from engine.api.app import create_app
 from engine.api.auth import Role
 from engine.api.auth_settings import AuthSettings
-from engine.console.auth import ConsoleUser, check_csrf, current_console_user
+from engine.console.auth import ConsoleUser, current_console_user
 from engine.documents.intake import DocumentIntake, load_document_types
 from engine.documents.model import DOCUMENT_ENVELOPE_TYPE, DocumentEnvelope, DocumentInfo
 from engine.flow.process import Processor
@@ -59,18 +58,6 @@ def user(*roles: Role, name: str = "frida") -> ConsoleUser:
     return ConsoleUser(name, frozenset(roles), "session-1", TOKEN, "127.0.0.1:50000")
 
 
-async def _csrf(request: Request) -> ConsoleUser:
-    """The console's CSRF check as the contract says it (form field or header), for the tests
-    until engine.console.sessions has its own."""
-    who = request.app.dependency_overrides[current_console_user]()
-    form = await request.form()
-    given = request.headers.get("x-csrf-token") or str(form.get("csrf_token") or "")
-    if not hmac.compare_digest(given, who.csrf_token):
-        raise HTTPException(403, detail="CSRF token missing or wrong")
-    assert isinstance(who, ConsoleUser)
-    return who
-
-
 def front_desk_app(
     store: SqlMessageStore,
     tmp_path: Path,
@@ -99,11 +86,8 @@ def front_desk_app(
         documents=intake,
         eligibility=eligibility,
     )
-    overrides: dict[Callable[..., object], Callable[..., object]] = {
-        current_console_user: lambda: who,
-        check_csrf: _csrf,
-    }
-    app.dependency_overrides.update(overrides)
+    # the session is the test's; the CSRF check is the console's own (engine.console.sessions)
+    app.dependency_overrides[current_console_user] = lambda: who
     return app, metrics
 
 
