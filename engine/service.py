@@ -34,6 +34,7 @@ from engine.errors import ConfigError
 from engine.flow.config import LoadedConfig, Reloader, load_running_config
 from engine.flow.ingest import Ingest, Receipt
 from engine.flow.worker import run_workers
+from engine.memory import keep_little_freed_memory
 from engine.metrics import EngineMetrics, reset_multiprocess_dir
 from engine.pressure import IngestPressure
 from engine.retry import backoff_s
@@ -358,6 +359,7 @@ def serve(settings: Settings, on_started: Callable[[Engine], None] | None = None
     """
     # the worker process and the adapters that resolve route-file paths use the same home
     os.environ["ENGINE_HOME"] = str(settings.home)
+    keep_little_freed_memory()  # before any thread starts (engine/memory.py)
 
     async def main(engine: Engine) -> None:
         stop = asyncio.Event()

@@ -30,6 +30,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from engine.memory import keep_little_freed_memory
 from engine.metrics import EngineMetrics
 from engine.settings import Settings
 
@@ -283,6 +284,7 @@ def run_workers(
     without one, as no /metrics of its own shows them.
     """
     _die_with_parent()
+    keep_little_freed_memory()  # before any thread starts (engine/memory.py)
     # ACKs first: under load the receiver gets the CPU and the queue absorbs the burst; the
     # workers catch up as soon as the senders pause
     with contextlib.suppress(OSError):
