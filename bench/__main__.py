@@ -22,6 +22,7 @@ SUITES: dict[str, str] = {
     "eligibility": "bench.eligibility_bench",
     "documents": "bench.documents_bench",
     "athena-tokens": "bench.athena_tokens",
+    "console": "bench.console_bench",
 }
 #: suites that run for a length of time, which ``--minutes`` sets (their ``run`` takes
 #: ``minutes=``)

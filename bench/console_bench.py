@@ -1,0 +1,630 @@
+"""The console at scale: search, pages and the dashboard beside ingest, on a million messages.
+
+On SQLite and on PostgreSQL, each with 1,000,000 stored messages seeded by
+:mod:`bench.console_seed` (``--quick``: 50,000), the suite measures:
+
+* **message search** by MRN (``AUTHORITY|MRN`` and a bare MRN) and by control id, for
+  ``SEARCH_KEYS`` random keys taken from stored messages: the store's query time (server time:
+  ``MessageSearch.search``, the first page of 50 with the failing deliveries) and the time of
+  ``GET /api/messages`` through the real app (token check, query, JSON), p50 and p95. Goal: at
+  most 50 ms;
+* **every console page** through the real app with a logged-in session (a user added to the
+  store, logged in through ``POST /console/login``, as a browser does), ``PAGE_REQUESTS`` times
+  each, p50 and p95 (goal: p95 at most 150 ms). The pages are the console's GET routes found in
+  the app; a message's page, the message list searched by MRN and control id, and a document's
+  page take random stored ids and keys. A page module with no route yet is named as not
+  measured;
+* **the dashboard against ingest**: ``engine serve`` on the seeded database takes MLLP messages
+  from 8 senders (``bench/mllp_load.py``) while its worker delivers them, alternately alone and
+  while two logged-in dashboards refresh (``/console/dashboard/live``) every ``REFRESH_S``
+  seconds; each ingest rate is the median of ``--repeat`` interleaved runs (goal: the dashboards
+  cost at most 5 %).
+
+The SQLite store is seeded once per count and seed version and kept under ``bench/data/``
+(gitignored), copied for each run (the pages write audit rows); PostgreSQL's is seeded into a
+schema of its own in the local cluster (``ENGINE_TEST_POSTGRES_URL``), dropped at the end.
+Figures are this machine's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from fastapi.routing import APIRoute, iter_route_contexts
+from sqlalchemy import Engine, bindparam, text
+
+from bench.console_seed import SEED_VERSION, seed
+from bench.harness import DATA_DIR, Options, environment
+from bench.ingest_bench import _free_port, _stop, _wait_port
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette\.testclient`")
+    from fastapi.testclient import TestClient
+
+__all__ = ["run"]
+
+SEARCH_GOAL_MS = 50.0
+PAGE_GOAL_MS = 150.0
+INGEST_GOAL_PCT = 5.0
+SEARCH_KEYS = 200
+PAGE_REQUESTS = 40
+REFRESH_S = 2.0
+DASHBOARDS = 2
+USER, PASSWORD = "bench-admin", "bench-admin-password-13"
+#: the console's page modules and who builds them (named when a page is not measured)
+PAGE_OWNERS = {
+    "pages_dashboard": "ops-pages",
+    "pages_routes": "ops-pages",
+    "pages_messages": "ops-pages",
+    "pages_documents": "frontdesk-pages",
+    "pages_worklist": "frontdesk-pages",
+    "pages_workbench": "workbench-reports",
+    "pages_reports": "workbench-reports",
+    "pages_alerts": "alerts",
+    "pages_audit": "audit",
+    "pages_users": "users",
+}
+ROUTES = """
+destinations:
+  outbox:
+    type: file
+    directory: {outbox}
+    retry: {{max_attempts: 5, base_delay_s: 1, max_delay_s: 10}}
+routes:
+  - name: adt-to-outbox
+    match: {{message: [ADT]}}
+    mapping: none
+    destinations: [outbox]
+"""
+
+
+def _quantiles(samples_s: list[float]) -> dict[str, float]:
+    ms = sorted(s * 1000 for s in samples_s)
+    q = statistics.quantiles(ms, n=100, method="inclusive") if len(ms) > 1 else ms * 99
+    return {"n": len(ms), "p50_ms": round(q[49], 2), "p95_ms": round(q[94], 2)}
+
+
+# -- the stores --------------------------------------------------------------------------------
+
+
+def _postgres_base() -> str:
+    return os.environ.get(
+        "ENGINE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    )
+
+
+def _migrated(url: str) -> Engine:
+    from engine.store import SqlMessageStore, create_db_engine
+
+    db = create_db_engine(url, durable=False)
+    SqlMessageStore(db).migrate()
+    return db
+
+
+def _sqlite_store(count: int, work: Path) -> tuple[str, dict[str, Any]]:
+    """A working copy of the cached seeded SQLite file (seeded now if there is none)."""
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    cached = DATA_DIR / f"console-{count}-v{SEED_VERSION}.sqlite"
+    stamp = cached.with_suffix(".json")
+    info: dict[str, Any]
+    if cached.exists() and stamp.exists():
+        info = json.loads(stamp.read_text())
+        info["cached"] = True
+        print(f"  sqlite: the seeded store from {cached.name} (seeded in {info['seconds']:.0f} s)")
+    else:
+        for path in (cached, stamp):
+            path.unlink(missing_ok=True)
+        fresh = cached.with_suffix(".seeding")
+        fresh.unlink(missing_ok=True)
+        db = _migrated(f"sqlite:///{fresh}")
+        try:
+            done = seed(db, count)
+            with db.begin() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            db.dispose()
+        fresh.rename(cached)
+        info = {
+            "messages": done.messages,
+            "deliveries": done.deliveries,
+            "documents": done.documents,
+            "seconds": round(done.seconds, 1),
+            "seeded_at": done.last_received.isoformat(),
+        }
+        stamp.write_text(json.dumps(info))
+        info["cached"] = False
+        print(f"  sqlite: seeded {count:,} messages in {done.seconds:.0f} s")
+    copy = work / "engine.db"
+    shutil.copyfile(cached, copy)
+    db = _migrated(f"sqlite:///{copy}")  # any migration newer than the cached file
+    db.dispose()
+    info["bytes"] = cached.stat().st_size
+    return f"sqlite:///{copy}", info
+
+
+@contextmanager
+def _postgres_store(count: int) -> Iterator[tuple[str, dict[str, Any]] | None]:
+    """A schema of its own in the local cluster, seeded; dropped at the end."""
+    from engine.store import create_db_engine
+
+    schema = f"bench_console_{secrets.token_hex(4)}"
+    base = _postgres_base()
+    try:
+        admin = create_db_engine(base)
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:  # no PostgreSQL here: say so, measure SQLite only
+        print(f"  (PostgreSQL not available: {type(exc).__name__}; skipped)")
+        yield None
+        return
+    sep = "&" if "?" in base else "?"
+    url = f"{base}{sep}options=-csearch_path%3D{schema}"
+    try:
+        db = _migrated(url)
+        try:
+            done = seed(db, count)
+        finally:
+            db.dispose()
+        print(f"  postgresql: seeded {count:,} messages in {done.seconds:.0f} s (schema {schema})")
+        yield (
+            url,
+            {
+                "messages": done.messages,
+                "deliveries": done.deliveries,
+                "documents": done.documents,
+                "seconds": round(done.seconds, 1),
+                "schema": schema,
+            },
+        )
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+# -- the app -------------------------------------------------------------------------------------
+
+
+class _Health:
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def ready(self) -> bool:
+        return bool(self.store.ping())
+
+
+def _settings(home: Path, db_url: str, routes: Path | None = None) -> Any:
+    from engine.settings import Settings
+
+    extra: dict[str, Any] = {"routes_dir": routes} if routes else {}
+    return Settings(var_dir=home, database_url=db_url, **extra)
+
+
+def _app(home: Path, db_url: str) -> tuple[FastAPI, Any, Any]:
+    """The API and console as ``engine serve`` wires them, on ``db_url``; (app, store, auth)."""
+    from engine.adapters.payer import load_payers
+    from engine.api.app import create_app
+    from engine.api.auth_settings import AuthSettings
+    from engine.documents.intake import DocumentIntake
+    from engine.flow.config import LoadedConfig, Reloader, load_running_config
+    from engine.flow.ingest import Ingest
+    from engine.jobs.eligibility import EligibilityService
+    from engine.metrics import EngineMetrics
+    from engine.settings import Settings
+    from engine.store import SqlMessageStore, create_db_engine
+
+    settings = _settings(home, db_url)
+    store = SqlMessageStore(create_db_engine(db_url))
+    config, _running = load_running_config(settings)
+    ingest = Ingest(
+        store,
+        routes=config.gate,
+        default_charset=settings.default_charset,
+        identity=(settings.application_name, settings.facility_name),
+    )
+    auth = AuthSettings(environment="development", dev_secret_file=home / "dev-jwt-secret")
+    app = create_app(
+        settings,
+        auth=auth,
+        ingest=ingest,
+        messages=store,
+        health=_Health(store),
+        metrics=EngineMetrics(),
+        eligibility=EligibilityService(store, load_payers(settings.payers_dir), settings),
+        documents=DocumentIntake.from_settings(store, settings),
+    )
+
+    def apply(new: LoadedConfig, _running: Settings) -> None:
+        ingest.routes = new.gate
+
+    app.state.reloader = Reloader(settings, config, apply)
+    return app, store, auth
+
+
+def _add_user(store: Any) -> None:
+    from engine.store import Who
+    from engine.store.users import hash_password
+
+    if store.get_user(USER) is None:
+        store.add_user(
+            USER,
+            ["admin"],
+            Who("bench", "cli", ""),
+            password_hash=hash_password(PASSWORD),
+        )
+
+
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def _login(client: Any) -> None:
+    """Log in as a browser does: the form (its token and cookie), then the post."""
+    form = client.get("/console/login")
+    match = _CSRF.search(form.text)
+    if form.status_code != 200 or match is None:
+        raise RuntimeError(f"no login form: {form.status_code}")
+    answer = client.post(
+        "/console/login",
+        data={
+            "username": USER,
+            "password": PASSWORD,
+            "csrf_token": match.group(1),
+            "next": "/console/",
+        },
+        follow_redirects=False,
+    )
+    if answer.status_code != 303:
+        raise RuntimeError(f"login refused: {answer.status_code} {answer.text[:200]}")
+
+
+# -- search --------------------------------------------------------------------------------------
+
+
+def _keys(db_url: str, count: int, n: int) -> list[tuple[int, str | None, str | None]]:
+    """(id, control id, patient key) of ``n`` random stored messages."""
+    from engine.store import create_db_engine
+
+    rng = random.Random(1313)
+    ids = [rng.randrange(1, count + 1) for _ in range(n)]
+    db = create_db_engine(db_url)
+    try:
+        with db.connect() as conn:
+            statement = text(
+                "SELECT id, control_id, patient_key FROM messages WHERE id IN :ids"
+            ).bindparams(bindparam("ids", expanding=True))
+            rows = conn.execute(statement, {"ids": ids}).all()
+    finally:
+        db.dispose()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def _time(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _search(store: Any, client: Any, token: str, keys: list[Any]) -> dict[str, Any]:
+    from engine.store import MessageQuery
+
+    queries: dict[str, list[str]] = {
+        "mrn (AUTHORITY|MRN)": [k[2] for k in keys if k[2]],
+        "mrn (bare MRN)": [k[2].split("|", 1)[1] for k in keys if k[2]],
+        "control id": [k[1] for k in keys if k[1]],
+    }
+    fields = {"mrn (AUTHORITY|MRN)": "mrn", "mrn (bare MRN)": "mrn", "control id": "control_id"}
+    out: dict[str, Any] = {}
+    headers = {"Authorization": f"Bearer {token}"}
+    for label, values in queries.items():
+        field = fields[label]
+        store_s, api_s, found = [], [], []
+        store.search(MessageQuery(**{field: values[0]}))  # warm the connection and the cache
+        for value in values:
+            query = MessageQuery(**{field: value})
+            start = time.perf_counter()
+            lines = store.search(query)
+            store_s.append(time.perf_counter() - start)
+            found.append(len(lines))
+            start = time.perf_counter()
+            answer = client.get(
+                "/api/messages", params={field: value, "limit": 50}, headers=headers
+            )
+            api_s.append(time.perf_counter() - start)
+            if answer.status_code != 200:
+                raise RuntimeError(f"/api/messages {field}: {answer.status_code}")
+        out[label] = {
+            "store": _quantiles(store_s),
+            "api": _quantiles(api_s),
+            "found_mean": round(statistics.fmean(found), 1),
+            "found_max": max(found),
+        }
+    return out
+
+
+# -- pages ---------------------------------------------------------------------------------------
+
+
+def _console_gets(app: FastAPI) -> list[tuple[str, str]]:
+    """(path, page module) of every GET route under /console."""
+    found = []
+    for route in iter_route_contexts(app.routes):
+        original = route.original_route
+        if not isinstance(original, APIRoute) or "GET" not in (route.methods or ()):
+            continue
+        path = route.path_format or ""
+        if path.startswith("/console") and path not in ("/console/login",):
+            module = getattr(original.endpoint, "__module__", "").rsplit(".", 1)[-1]
+            found.append((path, module))
+    return found
+
+
+def _page_urls(
+    app: FastAPI, keys: list[Any], document_ids: list[int]
+) -> tuple[dict[str, list[str]], list[str]]:
+    """The pages to time, each with the URLs of its requests; and what cannot be timed."""
+    rng = random.Random(7)
+    urls: dict[str, list[str]] = {}
+    skipped: list[str] = []
+
+    def pick(values: list[Any]) -> list[Any]:
+        return [rng.choice(values) for _ in range(PAGE_REQUESTS)] if values else []
+
+    for path, module in _console_gets(app):
+        if "{" not in path:
+            urls[path] = [path] * PAGE_REQUESTS
+            if path == "/console/messages":
+                urls["/console/messages?mrn="] = [
+                    f"{path}?mrn={k[2]}" for k in pick([k for k in keys if k[2]])
+                ]
+                urls["/console/messages?control_id="] = [
+                    f"{path}?control_id={k[1]}" for k in pick([k for k in keys if k[1]])
+                ]
+        elif path == "/console/messages/{message_id}":
+            urls[path] = [f"/console/messages/{k[0]}" for k in pick(keys)]
+        elif path == "/console/documents/{document_id}" and document_ids:
+            urls[path] = [f"/console/documents/{d}" for d in pick(document_ids)]
+        elif path.endswith("/raw"):
+            urls[path] = [path.replace("{message_id}", str(k[0])) for k in pick(keys)]
+        else:
+            skipped.append(f"{path} ({module}: needs a parameter the bench does not make)")
+    return urls, skipped
+
+
+def _pages(client: Any, urls: dict[str, list[str]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for page, requests in urls.items():
+        client.get(requests[0])  # warm
+        times, statuses = [], set()
+        for url in requests:
+            start = time.perf_counter()
+            answer = client.get(url, follow_redirects=False)
+            times.append(time.perf_counter() - start)
+            statuses.add(answer.status_code)
+        out[page] = {**_quantiles(times), "statuses": sorted(statuses)}
+    return out
+
+
+def _unbuilt(app: FastAPI) -> list[str]:
+    """The page modules with no GET route yet: not measured."""
+    have = {module for _path, module in _console_gets(app)}
+    return [f"{m} ({owner})" for m, owner in PAGE_OWNERS.items() if m not in have]
+
+
+def _document_ids(db_url: str) -> list[int]:
+    from engine.store import create_db_engine
+
+    db = create_db_engine(db_url)
+    try:
+        with db.connect() as conn:
+            return [r[0] for r in conn.execute(text("SELECT id FROM documents LIMIT 500"))]
+    finally:
+        db.dispose()
+
+
+# -- ingest with and without dashboards ----------------------------------------------------------
+
+
+@contextmanager
+def _served(home: Path, db_url: str) -> Iterator[tuple[int, int]]:
+    """``engine serve`` on the store: (MLLP port, HTTP port)."""
+    routes = home / "routes"
+    routes.mkdir(parents=True, exist_ok=True)
+    (routes / "bench.yaml").write_text(ROUTES.format(outbox=home / "outbox"))
+    mllp, http = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "ENGINE_VAR_DIR": str(home),
+        "ENGINE_ROUTES_DIR": str(routes),
+        "ENGINE_DATABASE_URL": db_url,
+        "ENGINE_MLLP_HOST": "127.0.0.1",
+        "ENGINE_HTTP_HOST": "127.0.0.1",
+        "ENGINE_LOG_LEVEL": "WARNING",
+        # the seeded months stay: the worker's retention must not purge them while measured
+        "ENGINE_RETENTION_DAYS": "3650",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "serve",
+            "--mllp-port",
+            str(mllp),
+            "--http-port",
+            str(http),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=home,
+    )
+    try:
+        _wait_port(mllp, proc, deadline=120)
+        _wait_port(http, proc, deadline=120)
+        yield mllp, http
+    finally:
+        _stop(proc)
+
+
+def _load(port: int, count: int) -> dict[str, Any]:
+    args = [sys.executable, "-m", "bench.mllp_load", str(port), "8", str(count)]
+    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=900)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["positive"] != result["messages"]:
+        raise RuntimeError(f"negative ACKs: {result}")
+    return result
+
+
+def _dashboards(http: int, stop: threading.Event, times: list[float], errors: list[str]) -> None:
+    """One logged-in browser: the dashboard, then its figures every REFRESH_S seconds."""
+    with httpx.Client(base_url=f"http://127.0.0.1:{http}", timeout=60) as client:
+        _login(client)
+        client.get("/console/")
+        while not stop.is_set():
+            start = time.perf_counter()
+            answer = client.get("/console/dashboard/live")
+            times.append(time.perf_counter() - start)
+            if answer.status_code != 200:
+                errors.append(str(answer.status_code))
+            stop.wait(REFRESH_S)
+
+
+def _ingest(home: Path, db_url: str, count: int, repeat: int) -> dict[str, Any]:
+    from engine.store import SqlMessageStore, create_db_engine
+
+    db = create_db_engine(db_url)
+    _add_user(SqlMessageStore(db))
+    db.dispose()
+    alone: list[float] = []
+    beside: list[float] = []
+    refresh: list[float] = []
+    errors: list[str] = []
+    with _served(home, db_url) as (mllp, http):
+        _load(mllp, min(count, 400))  # warm: connections, the worker, caches
+        for _ in range(repeat):
+            alone.append(_load(mllp, count)["rate"])
+            stop = threading.Event()
+            threads = [
+                threading.Thread(target=_dashboards, args=(http, stop, refresh, errors))
+                for _ in range(DASHBOARDS)
+            ]
+            for t in threads:
+                t.start()
+            time.sleep(0.5)  # logged in, first page shown
+            try:
+                beside.append(_load(mllp, count)["rate"])
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join()
+    a, b = statistics.median(alone), statistics.median(beside)
+    return {
+        "messages_per_run": count,
+        "alone_msgs_per_s": [round(r, 1) for r in alone],
+        "with_dashboards_msgs_per_s": [round(r, 1) for r in beside],
+        "alone_median": round(a, 1),
+        "with_dashboards_median": round(b, 1),
+        "slowdown_pct": round(100 * (a - b) / a, 1),
+        "dashboards": DASHBOARDS,
+        "refresh_s": REFRESH_S,
+        "refreshes": _quantiles(refresh) if len(refresh) > 1 else {"n": len(refresh)},
+        "refresh_errors": errors[:10],
+    }
+
+
+# -- one database ---------------------------------------------------------------------------------
+
+
+def _measure(name: str, db_url: str, count: int, home: Path, options: Options) -> dict[str, Any]:
+    from engine.api.tokens import mint_dev_token
+
+    app, store, auth = _app(home, db_url)
+    _add_user(store)
+    keys = _keys(db_url, count, SEARCH_KEYS)
+    result: dict[str, Any] = {}
+    with TestClient(app) as client:
+        token = mint_dev_token(auth, role="viewer", subject="bench")
+        result["search"] = _search(store, client, token, keys)
+        _print_search(name, result["search"])
+        _login(client)
+        urls, skipped = _page_urls(app, keys, _document_ids(db_url))
+        result["pages"] = _pages(client, urls)
+        result["pages_not_measured"] = _unbuilt(app) + skipped
+        _print_pages(name, result["pages"], result["pages_not_measured"])
+    store.db_engine.dispose()
+    ingest_count = 1000 if options.quick else 4000
+    result["ingest"] = _ingest(home / "serve", db_url, ingest_count, max(options.repeat, 1))
+    _print_ingest(name, result["ingest"])
+    return result
+
+
+def _print_search(name: str, search: dict[str, Any]) -> None:
+    print(f"  {name}: message search (first page of 50), ms   goal: <= {SEARCH_GOAL_MS:.0f}")
+    for label, r in search.items():
+        s, a = r["store"], r["api"]
+        print(
+            f"    {label:<20} store p50 {s['p50_ms']:>7.2f} p95 {s['p95_ms']:>7.2f}   "
+            f"api p50 {a['p50_ms']:>7.2f} p95 {a['p95_ms']:>7.2f}   "
+            f"found mean {r['found_mean']:.1f} max {r['found_max']}"
+        )
+
+
+def _print_pages(name: str, pages: dict[str, Any], skipped: list[str]) -> None:
+    print(f"  {name}: console pages, ms   goal: p95 <= {PAGE_GOAL_MS:.0f}")
+    for page, r in pages.items():
+        mark = "" if r["p95_ms"] <= PAGE_GOAL_MS else "  OVER"
+        print(
+            f"    {page:<34} p50 {r['p50_ms']:>8.2f} p95 {r['p95_ms']:>8.2f}  "
+            f"status {r['statuses']}{mark}"
+        )
+    for item in skipped:
+        print(f"    not measured: {item}")
+
+
+def _print_ingest(name: str, r: dict[str, Any]) -> None:
+    print(
+        f"  {name}: ingest alone {r['alone_median']:.0f} msg/s, with {r['dashboards']} dashboards "
+        f"refreshing every {r['refresh_s']:.0f} s {r['with_dashboards_median']:.0f} msg/s: "
+        f"{r['slowdown_pct']:+.1f} % slower (goal <= {INGEST_GOAL_PCT:.0f} %)"
+    )
+
+
+def run(options: Options) -> dict[str, Any]:
+    count = 50_000 if options.quick else 1_000_000
+    results: dict[str, Any] = {"messages": count}
+    with tempfile.TemporaryDirectory(prefix="console-bench-") as tmp:
+        work = Path(tmp)
+        (work / "sqlite").mkdir()
+        url, info = _sqlite_store(count, work / "sqlite")
+        results["sqlite"] = {
+            "seed": info,
+            **_measure("sqlite", url, count, work / "sqlite", options),
+        }
+        with _postgres_store(count) as pg:
+            if pg is not None:
+                url, info = pg
+                (work / "postgresql").mkdir()
+                results["postgresql"] = {
+                    "seed": info,
+                    **_measure("postgresql", url, count, work / "postgresql", options),
+                }
+    results["environment"] = environment(["sqlalchemy", "fastapi", "psycopg"])
+    return {"suite": "console", "quick": options.quick, **results}
