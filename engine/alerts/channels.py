@@ -1,11 +1,12 @@
 """Where notices go: e-mail over SMTP and webhooks, and the notices' words.
 
-E-mail: SMTP (RFC 5321) to the channel's host, STARTTLS (RFC 3207, the certificate checked
-against the system's CAs) when ``starttls`` is set, AUTH with the username and the password read
-from the variable or file the channel names, when it names one. One message per notice to every
-address in ``to``. Webhooks: a POST of ``{"text": "..."}`` — the field Slack's incoming webhooks
-and Microsoft Teams' incoming-webhook connectors both show — with the channel's time-out; any
-answer but 2xx is a failure. No redirect is followed (a webhook's URL is the place, not a hint).
+E-mail: SMTP (RFC 5321) to the channel's host, STARTTLS (RFC 3207; the server's certificate
+checked against the system's CAs, or the channel's ``ca_file``) when ``starttls`` is set, AUTH
+with the username and the password read from the variable or file the channel names, when it
+names one. One message per notice to every address in ``to``. Webhooks: a POST of
+``{"text": "..."}`` — the field Slack's incoming webhooks and Microsoft Teams' incoming-webhook
+connectors both show — with the channel's time-out; any answer but 2xx is a failure. No
+redirect is followed (a webhook's URL is the place, not a hint).
 
 A failure is a :class:`ChannelError` naming the channel and what went wrong (never the URL, which
 may hold a secret, nor a password); the notice stays owed for that channel and is sent again at
@@ -86,7 +87,8 @@ def _send_mail(channel: EmailChannel, title: str, text: str) -> None:
         with smtplib.SMTP(channel.host, channel.port, timeout=channel.timeout_s) as smtp:
             smtp.ehlo()
             if channel.starttls:
-                smtp.starttls(context=ssl.create_default_context())
+                cafile = str(channel.ca_file) if channel.ca_file is not None else None
+                smtp.starttls(context=ssl.create_default_context(cafile=cafile))
                 smtp.ehlo()
             if channel.username and password is not None:
                 smtp.login(channel.username, password)

@@ -136,6 +136,9 @@ class EmailChannel(_Strict):
     username: str | None = Field(default=None, max_length=255)
     password_env: str | None = None
     password_file: Path | None = Field(default=None, validate_default=True)
+    #: the CA certificates (PEM) the server's certificate is checked against under STARTTLS, for
+    #: a server with a private CA (default: the system's)
+    ca_file: Path | None = None
     timeout_s: float = Field(default=10.0, gt=0, le=60)
     #: false: the channel is defined but sends nothing (the sample under ``make run``)
     enabled: bool = True
