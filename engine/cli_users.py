@@ -80,8 +80,6 @@ def _roles(values: list[str]) -> list[str]:
             raise typer.BadParameter(
                 f"{value!r} is not a role ({', '.join(sorted(known))})", param_hint="--role"
             )
-    if not values:
-        raise typer.BadParameter("give at least one --role", param_hint="--role")
     return sorted(set(values))
 
 

@@ -116,6 +116,25 @@ def _mllp_tls(settings: Settings) -> ssl.SSLContext | None:
     )
 
 
+def _http_tls(settings: Settings) -> tuple[str | None, str | None]:
+    """uvicorn's TLS options for HTTPS on the HTTP port (``ENGINE_HTTP_TLS_CERT``/``_KEY``), the
+    pair loaded once now so a wrong one stops start-up in one line; Nones without TLS."""
+    cert, key = settings.http_tls_cert, settings.http_tls_key
+    if cert is None and key is None:
+        return None, None
+    if cert is None or key is None:
+        raise ConfigError("HTTPS needs both ENGINE_HTTP_TLS_CERT and ENGINE_HTTP_TLS_KEY")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        why = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigError(
+            f"ENGINE_HTTP_TLS_CERT/ENGINE_HTTP_TLS_KEY: {cert} and {key} are not a certificate "
+            f"and its key ({why})"
+        ) from None
+    return str(cert), str(key)
+
+
 class Engine:
     """The running engine: store, ingest, queue workers, MLLP listener and HTTP server."""
 
@@ -178,6 +197,7 @@ class Engine:
             documents=self.documents,
         )
         app.state.reloader = self.reloader
+        tls_cert, tls_key = _http_tls(settings)  # HTTPS on the HTTP port, when configured
         http_config = uvicorn.Config(
             app,
             host=settings.http_host,
@@ -185,6 +205,8 @@ class Engine:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            ssl_certfile=tls_cert,
+            ssl_keyfile=tls_key,
         )
         self.http = _Server(http_config)
         self._workers: BaseProcess | None = None

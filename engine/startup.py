@@ -106,6 +106,8 @@ def check_files(settings: Settings, auth: AuthSettings) -> None:
         ("ENGINE_MLLP_TLS_CERT", settings.mllp_tls_cert),
         ("ENGINE_MLLP_TLS_KEY", settings.mllp_tls_key),
         ("ENGINE_MLLP_TLS_CLIENT_CA", settings.mllp_tls_client_ca),
+        ("ENGINE_HTTP_TLS_CERT", settings.http_tls_cert),
+        ("ENGINE_HTTP_TLS_KEY", settings.http_tls_key),
     ):
         if path is not None:
             _readable(setting, path)
@@ -208,9 +210,11 @@ def banner(settings: Settings, *, version: str, mllp_port: int, store: str) -> s
         mllp_tls = "TLS"
     else:
         mllp_tls = "mutual TLS: client certificates required"
+    http = "https" if settings.http_tls_cert is not None else "http"
     return (
         f"engine {version}: home {settings.home}; "
         f"MLLP on {settings.mllp_host}:{mllp_port} ({mllp_tls}), "
-        f"HTTP on http://{settings.http_host}:{settings.http_port} (no TLS; health: /healthz); "
+        f"HTTP on {http}://{settings.http_host}:{settings.http_port} "
+        f"({'TLS' if http == 'https' else 'no TLS'}; health: /healthz, console: /console); "
         f"store {store}. Ctrl-C stops."
     )
