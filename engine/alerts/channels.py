@@ -22,6 +22,7 @@ import socket
 import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -59,6 +60,13 @@ def notice_text(notice: Notice, timezone: str, *, host: str | None = None) -> tu
     return title, "\n".join(lines)
 
 
+def _path(path: Path) -> Path:
+    """A file the channel names: a relative path is the engine's home's (ENGINE_HOME)."""
+    from engine.settings import engine_home
+
+    return path if path.is_absolute() else engine_home() / path
+
+
 def _password(channel: EmailChannel) -> str | None:
     if channel.password_env:
         value = os.environ.get(channel.password_env)
@@ -67,7 +75,7 @@ def _password(channel: EmailChannel) -> str | None:
         return value
     if channel.password_file:
         try:
-            with channel.password_file.open("rb") as f:
+            with _path(channel.password_file).open("rb") as f:
                 return f.read(_MAX_SECRET).decode("utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise ChannelError(f"cannot read the password file ({type(exc).__name__})") from exc
@@ -87,7 +95,8 @@ def _send_mail(channel: EmailChannel, title: str, text: str) -> None:
         with smtplib.SMTP(channel.host, channel.port, timeout=channel.timeout_s) as smtp:
             smtp.ehlo()
             if channel.starttls:
-                cafile = str(channel.ca_file) if channel.ca_file is not None else None
+                ca = channel.ca_file
+                cafile = str(_path(ca)) if ca is not None else None
                 smtp.starttls(context=ssl.create_default_context(cafile=cafile))
                 smtp.ehlo()
             if channel.username and password is not None:

@@ -137,7 +137,8 @@ class EmailChannel(_Strict):
     password_env: str | None = None
     password_file: Path | None = Field(default=None, validate_default=True)
     #: the CA certificates (PEM) the server's certificate is checked against under STARTTLS, for
-    #: a server with a private CA (default: the system's)
+    #: a server with a private CA (default: the system's). Relative paths (this and
+    #: ``password_file``) are the engine's home's (ENGINE_HOME)
     ca_file: Path | None = None
     timeout_s: float = Field(default=10.0, gt=0, le=60)
     #: false: the channel is defined but sends nothing (the sample under ``make run``)
@@ -408,6 +409,12 @@ def load_alert_rules(routes_dir: Path | None, *, where: str | None = None) -> Al
     )
 
 
+def _home(path: Path) -> Path:
+    from engine.settings import engine_home
+
+    return path if path.is_absolute() else engine_home() / path
+
+
 def check_loaded(config: AlertConfig) -> list[str]:
     """What a loaded file still lacks to send (variables unset, files unreadable): one line each,
     for ``engine alerts check``; a notice would fail, and be retried, until they are fixed."""
@@ -420,7 +427,7 @@ def check_loaded(config: AlertConfig) -> list[str]:
         if isinstance(channel, EmailChannel):
             if channel.password_env and not os.environ.get(channel.password_env):
                 problems.append(f"channel {name!r}: {channel.password_env} is not set")
-            if channel.password_file and not channel.password_file.is_file():
+            if channel.password_file and not _home(channel.password_file).is_file():
                 problems.append(f"channel {name!r}: {channel.password_file} is not a file")
         elif channel.url_env and not os.environ.get(channel.url_env):
             problems.append(f"channel {name!r}: {channel.url_env} is not set")

@@ -58,11 +58,13 @@ def _channel(port: int, **more: object) -> EmailChannel:
 
 def test_starttls_with_a_private_ca_and_a_password_from_a_file(
     tls_smtp: Mailbox,
-    pki: Path,
-    tmp_path: Path,  # noqa: F811
+    pki: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    secret = tmp_path / "smtp-password"
-    secret.write_text("s3cret\n")
+    (tmp_path / "smtp-password").write_text("s3cret\n")
+    monkeypatch.setenv("ENGINE_HOME", str(tmp_path))  # a relative path is the home's
+    secret = Path("smtp-password")
     channel = _channel(
         tls_smtp.port,
         starttls=True,
