@@ -377,13 +377,16 @@ def eligibility_list(
     from rich.table import Table
     from rich.text import Text
 
+    from engine.cli_audit import record_view
     from engine.jobs.eligibility import worklist
     from engine.settings import load_settings
 
     tz = load_settings().timezone
     store = open_store()
     try:
-        rows = worklist(store, _day(on), tz)
+        day = _day(on)
+        rows = worklist(store, day, tz)
+        record_view(store, "view-worklist", f"{day.isoformat()}: {len(rows)} appointments")
     finally:
         store.db_engine.dispose()  # its connections closed, not left to the garbage collector
     if as_json:

@@ -26,7 +26,7 @@ from engine.cli_messages import ID_MAX, parse_when
 from engine.cli_support import open_store, print_json
 from engine.errors import EngineError
 
-__all__ = ["audit_app"]
+__all__ = ["audit_app", "record_view"]
 
 audit_app = typer.Typer(
     help="The audit trail: who viewed, searched, replayed, resent or changed what (admins).",
@@ -51,6 +51,20 @@ def _who() -> Any:
     except Exception:  # no user name in the environment nor the password database
         user = "unknown"
     return Who(user, "cli")
+
+
+def record_view(store: Any, action: str, detail: str, patient_key: str | None = None) -> None:
+    """A CLI command's view of patient data (a worklist, a list) recorded with the OS user."""
+    who = _who()
+    store.record_audit(
+        action=action,
+        actor=who.actor,
+        source=who.source,
+        message_id=None,
+        outcome="ok",
+        detail=detail,
+        patient_key=patient_key,
+    )
 
 
 def _zone() -> Any:

@@ -195,3 +195,9 @@ def test_export_since_leaves_older_records_out(store: SqlMessageStore, cli) -> N
     assert code == 0 and out == "" and "0 AuditEvents" in err
     code, _, err = cli("audit", "export", "--since", "soon")
     assert code != 0 and "'soon' is not a date" in err
+
+
+def test_the_eligibility_worklist_is_recorded(store: SqlMessageStore, cli) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = cli("eligibility", "list", "--date", "2026-11-30")
+    assert code == 0, err
+    assert _actions(store) == [("view-worklist", None, "2026-11-30: 0 appointments")]
