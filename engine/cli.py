@@ -283,9 +283,10 @@ def worker(
 
 
 from engine.cli_alerts import alerts_app  # noqa: E402  (the alert rules' commands)
+from engine.cli_audit import audit_app  # noqa: E402  (the audit trail's commands)
 from engine.cli_documents import documents_app  # noqa: E402  (the documents commands)
 from engine.cli_keys import keys_app  # noqa: E402  (the signing-key commands)
-from engine.cli_messages import audit_app, messages_app  # noqa: E402  (the messages commands)
+from engine.cli_messages import messages_app  # noqa: E402  (the messages commands)
 from engine.cli_pull import pull_app  # noqa: E402  (the pull-source commands)
 from engine.cli_users import users_app  # noqa: E402  (the console's users)
 
