@@ -21,6 +21,7 @@ Viewers and integration users (and admins) see it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -47,6 +48,9 @@ router = APIRouter()
 
 #: seconds between refreshes of the figures (console.js reads it from the page)
 REFRESH_S = 15
+#: figures younger than this are shown again rather than read again: many open dashboards cost
+#: the database one read per span every few seconds, not one per browser
+CACHE_S = 5.0
 #: the verdicts as the page names them (engine/jobs/eligibility.py's statuses)
 VERDICTS = {
     "eligible": "eligible",
@@ -179,6 +183,21 @@ def _tomorrow(zone: str, now: datetime) -> date:
 
 
 def _figures(request: Request, store: SqlMessageStore, zone: str, span: str) -> dict[str, Any]:
+    """The figures of ``span``, read at most once every CACHE_S seconds in this app."""
+    cache: dict[str, tuple[float, dict[str, Any]]] | None = getattr(
+        request.app.state, "ops_dashboard_cache", None
+    )
+    if cache is None:
+        cache = request.app.state.ops_dashboard_cache = {}
+    seen = cache.get(span)
+    if seen is not None and time.monotonic() - seen[0] < CACHE_S:
+        return seen[1]
+    figures = _read_figures(request, store, zone, span)
+    cache[span] = (time.monotonic(), figures)
+    return figures
+
+
+def _read_figures(request: Request, store: SqlMessageStore, zone: str, span: str) -> dict[str, Any]:
     now = datetime.now(UTC)
     hour = store.received_counts(now - timedelta(hours=1))
     day = store.received_counts(now - timedelta(days=1))

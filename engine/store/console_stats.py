@@ -44,6 +44,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal_column,
     select,
 )
 
@@ -207,6 +208,16 @@ class MessageDetail:
         return sorted({d.destination for d in self.deliveries})
 
 
+def _grouped(column: Any, name: str) -> Any:
+    """A column to group by as an expression (``col || ''``): SQLite would otherwise walk a
+    whole index led by that column to get its rows in order (every delivery, to count the few
+    queued or dead), where the index on the filter reads only the rows asked for."""
+    return column.op("||")(literal_column("''")).label(name)
+
+
+_DESTINATION = _grouped(deliveries.c.destination, "destination")
+#: the deliveries made since a time, from the covering index alone (a CASE counting the hour
+#: within the day's pass measured slower on SQLite than a second, small range)
 _WINDOW = (
     select(
         deliveries.c.route,
@@ -217,39 +228,40 @@ _WINDOW = (
     .where(deliveries.c.created_at >= bindparam("since"))
     .group_by(deliveries.c.route, deliveries.c.destination, deliveries.c.state)
 )
+_STATE = _grouped(messages.c.state, "state")
 _RECEIVED = (
-    select(messages.c.state, func.count().label("n"))
+    select(_STATE, func.count().label("n"))
     .where(messages.c.received_at >= bindparam("since"))
-    .group_by(messages.c.state)
+    .group_by(_STATE)
 )
 _QUEUE = (
     select(
-        deliveries.c.destination,
+        _DESTINATION,
         func.count().label("n"),
         func.min(deliveries.c.created_at).label("oldest"),
     )
     .where(deliveries.c.state.in_(("pending", "waiting")))
-    .group_by(deliveries.c.destination)
+    .group_by(_DESTINATION)
 )
 _DEAD = (
-    select(deliveries.c.destination, func.count().label("n"))
+    select(_DESTINATION, func.count().label("n"))
     .select_from(
         deliveries.outerjoin(
             message_handled, message_handled.c.message_id == deliveries.c.message_id
         )
     )
     .where(deliveries.c.state == "dead", message_handled.c.message_id.is_(None))
-    .group_by(deliveries.c.destination)
+    .group_by(_DESTINATION)
 )
 #: the newest failed or retrying delivery with an error, per destination (of the last day)
 _LAST_FAILED = (
-    select(deliveries.c.destination, func.max(deliveries.c.id).label("id"))
+    select(_DESTINATION, func.max(deliveries.c.id).label("id"))
     .where(
         deliveries.c.state.in_(("pending", "dead", "needs-patient")),
         deliveries.c.last_error.is_not(None),
         deliveries.c.created_at >= bindparam("since"),
     )
-    .group_by(deliveries.c.destination)
+    .group_by(_DESTINATION)
 )
 _ERRORS_OF = select(deliveries.c.id, deliveries.c.last_error, deliveries.c.created_at).where(
     deliveries.c.id.in_(id_list())

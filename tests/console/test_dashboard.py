@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
 from sqlalchemy import update
 
 from engine.api.auth import Role
@@ -100,3 +101,16 @@ def test_the_dashboard_needs_a_viewer_or_integration_role(
 ) -> None:
     assert client_for(store, tmp_path, Role.FRONT_DESK).get("/console/").status_code == 403
     assert client_for(store, tmp_path, Role.ADMIN).get("/console/").status_code == 200
+
+
+def test_figures_are_read_once_every_few_seconds(
+    store: SqlMessageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.console import pages_dashboard
+
+    client = client_for(store, tmp_path, Role.VIEWER)
+    assert cells(client.get("/console/").text, "received")[0][0] == "0"
+    store.save_batch([Incoming(raw=b"MSH|", channel="mllp")])
+    assert cells(client.get("/console/").text, "received")[0][0] == "0"  # read 0 s ago
+    monkeypatch.setattr(pages_dashboard, "CACHE_S", 0.0)
+    assert cells(client.get("/console/").text, "received")[0][0] == "1"
