@@ -20,6 +20,7 @@ everything received is kept or its refusal is. :class:`DocumentRefused` then nam
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import logging
@@ -143,6 +144,7 @@ class Spool:
         self.over = False
         self.head = b""
         self._hash = hashlib.sha256()
+        self._sha1 = hashlib.sha1(usedforsecurity=False)
 
     def write(self, data: bytes) -> bool:
         """Add ``data``; False once the document is over the cap (read no more)."""
@@ -156,11 +158,17 @@ class Spool:
             return False
         self._file.write(data)
         self._hash.update(data)
+        self._sha1.update(data)
         return True
 
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
+
+    @property
+    def sha1(self) -> str:
+        """The bytes' base64 SHA-1 (FHIR Attachment.hash), hashed as they were written."""
+        return base64.b64encode(self._sha1.digest()).decode("ascii")
 
     def close(self) -> None:
         """Flush and close the file (no fsync: the store's commit is the durable copy)."""
@@ -406,7 +414,7 @@ class DocumentIntake:
         if spool.over:
             return await self._refuse_oversize(refusal, spool.head)
         return await self._accept_file(
-            spool.path, spool.sha256, spool.size, fields, refusal, file_name
+            spool.path, spool.sha256, spool.size, fields, refusal, file_name, sha1=spool.sha1
         )
 
     async def accept_file(
@@ -444,7 +452,11 @@ class DocumentIntake:
         fields: DocumentFields,
         refusal: RefusedDocument,
         file_name: str | None,
+        *,
+        sha1: str | None = None,
     ) -> Accepted:
+        """Check and commit ``path``. ``sha1`` given: ``path`` is our own spool file, hashed as
+        it was written; beside SQLite it is moved into the store unread (and is gone after)."""
         refusal = RefusedDocument(**{**asdict(refusal), "sha256": sha256})
         try:
             new = self.check(fields, channel=refusal.channel, sender=refusal.sender)
@@ -458,7 +470,8 @@ class DocumentIntake:
         # their bytes side by side instead of one by one under SQLite's one writer
         prepare = getattr(self.store, "prepare_blob", None)
         try:
-            sha1 = await self.run(prepare, path, sha256, size) if prepare else None
+            if prepare is not None:
+                sha1 = await self.run(prepare, path, sha256, size, sha1=sha1)
             stored = await self.run(
                 self._group.store_document,
                 DocumentToStore(new, path, sha256, size, media_type, sha1=sha1),

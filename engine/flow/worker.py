@@ -216,6 +216,10 @@ async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> Non
             )
             if purged:
                 log.info("retention purge", extra={"purged": purged})
+            # beside SQLite: document files no row names (a commit that died after its file)
+            swept = await asyncio.to_thread(store.sweep_blob_files)
+            if swept:
+                log.info("document files swept", extra={"files": swept})
             # the audit trail has its own period; message retention never deletes its rows
             pruned = await asyncio.to_thread(
                 store.prune_audit, timedelta(days=settings.audit_retention_days)

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -97,6 +99,32 @@ class BlobFiles:
             raise
         _fsync_dir(final.parent)
         return base64.b64encode(sha1.digest()).decode("ascii")
+
+    def adopt(self, source: Path, sha256: str) -> None:
+        """Move ``source`` into place as the bytes of ``sha256`` without reading it: a file the
+        engine wrote itself and hashed as it wrote (an upload's spool file), so its bytes are
+        written once. Fsynced, renamed, its new folder fsynced. ``source`` is gone after (its
+        owner's clean-up must allow that). Across file systems it is copied instead."""
+        final = self.path(sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.replace(source, final)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            shutil.copyfile(source, final.with_name(f".part-{final.name}"))
+            fd = os.open(final.with_name(f".part-{final.name}"), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(final.with_name(f".part-{final.name}"), final)
+        _fsync_dir(final.parent)
 
     def chunks(self, sha256: str) -> Iterator[bytes]:
         """The bytes of ``sha256``, 1 MiB at a time; KeyError when the file is missing."""

@@ -168,15 +168,24 @@ class Documents(Repository):
         assert self._blob_files is not True
         return self._blob_files
 
-    def prepare_blob(self, source: Path, sha256: str, size: int) -> str | None:
+    def prepare_blob(
+        self, source: Path, sha256: str, size: int, *, sha1: str | None = None
+    ) -> str | None:
         """Beside SQLite, put ``source``'s bytes in place as a file (fsynced) *before* the
         transaction that records them, in the caller's thread: returns their SHA-1, to pass
         as ``DocumentToStore.sha1``. None when there is nothing to do first (the bytes go in
         the database, or they are in place already). DocumentChanged when the file's bytes are
-        not ``sha256``: nothing placed."""
+        not ``sha256``: nothing placed.
+
+        ``sha1`` given: ``source`` is a file the engine wrote and hashed itself (an upload's
+        spool file, SHA-256 and SHA-1 computed as it was written): it is moved into place
+        unread (and is gone after), so its bytes are written once, not copied."""
         files = self.blob_files
         if files is None or files.has(sha256, size):
             return None
+        if sha1 is not None:
+            files.adopt(source, sha256)
+            return sha1
         return files.place(source, sha256, size)
 
     _BY_KEY = select(documents).where(documents.c.dedupe_key == bindparam("key"))

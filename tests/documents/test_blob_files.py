@@ -4,12 +4,14 @@ leaves a file no row names, swept once old; retention removes a file only after 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
@@ -162,3 +164,62 @@ def test_a_missing_file_is_named_not_read_as_empty(
     files.path(_sha(data)).unlink()
     with pytest.raises(KeyError, match="missing"):
         list(sqlite_store.document_chunks(_sha(data)))
+
+
+def test_our_own_spool_file_is_moved_into_place_unread(
+    sqlite_store: SqlMessageStore, tmp_path: Path
+) -> None:
+    """An upload's spool file (hashed as it was written) becomes the stored file itself: the
+    same inode, its bytes written once."""
+    files = _files(sqlite_store)
+    data = pdf_bytes(2)
+    spool = write(tmp_path / "document-1.part", data)
+    inode = spool.stat().st_ino
+    given = base64.b64encode(hashlib.sha1(data).digest()).decode()
+    assert sqlite_store.prepare_blob(spool, _sha(data), len(data), sha1=given) == given
+    assert not spool.exists()
+    assert files.path(_sha(data)).stat().st_ino == inode
+    [stored] = sqlite_store.store_documents(
+        [DocumentToStore(new_document(), spool, _sha(data), len(data), "application/pdf", given)]
+    )
+    assert not isinstance(stored, Exception)
+    assert stored.info.sha1 == given
+    assert b"".join(sqlite_store.document_chunks(_sha(data))) == data
+
+
+def test_an_upload_through_the_intake_leaves_no_spool_and_one_file(tmp_path: Path) -> None:
+    import asyncio
+
+    from engine.documents.intake import DocumentFields, DocumentIntake
+
+    db = create_db_engine(f"sqlite:///{tmp_path / 'engine.db'}")
+    store = SqlMessageStore(db)
+    store.migrate()
+    intake = DocumentIntake(store, max_bytes=1 << 20, spool_dir=tmp_path / "spool")
+    data = pdf_bytes(1)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(0, len(data), 100):
+            yield data[i : i + 100]
+
+    async def upload() -> Any:
+        try:
+            return await intake.accept(
+                chunks(),
+                DocumentFields(mrn="MRN1", document_type="insurance-card", date="2026-12-01"),
+                channel="http",
+                sender="front-desk",
+            )
+        finally:
+            intake.close()
+
+    accepted = asyncio.run(upload())
+    assert not accepted.duplicate
+    assert list((tmp_path / "spool").iterdir()) == []
+    files = _files(store)
+    assert files.path(accepted.sha256).read_bytes() == data
+    assert [p.name for p in files.root.rglob("*") if p.is_file()] == [accepted.sha256]
+    with db.connect() as conn:
+        sha1 = conn.execute(select(document_blobs.c.sha1)).scalar_one()
+    assert sha1 == base64.b64encode(hashlib.sha1(data).digest()).decode()
+    db.dispose()
