@@ -212,3 +212,32 @@ def test_newer_cursor_pages_back_with_the_same_filters(store: SqlMessageStore) -
     assert store.newer_cursor(query, first[0].id) is None  # the newest page already
     only_one = MessageQuery(mrn="MRN2", limit=3)
     assert store.newer_cursor(only_one, ids[0]) is None  # one match above: the newest page
+
+
+def test_migration_0014_goes_down_and_up_again(store: SqlMessageStore) -> None:
+    from pathlib import Path
+
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect
+
+    import engine.store.repository as repository
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(repository.__file__).parent / "migrations"))
+
+    def tables() -> set[str]:
+        return set(inspect(store.db_engine).get_table_names())
+
+    def indexes() -> set[str]:
+        return {i["name"] or "" for i in inspect(store.db_engine).get_indexes("deliveries")}
+
+    assert {"message_handled", "destination_breakers"} <= tables()
+    assert "ix_deliveries_created" in indexes()
+    with store.db_engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0013")
+    assert not {"message_handled", "destination_breakers"} & tables()
+    assert "ix_deliveries_created" not in indexes()
+    store.migrate()
+    assert {"message_handled", "destination_breakers"} <= tables()
