@@ -78,6 +78,9 @@ __all__ = [
 HANDLEABLE_STATES = ("error", "dead", "unrouted", "needs-patient")
 #: a delivery's payload shown on the message page at most (a document's envelope may be large)
 PAYLOAD_SHOWN_BYTES = 256 * 1024
+#: a message's bytes read for the page at most (an MDM may carry megabytes of base64: the page
+#: names its segments from the start, the download has it whole)
+RAW_SHOWN_BYTES = 512 * 1024
 #: how much of a breaker's last error is kept
 _ERROR_CHARS = 500
 
@@ -195,12 +198,18 @@ class MessageDetail:
     reason: str | None
     warnings: tuple[str, ...]
     replay_of: int | None
+    #: the bytes as received, at most RAW_SHOWN_BYTES of them (``size`` says how many there are)
     raw: bytes
     deliveries: tuple[DeliveryDetail, ...]
     handled: Handled | None
     #: taken at receipt (it has the idempotent receiver's key, which only an accepted original
     #: gets): its ACK was positive; a replay's copy was never acknowledged to anyone
     accepted: bool = False
+
+    @property
+    def raw_cut(self) -> bool:
+        """Only the first part of the bytes is here."""
+        return len(self.raw) < self.size
 
     @property
     def destinations(self) -> list[str]:
@@ -300,7 +309,7 @@ _MESSAGE = select(
     messages.c.reason,
     messages.c.warnings,
     messages.c.replay_of,
-    messages.c.raw,
+    func.substr(messages.c.raw, 1, RAW_SHOWN_BYTES).label("raw"),
     messages.c.dedupe_key,
 ).where(messages.c.id == bindparam("mid"))
 _DELIVERIES = (

@@ -262,3 +262,21 @@ def test_no_ack_is_made_up_for_a_message_refused_at_receipt(
     page = client_for(store, tmp_path, Role.VIEWER).get(f"/console/messages/{stored.id}").text
     assert '<pre class="ack">' not in page
     assert "refused at receipt" in text_of(page)
+
+
+def test_a_large_message_is_shown_in_part(store: SqlMessageStore, tmp_path: Path) -> None:
+    from engine.store.console_stats import RAW_SHOWN_BYTES
+
+    big = (
+        b"MSH|^~\\&|A|B|||20260102||MDM^T02|BIG1|P|2.5.1\r"
+        + b"OBX|1|ED|DOC||^AP^^Base64^"
+        + b"QUFB" * (RAW_SHOWN_BYTES // 2)
+        + b"\r"
+    )
+    [stored] = store.save_batch([Incoming(raw=big, channel="mllp", control_id="BIG1")])
+    client = client_for(store, tmp_path, Role.VIEWER)
+    page = client.get(f"/console/messages/{stored.id}")
+    assert page.status_code == 200
+    assert f"The first {RAW_SHOWN_BYTES} of {len(big)} bytes" in text_of(page.text)
+    assert len(page.content) < 3 * RAW_SHOWN_BYTES
+    assert client.get(f"/console/messages/{stored.id}/raw").content == big
