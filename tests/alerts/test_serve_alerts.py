@@ -112,4 +112,21 @@ def test_two_nodes_on_one_postgresql_send_one_notice(
         worker.terminate()
         worker.wait(30)
         engine.stop()
+        _drop_schema_tables(postgres_schema_url)  # the session's schema, for the next tests
     assert len(webhook.bodies) == 1, webhook.texts()
+
+
+def _drop_schema_tables(url: str) -> None:
+    from sqlalchemy import text
+
+    from engine.store import create_db_engine
+    from engine.store.tables import metadata
+
+    db = create_db_engine(url)
+    try:
+        metadata.drop_all(db)
+        with db.begin() as conn:
+            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+            conn.execute(text("DROP TABLE IF EXISTS scheduled_jobs"))
+    finally:
+        db.dispose()
