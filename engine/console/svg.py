@@ -7,8 +7,9 @@ goes in (labels, series names, the title) is escaped here, so a payer's name tha
 is shown as text; numbers are formatted here. No ``style`` attribute (the CSP forbids them):
 colours are presentation attributes (``fill``, ``stroke``), which it does not govern.
 
-The y axis starts at 0 and ends at a "nice" number (1, 2 or 5 times a power of ten) at or above
-the largest value; at most about a dozen x labels are written, evenly spaced, so a year of days
+The y axis starts at 0 and rises in at most five steps of a round size (1, 2 or 5 times a power
+of ten; whole numbers once the values reach 1) to the first step at or above the largest
+value; at most about a dozen x labels are written, evenly spaced, so a year of days
 stays legible (every bar keeps its ``<title>``).
 """
 
@@ -20,13 +21,13 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-__all__ = ["PALETTE", "Series", "bar_chart", "line_chart", "nice_max"]
+__all__ = ["PALETTE", "Series", "axis", "bar_chart", "line_chart", "nice_max"]
 
 #: colours for series in order (distinguishable for the common colour-vision deficiencies)
 PALETTE = ("#1f5fa8", "#e08a00", "#067647", "#b42318", "#7a4fb5", "#5b6570", "#0e8fa3")
 
 _WIDTH, _HEIGHT = 760, 260
-_LEFT, _RIGHT, _TOP, _BOTTOM = 56, 12, 30, 54
+_LEFT, _RIGHT, _TOP, _BOTTOM = 56, 12, 12, 54
 _MAX_X_LABELS = 12
 
 
@@ -49,6 +50,19 @@ def nice_max(value: float) -> float:
     return float(10 * power)  # pragma: no cover - the loop always returns
 
 
+def axis(value: float) -> tuple[float, float]:
+    """The y axis for values up to ``value``: (top, step), at most five steps of a round size
+    (1, 2 or 5 × 10^k, never below 1 for figures that are counts at heart)."""
+    if value <= 0 or not math.isfinite(value):
+        return 1.0, 0.25
+    raw = value / 4
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    if value >= 1:
+        step = max(step, 1.0)
+    return float(round(math.ceil(value / step - 1e-9) * step, 10)), float(step)
+
+
 def _number(value: float, unit: str = "") -> str:
     """A figure as shown: ``1,234``, ``12.50``, ``$1,234.50``, ``12.5%``."""
     if unit == "%":
@@ -59,20 +73,19 @@ def _number(value: float, unit: str = "") -> str:
     return f"{text} {unit}" if unit else text
 
 
-def _frame(title: str, labels: Sequence[str], top: float, unit: str) -> list[str]:
+def _frame(title: str, labels: Sequence[str], top: float, step: float, unit: str) -> list[str]:
     """The opening tag, title, y grid with its figures, and the x labels."""
     plot_w = _WIDTH - _LEFT - _RIGHT
     plot_h = _HEIGHT - _TOP - _BOTTOM
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {_WIDTH} {_HEIGHT}"'
         f' width="100%" role="img" aria-label="{escape(title)}">',
+        # the title for readers and tools; the page heads the chart with it in HTML
         f"<title>{escape(title)}</title>",
-        f'<text x="{_LEFT}" y="18" font-size="13" font-weight="600" fill="#1b1f24">'
-        f"{escape(title)}</text>",
     ]
-    for k in range(5):
-        value = top * k / 4
-        y = _TOP + plot_h - plot_h * k / 4
+    for k in range(round(top / step) + 1):
+        value = step * k
+        y = _TOP + plot_h - plot_h * value / top
         parts.append(
             f'<line x1="{_LEFT}" x2="{_LEFT + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
             f'stroke="#d6dbe0" stroke-width="1"/>'
@@ -128,8 +141,8 @@ def bar_chart(
         (sum(v or 0 for v in col) if stacked else max((v or 0 for v in col), default=0))
         for col in zip(*(s.values for s in series), strict=True)
     ] or [0.0]
-    top = nice_max(max(totals))
-    parts = _frame(title, labels, top, unit)
+    top, step = axis(max(totals))
+    parts = _frame(title, labels, top, step, unit)
     if not labels or not any(s for s in totals):
         return _empty(parts)
     plot_w = _WIDTH - _LEFT - _RIGHT
@@ -164,8 +177,8 @@ def line_chart(
 ) -> Markup:
     """One line per series; a missing value (None) breaks the line there."""
     values = [v for s in series for v in s.values if v is not None]
-    top = nice_max(max(values, default=0))
-    parts = _frame(title, labels, top, unit)
+    top, step = axis(max(values, default=0))
+    parts = _frame(title, labels, top, step, unit)
     if not labels or not values:
         return _empty(parts)
     plot_w = _WIDTH - _LEFT - _RIGHT

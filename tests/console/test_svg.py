@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from engine.console.svg import Series, bar_chart, line_chart, nice_max
+from engine.console.svg import Series, axis, bar_chart, line_chart, nice_max
 
 NS = "{http://www.w3.org/2000/svg}"
 
@@ -21,6 +21,24 @@ def _parse(svg: str) -> ET.Element:
 )
 def test_nice_max(value: float, top: float) -> None:
     assert nice_max(value) == top
+
+
+@pytest.mark.parametrize(
+    ("value", "top", "step"),
+    [
+        (0, 1, 0.25),
+        (1, 1, 1),
+        (3, 3, 1),
+        (5, 6, 2),
+        (10, 10, 5),
+        (11, 15, 5),
+        (0.3, 0.3, 0.1),
+        (1234, 1500, 500),
+        (50, 60, 20),
+    ],
+)
+def test_the_axis_rises_in_round_steps(value: float, top: float, step: float) -> None:
+    assert axis(value) == (top, step)
 
 
 def test_bars_are_proportional_and_carry_their_figures() -> None:
@@ -43,8 +61,8 @@ def test_stacked_bars_add_up_and_have_a_legend() -> None:
     assert len(rects) == 3  # a zero draws nothing
     texts = [t.text for t in root.iter(f"{NS}text")]
     assert "eligible" in texts and "inactive" in texts
-    # the y axis ends at the nice maximum of the stacked total (4 -> 5)
-    assert "5" in texts
+    # the y axis ends at the stacked total (4), in whole steps
+    assert [t for t in texts if t and t.isdigit()] == ["0", "1", "2", "3", "4"]
 
 
 def test_labels_and_names_are_escaped_and_nothing_runs() -> None:
