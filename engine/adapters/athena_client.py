@@ -34,6 +34,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.adapters.destination import DeliveryResult
+from engine.adapters.fhir_http import tls_verify
 from engine.adapters.oauth2 import CachedBearer, TokenError, request_token, retry_after
 from engine.adapters.token_cache import TokenCooldown, shared_token
 from engine.errors import ConfigError, EngineError
@@ -296,7 +297,7 @@ class AthenaClient:
             self._client = httpx.AsyncClient(
                 base_url=self.config.base_url,
                 timeout=self.config.timeout_s,
-                verify=self.config.verify_tls,
+                verify=tls_verify(self.config.verify_tls),  # the system trust store
                 transport=self._transport,
                 headers={"Accept": "application/json", "User-Agent": "hl7-engine"},
             )

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import httpx
 import orjson
+import truststore
 from pydantic import AfterValidator
 
 from engine.adapters.destination import DeliveryResult
@@ -36,6 +37,17 @@ def _base_url(value: str) -> str:
 BaseUrl = Annotated[str, AfterValidator(_base_url)]
 
 
+def tls_verify(verify: ssl.SSLContext | bool) -> ssl.SSLContext | bool:
+    """What an outside server's certificate is checked against: ``True`` (a route's
+    ``verify_tls``, the default) means the operating system's trust store (truststore: the CAs
+    the practice's IT manages, a private one included), not the CA bundle shipped with httpx;
+    a context of the route's own (a private CA file, a client certificate) stays as it is;
+    ``False`` checks nothing (a route that says so, for a test server)."""
+    if verify is True:
+        return truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    return verify
+
+
 def fhir_client(
     *,
     timeout_s: float,
@@ -43,11 +55,12 @@ def fhir_client(
     transport: httpx.AsyncBaseTransport | None,
     base_url: str = "",
 ) -> httpx.AsyncClient:
-    """The HTTP client of one FHIR adapter: FHIR JSON accepted, the engine named."""
+    """The HTTP client of one FHIR adapter: FHIR JSON accepted, the engine named, TLS checked
+    against the system trust store (:func:`tls_verify`)."""
     return httpx.AsyncClient(
         base_url=base_url,
         timeout=timeout_s,
-        verify=verify,
+        verify=tls_verify(verify),
         transport=transport,
         headers={"Accept": FHIR_JSON, "User-Agent": "hl7-engine"},
     )

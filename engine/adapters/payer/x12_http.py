@@ -34,6 +34,7 @@ from uuid import uuid4
 import httpx
 
 from engine.adapters.auth import OAuth2Auth
+from engine.adapters.fhir_http import tls_verify
 from engine.adapters.oauth2 import ClientCredentials, TokenError, retry_after
 from engine.adapters.payer.config import PayerConfig
 from engine.adapters.payer.contract import PayerRejected, PayerUnavailable
@@ -129,7 +130,7 @@ class X12HttpPayer:
         if self._client is None:
             self._client = httpx.AsyncClient(
                 timeout=self.config.timeout_s,
-                verify=self.config.verify_tls,
+                verify=tls_verify(self.config.verify_tls),  # the system trust store
                 transport=self._transport,
                 headers={"User-Agent": "hl7-engine"},
             )
