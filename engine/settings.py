@@ -174,6 +174,23 @@ class Settings(BaseSettings):
     http_tls_cert: Path | None = None
     http_tls_key: Path | None = None
 
+    #: OpenID Connect login for the console (optional; engine/console/pages_auth.py): the
+    #: provider's issuer (its discovery document is ``<issuer>/.well-known/openid-configuration``;
+    #: https, or http on a loopback address), this engine's client id and the file holding its
+    #: client secret (none: a public client, PKCE only), the scopes asked for, the claim that
+    #: carries a user's roles and how the provider's values map to engine roles (JSON,
+    #: ``{"engine-admins": "admin"}``; a value that is an engine role's name counts as that role),
+    #: the claim naming the user, and the name on the login page's button. Read by the receiver's
+    #: console.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret_file: Path | None = None
+    oidc_scopes: str = "openid profile email"
+    oidc_roles_claim: str = "roles"
+    oidc_role_map: dict[str, str] = Field(default_factory=dict)
+    oidc_username_claim: str = "preferred_username"
+    oidc_name: str = "identity provider"
+
     @field_validator("documents_name_pattern")
     @classmethod
     def _name_pattern(cls, value: str) -> str:

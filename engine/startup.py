@@ -108,6 +108,7 @@ def check_files(settings: Settings, auth: AuthSettings) -> None:
         ("ENGINE_MLLP_TLS_CLIENT_CA", settings.mllp_tls_client_ca),
         ("ENGINE_HTTP_TLS_CERT", settings.http_tls_cert),
         ("ENGINE_HTTP_TLS_KEY", settings.http_tls_key),
+        ("ENGINE_OIDC_CLIENT_SECRET_FILE", settings.oidc_client_secret_file),
     ):
         if path is not None:
             _readable(setting, path)

@@ -1,5 +1,4 @@
-"""The console: logging in and out (local users; OpenID Connect in engine/console/oidc.py when a
-provider is configured).
+"""The console: logging in and out — local users, and OpenID Connect when a provider is set.
 
 ``GET /console/login`` shows the form with a pre-session CSRF token (its signed cookie
 ``engine_login``); ``POST /console/login`` checks the token, then the password
@@ -8,21 +7,46 @@ form does not tell whether a user exists, is disabled or locked. A login makes a
 (a session id the browser held before is ended: no fixation) and sends the browser to ``next``
 when that is a path on this site, else to ``/console/``. ``POST /console/logout`` (CSRF) ends the
 session, audited.
+
+OpenID Connect (``ENGINE_OIDC_ISSUER``; OpenID Connect Core 1.0 §3.1, the authorization code
+flow): ``GET /console/login/oidc`` sends the browser to the provider with a fresh ``state``,
+``nonce`` and PKCE S256 challenge (RFC 7636), which a signed cookie (``engine_oidc``, ten
+minutes) remembers; ``GET /console/login/oidc/callback`` checks ``state``, trades the code (with
+the PKCE verifier) for tokens at the token endpoint, and checks the ID token (§3.1.3.7): its
+signature against the provider's JWKS with an explicit list of asymmetric algorithms (never
+``none``, never a shared-secret HMAC), ``iss``, ``aud`` (and ``azp`` when several audiences),
+``exp``, ``iat`` and ``nonce``. The user is named by ``ENGINE_OIDC_USERNAME_CLAIM`` and gets the
+roles ``ENGINE_OIDC_ROLES_CLAIM`` maps to (``ENGINE_OIDC_ROLE_MAP``); no engine role, no login.
+authlib builds the authorization request and makes the token request; joserfc (authlib's JOSE
+library) checks the ID token. Discovery and keys are fetched when first needed and kept five
+minutes (a key id not seen yet fetches the keys again, once).
 """
 
 from __future__ import annotations
 
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
+import httpx
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from joserfc import jwt
+from joserfc.errors import InvalidKeyIdError, JoseError
+from joserfc.jwk import KeySet
 from starlette.concurrency import run_in_threadpool
 
+from engine.api.auth import Role
 from engine.api.deps import peer_of
 from engine.console.auth import CsrfDep
 from engine.console.render import render
 from engine.console.sessions import (
     check_login_token,
+    console_secret,
     end_session,
     login_policy,
     login_token,
@@ -33,9 +57,12 @@ from engine.console.sessions import (
     start_session,
     users_of,
 )
+from engine.settings import Settings
 from engine.store.db import utcnow
+from engine.store.operator import Who
+from engine.store.users import UserProblem, normal_username
 
-__all__ = ["REFUSED", "router"]
+__all__ = ["ID_TOKEN_ALGORITHMS", "REFUSED", "OidcFailure", "router"]
 
 router = APIRouter()
 
@@ -43,6 +70,15 @@ router = APIRouter()
 REFUSED = "Wrong user name or password, or the account is locked for now."
 #: a login form is a few short fields
 _LOGIN_FORM_BYTES = 8 * 1024
+
+OIDC_COOKIE = "engine_oidc"
+#: how long a trip to the provider and back may take
+OIDC_FLOW_S = 600
+#: the ID token signatures we check (asymmetric only: the client secret never signs them here)
+ID_TOKEN_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
+_CACHE_S = 300.0
+_MAX_DOCUMENT_BYTES = 256 * 1024
+_TIMEOUT_S = 10.0
 
 
 def _login_page(
@@ -54,6 +90,7 @@ def _login_page(
     status_code: int = 200,
 ) -> HTMLResponse:
     token, cookie = login_token(request)
+    settings = settings_of(request)
     response = render(
         request,
         "login.html",
@@ -63,7 +100,7 @@ def _login_page(
         next=next_path,
         error=error,
         username=username,
-        oidc=getattr(request.app.state, "oidc_name", None),
+        oidc=settings.oidc_name if settings.oidc_issuer and settings.oidc_client_id else None,
     )
     set_login_cookie(request, response, cookie)
     return response
@@ -122,4 +159,288 @@ async def logout(request: Request, user: CsrfDep) -> Response:
     """End the session; back to the login form."""
     response = RedirectResponse("/console/login", status_code=303)
     await end_session(request, response, user)
+    return response
+
+
+# -- OpenID Connect ---------------------------------------------------------------------
+
+
+class OidcFailure(Exception):
+    """A login through the provider that did not hold; the text is safe to show and log."""
+
+
+@dataclass(frozen=True)
+class _Provider:
+    authorization_endpoint: str
+    token_endpoint: str
+    jwks_uri: str
+    algorithms: tuple[str, ...]
+
+
+class Oidc:
+    """One provider: its discovery document and keys (kept ``_CACHE_S``), and the two steps of
+    a login."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.oidc_issuer and settings.oidc_client_id
+        self.settings = settings
+        self.issuer = settings.oidc_issuer.rstrip("/")
+        self.client_id = settings.oidc_client_id
+        self._provider: tuple[float, _Provider] | None = None
+        self._keys: tuple[float, KeySet] | None = None
+
+    async def _json(self, url: str, what: str) -> dict[str, Any]:
+        from authlib.common.security import is_secure_transport  # type: ignore[import-untyped]
+
+        if not is_secure_transport(url):
+            raise OidcFailure(f"the provider's {what} is not at an https URL")
+        try:
+            async with httpx.AsyncClient(timeout=_TIMEOUT_S) as client:
+                answer = await client.get(url, headers={"Accept": "application/json"})
+        except httpx.HTTPError as exc:
+            raise OidcFailure(
+                f"the provider's {what} did not answer ({type(exc).__name__})"
+            ) from None
+        if answer.status_code != 200 or len(answer.content) > _MAX_DOCUMENT_BYTES:
+            raise OidcFailure(f"the provider's {what} answered {answer.status_code}")
+        try:
+            body = answer.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise OidcFailure(f"the provider's {what} is not a JSON object")
+        return body
+
+    async def provider(self) -> _Provider:
+        if self._provider is not None and time.monotonic() - self._provider[0] < _CACHE_S:
+            return self._provider[1]
+        doc = await self._json(f"{self.issuer}/.well-known/openid-configuration", "discovery")
+        if str(doc.get("issuer", "")).rstrip("/") != self.issuer:
+            raise OidcFailure("the provider's discovery names another issuer")
+        offered = doc.get("id_token_signing_alg_values_supported") or ["RS256"]
+        algorithms = tuple(a for a in ID_TOKEN_ALGORITHMS if a in offered)
+        urls = [doc.get(k) for k in ("authorization_endpoint", "token_endpoint", "jwks_uri")]
+        if not all(isinstance(u, str) and u for u in urls) or not algorithms:
+            raise OidcFailure("the provider's discovery lacks an endpoint or a usable algorithm")
+        provider = _Provider(str(urls[0]), str(urls[1]), str(urls[2]), algorithms)
+        self._provider = (time.monotonic(), provider)
+        return provider
+
+    async def keys(self, *, refresh: bool = False) -> KeySet:
+        if not refresh and self._keys is not None and time.monotonic() - self._keys[0] < _CACHE_S:
+            return self._keys[1]
+        document = await self._json((await self.provider()).jwks_uri, "keys")
+        try:
+            keys = KeySet.import_key_set(document)  # type: ignore[arg-type]
+        except (JoseError, ValueError, KeyError, TypeError):
+            raise OidcFailure("the provider's keys do not read as a JWK set") from None
+        self._keys = (time.monotonic(), keys)
+        return keys
+
+    def _client(self, redirect_uri: str) -> Any:
+        from authlib.integrations.httpx_client import (  # type: ignore[import-untyped]
+            AsyncOAuth2Client,
+        )
+
+        secret_file = self.settings.oidc_client_secret_file
+        secret = secret_file.read_text().strip() if secret_file is not None else None
+        return AsyncOAuth2Client(
+            client_id=self.client_id,
+            client_secret=secret,
+            token_endpoint_auth_method="client_secret_basic" if secret else "none",
+            scope=self.settings.oidc_scopes,
+            redirect_uri=redirect_uri,
+            code_challenge_method="S256",
+            timeout=_TIMEOUT_S,  # a number: authlib's client may be httpx2's, not httpx's
+        )
+
+    async def begin(self, redirect_uri: str) -> tuple[str, dict[str, str]]:
+        """The provider's authorization URL, and what the callback must find again."""
+        provider = await self.provider()
+        flow = {
+            "state": secrets.token_urlsafe(32),
+            "nonce": secrets.token_urlsafe(32),
+            "verifier": secrets.token_urlsafe(48),  # 64 characters (RFC 7636 §4.1: 43-128)
+        }
+        async with self._client(redirect_uri) as client:
+            url, _ = client.create_authorization_url(
+                provider.authorization_endpoint,
+                state=flow["state"],
+                code_verifier=flow["verifier"],
+                nonce=flow["nonce"],
+            )
+        return str(url), flow
+
+    async def finish(self, code: str, flow: dict[str, str], redirect_uri: str) -> dict[str, Any]:
+        """Trade the code for tokens; the checked ID token's claims."""
+        provider = await self.provider()
+        try:
+            async with self._client(redirect_uri) as client:
+                token = await client.fetch_token(
+                    provider.token_endpoint,
+                    grant_type="authorization_code",
+                    code=code,
+                    code_verifier=flow["verifier"],
+                )
+        except OSError as exc:
+            raise OidcFailure(f"the token endpoint: {type(exc).__name__}") from None
+        except Exception as exc:  # authlib's OAuthError and httpx's: the provider said no
+            reason = getattr(exc, "error", None) or type(exc).__name__
+            raise OidcFailure(f"the token endpoint refused the code ({reason})") from None
+        id_token = token.get("id_token") if isinstance(token, dict) else None
+        if not isinstance(id_token, str) or len(id_token) > 16 * 1024:
+            raise OidcFailure("the provider sent no ID token")
+        return await self._claims(id_token, flow["nonce"], provider)
+
+    async def _claims(self, id_token: str, nonce: str, provider: _Provider) -> dict[str, Any]:
+        try:
+            try:
+                decoded = jwt.decode(id_token, await self.keys(), algorithms=provider.algorithms)
+            except InvalidKeyIdError:  # the provider rotated its keys: fetch them again, once
+                keys = await self.keys(refresh=True)
+                decoded = jwt.decode(id_token, keys, algorithms=provider.algorithms)
+            registry = jwt.JWTClaimsRegistry(
+                leeway=60,
+                iss={"essential": True, "value": self.issuer},
+                aud={"essential": True, "value": self.client_id},
+                sub={"essential": True},
+                exp={"essential": True},
+                iat={"essential": True},
+                nonce={"essential": True, "value": nonce},
+            )
+            registry.validate(decoded.claims)
+        except JoseError as exc:
+            raise OidcFailure(f"the ID token does not hold ({exc.error})") from None
+        except ValueError:
+            raise OidcFailure("the ID token does not read") from None
+        claims = dict(decoded.claims)
+        audience = claims.get("aud")
+        if isinstance(audience, list) and len(audience) > 1 and claims.get("azp") != self.client_id:
+            raise OidcFailure("the ID token is for several clients, and not authorized for us")
+        return claims
+
+    def username(self, claims: dict[str, Any]) -> str:
+        for value in (claims.get(self.settings.oidc_username_claim), claims.get("sub")):
+            if isinstance(value, str):
+                try:
+                    return normal_username(value)
+                except UserProblem:
+                    continue
+        raise OidcFailure("the ID token names no user name the console takes")
+
+    def roles(self, claims: dict[str, Any]) -> list[str]:
+        value = claims.get(self.settings.oidc_roles_claim)
+        given = (
+            value.split() if isinstance(value, str) else value if isinstance(value, list) else []
+        )
+        names = {role.value for role in Role}
+        mapped = {self.settings.oidc_role_map.get(str(v), str(v)) for v in given}
+        return sorted(mapped & names)
+
+
+def _oidc(request: Request) -> Oidc | None:
+    settings = settings_of(request)
+    if not settings.oidc_issuer or not settings.oidc_client_id:
+        return None
+    oidc = getattr(request.app.state, "oidc", None)
+    if not isinstance(oidc, Oidc):
+        oidc = Oidc(settings)
+        request.app.state.oidc = oidc
+    return oidc
+
+
+def _flow_serializer(request: Request) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(console_secret(settings_of(request)), salt="engine-console-oidc")
+
+
+def _callback_uri(request: Request) -> str:
+    base = settings_of(request).public_base_url or str(request.base_url)
+    return base.rstrip("/") + "/console/login/oidc/callback"
+
+
+async def _oidc_refused(request: Request, actor: str, why: str, next_path: str) -> HTMLResponse:
+    users = users_of(request)
+    if users is not None:
+        await run_in_threadpool(users.login_refused, actor, peer_of(request), f"oidc: {why}")
+    name = settings_of(request).oidc_name
+    response = _login_page(
+        request,
+        next_path=next_path,
+        error=f"Logging in with {name} did not work: {why}.",
+        status_code=401,
+    )
+    response.delete_cookie(OIDC_COOKIE, path="/console/login/oidc")
+    return response
+
+
+@router.get("/login/oidc")
+async def oidc_begin(request: Request, next: str | None = None) -> Response:
+    """Off to the provider, with state, nonce and a PKCE challenge."""
+    oidc = _oidc(request)
+    next_path = safe_next(next)
+    if oidc is None:
+        return _login_page(request, next_path=next_path, error="No identity provider is set up.")
+    try:
+        url, flow = await oidc.begin(_callback_uri(request))
+    except OidcFailure as exc:
+        return await _oidc_refused(request, "oidc", str(exc), next_path)
+    response = RedirectResponse(url, status_code=303)
+    response.set_cookie(
+        OIDC_COOKIE,
+        _flow_serializer(request).dumps({**flow, "next": next_path}),
+        max_age=OIDC_FLOW_S,
+        path="/console/login/oidc",
+        httponly=True,
+        samesite="lax",  # the provider's redirect back is a top-level GET: Lax sends it
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.get("/login/oidc/callback")
+async def oidc_callback(request: Request) -> Response:
+    """Back from the provider: check state, trade the code, check the ID token, log in."""
+    oidc = _oidc(request)
+    users = users_of(request)
+    if oidc is None or users is None:
+        return _login_page(request, next_path="/console/", error="No identity provider is set up.")
+    try:
+        flow = _flow_serializer(request).loads(
+            request.cookies.get(OIDC_COOKIE, ""), max_age=OIDC_FLOW_S
+        )
+    except BadSignature:
+        flow = None
+    if not isinstance(flow, dict):
+        return await _oidc_refused(
+            request, "oidc", "the login took too long or began elsewhere", "/console/"
+        )
+    next_path = safe_next(flow.get("next"))
+    params = request.query_params
+    if params.get("error"):
+        error = "".join(c for c in params["error"][:64] if c.isalnum() or c in "_-")
+        return await _oidc_refused(request, "oidc", f"the provider said {error}", next_path)
+    state, code = params.get("state", ""), params.get("code", "")
+    if not state or not hmac.compare_digest(state.encode(), str(flow.get("state", "")).encode()):
+        return await _oidc_refused(
+            request, "oidc", "the answer's state is not this login's", next_path
+        )
+    if not code or len(code) > 2048:
+        return await _oidc_refused(request, "oidc", "the provider sent no code", next_path)
+    try:
+        claims = await oidc.finish(code, flow, _callback_uri(request))
+        username = oidc.username(claims)
+        roles = oidc.roles(claims)
+        if not roles:
+            raise OidcFailure(f"{username} has no engine role at the provider")
+        who = Who(f"oidc:{username}", "console", peer_of(request))
+        user = await run_in_threadpool(users.upsert_oidc_user, username, roles, who)
+    except (OidcFailure, UserProblem) as exc:
+        return await _oidc_refused(request, "oidc", str(exc), next_path)
+    if user.disabled:
+        return await _oidc_refused(
+            request, user.username, f"{user.username} is disabled here", next_path
+        )
+    response = RedirectResponse(next_path, status_code=303)
+    await start_session(request, response, user, method="oidc")
+    response.delete_cookie(OIDC_COOKIE, path="/console/login/oidc")
     return response

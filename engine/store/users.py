@@ -392,6 +392,14 @@ class Users(Repository):
             _audit(conn, who, "login-failed", detail, outcome="refused")
         return LoginResult(None, reason)
 
+    def login_refused(self, actor: str, peer: str | None, detail: str) -> None:
+        """A login refused before any password was checked (an identity provider's answer that
+        did not hold, a user it named that is disabled here): audited ``login-failed``."""
+        with self._tx() as conn:
+            _audit(
+                conn, Who(actor or "(unknown)", "console", peer), "login-failed", detail, "refused"
+            )
+
     # -- sessions ------------------------------------------------------------------------
 
     def create_session(

@@ -1,7 +1,7 @@
 """Logging in and out of the console in a real browser against a real ``engine serve``: through
 the login form to the dashboard and out by the header's button; out by idling (the next
 navigation lands on the login page, and the audit trail says session-expired); locked out after
-repeated failures, even with the right password."""
+repeated failures, even with the right password; in through a (stub) OpenID Connect provider."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 
 from engine.store import SqlMessageStore, create_db_engine
 from tests.console.support import ConsoleEngine, console_engine, login
+from tests.console.test_auth_oidc import running_provider
 
 PASSWORD = "correct horse battery"
 IDLE_S = 6  # ENGINE_CONSOLE_IDLE_MINUTES=0.1
@@ -89,3 +90,25 @@ def test_repeated_failures_lock_the_account(page: Any, engine: ConsoleEngine) ->
     assert engine.cli("users", "enable", "cyd").returncode == 0
     login(page, engine.base_url, "cyd", PASSWORD)
     assert "/console/login" not in page.url
+
+
+def test_log_in_with_an_identity_provider(page: Any, tmp_path: Path) -> None:
+    with running_provider() as provider:
+        secret = tmp_path / "oidc-secret"
+        secret.write_text(provider.client_secret)
+        env = {
+            "ENGINE_OIDC_ISSUER": provider.base_url,
+            "ENGINE_OIDC_CLIENT_ID": provider.client_id,
+            "ENGINE_OIDC_CLIENT_SECRET_FILE": str(secret),
+            "ENGINE_OIDC_ROLE_MAP": '{"engine-admins": "admin"}',
+            "ENGINE_OIDC_NAME": "Stub IdP",
+        }
+        with console_engine(tmp_path, env=env) as engine:
+            page.goto(f"{engine.base_url}/console/users")
+            with page.expect_navigation(url=f"{engine.base_url}/console/users"):
+                page.click("text=Log in with Stub IdP")
+            assert page.locator("header .who").inner_text() == "ada.oidc"
+            assert page.locator("tr[data-user='ada.oidc']").count() == 1
+            assert provider.seen[0]["authorize"]["code_challenge_method"] == "S256"
+            trail = audit_of(engine)
+            assert ("login", "ada.oidc", "by oidc") in trail
