@@ -10,14 +10,17 @@ since / until             ``ix_messages_received (received_at, id)``: one seek t
                           into an id bound too, then a range of the primary key
 control ID                ``ix_messages_control``
 patient (``AUTH|MRN``)    ``ix_messages_patient (patient_key, state, id)``
+patient (bare ``MRN``)    ``ix_messages_mrn (patient_mrn(patient_key), id)``: the MRN part of
+                          the key (:class:`~engine.store.tables.patient_mrn`)
 ========================  =====================================================================
 
 The time bounds may be in any zone: they are turned to UTC, as the store keeps times, so SQLite
 (which compares the text of the wall time) and PostgreSQL give the same answer.
 
 Type, trigger and sender are checked on the rows the index range gives. A bare MRN (no
-assigning authority) matches any authority's patient key ending in ``|MRN``: that reads the
-patient index from end to end, not a range of it.
+assigning authority) matches any authority's patient key ending in ``|MRN``, found through the
+MRN part's own index (a ``LIKE '%|MRN'`` alone would read the whole patient index: 0.6 s and
+more on a million messages).
 
 Each line names the destinations that fail the message (dead, or retrying with an error) and
 their last error, read in one query for the page.
@@ -34,7 +37,7 @@ from sqlalchemy import ColumnElement, Connection, Select, and_, bindparam, or_, 
 
 from engine.store.db import Repository, aware
 from engine.store.deliveries import deliveries_of
-from engine.store.tables import deliveries, documents, messages
+from engine.store.tables import deliveries, documents, messages, patient_mrn
 from engine.store.views import DocumentLine, DocumentView, MessageLine
 
 __all__ = [
@@ -167,7 +170,8 @@ def _where(q: MessageQuery) -> list[ColumnElement[bool]]:
     if q.mrn:
         if "|" in q.mrn:
             conditions.append(messages.c.patient_key == q.mrn)
-        else:
+        else:  # ix_messages_mrn finds them; the LIKE keeps the match exact (ends with |MRN)
+            conditions.append(patient_mrn(messages.c.patient_key) == q.mrn)
             conditions.append(messages.c.patient_key.like(_like_suffix(q.mrn), escape="\\"))
     if q.before is not None:
         conditions.append(messages.c.id < q.before)

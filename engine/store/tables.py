@@ -59,6 +59,9 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 __all__ = [
     "alert_events",
@@ -82,6 +85,34 @@ __all__ = [
 ]
 
 metadata = MetaData()
+
+
+class patient_mrn(FunctionElement[str]):  # noqa: N801  (a SQL function's name)
+    """The MRN of a message's patient key (``AUTHORITY|MRN``: what follows the first ``|``),
+    as ``ix_messages_mrn`` indexes it (migration 0015): a search by a bare MRN, of any
+    authority, reads that index instead of every patient key (issue 13, search at scale).
+
+    PostgreSQL indexes the expression, so the query spells the same expression; SQLite indexes
+    a virtual generated column of it, ``messages.patient_mrn`` (not declared here: nothing
+    writes or selects it), so the query names that column."""
+
+    type = String()
+    inherit_cache = True
+    name = "patient_mrn"
+
+
+@compiles(patient_mrn, "sqlite")
+def _patient_mrn_sqlite(element: patient_mrn, compiler: SQLCompiler, **kw: object) -> str:
+    (key,) = element.clauses
+    table = compiler.preparer.format_table(key.table)
+    return f"{table}.patient_mrn"
+
+
+@compiles(patient_mrn, "postgresql")
+def _patient_mrn_postgresql(element: patient_mrn, compiler: SQLCompiler, **kw: object) -> str:
+    key = compiler.process(element.clauses, **kw)
+    return f"substr({key}, strpos({key}, '|') + 1)"
+
 
 _ID = BigInteger().with_variant(Integer, "sqlite")
 
@@ -117,6 +148,8 @@ messages = Table(
     Index("ix_messages_patient", "patient_key", "state", "id"),
     Index("ix_messages_received", "received_at", "id"),
     Index("ix_messages_control", "control_id"),
+    # and ix_messages_mrn (a bare MRN's search), made per database by migration 0015: the MRN
+    # part of the patient key and the id (see patient_mrn)
 )
 
 deliveries = Table(
