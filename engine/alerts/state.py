@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, Engine, and_, case, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.store.audit import audit
@@ -51,6 +51,8 @@ __all__ = [
 
 #: how long a claim to send a notice holds before another evaluator may take it over
 SEND_LEASE = timedelta(minutes=2)
+#: how long the history (and alerts recovered) is kept
+KEEP = timedelta(days=90)
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,21 @@ class AlertStates(Repository):
             _event(conn, now, f.rule, f.subject, "recovered", summary)
             return "recovered"
         return None
+
+    def prune(self, *, now: datetime | None = None, keep: timedelta = KEEP) -> int:
+        """Forget history older than ``keep``: its events, and alerts recovered that long ago
+        (a raised alert is never forgotten); how many rows went."""
+        cutoff = (now or utcnow()) - keep
+        with self._tx() as conn:
+            events = conn.execute(delete(alert_events).where(alert_events.c.at < cutoff))
+            old = conn.execute(
+                delete(alerts).where(
+                    alerts.c.state == "recovered",
+                    alerts.c.notice.is_(None),
+                    alerts.c.updated_at < cutoff,
+                )
+            )
+        return int(events.rowcount or 0) + int(old.rowcount or 0)
 
     def retire(self, rules: Iterable[str], *, now: datetime | None = None) -> int:
         """Alerts of rules no longer in the file: recovered without a notice; how many."""

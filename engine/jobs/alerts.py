@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -66,6 +67,8 @@ class AlertRunner:
         self.states = AlertStates(db_engine)
         #: database rules whose raise this process sent while the database was away
         self._held: dict[str, Notice] = {}
+        #: when the history was last pruned (monotonic seconds; once an hour)
+        self._pruned: float | None = None
 
     async def run_once(self, *, now: datetime | None = None) -> RunReport:
         """One evaluation: findings, transitions, notices (``now``: the time it is, for tests
@@ -93,6 +96,7 @@ class AlertRunner:
             await self._without_store(database, report)
             return report
         await self._recovered_while_away(database, report)
+        await self._prune(now)
         try:
             repeats = {r.name: self.config.repeat_minutes(r) for r in self.config.rules}
             notices = await asyncio.to_thread(
@@ -104,6 +108,19 @@ class AlertRunner:
         for notice in notices:
             await self._send(notice, report, now)
         return report
+
+    async def _prune(self, now: datetime) -> None:
+        """The history past its time (engine/alerts/state.py KEEP), once an hour."""
+        if self._pruned is not None and time.monotonic() - self._pruned < 3600:
+            return
+        self._pruned = time.monotonic()
+        try:
+            gone = await asyncio.to_thread(partial(self.states.prune, now=now))
+        except Exception as exc:  # next hour
+            log.warning("alert history not pruned", extra={"error": type(exc).__name__})
+            return
+        if gone:
+            log.info("alert history pruned", extra={"rows": gone})
 
     async def _probe(self) -> list[Finding]:
         rules = [r for r in self.config.rules if isinstance(r, Database)]

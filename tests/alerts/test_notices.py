@@ -231,3 +231,18 @@ def test_an_alert_still_raised_is_notified_again_after_the_repeat_interval(
     assert cleared.transitions == [("lab-backlog", "lab", "recovered")]
     assert smtp.subjects()[2] == "[engine] RECOVERED: lab-backlog (lab)"
     assert len(webhook.bodies) == 3
+
+
+def test_the_history_is_kept_90_days_and_a_raised_alert_for_ever(
+    store: SqlMessageStore, db_engine: Engine, tmp_path: Path
+) -> None:
+    from engine.alerts.state import AlertStates, Finding, alert_rows
+
+    states = AlertStates(db_engine)
+    now = datetime.now(UTC)
+    states.apply([Finding("a", "", "disk", True, "low"), Finding("b", "", "disk", True, "low")])
+    states.apply([Finding("a", "", "disk", False, "fine")], now=now + timedelta(minutes=1))
+    assert len(recent_events(db_engine)) == 3
+    assert states.prune(now=now + timedelta(days=89)) == 0
+    assert states.prune(now=now + timedelta(days=91)) == 4  # 3 events and the recovered alert
+    assert [(r.rule, r.state) for r in alert_rows(db_engine)] == [("b", "raised")]
