@@ -8,6 +8,7 @@ from __future__ import annotations
 import html as html_text
 import logging
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -243,3 +244,27 @@ def test_a_busy_workbench_says_so(store: SqlMessageStore, tmp_path: Path) -> Non
     finally:
         for _ in held:
             pages_workbench._slots.release()
+
+
+def test_a_conversion_that_takes_too_long_is_given_up_and_audited(
+    store: SqlMessageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pages_workbench, "TIMEOUT_S", 0.0)
+    status, page = _post(
+        _client(store, tmp_path), direction="to-fhir", message=_pasted("adt_a01.hl7")
+    )
+    assert status == 503 and "took longer than 0 s" in _text(page)
+    assert [(a["outcome"], a["detail"]) for a in _audit(store)] == [("error", "HL7v2 to FHIR")]
+    # the conversion ends on its own and gives its slot back
+    deadline = time.monotonic() + 30
+    while True:
+        held = [
+            pages_workbench._slots.acquire(blocking=False) for _ in range(pages_workbench.SLOTS)
+        ]
+        for ok in held:
+            if ok:
+                pages_workbench._slots.release()
+        if all(held) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert all(held)
