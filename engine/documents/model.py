@@ -63,6 +63,10 @@ class DocumentInfo:
     file_name: str | None = None
     #: MDM in: TXA-12 (unique document number) of the document the EHR sent
     unique_number: str | None = None
+    #: MDM in: TXA-13 (parent document number) of an addendum (T06) or a replacement
+    #: (T04/T08/T10), and how it relates to that one (FHIR relatesTo.code: appends, replaces)
+    parent_number: str | None = None
+    relation: str | None = None
     #: base64 SHA-1 of the bytes (FHIR Attachment.hash), computed when they were stored (None
     #: for bytes stored before it was: the processor then computes it from the chunks)
     sha1: str | None = None

@@ -29,10 +29,10 @@ on as received, and it is bounded: the decode by ENGINE_MAX_MESSAGE_BYTES (about
 after the ACK). An MDM whose OBX-5 is a reference pointer (RP: no bytes) is refused with the
 reason, before the ACK (AE) unless an HL7v2 route passes the MDM on as received: the engine
 delivers documents with their bytes, and fetching a pointer from a system it does not know is
-not something it can do safely. T04/T06/T10
-(status change, addendum, replacement) are taken as documents of their own; their relation to
-the earlier document (TXA-13) is noted on the MDM, not carried on (the documents table has no
-place for it yet).
+not something it can do safely. T04/T06/T08/T10 (status change, addendum, edit, replacement)
+are taken as documents of their own that keep their relation to the earlier one (TXA-13):
+DocumentReference.relatesTo (``appends``, ``replaces``) going to a FHIR server, MDM^T06/T10 with
+TXA-13 going to an HL7v2 one. Without a TXA-13 the relation cannot be carried: the MDM says so.
 """
 
 from __future__ import annotations
@@ -238,12 +238,15 @@ def take_mdm_document(
     doc = _document_of(message, document_types(mappings))
     assert doc.data is not None
     notes: list[str] = []
+    relation = doc.relation if doc.parent_number else None
     if doc.relation is not None:
         what = "an addendum to" if doc.relation == "appends" else "a replacement of"
         notes.append(
-            f"MDM^{doc.trigger}: {what} an earlier document"
-            + (" (its number in TXA-13)" if doc.parent_number else "")
-            + "; taken as a document of its own (the relation is not carried on)"
+            f"MDM^{doc.trigger}: {what} the document numbered in TXA-13, carried on as such"
+            f" (relatesTo {doc.relation})"
+            if relation
+            else f"MDM^{doc.trigger}: {what} an earlier document, but TXA-13 (its number) is"
+            " empty: taken as a document of its own, the relation cannot be carried on"
         )
     sha256 = hashlib.sha256(doc.data).hexdigest()
     with _spooled(doc.data, spool_dir) as path:
@@ -263,6 +266,8 @@ def take_mdm_document(
             author=doc.author,
             file_name=doc.file_name,
             unique_number=doc.unique_number or None,
+            parent_number=doc.parent_number if relation else None,
+            relation=relation,
             peer=peer,
         )
         stored = store.store_document(

@@ -68,6 +68,8 @@ MADE: dict[str, str] = {
     "$attachment": "Attachment",
     "$content_id": "Identifier",
     "$unique_number": "Identifier",
+    "$replaces": "Reference",
+    "$appends": "Reference",
     "$now": "instant",
 }
 #: the FHIR primitives a document's field (text) may be written to
@@ -248,7 +250,23 @@ def _made(
             if info.unique_number
             else None
         ),
+        "$replaces": _parent(info, base) if info.relation == "replaces" else None,
+        "$appends": _parent(info, base) if info.relation == "appends" else None,
         "$now": stamp.isoformat(timespec="seconds").replace("+00:00", "Z"),
+    }
+
+
+def _parent(info: DocumentInfo, base: str) -> dict[str, Any] | None:
+    """The earlier document an addendum or replacement relates to (TXA-13), by the number its
+    sender gave it: the identifier its own DocumentReference carries as masterIdentifier."""
+    if not info.parent_number:
+        return None
+    return {
+        "type": "DocumentReference",
+        "identifier": {
+            "system": f"{base}document-number:{quote(info.sender, safe='')}",
+            "value": info.parent_number,
+        },
     }
 
 

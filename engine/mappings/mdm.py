@@ -60,6 +60,8 @@ ED_MEDIA: dict[str, tuple[str, str]] = {
 IDENTIFIER_MAX = 64
 #: how a trigger relates its document to an earlier one (FHIR DocumentReference.relatesTo.code)
 RELATION_BY_TRIGGER = {"T04": "replaces", "T06": "appends", "T08": "replaces", "T10": "replaces"}
+#: the trigger a document that relates to an earlier one goes out as (notification and content)
+TRIGGER_BY_RELATION = {"appends": "T06", "replaces": "T10"}
 
 
 def _ts(value: datetime) -> str:
@@ -76,20 +78,23 @@ def mdm_t02(
 ) -> str:
     """The MDM^T02 of a document as ER7 text, OBX-5's data component empty (see
     :func:`fill_mdm`); raises :class:`ConversionError` for a type the table lacks or a media
-    type MDM cannot name."""
+    type MDM cannot name. A document that replaces or is an addendum to an earlier one (an MDM
+    received as T04/T08/T10 or T06) goes as MDM^T10 or MDM^T06 with that one's number in
+    TXA-13 (all "notification and content", structure MDM_T02)."""
     dtype = types.get(info.document_type)
     media = ED_MEDIA.get(info.media_type)
     if media is None:
         raise ConversionError(f"media type {info.media_type!r} cannot be sent in an MDM OBX-5")
     stamp = _ts(now or datetime.now(UTC))
+    trigger = TRIGGER_BY_RELATION.get(info.relation or "", "T02") if info.parent_number else "T02"
     msg = Message.new(
-        "MDM^T02^MDM_T02",
+        f"MDM^{trigger}^MDM_T02",
         control_id=control_id,
         timestamp=stamp,
         sending=(site.sending_application, site.sending_facility),
     )
     evn = msg.add("EVN")
-    evn.set(1, "T02")
+    evn.set(1, trigger)
     evn.set(2, stamp)
     pid = msg.add("PID")
     pid.set(1, "1")
@@ -116,6 +121,9 @@ def mdm_t02(
     # the sender's own number (an MDM received) stays in its namespace; else ours
     txa.set(12, info.unique_number or f"DOC{info.document_id}", comp=1)
     txa.set(12, info.sender if info.unique_number else site.sending_application, comp=2)
+    if info.parent_number and trigger != "T02":
+        txa.set(13, info.parent_number, comp=1)  # the parent, in its sender's namespace
+        txa.set(13, info.sender, comp=2)
     if info.appointment:
         txa.set(14, info.appointment, comp=1)  # placer order number: the appointment
     if info.file_name:

@@ -73,6 +73,8 @@ class NewDocument:
     title: str | None = None
     file_name: str | None = None
     unique_number: str | None = None
+    parent_number: str | None = None  # TXA-13 of an MDM addendum or replacement
+    relation: str | None = None  # appends, replaces (FHIR relatesTo.code)
     #: where it came from (an address, the folder's path), for the message row
     peer: str = ""
 

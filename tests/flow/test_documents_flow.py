@@ -640,4 +640,33 @@ def test_the_same_mdm_sent_twice_is_one_document_and_an_addendum_is_noted(
     addendum = inbound_mdm(mappings, data + b"\n").replace(b"MDM^T02", b"MDM^T06")
     done = processor.process_one(3, addendum, "hl7v2")
     assert done.state == "routed"
-    assert "MDM^T06: an addendum to an earlier document" in (done.warnings or "")
+    assert "MDM^T06: an addendum to an earlier document, but TXA-13" in (done.warnings or "")
+
+
+def test_an_addendum_with_its_parent_number_keeps_the_relation(
+    store: SqlMessageStore, tmp_path: Path, mappings: Mappings
+) -> None:
+    """MDM^T06 with TXA-13: the stored document keeps its parent's number and the relation,
+    and the DocumentReference routed for it carries relatesTo appends."""
+    routes = routes_in(tmp_path)
+    processor = Processor(store, routes, mappings)
+    raw = inbound_mdm(
+        mappings,
+        simple_pdf(),
+        unique_number="EHR-DOC-10",
+        parent_number="EHR-DOC-9",
+        relation="appends",
+    )
+    assert b"MDM^T06" in raw and b"|EHR-DOC-9^" in raw
+    done = processor.process_one(1, raw, "hl7v2")
+    assert done.state == "routed"
+    assert "carried on as such (relatesTo appends)" in (done.warnings or "")
+    [doc] = [v for v in store.list() if v.message_type == "DOC"]
+    info = DocumentInfo.from_json(store.raw(doc.id) or b"")
+    assert (info.parent_number, info.relation) == ("EHR-DOC-9", "appends")
+    from engine.mappings.documents import fhir_body
+
+    relates = fhir_body(info, mappings, now=NOW)["DocumentReference"]["relatesTo"]
+    assert [(r["code"], r["target"]["identifier"]["value"]) for r in relates] == [
+        ("appends", "EHR-DOC-9")
+    ]

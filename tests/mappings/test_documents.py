@@ -177,6 +177,34 @@ def test_document_reference_is_valid_r4_with_loinc_type(mappings: Mappings) -> N
     assert "data" not in attachment
 
 
+@pytest.mark.parametrize("relation", ["replaces", "appends"])
+def test_an_addendum_or_replacement_relates_to_its_parent(
+    mappings: Mappings, relation: str
+) -> None:
+    """An MDM T06 (addendum) or T04/T08/T10 (replacement) keeps TXA-13: relatesTo names the
+    earlier document by the number its sender gave it, the identifier that document's own
+    DocumentReference carries as masterIdentifier."""
+    parent = fhir_body(info(sender="EHR", unique_number="DOC-9"), mappings, now=NOW)
+    child = fhir_body(
+        info(sender="EHR", unique_number="DOC-10", parent_number="DOC-9", relation=relation),
+        mappings,
+        now=NOW,
+    )
+    doc = child["DocumentReference"]
+    validate_resource(doc)
+    assert doc["relatesTo"] == [
+        {
+            "code": relation,
+            "target": {
+                "type": "DocumentReference",
+                "identifier": parent["DocumentReference"]["masterIdentifier"] | {"value": "DOC-9"},
+            },
+        }
+    ]
+    assert parent["DocumentReference"]["masterIdentifier"]["value"] == "DOC-9"
+    assert "relatesTo" not in parent["DocumentReference"]
+
+
 def test_subject_system_is_the_one_pid3_gets(mappings: Mappings) -> None:
     """The patient is named as the HL7v2 mapping names the same MRN from PID-3."""
     adt = parse_message(

@@ -69,6 +69,27 @@ def test_mdm_t02_passes_engine_validate(mappings: Mappings, tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.parametrize(("relation", "trigger"), [("replaces", "T10"), ("appends", "T06")])
+def test_a_related_document_goes_as_t10_or_t06_with_its_parent_in_txa13(
+    mappings: Mappings, relation: str, trigger: str
+) -> None:
+    er7 = t02(mappings, unique_number="DOC-10", parent_number="DOC-9", relation=relation)
+    full = fill_mdm(er7, PDF)
+    assert [i for i in validate(full) if i.severity == "E"] == []
+    msg = parse_message(er7)
+    assert (msg.type.trigger, msg.get("EVN-1")) == (trigger, trigger)
+    assert msg.get("MSH-9.3") == "MDM_T02"
+    assert (msg.get("TXA-13.1"), msg.get("TXA-13.2")) == ("DOC-9", "FAX")
+    # read back in, the relation and the parent are what went out
+    back = parse_mdm(full, document_types(mappings))
+    assert (back.relation, back.parent_number) == (relation, "DOC-9")
+
+
+def test_a_relation_without_a_parent_number_goes_as_t02(mappings: Mappings) -> None:
+    msg = parse_message(t02(mappings, relation="replaces"))
+    assert msg.type.trigger == "T02" and msg.get("TXA-13") == ""
+
+
 def test_envelope_er7_has_no_data_and_fill_encodes_once(mappings: Mappings) -> None:
     er7 = t02(mappings)
     msg = parse_message(er7)
