@@ -180,6 +180,8 @@ deliveries = Table(
     Index("ix_deliveries_message", "message_id"),
     #: the console's counts per route and destination over a time window (index-only)
     Index("ix_deliveries_created", "created_at", "route", "destination", "state"),
+    #: the dashboard's queue and dead letters per destination, from the index alone (0015)
+    Index("ix_deliveries_state_dest", "state", "destination", "message_id", "created_at"),
 )
 
 
@@ -324,8 +326,6 @@ documents = Table(
     Column("title", String(255), nullable=True),
     Column("file_name", String(255), nullable=True),
     Column("unique_number", String(199), nullable=True),  # TXA-12 of an MDM
-    Column("parent_number", String(199), nullable=True),  # TXA-13: an addendum's parent
-    Column("relation", String(16), nullable=True),  # appends, replaces (relatesTo.code)
     Column("dedupe_key", String(200), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ux_documents_dedupe", "dedupe_key", unique=True),

