@@ -326,6 +326,8 @@ documents = Table(
     Column("title", String(255), nullable=True),
     Column("file_name", String(255), nullable=True),
     Column("unique_number", String(199), nullable=True),  # TXA-12 of an MDM
+    Column("parent_number", String(199), nullable=True),  # TXA-13: an addendum's parent
+    Column("relation", String(16), nullable=True),  # appends, replaces (relatesTo.code)
     Column("dedupe_key", String(200), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ux_documents_dedupe", "dedupe_key", unique=True),
