@@ -9,9 +9,10 @@ documents, spread as a practice group's interfaces spread them:
 * **senders**: 24 (sending application and facility) pairs, each with its own MSH-10 sequence;
 * **types**: ADT (A01, A03, A04, A08), SIU (S12, S14, S15, S26), DFT^P03, ORU^R01, MDM^T02 and
   a few FHIR and document messages, weighted as a clinic's feeds are (ADT and SIU most);
-* **states**: mostly delivered; some routed with deliveries pending (a few retrying with an
-  error), error, unrouted, replayed, needs-patient, and a few dead letters (0.5 %); the last
-  minutes' messages still received or processing;
+* **states**: mostly delivered; error, unrouted, replayed, needs-patient, and a few dead letters
+  (0.5 %); the last minutes' messages still received; for the last ``OUTAGE_HOURS`` the FHIR
+  server is down: its deliveries wait, retrying with an error (the dashboard's queue), the
+  messages routed;
 * **deliveries**: one or two per routed message (FHIR server, MLLP peer, folder, Epic), in the
   state the message's state implies, created and delivered just after the message arrived;
 * **documents**: one row per document message (scans, MDM documents), a few waiting for their
@@ -40,8 +41,10 @@ from sqlalchemy import Engine, text
 __all__ = ["DAYS", "SEED_VERSION", "Seeded", "seed"]
 
 #: bump when the rows change: a cached seeded file of another version is made again
-SEED_VERSION = 1
+SEED_VERSION = 2
 DAYS = 60
+#: the last hours of the seed: the FHIR server is down, its deliveries queue up (retrying)
+OUTAGE_HOURS = 2
 BATCH = 50_000
 SEED = 13
 
@@ -85,8 +88,7 @@ TYPES: tuple[tuple[str, str, str, float, tuple[tuple[str, str, str], ...]], ...]
 )
 #: message state -> weight (the last minutes' messages are received/processing instead)
 STATES = (
-    ("delivered", 0.925),
-    ("routed", 0.010),
+    ("delivered", 0.935),
     ("error", 0.025),
     ("unrouted", 0.020),
     ("replayed", 0.0125),
@@ -231,6 +233,9 @@ class _Rows:
         self.delivery_id = 0
         self.document_id = 0
         self.recent = count - max(count // 20_000, 5)  # the last minutes: still in flight
+        self.outage_from = (
+            (now - timedelta(hours=OUTAGE_HOURS)).astimezone(UTC).replace(tzinfo=None)
+        )
 
     def patient(self) -> tuple[str, str]:
         # skewed: u**3 puts a few patients under many messages, most under a handful
@@ -268,6 +273,12 @@ class _Rows:
         authority, mrn = self.patient()
         patient_key = f"{authority}|{mrn}"
         state = "received" if i > self.recent else _pick(rng, STATES, self.state_cum)[0]
+        if (
+            state == "delivered"
+            and at >= self.outage_from
+            and any(d == "fhir-server" for _r, d, _k in routes)
+        ):
+            state = "routed"  # its FHIR delivery waits for the server to come back
         if kind_type == "document":
             kind, channel, mtype, trig, struct = "document", "http", None, None, None
             raw = json.dumps({"mrn": mrn, "authority": authority, "type": "consent"}).encode()
@@ -351,10 +362,10 @@ class _Rows:
         self.delivery_id += 1
         created = at + timedelta(milliseconds=60 + n)
         attempts, error, delivered_at, next_at = 1, None, None, created
-        if state == "routed":
+        if state == "routed" and destination == "fhir-server":
             dstate = "pending"
-            attempts = rng.randrange(0, 4)
-            error = rng.choice(ERRORS) if attempts else None
+            attempts = rng.randrange(1, 7)
+            error = rng.choice(ERRORS[:2])
             next_at = created + timedelta(seconds=30 * 2**attempts)
         elif state == "dead" and n == 0:
             dstate, attempts, error = "dead", 8, rng.choice(ERRORS)
