@@ -96,8 +96,7 @@ async def verified(content: DocumentContent) -> AsyncIterator[bytes]:
     digest = hashlib.sha256()
     size = 0
     held: bytes | None = None
-    async for chunk in content.stream():
-        digest.update(chunk)
+    async for chunk in content.stream(digest):  # hashed in the reading thread
         size += len(chunk)
         if size > content.size:
             raise _Corrupt

@@ -58,3 +58,29 @@ def test_bytes_shorter_than_the_size_end_the_stream() -> None:
     reader = Reader([b"abc"])
     assert _stream(DocumentContent("0" * 64, 10, reader)) == [b"abc"]
     assert reader.closed
+
+
+def test_a_digest_is_updated_in_the_reading_thread() -> None:
+    import hashlib
+
+    class Spy:
+        def __init__(self) -> None:
+            self.inner = hashlib.sha256()
+            self.threads: set[int] = set()
+
+        def update(self, data: bytes, /) -> None:
+            self.threads.add(threading.get_ident())
+            self.inner.update(data)
+
+    chunks = [b"x" * 100, b"y" * 50]
+    spy = Spy()
+
+    async def run() -> tuple[list[bytes], int]:
+        loop_thread = threading.get_ident()
+        got = [c async for c in DocumentContent("0" * 64, 150, Reader(chunks)).stream(spy)]
+        return got, loop_thread
+
+    got, loop_thread = asyncio.run(run())
+    assert got == chunks
+    assert spy.inner.hexdigest() == hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert spy.threads and loop_thread not in spy.threads
