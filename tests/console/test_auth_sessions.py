@@ -330,3 +330,24 @@ def test_roles_changed_apply_to_an_open_session(
     log_in(client, "ada", PASSWORD)
     store.set_roles("ada", ["viewer", "front-desk"], ADMIN)
     assert client.get("/console/_whoami").json()["roles"] == ["front-desk", "viewer"]
+
+
+def test_the_signing_key_is_a_private_file_made_once(tmp_path: Path) -> None:
+    import stat
+
+    from engine.console.sessions import console_secret
+
+    settings = Settings(var_dir=tmp_path / "var")
+    key = console_secret(settings)
+    path = tmp_path / "var" / "console-secret"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(key) == 64 and console_secret(settings) == key
+    shared = tmp_path / "shared-secret"
+    shared.write_text("k" * 40 + "\n")
+    assert console_secret(Settings(var_dir=tmp_path, console_secret_file=shared)) == b"k" * 40
+    short = tmp_path / "short-secret"
+    short.write_text("tiny")
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fewer than 32 bytes"):
+        console_secret(Settings(var_dir=tmp_path, console_secret_file=short))
