@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -53,8 +53,6 @@ UserName = Annotated[str, Path(max_length=64)]
 def _store(request: Request) -> Users:
     users = users_of(request)
     if users is None:
-        from fastapi import HTTPException
-
         raise HTTPException(503, detail="this engine has no user store")
     return users
 
