@@ -318,10 +318,21 @@ _WAITING = (
 )
 
 
+#: the state nearly every message ends in: a document list of it is found walking the newest
+#: documents; any other state is rare, so its list starts from its messages instead
+_COMMON_STATE = "delivered"
+
+
 def _document_where(q: DocumentQuery) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
     if q.state:
         conditions.append(messages.c.state == q.state)
+        if q.state != _COMMON_STATE:
+            # the few messages in that state (``ix_messages_state``), then their documents
+            # (``ix_documents_message``): walking every document newest first to find the few
+            # waiting for a patient took 60-240 ms on 38,000 documents (the console bench)
+            rare = select(messages.c.id).where(messages.c.state == q.state)
+            conditions.append(documents.c.message_id.in_(rare))
     if q.document_type:
         conditions.append(documents.c.document_type == q.document_type)
     if q.mrn:

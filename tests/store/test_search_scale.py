@@ -109,3 +109,31 @@ def test_the_dashboards_queue_and_dead_letters_read_one_index(store: SqlMessageS
                 conn.execute(text("SET LOCAL enable_seqscan = off"))
                 plan = " ".join(str(r[0]) for r in conn.exec_driver_sql(f"EXPLAIN {sql}"))
                 assert "ix_deliveries_state_dest" in plan, plan
+
+
+def test_documents_in_a_rare_state_start_from_their_messages(store: SqlMessageStore) -> None:
+    """The documents waiting for a patient are found from the few needs-patient messages, not
+    by walking every document newest first."""
+    from engine.store.search import _DOCUMENT_LINE, DocumentQuery, _document_where
+    from engine.store.tables import documents
+
+    def plan(state: str) -> str:
+        query = (
+            _DOCUMENT_LINE.where(*_document_where(DocumentQuery(state=state)))
+            .order_by(documents.c.id.desc())
+            .limit(50)
+        )
+        sql = str(
+            query.compile(dialect=store.db_engine.dialect, compile_kwargs={"literal_binds": True})
+        )
+        with store.db_engine.connect() as conn:
+            if store.db_engine.dialect.name == "sqlite":
+                rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")
+                return " ".join(str(r[-1]) for r in rows)
+            return " ".join(str(r[0]) for r in conn.exec_driver_sql(f"EXPLAIN {sql}"))
+
+    waiting = plan("needs-patient")
+    if store.db_engine.dialect.name == "sqlite":
+        assert "ix_messages_state" in waiting and "SCAN documents" not in waiting, waiting
+    else:
+        assert "messages" in waiting, waiting
