@@ -216,3 +216,51 @@ def test_no_patient_name_is_logged(
     assert "re-checked from the console" in logged
     for phi in ("Rivera", "Okafor", "Lindqvist", "DEMO1001"):
         assert phi not in logged
+
+
+def test_a_patient_without_coverage_is_a_call_and_a_cancelled_visit_is_left_out(
+    store: SqlMessageStore, tmp_path: Path, demo: EligibilityService
+) -> None:
+    """As the job sees them: no Coverage with a payer, nothing to ask (the front desk calls);
+    a cancelled appointment is not checked and not listed."""
+    import orjson
+    from sqlalchemy import delete, update
+
+    from engine.store.tables import fhir_resources
+
+    with store.db_engine.begin() as conn:
+        appointments = conn.execute(
+            select(fhir_resources.c.id, fhir_resources.c.body)
+            .where(fhir_resources.c.resource_type == "Appointment")
+            .order_by(fhir_resources.c.start)
+        ).all()
+        assert len(appointments) == 3
+        cancelled = {**orjson.loads(appointments[1].body), "status": "cancelled"}
+        conn.execute(
+            update(fhir_resources)
+            .where(fhir_resources.c.id == appointments[1].id)
+            .values(body=orjson.dumps(cancelled).decode(), status="cancelled")
+        )
+        patient = next(
+            ref
+            for part in orjson.loads(appointments[2].body)["participant"]
+            if (ref := part["actor"]["reference"])
+            and (store.resource(ref) or {}).get("resourceType") == "Patient"
+        )
+        conn.execute(
+            delete(fhir_resources).where(
+                fhir_resources.c.resource_type == "Coverage",
+                fhir_resources.c.patient_url == patient,
+            )
+        )
+    client = _client(store, tmp_path, demo)
+    cells = _cells(client.get(f"/console/worklist?day={MONDAY}").text)
+    assert [(c[0], c[2], c[4], c[7]) for c in cells] == [
+        ("09:00", "DEMO1001", "not checked", ""),
+        ("11:00", "DEMO1003", "no coverage on file", "call"),
+    ]
+    assert "confirm self-pay or get the card" in cells[1][8]
+    response = client.post(
+        "/console/worklist/recheck", data={"csrf_token": TOKEN, "day": str(MONDAY)}
+    )
+    assert _notice(response.text) == "1 checked: 1 eligible"
