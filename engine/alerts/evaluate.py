@@ -40,6 +40,7 @@ from engine.store.db import aware, utcnow
 from engine.store.tables import deliveries, eligibility_checks, messages
 
 __all__ = [
+    "DOES_NOT_ANSWER",
     "Evaluation",
     "database_finding",
     "evaluate_rules",
@@ -262,10 +263,14 @@ def disk(rule: Disk, settings: Settings) -> list[Finding]:
     return [Finding(rule.name, "", rule.kind, low, text)]
 
 
+#: how the database rule's summary begins when the probe got no answer
+DOES_NOT_ANSWER = "the database does not answer"
+
+
 def database_finding(rule: Database, elapsed_ms: float | None, error: str | None) -> Finding:
     """The database rule's finding from its probe: no answer (``error``), or its time."""
     if error is not None:
-        return Finding(rule.name, "", rule.kind, True, f"the database does not answer ({error})")
+        return Finding(rule.name, "", rule.kind, True, f"{DOES_NOT_ANSWER} ({error})")
     assert elapsed_ms is not None
     slow = elapsed_ms > rule.max_query_ms
     text = f"the database answered its probe in {elapsed_ms:.0f} ms; limit {rule.max_query_ms} ms"

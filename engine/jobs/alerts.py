@@ -28,12 +28,13 @@ from sqlalchemy import Engine
 
 from engine.alerts.channels import notice_text, send
 from engine.alerts.evaluate import (
+    DOES_NOT_ANSWER,
     Evaluation,
     database_finding,
     evaluate_rules,
     probe_database,
 )
-from engine.alerts.rules import AlertConfig, Database, load_alert_rules
+from engine.alerts.rules import AlertConfig, Database, Disk, load_alert_rules
 from engine.alerts.state import AlertStates, Finding, Notice
 from engine.settings import Settings
 
@@ -78,9 +79,14 @@ class AlertRunner:
             return report
         now = now or datetime.now(UTC)
         database = await self._probe()
+        # the database does not answer: its rules would each wait for it in vain
+        away = any(f.summary.startswith(DOES_NOT_ANSWER) for f in database)
+        skip = frozenset(r.name for r in self.config.rules if away and not isinstance(r, Disk))
         evaluation: Evaluation = await asyncio.to_thread(
-            evaluate_rules, self.config, self.db_engine, self.settings, now=now
+            partial(evaluate_rules, self.config, self.db_engine, self.settings, now=now, skip=skip)
         )
+        for name in sorted(skip - {f.rule for f in database}):
+            evaluation.errors[name] = "the database does not answer"
         evaluation.findings.extend(database)
         report.findings = evaluation.findings
         report.errors = dict(evaluation.errors)
