@@ -23,7 +23,8 @@ On SQLite and on PostgreSQL, each with 1,000,000 stored messages seeded by
 The SQLite store is seeded once per count and seed version and kept under ``bench/data/``
 (gitignored), copied for each run (the pages write audit rows); PostgreSQL's is seeded into a
 schema of its own in the local cluster (``ENGINE_TEST_POSTGRES_URL``), dropped at the end.
-Figures are this machine's.
+Figures are this machine's. ``CONSOLE_BENCH_PARTS`` (``sqlite,postgresql,ingest``) runs a part
+of it (e.g. ``sqlite`` alone: the searches and pages on SQLite, no ingest).
 """
 
 from __future__ import annotations
@@ -162,8 +163,12 @@ def _sqlite_store(count: int, work: Path) -> tuple[str, dict[str, Any]]:
 
 @contextmanager
 def _postgres_store(count: int) -> Iterator[tuple[str, dict[str, Any]] | None]:
-    """A schema of its own in the local cluster, seeded; dropped at the end."""
+    """A schema of its own in the local cluster, seeded; dropped at the end (none: count 0)."""
     from engine.store import create_db_engine
+
+    if not count:
+        yield None
+        return
 
     schema = f"bench_console_{secrets.token_hex(4)}"
     base = _postgres_base()
@@ -598,8 +603,9 @@ def _measure(name: str, db_url: str, count: int, home: Path, options: Options) -
     store.db_engine.dispose()
     ingest_count = 1000 if options.quick else 4000
     pairs = max(options.repeat, 1) if options.quick else max(options.repeat, 5)
-    result["ingest"] = _ingest(home / "serve", db_url, ingest_count, pairs)
-    _print_ingest(name, result["ingest"])
+    if "ingest" in _parts():
+        result["ingest"] = _ingest(home / "serve", db_url, ingest_count, pairs)
+        _print_ingest(name, result["ingest"])
     result["load_average_after"] = round(os.getloadavg()[0], 1)
     return result
 
@@ -636,18 +642,24 @@ def _print_ingest(name: str, r: dict[str, Any]) -> None:
     )
 
 
+def _parts() -> set[str]:
+    """``CONSOLE_BENCH_PARTS``: what to run of ``sqlite,postgresql,ingest`` (default: all)."""
+    return set(os.environ.get("CONSOLE_BENCH_PARTS", "sqlite,postgresql,ingest").split(","))
+
+
 def run(options: Options) -> dict[str, Any]:
     count = 50_000 if options.quick else 1_000_000
-    results: dict[str, Any] = {"messages": count}
+    results: dict[str, Any] = {"messages": count, "parts": sorted(_parts())}
     with tempfile.TemporaryDirectory(prefix="console-bench-") as tmp:
         work = Path(tmp)
         (work / "sqlite").mkdir()
-        url, info = _sqlite_store(count, work / "sqlite")
-        results["sqlite"] = {
-            "seed": info,
-            **_measure("sqlite", url, count, work / "sqlite", options),
-        }
-        with _postgres_store(count) as pg:
+        if "sqlite" in _parts():
+            url, info = _sqlite_store(count, work / "sqlite")
+            results["sqlite"] = {
+                "seed": info,
+                **_measure("sqlite", url, count, work / "sqlite", options),
+            }
+        with _postgres_store(count if "postgresql" in _parts() else 0) as pg:
             if pg is not None:
                 url, info = pg
                 (work / "postgresql").mkdir()
