@@ -125,6 +125,14 @@ _SET_HEAD = (
     .values(head_seq=bindparam("s"), head_hash=bindparam("h"))
 )
 _SET_HASH = update(audit_log).where(audit_log.c.id == bindparam("rid")).values(hash=bindparam("h"))
+#: built once (a hot statement): the hash is set once the id is known, since it covers the id
+_INSERT = (
+    insert(audit_log)
+    .values(
+        {name: bindparam(name) for name in (*FIELDS, "prev_hash") if name != "id"} | {"hash": ""}
+    )
+    .returning(audit_log.c.id)
+)
 _RECORD = select(*(audit_log.c[name] for name in (*FIELDS, "prev_hash", "hash")))
 
 
@@ -188,11 +196,7 @@ def audit(
         "outcome": outcome,
         "peer": clean(peer, _WIDTHS["peer"]),
     }
-    row_id = conn.execute(
-        insert(audit_log)
-        .values(**fields, prev_hash=head.head_hash, hash="")
-        .returning(audit_log.c.id)
-    ).scalar_one()
+    row_id = conn.execute(_INSERT, {**fields, "prev_hash": head.head_hash}).scalar_one()
     own = record_hash(head.head_hash, {**fields, "id": row_id})
     conn.execute(_SET_HASH, {"rid": row_id, "h": own})
     conn.execute(_SET_HEAD, {"s": seq, "h": own})
