@@ -12,12 +12,12 @@ Roles are the API's (:class:`engine.api.auth.Role`): admin (everything), integra
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from engine.api.auth import Role
+from engine.console.user import ConsoleUser
 
 __all__ = [
     "AdminUserDep",
@@ -28,22 +28,6 @@ __all__ = [
     "current_console_user",
     "require_console",
 ]
-
-
-@dataclass(frozen=True)
-class ConsoleUser:
-    """A logged-in console user (from the session)."""
-
-    username: str
-    roles: frozenset[Role]
-    #: the session's id (never shown) and its CSRF token (put in every form, ``csrf_token``)
-    session_id: str
-    csrf_token: str
-    #: where the request came from (for the audit trail)
-    peer: str = ""
-
-    def may(self, role: Role) -> bool:
-        return role in self.roles or Role.ADMIN in self.roles
 
 
 async def current_console_user(request: Request) -> ConsoleUser:

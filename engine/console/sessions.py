@@ -33,7 +33,7 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from fastapi import HTTPException, Request, Response
@@ -42,12 +42,10 @@ from starlette.concurrency import run_in_threadpool
 
 from engine.api.auth import Role
 from engine.api.deps import peer_of
+from engine.console.user import ConsoleUser
 from engine.settings import Settings
 from engine.store.db import utcnow
 from engine.store.users import LoginPolicy, UserRecord, Users
-
-if TYPE_CHECKING:
-    from engine.console.auth import ConsoleUser
 
 __all__ = [
     "COOKIE",
@@ -195,7 +193,6 @@ def _to_roles(names: tuple[str, ...]) -> frozenset[Role]:
 async def session_user(request: Request) -> ConsoleUser:
     """The logged-in user of this request, the session's idle clock started again; otherwise
     303 to the login page or 401 (see the module's docstring)."""
-    from engine.console.auth import ConsoleUser
 
     cookie = request.cookies.get(COOKIE)
     users = users_of(request)

@@ -469,13 +469,9 @@ class ConsoleStats(Repository):
             )
             conn.execute(insert(destination_breakers).values(**row))
 
-    def breakers(self, now: datetime | None = None) -> dict[str, Breaker]:
-        """Per destination: open when any live worker node's breaker is open."""
-        with self.db_engine.connect() as conn:
-            return self._breakers(conn, now or utcnow())
-
     @staticmethod
     def _breakers(conn: Connection, now: datetime) -> dict[str, Breaker]:
+        """Per destination: open when any live worker node's breaker is open."""
         out: dict[str, Breaker] = {}
         # a node's heartbeat is its database's clock on PostgreSQL: a margin of a few beats
         alive_since = now - DEAD_AFTER * 3

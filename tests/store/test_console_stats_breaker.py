@@ -54,7 +54,8 @@ def test_the_dispatcher_records_its_breaker_opening_and_closing(
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 20
         while loop.time() < deadline:
-            breaker = (await asyncio.to_thread(store.breakers)).get("flaky")
+            figures = (await asyncio.to_thread(store.destination_figures)).get("flaky")
+            breaker = figures.breaker if figures is not None else None
             if breaker is not None and (not seen or seen[-1] != breaker.open):
                 seen.append(breaker.open)
             if seen == [True, False]:
