@@ -93,8 +93,10 @@ def test_a_good_assertion_gets_a_token_that_opens_the_fhir_api(
     [
         ({"kid": "not-a-known-kid"}, {}, "kid"),
         ({}, {"aud": "http://127.0.0.1:1/oauth2/token"}, "claims"),
-        ({}, {"iat": int(time.time()) - 600, "exp": int(time.time()) - 300}, "expired"),
-        ({}, {"exp": int(time.time()) + 600}, "5 minutes"),
+        # times as offsets from when the test runs (a parameter is made at collection, which
+        # in a long run is half an hour earlier: an exp 10 minutes ahead had passed by then)
+        ({}, {"iat": -600, "exp": -300}, "expired"),
+        ({}, {"exp": 600}, "5 minutes"),
         ({}, {"sub": "someone-else"}, "sub"),
         ({}, {"iss": "not-registered", "sub": "not-registered"}, "registered"),
     ],
@@ -106,6 +108,8 @@ def test_bad_assertions_are_refused(
     claims: dict[str, Any],
     why: str,
 ) -> None:
+    now = int(time.time())
+    claims = {k: now + v if k in ("iat", "exp") else v for k, v in claims.items()}
     claims.setdefault("aud", epic.token_url)
     resp = ask(epic, signed(keyring, headers, **claims))
     assert resp.status_code == 400
