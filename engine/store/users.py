@@ -25,7 +25,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import Connection, and_, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, case, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from engine.store.audit import audit
@@ -193,6 +193,10 @@ def _record(row: Any) -> UserRecord:
     )
 
 
+def _unlocked(now: datetime) -> ColumnElement[bool]:
+    return or_(console_users.c.locked_until.is_(None), console_users.c.locked_until <= now)
+
+
 def _audit(conn: Connection, who: Who, action: str, detail: str, outcome: str = "ok") -> None:
     audit(
         conn,
@@ -338,57 +342,112 @@ class Users(Repository):
     ) -> LoginResult:
         """Check a password; counts a failure (and locks at the limit), audits it, and on
         success resets the count and re-hashes an old-parameter hash. The caller creates the
-        session (:meth:`create_session` audits the login)."""
+        session (:meth:`create_session` audits the login).
+
+        The lock-out holds however many guesses arrive at once: each attempt first claims a
+        place in the failure count (one conditional UPDATE, under SQLite's writer lock or
+        PostgreSQL's row lock) that a locked account, or one with ``max_failed`` attempts
+        already counted, refuses, so at most ``max_failed`` passwords are ever checked before
+        the lock. A failure keeps its place (the count lasts until the lock expires); a
+        success gives the count back, but only when no lock was set meanwhile."""
         policy = policy or LoginPolicy()
         name = username.strip().lower()[:64]
         query = select(*_USER_COLUMNS).where(console_users.c.username == name)
         with self.db_engine.connect() as conn:
             row = conn.execute(query).first()
-        stored = row.password_hash if row is not None else None
-        matches = _verify(stored, password)  # always one hash, known user or not
-        now = utcnow()
         who = Who(name or "(empty)", "console", peer)
-        if row is None:
-            return self._failed(who, None, "unknown user", policy)
-        user = _record(row)
-        if user.disabled:
-            return self._failed(who, None, "disabled", policy)
-        if user.locked(now):
+        stored = row.password_hash if row is not None else None
+        if row is None or row.disabled_at is not None or stored is None:
+            _verify(None, password)  # the same hash as a known user's
+            reason = (
+                "unknown user"
+                if row is None
+                else "disabled"
+                if row.disabled_at is not None
+                else "no password (identity provider user)"
+            )
+            return self._failed(who, None, reason, policy)
+        user_id = int(row.id)
+        if not self._claim(user_id, policy):
             return self._failed(who, None, "locked", policy)
-        if stored is None:
-            return self._failed(who, None, "no password (identity provider user)", policy)
+        try:
+            matches = _verify(stored, password)
+        except BaseException:
+            self._unclaim(user_id)
+            raise
         if not matches:
-            return self._failed(who, user.id, "wrong password", policy)
+            return self._failed(who, user_id, "wrong password", policy)
+        now = utcnow()
         values: dict[str, Any] = {"failed_logins": 0, "locked_until": None, "last_login_at": now}
         if _HASHER.check_needs_rehash(stored):
             values["password_hash"] = _HASHER.hash(password)
         with self._tx() as conn:
-            conn.execute(
-                update(console_users).where(console_users.c.id == user.id).values(**values)
-            )
+            done = conn.execute(
+                update(console_users)
+                .where(console_users.c.id == user_id, _unlocked(now))
+                .values(**values)
+            ).rowcount
+        if not done:  # locked by other guesses while this one was checked
+            return self._failed(who, None, "locked", policy)
         return LoginResult(self.get_user(name), "ok")
+
+    def _claim(self, user_id: int, policy: LoginPolicy) -> bool:
+        """Count an attempt before its password is checked; False (and the account locked)
+        when it is locked or ``max_failed`` attempts are counted already."""
+        now = utcnow()
+        expired = and_(
+            console_users.c.locked_until.is_not(None), console_users.c.locked_until <= now
+        )
+        counted = case((expired, 0), else_=console_users.c.failed_logins)
+        with self._tx() as conn:
+            claimed = conn.execute(
+                update(console_users)
+                .where(
+                    console_users.c.id == user_id,
+                    _unlocked(now),
+                    counted < policy.max_failed,
+                )
+                .values(failed_logins=counted + 1, locked_until=None)
+            ).rowcount
+            if not claimed:
+                # full of attempts but no lock yet (a burst, or attempts a crash cut short):
+                # lock now, so the count is given back when the lock expires
+                conn.execute(
+                    update(console_users)
+                    .where(console_users.c.id == user_id, console_users.c.locked_until.is_(None))
+                    .values(locked_until=now + policy.lockout)
+                )
+        return bool(claimed)
+
+    def _unclaim(self, user_id: int) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                update(console_users)
+                .where(console_users.c.id == user_id, console_users.c.failed_logins > 0)
+                .values(failed_logins=console_users.c.failed_logins - 1)
+            )
 
     def _failed(
         self, who: Who, user_id: int | None, reason: str, policy: LoginPolicy
     ) -> LoginResult:
+        """Audit a refusal; ``user_id``: a wrong password, whose attempt :meth:`_claim` counted
+        already, locks the account when the count is at the limit (the count is kept)."""
         detail = reason
         with self._tx() as conn:
             if user_id is not None:
-                conn.execute(
-                    update(console_users)
-                    .where(console_users.c.id == user_id)
-                    .values(failed_logins=console_users.c.failed_logins + 1)
-                )
                 count = conn.execute(
                     select(console_users.c.failed_logins).where(console_users.c.id == user_id)
                 ).scalar_one()
                 if count >= policy.max_failed:
-                    conn.execute(
+                    locked = conn.execute(
                         update(console_users)
-                        .where(console_users.c.id == user_id)
-                        .values(failed_logins=0, locked_until=utcnow() + policy.lockout)
-                    )
-                    detail = f"{reason}; locked after {count} failures"
+                        .where(
+                            console_users.c.id == user_id, console_users.c.locked_until.is_(None)
+                        )
+                        .values(locked_until=utcnow() + policy.lockout)
+                    ).rowcount
+                    if locked:
+                        detail = f"{reason}; locked after {count} failures"
             _audit(conn, who, "login-failed", detail, outcome="refused")
         return LoginResult(None, reason)
 
