@@ -175,9 +175,13 @@ class AthenaToken(CachedBearer):
         #: how many tokens this instance fetched (for tests and metrics)
         self.fetches = 0
 
-    def invalidate(self) -> bool:
-        """athena answered 401 to the token: the next call takes a new one (or the one another
-        process already fetched)."""
+    def invalidate(self, refused: str | None = None) -> bool:
+        """athena answered 401 to ``refused`` (the token a request carried; default: the one
+        held): the next call takes a new one (or the one another process already fetched). A
+        request sent with an older token than the one held now refuses nothing: the token held
+        came after it."""
+        if refused is not None and refused != self._token:
+            return True
         self._refused, self._token = self._token, None
         return True
 
@@ -326,8 +330,8 @@ class AthenaClient:
             self.config.base_url, practice, self.config.requests_per_second
         )
         for attempt in (1, 2):
-            authorization = await self.token.authorization(client)
             await pacer.wait()
+            authorization = await self.token.authorization(client)
             headers = {"Authorization": authorization}
             if max_bytes is None:
                 resp = await client.request(method, url, headers=headers, **kwargs)
@@ -336,7 +340,7 @@ class AthenaClient:
             if resp.status_code != 401 or attempt == 2:
                 return resp
             log.info("athena 401: fetching a new token", extra={"practice": practice})
-            self.token.invalidate()
+            self.token.invalidate(authorization.removeprefix("Bearer "))
         raise AssertionError("unreachable")
 
 

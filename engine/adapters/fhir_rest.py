@@ -124,8 +124,11 @@ class AuthProvider(Protocol):
 
     async def authorization(self, client: httpx.AsyncClient) -> str | None: ...
 
-    def invalidate(self) -> bool:
-        """Forget the credential; True when a new one may differ (worth one more try)."""
+    def invalidate(self, refused: str | None = None) -> bool:
+        """Forget the credential ``refused`` (the token a request carried and got 401 for; None:
+        the one held); True when a new one may differ (worth one more try). A request that
+        carried an older token than the one held now refuses nothing: another request renewed
+        it meanwhile, and forgetting that one would make a token request per request in flight."""
         ...
 
 
@@ -135,7 +138,7 @@ class NoAuth:
     async def authorization(self, client: httpx.AsyncClient) -> str | None:
         return None
 
-    def invalidate(self) -> bool:
+    def invalidate(self, refused: str | None = None) -> bool:
         return False
 
 
@@ -148,7 +151,7 @@ class BearerToken:
     async def authorization(self, client: httpx.AsyncClient) -> str | None:
         return f"Bearer {self._token}"
 
-    def invalidate(self) -> bool:
+    def invalidate(self, refused: str | None = None) -> bool:
         return False  # the same token again would get the same 401
 
 
@@ -175,8 +178,8 @@ class OAuth2ClientCredentials:
             kind = DeliveryResult.retry if exc.retryable else DeliveryResult.fail
             raise _Refused(kind(f"fhir: {exc.detail}")) from exc
 
-    def invalidate(self) -> bool:
-        return self.credentials.invalidate()
+    def invalidate(self, refused: str | None = None) -> bool:
+        return self.credentials.invalidate(refused)
 
 
 class SmartBackendServices:
@@ -194,8 +197,8 @@ class SmartBackendServices:
             kind = DeliveryResult.retry if exc.retryable else DeliveryResult.fail
             raise _Refused(kind(f"fhir: {exc.detail}")) from exc
 
-    def invalidate(self) -> bool:
-        return self.smart.invalidate()
+    def invalidate(self, refused: str | None = None) -> bool:
+        return self.smart.invalidate(refused)
 
 
 def _env(environ: Mapping[str, str], var: str, destination: str) -> str:
@@ -395,7 +398,8 @@ class FhirRestDestination:
                 h["Authorization"] = authorization
             content = body() if callable(body) else body  # a stream starts again on a retry
             resp = await client.request(method, url, content=content, headers=h)
-            if resp.status_code != 401 or attempt == 2 or not self.auth.invalidate():
+            refused = authorization.removeprefix("Bearer ") if authorization else None
+            if resp.status_code != 401 or attempt == 2 or not self.auth.invalidate(refused):
                 return resp
             log.info("fhir 401: fetching a new token", extra={"destination": self.name})
         raise AssertionError("unreachable")

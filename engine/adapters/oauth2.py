@@ -166,9 +166,11 @@ class ClientCredentials(CachedBearer):
         #: how many tokens were fetched (for tests and metrics)
         self.fetches = 0
 
-    def invalidate(self) -> bool:
-        """Forget the token (the server answered 401 to it); True: a new one may help."""
-        self._token = None
+    def invalidate(self, refused: str | None = None) -> bool:
+        """Forget the token (the server answered 401 to ``refused``, default the one held);
+        True: a new one may help. An older token than the one held refuses nothing."""
+        if refused is None or refused == self._token:
+            self._token = None
         return True
 
     async def _renew(self, client: httpx.AsyncClient) -> None:

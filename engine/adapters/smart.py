@@ -70,8 +70,12 @@ class SmartBackend(CachedBearer):
         #: how many tokens this instance fetched (for tests and metrics)
         self.fetches = 0
 
-    def invalidate(self) -> bool:
-        """The server answered 401 to the token: the next call takes a new one."""
+    def invalidate(self, refused: str | None = None) -> bool:
+        """The server answered 401 to ``refused`` (default: the token held): the next call takes
+        a new one. A request sent with an older token than the one held now refuses nothing:
+        the token held came after it (else each delivery in flight would fetch one more)."""
+        if refused is not None and refused != self._token:
+            return True
         self._refused, self._token = self._token, None
         return True
 

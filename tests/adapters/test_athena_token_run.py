@@ -8,7 +8,7 @@ of token requests must show one request per token use period, never more than th
 60 s, no 429, and every document delivered once. Before it, the stub's counting and the
 analysis that judges the run are checked on their own, so that a broken count cannot pass the
 run. Last, the revocation case the bench found wanting: requests waiting in the pacer with a
-token athena revoked meanwhile (xfail until engine/adapters/athena_client.py is fixed).
+token athena revoked meanwhile make one token request, not one each.
 """
 
 from __future__ import annotations
@@ -147,16 +147,6 @@ def test_four_workers_share_one_token_through_its_refreshes() -> None:
     assert f["documents_created_twice"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "defect found by the 8-worker run: AthenaToken.invalidate() refuses the token it holds "
-        "now, not the one the 401 answered, and AthenaClient.request takes the token before the "
-        "pacer's wait; a paced request sent with the revoked token after the renewal makes the "
-        "process fetch again (fix in engine/adapters/athena_client.py: see "
-        "/tmp/notes/athena-tokens.md)"
-    ),
-)
 def test_requests_queued_with_a_revoked_token_make_one_token_request(tmp_path: Path) -> None:
     """Three requests of one process wait in the practice's pacer (2 a second) with the token
     they took; athena revokes it meanwhile. The first 401 gets a new token; the later two, sent
