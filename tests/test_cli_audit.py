@@ -201,3 +201,18 @@ def test_the_eligibility_worklist_is_recorded(store: SqlMessageStore, cli) -> No
     code, _, err = cli("eligibility", "list", "--date", "2026-11-30")
     assert code == 0, err
     assert _actions(store) == [("view-worklist", None, "2026-11-30: 0 appointments")]
+
+
+def test_verify_prints_the_anchor_and_finds_it_moved_by_hand(store: SqlMessageStore, cli) -> None:  # type: ignore[no-untyped-def]
+    from tests.store.test_audit_anchor import _move_anchor
+
+    mid = _routed(store, "a")
+    for _ in range(5):
+        cli("messages", "show", str(mid))
+    code, out, err = cli("audit", "verify")
+    assert code == 0, err
+    assert "anchored at seq 0" in out
+    _move_anchor(store, 3)  # review13 M4: the oldest deleted, the anchor moved to match
+    code, _, err = cli("audit", "verify")
+    assert code == 1
+    assert "the chain's anchor" in err and "anchored at seq 3" in err

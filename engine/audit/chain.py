@@ -6,7 +6,11 @@ encoding of every field (:func:`canonical`). Changing any field of a stored reco
 hash; deleting one leaves a gap in ``seq`` and a ``prev_hash`` that names a record no longer
 there; deleting the newest ones is found against the chain head the store keeps beside the
 table (``audit_chain``: last seq, last hash). Pruning by retention moves the chain's *anchor*
-(the seq and hash the first kept record chains to), so what is left still verifies.
+(the seq and hash the first kept record chains to), so what is left still verifies. The
+anchor is tied to the chain: each prune names the new anchor in its own ``prune-audit`` record
+(covered by that record's hash), and verify requires the anchor to be the one the newest
+``prune-audit`` record names (seq 0 and :data:`GENESIS` when there is none), so deleting the
+oldest records and moving the anchor by hand is found.
 
 This is tamper-*evident* against edits made outside the engine (raw SQL, a restored backup with
 rows missing), not tamper-proof: whoever can rewrite every row and the head can forge a new
@@ -20,8 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +35,7 @@ __all__ = [
     "ChainHead",
     "ChainRecord",
     "Verified",
+    "anchor_detail",
     "canonical",
     "record_hash",
     "verify_chain",
@@ -51,6 +57,15 @@ FIELDS = (
     "outcome",
     "peer",
 )
+
+
+#: the words of a ``prune-audit`` record's detail that name the anchor it moved the chain to
+_ANCHOR = re.compile(r"the chain is anchored at seq (\d+), hash ([0-9a-f]{64})")
+
+
+def anchor_detail(seq: int, hash_: str) -> str:
+    """How a ``prune-audit`` record names the new anchor (verify reads it back)."""
+    return f"the chain is anchored at seq {seq}, hash {hash_}"
 
 
 @dataclass(frozen=True)
@@ -95,17 +110,22 @@ class Verified:
     problem_id: int | None = None
     problem_seq: int | None = None
     problem: str = ""
+    #: the anchor the walk began at (the last record pruned; 0 and GENESIS when none was)
+    anchor_seq: int = 0
+    anchor_hash: str = GENESIS
 
     def describe(self) -> str:
         """One line for a person: what was verified, or what is wrong and where."""
         if self.ok:
             return (
-                f"audit trail intact: {self.count} records verified; head seq {self.head_seq}, "
+                f"audit trail intact: {self.count} records verified; anchored at seq "
+                f"{self.anchor_seq}, hash {self.anchor_hash}; head seq {self.head_seq}, "
                 f"hash {self.head_hash}"
             )
         where = f"record id {self.problem_id} (seq {self.problem_seq})"
         if self.problem_id is None:
             where = "the chain head" if self.problem_seq is None else f"seq {self.problem_seq}"
+            where = "the chain's anchor" if self.problem.startswith("anchor") else where
         return f"audit trail broken at {where}: {self.problem} ({self.count} records before it)"
 
 
@@ -137,7 +157,9 @@ def _fields(record: ChainRecord) -> dict[str, Any]:
     return {name: getattr(record, name) for name in FIELDS}
 
 
-def verify_chain(records: Iterable[ChainRecord], head: ChainHead | None) -> Verified:
+def verify_chain(
+    records: Iterable[ChainRecord], head: ChainHead | None, *, whole: bool = True
+) -> Verified:
     """Walk ``records`` in seq order from the anchor and stop at the first problem:
 
     - a seq that is not the next one: records deleted (a gap) or inserted around the engine;
@@ -145,15 +167,37 @@ def verify_chain(records: Iterable[ChainRecord], head: ChainHead | None) -> Veri
       (or this one's link changed);
     - a ``hash`` that is not the record's own: the record was changed;
     - after the last record, a seq or hash other than the head's: the newest records deleted
-      (or records added without the engine).
+      (or records added without the engine);
+    - an anchor other than the one the newest ``prune-audit`` record names (seq 0 and GENESIS
+      when there is none): the oldest records deleted and the anchor moved by hand.
 
     ``head`` None (no chain head at all) is itself a problem unless there are no records.
+    ``whole`` False checks a stretch of the chain (retention's batch) without the anchor check.
     """
     anchor_seq = head.anchor_seq if head else 0
-    expected_prev = head.anchor_hash if head else GENESIS
+    anchor_hash = head.anchor_hash if head else GENESIS
+    verified = _walk(records, head, anchor_seq, anchor_hash, whole)
+    return replace(verified, anchor_seq=anchor_seq, anchor_hash=anchor_hash)
+
+
+def _named_anchor(record: ChainRecord) -> tuple[int, str] | None:
+    found = _ANCHOR.search(record.detail or "")
+    return (int(found.group(1)), found.group(2)) if found else None
+
+
+def _walk(
+    records: Iterable[ChainRecord],
+    head: ChainHead | None,
+    anchor_seq: int,
+    anchor_hash: str,
+    whole: bool,
+) -> Verified:
+    expected_prev = anchor_hash
     expected_seq = anchor_seq + 1
     count = 0
     last_seq, last_hash = anchor_seq, expected_prev
+    named: tuple[int, str] | None = (0, GENESIS)  # the anchor the newest prune-audit names
+    named_at: int | None = None
     for r in records:
         if r.seq != expected_seq:
             what = (
@@ -172,6 +216,8 @@ def verify_chain(records: Iterable[ChainRecord], head: ChainHead | None) -> Veri
             )
         if record_hash(r.prev_hash, _fields(r)) != r.hash:
             return _broken(count, last_seq, last_hash, r, "hash mismatch: the record was changed")
+        if r.action == "prune-audit":
+            named, named_at = _named_anchor(r), r.seq
         count += 1
         expected_prev, expected_seq = r.hash, r.seq + 1
         last_seq, last_hash = r.seq, r.hash
@@ -190,7 +236,30 @@ def verify_chain(records: Iterable[ChainRecord], head: ChainHead | None) -> Veri
                 f"head mismatch: the head names seq {head.head_seq}, the chain ends at {last_seq}"
             )
         return Verified(False, count, last_seq, last_hash, None, None, what)
+    if whole and named != (anchor_seq, anchor_hash):
+        return Verified(
+            False,
+            count,
+            last_seq,
+            last_hash,
+            None,
+            None,
+            _anchor_problem(anchor_seq, named, named_at),
+        )
     return Verified(True, count, last_seq, last_hash)
+
+
+def _anchor_problem(anchor_seq: int, named: tuple[int, str] | None, named_at: int | None) -> str:
+    said = (
+        "no prune-audit record, so seq 0 (GENESIS)"
+        if named_at is None
+        else f"the newest prune-audit record (seq {named_at}) names "
+        + (f"seq {named[0]}" if named else "no anchor")
+    )
+    return (
+        f"anchor mismatch: the chain is anchored at seq {anchor_seq} but {said}: "
+        "the oldest records were deleted and the anchor moved outside the engine"
+    )
 
 
 def _broken(count: int, seq: int, hash_: str, at: ChainRecord, what: str) -> Verified:

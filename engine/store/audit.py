@@ -49,6 +49,7 @@ from engine.audit.chain import (
     ChainHead,
     ChainRecord,
     Verified,
+    anchor_detail,
     record_hash,
     verify_chain,
 )
@@ -466,7 +467,9 @@ class Audit(Repository):
                 return 0
             last = old[-1]
             check = verify_chain(
-                old, ChainHead(last.seq, last.hash, head.anchor_seq, head.anchor_hash)
+                old,
+                ChainHead(last.seq, last.hash, head.anchor_seq, head.anchor_hash),
+                whole=False,
             )
             if not check.ok:
                 log.warning(
@@ -493,7 +496,7 @@ class Audit(Repository):
                 outcome="ok",
                 detail=(
                     f"{len(old)} records up to seq {last.seq} (before {cutoff.date()}) "
-                    f"deleted; the chain is anchored at seq {last.seq}, hash {last.hash}"
+                    f"deleted; {anchor_detail(last.seq, last.hash)}"
                 ),
             )
             return len(old)
