@@ -24,9 +24,13 @@ minutes (a key id not seen yet fetches the keys again, once).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import secrets
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -60,7 +64,7 @@ from engine.console.sessions import (
 from engine.settings import Settings
 from engine.store.db import utcnow
 from engine.store.operator import Who
-from engine.store.users import UserProblem, normal_username
+from engine.store.users import LoginResult, UserProblem, normal_username
 
 __all__ = ["ID_TOKEN_ALGORITHMS", "REFUSED", "OidcFailure", "router"]
 
@@ -77,6 +81,14 @@ OIDC_FLOW_S = 600
 #: the ID token signatures we check (asymmetric only: the client secret never signs them here)
 ID_TOKEN_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
 _CACHE_S = 300.0
+#: password checks at once (argon2id: 64 MiB and about a second each), in their own threads
+HASH_WIDTH = 2
+#: how long a login waits for a free password check before it is answered 429
+HASH_WAIT_S = 2.0
+#: failed logins a peer may have in a burst, and how often it gets one more back
+PEER_BURST = 20
+PEER_REFILL_S = 3.0
+_PEERS_KEPT = 10_000
 _MAX_DOCUMENT_BYTES = 256 * 1024
 _TIMEOUT_S = 10.0
 
@@ -104,6 +116,67 @@ def _login_page(
     )
     set_login_cookie(request, response, cookie)
     return response
+
+
+class LoginBusy(Exception):
+    """Too many logins at once, or too many failures from one peer: answer 429."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("too many logins")
+        self.retry_after = retry_after
+
+
+class LoginThrottle:
+    """Password checks of one app: at most ``HASH_WIDTH`` at once, in their own threads (the
+    shared thread pool that every page uses is never taken by a hash), and a token bucket of
+    failed logins per peer, unknown user names included, taken before the hash."""
+
+    def __init__(self) -> None:
+        self._slots = threading.BoundedSemaphore(HASH_WIDTH)
+        self._pool = ThreadPoolExecutor(HASH_WIDTH, thread_name_prefix="console-login")
+        self._peers: dict[str, tuple[float, float]] = {}  # peer: (tokens, when)
+
+    def _take(self, peer: str) -> None:
+        now = time.monotonic()
+        tokens, when = self._peers.get(peer, (float(PEER_BURST), now))
+        tokens = min(float(PEER_BURST), tokens + (now - when) / PEER_REFILL_S)
+        if tokens < 1:
+            raise LoginBusy(int((1 - tokens) * PEER_REFILL_S) + 1)
+        if len(self._peers) >= _PEERS_KEPT and peer not in self._peers:
+            self._peers.clear()  # a flood of addresses: start again rather than grow
+        self._peers[peer] = (tokens - 1, now)
+
+    def _give_back(self, peer: str) -> None:
+        tokens, when = self._peers.get(peer, (float(PEER_BURST), time.monotonic()))
+        self._peers[peer] = (min(float(PEER_BURST), tokens + 1), when)
+
+    async def check(self, peer: str, check: Callable[..., LoginResult], *args: Any) -> LoginResult:
+        """Run ``check(*args)`` (the store's password check) in a login thread; LoginBusy when
+        the peer is over its budget or no thread is free within ``HASH_WAIT_S``. Its result's
+        ``user``, when set, gives the peer's token back."""
+        self._take(peer)
+        deadline = time.monotonic() + HASH_WAIT_S
+        while not self._slots.acquire(blocking=False):
+            if time.monotonic() >= deadline:
+                self._give_back(peer)
+                raise LoginBusy(1)
+            await asyncio.sleep(0.02)
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._pool, check, *args)
+        finally:
+            self._slots.release()
+        if result.user is not None:
+            self._give_back(peer)
+        return result
+
+
+def _throttle(request: Request) -> LoginThrottle:
+    state = request.app.state
+    throttle: LoginThrottle | None = getattr(state, "console_login_throttle", None)
+    if throttle is None:
+        throttle = LoginThrottle()
+        state.console_login_throttle = throttle
+    return throttle
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -135,13 +208,26 @@ async def login(request: Request) -> Response:
             status_code=403,
         )
     settings = settings_of(request)
-    result = await run_in_threadpool(
-        users.check_login,
-        username,
-        form.get("password", ""),
-        peer_of(request),
-        login_policy(settings),
-    )
+    peer = peer_of(request)
+    try:
+        result = await _throttle(request).check(
+            request.client.host if request.client else "",
+            users.check_login,
+            username,
+            form.get("password", ""),
+            peer,
+            login_policy(settings),
+        )
+    except LoginBusy as busy:
+        answer = _login_page(
+            request,
+            next_path=next_path,
+            username=username,
+            error="Too many logins just now. Please wait a moment and try again.",
+            status_code=429,
+        )
+        answer.headers["Retry-After"] = str(busy.retry_after)
+        return answer
     if result.user is None:
         return _login_page(
             request, next_path=next_path, username=username, error=REFUSED, status_code=401
