@@ -14,10 +14,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvicorn
 
 # the API's app on in-memory fakes, for pages tested without a browser
 from tests.api.conftest import (  # noqa: F401
@@ -31,6 +34,7 @@ from tests.api.conftest import (  # noqa: F401
     settings,
     token,
 )
+from tests.serve_support import free_port
 
 CHROMIUM = os.environ.get("ENGINE_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
@@ -45,6 +49,22 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
 ]
+
+
+@pytest.fixture
+def served(make_app: Any) -> Iterator[str]:  # noqa: F811 (the fixture, imported above)
+    """The API's app on the fakes, served by a real uvicorn on a free loopback port."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(make_app(), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        threading.Event().wait(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
 
 
 @pytest.fixture(scope="module")

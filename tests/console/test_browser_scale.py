@@ -3,29 +3,7 @@ its stylesheet, the browser reports no CSP violation and fetches nothing but the
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
-import uvicorn
-
-from tests.serve_support import free_port
-
-
-@pytest.fixture
-def served(make_app: Any) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(make_app(), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        threading.Event().wait(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
 
 
 def test_docs_renders_under_the_csp_from_the_engine_alone(page: Any, served: str) -> None:
