@@ -33,6 +33,7 @@ from engine.api.auth import build_verifier
 from engine.api.auth_settings import AuthSettings, auth_settings_for
 from engine.api.deps import ApiContext, HealthDep
 from engine.api.docs import install_docs
+from engine.api.limits import BodyLimits
 from engine.api.metrics import metrics_router
 from engine.api.ports import HealthPort, IngestPort, MessagesPort
 from engine.api.security import SecurityHeaders
@@ -103,5 +104,6 @@ def create_app(
     mount_console(app)
     install_docs(app)  # /docs, and the bearer scheme in /openapi.json
     app.add_middleware(UnexpectedErrors)
+    app.add_middleware(BodyLimits)  # before FastAPI reads any Form()/JSON body (engine.api.limits)
     app.add_middleware(SecurityHeaders)  # outermost: even a 500 carries the headers
     return app
