@@ -134,7 +134,8 @@ def test_list_filters_pages_and_is_recorded(store: SqlMessageStore, cli) -> None
     code, _, err = cli("audit", "list", "--action", "peek")
     assert code != 0 and "unknown action 'peek'" in err
     views = [a for a in _actions(store) if a[0] == "view-audit"]
-    assert views[0][1] is None and views[0][2] == "2 shown; one patient"  # never the MRN
+    # the searched patient is the record's key (review13 L5); the detail never names the MRN
+    assert views[0][1] == "MRN1" and views[0][2] == "2 shown; one patient"
 
 
 def test_list_json_carries_the_chain(store: SqlMessageStore, cli) -> None:  # type: ignore[no-untyped-def]

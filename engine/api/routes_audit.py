@@ -22,7 +22,7 @@ from engine.api.deps import MessagesDep, SettingsDep, peer_of
 from engine.api.refusals import refuse_role
 from engine.audit.chain import ChainRecord, Verified
 from engine.store import Who
-from engine.store.audit import AuditQuery
+from engine.store.audit import AuditQuery, AuditSearchTimeout
 
 __all__ = ["AuditRecordOut", "AuditVerifyOut", "router"]
 
@@ -124,7 +124,10 @@ def list_audit(
         )
     except ValueError as exc:
         raise HTTPException(422, detail=str(exc)) from None
-    records = trail.audit_page(query, who, message_id=message_id)
+    try:
+        records = trail.audit_page(query, who, message_id=message_id)
+    except AuditSearchTimeout as exc:
+        raise HTTPException(503, detail=str(exc)) from None
     return [AuditRecordOut(**vars(r)) for r in records]
 
 

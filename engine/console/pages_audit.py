@@ -26,7 +26,7 @@ from engine.audit.chain import Verified
 from engine.console.auth import ConsoleUser, CsrfDep, current_console_user
 from engine.console.pages_messages import local_time, store_of, who_of
 from engine.console.render import render
-from engine.store.audit import ACTIONS, AuditQuery
+from engine.store.audit import ACTIONS, YEARS, AuditQuery, AuditSearchTimeout
 
 __all__ = ["router"]
 
@@ -98,6 +98,8 @@ def _day(value: str, zone: str, name: str, *, end: bool = False) -> datetime | N
         day = date.fromisoformat(value)
     except ValueError:
         raise ValueError(f"{name}: {value[:40]!r} is not a date (YYYY-MM-DD)") from None
+    if not YEARS[0] <= day.year <= YEARS[1]:
+        raise ValueError(f"{name}: {value!r} is out of range (years {YEARS[0]} to {YEARS[1]})")
     start = datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(zone))
     return start + timedelta(days=1) if end else start
 
@@ -126,7 +128,10 @@ def _page(
         query = filters.query(zone, cursor)
     except ValueError as exc:
         return _render(request, user, filters, [], error=str(exc), status_code=422)
-    records = store.audit_page(query, who_of(user))
+    try:
+        records = store.audit_page(query, who_of(user))
+    except AuditSearchTimeout as exc:
+        return _render(request, user, filters, [], error=str(exc), status_code=503)
     rows = [{"r": r, "at": local_time(r.at, zone)} for r in records]
     older = filters.link(before=records[-1].seq) if len(records) == PAGE else None
     return _render(

@@ -26,8 +26,9 @@ retention never touches this table.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Generator, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -41,8 +42,10 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
+from sqlalchemy.exc import OperationalError
 
 from engine.audit.chain import (
     FIELDS,
@@ -53,6 +56,7 @@ from engine.audit.chain import (
     record_hash,
     verify_chain,
 )
+from engine.errors import EngineError
 from engine.store.clean import clean
 from engine.store.db import Repository, aware, utcnow
 from engine.store.search import MessageQuery
@@ -63,9 +67,11 @@ __all__ = [
     "ACTIONS",
     "OUTCOMES",
     "SOURCES",
+    "YEARS",
     "Audit",
     "AuditChainMissing",
     "AuditQuery",
+    "AuditSearchTimeout",
     "audit",
     "search_detail",
 ]
@@ -110,6 +116,8 @@ ACTIONS = frozenset(
 #: where an action came from
 SOURCES = frozenset({"cli", "api", "console", "engine"})
 OUTCOMES = frozenset({"ok", "refused", "error"})
+#: the years a search's dates may name (the ends of the calendar overflow in a time zone)
+YEARS = (1900, 9000)
 
 _WIDTHS = {c.name: getattr(c.type, "length", None) for c in audit_log.columns}
 _PATIENT_OF = select(messages.c.patient_key).where(messages.c.id == bindparam("mid"))
@@ -140,6 +148,10 @@ _RECORD = select(*(audit_log.c[name] for name in (*FIELDS, "prev_hash", "hash"))
 class AuditChainMissing(RuntimeError):
     """The chain's head row is gone (deleted outside the engine): nothing more can be appended
     until an admin looks (``engine audit verify``)."""
+
+
+class AuditSearchTimeout(EngineError):
+    """A search of the trail ran past its time limit (:attr:`Audit.search_timeout_s`)."""
 
 
 class _Caller(Protocol):
@@ -245,6 +257,12 @@ class AuditQuery:
             )
         if not 1 <= self.limit <= 10_000:
             raise ValueError("limit must be between 1 and 10000")
+        for name, value in (("since", self.since), ("until", self.until)):
+            if value is not None and not YEARS[0] <= value.year <= YEARS[1]:
+                raise ValueError(
+                    f"{name}: {value.date().isoformat()} is out of range "
+                    f"(years {YEARS[0]} to {YEARS[1]})"
+                )
 
     def describe(self) -> str:
         """The filters used, for the trail itself: never the MRN's value."""
@@ -289,6 +307,29 @@ def _where(q: AuditQuery) -> list[ColumnElement[bool]]:
 
 def _utc(value: datetime) -> datetime:
     return aware(value).astimezone(UTC)
+
+
+@contextmanager
+def _bounded(conn: Connection, seconds: float) -> Iterator[None]:
+    """Stop the statements run inside after ``seconds``: PostgreSQL's ``statement_timeout``
+    for this transaction; on SQLite a progress handler that interrupts the query."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"SET LOCAL statement_timeout = {max(1, int(seconds * 1000))}"))
+        yield
+        return
+    raw: Any = conn.connection.dbapi_connection
+    deadline = time.monotonic() + seconds
+    raw.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+    try:
+        yield
+    finally:
+        raw.set_progress_handler(None, 0)
+
+
+def _timed_out(exc: OperationalError) -> bool:
+    """The statement was stopped by :func:`_bounded` (PostgreSQL: query_canceled 57014)."""
+    code = getattr(exc.orig, "sqlstate", None)
+    return code == "57014" or "interrupted" in str(exc.orig)
 
 
 def _record(row: Row[Any]) -> ChainRecord:
@@ -351,27 +392,57 @@ class Audit(Repository):
                 AuditEntry(**{**row._asdict(), "at": aware(row.at)}) for row in conn.execute(query)
             ]
 
+    #: how long one search of the trail may read (a statement timeout on PostgreSQL, a
+    #: progress handler on SQLite) before it is stopped with :class:`AuditSearchTimeout`
+    search_timeout_s: float = 15.0
+
     def audit_page(
         self, query: AuditQuery, who: _Caller, *, message_id: int | None = None
     ) -> list[ChainRecord]:
         """The records that match, newest first (next page: ``before`` = the last seq); the
-        reading is itself recorded (``view-audit``, the filters but never an MRN's value)."""
+        reading is itself recorded (``view-audit``, the filters but never an MRN's value; the
+        searched patient as the record's patient key).
+
+        The page is read on a plain read connection (under WAL it never holds or waits for
+        SQLite's writer lock), bounded by ``limit`` (keyset on ``seq``) and by
+        :attr:`search_timeout_s`; the view-audit record is then appended in its own short write
+        transaction. Actor, action and ``AUTHORITY|MRN`` filters are served by their indexes
+        (``(column, seq)``); a bare MRN (any authority) is ``patient_key = X OR LIKE '%|X'``,
+        which no index serves: on a large trail it scans until ``limit`` matches are found or
+        the time limit stops it, so name the authority where it is known.
+        """
         statement = (
             _RECORD.where(*_where(query)).order_by(audit_log.c.seq.desc()).limit(query.limit)
         )
         if message_id is not None:
             statement = statement.where(audit_log.c.message_id == message_id)
-        with self._tx() as conn:
-            records = [_record(r) for r in conn.execute(statement)]
-            audit(
-                conn,
-                action="view-audit",
-                actor=who.actor,
-                source=who.source,
-                peer=who.peer,
-                message_id=None,
-                outcome="ok",
-                detail=f"{len(records)} shown; {query.describe()}",
+        outcome, detail = "ok", query.describe()
+        try:
+            with (
+                self.db_engine.connect() as conn,
+                conn.begin(),
+                _bounded(conn, self.search_timeout_s),
+            ):
+                records = [_record(r) for r in conn.execute(statement)]
+        except OperationalError as exc:
+            if not _timed_out(exc):
+                raise
+            outcome, records = "error", []
+            detail = f"stopped after {self.search_timeout_s:g} s; {detail}"
+        self.record_audit(
+            action="view-audit",
+            actor=who.actor,
+            source=who.source,
+            peer=who.peer,
+            message_id=None,
+            outcome=outcome,
+            detail=f"{len(records)} shown; {detail}",
+            patient_key=query.mrn,
+        )
+        if outcome != "ok":
+            raise AuditSearchTimeout(
+                f"the audit search took longer than {self.search_timeout_s:g} s and was "
+                "stopped; narrow it (the MRN with its authority, an actor, action or dates)"
             )
         return records
 

@@ -136,3 +136,44 @@ def test_the_worklist_is_recorded(
     assert _trail(store) == [("view-worklist", "test-viewer", None, "ok")]
     with store.db_engine.connect() as conn:
         assert conn.execute(select(audit_log.c.detail)).scalar_one() == "2026-11-30: 0 appointments"
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("until=9999-12-31T23:59:00", "until"),
+        ("since=0001-01-01T00:00:00%2B14:00", "since"),
+        ("since=9999-12-31T23:59:00-14:00", "since"),
+    ],
+)
+def test_dates_at_the_ends_of_the_calendar_answer_422(
+    client: TestClient, token: Callable[[str], str], query: str, field: str
+) -> None:
+    """review13 L3: never a 500 (OverflowError); the field is named."""
+    answer = client.get(f"/api/audit?{query}", headers=bearer(token("admin")))
+    assert answer.status_code == 422
+    assert answer.json()["detail"].startswith(f"{field}: ")
+
+
+def test_a_search_by_mrn_is_recorded_with_that_patient(
+    client: TestClient, store: SqlMessageStore, token: Callable[[str], str]
+) -> None:
+    """review13 L5: the view-audit record names the patient searched."""
+    assert client.get("/api/audit?mrn=CLINIC|MRN9", headers=bearer(token("admin"))).json() == []
+    assert _trail(store)[-1] == ("view-audit", "test-admin", "CLINIC|MRN9", "ok")
+
+
+def test_a_search_past_its_time_answers_503(
+    client: TestClient,
+    store: SqlMessageStore,
+    token: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from engine.store.audit import AuditSearchTimeout
+
+    def slow(*_: Any, **__: Any) -> None:
+        raise AuditSearchTimeout("the audit search took longer than 15 s and was stopped")
+
+    monkeypatch.setattr(store, "audit_page", slow)
+    answer = client.get("/api/audit?mrn=X", headers=bearer(token("admin")))
+    assert answer.status_code == 503 and "took longer" in answer.json()["detail"]

@@ -151,3 +151,42 @@ def test_verify_shows_intact_then_the_changed_record(
     assert f"record id {rid} (seq 2)" in shown and "hash mismatch" in shown
     details = [e.detail for e in store.audit_entries() if e.action == "view-audit"]
     assert "verify: BROKEN, 1 records" in details and "verify: intact, 4 records" in details
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [("until=9999-12-31", "to"), ("since=0001-01-01", "from"), ("since=9999-12-31", "from")],
+)
+def test_dates_at_the_ends_of_the_calendar_answer_422(
+    store: SqlMessageStore, tmp_path: Path, query: str, field: str
+) -> None:
+    """review13 L3: never a 500 (OverflowError); the field is named."""
+    client = TestClient(_app(store, tmp_path, Role.ADMIN), raise_server_exceptions=False)
+    answer = client.get(f"/console/audit?{query}")
+    assert answer.status_code == 422
+    assert f"{field}: " in _text(answer.text) and "out of range" in _text(answer.text)
+
+
+def test_a_search_by_mrn_is_recorded_with_that_patient(
+    store: SqlMessageStore, tmp_path: Path
+) -> None:
+    """review13 L5: the view-audit record of a patient's history names the patient."""
+    _fill(store, 4)
+    client = TestClient(_app(store, tmp_path, Role.ADMIN))
+    assert client.get("/console/audit?mrn=CLINIC%7CMRN2").status_code == 200
+    last = store.audit_entries(limit=1)[0]
+    assert (last.action, last.patient_key) == ("view-audit", "CLINIC|MRN2")
+    assert "MRN2" not in (last.detail or "")
+
+
+def test_a_search_past_its_time_answers_503(
+    store: SqlMessageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.store.audit import AuditSearchTimeout
+
+    def slow(*_: object, **__: object) -> None:
+        raise AuditSearchTimeout("the audit search took longer than 15 s and was stopped")
+
+    monkeypatch.setattr(store, "audit_page", slow)
+    answer = TestClient(_app(store, tmp_path, Role.ADMIN)).get("/console/audit?mrn=X")
+    assert answer.status_code == 503 and "took longer" in _text(answer.text)
