@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 
 from bench.athena_tokens import TokenRun, analyse, run_tokens, use_period
 from engine.adapters.athena_client import AthenaClient, AthenaConnection, PracticePacer
