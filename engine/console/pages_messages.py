@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -46,6 +46,7 @@ from engine.store import (
     UnknownDestination,
     Who,
 )
+from engine.store.audit import YEARS
 from engine.store.console_stats import HANDLEABLE_STATES, MessageDetail
 
 __all__ = ["ViewerUserDep", "local_time", "router", "store_of", "who_of"]
@@ -84,8 +85,10 @@ def local_time(value: datetime | None, zone: str) -> str:
     return value.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-def _bound(value: str, zone: str, name: str) -> datetime | None:
-    """A date (``2026-12-03``) or a time (``2026-12-03T09:15``) in the practice's zone."""
+def _bound(value: str, zone: str, name: str, *, end: bool = False) -> datetime | None:
+    """A date (``2026-12-03``) or a time (``2026-12-03T09:15``) in the practice's zone; a date
+    alone as ``end`` (the "to" field) includes that whole day, as the CLI and the audit page do:
+    the next local midnight. Years outside :data:`YEARS` are refused (422), not overflowed."""
     value = value.strip()
     if not value:
         return None
@@ -93,7 +96,13 @@ def _bound(value: str, zone: str, name: str) -> datetime | None:
         when = datetime.fromisoformat(value)
     except ValueError:
         raise ValueError(f"{name}: {value[:40]!r} is not a date (YYYY-MM-DD[THH:MM])") from None
-    return when if when.tzinfo else when.replace(tzinfo=ZoneInfo(zone))
+    if not YEARS[0] <= when.year <= YEARS[1]:
+        raise ValueError(f"{name}: {value!r} is out of range (years {YEARS[0]} to {YEARS[1]})")
+    when = when if when.tzinfo else when.replace(tzinfo=ZoneInfo(zone))
+    if end and "T" not in value and " " not in value:  # a day: up to the next local midnight
+        day = when.date() + timedelta(days=1)
+        return datetime(day.year, day.month, day.day, tzinfo=when.tzinfo)
+    return when
 
 
 def _cursor(value: str) -> int | None:
@@ -128,7 +137,7 @@ class _Filters:
             mrn=self.mrn.strip() or None,
             control_id=self.control_id.strip() or None,
             since=_bound(self.since, zone, "from"),
-            until=_bound(self.until, zone, "to"),
+            until=_bound(self.until, zone, "to", end=True),
             before=before,
             limit=PAGE,
         )

@@ -35,6 +35,7 @@ from engine.console.auth import ConsoleUser, require_console
 from engine.console.render import render
 from engine.console.svg import Series, bar_chart, line_chart
 from engine.store import SqlMessageStore
+from engine.store.audit import YEARS
 from engine.store.reports import MAX_DAYS, AppointmentDay, ChargeDay, Reports
 
 __all__ = ["REPORTS", "csv_cell", "router"]
@@ -92,6 +93,11 @@ def _range(settings: Any, start: str | None, end: str | None) -> tuple[date, dat
         last = date.fromisoformat(end) if end else today + timedelta(days=7)
     except ValueError:
         raise HTTPException(422, detail="from and to are days: YYYY-MM-DD") from None
+    for name, day in (("from", first), ("to", last)):
+        if not YEARS[0] <= day.year <= YEARS[1]:
+            raise HTTPException(
+                422, detail=f"{name}: {day} is out of range (years {YEARS[0]} to {YEARS[1]})"
+            )
     if last < first:
         raise HTTPException(422, detail="to is before from")
     if (last - first).days + 1 > MAX_DAYS:
