@@ -490,14 +490,17 @@ async def convert(
         raise HTTPException(422, detail="direction must be to-fhir or to-hl7, event one listed")
     problem = _too_large(form)
     if problem is not None:
+        await _audit(request, user, direction, "", "refused", problem)
         return _page(
             request, user, {"direction": direction}, result=None, refused=problem, status_code=413
         )
     try:
         mappings = await asyncio.to_thread(_mappings, request, settings)
     except EngineError as exc:
+        await _audit(request, user, direction, "", "error", "the mappings did not load")
         return _page(request, user, form, result=None, refused=f"mappings: {exc}", status_code=503)
     if not _slots.acquire(blocking=False):
+        await _audit(request, user, direction, "", "error", "busy")
         return _page(
             request,
             user,
@@ -513,7 +516,7 @@ async def convert(
     try:
         result = await asyncio.wait_for(asyncio.shield(work), TIMEOUT_S)
     except TimeoutError:
-        await _audit(request, user, direction, "", "error")
+        await _audit(request, user, direction, "", "error", "took too long")
         return _page(
             request,
             user,
@@ -528,9 +531,10 @@ async def convert(
 
 
 async def _audit(
-    request: Request, user: ConsoleUser, direction: str, label: str, outcome: str
+    request: Request, user: ConsoleUser, direction: str, label: str, outcome: str, why: str = ""
 ) -> None:
-    """The use, in the audit trail: which way and what type of message, never the text."""
+    """The use, in the audit trail: which way and what type of message, never the text; a
+    refusal (too large, busy, no mappings) with ``why``."""
     messages = getattr(getattr(request.app.state, "context", None), "messages", None)
     record = getattr(messages, "record_audit", None)
     if record is None:
@@ -543,6 +547,6 @@ async def _audit(
         source="console",
         message_id=None,
         outcome=outcome,
-        detail=f"{what}{f', {label}' if label else ''}",
+        detail=f"{what}{f', {label}' if label else ''}{f'; {why}' if why else ''}",
         peer=user.peer or None,
     )

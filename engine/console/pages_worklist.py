@@ -336,6 +336,19 @@ async def _recheck(service: Any, day: date, appointment: str | None) -> list[Any
     return list(await asyncio.gather(*(one(t) for t in targets)))
 
 
+def _patient_of(store: SqlMessageStore, appointment_url: str) -> str | None:
+    """The MRN of one appointment's patient (the audit record's patient key), or None."""
+    from engine.jobs.eligibility import patient_label
+
+    appointment = store.resource(appointment_url) or {}
+    for part in appointment.get("participant") or []:
+        ref = (part.get("actor") or {}).get("reference", "")
+        patient = store.resource(ref) if ref else None
+        if patient is not None and patient.get("resourceType") == "Patient":
+            return patient_label(patient)[1]
+    return None
+
+
 def _summary(outcomes: list[Any]) -> str:
     counts: dict[str, int] = {}
     for o in outcomes:
@@ -399,6 +412,7 @@ async def recheck(
         outcome=outcome,
         detail=f"{scope}: {notice.text}"[:500],
         peer=user.peer or None,
+        patient_key=await asyncio.to_thread(_patient_of, store, which) if which else None,
     )
     log.info(
         "eligibility re-checked from the console",

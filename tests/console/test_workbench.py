@@ -230,7 +230,10 @@ def test_limits_roles_and_csrf(store: SqlMessageStore, tmp_path: Path) -> None:
     assert _client(store, tmp_path, Role.FRONT_DESK).get("/console/workbench").status_code == 403
     page = _client(store, tmp_path, Role.VIEWER).get("/console/workbench")
     assert page.status_code == 200 and 'name="csrf_token"' in page.text
-    assert _audit(store) == []
+    # the refusal of the text too large is recorded (review13 L5), never the text
+    assert [(a["outcome"], a["detail"]) for a in _audit(store)] == [
+        ("refused", "HL7v2 to FHIR; the message is larger than 1 MiB")
+    ]
 
 
 def test_a_busy_workbench_says_so(store: SqlMessageStore, tmp_path: Path) -> None:
@@ -241,6 +244,9 @@ def test_a_busy_workbench_says_so(store: SqlMessageStore, tmp_path: Path) -> Non
             _client(store, tmp_path), direction="to-fhir", message=_pasted("adt_a01.hl7")
         )
         assert status == 503 and "busy" in _text(page)
+        assert [(a["actor"], a["outcome"], a["detail"]) for a in _audit(store)] == [
+            ("wanda", "error", "HL7v2 to FHIR; busy")
+        ]
     finally:
         for _ in held:
             pages_workbench._slots.release()
@@ -254,7 +260,9 @@ def test_a_conversion_that_takes_too_long_is_given_up_and_audited(
         _client(store, tmp_path), direction="to-fhir", message=_pasted("adt_a01.hl7")
     )
     assert status == 503 and "took longer than 0 s" in _text(page)
-    assert [(a["outcome"], a["detail"]) for a in _audit(store)] == [("error", "HL7v2 to FHIR")]
+    assert [(a["outcome"], a["detail"]) for a in _audit(store)] == [
+        ("error", "HL7v2 to FHIR; took too long")
+    ]
     # the conversion ends on its own and gives its slot back
     deadline = time.monotonic() + 30
     while True:

@@ -158,6 +158,9 @@ def test_recheck_one_asks_only_for_that_appointment(
         ).first()
     assert last is not None and last.appointment_url == html_text.unescape(appointments[1])
     assert _checks(store) == 4
+    # the record names that appointment's patient (review13 L5)
+    entry = next(e for e in store.audit_entries(limit=5) if e.action == "recheck-eligibility")
+    assert entry.patient_key is not None and entry.patient_key.startswith("DEMO100")
     nothing = client.post(
         "/console/worklist/recheck",
         data={"csrf_token": TOKEN, "day": str(MONDAY), "appointment": "Appointment/none"},
@@ -168,6 +171,7 @@ def test_recheck_one_asks_only_for_that_appointment(
         "refused",
         "appointment Appointment/none: " + _notice(nothing.text),
     )
+    assert entry.patient_key is None
 
 
 def test_recheck_needs_the_front_desk_and_the_csrf_token(
