@@ -16,7 +16,8 @@ the PKCE verifier) for tokens at the token endpoint, and checks the ID token (§
 signature against the provider's JWKS with an explicit list of asymmetric algorithms (never
 ``none``, never a shared-secret HMAC), ``iss``, ``aud`` (and ``azp`` when several audiences),
 ``exp``, ``iat`` and ``nonce``. The user is named by ``ENGINE_OIDC_USERNAME_CLAIM`` and gets the
-roles ``ENGINE_OIDC_ROLES_CLAIM`` maps to (``ENGINE_OIDC_ROLE_MAP``); no engine role, no login.
+roles ``ENGINE_OIDC_ROLES_CLAIM`` maps to through ``ENGINE_OIDC_ROLE_MAP`` (with a map, only the
+values it names count; without one, values that are engine role names); no engine role, no login.
 authlib builds the authorization request and makes the token request; joserfc (authlib's JOSE
 library) checks the ID token. Discovery and keys are fetched when first needed and kept five
 minutes (a key id not seen yet fetches the keys again, once).
@@ -51,6 +52,7 @@ from engine.console.render import render
 from engine.console.sessions import (
     check_login_token,
     console_secret,
+    cookie_secure,
     end_session,
     login_policy,
     login_token,
@@ -81,6 +83,8 @@ OIDC_FLOW_S = 600
 #: the ID token signatures we check (asymmetric only: the client secret never signs them here)
 ID_TOKEN_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
 _CACHE_S = 300.0
+#: how long a failed discovery is answered from memory
+_FAILED_CACHE_S = 10.0
 #: password checks at once (argon2id: 64 MiB and about a second each), in their own threads
 HASH_WIDTH = 2
 #: how long a login waits for a free password check before it is answered 429
@@ -274,6 +278,7 @@ class Oidc:
         self.client_id = settings.oidc_client_id
         self._provider: tuple[float, _Provider] | None = None
         self._keys: tuple[float, KeySet] | None = None
+        self._failed: tuple[float, str] | None = None  # a discovery that failed, and why
 
     async def _json(self, url: str, what: str) -> dict[str, Any]:
         from authlib.common.security import is_secure_transport  # type: ignore[import-untyped]
@@ -300,6 +305,15 @@ class Oidc:
     async def provider(self) -> _Provider:
         if self._provider is not None and time.monotonic() - self._provider[0] < _CACHE_S:
             return self._provider[1]
+        if self._failed is not None and time.monotonic() - self._failed[0] < _FAILED_CACHE_S:
+            raise OidcFailure(self._failed[1])  # not one request to the provider per visitor
+        try:
+            return await self._discover()
+        except OidcFailure as exc:
+            self._failed = (time.monotonic(), str(exc))
+            raise
+
+    async def _discover(self) -> _Provider:
         doc = await self._json(f"{self.issuer}/.well-known/openid-configuration", "discovery")
         if str(doc.get("issuer", "")).rstrip("/") != self.issuer:
             raise OidcFailure("the provider's discovery names another issuer")
@@ -420,7 +434,11 @@ class Oidc:
             value.split() if isinstance(value, str) else value if isinstance(value, list) else []
         )
         names = {role.value for role in Role}
-        mapped = {self.settings.oidc_role_map.get(str(v), str(v)) for v in given}
+        role_map = self.settings.oidc_role_map
+        if role_map:  # only what the map names counts: a provider's own "admin" grants nothing
+            mapped = {role_map[str(v)] for v in given if str(v) in role_map}
+        else:  # no map: the provider's values are engine role names
+            mapped = {str(v) for v in given}
         return sorted(mapped & names)
 
 
@@ -444,9 +462,14 @@ def _callback_uri(request: Request) -> str:
     return base.rstrip("/") + "/console/login/oidc/callback"
 
 
-async def _oidc_refused(request: Request, actor: str, why: str, next_path: str) -> HTMLResponse:
+async def _oidc_refused(
+    request: Request, actor: str, why: str, next_path: str, *, audited: bool = True
+) -> HTMLResponse:
+    """The login page with why; ``audited=False`` for a request that was no login attempt (a
+    callback without this browser's flow cookie, a provider that does not answer): anyone can
+    send those for free, and they must not grow the audit trail."""
     users = users_of(request)
-    if users is not None:
+    if users is not None and audited:
         await run_in_threadpool(users.login_refused, actor, peer_of(request), f"oidc: {why}")
     name = settings_of(request).oidc_name
     response = _login_page(
@@ -469,7 +492,7 @@ async def oidc_begin(request: Request, next: str | None = None) -> Response:
     try:
         url, flow = await oidc.begin(_callback_uri(request))
     except OidcFailure as exc:
-        return await _oidc_refused(request, "oidc", str(exc), next_path)
+        return await _oidc_refused(request, "oidc", str(exc), next_path, audited=False)
     response = RedirectResponse(url, status_code=303)
     response.set_cookie(
         OIDC_COOKIE,
@@ -478,7 +501,7 @@ async def oidc_begin(request: Request, next: str | None = None) -> Response:
         path="/console/login/oidc",
         httponly=True,
         samesite="lax",  # the provider's redirect back is a top-level GET: Lax sends it
-        secure=request.url.scheme == "https",
+        secure=cookie_secure(request),
     )
     return response
 
@@ -498,7 +521,11 @@ async def oidc_callback(request: Request) -> Response:
         flow = None
     if not isinstance(flow, dict):
         return await _oidc_refused(
-            request, "oidc", "the login took too long or began elsewhere", "/console/"
+            request,
+            "oidc",
+            "the login took too long or began elsewhere",
+            "/console/",
+            audited=False,
         )
     next_path = safe_next(flow.get("next"))
     params = request.query_params

@@ -142,16 +142,24 @@ async def change_roles(
     request: Request, username: UserName, admin: AdminUserDep, _: CsrfDep
 ) -> Response:
     """Replace a user's roles (not one's own admin role)."""
+    try:
+        username = normal_username(username)
+    except UserProblem as exc:
+        return await _page(request, admin, error=str(exc), status_code=422)
     users = _store(request)
     roles = await _roles_of(request)
     if not roles:
         return await _page(request, admin, error="choose at least one role", status_code=422)
-    if username.lower() == admin.username and Role.ADMIN.value not in roles:
+    if username == admin.username and Role.ADMIN.value not in roles:
         return await _page(
             request, admin, error="you cannot take your own admin role away", status_code=422
         )
     return await _apply(
-        request, admin, lambda: users.set_roles(username, roles, _who(admin)), "roles", username
+        request,
+        admin,
+        lambda: users.set_roles(username, roles, _who(admin), keep_admin=True),
+        "roles",
+        username,
     )
 
 
@@ -160,6 +168,10 @@ async def set_password(
     request: Request, username: UserName, admin: AdminUserDep, _: CsrfDep
 ) -> Response:
     """Set a user's password (their sessions end)."""
+    try:
+        username = normal_username(username)
+    except UserProblem as exc:
+        return await _page(request, admin, error=str(exc), status_code=422)
     users = _store(request)
     password = dict(await read_form_items(request)).get("password", "")
     problem = password_problem(password)
@@ -180,13 +192,17 @@ async def disable_user(
     request: Request, username: UserName, admin: AdminUserDep, _: CsrfDep
 ) -> Response:
     """Disable a user: their sessions end now (not oneself)."""
+    try:
+        username = normal_username(username)
+    except UserProblem as exc:
+        return await _page(request, admin, error=str(exc), status_code=422)
     users = _store(request)
-    if username.lower() == admin.username:
+    if username == admin.username:
         return await _page(request, admin, error="you cannot disable yourself", status_code=422)
     return await _apply(
         request,
         admin,
-        lambda: users.set_disabled(username, True, _who(admin)),
+        lambda: users.set_disabled(username, True, _who(admin), keep_admin=True),
         "disabled",
         username,
     )
@@ -197,6 +213,10 @@ async def enable_user(
     request: Request, username: UserName, admin: AdminUserDep, _: CsrfDep
 ) -> Response:
     """Enable a user (a lock-out is lifted too)."""
+    try:
+        username = normal_username(username)
+    except UserProblem as exc:
+        return await _page(request, admin, error=str(exc), status_code=422)
     users = _store(request)
     return await _apply(
         request,

@@ -10,7 +10,8 @@ shares them, and logging out or disabling a user ends them at once.
 
 Each request of a page (:func:`session_user`) finds the session, and ends it (audited
 ``session-expired``) when it has been idle longer than ``ENGINE_CONSOLE_IDLE_MINUTES`` or lived
-longer than ``ENGINE_CONSOLE_SESSION_HOURS``; otherwise its idle clock starts again (written at
+longer than ``ENGINE_CONSOLE_SESSION_HOURS``; otherwise its idle clock starts again, except for
+a page's own background refresh (:data:`BACKGROUND_PATHS`) (written at
 most every ``min(30 s, idle / 4)``, so a busy page does not write on every request; a session may
 thus end up to that much early). Not logged in: a page answers 303 to
 ``/console/login?next=<this path>``, a request for JSON 401.
@@ -52,6 +53,7 @@ __all__ = [
     "LOGIN_COOKIE",
     "check_login_token",
     "console_secret",
+    "cookie_secure",
     "end_session",
     "forbidden",
     "login_policy",
@@ -76,6 +78,11 @@ MAX_FORM_BYTES = 64 * 1024
 
 _secrets: dict[Path, bytes] = {}
 _secrets_lock = threading.Lock()
+
+
+#: requests a page's script makes by itself (the dashboard's auto-refresh): they need a live
+#: session but do not restart its idle clock, so an unattended dashboard still logs off
+BACKGROUND_PATHS = frozenset({"/console/dashboard/live"})
 
 
 def settings_of(request: Request) -> Settings:
@@ -135,8 +142,11 @@ def login_policy(settings: Settings) -> LoginPolicy:
     )
 
 
-def _secure(request: Request) -> bool:
-    return request.url.scheme == "https"
+def cookie_secure(request: Request) -> bool:
+    """Cookies get ``Secure`` under TLS, or when the console's public address is https (behind a
+    TLS proxy whose X-Forwarded-Proto uvicorn does not trust, the request's own scheme is http)."""
+    public = settings_of(request).public_base_url or ""
+    return request.url.scheme == "https" or public.lower().startswith("https://")
 
 
 def _cookie_clearer() -> str:
@@ -224,7 +234,8 @@ async def session_user(request: Request) -> ConsoleUser:
             )
         )
         raise _stranger(request, clear=True)
-    if now - record.last_seen_at >= min(timedelta(seconds=30), idle / 4):
+    background = request.url.path in BACKGROUND_PATHS
+    if not background and now - record.last_seen_at >= min(timedelta(seconds=30), idle / 4):
         await run_in_threadpool(users.touch_session, id_hash, now)
     return ConsoleUser(
         username=record.username,
@@ -309,7 +320,7 @@ def set_login_cookie(request: Request, response: Response, cookie: str | None) -
             path="/console/login",
             httponly=True,
             samesite="lax",
-            secure=_secure(request),
+            secure=cookie_secure(request),
         )
 
 
@@ -357,7 +368,7 @@ async def start_session(
         path="/",
         httponly=True,
         samesite="lax",
-        secure=_secure(request),
+        secure=cookie_secure(request),
     )
     response.delete_cookie(LOGIN_COOKIE, path="/console/login")
 

@@ -279,6 +279,20 @@ class Users(Repository):
         )
         return int(user_id)
 
+    @staticmethod
+    def _keep_an_admin(conn: Connection, username: str) -> None:
+        """UserProblem when ``username`` is the last enabled admin (the enabled users' rows are
+        locked, so two admins demoting each other at once cannot both pass)."""
+        name = username.strip().lower()
+        rows = conn.execute(
+            select(console_users.c.username, console_users.c.roles)
+            .where(console_users.c.disabled_at.is_(None))
+            .with_for_update()
+        ).all()
+        admins = {row.username for row in rows if "admin" in row.roles.split()}
+        if admins == {name}:
+            raise UserProblem(f"user {name} is the last enabled admin")
+
     def set_password(self, username: str, password_hash: str, who: Who) -> None:
         """A new password; the user's sessions end (whoever knew the old one is logged out) and
         a lock-out is lifted."""
@@ -291,17 +305,28 @@ class Users(Repository):
             conn.execute(delete(console_sessions).where(console_sessions.c.user_id == user_id))
             _audit(conn, who, "user-change", f"user {username.lower()} password set")
 
-    def set_roles(self, username: str, roles: Iterable[str], who: Who) -> None:
-        """New roles; they apply to the user's open sessions at their next request."""
+    def set_roles(
+        self, username: str, roles: Iterable[str], who: Who, *, keep_admin: bool = False
+    ) -> None:
+        """New roles; they apply to the user's open sessions at their next request.
+        ``keep_admin`` (the console's users page): UserProblem when this would leave no enabled
+        admin (the command line, run on the engine's host, may; it is how one recovers)."""
         role_text = " ".join(sorted(set(roles)))
         with self._tx() as conn:
+            if keep_admin and "admin" not in role_text.split():
+                self._keep_an_admin(conn, username)
             self._change(conn, username, {"roles": role_text})
             _audit(conn, who, "user-change", f"user {username.lower()} roles {role_text}")
 
-    def set_disabled(self, username: str, disabled: bool, who: Who) -> None:
-        """Disable (sessions end at once) or enable (a lock-out is lifted too)."""
+    def set_disabled(
+        self, username: str, disabled: bool, who: Who, *, keep_admin: bool = False
+    ) -> None:
+        """Disable (sessions end at once) or enable (a lock-out is lifted too); ``keep_admin``
+        as for :meth:`set_roles`."""
         with self._tx() as conn:
             if disabled:
+                if keep_admin:
+                    self._keep_an_admin(conn, username)
                 user_id = self._change(conn, username, {"disabled_at": utcnow()})
                 conn.execute(delete(console_sessions).where(console_sessions.c.user_id == user_id))
                 _audit(conn, who, "user-disable", f"user {username.lower()} disabled")
@@ -477,7 +502,7 @@ class Users(Repository):
         now = utcnow()
         with self._tx() as conn:
             if replaces is not None:
-                conn.execute(delete(console_sessions).where(console_sessions.c.id_hash == replaces))
+                self._end_replaced(conn, replaces, peer)
             conn.execute(
                 insert(console_sessions).values(
                     id_hash=id_hash,
@@ -491,6 +516,20 @@ class Users(Repository):
                 )
             )
             _audit(conn, Who(user.username, "console", peer), "login", f"by {method}")
+
+    @staticmethod
+    def _end_replaced(conn: Connection, id_hash: str, peer: str | None) -> None:
+        """End the session a browser held when it logged in again, audited ``logout``."""
+        held = conn.execute(
+            select(console_users.c.username)
+            .join(console_sessions, console_users.c.id == console_sessions.c.user_id)
+            .where(console_sessions.c.id_hash == id_hash)
+        ).scalar_one_or_none()
+        gone = conn.execute(
+            delete(console_sessions).where(console_sessions.c.id_hash == id_hash)
+        ).rowcount
+        if gone and held is not None:
+            _audit(conn, Who(held, "console", peer), "logout", "replaced by a new login")
 
     def session(self, id_hash: str) -> SessionRecord | None:
         query = (

@@ -205,7 +205,7 @@ def make_oidc_console(
             "oidc_issuer": provider.base_url,
             "oidc_client_id": provider.client_id,
             "oidc_client_secret_file": secret,
-            "oidc_role_map": {"engine-admins": "admin"},
+            "oidc_role_map": {"engine-admins": "admin", "viewer": "viewer"},
             "oidc_name": "Stub IdP",
             **overrides,
         }
