@@ -10,20 +10,17 @@ record, by id and seq, and what is wrong with it).
 
 from __future__ import annotations
 
-import getpass
 import os
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from engine.cli_messages import ID_MAX, parse_when
-from engine.cli_support import open_store, print_json
+from engine.cli_support import cli_who, command_store, print_json
 from engine.errors import EngineError
 
 __all__ = ["audit_app", "record_view"]
@@ -34,28 +31,9 @@ audit_app = typer.Typer(
 )
 
 
-@contextmanager
-def _store() -> Iterator[Any]:
-    store = open_store()
-    try:
-        yield store
-    finally:
-        store.db_engine.dispose()
-
-
-def _who() -> Any:
-    from engine.store import Who
-
-    try:
-        user = getpass.getuser()
-    except Exception:  # no user name in the environment nor the password database
-        user = "unknown"
-    return Who(user, "cli")
-
-
 def record_view(store: Any, action: str, detail: str, patient_key: str | None = None) -> None:
     """A CLI command's view of patient data (a worklist, a list) recorded with the OS user."""
-    who = _who()
+    who = cli_who()
     store.record_audit(
         action=action,
         actor=who.actor,
@@ -110,8 +88,8 @@ def audit_list(
         )
     except ValueError as exc:
         raise EngineError(str(exc)) from None
-    with _store() as store:
-        records = store.audit_page(query, _who(), message_id=message_id)
+    with command_store() as store:
+        records = store.audit_page(query, cli_who(), message_id=message_id)
     if as_json:
         print_json(records)
         return
@@ -133,8 +111,8 @@ def audit_verify() -> None:
     """Walk the hash chain from its anchor: exit 0 with the count verified and the head's hash
     (keep it elsewhere to detect a rewritten chain later), or exit 1 naming the first changed
     record (hash mismatch), a deleted one (a gap, a broken link) or a truncated tail."""
-    with _store() as store:
-        verified = store.verify_audit(_who())
+    with command_store() as store:
+        verified = store.verify_audit(cli_who())
     if verified.ok:
         typer.echo(verified.describe())
         return
@@ -155,8 +133,8 @@ def audit_export(
 
     start = parse_when(since, _zone())
     server = socket.gethostname()
-    with _store() as store:
-        records = store.export_audit(start, _who())
+    with command_store() as store:
+        records = store.export_audit(start, cli_who())
         if out is None:
             n = write_ndjson(records, sys.stdout, server=server)
         else:

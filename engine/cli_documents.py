@@ -13,9 +13,11 @@ from typing import Annotated
 
 import typer
 
-from engine.cli_messages import ID_MAX, _store, _who, _zone
+from engine.cli_messages import ID_MAX, _zone
 from engine.cli_support import (
     ResendDestination,
+    cli_who,
+    command_store,
     print_deliveries,
     print_json,
     print_resent,
@@ -67,8 +69,8 @@ def documents_list(
     except ValueError as exc:
         raise EngineError(str(exc)) from None
     zone = _zone()
-    with _store() as store:
-        lines = store.list_documents(query, _who())
+    with command_store() as store:
+        lines = store.list_documents(query, cli_who())
     if as_json:
         print_json(lines)
         return
@@ -95,8 +97,8 @@ def documents_show(
     as_json: Annotated[bool, typer.Option("--json", help="as one JSON object")] = False,
 ) -> None:
     """One document's metadata, SHA-256 and deliveries (never its bytes). Audited."""
-    with _store() as store:
-        view = store.show_document(document_id, _who())
+    with command_store() as store:
+        view = store.show_document(document_id, cli_who())
     if view is None:
         raise EngineError(f"no document {document_id}")
     if as_json:
@@ -140,8 +142,8 @@ def documents_match(
 ) -> None:
     """Place a document that waits for its patient: record the patient and send the document
     again with the new metadata, to the destinations that have not taken it."""
-    with store_action(f"no document {document_id}"), _store() as store:
-        done = store.match_document(document_id, mrn, authority, who=_who())
+    with store_action(f"no document {document_id}"), command_store() as store:
+        done = store.match_document(document_id, mrn, authority, who=cli_who())
     typer.echo(
         f"document {document_id} matched: message {done.replay_of} replayed as "
         f"{done.message_id} (was waiting at {', '.join(done.resent)})"
@@ -155,6 +157,6 @@ def documents_resend(
 ) -> None:
     """Send the document again as it was made, where it failed or waits for its patient (the
     EHR knows the patient now), or to one destination."""
-    with store_action(f"no document {document_id}"), _store() as store:
-        done = store.resend_document(document_id, _who(), destination)
+    with store_action(f"no document {document_id}"), command_store() as store:
+        done = store.resend_document(document_id, cli_who(), destination)
     print_resent(f"document {document_id}", done)

@@ -8,11 +8,8 @@ user (``getpass.getuser()``) as the actor and ``cli`` as the source (engine/stor
 
 from __future__ import annotations
 
-import getpass
 import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
@@ -21,7 +18,8 @@ import typer
 
 from engine.cli_support import (
     ResendDestination,
-    open_store,
+    cli_who,
+    command_store,
     print_deliveries,
     print_json,
     print_resent,
@@ -39,27 +37,6 @@ messages_app = typer.Typer(
     help="Find stored messages, see why, replay them or resend their deliveries.",
     no_args_is_help=True,
 )
-
-
-@contextmanager
-def _store() -> Iterator[Any]:
-    """The engine's store for one command, its connections closed after."""
-    store = open_store()
-    try:
-        yield store
-    finally:
-        store.db_engine.dispose()
-
-
-def _who() -> Any:
-    """The CLI's actor: the OS user."""
-    from engine.store import Who
-
-    try:
-        user = getpass.getuser()
-    except Exception:  # no user name in the environment nor the password database
-        user = "unknown"
-    return Who(user, "cli")
 
 
 def _zone() -> ZoneInfo:
@@ -140,7 +117,7 @@ def messages_list(
         before=before,
         limit=limit,
     )
-    with _store() as store:
+    with command_store() as store:
         lines = store.search(query)
         _record_search(store, query, len(lines))
     if as_json:
@@ -166,7 +143,7 @@ def _record_search(store: Any, query: Any, shown: int) -> None:
     """The list is a view of patient data: recorded (the MRN asked for as its patient key)."""
     from engine.store.audit import search_detail
 
-    who = _who()
+    who = cli_who()
     store.record_audit(
         action="search-messages",
         actor=who.actor,
@@ -197,8 +174,8 @@ def messages_show(
     if raw:
         _show_raw(message_id)
         return
-    who = _who()
-    with _store() as store:
+    who = cli_who()
+    with command_store() as store:
         view = store.get(message_id)
         history = store.audit_entries(limit=10, message_id=message_id)  # before this view
         store.record_audit(
@@ -230,8 +207,8 @@ def messages_show(
 
 def _show_raw(message_id: int) -> None:
     """The payload as received, segments on their own lines; the view is audited."""
-    who = _who()
-    with _store() as store:
+    who = cli_who()
+    with command_store() as store:
         payload = store.read_payload(message_id, who)
     if payload is None:
         raise EngineError(f"no message {message_id}")
@@ -289,8 +266,8 @@ def messages_replay(
         )
     if state is not None and state not in MESSAGE_STATES:
         raise EngineError(f"unknown state {state!r} (states: {', '.join(MESSAGE_STATES)})")
-    who = _who()
-    with _store() as store:
+    who = cli_who()
+    with command_store() as store:
         ids = [message_id] if message_id is not None else store.ids_in_state(state or "")
         for mid in ids:
             with store_action(f"no message {mid}"):
@@ -307,6 +284,6 @@ def messages_resend(
 ) -> None:
     """Send a message's dead deliveries again (or its delivery to one destination), with the
     payload made the first time: nothing goes to the destinations that had it."""
-    with store_action(f"no message {message_id}"), _store() as store:
-        done = store.resend(message_id, _who(), destination)
+    with store_action(f"no message {message_id}"), command_store() as store:
+        done = store.resend(message_id, cli_who(), destination)
     print_resent(f"message {message_id}", done)

@@ -66,6 +66,29 @@ def open_store() -> Any:
     return store
 
 
+@contextlib.contextmanager
+def command_store() -> Iterator[Any]:
+    """The engine's store for one command (:func:`open_store`), its connections closed after."""
+    store = open_store()
+    try:
+        yield store
+    finally:
+        store.db_engine.dispose()
+
+
+def cli_who() -> Any:
+    """Who a CLI command acts as, for the audit trail: the OS user, source ``cli``."""
+    import getpass
+
+    from engine.store import Who
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in the environment nor the password database
+        user = "unknown"
+    return Who(user, "cli")
+
+
 def print_json(items: Iterable[Any]) -> None:
     """Each item (a dataclass: a list's line, a view) as one JSON object a line."""
     import dataclasses

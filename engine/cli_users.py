@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from engine.cli_support import print_table
+from engine.cli_support import cli_who, print_table
 
 __all__ = ["users_app"]
 
@@ -59,16 +59,6 @@ def _users() -> Iterator[Any]:
         yield store
     finally:
         db_engine.dispose()
-
-
-def _who() -> Any:
-    from engine.store import Who
-
-    try:
-        user = getpass.getuser()
-    except Exception:  # no user name in the environment nor the password database
-        user = "unknown"
-    return Who(user, "cli")
 
 
 def _roles(values: list[str]) -> list[str]:
@@ -143,7 +133,7 @@ def add(
     hashed = hash_password(_password(password_file, password_stdin))
     with _users() as users:
         try:
-            users.add_user(name, roles, _who(), password_hash=hashed)
+            users.add_user(name, roles, cli_who(), password_hash=hashed)
         except UserProblem as exc:
             raise _refused(exc) from None
     typer.echo(f"added user {name} ({', '.join(roles)})")
@@ -161,7 +151,7 @@ def passwd(
     hashed = hash_password(_password(password_file, password_stdin))
     with _users() as users:
         try:
-            users.set_password(name, hashed, _who())
+            users.set_password(name, hashed, cli_who())
         except UserProblem as exc:
             raise _refused(exc) from None
     typer.echo(f"password of {name.lower()} set")
@@ -175,7 +165,7 @@ def roles(name: Annotated[str, typer.Argument(help="the user name")], role: Role
     chosen = _roles(role)
     with _users() as users:
         try:
-            users.set_roles(name, chosen, _who())
+            users.set_roles(name, chosen, cli_who())
         except UserProblem as exc:
             raise _refused(exc) from None
     typer.echo(f"roles of {name.lower()}: {', '.join(chosen)}")
@@ -186,7 +176,7 @@ def _set_disabled(name: str, disabled: bool) -> None:
 
     with _users() as users:
         try:
-            users.set_disabled(name, disabled, _who())
+            users.set_disabled(name, disabled, cli_who())
         except UserProblem as exc:
             raise _refused(exc) from None
     typer.echo(f"user {name.lower()} {'disabled' if disabled else 'enabled'}")
