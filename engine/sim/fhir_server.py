@@ -14,6 +14,10 @@ Enough of the RESTful API (https://hl7.org/fhir/R4/http.html) for the bundles th
 
 Test switches (not FHIR): ``POST {base}/$fail`` with ``{"status": 503, "count": N}`` makes the
 next N requests answer that status (optionally after ``"delay_s"``, with a ``"retry_after"``);
+``{"drop": N}`` makes the next N writes be applied and their connection then cut mid-answer (the
+client cannot tell it was applied); ``{"latency_s": S}`` makes every request wait S seconds
+first (a slow server; 0 ends it); ``{"clear": true}`` drops the failures, drops and latency
+still to come;
 ``GET {base}/$log`` lists the write requests received, in order, with ids, identifiers and
 idempotency keys only; ``POST {base}/$reset`` forgets everything.
 :attr:`StubFhirState.accepted_tokens`, when set, makes every request need
@@ -45,6 +49,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from engine.sim.server_thread import ServerThread
 
@@ -60,6 +65,28 @@ __all__ = [
 
 _FHIR_JSON = "application/fhir+json"
 _STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
+
+
+class _CutResponse(Response):
+    """Private: an answer whose connection is cut halfway through its body (``drop``).
+
+    The head announces the whole body; half of it is sent and the app returns without
+    finishing, so the server closes the connection and the client sees the answer cut short.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status_code,
+                "headers": [
+                    (b"content-type", _FHIR_JSON.encode()),
+                    (b"content-length", str(len(self.body)).encode()),
+                ],
+            }
+        )
+        half = bytes(self.body[: len(self.body) // 2])
+        await send({"type": "http.response.body", "body": half, "more_body": True})
 
 
 class _Problem(Exception):
@@ -122,6 +149,10 @@ class StubFhirState:
     failures: list[Failure] = field(default_factory=list)
     #: Idempotency-Key -> (request fingerprint, status, body, headers) of its 2xx answer
     responses: dict[str, tuple[str, int, bytes, dict[str, str]]] = field(default_factory=dict)
+    #: how many of the next writes are applied and then have their connection cut mid-answer
+    drops: int = 0
+    #: seconds every request waits before it is handled (a slow server)
+    latency_s: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -133,11 +164,20 @@ class StubFhirState:
             self.failures.clear()
             self.authorizations.clear()
             self.responses.clear()
+            self.drops, self.latency_s = 0, 0.0
 
     def reset_failures(self) -> None:
-        """Drop the injected failures not yet used (the destination is back)."""
+        """Drop the injected failures, drops and latency not yet used (the destination is
+        back)."""
         with self.lock:
             self.failures.clear()
+            self.drops, self.latency_s = 0, 0.0
+
+    def drop_next(self, count: int = 1) -> None:
+        """Apply the next ``count`` writes, then cut their connection before the answer is
+        whole: the client cannot tell that the write was applied."""
+        with self.lock:
+            self.drops += count
 
     def fail_next(
         self, status: int, count: int = 1, delay_s: float = 0.0, retry_after: int | None = None
@@ -334,7 +374,9 @@ class _Stub:
     # -- the gate every FHIR request passes ----------------------------------------------------
 
     async def _gate(self, request: Request, interaction: str) -> Response | None:
-        """Injected failures, then the bearer token check."""
+        """The injected latency, injected failures, then the bearer token check."""
+        if self.state.latency_s > 0:
+            await asyncio.sleep(self.state.latency_s)
         auth = request.headers.get("authorization")
         with self.state.lock:
             self.state.authorizations.append(auth)
@@ -409,6 +451,9 @@ class _Stub:
                     bytes(response.body),
                     headers,
                 )
+            if 200 <= response.status_code < 300 and self.state.drops > 0:
+                self.state.drops -= 1
+                return _CutResponse(bytes(response.body), response.status_code)
             return response
 
     async def transaction(self, request: Request) -> Response:
@@ -583,17 +628,30 @@ class _Stub:
             }
         )
 
+    def _inject(self, body: dict[str, Any]) -> None:
+        """``$fail``'s body: ``clear``, then ``drop`` N, ``latency_s`` S, or a failing
+        ``status`` for ``count`` requests (the default: one 503)."""
+        if body.get("clear"):
+            self.state.reset_failures()
+        elif "drop" in body or "latency_s" in body:
+            drops, latency = int(body.get("drop", 0)), body.get("latency_s")
+            with self.state.lock:
+                self.state.drops += drops
+                if latency is not None:
+                    self.state.latency_s = float(latency)
+        else:
+            retry_after = body.get("retry_after")
+            self.state.fail_next(
+                int(body.get("status", 503)),
+                int(body.get("count", 1)),
+                float(body.get("delay_s", 0)),
+                None if retry_after is None else int(retry_after),
+            )
+
     async def _admin(self, request: Request, op: str) -> Response:
         if op == "$fail" and request.method == "POST":
             try:
-                body = orjson.loads(await request.body())
-                retry_after = body.get("retry_after")
-                self.state.fail_next(
-                    int(body.get("status", 503)),
-                    int(body.get("count", 1)),
-                    float(body.get("delay_s", 0)),
-                    None if retry_after is None else int(retry_after),
-                )
+                self._inject(orjson.loads(await request.body()))
             except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
                 return _outcome(400, "invalid", 'expected {"status": 503, "count": N}')
             return _json({"ok": True})
