@@ -31,6 +31,7 @@ __all__ = [
     "aware",
     "connection_problem",
     "create_db_engine",
+    "hold_migration_lock",
     "id_list",
     "utcnow",
 ]
@@ -249,3 +250,50 @@ def aware(value: datetime) -> datetime:
 def id_list(name: str = "ids") -> BindParameter[Any]:
     """A bind parameter for a list of values (``IN (...)``), so a statement is built once."""
     return bindparam(name, expanding=True)
+
+
+#: the PostgreSQL advisory lock key migrations take (any fixed number; this is "engmig" in ASCII)
+MIGRATION_LOCK_KEY = 0x656E676D6967
+
+
+def hold_migration_lock(conn: Connection) -> None:
+    """Make migrations run one process at a time: held from now until ``conn``'s transaction
+    (the one the upgrade runs in) commits or rolls back.
+
+    Several nodes started together on one database would otherwise all see the old revision
+    and all apply the same steps (the second fails on a table the first made). The lock lasts
+    until the transaction ends, not until the upgrade's last statement: a node that waited
+    then reads the revision the first one committed, and finds nothing to do.
+
+    PostgreSQL: ``pg_advisory_xact_lock`` (released by the server at commit or rollback, or when
+    the connection dies). SQLite: an ``flock`` on ``<db>.migratelock`` beside the database,
+    released when the transaction ends (a process that dies releases it too).
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+        return
+    database = conn.engine.url.database
+    if conn.dialect.name != "sqlite" or not database or database == ":memory:":
+        return
+    fd = os.open(Path(database).with_suffix(".migratelock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+
+    held = [fd]
+    dbapi_conn = conn.connection.dbapi_connection
+
+    def release(*_args: Any) -> None:
+        if held:
+            os.close(held.pop())  # closing the descriptor releases the flock
+
+    def checked_in(dbapi_connection: Any, _record: Any) -> None:
+        if dbapi_connection is dbapi_conn:
+            release()
+
+    # after the commit, when the connection goes back to the pool (the Connection's own
+    # ``commit`` event fires before the commit: a waiter would read the old revision)
+    event.listen(conn.engine.pool, "checkin", checked_in)
+    event.listen(conn, "rollback", release)  # nothing committed: the next may go at once

@@ -1,0 +1,116 @@
+"""Two processes upgrading one empty database at the same moment: both succeed, one applies the
+steps, the other finds them applied (engine/store/db.py ``hold_migration_lock``)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+
+import engine.store
+from engine.store import create_db_engine
+from tests.conftest import POSTGRES_URL
+
+#: a child: import everything, say it is ready, wait for the go file, then migrate; alembic's
+#: "Running upgrade" lines (one per step applied) go to stderr
+_CHILD = """
+import logging, sys, time
+from pathlib import Path
+from engine.store import SqlMessageStore, create_db_engine
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+logging.getLogger("alembic.runtime.migration").setLevel(logging.INFO)
+url, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+db = create_db_engine(url)
+with db.connect():
+    pass  # connected before the start, so both begin the upgrade together
+ready.touch()
+while not go.exists():
+    time.sleep(0.005)
+SqlMessageStore(db).migrate()
+db.dispose()
+"""
+
+
+def _race(url: str, folder: Path) -> list[subprocess.CompletedProcess[str]]:
+    go = folder / "go"
+    procs = []
+    for n in range(2):
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _CHILD, url, str(folder / f"ready{n}"), str(go)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=Path(__file__).resolve().parents[2],
+            )
+        )
+    deadline = time.monotonic() + 60
+    while not all((folder / f"ready{n}").exists() for n in range(2)):
+        assert time.monotonic() < deadline, "the migrating processes did not start"
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.01)
+    go.touch()
+    done = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return done
+
+
+def _check(done: list[subprocess.CompletedProcess[str]]) -> None:
+    for d in done:
+        assert d.returncode == 0, d.stderr[-3000:]
+    applied = [d.stderr.count("Running upgrade") for d in done]
+    # one process applied every step, the other none
+    assert sorted(applied) == [0, len(list(_scripts().walk_revisions()))], applied
+
+
+def _scripts() -> ScriptDirectory:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(engine.store.__file__).parent / "migrations"))
+    return ScriptDirectory.from_config(cfg)
+
+
+def test_two_processes_migrate_one_sqlite_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'engine.db'}"
+    _check(_race(url, tmp_path))
+    assert (tmp_path / "engine.migratelock").exists()
+
+
+@pytest.fixture
+def empty_schema_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is an empty schema of this test's own."""
+    schema = f"deploy_mig_{secrets.token_hex(4)}"
+    admin = create_db_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.mark.postgres
+def test_two_processes_migrate_one_postgres_database(empty_schema_url: str, tmp_path: Path) -> None:
+    if os.environ.get("ENGINE_TEST_SKIP_POSTGRES") == "1":
+        pytest.skip("ENGINE_TEST_SKIP_POSTGRES=1")
+    _check(_race(empty_schema_url, tmp_path))
+    db = create_db_engine(empty_schema_url)
+    try:
+        with db.connect() as conn:
+            head = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+    finally:
+        db.dispose()
+    assert head == _scripts().get_current_head()
