@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench conformance clean
+.PHONY: run test lint typecheck pytest bench conformance chaos clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ bench: $(STAMP)
 conformance: $(STAMP)
 	$(PY) -m scripts.conformance; hl7=$$?; $(PY) -m scripts.x12_conformance; x12=$$?; \
 	test $$hl7 -eq 0 -a $$x12 -eq 0
+
+# the fault campaign (issue 14): every scenario, 10,000 messages each; the table in var/chaos/summary.md.
+# CHAOS_ARGS for one scenario or a quick run: make chaos CHAOS_ARGS='--scenario kill-engine --messages 500'
+chaos: $(STAMP)
+	nice -n 10 $(PY) -m chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

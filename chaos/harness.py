@@ -1,0 +1,207 @@
+"""One scenario's run: the destinations and the engine started, the load sent while the
+scenario's fault runs beside it, the faults healed, the queues drained (within a bound), and
+the verdict read off the destinations.
+
+The engine runs as ``make run`` runs it (``engine serve``: receiver and worker process; SQLite
+under its ``var/`` unless the scenario gives a PostgreSQL URL) with routes like the example's:
+every ADT to the stub FHIR server (``engine stub-fhir``, a process of its own) as a transaction
+Bundle and, as received, to a folder. The retry policy is shorter than the example's (at most
+10 s between attempts instead of 300 s) so that a scenario's backlog drains in minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chaos.check import judge, lost_detail, read_fhir, read_files, read_store, unfinished
+from chaos.load import LoadResult, plan, run_senders
+from chaos.processes import EngineProcess, StubFhirProcess
+from chaos.proxy import TcpProxy
+
+__all__ = ["Context", "Row", "Scenario", "run_scenario"]
+
+ROUTES = """\
+# the fault campaign's routes (chaos/harness.py): the example's two ADT routes
+destinations:
+  local-fhir:
+    type: fhir
+    base_url: {fhir}
+    mode: transaction
+    timeout_s: 10
+    retry: {{max_attempts: 200, base_delay_s: 0.5, max_delay_s: 10}}
+  dropbox:
+    type: file
+    directory: {outbox}
+routes:
+  - name: to-local-fhir
+    match: {{message: [ADT, SIU, DFT]}}
+    mapping: fhir
+    destinations: [local-fhir]
+  - name: adt-to-dropbox
+    match: {{message: [ADT]}}
+    mapping: none
+    destinations: [dropbox]
+"""
+
+#: how long the senders may take (the faults slow them; a sender then gives up)
+LOAD_BOUND_S = 600.0
+#: how long the queues may take to drain once the faults are healed
+DRAIN_BOUND_S = 180.0
+
+
+@dataclass
+class Context:
+    """What a scenario's fault works with."""
+
+    name: str
+    home: Path
+    rng: random.Random
+    engine: EngineProcess
+    fhir: StubFhirProcess
+    db_url: str
+    outbox: Path
+    #: set when the senders are done: the fault stops and heals
+    done: asyncio.Event
+    #: what the fault did (shown in the notes column)
+    faults: list[str] = field(default_factory=list)
+    #: the FHIR base URL the routes deliver to (a proxy's, when the scenario puts one between)
+    fhir_url: str = ""
+    #: a proxy the scenario put between the engine and a peer (a destination, the database)
+    proxy: TcpProxy | None = None
+    #: anything else a scenario's setup made for its fault and teardown
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Row:
+    scenario: str
+    sent: int
+    acked: int
+    delivered: int
+    duplicates: int
+    lost: int
+    out_of_order: int
+    stuck: int
+    seconds: float
+    naks: int
+    faults: str
+    detail: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.duplicates or self.lost or self.out_of_order or self.stuck)
+
+
+Fault = Callable[[Context], Coroutine[Any, Any, None]]
+
+
+@dataclass
+class Scenario:
+    name: str
+    description: str
+    fault: Fault
+    #: prepares the context before the engine starts (a proxy, a database, a mount)
+    setup: Fault | None = None
+    #: undoes ``setup`` (always called)
+    teardown: Fault | None = None
+    #: settings for the engine (a database URL, a var dir)
+    env: Callable[[Context], dict[str, str]] | None = None
+
+
+async def _drain(ctx: Context, bound_s: float) -> float:
+    """Wait until the store has nothing left to do (or ``bound_s``); the seconds it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < bound_s:
+        if not ctx.engine.alive():  # a scenario's fault may have left it down: up again
+            await asyncio.to_thread(ctx.engine.start)
+        try:
+            left = await asyncio.to_thread(unfinished, ctx.db_url)
+        except Exception:  # noqa: BLE001 (the database may be coming back: ask again)
+            left = -1
+        if left == 0:
+            break
+        await asyncio.sleep(2)
+    return time.monotonic() - start
+
+
+async def run_scenario(
+    scenario: Scenario, root: Path, messages: int, seed: int, senders: int = 8, rate: float = 100
+) -> Row:
+    home = root / scenario.name
+    home.mkdir(parents=True, exist_ok=False)
+    routes = home / "routes"
+    routes.mkdir()
+    fhir = StubFhirProcess(home)
+    ctx = Context(
+        name=scenario.name,
+        home=home,
+        rng=random.Random(seed),
+        engine=EngineProcess(home, routes),
+        fhir=fhir,
+        db_url=f"sqlite:///{home / 'var' / 'engine.db'}",
+        outbox=home / "var" / "outbox",
+        done=asyncio.Event(),
+        fhir_url=fhir.base_url,
+    )
+    try:
+        fhir.start()
+        if scenario.setup is not None:
+            await scenario.setup(ctx)  # may set fhir_url, db_url, outbox
+        (routes / "example.yaml").write_text(ROUTES.format(fhir=ctx.fhir_url, outbox=ctx.outbox))
+        if scenario.env is not None:
+            ctx.engine.env.update(scenario.env(ctx))
+        await asyncio.to_thread(ctx.engine.start)
+        return await _run(scenario, ctx, messages, senders, rate)
+    finally:
+        await asyncio.to_thread(ctx.engine.stop)
+        fhir.stop()
+        if scenario.teardown is not None:
+            await scenario.teardown(ctx)
+
+
+async def _run(scenario: Scenario, ctx: Context, messages: int, senders: int, rate: float) -> Row:
+    started = time.monotonic()
+    items = plan(messages, senders)
+    load_task = asyncio.create_task(
+        run_senders(ctx.engine.mllp, items, started + LOAD_BOUND_S, rate), name="load"
+    )
+    fault_task = asyncio.create_task(scenario.fault(ctx), name="fault")
+    load: LoadResult = await load_task
+    ctx.done.set()
+    await fault_task  # it stops and heals
+    await _drain(ctx, DRAIN_BOUND_S)
+    await asyncio.to_thread(ctx.engine.stop)  # everything recorded; nothing more will move
+    store = await asyncio.to_thread(read_store, ctx.db_url)
+    applied = read_fhir(await asyncio.to_thread(ctx.fhir.log_entries), store.cid_of)
+    files = await asyncio.to_thread(read_files, ctx.outbox)
+    verdict = judge(messages, load.acked, store, applied, files)
+    row = Row(
+        scenario=scenario.name,
+        sent=messages,
+        acked=verdict.acked,
+        delivered=verdict.delivered,
+        duplicates=verdict.duplicates,
+        lost=verdict.lost,
+        out_of_order=verdict.out_of_order,
+        stuck=verdict.stuck,
+        seconds=round(time.monotonic() - started, 1),
+        naks=sum(load.naks.values()),
+        faults="; ".join(ctx.faults),
+        detail=lost_detail(verdict, store, applied, files)
+        + [f"duplicate: {c}" for c in verdict.duplicate_ids],
+    )
+    report = {
+        **asdict(row),
+        "naks_by_code": dict(load.naks),
+        "broken_connections": load.broken,
+        "unsent": load.unsent,
+    }
+    (ctx.home / "result.json").write_text(json.dumps(report, indent=2))
+    return row
