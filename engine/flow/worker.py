@@ -27,6 +27,7 @@ import os
 import signal
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ async def serve_workers(
     from engine.adapters.registry import build_destination, load_routes
     from engine.flow.deliver import Dispatcher
     from engine.flow.process import Processor
+    from engine.jobs.leader import Leadership
     from engine.mappings import load_mappings
     from engine.pressure import IngestPressure
     from engine.store import SqlMessageStore, create_db_engine
@@ -89,32 +91,75 @@ async def serve_workers(
         store, routes, destinations, observer=metrics, idle_s=0.05, pressure=burst, node=node
     )
     processor.on_routed = dispatcher.wake
-    eligibility, scheduler = _eligibility(settings, store, node)
-    pulls = _pulls(routes, settings, store, node, processor.wake, metrics)
+    leadership = Leadership(db_engine, node)
+    lead = partial(_lead, settings, store, node, routes, processor.wake, metrics)
     tasks = [
         asyncio.create_task(processor.run(stop), name="processor"),
         asyncio.create_task(dispatcher.run(stop), name="dispatcher"),
         asyncio.create_task(
             keep_node(store, node, stop, (processor.wake, dispatcher.wake)), name="node"
         ),
-        asyncio.create_task(_retention(store, settings, stop), name="retention"),
-        asyncio.create_task(_alerts(settings, db_engine, node, stop), name="alerts"),
+        asyncio.create_task(leadership.run(stop, lead), name="leadership"),
         asyncio.create_task(store.checkpoints(stop), name="checkpoints"),
     ]
     try:
         await asyncio.gather(*tasks)
     finally:
-        if scheduler is not None:
-            scheduler.shutdown(wait=False)
-        if pulls is not None:
-            await pulls.close()
-        if eligibility is not None:
-            await eligibility.close()
         for dest in destinations.values():
             with contextlib.suppress(Exception):
                 await dest.close()
         await _forget(store, node)
         db_engine.dispose()
+
+
+async def _lead(
+    settings: Settings,
+    store: Any,
+    node: str,
+    routes: Any,
+    wake: Callable[[], None],
+    metrics: EngineMetrics | None,
+    term: asyncio.Event,
+) -> None:
+    """The singleton jobs, while this node leads (engine/jobs/leader.py): the eligibility
+    schedule and the resumption of runs a dead node left unfinished, the pulls, retention and
+    queue repair, the alerts. Until ``term`` (a clean stop), or cancelled (leadership lost):
+    the schedules are stopped either way and a run cut short is given back."""
+    from engine.jobs.scheduler import stop_scheduler
+
+    eligibility, scheduler = _eligibility(settings, store, node)
+    pulls = _pulls(routes, settings, store, node, wake, metrics)
+    tasks = [
+        asyncio.create_task(_retention(store, settings, term), name="retention"),
+        asyncio.create_task(_alerts(settings, store.db_engine, node, term), name="alerts"),
+    ]
+    if eligibility is not None:
+        tasks.append(asyncio.create_task(_resume(eligibility, store, node, term), name="resume"))
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        if scheduler is not None:
+            await stop_scheduler(scheduler)
+        if pulls is not None:
+            await pulls.close()
+        if eligibility is not None:
+            await eligibility.close()
+
+
+async def _resume(service: Any, store: Any, node: str, term: asyncio.Event) -> None:
+    """The leader's look, every few seconds, for eligibility runs a dead node (or a leader that
+    stepped down) left unfinished: resumed here, the appointments already checked left out."""
+    from engine.jobs.scheduler import RESUME_EVERY_S, resume_interrupted
+
+    while not term.is_set():
+        try:
+            await resume_interrupted(service, store, node)
+        except Exception as exc:  # the database away: look again
+            log.warning("interrupted runs not resumed", extra={"error": type(exc).__name__})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(term.wait(), RESUME_EVERY_S)
 
 
 async def keep_node(

@@ -16,15 +16,22 @@ Patient, the Coverage, the payer Organization (its identifier is the payer ID) a
 
 A patient is not checked twice with the same payer on the same day unless forced; each payer gets
 at most ``max_concurrency`` requests at once.
+
+A scheduled run (:class:`RunProgress`) records each check as one of its items, in the check's own
+transaction (engine/store/eligibility.py): when the node running it dies, the next leader resumes
+the run (engine/jobs/scheduler.py :func:`resume_interrupted`) and checks only the appointments
+without an item. A 270 that was in flight when the node died has no recorded answer and is sent
+again: at most ``max_concurrency`` per payer are.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -44,12 +51,14 @@ from engine.errors import EngineError
 from engine.retry import CircuitBreaker
 from engine.settings import Settings
 from engine.store import SqlMessageStore
+from engine.store.eligibility import RunItem
 from engine.x12.x270 import EligibilityInquiry, Payer, Person, Provider, build_270
 from engine.x12.x271 import Benefit, EligibilityResult, read_271
 
 __all__ = [
     "CheckOutcome",
     "EligibilityService",
+    "RunProgress",
     "business_days",
     "local_time",
     "patient_label",
@@ -98,6 +107,24 @@ class CheckOutcome:
 
 
 @dataclass(frozen=True)
+class RunProgress:
+    """A scheduled run of the checks: which run (job id, fire time), on which node, and the
+    items it has done already (a resumed run: the digest of each, its check's id)."""
+
+    job_id: str
+    run_at: datetime
+    node: str
+    done: Mapping[str, int | None]
+
+    def item(self, key: str) -> RunItem:
+        return RunItem(self.job_id, self.run_at, key, self.node)
+
+
+#: the status of an appointment a resumed run finds checked by its earlier part
+ALREADY_CHECKED = "already_checked"
+
+
+@dataclass(frozen=True)
 class _Answer:
     """What the payer said about one check, after every attempt it took."""
 
@@ -117,6 +144,18 @@ class _Target:
     coverage: dict[str, Any]
     payer: dict[str, Any]
     subscriber: dict[str, Any] | None
+
+    @property
+    def key(self) -> str:
+        """The check's identity within a run (appointment, patient, coverage, payer), as a
+        digest: no PHI in ``job_run_items``."""
+        parts = (
+            self.appointment_url or "",
+            str(self.patient.get("_full_url", "")),
+            str(self.coverage.get("_full_url", "")),
+            _payer_id(self.payer),
+        )
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
 def _name(resource: dict[str, Any]) -> tuple[str, str]:
@@ -289,6 +328,9 @@ class EligibilityService:
         #: retries), the next checks of that payer are not sent for a while (30 s, doubling up
         #: to 10 min), so a payer that is down is not sent a 270 for every appointment of the day
         self.breaker = CircuitBreaker(threshold=5, base_s=30.0, cap_s=600.0)
+        #: scheduled runs one at a time (a resumed run and a new one never ask about the same
+        #: appointment together; the later one finds the earlier's checks made today)
+        self._runs = asyncio.Lock()
 
     def _config(self, payer_id: str) -> Any:
         config = self.payers.payers.get(payer_id) or self.payers.default
@@ -361,19 +403,47 @@ class EligibilityService:
         days: int | None = None,
         force: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        run: RunProgress | None = None,
     ) -> list[CheckOutcome]:
-        """Check every appointment in the coming business days (the nightly job)."""
+        """Check every appointment in the coming business days (the nightly job). ``run``: the
+        scheduled run these checks are items of; the items it has done already are not checked
+        again (``already_checked``), and scheduled runs go one at a time."""
+        if run is None:
+            return await self._check_all(start, days, force, progress, None)
+        async with self._runs:
+            return await self._check_all(start, days, force, progress, run)
+
+    async def _check_all(
+        self,
+        start: date | None,
+        days: int | None,
+        force: bool,
+        progress: Callable[[int, int], None] | None,
+        run: RunProgress | None,
+    ) -> list[CheckOutcome]:
         tz = ZoneInfo(self.settings.timezone)
         first = start or (self.clock().astimezone(tz).date() + timedelta(days=1))
         targets = await asyncio.to_thread(
             self.targets, first, days or self.settings.eligibility_days
         )
+        if run is not None:  # one check per item, and none for an item done before
+            targets = list({t.key: t for t in targets}.values())
         done = 0
 
         async def one(t: _Target) -> CheckOutcome:
             nonlocal done
             try:
-                outcome = await self.check(t, force=force)
+                if run is not None and t.key in run.done:
+                    outcome = CheckOutcome(
+                        run.done[t.key],
+                        ALREADY_CHECKED,
+                        t.patient.get("_full_url", ""),
+                        _payer_id(t.payer),
+                        reused=True,
+                    )
+                else:
+                    item = run.item(t.key) if run is not None else None
+                    outcome = await self.check(t, force=force, item=item)
             except Exception as exc:  # one bad check must not lose the others
                 log.exception("eligibility check failed", extra={"error": type(exc).__name__})
                 outcome = CheckOutcome(
@@ -390,9 +460,12 @@ class EligibilityService:
 
         return list(await asyncio.gather(*(one(t) for t in targets)))
 
-    async def check(self, target: _Target, *, force: bool = False) -> CheckOutcome:
+    async def check(
+        self, target: _Target, *, force: bool = False, item: RunItem | None = None
+    ) -> CheckOutcome:
         """Ask the payer about one appointment's coverage and store the verdict; a check made
-        today already is given again instead, unless ``force``."""
+        today already is given again instead, unless ``force``. ``item``: the scheduled run's
+        item this check is (recorded with it)."""
         patient_url = target.patient["_full_url"]
         payer_id = _payer_id(target.payer)
         if not force:
@@ -405,7 +478,7 @@ class EligibilityService:
             answer = _Answer({"status": "needs_action", "reason": str(exc)})
         else:
             answer = await self._ask_unless_paused(target, payer_id, config)
-        return await self._record(target, payer_id, answer)
+        return await self._record(target, payer_id, answer, item)
 
     async def _checked_today(self, patient_url: str, payer_id: str) -> CheckOutcome | None:
         """Today's check of this patient with this payer, if there is one."""
@@ -488,8 +561,10 @@ class EligibilityService:
         )
         return await self.adapter(payer_id).exchange(x270, timeout_s=config.timeout_s)
 
-    async def _record(self, target: _Target, payer_id: str, answer: _Answer) -> CheckOutcome:
-        """Store one check and say what it found."""
+    async def _record(
+        self, target: _Target, payer_id: str, answer: _Answer, item: RunItem | None = None
+    ) -> CheckOutcome:
+        """Store one check (and the run's item it is, in its transaction); say what it found."""
         result = answer.result
         row = {
             "appointment_url": target.appointment_url,
@@ -510,7 +585,7 @@ class EligibilityService:
             "attempts": answer.attempts,
             "response": answer.response_json,
         }
-        check_id = await asyncio.to_thread(self.store.save_eligibility, row)
+        check_id = await asyncio.to_thread(self.store.save_eligibility, row, item)
         log.info(
             "eligibility checked",
             extra={

@@ -15,9 +15,10 @@ The processor then routes it like any FHIR input and indexes its resources
 (engine/flow/process.py), so the eligibility job finds the appointment, its patient and coverage
 with no HL7 message ever received.
 
-With several worker processes on one database each source's schedule fires in every one of them;
-each fire is claimed in ``job_runs`` (engine/jobs/scheduler.py :func:`run_once`, as the
-eligibility job is), so one process pulls and the others skip. ``every_minutes`` fires on the
+The schedules run on the leader node only (engine/jobs/leader.py); should two schedulers fire
+together (a leader stepping down as another takes over), each fire is claimed in ``job_runs``
+(engine/jobs/scheduler.py :func:`run_once`, as the eligibility job is), so one process pulls and
+the others skip. ``every_minutes`` fires on the
 same instants in every process (counted from 2000-01-01 00:00 UTC, not from each process's start).
 A run records its counts as its outcome (``ok: pulled 12, new 3, unchanged 9``); a source that
 fails (its :class:`~engine.adapters.source.SourceError`, a timeout) is logged without PHI and
@@ -47,7 +48,7 @@ from sqlalchemy.exc import IntegrityError
 
 from engine.adapters.source import Pulled, Source, SourceError
 from engine.errors import ConfigError
-from engine.jobs.scheduler import _FIRE_TIME, JobRuns, _FireTimeExecutor, run_once
+from engine.jobs.scheduler import _FIRE_TIME, JobRuns, _FireTimeExecutor, run_once, stop_scheduler
 from engine.routes.loader import RouteSet
 from engine.routes.spec import SourceSpec
 from engine.settings import Settings
@@ -338,7 +339,7 @@ class PullJobs:
     async def close(self) -> None:
         """Stop the schedule and close the sources."""
         if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)
+            await stop_scheduler(self.scheduler)  # a pull running is cancelled
             self.scheduler = None
         for source in self.sources.values():
             try:

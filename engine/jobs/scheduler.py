@@ -2,22 +2,32 @@
 database (a persistent job store: a restart keeps the schedule and runs what it missed, within
 an hour's grace).
 
-Jobs run in the worker process. With several worker processes on one database every scheduler
-wakes at the same fire time and finds the job due, so each run is claimed first: the process
+Jobs run in the worker process of the leader node (engine/jobs/leader.py: one node of those
+sharing a PostgreSQL database; on SQLite the one worker). Each run is still claimed first, should
+two schedulers ever fire together (a leader stepping down as another takes over): the process
 whose insert of (job id, scheduled fire time) into ``job_runs`` succeeds runs it and records when
 it finished and how; the others log that they skip it (the primary key decides, on SQLite and
-PostgreSQL alike; see engine/store/nodes.py). A run started by a process that died is not run
-again by another: the next fire time is.
+PostgreSQL alike; see engine/store/nodes.py).
+
+A run interrupted before its end — its node killed, or a leader stepping down, which gives the
+run back — is resumed by the leader (:func:`resume_interrupted`, at election and every
+:data:`RESUME_EVERY_S` after): the eligibility run checks only the appointments its earlier part
+did not record (engine/jobs/eligibility.py :class:`~engine.jobs.eligibility.RunProgress`), so a
+payer gets no second 270 for an appointment already checked. A pull is not resumed: pulling
+again stores nothing twice, and its next fire does it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.job import Job
@@ -28,7 +38,15 @@ from apscheduler.triggers.cron import CronTrigger
 from engine.errors import ConfigError
 from engine.settings import Settings
 
-__all__ = ["JobRuns", "nightly_eligibility", "run_once", "start_scheduler"]
+__all__ = [
+    "RESUME_EVERY_S",
+    "JobRuns",
+    "nightly_eligibility",
+    "resume_interrupted",
+    "run_once",
+    "start_scheduler",
+    "stop_scheduler",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +57,8 @@ class JobRuns(Protocol):
     def start_job_run(self, job_id: str, run_at: datetime, node: str) -> bool: ...
 
     def finish_job_run(self, job_id: str, run_at: datetime, outcome: str) -> None: ...
+
+    def give_back_job_run(self, job_id: str, run_at: datetime, node: str) -> None: ...
 
 
 #: the running service the jobs call, where their runs are claimed and by which node (set by
@@ -90,25 +110,61 @@ async def run_once(
             extra={"job": job_id, "run_at": at, "node": node},
         )
         return False
-    outcome = "failed"
-    try:
-        outcome = await work()
-    except Exception as exc:
-        outcome = f"failed: {type(exc).__name__}"
-        raise
-    finally:
-        try:
-            await asyncio.to_thread(runs.finish_job_run, job_id, run_at, outcome)
-        except Exception as exc:
-            log.warning(
-                "job run end not recorded", extra={"job": job_id, "error": type(exc).__name__}
-            )
+    await _finish(runs, node, job_id, run_at, work)
     return True
 
 
-async def _check_upcoming() -> str:
-    """One eligibility run: the checks, logged and summed up as the run's outcome."""
-    outcomes = await _SERVICE.check_upcoming()
+async def _finish(
+    runs: JobRuns, node: str, job_id: str, run_at: datetime, work: Callable[[], Awaitable[str]]
+) -> None:
+    """Run ``work`` for a run this node holds and record its end; a run cancelled (the node
+    stepping down, or stopping) is given back unfinished, for the next leader to resume."""
+    outcome = "failed"
+    try:
+        outcome = await work()
+    except asyncio.CancelledError:
+        log.warning("job run interrupted; given back", extra={"job": job_id, "node": node})
+        try:
+            await asyncio.shield(asyncio.to_thread(runs.give_back_job_run, job_id, run_at, node))
+        except Exception as exc:  # its node's heartbeat stops: taken as dead's, resumed then
+            log.warning(
+                "job run not given back", extra={"job": job_id, "error": type(exc).__name__}
+            )
+        raise
+    except Exception as exc:
+        outcome = f"failed: {type(exc).__name__}"
+        await _record_end(runs, job_id, run_at, outcome)
+        raise
+    await _record_end(runs, job_id, run_at, outcome)
+
+
+async def _record_end(runs: JobRuns, job_id: str, run_at: datetime, outcome: str) -> None:
+    try:
+        await asyncio.to_thread(runs.finish_job_run, job_id, run_at, outcome)
+    except Exception as exc:
+        log.warning("job run end not recorded", extra={"job": job_id, "error": type(exc).__name__})
+
+
+def _run_start(service: Any, run_at: datetime) -> date:
+    """The first day a run checks: the business days after its fire time's day (in the
+    practice's time zone), however late the run is resumed."""
+    local = run_at.astimezone(ZoneInfo(service.settings.timezone))
+    return local.date() + timedelta(days=1)
+
+
+async def check_run(service: Any, runs: Any, node: str, job_id: str, run_at: datetime) -> str:
+    """One eligibility run (or the rest of an interrupted one): the checks its earlier part did
+    not record, logged and summed up as the run's outcome."""
+    from engine.jobs.eligibility import RunProgress
+
+    done = await asyncio.to_thread(runs.job_run_items_done, job_id, run_at)
+    progress = RunProgress(job_id, run_at, node, done)
+    return await _summed(service.check_upcoming(start=_run_start(service, run_at), run=progress))
+
+
+async def _summed(checks: Awaitable[list[Any]]) -> str:
+    """The checks' outcomes, logged and summed up as the run's outcome."""
+    outcomes = await checks
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
@@ -122,7 +178,43 @@ async def nightly_eligibility(job_id: str = "eligibility-nightly") -> None:
     scheduled run however many worker processes share the schedule."""
     if _SERVICE is None:
         return
-    await run_once(_RUNS, _NODE, job_id, _FIRE_TIME.get(), _check_upcoming)
+    service, runs, node, fire = _SERVICE, _RUNS, _NODE, _FIRE_TIME.get()
+    if runs is None or fire is None:
+        await _summed(service.check_upcoming())
+        return
+    await run_once(runs, node, job_id, fire, lambda: check_run(service, runs, node, job_id, fire))
+
+
+#: how often the leader looks for runs to resume (their node must first be found dead: 10 s)
+RESUME_EVERY_S = 5.0
+
+
+async def resume_interrupted(service: Any, runs: Any, node: str) -> int:
+    """Finish the eligibility runs that were started and never ended by a node now dead (or
+    given back): each taken over by this node (one node wins each) and resumed; how many."""
+    resumed = 0
+    for run in await asyncio.to_thread(runs.interrupted_runs, "eligibility"):
+        if not await asyncio.to_thread(runs.resume_job_run, run, node):
+            continue
+        log.warning(
+            "interrupted job run resumed",
+            extra={"job": run.job_id, "run_at": run.run_at.isoformat(), "dead_node": run.node},
+        )
+        resumed += 1
+        work = partial(check_run, service, runs, node, run.job_id, run.run_at)
+        with contextlib.suppress(Exception):  # recorded as the run's outcome
+            await _finish(runs, node, run.job_id, run.run_at, work)
+    return resumed
+
+
+async def stop_scheduler(scheduler: AsyncIOScheduler, grace_s: float = 5.0) -> None:
+    """Stop ``scheduler`` and cancel the runs it is running, waiting up to ``grace_s`` for them
+    to give their runs back (APScheduler's own shutdown cancels them without waiting)."""
+    executors = getattr(scheduler, "_executors", {}).values()
+    running = [f for e in executors for f in getattr(e, "_pending_futures", ()) if not f.done()]
+    scheduler.shutdown(wait=False)
+    if running:
+        await asyncio.wait(running, timeout=grace_s)
 
 
 def start_scheduler(

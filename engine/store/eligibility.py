@@ -1,20 +1,34 @@
 """Eligibility checks (X12 270/271): a history of every check, attached to its appointment.
 
 The eligibility job writes a row per check and reads back whether a patient was already checked
-with a payer today; the CLI and the API list a day's results.
+with a payer today; the CLI and the API list a day's results. A check made by a scheduled run is
+recorded as one of that run's items (``job_run_items``) in the same transaction: a run resumed
+by another node after the first died knows exactly which appointments were checked, and sends no
+second 270 for them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import insert, select
 
-from engine.store.db import Repository
-from engine.store.tables import eligibility_checks
+from engine.store.db import Repository, utcnow
+from engine.store.tables import eligibility_checks, job_run_items
 
-__all__ = ["EligibilityChecks"]
+__all__ = ["EligibilityChecks", "RunItem"]
+
+
+@dataclass(frozen=True)
+class RunItem:
+    """One item of a scheduled run: the run (job id, fire time), the item's digest, the node."""
+
+    job_id: str
+    run_at: datetime
+    item: str
+    node: str
 
 
 def _utc(value: datetime) -> datetime:
@@ -27,12 +41,24 @@ def _utc(value: datetime) -> datetime:
 class EligibilityChecks(Repository):
     """Rows of ``eligibility_checks``, as dicts keyed by column name."""
 
-    def save_eligibility(self, row: dict[str, Any]) -> int:
-        """Store one eligibility check (history: a new row every time); its id."""
+    def save_eligibility(self, row: dict[str, Any], item: RunItem | None = None) -> int:
+        """Store one eligibility check (history: a new row every time); its id. ``item``: the
+        scheduled run's item this check is, recorded done in the same transaction."""
         row = {k: _utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
         with self._tx() as conn:
             pk = conn.execute(insert(eligibility_checks).values(**row)).inserted_primary_key
             assert pk is not None
+            if item is not None:
+                conn.execute(
+                    insert(job_run_items).values(
+                        job_id=item.job_id,
+                        run_at=item.run_at.astimezone(UTC),
+                        item=item.item,
+                        result_id=int(pk[0]),
+                        node=item.node,
+                        done_at=utcnow(),
+                    )
+                )
             return int(pk[0])
 
     def eligibility_checked(

@@ -30,12 +30,29 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, union, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
 from engine.store.clean import clean
-from engine.store.db import Repository, id_list, utcnow
-from engine.store.tables import deliveries, job_runs, messages, nodes
+from engine.store.db import Repository, aware, id_list, utcnow
+from engine.store.tables import (
+    config_applied,
+    config_generation,
+    deliveries,
+    job_run_items,
+    job_runs,
+    messages,
+    nodes,
+)
 
-__all__ = ["DEAD_AFTER", "HEARTBEAT_S", "Nodes", "TakenOver", "new_node_id"]
+__all__ = [
+    "DEAD_AFTER",
+    "HEARTBEAT_S",
+    "NOBODY",
+    "InterruptedRun",
+    "Nodes",
+    "TakenOver",
+    "new_node_id",
+]
 
 #: how often a node beats its heartbeat
 HEARTBEAT_S = 2.0
@@ -43,12 +60,23 @@ HEARTBEAT_S = 2.0
 DEAD_AFTER = timedelta(seconds=10)
 #: the row of a node dead this long is deleted (it held no claim for most of that time)
 FORGET_AFTER = timedelta(days=1)
+#: the owner of a run given back unfinished (no node has this id: the next leader resumes it)
+NOBODY = ""
 
 
 def new_node_id() -> str:
     """``host:pid:random``: unique even when a pid is reused after a restart."""
     host = socket.gethostname()[:40]
     return f"{host}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True)
+class InterruptedRun:
+    """A scheduled run started and never ended, by a node that is gone."""
+
+    job_id: str
+    run_at: datetime
+    node: str
 
 
 @dataclass(frozen=True)
@@ -199,3 +227,121 @@ class Nodes(Repository):
                 .where(job_runs.c.job_id == job_id, job_runs.c.run_at == run_at.astimezone(UTC))
                 .values(finished_at=utcnow(), outcome=clean(outcome, 200))
             )
+
+    def interrupted_runs(
+        self, prefix: str, dead_after: timedelta = DEAD_AFTER
+    ) -> list[InterruptedRun]:
+        """Runs of the jobs whose id starts with ``prefix`` that were started and never ended,
+        whose node is not alive (its heartbeat older than ``dead_after``, its row gone, or the
+        run given back by a leader that stepped down): oldest first."""
+        with self.db_engine.connect() as conn:
+            cutoff = self._db_now(conn) - dead_after
+            rows = conn.execute(
+                select(job_runs.c.job_id, job_runs.c.run_at, job_runs.c.node)
+                .where(
+                    job_runs.c.job_id.startswith(prefix, autoescape=True),
+                    job_runs.c.finished_at.is_(None),
+                    job_runs.c.node.not_in(_LIVE),
+                )
+                .order_by(job_runs.c.run_at),
+                {"cutoff": cutoff},
+            ).all()
+        return [InterruptedRun(r.job_id, aware(r.run_at), r.node) for r in rows]
+
+    def resume_job_run(self, run: InterruptedRun, node: str) -> bool:
+        """Take an interrupted run over for ``node``: True for the one node whose update finds
+        it still the dead owner's and unfinished (two leaders in a row cannot both resume it)."""
+        with self._tx() as conn:
+            taken = conn.execute(
+                update(job_runs)
+                .where(
+                    job_runs.c.job_id == run.job_id,
+                    job_runs.c.run_at == run.run_at.astimezone(UTC),
+                    job_runs.c.node == run.node,
+                    job_runs.c.finished_at.is_(None),
+                )
+                .values(node=node, outcome="resumed")
+            )
+            return bool(taken.rowcount)
+
+    def give_back_job_run(self, job_id: str, run_at: datetime, node: str) -> None:
+        """A run stopped before its end on a node that lives on (a leader stepping down): left
+        unfinished and owned by nobody, so the next leader resumes it at once."""
+        with self._tx() as conn:
+            conn.execute(
+                update(job_runs)
+                .where(
+                    job_runs.c.job_id == job_id,
+                    job_runs.c.run_at == run_at.astimezone(UTC),
+                    job_runs.c.node == node,
+                    job_runs.c.finished_at.is_(None),
+                )
+                .values(node=NOBODY, outcome="interrupted")
+            )
+
+    def job_run_items_done(self, job_id: str, run_at: datetime) -> dict[str, int | None]:
+        """The items a run has done (each with its result's id)."""
+        with self.db_engine.connect() as conn:
+            rows = conn.execute(
+                select(job_run_items.c.item, job_run_items.c.result_id).where(
+                    job_run_items.c.job_id == job_id,
+                    job_run_items.c.run_at == run_at.astimezone(UTC),
+                )
+            ).all()
+        return {r.item: r.result_id for r in rows}
+
+    # -- the configuration's generation (a reload on one node reaches all) --------------------
+
+    def config_generation(self) -> tuple[int, str] | None:
+        """The configuration's generation and the digest of its files (None: never reloaded)."""
+        with self.db_engine.connect() as conn:
+            row = conn.execute(
+                select(config_generation.c.generation, config_generation.c.hash).where(
+                    config_generation.c.id == 1
+                )
+            ).first()
+        return (int(row.generation), str(row.hash)) if row else None
+
+    def publish_config(self, digest: str, node: str) -> int:
+        """A reload applied on ``node``: the generation bumped with its files' digest; the new
+        generation (every other node follows it)."""
+        with self._tx() as conn:
+            now = self._db_now(conn)
+            bumped = conn.execute(
+                update(config_generation)
+                .where(config_generation.c.id == 1)
+                .values(
+                    generation=config_generation.c.generation + 1, hash=digest, node=node, at=now
+                )
+                .returning(config_generation.c.generation)
+            ).scalar_one_or_none()
+            if bumped is not None:
+                return int(bumped)
+        try:
+            with self._tx() as conn:
+                conn.execute(
+                    insert(config_generation).values(
+                        id=1, generation=1, hash=digest, node=node, at=utcnow()
+                    )
+                )
+            return 1
+        except IntegrityError:  # another node made the row meanwhile: bump it
+            return self.publish_config(digest, node)
+
+    def record_config(
+        self, node: str, generation: int, digest: str, status: str, detail: str | None = None
+    ) -> None:
+        """What ``node`` runs now: ``applied`` (this generation), ``refused`` (its files do not
+        match the generation's digest, or do not load) or ``differs`` (at start)."""
+        row = {
+            "generation": generation,
+            "hash": digest,
+            "status": status,
+            "detail": clean(detail, 2000),
+            "at": utcnow(),
+        }
+        with self._tx() as conn:
+            if not conn.execute(
+                update(config_applied).where(config_applied.c.node == node).values(row)
+            ).rowcount:
+                conn.execute(insert(config_applied).values(node=node, **row))

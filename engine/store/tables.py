@@ -68,15 +68,19 @@ __all__ = [
     "alerts",
     "audit_chain",
     "audit_log",
+    "config_applied",
+    "config_generation",
     "console_sessions",
     "console_users",
     "deliveries",
+    "delivery_attempts",
     "destination_breakers",
     "document_blobs",
     "document_chunks",
     "documents",
     "eligibility_checks",
     "fhir_resources",
+    "job_run_items",
     "job_runs",
     "message_handled",
     "messages",
@@ -182,6 +186,28 @@ deliveries = Table(
     Index("ix_deliveries_created", "created_at", "route", "destination", "state"),
     #: the dashboard's queue and dead letters per destination, from the index alone (0015)
     Index("ix_deliveries_state_dest", "state", "destination", "message_id", "created_at"),
+)
+
+#: a delivery's attempts that did not deliver (and its success after earlier ones), written in
+#: the outcome's transaction; a first-time success writes nothing here (the delivery row says
+#: it). Gone with its delivery (ON DELETE CASCADE; migration 0020).
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("delivery_id", _ID, ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    #: when its outcome was recorded
+    Column("at", DateTime(timezone=True), nullable=False),
+    #: retry, dead, needs-patient, delivered
+    Column("outcome", String(16), nullable=False),
+    #: the HTTP status the destination answered, when it did
+    Column("status", Integer, nullable=True),
+    #: the exception's class or the ACK code, when the error names one
+    Column("error_class", String(64), nullable=True),
+    Column("error", String(300), nullable=True),
+    Column("duration_ms", Integer, nullable=True),
+    Index("ix_delivery_attempts_delivery", "delivery_id", "attempt"),
 )
 
 
@@ -297,6 +323,42 @@ job_runs = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("outcome", String(200), nullable=True),
+)
+
+#: what a run has done, one row per item (an eligibility check's appointment), written with the
+#: item's result: a run resumed by another node does only the items without a row (0017)
+job_run_items = Table(
+    "job_run_items",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("run_at", DateTime(timezone=True), primary_key=True),
+    Column("item", String(64), primary_key=True),  # a digest of the item's identity
+    Column("result_id", _ID, nullable=True),
+    Column("node", String(64), nullable=False),
+    Column("done_at", DateTime(timezone=True), nullable=False),
+)
+
+#: one row (id 1): the configuration's generation, bumped by a reload on any node with the digest
+#: of its files; every node follows it (engine/flow/config.py). ``config_applied``: what each
+#: node runs, and whether it refused a generation whose files it does not have (0017)
+config_generation = Table(
+    "config_generation",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("generation", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("node", String(64), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+config_applied = Table(
+    "config_applied",
+    metadata,
+    Column("node", String(64), primary_key=True),
+    Column("generation", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # applied, refused, differs
+    Column("detail", Text, nullable=True),
+    Column("at", DateTime(timezone=True), nullable=False),
 )
 
 
