@@ -284,12 +284,15 @@ def worker(
 
 from engine.cli_alerts import alerts_app  # noqa: E402  (the alert rules' commands)
 from engine.cli_audit import audit_app  # noqa: E402  (the audit trail's commands)
+from engine.cli_backup import backup, restore  # noqa: E402  (the store's backup and restore)
 from engine.cli_documents import documents_app  # noqa: E402  (the documents commands)
 from engine.cli_keys import keys_app  # noqa: E402  (the signing-key commands)
 from engine.cli_messages import messages_app  # noqa: E402  (the messages commands)
 from engine.cli_pull import pull_app  # noqa: E402  (the pull-source commands)
 from engine.cli_users import users_app  # noqa: E402  (the console's users)
 
+app.command()(backup)
+app.command()(restore)
 app.add_typer(messages_app, name="messages")
 app.add_typer(documents_app, name="documents")
 app.add_typer(audit_app, name="audit")
