@@ -125,7 +125,8 @@ def list_messages(
 
 @router.get("/{message_id}", response_model=MessageView)
 def show_message(message_id: MessageId, principal: ViewerDep, messages: MessagesDep) -> MessageView:
-    """One message with its deliveries."""
+    """One message with its deliveries, each with its attempts (when, outcome, HTTP status or
+    error class, error, duration)."""
     view = messages.get(message_id)
     if view is None:
         raise HTTPException(404, detail=f"no message {message_id}")

@@ -298,6 +298,15 @@ def _message_page(
             "next": local_time(d.next_attempt_at, zone) if d.state == "pending" else "",
             "payload": _pretty(d.payload, d.content_type),
             "cut": d.payload_size > len(d.payload),
+            "attempts": [
+                {
+                    "a": a,
+                    "when": local_time(a.at, zone),
+                    "took": "" if a.duration_ms is None else f"{a.duration_ms} ms",
+                }
+                for a in d.history
+            ],
+            "unlisted": max(0, d.attempts - len(d.history)),
         }
         for d in detail.deliveries
     ]

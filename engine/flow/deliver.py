@@ -15,6 +15,7 @@ import functools
 import logging
 import random
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -293,6 +294,8 @@ class Dispatcher:
                 else:
                     dead = True
                     outcomes.append(Outcome(due.id, False, result.detail, None))
+            # its number and duration, for the delivery's attempts (engine/store/attempts.py)
+            outcomes[-1] = replace(outcomes[-1], attempt=due.attempts + 1, seconds=elapsed)
             notes.append((due, result, elapsed, dead))
         self.store.record_outcomes(outcomes, self.node)
         for due, result, elapsed, dead in notes:

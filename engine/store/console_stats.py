@@ -8,8 +8,10 @@ with the table):
 ========================================  ===================================================
 deliveries made in the last hour / day,   ``ix_deliveries_created (created_at, route,
 per route, destination and state          destination, state)``: read from the index alone
-messages received per state, the ingest   ``ix_messages_received (received_at, id)``
-rate per minute / hour
+                                          (PostgreSQL: the hour counted in the day's pass)
+messages received per state in the hour   ``ix_messages_received (received_at, id)``: one
+and the day, the ingest rate per minute   read of the day's messages for the three
+/ hour                                    (:meth:`ConsoleStats.received_figures`)
 the queue (pending, waiting) per          ``ix_deliveries_due (state, next_attempt_at)``
 destination, dead letters, last error
 tomorrow's eligibility                    ``ix_eligibility_day (service_date, id)``
@@ -24,8 +26,9 @@ delivery), so the dashboard shows what the worker does without asking it.
 The ACK is not stored: the engine builds it from the stored message's id and receive time, so
 the console builds the same bytes again (:func:`engine.console.er7.rebuilt_ack`).
 
-Incomplete: a delivery keeps its attempt count and its last error only (not every attempt's);
-a resend's row links to the delivery it replaces, so the chain shows earlier errors.
+Each delivery's attempts come from engine/store/attempts.py (a row per failed attempt; a
+first-time success is the delivery row itself); a resend's row links to the delivery it
+replaces.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from sqlalchemy import (
     Connection,
     String,
     bindparam,
+    case,
     cast,
     delete,
     func,
@@ -48,6 +52,7 @@ from sqlalchemy import (
     select,
 )
 
+from engine.store.attempts import attempt_history
 from engine.store.audit import audit
 from engine.store.db import Repository, aware, id_list, utcnow
 from engine.store.nodes import DEAD_AFTER
@@ -61,6 +66,7 @@ from engine.store.tables import (
     messages,
     nodes,
 )
+from engine.store.views import AttemptView
 
 __all__ = [
     "HANDLEABLE_STATES",
@@ -70,6 +76,7 @@ __all__ = [
     "DestinationFigures",
     "Handled",
     "MessageDetail",
+    "ReceivedFigures",
     "RouteFigures",
     "WindowCounts",
 ]
@@ -148,6 +155,16 @@ class DestinationFigures:
 
 
 @dataclass(frozen=True)
+class ReceivedFigures:
+    """Messages received in the last hour and day, per state they are in now, and the ingest
+    rate's buckets (oldest first)."""
+
+    hour: dict[str, int]
+    day: dict[str, int]
+    rate: list[tuple[datetime, int]]
+
+
+@dataclass(frozen=True)
 class Handled:
     """An operator's "mark handled" of a message."""
 
@@ -176,6 +193,8 @@ class DeliveryDetail:
     #: the payload, at most PAYLOAD_SHOWN_BYTES of it
     payload: bytes
     payload_size: int
+    #: each attempt, oldest first (engine/store/attempts.py)
+    history: tuple[AttemptView, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -236,6 +255,10 @@ _WINDOW = (
     )
     .where(deliveries.c.created_at >= bindparam("since"))
     .group_by(deliveries.c.route, deliveries.c.destination, deliveries.c.state)
+)
+#: PostgreSQL: the hour counted within the day's pass (one read of the index, not two)
+_WINDOWS = _WINDOW.add_columns(
+    func.count().filter(deliveries.c.created_at >= bindparam("hour")).label("hour_n")
 )
 _STATE = _grouped(messages.c.state, "state")
 _RECEIVED = (
@@ -347,6 +370,16 @@ def _bucket(db: str, span: str) -> ColumnElement[Any]:
     return func.substr(messages.c.received_at, 1, 13 if span == "day" else 16)
 
 
+def _starts(span: str, now: datetime) -> list[datetime]:
+    """The buckets' starts of ``span``: 24 hours (``day``) or 60 minutes (``hour``) up to now."""
+    if span not in ("day", "hour"):
+        raise ValueError(f"span is day or hour, not {span!r}")
+    step = timedelta(hours=1) if span == "day" else timedelta(minutes=1)
+    count = 24 if span == "day" else 60
+    top = now.replace(minute=0 if span == "day" else now.minute, second=0, microsecond=0)
+    return [top - step * (count - 1 - i) for i in range(count)]
+
+
 def _bucket_start(text: str) -> datetime:
     """A bucket's text (either database) as an aware UTC time."""
     text = text.strip().replace("T", " ")
@@ -365,11 +398,19 @@ class ConsoleStats(Repository):
         each stands now; sorted by route, then destination."""
         now = now or utcnow()
         out: dict[tuple[str, str], RouteFigures] = {}
+        hour, day = now - timedelta(hours=1), now - timedelta(days=1)
         with self.db_engine.connect() as conn:
-            for r in conn.execute(_WINDOW, {"since": now - timedelta(days=1)}):
+            if conn.dialect.name == "postgresql":
+                for r in conn.execute(_WINDOWS, {"since": day, "hour": hour}):
+                    figures = out.setdefault((r.route, r.destination), RouteFigures(*r[:2]))
+                    figures.day.add(r.state, int(r.n))
+                    if r.hour_n:
+                        figures.hour.add(r.state, int(r.hour_n))
+                return [out[k] for k in sorted(out)]
+            for r in conn.execute(_WINDOW, {"since": day}):
                 key = (r.route, r.destination)
                 out.setdefault(key, RouteFigures(*key)).day.add(r.state, int(r.n))
-            for r in conn.execute(_WINDOW, {"since": now - timedelta(hours=1)}):
+            for r in conn.execute(_WINDOW, {"since": hour}):
                 key = (r.route, r.destination)
                 out.setdefault(key, RouteFigures(*key)).hour.add(r.state, int(r.n))
         return [out[k] for k in sorted(out)]
@@ -409,16 +450,38 @@ class ConsoleStats(Repository):
                 of(name).breaker = breaker
         return out
 
+    def received_figures(self, span: str, now: datetime | None = None) -> ReceivedFigures:
+        """The dashboard's messages in one read of the day's (instead of three: the hour's and
+        the day's per state, and the rate): received per state in the last hour and day, and
+        :meth:`ingest_rate`'s buckets."""
+        now = now or utcnow()
+        starts = _starts(span, now)
+        bucket = _bucket(self.db_engine.dialect.name, span).label("bucket")
+        recent = case((messages.c.received_at >= bindparam("hour"), 1), else_=0)
+        statement = (
+            select(bucket, _STATE, func.count().label("n"), func.sum(recent).label("hour_n"))
+            .where(messages.c.received_at >= bindparam("day"))
+            .group_by(bucket, _STATE)
+        )
+        hour: dict[str, int] = {}
+        day: dict[str, int] = {}
+        seen: dict[datetime, int] = {}
+        params = {"hour": now - timedelta(hours=1), "day": now - timedelta(days=1)}
+        with self.db_engine.connect() as conn:
+            for r in conn.execute(statement, params):
+                n, hour_n = int(r.n), int(r.hour_n or 0)
+                day[r.state] = day.get(r.state, 0) + n
+                if hour_n:
+                    hour[r.state] = hour.get(r.state, 0) + hour_n
+                start = _bucket_start(str(r.bucket))
+                seen[start] = seen.get(start, 0) + n
+        return ReceivedFigures(hour, day, [(s, seen.get(s, 0)) for s in starts])
+
     def ingest_rate(self, span: str, now: datetime | None = None) -> list[tuple[datetime, int]]:
         """Messages received per hour over the last day (``span`` ``day``: 24 buckets) or per
         minute over the last hour (``hour``: 60 buckets), oldest first, empty buckets as 0."""
-        if span not in ("day", "hour"):
-            raise ValueError(f"span is day or hour, not {span!r}")
         now = now or utcnow()
-        step = timedelta(hours=1) if span == "day" else timedelta(minutes=1)
-        count = 24 if span == "day" else 60
-        top = now.replace(minute=0 if span == "day" else now.minute, second=0, microsecond=0)
-        starts = [top - step * (count - 1 - i) for i in range(count)]
+        starts = _starts(span, now)
         bucket = _bucket(self.db_engine.dialect.name, span).label("bucket")
         statement = (
             select(bucket, func.count().label("n"))
@@ -504,9 +567,9 @@ class ConsoleStats(Repository):
             )
             if row is None:
                 return None
-            shown = tuple(
-                _delivery(r) for r in conn.execute(_DELIVERIES, {"mid": message_id}).all()
-            )
+            rows = conn.execute(_DELIVERIES, {"mid": message_id}).all()
+            history = attempt_history(conn, rows)
+            shown = tuple(_delivery(r, history[int(r.id)]) for r in rows)
             handled = _handled(conn, [message_id]).get(message_id)
         sender = "^".join(p or "" for p in (row.sending_application, row.sending_facility))
         return MessageDetail(
@@ -625,7 +688,7 @@ def _handled(conn: Connection, ids: Sequence[int]) -> dict[int, Handled]:
     }
 
 
-def _delivery(r: Any) -> DeliveryDetail:
+def _delivery(r: Any, history: tuple[AttemptView, ...]) -> DeliveryDetail:
     return DeliveryDetail(
         id=int(r.id),
         destination=r.destination,
@@ -641,4 +704,5 @@ def _delivery(r: Any) -> DeliveryDetail:
         resend_of=r.resend_of,
         payload=bytes(r.payload or b""),
         payload_size=int(r.payload_size or 0),
+        history=history,
     )

@@ -36,6 +36,7 @@ from sqlalchemy import (
     update,
 )
 
+from engine.store.attempts import attempt_history, record_attempts
 from engine.store.clean import clean, clean_lines
 from engine.store.db import Repository, aware, id_list, utcnow
 from engine.store.tables import deliveries, messages
@@ -94,6 +95,10 @@ class Outcome:
     error: str = ""
     retry_at: datetime | None = None
     needs_patient: bool = False
+    #: the attempt's number (the delivery's attempts before it, plus one); 0: not known
+    attempt: int = 0
+    #: how long the attempt took
+    seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -269,6 +274,7 @@ def _settle(conn: Connection, message_ids: Sequence[int], now: datetime) -> None
 
 _DELIVERIES_OF = (
     select(
+        deliveries.c.id,
         deliveries.c.destination,
         deliveries.c.state,
         deliveries.c.attempts,
@@ -281,7 +287,10 @@ _DELIVERIES_OF = (
 
 
 def deliveries_of(conn: Connection, message_id: int) -> tuple[DeliveryView, ...]:
-    """How each delivery of a message is going, in the order they were queued."""
+    """How each delivery of a message is going, in the order they were queued, each with its
+    attempts (engine/store/attempts.py)."""
+    rows = conn.execute(_DELIVERIES_OF, {"mid": message_id}).all()
+    history = attempt_history(conn, rows)
     return tuple(
         DeliveryView(
             r.destination,
@@ -289,8 +298,9 @@ def deliveries_of(conn: Connection, message_id: int) -> tuple[DeliveryView, ...]
             r.attempts,
             r.last_error,
             aware(r.delivered_at) if r.delivered_at else None,
+            history[r.id],
         )
-        for r in conn.execute(_DELIVERIES_OF, {"mid": message_id})
+        for r in rows
     )
 
 
@@ -467,6 +477,9 @@ class Deliveries(Repository):
         dead_stmt = self._DEAD_BY if owned else self._DEAD
         waits_stmt = self._NEEDS_PATIENT_BY if owned else self._NEEDS_PATIENT
         with self._tx() as conn:
+            # failures (and successes after failures) only: before the updates, whose
+            # condition the attempts' rows share (engine/store/attempts.py)
+            record_attempts(conn, outcomes, now, owner)
             settled: list[Any] = []
             if done:
                 params = {"ids": done, "now": now, "owner": owner}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 __all__ = [
+    "AttemptView",
     "AuditEntry",
     "DeliveryView",
     "DocumentLine",
@@ -26,6 +27,24 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class AttemptView:
+    """One attempt of a delivery: when its outcome came, what it was, and why it failed."""
+
+    attempt: int
+    at: datetime
+    #: retry, dead, needs-patient, delivered
+    outcome: str
+    #: the HTTP status the destination answered, when it did
+    status: int | None = None
+    #: the exception's class or the ACK code, when the error names one
+    error_class: str | None = None
+    #: PHI-free, at most 300 characters
+    error: str | None = None
+    #: None for a first-time success (its row is the delivery's own, which keeps no duration)
+    duration_ms: int | None = None
+
+
+@dataclass(frozen=True)
 class DeliveryView:
     """One destination of one message, and how its delivery is going."""
 
@@ -36,6 +55,8 @@ class DeliveryView:
     attempts: int
     last_error: str | None
     delivered_at: datetime | None
+    #: each attempt, oldest first (attempts made before migration 0020 are not listed)
+    history: tuple[AttemptView, ...] = ()
 
 
 @dataclass(frozen=True)

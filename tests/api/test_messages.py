@@ -97,6 +97,7 @@ def test_show_includes_reason_and_deliveries(client: TestClient, viewer: dict[st
             "attempts": 1,
             "last_error": None,
             "delivered_at": "2026-01-02T03:04:05Z",
+            "history": [],  # each attempt (the store's: tests/console/test_message_attempts.py)
         },
         {
             "destination": "dest-1",
@@ -104,6 +105,7 @@ def test_show_includes_reason_and_deliveries(client: TestClient, viewer: dict[st
             "attempts": 2,
             "last_error": "HTTP 503",
             "delivered_at": None,
+            "history": [],
         },
     ]
     assert client.get("/api/messages/2", headers=viewer).json()["reason"].startswith("segment 2")
