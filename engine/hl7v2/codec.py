@@ -149,9 +149,15 @@ DEFAULT_DELIMITERS = Delimiters()
 
 @lru_cache(maxsize=64)
 def _trim_re(d: Delimiters) -> re.Pattern[str]:
-    """Matches trailing empty subcomponents, components and repetitions inside segment text."""
+    """Matches trailing empty subcomponents, components and repetitions inside segment text.
+
+    Each run of delimiters is tried once, from its first character, and never backtracked into
+    (a lookbehind and possessive repeats): tried from every character, a run of n delimiters
+    not followed by a field separator cost n² steps (a field of 4,000 ``^~`` took 0.4 s)."""
     f, c, r, s = (re.escape(x) for x in (d.field, d.component, d.repetition, d.subcomponent))
-    return re.compile(rf"[{r}{c}{s}]+(?={f}|\Z)|[{c}{s}]+(?={r})|{s}+(?={c})")
+    return re.compile(
+        rf"(?<![{r}{c}{s}])[{r}{c}{s}]++(?={f}|\Z)|(?<![{c}{s}])[{c}{s}]++(?={r})|(?<!{s}){s}++(?={c})"
+    )
 
 
 @lru_cache(maxsize=64)

@@ -247,10 +247,12 @@ class Route(_Strict):
     @field_validator("mapping", mode="before")
     @classmethod
     def _mapping(cls, v: Any, info: ValidationInfo) -> Any:
-        if v not in MAPPINGS:
+        # a list or a mapping is no name either (and cannot be looked up: unhashable)
+        if not isinstance(v, str) or v not in MAPPINGS:
             route = info.data.get("name", "?")
+            named = repr(v) if isinstance(v, str) else f"that is a {type(v).__name__}, not a name"
             raise ValueError(
-                f"route {route!r} names an unknown mapping {v!r} (known: {', '.join(MAPPINGS)})"
+                f"route {route!r} names an unknown mapping {named} (known: {', '.join(MAPPINGS)})"
             )
         return v
 
