@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench conformance chaos clean
+.PHONY: run test lint typecheck pytest bench conformance chaos fuzz clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,8 @@ run: $(STAMP)
 	$(VENV)/bin/engine serve
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check engine tests bench scripts
-	$(VENV)/bin/ruff format --check engine tests bench scripts
+	$(VENV)/bin/ruff check engine tests bench scripts fuzz
+	$(VENV)/bin/ruff format --check engine tests bench scripts fuzz
 	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
@@ -58,6 +58,12 @@ conformance: $(STAMP)
 # CHAOS_ARGS for one scenario or a quick run: make chaos CHAOS_ARGS='--scenario kill-engine --messages 500'
 chaos: $(STAMP)
 	nice -n 10 $(PY) -m chaos $(CHAOS_ARGS)
+
+# fuzzing (issue 14): 100,000 inputs for each target (er7, mllp, x12, fhir, mappings, routes);
+# exits non-zero on a crash or an input over 1 s, crashing inputs in var/fuzz/crashes/.
+# FUZZ_ARGS for one target or a quick run: make fuzz FUZZ_ARGS='--target er7 --inputs 2000'
+fuzz: $(STAMP)
+	nice -n 10 $(PY) -m fuzz $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
