@@ -43,6 +43,8 @@ class StoreView:
     cid_of: dict[int, str] = field(default_factory=dict)
     waiting: set[str] = field(default_factory=set)
     failed: dict[str, str] = field(default_factory=dict)  # control ID -> state
+    #: what the waiting ones wait in: "message received", "delivery pending claimed" ...
+    waiting_states: Counter[str] = field(default_factory=Counter)
 
 
 def read_store(url: str) -> StoreView:
@@ -56,6 +58,7 @@ def read_store(url: str) -> StoreView:
                 view.cid_of[int(mid)] = str(cid)
                 if state in _WAITING_MESSAGES:
                     view.waiting.add(str(cid))
+                    view.waiting_states[f"message {state}"] += 1
                 elif state not in ("delivered",):
                     view.failed[str(cid)] = str(state)
             for (mid,) in conn.execute(
@@ -196,4 +199,8 @@ def lost_detail(
             "fhir" if cid in at_fhir else "no-fhir",
             "file" if cid in in_folder else "no-file",
         ]
-    return [f"{cid}: {' '.join(v)}" for cid, v in per.items()]
+    lines = [f"{cid}: {' '.join(v)}" for cid, v in per.items()]
+    if verdict.stuck:
+        waits = ", ".join(f"{n} {what}" for what, n in store.waiting_states.most_common())
+        lines.append(f"still waiting in the store: {waits}")
+    return lines

@@ -17,10 +17,10 @@ import asyncio
 from chaos.harness import Context, Scenario
 from chaos.proxy import TcpProxy
 
-__all__ = ["PROCESS_AND_DESTINATION"]
+__all__ = ["PROCESS_AND_DESTINATION", "pause"]
 
 
-async def _pause(ctx: Context, seconds: float) -> bool:
+async def pause(ctx: Context, seconds: float) -> bool:
     """Sleep ``seconds`` or until the load is done; True while the load still runs."""
     try:
         await asyncio.wait_for(ctx.done.wait(), seconds)
@@ -31,7 +31,7 @@ async def _pause(ctx: Context, seconds: float) -> bool:
 
 async def kill_engine(ctx: Context) -> None:
     kills = 0
-    while await _pause(ctx, ctx.rng.uniform(3, 8)):
+    while await pause(ctx, ctx.rng.uniform(3, 8)):
         await asyncio.to_thread(ctx.engine.kill9)
         kills += 1
         await asyncio.sleep(ctx.rng.uniform(0, 1))
@@ -41,7 +41,7 @@ async def kill_engine(ctx: Context) -> None:
 
 async def kill_worker(ctx: Context) -> None:
     kills = 0
-    while await _pause(ctx, ctx.rng.uniform(2, 6)):
+    while await pause(ctx, ctx.rng.uniform(2, 6)):
         if await asyncio.to_thread(ctx.engine.kill_worker):
             kills += 1
     ctx.faults.append(f"{kills} kill -9 of the worker")
@@ -65,7 +65,7 @@ async def dest_flap(ctx: Context) -> None:
     proxy = ctx.proxy
     assert proxy is not None
     downs = 0
-    while await _pause(ctx, ctx.rng.uniform(2, 5)):
+    while await pause(ctx, ctx.rng.uniform(2, 5)):
         proxy.down()
         downs += 1
         await asyncio.sleep(ctx.rng.uniform(1, 4))
@@ -76,7 +76,7 @@ async def dest_flap(ctx: Context) -> None:
 
 async def dest_slow(ctx: Context) -> None:
     phases = {"slow": 0, "past-timeout": 0}
-    while await _pause(ctx, ctx.rng.uniform(2, 4)):
+    while await pause(ctx, ctx.rng.uniform(2, 4)):
         if ctx.rng.random() < 0.25:  # past the destination's 10 s timeout: applied after it
             await asyncio.to_thread(ctx.fhir.switch, {"latency_s": 11})
             phases["past-timeout"] += 1
@@ -95,7 +95,7 @@ async def dest_slow(ctx: Context) -> None:
 
 async def dest_errors(ctx: Context) -> None:
     bursts = {500: 0, 429: 0}
-    while await _pause(ctx, ctx.rng.uniform(1, 3)):
+    while await pause(ctx, ctx.rng.uniform(1, 3)):
         status = 500 if ctx.rng.random() < 0.5 else 429
         count = ctx.rng.randint(10, 60)
         body: dict[str, int] = {"status": status, "count": count}
@@ -109,7 +109,7 @@ async def dest_errors(ctx: Context) -> None:
 
 async def dest_drop(ctx: Context) -> None:
     dropped = 0
-    while await _pause(ctx, ctx.rng.uniform(1, 3)):
+    while await pause(ctx, ctx.rng.uniform(1, 3)):
         n = ctx.rng.randint(5, 30)
         await asyncio.to_thread(ctx.fhir.switch, {"drop": n})
         dropped += n
