@@ -31,7 +31,7 @@ from engine.api.auth_settings import auth_settings_for
 from engine.documents.folder import WatchedFolder
 from engine.documents.intake import DocumentIntake
 from engine.errors import ConfigError
-from engine.flow.config import LoadedConfig, Reloader, load_running_config
+from engine.flow.config import LoadedConfig, Reloader, follow_reloads, load_running_config
 from engine.flow.ingest import Ingest, Receipt
 from engine.flow.worker import run_workers
 from engine.memory import keep_little_freed_memory
@@ -47,6 +47,7 @@ from engine.startup import (
     startup_signals,
 )
 from engine.store import SqlMessageStore
+from engine.store.nodes import new_node_id
 
 __all__ = ["Engine", "serve"]
 
@@ -152,6 +153,8 @@ class Engine:
         self._reload_workers = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.db_engine, self.store = open_database(settings)
+        # a reload here is published to the other nodes on the database; theirs are followed
+        self.reloader.share(self.store, new_node_id())
         # the receiver and its worker process keep their metrics in files here (emptied now,
         # before any process writes); /metrics adds them up
         self.metrics_dir = settings.var_dir / "metrics"
@@ -279,6 +282,7 @@ class Engine:
             asyncio.create_task(self._supervise(workers), name="supervisor") if workers else None
         )
         checkpoints = asyncio.create_task(self.store.checkpoints(stop), name="checkpoints")
+        follow = asyncio.create_task(follow_reloads(self.reloader, stop), name="follow-reloads")
         inbox = self._watched_folder()
         folder = asyncio.create_task(inbox.run(stop), name="inbox") if inbox else None
         http_task = asyncio.create_task(self.http.serve(sockets=http_sockets))
@@ -308,8 +312,11 @@ class Engine:
                 sock.close()  # uvicorn closed them if it ran; if it did not, closed here
             await self.ingest.stop()
             checkpoints.cancel()
+            follow.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await checkpoints
+            with contextlib.suppress(asyncio.CancelledError):
+                await follow
             if folder is not None:
                 # it stops at its next look once ``stop`` is set, a file being taken finished
                 # (cancelled, the file stays: committed or not, a re-take is stored once)

@@ -11,10 +11,23 @@ loaders read) are copied to ``var/config/<time>/`` first and loaded from there, 
 process is started on that copy. So the worker runs exactly the files that were checked, even
 when one is edited (or broken) after the reload, and a worker restarted after a crash starts on
 the same files. Errors name the admin's files, not the copy.
+
+Many nodes, one database: every node reads the same directory (a shared mount, or the same
+files deployed to each). A reload applied on one node (SIGHUP, ``POST /api/admin/reload``, the
+console) bumps the database's configuration generation with the digest of the files it loaded
+(``config_generation``, engine/store/nodes.py); every node polls it every
+:data:`FOLLOW_EVERY_S` (:func:`follow_reloads`) and, when it changed, reloads from its own copy
+of the directory — only when that copy has the same digest: a node whose files differ (a mount
+not yet synced, a deploy half done) refuses, keeps running what it ran, logs it and records it in
+``config_applied`` (what each node runs, for the admin), and takes the generation as soon as its
+files match.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -22,7 +35,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.errors import ConfigError, EngineError
 from engine.settings import Settings
@@ -34,7 +47,17 @@ if TYPE_CHECKING:
     from engine.mappings import Mappings
     from engine.routes.loader import RouteSet
 
-__all__ = ["LoadedConfig", "ReloadResult", "Reloader", "load_config", "load_running_config"]
+__all__ = [
+    "FOLLOW_EVERY_S",
+    "ConfigGenerations",
+    "LoadedConfig",
+    "ReloadResult",
+    "Reloader",
+    "config_digest",
+    "follow_reloads",
+    "load_config",
+    "load_running_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +147,26 @@ def _prune(base: Path, keep: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def config_digest(settings: Settings) -> str:
+    """SHA-256 over the files a reload reads (the ``*.yaml`` under the route and mapping
+    folders, as :func:`snapshot` copies them): each file's folder, relative path and bytes, in
+    order. A snapshot and the folder it was copied from have the same digest."""
+    digest = hashlib.sha256()
+    for key in ("routes_dir", "mappings_dir"):
+        folder: Path | None = getattr(settings, key)
+        digest.update(f"{key}\n".encode())
+        if folder is None or not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*.yaml")):
+            if not path.is_file():
+                continue
+            digest.update(f"{path.relative_to(folder).as_posix()}\n".encode())
+            data = path.read_bytes()
+            digest.update(f"{len(data)}\n".encode())
+            digest.update(data)
+    return digest.hexdigest()
+
+
 def load_running_config(settings: Settings) -> tuple[LoadedConfig, Settings]:
     """Snapshot the site folders and load the snapshot (:func:`load_config`): the configuration
     and the settings that point at its copy (hand those to the worker process)."""
@@ -166,12 +209,31 @@ class ReloadResult:
         }
 
 
+#: how often a node looks at the database's configuration generation
+FOLLOW_EVERY_S = 3.0
+
+
+class ConfigGenerations(Protocol):
+    """Where the configuration's generation is kept (the store, engine/store/nodes.py)."""
+
+    def config_generation(self) -> tuple[int, str] | None: ...
+
+    def publish_config(self, digest: str, node: str) -> int: ...
+
+    def record_config(
+        self, node: str, generation: int, digest: str, status: str, detail: str | None = None
+    ) -> None: ...
+
+
 class Reloader:
     """Loads the configuration again and hands it to ``apply`` only when all of it is valid,
     with the settings pointing at its snapshot (the worker process's).
 
     One reload at a time (a second caller waits for the first). ``apply`` runs in the caller's
     thread and must be quick: it swaps references, it does not read files.
+
+    Shared (:meth:`share`, on a database several nodes use): a reload applied here is published
+    as the next generation, and :meth:`follow` takes the generations other nodes published.
     """
 
     def __init__(
@@ -184,25 +246,113 @@ class Reloader:
         self.current = current
         self._apply = apply
         self._lock = threading.Lock()
+        self.generations: ConfigGenerations | None = None
+        self.node = ""
+        #: the digest of the files running here; the generation this node has taken (None:
+        #: not looked yet), and the last generation refused with the digest of the files then
+        self.digest = config_digest(settings)
+        self.generation: int | None = None
+        self._refused: tuple[int, str] | None = None
+
+    def share(self, generations: ConfigGenerations, node: str) -> None:
+        """Publish this node's reloads in ``generations`` and follow the others' (as ``node``)."""
+        self.generations, self.node = generations, node
 
     def reload(self) -> ReloadResult:
-        """Read every file again; switch to it if valid, else keep the running configuration."""
+        """Read every file again; switch to it if valid, else keep the running configuration.
+        Applied and shared: published as the next generation, for every node to follow."""
         with self._lock:
-            try:
-                new, running = load_running_config(self.settings)
-            except EngineError as exc:
-                log.error("reload refused: running configuration kept", extra={"error": str(exc)})
-                return self._result(self.current, applied=False, error=str(exc))
-            self._apply(new, running)
-            self.current = new
-            log.info(
-                "configuration reloaded",
-                extra={
-                    "routes": len(new.routes.routes),
-                    "destinations": len(new.routes.destinations),
-                },
+            result = self._load()
+            if result.applied and self.generations is not None:
+                try:
+                    self.generation = self.generations.publish_config(self.digest, self.node)
+                    self.generations.record_config(
+                        self.node, self.generation, self.digest, "applied"
+                    )
+                    log.info(
+                        "configuration generation published",
+                        extra={"generation": self.generation, "digest": self.digest[:12]},
+                    )
+                except Exception as exc:  # applied here; the others follow the next one
+                    log.error(
+                        "configuration generation not published: other nodes keep theirs",
+                        extra={"error": type(exc).__name__},
+                    )
+            return result
+
+    def _load(self, expect: str | None = None) -> ReloadResult:
+        """Load, check and apply (the caller holds the lock); with ``expect``, only files of
+        that digest are applied."""
+        try:
+            new, running = load_running_config(self.settings)
+        except EngineError as exc:
+            log.error("reload refused: running configuration kept", extra={"error": str(exc)})
+            return self._result(self.current, applied=False, error=str(exc))
+        digest = config_digest(running)
+        if expect is not None and digest != expect:
+            why = "this node's route and mapping files changed while they were read"
+            return self._result(self.current, applied=False, error=why)
+        self._apply(new, running)
+        self.current, self.digest = new, digest
+        log.info(
+            "configuration reloaded",
+            extra={
+                "routes": len(new.routes.routes),
+                "destinations": len(new.routes.destinations),
+            },
+        )
+        return self._result(new, applied=True)
+
+    def follow(self) -> ReloadResult | None:
+        """Take the generation another node published, if there is a newer one: reloaded from
+        this node's own files when their digest is the generation's; refused (and recorded)
+        when it is not. None when there was nothing to do."""
+        assert self.generations is not None
+        published = self.generations.config_generation()
+        with self._lock:
+            if published is None or published[0] == self.generation:
+                return None
+            generation, digest = published
+            if self.generation is None and digest == self.digest:  # at start: the same files
+                self.generation = generation
+                self.generations.record_config(self.node, generation, digest, "applied")
+                return None
+            here = config_digest(self.settings)
+            if here != digest:
+                return self._refuse(generation, digest, here)
+            result = self._load(expect=digest)
+            if not result.applied:
+                return self._refuse(generation, digest, here, result.error)
+            self.generation, self._refused = generation, None
+            self.generations.record_config(self.node, generation, digest, "applied")
+            log.warning(
+                "configuration generation taken from another node's reload",
+                extra={"generation": generation, "digest": digest[:12]},
             )
-            return self._result(new, applied=True)
+            return result
+
+    def _refuse(
+        self, generation: int, digest: str, here: str, error: str | None = None
+    ) -> ReloadResult | None:
+        """Files that are not the generation's: the running configuration kept, and said once
+        per generation and state of the files (the next look tries again: a mount catching up
+        is taken when it has)."""
+        if self._refused == (generation, here):
+            return None
+        self._refused = (generation, here)
+        why = error or (
+            f"this node's route and mapping files (digest {here[:12]}) are not those of "
+            f"generation {generation} (digest {digest[:12]}): copy them here; the running "
+            "configuration is kept"
+        )
+        log.error(
+            "configuration generation refused",
+            extra={"generation": generation, "node": self.node, "error": why},
+        )
+        assert self.generations is not None
+        with contextlib.suppress(Exception):
+            self.generations.record_config(self.node, generation, digest, "refused", why)
+        return self._result(self.current, applied=False, error=why)
 
     @staticmethod
     def _result(config: LoadedConfig, *, applied: bool, error: str | None = None) -> ReloadResult:
@@ -214,3 +364,17 @@ class Reloader:
             loaded_at=config.loaded_at,
             error=error,
         )
+
+
+async def follow_reloads(
+    reloader: Reloader, stop: asyncio.Event, every_s: float = FOLLOW_EVERY_S
+) -> None:
+    """Every ``every_s`` until ``stop``: take the configuration generation another node
+    published (:meth:`Reloader.follow`). A database that does not answer is tried again."""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(reloader.follow)
+        except Exception as exc:
+            log.warning("configuration generation not read", extra={"error": type(exc).__name__})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)

@@ -289,22 +289,31 @@ async def _alerts(settings: Settings, db_engine: Any, node: str, stop: asyncio.E
     await run_alerts(settings, db_engine, node, stop)
 
 
-async def _checked_reload(
-    settings: Settings, restart: asyncio.Event, rounds: list[Settings]
-) -> None:
-    """``engine worker`` on SIGHUP: restart on the files only when all of them are valid (on
-    their snapshot, engine/flow/config.py, so what runs is what was checked)."""
-    from engine.errors import EngineError
-    from engine.flow.config import load_running_config
+def _worker_reloader(
+    settings: Settings,
+    restart: asyncio.Event,
+    rounds: list[Settings],
+    loop: asyncio.AbstractEventLoop,
+) -> tuple[Any, Any]:
+    """``engine worker``'s reloader (engine/flow/config.py): on SIGHUP, or when another node
+    published a reload (its generation, followed every few seconds), the files are read and
+    checked on their snapshot, and only when all of them are valid does the next round start on
+    that snapshot (so what runs is what was checked). The reloader and its database engine."""
+    from engine.flow.config import LoadedConfig, Reloader, load_config
+    from engine.store import SqlMessageStore, create_db_engine
+    from engine.store.nodes import new_node_id
 
-    try:
-        _, running = await asyncio.to_thread(load_running_config, settings)
-    except EngineError as exc:
-        log.error("reload refused: running configuration kept", extra={"error": str(exc)})
-        return
-    log.info("configuration reloaded: workers restarting on it")
-    rounds.append(running)
-    restart.set()
+    def apply(_config: LoadedConfig, running: Settings) -> None:
+        rounds.append(running)
+        log.info("configuration reloaded: workers restarting on it")
+        loop.call_soon_threadsafe(restart.set)
+
+    reloader = Reloader(settings, load_config(settings), apply)
+    db_engine = create_db_engine(settings.resolved_database_url(), durable=False)
+    store = SqlMessageStore(db_engine)
+    store.migrate()
+    reloader.share(store, new_node_id())
+    return reloader, db_engine
 
 
 async def _first_of(*events: asyncio.Event, then: asyncio.Event) -> None:
@@ -327,7 +336,8 @@ def run_workers(
     """Process entry point: run the workers until SIGTERM/SIGINT or the parent goes away.
 
     ``engine worker`` (no ``parent``) reloads its routes and mappings on SIGHUP when they are
-    valid; the worker of ``engine serve`` ignores SIGHUP (its receiver reloads and restarts it).
+    valid, and when another node published a reload whose files it has (engine/flow/config.py);
+    the worker of ``engine serve`` ignores SIGHUP (its receiver reloads and restarts it).
 
     ``metrics_dir``: the receiver's metrics directory (``engine serve``); ``engine worker`` runs
     without one, as no /metrics of its own shows them.
@@ -352,13 +362,23 @@ def run_workers(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        reloads: set[asyncio.Task[None]] = set()
+        reloads: set[asyncio.Task[Any]] = set()
         rounds = [settings]  # the settings of each round: the last one runs
+        reloader: Any = None
+        shared: Any = None
+        follow: asyncio.Task[None] | None = None
+        if parent is None:  # engine serve's worker: the receiver reloads, then restarts it
+            from engine.flow.config import follow_reloads
+
+            reloader, shared = await asyncio.to_thread(
+                _worker_reloader, settings, restart, rounds, loop
+            )
+            follow = asyncio.create_task(follow_reloads(reloader, stop), name="follow-reloads")
 
         def on_hangup() -> None:
-            if parent is not None:
-                return  # engine serve's worker: the receiver reloads, then restarts this process
-            task = asyncio.create_task(_checked_reload(settings, restart, rounds))
+            if reloader is None:
+                return
+            task = asyncio.create_task(asyncio.to_thread(reloader.reload))
             reloads.add(task)
             task.add_done_callback(reloads.discard)
 
@@ -380,5 +400,8 @@ def run_workers(
             await serve_workers(rounds[-1], round_stop, pressure, metrics)
             relay.cancel()
         watcher.cancel()
+        if follow is not None:
+            follow.cancel()
+            shared.dispose()
 
     asyncio.run(main())
