@@ -76,8 +76,10 @@ _MAX_PARTS = 24
 #: what a form holds beside the file (fields, boundaries, part headers): a declared
 #: Content-Length may be this much over the cap
 _FORM_SLACK = 128 * 1024
-#: how much of the body is handed to the parser's thread at once
-_FEED_BYTES = 256 * 1024
+#: how much of the body is handed to the parser's thread at once: each hand-off costs two
+#: context switches, so a 1 MiB scan goes over in one or two, while an upload holds at most
+#: this much beside its spool file
+_FEED_BYTES = 1024 * 1024
 _STATUS = {"size": 413, "type": 415, "pdf": 422, "metadata": 422}
 
 
@@ -293,29 +295,56 @@ async def _receive(
     extra_fields: frozenset[str],
     before_file: BeforeFile | None,
 ) -> Accepted:
-    spool = await intake.run(intake.spool)
+    # the body's pieces are handed to a thread a few at a time (one hand-off per MiB, not one
+    # per 64 KiB read; the first one makes the spool file too), and each at once past the cap
+    # (a sender that stops there, waiting, is answered)
+    started: tuple[Spool, _Form] | None = None
+    pending: list[bytes] = []
+    size = received = 0
+    body_limit = intake.max_bytes + _FORM_SLACK
+    problem: _FormProblem | None = None
+
+    async def feed() -> bool:
+        nonlocal started, problem
+        if started is None:
+            spool, form, more = await intake.run(
+                _start, intake, boundary, pending, extra_fields, before_file
+            )
+            started = spool, form
+        else:
+            try:
+                more = await intake.run(started[1].feed_all, pending)
+            except _FormProblem as found:
+                more = found
+        if isinstance(more, _FormProblem):
+            problem = more
+            return False
+        return more
+
     try:
-        form = _Form(boundary, spool, extra_fields=extra_fields, before_file=before_file)
+        async for chunk in request.stream():
+            pending.append(chunk)
+            size += len(chunk)
+            received += len(chunk)
+            if size >= _FEED_BYTES or received > intake.max_bytes:
+                if not await feed():
+                    break  # over the cap, or not a form taken: the rest is never read
+                pending, size = [], 0
+            if received > body_limit:
+                break  # the file is within the cap, the body is not: read no more
+        else:
+            if pending or started is None:
+                await feed()
+    except BaseException:
+        if started is not None:
+            await intake.run(started[0].discard)
+        raise
+    assert started is not None
+    spool, form = started
+    try:
         try:
-            # the body's pieces are handed to a thread a few at a time (one hop per 256 KiB,
-            # not one per 64 KiB read), and each at once past the cap (a sender that stops
-            # there, waiting, is answered)
-            pending: list[bytes] = []
-            size = received = 0
-            body_limit = intake.max_bytes + _FORM_SLACK
-            async for chunk in request.stream():
-                pending.append(chunk)
-                size += len(chunk)
-                received += len(chunk)
-                if size >= _FEED_BYTES or received > intake.max_bytes:
-                    if not await intake.run(form.feed_all, pending):
-                        break  # over the cap: the rest is never read
-                    pending, size = [], 0
-                if received > body_limit:
-                    break  # the file is within the cap, the body is not: read no more
-            else:
-                if pending:
-                    await intake.run(form.feed_all, pending)
+            if problem is not None:
+                raise problem
             if received > body_limit and not spool.over:
                 metrics.record_error("receive")
                 raise await intake.refuse(
@@ -332,10 +361,10 @@ async def _receive(
                 form.finish()
                 if form.files == 0:
                     raise _FormProblem("the form has no 'file' part (the document)")
-        except _FormProblem as problem:
+        except _FormProblem as found:
             metrics.record_error("receive")
             raise await intake.refuse(
-                str(problem),
+                str(found),
                 kind="metadata",
                 fields=_fields(form.fields),
                 spool=spool,
@@ -352,4 +381,28 @@ async def _receive(
         metrics.record_receipt(channel="http", ack_code=None, stored=not accepted.duplicate)
         return accepted
     finally:
-        await intake.run(spool.discard)
+        if not spool.discarded:
+            await intake.run(spool.discard)
+
+
+def _start(
+    intake: DocumentIntake,
+    boundary: bytes,
+    first: list[bytes],
+    extra_fields: frozenset[str],
+    before_file: BeforeFile | None,
+) -> tuple[Spool, _Form, bool | _FormProblem]:
+    """In a thread: the upload's spool file made and the body's first piece fed to its form,
+    in one hand-off. The third value: whether to read on (False past the cap), or the problem
+    the first piece showed (for the caller to record with the spool). Anything else raised
+    (``before_file``'s refusal) leaves no spool file behind."""
+    spool = intake.spool()
+    try:
+        form = _Form(boundary, spool, extra_fields=extra_fields, before_file=before_file)
+        try:
+            return spool, form, form.feed_all(first)
+        except _FormProblem as problem:
+            return spool, form, problem
+    except BaseException:
+        spool.discard()
+        raise

@@ -142,6 +142,7 @@ class Spool:
         self.max_bytes = max_bytes
         self.size = 0
         self.over = False
+        self.discarded = False
         self.head = b""
         self._hash = hashlib.sha256()
         self._sha1 = hashlib.sha1(usedforsecurity=False)
@@ -176,9 +177,13 @@ class Spool:
             self._file.close()
 
     def discard(self) -> None:
+        """Close and remove the file (once: later calls do nothing)."""
+        if self.discarded:
+            return
         self.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        self.discarded = True
 
 
 def _hash_file(path: Path, max_bytes: int) -> tuple[str, int, bytes, bool]:
@@ -400,8 +405,8 @@ class DocumentIntake:
         peer: str = "",
         file_name: str | None = None,
     ) -> Accepted:
-        """Check and commit a spooled document (the caller discards the spool after)."""
-        await self.run(spool.close)
+        """Check and commit a spooled document (the caller discards the spool after; an
+        accepted one is discarded here)."""
         refusal = RefusedDocument(
             reason="",
             channel=channel,
@@ -412,9 +417,10 @@ class DocumentIntake:
             fields=fields.given(),
         )
         if spool.over:
+            await self.run(spool.close)
             return await self._refuse_oversize(refusal, spool.head)
         return await self._accept_file(
-            spool.path, spool.sha256, spool.size, fields, refusal, file_name, sha1=spool.sha1
+            spool.path, spool.sha256, spool.size, fields, refusal, file_name, spool=spool
         )
 
     async def accept_file(
@@ -453,34 +459,30 @@ class DocumentIntake:
         refusal: RefusedDocument,
         file_name: str | None,
         *,
-        sha1: str | None = None,
+        spool: Spool | None = None,
     ) -> Accepted:
-        """Check and commit ``path``. ``sha1`` given: ``path`` is our own spool file, hashed as
+        """Check and commit ``path``. ``spool`` given: ``path`` is that spool's file, hashed as
         it was written; beside SQLite it is moved into the store unread (and is gone after)."""
         refusal = RefusedDocument(**{**asdict(refusal), "sha256": sha256})
         try:
             new = self.check(fields, channel=refusal.channel, sender=refusal.sender)
-            media_type = await self.run(sniff, path)
         except DocumentRefused as refused:
+            if spool is not None:
+                await self.run(spool.close)
             await self._record(refused, refusal, path)
             raise
         new = NewDocument(**{**asdict(new), "peer": refusal.peer, "file_name": file_name})
-        # beside SQLite the bytes become a file of their own, fsynced here in this upload's
-        # thread, before the group commit: the commit then adds rows only, and uploads write
-        # their bytes side by side instead of one by one under SQLite's one writer
-        prepare = getattr(self.store, "prepare_blob", None)
         try:
-            if prepare is not None:
-                sha1 = await self.run(prepare, path, sha256, size, sha1=sha1)
-            stored = await self.run(
-                self._group.store_document,
-                DocumentToStore(new, path, sha256, size, media_type, sha1=sha1),
-            )
+            done = await self.run(self._store_file, new, path, sha256, size, spool)
         except DocumentChanged:  # the file changed since it was hashed (a folder's): look again
             raise
         except Exception as exc:
             log.error("document store failed", extra={"error": type(exc).__name__})
             raise StoreUnavailable("the document could not be stored; send it again") from exc
+        if isinstance(done, DocumentRefused):
+            await self._record(done, refusal, path)
+            raise done
+        media_type, stored = done
         if self.on_stored is not None and not stored.duplicate:
             self.on_stored()
         log.info(
@@ -499,6 +501,33 @@ class DocumentIntake:
         return Accepted(
             stored.info.document_id, stored.message_id, sha256, size, media_type, stored.duplicate
         )
+
+    def _store_file(
+        self, new: NewDocument, path: Path, sha256: str, size: int, spool: Spool | None
+    ) -> tuple[str, StoredDocument] | DocumentRefused:
+        """The blocking part of accepting a checked document, in one of the intake's threads
+        (one hand-off per document, not one per step: each costs two context switches):
+        the spool closed, the type read from the bytes (a refusal is returned, for the caller
+        to record), the bytes made a blob, the group commit, the spool discarded."""
+        if spool is not None:
+            spool.close()
+        try:
+            media_type = sniff(path)
+        except DocumentRefused as refused:
+            return refused
+        # beside SQLite the bytes become a file of their own, fsynced here in this upload's
+        # thread, before the group commit: the commit then adds rows only, and uploads write
+        # their bytes side by side instead of one by one under SQLite's one writer
+        sha1 = spool.sha1 if spool is not None else None
+        prepare = getattr(self.store, "prepare_blob", None)
+        if prepare is not None:
+            sha1 = prepare(path, sha256, size, sha1=sha1)
+        stored = self._group.store_document(
+            DocumentToStore(new, path, sha256, size, media_type, sha1=sha1)
+        )
+        if spool is not None:
+            spool.discard()
+        return media_type, stored
 
     async def refuse(
         self,

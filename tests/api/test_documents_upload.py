@@ -296,3 +296,29 @@ def test_a_body_far_past_the_cap_is_413_even_when_the_form_ended(
     assert "ENGINE_MAX_DOCUMENT_BYTES" in response.json()["detail"]
     [row] = _rows(store)
     assert row.state == "error" and "body" in row.reason
+
+
+def test_an_upload_is_two_hand_offs_to_the_intake_threads(
+    app_client: TestClient,
+    headers: dict[str, str],
+    store: SqlMessageStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # each hand-off to a thread costs two context switches: a document under a MiB is spooled
+    # and parsed in one, closed, checked, made a blob, committed and its spool gone in another
+    intake = app_client.app.state.documents  # type: ignore[attr-defined]
+    calls: list[str] = []
+    run = intake.run
+
+    async def counted(fn: Callable[..., object], *args: object, **kwargs: object) -> object:
+        calls.append(getattr(fn, "__name__", repr(fn)))
+        return await run(fn, *args, **kwargs)
+
+    monkeypatch.setattr(intake, "run", counted)
+    files = {"file": ("card.pdf", pdf_bytes(2), "application/pdf")}
+    response = app_client.post("/documents", data=FORM, files=files, headers=headers)
+    assert response.status_code == 201, response.text
+    assert calls == ["_start", "_store_file"]
+    assert stored_document(store, response.json()["document_id"]) is not None
+    assert list((tmp_path / "spool").iterdir()) == []
