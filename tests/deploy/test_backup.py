@@ -99,7 +99,7 @@ def engine_home(tmp_path: Path) -> Iterator[tuple[Engine, Path]]:
     home.mkdir()
     routes = tmp_path / "routes"
     routes.mkdir()
-    (routes / "outbox.yaml").write_text(ROUTES.format(outbox=tmp_path / "outbox"))
+    (routes / "example.yaml").write_text(ROUTES.format(outbox=tmp_path / "outbox"))
     node = Engine(home, routes, env={"ENGINE_HOME": str(home)})
     try:
         yield node, home
