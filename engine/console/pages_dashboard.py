@@ -38,7 +38,7 @@ from engine.console.auth import ConsoleUser, ConsoleUserDep
 from engine.console.pages_messages import local_time, store_of
 from engine.console.render import environment, render
 from engine.store import SqlMessageStore
-from engine.store.console_stats import DestinationFigures, RouteFigures
+from engine.store.console_stats import DashboardFigures, DestinationFigures, RouteFigures
 
 __all__ = ["OpsUserDep", "require_any", "router", "sparkline"]
 
@@ -137,11 +137,11 @@ class _Row:
     now: DestinationFigures
 
 
-def _rows(store: SqlMessageStore, configured: list[tuple[str, str]], now: datetime) -> list[_Row]:
+def _rows(figures: DashboardFigures, configured: list[tuple[str, str]]) -> list[_Row]:
     """Every configured (route, destination), and any other the deliveries name (a route since
     removed: its queue still drains)."""
-    by_route = {(f.route, f.destination): f for f in store.route_figures(now)}
-    destinations = store.destination_figures(now)
+    by_route = {(f.route, f.destination): f for f in figures.routes}
+    destinations = figures.destinations
     keys = list(dict.fromkeys([*configured, *sorted(by_route)]))
     named = {d for _, d in keys}
     keys += [("", d) for d in sorted(destinations) if d not in named]
@@ -199,19 +199,21 @@ def _figures(request: Request, store: SqlMessageStore, zone: str, span: str) -> 
 
 def _read_figures(request: Request, store: SqlMessageStore, zone: str, span: str) -> dict[str, Any]:
     now = datetime.now(UTC)
-    hour = store.received_counts(now - timedelta(hours=1))
-    day = store.received_counts(now - timedelta(days=1))
     day_ahead = _tomorrow(zone, now)
-    eligibility = store.eligibility_summary(day_ahead)
+    # on one connection; the day's messages read once for the hour's, the day's and the rate
+    figures = store.dashboard_figures(span, day_ahead, now)
+    received = figures.received
+    hour, day = received.hour, received.day
+    eligibility = figures.eligibility
     return {
-        "rows": _rows(store, _configured(request), now),
+        "rows": _rows(figures, _configured(request)),
         "age": _age,
         "received": {
             "hour": (sum(hour.values()), hour.get("error", 0), hour.get("unrouted", 0)),
             "day": (sum(day.values()), day.get("error", 0), day.get("unrouted", 0)),
         },
         "span": span,
-        "spark": sparkline(store.ingest_rate(span, now), zone),
+        "spark": sparkline(received.rate, zone),
         "tomorrow": day_ahead.isoformat(),
         "eligibility": [(VERDICTS.get(k, k), k, n) for k, n in eligibility.items()],
         "alerts": _alerts(store),

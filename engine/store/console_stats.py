@@ -33,7 +33,8 @@ replaces.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -72,6 +73,7 @@ __all__ = [
     "HANDLEABLE_STATES",
     "Breaker",
     "ConsoleStats",
+    "DashboardFigures",
     "DeliveryDetail",
     "DestinationFigures",
     "Handled",
@@ -162,6 +164,16 @@ class ReceivedFigures:
     hour: dict[str, int]
     day: dict[str, int]
     rate: list[tuple[datetime, int]]
+
+
+@dataclass(frozen=True)
+class DashboardFigures:
+    """Everything the dashboard shows from the database but its alerts, read at once."""
+
+    routes: list[RouteFigures]
+    destinations: dict[str, DestinationFigures]
+    received: ReceivedFigures
+    eligibility: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -393,13 +405,39 @@ class ConsoleStats(Repository):
 
     # -- the dashboard ----------------------------------------------------------------------
 
-    def route_figures(self, now: datetime | None = None) -> list[RouteFigures]:
+    @contextmanager
+    def _reading(self, conn: Connection | None) -> Iterator[Connection]:
+        """``conn`` when the caller reads several figures on one connection, else one of its
+        own (on PostgreSQL each checkout is a ping before and a rollback after)."""
+        if conn is not None:
+            yield conn
+            return
+        with self.db_engine.connect() as own:
+            yield own
+
+    def dashboard_figures(
+        self, span: str, day_ahead: date, now: datetime | None = None
+    ) -> DashboardFigures:
+        """The dashboard's figures (routes, destinations, messages received, ``day_ahead``'s
+        eligibility) read on one connection."""
+        now = now or utcnow()
+        with self.db_engine.connect() as conn:
+            return DashboardFigures(
+                routes=self.route_figures(now, conn=conn),
+                destinations=self.destination_figures(now, conn=conn),
+                received=self.received_figures(span, now, conn=conn),
+                eligibility=self.eligibility_summary(day_ahead, conn=conn),
+            )
+
+    def route_figures(
+        self, now: datetime | None = None, *, conn: Connection | None = None
+    ) -> list[RouteFigures]:
         """Per route and destination, the deliveries made in the last hour and day and where
         each stands now; sorted by route, then destination."""
         now = now or utcnow()
         out: dict[tuple[str, str], RouteFigures] = {}
         hour, day = now - timedelta(hours=1), now - timedelta(days=1)
-        with self.db_engine.connect() as conn:
+        with self._reading(conn) as conn:
             if conn.dialect.name == "postgresql":
                 for r in conn.execute(_WINDOWS, {"since": day, "hour": hour}):
                     figures = out.setdefault((r.route, r.destination), RouteFigures(*r[:2]))
@@ -420,7 +458,9 @@ class ConsoleStats(Repository):
         with self.db_engine.connect() as conn:
             return {r.state: int(r.n) for r in conn.execute(_RECEIVED, {"since": since})}
 
-    def destination_figures(self, now: datetime | None = None) -> dict[str, DestinationFigures]:
+    def destination_figures(
+        self, now: datetime | None = None, *, conn: Connection | None = None
+    ) -> dict[str, DestinationFigures]:
         """Per destination with anything to show: its queue and the age of the oldest waiting
         delivery, its dead letters (of messages not marked handled), its breaker as the live
         worker nodes report it, and its last error of the last day."""
@@ -430,7 +470,7 @@ class ConsoleStats(Repository):
         def of(name: str) -> DestinationFigures:
             return out.setdefault(name, DestinationFigures(name))
 
-        with self.db_engine.connect() as conn:
+        with self._reading(conn) as conn:
             for r in conn.execute(_QUEUE):
                 figures = of(r.destination)
                 figures.queued = int(r.n)
@@ -450,7 +490,9 @@ class ConsoleStats(Repository):
                 of(name).breaker = breaker
         return out
 
-    def received_figures(self, span: str, now: datetime | None = None) -> ReceivedFigures:
+    def received_figures(
+        self, span: str, now: datetime | None = None, *, conn: Connection | None = None
+    ) -> ReceivedFigures:
         """The dashboard's messages in one read of the day's (instead of three: the hour's and
         the day's per state, and the rate): received per state in the last hour and day, and
         :meth:`ingest_rate`'s buckets."""
@@ -467,7 +509,7 @@ class ConsoleStats(Repository):
         day: dict[str, int] = {}
         seen: dict[datetime, int] = {}
         params = {"hour": now - timedelta(hours=1), "day": now - timedelta(days=1)}
-        with self.db_engine.connect() as conn:
+        with self._reading(conn) as conn:
             for r in conn.execute(statement, params):
                 n, hour_n = int(r.n), int(r.hour_n or 0)
                 day[r.state] = day.get(r.state, 0) + n
@@ -492,10 +534,10 @@ class ConsoleStats(Repository):
             seen = {_bucket_start(str(r.bucket)): int(r.n) for r in conn.execute(statement)}
         return [(s, seen.get(s, 0)) for s in starts]
 
-    def eligibility_summary(self, day: date) -> dict[str, int]:
+    def eligibility_summary(self, day: date, *, conn: Connection | None = None) -> dict[str, int]:
         """The verdicts of a day's appointments (the latest check of each), counted."""
         latest: dict[str, str] = {}
-        with self.db_engine.connect() as conn:
+        with self._reading(conn) as conn:
             for r in conn.execute(_ELIGIBILITY, {"day": day}):
                 latest[r.appointment_url or r.patient_url] = r.status
         counts: dict[str, int] = {}
