@@ -12,10 +12,7 @@ check is recorded too. The chain's head and the anchor retention left are shown 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
 from typing import Annotated, Any
-from urllib.parse import urlencode
-from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
@@ -24,16 +21,16 @@ from engine.api.auth import Role
 from engine.api.deps import SettingsDep
 from engine.audit.chain import Verified
 from engine.console.auth import ConsoleUser, CsrfDep, current_console_user
+from engine.console.forms import SearchForm, form_time, keyset_cursor
 from engine.console.pages_messages import local_time, store_of, who_of
 from engine.console.render import render
-from engine.store.audit import ACTIONS, YEARS, AuditQuery, AuditSearchTimeout
+from engine.store.audit import ACTIONS, AuditQuery, AuditSearchTimeout
 
 __all__ = ["router"]
 
 router = APIRouter()
 
 PAGE = 50
-BIGINT_MAX = 2**63 - 1
 Text = Annotated[str, Query(max_length=255)]
 
 
@@ -62,7 +59,7 @@ AuditAdminDep = Annotated[ConsoleUser, Depends(_admin)]
 
 
 @dataclass(frozen=True)
-class _Filters:
+class _Filters(SearchForm):
     """The filter form as typed (shown again as typed)."""
 
     actor: str = ""
@@ -78,39 +75,11 @@ class _Filters:
             actor=self.actor.strip() or None,
             action=self.action.strip() or None,
             mrn=self.mrn.strip() or None,
-            since=_day(self.since, zone, "from"),
-            until=_day(self.until, zone, "to", end=True),
+            since=form_time(self.since, zone, "from", times=False),
+            until=form_time(self.until, zone, "to", end=True, times=False),
             before=before,
             limit=PAGE,
         )
-
-    def link(self, **extra: Any) -> str:
-        pairs = {k: v for k, v in self.__dict__.items() if v}
-        pairs.update({k: v for k, v in extra.items() if v is not None})
-        return "?" + urlencode(pairs) if pairs else "?"
-
-
-def _day(value: str, zone: str, name: str, *, end: bool = False) -> datetime | None:
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        day = date.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{name}: {value[:40]!r} is not a date (YYYY-MM-DD)") from None
-    if not YEARS[0] <= day.year <= YEARS[1]:
-        raise ValueError(f"{name}: {value!r} is out of range (years {YEARS[0]} to {YEARS[1]})")
-    start = datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(zone))
-    return start + timedelta(days=1) if end else start
-
-
-def _cursor(value: str) -> int | None:
-    value = value.strip()
-    if not value:
-        return None
-    if not value.isdigit() or not 1 <= int(value) <= BIGINT_MAX:
-        raise ValueError("before: not a record's seq")
-    return int(value)
 
 
 def _page(
@@ -124,7 +93,7 @@ def _page(
 ) -> HTMLResponse:
     store = store_of(request)
     try:
-        cursor = _cursor(before)
+        cursor = keyset_cursor(before, "a record's seq")
         query = filters.query(zone, cursor)
     except ValueError as exc:
         return _render(request, user, filters, [], error=str(exc), status_code=422)

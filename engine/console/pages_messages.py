@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -36,6 +36,7 @@ from engine.api.auth import Role
 from engine.api.deps import SettingsDep
 from engine.console.auth import ConsoleUser, CsrfDep, require_console
 from engine.console.er7 import name_segments, rebuilt_ack
+from engine.console.forms import BIGINT_MAX, SearchForm, form_time, keyset_cursor
 from engine.console.render import render
 from engine.settings import Settings
 from engine.store import (
@@ -46,7 +47,6 @@ from engine.store import (
     UnknownDestination,
     Who,
 )
-from engine.store.audit import YEARS
 from engine.store.console_stats import HANDLEABLE_STATES, MessageDetail
 
 __all__ = ["ViewerUserDep", "local_time", "router", "store_of", "who_of"]
@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 
 router = APIRouter()
 
-BIGINT_MAX = 2**63 - 1
 PAGE = 50
 MessageId = Annotated[int, Path(ge=1, le=BIGINT_MAX)]
 Text = Annotated[str, Query(max_length=255)]
@@ -85,37 +84,8 @@ def local_time(value: datetime | None, zone: str) -> str:
     return value.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-def _bound(value: str, zone: str, name: str, *, end: bool = False) -> datetime | None:
-    """A date (``2026-12-03``) or a time (``2026-12-03T09:15``) in the practice's zone; a date
-    alone as ``end`` (the "to" field) includes that whole day, as the CLI and the audit page do:
-    the next local midnight. Years outside :data:`YEARS` are refused (422), not overflowed."""
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{name}: {value[:40]!r} is not a date (YYYY-MM-DD[THH:MM])") from None
-    if not YEARS[0] <= when.year <= YEARS[1]:
-        raise ValueError(f"{name}: {value!r} is out of range (years {YEARS[0]} to {YEARS[1]})")
-    when = when if when.tzinfo else when.replace(tzinfo=ZoneInfo(zone))
-    if end and "T" not in value and " " not in value:  # a day: up to the next local midnight
-        day = when.date() + timedelta(days=1)
-        return datetime(day.year, day.month, day.day, tzinfo=when.tzinfo)
-    return when
-
-
-def _cursor(value: str) -> int | None:
-    value = value.strip()
-    if not value:
-        return None
-    if not value.isdigit() or not 1 <= int(value) <= BIGINT_MAX:
-        raise ValueError("before: not a message id")
-    return int(value)
-
-
 @dataclass(frozen=True)
-class _Filters:
+class _Filters(SearchForm):
     """The search form as typed (shown again as typed)."""
 
     mrn: str = ""
@@ -136,8 +106,8 @@ class _Filters:
             sender=self.sender.strip() or None,
             mrn=self.mrn.strip() or None,
             control_id=self.control_id.strip() or None,
-            since=_bound(self.since, zone, "from"),
-            until=_bound(self.until, zone, "to", end=True),
+            since=form_time(self.since, zone, "from"),
+            until=form_time(self.until, zone, "to", end=True),
             before=before,
             limit=PAGE,
         )
@@ -153,14 +123,6 @@ class _Filters:
         if self.mrn.strip():
             used.insert(0, "one patient")
         return ", ".join(used) or "no filter"
-
-    def link(self, **extra: Any) -> str:
-        """The page's query string with these filters (and ``extra``), for the paging links."""
-        from urllib.parse import urlencode
-
-        pairs = {k: v for k, v in self.__dict__.items() if v}
-        pairs.update({k: v for k, v in extra.items() if v is not None})
-        return "?" + urlencode(pairs) if pairs else "?"
 
 
 @router.get("/messages", response_class=HTMLResponse)
@@ -183,7 +145,7 @@ def messages_page(
     filters = _Filters(mrn, control_id, type, trigger, sender, state, since, until)
     zone = settings.timezone
     try:
-        cursor = _cursor(before)
+        cursor = keyset_cursor(before, "a message id")
         query = filters.query(zone, cursor)
     except ValueError as exc:
         return _list_page(request, user, filters, error=str(exc), status_code=422)

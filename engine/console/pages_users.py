@@ -11,7 +11,7 @@ password here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -98,14 +98,21 @@ async def _roles_of(request: Request) -> list[str]:
     return sorted({value for key, value in items if key == "role" and value in ROLES})
 
 
-async def _apply(
-    request: Request,
-    admin: ConsoleUser,
-    change: Callable[[], object],
-    done: str,
-    username: str,
-) -> Response:
+#: a change planned from its form: what to run (in a thread), what it did, to whom
+_Plan = tuple[Callable[[], object], str, str]
+
+
+def _refuse(problem: str | None) -> None:
+    """A form the page answers 422 with ``problem`` (shown as it is)."""
+    if problem:
+        raise UserProblem(problem)
+
+
+async def _apply(request: Request, admin: ConsoleUser, plan: Awaitable[_Plan]) -> Response:
+    """Check the form and make the change (``plan``), then back to the list saying what was
+    done; a refusal, the form's or the store's, is the page again with it (422)."""
     try:
+        change, done, username = await plan
         await run_in_threadpool(change)
     except UserProblem as exc:
         return await _page(request, admin, error=str(exc), status_code=422)
@@ -115,26 +122,18 @@ async def _apply(
 @router.post("/users")
 async def add_user(request: Request, admin: AdminUserDep, _: CsrfDep) -> Response:
     """Add a local user with a password and roles."""
-    users = _store(request)
-    fields = dict(await read_form_items(request))
-    roles = await _roles_of(request)
-    try:
+
+    async def plan() -> _Plan:
+        users = _store(request)
+        fields = dict(await read_form_items(request))
+        roles = await _roles_of(request)
         name = normal_username(fields.get("username", ""))
-    except UserProblem as exc:
-        return await _page(request, admin, error=str(exc), status_code=422)
-    problem = password_problem(fields.get("password", ""))
-    if problem is None and not roles:
-        problem = "choose at least one role"
-    if problem is not None:
-        return await _page(request, admin, error=problem, status_code=422)
-    hashed = await run_in_threadpool(hash_password, fields["password"])
-    return await _apply(
-        request,
-        admin,
-        lambda: users.add_user(name, roles, _who(admin), password_hash=hashed),
-        "added",
-        name,
-    )
+        _refuse(password_problem(fields.get("password", "")))
+        _refuse("" if roles else "choose at least one role")
+        hashed = await run_in_threadpool(hash_password, fields["password"])
+        return lambda: users.add_user(name, roles, _who(admin), password_hash=hashed), "added", name
+
+    return await _apply(request, admin, plan())
 
 
 @router.post("/users/{username}/roles")
@@ -142,25 +141,17 @@ async def change_roles(
     request: Request, username: UserName, admin: AdminUserDep, _: CsrfDep
 ) -> Response:
     """Replace a user's roles (not one's own admin role)."""
-    try:
-        username = normal_username(username)
-    except UserProblem as exc:
-        return await _page(request, admin, error=str(exc), status_code=422)
-    users = _store(request)
-    roles = await _roles_of(request)
-    if not roles:
-        return await _page(request, admin, error="choose at least one role", status_code=422)
-    if username == admin.username and Role.ADMIN.value not in roles:
-        return await _page(
-            request, admin, error="you cannot take your own admin role away", status_code=422
-        )
-    return await _apply(
-        request,
-        admin,
-        lambda: users.set_roles(username, roles, _who(admin), keep_admin=True),
-        "roles",
-        username,
-    )
+
+    async def plan() -> _Plan:
+        name = normal_username(username)
+        users = _store(request)
+        roles = await _roles_of(request)
+        _refuse("" if roles else "choose at least one role")
+        if name == admin.username and Role.ADMIN.value not in roles:
+            _refuse("you cannot take your own admin role away")
+        return lambda: users.set_roles(name, roles, _who(admin), keep_admin=True), "roles", name
+
+    return await _apply(request, admin, plan())
 
 
 @router.post("/users/{username}/password")
@@ -168,23 +159,16 @@ async def set_password(
     request: Request, username: UserName, admin: AdminUserDep, _: CsrfDep
 ) -> Response:
     """Set a user's password (their sessions end)."""
-    try:
-        username = normal_username(username)
-    except UserProblem as exc:
-        return await _page(request, admin, error=str(exc), status_code=422)
-    users = _store(request)
-    password = dict(await read_form_items(request)).get("password", "")
-    problem = password_problem(password)
-    if problem is not None:
-        return await _page(request, admin, error=problem, status_code=422)
-    hashed = await run_in_threadpool(hash_password, password)
-    return await _apply(
-        request,
-        admin,
-        lambda: users.set_password(username, hashed, _who(admin)),
-        "password",
-        username,
-    )
+
+    async def plan() -> _Plan:
+        name = normal_username(username)
+        users = _store(request)
+        password = dict(await read_form_items(request)).get("password", "")
+        _refuse(password_problem(password))
+        hashed = await run_in_threadpool(hash_password, password)
+        return lambda: users.set_password(name, hashed, _who(admin)), "password", name
+
+    return await _apply(request, admin, plan())
 
 
 @router.post("/users/{username}/disable")
@@ -192,20 +176,7 @@ async def disable_user(
     request: Request, username: UserName, admin: AdminUserDep, _: CsrfDep
 ) -> Response:
     """Disable a user: their sessions end now (not oneself)."""
-    try:
-        username = normal_username(username)
-    except UserProblem as exc:
-        return await _page(request, admin, error=str(exc), status_code=422)
-    users = _store(request)
-    if username == admin.username:
-        return await _page(request, admin, error="you cannot disable yourself", status_code=422)
-    return await _apply(
-        request,
-        admin,
-        lambda: users.set_disabled(username, True, _who(admin), keep_admin=True),
-        "disabled",
-        username,
-    )
+    return await _apply(request, admin, _set_disabled(request, username, admin, disabled=True))
 
 
 @router.post("/users/{username}/enable")
@@ -213,15 +184,17 @@ async def enable_user(
     request: Request, username: UserName, admin: AdminUserDep, _: CsrfDep
 ) -> Response:
     """Enable a user (a lock-out is lifted too)."""
-    try:
-        username = normal_username(username)
-    except UserProblem as exc:
-        return await _page(request, admin, error=str(exc), status_code=422)
+    return await _apply(request, admin, _set_disabled(request, username, admin, disabled=False))
+
+
+async def _set_disabled(
+    request: Request, username: str, admin: ConsoleUser, *, disabled: bool
+) -> _Plan:
+    name = normal_username(username)
     users = _store(request)
-    return await _apply(
-        request,
-        admin,
-        lambda: users.set_disabled(username, False, _who(admin)),
-        "enabled",
-        username,
-    )
+    if disabled and name == admin.username:
+        _refuse("you cannot disable yourself")
+    who = _who(admin)
+    if disabled:
+        return lambda: users.set_disabled(name, True, who, keep_admin=True), "disabled", name
+    return lambda: users.set_disabled(name, False, who), "enabled", name
