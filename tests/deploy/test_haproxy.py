@@ -9,9 +9,10 @@ served.
 Known gap, measured here (3 December, five runs: 10 to 20 of 600 messages): a delivery the dead
 node had written but not yet recorded is delivered again by the other node (after the 10 s
 heartbeat takeover), and the file destination names files by a tag of each node's own (host and
-home, engine/adapters/files.py), so the folder then holds two copies of that message. Exactly once in the folder needs a tag shared by the nodes of one
-database (a per-database id); until then the test holds the bound: only messages the dead node
-had claimed, each at most once per node.
+home, engine/adapters/files.py), so the folder then holds two copies of that message. Exactly
+once in the folder needs a tag shared by the nodes of one database (a per-database id); until
+then the test holds the bound: only messages the dead node had claimed, each at most once per
+node.
 
 The test installs nothing: ``.ci/run`` installs haproxy (``apt-get install haproxy``) when it is
 missing; without it this test skips, saying so.
