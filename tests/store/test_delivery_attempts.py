@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, select, update
 
 from engine.store import Incoming, NewDelivery, Outcome, Processed, SqlMessageStore
 from engine.store.attempts import attempt_fields
-from engine.store.tables import deliveries, delivery_attempts
+from engine.store.tables import deliveries, delivery_attempts, messages
 
 
 def _routed(store: SqlMessageStore, patient: str = "A") -> int:
@@ -123,3 +123,18 @@ def test_an_error_keeps_no_credential_nor_query_and_is_cut() -> None:
     assert text.startswith("fhir: POST https://ehr.example.org/fhir?… -> 401 Bearer …")
     assert attempt_fields("") == (None, None, None)
     assert attempt_fields("adapter error (KeyError)")[1] == "KeyError"
+
+
+def test_retention_purges_attempts_with_their_delivered_message(store: SqlMessageStore) -> None:
+    mid = _routed(store)
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    [due] = store.claim_due_deliveries(10)
+    store.record_outcomes([Outcome(due.id, False, "fhir: transaction -> 503", soon, attempt=1)])
+    _due_now(store)
+    [due] = store.claim_due_deliveries(10)
+    store.record_outcomes([Outcome(due.id, True, attempt=2, seconds=0.1)])
+    assert _attempt_rows(store) == 2 and store.get(mid).state == "delivered"  # type: ignore[union-attr]
+    with store.db_engine.begin() as conn:
+        conn.execute(update(messages).values(updated_at=datetime.now(UTC) - timedelta(days=40)))
+    assert store.purge_delivered(timedelta(days=30)) == 1
+    assert _attempt_rows(store) == 0
