@@ -334,6 +334,26 @@ class MessageStore(Repository):
             )
             return int(result.rowcount or 0)
 
+    def release_processing(self, ids: Sequence[int], worker: str) -> int:
+        """Put back messages ``worker`` claimed and could not finish (its batch failed with the
+        database away): still ``processing`` and still its own, they are ``received`` again.
+        Without this a live worker's failed batch kept its claims, and every later message of
+        their patients waited, until :meth:`reclaim_stale` (5 minutes)."""
+        if not ids:
+            return 0
+        with self._tx() as conn:
+            result = conn.execute(
+                update(messages)
+                .where(
+                    messages.c.id.in_(id_list("ids")),
+                    messages.c.state == "processing",
+                    messages.c.claimed_by == worker,
+                )
+                .values(state="received", claimed_by=None, claimed_at=None, updated_at=utcnow()),
+                {"ids": list(ids)},
+            )
+            return int(result.rowcount or 0)
+
     _EXISTING = select(messages.c.id).where(messages.c.id.in_(id_list())).with_for_update()
     #: the messages of a batch still claimed by this worker (a claim taken back does not count)
     #: (locked on PostgreSQL, so a reclaim and another worker's finish cannot slip in before our
@@ -462,13 +482,16 @@ class MessageStore(Repository):
 
     # -- retention ---------------------------------------------------------------------------
 
-    def purge_delivered(self, older_than: timedelta) -> int:
+    def purge_delivered(
+        self, older_than: timedelta, id_range: tuple[int, int] | None = None
+    ) -> int:
         """Retention: delete messages delivered (or unrouted) before the cutoff, with their
         deliveries, and replayed originals whose copies are delivered or gone (a chain of
         replays goes one link a run). Messages not delivered (received, routed, error, dead)
         are never purged, nor the original of a copy that is not delivered yet. A purged
         document message takes its document along, and its bytes when nothing else needs them
-        (``purge_documents_of``)."""
+        (``purge_documents_of``). ``id_range`` (after, up to): only ids after the first and up
+        to the second (one short transaction of a batched purge, engine/jobs/retention.py)."""
         cutoff = utcnow() - older_than
         copy = messages.alias("copy")
         unfinished_copy = (
@@ -479,18 +502,17 @@ class MessageStore(Repository):
             )
             .exists()
         )
+        query = select(messages.c.id).where(
+            or_(
+                messages.c.state.in_(("delivered", "unrouted")),
+                and_(messages.c.state == "replayed", ~unfinished_copy),
+            ),
+            messages.c.updated_at < cutoff,
+        )
+        if id_range is not None:  # the primary key's range: read from its index alone
+            query = query.where(messages.c.id > id_range[0], messages.c.id <= id_range[1])
         with self._tx() as conn:
-            ids = list(
-                conn.execute(
-                    select(messages.c.id).where(
-                        or_(
-                            messages.c.state.in_(("delivered", "unrouted")),
-                            and_(messages.c.state == "replayed", ~unfinished_copy),
-                        ),
-                        messages.c.updated_at < cutoff,
-                    )
-                ).scalars()
-            )
+            ids = list(conn.execute(query).scalars())
             if not ids:
                 return 0
             conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(ids)))
