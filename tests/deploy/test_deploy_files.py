@@ -50,7 +50,10 @@ def env_example() -> dict[str, str]:
     for line in (DEPLOY / "engine.env.example").read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             key, _, value = line.partition("=")
-            values[key.strip()] = value.strip()
+            value = value.strip()
+            if len(value) > 1 and value[0] == value[-1] == "'":  # as systemd reads it
+                value = value[1:-1]
+            values[key.strip()] = value
     return values
 
 
