@@ -67,6 +67,8 @@ class KeysUnavailable(Exception):
 class KeySource(Protocol):
     #: the ``alg`` header values this source can check
     algorithms: frozenset[str]
+    #: whether :meth:`key_for` may block (fetch a key set): then tokens are checked in a thread
+    blocking: bool
 
     def key_for(self, alg: str, kid: str | None) -> Any:
         """A python-jose key bound to ``alg``; TokenKeyError or KeysUnavailable."""
@@ -75,6 +77,8 @@ class KeySource(Protocol):
 
 class StaticKeys:
     """Keys loaded once: the dev secret (HS256) or a PEM public key (RS*/ES*); ``kid`` ignored."""
+
+    blocking = False
 
     def __init__(self, keys: Mapping[str, Any]) -> None:
         self._keys = dict(keys)
@@ -152,6 +156,8 @@ def public_key_file(path: Path, algorithms: list[str]) -> StaticKeys:
 
 class JwksKeys:
     """The key set at an identity provider's JWKS URL, cached and refreshed."""
+
+    blocking = True
 
     def __init__(
         self,
