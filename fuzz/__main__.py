@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         _print(stats.line())
         for key, path in stats.kinds.items():
             _print(f"  crash: {key} (first input {path})")
-        failed = failed or bool(stats.crashes or stats.slow)
+        failed = failed or bool(stats.crashes or stats.slow or stats.harness_errors)
     return 1 if failed else 0
 
 

@@ -200,12 +200,12 @@ def mutate_tree(text: bytes, prog: Program) -> bytes:
         op = prog.below(6)
         if not path:
             if op == 0:
-                doc = prog.pick(ODD_VALUES)
+                doc = copy.deepcopy(prog.pick(ODD_VALUES))
             continue
         parent = _get(doc, path[:-1])
         key = path[-1]
         if op in (0, 1):  # an odd value
-            parent[key] = prog.pick(ODD_VALUES)
+            parent[key] = copy.deepcopy(prog.pick(ODD_VALUES))  # never the shared one
         elif op == 2:  # another value of the document
             parent[key] = copy.deepcopy(_get(doc, prog.pick(paths)))
         elif op == 3:  # dropped

@@ -77,6 +77,8 @@ class Stats:
     slowest_s: float = 0.0
     slowest_other_s: float = 0.0
     clock: str = "cpu"
+    #: rounds ended by an error of the harness itself (a strategy), not of the engine
+    harness_errors: int = 0
     seconds: float = 0.0
     #: distinct crashes: (exception type, where in the engine) -> first input's file
     kinds: dict[str, str] = field(default_factory=dict)
@@ -88,6 +90,7 @@ class Stats:
             f"({len(self.kinds)} distinct), {self.slow} over 1 s, slowest "
             f"{self.slowest_s * 1000:.1f} ms {self.clock} ({self.slowest_other_s * 1000:.1f} ms "
             f"{other}), {self.seconds:.0f} s (typed errors {self.typed})"
+            + (f", {self.harness_errors} HARNESS ERRORS" if self.harness_errors else "")
         )
 
 
@@ -191,7 +194,14 @@ def run_target(
             def drive(data: bytes) -> None:
                 one(data)
 
-            drive()
+            try:
+                drive()
+            except Exception as exc:  # the harness's own fault (a strategy): kept, not hidden
+                stats.harness_errors += 1
+                out.mkdir(parents=True, exist_ok=True)
+                (out / f"harness-{target.name}.txt").write_text(
+                    "".join(traceback.format_exception(exc)), "utf-8"
+                )
             rounds += 1
             stats.seconds = time.perf_counter() - t_start
             if progress is not None:

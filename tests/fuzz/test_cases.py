@@ -93,3 +93,18 @@ def test_runner_counts_keeps_and_names_a_crash(tmp_path: Path) -> None:
     saved = sorted((tmp_path / "crashes").glob("demo-*.bin"))
     assert saved and all(p.read_bytes().startswith(b"y") for p in saved)
     assert "0 over 1 s" in stats.line()
+
+
+def test_tree_mutations_never_change_the_shared_odd_values() -> None:
+    """A mutation once put one of ``ODD_VALUES`` (a shared ``[None]``) into a document and then
+    edited it in place: the list came to hold itself and the route campaign stopped."""
+    import copy
+    import random
+
+    from fuzz.mutate import ODD_VALUES, Program, mutate_tree
+
+    before = copy.deepcopy(ODD_VALUES)
+    rng = random.Random(3)  # the old code changed them within 60 of these
+    for _ in range(400):
+        mutate_tree(b"a: [1, {b: 2}]\nc: x\n", Program(rng.randbytes(24)))
+    assert repr(ODD_VALUES) == repr(before)
