@@ -252,15 +252,31 @@ def _pulls(
 
 
 async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> None:
-    """Purge delivered messages older than the retention period, and repair any delivery queue
-    left without a head (see ``repair_queues``), hourly and at start."""
+    """Purge delivered messages older than the retention period (in batches of short
+    transactions), and repair any delivery queue left without a head (see ``repair_queues``),
+    hourly and at start (of each term as the leader)."""
+    from engine.jobs.retention import purge_in_batches
+
     while not stop.is_set():
         try:
-            purged = await asyncio.to_thread(
-                store.purge_delivered, timedelta(days=settings.retention_days)
+            # in short transactions (engine/jobs/retention.py): never a lock held for long
+            report = await asyncio.to_thread(
+                purge_in_batches,
+                store,
+                timedelta(days=settings.retention_days),
+                stop=stop.is_set,
             )
-            if purged:
-                log.info("retention purge", extra={"purged": purged})
+            if report.purged:
+                log.info(
+                    "retention purge",
+                    extra={
+                        "purged": report.purged,
+                        "batches": report.batches,
+                        "slowest_batch_ms": round(report.slowest_s * 1000, 1),
+                        "slowest_batch_rows": report.slowest_rows,
+                        "over_budget": report.over_budget,
+                    },
+                )
             # beside SQLite: document files no row names (a commit that died after its file)
             swept = await asyncio.to_thread(store.sweep_blob_files)
             if swept:

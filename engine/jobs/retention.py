@@ -1,0 +1,141 @@
+"""Retention in short transactions: the delivered messages past the retention period purged a
+range of ids at a time, each range its own transaction, sized so that none holds its locks for
+more than :data:`BUDGET_S` (100 ms).
+
+One ``DELETE`` of a day's messages holds the row locks of all of them, and the WAL they write,
+until it commits: on PostgreSQL with millions of messages that is seconds to minutes during which
+the receivers' and workers' commits queue behind it and autovacuum falls behind; on SQLite it
+holds the one writer's lock every ACK waits on. Here the ids from the oldest message to the
+newest one received before the cutoff are walked in ranges of at most :data:`MAX_BATCH` ids
+(``MessageStore.purge_delivered`` with an ``id_range``: the purgeable messages of the range, their
+deliveries and documents, in one transaction; the candidates read from the primary key's index,
+so a batch costs the same at a thousand messages or ten million). Each batch is timed, the next
+range sized to take about a third of the budget (from :data:`FIRST_BATCH`, between :data:`MIN_BATCH`
+and :data:`MAX_BATCH` ids), and a short pause between batches lets the other writers in. The
+slowest batch is reported (and logged by the worker) so an operator sees the bound held.
+
+The time measured is the whole call, transaction and all: an upper bound of how long its locks
+were held. On SQLite every write transaction waits for its fsync, whatever its size: a batch
+there is bounded in rows, and its time is the disk's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import Engine, func, select
+
+from engine.store.tables import messages
+
+__all__ = [
+    "BUDGET_S",
+    "FIRST_BATCH",
+    "MAX_BATCH",
+    "MIN_BATCH",
+    "PurgeReport",
+    "purge_in_batches",
+]
+
+log = logging.getLogger(__name__)
+
+#: the longest a batch should hold its locks
+BUDGET_S = 0.1
+#: ids in the first range, and the bounds of the later ones
+FIRST_BATCH = 500
+MIN_BATCH = 20
+MAX_BATCH = 5000
+#: between two batches: the receivers' and workers' commits go first
+PAUSE_S = 0.02
+
+
+class Purging(Protocol):
+    """The store's purge of a range of ids (engine/store/messages.py)."""
+
+    db_engine: Engine
+
+    def purge_delivered(
+        self, older_than: timedelta, id_range: tuple[int, int] | None = None
+    ) -> int: ...
+
+
+@dataclass
+class PurgeReport:
+    """What one batched purge did: messages purged, batches, the slowest batch (seconds and its
+    rows), and the batches that took longer than the budget."""
+
+    purged: int = 0
+    batches: int = 0
+    slowest_s: float = 0.0
+    slowest_rows: int = 0
+    over_budget: int = 0
+
+
+def _next_size(size: int, took_s: float, budget_s: float) -> int:
+    """The next range's width: aimed at a third of the budget from the rate of the last one
+    (the rest is headroom: a busy machine stretches a batch's time)."""
+    if took_s <= 0:
+        return min(MAX_BATCH, size * 2)
+    aimed = int(size * (budget_s / 3) / took_s)
+    return max(MIN_BATCH, min(MAX_BATCH, aimed, size * 2))
+
+
+def _bounds(db_engine: Engine, older_than: timedelta) -> tuple[int, int] | None:
+    """The ids to walk: from before the oldest message to the newest one received before the
+    cutoff (a message received after it cannot have been settled before it); None if none."""
+    cutoff = datetime.now(UTC) - older_than
+    with db_engine.connect() as conn:
+        first = conn.execute(select(func.min(messages.c.id))).scalar_one_or_none()
+        last = conn.execute(
+            select(messages.c.id)
+            .where(messages.c.received_at < cutoff)
+            .order_by(messages.c.received_at.desc(), messages.c.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    if first is None or last is None:
+        return None
+    return int(first) - 1, int(last)
+
+
+def purge_in_batches(
+    store: Purging,
+    older_than: timedelta,
+    *,
+    budget_s: float = BUDGET_S,
+    first: int = FIRST_BATCH,
+    pause_s: float = PAUSE_S,
+    stop: Callable[[], bool] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> PurgeReport:
+    """Purge every delivered message older than ``older_than`` a range of ids at a time (see
+    the module); ``stop`` is asked between batches (the node stepping down or stopping)."""
+    report = PurgeReport()
+    bounds = _bounds(store.db_engine, older_than)
+    if bounds is None:
+        return report
+    after, last = bounds
+    size = max(MIN_BATCH, min(MAX_BATCH, first))
+    while after < last and (stop is None or not stop()):
+        upto = min(last, after + size)
+        started = clock()
+        purged = store.purge_delivered(older_than, id_range=(after, upto))
+        took = clock() - started
+        report.purged += purged
+        report.batches += 1
+        if took > report.slowest_s:
+            report.slowest_s, report.slowest_rows = took, purged
+        if took > budget_s:
+            report.over_budget += 1
+            log.warning(
+                "retention batch over its budget",
+                extra={"rows": purged, "ms": round(took * 1000, 1), "budget_ms": budget_s * 1000},
+            )
+        after = upto
+        size = _next_size(size, took, budget_s)
+        if pause_s and after < last:
+            time.sleep(pause_s)
+    return report

@@ -1,0 +1,141 @@
+"""Retention in short transactions (engine/jobs/retention.py): tens of thousands of old
+delivered messages (each with a delivery) purged in batches, each its own transaction, none
+over the 100 ms budget and none over MAX_BATCH rows; everything old and delivered gone, the rest
+kept. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, insert, select
+
+from engine.jobs.retention import BUDGET_S, MAX_BATCH, purge_in_batches
+from engine.store import SqlMessageStore
+from engine.store.tables import deliveries, messages
+
+OLD = 40_000
+KEPT_RECENT = 300
+KEPT_DEAD = 200
+
+
+def _seed(store: SqlMessageStore) -> None:
+    """OLD delivered messages from 60 days ago, each with its delivery; recent delivered ones
+    and old dead ones (never purged)."""
+    long_ago = datetime.now(UTC) - timedelta(days=60)
+    now = datetime.now(UTC)
+
+    def message(n: int, state: str, at: datetime) -> dict[str, object]:
+        return {
+            "received_at": at,
+            "channel": "mllp",
+            "peer": "",
+            "kind": "hl7v2",
+            "size": 10,
+            "raw": b"MSH|^~\\&|X",
+            "control_id": f"R{n}",
+            "dedupe_key": f"seed|R{n}",
+            "patient_key": f"CLINIC|MRN{n % 500}",
+            "state": state,
+            "updated_at": at,
+        }
+
+    rows = (
+        [message(n, "delivered", long_ago) for n in range(OLD)]
+        + [message(OLD + n, "delivered", now) for n in range(KEPT_RECENT)]
+        + [message(OLD + KEPT_RECENT + n, "dead", long_ago) for n in range(KEPT_DEAD)]
+    )
+    with store.db_engine.begin() as conn:
+        for start in range(0, len(rows), 5000):
+            conn.execute(insert(messages), rows[start : start + 5000])
+        ids = list(conn.execute(select(messages.c.id).order_by(messages.c.id)).scalars())
+        for start in range(0, len(ids), 5000):
+            conn.execute(
+                insert(deliveries),
+                [
+                    {
+                        "message_id": mid,
+                        "destination": "fhir",
+                        "route": "all",
+                        "kind": "hl7v2",
+                        "content_type": "x-application/hl7-v2+er7",
+                        "payload": b"x",
+                        "patient_key": "",
+                        "state": "delivered",
+                        "attempts": 1,
+                        "next_attempt_at": long_ago,
+                        "created_at": long_ago,
+                    }
+                    for mid in ids[start : start + 5000]
+                ],
+            )
+
+
+def _count(store: SqlMessageStore, table: object) -> int:
+    with store.db_engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())  # type: ignore[arg-type]
+
+
+class _Timed:
+    """The store, each batch's range of ids, purged count and time recorded."""
+
+    def __init__(self, store: SqlMessageStore) -> None:
+        self.store = store
+        self.db_engine = store.db_engine
+        self.calls: list[tuple[tuple[int, int] | None, int]] = []
+        self.times: list[float] = []
+
+    def purge_delivered(
+        self, older_than: timedelta, id_range: tuple[int, int] | None = None
+    ) -> int:
+        started = time.perf_counter()
+        purged = self.store.purge_delivered(older_than, id_range=id_range)
+        self.times.append(time.perf_counter() - started)
+        self.calls.append((id_range, purged))
+        return purged
+
+
+def test_tens_of_thousands_purged_in_short_batches(
+    store: SqlMessageStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    _seed(store)
+    timed = _Timed(store)
+    with caplog.at_level(logging.WARNING, logger="engine.jobs.retention"):
+        report = purge_in_batches(timed, timedelta(days=30))
+
+    assert report.purged == OLD  # everything old and delivered
+    assert _count(store, messages) == KEPT_RECENT + KEPT_DEAD  # the rest kept
+    assert _count(store, deliveries) == KEPT_RECENT + KEPT_DEAD
+    assert report.batches == len(timed.calls) >= OLD // MAX_BATCH
+    ranges = [r for r, _ in timed.calls]
+    assert all(r is not None and 0 < r[1] - r[0] <= MAX_BATCH for r in ranges)
+    assert all(r is not None and purged <= r[1] - r[0] for r, purged in timed.calls)
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False) if a and b)
+    # the measured bound: the batches' transactions within the budget. Timed by the wall
+    # clock on a machine shared with other work, a batch can be stretched by the scheduler: 95 %
+    # of them must be within it (on a quiet machine all are); each one over it is logged
+    times = sorted(timed.times)
+    p95 = times[int(len(times) * 0.95) - 1]
+    figure = (
+        f"{report.batches} batches, p50 {times[len(times) // 2] * 1000:.1f} ms, p95 "
+        f"{p95 * 1000:.1f} ms, slowest {report.slowest_s * 1000:.1f} ms "
+        f"({report.slowest_rows} rows), over budget {report.over_budget}"
+    )
+    print(f"\n{figure}")  # noqa: T201 (the measured figure, shown with -s)
+    assert p95 <= BUDGET_S, figure
+    assert caplog.text.count("over its budget") == report.over_budget <= report.batches // 20
+    assert purge_in_batches(timed, timedelta(days=30)).purged == 0  # nothing left
+
+
+def test_a_stop_ends_the_purge_between_batches(store: SqlMessageStore) -> None:
+    _seed(store)
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) > 2  # two batches, then the node steps down
+
+    report = purge_in_batches(store, timedelta(days=30), stop=stop)
+    assert report.batches == 2 and 0 < report.purged < OLD
