@@ -219,6 +219,11 @@ def test_the_dockerfile_installs_like_the_makefile_and_runs_as_a_user() -> None:
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), source
+    # the build context (the repository root) lets in only what it copies
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "*" in ignore
+    copied = {s for line in lines if line.startswith("COPY ") for s in line.split()[1:-1]}
+    assert copied == {line[1:] for line in ignore if line.startswith("!")}
     defaults = Settings.model_fields
     exposed = next(line for line in lines if line.startswith("EXPOSE ")).split()[1:]
     assert exposed == [str(defaults["mllp_port"].default), str(defaults["http_port"].default)]
