@@ -6,7 +6,7 @@ AA must be stored exactly once and delivered to the file destination, by each no
 HAProxy's health check (GET /readyz) must take the dead node out of rotation, and HTTP stays
 served.
 
-Known gap, measured here (3 December, five runs: 10 to 20 of 600 messages): a delivery the dead
+Known gap, measured here (3 December, eight runs: 0 to 20 of 600 messages): a delivery the dead
 node had written but not yet recorded is delivered again by the other node (after the 10 s
 heartbeat takeover), and the file destination names files by a tag of each node's own (host and
 home, engine/adapters/files.py), so the folder then holds two copies of that message. Exactly
