@@ -11,6 +11,11 @@ node whose heartbeat is older than 10 s (killed, or its host gone): after a kill
 (or a surviving) worker resumes the dead one's patients within about 12 s instead of waiting for
 the claims' own time-outs. On a clean stop it gives its claims back at once.
 
+Of the nodes on one database, one leads (engine/jobs/leader.py: a PostgreSQL advisory lock; on
+SQLite the one worker): only the leader runs the singleton jobs — the eligibility schedule and the
+resumption of runs a dead node left unfinished, the pulls, retention (in short batches,
+engine/jobs/retention.py) and queue repair, the alerts. Every node processes and delivers.
+
 Started by ``engine serve``, the worker records its metrics (routed, delivered, dead letters)
 into the receiver's metrics directory itself (prometheus_client's multiprocess mode, see
 engine/metrics.py), and dies with the process that started it (Linux PR_SET_PDEATHSIG, and a
@@ -100,6 +105,10 @@ async def serve_workers(
             keep_node(store, node, stop, (processor.wake, dispatcher.wake)), name="node"
         ),
         asyncio.create_task(leadership.run(stop, lead), name="leadership"),
+        # on every node: the leader evaluates the rules; any node says the database is away
+        asyncio.create_task(
+            _alerts(settings, db_engine, node, stop, lambda: leadership.leading), name="alerts"
+        ),
         asyncio.create_task(store.checkpoints(stop), name="checkpoints"),
     ]
     try:
@@ -123,16 +132,14 @@ async def _lead(
 ) -> None:
     """The singleton jobs, while this node leads (engine/jobs/leader.py): the eligibility
     schedule and the resumption of runs a dead node left unfinished, the pulls, retention and
-    queue repair, the alerts. Until ``term`` (a clean stop), or cancelled (leadership lost):
+    queue repair (the alerts ask whether this node leads). Until ``term`` (a clean stop), or
+    cancelled (leadership lost):
     the schedules are stopped either way and a run cut short is given back."""
     from engine.jobs.scheduler import stop_scheduler
 
     eligibility, scheduler = _eligibility(settings, store, node)
     pulls = _pulls(routes, settings, store, node, wake, metrics)
-    tasks = [
-        asyncio.create_task(_retention(store, settings, term), name="retention"),
-        asyncio.create_task(_alerts(settings, store.db_engine, node, term), name="alerts"),
-    ]
+    tasks = [asyncio.create_task(_retention(store, settings, term), name="retention")]
     if eligibility is not None:
         tasks.append(asyncio.create_task(_resume(eligibility, store, node, term), name="resume"))
     try:
@@ -297,12 +304,19 @@ async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> Non
             await asyncio.wait_for(stop.wait(), 3600)
 
 
-async def _alerts(settings: Settings, db_engine: Any, node: str, stop: asyncio.Event) -> None:
+async def _alerts(
+    settings: Settings,
+    db_engine: Any,
+    node: str,
+    stop: asyncio.Event,
+    leading: Callable[[], bool],
+) -> None:
     """The alert rules (``alerts.yaml`` beside the routes) on their schedule
-    (engine/jobs/alerts.py)."""
+    (engine/jobs/alerts.py): evaluated by the leader; the database's own rule by any node
+    while the database does not answer (no node can lead then)."""
     from engine.jobs.alerts import run_alerts
 
-    await run_alerts(settings, db_engine, node, stop)
+    await run_alerts(settings, db_engine, node, stop, leading)
 
 
 def _worker_reloader(

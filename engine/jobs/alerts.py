@@ -1,15 +1,17 @@
 """The alerts' evaluation on the worker's schedule: every ``ENGINE_ALERTS_INTERVAL_S`` (60 s),
 each rule of ``alerts.yaml`` is evaluated, the alerts' states recorded, and the notices owed sent.
 
-It runs in every worker process (``engine serve``'s, each ``engine worker``) as a loop beside the
-retention job, not through the persistent job store: a database that stops answering must still
-raise the ``database`` alert, and APScheduler's job store is that database. Several processes
-evaluating at once is safe: the store's conditional updates let one of them record each change
-and send each notice (engine/alerts/state.py).
+It runs in every worker process (``engine serve``'s, each ``engine worker``) as a loop, not
+through the persistent job store: a database that stops answering must still raise the
+``database`` alert, and APScheduler's job store is that database. The rules are evaluated by the
+leader node only (engine/jobs/leader.py); should two evaluate at once (a leader stepping down as
+another takes over), the store's conditional updates let one of them record each change and send
+each notice (engine/alerts/state.py).
 
-When the database does not answer, nothing can be recorded there: the ``database`` rule's notice
-is then sent by each evaluating process from what it holds in memory (once per process), and
-its recovery when the database answers again. Every failure (a channel, a query, the file) is
+When the database does not answer, nothing can be recorded there, and no node can lead (the
+leader's lock is the database's): the ``database`` rule's notice is then sent by every worker
+process, leader or not, from what it holds in memory (once per process), and its recovery when
+the database answers again. Every failure (a channel, a query, the file) is
 logged without PHI and tried again at the next evaluation; none stops the worker.
 """
 
@@ -20,6 +22,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -71,9 +74,10 @@ class AlertRunner:
         #: when the history was last pruned (monotonic seconds; once an hour)
         self._pruned: float | None = None
 
-    async def run_once(self, *, now: datetime | None = None) -> RunReport:
+    async def run_once(self, *, now: datetime | None = None, leading: bool = True) -> RunReport:
         """One evaluation: findings, transitions, notices (``now``: the time it is, for tests
-        that let time pass)."""
+        that let time pass). Not ``leading``: only the database's own rule, and only while the
+        database does not answer (the leader evaluates everything else)."""
         report = RunReport()
         if not self.config.rules:
             return report
@@ -81,6 +85,12 @@ class AlertRunner:
         database = await self._probe()
         # the database does not answer: its rules would each wait for it in vain
         away = any(f.summary.startswith(DOES_NOT_ANSWER) for f in database)
+        if not leading:
+            if away:
+                await self._without_store(database, report)
+            else:
+                await self._recovered_while_away(database, report)
+            return report
         skip = frozenset(r.name for r in self.config.rules if away and not isinstance(r, Disk))
         evaluation: Evaluation = await asyncio.to_thread(
             partial(evaluate_rules, self.config, self.db_engine, self.settings, now=now, skip=skip)
@@ -237,10 +247,16 @@ def load_for(settings: Settings) -> AlertConfig:
     return load_alert_rules(settings.routes_dir)
 
 
-async def run_alerts(settings: Settings, db_engine: Engine, node: str, stop: asyncio.Event) -> None:
+async def run_alerts(
+    settings: Settings,
+    db_engine: Engine,
+    node: str,
+    stop: asyncio.Event,
+    leading: Callable[[], bool] | None = None,
+) -> None:
     """Evaluate every ``ENGINE_ALERTS_INTERVAL_S`` until ``stop``; the worker's task. A file
     that does not load (checked by ``engine serve`` and every reload before it runs here) is
-    logged, and nothing is evaluated."""
+    logged, and nothing is evaluated. ``leading``: whether this node leads now (None: it does)."""
     try:
         config = await asyncio.to_thread(load_for, settings)
     except Exception as exc:
@@ -252,7 +268,7 @@ async def run_alerts(settings: Settings, db_engine: Engine, node: str, stop: asy
     log.info("alerts evaluated on a schedule", extra={"rules": len(config.rules)})
     while not stop.is_set():
         try:
-            report = await runner.run_once()
+            report = await runner.run_once(leading=leading is None or leading())
             if report.transitions:
                 log.info(
                     "alerts changed",

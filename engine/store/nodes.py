@@ -17,7 +17,14 @@ several hosts need not agree on the time); SQLite is one host's file, so its clo
 
 ``job_runs``: a scheduled job's run (job id, scheduled fire time) is done by the one process whose
 insert of that row succeeds (the primary key decides, on SQLite and PostgreSQL alike); the others
-skip it.
+skip it. A run without an end whose node is not alive (or that a leader stepping down gave back
+to :data:`NOBODY`) is *interrupted*: the leader takes it over (:meth:`Nodes.resume_job_run`, one
+conditional update, so one node wins) and finishes only the items without a row in
+``job_run_items`` (each written in the transaction of the item's result).
+
+The configuration's generation (``config_generation``, one row): a reload applied on any node
+bumps it with the digest of its files, and every node follows it (engine/flow/config.py);
+``config_applied`` says what each node runs, or why it refused a generation.
 """
 
 from __future__ import annotations
