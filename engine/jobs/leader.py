@@ -35,6 +35,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 __all__ = ["CHECK_S", "CHECK_TIMEOUT_S", "POLL_S", "Leadership", "lock_key"]
@@ -58,10 +59,15 @@ _KEEPALIVES = {
     "keepalives_count": 3,
     "connect_timeout": 5,
 }
+#: the lock session's settings, each on its own (one a server does not know, such as
+#: idle_session_timeout before PostgreSQL 14, is skipped)
 _SESSION = (
-    "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; "
-    "SET tcp_keepalives_count = 3; SET statement_timeout = '5s'; "
-    "SET idle_in_transaction_session_timeout = 0; SET idle_session_timeout = 0"
+    "SET tcp_keepalives_idle = 5",
+    "SET tcp_keepalives_interval = 2",
+    "SET tcp_keepalives_count = 3",
+    "SET statement_timeout = '5s'",
+    "SET idle_in_transaction_session_timeout = 0",
+    "SET idle_session_timeout = 0",
 )
 _HELD = text(
     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
@@ -147,7 +153,12 @@ class Leadership:
         assert self._lock_engine is not None
         conn = self._lock_engine.connect()
         try:
-            conn.exec_driver_sql(_SESSION)
+            for setting in _SESSION:
+                try:
+                    conn.exec_driver_sql(setting)
+                    conn.commit()
+                except DBAPIError:
+                    conn.rollback()
             if self._key is None:
                 database, schema = conn.execute(
                     text("SELECT current_database(), current_schema()")
