@@ -89,6 +89,8 @@ def test_two_processes_migrate_one_sqlite_database(tmp_path: Path) -> None:
 @pytest.fixture
 def empty_schema_url() -> Iterator[str]:
     """A PostgreSQL URL whose search_path is an empty schema of this test's own."""
+    if os.environ.get("ENGINE_TEST_SKIP_POSTGRES") == "1":
+        pytest.skip("ENGINE_TEST_SKIP_POSTGRES=1")
     schema = f"deploy_mig_{secrets.token_hex(4)}"
     admin = create_db_engine(POSTGRES_URL)
     with admin.begin() as conn:
@@ -104,8 +106,6 @@ def empty_schema_url() -> Iterator[str]:
 
 @pytest.mark.postgres
 def test_two_processes_migrate_one_postgres_database(empty_schema_url: str, tmp_path: Path) -> None:
-    if os.environ.get("ENGINE_TEST_SKIP_POSTGRES") == "1":
-        pytest.skip("ENGINE_TEST_SKIP_POSTGRES=1")
     _check(_race(empty_schema_url, tmp_path))
     db = create_db_engine(empty_schema_url)
     try:
