@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -61,6 +62,7 @@ def markdown(rows: list[Row], header: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     names = [s.name for s in SCENARIOS]
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__)
     parser.add_argument("--scenario", default="all", help=f"all, or one of: {', '.join(names)}")
@@ -71,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         "--rate", type=float, default=100.0, help="messages/s offered in all (0: back to back)"
     )
     parser.add_argument("--out", type=Path, default=Path("var/chaos"))
+    parser.add_argument(
+        "--keep", action="store_true", help="leave the postgres scenario's cluster running"
+    )
     args = parser.parse_args(argv)
     wanted = [s for s in SCENARIOS if args.scenario in ("all", s.name)]
     if not wanted:
@@ -89,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         root.mkdir(exist_ok=True)
         try:
             row = asyncio.run(
-                run_scenario(scenario, root, args.messages, args.seed, args.senders, args.rate)
+                run_scenario(
+                    scenario, root, args.messages, args.seed, args.senders, args.rate, args.keep
+                )
             )
         except (RuntimeError, OSError) as exc:
             print(f"{scenario.name}: could not run: {exc}", file=sys.stderr)  # noqa: T201

@@ -61,10 +61,18 @@ def read_store(url: str) -> StoreView:
                     view.waiting_states[f"message {state}"] += 1
                 elif state not in ("delivered",):
                     view.failed[str(cid)] = str(state)
-            for (mid,) in conn.execute(
-                select(deliveries.c.message_id).where(deliveries.c.state.in_(_WAITING_DELIVERIES))
+            for mid, state, attempts, error in conn.execute(
+                select(
+                    deliveries.c.message_id,
+                    deliveries.c.state,
+                    deliveries.c.attempts,
+                    deliveries.c.last_error,
+                ).where(deliveries.c.state.in_(_WAITING_DELIVERIES))
             ):
                 view.waiting.add(view.cid_of.get(int(mid), "?"))
+                tried = f"{attempts} attempts" if attempts else "never tried"
+                why = f" ({str(error)[:60]})" if error else ""
+                view.waiting_states[f"delivery {state}, {tried}{why}"] += 1
     finally:
         db.dispose()
     return view

@@ -132,7 +132,13 @@ async def _drain(ctx: Context, bound_s: float) -> float:
 
 
 async def run_scenario(
-    scenario: Scenario, root: Path, messages: int, seed: int, senders: int = 8, rate: float = 100
+    scenario: Scenario,
+    root: Path,
+    messages: int,
+    seed: int,
+    senders: int = 8,
+    rate: float = 100,
+    keep: bool = False,
 ) -> Row:
     home = root / scenario.name
     home.mkdir(parents=True, exist_ok=False)
@@ -150,6 +156,7 @@ async def run_scenario(
         done=asyncio.Event(),
         fhir_url=fhir.base_url,
     )
+    ctx.extra["keep"] = keep  # a scenario's database left running to be looked at
     try:
         fhir.start()
         if scenario.setup is not None:

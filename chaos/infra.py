@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import errno
 import glob
+import logging
 import os
 import shutil
 import subprocess
@@ -36,6 +37,8 @@ from chaos.proxy import TcpProxy
 from chaos.scenarios import pause
 
 __all__ = ["INFRA"]
+
+log = logging.getLogger(__name__)
 
 
 # -- a private PostgreSQL cluster -----------------------------------------------------------
@@ -94,6 +97,13 @@ def _pg_env(ctx: Context) -> dict[str, str]:
 async def _pg_teardown(ctx: Context) -> None:
     if ctx.proxy is not None:
         ctx.proxy.stop()
+    if ctx.extra.get("keep") and "pg_dir" in ctx.extra:
+        log.warning(
+            "PostgreSQL left running: %s (stop: pg_ctl -D %s/data stop)",
+            ctx.db_url,
+            ctx.extra["pg_dir"],
+        )
+        return
     if "pg_dir" in ctx.extra:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             await asyncio.to_thread(_pg_ctl, ctx, "-m", "immediate", "stop")
