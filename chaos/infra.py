@@ -9,7 +9,7 @@ and puts a :class:`~chaos.proxy.TcpProxy` between it and the engine: the engine'
 turn: ``pg_ctl restart -m fast``, ``pg_ctl restart -m immediate`` (a crash: recovery from the
 WAL), every connection cut, the database unreachable for 3-8 s, every packet delayed 50 ms.
 
-``disk-full`` needs root (a mount): a 256 MiB tmpfs under a temporary directory holds the
+``disk-full`` needs root (a mount): a 512 MiB tmpfs under a temporary directory holds the
 engine's ``var/`` (the SQLite store, its WAL, the file destination's folder); a filler file
 takes every free byte for 5-10 s at a time, then is deleted. The receiver must NAK (AE/AR) or
 stop accepting while it cannot store, never answer AA for what it could not store, and take
@@ -151,7 +151,7 @@ async def _disk_setup(ctx: Context) -> None:
         raise RuntimeError("disk-full needs root (it mounts a tmpfs)")
     mount = Path(tempfile.mkdtemp(prefix="chaos-disk-"))
     subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256m,mode=0755", "tmpfs", str(mount)],
+        ["mount", "-t", "tmpfs", "-o", "size=512m,mode=0755", "tmpfs", str(mount)],
         check=True,
         capture_output=True,
         timeout=30,
@@ -233,7 +233,7 @@ INFRA = [
     ),
     Scenario(
         "disk-full",
-        "the store's disk (a 256 MiB tmpfs) full for 5-10 s at a time",
+        "the store's disk (a 512 MiB tmpfs) full for 5-10 s at a time",
         disk_full,
         setup=_disk_setup,
         teardown=_disk_teardown,
