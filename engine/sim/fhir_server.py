@@ -49,8 +49,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
+from engine.sim.cut_response import CutResponse
 from engine.sim.server_thread import ServerThread
 
 __all__ = [
@@ -65,28 +65,6 @@ __all__ = [
 
 _FHIR_JSON = "application/fhir+json"
 _STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
-
-
-class _CutResponse(Response):
-    """Private: an answer whose connection is cut halfway through its body (``drop``).
-
-    The head announces the whole body; half of it is sent and the app returns without
-    finishing, so the server closes the connection and the client sees the answer cut short.
-    """
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": self.status_code,
-                "headers": [
-                    (b"content-type", _FHIR_JSON.encode()),
-                    (b"content-length", str(len(self.body)).encode()),
-                ],
-            }
-        )
-        half = bytes(self.body[: len(self.body) // 2])
-        await send({"type": "http.response.body", "body": half, "more_body": True})
 
 
 class _Problem(Exception):
@@ -453,7 +431,7 @@ class _Stub:
                 )
             if 200 <= response.status_code < 300 and self.state.drops > 0:
                 self.state.drops -= 1
-                return _CutResponse(bytes(response.body), response.status_code)
+                return CutResponse(bytes(response.body), response.status_code, None, _FHIR_JSON)
             return response
 
     async def transaction(self, request: Request) -> Response:
