@@ -46,7 +46,9 @@ def test_a_batch_cut_off_by_the_database_is_given_back_at_the_next_batch(
         ]
     )
     node = store.register_node("worker")
-    processor = Processor(store, load_routes(defaults=folder), load_mappings(), worker=node, batch=2)
+    processor = Processor(
+        store, load_routes(defaults=folder), load_mappings(), worker=node, batch=2
+    )
 
     def database_away(*_args: object) -> list[object]:
         raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
