@@ -7,14 +7,27 @@ entry is flushed too. A reader polling the directory sees either no file or the 
 half of one; temporary files start with a dot and end in ``.tmp`` so pollers can skip them. The
 folder's file system must support hard links (every local POSIX one does).
 
-The name is ``<message id>-<destination>-<engine>.json`` (FHIR Bundle) or ``.hl7`` (HL7v2).
-``<engine>`` (:func:`engine_tag`) is 8 hex digits of a hash of the host name and the engine home:
-two engines on one machine (two homes, two stores whose message ids both start at 1) writing into
-one folder never produce the same name. A redelivery of the same message by the same engine finds
-its file and is done (delivering twice is harmless); the file already there is never replaced.
+The name is ``<message id>-<destination>-<store>.json`` (FHIR Bundle) or ``.hl7`` (HL7v2).
+``<store>`` is 8 hex digits naming the store whose message ids these are, so that two engines
+with separate stores (whose message ids both start at 1) writing into one folder never produce
+the same name, while the nodes sharing one store all produce the same one:
 
-A document (payload kind ``document``) is written as two files: its bytes
-(``<message id>-<destination>-<engine>.pdf``, the extension from its media type; streamed from the
+* PostgreSQL: the tag of the database and schema (:func:`engine.store.identity.database_tag`,
+  from the cluster's system identifier), read when the worker opens the store and handed to the
+  destination by the registry. Every node of one database names a message's file alike.
+* SQLite, or a PostgreSQL whose identity cannot be read: the engine's own tag
+  (:func:`engine_tag`: a hash of the host name and the engine home; the SQLite database is the
+  home's), as before, so existing sites' names do not change.
+
+A redelivery of the same message finds its file and is done (delivering twice is harmless); the
+file already there is never replaced. That holds across nodes too: when a node dies after writing
+a file but before recording the delivery, the node that takes its claim over (engine/store/
+nodes.py) writes under the same name, finds the file, and the folder keeps one copy. On SQLite,
+or without the database's identity, it holds for one engine only (a second node with its own tag
+would write a second copy).
+
+A document (payload kind ``document``) is written as two files, named the same way: its bytes
+(``<message id>-<destination>-<store>.pdf``, the extension from its media type; streamed from the
 store, never held whole) and then a sidecar ``<...>.meta.json`` with its metadata (type, patient,
 date, sender, SHA-256 ...), so a poller that waits for the sidecar finds the document whole. A
 document its route mapped to HL7v2 is written as the MDM^T02 with its data (``.hl7``); one mapped
@@ -64,6 +77,7 @@ _MEDIA_EXTENSIONS = {
     "image/png": ".png",
 }
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_TAG = re.compile(r"[0-9a-f]{8}")
 _PERMANENT = frozenset(
     {
         errno.EACCES,
@@ -93,20 +107,21 @@ class FileDestination(BaseModel):
 
 
 def engine_tag() -> str:
-    """This engine's mark in file names: 8 hex digits of a hash of the host and the home."""
+    """This engine's mark in file names where the store names none (SQLite): 8 hex digits of a
+    hash of the host and the home."""
     who = f"{socket.gethostname()}\0{engine_home()}".encode()
     return hashlib.sha256(who).hexdigest()[:8]
 
 
 def file_name(payload: Payload, tag: str | None = None) -> str:
-    """``<message id>-<destination>-<engine>.<json|hl7>``, the destination reduced to safe
-    characters; ``tag`` defaults to :func:`engine_tag`."""
-    dest = _UNSAFE.sub("_", payload.destination)
-    return f"{payload.message_id}-{dest}-{tag or engine_tag()}{_EXTENSIONS[payload.kind]}"
+    """``<message id>-<destination>-<store>.<json|hl7>``, the destination reduced to safe
+    characters; ``tag`` (the store's) defaults to :func:`engine_tag`."""
+    return _stem(payload, tag or engine_tag()) + _EXTENSIONS[payload.kind]
 
 
-def _document_stem(payload: Payload, tag: str) -> str:
-    """``<message id>-<destination>-<engine>`` for a document's files."""
+def _stem(payload: Payload, tag: str) -> str:
+    """``<message id>-<destination>-<store>``: every file's name (a document's two files too)
+    before its extension."""
     return f"{payload.message_id}-{_UNSAFE.sub('_', payload.destination)}-{tag}"
 
 
@@ -174,13 +189,19 @@ def _sync_directory(directory: Path) -> None:
 
 
 class FileDropDestination:
-    """Writes each payload to ``directory`` (created when missing)."""
+    """Writes each payload to ``directory`` (created when missing).
 
-    def __init__(self, name: str, config: FileDestination) -> None:
+    ``tag``: the store's (:func:`engine.store.identity.database_tag`, given by the registry),
+    shared by every node of one database; None (SQLite) for :func:`engine_tag`.
+    """
+
+    def __init__(self, name: str, config: FileDestination, tag: str | None = None) -> None:
+        if tag is not None and _TAG.fullmatch(tag) is None:
+            raise ValueError("a store's tag is 8 lower-case hex digits")
         self.name = name
         self.config = config
         self.directory = config.directory
-        self.tag = engine_tag()
+        self.tag = tag or engine_tag()
 
     async def deliver(self, payload: Payload) -> DeliveryResult:
         try:
@@ -222,7 +243,7 @@ class FileDropDestination:
             )
         if payload.content is None:
             return DeliveryResult.retry("file: the document's bytes were not given")
-        stem = _document_stem(payload, self.tag)
+        stem = _stem(payload, self.tag)
         if envelope.format == "none":
             name = stem + _MEDIA_EXTENSIONS.get(envelope.document.media_type, ".bin")
             sha256 = await _stream_new(self.directory, name, payload.content)

@@ -20,6 +20,11 @@ line and the key, before anything runs. Every destination's ``type`` and ``retry
 routes' own (:class:`~engine.routes.spec.DestinationSpec`); a new kind of destination is one
 line here, with its config model beside its adapter.
 
+The worker builds its destinations with the store's tag (``store_tag``,
+:func:`engine.store.identity.database_tag`): a destination that names what it writes by it (a
+file folder, :data:`DestinationType.build_tagged`) names a message's file alike on every node of
+one database, so a redelivery by another node finds the first copy.
+
 Pull sources (a route file's ``sources:``, engine/jobs/pull.py) are registered the same way in
 :data:`SOURCE_TYPES`: ``fhir`` (:class:`~engine.adapters.fhir_source.FhirSource`, appointment
 search on any FHIR R4 server); the EHR adapters add theirs (``epic``, ``athenahealth``).
@@ -78,13 +83,15 @@ class DestinationType(Generic[C]):
 
     config: type[C]
     build: Callable[[str, C], Destination]
+    #: built with the store's tag, when there is one (a folder names its files by it)
+    build_tagged: Callable[[str, C, str], Destination] | None = None
 
 
 #: every destination ``type`` a route file may name
 DESTINATION_TYPES: dict[str, DestinationType[Any]] = {
     "fhir": DestinationType(FhirDestination, FhirRestDestination),
     "mllp": DestinationType(MllpDestination, MLLPDestination),
-    "file": DestinationType(FileDestination, FileDropDestination),
+    "file": DestinationType(FileDestination, FileDropDestination, FileDropDestination),
     "epic": DestinationType(EpicDestination, EpicDocumentDestination),
     "athenahealth": DestinationType(AthenaDestinationConfig, AthenaDestination),
 }
@@ -130,8 +137,11 @@ def destination_config(spec: DestinationSpec) -> BaseModel:
     return config
 
 
-def build_destination(name: str, spec: DestinationSpec) -> Destination:
-    """The adapter for one destination (a route file's ``destinations.<name>``).
+def build_destination(
+    name: str, spec: DestinationSpec, *, store_tag: str | None = None
+) -> Destination:
+    """The adapter for one destination (a route file's ``destinations.<name>``); ``store_tag``
+    (the worker's, from the store it delivers from) for the kinds that name files by it.
 
     Raises :class:`~engine.errors.ConfigError` when the destination cannot work: its keys are
     wrong, or the environment variable holding its token is not set.
@@ -141,6 +151,8 @@ def build_destination(name: str, spec: DestinationSpec) -> Destination:
         config = kind.config.model_validate(spec.settings)
     except ValidationError as exc:
         raise ConfigError(f"destination {name!r}: {_first(exc)}") from exc
+    if store_tag is not None and kind.build_tagged is not None:
+        return kind.build_tagged(name, config, store_tag)
     return kind.build(name, config)
 
 

@@ -69,6 +69,7 @@ async def serve_workers(
     from engine.mappings import load_mappings
     from engine.pressure import IngestPressure
     from engine.store import SqlMessageStore, create_db_engine
+    from engine.store.identity import database_tag
 
     mappings = load_mappings(settings.mappings_dir)
     routes = load_routes(settings.routes_dir)
@@ -77,8 +78,12 @@ async def serve_workers(
     await asyncio.to_thread(store.migrate)
     node = await asyncio.to_thread(store.register_node, "worker")
     log.info("worker node registered", extra={"node": node})
+    # the store's tag (PostgreSQL: the database's identity), shared by every node of it, so a
+    # file redelivered by another node after a crash is found, not written twice (files.py)
+    tag = await asyncio.to_thread(database_tag, db_engine)
     destinations = {
-        name: build_destination(name, config) for name, config in routes.destinations.items()
+        name: build_destination(name, config, store_tag=tag)
+        for name, config in routes.destinations.items()
     }
     burst = IngestPressure(pressure) if pressure is not None else None
     processor = Processor(
