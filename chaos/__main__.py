@@ -32,6 +32,7 @@ COLUMNS = (
     "stuck",
     "seconds",
     "NAKs",
+    "FHIR replays",
 )
 
 
@@ -47,6 +48,7 @@ def _cells(row: Row) -> list[str]:
         str(row.stuck),
         f"{row.seconds:.0f}",
         str(row.naks),
+        str(row.replayed),
     ]
 
 

@@ -29,7 +29,16 @@ from chaos.load import split_control_id
 from engine.store import create_db_engine
 from engine.store.tables import deliveries, messages
 
-__all__ = ["StoreView", "Verdict", "judge", "read_files", "read_fhir", "read_store", "unfinished"]
+__all__ = [
+    "StoreView",
+    "Verdict",
+    "judge",
+    "quantile",
+    "read_fhir",
+    "read_files",
+    "read_store",
+    "unfinished",
+]
 
 _WAITING_MESSAGES = ("received", "processing", "routed")
 _WAITING_DELIVERIES = ("pending", "waiting")
@@ -120,6 +129,14 @@ def read_files(folder: Path) -> list[tuple[str, int]]:
         msh = raw.split(b"\r", 1)[0].decode(errors="replace").split("|")
         out.append((msh[9] if len(msh) > 9 else "?", path.stat().st_mtime_ns))
     return out
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank); 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _inversions(arrivals: Iterable[str], strict_times: list[int] | None = None) -> int:

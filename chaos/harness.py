@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos.check import judge, lost_detail, read_fhir, read_files, read_store, unfinished
+from chaos.check import judge, lost_detail, quantile, read_fhir, read_files, read_store, unfinished
 from chaos.load import LoadResult, plan, run_senders
 from chaos.processes import EngineProcess, StubFhirProcess
 from chaos.proxy import TcpProxy
@@ -92,6 +92,8 @@ class Row:
     seconds: float
     naks: int
     faults: str
+    #: deliveries the FHIR stub answered from its idempotency memory (sent again)
+    replayed: int = 0
     detail: list[str] = field(default_factory=list)
 
     @property
@@ -186,7 +188,11 @@ async def _run(scenario: Scenario, ctx: Context, messages: int, senders: int, ra
     await _drain(ctx, DRAIN_BOUND_S)
     await asyncio.to_thread(ctx.engine.stop)  # everything recorded; nothing more will move
     store = await asyncio.to_thread(read_store, ctx.db_url)
-    applied = read_fhir(await asyncio.to_thread(ctx.fhir.log_entries), store.cid_of)
+    log = await asyncio.to_thread(ctx.fhir.log_entries)
+    applied = read_fhir(log, store.cid_of)
+    # deliveries sent again after an outcome was lost, answered from the stub's idempotency
+    # memory (what would be duplicates at a server without Idempotency-Key support)
+    replayed = sum(1 for e in log if e.get("replayed"))
     files = await asyncio.to_thread(read_files, ctx.outbox)
     verdict = judge(messages, load.acked, store, applied, files)
     row = Row(
@@ -201,6 +207,7 @@ async def _run(scenario: Scenario, ctx: Context, messages: int, senders: int, ra
         seconds=round(time.monotonic() - started, 1),
         naks=sum(load.naks.values()),
         faults="; ".join(ctx.faults),
+        replayed=replayed,
         detail=lost_detail(verdict, store, applied, files)
         + [f"duplicate: {c}" for c in verdict.duplicate_ids],
     )
@@ -209,6 +216,8 @@ async def _run(scenario: Scenario, ctx: Context, messages: int, senders: int, ra
         "naks_by_code": dict(load.naks),
         "broken_connections": load.broken,
         "unsent": load.unsent,
+        "fhir_replayed": replayed,
+        "ack_p99_ms": round(1000 * quantile(load.latencies, 0.99), 1),
     }
     (ctx.home / "result.json").write_text(json.dumps(report, indent=2))
     return row
