@@ -286,18 +286,19 @@ async def receive_upload(
         raise
 
 
-async def _receive(
+async def _read(
     request: Request,
     intake: DocumentIntake,
     boundary: bytes,
-    who: dict[str, Any],
-    metrics: MetricsDep,
     extra_fields: frozenset[str],
     before_file: BeforeFile | None,
-) -> Accepted:
-    # the body's pieces are handed to a thread a few at a time (one hand-off per MiB, not one
-    # per 64 KiB read; the first one makes the spool file too), and each at once past the cap
-    # (a sender that stops there, waiting, is answered)
+) -> tuple[Spool, _Form, int, _FormProblem | None]:
+    """Read the body into a spool file through its form: the spool, the form, the bytes read,
+    and the problem the form showed (None: well formed so far).
+
+    The body's pieces are handed to a thread a few at a time (one hand-off per MiB, not one
+    per 64 KiB read; the first one makes the spool file too), and each at once past the cap (a
+    sender that stops there, waiting, is answered)."""
     started: tuple[Spool, _Form] | None = None
     pending: list[bytes] = []
     size = received = 0
@@ -340,12 +341,26 @@ async def _receive(
             await intake.run(started[0].discard)
         raise
     assert started is not None
-    spool, form = started
+    return started[0], started[1], received, problem
+
+
+async def _receive(
+    request: Request,
+    intake: DocumentIntake,
+    boundary: bytes,
+    who: dict[str, Any],
+    metrics: MetricsDep,
+    extra_fields: frozenset[str],
+    before_file: BeforeFile | None,
+) -> Accepted:
+    spool, form, received, problem = await _read(
+        request, intake, boundary, extra_fields, before_file
+    )
     try:
         try:
             if problem is not None:
                 raise problem
-            if received > body_limit and not spool.over:
+            if received > intake.max_bytes + _FORM_SLACK and not spool.over:
                 metrics.record_error("receive")
                 raise await intake.refuse(
                     f"request body larger than the {intake.max_bytes}-byte limit "
