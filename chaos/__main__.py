@@ -13,6 +13,8 @@ import asyncio
 import datetime
 import logging
 import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -63,8 +65,16 @@ def markdown(rows: list[Row], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # SIGTERM, and SIGINT even when started in the background (which ignores it): the running
+    # scenario's engine, stub, database and mount are stopped and removed on the way out
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     names = [s.name for s in SCENARIOS]
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__)
     parser.add_argument("--scenario", default="all", help=f"all, or one of: {', '.join(names)}")
@@ -100,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
                     scenario, root, args.messages, args.seed, args.senders, args.rate, args.keep
                 )
             )
-        except (RuntimeError, OSError) as exc:
+        except KeyboardInterrupt:
+            print(f"{scenario.name}: interrupted (cleaned up)", file=sys.stderr)  # noqa: T201
+            return 130
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             print(f"{scenario.name}: could not run: {exc}", file=sys.stderr)  # noqa: T201
             failed_to_run = True
             continue
