@@ -213,6 +213,8 @@ def _message(problems: _Problems, src: str, mm: MessageMap) -> None:
 
 def _plan(problems: _Problems, src: str, at: Key, start: Target, plan: ResourcePlan) -> None:
     """A message map's resource plan: references, values, codes by trigger, identity."""
+    if not plan.segments:  # what a plan makes is found by (and built from) its first segment map
+        problems.add(src, (*at, "segments"), "no segment map: a resource is built from one or more")
     for path, ref in plan.refs.items():
         target = problems.walk(src, (*at, "refs", path), start, path, writes=True)
         wrap = getattr(ref, "wrap", None)

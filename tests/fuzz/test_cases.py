@@ -108,3 +108,25 @@ def test_tree_mutations_never_change_the_shared_odd_values() -> None:
     for _ in range(400):
         mutate_tree(b"a: [1, {b: 2}]\nc: x\n", Program(rng.randbytes(24)))
     assert repr(ODD_VALUES) == repr(before)
+
+
+def test_a_resource_plan_without_segment_maps_is_a_config_error(tmp_path: Path) -> None:
+    """mappings-75cb2bec531dee2f.bin: a message map's resource with ``segments: []`` (and
+    ``each:``) raised IndexError compiling the maps; without ``each`` every message would have
+    raised it. It is now refused at load, with the file, line and key."""
+    from engine.mappings import default_specs_dir, load_mappings
+
+    site = tmp_path / "messages"
+    site.mkdir()
+    text = (default_specs_dir() / "messages" / "SIU.yaml").read_text("utf-8")
+    lines = text.splitlines()
+    # the first resource's segment list, emptied
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("segments:"))
+    indent = lines[at][: len(lines[at]) - len(lines[at].lstrip())]
+    end = at + 1
+    while end < len(lines) and lines[end].startswith(indent + "  - "):
+        end += 1
+    lines[at:end] = [f"{indent}segments: []"]
+    (site / "SIU.yaml").write_text("\n".join(lines) + "\n", "utf-8")
+    with pytest.raises(ConfigError, match=rf"SIU\.yaml, line {at + 1}, resources\[0\]\.segments"):
+        load_mappings(tmp_path)
