@@ -23,6 +23,7 @@ SUITES: dict[str, str] = {
     "documents": "bench.documents_bench",
     "athena-tokens": "bench.athena_tokens",
     "console": "bench.console_bench",
+    "pg-cost": "bench.pg_cost",
 }
 #: suites that run for a length of time, which ``--minutes`` sets (their ``run`` takes
 #: ``minutes=``)

@@ -1,0 +1,214 @@
+"""What one message costs PostgreSQL: statements (round trips), transactions, WAL bytes and WAL
+fsyncs per message, for the receiver alone and for receiver plus worker, read off
+``pg_stat_statements``, ``pg_stat_wal`` and ``pg_stat_database`` (suite ``pg-cost``).
+
+These are counts, not timings: they do not depend on how busy the machine is, and they are what
+``docs/SCALING.md`` models several nodes on a larger PostgreSQL from. The suite starts a private
+cluster of its own (``initdb`` into a temporary directory, its own port on 127.0.0.1,
+``shared_preload_libraries = pg_stat_statements``, tracking the statements clients send, so
+each call is a round trip, not those run inside them such as foreign key checks), never the
+machine's shared one, and runs the engine as ``make run`` runs it (``engine serve``, its worker
+delivering to a file drop), with the same eight MLLP senders and four-segment ADT^A08 messages
+as the ``ingest`` suite. Between phases every statistic is reset; a phase's figures are divided
+by the messages it handled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from bench.harness import Options, environment
+from bench.ingest_bench import FILE_DEST, ROUTES, _engine, _free_port, _load, _stop, _wait_delivered
+
+__all__ = ["run"]
+
+#: messages per phase (the quick run's, the full run's)
+QUICK_COUNT, FULL_COUNT = 1_000, 10_000
+
+
+def _pg_bin() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        raise RuntimeError("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin")
+    return Path(found[-1]).parent
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: as the ``postgres`` user then."""
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+@contextlib.contextmanager
+def private_cluster() -> Iterator[str]:
+    """A PostgreSQL cluster of our own with pg_stat_statements loaded; yields its URL (database
+    ``cost``), stopped and removed after."""
+    tmp = Path(tempfile.mkdtemp(prefix="pg-cost-"))
+    if os.geteuid() == 0:
+        shutil.chown(tmp, "postgres", "postgres")
+    data, port = tmp / "data", _free_port()
+    ctl = [str(_pg_bin() / "pg_ctl"), "-D", str(data), "-l", str(tmp / "pg.log")]
+    initdb = [str(_pg_bin() / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]
+    subprocess.run(_as_postgres([*initdb, "-E", "UTF8"]), check=True, capture_output=True)
+    options = (
+        f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={tmp} "
+        "-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=top "
+        "-c pg_stat_statements.max=5000"
+    )
+    subprocess.run(_as_postgres([*ctl, "-w", "-o", options, "start"]), check=True, timeout=120)
+    try:
+        admin = create_engine(
+            f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres",
+            isolation_level="AUTOCOMMIT",
+        )
+        with admin.connect() as conn:
+            conn.execute(text("CREATE DATABASE cost"))
+        admin.dispose()
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/cost"
+        stats = create_engine(url, isolation_level="AUTOCOMMIT")
+        with stats.connect() as conn:
+            conn.execute(text("CREATE EXTENSION pg_stat_statements"))
+        stats.dispose()
+        yield url
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            subprocess.run(_as_postgres([*ctl, "-m", "fast", "stop"]), timeout=120, check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _reset(url: str) -> None:
+    eng = create_engine(url, isolation_level="AUTOCOMMIT")
+    with eng.connect() as conn:
+        conn.execute(text("SELECT pg_stat_statements_reset()"))
+        conn.execute(text("SELECT pg_stat_reset_shared('wal')"))
+        conn.execute(text("SELECT pg_stat_reset()"))
+    eng.dispose()
+
+
+_STATEMENTS = text(
+    "SELECT calls, rows, query FROM pg_stat_statements "
+    "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND query NOT LIKE '%pg_stat%' ORDER BY calls DESC"
+)
+
+
+def _read(url: str, messages: int) -> dict[str, Any]:
+    """The statistics since the last reset, per message."""
+    eng = create_engine(url, isolation_level="AUTOCOMMIT")
+    with eng.connect() as conn:
+        conn.execute(text("SELECT pg_stat_force_next_flush()"))
+        rows = conn.execute(_STATEMENTS).all()
+        wal = conn.execute(
+            text("SELECT wal_records, wal_fpi, wal_bytes, wal_write, wal_sync FROM pg_stat_wal")
+        ).one()
+        db = conn.execute(
+            text(
+                "SELECT xact_commit, xact_rollback FROM pg_stat_database "
+                "WHERE datname = current_database()"
+            )
+        ).one()
+    eng.dispose()
+    calls = sum(r.calls for r in rows)
+    top = [
+        {"per_message": round(r.calls / messages, 3), "query": " ".join(r.query.split())[:160]}
+        for r in rows[:12]
+    ]
+    return {
+        "messages": messages,
+        "statements": round(calls / messages, 2),
+        "transactions": round((db.xact_commit + db.xact_rollback) / messages, 2),
+        "wal_bytes": round(int(wal.wal_bytes) / messages),
+        "wal_records": round(wal.wal_records / messages, 1),
+        "wal_full_page_images": round(wal.wal_fpi / messages, 2),
+        "wal_fsyncs": round(wal.wal_sync / messages, 3),
+        "wal_writes": round(wal.wal_write / messages, 3),
+        "top_statements": top,
+    }
+
+
+def _phase(url: str, label: str, *, workers: bool, count: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        var = Path(tmp)
+        routes, out = var / "routes", var / "out"
+        routes.mkdir()
+        out.mkdir()
+        destination = FILE_DEST.format(dir=out)
+        (routes / "example.yaml").write_text(
+            ROUTES.format(name="drop", type="file", extra=destination)
+        )
+        proc, port = _engine(url, routes, var, workers=workers)
+        try:
+            _load(port, 8, 200)  # warm: connections, statements prepared, the worker started
+            if workers:
+                _wait_delivered(url, 200)
+            time.sleep(1.0)
+            _reset(url)
+            started = time.monotonic()
+            load = _load(port, 8, count)
+            if workers:
+                _wait_delivered(url, 200 + count)
+            seconds = time.monotonic() - started
+            time.sleep(0.5)
+            figures = _read(url, count)
+        finally:
+            _stop(proc)
+    figures["label"] = label
+    figures["ack_rate"] = round(load["rate"])
+    figures["seconds"] = round(seconds, 1)
+    return figures
+
+
+def _drop_tables(url: str) -> None:
+    """A fresh schema for the next phase (the cluster is ours: drop everything)."""
+    eng = create_engine(url, isolation_level="AUTOCOMMIT")
+    with eng.connect() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+        conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
+    eng.dispose()
+
+
+def _describe(r: dict[str, Any]) -> str:
+    return (
+        f"{r['statements']} statements, {r['transactions']} transactions, "
+        f"{r['wal_bytes']:,} WAL bytes ({r['wal_records']} records, "
+        f"{r['wal_full_page_images']} full pages), {r['wal_fsyncs']} WAL fsyncs per message "
+        f"(ACKed at {r['ack_rate']:,}/s beside the statistics' own cost: not a rate to quote)"
+    )
+
+
+def run(options: Options) -> dict[str, Any]:
+    count = QUICK_COUNT if options.quick else FULL_COUNT
+    print(f"pg-cost: {count:,} ADT^A08 per phase, 8 MLLP senders, a private PostgreSQL cluster")
+    phases: list[dict[str, Any]] = []
+    with private_cluster() as url:
+        for label, workers in (("receiver alone", False), ("receiver and worker", True)):
+            r = _phase(url, label, workers=workers, count=count)
+            print(f"  {label}: {_describe(r)}", flush=True)
+            for t in r["top_statements"][:8]:
+                print(f"      {t['per_message']:>6} x  {t['query'][:110]}")
+            phases.append(r)
+            _drop_tables(url)
+    receiver, both = phases
+    worker = {
+        k: round(both[k] - receiver[k], 3)
+        for k in ("statements", "transactions", "wal_bytes", "wal_records", "wal_fsyncs")
+    }
+    print(f"  the worker's share (difference): {worker}")
+    return {
+        "suite": "pg-cost",
+        "quick": options.quick,
+        "environment": environment(["SQLAlchemy", "psycopg"]),
+        "phases": phases,
+        "worker_share": worker,
+    }
