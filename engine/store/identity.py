@@ -21,9 +21,11 @@ ordinary roles), the answer is None too, with a warning: each node then names fi
 tag — a redelivery across nodes may leave a second copy (at least once), but two separate
 databases never share a tag (which would make one engine's file pass for another's: a loss).
 
-Incomplete: a logical copy of the database (``pg_dump``/``pg_restore`` into another cluster, a
-logical replica) gets a new tag, so a message delivered before the move and delivered again
-after it would be written a second time.
+Incomplete: the tag changes when the store moves to another cluster (``pg_dump``/``pg_restore``,
+a logical replica; possibly ``pg_upgrade`` into a new ``initdb``, not checked) or schema, and on
+the upgrade that brought it (PostgreSQL sites named files by host and home before): a message
+delivered before the change and delivered again after it (one in flight, or an operator's
+resend) is written a second time — at least once, never lost.
 """
 
 from __future__ import annotations
