@@ -23,11 +23,13 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, text
 
+from bench.documents_bench import _cpu_s, _tree
 from bench.harness import Options, environment
 from bench.ingest_bench import FILE_DEST, ROUTES, _engine, _free_port, _load, _stop, _wait_delivered
 
@@ -50,9 +52,9 @@ def _as_postgres(argv: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def private_cluster() -> Iterator[str]:
+def private_cluster() -> Iterator[tuple[str, Path]]:
     """A PostgreSQL cluster of our own with pg_stat_statements loaded; yields its URL (database
-    ``cost``), stopped and removed after."""
+    ``cost``) and its data directory, stopped and removed after."""
     tmp = Path(tempfile.mkdtemp(prefix="pg-cost-"))
     if os.geteuid() == 0:
         shutil.chown(tmp, "postgres", "postgres")
@@ -79,7 +81,7 @@ def private_cluster() -> Iterator[str]:
         with stats.connect() as conn:
             conn.execute(text("CREATE EXTENSION pg_stat_statements"))
         stats.dispose()
-        yield url
+        yield url, data
     finally:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             subprocess.run(_as_postgres([*ctl, "-m", "fast", "stop"]), timeout=120, check=False)
@@ -95,8 +97,18 @@ def _reset(url: str) -> None:
     eng.dispose()
 
 
+def _postmaster(data: Path) -> int:
+    return int((data / "postmaster.pid").read_text().split()[0])
+
+
+def _cpu_tree(pid: int) -> float:
+    """CPU seconds so far of a process and everything under it (the server's backends, the
+    engine's worker)."""
+    return sum(_cpu_s(p) for p in _tree(pid))
+
+
 _STATEMENTS = text(
-    "SELECT calls, rows, query FROM pg_stat_statements "
+    "SELECT calls, rows, total_exec_time, query FROM pg_stat_statements "
     "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
     "AND query NOT LIKE '%pg_stat%' ORDER BY calls DESC"
 )
@@ -119,6 +131,7 @@ def _read(url: str, messages: int) -> dict[str, Any]:
         ).one()
     eng.dispose()
     calls = sum(r.calls for r in rows)
+    exec_ms = sum(float(r.total_exec_time) for r in rows)
     top = [
         {"per_message": round(r.calls / messages, 3), "query": " ".join(r.query.split())[:160]}
         for r in rows[:12]
@@ -126,6 +139,7 @@ def _read(url: str, messages: int) -> dict[str, Any]:
     return {
         "messages": messages,
         "statements": round(calls / messages, 2),
+        "statement_exec_ms": round(exec_ms / messages, 3),
         "transactions": round((db.xact_commit + db.xact_rollback) / messages, 2),
         "wal_bytes": round(int(wal.wal_bytes) / messages),
         "wal_records": round(wal.wal_records / messages, 1),
@@ -136,35 +150,55 @@ def _read(url: str, messages: int) -> dict[str, Any]:
     }
 
 
-def _phase(url: str, label: str, *, workers: bool, count: int) -> dict[str, Any]:
+def _phase(
+    url: str, data: Path, label: str, *, nodes: int, workers: bool, count: int
+) -> dict[str, Any]:
+    """``count`` messages through ``nodes`` engines on the database at ``url`` (8 senders spread
+    over them), with their workers or without."""
     with tempfile.TemporaryDirectory() as tmp:
-        var = Path(tmp)
-        routes, out = var / "routes", var / "out"
-        routes.mkdir()
-        out.mkdir()
-        destination = FILE_DEST.format(dir=out)
-        (routes / "example.yaml").write_text(
-            ROUTES.format(name="drop", type="file", extra=destination)
-        )
-        proc, port = _engine(url, routes, var, workers=workers)
+        engines: list[tuple[subprocess.Popen[bytes], int]] = []
         try:
-            _load(port, 8, 200)  # warm: connections, statements prepared, the worker started
+            for n in range(nodes):
+                var = Path(tmp) / f"node{n}"
+                routes, out = var / "routes", var / "out"
+                routes.mkdir(parents=True)
+                out.mkdir()
+                destination = FILE_DEST.format(dir=out)
+                (routes / "example.yaml").write_text(
+                    ROUTES.format(name="drop", type="file", extra=destination)
+                )
+                engines.append(_engine(url, routes, var, workers=workers))
+            for _, port in engines:  # warm: connections, statements prepared, workers started
+                _load(port, 8 // nodes, 200 // nodes)
             if workers:
-                _wait_delivered(url, 200)
+                _wait_delivered(url, 200 // nodes * nodes)
             time.sleep(1.0)
             _reset(url)
+            pg_cpu = _cpu_tree(_postmaster(data))
+            engine_cpu = sum(_cpu_tree(proc.pid) for proc, _ in engines)
             started = time.monotonic()
-            load = _load(port, 8, count)
+            with ThreadPoolExecutor(nodes) as pool:
+                loads = list(pool.map(lambda e: _load(e[1], 8 // nodes, count // nodes), engines))
+            acked = time.monotonic()
             if workers:
-                _wait_delivered(url, 200 + count)
-            seconds = time.monotonic() - started
+                _wait_delivered(url, 200 // nodes * nodes + count // nodes * nodes)
+            done = time.monotonic()
+            pg_cpu = _cpu_tree(_postmaster(data)) - pg_cpu
+            engine_cpu = sum(_cpu_tree(proc.pid) for proc, _ in engines) - engine_cpu
             time.sleep(0.5)
-            figures = _read(url, count)
+            handled = count // nodes * nodes
+            figures = _read(url, handled)
         finally:
-            _stop(proc)
+            for proc, _ in engines:
+                _stop(proc)
     figures["label"] = label
-    figures["ack_rate"] = round(load["rate"])
-    figures["seconds"] = round(seconds, 1)
+    figures["nodes"] = nodes
+    figures["ack_rate"] = round(handled / (acked - started))
+    figures["p99_ack_ms"] = round(max(r["p99_ms"] for r in loads), 2)
+    if workers:
+        figures["delivered_rate"] = round(handled / (done - started))
+    figures["postgres_cpu_ms"] = round(1000 * pg_cpu / handled, 3)
+    figures["engine_cpu_ms"] = round(1000 * engine_cpu / handled, 3)
     return figures
 
 
@@ -179,30 +213,49 @@ def _drop_tables(url: str) -> None:
 
 
 def _describe(r: dict[str, Any]) -> str:
+    rate = f"ACKed at {r['ack_rate']:,}/s"
+    if "delivered_rate" in r:
+        rate += f", delivered at {r['delivered_rate']:,}/s"
     return (
-        f"{r['statements']} statements, {r['transactions']} transactions, "
-        f"{r['wal_bytes']:,} WAL bytes ({r['wal_records']} records, "
-        f"{r['wal_full_page_images']} full pages), {r['wal_fsyncs']} WAL fsyncs per message "
-        f"(ACKed at {r['ack_rate']:,}/s beside the statistics' own cost: not a rate to quote)"
+        f"{r['statements']} statements ({r['statement_exec_ms']} ms executing), "
+        f"{r['transactions']} transactions, {r['wal_bytes']:,} WAL bytes ({r['wal_records']} "
+        f"records, {r['wal_full_page_images']} full pages), {r['wal_fsyncs']} WAL fsyncs; CPU "
+        f"{r['postgres_cpu_ms']} ms PostgreSQL, {r['engine_cpu_ms']} ms engine per message; "
+        f"{rate} (the statistics cost a little: quote the ingest suite's rates)"
     )
+
+
+PHASES = (
+    ("receiver alone, 1 node", 1, False),
+    ("receiver and worker, 1 node", 1, True),
+    ("receiver and worker, 2 nodes", 2, True),
+)
 
 
 def run(options: Options) -> dict[str, Any]:
     count = QUICK_COUNT if options.quick else FULL_COUNT
     print(f"pg-cost: {count:,} ADT^A08 per phase, 8 MLLP senders, a private PostgreSQL cluster")
     phases: list[dict[str, Any]] = []
-    with private_cluster() as url:
-        for label, workers in (("receiver alone", False), ("receiver and worker", True)):
-            r = _phase(url, label, workers=workers, count=count)
+    with private_cluster() as (url, data):
+        for label, nodes, workers in PHASES:
+            r = _phase(url, data, label, nodes=nodes, workers=workers, count=count)
             print(f"  {label}: {_describe(r)}", flush=True)
             for t in r["top_statements"][:8]:
                 print(f"      {t['per_message']:>6} x  {t['query'][:110]}")
             phases.append(r)
             _drop_tables(url)
-    receiver, both = phases
+    receiver, both = phases[0], phases[1]
     worker = {
         k: round(both[k] - receiver[k], 3)
-        for k in ("statements", "transactions", "wal_bytes", "wal_records", "wal_fsyncs")
+        for k in (
+            "statements",
+            "transactions",
+            "wal_bytes",
+            "wal_records",
+            "wal_fsyncs",
+            "postgres_cpu_ms",
+            "engine_cpu_ms",
+        )
     }
     print(f"  the worker's share (difference): {worker}")
     return {
