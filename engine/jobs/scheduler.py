@@ -217,6 +217,45 @@ async def stop_scheduler(scheduler: AsyncIOScheduler, grace_s: float = 5.0) -> N
         await asyncio.wait(running, timeout=grace_s)
 
 
+#: a fire missed by less than this (the engine down, the leader changing) still runs
+MISFIRE_GRACE_S = 3600
+
+
+def _with_driver(db_url: str) -> str:
+    """The URL with the driver the engine installs: a plain ``postgresql://`` means psycopg2 to
+    SQLAlchemy, which is not installed (the job store then failed, and no schedule ran)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(db_url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _missed_fire(db_url: str, job_id: str, grace_s: float) -> datetime | None:
+    """The stored next fire time of ``job_id`` when it has passed, within ``grace_s``: a
+    leader died before the fire, and the next leader's scheduler must run it (adding the job
+    again computes tomorrow's). None when there is none (or no job store yet)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    db_engine = create_engine(_with_driver(db_url), poolclass=NullPool)
+    try:
+        with db_engine.connect() as conn:
+            stored = conn.execute(
+                text("SELECT next_run_time FROM scheduled_jobs WHERE id = :id"), {"id": job_id}
+            ).scalar_one_or_none()
+    except Exception:  # no job store yet (the first start): nothing was missed
+        return None
+    finally:
+        db_engine.dispose()
+    if stored is None:
+        return None
+    at = datetime.fromtimestamp(float(stored), UTC)
+    late = (datetime.now(UTC) - at).total_seconds()
+    return at if 0 < late <= grace_s else None
+
+
 def start_scheduler(
     service: Any,
     settings: Settings,
@@ -236,12 +275,26 @@ def start_scheduler(
     except ValueError as exc:
         raise ConfigError(f"ENGINE_ELIGIBILITY_CRON {settings.eligibility_cron!r}: {exc}") from exc
     scheduler = AsyncIOScheduler(
-        jobstores={"default": SQLAlchemyJobStore(url=db_url, tablename="scheduled_jobs")},
+        jobstores={
+            "default": SQLAlchemyJobStore(url=_with_driver(db_url), tablename="scheduled_jobs")
+        },
         executors={"default": _FireTimeExecutor()},
         timezone=settings.timezone,
-        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
+        job_defaults={
+            "coalesce": True,
+            "max_instances": 1,
+            "misfire_grace_time": MISFIRE_GRACE_S,
+        },
     )
-    scheduler.add_job(nightly_eligibility, trigger, id="eligibility-nightly", replace_existing=True)
+    # a fire the last leader missed (it died before it) is kept, not replaced by tomorrow's
+    missed = _missed_fire(db_url, "eligibility-nightly", MISFIRE_GRACE_S)
+    scheduler.add_job(
+        nightly_eligibility,
+        trigger,
+        id="eligibility-nightly",
+        replace_existing=True,
+        **({"next_run_time": missed} if missed is not None else {}),
+    )
     if settings.eligibility_on_start:
         scheduler.add_job(
             nightly_eligibility,
