@@ -182,6 +182,8 @@ class Compiler:
         self.datatypes: dict[str, DatatypeFn] = {}
         self.segments: dict[str, SegmentFn] = {}
         self.sources: dict[str, str] = {}
+        #: the segment maps being compiled, outermost first (a ``build`` of one of them is a cycle)
+        self._open: list[str] = []
 
     # -- helpers for the generated code ------------------------------------------------------
 
@@ -241,12 +243,16 @@ class Compiler:
             "    u = run.used.get(id(seg))",
             "    if u is None: u = run.used[id(seg)] = set()",
         ]
-        for i, rule in enumerate(smap.rules):
-            if rule.direction == "out":
-                continue
-            if self.trace:
-                env[f"WHO{i}"] = self._origin(f"segments/{name}", i, rule, smap.segment)
-            lines += self._rule_code(rule, i, env, f"{origin}, rules[{i}]", level="field")
+        self._open.append(name)
+        try:
+            for i, rule in enumerate(smap.rules):
+                if rule.direction == "out":
+                    continue
+                if self.trace:
+                    env[f"WHO{i}"] = self._origin(f"segments/{name}", i, rule, smap.segment)
+                lines += self._rule_code(rule, i, env, f"{origin}, rules[{i}]", level="field")
+        finally:
+            self._open.pop()
         lines.append("    return None")
         seg_fn: SegmentFn = self._exec(f"segment {name}", lines, env)
         self.segments[name] = seg_fn
@@ -313,6 +319,9 @@ class Compiler:
             raise ConfigError(f"{where}: 'build' is for segment maps only")
         if rule.build not in self.files.segments:
             raise ConfigError(f"{where}: no segment map named {rule.build!r}")
+        if rule.build in self._open:  # it would build itself without end, here and per message
+            cycle = " -> ".join([*self._open[self._open.index(rule.build) :], rule.build])
+            raise ConfigError(f"{where}: build {rule.build!r} is a cycle ({cycle})")
         env[f"BUILD{i}"] = self.segment(rule.build)
         return [
             "    val = {}",

@@ -130,3 +130,19 @@ def test_a_resource_plan_without_segment_maps_is_a_config_error(tmp_path: Path) 
     (site / "SIU.yaml").write_text("\n".join(lines) + "\n", "utf-8")
     with pytest.raises(ConfigError, match=rf"SIU\.yaml, line {at + 1}, resources\[0\]\.segments"):
         load_mappings(tmp_path)
+
+
+def test_a_segment_map_that_builds_itself_is_a_config_error(tmp_path: Path) -> None:
+    """mappings-00c35c93f0e71984.bin: AL1's ``build: AL1-reaction`` changed to ``build: AL1``
+    recursed without end in the compiler (RecursionError); a build cycle is now refused at
+    load, naming the file, the rule and the cycle."""
+    from engine.mappings import default_specs_dir, load_mappings
+
+    (tmp_path / "segments").mkdir()
+    text = (default_specs_dir() / "segments" / "AL1.yaml").read_text("utf-8")
+    assert "build: AL1-reaction" in text
+    (tmp_path / "segments" / "AL1.yaml").write_text(
+        text.replace("build: AL1-reaction", "build: AL1"), "utf-8"
+    )
+    with pytest.raises(ConfigError, match=r"AL1\.yaml, rules\[\d+\]: build 'AL1' is a cycle"):
+        load_mappings(tmp_path)
