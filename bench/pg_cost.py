@@ -188,6 +188,12 @@ def _phase(
             time.sleep(0.5)
             handled = count // nodes * nodes
             figures = _read(url, handled)
+            if workers:  # every message delivered once: one file each, no id twice
+                names = [f.name for f in Path(tmp).glob("node*/out/*.json")]
+                ids = {name.split("-", 1)[0] for name in names}
+                figures["files"] = len(names)
+                figures["duplicates"] = len(names) - len(ids)
+                figures["missing"] = 200 // nodes * nodes + handled - len(ids)
         finally:
             for proc, _ in engines:
                 _stop(proc)
@@ -216,6 +222,7 @@ def _describe(r: dict[str, Any]) -> str:
     rate = f"ACKed at {r['ack_rate']:,}/s"
     if "delivered_rate" in r:
         rate += f", delivered at {r['delivered_rate']:,}/s"
+        rate += f" ({r['files']:,} files, {r['duplicates']} duplicates, {r['missing']} missing)"
     return (
         f"{r['statements']} statements ({r['statement_exec_ms']} ms executing), "
         f"{r['transactions']} transactions, {r['wal_bytes']:,} WAL bytes ({r['wal_records']} "
