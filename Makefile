@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench conformance chaos fuzz clean
+.PHONY: run test lint typecheck pytest bench conformance chaos fuzz soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,13 @@ chaos: $(STAMP)
 # FUZZ_ARGS for one target or a quick run: make fuzz FUZZ_ARGS='--target er7 --inputs 2000'
 fuzz: $(STAMP)
 	nice -n 10 $(PY) -m fuzz $(FUZZ_ARGS)
+
+# the soak (issue 14): an hour at 200 msg/s (8 MLLP senders) with a 1 MiB document every 2 s and
+# eligibility every 2 minutes; RSS, fds, database connections, backlog and ACK p50/p99 sampled
+# every 10 s; samples.csv, summary.json and plot.png in var/soak/<time>/, non-zero exit when a
+# criterion fails. SOAK_ARGS for a short run: make soak SOAK_ARGS='--minutes 3'
+soak: $(STAMP)
+	$(PY) -m soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,98 @@
+"""``python -m soak [--minutes 60] [--rate 200] ...``: the soak (issue 14), ``make soak``.
+
+Writes ``var/soak/<UTC time>/``: samples.csv (one row a sample), summary.json (the options,
+totals and each criterion), plot.png, acks.csv (every ACK: send time, latency, MSA-1, type),
+documents.csv, the engine's and the load's logs. Prints the verdict table; exits 1 when a
+criterion failed, 2 when the run itself could not be made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from soak.harness import COLUMNS, Options, soak
+from soak.report import plot, say, table, write_csv, write_summary
+from soak.verdict import judge, warmup_s
+
+
+def _options(argv: list[str] | None) -> Options:
+    p = argparse.ArgumentParser(prog="python -m soak", description=__doc__)
+    p.add_argument("--minutes", type=float, default=60.0)
+    p.add_argument("--rate", type=float, default=200.0, help="MLLP messages/s over all senders")
+    p.add_argument("--senders", type=int, default=8)
+    p.add_argument("--doc-interval", type=float, default=2.0, help="seconds between uploads")
+    p.add_argument("--doc-size", type=int, default=1024 * 1024)
+    p.add_argument("--sample-s", type=float, default=10.0)
+    p.add_argument("--warmup-s", type=float, default=None, help="default 10 %%, at least 120")
+    p.add_argument("--cron", default="*/2 * * * *", help="the eligibility schedule")
+    p.add_argument("--out", type=Path, default=Path("var/soak"))
+    p.add_argument("--keep-home", action="store_true", help="keep the engine's temporary home")
+    a = p.parse_args(argv)
+    return Options(
+        minutes=a.minutes,
+        rate=a.rate,
+        senders=a.senders,
+        doc_interval_s=a.doc_interval,
+        doc_size=a.doc_size,
+        sample_s=a.sample_s,
+        warmup_s=a.warmup_s,
+        cron=a.cron,
+        out=a.out,
+        keep_home=a.keep_home,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = _options(argv)
+    out = opts.out / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out.mkdir(parents=True, exist_ok=True)
+    warmup = opts.warmup_s if opts.warmup_s is not None else warmup_s(opts.minutes * 60)
+    say(
+        f"soak: {opts.minutes:g} min at {opts.rate:g} msg/s ({opts.senders} senders), one "
+        f"{opts.doc_size // 1024} KiB document every {opts.doc_interval_s:g} s, eligibility "
+        f"'{opts.cron}', warm-up {warmup:.0f} s; results in {out}"
+    )
+    try:
+        run = soak(opts, out, say)
+    except (RuntimeError, OSError) as exc:
+        say(f"soak: the run failed: {exc}")
+        return 2
+    criteria = judge(
+        run.samples,
+        warmup=warmup,
+        until=opts.minutes * 60,
+        rate=opts.rate,
+        judged_ack_ms=run.judged_ack_ms,
+        refused_acks=run.refused_acks,
+        refused_docs=run.refused_docs,
+    )
+    write_csv(out / "samples.csv", COLUMNS, run.samples)
+    ok = all(c.ok for c in criteria)
+    write_summary(
+        out / "summary.json",
+        {
+            "options": {k: str(v) for k, v in vars(opts).items()},
+            "warmup_s": warmup,
+            "seconds": run.seconds,
+            "acks": run.acks,
+            "documents": run.documents,
+            "refused_acks": run.refused_acks,
+            "refused_documents": run.refused_docs,
+            "worker_pids": run.worker_pids,
+            "eligibility_checks": run.samples[-1]["eligibility_checks"] if run.samples else 0,
+            "ok": ok,
+            "criteria": [c.row() for c in criteria],
+        },
+    )
+    title = f"soak: {opts.minutes:g} min, {opts.rate:g} msg/s + documents + eligibility"
+    plot(out / "plot.png", run.samples, warmup, title)
+    say("\n" + table(criteria))
+    say(f"\nsoak: {'passed' if ok else 'FAILED'}; {out}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
