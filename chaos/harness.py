@@ -75,6 +75,8 @@ class Context:
     fhir_url: str = ""
     #: a proxy the scenario put between the engine and a peer (a destination, the database)
     proxy: TcpProxy | None = None
+    #: what the senders have seen so far (filled as the ACKs come)
+    load: LoadResult = field(default_factory=LoadResult)
     #: anything else a scenario's setup made for its fault and teardown
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -179,7 +181,7 @@ async def _run(scenario: Scenario, ctx: Context, messages: int, senders: int, ra
     started = time.monotonic()
     items = plan(messages, senders)
     load_task = asyncio.create_task(
-        run_senders(ctx.engine.mllp, items, started + LOAD_BOUND_S, rate), name="load"
+        run_senders(ctx.engine.mllp, items, started + LOAD_BOUND_S, rate, ctx.load), name="load"
     )
     fault_task = asyncio.create_task(scenario.fault(ctx), name="fault")
     load: LoadResult = await load_task

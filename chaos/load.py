@@ -131,13 +131,17 @@ async def _sender(
 
 
 async def run_senders(
-    port: int, items: list[list[Item]], deadline: float, rate: float = 0.0
+    port: int,
+    items: list[list[Item]],
+    deadline: float,
+    rate: float = 0.0,
+    result: LoadResult | None = None,
 ) -> LoadResult:
     """Every sender's items to the MLLP listener on 127.0.0.1:``port``, until done or
     ``deadline`` (a ``time.monotonic()`` instant). With ``rate`` (messages/s over all senders)
     each sender keeps to its share of it, catching up after an outage as an EHR's queue does;
-    without, back to back."""
-    result = LoadResult()
+    without, back to back. ``result`` fills as the ACKs come (a fault may watch it)."""
+    result = result if result is not None else LoadResult()
     interval = len(items) / rate if rate else 0.0
     await asyncio.gather(*(_sender(port, mine, result, deadline, interval) for mine in items))
     return result

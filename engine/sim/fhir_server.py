@@ -16,8 +16,8 @@ Test switches (not FHIR): ``POST {base}/$fail`` with ``{"status": 503, "count": 
 next N requests answer that status (optionally after ``"delay_s"``, with a ``"retry_after"``);
 ``{"drop": N}`` makes the next N writes be applied and their connection then cut mid-answer (the
 client cannot tell it was applied); ``{"latency_s": S}`` makes every request wait S seconds
-first (a slow server; 0 ends it); ``{"clear": true}`` drops the failures, drops and latency
-still to come;
+once its body is read (a slow server: a write whose client timed out meanwhile is applied all
+the same; 0 ends it); ``{"clear": true}`` drops the failures, drops and latency still to come;
 ``GET {base}/$log`` lists the write requests received, in order, with ids, identifiers and
 idempotency keys only; ``POST {base}/$reset`` forgets everything.
 :attr:`StubFhirState.accepted_tokens`, when set, makes every request need
@@ -354,6 +354,7 @@ class _Stub:
     async def _gate(self, request: Request, interaction: str) -> Response | None:
         """The injected latency, injected failures, then the bearer token check."""
         if self.state.latency_s > 0:
+            await request.body()  # read first: a write its client gave up on is still applied
             await asyncio.sleep(self.state.latency_s)
         auth = request.headers.get("authorization")
         with self.state.lock:

@@ -55,6 +55,20 @@ def test_latency_slows_every_request_until_cleared(server: StubFhirServer) -> No
     assert server.state.latency_s == 0 and not server.state.failures and not server.state.drops
 
 
+def test_a_write_whose_client_timed_out_is_applied_all_the_same(server: StubFhirServer) -> None:
+    with httpx.Client(base_url=server.base_url + "/", timeout=5) as fhir:
+        assert fhir.post("$fail", json={"latency_s": 0.6}).status_code == 200
+        key = {"Idempotency-Key": "8-fhir"}
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up before the answer
+            fhir.put("Patient/late", json=patient("L"), headers=key, timeout=0.2)
+        time.sleep(0.8)
+        assert fhir.post("$fail", json={"clear": True}).status_code == 200
+        assert fhir.get("Patient/late").status_code == 200  # applied after the client left
+        assert fhir.put("Patient/late", json=patient("L"), headers=key).status_code == 201
+        log = fhir.get("$log").json()["log"]
+    assert [e.get("replayed", False) for e in log] == [False, True]
+
+
 def test_a_bad_switch_is_refused(server: StubFhirServer) -> None:
     with httpx.Client(base_url=server.base_url + "/", timeout=5) as fhir:
         assert fhir.post("$fail", json={"drop": "many"}).status_code == 400
