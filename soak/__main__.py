@@ -30,6 +30,11 @@ def _options(argv: list[str] | None) -> Options:
     p.add_argument("--cron", default="*/2 * * * *", help="the eligibility schedule")
     p.add_argument("--out", type=Path, default=Path("var/soak"))
     p.add_argument("--keep-home", action="store_true", help="keep the engine's temporary home")
+    p.add_argument(
+        "--database-url",
+        default="",
+        help="a PostgreSQL server (postgresql+psycopg://...): the run makes and drops a database",
+    )
     a = p.parse_args(argv)
     return Options(
         minutes=a.minutes,
@@ -42,6 +47,7 @@ def _options(argv: list[str] | None) -> Options:
         cron=a.cron,
         out=a.out,
         keep_home=a.keep_home,
+        database_url=a.database_url,
     )
 
 

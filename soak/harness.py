@@ -1,7 +1,8 @@
 """One soak run: the engine as ``make run`` runs it, the load beside it, a sample every
 ``sample_s`` seconds, and the verdict (soak/verdict.py) at the end.
 
-The engine: ``engine serve`` (receiver and its worker process) on SQLite in a temporary home,
+The engine: ``engine serve`` (receiver and its worker process) on SQLite in a temporary home
+(or on a PostgreSQL database of the run's own, ``--database-url``),
 with routes like the example's (ADT, SIU to the stub FHIR server as transaction Bundles; ADT as
 received to a folder; documents as received to a folder), the in-process stub payer, and the
 eligibility schedule on a short cron (``ENGINE_ELIGIBILITY_CRON``, every 2 minutes as ``make
@@ -86,6 +87,7 @@ COLUMNS = (
     "loadavg",
 )
 STUB_RESET_S = 300.0
+Store = probe.SqliteStore | probe.PostgresStore
 
 
 @dataclass
@@ -100,6 +102,9 @@ class Options:
     cron: str = "*/2 * * * *"
     out: Path = Path("var/soak")
     keep_home: bool = False
+    #: a PostgreSQL server (SQLAlchemy URL) to run on instead of SQLite: the soak makes a
+    #: database of its own there (``soak_<pid>``) and drops it after
+    database_url: str = ""
 
 
 @dataclass
@@ -178,7 +183,7 @@ def _sample(
     t: float,
     engine_pid: int,
     stub_pid: int | None,
-    db: Path,
+    store: Store,
     acks: list[list[str]],
     docs: list[list[str]],
     run: Run,
@@ -186,9 +191,8 @@ def _sample(
     worker = probe.worker_pid(engine_pid)
     if worker is not None and worker not in run.worker_pids:
         run.worker_pids.append(worker)
-    conns_r, files_r = probe.db_fds(engine_pid, db)
-    conns_w, files_w = probe.db_fds(worker, db)
-    backlog, pending = probe.backlog(db)
+    conns, files = store.connections([engine_pid, worker])
+    backlog, pending = store.backlog()
     ms = sorted(float(a[1]) for a in acks if a[2] in ("AA", "CA"))
     refused = sum(1 for a in acks if a[2] not in ("AA", "CA"))
     refused_docs = sum(1 for d in docs if not d[2].startswith("2"))
@@ -199,8 +203,8 @@ def _sample(
         "worker_rss_mb": round(probe.rss_mb(worker), 1),
         "receiver_fds": probe.fd_count(engine_pid),
         "worker_fds": probe.fd_count(worker),
-        "db_connections": conns_r + conns_w,
-        "db_file_fds": files_r + files_w,
+        "db_connections": conns,
+        "db_file_fds": files,
         "backlog": backlog,
         "deliveries_pending": pending,
         "acks": len(acks),
@@ -210,7 +214,7 @@ def _sample(
         "refused_acks": refused,
         "documents": len(docs),
         "refused_documents": refused_docs,
-        "eligibility_checks": probe.eligibility_checks(db),
+        "eligibility_checks": store.eligibility_checks(),
         "worker_pid": worker or 0,
         "stub_fhir_rss_mb": round(probe.rss_mb(stub_pid), 1),
         "receiver_cpu_pct": run.cpu_pct(engine_pid),
@@ -247,18 +251,26 @@ def soak(opts: Options, out: Path, say: Any) -> Run:
     fhir = StubFhirProcess(home)
     engine: EngineProcess | None = None
     load: subprocess.Popen[bytes] | None = None
+    store: Store | None = None
+    dbname = f"soak_{os.getpid()}"
     try:
         fhir.start()
         (home / "routes").mkdir()
         (home / "routes" / "example.yaml").write_text(ROUTES.format(fhir=fhir.base_url, home=home))
         env = _env(home, opts)
+        if opts.database_url:
+            env["ENGINE_DATABASE_URL"] = probe.create_database(opts.database_url, dbname)
         _engine_cli(env, home, "keys", "create")
         token = _engine_cli(env, home, "token", "--role", "integration", "--subject", "soak")
         engine = EngineProcess(home, home / "routes", env)
         engine.env["ENGINE_PUBLIC_BASE_URL"] = f"http://127.0.0.1:{engine.http}"
         engine.start()
         assert engine.proc is not None
-        db = _find_db(home)
+        store = (
+            probe.PostgresStore(opts.database_url, dbname)
+            if opts.database_url
+            else probe.SqliteStore(_find_db(home))
+        )
         end = time.monotonic() + 120
         while probe.worker_pid(engine.proc.pid) is None and time.monotonic() < end:
             time.sleep(0.5)
@@ -267,7 +279,7 @@ def soak(opts: Options, out: Path, say: Any) -> Run:
         acks_csv, docs_csv = out / "acks.csv", out / "documents.csv"
         with (out / "load.log").open("wb") as load_log:  # the child keeps its own descriptor
             load = _start_load(opts, engine, token, seconds, acks_csv, docs_csv, load_log)
-        _loop(opts, run, engine.proc.pid, fhir, db, load, acks_csv, docs_csv, warmup, say)
+        _loop(opts, run, engine.proc.pid, fhir, store, load, acks_csv, docs_csv, warmup, say)
         return run
     finally:
         if load is not None and load.poll() is None:
@@ -278,6 +290,10 @@ def soak(opts: Options, out: Path, say: Any) -> Run:
             if engine.log.exists():
                 shutil.copy(engine.log, out / "engine.log")
         fhir.stop()
+        if store is not None:
+            store.close()
+        if opts.database_url:
+            probe.drop_database(opts.database_url, dbname)
         if not opts.keep_home:
             shutil.rmtree(home, ignore_errors=True)
 
@@ -314,7 +330,7 @@ def _loop(
     run: Run,
     engine_pid: int,
     fhir: StubFhirProcess,
-    db: Path,
+    store: Store,
     load: subprocess.Popen[bytes],
     acks_csv: Path,
     docs_csv: Path,
@@ -333,7 +349,7 @@ def _loop(
         upto = time.time() - 1.5  # the load appends every second: a window's ACKs are in
         acks = _window(acks_tail.rows(), held_acks, upto if not done else float("inf"))
         docs = _window(docs_tail.rows(), held_docs, upto if not done else float("inf"))
-        s = _sample(upto - started, engine_pid, stub_pid, db, acks, docs, run)
+        s = _sample(upto - started, engine_pid, stub_pid, store, acks, docs, run)
         run.samples.append(s)
         run.acks += len(acks)
         run.documents += len(docs)

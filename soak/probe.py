@@ -1,5 +1,6 @@
 """What the soak reads about the running engine: from /proc (resident memory, open file
-descriptors, descriptors on the SQLite files) and from the store (the backlog), read-only."""
+descriptors, CPU time, descriptors on the SQLite files) and from the store (the backlog,
+eligibility checks; on PostgreSQL the connections, from ``pg_stat_activity``), read-only."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import sqlite3
 from pathlib import Path
 
 __all__ = [
-    "backlog",
+    "PostgresStore",
+    "SqliteStore",
     "cpu_s",
+    "create_database",
     "db_fds",
-    "eligibility_checks",
+    "drop_database",
     "fd_count",
     "loadavg",
     "rss_mb",
@@ -64,26 +67,109 @@ def db_fds(pid: int | None, db: Path) -> tuple[int, int]:
     return conns, files
 
 
-def _query(db: Path, sql: str) -> int:
+class SqliteStore:
+    """The SQLite store, read-only: the backlog, eligibility checks, and connections counted
+    from the engine's descriptors on the database file."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+
+    def _query(self, sql: str) -> int:
+        try:
+            with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5) as conn:
+                row = conn.execute(sql).fetchone()
+            return int(row[0]) if row else 0
+        except sqlite3.Error:
+            return -1
+
+    def backlog(self) -> tuple[int, int]:
+        """(messages not yet delivered: received or routed, deliveries pending or waiting); -1
+        when the store could not be read this time."""
+        return self._query(BACKLOG), self._query(PENDING)
+
+    def eligibility_checks(self) -> int:
+        """Eligibility checks stored so far (the scheduled runs are doing their work)."""
+        return self._query("SELECT count(*) FROM eligibility_checks")
+
+    def connections(self, pids: list[int | None]) -> tuple[int, int]:
+        """(connections, descriptors on the database files) of the engine's processes."""
+        found = [db_fds(pid, self.db) for pid in pids]
+        return sum(c for c, _ in found), sum(f for _, f in found)
+
+    def close(self) -> None:
+        pass
+
+
+class PostgresStore:
+    """A PostgreSQL database of the soak's own (made for the run, dropped after): the same
+    figures, connections from ``pg_stat_activity`` (client backends on that database, this
+    probe's own excluded)."""
+
+    def __init__(self, url: str, dbname: str) -> None:
+        import psycopg
+
+        self.dbname = dbname
+        self.conn = psycopg.connect(_libpq(url, dbname), autocommit=True)
+
+    def _query(self, sql: str) -> int:
+        import psycopg
+
+        try:
+            row = self.conn.execute(sql.encode(), prepare=False).fetchone()
+            return int(row[0]) if row else 0
+        except psycopg.Error:
+            return -1
+
+    def backlog(self) -> tuple[int, int]:
+        return self._query(BACKLOG), self._query(PENDING)
+
+    def eligibility_checks(self) -> int:
+        return self._query("SELECT count(*) FROM eligibility_checks")
+
+    def connections(self, pids: list[int | None]) -> tuple[int, int]:
+        n = self._query(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+            f"AND datname = '{self.dbname}' AND pid <> pg_backend_pid()"
+        )
+        return n, 0
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _libpq(url: str, dbname: str) -> str:
+    """A SQLAlchemy PostgreSQL URL as libpq's, pointing at ``dbname``."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url).set(drivername="postgresql", database=dbname)
+    return u.render_as_string(hide_password=False)
+
+
+def create_database(url: str, dbname: str) -> str:
+    """Make database ``dbname`` on the server of ``url``; the engine's URL for it."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            row = conn.execute(sql).fetchone()
-        return int(row[0]) if row else 0
-    except sqlite3.Error:
-        return -1
+        server = _libpq(url, make_url(url).database or "postgres")
+        with psycopg.connect(server, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{dbname}"'.encode())
+            c.execute(f'CREATE DATABASE "{dbname}"'.encode())
+    except psycopg.Error as exc:
+        raise RuntimeError(f"could not make database {dbname}: {type(exc).__name__}") from exc
+    return make_url(url).set(database=dbname).render_as_string(hide_password=False)
 
 
-def backlog(db: Path) -> tuple[int, int]:
-    """(messages not yet delivered: received or routed, deliveries pending or waiting); -1 when
-    the store could not be read this time."""
-    msgs = _query(db, "SELECT count(*) FROM messages WHERE state IN ('received', 'routed')")
-    dels = _query(db, "SELECT count(*) FROM deliveries WHERE state IN ('pending', 'waiting')")
-    return msgs, dels
+def drop_database(url: str, dbname: str) -> None:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    with psycopg.connect(_libpq(url, make_url(url).database or "postgres"), autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'.encode())
 
 
-def eligibility_checks(db: Path) -> int:
-    """Eligibility checks stored so far (the scheduled runs are doing their work)."""
-    return _query(db, "SELECT count(*) FROM eligibility_checks")
+BACKLOG = "SELECT count(*) FROM messages WHERE state IN ('received', 'routed')"
+PENDING = "SELECT count(*) FROM deliveries WHERE state IN ('pending', 'waiting')"
 
 
 def worker_pid(receiver: int) -> int | None:
