@@ -9,13 +9,14 @@ criterion failed, 2 when the run itself could not be made.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
 
 from soak.harness import COLUMNS, Options, soak
 from soak.report import plot, say, table, write_csv, write_summary
-from soak.verdict import judge, warmup_s
+from soak.verdict import Criterion, judge, warmup_s
 
 
 def _options(argv: list[str] | None) -> Options:
@@ -30,6 +31,7 @@ def _options(argv: list[str] | None) -> Options:
     p.add_argument("--cron", default="*/2 * * * *", help="the eligibility schedule")
     p.add_argument("--out", type=Path, default=Path("var/soak"))
     p.add_argument("--keep-home", action="store_true", help="keep the engine's temporary home")
+    p.add_argument("--min-free-gb", type=float, default=15.0, help="stop early below this")
     p.add_argument(
         "--database-url",
         default="",
@@ -48,11 +50,20 @@ def _options(argv: list[str] | None) -> Options:
         out=a.out,
         keep_home=a.keep_home,
         database_url=a.database_url,
+        min_free_gb=a.min_free_gb,
     )
+
+
+def _stop(signum: int, _frame: object) -> None:
+    """SIGTERM or SIGINT (a background job ignores SIGINT otherwise): stop the run the way
+    Ctrl-C does, so that the engine, the stub and the load are stopped on the way out."""
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = _options(argv)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     out = opts.out / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out.mkdir(parents=True, exist_ok=True)
     warmup = opts.warmup_s if opts.warmup_s is not None else warmup_s(opts.minutes * 60)
@@ -75,6 +86,16 @@ def main(argv: list[str] | None = None) -> int:
         refused_acks=run.refused_acks,
         refused_docs=run.refused_docs,
     )
+    criteria.append(
+        Criterion(
+            "ran to the end",
+            not run.stopped_early,
+            None,
+            None,
+            None,
+            f"stopped early: {run.stopped_early}" if run.stopped_early else "",
+        )
+    )
     write_csv(out / "samples.csv", COLUMNS, run.samples)
     ok = all(c.ok for c in criteria)
     write_summary(
@@ -88,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             "refused_acks": run.refused_acks,
             "refused_documents": run.refused_docs,
             "worker_pids": run.worker_pids,
+            "stopped_early": run.stopped_early,
             "eligibility_checks": run.samples[-1]["eligibility_checks"] if run.samples else 0,
             "ok": ok,
             "criteria": [c.row() for c in criteria],

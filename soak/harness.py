@@ -70,6 +70,7 @@ COLUMNS = (
     "worker_fds",
     "db_connections",
     "db_file_fds",
+    "wal_mb",
     "backlog",
     "deliveries_pending",
     "acks",
@@ -105,6 +106,8 @@ class Options:
     #: a PostgreSQL server (SQLAlchemy URL) to run on instead of SQLite: the soak makes a
     #: database of its own there (``soak_<pid>``) and drops it after
     database_url: str = ""
+    #: the run stops early when the engine's home has less free disk than this (GB)
+    min_free_gb: float = 15.0
 
 
 @dataclass
@@ -119,6 +122,8 @@ class Run:
     seconds: float = 0.0
     #: CPU seconds of each process at the previous sample (for the window's CPU %)
     cpu: dict[int, tuple[float, float]] = field(default_factory=dict)
+    #: why the run stopped before its time ("" when it ran to the end)
+    stopped_early: str = ""
 
     def cpu_pct(self, pid: int | None) -> float:
         """The share of one core ``pid`` used since the previous sample."""
@@ -205,6 +210,7 @@ def _sample(
         "worker_fds": probe.fd_count(worker),
         "db_connections": conns,
         "db_file_fds": files,
+        "wal_mb": round(store.wal_mb(), 1),
         "backlog": backlog,
         "deliveries_pending": pending,
         "acks": len(acks),
@@ -279,7 +285,8 @@ def soak(opts: Options, out: Path, say: Any) -> Run:
         acks_csv, docs_csv = out / "acks.csv", out / "documents.csv"
         with (out / "load.log").open("wb") as load_log:  # the child keeps its own descriptor
             load = _start_load(opts, engine, token, seconds, acks_csv, docs_csv, load_log)
-        _loop(opts, run, engine.proc.pid, fhir, store, load, acks_csv, docs_csv, warmup, say)
+        files = (acks_csv, docs_csv, home)
+        _loop(opts, run, engine.proc.pid, fhir, store, load, files, warmup, say)
         return run
     finally:
         if load is not None and load.poll() is None:
@@ -332,11 +339,11 @@ def _loop(
     fhir: StubFhirProcess,
     store: Store,
     load: subprocess.Popen[bytes],
-    acks_csv: Path,
-    docs_csv: Path,
+    files: tuple[Path, Path, Path],
     warmup: float,
     say: Any,
 ) -> None:
+    acks_csv, docs_csv, home = files
     acks_tail, docs_tail = _Tail(acks_csv), _Tail(docs_csv)
     held_acks: list[list[str]] = []
     held_docs: list[list[str]] = []
@@ -360,12 +367,18 @@ def _loop(
         say(
             f"  {s['at']} t={s['t_s']:>6.0f}s rss {s['receiver_rss_mb']:.0f}/"
             f"{s['worker_rss_mb']:.0f} MB fds {s['receiver_fds']}/{s['worker_fds']} "
-            f"conns {s['db_connections']} backlog {s['backlog']} acks {s['acks']} "
+            f"conns {s['db_connections']} wal {s['wal_mb']:.0f} MB backlog {s['backlog']} "
+            f"acks {s['acks']} "
             f"p50 {s['ack_p50_ms']:.2f} p99 {s['ack_p99_ms']:.2f} ms docs {s['documents']} "
             f"elig {s['eligibility_checks']} cpu {s['receiver_cpu_pct']:.0f}/"
             f"{s['worker_cpu_pct']:.0f} % load {s['loadavg']:.1f}"
         )
         if done:
+            break
+        free_gb = shutil.disk_usage(home).free / 1e9
+        if free_gb < opts.min_free_gb:
+            run.stopped_early = f"{free_gb:.1f} GB free on the engine's disk at t={s['t_s']:.0f}s"
+            say(f"  stopping early: {run.stopped_early} (--min-free-gb {opts.min_free_gb:g})")
             break
         if time.monotonic() - last_reset > STUB_RESET_S:
             try:
@@ -375,5 +388,5 @@ def _loop(
             last_reset = time.monotonic()
         next_at += opts.sample_s
     run.seconds = time.time() - started
-    if load.returncode:
+    if load.returncode and not run.stopped_early:
         raise RuntimeError(f"the load exited {load.returncode}; see load.log")

@@ -96,6 +96,13 @@ class SqliteStore:
         found = [db_fds(pid, self.db) for pid in pids]
         return sum(c for c, _ in found), sum(f for _, f in found)
 
+    def wal_mb(self) -> float:
+        """The size of the write-ahead log (checkpointed and restarted, it stays bounded)."""
+        try:
+            return self.db.with_name(self.db.name + "-wal").stat().st_size / 1e6
+        except OSError:
+            return 0.0
+
     def close(self) -> None:
         pass
 
@@ -132,6 +139,9 @@ class PostgresStore:
             f"AND datname = '{self.dbname}' AND pid <> pg_backend_pid()"
         )
         return n, 0
+
+    def wal_mb(self) -> float:
+        return 0.0  # PostgreSQL recycles its WAL segments itself
 
     def close(self) -> None:
         self.conn.close()

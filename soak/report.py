@@ -52,10 +52,11 @@ def plot(path: Path, samples: list[dict[str, Any]], warmup: float, title: str) -
         ("RSS (MB)", [("receiver_rss_mb", "receiver"), ("worker_rss_mb", "worker")]),
         ("open fds", [("receiver_fds", "receiver"), ("worker_fds", "worker")]),
         ("DB connections", [("db_connections", "receiver + worker")]),
+        ("SQLite WAL (MB)", [("wal_mb", "engine.db-wal")]),
         ("ACK latency (ms)", [("ack_p50_ms", "p50"), ("ack_p99_ms", "p99")]),
         ("backlog (messages)", [("backlog", "not yet delivered")]),
     ]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 12), sharex=True)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 14), sharex=True)
     for ax, (ylabel, series) in zip(axes, panels, strict=True):
         for key, label in series:
             ax.plot(t, [float(s[key]) for s in samples], label=label, linewidth=1.2)

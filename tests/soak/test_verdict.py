@@ -20,6 +20,7 @@ def _samples(n: int = 30, **grow: float) -> list[dict[str, Any]]:
             "receiver_fds": 33,
             "worker_fds": 40,
             "db_connections": 6,
+            "wal_mb": 40.0,
             "backlog": 40,
             "acks": 2000,
             "ack_p99_ms": 5.0,
@@ -60,6 +61,7 @@ def test_descriptors_get_two_of_slack_but_a_leak_fails() -> None:
     assert _verdict(flapping)["receiver open fds flat"]
     assert not _verdict(_samples(receiver_fds=1))["receiver open fds flat"]
     assert not _verdict(_samples(db_connections=1))["database connections flat"]
+    assert not _verdict(_samples(wal_mb=40))["SQLite WAL (MB) flat"]
 
 
 def test_a_creeping_p99_and_a_growing_backlog_fail() -> None:
