@@ -86,8 +86,9 @@ def world(postgres_schema_url: str, tmp_path: Path) -> Iterator[tuple[SqlMessage
     try:
         yield store, tmp_path
     finally:
-        metadata.drop_all(db)
-        with db.begin() as conn:
+        with db.begin() as conn:  # a session left holding a lock fails the drop, never hangs it
+            conn.exec_driver_sql("SET LOCAL lock_timeout = '30s'")
+            metadata.drop_all(conn)
             conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version, scheduled_jobs")
         db.dispose()
 
