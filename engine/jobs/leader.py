@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -139,15 +140,25 @@ class Leadership:
 
     async def _campaign(self) -> Connection | None:
         """One try at the lock: the connection holding it, or None."""
+        attempt = asyncio.ensure_future(asyncio.to_thread(self._try_lock))
         try:
-            return await asyncio.wait_for(
-                asyncio.to_thread(self._try_lock), self.check_timeout_s * 2
-            )
+            return await asyncio.wait_for(asyncio.shield(attempt), self.check_timeout_s * 2)
         except Exception as exc:  # the database away: try again at the next poll
+            # a try that answers after we gave up on it must not keep the lock unled
+            attempt.add_done_callback(self._abandon)
             log.warning(
                 "leader election failed", extra={"node": self.node, "error": type(exc).__name__}
             )
             return None
+
+    def _abandon(self, attempt: asyncio.Future[Connection | None]) -> None:
+        """A late try's connection, if it got the lock: let go of it (in a thread of its own:
+        this runs on the event loop)."""
+        if attempt.cancelled() or attempt.exception() is not None:
+            return
+        conn = attempt.result()
+        if conn is not None:
+            threading.Thread(target=self._let_go, args=(conn,), daemon=True).start()
 
     def _try_lock(self) -> Connection | None:
         assert self._lock_engine is not None

@@ -143,3 +143,28 @@ def test_a_node_that_stops_lets_another_lead(postgres_schema_url: str) -> None:
     asyncio.run(main())
     for e in engines:
         e.dispose()
+
+
+def test_a_try_that_answers_too_late_lets_go_of_the_lock(tmp_path: Path) -> None:
+    """A lock taken by a try the node had given up on (the database slow) is let go, not kept
+    by a node that does not lead (no node could lead then until its process ended)."""
+    db = create_db_engine(f"sqlite:///{tmp_path / 'engine.db'}")
+    leadership = Leadership(db, "slow", check_timeout_s=0.05)
+    held = object()
+    let_go: list[object] = []
+
+    def slow_try() -> object:
+        time.sleep(0.3)
+        return held
+
+    leadership._try_lock = slow_try  # type: ignore[method-assign,assignment]
+    leadership._let_go = let_go.append  # type: ignore[method-assign,assignment]
+
+    async def main() -> object:
+        got = await leadership._campaign()
+        await asyncio.sleep(0.6)
+        return got
+
+    assert asyncio.run(main()) is None
+    assert let_go == [held]
+    db.dispose()
