@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from soak.harness import COLUMNS, Options, soak
+from soak.harness import COLUMNS, Options, Run, soak
 from soak.report import plot, say, table, write_csv, write_summary
 from soak.verdict import Criterion, judge, warmup_s
 
@@ -72,11 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{opts.doc_size // 1024} KiB document every {opts.doc_interval_s:g} s, eligibility "
         f"'{opts.cron}', warm-up {warmup:.0f} s; results in {out}"
     )
+    run = Run()
     try:
-        run = soak(opts, out, say)
-    except (RuntimeError, OSError) as exc:
-        say(f"soak: the run failed: {exc}")
-        return 2
+        soak(opts, out, say, run)
+    except (RuntimeError, OSError, KeyboardInterrupt) as exc:
+        run.stopped_early = f"the run failed: {exc}" if str(exc) else "interrupted"
+        say(f"soak: {run.stopped_early}")
+        if not run.samples:
+            return 2
     criteria = judge(
         run.samples,
         warmup=warmup,
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             "options": {k: str(v) for k, v in vars(opts).items()},
             "warmup_s": warmup,
-            "seconds": run.seconds,
+            "seconds": run.seconds or (run.samples[-1]["t_s"] if run.samples else 0),
             "acks": run.acks,
             "documents": run.documents,
             "refused_acks": run.refused_acks,

@@ -250,10 +250,10 @@ def _env(home: Path, opts: Options) -> dict[str, str]:
     }
 
 
-def soak(opts: Options, out: Path, say: Any) -> Run:
-    """Run the soak; the samples and what the verdict needs."""
+def soak(opts: Options, out: Path, say: Any, run: Run) -> None:
+    """Run the soak, filling ``run`` with the samples and what the verdict needs (what was
+    sampled stays there when the run fails or is stopped part way)."""
     home = Path(tempfile.mkdtemp(prefix="soak-home-"))
-    run = Run()
     fhir = StubFhirProcess(home)
     engine: EngineProcess | None = None
     load: subprocess.Popen[bytes] | None = None
@@ -287,7 +287,6 @@ def soak(opts: Options, out: Path, say: Any) -> Run:
             load = _start_load(opts, engine, token, seconds, acks_csv, docs_csv, load_log)
         files = (acks_csv, docs_csv, home)
         _loop(opts, run, engine.proc.pid, fhir, store, load, files, warmup, say)
-        return run
     finally:
         if load is not None and load.poll() is None:
             load.terminate()
