@@ -26,6 +26,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from engine.errors import ConfigError
 
 __all__ = [
+    "BUSY_TIMEOUT_MS",
     "Repository",
     "WriteLock",
     "aware",
@@ -119,6 +120,10 @@ def _sqlite_engine(parsed: URL, *, durable: bool) -> Engine:
     return db_engine
 
 
+#: how long a SQLite statement waits for a lock before it fails (``database is locked``)
+BUSY_TIMEOUT_MS = 10_000
+
+
 def _configure_sqlite(db_engine: Engine, *, durable: bool) -> None:
     """WAL and the pragmas on every new connection; write transactions begin IMMEDIATE."""
 
@@ -127,7 +132,7 @@ def _configure_sqlite(db_engine: Engine, *, durable: bool) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         # no checkpoint inside a commit (an ACK would wait for it, ~100 ms at times):
         # ``checkpoint`` runs beside the writers instead (engine serve, engine worker)
         cur.execute("PRAGMA wal_autocheckpoint=0")

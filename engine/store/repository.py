@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 
 from sqlalchemy import select
 
 from engine.store.audit import Audit
 from engine.store.console_stats import ConsoleStats
+from engine.store.db import BUSY_TIMEOUT_MS
 from engine.store.deliveries import Deliveries
 from engine.store.documents import Documents
 from engine.store.eligibility import EligibilityChecks
@@ -27,9 +29,14 @@ from engine.store.operator import DocumentActions, Operator
 from engine.store.search import MessageSearch
 from engine.store.users import Users
 
-__all__ = ["SqlMessageStore"]
+__all__ = ["BUSY_TIMEOUT_MS", "TRUNCATE_WAIT_MS", "WAL_LIMIT_BYTES", "SqlMessageStore"]
 
 log = logging.getLogger(__name__)
+
+#: the size past which a SQLite checkpoint empties the write-ahead log (see ``checkpoint``)
+WAL_LIMIT_BYTES = 128 * 1024 * 1024
+#: how long that checkpoint waits for the writer and readers under way before it gives up
+TRUNCATE_WAIT_MS = 100
 
 
 class SqlMessageStore(
@@ -64,12 +71,45 @@ class SqlMessageStore(
 
     def checkpoint(self) -> None:
         """SQLite: copy the write-ahead log into the database without waiting for (or
-        blocking) readers and writers, so the log does not grow without end. Elsewhere nothing.
+        blocking) readers and writers. Elsewhere nothing.
+
+        A PASSIVE checkpoint never makes the log start over while writes keep coming (there is
+        always a frame newer than the checkpoint), so under a steady load the ``-wal`` file
+        grows without end: 1.5 GB in 3 minutes at 200 messages/s with documents, in the soak.
+        Past :data:`WAL_LIMIT_BYTES` the checkpoint is a TRUNCATE instead: it waits for the
+        writer under way and for the readers of older frames, blocking new writers meanwhile,
+        at most :data:`TRUNCATE_WAIT_MS` (then it gives up and tries again at the next round),
+        and empties the file. Once past the limit, not every second: a few milliseconds' pause
+        of the ACKs every few tens of seconds at the highest rates.
         """
         if self.db_engine.dialect.name != "sqlite":
             return
         with self.db_engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()
+        wal = self._wal_path()
+        try:
+            size = wal.stat().st_size if wal is not None else 0
+        except FileNotFoundError:
+            return
+        if size <= WAL_LIMIT_BYTES:
+            return
+        started = time.monotonic()
+        with self._write_lock.held(), self.db_engine.connect() as conn:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
+            try:
+                busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()[0]
+            finally:
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        log.info(
+            "write-ahead log truncated" if not busy else "write-ahead log not truncated: busy",
+            extra={"wal_bytes": size, "ms": round(1000 * (time.monotonic() - started), 1)},
+        )
+
+    def _wal_path(self) -> Path | None:
+        database = self.db_engine.url.database
+        if not database or database == ":memory:":
+            return None
+        return Path(database + "-wal")
 
     async def checkpoints(self, stop: asyncio.Event, every_s: float = 1.0) -> None:
         """Run :meth:`checkpoint` every ``every_s`` until ``stop`` is set."""

@@ -3,9 +3,12 @@ write-ahead log is checkpointed beside the writers."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from engine.store import Incoming, SqlMessageStore, create_db_engine
+import pytest
+
+from engine.store import Incoming, SqlMessageStore, create_db_engine, repository
 
 
 def test_upgrading_to_0005_queues_deliveries_behind_their_patients_head(tmp_path: Path) -> None:
@@ -59,4 +62,35 @@ def test_sqlite_checkpoints_run_beside_the_writers_not_inside_a_commit(tmp_path:
     before = main.stat().st_size
     store.checkpoint()  # ...until the checkpointer copies them into the database
     assert main.stat().st_size > before + 50 * 5000
+    db.dispose()
+
+
+def test_a_sqlite_log_past_its_limit_is_emptied_and_a_reader_only_delays_that(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # under steady writes a PASSIVE checkpoint never lets the log start over: past the limit
+    # the checkpoint truncates it, waiting at most TRUNCATE_WAIT_MS for readers of old frames
+    monkeypatch.setattr(repository, "WAL_LIMIT_BYTES", 100_000)
+    db = create_db_engine(f"sqlite:///{tmp_path / 'e.db'}")
+    store = SqlMessageStore(db)
+    store.migrate()
+    wal = tmp_path / "e.db-wal"
+    for i in range(50):
+        store.save_batch([Incoming(raw=b"x" * 5000 + str(i).encode(), channel="test")])
+    assert wal.stat().st_size > 100_000
+    with db.connect() as reader:  # a reader on an old snapshot holds the log's frames
+        reader.exec_driver_sql("SELECT count(*) FROM messages").all()  # (BEGIN, deferred)
+        store.save_batch([Incoming(raw=b"y" * 5000, channel="test")])
+        started = time.monotonic()
+        store.checkpoint()
+        waited = time.monotonic() - started
+        assert wal.stat().st_size > 100_000  # not truncated under the reader...
+        assert waited < 2.0  # ...and it gave up, not waiting the 10 s busy timeout
+        reader.commit()
+    store.checkpoint()
+    assert wal.stat().st_size == 0
+    # the connection's own busy timeout is back to the usual one
+    with db.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
+    assert store.counts()["received"] == 51
     db.dispose()
