@@ -258,8 +258,21 @@ class Dispatcher:
             self._flushing = asyncio.Lock()
         async with self._flushing:
             batch, self._outcomes = self._outcomes, []
-            if batch:
-                await asyncio.to_thread(self._record_batch, batch)
+            # the database away: the outcomes (deliveries made) are kept and recorded once it
+            # answers, not dropped with their claims held for the lease (10 minutes) and every
+            # later delivery of their patients waiting behind them; given up after ~2 minutes
+            for failures in range(1, 9):
+                if not batch:
+                    return
+                try:
+                    await asyncio.to_thread(self._record_batch, batch)
+                    return
+                except Exception as exc:
+                    log.error(
+                        "outcomes not recorded",
+                        extra={"error": type(exc).__name__, "n": len(batch)},
+                    )
+                    await asyncio.sleep(backoff_s(failures))
 
     def _record_batch(self, batch: list[tuple[DueDelivery, DeliveryResult, float]]) -> None:
         outcomes: list[Outcome] = []

@@ -1,12 +1,9 @@
-"""Found by the fault campaign (scenario postgres), not fixed here (engine/flow/deliver.py is
-another helper's): a delivery made while the database was away lost its outcome. The dispatcher
-drops the batch of outcomes whose recording failed (the exception ends the delivery's task,
-"Task exception was never retrieved"); the delivery stays claimed by this live node until its
-10-minute lease runs out, and every later delivery of its patient waits behind it. Expected: the
-outcome is recorded once the database answers again, within seconds.
-
-Marked xfail (strict): when the dispatcher keeps and retries its outcomes this test passes and
-the mark must go.
+"""Found by the fault campaign (scenario postgres): a delivery made while the database was away
+lost its outcome. The dispatcher dropped the batch of outcomes whose recording failed (the
+exception ended the delivery's task, "Task exception was never retrieved"); the delivery stayed
+claimed by this live node until its 10-minute lease ran out, and every later delivery of its
+patient waited behind it. Now the outcomes are kept and recorded once the database answers
+again, within seconds (engine/flow/deliver.py, ``Dispatcher._flush``).
 """
 
 from __future__ import annotations
@@ -42,10 +39,6 @@ MSG = (
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deliver.py drops outcomes it could not record: held for the 10-minute lease",
-)
 def test_an_outcome_the_database_missed_is_recorded_once_it_is_back(
     store: SqlMessageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
