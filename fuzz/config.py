@@ -21,7 +21,9 @@ file the outbound mapper ``to_hl7`` builds). Every 500th input runs the whole
 
 from __future__ import annotations
 
+import atexit
 import copy
+import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -88,10 +90,12 @@ _MESSAGES = ("adt_a01.hl7", "siu_s12.hl7", "dft_p03.hl7")
 
 @lru_cache(maxsize=1)
 def _workdir() -> Path:
-    """A private scratch directory for the site files (removed at exit by the OS's tmp
-    cleaning; small)."""
+    """A private scratch directory for the site files (in memory where /dev/shm is: a file is
+    written per input), removed when the process exits."""
     shm = Path("/dev/shm")
-    return Path(tempfile.mkdtemp(prefix="engine-fuzz-", dir=shm if shm.is_dir() else None))
+    path = Path(tempfile.mkdtemp(prefix="engine-fuzz-", dir=shm if shm.is_dir() else None))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def _site(name: str, rel: str, data: bytes) -> Path:
