@@ -8,32 +8,18 @@ delivery's outcome; a first-time success, by far the usual case, writes no row: 
 retention purges them with it.
 
 Revision ID: 0020
-Revises: the newest revision below 0020 (0017-0019 are another change's, made at the same time;
-see ``_previous``)
+Revises: 0017 (0018 and 0019 were kept for another change made at the same time, which needed
+only 0017)
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import op
 
 
-def _previous() -> str:
-    """The newest revision numbered below this one in this folder: 0016 until the revisions
-    0017-0019 (planned beside this one) land, then the newest of them, so the chain keeps one
-    head whichever of them exist."""
-    numbers = sorted(
-        p.name[:4]
-        for p in Path(__file__).parent.glob("[0-9][0-9][0-9][0-9]_*.py")
-        if p.name[:4] < "0020"
-    )
-    return numbers[-1]
-
-
 revision = "0020"
-down_revision = _previous()
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 
