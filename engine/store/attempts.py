@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -40,10 +41,24 @@ from engine.store.db import aware, id_list
 from engine.store.tables import deliveries, delivery_attempts
 from engine.store.views import AttemptView
 
-if TYPE_CHECKING:
-    from engine.store.deliveries import Outcome
+__all__ = ["ERROR_CHARS", "Outcome", "attempt_fields", "attempt_history", "record_attempts"]
 
-__all__ = ["ERROR_CHARS", "attempt_fields", "attempt_history", "record_attempts"]
+
+@dataclass(frozen=True)
+class Outcome:
+    """The outcome of one delivery attempt: delivered, or failed (retry at, or dead if None),
+    or ``needs_patient``: the destination does not know the patient (``retry_at`` unused)."""
+
+    delivery_id: int
+    ok: bool
+    error: str = ""
+    retry_at: datetime | None = None
+    needs_patient: bool = False
+    #: the attempt's number (the delivery's attempts before it, plus one); 0: not known
+    attempt: int = 0
+    #: how long the attempt took
+    seconds: float | None = None
+
 
 #: how much of an attempt's error is kept
 ERROR_CHARS = 300

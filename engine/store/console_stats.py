@@ -33,7 +33,7 @@ replaces.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
@@ -56,8 +56,9 @@ from sqlalchemy import (
 from engine.store.attempts import attempt_history
 from engine.store.audit import audit
 from engine.store.db import Repository, aware, id_list, utcnow
+from engine.store.handled import HANDLEABLE_STATES, Handled, handled_of
 from engine.store.nodes import DEAD_AFTER
-from engine.store.operator import ActionRefused, Who
+from engine.store.operator import Who
 from engine.store.search import MessageQuery, _time_bounds, _where
 from engine.store.tables import (
     deliveries,
@@ -83,8 +84,6 @@ __all__ = [
     "WindowCounts",
 ]
 
-#: the message states an operator may mark handled: what needs a person and got one
-HANDLEABLE_STATES = ("error", "dead", "unrouted", "needs-patient")
 #: a delivery's payload shown on the message page at most (a document's envelope may be large)
 PAYLOAD_SHOWN_BYTES = 256 * 1024
 #: a message's bytes read for the page at most (an MDM may carry megabytes of base64: the page
@@ -174,16 +173,6 @@ class DashboardFigures:
     destinations: dict[str, DestinationFigures]
     received: ReceivedFigures
     eligibility: dict[str, int]
-
-
-@dataclass(frozen=True)
-class Handled:
-    """An operator's "mark handled" of a message."""
-
-    message_id: int
-    handled_at: datetime
-    handled_by: str
-    note: str | None
 
 
 @dataclass(frozen=True)
@@ -367,7 +356,6 @@ _DELIVERIES = (
     .where(deliveries.c.message_id == bindparam("mid"))
     .order_by(deliveries.c.id)
 )
-_HANDLED = select(message_handled).where(message_handled.c.message_id.in_(id_list()))
 
 
 def _bucket(db: str, span: str) -> ColumnElement[Any]:
@@ -453,11 +441,6 @@ class ConsoleStats(Repository):
                 out.setdefault(key, RouteFigures(*key)).hour.add(r.state, int(r.n))
         return [out[k] for k in sorted(out)]
 
-    def received_counts(self, since: datetime) -> dict[str, int]:
-        """Messages received since ``since``, per state they are in now."""
-        with self.db_engine.connect() as conn:
-            return {r.state: int(r.n) for r in conn.execute(_RECEIVED, {"since": since})}
-
     def destination_figures(
         self, now: datetime | None = None, *, conn: Connection | None = None
     ) -> dict[str, DestinationFigures]:
@@ -495,7 +478,8 @@ class ConsoleStats(Repository):
     ) -> ReceivedFigures:
         """The dashboard's messages in one read of the day's (instead of three: the hour's and
         the day's per state, and the rate): received per state in the last hour and day, and
-        :meth:`ingest_rate`'s buckets."""
+        the messages received per hour over the last day (``span`` ``day``) or per
+        minute over the last hour (``hour``), oldest first, empty buckets as 0."""
         now = now or utcnow()
         starts = _starts(span, now)
         bucket = _bucket(self.db_engine.dialect.name, span).label("bucket")
@@ -518,21 +502,6 @@ class ConsoleStats(Repository):
                 start = _bucket_start(str(r.bucket))
                 seen[start] = seen.get(start, 0) + n
         return ReceivedFigures(hour, day, [(s, seen.get(s, 0)) for s in starts])
-
-    def ingest_rate(self, span: str, now: datetime | None = None) -> list[tuple[datetime, int]]:
-        """Messages received per hour over the last day (``span`` ``day``: 24 buckets) or per
-        minute over the last hour (``hour``: 60 buckets), oldest first, empty buckets as 0."""
-        now = now or utcnow()
-        starts = _starts(span, now)
-        bucket = _bucket(self.db_engine.dialect.name, span).label("bucket")
-        statement = (
-            select(bucket, func.count().label("n"))
-            .where(messages.c.received_at >= starts[0])
-            .group_by(bucket)
-        )
-        with self.db_engine.connect() as conn:
-            seen = {_bucket_start(str(r.bucket)): int(r.n) for r in conn.execute(statement)}
-        return [(s, seen.get(s, 0)) for s in starts]
 
     def eligibility_summary(self, day: date, *, conn: Connection | None = None) -> dict[str, int]:
         """The verdicts of a day's appointments (the latest check of each), counted."""
@@ -612,7 +581,7 @@ class ConsoleStats(Repository):
             rows = conn.execute(_DELIVERIES, {"mid": message_id}).all()
             history = attempt_history(conn, rows)
             shown = tuple(_delivery(r, history[int(r.id)]) for r in rows)
-            handled = _handled(conn, [message_id]).get(message_id)
+            handled = handled_of(conn, [message_id]).get(message_id)
         sender = "^".join(p or "" for p in (row.sending_application, row.sending_facility))
         return MessageDetail(
             id=row.id,
@@ -653,81 +622,9 @@ class ConsoleStats(Repository):
             )
         return int(ids[-1]) + 1 if len(ids) == q.limit else None
 
-    def handled_marks(self, message_ids: Sequence[int]) -> dict[int, Handled]:
-        """The "handled" marks of these messages (a page of the list)."""
-        if not message_ids:
-            return {}
-        with self.db_engine.connect() as conn:
-            return _handled(conn, message_ids)
-
-    def mark_handled(self, message_id: int, who: Who, note: str | None = None) -> Handled:
-        """Record that an operator has dealt with an error or dead message (it stays in its
-        state; the list shows the mark). KeyError when there is no such message;
-        :class:`ActionRefused` when its state needs no one, or it is marked already. Audited
-        as ``mark-handled``, a refusal too."""
-        note = (note or "").strip()[:500] or None
-        try:
-            with self._tx() as conn:
-                state = conn.execute(
-                    select(messages.c.state).where(messages.c.id == message_id)
-                ).scalar_one_or_none()
-                if state is None:
-                    raise KeyError(message_id)
-                if state not in HANDLEABLE_STATES:
-                    raise ActionRefused(
-                        f"message {message_id} is {state}: only a message that is "
-                        f"{', '.join(HANDLEABLE_STATES)} is marked handled"
-                    )
-                known = _handled(conn, [message_id]).get(message_id)
-                if known is not None:
-                    raise ActionRefused(
-                        f"message {message_id} was marked handled by {known.handled_by} "
-                        f"at {known.handled_at:%Y-%m-%d %H:%M} UTC"
-                    )
-                mark = Handled(message_id, utcnow(), who.actor[:255], note)
-                conn.execute(
-                    insert(message_handled).values(
-                        message_id=message_id,
-                        handled_at=mark.handled_at,
-                        handled_by=mark.handled_by,
-                        note=note,
-                    )
-                )
-                audit(
-                    conn,
-                    action="mark-handled",
-                    actor=who.actor,
-                    source=who.source,
-                    peer=who.peer,
-                    message_id=message_id,
-                    outcome="ok",
-                    detail=f"was {state}",
-                )
-        except (KeyError, ActionRefused) as exc:
-            with self._tx() as conn:
-                audit(
-                    conn,
-                    action="mark-handled",
-                    actor=who.actor,
-                    source=who.source,
-                    peer=who.peer,
-                    message_id=message_id if not isinstance(exc, KeyError) else None,
-                    outcome="refused",
-                    detail=f"no message {message_id}" if isinstance(exc, KeyError) else str(exc),
-                )
-            raise
-        return mark
-
 
 def _first_line(text: str | None) -> str:
     return (text or "").splitlines()[0][:_ERROR_CHARS] if text else ""
-
-
-def _handled(conn: Connection, ids: Sequence[int]) -> dict[int, Handled]:
-    return {
-        r.message_id: Handled(r.message_id, aware(r.handled_at), r.handled_by, r.note)
-        for r in conn.execute(_HANDLED, {"ids": list(ids)})
-    }
 
 
 def _delivery(r: Any, history: tuple[AttemptView, ...]) -> DeliveryDetail:

@@ -36,7 +36,7 @@ from sqlalchemy import (
     update,
 )
 
-from engine.store.attempts import attempt_history, record_attempts
+from engine.store.attempts import Outcome, attempt_history, record_attempts
 from engine.store.clean import clean, clean_lines
 from engine.store.db import Repository, aware, id_list, utcnow
 from engine.store.tables import deliveries, messages
@@ -83,22 +83,6 @@ class DueDelivery:
     control_id: str
     #: the lease this claim holds (``renew_claim`` extends it while it is still ours)
     claimed_until: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The outcome of one delivery attempt: delivered, or failed (retry at, or dead if None),
-    or ``needs_patient``: the destination does not know the patient (``retry_at`` unused)."""
-
-    delivery_id: int
-    ok: bool
-    error: str = ""
-    retry_at: datetime | None = None
-    needs_patient: bool = False
-    #: the attempt's number (the delivery's attempts before it, plus one); 0: not known
-    attempt: int = 0
-    #: how long the attempt took
-    seconds: float | None = None
 
 
 @dataclass(frozen=True)

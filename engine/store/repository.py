@@ -22,6 +22,7 @@ from engine.store.db import BUSY_TIMEOUT_MS
 from engine.store.deliveries import Deliveries
 from engine.store.documents import Documents
 from engine.store.eligibility import EligibilityChecks
+from engine.store.handled import HandledMarks
 from engine.store.index import ResourceIndex
 from engine.store.messages import MessageStore
 from engine.store.nodes import Nodes
@@ -51,6 +52,7 @@ class SqlMessageStore(
     Nodes,
     Documents,
     ConsoleStats,
+    HandledMarks,
     Users,
 ):
     """The message store on a SQLAlchemy engine: messages, deliveries, the resource index,

@@ -12,6 +12,7 @@ from sqlalchemy import event, update
 
 from engine.store import Incoming, NewDelivery, Outcome, Processed, SqlMessageStore
 from engine.store.tables import deliveries, messages
+from tests.store.console_oracle import ingest_rate, received_counts
 
 
 def _received(store: SqlMessageStore, n: int, *, hours_ago: float, state: str = "routed") -> None:
@@ -44,9 +45,9 @@ def test_one_read_gives_what_the_three_did(store: SqlMessageStore, span: str) ->
         _received(store, n, hours_ago=hours, state=state)
     now = datetime.now(UTC)
     figures = store.received_figures(span, now)
-    assert figures.hour == store.received_counts(now - timedelta(hours=1))
-    assert figures.day == store.received_counts(now - timedelta(days=1))
-    assert figures.rate == store.ingest_rate(span, now)
+    assert figures.hour == received_counts(store, now - timedelta(hours=1))
+    assert figures.day == received_counts(store, now - timedelta(days=1))
+    assert figures.rate == ingest_rate(store, span, now)
     assert sum(figures.hour.values()) == 3 and figures.hour["error"] == 1
     assert sum(figures.day.values()) == 5 and figures.day["error"] == 2
     assert sum(n for _, n in figures.rate) == (5 if span == "day" else 3)
