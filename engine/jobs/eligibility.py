@@ -20,8 +20,9 @@ at most ``max_concurrency`` requests at once.
 A scheduled run (:class:`RunProgress`) records each check as one of its items, in the check's own
 transaction (engine/store/eligibility.py): when the node running it dies, the next leader resumes
 the run (engine/jobs/scheduler.py :func:`resume_interrupted`) and checks only the appointments
-without an item. A 270 that was in flight when the node died has no recorded answer and is sent
-again: at most ``max_concurrency`` per payer are.
+without an item. Before its 270 goes out a check records its item without a result
+(``start_run_item``): a 270 in flight when the node died is never sent a second time; the resumed
+run gives that appointment the verdict ``needs_action`` (:data:`INTERRUPTED`: check it by hand).
 """
 
 from __future__ import annotations
@@ -122,6 +123,14 @@ class RunProgress:
 
 #: the status of an appointment a resumed run finds checked by its earlier part
 ALREADY_CHECKED = "already_checked"
+#: the verdict of an appointment whose 270 was out when its run's node died (no answer recorded)
+INTERRUPTED = {
+    "status": "needs_action",
+    "reason": (
+        "the check was interrupted when the node running it stopped, after its 270 went to "
+        "the payer: not asked twice; check this coverage again by hand"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -433,7 +442,14 @@ class EligibilityService:
         async def one(t: _Target) -> CheckOutcome:
             nonlocal done
             try:
-                if run is not None and t.key in run.done:
+                if run is not None and t.key in run.done and run.done[t.key] is None:
+                    # its 270 was out when the run's earlier node died, its answer never
+                    # recorded: not asked again (a second 270 for one appointment), the front
+                    # desk told to check it by hand
+                    outcome = await self._record(
+                        t, _payer_id(t.payer), _Answer(INTERRUPTED), run.item(t.key)
+                    )
+                elif run is not None and t.key in run.done:
                     outcome = CheckOutcome(
                         run.done[t.key],
                         ALREADY_CHECKED,
@@ -477,7 +493,7 @@ class EligibilityService:
         except EngineError as exc:  # no adapter for this payer: the front desk must know
             answer = _Answer({"status": "needs_action", "reason": str(exc)})
         else:
-            answer = await self._ask_unless_paused(target, payer_id, config)
+            answer = await self._ask_unless_paused(target, payer_id, config, item)
         return await self._record(target, payer_id, answer, item)
 
     async def _checked_today(self, patient_url: str, payer_id: str) -> CheckOutcome | None:
@@ -500,7 +516,9 @@ class EligibilityService:
             reused=True,
         )
 
-    async def _ask_unless_paused(self, target: _Target, payer_id: str, config: Any) -> _Answer:
+    async def _ask_unless_paused(
+        self, target: _Target, payer_id: str, config: Any, item: RunItem | None = None
+    ) -> _Answer:
         """Ask the payer, unless its breaker is open: then the check is reported unavailable
         without a 270 (the front desk re-checks, or the next run asks)."""
         if self.breaker.is_open(payer_id, time.monotonic()):
@@ -512,16 +530,20 @@ class EligibilityService:
                     "unavailable; it is asked again after a pause",
                 }
             )
-        answer = await self._ask(target, payer_id, config)
+        answer = await self._ask(target, payer_id, config, item)
         unavailable = answer.result["status"] == "payer_unavailable"
         self.breaker.record(
             payer_id, ok=not unavailable, retryable=unavailable, now=time.monotonic()
         )
         return answer
 
-    async def _ask(self, target: _Target, payer_id: str, config: Any) -> _Answer:
+    async def _ask(
+        self, target: _Target, payer_id: str, config: Any, item: RunItem | None = None
+    ) -> _Answer:
         """The 270 → 271 exchange, tried again while the payer is unavailable as the payer's
-        retry policy says (with jitter; a Retry-After the payer sent is believed)."""
+        retry policy says (with jitter; a Retry-After the payer sent is believed). ``item``:
+        the scheduled run's item, recorded as started once its turn at the payer comes, just
+        before its first 270 (a resumed run then never sends it a second one)."""
         limit = self._limits.setdefault(payer_id, asyncio.Semaphore(config.max_concurrency))
         self._control += 1
         control = self._control  # this check's own number (ISA13/GS06), read once
@@ -532,6 +554,8 @@ class EligibilityService:
         result: dict[str, Any]
         response_json: str | None = None
         async with limit:
+            if item is not None:
+                await asyncio.to_thread(self.store.start_run_item, item)
             while True:
                 attempts += 1
                 retry_after = 0.0

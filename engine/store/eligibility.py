@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from engine.store.db import Repository, utcnow
 from engine.store.tables import eligibility_checks, job_run_items
@@ -31,6 +31,18 @@ class RunItem:
     node: str
 
 
+def _item_key(item: RunItem) -> dict[str, Any]:
+    return {"job_id": item.job_id, "run_at": item.run_at.astimezone(UTC), "item": item.item}
+
+
+def _item_is(item: RunItem) -> tuple[Any, ...]:
+    return (
+        job_run_items.c.job_id == item.job_id,
+        job_run_items.c.run_at == item.run_at.astimezone(UTC),
+        job_run_items.c.item == item.item,
+    )
+
+
 def _utc(value: datetime) -> datetime:
     """An aware time in UTC. SQLite drops the offset and keeps the wall time, and the readers
     take a naive time as UTC: an appointment at 09:00-05:00 kept as "09:00" came back as 04:00
@@ -43,23 +55,34 @@ class EligibilityChecks(Repository):
 
     def save_eligibility(self, row: dict[str, Any], item: RunItem | None = None) -> int:
         """Store one eligibility check (history: a new row every time); its id. ``item``: the
-        scheduled run's item this check is, recorded done in the same transaction."""
+        scheduled run's item this check is, recorded done in the same transaction (the row
+        :meth:`start_run_item` made before its 270 went out, or a new one)."""
         row = {k: _utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
         with self._tx() as conn:
             pk = conn.execute(insert(eligibility_checks).values(**row)).inserted_primary_key
             assert pk is not None
             if item is not None:
+                done = {"result_id": int(pk[0]), "node": item.node, "done_at": utcnow()}
+                updated = conn.execute(
+                    update(job_run_items).where(*_item_is(item)).values(**done)
+                ).rowcount
+                if not updated:
+                    conn.execute(insert(job_run_items).values(**_item_key(item), **done))
+            return int(pk[0])
+
+    def start_run_item(self, item: RunItem) -> None:
+        """Record that a scheduled run's item is about to ask the payer (its 270 may be out from
+        now on): a run resumed after this node died finds the item without a result and does
+        not send a second 270 for it (see engine/jobs/eligibility.py)."""
+        with self._tx() as conn:
+            exists = conn.execute(select(job_run_items.c.item).where(*_item_is(item))).first()
+            if exists is None:
+                # ``done_at`` is when it started until the result comes (``result_id`` None)
                 conn.execute(
                     insert(job_run_items).values(
-                        job_id=item.job_id,
-                        run_at=item.run_at.astimezone(UTC),
-                        item=item.item,
-                        result_id=int(pk[0]),
-                        node=item.node,
-                        done_at=utcnow(),
+                        **_item_key(item), node=item.node, done_at=utcnow()
                     )
                 )
-            return int(pk[0])
 
     def eligibility_checked(
         self, patient_url: str, payer_id: str, since: datetime

@@ -326,7 +326,9 @@ job_runs = Table(
 )
 
 #: what a run has done, one row per item (an eligibility check's appointment), written with the
-#: item's result: a run resumed by another node does only the items without a row (0017)
+#: item's result: a run resumed by another node does only the items without a row (0017). A row
+#: without ``result_id`` is an item whose 270 went out and whose answer was never recorded
+#: (``done_at`` then says when it started): it is not asked again
 job_run_items = Table(
     "job_run_items",
     metadata,

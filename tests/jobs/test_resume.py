@@ -66,6 +66,36 @@ def test_a_run_its_node_left_unfinished_is_resumed_without_asking_twice(
     assert sum(payer.asked.values()) == 3
 
 
+def test_a_270_in_flight_when_its_node_died_is_not_sent_again(indexed: SqlMessageStore) -> None:
+    """The dead node had sent one appointment's 270 (its item recorded as started) and died
+    before the answer: the resumed run does not ask the payer a second time about it; the
+    appointment gets ``needs_action`` with the reason, the others are checked."""
+    payer = CountingPayer()
+    assert indexed.start_job_run(JOB, RUN_AT, "dead-node")
+    dead = service(indexed, adapter_for=lambda _: payer)
+    [first, *rest] = dead.targets(MONDAY, 1)
+    indexed.start_run_item(RunProgress(JOB, RUN_AT, "dead-node", {}).item(first.key))
+    leader = EligibilityService(
+        indexed,
+        load_payers(),
+        Settings(timezone=TIMEZONE),
+        adapter_for=lambda _: payer,
+        clock=lambda: datetime(2026, 11, 28, 14, 0, tzinfo=UTC),
+    )
+    assert asyncio.run(jobs.resume_interrupted(leader, indexed, "leader-node")) == 1
+    # (its 270 went out from the dead node; no answer was recorded)
+    assert sorted(payer.asked.values()) == [1, 1] and len(rest) == 2  # only the two others
+    with indexed.db_engine.connect() as conn:
+        checks = conn.execute(select(eligibility_checks).order_by(eligibility_checks.c.id)).all()
+        items = conn.execute(select(job_run_items)).all()
+    interrupted = [c for c in checks if "not asked twice" in (c.reason or "")]
+    assert len(checks) == 3 and len(interrupted) == 1
+    assert interrupted[0].status == "needs_action"
+    assert interrupted[0].patient_url == first.patient["_full_url"]
+    assert all(i.result_id is not None and i.done_at is not None for i in items)
+    assert len(items) == 3
+
+
 def test_a_live_node_s_run_is_not_resumed(indexed: SqlMessageStore) -> None:
     node = indexed.register_node("worker")
     assert indexed.start_job_run(JOB, RUN_AT, node)
