@@ -4,9 +4,11 @@ The warm-up is the first 10 % of the run, at least 2 minutes (``--warmup-s`` ove
 a short smoke run); samples taken in it are shown but not judged. Of the rest:
 
 * **flat** (resident memory of the receiver, of the worker; open descriptors of each; database
-  connections): the baseline is the median of the first three judged samples (30 s, so that one
-  sample taken during a document upload does not set it); the growth is
-  ``max(judged samples) / baseline - 1``, and passes at most 10 %. Descriptors and connections
+  connections): judged on one-minute medians (the median of each minute's samples, so that a
+  descriptor open for a moment — a file being written, a connection being made — or a
+  document's buffer at the sampling instant is not taken for growth): the baseline is the first
+  judged minute's median; the growth is ``max(minute medians) / baseline - 1``, and passes at
+  most 10 %. Descriptors and connections
   are small integers, so for them the allowance is 10 % or 2, whichever is larger (a pool
   opening one more connection is not a leak; a leak grows without end and fails either way).
   The least-squares slope per hour is reported beside it (not judged). The SQLite store's
@@ -84,10 +86,19 @@ def slope_per_hour(ts: Sequence[float], ys: Sequence[float]) -> float:
     )
 
 
+def minute_medians(ts: Sequence[float], ys: Sequence[float]) -> list[float]:
+    """The median of the values in each minute since the first (``ts`` in seconds)."""
+    minutes: dict[int, list[float]] = {}
+    for t, y in zip(ts, ys, strict=True):
+        minutes.setdefault(int((t - ts[0]) // 60), []).append(y)
+    return [statistics.median(v) for _, v in sorted(minutes.items())]
+
+
 def _flat(judged: list[dict[str, Any]], key: str, label: str, slack: float) -> Criterion:
     ys = [float(s[key]) for s in judged]
-    base = statistics.median(ys[:3])
-    worst = max(ys)
+    medians = minute_medians([float(s["t_s"]) for s in judged], ys)
+    base = medians[0]
+    worst = max(medians)
     limit = base + max(FLAT_LIMIT * base, slack)
     growth = (worst / base - 1) * 100 if base else 0.0
     slope = slope_per_hour([float(s["t_s"]) for s in judged], ys)

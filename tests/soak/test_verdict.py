@@ -59,6 +59,9 @@ def test_descriptors_get_two_of_slack_but_a_leak_fails() -> None:
     flapping = _samples()
     flapping[20]["receiver_fds"] = 35  # +2 over 33: within the allowance
     assert _verdict(flapping)["receiver open fds flat"]
+    for i in (12, 19, 26):  # a file or connection open at the sampling instant, now and then
+        flapping[i]["worker_fds"] = 45
+    assert _verdict(flapping)["worker open fds flat"]
     assert not _verdict(_samples(receiver_fds=1))["receiver open fds flat"]
     assert not _verdict(_samples(db_connections=1))["database connections flat"]
     assert not _verdict(_samples(wal_mb=40))["SQLite WAL (MB) flat"]
