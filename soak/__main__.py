@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,7 +57,17 @@ def _options(argv: list[str] | None) -> Options:
 
 def _stop(signum: int, _frame: object) -> None:
     """SIGTERM or SIGINT (a background job ignores SIGINT otherwise): stop the run the way
-    Ctrl-C does, so that the engine, the stub and the load are stopped on the way out."""
+    Ctrl-C does, so that the engine, the stub and the load are stopped on the way out. The
+    newest processes on the machine are logged first (who may have sent it: a signal handler
+    is not told)."""
+    newest = subprocess.run(
+        ["ps", "-eo", "pid,ppid,lstart,args", "--sort=start_time"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.splitlines()[-12:]
+    say(f"soak: signal {signum} at {time.strftime('%H:%M:%S', time.gmtime())}; newest processes:")
+    say("\n".join(line[:160] for line in newest))
     raise KeyboardInterrupt
 
 
