@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,9 +30,17 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 @pytest.fixture(scope="session")
 def postgres_schema_url() -> Iterator[str]:
     """A PostgreSQL URL whose search_path is a fresh schema, dropped after the session."""
+    with fresh_schema("t") as url:
+        yield url
+
+
+@contextmanager
+def fresh_schema(prefix: str) -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a new schema named ``<prefix>_<random>``, dropped
+    after (skips the test when ENGINE_TEST_SKIP_POSTGRES=1)."""
     if os.environ.get("ENGINE_TEST_SKIP_POSTGRES") == "1":
         pytest.skip("ENGINE_TEST_SKIP_POSTGRES=1")
-    schema = f"t_{secrets.token_hex(4)}"
+    schema = f"{prefix}_{secrets.token_hex(4)}"
     admin = create_db_engine(POSTGRES_URL)
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))

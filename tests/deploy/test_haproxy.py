@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 import socket
 import subprocess
@@ -34,12 +33,12 @@ from pathlib import Path
 
 import pytest
 from hl7.client import MLLPClient
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from engine.store import create_db_engine
 from engine.store.identity import database_tag
 from engine.store.tables import deliveries, messages
-from tests.conftest import POSTGRES_URL
+from tests.conftest import fresh_schema
 from tests.serve_support import Engine, free_port
 
 pytestmark = pytest.mark.postgres
@@ -190,19 +189,8 @@ class Sender:
 
 @pytest.fixture
 def shared_schema() -> Iterator[str]:
-    if os.environ.get("ENGINE_TEST_SKIP_POSTGRES") == "1":
-        pytest.skip("ENGINE_TEST_SKIP_POSTGRES=1")
-    schema = f"deploy_lb_{secrets.token_hex(4)}"
-    admin = create_db_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in POSTGRES_URL else "?"
-    try:
-        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_schema("deploy_lb") as url:
+        yield url
 
 
 def test_two_nodes_behind_haproxy_lose_nothing_when_one_dies(

@@ -3,8 +3,6 @@ steps, the other finds them applied (engine/store/db.py ``hold_migration_lock``)
 
 from __future__ import annotations
 
-import os
-import secrets
 import subprocess
 import sys
 import time
@@ -18,7 +16,7 @@ from sqlalchemy import text
 
 import engine.store
 from engine.store import create_db_engine
-from tests.conftest import POSTGRES_URL
+from tests.conftest import fresh_schema
 
 #: a child: import everything, say it is ready, wait for the go file, then migrate; alembic's
 #: "Running upgrade" lines (one per step applied) go to stderr
@@ -89,19 +87,8 @@ def test_two_processes_migrate_one_sqlite_database(tmp_path: Path) -> None:
 @pytest.fixture
 def empty_schema_url() -> Iterator[str]:
     """A PostgreSQL URL whose search_path is an empty schema of this test's own."""
-    if os.environ.get("ENGINE_TEST_SKIP_POSTGRES") == "1":
-        pytest.skip("ENGINE_TEST_SKIP_POSTGRES=1")
-    schema = f"deploy_mig_{secrets.token_hex(4)}"
-    admin = create_db_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in POSTGRES_URL else "?"
-    try:
-        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_schema("deploy_mig") as url:
+        yield url
 
 
 @pytest.mark.postgres
