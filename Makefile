@@ -35,8 +35,8 @@ run: $(STAMP)
 	$(VENV)/bin/engine serve
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check engine tests bench scripts fuzz
-	$(VENV)/bin/ruff format --check engine tests bench scripts fuzz
+	$(VENV)/bin/ruff check engine tests bench scripts fuzz chaos soak
+	$(VENV)/bin/ruff format --check engine tests bench scripts fuzz chaos soak
 	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
