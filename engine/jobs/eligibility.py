@@ -32,7 +32,7 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -52,7 +52,7 @@ from engine.errors import EngineError
 from engine.retry import CircuitBreaker
 from engine.settings import Settings
 from engine.store import SqlMessageStore
-from engine.store.eligibility import RunItem
+from engine.store.eligibility import RunItem, RunProgress
 from engine.x12.x270 import EligibilityInquiry, Payer, Person, Provider, build_270
 from engine.x12.x271 import Benefit, EligibilityResult, read_271
 
@@ -105,20 +105,6 @@ class CheckOutcome:
     deductible_remaining: str | None = None
     reason: str | None = None
     reused: bool = False
-
-
-@dataclass(frozen=True)
-class RunProgress:
-    """A scheduled run of the checks: which run (job id, fire time), on which node, and the
-    items it has done already (a resumed run: the digest of each, its check's id)."""
-
-    job_id: str
-    run_at: datetime
-    node: str
-    done: Mapping[str, int | None]
-
-    def item(self, key: str) -> RunItem:
-        return RunItem(self.job_id, self.run_at, key, self.node)
 
 
 #: the status of an appointment a resumed run finds checked by its earlier part

@@ -9,6 +9,7 @@ second 270 for them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -18,7 +19,7 @@ from sqlalchemy import insert, select, update
 from engine.store.db import Repository, utcnow
 from engine.store.tables import eligibility_checks, job_run_items
 
-__all__ = ["EligibilityChecks", "RunItem"]
+__all__ = ["EligibilityChecks", "RunItem", "RunProgress"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,20 @@ class RunItem:
     run_at: datetime
     item: str
     node: str
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """A scheduled run of the checks: which run (job id, fire time), on which node, and the
+    items it has done already (a resumed run: the digest of each, its check's id)."""
+
+    job_id: str
+    run_at: datetime
+    node: str
+    done: Mapping[str, int | None]
+
+    def item(self, key: str) -> RunItem:
+        return RunItem(self.job_id, self.run_at, key, self.node)
 
 
 def _item_key(item: RunItem) -> dict[str, Any]:

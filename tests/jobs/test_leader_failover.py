@@ -156,15 +156,16 @@ def test_the_leader_killed_mid_run_another_node_finishes_it_without_a_second_270
         with store.db_engine.connect() as conn:
             run = conn.execute(select(job_runs)).one()
         dead_node = run.node
-        before = {
-            r.result_id
-            for r in store.db_engine.connect().execute(
-                select(job_run_items.c.result_id).where(
-                    job_run_items.c.node == dead_node,
-                    job_run_items.c.result_id.is_not(None),  # not the one in flight
+        with store.db_engine.connect() as conn:  # closed: no lock left for the teardown's drop
+            before = {
+                r.result_id
+                for r in conn.execute(
+                    select(job_run_items.c.result_id).where(
+                        job_run_items.c.node == dead_node,
+                        job_run_items.c.result_id.is_not(None),  # not the one in flight
+                    )
                 )
-            )
-        }
+            }
         assert run.finished_at is None and len(before) < COPIES * 3
 
         # the other node leads, resumes the run and finishes it
