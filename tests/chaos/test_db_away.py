@@ -1,9 +1,13 @@
-"""Found by the fault campaign (scenario postgres): a delivery made while the database was away
-lost its outcome. The dispatcher dropped the batch of outcomes whose recording failed (the
-exception ended the delivery's task, "Task exception was never retrieved"); the delivery stayed
-claimed by this live node until its 10-minute lease ran out, and every later delivery of its
-patient waited behind it. Now the outcomes are kept and recorded once the database answers
-again, within seconds (engine/flow/deliver.py, ``Dispatcher._flush``).
+"""Found by the fault campaign (scenario postgres): work whose database went away mid-way.
+
+- A processing batch whose database went away before it was finished kept its claims, this live
+  worker's, which no heartbeat takes over; every later message of those patients waited for the
+  5-minute fallback. The next batch now gives them back first (engine/flow/process.py).
+- A delivery made while the database was away lost its outcome: the dispatcher dropped the batch
+  of outcomes whose recording failed, and the delivery stayed claimed until its 10-minute lease
+  ran out, every later delivery of its patient waiting behind it. Now the outcomes are kept and
+  recorded once the database answers again, within seconds (engine/flow/deliver.py,
+  ``Dispatcher._flush``).
 """
 
 from __future__ import annotations
@@ -35,8 +39,41 @@ routes:
 
 MSG = (
     "MSH|^~\\&|CHAOS|CLINIC|ENGINE|HUB|20261203090000||ADT^A08|C{n}|P|2.5.1\r"
-    "EVN|A08|20261203090000\rPID|1||CH1^^^CLINIC^MR||Chaos^Patient||19800101|F\rPV1|1|O\r"
+    "EVN|A08|20261203090000\rPID|1||{mrn}^^^CLINIC^MR||Chaos^Patient||19800101|F\rPV1|1|O\r"
 )
+
+
+def test_a_batch_cut_off_by_the_database_is_given_back_at_the_next_batch(
+    store: SqlMessageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "routes"
+    folder.mkdir()
+    (folder / "test.yaml").write_text(ROUTES.format(tmp=tmp_path))
+    store.save_batch(  # two patients; the first has a second message behind its first
+        [
+            Incoming(raw=MSG.format(n=n, mrn=mrn).encode(), channel="mllp", patient_key=mrn)
+            for n, mrn in enumerate(("CH1", "CH2", "CH1"))
+        ]
+    )
+    node = store.register_node("worker")
+    processor = Processor(
+        store, load_routes(defaults=folder), load_mappings(), worker=node, batch=2
+    )
+
+    def database_away(*_args: object) -> list[object]:
+        raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "finish_batch", database_away)
+        with pytest.raises(OperationalError):
+            processor.process_batch()  # claimed two, could not finish them
+    assert store.counts().get("processing") == 2
+    # the database is back: the same worker's next batches take them again at once, in order
+    assert processor.process_batch() == 2
+    assert processor.process_batch() == 1
+    counts = store.counts()
+    assert counts.get("routed", 0) + counts.get("delivered", 0) == 3, counts
+    assert not counts.get("processing")
 
 
 def test_an_outcome_the_database_missed_is_recorded_once_it_is_back(
@@ -48,7 +85,7 @@ def test_an_outcome_the_database_missed_is_recorded_once_it_is_back(
     routes = load_routes(defaults=folder)
     store.save_batch(
         [
-            Incoming(raw=MSG.format(n=n).encode(), channel="mllp", patient_key="CH1")
+            Incoming(raw=MSG.format(n=n, mrn="CH1").encode(), channel="mllp", patient_key="CH1")
             for n in range(2)
         ]
     )
