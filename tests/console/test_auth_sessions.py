@@ -5,8 +5,8 @@ at each login, idle and absolute expiry, logout, CSRF on state-changing requests
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from engine.console.pages_auth import REFUSED
 from engine.metrics import EngineMetrics
 from engine.settings import Settings
 from engine.store import SqlMessageStore, Who
-from engine.store.tables import console_sessions
+from engine.store.tables import console_sessions, console_users
 from engine.store.users import hash_password
 from tests.api.conftest import TestClient
 from tests.api.fakes import FakeHealth, FakeIngest
@@ -206,7 +206,12 @@ def test_repeated_failures_lock_the_account_even_for_the_right_password(
     details = [e.detail for e in store.audit_entries(limit=20) if e.action == "login-failed"]
     assert any("locked after 3 failures" in (d or "") for d in details)
     assert details[0] == "locked"
-    time.sleep(4.1)
+    with store.db_engine.begin() as conn:  # the lock-out's 4 s gone by
+        conn.execute(
+            console_users.update()
+            .where(console_users.c.username == "ada")
+            .values(locked_until=user.locked_until - timedelta(seconds=4.1))
+        )
     assert log_in(client, "ada", PASSWORD) == (303, "/console/")
 
 
@@ -277,29 +282,59 @@ def test_a_state_changing_request_needs_the_session_token(make_console: AppMaker
     assert big.status_code == 413
 
 
+def age_sessions(store: SqlMessageStore, *, seen: float = 0.0, expires: float = 0.0) -> None:
+    """Move every session's idle clock ``seen`` seconds and its end ``expires`` seconds into the
+    past, as if that much time had gone by (a test that slept instead raced a loaded machine's
+    clock: a 2-second idle limit could pass between logging in and the first request)."""
+    with store.db_engine.begin() as conn:
+        for row in conn.execute(select(console_sessions)).all():
+            conn.execute(
+                console_sessions.update()
+                .where(console_sessions.c.id_hash == row.id_hash)
+                .values(
+                    last_seen_at=row.last_seen_at - timedelta(seconds=seen),
+                    expires_at=row.expires_at - timedelta(seconds=expires),
+                )
+            )
+
+
+def whoami(client: TestClient) -> int:
+    return client.get("/console/_whoami", follow_redirects=False).status_code
+
+
 def test_an_idle_session_ends_and_is_audited(
     make_console: AppMaker, ada: str, store: SqlMessageStore
 ) -> None:
-    client = TestClient(make_console(console_idle_minutes=2.0 / 60))
+    client = TestClient(make_console(console_idle_minutes=1.0))
     log_in(client, "ada", PASSWORD)
-    assert client.get("/console/_whoami").status_code == 200
-    time.sleep(2.2)
+    assert whoami(client) == 200
+    age_sessions(store, seen=50)
+    assert whoami(client) == 200  # idle for 50 s of the 60 allowed: still open, clock restarted
+    age_sessions(store, seen=50)
+    assert whoami(client) == 200
+    age_sessions(store, seen=61)
     answer = client.get("/console/_whoami", follow_redirects=False)
     assert answer.status_code == 303
     assert answer.headers["location"].startswith("/console/login?next=")
     assert 'engine_session=""' in answer.headers["set-cookie"]
     expired = [e for e in store.audit_entries(limit=20) if e.action == "session-expired"]
-    assert [(e.actor, e.detail) for e in expired] == [("ada", "idle for 0.0333333 min")]
+    assert [(e.actor, e.detail) for e in expired] == [("ada", "idle for 1 min")]
+    assert whoami(client) == 303
 
 
-def test_a_session_ends_at_its_lifetime_however_busy(make_console: AppMaker, ada: str) -> None:
-    client = TestClient(make_console(console_session_hours=3.0 / 3600))
+def test_a_session_ends_at_its_lifetime_however_busy(
+    make_console: AppMaker, ada: str, store: SqlMessageStore
+) -> None:
+    client = TestClient(make_console(console_session_hours=1.0))
     log_in(client, "ada", PASSWORD)
     for _ in range(4):
-        assert client.get("/console/_whoami").status_code == 200
-        time.sleep(0.2)
-    time.sleep(2.3)
-    assert client.get("/console/_whoami", follow_redirects=False).status_code == 303
+        assert whoami(client) == 200
+    age_sessions(store, expires=3599)
+    assert whoami(client) == 200  # one second of its hour left, and in use
+    age_sessions(store, expires=2)
+    assert whoami(client) == 303
+    expired = [e for e in store.audit_entries(limit=20) if e.action == "session-expired"]
+    assert [(e.actor, e.detail) for e in expired] == [("ada", "lifetime of 1 h reached")]
 
 
 def test_a_forged_cookie_is_refused_and_cleared(make_console: AppMaker, ada: str) -> None:
