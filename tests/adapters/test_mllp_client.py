@@ -206,6 +206,28 @@ def test_no_ack_times_out_retryable_and_garbage_is_retryable() -> None:
     assert results[2].ok
 
 
+def test_an_ack_followed_by_an_oversize_frame_in_the_same_read_is_judged_not_lost() -> None:
+    # issue 14: the ACK was dropped with the overflow after it, and the delivered message retried
+    def ack_then_runaway(data: bytes) -> bytes:
+        # framed by the listener as <VT>ACK<FS><CR><VT>xxx…<FS><CR>: one write, one read
+        return ack("AA", parse_message(data).control_id) + b"\x1c\r\x0b" + b"x" * 4000
+
+    handler = ScriptedHandler(ack_then_runaway)
+    connects: list[int] = []
+
+    async def body(port: int) -> list[DeliveryResult]:
+        dest = MLLPDestination("lab", config(port, max_ack_bytes=1024))
+        out = [await dest.deliver(payload("C1")), await dest.deliver(payload("C2"))]
+        connects.append(dest.connects)
+        await dest.close()
+        return out
+
+    first, second = with_server(handler, body)
+    assert first.ok and second.ok
+    assert connects == [2]  # the stream after the runaway frame is not trusted: a new connection
+    assert handler.received == ["C1", "C2"]
+
+
 def test_connection_refused_is_retryable() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

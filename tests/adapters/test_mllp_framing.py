@@ -58,6 +58,26 @@ def test_oversize_detected_across_packets() -> None:
         r.feed(b"y" * 60)
 
 
+def test_frames_completed_before_an_overflow_in_the_same_read_are_kept() -> None:
+    # issue 14: one read held a whole frame and then the bytes that overflowed the next one; the
+    # whole frame was lost with the error
+    r = FrameReader(100)
+    with pytest.raises(FrameTooLarge) as info:
+        r.feed(frame(b"one") + frame(b"two") + b"\x0bMSH|^~\\&|" + b"x" * 200)
+    assert info.value.frames == [b"one", b"two"]
+    assert info.value.head.startswith(b"MSH|^~\\&|")
+    # the end block straddling the previous read completes a frame before the overflow too
+    r = FrameReader(100)
+    assert r.feed(b"\x0bthree\x1c") == []
+    with pytest.raises(FrameTooLarge) as info:
+        r.feed(b"\x0d\x0b" + b"y" * 200)
+    assert info.value.frames == [b"three"]
+    # an overflow with nothing complete before it carries no frames
+    with pytest.raises(FrameTooLarge) as info:
+        FrameReader(100).feed(b"\x0b" + b"z" * 200)
+    assert info.value.frames == []
+
+
 @given(
     payloads=st.lists(
         st.binary(min_size=1, max_size=300).filter(lambda b: b"\x0b" not in b and b"\x1c" not in b),

@@ -131,6 +131,25 @@ def test_oversize_frame_gets_nak_and_close_others_unaffected(tmp_path: Path) -> 
         assert states == [("BIG", "error"), ("OK", "received")]
 
 
+def test_a_whole_frame_before_an_oversize_one_in_the_same_read_is_taken_and_acked(
+    tmp_path: Path,
+) -> None:
+    # issue 14: the whole frame was dropped with the overflow that followed it in one read
+    with running_server(tmp_path, max_message_bytes=2048) as (port, store):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                b"\x0b" + MSG.format(cid="FIRST").encode() + b"\x1c\r"
+                b"\x0b" + MSG.format(cid="BIG").encode() + b"NTE|1||" + b"x" * 4000
+            )
+            ack = parse_message(recv_frame(sock))
+            assert ack.get("MSA-1") == "AA" and ack.get("MSA-2") == "FIRST"
+            nak = parse_message(recv_frame(sock))
+            assert nak.get("MSA-1") == "AR" and nak.get("MSA-2") == "BIG"
+            assert sock.recv(10) == b""  # closed after the NAK, as before
+        states = sorted((r.control_id or "", r.state) for r in store.list())
+        assert states == [("BIG", "error"), ("FIRST", "received")]
+
+
 def test_slow_sender_is_cut_off_by_the_frame_timeout(tmp_path: Path) -> None:
     with running_server(tmp_path, frame_timeout_s=0.5) as (port, store):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:

@@ -314,7 +314,15 @@ class MLLPDestination:
             if not data:
                 raise _PeerClosed(got_any)
             got_any = True
-            frames = self._frames.feed(data)
+            try:
+                frames = self._frames.feed(data)
+            except FrameTooLarge as exc:
+                if not exc.frames:
+                    raise
+                # the ACK came whole; what follows it is not to be trusted on this connection
+                log.warning("mllp: a frame over %d bytes after the ACK: reconnecting", exc.limit)
+                await self._drop()
+                return exc.frames[0]
             if frames:
                 if len(frames) > 1:
                     log.warning("mllp: %d extra frames after the ACK dropped", len(frames) - 1)

@@ -23,13 +23,16 @@ class FrameTooLarge(Exception):
     """A frame grew past the configured maximum before its end block arrived.
 
     ``head`` holds the first bytes of the frame, so the caller can still read its MSH and answer
-    with a NAK.
+    with a NAK. ``frames`` holds the frames the same :meth:`FrameReader.feed` completed before the
+    overflow (one read can carry a whole message and the start of an oversize one): they were
+    received whole and the caller must handle them, in order, before the refusal.
     """
 
-    def __init__(self, limit: int, head: bytes) -> None:
+    def __init__(self, limit: int, head: bytes, frames: list[bytes] | None = None) -> None:
         super().__init__(f"MLLP frame larger than {limit} bytes")
         self.limit = limit
         self.head = head
+        self.frames: list[bytes] = frames if frames is not None else []
 
 
 class FrameReader:
@@ -55,7 +58,11 @@ class FrameReader:
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return every frame completed by them (payload only).
 
-        Each byte is searched once (a frame arriving in 64 KiB packets costs linear time).
+        Each byte is searched once (a frame arriving in 64 KiB packets costs linear time). A frame
+        growing past ``max_bytes`` raises :class:`FrameTooLarge` carrying the frames completed
+        before it in these bytes; bytes after the oversize frame's end block in the same read are
+        not read (the listener closes the connection: messages it never acknowledged stay the
+        sender's to send again).
         """
         out: list[bytes] = []
         buf = self._buf
@@ -98,7 +105,7 @@ class FrameReader:
                     pos = end + 2
                 else:
                     pos = n
-                raise FrameTooLarge(self.max_bytes, head)
+                raise FrameTooLarge(self.max_bytes, head, out)
             if end < 0:
                 return out
             out.append(self._complete())

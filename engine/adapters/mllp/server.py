@@ -9,7 +9,7 @@ Limits a production interface needs and MLLP does not define:
 
 * ``max_message_bytes``: a frame larger than this is refused: the handler's ``on_oversize`` may
   answer with a NAK built from the frame's head, then the connection is closed; other connections
-  carry on.
+  carry on. Whole frames that arrived before it in the same read are handled and answered first.
 * ``idle_timeout_s``: a connection that exchanges no message for this long is closed. Bytes
   outside a frame (noise) do not count as activity, or a sender of one byte a minute would hold a
   connection for ever.
@@ -270,6 +270,9 @@ class MLLPServer:
             try:
                 payloads = frames.feed(data)
             except FrameTooLarge as exc:
+                if exc.frames:
+                    # whole messages that came before the oversize one in the same read
+                    await self._answer(exc.frames, conn, reply)
                 log.warning(
                     "mllp frame over %d bytes refused", exc.limit, extra={"peer": conn.peer}
                 )
