@@ -167,8 +167,9 @@ def messages_show(
         bool, typer.Option("--raw", help="print the payload as received (recorded as a view)")
     ] = False,
 ) -> None:
-    """One message's metadata, deliveries and history (who viewed, replayed or resent it, from
-    the audit trail); with --raw, its bytes as they arrived, one segment
+    """One message's metadata, deliveries (each with its attempts: when, outcome, HTTP status or
+    error class, error, duration) and history (who viewed, replayed or resent it, from the audit
+    trail); with --raw, its bytes as they arrived, one segment
     a line. On a terminal, control characters other than tab and line ends are shown escaped
     (ESC as \\x1b), so a sender's bytes cannot drive the terminal; piped, the bytes are exact."""
     if raw:
@@ -196,8 +197,8 @@ def messages_show(
     )
     for line in view.warnings:
         typer.echo(f"  warning: {line}")
-    print_deliveries(view.deliveries)
     zone = _zone()
+    print_deliveries(view.deliveries, zone)
     for e in history:  # who viewed, replayed or resent it: the latest first
         typer.echo(
             f"  history: {e.at.astimezone(zone).isoformat(timespec='seconds')} {e.actor} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import tzinfo
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -119,9 +120,10 @@ def print_table(
         typer.echo(f"more: --before {more_before}")
 
 
-def print_deliveries(deliveries: Iterable[Any]) -> None:
+def print_deliveries(deliveries: Iterable[Any], zone: tzinfo | None = None) -> None:
     """A shown message's or document's deliveries, one a line: where, state, attempts, and the
-    last error when there is one."""
+    last error when there is one; under each, its attempts as the console's message page lists
+    them (engine/store/attempts.py), times in ``zone`` (None: as stored)."""
     import typer
 
     for d in deliveries:
@@ -129,6 +131,26 @@ def print_deliveries(deliveries: Iterable[Any]) -> None:
             f"  → {d.destination}: {d.state} after {d.attempts} attempt(s)"
             + (f", last error: {d.last_error}" if d.last_error else "")
         )
+        for a in d.history:
+            typer.echo(f"      {_attempt_line(a, zone)}")
+        unlisted = max(0, d.attempts - len(d.history))
+        if unlisted:
+            typer.echo(
+                f"      {unlisted} earlier attempt(s) not listed (made before attempts were kept)"
+            )
+
+
+def _attempt_line(a: Any, zone: tzinfo | None = None) -> str:
+    """One attempt (an ``AttemptView``): ``#2 2026-03-01T14:30:05+00:00 retry (503,
+    ConnectTimeout): <error> in 120 ms``; the error is the store's PHI-free, cleaned text."""
+    at = a.at.astimezone(zone) if zone is not None else a.at
+    why = ", ".join(str(x) for x in (a.status, a.error_class) if x is not None)
+    return (
+        f"#{a.attempt} {at.isoformat(timespec='seconds')} {a.outcome}"
+        + (f" ({why})" if why else "")
+        + (f": {a.error}" if a.error else "")
+        + (f" in {a.duration_ms} ms" if a.duration_ms is not None else "")
+    )
 
 
 def print_resent(what: str, done: Any) -> None:

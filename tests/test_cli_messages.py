@@ -385,3 +385,59 @@ def test_since_and_until_are_read_in_the_engine_zone_on_every_database(
         assert listed("--until", since) == [early], since
     assert listed("--since", "2026-12-03") == [late, mid]  # New York's midnight is 05:00Z
     assert listed("--until", "2026-12-02") == [early]  # through the end of that day
+
+
+def test_show_lists_each_deliverys_attempts_as_the_console_does(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings, cli
+) -> None:
+    """Before: one line a delivery (its state and last error); the attempts the console's
+    message page and ``GET /api/messages/{id}`` list were not shown. The view stays audited."""
+    fhir, raw = MemoryDestination("fhir"), MemoryDestination("raw")
+    fhir.fail_next(1, retryable=True, detail="fhir: transaction -> 503")
+    fhir.fail_next(1, retryable=True, detail="fhir: timeout (ReadTimeout)")
+    raw.fail_next(1, retryable=False, detail="400 refused")
+    run_all(store, routes, mappings, {"fhir": fhir, "raw": raw}, [msg(1)])
+    [line] = store.search(MessageQuery())
+    code, out, err = cli("messages", "show", str(line.id))
+    assert code == 0, err
+    lines = out.splitlines()
+    at = lines.index("  → fhir: delivered after 3 attempt(s)")
+    attempts = lines[at + 1 : at + 4]
+    assert (
+        attempts[0].startswith("      #1 ")
+        and " retry (503): fhir: transaction -> 503 in " in (attempts[0])
+    )
+    assert " retry (ReadTimeout): fhir: timeout (ReadTimeout) in " in attempts[1]
+    assert attempts[2].startswith("      #3 ") and " delivered in " in attempts[2]
+    assert all(a.endswith(" ms") and "+00:00 " in a for a in attempts)  # ENGINE_TIMEZONE=UTC
+    at = lines.index("  → raw: dead after 1 attempt(s), last error: 400 refused")
+    assert lines[at + 1].startswith("      #1 ") and lines[at + 1].endswith(" ms")
+    assert " dead: 400 refused in " in lines[at + 1]
+    view = store.get(line.id)
+    assert view is not None
+    assert [a.attempt for d in view.deliveries for a in d.history] == [1, 2, 3, 1]
+    entries = store.audit_entries(limit=5, message_id=line.id)
+    assert [(e.action, e.outcome) for e in entries] == [("view-message", "ok")]
+
+
+def test_show_says_how_many_attempts_were_made_before_they_were_kept(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings, cli
+) -> None:
+    """A delivery whose attempts predate the attempts' table (migration 0020) says so, as the
+    console does, rather than listing fewer attempts than it counts."""
+    from sqlalchemy import delete
+
+    from engine.store.tables import delivery_attempts
+
+    mid, _, _ = _dead_on_raw(store, routes, mappings)
+    with store.db_engine.begin() as conn:
+        conn.execute(delete(delivery_attempts))
+    code, out, err = cli("messages", "show", str(mid))
+    assert code == 0, err
+    lines = out.splitlines()
+    at = lines.index("  → raw: dead after 1 attempt(s), last error: 400 refused")
+    assert lines[at + 1] == (
+        "      1 earlier attempt(s) not listed (made before attempts were kept)"
+    )
+    at = lines.index("  → fhir: delivered after 1 attempt(s)")
+    assert lines[at + 1].startswith("      #1 ") and lines[at + 1].endswith(" delivered")
