@@ -386,3 +386,28 @@ def test_the_signing_key_is_a_private_file_made_once(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="fewer than 32 bytes"):
         console_secret(Settings(var_dir=tmp_path, console_secret_file=short))
+
+
+def test_a_user_without_the_role_gets_403_and_a_json_client_a_json_body(
+    make_console: AppMaker, store: SqlMessageStore
+) -> None:
+    """A JSON client (``Accept: application/json``, as for the 401 above) that is logged in
+    without the role an endpoint needs gets 403 with ``{"detail": "requires the X role"}``:
+    FastAPI's own answer to the ``HTTPException`` of ``sessions.forbidden``, whether the page
+    takes ``require_console`` (messages, users) or checks the role itself (audit, alerts)."""
+    store.add_user("fay", ["front-desk"], ADMIN, password_hash=hash_password(PASSWORD))
+    client = TestClient(make_console())
+    assert log_in(client, "fay", PASSWORD)[0] == 303
+    for path, role in (
+        ("/console/messages", "viewer"),
+        ("/console/users", "admin"),
+        ("/console/audit", "admin"),
+        ("/console/alerts", "viewer"),
+    ):
+        answer = client.get(path, headers={"Accept": "application/json"})
+        assert answer.status_code == 403, path
+        assert answer.headers["content-type"] == "application/json", path
+        assert answer.json() == {"detail": f"requires the {role} role"}, path
+        browser = client.get(path, headers={"Accept": "text/html"}, follow_redirects=False)
+        assert browser.status_code == 403, path  # refused, not sent to the login page
+    assert client.get("/console/_whoami").json() == {"user": "fay", "roles": ["front-desk"]}
