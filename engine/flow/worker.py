@@ -14,7 +14,9 @@ the claims' own time-outs. On a clean stop it gives its claims back at once.
 Of the nodes on one database, one leads (engine/jobs/leader.py: a PostgreSQL advisory lock; on
 SQLite the one worker): only the leader runs the singleton jobs — the eligibility schedule and the
 resumption of runs a dead node left unfinished, the pulls, retention (in short batches,
-engine/jobs/retention.py) and queue repair, the alerts. Every node processes and delivers.
+engine/jobs/retention.py) and queue repair, the alerts. Every node processes and delivers. An
+eligibility schedule that cannot start (the store away at that moment, the payers' files invalid)
+is tried again while the node leads, 5 s doubling to 60 s; the queue workers never wait for it.
 
 Started by ``engine serve``, the worker records its metrics (routed, delivered, dead letters)
 into the receiver's metrics directory itself (prometheus_client's multiprocess mode, see
@@ -140,24 +142,20 @@ async def _lead(
     queue repair (the alerts ask whether this node leads). Until ``term`` (a clean stop), or
     cancelled (leadership lost):
     the schedules are stopped either way and a run cut short is given back."""
-    from engine.jobs.scheduler import stop_scheduler
-
-    eligibility, scheduler = _eligibility(settings, store, node)
     pulls = _pulls(routes, settings, store, node, wake, metrics)
-    tasks = [asyncio.create_task(_retention(store, settings, term), name="retention")]
-    if eligibility is not None:
-        tasks.append(asyncio.create_task(_resume(eligibility, store, node, term), name="resume"))
+    tasks = [
+        asyncio.create_task(_eligibility(settings, store, node, term), name="eligibility"),
+        asyncio.create_task(_retention(store, settings, term), name="retention"),
+    ]
     try:
         await asyncio.gather(*tasks)
     finally:
         for task in tasks:
             task.cancel()
-        if scheduler is not None:
-            await stop_scheduler(scheduler)
+        # each job stops what it started (the schedule) before the lock is let go
+        await asyncio.gather(*tasks, return_exceptions=True)
         if pulls is not None:
             await pulls.close()
-        if eligibility is not None:
-            await eligibility.close()
 
 
 async def _resume(service: Any, store: Any, node: str, term: asyncio.Event) -> None:
@@ -217,22 +215,65 @@ async def _forget(store: Any, node: str) -> None:
         log.warning("node not forgotten", extra={"node": node, "error": type(exc).__name__})
 
 
-def _eligibility(settings: Settings, store: Any, node: str) -> tuple[Any, Any]:
-    """The eligibility service and its schedule (None, None when they cannot start: the queue
-    workers must run whatever is wrong with the payers' configuration; the receiver checked it
-    at start-up and said so)."""
+#: how long the leader waits before trying again to start the eligibility schedule, doubled after
+#: each failure up to ELIGIBILITY_RETRY_MAX_S (seconds)
+ELIGIBILITY_RETRY_S = 5.0
+ELIGIBILITY_RETRY_MAX_S = 60.0
+
+
+async def _eligibility(settings: Settings, store: Any, node: str, term: asyncio.Event) -> None:
+    """The eligibility schedule and the resumption of interrupted runs, for this term as the
+    leader. When they cannot start (the store away at the worker's start, the payers' files
+    invalid) the kind of error is logged and the start tried again after ELIGIBILITY_RETRY_S,
+    doubling up to ELIGIBILITY_RETRY_MAX_S, until it starts or the term ends (``term``, or
+    cancelled): an error that cannot heal is logged once a minute. The queue workers run
+    meanwhile whatever is wrong (the receiver checked the payers' files at start-up and said so).
+    The schedule is stopped and the service closed when the term ends."""
+    from engine.jobs.scheduler import stop_scheduler
+
+    delay = ELIGIBILITY_RETRY_S
+    attempts = 1
+    while (started := await _start_eligibility(settings, store, node, delay)) is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(term.wait(), delay)
+        if term.is_set():
+            return
+        delay = min(delay * 2, ELIGIBILITY_RETRY_MAX_S)
+        attempts += 1
+    if attempts > 1:
+        log.warning("eligibility schedule started", extra={"attempts": attempts})
+    service, scheduler = started
+    try:
+        await _resume(service, store, node, term)
+    finally:
+        await stop_scheduler(scheduler)
+        await service.close()
+
+
+async def _start_eligibility(
+    settings: Settings, store: Any, node: str, retry_s: float
+) -> tuple[Any, Any] | None:
+    """The eligibility service and its schedule started; None when they could not be (logged:
+    the error's type and when the next try is, never a value from the files)."""
     from engine.adapters.payer import load_payers
     from engine.jobs.eligibility import EligibilityService
     from engine.jobs.scheduler import start_scheduler
 
+    service: Any = None
     try:
         service = EligibilityService(store, load_payers(settings.payers_dir), settings)
         scheduler = start_scheduler(
             service, settings, settings.resolved_database_url(), runs=store, node=node
         )
     except Exception as exc:
-        log.error("eligibility schedule not started", extra={"error": type(exc).__name__})
-        return None, None
+        log.error(
+            "eligibility schedule not started: trying again",
+            extra={"error": type(exc).__name__, "retry_in_s": retry_s},
+        )
+        if service is not None:
+            with contextlib.suppress(Exception):
+                await service.close()
+        return None
     return service, scheduler
 
 
