@@ -16,6 +16,8 @@ https://prometheus.io/docs/instrumenting/exposition_formats/#text-based-format):
     engine_destination_queue_depth{destination}      gauge      the store, at scrape time
     engine_destination_oldest_waiting_seconds{destination}
                                                      gauge      the store, at scrape time
+    engine_alerts_active{rule}                       gauge      the store, at scrape time
+                                                                (engine/alerts/gauge.py)
 
 New with issue 10: ``engine_messages_routed_total``, ``engine_worker_processes`` and the two
 ``engine_destination_*`` gauges. The other names and label names are those dashboards already

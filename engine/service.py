@@ -26,6 +26,7 @@ from typing import Any
 import uvicorn
 
 from engine.adapters.mllp.server import MLLPServer, Reply, current_reply
+from engine.alerts.gauge import ActiveAlertsGauge
 from engine.api.app import create_app
 from engine.api.auth_settings import auth_settings_for
 from engine.documents.folder import WatchedFolder
@@ -136,6 +137,14 @@ def _http_tls(settings: Settings) -> tuple[str | None, str | None]:
     return str(cert), str(key)
 
 
+def _alert_rules(running: Settings) -> tuple[str, ...]:
+    """The names of the rules in the running configuration's ``alerts.yaml`` (checked already,
+    with the routes), shown at 0 by ``engine_alerts_active`` until they raise an alert."""
+    from engine.alerts.rules import load_alert_rules
+
+    return tuple(rule.name for rule in load_alert_rules(running.routes_dir).rules)
+
+
 class Engine:
     """The running engine: store, ingest, queue workers, MLLP listener and HTTP server."""
 
@@ -161,6 +170,10 @@ class Engine:
         reset_multiprocess_dir(self.metrics_dir)
         self.metrics = EngineMetrics(multiprocess_dir=self.metrics_dir)
         self.metrics.watch_backlog(self.store.backlog, destinations=config.routes.destinations)
+        self.metrics.watch_config(lambda: self.reloader.generation)  # engine_config_generation
+        # engine_alerts_active{rule}: the alerts raised now, read from the store at each scrape
+        self.alerts_gauge = ActiveAlertsGauge(self.db_engine, _alert_rules(self._running))
+        self.metrics.registry.register(self.alerts_gauge)
         # SQLite: shared with the worker process, which yields the one writer's turn to the ACKs
         # under a burst (PostgreSQL takes many writers: its workers never wait)
         self._pressure = (
@@ -220,6 +233,7 @@ class Engine:
         self._running = running
         self.ingest.routes = config.gate
         self.metrics.watch_backlog(self.store.backlog, destinations=config.routes.destinations)
+        self.alerts_gauge.rules = _alert_rules(running)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._reload_workers.set)
 

@@ -8,6 +8,7 @@ on the worker's schedule, notices by e-mail (SMTP) and webhooks (Slack/Teams ``t
 ``state.py``       raised and recovered alerts in the database: one notice per transition,
                    decided by conditional updates (several worker processes may evaluate);
                    ``active_alerts()`` for the dashboard
+``gauge.py``       ``engine_alerts_active{rule}`` on ``/metrics``, read at each scrape
 =================  ===================================================================
 
 The scheduled evaluation is :mod:`engine.jobs.alerts`; ``engine alerts`` is engine/cli_alerts.py.

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, Engine, and_, case, delete, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.store.audit import audit
@@ -46,6 +46,7 @@ __all__ = [
     "Notice",
     "active_alerts",
     "alert_rows",
+    "raised_by_rule",
     "recent_events",
 ]
 
@@ -467,6 +468,19 @@ def active_alerts(db_engine: Engine, *, limit: int = 100) -> list[ActiveAlert]:
         )
         for r in rows
     ]
+
+
+def raised_by_rule(db_engine: Engine) -> dict[str, int]:
+    """How many alerts each rule has raised now (one per subject), for the rules that have one:
+    the ``engine_alerts_active`` gauge (engine/alerts/gauge.py), read at each scrape. One query
+    on ``ix_alerts_state``, over the raised rows only."""
+    with db_engine.connect() as conn:
+        rows = conn.execute(
+            select(alerts.c.rule, func.count())
+            .where(alerts.c.state == "raised")
+            .group_by(alerts.c.rule)
+        ).all()
+    return {str(rule): int(n) for rule, n in rows}
 
 
 def alert_rows(db_engine: Engine, *, limit: int = 200) -> list[AlertRow]:

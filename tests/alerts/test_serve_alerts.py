@@ -9,11 +9,13 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.alerts.conftest import Hook
+from tests.metrics_support import parse
 from tests.serve_support import Engine, free_port, send_stream
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hl7"
@@ -68,13 +70,23 @@ def test_engine_serve_notifies_on_its_schedule_once(tmp_path: Path, webhook: Hoo
     engine = Engine(var, _routes(tmp_path / "routes"), env)
     engine.start()
     try:
+        assert _alert_gauges(engine) == {"dead": 0, "db": 0}  # every rule, before any alert
         _send_adt(engine)
         _wait(webhook, 1, 30)
         time.sleep(3)  # three more evaluations: nothing more to say
+        assert _alert_gauges(engine) == {"dead": 1, "db": 0}  # the receiver's page, from the store
     finally:
         engine.stop()
     [text] = webhook.texts()
     assert text.startswith("[engine] ALERT: dead — 1 delivery dead-lettered in the last 60 min")
+
+
+def _alert_gauges(engine: Engine) -> dict[str, float]:
+    """``engine_alerts_active`` by rule, from the receiver's ``/metrics``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{engine.http}/metrics", timeout=10) as resp:
+        page = parse(resp.read().decode())
+    prefix = 'engine_alerts_active{rule="'
+    return {k[len(prefix) : -2]: v for k, v in page.items() if k.startswith(prefix)}
 
 
 @pytest.mark.postgres
