@@ -12,6 +12,8 @@ https://prometheus.io/docs/instrumenting/exposition_formats/#text-based-format):
     engine_delivery_latency_seconds{destination}     histogram  worker
     engine_dead_letters_total{destination}           counter    worker
     engine_worker_processes                          gauge      worker (livesum)
+    engine_leader{node}                              gauge      worker (livemax)
+    engine_config_generation                         gauge      the receiver, at scrape time
     engine_queue_depth                               gauge      the store, at scrape time
     engine_destination_queue_depth{destination}      gauge      the store, at scrape time
     engine_destination_oldest_waiting_seconds{destination}
@@ -20,8 +22,11 @@ https://prometheus.io/docs/instrumenting/exposition_formats/#text-based-format):
                                                                 (engine/alerts/gauge.py)
 
 New with issue 10: ``engine_messages_routed_total``, ``engine_worker_processes`` and the two
-``engine_destination_*`` gauges. The other names and label names are those dashboards already
-use: keep them.
+``engine_destination_*`` gauges; with issue 14: ``engine_leader`` (1 while the worker node
+``node`` holds the singleton jobs' leadership, engine/jobs/leader.py, else 0) and
+``engine_config_generation`` (the configuration generation the receiver runs,
+engine/flow/config.py; 0 until this node has taken one, so a node behind the others shows). The
+other names and label names are those dashboards already use: keep them.
 
 Two ways to keep the values:
 
@@ -36,7 +41,9 @@ Two ways to keep the values:
   and builds one ``EngineMetrics`` in multiprocess mode (two would write the same file entries).
 
 Gauges in multiprocess mode: ``engine_worker_processes`` is ``livesum`` (each worker sets 1; the
-receiver removes a stopped worker's file with :meth:`EngineMetrics.forget_process`). The queue
+receiver removes a stopped worker's file with :meth:`EngineMetrics.forget_process`);
+``engine_leader`` is ``livemax``, by node id (a worker registers a new node id for each
+configuration round, so the id of an earlier round stays at 0 until its process ends). The queue
 gauges are not recorded by any process: a callback gauge (``Gauge.set_function``) cannot work in
 multiprocess mode, which reads only the files, and the queue lives in the database anyway, so a
 collector of our own queries the store when ``/metrics`` is scraped, and never between scrapes.
@@ -205,6 +212,30 @@ class _QueueGauges:
         return [total, depth, age]
 
 
+class _ConfigGeneration:
+    """A collector: ``engine_config_generation``, read when ``/metrics`` is scraped."""
+
+    def __init__(self) -> None:
+        self.generation: Callable[[], int | None] | None = None
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "engine_config_generation",
+            "The configuration generation this node runs (published by a reload on any node "
+            "of the database; 0 until this node has taken one).",
+        )
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+    def collect(self) -> list[Metric]:
+        family = self._family()
+        if self.generation is not None:
+            family.add_metric([], self.generation() or 0)
+        return [family]
+
+
 class EngineMetrics:
     """The engine's metrics: what the receiver and the workers record, and the page to scrape.
 
@@ -239,8 +270,18 @@ class EngineMetrics:
             registry=own,
             multiprocess_mode="livesum",
         )
+        self._leader = Gauge(
+            "engine_leader",
+            "1 while the worker node holds the leadership (it runs the singleton jobs: "
+            "eligibility schedule, pulls, retention, alerts), else 0.",
+            ("node",),
+            registry=own,
+            multiprocess_mode="livemax",
+        )
         self._queues = _QueueGauges()
         self.registry.register(self._queues)
+        self._config = _ConfigGeneration()
+        self.registry.register(self._config)
 
     def _message_metrics(self, own: CollectorRegistry | None) -> None:
         """The receiver's and the processor's counters: received, ACKs, errors, routed."""
@@ -368,6 +409,15 @@ class EngineMetrics:
     def worker_running(self) -> None:
         """Called once by each worker process: counts it in ``engine_worker_processes``."""
         self._workers.set(1)
+
+    @_never_raises
+    def record_leader(self, node: str, leading: bool) -> None:
+        """Whether ``node`` leads now (``Leadership``'s ``on_change``): ``engine_leader``."""
+        self._leader.labels(node=node).set(1 if leading else 0)
+
+    def watch_config(self, generation: Callable[[], int | None]) -> None:
+        """Read ``engine_config_generation`` from ``generation`` (the reloader's) at each scrape."""
+        self._config.generation = generation
 
     def forget_process(self, pid: int) -> None:
         """A process that wrote here has ended: drop its live gauges (``engine_worker_processes``);

@@ -4,6 +4,7 @@ and multiprocess mode (several processes record, one page shows them all)."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +53,16 @@ def test_every_family_with_its_labels_and_values() -> None:
     metrics.record_pull("clinic", new=3, unchanged=2, failed=False)
     metrics.record_pull("clinic", new=0, unchanged=1, failed=True)
     metrics.watch_backlog(lambda: [Row("fhir-main", 4, 12.5)], destinations=["payer"])
+    metrics.record_leader("host:1:a", True)
+    metrics.record_leader("host:2:b", False)
+    metrics.watch_config(lambda: 7)
     text = page(metrics)
     assert families(text) == {
         **BEFORE,
         "engine_messages_routed_total": "counter",
         "engine_worker_processes": "gauge",
+        "engine_leader": "gauge",
+        "engine_config_generation": "gauge",
         "engine_destination_queue_depth": "gauge",
         "engine_destination_oldest_waiting_seconds": "gauge",
         "engine_pulled_appointments_total": "counter",
@@ -84,6 +90,9 @@ def test_every_family_with_its_labels_and_values() -> None:
         'engine_pulled_appointments_total{outcome="unchanged",source="clinic"}': 3,
         'engine_pull_failures_total{source="clinic"}': 1,
         "engine_worker_processes": 0,
+        'engine_leader{node="host:1:a"}': 1,
+        'engine_leader{node="host:2:b"}': 0,
+        "engine_config_generation": 7,
         "engine_queue_depth": 4,
         'engine_destination_queue_depth{destination="fhir-main"}': 4,
         'engine_destination_queue_depth{destination="payer"}': 0,
@@ -219,6 +228,29 @@ def test_two_processes_record_and_the_receiver_shows_both(metrics_dir: Path) -> 
     samples = parse(page(receiver))
     assert samples["engine_worker_processes"] == 1
     assert samples['engine_deliveries_total{destination="fhir-main",outcome="delivered"}'] == 5
+
+
+def test_the_leader_gauge_follows_the_term_and_ends_with_its_process(metrics_dir: Path) -> None:
+    metrics = EngineMetrics(multiprocess_dir=metrics_dir)
+    assert not any(k.startswith("engine_leader") for k in parse(page(metrics)))
+    metrics.record_leader("host:1:a", False)  # a node that does not lead shows 0
+    assert parse(page(metrics))['engine_leader{node="host:1:a"}'] == 0
+    metrics.record_leader("host:1:a", True)
+    assert parse(page(metrics))['engine_leader{node="host:1:a"}'] == 1
+    metrics.record_leader("host:1:a", False)
+    assert parse(page(metrics))['engine_leader{node="host:1:a"}'] == 0
+    metrics.record_leader("host:1:a", True)
+    metrics.forget_process(os.getpid())  # its process ended (livemax): no stale 1 for it
+    assert not any(k.startswith("engine_leader") for k in parse(page(metrics)))
+
+
+def test_the_configuration_generation_is_read_at_scrape_time() -> None:
+    metrics = EngineMetrics()
+    generation: list[int | None] = [None]
+    metrics.watch_config(lambda: generation[0])
+    assert parse(page(metrics))["engine_config_generation"] == 0  # none taken yet
+    generation[0] = 3
+    assert parse(page(metrics))["engine_config_generation"] == 3
 
 
 def test_a_new_run_starts_from_zero(metrics_dir: Path) -> None:

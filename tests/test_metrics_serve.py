@@ -113,6 +113,10 @@ def test_the_worker_processes_counts_show_on_the_receivers_page(tmp_path: Path) 
         assert samples["engine_queue_depth"] == 0
         assert samples['engine_destination_queue_depth{destination="outbox"}'] == 0
         assert samples['engine_destination_oldest_waiting_seconds{destination="outbox"}'] == 0
+        # on SQLite the one worker node leads; no reload has published a generation yet
+        leaders = [v for k, v in samples.items() if k.startswith("engine_leader{")]
+        assert leaders == [1]
+        assert samples["engine_config_generation"] == 0
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)

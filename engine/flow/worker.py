@@ -103,7 +103,11 @@ async def serve_workers(
         store, routes, destinations, observer=metrics, idle_s=0.05, pressure=burst, node=node
     )
     processor.on_routed = dispatcher.wake
-    leadership = Leadership(db_engine, node)
+    leadership = Leadership(
+        db_engine,
+        node,
+        on_change=partial(metrics.record_leader, node) if metrics is not None else None,
+    )
     lead = partial(_lead, settings, store, node, routes, processor.wake, metrics)
     tasks = [
         asyncio.create_task(processor.run(stop), name="processor"),

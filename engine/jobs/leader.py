@@ -88,7 +88,8 @@ class Leadership:
 
     ``lead(term)`` is the singleton jobs: it runs until ``term`` is set (a clean stop; given
     :data:`STOP_GRACE_S` to end) or is cancelled (the lock lost: at once). ``leading`` says
-    whether this node leads now."""
+    whether this node leads now; ``on_change`` is told each time it is set (at the start, when a
+    term begins and when it ends: the ``engine_leader`` gauge)."""
 
     def __init__(
         self,
@@ -98,17 +99,32 @@ class Leadership:
         poll_s: float = POLL_S,
         check_s: float = CHECK_S,
         check_timeout_s: float = CHECK_TIMEOUT_S,
+        on_change: Callable[[bool], None] | None = None,
     ) -> None:
         self.db_engine = db_engine
         self.node = node
         self.poll_s = poll_s
         self.check_s = check_s
         self.check_timeout_s = check_timeout_s
+        self._on_change = on_change
         self.leading = False
         #: how many times this node was elected (tests, logs)
         self.terms = 0
         self._lock_engine: Engine | None = None
         self._key: int | None = None
+
+    @property
+    def leading(self) -> bool:
+        return self._leading
+
+    @leading.setter
+    def leading(self, value: bool) -> None:
+        self._leading = value
+        if self._on_change is not None:
+            try:
+                self._on_change(value)
+            except Exception as exc:  # an observer must never stop a term or its end
+                log.warning("leadership change not reported", extra={"error": type(exc).__name__})
 
     async def run(
         self, stop: asyncio.Event, lead: Callable[[asyncio.Event], Coroutine[Any, Any, None]]

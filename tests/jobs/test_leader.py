@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
 
 from engine.jobs.leader import Leadership, lock_key
+from engine.metrics import EngineMetrics
 from engine.store import create_db_engine
+from tests.metrics_support import parse
+
+
+def _leader_gauge(metrics: EngineMetrics, node: str) -> float:
+    return parse(metrics.exposition().decode())[f'engine_leader{{node="{node}"}}']
 
 
 def test_the_lock_key_is_the_schema_s() -> None:
@@ -22,6 +29,54 @@ def test_the_lock_key_is_the_schema_s() -> None:
     assert lock_key("test", "public") != lock_key("test", "t_other")
     assert lock_key("test", "public") != lock_key("prod", "public")
     assert -(2**63) <= lock_key("test", "public") < 2**63
+
+
+def test_the_leader_gauge_is_1_for_the_term_and_0_before_and_after(tmp_path: Path) -> None:
+    db = create_db_engine(f"sqlite:///{tmp_path / 'engine.db'}")
+    metrics = EngineMetrics()
+    changes: list[bool] = []
+
+    def on_change(leading: bool) -> None:
+        changes.append(leading)
+        metrics.record_leader("solo", leading)
+
+    leadership = Leadership(db, "solo", on_change=on_change)
+    gauge: list[float] = []
+
+    async def lead(term: asyncio.Event) -> None:
+        gauge.append(_leader_gauge(metrics, "solo"))
+        await term.wait()
+
+    async def main() -> None:
+        gauge.append(_leader_gauge(metrics, "solo"))
+        stop = asyncio.Event()
+        task = asyncio.create_task(leadership.run(stop, lead))
+        while len(gauge) < 2:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        gauge.append(_leader_gauge(metrics, "solo"))
+
+    asyncio.run(main())
+    assert gauge == [0, 1, 0] and changes == [False, True, False]
+    db.dispose()
+
+
+def test_a_failing_observer_never_stops_a_term(tmp_path: Path) -> None:
+    db = create_db_engine(f"sqlite:///{tmp_path / 'engine.db'}")
+
+    def broken(_leading: bool) -> None:
+        raise OSError("metrics file gone")
+
+    leadership = Leadership(db, "solo", on_change=broken)
+    led: list[bool] = []
+
+    async def lead(term: asyncio.Event) -> None:
+        led.append(leadership.leading)
+
+    asyncio.run(leadership.run(asyncio.Event(), lead))
+    assert led == [True] and not leadership.leading
+    db.dispose()
 
 
 def test_on_sqlite_the_one_node_leads_at_once(tmp_path: Path) -> None:
@@ -51,7 +106,17 @@ def test_one_node_leads_and_another_takes_over_when_its_connection_dies(
     postgres_schema_url: str,
 ) -> None:
     engines = [create_db_engine(postgres_schema_url) for _ in range(2)]
-    nodes = [Leadership(e, f"node-{n}", poll_s=0.3, check_s=0.3) for n, e in enumerate(engines)]
+    metrics = EngineMetrics()  # engine_leader{node}, as each worker records it
+    nodes = [
+        Leadership(
+            e,
+            f"node-{n}",
+            poll_s=0.3,
+            check_s=0.3,
+            on_change=partial(metrics.record_leader, f"node-{n}"),
+        )
+        for n, e in enumerate(engines)
+    ]
     terms: list[tuple[str, str]] = []  # (node, "start" | "end")
 
     def lead_as(name: str):  # type: ignore[no-untyped-def]
@@ -81,6 +146,8 @@ def test_one_node_leads_and_another_takes_over_when_its_connection_dies(
             assert max(counts) == 1 and counts[-1] == 1, counts  # never two, then one
             first = next(n for n in nodes if n.leading)
             other = next(n for n in nodes if n is not first)
+            assert _leader_gauge(metrics, first.node) == 1
+            assert _leader_gauge(metrics, other.node) == 0
             # the leader's lock connection dies (as a kill -9 of its process closes it)
             with engines[0].begin() as conn:
                 killed = conn.execute(
@@ -98,6 +165,8 @@ def test_one_node_leads_and_another_takes_over_when_its_connection_dies(
                 await asyncio.sleep(0.05)
             took = time.monotonic() - started
             assert not first.leading  # it stepped down: its check found the connection gone
+            assert _leader_gauge(metrics, first.node) == 0
+            assert _leader_gauge(metrics, other.node) == 1
             assert (first.node, "end") in terms
             counts = await leaders(1.0)
             assert max(counts) == 1, counts
