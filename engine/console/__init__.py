@@ -10,6 +10,7 @@ Layout (one owner per module):
 ``sessions.py``        server-side sessions (signed cookie with the session id), idle log-off
 ``render.py``          the Jinja2 environment and ``render()``
 ``router.py``          ``/console``: every page module's router, and ``/console/static``
+``refused.py``         the 403 page: a browser lacking a page's role is told which it needs
 ``pages_auth.py``      login, logout, OpenID Connect callback
 ``pages_users.py``     users (admin)
 ``pages_audit.py``     the audit trail (admin)

@@ -3,7 +3,9 @@
 A page takes ``user: ConsoleUserDep`` (any logged-in user) or ``Depends(require_console(role))``;
 a form post takes ``CsrfDep`` as well. Not logged in (no session, an expired one, idle past
 ``ENGINE_CONSOLE_IDLE_MINUTES``): a page answers 303 to ``/console/login?next=...``; a request
-for JSON (``Accept: application/json``) answers 401. Logged in without the role: 403.
+for JSON (``Accept: application/json``) answers 401. Logged in without the role: 403, a page
+saying which role is needed (engine/console/refused.py), or ``{"detail": "requires the X role"}``
+for JSON.
 
 Roles are the API's (:class:`engine.api.auth.Role`): admin (everything), integration, viewer
 (routes, messages' metadata and payloads), front-desk (worklist, document upload and match).
@@ -50,7 +52,7 @@ def require_console(role: Role) -> Callable[..., Awaitable[ConsoleUser]]:
         from engine.console.sessions import forbidden
 
         if not user.may(role):
-            raise forbidden(role)
+            raise forbidden(role, user)
         return user
 
     return dependency

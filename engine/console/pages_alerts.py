@@ -45,7 +45,7 @@ async def _reader(user: ConsoleUserDep) -> ConsoleUser:
     if not (user.may(Role.VIEWER) or user.may(Role.INTEGRATION)):
         from engine.console.sessions import forbidden
 
-        raise forbidden(Role.VIEWER)
+        raise forbidden(Role.VIEWER, user)
     return user
 
 

@@ -51,7 +51,7 @@ def _admin(
             outcome="refused",
             detail="requires the admin role",
         )
-        raise forbidden(Role.ADMIN)
+        raise forbidden(Role.ADMIN, user)
     return user
 
 

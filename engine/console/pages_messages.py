@@ -361,7 +361,9 @@ def _admin(store: SqlMessageStore, user: ConsoleUser, action: str, message_id: i
             outcome="refused",
             detail="requires the admin role",
         )
-        raise HTTPException(403, detail="requires the admin role")
+        from engine.console.sessions import forbidden
+
+        raise forbidden(Role.ADMIN, user)
     return who
 
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
@@ -197,7 +197,9 @@ async def reload_routes(request: Request, user: CsrfDep, settings: SettingsDep) 
 
     if not user.may(Role.ADMIN):
         await run_in_threadpool(record, "refused", "requires the admin role")
-        raise HTTPException(403, detail="requires the admin role")
+        from engine.console.sessions import forbidden
+
+        raise forbidden(Role.ADMIN, user)
     reloader = _reloader(request)
     if reloader is None:
         await run_in_threadpool(record, "refused", "this engine cannot reload its configuration")

@@ -86,7 +86,7 @@ async def _workbench_user(user: ConsoleUserDep) -> ConsoleUser:
     if not (user.may(Role.VIEWER) or user.may(Role.INTEGRATION)):
         from engine.console.sessions import forbidden
 
-        raise forbidden(Role.INTEGRATION)
+        raise forbidden(Role.INTEGRATION, user)
     return user
 
 

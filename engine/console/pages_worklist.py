@@ -79,7 +79,7 @@ def _front_desk_viewer() -> Callable[..., Awaitable[ConsoleUser]]:
         if not (user.may(Role.FRONT_DESK) or user.may(Role.VIEWER)):
             from engine.console.sessions import forbidden
 
-            raise forbidden(Role.FRONT_DESK)
+            raise forbidden(Role.FRONT_DESK, user)
         return user
 
     return dependency

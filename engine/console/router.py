@@ -1,5 +1,5 @@
-"""``/console``: every page module's router, the static files, and ``/`` sending a browser to
-the console (it was a 404)."""
+"""``/console``: every page module's router, the static files, the page a user without a page's
+role gets (engine/console/refused.py), and ``/`` sending a browser to the console (it was a 404)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from engine.console import (
     pages_workbench,
     pages_worklist,
 )
+from engine.console.refused import install_refusal_page
 
 __all__ = ["PAGES", "mount_console"]
 
@@ -43,9 +44,11 @@ PAGES = (
 
 
 def mount_console(app: FastAPI) -> None:
-    """Add the console's pages under ``/console`` and its static files to ``app``."""
+    """Add the console's pages under ``/console``, its static files and its 403 page to
+    ``app``."""
     for page in PAGES:
         app.include_router(page.router, prefix="/console", include_in_schema=False)
+    install_refusal_page(app)
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
 
     @app.get("/", include_in_schema=False)

@@ -51,6 +51,7 @@ from engine.store.users import LoginPolicy, UserRecord, Users
 __all__ = [
     "COOKIE",
     "LOGIN_COOKIE",
+    "RoleRequired",
     "check_login_token",
     "console_secret",
     "cookie_secure",
@@ -67,6 +68,7 @@ __all__ = [
     "start_session",
     "users_of",
     "verify_csrf",
+    "wants_json",
 ]
 
 COOKIE = "engine_session"
@@ -155,7 +157,8 @@ def _cookie_clearer() -> str:
     return response.headers["set-cookie"]
 
 
-def _wants_json(request: Request) -> bool:
+def wants_json(request: Request) -> bool:
+    """A JSON client (``Accept`` names JSON and not HTML): it gets JSON answers, a browser pages."""
     accept = request.headers.get("accept", "")
     return "application/json" in accept and "text/html" not in accept
 
@@ -189,7 +192,7 @@ def _here(request: Request) -> str:
 def _stranger(request: Request, *, clear: bool) -> HTTPException:
     """Not logged in: 303 to the login page (a page), 401 (JSON)."""
     headers = {"Set-Cookie": _cookie_clearer()} if clear else {}
-    if _wants_json(request):
+    if wants_json(request):
         return HTTPException(401, detail="log in first", headers=headers or None)
     location = "/console/login?" + urlencode({"next": safe_next(_here(request))})
     return HTTPException(303, detail="log in first", headers={"Location": location, **headers})
@@ -246,8 +249,20 @@ async def session_user(request: Request) -> ConsoleUser:
     )
 
 
-def forbidden(role: Role) -> HTTPException:
-    return HTTPException(403, detail=f"requires the {role.value} role")
+class RoleRequired(HTTPException):
+    """403: a logged-in ``user`` lacks the ``role`` a console page needs (``user`` None when the
+    caller did not say). A JSON client gets FastAPI's ``{"detail": "requires the X role"}``, a
+    browser a page saying so (engine/console/refused.py)."""
+
+    def __init__(self, role: Role, user: ConsoleUser | None = None) -> None:
+        super().__init__(403, detail=f"requires the {role.value} role")
+        self.role = role
+        self.user = user
+
+
+def forbidden(role: Role, user: ConsoleUser | None = None) -> RoleRequired:
+    """The refusal of ``user``, who lacks ``role`` (raise it)."""
+    return RoleRequired(role, user)
 
 
 async def read_form_items(request: Request, limit: int = MAX_FORM_BYTES) -> list[tuple[str, str]]:

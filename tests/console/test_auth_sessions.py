@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from engine.api.app import create_app
 from engine.api.auth_settings import AuthSettings
+from engine.api.tokens import mint_dev_token
 from engine.console.auth import ConsoleUserDep, CsrfDep
 from engine.console.pages_auth import REFUSED
 from engine.metrics import EngineMetrics
@@ -394,7 +395,9 @@ def test_a_user_without_the_role_gets_403_and_a_json_client_a_json_body(
     """A JSON client (``Accept: application/json``, as for the 401 above) that is logged in
     without the role an endpoint needs gets 403 with ``{"detail": "requires the X role"}``:
     FastAPI's own answer to the ``HTTPException`` of ``sessions.forbidden``, whether the page
-    takes ``require_console`` (messages, users) or checks the role itself (audit, alerts)."""
+    takes ``require_console`` (messages, users) or checks the role itself (audit, alerts). A
+    browser gets 403 too, as a page of the console (engine/console/refused.py), not the login
+    page."""
     store.add_user("fay", ["front-desk"], ADMIN, password_hash=hash_password(PASSWORD))
     client = TestClient(make_console())
     assert log_in(client, "fay", PASSWORD)[0] == 303
@@ -410,4 +413,59 @@ def test_a_user_without_the_role_gets_403_and_a_json_client_a_json_body(
         assert answer.json() == {"detail": f"requires the {role} role"}, path
         browser = client.get(path, headers={"Accept": "text/html"}, follow_redirects=False)
         assert browser.status_code == 403, path  # refused, not sent to the login page
+        assert browser.headers["content-type"].startswith("text/html"), path
+        assert f"This page needs the <strong>{role}</strong> role" in browser.text, path
+        assert "fay</strong>, with the role <strong>front-desk</strong>." in browser.text, path
     assert client.get("/console/_whoami").json() == {"user": "fay", "roles": ["front-desk"]}
+
+
+def test_the_403_page_names_the_role_needed_and_held_and_links_what_the_user_may_open(
+    make_console: AppMaker, store: SqlMessageStore, tmp_path: Path
+) -> None:
+    """The page is the console's layout (navigation, log-out form, no inline script under the
+    CSP) and says which role the page needs, which roles the user holds, and links the pages
+    the user may open; a browser's ``Accept`` (HTML and ``*/*``) and a form post get it, the
+    API under ``/api`` keeps its JSON."""
+    store.add_user(
+        "gil", ["front-desk", "integration"], ADMIN, password_hash=hash_password(PASSWORD)
+    )
+    client = TestClient(make_console())
+    assert log_in(client, "gil", PASSWORD)[0] == 303
+    browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+    for accept in (browser, "*/*"):
+        page = client.get("/console/audit", headers={"Accept": accept})
+        assert page.status_code == 403
+        assert page.headers["content-type"] == "text/html; charset=utf-8"
+        html = page.text
+        assert "<title>Not allowed · engine</title>" in html
+        assert "This page needs the <strong>admin</strong> role." in html
+        held = "with the roles <strong>front-desk, integration</strong>"
+        assert f"logged in as <strong>gil</strong>, {held}" in html
+        allowed = re.findall(r'<li><a href="([^"]+)">([^<]+)</a></li>', html)
+        assert allowed == [
+            ("/console/", "Dashboard"),
+            ("/console/routes", "Routes"),
+            ("/console/workbench", "Workbench"),
+            ("/console/documents", "Documents"),
+            ("/console/worklist", "Worklist"),
+            ("/console/alerts", "Alerts"),
+        ]
+        assert 'action="/console/logout"' in html and form_token(html)
+        assert "<script>" not in html and "onclick" not in html
+        assert "default-src" in page.headers["content-security-policy"]
+    # a form post of an admin's action: the page too, the refusal audited as before
+    token = form_token(client.get("/console/workbench").text)
+    posted = client.post("/console/routes/reload", data={"csrf_token": token})
+    assert posted.status_code == 403
+    assert "This action needs the <strong>admin</strong> role." in posted.text
+    assert ("reload", "gil", "refused") in actions(store)
+    # a JSON client still gets JSON, a viewer's page needs viewer
+    answer = client.get("/console/reports", headers={"Accept": "application/json"})
+    assert (answer.status_code, answer.json()) == (403, {"detail": "requires the viewer role"})
+    # the API is not the console: its 403 stays JSON, whatever the Accept header
+    auth = AuthSettings(environment="development", dev_secret_file=tmp_path / "dev")
+    viewer = mint_dev_token(auth, role="viewer", subject="gil")
+    api = client.get(
+        "/api/audit", headers={"Accept": "text/html", "Authorization": f"Bearer {viewer}"}
+    )
+    assert (api.status_code, api.json()) == (403, {"detail": "requires the admin role"})

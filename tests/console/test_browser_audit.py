@@ -1,6 +1,6 @@
 """The audit trail in a real browser against a real ``engine serve``: an admin logs in through the
 form, opens /console/audit and sees the trail with that very login in it, filters it, and
-verifies the chain with the button; a viewer is refused the page."""
+verifies the chain with the button; a viewer is refused the page, by a page that says why."""
 
 from __future__ import annotations
 
@@ -57,6 +57,13 @@ def test_a_viewer_is_refused_the_trail(page: Any, engine: ConsoleEngine) -> None
     login(page, engine.base_url, "bea", PASSWORD)
     answer = page.goto(f"{engine.base_url}/console/audit")
     assert answer is not None and answer.status == 403
+    # a page of the console, not JSON: the role it needs, the user's, where they may go
+    assert page.title() == "Not allowed · engine"
+    assert page.locator("[role=alert]").inner_text() == "This page needs the admin role."
+    assert "logged in as bea, with the role viewer." in page.locator("main").inner_text()
+    with page.expect_navigation():
+        page.click("ul.allowed a:text-is('Messages')")
+    assert page.url == f"{engine.base_url}/console/messages"
     page.goto(f"{engine.base_url}/console/")
     assert page.locator("header.top nav a", has_text="Dashboard").count() == 1
     assert page.locator("header.top nav a", has_text="Audit").count() == 0
