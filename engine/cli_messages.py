@@ -1,9 +1,10 @@
 """``engine messages``: find stored messages and see why they are where they are, show one (its
-payload on request), replay it, resend its deliveries (who did which: ``engine audit``,
-engine/cli_audit.py).
+payload on request), replay it, resend its deliveries, mark it handled (who did which: ``engine
+audit``, engine/cli_audit.py).
 
-Lists, shows, payload views, replays and resends are recorded in the audit trail with the OS
-user (``getpass.getuser()``) as the actor and ``cli`` as the source (engine/store/audit.py).
+Lists, shows, payload views, replays, resends and marks are recorded in the audit trail with the
+OS user (``getpass.getuser()``) as the actor and ``cli`` as the source (engine/store/audit.py).
+A mark cannot be taken back: the store keeps one per message, as the console shows it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ __all__ = ["ID_MAX", "messages_app", "parse_when"]
 ID_MAX = 2**63 - 1
 
 messages_app = typer.Typer(
-    help="Find stored messages, see why, replay them or resend their deliveries.",
+    help="Find stored messages, see why, replay them, resend their deliveries, mark them handled.",
     no_args_is_help=True,
 )
 
@@ -288,3 +289,18 @@ def messages_resend(
     with store_action(f"no message {message_id}"), command_store() as store:
         done = store.resend(message_id, cli_who(), destination)
     print_resent(f"message {message_id}", done)
+
+
+@messages_app.command("handle")
+def messages_handle(
+    message_id: Annotated[int, typer.Argument(help="message id", min=1, max=ID_MAX)],
+    note: Annotated[
+        str | None, typer.Option(help="what was done (at most 500 characters kept)")
+    ] = None,
+) -> None:
+    """Mark an error, dead, unrouted or needs-patient message handled: someone dealt with it.
+    It keeps its state; the console's list shows the mark (and the dashboard no longer counts a
+    dead letter so marked). A message in another state, or marked already, is refused."""
+    with store_action(f"no message {message_id}"), command_store() as store:
+        mark = store.mark_handled(message_id, cli_who(), note)
+    typer.echo(f"message {message_id} marked handled by {mark.handled_by}")

@@ -5,6 +5,8 @@ is audited. On SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import getpass
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -441,3 +443,60 @@ def test_show_says_how_many_attempts_were_made_before_they_were_kept(
     )
     at = lines.index("  → fhir: delivered after 1 attempt(s)")
     assert lines[at + 1].startswith("      #1 ") and lines[at + 1].endswith(" delivered")
+
+
+def test_handle_marks_a_dead_message_once_and_is_audited_as_the_console_does(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings, cli
+) -> None:
+    """``engine messages handle`` is the console's "mark handled": the same store action and
+    audit record (``mark-handled``), the CLI's user as actor; the message keeps its state."""
+    mid, _, _ = _dead_on_raw(store, routes, mappings)
+    user = getpass.getuser()
+    code, out, err = cli("messages", "handle", str(mid), "--note", "  called the lab  ")
+    assert (code, out) == (0, f"message {mid} marked handled by {user}\n"), err
+    mark = store.handled_marks([mid])[mid]
+    assert (mark.handled_by, mark.note) == (user, "called the lab")
+    view = store.get(mid)
+    assert view is not None and view.state == "dead"
+    code, out, err = cli("messages", "handle", str(mid))
+    assert code == 1 and out == ""
+    assert err.startswith(f"message {mid} was marked handled by {user} at ")
+    assert store.handled_marks([mid])[mid] == mark  # the first mark stays
+    trail = [
+        (e.action, e.actor, e.source, e.message_id, e.outcome, e.detail)
+        for e in store.audit_entries(limit=2)
+    ]
+    assert trail == [
+        ("mark-handled", user, "cli", mid, "refused", err),
+        ("mark-handled", user, "cli", mid, "ok", "was dead"),
+    ]
+    code, out, _ = cli("messages", "--help")
+    assert code == 0 and "handle" in out
+
+
+def test_handle_refuses_a_message_in_another_state_in_one_line_without_a_traceback(
+    store: SqlMessageStore, cli
+) -> None:
+    """As a user runs it (a subprocess, ``cli`` put the store's URL in the environment): a
+    message that needs no one is refused naming its state, on stderr, exit 1; so is an
+    unknown id. Both refusals are audited."""
+    mid = _stored(
+        store, b"MSH|^~\\&|A|B|||20260102||ADT^A08|H1|P|2.5.1\r", control_id="H1", trigger="A08"
+    )
+    for args, needle in (
+        (str(mid), f"message {mid} is received: only a message that is error, dead, unrouted"),
+        ("999999", "no message 999999"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "engine", "messages", "handle", args, "--note", "n"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1 and done.stdout == "", done.stderr
+        assert "Traceback" not in done.stderr
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {needle}"), done.stderr
+    assert store.handled_marks([mid]) == {}
+    trail = [(e.action, e.message_id, e.outcome) for e in store.audit_entries(limit=2)]
+    assert trail == [("mark-handled", None, "refused"), ("mark-handled", mid, "refused")]

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from engine.flow.ingest import Receipt
 from engine.store import MessageLine, MessageQuery, MessageView, Replayed, ResendOutcome, Who
+from engine.store.handled import Handled
 
 __all__ = ["AuditPort", "HealthPort", "IngestPort", "MessagesPort"]
 
@@ -55,8 +56,9 @@ class AuditPort(Protocol):
 
 
 class MessagesPort(AuditPort, Protocol):
-    """Finds stored messages, replays them and resends their deliveries, and records who did
-    (synchronous: called from a worker thread). ``SqlMessageStore`` is one as it stands.
+    """Finds stored messages, replays them, resends their deliveries, marks them handled, and
+    records who did (synchronous: called from a worker thread). ``SqlMessageStore`` is one as it
+    stands.
     """
 
     def search(self, query: MessageQuery) -> list[MessageLine]:
@@ -79,6 +81,12 @@ class MessagesPort(AuditPort, Protocol):
     def resend(self, message_id: int, who: Who, destination: str | None = None) -> ResendOutcome:
         """Queue the message's dead deliveries again (or the one to ``destination``). KeyError
         if unknown, ActionRefused (UnknownDestination) when it cannot. Audited."""
+        ...
+
+    def mark_handled(self, message_id: int, who: Who, note: str | None = None) -> Handled:
+        """Record that an operator dealt with an error, dead, unrouted or needs-patient message
+        (it keeps its state). KeyError if unknown, ActionRefused in another state or when it is
+        marked already. Audited (``mark-handled``), refusals too."""
         ...
 
 

@@ -1,9 +1,11 @@
-"""``/api/messages``: find and show messages (metadata), read one's payload, replay, resend.
+"""``/api/messages``: find and show messages (metadata), read one's payload, replay, resend,
+mark handled.
 
 Viewers search and show metadata, and may read a payload as received (``/raw``); only admins
-replay and resend. Each payload read, replay and resend is recorded in the audit trail with the
-token's subject and the caller's address, refused ones too (a 403 here is recorded before it is
-answered). Handlers are sync: the store is, and FastAPI runs them in a worker thread.
+replay, resend and mark handled (as in the console). Each payload read, replay, resend and mark
+is recorded in the audit trail with the token's subject and the caller's address, refused ones
+too (a 403 here is recorded before it is answered). Handlers are sync: the store is, and FastAPI
+runs them in a worker thread.
 
 A message id is 1 .. 2**63 - 1, the range of the store's BIGINT key. Anything else where an id
 belongs — 0, -1, 2**63, 10**30, a word — is not an id at all and answers 422 before the store is
@@ -25,7 +27,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from engine.api.auth import Principal, Role, ViewerDep, current_principal
 from engine.api.deps import MessagesDep, SettingsDep, peer_of
 from engine.api.refusals import answer_refusals, refuse_role
-from engine.api.schemas import ReplayAccepted, ResendAccepted
+from engine.api.schemas import HandledMark, HandledNote, ReplayAccepted, ResendAccepted
 from engine.store import (
     MessageLine,
     MessageQuery,
@@ -192,3 +194,19 @@ def resend_message(
         extra={"message_id": message_id, "deliveries": len(done.queued), "by": who.actor},
     )
     return ResendAccepted.of(done)
+
+
+@router.post("/{message_id}/handled", response_model=HandledMark)
+def mark_handled(
+    message_id: MessageId,
+    messages: MessagesDep,
+    who: Annotated[Who, Depends(_audited(Role.ADMIN, "mark-handled"))],
+    body: HandledNote | None = None,
+) -> HandledMark:
+    """Record that someone dealt with an error, dead, unrouted or needs-patient message, with an
+    optional ``note``; it keeps its state, and the console's list shows the mark. A message in
+    another state, or marked already, answers 409 saying why."""
+    with answer_refusals(f"no message {message_id}"):
+        mark = messages.mark_handled(message_id, who, body.note if body is not None else None)
+    log.info("message marked handled", extra={"message_id": message_id, "by": who.actor})
+    return HandledMark.of(mark)

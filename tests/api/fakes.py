@@ -18,6 +18,7 @@ from engine.store import (
     UnknownDestination,
     Who,
 )
+from engine.store.handled import HANDLEABLE_STATES, Handled
 
 __all__ = ["ACK", "NAK", "FakeHealth", "FakeIngest", "FakeMessages", "sample_view"]
 
@@ -113,13 +114,15 @@ def _line(view: MessageView) -> MessageLine:
 
 
 class FakeMessages:
-    """Messages in a dict; replay copies one under a new id; every audit record kept."""
+    """Messages in a dict; replay copies one under a new id; marks in a dict; every audit record
+    kept."""
 
     def __init__(self, views: list[MessageView] | None = None) -> None:
         self.views = {view.id: view for view in views or []}
         self.queries: list[MessageQuery] = []
         self.audit: list[dict[str, object]] = []
         self.resends: list[tuple[int, str | None]] = []
+        self.handled: dict[int, Handled] = {}
 
     def search(self, query: MessageQuery) -> list[MessageLine]:
         self.queries.append(query)
@@ -181,6 +184,21 @@ class FakeMessages:
             peer=who.peer,
         )
         return ResendOutcome(message_id, ((destination or "dest-1", 7, 2),))
+
+    def mark_handled(self, message_id: int, who: Who, note: str | None = None) -> Handled:
+        state = self.views[message_id].state
+        if state not in HANDLEABLE_STATES or message_id in self.handled:
+            raise ActionRefused(f"message {message_id} is {state}")
+        self.handled[message_id] = Handled(message_id, CLOCK, who.actor, note)
+        self.record_audit(
+            action="mark-handled",
+            actor=who.actor,
+            source=who.source,
+            message_id=message_id,
+            outcome="ok",
+            peer=who.peer,
+        )
+        return self.handled[message_id]
 
     def record_audit(self, **entry: object) -> None:
         self.audit.append(entry)

@@ -1,5 +1,5 @@
-"""``/api/messages``: search and show metadata; the payload on purpose, audited; replay and resend
-for admins, audited, refusals too."""
+"""``/api/messages``: search and show metadata; the payload on purpose, audited; replay, resend and
+mark handled for admins, audited, refusals too."""
 
 from __future__ import annotations
 
@@ -137,14 +137,17 @@ def test_replay_unknown_is_404_and_unprocessed_is_409(
     assert refused.status_code == 409 and "is processing" in refused.json()["detail"]
 
 
-@pytest.mark.parametrize("action", ["replay", "resend"])
-def test_viewer_may_not_replay_or_resend_and_the_refusal_is_audited(
-    client: TestClient, viewer: dict[str, str], messages: FakeMessages, action: str
+@pytest.mark.parametrize(
+    ("path", "action"), [("replay", "replay"), ("resend", "resend"), ("handled", "mark-handled")]
+)
+def test_viewer_may_not_replay_resend_or_mark_handled_and_the_refusal_is_audited(
+    client: TestClient, viewer: dict[str, str], messages: FakeMessages, path: str, action: str
 ) -> None:
-    assert client.post(f"/api/messages/1/{action}", headers=viewer).status_code == 403
+    assert client.post(f"/api/messages/1/{path}", headers=viewer).status_code == 403
     [entry] = messages.audit
     assert (entry["action"], entry["actor"], entry["outcome"]) == (action, "test-viewer", "refused")
     assert entry["message_id"] == 1 and len(messages.views) == 3 and messages.resends == []
+    assert messages.handled == {}
 
 
 def test_resend_dead_deliveries_or_one_destination(

@@ -110,3 +110,68 @@ def test_replay_all_destinations_is_asked_by_query(
         if v is not None
     }
     assert channels == {plain["message_id"]: "replay", everywhere["message_id"]: "replay-all"}
+
+
+def test_mark_handled_is_the_consoles_action_for_admins_audited_with_the_token_subject(
+    client: TestClient, store: SqlMessageStore, token: Callable[[str], str]
+) -> None:
+    """``POST /api/messages/{id}/handled``: the console's "mark handled" (the same store action,
+    audited ``mark-handled``), admins only as replay and resend; the message keeps its state."""
+    admin, integration = bearer(token("admin")), bearer(token("integration"))
+    first, second = _dead(store, 1), _dead(store, 2)
+    path = f"/api/messages/{first}/handled"
+    refused = client.post(path, headers=integration, json={"note": "x"})
+    assert (refused.status_code, refused.json()) == (403, {"detail": "requires the admin role"})
+    done = client.post(path, headers=admin, json={"note": "  called the lab  "})
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert {k: body[k] for k in ("message_id", "handled_by", "note")} == {
+        "message_id": first,
+        "handled_by": "test-admin",
+        "note": "called the lab",
+    }
+    assert body["handled_at"].endswith("Z") or body["handled_at"].endswith("+00:00")
+    mark = store.handled_marks([first])[first]
+    assert (mark.handled_by, mark.note) == ("test-admin", "called the lab")
+    view = store.get(first)
+    assert view is not None and view.state == "dead"
+    again = client.post(path, headers=admin, json={"note": "twice"})
+    assert again.status_code == 409
+    assert again.json()["detail"].startswith(f"message {first} was marked handled by test-admin")
+    # no body at all: a mark without a note
+    bare = client.post(f"/api/messages/{second}/handled", headers=admin)
+    assert bare.status_code == 200 and bare.json()["note"] is None
+    entries = store.audit_entries(limit=10)
+    assert {e.peer for e in entries} == {"testclient:50000"}
+    trail = [(e.action, e.actor, e.source, e.message_id, e.outcome) for e in entries]
+    assert trail == [
+        ("mark-handled", "test-admin", "api", second, "ok"),
+        ("mark-handled", "test-admin", "api", first, "refused"),
+        ("mark-handled", "test-admin", "api", first, "ok"),
+        ("mark-handled", "test-integration", "api", first, "refused"),
+    ]
+
+
+def test_mark_handled_refuses_a_message_in_another_state_naming_it(
+    client: TestClient, store: SqlMessageStore, token: Callable[[str], str]
+) -> None:
+    """Only an error, dead, unrouted or needs-patient message is marked: another answers 409
+    with its state; an unknown id 404; a note past 500 characters or a body that is not the
+    note 422 (nothing recorded)."""
+    admin = bearer(token("admin"))
+    [received] = store.save_batch(
+        [Incoming(raw=b"MSH|^~\\&|A|B|||20260102||ADT^A08|H1|P|2.5.1\r", channel="mllp")]
+    )
+    answer = client.post(f"/api/messages/{received.id}/handled", headers=admin, json={})
+    assert answer.status_code == 409
+    assert answer.json()["detail"] == (
+        f"message {received.id} is received: only a message that is error, dead, unrouted, "
+        "needs-patient is marked handled"
+    )
+    unknown = client.post("/api/messages/999999/handled", headers=admin, json={"note": "n"})
+    assert (unknown.status_code, unknown.json()) == (404, {"detail": "no message 999999"})
+    dead = _dead(store, 1)
+    for bad in ({"note": "x" * 501}, {"note": 7}, ["note"]):
+        answer = client.post(f"/api/messages/{dead}/handled", headers=admin, json=bad)
+        assert answer.status_code == 422, bad
+    assert store.handled_marks([received.id, dead]) == {}
