@@ -403,18 +403,30 @@ class ConsoleStats(Repository):
         with self.db_engine.connect() as own:
             yield own
 
-    def dashboard_figures(
-        self, span: str, day_ahead: date, now: datetime | None = None
-    ) -> DashboardFigures:
-        """The dashboard's figures (routes, destinations, messages received, ``day_ahead``'s
-        eligibility) read on one connection."""
+    def dashboard_traffic(
+        self, span: str, now: datetime | None = None
+    ) -> tuple[list[RouteFigures], ReceivedFigures]:
+        """What the hour and the day carried (per route and destination; messages received and
+        the rate), on one connection: reads that grow with the window's traffic, which the
+        console therefore reads less often than :meth:`dashboard_now`."""
         now = now or utcnow()
         with self.db_engine.connect() as conn:
-            return DashboardFigures(
-                routes=self.route_figures(now, conn=conn),
-                destinations=self.destination_figures(now, conn=conn),
-                received=self.received_figures(span, now, conn=conn),
-                eligibility=self.eligibility_summary(day_ahead, conn=conn),
+            return (
+                self.route_figures(now, conn=conn),
+                self.received_figures(span, now, conn=conn),
+            )
+
+    def dashboard_now(
+        self, day_ahead: date, now: datetime | None = None
+    ) -> tuple[dict[str, DestinationFigures], dict[str, int]]:
+        """Where things stand now (each destination's queue, dead letters, breaker, last error)
+        and ``day_ahead``'s eligibility, on one connection: reads that grow with what waits,
+        not with the traffic."""
+        now = now or utcnow()
+        with self.db_engine.connect() as conn:
+            return (
+                self.destination_figures(now, conn=conn),
+                self.eligibility_summary(day_ahead, conn=conn),
             )
 
     def route_figures(

@@ -113,4 +113,9 @@ def test_figures_are_read_once_every_few_seconds(
     store.save_batch([Incoming(raw=b"MSH|", channel="mllp")])
     assert cells(client.get("/console/").text, "received")[0][0] == "0"  # read 0 s ago
     monkeypatch.setattr(pages_dashboard, "CACHE_S", 0.0)
+    page = client.get("/console/").text
+    # the queue and the rest are read again, the traffic's counts only once a minute
+    assert cells(page, "received")[0][0] == "0"
+    assert "the hour's and the day's counts" in page
+    monkeypatch.setattr(pages_dashboard, "TRAFFIC_S", 0.0)
     assert cells(client.get("/console/").text, "received")[0][0] == "1"

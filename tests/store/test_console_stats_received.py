@@ -67,16 +67,20 @@ def test_route_figures_count_the_hour_within_the_day(store: SqlMessageStore) -> 
     assert (fhir.day.made, fhir.day.delivered, fhir.day.queued) == (4, 3, 1)
 
 
-def test_the_dashboard_reads_its_figures_on_one_connection(store: SqlMessageStore) -> None:
+def test_the_dashboard_reads_each_part_of_its_figures_on_one_connection(
+    store: SqlMessageStore,
+) -> None:
     for n, hours, state in ((1, 0.1, "routed"), (2, 2.0, "error"), (3, 5.0, "routed")):
         _received(store, n, hours_ago=hours, state=state)
     checkouts: list[int] = []
     event.listen(store.db_engine.pool, "checkout", lambda *_: checkouts.append(1))
     now = datetime.now(UTC)
-    figures = store.dashboard_figures("day", now.date(), now)
+    routes, received = store.dashboard_traffic("day", now)
     assert len(checkouts) == 1
-    assert figures.received == store.received_figures("day", now)
-    assert figures.routes == store.route_figures(now)
-    assert figures.destinations == store.destination_figures(now)
-    assert figures.eligibility == store.eligibility_summary(now.date()) == {}
-    assert sum(figures.received.day.values()) == 3 and figures.received.hour == {"routed": 1}
+    destinations, eligibility = store.dashboard_now(now.date(), now)
+    assert len(checkouts) == 2
+    assert received == store.received_figures("day", now)
+    assert routes == store.route_figures(now)
+    assert destinations == store.destination_figures(now)
+    assert eligibility == store.eligibility_summary(now.date()) == {}
+    assert sum(received.day.values()) == 3 and received.hour == {"routed": 1}
