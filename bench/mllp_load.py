@@ -4,16 +4,19 @@ waiting for the ACK (as an EHR does), measuring each ACK's latency.
 ``python -m bench.mllp_load PORT SENDERS COUNT [RATE]`` prints one JSON line: messages, seconds,
 rate, p50/p99 latency in ms, and how many ACKs were AA/CA. With RATE (messages/s over all
 senders) the messages are paced (an open-loop offered load, the senders staggered so that the
-messages are evenly spaced) instead of sent back to back.
+messages are evenly spaced) instead of sent back to back. With ``MLLP_LOAD_ACKS=FILE`` in the
+environment it also writes each ACK's wall-clock time to FILE, one a line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 START, END = b"\x0b", b"\x1c\r"
 
@@ -33,6 +36,7 @@ async def sender(
     interval: float,
     latencies: list[float],
     codes: list[str],
+    acked: list[float],
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
     loop = asyncio.get_running_loop()
@@ -50,6 +54,7 @@ async def sender(
         writer.write(START + payload + END)
         ack = await reader.readuntil(END)
         latencies.append(time.perf_counter() - start)
+        acked.append(time.time())
         # the MSA segment, not "MSA|" anywhere: python-hl7's random MSH-10 may end in "MSA"
         msa = ack.split(b"\rMSA|", 1)[1][:2] if b"\rMSA|" in ack else b"??"
         codes.append(msa.decode())
@@ -60,12 +65,16 @@ async def sender(
 async def main(port: int, senders: int, count: int, rate: float) -> dict[str, float]:
     latencies: list[float] = []
     codes: list[str] = []
+    acked: list[float] = []
     per = count // senders
     interval = senders / rate if rate else 0.0
     start = time.perf_counter()
     await asyncio.gather(
-        *(sender(port, s, senders, per, interval, latencies, codes) for s in range(senders))
+        *(sender(port, s, senders, per, interval, latencies, codes, acked) for s in range(senders))
     )
+    if os.environ.get("MLLP_LOAD_ACKS"):
+        # each ACK's wall-clock time, one a line: for a caller that compares time slots
+        Path(os.environ["MLLP_LOAD_ACKS"]).write_text("".join(f"{t:.6f}\n" for t in acked))
     elapsed = time.perf_counter() - start
     latencies.sort()
     q = statistics.quantiles(latencies, n=100)
