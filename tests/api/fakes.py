@@ -159,14 +159,7 @@ class FakeMessages:
             original, id=new_id, state="received", deliveries=()
         )
         self.views[message_id] = dataclasses.replace(original, state="replayed")
-        self.record_audit(
-            action="replay",
-            actor=who.actor,
-            source=who.source,
-            message_id=message_id,
-            outcome="ok",
-            peer=who.peer,
-        )
+        self._audit_ok("replay", who, message_id)
         return Replayed(new_id, message_id, original.state)
 
     def resend(self, message_id: int, who: Who, destination: str | None = None) -> ResendOutcome:
@@ -175,14 +168,7 @@ class FakeMessages:
         if destination is not None and destination not in known:
             raise UnknownDestination(f"message {message_id} has no destination {destination!r}")
         self.resends.append((message_id, destination))
-        self.record_audit(
-            action="resend",
-            actor=who.actor,
-            source=who.source,
-            message_id=message_id,
-            outcome="ok",
-            peer=who.peer,
-        )
+        self._audit_ok("resend", who, message_id)
         return ResendOutcome(message_id, ((destination or "dest-1", 7, 2),))
 
     def mark_handled(self, message_id: int, who: Who, note: str | None = None) -> Handled:
@@ -190,18 +176,22 @@ class FakeMessages:
         if state not in HANDLEABLE_STATES or message_id in self.handled:
             raise ActionRefused(f"message {message_id} is {state}")
         self.handled[message_id] = Handled(message_id, CLOCK, who.actor, note)
+        self._audit_ok("mark-handled", who, message_id)
+        return self.handled[message_id]
+
+    def record_audit(self, **entry: object) -> None:
+        self.audit.append(entry)
+
+    def _audit_ok(self, action: str, who: Who, message_id: int) -> None:
+        """A successful action on a message, recorded as the store records it."""
         self.record_audit(
-            action="mark-handled",
+            action=action,
             actor=who.actor,
             source=who.source,
             message_id=message_id,
             outcome="ok",
             peer=who.peer,
         )
-        return self.handled[message_id]
-
-    def record_audit(self, **entry: object) -> None:
-        self.audit.append(entry)
 
 
 class FakeHealth:

@@ -6,8 +6,10 @@ refreshes itself with."""
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -113,9 +115,32 @@ def test_figures_are_read_once_every_few_seconds(
     store.save_batch([Incoming(raw=b"MSH|", channel="mllp")])
     assert cells(client.get("/console/").text, "received")[0][0] == "0"  # read 0 s ago
     monkeypatch.setattr(pages_dashboard, "CACHE_S", 0.0)
+    monkeypatch.setattr(pages_dashboard, "READ_SHARE", 0.0)
     page = client.get("/console/").text
     # the queue and the rest are read again, the traffic's counts only once a minute
     assert cells(page, "received")[0][0] == "0"
     assert "the hour's and the day's counts" in page
     monkeypatch.setattr(pages_dashboard, "TRAFFIC_S", 0.0)
     assert cells(client.get("/console/").text, "received")[0][0] == "1"
+
+
+def test_a_slow_read_is_made_less_often(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part that took T s to read is not read again for READ_SHARE * T s, even when its own
+    period has passed (a queue grown to a hundred thousand deliveries costs ~1 % at most)."""
+    from types import SimpleNamespace
+
+    from engine.console import pages_dashboard
+
+    request: Any = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace()))
+    reads: list[int] = []
+
+    def slow_read() -> int:
+        time.sleep(0.02)
+        reads.append(1)
+        return len(reads)
+
+    assert pages_dashboard._cached(request, "queue", 0.0, slow_read) == 1
+    # its period (0 s) is over, but 100 x 0.02 s is not
+    assert pages_dashboard._cached(request, "queue", 0.0, slow_read) == 1
+    monkeypatch.setattr(pages_dashboard, "READ_SHARE", 0.0)
+    assert pages_dashboard._cached(request, "queue", 0.0, slow_read) == 2
