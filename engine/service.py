@@ -35,10 +35,13 @@ from engine.errors import ConfigError
 from engine.flow.config import LoadedConfig, Reloader, follow_reloads, load_running_config
 from engine.flow.ingest import Ingest, Receipt
 from engine.flow.worker import run_workers
+from engine.mappings.document_types import document_types
 from engine.memory import keep_little_freed_memory
 from engine.metrics import EngineMetrics, reset_multiprocess_dir
 from engine.pressure import IngestPressure
 from engine.retry import backoff_s
+from engine.runtime import freeze_loaded
+from engine.runtime import run as run_loop
 from engine.settings import Settings
 from engine.startup import (
     check_files,
@@ -200,8 +203,10 @@ class Engine:
             max_connections_per_peer=settings.max_connections_per_peer,
             ssl_context=_mllp_tls(settings),
         )
-        # documents (POST /documents and the watched folder): stored before accepted, like messages
-        self.documents = DocumentIntake.from_settings(self.store, settings)
+        # documents (POST /documents, the watched folder): stored before accepted, like messages;
+        # by the running configuration's type table (a reload swaps it: _apply_config)
+        types = document_types(config.mappings)
+        self.documents = DocumentIntake.from_settings(self.store, settings, types)
         app = create_app(
             settings,
             auth=auth,
@@ -228,10 +233,12 @@ class Engine:
         self._workers: BaseProcess | None = None
 
     def _apply_config(self, config: LoadedConfig, running: Settings) -> None:
-        """Switch to a reloaded configuration: the gate before the ACK at once, the worker
-        process by a restart on its snapshot (it finishes what it holds first)."""
+        """Switch to a reloaded configuration: the gate before the ACK and the intake's document
+        type table (uploads, the watched folder) at once, the worker process by a restart on
+        its snapshot (it finishes what it holds first)."""
         self._running = running
         self.ingest.routes = config.gate
+        self.documents.use_document_types(document_types(config.mappings))
         self.metrics.watch_backlog(self.store.backlog, destinations=config.routes.destinations)
         self.alerts_gauge.rules = _alert_rules(running)
         if self._loop is not None:
@@ -421,4 +428,5 @@ def serve(settings: Settings, on_started: Callable[[Engine], None] | None = None
 
     with startup_signals():
         engine = Engine(settings)
-        asyncio.run(main(engine))
+        freeze_loaded()  # what start-up loaded is not walked by every later collection
+        run_loop(main(engine))

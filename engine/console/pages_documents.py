@@ -93,15 +93,18 @@ def _displays(site_dir: FilePath | None) -> dict[str, str]:
 def _type_choices(request: Request) -> list[tuple[str, str]] | None:
     """The document types the intake takes, as (code, name); None: any code (no table)."""
     intake = _intake(request)
-    if intake is None or intake.document_types is None:
+    codes = intake.document_types if intake is not None else None  # a reload swaps them
+    if intake is None or codes is None:
         return None
-    context = getattr(request.app.state, "context", None)
-    site = getattr(getattr(context, "settings", None), "mappings_dir", None)
-    try:
-        names = _displays(site)
-    except Exception:  # the intake took the table at start; names are a nicety
-        names = {}
-    return sorted(((c, names.get(c, c)) for c in intake.document_types), key=lambda t: t[1])
+    names = intake.type_names
+    if not names:  # an intake given the codes alone: the names from the files
+        context = getattr(request.app.state, "context", None)
+        site = getattr(getattr(context, "settings", None), "mappings_dir", None)
+        try:
+            names = _displays(site)
+        except Exception:  # the intake has its table; names are a nicety
+            names = {}
+    return sorted(((c, names.get(c, c)) for c in codes), key=lambda t: t[1])
 
 
 def _zone(request: Request) -> ZoneInfo:

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from engine.documents.sniff import DocumentRefused, RefusalKind, media_type_of, sniff
@@ -48,6 +48,9 @@ from engine.store.documents import (
     RefusedDocument,
     StoredDocument,
 )
+
+if TYPE_CHECKING:
+    from engine.mappings.document_types import DocumentTypes
 
 __all__ = [
     "Accepted",
@@ -298,10 +301,15 @@ def load_document_types(settings: Settings) -> frozenset[str] | None:
 class DocumentIntake:
     """Takes documents in: spool, check, commit (see the module docstring).
 
-    ``document_types``: the codes a document's type must be one of (None: any code matching
-    ``^[a-z0-9][a-z0-9-]{0,63}$``). ``on_stored`` is called after each commit (to wake a
-    worker in this process; the worker process polls the store).
+    ``document_types``: the site's document type table
+    (:class:`~engine.mappings.document_types.DocumentTypes`) or the codes a document's type must
+    be one of (None: any code matching ``^[a-z0-9][a-z0-9-]{0,63}$``); a reload swaps it
+    (:meth:`use_document_types`). ``on_stored`` is called after each commit (to wake a worker
+    in this process; the worker process polls the store).
     """
+
+    #: the codes a document's type must be one of (None: any) and their names, by code
+    _types: tuple[frozenset[str] | None, dict[str, str]]
 
     def __init__(
         self,
@@ -310,34 +318,59 @@ class DocumentIntake:
         max_bytes: int,
         spool_dir: Path,
         timezone: str = "America/New_York",
-        document_types: Collection[str] | None = None,
+        document_types: DocumentTypes | Collection[str] | None = None,
         on_stored: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.max_bytes = max_bytes
         self.spool_dir = spool_dir
         self.zone = ZoneInfo(timezone)
-        self.document_types = frozenset(document_types) if document_types is not None else None
+        self.use_document_types(document_types)
         self.on_stored = on_stored
         self._group = _GroupCommit(store)
         self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
     def from_settings(
-        cls, store: DocumentStore, settings: Settings, **kwargs: Any
+        cls, store: DocumentStore, settings: Settings, types: DocumentTypes | None = None
     ) -> DocumentIntake:
-        """The intake of ``engine serve``: the cap, spool folder, time zone and document type
-        table from the settings (a broken table stops start-up naming it)."""
+        """The intake of ``engine serve``: the cap, spool folder and time zone from the
+        settings; the document type table given (the running configuration's), else read from
+        the settings' mapping folder (a broken table stops start-up naming it)."""
+        if types is None:
+            from engine.mappings.document_types import load_document_types as load_table
+
+            types = load_table(settings.mappings_dir)
         intake = cls(
             store,
             max_bytes=settings.max_document_bytes,
             spool_dir=settings.var_dir / "spool",
             timezone=settings.timezone,
-            document_types=load_document_types(settings),
-            **kwargs,
+            document_types=types,
         )
         intake.clean_spool()
         return intake
+
+    def use_document_types(self, types: DocumentTypes | Collection[str] | None) -> None:
+        """Take a (reloaded) document type table: its codes and their names swapped as one
+        reference, so a document being checked sees the old table or the new, never a mix."""
+        from engine.mappings.document_types import DocumentTypes
+
+        if isinstance(types, DocumentTypes):
+            names = {code: t.display for code, t in types.types.items()}
+            self._types = (frozenset(names) or None, names)
+        else:
+            self._types = (frozenset(types) if types is not None else None, {})
+
+    @property
+    def document_types(self) -> frozenset[str] | None:
+        """The codes a document's type must be one of (None: any code of the right shape)."""
+        return self._types[0]
+
+    @property
+    def type_names(self) -> dict[str, str]:
+        """Each type's name people read, by code (empty when given the codes alone)."""
+        return self._types[1]
 
     def clean_spool(self) -> None:
         """Remove spooled files a crashed receiver left (never accepted: their senders were
@@ -616,9 +649,9 @@ class DocumentIntake:
         doc_type = (fields.document_type or "").strip()
         if not doc_type:
             problems.append("document_type is missing")
-        elif self.document_types is not None:
-            if doc_type not in self.document_types:
-                known = ", ".join(sorted(self.document_types))
+        elif (codes := self._types[0]) is not None:
+            if doc_type not in codes:
+                known = ", ".join(sorted(codes))
                 problems.append(
                     f"document_type {doc_type[:64]!r} is not in the site's document type table"
                     f" (tables/document_types.yaml; known: {known})"
