@@ -40,8 +40,6 @@ from engine.memory import keep_little_freed_memory
 from engine.metrics import EngineMetrics, reset_multiprocess_dir
 from engine.pressure import IngestPressure
 from engine.retry import backoff_s
-from engine.runtime import freeze_loaded
-from engine.runtime import run as run_loop
 from engine.settings import Settings
 from engine.startup import (
     check_files,
@@ -428,5 +426,4 @@ def serve(settings: Settings, on_started: Callable[[Engine], None] | None = None
 
     with startup_signals():
         engine = Engine(settings)
-        freeze_loaded()  # what start-up loaded is not walked by every later collection
-        run_loop(main(engine))
+        asyncio.run(main(engine))
