@@ -7,15 +7,18 @@ not marked handled), its circuit breaker (as the worker nodes report it: engine/
 writes each opening and closing) and its last error; the messages received (and refused) in
 the hour and day; the ingest rate as a server-drawn SVG sparkline (the last 24 hours by hour,
 ``?span=hour``: the last hour by minute); tomorrow's eligibility verdicts (where the practice
-is, ENGINE_TIMEZONE); and the alerts raised (engine/alerts/state.py, when that part is there).
+is, ENGINE_TIMEZONE); the alerts raised (engine/alerts/state.py, when that part is there); and the
+nodes (engine/store/cluster.py): which one leads (runs the scheduled jobs), each one's role and
+last heartbeat, and the configuration generation each runs against the one last published, a
+node behind it flagged.
 
 The figures refresh themselves: console.js fetches ``/console/dashboard/live`` (the same
 figures, without the page around them) every 15 seconds, as the ``data-refresh`` attribute
 says; no inline script. Every query is bounded by time and indexed (engine/store/
 console_stats.py). The reads that grow with traffic (the hour's and the day's counts, the rate)
 are made at most once a minute per node, whatever the number of open dashboards; the queue,
-dead letters, breakers, last errors, eligibility and alerts every 5 s (the page says when each
-was read). Nothing here names a patient (counts, destinations, PHI-free errors), so
+dead letters, breakers, last errors, eligibility, alerts and nodes every 5 s (the page says when
+each was read). Nothing here names a patient (counts, destinations, PHI-free errors), so
 views are not audited.
 
 Viewers and integration users (and admins) see it.
@@ -42,6 +45,7 @@ from engine.console.auth import ConsoleUser, ConsoleUserDep
 from engine.console.pages_messages import local_time, store_of
 from engine.console.render import environment, render
 from engine.store import SqlMessageStore
+from engine.store.cluster import ClusterState
 from engine.store.console_stats import DashboardFigures, DestinationFigures, RouteFigures
 
 __all__ = ["OpsUserDep", "require_any", "router", "sparkline"]
@@ -190,6 +194,16 @@ def _alerts(store: SqlMessageStore) -> list[Any]:
         return []
 
 
+def _cluster(store: SqlMessageStore) -> ClusterState | None:
+    """The nodes, the leader and the configuration generations, or None when they could not be
+    read (the dashboard still shows the rest)."""
+    try:
+        return store.cluster_state()
+    except Exception as exc:
+        log.warning("nodes not read", extra={"error": type(exc).__name__})
+        return None
+
+
 def _tomorrow(zone: str, now: datetime) -> date:
     return now.astimezone(ZoneInfo(zone)).date() + timedelta(days=1)
 
@@ -249,6 +263,7 @@ def _figures(request: Request, store: SqlMessageStore, zone: str, span: str) -> 
             datetime.now(UTC),
         ),
     )
+    cluster = _cached(request, "cluster", CACHE_S, lambda: _cluster(store))
     figures = DashboardFigures(routes, destinations, received, eligibility)
     hour, day = received.hour, received.day
     return {
@@ -263,6 +278,8 @@ def _figures(request: Request, store: SqlMessageStore, zone: str, span: str) -> 
         "tomorrow": day_ahead.isoformat(),
         "eligibility": [(VERDICTS.get(k, k), k, n) for k, n in eligibility.items()],
         "alerts": alerts,
+        "cluster": cluster,
+        "local": lambda at: local_time(at, zone),
         "updated": local_time(now, zone),
         "traffic_updated": local_time(traffic_at, zone),
         "refresh_s": REFRESH_S,

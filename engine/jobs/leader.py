@@ -137,8 +137,11 @@ class Leadership:
             finally:
                 self.leading = False
             return
+        # the lock's session carries the node's id (PostgreSQL keeps 63 characters of it), so
+        # pg_locks and pg_stat_activity say which node leads (engine/store/cluster.py)
+        named = {**_KEEPALIVES, "application_name": self.node[:63]}
         self._lock_engine = create_engine(
-            self.db_engine.url, poolclass=NullPool, connect_args=_KEEPALIVES
+            self.db_engine.url, poolclass=NullPool, connect_args=named
         )
         try:
             while not stop.is_set():

@@ -17,6 +17,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from engine.store.audit import Audit
+from engine.store.cluster import Cluster
 from engine.store.console_stats import ConsoleStats
 from engine.store.db import BUSY_TIMEOUT_MS
 from engine.store.deliveries import Deliveries
@@ -50,6 +51,7 @@ class SqlMessageStore(
     DocumentActions,
     Audit,
     Nodes,
+    Cluster,
     Documents,
     ConsoleStats,
     HandledMarks,

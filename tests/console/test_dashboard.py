@@ -1,10 +1,11 @@
 """The console's dashboard on the real app and store (SQLite and PostgreSQL): figures per route
 and destination by window, the queue and its oldest, dead letters, breakers, last errors, the
 messages received, the SVG sparkline, tomorrow's eligibility, alerts, and the fragment the page
-refreshes itself with."""
+refreshes itself with, and the nodes: who leads, heartbeats, configuration generations."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -16,8 +17,9 @@ import pytest
 from sqlalchemy import update
 
 from engine.api.auth import Role
+from engine.jobs.leader import Leadership
 from engine.store import Incoming, SqlMessageStore
-from engine.store.tables import deliveries, eligibility_checks
+from engine.store.tables import config_generation, deliveries, eligibility_checks, nodes
 from tests.console.test_messages_page_support import ZONE, cells, client_for, dead_message, text_of
 
 
@@ -144,3 +146,80 @@ def test_a_slow_read_is_made_less_often(monkeypatch: pytest.MonkeyPatch) -> None
     assert pages_dashboard._cached(request, "queue", 0.0, slow_read) == 1
     monkeypatch.setattr(pages_dashboard, "READ_SHARE", 0.0)
     assert pages_dashboard._cached(request, "queue", 0.0, slow_read) == 2
+
+
+def _nodes(html: str) -> dict[str, list[str]]:
+    return {row[0]: row for row in cells(html, "nodes")}
+
+
+def _two_generations_later(store: SqlMessageStore) -> tuple[str, str]:
+    """Two worker nodes (one dead for 3 minutes) and generation 2, published a minute ago: taken
+    by a receiver, refused by the live worker's own reloader (an ``engine worker``: same
+    process), not answered by a receiver that stopped at generation 1. (live, dead)"""
+    live, dead = store.register_node("worker"), store.register_node("worker")
+    store.publish_config("d1", "hostR:10:aa")
+    assert store.publish_config("d2", "hostR:10:aa") == 2
+    store.record_config("hostR:10:aa", 2, "d2", "applied")
+    store.record_config(f"{live.rsplit(':', 1)[0]}:bb", 2, "d2", "refused", "files differ")
+    store.record_config("hostS:11:cc", 1, "d1", "applied")
+    ago = datetime.now(UTC) - timedelta(minutes=3)
+    with store.db_engine.begin() as conn:
+        conn.execute(update(nodes).where(nodes.c.id == dead).values(heartbeat_at=ago))
+        conn.execute(update(config_generation).values(at=ago + timedelta(minutes=2)))
+    return live, dead
+
+
+def test_nodes_the_leader_and_each_nodes_configuration(
+    store: SqlMessageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.console import pages_dashboard
+
+    monkeypatch.setattr(pages_dashboard, "CACHE_S", 0.0)
+    monkeypatch.setattr(pages_dashboard, "READ_SHARE", 0.0)
+    client = client_for(store, tmp_path, Role.VIEWER)
+    empty = text_of(client.get("/console/").text)
+    assert "No node leads now" in empty and "no reload published yet" in empty
+    assert "No worker node is running" in empty
+    live, dead = _two_generations_later(store)
+    pages: list[str] = []
+    stop = asyncio.Event()
+
+    async def lead(term: asyncio.Event) -> None:  # while the live node leads: the page
+        pages.append((await asyncio.to_thread(client.get, "/console/dashboard/live")).text)
+        stop.set()
+
+    async def main() -> None:
+        # on PostgreSQL the real election: the lock's session carries the node's id
+        leadership = Leadership(store.db_engine, live, poll_s=0.1)
+        await asyncio.wait_for(leadership.run(stop, lead), 30)
+
+    if store.db_engine.dialect.name == "postgresql":  # no node campaigns: none leads
+        assert "No node leads now" in text_of(client.get("/console/").text)
+    asyncio.run(main())
+    [page] = pages
+    rows = _nodes(page)
+    assert list(rows) == [live, dead, "hostR:10:aa", "hostS:11:cc"]
+    assert rows[live][1:3] == ["worker", rows[live][2]] and rows[live][5] == "leader"
+    assert rows[live][4].endswith(" s ago") and "dead" not in rows[live][4]
+    assert rows[live][6] == "behind: refused generation 2: files differ"
+    assert rows[dead][4].endswith("ago: dead") and rows[dead][5] == "" and rows[dead][6] == ""
+    assert rows["hostR:10:aa"][1:3] == ["receiver", "hostR"]
+    assert rows["hostR:10:aa"][6] == "generation 2"
+    assert rows["hostS:11:cc"][6].startswith("generation 1: behind, no answer to 2")
+    text = text_of(page)
+    assert f"runs the scheduled jobs: eligibility, pulls, retention, alerts): {live}" in text
+    assert "Configuration generation 2" in text and "published by hostR:10:aa at" in text
+    assert "2 nodes behind" in text
+
+
+def test_a_generation_just_published_is_being_taken_not_behind(store: SqlMessageStore) -> None:
+    store.publish_config("d1", "hostR:10:aa")
+    store.record_config("hostR:10:aa", 1, "d1", "applied")
+    store.publish_config("d2", "hostS:11:bb")
+    store.record_config("hostS:11:bb", 2, "d2", "applied")
+    state = store.cluster_state()
+    assert [(n.id, n.role, n.config_state) for n in state.nodes] == [
+        ("hostR:10:aa", "receiver", "taking"),
+        ("hostS:11:bb", "receiver", "current"),
+    ]
+    assert state.same_generation and state.generation == 2 and state.leader is None
