@@ -15,6 +15,8 @@ rolling back, never stored under a hash that is not its own. A document refused 
 PDF or image, an encrypted PDF, over the size cap, bad metadata) is still recorded, as a
 ``messages`` row of kind ``document`` in state ``error`` with the reason: its bytes kept when they
 were all received, the first 4 KiB when it was over the cap (as an oversize MLLP frame is).
+Retention purges a refusal, and the bytes it kept when nothing else needs them, after the
+retention period, as it purges delivered messages (:func:`purge_documents_of`).
 """
 
 from __future__ import annotations
@@ -476,27 +478,39 @@ class Documents(Repository):
             yield bytes(data)
 
 
-def _refused_hashes(conn: Connection, candidates: set[str]) -> set[str]:
-    """Of ``candidates``, the SHA-256s whose bytes a refused upload still keeps (its ``messages``
-    row, kind ``document`` in state ``error``, names them in its JSON): refusals are never
-    purged, so neither are the bytes they kept."""
+def _kept_by_refusal(raw: bytes) -> str | None:
+    """The SHA-256 of the bytes a refused upload kept (its ``messages`` row's raw, the JSON
+    :meth:`Documents.refuse_document` writes), or None: not a refusal, or none kept."""
+    try:
+        body = orjson.loads(bytes(raw))
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict) or "refused" not in body or not body.get("bytes_kept"):
+        return None
+    sha = body.get("sha256")
+    return sha if isinstance(sha, str) else None
+
+
+def _refused_hashes(conn: Connection, candidates: set[str], purged: set[int]) -> set[str]:
+    """Of ``candidates``, the SHA-256s whose bytes a refusal that stays still keeps (a row of
+    kind ``document`` in state ``error``, or ``replayed`` by an operator, not among ``purged``):
+    its bytes go only with the last refusal (or document) that names them."""
     kept: set[str] = set()
     rows = conn.execute(
-        select(messages.c.raw).where(messages.c.kind == "document", messages.c.state == "error")
+        select(messages.c.id, messages.c.raw).where(
+            messages.c.kind == "document", messages.c.state.in_(("error", "replayed"))
+        )
     )
-    for (raw,) in rows:
-        try:
-            sha = orjson.loads(bytes(raw)).get("sha256")
-        except (orjson.JSONDecodeError, AttributeError):
-            continue
-        if sha in candidates:
+    for mid, raw in rows:
+        if mid not in purged and (sha := _kept_by_refusal(raw)) in candidates:
             kept.add(sha)
     return kept
 
 
 def purge_documents_of(conn: Connection, message_ids: Sequence[int]) -> set[str]:
-    """Retention, in the transaction that purges ``message_ids``: their documents go with them,
-    and so do the bytes no other document (nor a kept refusal) still needs. Returns the SHA-256s
+    """Retention, in the transaction that purges ``message_ids`` (messages of kind
+    ``document``): their documents go with them, and so do the bytes no other document (nor a
+    refusal that stays) still needs, a purged refusal's kept bytes too. Returns the SHA-256s
     whose bytes are files (beside SQLite): the caller removes them once its transaction has
     committed (:meth:`BlobFiles.remove`), never before. A document whose message is not purged
     (waiting for its patient, dead, replayed onto a copy that is not delivered) keeps its row
@@ -504,19 +518,30 @@ def purge_documents_of(conn: Connection, message_ids: Sequence[int]) -> set[str]
     if not message_ids:
         return set()
     rows = conn.execute(
-        select(documents.c.id, documents.c.sha256).where(documents.c.message_id.in_(message_ids))
+        select(documents.c.id, documents.c.message_id, documents.c.sha256).where(
+            documents.c.message_id.in_(message_ids)
+        )
     ).all()
-    if not rows:
-        return set()
-    conn.execute(delete(documents).where(documents.c.id.in_([r.id for r in rows])))
+    if rows:
+        conn.execute(delete(documents).where(documents.c.id.in_([r.id for r in rows])))
     hashes = {r.sha256 for r in rows}
+    # the refusals among them (no document row): the bytes each kept, named in its raw
+    placed = {r.message_id for r in rows}
+    refusals = [m for m in message_ids if m not in placed]
+    if refusals:
+        for raw in conn.execute(select(messages.c.raw).where(messages.c.id.in_(refusals))):
+            if (sha := _kept_by_refusal(raw[0])) is not None:
+                hashes.add(sha)
+    if not hashes:
+        return set()
     still = set(
         conn.execute(
             select(documents.c.sha256).where(documents.c.sha256.in_(hashes)).distinct()
         ).scalars()
     )
     gone = hashes - still
-    gone -= _refused_hashes(conn, gone)
+    if gone:
+        gone -= _refused_hashes(conn, gone, set(message_ids))
     if not gone:
         return set()
     files = set(

@@ -40,7 +40,7 @@ from engine.store.db import Repository, aware, id_list, utcnow
 from engine.store.deliveries import NewDelivery, deliveries_of, queue_deliveries
 from engine.store.documents import purge_documents_of
 from engine.store.index import IndexedResource, upsert_resources
-from engine.store.tables import deliveries, messages
+from engine.store.tables import deliveries, documents, messages
 from engine.store.views import MessageView
 
 __all__ = ["Incoming", "MessageStore", "Processed", "Stored"]
@@ -496,13 +496,16 @@ class MessageStore(Repository):
         self, older_than: timedelta, id_range: tuple[int, int] | None = None
     ) -> int:
         """Retention: delete messages delivered (or unrouted) before the cutoff, with their
-        deliveries, and replayed originals whose copies are delivered or gone (a chain of
-        replays goes one link a run). Messages not delivered (received, routed, error, dead)
-        are never purged, nor the original of a copy that is not delivered yet. A purged
-        document message takes its document along, and its bytes when nothing else needs them
+        deliveries, replayed originals whose copies are delivered or gone (a chain of replays
+        goes one link a run), and refused document uploads (kind ``document``, state ``error``,
+        no document: the sender was told, nothing waits on them) refused before the cutoff.
+        Other messages not delivered (received, routed, error, dead) are never purged, nor the
+        original of a copy that is not delivered yet. A purged document message takes its
+        document along, a refusal the bytes it kept, each only when nothing else needs them
         (``purge_documents_of``). ``id_range`` (after, up to): only ids after the first and up
         to the second (one short transaction of a batched purge, engine/jobs/retention.py)."""
         cutoff = utcnow() - older_than
+        placed = select(documents.c.id).where(documents.c.message_id == messages.c.id).exists()
         copy = messages.alias("copy")
         unfinished_copy = (
             select(copy.c.id)
@@ -512,21 +515,23 @@ class MessageStore(Repository):
             )
             .exists()
         )
-        query = select(messages.c.id).where(
+        query = select(messages.c.id, messages.c.kind).where(
             or_(
                 messages.c.state.in_(("delivered", "unrouted")),
                 and_(messages.c.state == "replayed", ~unfinished_copy),
+                and_(messages.c.kind == "document", messages.c.state == "error", ~placed),
             ),
             messages.c.updated_at < cutoff,
         )
         if id_range is not None:  # the primary key's range: read from its index alone
             query = query.where(messages.c.id > id_range[0], messages.c.id <= id_range[1])
         with self._tx() as conn:
-            ids = list(conn.execute(query).scalars())
-            if not ids:
+            rows = conn.execute(query).all()
+            if not rows:
                 return 0
+            ids = [r.id for r in rows]
             conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(ids)))
-            files = purge_documents_of(conn, ids)
+            files = purge_documents_of(conn, [r.id for r in rows if r.kind == "document"])
             conn.execute(delete(messages).where(messages.c.id.in_(ids)))
         blobs = BlobFiles.for_engine(self.db_engine)
         if files and blobs is not None:  # committed: the files' rows are gone for good

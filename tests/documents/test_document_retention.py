@@ -101,4 +101,4 @@ def test_the_bytes_a_refusal_kept_stay(store: SqlMessageStore, tmp_path: Path) -
 
     assert store.purge_delivered(timedelta(days=30)) == 1
     assert _documents(store) == 0
-    assert _blobs(store, sha) == (1, True)  # the refusal, never purged, still names them
+    assert _blobs(store, sha) == (1, True)  # the refusal, within its retention, still names them
