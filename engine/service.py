@@ -40,6 +40,8 @@ from engine.memory import keep_little_freed_memory
 from engine.metrics import EngineMetrics, reset_multiprocess_dir
 from engine.pressure import IngestPressure
 from engine.retry import backoff_s
+from engine.runtime import event_loop_name, freeze_loaded
+from engine.runtime import run as run_loop
 from engine.settings import Settings
 from engine.startup import (
     check_files,
@@ -239,6 +241,7 @@ class Engine:
         self.documents.use_document_types(document_types(config.mappings))
         self.metrics.watch_backlog(self.store.backlog, destinations=config.routes.destinations)
         self.alerts_gauge.rules = _alert_rules(running)
+        freeze_loaded()  # the replaced configuration freed, the running one frozen
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._reload_workers.set)
 
@@ -408,6 +411,7 @@ def serve(settings: Settings, on_started: Callable[[Engine], None] | None = None
     # the worker process and the adapters that resolve route-file paths use the same home
     os.environ["ENGINE_HOME"] = str(settings.home)
     keep_little_freed_memory()  # before any thread starts (engine/memory.py)
+    event_loop_name()  # ENGINE_EVENT_LOOP checked before anything starts (ConfigError)
 
     async def main(engine: Engine) -> None:
         stop = asyncio.Event()
@@ -426,4 +430,5 @@ def serve(settings: Settings, on_started: Callable[[Engine], None] | None = None
 
     with startup_signals():
         engine = Engine(settings)
-        asyncio.run(main(engine))
+        freeze_loaded()  # what start-up loaded is not walked by every later collection
+        run_loop(main(engine))

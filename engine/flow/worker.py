@@ -40,6 +40,8 @@ from typing import Any
 
 from engine.memory import keep_little_freed_memory
 from engine.metrics import EngineMetrics
+from engine.runtime import freeze_loaded
+from engine.runtime import run as run_loop
 from engine.settings import Settings
 
 __all__ = ["keep_node", "run_workers", "serve_workers"]
@@ -109,6 +111,7 @@ async def serve_workers(
         on_change=partial(metrics.record_leader, node) if metrics is not None else None,
     )
     lead = partial(_lead, settings, store, node, routes, processor.wake, metrics)
+    freeze_loaded()  # what start-up loaded (mappings, routes, models) is not walked again
     tasks = [
         asyncio.create_task(processor.run(stop), name="processor"),
         asyncio.create_task(dispatcher.run(stop), name="dispatcher"),
@@ -484,4 +487,4 @@ def run_workers(
             follow.cancel()
             shared.dispose()
 
-    asyncio.run(main())
+    run_loop(main())
