@@ -9,16 +9,42 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-__all__ = ["Engine", "free_port", "send_stream"]
+__all__ = ["Engine", "engine_cli", "free_port", "send_stream", "wait_for"]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def engine_cli(var: Path, *args: str) -> str:
+    """``engine ARGS`` in the home ``var`` (its var folder too), as an admin types it: its
+    output, stripped; a failure fails the test (CalledProcessError)."""
+    env = {**os.environ, "ENGINE_VAR_DIR": str(var), "ENGINE_HOME": str(var)}
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        env=env,
+        cwd=var,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float) -> bool:
+    """Whether ``check`` came true within ``timeout_s`` (asked every 0.2 s)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False
 
 
 class Engine:

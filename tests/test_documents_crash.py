@@ -12,9 +12,6 @@ must be created exactly once.
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +23,7 @@ import pytest
 from engine.sim.epic import StubEpicServer, running_stub_epic
 from engine.sim.epic_fhir import MRN_SYSTEM
 from engine.sim.pdf import synthetic_pdf
-from tests.serve_support import Engine
+from tests.serve_support import Engine, engine_cli
 
 ROUTES = """
 destinations:
@@ -48,20 +45,6 @@ MRNS = ("DEMO1001", "DEMO1002", "DEMO1003")
 DOCUMENTS = 48
 
 
-def _cli(var: Path, *args: str) -> str:
-    env = {**os.environ, "ENGINE_VAR_DIR": str(var), "ENGINE_HOME": str(var)}
-    done = subprocess.run(
-        [sys.executable, "-m", "engine", *args],
-        env=env,
-        cwd=var,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return done.stdout.strip()
-
-
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[tuple[Engine, StubEpicServer, str]]:
     var = tmp_path / "var"
@@ -73,8 +56,8 @@ def setup(tmp_path: Path) -> Iterator[tuple[Engine, StubEpicServer, str]]:
         (routes / "epic.yaml").write_text(ROUTES.format(base=epic.base_url, mrn_system=MRN_SYSTEM))
         engine = Engine(var, routes, {"ENGINE_HOME": str(var)})
         epic.state.register("crash-test", f"http://127.0.0.1:{engine.http}/.well-known/jwks.json")
-        _cli(var, "keys", "create")
-        token = _cli(var, "token", "--role", "integration").splitlines()[-1]
+        engine_cli(var, "keys", "create")
+        token = engine_cli(var, "token", "--role", "integration").splitlines()[-1]
         try:
             yield engine, epic, token
         finally:

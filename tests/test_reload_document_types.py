@@ -6,19 +6,16 @@ invalid table is refused with the file named, and the running table stays."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from engine.sim.pdf import synthetic_pdf
-from tests.serve_support import Engine
+from tests.serve_support import Engine, engine_cli, wait_for
 
 ROUTES = """
 destinations:
@@ -48,29 +45,6 @@ INVALID = (
     athena: {class: NOSUCHCLASS}
 """
 )
-
-
-def _cli(var: Path, *args: str) -> str:
-    env = {**os.environ, "ENGINE_VAR_DIR": str(var), "ENGINE_HOME": str(var)}
-    done = subprocess.run(
-        [sys.executable, "-m", "engine", *args],
-        env=env,
-        cwd=var,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return done.stdout.strip().splitlines()[-1]
-
-
-def _wait_for(check: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 class Site:
@@ -130,8 +104,8 @@ class Site:
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
     running = Site(tmp_path)
-    running.token = _cli(running.var, "token", "--role", "integration")
-    running.admin = _cli(running.var, "token", "--role", "admin")
+    running.token = engine_cli(running.var, "token", "--role", "integration").splitlines()[-1]
+    running.admin = engine_cli(running.var, "token", "--role", "admin").splitlines()[-1]
     running.engine.start()
     try:
         yield running
@@ -149,13 +123,13 @@ def test_a_reload_applies_a_changed_document_type_table(site: Site) -> None:
 
     (site.mappings / "tables" / "document_types.yaml").write_text(WOUND_PHOTO)
     proc.send_signal(signal.SIGHUP)
-    assert _wait_for(lambda: "configuration reloaded" in site.log(), 30), site.log()[-2000:]
+    assert wait_for(lambda: "configuration reloaded" in site.log(), 30), site.log()[-2000:]
     accepted = site.upload("wound-photo")
     assert accepted.status_code == 201, accepted.text
     assert site.drop("wound-photo") == "done"
     assert site.upload("consent").status_code == 201  # the built-in types stay
     # the worker, restarted on the reloaded files, maps the new type to a DocumentReference
-    assert _wait_for(lambda: len(_chart(site.chart)) == 3, 60), "not delivered"
+    assert wait_for(lambda: len(_chart(site.chart)) == 3, 60), "not delivered"
     types = sorted(doc["type"]["text"] for doc in _chart(site.chart))
     assert types == ["Consent", "Wound photo", "Wound photo"]
 

@@ -9,14 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.flow.test_pass_through import ORU, raw
-from tests.serve_support import Engine
+from tests.serve_support import Engine, wait_for
 
 ADT_ONLY = """\
 destinations:
@@ -61,16 +60,6 @@ def ack_code(port: int, message: bytes) -> str:
             buf += chunk
     msa = next(seg for seg in buf.strip(b"\x0b\x1c\r").split(b"\r") if seg.startswith(b"MSA|"))
     return msa.split(b"|")[1].decode()
-
-
-def wait_for(check: object, timeout_s: float) -> bool:
-    assert callable(check)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 @pytest.fixture
