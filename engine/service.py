@@ -53,7 +53,7 @@ from engine.startup import (
 from engine.store import SqlMessageStore
 from engine.store.nodes import new_node_id
 
-__all__ = ["Engine", "serve"]
+__all__ = ["Engine", "keep_receiver", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +305,9 @@ class Engine:
         )
         checkpoints = asyncio.create_task(self.store.checkpoints(stop), name="checkpoints")
         follow = asyncio.create_task(follow_reloads(self.reloader, stop), name="follow-reloads")
+        # the receiver's node (its reloader's id): its heartbeat, stopped after ``follow``
+        stopping = asyncio.Event()
+        heart = asyncio.create_task(keep_receiver(self.store, self.reloader.node, stopping))
         inbox = self._watched_folder()
         folder = asyncio.create_task(inbox.run(stop), name="inbox") if inbox else None
         http_task = asyncio.create_task(self.http.serve(sockets=http_sockets))
@@ -339,6 +342,8 @@ class Engine:
                 await checkpoints
             with contextlib.suppress(asyncio.CancelledError):
                 await follow
+            stopping.set()  # its row and its configuration row deleted
+            await heart
             if folder is not None:
                 # it stops at its next look once ``stop`` is set, a file being taken finished
                 # (cancelled, the file stays: committed or not, a re-take is stored once)
@@ -400,6 +405,33 @@ class Engine:
             proc.kill()
         if proc.pid is not None:
             self.metrics.forget_process(proc.pid)  # no longer counted as a running worker
+
+
+async def keep_receiver(store: SqlMessageStore, node: str, stop: asyncio.Event) -> None:
+    """The receiver's node (role ``receiver``, engine/store/nodes.py): registered, its heartbeat
+    beaten every HEARTBEAT_S until ``stop``, then its row and its configuration row deleted (a
+    killed receiver's heartbeat grows old instead: the console shows it dead). It claims
+    nothing, so nothing is taken over from it. A database away for a moment: beaten again at
+    the next turn (the row is recorded again if it was gone)."""
+    from engine.store.nodes import HEARTBEAT_S
+
+    try:
+        await asyncio.to_thread(store.register_node, "receiver", node)
+    except Exception as exc:
+        log.warning("receiver node not registered", extra={"error": type(exc).__name__})
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), HEARTBEAT_S)
+        if stop.is_set():
+            break
+        try:
+            await asyncio.to_thread(store.heartbeat, node, "receiver")
+        except Exception as exc:
+            log.warning("receiver heartbeat failed", extra={"error": type(exc).__name__})
+    try:
+        await asyncio.to_thread(store.forget_node, node)
+    except Exception as exc:  # its heartbeat grows old: shown dead, pruned after a day
+        log.warning("receiver node not forgotten", extra={"error": type(exc).__name__})
 
 
 def serve(settings: Settings, on_started: Callable[[Engine], None] | None = None) -> None:

@@ -399,6 +399,15 @@ def _worker_reloader(
     return reloader, db_engine
 
 
+async def _stop_following(follow: asyncio.Task[None], reloader: Any, shared: Any) -> None:
+    """``engine worker``'s clean stop: its reloader stops following, and its configuration row
+    goes with its worker's node (the console no longer lists it: engine/store/cluster.py)."""
+    follow.cancel()
+    with contextlib.suppress(Exception):
+        await asyncio.to_thread(reloader.generations.forget_node, reloader.node)
+    shared.dispose()
+
+
 async def _first_of(*events: asyncio.Event, then: asyncio.Event) -> None:
     """Set ``then`` as soon as any of ``events`` is set."""
     waits = [asyncio.create_task(e.wait()) for e in events]
@@ -484,7 +493,6 @@ def run_workers(
             relay.cancel()
         watcher.cancel()
         if follow is not None:
-            follow.cancel()
-            shared.dispose()
+            await _stop_following(follow, reloader, shared)
 
     run_loop(main())

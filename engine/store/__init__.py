@@ -7,7 +7,7 @@ messages      received messages: group commit, claims for processing, showing, r
 deliveries    the queues per (destination, patient): claims, outcomes, upkeep, backlog
 index         the FHIR resource index the jobs read
 eligibility   eligibility checks (X12 270/271)
-nodes         the worker processes' heartbeats, takeover of dead ones' claims, singleton job runs
+nodes         heartbeats (worker processes, receivers), takeover of dead ones' claims, job runs
 cluster       the nodes as the console shows them: heartbeats, the leader, configuration generations
 identity      the tag naming the shared database (PostgreSQL) in a file destination's names
 search        the operator's message list: filters, keyset paging, failing destinations

@@ -1,28 +1,30 @@
-"""Who runs the engine, for the console's dashboard (issue 14): the worker nodes with their
-heartbeats, the one that holds the scheduler's leadership, and the configuration generation each
-node runs, beside the one last published.
+"""Who runs the engine, for the console's dashboard (issue 14): the nodes (worker processes and
+``engine serve`` receivers) with their heartbeats, the one that holds the scheduler's
+leadership, and the configuration generation each node runs, beside the one last published.
 
 Three small reads, cheap at any traffic (none touches messages or deliveries): the ``nodes``
-rows (one per running worker process; a stopped one deletes its own, a dead one is deleted a
-day after its last heartbeat, engine/store/nodes.py), the one ``config_generation`` row and the
-``config_applied`` rows (one per node that has taken or refused a generation), and on
-PostgreSQL the holder of the leader's advisory lock from ``pg_locks`` (engine/jobs/leader.py:
-the lock's connection carries the node's id as its ``application_name``). On SQLite there is
-one node and its live worker leads.
+rows (one per running worker process and per running receiver; a stopped one deletes its own,
+a dead one is deleted a day after its last heartbeat, engine/store/nodes.py), the one
+``config_generation`` row and the ``config_applied`` rows (one per node that has taken or
+refused a generation), and on PostgreSQL the holder of the leader's advisory lock from
+``pg_locks`` (engine/jobs/leader.py: the lock's connection carries the node's id as its
+``application_name``). On SQLite there is one node and its live worker leads.
 
 Which node runs which generation: ``config_applied`` names the process that follows the
 generation (engine/flow/config.py's ``Reloader``): an ``engine worker`` is one process, so its
-row shares its worker node's ``host:pid``; an ``engine serve`` follows it in its receiver, whose
-worker process (the ``nodes`` row) runs the receiver's configuration. A receiver's row is listed
-as a node of its own (role ``receiver``), without a heartbeat.
+row shares its worker node's ``host:pid``; an ``engine serve`` follows it in its receiver, a
+node of its own (role ``receiver``, the row's id), whose worker process (a ``worker`` node)
+runs the receiver's configuration. Every node, a receiver too, beats its heartbeat every 2 s
+and is alive while it is younger than :data:`~engine.store.nodes.DEAD_AFTER` (10 s): a killed
+``engine serve`` shows its receiver dead, and a stopped one is gone with its configuration row
+(engine/service.py's ``keep_receiver``). A configuration row without a node (an engine older
+than the receiver's heartbeat) is listed as a receiver whose heartbeat is not known.
 
 A running node answers a new generation within seconds (it polls it every 3 s and records that
 it took it, or why it refused it), so a row that has not answered it :data:`ANSWER_S` after it
-was published belongs to a node that is behind: stopped (its row stays), or not following.
-
-Incomplete: a receiver has no heartbeat of its own, so a stopped ``engine serve``'s row is told
-from a running one only by whether it answered the last generation; rows are listed for
-:data:`SHOWN_FOR` after their last record when they have not taken the current generation.
+was published belongs to a node that is behind: stopped (killed: its row stays until it is
+pruned), or not following. Rows without a node are listed for :data:`SHOWN_FOR` after their
+last record when they have not taken the current generation.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ __all__ = ["ANSWER_S", "SHOWN_FOR", "ClusterState", "NodeState"]
 #: a running node takes (or refuses) a new generation within this many seconds of it being
 #: published (it looks every 3 s: engine/flow/config.py's FOLLOW_EVERY_S)
 ANSWER_S = 15.0
-#: a node's configuration row that is not the current generation's is listed this long after it
-#: was last written (as long as a dead worker node's row is kept)
+#: a configuration row without a node that is not the current generation's is listed this long
+#: after it was last written (as long as a dead node's row is kept)
 SHOWN_FOR = FORGET_AFTER
 
 
@@ -52,14 +54,14 @@ class NodeState:
     """One node as the dashboard shows it."""
 
     id: str
-    #: ``worker`` (a ``nodes`` row: it claims work and campaigns to lead) or ``receiver`` (an
-    #: ``engine serve`` known only by its configuration row)
+    #: ``worker`` (it claims work and campaigns to lead) or ``receiver`` (an ``engine
+    #: serve``'s listeners, which follow the configuration)
     role: str
     host: str
     started_at: datetime | None = None
-    #: seconds since its last heartbeat (None: a receiver, which has none)
+    #: seconds since its last heartbeat (None: not known, a configuration row without a node)
     heartbeat_age_s: float | None = None
-    #: its heartbeat is recent (None: not known, a receiver)
+    #: its heartbeat is younger than DEAD_AFTER (None: not known)
     alive: bool | None = None
     leader: bool = False
     #: the generation it runs or refused, and ``applied``, ``refused`` or ``differs`` (None: it
@@ -103,12 +105,13 @@ _NODES = select(
 _GENERATION = select(
     config_generation.c.generation, config_generation.c.node, config_generation.c.at
 ).where(config_generation.c.id == 1)
-#: the nodes' configuration rows worth showing: the current generation's, and the others for a
-#: while after they were written (a stopped node's stays)
+#: the nodes' configuration rows worth showing: the current generation's, a receiver's (its id is
+#: a node's), and the others for a while after they were written
 _APPLIED = select(config_applied).where(
     or_(
         config_applied.c.generation >= bindparam("current"),
         config_applied.c.at >= bindparam("since"),
+        config_applied.c.node.in_(select(nodes.c.id)),
     )
 )
 _NOW_WHERE = text("SELECT now(), current_database(), current_schema()")

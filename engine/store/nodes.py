@@ -9,6 +9,11 @@ queues blocked for the claims' own time-outs (5 minutes for processing, 10 for a
 stay as the fallback for a claim without an owner. A node that stops cleanly gives its claims
 back itself (:meth:`Nodes.forget_node`).
 
+An ``engine serve``'s receiver (its listeners; its worker is a process and a node of its own) is
+a node too, of role ``receiver``: it claims nothing, but it beats the same heartbeat, so the
+console tells a running one from a stopped or killed one (engine/store/cluster.py). Its id is
+the one its configuration row (``config_applied``) carries.
+
 Safety: a claim is released only when its owner is dead by that rule, never a live node's; and
 a node thought dead that comes back cannot record a late outcome over the new owner's
 (``finish_batch`` and ``record_outcomes`` keep an outcome only while its claim is still the
@@ -147,6 +152,12 @@ _GIVE_BACK_DELIVERIES = (
     .values(claimed_until=None, claimed_by=None)
 )
 
+#: the rows of nodes dead for a day (FORGET_AFTER), their configuration rows first
+_FORGET_CONFIGS = delete(config_applied).where(
+    config_applied.c.node.in_(select(nodes.c.id).where(nodes.c.heartbeat_at < bindparam("gone")))
+)
+_FORGET_NODES = delete(nodes).where(nodes.c.heartbeat_at < bindparam("gone"))
+
 
 class Nodes(Repository):
     """Registering nodes, their heartbeats, taking over dead nodes' claims, singleton runs."""
@@ -159,7 +170,8 @@ class Nodes(Repository):
         return utcnow()
 
     def register_node(self, role: str, node_id: str | None = None) -> str:
-        """Record a running node (``worker``) with a fresh heartbeat; its id."""
+        """Record a running node (``worker``, or ``receiver``: an ``engine serve``'s listeners,
+        which claim nothing) with a fresh heartbeat; its id."""
         node = node_id or new_node_id()
         host, pid = socket.gethostname()[:255], os.getpid()
         with self._tx() as conn:
@@ -172,28 +184,31 @@ class Nodes(Repository):
             )
         return node
 
-    def heartbeat(self, node_id: str) -> bool:
-        """Beat the node's heartbeat; False when its row was gone (it is recorded again, but
-        its claims may have been taken over meanwhile)."""
+    def heartbeat(self, node_id: str, role: str = "worker") -> bool:
+        """Beat the node's heartbeat; False when its row was gone (it is recorded again, as
+        ``role``, but its claims may have been taken over meanwhile)."""
         with self._tx() as conn:
             now = self._db_now(conn)
             if conn.execute(_HEARTBEAT, {"node": node_id, "now": now}).rowcount:
                 return True
-        self.register_node("worker", node_id)
+        self.register_node(role, node_id)
         return False
 
     def forget_node(self, node_id: str) -> TakenOver:
-        """A node stopping cleanly: its claims given back at once and its row deleted."""
+        """A node stopping cleanly: its claims given back at once, its row and its configuration
+        row (a receiver's, or an ``engine worker``'s reloader's) deleted."""
         with self._tx() as conn:
             released = conn.execute(_GIVE_BACK_MESSAGES, {"node": node_id, "now": utcnow()})
             leased = conn.execute(_GIVE_BACK_DELIVERIES, {"node": node_id})
             conn.execute(delete(nodes).where(nodes.c.id == node_id))
+            conn.execute(delete(config_applied).where(config_applied.c.node == node_id))
         return TakenOver((node_id,), int(released.rowcount or 0), int(leased.rowcount or 0))
 
     def take_over(self, dead_after: timedelta = DEAD_AFTER) -> TakenOver:
         """Release the claims of every node whose heartbeat is older than ``dead_after``, and of
         owners without a row (gone; or claims made before nodes existed). A live node's claims
-        are never touched. Rows of nodes dead for a day are deleted."""
+        are never touched. Rows of nodes dead for a day are deleted, with their configuration
+        rows."""
         with self._tx() as conn:
             now = self._db_now(conn)
             cutoff = now - dead_after
@@ -203,7 +218,9 @@ class Nodes(Repository):
                 params = {"owners": dead, "cutoff": cutoff, "now": now}
                 n_messages = int(conn.execute(_TAKE_MESSAGES, params).rowcount or 0)
                 n_deliveries = int(conn.execute(_TAKE_DELIVERIES, params).rowcount or 0)
-            conn.execute(delete(nodes).where(nodes.c.heartbeat_at < now - FORGET_AFTER))
+            gone = {"gone": now - FORGET_AFTER}
+            conn.execute(_FORGET_CONFIGS, gone)
+            conn.execute(_FORGET_NODES, gone)
         return TakenOver(tuple(dead), n_messages, n_deliveries)
 
     # -- singleton jobs ----------------------------------------------------------------------
