@@ -40,18 +40,21 @@ def open_store() -> Any:
     """
     from sqlalchemy.exc import SQLAlchemyError
 
+    from engine.audit.key import audit_key_for
     from engine.errors import ConfigError
     from engine.settings import load_settings
     from engine.store import SqlMessageStore, create_db_engine
     from engine.store.db import connection_problem
 
-    url = load_settings().resolved_database_url()
+    settings = load_settings()
+    url = settings.resolved_database_url()
     database = _sqlite_file(url)
     if database is not None and not database.is_file():
         raise ConfigError(
             f"no engine database at {database}: start the engine once with `engine serve`, "
             "or set ENGINE_HOME / ENGINE_DATABASE_URL"
         )
+    key = audit_key_for(settings)  # an unfit key file: a ConfigError before the database
     db_engine = create_db_engine(url)
     store = SqlMessageStore(db_engine)
     try:
@@ -62,6 +65,7 @@ def open_store() -> Any:
                 "engine once with `engine serve` on it, or set ENGINE_HOME / ENGINE_DATABASE_URL"
             )
         store.migrate()  # an older engine's schema is brought up to date
+        store.use_audit_key(key)
     except SQLAlchemyError as exc:
         raise connection_problem(db_engine, exc) from exc
     return store

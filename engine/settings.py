@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     #: keeps documentation that long); the oldest records are pruned behind the hash chain's
     #: anchor (engine/store/audit.py). Read by the worker's retention loop.
     audit_retention_days: int = Field(2190, ge=1)
+    #: the audit trail's key (engine/audit/key.py): a file of exactly 32 bytes, mode 0600, outside
+    #: the database and the repository; its HMAC-SHA256 hashes the chain's records, so whoever
+    #: can write the database but not read this file cannot forge them. Default
+    #: ``var_dir/audit-key``, made (32 random bytes, 0600) on first use; nodes sharing one
+    #: database must share this file. Read by the receiver, the worker and the CLI.
+    audit_key_file: Path | None = None
     #: alerts (engine/alerts, rules in ``routes_dir/alerts.yaml``): seconds between two
     #: evaluations. Read by the worker's alerts loop (engine/jobs/alerts.py).
     alerts_interval_s: float = Field(60.0, ge=1, le=3600)

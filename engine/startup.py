@@ -190,13 +190,16 @@ def open_database(settings: Settings) -> tuple[DbEngine, SqlMessageStore]:
     """The store, reached and migrated; a failure names ENGINE_DATABASE_URL and where it points."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from engine.audit.key import audit_key_for
     from engine.store import SqlMessageStore, create_db_engine
     from engine.store.db import connection_problem
 
+    key = audit_key_for(settings)  # an unfit key file stops the start before the database
     db_engine = create_db_engine(settings.resolved_database_url())
     store = SqlMessageStore(db_engine)
     try:
         store.migrate()
+        store.use_audit_key(key)
     except SQLAlchemyError as exc:
         db_engine.dispose()
         raise connection_problem(db_engine, exc) from exc

@@ -217,3 +217,67 @@ def test_verify_prints_the_anchor_and_finds_it_moved_by_hand(store: SqlMessageSt
     code, _, err = cli("audit", "verify")
     assert code == 1
     assert "the chain's anchor" in err and "anchored at seq 3" in err
+
+
+def test_the_audit_key_never_appears_in_the_cli_output(
+    store: SqlMessageStore,
+    cli,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    import base64
+
+    mid = _routed(store, "a")
+    outputs = [cli("messages", "show", str(mid))]
+    secret = (tmp_path / "var" / "audit-key").read_bytes()  # made by the CLI's first command
+    assert len(secret) == 32
+    outputs += [
+        cli("audit", "list"),
+        cli("audit", "list", "--json"),
+        cli("audit", "verify"),
+        cli("audit", "export", "--since", "2000-01-01"),
+    ]
+    assert all(code == 0 for code, _, _ in outputs), outputs
+    shown = "".join(out + err for _, out, err in outputs)
+    assert "HMAC-SHA256 with key id" in shown and '"valueString": "HMAC-SHA256"' in shown
+    for form in (secret.hex(), secret.hex().upper(), base64.b64encode(secret).decode()):
+        assert form not in shown
+    assert secret.decode("latin-1") not in shown
+
+
+def test_verify_with_another_nodes_key_names_both_key_ids(
+    store: SqlMessageStore,
+    cli,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    from engine.audit.key import key_id_of
+
+    cli("messages", "show", str(_routed(store, "a")))
+    path = tmp_path / "var" / "audit-key"
+    mine = key_id_of(path.read_bytes())
+    other = tmp_path / "other-key"
+    other.write_bytes(bytes(range(32)))
+    other.chmod(0o600)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("ENGINE_AUDIT_KEY_FILE", str(other))
+        code, _, err = cli("audit", "verify")
+    assert code == 1
+    assert (
+        f"records from seq 1 were made with key id {mine}, this node's key is "
+        f"{key_id_of(bytes(range(32)))}" in err
+    )
+    assert "ENGINE_AUDIT_KEY_FILE" in err and bytes(range(32)).hex() not in err
+
+
+def test_an_unfit_key_file_is_one_line_naming_it(
+    store: SqlMessageStore, cli, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "var" / "audit-key"
+    path.parent.mkdir()
+    path.write_bytes(b"short\n")
+    path.chmod(0o600)
+    code, out, err = cli("audit", "verify")
+    assert code != 0 and out == ""
+    assert f"ENGINE_AUDIT_KEY_FILE: {path} holds 6 bytes" in err and "short" not in err
+    path.chmod(0o644)
+    code, _, err = cli("audit", "list")
+    assert code != 0 and f"{path} is open to group or others (mode 0644)" in err

@@ -20,6 +20,7 @@ logout, session-expired         ``DCM#110114`` / ``DCM#110123`` Logout / E
 user-add, -change, -disable     ``DCM#110113`` Security Alert / ``DCM#110137`` User Security
                                 Attributes Changed / C or U
 reload                          ``DCM#110113`` / ``DCM#110131`` Software Configuration / E
+audit-key                       ``DCM#110113`` / ``DCM#110129`` Security Configuration / E
 view-audit, export-audit,       ``DCM#110101`` Audit Log Used / R, E, D
 prune-audit
 alert                           ``DCM#110100`` Application Activity / E
@@ -33,9 +34,10 @@ the server (this engine); ``source.observer`` the engine, source type
 ``security-source-type#4`` Application Server; entities: the patient (``audit-entity-type#1``
 Person, ``object-role#1`` Patient, the patient key as an identifier), the message
 (``#2`` System Object, ``object-role#4`` Domain Resource) and the chain record itself (its seq
-and hashes, ``object-role#13`` Security Resource), so an export can be checked against the
-store. The BALP profiles fix ``outcome`` to success: a refused or failed event claims no
-profile.
+and hashes, the hash's algorithm, ``HMAC-SHA256`` or, for a record of before the audit key,
+``SHA-256``, and the key id of a keyed one; ``object-role#13`` Security Resource), so an export
+can be checked against the store (by whoever holds the key, for keyed records). The BALP
+profiles fix ``outcome`` to success: a refused or failed event claims no profile.
 
 Incomplete: the BALP ``X-Request-Id`` transaction entity (the engine keeps no request id), and
 agents as Device/Practitioner resources (identifiers only).
@@ -49,7 +51,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from engine.audit.chain import ChainRecord
+from engine.audit.chain import ChainRecord, algorithm
 
 __all__ = ["BALP", "audit_event", "write_ndjson"]
 
@@ -124,6 +126,7 @@ SHAPES: dict[str, _Shape] = {
     "user-change": _Shape(_ALERT_TYPE, _USER_ATTRS, "U"),
     "user-disable": _Shape(_ALERT_TYPE, _USER_ATTRS, "U"),
     "reload": _Shape(_ALERT_TYPE, _coding(DCM, "110131", "Software Configuration"), "E"),
+    "audit-key": _Shape(_ALERT_TYPE, _coding(DCM, "110129", "Security Configuration"), "E"),
     "view-audit": _Shape(_AUDIT_USED, None, "R"),
     "export-audit": _Shape(_AUDIT_USED, None, "E"),
     "prune-audit": _Shape(_AUDIT_USED, None, "D"),
@@ -250,9 +253,12 @@ def _entities(r: ChainRecord, shape: _Shape) -> list[dict[str, Any]]:
             {"type": "seq", "valueString": str(r.seq)},
             {"type": "prev_hash", "valueString": r.prev_hash},
             {"type": "hash", "valueString": r.hash},
+            {"type": "algorithm", "valueString": algorithm(r.key_id)},
             {"type": "source", "valueString": r.source},
         ],
     }
+    if r.key_id:
+        record["detail"].append({"type": "key_id", "valueString": r.key_id})
     if r.detail:
         record["detail"].append({"type": "detail", "valueString": r.detail})
     entities.append(record)

@@ -67,6 +67,7 @@ async def serve_workers(
     ``metrics``: where routing and delivery outcomes are counted, or None.
     """
     from engine.adapters.registry import build_destination, load_routes
+    from engine.audit.key import audit_key_for
     from engine.flow.deliver import Dispatcher
     from engine.flow.process import Processor
     from engine.jobs.leader import Leadership
@@ -80,6 +81,7 @@ async def serve_workers(
     db_engine = create_db_engine(settings.resolved_database_url(), durable=False)
     store = SqlMessageStore(db_engine)
     await asyncio.to_thread(store.migrate)
+    await asyncio.to_thread(store.use_audit_key, audit_key_for(settings))
     node = await asyncio.to_thread(store.register_node, "worker")
     log.info("worker node registered", extra={"node": node})
     # the store's tag (PostgreSQL: the database's identity), shared by every node of it, so a
@@ -382,6 +384,7 @@ def _worker_reloader(
     published a reload (its generation, followed every few seconds), the files are read and
     checked on their snapshot, and only when all of them are valid does the next round start on
     that snapshot (so what runs is what was checked). The reloader and its database engine."""
+    from engine.audit.key import audit_key_for
     from engine.flow.config import LoadedConfig, Reloader, load_config
     from engine.store import SqlMessageStore, create_db_engine
     from engine.store.nodes import new_node_id
@@ -395,6 +398,7 @@ def _worker_reloader(
     db_engine = create_db_engine(settings.resolved_database_url(), durable=False)
     store = SqlMessageStore(db_engine)
     store.migrate()
+    store.use_audit_key(audit_key_for(settings))
     reloader.share(store, new_node_id())
     return reloader, db_engine
 

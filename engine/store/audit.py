@@ -5,8 +5,11 @@ documents), logins and user changes, from the CLI (the OS user), the API (the to
 the console (the session's user), refused ones included (outcome ``refused``). Each row names
 the patient key whose data was seen or sent, never the data itself.
 
-Append-only and tamper-evident (issue 13): every record is chained to the one before by a hash
-(engine/audit/chain.py). :func:`audit` appends in the *caller's* transaction, so an action and
+Append-only and tamper-evident (issue 13): every record is chained to the one before by a hash,
+HMAC-SHA256 with the audit key (engine/audit/chain.py, engine/audit/key.py). The key is bound to
+the database engine (:func:`bind_audit_key`, by :meth:`Audit.use_audit_key` where the engine and
+the CLI open their store; a store opened elsewhere reads the key the settings name on its first
+append). :func:`audit` appends in the *caller's* transaction, so an action and
 its record commit together; the place in the chain is taken under a lock, so the chain never
 forks however many nodes share the database:
 
@@ -26,7 +29,9 @@ retention never touches this table.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Generator, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -36,6 +41,7 @@ from typing import Any, Protocol
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Engine,
     Row,
     bindparam,
     delete,
@@ -53,9 +59,10 @@ from engine.audit.chain import (
     ChainRecord,
     Verified,
     anchor_detail,
-    record_hash,
+    keyed_hash,
     verify_chain,
 )
+from engine.audit.key import AuditKey, audit_key_for
 from engine.errors import EngineError
 from engine.store.clean import clean
 from engine.store.db import Repository, aware, utcnow
@@ -73,6 +80,7 @@ __all__ = [
     "AuditQuery",
     "AuditSearchTimeout",
     "audit",
+    "bind_audit_key",
     "search_detail",
 ]
 
@@ -111,6 +119,8 @@ ACTIONS = frozenset(
         "alert",
         # retention deleted the oldest records (the trail's own)
         "prune-audit",
+        # the engine opened an unkeyed chain with its audit key: keyed from this record on
+        "audit-key",
     }
 )
 #: where an action came from
@@ -133,7 +143,11 @@ _SET_HEAD = (
     .where(audit_chain.c.id == 1)
     .values(head_seq=bindparam("s"), head_hash=bindparam("h"))
 )
-_SET_HASH = update(audit_log).where(audit_log.c.id == bindparam("rid")).values(hash=bindparam("h"))
+_SET_HASH = (
+    update(audit_log)
+    .where(audit_log.c.id == bindparam("rid"))
+    .values(hash=bindparam("h"), key_id=bindparam("k"))
+)
 #: built once (a hot statement): the hash is set once the id is known, since it covers the id
 _INSERT = (
     insert(audit_log)
@@ -142,7 +156,30 @@ _INSERT = (
     )
     .returning(audit_log.c.id)
 )
-_RECORD = select(*(audit_log.c[name] for name in (*FIELDS, "prev_hash", "hash")))
+_RECORD = select(*(audit_log.c[name] for name in (*FIELDS, "prev_hash", "hash", "key_id")))
+_NEWEST_KEY = select(audit_log.c.seq, audit_log.c.key_id).order_by(audit_log.c.seq.desc()).limit(1)
+
+#: the audit key of each database engine (a weak map: an engine dropped drops its entry)
+_KEYS: weakref.WeakKeyDictionary[Engine, AuditKey] = weakref.WeakKeyDictionary()
+_KEYS_LOCK = threading.Lock()
+
+
+def bind_audit_key(db_engine: Engine, key: AuditKey) -> None:
+    """Hash the records appended through ``db_engine`` with ``key`` (and verify with it)."""
+    with _KEYS_LOCK:
+        _KEYS[db_engine] = key
+
+
+def _key_of(db_engine: Engine) -> AuditKey:
+    """The key bound to ``db_engine``; unbound, the one the settings name (read once)."""
+    engine: Engine = getattr(db_engine, "_proxied", db_engine)  # an engine with options
+    with _KEYS_LOCK:
+        key = _KEYS.get(engine)
+        if key is None:
+            from engine.settings import load_settings
+
+            key = _KEYS[engine] = audit_key_for(load_settings())
+    return key
 
 
 class AuditChainMissing(RuntimeError):
@@ -209,9 +246,10 @@ def audit(
         "outcome": outcome,
         "peer": clean(peer, _WIDTHS["peer"]),
     }
+    key = _key_of(conn.engine)
     row_id = conn.execute(_INSERT, {**fields, "prev_hash": head.head_hash}).scalar_one()
-    own = record_hash(head.head_hash, {**fields, "id": row_id})
-    conn.execute(_SET_HASH, {"rid": row_id, "h": own})
+    own = keyed_hash(head.head_hash, {**fields, "id": row_id}, key)
+    conn.execute(_SET_HASH, {"rid": row_id, "h": own, "k": key.key_id})
     conn.execute(_SET_HEAD, {"s": seq, "h": own})
 
 
@@ -339,6 +377,32 @@ def _record(row: Row[Any]) -> ChainRecord:
 
 class Audit(Repository):
     """Recording, reading, verifying and pruning the audit trail."""
+
+    def use_audit_key(self, key: AuditKey) -> None:
+        """Hash and verify this store's records with ``key``; when the newest record is unkeyed
+        (a chain of before the key), append an ``audit-key`` record, keyed, so the chain is
+        keyed from there on (verify refuses an unkeyed head while the node has a key)."""
+        bind_audit_key(self.db_engine, key)
+        with self.db_engine.connect() as conn:
+            newest = conn.execute(_NEWEST_KEY).one_or_none()
+        if newest is None or newest.key_id is not None:
+            return
+        with self._tx() as conn:
+            _locked_head(conn)  # another node opening it now: only one writes the record
+            newest = conn.execute(_NEWEST_KEY).one()
+            if newest.key_id is None:
+                audit(
+                    conn,
+                    action="audit-key",
+                    actor="engine",
+                    source="engine",
+                    message_id=None,
+                    outcome="ok",
+                    detail=(
+                        f"keyed from here (HMAC-SHA256, key id {key.key_id}); seq "
+                        f"{newest.seq} and before were written without a key"
+                    ),
+                )
 
     def record_audit(
         self,
@@ -475,7 +539,7 @@ class Audit(Repository):
                 row = conn.execute(_HEAD).one_or_none()
                 head = ChainHead(*row) if row is not None else None
                 with closing(self._walk(conn)) as records:
-                    verified = verify_chain(records, head)
+                    verified = verify_chain(records, head, key=_key_of(self.db_engine))
         if who is not None:
             self.record_audit(
                 action="view-audit",
@@ -540,6 +604,7 @@ class Audit(Repository):
             check = verify_chain(
                 old,
                 ChainHead(last.seq, last.hash, head.anchor_seq, head.anchor_hash),
+                key=_key_of(self.db_engine),
                 whole=False,
             )
             if not check.ok:

@@ -290,6 +290,9 @@ audit_log = Table(
     Column("seq", BigInteger, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    #: the key id of the audit key whose HMAC ``hash`` is (engine/audit/key.py); NULL: a record
+    #: of before the key, plain SHA-256 (migration 0022)
+    Column("key_id", String(16), nullable=True),
     Index("ix_audit_log_at", "at", "id"),
     Index("ix_audit_log_message", "message_id"),
     Index("ux_audit_log_seq", "seq", unique=True),

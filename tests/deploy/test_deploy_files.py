@@ -154,8 +154,9 @@ def test_compose_runs_two_nodes_on_one_postgres_behind_haproxy() -> None:
         assert set(env) - names - NOT_ENGINE == set(), node
         assert env["ENGINE_DATABASE_URL"].startswith("postgresql://")
         assert ":" not in env["ENGINE_DATABASE_URL"].split("//")[1].split("@")[0]  # no password
-        assert {"pgpass", "console-secret"} <= set(spec["secrets"])
+        assert {"pgpass", "console-secret", "audit-key"} <= set(spec["secrets"])
         assert env["ENGINE_CONSOLE_SECRET_FILE"] == "/run/secrets/console-secret"
+        assert env["ENGINE_AUDIT_KEY_FILE"] == "/run/secrets/audit-key"  # one key for both
         assert env["PGPASSFILE"] == "/run/secrets/pgpass"
     # one database for both, each its own var volume
     assert services["engine1"]["environment"] == services["engine2"]["environment"]
@@ -263,7 +264,7 @@ def test_compose_config_with_a_compose_client(tmp_path: Path) -> None:
     folder = tmp_path / "deploy"
     shutil.copytree(DEPLOY, folder)
     (folder / "secrets").mkdir()
-    for name in ("db-password", "pgpass", "console-secret"):
+    for name in ("db-password", "pgpass", "console-secret", "audit-key"):
         (folder / "secrets" / name).write_text("")
     (folder / "routes").mkdir()
     done = subprocess.run(

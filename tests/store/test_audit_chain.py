@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import Engine, delete, func, select, text, update
 
 from engine.audit.chain import GENESIS
+from engine.audit.key import load_audit_key
 from engine.store import SqlMessageStore, Who, create_db_engine
 from engine.store.audit import AuditChainMissing, audit
 from engine.store.db import utcnow
@@ -273,10 +274,13 @@ def test_the_migration_chains_the_records_already_there(tmp_path: Path) -> None:
             )
     store = SqlMessageStore(db)
     store.migrate()
+    # the engine opens the chain with its key: an audit-key record, keyed, after the 3 unkeyed
+    store.use_audit_key(load_audit_key(tmp_path / "audit-key"))
     done = store.verify_audit()
-    assert done.ok and done.count == 3, done.describe()
+    assert done.ok and done.count == 4, done.describe()
+    assert done.keyed_from == 4 and "seq 1..3 unkeyed" in done.describe()
     _append(store, 1)
-    assert store.verify_audit().count == 4
+    assert store.verify_audit().count == 5
     with db.begin() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0011")
