@@ -4,5 +4,6 @@ goes away and the disk fills up; then every ACKed message is looked for at the d
 
 chaos/load.py (the senders), processes.py (the engine and the stub FHIR server), proxy.py (a TCP
 proxy the campaign controls), harness.py (one scenario's run), check.py (the verdict),
-scenarios.py and infra.py (the faults), __main__.py (``python -m chaos``).
+scenarios.py, infra.py and leader.py (the faults; leader.py: two nodes on one PostgreSQL, the
+scheduler's leader killed mid eligibility runs), __main__.py (``python -m chaos``).
 """

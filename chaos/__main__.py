@@ -1,9 +1,10 @@
 """``python -m chaos --scenario NAME|all [--messages N] [--seed S] [--out DIR]``.
 
-Runs the scenarios (chaos/scenarios.py, chaos/infra.py) one after the other, each in a fresh
-directory under ``--out`` (default ``var/chaos``), prints one row per scenario and writes the
-Markdown table to ``<out>/summary.md``. Exits 1 when any scenario lost, doubled, reordered or
-left stuck an ACKed message, 2 when a scenario could not run.
+Runs the scenarios (chaos/scenarios.py, chaos/infra.py, chaos/leader.py) one after the other,
+each in a fresh directory under ``--out`` (default ``var/chaos``), prints one row per scenario
+and writes the Markdown table to ``<out>/summary.md``. Exits 1 when any scenario lost, doubled,
+reordered or left stuck an ACKed message or failed its own check (kill-leader: the payer asked
+twice, a leader late), 2 when a scenario could not run.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from pathlib import Path
 
 from chaos.harness import Row, Scenario, run_scenario
 from chaos.infra import INFRA
+from chaos.leader import LEADER
 from chaos.scenarios import PROCESS_AND_DESTINATION
 
-SCENARIOS: list[Scenario] = [*PROCESS_AND_DESTINATION, *INFRA]
+SCENARIOS: list[Scenario] = [*PROCESS_AND_DESTINATION, *INFRA, *LEADER]
 COLUMNS = (
     "scenario",
     "sent",

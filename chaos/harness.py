@@ -79,6 +79,8 @@ class Context:
     load: LoadResult = field(default_factory=LoadResult)
     #: anything else a scenario's setup made for its fault and teardown
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the MLLP ports the senders spread over (none: the engine's); a scenario of several nodes
+    mllp_ports: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -97,13 +99,20 @@ class Row:
     #: deliveries the FHIR stub answered from its idempotency memory (sent again)
     replayed: int = 0
     detail: list[str] = field(default_factory=list)
+    #: what the scenario's own check found wrong (beyond the messages: the payer asked twice,
+    #: a leader late); each fails the scenario
+    problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.duplicates or self.lost or self.out_of_order or self.stuck)
+        return not (
+            self.duplicates or self.lost or self.out_of_order or self.stuck or self.problems
+        )
 
 
 Fault = Callable[[Context], Coroutine[Any, Any, None]]
+#: a scenario's own check, once the queues are drained and the engine still runs: what is wrong
+Verify = Callable[[Context], Coroutine[Any, Any, list[str]]]
 
 
 @dataclass
@@ -117,6 +126,8 @@ class Scenario:
     teardown: Fault | None = None
     #: settings for the engine (a database URL, a var dir)
     env: Callable[[Context], dict[str, str]] | None = None
+    #: the scenario's own check after the drain (the engine still up)
+    verify: Verify | None = None
 
 
 async def _drain(ctx: Context, bound_s: float) -> float:
@@ -180,14 +191,16 @@ async def run_scenario(
 async def _run(scenario: Scenario, ctx: Context, messages: int, senders: int, rate: float) -> Row:
     started = time.monotonic()
     items = plan(messages, senders)
+    ports = ctx.mllp_ports or [ctx.engine.mllp]
     load_task = asyncio.create_task(
-        run_senders(ctx.engine.mllp, items, started + LOAD_BOUND_S, rate, ctx.load), name="load"
+        run_senders(ports, items, started + LOAD_BOUND_S, rate, ctx.load), name="load"
     )
     fault_task = asyncio.create_task(scenario.fault(ctx), name="fault")
     load: LoadResult = await load_task
     ctx.done.set()
     await fault_task  # it stops and heals
     await _drain(ctx, DRAIN_BOUND_S)
+    problems = await scenario.verify(ctx) if scenario.verify is not None else []
     await asyncio.to_thread(ctx.engine.stop)  # everything recorded; nothing more will move
     store = await asyncio.to_thread(read_store, ctx.db_url)
     log = await asyncio.to_thread(ctx.fhir.log_entries)
@@ -211,7 +224,9 @@ async def _run(scenario: Scenario, ctx: Context, messages: int, senders: int, ra
         faults="; ".join(ctx.faults),
         replayed=replayed,
         detail=lost_detail(verdict, store, applied, files)
-        + [f"duplicate: {c}" for c in verdict.duplicate_ids],
+        + [f"duplicate: {c}" for c in verdict.duplicate_ids]
+        + [f"FAILED: {p}" for p in problems],
+        problems=problems,
     )
     report = {
         **asdict(row),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["Item", "LoadResult", "plan", "run_senders", "split_control_id"]
@@ -131,17 +132,24 @@ async def _sender(
 
 
 async def run_senders(
-    port: int,
+    port: int | Sequence[int],
     items: list[list[Item]],
     deadline: float,
     rate: float = 0.0,
     result: LoadResult | None = None,
 ) -> LoadResult:
-    """Every sender's items to the MLLP listener on 127.0.0.1:``port``, until done or
+    """Every sender's items to the MLLP listener on 127.0.0.1:``port`` (several ports: sender
+    ``s`` to ``port[s % len(port)]``, as EHRs each configured for one node), until done or
     ``deadline`` (a ``time.monotonic()`` instant). With ``rate`` (messages/s over all senders)
     each sender keeps to its share of it, catching up after an outage as an EHR's queue does;
     without, back to back. ``result`` fills as the ACKs come (a fault may watch it)."""
     result = result if result is not None else LoadResult()
     interval = len(items) / rate if rate else 0.0
-    await asyncio.gather(*(_sender(port, mine, result, deadline, interval) for mine in items))
+    ports = [port] if isinstance(port, int) else list(port)
+    await asyncio.gather(
+        *(
+            _sender(ports[s % len(ports)], mine, result, deadline, interval)
+            for s, mine in enumerate(items)
+        )
+    )
     return result
