@@ -5,8 +5,10 @@ the verdict read off the destinations.
 The engine runs as ``make run`` runs it (``engine serve``: receiver and worker process; SQLite
 under its ``var/`` unless the scenario gives a PostgreSQL URL) with routes like the example's:
 every ADT to the stub FHIR server (``engine stub-fhir``, a process of its own) as a transaction
-Bundle and, as received, to a folder. The retry policy is shorter than the example's (at most
-10 s between attempts instead of 300 s) so that a scenario's backlog drains in minutes.
+Bundle and, as received, to a folder; the documents dropped in the watched folder during the
+load (chaos/documents.py), as received, to a folder of their own. The retry policy is shorter
+than the example's (at most 10 s between attempts instead of 300 s) so that a scenario's backlog
+drains in minutes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chaos import documents
 from chaos.check import judge, lost_detail, quantile, read_fhir, read_files, read_store, unfinished
 from chaos.load import LoadResult, plan, run_senders
 from chaos.processes import EngineProcess, StubFhirProcess
@@ -39,6 +42,9 @@ destinations:
   dropbox:
     type: file
     directory: {outbox}
+  documents-folder:
+    type: file
+    directory: {outbox}/documents
 routes:
   - name: to-local-fhir
     match: {{message: [ADT, SIU, DFT]}}
@@ -48,6 +54,10 @@ routes:
     match: {{message: [ADT]}}
     mapping: none
     destinations: [dropbox]
+  - name: documents-to-folder
+    match: {{kind: document}}
+    mapping: none
+    destinations: [documents-folder]
 """
 
 #: how long the senders may take (the faults slow them; a sender then gives up)
@@ -196,11 +206,21 @@ async def _run(scenario: Scenario, ctx: Context, messages: int, senders: int, ra
         run_senders(ports, items, started + LOAD_BOUND_S, rate, ctx.load), name="load"
     )
     fault_task = asyncio.create_task(scenario.fault(ctx), name="fault")
+    inbox = documents.inbox_of(ctx.engine.env, ctx.home)
+    docs = documents.DocumentLoad()
+    docs_task = asyncio.create_task(
+        documents.drop_documents(inbox, ctx.done, docs, ctx.name), name="docs"
+    )
     load: LoadResult = await load_task
     ctx.done.set()
     await fault_task  # it stops and heals
+    await docs_task
+    await _drain(ctx, DRAIN_BOUND_S)
+    await documents.wait_taken(inbox)  # the last ones dropped: taken, then delivered
     await _drain(ctx, DRAIN_BOUND_S)
     problems = await scenario.verify(ctx) if scenario.verify is not None else []
+    found = await asyncio.to_thread(documents.delivered_documents, ctx.outbox / "documents")
+    problems += documents.document_problems(docs, found, inbox)
     await asyncio.to_thread(ctx.engine.stop)  # everything recorded; nothing more will move
     store = await asyncio.to_thread(read_store, ctx.db_url)
     log = await asyncio.to_thread(ctx.fhir.log_entries)
@@ -223,7 +243,8 @@ async def _run(scenario: Scenario, ctx: Context, messages: int, senders: int, ra
         naks=sum(load.naks.values()),
         faults="; ".join(ctx.faults),
         replayed=replayed,
-        detail=lost_detail(verdict, store, applied, files)
+        detail=[documents.summary(docs, found, documents.leftover_temps(ctx.outbox / "documents"))]
+        + lost_detail(verdict, store, applied, files)
         + [f"duplicate: {c}" for c in verdict.duplicate_ids]
         + [f"FAILED: {p}" for p in problems],
         problems=problems,
