@@ -24,6 +24,7 @@ SUITES: dict[str, str] = {
     "athena-tokens": "bench.athena_tokens",
     "console": "bench.console_bench",
     "pg-cost": "bench.pg_cost",
+    "path-profile": "bench.path_profile",
 }
 #: suites that run for a length of time, which ``--minutes`` sets (their ``run`` takes
 #: ``minutes=``)
