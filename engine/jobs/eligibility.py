@@ -23,6 +23,13 @@ the run (engine/jobs/scheduler.py :func:`resume_interrupted`) and checks only th
 without an item. Before its 270 goes out a check records its item without a result
 (``start_run_item``): a 270 in flight when the node died is never sent a second time; the resumed
 run gives that appointment the verdict ``needs_action`` (:data:`INTERRUPTED`: check it by hand).
+A new run that comes before the interrupted one is resumed (a new leader's run at start, 5 s
+after its election, while a dead node's run waits for its heartbeat to age) finds that started
+item too, and gives the appointment the same verdict instead of a second 270 (:data:`IN_FLIGHT`).
+
+Incomplete: the started item is the appointment's; another appointment of the same patient and
+payer whose 270 was out in the interrupted run is not seen by the "checked today" rule, and may be
+asked again by a new run.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from engine.adapters.payer import (
 )
 from engine.adapters.payer.registry import build_payer
 from engine.errors import EngineError
+from engine.jobs.verdicts import ALREADY_CHECKED, IN_FLIGHT, INTERRUPTED, CheckOutcome
 from engine.retry import CircuitBreaker
 from engine.settings import Settings
 from engine.store import SqlMessageStore
@@ -91,32 +99,6 @@ def business_days(start: date, count: int) -> list[date]:
             out.append(day)
         day += timedelta(days=1)
     return out
-
-
-@dataclass(frozen=True)
-class CheckOutcome:
-    """One check's verdict, as stored."""
-
-    check_id: int | None
-    status: str
-    patient_url: str
-    payer_id: str
-    copay: str | None = None
-    deductible_remaining: str | None = None
-    reason: str | None = None
-    reused: bool = False
-
-
-#: the status of an appointment a resumed run finds checked by its earlier part
-ALREADY_CHECKED = "already_checked"
-#: the verdict of an appointment whose 270 was out when its run's node died (no answer recorded)
-INTERRUPTED = {
-    "status": "needs_action",
-    "reason": (
-        "the check was interrupted when the node running it stopped, after its 270 went to "
-        "the payer: not asked twice; check this coverage again by hand"
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -474,6 +456,10 @@ class EligibilityService:
             prior = await self._checked_today(patient_url, payer_id)
             if prior is not None:
                 return prior
+            if await asyncio.to_thread(
+                self.store.run_item_open, target.key, self._today(), item
+            ):  # another run's 270 for it is out, or was when its node stopped
+                return await self._record(target, payer_id, _Answer(IN_FLIGHT), item)
         try:
             config = self._config(payer_id)
         except EngineError as exc:  # no adapter for this payer: the front desk must know
@@ -482,12 +468,15 @@ class EligibilityService:
             answer = await self._ask_unless_paused(target, payer_id, config, item)
         return await self._record(target, payer_id, answer, item)
 
+    def _today(self) -> datetime:
+        """The start of today in the practice's time zone."""
+        tz = ZoneInfo(self.settings.timezone)
+        return datetime.combine(self.clock().astimezone(tz).date(), datetime.min.time(), tz)
+
     async def _checked_today(self, patient_url: str, payer_id: str) -> CheckOutcome | None:
         """Today's check of this patient with this payer, if there is one."""
-        tz = ZoneInfo(self.settings.timezone)
-        today = datetime.combine(self.clock().astimezone(tz).date(), datetime.min.time(), tz)
         prior = await asyncio.to_thread(
-            self.store.eligibility_checked, patient_url, payer_id, today
+            self.store.eligibility_checked, patient_url, payer_id, self._today()
         )
         if prior is None:
             return None

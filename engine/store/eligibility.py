@@ -99,6 +99,25 @@ class EligibilityChecks(Repository):
                     )
                 )
 
+    def run_item_open(self, item: str, since: datetime, other_than: RunItem | None) -> bool:
+        """Whether a scheduled run (another than ``other_than``'s) started the item ``item``
+        (a check's digest) since ``since`` and has no result for it: its 270 went out from a
+        node that stopped before the answer was recorded (or is still waiting for it). A new
+        run, which may start before that run is resumed, must not send a second 270."""
+        since = since.astimezone(UTC)
+        query = select(job_run_items.c.item).where(
+            job_run_items.c.item == item,
+            job_run_items.c.result_id.is_(None),
+            job_run_items.c.done_at >= since,
+        )
+        if other_than is not None:
+            query = query.where(
+                (job_run_items.c.job_id != other_than.job_id)
+                | (job_run_items.c.run_at != other_than.run_at.astimezone(UTC))
+            )
+        with self.db_engine.connect() as conn:
+            return conn.execute(query.limit(1)).first() is not None
+
     def eligibility_checked(
         self, patient_url: str, payer_id: str, since: datetime
     ) -> dict[str, Any] | None:

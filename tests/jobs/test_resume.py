@@ -96,6 +96,35 @@ def test_a_270_in_flight_when_its_node_died_is_not_sent_again(indexed: SqlMessag
     assert len(items) == 3
 
 
+def test_a_new_run_before_the_resume_does_not_resend_a_270_in_flight(
+    indexed: SqlMessageStore,
+) -> None:
+    """A new leader's run at start comes before the dead node's run is resumed (that waits for
+    the node's heartbeat to age): it finds the appointment whose 270 the dead node sent, its
+    answer never recorded, and gives it ``needs_action`` instead of asking the payer again (the
+    fault campaign's kill-leader scenario found 3 of 105 270s sent twice that way). The resume
+    after it asks nobody again either."""
+    payer = CountingPayer()
+    assert indexed.start_job_run(JOB, RUN_AT, "dead-node")
+    svc = service(indexed, adapter_for=lambda _: payer)
+    [first, *rest] = svc.targets(MONDAY, 1)
+    indexed.start_run_item(RunProgress(JOB, RUN_AT, "dead-node", {}).item(first.key))
+    # the new leader's start-up run, the same day, a run of its own
+    start_run = RunProgress(
+        "eligibility-start", datetime(2026, 11, 27, 17, 55, tzinfo=UTC), "n2", {}
+    )
+    outcomes = asyncio.run(svc.check_upcoming(start=MONDAY, days=1, run=start_run))
+    assert sorted(payer.asked.values()) == [1, 1] and len(rest) == 2  # the two others only
+    [in_flight] = [o for o in outcomes if o.patient_url == first.patient["_full_url"]]
+    assert in_flight.status == "needs_action" and "not asked twice" in (in_flight.reason or "")
+    # then the dead node's run is resumed: nothing is asked again
+    assert asyncio.run(jobs.resume_interrupted(svc, indexed, "n2")) == 1
+    assert sum(payer.asked.values()) == 2
+    # a forced check (the front desk's re-check) still asks
+    asyncio.run(svc.check(first, force=True))
+    assert sum(payer.asked.values()) == 3
+
+
 def test_a_live_node_s_run_is_not_resumed(indexed: SqlMessageStore) -> None:
     node = indexed.register_node("worker")
     assert indexed.start_job_run(JOB, RUN_AT, node)
