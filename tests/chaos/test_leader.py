@@ -39,7 +39,9 @@ def test_a_member_asked_once_in_each_of_two_runs_is_told_apart_from_twice_in_one
 
 
 def test_the_verdict_names_a_second_270_an_unchecked_appointment_and_a_late_leader() -> None:
-    assert eligibility_problems({"M1": 1, "M2": 2}, {"M2": 2}, 2, 2, [3.1, 4.0]) == []
+    assert eligibility_problems({"M1": 1, "M2": 1}, {"M2": 1}, 2, 2, [3.1, 4.0]) == []
+    [again] = eligibility_problems({"M1": 1, "M2": 2}, {"M2": 2}, 2, 2, [3.1, 4.0])
+    assert "asked again by another run about ['M2']" in again
     problems = eligibility_problems({"M1": 2, "M2": 1}, {}, 3, 2, [3.0, None, TAKEOVER_BOUND_S + 1])
     assert len(problems) == 3
     assert "['M1']" in problems[0]
