@@ -21,6 +21,7 @@ from engine.store import SqlMessageStore
 from engine.store.audit import FIELDS, bind_audit_key
 from engine.store.db import utcnow
 from engine.store.tables import audit_chain, audit_log
+from tests.store.audit_support import append_views
 
 
 @pytest.fixture
@@ -35,16 +36,7 @@ def keyed(store: SqlMessageStore, key: AuditKey) -> SqlMessageStore:
 
 
 def _append(store: SqlMessageStore, n: int) -> None:
-    for i in range(n):
-        store.record_audit(
-            action="view-payload",
-            actor="alice",
-            source="api",
-            message_id=None,
-            outcome="ok",
-            detail=f"read {i}",
-            patient_key="CLINIC|MRN1",
-        )
+    append_views(store, n, patient_key="CLINIC|MRN1")
 
 
 def _rows(db: Engine) -> list[ChainRecord]:

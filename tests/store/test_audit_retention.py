@@ -14,18 +14,7 @@ from engine.flow.worker import _retention
 from engine.settings import Settings
 from engine.store import SqlMessageStore
 from engine.store.db import utcnow
-
-
-def _append(store: SqlMessageStore, n: int, detail: str) -> None:
-    for i in range(n):
-        store.record_audit(
-            action="view-payload",
-            actor="alice",
-            source="api",
-            message_id=None,
-            outcome="ok",
-            detail=f"{detail} {i}",
-        )
+from tests.store.audit_support import append_views
 
 
 def test_default_is_six_years(tmp_path: Path) -> None:
@@ -37,9 +26,9 @@ def test_the_retention_loop_prunes_old_records_and_keeps_the_chain(
 ) -> None:
     old = utcnow() - timedelta(days=400)
     monkeypatch.setattr("engine.store.audit.utcnow", lambda: old)
-    _append(store, 5, "old")
+    append_views(store, 5, "old")
     monkeypatch.undo()
-    _append(store, 2, "new")
+    append_views(store, 2, "new")
     settings = Settings(home=tmp_path, audit_retention_days=365, retention_days=30)
 
     async def once() -> None:
