@@ -37,6 +37,11 @@ no Binary endpoint to refer to).
 A relative ``directory`` in a route file is the engine home's (``ENGINE_HOME``), never the current
 directory's.
 
+A kill between a temporary file's link and its unlink leaves the temporary file behind. The
+first delivery of a destination in a process removes its own temporary files (its destination's
+name and store tag) older than :data:`STALE_TMP_S`: no write takes that long, so none is another
+node's write in progress.
+
 Errors that may pass (disk full, I/O error, a busy file) are retryable; errors that the next try
 will meet again (permission denied, read-only file system, a name too long, a directory in the way)
 are permanent.
@@ -53,6 +58,7 @@ import os
 import re
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import orjson
@@ -78,6 +84,8 @@ _MEDIA_EXTENSIONS = {
 }
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _TAG = re.compile(r"[0-9a-f]{8}")
+#: seconds after which a destination's own temporary file is a leftover of a killed write
+STALE_TMP_S = 3600.0
 _PERMANENT = frozenset(
     {
         errno.EACCES,
@@ -179,6 +187,25 @@ def _write_new(directory: Path, name: str, body: bytes) -> bool:
     return True
 
 
+def _sweep(directory: Path, stem: re.Pattern[str], older_than_s: float) -> int:
+    """Remove the temporary files in ``directory`` whose name matches ``stem`` and that were
+    last written more than ``older_than_s`` ago; how many."""
+    removed = 0
+    limit = time.time() - older_than_s
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if not stem.fullmatch(entry.name):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if entry.stat(follow_symlinks=False).st_mtime < limit:
+                os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
 def _sync_directory(directory: Path) -> None:
     if hasattr(os, "O_DIRECTORY"):  # make the new entry itself durable (POSIX)
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -202,9 +229,24 @@ class FileDropDestination:
         self.config = config
         self.directory = config.directory
         self.tag = tag or engine_tag()
+        self._swept = False
+
+    async def _sweep_once(self) -> None:
+        """This destination's temporary files left by a killed write (see the module), once."""
+        self._swept = True
+        dest = re.escape(_UNSAFE.sub("_", self.name))
+        stem = re.compile(rf"\.\d+-{dest}-{self.tag}\..+\.tmp")
+        removed = await asyncio.to_thread(_sweep, self.directory, stem, STALE_TMP_S)
+        if removed:
+            log.warning(
+                "file destination: leftover temporary files removed",
+                extra={"destination": self.name, "count": removed},
+            )
 
     async def deliver(self, payload: Payload) -> DeliveryResult:
         try:
+            if not self._swept:
+                await self._sweep_once()
             if payload.kind == "document":
                 return await self._deliver_document(payload)
             name = file_name(payload, self.tag)

@@ -188,3 +188,32 @@ def test_readers_never_see_a_partial_file(tmp_path: Path) -> None:
         reader.join()
     assert seen <= set(bodies) and len(seen) > 1
     assert len(list(tmp_path.iterdir())) == 24
+
+
+def test_the_first_delivery_removes_its_destinations_leftover_temporary_files(
+    tmp_path: Path,
+) -> None:
+    """A kill between the link and the unlink leaves ``.<name>.<random>.tmp``: the first
+    delivery in a process removes this destination's own that are over an hour old, and leaves
+    a fresh one (another node's write in progress), another destination's and other files."""
+    dest = destination(tmp_path)
+    tag = engine_tag()
+    stale = tmp_path / f".7-drop-{tag}.hl7.ab12cd34.tmp"
+    stale_doc = tmp_path / f".8-drop-{tag}.meta.json.zz99yy88.tmp"
+    fresh = tmp_path / f".9-drop-{tag}.hl7.ef56gh78.tmp"
+    other_dest = tmp_path / f".7-other-{tag}.hl7.ab12cd34.tmp"
+    other_tag = tmp_path / ".7-drop-00000000.hl7.ab12cd34.tmp"
+    mine = tmp_path / ".keep.tmp"
+    for f in (stale, stale_doc, fresh, other_dest, other_tag, mine):
+        f.write_bytes(b"partial")
+    hour_ago = os.stat(fresh).st_mtime - 3700
+    for f in (stale, stale_doc, other_dest, other_tag, mine):
+        os.utime(f, (hour_ago, hour_ago))
+    assert asyncio.run(dest.deliver(payload(b"MSH|1"))).ok
+    assert not stale.exists() and not stale_doc.exists()
+    assert fresh.exists() and other_dest.exists() and other_tag.exists() and mine.exists()
+    # once per process: a leftover made later stays until the next start
+    stale.write_bytes(b"partial")
+    os.utime(stale, (hour_ago, hour_ago))
+    asyncio.run(dest.deliver(payload(b"MSH|2", message_id=13)))
+    assert stale.exists()
