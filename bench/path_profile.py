@@ -95,11 +95,6 @@ def classify(frames: list[str]) -> str:
     return NO_ENGINE
 
 
-def _stacks(raw: Path) -> Counter[str]:
-    """py-spy's raw (collapsed) output: stage -> samples."""
-    return Counter({stage: sum(leaves.values()) for stage, leaves in _leaves(raw).items()})
-
-
 def _leaves(raw: Path) -> dict[str, Counter[str]]:
     """py-spy's raw (collapsed) output: stage -> its samples' innermost frames (``function
     (file name)``) -> samples."""
