@@ -157,4 +157,7 @@ def test_sighup_to_one_engine_serve_reaches_the_other(
     assert wait_for(lambda: ack_code(b.mllp, raw(ORU, 4)) == "AA", 15), b.log.read_text(
         errors="replace"
     )[-3000:]
-    assert "configuration generation taken" in b.log.read_text(errors="replace")
+    # the new routes take effect just before the node logs it: wait for the line too
+    assert wait_for(
+        lambda: "configuration generation taken" in b.log.read_text(errors="replace"), 10
+    ), b.log.read_text(errors="replace")[-3000:]
