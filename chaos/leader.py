@@ -91,12 +91,17 @@ def appointment_items(first_copy: int, copies: int) -> list[Item]:
 
 def asked_again(asked: dict[str, int], runs: dict[str, int]) -> tuple[list[str], list[str]]:
     """Members the payer got more than one 270 about: more than the runs that had an item for
-    them (twice in one run), and the rest (once in each of two runs). The second kind is what a
-    270 in flight when its leader died led to before the engine looked for started items: its
-    run records the item as started but no check, so another run that starts before the
-    interrupted one is resumed (the new leader's on-start run, 5 s after its election; a resume
-    waits for the dead node's heartbeat to be 10 s old) found no check of the patient today and
-    asked again (3 of 105 270s on 4 December, before a3f4eef). Both kinds fail the scenario."""
+    them (twice in one run), and the rest (once in each of two runs). A member is whom a 270 asks
+    about, the subscriber id the stub reads from it: one patient with the one payer, whichever
+    appointment the 270 was for; ``runs`` counts the items with a check of the member's patient
+    (one per run while the load books one appointment per member). Any member asked twice fails
+    the scenario, so a second 270 for another appointment of the same patient and payer fails it
+    as well as one for the same appointment (the engine stops both since issue 14). The second
+    kind is what a 270 in flight when its leader died led to before the engine looked for started
+    items: its run records the item as started but no check, so another run that starts before
+    the interrupted one is resumed (the new leader's on-start run, 5 s after its election; a
+    resume waits for the dead node's heartbeat to be 10 s old) found no check of the patient
+    today and asked again (3 of 105 270s on 4 December, before a3f4eef)."""
     in_a_run = sorted(m for m, n in asked.items() if n > max(1, runs.get(m, 1)))
     across = sorted(m for m, n in asked.items() if n > 1 and m not in in_a_run)
     return in_a_run, across

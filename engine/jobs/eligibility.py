@@ -25,11 +25,11 @@ without an item. Before its 270 goes out a check records its item without a resu
 run gives that appointment the verdict ``needs_action`` (:data:`INTERRUPTED`: check it by hand).
 A new run that comes before the interrupted one is resumed (a new leader's run at start, 5 s
 after its election, while a dead node's run waits for its heartbeat to age) finds that started
-item too, and gives the appointment the same verdict instead of a second 270 (:data:`IN_FLIGHT`).
-
-Incomplete: the started item is the appointment's; another appointment of the same patient and
-payer whose 270 was out in the interrupted run is not seen by the "checked today" rule, and may be
-asked again by a new run.
+item too, and gives the appointment the same verdict instead of a second 270 (:data:`IN_FLIGHT`);
+so does any other appointment of the same patient and payer (the item's digest names its member:
+the 270 asked about the member, not the visit). Not waiting for that answer: the run that sent
+it is nearly always a dead node's, whose answer never comes. In one run, a member's checks go one
+after another: the first asks, the next are given its answer ("checked today").
 """
 
 from __future__ import annotations
@@ -39,10 +39,9 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -56,13 +55,20 @@ from engine.adapters.payer import (
 )
 from engine.adapters.payer.registry import build_payer
 from engine.errors import EngineError
-from engine.jobs.verdicts import ALREADY_CHECKED, IN_FLIGHT, INTERRUPTED, CheckOutcome
+from engine.jobs.verdicts import (
+    ALREADY_CHECKED,
+    IN_FLIGHT,
+    INTERRUPTED,
+    UNAVAILABLE_AAA,
+    CheckOutcome,
+    verdict,
+)
 from engine.retry import CircuitBreaker
 from engine.settings import Settings
 from engine.store import SqlMessageStore
-from engine.store.eligibility import RunItem, RunProgress
+from engine.store.eligibility import CHECK_DIGITS, RunItem, RunProgress
 from engine.x12.x270 import EligibilityInquiry, Payer, Person, Provider, build_270
-from engine.x12.x271 import Benefit, EligibilityResult, read_271
+from engine.x12.x271 import read_271
 
 __all__ = [
     "CheckOutcome",
@@ -75,11 +81,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: AAA reject reasons that say the payer could not answer now (retry later)
-_UNAVAILABLE = frozenset({"42", "79", "80", "T4"})
-#: EB03 service types whose copay the front desk collects, in order of preference
-_VISIT_TYPES = ("98", "30", "BZ", "A3")
 
 
 def local_time(value: datetime | None, timezone: str) -> datetime | None:
@@ -123,16 +124,28 @@ class _Target:
     subscriber: dict[str, Any] | None
 
     @property
+    def member(self) -> str:
+        """Whom the check asks the payer about (patient, payer), as 32 hex digits of a digest."""
+        return _digest(str(self.patient.get("_full_url", "")), _payer_id(self.payer))
+
+    @property
     def key(self) -> str:
-        """The check's identity within a run (appointment, patient, coverage, payer), as a
-        digest: no PHI in ``job_run_items``."""
-        parts = (
-            self.appointment_url or "",
-            str(self.patient.get("_full_url", "")),
-            str(self.coverage.get("_full_url", "")),
-            _payer_id(self.payer),
+        """The check's identity within a run, as a digest (no PHI in ``job_run_items``): 32 hex
+        digits of the check (appointment, patient, coverage, payer), then the :attr:`member`'s
+        (engine/store/eligibility.py)."""
+        return (
+            _digest(
+                self.appointment_url or "",
+                str(self.patient.get("_full_url", "")),
+                str(self.coverage.get("_full_url", "")),
+                _payer_id(self.payer),
+            )
+            + self.member
         )
-        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:CHECK_DIGITS]
 
 
 def _name(resource: dict[str, Any]) -> tuple[str, str]:
@@ -159,63 +172,6 @@ def _payer_id(org: dict[str, Any]) -> str:
         if ident.get("value"):
             return str(ident["value"])
     return ""
-
-
-def _money(value: Decimal | None) -> str | None:
-    return None if value is None else f"{value:.2f}"
-
-
-def _pick(
-    benefits: Sequence[Benefit], info: str, *, remaining: bool | None = None
-) -> Benefit | None:
-    """The benefit of this EB01 that applies to an office visit, in network, individual."""
-    candidates = [b for b in benefits if b.info.code == info and b.amount is not None]
-    if remaining is not None:
-        candidates = [
-            b
-            for b in candidates
-            if (b.time_period is not None and b.time_period.code == "29") == remaining
-        ]
-
-    def score(b: Benefit) -> tuple[int, int, int]:
-        types = [t.code for t in b.service_types] or ["30"]
-        kind = min((_VISIT_TYPES.index(t) for t in types if t in _VISIT_TYPES), default=9)
-        network = 0 if b.in_network is True else 1 if b.in_network is None else 2
-        level = 0 if b.coverage_level is None or b.coverage_level.code == "IND" else 1
-        return (network, kind, level)
-
-    return min(candidates, key=score) if candidates else None
-
-
-def verdict(result: EligibilityResult) -> dict[str, Any]:
-    """The front desk's view of one 271 result."""
-    if result.errors:
-        reasons = "; ".join(f"AAA {e.reason.code} {e.reason.meaning}" for e in result.errors)
-        if any(e.reason.code in _UNAVAILABLE for e in result.errors):
-            return {"status": "payer_unavailable", "reason": reasons}
-        return {"status": "needs_action", "reason": reasons}
-    active = result.active
-    if active is None:
-        return {
-            "status": "needs_action",
-            "reason": "the payer did not say whether coverage is active",
-        }
-    if not active:
-        return {
-            "status": "inactive",
-            "reason": "the payer says the coverage is not active",
-            "plan": result.plan or None,
-        }
-    copay = _pick(result.benefits, "B")
-    deductible = _pick(result.benefits, "C", remaining=False)
-    remaining = _pick(result.benefits, "C", remaining=True)
-    return {
-        "status": "eligible",
-        "copay": _money(copay.amount if copay else None),
-        "deductible": _money(deductible.amount if deductible else None),
-        "deductible_remaining": _money(remaining.amount if remaining else None),
-        "plan": result.plan or None,
-    }
 
 
 #: the stored check's columns a worklist row carries as they are
@@ -410,24 +366,7 @@ class EligibilityService:
         async def one(t: _Target) -> CheckOutcome:
             nonlocal done
             try:
-                if run is not None and t.key in run.done and run.done[t.key] is None:
-                    # its 270 was out when the run's earlier node died, its answer never
-                    # recorded: not asked again (a second 270 for one appointment), the front
-                    # desk told to check it by hand
-                    outcome = await self._record(
-                        t, _payer_id(t.payer), _Answer(INTERRUPTED), run.item(t.key)
-                    )
-                elif run is not None and t.key in run.done:
-                    outcome = CheckOutcome(
-                        run.done[t.key],
-                        ALREADY_CHECKED,
-                        t.patient.get("_full_url", ""),
-                        _payer_id(t.payer),
-                        reused=True,
-                    )
-                else:
-                    item = run.item(t.key) if run is not None else None
-                    outcome = await self.check(t, force=force, item=item)
+                outcome = await self._check_in_run(t, force, run)
             except Exception as exc:  # one bad check must not lose the others
                 log.exception("eligibility check failed", extra={"error": type(exc).__name__})
                 outcome = CheckOutcome(
@@ -442,7 +381,36 @@ class EligibilityService:
                 progress(done, len(targets))
             return outcome
 
-        return list(await asyncio.gather(*(one(t) for t in targets)))
+        # a member's checks one after another (the next is given the first's answer instead of
+        # a second 270 beside it), the members' at once; the outcomes in the targets' order
+        members: dict[str, list[int]] = {}
+        for n, t in enumerate(targets):
+            members.setdefault(t.member, []).append(n)
+        outcomes: dict[int, CheckOutcome] = {}
+
+        async def in_turn(group: list[int]) -> None:
+            for n in group:
+                outcomes[n] = await one(targets[n])
+
+        await asyncio.gather(*(in_turn(g) for g in members.values()))
+        return [outcomes[n] for n in range(len(targets))]
+
+    async def _check_in_run(self, t: _Target, force: bool, run: RunProgress | None) -> CheckOutcome:
+        """One check as an item of ``run``: given again if the run did it already."""
+        if run is None or (stored := run.earlier(t.key)) is None:
+            return await self.check(t, force=force, item=run.item(t.key) if run else None)
+        if run.done[stored] is None:
+            # its 270 was out when the run's earlier node died, its answer never recorded: not
+            # asked again (a second 270 for one appointment), the front desk told to check it
+            # by hand
+            return await self._record(t, _payer_id(t.payer), _Answer(INTERRUPTED), run.item(stored))
+        return CheckOutcome(
+            run.done[stored],
+            ALREADY_CHECKED,
+            t.patient.get("_full_url", ""),
+            _payer_id(t.payer),
+            reused=True,
+        )
 
     async def check(
         self, target: _Target, *, force: bool = False, item: RunItem | None = None
@@ -458,7 +426,7 @@ class EligibilityService:
                 return prior
             if await asyncio.to_thread(
                 self.store.run_item_open, target.key, self._today(), item
-            ):  # another run's 270 for it is out, or was when its node stopped
+            ):  # another run's 270 for this member is out, or was when its node stopped
                 return await self._record(target, payer_id, _Answer(IN_FLIGHT), item)
         try:
             config = self._config(payer_id)
@@ -665,7 +633,7 @@ class EligibilityService:
             errors = [e for resp in responses for e in resp.errors]
             if errors:
                 codes = "; ".join(f"AAA {e.reason.code} {e.reason.meaning}" for e in errors)
-                unavailable = any(e.reason.code in _UNAVAILABLE for e in errors)
+                unavailable = any(e.reason.code in UNAVAILABLE_AAA for e in errors)
                 return {
                     "status": "payer_unavailable" if unavailable else "needs_action",
                     "reason": codes,

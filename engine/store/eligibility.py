@@ -5,6 +5,12 @@ with a payer today; the CLI and the API list a day's results. A check made by a 
 recorded as one of that run's items (``job_run_items``) in the same transaction: a run resumed
 by another node after the first died knows exactly which appointments were checked, and sends no
 second 270 for them.
+
+An item is a digest, 64 hex digits and no PHI (engine/jobs/eligibility.py ``_Target.key``): the
+first :data:`CHECK_DIGITS` name the check (appointment, patient, coverage, payer), the last 32 its
+member (patient, payer: whom a 270 asks about, whichever appointment it is for). An item written
+before the member was part of it (64 digits of the check, a run of an earlier version) is the same
+check by its first 32.
 """
 
 from __future__ import annotations
@@ -12,14 +18,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import cached_property
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import and_, insert, not_, select, update
 
 from engine.store.db import Repository, utcnow
 from engine.store.tables import eligibility_checks, job_run_items
 
-__all__ = ["EligibilityChecks", "RunItem", "RunProgress"]
+__all__ = ["CHECK_DIGITS", "EligibilityChecks", "RunItem", "RunProgress"]
+
+#: an item's first hex digits, which name its check; the rest name its member (patient, payer)
+CHECK_DIGITS = 32
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,15 @@ class RunProgress:
 
     def item(self, key: str) -> RunItem:
         return RunItem(self.job_id, self.run_at, key, self.node)
+
+    @cached_property
+    def _by_check(self) -> dict[str, str]:
+        return {stored[:CHECK_DIGITS]: stored for stored in self.done}
+
+    def earlier(self, key: str) -> str | None:
+        """The item this run recorded for the check ``key`` already, as it is stored (an earlier
+        version's digest for the same check too), or None."""
+        return self._by_check.get(key[:CHECK_DIGITS])
 
 
 def _item_key(item: RunItem) -> dict[str, Any]:
@@ -100,21 +119,26 @@ class EligibilityChecks(Repository):
                 )
 
     def run_item_open(self, item: str, since: datetime, other_than: RunItem | None) -> bool:
-        """Whether a scheduled run (another than ``other_than``'s) started the item ``item``
-        (a check's digest) since ``since`` and has no result for it: its 270 went out from a
+        """Whether a scheduled run started, since ``since``, an item of the same member as
+        ``item`` (a check's digest: the same patient with the same payer, for this appointment
+        or another) or of the same check, and has no result for it: its 270 went out from a
         node that stopped before the answer was recorded (or is still waiting for it). A new
-        run, which may start before that run is resumed, must not send a second 270."""
+        run, which may start before that run is resumed, must not send a second 270 about that
+        member: the payer would be asked the same question twice. Nor may the resumed run
+        itself, for another of the member's appointments. ``other_than``: the asking item (not
+        itself in flight; a run's own checks of one member go one at a time)."""
         since = since.astimezone(UTC)
+        check, member = item[:CHECK_DIGITS], item[CHECK_DIGITS:]
+        same = job_run_items.c.item.startswith(check, autoescape=True)
+        if member:
+            same = same | job_run_items.c.item.endswith(member, autoescape=True)
         query = select(job_run_items.c.item).where(
-            job_run_items.c.item == item,
+            same,
             job_run_items.c.result_id.is_(None),
             job_run_items.c.done_at >= since,
         )
         if other_than is not None:
-            query = query.where(
-                (job_run_items.c.job_id != other_than.job_id)
-                | (job_run_items.c.run_at != other_than.run_at.astimezone(UTC))
-            )
+            query = query.where(not_(and_(*_item_is(other_than))))
         with self.db_engine.connect() as conn:
             return conn.execute(query.limit(1)).first() is not None
 
