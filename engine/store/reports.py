@@ -24,11 +24,14 @@ or payer), not a row per message. Every statement is bounded by the range on an 
 patients' "seen before?" probes ``ix_messages_patient``).
 
 A store of a million messages holds tens of thousands a day, and reading a month of them takes
-seconds however it is grouped; so a day's figures, once read, are kept (per process): a day
-that has ended for :data:`KEEP_S`, today and days ahead for :data:`KEEP_TODAY_S`; only the days
-not kept are read, in as few statements as there are runs of them. A late change to a past day
-(a no-show recorded the day after) shows once its figures are read again, at most
-:data:`KEEP_S` later.
+seconds however it is grouped; so a closed day's figures (an hour after it ends) are read from
+the rows once and stored (engine/store/rollups.py: ``report_rollups``), and read from there
+after; a late change to a closed day (a no-show recorded the day after, a DFT replayed, a check
+for a past day) is noted by the database's triggers and drops that day's rollup, so it is read
+from the rows again: a report shows the same figures as reading every row would. Today and the
+days not yet closed are read from the rows, kept per process for :data:`KEEP_TODAY_S`. Only the
+days not stored or kept are read, in as few statements as there are runs of them. Retention's
+deletes change no stored day: purged messages stay counted on their days.
 
 Incomplete: the "first message" of new patients is the first the store still holds (retention
 purges old messages); amounts assume one currency.
@@ -43,9 +46,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
+import orjson
 from sqlalchemy import (
     ColumnElement,
     Date,
@@ -60,10 +64,11 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from engine.store.db import Repository
+from engine.store.rollups import CLOSE_AFTER, Rollups
 from engine.store.tables import eligibility_checks, fhir_resources, messages
 
 __all__ = [
-    "KEEP_S",
+    "KEEP_TODAY_S",
     "MAX_DAYS",
     "AppointmentDay",
     "ChargeDay",
@@ -72,8 +77,7 @@ __all__ = [
     "offset_spans",
 ]
 
-#: how long a past day's figures are kept before they are read again; today's and later days'
-KEEP_S = 600.0
+#: how long the figures of a day not yet closed (today, days ahead) are kept in the process
 KEEP_TODAY_S = 60.0
 #: the longest range a report covers
 MAX_DAYS = 366
@@ -230,6 +234,34 @@ def _runs(days: Iterable[date]) -> Iterator[tuple[date, date]]:
         yield run[0], run[-1]
 
 
+@dataclass(frozen=True)
+class _Codec(Generic[V]):
+    """A day's figures as the JSON a rollup keeps, and back (the same values: floats and
+    ints round-trip exactly)."""
+
+    encode: Callable[[V], str]
+    decode: Callable[[str], V]
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+_APPOINTMENTS: _Codec[AppointmentDay] = _Codec(
+    lambda a: _json({"by_status": a.by_status, "patients": a.patients}),
+    lambda t: AppointmentDay(dict(orjson.loads(t)["by_status"]), int(orjson.loads(t)["patients"])),
+)
+_COUNT: _Codec[int] = _Codec(_json, lambda t: int(orjson.loads(t)))
+_CHARGES: _Codec[ChargeDay] = _Codec(
+    lambda c: _json([c.messages, c.lines, c.amount]),
+    lambda t: ChargeDay(*orjson.loads(t)),
+)
+_ELIGIBILITY: _Codec[dict[tuple[str, str], int]] = _Codec(
+    lambda e: _json(sorted([payer, status, n] for (payer, status), n in e.items())),
+    lambda t: {(payer, status): n for payer, status, n in orjson.loads(t)},
+)
+
+
 class Reports(Repository):
     """The reports' statements (``Reports(store.db_engine)``); days in ``timezone``."""
 
@@ -237,7 +269,7 @@ class Reports(Repository):
         super().__init__(db_engine)
         self.zone = ZoneInfo(timezone)
 
-    # -- per day, kept once past ----------------------------------------------------------
+    # -- per day: closed days stored, the others kept briefly ------------------------------
 
     def _per_day(
         self,
@@ -246,21 +278,36 @@ class Reports(Repository):
         last: date,
         compute: Callable[[Connection, date, date], dict[date, V]],
         empty: V,
+        codec: _Codec[V],
     ) -> dict[date, V]:
-        """``compute`` over the days not kept, as few runs as possible; each day then kept
-        (an ended day :data:`KEEP_S`, today and later :data:`KEEP_TODAY_S`)."""
+        """``compute`` over the days neither stored (closed days, engine/store/rollups.py) nor
+        kept (the others, :data:`KEEP_TODAY_S`), as few runs as possible; then the closed days
+        computed are stored, the others kept."""
         if (last - first).days + 1 > MAX_DAYS:
             raise ValueError(f"a report covers at most {MAX_DAYS} days")
-        today = datetime.now(self.zone).date()
+        # days before ``closed_before`` have been over for CLOSE_AFTER
+        closed_before = (datetime.now(self.zone) - CLOSE_AFTER).date()
         days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
         out: dict[date, V] = {}
+        rollups = Rollups(self.db_engine, self.zone.key)
+        generation = 0
+        if first < closed_before:
+            generation = rollups.settle()  # before any row is read (rollups.py says why)
+            last_closed = min(last, closed_before - timedelta(days=1))
+            for day, text in rollups.read(report, first, last_closed).items():
+                out[day] = codec.decode(text)
+        kept_key = f"{report}@{self.zone.key}"
         missing = []
         for day in days:
-            found, value = _kept.get(self.db_engine, (report, day))
-            if found:
-                out[day] = value
-            else:
-                missing.append(day)
+            if day in out:
+                continue
+            if day >= closed_before:
+                found, value = _kept.get(self.db_engine, (kept_key, day))
+                if found:
+                    out[day] = value
+                    continue
+            missing.append(day)
+        closed: dict[date, str] = {}
         if missing:
             with self.db_engine.connect() as conn:
                 for run_first, run_last in _runs(missing):
@@ -268,13 +315,18 @@ class Reports(Repository):
                     for i in range((run_last - run_first).days + 1):
                         day = run_first + timedelta(days=i)
                         out[day] = got.get(day, empty)
-                        keep = KEEP_S if day < today else KEEP_TODAY_S
-                        _kept.put(self.db_engine, (report, day), out[day], keep)
+                        if day < closed_before:
+                            closed[day] = codec.encode(out[day])
+                        else:
+                            _kept.put(self.db_engine, (kept_key, day), out[day], KEEP_TODAY_S)
+        rollups.store(report, closed, generation)
         return out
 
     def appointments(self, first: date, last: date) -> dict[date, AppointmentDay]:
         """Per appointment day: counts by status, and distinct patients with a visit."""
-        return self._per_day("appointments", first, last, self._appointments, AppointmentDay({}, 0))
+        return self._per_day(
+            "appointments", first, last, self._appointments, AppointmentDay({}, 0), _APPOINTMENTS
+        )
 
     def _appointments(
         self, conn: Connection, first: date, last: date
@@ -307,7 +359,7 @@ class Reports(Repository):
 
     def new_patients(self, first: date, last: date) -> dict[date, int]:
         """Per day: patients whose first message in the store arrived that day."""
-        return self._per_day("new-patients", first, last, self._new_patients, 0)
+        return self._per_day("new-patients", first, last, self._new_patients, 0, _COUNT)
 
     def _new_patients(self, conn: Connection, first: date, last: date) -> dict[date, int]:
         m = messages.c
@@ -338,7 +390,7 @@ class Reports(Repository):
 
     def charges(self, first: date, last: date) -> dict[date, ChargeDay]:
         """Per day: DFT messages received (not refused, not replayed), charge lines, amount."""
-        return self._per_day("charges", first, last, self._charges, ChargeDay())
+        return self._per_day("charges", first, last, self._charges, ChargeDay(), _CHARGES)
 
     def _charges(self, conn: Connection, first: date, last: date) -> dict[date, ChargeDay]:
         from engine.hl7v2.codec import parse_message
@@ -372,7 +424,7 @@ class Reports(Repository):
     def eligibility(self, first: date, last: date) -> dict[date, dict[tuple[str, str], int]]:
         """Per service day: (payer, verdict) -> appointments (or patients) whose latest check
         that day for that payer had that verdict."""
-        return self._per_day("eligibility", first, last, self._eligibility, {})
+        return self._per_day("eligibility", first, last, self._eligibility, {}, _ELIGIBILITY)
 
     def _eligibility(
         self, conn: Connection, first: date, last: date

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Date,
     DateTime,
@@ -86,6 +87,9 @@ __all__ = [
     "messages",
     "metadata",
     "nodes",
+    "report_changes",
+    "report_rollup_epoch",
+    "report_rollups",
 ]
 
 metadata = MetaData()
@@ -524,4 +528,33 @@ console_sessions = Table(
     Column("last_seen_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Index("ix_console_sessions_user", "user_id"),
+)
+
+
+#: the reports' rollup (engine/store/rollups.py, migration 0023): a closed day's figures per
+#: report, as JSON, cut in ``zone``; ``report_changes``: late changes to days that may be rolled
+#: up (written by triggers, taken by the reports); ``report_rollup_epoch``: one row, moved on
+#: each time changes are taken
+report_rollups = Table(
+    "report_rollups",
+    metadata,
+    Column("report", String(24), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("zone", String(64), nullable=False),
+    Column("figures", Text, nullable=False),
+    Column("computed_at", DateTime(timezone=True), nullable=False),
+)
+report_changes = Table(
+    "report_changes",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("report", String(24), nullable=False),
+    Column("day", Date, nullable=False),  # the UTC date of the change (the service day)
+    Column("onward", Boolean, nullable=False),  # every day from it on, not only that day's
+)
+report_rollup_epoch = Table(
+    "report_rollup_epoch",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("generation", BigInteger, nullable=False),
 )

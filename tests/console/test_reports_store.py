@@ -1,6 +1,6 @@
 """The reports' statements on a real store (SQLite and PostgreSQL): days of the practice's zone
 (across the end of daylight saving time), appointments by status and patient, new patients,
-DFT charges, eligibility outcomes by payer, and past days kept."""
+DFT charges, eligibility outcomes by payer, closed days stored and today kept briefly."""
 
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def test_eligibility_takes_the_latest_check_of_each_appointment(store: SqlMessag
     }
 
 
-def test_ended_days_are_kept_and_today_only_briefly(
+def test_closed_days_are_stored_and_today_kept_only_briefly(
     store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reports = Reports(store.db_engine, "America/New_York")
@@ -169,13 +169,14 @@ def test_ended_days_are_kept_and_today_only_briefly(
     add_message(store, datetime.now(UTC) - timedelta(seconds=5), patient="OAK|T1")
     assert reports.new_patients(NOV1, NOV1) == {NOV1: 1}
     assert reports.new_patients(today, today) == {today: 1}
+    # written straight into the table, as no engine would (a new message arrives today)
     add_message(store, local(NOV1, 10), patient="OAK|B")
     add_message(store, datetime.now(UTC) - timedelta(seconds=1), patient="OAK|T2")
-    assert reports.new_patients(NOV1, NOV1) == {NOV1: 1}  # kept
+    assert reports.new_patients(NOV1, NOV1) == {NOV1: 1}  # stored
     assert reports.new_patients(today, today) == {today: 1}  # kept for a minute
     monkeypatch.setattr(reports_module, "KEEP_TODAY_S", 0.0)
     clear_kept()
-    assert reports.new_patients(NOV1, NOV1) == {NOV1: 2}
+    assert reports.new_patients(NOV1, NOV1) == {NOV1: 1}  # stored in the database, not kept
     assert reports.new_patients(today, today) == {today: 2}
     add_message(store, datetime.now(UTC), patient="OAK|T3")
     assert reports.new_patients(today, today) == {today: 3}  # not kept: read again
