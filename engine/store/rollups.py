@@ -18,12 +18,12 @@ charges            a DFT refused or replayed (or the reverse) over 30 minutes af
                    in: a replay takes it from its day, its copy counts today
 new patients       a message's patient key changed over 30 minutes after it came in: that
                    day and every later one (who was first may move)
-eligibility        a check inserted or changed for a service day up to tomorrow (UTC)
+eligibility        a check inserted or changed for a service day up to today (UTC)
 =================  =======================================================================
 
 Before a report reads its rollups, :meth:`Rollups.settle` takes those rows and drops the
-rollups of the days they touch (the UTC date's day and the day either side, which covers every
-zone); those days are then read from the rows again and stored again. Nothing else changes a
+rollups of the days they touch (an instant's day in the report's zone; a service day as it is);
+those days are then read from the rows again and stored again. Nothing else changes a
 closed day: a new message is received today, and retention's deletes note nothing, so purging
 old messages (or appointments, or checks) leaves the reports as they were.
 
@@ -39,14 +39,15 @@ import logging
 import threading
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import date, timedelta
+from datetime import UTC, date, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import Insert, delete, select, update
+from sqlalchemy import Insert, and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.store.db import Repository, WriteLock, utcnow
+from engine.store.db import Repository, WriteLock, aware, utcnow
 from engine.store.tables import report_changes, report_rollup_epoch, report_rollups
 
 __all__ = ["CLOSE_AFTER", "Rollups"]
@@ -59,6 +60,7 @@ CLOSE_AFTER = timedelta(hours=1)
 _BATCH = 2000
 #: days deleted in one statement
 _CHUNK = 500
+_DAY = timedelta(days=1)
 
 _locks: weakref.WeakKeyDictionary[Any, WriteLock] = weakref.WeakKeyDictionary()
 _locks_guard = threading.Lock()
@@ -104,6 +106,7 @@ class Rollups(Repository):
         super().__init__(db_engine)
         self._write_lock = _write_lock(db_engine)
         self.zone = zone
+        self._zone = ZoneInfo(zone)
 
     def settle(self) -> int:
         """Take the changes noted since the last settle, dropping the rollups of the days they
@@ -115,6 +118,7 @@ class Rollups(Repository):
                     select(
                         report_changes.c.id,
                         report_changes.c.report,
+                        report_changes.c.at,
                         report_changes.c.day,
                         report_changes.c.onward,
                     )
@@ -127,13 +131,26 @@ class Rollups(Repository):
             self._take(changes)
 
     def _take(self, changes: Sequence[Any]) -> None:
-        """Drop the rollups the changes touch and the changes, moving the generation on."""
-        near: dict[str, set[date]] = {}
-        onward: dict[str, date] = {}
-        for _, report, day, from_on in changes:
+        """Drop the rollups the changes touch and the changes, moving the generation on.
+
+        An instant's day in this zone is exact; a rollup cut in another zone (the setting
+        changed, or a node disagrees) loses the instant's UTC date and the day either side."""
+        here: dict[str, set[date]] = {}  # this zone's days
+        elsewhere: dict[str, set[date]] = {}  # other zones' days
+        onward: dict[str, tuple[date, date]] = {}  # (this zone's, other zones') first day
+        for _, report, at, day, from_on in changes:
+            if at is None:  # a service day: the same in every zone
+                here.setdefault(report, set()).add(day)
+                elsewhere.setdefault(report, set()).add(day)
+                continue
+            at = aware(at)
+            local, utc = at.astimezone(self._zone).date(), at.astimezone(UTC).date()
             if from_on:
-                onward[report] = min(onward.get(report, day), day)
-            near.setdefault(report, set()).update(day + timedelta(days=d) for d in (-1, 0, 1))
+                was = onward.get(report, (local, utc - _DAY))
+                onward[report] = (min(was[0], local), min(was[1], utc - _DAY))
+            else:
+                here.setdefault(report, set()).add(local)
+                elsewhere.setdefault(report, set()).update((utc - _DAY, utc, utc + _DAY))
         r = report_rollups.c
         with self._tx() as conn:
             conn.execute(
@@ -141,13 +158,20 @@ class Rollups(Repository):
                 .where(report_rollup_epoch.c.id == 1)
                 .values(generation=report_rollup_epoch.c.generation + 1)
             )
-            for report, days in near.items():
-                for chunk in _chunks(days):
-                    conn.execute(delete(report_rollups).where(r.report == report, r.day.in_(chunk)))
-            for report, day in onward.items():
+            for days_of, zone in ((here, r.zone == self.zone), (elsewhere, r.zone != self.zone)):
+                for report, days in days_of.items():
+                    for chunk in _chunks(days):
+                        conn.execute(
+                            delete(report_rollups).where(r.report == report, zone, r.day.in_(chunk))
+                        )
+            for report, (local, utc) in onward.items():
                 conn.execute(
                     delete(report_rollups).where(
-                        r.report == report, r.day >= day - timedelta(days=1)
+                        r.report == report,
+                        or_(
+                            and_(r.zone == self.zone, r.day >= local),
+                            and_(r.zone != self.zone, r.day >= utc),
+                        ),
                     )
                 )
             ids = [row[0] for row in changes]

@@ -549,7 +549,8 @@ report_changes = Table(
     metadata,
     Column("id", _ID, primary_key=True, autoincrement=True),
     Column("report", String(24), nullable=False),
-    Column("day", Date, nullable=False),  # the UTC date of the change (the service day)
+    Column("at", DateTime(timezone=True), nullable=True),  # the instant changed, or
+    Column("day", Date, nullable=True),  # the service day changed (eligibility)
     Column("onward", Boolean, nullable=False),  # every day from it on, not only that day's
 )
 report_rollup_epoch = Table(

@@ -398,3 +398,28 @@ def test_what_happens_every_minute_notes_nothing(store: SqlMessageStore) -> None
     check(store, "urn:uuid:appt-1", "Aetna", "eligible", TODAY + timedelta(days=3))
     with store.db_engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(report_changes)).scalar_one() == 0
+
+
+def test_a_late_change_drops_only_its_own_day(store: SqlMessageStore) -> None:
+    """A no-show at 23:30 in New York (the next day in UTC) drops that day's appointments and
+    nothing else; a check for a past service day drops that day's eligibility."""
+    x = TODAY - timedelta(days=10)
+    first, last = x - timedelta(days=3), x + timedelta(days=3)
+    with store.db_engine.begin() as conn:
+        appointment(conn, 1, 1, at(x, 23, 30), "booked", "urn:uuid:p1")
+    viewed(store, first, last)
+
+    def stored(report: str) -> set[date]:
+        return set(Rollups(store.db_engine, ZONE).read(report, first, last))
+
+    every = {first + timedelta(days=i) for i in range(7)}
+    assert stored("appointments") == stored("eligibility") == every
+    with store.db_engine.begin() as conn:
+        appointment(conn, 2, 1, at(x, 23, 30), "noshow", "urn:uuid:p1")
+    check(store, "urn:uuid:appt-1", "Aetna", "eligible", x - timedelta(days=2))
+    Rollups(store.db_engine, ZONE).settle()
+    assert stored("appointments") == every - {x}
+    assert stored("eligibility") == every - {x - timedelta(days=2)}
+    assert stored("charges") == stored("new-patients") == every
+    assert viewed(store, first, last) == live(store, first, last)
+    assert viewed(store, first, last)["appointments"][x].by_status == {"noshow": 1}

@@ -13,9 +13,10 @@ day may be closed (an hour after a day ends, engine/store/rollups.py): an Appoin
 or changed (start, status, patient, type) whose start has passed; a DFT message that becomes
 refused or replayed (or stops being one) more than 30 minutes after it was received; a message
 whose patient key changes that late (the new patients of its day and every later day); an
-eligibility check inserted or changed for a service day up to tomorrow (UTC). Days are the UTC
-date of the instant (the reports drop that day and the day either side: any zone's day of it).
-Deletes (retention) note nothing: a purge must not change a report.
+eligibility check inserted or changed for a service day up to today (UTC: any zone's closed
+day). A change notes its instant (``at``: the reports cut it into their zone's day) or, for a
+check, its service day (``day``). Deletes (retention) note nothing: a purge must not change a
+report.
 
 Revision ID: 0023
 Revises: 0022
@@ -49,7 +50,7 @@ class _Trigger(NamedTuple):
 _SQLITE = {
     "now": "datetime('now')",
     "half_hour_ago": "datetime('now', '-30 minutes')",
-    "tomorrow": "date('now', '+1 day')",
+    "today": "date('now')",
     "least": "min",
     "true": "1",
     "false": "0",
@@ -57,32 +58,25 @@ _SQLITE = {
 _POSTGRESQL = {
     "now": "now()",
     "half_hour_ago": "(now() - interval '30 minutes')",
-    "tomorrow": "((now() AT TIME ZONE 'UTC')::date + 1)",
+    "today": "(now() AT TIME ZONE 'UTC')::date",
     "least": "LEAST",
     "true": "true",
     "false": "false",
 }
 
 
-def _day(dialect: str, column: str) -> str:
-    return f"date({column})" if dialect == "sqlite" else f"(({column}) AT TIME ZONE 'UTC')::date"
-
-
 def _ne(dialect: str, a: str, b: str) -> str:
     return f"{a} IS NOT {b}" if dialect == "sqlite" else f"{a} IS DISTINCT FROM {b}"
 
 
-def _mark(report: str, day: str, onward: str, where: str) -> str:
+def _mark(report: str, at: str, onward: str, where: str, column: str = "at") -> str:
     return (
-        f"INSERT INTO report_changes (report, day, onward) "
-        f"SELECT '{report}', {day}, {onward} WHERE {where}"
+        f"INSERT INTO report_changes (report, {column}, onward) "
+        f"SELECT '{report}', {at}, {onward} WHERE {where}"
     )
 
 
 def _triggers(dialect: str) -> list[_Trigger]:
-    def day(column: str) -> str:
-        return _day(dialect, column)
-
     def ne(a: str, b: str) -> str:
         return _ne(dialect, a, b)
 
@@ -116,7 +110,7 @@ def _triggers(dialect: str) -> list[_Trigger]:
             "fhir_resources",
             "INSERT",
             "NEW.resource_type = 'Appointment' AND NEW.start < {now}",
-            (_mark("appointments", day("NEW.start"), "{false}", "1 = 1"),),
+            (_mark("appointments", "NEW.start", "{false}", "1 = 1"),),
         ),
         _Trigger(
             "report_appointment_changed",
@@ -126,8 +120,8 @@ def _triggers(dialect: str) -> list[_Trigger]:
             " AND (OLD.start < {now} OR NEW.start < {now})"
             f" AND ({appointment_changed})",
             (
-                _mark("appointments", day("OLD.start"), "{false}", "OLD.start IS NOT NULL"),
-                _mark("appointments", day("NEW.start"), "{false}", "NEW.start IS NOT NULL"),
+                _mark("appointments", "OLD.start", "{false}", "OLD.start IS NOT NULL"),
+                _mark("appointments", "NEW.start", "{false}", "NEW.start IS NOT NULL"),
             ),
         ),
         _Trigger(
@@ -137,11 +131,11 @@ def _triggers(dialect: str) -> list[_Trigger]:
             "{least}(OLD.received_at, NEW.received_at) < {half_hour_ago}"
             f" AND (({dft_changed}) OR {patient_changed})",
             (
-                _mark("charges", day("OLD.received_at"), "{false}", f"({dft_changed})"),
-                _mark("charges", day("NEW.received_at"), "{false}", f"({dft_changed})"),
+                _mark("charges", "OLD.received_at", "{false}", f"({dft_changed})"),
+                _mark("charges", "NEW.received_at", "{false}", f"({dft_changed})"),
                 _mark(
                     "new-patients",
-                    day("{least}(OLD.received_at, NEW.received_at)"),
+                    "{least}(OLD.received_at, NEW.received_at)",
                     "{true}",
                     f"({patient_changed})",
                 ),
@@ -151,18 +145,18 @@ def _triggers(dialect: str) -> list[_Trigger]:
             "report_eligibility_added",
             "eligibility_checks",
             "INSERT",
-            "NEW.service_date <= {tomorrow}",
-            (_mark("eligibility", "NEW.service_date", "{false}", "1 = 1"),),
+            "NEW.service_date <= {today}",
+            (_mark("eligibility", "NEW.service_date", "{false}", "1 = 1", "day"),),
         ),
         _Trigger(
             "report_eligibility_changed",
             "eligibility_checks",
             "UPDATE OF service_date, status, payer_id, payer_name, appointment_url, patient_url",
-            "(OLD.service_date <= {tomorrow} OR NEW.service_date <= {tomorrow})"
+            "(OLD.service_date <= {today} OR NEW.service_date <= {today})"
             f" AND ({check_changed})",
             (
-                _mark("eligibility", "OLD.service_date", "{false}", "1 = 1"),
-                _mark("eligibility", "NEW.service_date", "{false}", "1 = 1"),
+                _mark("eligibility", "OLD.service_date", "{false}", "1 = 1", "day"),
+                _mark("eligibility", "NEW.service_date", "{false}", "1 = 1", "day"),
             ),
         ),
     ]
@@ -200,7 +194,8 @@ def upgrade() -> None:
         "report_changes",
         sa.Column("id", _ID, primary_key=True, autoincrement=True),
         sa.Column("report", sa.String(24), nullable=False),
-        sa.Column("day", sa.Date, nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("day", sa.Date, nullable=True),
         sa.Column("onward", sa.Boolean, nullable=False),
     )
     epoch = op.create_table(
