@@ -290,9 +290,10 @@ class Reports(Repository):
         days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
         out: dict[date, V] = {}
         rollups = Rollups(self.db_engine, self.zone.key)
-        generation = 0
+        generation = None
         if first < closed_before:
             generation = rollups.settle()  # before any row is read (rollups.py says why)
+        if generation is not None:
             last_closed = min(last, closed_before - timedelta(days=1))
             for day, text in rollups.read(report, first, last_closed).items():
                 out[day] = codec.decode(text)
@@ -319,7 +320,8 @@ class Reports(Repository):
                             closed[day] = codec.encode(out[day])
                         else:
                             _kept.put(self.db_engine, (kept_key, day), out[day], KEEP_TODAY_S)
-        rollups.store(report, closed, generation)
+        if generation is not None:
+            rollups.store(report, closed, generation)
         return out
 
     def appointments(self, first: date, last: date) -> dict[date, AppointmentDay]:

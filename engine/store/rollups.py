@@ -108,9 +108,18 @@ class Rollups(Repository):
         self.zone = zone
         self._zone = ZoneInfo(zone)
 
-    def settle(self) -> int:
+    def settle(self) -> int | None:
         """Take the changes noted since the last settle, dropping the rollups of the days they
-        touch; the generation a rollup computed from now on is stored under."""
+        touch; the generation a rollup computed from now on is stored under. None when the
+        changes could not be taken (SQLite's writer busy past its timeout): then no rollup may
+        be read, nor stored."""
+        try:
+            return self._settle()
+        except SQLAlchemyError as exc:
+            log.warning("report changes not taken: %s", type(exc).__name__)
+            return None
+
+    def _settle(self) -> int:
         e = report_rollup_epoch.c
         while True:
             with self.db_engine.connect() as conn:

@@ -423,3 +423,32 @@ def test_a_late_change_drops_only_its_own_day(store: SqlMessageStore) -> None:
     assert stored("charges") == stored("new-patients") == every
     assert viewed(store, first, last) == live(store, first, last)
     assert viewed(store, first, last)["appointments"][x].by_status == {"noshow": 1}
+
+
+def test_changes_not_taken_leave_every_day_read_from_the_rows(
+    store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A settle the database refuses (SQLite's writer busy too long) reads no stored day and
+    stores none: the figures are still right, and the changes wait for the next view."""
+    from sqlalchemy.exc import OperationalError
+
+    seed(store)
+    viewed(store)
+    late_changes(store)
+
+    def busy(self: Rollups, changes: Any) -> None:
+        raise OperationalError("DELETE", {}, Exception("database is locked"))
+
+    take = Rollups._take
+    monkeypatch.setattr(Rollups, "_take", busy)
+    with store.db_engine.begin() as conn:
+        conn.execute(delete(report_rollups).where(report_rollups.c.report == "charges"))
+    assert viewed(store) == live(store)
+    with store.db_engine.connect() as conn:
+        charges = select(func.count()).where(report_rollups.c.report == "charges")
+        assert conn.execute(charges).scalar_one() == 0  # nothing stored
+        assert conn.execute(select(func.count()).select_from(report_changes)).scalar_one() > 0
+    monkeypatch.setattr(Rollups, "_take", take)
+    assert viewed(store) == live(store)
+    with store.db_engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(report_changes)).scalar_one() == 0
