@@ -247,9 +247,13 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _appointment_day(text: str) -> AppointmentDay:
+    got = orjson.loads(text)
+    return AppointmentDay(dict(got["by_status"]), int(got["patients"]))
+
+
 _APPOINTMENTS: _Codec[AppointmentDay] = _Codec(
-    lambda a: _json({"by_status": a.by_status, "patients": a.patients}),
-    lambda t: AppointmentDay(dict(orjson.loads(t)["by_status"]), int(orjson.loads(t)["patients"])),
+    lambda a: _json({"by_status": a.by_status, "patients": a.patients}), _appointment_day
 )
 _COUNT: _Codec[int] = _Codec(_json, lambda t: int(orjson.loads(t)))
 _CHARGES: _Codec[ChargeDay] = _Codec(
