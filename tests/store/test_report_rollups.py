@@ -452,3 +452,19 @@ def test_changes_not_taken_leave_every_day_read_from_the_rows(
     assert viewed(store) == live(store)
     with store.db_engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(report_changes)).scalar_one() == 0
+
+
+def test_one_late_change_is_one_note(store: SqlMessageStore) -> None:
+    """A status change notes its day once; a reschedule both days; a DFT refused late once."""
+    old = datetime.now(UTC) - timedelta(days=3)
+    with store.db_engine.begin() as conn:
+        mid = add_message(conn, old, "OAK|P1", "DFT", dft(random.Random(3)), "delivered")
+        appointment(conn, 1, 1, old, "booked", "urn:uuid:p1")
+        conn.execute(delete(report_changes))
+        appointment(conn, 2, 1, old, "noshow", "urn:uuid:p1")
+        appointment(conn, 3, 1, old - timedelta(days=1), "noshow", "urn:uuid:p1")
+        conn.execute(update(messages).where(messages.c.id == mid).values(state="error"))
+        notes = conn.execute(
+            select(report_changes.c.report, func.count()).group_by(report_changes.c.report)
+        ).all()
+    assert dict(notes) == {"appointments": 3, "charges": 1}

@@ -121,7 +121,12 @@ def _triggers(dialect: str) -> list[_Trigger]:
             f" AND ({appointment_changed})",
             (
                 _mark("appointments", "OLD.start", "{false}", "OLD.start IS NOT NULL"),
-                _mark("appointments", "NEW.start", "{false}", "NEW.start IS NOT NULL"),
+                _mark(
+                    "appointments",
+                    "NEW.start",
+                    "{false}",
+                    f"NEW.start IS NOT NULL AND ({ne('OLD.start', 'NEW.start')})",
+                ),
             ),
         ),
         _Trigger(
@@ -132,7 +137,12 @@ def _triggers(dialect: str) -> list[_Trigger]:
             f" AND (({dft_changed}) OR {patient_changed})",
             (
                 _mark("charges", "OLD.received_at", "{false}", f"({dft_changed})"),
-                _mark("charges", "NEW.received_at", "{false}", f"({dft_changed})"),
+                _mark(
+                    "charges",
+                    "NEW.received_at",
+                    "{false}",
+                    f"({dft_changed}) AND ({ne('OLD.received_at', 'NEW.received_at')})",
+                ),
                 _mark(
                     "new-patients",
                     "{least}(OLD.received_at, NEW.received_at)",
@@ -156,7 +166,13 @@ def _triggers(dialect: str) -> list[_Trigger]:
             f" AND ({check_changed})",
             (
                 _mark("eligibility", "OLD.service_date", "{false}", "1 = 1", "day"),
-                _mark("eligibility", "NEW.service_date", "{false}", "1 = 1", "day"),
+                _mark(
+                    "eligibility",
+                    "NEW.service_date",
+                    "{false}",
+                    ne("OLD.service_date", "NEW.service_date"),
+                    "day",
+                ),
             ),
         ),
     ]
