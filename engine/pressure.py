@@ -6,7 +6,16 @@ ACK waits on one) and the workers' transactions take turns. While the receiver's
 more than ``threshold`` of the time with work of its own (over windows of ``window_s``) —
 senders are keeping it saturated — the workers pause before each of their transactions (never
 longer than ``max_wait_s`` at a time, so processing always moves on). At an ordinary rate the
-writer is mostly idle and the workers never wait. A destination that is down changes nothing
+writer is mostly idle and the workers never wait.
+
+A pause buys the receiver time; it must not become the workers' pace. The workers pause for at
+most ``max_share`` of the time: after a pause of *w* seconds they run unpaused for at least
+*w* · (1 − share) / share (as long again, at one half). Without that bound a rate the receiver's
+writer is saturated by for good (200 messages/s on a slow disk, in the soak) made the workers
+wait 250 ms before every claim and every batch, about four transactions a second: they delivered
+about 90 messages a second whatever the destinations could take, and the backlog grew without
+end. A burst still gets the writer first, for half the time; a sustained rate gets a queue that
+keeps up. A destination that is down changes nothing
 here: its deliveries wait in their own queue.
 
 The state is one shared double (a monotonic deadline), written by the receiver and read by the
@@ -34,6 +43,7 @@ class IngestPressure:
         window_s: float = 0.1,
         hold_s: float = 0.2,
         max_wait_s: float = 0.25,
+        max_share: float = 0.5,
     ) -> None:
         #: a ``multiprocessing.Value("d")`` (or anything with ``.value``): saturated until
         self.shared = shared
@@ -41,6 +51,11 @@ class IngestPressure:
         self.window_s = window_s
         self.hold_s = hold_s
         self.max_wait_s = max_wait_s
+        if not 0.0 < max_share <= 1.0:
+            raise ValueError("max_share is a fraction of the time, above 0 and at most 1")
+        self.max_share = max_share
+        #: after a pause, the workers run unpaused until then (monotonic seconds)
+        self._free_until = 0.0
         self._window_start = time.monotonic()
         self._busy = 0.0
 
@@ -61,11 +76,15 @@ class IngestPressure:
         return self.shared is not None and time.monotonic() < self.shared.value
 
     async def yield_to(self, poll_s: float = 0.02) -> float:
-        """Wait while the receiver is saturated, at most ``max_wait_s``; the seconds waited."""
-        if not self.saturated():
-            return 0.0
+        """Wait while the receiver is saturated, at most ``max_wait_s``, and not within the
+        unpaused time a previous pause earned (``max_share``); the seconds waited."""
         start = time.monotonic()
+        if start < self._free_until or not self.saturated():
+            return 0.0
         deadline = start + self.max_wait_s
         while self.saturated() and time.monotonic() < deadline:
             await asyncio.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
-        return time.monotonic() - start
+        end = time.monotonic()
+        waited = end - start
+        self._free_until = end + waited * (1.0 - self.max_share) / self.max_share
+        return waited

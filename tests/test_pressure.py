@@ -45,6 +45,34 @@ def test_the_workers_wait_at_most_max_wait_then_go_on() -> None:
     assert asyncio.run(IngestPressure(None).yield_to()) == 0.0  # no receiver beside it
 
 
+def test_a_saturation_that_never_ends_pauses_the_workers_half_the_time_at_most() -> None:
+    shared = SimpleNamespace(value=time.monotonic() + 60)  # saturated for a minute: a soak
+
+    async def main() -> tuple[float, float, float, float]:
+        pressure = IngestPressure(shared, max_wait_s=0.1)
+        first = await pressure.yield_to(poll_s=0.02)
+        right_after = await pressure.yield_to(poll_s=0.02)  # earned: as long unpaused
+        await asyncio.sleep(first + 0.02)
+        again = await pressure.yield_to(poll_s=0.02)  # the unpaused time is over
+        # a second's worth of transactions, each asking first: paused at most half of it
+        start, paused = time.monotonic(), 0.0
+        while time.monotonic() - start < 1.0:
+            paused += await pressure.yield_to(poll_s=0.02)
+            await asyncio.sleep(0.005)  # the transaction itself
+        return first, right_after, again, paused / (time.monotonic() - start)
+
+    first, right_after, again, share = asyncio.run(main())
+    assert first >= 0.09 and right_after == 0.0 and again >= 0.09
+    assert 0.3 <= share <= 0.55, share
+
+
+def test_max_share_is_a_fraction() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="max_share"):
+        IngestPressure(None, max_share=0.0)
+
+
 def _turns(path: Path, first: tuple[str, bool], second: tuple[str, bool]) -> list[str]:
     """While a third writer holds the lock, ``first`` then ``second`` (name, priority) queue for
     it; the order in which all three got it."""
