@@ -37,6 +37,13 @@ no Binary endpoint to refer to).
 A relative ``directory`` in a route file is the engine home's (``ENGINE_HOME``), never the current
 directory's.
 
+The directory's own fsync (which makes the new name durable) is shared: a write that has
+linked its file waits for the next fsync of the directory that starts after it, and one fsync
+serves every write linked before it began (a group commit, as the store does for messages). With
+eight deliveries in flight the folder is synced once for each group instead of once for each
+file; each file's own data is still synced before it is linked, so a name never points at
+half a file. A delivery is reported only once its name is durable.
+
 A kill between a temporary file's link and its unlink leaves the temporary file behind. The
 first delivery of a destination in a process removes its own temporary files (its destination's
 name and store tag) older than :data:`STALE_TMP_S`: no write takes that long, so none is another
@@ -59,7 +66,11 @@ import re
 import socket
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -84,6 +95,18 @@ _MEDIA_EXTENSIONS = {
 }
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _TAG = re.compile(r"[0-9a-f]{8}")
+#: threads of a destination's own for its writes and fsyncs: as many as the deliveries the
+#: dispatcher lets it have in flight (engine/flow/deliver.py, ``per_destination``)
+IO_THREADS = 8
+T = TypeVar("T")
+
+
+class _Io(Protocol):
+    """Runs a blocking call on the destination's threads."""
+
+    def __call__(self, call: Callable[[], T]) -> Awaitable[T]: ...
+
+
 #: seconds after which a destination's own temporary file is a leftover of a killed write
 STALE_TMP_S = 3600.0
 _PERMANENT = frozenset(
@@ -133,12 +156,13 @@ def _stem(payload: Payload, tag: str) -> str:
     return f"{payload.message_id}-{_UNSAFE.sub('_', payload.destination)}-{tag}"
 
 
-async def _stream_new(directory: Path, name: str, content: DocumentContent) -> str | None:
+async def _stream_new(directory: Path, name: str, content: DocumentContent, io: _Io) -> str | None:
     """Write ``content`` to ``name`` as :func:`_write_new` does, chunk by chunk (a 25 MiB scan
     is never held whole); returns the SHA-256 of what was written, or None when ``name`` was
     already there (delivered before). The caller refuses a hash that is not the stored one:
-    the file is then removed, never left under the document's name."""
-    await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+    the file is then removed, never left under the document's name. The caller syncs the
+    directory."""
+    await io(partial(directory.mkdir, parents=True, exist_ok=True))
     target = directory / name
     if target.exists():
         return None
@@ -148,9 +172,9 @@ async def _stream_new(directory: Path, name: str, content: DocumentContent) -> s
         with os.fdopen(fd, "wb") as f:
             async for chunk in content.stream():
                 digest.update(chunk)
-                await asyncio.to_thread(f.write, chunk)
-            await asyncio.to_thread(f.flush)
-            await asyncio.to_thread(os.fsync, f.fileno())
+                await io(partial(f.write, chunk))
+            await io(f.flush)
+            await io(partial(os.fsync, f.fileno()))
         if digest.hexdigest() != content.sha256:
             return digest.hexdigest()
         try:
@@ -160,12 +184,12 @@ async def _stream_new(directory: Path, name: str, content: DocumentContent) -> s
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    await asyncio.to_thread(_sync_directory, directory)
     return digest.hexdigest()
 
 
 def _write_new(directory: Path, name: str, body: bytes) -> bool:
-    """Write ``name`` whole, or find it there (False); an existing file is never replaced."""
+    """Write ``name`` whole, or find it there (False); an existing file is never replaced. The
+    caller syncs the directory (:class:`_DirectorySync`)."""
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
     if target.exists():
@@ -183,7 +207,6 @@ def _write_new(directory: Path, name: str, body: bytes) -> bool:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    _sync_directory(directory)
     return True
 
 
@@ -215,6 +238,40 @@ def _sync_directory(directory: Path) -> None:
             os.close(dir_fd)
 
 
+class _DirectorySync:
+    """The directory's fsync shared by the writes waiting for it (a group commit).
+
+    :meth:`sync` returns once an fsync of the directory that *started* after the call has
+    finished: every name linked before the call is then durable. Syncs are numbered as they
+    start; a caller needs the one numbered after the count it saw, and finds it done when an
+    earlier waiter ran it. Only one fsync runs at a time, so the writes that link while it runs
+    all share the next one. A failed fsync raises for its caller; the others waiting run their
+    own."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = 0
+        self._finished = 0
+        #: fsyncs run (for the tests and the profile)
+        self.count = 0
+
+    async def sync(self, io: _Io) -> None:
+        wanted = self._started + 1
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._loop is not loop:  # a lock serves one event loop
+            self._lock, self._loop = asyncio.Lock(), loop
+        async with self._lock:
+            if self._finished >= wanted:
+                return
+            self._started += 1
+            number = self._started
+            await io(partial(_sync_directory, self.directory))
+            self.count += 1
+            self._finished = number
+
+
 class FileDropDestination:
     """Writes each payload to ``directory`` (created when missing).
 
@@ -230,13 +287,23 @@ class FileDropDestination:
         self.directory = config.directory
         self.tag = tag or engine_tag()
         self._swept = False
+        self._dirsync = _DirectorySync(self.directory)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _io(self, call: Callable[[], T]) -> Awaitable[T]:
+        """Run ``call`` (a write, an fsync) on this destination's own threads: a disk slow to
+        sync holds them, never the thread pool the worker's database calls (claims, outcomes,
+        heartbeats) run on."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="file-destination")
+        return asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     async def _sweep_once(self) -> None:
         """This destination's temporary files left by a killed write (see the module), once."""
         self._swept = True
         dest = re.escape(_UNSAFE.sub("_", self.name))
         stem = re.compile(rf"\.\d+-{dest}-{self.tag}\..+\.tmp")
-        removed = await asyncio.to_thread(_sweep, self.directory, stem, STALE_TMP_S)
+        removed = await self._io(partial(_sweep, self.directory, stem, STALE_TMP_S))
         if removed:
             log.warning(
                 "file destination: leftover temporary files removed",
@@ -250,7 +317,9 @@ class FileDropDestination:
             if payload.kind == "document":
                 return await self._deliver_document(payload)
             name = file_name(payload, self.tag)
-            written = await asyncio.to_thread(_write_new, self.directory, name, payload.body)
+            written = await self._io(partial(_write_new, self.directory, name, payload.body))
+            # found there too: the writer before may have died before its name was durable
+            await self._dirsync.sync(self._io)
         except OSError as exc:
             code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
             detail = f"file: {code}"
@@ -288,11 +357,12 @@ class FileDropDestination:
         stem = _stem(payload, self.tag)
         if envelope.format == "none":
             name = stem + _MEDIA_EXTENSIONS.get(envelope.document.media_type, ".bin")
-            sha256 = await _stream_new(self.directory, name, payload.content)
+            sha256 = await _stream_new(self.directory, name, payload.content, self._io)
             if sha256 is not None and sha256 != envelope.document.sha256:
                 return DeliveryResult.retry(
                     "file: the document's bytes read are not the ones stored"
                 )
+            await self._dirsync.sync(self._io)
         else:
             data = await payload.content.read()
             if hashlib.sha256(data).hexdigest() != envelope.document.sha256:
@@ -305,13 +375,18 @@ class FileDropDestination:
                 docref = inline_attachment(envelope.body["DocumentReference"], data)
                 name, body = stem + ".json", orjson.dumps(docref)
             del data
-            await asyncio.to_thread(_write_new, self.directory, name, body)
+            await self._io(partial(_write_new, self.directory, name, body))
+            await self._dirsync.sync(self._io)  # the document's name durable before its sidecar's
         sidecar = orjson.dumps(
             {"file": name, "format": envelope.format, "document": envelope.document.to_dict()},
             option=orjson.OPT_INDENT_2,
         )
-        await asyncio.to_thread(_write_new, self.directory, stem + ".meta.json", sidecar)
+        await self._io(partial(_write_new, self.directory, stem + ".meta.json", sidecar))
+        await self._dirsync.sync(self._io)
         return DeliveryResult.success(f"file: wrote {name} ({envelope.document.size} bytes)")
 
     async def close(self) -> None:
-        """Nothing is held open between deliveries."""
+        """No file is held open between deliveries; the threads are let go."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None

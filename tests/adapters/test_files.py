@@ -217,3 +217,61 @@ def test_the_first_delivery_removes_its_destinations_leftover_temporary_files(
     os.utime(stale, (hour_ago, hour_ago))
     asyncio.run(dest.deliver(payload(b"MSH|2", message_id=13)))
     assert stale.exists()
+
+
+def test_one_directory_fsync_serves_the_files_linked_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty deliveries at once share fewer directory fsyncs than files, and none returns
+    before an fsync that began after its file was linked has finished."""
+    import time
+
+    from engine.adapters import files
+
+    done: list[set[str]] = []
+
+    def slow_sync(directory: Path) -> None:
+        linked = {p.name for p in directory.iterdir() if not p.name.startswith(".")}
+        time.sleep(0.02)  # an fsync takes a while: the next writes link meanwhile
+        done.append(linked)
+
+    monkeypatch.setattr(files, "_sync_directory", slow_sync)
+    dest = destination(tmp_path)
+    uncovered: list[str] = []
+
+    async def one(i: int) -> None:
+        p = payload(b"MSH|^~\\&|x\r", message_id=i)
+        result = await dest.deliver(p)
+        assert result.ok, result.detail
+        durable = set().union(*done)
+        if file_name(p) not in durable:
+            uncovered.append(file_name(p))
+
+    async def main() -> None:
+        await asyncio.gather(*(one(i) for i in range(1, 41)))
+
+    asyncio.run(main())
+    assert uncovered == []
+    assert len(list(tmp_path.glob("*.hl7"))) == 40
+    assert 1 <= len(done) <= 20, len(done)  # shared: 40 in flight, far fewer syncs
+
+
+def test_a_failed_directory_fsync_fails_its_delivery_and_the_next_one_syncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.adapters import files
+
+    calls: list[int] = []
+
+    def flaky(directory: Path) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(files, "_sync_directory", flaky)
+    dest = destination(tmp_path)
+    first = deliver(dest, payload(b"a", message_id=1))
+    assert not first.ok and first.detail == "file: EIO"
+    again = deliver(dest, payload(b"a", message_id=1))  # the file is there: synced, then done
+    assert again.ok and "exists" in (again.detail or "")
+    assert len(calls) == 2
