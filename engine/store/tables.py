@@ -59,6 +59,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -156,6 +157,13 @@ messages = Table(
     Index("ix_messages_patient", "patient_key", "state", "id"),
     Index("ix_messages_received", "received_at", "id"),
     Index("ix_messages_control", "control_id"),
+    #: a replayed original's copies (retention asks whether one is unfinished; migration 0024)
+    Index(
+        "ix_messages_replay_of",
+        "replay_of",
+        postgresql_where=text("replay_of IS NOT NULL"),
+        sqlite_where=text("replay_of IS NOT NULL"),
+    ),
     # and ix_messages_mrn (a bare MRN's search), made per database by migration 0015: the MRN
     # part of the patient key and the id (see patient_mrn)
 )
