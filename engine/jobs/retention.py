@@ -11,8 +11,12 @@ newest one received before the cutoff are walked in ranges of at most :data:`MAX
 deliveries and documents, in one transaction; the candidates read from the primary key's index,
 so a batch costs the same at a thousand messages or ten million). Each batch is timed, the next
 range sized to take about a third of the budget (from :data:`FIRST_BATCH`, between :data:`MIN_BATCH`
-and :data:`MAX_BATCH` ids), and a short pause between batches lets the other writers in. The
-slowest batch is reported (and logged by the worker) so an operator sees the bound held.
+and :data:`MAX_BATCH` ids), and a pause between batches lets the other writers in: the purge
+works at most :data:`DUTY` of the time (a batch of *t* seconds is followed by a pause of
+*t* (1 - DUTY) / DUTY, at least :data:`PAUSE_S`). Flat out (a pause of 20 ms only) it purged
+9,000 messages a second on PostgreSQL and slowed 8 senders' ingest by about a third on this
+2-core machine; retention is never urgent, so it yields. The slowest batch is reported (and
+logged by the worker) so an operator sees the bound held.
 
 The time measured is the whole call, transaction and all: an upper bound of how long its locks
 were held. On SQLite every write transaction waits for its fsync, whatever its size: a batch
@@ -34,6 +38,7 @@ from engine.store.tables import messages
 
 __all__ = [
     "BUDGET_S",
+    "DUTY",
     "FIRST_BATCH",
     "MAX_BATCH",
     "MIN_BATCH",
@@ -49,8 +54,10 @@ BUDGET_S = 0.1
 FIRST_BATCH = 500
 MIN_BATCH = 20
 MAX_BATCH = 5000
-#: between two batches: the receivers' and workers' commits go first
+#: between two batches, at least: the receivers' and workers' commits go first
 PAUSE_S = 0.02
+#: the share of the time the purge works (the rest it pauses between batches)
+DUTY = 0.15
 
 
 class Purging(Protocol):
@@ -108,11 +115,16 @@ def purge_in_batches(
     budget_s: float = BUDGET_S,
     first: int = FIRST_BATCH,
     pause_s: float = PAUSE_S,
+    duty: float = DUTY,
     stop: Callable[[], bool] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> PurgeReport:
     """Purge every delivered message older than ``older_than`` a range of ids at a time (see
-    the module); ``stop`` is asked between batches (the node stepping down or stopping)."""
+    the module); ``stop`` is asked between batches (the node stepping down or stopping).
+    ``duty`` (0 to 1]: the share of the time spent purging; 1 pauses ``pause_s`` only."""
+    if not 0 < duty <= 1:
+        raise ValueError(f"duty must be in (0, 1], not {duty}")
     report = PurgeReport()
     bounds = _bounds(store.db_engine, older_than)
     if bounds is None:
@@ -136,6 +148,7 @@ def purge_in_batches(
             )
         after = upto
         size = _next_size(size, took, budget_s)
-        if pause_s and after < last:
-            time.sleep(pause_s)
+        pause = max(pause_s, took * (1 - duty) / duty)
+        if pause > 0 and after < last:
+            sleep(pause)
     return report

@@ -147,7 +147,7 @@ def test_refusals_purged_in_batches(store: SqlMessageStore, tmp_path: Path) -> N
     _long_ago(store, *old)
     recent = [_refuse(store, path) for path, _ in paths[50:]]
 
-    report = purge_in_batches(store, KEEP, first=20, pause_s=0)
+    report = purge_in_batches(store, KEEP, first=20, pause_s=0, duty=1)
 
     assert report.purged == 50 and report.batches >= 2  # 20 ids, then 20 to 40
     assert _messages(store) == len(recent)

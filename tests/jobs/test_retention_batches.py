@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, insert, select
 
-from engine.jobs.retention import BUDGET_S, MAX_BATCH, purge_in_batches
+from engine.jobs.retention import BUDGET_S, DUTY, MAX_BATCH, PAUSE_S, purge_in_batches
 from engine.store import SqlMessageStore
 from engine.store.tables import deliveries, messages
 
@@ -103,7 +103,7 @@ def test_tens_of_thousands_purged_in_short_batches(
     _seed(store)
     timed = _Timed(store)
     with caplog.at_level(logging.WARNING, logger="engine.jobs.retention"):
-        report = purge_in_batches(timed, timedelta(days=30))
+        report = purge_in_batches(timed, timedelta(days=30), duty=1)  # pauses: below
 
     assert report.purged == OLD  # everything old and delivered
     assert _count(store, messages) == KEPT_RECENT + KEPT_DEAD  # the rest kept
@@ -126,7 +126,7 @@ def test_tens_of_thousands_purged_in_short_batches(
     print(f"\n{figure}")  # noqa: T201 (the measured figure, shown with -s)
     assert p95 <= BUDGET_S, figure
     assert caplog.text.count("over its budget") == report.over_budget <= report.batches // 20
-    assert purge_in_batches(timed, timedelta(days=30)).purged == 0  # nothing left
+    assert purge_in_batches(timed, timedelta(days=30), duty=1).purged == 0  # nothing left
 
 
 def test_a_stop_ends_the_purge_between_batches(store: SqlMessageStore) -> None:
@@ -139,3 +139,46 @@ def test_a_stop_ends_the_purge_between_batches(store: SqlMessageStore) -> None:
 
     report = purge_in_batches(store, timedelta(days=30), stop=stop)
     assert report.batches == 2 and 0 < report.purged < OLD
+
+
+class _Clocked:
+    """A store whose every batch takes a set time on a clock the test keeps, and purges its
+    range's width; the pauses between batches advance the same clock."""
+
+    def __init__(self, takes: list[float]) -> None:
+        self.db_engine = None
+        self.now = 0.0
+        self.takes = takes
+        self.worked = 0.0
+        self.pauses: list[float] = []
+
+    def purge_delivered(
+        self, older_than: timedelta, id_range: tuple[int, int] | None = None
+    ) -> int:
+        took = self.takes[len(self.pauses) % len(self.takes)]
+        self.now += took
+        self.worked += took
+        assert id_range is not None
+        return id_range[1] - id_range[0]
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.now += seconds
+
+
+def test_the_purge_works_at_most_its_duty_of_the_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import engine.jobs.retention as retention
+
+    fake = _Clocked([0.030, 0.001, 0.080, 0.010])
+    monkeypatch.setattr(retention, "_bounds", lambda db_engine, older_than: (0, 200_000))
+    report = purge_in_batches(fake, timedelta(days=30), clock=lambda: fake.now, sleep=fake.sleep)  # type: ignore[arg-type]
+    assert report.purged == 200_000 and len(fake.pauses) == report.batches - 1 > 10
+    # each pause at least the floor, and long enough that work is DUTY of the time
+    assert min(fake.pauses) >= PAUSE_S
+    assert fake.worked / fake.now == pytest.approx(DUTY, rel=0.1)
+    # a batch of 80 ms is followed by 80 * 0.85 / 0.15 ms
+    assert max(fake.pauses) == pytest.approx(0.080 * (1 - DUTY) / DUTY)
+    with pytest.raises(ValueError, match="duty"):
+        purge_in_batches(fake, timedelta(days=30), duty=0)  # type: ignore[arg-type]
