@@ -18,8 +18,9 @@ then ``engine serve`` started again after 0-1 s) and the leader's worker process
 receiver's supervisor starts another). Which node leads is read off the nodes' logs ("this node
 leads", at WARNING); a new term after a kill is the takeover.
 
-Checks besides the messages' (chaos/check.py): no 270 sent twice for one appointment in one
-run (the payer's count per member against the runs that recorded an item for it); every
+Checks besides the messages' (chaos/check.py): no 270 sent twice for one member (patient and
+payer) in one run, whichever of its appointments asked (the payer's count per member against
+the runs that recorded an item for it); every
 appointment ACKed is checked, and every run ended, within the drain (the minute's run
 included); after each kill a node leads within 30 s; and no member asked once in each of two
 runs either (:func:`asked_again`: the load books one appointment per member, the payer answers
