@@ -29,14 +29,20 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from engine.documents.model import DocumentInfo
 from engine.store.blobs import BlobFiles, DocumentChanged
 from engine.store.clean import clean, clean_key
 from engine.store.db import Repository, utcnow
-from engine.store.tables import document_blobs, document_chunks, documents, messages
+from engine.store.tables import (
+    REFUSALS_STAY,
+    document_blobs,
+    document_chunks,
+    documents,
+    messages,
+)
 
 __all__ = [
     "purge_documents_of",
@@ -496,10 +502,13 @@ def _refused_hashes(conn: Connection, candidates: set[str], purged: set[int]) ->
     kind ``document`` in state ``error``, or ``replayed`` by an operator, not among ``purged``):
     its bytes go only with the last refusal (or document) that names them."""
     kept: set[str] = set()
+    # the terms of ix_messages_refusals, literally; SQLite, which prefers the index on state
+    # (every message in error), is told to take it
+    table = (
+        "messages INDEXED BY ix_messages_refusals" if conn.dialect.name == "sqlite" else "messages"
+    )
     rows = conn.execute(
-        select(messages.c.id, messages.c.raw).where(
-            messages.c.kind == "document", messages.c.state.in_(("error", "replayed"))
-        )
+        select(text("id"), text("raw")).select_from(text(table)).where(text(REFUSALS_STAY))
     )
     for mid, raw in rows:
         if mid not in purged and (sha := _kept_by_refusal(raw)) in candidates:

@@ -66,6 +66,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 __all__ = [
+    "REFUSALS_STAY",
     "alert_events",
     "alerts",
     "audit_chain",
@@ -125,6 +126,11 @@ def _patient_mrn_postgresql(element: patient_mrn, compiler: SQLCompiler, **kw: o
 
 _ID = BigInteger().with_variant(Integer, "sqlite")
 
+#: the refused uploads that stay, as ``ix_messages_refusals`` states them: a query that should read
+#: that index says the same, literally (SQLite takes a partial index only for the same terms
+#: with the same constants, never for bound parameters)
+REFUSALS_STAY = "kind = 'document' AND state IN ('error', 'replayed')"
+
 messages = Table(
     "messages",
     metadata,
@@ -163,6 +169,14 @@ messages = Table(
         "replay_of",
         postgresql_where=text("replay_of IS NOT NULL"),
         sqlite_where=text("replay_of IS NOT NULL"),
+    ),
+    #: refused uploads that stay (retention asks which still keep the bytes of a purged
+    #: document, engine/store/documents.py; migration 0024): without it, every error message
+    Index(
+        "ix_messages_refusals",
+        "id",
+        postgresql_where=text(REFUSALS_STAY),
+        sqlite_where=text(REFUSALS_STAY),
     ),
     # and ix_messages_mrn (a bare MRN's search), made per database by migration 0015: the MRN
     # part of the patient key and the id (see patient_mrn)

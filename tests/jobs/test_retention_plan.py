@@ -125,3 +125,61 @@ def test_a_batch_asks_after_copies_through_the_index_and_is_never_jit_compiled(
             cursor.execute("EXPLAIN QUERY PLAN " + statement, params)
             plan = " | ".join(str(r[-1]) for r in cursor.fetchall())
             assert "ix_messages_replay_of" in plan, plan
+
+
+def _refusals(store: SqlMessageStore, tag: str) -> None:
+    """Many messages in error (not documents), and a few old refused uploads that kept their
+    bytes: purging one asks which refusals still keep its bytes."""
+    old = datetime.now(UTC) - timedelta(days=60)
+
+    def row(n: int, kind: str, raw: bytes) -> dict[str, object]:
+        return {
+            "received_at": old,
+            "channel": "http" if kind == "document" else "mllp",
+            "peer": "",
+            "kind": kind,
+            "size": len(raw),
+            "raw": raw,
+            "control_id": None if kind == "document" else f"{tag}{n}",
+            "patient_key": None,
+            "state": "error",
+            "updated_at": old,
+        }
+
+    refused = [
+        row(
+            n,
+            "document",
+            json.dumps({"refused": "no", "bytes_kept": True, "sha256": f"{n:064x}"}).encode(),
+        )
+        for n in range(5)
+    ]
+    with store.db_engine.begin() as conn:
+        conn.execute(insert(messages), [row(n, "hl7v2", b"MSH|^~\\&|E") for n in range(3000)])
+        conn.execute(insert(messages), refused)
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("ANALYZE messages")
+
+
+def test_a_batch_finds_the_refusals_that_keep_bytes_without_reading_every_error(
+    store: SqlMessageStore,
+) -> None:
+    _refusals(store, "E")
+    with _statements(store) as seen:
+        assert store.purge_delivered(timedelta(days=30), id_range=(0, 10**9)) == 5
+    asked = [(s, p) for s, p in seen if "kind = 'document'" in s]
+    assert len(asked) == 1, [s for s, _ in seen]  # the refusals that stay, asked once
+    statement, params = asked[0]
+    _refusals(store, "F")  # the table as full again to explain the statement against
+
+    with store.db_engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        cursor = raw.cursor()
+        if conn.dialect.name == "postgresql":
+            cursor.execute("EXPLAIN (FORMAT JSON) " + statement, params)
+            plan = json.dumps(cursor.fetchone()[0])
+        else:
+            cursor.execute("EXPLAIN QUERY PLAN " + statement, params)
+            plan = " | ".join(str(r[-1]) for r in cursor.fetchall())
+        assert "ix_messages_refusals" in plan, plan
