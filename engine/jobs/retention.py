@@ -4,19 +4,21 @@ more than :data:`BUDGET_S` (100 ms).
 
 One ``DELETE`` of a day's messages holds the row locks of all of them, and the WAL they write,
 until it commits: on PostgreSQL with millions of messages that is seconds to minutes during which
-the receivers' and workers' commits queue behind it and autovacuum falls behind; on SQLite it
-holds the one writer's lock every ACK waits on. Here the ids from the oldest message to the
-newest one received before the cutoff are walked in ranges of at most :data:`MAX_BATCH` ids
+the receivers' and workers' commits queue behind it and autovacuum falls behind; on SQLite it holds
+the one writer's lock every ACK waits on. Here the ids from the oldest message to the newest one
+received before the cutoff are walked in ranges of at most :data:`MAX_BATCH` ids
 (``MessageStore.purge_delivered`` with an ``id_range``: the purgeable messages of the range, their
-deliveries and documents, in one transaction; the candidates read from the primary key's index,
-so a batch costs the same at a thousand messages or ten million). Each batch is timed, the next
-range sized to take about a third of the budget (from :data:`FIRST_BATCH`, between :data:`MIN_BATCH`
-and :data:`MAX_BATCH` ids), and a pause between batches lets the other writers in: the purge
-works at most :data:`DUTY` of the time (a batch of *t* seconds is followed by a pause of
-*t* (1 - DUTY) / DUTY, at least :data:`PAUSE_S`). Flat out (a pause of 20 ms only) it purged
-9,000 messages a second on PostgreSQL and slowed 8 senders' ingest by about a third on this
-2-core machine; retention is never urgent, so it yields. The slowest batch is reported (and
-logged by the worker) so an operator sees the bound held.
+deliveries and documents, in one transaction; the candidates read from the primary key's index, and
+what a batch asks of other rows from indexes of their own: the copies of a replayed original, the
+refused uploads that still keep a purged document's bytes; migration 0024). Each batch is timed,
+the next range sized to take about a third of the budget (from :data:`FIRST_BATCH`, between
+:data:`MIN_BATCH` and :data:`MAX_BATCH` ids), and a pause between batches lets the other writers
+in: the purge works at most :data:`DUTY` of the time (a batch of *t* seconds is followed by a pause
+of *t* (1 - DUTY) / DUTY, at least :data:`PAUSE_S` and at most :data:`MAX_PAUSE_S`, so that a node
+stopping is not kept waiting). Flat out (a pause of 20 ms only) it purged 9,000 messages a second
+on PostgreSQL and slowed 8 senders' ingest by about a third on this 2-core machine; retention is
+never urgent, so it yields. The slowest batch is reported (and logged by the worker) so an operator
+sees the bound held.
 
 The time measured is the whole call, transaction and all: an upper bound of how long its locks
 were held. On SQLite every write transaction waits for its fsync, whatever its size: a batch
@@ -40,6 +42,7 @@ __all__ = [
     "BUDGET_S",
     "DUTY",
     "FIRST_BATCH",
+    "MAX_PAUSE_S",
     "MAX_BATCH",
     "MIN_BATCH",
     "PurgeReport",
@@ -58,6 +61,9 @@ MAX_BATCH = 5000
 PAUSE_S = 0.02
 #: the share of the time the purge works (the rest it pauses between batches)
 DUTY = 0.15
+#: the longest pause between two batches (a batch stretched by a lock wait is not followed by
+#: a longer one than this: ``stop`` is asked again after it)
+MAX_PAUSE_S = 2.0
 
 
 class Purging(Protocol):
@@ -148,7 +154,7 @@ def purge_in_batches(
             )
         after = upto
         size = _next_size(size, took, budget_s)
-        pause = max(pause_s, took * (1 - duty) / duty)
+        pause = min(MAX_PAUSE_S, max(pause_s, took * (1 - duty) / duty))
         if pause > 0 and after < last:
             sleep(pause)
     return report

@@ -12,7 +12,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, insert, select
 
-from engine.jobs.retention import BUDGET_S, DUTY, MAX_BATCH, PAUSE_S, purge_in_batches
+from engine.jobs.retention import (
+    BUDGET_S,
+    DUTY,
+    MAX_BATCH,
+    MAX_PAUSE_S,
+    PAUSE_S,
+    purge_in_batches,
+)
 from engine.store import SqlMessageStore
 from engine.store.tables import deliveries, messages
 
@@ -180,5 +187,9 @@ def test_the_purge_works_at_most_its_duty_of_the_time(
     assert fake.worked / fake.now == pytest.approx(DUTY, rel=0.1)
     # a batch of 80 ms is followed by 80 * 0.85 / 0.15 ms
     assert max(fake.pauses) == pytest.approx(0.080 * (1 - DUTY) / DUTY)
+    # a batch stretched to 1 s (a lock wait) is followed by 2 s, not 5.7: a stop is asked then
+    slow = _Clocked([1.0])
+    purge_in_batches(slow, timedelta(days=30), clock=lambda: slow.now, sleep=slow.sleep)  # type: ignore[arg-type]
+    assert slow.pauses and max(slow.pauses) == MAX_PAUSE_S
     with pytest.raises(ValueError, match="duty"):
         purge_in_batches(fake, timedelta(days=30), duty=0)  # type: ignore[arg-type]
