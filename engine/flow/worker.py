@@ -38,6 +38,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from engine.jobs.upkeep import keep_tables
 from engine.memory import keep_little_freed_memory
 from engine.metrics import EngineMetrics
 from engine.runtime import freeze_loaded
@@ -148,13 +149,15 @@ async def _lead(
 ) -> None:
     """The singleton jobs, while this node leads (engine/jobs/leader.py): the eligibility
     schedule and the resumption of runs a dead node left unfinished, the pulls, retention and
-    queue repair (the alerts ask whether this node leads). Until ``term`` (a clean stop), or
+    queue repair, the queue tables' upkeep where autovacuum is off (engine/jobs/upkeep.py; the
+    alerts ask whether this node leads). Until ``term`` (a clean stop), or
     cancelled (leadership lost):
     the schedules are stopped either way and a run cut short is given back."""
     pulls = _pulls(routes, settings, store, node, wake, metrics)
     tasks = [
         asyncio.create_task(_eligibility(settings, store, node, term), name="eligibility"),
         asyncio.create_task(_retention(store, settings, term), name="retention"),
+        asyncio.create_task(keep_tables(store.db_engine, term), name="upkeep"),
     ]
     try:
         await asyncio.gather(*tasks)
