@@ -60,7 +60,7 @@ MAX_BATCH = 5000
 #: between two batches, at least: the receivers' and workers' commits go first
 PAUSE_S = 0.02
 #: the share of the time the purge works (the rest it pauses between batches)
-DUTY = 0.15
+DUTY = 0.08
 #: the longest pause between two batches (a batch stretched by a lock wait is not followed by
 #: a longer one than this: ``stop`` is asked again after it)
 MAX_PAUSE_S = 2.0

@@ -185,7 +185,7 @@ def test_the_purge_works_at_most_its_duty_of_the_time(
     # each pause at least the floor, and long enough that work is DUTY of the time
     assert min(fake.pauses) >= PAUSE_S
     assert fake.worked / fake.now == pytest.approx(DUTY, rel=0.1)
-    # a batch of 80 ms is followed by 80 * 0.85 / 0.15 ms
+    # a batch of 80 ms is followed by 80 * (1 - DUTY) / DUTY ms
     assert max(fake.pauses) == pytest.approx(0.080 * (1 - DUTY) / DUTY)
     # a batch stretched to 1 s (a lock wait) is followed by 2 s, not 5.7: a stop is asked then
     slow = _Clocked([1.0])
