@@ -75,7 +75,9 @@ def list_keys() -> None:
         )
 
 
-@keys_app.command()
+# A kid is a base64url thumbprint, so one in 64 begins with "-": click would take it for an
+# option. Unknown options pass through as the argument instead (retire has none of its own).
+@keys_app.command(context_settings={"ignore_unknown_options": True})
 def retire(kid: Annotated[str, typer.Argument(help="the kid of a previous key")]) -> None:
     """Stop publishing a previous key and delete its private key file."""
     record = _keyring().retire(kid)

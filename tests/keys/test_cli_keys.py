@@ -70,3 +70,22 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     assert "'HS256' is not one of RS384, ES384" in bad.stderr
     empty = keys(tmp_path, "list")
     assert empty.returncode == 0 and "no signing keys" in empty.stderr
+
+
+def test_retire_a_kid_that_begins_with_a_dash(tmp_path: Path) -> None:
+    """A kid is base64url, so one key in 64 gets a kid such as "-1Sd7...": the command line must
+    take it as the kid, not as an unknown option (a CI run once failed on exactly that)."""
+    from engine.keys.keyring import Keyring
+
+    keyring = Keyring(tmp_path / "var" / "keys")
+    old = keyring.create("ES384")
+    for _ in range(2000):  # about 64 rotations expected; EC keys are made in milliseconds
+        if old.kid.startswith("-"):
+            break
+        _, old = keyring.rotate()
+    assert old.kid.startswith("-"), "no kid beginning with '-' in 2,000 keys"
+
+    retired = keys(tmp_path, "retire", old.kid)
+    assert retired.returncode == 0, retired.stderr
+    assert f"retired {old.kid}" in retired.stdout
+    assert_one_line_error(keys(tmp_path, "retire", "-nokey"), "no key with kid -nokey")
