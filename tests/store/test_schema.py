@@ -65,32 +65,46 @@ def test_sqlite_checkpoints_run_beside_the_writers_not_inside_a_commit(tmp_path:
     db.dispose()
 
 
-def test_a_sqlite_log_past_its_limit_is_emptied_and_a_reader_only_delays_that(
+def test_a_sqlite_log_past_its_limit_starts_over_and_a_reader_only_delays_that(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # under steady writes a PASSIVE checkpoint never lets the log start over: past the limit
-    # the checkpoint truncates it, waiting at most TRUNCATE_WAIT_MS for readers of old frames
+    # the checkpoint makes it start over, waiting at most RESTART_WAIT_MS for readers of old
+    # frames; the file is then written over from its beginning instead of growing
     monkeypatch.setattr(repository, "WAL_LIMIT_BYTES", 100_000)
     db = create_db_engine(f"sqlite:///{tmp_path / 'e.db'}")
     store = SqlMessageStore(db)
     store.migrate()
     wal = tmp_path / "e.db-wal"
-    for i in range(50):
-        store.save_batch([Incoming(raw=b"x" * 5000 + str(i).encode(), channel="test")])
+
+    def write(n: int, fill: bytes) -> None:
+        for i in range(n):
+            store.save_batch([Incoming(raw=fill * 5000 + str(i).encode(), channel="test")])
+
+    write(50, b"x")
     assert wal.stat().st_size > 100_000
     with db.connect() as reader:  # a reader on an old snapshot holds the log's frames
         reader.exec_driver_sql("SELECT count(*) FROM messages").all()  # (BEGIN, deferred)
-        store.save_batch([Incoming(raw=b"y" * 5000, channel="test")])
+        write(1, b"y")
         started = time.monotonic()
         store.checkpoint()
         waited = time.monotonic() - started
-        assert wal.stat().st_size > 100_000  # not truncated under the reader...
-        assert waited < 2.0  # ...and it gave up, not waiting the 10 s busy timeout
+        assert waited < 2.0  # it gave up, not waiting the 10 s busy timeout...
+        grown = wal.stat().st_size
+        write(5, b"z")
+        assert wal.stat().st_size > grown  # ...and the log goes on growing at its end
         reader.commit()
-    store.checkpoint()
-    assert wal.stat().st_size == 0
-    # the connection's own busy timeout is back to the usual one
     with db.connect() as conn:
+        before = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()[1]
+    store.checkpoint()
+    size = wal.stat().st_size
+    write(5, b"w")
+    # started over: the new frames are written over the old ones, the file does not grow
+    assert wal.stat().st_size == size
+    with db.connect() as conn:
+        frames = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()[1]
+        assert 0 < frames < before / 5  # only the 5 new messages' frames are in use
+        # the connection's own busy timeout is back to the usual one
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
-    assert store.counts()["received"] == 51
+    assert store.counts()["received"] == 61
     db.dispose()
