@@ -56,8 +56,13 @@ class Dispatcher:
         rng: random.Random | None = None,
         pressure: IngestPressure | None = None,
         node: str | None = None,
+        linger_s: float = 0.0,
     ) -> None:
         self.store = store
+        #: after a claim that found fewer than it could take, and before recording outcomes,
+        #: wait this long: deliveries trickling in are claimed and recorded several to a
+        #: transaction (as the processor does, engine/flow/process.py)
+        self.linger_s = linger_s
         #: the node (engine/store/nodes.py) whose claims these are: taken over when its
         #: heartbeat stops; only its own outcomes are recorded
         self.node = node
@@ -135,6 +140,8 @@ class Dispatcher:
                 if due:
                     # a patient's next delivery is not claimable while the one before is still
                     # pending (in flight included): the claim query keeps the order
+                    if len(due) < min(room, self.batch) and self.linger_s > 0:
+                        await asyncio.sleep(self.linger_s)
                     continue
                 if room <= 0 and in_flight:
                     # (with a timeout: a stop is noticed while the destinations are slow)
@@ -257,6 +264,8 @@ class Dispatcher:
         if self._flushing is None:
             self._flushing = asyncio.Lock()
         async with self._flushing:
+            if self.linger_s > 0 and self._outcomes:
+                await asyncio.sleep(self.linger_s)  # the deliveries finishing meanwhile join
             batch, self._outcomes = self._outcomes, []
             # the database away: the outcomes (deliveries made) are kept and recorded once it
             # answers, not dropped with their claims held for the lease (10 minutes) and every

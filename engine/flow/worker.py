@@ -49,6 +49,14 @@ __all__ = ["keep_node", "run_workers", "serve_workers"]
 
 log = logging.getLogger(__name__)
 
+#: how long the processor and the dispatcher wait after a short batch before the next claim,
+#: so that messages arriving one by one share transactions (engine/flow/process.py). At 200
+#: messages/s on SQLite (4 December) the worker's transactions of each kind (claims, finished
+#: batches, outcomes) fell from 260-510 per 5 s to 174-198, its hold on the write lock from half
+#: the time to 28 %, and the receiver's waits for it from 1.0-1.3 s per 5 s to 0.3-0.5 s. A
+#: message is delivered up to 60 ms later (three waits) when messages come one at a time.
+LINGER_S = 0.02
+
 
 def _die_with_parent() -> None:
     with contextlib.suppress(Exception):
@@ -69,8 +77,6 @@ async def serve_workers(
     """
     from engine.adapters.registry import build_destination, load_routes
     from engine.audit.key import audit_key_for
-    from engine.flow.deliver import Dispatcher
-    from engine.flow.process import Processor
     from engine.jobs.leader import Leadership
     from engine.mappings import load_mappings
     from engine.pressure import IngestPressure
@@ -93,21 +99,9 @@ async def serve_workers(
         for name, config in routes.destinations.items()
     }
     burst = IngestPressure(pressure) if pressure is not None else None
-    processor = Processor(
-        store,
-        routes,
-        mappings,
-        idle_s=0.05,
-        batch=50,
-        default_charset=settings.default_charset,
-        pressure=burst,
-        metrics=metrics,
-        worker=node,
+    processor, dispatcher = _queue_workers(
+        settings, store, (routes, mappings, destinations), node, burst, metrics
     )
-    dispatcher = Dispatcher(
-        store, routes, destinations, observer=metrics, idle_s=0.05, pressure=burst, node=node
-    )
-    processor.on_routed = dispatcher.wake
     leadership = Leadership(
         db_engine,
         node,
@@ -136,6 +130,46 @@ async def serve_workers(
                 await dest.close()
         await _forget(store, node)
         db_engine.dispose()
+
+
+def _queue_workers(
+    settings: Settings,
+    store: Any,
+    config: tuple[Any, Any, dict[str, Any]],
+    node: str,
+    burst: Any,
+    metrics: EngineMetrics | None,
+) -> tuple[Any, Any]:
+    """The node's processor and dispatcher (``config``: its routes, mappings and destinations),
+    the processor waking the dispatcher when it has queued deliveries."""
+    from engine.flow.deliver import Dispatcher
+    from engine.flow.process import Processor
+
+    routes, mappings, destinations = config
+    processor = Processor(
+        store,
+        routes,
+        mappings,
+        idle_s=0.05,
+        batch=50,
+        default_charset=settings.default_charset,
+        pressure=burst,
+        metrics=metrics,
+        worker=node,
+        linger_s=LINGER_S,
+    )
+    dispatcher = Dispatcher(
+        store,
+        routes,
+        destinations,
+        observer=metrics,
+        idle_s=0.05,
+        pressure=burst,
+        node=node,
+        linger_s=LINGER_S,
+    )
+    processor.on_routed = dispatcher.wake
+    return processor, dispatcher
 
 
 async def _lead(

@@ -1,0 +1,98 @@
+"""The worker's linger (engine/flow/worker.py ``LINGER_S``): messages that arrive one at a time
+are claimed, processed and their outcomes recorded several to a transaction, not one each."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.adapters.memory import MemoryDestination
+from engine.adapters.registry import load_routes
+from engine.flow.deliver import Dispatcher
+from engine.flow.gate import RouteGate
+from engine.flow.ingest import Ingest
+from engine.flow.process import Processor
+from engine.mappings import Mappings, load_mappings
+from engine.routes.loader import RouteSet
+from engine.routes.router import Router
+from engine.store import SqlMessageStore
+from tests.flow.test_queue import ROUTES, msg
+
+LINGER_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def mappings() -> Mappings:
+    return load_mappings()
+
+
+@pytest.fixture
+def routes(tmp_path: Path) -> RouteSet:
+    folder = tmp_path / "routes"
+    folder.mkdir()
+    (folder / "test.yaml").write_text(ROUTES.format(tmp=tmp_path))
+    return load_routes(defaults=folder)
+
+
+def _recording(store: SqlMessageStore, name: str, sizes: list[int], of_result: bool) -> None:
+    real = getattr(store, name)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        size = len(result) if of_result else len(args[0])
+        if size:
+            sizes.append(size)
+        return result
+
+    setattr(store, name, wrapped)
+
+
+def test_messages_arriving_one_by_one_share_the_workers_transactions(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    claimed: list[int] = []
+    outcomes: list[int] = []
+    _recording(store, "claim_received", claimed, of_result=True)
+    _recording(store, "record_outcomes", outcomes, of_result=False)
+    dests = {"fhir": MemoryDestination("fhir"), "raw": MemoryDestination("raw")}
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        ingest = Ingest(store, routes=RouteGate(Router(routes), mappings))
+        await ingest.start()
+        processor = Processor(store, routes, mappings, idle_s=0.02, linger_s=LINGER_S)
+        dispatcher = Dispatcher(store, routes, dests, idle_s=0.02, linger_s=LINGER_S)
+        processor.on_routed = dispatcher.wake
+        ingest.on_stored = processor.wake
+        tasks = [
+            asyncio.create_task(processor.run(stop)),
+            asyncio.create_task(dispatcher.run(stop)),
+        ]
+        loop = asyncio.get_running_loop()
+        await ingest.receive(msg(1, "P1"), channel="test")
+        deadline = loop.time() + 5
+        while not claimed and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        # the processor took the first alone and now lingers: four more arrive meanwhile,
+        # each on its own (its own commit and wake-up)
+        for n in range(2, 6):
+            await ingest.receive(msg(n, f"P{n}"), channel="test")
+            await asyncio.sleep(0.01)
+        deadline = loop.time() + 10
+        while loop.time() < deadline:
+            counts = await asyncio.to_thread(store.counts)
+            if counts.get("delivered") == 5:
+                break
+            await asyncio.sleep(0.02)
+        stop.set()
+        await asyncio.gather(*tasks)
+        await ingest.stop()
+
+    asyncio.run(main())
+    assert len(dests["fhir"].delivered) == 5 and len(dests["raw"].delivered) == 5
+    assert claimed == [1, 4]  # the four that came during the linger: one claim
+    # ten deliveries' outcomes, recorded a few at a time (without the linger: up to ten)
+    assert sum(outcomes) == 10 and len(outcomes) <= 4
