@@ -59,9 +59,10 @@ class Dispatcher:
         linger_s: float = 0.0,
     ) -> None:
         self.store = store
-        #: after a claim that found fewer than it could take, and before recording outcomes,
-        #: wait this long: deliveries trickling in are claimed and recorded several to a
-        #: transaction (as the processor does, engine/flow/process.py)
+        #: after a claim that found fewer than it could take, wait this long before the next:
+        #: deliveries trickling in are claimed several to a transaction (as the processor
+        #: does, engine/flow/process.py). Outcomes do not wait: a delivery keeps its claim
+        #: until its outcome is recorded, so a wait there holds the destination's claims
         self.linger_s = linger_s
         #: the node (engine/store/nodes.py) whose claims these are: taken over when its
         #: heartbeat stops; only its own outcomes are recorded
@@ -264,8 +265,6 @@ class Dispatcher:
         if self._flushing is None:
             self._flushing = asyncio.Lock()
         async with self._flushing:
-            if self.linger_s > 0 and self._outcomes:
-                await asyncio.sleep(self.linger_s)  # the deliveries finishing meanwhile join
             batch, self._outcomes = self._outcomes, []
             # the database away: the outcomes (deliveries made) are kept and recorded once it
             # answers, not dropped with their claims held for the lease (10 minutes) and every

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 #: messages/s on SQLite (4 December) the worker's transactions of each kind (claims, finished
 #: batches, outcomes) fell from 260-510 per 5 s to 174-198, its hold on the write lock from half
 #: the time to 28 %, and the receiver's waits for it from 1.0-1.3 s per 5 s to 0.3-0.5 s. A
-#: message is delivered up to 60 ms later (three waits) when messages come one at a time.
+#: message is delivered up to 40 ms later (two waits) when messages come one at a time.
 LINGER_S = 0.02
 
 
