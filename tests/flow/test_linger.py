@@ -4,37 +4,22 @@ are claimed and processed several to a transaction, not one each."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from engine.adapters.memory import MemoryDestination
-from engine.adapters.registry import load_routes
 from engine.flow.deliver import Dispatcher
 from engine.flow.gate import RouteGate
 from engine.flow.ingest import Ingest
 from engine.flow.process import Processor
-from engine.mappings import Mappings, load_mappings
+from engine.mappings import Mappings
 from engine.routes.loader import RouteSet
 from engine.routes.router import Router
 from engine.store import SqlMessageStore
-from tests.flow.test_queue import ROUTES, msg
+from tests.flow.test_queue import mappings as mappings  # noqa: F401  (the fixture)
+from tests.flow.test_queue import msg
+from tests.flow.test_queue import routes as routes  # noqa: F401  (the fixture)
 
 LINGER_S = 0.5
-
-
-@pytest.fixture(scope="module")
-def mappings() -> Mappings:
-    return load_mappings()
-
-
-@pytest.fixture
-def routes(tmp_path: Path) -> RouteSet:
-    folder = tmp_path / "routes"
-    folder.mkdir()
-    (folder / "test.yaml").write_text(ROUTES.format(tmp=tmp_path))
-    return load_routes(defaults=folder)
 
 
 def _recording(store: SqlMessageStore, name: str, sizes: list[int], of_result: bool) -> None:
