@@ -56,14 +56,8 @@ class Dispatcher:
         rng: random.Random | None = None,
         pressure: IngestPressure | None = None,
         node: str | None = None,
-        linger_s: float = 0.0,
     ) -> None:
         self.store = store
-        #: after a claim that found fewer than it could take, wait this long before the next:
-        #: deliveries trickling in are claimed several to a transaction (as the processor
-        #: does, engine/flow/process.py). Outcomes do not wait: a delivery keeps its claim
-        #: until its outcome is recorded, so a wait there holds the destination's claims
-        self.linger_s = linger_s
         #: the node (engine/store/nodes.py) whose claims these are: taken over when its
         #: heartbeat stops; only its own outcomes are recorded
         self.node = node
@@ -141,8 +135,6 @@ class Dispatcher:
                 if due:
                     # a patient's next delivery is not claimable while the one before is still
                     # pending (in flight included): the claim query keeps the order
-                    if len(due) < min(room, self.batch) and self.linger_s > 0:
-                        await asyncio.sleep(self.linger_s)
                     continue
                 if room <= 0 and in_flight:
                     # (with a timeout: a stop is noticed while the destinations are slow)

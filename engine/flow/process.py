@@ -194,8 +194,8 @@ class Processor:
         linger_s: float = 0.0,
     ) -> None:
         self.store = store
-        #: after a batch smaller than ``batch``, wait this long before the next claim, so that
-        #: messages arriving one by one are processed several to a transaction (see run)
+        #: woken from idle, wait this long before claiming, so that messages arriving one by
+        #: one are processed several to a transaction (see run)
         self.linger_s = linger_s
         self.router = Router(routes)
         self.default_charset = default_charset
@@ -241,16 +241,18 @@ class Processor:
             if n:
                 if self.on_routed is not None:
                     self.on_routed()
-                if n < self.batch and self.linger_s > 0:
-                    # not a backlog: messages arrive one at a time. Each batch costs the store
-                    # a claim and a finish transaction under SQLite's one write lock, whatever
-                    # its size; at 200 messages/s batches of one kept the lock busy half the
-                    # time and the receiver's ACKs waited behind them
-                    await asyncio.sleep(self.linger_s)
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.idle_s)
+                if self.linger_s > 0:
+                    # woken from idle: messages arrive one at a time. Each batch costs the
+                    # store a claim and a finish transaction under SQLite's one write lock,
+                    # whatever its size; at 200 messages/s batches of one kept the lock busy
+                    # half the time and the receiver's ACKs waited behind them. Not after a
+                    # short batch: one patient's backlog is claimed one message at a time
+                    # (order per patient), and a wait after each would slow it to 50/s
+                    await asyncio.sleep(self.linger_s)
 
     def process_batch(self) -> int:
         """Claim and process one batch; returns how many messages it took.

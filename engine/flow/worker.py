@@ -49,12 +49,11 @@ __all__ = ["keep_node", "run_workers", "serve_workers"]
 
 log = logging.getLogger(__name__)
 
-#: how long the processor and the dispatcher wait after a short batch before the next claim,
-#: so that messages arriving one by one share transactions (engine/flow/process.py). At 200
-#: messages/s on SQLite (4 December) the worker's transactions of each kind (claims, finished
-#: batches, outcomes) fell from 260-510 per 5 s to 174-198, its hold on the write lock from half
-#: the time to 28 %, and the receiver's waits for it from 1.0-1.3 s per 5 s to 0.3-0.5 s. A
-#: message is delivered up to 40 ms later (two waits) when messages come one at a time.
+#: how long the processor, woken from idle, waits before it claims, so that messages arriving
+#: one by one share transactions (engine/flow/process.py). Not the dispatcher: one patient's
+#: deliveries are claimed one at a time, each after the one before is settled, and a wait
+#: before each claim would slow them all. A message is processed up to 20 ms later when
+#: messages come one at a time; a backlog is claimed without waiting.
 LINGER_S = 0.02
 
 
@@ -166,7 +165,6 @@ def _queue_workers(
         idle_s=0.05,
         pressure=burst,
         node=node,
-        linger_s=LINGER_S,
     )
     processor.on_routed = dispatcher.wake
     return processor, dispatcher

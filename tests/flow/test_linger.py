@@ -1,5 +1,5 @@
-"""The worker's linger (engine/flow/worker.py ``LINGER_S``): messages that arrive one at a time
-are claimed and processed several to a transaction, not one each."""
+"""The processor's linger (engine/flow/worker.py ``LINGER_S``): messages that arrive one at a
+time are claimed and processed several to a transaction, not one each; a backlog is not slowed."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_messages_arriving_one_by_one_share_the_workers_transactions(
         ingest = Ingest(store, routes=RouteGate(Router(routes), mappings))
         await ingest.start()
         processor = Processor(store, routes, mappings, idle_s=0.02, linger_s=LINGER_S)
-        dispatcher = Dispatcher(store, routes, dests, idle_s=0.02, linger_s=LINGER_S)
+        dispatcher = Dispatcher(store, routes, dests, idle_s=0.02)
         processor.on_routed = dispatcher.wake
         ingest.on_stored = processor.wake
         tasks = [
@@ -59,10 +59,13 @@ def test_messages_arriving_one_by_one_share_the_workers_transactions(
         loop = asyncio.get_running_loop()
         await ingest.receive(msg(1, "P1"), channel="test")
         deadline = loop.time() + 5
-        while not claimed and loop.time() < deadline:
+        while loop.time() < deadline:  # processed, and the processor idle again
+            if claimed and (await asyncio.to_thread(store.counts)).get("received", 0) == 0:
+                break
             await asyncio.sleep(0.005)
-        # the processor took the first alone and now lingers: four more arrive meanwhile,
-        # each on its own (its own commit and wake-up)
+        await asyncio.sleep(0.1)
+        # the processor took the first alone and is idle again: the next wakes it and it
+        # lingers while three more arrive, each on its own (its own commit and wake-up)
         for n in range(2, 6):
             await ingest.receive(msg(n, f"P{n}"), channel="test")
             await asyncio.sleep(0.01)
@@ -80,3 +83,35 @@ def test_messages_arriving_one_by_one_share_the_workers_transactions(
     assert len(dests["fhir"].delivered) == 5 and len(dests["raw"].delivered) == 5
     assert claimed == [1, 4]  # the four that came during the linger: one claim
     assert sum(outcomes) == 10  # every delivery's outcome recorded, none waiting for a linger
+
+
+def test_one_patients_backlog_is_not_slowed_by_the_linger(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    # order per patient: each claim takes only the patient's next message, so a backlog of
+    # one patient is claimed one message at a time; a wait after each would take 5 * 0.5 s
+    async def main() -> float:
+        stop = asyncio.Event()
+        ingest = Ingest(store, routes=RouteGate(Router(routes), mappings))
+        await ingest.start()
+        for n in range(1, 6):
+            await ingest.receive(msg(n, "SAME"), channel="test")
+        await ingest.stop()
+        processor = Processor(store, routes, mappings, idle_s=0.02, linger_s=LINGER_S)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        task = asyncio.create_task(processor.run(stop))
+        while loop.time() < started + 10:
+            if (await asyncio.to_thread(store.counts)).get("routed") == 5:
+                break
+            await asyncio.sleep(0.01)
+        took = loop.time() - started
+        stop.set()
+        await task
+        return took
+
+    claimed: list[int] = []
+    _recording(store, "claim_received", claimed, of_result=True)
+    took = asyncio.run(main())
+    assert claimed == [1, 1, 1, 1, 1]
+    assert took < 2 * LINGER_S  # not one linger per message
