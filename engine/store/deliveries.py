@@ -159,18 +159,23 @@ def queue_deliveries(
     conn.execute(_INSERT_DELIVERIES, rows)
 
 
-#: PostgreSQL: one (destination, patient) queue at a time, for the rest of the transaction
-_LOCK_QUEUE = text("SELECT pg_advisory_xact_lock(hashtextextended(:queue, 0))")
+#: PostgreSQL: the (destination, patient) queues, for the rest of the transaction, in one
+#: statement: ``unnest`` yields the keys in the array's order and each lock is taken as its row
+#: is produced, so the sorted order holds (one round trip, not one per queue)
+_LOCK_QUEUES = text(
+    "SELECT pg_advisory_xact_lock(hashtextextended(q.key, 0)) "
+    "FROM unnest(CAST(:queues AS text[])) WITH ORDINALITY AS q(key, n) ORDER BY q.n"
+)
 
 
 def _lock_queues(conn: Connection, queues: set[tuple[str, str]]) -> None:
     """PostgreSQL: transaction-scoped advisory locks on (destination, patient) queues, in one
     order everywhere (no deadlock), and no row locks that a dispatcher's updates could meet in
     another order. SQLite has one writer at a time: nothing to do."""
-    if conn.dialect.name != "postgresql":
+    if conn.dialect.name != "postgresql" or not queues:
         return
-    for key in sorted(f"{destination}\x1f{patient}" for destination, patient in queues):
-        conn.execute(_LOCK_QUEUE, {"queue": key})
+    keys = sorted(f"{destination}\x1f{patient}" for destination, patient in queues)
+    conn.execute(_LOCK_QUEUES, {"queues": keys}).all()
 
 
 #: for an operator's resend, which takes the queues before it locks the message
@@ -200,13 +205,34 @@ _PROMOTE = (
 )
 
 
+#: PostgreSQL: :data:`_PROMOTE` for every queue in one statement (one execution, not one per
+#: queue). Each queue's head is looked up in a LATERAL subquery, so both lookups stay index
+#: scans on that queue's (destination, patient) whatever the statistics say of the pending rows
+#: (an anti join over them would read every pending delivery of a backlog); the queues are
+#: disjoint, so each row's promotion is the one-queue statement's.
+_PROMOTE_ALL = text(
+    "UPDATE deliveries SET state = 'pending', next_attempt_at = :now"
+    " FROM unnest(CAST(:dests AS text[]), CAST(:patients AS text[])) AS q(dest, patient),"
+    " LATERAL (SELECT min(w.id) AS id FROM deliveries AS w"
+    "  WHERE w.destination = q.dest AND w.patient_key = q.patient AND w.state = 'waiting'"
+    "  AND NOT EXISTS (SELECT 1 FROM deliveries AS p"
+    "   WHERE p.destination = q.dest AND p.patient_key = q.patient AND p.state = 'pending')) AS h"
+    " WHERE deliveries.id = h.id"
+)
+
+
 def _promote(conn: Connection, queues: set[tuple[str, str]], now: datetime) -> None:
     """The next waiting delivery of each (destination, patient) whose head was settled becomes
     pending, due now."""
     if not queues:
         return
     _lock_queues(conn, queues)
-    conn.execute(_PROMOTE, [{"dest": d, "patient": p, "now": now} for d, p in sorted(queues)])
+    ordered = sorted(queues)
+    if conn.dialect.name == "postgresql":
+        dests, patients = [d for d, _ in ordered], [p for _, p in ordered]
+        conn.execute(_PROMOTE_ALL, {"dests": dests, "patients": patients, "now": now})
+        return
+    conn.execute(_PROMOTE, [{"dest": d, "patient": p, "now": now} for d, p in ordered])
 
 
 _LOCK_MESSAGES = select(messages.c.id).where(messages.c.id.in_(id_list())).with_for_update()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import select, text, update
 
 from engine.store import (
     DestinationBacklog,
@@ -16,6 +16,7 @@ from engine.store import (
     Processed,
     SqlMessageStore,
 )
+from engine.store.deliveries import lock_queues
 from engine.store.tables import deliveries
 
 
@@ -102,6 +103,71 @@ def test_a_delivery_settled_twice_promotes_only_once(store: SqlMessageStore) -> 
     store.record_outcomes([Outcome(head.id, False, "late refusal", None)])  # a late dead
     assert _states(store, mids) == ["delivered", "pending", "waiting"]
     assert store.get(mids[0]).state == "delivered"  # type: ignore[union-attr]
+
+
+def test_heads_of_several_queues_settled_together_each_promote_their_next(
+    store: SqlMessageStore,
+) -> None:
+    """One batch of outcomes settles the heads of several queues (two patients of one
+    destination, one patient of two destinations; PostgreSQL promotes them in one statement):
+    each queue's next delivery, and only that one, becomes its head; a queue whose head was
+    not settled keeps its head and its waiting delivery."""
+    queues = {
+        ("dest", "A"): [_routed(store, "A") for _ in range(3)],
+        ("dest", "B"): [_routed(store, "B") for _ in range(2)],
+        ("lab", "A"): [_routed(store, "A", "lab") for _ in range(2)],
+        ("lab", "C"): [_routed(store, "C", "lab") for _ in range(2)],
+    }
+    heads = {
+        (d.destination, _patient(store, d.message_id)): d for d in store.claim_due_deliveries(10)
+    }
+    assert set(heads) == set(queues)
+    store.record_outcomes(
+        [
+            Outcome(heads["dest", "A"].id, True),
+            Outcome(heads["dest", "B"].id, False, "refused", None),  # dead lets the next go too
+            Outcome(heads["lab", "A"].id, True),
+        ]
+    )
+    assert _states(store, queues["dest", "A"]) == ["delivered", "pending", "waiting"]
+    assert _states(store, queues["dest", "B"]) == ["dead", "pending"]
+    assert _states(store, queues["lab", "A"]) == ["delivered", "pending"]
+    assert _states(store, queues["lab", "C"]) == ["pending", "waiting"]  # its head not settled
+    # the promoted ones are due now: claimable at once, one per queue
+    again = {(d.destination, d.message_id) for d in store.claim_due_deliveries(10)}
+    assert again == {
+        ("dest", queues["dest", "A"][1]),
+        ("dest", queues["dest", "B"][1]),
+        ("lab", queues["lab", "A"][1]),
+    }
+
+
+def _patient(store: SqlMessageStore, message_id: int) -> str:
+    with store.db_engine.connect() as conn:
+        return str(
+            conn.execute(
+                select(deliveries.c.patient_key).where(deliveries.c.message_id == message_id)
+            ).scalar_one()
+        )
+
+
+def test_queue_locks_are_held_to_the_end_of_the_transaction(store: SqlMessageStore) -> None:
+    """PostgreSQL: the queues' advisory locks (taken in one statement) are all held until the
+    transaction ends, and only those: another session cannot take them meanwhile."""
+    if store.db_engine.dialect.name != "postgresql":
+        return  # SQLite has one writer at a time: no queue locks
+    held = [("dest", "A"), ("lab", "B"), ("dest", "C")]
+    probe = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:key, 0))")
+    with store.db_engine.begin() as conn:
+        lock_queues(conn, set(held))
+        with store.db_engine.connect() as other:
+            for destination, patient in [*held, ("dest", "Z")]:
+                got = other.execute(probe, {"key": f"{destination}\x1f{patient}"}).scalar_one()
+                assert got is ((destination, patient) == ("dest", "Z"))
+            other.rollback()
+    with store.db_engine.connect() as other:
+        assert all(other.execute(probe, {"key": f"{d}\x1f{p}"}).scalar_one() for d, p in held)
+        other.rollback()
 
 
 def test_claims_are_renewed_only_while_ours_and_given_back(store: SqlMessageStore) -> None:
