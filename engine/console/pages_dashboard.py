@@ -36,14 +36,15 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup
 
 from engine.api.auth import Role
 from engine.api.deps import SettingsDep
 from engine.console.auth import ConsoleUser, ConsoleUserDep
 from engine.console.pages_messages import local_time, store_of
-from engine.console.render import environment, render
+from engine.console.render import environment, first_page, render
+from engine.console.sessions import forbidden, wants_json
 from engine.store import SqlMessageStore
 from engine.store.cluster import ClusterState
 from engine.store.console_stats import DashboardFigures, DestinationFigures, RouteFigures
@@ -81,9 +82,7 @@ def require_any(*roles: Role) -> Callable[..., Awaitable[ConsoleUser]]:
 
     async def dependency(user: ConsoleUserDep) -> ConsoleUser:
         if not any(user.may(r) for r in roles):
-            from engine.console.sessions import forbidden
-
-            raise forbidden(roles[0])
+            raise forbidden(roles[0], user)
         return user
 
     return dependency
@@ -290,11 +289,17 @@ def _figures(request: Request, store: SqlMessageStore, zone: str, span: str) -> 
 Span = Annotated[str, Query(pattern="^(day|hour)$")]
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse, response_model=None)
 def dashboard(
-    request: Request, user: OpsUserDep, settings: SettingsDep, span: Span = "day"
-) -> HTMLResponse:
-    """The dashboard."""
+    request: Request, user: ConsoleUserDep, settings: SettingsDep, span: Span = "day"
+) -> Response:
+    """The dashboard; a browser whose user may not see it goes to the first page they may open
+    (a login lands here: the front desk lands on its documents), a JSON client gets 403."""
+    if not (user.may(Role.VIEWER) or user.may(Role.INTEGRATION)):
+        landing = None if wants_json(request) else first_page(user)
+        if landing is None:
+            raise forbidden(Role.VIEWER, user)
+        return RedirectResponse(landing, status_code=303)
     store = store_of(request)
     return render(
         request, "dashboard.html", user=user, **_figures(request, store, settings.timezone, span)

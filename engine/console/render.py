@@ -19,7 +19,7 @@ from markupsafe import Markup, escape
 from engine import __version__
 from engine.console.auth import ConsoleUser
 
-__all__ = ["TEMPLATES", "environment", "render"]
+__all__ = ["TEMPLATES", "environment", "first_page", "render"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -59,6 +59,13 @@ def _nav(user: ConsoleUser | None) -> list[tuple[str, str]]:
     if "admin" in roles:
         return [(path, label) for path, label, _ in NAV]
     return [(path, label) for path, label, who in NAV if who and roles & who]
+
+
+def first_page(user: ConsoleUser) -> str | None:
+    """The first page of the navigation ``user``'s roles may open (where a login lands when the
+    dashboard is not one of them: the front desk's documents), None when there is none."""
+    pages = _nav(user)
+    return pages[0][0] if pages else None
 
 
 def render(

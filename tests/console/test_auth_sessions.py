@@ -406,16 +406,33 @@ def test_a_user_without_the_role_gets_403_and_a_json_client_a_json_body(
         ("/console/users", "admin"),
         ("/console/audit", "admin"),
         ("/console/alerts", "viewer"),
+        ("/console/routes", "viewer"),
+        ("/console/dashboard/live", "viewer"),
+        ("/console/", "viewer"),
     ):
         answer = client.get(path, headers={"Accept": "application/json"})
         assert answer.status_code == 403, path
         assert answer.headers["content-type"] == "application/json", path
         assert answer.json() == {"detail": f"requires the {role} role"}, path
         browser = client.get(path, headers={"Accept": "text/html"}, follow_redirects=False)
+        if path == "/console/":  # where a login lands: a browser goes to a page it may open
+            assert browser.status_code == 303, path
+            assert browser.headers["location"] == "/console/documents", path
+            continue
         assert browser.status_code == 403, path  # refused, not sent to the login page
         assert browser.headers["content-type"].startswith("text/html"), path
         assert f"This page needs the <strong>{role}</strong> role" in browser.text, path
         assert "fay</strong>, with the role <strong>front-desk</strong>." in browser.text, path
+        # the page is the logged-in user's: the menu of the pages they may open, and Log out
+        assert '<a href="/console/documents">Documents</a>' in browser.text, path
+        assert '<button type="submit">Log out</button>' in browser.text, path
+    # logging in lands on that page, not on a 403
+    client.cookies.clear()
+    status, location = log_in(client, "fay", PASSWORD)[:2]
+    assert (status, location) == (303, "/console/")
+    landing = client.get("/console/", headers={"Accept": "text/html"})
+    assert landing.status_code == 200 and str(landing.url).endswith("/console/documents")
+    assert '<button type="submit">Log out</button>' in landing.text
     assert client.get("/console/_whoami").json() == {"user": "fay", "roles": ["front-desk"]}
 
 

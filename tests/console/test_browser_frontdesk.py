@@ -109,6 +109,28 @@ def _until(page: Any, url: str, found: Any, what: str, timeout: float = 45.0) ->
         time.sleep(0.5)
 
 
+def test_a_front_desk_login_lands_on_a_page_it_may_use_with_log_out(
+    page: Any, served: tuple[ConsoleEngine, Any]
+) -> None:
+    """Logging in goes to ``/console/``, the dashboard, which the front desk may not see: it
+    lands on the first page of its menu instead (documents), not on a 403, and can log out."""
+    engine, _ = served
+    base = engine.base_url
+    login(page, base, "frida", PASSWORD)
+    assert page.url == f"{base}/console/documents"
+    assert page.locator("nav a.active").inner_text() == "Documents"
+    assert page.locator("nav a").all_inner_texts() == ["Documents", "Worklist"]
+    assert page.locator("form[data-dropzone]").count() == 1
+    _shot(page, "0_landed")
+    # a page it may not open says so in the console's layout, its menu and Log out still there
+    answer = page.goto(f"{base}/console/routes")
+    assert answer is not None and answer.status == 403
+    assert page.locator("nav a").all_inner_texts() == ["Documents", "Worklist"]
+    with page.expect_navigation():
+        page.get_by_role("button", name="Log out").click()
+    assert page.url.startswith(f"{base}/console/login")
+
+
 def test_upload_one_waiting_for_a_patient_match_it_and_drop_another(
     page: Any, served: tuple[ConsoleEngine, Any]
 ) -> None:
