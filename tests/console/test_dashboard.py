@@ -103,7 +103,13 @@ def test_tomorrows_eligibility_and_the_live_fragment(
 def test_the_dashboard_needs_a_viewer_or_integration_role(
     store: SqlMessageStore, tmp_path: Path
 ) -> None:
-    assert client_for(store, tmp_path, Role.FRONT_DESK).get("/console/").status_code == 403
+    """Others are refused (a JSON client), or sent to the first page of their menu (a browser:
+    where a login lands)."""
+    front_desk = client_for(store, tmp_path, Role.FRONT_DESK)
+    json = {"Accept": "application/json"}
+    assert front_desk.get("/console/", headers=json).status_code == 403
+    landing = front_desk.get("/console/", follow_redirects=False)
+    assert landing.status_code == 303 and landing.headers["location"] == "/console/documents"
     assert client_for(store, tmp_path, Role.ADMIN).get("/console/").status_code == 200
 
 
