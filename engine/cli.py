@@ -371,7 +371,10 @@ def eligibility_check(
 
 @eligibility_app.command("list")
 def eligibility_list(
-    on: Annotated[str | None, typer.Option("--date", help="the day (default: tomorrow)")] = None,
+    on: Annotated[
+        str | None,
+        typer.Option("--date", help="the day (default: the next business day)"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON, one object a line")] = False,
 ) -> None:
     """The front desk's list: who comes when (in the practice's time zone), who is covered, the
@@ -388,7 +391,12 @@ def eligibility_list(
     tz = load_settings().timezone
     store = open_store()
     try:
-        day = _day(on)
+        if on is None:  # the day the worklist opens on: Monday after a Friday
+            from engine.console.days import next_business_day
+
+            day = next_business_day(tz)
+        else:
+            day = _day(on)
         rows = worklist(store, day, tz)
         record_view(store, "view-worklist", f"{day.isoformat()}: {len(rows)} appointments")
     finally:

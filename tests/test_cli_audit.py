@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,23 @@ def test_export_since_leaves_older_records_out(store: SqlMessageStore, cli) -> N
 
 def test_the_eligibility_worklist_is_recorded(store: SqlMessageStore, cli) -> None:  # type: ignore[no-untyped-def]
     code, _, err = cli("eligibility", "list", "--date", "2026-11-30")
+    assert code == 0, err
+    assert _actions(store) == [("view-worklist", None, "2026-11-30: 0 appointments")]
+
+
+@pytest.mark.parametrize("today", [27, 29], ids=["friday", "sunday"])
+def test_the_eligibility_worklist_defaults_to_the_next_business_day(
+    store: SqlMessageStore,
+    cli,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+    today: int,
+) -> None:
+    """After a Friday or a Sunday: Monday, the day the eligibility job checks and the console's
+    worklist opens on, not the weekend day after today."""
+    from engine.console import days
+
+    monkeypatch.setattr(days, "_now", lambda: datetime(2026, 11, today, 18, tzinfo=UTC))
+    code, _, err = cli("eligibility", "list")
     assert code == 0, err
     assert _actions(store) == [("view-worklist", None, "2026-11-30: 0 appointments")]
 

@@ -6,8 +6,9 @@ destination's queue and the age of its oldest waiting delivery, its dead letters
 not marked handled), its circuit breaker (as the worker nodes report it: engine/flow/deliver.py
 writes each opening and closing) and its last error; the messages received (and refused) in
 the hour and day; the ingest rate as a server-drawn SVG sparkline (the last 24 hours by hour,
-``?span=hour``: the last hour by minute); tomorrow's eligibility verdicts (where the practice
-is, ENGINE_TIMEZONE); the alerts raised (engine/alerts/state.py, when that part is there); and the
+``?span=hour``: the last hour by minute); the eligibility verdicts of the next business day
+where the practice is (ENGINE_TIMEZONE; the day the worklist opens on); the alerts raised
+(engine/alerts/state.py, when that part is there); and the
 nodes (engine/store/cluster.py): which one leads (runs the scheduled jobs), each one's role and
 last heartbeat, and the configuration generation each runs against the one last published, a
 node behind it flagged.
@@ -31,7 +32,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -42,6 +43,7 @@ from markupsafe import Markup
 from engine.api.auth import Role
 from engine.api.deps import SettingsDep
 from engine.console.auth import ConsoleUser, ConsoleUserDep
+from engine.console.days import next_business_day
 from engine.console.pages_messages import local_time, store_of
 from engine.console.render import environment, first_page, render
 from engine.console.sessions import forbidden, wants_json
@@ -203,10 +205,6 @@ def _cluster(store: SqlMessageStore) -> ClusterState | None:
         return None
 
 
-def _tomorrow(zone: str, now: datetime) -> date:
-    return now.astimezone(ZoneInfo(zone)).date() + timedelta(days=1)
-
-
 #: one read of the figures at a time per app: dashboards that find them stale together wait
 #: for the first one's read instead of each reading them again
 _READING = threading.Lock()
@@ -244,8 +242,7 @@ def _cached(request: Request, key: str, max_age: float, read: Callable[[], Any])
 def _figures(request: Request, store: SqlMessageStore, zone: str, span: str) -> dict[str, Any]:
     """The page's figures: the traffic of ``span`` read at most every TRAFFIC_S seconds, the
     rest every CACHE_S (per app, whatever the number of open dashboards)."""
-    now = datetime.now(UTC)
-    day_ahead = _tomorrow(zone, now)
+    day_ahead = next_business_day(zone)
     routes, received, traffic_at = _cached(
         request,
         f"traffic:{span}",
@@ -274,7 +271,7 @@ def _figures(request: Request, store: SqlMessageStore, zone: str, span: str) -> 
         },
         "span": span,
         "spark": sparkline(received.rate, zone),
-        "tomorrow": day_ahead.isoformat(),
+        "eligibility_day": day_ahead.isoformat(),
         "eligibility": [(VERDICTS.get(k, k), k, n) for k, n in eligibility.items()],
         "alerts": alerts,
         "cluster": cluster,

@@ -1,6 +1,7 @@
 """The console: the front desk's eligibility worklist (owner: front-office pages).
 
-``/console/worklist?day=YYYY-MM-DD`` (default: tomorrow where the practice is, ENGINE_TIMEZONE)
+``/console/worklist?day=YYYY-MM-DD`` (default: the next business day where the practice is,
+ENGINE_TIMEZONE: Monday after a Friday)
 lists the day's appointments, at their time in the practice's zone, with the patient's name and
 MRN and the latest eligibility check of each (engine.jobs.eligibility.worklist, the shape of
 ``engine eligibility list`` and ``GET /api/eligibility``): the verdict, the copay to collect,
@@ -37,6 +38,7 @@ from fastapi.responses import HTMLResponse
 from engine.api.auth import Role
 from engine.api.deps import SettingsDep
 from engine.console.auth import ConsoleUser, ConsoleUserDep, CsrfDep, require_console
+from engine.console.days import next_business_day
 from engine.console.render import render
 from engine.store import SqlMessageStore, Who
 
@@ -221,23 +223,17 @@ def day_rows(store: SqlMessageStore, day: date, timezone: str) -> list[WorklistR
     return sorted(rows, key=lambda r: (r.time is None, r.time or ""))
 
 
-def tomorrow(timezone: str, now: datetime | None = None) -> date:
-    """The day after today where the practice is."""
-    return (now or datetime.now(ZoneInfo(timezone))).astimezone(ZoneInfo(timezone)).date() + (
-        timedelta(days=1)
-    )
-
-
 def _day(value: str | None, timezone: str) -> tuple[date, str | None]:
-    """The day asked for (tomorrow when none), or tomorrow and what is wrong with it."""
+    """The day asked for (the next business day when none), or that day and what is wrong with
+    the one asked for."""
     if not value:
-        return tomorrow(timezone), None
+        return next_business_day(timezone), None
     try:
         day = date.fromisoformat(value.strip())
     except ValueError:
-        return tomorrow(timezone), f"{value[:32]!r} is not a day (YYYY-MM-DD)"
+        return next_business_day(timezone), f"{value[:32]!r} is not a day (YYYY-MM-DD)"
     if not _FIRST_DAY <= day <= _LAST_DAY:
-        return tomorrow(timezone), f"the day must lie between {_FIRST_DAY} and {_LAST_DAY}"
+        return next_business_day(timezone), f"the day must lie between {_FIRST_DAY} and {_LAST_DAY}"
     return day, None
 
 

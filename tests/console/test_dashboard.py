@@ -1,22 +1,24 @@
 """The console's dashboard on the real app and store (SQLite and PostgreSQL): figures per route
 and destination by window, the queue and its oldest, dead letters, breakers, last errors, the
-messages received, the SVG sparkline, tomorrow's eligibility, alerts, and the fragment the page
-refreshes itself with, and the nodes: who leads, heartbeats, configuration generations."""
+messages received, the SVG sparkline, the next business day's eligibility, alerts, and the
+fragment the page refreshes itself with, and the nodes: who leads, heartbeats, configuration
+generations."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import update
 
 from engine.api.auth import Role
+from engine.console import days
+from engine.console.days import next_business_day
 from engine.jobs.leader import Leadership
 from engine.store import Incoming, SqlMessageStore
 from engine.store.tables import config_generation, deliveries, eligibility_checks, nodes
@@ -25,6 +27,22 @@ from tests.console.test_messages_page_support import ZONE, cells, client_for, de
 
 def _by_destination(html: str) -> dict[str, list[str]]:
     return {row[1]: row for row in cells(html, "routes-figures")}
+
+
+@pytest.mark.parametrize(
+    "now", [datetime(2026, 11, 27, 17, tzinfo=UTC), datetime(2026, 11, 29, 17, tzinfo=UTC)]
+)
+def test_on_a_friday_or_a_sunday_the_eligibility_shown_is_mondays(
+    store: SqlMessageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, now: datetime
+) -> None:
+    """The day the eligibility job checks first (and the worklist opens on), not the weekend
+    day after today, which has no appointment."""
+    monkeypatch.setattr(days, "_now", lambda: now)
+    _checks(store, date(2026, 11, 28), ("inactive",))  # a Saturday: nobody comes
+    _checks(store, date(2026, 11, 30), ("eligible", "needs_action"))
+    page = text_of(client_for(store, tmp_path, Role.VIEWER).get("/console/").text)
+    assert "Eligibility for 2026-11-30" in page
+    assert "eligible: 1" in page and "needs action: 1" in page and "not active" not in page
 
 
 def test_figures_per_route_and_destination(store: SqlMessageStore, tmp_path: Path) -> None:
@@ -72,23 +90,27 @@ def test_sparkline_by_hour_and_by_minute(store: SqlMessageStore, tmp_path: Path)
     assert client.get("/console/?span=week").status_code == 422
 
 
-def test_tomorrows_eligibility_and_the_live_fragment(
-    store: SqlMessageStore, tmp_path: Path
-) -> None:
-    tomorrow = datetime.now(ZoneInfo(ZONE)).date() + timedelta(days=1)
+def _checks(store: SqlMessageStore, day: date, statuses: tuple[str, ...]) -> None:
     with store.db_engine.begin() as conn:
-        for n, status in enumerate(("eligible", "eligible", "inactive")):
+        for n, status in enumerate(statuses):
             conn.execute(
                 eligibility_checks.insert().values(
-                    appointment_url=f"Appointment/{n}",
+                    appointment_url=f"Appointment/{day.isoformat()}-{n}",
                     patient_url="Patient/1",
                     payer_id="P",
-                    service_date=tomorrow,
+                    service_date=day,
                     checked_at=datetime.now(UTC),
                     status=status,
                     attempts=1,
                 )
             )
+
+
+def test_the_next_business_days_eligibility_and_the_live_fragment(
+    store: SqlMessageStore, tmp_path: Path
+) -> None:
+    tomorrow = next_business_day(ZONE)
+    _checks(store, tomorrow, ("eligible", "eligible", "inactive"))
     client = client_for(store, tmp_path, Role.VIEWER)
     page = text_of(client.get("/console/").text)
     assert f"Eligibility for {tomorrow.isoformat()}" in page

@@ -11,12 +11,14 @@ import logging
 import re
 from datetime import UTC, date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select
 
 from engine.api.auth import Role
-from engine.console.pages_worklist import tomorrow
+from engine.console import days
+from engine.console.days import next_business_day
 from engine.jobs.eligibility import EligibilityService
 from engine.store import SqlMessageStore
 from engine.store.tables import eligibility_checks
@@ -102,18 +104,49 @@ def test_the_days_appointments_before_and_after_they_are_checked(
     )
 
 
-def test_the_default_day_is_tomorrow_where_the_practice_is(
+def test_the_default_day_is_the_next_business_day_where_the_practice_is(
     store: SqlMessageStore, tmp_path: Path, demo: EligibilityService
 ) -> None:
-    # 02:30 UTC on 1 December is still 30 November in New York: tomorrow is 1 December there
-    assert tomorrow("America/New_York", datetime(2026, 12, 1, 2, 30, tzinfo=UTC)) == date(
-        2026, 12, 1
+    # 02:30 UTC on Tuesday 1 December is still Monday 30 November in New York: Tuesday there
+    assert next_business_day("America/New_York", datetime(2026, 12, 1, 2, 30, tzinfo=UTC)) == (
+        date(2026, 12, 1)
     )
-    assert tomorrow("UTC", datetime(2026, 12, 1, 2, 30, tzinfo=UTC)) == date(2026, 12, 2)
+    assert next_business_day("UTC", datetime(2026, 12, 1, 2, 30, tzinfo=UTC)) == date(2026, 12, 2)
+    # after a Friday, a Saturday or a Sunday: Monday (the day the job checks and the demo books)
+    for day in (27, 28, 29):
+        noon = datetime(2026, 11, day, 12, tzinfo=ZoneInfo("America/New_York"))
+        assert next_business_day("America/New_York", noon) == MONDAY, day
+    # 03:00 UTC on Saturday is still Friday evening in New York: Monday there too
+    assert next_business_day("America/New_York", datetime(2026, 11, 28, 3, tzinfo=UTC)) == MONDAY
     html = _client(store, tmp_path, demo).get("/console/worklist").text
-    assert f"Worklist for {tomorrow('America/New_York'):%A %d %B %Y}" in html
+    assert f"Worklist for {next_business_day('America/New_York'):%A %d %B %Y}" in html
     bad = _client(store, tmp_path, demo).get("/console/worklist?day=30/11/2026")
     assert bad.status_code == 422 and "is not a day (YYYY-MM-DD)" in _notice(bad.text)
+
+
+@pytest.mark.parametrize(
+    "now",
+    [
+        datetime(2026, 11, 27, 16, tzinfo=ZoneInfo("America/New_York")),  # a Friday afternoon
+        datetime(2026, 11, 29, 10, tzinfo=ZoneInfo("America/New_York")),  # a Sunday morning
+    ],
+    ids=["friday", "sunday"],
+)
+def test_on_a_friday_or_a_sunday_the_worklist_opens_on_mondays_appointments(
+    store: SqlMessageStore,
+    tmp_path: Path,
+    demo: EligibilityService,
+    monkeypatch: pytest.MonkeyPatch,
+    now: datetime,
+) -> None:
+    """Not the weekend day after it, which has no appointment; a day asked for still wins."""
+    monkeypatch.setattr(days, "_now", lambda: now)
+    client = _client(store, tmp_path, demo)
+    html = client.get("/console/worklist").text
+    assert "Worklist for Monday 30 November 2026" in html
+    assert [row[:3] for row in _seen(html)] == [row[:3] for row in EXPECTED]
+    saturday = client.get("/console/worklist?day=2026-11-28").text
+    assert "Worklist for Saturday 28 November 2026" in saturday
 
 
 def test_recheck_all_asks_the_payer_again_for_every_appointment(
