@@ -205,6 +205,43 @@ def test_the_eligibility_worklist_is_recorded(store: SqlMessageStore, cli) -> No
     assert _actions(store) == [("view-worklist", None, "2026-11-30: 0 appointments")]
 
 
+def test_a_view_of_two_patients_is_listed_and_exported_under_each(
+    store: SqlMessageStore,
+    cli,  # type: ignore[no-untyped-def]
+) -> None:
+    """A view that showed patients A and B (a worklist, a document list, a search not by MRN)
+    is one record per patient (IHE BALP: one AuditEvent per patient): ``engine audit list
+    --mrn`` finds it under each, the export has an AuditEvent naming each, the chain verifies."""
+    store.record_audit(
+        action="view-worklist",
+        actor="frida",
+        source="console",
+        message_id=None,
+        outcome="ok",
+        detail="day 2026-11-30: 3 appointments shown",
+        patients=["DEMO1001", None, "DEMO1002", "DEMO1001"],  # a row without an MRN, a repeat
+    )
+    for mrn in ("DEMO1001", "DEMO1002"):
+        code, out, err = cli("audit", "list", "--mrn", mrn, "--action", "view-worklist")
+        assert code == 0, err
+        [line] = out.splitlines()
+        assert f"frida (console)  view-worklist message - patient {mrn}: ok" in line
+    code, out, err = cli("audit", "verify")
+    assert code == 0, err
+    code, out, err = cli("audit", "export", "--since", "2000-01-01")
+    assert code == 0, err
+    events = [AuditEvent.model_validate(json.loads(line)) for line in out.splitlines()]
+    views = [e for e in events if any(c.code == "search" for c in e.subtype or [])]
+    patients = [
+        entity.what.identifier.value
+        for e in views
+        for entity in e.entity or []
+        if entity.what is not None and entity.what.type == "Patient"
+    ]
+    assert patients == ["DEMO1001", "DEMO1002"]
+    assert len({e.recorded for e in views}) == 1
+
+
 @pytest.mark.parametrize("today", [27, 29], ids=["friday", "sunday"])
 def test_the_eligibility_worklist_defaults_to_the_next_business_day(
     store: SqlMessageStore,

@@ -12,6 +12,7 @@ nothing the API lists can leak a message's content. The one payload the API hand
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from engine.flow.ingest import Receipt
@@ -50,8 +51,11 @@ class AuditPort(Protocol):
         detail: str | None = None,
         peer: str | None = None,
         patient_key: str | None = None,
+        patients: Sequence[str | None] = (),
+        messages_shown: Sequence[int] = (),
     ) -> None:
-        """Record an action in the audit trail (a payload read, a refusal)."""
+        """Record an action in the audit trail (a payload read, a refusal); a view of several
+        patients once per patient (``patients``, or those of ``messages_shown``)."""
         ...
 
 

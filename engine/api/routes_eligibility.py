@@ -59,7 +59,7 @@ def day(
 ) -> list[dict[str, Any]]:
     """The latest eligibility check of every appointment on ``date``, with the patient's name and
     MRN and the appointment time in the practice's time zone. The list is recorded in the audit
-    trail (``view-worklist``: the day and how many, no patient's data)."""
+    trail (``view-worklist``: the day and how many, once per patient listed, by MRN)."""
     from engine.jobs.eligibility import worklist
 
     wanted = _required(on)
@@ -73,6 +73,7 @@ def day(
         message_id=None,
         outcome="ok",
         detail=f"{wanted.isoformat()}: {len(rows)} appointments",
+        patients=[r["mrn"] for r in rows],  # one record per patient listed
     )
     return rows
 

@@ -121,6 +121,8 @@ def list_messages(
         outcome="ok",
         detail=search_detail(query, len(lines)),
         patient_key=query.mrn,
+        # not by MRN: one record per patient of the messages shown (at most ``limit``)
+        messages_shown=[m.id for m in lines] if query.mrn is None else (),
     )
     return lines
 

@@ -140,6 +140,8 @@ def _page(
             outcome="ok",
             detail=f"{len(waiting)} waiting for a patient and {len(recent)} recent shown",
             peer=user.peer or None,
+            # one record per patient shown, keyed as its message is (``authority|mrn``)
+            patients=[f"{d.patient_authority}|{d.patient_mrn}" for d in (*waiting, *recent)],
         )
 
     def local(at: datetime) -> str:

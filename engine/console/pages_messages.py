@@ -168,6 +168,8 @@ def messages_page(
         outcome="ok",
         detail=f"{len(lines)} shown; {filters.describe()}",
         patient_key=query.mrn,
+        # not by MRN: one record per patient of the messages shown (at most a page of them)
+        messages_shown=[m.id for m in lines] if query.mrn is None else (),
     )
     rows = [
         {

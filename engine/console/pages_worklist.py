@@ -271,6 +271,7 @@ def _page(
             outcome="ok",
             detail=f"day {day.isoformat()}: {len(rows)} appointments shown",
             peer=user.peer or None,
+            patients=[r.mrn for r in rows],  # one record per patient shown
         )
     return render(
         request,

@@ -3,7 +3,8 @@
 One row per action: replays, resends, views of patient data (payloads, searches, the worklist,
 documents), logins and user changes, from the CLI (the OS user), the API (the token's subject) and
 the console (the session's user), refused ones included (outcome ``refused``). Each row names
-the patient key whose data was seen or sent, never the data itself.
+the patient key whose data was seen or sent, never the data itself; a view that shows several
+patients (a worklist, a list, a search) is one row per patient shown (:func:`audit`).
 
 Append-only and tamper-evident (issue 13): every record is chained to the one before by a hash,
 HMAC-SHA256 with the audit key (engine/audit/chain.py, engine/audit/key.py). The key is bound to
@@ -32,7 +33,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -131,6 +132,9 @@ YEARS = (1900, 9000)
 
 _WIDTHS = {c.name: getattr(c.type, "length", None) for c in audit_log.columns}
 _PATIENT_OF = select(messages.c.patient_key).where(messages.c.id == bindparam("mid"))
+_PATIENTS_OF = select(messages.c.id, messages.c.patient_key).where(
+    messages.c.id.in_(bindparam("mids", expanding=True))
+)
 _HEAD = select(
     audit_chain.c.head_seq,
     audit_chain.c.head_hash,
@@ -220,37 +224,57 @@ def audit(
     detail: str | None = None,
     peer: str | None = None,
     patient_key: str | None = None,
+    patients: Sequence[str | None] = (),
+    messages_shown: Sequence[int] = (),
 ) -> None:
     """Append one record in the caller's transaction (so a resend and its record commit
     together); the message's patient key is read here, unless ``patient_key`` names the
-    patient (a search by MRN, a worklist: no one message). The chain's head stays locked until
-    the caller commits: call this last in a transaction, after its other row locks."""
+    patient (a search by MRN: no one message). The chain's head stays locked until the caller
+    commits: call this last in a transaction, after its other row locks.
+
+    A view that shows several patients (a worklist, a list of documents, a search not made by
+    MRN) names them: ``patients`` (their keys or MRNs) and the messages it showed
+    (``messages_shown``, whose patient keys are read here in one statement). It is then
+    recorded once per distinct patient, in the order shown, as IHE BALP advises (one
+    AuditEvent per patient): the same action, actor, source, time, outcome and detail, each
+    record naming its patient, so ``engine audit list --mrn`` and the FHIR export find the view
+    under each. Nobody named: one record without a patient. The caller bounds the list (a page
+    of rows)."""
     if action not in ACTIONS or outcome not in OUTCOMES or source not in SOURCES:
         raise ValueError(
             f"audit: unknown action {action!r}, outcome {outcome!r} or source {source!r}"
         )
-    patient = patient_key
-    if patient is None and message_id is not None:
-        patient = conn.execute(_PATIENT_OF, {"mid": message_id}).scalar_one_or_none()
+    shown: list[str | None] = [p for p in patients if p]
+    if messages_shown:
+        rows = conn.execute(_PATIENTS_OF, {"mids": list(messages_shown)})
+        keys: dict[int, str | None] = {r.id: r.patient_key for r in rows}
+        shown += [keys.get(mid) for mid in messages_shown if keys.get(mid)]
+    named = list(dict.fromkeys(clean(p, _WIDTHS["patient_key"]) for p in shown))
+    if not named:
+        patient = patient_key
+        if patient is None and message_id is not None:
+            patient = conn.execute(_PATIENT_OF, {"mid": message_id}).scalar_one_or_none()
+        named = [clean(patient, _WIDTHS["patient_key"])]
     head = _locked_head(conn)
-    seq = head.head_seq + 1
-    fields: dict[str, Any] = {
-        "seq": seq,
+    seq, prev = head.head_seq, head.head_hash
+    key = _key_of(conn.engine)
+    common: dict[str, Any] = {
         "at": utcnow(),  # taken under the lock: times follow the chain's order
         "actor": clean(actor or "unknown", _WIDTHS["actor"]),
         "source": source,
         "action": action,
         "message_id": message_id,
-        "patient_key": clean(patient, _WIDTHS["patient_key"]),
         "detail": clean(detail),
         "outcome": outcome,
         "peer": clean(peer, _WIDTHS["peer"]),
     }
-    key = _key_of(conn.engine)
-    row_id = conn.execute(_INSERT, {**fields, "prev_hash": head.head_hash}).scalar_one()
-    own = keyed_hash(head.head_hash, {**fields, "id": row_id}, key)
-    conn.execute(_SET_HASH, {"rid": row_id, "h": own, "k": key.key_id})
-    conn.execute(_SET_HEAD, {"s": seq, "h": own})
+    for patient in named:
+        seq += 1
+        fields = {**common, "seq": seq, "patient_key": patient}
+        row_id = conn.execute(_INSERT, {**fields, "prev_hash": prev}).scalar_one()
+        prev = keyed_hash(prev, {**fields, "id": row_id}, key)
+        conn.execute(_SET_HASH, {"rid": row_id, "h": prev, "k": key.key_id})
+    conn.execute(_SET_HEAD, {"s": seq, "h": prev})
 
 
 def search_detail(query: MessageQuery, shown: int) -> str:
@@ -415,8 +439,11 @@ class Audit(Repository):
         detail: str | None = None,
         peer: str | None = None,
         patient_key: str | None = None,
+        patients: Sequence[str | None] = (),
+        messages_shown: Sequence[int] = (),
     ) -> None:
-        """Record an action taken outside a store transaction (a payload view, a refusal)."""
+        """Record an action taken outside a store transaction (a payload view, a refusal); a
+        view of several patients once per patient (:func:`audit`), in one transaction."""
         with self._tx() as conn:
             audit(
                 conn,
@@ -428,6 +455,8 @@ class Audit(Repository):
                 detail=detail,
                 peer=peer,
                 patient_key=patient_key,
+                patients=patients,
+                messages_shown=messages_shown,
             )
 
     def audit_entries(self, *, limit: int = 50, message_id: int | None = None) -> list[AuditEntry]:

@@ -46,13 +46,30 @@ def test_a_message_search_is_recorded_with_the_mrn_asked_for(
     _dead(store, 1)
     assert client.get("/api/messages?mrn=CLINIC|MRN1&state=dead", headers=viewer).status_code == 200
     assert client.get("/api/messages", headers=viewer).status_code == 200
+    _dead(store, 2)
+    dead = client.get("/api/messages?state=dead", headers=viewer)
+    assert [m["id"] for m in dead.json()] == [2, 1]
+    assert client.get("/api/messages?since=2999-01-01", headers=viewer).status_code == 200
+    # by MRN: the MRN asked for; otherwise once per patient of the messages shown (IHE BALP:
+    # one AuditEvent per patient), at one time; none shown: once, without a patient
     assert _trail(store) == [
+        ("search-messages", "test-viewer", "CLINIC|MRN1", "ok"),
+        ("search-messages", "test-viewer", "CLINIC|MRN1", "ok"),
+        ("search-messages", "test-viewer", "CLINIC|MRN2", "ok"),
         ("search-messages", "test-viewer", "CLINIC|MRN1", "ok"),
         ("search-messages", "test-viewer", None, "ok"),
     ]
     with store.db_engine.connect() as conn:
-        details = conn.execute(select(audit_log.c.detail).order_by(audit_log.c.seq)).scalars()
-        assert list(details) == ["1 shown; state dead, one patient", "1 shown; no filter"]
+        rows = conn.execute(select(audit_log.c.at, audit_log.c.detail).order_by(audit_log.c.seq))
+        details = [(r.at, r.detail) for r in rows]
+    assert [d for _, d in details] == [
+        "1 shown; state dead, one patient",
+        "1 shown; no filter",
+        "2 shown; state dead",
+        "2 shown; state dead",
+        "0 shown; since 2999-01-01T00:00:00-05:00",
+    ]
+    assert details[2][0] == details[3][0]  # one search, one time
 
 
 def test_admins_read_the_trail_newest_first_and_the_reading_is_recorded(
@@ -136,6 +153,31 @@ def test_the_worklist_is_recorded(
     assert _trail(store) == [("view-worklist", "test-viewer", None, "ok")]
     with store.db_engine.connect() as conn:
         assert conn.execute(select(audit_log.c.detail)).scalar_one() == "2026-11-30: 0 appointments"
+
+
+def test_the_worklist_is_recorded_once_per_patient_listed(
+    store: SqlMessageStore, tmp_path: Path, token: Callable[[str], str], make_app: Callable
+) -> None:
+    """IHE BALP: one AuditEvent per patient. The demo's three patients checked for Monday: the
+    list is recorded for each (by MRN), as one view (actor, time, outcome, detail)."""
+    import asyncio
+
+    from tests.console.frontdesk_support import index_demo
+    from tests.jobs.conftest import MONDAY
+
+    service = index_demo(store, tmp_path)
+    asyncio.run(service.check_upcoming(start=MONDAY, days=1))
+    app = make_app()
+    app.state.eligibility = service
+    answer = TestClient(app).get(f"/api/eligibility?date={MONDAY}", headers=bearer(token("viewer")))
+    assert [r["mrn"] for r in answer.json()] == ["DEMO1001", "DEMO1002", "DEMO1003"]
+    assert _trail(store) == [
+        ("view-worklist", "test-viewer", f"DEMO100{n}", "ok") for n in (1, 2, 3)
+    ]
+    with store.db_engine.connect() as conn:
+        views = {(r.at, r.detail) for r in conn.execute(select(audit_log.c.at, audit_log.c.detail))}
+    assert [detail for _, detail in views] == ["2026-11-30: 3 appointments"]
+    assert store.verify_audit().ok
 
 
 @pytest.mark.parametrize(

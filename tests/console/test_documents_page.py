@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from engine.api.auth import Role
-from engine.store import SqlMessageStore
+from engine.store import SqlMessageStore, Who
 from engine.store.tables import documents, messages
 from tests.api.conftest import TestClient
 from tests.console.frontdesk_support import CAP, TOKEN, front_desk_app, user, waiting_document
@@ -84,6 +84,31 @@ def test_the_page_lists_those_waiting_with_their_mrn_and_the_recent_with_deliver
     )
     assert entry.detail == "1 waiting for a patient and 1 recent shown"
     assert "MRN" not in (entry.detail or "")
+    assert entry.patient_key == "CLINIC|MRN404"  # the patient shown (twice: one record)
+
+
+def test_the_list_is_recorded_once_per_patient_it_shows(
+    store: SqlMessageStore, tmp_path: Path
+) -> None:
+    """IHE BALP: one AuditEvent per patient. The page shows the documents of MRN-A (one
+    waiting, one delivered) and of MRN-B: the view is recorded for each of them, as one view
+    (action, actor, time, outcome, detail), so a search of the trail by either patient finds
+    it; the chain still verifies."""
+    from engine.store.audit import AuditQuery
+
+    waiting_document(store, tmp_path, mrn="MRN-A")
+    waiting_document(store, tmp_path, mrn="MRN-B")
+    waiting_document(store, tmp_path, mrn="MRN-A", pdf=b"%PDF-1.4\nanother\n" + b"1" * 512)
+    assert _client(store, tmp_path).get("/console/documents").status_code == 200
+    entries = [e for e in store.audit_entries(limit=10) if e.action == "list-documents"]
+    assert sorted(e.patient_key or "" for e in entries) == ["CLINIC|MRN-A", "CLINIC|MRN-B"]
+    assert len({(e.at, e.actor, e.outcome, e.detail) for e in entries}) == 1
+    assert entries[0].detail == "3 waiting for a patient and 3 recent shown"
+    who = Who("admin", "cli", None)
+    for mrn in ("MRN-A", "CLINIC|MRN-B"):  # a bare MRN or with its authority
+        found = store.audit_page(AuditQuery(mrn=mrn, action="list-documents"), who)
+        assert [(r.action, r.actor) for r in found] == [("list-documents", "frida")], mrn
+    assert store.verify_audit().ok
 
 
 def test_a_viewer_sees_but_neither_uploads_nor_matches_and_others_are_refused(

@@ -94,14 +94,20 @@ def test_the_days_appointments_before_and_after_they_are_checked(
     assert "ask the patient for their current insurance" in cells[1][8]
     assert "AAA" in cells[2][8]  # the payer's own reason, kept
     assert "<script>" not in html and 'style="' not in html
-    [entry] = store.audit_entries(limit=1)
-    assert (entry.action, entry.actor, entry.source, entry.outcome, entry.detail) == (
-        "view-worklist",
-        "frida",
-        "console",
-        "ok",
-        "day 2026-11-30: 3 appointments shown",
-    )
+    # the view recorded once per patient shown (IHE BALP: one AuditEvent per patient), each
+    # record the same view: action, actor, time, outcome and detail
+    entries = list(reversed(store.audit_entries(limit=3)))
+    assert [e.patient_key for e in entries] == ["DEMO1001", "DEMO1002", "DEMO1003"]
+    for entry in entries:
+        assert (entry.action, entry.actor, entry.source, entry.outcome, entry.detail) == (
+            "view-worklist",
+            "frida",
+            "console",
+            "ok",
+            "day 2026-11-30: 3 appointments shown",
+        )
+        assert entry.at == entries[0].at
+    assert store.verify_audit().ok
 
 
 def test_the_default_day_is_the_next_business_day_where_the_practice_is(
