@@ -116,8 +116,18 @@ def test_a_front_desk_login_lands_on_a_page_it_may_use_with_log_out(
     lands on the first page of its menu instead (documents), not on a 403, and can log out."""
     engine, _ = served
     base = engine.base_url
+    # no request of the pages fails: no /favicon.ico 404 (base.html names an empty icon), no
+    # console error
+    failed: list[str] = []
+    page.on("requestfailed", lambda r: failed.append(f"{r.url}: {r.failure}"))
+    page.on("response", lambda r: failed.append(f"{r.url}: {r.status}") if r.status >= 400 else 0)
+    page.on("console", lambda m: failed.append(m.text) if m.type == "error" else 0)
     login(page, base, "frida", PASSWORD)
     assert page.url == f"{base}/console/documents"
+    page.goto(f"{base}/console/worklist")
+    page.goto(f"{base}/console/documents")
+    page.wait_for_load_state("networkidle")
+    assert failed == []
     assert page.locator("nav a.active").inner_text() == "Documents"
     assert page.locator("nav a").all_inner_texts() == ["Documents", "Worklist"]
     assert page.locator("form[data-dropzone]").count() == 1
