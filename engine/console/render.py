@@ -19,7 +19,7 @@ from markupsafe import Markup, escape
 from engine import __version__
 from engine.console.auth import ConsoleUser
 
-__all__ = ["TEMPLATES", "environment", "first_page", "render"]
+__all__ = ["TEMPLATES", "environment", "first_page", "patient", "render"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -40,6 +40,18 @@ NAV: tuple[tuple[str, str, frozenset[str]], ...] = (
 _environment: Environment | None = None
 
 
+def patient(key: str | None, mrn: str | None = None) -> str:
+    """A patient as every page shows it (the ``patient`` filter): ``AUTHORITY|MRN``, or the
+    MRN alone when there is no assigning authority (``|DEMO1001`` is ``DEMO1001``). ``key`` is
+    a patient key (``authority|mrn``, as messages, deliveries and the audit trail store it), or
+    with ``mrn`` the authority alone (a document's two fields)."""
+    if mrn is not None:
+        key = f"{key or ''}|{mrn}"
+    if not key:
+        return ""
+    return key[1:] if key.startswith("|") else key
+
+
 def environment() -> Environment:
     global _environment
     if _environment is None:
@@ -49,6 +61,7 @@ def environment() -> Environment:
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        _environment.filters["patient"] = patient
     return _environment
 
 

@@ -314,3 +314,52 @@ def test_one_documents_page_shows_its_metadata_and_deliveries_audited(
     missing = client.get("/console/documents/424242")
     assert missing.status_code == 404 and "No document 424242" in missing.text
     assert client.get("/console/documents/0").status_code == 422
+
+
+def test_a_patient_without_an_authority_is_shown_by_the_mrn_alone(
+    store: SqlMessageStore, tmp_path: Path
+) -> None:
+    """A document sent with an MRN and no assigning authority: every page shows ``DEMO1001``
+    (not its key ``|DEMO1001``); with an authority, ``CLINIC|MRN404``, as the message pages
+    show a patient key."""
+    import hashlib
+
+    from engine.console.render import patient
+    from engine.store import NewDocument
+
+    assert [patient(k) for k in ("|DEMO1001", "CLINIC|MRN1", None, "")] == [
+        "DEMO1001",
+        "CLINIC|MRN1",
+        "",
+        "",
+    ]
+    assert patient("", "DEMO1001") == "DEMO1001" and patient("CLINIC", "M1") == "CLINIC|M1"
+    data = b"%PDF-1.4\nno authority\n" + b"0" * 512
+    source = tmp_path / "scan.pdf"
+    source.write_bytes(data)
+    bare = store.store_document(
+        NewDocument(
+            patient_mrn="DEMO1001",
+            document_type="referral",
+            document_date="2026-11-30",
+            sender="scanner-1",
+            channel="folder",
+        ),
+        source,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        media_type="application/pdf",
+    )
+    waiting_id, _ = waiting_document(store, tmp_path)  # CLINIC|MRN404
+    client = _client(store, tmp_path, Role.ADMIN)
+    for path in (
+        "/console/documents",
+        f"/console/documents/{bare.info.document_id}",
+        f"/console/messages/{bare.message_id}",
+        "/console/audit",
+    ):
+        html = client.get(path).text
+        assert "DEMO1001" in html, path
+        assert "|DEMO1001" not in html, path
+    assert "CLINIC|MRN404" in client.get("/console/documents").text
+    assert "CLINIC|MRN404" in client.get(f"/console/documents/{waiting_id}").text
