@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BindParameter, Connection, Engine, bindparam, create_engine, event
+from sqlalchemy import BindParameter, Connection, Engine, bindparam, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -34,6 +34,7 @@ __all__ = [
     "create_db_engine",
     "hold_migration_lock",
     "id_list",
+    "in_index_order",
     "utcnow",
 ]
 
@@ -250,6 +251,28 @@ def utcnow() -> datetime:
 def aware(value: datetime) -> datetime:
     """SQLite hands back naive datetimes (stored as UTC)."""
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+#: PostgreSQL, for the rest of the transaction: no bitmap scan and no whole sort (see
+#: :func:`in_index_order`)
+_IN_INDEX_ORDER = text(
+    "SELECT set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true)"
+)
+
+
+def in_index_order(conn: Connection) -> None:
+    """PostgreSQL: make the claims that follow in ``conn``'s transaction walk their queue's
+    index in order and stop at their limit.
+
+    A queue's statistics are stale by nature: they were taken when a state (``received``,
+    ``pending``) held a few rows, and a backlog grows faster than autovacuum analyzes (after
+    10 % of a table changes: never, for a backlog in a table of millions). The planner then
+    reads every row of the state and sorts them, for each claim: 3,000 pending deliveries made
+    each claim take 4-19 ms in the pg-cost run (4 December 2026), and 100,000 would make the
+    worker fall further behind the deeper its backlog. Reading in index order costs the same
+    when the queue is short. SQLite's planner keeps its order by itself: nothing to do."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_IN_INDEX_ORDER)
 
 
 def id_list(name: str = "ids") -> BindParameter[Any]:

@@ -36,7 +36,7 @@ from sqlalchemy import (
 
 from engine.store.blobs import BlobFiles
 from engine.store.clean import clean, clean_key, clean_lines
-from engine.store.db import Repository, aware, id_list, utcnow
+from engine.store.db import Repository, aware, id_list, in_index_order, utcnow
 from engine.store.deliveries import NewDelivery, deliveries_of, queue_deliveries
 from engine.store.documents import purge_documents_of
 from engine.store.index import IndexedResource, upsert_resources
@@ -324,6 +324,7 @@ class MessageStore(Repository):
         """
         now = utcnow()
         with self._tx() as conn:
+            in_index_order(conn)  # PostgreSQL: however stale the statistics of ``received``
             ids = list(conn.execute(self._CLAIMABLE, {"limit": limit}).scalars())
             if not ids:
                 return []
