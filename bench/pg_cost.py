@@ -133,8 +133,21 @@ def _read(url: str, messages: int) -> dict[str, Any]:
     calls = sum(r.calls for r in rows)
     exec_ms = sum(float(r.total_exec_time) for r in rows)
     top = [
-        {"per_message": round(r.calls / messages, 3), "query": " ".join(r.query.split())[:160]}
+        {
+            "per_message": round(r.calls / messages, 3),
+            "exec_ms_per_message": round(float(r.total_exec_time) / messages, 4),
+            "query": " ".join(r.query.split())[:160],
+        }
         for r in rows[:12]
+    ]
+    slowest = sorted(rows, key=lambda r: -float(r.total_exec_time))[:6]
+    by_time = [
+        {
+            "per_message": round(r.calls / messages, 3),
+            "exec_ms_per_message": round(float(r.total_exec_time) / messages, 4),
+            "query": " ".join(r.query.split())[:160],
+        }
+        for r in slowest
     ]
     return {
         "messages": messages,
@@ -147,6 +160,7 @@ def _read(url: str, messages: int) -> dict[str, Any]:
         "wal_fsyncs": round(wal.wal_sync / messages, 3),
         "wal_writes": round(wal.wal_write / messages, 3),
         "top_statements": top,
+        "slowest_statements": by_time,
     }
 
 
@@ -247,8 +261,16 @@ def run(options: Options) -> dict[str, Any]:
         for label, nodes, workers in PHASES:
             r = _phase(url, data, label, nodes=nodes, workers=workers, count=count)
             print(f"  {label}: {_describe(r)}", flush=True)
-            for t in r["top_statements"][:8]:
-                print(f"      {t['per_message']:>6} x  {t['query'][:110]}")
+            for heading, key in (
+                ("most sent", "top_statements"),
+                ("most time", "slowest_statements"),
+            ):
+                print(f"    {heading} (per message: calls, milliseconds executing):")
+                for t in r[key]:
+                    print(
+                        f"      {t['per_message']:>6} x {t['exec_ms_per_message']:>7.4f} ms  "
+                        f"{t['query'][:100]}"
+                    )
             phases.append(r)
             _drop_tables(url)
     receiver, both = phases[0], phases[1]
