@@ -398,7 +398,10 @@ def eligibility_list(
         else:
             day = _day(on)
         rows = worklist(store, day, tz)
-        record_view(store, "view-worklist", f"{day.isoformat()}: {len(rows)} appointments")
+        shown = [r["mrn"] for r in rows]  # one record per patient listed, as the console's
+        record_view(
+            store, "view-worklist", f"{day.isoformat()}: {len(rows)} appointments", None, shown
+        )
     finally:
         store.db_engine.dispose()  # its connections closed, not left to the garbage collector
     if as_json:

@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,8 +32,15 @@ audit_app = typer.Typer(
 )
 
 
-def record_view(store: Any, action: str, detail: str, patient_key: str | None = None) -> None:
-    """A CLI command's view of patient data (a worklist, a list) recorded with the OS user."""
+def record_view(
+    store: Any,
+    action: str,
+    detail: str,
+    patient_key: str | None = None,
+    patients: Sequence[str | None] = (),
+) -> None:
+    """A CLI command's view of patient data (a worklist, a list) recorded with the OS user;
+    with ``patients``, once per patient shown (engine/store/audit.py)."""
     who = cli_who()
     store.record_audit(
         action=action,
@@ -42,6 +50,7 @@ def record_view(store: Any, action: str, detail: str, patient_key: str | None = 
         outcome="ok",
         detail=detail,
         patient_key=patient_key,
+        patients=patients,
     )
 
 

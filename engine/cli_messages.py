@@ -120,7 +120,7 @@ def messages_list(
     )
     with command_store() as store:
         lines = store.search(query)
-        _record_search(store, query, len(lines))
+        _record_search(store, query, lines)
     if as_json:
         print_json(lines)
         return
@@ -140,8 +140,9 @@ def messages_list(
     print_table(columns, rows, more_before=lines[-1].id if len(lines) == limit else None)
 
 
-def _record_search(store: Any, query: Any, shown: int) -> None:
-    """The list is a view of patient data: recorded (the MRN asked for as its patient key)."""
+def _record_search(store: Any, query: Any, shown: Any) -> None:
+    """The list is a view of patient data: recorded (the MRN asked for as its patient key; not
+    asked by MRN, once per patient of the messages shown, as the console and the API do)."""
     from engine.store.audit import search_detail
 
     who = cli_who()
@@ -151,8 +152,9 @@ def _record_search(store: Any, query: Any, shown: int) -> None:
         source=who.source,
         message_id=None,
         outcome="ok",
-        detail=search_detail(query, shown),
+        detail=search_detail(query, len(shown)),
         patient_key=query.mrn,
+        messages_shown=[m.id for m in shown] if query.mrn is None else (),
     )
 
 

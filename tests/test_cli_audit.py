@@ -3,6 +3,7 @@ the CLI's message list and show recorded in the trail. On SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
 from datetime import UTC, datetime
@@ -240,6 +241,35 @@ def test_a_view_of_two_patients_is_listed_and_exported_under_each(
     ]
     assert patients == ["DEMO1001", "DEMO1002"]
     assert len({e.recorded for e in views}) == 1
+
+
+def test_cli_lists_of_several_patients_are_recorded_once_per_patient(
+    store: SqlMessageStore,
+    cli,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """``engine messages list`` not asked by MRN, and ``engine eligibility list``, record their
+    view once per patient shown, as the console and the API do."""
+    from tests.console.frontdesk_support import index_demo
+    from tests.jobs.conftest import MONDAY
+
+    _routed(store, "a", patient="CLINIC|MRN1", control="C1")
+    _routed(store, "a", patient="CLINIC|MRN2", control="C2")
+    code, _, err = cli("messages", "list", "--state", "routed")
+    assert code == 0, err
+    searches = [a for a in _actions(store) if a[0] == "search-messages"]
+    assert sorted(p or "" for _, p, _ in searches) == ["CLINIC|MRN1", "CLINIC|MRN2"]
+    assert {d for _, _, d in searches} == {"2 shown; state routed"}
+
+    # the demo's Monday appointments, checked (the worklist lists checked appointments)
+    asyncio.run(index_demo(store, tmp_path).check_upcoming(start=MONDAY, days=1))
+    code, out, err = cli("eligibility", "list", "--date", MONDAY.isoformat(), "--json")
+    assert code == 0, err
+    listed = {json.loads(line)["mrn"] for line in out.splitlines()}
+    views = [a for a in _actions(store) if a[0] == "view-worklist"]
+    assert len(listed) >= 2 and {p for _, p, _ in views} == listed
+    code, _, err = cli("audit", "verify")
+    assert code == 0, err
 
 
 @pytest.mark.parametrize("today", [27, 29], ids=["friday", "sunday"])
