@@ -37,6 +37,7 @@ from engine.store import (
     Outcome,
     Processed,
     SqlMessageStore,
+    StoredDocument,
 )
 from tests.api.fakes import FakeHealth, FakeIngest
 from tests.jobs.conftest import ROUTES, TIMEZONE, TODAY, service
@@ -91,22 +92,27 @@ def front_desk_app(
     return app, metrics
 
 
-def waiting_document(
-    store: SqlMessageStore, tmp_path: Path, *, mrn: str = "MRN404", pdf: bytes | None = None
-) -> tuple[int, int]:
-    """A document for ``mrn`` delivered to ``files`` and waiting for its patient at ``epic``:
-    (document id, message id)."""
+def stored_document(
+    store: SqlMessageStore,
+    tmp_path: Path,
+    *,
+    mrn: str = "MRN404",
+    authority: str = "CLINIC",
+    pdf: bytes | None = None,
+) -> StoredDocument:
+    """A referral scan for ``mrn`` (of ``authority``; "" for none) stored from the folder, not
+    yet processed."""
     data = pdf or b"%PDF-1.4\n" + mrn.encode() + b"\n" + b"0" * 512
     source = tmp_path / f"scan-{mrn}.pdf"
     source.write_bytes(data)
-    stored = store.store_document(
+    return store.store_document(
         NewDocument(
             patient_mrn=mrn,
             document_type="referral",
             document_date="2026-11-30",
             sender="scanner-1",
             channel="folder",
-            patient_authority="CLINIC",
+            patient_authority=authority,
             title="Referral letter",
         ),
         source,
@@ -114,6 +120,14 @@ def waiting_document(
         size=len(data),
         media_type="application/pdf",
     )
+
+
+def waiting_document(
+    store: SqlMessageStore, tmp_path: Path, *, mrn: str = "MRN404", pdf: bytes | None = None
+) -> tuple[int, int]:
+    """A document for ``mrn`` delivered to ``files`` and waiting for its patient at ``epic``:
+    (document id, message id)."""
+    stored = stored_document(store, tmp_path, mrn=mrn, pdf=pdf)
     done = []
     for mid, raw, kind in store.claim_received("w1"):
         assert kind == "document"

@@ -17,7 +17,14 @@ from engine.api.auth import Role
 from engine.store import SqlMessageStore, Who
 from engine.store.tables import documents, messages
 from tests.api.conftest import TestClient
-from tests.console.frontdesk_support import CAP, TOKEN, front_desk_app, user, waiting_document
+from tests.console.frontdesk_support import (
+    CAP,
+    TOKEN,
+    front_desk_app,
+    stored_document,
+    user,
+    waiting_document,
+)
 from tests.documents.intake_support import PNG, pdf_bytes
 
 FORM = {"mrn": "MRN1001", "document_type": "insurance-card", "date": "2026-12-01"}
@@ -322,10 +329,7 @@ def test_a_patient_without_an_authority_is_shown_by_the_mrn_alone(
     """A document sent with an MRN and no assigning authority: every page shows ``DEMO1001``
     (not its key ``|DEMO1001``); with an authority, ``CLINIC|MRN404``, as the message pages
     show a patient key."""
-    import hashlib
-
     from engine.console.render import patient
-    from engine.store import NewDocument
 
     assert [patient(k) for k in ("|DEMO1001", "CLINIC|MRN1", None, "")] == [
         "DEMO1001",
@@ -334,22 +338,7 @@ def test_a_patient_without_an_authority_is_shown_by_the_mrn_alone(
         "",
     ]
     assert patient("", "DEMO1001") == "DEMO1001" and patient("CLINIC", "M1") == "CLINIC|M1"
-    data = b"%PDF-1.4\nno authority\n" + b"0" * 512
-    source = tmp_path / "scan.pdf"
-    source.write_bytes(data)
-    bare = store.store_document(
-        NewDocument(
-            patient_mrn="DEMO1001",
-            document_type="referral",
-            document_date="2026-11-30",
-            sender="scanner-1",
-            channel="folder",
-        ),
-        source,
-        sha256=hashlib.sha256(data).hexdigest(),
-        size=len(data),
-        media_type="application/pdf",
-    )
+    bare = stored_document(store, tmp_path, mrn="DEMO1001", authority="")
     waiting_id, _ = waiting_document(store, tmp_path)  # CLINIC|MRN404
     client = _client(store, tmp_path, Role.ADMIN)
     for path in (
