@@ -31,6 +31,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 
@@ -205,6 +206,18 @@ def _skip_delivered_before(conn: Connection, outcomes: list[Processed]) -> list[
             )
         )
     return result
+
+
+def _columns(finished: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
+    """:data:`MessageStore._FINISH`'s rows as the arrays of :data:`MessageStore._FINISH_ALL`."""
+    return {
+        "ids": [f["mid"] for f in finished],
+        "states": [f["new_state"] for f in finished],
+        "reasons": [f["new_reason"] for f in finished],
+        "warnings": [f["new_warnings"] for f in finished],
+        "patients": [f["new_patient"] for f in finished],
+        "now": now,
+    }
 
 
 class MessageStore(Repository):
@@ -390,6 +403,17 @@ class MessageStore(Repository):
         )
     )
 
+    #: PostgreSQL: :data:`_FINISH` for the whole batch in one statement (one execution, not
+    #: one per message; each message's row of the arrays is its own)
+    _FINISH_ALL = text(
+        "UPDATE messages SET state = u.state, reason = u.reason, warnings = u.warnings,"
+        " patient_key = u.patient, updated_at = :now"
+        " FROM unnest(CAST(:ids AS bigint[]), CAST(:states AS text[]), CAST(:reasons AS text[]),"
+        " CAST(:warnings AS text[]), CAST(:patients AS text[]))"
+        " AS u(id, state, reason, warnings, patient)"
+        " WHERE messages.id = u.id"
+    )
+
     def finish_batch(self, outcomes: Sequence[Processed]) -> list[Processed]:
         """Record the outcomes of processing several messages, with their deliveries and indexed
         resources, in ONE transaction, and return those recorded. An outcome whose claim was
@@ -419,7 +443,10 @@ class MessageStore(Repository):
                     }
                     for o in kept
                 ]
-                conn.execute(self._FINISH, finished)
+                if conn.dialect.name == "postgresql":
+                    conn.execute(self._FINISH_ALL, _columns(finished, now))
+                else:
+                    conn.execute(self._FINISH, finished)
             queue_deliveries(conn, [(o.message_id, d) for o in kept for d in o.new_deliveries], now)
             upsert_resources(conn, [(o.message_id, r) for o in kept for r in o.resources], now)
         return kept

@@ -91,3 +91,33 @@ def test_group_commit_keeps_order_and_dedupes_within_and_across_batches(
     assert (again[0].id, again[0].duplicate) == (first[2].id, True)
     assert not again[1].duplicate and store.raw(again[1].id) == b"m5"
     assert len(store.list()) == 4
+
+
+def test_a_batch_of_outcomes_gives_each_message_its_own(store: SqlMessageStore) -> None:
+    """One finish_batch (one statement for the batch on PostgreSQL) of messages that end
+    differently: each row takes its own state, reason, warnings and patient, NULLs included."""
+    from engine.store import Processed
+
+    ids = [_receive(store, f"MSH|{n}".encode(), channel="test") for n in range(4)]
+    claimed = [mid for mid, _, _ in store.claim_received("w1")]
+    assert claimed == ids
+    outcomes = [
+        Processed(ids[0], "unrouted", None, "CLINIC|MRN1", worker="w1"),
+        Processed(ids[1], "error", "PID-7: not a date", None, worker="w1"),
+        Processed(ids[2], "unrouted", None, "CLINIC|MRN2", worker="w1", warnings="PD1-3"),
+        Processed(ids[3], "error", "bad\x00byte", "CLINIC|\x00MRN3", worker="w1"),
+    ]
+    assert [o.message_id for o in store.finish_batch(outcomes)] == ids
+    with store.db_engine.connect() as conn:
+        rows = conn.execute(
+            select(messages.c.state, messages.c.reason, messages.c.warnings, messages.c.patient_key)
+            .where(messages.c.id.in_(ids))
+            .order_by(messages.c.id)
+        ).all()
+    assert [tuple(r) for r in rows[:3]] == [
+        ("unrouted", None, None, "CLINIC|MRN1"),
+        ("error", "PID-7: not a date", None, None),
+        ("unrouted", None, "PD1-3", "CLINIC|MRN2"),
+    ]
+    state, reason, _, patient = rows[3]
+    assert state == "error" and "\x00" not in reason and "\x00" not in patient  # cleaned
