@@ -7,7 +7,6 @@ import asyncio
 from typing import Any
 
 from engine.adapters.memory import MemoryDestination
-from engine.flow.deliver import Dispatcher
 from engine.flow.gate import RouteGate
 from engine.flow.ingest import Ingest
 from engine.flow.process import Processor
@@ -16,7 +15,7 @@ from engine.routes.loader import RouteSet
 from engine.routes.router import Router
 from engine.store import SqlMessageStore
 from tests.flow.test_queue import mappings as mappings  # noqa: F401  (the fixture)
-from tests.flow.test_queue import msg
+from tests.flow.test_queue import msg, pipeline
 from tests.flow.test_queue import routes as routes  # noqa: F401  (the fixture)
 
 LINGER_S = 0.5
@@ -46,12 +45,9 @@ def test_messages_arriving_one_by_one_share_the_workers_transactions(
 
     async def main() -> None:
         stop = asyncio.Event()
-        ingest = Ingest(store, routes=RouteGate(Router(routes), mappings))
-        await ingest.start()
-        processor = Processor(store, routes, mappings, idle_s=0.02, linger_s=LINGER_S)
-        dispatcher = Dispatcher(store, routes, dests, idle_s=0.02)
-        processor.on_routed = dispatcher.wake
-        ingest.on_stored = processor.wake
+        ingest, processor, dispatcher = await pipeline(
+            store, routes, mappings, dests, linger_s=LINGER_S
+        )
         tasks = [
             asyncio.create_task(processor.run(stop)),
             asyncio.create_task(dispatcher.run(stop)),

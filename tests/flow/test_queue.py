@@ -65,6 +65,25 @@ def msg(n: int, mrn: str = "MRN1") -> bytes:
     return MSG.format(n=n, mrn=mrn).encode()
 
 
+async def pipeline(
+    store: SqlMessageStore,
+    routes: RouteSet,
+    mappings: Mappings,
+    dests: dict[str, MemoryDestination],
+    *,
+    linger_s: float = 0.0,
+) -> tuple[Ingest, Processor, Dispatcher]:
+    """A started ingest, a processor and a dispatcher on ``store``, wired as a worker wires
+    them (a stored message wakes the processor, a routed one the dispatcher); not yet run."""
+    ingest = Ingest(store, routes=RouteGate(Router(routes), mappings))
+    await ingest.start()
+    processor = Processor(store, routes, mappings, idle_s=0.02, linger_s=linger_s)
+    dispatcher = Dispatcher(store, routes, dests, idle_s=0.02)
+    processor.on_routed = dispatcher.wake
+    ingest.on_stored = processor.wake
+    return ingest, processor, dispatcher
+
+
 def run_all(
     store: SqlMessageStore,
     routes: RouteSet,
@@ -76,12 +95,7 @@ def run_all(
 ) -> list[bytes | None]:
     async def main() -> list[bytes | None]:
         stop = asyncio.Event()
-        ingest = Ingest(store, routes=RouteGate(Router(routes), mappings))
-        await ingest.start()
-        processor = Processor(store, routes, mappings, idle_s=0.02)
-        dispatcher = Dispatcher(store, routes, dests, idle_s=0.02)
-        processor.on_routed = dispatcher.wake
-        ingest.on_stored = processor.wake
+        ingest, processor, dispatcher = await pipeline(store, routes, mappings, dests)
         tasks = [
             asyncio.create_task(processor.run(stop)),
             asyncio.create_task(dispatcher.run(stop)),
