@@ -132,23 +132,16 @@ def _read(url: str, messages: int) -> dict[str, Any]:
     eng.dispose()
     calls = sum(r.calls for r in rows)
     exec_ms = sum(float(r.total_exec_time) for r in rows)
-    top = [
-        {
+
+    def per_message(r: Any) -> dict[str, Any]:
+        return {
             "per_message": round(r.calls / messages, 3),
             "exec_ms_per_message": round(float(r.total_exec_time) / messages, 4),
             "query": " ".join(r.query.split())[:160],
         }
-        for r in rows[:12]
-    ]
-    slowest = sorted(rows, key=lambda r: -float(r.total_exec_time))[:6]
-    by_time = [
-        {
-            "per_message": round(r.calls / messages, 3),
-            "exec_ms_per_message": round(float(r.total_exec_time) / messages, 4),
-            "query": " ".join(r.query.split())[:160],
-        }
-        for r in slowest
-    ]
+
+    top = [per_message(r) for r in rows[:12]]
+    by_time = [per_message(r) for r in sorted(rows, key=lambda r: -float(r.total_exec_time))[:6]]
     return {
         "messages": messages,
         "statements": round(calls / messages, 2),

@@ -398,9 +398,11 @@ def eligibility_list(
         else:
             day = _day(on)
         rows = worklist(store, day, tz)
-        shown = [r["mrn"] for r in rows]  # one record per patient listed, as the console's
         record_view(
-            store, "view-worklist", f"{day.isoformat()}: {len(rows)} appointments", None, shown
+            store,
+            "view-worklist",
+            f"{day.isoformat()}: {len(rows)} appointments",
+            patients=[r["mrn"] for r in rows],  # one record per patient listed, as the console's
         )
     finally:
         store.db_engine.dispose()  # its connections closed, not left to the garbage collector
