@@ -18,11 +18,11 @@ contract knows none of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from engine.documents.model import DocumentContent
 
-__all__ = ["DeliveryResult", "Destination", "Payload", "PayloadKind"]
+__all__ = ["BatchDestination", "DeliveryResult", "Destination", "Payload", "PayloadKind"]
 
 #: ``document``: the body is a :class:`~engine.documents.model.DocumentEnvelope` (JSON) and
 #: :attr:`Payload.content` reads the document's bytes
@@ -89,5 +89,20 @@ class Destination(Protocol):
     name: str
 
     async def deliver(self, payload: Payload) -> DeliveryResult: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class BatchDestination(Protocol):
+    """A destination that also takes several payloads at once (the file drop: one hand-off to
+    its threads and one sync of its folder for all). The dispatcher gives it the deliveries it
+    claimed together (engine/flow/deliver.py); each payload gets its own result, in order."""
+
+    name: str
+
+    async def deliver(self, payload: Payload) -> DeliveryResult: ...
+
+    async def deliver_batch(self, payloads: list[Payload]) -> list[DeliveryResult]: ...
 
     async def close(self) -> None: ...

@@ -44,6 +44,13 @@ eight deliveries in flight the folder is synced once for each group instead of o
 file; each file's own data is still synced before it is linked, so a name never points at
 half a file. A delivery is reported only once its name is durable.
 
+The dispatcher hands this destination the deliveries it claimed together (``deliver_batch``):
+their files are written in one hand-off to the destination's threads (split among them, at
+least 8 files each) and the folder synced once for the batch. Delivered one at a time, each
+file cost three hand-offs between threads (the write, the folder's sync, the outcome's
+transaction), and a worker delivering alone spent 2.2-2.3 ms of CPU a message; in batches
+1.2-1.4 ms (bench figures in the README).
+
 A kill between a temporary file's link and its unlink leaves the temporary file behind. The
 first delivery of a destination in a process removes its own temporary files (its destination's
 name and store tag) older than :data:`STALE_TMP_S`: no write takes that long, so none is another
@@ -96,8 +103,10 @@ _MEDIA_EXTENSIONS = {
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _TAG = re.compile(r"[0-9a-f]{8}")
 #: threads of a destination's own for its writes and fsyncs: as many as the deliveries the
-#: dispatcher lets it have in flight (engine/flow/deliver.py, ``per_destination``)
+#: dispatcher lets it have in flight (engine/flow/deliver.py, ``per_destination``); a batch
+#: is split among them, at least :data:`BATCH_SHARE` files to a thread
 IO_THREADS = 8
+BATCH_SHARE = 8
 T = TypeVar("T")
 
 
@@ -187,10 +196,12 @@ async def _stream_new(directory: Path, name: str, content: DocumentContent, io: 
     return digest.hexdigest()
 
 
-def _write_new(directory: Path, name: str, body: bytes) -> bool:
+def _write_new(directory: Path, name: str, body: bytes, *, make_dir: bool = True) -> bool:
     """Write ``name`` whole, or find it there (False); an existing file is never replaced. The
-    caller syncs the directory (:class:`_DirectorySync`)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    caller syncs the directory (:class:`_DirectorySync`). ``make_dir``: create the directory
+    first when it is missing (False: the caller did)."""
+    if make_dir:
+        directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
     if target.exists():
         return False
@@ -208,6 +219,18 @@ def _write_new(directory: Path, name: str, body: bytes) -> bool:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     return True
+
+
+def _write_each(directory: Path, files: list[tuple[str, bytes]]) -> list[bool | OSError]:
+    """:func:`_write_new` for each (name, body) in turn, in one thread: for each, whether it
+    was written (False: found there) or the error that stopped it (the others still go)."""
+    done: list[bool | OSError] = []
+    for name, body in files:
+        try:
+            done.append(_write_new(directory, name, body, make_dir=False))
+        except OSError as exc:
+            done.append(exc)
+    return done
 
 
 def _sweep(directory: Path, stem: re.Pattern[str], older_than_s: float) -> int:
@@ -236,6 +259,14 @@ def _sync_directory(directory: Path) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _chunks(items: list[T], most: int, least: int) -> list[list[T]]:
+    """``items`` in at most ``most`` runs of consecutive items, each of at least ``least``
+    (but for a shorter whole)."""
+    n = max(1, min(most, len(items) // max(1, least)))
+    size = -(-len(items) // n)
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 class _DirectorySync:
@@ -321,16 +352,56 @@ class FileDropDestination:
             # found there too: the writer before may have died before its name was durable
             await self._dirsync.sync(self._io)
         except OSError as exc:
-            code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-            detail = f"file: {code}"
+            return self._result(payload, file_name(payload, self.tag), exc)
+        return self._result(payload, name, written)
+
+    async def deliver_batch(self, payloads: list[Payload]) -> list[DeliveryResult]:
+        """Deliver several payloads at once, each result in the order given: the messages'
+        files written in one hand-off to this destination's threads (split among them when
+        there are many) and their directory synced once for all, a document's as
+        :meth:`deliver` writes it. The dispatcher calls this for the deliveries it claimed
+        together (engine/flow/deliver.py): a delivery of one file each is three hand-offs
+        between threads and an fsync of the directory; here it is a share of one. Each file is
+        still synced before it is linked, and no result says delivered before the directory
+        holding its name is synced."""
+        results: dict[int, DeliveryResult] = {}
+        for i, payload in enumerate(payloads):
+            if payload.kind == "document":
+                results[i] = await self.deliver(payload)
+        todo = [(i, p, file_name(p, self.tag)) for i, p in enumerate(payloads) if i not in results]
+        if todo:
+            try:
+                if not self._swept:
+                    await self._sweep_once()
+                await self._io(partial(self.directory.mkdir, parents=True, exist_ok=True))
+                chunks = _chunks([(n, p.body) for _, p, n in todo], IO_THREADS, BATCH_SHARE)
+                done = [
+                    outcome
+                    for part in await asyncio.gather(
+                        *(self._io(partial(_write_each, self.directory, c)) for c in chunks)
+                    )
+                    for outcome in part
+                ]
+                # found there too: the writer before may have died before its name was durable
+                await self._dirsync.sync(self._io)
+            except OSError as exc:
+                done = [exc] * len(todo)
+            for (i, payload, name), outcome in zip(todo, done, strict=True):
+                results[i] = self._result(payload, name, outcome)
+        return [results[i] for i in range(len(payloads))]
+
+    def _result(self, payload: Payload, name: str, outcome: bool | OSError) -> DeliveryResult:
+        """The result of writing one message's file: written, found there, or an error."""
+        if isinstance(outcome, OSError):
+            code = errno.errorcode.get(outcome.errno or 0, type(outcome).__name__)
             log.warning(
                 "file delivery failed",
                 extra={"destination": self.name, "message_id": payload.message_id, "error": code},
             )
-            if exc.errno in _PERMANENT:
-                return DeliveryResult.fail(detail)
-            return DeliveryResult.retry(detail)
-        if not written:
+            if outcome.errno in _PERMANENT:
+                return DeliveryResult.fail(f"file: {code}")
+            return DeliveryResult.retry(f"file: {code}")
+        if not outcome:
             return DeliveryResult.success(f"file: {name} exists (delivered before)")
         return DeliveryResult.success(f"file: wrote {name} ({len(payload.body)} bytes)")
 

@@ -19,7 +19,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from engine.adapters.destination import DeliveryResult, Destination, Payload
+from engine.adapters.destination import BatchDestination, DeliveryResult, Destination, Payload
 from engine.documents.model import DocumentContent, DocumentEnvelope
 from engine.pressure import IngestPressure
 from engine.retry import CircuitBreaker, backoff_s
@@ -106,7 +106,8 @@ class Dispatcher:
                     for d, n in self._claimed.items()
                     if n >= self.per_destination_claims and d not in paused
                 ]
-                room = self.capacity - len(in_flight)
+                # deliveries claimed and not settled (a batch is one task for several)
+                room = self.capacity - sum(self._claimed.values())
                 due: list[DueDelivery] = []
                 if room > 0:
                     if self.pressure is not None:
@@ -125,13 +126,16 @@ class Dispatcher:
                         log.error("dispatcher failed", extra={"error": type(exc).__name__})
                         await asyncio.sleep(backoff_s(failures))
                         continue
-                for d in due:
-                    task = asyncio.create_task(self._deliver(d))
+                for group in self._tasks_for(due):
+                    task = asyncio.create_task(
+                        self._deliver_batch(group) if len(group) > 1 else self._deliver(group[0])
+                    )
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
-                    self._claimed[d.destination] = self._claimed.get(d.destination, 0) + 1
-                    self._not_started[d.id] = task
-                    task.add_done_callback(functools.partial(self._done, d))
+                    for d in group:
+                        self._claimed[d.destination] = self._claimed.get(d.destination, 0) + 1
+                        self._not_started[d.id] = task
+                        task.add_done_callback(functools.partial(self._done, d))
                 if due:
                     # a patient's next delivery is not claimable while the one before is still
                     # pending (in flight included): the claim query keeps the order
@@ -158,6 +162,20 @@ class Dispatcher:
                     await asyncio.to_thread(self.store.release_claims, list(waiting), self.node)
                 except Exception as exc:  # the lease runs out instead
                     log.warning("claims not given back", extra={"error": type(exc).__name__})
+
+    def _tasks_for(self, due: list[DueDelivery]) -> list[list[DueDelivery]]:
+        """The deliveries claimed together, one group per task: a destination that takes a
+        batch (``deliver_batch``: the file drop writes the files in one hand-off and syncs
+        their folder once) gets its claimed deliveries as one group; any other destination
+        one delivery per task, each sent on its own, up to ``per_destination`` at once."""
+        groups: dict[str, list[DueDelivery]] = {}
+        single: list[list[DueDelivery]] = []
+        for d in due:
+            if isinstance(self.destinations.get(d.destination), BatchDestination):
+                groups.setdefault(d.destination, []).append(d)
+            else:
+                single.append([d])
+        return [*groups.values(), *single]
 
     def _done(self, due: DueDelivery, _task: asyncio.Task[None]) -> None:
         self._not_started.pop(due.id, None)
@@ -189,45 +207,79 @@ class Dispatcher:
             doc.sha256, doc.size, functools.partial(self.store.document_chunks, doc.sha256)
         )
 
+    def _payload(self, due: DueDelivery) -> Payload:
+        return Payload(
+            message_id=due.message_id,
+            destination=due.destination,
+            kind=due.kind,  # type: ignore[arg-type]
+            body=due.payload,
+            content_type=due.content_type,
+            idempotency_key=f"{due.message_id}-{due.destination}",
+            control_id=due.control_id,
+            content=self._content(due),
+        )
+
+    async def _ours(self, due: DueDelivery) -> bool:
+        """Whether the claim is still this dispatcher's (:meth:`_still_ours`), saying so when
+        it is not."""
+        self._not_started.pop(due.id, None)
+        if await self._still_ours(due):
+            return True
+        log.warning(
+            "claim ran out before sending; left to its new owner",
+            extra={"message_id": due.message_id, "destination": due.destination},
+        )
+        return False
+
     async def _deliver(self, due: DueDelivery) -> None:
         dest = self.destinations.get(due.destination)
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        start = asyncio.get_running_loop().time()
         if dest is None:
             result = DeliveryResult(False, False, f"no destination named {due.destination!r}")
         else:
-            payload = Payload(
-                message_id=due.message_id,
-                destination=due.destination,
-                kind=due.kind,  # type: ignore[arg-type]
-                body=due.payload,
-                content_type=due.content_type,
-                idempotency_key=f"{due.message_id}-{due.destination}",
-                control_id=due.control_id,
-                content=self._content(due),
-            )
+            payload = self._payload(due)
             async with self._limits[due.destination]:
-                self._not_started.pop(due.id, None)
-                if not await self._still_ours(due):
-                    log.warning(
-                        "claim ran out before sending; left to its new owner",
-                        extra={"message_id": due.message_id, "destination": due.destination},
-                    )
+                if not await self._ours(due):
                     return
                 try:
                     result = await dest.deliver(payload)
                 except Exception as exc:  # an adapter bug: retry, and say so
                     result = DeliveryResult(False, True, f"adapter error ({type(exc).__name__})")
-        was_open = self.breaker.failures(due.destination) >= self.breaker.threshold
-        self.breaker.record(
-            due.destination, ok=result.ok, retryable=result.retryable, now=loop.time()
-        )
-        if (self.breaker.failures(due.destination) >= self.breaker.threshold) != was_open:
-            await self._breaker_changed(due.destination, result.detail)
-        # outcomes are recorded in batches: one transaction for all that finished meanwhile
-        self._outcomes.append((due, result, loop.time() - start))
+        await self._settle([(due, result)], start)
+
+    async def _deliver_batch(self, group: list[DueDelivery]) -> None:
+        """Deliveries to one destination that takes them together (``deliver_batch``), as one
+        of its ``per_destination`` slots; each is settled as :meth:`_deliver` settles one, the
+        batch's time as each one's."""
+        name = group[0].destination
+        dest = self.destinations[name]
+        assert isinstance(dest, BatchDestination)
+        start = asyncio.get_running_loop().time()
+        async with self._limits[name]:
+            mine = [due for due in group if await self._ours(due)]
+            if not mine:
+                return
+            try:
+                results = await dest.deliver_batch([self._payload(d) for d in mine])
+                if len(results) != len(mine):
+                    raise ValueError("one result per payload")
+            except Exception as exc:  # an adapter bug: retry, and say so
+                results = [DeliveryResult(False, True, f"adapter error ({type(exc).__name__})")]
+                results *= len(mine)
+        await self._settle(list(zip(mine, results, strict=True)), start)
+
+    async def _settle(self, done: list[tuple[DueDelivery, DeliveryResult]], start: float) -> None:
+        """Count each result in its destination's breaker and record the outcomes."""
+        now = asyncio.get_running_loop().time()
+        for due, result in done:
+            was_open = self.breaker.failures(due.destination) >= self.breaker.threshold
+            self.breaker.record(due.destination, ok=result.ok, retryable=result.retryable, now=now)
+            if (self.breaker.failures(due.destination) >= self.breaker.threshold) != was_open:
+                await self._breaker_changed(due.destination, result.detail)
+            # outcomes are recorded in batches: one transaction for all that finished meanwhile
+            self._outcomes.append((due, result, now - start))
         await self._flush()
-        self.wake()  # the patient's next delivery may be due now
+        self.wake()  # the patients' next deliveries may be due now
 
     async def _breaker_changed(self, destination: str, detail: str | None) -> None:
         """Write a breaker's opening or closing where the console's dashboard reads it (the

@@ -275,3 +275,91 @@ def test_a_failed_directory_fsync_fails_its_delivery_and_the_next_one_syncs(
     again = deliver(dest, payload(b"a", message_id=1))  # the file is there: synced, then done
     assert again.ok and "exists" in (again.detail or "")
     assert len(calls) == 2
+
+
+def test_a_batch_is_written_whole_its_folder_synced_once_and_found_when_sent_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dispatcher's batch (deliver_batch): every file written, split among the threads,
+    one sync of the folder after the last link, each result in order; sent again (a node
+    died before recording them), each is found, never written twice."""
+    from engine.adapters import files
+
+    synced: list[set[str]] = []
+    monkeypatch.setattr(
+        files, "_sync_directory", lambda d: synced.append({p.name for p in d.iterdir()})
+    )
+    dest = destination(tmp_path / "drop")  # made by the batch
+    batch = [payload(f"MSH|{i}".encode(), message_id=i) for i in range(1, 41)]
+    results = asyncio.run(dest.deliver_batch(batch))
+    names = [file_name(p) for p in batch]
+    assert [r.detail for r in results] == [
+        f"file: wrote {n} ({len(p.body)} bytes)" for n, p in zip(names, batch, strict=True)
+    ]
+    assert len(synced) == 1 and set(names) <= synced[0]  # once, after every link
+    assert all(
+        (tmp_path / "drop" / n).read_bytes() == p.body for n, p in zip(names, batch, strict=True)
+    )
+    assert not [p for p in (tmp_path / "drop").iterdir() if p.name.endswith(".tmp")]
+    again = asyncio.run(dest.deliver_batch(batch))
+    assert all(r.ok and "exists (delivered before)" in r.detail for r in again)
+
+
+def test_a_file_that_fails_in_a_batch_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.adapters import files
+
+    real = files._write_new
+
+    def sometimes(directory: Path, name: str, body: bytes, **kw: bool) -> bool:
+        if name.startswith("2-"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if name.startswith("3-"):
+            raise OSError(errno.EACCES, "Permission denied")
+        return real(directory, name, body, **kw)
+
+    monkeypatch.setattr(files, "_write_new", sometimes)
+    batch = [payload(b"x", message_id=i) for i in (1, 2, 3, 4)]
+    results = asyncio.run(destination(tmp_path).deliver_batch(batch))
+    assert [(r.ok, r.retryable, r.detail[:14]) for r in results] == [
+        (True, False, "file: wrote 1-"),
+        (False, True, "file: ENOSPC"),
+        (False, False, "file: EACCES"),
+        (True, False, "file: wrote 4-"),
+    ]
+
+
+def test_a_failed_folder_sync_fails_the_whole_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.adapters import files
+
+    def broken(directory: Path) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(files, "_sync_directory", broken)
+    batch = [payload(b"x", message_id=i) for i in (1, 2, 3)]
+    results = asyncio.run(destination(tmp_path).deliver_batch(batch))
+    # written, but their names not known durable: none is reported delivered
+    assert results == [DeliveryResult(False, True, "file: EIO")] * 3
+
+
+def test_a_document_in_a_batch_is_written_as_deliver_writes_it(tmp_path: Path) -> None:
+    from tests.adapters.test_files_store_tag import document, hl7
+
+    dest = destination(tmp_path)
+    results = asyncio.run(dest.deliver_batch([hl7(7), document(8), hl7(9)]))
+    assert [r.ok for r in results] == [True, True, True]
+    assert "bytes)" in results[1].detail and results[1].detail.endswith(".pdf (25 bytes)")
+    written = sorted(p.suffix for p in tmp_path.iterdir())
+    assert written == [".hl7", ".hl7", ".json", ".pdf"]  # the sidecar is .meta.json
+
+
+def test_a_batch_is_split_among_the_threads_at_least_eight_files_each() -> None:
+    from engine.adapters.files import _chunks
+
+    assert [len(c) for c in _chunks(list(range(40)), 8, 8)] == [8, 8, 8, 8, 8]
+    assert [len(c) for c in _chunks(list(range(100)), 8, 8)] == [13] * 7 + [9]
+    assert [len(c) for c in _chunks(list(range(5)), 8, 8)] == [5]
+    assert _chunks(list(range(17)), 8, 8) == [list(range(9)), list(range(9, 17))]
