@@ -49,11 +49,12 @@ __all__ = ["keep_node", "run_workers", "serve_workers"]
 
 log = logging.getLogger(__name__)
 
-#: how long the processor, woken from idle, waits before it claims, so that messages arriving
-#: one by one share transactions (engine/flow/process.py). Not the dispatcher: one patient's
-#: deliveries are claimed one at a time, each after the one before is settled, and a wait
-#: before each claim would slow them all. A message is processed up to 20 ms later when
-#: messages come one at a time; a backlog is claimed without waiting.
+#: how long the processor, woken from idle or after a short batch that took every message
+#: waiting, waits before it claims, so that messages arriving one by one share transactions
+#: (engine/flow/process.py). Not the dispatcher: one patient's deliveries are claimed one at a
+#: time, each after the one before is settled, and a wait before each claim would slow them
+#: all. A message is processed up to 20 ms later when messages come one at a time; a backlog
+#: (messages left behind by a claim) is claimed without waiting.
 LINGER_S = 0.02
 
 

@@ -345,6 +345,15 @@ class MessageStore(Repository):
             rows = conn.execute(self._RAW_OF, {"ids": ids})
             return [(r.id, bytes(r.raw), r.kind) for r in rows]
 
+    _ANY_RECEIVED = select(
+        exists().where(messages.c.state == "received")
+    )  # one probe of ix_messages_state
+
+    def any_received(self) -> bool:
+        """Whether a message is waiting to be claimed (a read: no write lock taken)."""
+        with self.db_engine.connect() as conn:
+            return bool(conn.execute(self._ANY_RECEIVED).scalar_one())
+
     def reclaim_stale(self, older_than: timedelta) -> int:
         """Put back messages whose processing was claimed more than ``older_than`` ago: the
         fallback for a claim no node takes over (a dead node's claims are taken over within

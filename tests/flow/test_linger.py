@@ -111,3 +111,47 @@ def test_one_patients_backlog_is_not_slowed_by_the_linger(
     took = asyncio.run(main())
     assert claimed == [1, 1, 1, 1, 1]
     assert took < 2 * LINGER_S  # not one linger per message
+
+
+def test_a_short_batch_that_took_every_message_waiting_lingers_before_the_next(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    # messages arriving every 10 ms while each batch's transactions take 50 ms (SQLite's write
+    # lock busy): the processor is never idle, so only a wait after a batch that took all
+    # there was lets the next gather more than the five or so that came during one batch
+    real_finish = store.finish_batch
+
+    def slow_finish(outcomes: Any) -> Any:
+        import time
+
+        time.sleep(0.05)
+        return real_finish(outcomes)
+
+    store.finish_batch = slow_finish  # type: ignore[method-assign]
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        ingest = Ingest(store, routes=RouteGate(Router(routes), mappings))
+        await ingest.start()
+        processor = Processor(store, routes, mappings, idle_s=0.02, linger_s=0.3)
+        ingest.on_stored = processor.wake
+        task = asyncio.create_task(processor.run(stop))
+        for n in range(1, 41):
+            await ingest.receive(msg(n, f"P{n}"), channel="test")
+            await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while (await asyncio.to_thread(store.counts)).get("routed") != 40:
+            assert loop.time() < deadline, "not all routed in 20 s"
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+        await ingest.stop()
+
+    claimed: list[int] = []
+    _recording(store, "claim_received", claimed, of_result=True)
+    asyncio.run(main())
+    assert sum(claimed) == 40
+    # one linger from idle, then a wait after each batch that took everything: a few large
+    # claims, where claiming again at once took about five each (eight claims or more)
+    assert len(claimed) <= 5, claimed
