@@ -237,8 +237,12 @@ def _with_stderr_on_a_terminal(tmp_path: Path, *args: str) -> tuple[int, str, by
         os.close(slave)
         seen = b""
         deadline = time.monotonic() + 120
+        # poll, not select: select() refuses a descriptor numbered 1024 or more, which a test
+        # late in a long session can get (a CI run failed on exactly that)
+        poller = select.poll()
+        poller.register(master, select.POLLIN)
         while True:
-            if not select.select([master], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
                 proc.kill()
                 raise AssertionError(f"engine {' '.join(args)} still running after 120 s")
             try:
