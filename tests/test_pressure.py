@@ -4,10 +4,14 @@ and at an ordinary rate they never wait."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 from engine.pressure import IngestPressure
 from engine.store.db import WriteLock
@@ -73,9 +77,12 @@ def test_max_share_is_a_fraction() -> None:
         IngestPressure(None, max_share=0.0)
 
 
-def _turns(path: Path, first: tuple[str, bool], second: tuple[str, bool]) -> list[str]:
+def _turns(
+    path: Path, first: tuple[str, bool], second: tuple[str, bool], *, shared: bool = False
+) -> list[str]:
     """While a third writer holds the lock, ``first`` then ``second`` (name, priority) queue for
-    it; the order in which all three got it."""
+    it; the order in which all three got it. ``shared``: the three threads use one WriteLock
+    (as the stores of one process do), else one each (as separate processes do)."""
     holder = WriteLock(path)
     order: list[str] = []
     held, release = threading.Event(), threading.Event()
@@ -87,7 +94,7 @@ def _turns(path: Path, first: tuple[str, bool], second: tuple[str, bool]) -> lis
             order.append("holder")
 
     def take(name: str, priority: bool) -> None:
-        with WriteLock(path).held(priority=priority):
+        with (holder if shared else WriteLock(path)).held(priority=priority):
             order.append(name)
 
     threads = [threading.Thread(target=hold)]
@@ -103,17 +110,24 @@ def _turns(path: Path, first: tuple[str, bool], second: tuple[str, bool]) -> lis
     return order
 
 
-def test_a_worker_already_queued_and_the_receiver_both_get_their_turn(tmp_path: Path) -> None:
-    order = _turns(tmp_path / "db.writelock", ("worker", False), ("receiver", True))
+@pytest.mark.parametrize("shared", [False, True], ids=["one-each", "shared"])
+def test_a_worker_already_queued_and_the_receiver_both_get_their_turn(
+    tmp_path: Path, shared: bool
+) -> None:
+    order = _turns(tmp_path / "db.writelock", ("worker", False), ("receiver", True), shared=shared)
     # the worker queued first, so either may go first, but neither is left waiting (no deadlock
     # between the locks)
     assert order[0] == "holder"
     assert set(order[1:]) == {"worker", "receiver"}
 
 
-def test_a_worker_arriving_while_the_receiver_waits_goes_after_it(tmp_path: Path) -> None:
-    # the receiver waits for the write lock holding the intent: the worker goes after it
-    order = _turns(tmp_path / "db.writelock", ("receiver", True), ("worker", False))
+@pytest.mark.parametrize("shared", [False, True], ids=["one-each", "shared"])
+def test_a_worker_arriving_while_the_receiver_waits_goes_after_it(
+    tmp_path: Path, shared: bool
+) -> None:
+    # the receiver waits for the write lock holding the intent (or, in one process, for its
+    # turn among the threads): the worker goes after it
+    order = _turns(tmp_path / "db.writelock", ("receiver", True), ("worker", False), shared=shared)
     assert order == ["holder", "receiver", "worker"]
 
 
@@ -142,3 +156,39 @@ def test_the_receivers_commits_report_their_wait_for_other_writers(tmp_path: Pat
     store.save_batch([Incoming(raw=b"y", channel="test")])
     assert store.last_commit_wait_s < waited  # no other writer this time: less wait reported
     db.dispose()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_the_stores_of_one_file_share_one_lock_and_give_its_files_back(tmp_path: Path) -> None:
+    from engine.store import SqlMessageStore, create_db_engine
+    from engine.store.rollups import Rollups
+
+    db = create_db_engine(f"sqlite:///{tmp_path / 'e.db'}")
+    store = SqlMessageStore(db)
+    store.migrate()
+    rollups = Rollups(db, "UTC")
+    other = create_db_engine(f"sqlite:///{tmp_path / 'e.db'}")
+    assert store._write_lock is rollups._write_lock is SqlMessageStore(other)._write_lock
+    other.dispose()
+    db.dispose()
+    del store, rollups
+
+    # a store made and dropped leaves no descriptor open (a test suite makes thousands)
+    def one(n: int) -> None:
+        db = create_db_engine(f"sqlite:///{tmp_path / f's{n}.db'}")
+        store = SqlMessageStore(db)
+        store.migrate()
+        with store._tx():
+            pass
+        db.dispose()
+
+    one(0)
+    gc.collect()
+    before = _open_fds()
+    for n in range(1, 21):
+        one(n)
+    gc.collect()
+    assert _open_fds() - before < 5  # 40 before: two lock files a store, never closed

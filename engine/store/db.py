@@ -13,6 +13,7 @@ import fcntl
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -163,24 +164,44 @@ class WriteLock:
     wait on) the first turn: it holds the intent exclusively while it waits for the write lock;
     every other writer passes through the intent (shared) before queueing for the write lock.
     The receiver thus waits for at most the one transaction already running, and the workers
-    still get a turn between two of its commits. On PostgreSQL (row locks, no single writer)
-    this is a no-op.
+    still get a turn between two of its commits. The threads of one process share one lock per
+    file (:meth:`for_engine`) and take their turns on it first, the receiver's again before
+    the others. On PostgreSQL (row locks, no single writer) this is a no-op.
     """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._thread_lock = threading.Lock()
+        # the threads of this process take turns here first, the receiver's before others
+        self._turn = threading.Condition()
+        self._busy = False
+        self._priority_waiting = 0
         self._fds: tuple[int, int] | None = None
         #: how long the last priority writer waited for the lock (the receiver's commits)
         self.priority_wait_s = 0.0
 
     @classmethod
     def for_engine(cls, db_engine: Engine) -> WriteLock:
-        """The lock beside a SQLite database file; a no-op lock for anything else."""
+        """The lock beside a SQLite database file, one per file in a process (every part of
+        the store shares it, and its two descriptors); a no-op lock for anything else."""
         url = db_engine.url
-        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-            return cls(Path(url.database).with_suffix(".writelock"))
-        return cls(None)
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return cls(None)
+        path = Path(os.path.abspath(url.database)).with_suffix(".writelock")
+        with _shared_guard:
+            lock = _shared.get(path)
+            if lock is None:
+                lock = _shared[path] = cls(path)
+            return lock
+
+    def __del__(self) -> None:
+        # the last store on this file is gone: give its descriptors back (a test suite makes
+        # thousands of stores; one process's engine keeps its lock for its life)
+        fds, self._fds = getattr(self, "_fds", None), None
+        for fd in fds or ():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def _open(self) -> tuple[int, int]:
         if self._fds is None:
@@ -203,7 +224,8 @@ class WriteLock:
             yield
             return
         started = time.monotonic()
-        with self._thread_lock:
+        self._take_turn(priority)
+        try:
             lock, intent = self._open()
             if priority:
                 fcntl.flock(intent, fcntl.LOCK_EX)
@@ -220,6 +242,30 @@ class WriteLock:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+        finally:
+            with self._turn:
+                self._busy = False
+                self._turn.notify_all()
+
+    def _take_turn(self, priority: bool) -> None:
+        """This process's turn: one thread at a time, a priority writer before the others."""
+        with self._turn:
+            if priority:
+                self._priority_waiting += 1
+                try:
+                    while self._busy:
+                        self._turn.wait()
+                finally:
+                    self._priority_waiting -= 1
+            else:
+                while self._busy or self._priority_waiting:
+                    self._turn.wait()
+            self._busy = True
+
+
+#: the WriteLock of each SQLite file in this process, while any store on it lives
+_shared: weakref.WeakValueDictionary[Path, WriteLock] = weakref.WeakValueDictionary()
+_shared_guard = threading.Lock()
 
 
 class Repository:

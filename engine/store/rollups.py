@@ -36,8 +36,6 @@ it has not moved, taking that row's lock first (PostgreSQL; SQLite has one write
 from __future__ import annotations
 
 import logging
-import threading
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, timedelta
 from typing import Any
@@ -47,7 +45,7 @@ from sqlalchemy import Insert, and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.store.db import Repository, WriteLock, aware, utcnow
+from engine.store.db import Repository, aware, utcnow
 from engine.store.tables import report_changes, report_rollup_epoch, report_rollups
 
 __all__ = ["CLOSE_AFTER", "Rollups"]
@@ -62,17 +60,6 @@ _BATCH = 2000
 _CHUNK = 500
 _DAY = timedelta(days=1)
 
-_locks: weakref.WeakKeyDictionary[Any, WriteLock] = weakref.WeakKeyDictionary()
-_locks_guard = threading.Lock()
-
-
-def _write_lock(db_engine: Any) -> WriteLock:
-    """One lock object per database (its files stay open for the engine's life, not per view)."""
-    with _locks_guard:
-        lock = _locks.get(db_engine)
-        if lock is None:
-            lock = _locks[db_engine] = WriteLock.for_engine(db_engine)
-        return lock
 
 
 def _upsert_statement(insert: postgresql.Insert | sqlite.Insert) -> Insert:
@@ -104,7 +91,6 @@ class Rollups(Repository):
 
     def __init__(self, db_engine: Any, zone: str) -> None:
         super().__init__(db_engine)
-        self._write_lock = _write_lock(db_engine)
         self.zone = zone
         self._zone = ZoneInfo(zone)
 
