@@ -56,6 +56,10 @@ log = logging.getLogger(__name__)
 #: all. A message is processed up to 20 ms later when messages come one at a time; a backlog
 #: (messages left behind by a claim) is claimed without waiting.
 LINGER_S = 0.02
+#: how long a delivery's outcome may wait for others to be recorded with it (Dispatcher's
+#: ``flush_s``): a destination answering one delivery at a time makes one small outcome
+#: transaction per answer without it
+FLUSH_S = 0.02
 
 
 def _die_with_parent() -> None:
@@ -166,6 +170,7 @@ def _queue_workers(
         idle_s=0.05,
         pressure=burst,
         node=node,
+        flush_s=FLUSH_S,
     )
     processor.on_routed = dispatcher.wake
     return processor, dispatcher
