@@ -39,6 +39,10 @@ class Observer(Protocol):
     ) -> None: ...
 
 
+#: outcomes gathered that are recorded without waiting longer (:meth:`Dispatcher._gathered`)
+FLUSH_AT = 16
+
+
 class Dispatcher:
     """Delivers due deliveries with their destination adapters."""
 
@@ -298,21 +302,27 @@ class Dispatcher:
             # outcomes are recorded in batches: one transaction for all that finished meanwhile
             self._outcomes.append((due, result, now - start))
         if self.flush_s > 0:
-            await self._gathered()
+            # a batch's outcomes (the file drop's) are already several: no wait for more
+            await self._gathered(at_once=len(done) > 1)
         else:
             await self._flush()
         self.wake()  # the patients' next deliveries may be due now
 
-    async def _gathered(self) -> None:
+    async def _gathered(self, *, at_once: bool = False) -> None:
         """Wait until the outcomes gathered so far are recorded: ``flush_s`` after the first of
-        them, or at once when they fill a batch. A caller cancelled meanwhile leaves its
-        outcomes to be recorded all the same."""
+        them, or at once when they are :data:`FLUSH_AT` or more (or ``at_once``). A caller
+        cancelled meanwhile leaves its outcomes to be recorded all the same.
+
+        Only the wait for the first few pays: the transaction's fixed cost is shared by then,
+        and a wait past it kept claims held for longer (a claim is freed once its outcome is
+        recorded): the file drop's batches waiting 20 ms took the end to end from about 840
+        to about 560 messages/s (5 December, ad hoc)."""
         loop = asyncio.get_running_loop()
         if self._recorded is None:
             self._recorded = loop.create_future()
             self._flush_timer = loop.call_later(self.flush_s, self._start_flush)
         recorded = self._recorded
-        if len(self._outcomes) >= self.batch or self._stopping:
+        if at_once or len(self._outcomes) >= FLUSH_AT or self._stopping:
             self._start_flush()
         await asyncio.shield(recorded)
 

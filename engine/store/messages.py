@@ -335,15 +335,32 @@ class MessageStore(Repository):
         being processed (by this worker or another): each patient's messages are processed, and
         so delivered, in the order they arrived, while different patients go in parallel.
         """
+        with self._tx() as conn:
+            return self._claim_received(conn, worker, limit, utcnow())
+
+    def _claim_received(
+        self, conn: Connection, worker: str, limit: int, now: datetime
+    ) -> list[tuple[int, bytes, str]]:
+        in_index_order(conn)  # PostgreSQL: however stale the statistics of ``received``
+        ids = list(conn.execute(self._CLAIMABLE, {"limit": limit}).scalars())
+        if not ids:
+            return []
+        conn.execute(self._MARK_PROCESSING, {"ids": ids, "worker": worker, "now": now})
+        rows = conn.execute(self._RAW_OF, {"ids": ids})
+        return [(r.id, bytes(r.raw), r.kind) for r in rows]
+
+    def finish_and_claim(
+        self, outcomes: Sequence[Processed], worker: str, limit: int
+    ) -> tuple[list[Processed], list[tuple[int, bytes, str]]]:
+        """:meth:`finish_batch` and then :meth:`claim_received`, in ONE transaction: a worker
+        that keeps processing pays one transaction a batch, not two (on SQLite most of a
+        transaction's cost under the one write lock is the same whatever it holds). A message
+        finished here may be claimable again only by another patient's rule: the claim sees
+        what the finish wrote."""
         now = utcnow()
         with self._tx() as conn:
-            in_index_order(conn)  # PostgreSQL: however stale the statistics of ``received``
-            ids = list(conn.execute(self._CLAIMABLE, {"limit": limit}).scalars())
-            if not ids:
-                return []
-            conn.execute(self._MARK_PROCESSING, {"ids": ids, "worker": worker, "now": now})
-            rows = conn.execute(self._RAW_OF, {"ids": ids})
-            return [(r.id, bytes(r.raw), r.kind) for r in rows]
+            kept = self._finish(conn, outcomes, now) if outcomes else []
+            return kept, self._claim_received(conn, worker, limit, now)
 
     _ANY_RECEIVED = select(
         exists().where(messages.c.state == "received")
@@ -428,36 +445,40 @@ class MessageStore(Repository):
         resources, in ONE transaction, and return those recorded. An outcome whose claim was
         taken back (the worker was thought dead and another claimed the message) is dropped:
         the other worker's counts."""
-        now = utcnow()
         with self._tx() as conn:
-            owned: set[int] = set()
-            for worker in {o.worker for o in outcomes}:
-                ids = [o.message_id for o in outcomes if o.worker == worker]
-                if worker is None:
-                    found = conn.execute(self._EXISTING, {"ids": ids})
-                else:
-                    found = conn.execute(self._STILL_CLAIMED, {"ids": ids, "worker": worker})
-                owned.update(found.scalars())
-            kept = [o for o in outcomes if o.message_id in owned]
-            kept = _skip_delivered_before(conn, kept)
-            if kept:
-                finished = [
-                    {
-                        "mid": o.message_id,
-                        "new_state": o.state,
-                        "new_reason": clean(o.reason),
-                        "new_warnings": clean_lines(o.warnings),
-                        "new_patient": clean(o.patient_key, _PATIENT_WIDTH),
-                        "now": now,
-                    }
-                    for o in kept
-                ]
-                if conn.dialect.name == "postgresql":
-                    conn.execute(self._FINISH_ALL, _columns(finished, now))
-                else:
-                    conn.execute(self._FINISH, finished)
-            queue_deliveries(conn, [(o.message_id, d) for o in kept for d in o.new_deliveries], now)
-            upsert_resources(conn, [(o.message_id, r) for o in kept for r in o.resources], now)
+            return self._finish(conn, outcomes, utcnow())
+
+    def _finish(
+        self, conn: Connection, outcomes: Sequence[Processed], now: datetime
+    ) -> list[Processed]:
+        owned: set[int] = set()
+        for worker in {o.worker for o in outcomes}:
+            ids = [o.message_id for o in outcomes if o.worker == worker]
+            if worker is None:
+                found = conn.execute(self._EXISTING, {"ids": ids})
+            else:
+                found = conn.execute(self._STILL_CLAIMED, {"ids": ids, "worker": worker})
+            owned.update(found.scalars())
+        kept = [o for o in outcomes if o.message_id in owned]
+        kept = _skip_delivered_before(conn, kept)
+        if kept:
+            finished = [
+                {
+                    "mid": o.message_id,
+                    "new_state": o.state,
+                    "new_reason": clean(o.reason),
+                    "new_warnings": clean_lines(o.warnings),
+                    "new_patient": clean(o.patient_key, _PATIENT_WIDTH),
+                    "now": now,
+                }
+                for o in kept
+            ]
+            if conn.dialect.name == "postgresql":
+                conn.execute(self._FINISH_ALL, _columns(finished, now))
+            else:
+                conn.execute(self._FINISH, finished)
+        queue_deliveries(conn, [(o.message_id, d) for o in kept for d in o.new_deliveries], now)
+        upsert_resources(conn, [(o.message_id, r) for o in kept for r in o.resources], now)
         return kept
 
     # -- showing and replaying ---------------------------------------------------------------

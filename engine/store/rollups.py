@@ -61,7 +61,6 @@ _CHUNK = 500
 _DAY = timedelta(days=1)
 
 
-
 def _upsert_statement(insert: postgresql.Insert | sqlite.Insert) -> Insert:
     excluded = insert.excluded
     return insert.on_conflict_do_update(

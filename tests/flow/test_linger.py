@@ -34,12 +34,26 @@ def _recording(store: SqlMessageStore, name: str, sizes: list[int], of_result: b
     setattr(store, name, wrapped)
 
 
+def _claims(store: SqlMessageStore, sizes: list[int]) -> None:
+    """Record the size of each claim the running processor makes (with the finish of the batch
+    before it, in one transaction), as :func:`_recording`."""
+    real = store.finish_and_claim
+
+    def wrapped(done: Any, worker: str, limit: int) -> Any:
+        kept, claimed = real(done, worker, limit)
+        if claimed:
+            sizes.append(len(claimed))
+        return kept, claimed
+
+    store.finish_and_claim = wrapped  # type: ignore[method-assign]
+
+
 def test_messages_arriving_one_by_one_share_the_workers_transactions(
     store: SqlMessageStore, routes: RouteSet, mappings: Mappings
 ) -> None:
     claimed: list[int] = []
     outcomes: list[int] = []
-    _recording(store, "claim_received", claimed, of_result=True)
+    _claims(store, claimed)
     _recording(store, "record_outcomes", outcomes, of_result=False)
     dests = {"fhir": MemoryDestination("fhir"), "raw": MemoryDestination("raw")}
 
@@ -107,7 +121,7 @@ def test_one_patients_backlog_is_not_slowed_by_the_linger(
         return took
 
     claimed: list[int] = []
-    _recording(store, "claim_received", claimed, of_result=True)
+    _claims(store, claimed)
     took = asyncio.run(main())
     assert claimed == [1, 1, 1, 1, 1]
     assert took < 2 * LINGER_S  # not one linger per message
@@ -119,15 +133,15 @@ def test_a_short_batch_that_took_every_message_waiting_lingers_before_the_next(
     # messages arriving every 10 ms while each batch's transactions take 50 ms (SQLite's write
     # lock busy): the processor is never idle, so only a wait after a batch that took all
     # there was lets the next gather more than the five or so that came during one batch
-    real_finish = store.finish_batch
+    real_finish = store.finish_and_claim
 
-    def slow_finish(outcomes: Any) -> Any:
+    def slow_finish(outcomes: Any, worker: str, limit: int) -> Any:
         import time
 
         time.sleep(0.05)
-        return real_finish(outcomes)
+        return real_finish(outcomes, worker, limit)
 
-    store.finish_batch = slow_finish  # type: ignore[method-assign]
+    store.finish_and_claim = slow_finish  # type: ignore[method-assign]
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -149,7 +163,7 @@ def test_a_short_batch_that_took_every_message_waiting_lingers_before_the_next(
         await ingest.stop()
 
     claimed: list[int] = []
-    _recording(store, "claim_received", claimed, of_result=True)
+    _claims(store, claimed)  # wraps the slow one: each claim still takes its 50 ms
     asyncio.run(main())
     assert sum(claimed) == 40
     # one linger from idle, then a wait after each batch that took everything: a few large

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -377,16 +378,16 @@ def test_processor_survives_a_database_hiccup(
 ) -> None:
     store.save_batch([Incoming(raw=msg(62), channel="t")])
     proc = Processor(store, routes, mappings, idle_s=0.01)
-    real = store.claim_received
+    real = store.finish_and_claim
     calls = {"n": 0}
 
-    def flaky(worker: str, limit: int = 100) -> list[tuple[int, bytes, str]]:
+    def flaky(done: Any, worker: str, limit: int) -> Any:
         calls["n"] += 1
         if calls["n"] == 1:
             raise OSError("database restarting")
-        return real(worker, limit)
+        return real(done, worker, limit)
 
-    store.claim_received = flaky  # type: ignore[method-assign]
+    store.finish_and_claim = flaky  # type: ignore[method-assign]
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -400,6 +401,66 @@ def test_processor_survives_a_database_hiccup(
 
     asyncio.run(main())
     assert store.counts().get("routed") == 1 and calls["n"] >= 2
+
+
+def test_a_batch_whose_finish_failed_is_given_back_and_processed_again(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    # the running processor finishes a batch with its next claim: when that transaction fails
+    # (the database away) the batch's claims are given back and its messages processed again,
+    # not left ``processing`` until the stale-claim sweep (5 minutes)
+    store.save_batch([Incoming(raw=msg(63, "P63"), channel="t")])
+    proc = Processor(store, routes, mappings, idle_s=0.01)
+    real = store.finish_and_claim
+    failed: list[int] = []
+
+    def flaky(done: Any, worker: str, limit: int) -> Any:
+        if done and not failed:
+            failed.append(len(done))
+            raise OSError("database restarting")
+        return real(done, worker, limit)
+
+    store.finish_and_claim = flaky  # type: ignore[method-assign]
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(proc.run(stop))
+        for _ in range(200):
+            if store.counts().get("routed"):
+                break
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    assert failed == [1]
+    assert store.counts().get("routed") == 1 and not store.counts().get("processing")
+    [view] = store.list()
+    assert len(store.get(view.id).deliveries) == 2  # type: ignore[union-attr]  # queued once
+
+
+def test_a_stopping_processor_finishes_what_it_processed(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings
+) -> None:
+    # the last batch processed before the stop is finished then, not left claimed (it took
+    # every message waiting: the processor lingers with it processed, not yet finished)
+    store.save_batch([Incoming(raw=msg(64, "P64"), channel="t")])
+    proc = Processor(store, routes, mappings, idle_s=5.0, linger_s=0.5)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(proc.run(stop))
+        for _ in range(200):
+            if proc._processed:
+                break
+            await asyncio.sleep(0.01)
+        assert proc._processed, "nothing processed"
+        assert store.counts().get("processing") == 1  # not finished yet
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    assert store.counts().get("routed") == 1 and not store.counts().get("processing")
 
 
 def test_a_dispatcher_claiming_ahead_sends_each_delivery_once(
