@@ -316,7 +316,7 @@ class Dispatcher:
         Only the wait for the first few pays: the transaction's fixed cost is shared by then,
         and a wait past it kept claims held for longer (a claim is freed once its outcome is
         recorded): the file drop's batches waiting 20 ms took the end to end from about 840
-        to about 560 messages/s (5 December, ad hoc)."""
+        to 490-570 messages/s (5 December, four ad-hoc runs)."""
         loop = asyncio.get_running_loop()
         if self._recorded is None:
             self._recorded = loop.create_future()
