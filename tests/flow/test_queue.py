@@ -373,6 +373,22 @@ def test_only_outcomes_the_store_kept_are_counted_as_routed(
     assert counted == [["adt-raw", "all-to-fhir"]]  # an ADT: both routes, each once
 
 
+def run_until_routed(store: SqlMessageStore, proc: Processor) -> None:
+    """Run the processor until a message is routed (4 s at most), then stop it."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(proc.run(stop))
+        for _ in range(200):
+            if store.counts().get("routed"):
+                break
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+
+    asyncio.run(main())
+
+
 def test_processor_survives_a_database_hiccup(
     store: SqlMessageStore, routes: RouteSet, mappings: Mappings
 ) -> None:
@@ -389,17 +405,7 @@ def test_processor_survives_a_database_hiccup(
 
     store.finish_and_claim = flaky  # type: ignore[method-assign]
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(proc.run(stop))
-        for _ in range(200):
-            if store.counts().get("routed"):
-                break
-            await asyncio.sleep(0.02)
-        stop.set()
-        await task
-
-    asyncio.run(main())
+    run_until_routed(store, proc)
     assert store.counts().get("routed") == 1 and calls["n"] >= 2
 
 
@@ -422,17 +428,7 @@ def test_a_batch_whose_finish_failed_is_given_back_and_processed_again(
 
     store.finish_and_claim = flaky  # type: ignore[method-assign]
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(proc.run(stop))
-        for _ in range(200):
-            if store.counts().get("routed"):
-                break
-            await asyncio.sleep(0.02)
-        stop.set()
-        await task
-
-    asyncio.run(main())
+    run_until_routed(store, proc)
     assert failed == [1]
     assert store.counts().get("routed") == 1 and not store.counts().get("processing")
     [view] = store.list()
