@@ -112,6 +112,66 @@ class _Write:
     created: bool
 
 
+def _identifier_keys(resource: Any) -> list[tuple[str | None, str]]:
+    """The index keys of a resource's identifiers: (system, value) and (None, value)."""
+    keys: list[tuple[str | None, str]] = []
+    idents = resource.get("identifier") if isinstance(resource, dict) else None
+    for ident in idents if isinstance(idents, list) else []:
+        if isinstance(ident, dict) and isinstance(ident.get("value"), str):
+            keys += [(str(ident.get("system", "")), ident["value"]), (None, ident["value"])]
+    return keys
+
+
+def _has_identifier(resource: dict[str, Any], token: str) -> bool:
+    """Whether the resource carries the identifier ``system|value`` (or a bare value)."""
+    system, bar, value = token.partition("|")
+    if not bar:
+        system, value = "", token
+    for ident in resource.get("identifier") or []:
+        if ident.get("value") == value and (not bar or ident.get("system", "") == system):
+            return True
+    return False
+
+
+@dataclass
+class _IdentifierIndex:
+    """One resource type's identifiers -> ids (in the order they were stored). Kept in step by
+    the stub's own writes; a bucket changed from outside (tests edit ``resources`` directly)
+    no longer matches it (another dict, or another size) and it is built again. Each id found is
+    checked against its resource, so a stale entry never answers."""
+
+    bucket: dict[str, dict[str, Any]]
+    size: int
+    ids: dict[tuple[str | None, str], dict[str, None]]
+
+    @classmethod
+    def of(cls, bucket: dict[str, dict[str, Any]]) -> _IdentifierIndex:
+        index = cls(bucket, len(bucket), {})
+        for rid, resource in bucket.items():
+            index.add(rid, resource)
+        return index
+
+    def covers(self, bucket: dict[str, dict[str, Any]]) -> bool:
+        return self.bucket is bucket and self.size == len(bucket)
+
+    def add(self, rid: str, resource: Any) -> None:
+        for key in _identifier_keys(resource):
+            self.ids.setdefault(key, {})[rid] = None
+
+    def update(self, bucket: dict[str, dict[str, Any]], rid: str, old: Any, new: Any) -> None:
+        """After a write to ``bucket`` (already made): in step only if it was before."""
+        before = len(bucket) + (1 if new is None and old is not None else 0)
+        before -= 1 if old is None and new is not None else 0
+        if not (self.bucket is bucket and self.size == before):
+            return  # out of step already: built again at the next search
+        kept = set(_identifier_keys(new))
+        for key in _identifier_keys(old):
+            if key not in kept:  # an identifier kept keeps its place (the search's order)
+                self.ids.get(key, {}).pop(rid, None)
+        self.add(rid, new)
+        self.size = len(bucket)
+
+
 @dataclass
 class StubFhirState:
     """The server's memory; safe to read from another thread (under ``lock``)."""
@@ -133,11 +193,14 @@ class StubFhirState:
     latency_s: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    #: resource type -> its identifiers' index (:meth:`_find`)
+    _index: dict[str, _IdentifierIndex] = field(default_factory=dict)
 
     def reset(self) -> None:
         """Forget everything: resources, log, injected failures, idempotency keys."""
         with self.lock:
             self.resources.clear()
+            self._index.clear()
             self.log.clear()
             self.failures.clear()
             self.authorizations.clear()
@@ -179,16 +242,27 @@ class StubFhirState:
         return take_failure(self.failures)
 
     def _find(self, rtype: str, token: str) -> list[str]:
+        """The ids of the ``rtype`` resources carrying the identifier ``token`` (``system|value``
+        or a bare value, any system), from the type's index: a scan of every resource per
+        conditional write made the stub's time grow with what it held (58 % of its CPU in a
+        run of 3,000 transactions, 5 December 2026)."""
+        bucket = self.resources.get(rtype, {})
+        index = self._index.get(rtype)
+        if index is None or not index.covers(bucket):
+            index = self._index[rtype] = _IdentifierIndex.of(bucket)
         system, bar, value = token.partition("|")
-        if not bar:
-            system, value = "", token
-        out = []
-        for rid, res in self.resources.get(rtype, {}).items():
-            for ident in res.get("identifier") or []:
-                if ident.get("value") == value and (not bar or ident.get("system", "") == system):
-                    out.append(rid)
-                    break
-        return out
+        key = (system, value) if bar else (None, token)
+        return [
+            rid
+            for rid in index.ids.get(key, ())
+            if rid in bucket and _has_identifier(bucket[rid], token)
+        ]
+
+    def _stored(self, rtype: str, rid: str, old: dict[str, Any] | None, new: Any) -> None:
+        """Keep the type's index in step with a write (``new`` None: a delete); lock held."""
+        index = self._index.get(rtype)
+        if index is not None:
+            index.update(self.resources.get(rtype, {}), rid, old, new)
 
     def _new_id(self) -> str:
         return str(next(self._ids))
@@ -244,7 +318,7 @@ _REFERENCES: dict[tuple[str, str], Callable[[dict[str, Any]], list[str]]] = {
 }
 
 
-def _matches(resource: dict[str, Any], params: dict[str, list[str]], state: StubFhirState) -> bool:
+def _matches(resource: dict[str, Any], params: dict[str, list[str]]) -> bool:
     """Whether a resource passes every search parameter the stub knows: ``identifier``,
     ``date`` (an Appointment's ``start``, compared by day, with the prefixes eq, ge, le, gt,
     lt), ``patient`` and ``beneficiary`` (a Coverage's beneficiary, an Appointment's
@@ -254,7 +328,7 @@ def _matches(resource: dict[str, Any], params: dict[str, list[str]], state: Stub
     for name, values in params.items():
         for value in values:
             if name == "identifier":
-                if resource.get("id") not in state._find(rtype, value):
+                if not _has_identifier(resource, value):
                     return False
             elif name == "date":
                 prefix, day = (value[:2], value[2:]) if value[:2].isalpha() else ("eq", value)
@@ -322,7 +396,7 @@ class _Stub:
         """Store one planned write; lock held. Returns (status, stored resource)."""
         bucket = self.state.resources.setdefault(w.rtype, {})
         if w.method == "DELETE":
-            bucket.pop(w.rid, None)
+            self.state._stored(w.rtype, w.rid, bucket.pop(w.rid, None), None)
             return 204, None
         assert w.resource is not None
         old = bucket.get(w.rid)
@@ -337,6 +411,7 @@ class _Stub:
             },
         }
         bucket[w.rid] = stored
+        self.state._stored(w.rtype, w.rid, old, stored)
         return (201 if w.created else 200), stored
 
     @staticmethod
@@ -576,11 +651,14 @@ class _Stub:
             return _outcome(400, "invalid", "_count must be positive and _offset not negative")
         with self.state.lock:
             try:
-                matches = [
-                    r
-                    for r in self.state.resources.get(rtype, {}).values()
-                    if _matches(r, params, self.state)
-                ]
+                bucket = self.state.resources.get(rtype, {})
+                # by identifier: only the resources that carry the first one are read
+                among = (
+                    [bucket[rid] for rid in self.state._find(rtype, params["identifier"][0])]
+                    if params.get("identifier")
+                    else bucket.values()
+                )
+                matches = [r for r in among if _matches(r, params)]
             except _Problem as exc:
                 return _outcome(exc.status, exc.code, exc.text)
         page = matches[offset : offset + count]

@@ -108,6 +108,43 @@ def test_put_by_id_and_multiple_matches(fhir: httpx.Client) -> None:
     assert resp.status_code == 412
 
 
+def test_the_identifier_index_follows_updates_deletes_and_outside_edits(
+    fhir: httpx.Client, server: StubFhirServer
+) -> None:
+    """Conditional writes find resources through an index of identifiers: an identifier an
+    update drops no longer finds the resource, a delete removes it, and a test's edit of
+    ``state.resources`` (another size, another dict) is seen."""
+
+    META = {"versionId": "1"}
+
+    def total(token: str) -> int:
+        return int(fhir.get("Patient", params={"identifier": token}).json()["total"])
+
+    rid = fhir.put(f"Patient?identifier={SYSTEM}|OLD", json=patient("OLD")).json()["id"]
+    moved = fhir.put(f"Patient/{rid}", json={**patient("NEW"), "id": rid})
+    assert moved.status_code == 200
+    assert (total(f"{SYSTEM}|OLD"), total(f"{SYSTEM}|NEW"), total("NEW")) == (0, 1, 1)
+    again = fhir.put(f"Patient?identifier={SYSTEM}|OLD", json=patient("OLD"))
+    assert again.status_code == 201 and again.json()["id"] != rid  # not the moved one
+    index = server.state._index["Patient"]
+    assert fhir.put(f"Patient?identifier={SYSTEM}|THIRD", json=patient("THIRD")).status_code == 201
+    assert fhir.delete(f"Patient/{rid}").status_code == 204
+    assert (total("NEW"), total("THIRD")) == (0, 1)
+    # kept in step by the writes, not built again for each (that was the scan it replaced)
+    assert server.state._index["Patient"] is index
+    assert index.covers(server.state.resources["Patient"])
+    with server.state.lock:  # edited from outside, as some tests do
+        server.state.resources["Patient"]["x"] = {**patient("SIDE"), "id": "x", "meta": META}
+    assert total(f"{SYSTEM}|SIDE") == 1
+    same = fhir.put(f"Patient?identifier={SYSTEM}|SIDE", json=patient("SIDE"))
+    assert same.status_code == 200 and same.json()["id"] == "x"
+    with server.state.lock:
+        server.state.resources["Patient"] = {"y": {**patient("SIDE"), "id": "y", "meta": META}}
+    assert fhir.put(f"Patient?identifier={SYSTEM}|SIDE", json=patient("SIDE")).json()["id"] == "y"
+    two = {"identifier": [f"{SYSTEM}|SIDE", "nothing"]}
+    assert fhir.get("Patient", params=two).json()["total"] == 0  # every identifier must match
+
+
 def test_fail_switch_fails_the_next_n_requests(fhir: httpx.Client) -> None:
     assert fhir.post("$fail", json={"status": 503, "count": 2, "retry_after": 7}).status_code == 200
     first = fhir.put("Patient/p", json=patient("P"))
