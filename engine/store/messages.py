@@ -29,6 +29,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
@@ -534,20 +535,24 @@ class MessageStore(Repository):
                 ).scalars()
             )
 
-    def counts(self) -> dict[str, int]:
-        """Messages per state, and deliveries pending (the queue depth)."""
-        with self.db_engine.connect() as conn:
-            out = {
-                r.state: int(r.n)
-                for r in conn.execute(
-                    select(messages.c.state, func.count().label("n")).group_by(messages.c.state)
-                )
-            }
-            out["deliveries_pending"] = int(
-                conn.execute(
-                    select(func.count()).where(deliveries.c.state.in_(("pending", "waiting")))
-                ).scalar_one()
+    #: one statement, so one snapshot on PostgreSQL too (READ COMMITTED gives each statement
+    #: its own): counted in two, a delivery settled between them showed its message still
+    #: ``routed`` beside no delivery pending
+    _COUNTS = (
+        select(messages.c.state, func.count().label("n"))
+        .group_by(messages.c.state)
+        .union_all(
+            select(literal("deliveries_pending").label("state"), func.count().label("n")).where(
+                deliveries.c.state.in_(("pending", "waiting"))
             )
+        )
+    )
+
+    def counts(self) -> dict[str, int]:
+        """Messages per state, and deliveries pending (the queue depth), as of one moment."""
+        with self.db_engine.connect() as conn:
+            out = {r.state: int(r.n) for r in conn.execute(self._COUNTS)}
+        out.setdefault("deliveries_pending", 0)
         return out
 
     # -- retention ---------------------------------------------------------------------------
