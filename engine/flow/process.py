@@ -301,8 +301,8 @@ class Processor:
             done, self.worker, self.batch if limit is None else limit
         )
         self._unfinished = [message_id for message_id, _, _ in claimed]
-        if self.metrics is not None:  # counted once stored: not a failed batch, nor an
-            for processed in kept:  # outcome whose claim another worker had taken back
+        if self.metrics is not None:  # counted once stored (see process_batch)
+            for processed in kept:
                 self.metrics.record_routed(d.route for d in processed.new_deliveries)
         self._took_all = (
             0 < len(claimed) < self.batch
@@ -314,17 +314,31 @@ class Processor:
         return len(done), len(claimed)
 
     def process_batch(self) -> int:
-        """Claim and process one batch, and finish it before returning (two steps of
-        :meth:`_cycle`, the second claiming nothing); returns how many messages it took.
+        """Claim and process one batch; returns how many messages it took.
 
         A batch that could not be finished (the database away) is given back before the next
         claim, once the database answers again: its claims are this live worker's, which no
         heartbeat takes over, and they would hold their patients' later messages back for
         the 5 minutes of :meth:`reclaim_stale` (the fault campaign, scenario postgres)."""
-        _, claimed = self._cycle()
-        if claimed:
-            self._cycle(0)
-        return claimed
+        if self._unfinished:
+            self.store.release_processing(self._unfinished, self.worker)
+            self._unfinished = []
+        claimed = self.store.claim_received(self.worker, self.batch)
+        self._unfinished = [message_id for message_id, _, _ in claimed]
+        self._took_all = (
+            0 < len(claimed) < self.batch
+            and self.linger_s > 0
+            and not self.store.any_received()  # none left behind (patient order), none new
+        )
+        done = [self.process_one(message_id, raw, kind) for message_id, raw, kind in claimed]
+        if not done:
+            return 0
+        kept = self.store.finish_batch(done)  # one transaction for the whole batch
+        self._unfinished = []
+        if self.metrics is not None:  # counted once stored: not a failed batch, nor an
+            for processed in kept:  # outcome whose claim another worker had taken back
+                self.metrics.record_routed(d.route for d in processed.new_deliveries)
+        return len(claimed)
 
     def process_one(self, message_id: int, raw: bytes, kind: str) -> Processed:
         """Route and map one message into its outcome: state, patient key, deliveries, the

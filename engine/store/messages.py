@@ -342,8 +342,6 @@ class MessageStore(Repository):
     def _claim_received(
         self, conn: Connection, worker: str, limit: int, now: datetime
     ) -> list[tuple[int, bytes, str]]:
-        if limit <= 0:  # a step that only finishes (Processor.process_batch)
-            return []
         in_index_order(conn)  # PostgreSQL: however stale the statistics of ``received``
         ids = list(conn.execute(self._CLAIMABLE, {"limit": limit}).scalars())
         if not ids:

@@ -20,7 +20,7 @@ from engine.hl7v2.codec import parse_message
 from engine.mappings import Mappings, load_mappings
 from engine.routes.loader import RouteSet
 from engine.routes.router import Router
-from engine.store import Incoming, Processed, SqlMessageStore
+from engine.store import Incoming, SqlMessageStore
 
 ROUTES = """
 destinations:
@@ -242,19 +242,16 @@ def test_two_processors_share_the_queue_and_process_each_message_once(
 
         def work(name: str) -> None:
             proc = Processor(store, routes, mappings, worker=name, batch=7)
+            real = store.claim_received
 
-            class Taking:  # the real store, noting the messages each worker claims
-                def __getattr__(self, attr: str) -> Any:
-                    return getattr(store, attr)
+            def claim(worker: str, limit: int = 100) -> list[tuple[int, bytes, str]]:
+                got = real(worker, limit)
+                taken[name] += [mid for mid, _, _ in got]
+                return got
 
-                def finish_and_claim(
-                    self, done: list[Processed], worker: str, limit: int
-                ) -> tuple[list[Processed], list[tuple[int, bytes, str]]]:
-                    kept, got = store.finish_and_claim(done, worker, limit)
-                    taken[name] += [mid for mid, _, _ in got]
-                    return kept, got
-
-            proc.store = Taking()  # type: ignore[assignment]
+            proc.store = type(
+                "S", (), {"claim_received": staticmethod(claim), "finish_batch": store.finish_batch}
+            )()  # type: ignore[assignment]
             while proc.process_batch():
                 pass
 
@@ -359,17 +356,16 @@ def test_only_outcomes_the_store_kept_are_counted_as_routed(
 
     store.save_batch([Incoming(raw=msg(63), channel="t"), Incoming(raw=msg(64), channel="t")])
     proc = Processor(store, routes, mappings, worker="a", batch=1, metrics=Routed())
-
-    class Reclaimed:  # the claims were taken back before the outcomes were recorded
-        def __getattr__(self, attr: str) -> Any:
-            return getattr(store, attr)
-
-        def finish_and_claim(
-            self, done: list[Processed], worker: str, limit: int
-        ) -> tuple[list[Processed], list[tuple[int, bytes, str]]]:
-            return store.finish_and_claim([], worker, limit)  # the store keeps nothing of them
-
-    proc.store = Reclaimed()  # type: ignore[assignment]
+    real_finish = store.finish_batch
+    proc.store = type(
+        "Reclaimed",
+        (),
+        {
+            "claim_received": store.claim_received,
+            # the claim was taken back before the outcome was recorded: the store keeps nothing
+            "finish_batch": staticmethod(lambda done: real_finish([])),
+        },
+    )()  # type: ignore[assignment]
     assert proc.process_batch() == 1
     assert counted == []
     proc.store = store
@@ -494,6 +490,7 @@ def test_a_patients_next_message_waits_for_the_one_before_across_workers(
     # worker b may take OTHER, not SAME's second message while the first is in flight
     second = store.claim_received("b", limit=10)
     assert [parse_message(r).get("MSH-10") for _, r, _ in second] == ["C82"]
+    from engine.store import Processed
 
     store.finish_batch([Processed(first[0][0], "routed", worker="a")])
     third = store.claim_received("b", limit=10)
@@ -512,7 +509,7 @@ def test_a_stopping_dispatcher_gives_back_the_claims_it_has_not_started(
     store: SqlMessageStore, routes: RouteSet
 ) -> None:
     from engine.adapters.destination import DeliveryResult, Payload
-    from engine.store import NewDelivery
+    from engine.store import NewDelivery, Processed
 
     for i in range(4):  # four patients, one delivery each, all due
         [mid] = [s.id for s in store.save_batch([Incoming(raw=b"MSH|", channel="test")])]
