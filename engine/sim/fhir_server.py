@@ -51,6 +51,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from engine.sim.cut_response import CutResponse
+from engine.sim.fhir_index import IdentifierIndex, has_identifier
 from engine.sim.server_thread import ServerThread
 
 __all__ = [
@@ -112,66 +113,6 @@ class _Write:
     created: bool
 
 
-def _identifier_keys(resource: Any) -> list[tuple[str | None, str]]:
-    """The index keys of a resource's identifiers: (system, value) and (None, value)."""
-    keys: list[tuple[str | None, str]] = []
-    idents = resource.get("identifier") if isinstance(resource, dict) else None
-    for ident in idents if isinstance(idents, list) else []:
-        if isinstance(ident, dict) and isinstance(ident.get("value"), str):
-            keys += [(str(ident.get("system", "")), ident["value"]), (None, ident["value"])]
-    return keys
-
-
-def _has_identifier(resource: dict[str, Any], token: str) -> bool:
-    """Whether the resource carries the identifier ``system|value`` (or a bare value)."""
-    system, bar, value = token.partition("|")
-    if not bar:
-        system, value = "", token
-    for ident in resource.get("identifier") or []:
-        if ident.get("value") == value and (not bar or ident.get("system", "") == system):
-            return True
-    return False
-
-
-@dataclass
-class _IdentifierIndex:
-    """One resource type's identifiers -> ids (in the order they were stored). Kept in step by
-    the stub's own writes; a bucket changed from outside (tests edit ``resources`` directly)
-    no longer matches it (another dict, or another size) and it is built again. Each id found is
-    checked against its resource, so a stale entry never answers."""
-
-    bucket: dict[str, dict[str, Any]]
-    size: int
-    ids: dict[tuple[str | None, str], dict[str, None]]
-
-    @classmethod
-    def of(cls, bucket: dict[str, dict[str, Any]]) -> _IdentifierIndex:
-        index = cls(bucket, len(bucket), {})
-        for rid, resource in bucket.items():
-            index.add(rid, resource)
-        return index
-
-    def covers(self, bucket: dict[str, dict[str, Any]]) -> bool:
-        return self.bucket is bucket and self.size == len(bucket)
-
-    def add(self, rid: str, resource: Any) -> None:
-        for key in _identifier_keys(resource):
-            self.ids.setdefault(key, {})[rid] = None
-
-    def update(self, bucket: dict[str, dict[str, Any]], rid: str, old: Any, new: Any) -> None:
-        """After a write to ``bucket`` (already made): in step only if it was before."""
-        before = len(bucket) + (1 if new is None and old is not None else 0)
-        before -= 1 if old is None and new is not None else 0
-        if not (self.bucket is bucket and self.size == before):
-            return  # out of step already: built again at the next search
-        kept = set(_identifier_keys(new))
-        for key in _identifier_keys(old):
-            if key not in kept:  # an identifier kept keeps its place (the search's order)
-                self.ids.get(key, {}).pop(rid, None)
-        self.add(rid, new)
-        self.size = len(bucket)
-
-
 @dataclass
 class StubFhirState:
     """The server's memory; safe to read from another thread (under ``lock``)."""
@@ -194,7 +135,7 @@ class StubFhirState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     #: resource type -> its identifiers' index (:meth:`_find`)
-    _index: dict[str, _IdentifierIndex] = field(default_factory=dict)
+    _index: dict[str, IdentifierIndex] = field(default_factory=dict)
 
     def reset(self) -> None:
         """Forget everything: resources, log, injected failures, idempotency keys."""
@@ -242,26 +183,17 @@ class StubFhirState:
         return take_failure(self.failures)
 
     def _find(self, rtype: str, token: str) -> list[str]:
-        """The ids of the ``rtype`` resources carrying the identifier ``token`` (``system|value``
-        or a bare value, any system), from the type's index: a scan of every resource per
-        conditional write made the stub's time grow with what it held (58 % of its CPU in a
-        run of 3,000 transactions, 5 December 2026)."""
+        """The ids of the ``rtype`` resources with the identifier ``token`` (``system|value`` or
+        a bare value), from the type's index (engine/sim/fhir_index.py); lock held."""
         bucket = self.resources.get(rtype, {})
         index = self._index.get(rtype)
         if index is None or not index.covers(bucket):
-            index = self._index[rtype] = _IdentifierIndex.of(bucket)
-        system, bar, value = token.partition("|")
-        key = (system, value) if bar else (None, token)
-        return [
-            rid
-            for rid in index.ids.get(key, ())
-            if rid in bucket and _has_identifier(bucket[rid], token)
-        ]
+            index = self._index[rtype] = IdentifierIndex.of(bucket)
+        return index.find(bucket, token)
 
     def _stored(self, rtype: str, rid: str, old: dict[str, Any] | None, new: Any) -> None:
         """Keep the type's index in step with a write (``new`` None: a delete); lock held."""
-        index = self._index.get(rtype)
-        if index is not None:
+        if (index := self._index.get(rtype)) is not None:
             index.update(self.resources.get(rtype, {}), rid, old, new)
 
     def _new_id(self) -> str:
@@ -328,7 +260,7 @@ def _matches(resource: dict[str, Any], params: dict[str, list[str]]) -> bool:
     for name, values in params.items():
         for value in values:
             if name == "identifier":
-                if not _has_identifier(resource, value):
+                if not has_identifier(resource, value):
                     return False
             elif name == "date":
                 prefix, day = (value[:2], value[2:]) if value[:2].isalpha() else ("eq", value)

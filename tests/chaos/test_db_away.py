@@ -60,15 +60,11 @@ def test_a_batch_cut_off_by_the_database_is_given_back_at_the_next_batch(
         store, load_routes(defaults=folder), load_mappings(), worker=node, batch=2
     )
 
-    claim_then_finish = store.finish_and_claim
-
-    def database_away(outcomes: list[object], worker: str, limit: int) -> object:
-        if outcomes:  # the finish of what was claimed: the database has gone
-            raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
-        return claim_then_finish(outcomes, worker, limit)  # type: ignore[arg-type]
+    def database_away(*_args: object) -> list[object]:
+        raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
 
     with monkeypatch.context() as patch:
-        patch.setattr(store, "finish_and_claim", database_away)
+        patch.setattr(store, "finish_batch", database_away)
         with pytest.raises(OperationalError):
             processor.process_batch()  # claimed two, could not finish them
     assert store.counts().get("processing") == 2
