@@ -1,11 +1,13 @@
 """The file drop destination: one file per message and destination in a directory.
 
-A file is written atomically and never replaces another: the body goes to a temporary file in the
-same directory (created exclusively), is flushed to disk (``fsync``), then hard-linked to its
-final name (``os.link``, which fails rather than replace an existing file), and the directory
-entry is flushed too. A reader polling the directory sees either no file or the whole file, never
-half of one; temporary files start with a dot and end in ``.tmp`` so pollers can skip them. The
-folder's file system must support hard links (every local POSIX one does).
+A file is written atomically and never replaces another: the body goes to a new file in the same
+directory that has no name yet (Linux's ``O_TMPFILE``), is flushed to disk (``fsync``), then
+linked to its final name (``linkat``, which fails rather than replace an existing file), and the
+directory entry is flushed too. A reader polling the directory sees either no file or the whole
+file, never half of one. Where the file system has no unnamed files (some network ones, other
+systems) the new file is a temporary one instead, created exclusively, linked and then unlinked;
+temporary files start with a dot and end in ``.tmp`` so pollers can skip them. The folder's file
+system must support hard links (every local POSIX one does).
 
 The name is ``<message id>-<destination>-<store>.json`` (FHIR Bundle) or ``.hl7`` (HL7v2).
 ``<store>`` is 8 hex digits naming the store whose message ids these are, so that two engines
@@ -51,7 +53,8 @@ file cost three hand-offs between threads (the write, the folder's sync, the out
 transaction), and a worker delivering alone spent 2.2-2.3 ms of CPU a message; in batches
 1.2-1.4 ms (bench figures in the README).
 
-A kill between a temporary file's link and its unlink leaves the temporary file behind. The
+A kill leaves no unnamed file behind (the file system frees it). With temporary files, a kill
+between a temporary file's link and its unlink leaves the temporary file behind. The
 first delivery of a destination in a process removes its own temporary files (its destination's
 name and store tag) older than :data:`STALE_TMP_S`: no write takes that long, so none is another
 node's write in progress.
@@ -175,7 +178,7 @@ async def _stream_new(directory: Path, name: str, content: DocumentContent, io: 
     target = directory / name
     if target.exists():
         return None
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    fd, tmp = _open_new(directory, name)
     digest = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as f:
@@ -184,16 +187,58 @@ async def _stream_new(directory: Path, name: str, content: DocumentContent, io: 
                 await io(partial(f.write, chunk))
             await io(f.flush)
             await io(partial(os.fsync, f.fileno()))
-        if digest.hexdigest() != content.sha256:
-            return digest.hexdigest()
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            return None
+            if digest.hexdigest() != content.sha256:
+                return digest.hexdigest()
+            if not await io(partial(_link, f.fileno(), tmp, directory, name)):
+                return None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
     return digest.hexdigest()
+
+
+#: Linux's unnamed files (``O_TMPFILE``, named afterwards through ``/proc/self/fd``); the
+#: directories whose file system refused one get named temporary files from then on
+_UNNAMED = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+_NO_UNNAMED: set[Path] = set()
+#: what ``open(O_TMPFILE)`` answers on a file system without unnamed files
+_UNNAMED_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL})
+
+
+def _open_new(directory: Path, name: str) -> tuple[int, str | None]:
+    """A new file in ``directory`` to write ``name``'s body to, and its temporary name (None:
+    it has none yet). An unnamed file where the file system allows it: in a folder that holds
+    hundreds of thousands of files (a drop nobody has emptied for a while), making, looking up
+    and removing a temporary name cost more than the write: 0.39-0.47 ms of CPU a file in a
+    folder of 140,000, against 0.08-0.15 ms unnamed (0.17 and 0.07 ms in an empty one; 5
+    December 2026). A kill before the link leaves nothing behind."""
+    if _UNNAMED and directory not in _NO_UNNAMED:
+        try:
+            return os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600), None
+        except OSError as exc:
+            if exc.errno not in _UNNAMED_UNSUPPORTED:
+                raise
+            _NO_UNNAMED.add(directory)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    return fd, tmp
+
+
+def _link(fd: int, tmp: str | None, directory: Path, name: str) -> bool:
+    """Give the written file (``fd``, or its temporary name) the name ``name``; False when the
+    name is taken (``link`` fails rather than replace: another writer was first)."""
+    try:
+        if tmp is not None:
+            os.link(tmp, directory / name)
+            return True
+        folder = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:  # a directory fd makes os.link a linkat() that follows the /proc link
+            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=folder)
+        finally:
+            os.close(folder)
+    except FileExistsError:
+        return False
+    return True
 
 
 def _write_new(directory: Path, name: str, body: bytes, *, make_dir: bool = True) -> bool:
@@ -202,23 +247,17 @@ def _write_new(directory: Path, name: str, body: bytes, *, make_dir: bool = True
     first when it is missing (False: the caller did)."""
     if make_dir:
         directory.mkdir(parents=True, exist_ok=True)
-    target = directory / name
-    if target.exists():
-        return False
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    fd, tmp = _open_new(directory, name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(body)
             f.flush()
             os.fsync(f.fileno())
-        try:
-            os.link(tmp, target)  # EEXIST instead of replacing: another writer was first
-        except FileExistsError:
-            return False
+            return _link(f.fileno(), tmp, directory, name)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return True
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 def _write_each(directory: Path, files: list[tuple[str, bytes]]) -> list[bool | OSError]:

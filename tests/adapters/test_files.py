@@ -130,7 +130,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(
     dest = destination(tmp_path)
     assert deliver(dest, payload(b"old")).ok
 
-    def broken(src: str, dst: object) -> None:
+    def broken(src: str, dst: object, **kwargs: object) -> None:
         raise OSError(errno.EIO, "I/O error")
 
     monkeypatch.setattr(os, "link", broken)
@@ -150,7 +150,7 @@ def test_error_classification(
     def broken(*args: object, **kwargs: object) -> tuple[int, str]:
         raise OSError(err, os.strerror(err))
 
-    monkeypatch.setattr("engine.adapters.files.tempfile.mkstemp", broken)
+    monkeypatch.setattr("engine.adapters.files._open_new", broken)
     result = deliver(destination(tmp_path), payload(b"x"))
     assert (result.ok, result.retryable) == (False, retryable)
     assert result.detail == f"file: {errno.errorcode[err]}"
@@ -363,3 +363,75 @@ def test_a_batch_is_split_among_the_threads_at_least_eight_files_each() -> None:
     assert [len(c) for c in _chunks(list(range(100)), 8, 8)] == [13] * 7 + [9]
     assert [len(c) for c in _chunks(list(range(5)), 8, 8)] == [5]
     assert _chunks(list(range(17)), 8, 8) == [list(range(9)), list(range(9, 17))]
+
+
+@pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="Linux's unnamed files")
+def test_a_file_is_written_unnamed_then_linked_with_no_temporary_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the file system has unnamed files no temporary name is made at all (mkstemp is
+    never called), and the file is the engine's alone to read (0600), as a temporary one was."""
+    from engine.adapters import files
+
+    def no_temporary_files(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise AssertionError("a temporary name was made")
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", no_temporary_files)
+    dest = destination(tmp_path)
+    assert deliver(dest, payload(b"MSH|1")).ok
+    target = tmp_path / file_name(payload(b""))
+    assert target.read_bytes() == b"MSH|1" and target.stat().st_mode & 0o777 == 0o600
+    again = deliver(dest, payload(b"MSH|2"))  # the name is taken: found, never replaced
+    assert again.ok and "exists (delivered before)" in again.detail
+    assert target.read_bytes() == b"MSH|1" and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+@pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="Linux's unnamed files")
+def test_a_file_system_without_unnamed_files_gets_temporary_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system that refuses O_TMPFILE (EOPNOTSUPP: some network ones) is asked once; its
+    files are written through dot-named temporary files, none left behind."""
+    from engine.adapters import files
+
+    real_open = os.open
+    refused: list[str] = []
+
+    def no_unnamed(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            refused.append(str(path))
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(files.os, "open", no_unnamed)
+    monkeypatch.setattr(files, "_NO_UNNAMED", set())
+    dest = destination(tmp_path)
+    results = asyncio.run(dest.deliver_batch([payload(b"MSH|x", message_id=i) for i in (1, 2, 3)]))
+    assert all(r.ok for r in results)
+    assert refused == [str(tmp_path)]  # asked once, remembered for the folder
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(file_name(payload(b"", message_id=i)) for i in (1, 2, 3))
+    assert all((tmp_path / n).stat().st_mode & 0o777 == 0o600 for n in names)
+
+
+def test_an_unexpected_error_of_an_unnamed_file_is_not_taken_for_no_support(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only "not supported" answers switch a folder to temporary files; a full disk is the
+    delivery's error (retryable), and the folder keeps unnamed files."""
+    from engine.adapters import files
+
+    if not files._UNNAMED:
+        pytest.skip("no unnamed files here")
+    real_open = os.open
+
+    def full(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(files.os, "open", full)
+    monkeypatch.setattr(files, "_NO_UNNAMED", set())
+    result = deliver(destination(tmp_path), payload(b"x"))
+    assert (result.ok, result.retryable, result.detail) == (False, True, "file: ENOSPC")
+    assert files._NO_UNNAMED == set() and list(tmp_path.iterdir()) == []
