@@ -70,6 +70,46 @@ def test_a_saturation_that_never_ends_pauses_the_workers_half_the_time_at_most()
     assert 0.3 <= share <= 0.55, share
 
 
+def test_a_saturation_that_lasts_past_a_burst_stops_pausing_the_workers() -> None:
+    """A burst is paused for; a saturation longer than ``burst_s`` is a sustained rate and is
+    not (the workers would fall behind it for good); once it has been gone for ``calm_s``, the
+    next saturation is a new burst."""
+    shared = SimpleNamespace(value=time.monotonic() + 60)
+
+    async def main() -> list[float]:
+        pressure = IngestPressure(shared, max_wait_s=0.05, max_share=1.0, burst_s=0.3, calm_s=0.5)
+        waits = [await pressure.yield_to(poll_s=0.01)]  # the burst begins: paused
+        await asyncio.sleep(0.35)  # still saturated, past burst_s
+        waits.append(await pressure.yield_to(poll_s=0.01))  # a sustained rate: not paused
+        waits.append(await pressure.yield_to(poll_s=0.01))
+        shared.value = 0.0  # the load stops
+        assert await pressure.yield_to() == 0.0
+        await asyncio.sleep(0.6)  # calm for longer than calm_s
+        shared.value = time.monotonic() + 60  # a new burst
+        waits.append(await pressure.yield_to(poll_s=0.01))
+        return waits
+
+    first, late, later, new_burst = asyncio.run(main())
+    assert first >= 0.04 and new_burst >= 0.04
+    assert late == 0.0 and later == 0.0
+
+
+def test_a_short_lull_does_not_make_a_sustained_rate_a_new_burst() -> None:
+    shared = SimpleNamespace(value=time.monotonic() + 60)
+
+    async def main() -> float:
+        pressure = IngestPressure(shared, max_wait_s=0.05, max_share=1.0, burst_s=0.2, calm_s=0.5)
+        await pressure.yield_to(poll_s=0.01)
+        await asyncio.sleep(0.25)
+        assert await pressure.yield_to(poll_s=0.01) == 0.0  # sustained
+        shared.value = 0.0
+        await asyncio.sleep(0.1)  # a lull shorter than calm_s
+        shared.value = time.monotonic() + 60
+        return await pressure.yield_to(poll_s=0.01)
+
+    assert asyncio.run(main()) == 0.0
+
+
 def test_max_share_is_a_fraction() -> None:
     import pytest
 
