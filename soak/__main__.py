@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from soak.harness import COLUMNS, Options, Run, soak
+from soak.harness import COLUMNS, ROUTE_SETS, Options, Run, soak
 from soak.report import plot, say, table, write_csv, write_summary
 from soak.verdict import Criterion, judge, warmup_s
 
@@ -38,6 +38,12 @@ def _options(argv: list[str] | None) -> Options:
         default="",
         help="a PostgreSQL server (postgresql+psycopg://...): the run makes and drops a database",
     )
+    p.add_argument(
+        "--routes",
+        choices=sorted(ROUTE_SETS),
+        default="example",
+        help="example: the FHIR server and folders (default); file or fhir: mapped, to that only",
+    )
     a = p.parse_args(argv)
     return Options(
         minutes=a.minutes,
@@ -52,6 +58,7 @@ def _options(argv: list[str] | None) -> Options:
         keep_home=a.keep_home,
         database_url=a.database_url,
         min_free_gb=a.min_free_gb,
+        routes=a.routes,
     )
 
 
@@ -78,10 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     out = opts.out / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out.mkdir(parents=True, exist_ok=True)
     warmup = opts.warmup_s if opts.warmup_s is not None else warmup_s(opts.minutes * 60)
+    documents = (
+        f"one {opts.doc_size // 1024} KiB document every {opts.doc_interval_s:g} s"
+        if opts.doc_interval_s > 0
+        else "no documents"
+    )
     say(
-        f"soak: {opts.minutes:g} min at {opts.rate:g} msg/s ({opts.senders} senders), one "
-        f"{opts.doc_size // 1024} KiB document every {opts.doc_interval_s:g} s, eligibility "
-        f"'{opts.cron}', warm-up {warmup:.0f} s; results in {out}"
+        f"soak: {opts.minutes:g} min at {opts.rate:g} msg/s ({opts.senders} senders), "
+        f"{opts.routes} routes, {documents}, eligibility '{opts.cron}', warm-up {warmup:.0f} s; "
+        f"results in {out}"
     )
     run = Run()
     try:
@@ -129,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             "criteria": [c.row() for c in criteria],
         },
     )
-    title = f"soak: {opts.minutes:g} min, {opts.rate:g} msg/s + documents + eligibility"
+    title = f"soak: {opts.minutes:g} min, {opts.rate:g} msg/s, {opts.routes} routes"
+    title += " + documents" if opts.doc_interval_s > 0 else ""
+    title += " + eligibility"
     plot(out / "plot.png", run.samples, warmup, title)
     say("\n" + table(criteria))
     say(f"\nsoak: {'passed' if ok else 'FAILED'}; {out}")

@@ -32,7 +32,7 @@ from soak import probe
 __all__ = ["COLUMNS", "Options", "Run", "soak"]
 
 ROUTES = """\
-# the soak's routes (soak/harness.py): the example's, documents to a folder only
+# the soak's routes (soak/harness.py, --routes example): the example's, documents to a folder only
 destinations:
   local-fhir:
     type: fhir
@@ -60,6 +60,41 @@ routes:
     mapping: none
     destinations: [documents-folder]
 """
+
+#: ``--routes file``: each message mapped to a FHIR Bundle and written to a folder (fsynced), as
+#: the ingest bench's route; no FHIR server
+FILE_ROUTES = """\
+# the soak's routes (soak/harness.py, --routes file): mapped, to a folder
+destinations:
+  bundles:
+    type: file
+    directory: {home}/outbox/bundles
+routes:
+  - name: to-folder
+    match: {{message: [ADT, SIU, DFT]}}
+    mapping: fhir
+    destinations: [bundles]
+"""
+
+#: ``--routes fhir``: each message mapped and sent to the stub FHIR server, nothing else
+FHIR_ROUTES = """\
+# the soak's routes (soak/harness.py, --routes fhir): mapped, to the stub FHIR server
+destinations:
+  local-fhir:
+    type: fhir
+    base_url: {fhir}
+    mode: transaction
+    timeout_s: 10
+    retry: {{max_attempts: 10, base_delay_s: 2, max_delay_s: 60}}
+routes:
+  - name: to-local-fhir
+    match: {{message: [ADT, SIU, DFT]}}
+    mapping: fhir
+    destinations: [local-fhir]
+"""
+
+#: the route sets ``--routes`` chooses from
+ROUTE_SETS = {"example": ROUTES, "file": FILE_ROUTES, "fhir": FHIR_ROUTES}
 
 COLUMNS = (
     "t_s",
@@ -108,6 +143,8 @@ class Options:
     database_url: str = ""
     #: the run stops early when the engine's home has less free disk than this (GB)
     min_free_gb: float = 15.0
+    #: which routes (``ROUTE_SETS``): the example's (FHIR server and folders), or one kind only
+    routes: str = "example"
 
 
 @dataclass
@@ -262,7 +299,9 @@ def soak(opts: Options, out: Path, say: Any, run: Run) -> None:
     try:
         fhir.start()
         (home / "routes").mkdir()
-        (home / "routes" / "example.yaml").write_text(ROUTES.format(fhir=fhir.base_url, home=home))
+        (home / "routes" / "example.yaml").write_text(
+            ROUTE_SETS[opts.routes].format(fhir=fhir.base_url, home=home)
+        )
         env = _env(home, opts)
         if opts.database_url:
             env["ENGINE_DATABASE_URL"] = probe.create_database(opts.database_url, dbname)
