@@ -42,7 +42,7 @@ def _options(argv: list[str] | None) -> Options:
         "--routes",
         choices=sorted(ROUTE_SETS),
         default="example",
-        help="example: the FHIR server and folders (default); file or fhir: mapped, to that only",
+        help="example: the FHIR server and folders (default); file: mapped, to a folder only",
     )
     a = p.parse_args(argv)
     return Options(

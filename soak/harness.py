@@ -76,25 +76,8 @@ routes:
     destinations: [bundles]
 """
 
-#: ``--routes fhir``: each message mapped and sent to the stub FHIR server, nothing else
-FHIR_ROUTES = """\
-# the soak's routes (soak/harness.py, --routes fhir): mapped, to the stub FHIR server
-destinations:
-  local-fhir:
-    type: fhir
-    base_url: {fhir}
-    mode: transaction
-    timeout_s: 10
-    retry: {{max_attempts: 10, base_delay_s: 2, max_delay_s: 60}}
-routes:
-  - name: to-local-fhir
-    match: {{message: [ADT, SIU, DFT]}}
-    mapping: fhir
-    destinations: [local-fhir]
-"""
-
 #: the route sets ``--routes`` chooses from
-ROUTE_SETS = {"example": ROUTES, "file": FILE_ROUTES, "fhir": FHIR_ROUTES}
+ROUTE_SETS = {"example": ROUTES, "file": FILE_ROUTES}
 
 COLUMNS = (
     "t_s",
@@ -143,7 +126,7 @@ class Options:
     database_url: str = ""
     #: the run stops early when the engine's home has less free disk than this (GB)
     min_free_gb: float = 15.0
-    #: which routes (``ROUTE_SETS``): the example's (FHIR server and folders), or one kind only
+    #: which routes (``ROUTE_SETS``): the example's (FHIR server and folders), or a folder only
     routes: str = "example"
 
 

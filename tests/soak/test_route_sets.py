@@ -1,6 +1,6 @@
 """The soak's route sets (``--routes``) are valid route files for the engine, and each sends
 messages where its name says: the example's to the FHIR server and a folder, ``file`` mapped
-to a folder only, ``fhir`` mapped to the FHIR server only."""
+to a folder only."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from soak.harness import ROUTE_SETS
 
 @pytest.mark.parametrize(
     ("name", "kinds"),
-    [("example", {"fhir", "file"}), ("file", {"file"}), ("fhir", {"fhir"})],
+    [("example", {"fhir", "file"}), ("file", {"file"})],
 )
 def test_each_route_set_loads_and_sends_adt_where_its_name_says(
     tmp_path: Path, name: str, kinds: set[str]
