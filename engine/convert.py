@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import multiprocessing.pool
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -140,11 +142,12 @@ def _hl7_to_fhir(data: bytes, name: str, settings: Settings, jobs: int | None, q
         # back as (message index, ...) events.
         spool = tempfile.TemporaryDirectory(prefix="engine-convert-")
         _WORKER.spool = spool.name
-        pool = multiprocessing.get_context("fork").Pool(jobs)
+        pool = _fork_pool(jobs)
         results = pool.imap(_convert_span, spans)
     else:
         spool = None
         results = map(_convert_span, spans)
+    finished = False
     try:
         for (_start, end), (text, events) in zip(spans, results, strict=True):
             if spool is not None:
@@ -168,9 +171,10 @@ def _hl7_to_fhir(data: bytes, name: str, settings: Settings, jobs: int | None, q
             report.flush()
             if progress is not None:
                 progress(end)
+        finished = True
     finally:
         if pool is not None:
-            pool.terminate()
+            _stop_pool(pool, finished)
         if spool is not None:
             spool.cleanup()
         out.flush()
@@ -188,6 +192,36 @@ def _hl7_to_fhir(data: bytes, name: str, settings: Settings, jobs: int | None, q
 
 #: files with at least this many messages are converted by one process per core
 _PARALLEL_FROM = 2000
+
+
+def _fork_pool(jobs: int) -> multiprocessing.pool.Pool:
+    """``jobs`` forked workers, each with :func:`_pool_signals`."""
+    return multiprocessing.get_context("fork").Pool(jobs, initializer=_pool_signals)
+
+
+def _stop_pool(pool: multiprocessing.pool.Pool, finished: bool) -> None:
+    """Every span done: the workers are told to stop, and exit; else (a failure, Ctrl-C) the
+    spans still running are stopped."""
+    if finished:
+        pool.close()
+        pool.join()
+    else:
+        pool.terminate()
+
+
+def _pool_signals() -> None:
+    """A forked worker of the pool: SIGTERM (``Pool.terminate``) ends it and Ctrl-C is the
+    parent's to handle, whatever the parent had set. A worker inherits its parent's handlers,
+    and with one that only notes SIGTERM (an event loop's, in a process that ran one before) a
+    worker that ``terminate`` found blocked on the task queue's lock (which ``terminate``
+    itself takes) stayed alive, and ``terminate`` waited for it forever: the test suite hung
+    so once (5 December 2026). A conversion that finished stops its workers with ``close``
+    instead, which takes no lock of theirs."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 #: runs of at least this many messages show a progress bar (when stderr is a terminal)
 _PROGRESS_FROM = 200
 _CHUNK = 250

@@ -400,3 +400,44 @@ def test_a_bug_on_one_message_is_reported_by_class_and_the_rest_go_on(
     out = checked.stdout.splitlines()
     assert any(line.startswith(f"{f}: message 3 (line 5, ADT^A04, MSH-10 'C3')") for line in out)
     assert out[-1] == "3 message(s), 0 valid, 3 invalid"
+
+
+def test_a_finished_parallel_conversion_stops_its_workers_without_a_signal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Done, the pool is closed and joined, not terminated: ``terminate`` takes the task
+    queue's lock and relies on SIGTERM to end a worker waiting for it, which a handler the
+    process inherited can swallow (the suite hung so once)."""
+    import multiprocessing.pool
+
+    def no_terminate(self: object) -> None:
+        raise AssertionError("a finished conversion terminated its pool")
+
+    monkeypatch.setattr(multiprocessing.pool.Pool, "terminate", no_terminate)
+    f = tmp_path / "many.hl7"
+    f.write_bytes(b"".join(adt(i) for i in range(600)))
+    result = CliRunner().invoke(app, ["convert", "--jobs", "2", str(f)])
+    assert result.exit_code == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 600
+
+
+_IGNORING_SIGTERM = """
+import signal
+from engine.convert import _fork_pool
+signal.signal(signal.SIGTERM, lambda *_: None)  # as an event loop's handler does: only noted
+with _fork_pool(2) as pool:
+    print(pool.apply(signal.getsignal, (signal.SIGTERM,)) == signal.SIG_DFL)
+    print(pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN)
+"""
+
+
+def test_the_pools_workers_die_on_sigterm_whatever_handler_their_parent_had() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _IGNORING_SIGTERM],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout.split() == ["True", "True"]
