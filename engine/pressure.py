@@ -22,8 +22,9 @@ And a saturation that lasts is not a burst: after ``burst_s`` of it (no ``calm_s
 between) the workers stop pausing until it ends. At 1,000 messages/s offered for minutes (the
 soak's ``--rate 1000 --routes file``, 5 December 2026) the receiver's writer was busy more than
 half the time for good, the pauses held the workers to about 430 deliveries a second, and the
-backlog grew about 560 a second without end; without the pauses they delivered about 1,000 a
-second and the ACKs' p99 stayed where it was (14-18 ms against 18-23 ms with them). Offered
+backlog grew about 560 a second without end; without the pauses they kept the pace for 40 to
+200 s (then fell behind as the folder filled, at 800-900 a second) and the ACKs' p99 windows
+were 13-24 ms against 18-24 ms with them. Offered
 more than the engine can take end to end, the senders are slowed rather than a backlog grown:
 the ACKs wait for their turn at the writer.
 
