@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.adapters import files as files_module
 from engine.adapters.destination import DeliveryResult, Payload
 from engine.adapters.files import FileDropDestination, engine_tag, file_name
 from engine.adapters.registry import build_destination
@@ -308,8 +309,10 @@ def test_a_batch_is_written_whole_its_folder_synced_once_and_found_when_sent_aga
 def test_a_file_that_fails_in_a_batch_fails_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """An fsync a file (no syncfs here, or it was slow): each file's error is its own."""
     from engine.adapters import files
 
+    monkeypatch.setattr(files, "_batch_syncs", lambda directory: False)
     real = files._write_new
 
     def sometimes(directory: Path, name: str, body: bytes, **kw: bool) -> bool:
@@ -435,3 +438,138 @@ def test_an_unexpected_error_of_an_unnamed_file_is_not_taken_for_no_support(
     result = deliver(destination(tmp_path), payload(b"x"))
     assert (result.ok, result.retryable, result.detail) == (False, True, "file: ENOSPC")
     assert files._NO_UNNAMED == set() and list(tmp_path.iterdir()) == []
+
+
+needs_syncfs = pytest.mark.skipif(
+    not (files_module._SYNCFS and files_module._UNNAMED), reason="Linux's syncfs and unnamed files"
+)
+
+
+@needs_syncfs
+def test_a_batch_is_flushed_by_one_syncfs_before_any_file_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No file of the batch is fsynced on its own (the only fsync is the folder's, after the
+    links); one syncfs a group of SYNC_GROUP files, each run while none of its group's names
+    exists yet: a name never points at a file not yet on disk."""
+    from engine.adapters import files
+
+    real_syncfs = files._SYNCFS
+    assert real_syncfs is not None
+    seen: list[list[str]] = []
+
+    def syncfs(fd: int) -> None:
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        real_syncfs(fd)
+
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        fsynced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(files, "_SYNCFS", syncfs)
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files, "SYNC_GROUP", 3)
+    batch = [payload(f"MSH|{i}".encode(), message_id=i) for i in range(1, 8)]
+    results = asyncio.run(destination(tmp_path).deliver_batch(batch))
+    assert all(r.ok and r.detail.startswith("file: wrote") for r in results)
+    names = [file_name(p) for p in batch]
+    assert seen == [[], sorted(names[:3]), sorted(names[:6])]  # groups of 3, 3 and 1
+    assert len(fsynced) == 1  # the folder's, once
+    assert all((tmp_path / n).read_bytes() == p.body for n, p in zip(names, batch, strict=True))
+    assert all((tmp_path / n).stat().st_mode & 0o777 == 0o600 for n in names)
+    again = asyncio.run(destination(tmp_path).deliver_batch(batch))
+    assert all(r.ok and "exists (delivered before)" in r.detail for r in again)
+
+
+@needs_syncfs
+def test_a_failed_syncfs_names_no_file_and_its_group_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.adapters import files
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(files, "_SYNCFS", broken)
+    batch = [payload(b"x", message_id=i) for i in (1, 2, 3)]
+    results = asyncio.run(destination(tmp_path).deliver_batch(batch))
+    assert results == [DeliveryResult(False, True, "file: EIO")] * 3
+    assert list(tmp_path.iterdir()) == []  # nothing named, the unnamed files freed
+
+
+@needs_syncfs
+def test_a_file_that_fails_in_a_synced_batch_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.adapters import files
+
+    real_write, real_link = files._write_all, os.link
+
+    def write(fd: int, body: bytes) -> None:
+        if body == b"2":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(fd, body)
+
+    def link(src: str, dst: str, **kwargs: object) -> None:
+        if dst.startswith("3-"):
+            raise OSError(errno.EACCES, "Permission denied")
+        real_link(src, dst, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(files, "_write_all", write)
+    monkeypatch.setattr(files.os, "link", link)
+    batch = [payload(str(i).encode(), message_id=i) for i in (1, 2, 3, 4)]
+    results = asyncio.run(destination(tmp_path).deliver_batch(batch))
+    assert [(r.ok, r.retryable, r.detail[:14]) for r in results] == [
+        (True, False, "file: wrote 1-"),
+        (False, True, "file: ENOSPC"),
+        (False, False, "file: EACCES"),
+        (True, False, "file: wrote 4-"),
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        file_name(payload(b"", message_id=i)) for i in (1, 4)
+    )
+
+
+@needs_syncfs
+def test_a_slow_syncfs_sends_the_folder_back_to_an_fsync_a_file_for_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system busy with others' data (a backup) makes every syncfs wait for all of it:
+    once one is slow, the folder's batches fsync each file until the hold runs out."""
+    from engine.adapters import files
+
+    calls: list[str] = []
+    real_syncfs, real_each = files._SYNCFS, files._write_each
+    assert real_syncfs is not None
+    clock = [1000.0]
+
+    def slow(fd: int) -> None:
+        calls.append("syncfs")
+        clock[0] += files.SLOW_SYNCFS_S + 0.1
+        real_syncfs(fd)
+
+    def each(directory: Path, todo: list[tuple[str, bytes]]) -> list[bool | OSError]:
+        calls.append("each")
+        return real_each(directory, todo)
+
+    monkeypatch.setattr(files, "_SYNCFS", slow)
+    monkeypatch.setattr(files, "_write_each", each)
+    monkeypatch.setattr(files, "_SYNCFS_SLOW", {})
+    monkeypatch.setattr(files.time, "monotonic", lambda: clock[0])
+    dest = destination(tmp_path)
+
+    def batch(first: int) -> None:
+        todo = [payload(b"x", message_id=i) for i in range(first, first + 20)]
+        assert all(r.ok for r in asyncio.run(dest.deliver_batch(todo)))
+
+    batch(1)
+    assert calls == ["syncfs"]
+    batch(21)  # held: an fsync a file, split among the threads
+    assert calls[1:] and set(calls[1:]) == {"each"}
+    clock[0] += files.SLOW_SYNCFS_HOLD_S
+    calls.clear()
+    batch(41)
+    assert calls == ["syncfs"]
