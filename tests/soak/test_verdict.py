@@ -67,6 +67,20 @@ def test_descriptors_get_two_of_slack_but_a_leak_fails() -> None:
     assert not _verdict(_samples(wal_mb=40))["SQLite WAL (MB) flat"]
 
 
+def test_descriptors_a_batch_holds_for_a_moment_are_not_growth_but_a_leak_is() -> None:
+    """The file drop's batch holds a descriptor a file until it names them: at 1,000 msg/s half
+    the samples of a minute caught one (the soak of 5 December 10:20: +20 to +35). Descriptors
+    are judged on each minute's floor, which a leak raises and a batch in flight does not."""
+    busy = _samples()
+    for i in range(11, 30, 2):  # after a quiet first minute, every other sample catches a batch
+        busy[i]["worker_fds"] = 70
+    assert _verdict(busy)["worker open fds flat"]
+    leaking = _samples(worker_fds=0.5)  # one descriptor every 20 s, never closed
+    for i in range(11, 30, 2):
+        leaking[i]["worker_fds"] += 30
+    assert not _verdict(leaking)["worker open fds flat"]
+
+
 def test_a_creeping_p99_and_a_growing_backlog_fail() -> None:
     assert not _verdict(_samples(ack_p99_ms=0.5))["ACK p99 steady"]
     assert not _verdict(_samples(backlog=100))["backlog bounded"]
