@@ -255,12 +255,11 @@ def _write_new(directory: Path, name: str, body: bytes, *, make_dir: bool = True
         directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = _open_new(directory, name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-            return _link(f.fileno(), tmp, directory, name)
+        _write_all(fd, body)
+        os.fsync(fd)
+        return _link(fd, tmp, directory, name)
     finally:
+        os.close(fd)
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

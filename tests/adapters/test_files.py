@@ -306,24 +306,32 @@ def test_a_batch_is_written_whole_its_folder_synced_once_and_found_when_sent_aga
     assert all(r.ok and "exists (delivered before)" in r.detail for r in again)
 
 
+@pytest.mark.parametrize("synced", [False, True])
 def test_a_file_that_fails_in_a_batch_fails_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synced: bool
 ) -> None:
-    """An fsync a file (no syncfs here, or it was slow): each file's error is its own."""
+    """One file's write failing (a full disk) and another's link (permission): each error is
+    its own, with one syncfs for the batch or an fsync a file (no syncfs, or it was slow)."""
     from engine.adapters import files
 
-    monkeypatch.setattr(files, "_batch_syncs", lambda directory: False)
-    real = files._write_new
+    if synced and not (files._SYNCFS and files._UNNAMED):
+        pytest.skip("Linux's syncfs and unnamed files")
+    monkeypatch.setattr(files, "_batch_syncs", lambda directory: synced)
+    real_write, real_link = files._write_all, os.link
 
-    def sometimes(directory: Path, name: str, body: bytes, **kw: bool) -> bool:
-        if name.startswith("2-"):
+    def write(fd: int, body: bytes) -> None:
+        if body == b"2":
             raise OSError(errno.ENOSPC, "No space left on device")
-        if name.startswith("3-"):
-            raise OSError(errno.EACCES, "Permission denied")
-        return real(directory, name, body, **kw)
+        real_write(fd, body)
 
-    monkeypatch.setattr(files, "_write_new", sometimes)
-    batch = [payload(b"x", message_id=i) for i in (1, 2, 3, 4)]
+    def link(src: str, dst: str, **kwargs: object) -> None:
+        if os.path.basename(dst).startswith("3-"):
+            raise OSError(errno.EACCES, "Permission denied")
+        real_link(src, dst, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(files, "_write_all", write)
+    monkeypatch.setattr(files.os, "link", link)
+    batch = [payload(str(i).encode(), message_id=i) for i in (1, 2, 3, 4)]
     results = asyncio.run(destination(tmp_path).deliver_batch(batch))
     assert [(r.ok, r.retryable, r.detail[:14]) for r in results] == [
         (True, False, "file: wrote 1-"),
@@ -331,21 +339,31 @@ def test_a_file_that_fails_in_a_batch_fails_alone(
         (False, False, "file: EACCES"),
         (True, False, "file: wrote 4-"),
     ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        file_name(payload(b"", message_id=i)) for i in (1, 4)
+    )
 
 
-def test_a_failed_folder_sync_fails_the_whole_batch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("which", ["_sync_directory", "_SYNCFS"])
+def test_a_failed_sync_fails_the_whole_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str
 ) -> None:
+    """The folder's fsync failing: written, but their names not known durable, none is reported
+    delivered. The batch's syncfs failing: none is named at all (the unnamed files are freed)."""
     from engine.adapters import files
 
-    def broken(directory: Path) -> None:
+    if which == "_SYNCFS" and not (files._SYNCFS and files._UNNAMED):
+        pytest.skip("Linux's syncfs and unnamed files")
+
+    def broken(*args: object) -> None:
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(files, "_sync_directory", broken)
+    monkeypatch.setattr(files, which, broken)
     batch = [payload(b"x", message_id=i) for i in (1, 2, 3)]
     results = asyncio.run(destination(tmp_path).deliver_batch(batch))
-    # written, but their names not known durable: none is reported delivered
     assert results == [DeliveryResult(False, True, "file: EIO")] * 3
+    if which == "_SYNCFS":
+        assert list(tmp_path.iterdir()) == []
 
 
 def test_a_document_in_a_batch_is_written_as_deliver_writes_it(tmp_path: Path) -> None:
@@ -482,55 +500,6 @@ def test_a_batch_is_flushed_by_one_syncfs_before_any_file_is_named(
     assert all((tmp_path / n).stat().st_mode & 0o777 == 0o600 for n in names)
     again = asyncio.run(destination(tmp_path).deliver_batch(batch))
     assert all(r.ok and "exists (delivered before)" in r.detail for r in again)
-
-
-@needs_syncfs
-def test_a_failed_syncfs_names_no_file_and_its_group_is_retried(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from engine.adapters import files
-
-    def broken(fd: int) -> None:
-        raise OSError(errno.EIO, "I/O error")
-
-    monkeypatch.setattr(files, "_SYNCFS", broken)
-    batch = [payload(b"x", message_id=i) for i in (1, 2, 3)]
-    results = asyncio.run(destination(tmp_path).deliver_batch(batch))
-    assert results == [DeliveryResult(False, True, "file: EIO")] * 3
-    assert list(tmp_path.iterdir()) == []  # nothing named, the unnamed files freed
-
-
-@needs_syncfs
-def test_a_file_that_fails_in_a_synced_batch_fails_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from engine.adapters import files
-
-    real_write, real_link = files._write_all, os.link
-
-    def write(fd: int, body: bytes) -> None:
-        if body == b"2":
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_write(fd, body)
-
-    def link(src: str, dst: str, **kwargs: object) -> None:
-        if dst.startswith("3-"):
-            raise OSError(errno.EACCES, "Permission denied")
-        real_link(src, dst, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(files, "_write_all", write)
-    monkeypatch.setattr(files.os, "link", link)
-    batch = [payload(str(i).encode(), message_id=i) for i in (1, 2, 3, 4)]
-    results = asyncio.run(destination(tmp_path).deliver_batch(batch))
-    assert [(r.ok, r.retryable, r.detail[:14]) for r in results] == [
-        (True, False, "file: wrote 1-"),
-        (False, True, "file: ENOSPC"),
-        (False, False, "file: EACCES"),
-        (True, False, "file: wrote 4-"),
-    ]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        file_name(payload(b"", message_id=i)) for i in (1, 4)
-    )
 
 
 @needs_syncfs
