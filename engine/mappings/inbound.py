@@ -44,9 +44,9 @@ _NS_BYTES = _NS.bytes
 _SAFE_TOKEN = re.compile(r"^[A-Za-z0-9|:/._~-]*$")
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=4096)
 def _uuid5(name: str) -> str:
-    """``str(uuid.uuid5(_NS, name))`` (RFC 4122 §4.3), without building UUID objects."""
+    """``str(uuid.uuid5(_NS, name))`` (RFC 4122 §4.3); few cached: most names come once."""
     h = bytearray(hashlib.sha1(_NS_BYTES + name.encode("utf-8")).digest()[:16])
     h[6] = (h[6] & 0x0F) | 0x50
     h[8] = (h[8] & 0x3F) | 0x80
