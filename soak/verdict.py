@@ -92,7 +92,7 @@ def slope_per_hour(ts: Sequence[float], ys: Sequence[float]) -> float:
     )
 
 
-def minute_medians(
+def per_minute(
     ts: Sequence[float],
     ys: Sequence[float],
     summary: Callable[[list[float]], float] = statistics.median,
@@ -107,7 +107,7 @@ def minute_medians(
 
 def _flat(judged: list[dict[str, Any]], key: str, label: str, slack: float) -> Criterion:
     ys = [float(s[key]) for s in judged]
-    medians = minute_medians(
+    medians = per_minute(
         [float(s["t_s"]) for s in judged], ys, min if key in FLOORED else statistics.median
     )
     base = medians[0]

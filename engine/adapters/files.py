@@ -1,13 +1,14 @@
 """The file drop destination: one file per message and destination in a directory.
 
 A file is written atomically and never replaces another: the body goes to a new file in the same
-directory that has no name yet (Linux's ``O_TMPFILE``), is flushed to disk (``fsync``), then
-linked to its final name (``linkat``, which fails rather than replace an existing file), and the
-directory entry is flushed too. A reader polling the directory sees either no file or the whole
-file, never half of one. Where the file system has no unnamed files (some network ones, other
-systems) the new file is a temporary one instead, created exclusively, linked and then unlinked;
-temporary files start with a dot and end in ``.tmp`` so pollers can skip them. The folder's file
-system must support hard links (every local POSIX one does).
+directory that has no name yet (Linux's ``O_TMPFILE``), is flushed to disk (its own ``fsync``,
+or one ``syncfs`` for a batch: below), then linked to its final name (``linkat``, which fails
+rather than replace an existing file), and the directory entry is flushed too. A reader polling
+the directory sees either no file or the whole file, never half of one. Where the file system
+has no unnamed files (some network ones, other systems) the new file is a temporary one
+instead, created exclusively, linked and then unlinked; temporary files start with a dot and
+end in ``.tmp`` so pollers can skip them. The folder's file system must support hard links
+(every local POSIX one does).
 
 The name is ``<message id>-<destination>-<store>.json`` (FHIR Bundle) or ``.hl7`` (HL7v2).
 ``<store>`` is 8 hex digits naming the store whose message ids these are, so that two engines
@@ -43,8 +44,8 @@ The directory's own fsync (which makes the new name durable) is shared: a write 
 linked its file waits for the next fsync of the directory that starts after it, and one fsync
 serves every write linked before it began (a group commit, as the store does for messages). With
 eight deliveries in flight the folder is synced once for each group instead of once for each
-file; each file's own data is still synced before it is linked, so a name never points at
-half a file. A delivery is reported only once its name is durable.
+file; each file's own data is on disk before it is linked, so a name never points at half a
+file. A delivery is reported only once its name is durable.
 
 The dispatcher hands this destination the deliveries it claimed together (``deliver_batch``):
 their files are written in one hand-off to the destination's threads and the folder synced once
@@ -221,7 +222,7 @@ def _open_new(directory: Path, name: str) -> tuple[int, str | None]:
     December 2026). A kill before the link leaves nothing behind."""
     if _UNNAMED and directory not in _NO_UNNAMED:
         try:
-            return os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600), None
+            return _open_unnamed(directory), None
         except OSError as exc:
             if exc.errno not in _UNNAMED_UNSUPPORTED:
                 raise
@@ -230,18 +231,30 @@ def _open_new(directory: Path, name: str) -> tuple[int, str | None]:
     return fd, tmp
 
 
-def _link(fd: int, tmp: str | None, directory: Path, name: str) -> bool:
+def _open_unnamed(directory: Path) -> int:
+    """A new file in ``directory`` with no name yet (``O_TMPFILE``), the engine's alone (0600)."""
+    return os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+
+
+def _open_folder(directory: Path) -> int:
+    return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _link(fd: int, tmp: str | None, directory: Path, name: str, folder: int | None = None) -> bool:
     """Give the written file (``fd``, or its temporary name) the name ``name``; False when the
-    name is taken (``link`` fails rather than replace: another writer was first)."""
+    name is taken (``link`` fails rather than replace: another writer was first). ``folder``:
+    the directory's descriptor when the caller holds one (else opened for this link)."""
     try:
         if tmp is not None:
             os.link(tmp, directory / name)
             return True
-        folder = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        own = folder is None
+        dir_fd = _open_folder(directory) if folder is None else folder
         try:  # a directory fd makes os.link a linkat() that follows the /proc link
-            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=folder)
+            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd)
         finally:
-            os.close(folder)
+            if own:
+                os.close(dir_fd)
     except FileExistsError:
         return False
     return True
@@ -330,7 +343,7 @@ def _write_synced(directory: Path, files: list[tuple[str, bytes]]) -> list[bool 
     run at 1,000 msg/s, 5 December 2026). The file system's other dirty data is flushed too;
     a slow ``syncfs`` (:data:`SLOW_SYNCFS_S`) sends the folder back to an fsync a file for a
     while. The caller syncs the directory."""
-    folder = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    folder = _open_folder(directory)
     try:
         done: list[bool | OSError] = []
         for start in range(0, len(files), SYNC_GROUP):
@@ -351,7 +364,7 @@ def _sync_group(
     try:
         for i, (_, body) in enumerate(files):
             try:
-                fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+                fd = _open_unnamed(directory)
             except OSError as exc:
                 if exc.errno in _UNNAMED_UNSUPPORTED:  # nothing linked yet: all the old way
                     _NO_UNNAMED.add(directory)
@@ -376,11 +389,8 @@ def _sync_group(
             _SYNCFS_SLOW[directory] = time.monotonic() + SLOW_SYNCFS_HOLD_S
             log.warning("file destination: syncfs slow, an fsync a file for a while")
         for i, fd in opened.items():
-            try:  # a directory fd makes os.link a linkat() that follows the /proc link
-                os.link(f"/proc/self/fd/{fd}", files[i][0], dst_dir_fd=folder)
-                done[i] = True
-            except FileExistsError:
-                done[i] = False
+            try:
+                done[i] = _link(fd, None, directory, files[i][0], folder)
             except OSError as exc:
                 done[i] = exc
         return done
