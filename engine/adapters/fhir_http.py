@@ -12,6 +12,7 @@ FHIR destination, the FHIR pull source and Epic read a ``base_url`` and open the
 from __future__ import annotations
 
 import ssl
+import urllib.request
 from typing import Annotated
 
 import httpx
@@ -20,6 +21,7 @@ import truststore
 from pydantic import AfterValidator
 
 from engine.adapters.destination import DeliveryResult
+from engine.adapters.http_pool import LeanTransport
 from engine.adapters.oauth2 import retry_after
 
 __all__ = ["FHIR_JSON", "BaseUrl", "classify", "fhir_client", "issue_code"]
@@ -48,15 +50,40 @@ def tls_verify(verify: ssl.SSLContext | bool) -> ssl.SSLContext | bool:
     return verify
 
 
+def _context(verify: ssl.SSLContext | bool) -> ssl.SSLContext:
+    """:func:`tls_verify` as a context (``False``: one that checks nothing)."""
+    checked = tls_verify(verify)
+    if isinstance(checked, ssl.SSLContext):
+        return checked
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _environment_proxy() -> bool:
+    """Whether the environment names an HTTP proxy (httpx honours it only with its own
+    transport, so a client behind one keeps httpcore)."""
+    found = urllib.request.getproxies()
+    return any(found.get(scheme) for scheme in ("http", "https", "all"))
+
+
 def fhir_client(
     *,
     timeout_s: float,
     verify: ssl.SSLContext | bool,
     transport: httpx.AsyncBaseTransport | None,
     base_url: str = "",
+    lean: bool = False,
 ) -> httpx.AsyncClient:
     """The HTTP client of one FHIR adapter: FHIR JSON accepted, the engine named, TLS checked
-    against the system trust store (:func:`tls_verify`)."""
+    against the system trust store (:func:`tls_verify`).
+
+    ``lean``: the connections are :class:`~engine.adapters.http_pool.LeanTransport`'s rather
+    than httpcore's (the FHIR destination's requests, one or more per message), unless a test
+    passes a ``transport`` or the environment names a proxy."""
+    if lean and transport is None and not _environment_proxy():
+        transport = LeanTransport(ssl_context=_context(verify))
     return httpx.AsyncClient(
         base_url=base_url,
         timeout=timeout_s,

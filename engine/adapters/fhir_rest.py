@@ -346,6 +346,7 @@ class FhirRestDestination:
                 timeout_s=self.config.timeout_s,
                 verify=self._verify,
                 transport=self._transport,
+                lean=True,
             )
         return self._client
 

@@ -1,0 +1,410 @@
+"""A lean HTTP/1.1 connection pool under httpx, for the FHIR destination's requests.
+
+httpx stays the client the adapters program against (URLs, headers, auth, ``Response``,
+its exceptions, environment proxies); this replaces only what sits under it for direct
+``http://`` and ``https://`` requests, httpcore's connection pool. Why: at the soak's load the
+worker spent about a fifth of its busy time in httpcore and anyio (5 December, py-spy, example
+routes), a quarter of that in the pool checking, before every request, whether each idle
+connection's socket had become readable (``is_socket_readable``: a poll per connection per
+request). Here each connection is an asyncio protocol: the event loop tells it at once when the
+server closes it, so picking an idle one costs a list pop, and the response is parsed by
+httptools (llhttp, in C; uvicorn's parser, already a dependency).
+
+What it does: keep-alive connections per origin (at most ``max_connections``, idle ones closed
+after ``keepalive_s``); the request's connect, write, read and pool time-outs (httpx's
+``timeout`` extension); request bodies as bytes or streamed (chunked when httpx says so);
+responses read whole, refused past ``max_response_bytes``; TLS with the adapter's context. A
+request that a reused connection lost before any byte of an answer came (the server closed it
+while idle) is sent once more on a new connection, if its body can be sent again. Errors are
+httpx's (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``WriteTimeout``,
+``PoolTimeout``, ``RemoteProtocolError``, ``ReadError``), so callers classify them as before.
+
+What it leaves to httpcore (the ``fallback`` transport): ``HEAD`` and ``CONNECT`` (their
+answers' framing differs) and any other scheme. No HTTP/2 (httpx's default is HTTP/1.1 too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections import deque
+from typing import Any, cast
+
+import httptools
+import httpx
+
+__all__ = ["LeanTransport"]
+
+#: what one connection may be asked to answer with at most (a transaction-response Bundle is
+#: small; a server answering with hundreds of megabytes is refused, not buffered)
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+_Origin = tuple[str, str, int]
+
+
+class _Lost(Exception):
+    """The connection closed before any byte of the answer: the request may be sent again."""
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; one exchange at a time."""
+
+    def __init__(self, origin: _Origin, limit: int) -> None:
+        self.origin = origin
+        self.limit = limit
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.used = False
+        self._parser: httptools.HttpResponseParser | None = None
+        self._progress: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._paused = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.size = 0
+        self.got_bytes = False
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.error: Exception | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        if self._parser is None:  # an answer nobody asked for: the connection is not usable
+            self.close()
+            return
+        self.got_bytes = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(httpx.RemoteProtocolError("the server switched protocols"))
+        except httptools.HttpParserError as exc:
+            self._fail(httpx.RemoteProtocolError(f"malformed HTTP answer ({type(exc).__name__})"))
+        self._wake()
+
+    def eof_received(self) -> bool | None:
+        self._ended()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._ended()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # httptools callbacks
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        self.status = self._parser.get_status_code()
+        self.headers_done = self.status >= 200
+
+    def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size > self.limit:
+            self._fail(httpx.ReadError(f"response larger than {self.limit} bytes"))
+            return
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        assert self._parser is not None
+        if self.status < 200:  # 1xx: an interim answer; the final one follows
+            self.headers.clear()
+            self.reason = b""
+            return
+        self.complete = True
+        self.keep_alive = self._parser.should_keep_alive()
+
+    # the exchange
+
+    def _ended(self) -> None:
+        """The server closed its side: the answer ends here, whole or not."""
+        self.closed = True
+        if self._parser is None or self.complete or self.error is not None:
+            self._wake()
+            return
+        if not self.got_bytes:
+            self.error = _Lost()
+        elif self.headers_done and not self._framed():
+            self.complete = True  # a body delimited by the end of the connection
+            self.keep_alive = False
+        else:
+            self.error = httpx.RemoteProtocolError("the server closed the connection mid-answer")
+        self._wake()
+
+    def _framed(self) -> bool:
+        """Whether the answer says where its body ends (a length or chunks)."""
+        names = {n.lower() for n, _ in self.headers}
+        return b"content-length" in names or b"transfer-encoding" in names
+
+    def _fail(self, error: Exception) -> None:
+        if self.error is None:
+            self.error = error
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _wake(self) -> None:
+        if self._progress is not None and not self._progress.done():
+            self._progress.set_result(None)
+
+    async def _wait(self, seconds: float | None, what: type[httpx.TimeoutException]) -> None:
+        self._progress = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._progress
+        except TimeoutError:
+            self.close()
+            raise what(f"no progress in {seconds} s") from None
+        finally:
+            self._progress = None
+
+    async def _drain(self, seconds: float | None) -> None:
+        if not self._paused or self.closed:
+            return
+        self._drained = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._drained
+        except TimeoutError:
+            self.close()
+            raise httpx.WriteTimeout(f"could not send for {seconds} s") from None
+        finally:
+            self._drained = None
+
+    async def exchange(
+        self, head: bytes, body: bytes | None, request: httpx.Request, timeouts: dict[str, Any]
+    ) -> None:
+        """Send one request and read its whole answer into this connection's fields."""
+        assert self.transport is not None
+        self._reset()
+        self.used = True
+        self._parser = httptools.HttpResponseParser(self)
+        try:
+            if body is not None:
+                self.transport.write(head + body)
+            else:
+                self.transport.write(head)
+                await self._stream(request, timeouts.get("write"))
+            while True:
+                if self.error is not None:
+                    raise self.error
+                if self.complete:
+                    break
+                if self.closed:
+                    raise httpx.ReadError("the connection closed")
+                await self._wait(timeouts.get("read"), httpx.ReadTimeout)
+        finally:
+            self._parser = None
+
+    async def _stream(self, request: httpx.Request, write_s: float | None) -> None:
+        """A streamed body, chunked when httpx framed it so (no length known)."""
+        chunked = request.headers.get("transfer-encoding", "").lower() == "chunked"
+        assert self.transport is not None
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        async for part in request.stream:
+            if self.closed:
+                break  # the answer (an early refusal, say) is read below
+            if part:
+                self.transport.write(b"%x\r\n%b\r\n" % (len(part), part) if chunked else part)
+                await self._drain(write_s)
+        if chunked and not self.closed:
+            self.transport.write(b"0\r\n\r\n")
+        await self._drain(write_s)
+
+
+def _head(request: httpx.Request) -> bytes:
+    url = request.url
+    lines = [b"%b %b HTTP/1.1" % (request.method.encode("ascii"), url.raw_path)]
+    lines += [b"%b: %b" % (name, value) for name, value in request.headers.raw]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def _replayable(request: httpx.Request) -> bytes | None:
+    """The body when it is bytes (it can be sent again); None for a stream."""
+    try:
+        return request.content
+    except httpx.RequestNotRead:
+        return None
+
+
+class LeanTransport(httpx.AsyncBaseTransport):
+    """httpx transport: keep-alive HTTP/1.1 connections per origin, parsed by httptools."""
+
+    def __init__(
+        self,
+        *,
+        ssl_context: ssl.SSLContext,
+        max_connections: int = 16,
+        keepalive_s: float = 5.0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:
+        self.ssl_context = ssl_context
+        self.max_connections = max_connections
+        self.keepalive_s = keepalive_s
+        self.max_response_bytes = max_response_bytes
+        self._idle: dict[_Origin, list[_Connection]] = {}
+        self._open: dict[_Origin, int] = {}
+        self._waiting: dict[_Origin, deque[asyncio.Future[None]]] = {}
+        self._fallback: httpx.AsyncHTTPTransport | None = None
+        self._closed = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        if url.scheme not in ("http", "https") or request.method in ("HEAD", "CONNECT"):
+            if self._fallback is None:
+                self._fallback = httpx.AsyncHTTPTransport(verify=self.ssl_context)
+            return await self._fallback.handle_async_request(request)
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        origin: _Origin = (url.scheme, url.host, port)
+        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        head, body = _head(request), _replayable(request)
+        for attempt in (1, 2):
+            conn = await self._acquire(origin, request, timeouts)
+            reused = conn.used
+            try:
+                await conn.exchange(head, body, request, timeouts)
+            except _Lost:
+                self._discard(conn)
+                if reused and body is not None and attempt == 1:
+                    continue  # closed while idle, as our request went: once more, anew
+                raise httpx.RemoteProtocolError(
+                    "the server closed the connection without answering", request=request
+                ) from None
+            except BaseException:
+                self._discard(conn)
+                raise
+            response = httpx.Response(
+                conn.status,
+                headers=conn.headers,
+                content=b"".join(conn.body),
+                request=request,
+                extensions={"http_version": b"HTTP/1.1", "reason_phrase": conn.reason},
+            )
+            if conn.keep_alive and not conn.closed:
+                self._release(conn)
+            else:
+                self._discard(conn)
+            return response
+        raise AssertionError("unreachable")
+
+    async def _acquire(
+        self, origin: _Origin, request: httpx.Request, timeouts: dict[str, Any]
+    ) -> _Connection:
+        """An idle connection to ``origin`` still open and fresh, else a new one when there is
+        room, else the first to be given back (within the pool time-out)."""
+        deadline = None if timeouts.get("pool") is None else time.monotonic() + timeouts["pool"]
+        while True:
+            idle = self._idle.get(origin)
+            now = time.monotonic()
+            while idle:
+                conn = idle.pop()
+                if not conn.closed and now - conn.idle_since < self.keepalive_s:
+                    return conn
+                self._discard(conn)
+            if self._open.get(origin, 0) < self.max_connections:
+                return await self._connect(origin, request, timeouts.get("connect"))
+            waiter = asyncio.get_running_loop().create_future()
+            queue = self._waiting.setdefault(origin, deque())
+            queue.append(waiter)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                async with asyncio.timeout(left):
+                    await waiter
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    self._next(origin)  # woken, then stopped: the turn goes to the next
+                if isinstance(exc, TimeoutError):
+                    raise httpx.PoolTimeout("no connection free in time", request=request) from None
+                raise
+            finally:
+                with contextlib.suppress(ValueError):
+                    queue.remove(waiter)
+
+    async def _connect(
+        self, origin: _Origin, request: httpx.Request, seconds: float | None
+    ) -> _Connection:
+        scheme, host, port = origin
+        self._open[origin] = self._open.get(origin, 0) + 1
+        loop = asyncio.get_running_loop()
+        tls = self.ssl_context if scheme == "https" else None
+        try:
+            async with asyncio.timeout(seconds):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(origin, self.max_response_bytes),
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=host if tls else None,
+                )
+        except TimeoutError:
+            self._gone(origin)
+            raise httpx.ConnectTimeout(f"no connection in {seconds} s", request=request) from None
+        except (OSError, ssl.SSLError) as exc:
+            self._gone(origin)
+            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}", request=request) from None
+        except BaseException:
+            self._gone(origin)
+            raise
+        return conn
+
+    def _release(self, conn: _Connection) -> None:
+        conn.idle_since = time.monotonic()
+        self._idle.setdefault(conn.origin, []).append(conn)
+        self._next(conn.origin)
+
+    def _discard(self, conn: _Connection) -> None:
+        conn.close()
+        self._gone(conn.origin)
+
+    def _gone(self, origin: _Origin) -> None:
+        self._open[origin] = max(0, self._open.get(origin, 0) - 1)
+        self._next(origin)
+
+    def _next(self, origin: _Origin) -> None:
+        """Wake the first request waiting for a connection to ``origin``."""
+        queue = self._waiting.get(origin)
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+        if self._fallback is not None:
+            await self._fallback.aclose()

@@ -1,0 +1,360 @@
+"""The FHIR destination's connection pool (engine/adapters/http_pool.py) against a real socket
+server on the loopback: requests read by h11 (another library's HTTP/1.1 parser, the server
+side), answers written byte for byte so that each framing and each misbehaviour is the one
+the test names."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
+
+import h11
+import httpx
+import pytest
+
+from engine.adapters.fhir_http import fhir_client
+from engine.adapters.http_pool import LeanTransport
+
+Answer = Callable[[h11.Request, bytes, int], Awaitable[bytes | None]]
+
+
+class Server:
+    """Reads each request with h11 and writes what ``answer`` returns (None: close without
+    answering); counts connections and keeps the bodies it read."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.bodies: list[bytes] = []
+        self.requests: list[h11.Request] = []
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> Server:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in self._writers:
+            w.close()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    def close_idle(self) -> None:
+        """Close every connection from the server's side (a keep-alive time-out)."""
+        for w in self._writers:
+            w.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        parser = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                request, body = await self._read(parser, reader)
+                if request is None:
+                    return
+                self.requests.append(request)
+                self.bodies.append(body)
+                answer = await self.answer(request, body, self.connections)
+                if answer is None:
+                    writer.close()
+                    return
+                writer.write(answer)
+                await writer.drain()
+                if answer.startswith(b"HTTP/1.0"):  # its body ends with the connection
+                    writer.close()
+                    return
+                parser = h11.Connection(h11.SERVER)  # the answers bypass h11: a fresh one each
+        except (ConnectionError, h11.RemoteProtocolError):
+            return
+
+    @staticmethod
+    async def _read(
+        parser: h11.Connection, reader: asyncio.StreamReader
+    ) -> tuple[h11.Request | None, bytes]:
+        request: h11.Request | None = None
+        body = b""
+        while True:
+            event = parser.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(65536)
+                if not data:
+                    return None, b""
+                parser.receive_data(data)
+            elif isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return request, body
+
+
+def ok(body: bytes = b'{"resourceType":"Bundle"}', extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%b\r\n%b" % (len(body), extra, body)
+
+
+def client(transport: LeanTransport, timeout: float = 5.0) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=transport, timeout=timeout)
+
+
+def lean(**kw: object) -> LeanTransport:
+    return LeanTransport(ssl_context=ssl.create_default_context(), **kw)  # type: ignore[arg-type]
+
+
+def sync(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """The test run to its end in an event loop of its own."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
+@sync
+async def test_keeps_connections_alive_within_its_limit() -> None:
+    async def answer(_r: h11.Request, body: bytes, _n: int) -> bytes:
+        await asyncio.sleep(0.001)
+        return ok(body)
+
+    async with Server(answer) as server:
+        async with client(lean(max_connections=3)) as c:
+
+            async def one(i: int) -> bytes:
+                r = await c.post(server.url + "/fhir", content=b"entry %d" % i)
+                assert r.status_code == 200
+                return r.content
+
+            got = await asyncio.gather(*(one(i) for i in range(60)))
+    assert got == [b"entry %d" % i for i in range(60)]
+    assert server.connections == 3
+    assert sorted(server.bodies) == sorted(b"entry %d" % i for i in range(60))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        b"HTTP/1.1 201 Created\r\nContent-Length: 11\r\n\r\nhello world",
+        b"HTTP/1.0 201 Created\r\n\r\nhello world",  # ends with the connection
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 201 Created\r\nContent-Length: 11\r\n\r\nhello world",
+    ],
+    ids=["chunked", "length", "until-close", "interim-100"],
+)
+@sync
+async def test_reads_each_framing(raw: bytes) -> None:
+    async def answer(_r: h11.Request, _b: bytes, _n: int) -> bytes:
+        return raw
+
+    async with Server(answer) as server:
+        async with client(lean()) as c:
+            first = await c.post(server.url + "/fhir", content=b"{}")
+            second = await c.post(server.url + "/fhir", content=b"{}")
+    for r in (first, second):
+        assert (r.status_code, r.content, r.reason_phrase) == (201, b"hello world", "Created")
+
+
+@sync
+async def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
+    async def answer(_r: h11.Request, body: bytes, _n: int) -> bytes:
+        return ok(body)
+
+    async with Server(answer) as server:
+        async with client(lean()) as c:
+            assert (await c.post(server.url, content=b"one")).content == b"one"
+            server.close_idle()
+            await asyncio.sleep(0.05)
+            assert (await c.post(server.url, content=b"two")).content == b"two"
+    assert server.connections == 2
+
+
+@sync
+async def test_a_reused_connection_lost_as_the_request_went_is_tried_once_more() -> None:
+    """The server took the request on the kept-alive connection and closed it without a
+    word (its keep-alive time-out raced ours): sent again on a new connection."""
+
+    async def answer(_r: h11.Request, body: bytes, n: int) -> bytes | None:
+        if n == 1 and body == b"two":
+            return None
+        return ok(body)
+
+    async with Server(answer) as server:
+        async with client(lean()) as c:
+            assert (await c.post(server.url, content=b"one")).content == b"one"
+            assert (await c.post(server.url, content=b"two")).content == b"two"
+    assert server.bodies == [b"one", b"two", b"two"]
+
+
+@sync
+async def test_a_new_connection_closed_without_an_answer_is_an_error() -> None:
+    async def answer(_r: h11.Request, _b: bytes, _n: int) -> None:
+        return None
+
+    async with Server(answer) as server:
+        async with client(lean()) as c:
+            with pytest.raises(httpx.RemoteProtocolError, match="without answering"):
+                await c.post(server.url, content=b"{}")
+    assert server.bodies == [b"{}"]  # sent once: a fresh connection is not retried
+
+
+@sync
+async def test_an_answer_cut_mid_body_is_an_error() -> None:
+    async def answer(_r: h11.Request, _b: bytes, _n: int) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part"
+
+    async with Server(answer) as server:
+        server_answer = server.answer
+
+        async def then_close(r: h11.Request, b: bytes, n: int) -> bytes | None:
+            server._writers[-1].write(await server_answer(r, b, n))  # type: ignore[arg-type]
+            return None
+
+        server.answer = then_close
+        async with client(lean()) as c:
+            with pytest.raises(httpx.RemoteProtocolError, match="mid-answer"):
+                await c.post(server.url, content=b"{}")
+
+
+@sync
+async def test_a_malformed_answer_is_a_protocol_error() -> None:
+    async def answer(_r: h11.Request, _b: bytes, _n: int) -> bytes:
+        return b"SMTP ready\r\n\r\n"
+
+    async with Server(answer) as server:
+        async with client(lean()) as c:
+            with pytest.raises(httpx.RemoteProtocolError, match="malformed"):
+                await c.post(server.url, content=b"{}")
+
+
+@sync
+async def test_an_answer_over_the_limit_is_refused() -> None:
+    big = b"x" * 5000
+
+    async def answer(_r: h11.Request, _b: bytes, _n: int) -> bytes:
+        return ok(big)
+
+    async with Server(answer) as server:
+        async with client(lean(max_response_bytes=4096)) as c:
+            with pytest.raises(httpx.ReadError, match="larger than 4096"):
+                await c.post(server.url, content=b"{}")
+            small = lean(max_response_bytes=5000)
+            async with client(small) as c2:
+                assert (await c2.post(server.url, content=b"{}")).content == big
+
+
+@sync
+async def test_a_silent_server_is_a_read_timeout_and_the_pool_recovers() -> None:
+    async def answer(_r: h11.Request, body: bytes, _n: int) -> bytes:
+        if body == b"slow":
+            await asyncio.sleep(2)
+        return ok(body)
+
+    async with Server(answer) as server:
+        async with client(lean(max_connections=1), timeout=0.3) as c:
+            with pytest.raises(httpx.ReadTimeout):
+                await c.post(server.url, content=b"slow")
+            assert (await c.post(server.url, content=b"next")).content == b"next"
+
+
+@sync
+async def test_waiting_for_a_connection_is_bounded_by_the_pool_timeout() -> None:
+    async def answer(_r: h11.Request, body: bytes, _n: int) -> bytes:
+        await asyncio.sleep(0.5)
+        return ok(body)
+
+    async with Server(answer) as server:
+        timeout = httpx.Timeout(5.0, pool=0.1)
+        async with httpx.AsyncClient(transport=lean(max_connections=1), timeout=timeout) as c:
+            first = asyncio.ensure_future(c.post(server.url, content=b"a"))
+            await asyncio.sleep(0.05)
+            with pytest.raises(httpx.PoolTimeout):
+                await c.post(server.url, content=b"b")
+            assert (await first).content == b"a"
+            assert (await c.post(server.url, content=b"c")).content == b"c"
+    assert server.connections == 1
+
+
+@sync
+async def test_a_refused_connection_is_a_connect_error() -> None:
+    async with Server(lambda *_: asyncio.sleep(0, ok())) as server:
+        url = server.url
+    await asyncio.sleep(0.05)
+    async with client(lean()) as c:
+        with pytest.raises(httpx.ConnectError):
+            await c.post(url, content=b"{}")
+
+
+@sync
+async def test_a_streamed_body_goes_chunked() -> None:
+    async def answer(r: h11.Request, body: bytes, _n: int) -> bytes:
+        return ok(b"%d" % len(body))
+
+    async def parts() -> AsyncIterator[bytes]:
+        for i in range(50):
+            yield b"%04d" % i * 1000
+
+    async with Server(answer) as server:
+        async with client(lean()) as c:
+            r = await c.post(server.url, content=parts())
+    assert r.content == b"200000"
+    assert server.bodies[0] == b"".join(b"%04d" % i * 1000 for i in range(50))
+    assert (b"transfer-encoding", b"chunked") in server.requests[0].headers
+
+
+@sync
+async def test_head_goes_through_httpcore() -> None:
+    async def answer(r: h11.Request, _b: bytes, _n: int) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n"  # a HEAD answer has no body
+
+    async with Server(answer) as server:
+        async with client(lean()) as c:
+            r = await c.head(server.url + "/metadata")
+    assert (r.status_code, r.content) == (200, b"")
+    assert server.requests[0].method == b"HEAD"
+
+
+@sync
+async def test_closed_transport_refuses() -> None:
+    t = lean()
+    await t.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await t.handle_async_request(httpx.Request("POST", "http://127.0.0.1:9/", content=b""))
+
+
+def test_the_fhir_destination_uses_it_unless_the_environment_names_a_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Behind a proxy (HTTPS_PROXY and the like) httpx proxies only through its own transport,
+    so the FHIR client keeps httpcore there; tests that pass a transport keep theirs."""
+    for name in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    made = fhir_client(timeout_s=1, verify=True, transport=None, lean=True)
+    assert isinstance(made._transport, LeanTransport)
+    assert not isinstance(
+        fhir_client(timeout_s=1, verify=True, transport=None)._transport, LeanTransport
+    )
+    mock = httpx.MockTransport(lambda r: httpx.Response(200))
+    assert fhir_client(timeout_s=1, verify=True, transport=mock, lean=True)._transport is mock
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    behind = fhir_client(timeout_s=1, verify=True, transport=None, lean=True)
+    assert not isinstance(behind._transport, LeanTransport)
+
+
+def test_a_route_that_checks_no_certificate_gets_a_context_that_checks_none() -> None:
+    from engine.adapters.fhir_http import _context
+
+    assert _context(False).verify_mode == ssl.CERT_NONE
+    assert _context(False).check_hostname is False
+    assert _context(True).verify_mode == ssl.CERT_REQUIRED
