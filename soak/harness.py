@@ -394,6 +394,8 @@ def _loop(
             f"elig {s['eligibility_checks']} cpu {s['receiver_cpu_pct']:.0f}/"
             f"{s['worker_cpu_pct']:.0f} % load {s['loadavg']:.1f}"
         )
+        if s["backlog"] < 0 or s["deliveries_pending"] < 0:
+            say(f"    the store could not be read: {store.error}")
         if done:
             break
         free_gb = shutil.disk_usage(home).free / 1e9

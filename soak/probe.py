@@ -73,13 +73,16 @@ class SqliteStore:
 
     def __init__(self, db: Path) -> None:
         self.db = db
+        #: why the last query that read -1 failed (the soak's line for that sample says it)
+        self.error = ""
 
     def _query(self, sql: str) -> int:
         try:
             with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5) as conn:
                 row = conn.execute(sql).fetchone()
             return int(row[0]) if row else 0
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
             return -1
 
     def backlog(self) -> tuple[int, int]:
@@ -117,6 +120,7 @@ class PostgresStore:
 
         self.dbname = dbname
         self.conn = psycopg.connect(_libpq(url, dbname), autocommit=True)
+        self.error = ""
 
     def _query(self, sql: str) -> int:
         import psycopg
@@ -124,7 +128,8 @@ class PostgresStore:
         try:
             row = self.conn.execute(sql.encode(), prepare=False).fetchone()
             return int(row[0]) if row else 0
-        except psycopg.Error:
+        except psycopg.Error as exc:
+            self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             return -1
 
     def backlog(self) -> tuple[int, int]:
