@@ -37,7 +37,8 @@ from sqlalchemy import (
 )
 
 from engine.store.clean import clean_lines
-from engine.store.db import aware, id_list
+from engine.store.db import aware
+from engine.store.lists import in_list
 from engine.store.tables import deliveries, delivery_attempts
 from engine.store.views import AttemptView
 
@@ -158,7 +159,7 @@ def record_attempts(
 
 _HISTORY = (
     select(delivery_attempts)
-    .where(delivery_attempts.c.delivery_id.in_(id_list()))
+    .where(in_list(delivery_attempts.c.delivery_id))
     .order_by(delivery_attempts.c.delivery_id, delivery_attempts.c.attempt, delivery_attempts.c.id)
 )
 

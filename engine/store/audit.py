@@ -66,7 +66,8 @@ from engine.audit.chain import (
 from engine.audit.key import AuditKey, audit_key_for
 from engine.errors import EngineError
 from engine.store.clean import clean
-from engine.store.db import Repository, aware, id_list, utcnow
+from engine.store.db import Repository, aware, utcnow
+from engine.store.lists import in_list
 from engine.store.search import MessageQuery
 from engine.store.tables import audit_chain, audit_log, messages
 from engine.store.views import AuditEntry
@@ -132,9 +133,7 @@ YEARS = (1900, 9000)
 
 _WIDTHS = {c.name: getattr(c.type, "length", None) for c in audit_log.columns}
 _PATIENT_OF = select(messages.c.patient_key).where(messages.c.id == bindparam("mid"))
-_PATIENTS_OF = select(messages.c.id, messages.c.patient_key).where(
-    messages.c.id.in_(id_list("mids"))
-)
+_PATIENTS_OF = select(messages.c.id, messages.c.patient_key).where(in_list(messages.c.id, "mids"))
 _HEAD = select(
     audit_chain.c.head_seq,
     audit_chain.c.head_hash,

@@ -55,8 +55,9 @@ from sqlalchemy import (
 
 from engine.store.attempts import attempt_history
 from engine.store.audit import audit
-from engine.store.db import Repository, aware, id_list, utcnow
+from engine.store.db import Repository, aware, utcnow
 from engine.store.handled import HANDLEABLE_STATES, Handled, handled_of
+from engine.store.lists import in_list
 from engine.store.nodes import DEAD_AFTER
 from engine.store.operator import Who
 from engine.store.search import MessageQuery, _time_bounds, _where
@@ -297,7 +298,7 @@ _LAST_FAILED = (
     .group_by(_DESTINATION)
 )
 _ERRORS_OF = select(deliveries.c.id, deliveries.c.last_error, deliveries.c.created_at).where(
-    deliveries.c.id.in_(id_list())
+    in_list(deliveries.c.id)
 )
 _BREAKERS = (
     select(destination_breakers)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BindParameter, Connection, Engine, bindparam, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -34,7 +34,6 @@ __all__ = [
     "connection_problem",
     "create_db_engine",
     "hold_migration_lock",
-    "id_list",
     "in_index_order",
     "utcnow",
 ]
@@ -319,11 +318,6 @@ def in_index_order(conn: Connection) -> None:
     when the queue is short. SQLite's planner keeps its order by itself: nothing to do."""
     if conn.dialect.name == "postgresql":
         conn.execute(_IN_INDEX_ORDER)
-
-
-def id_list(name: str = "ids") -> BindParameter[Any]:
-    """A bind parameter for a list of values (``IN (...)``), so a statement is built once."""
-    return bindparam(name, expanding=True)
 
 
 #: the PostgreSQL advisory lock key migrations take (any fixed number; this is "engmig" in ASCII)

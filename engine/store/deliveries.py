@@ -38,7 +38,8 @@ from sqlalchemy import (
 
 from engine.store.attempts import Outcome, attempt_history, record_attempts
 from engine.store.clean import clean, clean_lines
-from engine.store.db import Repository, aware, id_list, in_index_order, utcnow
+from engine.store.db import Repository, aware, in_index_order, utcnow
+from engine.store.lists import in_list, not_in_list
 from engine.store.tables import deliveries, messages
 from engine.store.views import DeliveryView
 
@@ -103,7 +104,7 @@ class DestinationBacklog:
 #: the patients of a destination with a delivery still queued (pending or waiting)
 _QUEUED_PATIENTS = select(deliveries.c.patient_key).where(
     deliveries.c.destination == bindparam("dest"),
-    deliveries.c.patient_key.in_(id_list("patients")),
+    in_list(deliveries.c.patient_key, "patients"),
     deliveries.c.state.in_(("pending", "waiting")),
 )
 #: PostgreSQL: the same, one probe per patient in ix_deliveries_order's order (see
@@ -246,14 +247,14 @@ def _promote(conn: Connection, queues: set[tuple[str, str]], now: datetime) -> N
     conn.execute(_PROMOTE, [{"dest": d, "patient": p, "now": now} for d, p in ordered])
 
 
-_LOCK_MESSAGES = select(messages.c.id).where(messages.c.id.in_(id_list())).with_for_update()
+_LOCK_MESSAGES = select(messages.c.id).where(in_list(messages.c.id)).with_for_update()
 #: a routed message is delivered once no delivery is queued; ``needs-patient`` if one waits for
 #: its patient (the action an operator must take: match or resend; a dead one beside it shows in
 #: the list's ``failing`` and is resent with it), else dead if one is dead
 _SETTLE_MESSAGES = (
     update(messages)
     .where(
-        messages.c.id.in_(id_list()),
+        in_list(messages.c.id),
         messages.c.state == "routed",
         ~exists().where(
             deliveries.c.message_id == messages.c.id,
@@ -345,18 +346,18 @@ class Deliveries(Repository):
         .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
         .limit(bindparam("limit"))
     )
-    _DUE_UNPAUSED = _DUE.where(deliveries.c.destination.notin_(id_list("paused")))
+    _DUE_UNPAUSED = _DUE.where(not_in_list(deliveries.c.destination, "paused"))
     #: SQLite: claim candidates found without the write lock, if still unclaimed and pending
     _CLAIM_DELIVERIES = (
         update(deliveries)
-        .where(deliveries.c.id.in_(id_list()), deliveries.c.state == "pending", _free_claim)
+        .where(in_list(deliveries.c.id), deliveries.c.state == "pending", _free_claim)
         .values(claimed_until=bindparam("until"), claimed_by=bindparam("owner"))
         .returning(deliveries.c.id)
     )
     #: PostgreSQL: lease the rows already locked (FOR UPDATE SKIP LOCKED)
     _LEASE_DELIVERIES = (
         update(deliveries)
-        .where(deliveries.c.id.in_(id_list()))
+        .where(in_list(deliveries.c.id))
         .values(claimed_until=bindparam("until"), claimed_by=bindparam("owner"))
     )
 
@@ -410,7 +411,7 @@ class Deliveries(Repository):
             messages.c.control_id,
         )
         .join(messages, messages.c.id == deliveries.c.message_id)
-        .where(deliveries.c.id.in_(id_list()))
+        .where(in_list(deliveries.c.id))
         .order_by(deliveries.c.id)
     )
 
@@ -436,7 +437,7 @@ class Deliveries(Repository):
     # it was in flight) is settled once, and settles (and promotes) nothing the second time
     _DELIVERED = (
         update(deliveries)
-        .where(deliveries.c.id.in_(id_list()), deliveries.c.state == "pending")
+        .where(in_list(deliveries.c.id), deliveries.c.state == "pending")
         .values(
             state="delivered",
             delivered_at=bindparam("now"),
@@ -532,7 +533,7 @@ class Deliveries(Repository):
     #: a claim given back (the worker stopped before it started the delivery)
     _RELEASE = (
         update(deliveries)
-        .where(deliveries.c.id.in_(id_list()), deliveries.c.state == "pending")
+        .where(in_list(deliveries.c.id), deliveries.c.state == "pending")
         .values(claimed_until=None, claimed_by=None)
     )
     _RELEASE_BY = _RELEASE.where(deliveries.c.claimed_by == bindparam("owner"))

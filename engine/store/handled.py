@@ -11,7 +11,8 @@ from datetime import datetime
 from sqlalchemy import Connection, insert, select
 
 from engine.store.audit import audit
-from engine.store.db import Repository, aware, id_list, utcnow
+from engine.store.db import Repository, aware, utcnow
+from engine.store.lists import in_list
 from engine.store.operator import ActionRefused, Who
 from engine.store.tables import message_handled, messages
 
@@ -20,7 +21,7 @@ __all__ = ["HANDLEABLE_STATES", "Handled", "HandledMarks", "handled_of"]
 #: the message states an operator may mark handled: what needs a person and got one
 HANDLEABLE_STATES = ("error", "dead", "unrouted", "needs-patient")
 
-_MARKS = select(message_handled).where(message_handled.c.message_id.in_(id_list()))
+_MARKS = select(message_handled).where(in_list(message_handled.c.message_id))
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,11 @@ from sqlalchemy import (
 
 from engine.store.blobs import BlobFiles
 from engine.store.clean import clean, clean_key, clean_lines
-from engine.store.db import Repository, aware, id_list, in_index_order, utcnow
+from engine.store.db import Repository, aware, in_index_order, utcnow
 from engine.store.deliveries import NewDelivery, deliveries_of, queue_deliveries
 from engine.store.documents import purge_documents_of
 from engine.store.index import IndexedResource, upsert_resources
+from engine.store.lists import in_list
 from engine.store.tables import deliveries, documents, messages
 from engine.store.views import MessageView
 
@@ -149,7 +150,7 @@ def _view(row: Row[*tuple[Any, ...]]) -> MessageView:
 
 #: a replay's copy (channel ``replay``) and the message it copies
 _REPLAYS = select(messages.c.id, messages.c.replay_of).where(
-    messages.c.id.in_(id_list()), messages.c.channel == "replay"
+    in_list(messages.c.id), messages.c.channel == "replay"
 )
 _PARENT = select(messages.c.replay_of).where(messages.c.id == bindparam("mid"))
 _DELIVERED_TO = select(deliveries.c.destination).where(
@@ -227,7 +228,7 @@ class MessageStore(Repository):
     # -- receiving ---------------------------------------------------------------------------
 
     _KNOWN_KEYS = select(messages.c.dedupe_key, messages.c.id, messages.c.received_at).where(
-        messages.c.dedupe_key.in_(id_list("keys"))
+        in_list(messages.c.dedupe_key, "keys")
     )
     #: executemany with RETURNING, in parameter order
     _INSERT_MESSAGES = insert(messages).returning(messages.c.id, sort_by_parameter_order=True)
@@ -315,7 +316,7 @@ class MessageStore(Repository):
     )
     _MARK_PROCESSING = (
         update(messages)
-        .where(messages.c.id.in_(id_list()))
+        .where(in_list(messages.c.id))
         .values(
             state="processing",
             claimed_by=bindparam("worker"),
@@ -325,7 +326,7 @@ class MessageStore(Repository):
     )
     _RAW_OF = (
         select(messages.c.id, messages.c.raw, messages.c.kind)
-        .where(messages.c.id.in_(id_list()))
+        .where(in_list(messages.c.id))
         .order_by(messages.c.id)
     )
 
@@ -396,7 +397,7 @@ class MessageStore(Repository):
             result = conn.execute(
                 update(messages)
                 .where(
-                    messages.c.id.in_(id_list("ids")),
+                    in_list(messages.c.id, "ids"),
                     messages.c.state == "processing",
                     messages.c.claimed_by == worker,
                 )
@@ -405,14 +406,14 @@ class MessageStore(Repository):
             )
             return int(result.rowcount or 0)
 
-    _EXISTING = select(messages.c.id).where(messages.c.id.in_(id_list())).with_for_update()
+    _EXISTING = select(messages.c.id).where(in_list(messages.c.id)).with_for_update()
     #: the messages of a batch still claimed by this worker (a claim taken back does not count)
     #: (locked on PostgreSQL, so a reclaim and another worker's finish cannot slip in before our
     #: update)
     _STILL_CLAIMED = (
         select(messages.c.id)
         .where(
-            messages.c.id.in_(id_list()),
+            in_list(messages.c.id),
             messages.c.state == "processing",
             messages.c.claimed_by == bindparam("worker"),
         )

@@ -45,7 +45,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from engine.store.clean import clean
-from engine.store.db import Repository, aware, id_list, utcnow
+from engine.store.db import Repository, aware, utcnow
+from engine.store.lists import in_list
 from engine.store.tables import (
     config_applied,
     config_generation,
@@ -126,7 +127,7 @@ _TAKE_MESSAGES = (
     update(messages)
     .where(
         messages.c.state == "processing",
-        messages.c.claimed_by.in_(id_list("owners")),
+        in_list(messages.c.claimed_by, "owners"),
         messages.c.claimed_by.not_in(_live),
     )
     .values(state="received", claimed_by=None, claimed_at=None, updated_at=bindparam("now"))
@@ -135,7 +136,7 @@ _TAKE_DELIVERIES = (
     update(deliveries)
     .where(
         deliveries.c.state == "pending",
-        deliveries.c.claimed_by.in_(id_list("owners")),
+        in_list(deliveries.c.claimed_by, "owners"),
         deliveries.c.claimed_by.not_in(_live),
     )
     .values(claimed_until=None, claimed_by=None)
