@@ -73,6 +73,7 @@ class _Connection(asyncio.Protocol):
         self.headers_done = False
         self.complete = False
         self.keep_alive = False
+        self.surplus = False
         self.error: Exception | None = None
 
     # asyncio.Protocol
@@ -113,18 +114,29 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self.complete:  # bytes after the answer: not ours to read, nor the next request's
+            self.surplus = True
+            self.keep_alive = False
+
     def on_status(self, reason: bytes) -> None:
-        self.reason += reason
+        if not self.surplus:
+            self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if not self.surplus:
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
+        if self.surplus:
+            return
         self.status = self._parser.get_status_code()
         self.headers_done = self.status >= 200
 
     def on_body(self, body: bytes) -> None:
+        if self.surplus:
+            return
         self.size += len(body)
         if self.size > self.limit:
             self._fail(httpx.ReadError(f"response larger than {self.limit} bytes"))
@@ -133,6 +145,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         assert self._parser is not None
+        if self.surplus:
+            return
         if self.status < 200:  # 1xx: an interim answer; the final one follows
             self.headers.clear()
             self.reason = b""

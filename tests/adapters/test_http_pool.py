@@ -358,3 +358,19 @@ def test_a_route_that_checks_no_certificate_gets_a_context_that_checks_none() ->
     assert _context(False).verify_mode == ssl.CERT_NONE
     assert _context(False).check_hostname is False
     assert _context(True).verify_mode == ssl.CERT_REQUIRED
+
+
+@sync
+async def test_bytes_after_the_answer_are_not_read_as_the_next_ones() -> None:
+    """A server that writes a second answer after the first: the first is the request's, the
+    connection is not used again (the surplus would be taken for the next request's answer)."""
+    async def answer(_r: h11.Request, body: bytes, _n: int) -> bytes:
+        return ok(body) + b"HTTP/1.1 500 Oops\r\nContent-Length: 4\r\n\r\nlate"
+
+    async with Server(answer) as server:
+        async with client(lean()) as c:
+            first = await c.post(server.url, content=b"one")
+            second = await c.post(server.url, content=b"two")
+    assert (first.status_code, first.content) == (200, b"one")
+    assert (second.status_code, second.content) == (200, b"two")
+    assert server.connections == 2
