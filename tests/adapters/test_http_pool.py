@@ -364,6 +364,7 @@ def test_a_route_that_checks_no_certificate_gets_a_context_that_checks_none() ->
 async def test_bytes_after_the_answer_are_not_read_as_the_next_ones() -> None:
     """A server that writes a second answer after the first: the first is the request's, the
     connection is not used again (the surplus would be taken for the next request's answer)."""
+
     async def answer(_r: h11.Request, body: bytes, _n: int) -> bytes:
         return ok(body) + b"HTTP/1.1 500 Oops\r\nContent-Length: 4\r\n\r\nlate"
 
