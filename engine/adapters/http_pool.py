@@ -190,14 +190,21 @@ class _Connection(asyncio.Protocol):
         if self._progress is not None and not self._progress.done():
             self._progress.set_result(None)
 
+    async def _within(
+        self, future: asyncio.Future[None], seconds: float | None, late: Exception
+    ) -> None:
+        """Wait for ``future``; past ``seconds`` the connection is closed and ``late`` raised."""
+        try:
+            async with asyncio.timeout(seconds):
+                await future
+        except TimeoutError:
+            self.close()
+            raise late from None
+
     async def _wait(self, seconds: float | None, what: type[httpx.TimeoutException]) -> None:
         self._progress = asyncio.get_running_loop().create_future()
         try:
-            async with asyncio.timeout(seconds):
-                await self._progress
-        except TimeoutError:
-            self.close()
-            raise what(f"no progress in {seconds} s") from None
+            await self._within(self._progress, seconds, what(f"no progress in {seconds} s"))
         finally:
             self._progress = None
 
@@ -206,11 +213,8 @@ class _Connection(asyncio.Protocol):
             return
         self._drained = asyncio.get_running_loop().create_future()
         try:
-            async with asyncio.timeout(seconds):
-                await self._drained
-        except TimeoutError:
-            self.close()
-            raise httpx.WriteTimeout(f"could not send for {seconds} s") from None
+            late = httpx.WriteTimeout(f"could not send for {seconds} s")
+            await self._within(self._drained, seconds, late)
         finally:
             self._drained = None
 

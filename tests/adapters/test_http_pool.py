@@ -120,13 +120,19 @@ def sync(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
     return run
 
 
-@sync
-async def test_keeps_connections_alive_within_its_limit() -> None:
+def echo_after(seconds: float) -> Answer:
+    """An answer that sends the request's body back after ``seconds``."""
+
     async def answer(_r: h11.Request, body: bytes, _n: int) -> bytes:
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(seconds)
         return ok(body)
 
-    async with Server(answer) as server:
+    return answer
+
+
+@sync
+async def test_keeps_connections_alive_within_its_limit() -> None:
+    async with Server(echo_after(0.001)) as server:
         async with client(lean(max_connections=3)) as c:
 
             async def one(i: int) -> bytes:
@@ -269,11 +275,7 @@ async def test_a_silent_server_is_a_read_timeout_and_the_pool_recovers() -> None
 
 @sync
 async def test_waiting_for_a_connection_is_bounded_by_the_pool_timeout() -> None:
-    async def answer(_r: h11.Request, body: bytes, _n: int) -> bytes:
-        await asyncio.sleep(0.5)
-        return ok(body)
-
-    async with Server(answer) as server:
+    async with Server(echo_after(0.5)) as server:
         timeout = httpx.Timeout(5.0, pool=0.1)
         async with httpx.AsyncClient(transport=lean(max_connections=1), timeout=timeout) as c:
             first = asyncio.ensure_future(c.post(server.url, content=b"a"))
