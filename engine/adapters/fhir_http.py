@@ -50,9 +50,8 @@ def tls_verify(verify: ssl.SSLContext | bool) -> ssl.SSLContext | bool:
     return verify
 
 
-def _context(verify: ssl.SSLContext | bool) -> ssl.SSLContext:
-    """:func:`tls_verify` as a context (``False``: one that checks nothing)."""
-    checked = tls_verify(verify)
+def _context(checked: ssl.SSLContext | bool) -> ssl.SSLContext:
+    """What :func:`tls_verify` chose, as a context (``False``: one that checks nothing)."""
     if isinstance(checked, ssl.SSLContext):
         return checked
     context = ssl.create_default_context()
@@ -82,12 +81,13 @@ def fhir_client(
     ``lean``: the connections are :class:`~engine.adapters.http_pool.LeanTransport`'s rather
     than httpcore's (the FHIR destination's requests, one or more per message), unless a test
     passes a ``transport`` or the environment names a proxy."""
+    verify = tls_verify(verify)
     if lean and transport is None and not _environment_proxy():
         transport = LeanTransport(ssl_context=_context(verify))
     return httpx.AsyncClient(
         base_url=base_url,
         timeout=timeout_s,
-        verify=tls_verify(verify),
+        verify=verify,
         transport=transport,
         headers={"Accept": FHIR_JSON, "User-Agent": "hl7-engine"},
     )

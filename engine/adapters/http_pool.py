@@ -40,6 +40,8 @@ __all__ = ["LeanTransport"]
 #: what one connection may be asked to answer with at most (a transaction-response Bundle is
 #: small; a server answering with hundreds of megabytes is refused, not buffered)
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+#: how long a closing TLS connection may take to say goodbye before it is cut
+_GOODBYE_S = 1.0
 _Origin = tuple[str, str, int]
 
 
@@ -61,6 +63,7 @@ class _Connection(asyncio.Protocol):
         self._progress: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
         self._paused = False
+        self.gone: asyncio.Future[None] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -80,6 +83,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.gone = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
         if self._parser is None:  # an answer nobody asked for: the connection is not usable
@@ -101,6 +105,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._ended()
+        if self.gone is not None and not self.gone.done():
+            self.gone.set_result(None)
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
@@ -185,6 +191,24 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+    async def shut(self, grace_s: float) -> None:
+        """Close, and return only once the socket is closed: a TLS connection says goodbye
+        (close_notify, one round trip) within ``grace_s``, else is cut. asyncio closes a socket
+        a loop turn or more after ``close()``; a caller about to end its loop (``asyncio.run``)
+        would otherwise leave the socket open, to the garbage collector."""
+        self.close()
+        if not await self._gone_within(grace_s) and self.transport is not None:
+            self.transport.abort()
+            await self._gone_within(grace_s)
+
+    async def _gone_within(self, seconds: float) -> bool:
+        if self.gone is None:  # never connected
+            return True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await asyncio.shield(self.gone)
+        return self.gone.done()
 
     def _wake(self) -> None:
         if self._progress is not None and not self._progress.done():
@@ -397,6 +421,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
         return conn
 
     def _release(self, conn: _Connection) -> None:
+        if self._closed:  # an exchange that ended after aclose: nobody would close it later
+            self._discard(conn)
+            return
         conn.idle_since = time.monotonic()
         self._idle.setdefault(conn.origin, []).append(conn)
         self._next(conn.origin)
@@ -420,9 +447,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         self._closed = True
-        for idle in self._idle.values():
-            for conn in idle:
-                conn.close()
+        idle = [conn for conns in self._idle.values() for conn in conns]
         self._idle.clear()
+        await asyncio.gather(*(conn.shut(_GOODBYE_S) for conn in idle))
         if self._fallback is not None:
             await self._fallback.aclose()

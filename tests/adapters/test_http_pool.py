@@ -9,6 +9,7 @@ import asyncio
 import functools
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -25,8 +26,9 @@ class Server:
     """Reads each request with h11 and writes what ``answer`` returns (None: close without
     answering); counts connections and keeps the bodies it read."""
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Answer, tls: ssl.SSLContext | None = None) -> None:
         self.answer = answer
+        self.tls = tls
         self.connections = 0
         self.bodies: list[bytes] = []
         self.requests: list[h11.Request] = []
@@ -34,7 +36,7 @@ class Server:
         self._writers: list[asyncio.StreamWriter] = []
 
     async def __aenter__(self) -> Server:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         return self
 
     async def __aexit__(self, *_: object) -> None:
@@ -46,7 +48,8 @@ class Server:
     @property
     def url(self) -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        port = self._server.sockets[0].getsockname()[1]
+        return f"https://localhost:{port}" if self.tls else f"http://127.0.0.1:{port}"
 
     def close_idle(self) -> None:
         """Close every connection from the server's side (a keep-alive time-out)."""
@@ -355,11 +358,11 @@ def test_the_fhir_destination_uses_it_unless_the_environment_names_a_proxy(
 
 
 def test_a_route_that_checks_no_certificate_gets_a_context_that_checks_none() -> None:
-    from engine.adapters.fhir_http import _context
+    from engine.adapters.fhir_http import _context, tls_verify
 
     assert _context(False).verify_mode == ssl.CERT_NONE
     assert _context(False).check_hostname is False
-    assert _context(True).verify_mode == ssl.CERT_REQUIRED
+    assert _context(tls_verify(True)).verify_mode == ssl.CERT_REQUIRED
 
 
 @sync
@@ -377,3 +380,55 @@ async def test_bytes_after_the_answer_are_not_read_as_the_next_ones() -> None:
     assert (first.status_code, first.content) == (200, b"one")
     assert (second.status_code, second.content) == (200, b"two")
     assert server.connections == 2
+
+
+@sync
+async def test_a_connection_that_finishes_after_aclose_is_closed_not_kept() -> None:
+    """A request still under way when the transport is closed: its connection is closed when
+    it ends, not put back where nothing would ever close it."""
+    async with Server(echo_after(0.2)) as server:
+        t = lean()
+        async with httpx.AsyncClient(transport=t, timeout=5) as c:
+            under_way = asyncio.ensure_future(c.post(server.url, content=b"late"))
+            await asyncio.sleep(0.05)
+            await t.aclose()
+            assert (await under_way).content == b"late"
+            assert t._idle == {}
+            assert t._open == {("http", "127.0.0.1", int(server.url.rsplit(":", 1)[1])): 0}
+
+
+async def _sockets_after_aclose(server: Server, t: LeanTransport, requests: int) -> list[int]:
+    """The file numbers of the pool's sockets as they are the moment ``aclose`` returns."""
+    async with httpx.AsyncClient(transport=t, timeout=5) as c:
+        await asyncio.gather(*(c.get(server.url) for _ in range(requests)))
+        sockets = [
+            conn.transport.get_extra_info("socket")
+            for conns in t._idle.values()
+            for conn in conns
+            if conn.transport is not None
+        ]
+        assert sockets
+        await t.aclose()
+        return [s.fileno() for s in sockets]
+
+
+@sync
+async def test_aclose_returns_once_every_socket_is_closed() -> None:
+    """asyncio closes a socket a loop turn after ``close()``: aclose waits for it, so a caller
+    that ends its loop next (``asyncio.run``) leaves no socket to the garbage collector."""
+    async with Server(lambda *_: asyncio.sleep(0, ok())) as server:
+        assert set(await _sockets_after_aclose(server, lean(), 3)) == {-1}
+
+
+def test_aclose_waits_for_tls_goodbyes(pki: Path) -> None:
+    """Over TLS a close is a close_notify and its answer first (the socket outlived an
+    ``asyncio.run`` in CI, found by the garbage collector in a later test)."""
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(pki / "server.crt", pki / "server.key")
+    trusting = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+
+    async def run() -> list[int]:
+        async with Server(lambda *_: asyncio.sleep(0, ok()), tls=served) as server:
+            return await _sockets_after_aclose(server, LeanTransport(ssl_context=trusting), 2)
+
+    assert set(asyncio.run(run())) == {-1}
