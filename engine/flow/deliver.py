@@ -193,9 +193,13 @@ class Dispatcher:
         one delivery per task, each sent on its own, up to ``per_destination`` at once."""
         groups: dict[str, list[DueDelivery]] = {}
         single: list[list[DueDelivery]] = []
+        takes_batches: dict[str, bool] = {}  # a Protocol isinstance costs ~13 µs: once a name
         for d in due:
-            if isinstance(self.destinations.get(d.destination), BatchDestination):
-                groups.setdefault(d.destination, []).append(d)
+            name = d.destination
+            if name not in takes_batches:
+                takes_batches[name] = isinstance(self.destinations.get(name), BatchDestination)
+            if takes_batches[name]:
+                groups.setdefault(name, []).append(d)
             else:
                 single.append([d])
         return [*groups.values(), *single]
