@@ -24,7 +24,7 @@ def _now() -> datetime:
 
 def next_business_day(timezone: str, now: datetime | None = None) -> date:
     """The first business day after today (``now``'s day where the practice is, ``timezone``)."""
-    from engine.jobs.eligibility import business_days  # the payer adapters: only when asked
+    from engine.jobs.targets import business_days
 
     today = (now or _now()).astimezone(ZoneInfo(timezone)).date()
     return business_days(today + timedelta(days=1), 1)[0]

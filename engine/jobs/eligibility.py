@@ -35,7 +35,6 @@ after another: the first asks, the next are given its answer ("checked today").
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 import time
@@ -55,6 +54,8 @@ from engine.adapters.payer import (
 )
 from engine.adapters.payer.registry import build_payer
 from engine.errors import EngineError
+from engine.jobs.targets import PAGE, Target, business_days, target_pages
+from engine.jobs.targets import payer_id as _payer_id
 from engine.jobs.verdicts import (
     ALREADY_CHECKED,
     IN_FLIGHT,
@@ -66,7 +67,7 @@ from engine.jobs.verdicts import (
 from engine.retry import CircuitBreaker
 from engine.settings import Settings
 from engine.store import SqlMessageStore
-from engine.store.eligibility import CHECK_DIGITS, RunItem, RunProgress
+from engine.store.eligibility import RunItem, RunProgress
 from engine.x12.x270 import EligibilityInquiry, Payer, Person, Provider, build_270
 from engine.x12.x271 import read_271
 
@@ -91,17 +92,6 @@ def local_time(value: datetime | None, timezone: str) -> datetime | None:
     return aware.astimezone(ZoneInfo(timezone))
 
 
-def business_days(start: date, count: int) -> list[date]:
-    """``count`` business days from ``start`` (inclusive), skipping Saturdays and Sundays."""
-    out: list[date] = []
-    day = start
-    while len(out) < count:
-        if day.weekday() < 5:
-            out.append(day)
-        day += timedelta(days=1)
-    return out
-
-
 @dataclass(frozen=True)
 class _Answer:
     """What the payer said about one check, after every attempt it took."""
@@ -111,41 +101,6 @@ class _Answer:
     #: the 270's trace number (TRN02), "" when no 270 was sent
     trace: str = ""
     attempts: int = 0
-
-
-@dataclass(frozen=True)
-class _Target:
-    appointment_url: str | None
-    appointment_start: datetime | None
-    service_date: date
-    patient: dict[str, Any]
-    coverage: dict[str, Any]
-    payer: dict[str, Any]
-    subscriber: dict[str, Any] | None
-
-    @property
-    def member(self) -> str:
-        """Whom the check asks the payer about (patient, payer), as 32 hex digits of a digest."""
-        return _digest(str(self.patient.get("_full_url", "")), _payer_id(self.payer))
-
-    @property
-    def key(self) -> str:
-        """The check's identity within a run, as a digest (no PHI in ``job_run_items``): 32 hex
-        digits of the check (appointment, patient, coverage, payer), then the :attr:`member`'s
-        (engine/store/eligibility.py)."""
-        return (
-            _digest(
-                self.appointment_url or "",
-                str(self.patient.get("_full_url", "")),
-                str(self.coverage.get("_full_url", "")),
-                _payer_id(self.payer),
-            )
-            + self.member
-        )
-
-
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:CHECK_DIGITS]
 
 
 def _name(resource: dict[str, Any]) -> tuple[str, str]:
@@ -165,13 +120,6 @@ def _birth(resource: dict[str, Any]) -> date | None:
 
 def _gender(resource: dict[str, Any]) -> str:
     return {"female": "F", "male": "M"}.get(str(resource.get("gender", "")), "U")
-
-
-def _payer_id(org: dict[str, Any]) -> str:
-    for ident in org.get("identifier", []):
-        if ident.get("value"):
-            return str(ident["value"])
-    return ""
 
 
 #: the stored check's columns a worklist row carries as they are
@@ -235,6 +183,17 @@ def worklist(store: SqlMessageStore, day: date, timezone: str) -> list[dict[str,
     return out
 
 
+def _counter(progress: Callable[[int, int], None], done: int, known: int) -> Callable[[], None]:
+    """A tick for each check done, telling ``progress`` how many of the ``known``."""
+    count = [done]
+
+    def tick() -> None:
+        count[0] += 1
+        progress(count[0], known)
+
+    return tick
+
+
 class EligibilityService:
     """Runs eligibility checks for appointments, with one adapter per payer."""
 
@@ -264,6 +223,8 @@ class EligibilityService:
         #: scheduled runs one at a time (a resumed run and a new one never ask about the same
         #: appointment together; the later one finds the earlier's checks made today)
         self._runs = asyncio.Lock()
+        #: appointments a run reads at a time
+        self.page = PAGE
 
     def _config(self, payer_id: str) -> Any:
         config = self.payers.payers.get(payer_id) or self.payers.default
@@ -285,47 +246,11 @@ class EligibilityService:
 
     # -- what to check ---------------------------------------------------------------------------
 
-    def targets(self, start: date, days: int) -> list[_Target]:
-        """Appointments in the next ``days`` business days and their patients' coverages."""
-        tz = ZoneInfo(self.settings.timezone)
-        dates = business_days(start, days)
-        first = datetime.combine(dates[0], datetime.min.time(), tz)
-        last = datetime.combine(dates[-1] + timedelta(days=1), datetime.min.time(), tz)
-        out: list[_Target] = []
-        for appt in self.store.appointments_between(first, last):
-            if appt.get("status") in ("cancelled", "entered-in-error", "noshow"):
-                continue
-            start_at = datetime.fromisoformat(str(appt["start"]).replace("Z", "+00:00"))
-            if start_at.astimezone(tz).date() not in dates:
-                continue
-            for part in appt.get("participant", []):
-                ref = (part.get("actor") or {}).get("reference", "")
-                patient = self.store.resource(ref) if ref else None
-                if patient is None or patient.get("resourceType") != "Patient":
-                    continue
-                for coverage in self.store.resources_for_patient("Coverage", ref):
-                    if coverage.get("status", "active") != "active":
-                        continue
-                    payor = (coverage.get("payor") or [{}])[0].get("reference", "")
-                    payer = self.store.resource(payor) if payor else None
-                    if payer is None or payer.get("resourceType") != "Organization":
-                        continue  # self-pay (the payor is the Patient): no payer to ask
-                    sub_ref = (coverage.get("subscriber") or {}).get("reference", "")
-                    subscriber = (
-                        self.store.resource(sub_ref) if sub_ref and sub_ref != ref else None
-                    )
-                    out.append(
-                        _Target(
-                            appt["_full_url"],
-                            start_at,
-                            start_at.astimezone(tz).date(),
-                            patient,
-                            coverage,
-                            payer,
-                            subscriber,
-                        )
-                    )
-        return out
+    def targets(self, start: date, days: int) -> list[Target]:
+        """Every check of the appointments in the next ``days`` business days, at once (a run
+        reads them a page at a time: :func:`engine.jobs.targets.target_pages`)."""
+        pages = target_pages(self.store, self.settings.timezone, start, days)
+        return [t for page in pages for t in page]
 
     # -- checking ----------------------------------------------------------------------------------
 
@@ -354,17 +279,35 @@ class EligibilityService:
         progress: Callable[[int, int], None] | None,
         run: RunProgress | None,
     ) -> list[CheckOutcome]:
+        """The checks a page of appointments at a time (engine/jobs/targets.py: a run's memory
+        is a page's, whatever the days hold). ``progress`` is given the checks done and those
+        known so far: the pages read."""
         tz = ZoneInfo(self.settings.timezone)
         first = start or (self.clock().astimezone(tz).date() + timedelta(days=1))
-        targets = await asyncio.to_thread(
-            self.targets, first, days or self.settings.eligibility_days
-        )
-        if run is not None:  # one check per item, and none for an item done before
-            targets = list({t.key: t for t in targets}.values())
-        done = 0
+        days = days or self.settings.eligibility_days
+        pages = target_pages(self.store, self.settings.timezone, first, days, self.page)
+        outcomes: list[CheckOutcome] = []
+        seen: set[str] = set()
+        known = 0
+        while (page := await asyncio.to_thread(next, pages, None)) is not None:
+            if run is not None:  # one check per item, and none for an item done before
+                page = [t for t in {t.key: t for t in page}.values() if t.key not in seen]
+                seen.update(t.key for t in page)
+            known += len(page)
+            tick = None if progress is None else _counter(progress, len(outcomes), known)
+            outcomes += await self._check_page(page, force, run, tick)
+        return outcomes
 
-        async def one(t: _Target) -> CheckOutcome:
-            nonlocal done
+    async def _check_page(
+        self,
+        targets: list[Target],
+        force: bool,
+        run: RunProgress | None,
+        tick: Callable[[], None] | None,
+    ) -> list[CheckOutcome]:
+        """One page's checks, their outcomes in the targets' order."""
+
+        async def one(t: Target) -> CheckOutcome:
             try:
                 outcome = await self._check_in_run(t, force, run)
             except Exception as exc:  # one bad check must not lose the others
@@ -376,13 +319,13 @@ class EligibilityService:
                     _payer_id(t.payer),
                     reason=f"internal error ({type(exc).__name__})",
                 )
-            done += 1
-            if progress is not None:
-                progress(done, len(targets))
+            if tick is not None:
+                tick()
             return outcome
 
         # a member's checks one after another (the next is given the first's answer instead of
-        # a second 270 beside it), the members' at once; the outcomes in the targets' order
+        # a second 270 beside it), the members' at once; a member's checks on a later page come
+        # after this page's, and are given its answer the same way
         members: dict[str, list[int]] = {}
         for n, t in enumerate(targets):
             members.setdefault(t.member, []).append(n)
@@ -395,7 +338,7 @@ class EligibilityService:
         await asyncio.gather(*(in_turn(g) for g in members.values()))
         return [outcomes[n] for n in range(len(targets))]
 
-    async def _check_in_run(self, t: _Target, force: bool, run: RunProgress | None) -> CheckOutcome:
+    async def _check_in_run(self, t: Target, force: bool, run: RunProgress | None) -> CheckOutcome:
         """One check as an item of ``run``: given again if the run did it already."""
         if run is None or (stored := run.earlier(t.key)) is None:
             return await self.check(t, force=force, item=run.item(t.key) if run else None)
@@ -413,7 +356,7 @@ class EligibilityService:
         )
 
     async def check(
-        self, target: _Target, *, force: bool = False, item: RunItem | None = None
+        self, target: Target, *, force: bool = False, item: RunItem | None = None
     ) -> CheckOutcome:
         """Ask the payer about one appointment's coverage and store the verdict; a check made
         today already is given again instead, unless ``force``. ``item``: the scheduled run's
@@ -460,7 +403,7 @@ class EligibilityService:
         )
 
     async def _ask_unless_paused(
-        self, target: _Target, payer_id: str, config: Any, item: RunItem | None = None
+        self, target: Target, payer_id: str, config: Any, item: RunItem | None = None
     ) -> _Answer:
         """Ask the payer, unless its breaker is open: then the check is reported unavailable
         without a 270 (the front desk re-checks, or the next run asks)."""
@@ -481,7 +424,7 @@ class EligibilityService:
         return answer
 
     async def _ask(
-        self, target: _Target, payer_id: str, config: Any, item: RunItem | None = None
+        self, target: Target, payer_id: str, config: Any, item: RunItem | None = None
     ) -> _Answer:
         """The 270 → 271 exchange, tried again while the payer is unavailable as the payer's
         retry policy says (with jitter; a Retry-After the payer sent is believed). ``item``:
@@ -529,7 +472,7 @@ class EligibilityService:
         return await self.adapter(payer_id).exchange(x270, timeout_s=config.timeout_s)
 
     async def _record(
-        self, target: _Target, payer_id: str, answer: _Answer, item: RunItem | None = None
+        self, target: Target, payer_id: str, answer: _Answer, item: RunItem | None = None
     ) -> CheckOutcome:
         """Store one check (and the run's item it is, in its transaction); say what it found."""
         result = answer.result
@@ -572,7 +515,7 @@ class EligibilityService:
             result.get("reason"),
         )
 
-    def _inquiry(self, target: _Target, payer_id: str, trace: str) -> EligibilityInquiry:
+    def _inquiry(self, target: Target, payer_id: str, trace: str) -> EligibilityInquiry:
         member_id = str(target.coverage.get("subscriberId", ""))
         family, given = _name(target.patient)
         patient = Person(
@@ -611,7 +554,7 @@ class EligibilityService:
             service_date=target.service_date,
         )
 
-    def _read(self, answer: str, target: _Target, trace: str) -> tuple[dict[str, Any], str | None]:
+    def _read(self, answer: str, target: Target, trace: str) -> tuple[dict[str, Any], str | None]:
         """A 271 → the verdict for our patient; a TA1/999 → why the request was refused."""
         if (
             "ST*271" not in answer.replace("\r", "").replace("\n", "")[:400]

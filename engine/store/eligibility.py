@@ -6,7 +6,7 @@ recorded as one of that run's items (``job_run_items``) in the same transaction:
 by another node after the first died knows exactly which appointments were checked, and sends no
 second 270 for them.
 
-An item is a digest, 64 hex digits and no PHI (engine/jobs/eligibility.py ``_Target.key``): the
+An item is a digest, 64 hex digits and no PHI (engine/jobs/targets.py ``Target.key``): the
 first :data:`CHECK_DIGITS` name the check (appointment, patient, coverage, payer), the last 32 its
 member (patient, payer: whom a 270 asks about, whichever appointment it is for). An item written
 before the member was part of it (64 digits of the check, a run of an earlier version) is the same

@@ -7,16 +7,17 @@ appointments, their patients, coverages and payers) without asking a FHIR server
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Insert, select
+from sqlalchemy import Connection, Insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.store.db import Repository
+from engine.store.lists import in_list
 from engine.store.tables import fhir_resources
 
 __all__ = ["IndexedResource", "ResourceIndex", "upsert_resources"]
@@ -109,6 +110,57 @@ class ResourceIndex(Repository):
                 .order_by(fhir_resources.c.id)
             )
             return [{**orjson.loads(r.body), "_full_url": r.full_url} for r in rows]
+
+    _BY_URL = select(fhir_resources.c.full_url, fhir_resources.c.body).where(
+        in_list(fhir_resources.c.full_url, "urls")
+    )
+
+    def resources_by_url(self, full_urls: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The resources with these fullUrls, by fullUrl (those not indexed are left out)."""
+        wanted = sorted(set(full_urls))
+        if not wanted:
+            return {}
+        with self.db_engine.connect() as conn:
+            rows = conn.execute(self._BY_URL, {"urls": wanted})
+            return {r.full_url: {**orjson.loads(r.body), "_full_url": r.full_url} for r in rows}
+
+    def resources_for_patients(
+        self, resource_type: str, patient_urls: Iterable[str]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """:meth:`resources_for_patient` for several patients in one query, by patient."""
+        wanted = sorted(set(patient_urls))
+        out: dict[str, list[dict[str, Any]]] = {url: [] for url in wanted}
+        if not wanted:
+            return out
+        query = (
+            select(fhir_resources.c.patient_url, fhir_resources.c.full_url, fhir_resources.c.body)
+            .where(
+                fhir_resources.c.resource_type == resource_type,
+                in_list(fhir_resources.c.patient_url, "patients"),
+            )
+            .order_by(fhir_resources.c.id)
+        )
+        with self.db_engine.connect() as conn:
+            for r in conn.execute(query, {"patients": wanted}):
+                out[r.patient_url].append({**orjson.loads(r.body), "_full_url": r.full_url})
+        return out
+
+    def appointment_page(
+        self, start: datetime, end: datetime, after: tuple[datetime, int] | None, limit: int
+    ) -> tuple[list[dict[str, Any]], tuple[datetime, int] | None]:
+        """Up to ``limit`` appointments starting in [start, end), in the order of their start
+        (then row), after ``after``; and where the next page starts (None after the last)."""
+        start, end = start.astimezone(UTC), end.astimezone(UTC)  # the index keeps UTC
+        c = fhir_resources.c
+        query = select(c.id, c.start, c.full_url, c.body).where(
+            c.resource_type == "Appointment", c.start >= start, c.start < end
+        )
+        if after is not None:  # keyset: later starts, or the same start and a later row
+            query = query.where(c.start >= after[0], or_(c.start > after[0], c.id > after[1]))
+        with self.db_engine.connect() as conn:
+            rows = conn.execute(query.order_by(c.start, c.id).limit(limit)).all()
+        page = [{**orjson.loads(r.body), "_full_url": r.full_url} for r in rows]
+        return page, ((rows[-1].start, rows[-1].id) if len(rows) == limit else None)
 
     def appointments_between(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
         """Appointments starting in [start, end), as FHIR dicts with ``_full_url``."""
