@@ -274,8 +274,9 @@ def _runs_per_member(url: str) -> dict[str, int]:
                 .group_by(eligibility_checks.c.patient_url)
             ).all()
         out: dict[str, int] = {}
+        coverage_of = store.resources_for_patients("Coverage", (str(r[0]) for r in rows))
         for patient_url, n in rows:
-            coverages = store.resources_for_patient("Coverage", str(patient_url))
+            coverages = coverage_of[str(patient_url)]
             if coverages:
                 out[str(coverages[0].get("subscriberId"))] = int(n)
         return out

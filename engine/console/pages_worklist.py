@@ -168,16 +168,24 @@ def _checked_row(r: dict[str, Any]) -> WorklistRow:
     )
 
 
-def _has_payer(store: SqlMessageStore, patient_url: str) -> bool:
-    """The patient has an active Coverage whose payor is an Organization (what the job asks)."""
-    for coverage in store.resources_for_patient("Coverage", patient_url):
-        if coverage.get("status", "active") != "active":
-            continue
-        payor = (coverage.get("payor") or [{}])[0].get("reference", "")
-        payer = store.resource(payor) if payor else None
-        if payer is not None and payer.get("resourceType") == "Organization":
-            return True
-    return False
+def _with_payer(store: SqlMessageStore, patient_urls: set[str]) -> set[str]:
+    """Those of the patients with an active Coverage whose payor is an Organization (what the
+    job asks), in three queries whatever their number."""
+    coverages = store.resources_for_patients("Coverage", patient_urls)
+    payor = {
+        url: [
+            (c.get("payor") or [{}])[0].get("reference", "")
+            for c in covs
+            if c.get("status", "active") == "active"
+        ]
+        for url, covs in coverages.items()
+    }
+    orgs = store.resources_by_url(ref for refs in payor.values() for ref in refs if ref)
+    return {
+        url
+        for url, refs in payor.items()
+        if any(orgs.get(ref, {}).get("resourceType") == "Organization" for ref in refs)
+    }
 
 
 def day_rows(store: SqlMessageStore, day: date, timezone: str) -> list[WorklistRow]:
@@ -190,6 +198,7 @@ def day_rows(store: SqlMessageStore, day: date, timezone: str) -> list[WorklistR
     rows = [_checked_row(r) for r in checked]
     seen = {r["appointment"] for r in checked if r.get("appointment")}
     first = datetime.combine(day, time.min, zone)
+    waiting: list[tuple[str | None, datetime, list[str]]] = []
     for appt in store.appointments_between(first, first + timedelta(days=1)):
         url = appt.get("_full_url")
         if url in seen or appt.get("status") in _SKIPPED:
@@ -197,13 +206,18 @@ def day_rows(store: SqlMessageStore, day: date, timezone: str) -> list[WorklistR
         start = datetime.fromisoformat(str(appt["start"]).replace("Z", "+00:00")).astimezone(zone)
         if start.date() != day:
             continue
-        for part in appt.get("participant", []):
-            ref = (part.get("actor") or {}).get("reference", "")
-            patient = store.resource(ref) if ref else None
-            if patient is None or patient.get("resourceType") != "Patient":
+        refs = [(p.get("actor") or {}).get("reference", "") for p in appt.get("participant", [])]
+        waiting.append((url, start, [r for r in refs if r]))
+    found = store.resources_by_url(r for _, _, refs in waiting for r in refs)
+    patients = {u: r for u, r in found.items() if r.get("resourceType") == "Patient"}
+    insured = _with_payer(store, set(patients))
+    for url, start, refs in waiting:
+        for ref in refs:
+            patient = patients.get(ref)
+            if patient is None:
                 continue
             name, mrn = patient_label(patient)
-            status = "not_checked" if _has_payer(store, ref) else "no_coverage"
+            status = "not_checked" if ref in insured else "no_coverage"
             call, why = _to_do(status, None, None)
             rows.append(
                 WorklistRow(

@@ -156,13 +156,12 @@ def worklist(store: SqlMessageStore, day: date, timezone: str) -> list[dict[str,
     patient's name and MRN, and its times in the practice's ``timezone`` (``time`` as HH:MM,
     ``appointment_start`` and ``checked_at`` as ISO 8601 with their offset). The one shape of
     ``engine eligibility list --json`` and ``GET /api/eligibility``; the 271 itself is left out."""
-    patients: dict[str, dict[str, Any] | None] = {}
+    checks = store.eligibility_for_day(day)
+    patients = store.resources_by_url(r["patient_url"] for r in checks)
     out: list[dict[str, Any]] = []
-    for r in store.eligibility_for_day(day):
+    for r in checks:
         url = r["patient_url"]
-        if url not in patients:
-            patients[url] = store.resource(url)
-        patient = patients[url] or {}
+        patient = patients.get(url) or {}
         family, given = _name(patient)
         start = local_time(r.get("appointment_start"), timezone)
         checked = local_time(r.get("checked_at"), timezone)

@@ -98,19 +98,6 @@ class ResourceIndex(Repository):
             ).scalar_one_or_none()
         return {**orjson.loads(body), "_full_url": full_url} if body else None
 
-    def resources_for_patient(self, resource_type: str, patient_url: str) -> list[dict[str, Any]]:
-        """The resources of one type that refer to a patient (e.g. its Coverages), oldest first."""
-        with self.db_engine.connect() as conn:
-            rows = conn.execute(
-                select(fhir_resources.c.full_url, fhir_resources.c.body)
-                .where(
-                    fhir_resources.c.resource_type == resource_type,
-                    fhir_resources.c.patient_url == patient_url,
-                )
-                .order_by(fhir_resources.c.id)
-            )
-            return [{**orjson.loads(r.body), "_full_url": r.full_url} for r in rows]
-
     _BY_URL = select(fhir_resources.c.full_url, fhir_resources.c.body).where(
         in_list(fhir_resources.c.full_url, "urls")
     )
@@ -127,7 +114,8 @@ class ResourceIndex(Repository):
     def resources_for_patients(
         self, resource_type: str, patient_urls: Iterable[str]
     ) -> dict[str, list[dict[str, Any]]]:
-        """:meth:`resources_for_patient` for several patients in one query, by patient."""
+        """The resources of one type that refer to each of these patients (e.g. their
+        Coverages), oldest first, by patient, in one query."""
         wanted = sorted(set(patient_urls))
         out: dict[str, list[dict[str, Any]]] = {url: [] for url in wanted}
         if not wanted:

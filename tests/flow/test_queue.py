@@ -311,7 +311,7 @@ def test_mapped_resources_are_indexed_for_the_jobs(
         for e in mappings.to_fhir(parse_message(adt))["entry"]
         if e["resource"]["resourceType"] == "Patient"
     )
-    [coverage] = store.resources_for_patient("Coverage", patient_url)
+    [coverage] = store.resources_for_patients("Coverage", [patient_url])[patient_url]
     assert coverage["subscriberId"] == "XQZ123456789"
     payer = store.resource(coverage["payor"][0]["reference"])
     assert payer is not None and payer["name"] == "Example Blue Cross"

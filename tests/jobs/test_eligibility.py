@@ -200,7 +200,7 @@ def test_a_self_pay_coverage_is_not_sent_to_a_payer(
     processor = Processor(indexed, load_routes(defaults=tmp_path / "dft-routes"), mappings)
     while processor.process_batch():
         pass
-    coverages = indexed.resources_for_patient("Coverage", patient["_full_url"])
+    coverages = indexed.resources_for_patients("Coverage", [url := patient["_full_url"]])[url]
     assert any(c.get("type", {}).get("coding", [{}])[0].get("code") == "pay" for c in coverages)
     after = svc.targets(MONDAY, 1)
     assert len(after) == len(before)

@@ -202,7 +202,9 @@ def test_the_leader_killed_mid_run_another_node_finishes_it_without_a_second_270
     assert len(checks) == COPIES * 3 == len({c.patient_url for c in checks})
     assert _count(store, job_run_items) == COPIES * 3
     member_of = {
-        c.patient_url: store.resources_for_patient("Coverage", c.patient_url)[0]["subscriberId"]
+        c.patient_url: store.resources_for_patients("Coverage", [c.patient_url])[c.patient_url][0][
+            "subscriberId"
+        ]
         for c in checks
     }
     checked_by_dead = {member_of[c.patient_url] for c in checks if c.id in before}

@@ -375,7 +375,8 @@ def test_a_payer_given_by_identifier_only_is_indexed_as_an_organization(
     processor = Processor(store, routes, mappings)
     while processor.process_batch():
         pass
-    [indexed] = store.resources_for_patient("Coverage", f"{ehr.base_url}/Patient/p1")
+    url = f"{ehr.base_url}/Patient/p1"
+    [indexed] = store.resources_for_patients("Coverage", [url])[url]
     [payor] = indexed["payor"]
     assert payor["reference"].startswith("urn:uuid:") and payor["identifier"]["value"] == "60054"
     org = store.resource(payor["reference"])
