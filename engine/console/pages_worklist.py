@@ -40,6 +40,7 @@ from engine.api.deps import SettingsDep
 from engine.console.auth import ConsoleUser, ConsoleUserDep, CsrfDep, require_console
 from engine.console.days import next_business_day
 from engine.console.render import render
+from engine.jobs.targets import payer_coverages
 from engine.store import SqlMessageStore, Who
 
 __all__ = [
@@ -168,26 +169,6 @@ def _checked_row(r: dict[str, Any]) -> WorklistRow:
     )
 
 
-def _with_payer(store: SqlMessageStore, patient_urls: set[str]) -> set[str]:
-    """Those of the patients with an active Coverage whose payor is an Organization (what the
-    job asks), in three queries whatever their number."""
-    coverages = store.resources_for_patients("Coverage", patient_urls)
-    payor = {
-        url: [
-            (c.get("payor") or [{}])[0].get("reference", "")
-            for c in covs
-            if c.get("status", "active") == "active"
-        ]
-        for url, covs in coverages.items()
-    }
-    orgs = store.resources_by_url(ref for refs in payor.values() for ref in refs if ref)
-    return {
-        url
-        for url, refs in payor.items()
-        if any(orgs.get(ref, {}).get("resourceType") == "Organization" for ref in refs)
-    }
-
-
 def day_rows(store: SqlMessageStore, day: date, timezone: str) -> list[WorklistRow]:
     """The day's appointments: each checked one's latest check, then those not checked yet,
     in the order of their time in ``timezone``."""
@@ -210,7 +191,7 @@ def day_rows(store: SqlMessageStore, day: date, timezone: str) -> list[WorklistR
         waiting.append((url, start, [r for r in refs if r]))
     found = store.resources_by_url(r for _, _, refs in waiting for r in refs)
     patients = {u: r for u, r in found.items() if r.get("resourceType") == "Patient"}
-    insured = _with_payer(store, set(patients))
+    insured = {url for url, pairs in payer_coverages(store, patients).items() if pairs}
     for url, start, refs in waiting:
         for ref in refs:
             patient = patients.get(ref)

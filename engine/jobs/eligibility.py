@@ -248,7 +248,7 @@ class EligibilityService:
     def targets(self, start: date, days: int) -> list[Target]:
         """Every check of the appointments in the next ``days`` business days, at once (a run
         reads them a page at a time: :func:`engine.jobs.targets.target_pages`)."""
-        pages = target_pages(self.store, self.settings.timezone, start, days)
+        pages = target_pages(self.store, self.settings.timezone, start, days, self.page)
         return [t for page in pages for t in page]
 
     # -- checking ----------------------------------------------------------------------------------

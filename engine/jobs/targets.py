@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 from engine.store.eligibility import CHECK_DIGITS
 from engine.store.index import ResourceIndex
 
-__all__ = ["PAGE", "Target", "business_days", "payer_id", "target_pages"]
+__all__ = ["PAGE", "Target", "business_days", "payer_coverages", "payer_id", "target_pages"]
 
 #: appointments read at a time
 PAGE = 200
@@ -127,17 +127,12 @@ def _targets(
         booked.append((appt, start_at, [r for r in refs if r]))
     found = index.resources_by_url(r for _, _, refs in booked for r in refs)
     patients = {u: r for u, r in found.items() if r.get("resourceType") == "Patient"}
-    coverages = index.resources_for_patients("Coverage", patients)
-    active = {
-        url: [c for c in covs if c.get("status", "active") == "active"]
-        for url, covs in coverages.items()
-    }
-    others = index.resources_by_url(
-        ref
-        for url, covs in active.items()
-        for c in covs
-        for ref in (_ref(c.get("payor")), _ref(c.get("subscriber")))
-        if ref and ref != url
+    insured = payer_coverages(index, patients)
+    subscribers = index.resources_by_url(
+        sub
+        for url, pairs in insured.items()
+        for coverage, _ in pairs
+        if (sub := _ref(coverage.get("subscriber"))) and sub != url
     )
     out: list[Target] = []
     for appt, start_at, refs in booked:
@@ -145,10 +140,7 @@ def _targets(
             patient = patients.get(ref)
             if patient is None:
                 continue
-            for coverage in active.get(ref, []):
-                payer = others.get(_ref(coverage.get("payor")))
-                if payer is None or payer.get("resourceType") != "Organization":
-                    continue  # self-pay (the payor is the Patient): no payer to ask
+            for coverage, payer in insured[ref]:
                 sub_ref = _ref(coverage.get("subscriber"))
                 out.append(
                     Target(
@@ -158,10 +150,35 @@ def _targets(
                         patient,
                         coverage,
                         payer,
-                        others.get(sub_ref) if sub_ref and sub_ref != ref else None,
+                        subscribers.get(sub_ref) if sub_ref and sub_ref != ref else None,
                     )
                 )
     return out
+
+
+def payer_coverages(
+    index: ResourceIndex, patient_urls: Iterable[str]
+) -> dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]:
+    """Each patient's active Coverages whose payor is an Organization, with that payer, oldest
+    first: what the job asks a payer about (a self-pay Coverage, whose payor is the Patient,
+    has no payer to ask). Two queries whatever the number of patients."""
+    coverages = index.resources_for_patients("Coverage", patient_urls)
+    active = {
+        url: [c for c in covs if c.get("status", "active") == "active"]
+        for url, covs in coverages.items()
+    }
+    payors = index.resources_by_url(
+        ref for covs in active.values() for c in covs if (ref := _ref(c.get("payor")))
+    )
+    return {
+        url: [
+            (c, payer)
+            for c in covs
+            if (payer := payors.get(_ref(c.get("payor")))) is not None
+            and payer.get("resourceType") == "Organization"
+        ]
+        for url, covs in active.items()
+    }
 
 
 def _ref(value: Any) -> str:
