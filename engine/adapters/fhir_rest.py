@@ -10,8 +10,10 @@ Two modes (:class:`FhirDestination`, the config model of a route file's ``type: 
 ``conditional``
     for servers without transactions: each entry is sent as its own request, ``entry.request``'s
     method and URL (http.html#cond-update), in an order where a resource comes before those that
-    refer to it, and references to an earlier entry's ``fullUrl`` (``urn:uuid:...``) rewritten to
-    the ``Type/id`` the server answered with (its Location header, else the returned resource).
+    refer to it, and references to an earlier entry's ``fullUrl`` (``urn:uuid:...``), in its
+    resource and in its conditional URL (``Coverage?identifier=M1&beneficiary=urn:uuid:..``),
+    rewritten to the ``Type/id`` the server answered with (its Location header, else the
+    returned resource).
     Not atomic: entries written before a failure stay written; a retry sends them again.
 
 Classification (``DeliveryResult``): 2xx is delivered; 408, 429, 5xx, timeouts and connection
@@ -45,6 +47,7 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, Protocol
+from urllib.parse import quote, unquote
 
 import httpx
 import orjson
@@ -262,6 +265,25 @@ def _rewrite(node: Any, resolved: Mapping[str, str]) -> Any:
     return node
 
 
+def _url_with(url: str, resolved: Mapping[str, str]) -> str | None:
+    """A conditional URL with each placeholder (an earlier entry's fullUrl:
+    ``Coverage?identifier=M1&beneficiary=urn:uuid:..``, engine/mappings/entries.py) replaced by
+    the ``Type/id`` the server gave that entry; None when one names no entry it answered for."""
+    path, _, query = url.partition("?")
+    if "urn" not in query:
+        return url
+    pairs = []
+    for pair in query.split("&"):
+        name, eq, value = pair.partition("=")
+        if unquote(value).startswith("urn:uuid:"):
+            target = resolved.get(unquote(value))
+            if target is None:
+                return None
+            value = quote(target, safe="/")
+        pairs.append(f"{name}{eq}{value}")
+    return f"{path}?{'&'.join(pairs)}"
+
+
 def dependency_order(entries: list[dict[str, Any]]) -> list[int]:
     """Entry indexes, each after the entries whose fullUrl it refers to (stable; a cycle keeps
     the Bundle's order for what remains)."""
@@ -428,6 +450,12 @@ class FhirRestDestination:
             what = f"entry {i + 1} ({method} {rtype})"
             if not url:
                 return DeliveryResult.fail(f"fhir: {what} has no request.url")
+            searched = _url_with(url, resolved)
+            if searched is None:
+                return DeliveryResult.fail(
+                    f"fhir: {what}: its URL names an entry whose id the server did not give"
+                )
+            url = searched
             body = None
             if resource is not None and method in ("PUT", "POST", "PATCH"):
                 body = orjson.dumps(_rewrite(resource, resolved))

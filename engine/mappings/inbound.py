@@ -4,54 +4,31 @@ The rules are compiled once, at load, into small closures; per message the work 
 fields the rules name (the codec splits nothing else) and building dicts. fhir.resources validates
 the output when asked (:func:`validate_bundle`): on in tests, a setting in production.
 
-Bundle assembly (FHIR R4 §3.1.0.11 transactions):
-
-* one entry per resource; ``fullUrl`` is ``urn:uuid:`` + a UUID derived from the resource's business
-  identity (MRN, visit number, member ID ...), so the same patient has the same fullUrl in every
-  message;
-* ``request`` is a conditional update on the business identifier
-  (``PUT Patient?identifier=system|value``) when there is one; otherwise a PUT of that derived id
-  (``PUT RelatedPerson/<uuid>``), which is idempotent too;
-* references between resources use those fullUrls.
+Bundle assembly (FHIR R4 §3.1.0.11 transactions, engine/mappings/entries.py): one entry per
+resource; its ``fullUrl`` is derived from the resource's business identity (MRN, visit number,
+member ID ... within the resources it is unique in), so the same patient has the same fullUrl in
+every message; its ``request`` a conditional update on that identifier, else a PUT of the derived
+id; references between resources use those fullUrls.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import compress
 from typing import Any
-from urllib.parse import quote
 
 from engine.errors import ConfigError, HL7ValidationError, UnsupportedMessageError
 from engine.hl7v2.codec import Message, MessageType, Segment
 from engine.mappings.compiler import Compiler, DatatypeFn, put, wrap
+from engine.mappings.entries import full_url, scoped_key, transaction_entry
 from engine.mappings.loader import MappingFiles
 from engine.mappings.provenance import ElementSource, Trace, plan_origins
 from engine.mappings.spec import CodeTable, Condition, MessageMap, RefSpec, ResourcePlan
 from engine.mappings.transforms import TransformContext
+from engine.mappings.unmapped import not_mapped
 
 __all__ = ["InboundMapper"]
-
-_NS = uuid.UUID("6f1c0e52-2f43-4b8e-9a57-3c1e2a3f5b10")
-_NS_BYTES = _NS.bytes
-
-
-_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9|:/._~-]*$")
-
-
-@lru_cache(maxsize=4096)
-def _uuid5(name: str) -> str:
-    """``str(uuid.uuid5(_NS, name))`` (RFC 4122 §4.3); few cached: most names come once."""
-    h = bytearray(hashlib.sha1(_NS_BYTES + name.encode("utf-8")).digest()[:16])
-    h[6] = (h[6] & 0x0F) | 0x50
-    h[8] = (h[8] & 0x3F) | 0x80
-    x = h.hex()
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def _get(target: dict[str, Any], path: str) -> Any:
@@ -205,7 +182,7 @@ class InboundMapper:
             full = f"{resource_type}|{key}"
             existing = run.extra.get(full)
             if existing is None:
-                url = "urn:uuid:" + _uuid5(full)
+                url = full_url(resource_type, key)
                 run.extra[full] = (url, {"resourceType": resource_type, **body})
                 if run.trace is not None:
                     run.trace.alias(run.extra[full][1], body)
@@ -289,15 +266,21 @@ class InboundMapper:
         ]
         if mm.main is not None and not any(plan.name == mm.main for _u, _r, plan, _i in kept):
             raise self._no_main(message, mm, order)
-        entries = [_entry(url, res, ident) for url, res, _plan, ident in kept]
-        entries += [_entry(url, res, self._pick_identifier(res)) for url, res in run.extra.values()]
+        entries = [
+            transaction_entry(url, res, ident, _scope_refs(res, plan) if ident else ())
+            for url, res, plan, ident in kept
+        ]
+        entries += [
+            transaction_entry(url, res, self._pick_identifier(res))
+            for url, res in run.extra.values()
+        ]
         if trace is not None:
             made_res = [res for _u, res, _p, _i in kept] + [res for _u, res in run.extra.values()]
             for entry, res in zip(entries, made_res, strict=True):
                 trace.alias(entry["resource"], res)
             trace.planned = [plan_origins(self.files, mm, plan) for _u, _r, plan, _i in kept]
         if warnings is not None:
-            warnings.extend(_not_mapped(message, run.used, mm.ignore))
+            warnings.extend(not_mapped(message, run.used, mm.ignore))
         return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
     def _make_resources(
@@ -329,17 +312,37 @@ class InboundMapper:
                     continue
                 self._complete(res, plan, run.trigger)
                 ident = self._pick_identifier(res) if plan.identity else None
+                pos = where[id(group[0][1])]
                 if ident is not None:
                     key = f"{ident.get('system', '')}|{ident['value']}"
+                    if plan.identity_within:
+                        key = scoped_key(key, self._scope(mm, plan, pos, made))
                 elif plan.key_from is not None and made.get(plan.key_from):
                     key = f"{plan.name}|{made[plan.key_from][0][1]}"
                 else:
                     key = f"{fallback_key}|{plan.name}|{index}"
-                url = "urn:uuid:" + _uuid5(f"{plan.resource}|{key}")
-                pos = where[id(group[0][1])]
+                url = full_url(plan.resource, key)
                 made.setdefault(plan.name, []).append((pos, url))
                 order.append((url, res, plan, pos, ident))
         return made, order
+
+    def _scope(
+        self, mm: MessageMap, plan: ResourcePlan, pos: int, made: dict[str, list[tuple[int, str]]]
+    ) -> list[tuple[str, str]]:
+        """What the plan's identifier is unique within (``identity_within``): per search
+        parameter, the fullUrl its reference will point to (made earlier: the loader checks the
+        order), "" when the message makes none."""
+        plans = self._plans[mm.message]
+        by_path = {
+            ".".join(steps): (targets, every)
+            for steps, targets, _wrap, every in self._refs[(mm.message, plan.name)]
+        }
+        out = []
+        for param, path in plan.identity_within.items():
+            targets, every = by_path[path]
+            chosen = _targets(plans, plan, pos, made, targets, every)
+            out.append((param, ",".join(u for _i, u in chosen)))
+        return out
 
     def _complete(self, res: dict[str, Any], plan: ResourcePlan, trigger: str) -> None:
         """What a resource gets once its segments are mapped: identifiers made distinct, a
@@ -362,35 +365,15 @@ class InboundMapper:
     def _link(
         self, mm: MessageMap, made: dict[str, list[tuple[int, str]]], order: list[_Made]
     ) -> None:
-        """References between planned resources, the first target plan that made any:
-
-        - to a plan repeating on the same segment: the resource of the same group (a Coverage
-          and its payer), or none;
-        - else the nearest one before (a merge's prior patient and the PID it follows), or the
-          first one (a Claim's patient); ``all`` refers to every one."""
+        """References between planned resources, each to what :func:`_targets` chooses."""
         plans = self._plans[mm.message]
         for _url, res, plan, pos, _ident in order:
             for steps, targets, wrap_tpl, every in self._refs[(mm.message, plan.name)]:
-                for target in targets:
-                    got = made.get(target)
-                    if not got:
-                        continue
-                    tplan = plans[target]
-                    if every:
-                        chosen = list(range(len(got)))
-                    elif tplan.each is not None and tplan.each == plan.each:
-                        chosen = [i for i, (p, _) in enumerate(got) if p == pos][:1]
-                        if not chosen:
-                            continue
-                    else:
-                        before = [i for i, (p, _) in enumerate(got) if p <= pos]
-                        chosen = [before[-1] if before else 0]
-                    for i in chosen:
-                        ref_value: Any = {"reference": got[i][1]}
-                        if wrap_tpl:
-                            ref_value = wrap(wrap_tpl, ref_value, i + 1)
-                        put(res, steps, ref_value)
-                    break
+                for i, target_url in _targets(plans, plan, pos, made, targets, every):
+                    ref_value: Any = {"reference": target_url}
+                    if wrap_tpl:
+                        ref_value = wrap(wrap_tpl, ref_value, i + 1)
+                    put(res, steps, ref_value)
 
     def refusal(self, message: Message) -> HL7ValidationError | None:
         """Before the ACK: a message whose main resource cannot be made (an ADT without PID, an
@@ -435,7 +418,7 @@ class InboundMapper:
             return exc
         if all(_get(res, p) is not None for p in unmet):
             return None
-        url = "urn:uuid:" + _uuid5(f"{plan.resource}|refusal")
+        url = full_url(plan.resource, "refusal")
         return self._no_main(message, mm, [(url, res, plan, 0, None)])
 
     def _no_main(
@@ -543,95 +526,50 @@ def _repeats(ident: dict[str, Any], earlier: Any) -> bool:
     )
 
 
-_NOTHING: frozenset[int] = frozenset()
+def _targets(
+    plans: dict[str, ResourcePlan],
+    plan: ResourcePlan,
+    pos: int,
+    made: dict[str, list[tuple[int, str]]],
+    targets: list[str],
+    every: bool,
+) -> list[tuple[int, str]]:
+    """(index, fullUrl) of what a reference of ``plan``'s resource (made at segment ``pos``)
+    points to, from the first target plan that made any:
 
-
-def _not_mapped(
-    message: Message, used: dict[int, set[int]], ignore: dict[str, list[int]]
-) -> list[str]:
-    """One line per segment occurrence whose valued fields no rule took a value from.
-
-    A field counts as valued when it holds more than delimiters and the explicit null ``""``.
-    MSH is the envelope (the engine reads it itself) and is never reported; ``ignore`` (the
-    message map's) lists fields left out on purpose.
-
-    Incomplete: the check is per field; a component no datatype map reads (XAD-10, say) is not
-    reported.
-    """
-    lines: list[str] = []
-    segments = message.segments
-    totals: dict[str, int] = {}
-    for seg in segments:
-        totals[seg.name] = totals.get(seg.name, 0) + 1
-    seen: dict[str, int] = {}
-    for seg in segments:
-        name = seg.name
-        n = seen[name] = seen.get(name, 0) + 1
-        if name == "MSH":
+    - to a plan repeating on the same segment: the resource of the same group (a Coverage
+      and its payer), or none;
+    - else the nearest one before (a merge's prior patient and the PID it follows), or the
+      first one (a Claim's patient); ``all`` refers to every one."""
+    for target in targets:
+        got = made.get(target)
+        if not got:
             continue
-        skip = ignore.get(name)
-        if skip is not None and not skip:
+        if every:
+            return [(i, u) for i, (_p, u) in enumerate(got)]
+        tplan = plans[target]
+        if tplan.each is not None and tplan.each == plan.each:
+            same = [(i, u) for i, (p, u) in enumerate(got) if p == pos][:1]
+            if same:
+                return same
             continue
-        took = used.get(id(seg), _NOTHING)
-        fields = seg.fields()
-        # the fields that hold something and no rule read, as set operations (in C)
-        candidates = set(compress(range(len(fields)), fields))
-        candidates.discard(0)
-        candidates -= took
-        if skip:
-            candidates.difference_update(skip)
-        if not candidates:
-            continue
-        d = seg.delimiters
-        blank = d.component + d.repetition + d.subcomponent + " "
-        left = [
-            i
-            for i in sorted(candidates)
-            if fields[i].strip(blank) not in ("", '""')
-            # a field whose first repetition was read: left only if it has more that are valued
-            and (-i not in took or _more_repetitions(fields[i], d.repetition, blank))
-        ]
-        if not left:
-            continue
-        label = name if totals[name] == 1 else f"{name}[{n}]"
-        if id(seg) not in used:
-            lines.append(
-                f"{label}: no mapping took this segment (fields "
-                + ", ".join(str(i) for i in left)
-                + ")"
-            )
-            continue
-        lines.append(
-            f"{label}: not mapped: "
-            + ", ".join(
-                f"{name}-{i}" + (" (repetitions after the first)" if -i in took else "")
-                for i in left
-            )
-        )
-    return lines
+        before = [i for i, (p, _u) in enumerate(got) if p <= pos]
+        i = before[-1] if before else 0
+        return [(i, got[i][1])]
+    return []
 
 
-def _more_repetitions(raw: str, rep: str, blank: str) -> bool:
-    return rep in raw and any(r.strip(blank) not in ("", '""') for r in raw.split(rep)[1:])
-
-
-def _entry(url: str, res: dict[str, Any], ident: dict[str, Any] | None) -> dict[str, Any]:
-    """A transaction entry: conditional update on the business identifier, else PUT by id."""
-    rtype = res["resourceType"]
-    if ident is not None:
-        token = (f"{ident['system']}|" if ident.get("system") else "") + ident["value"]
-        if not _SAFE_TOKEN.match(token):
-            token = quote(token, safe="|:/")
-        request = {"method": "PUT", "url": f"{rtype}?identifier={token}"}
-    else:
-        rid = url[9:]  # after "urn:uuid:"
-        res = {
-            "resourceType": rtype,
-            "id": rid,
-            **{k: v for k, v in res.items() if k != "resourceType"},
-        }
-        request = {"method": "PUT", "url": f"{rtype}/{rid}"}
-    return {"fullUrl": url, "resource": res, "request": request}
+def _scope_refs(res: dict[str, Any], plan: ResourcePlan) -> list[tuple[str, str]]:
+    """The references the plan's identifier is unique within, as the resource has them once
+    linked (search parameter, reference; "" when it has none)."""
+    out = []
+    for param, path in plan.identity_within.items():
+        value = res.get(path.removesuffix("[]"))
+        if isinstance(value, list):
+            value = value[0] if value else None
+        ref = value.get("reference") if isinstance(value, dict) else None
+        out.append((param, ref if isinstance(ref, str) else ""))
+    return out
 
 
 @lru_cache(maxsize=1024)

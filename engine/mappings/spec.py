@@ -204,6 +204,11 @@ class ResourcePlan(_Strict):
     trigger_values: dict[str, str] = {}
     #: the FHIR path of the business identifier used for the conditional update
     identity: str | None = None
+    #: the references (search parameter -> a path of ``refs``) the identifier is unique within:
+    #: a member ID names a Coverage only at its payer and for its beneficiary (``{beneficiary:
+    #: beneficiary, payor: "payor[]"}``); their fullUrls join the resource's identity and its
+    #: conditional URL (engine/mappings/entries.py)
+    identity_within: dict[str, str] = {}
     #: without a business identifier, derive the resource's id from this plan's resource (a
     #: self-pay Coverage is one per patient: ``key_from: patient``) rather than from the message
     key_from: str | None = None
@@ -238,6 +243,7 @@ class MessageMap(_Strict):
         for p in self.resources:
             if p.key_from is not None and p.key_from not in names:
                 raise ValueError(f"{p.name}.key_from: no resource named {p.key_from!r}")
+            _check_identity_within(p, names)
         if self.main is not None and self.main not in names:
             raise ValueError(f"main: no resource named {self.main!r}")
         for p in self.resources:
@@ -294,3 +300,28 @@ class SiteConfig(_Strict):
     sending_application: str = "ENGINE"
     sending_facility: str = "ENGINE"
     note: str | None = None
+
+
+def _check_identity_within(plan: ResourcePlan, names: list[str]) -> None:
+    """``identity_within`` names plain references (no ``wrap``) to plans made before this one:
+    their fullUrls must be known when this one's is derived."""
+    if plan.identity_within and plan.identity is None:
+        raise ValueError(f"{plan.name}.identity_within: needs an identity")
+    for param, path in plan.identity_within.items():
+        spec = plan.refs.get(path)
+        if spec is None:
+            raise ValueError(f"{plan.name}.identity_within.{param}: {path!r} is not in refs")
+        if isinstance(spec, RefSpec) and (spec.wrap or spec.all):
+            raise ValueError(
+                f"{plan.name}.identity_within.{param}: refs {path!r} must be a plain reference "
+                "(no wrap, not all)"
+            )
+        to = spec.to if isinstance(spec, RefSpec) else spec
+        later = [
+            t for t in ([to] if isinstance(to, str) else to) if t in names[names.index(plan.name) :]
+        ]
+        if later:
+            raise ValueError(
+                f"{plan.name}.identity_within.{param}: {', '.join(later)} must come before "
+                f"{plan.name} in resources"
+            )

@@ -6,10 +6,13 @@ Enough of the RESTful API (https://hl7.org/fhir/R4/http.html) for the bundles th
   none; references to an entry's ``fullUrl`` are rewritten to the ``Type/id`` it got; the answer
   is a transaction-response Bundle with each ``entry.response.status``, ``location`` and ``etag``;
 * ``PUT {base}/{type}?identifier=system|value``: conditional update (http.html#cond-update):
-  no match creates (201), one match updates (200), several answer 412;
+  no match creates (201), one match updates (200), several answer 412; the URL may add the
+  search parameters below (engine/sim/fhir_search.py), in a transaction naming another entry
+  by its ``fullUrl``;
 * ``PUT {base}/{type}/{id}`` update or create; ``POST {base}/{type}`` create;
 * ``GET {base}/{type}/{id}`` read; ``GET {base}/{type}?identifier=...`` search (a searchset),
-  also by ``date`` (an Appointment's start, by day), ``patient``/``beneficiary`` and ``status``,
+  also by ``date`` (an Appointment's start, by day), ``patient``/``beneficiary``/``payor`` and
+  ``status``,
   paged by ``_count`` with a ``next`` link (http.html#search, search.html#prefix);
 
 Test switches (not FHIR): ``POST {base}/$fail`` with ``{"status": 503, "count": N}`` makes the
@@ -36,7 +39,7 @@ import asyncio
 import hashlib
 import itertools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,7 +54,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from engine.sim.cut_response import CutResponse
-from engine.sim.fhir_index import IdentifierIndex, has_identifier
+from engine.sim.fhir_index import IdentifierIndex
+from engine.sim.fhir_search import Problem as _Problem
+from engine.sim.fhir_search import matches, resolve_placeholders
 from engine.sim.server_thread import ServerThread
 
 __all__ = [
@@ -66,16 +71,6 @@ __all__ = [
 
 _FHIR_JSON = "application/fhir+json"
 _STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
-
-
-class _Problem(Exception):
-    """Private: an HTTP error with an OperationOutcome (issue code, text)."""
-
-    def __init__(self, status: int, code: str, text: str) -> None:
-        super().__init__(text)
-        self.status = status
-        self.code = code
-        self.text = text
 
 
 @dataclass
@@ -214,11 +209,6 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return Response(orjson.dumps(body), status, headers=headers, media_type=_FHIR_JSON)
 
 
-def _identifier_of(url_query: str) -> str | None:
-    values = parse_qs(url_query, keep_blank_values=True).get("identifier")
-    return values[0] if values else None
-
-
 def _rewrite(node: Any, resolved: dict[str, str]) -> Any:
     if isinstance(node, dict):
         out = {k: _rewrite(v, resolved) for k, v in node.items()}
@@ -231,54 +221,6 @@ def _rewrite(node: Any, resolved: dict[str, str]) -> Any:
     return node
 
 
-#: the date search prefixes the stub knows (https://hl7.org/fhir/R4/search.html#prefix)
-_DATE_TESTS: dict[str, Callable[[str, str], bool]] = {
-    "eq": lambda have, want: have == want,
-    "ge": lambda have, want: have >= want,
-    "le": lambda have, want: have <= want,
-    "gt": lambda have, want: have > want,
-    "lt": lambda have, want: have < want,
-}
-
-#: reference search parameters: (resource type, parameter) -> the element holding the reference
-_REFERENCES: dict[tuple[str, str], Callable[[dict[str, Any]], list[str]]] = {
-    ("Coverage", "patient"): lambda r: [(r.get("beneficiary") or {}).get("reference", "")],
-    ("Coverage", "beneficiary"): lambda r: [(r.get("beneficiary") or {}).get("reference", "")],
-    ("Appointment", "patient"): lambda r: [
-        (p.get("actor") or {}).get("reference", "") for p in r.get("participant") or []
-    ],
-}
-
-
-def _matches(resource: dict[str, Any], params: dict[str, list[str]]) -> bool:
-    """Whether a resource passes every search parameter the stub knows: ``identifier``,
-    ``date`` (an Appointment's ``start``, compared by day, with the prefixes eq, ge, le, gt,
-    lt), ``patient`` and ``beneficiary`` (a Coverage's beneficiary, an Appointment's
-    participant; ``Patient/1`` or ``1``) and ``status``. Others (``_count``, ``_include``...)
-    do not filter. Lock held."""
-    rtype = resource.get("resourceType", "")
-    for name, values in params.items():
-        for value in values:
-            if name == "identifier":
-                if not has_identifier(resource, value):
-                    return False
-            elif name == "date":
-                prefix, day = (value[:2], value[2:]) if value[:2].isalpha() else ("eq", value)
-                test = _DATE_TESTS.get(prefix)
-                if test is None or len(day) < 10:
-                    raise _Problem(400, "invalid", f"date search {value!r} is not understood")
-                if not test(str(resource.get("start", ""))[:10], day[:10]):
-                    return False
-            elif name == "status":
-                if resource.get("status") not in value.split(","):
-                    return False
-            elif (rtype, name) in _REFERENCES:
-                want = value if "/" in value else f"Patient/{value}"
-                if want not in _REFERENCES[(rtype, name)](resource):
-                    return False
-    return True
-
-
 class _Stub:
     """The request handlers over one :class:`StubFhirState`."""
 
@@ -288,8 +230,16 @@ class _Stub:
 
     # -- planning and applying writes ----------------------------------------------------------
 
-    def _plan(self, method: str, url: str, resource: Any, taken: set[tuple[str, str]]) -> _Write:
-        """Work out one write from its method and URL (relative to the base); lock held."""
+    def _plan(
+        self,
+        method: str,
+        url: str,
+        resource: Any,
+        taken: set[tuple[str, str]],
+        resolved: Mapping[str, str],
+    ) -> _Write:
+        """Work out one write from its method and URL (relative to the base; a transaction's
+        placeholders ``resolved`` so far); lock held."""
         path, _, query = url.partition("?")
         parts = [p for p in path.strip("/").split("/") if p]
         if not parts:
@@ -304,10 +254,12 @@ class _Stub:
             if resource.get("id") not in (None, rid):
                 raise _Problem(400, "invalid", "resource id does not match the URL")
         elif method == "PUT" and len(parts) == 1:
-            identifier = _identifier_of(query)
+            params = resolve_placeholders(parse_qs(query, keep_blank_values=True), resolved)
+            identifier = (params.get("identifier") or [""])[0]
             if not identifier:
                 raise _Problem(400, "not-supported", "conditional update needs ?identifier=")
-            found = self.state._find(rtype, identifier)
+            bucket = self.state.resources.get(rtype, {})
+            found = [r for r in self.state._find(rtype, identifier) if matches(bucket[r], params)]
             if len(found) > 1:
                 raise _Problem(412, "multiple-matches", "the identifier matches several resources")
             rid = found[0] if found else self.state._new_id()
@@ -471,6 +423,7 @@ class _Stub:
                     str(req.get("url", "")),
                     entry.get("resource"),
                     taken,
+                    resolved,
                 )
                 writes.append(w)
                 if entry.get("fullUrl"):
@@ -520,7 +473,7 @@ class _Stub:
     ) -> Response:
         """Apply one write; lock held."""
         try:
-            w = self._plan(method, url, resource, set())
+            w = self._plan(method, url, resource, set(), {})
         except _Problem as exc:
             self.state.log.append(
                 {"interaction": interaction, "status": exc.status, "idempotency_key": key}
@@ -590,21 +543,21 @@ class _Stub:
                     if params.get("identifier")
                     else bucket.values()
                 )
-                matches = [r for r in among if _matches(r, params)]
+                hits = [r for r in among if matches(r, params)]
             except _Problem as exc:
                 return _outcome(exc.status, exc.code, exc.text)
-        page = matches[offset : offset + count]
+        page = hits[offset : offset + count]
         url = f"{request.url.scheme}://{request.url.netloc}{request.url.path}"
         kept = [(k, v) for k, vs in params.items() if k != "_offset" for v in vs]
         links = [{"relation": "self", "url": f"{url}?{urlencode(kept)}"}]
-        if offset + count < len(matches):
+        if offset + count < len(hits):
             following = urlencode([*kept, ("_offset", str(offset + count))])
             links.append({"relation": "next", "url": f"{url}?{following}"})
         return _json(
             {
                 "resourceType": "Bundle",
                 "type": "searchset",
-                "total": len(matches),
+                "total": len(hits),
                 "link": links,
                 "entry": [
                     {

@@ -8,7 +8,7 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.hl7v2.codec import parse_message
-from engine.mappings import load_mappings
+from engine.mappings import default_specs_dir, load_mappings
 from tests.conftest import FIXTURES
 
 ZPD_MESSAGE = (
@@ -162,3 +162,49 @@ def test_site_file_replaces_the_default_of_the_same_name(tmp_path: Path) -> None
     raw = (FIXTURES / "hl7" / "adt_a03.hl7").read_bytes().replace(b"|19840229|F", b"|19840229|Q")
     patient = m.to_fhir(parse_message(raw))["entry"][0]["resource"]
     assert patient["gender"] == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("within", "problem"),
+    [
+        ('{payor: "payor[]", beneficiary: insurer}', "'insurer' is not in refs"),
+        ("{beneficiary: subscriber}", "must be a plain reference"),
+    ],
+)
+def test_identity_within_names_plain_references_made_before(
+    tmp_path: Path, within: str, problem: str
+) -> None:
+    """``identity_within`` (engine/mappings/entries.py) names references the plan has, plain
+    ones whose target is made earlier: anything else is named at load, with its file."""
+    default = (default_specs_dir() / "messages" / "ADT.yaml").read_text()
+    text = default.replace(
+        '    identity_within: {beneficiary: beneficiary, payor: "payor[]"}\n',
+        f"    identity_within: {within}\n",
+    )
+    if "subscriber" in within:
+        text = text.replace(
+            "      subscriber: [subscriber, patient]\n",
+            "      subscriber: {to: subscriber, all: true}\n",
+        )
+    assert text != default
+    write(tmp_path, "messages/ADT.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        load_mappings(tmp_path)
+    assert "messages/ADT.yaml" in str(info.value) and problem in str(info.value)
+
+
+def test_identity_within_refused_when_its_target_comes_later(tmp_path: Path) -> None:
+    default = (default_specs_dir() / "messages" / "ADT.yaml").read_text()
+    payer_plan = (
+        "  - name: payer\n    resource: Organization\n    segments: [IN1-payer]\n"
+        "    each: IN1\n    identity: identifier\n"
+    )
+    assert payer_plan in default
+    moved = default.replace(payer_plan, "").replace(
+        "  # OBX, AL1 and DG1 of the ADT_A01/A05",
+        payer_plan + "  # OBX, AL1 and DG1 of the ADT_A01/A05",
+    )
+    write(tmp_path, "messages/ADT.yaml", moved)
+    with pytest.raises(ConfigError) as info:
+        load_mappings(tmp_path)
+    assert "payer must come before coverage" in str(info.value)

@@ -108,6 +108,46 @@ def test_put_by_id_and_multiple_matches(fhir: httpx.Client) -> None:
     assert resp.status_code == 412
 
 
+def test_a_conditional_update_narrowed_by_references(fhir: httpx.Client) -> None:
+    """``Coverage?identifier=M&beneficiary=Patient/x``: the same member ID for two beneficiaries
+    is two Coverages; in a transaction a placeholder must name an earlier entry."""
+
+    def coverage(beneficiary: str) -> dict[str, Any]:
+        return {
+            "resourceType": "Coverage",
+            "status": "active",
+            "identifier": [{"value": "M55"}],
+            "beneficiary": {"reference": beneficiary},
+            "payor": [{"reference": "Organization/p1"}],
+        }
+
+    for who in ("Patient/a", "Patient/b", "Patient/a"):
+        url = f"Coverage?identifier=M55&beneficiary={who}&payor=Organization/p1"
+        assert fhir.put(url, json=coverage(who)).status_code in (200, 201)
+    found = fhir.get("Coverage", params={"identifier": "M55"}).json()
+    assert found["total"] == 2
+    assert fhir.get("Coverage", params={"payor": "p1", "beneficiary": "b"}).json()["total"] == 1
+    # identifier alone now matches both: several matches are refused, as the spec says
+    assert fhir.put("Coverage?identifier=M55", json=coverage("Patient/c")).status_code == 412
+    unknown = "urn:uuid:00000000-0000-5000-8000-000000000000"
+    orphan = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": coverage(unknown),
+                "request": {
+                    "method": "PUT",
+                    "url": f"Coverage?identifier=M9&beneficiary={unknown}",
+                },
+            }
+        ],
+    }
+    refused = fhir.post("", json=orphan)
+    assert refused.status_code == 400
+    assert "names no earlier entry" in refused.json()["issue"][0]["diagnostics"]
+
+
 def test_the_identifier_index_follows_updates_deletes_and_outside_edits(
     fhir: httpx.Client, server: StubFhirServer
 ) -> None:
