@@ -113,7 +113,8 @@ _MEDIA_EXTENSIONS = {
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _TAG = re.compile(r"[0-9a-f]{8}")
 #: threads of a destination's own for its writes and fsyncs: as many as the deliveries the
-#: dispatcher lets it have in flight (engine/flow/deliver.py, ``per_destination``); a batch
+#: dispatcher lets it have in flight by default (engine/flow/deliver.py, ``per_destination``;
+#: a route file's ``concurrency`` beyond it shares these); a batch
 #: is split among them, at least :data:`BATCH_SHARE` files to a thread
 IO_THREADS = 8
 BATCH_SHARE = 8

@@ -305,7 +305,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self,
         *,
         ssl_context: ssl.SSLContext,
-        max_connections: int = 16,
+        max_connections: int = 64,
         keepalive_s: float = 5.0,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:

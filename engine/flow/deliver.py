@@ -73,14 +73,21 @@ class Dispatcher:
         self.observer = observer
         self.rng = rng or random.Random()
         self.pressure = pressure
-        self._limits = {name: asyncio.Semaphore(per_destination) for name in self.destinations}
+        #: deliveries under way at once, per destination: its route file's ``concurrency``,
+        #: else ``per_destination``
+        widths = {
+            name: getattr(routes.destinations.get(name), "concurrency", None) or per_destination
+            for name in self.destinations
+        }
+        self._limits = {name: asyncio.Semaphore(n) for name, n in widths.items()}
         #: deliveries claimed at most, per destination: up to ``claim_ahead`` times what it
         #: takes at once, so that claims (and the outcomes recorded) come in batches. A claim
         #: that waited half its lease is renewed before it is sent (``renew_claim``), or not
         #: sent when it is no longer ours; claims not started when the dispatcher stops are
         #: given back.
-        self.per_destination_claims = per_destination * claim_ahead
-        self.capacity = max(1, self.per_destination_claims * max(1, len(self.destinations)))
+        self.claims_allowed = {name: n * claim_ahead for name, n in widths.items()}
+        self._default_claims = per_destination * claim_ahead
+        self.capacity = max(1, sum(self.claims_allowed.values()) or self._default_claims)
         self.lease_s = 600.0
         self._claimed: dict[str, int] = {}
         self._not_started: dict[int, asyncio.Task[None]] = {}
@@ -122,7 +129,7 @@ class Dispatcher:
                 paused += [
                     d
                     for d, n in self._claimed.items()
-                    if n >= self.per_destination_claims and d not in paused
+                    if n >= self.claims_allowed.get(d, self._default_claims) and d not in paused
                 ]
                 # deliveries claimed and not settled (a batch is one task for several)
                 room = self.capacity - sum(self._claimed.values())

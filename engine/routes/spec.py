@@ -92,10 +92,13 @@ class DestinationSpec(BaseModel):
 
     type: str
     retry: RetryPolicy = RetryPolicy()
+    #: deliveries to this destination under way at once (None: the dispatcher's default, 8);
+    #: more for a server that answers quickly, fewer for one that limits its clients
+    concurrency: int | None = Field(default=None, ge=1, le=64)
 
     @property
     def settings(self) -> dict[str, Any]:
-        """The keys for the adapter: every key but ``type`` and ``retry``."""
+        """The keys for the adapter: every key but ``type``, ``retry`` and ``concurrency``."""
         return dict(self.model_extra or {})
 
 

@@ -1,0 +1,93 @@
+"""A destination's ``concurrency`` (route file) is how many of its deliveries are under way at
+once: a fast FHIR server can take more than the default 8, a rate-limited one fewer. Measured
+with a slow destination that counts what it holds at the same time."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from engine.adapters.destination import DeliveryResult, Payload
+from engine.adapters.memory import MemoryDestination
+from engine.adapters.registry import load_routes
+from engine.errors import ConfigError
+from engine.flow.deliver import Dispatcher
+from engine.routes.spec import DestinationSpec
+from engine.store import Incoming, NewDelivery, Processed, SqlMessageStore
+
+ROUTES = """
+destinations:
+  wide:
+    type: file
+    directory: {tmp}/wide
+    concurrency: 5
+  narrow:
+    type: file
+    directory: {tmp}/narrow
+routes:
+  - {{name: r, match: {{message: [ADT]}}, mapping: none, destinations: [wide, narrow]}}
+"""
+
+
+class Counting(MemoryDestination):
+    """Holds each delivery a while and notes the most it held at once."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, delay_s=0.05)
+        self.now = 0
+        self.most = 0
+
+    async def deliver(self, payload: Payload) -> DeliveryResult:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            return await super().deliver(payload)
+        finally:
+            self.now -= 1
+
+
+def test_each_destination_has_its_own_width(store: SqlMessageStore, tmp_path: Path) -> None:
+    (tmp_path / "routes").mkdir()
+    (tmp_path / "routes" / "r.yaml").write_text(ROUTES.format(tmp=tmp_path))
+    routes = load_routes(defaults=tmp_path / "routes")
+    assert routes.destinations["wide"].concurrency == 5
+    assert routes.destinations["wide"].settings == {"directory": f"{tmp_path}/wide"}
+    for i in range(12):  # twelve patients: nothing waits for its patient's turn
+        [mid] = [s.id for s in store.save_batch([Incoming(raw=b"MSH|", channel="test")])]
+        made = [
+            NewDelivery(d, "r", "hl7v2", "text/plain", b"x", f"P{i}") for d in ("wide", "narrow")
+        ]
+        store.finish_batch([Processed(mid, "routed", None, f"P{i}", made)])
+    wide, narrow = Counting("wide"), Counting("narrow")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        dispatcher = Dispatcher(
+            store, routes, {"wide": wide, "narrow": narrow}, per_destination=2, idle_s=0.01
+        )
+        task = asyncio.create_task(dispatcher.run(stop))
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(wide.delivered) + len(narrow.delivered) < 24:
+            assert asyncio.get_running_loop().time() < deadline, "not delivered in 30 s"
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    assert wide.most == 5  # its own setting
+    assert narrow.most == 2  # the dispatcher's default
+
+
+@pytest.mark.parametrize("bad", [0, 65, "many"])
+def test_a_concurrency_out_of_bounds_is_refused(bad: object, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError):
+        DestinationSpec.model_validate({"type": "file", "concurrency": bad})
+    (tmp_path / "routes").mkdir()
+    text = ROUTES.format(tmp=tmp_path).replace("concurrency: 5", f"concurrency: {bad}")
+    (tmp_path / "routes" / "r.yaml").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_routes(defaults=tmp_path / "routes")
+    assert "concurrency" in str(info.value)
