@@ -45,7 +45,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import quote, unquote
 
@@ -265,17 +265,28 @@ def _rewrite(node: Any, resolved: Mapping[str, str]) -> Any:
     return node
 
 
-def _url_with(url: str, resolved: Mapping[str, str]) -> str | None:
-    """A conditional URL with each placeholder (an earlier entry's fullUrl:
-    ``Coverage?identifier=M1&beneficiary=urn:uuid:..``, engine/mappings/entries.py) replaced by
-    the ``Type/id`` the server gave that entry; None when one names no entry it answered for."""
-    path, _, query = url.partition("?")
-    if "urn" not in query:
+def _url_placeholders(url: str, fulls: Set[str]) -> list[str]:
+    """The entries' fullUrls a conditional URL names as search values (``beneficiary=urn:uuid:..``,
+    engine/mappings/entries.py); never ``identifier``, whose value is data."""
+    _path, _, query = url.partition("?")
+    out = []
+    for pair in query.split("&") if query else ():
+        name, _, value = pair.partition("=")
+        if name != "identifier" and unquote(value) in fulls:
+            out.append(unquote(value))
+    return out
+
+
+def _url_with(url: str, resolved: Mapping[str, str], fulls: Set[str]) -> str | None:
+    """A conditional URL with each entry it names (:func:`_url_placeholders`) replaced by the
+    ``Type/id`` the server gave that entry; None when one has none yet."""
+    if not _url_placeholders(url, fulls):
         return url
+    path, _, query = url.partition("?")
     pairs = []
     for pair in query.split("&"):
         name, eq, value = pair.partition("=")
-        if unquote(value).startswith("urn:uuid:"):
+        if name != "identifier" and unquote(value) in fulls:
             target = resolved.get(unquote(value))
             if target is None:
                 return None
@@ -285,13 +296,16 @@ def _url_with(url: str, resolved: Mapping[str, str]) -> str | None:
 
 
 def dependency_order(entries: list[dict[str, Any]]) -> list[int]:
-    """Entry indexes, each after the entries whose fullUrl it refers to (stable; a cycle keeps
-    the Bundle's order for what remains)."""
-    full = {e.get("fullUrl"): i for i, e in enumerate(entries) if e.get("fullUrl")}
+    """Entry indexes, each after the entries whose fullUrl it refers to, in its resource or its
+    conditional URL (stable; a cycle keeps the Bundle's order for what remains)."""
+    full = {str(e["fullUrl"]): i for i, e in enumerate(entries) if e.get("fullUrl")}
     deps: list[set[int]] = []
     for i, e in enumerate(entries):
         refs: set[str] = set()
         _references(e.get("resource"), refs)
+        request = e.get("request")
+        if isinstance(request, dict) and isinstance(request.get("url"), str):
+            refs.update(_url_placeholders(request["url"], full.keys()))
         deps.append({full[r] for r in refs if r in full and full[r] != i})
     done: set[int] = set()
     order: list[int] = []
@@ -440,6 +454,7 @@ class FhirRestDestination:
         except (orjson.JSONDecodeError, AttributeError, TypeError):
             return DeliveryResult.fail("fhir: payload is not a FHIR Bundle")
         resolved: dict[str, str] = {}
+        fulls = {str(e["fullUrl"]) for e in entries if isinstance(e, dict) and e.get("fullUrl")}
         for done, i in enumerate(dependency_order(entries)):
             entry = entries[i]
             request = entry.get("request") or {}
@@ -450,7 +465,7 @@ class FhirRestDestination:
             what = f"entry {i + 1} ({method} {rtype})"
             if not url:
                 return DeliveryResult.fail(f"fhir: {what} has no request.url")
-            searched = _url_with(url, resolved)
+            searched = _url_with(url, resolved, fulls)
             if searched is None:
                 return DeliveryResult.fail(
                     f"fhir: {what}: its URL names an entry whose id the server did not give"

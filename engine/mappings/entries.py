@@ -9,8 +9,9 @@
 
 An identifier may be unique only within other resources: a member ID names a Coverage only at its
 payer and for its beneficiary (a dependent is often sent with the subscriber's member ID). A plan's
-``identity_within`` (docs/MAPPINGS.md) names those references: their fullUrls join the identity
-(:func:`scoped_key`), and each joins the conditional URL as a search parameter
+``identity_within`` (docs/MAPPINGS.md) names those references: their fullUrls (those with a
+business identity of their own) join the identity (:func:`scoped_key`), and each joins the
+conditional URL as a search parameter
 (``PUT Coverage?identifier=M123&beneficiary=urn:uuid:..&payor=urn:uuid:..``), the placeholder a
 transaction's server resolves to the entry it names; the ``conditional`` FHIR destination
 (engine/adapters/fhir_rest.py) rewrites it to the id the server gave that entry.

@@ -63,6 +63,9 @@ class _Run:
     extra: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # key -> (url, res)
     #: where the traced functions note which rule wrote what (the workbench); None: not asked
     trace: Trace | None = None
+    #: the fullUrls derived from a business identity (the same in every message), not from the
+    #: message's control ID: only these may narrow another's identity (``identity_within``)
+    stable: set[str] = field(default_factory=set)
 
 
 class InboundMapper:
@@ -267,7 +270,7 @@ class InboundMapper:
         if mm.main is not None and not any(plan.name == mm.main for _u, _r, plan, _i in kept):
             raise self._no_main(message, mm, order)
         entries = [
-            transaction_entry(url, res, ident, _scope_refs(res, plan) if ident else ())
+            transaction_entry(url, res, ident, _scope_refs(res, plan, run.stable) if ident else ())
             for url, res, plan, ident in kept
         ]
         entries += [
@@ -313,25 +316,37 @@ class InboundMapper:
                 self._complete(res, plan, run.trigger)
                 ident = self._pick_identifier(res) if plan.identity else None
                 pos = where[id(group[0][1])]
+                stable = True
                 if ident is not None:
                     key = f"{ident.get('system', '')}|{ident['value']}"
                     if plan.identity_within:
-                        key = scoped_key(key, self._scope(mm, plan, pos, made))
+                        key = scoped_key(key, self._scope(mm, plan, pos, made, run.stable))
                 elif plan.key_from is not None and made.get(plan.key_from):
                     key = f"{plan.name}|{made[plan.key_from][0][1]}"
+                    stable = made[plan.key_from][0][1] in run.stable
                 else:
                     key = f"{fallback_key}|{plan.name}|{index}"
+                    stable = False
                 url = full_url(plan.resource, key)
+                if stable:
+                    run.stable.add(url)
                 made.setdefault(plan.name, []).append((pos, url))
                 order.append((url, res, plan, pos, ident))
         return made, order
 
     def _scope(
-        self, mm: MessageMap, plan: ResourcePlan, pos: int, made: dict[str, list[tuple[int, str]]]
+        self,
+        mm: MessageMap,
+        plan: ResourcePlan,
+        pos: int,
+        made: dict[str, list[tuple[int, str]]],
+        stable: set[str],
     ) -> list[tuple[str, str]]:
         """What the plan's identifier is unique within (``identity_within``): per search
         parameter, the fullUrl its reference will point to (made earlier: the loader checks the
-        order), "" when the message makes none."""
+        order); "" when the message makes none, or one without a business identity (a payer
+        without an ID, named after this message's control ID: it would make a new Coverage of
+        every message)."""
         plans = self._plans[mm.message]
         by_path = {
             ".".join(steps): (targets, every)
@@ -341,7 +356,7 @@ class InboundMapper:
         for param, path in plan.identity_within.items():
             targets, every = by_path[path]
             chosen = _targets(plans, plan, pos, made, targets, every)
-            out.append((param, ",".join(u for _i, u in chosen)))
+            out.append((param, ",".join(u for _i, u in chosen if u in stable)))
         return out
 
     def _complete(self, res: dict[str, Any], plan: ResourcePlan, trigger: str) -> None:
@@ -559,16 +574,17 @@ def _targets(
     return []
 
 
-def _scope_refs(res: dict[str, Any], plan: ResourcePlan) -> list[tuple[str, str]]:
+def _scope_refs(res: dict[str, Any], plan: ResourcePlan, stable: set[str]) -> list[tuple[str, str]]:
     """The references the plan's identifier is unique within, as the resource has them once
-    linked (search parameter, reference; "" when it has none)."""
+    linked (search parameter, reference; "" when it has none, or one that is not
+    :attr:`_Run.stable`, as :meth:`InboundMapper._scope` leaves it out of the identity)."""
     out = []
     for param, path in plan.identity_within.items():
         value = res.get(path.removesuffix("[]"))
         if isinstance(value, list):
             value = value[0] if value else None
         ref = value.get("reference") if isinstance(value, dict) else None
-        out.append((param, ref if isinstance(ref, str) else ""))
+        out.append((param, ref if isinstance(ref, str) and ref in stable else ""))
     return out
 
 

@@ -309,6 +309,11 @@ def _check_identity_within(plan: ResourcePlan, names: list[str]) -> None:
         raise ValueError(f"{plan.name}.identity_within: needs an identity")
     for param, path in plan.identity_within.items():
         spec = plan.refs.get(path)
+        if "." in path:
+            raise ValueError(
+                f"{plan.name}.identity_within.{param}: {path!r} must be an element of the "
+                "resource itself (no dots)"
+            )
         if spec is None:
             raise ValueError(f"{plan.name}.identity_within.{param}: {path!r} is not in refs")
         if isinstance(spec, RefSpec) and (spec.wrap or spec.all):

@@ -8,12 +8,13 @@ Appointment's participant) and ``payor`` (a Coverage's payer), each ``Type/id`` 
 
 In a transaction a conditional URL may name another entry by its ``fullUrl``
 (``Coverage?identifier=M1&beneficiary=urn:uuid:..``): :func:`resolve_placeholders` puts in the
-``Type/id`` that entry was given, as a server does (http.html#trules).
+``Type/id`` that entry was given (an entry before it in the Bundle; the engine's Bundles list a
+resource before those that name it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from typing import Any
 
 from engine.sim.fhir_index import has_identifier
@@ -89,18 +90,19 @@ def matches(resource: dict[str, Any], params: Mapping[str, list[str]]) -> bool:
 
 
 def resolve_placeholders(
-    params: Mapping[str, list[str]], resolved: Mapping[str, str]
+    params: Mapping[str, list[str]], resolved: Mapping[str, str], fulls: Set[str]
 ) -> dict[str, list[str]]:
-    """The parameters with each ``urn:uuid:`` value replaced by the ``Type/id`` of the entry it
-    names; one naming no entry seen before is refused (400)."""
+    """The parameters with each value that is an entry's ``fullUrl`` (``fulls``, the
+    transaction's) replaced by the ``Type/id`` that entry was given; ``identifier`` is data and
+    left alone. One naming an entry not planned yet (later in the Bundle) is refused (400)."""
     out: dict[str, list[str]] = {}
     for name, values in params.items():
         new = []
         for value in values:
-            if value.startswith("urn:uuid:"):
+            if name != "identifier" and value in fulls:
                 if value not in resolved:
                     raise Problem(
-                        400, "not-found", f"{name}={value} names no earlier entry of the Bundle"
+                        400, "not-supported", f"{name}={value} names a later entry of the Bundle"
                     )
                 value = resolved[value]
             new.append(value)

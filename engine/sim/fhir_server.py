@@ -39,7 +39,7 @@ import asyncio
 import hashlib
 import itertools
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -237,6 +237,7 @@ class _Stub:
         resource: Any,
         taken: set[tuple[str, str]],
         resolved: Mapping[str, str],
+        fulls: Set[str] = frozenset(),
     ) -> _Write:
         """Work out one write from its method and URL (relative to the base; a transaction's
         placeholders ``resolved`` so far); lock held."""
@@ -254,7 +255,7 @@ class _Stub:
             if resource.get("id") not in (None, rid):
                 raise _Problem(400, "invalid", "resource id does not match the URL")
         elif method == "PUT" and len(parts) == 1:
-            params = resolve_placeholders(parse_qs(query, keep_blank_values=True), resolved)
+            params = resolve_placeholders(parse_qs(query, keep_blank_values=True), resolved, fulls)
             identifier = (params.get("identifier") or [""])[0]
             if not identifier:
                 raise _Problem(400, "not-supported", "conditional update needs ?identifier=")
@@ -416,6 +417,7 @@ class _Stub:
             writes: list[_Write] = []
             taken: set[tuple[str, str]] = set()
             resolved: dict[str, str] = {}
+            fulls = {str(e["fullUrl"]) for e in entries if isinstance(e, dict) and e.get("fullUrl")}
             for entry in entries:
                 req = entry.get("request") or {}
                 w = self._plan(
@@ -424,6 +426,7 @@ class _Stub:
                     entry.get("resource"),
                     taken,
                     resolved,
+                    fulls,
                 )
                 writes.append(w)
                 if entry.get("fullUrl"):

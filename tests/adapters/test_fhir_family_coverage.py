@@ -102,3 +102,59 @@ def test_the_dependents_coverage_does_not_overwrite_the_subscribers(
     (payer,) = server.state.resources["Organization"]
     assert {c["payor"][0]["reference"] for c in coverages.values()} == {f"Organization/{payer}"}
     assert by_beneficiary[f"Patient/{emi}"]["meta"]["versionId"] == "2"
+
+
+def _no_payer_id(control: str) -> bytes:
+    """The subscriber's ADT with a payer named but without an ID (IN1-3 empty), as real feeds
+    send (tests/corpus: ``IN1|1|T71|||MEDICAID``): its Organization has no business identity."""
+    return SUBSCRIBER.replace(b"|PAYER9^^^^NIIP|", b"||").replace(b"FAM-1", control.encode())
+
+
+@pytest.mark.parametrize("mode", ["transaction", "conditional"])
+def test_a_payer_without_an_id_does_not_make_a_coverage_per_message(
+    server: StubFhirServer, mode: str
+) -> None:
+    """A payer named after each message's control ID would give its Coverage a new identity
+    with every message: only references with a business identity narrow it."""
+    server.state.reset()
+    bodies = [_bundle(_no_payer_id(f"NOPAY-{n}")) for n in range(3)]
+    urls = {
+        e["fullUrl"]
+        for b in bodies
+        for e in orjson.loads(b)["entry"]
+        if e["resource"]["resourceType"] == "Coverage"
+    }
+    assert len(urls) == 1
+    dest = FhirRestDestination(
+        "fhir", FhirDestination.model_validate({"base_url": server.base_url, "mode": mode})
+    )
+
+    async def run() -> list[Any]:
+        try:
+            return [await dest.deliver(_payload(b, n)) for n, b in enumerate(bodies)]
+        finally:
+            await dest.close()
+
+    assert all(r.ok for r in asyncio.run(run()))
+    assert len(server.state.resources["Coverage"]) == 1
+
+
+def test_an_identifier_spelled_like_a_placeholder_is_data(server: StubFhirServer) -> None:
+    """A member ID (or an MRN's system) that reads ``urn:uuid:...`` is sent as it is."""
+    server.state.reset()
+    member = b"urn:uuid:5b2c0d8e-8f4e-4a53-9d7c-0c1f5a2b3c4d"
+    body = _bundle(SUBSCRIBER.replace(MEMBER.encode(), member))
+    dest = FhirRestDestination(
+        "fhir",
+        FhirDestination.model_validate({"base_url": server.base_url, "mode": "conditional"}),
+    )
+
+    async def run() -> list[Any]:
+        try:
+            return [await dest.deliver(_payload(body, n)) for n in range(2)]
+        finally:
+            await dest.close()
+
+    assert all(r.ok for r in asyncio.run(run()))
+    (coverage,) = server.state.resources["Coverage"].values()
+    assert coverage["identifier"][0]["value"] == member.decode()

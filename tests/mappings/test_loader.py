@@ -168,6 +168,7 @@ def test_site_file_replaces_the_default_of_the_same_name(tmp_path: Path) -> None
     ("within", "problem"),
     [
         ('{payor: "payor[]", beneficiary: insurer}', "'insurer' is not in refs"),
+        ('{beneficiary: "beneficiary.reference"}', "no dots"),
         ("{beneficiary: subscriber}", "must be a plain reference"),
     ],
 )

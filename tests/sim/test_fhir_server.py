@@ -129,23 +129,35 @@ def test_a_conditional_update_narrowed_by_references(fhir: httpx.Client) -> None
     assert fhir.get("Coverage", params={"payor": "p1", "beneficiary": "b"}).json()["total"] == 1
     # identifier alone now matches both: several matches are refused, as the spec says
     assert fhir.put("Coverage?identifier=M55", json=coverage("Patient/c")).status_code == 412
-    unknown = "urn:uuid:00000000-0000-5000-8000-000000000000"
-    orphan = {
+    placeholder = "urn:uuid:00000000-0000-5000-8000-000000000000"
+    coverage_first = {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
             {
-                "resource": coverage(unknown),
+                "resource": coverage(placeholder),
                 "request": {
                     "method": "PUT",
-                    "url": f"Coverage?identifier=M9&beneficiary={unknown}",
+                    "url": f"Coverage?identifier=M9&beneficiary={placeholder}",
                 },
-            }
+            },
+            {
+                "fullUrl": placeholder,
+                "resource": patient("M9"),
+                "request": {"method": "PUT", "url": f"Patient?identifier={SYSTEM}|M9"},
+            },
         ],
     }
-    refused = fhir.post("", json=orphan)
+    refused = fhir.post("", json=coverage_first)
     assert refused.status_code == 400
-    assert "names no earlier entry" in refused.json()["issue"][0]["diagnostics"]
+    assert "names a later entry" in refused.json()["issue"][0]["diagnostics"]
+    # an identifier is data, even one spelled like an entry's fullUrl: twice, still one
+    patient_first = {**coverage_first, "entry": coverage_first["entry"][::-1]}
+    patient_first["entry"][1]["resource"]["identifier"] = [{"value": placeholder}]
+    patient_first["entry"][1]["request"]["url"] = f"Coverage?identifier={placeholder}"
+    for _ in range(2):
+        assert fhir.post("", json=patient_first).status_code == 200
+    assert fhir.get("Coverage", params={"identifier": placeholder}).json()["total"] == 1
 
 
 def test_the_identifier_index_follows_updates_deletes_and_outside_edits(
