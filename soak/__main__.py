@@ -44,6 +44,12 @@ def _options(argv: list[str] | None) -> Options:
         default="example",
         help="example: the FHIR server and folders (default); file: mapped, to a folder only",
     )
+    p.add_argument(
+        "--fhir-concurrency",
+        type=int,
+        default=None,
+        help="the FHIR destination's concurrency (deliveries under way at once; default 8)",
+    )
     a = p.parse_args(argv)
     return Options(
         minutes=a.minutes,
@@ -59,6 +65,7 @@ def _options(argv: list[str] | None) -> Options:
         database_url=a.database_url,
         min_free_gb=a.min_free_gb,
         routes=a.routes,
+        fhir_concurrency=a.fhir_concurrency,
     )
 
 

@@ -29,7 +29,7 @@ import httpx
 from chaos.processes import EngineProcess, StubFhirProcess
 from soak import probe
 
-__all__ = ["COLUMNS", "Options", "Run", "soak"]
+__all__ = ["COLUMNS", "Options", "Run", "route_file", "soak"]
 
 ROUTES = """\
 # the soak's routes (soak/harness.py, --routes example): the example's, documents to a folder only
@@ -39,7 +39,7 @@ destinations:
     base_url: {fhir}
     mode: transaction
     timeout_s: 10
-    retry: {{max_attempts: 10, base_delay_s: 2, max_delay_s: 60}}
+    retry: {{max_attempts: 10, base_delay_s: 2, max_delay_s: 60}}{fhir_extra}
   dropbox:
     type: file
     directory: {home}/outbox
@@ -78,6 +78,14 @@ routes:
 
 #: the route sets ``--routes`` chooses from
 ROUTE_SETS = {"example": ROUTES, "file": FILE_ROUTES}
+
+
+def route_file(opts: Options, fhir: str, home: Path) -> str:
+    """The run's route file: the set ``opts.routes`` names, its FHIR destination at ``fhir``
+    with ``opts.fhir_concurrency`` when given, its folders under ``home``."""
+    extra = f"\n    concurrency: {opts.fhir_concurrency}" if opts.fhir_concurrency else ""
+    return ROUTE_SETS[opts.routes].format(fhir=fhir, home=home, fhir_extra=extra)
+
 
 COLUMNS = (
     "t_s",
@@ -128,6 +136,8 @@ class Options:
     min_free_gb: float = 15.0
     #: which routes (``ROUTE_SETS``): the example's (FHIR server and folders), or a folder only
     routes: str = "example"
+    #: the FHIR destination's ``concurrency`` (engine/routes/spec.py); None: the default
+    fhir_concurrency: int | None = None
 
 
 @dataclass
@@ -282,9 +292,7 @@ def soak(opts: Options, out: Path, say: Any, run: Run) -> None:
     try:
         fhir.start()
         (home / "routes").mkdir()
-        (home / "routes" / "example.yaml").write_text(
-            ROUTE_SETS[opts.routes].format(fhir=fhir.base_url, home=home)
-        )
+        (home / "routes" / "example.yaml").write_text(route_file(opts, fhir.base_url, home))
         env = _env(home, opts)
         if opts.database_url:
             env["ENGINE_DATABASE_URL"] = probe.create_database(opts.database_url, dbname)

@@ -10,7 +10,7 @@ import pytest
 
 from engine.adapters.registry import load_routes
 from soak.__main__ import _options
-from soak.harness import ROUTE_SETS
+from soak.harness import Options, route_file
 
 
 @pytest.mark.parametrize(
@@ -22,7 +22,7 @@ def test_each_route_set_loads_and_sends_adt_where_its_name_says(
 ) -> None:
     site = tmp_path / "routes"
     site.mkdir()
-    text = ROUTE_SETS[name].format(fhir="http://127.0.0.1:9/fhir", home=tmp_path)
+    text = route_file(Options(routes=name), "http://127.0.0.1:9/fhir", tmp_path)
     (site / "example.yaml").write_text(text)  # replaces the built-in example, as the soak's does
     routes = load_routes(site)
     adt = [r for r in routes.routes if r.match.message and "ADT" in r.match.message]
@@ -36,3 +36,14 @@ def test_the_routes_option_defaults_to_the_example_and_refuses_unknown_names() -
     assert _options(["--routes", "file"]).routes == "file"
     with pytest.raises(SystemExit):
         _options(["--routes", "nowhere"])
+
+
+def test_the_fhir_destinations_concurrency_is_the_options(tmp_path: Path) -> None:
+    site = tmp_path / "routes"
+    site.mkdir()
+    opts = _options(["--fhir-concurrency", "24"])
+    (site / "example.yaml").write_text(route_file(opts, "http://127.0.0.1:9/fhir", tmp_path))
+    routes = load_routes(site)
+    assert routes.destinations["local-fhir"].concurrency == 24
+    assert routes.destinations["dropbox"].concurrency is None
+    assert _options([]).fhir_concurrency is None
