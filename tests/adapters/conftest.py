@@ -6,7 +6,22 @@ from pathlib import Path
 
 import pytest
 
+from engine.adapters.destination import Payload
 from tests.adapters.test_mllp_tls import _cert
+
+
+def bundle_payload(body: bytes, n: int, destination: str, control: str) -> Payload:
+    """Message ``n``'s FHIR Bundle for ``destination``, with an idempotency key of its own
+    (a stub replays the answer to a key it saw)."""
+    return Payload(
+        message_id=n,
+        destination=destination,
+        kind="fhir-bundle",
+        body=body,
+        content_type="application/fhir+json",
+        idempotency_key=f"{n}:{destination}",
+        control_id=f"{control}-{n}",
+    )
 
 
 @pytest.fixture

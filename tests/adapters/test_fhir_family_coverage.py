@@ -18,6 +18,7 @@ from engine.adapters.fhir_rest import FhirDestination, FhirRestDestination
 from engine.hl7v2.codec import parse_message
 from engine.mappings import load_mappings
 from engine.sim.fhir_server import StubFhirServer, running_stub_fhir
+from tests.adapters.conftest import bundle_payload
 
 MEMBER = "FAM55501"
 
@@ -53,15 +54,7 @@ def _bundle(raw: bytes) -> bytes:
 
 
 def _payload(body: bytes, n: int) -> Payload:
-    return Payload(
-        message_id=n,
-        destination="fhir",
-        kind="fhir-bundle",
-        body=body,
-        content_type="application/fhir+json",
-        idempotency_key=f"{n}:fhir",
-        control_id=f"FAM-{n}",
-    )
+    return bundle_payload(body, n, "fhir", "FAM")
 
 
 def _patient_id(stub: StubFhirServer, mrn: str) -> str:

@@ -24,6 +24,7 @@ from engine.keys import Keyring, keyring_for
 from engine.routes.spec import DestinationSpec
 from engine.settings import Settings
 from engine.sim.epic import StubEpicServer
+from tests.adapters.conftest import bundle_payload
 from tests.sim.epic_support import epic_with_client
 
 BUNDLES = Path(__file__).resolve().parents[2] / "fixtures" / "fhir"
@@ -62,15 +63,7 @@ def settings(home: Path) -> Settings:
 
 
 def payload(n: int = 1) -> Payload:
-    return Payload(
-        message_id=n,
-        destination="epic",
-        kind="fhir-bundle",
-        body=ADT_A01,
-        content_type="application/fhir+json",
-        idempotency_key=f"{n}:epic",
-        control_id=f"ADT-{n}",
-    )
+    return bundle_payload(ADT_A01, n, "epic", "ADT")
 
 
 def destination(epic: StubEpicServer, home: Path, **auth: str) -> FhirRestDestination:
