@@ -280,9 +280,9 @@ def _url_placeholders(url: str, fulls: Set[str]) -> list[str]:
 def _url_with(url: str, resolved: Mapping[str, str], fulls: Set[str]) -> str | None:
     """A conditional URL with each entry it names (:func:`_url_placeholders`) replaced by the
     ``Type/id`` the server gave that entry; None when one has none yet."""
-    if not _url_placeholders(url, fulls):
-        return url
     path, _, query = url.partition("?")
+    if not query:
+        return url
     pairs = []
     for pair in query.split("&"):
         name, eq, value = pair.partition("=")

@@ -66,6 +66,8 @@ class _Run:
     #: the fullUrls derived from a business identity (the same in every message), not from the
     #: message's control ID: only these may narrow another's identity (``identity_within``)
     stable: set[str] = field(default_factory=set)
+    #: fullUrl -> the (search parameter, fullUrl) pairs its identity is narrowed by
+    scopes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
 
 class InboundMapper:
@@ -89,6 +91,7 @@ class InboundMapper:
         }
         #: (message, plan) -> [(path steps, target plans, wrap template, all)]
         self._refs: dict[tuple[str, str], list[tuple[tuple[str, ...], list[str], Any, bool]]] = {}
+        self._scopes: dict[tuple[str, str], list[tuple[str, list[str]]]] = {}
         for mm in files.messages.values():
             for plan in mm.resources:
                 entries = []
@@ -103,6 +106,12 @@ class InboundMapper:
                         )
                     )
                 self._refs[(mm.message, plan.name)] = entries
+                # identity_within: (search parameter, the plans its reference may point to);
+                # the loader allows only plain references to plans made before this one
+                by_path = {".".join(steps): targets for steps, targets, _w, _a in entries}
+                self._scopes[(mm.message, plan.name)] = [
+                    (param, by_path[path]) for param, path in plan.identity_within.items()
+                ]
         self._contexts: dict[str, TransformContext] = {}
         for mm in files.messages.values():
             for trig in mm.triggers:
@@ -270,7 +279,7 @@ class InboundMapper:
         if mm.main is not None and not any(plan.name == mm.main for _u, _r, plan, _i in kept):
             raise self._no_main(message, mm, order)
         entries = [
-            transaction_entry(url, res, ident, _scope_refs(res, plan, run.stable) if ident else ())
+            transaction_entry(url, res, ident, run.scopes.get(url, ()))
             for url, res, plan, ident in kept
         ]
         entries += [
@@ -317,10 +326,12 @@ class InboundMapper:
                 ident = self._pick_identifier(res) if plan.identity else None
                 pos = where[id(group[0][1])]
                 stable = True
+                scope: list[tuple[str, str]] = []
                 if ident is not None:
                     key = f"{ident.get('system', '')}|{ident['value']}"
                     if plan.identity_within:
-                        key = scoped_key(key, self._scope(mm, plan, pos, made, run.stable))
+                        scope = self._scope(mm, plan, pos, made, run.stable)
+                        key = scoped_key(key, scope)
                 elif plan.key_from is not None and made.get(plan.key_from):
                     key = f"{plan.name}|{made[plan.key_from][0][1]}"
                     stable = made[plan.key_from][0][1] in run.stable
@@ -330,6 +341,8 @@ class InboundMapper:
                 url = full_url(plan.resource, key)
                 if stable:
                     run.stable.add(url)
+                if scope:
+                    run.scopes[url] = scope
                 made.setdefault(plan.name, []).append((pos, url))
                 order.append((url, res, plan, pos, ident))
         return made, order
@@ -343,19 +356,15 @@ class InboundMapper:
         stable: set[str],
     ) -> list[tuple[str, str]]:
         """What the plan's identifier is unique within (``identity_within``): per search
-        parameter, the fullUrl its reference will point to (made earlier: the loader checks the
-        order); "" when the message makes none, or one without a business identity (a payer
-        without an ID, named after this message's control ID: it would make a new Coverage of
-        every message)."""
+        parameter, the fullUrl its reference will point to (:func:`_targets`, as
+        :meth:`_link` chooses it later); "" when the message makes none, or one without a
+        business identity (a payer without an ID, named after this message's control ID: it
+        would make a new Coverage of every message). The same pairs narrow the entry's
+        conditional URL (:attr:`_Run.scopes`)."""
         plans = self._plans[mm.message]
-        by_path = {
-            ".".join(steps): (targets, every)
-            for steps, targets, _wrap, every in self._refs[(mm.message, plan.name)]
-        }
         out = []
-        for param, path in plan.identity_within.items():
-            targets, every = by_path[path]
-            chosen = _targets(plans, plan, pos, made, targets, every)
+        for param, targets in self._scopes[(mm.message, plan.name)]:
+            chosen = _targets(plans, plan, pos, made, targets, False)
             out.append((param, ",".join(u for _i, u in chosen if u in stable)))
         return out
 
@@ -572,20 +581,6 @@ def _targets(
         i = before[-1] if before else 0
         return [(i, got[i][1])]
     return []
-
-
-def _scope_refs(res: dict[str, Any], plan: ResourcePlan, stable: set[str]) -> list[tuple[str, str]]:
-    """The references the plan's identifier is unique within, as the resource has them once
-    linked (search parameter, reference; "" when it has none, or one that is not
-    :attr:`_Run.stable`, as :meth:`InboundMapper._scope` leaves it out of the identity)."""
-    out = []
-    for param, path in plan.identity_within.items():
-        value = res.get(path.removesuffix("[]"))
-        if isinstance(value, list):
-            value = value[0] if value else None
-        ref = value.get("reference") if isinstance(value, dict) else None
-        out.append((param, ref if isinstance(ref, str) and ref in stable else ""))
-    return out
 
 
 @lru_cache(maxsize=1024)
