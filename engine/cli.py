@@ -526,12 +526,15 @@ def token(
 def stub_fhir(
     port: Annotated[int, typer.Option(help="port to listen on")] = 8090,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    access_log: Annotated[
+        bool, typer.Option(help="log each request's line (its URL may carry identifiers)")
+    ] = False,
 ) -> None:
     """Run a stub FHIR server (in memory) for demos and tests: base URL http://HOST:PORT/fhir."""
     from engine.sim.fhir_server import run_stub_fhir
 
     typer.echo(f"stub FHIR server on http://{host}:{port}/fhir (Ctrl-C stops)", err=True)
-    run_stub_fhir(host, port)
+    run_stub_fhir(host, port, access_log=access_log)
 
 
 @app.command("stub-athena")
