@@ -42,7 +42,8 @@ def _options(argv: list[str] | None) -> Options:
         "--routes",
         choices=sorted(ROUTE_SETS),
         default="example",
-        help="example: the FHIR server and folders (default); file: mapped, to a folder only",
+        help="example: the FHIR server and folders (default); file: mapped, to a folder only; "
+        "fhir: mapped, to the FHIR server only",
     )
     p.add_argument(
         "--fhir-concurrency",

@@ -76,8 +76,26 @@ routes:
     destinations: [bundles]
 """
 
+#: ``--routes fhir``: each message mapped to a FHIR transaction Bundle for the stub FHIR server,
+#: nothing to a folder (the FHIR destination's share of the example's cost, alone)
+FHIR_ROUTES = """\
+# the soak's routes (soak/harness.py, --routes fhir): mapped, to the FHIR server
+destinations:
+  local-fhir:
+    type: fhir
+    base_url: {fhir}
+    mode: transaction
+    timeout_s: 10
+    retry: {{max_attempts: 10, base_delay_s: 2, max_delay_s: 60}}{fhir_extra}
+routes:
+  - name: to-local-fhir
+    match: {{message: [ADT, SIU, DFT]}}
+    mapping: fhir
+    destinations: [local-fhir]
+"""
+
 #: the route sets ``--routes`` chooses from
-ROUTE_SETS = {"example": ROUTES, "file": FILE_ROUTES}
+ROUTE_SETS = {"example": ROUTES, "file": FILE_ROUTES, "fhir": FHIR_ROUTES}
 
 
 def route_file(opts: Options, fhir: str, home: Path) -> str:
