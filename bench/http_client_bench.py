@@ -1,7 +1,9 @@
 """The FHIR destination's HTTP client, side by side: httpx over httpcore's pool (httpx's
-default) and httpx over the engine's pool (engine/adapters/http_pool.py), each POSTing the same
-transaction Bundles to the stub FHIR server (``engine stub-fhir``, a separate process), 8 at
-a time as the dispatcher sends to one destination, on the worker's event loop (uvloop).
+default), httpx over the engine's pool (engine/adapters/http_pool.py) and the engine's pool
+without httpx's client (``DirectClient``, what the destination sends through), each POSTing
+the same transaction Bundles to the stub FHIR server (``engine stub-fhir``, a separate
+process), 8 at a time as the dispatcher sends to one destination, on the worker's event loop
+(uvloop).
 
 Each contestant's figure is the client process's CPU time a request (``time.process_time``,
 what the worker pays) and its requests a second; the contestants alternate, ``repeat`` times
@@ -23,14 +25,19 @@ import orjson
 
 from bench.harness import Options, environment
 from bench.ingest_bench import _free_port, _wait_port
-from engine.adapters.fhir_http import FHIR_JSON, fhir_client
+from engine.adapters.fhir_http import FHIR_JSON, fhir_client, lean_transport
+from engine.adapters.http_pool import DirectClient
 from engine.runtime import run as run_loop
 
 __all__ = ["run"]
 
 REQUESTS = 3000
 AT_ONCE = 8
-CONTESTANTS = {"httpcore": "httpx, httpcore's pool", "engine": "httpx, the engine's pool"}
+CONTESTANTS = {
+    "httpcore": "httpx, httpcore's pool",
+    "engine": "httpx, the engine's pool",
+    "direct": "the engine's pool, direct",
+}
 
 
 def _bundle(run: int, i: int) -> bytes:
@@ -59,13 +66,15 @@ def _bundle(run: int, i: int) -> bytes:
     )
 
 
-async def _post_all(client: httpx.AsyncClient, url: str, bodies: list[bytes], tag: str) -> None:
+async def _post_all(
+    client: httpx.AsyncClient | DirectClient, url: str, bodies: list[bytes], tag: str
+) -> None:
     gate = asyncio.Semaphore(AT_ONCE)
 
     async def one(i: int, body: bytes) -> None:
         async with gate:
             headers = {"Content-Type": FHIR_JSON, "Idempotency-Key": f"{tag}-{i}"}
-            resp = await client.post(url, content=body, headers=headers)
+            resp = await client.request("POST", url, content=body, headers=headers)
             if resp.status_code >= 300:
                 raise RuntimeError(f"stub answered {resp.status_code}")
 
@@ -78,11 +87,14 @@ def _one_run(url: str, contestant: str, run: int, count: int) -> tuple[float, fl
     warm = [_bundle(run + 10_000, i) for i in range(AT_ONCE * 4)]
 
     async def main() -> tuple[float, float]:
-        client = fhir_client(timeout_s=10, verify=True, transport=None, lean=contestant == "engine")
+        pool = lean_transport(True) if contestant != "httpcore" else None
+        client = fhir_client(timeout_s=10, verify=True, transport=pool)
+        # the FHIR destination's way since 6 December: requests straight to the pool
+        sender = DirectClient(pool, client) if pool and contestant == "direct" else client
         try:
-            await _post_all(client, url, warm, f"w{run}")
+            await _post_all(sender, url, warm, f"w{run}")
             cpu, wall = time.process_time(), time.perf_counter()
-            await _post_all(client, url, bodies, f"r{run}")
+            await _post_all(sender, url, bodies, f"r{run}")
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         finally:
             await client.aclose()

@@ -24,7 +24,7 @@ from engine.adapters.destination import DeliveryResult
 from engine.adapters.http_pool import LeanTransport
 from engine.adapters.oauth2 import retry_after
 
-__all__ = ["FHIR_JSON", "BaseUrl", "classify", "fhir_client", "issue_code"]
+__all__ = ["FHIR_JSON", "BaseUrl", "classify", "fhir_client", "issue_code", "lean_transport"]
 
 FHIR_JSON = "application/fhir+json"
 
@@ -67,6 +67,14 @@ def _environment_proxy() -> bool:
     return any(found.get(scheme) for scheme in ("http", "https", "all"))
 
 
+def lean_transport(verify: ssl.SSLContext | bool) -> LeanTransport | None:
+    """The engine's connection pool (engine/adapters/http_pool.py) checking certificates as
+    :func:`tls_verify` says; None when the environment names a proxy (httpcore's then)."""
+    if _environment_proxy():
+        return None
+    return LeanTransport(ssl_context=_context(tls_verify(verify)))
+
+
 def fhir_client(
     *,
     timeout_s: float,
@@ -82,8 +90,8 @@ def fhir_client(
     than httpcore's (the FHIR destination's requests, one or more per message), unless a test
     passes a ``transport`` or the environment names a proxy."""
     verify = tls_verify(verify)
-    if lean and transport is None and not _environment_proxy():
-        transport = LeanTransport(ssl_context=_context(verify))
+    if lean and transport is None:
+        transport = lean_transport(verify)
     return httpx.AsyncClient(
         base_url=base_url,
         timeout=timeout_s,

@@ -57,7 +57,14 @@ from engine.adapters.auth import BearerAuth, OAuth2Auth, SmartBackendAuth
 from engine.adapters.auth import NoAuth as NoAuthConfig
 from engine.adapters.destination import DeliveryResult, Payload
 from engine.adapters.fhir_documents import Body, DocumentMode, DocumentWriter, PatientCache
-from engine.adapters.fhir_http import FHIR_JSON, BaseUrl, classify, fhir_client
+from engine.adapters.fhir_http import (
+    FHIR_JSON,
+    BaseUrl,
+    classify,
+    fhir_client,
+    lean_transport,
+)
+from engine.adapters.http_pool import DirectClient
 from engine.adapters.oauth2 import ClientCredentials, TokenError
 from engine.adapters.smart import SmartBackend
 from engine.errors import ConfigError
@@ -367,6 +374,7 @@ class FhirRestDestination:
         self._transport = transport
         self._verify: ssl.SSLContext | bool = config.verify_tls if verify is None else verify
         self._client: httpx.AsyncClient | None = None
+        self._direct: DirectClient | None = None
         #: documents: patient cache, the server's mode (engine/adapters/fhir_documents.py)
         self.documents = DocumentWriter(
             self._send,
@@ -377,19 +385,22 @@ class FhirRestDestination:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
+            lean = lean_transport(self._verify) if self._transport is None else None
             self._client = fhir_client(
                 base_url=self.config.base_url + "/",
                 timeout_s=self.config.timeout_s,
                 verify=self._verify,
-                transport=self._transport,
-                lean=True,
+                transport=self._transport or lean,
             )
+            # the engine's pool takes requests straight (a test's transport, or a proxy's
+            # httpcore, goes through httpx's client): engine/adapters/http_pool.py says why
+            self._direct = DirectClient(lean, self._client) if lean is not None else None
         return self._client
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
-            self._client = None
+            self._client = self._direct = None
 
     async def deliver(self, payload: Payload) -> DeliveryResult:
         if payload.kind not in ("fhir-bundle", "document"):
@@ -433,8 +444,12 @@ class FhirRestDestination:
             authorization = await self.auth.authorization(client)
             if authorization:
                 h["Authorization"] = authorization
-            content = body() if callable(body) else body  # a stream starts again on a retry
-            resp = await client.request(method, url, content=content, headers=h)
+            if callable(body):  # a stream, started again on a retry: only httpx's client
+                resp = await client.request(method, url, content=body(), headers=h)
+            elif self._direct is not None:
+                resp = await self._direct.request(method, url, content=body, headers=h)
+            else:
+                resp = await client.request(method, url, content=body, headers=h)
             refused = authorization.removeprefix("Bearer ") if authorization else None
             if resp.status_code != 401 or attempt == 2 or not self.auth.invalidate(refused):
                 return resp

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,6 +25,7 @@ from engine.adapters.fhir_rest import (
     OAuth2ClientCredentials,
     dependency_order,
 )
+from engine.adapters.http_pool import DirectClient
 from engine.adapters.registry import build_destination
 from engine.errors import ConfigError
 from engine.routes.spec import DestinationSpec
@@ -112,6 +114,29 @@ def test_conditional_mode_sends_each_entry_in_dependency_order(stub: StubFhirSer
         FhirRestDestination("fhir", config(stub.base_url, mode="conditional")), payload()
     )
     assert again.ok and stub.state.count("Patient") == 1
+
+
+def test_requests_go_straight_to_the_engines_pool(
+    stub: StubFhirServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past httpx's client (engine/adapters/http_pool.py, DirectClient), in both modes."""
+    for name in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    sent: list[str] = []
+    real = DirectClient.request
+
+    async def counted(self: DirectClient, method: str, url: str, **kw: Any) -> httpx.Response:
+        sent.append(method)
+        return await real(self, method, url, **kw)
+
+    monkeypatch.setattr(DirectClient, "request", counted)
+    (one,) = deliver_all(FhirRestDestination("fhir", config(stub.base_url)), payload())
+    dest = FhirRestDestination("fhir", config(stub.base_url, mode="conditional"))
+    (each,) = deliver_all(dest, payload())
+    assert one.ok and each.ok
+    assert sent == ["POST"] + ["PUT"] * 7
+    assert [e["interaction"] for e in stub.state.log] == ["transaction"] + ["update"] * 7
 
 
 def test_dependency_order_keeps_bundle_order_and_survives_cycles() -> None:

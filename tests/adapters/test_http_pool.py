@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from engine.adapters.fhir_http import fhir_client
-from engine.adapters.http_pool import LeanTransport
+from engine.adapters.http_pool import DirectClient, LeanTransport
 
 Answer = Callable[[h11.Request, bytes, int], Awaitable[bytes | None]]
 
@@ -432,3 +432,104 @@ def test_aclose_waits_for_tls_goodbyes(pki: Path) -> None:
             return await _sockets_after_aclose(server, LeanTransport(ssl_context=trusting), 2)
 
     assert set(asyncio.run(run())) == {-1}
+
+
+# -- DirectClient: the FHIR destination's requests, straight to the pool -------------------------
+
+
+def _both(base: str) -> tuple[httpx.AsyncClient, DirectClient]:
+    """httpx's client over the pool, as the FHIR destination makes it, and the direct client
+    the destination sends through (the same client's base URL and headers)."""
+    t = LeanTransport(ssl_context=ssl.create_default_context())
+    c = fhir_client(base_url=base + "/fhir/", timeout_s=5, verify=True, transport=t)
+    return c, DirectClient(t, c)
+
+
+@sync
+async def test_direct_requests_are_the_ones_httpx_would_send() -> None:
+    """Method, target, headers and body as h11 reads them on the server: the same through
+    either path, for a POST to the base, a conditional PUT under it, a GET with no body."""
+    async with Server(echo_after(0)) as server:
+        c, direct = _both(server.url)
+        asks: list[tuple[str, str, bytes | None]] = [
+            ("POST", server.url + "/fhir", b'{"resourceType":"Bundle"}'),
+            ("PUT", "Patient?identifier=urn:mrn|M1&beneficiary=Patient/7", b"{}"),
+            ("GET", "Patient/7", None),
+        ]
+        for method, url, body in asks:
+            headers = {"Idempotency-Key": "k/1", "Content-Type": "application/fhir+json"}
+            if body is None:
+                del headers["Content-Type"]
+            via_httpx = await c.request(method, url, content=body, headers=headers)
+            via_direct = await direct.request(method, url, content=body, headers=headers)
+            assert via_httpx.status_code == via_direct.status_code == 200
+            assert via_httpx.content == via_direct.content == (body or b"")
+        await c.aclose()
+    first, second = server.requests[0::2], server.requests[1::2]
+    assert [r.target for r in first] == [
+        b"/fhir",
+        b"/fhir/Patient?identifier=urn:mrn|M1&beneficiary=Patient/7",
+        b"/fhir/Patient/7",
+    ]
+    for a, b in zip(first, second, strict=True):
+        assert (a.method, a.target, sorted(a.headers)) == (b.method, b.target, sorted(b.headers))
+    assert b"content-length" not in dict(first[2].headers)
+    assert server.bodies[0::2] == server.bodies[1::2]
+
+
+@sync
+async def test_a_header_given_replaces_the_clients_default() -> None:
+    """An Accept or a Content-Length the caller gives is sent once, the caller's (a second
+    Content-Length makes the request invalid: uvicorn answers 400)."""
+    heads: list[bytes] = []
+    async with Server(echo_after(0)) as server:
+        c, direct = _both(server.url)
+        exchange = direct.transport.exchange
+
+        async def seen(origin: Any, head: bytes, *rest: Any) -> httpx.Response:
+            heads.append(head)
+            return await exchange(origin, head, *rest)
+
+        direct.transport.exchange = seen  # type: ignore[method-assign]
+        await direct.request("GET", "metadata", content=None, headers={"accept": "text/plain"})
+        framed = {"Content-Length": "2"}
+        answer = await direct.request("POST", "Binary", content=b"{}", headers=framed)
+        await c.aclose()
+    accepts = [v for n, v in server.requests[0].headers if n == b"accept"]
+    assert accepts == [b"text/plain"]
+    assert heads[1].lower().count(b"content-length") == 1 and answer.content == b"{}"
+
+
+@sync
+@pytest.mark.parametrize("value", ["token\r\nX-Smuggled: 1", "a\nb", "a\x00b"])
+async def test_a_header_holding_a_line_break_is_refused_before_anything_is_sent(
+    value: str,
+) -> None:
+    """A token or key with a line break in it would add a header of its own (a smuggled
+    request, even): refused on both paths, and nothing reaches the server."""
+    async with Server(echo_after(0)) as server:
+        c, direct = _both(server.url)
+        headers = {"Authorization": f"Bearer {value}"}
+        with pytest.raises(httpx.LocalProtocolError, match="line break or NUL"):
+            await direct.request("POST", "", content=b"{}", headers=headers)
+        with pytest.raises(httpx.LocalProtocolError, match="line break or NUL"):
+            await c.request("POST", "", content=b"{}", headers=headers)
+        await c.aclose()
+    assert server.requests == []
+
+
+@sync
+async def test_direct_requests_use_the_pools_connections_and_its_errors() -> None:
+    """Kept alive like httpx's (one connection for requests one after another), and a server
+    that goes silent is httpx's ReadTimeout, which the destination retries."""
+    async with Server(echo_after(0)) as server:
+        t = LeanTransport(ssl_context=ssl.create_default_context())
+        c = fhir_client(base_url=server.url + "/", timeout_s=0.2, verify=True, transport=t)
+        direct = DirectClient(t, c)
+        for _ in range(3):
+            await direct.request("POST", "", content=b"{}", headers={})
+        assert server.connections == 1
+        server.answer = echo_after(1.0)
+        with pytest.raises(httpx.ReadTimeout):
+            await direct.request("POST", "", content=b"{}", headers={})
+        await c.aclose()
