@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import ssl
 import time
 from collections.abc import Callable, Mapping, Set
@@ -343,6 +344,13 @@ def _resolved_id(resp: httpx.Response, rtype: str, url: str) -> str | None:
     return None
 
 
+#: what a conditional-mode entry may ask (http-verb, https://hl7.org/fhir/R4/valueset-http-verb.html,
+#: without HEAD); its request line carries it, the server's token with it
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+
+#: a URL with a scheme (``https://other.example/...``), not one relative to the base
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+
 _CONDITIONAL_HEADERS = {
     "ifNoneExist": "If-None-Exist",
     "ifMatch": "If-Match",
@@ -414,6 +422,10 @@ class FhirRestDestination:
                 result = await self._conditional(payload)
         except _Refused as exc:
             result = exc.result
+        except (httpx.LocalProtocolError, httpx.InvalidURL, UnicodeEncodeError) as exc:
+            # refused before a byte was sent (a line break in a header, a method that is no
+            # HTTP token, a URL that cannot be one): the same payload would be refused again
+            result = DeliveryResult.fail(f"fhir: request not sendable ({type(exc).__name__})")
         except httpx.TimeoutException as exc:
             result = DeliveryResult.retry(f"fhir: timeout ({type(exc).__name__})")
         except httpx.RequestError as exc:
@@ -477,9 +489,17 @@ class FhirRestDestination:
             url = str(request.get("url") or "").lstrip("/")
             resource = entry.get("resource")
             rtype = resource.get("resourceType", "?") if isinstance(resource, dict) else "?"
+            if method not in _METHODS:  # Bundle.entry.request.method's codes (http-verb)
+                return DeliveryResult.fail(f"fhir: entry {i + 1} has no FHIR request.method")
             what = f"entry {i + 1} ({method} {rtype})"
             if not url:
                 return DeliveryResult.fail(f"fhir: {what} has no request.url")
+            if _ABSOLUTE.match(url):  # relative to the base (entry.request.url); never elsewhere
+                if not url.startswith(self.config.base_url + "/"):
+                    return DeliveryResult.fail(
+                        f"fhir: {what}: request.url is outside the destination's base URL"
+                    )
+                url = url.removeprefix(self.config.base_url + "/")
             searched = _url_with(url, resolved, fulls)
             if searched is None:
                 return DeliveryResult.fail(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 import time
 from collections import deque
@@ -292,17 +293,32 @@ class _Connection(asyncio.Protocol):
 
 def _head(request: httpx.Request) -> bytes:
     url = request.url
-    lines = [b"%b %b HTTP/1.1" % (request.method.encode("ascii"), url.raw_path)]
+    lines = [b"%b %b HTTP/1.1" % (_method(request.method), url.raw_path)]
     lines += [_header(name, value) for name, value in request.headers.raw]
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
+#: an HTTP token (RFC 9110 section 5.6.2): what a method and a header's name may hold
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _method(method: str) -> bytes:
+    """The request line's method, a token: anything else (a line break and a second request
+    after it, from a Bundle's ``request.method``) is refused, as httpcore refuses it."""
+    raw = method.encode("ascii", "replace")
+    if not _TOKEN.fullmatch(raw):
+        raise httpx.LocalProtocolError(f"method {raw[:20]!r} is not an HTTP token")
+    return raw
+
+
 def _header(name: bytes, value: bytes) -> bytes:
-    """One header line; a line break or NUL in it (a header of its own, smuggled) is refused."""
-    line = b"%b: %b" % (name, value)
-    if b"\r" in line or b"\n" in line or b"\0" in line:
+    """One header line; a name that is not a token, or a value holding a line break or NUL (a
+    header of its own, smuggled), is refused."""
+    if not _TOKEN.fullmatch(name):
+        raise httpx.LocalProtocolError(f"header name {name[:40]!r} is not an HTTP token")
+    if b"\r" in value or b"\n" in value or b"\0" in value:
         raise httpx.LocalProtocolError(f"header {name[:40]!r} holds a line break or NUL")
-    return line
+    return b"%b: %b" % (name, value)
 
 
 def _replayable(request: httpx.Request) -> bytes | None:
@@ -491,11 +507,13 @@ class DirectClient:
     auth and redirect flows and the event hooks, then wraps the answer: at the soak's load about
     as much of the worker's time as the exchange on the wire (6 December 2026, py-spy of the
     worker, example routes at 1,000 messages/s offered: httpx 15 % of the samples holding the
-    GIL, the pool 13 %). The destination uses none of it (no cookies, redirects not followed,
+    GIL, the pool 13 %). The destination uses none of it but cookies (redirects not followed,
     its Authorization header its own), so this frames the request head itself, with the headers
     the client would have added (taken from httpx once: the server sees the same request), and
     gives the pool the bytes. URLs are parsed by httpx, the few a destination sends to over and
     over (its base URL) once. Errors are the pool's (httpx's); the answer an ``httpx.Response``.
+    A server that sets a cookie (a balancer's affinity, say) gets it back: its answer's cookies go
+    into the client's jar, and while the jar holds any, requests go through httpx's client.
     """
 
     #: at most this many URLs are remembered parsed (a transaction destination posts to one;
@@ -513,11 +531,11 @@ class DirectClient:
             if name.lower() not in (b"host", b"content-length", b"content-type")
         ]
         self._timeouts = probe.extensions.get("timeout", {})
-        self._urls: dict[str, tuple[_Origin, bytes, bytes]] = {}
+        self._urls: dict[str, tuple[_Origin, bytes, httpx.URL]] = {}
 
-    def _target(self, url: str) -> tuple[_Origin, bytes, bytes] | None:
-        """(origin, Host header, request target) of ``url``, relative to the base as httpx
-        merges it; None for what only httpx's client sends (another scheme)."""
+    def _target(self, url: str) -> tuple[_Origin, bytes, httpx.URL] | None:
+        """(origin, Host header, URL) of ``url``, relative to the base as httpx merges it; None
+        for what only httpx's client sends (another scheme)."""
         known = self._urls.get(url)
         if known is not None:
             return known
@@ -528,7 +546,7 @@ class DirectClient:
         if full.scheme not in ("http", "https") or not full.host:
             return None
         port = full.port or (443 if full.scheme == "https" else 80)
-        found = ((full.scheme, full.host, port), full.netloc, full.raw_path)
+        found = ((full.scheme, full.host, port), full.netloc, full)
         if len(self._urls) < self._REMEMBERED:
             self._urls[url] = found
         return found
@@ -536,16 +554,27 @@ class DirectClient:
     async def request(
         self, method: str, url: str, *, content: bytes | None, headers: Mapping[str, str]
     ) -> httpx.Response:
+        method = method.upper()
         target = self._target(url)
-        if target is None or method in ("HEAD", "CONNECT"):
+        if target is None or method in ("HEAD", "CONNECT") or self._client.cookies:
+            # a server that set a cookie gets it back as it would through httpx: its jar
             return await self._client.request(method, url, content=content, headers=headers)
-        origin, host, path = target
-        given = {name.lower() for name in headers}
-        lines = [b"%b %b HTTP/1.1" % (method.encode("ascii"), path), b"Host: " + host]
+        origin, host, full = target
+        given = {name.lower(): value for name, value in headers.items()}
+        lines = [b"%b %b HTTP/1.1" % (_method(method), full.raw_path)]
+        if "host" not in given:
+            lines.append(b"Host: " + host)
         lines += [line for name, line in self._defaults if name not in given]
         lines += [_header(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
-        framed = "content-length" in given  # the caller's, as httpx would send it
-        if not framed and (content is not None or method in ("POST", "PUT", "PATCH")):
-            lines.append(b"Content-Length: %d" % len(content or b""))
+        body = content or b""
+        if "content-length" in given:  # the caller's, as httpx sends it, if it is the truth
+            if given["content-length"].strip() != str(len(body)):
+                raise httpx.LocalProtocolError("Content-Length is not the body's length")
+        elif body or method in ("POST", "PUT", "PATCH"):
+            lines.append(b"Content-Length: %d" % len(body))
         head = b"\r\n".join(lines) + b"\r\n\r\n"
-        return await self.transport.exchange(origin, head, content or b"", self._timeouts)
+        response = await self.transport.exchange(origin, head, body, self._timeouts)
+        if "set-cookie" in response.headers:  # kept as httpx's client keeps it
+            response.request = httpx.Request(method, full)
+            self._client.cookies.extract_cookies(response)
+        return response

@@ -139,6 +139,58 @@ def test_requests_go_straight_to_the_engines_pool(
     assert [e["interaction"] for e in stub.state.log] == ["transaction"] + ["update"] * 7
 
 
+def _one_entry(method: str, url: str) -> Payload:
+    """A conditional-mode Bundle of one Patient sent as ``method`` to ``url``."""
+    entry = {
+        "fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000001",
+        "resource": {"resourceType": "Patient", "identifier": [{"value": "M1"}]},
+        "request": {"method": method, "url": url},
+    }
+    body = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [entry]})
+    return payload(body.encode())
+
+
+def test_a_bundles_method_cannot_smuggle_a_request(stub: StubFhirServer) -> None:
+    """A Bundle received over HTTP is passed on as it came: its ``request.method`` goes into
+    the request line. One that holds a line break and a second request after it (which
+    would have been sent, with the destination's token, and its answer read as the
+    entry's) is refused for good, and nothing reaches the server."""
+    smuggled = "DELETE /fhir/Patient/victim HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\nPUT"
+    dest = FhirRestDestination("fhir", config(stub.base_url, mode="conditional"))
+    (result,) = deliver_all(dest, _one_entry(smuggled, "Patient?identifier=M1"))
+    assert (result.ok, result.retryable) == (False, False)
+    assert result.detail == "fhir: entry 1 has no FHIR request.method"
+    assert stub.state.log == []
+
+
+@pytest.mark.parametrize(
+    ("url", "sent"),
+    [
+        ("http://127.0.0.2:9/fhir/Patient?identifier=M1", False),  # another server
+        ("BASE/Patient?identifier=http://hospital.example/mrn|M1", True),  # under the base
+        ("Patient?identifier=http://hospital.example/mrn|M1", True),  # a URL in the query
+    ],
+)
+def test_an_entrys_url_stays_under_the_base(stub: StubFhirServer, url: str, sent: bool) -> None:
+    """``entry.request.url`` is relative to the base: an absolute one elsewhere would get the
+    destination's credentials; refused for good. Under the base it is taken as relative."""
+    dest = FhirRestDestination("fhir", config(stub.base_url, mode="conditional"))
+    (result,) = deliver_all(dest, _one_entry("PUT", url.replace("BASE", stub.base_url)))
+    assert result.ok is sent
+    if not sent:
+        assert not result.retryable and "outside the destination's base URL" in result.detail
+    assert len(stub.state.log) == (1 if sent else 0)
+
+
+def test_a_token_holding_a_line_break_fails_for_good(stub: StubFhirServer) -> None:
+    """Refused before a byte is sent, and not retried (the same token would be refused again)."""
+    cfg = config(stub.base_url, auth={"type": "bearer", "token_env": "FHIR_TOKEN"})
+    dest = FhirRestDestination("fhir", cfg, environ={"FHIR_TOKEN": "abc\r\nX-Smuggled: 1"})
+    (result,) = deliver_all(dest, payload())
+    assert result == DeliveryResult(False, False, "fhir: request not sendable (LocalProtocolError)")
+    assert stub.state.log == []
+
+
 def test_dependency_order_keeps_bundle_order_and_survives_cycles() -> None:
     def entry(url: str, *refs: str) -> dict[str, Any]:
         return {"fullUrl": url, "resource": {"x": [{"reference": r} for r in refs]}}

@@ -533,3 +533,68 @@ async def test_direct_requests_use_the_pools_connections_and_its_errors() -> Non
         with pytest.raises(httpx.ReadTimeout):
             await direct.request("POST", "", content=b"{}", headers={})
         await c.aclose()
+
+
+@sync
+@pytest.mark.parametrize(
+    "method", ["DELETE /fhir/Patient/1 HTTP/1.1\r\nHost: x\r\n\r\nPUT", "PUT X", "PÜT"]
+)
+async def test_a_method_that_is_no_token_is_refused_on_both_paths(method: str) -> None:
+    async with Server(echo_after(0)) as server:
+        c, direct = _both(server.url)
+        with pytest.raises(httpx.LocalProtocolError, match="not an HTTP token"):
+            await direct.request(method, "Patient", content=b"{}", headers={})
+        with pytest.raises(httpx.LocalProtocolError, match="not an HTTP token"):
+            await c.request(method, "Patient", content=b"{}")
+        await c.aclose()
+    assert server.requests == []
+
+
+@sync
+@pytest.mark.parametrize("name", ["X-A: evil", "X A", ""])
+async def test_a_header_name_that_is_no_token_is_refused(name: str) -> None:
+    async with Server(echo_after(0)) as server:
+        c, direct = _both(server.url)
+        with pytest.raises(httpx.LocalProtocolError, match="not an HTTP token"):
+            await direct.request("POST", "", content=b"{}", headers={name: "v"})
+        await c.aclose()
+    assert server.requests == []
+
+
+@sync
+async def test_a_callers_content_length_must_be_the_bodys() -> None:
+    """A shorter one would leave the rest of the body to be read as the next request."""
+    async with Server(echo_after(0)) as server:
+        c, direct = _both(server.url)
+        lying = {"Content-Length": "2"}
+        with pytest.raises(httpx.LocalProtocolError, match="not the body's length"):
+            await direct.request("POST", "", content=b"{}GET /x HTTP/1.1", headers=lying)
+        await c.aclose()
+    assert server.requests == []
+
+
+@sync
+async def test_a_callers_host_is_sent_once_and_the_method_upper_case() -> None:
+    async with Server(echo_after(0)) as server:
+        c, direct = _both(server.url)
+        await direct.request("put", "Patient/1", content=b"{}", headers={"Host": "fhir.example"})
+        await c.aclose()
+    (request,) = server.requests
+    assert request.method == b"PUT"
+    assert [v for n, v in request.headers if n == b"host"] == [b"fhir.example"]
+
+
+@sync
+async def test_a_cookie_the_server_sets_comes_back_as_through_httpx() -> None:
+    """A balancer's affinity cookie: kept in the client's jar and sent on the next request."""
+
+    async def answer(_r: h11.Request, body: bytes, _n: int) -> bytes:
+        return ok(body, b"Set-Cookie: affinity=node7; Path=/\r\n")
+
+    async with Server(answer) as server:
+        c, direct = _both(server.url)
+        for _ in range(2):
+            await direct.request("POST", "", content=b"{}", headers={})
+        await c.aclose()
+    cookies = [[v for n, v in r.headers if n == b"cookie"] for r in server.requests]
+    assert cookies == [[], [b"affinity=node7"]]
