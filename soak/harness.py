@@ -31,15 +31,27 @@ from soak import probe
 
 __all__ = ["COLUMNS", "Options", "Run", "route_file", "soak"]
 
-ROUTES = """\
-# the soak's routes (soak/harness.py, --routes example): the example's, documents to a folder only
-destinations:
+#: the stub FHIR server as a destination, and the route that maps every message to it
+_FHIR_DESTINATION = """\
   local-fhir:
     type: fhir
     base_url: {fhir}
     mode: transaction
     timeout_s: 10
     retry: {{max_attempts: 10, base_delay_s: 2, max_delay_s: 60}}{fhir_extra}
+"""
+_FHIR_ROUTE = """\
+  - name: to-local-fhir
+    match: {{message: [ADT, SIU, DFT]}}
+    mapping: fhir
+    destinations: [local-fhir]
+"""
+
+ROUTES = (
+    "# the soak's routes (soak/harness.py, --routes example): the example's, documents to a "
+    "folder only\ndestinations:\n"
+    + _FHIR_DESTINATION
+    + """\
   dropbox:
     type: file
     directory: {home}/outbox
@@ -47,10 +59,9 @@ destinations:
     type: file
     directory: {home}/outbox/documents
 routes:
-  - name: to-local-fhir
-    match: {{message: [ADT, SIU, DFT]}}
-    mapping: fhir
-    destinations: [local-fhir]
+"""
+    + _FHIR_ROUTE
+    + """\
   - name: adt-to-dropbox
     match: {{message: [ADT]}}
     mapping: none
@@ -60,6 +71,7 @@ routes:
     mapping: none
     destinations: [documents-folder]
 """
+)
 
 #: ``--routes file``: each message mapped to a FHIR Bundle and written to a folder (fsynced), as
 #: the ingest bench's route; no FHIR server
@@ -78,21 +90,10 @@ routes:
 
 #: ``--routes fhir``: each message mapped to a FHIR transaction Bundle for the stub FHIR server,
 #: nothing to a folder (the FHIR destination's share of the example's cost, alone)
-FHIR_ROUTES = """\
-# the soak's routes (soak/harness.py, --routes fhir): mapped, to the FHIR server
-destinations:
-  local-fhir:
-    type: fhir
-    base_url: {fhir}
-    mode: transaction
-    timeout_s: 10
-    retry: {{max_attempts: 10, base_delay_s: 2, max_delay_s: 60}}{fhir_extra}
-routes:
-  - name: to-local-fhir
-    match: {{message: [ADT, SIU, DFT]}}
-    mapping: fhir
-    destinations: [local-fhir]
-"""
+FHIR_ROUTES = (
+    "# the soak's routes (soak/harness.py, --routes fhir): mapped, to the FHIR server\n"
+    "destinations:\n" + _FHIR_DESTINATION + "routes:\n" + _FHIR_ROUTE
+)
 
 #: the route sets ``--routes`` chooses from
 ROUTE_SETS = {"example": ROUTES, "file": FILE_ROUTES, "fhir": FHIR_ROUTES}
