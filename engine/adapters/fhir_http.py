@@ -81,17 +81,11 @@ def fhir_client(
     verify: ssl.SSLContext | bool,
     transport: httpx.AsyncBaseTransport | None,
     base_url: str = "",
-    lean: bool = False,
 ) -> httpx.AsyncClient:
     """The HTTP client of one FHIR adapter: FHIR JSON accepted, the engine named, TLS checked
-    against the system trust store (:func:`tls_verify`).
-
-    ``lean``: the connections are :class:`~engine.adapters.http_pool.LeanTransport`'s rather
-    than httpcore's (the FHIR destination's requests, one or more per message), unless a test
-    passes a ``transport`` or the environment names a proxy."""
+    against the system trust store (:func:`tls_verify`). ``transport`` None: httpcore's; the
+    FHIR destination passes :func:`lean_transport`'s pool."""
     verify = tls_verify(verify)
-    if lean and transport is None:
-        transport = lean_transport(verify)
     return httpx.AsyncClient(
         base_url=base_url,
         timeout=timeout_s,

@@ -516,8 +516,8 @@ class DirectClient:
     into the client's jar, and while the jar holds any, requests go through httpx's client.
     """
 
-    #: at most this many URLs are remembered parsed (a transaction destination posts to one;
-    #: a conditional one's URLs carry identifiers and are parsed each time once this is full)
+    #: at most this many URLs are remembered parsed, those without a query only (a transaction
+    #: destination posts to one; a conditional URL carries identifiers, seen once)
     _REMEMBERED = 32
 
     def __init__(self, transport: LeanTransport, client: httpx.AsyncClient) -> None:
@@ -547,7 +547,7 @@ class DirectClient:
             return None
         port = full.port or (443 if full.scheme == "https" else 80)
         found = ((full.scheme, full.host, port), full.netloc, full)
-        if len(self._urls) < self._REMEMBERED:
+        if "?" not in url and len(self._urls) < self._REMEMBERED:
             self._urls[url] = found
         return found
 

@@ -631,9 +631,9 @@ def run_stub_fhir(
     """Serve the stub until interrupted (``engine stub-fhir``).
 
     No access log unless asked for: a conditional URL carries the identifier searched for
-    (``Patient?identifier=system|MRN``), so a line a request would log the MRNs of every
-    patient sent; and at a thousand requests a second the log cost the stub about a fifth of
-    its CPU, on the cores the engine runs on."""
+    (``Patient?identifier=system|MRN``), so a line per request would log the MRN of every
+    patient sent; and the log costs CPU on the cores the engine runs on (at 450 requests a
+    second the stub used 20.9 % of a core with it, 17.1 and 19.1 % without, one run each)."""
     app = create_stub_fhir_app(base=base)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
 

@@ -16,7 +16,8 @@ import h11
 import httpx
 import pytest
 
-from engine.adapters.fhir_http import fhir_client
+from engine.adapters.fhir_http import fhir_client, lean_transport
+from engine.adapters.fhir_rest import FhirDestination, FhirRestDestination
 from engine.adapters.http_pool import DirectClient, LeanTransport
 
 Answer = Callable[[h11.Request, bytes, int], Awaitable[bytes | None]]
@@ -345,16 +346,20 @@ def test_the_fhir_destination_uses_it_unless_the_environment_names_a_proxy(
     for name in ("http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
-    made = fhir_client(timeout_s=1, verify=True, transport=None, lean=True)
-    assert isinstance(made._transport, LeanTransport)
+    config = FhirDestination(base_url="http://127.0.0.1:9/fhir")
+    made = FhirRestDestination("fhir", config)
+    assert isinstance(made._http()._transport, LeanTransport)
+    assert made._direct is not None and made._direct.transport is made._http()._transport
     assert not isinstance(
         fhir_client(timeout_s=1, verify=True, transport=None)._transport, LeanTransport
     )
     mock = httpx.MockTransport(lambda r: httpx.Response(200))
-    assert fhir_client(timeout_s=1, verify=True, transport=mock, lean=True)._transport is mock
+    tested = FhirRestDestination("fhir", config, transport=mock)
+    assert tested._http()._transport is mock and tested._direct is None
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
-    behind = fhir_client(timeout_s=1, verify=True, transport=None, lean=True)
-    assert not isinstance(behind._transport, LeanTransport)
+    behind = FhirRestDestination("fhir", config)
+    assert not isinstance(behind._http()._transport, LeanTransport)
+    assert behind._direct is None and lean_transport(True) is None
 
 
 def test_a_route_that_checks_no_certificate_gets_a_context_that_checks_none() -> None:
