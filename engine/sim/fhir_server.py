@@ -209,16 +209,20 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return Response(orjson.dumps(body), status, headers=headers, media_type=_FHIR_JSON)
 
 
-def _rewrite(node: Any, resolved: dict[str, str]) -> Any:
-    if isinstance(node, dict):
-        out = {k: _rewrite(v, resolved) for k, v in node.items()}
+def _relink(node: Any, resolved: dict[str, str]) -> None:
+    """Point every ``reference`` to an entry of the transaction at what it became, in place (the
+    resources are this request's own, parsed from its body: nothing else holds them, so no copy)."""
+    if type(node) is dict:
         ref = node.get("reference")
-        if isinstance(ref, str) and ref in resolved:
-            out["reference"] = resolved[ref]
-        return out
-    if isinstance(node, list):
-        return [_rewrite(v, resolved) for v in node]
-    return node
+        if type(ref) is str and ref in resolved:
+            node["reference"] = resolved[ref]
+        for value in node.values():
+            if type(value) is dict or type(value) is list:
+                _relink(value, resolved)
+    elif type(node) is list:
+        for value in node:
+            if type(value) is dict or type(value) is list:
+                _relink(value, resolved)
 
 
 class _Stub:
@@ -439,8 +443,8 @@ class _Stub:
         out_entries = []
         logged = []
         for w in writes:
-            if w.resource is not None:
-                w.resource = _rewrite(w.resource, resolved)
+            if w.resource is not None and resolved:
+                _relink(w.resource, resolved)
             status, stored = self._apply(w)
             response: dict[str, Any] = {"status": _STATUS_TEXT[status]}
             if stored is not None:
