@@ -89,8 +89,14 @@ def _load(port: int, senders: int, count: int, rate: float = 0.0) -> dict[str, A
 
 
 def _engine(
-    db_url: str, routes_dir: Path, var: Path, *, workers: bool = True
+    db_url: str,
+    routes_dir: Path,
+    var: Path,
+    *,
+    workers: bool = True,
+    worker_processes: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
+    """``engine serve`` as ``make run`` runs it (``worker_processes``: None, its default)."""
     port = _free_port()
     env = {
         **os.environ,
@@ -103,6 +109,8 @@ def _engine(
     }
     if db_url:
         env["ENGINE_DATABASE_URL"] = db_url
+    if worker_processes is not None:
+        env["ENGINE_WORKER_PROCESSES"] = str(worker_processes)
     proc = subprocess.Popen(
         [
             sys.executable,

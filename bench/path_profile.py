@@ -188,7 +188,8 @@ def run(options: Options) -> dict[str, Any]:
             ROUTES.format(name="drop", type="file", extra=FILE_DEST.format(dir=work / "out"))
         )
         db_url = f"sqlite:///{work / 'engine.db'}"
-        proc, port = _engine(db_url, routes, work)
+        # one worker process: the profile follows a message through one worker's path
+        proc, port = _engine(db_url, routes, work, worker_processes=1)
         try:
             worker = _worker_pid(proc.pid)
             _load(port, 8, WARM)

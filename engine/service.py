@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import signal
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -230,7 +231,7 @@ class Engine:
             ssl_keyfile=tls_key,
         )
         self.http = _Server(http_config)
-        self._workers: BaseProcess | None = None
+        self._workers: list[BaseProcess] = []
 
     def _apply_config(self, config: LoadedConfig, running: Settings) -> None:
         """Switch to a reloaded configuration: the gate before the ACK and the intake's document
@@ -299,7 +300,7 @@ class Engine:
                 f"cannot listen for MLLP on {self.settings.mllp_host}:{self.settings.mllp_port}: "
                 f"{why}"
             ) from exc
-        workers = self._start_workers() if self.settings.workers else None
+        workers = self._start_workers() if self.settings.workers else []
         supervisor = (
             asyncio.create_task(self._supervise(workers), name="supervisor") if workers else None
         )
@@ -361,50 +362,59 @@ class Engine:
             self._stop_workers(workers)
             self.db_engine.dispose()
 
-    async def _supervise(self, workers: BaseProcess) -> None:
-        """Restart the worker process if it dies: messages are still ACKed (and kept), but
-        without a worker none would be routed or delivered."""
+    async def _supervise(self, workers: list[BaseProcess]) -> None:
+        """Restart a worker process that dies: messages are still ACKed (and kept), but
+        without a worker none would be routed or delivered. A reload restarts them all."""
         self._workers = workers
-        deaths = 0  # in a row: 1 s before the first restart, doubling up to 60 s
+        deaths = [0] * len(workers)  # in a row, each: 1 s before the first restart, doubling
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._reload_workers.wait(), 2)
             if self._reload_workers.is_set():
                 self._reload_workers.clear()
-                log.info("worker process restarting on the reloaded configuration")
+                log.info("worker processes restarting on the reloaded configuration")
                 await asyncio.to_thread(self._stop_workers, self._workers)
                 self._workers = self._start_workers()
                 continue
-            proc = self._workers
-            if proc.is_alive():
-                deaths = 0
-                continue
-            log.error("worker process died; restarting", extra={"exitcode": proc.exitcode})
-            await asyncio.sleep(backoff_s(deaths, base_s=1.0, cap_s=60.0))
-            deaths += 1
-            self._stop_workers(self._workers)
-            self._workers = self._start_workers()
+            for index, proc in enumerate(self._workers):
+                if proc.is_alive():
+                    deaths[index] = 0
+                    continue
+                log.error(
+                    "worker process died; restarting",
+                    extra={"exitcode": proc.exitcode, "worker": index},
+                )
+                await asyncio.sleep(backoff_s(deaths[index], base_s=1.0, cap_s=60.0))
+                deaths[index] += 1
+                self._stop_workers([proc])
+                self._workers[index] = self._start_worker(index)
 
-    def _start_workers(self) -> BaseProcess:
-        """Start the worker process; it records its metrics into ``metrics_dir`` itself."""
+    def _start_workers(self) -> list[BaseProcess]:
+        return [self._start_worker(i) for i in range(self.settings.worker_processes)]
+
+    def _start_worker(self, index: int) -> BaseProcess:
+        """Start worker process ``index``; it records its metrics into ``metrics_dir`` itself.
+        The first (index 0) is the one that runs the singleton jobs on SQLite."""
         ctx = multiprocessing.get_context("spawn")
         proc = ctx.Process(
             target=run_workers,
-            args=(self._running, os.getpid(), self._pressure, self.metrics_dir),
-            name="engine-worker",
+            args=(self._running, os.getpid(), self._pressure, self.metrics_dir, index),
+            name=f"engine-worker-{index}",
         )
         proc.start()
         return proc
 
-    def _stop_workers(self, proc: BaseProcess | None) -> None:
-        if proc is None:
-            return
-        proc.terminate()  # SIGTERM: the worker finishes in-flight deliveries and stops
-        proc.join(30)
-        if proc.is_alive():
-            proc.kill()
-        if proc.pid is not None:
-            self.metrics.forget_process(proc.pid)  # no longer counted as a running worker
+    def _stop_workers(self, procs: list[BaseProcess]) -> None:
+        for proc in procs:
+            proc.terminate()  # SIGTERM: each finishes its in-flight deliveries and stops
+        deadline = time.monotonic() + 30  # all of them together, not 30 s each
+        for proc in procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+            if proc.pid is not None:
+                self.metrics.forget_process(proc.pid)  # no longer counted as a running worker
 
 
 async def keep_receiver(store: SqlMessageStore, node: str, stop: asyncio.Event) -> None:

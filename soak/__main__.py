@@ -51,6 +51,12 @@ def _options(argv: list[str] | None) -> Options:
         default=None,
         help="the FHIR destination's concurrency (deliveries under way at once; default 8)",
     )
+    p.add_argument(
+        "--worker-processes",
+        type=int,
+        default=None,
+        help="the engine's worker processes (ENGINE_WORKER_PROCESSES; default the engine's)",
+    )
     a = p.parse_args(argv)
     return Options(
         minutes=a.minutes,
@@ -67,6 +73,7 @@ def _options(argv: list[str] | None) -> Options:
         min_free_gb=a.min_free_gb,
         routes=a.routes,
         fhir_concurrency=a.fhir_concurrency,
+        worker_processes=a.worker_processes,
     )
 
 
@@ -100,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     say(
         f"soak: {opts.minutes:g} min at {opts.rate:g} msg/s ({opts.senders} senders), "
-        f"{opts.routes} routes, {documents}, eligibility '{opts.cron}', warm-up {warmup:.0f} s; "
+        f"{opts.routes} routes, {documents}, eligibility '{opts.cron}', warm-up {warmup:.0f} s"
+        + (f", {opts.worker_processes} worker processes" if opts.worker_processes else "")
+        + "; "
         f"results in {out}"
     )
     run = Run()

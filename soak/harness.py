@@ -157,6 +157,9 @@ class Options:
     routes: str = "example"
     #: the FHIR destination's ``concurrency`` (engine/routes/spec.py); None: the default
     fhir_concurrency: int | None = None
+    #: ``ENGINE_WORKER_PROCESSES`` (engine/settings.py); None: the engine's default. The
+    #: samples' worker RSS, descriptors and CPU are all the worker processes', summed
+    worker_processes: int | None = None
 
 
 @dataclass
@@ -242,10 +245,10 @@ def _sample(
     docs: list[list[str]],
     run: Run,
 ) -> dict[str, Any]:
-    worker = probe.worker_pid(engine_pid)
-    if worker is not None and worker not in run.worker_pids:
-        run.worker_pids.append(worker)
-    conns, files = store.connections([engine_pid, worker])
+    # every worker process (ENGINE_WORKER_PROCESSES): their RSS, descriptors and CPU summed
+    workers = probe.worker_pids(engine_pid)
+    run.worker_pids += [w for w in workers if w not in run.worker_pids]
+    conns, files = store.connections([engine_pid, *workers])
     backlog, pending = store.backlog()
     ms = sorted(float(a[1]) for a in acks if a[2] in ("AA", "CA"))
     refused = sum(1 for a in acks if a[2] not in ("AA", "CA"))
@@ -254,9 +257,9 @@ def _sample(
         "t_s": round(t, 1),
         "at": time.strftime("%H:%M:%S", time.gmtime()),
         "receiver_rss_mb": round(probe.rss_mb(engine_pid), 1),
-        "worker_rss_mb": round(probe.rss_mb(worker), 1),
+        "worker_rss_mb": round(sum(probe.rss_mb(w) for w in workers), 1),
         "receiver_fds": probe.fd_count(engine_pid),
-        "worker_fds": probe.fd_count(worker),
+        "worker_fds": sum(probe.fd_count(w) for w in workers),
         "db_connections": conns,
         "db_file_fds": files,
         "wal_mb": round(store.wal_mb(), 1),
@@ -270,10 +273,10 @@ def _sample(
         "documents": len(docs),
         "refused_documents": refused_docs,
         "eligibility_checks": store.eligibility_checks(),
-        "worker_pid": worker or 0,
+        "worker_pid": workers[0] if workers else 0,
         "stub_fhir_rss_mb": round(probe.rss_mb(stub_pid), 1),
         "receiver_cpu_pct": run.cpu_pct(engine_pid),
-        "worker_cpu_pct": run.cpu_pct(worker),
+        "worker_cpu_pct": round(sum(run.cpu_pct(w) for w in workers), 1),
         "loadavg": probe.loadavg(),
     }
 
@@ -288,15 +291,23 @@ def _window(rows: list[list[str]], pending: list[list[str]], upto: float) -> lis
 
 
 def _env(home: Path, opts: Options) -> dict[str, str]:
-    return {
-        **os.environ,
-        "ENGINE_HOME": str(home),
-        "ENGINE_ROUTES_DIR": str(home / "routes"),
-        "ENGINE_ELIGIBILITY_ON_START": "true",
-        "ENGINE_ELIGIBILITY_CRON": opts.cron,
-        "ENGINE_LOG_FORMAT": "text",
-        "ENGINE_LOG_LEVEL": "WARNING",
-    }
+    return (
+        {
+            **os.environ,
+            "ENGINE_HOME": str(home),
+            "ENGINE_ROUTES_DIR": str(home / "routes"),
+            "ENGINE_ELIGIBILITY_ON_START": "true",
+            "ENGINE_ELIGIBILITY_CRON": opts.cron,
+            "ENGINE_LOG_FORMAT": "text",
+            "ENGINE_LOG_LEVEL": "WARNING",
+        }
+        | ({"ENGINE_WORKER_PROCESSES": str(opts.worker_processes)} if opts.worker_processes else {})
+        | (
+            # every sender is one connection from 127.0.0.1: more than the engine lets one peer
+            # hold by default (20) would be refused, so the limit follows the senders
+            {"ENGINE_MAX_CONNECTIONS_PER_PEER": str(opts.senders)} if opts.senders > 20 else {}
+        )
+    )
 
 
 def soak(opts: Options, out: Path, say: Any, run: Run) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "loadavg",
     "rss_mb",
     "worker_pid",
+    "worker_pids",
 ]
 
 
@@ -187,12 +188,14 @@ BACKLOG = "SELECT count(*) FROM messages WHERE state IN ('received', 'routed')"
 PENDING = "SELECT count(*) FROM deliveries WHERE state IN ('pending', 'waiting')"
 
 
-def worker_pid(receiver: int) -> int | None:
-    """The receiver's worker process (multiprocessing's spawned child), if running."""
+def worker_pids(receiver: int) -> list[int]:
+    """The receiver's worker processes (multiprocessing's spawned children; not its resource
+    tracker), in the order of their process ids."""
     try:
         tasks = list(Path(f"/proc/{receiver}/task").iterdir())
     except OSError:
-        return None
+        return []
+    found = []
     for task in tasks:
         try:
             children = (task / "children").read_text().split()
@@ -204,8 +207,14 @@ def worker_pid(receiver: int) -> int | None:
             except OSError:
                 continue
             if b"spawn_main" in cmdline:
-                return int(child)
-    return None
+                found.append(int(child))
+    return sorted(found)
+
+
+def worker_pid(receiver: int) -> int | None:
+    """The receiver's first worker process, if one is running."""
+    pids = worker_pids(receiver)
+    return pids[0] if pids else None
 
 
 def cpu_s(pid: int | None) -> float:

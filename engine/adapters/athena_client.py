@@ -53,6 +53,7 @@ __all__ = [
     "athena_secret",
     "classify",
     "is_athena_id",
+    "set_process_share",
     "token_result",
 ]
 
@@ -238,14 +239,23 @@ class AthenaToken(CachedBearer):
 # -- pacing --------------------------------------------------------------------------------------
 
 
+def set_process_share(processes: int) -> None:
+    """This process is one of ``processes`` worker processes of one ``engine serve``: each paces
+    every practice at its share of ``requests_per_second``, so that together they keep it."""
+    PracticePacer.processes = max(1, processes)
+
+
 class PracticePacer:
     """Requests to one (API host, practice) spaced ``1/rate`` seconds apart, so no second ever
     sees more than ``rate + 1`` of them (a burst allowance would double that in a sliding
     window, and athena counts per second). One event loop's tasks take turns without a lock (no
-    await between reading and booking a slot). Per process: with several worker processes,
-    give each its share of athena's limit."""
+    await between reading and booking a slot). Per process, at its share of the rate
+    (:func:`set_process_share`: ``engine serve``'s worker processes); with several nodes, give
+    each node its share of athena's limit."""
 
     _shared: dict[tuple[str, str], PracticePacer] = {}
+    #: how many processes share each practice's rate (engine serve's worker processes)
+    processes = 1
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
@@ -255,6 +265,7 @@ class PracticePacer:
     def for_practice(cls, base_url: str, practice: str, rate: float) -> PracticePacer:
         """The process's pacer for one practice (shared by every athena adapter here)."""
         key = (base_url, practice)
+        rate = rate / cls.processes
         pacer = cls._shared.get(key)
         if pacer is None or pacer.rate != rate:
             pacer = cls._shared[key] = cls(rate)

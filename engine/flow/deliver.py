@@ -43,6 +43,12 @@ class Observer(Protocol):
 FLUSH_AT = 16
 
 
+def _share_of(width: int, index: int, count: int) -> int:
+    """Process ``index``'s part of ``width`` split among ``count`` processes (the first ones
+    take the remainder): the parts add up to ``width``."""
+    return width // count + (1 if index < width % count else 0)
+
+
 class Dispatcher:
     """Delivers due deliveries with their destination adapters."""
 
@@ -61,6 +67,7 @@ class Dispatcher:
         pressure: IngestPressure | None = None,
         node: str | None = None,
         flush_s: float = 0.0,
+        share: tuple[int, int] = (0, 1),
     ) -> None:
         self.store = store
         #: the node (engine/store/nodes.py) whose claims these are: taken over when its
@@ -75,10 +82,19 @@ class Dispatcher:
         self.pressure = pressure
         #: deliveries under way at once, per destination: its route file's ``concurrency``,
         #: else ``per_destination``
-        widths = {
+        configured = {
             name: getattr(routes.destinations.get(name), "concurrency", None) or per_destination
             for name in self.destinations
         }
+        #: ``share``: (this process's index, how many processes of one ``engine serve`` deliver
+        #: beside each other): each destination's width is split among them, so that together
+        #: they keep its ``concurrency`` (one of width 1 is delivered to by the first only: a
+        #: receiver that takes one connection still gets one)
+        index, count = share
+        widths = {name: _share_of(n, index, count) for name, n in configured.items()}
+        #: destinations this process leaves to the others (its share of their width is 0)
+        self.not_mine = [name for name, n in widths.items() if n == 0]
+        widths = {name: n for name, n in widths.items() if n}
         self._limits = {name: asyncio.Semaphore(n) for name, n in widths.items()}
         #: deliveries claimed at most, per destination: up to ``claim_ahead`` times what it
         #: takes at once, so that claims (and the outcomes recorded) come in batches. A claim
@@ -129,7 +145,7 @@ class Dispatcher:
         try:
             while not stop.is_set():
                 now = asyncio.get_running_loop().time()
-                paused = self.breaker.open_keys(now)
+                paused = self.breaker.open_keys(now) + self.not_mine
                 # a destination with all the claims it may hold gets no more for now
                 paused += [
                     d

@@ -17,7 +17,9 @@ both sides (client: libpq ``keepalives_*``; server: ``tcp_keepalives_*`` for tha
 15 s. The lock's key is a digest of the database's and the schema's names: nodes of one engine
 (one schema) elect one leader, and two engines in two schemas of one database elect one each.
 
-On SQLite there is one node (one host's file, one worker process): it leads from the start.
+On SQLite (one host's file) there is no election: the first of ``engine serve``'s worker
+processes leads from the start, the others never (engine/flow/worker.py), and that first one,
+when it dies, is started again by the receiver with the same index.
 
 Incomplete: a leader whose connection is cut by a network partition that leaves its socket open
 on the server's side keeps the lock until the server's keepalives give up (about 15 s); its own

@@ -186,3 +186,19 @@ def test_requests_queued_with_a_revoked_token_make_one_token_request(tmp_path: P
         assert asyncio.run(run(athena)) == [200, 200, 200]
         # the first token, and one after the revocation
         assert athena.state.token_requests == 2
+
+
+def test_the_worker_processes_share_a_practices_pace() -> None:
+    """Two worker processes of one ``engine serve`` each pace a practice at half its
+    ``requests_per_second``, so that together they keep it."""
+    from engine.adapters.athena_client import set_process_share
+
+    PracticePacer._shared.clear()
+    try:
+        set_process_share(2)
+        assert PracticePacer.for_practice("https://athena.test", "195900", 5.0).rate == 2.5
+        set_process_share(1)
+        assert PracticePacer.for_practice("https://athena.test", "195900", 5.0).rate == 5.0
+    finally:
+        set_process_share(1)
+        PracticePacer._shared.clear()

@@ -91,3 +91,63 @@ def test_a_concurrency_out_of_bounds_is_refused(bad: object, tmp_path: Path) -> 
     with pytest.raises(ConfigError) as info:
         load_routes(defaults=tmp_path / "routes")
     assert "concurrency" in str(info.value)
+
+
+def test_two_processes_split_each_width_and_keep_it_together(
+    store: SqlMessageStore, tmp_path: Path
+) -> None:
+    """``engine serve``'s worker processes (``share``): each takes its part of a destination's
+    width, so that together they hold no more than its ``concurrency``; a destination of width
+    1 (a receiver that takes one connection) is delivered to by the first only."""
+    routes_text = ROUTES.replace("concurrency: 5", "concurrency: 1").replace(
+        "directory: {tmp}/narrow", "directory: {tmp}/narrow\n    concurrency: 5"
+    )
+    (tmp_path / "routes").mkdir()
+    (tmp_path / "routes" / "r.yaml").write_text(routes_text.format(tmp=tmp_path))
+    routes = load_routes(defaults=tmp_path / "routes")
+    for i in range(12):
+        [mid] = [s.id for s in store.save_batch([Incoming(raw=b"MSH|", channel="test")])]
+        made = [
+            NewDelivery(d, "r", "hl7v2", "text/plain", b"x", f"P{i}") for d in ("wide", "narrow")
+        ]
+        store.finish_batch([Processed(mid, "routed", None, f"P{i}", made)])
+    one, five = Counting("wide"), Counting("narrow")  # shared: what both processes hold at once
+    mine: list[list[str]] = [[], []]
+
+    class Noting(MemoryDestination):
+        """Passes to the shared counter, noting which process delivered."""
+
+        def __init__(self, inner: Counting, who: int) -> None:
+            super().__init__(inner.name)
+            self.inner, self.who = inner, who
+
+        async def deliver(self, payload: Payload) -> DeliveryResult:
+            mine[self.who].append(self.inner.name)
+            return await self.inner.deliver(payload)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        dispatchers = [
+            Dispatcher(
+                store,
+                routes,
+                {"wide": Noting(one, who), "narrow": Noting(five, who)},
+                idle_s=0.01,
+                share=(who, 2),
+            )
+            for who in (0, 1)
+        ]
+        assert dispatchers[0].not_mine == [] and dispatchers[1].not_mine == ["wide"]
+        tasks = [asyncio.create_task(d.run(stop)) for d in dispatchers]
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(one.delivered) + len(five.delivered) < 24:
+            assert asyncio.get_running_loop().time() < deadline, "not delivered in 30 s"
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    assert one.most == 1  # width 1 kept, though two processes deliver
+    assert five.most <= 5  # 3 + 2
+    assert "wide" not in mine[1]  # the second process leaves the width-1 destination alone
+    assert len(one.delivered) == len(five.delivered) == 12
