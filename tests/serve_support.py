@@ -12,7 +12,22 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-__all__ = ["Engine", "engine_cli", "free_port", "send_stream", "wait_for"]
+__all__ = ["OUTBOX_ROUTES", "Engine", "engine_cli", "free_port", "send_stream", "wait_for"]
+
+
+#: a route file passing every ADT as received to a folder (``{outbox}``), for the engines the
+#: tests start
+OUTBOX_ROUTES = """
+destinations:
+  outbox:
+    type: file
+    directory: {outbox}
+routes:
+  - name: adt-to-outbox
+    match: {{message: [ADT]}}
+    mapping: none
+    destinations: [outbox]
+"""
 
 
 def free_port() -> int:

@@ -14,18 +14,9 @@ import urllib.request
 from pathlib import Path
 
 from tests.metrics_support import parse
+from tests.serve_support import OUTBOX_ROUTES
 
-ROUTES = """
-destinations:
-  outbox:
-    type: file
-    directory: {outbox}
-routes:
-  - name: adt-to-outbox
-    match: {{message: [ADT]}}
-    mapping: none
-    destinations: [outbox]
-"""
+ROUTES = OUTBOX_ROUTES
 
 ADT = b"MSH|^~\\&|A|B|ENGINE|HUB|20260101||ADT^A04|MET-1|P|2.5.1\rPID|1||M1\r"
 

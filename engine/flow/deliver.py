@@ -49,6 +49,28 @@ def _share_of(width: int, index: int, count: int) -> int:
     return width // count + (1 if index < width % count else 0)
 
 
+def _widths(
+    routes: RouteSet,
+    destinations: Mapping[str, Destination],
+    per_destination: int,
+    share: tuple[int, int],
+) -> tuple[dict[str, int], list[str]]:
+    """Each destination's width in this process, and the destinations it leaves to the others.
+
+    ``share``: (this process's index, how many processes of one ``engine serve`` deliver beside
+    each other). A ``concurrency`` set in the route file is split among them, so that together
+    they keep it (one of 1 is delivered to by the first only: a receiver that takes one
+    connection still gets one); the default width is each process's. Splitting the default too
+    (8: 4 each) held the example's routes at 1,000/s offered to about 800 a second (6
+    December, README)."""
+    index, count = share
+    widths = {}
+    for name in destinations:
+        configured = getattr(routes.destinations.get(name), "concurrency", None)
+        widths[name] = _share_of(configured, index, count) if configured else per_destination
+    return {n: w for n, w in widths.items() if w}, [n for n, w in widths.items() if w == 0]
+
+
 class Dispatcher:
     """Delivers due deliveries with their destination adapters."""
 
@@ -82,24 +104,7 @@ class Dispatcher:
         self.pressure = pressure
         #: deliveries under way at once, per destination: its route file's ``concurrency``,
         #: else ``per_destination``
-        configured = {
-            name: getattr(routes.destinations.get(name), "concurrency", None)
-            for name in self.destinations
-        }
-        #: ``share``: (this process's index, how many processes of one ``engine serve`` deliver
-        #: beside each other): a ``concurrency`` set in the route file is split among them, so
-        #: that together they keep it (one of 1 is delivered to by the first only: a receiver
-        #: that takes one connection still gets one); the default width is each process's.
-        #: Splitting the default too (8: 4 each) held the example's routes at 1,000/s offered
-        #: to about 800 a second (6 December, README)
-        index, count = share
-        widths = {
-            name: _share_of(n, index, count) if n else per_destination
-            for name, n in configured.items()
-        }
-        #: destinations this process leaves to the others (its share of their width is 0)
-        self.not_mine = [name for name, n in widths.items() if n == 0]
-        widths = {name: n for name, n in widths.items() if n}
+        widths, self.not_mine = _widths(routes, self.destinations, per_destination, share)
         self._limits = {name: asyncio.Semaphore(n) for name, n in widths.items()}
         #: deliveries claimed at most, per destination: up to ``claim_ahead`` times what it
         #: takes at once, so that claims (and the outcomes recorded) come in batches. A claim

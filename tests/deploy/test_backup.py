@@ -25,19 +25,9 @@ from engine.store import SqlMessageStore, create_db_engine
 from engine.store.tables import document_blobs, messages
 from tests.conftest import POSTGRES_URL
 from tests.documents.intake_support import new_document, pdf_bytes, write
-from tests.serve_support import Engine, send_stream
+from tests.serve_support import OUTBOX_ROUTES, Engine, send_stream
 
-ROUTES = """
-destinations:
-  outbox:
-    type: file
-    directory: {outbox}
-routes:
-  - name: adt-to-outbox
-    match: {{message: [ADT]}}
-    mapping: none
-    destinations: [outbox]
-"""
+ROUTES = OUTBOX_ROUTES
 
 MESSAGE = (
     "MSH|^~\\&|FRONTDESK|CLINIC|ENGINE|HUB|20260102030405-0500||ADT^A08^ADT_A01|{cid}|P|2.5.1\r"

@@ -39,23 +39,13 @@ from engine.store import create_db_engine
 from engine.store.identity import database_tag
 from engine.store.tables import deliveries, messages
 from tests.conftest import fresh_schema
-from tests.serve_support import Engine, free_port
+from tests.serve_support import OUTBOX_ROUTES, Engine, free_port
 
 pytestmark = pytest.mark.postgres
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg"
 
-ROUTES = """
-destinations:
-  outbox:
-    type: file
-    directory: {outbox}
-routes:
-  - name: adt-to-outbox
-    match: {{message: [ADT]}}
-    mapping: none
-    destinations: [outbox]
-"""
+ROUTES = OUTBOX_ROUTES
 
 MESSAGE = (
     "MSH|^~\\&|FRONTDESK|CLINIC|ENGINE|HUB|20260102030405-0500||ADT^A08^ADT_A01|{cid}|P|2.5.1\r"

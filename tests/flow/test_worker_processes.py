@@ -13,19 +13,9 @@ import urllib.request
 from pathlib import Path
 
 from tests.metrics_support import parse
-from tests.serve_support import Engine, send_stream, wait_for
+from tests.serve_support import OUTBOX_ROUTES, Engine, send_stream, wait_for
 
-ROUTES = """
-destinations:
-  outbox:
-    type: file
-    directory: {outbox}
-routes:
-  - name: adt-to-outbox
-    match: {{message: [ADT]}}
-    mapping: none
-    destinations: [outbox]
-"""
+ROUTES = OUTBOX_ROUTES
 
 PATIENTS = 12
 
