@@ -72,7 +72,10 @@ def test_a_dead_letter_raises_an_alert_seen_on_the_console(
             assert time.monotonic() < deadline, "no alert notice within 60 s"
             done = engine.cli("alerts", "run")
             if webhook.bodies:
-                assert "sent: raise of lab-dead-letters (lab-fhir) to ops-hook" in done.stdout
+                # the notice is sent by whichever evaluation raised it first: this run's (it
+                # says "sent: raise of ...") or the worker that leads, beside it (then this run
+                # reports the alert RAISED); a race, more often lost with two worker processes
+                assert "lab-dead-letters (lab-fhir)" in done.stdout
                 break
             time.sleep(1)
         [text] = webhook.texts()
