@@ -27,10 +27,12 @@ with 10 million stored messages slows ingest by at most 10 %.
   60, or ``--minutes``). Each slot's ingest rate is its ACKs per second; each slot on is paired
   with the slots off beside it, and the mean slowdown is given with a 95 % bootstrap interval
   (:func:`bench.console_bench._paired_interval`). The goal counts as met only when the
-  interval's upper end is at most 10 % and no batch took over 100 ms. The run ends early when
-  the purge has nothing left to purge (the slot in which it ran out is not counted).
+  interval's upper end is at most 10 % and no batch held its locks over 100 ms. The run ends
+  early when the purge has nothing left to purge (the slot in which it ran out is not counted).
 
-Also reported: the slowest batch, batches over 100 ms, messages (and deliveries) purged per
+Also reported: the longest a batch held its locks (the budget's measure, the store's: see
+engine/jobs/retention.py) and the slowest whole call, the batches over 100 ms by each, messages
+(and deliveries) purged per
 second of pruning. A batch in flight when a slot turns off finishes in that slot (one batch at
 most). The purge's Python runs in the bench's process, not the engine's worker: on the same two
 cores, the same CPU. Run it un-niced and alone: a batch whose process is descheduled holds its
@@ -55,7 +57,10 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.store.messages import Purged
 
 from sqlalchemy import Engine, text
 
@@ -275,7 +280,8 @@ class SwitchedPurge:
         self.halt = threading.Event()
         self.waited = 0.0
         #: (wall-clock end, seconds, messages purged) of each batch
-        self.batches: list[tuple[float, float, int]] = []
+        #: each batch: when it ended, its whole call (s), how long it held its locks (s), rows
+        self.batches: list[tuple[float, float, float, int]] = []
         self.report: Any = None
         #: the walk reached its end: nothing left to purge
         self.ran_out = False
@@ -298,18 +304,18 @@ class SwitchedPurge:
         if self.error is not None:
             raise RuntimeError(f"the purge failed: {self.error!r}") from self.error
 
-    def purge_delivered(
-        self, older_than: timedelta, id_range: tuple[int, int] | None = None
-    ) -> int:
+    def purge_range(self, older_than: timedelta, id_range: tuple[int, int] | None = None) -> Purged:
+        from engine.store.messages import Purged
+
         paused = time.perf_counter()
         while not self.on.wait(0.05):
             if self.halt.is_set():
-                return 0
+                return Purged(0)
         self.waited += time.perf_counter() - paused
         started = time.perf_counter()
-        purged = int(self.store.purge_delivered(older_than, id_range=id_range))
-        self.batches.append((time.time(), time.perf_counter() - started, purged))
-        return purged
+        batch: Purged = self.store.purge_range(older_than, id_range=id_range)
+        self.batches.append((time.time(), time.perf_counter() - started, batch.held_s, batch.rows))
+        return batch
 
     def clock(self) -> float:
         return time.perf_counter() - self.waited
@@ -454,23 +460,39 @@ def purge_figures(
     purge: SwitchedPurge, slots: list[Slot], deliveries_purged: int | None = None
 ) -> dict[str, Any]:
     """What the purge did while it was on: batches, the slowest, messages per second."""
-    times = sorted(took for _at, took, _n in purge.batches)
-    purged = sum(n for _at, _took, n in purge.batches)
+    times = sorted(took for _at, took, _held, _n in purge.batches)
+    held = sorted(h for _at, _took, h, _n in purge.batches)
+    purged = sum(n for *_, n in purge.batches)
     on_s = 0.0
     last = purge.batches[-1][0] if purge.batches else 0.0
     for start, end, on, whole in slots:
         if on:
             on_s += max(0.0, (end if whole else min(end, last)) - start)
     per_slot = [
-        sum(n for at, _took, n in purge.batches if start <= at < end) for start, end, *_ in slots
+        sum(n for at, *_, n in purge.batches if start <= at < end) for start, end, *_ in slots
     ]
-    q = statistics.quantiles(times, n=100, method="inclusive") if len(times) > 1 else times * 99
+
+    def p99(values: list[float]) -> float | None:
+        if not values:
+            return None
+        q = (
+            statistics.quantiles(values, n=100, method="inclusive")
+            if len(values) > 1
+            else values * 99
+        )
+        return round(1000 * q[98], 1)
+
     out: dict[str, Any] = {
         "batches": len(times),
         "messages_purged": purged,
+        # the budget's measure: how long each batch held its locks (the store's, see
+        # engine/jobs/retention.py); the whole call beside it
+        "longest_lock_ms": round(1000 * held[-1], 1) if held else None,
+        "p99_lock_ms": p99(held),
+        "batches_over_100ms": sum(t > BUDGET_MS / 1000 for t in held),
         "slowest_batch_ms": round(1000 * times[-1], 1) if times else None,
-        "p99_batch_ms": round(1000 * q[98], 1) if times else None,
-        "batches_over_100ms": sum(t > BUDGET_MS / 1000 for t in times),
+        "p99_batch_ms": p99(times),
+        "calls_over_100ms": sum(t > BUDGET_MS / 1000 for t in times),
         "seconds_on": round(on_s, 1),
         "messages_per_s": round(purged / on_s, 1) if on_s else None,
         "messages_per_slot": per_slot,
@@ -648,11 +670,13 @@ def _print_result(r: dict[str, Any]) -> None:
     print(
         f"  purge: {p['messages_purged']:,} messages in {p['batches']} batches, "
         f"{p['messages_per_s']} messages/s while on ({p.get('deliveries_per_s')} deliveries/s); "
-        f"slowest batch {p['slowest_batch_ms']} ms, p99 {p['p99_batch_ms']} ms, "
-        f"{p['batches_over_100ms']} over 100 ms{'; ran out' if p['ran_out'] else ''}"
+        f"locks held at most {p['longest_lock_ms']} ms, p99 {p['p99_lock_ms']} ms, "
+        f"{p['batches_over_100ms']} over 100 ms; whole calls at most {p['slowest_batch_ms']} ms, "
+        f"p99 {p['p99_batch_ms']} ms, {p['calls_over_100ms']} over 100 ms"
+        f"{'; ran out' if p['ran_out'] else ''}"
     )
     print(
-        f"  goal (interval's top <= {GOAL_PCT:.0f} %, no batch over 100 ms): "
+        f"  goal (interval's top <= {GOAL_PCT:.0f} %, no batch's locks over 100 ms): "
         f"{'met' if r['goal_met'] else 'NOT met'}"
     )
 

@@ -15,6 +15,7 @@ once, beside the method that runs it (building a statement costs more than SQLit
 from __future__ import annotations
 
 import builtins
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -46,7 +47,7 @@ from engine.store.lists import in_list
 from engine.store.tables import deliveries, documents, messages
 from engine.store.views import MessageView
 
-__all__ = ["Incoming", "MessageStore", "Processed", "Stored"]
+__all__ = ["Incoming", "MessageStore", "Processed", "Purged", "Stored"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,16 @@ class Processed:
     worker: str | None = None
     #: what the message carried that no mapping took, one line each
     warnings: str | None = None
+
+
+@dataclass(frozen=True)
+class Purged:
+    """One purge transaction: the messages it removed, and how long it held write locks (from
+    the first row it changed, or on SQLite from taking the writers' lock, to its commit's end:
+    reading the candidates and waiting for the lock are not holding it)."""
+
+    rows: int
+    held_s: float = 0.0
 
 
 def _width(column: str) -> int | None:
@@ -556,9 +567,7 @@ class MessageStore(Repository):
 
     # -- retention ---------------------------------------------------------------------------
 
-    def purge_delivered(
-        self, older_than: timedelta, id_range: tuple[int, int] | None = None
-    ) -> int:
+    def purge_range(self, older_than: timedelta, id_range: tuple[int, int] | None = None) -> Purged:
         """Retention: delete messages delivered (or unrouted) before the cutoff, with their
         deliveries, replayed originals whose copies are delivered or gone (a chain of replays
         goes one link a run), and refused document uploads (kind ``document``, state ``error``,
@@ -594,18 +603,23 @@ class MessageStore(Repository):
         if id_range is not None:  # the primary key's range: read from its index alone
             query = query.where(messages.c.id > id_range[0], messages.c.id <= id_range[1])
         with self._tx() as conn:
+            # SQLite: the writers' lock is this transaction's from here (BEGIN IMMEDIATE)
+            locked = time.perf_counter()
             if conn.dialect.name == "postgresql":
                 # a batch is small but its plan's cost estimate is not: PostgreSQL JIT-compiled
                 # each one (a second of compiling for a few milliseconds of work)
                 conn.exec_driver_sql("SET LOCAL jit = off")
             rows = conn.execute(query).all()
             if not rows:
-                return 0
+                return Purged(0)
             ids = [r.id for r in rows]
+            if conn.dialect.name == "postgresql":  # reading took no row lock: the delete does
+                locked = time.perf_counter()
             conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(ids)))
             files = purge_documents_of(conn, [r.id for r in rows if r.kind == "document"])
             conn.execute(delete(messages).where(messages.c.id.in_(ids)))
+        held = time.perf_counter() - locked  # committed
         blobs = BlobFiles.for_engine(self.db_engine)
         if files and blobs is not None:  # committed: the files' rows are gone for good
             blobs.remove(files)
-        return len(ids)
+        return Purged(len(ids), held)

@@ -146,7 +146,7 @@ def test_retention_removes_the_file_once_its_rows_are_gone(
             .values(state="delivered", updated_at=utcnow() - timedelta(days=90))
         )
     assert files.path(_sha(data)).exists()
-    assert sqlite_store.purge_delivered(timedelta(days=30)) == 1
+    assert sqlite_store.purge_range(timedelta(days=30)).rows == 1
     assert not files.path(_sha(data)).exists()
     with pytest.raises(KeyError):
         sqlite_store.document_chunks(_sha(data))

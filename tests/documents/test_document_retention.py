@@ -67,7 +67,7 @@ def test_a_purged_document_takes_its_bytes_unless_another_still_needs_them(
     third, alone_sha = _put(store, alone, "MRN3")
     _delivered_long_ago(store, first, third)
 
-    assert store.purge_delivered(timedelta(days=30)) == 2
+    assert store.purge_range(timedelta(days=30)).rows == 2
 
     assert _documents(store) == 1  # the second's, still on its way
     assert _blobs(store, shared_sha) == (1, True)  # it still needs them
@@ -75,7 +75,7 @@ def test_a_purged_document_takes_its_bytes_unless_another_still_needs_them(
     assert store.raw(second) is not None
 
     _delivered_long_ago(store, second)
-    assert store.purge_delivered(timedelta(days=30)) == 1
+    assert store.purge_range(timedelta(days=30)).rows == 1
     assert _documents(store) == 0
     assert _blobs(store, shared_sha) == (0, False)
 
@@ -99,6 +99,6 @@ def test_the_bytes_a_refusal_kept_stay(store: SqlMessageStore, tmp_path: Path) -
     accepted, _ = _put(store, path, "MRN1")
     _delivered_long_ago(store, accepted)
 
-    assert store.purge_delivered(timedelta(days=30)) == 1
+    assert store.purge_range(timedelta(days=30)).rows == 1
     assert _documents(store) == 0
     assert _blobs(store, sha) == (1, True)  # the refusal, within its retention, still names them

@@ -69,13 +69,13 @@ def test_old_refusals_go_with_the_bytes_they_kept(store: SqlMessageStore, tmp_pa
     stays = _refuse(store, recent)
     _long_ago(store, gone, head_only)
 
-    assert store.purge_delivered(KEEP) == 2
+    assert store.purge_range(KEEP).rows == 2
 
     assert store.raw(gone) is None and store.raw(head_only) is None
     assert store.raw(stays) is not None  # refused within the retention period
     assert _blobs(store, old_sha) == (0, False)
     assert _blobs(store, recent_sha) == (1, True)
-    assert store.purge_delivered(KEEP) == 0
+    assert store.purge_range(KEEP).rows == 0
 
 
 def test_refused_bytes_stay_while_a_document_or_a_refusal_still_needs_them(
@@ -85,7 +85,7 @@ def test_refused_bytes_stay_while_a_document_or_a_refusal_still_needs_them(
     first = _refuse(store, path)
     second = _refuse(store, path)  # sent again, refused again (the same bytes)
     _long_ago(store, first)
-    assert store.purge_delivered(KEEP) == 1
+    assert store.purge_range(KEEP).rows == 1
     assert _blobs(store, sha) == (1, True)  # the second refusal still keeps them
 
     # then sent with the right metadata and accepted: a document on its way needs them
@@ -97,12 +97,12 @@ def test_refused_bytes_stay_while_a_document_or_a_refusal_still_needs_them(
         media_type="application/pdf",
     )
     _long_ago(store, second)
-    assert store.purge_delivered(KEEP) == 1
+    assert store.purge_range(KEEP).rows == 1
     assert _blobs(store, sha) == (1, True)
     assert _documents(store) == 1
 
     _delivered_long_ago(store, stored.message_id)
-    assert store.purge_delivered(KEEP) == 1
+    assert store.purge_range(KEEP).rows == 1
     assert _blobs(store, sha) == (0, False)
     assert _messages(store) == 0
 
@@ -113,7 +113,7 @@ def test_refusals_of_the_same_bytes_purged_together_take_them(
     path, sha = _scan(tmp_path, "scan.pdf")
     refused = [_refuse(store, path) for _ in range(3)]
     _long_ago(store, *refused)
-    assert store.purge_delivered(KEEP) == 3
+    assert store.purge_range(KEEP).rows == 3
     assert _blobs(store, sha) == (0, False)
 
 
@@ -135,7 +135,7 @@ def test_a_document_that_failed_on_its_way_is_not_a_refusal(
             update(messages).where(messages.c.id == stored.message_id).values(state="error")
         )
     _long_ago(store, stored.message_id)
-    assert store.purge_delivered(KEEP) == 0
+    assert store.purge_range(KEEP).rows == 0
     assert _documents(store) == 1 and _blobs(store, sha) == (1, True)
 
 

@@ -197,7 +197,7 @@ def test_retention_never_purges_undelivered(
     from datetime import timedelta
 
     assert {r.state for r in store.list()} == {"dead", "delivered"}
-    assert store.purge_delivered(timedelta(seconds=-1)) == 1
+    assert store.purge_range(timedelta(seconds=-1)).rows == 1
     assert [r.state for r in store.list()] == ["dead"]
 
 
@@ -215,12 +215,12 @@ def test_retention_purges_a_replayed_original_once_its_copy_is_delivered(
     assert dead.state == "dead"
     copy = store.replay_message(dead.id, Who("tester", "cli"))
     # the copy is not processed yet: the original is kept
-    assert store.purge_delivered(timedelta(seconds=-1)) == 0
+    assert store.purge_range(timedelta(seconds=-1)).rows == 0
     run_all(store, routes, mappings, {"fhir": fhir, "raw": MemoryDestination("raw")}, [])
     states = {r.id: r.state for r in store.list()}
     assert states == {dead.id: "replayed", copy.message_id: "delivered"}
     # the copy goes this run; its original, whose copy was delivered, too
-    assert store.purge_delivered(timedelta(seconds=-1)) == 2
+    assert store.purge_range(timedelta(seconds=-1)).rows == 2
     assert store.list() == []
 
 

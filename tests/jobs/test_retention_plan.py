@@ -1,4 +1,4 @@
-"""How a retention batch reads its candidates (engine/store/messages.py, ``purge_delivered``):
+"""How a retention batch reads its candidates (engine/store/messages.py, ``purge_range``):
 the question whether a replayed original still has an unfinished copy is answered from the
 index on ``replay_of`` (migration 0024), not by reading every message; and on PostgreSQL the
 batch's statements are never JIT-compiled (a 200,000-message bench spent up to 1.3 s a batch
@@ -97,7 +97,7 @@ def test_a_batch_asks_after_copies_through_the_index_and_is_never_jit_compiled(
 ) -> None:
     _seed(store)
     with _statements(store) as seen:
-        purged = store.purge_delivered(timedelta(days=30), id_range=(0, 10**9))
+        purged = store.purge_range(timedelta(days=30), id_range=(0, 10**9)).rows
     # everything old and delivered, and the originals whose copies are delivered; the originals
     # of the copies still received stay, and so do those copies
     assert purged == ORIGINALS - REPLAYED + REPLAYED // 2 + REPLAYED // 2
@@ -166,7 +166,7 @@ def test_a_batch_finds_the_refusals_that_keep_bytes_without_reading_every_error(
 ) -> None:
     _refusals(store, "E")
     with _statements(store) as seen:
-        assert store.purge_delivered(timedelta(days=30), id_range=(0, 10**9)) == 5
+        assert store.purge_range(timedelta(days=30), id_range=(0, 10**9)).rows == 5
     asked = [(s, p) for s, p in seen if "kind = 'document'" in s]
     assert len(asked) == 1, [s for s, _ in seen]  # the refusals that stay, asked once
     statement, params = asked[0]

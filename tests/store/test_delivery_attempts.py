@@ -136,7 +136,7 @@ def test_retention_purges_attempts_with_their_delivered_message(store: SqlMessag
     assert _attempt_rows(store) == 2 and store.get(mid).state == "delivered"  # type: ignore[union-attr]
     with store.db_engine.begin() as conn:
         conn.execute(update(messages).values(updated_at=datetime.now(UTC) - timedelta(days=40)))
-    assert store.purge_delivered(timedelta(days=30)) == 1
+    assert store.purge_range(timedelta(days=30)).rows == 1
     assert _attempt_rows(store) == 0
 
 

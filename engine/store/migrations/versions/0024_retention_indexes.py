@@ -1,6 +1,6 @@
 """Two indexes for retention (issue 14). ``messages.replay_of``: retention asks, for each replayed
 original in a batch, whether a copy of it is still unfinished (``engine/store/messages.py``,
-``purge_delivered``). Without an index that question read the whole table: PostgreSQL planned a
+``purge_range``). Without an index that question read the whole table: PostgreSQL planned a
 hashed subplan over every message not yet delivered, costly enough to be JIT-compiled, and a
 batch of a 200,000-message bench took up to 1.3 s against its 100 ms budget. The question
 now probes this index once per replayed original in the batch (its query also asks that the
