@@ -364,8 +364,9 @@ class Ingest:
         """Store a FHIR Bundle or resource (JSON) received over HTTP, for routing."""
         import orjson
 
+        doc: Any = None
         try:
-            doc: Any = orjson.loads(body)
+            doc = orjson.loads(body)
             rtype = doc.get("resourceType") if isinstance(doc, dict) else None
             problem = None if isinstance(rtype, str) else "not a FHIR resource: no resourceType"
         except orjson.JSONDecodeError as exc:
@@ -378,6 +379,8 @@ class Ingest:
             message_type=_clip(rtype, 16) if rtype else None,
             state="error" if problem else "received",
             reason=problem,
+            # a patient's Bundles processed one at a time, in the order received
+            patient_key=None if problem else fhir_patient_key(doc),
         )
         try:
             stored = await self._store(item)
@@ -388,6 +391,26 @@ class Ingest:
         if self.on_receipt is not None:
             self.on_receipt("fhir", receipt)
         return receipt
+
+
+def fhir_patient_key(doc: Any) -> str | None:
+    """The patient a FHIR resource or Bundle is about, for ordering as PID-3 is for HL7v2: the
+    first Patient's first identifier with a value (``system|value``, 255 characters at most).
+    Taken at receipt, so that two worker processes or nodes never process one patient's
+    Bundles at once; whatever shape the JSON has (it is not validated yet), None when it names
+    no Patient identifier."""
+    if not isinstance(doc, dict):
+        return None
+    entries = doc.get("entry") if doc.get("resourceType") == "Bundle" else [{"resource": doc}]
+    for entry in entries if isinstance(entries, list) else ():
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(res, dict) or res.get("resourceType") != "Patient":
+            continue
+        idents = res.get("identifier")
+        for ident in idents if isinstance(idents, list) else ():
+            if isinstance(ident, dict) and ident.get("value"):
+                return f"{ident.get('system') or ''}|{ident['value']}"[:255]
+    return None
 
 
 def patient_key_of(message: Message) -> str | None:

@@ -27,7 +27,7 @@ from engine.flow.documents import (
     takes_documents,
 )
 from engine.flow.gate import RouteGate
-from engine.flow.ingest import patient_key_of
+from engine.flow.ingest import fhir_patient_key, patient_key_of
 from engine.hl7v2.codec import Message, parse_message
 from engine.mappings import Mappings
 from engine.pressure import IngestPressure
@@ -43,21 +43,6 @@ log = logging.getLogger(__name__)
 
 HL7_CONTENT_TYPE = "x-application/hl7-v2+er7"
 FHIR_CONTENT_TYPE = "application/fhir+json"
-
-
-def _fhir_patient_key(doc: Mapping[str, Any]) -> str | None:
-    """The first Patient's first identifier (system|value), for ordering, as PID-3 is for HL7v2."""
-    resources = (
-        [e.get("resource", {}) for e in doc.get("entry", [])]
-        if doc.get("resourceType") == "Bundle"
-        else [doc]
-    )
-    for res in resources:
-        if isinstance(res, dict) and res.get("resourceType") == "Patient":
-            for ident in res.get("identifier", []):
-                if ident.get("value"):
-                    return f"{ident.get('system', '')}|{ident['value']}"
-    return None
 
 
 #: the resources kept in the index (what the eligibility job needs)
@@ -384,7 +369,7 @@ class Processor:
         if doc.get("resourceType") == "Bundle" and isinstance(doc.get("entry"), list):
             indexed = index_rows(_resolved(doc))
         routes = self.router.match(resource_type=str(doc.get("resourceType")))
-        key = _fhir_patient_key(doc) or f"msg:{message_id}"
+        key = fhir_patient_key(doc) or f"msg:{message_id}"
         made: list[NewDelivery] = []
         for route in routes:
             if route.mapping == "hl7v2":

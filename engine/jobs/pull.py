@@ -48,6 +48,7 @@ from sqlalchemy.exc import IntegrityError
 
 from engine.adapters.source import Pulled, Source, SourceError
 from engine.errors import ConfigError
+from engine.flow.ingest import fhir_patient_key
 from engine.jobs.scheduler import _FIRE_TIME, JobRuns, _FireTimeExecutor, run_once, stop_scheduler
 from engine.routes.loader import RouteSet
 from engine.routes.spec import SourceSpec
@@ -162,17 +163,6 @@ def job_id(source: str) -> str:
     return f"{jid[:51]}~{hashlib.sha256(source.encode()).hexdigest()[:12]}"
 
 
-def _patient_key(bundle: Mapping[str, Any]) -> str | None:
-    """The Bundle's first Patient's first identifier (system|value): its messages in order."""
-    for entry in bundle.get("entry") or []:
-        res = entry.get("resource") or {}
-        if res.get("resourceType") == "Patient":
-            for ident in res.get("identifier") or []:
-                if ident.get("value"):
-                    return f"{ident.get('system', '')}|{ident['value']}"[:255]
-    return None
-
-
 def _incoming(source: str, pulled: Pulled) -> Incoming:
     return Incoming(
         raw=orjson.dumps(pulled.bundle),
@@ -181,7 +171,7 @@ def _incoming(source: str, pulled: Pulled) -> Incoming:
         kind="fhir",
         message_type="Bundle",
         dedupe_key=dedupe_key(source, pulled),
-        patient_key=_patient_key(pulled.bundle),
+        patient_key=fhir_patient_key(pulled.bundle),
     )
 
 
