@@ -149,6 +149,13 @@ def _alert_rules(running: Settings) -> tuple[str, ...]:
     return tuple(rule.name for rule in load_alert_rules(running.routes_dir).rules)
 
 
+#: how often the receiver looks at its worker processes (and a reload's request)
+SUPERVISE_S = 1.0
+#: a worker process alive this long after its start is well: its next death restarts it after
+#: 1 s again, not after the doubled back-off of a process that keeps dying as it starts
+STABLE_S = 60.0
+
+
 class Engine:
     """The running engine: store, ingest, queue workers, MLLP listener and HTTP server."""
 
@@ -364,30 +371,42 @@ class Engine:
 
     async def _supervise(self, workers: list[BaseProcess]) -> None:
         """Restart a worker process that dies: messages are still ACKed (and kept), but
-        without a worker none would be routed or delivered. A reload restarts them all."""
+        without a worker none would be routed or delivered. A reload restarts them all.
+
+        Each is started again on its own schedule, never holding up the others or a reload: 1 s
+        after it died, doubling up to 60 s while it keeps dying within :data:`STABLE_S` of its
+        start (a crash at start-up is not retried every second for ever); a process that the
+        system refused to start (``_start_worker``) is due again the same way."""
         self._workers = workers
-        deaths = [0] * len(workers)  # in a row, each: 1 s before the first restart, doubling
+        deaths = [0] * len(workers)  # in a row, each
+        started = [time.monotonic()] * len(workers)
+        due: dict[int, float] = {}  # a dead one's index: when it is started again
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reload_workers.wait(), 2)
+                await asyncio.wait_for(self._reload_workers.wait(), SUPERVISE_S)
             if self._reload_workers.is_set():
                 self._reload_workers.clear()
                 log.info("worker processes restarting on the reloaded configuration")
                 await asyncio.to_thread(self._stop_workers, self._workers)
                 self._workers = self._start_workers()
+                started, due = [time.monotonic()] * len(self._workers), {}
                 continue
+            now = time.monotonic()
             for index, proc in enumerate(self._workers):
                 if proc.is_alive():
-                    deaths[index] = 0
-                    continue
-                log.error(
-                    "worker process died; restarting",
-                    extra={"exitcode": proc.exitcode, "worker": index},
-                )
-                await asyncio.sleep(backoff_s(deaths[index], base_s=1.0, cap_s=60.0))
-                deaths[index] += 1
-                self._stop_workers([proc])
-                self._workers[index] = self._start_worker(index)
+                    if now - started[index] >= STABLE_S:
+                        deaths[index] = 0
+                elif index not in due:
+                    wait = backoff_s(deaths[index], base_s=1.0, cap_s=60.0)
+                    log.error(
+                        "worker process died; restarting",
+                        extra={"exitcode": proc.exitcode, "worker": index, "in_s": wait},
+                    )
+                    due[index], deaths[index] = now + wait, deaths[index] + 1
+                elif now >= due[index]:
+                    del due[index]
+                    self._stop_workers([proc])  # reaped, its metrics forgotten
+                    self._workers[index], started[index] = self._start_worker(index), now
 
     def _start_workers(self) -> list[BaseProcess]:
         return [self._start_worker(i) for i in range(self.settings.worker_processes)]
@@ -401,10 +420,18 @@ class Engine:
             args=(self._running, os.getpid(), self._pressure, self.metrics_dir, index),
             name=f"engine-worker-{index}",
         )
-        proc.start()
+        try:
+            proc.start()
+        except OSError as exc:  # no process to be had now (EAGAIN, ENOMEM): never started,
+            # so not alive: the supervisor starts it again after its back-off
+            log.error(
+                "worker process could not be started",
+                extra={"worker": index, "error": exc.strerror or type(exc).__name__},
+            )
         return proc
 
     def _stop_workers(self, procs: list[BaseProcess]) -> None:
+        procs = [p for p in procs if p.pid is not None]  # one never started has nothing to stop
         for proc in procs:
             proc.terminate()  # SIGTERM: each finishes its in-flight deliveries and stops
         deadline = time.monotonic() + 30  # all of them together, not 30 s each
