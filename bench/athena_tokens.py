@@ -192,7 +192,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: flo
 def _worker_nodes(db: Path) -> int:
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            row = conn.execute("SELECT count(*) FROM nodes WHERE role = 'worker'").fetchone()
+            row = conn.execute("SELECT count(*) FROM nodes WHERE role LIKE 'worker%'").fetchone()
     except sqlite3.Error:
         return 0  # not created yet
     return int(row[0]) if row else 0

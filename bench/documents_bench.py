@@ -151,7 +151,9 @@ def _wait_worker(db: Path, timeout: float = 120.0) -> None:
     while time.monotonic() < end:
         try:
             with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-                row = conn.execute("SELECT count(*) FROM nodes WHERE role = 'worker'").fetchone()
+                row = conn.execute(
+                    "SELECT count(*) FROM nodes WHERE role LIKE 'worker%'"
+                ).fetchone()
             if row and row[0]:
                 return
         except sqlite3.Error:

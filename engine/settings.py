@@ -121,9 +121,9 @@ class Settings(BaseSettings):
     #: delivers about 900 messages/s of the example's routes on this 2-core machine (its GIL
     #: binds; README, Measured figures), two kept up with 1,000/s. They share the queue through
     #: the database (claims, per-patient order), as nodes on one PostgreSQL do; on SQLite only
-    #: the first runs the singleton jobs (eligibility, pulls, retention, alerts) and the WAL
-    #: checkpoints, on PostgreSQL they elect a leader as any nodes do. Each holds its own
-    #: connections and about 130 MB. Read by the receiver.
+    #: the first runs the singleton jobs (eligibility, pulls, retention, alerts) and, beside the
+    #: receiver, the WAL checkpoints; on PostgreSQL they elect a leader as any nodes do. Each
+    #: holds its own connections and about 130 MB. Read by the receiver.
     worker_processes: int = Field(2, ge=1, le=16)
     #: validate every FHIR resource ``engine convert`` writes against fhir.resources' R4B models
     #: (``--validate-fhir``). Read by engine/convert.py only; the running engine does not.

@@ -25,6 +25,7 @@ from engine.pressure import IngestPressure
 from engine.retry import CircuitBreaker, backoff_s
 from engine.routes.loader import RouteSet
 from engine.store import DueDelivery, Outcome, SqlMessageStore
+from engine.store.nodes import Liveness
 
 __all__ = ["Dispatcher", "Observer"]
 
@@ -62,17 +63,25 @@ def _widths(
     they keep it (one of 1 is delivered to by the first only: a receiver that takes one
     connection still gets one); the default width is each process's. Splitting the default too
     (8: 4 each) held the example's routes at 1,000/s offered to about 800 a second (6
-    December, README)."""
+    December, README). A destination that holds one connection (``one_connection``: MLLP) is
+    the first process's alone, at its whole width: one connection per ``engine serve``."""
     index, count = share
     widths = {}
-    for name in destinations:
+    for name, destination in destinations.items():
         configured = getattr(routes.destinations.get(name), "concurrency", None)
-        widths[name] = _share_of(configured, index, count) if configured else per_destination
+        if getattr(destination, "one_connection", False):
+            widths[name] = (configured or per_destination) if index == 0 else 0
+        else:
+            widths[name] = _share_of(configured, index, count) if configured else per_destination
     return {n: w for n, w in widths.items() if w}, [n for n, w in widths.items() if w == 0]
 
 
 class Dispatcher:
     """Delivers due deliveries with their destination adapters."""
+
+    #: this node's standing from its heartbeats (engine/flow/worker.py sets it): while it is not
+    #: sure, a claim is checked in the database before it is sent (:meth:`_still_ours`)
+    liveness: Liveness | None = None
 
     def __init__(
         self,
@@ -182,9 +191,12 @@ class Dispatcher:
                         log.error("dispatcher failed", extra={"error": type(exc).__name__})
                         await asyncio.sleep(backoff_s(failures))
                         continue
+                epoch = self.liveness.epoch if self.liveness is not None else 0
                 for group in self._tasks_for(due):
                     task = asyncio.create_task(
-                        self._deliver_batch(group) if len(group) > 1 else self._deliver(group[0])
+                        self._deliver_batch(group, epoch)
+                        if len(group) > 1
+                        else self._deliver(group[0], epoch)
                     )
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
@@ -246,22 +258,25 @@ class Dispatcher:
         self._not_started.pop(due.id, None)
         self._claimed[due.destination] = max(0, self._claimed.get(due.destination, 1) - 1)
 
-    async def _still_ours(self, due: DueDelivery) -> bool:
-        """A claim that waited half its lease is renewed first; False when it ran out and the
-        delivery may be another dispatcher's now (it is then not sent from here)."""
+    async def _still_ours(self, due: DueDelivery, epoch: int = 0) -> bool:
+        """A claim that waited half its lease is renewed first, and so is one made before this
+        node stood still long enough to be taken for dead (``liveness``: its claims may have
+        been released and taken by another node meanwhile); False when it is not ours any more
+        (it is then not sent from here)."""
         if due.claimed_until is None:
             return True
         now = datetime.now(UTC)
         until = (
             due.claimed_until if due.claimed_until.tzinfo else due.claimed_until.replace(tzinfo=UTC)
         )
-        if (until - now).total_seconds() > self.lease_s / 2:
+        fresh = (until - now).total_seconds() > self.lease_s / 2
+        if fresh and (self.liveness is None or self.liveness.sure(epoch)):
             return True
         new = now + timedelta(seconds=self.lease_s)
         try:
             return await asyncio.to_thread(self.store.renew_claim, due.id, due.claimed_until, new)
-        except Exception:  # the database away: do not risk a second sender
-            return False
+        except Exception:  # the database away: do not risk a second sender for an old claim
+            return fresh  # (nor strand a fresh one: nobody can take it over without it either)
 
     def _content(self, due: DueDelivery) -> DocumentContent | None:
         """A document delivery's bytes, read from the store when the adapter asks."""
@@ -284,11 +299,11 @@ class Dispatcher:
             content=self._content(due),
         )
 
-    async def _ours(self, due: DueDelivery) -> bool:
+    async def _ours(self, due: DueDelivery, epoch: int = 0) -> bool:
         """Whether the claim is still this dispatcher's (:meth:`_still_ours`), saying so when
         it is not."""
         self._not_started.pop(due.id, None)
-        if await self._still_ours(due):
+        if await self._still_ours(due, epoch):
             return True
         log.warning(
             "claim ran out before sending; left to its new owner",
@@ -296,7 +311,7 @@ class Dispatcher:
         )
         return False
 
-    async def _deliver(self, due: DueDelivery) -> None:
+    async def _deliver(self, due: DueDelivery, epoch: int = 0) -> None:
         dest = self.destinations.get(due.destination)
         start = asyncio.get_running_loop().time()
         if dest is None:
@@ -304,7 +319,7 @@ class Dispatcher:
         else:
             payload = self._payload(due)
             async with self._limits[due.destination]:
-                if not await self._ours(due):
+                if not await self._ours(due, epoch):
                     return
                 try:
                     result = await dest.deliver(payload)
@@ -312,7 +327,7 @@ class Dispatcher:
                     result = DeliveryResult(False, True, f"adapter error ({type(exc).__name__})")
         await self._settle([(due, result)], start)
 
-    async def _deliver_batch(self, group: list[DueDelivery]) -> None:
+    async def _deliver_batch(self, group: list[DueDelivery], epoch: int = 0) -> None:
         """Deliveries to one destination that takes them together (``deliver_batch``), as one
         of its ``per_destination`` slots; each is settled as :meth:`_deliver` settles one, the
         batch's time as each one's."""
@@ -321,7 +336,7 @@ class Dispatcher:
         assert isinstance(dest, BatchDestination)
         start = asyncio.get_running_loop().time()
         async with self._limits[name]:
-            mine = [due for due in group if await self._ours(due)]
+            mine = [due for due in group if await self._ours(due, epoch)]
             if not mine:
                 return
             try:

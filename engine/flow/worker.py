@@ -38,6 +38,7 @@ import ctypes
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import partial
@@ -50,6 +51,7 @@ from engine.metrics import EngineMetrics
 from engine.runtime import freeze_loaded
 from engine.runtime import run as run_loop
 from engine.settings import Settings
+from engine.store.nodes import Liveness
 
 __all__ = ["keep_node", "run_workers", "serve_workers"]
 
@@ -92,13 +94,13 @@ async def serve_workers(
     campaigns, as separate nodes do. ``processes``: how many worker processes of one ``engine
     serve`` deliver beside this one: each takes its share of every destination's concurrency.
     """
-    from engine.adapters.registry import build_destination, load_routes
+    from engine.adapters.registry import load_routes
     from engine.audit.key import audit_key_for
     from engine.jobs.leader import Leadership
     from engine.mappings import load_mappings
     from engine.pressure import IngestPressure
     from engine.store import SqlMessageStore, create_db_engine
-    from engine.store.identity import database_tag
+    from engine.store.nodes import worker_role
 
     mappings = load_mappings(settings.mappings_dir)
     routes = load_routes(settings.routes_dir)
@@ -106,15 +108,10 @@ async def serve_workers(
     store = SqlMessageStore(db_engine)
     await asyncio.to_thread(store.migrate)
     await asyncio.to_thread(store.use_audit_key, audit_key_for(settings))
-    node = await asyncio.to_thread(store.register_node, "worker")
+    role = worker_role(index, processes)
+    node = await asyncio.to_thread(store.register_node, role)
     log.info("worker node registered", extra={"node": node})
-    # the store's tag (PostgreSQL: the database's identity), shared by every node of it, so a
-    # file redelivered by another node after a crash is found, not written twice (files.py)
-    tag = await asyncio.to_thread(database_tag, db_engine)
-    destinations = {
-        name: build_destination(name, config, store_tag=tag)
-        for name, config in routes.destinations.items()
-    }
+    destinations = await _destinations(routes, db_engine)
     burst = IngestPressure(pressure) if pressure is not None else None
     processor, dispatcher = _queue_workers(
         settings, store, (routes, mappings, destinations), node, burst, metrics, (index, processes)
@@ -130,11 +127,15 @@ async def serve_workers(
         asyncio.create_task(processor.run(stop), name="processor"),
         asyncio.create_task(dispatcher.run(stop), name="dispatcher"),
         asyncio.create_task(
-            keep_node(store, node, stop, (processor.wake, dispatcher.wake)), name="node"
+            keep_node(
+                store, node, stop, (processor.wake, dispatcher.wake), role, dispatcher.liveness
+            ),
+            name="node",
         ),
         # on every node: the leader evaluates the rules; any node says the database is away
         asyncio.create_task(
-            _alerts(settings, db_engine, node, stop, lambda: leadership.leading), name="alerts"
+            _alerts(settings, db_engine, node, stop, lambda: leadership.leading, index == 0),
+            name="alerts",
         ),
     ]
     if index == 0 or db_engine.dialect.name == "postgresql":
@@ -149,6 +150,20 @@ async def serve_workers(
                 await dest.close()
         await _forget(store, node)
         db_engine.dispose()
+
+
+async def _destinations(routes: Any, db_engine: Any) -> dict[str, Any]:
+    """The route files' destinations, built for this process. Each knows the store's tag
+    (PostgreSQL: the database's identity), shared by every node of it, so a file redelivered
+    by another node after a crash is found, not written twice (files.py)."""
+    from engine.adapters.registry import build_destination
+    from engine.store.identity import database_tag
+
+    tag = await asyncio.to_thread(database_tag, db_engine)
+    return {
+        name: build_destination(name, config, store_tag=tag)
+        for name, config in routes.destinations.items()
+    }
 
 
 def _queue_workers(
@@ -189,6 +204,7 @@ def _queue_workers(
         flush_s=FLUSH_S,
         share=share,
     )
+    dispatcher.liveness = Liveness()  # beaten by keep_node
     processor.on_routed = dispatcher.wake
     return processor, dispatcher
 
@@ -240,7 +256,12 @@ async def _resume(service: Any, store: Any, node: str, term: asyncio.Event) -> N
 
 
 async def keep_node(
-    store: Any, node: str, stop: asyncio.Event, wake: Sequence[Callable[[], None]] = ()
+    store: Any,
+    node: str,
+    stop: asyncio.Event,
+    wake: Sequence[Callable[[], None]] = (),
+    role: str = "worker",
+    liveness: Liveness | None = None,
 ) -> None:
     """Beat ``node``'s heartbeat every HEARTBEAT_S until ``stop``, and at each beat take over
     the claims of dead nodes (their ids and what was released are logged; ``wake`` is called so
@@ -249,7 +270,11 @@ async def keep_node(
 
     while not stop.is_set():
         try:
-            if not await asyncio.to_thread(store.heartbeat, node):
+            began = time.monotonic()
+            written = await asyncio.to_thread(store.heartbeat, node, role)
+            if liveness is not None:  # what the dispatcher may send without asking
+                liveness.beaten(began, written)
+            if not written:
                 log.warning("node was taken for dead; registered again", extra={"node": node})
             taken = await asyncio.to_thread(store.take_over)
             if taken.nodes:
@@ -392,9 +417,10 @@ async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> Non
                     extra={
                         "purged": report.purged,
                         "batches": report.batches,
-                        "slowest_batch_ms": round(report.slowest_s * 1000, 1),
-                        "slowest_batch_rows": report.slowest_rows,
+                        "longest_lock_ms": round(report.slowest_s * 1000, 1),
+                        "longest_lock_rows": report.slowest_rows,
                         "over_budget": report.over_budget,
+                        "slowest_batch_ms": round(report.slowest_call_s * 1000, 1),
                     },
                 )
             # beside SQLite: document files no row names (a commit that died after its file)
@@ -423,13 +449,15 @@ async def _alerts(
     node: str,
     stop: asyncio.Event,
     leading: Callable[[], bool],
+    away_notices: bool = True,
 ) -> None:
     """The alert rules (``alerts.yaml`` beside the routes) on their schedule
     (engine/jobs/alerts.py): evaluated by the leader; the database's own rule by any node
-    while the database does not answer (no node can lead then)."""
+    while the database does not answer (no node can lead then): by the first worker process
+    of each ``engine serve`` (``away_notices``), so that one host says it once."""
     from engine.jobs.alerts import run_alerts
 
-    await run_alerts(settings, db_engine, node, stop, leading)
+    await run_alerts(settings, db_engine, node, stop, leading, away_notices)
 
 
 def _worker_reloader(

@@ -61,6 +61,10 @@ class AlertRunner:
     """Evaluates ``config`` against the store on ``db_engine`` and sends the notices, as
     ``node`` (the claims on notices carry it)."""
 
+    #: not leading, whether this process sends the database's raise while it does not answer
+    #: (one worker process of each ``engine serve``: engine/flow/worker.py)
+    away_notices = True
+
     def __init__(
         self, config: AlertConfig, db_engine: Engine, settings: Settings, node: str
     ) -> None:
@@ -86,7 +90,7 @@ class AlertRunner:
         # the database does not answer: its rules would each wait for it in vain
         away = any(f.summary.startswith(DOES_NOT_ANSWER) for f in database)
         if not leading:
-            if away:
+            if away and self.away_notices:
                 await self._without_store(database, report)
             else:
                 await self._recovered_while_away(database, report)
@@ -253,10 +257,13 @@ async def run_alerts(
     node: str,
     stop: asyncio.Event,
     leading: Callable[[], bool] | None = None,
+    away_notices: bool = True,
 ) -> None:
     """Evaluate every ``ENGINE_ALERTS_INTERVAL_S`` until ``stop``; the worker's task. A file
     that does not load (checked by ``engine serve`` and every reload before it runs here) is
-    logged, and nothing is evaluated. ``leading``: whether this node leads now (None: it does)."""
+    logged, and nothing is evaluated. ``leading``: whether this node leads now (None: it does).
+    ``away_notices``: whether this process, not leading, says the database does not answer
+    (the first worker process of an ``engine serve`` does, so that a host says it once)."""
     try:
         config = await asyncio.to_thread(load_for, settings)
     except Exception as exc:
@@ -265,6 +272,7 @@ async def run_alerts(
     if not config.rules:
         return
     runner = AlertRunner(config, db_engine, settings, node or socket.gethostname())
+    runner.away_notices = away_notices
     log.info("alerts evaluated on a schedule", extra={"rules": len(config.rules)})
     while not stop.is_set():
         try:

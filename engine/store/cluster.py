@@ -8,7 +8,9 @@ a dead one is deleted a day after its last heartbeat, engine/store/nodes.py), th
 ``config_generation`` row and the ``config_applied`` rows (one per node that has taken or
 refused a generation), and on PostgreSQL the holder of the leader's advisory lock from
 ``pg_locks`` (engine/jobs/leader.py: the lock's connection carries the node's id as its
-``application_name``). On SQLite there is one node and its live worker leads.
+``application_name``). On SQLite the first worker process of the one ``engine serve`` leads
+while it lives (role ``worker``, or ``worker 1`` of several: ``worker_role``); while it is dead
+(its receiver starts it again) nobody does.
 
 Which node runs which generation: ``config_applied`` names the process that follows the
 generation (engine/flow/config.py's ``Reloader``): an ``engine worker`` is one process, so its
@@ -36,7 +38,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, or_, select, text
 
 from engine.store.db import Repository, aware, utcnow
-from engine.store.nodes import DEAD_AFTER, FORGET_AFTER
+from engine.store.nodes import DEAD_AFTER, FORGET_AFTER, SQLITE_LEADING_ROLES
 from engine.store.tables import config_applied, config_generation, nodes
 
 __all__ = ["ANSWER_S", "SHOWN_FOR", "ClusterState", "NodeState"]
@@ -156,8 +158,8 @@ class Cluster(Repository):
             alive = age <= DEAD_AFTER.total_seconds()
             if postgres:  # the lock's session names its node (cut to 63 characters)
                 leader = bool(holder) and str(r.id).startswith(str(holder))
-            else:  # one node: its live worker leads
-                leader = alive and r.role == "worker"
+            else:  # one host: its first worker process leads, while it lives
+                leader = alive and r.role in SQLITE_LEADING_ROLES
             node = NodeState(r.id, r.role, r.host, aware(r.started_at), age, alive, leader)
             config = configs.pop(_process(r.id), None)
             listed.append(_with_config(node, config, current, at, now))

@@ -37,6 +37,8 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -62,10 +64,24 @@ __all__ = [
     "HEARTBEAT_S",
     "NOBODY",
     "InterruptedRun",
+    "Liveness",
     "Nodes",
     "TakenOver",
     "new_node_id",
+    "worker_role",
 ]
+
+
+def worker_role(index: int = 0, processes: int = 1) -> str:
+    """A worker node's role: ``worker`` for a process alone (``engine worker``, or an ``engine
+    serve`` with one worker process), ``worker 1``, ``worker 2``... for each of an ``engine
+    serve``'s several. On SQLite the first of them (``worker`` or ``worker 1``) is the one that
+    leads (engine/flow/worker.py), and the console names it so (engine/store/cluster.py)."""
+    return "worker" if processes <= 1 else f"worker {index + 1}"
+
+
+#: the roles of the worker that leads on SQLite (:func:`worker_role`)
+SQLITE_LEADING_ROLES = frozenset({worker_role(), worker_role(0, 2)})
 
 #: how often a node beats its heartbeat
 HEARTBEAT_S = 2.0
@@ -75,6 +91,32 @@ DEAD_AFTER = timedelta(seconds=10)
 FORGET_AFTER = timedelta(days=1)
 #: the owner of a run given back unfinished (no node has this id: the next leader resumes it)
 NOBODY = ""
+
+
+class Liveness:
+    """What a worker node knows of its own standing from its heartbeats (engine/flow/worker.py's
+    ``keep_node``), so that its dispatcher sends a claimed delivery without asking the database
+    only while no other node can have taken it over: its last heartbeat that was written began
+    less than half of :data:`DEAD_AFTER` ago (another node takes over one only when it is older
+    than all of it), and it was not found taken for dead since the claim was made (``epoch``
+    grows each time it was). A process that stood still (stopped, its host paused or swapping)
+    for longer finds out before it sends what it had claimed (engine/flow/deliver.py)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.beat = clock()
+        self.epoch = 0
+
+    def beaten(self, began: float, written: bool) -> None:
+        """A heartbeat that began at ``began`` (this clock) succeeded; ``written`` False: the
+        node's row was gone (taken for dead; its claims released, it registered again)."""
+        if not written:
+            self.epoch += 1
+        self.beat = max(self.beat, began)
+
+    def sure(self, epoch: int) -> bool:
+        """Whether claims made in ``epoch`` are surely still this node's."""
+        return epoch == self.epoch and self.clock() - self.beat < DEAD_AFTER.total_seconds() / 2
 
 
 def new_node_id() -> str:
@@ -171,8 +213,8 @@ class Nodes(Repository):
         return utcnow()
 
     def register_node(self, role: str, node_id: str | None = None) -> str:
-        """Record a running node (``worker``, or ``receiver``: an ``engine serve``'s listeners,
-        which claim nothing) with a fresh heartbeat; its id."""
+        """Record a running node (a worker: :func:`worker_role`; or ``receiver``: an ``engine
+        serve``'s listeners, which claim nothing) with a fresh heartbeat; its id."""
         node = node_id or new_node_id()
         host, pid = socket.gethostname()[:255], os.getpid()
         with self._tx() as conn:

@@ -165,6 +165,16 @@ rules:
     assert text.startswith("[engine] ALERT: db — the database does not answer (OperationalError)")
     asyncio.run(runner.run_once())
     assert len(webhook.bodies) == 1  # once per process
+    # the same engine serve's second worker process, not leading, leaves it to the first
+    second = AlertRunner(load_alert_rules(folder), away, settings, "node-b")
+    second.away_notices = False
+    asyncio.run(second.run_once(leading=False))
+    assert len(webhook.bodies) == 1
+    # another node's first worker process says it too (its host's view)
+    third = AlertRunner(load_alert_rules(folder), away, settings, "node-c")
+    asyncio.run(third.run_once(leading=False))
+    assert len(webhook.bodies) == 2
+    webhook.bodies.pop()
     # the database is back (a working one): the recovery, from memory, once
     good = create_db_engine(f"sqlite:///{tmp_path / 'engine.db'}")
     SqlMessageStore(good).migrate()

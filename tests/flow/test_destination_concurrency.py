@@ -151,3 +151,23 @@ def test_two_processes_split_each_width_and_keep_it_together(
     assert five.most <= 5  # 3 + 2
     assert "wide" not in mine[1]  # the second process leaves the width-1 destination alone
     assert len(one.delivered) == len(five.delivered) == 12
+
+
+def test_an_mllp_destination_is_the_first_processs_alone() -> None:
+    """An MLLP destination holds one connection (engine/adapters/mllp/client.py): of two worker
+    processes only the first delivers to it, at its whole width, so a receiver that takes one
+    connection gets one from the engine; a destination of many connections is each process's."""
+    from types import SimpleNamespace
+
+    from engine.adapters.mllp.client import MLLPDestination, MllpDestination
+    from engine.flow.deliver import _widths
+
+    mllp = MLLPDestination("lab", MllpDestination(host="127.0.0.1", port=2576))
+    files = MemoryDestination("files")
+    routes = SimpleNamespace(destinations={})  # no concurrency set in the route file
+    first = _widths(routes, {"lab": mllp, "files": files}, 8, (0, 2))  # type: ignore[arg-type]
+    second = _widths(routes, {"lab": mllp, "files": files}, 8, (1, 2))  # type: ignore[arg-type]
+    assert first == ({"lab": 8, "files": 8}, [])
+    assert second == ({"files": 8}, ["lab"])
+    # one process alone takes it as before
+    assert _widths(routes, {"lab": mllp}, 8, (0, 1)) == ({"lab": 8}, [])  # type: ignore[arg-type]

@@ -86,7 +86,7 @@ def test_two_worker_processes_share_the_queue_and_one_killed_comes_back(tmp_path
         assert wait_for(lambda: _metrics(engine).get("engine_worker_processes") == 2, 60)
         assert len(_worker_pids(engine)) == 2
         # both registered as worker nodes before anything is sent
-        workers = "SELECT count(*) FROM nodes WHERE role = 'worker'"
+        workers = "SELECT count(*) FROM nodes WHERE role LIKE 'worker%'"
         assert wait_for(lambda: _rows(db, workers)[0][0] == 2, 30)
 
         acked = _send(engine, 0, 60)

@@ -140,3 +140,27 @@ def test_the_dashboard_shows_a_receivers_heartbeat_age(
     assert rows["hostS:11:bb"][1] == "receiver" and rows["hostS:11:bb"][4].endswith("ago: dead")
     assert rows["hostT:12:cc"][1] == "receiver"
     assert rows["hostT:12:cc"][4] == "— (not known: an older engine)"
+
+
+def test_on_sqlite_the_first_worker_process_is_named_leader_and_nobody_while_it_is_dead(
+    tmp_path: Path,
+) -> None:
+    """An ``engine serve`` with two worker processes: ``worker 1`` leads (engine/flow/worker.py
+    campaigns only there on SQLite), whichever started first; while it is dead, nobody does
+    (the dashboard's "No node leads now"), not ``worker 2``."""
+    from engine.store import create_db_engine
+    from engine.store.nodes import worker_role
+
+    store = SqlMessageStore(create_db_engine(f"sqlite:///{tmp_path / 'engine.db'}"))
+    store.migrate()
+    second = store.register_node(worker_role(1, 2))  # started first: the other was restarted
+    first = store.register_node(worker_role(0, 2))
+    state = store.cluster_state()
+    assert {n.id: n.role for n in state.nodes} == {first: "worker 1", second: "worker 2"}
+    assert [n.id for n in state.nodes if n.leader] == [first] and state.leader == first
+    _beat_ago(store, first, DEAD_AFTER + timedelta(seconds=5))  # killed
+    state = store.cluster_state()
+    assert not any(n.leader for n in state.nodes) and state.leader is None
+    # one process alone, or an engine worker: plain "worker", and it leads
+    alone = store.register_node(worker_role())
+    assert store.cluster_state().leader == alone

@@ -188,6 +188,10 @@ def judge_ack(ack: Message, control_id: str) -> DeliveryResult:
 class MLLPDestination:
     """Sends HL7v2 payloads to one MLLP receiver and waits for each ACK."""
 
+    #: one connection per destination: of an ``engine serve``'s worker processes only the first
+    #: delivers here (engine/flow/deliver.py), so a receiver that takes one connection gets one
+    one_connection = True
+
     def __init__(
         self, name: str, config: MllpDestination, *, ssl_context: ssl.SSLContext | None = None
     ) -> None:
