@@ -374,8 +374,9 @@ class Engine:
         without a worker none would be routed or delivered. A reload restarts them all.
 
         Each is started again on its own schedule, never holding up the others or a reload: 1 s
-        after it died, doubling up to 60 s while it keeps dying within :data:`STABLE_S` of its
-        start (a crash at start-up is not retried every second for ever); a process that the
+        after it died, doubling up to 60 s while it keeps exiting within :data:`STABLE_S` of its
+        start (a crash at start-up is not retried every second for ever; one killed by a signal,
+        kill -9 or the OOM killer, is always started again after 1 s); a process that the
         system refused to start (``_start_worker``) is due again the same way."""
         self._workers = workers
         deaths = [0] * len(workers)  # in a row, each
@@ -397,15 +398,19 @@ class Engine:
                     if now - started[index] >= STABLE_S:
                         deaths[index] = 0
                 elif index not in due:
+                    if proc.exitcode is not None and proc.exitcode < 0:
+                        deaths[index] = 0  # killed by a signal (kill -9, the OOM killer): 1 s
                     wait = backoff_s(deaths[index], base_s=1.0, cap_s=60.0)
                     log.error(
-                        "worker process died; restarting",
+                        "worker process died; restarting"
+                        if proc.pid is not None
+                        else "worker process not started; trying again",
                         extra={"exitcode": proc.exitcode, "worker": index, "in_s": wait},
                     )
+                    self._stop_workers([proc])  # reaped, its metrics forgotten
                     due[index], deaths[index] = now + wait, deaths[index] + 1
                 elif now >= due[index]:
                     del due[index]
-                    self._stop_workers([proc])  # reaped, its metrics forgotten
                     self._workers[index], started[index] = self._start_worker(index), now
 
     def _start_workers(self) -> list[BaseProcess]:

@@ -174,6 +174,7 @@ class Dispatcher:
                 # deliveries claimed and not settled (a batch is one task for several)
                 room = self.capacity - sum(self._claimed.values())
                 due: list[DueDelivery] = []
+                epoch = self.liveness.epoch if self.liveness is not None else 0  # before claims
                 if room > 0:
                     if self.pressure is not None:
                         await self.pressure.yield_to()  # a burst: ACKs first
@@ -191,7 +192,6 @@ class Dispatcher:
                         log.error("dispatcher failed", extra={"error": type(exc).__name__})
                         await asyncio.sleep(backoff_s(failures))
                         continue
-                epoch = self.liveness.epoch if self.liveness is not None else 0
                 for group in self._tasks_for(due):
                     task = asyncio.create_task(
                         self._deliver_batch(group, epoch)

@@ -38,7 +38,6 @@ import ctypes
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import partial
@@ -109,6 +108,7 @@ async def serve_workers(
     await asyncio.to_thread(store.migrate)
     await asyncio.to_thread(store.use_audit_key, audit_key_for(settings))
     role = worker_role(index, processes)
+    liveness = Liveness()  # from before its registration, the node's first heartbeat
     node = await asyncio.to_thread(store.register_node, role)
     log.info("worker node registered", extra={"node": node})
     destinations = await _destinations(routes, db_engine)
@@ -116,6 +116,7 @@ async def serve_workers(
     processor, dispatcher = _queue_workers(
         settings, store, (routes, mappings, destinations), node, burst, metrics, (index, processes)
     )
+    dispatcher.liveness = liveness  # beaten by keep_node
     leadership = Leadership(
         db_engine,
         node,
@@ -127,9 +128,7 @@ async def serve_workers(
         asyncio.create_task(processor.run(stop), name="processor"),
         asyncio.create_task(dispatcher.run(stop), name="dispatcher"),
         asyncio.create_task(
-            keep_node(
-                store, node, stop, (processor.wake, dispatcher.wake), role, dispatcher.liveness
-            ),
+            keep_node(store, node, stop, (processor.wake, dispatcher.wake), role, liveness),
             name="node",
         ),
         # on every node: the leader evaluates the rules; any node says the database is away
@@ -204,7 +203,6 @@ def _queue_workers(
         flush_s=FLUSH_S,
         share=share,
     )
-    dispatcher.liveness = Liveness()  # beaten by keep_node
     processor.on_routed = dispatcher.wake
     return processor, dispatcher
 
@@ -270,7 +268,7 @@ async def keep_node(
 
     while not stop.is_set():
         try:
-            began = time.monotonic()
+            began = liveness.clock() if liveness is not None else 0.0
             written = await asyncio.to_thread(store.heartbeat, node, role)
             if liveness is not None:  # what the dispatcher may send without asking
                 liveness.beaten(began, written)

@@ -24,7 +24,7 @@ Two times are measured. The batch's size and the pause after it follow the whole
 the candidates, waiting for the lock, committing). The budget judges how long the batch held its
 locks, as the store measures it: on PostgreSQL from the first ``DELETE`` to the commit's end (the
 candidates' read takes no row lock; from then on the process being off the CPU keeps them held,
-and counts), on SQLite from taking the writers' lock to the commit's end (waiting in line for it
+and counts), on SQLite from its ``BEGIN IMMEDIATE`` to the commit's end (waiting in line for it
 is not holding it). On SQLite every write transaction waits for its fsync, whatever its size: a
 batch there is bounded in rows, and its time is the disk's.
 """

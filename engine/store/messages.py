@@ -100,8 +100,9 @@ class Processed:
 @dataclass(frozen=True)
 class Purged:
     """One purge transaction: the messages it removed, and how long it held write locks (from
-    the first row it changed, or on SQLite from taking the writers' lock, to its commit's end:
-    reading the candidates and waiting for the lock are not holding it)."""
+    the first row it changed, or on SQLite from its ``BEGIN IMMEDIATE``, to its commit's end:
+    reading the candidates and waiting for the lock are not holding it; on SQLite the writers'
+    file lock is taken a connection checkout earlier, and that is not counted)."""
 
     rows: int
     held_s: float = 0.0

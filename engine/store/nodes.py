@@ -93,25 +93,36 @@ FORGET_AFTER = timedelta(days=1)
 NOBODY = ""
 
 
+def _clock() -> float:
+    """Seconds on a clock that keeps counting while the host is suspended (CLOCK_BOOTTIME,
+    Linux), where ``time.monotonic`` stops: a paused host's stall is seen."""
+    return time.clock_gettime(BOOTTIME) if BOOTTIME is not None else time.monotonic()
+
+
+BOOTTIME: int | None = getattr(time, "CLOCK_BOOTTIME", None)
+
+
 class Liveness:
     """What a worker node knows of its own standing from its heartbeats (engine/flow/worker.py's
     ``keep_node``), so that its dispatcher sends a claimed delivery without asking the database
     only while no other node can have taken it over: its last heartbeat that was written began
     less than half of :data:`DEAD_AFTER` ago (another node takes over one only when it is older
-    than all of it), and it was not found taken for dead since the claim was made (``epoch``
-    grows each time it was). A process that stood still (stopped, its host paused or swapping)
-    for longer finds out before it sends what it had claimed (engine/flow/deliver.py)."""
+    than all of it), and no gap since the claim was made could have let another node take it
+    (``epoch`` grows at each such gap: two heartbeats further apart than half of DEAD_AFTER, or
+    the node's row found gone). A process that stood still (stopped, its host paused or
+    swapping) for longer finds out before it sends what it had claimed (engine/flow/deliver.py).
+    ``since``: when the node was registered (its first heartbeat)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, since: float | None = None, clock: Callable[[], float] = _clock) -> None:
         self.clock = clock
-        self.beat = clock()
+        self.beat = clock() if since is None else since
         self.epoch = 0
 
     def beaten(self, began: float, written: bool) -> None:
         """A heartbeat that began at ``began`` (this clock) succeeded; ``written`` False: the
         node's row was gone (taken for dead; its claims released, it registered again)."""
-        if not written:
-            self.epoch += 1
+        if not written or began - self.beat >= DEAD_AFTER.total_seconds() / 2:
+            self.epoch += 1  # its claims may have been taken over meanwhile
         self.beat = max(self.beat, began)
 
     def sure(self, epoch: int) -> bool:

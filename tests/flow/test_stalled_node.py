@@ -53,13 +53,22 @@ def test_claims_made_before_a_stall_are_checked_and_not_sent_when_taken(
 ) -> None:
     dispatcher, due = _claimed(store, tmp_path, "host:1:stalled")
     clock = Clock()
-    dispatcher.liveness = Liveness(clock)
+    dispatcher.liveness = Liveness(clock=clock)
     epoch = dispatcher.liveness.epoch
     # it stands still: its heartbeat grows old, another node takes its claims over
     store.take_over(dead_after=timedelta(seconds=-1))
     clock.now += DEAD_AFTER.total_seconds() + 5
     assert not dispatcher.liveness.sure(epoch)
-    # it runs again: what it held is asked about first, and none of it is sent
+    # it runs again, and its first heartbeat is written at once (taking over releases the
+    # claims, not the row): the gap since the one before still tells it
+    began = clock.now
+    written = store.heartbeat("host:1:stalled")
+    assert written
+    dispatcher.liveness.beaten(began, written)
+    assert dispatcher.liveness.sure(dispatcher.liveness.epoch) and not dispatcher.liveness.sure(
+        epoch
+    )
+    # what it held is asked about first, and none of it is sent
     for d in due:
         asyncio.run(dispatcher._deliver(d, epoch))
     assert dispatcher.destinations["out"].delivered == []  # type: ignore[attr-defined]
@@ -70,7 +79,7 @@ def test_found_taken_for_dead_at_its_heartbeat_its_older_claims_are_checked(
 ) -> None:
     dispatcher, due = _claimed(store, tmp_path, "host:2:stalled")
     clock = Clock()
-    dispatcher.liveness = live = Liveness(clock)
+    dispatcher.liveness = live = Liveness(clock=clock)
     epoch = live.epoch
     store.take_over(dead_after=timedelta(seconds=-1))
     live.beaten(clock.now, written=False)  # its row was gone: registered again just now
@@ -84,9 +93,12 @@ def test_with_recent_heartbeats_its_claims_are_sent_without_asking(
 ) -> None:
     dispatcher, due = _claimed(store, tmp_path, "host:3:live")
     clock = Clock()
-    dispatcher.liveness = live = Liveness(clock)
+    dispatcher.liveness = live = Liveness(clock=clock)
+    for _ in range(3):  # beats 2 s apart: no gap
+        clock.now += 2
+        live.beaten(clock.now, written=True)
+    assert live.epoch == 0
     clock.now += DEAD_AFTER.total_seconds() / 2 - 1
-    live.beaten(clock.now - 1, written=True)
     asked: list[int] = []
     store_renew = store.renew_claim
 

@@ -22,8 +22,10 @@ TICK = 0.1
 class FakeProcess:
     """A worker process that lives until ``dies_at`` (monotonic), or was never started."""
 
-    def __init__(self, index: int, dies_at: float | None, started: bool = True) -> None:
-        self.index, self.dies_at, self.started = index, dies_at, started
+    def __init__(
+        self, index: int, dies_at: float | None, started: bool = True, code: int = 1
+    ) -> None:
+        self.index, self.dies_at, self.started, self.code = index, dies_at, started, code
         self.pid = 1000 + index if started else None
         self.exitcode: int | None = None
 
@@ -31,13 +33,14 @@ class FakeProcess:
         if not self.started:
             return False
         alive = self.dies_at is None or time.monotonic() < self.dies_at
-        self.exitcode = None if alive else -9
+        self.exitcode = None if alive else self.code  # 1: it failed; -9: it was killed
         return alive
 
 
 class Supervised:
     """An ``Engine`` with only what ``_supervise`` uses; ``plan`` says, per index, how each
-    start of it goes: a lifetime in ticks (None: lives on), or "refused"."""
+    start of it goes: a lifetime in ticks before it fails (None: lives on), ("killed", ticks)
+    before a signal kills it, or "refused"."""
 
     def __init__(self, plan: dict[int, list[Any]]) -> None:
         self.engine = Engine.__new__(Engine)
@@ -54,6 +57,8 @@ class Supervised:
         how = self.plan[index].pop(0) if self.plan[index] else None
         if how == "refused":
             return FakeProcess(index, None, started=False)
+        if isinstance(how, tuple):
+            return FakeProcess(index, now + how[1] * TICK, code=-9)
         return FakeProcess(index, None if how is None else now + how * TICK)
 
     def times(self, index: int) -> list[float]:
@@ -114,3 +119,32 @@ def test_a_start_the_system_refused_is_tried_again() -> None:
     assert len(zero) == 3, zero  # refused at 0, again at 1, then running from 3
     assert 1 <= zero[1] < 1.9 and 3 <= zero[2] < 3.9
     assert sup.times(1) == [pytest.approx(0, abs=0.5)]  # never touched
+
+
+def test_a_process_killed_by_a_signal_starts_again_after_one_tick_each_time() -> None:
+    # killed (kill -9, the OOM killer) half a tick after each start: no doubling
+    sup = Supervised({0: [("killed", 0.5)] * 6 + [None]})
+    _run(sup, 8)
+    zero = sup.times(0)
+    gaps = [b - a for a, b in zip(zero, zero[1:], strict=False)]
+    assert len(zero) >= 5 and all(1.5 <= g < 1.5 + 0.9 for g in gaps), gaps
+
+
+def test_a_refused_start_is_a_process_that_is_not_alive_and_needs_no_stopping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real ``_start_worker`` when the system gives no process (EAGAIN): logged, returned
+    not alive and without a pid, and ``_stop_workers`` passes over it."""
+    from multiprocessing.process import BaseProcess
+
+    def refuse(self: BaseProcess) -> None:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(BaseProcess, "start", refuse)
+    engine = Engine.__new__(Engine)
+    engine._running = None  # type: ignore[assignment]
+    engine._pressure = None  # type: ignore[assignment]
+    engine.metrics_dir = None  # type: ignore[assignment]
+    proc = engine._start_worker(0)
+    assert not proc.is_alive() and proc.pid is None and proc.exitcode is None
+    engine._stop_workers([proc])  # nothing to terminate or join
