@@ -11,7 +11,7 @@ received before the cutoff are walked in ranges of at most :data:`MAX_BATCH` ids
 deliveries and documents, in one transaction; the candidates read from the primary key's index, and
 what a batch asks of other rows from indexes of their own: the copies of a replayed original, the
 refused uploads that still keep a purged document's bytes; migration 0024). Each batch is timed,
-the next range sized to take about a third of the budget (from :data:`FIRST_BATCH`, between
+the next range sized to take about a quarter of the budget (from :data:`FIRST_BATCH`, between
 :data:`MIN_BATCH` and :data:`MAX_BATCH` ids), and a pause between batches lets the other writers
 in: the purge works at most :data:`DUTY` of the time (a batch of *t* seconds is followed by a pause
 of *t* (1 - DUTY) / DUTY, at least :data:`PAUSE_S` and at most :data:`MAX_PAUSE_S`, so that a node
@@ -96,11 +96,11 @@ class PurgeReport:
 
 
 def _next_size(size: int, took_s: float, budget_s: float) -> int:
-    """The next range's width: aimed at a third of the budget from the rate of the last one
+    """The next range's width: aimed at a quarter of the budget from the rate of the last one
     (the rest is headroom: a busy machine stretches a batch's time)."""
     if took_s <= 0:
         return min(MAX_BATCH, size * 2)
-    aimed = int(size * (budget_s / 3) / took_s)
+    aimed = int(size * (budget_s / 4) / took_s)
     return max(MIN_BATCH, min(MAX_BATCH, aimed, size * 2))
 
 

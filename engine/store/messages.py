@@ -608,8 +608,12 @@ class MessageStore(Repository):
             locked = time.perf_counter()
             if conn.dialect.name == "postgresql":
                 # a batch is small but its plan's cost estimate is not: PostgreSQL JIT-compiled
-                # each one (a second of compiling for a few milliseconds of work)
+                # each one (a second of compiling for a few milliseconds of work). Its commit
+                # does not wait for the WAL's flush, which the locks would be held through: a
+                # purge a crash loses comes back and is purged again (the bytes of documents
+                # are in the database here, not files removed after the commit)
                 conn.exec_driver_sql("SET LOCAL jit = off")
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
             rows = conn.execute(query).all()
             if not rows:
                 return Purged(0)
