@@ -10,6 +10,8 @@ import asyncio
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from engine.adapters.memory import MemoryDestination
 from engine.adapters.registry import load_routes
 from engine.flow.deliver import Dispatcher
@@ -32,7 +34,10 @@ class Clock:
         return self.now
 
 
-def _claimed(store: SqlMessageStore, tmp_path: Path, node: str) -> tuple[Dispatcher, list]:  # type: ignore[type-arg]
+def _claimed(
+    store: SqlMessageStore, tmp_path: Path, node: str
+) -> tuple[Dispatcher, list, Clock, Liveness]:  # type: ignore[type-arg]
+    """Three deliveries claimed by ``node``'s dispatcher, whose liveness keeps ``Clock``."""
     (tmp_path / "routes").mkdir(exist_ok=True)
     (tmp_path / "routes" / "r.yaml").write_text(ROUTES.replace("{tmp}", str(tmp_path)))
     routes = load_routes(defaults=tmp_path / "routes")
@@ -45,55 +50,40 @@ def _claimed(store: SqlMessageStore, tmp_path: Path, node: str) -> tuple[Dispatc
     store.register_node("worker", node)
     due = store.claim_due_deliveries(10, dispatcher.lease_s, [], node)
     assert len(due) == 3
-    return dispatcher, due
-
-
-def test_claims_made_before_a_stall_are_checked_and_not_sent_when_taken(
-    store: SqlMessageStore, tmp_path: Path
-) -> None:
-    dispatcher, due = _claimed(store, tmp_path, "host:1:stalled")
     clock = Clock()
     dispatcher.liveness = Liveness(clock=clock)
-    epoch = dispatcher.liveness.epoch
-    # it stands still: its heartbeat grows old, another node takes its claims over
-    store.take_over(dead_after=timedelta(seconds=-1))
-    clock.now += DEAD_AFTER.total_seconds() + 5
-    assert not dispatcher.liveness.sure(epoch)
-    # it runs again, and its first heartbeat is written at once (taking over releases the
-    # claims, not the row): the gap since the one before still tells it
-    began = clock.now
-    written = store.heartbeat("host:1:stalled")
-    assert written
-    dispatcher.liveness.beaten(began, written)
-    assert dispatcher.liveness.sure(dispatcher.liveness.epoch) and not dispatcher.liveness.sure(
-        epoch
-    )
+    return dispatcher, due, clock, dispatcher.liveness
+
+
+@pytest.mark.parametrize("learns", ["from the gap", "from its row gone"])
+def test_claims_made_before_a_takeover_are_checked_and_not_sent(
+    store: SqlMessageStore, tmp_path: Path, learns: str
+) -> None:
+    node = f"host:1:{len(learns)}"
+    dispatcher, due, clock, live = _claimed(store, tmp_path, node)
+    epoch = live.epoch
+    store.take_over(dead_after=timedelta(seconds=-1))  # another node takes its claims over
+    if learns == "from the gap":
+        # it stood still: its heartbeat grew old; when it runs again its first heartbeat is
+        # written at once (taking over releases the claims, not the row): the gap tells it
+        clock.now += DEAD_AFTER.total_seconds() + 5
+        assert not live.sure(epoch)
+        began, written = clock.now, store.heartbeat(node)
+        assert written
+    else:  # its row was gone: registered again just now
+        began, written = clock.now, False
+    live.beaten(began, written)
+    assert live.sure(live.epoch) and not live.sure(epoch)  # recent, but the claims are older
     # what it held is asked about first, and none of it is sent
     for d in due:
         asyncio.run(dispatcher._deliver(d, epoch))
     assert dispatcher.destinations["out"].delivered == []  # type: ignore[attr-defined]
 
 
-def test_found_taken_for_dead_at_its_heartbeat_its_older_claims_are_checked(
-    store: SqlMessageStore, tmp_path: Path
-) -> None:
-    dispatcher, due = _claimed(store, tmp_path, "host:2:stalled")
-    clock = Clock()
-    dispatcher.liveness = live = Liveness(clock=clock)
-    epoch = live.epoch
-    store.take_over(dead_after=timedelta(seconds=-1))
-    live.beaten(clock.now, written=False)  # its row was gone: registered again just now
-    assert live.sure(live.epoch) and not live.sure(epoch)  # recent, but the claims are older
-    asyncio.run(dispatcher._deliver(due[0], epoch))
-    assert dispatcher.destinations["out"].delivered == []  # type: ignore[attr-defined]
-
-
 def test_with_recent_heartbeats_its_claims_are_sent_without_asking(
     store: SqlMessageStore, tmp_path: Path
 ) -> None:
-    dispatcher, due = _claimed(store, tmp_path, "host:3:live")
-    clock = Clock()
-    dispatcher.liveness = live = Liveness(clock=clock)
+    dispatcher, due, clock, live = _claimed(store, tmp_path, "host:3:live")
     for _ in range(3):  # beats 2 s apart: no gap
         clock.now += 2
         live.beaten(clock.now, written=True)
