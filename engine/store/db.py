@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import BindParameter, Connection, Engine, create_engine, event, literal, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -35,6 +35,7 @@ __all__ = [
     "create_db_engine",
     "hold_migration_lock",
     "in_index_order",
+    "state_literal",
     "utcnow",
 ]
 
@@ -318,6 +319,18 @@ def in_index_order(conn: Connection) -> None:
     when the queue is short. SQLite's planner keeps its order by itself: nothing to do."""
     if conn.dialect.name == "postgresql":
         conn.execute(_IN_INDEX_ORDER)
+
+
+def state_literal(state: str) -> BindParameter[str]:
+    """A queue state written into the statement's text, not sent as a parameter.
+
+    psycopg prepares a statement run five times on a connection, and PostgreSQL may then keep a
+    generic plan, made without the parameters' values: it reckons any state to hold an equal
+    share of the table. The queue states are nothing like equal (a few received or processing
+    messages among millions delivered), so a probe for one of them walked the table from its
+    start. Written into the text, the state is planned for with the table's statistics, which
+    the leader keeps fresh (engine/jobs/upkeep.py)."""
+    return literal(state, literal_execute=True)
 
 
 #: the PostgreSQL advisory lock key migrations take (any fixed number; this is "engmig" in ASCII)

@@ -223,13 +223,24 @@ _PROMOTE = (
 #: pending, and read every pending delivery of the destination once per queue (1 ms a message
 #: in the pg-cost run of 4 December 2026). The queues are disjoint, so each row's promotion is
 #: the one-queue statement's.
+#:
+#: The heads are gathered first (an InitPlan, run once per execution) and the rows updated by
+#: id. Joined to the updated table instead, the plan may re-run each queue's probe for every row
+#: of that table, and a plan made while the table was nearly empty is kept after it grows:
+#: psycopg prepares a statement run five times and PostgreSQL keeps its generic plan until the
+#: table is analyzed again (engine/jobs/upkeep.py). Made that way, the joined form read the
+#: whole table once per queue and once more at each execution (reproduced after the ingest bench
+#: of 6 December 2026, where one promotion ran over six minutes, a plan not captured); this form
+#: reads it at worst once per queue and once more, never once per row of it.
 _PROMOTE_ALL = text(
     "UPDATE deliveries SET state = 'pending', next_attempt_at = :now"
-    " FROM unnest(CAST(:dests AS text[]), CAST(:patients AS text[])) AS q(dest, patient),"
-    " LATERAL (SELECT w.id, w.state FROM deliveries AS w"
-    "  WHERE w.destination = q.dest AND w.patient_key = q.patient"
-    "  AND w.state IN ('pending', 'waiting') ORDER BY w.state, w.id LIMIT 1) AS h"
-    " WHERE deliveries.id = h.id AND h.state = 'waiting'"
+    " WHERE state = 'waiting' AND id = ANY(ARRAY("
+    "  SELECT h.id FROM unnest(CAST(:dests AS text[]), CAST(:patients AS text[]))"
+    "   AS q(dest, patient)"
+    "  CROSS JOIN LATERAL (SELECT w.id, w.state FROM deliveries AS w"
+    "   WHERE w.destination = q.dest AND w.patient_key = q.patient"
+    "   AND w.state IN ('pending', 'waiting') ORDER BY w.state, w.id LIMIT 1) AS h"
+    "  WHERE h.state = 'waiting'))"
 )
 
 

@@ -47,7 +47,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from engine.store.clean import clean
-from engine.store.db import Repository, aware, utcnow
+from engine.store.db import Repository, aware, state_literal, utcnow
 from engine.store.lists import in_list
 from engine.store.tables import (
     config_applied,
@@ -163,14 +163,16 @@ _HEARTBEAT = (
 _LIVE = select(nodes.c.id).where(nodes.c.heartbeat_at >= bindparam("cutoff"))
 _live = _LIVE.scalar_subquery()
 #: the owners of claims that are not live nodes, in one statement (one snapshot)
+#: (the states written into the statement: see :func:`~engine.store.db.state_literal`; as
+#: parameters, a generic plan read the whole of deliveries at each heartbeat)
 _DEAD_OWNERS = union(
     select(messages.c.claimed_by).where(
-        messages.c.state == "processing",
+        messages.c.state == state_literal("processing"),
         messages.c.claimed_by.is_not(None),
         messages.c.claimed_by.not_in(_live),
     ),
     select(deliveries.c.claimed_by).where(
-        deliveries.c.state == "pending",
+        deliveries.c.state == state_literal("pending"),
         deliveries.c.claimed_by.is_not(None),
         deliveries.c.claimed_by.not_in(_live),
     ),

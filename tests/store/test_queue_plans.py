@@ -91,6 +91,12 @@ def _rows_read(conn: Connection, statement: Any, params: dict[str, Any]) -> int:
         bound = {**compiled.params, **params}
         result = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {compiled.string}", bound)
     [[plan]] = result.all()
+    return _plan_rows(plan)
+
+
+def _plan_rows(plan: Any) -> int:
+    """Rows an EXPLAIN (ANALYZE, FORMAT JSON) plan's scans produced or filtered out, over all
+    their loops."""
     total = 0
 
     def walk(node: dict[str, Any]) -> None:
@@ -146,3 +152,23 @@ def test_claims_walk_their_queue_in_order_and_stop_at_the_limit(stale: Engine) -
                 # ix_messages_state (50 × 49 / 2 here): never the whole backlog
                 assert read < BACKLOG, f"{read} rows read to claim 50: {str(statement)[:40]}"
             conn.rollback()
+
+
+def test_asking_whether_a_message_waits_reads_one_row_in_a_generic_plan(stale: Engine) -> None:
+    """MessageStore.any_received, as psycopg prepares it, in a generic plan (made without the
+    parameters' values; forced here, PostgreSQL chooses one when it reckons it no dearer): one
+    index probe, not the 500 delivered messages stored before the received ones."""
+    with stale.connect() as conn:
+        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        for _ in range(6):  # psycopg prepares it at the fifth
+            assert conn.execute(MessageStore._ANY_RECEIVED).first() is not None
+        [(name, generic, types)] = conn.exec_driver_sql(
+            "SELECT name, generic_plans, parameter_types::text[] FROM pg_prepared_statements"
+            " WHERE statement LIKE '%%FROM messages%%'"
+        ).all()
+        assert generic > 0, "no generic plan: the test proves nothing"
+        args = f"({', '.join(['%s'] * len(types))})" if types else ""
+        [[plan]] = conn.exec_driver_sql(
+            f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {name}{args}", ("received",) * len(types)
+        ).all()
+        assert _plan_rows(plan) < 10, json.dumps(plan, indent=1)[:3000]
