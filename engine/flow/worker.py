@@ -218,7 +218,7 @@ async def _lead(
 ) -> None:
     """The singleton jobs, while this node leads (engine/jobs/leader.py): the eligibility
     schedule and the resumption of runs a dead node left unfinished, the pulls, retention and
-    queue repair, the queue tables' upkeep where autovacuum is off (engine/jobs/upkeep.py; the
+    queue repair, the queue tables' upkeep on PostgreSQL (engine/jobs/upkeep.py; the
     alerts ask whether this node leads). Until ``term`` (a clean stop), or
     cancelled (leadership lost):
     the schedules are stopped either way and a run cut short is given back."""

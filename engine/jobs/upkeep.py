@@ -89,12 +89,14 @@ def stale_tables(db_engine: Engine) -> list[str]:
 
 
 def analyze_tables(db_engine: Engine, tables: list[str]) -> float:
-    """``ANALYZE`` of ``tables`` (each of :data:`TABLES`); the seconds it took."""
+    """``ANALYZE`` of ``tables`` (each of :data:`TABLES`); the seconds it took. A table being
+    vacuumed is skipped (``SKIP_LOCKED``) and looked at again next round: waiting for it would
+    make PostgreSQL cancel autovacuum's run, which blocks us, and at every round again."""
     started = time.perf_counter()
     with db_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         for table in tables:
             if table in TABLES:  # names from here only, never from elsewhere into SQL
-                conn.exec_driver_sql(f"ANALYZE {table}")
+                conn.exec_driver_sql(f"ANALYZE (SKIP_LOCKED) {table}")
     return time.perf_counter() - started
 
 
@@ -129,23 +131,17 @@ async def keep_tables(
     interval_s: float = INTERVAL_S,
     watch_s: float = WATCH_S,
 ) -> None:
-    """The leader's upkeep, until ``stop``: nothing on SQLite (see the module)."""
+    """The leader's upkeep, until ``stop``: nothing on SQLite (see the module). The autovacuum
+    setting is asked until it is read (the database may be away at the term's start); the
+    ANALYZE rounds run meanwhile."""
     if db_engine.dialect.name != "postgresql":
         return
-    try:
-        off = await asyncio.to_thread(autovacuum_off, db_engine)
-    except Exception as exc:  # the database may be away: the next term asks again
-        log.warning("autovacuum setting not read", extra={"error": type(exc).__name__})
-        return
-    if off:
-        log.warning(
-            "PostgreSQL autovacuum is off: this node (the leader) runs VACUUM (ANALYZE) on the "
-            "queue tables every few minutes",
-            extra={"interval_s": interval_s, "tables": ",".join(TABLES)},
-        )
+    off: bool | None = None
     vacuumed_at: float | None = None
     while not stop.is_set():
-        vacuum = off and (vacuumed_at is None or time.monotonic() - vacuumed_at >= interval_s)
+        if off is None:
+            off = await _autovacuum_setting(db_engine, interval_s)
+        vacuum = bool(off) and (vacuumed_at is None or time.monotonic() - vacuumed_at >= interval_s)
         try:
             await asyncio.to_thread(_upkeep_round, db_engine, vacuum)
         except Exception as exc:  # tried again next round
@@ -154,3 +150,19 @@ async def keep_tables(
             vacuumed_at = time.monotonic()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), watch_s)
+
+
+async def _autovacuum_setting(db_engine: Engine, interval_s: float) -> bool | None:
+    """Whether autovacuum is off (warned once when it is), or None when it could not be read."""
+    try:
+        off = await asyncio.to_thread(autovacuum_off, db_engine)
+    except Exception as exc:  # the database may be away: asked again next round
+        log.warning("autovacuum setting not read", extra={"error": type(exc).__name__})
+        return None
+    if off:
+        log.warning(
+            "PostgreSQL autovacuum is off: this node (the leader) runs VACUUM (ANALYZE) on the "
+            "queue tables every few minutes",
+            extra={"interval_s": interval_s, "tables": ",".join(TABLES)},
+        )
+    return off

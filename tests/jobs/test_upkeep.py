@@ -120,6 +120,8 @@ def test_a_table_grown_past_the_threshold_is_analyzed_and_its_plans_made_again(
     psycopg prepares it), planned from statistics taken during a warm-up burst (every message
     received), reads the whole table once it holds 20,000 delivered ones; once the upkeep finds
     the table changed and analyzes it, the plan is made again and reads a row or two."""
+    with pg.begin() as conn:  # where autovacuum runs, only the test's ANALYZE does here
+        conn.execute(text("ALTER TABLE messages SET (autovacuum_enabled = off)"))
     _insert_messages(pg, "received", 10)
     upkeep.analyze_tables(pg, ["messages"])
     with pg.connect() as conn:
@@ -166,7 +168,7 @@ def test_names_from_elsewhere_are_not_analyzed() -> None:
 
     db = SimpleNamespace(connect=Conn)
     upkeep.analyze_tables(db, ["deliveries", "messages; DROP TABLE x"])  # type: ignore[arg-type]
-    assert ran == ["ANALYZE deliveries"]
+    assert ran == ["ANALYZE (SKIP_LOCKED) deliveries"]
 
 
 @pytest.mark.parametrize("off", [True, False])
@@ -210,3 +212,38 @@ def test_nothing_is_kept_on_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(upkeep, name, called)
     db = SimpleNamespace(dialect=SimpleNamespace(name="sqlite"))
     asyncio.run(asyncio.wait_for(upkeep.keep_tables(db, asyncio.Event()), 5))  # type: ignore[arg-type]
+
+
+def test_an_unread_setting_is_asked_again_and_the_analyses_run_meanwhile(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    answers: list[bool | Exception] = [ConnectionError("away"), ConnectionError("away"), True]
+    rounds: list[str] = []
+    stop = asyncio.Event()
+
+    def setting(db_engine: object) -> bool:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def vacuum(db_engine: object) -> float:
+        rounds.append("vacuum")
+        stop.set()
+        return 0.01
+
+    def analyze(db_engine: object, tables: list[str]) -> float:
+        rounds.append("analyze")
+        return 0.01
+
+    monkeypatch.setattr(upkeep, "autovacuum_off", setting)
+    monkeypatch.setattr(upkeep, "vacuum_tables", vacuum)
+    monkeypatch.setattr(upkeep, "analyze_tables", analyze)
+    monkeypatch.setattr(upkeep, "stale_tables", lambda db_engine: ["messages"])
+    db = SimpleNamespace(dialect=SimpleNamespace(name="postgresql"))
+    with caplog.at_level(logging.INFO, logger="engine.jobs.upkeep"):
+        keep = upkeep.keep_tables(db, stop, interval_s=3600, watch_s=0.01)  # type: ignore[arg-type]
+        asyncio.run(asyncio.wait_for(keep, 10))
+    assert rounds == ["analyze", "analyze", "vacuum"]
+    assert caplog.text.count("autovacuum setting not read") == 2
+    assert caplog.text.count("autovacuum is off") == 1
