@@ -8,7 +8,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -171,31 +171,39 @@ def test_names_from_elsewhere_are_not_analyzed() -> None:
     assert ran == ["ANALYZE (SKIP_LOCKED) deliveries"]
 
 
+def _leader_rounds(
+    monkeypatch: pytest.MonkeyPatch, setting: Callable[[object], bool], rounds_wanted: int
+) -> list[str]:
+    """keep_tables on a stand-in PostgreSQL whose ``deliveries`` always changed enough, with
+    ``setting`` as the autovacuum setting's reading, until ``rounds_wanted`` rounds: what each
+    round did ("vacuum" or "analyze deliveries")."""
+    rounds: list[str] = []
+    stop = asyncio.Event()
+
+    def did(what: str) -> float:
+        rounds.append(what)
+        if len(rounds) >= rounds_wanted:
+            stop.set()  # the term ends
+        return 0.01
+
+    monkeypatch.setattr(upkeep, "autovacuum_off", setting)
+    monkeypatch.setattr(upkeep, "vacuum_tables", lambda db_engine: did("vacuum"))
+    monkeypatch.setattr(
+        upkeep, "analyze_tables", lambda db_engine, tables: did("analyze " + ",".join(tables))
+    )
+    monkeypatch.setattr(upkeep, "stale_tables", lambda db_engine: ["deliveries"])
+    db = SimpleNamespace(dialect=SimpleNamespace(name="postgresql"))
+    keep = upkeep.keep_tables(db, stop, interval_s=3600, watch_s=0.01)  # type: ignore[arg-type]
+    asyncio.run(asyncio.wait_for(keep, 10))
+    return rounds
+
+
 @pytest.mark.parametrize("off", [True, False])
 def test_the_leader_analyzes_what_changed_and_vacuums_only_where_autovacuum_is_off(
     off: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rounds: list[str] = []
-    stop = asyncio.Event()
-
-    def vacuum(db_engine: object) -> float:
-        rounds.append("vacuum")
-        return 0.01
-
-    def analyze(db_engine: object, tables: list[str]) -> float:
-        rounds.append("analyze " + ",".join(tables))
-        if len(rounds) >= 4:
-            stop.set()  # the term ends
-        return 0.01
-
-    monkeypatch.setattr(upkeep, "autovacuum_off", lambda db_engine: off)
-    monkeypatch.setattr(upkeep, "vacuum_tables", vacuum)
-    monkeypatch.setattr(upkeep, "analyze_tables", analyze)
-    monkeypatch.setattr(upkeep, "stale_tables", lambda db_engine: ["deliveries"])
-    db = SimpleNamespace(dialect=SimpleNamespace(name="postgresql"))
     with caplog.at_level(logging.INFO, logger="engine.jobs.upkeep"):
-        keep = upkeep.keep_tables(db, stop, interval_s=3600, watch_s=0.01)  # type: ignore[arg-type]
-        asyncio.run(asyncio.wait_for(keep, 10))
+        rounds = _leader_rounds(monkeypatch, lambda db_engine: off, 4)
     if off:  # the first round vacuums (and analyzes); the next ones analyze what changed
         assert rounds == ["vacuum"] + ["analyze deliveries"] * 3
         assert caplog.text.count("autovacuum is off") == 1
@@ -218,8 +226,6 @@ def test_an_unread_setting_is_asked_again_and_the_analyses_run_meanwhile(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     answers: list[bool | Exception] = [ConnectionError("away"), ConnectionError("away"), True]
-    rounds: list[str] = []
-    stop = asyncio.Event()
 
     def setting(db_engine: object) -> bool:
         answer = answers.pop(0)
@@ -227,23 +233,8 @@ def test_an_unread_setting_is_asked_again_and_the_analyses_run_meanwhile(
             raise answer
         return answer
 
-    def vacuum(db_engine: object) -> float:
-        rounds.append("vacuum")
-        stop.set()
-        return 0.01
-
-    def analyze(db_engine: object, tables: list[str]) -> float:
-        rounds.append("analyze")
-        return 0.01
-
-    monkeypatch.setattr(upkeep, "autovacuum_off", setting)
-    monkeypatch.setattr(upkeep, "vacuum_tables", vacuum)
-    monkeypatch.setattr(upkeep, "analyze_tables", analyze)
-    monkeypatch.setattr(upkeep, "stale_tables", lambda db_engine: ["messages"])
-    db = SimpleNamespace(dialect=SimpleNamespace(name="postgresql"))
     with caplog.at_level(logging.INFO, logger="engine.jobs.upkeep"):
-        keep = upkeep.keep_tables(db, stop, interval_s=3600, watch_s=0.01)  # type: ignore[arg-type]
-        asyncio.run(asyncio.wait_for(keep, 10))
-    assert rounds == ["analyze", "analyze", "vacuum"]
+        rounds = _leader_rounds(monkeypatch, setting, 3)
+    assert rounds == ["analyze deliveries", "analyze deliveries", "vacuum"]
     assert caplog.text.count("autovacuum setting not read") == 2
     assert caplog.text.count("autovacuum is off") == 1
