@@ -163,8 +163,10 @@ _HEARTBEAT = (
 _LIVE = select(nodes.c.id).where(nodes.c.heartbeat_at >= bindparam("cutoff"))
 _live = _LIVE.scalar_subquery()
 #: the owners of claims that are not live nodes, in one statement (one snapshot)
-#: (the states written into the statement: see :func:`~engine.store.db.state_literal`; as
-#: parameters, a generic plan read the whole of deliveries at each heartbeat)
+#: (the states written into the statement: see :func:`~engine.store.db.state_literal`. A plan
+#: from the empty table's statistics read the whole of deliveries at each heartbeat, seen with
+#: auto_explain on 6 December 2026; as a parameter the state would leave a generic plan unable
+#: to tell 'pending' from 'delivered')
 _DEAD_OWNERS = union(
     select(messages.c.claimed_by).where(
         messages.c.state == state_literal("processing"),
