@@ -25,6 +25,7 @@ from engine.pressure import IngestPressure
 from engine.retry import CircuitBreaker, backoff_s
 from engine.routes.loader import RouteSet
 from engine.store import DueDelivery, Outcome, SqlMessageStore
+from engine.store.db import failure_name, statement_cancelled
 from engine.store.nodes import Liveness
 
 __all__ = ["Dispatcher", "Observer"]
@@ -189,7 +190,7 @@ class Dispatcher:
                         failures = 0
                     except Exception as exc:  # the database away for a moment
                         failures += 1
-                        log.error("dispatcher failed", extra={"error": type(exc).__name__})
+                        log.error("dispatcher failed", extra={"error": failure_name(exc)})
                         await asyncio.sleep(backoff_s(failures))
                         continue
                 for group in self._tasks_for(due):
@@ -434,19 +435,26 @@ class Dispatcher:
             batch, self._outcomes = self._outcomes, []
             # the database away: the outcomes (deliveries made) are kept and recorded once it
             # answers, not dropped with their claims held for the lease (10 minutes) and every
-            # later delivery of their patients waiting behind them; given up after ~2 minutes
-            for failures in range(1, 9):
-                if not batch:
-                    return
+            # later delivery of their patients waiting behind them; given up after ~2 minutes.
+            # A statement PostgreSQL cancelled (the workers' statement_timeout, engine/store/
+            # db.py) does not count: the database answers, and dropping outcomes of deliveries
+            # made would send them again once the lease ran out
+            failures = 0
+            while batch and failures < 8:
                 try:
                     await asyncio.to_thread(self._record_batch, batch)
                     return
                 except Exception as exc:
+                    cancelled = statement_cancelled(exc)
+                    failures += 0 if cancelled else 1
                     log.error(
                         "outcomes not recorded",
-                        extra={"error": type(exc).__name__, "n": len(batch)},
+                        extra={
+                            "error": failure_name(exc),
+                            "n": len(batch),
+                        },
                     )
-                    await asyncio.sleep(backoff_s(failures))
+                    await asyncio.sleep(backoff_s(max(failures, 1)))
 
     def _record_batch(self, batch: list[tuple[DueDelivery, DeliveryResult, float]]) -> None:
         outcomes: list[Outcome] = []

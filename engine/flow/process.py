@@ -36,6 +36,7 @@ from engine.routes.loader import RouteSet
 from engine.routes.router import Router
 from engine.routes.spec import Route
 from engine.store import IndexedResource, NewDelivery, Processed, SqlMessageStore
+from engine.store.db import failure_name
 
 __all__ = ["Processor", "RoutedCounter", "index_rows"]
 
@@ -224,7 +225,7 @@ class Processor:
                 failures = 0
             except Exception as exc:  # the database away for a moment: wait and go on
                 failures += 1
-                log.error("processor failed", extra={"error": type(exc).__name__})
+                log.error("processor failed", extra={"error": failure_name(exc)})
                 await asyncio.sleep(backoff_s(failures))
                 continue
             if finished and self.on_routed is not None:

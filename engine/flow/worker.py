@@ -99,11 +99,16 @@ async def serve_workers(
     from engine.mappings import load_mappings
     from engine.pressure import IngestPressure
     from engine.store import SqlMessageStore, create_db_engine
+    from engine.store.db import WORKER_STATEMENT_TIMEOUT_S
     from engine.store.nodes import worker_role
 
     mappings = load_mappings(settings.mappings_dir)
     routes = load_routes(settings.routes_dir)
-    db_engine = create_db_engine(settings.resolved_database_url(), durable=False)
+    db_engine = create_db_engine(
+        settings.resolved_database_url(),
+        durable=False,
+        statement_timeout_s=WORKER_STATEMENT_TIMEOUT_S,
+    )
     store = SqlMessageStore(db_engine)
     await asyncio.to_thread(store.migrate)
     await asyncio.to_thread(store.use_audit_key, audit_key_for(settings))
@@ -471,6 +476,7 @@ def _worker_reloader(
     from engine.audit.key import audit_key_for
     from engine.flow.config import LoadedConfig, Reloader, load_config
     from engine.store import SqlMessageStore, create_db_engine
+    from engine.store.db import WORKER_STATEMENT_TIMEOUT_S
     from engine.store.nodes import new_node_id
 
     def apply(_config: LoadedConfig, running: Settings) -> None:
@@ -479,7 +485,11 @@ def _worker_reloader(
         loop.call_soon_threadsafe(restart.set)
 
     reloader = Reloader(settings, load_config(settings), apply)
-    db_engine = create_db_engine(settings.resolved_database_url(), durable=False)
+    db_engine = create_db_engine(
+        settings.resolved_database_url(),
+        durable=False,
+        statement_timeout_s=WORKER_STATEMENT_TIMEOUT_S,
+    )
     store = SqlMessageStore(db_engine)
     store.migrate()
     store.use_audit_key(audit_key_for(settings))

@@ -32,6 +32,8 @@ import time
 
 from sqlalchemy import Engine, text
 
+from engine.store.db import unbounded_statements
+
 __all__ = [
     "ANALYZE_BASE",
     "ANALYZE_SHARE",
@@ -93,7 +95,10 @@ def analyze_tables(db_engine: Engine, tables: list[str]) -> float:
     vacuumed is skipped (``SKIP_LOCKED``) and looked at again next round: waiting for it would
     make PostgreSQL cancel autovacuum's run, which blocks us, and at every round again."""
     started = time.perf_counter()
-    with db_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    with (
+        db_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+        unbounded_statements(conn),
+    ):
         for table in tables:
             if table in TABLES:  # names from here only, never from elsewhere into SQL
                 conn.exec_driver_sql(f"ANALYZE (SKIP_LOCKED) {table}")
@@ -104,7 +109,10 @@ def vacuum_tables(db_engine: Engine) -> float:
     """``VACUUM (ANALYZE)`` of each of :data:`TABLES` (outside a transaction, as VACUUM must
     be); the seconds it took."""
     started = time.perf_counter()
-    with db_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    with (
+        db_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+        unbounded_statements(conn),
+    ):
         for table in TABLES:
             conn.exec_driver_sql(f"VACUUM (ANALYZE) {table}")
     return time.perf_counter() - started

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,19 +29,32 @@ from engine.errors import ConfigError
 __all__ = [
     "BUSY_TIMEOUT_MS",
     "Repository",
+    "WORKER_STATEMENT_TIMEOUT_S",
     "WriteLock",
     "aware",
     "connection_problem",
     "create_db_engine",
+    "failure_name",
     "hold_migration_lock",
     "in_index_order",
     "state_literal",
+    "statement_cancelled",
+    "unbounded_statements",
     "utcnow",
 ]
 
 #: how long a PostgreSQL connection attempt may take (a server that accepts but never answers
 #: would otherwise hold start-up for ever); a ``connect_timeout`` in the URL wins
 CONNECT_TIMEOUT_S = 10
+#: the longest one statement of the queue workers may run on PostgreSQL (``statement_timeout``,
+#: set when the connection opens). A safety net, not a pace: their statements take milliseconds.
+#: It is there for a plan gone wrong: on 6 December a settle whose plan came from an empty
+#: table's statistics ran 9.5 and 19.8 minutes at 195 % of PostgreSQL's CPU while the queue
+#: stood still. Cancelled, the statement's transaction rolls back, the worker logs it, waits
+#: and tries again (by then the leader's ANALYZE has usually made the plan anew). Migrations and
+#: the leader's VACUUM run without it (:func:`unbounded_statements`). A ``statement_timeout``
+#: in the URL's ``options`` wins.
+WORKER_STATEMENT_TIMEOUT_S = 60
 _SUPPORTED = "use postgresql://user@host:5432/name or sqlite:///path/engine.db"
 
 
@@ -73,7 +86,9 @@ def connection_problem(db_engine: Engine, exc: Exception) -> ConfigError:
     return ConfigError(f"ENGINE_DATABASE_URL: cannot connect to {where} ({reason})")
 
 
-def create_db_engine(url: str, *, durable: bool = True) -> Engine:
+def create_db_engine(
+    url: str, *, durable: bool = True, statement_timeout_s: float | None = None
+) -> Engine:
     """A SQLAlchemy engine (``db_engine``) for the URL; SQLite gets WAL and a created directory.
 
     ``durable`` (the receiver): every commit is fsynced (SQLite ``synchronous=FULL``), because an
@@ -82,6 +97,11 @@ def create_db_engine(url: str, *, durable: bool = True) -> Engine:
     needs no fsync): what they write can be redone — a message whose processing was lost is
     claimed again, a delivery whose outcome was lost is delivered again (idempotently) — and
     their shorter transactions keep the receiver's ACKs fast.
+
+    ``statement_timeout_s`` (PostgreSQL; the workers pass :data:`WORKER_STATEMENT_TIMEOUT_S`):
+    every connection opens with that ``statement_timeout``, added to the URL's own ``options``
+    or else to ``PGOPTIONS`` (a search_path there stays) unless those already set one; not when
+    the URL or ``PGSERVICE`` names a service file and the URL gives no options.
 
     A URL that does not parse, names a database other than PostgreSQL or SQLite, or a driver
     that is not installed, and a SQLite folder that cannot be created, raise a ConfigError naming
@@ -93,16 +113,79 @@ def create_db_engine(url: str, *, durable: bool = True) -> Engine:
             return _sqlite_engine(parsed, durable=durable)
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        timeout = (
+        connect_args: dict[str, Any] = (
             {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_TIMEOUT_S}
         )
+        if statement_timeout_s is not None:
+            options = _with_statement_timeout(parsed.query, statement_timeout_s)
+            if options is not None:
+                connect_args["options"] = options  # replaces the URL's: it includes them
         return create_engine(
-            parsed, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=timeout
+            parsed, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=connect_args
         )
     except (NoSuchModuleError, ImportError) as exc:
         raise ConfigError(
             f"ENGINE_DATABASE_URL: driver {parsed.drivername!r} is not available ({_SUPPORTED})"
         ) from exc
+
+
+def _with_statement_timeout(
+    query: Mapping[str, str | tuple[str, ...]], seconds: float
+) -> str | None:
+    """The libpq ``options`` the connection would have (the URL's, given once or repeated, or
+    else ``PGOPTIONS``) with ``-c statement_timeout`` added; None when they set one already (the
+    administrator's wins), and when a service file is named without options in the URL (options
+    given here would replace the service's, and with them a search_path)."""
+    options = query.get("options")
+    if options is None and ("service" in query or os.environ.get("PGSERVICE")):
+        return None
+    if isinstance(options, tuple):
+        given = " ".join(options)
+    else:
+        given = options if options is not None else os.environ.get("PGOPTIONS", "")
+    if "statement_timeout" in given or "statement-timeout" in given:
+        return None
+    limit = max(1, round(seconds * 1000)) if seconds > 0 else 0  # 0: none
+    return f"{given} -c statement_timeout={limit}".strip()
+
+
+def statement_cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL cancelling a statement (SQLSTATE 57014: its
+    ``statement_timeout``, or an operator's ``pg_cancel_backend``), not the database away."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) == "57014"
+
+
+def failure_name(exc: BaseException) -> str:
+    """What a worker's loop logs of a failure: its type, or ``statement cancelled`` when
+    PostgreSQL cancelled it (its type, OperationalError, is also the database away)."""
+    return "statement cancelled" if statement_cancelled(exc) else type(exc).__name__
+
+
+@contextmanager
+def unbounded_statements(conn: Connection) -> Iterator[Connection]:
+    """Run the statements inside without the connection's ``statement_timeout`` (PostgreSQL;
+    elsewhere nothing): a migration or a VACUUM may rightly take minutes on a large store.
+
+    In a transaction the setting is ``SET LOCAL`` (it ends with the transaction, whatever
+    happens). On an AUTOCOMMIT connection it is restored (``RESET``: the value the connection
+    opened with) after; if that cannot be done the connection is invalidated, so that no pooled
+    connection is left without its limit.
+    """
+    if conn.dialect.name != "postgresql":
+        yield conn
+        return
+    if not getattr(conn.connection.dbapi_connection, "autocommit", False):  # a transaction
+        conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+        yield conn
+        return
+    conn.exec_driver_sql("SET statement_timeout = 0")
+    try:
+        yield conn
+    finally:
+        try:
+            conn.exec_driver_sql("RESET statement_timeout")
+        except Exception:
+            conn.invalidate()
 
 
 def _sqlite_engine(parsed: URL, *, durable: bool) -> Engine:

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from engine.store.audit import Audit
 from engine.store.cluster import Cluster
 from engine.store.console_stats import ConsoleStats
-from engine.store.db import BUSY_TIMEOUT_MS
+from engine.store.db import BUSY_TIMEOUT_MS, unbounded_statements
 from engine.store.deliveries import Deliveries
 from engine.store.documents import Documents
 from engine.store.eligibility import EligibilityChecks
@@ -72,7 +72,9 @@ class SqlMessageStore(
 
         cfg = Config()
         cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-        with self.db_engine.begin() as conn:
+        with self.db_engine.begin() as conn, unbounded_statements(conn):
+            # unbounded: a step may rebuild an index of millions of rows, and the next node's
+            # start waits here for the migration lock as long as that takes (engine/store/db.py)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
