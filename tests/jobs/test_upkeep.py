@@ -154,6 +154,8 @@ def test_names_from_elsewhere_are_not_analyzed() -> None:
     ran: list[str] = []
 
     class Conn:
+        dialect = SimpleNamespace(name="sqlite")  # no statement_timeout to lift around it
+
         def execution_options(self, **_: object) -> Conn:
             return self
 
