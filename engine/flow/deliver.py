@@ -445,14 +445,9 @@ class Dispatcher:
                     await asyncio.to_thread(self._record_batch, batch)
                     return
                 except Exception as exc:
-                    cancelled = statement_cancelled(exc)
-                    failures += 0 if cancelled else 1
+                    failures += 0 if statement_cancelled(exc) else 1
                     log.error(
-                        "outcomes not recorded",
-                        extra={
-                            "error": failure_name(exc),
-                            "n": len(batch),
-                        },
+                        "outcomes not recorded", extra={"error": failure_name(exc), "n": len(batch)}
                     )
                     await asyncio.sleep(backoff_s(max(failures, 1)))
 

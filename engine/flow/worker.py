@@ -98,17 +98,12 @@ async def serve_workers(
     from engine.jobs.leader import Leadership
     from engine.mappings import load_mappings
     from engine.pressure import IngestPressure
-    from engine.store import SqlMessageStore, create_db_engine
-    from engine.store.db import WORKER_STATEMENT_TIMEOUT_S
+    from engine.store import SqlMessageStore
     from engine.store.nodes import worker_role
 
     mappings = load_mappings(settings.mappings_dir)
     routes = load_routes(settings.routes_dir)
-    db_engine = create_db_engine(
-        settings.resolved_database_url(),
-        durable=False,
-        statement_timeout_s=WORKER_STATEMENT_TIMEOUT_S,
-    )
+    db_engine = worker_db_engine(settings)
     store = SqlMessageStore(db_engine)
     await asyncio.to_thread(store.migrate)
     await asyncio.to_thread(store.use_audit_key, audit_key_for(settings))
@@ -154,6 +149,20 @@ async def serve_workers(
                 await dest.close()
         await _forget(store, node)
         db_engine.dispose()
+
+
+def worker_db_engine(settings: Settings) -> Any:
+    """The workers' database engine: commits without waiting for SQLite's fsync (what they
+    write can be redone) and, on PostgreSQL, each statement limited to
+    :data:`~engine.store.db.WORKER_STATEMENT_TIMEOUT_S` (engine/store/db.py)."""
+    from engine.store import create_db_engine
+    from engine.store.db import WORKER_STATEMENT_TIMEOUT_S
+
+    return create_db_engine(
+        settings.resolved_database_url(),
+        durable=False,
+        statement_timeout_s=WORKER_STATEMENT_TIMEOUT_S,
+    )
 
 
 async def _destinations(routes: Any, db_engine: Any) -> dict[str, Any]:
@@ -475,8 +484,7 @@ def _worker_reloader(
     that snapshot (so what runs is what was checked). The reloader and its database engine."""
     from engine.audit.key import audit_key_for
     from engine.flow.config import LoadedConfig, Reloader, load_config
-    from engine.store import SqlMessageStore, create_db_engine
-    from engine.store.db import WORKER_STATEMENT_TIMEOUT_S
+    from engine.store import SqlMessageStore
     from engine.store.nodes import new_node_id
 
     def apply(_config: LoadedConfig, running: Settings) -> None:
@@ -485,11 +493,7 @@ def _worker_reloader(
         loop.call_soon_threadsafe(restart.set)
 
     reloader = Reloader(settings, load_config(settings), apply)
-    db_engine = create_db_engine(
-        settings.resolved_database_url(),
-        durable=False,
-        statement_timeout_s=WORKER_STATEMENT_TIMEOUT_S,
-    )
+    db_engine = worker_db_engine(settings)
     store = SqlMessageStore(db_engine)
     store.migrate()
     store.use_audit_key(audit_key_for(settings))
