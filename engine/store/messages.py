@@ -108,6 +108,22 @@ class Purged:
     held_s: float = 0.0
 
 
+#: PostgreSQL: a batch of retention's purgeable messages without documents (:meth:`SqlMessageStore
+#: ._purge_postgresql`), in one statement run in autocommit. Each message only if unchanged since
+#: the candidates were read (``updated_at`` before the cutoff); its deliveries with it (their
+#: attempts by the foreign key's cascade). The ``set_config`` makes this statement's commit not
+#: wait for the WAL's flush (``SET LOCAL`` needs a transaction of more than one statement, whose
+#: round trips the locks would be held through)
+_PURGE_PG = text(
+    "WITH gone AS ("
+    " DELETE FROM messages WHERE id = ANY(CAST(:ids AS bigint[])) AND updated_at < :cutoff"
+    " RETURNING id),"
+    " settled AS (DELETE FROM deliveries WHERE message_id IN (SELECT id FROM gone)),"
+    " quick AS (SELECT set_config('synchronous_commit', 'off', true) AS off)"
+    " SELECT count(*) FROM gone CROSS JOIN quick"
+)
+
+
 def _width(column: str) -> int | None:
     """The width of a ``messages`` column (None for text without one)."""
     return getattr(messages.c[column].type, "length", None)
@@ -607,23 +623,15 @@ class MessageStore(Repository):
         )
         if id_range is not None:  # the primary key's range: read from its index alone
             query = query.where(messages.c.id > id_range[0], messages.c.id <= id_range[1])
+        if self.db_engine.dialect.name == "postgresql":
+            return self._purge_postgresql(query, cutoff)
         with self._tx() as conn:
             # SQLite: the writers' lock is this transaction's from here (BEGIN IMMEDIATE)
             locked = time.perf_counter()
-            if conn.dialect.name == "postgresql":
-                # a batch is small but its plan's cost estimate is not: PostgreSQL JIT-compiled
-                # each one (a second of compiling for a few milliseconds of work). Its commit
-                # does not wait for the WAL's flush, which the locks would be held through: a
-                # purge a crash loses comes back and is purged again (the bytes of documents
-                # are in the database here, not files removed after the commit)
-                conn.exec_driver_sql("SET LOCAL jit = off")
-                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
             rows = conn.execute(query).all()
             if not rows:
                 return Purged(0)
             ids = [r.id for r in rows]
-            if conn.dialect.name == "postgresql":  # reading took no row lock: the delete does
-                locked = time.perf_counter()
             conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(ids)))
             files = purge_documents_of(conn, [r.id for r in rows if r.kind == "document"])
             conn.execute(delete(messages).where(messages.c.id.in_(ids)))
@@ -632,3 +640,42 @@ class MessageStore(Repository):
         if files and blobs is not None:  # committed: the files' rows are gone for good
             blobs.remove(files)
         return Purged(len(ids), held)
+
+    def _purge_postgresql(self, query: Any, cutoff: datetime) -> Purged:
+        """:meth:`purge_range` on PostgreSQL. The candidates are read in a transaction of their
+        own (a read takes no row lock). Messages without documents are then purged by one
+        statement in autocommit (:data:`_PURGE_PG`): its row locks are taken and released inside
+        the server, within one round trip, so this process being off the CPU under load (the
+        purge runs beside the receivers and workers) cannot stretch them. Before this a batch's
+        delete, its deliveries' delete and its commit were three round trips with the locks
+        held between them (10 million messages under 8 senders flat out: 1 batch of 369 held
+        them 114 ms, over the 100 ms budget). A message changed since it was read (replayed,
+        resent: ``updated_at`` moves) is left for the next run. Document messages take their
+        documents and bytes along (``purge_documents_of``), in one transaction as before.
+
+        Neither plan is JIT-compiled (a batch is small but its cost estimate is not: a second of
+        compiling for a few milliseconds of work), and neither commit waits for the WAL's flush,
+        which the locks would be held through: a purge a crash loses comes back and is purged
+        again (the bytes of documents are in the database here, not files removed after the
+        commit)."""
+        with self.db_engine.connect() as conn:
+            with conn.begin():
+                conn.exec_driver_sql("SET LOCAL jit = off")
+                rows = conn.execute(query).all()
+            if not rows:
+                return Purged(0)
+            ids = [r.id for r in rows]
+            placed = [r.id for r in rows if r.kind == "document"]
+            if placed:
+                with conn.begin():
+                    conn.exec_driver_sql("SET LOCAL jit = off")
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+                    locked = time.perf_counter()
+                    conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(ids)))
+                    purge_documents_of(conn, placed)
+                    conn.execute(delete(messages).where(messages.c.id.in_(ids)))
+                return Purged(len(ids), time.perf_counter() - locked)
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            locked = time.perf_counter()
+            gone = conn.execute(_PURGE_PG, {"ids": ids, "cutoff": cutoff}).scalar_one()
+            return Purged(int(gone), time.perf_counter() - locked)
