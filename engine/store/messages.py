@@ -650,8 +650,10 @@ class MessageStore(Repository):
         delete, its deliveries' delete and its commit were three round trips with the locks
         held between them (10 million messages under 8 senders flat out: 1 batch of 369 held
         them 114 ms, over the 100 ms budget). A message changed since it was read (replayed,
-        resent: ``updated_at`` moves) is left for the next run. Document messages take their
-        documents and bytes along (``purge_documents_of``), in one transaction as before.
+        resent: ``updated_at`` moves) is left for the next run. Document messages (1 in 100 in
+        the retention bench, so most batches hold one) take their documents and bytes along
+        (``purge_documents_of``) in a transaction of their own before it, as before; the time
+        reported held is the longer of the two.
 
         Neither plan is JIT-compiled (a batch is small but its cost estimate is not: a second of
         compiling for a few milliseconds of work), and neither commit waits for the WAL's flush,
@@ -664,18 +666,22 @@ class MessageStore(Repository):
                 rows = conn.execute(query).all()
             if not rows:
                 return Purged(0)
-            ids = [r.id for r in rows]
+            plain = [r.id for r in rows if r.kind != "document"]
             placed = [r.id for r in rows if r.kind == "document"]
+            gone, held = 0, 0.0
             if placed:
                 with conn.begin():
                     conn.exec_driver_sql("SET LOCAL jit = off")
                     conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                     locked = time.perf_counter()
-                    conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(ids)))
+                    conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(placed)))
                     purge_documents_of(conn, placed)
-                    conn.execute(delete(messages).where(messages.c.id.in_(ids)))
-                return Purged(len(ids), time.perf_counter() - locked)
-            conn.execution_options(isolation_level="AUTOCOMMIT")
-            locked = time.perf_counter()
-            gone = conn.execute(_PURGE_PG, {"ids": ids, "cutoff": cutoff}).scalar_one()
-            return Purged(int(gone), time.perf_counter() - locked)
+                    conn.execute(delete(messages).where(messages.c.id.in_(placed)))
+                held = time.perf_counter() - locked
+                gone = len(placed)
+            if plain:  # the pool sets the connection's isolation back when it is returned
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                locked = time.perf_counter()
+                gone += int(conn.execute(_PURGE_PG, {"ids": plain, "cutoff": cutoff}).scalar_one())
+                held = max(held, time.perf_counter() - locked)
+            return Purged(gone, held)

@@ -35,16 +35,16 @@ def pg(postgres_schema_url: str) -> Iterator[Engine]:
         db.dispose()
 
 
-def _seed(db: Engine) -> list[int]:
-    """OLD delivered messages from 60 days ago, each with a delivery and its attempt; the
-    messages' ids."""
+def _seed(db: Engine, documents: int = 0) -> list[int]:
+    """OLD delivered messages from 60 days ago, each with a delivery and its attempt, the first
+    ``documents`` of them of kind ``document``; the messages' ids."""
     long_ago = datetime.now(UTC) - timedelta(days=60)
     rows = [
         {
             "received_at": long_ago,
             "channel": "mllp",
             "peer": "",
-            "kind": "hl7v2",
+            "kind": "document" if n < documents else "hl7v2",
             "size": 10,
             "raw": b"MSH|^~\\&|X",
             "control_id": f"R{n}",
@@ -114,6 +114,27 @@ def test_a_batch_is_purged_by_one_statement_in_autocommit(pg: Engine) -> None:
     statement, autocommit = writes[0]
     assert autocommit
     assert sent[-1][0] == statement  # the last thing sent: no COMMIT of ours after it
+    for table in (messages, deliveries, delivery_attempts):
+        assert _count(pg, table) == 0, table.name
+
+
+def test_document_messages_go_in_a_transaction_of_their_own_first(pg: Engine) -> None:
+    _seed(pg, documents=3)
+    sent: list[tuple[str, bool]] = []
+
+    @event.listens_for(pg, "before_cursor_execute")
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append((statement, conn.connection.dbapi_connection.autocommit))
+
+    try:
+        purged = SqlMessageStore(pg).purge_range(timedelta(days=30))
+    finally:
+        event.remove(pg, "before_cursor_execute", record)
+    assert purged.rows == OLD
+    deletes = [(s, auto) for s, auto in sent if "DELETE" in s.upper()]
+    # the documents' transaction (their deliveries, then the messages), then the one statement
+    assert [auto for _, auto in deletes] == [False, False, True]
+    assert sent[-1] == deletes[-1]
     for table in (messages, deliveries, delivery_attempts):
         assert _count(pg, table) == 0, table.name
 
