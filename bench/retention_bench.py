@@ -279,9 +279,10 @@ class SwitchedPurge:
         self.on = threading.Event()
         self.halt = threading.Event()
         self.waited = 0.0
-        #: (wall-clock end, seconds, messages purged) of each batch
         #: each batch: when it ended, its whole call (s), how long it held its locks (s), rows
         self.batches: list[tuple[float, float, float, int]] = []
+        #: the first 100 batches over the budget by either measure: which, and what they held
+        self.slow: list[dict[str, Any]] = []
         self.report: Any = None
         #: the walk reached its end: nothing left to purge
         self.ran_out = False
@@ -314,7 +315,18 @@ class SwitchedPurge:
         self.waited += time.perf_counter() - paused
         started = time.perf_counter()
         batch: Purged = self.store.purge_range(older_than, id_range=id_range)
-        self.batches.append((time.time(), time.perf_counter() - started, batch.held_s, batch.rows))
+        took = time.perf_counter() - started
+        if max(took, batch.held_s) > BUDGET_MS / 1000 and len(self.slow) < 100:
+            self.slow.append(
+                {
+                    "at": round(time.time(), 3),
+                    "rows": batch.rows,
+                    "documents": batch.documents,
+                    "lock_ms": round(1000 * batch.held_s, 1),
+                    "call_ms": round(1000 * took, 1),
+                }
+            )
+        self.batches.append((time.time(), took, batch.held_s, batch.rows))
         return batch
 
     def clock(self) -> float:
@@ -497,6 +509,9 @@ def purge_figures(
         "messages_per_s": round(purged / on_s, 1) if on_s else None,
         "messages_per_slot": per_slot,
         "ran_out": purge.ran_out,
+        # each batch over the budget by either measure: its rows, how many were documents (on
+        # PostgreSQL a transaction of their own beside the one statement), lock and call ms
+        "over_budget": purge.slow,
     }
     if deliveries_purged is not None:
         out["deliveries_purged"] = deliveries_purged
@@ -675,6 +690,11 @@ def _print_result(r: dict[str, Any]) -> None:
         f"p99 {p['p99_batch_ms']} ms, {p['calls_over_100ms']} over 100 ms"
         f"{'; ran out' if p['ran_out'] else ''}"
     )
+    for slow in p.get("over_budget", []):
+        print(
+            f"    over 100 ms: {slow['rows']} rows ({slow['documents']} documents), locks "
+            f"{slow['lock_ms']} ms, call {slow['call_ms']} ms"
+        )
     print(
         f"  goal (interval's top <= {GOAL_PCT:.0f} %, no batch's locks over 100 ms): "
         f"{'met' if r['goal_met'] else 'NOT met'}"

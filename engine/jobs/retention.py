@@ -8,7 +8,9 @@ the receivers' and workers' commits queue behind it and autovacuum falls behind;
 the one writer's lock every ACK waits on. Here the ids from the oldest message to the newest one
 received before the cutoff are walked in ranges of at most :data:`MAX_BATCH` ids
 (``MessageStore.purge_range``: the purgeable messages of the range, their
-deliveries and documents, in one transaction; the candidates read from the primary key's index, and
+deliveries and documents, in one transaction on SQLite; on PostgreSQL in one statement in
+autocommit, document messages in a short transaction of their own before it; the candidates
+read from the primary key's index, and
 what a batch asks of other rows from indexes of their own: the copies of a replayed original, the
 refused uploads that still keep a purged document's bytes; migration 0024). Each batch is timed,
 the next range sized to take about a quarter of the budget (from :data:`FIRST_BATCH`, between
@@ -160,6 +162,7 @@ def purge_in_batches(
                 "retention batch held its locks over its budget",
                 extra={
                     "rows": batch.rows,
+                    "documents": batch.documents,
                     "ms": round(batch.held_s * 1000, 1),
                     "budget_ms": budget_s * 1000,
                 },

@@ -44,6 +44,7 @@ from engine.store.deliveries import NewDelivery, deliveries_of, queue_deliveries
 from engine.store.documents import purge_documents_of
 from engine.store.index import IndexedResource, upsert_resources
 from engine.store.lists import in_list
+from engine.store.purge import Purged, purge_postgresql
 from engine.store.tables import deliveries, documents, messages
 from engine.store.views import MessageView
 
@@ -95,33 +96,6 @@ class Processed:
     worker: str | None = None
     #: what the message carried that no mapping took, one line each
     warnings: str | None = None
-
-
-@dataclass(frozen=True)
-class Purged:
-    """One purge transaction: the messages it removed, and how long it held write locks (from
-    the first row it changed, or on SQLite from its ``BEGIN IMMEDIATE``, to its commit's end:
-    reading the candidates and waiting for the lock are not holding it; on SQLite the writers'
-    file lock is taken a connection checkout earlier, and that is not counted)."""
-
-    rows: int
-    held_s: float = 0.0
-
-
-#: PostgreSQL: a batch of retention's purgeable messages without documents (:meth:`SqlMessageStore
-#: ._purge_postgresql`), in one statement run in autocommit. Each message only if unchanged since
-#: the candidates were read (``updated_at`` before the cutoff); its deliveries with it (their
-#: attempts by the foreign key's cascade). The ``set_config`` makes this statement's commit not
-#: wait for the WAL's flush (``SET LOCAL`` needs a transaction of more than one statement, whose
-#: round trips the locks would be held through)
-_PURGE_PG = text(
-    "WITH gone AS ("
-    " DELETE FROM messages WHERE id = ANY(CAST(:ids AS bigint[])) AND updated_at < :cutoff"
-    " RETURNING id),"
-    " settled AS (DELETE FROM deliveries WHERE message_id IN (SELECT id FROM gone)),"
-    " quick AS (SELECT set_config('synchronous_commit', 'off', true) AS off)"
-    " SELECT count(*) FROM gone CROSS JOIN quick"
-)
 
 
 def _width(column: str) -> int | None:
@@ -613,7 +587,7 @@ class MessageStore(Repository):
             )
             .exists()
         )
-        query = select(messages.c.id, messages.c.kind).where(
+        purgeable = (
             or_(
                 messages.c.state.in_(("delivered", "unrouted")),
                 and_(messages.c.state == "replayed", ~unfinished_copy),
@@ -621,10 +595,11 @@ class MessageStore(Repository):
             ),
             messages.c.updated_at < cutoff,
         )
+        query = select(messages.c.id, messages.c.kind).where(*purgeable)
         if id_range is not None:  # the primary key's range: read from its index alone
             query = query.where(messages.c.id > id_range[0], messages.c.id <= id_range[1])
         if self.db_engine.dialect.name == "postgresql":
-            return self._purge_postgresql(query, cutoff)
+            return purge_postgresql(self.db_engine, query, purgeable)
         with self._tx() as conn:
             # SQLite: the writers' lock is this transaction's from here (BEGIN IMMEDIATE)
             locked = time.perf_counter()
@@ -632,56 +607,12 @@ class MessageStore(Repository):
             if not rows:
                 return Purged(0)
             ids = [r.id for r in rows]
+            papers = [r.id for r in rows if r.kind == "document"]
             conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(ids)))
-            files = purge_documents_of(conn, [r.id for r in rows if r.kind == "document"])
+            files = purge_documents_of(conn, papers)
             conn.execute(delete(messages).where(messages.c.id.in_(ids)))
         held = time.perf_counter() - locked  # committed
         blobs = BlobFiles.for_engine(self.db_engine)
         if files and blobs is not None:  # committed: the files' rows are gone for good
             blobs.remove(files)
-        return Purged(len(ids), held)
-
-    def _purge_postgresql(self, query: Any, cutoff: datetime) -> Purged:
-        """:meth:`purge_range` on PostgreSQL. The candidates are read in a transaction of their
-        own (a read takes no row lock). Messages without documents are then purged by one
-        statement in autocommit (:data:`_PURGE_PG`): its row locks are taken and released inside
-        the server, within one round trip, so this process being off the CPU under load (the
-        purge runs beside the receivers and workers) cannot stretch them. Before this a batch's
-        delete, its deliveries' delete and its commit were three round trips with the locks
-        held between them (10 million messages under 8 senders flat out: 1 batch of 369 held
-        them 114 ms, over the 100 ms budget). A message changed since it was read (replayed,
-        resent: ``updated_at`` moves) is left for the next run. Document messages (1 in 100 in
-        the retention bench, so most batches hold one) take their documents and bytes along
-        (``purge_documents_of``) in a transaction of their own before it, as before; the time
-        reported held is the longer of the two.
-
-        Neither plan is JIT-compiled (a batch is small but its cost estimate is not: a second of
-        compiling for a few milliseconds of work), and neither commit waits for the WAL's flush,
-        which the locks would be held through: a purge a crash loses comes back and is purged
-        again (the bytes of documents are in the database here, not files removed after the
-        commit)."""
-        with self.db_engine.connect() as conn:
-            with conn.begin():
-                conn.exec_driver_sql("SET LOCAL jit = off")
-                rows = conn.execute(query).all()
-            if not rows:
-                return Purged(0)
-            plain = [r.id for r in rows if r.kind != "document"]
-            placed = [r.id for r in rows if r.kind == "document"]
-            gone, held = 0, 0.0
-            if placed:
-                with conn.begin():
-                    conn.exec_driver_sql("SET LOCAL jit = off")
-                    conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-                    locked = time.perf_counter()
-                    conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(placed)))
-                    purge_documents_of(conn, placed)
-                    conn.execute(delete(messages).where(messages.c.id.in_(placed)))
-                held = time.perf_counter() - locked
-                gone = len(placed)
-            if plain:  # the pool sets the connection's isolation back when it is returned
-                conn.execution_options(isolation_level="AUTOCOMMIT")
-                locked = time.perf_counter()
-                gone += int(conn.execute(_PURGE_PG, {"ids": plain, "cutoff": cutoff}).scalar_one())
-                held = max(held, time.perf_counter() - locked)
-            return Purged(gone, held)
+        return Purged(len(ids), held, len(papers))

@@ -6,6 +6,7 @@ no more, its commits waiting for the WAL's flush again)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,8 +24,11 @@ OLD = 300
 
 @pytest.fixture
 def pg(postgres_schema_url: str) -> Iterator[Engine]:
-    """A store's database on PostgreSQL, emptied after."""
-    db = create_db_engine(postgres_schema_url)
+    """A store's database on PostgreSQL, emptied after; its sessions start with JIT on (as
+    PostgreSQL's default has it), so the tests see the purge turn it off."""
+    db = create_db_engine(f"{postgres_schema_url}%20-cjit%3Don")
+    with db.connect() as conn:
+        assert conn.exec_driver_sql("SHOW jit").scalar_one() == "on"
     SqlMessageStore(db).migrate()
     try:
         yield db
@@ -93,79 +97,123 @@ def _count(db: Engine, table: Any) -> int:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 
+def _recording(pg: Engine) -> tuple[list[tuple[str, bool, str]], Any]:
+    """A listener recording each statement the store sends: its text, whether its connection
+    is in autocommit, and the session's ``jit`` as the statement is sent (its plan's)."""
+    sent: list[tuple[str, bool, str]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        raw = conn.connection.dbapi_connection
+        jit = "?"
+        if raw.autocommit:  # a transaction's SET LOCALs are read the same way, but not needed
+            jit = raw.execute("SHOW jit").fetchone()[0]
+        sent.append((statement, raw.autocommit, jit))
+
+    event.listen(pg, "before_cursor_execute", record)
+    return sent, record
+
+
 def test_a_batch_is_purged_by_one_statement_in_autocommit(pg: Engine) -> None:
     _seed(pg)
-    sent: list[tuple[str, bool]] = []
-
-    @event.listens_for(pg, "before_cursor_execute")
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        sent.append((statement, conn.connection.dbapi_connection.autocommit))
-
+    sent, record = _recording(pg)
     try:
         purged = SqlMessageStore(pg).purge_range(timedelta(days=30))
     finally:
         event.remove(pg, "before_cursor_execute", record)
     assert purged.rows == OLD
-    assert 0 < purged.held_s
-    # the candidates' read (its transaction's SET LOCAL first), then the purge: one statement,
-    # its own transaction, with nothing sent between its locks and its commit
-    writes = [(s, auto) for s, auto in sent if "DELETE" in s.upper()]
-    assert len(writes) == 1, [s for s, _ in writes]
-    statement, autocommit = writes[0]
-    assert autocommit
-    assert sent[-1][0] == statement  # the last thing sent: no COMMIT of ours after it
+    # after the candidates' read, the purge: one statement, its own transaction (no round
+    # trip of ours between its locks and its commit), planned without JIT
+    writes = [(auto, jit) for statement, auto, jit in sent if "DELETE" in statement.upper()]
+    assert writes == [(True, "off")]
     for table in (messages, deliveries, delivery_attempts):
         assert _count(pg, table) == 0, table.name
 
 
 def test_document_messages_go_in_a_transaction_of_their_own_first(pg: Engine) -> None:
     _seed(pg, documents=3)
-    sent: list[tuple[str, bool]] = []
-
-    @event.listens_for(pg, "before_cursor_execute")
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        sent.append((statement, conn.connection.dbapi_connection.autocommit))
-
+    sent, record = _recording(pg)
     try:
         purged = SqlMessageStore(pg).purge_range(timedelta(days=30))
     finally:
         event.remove(pg, "before_cursor_execute", record)
     assert purged.rows == OLD
-    deletes = [(s, auto) for s, auto in sent if "DELETE" in s.upper()]
+    writes = [auto for statement, auto, _ in sent if "DELETE" in statement.upper()]
     # the documents' transaction (their deliveries, then the messages), then the one statement
-    assert [auto for _, auto in deletes] == [False, False, True]
-    assert sent[-1] == deletes[-1]
+    assert writes == [False, False, True]
     for table in (messages, deliveries, delivery_attempts):
         assert _count(pg, table) == 0, table.name
 
 
-def test_a_message_changed_after_the_read_stays_with_its_deliveries(pg: Engine) -> None:
-    ids = _seed(pg)
-    changed = ids[7]
+def _between_read_and_purge(pg: Engine, change: Any) -> Any:
+    """A listener that runs ``change`` (on a connection of its own, committed) once, right
+    after the candidates' read: what another worker or an operator does meanwhile."""
+    done: list[bool] = []
 
-    # between the candidates' read and the purge, an operator resends one of them (its
-    # updated_at moves to now): it is no longer settled before the cutoff
-    @event.listens_for(pg, "after_cursor_execute")
-    def touch(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT MESSAGES.ID"):
-            other = create_db_engine(str(pg.url))
+    def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not done and statement.lstrip().upper().startswith("SELECT MESSAGES.ID, MESSAGES.KIND"):
+            done.append(True)
+            other = create_db_engine(pg.url.render_as_string(hide_password=False))
             with other.begin() as c:
-                c.execute(
-                    update(messages)
-                    .where(messages.c.id == changed)
-                    .values(updated_at=datetime.now(UTC))
-                )
+                change(c)
             other.dispose()
 
+    event.listen(pg, "after_cursor_execute", after)
+    return after
+
+
+@pytest.mark.parametrize("documents", [0, OLD], ids=["one statement", "documents"])
+def test_a_message_changed_after_the_read_stays_with_its_deliveries(
+    pg: Engine, documents: int
+) -> None:
+    ids = _seed(pg, documents=documents)
+    changed = ids[7]
+    # an operator resends one of them: its updated_at moves to now
+    after = _between_read_and_purge(
+        pg,
+        lambda c: c.execute(
+            update(messages).where(messages.c.id == changed).values(updated_at=datetime.now(UTC))
+        ),
+    )
     try:
         purged = SqlMessageStore(pg).purge_range(timedelta(days=30))
     finally:
-        event.remove(pg, "after_cursor_execute", touch)
+        event.remove(pg, "after_cursor_execute", after)
     assert purged.rows == OLD - 1
     with pg.connect() as conn:
         assert list(conn.execute(select(messages.c.id)).scalars()) == [changed]
         assert list(conn.execute(select(deliveries.c.message_id)).scalars()) == [changed]
     assert _count(pg, delivery_attempts) == 1
+
+
+def test_a_replayed_original_stays_when_its_copy_is_sent_again_after_the_read(
+    pg: Engine,
+) -> None:
+    ids = _seed(pg)
+    original, copy = ids[3], ids[9]
+    long_ago = datetime.now(UTC) - timedelta(days=60)
+    with pg.begin() as conn:  # replayed long ago, its copy delivered: both purgeable
+        conn.execute(update(messages).where(messages.c.id == original).values(state="replayed"))
+        conn.execute(
+            update(messages)
+            .where(messages.c.id == copy)
+            .values(replay_of=original, channel="replay", updated_at=long_ago)
+        )
+    # the copy is resent meanwhile (routed again): the original must wait for it
+    after = _between_read_and_purge(
+        pg,
+        lambda c: c.execute(
+            update(messages)
+            .where(messages.c.id == copy)
+            .values(state="routed", updated_at=datetime.now(UTC))
+        ),
+    )
+    try:
+        purged = SqlMessageStore(pg).purge_range(timedelta(days=30))
+    finally:
+        event.remove(pg, "after_cursor_execute", after)
+    assert purged.rows == OLD - 2
+    with pg.connect() as conn:
+        assert sorted(conn.execute(select(messages.c.id)).scalars()) == [original, copy]
 
 
 def test_the_connection_goes_back_to_the_pool_as_it_came(pg: Engine) -> None:
@@ -209,4 +257,33 @@ def test_the_connection_goes_back_to_the_pool_as_it_came(pg: Engine) -> None:
             )
         )
         conn.rollback()
+    assert _count(pg, messages) == 0
+
+
+def test_a_document_message_locked_elsewhere_is_left_for_a_later_run(pg: Engine) -> None:
+    """Matching a document locks it before its message, the purge the other way round: the
+    purge's document transaction gives up after its lock wait and the rest of the batch is
+    purged; the next run takes the document messages once the lock is gone."""
+    ids = _seed(pg, documents=3)
+    other = create_db_engine(pg.url.render_as_string(hide_password=False))
+    holder = other.connect()
+    holder.begin()
+    holder.execute(select(messages.c.id).where(messages.c.id == ids[1]).with_for_update())
+    result: list[Any] = []
+    purge = threading.Thread(
+        target=lambda: result.append(SqlMessageStore(pg).purge_range(timedelta(days=30)))
+    )
+    purge.start()
+    purge.join(60)  # not a timing: the purge must not wait for the holder at all
+    waited = purge.is_alive()
+    holder.rollback()
+    holder.close()
+    other.dispose()
+    purge.join()
+    assert not waited, "the purge waited for the lock"
+    assert result[0].rows == OLD - 3 and result[0].documents == 0
+    with pg.connect() as conn:
+        assert sorted(conn.execute(select(messages.c.id)).scalars()) == ids[:3]
+    again = SqlMessageStore(pg).purge_range(timedelta(days=30))
+    assert (again.rows, again.documents) == (3, 3)
     assert _count(pg, messages) == 0
