@@ -23,6 +23,7 @@ from engine.jobs.retention import (
 from engine.store import SqlMessageStore
 from engine.store.messages import Purged
 from engine.store.tables import deliveries, messages
+from tests.jobs.retention_support import delivered
 
 OLD = 40_000
 KEPT_RECENT = 300
@@ -62,22 +63,7 @@ def _seed(store: SqlMessageStore) -> None:
         for start in range(0, len(ids), 5000):
             conn.execute(
                 insert(deliveries),
-                [
-                    {
-                        "message_id": mid,
-                        "destination": "fhir",
-                        "route": "all",
-                        "kind": "hl7v2",
-                        "content_type": "x-application/hl7-v2+er7",
-                        "payload": b"x",
-                        "patient_key": "",
-                        "state": "delivered",
-                        "attempts": 1,
-                        "next_attempt_at": long_ago,
-                        "created_at": long_ago,
-                    }
-                    for mid in ids[start : start + 5000]
-                ],
+                [delivered(mid, long_ago) for mid in ids[start : start + 5000]],
             )
 
 

@@ -15,7 +15,9 @@ import pytest
 from sqlalchemy import Engine, event, func, insert, select, text, update
 
 from engine.store import SqlMessageStore, create_db_engine
+from engine.store.purge import Purged
 from engine.store.tables import deliveries, delivery_attempts, messages
+from tests.jobs.retention_support import delivered
 
 pytestmark = pytest.mark.postgres
 
@@ -64,22 +66,7 @@ def _seed(db: Engine, documents: int = 0) -> list[int]:
         ids = list(conn.execute(select(messages.c.id).order_by(messages.c.id)).scalars())
         conn.execute(
             insert(deliveries),
-            [
-                {
-                    "message_id": mid,
-                    "destination": "fhir",
-                    "route": "all",
-                    "kind": "hl7v2",
-                    "content_type": "x-application/hl7-v2+er7",
-                    "payload": b"x",
-                    "patient_key": "",
-                    "state": "delivered",
-                    "attempts": 1,
-                    "next_attempt_at": long_ago,
-                    "created_at": long_ago,
-                }
-                for mid in ids
-            ],
+            [delivered(mid, long_ago) for mid in ids],
         )
         dids = list(conn.execute(select(deliveries.c.id)).scalars())
         conn.execute(
@@ -113,14 +100,21 @@ def _recording(pg: Engine) -> tuple[list[tuple[str, bool, str]], Any]:
     return sent, record
 
 
-def test_a_batch_is_purged_by_one_statement_in_autocommit(pg: Engine) -> None:
-    _seed(pg)
+def _purge_recorded(pg: Engine) -> list[tuple[str, bool, str]]:
+    """Purge everything old, recording the statements sent (:func:`_recording`); all of it
+    purged."""
     sent, record = _recording(pg)
     try:
         purged = SqlMessageStore(pg).purge_range(timedelta(days=30))
     finally:
         event.remove(pg, "before_cursor_execute", record)
     assert purged.rows == OLD
+    return sent
+
+
+def test_a_batch_is_purged_by_one_statement_in_autocommit(pg: Engine) -> None:
+    _seed(pg)
+    sent = _purge_recorded(pg)
     # after the candidates' read, the purge: one statement, its own transaction (no round
     # trip of ours between its locks and its commit), planned without JIT
     writes = [(auto, jit) for statement, auto, jit in sent if "DELETE" in statement.upper()]
@@ -131,12 +125,7 @@ def test_a_batch_is_purged_by_one_statement_in_autocommit(pg: Engine) -> None:
 
 def test_document_messages_go_in_a_transaction_of_their_own_first(pg: Engine) -> None:
     _seed(pg, documents=3)
-    sent, record = _recording(pg)
-    try:
-        purged = SqlMessageStore(pg).purge_range(timedelta(days=30))
-    finally:
-        event.remove(pg, "before_cursor_execute", record)
-    assert purged.rows == OLD
+    sent = _purge_recorded(pg)
     writes = [auto for statement, auto, _ in sent if "DELETE" in statement.upper()]
     # the documents' transaction (their deliveries, then the messages), then the one statement
     assert writes == [False, False, True]
@@ -144,9 +133,9 @@ def test_document_messages_go_in_a_transaction_of_their_own_first(pg: Engine) ->
         assert _count(pg, table) == 0, table.name
 
 
-def _between_read_and_purge(pg: Engine, change: Any) -> Any:
-    """A listener that runs ``change`` (on a connection of its own, committed) once, right
-    after the candidates' read: what another worker or an operator does meanwhile."""
+def _purge_with_change_meanwhile(pg: Engine, change: Any) -> Purged:
+    """Purge everything old, with ``change`` run (on a connection of its own, committed) once,
+    right after the candidates' read: what another worker or an operator does meanwhile."""
     done: list[bool] = []
 
     def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -158,7 +147,10 @@ def _between_read_and_purge(pg: Engine, change: Any) -> Any:
             other.dispose()
 
     event.listen(pg, "after_cursor_execute", after)
-    return after
+    try:
+        return SqlMessageStore(pg).purge_range(timedelta(days=30))
+    finally:
+        event.remove(pg, "after_cursor_execute", after)
 
 
 @pytest.mark.parametrize("documents", [0, OLD], ids=["one statement", "documents"])
@@ -168,16 +160,12 @@ def test_a_message_changed_after_the_read_stays_with_its_deliveries(
     ids = _seed(pg, documents=documents)
     changed = ids[7]
     # an operator resends one of them: its updated_at moves to now
-    after = _between_read_and_purge(
+    purged = _purge_with_change_meanwhile(
         pg,
         lambda c: c.execute(
             update(messages).where(messages.c.id == changed).values(updated_at=datetime.now(UTC))
         ),
     )
-    try:
-        purged = SqlMessageStore(pg).purge_range(timedelta(days=30))
-    finally:
-        event.remove(pg, "after_cursor_execute", after)
     assert purged.rows == OLD - 1
     with pg.connect() as conn:
         assert list(conn.execute(select(messages.c.id)).scalars()) == [changed]
@@ -199,7 +187,7 @@ def test_a_replayed_original_stays_when_its_copy_is_sent_again_after_the_read(
             .values(replay_of=original, channel="replay", updated_at=long_ago)
         )
     # the copy is resent meanwhile (routed again): the original must wait for it
-    after = _between_read_and_purge(
+    purged = _purge_with_change_meanwhile(
         pg,
         lambda c: c.execute(
             update(messages)
@@ -207,10 +195,6 @@ def test_a_replayed_original_stays_when_its_copy_is_sent_again_after_the_read(
             .values(state="routed", updated_at=datetime.now(UTC))
         ),
     )
-    try:
-        purged = SqlMessageStore(pg).purge_range(timedelta(days=30))
-    finally:
-        event.remove(pg, "after_cursor_execute", after)
     assert purged.rows == OLD - 2
     with pg.connect() as conn:
         assert sorted(conn.execute(select(messages.c.id)).scalars()) == [original, copy]
