@@ -66,7 +66,7 @@ from engine.audit.chain import (
 from engine.audit.key import AuditKey, audit_key_for
 from engine.errors import EngineError
 from engine.store.clean import clean
-from engine.store.db import Repository, aware, utcnow
+from engine.store.db import Repository, aware, statement_cancelled, utcnow
 from engine.store.lists import in_list
 from engine.store.search import MessageQuery
 from engine.store.tables import audit_chain, audit_log, messages
@@ -389,8 +389,7 @@ def _bounded(conn: Connection, seconds: float) -> Iterator[None]:
 
 def _timed_out(exc: OperationalError) -> bool:
     """The statement was stopped by :func:`_bounded` (PostgreSQL: query_canceled 57014)."""
-    code = getattr(exc.orig, "sqlstate", None)
-    return code == "57014" or "interrupted" in str(exc.orig)
+    return statement_cancelled(exc) or "interrupted" in str(exc.orig)
 
 
 def _record(row: Row[Any]) -> ChainRecord:

@@ -37,6 +37,7 @@ __all__ = [
     "failure_name",
     "hold_migration_lock",
     "in_index_order",
+    "sqlstate",
     "state_literal",
     "statement_cancelled",
     "unbounded_statements",
@@ -149,10 +150,17 @@ def _with_statement_timeout(
     return f"{given} -c statement_timeout={limit}".strip()
 
 
+def sqlstate(exc: BaseException) -> str | None:
+    """PostgreSQL's SQLSTATE of a failed statement (the driver's error under SQLAlchemy's), or
+    None (SQLite, or not a database error)."""
+    code = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return code if isinstance(code, str) else None
+
+
 def statement_cancelled(exc: BaseException) -> bool:
     """Whether ``exc`` is PostgreSQL cancelling a statement (SQLSTATE 57014: its
     ``statement_timeout``, or an operator's ``pg_cancel_backend``), not the database away."""
-    return getattr(getattr(exc, "orig", None), "sqlstate", None) == "57014"
+    return sqlstate(exc) == "57014"
 
 
 def failure_name(exc: BaseException) -> str:

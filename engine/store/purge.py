@@ -14,6 +14,7 @@ from sqlalchemy import BigInteger, Engine, any_, bindparam, delete, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 
+from engine.store.db import sqlstate
 from engine.store.documents import purge_documents_of
 from engine.store.tables import deliveries, messages
 
@@ -117,15 +118,15 @@ def purge_postgresql(db_engine: Engine, query: Any, purgeable: tuple[Any, ...]) 
                     conn.execute(delete(messages).where(messages.c.id.in_(placed)))
                 gone = documents = len(placed)
             except DBAPIError as exc:
-                if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                if sqlstate(exc) != "55P03":  # lock_not_available: its lock_timeout
                     raise
             held = time.perf_counter() - locked
         if plain:  # the pool sets the connection's isolation back when it is returned
             conn.execution_options(isolation_level="AUTOCOMMIT")
+            statement = _purge_statement(purgeable)
             conn.exec_driver_sql("SET jit = off")
             try:
                 locked = time.perf_counter()
-                statement = _purge_statement(purgeable)
                 gone += int(conn.execute(statement, {"ids": plain}).scalar_one())
                 held = max(held, time.perf_counter() - locked)
             except BaseException:
