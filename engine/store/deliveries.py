@@ -18,11 +18,13 @@ that runs it, with bind parameters (``expanding`` ones for id lists).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     Connection,
     bindparam,
@@ -117,6 +119,24 @@ _QUEUED_PATIENTS_PG = text(
     "  AND d.state IN ('pending', 'waiting') ORDER BY d.state, d.id LIMIT 1) AS h"
 )
 _INSERT_DELIVERIES = insert(deliveries)
+#: PostgreSQL: a batch's deliveries in one statement, the rows as one JSON array (payloads in
+#: base64): an ``executemany`` sent a statement a row (pipelined, but each parsed, bound and
+#: executed by the server, and each a round of psycopg's and SQLAlchemy's per-execution work:
+#: 7 % of the worker's Python time, 6 December 2026). Not one array a column: psycopg quotes a
+#: text array's elements in Python, and a payload's hex took 5 % of the worker's time there;
+#: orjson and base64 write in C, PostgreSQL reads in C. ``ORDER BY n`` keeps the list's order
+#: for the ids (``nextval`` is evaluated after the sort): a queue's order is its ids'.
+_INSERT_DELIVERIES_PG = text(
+    "INSERT INTO deliveries (message_id, destination, route, kind, content_type, payload,"
+    " patient_key, state, attempts, next_attempt_at, created_at, resend_of)"
+    " SELECT r.message_id, r.destination, r.route, r.kind, r.content_type,"
+    " decode(r.payload, 'base64'), r.patient_key, r.state, 0, :now, :now, r.resend_of"
+    " FROM ROWS FROM (json_to_recordset(CAST(:rows AS json)) AS (message_id bigint,"
+    " destination text, route text, kind text, content_type text, payload text,"
+    " patient_key text, state text, resend_of bigint)) WITH ORDINALITY"
+    " AS r(message_id, destination, route, kind, content_type, payload, patient_key, state,"
+    " resend_of, n) ORDER BY r.n"
+)
 _PATIENT_WIDTH = getattr(deliveries.c.patient_key.type, "length", None)
 
 
@@ -165,7 +185,13 @@ def queue_deliveries(
                 row["state"] = "waiting"
             else:
                 queued.add(row["patient_key"])
-    conn.execute(_INSERT_DELIVERIES, rows)
+    if conn.dialect.name == "postgresql":
+        for row in rows:
+            row["payload"] = base64.b64encode(row["payload"]).decode()
+            del row["attempts"], row["next_attempt_at"], row["created_at"]
+        conn.execute(_INSERT_DELIVERIES_PG, {"rows": orjson.dumps(rows).decode(), "now": now})
+    else:
+        conn.execute(_INSERT_DELIVERIES, rows)
 
 
 #: PostgreSQL: the (destination, patient) queues, for the rest of the transaction, in one
