@@ -30,12 +30,11 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Options, environment
+from bench.harness import Options, Scratch, environment
 
 __all__ = ["run"]
 
@@ -189,8 +188,12 @@ def _postgres_url(schema: str) -> str | None:
     return f"{base}?options=-csearch_path%3D{schema}"
 
 
-def _one_run(n8: int, n1: int, paced: int, rep: int) -> list[tuple[str, dict[str, Any]]]:
-    """Every case once: the baseline's, then the engine's on each database."""
+def _one_run(
+    n8: int, n1: int, paced: int, rep: int, scratch: Scratch
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every case once: the baseline's, then the engine's on each database (each case's store
+    and drop in a directory of ``scratch``, removed when the suite ends: see
+    :class:`bench.harness.Scratch`)."""
     rows: list[tuple[str, dict[str, Any]]] = []
     # the baseline: python-hl7's asyncio MLLP server, ACK without storing
     port = _free_port()
@@ -219,69 +222,68 @@ def _one_run(n8: int, n1: int, paced: int, rep: int) -> list[tuple[str, dict[str
     for backend in ("sqlite", "postgresql"):
         for scenario in ("receiver", "file", "down"):
             # a database of its own per scenario: no backlog carried from one to the next
-            with tempfile.TemporaryDirectory() as tmp:
-                var = Path(tmp)
-                db_url = ""
-                if backend == "postgresql":
-                    maybe = _postgres_url(f"bench_{os.getpid()}")
-                    if maybe is None:
-                        break
-                    db_url = maybe
-                routes_dir = var / f"routes-{scenario}"
-                routes_dir.mkdir()
-                down = scenario == "down"
-                extra = (
-                    DOWN_DEST.format(port=_free_port())
-                    if down
-                    else FILE_DEST.format(dir=var / "outbox")
-                )
-                (routes_dir / "example.yaml").write_text(
-                    ROUTES.format(name="dest", type="fhir" if down else "file", extra=extra)
-                )
-                proc, port = _engine(db_url, routes_dir, var, workers=scenario != "receiver")
-                store_url = db_url or f"sqlite:///{var / 'engine.db'}"
-                total = 0
-                try:
-                    # a warm-up, not measured: a new process's first second (its connections,
-                    # caches, the interpreter's) is not the rate it sustains
-                    total += _load(port, 8, WARMUP)["messages"]
+            var = scratch.new()
+            db_url = ""
+            if backend == "postgresql":
+                maybe = _postgres_url(f"bench_{os.getpid()}")
+                if maybe is None:
+                    break
+                db_url = maybe
+            routes_dir = var / f"routes-{scenario}"
+            routes_dir.mkdir()
+            down = scenario == "down"
+            extra = (
+                DOWN_DEST.format(port=_free_port())
+                if down
+                else FILE_DEST.format(dir=var / "outbox")
+            )
+            (routes_dir / "example.yaml").write_text(
+                ROUTES.format(name="dest", type="fhir" if down else "file", extra=extra)
+            )
+            proc, port = _engine(db_url, routes_dir, var, workers=scenario != "receiver")
+            store_url = db_url or f"sqlite:///{var / 'engine.db'}"
+            total = 0
+            try:
+                # a warm-up, not measured: a new process's first second (its connections,
+                # caches, the interpreter's) is not the rate it sustains
+                total += _load(port, 8, WARMUP)["messages"]
+                if scenario == "file":
+                    _wait_delivered(store_url, total)
+                cases = {
+                    "receiver": [
+                        ("receiver alone (workers elsewhere), 8 senders", 8, n8, 0.0),
+                        ("receiver alone, 200 msg/s offered", 4, paced, 200.0),
+                    ],
+                    "file": [
+                        ("with its worker, 8 senders", 8, n8, 0.0),
+                        ("with its worker, 1 sender", 1, n1, 0.0),
+                        ("with its worker, 200 msg/s offered", 4, paced, 200.0),
+                    ],
+                    "down": [("with its worker, 8 senders, destination down", 8, n8, 0.0)],
+                }[scenario]
+                for label, senders, count, rate in cases:
+                    full = f"engine serve ({backend}), {label}"
+                    started = time.monotonic()
+                    r = _load(port, senders, count, rate)
+                    total += r["messages"]
+                    note = ""
                     if scenario == "file":
-                        _wait_delivered(store_url, total)
-                    cases = {
-                        "receiver": [
-                            ("receiver alone (workers elsewhere), 8 senders", 8, n8, 0.0),
-                            ("receiver alone, 200 msg/s offered", 4, paced, 200.0),
-                        ],
-                        "file": [
-                            ("with its worker, 8 senders", 8, n8, 0.0),
-                            ("with its worker, 1 sender", 1, n1, 0.0),
-                            ("with its worker, 200 msg/s offered", 4, paced, 200.0),
-                        ],
-                        "down": [("with its worker, 8 senders, destination down", 8, n8, 0.0)],
-                    }[scenario]
-                    for label, senders, count, rate in cases:
-                        full = f"engine serve ({backend}), {label}"
-                        started = time.monotonic()
-                        r = _load(port, senders, count, rate)
-                        total += r["messages"]
-                        note = ""
-                        if scenario == "file":
-                            # end to end: until the last message is delivered (the backlog is
-                            # drained before the next case, which thus starts on an idle engine)
-                            r["delivered_s"] = _wait_delivered(store_url, total) - started
-                            r["end_to_end_rate"] = r["messages"] / r["delivered_s"]
-                            note = (
-                                f"; all delivered after {r['delivered_s']:.1f} s "
-                                f"({r['end_to_end_rate']:,.0f} msg/s end to end)"
-                            )
-                        rows.append((full, r))
-                        print(
-                            f"  [{rep}] {full}: {r['rate']:,.0f} msg/s, p50 {r['p50_ms']:.2f} ms, "
-                            f"p99 {r['p99_ms']:.2f} ms{note}",
-                            flush=True,
+                        # end to end: until the last message is delivered (the backlog is
+                        # drained before the next case, which thus starts on an idle engine)
+                        r["delivered_s"] = _wait_delivered(store_url, total) - started
+                        r["end_to_end_rate"] = r["messages"] / r["delivered_s"]
+                        note = (
+                            f"; all delivered after {r['delivered_s']:.1f} s "
+                            f"({r['end_to_end_rate']:,.0f} msg/s end to end)"
                         )
-                finally:
-                    _stop(proc)
+                    rows.append((full, r))
+                    print(
+                        f"  [{rep}] {full}: {r['rate']:,.0f} msg/s, p50 {r['p50_ms']:.2f} ms, "
+                        f"p99 {r['p99_ms']:.2f} ms{note}",
+                        flush=True,
+                    )
+            finally:
+                _stop(proc)
             if backend == "postgresql":
                 from sqlalchemy import create_engine, text
 
@@ -313,9 +315,10 @@ def run(options: Options) -> dict[str, Any]:
     # the whole set of cases ``repeat`` times, interleaved (this machine's speed drifts from
     # minute to minute): each figure is the median of its repetitions
     samples: dict[str, list[dict[str, Any]]] = {}
-    for rep in range(1, options.repeat + 1):
-        for label, r in _one_run(n8, n1, paced, rep):
-            samples.setdefault(label, []).append(r)
+    with Scratch(prefix="bench-ingest-") as scratch:
+        for rep in range(1, options.repeat + 1):
+            for label, r in _one_run(n8, n1, paced, rep, scratch):
+                samples.setdefault(label, []).append(r)
     rows = [(label, _median_of(runs)) for label, runs in samples.items()]
     print()
     width = max(len(label) for label, _ in rows)

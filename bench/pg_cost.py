@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from bench.documents_bench import _cpu_s, _tree
-from bench.harness import Options, environment
+from bench.harness import Options, Scratch, environment
 from bench.ingest_bench import FILE_DEST, ROUTES, _engine, _free_port, _load, _stop, _wait_delivered
 
 __all__ = ["run"]
@@ -158,52 +158,52 @@ def _read(url: str, messages: int) -> dict[str, Any]:
 
 
 def _phase(
-    url: str, data: Path, label: str, *, nodes: int, workers: bool, count: int
+    url: str, data: Path, label: str, *, nodes: int, workers: bool, count: int, tmp: Path
 ) -> dict[str, Any]:
     """``count`` messages through ``nodes`` engines on the database at ``url`` (8 senders spread
-    over them), with their workers or without."""
-    with tempfile.TemporaryDirectory() as tmp:
-        engines: list[tuple[subprocess.Popen[bytes], int]] = []
-        try:
-            for n in range(nodes):
-                var = Path(tmp) / f"node{n}"
-                routes, out = var / "routes", var / "out"
-                routes.mkdir(parents=True)
-                out.mkdir()
-                destination = FILE_DEST.format(dir=out)
-                (routes / "example.yaml").write_text(
-                    ROUTES.format(name="drop", type="file", extra=destination)
-                )
-                engines.append(_engine(url, routes, var, workers=workers))
-            for _, port in engines:  # warm: connections, statements prepared, workers started
-                _load(port, 8 // nodes, 200 // nodes)
-            if workers:
-                _wait_delivered(url, 200 // nodes * nodes)
-            time.sleep(1.0)
-            _reset(url)
-            pg_cpu = _cpu_tree(_postmaster(data))
-            engine_cpu = sum(_cpu_tree(proc.pid) for proc, _ in engines)
-            started = time.monotonic()
-            with ThreadPoolExecutor(nodes) as pool:
-                loads = list(pool.map(lambda e: _load(e[1], 8 // nodes, count // nodes), engines))
-            acked = time.monotonic()
-            if workers:
-                _wait_delivered(url, 200 // nodes * nodes + count // nodes * nodes)
-            done = time.monotonic()
-            pg_cpu = _cpu_tree(_postmaster(data)) - pg_cpu
-            engine_cpu = sum(_cpu_tree(proc.pid) for proc, _ in engines) - engine_cpu
-            time.sleep(0.5)
-            handled = count // nodes * nodes
-            figures = _read(url, handled)
-            if workers:  # every message delivered once: one file each, no id twice
-                names = [f.name for f in Path(tmp).glob("node*/out/*.json")]
-                ids = {name.split("-", 1)[0] for name in names}
-                figures["files"] = len(names)
-                figures["duplicates"] = len(names) - len(ids)
-                figures["missing"] = 200 // nodes * nodes + handled - len(ids)
-        finally:
-            for proc, _ in engines:
-                _stop(proc)
+    over them), with their workers or without; their stores and drops under ``tmp`` (removed
+    when the suite ends, not before the next phase: :class:`bench.harness.Scratch`)."""
+    engines: list[tuple[subprocess.Popen[bytes], int]] = []
+    try:
+        for n in range(nodes):
+            var = Path(tmp) / f"node{n}"
+            routes, out = var / "routes", var / "out"
+            routes.mkdir(parents=True)
+            out.mkdir()
+            destination = FILE_DEST.format(dir=out)
+            (routes / "example.yaml").write_text(
+                ROUTES.format(name="drop", type="file", extra=destination)
+            )
+            engines.append(_engine(url, routes, var, workers=workers))
+        for _, port in engines:  # warm: connections, statements prepared, workers started
+            _load(port, 8 // nodes, 200 // nodes)
+        if workers:
+            _wait_delivered(url, 200 // nodes * nodes)
+        time.sleep(1.0)
+        _reset(url)
+        pg_cpu = _cpu_tree(_postmaster(data))
+        engine_cpu = sum(_cpu_tree(proc.pid) for proc, _ in engines)
+        started = time.monotonic()
+        with ThreadPoolExecutor(nodes) as pool:
+            loads = list(pool.map(lambda e: _load(e[1], 8 // nodes, count // nodes), engines))
+        acked = time.monotonic()
+        if workers:
+            _wait_delivered(url, 200 // nodes * nodes + count // nodes * nodes)
+        done = time.monotonic()
+        pg_cpu = _cpu_tree(_postmaster(data)) - pg_cpu
+        engine_cpu = sum(_cpu_tree(proc.pid) for proc, _ in engines) - engine_cpu
+        time.sleep(0.5)
+        handled = count // nodes * nodes
+        figures = _read(url, handled)
+        if workers:  # every message delivered once: one file each, no id twice
+            names = [f.name for f in Path(tmp).glob("node*/out/*.json")]
+            ids = {name.split("-", 1)[0] for name in names}
+            figures["files"] = len(names)
+            figures["duplicates"] = len(names) - len(ids)
+            figures["missing"] = 200 // nodes * nodes + handled - len(ids)
+    finally:
+        for proc, _ in engines:
+            _stop(proc)
     figures["label"] = label
     figures["nodes"] = nodes
     figures["ack_rate"] = round(handled / (acked - started))
@@ -250,9 +250,11 @@ def run(options: Options) -> dict[str, Any]:
     count = QUICK_COUNT if options.quick else FULL_COUNT
     print(f"pg-cost: {count:,} ADT^A08 per phase, 8 MLLP senders, a private PostgreSQL cluster")
     phases: list[dict[str, Any]] = []
-    with private_cluster() as (url, data):
+    with private_cluster() as (url, data), Scratch(prefix="bench-pg-cost-") as scratch:
         for label, nodes, workers in PHASES:
-            r = _phase(url, data, label, nodes=nodes, workers=workers, count=count)
+            r = _phase(
+                url, data, label, nodes=nodes, workers=workers, count=count, tmp=scratch.new()
+            )
             print(f"  {label}: {_describe(r)}", flush=True)
             for heading, key in (
                 ("most sent", "top_statements"),
