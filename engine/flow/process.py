@@ -62,7 +62,7 @@ def index_rows(bundle: Mapping[str, Any]) -> list[IndexedResource]:
     for e in entries:
         res = e.get("resource", {})
         rtype = res.get("resourceType")
-        if rtype not in INDEXED_TYPES or not e.get("fullUrl"):
+        if rtype not in INDEXED_TYPES or not e.get("fullUrl") or not isinstance(e["fullUrl"], str):
             continue
         patient: str | None = None
         start: datetime | None = None
@@ -84,9 +84,15 @@ def index_rows(bundle: Mapping[str, Any]) -> list[IndexedResource]:
                     start = start.astimezone(UTC) if start.tzinfo else start
                 except ValueError:
                     start = None
-        rows.append(
+        status = res.get("status")
+        rows.append(  # a reference or status that is no string (a bad Bundle's) is not kept
             IndexedResource(
-                rtype, e["fullUrl"], orjson.dumps(res), patient, start, res.get("status")
+                rtype,
+                e["fullUrl"],
+                orjson.dumps(res),
+                patient if isinstance(patient, str) else None,
+                start,
+                status if isinstance(status, str) else None,
             )
         )
     return rows

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
 from sqlalchemy import (
     Connection,
     bindparam,
@@ -41,7 +40,7 @@ from sqlalchemy import (
 from engine.store.attempts import Outcome, attempt_history, record_attempts
 from engine.store.clean import clean, clean_lines
 from engine.store.db import Repository, aware, in_index_order, utcnow
-from engine.store.lists import in_list, not_in_list
+from engine.store.lists import in_list, json_rows, not_in_list
 from engine.store.tables import deliveries, messages
 from engine.store.views import DeliveryView
 
@@ -189,7 +188,8 @@ def queue_deliveries(
         for row in rows:
             row["payload"] = base64.b64encode(row["payload"]).decode()
             del row["attempts"], row["next_attempt_at"], row["created_at"]
-        conn.execute(_INSERT_DELIVERIES_PG, {"rows": orjson.dumps(rows).decode(), "now": now})
+        for text_rows in json_rows(rows):  # in order: the ids keep the queues' order
+            conn.execute(_INSERT_DELIVERIES_PG, {"rows": text_rows, "now": now})
     else:
         conn.execute(_INSERT_DELIVERIES, rows)
 

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Insert, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.store.db import Repository
-from engine.store.lists import in_list
+from engine.store.lists import in_list, json_rows
 from engine.store.tables import fhir_resources
 
 __all__ = ["IndexedResource", "ResourceIndex", "upsert_resources"]
@@ -83,6 +83,18 @@ _UPSERT_PG = text(
 )
 
 
+_URL_WIDTH = getattr(fhir_resources.c.full_url.type, "length", None) or 0
+
+
+def _stored_as(full_url: str) -> str:
+    """The fullUrl as the column keeps it: PostgreSQL cuts spaces past a varchar's width
+    without a word (anything else past it is refused), so two fullUrls that differ only there
+    are one row, and one statement may not upsert a row twice."""
+    if _URL_WIDTH and len(full_url) > _URL_WIDTH and not full_url[_URL_WIDTH:].strip(" "):
+        return full_url[:_URL_WIDTH]
+    return full_url
+
+
 def upsert_resources(
     conn: Connection, items: Sequence[tuple[int, IndexedResource]], now: datetime
 ) -> None:
@@ -92,7 +104,7 @@ def upsert_resources(
         return
     latest: dict[str, tuple[int, IndexedResource]] = {}
     for mid, r in items:  # one row per fullUrl in a statement
-        latest[r.full_url] = (mid, r)
+        latest[_stored_as(r.full_url)] = (mid, r)
     rows = [
         {
             "resource_type": r.resource_type,
@@ -107,7 +119,8 @@ def upsert_resources(
         for mid, r in sorted(latest.values(), key=lambda item: item[1].full_url)
     ]
     if conn.dialect.name == "postgresql":
-        conn.execute(_UPSERT_PG, {"rows": orjson.dumps(rows).decode(), "updated_at": now})
+        for text_rows in json_rows(rows):
+            conn.execute(_UPSERT_PG, {"rows": text_rows, "updated_at": now})
     else:
         conn.execute(_UPSERT[conn.dialect.name], [{**row, "updated_at": now} for row in rows])
 

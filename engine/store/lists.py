@@ -18,7 +18,7 @@ PostgreSQL keeps the expanding form.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -28,7 +28,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
-__all__ = ["in_list", "not_in_list"]
+__all__ = ["in_list", "json_rows", "not_in_list"]
 
 
 class _JsonList(TypeDecorator[Any]):
@@ -84,3 +84,26 @@ def in_list(column: ColumnElement[Any], name: str = "ids") -> InList:
 def not_in_list(column: ColumnElement[Any], name: str) -> InList:
     """``column NOT IN`` the list passed as ``name`` when the statement runs."""
     return InList(column, name, True)
+
+
+#: the bytes of rows that one :func:`json_rows` text holds at most (beyond a single row's own)
+JSON_ROWS_BYTES = 32 << 20
+
+
+def json_rows(rows: Sequence[dict[str, Any]], limit: int | None = None) -> Iterator[str]:
+    """``rows`` as JSON array texts, in their order, each at most ``limit`` bytes (default
+    :data:`JSON_ROWS_BYTES`) unless a single row is larger: one statement's rows for
+    ``json_to_recordset`` (PostgreSQL refuses a value over 1 GB, and a batch of large
+    messages' payloads may come near it; a text per few MB keeps the worker's copies small)."""
+    cap = JSON_ROWS_BYTES if limit is None else limit
+    chunk: list[bytes] = []
+    size = 2  # the text's length so far: its brackets and each row's text and comma
+    for row in rows:
+        item = orjson.dumps(row)
+        if chunk and size + 1 + len(item) > cap:
+            yield (b"[" + b",".join(chunk) + b"]").decode()
+            chunk, size = [], 2
+        size += len(item) + (1 if chunk else 0)
+        chunk.append(item)
+    if chunk:
+        yield (b"[" + b",".join(chunk) + b"]").decode()
