@@ -11,7 +11,7 @@ import argparse
 import importlib
 from collections.abc import Sequence
 
-from bench.harness import Options, write_results
+from bench.harness import Options, scratch_removed_at_exit, write_results
 
 #: suite name -> module with ``run(options) -> dict`` (imported only when the suite runs)
 SUITES: dict[str, str] = {
@@ -63,13 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.suite or set(args.suite) - TIMED_SUITES:
             parser.error(f"--minutes goes with --suite {' / '.join(sorted(TIMED_SUITES))} only")
     options = Options(quick=args.quick, repeat=args.repeat, regenerate=args.regenerate)
-    for name in args.suite or [s for s in SUITES if s not in ON_REQUEST]:
-        module = importlib.import_module(SUITES[name])
-        print(f"== {name}{' (quick)' if options.quick else ''} ==")
-        timed = {"minutes": args.minutes} if args.minutes is not None else {}
-        result = module.run(options, **timed)
-        path = write_results(f"{name}-quick" if options.quick else name, result)
-        print(f"results: {path}\n")
+    with scratch_removed_at_exit():  # bench/harness.py, Scratch: no removal between suites
+        for name in args.suite or [s for s in SUITES if s not in ON_REQUEST]:
+            module = importlib.import_module(SUITES[name])
+            print(f"== {name}{' (quick)' if options.quick else ''} ==")
+            timed = {"minutes": args.minutes} if args.minutes is not None else {}
+            result = module.run(options, **timed)
+            path = write_results(f"{name}-quick" if options.quick else name, result)
+            print(f"results: {path}\n")
     return 0
 
 

@@ -7,6 +7,7 @@ contestant runs ``repeat`` times over the same pre-built inputs and reports the 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -16,7 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -76,7 +77,29 @@ class Scratch:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        if _DEFERRED is not None:  # python -m bench: once every suite has run
+            _DEFERRED.append(self.root)
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+#: the scratch directories to remove when ``python -m bench`` ends (None: each when its suite
+#: ends): removed after a suite, they would slow the next suite's new files the same way
+_DEFERRED: list[Path] | None = None
+
+
+@contextlib.contextmanager
+def scratch_removed_at_exit() -> Iterator[None]:
+    """Within it, :class:`Scratch` directories are removed when it ends, not when their suite
+    does (``python -m bench`` runs its suites inside it)."""
+    global _DEFERRED
+    _DEFERRED = []
+    try:
+        yield
+    finally:
+        for root in _DEFERRED:
+            shutil.rmtree(root, ignore_errors=True)
+        _DEFERRED = None
 
 
 @dataclass
