@@ -125,6 +125,13 @@ class Settings(BaseSettings):
     #: receiver, the WAL checkpoints; on PostgreSQL they elect a leader as any nodes do. Each
     #: holds its own connections and about 130 MB. Read by the receiver.
     worker_processes: int = Field(2, ge=1, le=16)
+    #: seconds after its last heartbeat (every 2 s) a node counts as dead, its claims taken over
+    #: by the others and its unfinished job runs resumed (``ENGINE_NODE_DEAD_AFTER_S``; the
+    #: same on every node of a database). Raise it where hosts stand still for seconds (a
+    #: paused VM, a live migration): a node taken for dead meanwhile keeps working, and what
+    #: it was sending may go twice. Lower means a killed node's patients wait less. Read by
+    #: the receiver (the console's view) and every worker process.
+    node_dead_after_s: float = Field(10.0, ge=6.0, le=120.0)
     #: validate every FHIR resource ``engine convert`` writes against fhir.resources' R4B models
     #: (``--validate-fhir``). Read by engine/convert.py only; the running engine does not.
     validate_fhir: bool = False

@@ -193,7 +193,10 @@ def open_database(settings: Settings) -> tuple[DbEngine, SqlMessageStore]:
     from engine.audit.key import audit_key_for
     from engine.store import SqlMessageStore, create_db_engine
     from engine.store.db import connection_problem
+    from engine.store.nodes import set_dead_after
 
+    # when a node counts as dead, for this process's view of the others (ENGINE_NODE_DEAD_AFTER_S)
+    set_dead_after(settings.node_dead_after_s)
     key = audit_key_for(settings)  # an unfit key file stops the start before the database
     db_engine = create_db_engine(settings.resolved_database_url())
     store = SqlMessageStore(db_engine)

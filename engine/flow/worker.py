@@ -531,6 +531,9 @@ def _process_setup(settings: Settings, parent: int | None) -> int:
     from engine.adapters.athena_client import set_process_share
 
     set_process_share(processes)
+    from engine.store.nodes import set_dead_after
+
+    set_dead_after(settings.node_dead_after_s)  # when other nodes count as dead, and this one
     # ACKs first: under load the receiver gets the CPU and the queue absorbs the burst; the
     # workers catch up as soon as the senders pause
     with contextlib.suppress(OSError):

@@ -38,7 +38,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, or_, select, text
 
 from engine.store.db import Repository, aware, utcnow
-from engine.store.nodes import DEAD_AFTER, FORGET_AFTER, SQLITE_LEADING_ROLES
+from engine.store.nodes import FORGET_AFTER, SQLITE_LEADING_ROLES, dead_after
 from engine.store.tables import config_applied, config_generation, nodes
 
 __all__ = ["ANSWER_S", "SHOWN_FOR", "ClusterState", "NodeState"]
@@ -63,7 +63,7 @@ class NodeState:
     started_at: datetime | None = None
     #: seconds since its last heartbeat (None: not known, a configuration row without a node)
     heartbeat_age_s: float | None = None
-    #: its heartbeat is younger than DEAD_AFTER (None: not known)
+    #: its heartbeat is younger than the takeover limit (nodes.dead_after; None: not known)
     alive: bool | None = None
     leader: bool = False
     #: the generation it runs or refused, and ``applied``, ``refused`` or ``differs`` (None: it
@@ -155,7 +155,7 @@ class Cluster(Repository):
         listed: list[NodeState] = []
         for r in rows:
             age = max(0.0, (now - aware(r.heartbeat_at)).total_seconds())
-            alive = age <= DEAD_AFTER.total_seconds()
+            alive = age <= dead_after().total_seconds()
             if postgres:  # the lock's session names its node (cut to 63 characters)
                 leader = bool(holder) and str(r.id).startswith(str(holder))
             else:  # one host: its first worker process leads, while it lives

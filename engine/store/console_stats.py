@@ -58,7 +58,7 @@ from engine.store.audit import audit
 from engine.store.db import Repository, aware, utcnow
 from engine.store.handled import HANDLEABLE_STATES, Handled, handled_of
 from engine.store.lists import in_list
-from engine.store.nodes import DEAD_AFTER
+from engine.store.nodes import dead_after
 from engine.store.operator import Who
 from engine.store.search import MessageQuery, _time_bounds, _where
 from engine.store.tables import (
@@ -561,7 +561,7 @@ class ConsoleStats(Repository):
         """Per destination: open when any live worker node's breaker is open."""
         out: dict[str, Breaker] = {}
         # a node's heartbeat is its database's clock on PostgreSQL: a margin of a few beats
-        alive_since = now - DEAD_AFTER * 3
+        alive_since = now - dead_after() * 3
         for r in conn.execute(_BREAKERS, {"alive_since": alive_since}):
             is_open = r.state == "open"
             known = out.get(r.destination)

@@ -3,7 +3,8 @@
 A worker process registers a node (``host:pid:random``) and beats its heartbeat every
 :data:`HEARTBEAT_S`; its claims carry that id (``messages.claimed_by`` for processing,
 ``deliveries.claimed_by`` beside the lease). When a node's heartbeat is older than
-:data:`DEAD_AFTER` (it was killed, or its host went away), or its row is gone, any other node's
+:data:`DEAD_AFTER` (10 s unless ``ENGINE_NODE_DEAD_AFTER_S`` says otherwise: it was killed, or its
+host went away), or its row is gone, any other node's
 :meth:`Nodes.take_over` releases its claims at once: a kill -9 no longer leaves its patients'
 queues blocked for the claims' own time-outs (5 minutes for processing, 10 for a lease), which
 stay as the fallback for a claim without an owner. A node that stops cleanly gives its claims
@@ -61,6 +62,8 @@ from engine.store.tables import (
 
 __all__ = [
     "DEAD_AFTER",
+    "dead_after",
+    "set_dead_after",
     "HEARTBEAT_S",
     "NOBODY",
     "InterruptedRun",
@@ -85,8 +88,26 @@ SQLITE_LEADING_ROLES = frozenset({worker_role(), worker_role(0, 2)})
 
 #: how often a node beats its heartbeat
 HEARTBEAT_S = 2.0
-#: a node whose heartbeat is older than this is dead: its claims are taken over
+#: a node whose heartbeat is older than this is dead: its claims are taken over (the default;
+#: ``ENGINE_NODE_DEAD_AFTER_S`` sets a process's own, :func:`set_dead_after`)
 DEAD_AFTER = timedelta(seconds=10)
+_dead_after = DEAD_AFTER
+
+
+def dead_after() -> timedelta:
+    """How old a node's heartbeat may be before it counts as dead, in this process."""
+    return _dead_after
+
+
+def set_dead_after(seconds: float) -> None:
+    """This process's takeover limit (``ENGINE_NODE_DEAD_AFTER_S``; every node of a database
+    should have the same): set once at start by the receiver and each worker process."""
+    global _dead_after
+    if seconds < 3 * HEARTBEAT_S:
+        raise ValueError(f"a node is taken for dead after {3 * HEARTBEAT_S:g} s at the least")
+    _dead_after = timedelta(seconds=seconds)
+
+
 #: the row of a node dead this long is deleted (it held no claim for most of that time)
 FORGET_AFTER = timedelta(days=1)
 #: the owner of a run given back unfinished (no node has this id: the next leader resumes it)
@@ -121,13 +142,13 @@ class Liveness:
     def beaten(self, began: float, written: bool) -> None:
         """A heartbeat that began at ``began`` (this clock) succeeded; ``written`` False: the
         node's row was gone (taken for dead; its claims released, it registered again)."""
-        if not written or began - self.beat >= DEAD_AFTER.total_seconds() / 2:
+        if not written or began - self.beat >= _dead_after.total_seconds() / 2:
             self.epoch += 1  # its claims may have been taken over meanwhile
         self.beat = max(self.beat, began)
 
     def sure(self, epoch: int) -> bool:
         """Whether claims made in ``epoch`` are surely still this node's."""
-        return epoch == self.epoch and self.clock() - self.beat < DEAD_AFTER.total_seconds() / 2
+        return epoch == self.epoch and self.clock() - self.beat < _dead_after.total_seconds() / 2
 
 
 def new_node_id() -> str:
@@ -262,14 +283,14 @@ class Nodes(Repository):
             conn.execute(delete(config_applied).where(config_applied.c.node == node_id))
         return TakenOver((node_id,), int(released.rowcount or 0), int(leased.rowcount or 0))
 
-    def take_over(self, dead_after: timedelta = DEAD_AFTER) -> TakenOver:
+    def take_over(self, dead_after: timedelta | None = None) -> TakenOver:
         """Release the claims of every node whose heartbeat is older than ``dead_after``, and of
         owners without a row (gone; or claims made before nodes existed). A live node's claims
         are never touched. Rows of nodes dead for a day are deleted, with their configuration
         rows."""
         with self._tx() as conn:
             now = self._db_now(conn)
-            cutoff = now - dead_after
+            cutoff = now - (_dead_after if dead_after is None else dead_after)
             dead = sorted(conn.execute(_DEAD_OWNERS, {"cutoff": cutoff}).scalars())
             n_messages = n_deliveries = 0
             if dead:
@@ -311,13 +332,13 @@ class Nodes(Repository):
             )
 
     def interrupted_runs(
-        self, prefix: str, dead_after: timedelta = DEAD_AFTER
+        self, prefix: str, dead_after: timedelta | None = None
     ) -> list[InterruptedRun]:
         """Runs of the jobs whose id starts with ``prefix`` that were started and never ended,
         whose node is not alive (its heartbeat older than ``dead_after``, its row gone, or the
         run given back by a leader that stepped down): oldest first."""
         with self.db_engine.connect() as conn:
-            cutoff = self._db_now(conn) - dead_after
+            cutoff = self._db_now(conn) - (_dead_after if dead_after is None else dead_after)
             rows = conn.execute(
                 select(job_runs.c.job_id, job_runs.c.run_at, job_runs.c.node)
                 .where(
