@@ -27,6 +27,17 @@ POSTGRES_URL = os.environ.get(
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
+@pytest.fixture(autouse=True)
+def _default_takeover_limit(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The takeover limit is per process (engine/store/nodes.py): a test that sets it, or opens
+    a database under a shell's ENGINE_NODE_DEAD_AFTER_S, leaves it as it was for the next."""
+    from engine.store import nodes
+
+    monkeypatch.delenv("ENGINE_NODE_DEAD_AFTER_S", raising=False)
+    monkeypatch.setattr(nodes, "_dead_after", nodes.DEAD_AFTER)
+    yield
+
+
 @pytest.fixture(scope="session")
 def postgres_schema_url() -> Iterator[str]:
     """A PostgreSQL URL whose search_path is a fresh schema, dropped after the session."""

@@ -12,7 +12,8 @@ its own interpreter binds (README, Measured figures).
 
 Each worker process is a node (engine/store/nodes.py): it registers as ``host:pid:random``,
 claims with that id, beats a heartbeat every 2 s and, at each beat, takes over the claims of any
-node whose heartbeat is older than 10 s (killed, or its host gone): after a kill -9 the restarted
+node whose heartbeat is older than the takeover limit (10 s unless ``ENGINE_NODE_DEAD_AFTER_S``
+says otherwise; killed, or its host gone): after a kill -9 the restarted
 (or a surviving) worker resumes the dead one's patients within about 12 s instead of waiting for
 the claims' own time-outs. On a clean stop it gives its claims back at once.
 

@@ -185,7 +185,8 @@ async def nightly_eligibility(job_id: str = "eligibility-nightly") -> None:
     await run_once(runs, node, job_id, fire, lambda: check_run(service, runs, node, job_id, fire))
 
 
-#: how often the leader looks for runs to resume (their node must first be found dead: 10 s)
+#: how often the leader looks for runs to resume (their node must first be found dead: 10 s,
+#: or ``ENGINE_NODE_DEAD_AFTER_S``)
 RESUME_EVERY_S = 5.0
 
 

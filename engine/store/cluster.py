@@ -17,7 +17,8 @@ generation (engine/flow/config.py's ``Reloader``): an ``engine worker`` is one p
 row shares its worker node's ``host:pid``; an ``engine serve`` follows it in its receiver, a
 node of its own (role ``receiver``, the row's id), whose worker process (a ``worker`` node)
 runs the receiver's configuration. Every node, a receiver too, beats its heartbeat every 2 s
-and is alive while it is younger than :data:`~engine.store.nodes.DEAD_AFTER` (10 s): a killed
+and is alive while it is younger than the takeover limit (10 s unless ``ENGINE_NODE_DEAD_AFTER_S``
+says otherwise; a node's own when longer): a killed
 ``engine serve`` shows its receiver dead, and a stopped one is gone with its configuration row
 (engine/service.py's ``keep_receiver``). A configuration row without a node (an engine older
 than the receiver's heartbeat) is listed as a receiver whose heartbeat is not known.
@@ -102,7 +103,12 @@ class ClusterState:
 
 
 _NODES = select(
-    nodes.c.id, nodes.c.role, nodes.c.host, nodes.c.started_at, nodes.c.heartbeat_at
+    nodes.c.id,
+    nodes.c.role,
+    nodes.c.host,
+    nodes.c.started_at,
+    nodes.c.heartbeat_at,
+    nodes.c.dead_after_s,
 ).order_by(nodes.c.started_at, nodes.c.id)
 _GENERATION = select(
     config_generation.c.generation, config_generation.c.node, config_generation.c.at
@@ -155,7 +161,8 @@ class Cluster(Repository):
         listed: list[NodeState] = []
         for r in rows:
             age = max(0.0, (now - aware(r.heartbeat_at)).total_seconds())
-            alive = age <= dead_after().total_seconds()
+            # by its own limit when longer than this process's, as a takeover judges it
+            alive = age <= max(dead_after().total_seconds(), r.dead_after_s or 0.0)
             if postgres:  # the lock's session names its node (cut to 63 characters)
                 leader = bool(holder) and str(r.id).startswith(str(holder))
             else:  # one host: its first worker process leads, while it lives

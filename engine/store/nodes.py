@@ -35,6 +35,7 @@ bumps it with the digest of its files, and every node follows it (engine/flow/co
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -73,6 +74,8 @@ __all__ = [
     "new_node_id",
     "worker_role",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def worker_role(index: int = 0, processes: int = 1) -> str:
@@ -142,8 +145,14 @@ class Liveness:
     def beaten(self, began: float, written: bool) -> None:
         """A heartbeat that began at ``began`` (this clock) succeeded; ``written`` False: the
         node's row was gone (taken for dead; its claims released, it registered again)."""
-        if not written or began - self.beat >= _dead_after.total_seconds() / 2:
+        gap = began - self.beat
+        if not written or gap >= _dead_after.total_seconds() / 2:
             self.epoch += 1  # its claims may have been taken over meanwhile
+            if written:  # (not written: the heartbeat's caller says so)
+                log.warning(
+                    "heartbeats stood still: claims are checked before they are sent",
+                    extra={"gap_s": round(gap, 1)},
+                )
         self.beat = max(self.beat, began)
 
     def sure(self, epoch: int) -> bool:
@@ -173,6 +182,21 @@ class TakenOver:
     nodes: tuple[str, ...] = ()
     messages: int = 0
     deliveries: int = 0
+
+
+_LONGEST = select(func.max(nodes.c.dead_after_s))
+
+
+def _longest(conn: Connection, dead_after: timedelta | None) -> timedelta:
+    """The takeover limit to judge other nodes by: ``dead_after`` when given (as it is), else
+    this process's, or the longest any node has registered when that is longer. A node trusts
+    its claims for half its own limit after a heartbeat (:class:`Liveness`): a node with a
+    longer limit than the taker's would otherwise send, after a pause, what the taker had
+    already given another."""
+    if dead_after is not None:
+        return dead_after
+    registered = conn.execute(_LONGEST).scalar()
+    return max(_dead_after, timedelta(seconds=float(registered))) if registered else _dead_after
 
 
 _HEARTBEAT = (
@@ -258,7 +282,13 @@ class Nodes(Repository):
             conn.execute(delete(nodes).where(nodes.c.id == node))
             conn.execute(
                 insert(nodes).values(
-                    id=node, host=host, pid=pid, role=role, started_at=now, heartbeat_at=now
+                    id=node,
+                    host=host,
+                    pid=pid,
+                    role=role,
+                    started_at=now,
+                    heartbeat_at=now,
+                    dead_after_s=_dead_after.total_seconds(),
                 )
             )
         return node
@@ -284,13 +314,14 @@ class Nodes(Repository):
         return TakenOver((node_id,), int(released.rowcount or 0), int(leased.rowcount or 0))
 
     def take_over(self, dead_after: timedelta | None = None) -> TakenOver:
-        """Release the claims of every node whose heartbeat is older than ``dead_after``, and of
+        """Release the claims of every node whose heartbeat is older than ``dead_after`` (by
+        default this process's limit, or the longest a node registered: :func:`_longest`), and of
         owners without a row (gone; or claims made before nodes existed). A live node's claims
         are never touched. Rows of nodes dead for a day are deleted, with their configuration
         rows."""
         with self._tx() as conn:
             now = self._db_now(conn)
-            cutoff = now - (_dead_after if dead_after is None else dead_after)
+            cutoff = now - _longest(conn, dead_after)
             dead = sorted(conn.execute(_DEAD_OWNERS, {"cutoff": cutoff}).scalars())
             n_messages = n_deliveries = 0
             if dead:
@@ -338,7 +369,7 @@ class Nodes(Repository):
         whose node is not alive (its heartbeat older than ``dead_after``, its row gone, or the
         run given back by a leader that stepped down): oldest first."""
         with self.db_engine.connect() as conn:
-            cutoff = self._db_now(conn) - (_dead_after if dead_after is None else dead_after)
+            cutoff = self._db_now(conn) - _longest(conn, dead_after)
             rows = conn.execute(
                 select(job_runs.c.job_id, job_runs.c.run_at, job_runs.c.node)
                 .where(

@@ -51,6 +51,7 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -296,6 +297,9 @@ nodes = Table(
     Column("role", String(16), nullable=False),  # worker, receiver
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    #: its takeover limit in seconds (``ENGINE_NODE_DEAD_AFTER_S``; NULL: an older node's,
+    #: the default): others wait for the longest limit any node has (migration 0026)
+    Column("dead_after_s", Float, nullable=True),
 )
 
 #: who replayed, resent or viewed what (the console's audit trail extends it)

@@ -16,7 +16,7 @@ from engine.adapters.memory import MemoryDestination
 from engine.adapters.registry import load_routes
 from engine.flow.deliver import Dispatcher
 from engine.store import Incoming, NewDelivery, Processed, SqlMessageStore
-from engine.store.nodes import DEAD_AFTER, Liveness
+from engine.store.nodes import Liveness, dead_after
 
 ROUTES = """
 destinations:
@@ -66,7 +66,7 @@ def test_claims_made_before_a_takeover_are_checked_and_not_sent(
     if learns == "from the gap":
         # it stood still: its heartbeat grew old; when it runs again its first heartbeat is
         # written at once (taking over releases the claims, not the row): the gap tells it
-        clock.now += DEAD_AFTER.total_seconds() + 5
+        clock.now += dead_after().total_seconds() + 5
         assert not live.sure(epoch)
         began, written = clock.now, store.heartbeat(node)
         assert written
@@ -88,7 +88,7 @@ def test_with_recent_heartbeats_its_claims_are_sent_without_asking(
         clock.now += 2
         live.beaten(clock.now, written=True)
     assert live.epoch == 0
-    clock.now += DEAD_AFTER.total_seconds() / 2 - 1
+    clock.now += dead_after().total_seconds() / 2 - 1
     asked: list[int] = []
     store_renew = store.renew_claim
 
@@ -102,5 +102,5 @@ def test_with_recent_heartbeats_its_claims_are_sent_without_asking(
     assert asked == []  # no round trip a delivery while it is sure
     assert len(dispatcher.destinations["out"].delivered) == 3  # type: ignore[attr-defined]
     # its heartbeat late by more than half the takeover limit: each one is asked about
-    clock.now += DEAD_AFTER.total_seconds() / 2 + 1
+    clock.now += dead_after().total_seconds() / 2 + 1
     assert not live.sure(live.epoch)

@@ -5,7 +5,6 @@ store's takeover, the resumption of job runs, the console's view of the nodes an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,12 +17,6 @@ from engine.store import Incoming, SqlMessageStore
 from engine.store import nodes as nodes_module
 from engine.store.nodes import DEAD_AFTER, Liveness, dead_after, set_dead_after
 from engine.store.tables import nodes
-
-
-@pytest.fixture(autouse=True)
-def _default_limit() -> Iterator[None]:
-    yield
-    set_dead_after(DEAD_AFTER.total_seconds())
 
 
 def _stop_heart(store: SqlMessageStore, node: str, ago_s: float) -> None:
@@ -87,3 +80,49 @@ def test_opening_the_database_applies_the_setting(
     db_engine, _ = open_database(settings)
     db_engine.dispose()
     assert nodes_module.dead_after() == timedelta(seconds=45)
+
+
+def test_a_node_with_a_longer_limit_is_judged_by_its_own(store: SqlMessageStore) -> None:
+    """Nodes given different limits (a rolling change): a node trusts its claims for half its
+    own limit after a heartbeat, so a taker with a shorter limit waits for the longer one; the
+    console shows it alive as long."""
+    set_dead_after(30)
+    patient = store.register_node("worker")  # its row says 30 s
+    [stored] = store.save_batch([Incoming(raw=b"MSH|", channel="test", patient_key="P")])
+    assert [m for m, _, _ in store.claim_received(patient, limit=1)] == [stored.id]
+    set_dead_after(10)  # this process, the taker, says 10 s
+    _stop_heart(store, patient, ago_s=15)
+    assert store.take_over().nodes == ()
+    assert [n.alive for n in store.cluster_state().nodes if n.id == patient] == [True]
+    _stop_heart(store, patient, ago_s=31)
+    assert store.take_over().nodes == (patient,)
+
+
+def test_an_interrupted_run_waits_for_the_limit(store: SqlMessageStore) -> None:
+    leader = store.register_node("worker")
+    run_at = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
+    assert store.start_job_run("eligibility:nightly", run_at, leader)
+    _stop_heart(store, leader, ago_s=15)
+    set_dead_after(30)
+    assert store.interrupted_runs("eligibility:") == []
+    set_dead_after(10)
+    [run] = store.interrupted_runs("eligibility:")
+    assert (run.job_id, run.node) == ("eligibility:nightly", leader)
+
+
+def test_a_node_trusts_its_claims_for_half_its_own_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``sure``: with no heartbeat since, 8 s is past half of 10 s and within half of 30 s; a
+    gap between two heartbeats that breaks the trust is logged."""
+    now = [0.0]
+    set_dead_after(30)
+    alive = Liveness(since=0.0, clock=lambda: now[0])
+    now[0] = 8.0
+    assert alive.sure(alive.epoch)
+    set_dead_after(10)
+    assert not alive.sure(alive.epoch)
+    with caplog.at_level("WARNING", logger="engine.store.nodes"):
+        alive.beaten(8.0, written=True)
+    assert alive.epoch == 1
+    assert "heartbeats stood still" in caplog.text
