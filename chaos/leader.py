@@ -30,6 +30,7 @@ every 270, so the "checked today" rule, or a started run item, must stop a secon
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 import time
 from collections.abc import Iterable, Sequence
@@ -137,6 +138,12 @@ def _nodes(ctx: Context) -> list[EngineProcess]:
     return [ctx.engine, node_b]
 
 
+def leading_pid(log_text: str) -> int | None:
+    """The process of the node's last term (``node=host:pid:random`` on its line), or None."""
+    found = re.findall(re.escape(LEADS) + r".*?node=[^\s:]+:(\d+):", log_text)
+    return int(found[-1]) if found else None
+
+
 def _terms(nodes: Iterable[EngineProcess]) -> list[int]:
     return [lead_terms(n.log.read_text(errors="replace")) if n.log.exists() else 0 for n in nodes]
 
@@ -231,8 +238,11 @@ async def kill_leader(ctx: Context) -> None:
         killed_at = time.monotonic()
         if whole:  # restarted while the other node takes over
             kill = asyncio.create_task(_kill_node(ctx, nodes[leader]))
-        elif not await asyncio.to_thread(nodes[leader].kill_worker):
-            continue  # its worker was being restarted: nothing killed
+        else:  # the worker process that leads: a node has two, and the other's death is
+            # no takeover (it was taken for one, and a term that never ended for a late one)
+            text = nodes[leader].log.read_text(errors="replace")
+            if not await asyncio.to_thread(nodes[leader].kill_worker, leading_pid(text)):
+                continue  # its worker was being restarted: nothing killed
         kinds["node" if whole else "worker"] += 1
         leader = await _new_leader(nodes, before, TAKEOVER_BOUND_S + 5)
         takeovers.append(time.monotonic() - killed_at if leader is not None else None)

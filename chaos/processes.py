@@ -118,10 +118,12 @@ class EngineProcess(_Process):
         if not wait_port(self.mllp, timeout_s) or not self.alive():
             raise RuntimeError(f"engine serve did not start; its log ends:\n{self.tail()}")
 
-    def worker_pid(self) -> int | None:
-        """The receiver's worker process (multiprocessing's spawned child), if running."""
+    def worker_pid(self, prefer: int | None = None) -> int | None:
+        """The receiver's worker process (multiprocessing's spawned child), if running:
+        ``prefer`` when it is one of them (an ``engine serve`` starts two by default)."""
         if self.proc is None:
             return None
+        found: list[int] = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -132,12 +134,15 @@ class EngineProcess(_Process):
                 continue
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
             if ppid == self.proc.pid and b"spawn_main" in cmdline:
-                return int(entry.name)
-        return None
+                found.append(int(entry.name))
+        if prefer in found:
+            return prefer
+        return found[0] if found else None
 
-    def kill_worker(self) -> bool:
-        """SIGKILL the worker process only; False when there was none to kill."""
-        pid = self.worker_pid()
+    def kill_worker(self, prefer: int | None = None) -> bool:
+        """SIGKILL one worker process only (``prefer`` when it is one); False when there was
+        none to kill."""
+        pid = self.worker_pid(prefer)
         if pid is None:
             return False
         try:

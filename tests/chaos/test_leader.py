@@ -47,3 +47,19 @@ def test_the_verdict_names_a_second_270_an_unchecked_appointment_and_a_late_lead
     assert "['M1']" in problems[0]
     assert "1 of 3 appointments never checked" in problems[1]
     assert "kills [2, 3]" in problems[2]
+
+
+def test_the_leading_worker_process_is_read_from_the_nodes_log() -> None:
+    """An ``engine serve`` has two worker processes: the campaign kills the one whose term is
+    the node's last, not whichever comes first (the other's death is no takeover)."""
+    from chaos.leader import leading_pid
+
+    log = (
+        "23:02:46 WARNING engine.jobs.leader this node leads: singleton jobs start here "
+        "node=vm:17579:a79fc67c\n"
+        "23:03:00 INFO engine.flow.worker something else node=vm:17600:00aa11bb\n"
+        "23:03:00 WARNING engine.jobs.leader this node leads: singleton jobs start here "
+        "node=vm:17598:9f0c2387\n"
+    )
+    assert leading_pid(log) == 17598
+    assert leading_pid("no term yet\n") is None
