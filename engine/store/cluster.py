@@ -18,7 +18,7 @@ row shares its worker node's ``host:pid``; an ``engine serve`` follows it in its
 node of its own (role ``receiver``, the row's id), whose worker process (a ``worker`` node)
 runs the receiver's configuration. Every node, a receiver too, beats its heartbeat every 2 s
 and is alive while it is younger than the takeover limit (10 s unless ``ENGINE_NODE_DEAD_AFTER_S``
-says otherwise; a node's own when longer): a killed
+says otherwise; the longest a node that may be alive registered, when longer): a killed
 ``engine serve`` shows its receiver dead, and a stopped one is gone with its configuration row
 (engine/service.py's ``keep_receiver``). A configuration row without a node (an engine older
 than the receiver's heartbeat) is listed as a receiver whose heartbeat is not known.
@@ -39,7 +39,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, or_, select, text
 
 from engine.store.db import Repository, aware, utcnow
-from engine.store.nodes import FORGET_AFTER, SQLITE_LEADING_ROLES, dead_after
+from engine.store.nodes import FORGET_AFTER, MAX_DEAD_AFTER, SQLITE_LEADING_ROLES, longest_limit
 from engine.store.tables import config_applied, config_generation, nodes
 
 __all__ = ["ANSWER_S", "SHOWN_FOR", "ClusterState", "NodeState"]
@@ -159,10 +159,12 @@ class Cluster(Repository):
         configs = {_process(r.node): r for r in applied}
         at = aware(published.at) if published else None
         listed: list[NodeState] = []
+        # judged as a takeover judges them: by the longest limit of the nodes that may be alive
+        recent = [r.dead_after_s for r in rows if aware(r.heartbeat_at) >= now - MAX_DEAD_AFTER]
+        limit = longest_limit(max((x for x in recent if x), default=None)).total_seconds()
         for r in rows:
             age = max(0.0, (now - aware(r.heartbeat_at)).total_seconds())
-            # by its own limit when longer than this process's, as a takeover judges it
-            alive = age <= max(dead_after().total_seconds(), r.dead_after_s or 0.0)
+            alive = age <= limit
             if postgres:  # the lock's session names its node (cut to 63 characters)
                 leader = bool(holder) and str(r.id).startswith(str(holder))
             else:  # one host: its first worker process leads, while it lives

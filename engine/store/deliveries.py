@@ -164,9 +164,6 @@ def queue_deliveries(
             # cleaned as the message's own (a NUL in PID-3 must not fail PostgreSQL's insert)
             "patient_key": clean(d.patient_key, _PATIENT_WIDTH) or "",
             "state": "pending",
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
             "resend_of": d.resend_of,
         }
         for mid, d in new
@@ -184,14 +181,14 @@ def queue_deliveries(
                 row["state"] = "waiting"
             else:
                 queued.add(row["patient_key"])
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql":  # (attempts 0, due and created now: in the statement)
         for row in rows:
             row["payload"] = base64.b64encode(row["payload"]).decode()
-            del row["attempts"], row["next_attempt_at"], row["created_at"]
         for text_rows in json_rows(rows):  # in order: the ids keep the queues' order
             conn.execute(_INSERT_DELIVERIES_PG, {"rows": text_rows, "now": now})
     else:
-        conn.execute(_INSERT_DELIVERIES, rows)
+        fixed = {"attempts": 0, "next_attempt_at": now, "created_at": now}
+        conn.execute(_INSERT_DELIVERIES, [{**row, **fixed} for row in rows])
 
 
 #: PostgreSQL: the (destination, patient) queues, for the rest of the transaction, in one

@@ -63,7 +63,9 @@ from engine.store.tables import (
 
 __all__ = [
     "DEAD_AFTER",
+    "MAX_DEAD_AFTER",
     "dead_after",
+    "longest_limit",
     "set_dead_after",
     "HEARTBEAT_S",
     "NOBODY",
@@ -95,6 +97,9 @@ HEARTBEAT_S = 2.0
 #: ``ENGINE_NODE_DEAD_AFTER_S`` sets a process's own, :func:`set_dead_after`)
 DEAD_AFTER = timedelta(seconds=10)
 _dead_after = DEAD_AFTER
+#: the longest takeover limit a node may have (``ENGINE_NODE_DEAD_AFTER_S``'s bound): a node
+#: silent longer is dead whatever limit its row says, and its limit no longer counts
+MAX_DEAD_AFTER = timedelta(seconds=120)
 
 
 def dead_after() -> timedelta:
@@ -108,6 +113,10 @@ def set_dead_after(seconds: float) -> None:
     global _dead_after
     if seconds < 3 * HEARTBEAT_S:
         raise ValueError(f"a node is taken for dead after {3 * HEARTBEAT_S:g} s at the least")
+    if seconds > MAX_DEAD_AFTER.total_seconds():
+        raise ValueError(
+            f"a node is taken for dead after {MAX_DEAD_AFTER.total_seconds():g} s at most"
+        )
     _dead_after = timedelta(seconds=seconds)
 
 
@@ -184,19 +193,26 @@ class TakenOver:
     deliveries: int = 0
 
 
-_LONGEST = select(func.max(nodes.c.dead_after_s))
+#: the longest limit of the nodes heard from within :data:`MAX_DEAD_AFTER` (the rows of dead
+#: nodes stay a day: a limit lowered everywhere must not be held up by them)
+_LONGEST = select(func.max(nodes.c.dead_after_s)).where(nodes.c.heartbeat_at >= bindparam("recent"))
 
 
-def _longest(conn: Connection, dead_after: timedelta | None) -> timedelta:
+def longest_limit(registered: float | None) -> timedelta:
+    """This process's takeover limit, or ``registered`` (the longest of the nodes that may
+    still be alive) when that is longer: what other nodes are judged by."""
+    return max(_dead_after, timedelta(seconds=registered)) if registered else _dead_after
+
+
+def _longest(conn: Connection, now: datetime, dead_after: timedelta | None) -> timedelta:
     """The takeover limit to judge other nodes by: ``dead_after`` when given (as it is), else
-    this process's, or the longest any node has registered when that is longer. A node trusts
-    its claims for half its own limit after a heartbeat (:class:`Liveness`): a node with a
-    longer limit than the taker's would otherwise send, after a pause, what the taker had
-    already given another."""
+    :func:`longest_limit`. A node trusts its claims for half its own limit after a heartbeat
+    (:class:`Liveness`): a node with a longer limit than the taker's would otherwise send,
+    after a pause, what the taker had already given another."""
     if dead_after is not None:
         return dead_after
-    registered = conn.execute(_LONGEST).scalar()
-    return max(_dead_after, timedelta(seconds=float(registered))) if registered else _dead_after
+    registered = conn.execute(_LONGEST, {"recent": now - MAX_DEAD_AFTER}).scalar()
+    return longest_limit(float(registered) if registered is not None else None)
 
 
 _HEARTBEAT = (
@@ -321,7 +337,7 @@ class Nodes(Repository):
         rows."""
         with self._tx() as conn:
             now = self._db_now(conn)
-            cutoff = now - _longest(conn, dead_after)
+            cutoff = now - _longest(conn, now, dead_after)
             dead = sorted(conn.execute(_DEAD_OWNERS, {"cutoff": cutoff}).scalars())
             n_messages = n_deliveries = 0
             if dead:
@@ -369,7 +385,8 @@ class Nodes(Repository):
         whose node is not alive (its heartbeat older than ``dead_after``, its row gone, or the
         run given back by a leader that stepped down): oldest first."""
         with self.db_engine.connect() as conn:
-            cutoff = self._db_now(conn) - _longest(conn, dead_after)
+            now = self._db_now(conn)
+            cutoff = now - _longest(conn, now, dead_after)
             rows = conn.execute(
                 select(job_runs.c.job_id, job_runs.c.run_at, job_runs.c.node)
                 .where(

@@ -126,3 +126,25 @@ def test_a_node_trusts_its_claims_for_half_its_own_limit(
         alive.beaten(8.0, written=True)
     assert alive.epoch == 1
     assert "heartbeats stood still" in caplog.text
+
+
+def test_a_long_dead_nodes_limit_no_longer_holds_the_others_up(store: SqlMessageStore) -> None:
+    """A node's row stays a day after it died: once it has been silent past the longest limit
+    a node may have (120 s), its own limit no longer counts (a limit lowered everywhere takes
+    effect)."""
+    set_dead_after(60)
+    gone = store.register_node("worker")
+    set_dead_after(10)
+    paused = store.register_node("worker")
+    [stored] = store.save_batch([Incoming(raw=b"MSH|", channel="test", patient_key="P")])
+    assert [m for m, _, _ in store.claim_received(paused, limit=1)] == [stored.id]
+    _stop_heart(store, gone, ago_s=200)
+    _stop_heart(store, paused, ago_s=15)
+    assert [n.alive for n in store.cluster_state().nodes if n.id == paused] == [False]
+    assert store.take_over().nodes == (paused,)
+
+
+def test_the_limit_is_refused_above_its_bound() -> None:
+    with pytest.raises(ValueError, match="120 s at most"):
+        set_dead_after(121)
+    assert dead_after() == DEAD_AFTER
