@@ -186,11 +186,10 @@ class Engine:
         self.alerts_gauge = ActiveAlertsGauge(self.db_engine, _alert_rules(self._running))
         self.metrics.registry.register(self.alerts_gauge)
         # SQLite: shared with the worker process, which yields the one writer's turn to the ACKs
-        # under a burst (PostgreSQL takes many writers: its workers never wait)
+        # under a burst (PostgreSQL takes many writers: ENGINE_INGEST_WRITERS commits at once)
+        sqlite = self.db_engine.dialect.name == "sqlite"
         self._pressure = (
-            multiprocessing.get_context("spawn").Value("d", 0.0, lock=False)
-            if self.db_engine.dialect.name == "sqlite"
-            else None
+            multiprocessing.get_context("spawn").Value("d", 0.0, lock=False) if sqlite else None
         )
         self.ingest = Ingest(
             self.store,
@@ -199,6 +198,7 @@ class Engine:
             identity=(settings.application_name, settings.facility_name),
             on_receipt=self._count,
             pressure=IngestPressure(self._pressure) if self._pressure is not None else None,
+            writers=1 if sqlite else settings.ingest_writers,
         )
         self.mllp = MLLPServer(
             _MLLPHandler(self.ingest, self._state_of),

@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     #: receiver, the WAL checkpoints; on PostgreSQL they elect a leader as any nodes do. Each
     #: holds its own connections and about 130 MB. Read by the receiver.
     worker_processes: int = Field(2, ge=1, le=16)
+    #: how many group commits the receiver keeps in flight at once (``ENGINE_INGEST_WRITERS``):
+    #: on PostgreSQL, while one batch waits for its commit the next is written (2 by default:
+    #: with its workers on this 2-core machine, 1,121-1,143 ACKs/s against 929-972 with one, 7
+    #: December; 3 gave less). SQLite has one writer: always 1 there. Read by the receiver.
+    ingest_writers: int = Field(2, ge=1, le=8)
     #: seconds after its last heartbeat (every 2 s) a node counts as dead, its claims taken over
     #: by the others and its unfinished job runs resumed (``ENGINE_NODE_DEAD_AFTER_S``; the
     #: same on every node of a database). Raise it where hosts stand still for seconds (a

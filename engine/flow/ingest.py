@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypedDict
 
+from sqlalchemy.exc import IntegrityError
+
 from engine.errors import EngineError
 from engine.flow.gate import RouteCheck, header_problem
 from engine.hl7v2.ack import (
@@ -85,6 +87,7 @@ class Ingest:
         on_receipt: Callable[[str, Receipt], None] | None = None,
         max_batch: int = 500,
         pressure: IngestPressure | None = None,
+        writers: int = 1,
     ) -> None:
         self.store = store
         self.routes = routes
@@ -96,23 +99,30 @@ class Ingest:
         self.max_batch = max_batch
         #: tells the queue workers when the receiver is saturated (they then yield the database)
         self.pressure = pressure
+        #: how many group commits may be in flight at once (PostgreSQL: while one waits for its
+        #: commit, the next batch is written; SQLite has one writer, so 1)
+        self.writers = max(1, writers)
         self._queue: asyncio.Queue[_Pending] | None = None
-        self._writer: asyncio.Task[None] | None = None
+        self._writers: list[asyncio.Task[None]] = []
 
     # -- group commit ------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
-        self._writer = asyncio.create_task(self._write_loop(), name="ingest-writer")
+        self._writers = [
+            asyncio.create_task(self._write_loop(), name=f"ingest-writer-{n}")
+            for n in range(self.writers)
+        ]
 
     async def stop(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
+        writers, self._writers = self._writers, []
+        for task in writers:
+            task.cancel()
+        for task in writers:
             try:
-                await self._writer
+                await task
             except asyncio.CancelledError:
                 pass
-            self._writer = None
 
     async def _store(self, item: Incoming) -> Stored:
         if self._queue is None:  # not started: one transaction per message
@@ -122,7 +132,14 @@ class Ingest:
         return await future
 
     async def _write_loop(self) -> None:
-        """Drain the queue: whatever arrived while the last commit ran goes in the next one."""
+        """Drain the queue: whatever arrived while the last commit ran goes in the next one.
+
+        With several writers (PostgreSQL), each takes what is queued when it is free. A
+        connection's next message is handed over only once its last one is stored (the MLLP
+        server answers in order), so its messages' ids keep their order whatever the writer. Two
+        batches holding the same dedupe key at once: the second's insert waits for the first's
+        commit, fails on the unique index, and its messages are stored one by one below, where
+        the key is then found (a duplicate, pointing at the first)."""
         assert self._queue is not None
         while True:
             batch = [await self._queue.get()]
@@ -131,20 +148,17 @@ class Ingest:
             started = time.monotonic()
             try:
                 stored = await asyncio.to_thread(self.store.save_batch, [p.item for p in batch])
+            except IntegrityError:
+                # a dedupe key stored meanwhile by another writer or node: expected, not an error
+                log.info(
+                    "batch met a stored duplicate: storing one by one", extra={"n": len(batch)}
+                )
+                await self._store_one_by_one(batch)
+                continue
             except Exception as exc:
                 log.error("store failed", extra={"error": type(exc).__name__, "n": len(batch)})
                 # one bad row must not refuse its neighbours: store them one by one
-                for p in batch:
-                    try:
-                        [one] = await asyncio.to_thread(self.store.save_batch, [p.item])
-                    except Exception as single:  # the database is down, or this row is bad
-                        if not p.future.done():
-                            p.future.set_exception(single)
-                    else:
-                        if not p.future.done():
-                            p.future.set_result(one)
-                if self.on_stored is not None:
-                    self.on_stored()
+                await self._store_one_by_one(batch)
                 continue
             if self.pressure is not None:
                 # the writer's own time: waiting for the workers' transactions is not the
@@ -156,6 +170,19 @@ class Ingest:
                     p.future.set_result(s)
             if self.on_stored is not None:
                 self.on_stored()
+
+    async def _store_one_by_one(self, batch: list[_Pending]) -> None:
+        for p in batch:
+            try:
+                [one] = await asyncio.to_thread(self.store.save_batch, [p.item])
+            except Exception as single:  # the database is down, or this row is bad
+                if not p.future.done():
+                    p.future.set_exception(single)
+            else:
+                if not p.future.done():
+                    p.future.set_result(one)
+        if self.on_stored is not None:
+            self.on_stored()
 
     # -- receiving ---------------------------------------------------------------------------
 
