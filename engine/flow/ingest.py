@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypedDict
 
-from sqlalchemy.exc import IntegrityError
-
 from engine.errors import EngineError
 from engine.flow.gate import RouteCheck, header_problem
 from engine.hl7v2.ack import (
@@ -138,8 +136,7 @@ class Ingest:
         connection's next message is handed over only once its last one is stored (the MLLP
         server answers in order), so its messages' ids keep their order whatever the writer. Two
         batches holding the same dedupe key at once: the second's insert waits for the first's
-        commit, fails on the unique index, and its messages are stored one by one below, where
-        the key is then found (a duplicate, pointing at the first)."""
+        commit and finds the key stored (engine/store/messages.py, ``save_batch``)."""
         assert self._queue is not None
         while True:
             batch = [await self._queue.get()]
@@ -148,13 +145,6 @@ class Ingest:
             started = time.monotonic()
             try:
                 stored = await asyncio.to_thread(self.store.save_batch, [p.item for p in batch])
-            except IntegrityError:
-                # a dedupe key stored meanwhile by another writer or node: expected, not an error
-                log.info(
-                    "batch met a stored duplicate: storing one by one", extra={"n": len(batch)}
-                )
-                await self._store_one_by_one(batch)
-                continue
             except Exception as exc:
                 log.error("store failed", extra={"error": type(exc).__name__, "n": len(batch)})
                 # one bad row must not refuse its neighbours: store them one by one

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,7 +29,6 @@ from sqlalchemy import (
     delete,
     exists,
     func,
-    insert,
     literal,
     or_,
     select,
@@ -43,6 +42,7 @@ from engine.store.db import Repository, aware, in_index_order, state_literal, ut
 from engine.store.deliveries import NewDelivery, deliveries_of, queue_deliveries
 from engine.store.documents import purge_documents_of
 from engine.store.index import IndexedResource, upsert_resources
+from engine.store.inserts import insert_messages
 from engine.store.lists import in_list
 from engine.store.purge import Purged, purge_postgresql
 from engine.store.tables import deliveries, documents, messages
@@ -232,8 +232,6 @@ class MessageStore(Repository):
     _KNOWN_KEYS = select(messages.c.dedupe_key, messages.c.id, messages.c.received_at).where(
         in_list(messages.c.dedupe_key, "keys")
     )
-    #: executemany with RETURNING, in parameter order
-    _INSERT_MESSAGES = insert(messages).returning(messages.c.id, sort_by_parameter_order=True)
 
     @property
     def last_commit_wait_s(self) -> float:
@@ -246,6 +244,11 @@ class MessageStore(Repository):
         A message whose ``dedupe_key`` (sender + MSH-10) is already stored, or appears earlier in
         the batch, is not stored again: its result points at the original (``duplicate``).
         Committed before returning: the caller may acknowledge once this returns.
+
+        SQLite looks the keys up first (under its one writer's lock nothing comes between).
+        PostgreSQL inserts first, skipping a key already stored (``ON CONFLICT DO NOTHING``,
+        which waits for a transaction still writing that key: another writer or node), and
+        looks up only the keys it skipped: one statement for a batch without duplicates.
         """
         now = utcnow()
         results: list[Stored | None] = [None] * len(items)
@@ -253,10 +256,8 @@ class MessageStore(Repository):
         cleaned = [clean_key(i.dedupe_key, _KEY_WIDTH) for i in items]
         with self._tx(priority=True) as conn:
             keys = {k for k in cleaned if k}
-            known: dict[str, tuple[int, datetime]] = {}
-            if keys:
-                for row in conn.execute(self._KNOWN_KEYS, {"keys": list(keys)}):
-                    known[row.dedupe_key] = (row.id, aware(row.received_at))
+            postgres = conn.dialect.name == "postgresql"
+            known = {} if postgres or not keys else self._known(conn, keys)
             rows: list[dict[str, Any]] = []
             where: list[int] = []  # the index in ``items`` of each row to insert
             fresh: dict[str, int] = {}  # dedupe key -> index of its first item in this batch
@@ -273,17 +274,28 @@ class MessageStore(Repository):
                 where.append(n)
                 rows.append(_row(item, key, now))
             if rows:
-                # one statement for the batch (INSERT ... VALUES (...), (...) RETURNING id, in
-                # the rows' order): building a statement per row cost more than SQLite's insert
-                ids = conn.execute(self._INSERT_MESSAGES, rows).scalars().all()
-                for n, mid in zip(where, ids, strict=True):
-                    results[n] = Stored(int(mid), now)
+                # one statement for the batch, its ids in the rows' order (None: stored already)
+                ids = insert_messages(conn, rows, now)
+                skipped = {r["dedupe_key"] for r, i in zip(rows, ids, strict=True) if i is None}
+                known = self._known(conn, skipped) if skipped else {}
+                for n, row, new_id in zip(where, rows, ids, strict=True):
+                    if new_id is not None:
+                        results[n] = Stored(new_id, now)
+                    elif row["dedupe_key"] in known:
+                        results[n] = Stored(*known[row["dedupe_key"]], duplicate=True)
+                    else:  # stored and gone between two statements: the sender sends again
+                        raise RuntimeError("a duplicate's original vanished while storing")
             for n, key in enumerate(cleaned):
                 if results[n] is None:  # resent within the batch: the first one's id
                     first = results[fresh[key or ""]]
                     assert first is not None
                     results[n] = Stored(first.id, first.received_at, duplicate=True)
         return [r for r in results if r is not None]
+
+    def _known(self, conn: Connection, keys: Iterable[str]) -> dict[str, tuple[int, datetime]]:
+        """The stored messages of these dedupe keys: id and when received, by key."""
+        rows = conn.execute(self._KNOWN_KEYS, {"keys": list(keys)})
+        return {row.dedupe_key: (row.id, aware(row.received_at)) for row in rows}
 
     # -- processing --------------------------------------------------------------------------
 
