@@ -73,8 +73,9 @@ class Settings(BaseSettings):
 
     #: MLLP limits (HL7 v2.5.1 has none; a production interface needs them). Read by the MLLP
     #: server (engine/adapters/mllp/server.py); ``max_message_bytes`` also caps the bodies of the
-    #: HTTP endpoints (engine/api/body.py, routes_hl7.py, routes_fhir.py).
-    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    #: HTTP endpoints (engine/api/body.py, routes_hl7.py, routes_fhir.py). At most 256 MB: the
+    #: store sends a message to PostgreSQL in base64 (a third more), which holds 1 GB a value.
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     idle_timeout_s: float = Field(300.0, gt=0)
     frame_timeout_s: float = Field(30.0, gt=0)
     max_connections: int = Field(200, ge=1)

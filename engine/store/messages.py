@@ -273,18 +273,24 @@ class MessageStore(Repository):
                     fresh[key] = n
                 where.append(n)
                 rows.append(_row(item, key, now))
-            if rows:
+            for _ in range(3):  # again for a row whose original was purged in between
+                if not rows:
+                    break
                 # one statement for the batch, its ids in the rows' order (None: stored already)
                 ids = insert_messages(conn, rows, now)
                 skipped = {r["dedupe_key"] for r, i in zip(rows, ids, strict=True) if i is None}
                 known = self._known(conn, skipped) if skipped else {}
+                again: list[tuple[int, dict[str, Any]]] = []
                 for n, row, new_id in zip(where, rows, ids, strict=True):
                     if new_id is not None:
                         results[n] = Stored(new_id, now)
                     elif row["dedupe_key"] in known:
                         results[n] = Stored(*known[row["dedupe_key"]], duplicate=True)
-                    else:  # stored and gone between two statements: the sender sends again
-                        raise RuntimeError("a duplicate's original vanished while storing")
+                    else:
+                        again.append((n, row))
+                where, rows = [n for n, _ in again], [row for _, row in again]
+            if rows:  # the store fails the batch: the senders are told to send again
+                raise RuntimeError("a duplicate's original vanished three times while storing")
             for n, key in enumerate(cleaned):
                 if results[n] is None:  # resent within the batch: the first one's id
                     first = results[fresh[key or ""]]

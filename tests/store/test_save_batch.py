@@ -6,11 +6,14 @@ same holds cut into several statements and with two writers at once."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from pydantic import ValidationError
+from sqlalchemy import delete, select, update
 
-from engine.store import Incoming, SqlMessageStore, lists
+from engine.settings import Settings
+from engine.store import Incoming, SqlMessageStore, Stored, lists
 from engine.store.tables import messages
 
 RAWS = [
@@ -106,3 +109,75 @@ def test_two_writers_at_once_each_id_its_own_message(store: SqlMessageStore) -> 
     everything = results[1] + results[2]
     assert len(everything) == len(control) == 400
     assert all(control[mid] == cid for mid, cid in everything)
+
+
+def test_a_resend_does_not_wait_for_a_worker_holding_its_original(
+    store: SqlMessageStore,
+) -> None:
+    """A worker's claim (an UPDATE of the original's row) left open: the resend is answered as
+    a duplicate at once (a committed original is found without waiting for its row's lock)."""
+    if store.db_engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer: an open write transaction holds every other")
+    [original] = store.save_batch([_item(7, "SENDER|SITE|C7")])
+    done: list[Stored] = []
+    with store.db_engine.connect() as worker:
+        worker.begin()
+        worker.execute(
+            update(messages).where(messages.c.id == original.id).values(state="processing")
+        )
+        saver = threading.Thread(
+            target=lambda: done.extend(store.save_batch([_item(7, "SENDER|SITE|C7")]))
+        )
+        saver.start()
+        saver.join(5.0)
+        finished = not saver.is_alive()
+        worker.rollback()
+    saver.join(5.0)
+    assert finished, "the resend waited for the worker's transaction"
+    assert [(s.id, s.duplicate) for s in done] == [(original.id, True)]
+
+
+def test_a_resend_whose_original_is_purged_meanwhile_is_stored_anew(
+    store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The original is deleted (retention) between the insert that skipped the resend and the
+    lookup of its key: the insert runs again for it, and it is stored as a new message."""
+    if store.db_engine.dialect.name != "postgresql":
+        pytest.skip("SQLite looks keys up before it inserts, under its one writer's lock")
+    [original] = store.save_batch([_item(8, "SENDER|SITE|C8")])
+    real = SqlMessageStore._known
+    purged: list[int] = []
+
+    def known_after_purge(self: SqlMessageStore, conn: object, keys: object) -> object:
+        if not purged:
+            with store.db_engine.begin() as other:
+                other.execute(delete(messages).where(messages.c.id == original.id))
+            purged.append(original.id)
+        return real(self, conn, keys)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SqlMessageStore, "_known", known_after_purge)
+    [again] = store.save_batch([_item(8, "SENDER|SITE|C8")])
+    assert purged == [original.id]
+    assert not again.duplicate and again.id != original.id
+    assert store.raw(again.id) == _item(8, None).raw
+
+
+def test_a_lookup_that_never_finds_the_key_fails_the_batch(
+    store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three rounds at most, then the batch fails (its senders are told to send again) and
+    nothing of it is stored."""
+    if store.db_engine.dialect.name != "postgresql":
+        pytest.skip("SQLite looks keys up before it inserts")
+    [original] = store.save_batch([_item(9, "SENDER|SITE|C9")])
+    monkeypatch.setattr(SqlMessageStore, "_known", lambda self, conn, keys: {})
+    with pytest.raises(RuntimeError, match="vanished"):
+        store.save_batch([_item(10, "SENDER|SITE|C10"), _item(9, "SENDER|SITE|C9")])
+    assert [m.id for m in store.list(limit=10)] == [original.id]
+
+
+def test_a_message_is_at_most_256_mb(tmp_path: Path) -> None:
+    """In base64 (a third more) it stays under PostgreSQL's 1 GB a value."""
+    assert Settings(var_dir=tmp_path, max_message_bytes=256 << 20).max_message_bytes == 256 << 20
+    with pytest.raises(ValidationError, match="max_message_bytes"):
+        Settings(var_dir=tmp_path, max_message_bytes=(256 << 20) + 1)
