@@ -246,9 +246,10 @@ class MessageStore(Repository):
         Committed before returning: the caller may acknowledge once this returns.
 
         SQLite looks the keys up first (under its one writer's lock nothing comes between).
-        PostgreSQL inserts first, skipping a key already stored (``ON CONFLICT DO NOTHING``,
-        which waits for a transaction still writing that key: another writer or node), and
-        looks up only the keys it skipped: one statement for a batch without duplicates.
+        PostgreSQL inserts first, skipping a key already committed (looked up by the same
+        statement) or one another writer or node is inserting (``ON CONFLICT DO NOTHING``, which
+        waits for that insert), and looks up only the keys it skipped: one statement for a batch
+        without duplicates (engine/store/inserts.py).
         """
         now = utcnow()
         results: list[Stored | None] = [None] * len(items)
@@ -273,30 +274,44 @@ class MessageStore(Repository):
                     fresh[key] = n
                 where.append(n)
                 rows.append(_row(item, key, now))
-            for _ in range(3):  # again for a row whose original was purged in between
-                if not rows:
-                    break
-                # one statement for the batch, its ids in the rows' order (None: stored already)
-                ids = insert_messages(conn, rows, now)
-                skipped = {r["dedupe_key"] for r, i in zip(rows, ids, strict=True) if i is None}
-                known = self._known(conn, skipped) if skipped else {}
-                again: list[tuple[int, dict[str, Any]]] = []
-                for n, row, new_id in zip(where, rows, ids, strict=True):
-                    if new_id is not None:
-                        results[n] = Stored(new_id, now)
-                    elif row["dedupe_key"] in known:
-                        results[n] = Stored(*known[row["dedupe_key"]], duplicate=True)
-                    else:
-                        again.append((n, row))
-                where, rows = [n for n, _ in again], [row for _, row in again]
-            if rows:  # the store fails the batch: the senders are told to send again
-                raise RuntimeError("a duplicate's original vanished three times while storing")
+            if rows:
+                self._insert_rows(conn, rows, where, results, now)
             for n, key in enumerate(cleaned):
                 if results[n] is None:  # resent within the batch: the first one's id
                     first = results[fresh[key or ""]]
                     assert first is not None
                     results[n] = Stored(first.id, first.received_at, duplicate=True)
         return [r for r in results if r is not None]
+
+    _TAKE_BACK = delete(messages).where(in_list(messages.c.id))
+
+    def _insert_rows(
+        self,
+        conn: Connection,
+        rows: list[dict[str, Any]],
+        where: list[int],
+        results: list[Stored | None],
+        now: datetime,
+    ) -> None:
+        """Insert ``rows`` (the items at ``where``), one statement a batch, and set their
+        results: new, or a duplicate of the original whose key the insert skipped. A skipped key
+        whose original is gone by the lookup (purged in between, PostgreSQL): this round's rows
+        are taken back and the batch inserted again, so its ids keep its order; three rounds,
+        then the batch fails and its senders are told to send again."""
+        for _ in range(3):
+            ids = insert_messages(conn, rows, now)  # in the rows' order; None: stored already
+            skipped = {r["dedupe_key"] for r, i in zip(rows, ids, strict=True) if i is None}
+            known = self._known(conn, skipped) if skipped else {}
+            if skipped - known.keys():
+                conn.execute(self._TAKE_BACK, {"ids": [i for i in ids if i is not None]})
+                continue
+            for n, row, new_id in zip(where, rows, ids, strict=True):
+                if new_id is not None:
+                    results[n] = Stored(new_id, now)
+                else:
+                    results[n] = Stored(*known[row["dedupe_key"]], duplicate=True)
+            return
+        raise RuntimeError("a duplicate's original vanished three times while storing")
 
     def _known(self, conn: Connection, keys: Iterable[str]) -> dict[str, tuple[int, datetime]]:
         """The stored messages of these dedupe keys: id and when received, by key."""

@@ -137,11 +137,12 @@ def test_a_resend_does_not_wait_for_a_worker_holding_its_original(
     assert [(s.id, s.duplicate) for s in done] == [(original.id, True)]
 
 
-def test_a_resend_whose_original_is_purged_meanwhile_is_stored_anew(
+def test_a_resend_whose_original_is_purged_meanwhile_is_stored_anew_in_order(
     store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The original is deleted (retention) between the insert that skipped the resend and the
-    lookup of its key: the insert runs again for it, and it is stored as a new message."""
+    lookup of its key: the batch is inserted again, the resend stored as a new message, and
+    the batch's ids still in its order (a patient's messages are processed in id order)."""
     if store.db_engine.dialect.name != "postgresql":
         pytest.skip("SQLite looks keys up before it inserts, under its one writer's lock")
     [original] = store.save_batch([_item(8, "SENDER|SITE|C8")])
@@ -156,10 +157,17 @@ def test_a_resend_whose_original_is_purged_meanwhile_is_stored_anew(
         return real(self, conn, keys)  # type: ignore[arg-type]
 
     monkeypatch.setattr(SqlMessageStore, "_known", known_after_purge)
-    [again] = store.save_batch([_item(8, "SENDER|SITE|C8")])
+    batch = [_item(11, "SENDER|SITE|C11"), _item(8, "SENDER|SITE|C8"), _item(12, "SENDER|SITE|C12")]
+    stored = store.save_batch(batch)
     assert purged == [original.id]
-    assert not again.duplicate and again.id != original.id
-    assert store.raw(again.id) == _item(8, None).raw
+    assert [s.duplicate for s in stored] == [False, False, False]
+    ids = [s.id for s in stored]
+    assert ids == sorted(ids) and original.id not in ids
+    with store.db_engine.connect() as conn:
+        rows = {
+            r.id: r.control_id for r in conn.execute(select(messages.c.id, messages.c.control_id))
+        }
+    assert rows == {s.id: item.control_id for s, item in zip(stored, batch, strict=True)}
 
 
 def test_a_lookup_that_never_finds_the_key_fails_the_batch(
@@ -170,9 +178,16 @@ def test_a_lookup_that_never_finds_the_key_fails_the_batch(
     if store.db_engine.dialect.name != "postgresql":
         pytest.skip("SQLite looks keys up before it inserts")
     [original] = store.save_batch([_item(9, "SENDER|SITE|C9")])
-    monkeypatch.setattr(SqlMessageStore, "_known", lambda self, conn, keys: {})
-    with pytest.raises(RuntimeError, match="vanished"):
+    lookups: list[object] = []
+
+    def never(self: SqlMessageStore, conn: object, keys: object) -> dict[str, object]:
+        lookups.append(keys)
+        return {}
+
+    monkeypatch.setattr(SqlMessageStore, "_known", never)
+    with pytest.raises(RuntimeError, match="vanished three times"):
         store.save_batch([_item(10, "SENDER|SITE|C10"), _item(9, "SENDER|SITE|C9")])
+    assert len(lookups) == 3
     assert [m.id for m in store.list(limit=10)] == [original.id]
 
 
