@@ -4,14 +4,12 @@ engine/store/messages.py)."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection, insert, text
 
-from engine.store import lists
+from engine.store.lists import json_rows_counted
 from engine.store.tables import messages
 
 __all__ = ["insert_messages"]
@@ -61,22 +59,6 @@ def _json_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _chunks(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    """The rows in runs whose raw bytes, in base64, stay within one JSON text's bound
-    (:data:`engine.store.lists.JSON_ROWS_BYTES`; a larger message goes alone)."""
-    chunk: list[dict[str, Any]] = []
-    size = 0
-    for row in rows:
-        grows = len(row["raw"]) * 4 // 3 + 1024
-        if chunk and size + grows > lists.JSON_ROWS_BYTES:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(row)
-        size += grows
-    if chunk:
-        yield chunk
-
-
 def insert_messages(
     conn: Connection, rows: list[dict[str, Any]], now: datetime
 ) -> list[int | None]:
@@ -85,10 +67,11 @@ def insert_messages(
     if conn.dialect.name != "postgresql":
         return [int(i) for i in conn.execute(_INSERT_MESSAGES, rows).scalars()]
     ids: list[int | None] = []
-    for chunk in _chunks(rows):
-        text_rows = b"[" + b",".join(orjson.dumps(_json_row(row)) for row in chunk) + b"]"
+    start = 0
+    for count, text_rows in json_rows_counted([_json_row(row) for row in rows]):
+        chunk, start = rows[start : start + count], start + count
         keys = [row["dedupe_key"] for row in chunk if row["dedupe_key"] is not None]
-        params = {"rows": text_rows.decode(), "now": now, "keys": keys}
+        params = {"rows": text_rows, "now": now, "keys": keys}
         returned = conn.execute(_INSERT_MESSAGES_PG, params).all()
         inserted = {key for _, key in returned}
         taken = iter(sorted(int(mid) for mid, _ in returned))

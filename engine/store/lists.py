@@ -28,7 +28,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
-__all__ = ["in_list", "json_rows", "not_in_list"]
+__all__ = ["in_list", "json_rows", "json_rows_counted", "not_in_list"]
 
 
 class _JsonList(TypeDecorator[Any]):
@@ -95,15 +95,24 @@ def json_rows(rows: Sequence[dict[str, Any]], limit: int | None = None) -> Itera
     :data:`JSON_ROWS_BYTES`) unless a single row is larger: one statement's rows for
     ``json_to_recordset`` (PostgreSQL refuses a value over 1 GB, and a batch of large
     messages' payloads may come near it; a text per few MB keeps the worker's copies small)."""
+    for _, text in json_rows_counted(rows, limit):
+        yield text
+
+
+def json_rows_counted(
+    rows: Sequence[dict[str, Any]], limit: int | None = None
+) -> Iterator[tuple[int, str]]:
+    """As :func:`json_rows`, each text with how many of the rows it holds (for a caller that
+    maps what each statement returns back to its rows)."""
     cap = JSON_ROWS_BYTES if limit is None else limit
     chunk: list[bytes] = []
     size = 2  # the text's length so far: its brackets and each row's text and comma
     for row in rows:
         item = orjson.dumps(row)
         if chunk and size + 1 + len(item) > cap:
-            yield (b"[" + b",".join(chunk) + b"]").decode()
+            yield len(chunk), (b"[" + b",".join(chunk) + b"]").decode()
             chunk, size = [], 2
         size += len(item) + (1 if chunk else 0)
         chunk.append(item)
     if chunk:
-        yield (b"[" + b",".join(chunk) + b"]").decode()
+        yield len(chunk), (b"[" + b",".join(chunk) + b"]").decode()
