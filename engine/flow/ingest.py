@@ -234,6 +234,7 @@ class Ingest:
                 "control_id": control_id,
                 "type": str(mtype),
                 "duplicate": stored.duplicate,
+                "control_id_reused": stored.reused,  # stored anew, with a warning on the row
                 "outcome": "error" if problem else "received",
             },
         )

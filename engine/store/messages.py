@@ -22,10 +22,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
     Connection,
     Row,
+    Text,
     and_,
     bindparam,
+    case,
     delete,
     exists,
     func,
@@ -45,6 +49,7 @@ from engine.store.index import IndexedResource, upsert_resources
 from engine.store.inserts import insert_messages
 from engine.store.lists import in_list
 from engine.store.purge import Purged, purge_postgresql
+from engine.store.resends import Held, Insert, Plan, Planner, content_digest
 from engine.store.tables import deliveries, documents, messages
 from engine.store.views import MessageView
 
@@ -80,6 +85,8 @@ class Stored:
     id: int
     received_at: datetime
     duplicate: bool = False
+    #: stored anew although its key was held: its control ID reused with other content
+    reused: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,9 +130,9 @@ _KEY_WIDTH = _width("dedupe_key")
 _PATIENT_WIDTH = _width("patient_key")
 
 
-def _row(item: Incoming, key: str | None, now: datetime) -> dict[str, Any]:
+def _row(item: Incoming, key: str | None, now: datetime, note: str | None) -> dict[str, Any]:
     """The ``messages`` row of an incoming message (its header columns cleaned; ``key`` is its
-    dedupe key already cleaned by :func:`clean_key`)."""
+    dedupe key already cleaned by :func:`clean_key`; ``note``, a warning from its receipt)."""
     row: dict[str, Any] = {
         "received_at": now,
         "channel": item.channel,
@@ -135,11 +142,23 @@ def _row(item: Incoming, key: str | None, now: datetime) -> dict[str, Any]:
         "dedupe_key": key,
         "replay_of": item.replay_of,
         "state": item.state,
+        "warnings": clean_lines(note),
         "updated_at": now,
     }
     for name, width in _HEADERS.items():
         row[name] = clean(getattr(item, name), width)
     return row
+
+
+def _after_receipt_notes(new: BindParameter[str]) -> ColumnElement[str]:
+    """A finished message's warnings: its receipt's (a control ID reused, engine/store/resends.py)
+    and then its processing's. A message is finished once (only its claim's owner finishes it),
+    so no line is written twice."""
+    return case(
+        (messages.c.warnings.is_(None), new),
+        (new.is_(None), messages.c.warnings),
+        else_=messages.c.warnings + literal("\n") + new,
+    )
 
 
 def _view(row: Row[*tuple[Any, ...]]) -> MessageView:
@@ -224,14 +243,40 @@ def _columns(finished: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
     }
 
 
+class _Batch:
+    """A batch to store: its items, planned (engine/store/resends.py) into rows and results."""
+
+    def __init__(self, items: Sequence[Incoming]) -> None:
+        self.items = items
+        # the keys as stored (cleaned): a resend must find its original
+        keys = [clean_key(i.dedupe_key, _KEY_WIDTH) for i in items]
+        compare = [i.kind == "hl7v2" for i in items]
+        control_ids = [i.control_id for i in items]
+        self.planner = Planner([i.raw for i in items], keys, compare, control_ids, _KEY_WIDTH)
+
+    def rows(self, inserts: list[Insert], now: datetime) -> list[dict[str, Any]]:
+        return [_row(self.items[n], key, now, note) for n, key, note in inserts]
+
+    def results(self, plan: Plan, ids: list[int], now: datetime) -> list[Stored]:
+        """Each item's result, given the ids of the plan's inserts (in their order)."""
+        results: list[Stored | None] = [None] * len(self.items)
+        for (n, _, note), new_id in zip(plan.inserts, ids, strict=True):
+            results[n] = Stored(new_id, now, reused=note is not None)
+        for n, held in plan.stored.items():
+            results[n] = Stored(held.id, held.received_at, duplicate=True)
+        for n, first in plan.earlier.items():
+            original = results[first]
+            assert original is not None  # an earlier item is one inserted
+            results[n] = Stored(original.id, original.received_at, duplicate=True)
+        done = [r for r in results if r is not None]
+        assert len(done) == len(results), "an item of the batch was left out of its plan"
+        return done
+
+
 class MessageStore(Repository):
     """Storing, processing and showing messages."""
 
     # -- receiving ---------------------------------------------------------------------------
-
-    _KNOWN_KEYS = select(messages.c.dedupe_key, messages.c.id, messages.c.received_at).where(
-        in_list(messages.c.dedupe_key, "keys")
-    )
 
     @property
     def last_commit_wait_s(self) -> float:
@@ -242,7 +287,9 @@ class MessageStore(Repository):
         """Store messages in ONE transaction (group commit) and return where each went.
 
         A message whose ``dedupe_key`` (sender + MSH-10) is already stored, or appears earlier in
-        the batch, is not stored again: its result points at the original (``duplicate``).
+        the batch, with the same content (engine/store/resends.py) is not stored again: its
+        result points at the original (``duplicate``). Other content under a key already held
+        is a message of its own, stored with a warning (``reused``).
         Committed before returning: the caller may acknowledge once this returns.
 
         SQLite looks the keys up first (under its one writer's lock nothing comes between).
@@ -252,71 +299,68 @@ class MessageStore(Repository):
         without duplicates (engine/store/inserts.py).
         """
         now = utcnow()
-        results: list[Stored | None] = [None] * len(items)
-        # the keys as stored (cleaned): a resend must find its original
-        cleaned = [clean_key(i.dedupe_key, _KEY_WIDTH) for i in items]
+        batch = _Batch(items)
         with self._tx(priority=True) as conn:
-            keys = {k for k in cleaned if k}
-            postgres = conn.dialect.name == "postgresql"
-            known = {} if postgres or not keys else self._known(conn, keys)
-            rows: list[dict[str, Any]] = []
-            where: list[int] = []  # the index in ``items`` of each row to insert
-            fresh: dict[str, int] = {}  # dedupe key -> index of its first item in this batch
-            for n, item in enumerate(items):
-                key = cleaned[n]
-                if key and key in known:
-                    mid, at = known[key]
-                    results[n] = Stored(mid, at, duplicate=True)
-                    continue
-                if key and key in fresh:
-                    continue  # a resend within the batch: resolved below, once ids are known
-                if key:
-                    fresh[key] = n
-                where.append(n)
-                rows.append(_row(item, key, now))
-            if rows:
-                self._insert_rows(conn, rows, where, results, now)
-            for n, key in enumerate(cleaned):
-                if results[n] is None:  # resent within the batch: the first one's id
-                    first = results[fresh[key or ""]]
-                    assert first is not None
-                    results[n] = Stored(first.id, first.received_at, duplicate=True)
-        return [r for r in results if r is not None]
+            if conn.dialect.name == "postgresql":
+                return self._save_inserting_first(conn, batch, now)
+            known: dict[str, Held] = {}
+            asked: set[str] = set()
+            while True:  # each round asks for keys not asked before: two at most
+                plan = batch.planner.plan(known)
+                need = plan.consulted - asked
+                if not need:
+                    break
+                known |= self._known(conn, need)
+                asked |= need
+            ids = insert_messages(conn, batch.rows(plan.inserts, now), now) if plan.inserts else []
+            return batch.results(plan, [int(i) for i in ids if i is not None], now)
 
     _TAKE_BACK = delete(messages).where(in_list(messages.c.id))
+    #: a batch of new messages takes one; a key reused with other content, or one whose original
+    #: was purged between the insert and its lookup, one more each
+    _ROUNDS = 4
 
-    def _insert_rows(
-        self,
-        conn: Connection,
-        rows: list[dict[str, Any]],
-        where: list[int],
-        results: list[Stored | None],
-        now: datetime,
-    ) -> None:
-        """Insert ``rows`` (the items at ``where``), one statement a batch, and set their
-        results: new, or a duplicate of the original whose key the insert skipped. A skipped key
-        whose original is gone by the lookup (purged in between, PostgreSQL): this round's rows
-        are taken back and the batch inserted again, so its ids keep its order; three rounds,
-        then the batch fails and its senders are told to send again."""
-        for _ in range(3):
-            ids = insert_messages(conn, rows, now)  # in the rows' order; None: stored already
-            skipped = {r["dedupe_key"] for r, i in zip(rows, ids, strict=True) if i is None}
-            known = self._known(conn, skipped) if skipped else {}
-            if skipped - known.keys():
-                conn.execute(self._TAKE_BACK, {"ids": [i for i in ids if i is not None]})
-                continue
-            for n, row, new_id in zip(where, rows, ids, strict=True):
-                if new_id is not None:
-                    results[n] = Stored(new_id, now)
-                else:
-                    results[n] = Stored(*known[row["dedupe_key"]], duplicate=True)
-            return
-        raise RuntimeError("a duplicate's original vanished three times while storing")
+    def _save_inserting_first(self, conn: Connection, batch: _Batch, now: datetime) -> list[Stored]:
+        """PostgreSQL: insert the batch as planned from the originals known so far and look up
+        the keys it skipped; plan again and insert what the new plan adds, until nothing is
+        skipped. A message under a control ID reused is added after the batch's others: a
+        batch holds at most one message of each connection (engine/flow/ingest.py), so no
+        sender's order changes. Anything else that changes the plan (an original purged between
+        the insert and its lookup) takes this transaction's rows back and inserts the batch
+        whole again, so its ids keep its order. After :attr:`_ROUNDS`, the batch fails and its
+        senders are told to send again."""
+        known: dict[str, Held] = {}
+        done: dict[Insert, int] = {}  # each row inserted so far, by its plan's insert
+        for _ in range(self._ROUNDS):
+            plan = batch.planner.plan(known)
+            todo = [p for p in plan.inserts if p not in done]
+            stale = done.keys() - set(plan.inserts)
+            if stale or (done and any(note is None for _, _, note in todo)):
+                conn.execute(self._TAKE_BACK, {"ids": list(done.values())})
+                done, todo = {}, plan.inserts
+            ids = insert_messages(conn, batch.rows(todo, now), now) if todo else []
+            skipped = {p[1] for p, i in zip(todo, ids, strict=True) if i is None and p[1]}
+            done |= {p: i for p, i in zip(todo, ids, strict=True) if i is not None}
+            if not skipped:
+                return batch.results(plan, [done[p] for p in plan.inserts], now)
+            known |= self._known(conn, skipped)
+        raise RuntimeError(f"a batch's keys changed under it {self._ROUNDS} times while storing")
 
-    def _known(self, conn: Connection, keys: Iterable[str]) -> dict[str, tuple[int, datetime]]:
-        """The stored messages of these dedupe keys: id and when received, by key."""
-        rows = conn.execute(self._KNOWN_KEYS, {"keys": list(keys)})
-        return {row.dedupe_key: (row.id, aware(row.received_at)) for row in rows}
+    #: a key's holder, its bytes read only where they are compared (HL7v2)
+    _KNOWN_KEYS = select(
+        messages.c.dedupe_key,
+        messages.c.id,
+        messages.c.received_at,
+        case((messages.c.kind == "hl7v2", messages.c.raw)).label("raw"),
+    ).where(in_list(messages.c.dedupe_key, "keys"))
+
+    def _known(self, conn: Connection, keys: Iterable[str]) -> dict[str, Held]:
+        """The stored messages of these dedupe keys, by key, each with its content's digest."""
+        known = {}
+        for row in conn.execute(self._KNOWN_KEYS, {"keys": list(keys)}):
+            digest = None if row.raw is None else content_digest(bytes(row.raw))
+            known[row.dedupe_key] = Held(row.id, aware(row.received_at), digest)
+        return known
 
     # -- processing --------------------------------------------------------------------------
 
@@ -464,16 +508,19 @@ class MessageStore(Repository):
         .values(
             state=bindparam("new_state"),
             reason=bindparam("new_reason"),
-            warnings=bindparam("new_warnings"),
+            warnings=_after_receipt_notes(bindparam("new_warnings", type_=Text)),
             patient_key=bindparam("new_patient"),
             updated_at=bindparam("now"),
         )
     )
 
     #: PostgreSQL: :data:`_FINISH` for the whole batch in one statement (one execution, not
-    #: one per message; each message's row of the arrays is its own)
+    #: one per message; each message's row of the arrays is its own; the warnings appended to
+    #: the receipt's as in :func:`_after_receipt_notes`)
     _FINISH_ALL = text(
-        "UPDATE messages SET state = u.state, reason = u.reason, warnings = u.warnings,"
+        "UPDATE messages SET state = u.state, reason = u.reason, warnings = CASE"
+        " WHEN messages.warnings IS NULL THEN u.warnings WHEN u.warnings IS NULL"
+        " THEN messages.warnings ELSE messages.warnings || E'\\n' || u.warnings END,"
         " patient_key = u.patient, updated_at = :now"
         " FROM unnest(CAST(:ids AS bigint[]), CAST(:states AS text[]), CAST(:reasons AS text[]),"
         " CAST(:warnings AS text[]), CAST(:patients AS text[]))"

@@ -149,6 +149,7 @@ messages = Table(
     Column("sending_application", String(227), nullable=True),
     Column("sending_facility", String(227), nullable=True),
     #: sender + MSH-10 of an original (not replayed) message: the idempotent receiver's key
+    #: (``|#`` and the content's SHA-256 appended for a control ID reused, engine/store/resends.py)
     Column("dedupe_key", String(700), nullable=True),
     Column("replay_of", _ID, nullable=True),
     Column("patient_key", String(255), nullable=True),

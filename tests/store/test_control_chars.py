@@ -55,7 +55,7 @@ def test_cleaning_never_makes_two_dedupe_keys_one(store: SqlMessageStore) -> Non
     stored = store.save_batch([Incoming(raw=k.encode(), channel="t", dedupe_key=k) for k in keys])
     assert not any(s.duplicate for s in stored)
     assert len({s.id for s in stored}) == len(keys)
-    again = store.save_batch([Incoming(raw=b"resend", channel="t", dedupe_key="S|F|C\x00")])
+    again = store.save_batch([Incoming(raw=keys[0].encode(), channel="t", dedupe_key=keys[0])])
     assert again[0].duplicate and again[0].id == stored[0].id
     assert _controls(_row(store, stored[0].id).dedupe_key) == set()
 

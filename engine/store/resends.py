@@ -1,0 +1,168 @@
+"""Which messages of a batch are resends, and which merely reuse a control ID.
+
+The idempotent receiver keys an HL7v2 message by its sender and control ID (MSH-3, MSH-4,
+MSH-10): a sender that got no ACK sends the message again with the same MSH-10, and the
+second copy must not be routed twice. But a key says nothing of the content. Feeds whose
+control IDs restart (an EHR reinstalled, a test tool, an interface engine upstream that numbers
+per day) send *different* messages under a key already stored; taking those for resends
+answered AA and stored nothing (the 77 FHIR-Converter samples hold 77 messages under 20 keys:
+57 were lost that way).
+
+So a key already held is a resend only if the content is the same: the same segments, whatever
+ends them (``\\r``, ``\\n`` or ``\\r\\n``), with MSH-7 (the time of the message, which some senders
+stamp anew on each try) left out. Anything else is a message of its own: it is stored under the
+key with its content's SHA-256 appended (so *its* resends are found in turn) and a warning on
+the row says the control ID was reused. Only messages of kind ``hl7v2`` are compared: a pulled
+FHIR appointment's key is its version (engine/jobs/pull.py), and its Bundle's bytes may change
+while the version does not.
+
+The planner here decides, given the originals known so far, what each item of a batch is;
+``save_batch`` (engine/store/messages.py) looks keys up and inserts until the plan holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from engine.store.clean import clean
+
+__all__ = ["Held", "Insert", "Plan", "Planner", "content_digest", "reused_key"]
+
+#: what may come before a message's MSH, in any order: blanks, MLLP's framing bytes, a UTF-8
+#: byte-order mark (the parser skips the same)
+_LEADING = b" \t\x0b\x1c\xef\xbb\xbf"
+#: "|#" and 64 hex digits
+_DIGEST_TAIL = 66
+
+
+def content_digest(raw: bytes) -> str:
+    """SHA-256 (hex) of what a resend must repeat: the segments, not their line ends, and the
+    first MSH (after any byte-order mark, MLLP framing byte or blank) with its MSH-7 empty.
+    Hashed a segment at a time: a 256 MB message is split without a regular expression's
+    copies (about 1.5 s of CPU, on the rare path of a key already held)."""
+    digest = hashlib.sha256()
+    header_seen = False
+    for segment in raw.replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r"):
+        if not segment.strip():
+            continue
+        if not header_seen and segment.lstrip(_LEADING).startswith(b"MSH"):
+            header_seen = True
+            segment = segment.lstrip(_LEADING)
+            separator = segment[3:4] or b"|"
+            fields = segment.split(separator)
+            if len(fields) > 6:  # "MSH", MSH-2, MSH-3 ... MSH-7 is the seventh piece
+                fields[6] = b""
+                segment = separator.join(fields)
+        digest.update(segment)
+        digest.update(b"\r")
+    return digest.hexdigest()
+
+
+def reused_key(key: str, digest: str, width: int | None) -> str:
+    """The key of a message that reuses ``key`` with other content: ``key|#digest``, the key cut
+    so that the digest always fits in ``width``."""
+    head = key if width is None else key[: width - _DIGEST_TAIL]
+    return f"{head}|#{digest}"
+
+
+@dataclass(frozen=True)
+class Held:
+    """A stored message that holds a key: its id, when it was received, and its content's digest
+    (None for a message that is not HL7v2, whose content is never compared)."""
+
+    id: int
+    received_at: datetime
+    digest: str | None
+
+
+#: an insert of a plan: the item's index, its key, the warning on its row
+Insert = tuple[int, str | None, str | None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What each item of a batch is: inserted (``inserts``, in the batch's order), a duplicate
+    of a stored message (``stored``) or of an item inserted before it in the batch
+    (``earlier``)."""
+
+    inserts: list[Insert] = field(default_factory=list)
+    stored: dict[int, Held] = field(default_factory=dict)
+    earlier: dict[int, int] = field(default_factory=dict)
+    #: every key the plan asked ``known`` about: one not looked up yet may change it
+    consulted: set[str] = field(default_factory=set)
+
+
+def _note(control_id: str | None) -> str:
+    return (
+        f"control ID (MSH-10) {clean(control_id)} was used before by this sender for a message "
+        "with other content: stored as a message of its own, not taken for a resend (a resend "
+        "may differ only in MSH-7)"
+    )
+
+
+class Planner:
+    """Plans one batch, as often as its known originals grow: item ``n`` has bytes ``raws[n]``
+    and cleaned key ``keys[n]`` (None: always stored); ``compare[n]`` says whether a key held
+    by other content makes it a message of its own (HL7v2) or a duplicate all the same. Each
+    item's digest is computed once, and only when it must be compared."""
+
+    def __init__(
+        self,
+        raws: Sequence[bytes],
+        keys: Sequence[str | None],
+        compare: Sequence[bool],
+        control_ids: Sequence[str | None],
+        width: int | None,
+    ) -> None:
+        self.raws, self.keys, self.compare = raws, keys, compare
+        self.control_ids, self.width = control_ids, width
+        self._digests: dict[int, str] = {}
+
+    def digest(self, n: int) -> str:
+        if n not in self._digests:
+            self._digests[n] = content_digest(self.raws[n])
+        return self._digests[n]
+
+    def plan(self, known: dict[str, Held]) -> Plan:
+        """Plan the batch, given ``known``: the stored holders of keys looked up so far."""
+        plan = Plan()
+        taken: dict[str, int] = {}  # key -> the item of this batch inserted under it
+        for n, key in enumerate(self.keys):
+            if key is None:
+                plan.inserts.append((n, None, None))
+            else:
+                self._place(n, key, known, taken, plan)
+        return plan
+
+    def _place(
+        self, n: int, key: str, known: dict[str, Held], taken: dict[str, int], plan: Plan
+    ) -> None:
+        candidate, note = key, None
+        while True:
+            plan.consulted.add(candidate)
+            held = known.get(candidate)
+            first = taken.get(candidate)
+            if held is None and first is None:
+                plan.inserts.append((n, candidate, note))
+                taken[candidate] = n
+                return
+            if held is not None:
+                if not self.compare[n] or self.digest(n) == held.digest:
+                    plan.stored[n] = held
+                    return
+            elif first is not None and (
+                not self.compare[n] or self.digest(n) == self.digest(first)
+            ):
+                plan.earlier[n] = first
+                return
+            if candidate != key:
+                # the digest-keyed key held by other content: only a key built to collide does
+                # that; stored without a key (its resends are stored again, nothing is lost)
+                plan.inserts.append((n, None, note))
+                return
+            # the control ID reused: the key with this content's digest
+            candidate = reused_key(key, self.digest(n), self.width)
+            note = _note(self.control_ids[n])

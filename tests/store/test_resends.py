@@ -1,0 +1,234 @@
+"""A resend or a control ID reused (engine/store/resends.py), on both databases: a key already
+held is a duplicate only when the content is the same (line ends and MSH-7 aside); other content
+under it is a message of its own, stored with a warning, and its own resends are found in turn."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import insert, select
+
+from engine.store import Incoming, Processed, SqlMessageStore, Stored
+from engine.store.resends import content_digest, reused_key
+from engine.store.tables import messages
+
+KEY = "FRONTDESK|CLINIC|CTRL-1"
+MSG = (
+    "MSH|^~\\&|FRONTDESK|CLINIC|ENGINE|HUB|{when}||ADT^A08|CTRL-1|P|2.5.1\r"
+    "PID|1||MRN{mrn}^^^CLINIC^MR||Testpatient^{given}\r"
+)
+
+
+def raw(mrn: int = 1, given: str = "Alice", when: str = "20261207031500") -> bytes:
+    return MSG.format(mrn=mrn, given=given, when=when).encode()
+
+
+def item(body: bytes, key: str | None = KEY, kind: str = "hl7v2") -> Incoming:
+    return Incoming(raw=body, channel="mllp", kind=kind, control_id="CTRL-1", dedupe_key=key)
+
+
+def _row(store: SqlMessageStore, mid: int) -> tuple[bytes, str | None, str | None]:
+    with store.db_engine.connect() as conn:
+        row = conn.execute(
+            select(messages.c.raw, messages.c.dedupe_key, messages.c.warnings).where(
+                messages.c.id == mid
+            )
+        ).one()
+    return bytes(row.raw), row.dedupe_key, row.warnings
+
+
+def test_the_digest_leaves_out_line_ends_and_msh7_only() -> None:
+    base = content_digest(raw())
+    assert content_digest(raw().replace(b"\r", b"\n")) == base
+    assert content_digest(raw().replace(b"\r", b"\r\n") + b"\r\n\r\n") == base
+    assert content_digest(raw(when="20261207031502")) == base  # a resend stamped anew
+    assert content_digest(raw(given="Alicia")) != base
+    assert content_digest(raw(mrn=2)) != base
+    # any other MSH field counts: MSH-9 (the event) and MSH-11 (processing id)
+    assert content_digest(raw().replace(b"ADT^A08", b"ADT^A31")) != base
+    assert content_digest(raw().replace(b"|P|2.5.1", b"|T|2.5.1")) != base
+    # a field moved across the MSH-7 position is not the same message
+    assert content_digest(b"MSH|^~\\&|A|B|C|D|X|\r") != content_digest(b"MSH|^~\\&|A|B|C|D||X\r")
+    assert content_digest(b"no header at all") != content_digest(b"no header at al1")
+    # what the parser skips before MSH, in any order: a byte-order mark, blanks, framing
+    assert content_digest(b"\xef\xbb\xbf" + raw(when="1")) == base
+    assert content_digest(b" \x0b\xef\xbb\xbf" + raw(when="1")) == base
+    # another field separator: its MSH-7 is left out all the same
+    other = raw().replace(b"|", b"#")
+    assert content_digest(other.replace(b"20261207031500", b"20261208")) == content_digest(other)
+    assert content_digest(other) != base
+
+
+def test_the_reused_key_keeps_its_digest_whole_within_the_width() -> None:
+    digest = content_digest(raw())
+    assert reused_key(KEY, digest, 700) == f"{KEY}|#{digest}"
+    long = reused_key("x" * 700, digest, 700)
+    assert len(long) == 700 and long.endswith(f"|#{digest}")
+
+
+def test_a_reused_control_id_is_stored_and_its_resends_found(store: SqlMessageStore) -> None:
+    [alice] = store.save_batch([item(raw())])
+    batch = [
+        item(raw(mrn=2, given="Bob")),  # the same MSH-10 from the same sender, another patient
+        item(raw().replace(b"CTRL-1", b"CTRL-2"), key=KEY.replace("CTRL-1", "CTRL-2")),
+        item(raw(when="20261207031509").replace(b"\r", b"\n")),  # Alice's resend, stamped anew
+    ]
+    bob, other, resend = store.save_batch(batch)
+    assert (bob.duplicate, bob.reused) == (False, True)
+    assert (other.duplicate, other.reused) == (False, False)
+    assert (resend.id, resend.duplicate) == (alice.id, True)
+    # SQLite looks keys up first and keeps the batch's order; PostgreSQL finds the reuse after
+    # its insert, and may add Bob's row after the batch's others (a batch holds one message of
+    # each connection at most, so no sender's order changes)
+    assert alice.id < min(bob.id, other.id)
+    if store.db_engine.dialect.name != "postgresql":
+        assert bob.id < other.id
+    body, key, warnings = _row(store, bob.id)
+    assert body == batch[0].raw
+    assert key == f"{KEY}|#{content_digest(batch[0].raw)}"
+    assert warnings is not None and "control ID (MSH-10) CTRL-1 was used before" in warnings
+    assert _row(store, alice.id)[2] is None  # the original is left as it was
+
+    # Bob's resend finds Bob's row; a third content under the key is a third message
+    again, carol = store.save_batch([item(raw(mrn=2, given="Bob")), item(raw(3, "Carol"))])
+    assert (again.id, again.duplicate) == (bob.id, True)
+    assert (carol.duplicate, carol.reused) == (False, True) and carol.id > bob.id
+    assert len(store.list(limit=10)) == 4
+
+
+def test_within_a_batch_each_content_is_stored_once(store: SqlMessageStore) -> None:
+    a1, b1, a2, b2 = store.save_batch(
+        [item(raw()), item(raw(2, "Bob")), item(raw()), item(raw(2, "Bob", when="2026"))]
+    )
+    assert [s.duplicate for s in (a1, b1, a2, b2)] == [False, False, True, True]
+    assert (a2.id, b2.id) == (a1.id, b1.id) and a1.id < b1.id
+    assert b1.reused and not a1.reused
+
+
+def test_a_pulled_resource_is_keyed_by_its_version_not_its_bytes(store: SqlMessageStore) -> None:
+    """Only HL7v2 is compared: a FHIR appointment pulled again at the same version (its key,
+    engine/jobs/pull.py) is the same message, whatever its Bundle's bytes."""
+    [first] = store.save_batch([item(b'{"v": 1}', key="pull|epic|Appointment/1|v1", kind="fhir")])
+    [again] = store.save_batch([item(b'{"v": 2}', key="pull|epic|Appointment/1|v1", kind="fhir")])
+    assert (again.id, again.duplicate) == (first.id, True)
+
+
+def test_the_receipt_warning_stays_when_the_message_is_finished(store: SqlMessageStore) -> None:
+    store.save_batch([item(raw())])
+    bob, carol = store.save_batch([item(raw(2, "Bob")), item(raw(3, "Carol"))])
+    claimed = [mid for mid, _, _ in store.claim_received("w1")]
+    assert sorted(claimed[1:]) == sorted([bob.id, carol.id])
+    assert claimed[0] < min(bob.id, carol.id)
+    done = [
+        Processed(claimed[0], "unrouted", worker="w1", warnings="PD1-3 taken by no map"),
+        Processed(bob.id, "unrouted", worker="w1", warnings="PD1-3 taken by no map"),
+        Processed(carol.id, "unrouted", worker="w1"),
+    ]
+    store.finish_batch(done)
+    note = _row(store, carol.id)[2]
+    assert note is not None and note.startswith("control ID (MSH-10) CTRL-1")
+    assert _row(store, bob.id)[2] == f"{note}\nPD1-3 taken by no map"
+    assert _row(store, claimed[0])[2] == "PD1-3 taken by no map"
+    view = store.get(bob.id)
+    assert view is not None and view.warnings == (note, "PD1-3 taken by no map")
+
+
+def test_another_writers_insert_of_the_key_with_other_content(store: SqlMessageStore) -> None:
+    """PostgreSQL: another writer (or node) holds an uncommitted insert of the key with other
+    content. The batch waits for it, finds the content differs, and stores its message under
+    the reused key, with the batch's ids still in its order."""
+    if store.db_engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer")
+    done: list[Stored] = []
+    errors: list[BaseException] = []
+    batch = [
+        item(raw(5, "Dan"), key="FRONTDESK|CLINIC|CTRL-5"),
+        item(raw(2, "Bob")),
+        item(raw(6, "Eve"), key="FRONTDESK|CLINIC|CTRL-6"),
+    ]
+
+    def save() -> None:
+        try:
+            done.extend(store.save_batch(batch))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    with store.db_engine.connect() as other:
+        other.begin()
+        now = datetime.now(UTC)
+        values = {"channel": "mllp", "kind": "hl7v2", "size": 1, "state": "received"}
+        values |= {"received_at": now, "updated_at": now}
+        other.execute(insert(messages).values(raw=raw(), dedupe_key=KEY, **values))
+        saver = threading.Thread(target=save)
+        saver.start()
+        time.sleep(0.5)
+        assert saver.is_alive(), "the batch did not wait for the other insert"
+        other.commit()
+    saver.join(10)
+    assert errors == []
+    dan, bob, eve = done
+    assert [s.duplicate for s in done] == [False, False, False] and bob.reused
+    assert dan.id < eve.id < bob.id  # Bob's added after the batch's others
+    assert _row(store, bob.id)[:2] == (batch[1].raw, f"{KEY}|#{content_digest(batch[1].raw)}")
+    # the same content as the other writer's is a resend of it
+    [resend] = store.save_batch([item(raw())])
+    assert resend.duplicate and resend.id < dan.id
+
+
+def test_two_writers_store_the_same_new_content_under_a_reused_key_once(
+    store: SqlMessageStore,
+) -> None:
+    """Two writers (or nodes) each take the same message reusing a control ID at once: one row
+    under the reused key, and both answers point at it."""
+    store.save_batch([item(raw())])
+    results: list[list[Stored]] = []
+    errors: list[BaseException] = []
+    gate = threading.Barrier(2)
+
+    def save(n: int) -> None:
+        try:
+            gate.wait(5)
+            results.append(store.save_batch([item(raw(2, "Bob")), item(raw(10 + n, "X"), None)]))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save, args=(n,)) for n in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert errors == []
+    bobs = sorted(((r[0].id, r[0].duplicate) for r in results), key=lambda b: b[1])
+    assert bobs[0][1] is False and bobs[1] == (bobs[0][0], True)
+    with store.db_engine.connect() as conn:
+        rows = conn.execute(select(messages.c.id).where(messages.c.dedupe_key.like(f"{KEY}|#%")))
+        assert [r.id for r in rows] == [bobs[0][0]]
+
+
+def test_a_reused_key_adds_its_row_without_writing_the_batch_again(
+    store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: a feed whose control IDs restart has a reuse in nearly every batch; the
+    reused message's row is added by a second insert of that row alone, not by taking the
+    batch back and writing it twice."""
+    if store.db_engine.dialect.name != "postgresql":
+        pytest.skip("SQLite looks keys up before it inserts")
+    from engine.store import messages as module
+
+    store.save_batch([item(raw())])
+    sizes: list[int] = []
+    real = module.insert_messages
+
+    def counted(conn: object, rows: list[object], now: object) -> object:
+        sizes.append(len(rows))
+        return real(conn, rows, now)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "insert_messages", counted)
+    batch = [item(raw(5, "Dan"), key=None), item(raw(2, "Bob")), item(raw(6, "Eve"), key=None)]
+    dan, bob, eve = store.save_batch(batch)
+    assert sizes == [3, 1]
+    assert bob.reused and dan.id < eve.id < bob.id
+    assert len(store.list(limit=10)) == 4
