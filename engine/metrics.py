@@ -5,6 +5,7 @@ https://prometheus.io/docs/instrumenting/exposition_formats/#text-based-format):
 
     engine_messages_received_total{channel}          counter    receiver
     engine_acks_total{code}                          counter    receiver
+    engine_resends_total{outcome}                    counter    receiver
     engine_errors_total{stage}                       counter    receiver (receive, store),
                                                                 worker (deliver)
     engine_messages_routed_total{route}              counter    worker
@@ -25,7 +26,9 @@ New with issue 10: ``engine_messages_routed_total``, ``engine_worker_processes``
 ``engine_destination_*`` gauges; with issue 14: ``engine_leader`` (1 while the worker node
 ``node`` holds the singleton jobs' leadership, engine/jobs/leader.py, else 0) and
 ``engine_config_generation`` (the configuration generation the receiver runs,
-engine/flow/config.py; 0 until this node has taken one, so a node behind the others shows). The
+engine/flow/config.py; 0 until this node has taken one, so a node behind the others shows) and
+``engine_resends_total`` (``outcome`` ``duplicate`` or ``control_id_reused``: a feed whose
+control IDs restart shows as the second, engine/store/resends.py). The
 other names and label names are those dashboards already use: keep them.
 
 Two ways to keep the values:
@@ -291,6 +294,13 @@ class EngineMetrics:
             ("channel",),
             registry=own,
         )
+        self._resends = Counter(
+            "engine_resends_total",
+            "Messages under a sender's control ID stored before, by outcome: duplicate (a resend,"
+            " answered from the original) or control_id_reused (other content, stored anew).",
+            ("outcome",),
+            registry=own,
+        )
         self._acks = Counter(
             "engine_acks_total",
             "Acknowledgments sent, by MSA-1 code (AA/CA accepted; AE/AR/CE/CR negative).",
@@ -351,10 +361,16 @@ class EngineMetrics:
         )
 
     @_never_raises
-    def record_receipt(self, *, channel: str, ack_code: str | None, stored: bool) -> None:
-        """Count one received message (when stored) and the ACK it was answered with (if any)."""
+    def record_receipt(
+        self, *, channel: str, ack_code: str | None, stored: bool, resend: str | None = None
+    ) -> None:
+        """Count one received message (when stored), the ACK it was answered with (if any) and,
+        for a control ID stored before, what it was (``resend``: ``duplicate``, answered from
+        the original; ``control_id_reused``, other content stored as a message of its own)."""
         if stored:
             self._received.labels(channel=channel).inc()
+        if resend:
+            self._resends.labels(outcome=resend).inc()
         if ack_code:
             self._acks.labels(code=ack_code).inc()
 

@@ -282,7 +282,12 @@ class Engine:
 
     def _count(self, channel: str, receipt: Receipt) -> None:
         stored = receipt.message_id is not None and not receipt.duplicate
-        self.metrics.record_receipt(channel=channel, ack_code=receipt.ack_code, stored=stored)
+        resend = "control_id_reused" if receipt.reused else None
+        if receipt.duplicate:
+            resend = "duplicate"
+        self.metrics.record_receipt(
+            channel=channel, ack_code=receipt.ack_code, stored=stored, resend=resend
+        )
         if receipt.state == "refused":
             self.metrics.record_error("store")
         elif receipt.state == "error":

@@ -67,6 +67,7 @@ def test_every_family_with_its_labels_and_values() -> None:
         "engine_destination_oldest_waiting_seconds": "gauge",
         "engine_pulled_appointments_total": "counter",
         "engine_pull_failures_total": "counter",
+        "engine_resends_total": "counter",
     }
     assert parse(text) == {
         'engine_messages_received_total{channel="mllp"}': 1,

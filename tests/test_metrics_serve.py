@@ -115,6 +115,15 @@ def test_the_worker_processes_counts_show_on_the_receivers_page(tmp_path: Path) 
         # generation yet
         assert _leaders(samples) == [0, 1]
         assert samples["engine_config_generation"] == 0
+        # a resend, stamped anew, and other content under the same control ID
+        _send(mllp, ADT.replace(b"|20260101|", b"|20260102|"))
+        _send(mllp, ADT.replace(b"|M1\r", b"|M2\r"))
+        samples = _page(url, proc)
+        assert samples is not None
+        assert samples['engine_resends_total{outcome="duplicate"}'] == 1
+        assert samples['engine_resends_total{outcome="control_id_reused"}'] == 1
+        assert samples['engine_messages_received_total{channel="mllp"}'] == 2
+        assert samples['engine_acks_total{code="AA"}'] == 3
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)

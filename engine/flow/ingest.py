@@ -62,6 +62,8 @@ class Receipt:
     duplicate: bool = False
     #: enhanced mode: the sender asked for an application ACK (MSH-16 AL, ER or SU)
     application_ack: bool = False
+    #: stored anew although its sender's control ID was stored before with other content
+    reused: bool = False
 
 
 @dataclass
@@ -306,7 +308,7 @@ class Ingest:
         accepted = error is None
         app = enhanced and (message.msh.get(16) or "AL") in ("AL", "ER", "SU")
         if enhanced and not commit_ack_wanted(message, accepted):
-            return Receipt(stored.id, state, None, None, stored.duplicate, app)
+            return Receipt(stored.id, state, None, None, stored.duplicate, app, stored.reused)
         code = ack_code_for(error, enhanced=enhanced, stage="commit" if enhanced else "application")
         # the ACK is built from the stored message's id and time, so a duplicate gets the very
         # same ACK again (idempotent receiver)
@@ -324,7 +326,7 @@ class Ingest:
                 errors=errors_for(error, message),
                 sending=self.identity,
             ).to_bytes()
-        return Receipt(stored.id, state, ack, code, stored.duplicate, app)
+        return Receipt(stored.id, state, ack, code, stored.duplicate, app, stored.reused)
 
     async def application_ack(
         self,
