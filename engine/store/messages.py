@@ -22,8 +22,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    BindParameter,
-    ColumnElement,
     Connection,
     Row,
     Text,
@@ -49,7 +47,7 @@ from engine.store.index import IndexedResource, upsert_resources
 from engine.store.inserts import insert_messages
 from engine.store.lists import in_list
 from engine.store.purge import Purged, purge_postgresql
-from engine.store.resends import Held, Insert, Plan, Planner, content_digest
+from engine.store.resends import Held, Insert, Plan, Planner, after_receipt_notes, content_digest
 from engine.store.tables import deliveries, documents, messages
 from engine.store.views import MessageView
 
@@ -148,17 +146,6 @@ def _row(item: Incoming, key: str | None, now: datetime, note: str | None) -> di
     for name, width in _HEADERS.items():
         row[name] = clean(getattr(item, name), width)
     return row
-
-
-def _after_receipt_notes(new: BindParameter[str]) -> ColumnElement[str]:
-    """A finished message's warnings: its receipt's (a control ID reused, engine/store/resends.py)
-    and then its processing's. A message is finished once (only its claim's owner finishes it),
-    so no line is written twice."""
-    return case(
-        (messages.c.warnings.is_(None), new),
-        (new.is_(None), messages.c.warnings),
-        else_=messages.c.warnings + literal("\n") + new,
-    )
 
 
 def _view(row: Row[*tuple[Any, ...]]) -> MessageView:
@@ -316,8 +303,9 @@ class MessageStore(Repository):
             return batch.results(plan, [int(i) for i in ids if i is not None], now)
 
     _TAKE_BACK = delete(messages).where(in_list(messages.c.id))
-    #: a batch of new messages takes one; a key reused with other content, or one whose original
-    #: was purged between the insert and its lookup, one more each
+    #: rounds for the whole batch: one for new messages; a round more for each lookup that
+    #: changes the plan (a control ID reused; a resend of a message stored under a reused one
+    #: takes three; an original purged between the insert and its lookup)
     _ROUNDS = 4
 
     def _save_inserting_first(self, conn: Connection, batch: _Batch, now: datetime) -> list[Stored]:
@@ -339,7 +327,9 @@ class MessageStore(Repository):
                 conn.execute(self._TAKE_BACK, {"ids": list(done.values())})
                 done, todo = {}, plan.inserts
             ids = insert_messages(conn, batch.rows(todo, now), now) if todo else []
-            skipped = {p[1] for p, i in zip(todo, ids, strict=True) if i is None and p[1]}
+            skipped = {
+                p[1] for p, i in zip(todo, ids, strict=True) if i is None and p[1] is not None
+            }
             done |= {p: i for p, i in zip(todo, ids, strict=True) if i is not None}
             if not skipped:
                 return batch.results(plan, [done[p] for p in plan.inserts], now)
@@ -508,7 +498,7 @@ class MessageStore(Repository):
         .values(
             state=bindparam("new_state"),
             reason=bindparam("new_reason"),
-            warnings=_after_receipt_notes(bindparam("new_warnings", type_=Text)),
+            warnings=after_receipt_notes(bindparam("new_warnings", type_=Text)),
             patient_key=bindparam("new_patient"),
             updated_at=bindparam("now"),
         )
@@ -516,7 +506,7 @@ class MessageStore(Repository):
 
     #: PostgreSQL: :data:`_FINISH` for the whole batch in one statement (one execution, not
     #: one per message; each message's row of the arrays is its own; the warnings appended to
-    #: the receipt's as in :func:`_after_receipt_notes`)
+    #: the receipt's as in :func:`~engine.store.resends.after_receipt_notes`)
     _FINISH_ALL = text(
         "UPDATE messages SET state = u.state, reason = u.reason, warnings = CASE"
         " WHEN messages.warnings IS NULL THEN u.warnings WHEN u.warnings IS NULL"

@@ -27,9 +27,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from engine.store.clean import clean
+from sqlalchemy import BindParameter, ColumnElement, case, literal
 
-__all__ = ["Held", "Insert", "Plan", "Planner", "content_digest", "reused_key"]
+from engine.store.clean import clean
+from engine.store.tables import messages
+
+__all__ = [
+    "Held",
+    "Insert",
+    "Plan",
+    "Planner",
+    "after_receipt_notes",
+    "content_digest",
+    "reused_key",
+]
 
 #: what may come before a message's MSH, in any order: blanks, MLLP's framing bytes, a UTF-8
 #: byte-order mark (the parser skips the same)
@@ -166,3 +177,14 @@ class Planner:
             # the control ID reused: the key with this content's digest
             candidate = reused_key(key, self.digest(n), self.width)
             note = _note(self.control_ids[n])
+
+
+def after_receipt_notes(new: BindParameter[str]) -> ColumnElement[str]:
+    """A finished message's warnings: its receipt's (a control ID reused, engine/store/resends.py)
+    and then its processing's. A message is finished once (only its claim's owner finishes it),
+    so no line is written twice."""
+    return case(
+        (messages.c.warnings.is_(None), new),
+        (new.is_(None), messages.c.warnings),
+        else_=messages.c.warnings + literal("\n") + new,
+    )
