@@ -290,9 +290,9 @@ class MessageStore(Repository):
         with self._tx(priority=True) as conn:
             if conn.dialect.name == "postgresql":
                 return self._save_inserting_first(conn, batch, now)
-            known: dict[str, Held] = {}
-            asked: set[str] = set()
-            while True:  # each round asks for keys not asked before: two at most
+            asked = {k for k in batch.planner.keys if k is not None}
+            known = self._known(conn, asked) if asked else {}
+            while True:  # a key reused asks for its digest-keyed key too: two lookups at most
                 plan = batch.planner.plan(known)
                 need = plan.consulted - asked
                 if not need:
