@@ -281,6 +281,8 @@ class SwitchedPurge:
         self.waited = 0.0
         #: each batch: when it ended, its whole call (s), how long it held its locks (s), rows
         self.batches: list[tuple[float, float, float, int]] = []
+        #: batches PostgreSQL cancelled at their lock limit (each tried again narrower)
+        self.cancelled = 0
         #: the first 100 batches over the budget by either measure: which, and what they held
         self.slow: list[dict[str, Any]] = []
         self.report: Any = None
@@ -305,7 +307,12 @@ class SwitchedPurge:
         if self.error is not None:
             raise RuntimeError(f"the purge failed: {self.error!r}") from self.error
 
-    def purge_range(self, older_than: timedelta, id_range: tuple[int, int] | None = None) -> Purged:
+    def purge_range(
+        self,
+        older_than: timedelta,
+        id_range: tuple[int, int] | None = None,
+        lock_limit_s: float | None = None,
+    ) -> Purged:
         from engine.store.messages import Purged
 
         paused = time.perf_counter()
@@ -314,18 +321,22 @@ class SwitchedPurge:
                 return Purged(0)
         self.waited += time.perf_counter() - paused
         started = time.perf_counter()
-        batch: Purged = self.store.purge_range(older_than, id_range=id_range)
+        batch: Purged = self.store.purge_range(
+            older_than, id_range=id_range, lock_limit_s=lock_limit_s
+        )
         took = time.perf_counter() - started
         if max(took, batch.held_s) > BUDGET_MS / 1000 and len(self.slow) < 100:
             self.slow.append(
                 {
                     "at": round(time.time(), 3),
                     "rows": batch.rows,
+                    "cancelled": batch.cancelled,
                     "documents": batch.documents,
                     "lock_ms": round(1000 * batch.held_s, 1),
                     "call_ms": round(1000 * took, 1),
                 }
             )
+        self.cancelled += batch.cancelled
         self.batches.append((time.time(), took, batch.held_s, batch.rows))
         return batch
 
@@ -502,6 +513,7 @@ def purge_figures(
         "longest_lock_ms": round(1000 * held[-1], 1) if held else None,
         "p99_lock_ms": p99(held),
         "batches_over_100ms": sum(t > BUDGET_MS / 1000 for t in held),
+        "batches_cancelled": purge.cancelled,
         "slowest_batch_ms": round(1000 * times[-1], 1) if times else None,
         "p99_batch_ms": p99(times),
         "calls_over_100ms": sum(t > BUDGET_MS / 1000 for t in times),
@@ -686,7 +698,8 @@ def _print_result(r: dict[str, Any]) -> None:
         f"  purge: {p['messages_purged']:,} messages in {p['batches']} batches, "
         f"{p['messages_per_s']} messages/s while on ({p.get('deliveries_per_s')} deliveries/s); "
         f"locks held at most {p['longest_lock_ms']} ms, p99 {p['p99_lock_ms']} ms, "
-        f"{p['batches_over_100ms']} over 100 ms; whole calls at most {p['slowest_batch_ms']} ms, "
+        f"{p['batches_over_100ms']} over 100 ms, {p['batches_cancelled']} cancelled at the "
+        "limit; whole calls at most {p['slowest_batch_ms']} ms, "
         f"p99 {p['p99_batch_ms']} ms, {p['calls_over_100ms']} over 100 ms"
         f"{'; ran out' if p['ran_out'] else ''}"
     )

@@ -433,6 +433,8 @@ async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> Non
                         "longest_lock_ms": round(report.slowest_s * 1000, 1),
                         "longest_lock_rows": report.slowest_rows,
                         "over_budget": report.over_budget,
+                        "cancelled": report.cancelled,
+                        "left": report.left,
                         "slowest_batch_ms": round(report.slowest_call_s * 1000, 1),
                     },
                 )

@@ -632,7 +632,12 @@ class MessageStore(Repository):
 
     # -- retention ---------------------------------------------------------------------------
 
-    def purge_range(self, older_than: timedelta, id_range: tuple[int, int] | None = None) -> Purged:
+    def purge_range(
+        self,
+        older_than: timedelta,
+        id_range: tuple[int, int] | None = None,
+        lock_limit_s: float | None = None,
+    ) -> Purged:
         """Retention: delete messages delivered (or unrouted) before the cutoff, with their
         deliveries, replayed originals whose copies are delivered or gone (a chain of replays
         goes one link a run), and refused document uploads (kind ``document``, state ``error``,
@@ -641,7 +646,9 @@ class MessageStore(Repository):
         original of a copy that is not delivered yet. A purged document message takes its
         document along, a refusal the bytes it kept, each only when nothing else needs them
         (``purge_documents_of``). ``id_range`` (after, up to): only ids after the first and up
-        to the second (one short transaction of a batched purge, engine/jobs/retention.py)."""
+        to the second (one short transaction of a batched purge, engine/jobs/retention.py).
+        ``lock_limit_s``: on PostgreSQL the purge's statement is cancelled past it (``Purged``'s
+        ``cancelled``: engine/store/purge.py); SQLite's batch is bounded by its size alone."""
         cutoff = utcnow() - older_than
         placed = select(documents.c.id).where(documents.c.message_id == messages.c.id).exists()
         copy = messages.alias("copy")
@@ -669,7 +676,7 @@ class MessageStore(Repository):
         if id_range is not None:  # the primary key's range: read from its index alone
             query = query.where(messages.c.id > id_range[0], messages.c.id <= id_range[1])
         if self.db_engine.dialect.name == "postgresql":
-            return purge_postgresql(self.db_engine, query, purgeable)
+            return purge_postgresql(self.db_engine, query, purgeable, lock_limit_s)
         with self._tx() as conn:
             # SQLite: the writers' lock is this transaction's from here (BEGIN IMMEDIATE)
             locked = time.perf_counter()

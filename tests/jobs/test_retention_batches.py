@@ -15,8 +15,10 @@ from sqlalchemy import func, insert, select
 from engine.jobs.retention import (
     BUDGET_S,
     DUTY,
+    LOCK_LIMIT_SHARE,
     MAX_BATCH,
     MAX_PAUSE_S,
+    MIN_BATCH,
     PAUSE_S,
     purge_in_batches,
 )
@@ -82,9 +84,14 @@ class _Timed:
         self.times: list[float] = []
         self.calls_s: list[float] = []
 
-    def purge_range(self, older_than: timedelta, id_range: tuple[int, int] | None = None) -> Purged:
+    def purge_range(
+        self,
+        older_than: timedelta,
+        id_range: tuple[int, int] | None = None,
+        lock_limit_s: float | None = None,
+    ) -> Purged:
         started = time.perf_counter()
-        batch = self.store.purge_range(older_than, id_range=id_range)
+        batch = self.store.purge_range(older_than, id_range=id_range, lock_limit_s=lock_limit_s)
         self.calls_s.append(time.perf_counter() - started)
         self.times.append(batch.held_s)
         self.calls.append((id_range, batch.rows))
@@ -152,7 +159,12 @@ class _Clocked:
         self.worked = 0.0
         self.pauses: list[float] = []
 
-    def purge_range(self, older_than: timedelta, id_range: tuple[int, int] | None = None) -> Purged:
+    def purge_range(
+        self,
+        older_than: timedelta,
+        id_range: tuple[int, int] | None = None,
+        lock_limit_s: float | None = None,
+    ) -> Purged:
         took = self.takes[len(self.pauses) % len(self.takes)]
         self.now += took
         self.worked += took
@@ -205,3 +217,71 @@ def test_the_budget_judges_the_locks_held_not_the_whole_call(
     )
     # paced by the call: after 240 ms, 240 * (1 - DUTY) / DUTY ms, capped (80 ms would be 920)
     assert min(fake.pauses) == MAX_PAUSE_S
+
+
+class _Cancelling:
+    """A store on which a batch wider than ``widest`` ids runs past its lock limit (PostgreSQL
+    cancels it: nothing purged) and so does any batch holding id ``stuck``; the others purge
+    their range's width. Each call's range and limit are recorded."""
+
+    def __init__(self, widest: int, stuck: int = -1) -> None:
+        self.db_engine = None
+        self.widest = widest
+        self.stuck = stuck
+        self.calls: list[tuple[tuple[int, int], float | None, bool]] = []
+
+    def purge_range(
+        self,
+        older_than: timedelta,
+        id_range: tuple[int, int] | None = None,
+        lock_limit_s: float | None = None,
+    ) -> Purged:
+        assert id_range is not None
+        after, upto = id_range
+        cancelled = upto - after > self.widest or after < self.stuck <= upto
+        self.calls.append((id_range, lock_limit_s, cancelled))
+        if cancelled:
+            return Purged(0, held_s=lock_limit_s or 0.0, cancelled=True)
+        return Purged(upto - after, held_s=0.001)
+
+
+def test_a_cancelled_batch_is_tried_again_narrower_from_the_same_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import engine.jobs.retention as retention
+
+    monkeypatch.setattr(retention, "_bounds", lambda db_engine, older_than: (0, 50_000))
+    fake = _Cancelling(widest=700)
+    report = purge_in_batches(fake, timedelta(days=30), duty=1, sleep=lambda s: None)  # type: ignore[arg-type]
+    assert report.purged == 50_000 and report.left == 0
+    # every batch was given the limit: PostgreSQL's statement_timeout
+    assert {limit for _, limit, _ in fake.calls} == {BUDGET_S * LOCK_LIMIT_SHARE}
+    cancels = [n for n, (_, _, c) in enumerate(fake.calls) if c]
+    assert report.cancelled == len(cancels) > 0
+    for n in cancels:  # the next batch starts where the cancelled one did, a quarter as wide
+        (after, upto), _, _ = fake.calls[n]
+        (again_after, again_upto), _, _ = fake.calls[n + 1]
+        assert again_after == after
+        assert again_upto - again_after == max(MIN_BATCH, (upto - after) // 4)
+    # the walk covered every id once among the batches that were not cancelled
+    done = sorted(r for r, _, c in fake.calls if not c)
+    assert done[0][0] == 0 and done[-1][1] == 50_000
+    assert all(a[1] == b[0] for a, b in zip(done, done[1:], strict=False))
+
+
+def test_a_range_cancelled_twice_at_the_smallest_width_is_left_for_the_next_run(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import engine.jobs.retention as retention
+
+    monkeypatch.setattr(retention, "_bounds", lambda db_engine, older_than: (0, 10_000))
+    fake = _Cancelling(widest=MAX_BATCH, stuck=4_321)
+    with caplog.at_level(logging.WARNING, logger="engine.jobs.retention"):
+        report = purge_in_batches(fake, timedelta(days=30), duty=1, sleep=lambda s: None)  # type: ignore[arg-type]
+    assert report.left == 1
+    left = [r for r, _, c in fake.calls if c and r[1] - r[0] == MIN_BATCH]
+    assert len(left) == 2 and left[0] == left[1]  # the same range, twice, then moved past
+    after, upto = left[0]
+    assert after < 4_321 <= upto
+    assert report.purged == 10_000 - MIN_BATCH  # everything else
+    assert "left for the next run" in caplog.text

@@ -271,3 +271,90 @@ def test_a_document_message_locked_elsewhere_is_left_for_a_later_run(pg: Engine)
     again = SqlMessageStore(pg).purge_range(timedelta(days=30))
     assert (again.rows, again.documents) == (3, 3)
     assert _count(pg, messages) == 0
+
+
+def _holding(pg: Engine, message_id: int) -> tuple[Engine, Any]:
+    """Another session holding ``message_id``'s row lock (an operator's resend, say), until its
+    connection is rolled back and closed; its engine and connection."""
+    other = create_db_engine(pg.url.render_as_string(hide_password=False))
+    holder = other.connect()
+    holder.begin()
+    holder.execute(select(messages.c.id).where(messages.c.id == message_id).with_for_update())
+    return other, holder
+
+
+def test_a_statement_past_its_lock_limit_is_cancelled_and_rolled_back(pg: Engine) -> None:
+    """The purge's statement waits for a row lock held elsewhere: PostgreSQL cancels it at its
+    limit, rolls it back (every message and delivery still there, none half purged), and the
+    batch comes back ``cancelled``; the connection goes back to the pool with its own
+    ``statement_timeout`` and ``jit``; without the lock the same batch is purged whole."""
+    ids = _seed(pg)
+    with pg.connect() as conn:
+        before = [
+            conn.exec_driver_sql(f"SHOW {s}").scalar_one() for s in ("statement_timeout", "jit")
+        ]
+    other, holder = _holding(pg, ids[150])
+    result: list[Purged] = []
+    purge = threading.Thread(
+        target=lambda: result.append(
+            SqlMessageStore(pg).purge_range(timedelta(days=30), lock_limit_s=0.05)
+        )
+    )
+    purge.start()
+    purge.join(60)  # not a timing: without the limit it waits for the holder for ever
+    waited = purge.is_alive()
+    holder.rollback()
+    holder.close()
+    other.dispose()
+    purge.join()
+    assert not waited, "the purge waited for the lock past its limit"
+    batch = result[0]
+    assert (batch.rows, batch.cancelled) == (0, True)
+    assert batch.held_s >= 0.05  # it held what it had locked until the server cancelled it
+    assert _count(pg, messages) == OLD and _count(pg, deliveries) == OLD
+    assert _count(pg, delivery_attempts) == OLD
+    with pg.connect() as conn:
+        after = [
+            conn.exec_driver_sql(f"SHOW {s}").scalar_one() for s in ("statement_timeout", "jit")
+        ]
+        assert not conn.connection.dbapi_connection.autocommit  # type: ignore[union-attr]
+    assert after == before
+    again = SqlMessageStore(pg).purge_range(timedelta(days=30), lock_limit_s=0.05)
+    assert (again.rows, again.cancelled) == (OLD, False)
+    assert _count(pg, messages) == 0 and _count(pg, delivery_attempts) == 0
+
+
+def test_the_batched_purge_leaves_a_locked_range_for_the_next_run(pg: Engine) -> None:
+    """The leader's batched purge (engine/jobs/retention.py) with one row locked elsewhere all
+    along: each batch holding it is cancelled at the limit and tried again narrower, down to
+    the smallest width, then that range is left for the next run; everything else is purged,
+    and the walk ends while the lock is still held."""
+    from engine.jobs.retention import MIN_BATCH, purge_in_batches
+
+    ids = _seed(pg)
+    locked = ids[150]
+    other, holder = _holding(pg, locked)
+    result: list[Any] = []
+    walk = threading.Thread(
+        target=lambda: result.append(
+            purge_in_batches(SqlMessageStore(pg), timedelta(days=30), first=100, duty=1)
+        )
+    )
+    walk.start()
+    walk.join(120)
+    waited = walk.is_alive()
+    holder.rollback()
+    holder.close()
+    other.dispose()
+    walk.join()
+    assert not waited, "the walk waited for the lock"
+    report = result[0]
+    assert report.left == 1 and report.cancelled >= 2
+    with pg.connect() as conn:
+        kept = list(conn.execute(select(messages.c.id).order_by(messages.c.id)).scalars())
+    # what is left: the locked message's range, at most MIN_BATCH ids, the locked one in it
+    assert locked in kept and len(kept) <= MIN_BATCH
+    assert kept == list(range(kept[0], kept[-1] + 1))
+    assert report.purged == OLD - len(kept)
+    again = purge_in_batches(SqlMessageStore(pg), timedelta(days=30), duty=1)
+    assert (again.purged, again.cancelled, again.left) == (len(kept), 0, 0)
