@@ -42,36 +42,47 @@ _INSERT_MESSAGES_PG = text(
     " FROM ROWS FROM (json_to_recordset(CAST(:rows AS json)) AS (channel text, peer text,"
     " kind text, size integer, raw text, control_id text, message_type text, trigger text,"
     " structure text, sending_application text, sending_facility text, dedupe_key text,"
-    " replay_of bigint, patient_key text, state text, reason text, warnings text))"
+    " replay_of bigint, patient_key text, state text, reason text, warnings text, guard text))"
     " WITH ORDINALITY"
     " AS r(channel, peer, kind, size, raw, control_id, message_type, trigger, structure,"
     " sending_application, sending_facility, dedupe_key, replay_of, patient_key, state,"
-    " reason, warnings, n)"
-    " WHERE r.dedupe_key IS NULL OR r.dedupe_key <> ALL (ARRAY(SELECT m.dedupe_key::text"
-    " FROM messages m WHERE m.dedupe_key = ANY (CAST(:keys AS text[]))))"
+    " reason, warnings, guard, n)"
+    " WHERE r.dedupe_key IS NULL OR ARRAY[r.dedupe_key, r.guard] && ARRAY(SELECT"
+    " m.dedupe_key::text FROM messages m WHERE m.dedupe_key = ANY (CAST(:keys AS text[])))"
+    " IS NOT TRUE"
     " ORDER BY r.n ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key"
 )
 
 
-def _json_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A row of :func:`_row` for ``json_to_recordset``: its bytes in base64, no times."""
+def _json_row(row: dict[str, Any], guard: str | None) -> dict[str, Any]:
+    """A row of :func:`_row` for ``json_to_recordset``: its bytes in base64, no times; its
+    guard beside it."""
     out = {k: v for k, v in row.items() if k not in ("received_at", "updated_at")}
     out["raw"] = base64.b64encode(row["raw"]).decode()
+    out["guard"] = guard
     return out
 
 
 def insert_messages(
-    conn: Connection, rows: list[dict[str, Any]], now: datetime
+    conn: Connection,
+    rows: list[dict[str, Any]],
+    now: datetime,
+    guards: list[str | None] | None = None,
 ) -> list[int | None]:
     """Insert the rows (of :func:`_row`, their dedupe keys distinct); each one's id, in their
-    order, or None where PostgreSQL found its key stored already."""
+    order, or None where PostgreSQL found its key stored already, or its guard (``guards``,
+    one a row: the key the row would have had as a control ID reused, engine/store/
+    resends.py; SQLite looks guards up before, under its writer's lock)."""
     if conn.dialect.name != "postgresql":
         return [int(i) for i in conn.execute(_INSERT_MESSAGES, rows).scalars()]
+    guards = guards or [None] * len(rows)
     ids: list[int | None] = []
     start = 0
-    for count, text_rows in json_rows_counted([_json_row(row) for row in rows]):
+    json_rows = [_json_row(row, guard) for row, guard in zip(rows, guards, strict=True)]
+    for count, text_rows in json_rows_counted(json_rows):
         chunk, start = rows[start : start + count], start + count
         keys = [row["dedupe_key"] for row in chunk if row["dedupe_key"] is not None]
+        keys += [g for g in guards[start - count : start] if g is not None]
         params = {"rows": text_rows, "now": now, "keys": keys}
         returned = conn.execute(_INSERT_MESSAGES_PG, params).all()
         inserted = {key for _, key in returned}

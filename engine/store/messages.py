@@ -287,10 +287,10 @@ class MessageStore(Repository):
         """
         now = utcnow()
         batch = _Batch(items)
+        asked = batch.planner.lookups()  # keys and guards, hashed before the writers' lock
         with self._tx(priority=True) as conn:
             if conn.dialect.name == "postgresql":
                 return self._save_inserting_first(conn, batch, now)
-            asked = {k for k in batch.planner.keys if k is not None}
             known = self._known(conn, asked) if asked else {}
             while True:  # a key reused asks for its digest-keyed key too: two lookups at most
                 plan = batch.planner.plan(known)
@@ -304,8 +304,8 @@ class MessageStore(Repository):
 
     _TAKE_BACK = delete(messages).where(in_list(messages.c.id))
     #: rounds for the whole batch: one for new messages; a round more for each lookup that
-    #: changes the plan (a control ID reused; a resend of a message stored under a reused one
-    #: takes three; an original purged between the insert and its lookup)
+    #: changes the plan (a control ID reused; an original purged between the insert and its
+    #: lookup; a resend of a message stored under a reused one takes two, its guard looked up)
     _ROUNDS = 4
 
     def _save_inserting_first(self, conn: Connection, batch: _Batch, now: datetime) -> list[Stored]:
@@ -326,10 +326,12 @@ class MessageStore(Repository):
             if stale or (done and any(note is None for _, _, note in todo)):
                 conn.execute(self._TAKE_BACK, {"ids": list(done.values())})
                 done, todo = {}, plan.inserts
-            ids = insert_messages(conn, batch.rows(todo, now), now) if todo else []
-            skipped = {
-                p[1] for p, i in zip(todo, ids, strict=True) if i is None and p[1] is not None
-            }
+            # no guard the plan has judged: one held by other content (a key built to collide)
+            guards = [None if (g := batch.planner.guard(*p)) in known else g for p in todo]
+            ids = insert_messages(conn, batch.rows(todo, now), now, guards) if todo else []
+            # a row is skipped when its key or its guard is held: look both up
+            missed = [(p[1], g) for p, g, i in zip(todo, guards, ids, strict=True) if i is None]
+            skipped = {k for pair in missed for k in pair if k is not None}
             done |= {p: i for p, i in zip(todo, ids, strict=True) if i is not None}
             if not skipped:
                 return batch.results(plan, [done[p] for p in plan.inserts], now)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from engine.store import Incoming, Processed, SqlMessageStore, Stored
 from engine.store.resends import content_digest, reused_key
@@ -222,9 +222,9 @@ def test_a_reused_key_adds_its_row_without_writing_the_batch_again(
     sizes: list[int] = []
     real = module.insert_messages
 
-    def counted(conn: object, rows: list[object], now: object) -> object:
+    def counted(conn: object, rows: list[object], now: object, guards: object) -> object:
         sizes.append(len(rows))
-        return real(conn, rows, now)  # type: ignore[arg-type]
+        return real(conn, rows, now, guards)  # type: ignore[arg-type]
 
     monkeypatch.setattr(module, "insert_messages", counted)
     batch = [item(raw(5, "Dan"), key=None), item(raw(2, "Bob")), item(raw(6, "Eve"), key=None)]
@@ -232,3 +232,121 @@ def test_a_reused_key_adds_its_row_without_writing_the_batch_again(
     assert sizes == [3, 1]
     assert bob.reused and dan.id < eve.id < bob.id
     assert len(store.list(limit=10)) == 4
+
+
+def _settle_long_ago(store: SqlMessageStore, mid: int) -> None:
+    """The message delivered 60 days ago: retention's to purge."""
+    long_ago = datetime.now(UTC) - timedelta(days=60)
+    with store.db_engine.begin() as conn:
+        conn.execute(
+            update(messages)
+            .where(messages.c.id == mid)
+            .values(state="delivered", updated_at=long_ago)
+        )
+
+
+def test_a_reused_control_ids_resend_is_found_after_the_first_message_is_purged(
+    store: SqlMessageStore,
+) -> None:
+    """Bob's message reuses Alice's control ID and is stored under the digest-keyed key; then
+    retention purges Alice's. Bob's resend must still find Bob's row (before the guard it found
+    the plain key free and was stored and routed a second time); a message new under the key
+    is stored under it, and Bob's resend after that still finds Bob."""
+    [alice] = store.save_batch([item(raw())])
+    [bob] = store.save_batch([item(raw(2, "Bob"))])
+    assert bob.reused
+    _settle_long_ago(store, alice.id)
+    assert store.purge_range(timedelta(days=30)).rows == 1
+    # alone, and in a batch beside a new message of another key
+    [again] = store.save_batch([item(raw(2, "Bob", when="20261207040000"))])
+    assert (again.id, again.duplicate) == (bob.id, True)
+    other = KEY.replace("CTRL-1", "CTRL-9")
+    new, resend = store.save_batch([item(raw(9, "Ivy"), key=other), item(raw(2, "Bob"))])
+    assert (new.duplicate, resend.id, resend.duplicate) == (False, bob.id, True)
+    # Alice's resend: her message was purged, so it is a message again, under the plain key
+    [alice2] = store.save_batch([item(raw())])
+    assert (alice2.duplicate, alice2.reused) == (False, False)
+    assert _row(store, alice2.id)[1] == KEY
+    [bob3] = store.save_batch([item(raw(2, "Bob"))])
+    assert (bob3.id, bob3.duplicate) == (bob.id, True)
+    with store.db_engine.connect() as conn:
+        keys = sorted(conn.execute(select(messages.c.dedupe_key)).scalars())
+    assert keys == sorted([KEY, f"{KEY}|#{content_digest(raw(2, 'Bob'))}", other])
+
+
+def test_a_batch_of_new_messages_is_still_one_lookup_or_one_insert(
+    store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guards cost no statement of their own: SQLite looks a batch's keys and guards up
+    in one lookup before its one insert; PostgreSQL's one insert checks both, no lookup."""
+    from engine.store import messages as module
+
+    looked: list[int] = []
+    inserted: list[int] = []
+    known, insert_messages = module.MessageStore._known, module.insert_messages
+
+    def counted_known(self: object, conn: object, keys: object) -> object:
+        looked.append(1)
+        return known(self, conn, keys)  # type: ignore[arg-type]
+
+    def counted_insert(conn: object, rows: list[object], *args: object) -> object:
+        inserted.append(len(rows))
+        return insert_messages(conn, rows, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module.MessageStore, "_known", counted_known)
+    monkeypatch.setattr(module, "insert_messages", counted_insert)
+    batch = [item(raw(n, "New"), key=f"FRONTDESK|CLINIC|NEW-{n}") for n in range(4)]
+    assert not any(s.duplicate or s.reused for s in store.save_batch(batch))
+    assert looked == ([] if store.db_engine.dialect.name == "postgresql" else [1])
+    assert inserted == [4]
+
+
+def test_a_guard_held_by_other_content_does_not_stop_the_message(store: SqlMessageStore) -> None:
+    """A key built to collide with a new message's guard (the key plus its digest), held by
+    other content: the message is stored under its own key, as on SQLite, not skipped round
+    after round until the batch fails (PostgreSQL's insert skips a row whose guard is held)."""
+    guard = reused_key(KEY, content_digest(raw()), 700)
+    for kind, body in (("hl7v2", raw(7, "Mallory")), ("fhir", b'{"resourceType": "Patient"}')):
+        with store.db_engine.begin() as conn:
+            conn.execute(messages.delete())
+            conn.execute(
+                insert(messages).values(
+                    received_at=datetime.now(UTC),
+                    channel="mllp",
+                    peer="",
+                    kind=kind,
+                    size=len(body),
+                    raw=body,
+                    control_id="X",
+                    dedupe_key=guard,
+                    patient_key="",
+                    state="received",
+                    updated_at=datetime.now(UTC),
+                )
+            )
+        [alice] = store.save_batch([item(raw())])
+        assert (alice.duplicate, alice.reused) == (False, False), kind
+        assert _row(store, alice.id)[:2] == (raw(), KEY)
+
+
+def test_guards_hold_across_the_statements_of_a_large_batch(
+    store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL splits a batch's rows into statements by size: each statement checks its own
+    rows' guards (here every row a statement of its own)."""
+    import engine.store.lists as lists
+
+    [alice] = store.save_batch([item(raw())])
+    [bob] = store.save_batch([item(raw(2, "Bob"))])
+    _settle_long_ago(store, alice.id)
+    assert store.purge_range(timedelta(days=30)).rows == 1
+    monkeypatch.setattr(lists, "JSON_ROWS_BYTES", 1)
+    batch = [
+        item(raw(n, "New"), key=f"FRONTDESK|CLINIC|NEW-{n}") if n != 2 else item(raw(2, "Bob"))
+        for n in range(5)
+    ]
+    results = store.save_batch(batch)
+    assert [r.duplicate for r in results] == [False, False, True, False, False]
+    assert results[2].id == bob.id
+    ids = [r.id for n, r in enumerate(results) if n != 2]
+    assert ids == sorted(ids) and len(set(ids)) == 4
