@@ -331,6 +331,7 @@ class SwitchedPurge:
                     "at": round(time.time(), 3),
                     "rows": batch.rows,
                     "cancelled": batch.cancelled,
+                    "documents_lock_ms": round(1000 * batch.documents_held_s, 1),
                     "documents": batch.documents,
                     "lock_ms": round(1000 * batch.held_s, 1),
                     "call_ms": round(1000 * took, 1),
@@ -699,14 +700,15 @@ def _print_result(r: dict[str, Any]) -> None:
         f"{p['messages_per_s']} messages/s while on ({p.get('deliveries_per_s')} deliveries/s); "
         f"locks held at most {p['longest_lock_ms']} ms, p99 {p['p99_lock_ms']} ms, "
         f"{p['batches_over_100ms']} over 100 ms, {p['batches_cancelled']} cancelled at the "
-        "limit; whole calls at most {p['slowest_batch_ms']} ms, "
+        f"limit; whole calls at most {p['slowest_batch_ms']} ms, "
         f"p99 {p['p99_batch_ms']} ms, {p['calls_over_100ms']} over 100 ms"
         f"{'; ran out' if p['ran_out'] else ''}"
     )
     for slow in p.get("over_budget", []):
         print(
             f"    over 100 ms: {slow['rows']} rows ({slow['documents']} documents), locks "
-            f"{slow['lock_ms']} ms, call {slow['call_ms']} ms"
+            f"{slow['lock_ms']} ms (the documents' transaction {slow['documents_lock_ms']} ms"
+            f"{', cancelled' if slow['cancelled'] else ''}), call {slow['call_ms']} ms"
         )
     print(
         f"  goal (interval's top <= {GOAL_PCT:.0f} %, no batch's locks over 100 ms): "

@@ -37,6 +37,8 @@ class Purged:
     #: PostgreSQL: the one statement ran past its limit (``lock_limit_s``) and was cancelled,
     #: rolled back with its locks: the batch's messages without documents are all still there
     cancelled: bool = False
+    #: PostgreSQL: how long the document messages' transaction held its locks (0: none)
+    documents_held_s: float = 0.0
 
 
 #: the longest retention's transaction for document messages waits for a row lock
@@ -118,12 +120,12 @@ def purge_postgresql(
             return Purged(0)
         plain = [r.id for r in rows if r.kind != "document"]
         placed = [r.id for r in rows if r.kind == "document"]
-        documents, held = _purge_documents(conn, placed, purgeable) if placed else (0, 0.0)
-        gone, cancelled = documents, False
+        documents, papers = _purge_documents(conn, placed, purgeable) if placed else (0, 0.0)
+        gone, held, cancelled = documents, papers, False
         if plain:
             more, took, cancelled = _purge_plain(conn, plain, purgeable, lock_limit_s)
             gone, held = gone + more, max(held, took)
-        return Purged(gone, held, documents, cancelled)
+        return Purged(gone, held, documents, cancelled, papers)
 
 
 def _purge_documents(conn: Any, placed: list[int], purgeable: tuple[Any, ...]) -> tuple[int, float]:
