@@ -424,7 +424,7 @@ async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> Non
                 timedelta(days=settings.retention_days),
                 stop=stop.is_set,
             )
-            if report.purged:
+            if report.purged or report.cancelled or report.left:
                 log.info(
                     "retention purge",
                     extra={

@@ -133,6 +133,7 @@ def _purge_documents(conn: Any, placed: list[int], purgeable: tuple[Any, ...]) -
     when one was locked elsewhere past :data:`_DOCUMENT_LOCK_WAIT`), and how long it held its
     locks."""
     purged = 0
+    locked = time.perf_counter()
     try:
         with conn.begin():
             conn.exec_driver_sql("SET LOCAL jit = off")
@@ -174,7 +175,9 @@ def _purge_plain(
         try:
             gone = int(conn.execute(statement, {"ids": plain}).scalar_one())
         except DBAPIError as exc:
-            if sqlstate(exc) != _CANCELLED:
+            # cancelled at the limit, not sooner (an operator's pg_cancel_backend is an error)
+            limit = lock_limit_s
+            if sqlstate(exc) != _CANCELLED or limit is None or time.perf_counter() - locked < limit:
                 raise
             cancelled = True  # rolled back by the server, in autocommit: nothing to end
         held = time.perf_counter() - locked
@@ -182,9 +185,11 @@ def _purge_plain(
         conn.invalidate()  # its session's jit (and limit) would stay in the pool
         raise
     try:
-        conn.exec_driver_sql("RESET jit")
-        if lock_limit_s is not None:
+        if lock_limit_s is not None:  # first: a stall in RESET jit is not cancelled
             conn.exec_driver_sql("RESET statement_timeout")  # the connection's own
-    except DBAPIError:  # the purge has ended: only the connection is lost
+        conn.exec_driver_sql("RESET jit")
+    except BaseException as exc:  # the purge has ended: only the connection is lost
         conn.invalidate()
+        if not isinstance(exc, DBAPIError):
+            raise
     return gone, held, cancelled

@@ -285,21 +285,38 @@ def _holding(pg: Engine, message_id: int) -> tuple[Engine, Any]:
     return other, holder
 
 
+def _session(db: Engine) -> tuple[int, list[str]]:
+    """A pooled connection's backend pid and its ``statement_timeout`` and ``jit``."""
+    with db.connect() as conn:
+        pid = int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+        settings = [
+            conn.exec_driver_sql(f"SHOW {s}").scalar_one() for s in ("statement_timeout", "jit")
+        ]
+        assert not conn.connection.dbapi_connection.autocommit  # type: ignore[union-attr]
+    return pid, settings
+
+
 def test_a_statement_past_its_lock_limit_is_cancelled_and_rolled_back(pg: Engine) -> None:
     """The purge's statement waits for a row lock held elsewhere: PostgreSQL cancels it at its
     limit, rolls it back (every message and delivery still there, none half purged), and the
     batch comes back ``cancelled``; the connection goes back to the pool with its own
-    ``statement_timeout`` and ``jit``; without the lock the same batch is purged whole."""
+    ``statement_timeout`` (a worker's, 60 s, from its start-up options) and ``jit``; without
+    the lock the same batch is purged whole."""
     ids = _seed(pg)
-    with pg.connect() as conn:
-        before = [
-            conn.exec_driver_sql(f"SHOW {s}").scalar_one() for s in ("statement_timeout", "jit")
-        ]
+    timed = create_db_engine(pg.url.render_as_string(hide_password=False), statement_timeout_s=60)
+    pid, before = _session(timed)
+    assert before == ["1min", "on"]
+    used: list[int] = []
+
+    @event.listens_for(timed, "before_cursor_execute")
+    def record(conn: Any, *args: Any) -> None:
+        used.append(conn.connection.dbapi_connection.info.backend_pid)
+
     other, holder = _holding(pg, ids[150])
     result: list[Purged] = []
     purge = threading.Thread(
         target=lambda: result.append(
-            SqlMessageStore(pg).purge_range(timedelta(days=30), lock_limit_s=0.05)
+            SqlMessageStore(timed).purge_range(timedelta(days=30), lock_limit_s=0.05)
         )
     )
     purge.start()
@@ -309,21 +326,19 @@ def test_a_statement_past_its_lock_limit_is_cancelled_and_rolled_back(pg: Engine
     holder.close()
     other.dispose()
     purge.join()
+    event.remove(timed, "before_cursor_execute", record)
     assert not waited, "the purge waited for the lock past its limit"
     batch = result[0]
     assert (batch.rows, batch.cancelled) == (0, True)
     assert batch.held_s >= 0.05  # it held what it had locked until the server cancelled it
     assert _count(pg, messages) == OLD and _count(pg, deliveries) == OLD
     assert _count(pg, delivery_attempts) == OLD
-    with pg.connect() as conn:
-        after = [
-            conn.exec_driver_sql(f"SHOW {s}").scalar_one() for s in ("statement_timeout", "jit")
-        ]
-        assert not conn.connection.dbapi_connection.autocommit  # type: ignore[union-attr]
-    assert after == before
-    again = SqlMessageStore(pg).purge_range(timedelta(days=30), lock_limit_s=0.05)
+    # the purge's own connection, its settings as they were
+    assert set(used) == {pid} and _session(timed) == (pid, before)
+    again = SqlMessageStore(timed).purge_range(timedelta(days=30), lock_limit_s=5.0)
     assert (again.rows, again.cancelled) == (OLD, False)
     assert _count(pg, messages) == 0 and _count(pg, delivery_attempts) == 0
+    timed.dispose()
 
 
 def test_the_batched_purge_leaves_a_locked_range_for_the_next_run(pg: Engine) -> None:
@@ -337,9 +352,13 @@ def test_the_batched_purge_leaves_a_locked_range_for_the_next_run(pg: Engine) ->
     locked = ids[150]
     other, holder = _holding(pg, locked)
     result: list[Any] = []
+    # a budget of 0.5 s (a limit of 250 ms): the locked row's ranges are cancelled whatever
+    # the limit; the others are not, however busy the machine
     walk = threading.Thread(
         target=lambda: result.append(
-            purge_in_batches(SqlMessageStore(pg), timedelta(days=30), first=100, duty=1)
+            purge_in_batches(
+                SqlMessageStore(pg), timedelta(days=30), first=100, duty=1, budget_s=0.5
+            )
         )
     )
     walk.start()
@@ -358,5 +377,60 @@ def test_the_batched_purge_leaves_a_locked_range_for_the_next_run(pg: Engine) ->
     assert locked in kept and len(kept) <= MIN_BATCH
     assert kept == list(range(kept[0], kept[-1] + 1))
     assert report.purged == OLD - len(kept)
-    again = purge_in_batches(SqlMessageStore(pg), timedelta(days=30), duty=1)
+    again = purge_in_batches(SqlMessageStore(pg), timedelta(days=30), duty=1, budget_s=10)
     assert (again.purged, again.cancelled, again.left) == (len(kept), 0, 0)
+
+
+def test_a_cancel_before_the_limit_is_an_error_not_a_batch_to_narrow(pg: Engine) -> None:
+    """An operator's ``pg_cancel_backend`` (the same SQLSTATE as a statement timeout) before the
+    limit: the purge fails with it, as any other error, rather than counting a cancellation at
+    the limit; nothing is purged, and the connection is not pooled with its limit."""
+    ids = _seed(pg)
+    other, holder = _holding(pg, ids[150])
+    errors: list[BaseException] = []
+
+    def purge() -> None:
+        try:
+            SqlMessageStore(pg).purge_range(timedelta(days=30), lock_limit_s=60)
+        except BaseException as exc:  # the test's finding, looked at below
+            errors.append(exc)
+
+    purging: list[int] = []  # the purge's backend (only this test's is cancelled)
+
+    @event.listens_for(pg, "before_cursor_execute")
+    def record(conn: Any, *args: Any) -> None:
+        purging.append(conn.connection.dbapi_connection.info.backend_pid)
+
+    thread = threading.Thread(target=purge)
+    thread.start()
+    waiting = False
+    try:
+        with other.connect() as admin:
+            for _ in range(200):  # until the purge's statement waits for the row lock
+                waiting = (
+                    purging != []
+                    and admin.exec_driver_sql(
+                        "SELECT wait_event_type = 'Lock' FROM pg_stat_activity"
+                        f" WHERE pid = {int(purging[-1])}"
+                    ).scalar_one_or_none()
+                    is True
+                )
+                if waiting or not thread.is_alive():
+                    break
+                thread.join(0.05)
+            if waiting:
+                admin.exec_driver_sql(f"SELECT pg_cancel_backend({purging[-1]})")
+        thread.join(60)
+        alive = thread.is_alive()
+    finally:
+        holder.rollback()
+        holder.close()
+        other.dispose()
+        thread.join()
+        event.remove(pg, "before_cursor_execute", record)
+    assert waiting, f"the purge's statement never waited for the lock: {errors}"
+    assert not alive
+    assert len(errors) == 1 and "cancel" in str(errors[0]).lower()
+    assert _count(pg, messages) == OLD
+    with pg.connect() as conn:
+        assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "0"
