@@ -33,10 +33,11 @@ batch there is bounded in rows, and its time is the disk's.
 Sizing aims at a quarter of the budget, but it cannot foresee the batch the machine stretches
 (PostgreSQL's backend waiting for a core while it holds the locks: on 6 December, 1 batch of 891
 held them 108.5 ms). On PostgreSQL the budget is therefore also a limit: the purge's statement
-runs under a ``statement_timeout`` of :data:`LOCK_LIMIT_SHARE` of the budget, past which the
-server cancels it and rolls it back, releasing its locks. A cancelled batch is tried again from
-the same id at a quarter of its width (``cancelled`` in the report); one cancelled twice at
-:data:`MIN_BATCH` is left for the next run (``left``, logged with its ids).
+runs under a ``statement_timeout`` of :data:`LOCK_LIMIT_SHARE` of the budget (at least
+:data:`LOCK_LIMIT_FLOOR_S`), past which the server cancels it and rolls it back, releasing its
+locks. A cancelled batch is tried again from the same id at a quarter of its width
+(``cancelled`` in the report); one cancelled twice at :data:`MIN_BATCH` is left for the next run
+(``left``, logged with its ids).
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ BUDGET_S = 0.1
 #: PostgreSQL: the purge's statement is cancelled past this share of the budget (the rest is
 #: for the cancellation to reach a backend that is off its core, and the answer the engine)
 LOCK_LIMIT_SHARE = 0.5
+#: and never below this (a budget of a few milliseconds, as the retention bench's test gives, would
+#: otherwise cancel every statement before it has planned)
+LOCK_LIMIT_FLOOR_S = 0.02
 #: ids in the first range, and the bounds of the later ones
 FIRST_BATCH = 500
 MIN_BATCH = 20
@@ -165,7 +169,7 @@ def purge_in_batches(
         return report
     after, last = bounds
     size = max(MIN_BATCH, min(MAX_BATCH, first))
-    limit_s = budget_s * LOCK_LIMIT_SHARE
+    limit_s = max(LOCK_LIMIT_FLOOR_S, budget_s * LOCK_LIMIT_SHARE)
     cancelled_at_min = 0
     while after < last and (stop is None or not stop()):
         upto = min(last, after + size)

@@ -15,6 +15,7 @@ from sqlalchemy import func, insert, select
 from engine.jobs.retention import (
     BUDGET_S,
     DUTY,
+    LOCK_LIMIT_FLOOR_S,
     LOCK_LIMIT_SHARE,
     MAX_BATCH,
     MAX_PAUSE_S,
@@ -256,6 +257,10 @@ def test_a_cancelled_batch_is_tried_again_narrower_from_the_same_id(
     assert report.purged == 50_000 and report.left == 0
     # every batch was given the limit: PostgreSQL's statement_timeout
     assert {limit for _, limit, _ in fake.calls} == {BUDGET_S * LOCK_LIMIT_SHARE}
+    # never below its floor, whatever the budget (a tiny one would cancel every statement)
+    tiny = _Cancelling(widest=MAX_BATCH)
+    purge_in_batches(tiny, timedelta(days=30), budget_s=0.001, duty=1, sleep=lambda s: None)  # type: ignore[arg-type]
+    assert {limit for _, limit, _ in tiny.calls} == {LOCK_LIMIT_FLOOR_S}
     cancels = [n for n, (_, _, c) in enumerate(fake.calls) if c]
     assert report.cancelled == len(cancels) > 0
     for n in cancels:  # the next batch starts where the cancelled one did, a quarter as wide
