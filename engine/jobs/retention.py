@@ -58,6 +58,7 @@ __all__ = [
     "BUDGET_S",
     "DUTY",
     "FIRST_BATCH",
+    "LOCK_LIMIT_FLOOR_S",
     "LOCK_LIMIT_SHARE",
     "MAX_PAUSE_S",
     "MAX_BATCH",

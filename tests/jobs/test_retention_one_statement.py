@@ -244,37 +244,6 @@ def test_the_connection_goes_back_to_the_pool_as_it_came(pg: Engine) -> None:
     assert _count(pg, messages) == 0
 
 
-def test_a_document_message_locked_elsewhere_is_left_for_a_later_run(pg: Engine) -> None:
-    """Matching a document locks it before its message, the purge the other way round: the
-    purge's document transaction gives up after its lock wait and the rest of the batch is
-    purged; the next run takes the document messages once the lock is gone."""
-    ids = _seed(pg, documents=3)
-    other = create_db_engine(pg.url.render_as_string(hide_password=False))
-    holder = other.connect()
-    holder.begin()
-    holder.execute(select(messages.c.id).where(messages.c.id == ids[1]).with_for_update())
-    result: list[Any] = []
-    purge = threading.Thread(
-        target=lambda: result.append(SqlMessageStore(pg).purge_range(timedelta(days=30)))
-    )
-    purge.start()
-    purge.join(60)  # not a timing: the purge must not wait for the holder at all
-    waited = purge.is_alive()
-    holder.rollback()
-    holder.close()
-    other.dispose()
-    purge.join()
-    assert not waited, "the purge waited for the lock"
-    assert result[0].rows == OLD - 3 and result[0].documents == 0
-    with pg.connect() as conn:
-        assert sorted(conn.execute(select(messages.c.id)).scalars()) == ids[:3]
-    again = SqlMessageStore(pg).purge_range(timedelta(days=30))
-    assert (again.rows, again.documents) == (3, 3)
-    # the documents' transaction timed apart (the batch's hold is the longer of the two)
-    assert 0 < again.documents_held_s <= again.held_s
-    assert _count(pg, messages) == 0
-
-
 def _holding(pg: Engine, message_id: int) -> tuple[Engine, Any]:
     """Another session holding ``message_id``'s row lock (an operator's resend, say), until its
     connection is rolled back and closed; its engine and connection."""
@@ -296,6 +265,41 @@ def _session(db: Engine) -> tuple[int, list[str]]:
     return pid, settings
 
 
+def _while_held(pg: Engine, message_id: int, work: Any, wait_s: float = 60) -> Any:
+    """``work()`` on a thread while another session holds ``message_id``'s row lock, let go once
+    the work ends or after ``wait_s`` (not a timing: the work must not wait for the holder that
+    long); that it did not wait is asserted; what it returned."""
+    other, holder = _holding(pg, message_id)
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(work()))
+    thread.start()
+    thread.join(wait_s)
+    waited = thread.is_alive()
+    holder.rollback()
+    holder.close()
+    other.dispose()
+    thread.join()
+    assert not waited, "the purge waited for the lock"
+    assert result, "the purge failed"
+    return result[0]
+
+
+def test_a_document_message_locked_elsewhere_is_left_for_a_later_run(pg: Engine) -> None:
+    """Matching a document locks it before its message, the purge the other way round: the
+    purge's document transaction gives up after its lock wait and the rest of the batch is
+    purged; the next run takes the document messages once the lock is gone."""
+    ids = _seed(pg, documents=3)
+    first = _while_held(pg, ids[1], lambda: SqlMessageStore(pg).purge_range(timedelta(days=30)))
+    assert first.rows == OLD - 3 and first.documents == 0
+    with pg.connect() as conn:
+        assert sorted(conn.execute(select(messages.c.id)).scalars()) == ids[:3]
+    again = SqlMessageStore(pg).purge_range(timedelta(days=30))
+    assert (again.rows, again.documents) == (3, 3)
+    # the documents' transaction timed apart (the batch's hold is the longer of the two)
+    assert 0 < again.documents_held_s <= again.held_s
+    assert _count(pg, messages) == 0
+
+
 def test_a_statement_past_its_lock_limit_is_cancelled_and_rolled_back(pg: Engine) -> None:
     """The purge's statement waits for a row lock held elsewhere: PostgreSQL cancels it at its
     limit, rolls it back (every message and delivery still there, none half purged), and the
@@ -312,23 +316,13 @@ def test_a_statement_past_its_lock_limit_is_cancelled_and_rolled_back(pg: Engine
     def record(conn: Any, *args: Any) -> None:
         used.append(conn.connection.dbapi_connection.info.backend_pid)
 
-    other, holder = _holding(pg, ids[150])
-    result: list[Purged] = []
-    purge = threading.Thread(
-        target=lambda: result.append(
-            SqlMessageStore(timed).purge_range(timedelta(days=30), lock_limit_s=0.05)
-        )
+    # without the limit it would wait for the holder for ever
+    batch: Purged = _while_held(
+        pg,
+        ids[150],
+        lambda: SqlMessageStore(timed).purge_range(timedelta(days=30), lock_limit_s=0.05),
     )
-    purge.start()
-    purge.join(60)  # not a timing: without the limit it waits for the holder for ever
-    waited = purge.is_alive()
-    holder.rollback()
-    holder.close()
-    other.dispose()
-    purge.join()
     event.remove(timed, "before_cursor_execute", record)
-    assert not waited, "the purge waited for the lock past its limit"
-    batch = result[0]
     assert (batch.rows, batch.cancelled) == (0, True)
     assert batch.held_s >= 0.05  # it held what it had locked until the server cancelled it
     assert _count(pg, messages) == OLD and _count(pg, deliveries) == OLD
@@ -350,26 +344,16 @@ def test_the_batched_purge_leaves_a_locked_range_for_the_next_run(pg: Engine) ->
 
     ids = _seed(pg)
     locked = ids[150]
-    other, holder = _holding(pg, locked)
-    result: list[Any] = []
     # a budget of 0.5 s (a limit of 250 ms): the locked row's ranges are cancelled whatever
     # the limit; the others are not, however busy the machine
-    walk = threading.Thread(
-        target=lambda: result.append(
-            purge_in_batches(
-                SqlMessageStore(pg), timedelta(days=30), first=100, duty=1, budget_s=0.5
-            )
-        )
+    report = _while_held(
+        pg,
+        locked,
+        lambda: purge_in_batches(
+            SqlMessageStore(pg), timedelta(days=30), first=100, duty=1, budget_s=0.5
+        ),
+        wait_s=120,
     )
-    walk.start()
-    walk.join(120)
-    waited = walk.is_alive()
-    holder.rollback()
-    holder.close()
-    other.dispose()
-    walk.join()
-    assert not waited, "the walk waited for the lock"
-    report = result[0]
     assert report.left == 1 and report.cancelled >= 2
     with pg.connect() as conn:
         kept = list(conn.execute(select(messages.c.id).order_by(messages.c.id)).scalars())
