@@ -331,7 +331,6 @@ class SwitchedPurge:
                     "at": round(time.time(), 3),
                     "rows": batch.rows,
                     "cancelled": batch.cancelled,
-                    "documents_lock_ms": round(1000 * batch.documents_held_s, 1),
                     "documents": batch.documents,
                     "lock_ms": round(1000 * batch.held_s, 1),
                     "call_ms": round(1000 * took, 1),
@@ -707,8 +706,8 @@ def _print_result(r: dict[str, Any]) -> None:
     for slow in p.get("over_budget", []):
         print(
             f"    over 100 ms: {slow['rows']} rows ({slow['documents']} documents), locks "
-            f"{slow['lock_ms']} ms (the documents' transaction {slow['documents_lock_ms']} ms"
-            f"{', cancelled' if slow['cancelled'] else ''}), call {slow['call_ms']} ms"
+            f"{slow['lock_ms']} ms{' (cancelled)' if slow['cancelled'] else ''}, "
+            f"call {slow['call_ms']} ms"
         )
     print(
         f"  goal (interval's top <= {GOAL_PCT:.0f} %, no batch's locks over 100 ms): "

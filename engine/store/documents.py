@@ -45,7 +45,9 @@ from engine.store.tables import (
 )
 
 __all__ = [
+    "kept_by_refusal",
     "purge_documents_of",
+    "refused_hashes",
     "CHUNK_BYTES",
     "REFUSED_HEAD_BYTES",
     "DocumentChanged",
@@ -202,7 +204,17 @@ class Documents(Repository):
     _BLOB = select(document_blobs.c.chunks, document_blobs.c.stored).where(
         document_blobs.c.sha256 == bindparam("sha")
     )
-    _BLOB_SHA1 = select(document_blobs.c.sha1).where(document_blobs.c.sha256 == bindparam("sha"))
+    #: bytes stored already: their row is *updated* (to itself), not only read, so that it has a
+    #: new row version: retention's purge statement on PostgreSQL deletes bytes only at the
+    #: version it read while no document needed them (engine/store/purge.py), and this one
+    #: either waits for that purge (then finds no row, and stores the bytes again) or makes it
+    #: keep them
+    _REUSE_BLOB = (
+        update(document_blobs)
+        .where(document_blobs.c.sha256 == bindparam("sha"))
+        .values(sha1=document_blobs.c.sha1)
+        .returning(document_blobs.c.sha1)
+    )
     _INSERT_CHUNK = insert(document_chunks)
     _CHUNK = select(document_chunks.c.data).where(
         document_chunks.c.sha256 == bindparam("sha"), document_chunks.c.seq == bindparam("seq")
@@ -333,7 +345,7 @@ class Documents(Repository):
         while the bytes pass anyway, so the processor never reads a document back to map it
         (that read was a fifth of the worker's time per 1 MiB document); None for bytes stored
         before the store kept it."""
-        row = conn.execute(self._BLOB_SHA1, {"sha": sha256}).first()
+        row = conn.execute(self._REUSE_BLOB, {"sha": sha256}).first()
         if row is not None:
             return str(row.sha1) if row.sha1 else None
         files = self.blob_files
@@ -484,7 +496,7 @@ class Documents(Repository):
             yield bytes(data)
 
 
-def _kept_by_refusal(raw: bytes) -> str | None:
+def kept_by_refusal(raw: bytes) -> str | None:
     """The SHA-256 of the bytes a refused upload kept (its ``messages`` row's raw, the JSON
     :meth:`Documents.refuse_document` writes), or None: not a refusal, or none kept."""
     try:
@@ -497,7 +509,7 @@ def _kept_by_refusal(raw: bytes) -> str | None:
     return sha if isinstance(sha, str) else None
 
 
-def _refused_hashes(conn: Connection, candidates: set[str], purged: set[int]) -> set[str]:
+def refused_hashes(conn: Connection, candidates: set[str], purged: set[int]) -> set[str]:
     """Of ``candidates``, the SHA-256s whose bytes a refusal that stays still keeps (a row of
     kind ``document`` in state ``error``, or ``replayed`` by an operator, not among ``purged``):
     its bytes go only with the last refusal (or document) that names them."""
@@ -511,14 +523,15 @@ def _refused_hashes(conn: Connection, candidates: set[str], purged: set[int]) ->
         select(text("id"), text("raw")).select_from(text(table)).where(text(REFUSALS_STAY))
     )
     for mid, raw in rows:
-        if mid not in purged and (sha := _kept_by_refusal(raw)) in candidates:
+        if mid not in purged and (sha := kept_by_refusal(raw)) in candidates:
             kept.add(sha)
     return kept
 
 
 def purge_documents_of(conn: Connection, message_ids: Sequence[int]) -> set[str]:
-    """Retention, in the transaction that purges ``message_ids`` (messages of kind
-    ``document``): their documents go with them, and so do the bytes no other document (nor a
+    """Retention on SQLite, in the transaction that purges ``message_ids`` (messages of kind
+    ``document``; PostgreSQL's one statement does the same: engine/store/purge.py): their
+    documents go with them, and so do the bytes no other document (nor a
     refusal that stays) still needs, a purged refusal's kept bytes too. Returns the SHA-256s
     whose bytes are files (beside SQLite): the caller removes them once its transaction has
     committed (:meth:`BlobFiles.remove`), never before. A document whose message is not purged
@@ -539,7 +552,7 @@ def purge_documents_of(conn: Connection, message_ids: Sequence[int]) -> set[str]
     refusals = [m for m in message_ids if m not in placed]
     if refusals:
         for raw in conn.execute(select(messages.c.raw).where(messages.c.id.in_(refusals))):
-            if (sha := _kept_by_refusal(raw[0])) is not None:
+            if (sha := kept_by_refusal(raw[0])) is not None:
                 hashes.add(sha)
     if not hashes:
         return set()
@@ -550,7 +563,7 @@ def purge_documents_of(conn: Connection, message_ids: Sequence[int]) -> set[str]
     )
     gone = hashes - still
     if gone:
-        gone -= _refused_hashes(conn, gone, set(message_ids))
+        gone -= refused_hashes(conn, gone, set(message_ids))
     if not gone:
         return set()
     files = set(

@@ -1,6 +1,6 @@
 """Retention's purge on PostgreSQL: a batch of messages read without locks, then purged by one
-statement in autocommit (document messages in a short transaction of their own), so that no
-round trip to the engine falls inside the time the batch holds its row locks
+statement in autocommit (document messages with their documents and the bytes they free), so
+that no round trip to the engine falls inside the time the batch holds its row locks
 (engine/jobs/retention.py bounds that time; ``MessageStore.purge_range`` reads the batch and does
 the same in one transaction on SQLite)."""
 
@@ -10,13 +10,32 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, any_, bindparam, delete, func, select, true
+from sqlalchemy import (
+    BigInteger,
+    Engine,
+    Text,
+    any_,
+    bindparam,
+    delete,
+    func,
+    literal,
+    literal_column,
+    select,
+    true,
+    tuple_,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 
 from engine.store.db import sqlstate
-from engine.store.documents import purge_documents_of
-from engine.store.tables import deliveries, messages
+from engine.store.documents import kept_by_refusal, refused_hashes
+from engine.store.tables import (
+    deliveries,
+    document_blobs,
+    document_chunks,
+    documents,
+    messages,
+)
 
 __all__ = ["Purged", "purge_postgresql"]
 
@@ -27,33 +46,87 @@ class Purged:
     the first row it changed, or on SQLite from its ``BEGIN IMMEDIATE``, to its commit's end:
     reading the candidates and waiting for the lock are not holding it; on SQLite the writers'
     file lock is taken a connection checkout earlier, and that is not counted). ``documents``:
-    how many of the messages were documents; on PostgreSQL they are a transaction of their own
-    beside the others' one statement, and ``held_s`` is the longer hold of the two (a cancelled
-    statement's included: it held its locks until PostgreSQL rolled it back)."""
+    how many of the messages were documents. On PostgreSQL ``held_s`` is the one statement's (a
+    cancelled one's included: it held its locks until PostgreSQL rolled it back)."""
 
     rows: int
     held_s: float = 0.0
     documents: int = 0
     #: PostgreSQL: the one statement ran past its limit (``lock_limit_s``) and was cancelled,
-    #: rolled back with its locks: the batch's messages without documents are all still there
+    #: rolled back with its locks: the batch's messages are all still there
     cancelled: bool = False
-    #: PostgreSQL: how long the document messages' transaction held its locks (0: none)
-    documents_held_s: float = 0.0
 
 
-#: the longest retention's transaction for document messages waits for a row lock
-_DOCUMENT_LOCK_WAIT = "100ms"
 #: SQLSTATE query_canceled: the statement ran past its ``statement_timeout``
 _CANCELLED = "57014"
 
 
-def _purge_statement(purgeable: tuple[Any, ...]) -> Any:
-    """PostgreSQL: retention's purge of a batch of messages without documents (``:ids``), as one
-    statement for autocommit (:func:`purge_postgresql`): each message whose row,
-    once locked, still meets ``purgeable``, with its deliveries (their attempts by the foreign
-    key's cascade); the count of messages purged. The ``set_config`` makes this statement's
-    commit not wait for the WAL's flush (``SET LOCAL`` needs a transaction of several
-    statements, whose round trips the locks would be held through)."""
+@dataclass(frozen=True)
+class _Papers:
+    """What a batch's document messages would free, read before the purge without locks (their
+    raws and documents never change, and the read is checked again by the statement):
+    ``refusals``, each refusal's id and the SHA-256 of the bytes it kept; ``blobs``, each
+    SHA-256 those messages' documents or refusals name that no refusal outside the batch keeps
+    (those stay), with the row version (``xmin``) of its ``document_blobs`` row as read."""
+
+    placed: list[int]
+    refusals: list[tuple[int, str]]
+    blobs: dict[str, str]
+
+
+def _read_papers(conn: Any, placed: list[int]) -> _Papers:
+    """:class:`_Papers` of the document messages ``placed``, on ``conn`` (a read)."""
+    named = list(
+        conn.execute(
+            select(documents.c.message_id, documents.c.sha256).where(
+                documents.c.message_id.in_(placed)
+            )
+        )
+    )
+    hashes = {r.sha256 for r in named}
+    with_document = {r.message_id for r in named}
+    refusals: list[tuple[int, str]] = []
+    bare = [m for m in placed if m not in with_document]
+    if bare:
+        for mid, raw in conn.execute(
+            select(messages.c.id, messages.c.raw).where(messages.c.id.in_(bare))
+        ):
+            if (sha := kept_by_refusal(raw)) is not None:
+                refusals.append((int(mid), sha))
+    hashes.update(sha for _, sha in refusals)
+    if hashes:
+        hashes -= refused_hashes(conn, hashes, set(placed))
+    blobs: dict[str, str] = {}
+    if hashes:
+        version = literal_column("document_blobs.xmin::text", Text)
+        blobs = {
+            str(sha): str(ver)
+            for sha, ver in conn.execute(
+                select(document_blobs.c.sha256, version).where(
+                    document_blobs.c.sha256.in_(sorted(hashes))
+                )
+            )
+        }
+    return _Papers(placed, refusals, blobs)
+
+
+def _purge_statement(purgeable: tuple[Any, ...], papers: bool = False) -> Any:
+    """PostgreSQL: retention's purge of a batch of messages (``:ids``), as one statement for
+    autocommit (:func:`purge_postgresql`): each message whose row, once locked, still meets
+    ``purgeable``, with its deliveries (their attempts by the foreign key's cascade); the count
+    of messages purged, and of document messages among them (``:placed``). The ``set_config``
+    makes this statement's commit not wait for the WAL's flush (``SET LOCAL`` needs a
+    transaction of several statements, whose round trips the locks would be held through).
+
+    With ``papers`` (a batch with document messages, :class:`_Papers` as parameters) the purged
+    ones take their documents along, and the bytes they free: a blob (``:blob_shas``) named by
+    a purged document or purged refusal (``:refusal_ids``/``:refusal_shas``) that no document
+    left and no refusal of the batch left still names, and only at the row version read before
+    (``:blob_versions``). An upload that reuses those bytes updates that row
+    (``Documents._put_blob``): committed before this statement, it changed the version, and
+    while this statement runs, it makes the statement wait for it and then find the row
+    changed; either way the bytes stay. A document this statement's snapshot does not see is
+    one whose upload updated the row, so the version is this check's whole guard."""
     ids = bindparam("ids", type_=postgresql.ARRAY(BigInteger))
     gone = (
         delete(messages)
@@ -65,7 +138,73 @@ def _purge_statement(purgeable: tuple[Any, ...]) -> Any:
         delete(deliveries).where(deliveries.c.message_id.in_(select(gone.c.id))).cte("settled")
     )
     quick = select(func.set_config("synchronous_commit", "off", true()).label("off")).cte("quick")
-    return select(func.count()).select_from(gone).join(quick, true()).add_cte(settled)
+    if not papers:
+        return (
+            select(func.count(), literal(0)).select_from(gone).join(quick, true()).add_cte(settled)
+        )
+    placed = bindparam("placed", type_=postgresql.ARRAY(BigInteger))
+    return (
+        select(func.count(), func.count().filter(gone.c.id == any_(placed)))
+        .select_from(gone)
+        .join(quick, true())
+        .add_cte(settled, *_papers_ctes(gone))
+    )
+
+
+def _papers_ctes(gone: Any) -> tuple[Any, ...]:
+    """:func:`_purge_statement`'s parts for document messages, after the messages ``gone``:
+    their documents, the bytes freed (at the row version read) and those bytes' chunks."""
+    text_array = postgresql.ARRAY(Text)
+    kept = (
+        func.unnest(
+            bindparam("refusal_ids", type_=postgresql.ARRAY(BigInteger)),
+            bindparam("refusal_shas", type_=text_array),
+        )
+        .table_valued("id", "sha")
+        .render_derived(name="kept")
+    )
+    read = (
+        func.unnest(
+            bindparam("blob_shas", type_=text_array), bindparam("blob_versions", type_=text_array)
+        )
+        .table_valued("sha", "version")
+        .render_derived(name="read")
+    )
+    papers_gone = (
+        delete(documents)
+        .where(documents.c.message_id.in_(select(gone.c.id)))
+        .returning(documents.c.id, documents.c.sha256)
+        .cte("papers")
+    )
+    freed = select(papers_gone.c.sha256).union(
+        select(kept.c.sha).where(kept.c.id.in_(select(gone.c.id)))
+    )
+    needed = (
+        select(documents.c.sha256)
+        .where(
+            documents.c.sha256.in_(select(read.c.sha)),
+            documents.c.id.not_in(select(papers_gone.c.id)),
+        )
+        .union(select(kept.c.sha).where(kept.c.id.not_in(select(gone.c.id))))
+    )
+    doomed = (
+        delete(document_blobs)
+        .where(
+            tuple_(document_blobs.c.sha256, literal_column("document_blobs.xmin::text", Text)).in_(
+                select(read.c.sha, read.c.version)
+            ),
+            document_blobs.c.sha256.in_(freed),
+            document_blobs.c.sha256.not_in(needed),
+        )
+        .returning(document_blobs.c.sha256)
+        .cte("doomed")
+    )
+    chunks = (
+        delete(document_chunks)
+        .where(document_chunks.c.sha256.in_(select(doomed.c.sha256)))
+        .cte("chunks")
+    )
+    return papers_gone, doomed, chunks
 
 
 def purge_postgresql(
@@ -75,105 +214,81 @@ def purge_postgresql(
     lock_limit_s: float | None = None,
 ) -> Purged:
     """``MessageStore.purge_range`` on PostgreSQL (engine/store/messages.py): ``query`` reads
-    the batch's candidates, in a transaction of its own (a read takes no row lock); each is
-    purged only if it still is purgeable when its row is locked (``purgeable``, the read's own
-    conditions, as of the purge's statement: a message resent or replayed since the read, or a
-    replayed original whose copy was sent again, stays for a later run; a change committed
-    while that statement runs, a few milliseconds, is not seen for another row than the one
-    changed).
+    the batch's candidates, in a transaction of its own (a read takes no row lock), and with
+    them what its document messages would free (:func:`_read_papers`); each is purged only if
+    it still is purgeable when its row is locked (``purgeable``, the read's own conditions, as
+    of the purge's statement: a message resent or replayed since the read, or a replayed
+    original whose copy was sent again, stays for a later run; a change committed while that
+    statement runs, a few milliseconds, is not seen for another row than the one changed).
 
-    Messages without documents are purged by one statement in autocommit
-    (:func:`_purge_statement`): its row locks are taken and released inside the server,
-    within one round trip, so this process being off the CPU under load (the purge runs
-    beside the receivers and workers) cannot stretch them. Before this a batch's deletes
-    and its commit were three round trips with the locks held between them (10 million
-    messages under 8 senders flat out: 1 batch of 369 held them 114 ms, over the 100 ms
-    budget). Document messages (1 in 100 in the retention bench, so most batches hold one)
-    take their documents and bytes along (``purge_documents_of``) in a transaction of their
-    own before it, their rows locked and checked first; the time reported held is the
-    longer of the two. That transaction waits at most :data:`_DOCUMENT_LOCK_WAIT` for a
-    lock: matching a waiting document to its patient locks the document before its message,
-    the other order from this one, and rather than wait for PostgreSQL's deadlock check
-    the purge leaves those messages for a later run.
+    The batch is purged by one statement in autocommit (:func:`_purge_statement`), document
+    messages with their documents and the bytes they free: its row locks are taken and
+    released inside the server, within one round trip, so this process being off the CPU
+    under load (the purge runs beside the receivers and workers) cannot stretch them. Before
+    this a batch's deletes and its commit were three round trips with the locks held between
+    them (10 million messages under 8 senders flat out: 1 batch of 369 held them 114 ms, over
+    the 100 ms budget), and until 7 December document messages (1 in 100 in the retention
+    bench, so most batches hold one) were a transaction of a dozen round trips of their own
+    (two of 849 batches held their locks 104 and 117 ms).
 
-    ``lock_limit_s`` bounds the one statement with PostgreSQL's own ``statement_timeout``: run
+    ``lock_limit_s`` bounds the statement with PostgreSQL's own ``statement_timeout``: run
     past it (its backend kept off a core on a saturated machine, a row lock waited for), it is
     cancelled by the server and rolled back, its locks released, and the batch comes back
-    ``cancelled`` with its messages without documents all still there, for the caller to try
-    again smaller (engine/jobs/retention.py). Batch sizing aims well under the limit; this is
-    the bound for the batch the machine stretches anyway, which sizing cannot foresee (10
-    million messages under 8 senders flat out: 1 batch of 891 held its locks 108.5 ms,
-    p99 38.6 ms, on 6 December before the limit).
+    ``cancelled`` with its messages all still there, for the caller to try again smaller
+    (engine/jobs/retention.py). Batch sizing aims well under the limit; this is the bound for
+    the batch the machine stretches anyway, which sizing cannot foresee (10 million messages
+    under 8 senders flat out: 1 batch of 891 held its locks 108.5 ms, p99 38.6 ms, on 6
+    December before the limit). Matching a waiting document to its patient locks the
+    document before its message, the other order from this statement's; the limit cancels
+    the purge long before PostgreSQL's deadlock check would pick one of the two (without a
+    limit, that check does, after its ``deadlock_timeout``).
 
-    Neither plan is JIT-compiled (a batch is small but its cost estimate is not: a second of
-    compiling for a few milliseconds of work, and a plan is made before its statement runs:
-    ``jit`` is set off for the session around the one statement and reset after; a
-    connection that failed in between is dropped, not pooled), and neither commit waits for
-    the WAL's flush, which the locks would be held through: a purge a crash loses comes back
-    and is purged again (the bytes of documents are in the database here, not files removed
-    after the commit)."""
+    The statement is not JIT-compiled (a batch is small but its cost estimate is not: a second
+    of compiling for a few milliseconds of work, and a plan is made before its statement runs:
+    ``jit`` is set off for the session around it and reset after; a connection that failed in
+    between is dropped, not pooled), and its commit does not wait for the WAL's flush, which
+    the locks would be held through: a purge a crash loses comes back and is purged again (the
+    bytes of documents are in the database here, not files removed after the commit)."""
     with db_engine.connect() as conn:
         with conn.begin():
             conn.exec_driver_sql("SET LOCAL jit = off")
             rows = conn.execute(query).all()
+            placed = [r.id for r in rows if r.kind == "document"]
+            papers = _read_papers(conn, placed) if placed else None
         if not rows:
             return Purged(0)
-        plain = [r.id for r in rows if r.kind != "document"]
-        placed = [r.id for r in rows if r.kind == "document"]
-        documents, papers = _purge_documents(conn, placed, purgeable) if placed else (0, 0.0)
-        gone, held, cancelled = documents, papers, False
-        if plain:
-            more, took, cancelled = _purge_plain(conn, plain, purgeable, lock_limit_s)
-            gone, held = gone + more, max(held, took)
-        return Purged(gone, held, documents, cancelled, papers)
-
-
-def _purge_documents(conn: Any, placed: list[int], purgeable: tuple[Any, ...]) -> tuple[int, float]:
-    """:func:`purge_postgresql`'s transaction for document messages: how many were purged (none
-    when one was locked elsewhere past :data:`_DOCUMENT_LOCK_WAIT`), and how long it held its
-    locks."""
-    purged = 0
-    locked = time.perf_counter()
-    try:
-        with conn.begin():
-            conn.exec_driver_sql("SET LOCAL jit = off")
-            conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{_DOCUMENT_LOCK_WAIT}'")
-            locked = time.perf_counter()
-            placed = list(
-                conn.execute(
-                    select(messages.c.id)
-                    .where(messages.c.id.in_(placed), *purgeable)
-                    .with_for_update()
-                ).scalars()
+        params: dict[str, Any] = {"ids": [r.id for r in rows]}
+        if papers is not None:
+            params.update(
+                placed=papers.placed,
+                refusal_ids=[mid for mid, _ in papers.refusals],
+                refusal_shas=[sha for _, sha in papers.refusals],
+                blob_shas=list(papers.blobs),
+                blob_versions=list(papers.blobs.values()),
             )
-            conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(placed)))
-            purge_documents_of(conn, placed)
-            conn.execute(delete(messages).where(messages.c.id.in_(placed)))
-        purged = len(placed)
-    except DBAPIError as exc:
-        if sqlstate(exc) != "55P03":  # lock_not_available: its lock_timeout
-            raise
-    return purged, time.perf_counter() - locked
+        statement = _purge_statement(purgeable, papers=papers is not None)
+        gone, documents_gone, held, cancelled = _purge_limited(
+            conn, statement, params, lock_limit_s
+        )
+        return Purged(gone, held, documents_gone, cancelled)
 
 
-def _purge_plain(
-    conn: Any, plain: list[int], purgeable: tuple[Any, ...], lock_limit_s: float | None
-) -> tuple[int, float, bool]:
-    """:func:`purge_postgresql`'s one statement in autocommit for messages without documents:
-    how many it purged, how long it held its locks, and whether PostgreSQL cancelled it at
-    ``lock_limit_s`` (then it purged none). The session's settings are put back after (the
-    pool sets the isolation back when the connection is returned)."""
+def _purge_limited(
+    conn: Any, statement: Any, params: dict[str, Any], lock_limit_s: float | None
+) -> tuple[int, int, float, bool]:
+    """:func:`purge_postgresql`'s one statement in autocommit: how many messages it purged, how
+    many of them were documents, how long it held its locks, and whether PostgreSQL cancelled
+    it at ``lock_limit_s`` (then it purged none). The session's settings are put back after
+    (the pool sets the isolation back when the connection is returned)."""
     conn.execution_options(isolation_level="AUTOCOMMIT")
-    statement = _purge_statement(purgeable)
     conn.exec_driver_sql("SET jit = off")
-    gone, cancelled = 0, False
+    gone, papers, cancelled = 0, 0, False
     try:
         if lock_limit_s is not None:
             conn.exec_driver_sql(f"SET statement_timeout = {max(1, round(lock_limit_s * 1000))}")
         locked = time.perf_counter()
         try:
-            gone = int(conn.execute(statement, {"ids": plain}).scalar_one())
+            gone, papers = (int(n) for n in conn.execute(statement, params).one())
         except DBAPIError as exc:
             # cancelled at the limit, not sooner (an operator's pg_cancel_backend is an error)
             limit = lock_limit_s
@@ -192,4 +307,4 @@ def _purge_plain(
         conn.invalidate()
         if not isinstance(exc, DBAPIError):
             raise
-    return gone, held, cancelled
+    return gone, papers, held, cancelled

@@ -1,0 +1,164 @@
+"""Retention's one statement on PostgreSQL (engine/store/purge.py) against an upload of the same
+bytes at the same moment: the purge reads what a batch's document messages would free without
+locks, then deletes their bytes in one statement; an upload that reuses those bytes meanwhile
+(``Documents._put_blob``) must keep them, whether it committed between the read and the
+statement or is still in flight while the statement runs. Before this check the new document
+or refusal would have named bytes no longer stored."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event
+
+from engine.store import SqlMessageStore, create_db_engine
+from engine.store.documents import DocumentToStore
+from engine.store.purge import Purged
+from tests.documents.intake_support import new_document, write
+from tests.documents.test_document_retention import _blobs, _delivered_long_ago, _put
+from tests.documents.test_refusal_retention import _refuse
+
+pytestmark = pytest.mark.postgres
+
+KEEP = timedelta(days=30)
+
+
+@pytest.fixture
+def pg_store(postgres_schema_url: str) -> Iterator[SqlMessageStore]:
+    db = create_db_engine(postgres_schema_url)
+    store = SqlMessageStore(db)
+    store.migrate()
+    try:
+        yield store
+    finally:
+        db.dispose()
+
+
+def _old_document(store: SqlMessageStore, tmp_path: Path) -> tuple[Path, str, bytes]:
+    """One document delivered long ago (its retention due); its file, SHA-256 and bytes."""
+    data = b"%PDF-1.4\n" + os.urandom(300_000)
+    path = write(tmp_path / "scan.pdf", data)
+    mid, sha = _put(store, path, "MRN1")
+    _delivered_long_ago(store, mid)
+    return path, sha, data
+
+
+def _stored(store: SqlMessageStore, sha: str) -> bytes:
+    return b"".join(store.document_chunks(sha))
+
+
+def _after_the_read(store: SqlMessageStore, meanwhile: Any) -> Purged:
+    """Purge everything due, with ``meanwhile`` run once right after the purge read the row
+    versions of the bytes it would free, before its statement."""
+    done: list[bool] = []
+
+    def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not done and "document_blobs.xmin" in statement:
+            done.append(True)
+            meanwhile()
+
+    event.listen(store.db_engine, "after_cursor_execute", after)
+    try:
+        purged = store.purge_range(KEEP, lock_limit_s=5.0)
+    finally:
+        event.remove(store.db_engine, "after_cursor_execute", after)
+    assert done, "the purge never read the bytes' row versions"
+    return purged
+
+
+def test_a_refusal_keeping_the_bytes_after_the_read_keeps_them(
+    pg_store: SqlMessageStore, tmp_path: Path
+) -> None:
+    """A refused upload of the same bytes, committed between the purge's read and its
+    statement: the purge takes the old document but not the bytes the refusal now keeps."""
+    path, sha, data = _old_document(pg_store, tmp_path)
+    refusals: list[int] = []
+    purged = _after_the_read(pg_store, lambda: refusals.append(_refuse(pg_store, path)))
+    assert (purged.rows, purged.documents) == (1, 1) and refusals
+    assert _blobs(pg_store, sha) == (1, True)
+    assert _stored(pg_store, sha) == data
+
+
+def test_a_document_reusing_the_bytes_after_the_read_keeps_them(
+    pg_store: SqlMessageStore, tmp_path: Path
+) -> None:
+    path, sha, data = _old_document(pg_store, tmp_path)
+    purged = _after_the_read(pg_store, lambda: _put(pg_store, path, "MRN2"))
+    assert (purged.rows, purged.documents) == (1, 1)
+    assert _blobs(pg_store, sha) == (1, True)
+    assert _stored(pg_store, sha) == data
+
+
+def _waits_for_a_lock(admin: Engine, pid: int) -> bool:
+    """Whether the backend ``pid`` (the purge's own) is waiting for a lock."""
+    with admin.connect() as conn:
+        return (
+            conn.exec_driver_sql(
+                f"SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = {pid}"
+            ).scalar_one_or_none()
+            is True
+        )
+
+
+def test_an_upload_reusing_the_bytes_while_the_statement_runs_keeps_them(
+    pg_store: SqlMessageStore, tmp_path: Path
+) -> None:
+    """A second upload of the same bytes (another patient) in flight, its transaction open,
+    when the purge's statement comes to the bytes' row: the statement waits for it, then finds
+    the row changed and leaves the bytes; the second document is stored with them."""
+    path, sha, data = _old_document(pg_store, tmp_path)
+    size = len(data)
+    purging: list[int] = []
+
+    @event.listens_for(pg_store.db_engine, "before_cursor_execute")
+    def record(conn: Any, *args: Any) -> None:
+        purging.append(conn.connection.dbapi_connection.info.backend_pid)
+
+    url = pg_store.db_engine.url.render_as_string(hide_password=False)
+    upload, admin = SqlMessageStore(create_db_engine(url)), create_db_engine(url)
+    result: list[Purged] = []
+    waited = False
+    try:
+        with upload._tx() as conn:  # the upload's own transaction, kept open here
+            item = DocumentToStore(new_document("MRN2"), path, sha, size, "application/pdf")
+            stored = upload._store_one(conn, item)
+            assert not isinstance(stored, Exception) and not stored.duplicate
+            thread = threading.Thread(
+                target=lambda: result.append(pg_store.purge_range(KEEP, lock_limit_s=60))
+            )
+            thread.start()
+            for _ in range(400):  # until the purge's statement waits on the upload's row lock
+                if purging and (waited := _waits_for_a_lock(admin, purging[-1])):
+                    break
+                if not thread.is_alive():
+                    break
+                thread.join(0.05)
+        thread.join(60)
+    finally:
+        event.remove(pg_store.db_engine, "before_cursor_execute", record)
+        upload.db_engine.dispose()
+        admin.dispose()
+    assert waited, "the purge's statement never waited for the upload"
+    assert result and (result[0].rows, result[0].documents) == (1, 1)
+    assert _blobs(pg_store, sha) == (1, True)
+    assert _stored(pg_store, sha) == data
+    assert pg_store.raw(stored.message_id) is not None
+
+
+def test_an_upload_after_the_purge_stores_the_bytes_again(
+    pg_store: SqlMessageStore, tmp_path: Path
+) -> None:
+    path, sha, data = _old_document(pg_store, tmp_path)
+    assert pg_store.purge_range(KEEP, lock_limit_s=5.0).rows == 1
+    assert _blobs(pg_store, sha) == (0, False)
+    _put(pg_store, path, "MRN1")
+    assert _blobs(pg_store, sha) == (1, True)
+    assert _stored(pg_store, sha) == data
+    assert hashlib.sha256(_stored(pg_store, sha)).hexdigest() == sha
