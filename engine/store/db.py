@@ -374,10 +374,16 @@ class Repository:
     def _tx(self, *, priority: bool = False) -> Iterator[Connection]:
         """A write transaction (on SQLite: BEGIN IMMEDIATE, under the writers' file lock;
         ``priority`` for the receiver's commits, which ACKs wait on)."""
+        with self._write_locked(priority=priority) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _write_locked(self, *, priority: bool = False) -> Iterator[Connection]:
+        """A connection for write transactions, under the writers' file lock on SQLite until
+        the block ends: what it does after a commit no other writer comes between."""
         with self._write_lock.held(priority=priority), self.db_engine.connect() as conn:
             conn.execution_options(write=True)
-            with conn.begin():
-                yield conn
+            yield conn
 
 
 def utcnow() -> datetime:

@@ -15,7 +15,6 @@ once, beside the method that runs it (building a statement costs more than SQLit
 from __future__ import annotations
 
 import builtins
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -42,11 +41,10 @@ from engine.store.blobs import BlobFiles
 from engine.store.clean import clean, clean_key, clean_lines
 from engine.store.db import Repository, aware, in_index_order, state_literal, utcnow
 from engine.store.deliveries import NewDelivery, deliveries_of, queue_deliveries
-from engine.store.documents import purge_documents_of
 from engine.store.index import IndexedResource, upsert_resources
 from engine.store.inserts import insert_messages
 from engine.store.lists import in_list
-from engine.store.purge import Purged, purge_postgresql
+from engine.store.purge import Purged, purge_postgresql, purge_sqlite
 from engine.store.resends import Held, Insert, Plan, Planner, after_receipt_notes, content_digest
 from engine.store.tables import deliveries, documents, messages
 from engine.store.views import MessageView
@@ -679,19 +677,11 @@ class MessageStore(Repository):
             query = query.where(messages.c.id > id_range[0], messages.c.id <= id_range[1])
         if self.db_engine.dialect.name == "postgresql":
             return purge_postgresql(self.db_engine, query, purgeable, lock_limit_s)
-        with self._tx() as conn:
-            # SQLite: the writers' lock is this transaction's from here (BEGIN IMMEDIATE)
-            locked = time.perf_counter()
-            rows = conn.execute(query).all()
-            if not rows:
-                return Purged(0)
-            ids = [r.id for r in rows]
-            papers = [r.id for r in rows if r.kind == "document"]
-            conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(ids)))
-            files = purge_documents_of(conn, papers)
-            conn.execute(delete(messages).where(messages.c.id.in_(ids)))
-        held = time.perf_counter() - locked  # committed
-        blobs = BlobFiles.for_engine(self.db_engine)
-        if files and blobs is not None:  # committed: the files' rows are gone for good
-            blobs.remove(files)
-        return Purged(len(ids), held, len(papers))
+        with self._write_locked() as conn:
+            purged, files = purge_sqlite(conn, query)
+            blobs = BlobFiles.for_engine(self.db_engine)
+            # committed: the files' rows are gone for good; removed before another writer can
+            # come between and record the same bytes again, finding their file still there
+            if files and blobs is not None:
+                blobs.remove(files)
+        return purged

@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 
 from engine.store.db import sqlstate
-from engine.store.documents import kept_by_refusal, refused_hashes
+from engine.store.documents import kept_by_refusal, purge_documents_of, refused_hashes
 from engine.store.tables import (
     deliveries,
     document_blobs,
@@ -37,7 +37,7 @@ from engine.store.tables import (
     messages,
 )
 
-__all__ = ["Purged", "purge_postgresql"]
+__all__ = ["Purged", "purge_postgresql", "purge_sqlite"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,27 @@ class _Papers:
     placed: list[int]
     refusals: list[tuple[int, str]]
     blobs: dict[str, str]
+
+
+def purge_sqlite(conn: Any, query: Any) -> tuple[Purged, set[str]]:
+    """``MessageStore.purge_range`` on SQLite, on ``conn`` (the caller holds the writers' lock):
+    the batch ``query`` reads, purged in one transaction (BEGIN IMMEDIATE), document messages
+    with their documents and the bytes they free (``purge_documents_of``); and the SHA-256s of
+    the files of bytes to remove once it has committed, which the caller does before letting
+    go of the writers' lock (an upload of the same bytes in between would find their file
+    still in place, record them again, and lose them to the removal)."""
+    with conn.begin():
+        # the writers' lock is this transaction's from here (BEGIN IMMEDIATE)
+        locked = time.perf_counter()
+        rows = conn.execute(query).all()
+        if not rows:
+            return Purged(0), set()
+        ids = [r.id for r in rows]
+        papers = [r.id for r in rows if r.kind == "document"]
+        conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(ids)))
+        files = purge_documents_of(conn, papers)
+        conn.execute(delete(messages).where(messages.c.id.in_(ids)))
+    return Purged(len(ids), time.perf_counter() - locked, len(papers)), files
 
 
 def _read_papers(conn: Any, placed: list[int]) -> _Papers:

@@ -19,13 +19,12 @@ import pytest
 from sqlalchemy import Engine, event
 
 from engine.store import SqlMessageStore, create_db_engine
+from engine.store.blobs import BlobFiles
 from engine.store.documents import DocumentToStore
 from engine.store.purge import Purged
 from tests.documents.intake_support import new_document, write
 from tests.documents.test_document_retention import _blobs, _delivered_long_ago, _put
 from tests.documents.test_refusal_retention import _refuse
-
-pytestmark = pytest.mark.postgres
 
 KEEP = timedelta(days=30)
 
@@ -73,6 +72,7 @@ def _after_the_read(store: SqlMessageStore, meanwhile: Any) -> Purged:
     return purged
 
 
+@pytest.mark.postgres
 def test_a_refusal_keeping_the_bytes_after_the_read_keeps_them(
     pg_store: SqlMessageStore, tmp_path: Path
 ) -> None:
@@ -86,6 +86,7 @@ def test_a_refusal_keeping_the_bytes_after_the_read_keeps_them(
     assert _stored(pg_store, sha) == data
 
 
+@pytest.mark.postgres
 def test_a_document_reusing_the_bytes_after_the_read_keeps_them(
     pg_store: SqlMessageStore, tmp_path: Path
 ) -> None:
@@ -107,6 +108,7 @@ def _waits_for_a_lock(admin: Engine, pid: int) -> bool:
         )
 
 
+@pytest.mark.postgres
 def test_an_upload_reusing_the_bytes_while_the_statement_runs_keeps_them(
     pg_store: SqlMessageStore, tmp_path: Path
 ) -> None:
@@ -152,6 +154,7 @@ def test_an_upload_reusing_the_bytes_while_the_statement_runs_keeps_them(
     assert pg_store.raw(stored.message_id) is not None
 
 
+@pytest.mark.postgres
 def test_an_upload_after_the_purge_stores_the_bytes_again(
     pg_store: SqlMessageStore, tmp_path: Path
 ) -> None:
@@ -162,3 +165,35 @@ def test_an_upload_after_the_purge_stores_the_bytes_again(
     assert _blobs(pg_store, sha) == (1, True)
     assert _stored(pg_store, sha) == data
     assert hashlib.sha256(_stored(pg_store, sha)).hexdigest() == sha
+
+
+def test_on_sqlite_an_upload_right_after_the_purge_commits_keeps_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite keeps the bytes as files beside the database, removed once the purge's deletion
+    of their rows has committed. An upload of the same bytes that came between that commit and
+    the removal found no row and the file still in place, recorded the bytes again, and lost
+    them to the removal: the removal is now done before the purge lets go of the writers'
+    lock, and the upload, waiting for that lock, puts the file back after."""
+    store = SqlMessageStore(create_db_engine(f"sqlite:///{tmp_path / 'engine.db'}"))
+    store.migrate()
+    path, sha, data = _old_document(store, tmp_path)
+    uploads: list[Any] = []
+    threads: list[threading.Thread] = []
+    removing = BlobFiles.remove
+
+    def remove(files: BlobFiles, hashes: Any) -> None:
+        # an upload of the same bytes (another patient) arrives right after the commit
+        threads.append(threading.Thread(target=lambda: uploads.append(_put(store, path, "MRN2"))))
+        threads[0].start()
+        threads[0].join(0.5)  # it waits for the writers' lock (before: stored in this time)
+        removing(files, hashes)
+
+    monkeypatch.setattr(BlobFiles, "remove", remove)
+    assert store.purge_range(KEEP).rows == 1
+    assert len(threads) == 1, "the purge removed no file"
+    threads[0].join(30)
+    assert not threads[0].is_alive() and len(uploads) == 1
+    assert _blobs(store, sha) == (1, True)
+    assert _stored(store, sha) == data
+    store.db_engine.dispose()
