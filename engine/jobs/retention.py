@@ -9,7 +9,7 @@ the one writer's lock every ACK waits on. Here the ids from the oldest message t
 received before the cutoff are walked in ranges of at most :data:`MAX_BATCH` ids
 (``MessageStore.purge_range``: the purgeable messages of the range, their
 deliveries and documents, in one transaction on SQLite; on PostgreSQL in one statement in
-autocommit, document messages in a short transaction of their own before it; the candidates
+autocommit, document messages and the bytes they free included; the candidates
 read from the primary key's index, and
 what a batch asks of other rows from indexes of their own: the copies of a replayed original, the
 refused uploads that still keep a purged document's bytes; migration 0024). Each batch is timed,

@@ -140,9 +140,18 @@ class BlobFiles:
             with contextlib.suppress(OSError, ValueError):
                 self.path(sha).unlink()
 
-    def sweep(self, unknown: Callable[[set[str]], set[str]]) -> int:
+    def sweep(
+        self,
+        unknown: Callable[[set[str]], set[str]],
+        locked: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+    ) -> int:
         """Remove files older than an hour that no row names (``unknown`` returns which of the
-        hashes it is given have no row), and temporary files a crash left. Returns how many."""
+        hashes it is given have no row), and temporary files a crash left. Returns how many.
+
+        ``locked``: the writers' lock, held from asking ``unknown`` to the last removal, each
+        file's age looked at again under it: an upload of the same bytes puts a new file in
+        place of an old unnamed one and records it under that lock, and its file is not taken
+        for the old one."""
         if not self.root.is_dir():
             return 0
         cutoff = time.time() - _ORPHAN_AGE_S
@@ -161,10 +170,12 @@ class BlobFiles:
                     else:
                         old[path.name] = path
         if old:
-            for sha in unknown(set(old)):
-                with contextlib.suppress(OSError):
-                    old[sha].unlink()
-                    removed += 1
+            with locked():
+                for sha in unknown(set(old)):
+                    with contextlib.suppress(OSError):
+                        if old[sha].stat().st_mtime < cutoff:
+                            old[sha].unlink()
+                            removed += 1
         return removed
 
 

@@ -215,6 +215,17 @@ class Documents(Repository):
         .values(sha1=document_blobs.c.sha1)
         .returning(document_blobs.c.sha1)
     )
+    #: PostgreSQL: the rows of several stored bytes a group of uploads reuses (``_REUSE_BLOB``
+    #: locks each until the group commits), locked first, in the order of their SHA-256: two
+    #: groups on two nodes reusing the same two in the other order would otherwise each wait
+    #: for the other until PostgreSQL's deadlock check failed one (SQLite: a read, its writers
+    #: take turns)
+    _LOCK_BLOBS = (
+        select(document_blobs.c.sha256)
+        .where(document_blobs.c.sha256.in_(bindparam("shas", expanding=True)))
+        .order_by(document_blobs.c.sha256)
+        .with_for_update()
+    )
     _INSERT_CHUNK = insert(document_chunks)
     _CHUNK = select(document_chunks.c.data).where(
         document_chunks.c.sha256 == bindparam("sha"), document_chunks.c.seq == bindparam("seq")
@@ -251,6 +262,9 @@ class Documents(Repository):
         that one's duplicate. If the transaction itself fails, it raises (nothing stored)."""
         results: list[StoredDocument | Exception] = []
         with self._tx() as conn:
+            shas = sorted({item.sha256 for item in batch})
+            if len(shas) > 1:  # the rows of stored bytes this group reuses, locked in one order
+                conn.execute(self._LOCK_BLOBS, {"shas": shas})
             for item in batch:
                 results.append(self._store_one(conn, item))
         return results
@@ -487,7 +501,7 @@ class Documents(Repository):
                     )
             return hashes - known
 
-        return files.sweep(unknown)
+        return files.sweep(unknown, self._write_lock.held)
 
     def _chunks(self, sha256: str, count: int) -> Iterator[bytes]:
         for seq in range(count):

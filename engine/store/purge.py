@@ -64,7 +64,7 @@ _CANCELLED = "57014"
 @dataclass(frozen=True)
 class _Papers:
     """What a batch's document messages would free, read before the purge without locks (their
-    raws and documents never change, and the read is checked again by the statement):
+    raws never change, and the rest is checked again by the statement):
     ``refusals``, each refusal's id and the SHA-256 of the bytes it kept; ``blobs``, each
     SHA-256 those messages' documents or refusals name that no refusal outside the batch keeps
     (those stay), with the row version (``xmin``) of its ``document_blobs`` row as read."""
@@ -115,19 +115,22 @@ def _read_papers(conn: Any, placed: list[int]) -> _Papers:
             if (sha := kept_by_refusal(raw)) is not None:
                 refusals.append((int(mid), sha))
     hashes.update(sha for _, sha in refusals)
-    if hashes:
-        hashes -= refused_hashes(conn, hashes, set(placed))
-    blobs: dict[str, str] = {}
-    if hashes:
-        version = literal_column("document_blobs.xmin::text", Text)
-        blobs = {
-            str(sha): str(ver)
-            for sha, ver in conn.execute(
-                select(document_blobs.c.sha256, version).where(
-                    document_blobs.c.sha256.in_(sorted(hashes))
-                )
+    if not hashes:
+        return _Papers(placed, refusals, {})
+    # the versions first, then the refusals outside the batch that keep any of these bytes: a
+    # refusal committed after that read (its upload updated the bytes' row) is seen by the
+    # statement's version check, one committed before it by the read of refusals after
+    version = literal_column("document_blobs.xmin::text", Text)
+    blobs = {
+        str(sha): str(ver)
+        for sha, ver in conn.execute(
+            select(document_blobs.c.sha256, version).where(
+                document_blobs.c.sha256.in_(sorted(hashes))
             )
-        }
+        )
+    }
+    for sha in refused_hashes(conn, set(blobs), set(placed)) if blobs else ():
+        del blobs[sha]
     return _Papers(placed, refusals, blobs)
 
 

@@ -130,6 +130,42 @@ def test_a_crash_between_the_file_and_the_commit_leaves_a_file_swept_once_old(
     assert b"".join(sqlite_store.document_chunks(_sha(kept))) == kept
 
 
+def test_the_sweep_leaves_a_file_an_upload_put_in_place_of_an_old_one(
+    sqlite_store: SqlMessageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old file no row names, and an upload of the same bytes putting its own file in its
+    place while the sweep asks the database which files are unnamed: the sweep looks at each
+    file's age again under the writers' lock before removing it, and leaves the new one."""
+    files = _files(sqlite_store)
+    data = pdf_bytes(3)
+    sha = _sha(data)
+    sqlite_store.prepare_blob(write(tmp_path / "old.pdf", data), sha, len(data))
+    old = time.time() - 7200
+    os.utime(files.path(sha), (old, old))
+    write(tmp_path / "new.pdf", data)
+    sweep = files.sweep
+
+    def sweep_with_an_upload(unknown: Any, locked: Any) -> int:
+        def unknown_then_upload(hashes: set[str]) -> set[str]:
+            answer = unknown(hashes)
+            files.place(tmp_path / "new.pdf", sha, len(data))  # the upload's fresh file
+            return answer
+
+        return sweep(unknown_then_upload, locked)
+
+    monkeypatch.setattr(files, "sweep", sweep_with_an_upload)
+    assert sqlite_store.sweep_blob_files() == 0
+    assert files.path(sha).exists()
+    sqlite_store.store_document(
+        new_document(),
+        tmp_path / "new.pdf",
+        sha256=sha,
+        size=len(data),
+        media_type="application/pdf",
+    )
+    assert b"".join(sqlite_store.document_chunks(sha)) == data
+
+
 def test_retention_removes_the_file_once_its_rows_are_gone(
     sqlite_store: SqlMessageStore, tmp_path: Path
 ) -> None:

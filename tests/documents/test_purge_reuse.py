@@ -53,13 +53,18 @@ def _stored(store: SqlMessageStore, sha: str) -> bytes:
     return b"".join(store.document_chunks(sha))
 
 
-def _after_the_read(store: SqlMessageStore, meanwhile: Any) -> Purged:
-    """Purge everything due, with ``meanwhile`` run once right after the purge read the row
-    versions of the bytes it would free, before its statement."""
+#: the purge's reads before its statement, each a moment for an upload to come between:
+#: after the bytes' row versions, after the refusals outside the batch that keep bytes
+READS = {"versions": "document_blobs.xmin", "refusals": "state IN ('error', 'replayed')"}
+
+
+def _after_the_read(store: SqlMessageStore, meanwhile: Any, read: str = "versions") -> Purged:
+    """Purge everything due, with ``meanwhile`` run once right after the purge's ``read``
+    (:data:`READS`), before its statement."""
     done: list[bool] = []
 
     def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if not done and "document_blobs.xmin" in statement:
+        if not done and READS[read] in statement:
             done.append(True)
             meanwhile()
 
@@ -68,19 +73,22 @@ def _after_the_read(store: SqlMessageStore, meanwhile: Any) -> Purged:
         purged = store.purge_range(KEEP, lock_limit_s=5.0)
     finally:
         event.remove(store.db_engine, "after_cursor_execute", after)
-    assert done, "the purge never read the bytes' row versions"
+    assert done, f"the purge never read {read}"
     return purged
 
 
 @pytest.mark.postgres
-def test_a_refusal_keeping_the_bytes_after_the_read_keeps_them(
-    pg_store: SqlMessageStore, tmp_path: Path
+@pytest.mark.parametrize("read", list(READS))
+def test_a_refusal_keeping_the_bytes_after_a_read_keeps_them(
+    pg_store: SqlMessageStore, tmp_path: Path, read: str
 ) -> None:
-    """A refused upload of the same bytes, committed between the purge's read and its
-    statement: the purge takes the old document but not the bytes the refusal now keeps."""
+    """A refused upload of the same bytes, committed between one of the purge's reads and its
+    statement: the purge takes the old document but not the bytes the refusal now keeps (the
+    refusals outside the batch read before the versions, such a refusal committed between the
+    two was seen by neither)."""
     path, sha, data = _old_document(pg_store, tmp_path)
     refusals: list[int] = []
-    purged = _after_the_read(pg_store, lambda: refusals.append(_refuse(pg_store, path)))
+    purged = _after_the_read(pg_store, lambda: refusals.append(_refuse(pg_store, path)), read)
     assert (purged.rows, purged.documents) == (1, 1) and refusals
     assert _blobs(pg_store, sha) == (1, True)
     assert _stored(pg_store, sha) == data
@@ -197,3 +205,68 @@ def test_on_sqlite_an_upload_right_after_the_purge_commits_keeps_its_bytes(
     assert _blobs(store, sha) == (1, True)
     assert _stored(store, sha) == data
     store.db_engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_group_of_uploads_locks_the_stored_bytes_it_reuses_in_one_order(
+    pg_store: SqlMessageStore, tmp_path: Path
+) -> None:
+    """A group commit that reuses two stored bytes, given in the reverse of their SHA-256s'
+    order, while another session holds the first one's row: the group waits for it without
+    holding the second, so another group reusing them the other way round cannot be waiting
+    for it in turn (before, each reused row was locked as its document came, and two such
+    groups on two nodes waited for each other until PostgreSQL's deadlock check failed one)."""
+    stored = []
+    for n in range(2):
+        data = b"%PDF-1.4\n" + os.urandom(1000)
+        path = write(tmp_path / f"scan{n}.pdf", data)
+        stored.append((_put(pg_store, path, "MRN1")[1], path, len(data)))
+    stored.sort()
+    (first, _, _), (second, _, _) = stored
+    group = [
+        DocumentToStore(new_document("MRN2"), path, sha, size, "application/pdf")
+        for sha, path, size in reversed(stored)
+    ]
+    pids: list[int] = []
+
+    @event.listens_for(pg_store.db_engine, "before_cursor_execute")
+    def record(conn: Any, *args: Any) -> None:
+        pids.append(conn.connection.dbapi_connection.info.backend_pid)
+
+    url = pg_store.db_engine.url.render_as_string(hide_password=False)
+    other = create_db_engine(url)
+    results: list[Any] = []
+    nowait = "SELECT sha256 FROM document_blobs WHERE sha256 = '{}' FOR UPDATE NOWAIT"
+    try:
+        with other.connect() as holder:
+            holder.begin()
+            holder.exec_driver_sql(nowait.format(first))
+            holder_pid = holder.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+            thread = threading.Thread(
+                target=lambda: results.append(pg_store.store_documents(group))
+            )
+            thread.start()
+            blocked = False
+            for _ in range(400):  # until the group waits for the held row
+                if pids:
+                    blocked = bool(
+                        holder.exec_driver_sql(
+                            "SELECT pg_stat_clear_snapshot(),"
+                            f" {holder_pid} = ANY (pg_blocking_pids({pids[-1]}))"
+                        ).one()[1]
+                    )
+                if blocked or not thread.is_alive():
+                    break
+                thread.join(0.05)
+            assert blocked, "the group never waited for the held row"
+            # the group holds no lock on the second bytes while it waits for the first
+            assert holder.exec_driver_sql(nowait.format(second)).scalar_one() == second
+            holder.rollback()
+        thread.join(60)
+    finally:
+        event.remove(pg_store.db_engine, "before_cursor_execute", record)
+        other.dispose()
+    [done] = results
+    assert [isinstance(r, Exception) for r in done] == [False, False]
+    for sha, _, _ in stored:
+        assert _blobs(pg_store, sha) == (1, True)

@@ -125,8 +125,9 @@ def _held(schema_url: str, statement: str) -> Iterator[Connection]:
 
 def _waits_past(holder: Connection, work: Callable[[], object], seconds: float) -> None:
     """Run ``work`` on a thread while ``holder`` keeps its lock; once a session has waited on
-    a lock for ``seconds`` (pg_stat_activity, seen from the holder), let go; re-raise what
-    ``work`` raised. ``work`` cancelled before that raises here, and so does a wait never seen."""
+    that lock for ``seconds`` (pg_stat_activity, seen from the holder: a session blocked by
+    the holder's own backend, not any other test's wait), let go; re-raise what ``work``
+    raised. ``work`` cancelled before that raises here, and so does a wait never seen."""
     failed: list[BaseException] = []
 
     def run() -> None:
@@ -143,7 +144,8 @@ def _waits_past(holder: Connection, work: Callable[[], object], seconds: float) 
         seen = bool(
             holder.exec_driver_sql(
                 "SELECT pg_stat_clear_snapshot(), EXISTS (SELECT 1 FROM pg_stat_activity"
-                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                " WHERE wait_event_type = 'Lock'"
+                " AND pg_backend_pid() = ANY (pg_blocking_pids(pid))"
                 # clock_timestamp(): now() is the holder's transaction's start
                 f" AND clock_timestamp() - query_start > interval '{seconds} s')"
             ).one()[1]
