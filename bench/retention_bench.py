@@ -331,6 +331,8 @@ class SwitchedPurge:
                     "at": round(time.time(), 3),
                     "rows": batch.rows,
                     "cancelled": batch.cancelled,
+                    "read": batch.read,
+                    "read_documents": batch.read_documents,
                     "documents": batch.documents,
                     "lock_ms": round(1000 * batch.held_s, 1),
                     "call_ms": round(1000 * took, 1),
@@ -705,7 +707,8 @@ def _print_result(r: dict[str, Any]) -> None:
     )
     for slow in p.get("over_budget", []):
         print(
-            f"    over 100 ms: {slow['rows']} rows ({slow['documents']} documents), locks "
+            f"    over 100 ms: {slow['rows']} rows ({slow['documents']} documents) of "
+            f"{slow.get('read')} read ({slow.get('read_documents')} documents), locks "
             f"{slow['lock_ms']} ms{' (cancelled)' if slow['cancelled'] else ''}, "
             f"call {slow['call_ms']} ms"
         )

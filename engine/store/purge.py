@@ -55,6 +55,10 @@ class Purged:
     #: PostgreSQL: the one statement ran past its limit (``lock_limit_s``) and was cancelled,
     #: rolled back with its locks: the batch's messages are all still there
     cancelled: bool = False
+    #: the batch's candidates as read before the purge, and how many were documents (on a
+    #: cancelled batch, what the statement was given)
+    read: int = 0
+    read_documents: int = 0
 
 
 #: SQLSTATE query_canceled: the statement ran past its ``statement_timeout``
@@ -92,7 +96,8 @@ def purge_sqlite(conn: Any, query: Any) -> tuple[Purged, set[str]]:
         conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(ids)))
         files = purge_documents_of(conn, papers)
         conn.execute(delete(messages).where(messages.c.id.in_(ids)))
-    return Purged(len(ids), time.perf_counter() - locked, len(papers)), files
+    held = time.perf_counter() - locked
+    return Purged(len(ids), held, len(papers), read=len(ids), read_documents=len(papers)), files
 
 
 def _read_papers(conn: Any, placed: list[int]) -> _Papers:
@@ -294,7 +299,7 @@ def purge_postgresql(
         gone, documents_gone, held, cancelled = _purge_limited(
             conn, statement, params, lock_limit_s
         )
-        return Purged(gone, held, documents_gone, cancelled)
+        return Purged(gone, held, documents_gone, cancelled, len(rows), len(placed))
 
 
 def _purge_limited(
