@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import event, insert, select
 
 from engine.store import SqlMessageStore
-from engine.store.tables import messages
+from engine.store.tables import document_blobs, messages
 
 ORIGINALS = 4000
 REPLAYED = 200
@@ -157,6 +157,15 @@ def _refusals(store: SqlMessageStore, tag: str) -> None:
     with store.db_engine.begin() as conn:
         conn.execute(insert(messages), [row(n, "hl7v2", b"MSH|^~\\&|E") for n in range(3000)])
         conn.execute(insert(messages), refused)
+        # their bytes, stored (bytes not stored free nothing, and nothing is asked about them)
+        if tag == "E":
+            conn.execute(
+                insert(document_blobs),
+                [
+                    {"sha256": f"{n:064x}", "size": 1, "chunks": 0, "created_at": old}
+                    for n in range(5)
+                ],
+            )
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql("ANALYZE messages")
 
