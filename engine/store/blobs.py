@@ -73,7 +73,7 @@ class BlobFiles:
         are ``size`` long (DocumentChanged otherwise: nothing placed), durably (file and folder
         fsynced). Returns the bytes' base64 SHA-1 (FHIR Attachment.hash), hashed on the way."""
         final = self.path(sha256)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        self._folder(final)
         digest = hashlib.sha256()
         sha1 = hashlib.sha1(usedforsecurity=False)
         total = 0
@@ -106,7 +106,7 @@ class BlobFiles:
         written once. Fsynced, renamed, its new folder fsynced. ``source`` is gone after (its
         owner's clean-up must allow that). Across file systems it is copied instead."""
         final = self.path(sha256)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        self._folder(final)
         fd = os.open(source, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -117,14 +117,33 @@ class BlobFiles:
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            shutil.copyfile(source, final.with_name(f".part-{final.name}"))
-            fd = os.open(final.with_name(f".part-{final.name}"), os.O_RDONLY)
+            # a temporary name of its own: two uploads of the same bytes at once must not
+            # write into one file, one renaming it into place while the other still writes
+            fd, name = tempfile.mkstemp(dir=final.parent, prefix=".part-")
+            tmp = Path(name)
             try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(final.with_name(f".part-{final.name}"), final)
+                with os.fdopen(fd, "wb") as out, source.open("rb") as f:
+                    shutil.copyfileobj(f, out, _CHUNK)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, final)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
         _fsync_dir(final.parent)
+
+    def _folder(self, final: Path) -> None:
+        """Make ``final``'s folder if it is not there yet, its entry fsynced into the folders
+        above it (up to the root's own parent), so that a file committed in it after a power
+        cut is still found: the file's own fsync and its folder's do not cover the folder's
+        name."""
+        if final.parent.is_dir():
+            return
+        made = [p for p in (final.parent, self.root) if not p.exists()]
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for folder in made:
+            _fsync_dir(folder.parent)
 
     def chunks(self, sha256: str) -> Iterator[bytes]:
         """The bytes of ``sha256``, 1 MiB at a time; KeyError when the file is missing."""

@@ -5,6 +5,7 @@ leaves a file no row names, swept once old; retention removes a file only after 
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import os
 import time
@@ -259,3 +260,60 @@ def test_an_upload_through_the_intake_leaves_no_spool_and_one_file(tmp_path: Pat
         sha1 = conn.execute(select(document_blobs.c.sha1)).scalar_one()
     assert sha1 == base64.b64encode(hashlib.sha1(data).digest()).decode()
     db.dispose()
+
+
+def test_adopting_across_file_systems_copies_under_a_name_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spool on another file system than the blobs (EXDEV on the rename): the file is
+    copied into a temporary file of its own (two uploads of the same bytes at once wrote into
+    one fixed ``.part-`` name before), fsynced and renamed; nothing temporary is left."""
+    from engine.store import blobs as module
+
+    files = BlobFiles(tmp_path / "engine.blobs")
+    data = pdf_bytes(4)
+    spool = write(tmp_path / "spool.bin", data)
+    renames: list[tuple[str, str]] = []
+    replace = os.replace
+
+    def across(src: Any, dst: Any) -> None:
+        renames.append((Path(src).name, Path(dst).name))
+        if Path(src) == spool:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        replace(src, dst)
+
+    monkeypatch.setattr(module.os, "replace", across)
+    files.adopt(spool, _sha(data))
+    assert files.path(_sha(data)).read_bytes() == data
+    [(_, _), (temporary, final)] = renames
+    assert final == _sha(data) and temporary.startswith(".part-") and temporary != f".part-{final}"
+    assert [p.name for p in files.path(_sha(data)).parent.iterdir()] == [_sha(data)]
+
+
+def test_a_new_folder_of_bytes_is_fsynced_into_the_one_above(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first file under a prefix makes its folder: that folder's name is fsynced into the
+    root (and the root's into its parent, on first use), not only the file and its folder."""
+    from engine.store import blobs as module
+
+    synced: list[Path] = []
+    fsync_dir = module._fsync_dir
+
+    def recorded(folder: Path) -> None:
+        synced.append(folder)
+        fsync_dir(folder)
+
+    monkeypatch.setattr(module, "_fsync_dir", recorded)
+    files = BlobFiles(tmp_path / "engine.blobs")
+    data = pdf_bytes(5)
+    files.place(write(tmp_path / "scan.pdf", data), _sha(data), len(data))
+    folder = files.path(_sha(data)).parent
+    assert set(synced) == {tmp_path, files.root, folder}
+    synced.clear()
+    # more bytes under the same prefix: the folder is there, only it is fsynced after the rename
+    other = next(
+        d for n in range(10_000) if _sha(d := data + str(n).encode())[:2] == _sha(data)[:2]
+    )
+    files.place(write(tmp_path / "scan2.pdf", other), _sha(other), len(other))
+    assert files.path(_sha(other)).parent == folder and synced == [folder]
