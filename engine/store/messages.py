@@ -126,9 +126,12 @@ _KEY_WIDTH = _width("dedupe_key")
 _PATIENT_WIDTH = _width("patient_key")
 
 
-def _row(item: Incoming, key: str | None, now: datetime, note: str | None) -> dict[str, Any]:
+def _row(
+    item: Incoming, key: str | None, now: datetime, note: str | None, digest: str | None = None
+) -> dict[str, Any]:
     """The ``messages`` row of an incoming message (its header columns cleaned; ``key`` is its
-    dedupe key already cleaned by :func:`clean_key`; ``note``, a warning from its receipt)."""
+    dedupe key already cleaned by :func:`clean_key`; ``note``, a warning from its receipt;
+    ``digest``, its content's, stored for a large one: ``Planner.stored_digest``)."""
     row: dict[str, Any] = {
         "received_at": now,
         "channel": item.channel,
@@ -136,6 +139,7 @@ def _row(item: Incoming, key: str | None, now: datetime, note: str | None) -> di
         "size": len(item.raw),
         "raw": item.raw,
         "dedupe_key": key,
+        "digest": digest,
         "replay_of": item.replay_of,
         "state": item.state,
         "warnings": clean_lines(note),
@@ -240,7 +244,8 @@ class _Batch:
         self.planner = Planner([i.raw for i in items], keys, compare, control_ids, _KEY_WIDTH)
 
     def rows(self, inserts: list[Insert], now: datetime) -> list[dict[str, Any]]:
-        return [_row(self.items[n], key, now, note) for n, key, note in inserts]
+        stored = self.planner.stored_digest
+        return [_row(self.items[n], key, now, note, stored(n, key)) for n, key, note in inserts]
 
     def results(self, plan: Plan, ids: list[int], now: datetime) -> list[Stored]:
         """Each item's result, given the ids of the plan's inserts (in their order)."""
@@ -336,19 +341,23 @@ class MessageStore(Repository):
             known |= self._known(conn, skipped)
         raise RuntimeError(f"a batch's keys changed under it {self._ROUNDS} times while storing")
 
-    #: a key's holder, its bytes read only where they are compared (HL7v2)
+    #: a key's holder, its bytes read only where they are compared (HL7v2) and no digest of
+    #: them is stored (a large one's is: migration 0027)
     _KNOWN_KEYS = select(
         messages.c.dedupe_key,
         messages.c.id,
         messages.c.received_at,
-        case((messages.c.kind == "hl7v2", messages.c.raw)).label("raw"),
+        messages.c.digest,
+        case((and_(messages.c.kind == "hl7v2", messages.c.digest.is_(None)), messages.c.raw)).label(
+            "raw"
+        ),
     ).where(in_list(messages.c.dedupe_key, "keys"))
 
     def _known(self, conn: Connection, keys: Iterable[str]) -> dict[str, Held]:
         """The stored messages of these dedupe keys, by key, each with its content's digest."""
         known = {}
         for row in conn.execute(self._KNOWN_KEYS, {"keys": list(keys)}):
-            digest = None if row.raw is None else content_digest(bytes(row.raw))
+            digest = row.digest or (None if row.raw is None else content_digest(bytes(row.raw)))
             known[row.dedupe_key] = Held(row.id, aware(row.received_at), digest)
         return known
 

@@ -152,6 +152,8 @@ messages = Table(
     #: (``|#`` and the content's SHA-256 appended for a control ID reused, engine/store/resends.py)
     Column("dedupe_key", String(700), nullable=True),
     Column("replay_of", _ID, nullable=True),
+    #: a large HL7v2 message's content digest, for its resends to compare with (migration 0027)
+    Column("digest", String(64), nullable=True),
     Column("patient_key", String(255), nullable=True),
     Column("state", String(16), nullable=False),
     Column("reason", Text, nullable=True),

@@ -358,7 +358,7 @@ def test_the_migration_goes_down_and_up(store: SqlMessageStore) -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(engine.store.__file__).parent / "migrations"))
-    assert ScriptDirectory.from_config(cfg).get_heads() == ["0026"]
+    assert ScriptDirectory.from_config(cfg).get_heads() == ["0027"]
     assert len(_triggers(store.db_engine)) == 5
     with store.db_engine.begin() as conn:
         cfg.attributes["connection"] = conn

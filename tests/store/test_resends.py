@@ -9,7 +9,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from engine.store import Incoming, Processed, SqlMessageStore, Stored
 from engine.store.resends import content_digest, reused_key
@@ -350,3 +350,57 @@ def test_guards_hold_across_the_statements_of_a_large_batch(
     assert results[2].id == bob.id
     ids = [r.id for n, r in enumerate(results) if n != 2]
     assert ids == sorted(ids) and len(set(ids)) == 4
+
+
+def _large(when: str = "20261207031500", given: str = "Alice") -> bytes:
+    """An MDM-sized message (an embedded report), over DIGEST_STORED_FROM."""
+    report = "".join(
+        f"OBX|{n}|TX|REPORT||line {n} of a long report {'x' * 60}\r" for n in range(1200)
+    )
+    return raw(given=given, when=when) + report.encode()
+
+
+def _digest_of(store: SqlMessageStore, mid: int) -> str | None:
+    with store.db_engine.connect() as conn:
+        return conn.execute(select(messages.c.digest).where(messages.c.id == mid)).scalar_one()
+
+
+def test_a_large_message_keeps_its_digest_and_its_resend_is_not_hashed_again(
+    store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large message (an MDM's report) is stored with its content's digest; its resend is
+    compared with that digest, the original's bytes neither read back nor hashed again (on
+    SQLite that hash was under the writers' lock: 0.4 s a 100 MB); a small message keeps none,
+    and another large one under the same control ID is still told apart."""
+    from engine.store import messages as module
+    from engine.store.resends import DIGEST_STORED_FROM
+
+    body = _large()
+    assert len(body) >= DIGEST_STORED_FROM
+    [first] = store.save_batch([item(body)])
+    assert _digest_of(store, first.id) == content_digest(body)
+    [small] = store.save_batch([item(raw(mrn=9), key=KEY.replace("CTRL-1", "CTRL-9"))])
+    assert _digest_of(store, small.id) is None
+    hashed: list[int] = []
+    monkeypatch.setattr(module, "content_digest", lambda b: hashed.append(len(b)) or "")
+    [resend] = store.save_batch([item(_large(when="20261207041500").replace(b"\r", b"\n"))])
+    assert (resend.id, resend.duplicate) == (first.id, True)
+    [other] = store.save_batch([item(_large(given="Alicia"))])
+    assert (other.duplicate, other.reused) == (False, True)
+    assert hashed == []  # the stored original's bytes: never hashed here
+    monkeypatch.undo()
+    with store.db_engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(messages)).scalar_one() == 3
+
+
+def test_a_large_original_stored_without_its_digest_is_hashed_when_compared(
+    store: SqlMessageStore,
+) -> None:
+    """One stored before migration 0027 (no digest): its resend is compared as before."""
+    [first] = store.save_batch([item(_large())])
+    with store.db_engine.begin() as conn:
+        conn.execute(update(messages).where(messages.c.id == first.id).values(digest=None))
+    [resend] = store.save_batch([item(_large(when="20261207041500"))])
+    assert (resend.id, resend.duplicate) == (first.id, True)
+    [other] = store.save_batch([item(_large(given="Alicia"))])
+    assert (other.duplicate, other.reused) == (False, True)
