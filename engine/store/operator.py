@@ -8,7 +8,9 @@ duplicate of the original), and the original is settled as ``replayed`` (its rea
 copy): ``engine messages replay --state dead`` run again finds nothing to replay instead of making
 one more copy each time. A ``replayed`` message is refused a second replay and a resend, naming
 its copy: the copy is the live one (before, each replay of the original made one more copy, and a
-resend put the original back to ``dead`` for the next ``replay --state dead``).
+resend put the original back to ``dead`` for the next ``replay --state dead``). The original's
+deliveries still queued (``pending`` and not being sent, or ``waiting``) are settled ``resent``:
+the copy's replace them, so a destination that was down gets the message once, not both.
 
 **Resend** sends a delivery's payload again, as it was made, to its destination: by default each
 dead delivery of the message and each that waits for its patient (``needs-patient``: the EHR has
@@ -50,7 +52,13 @@ from engine.errors import EngineError
 from engine.store.audit import audit
 from engine.store.clean import clean
 from engine.store.db import Repository, utcnow
-from engine.store.deliveries import NewDelivery, lock_queues, queue_deliveries
+from engine.store.deliveries import (
+    NewDelivery,
+    lock_queues,
+    queue_deliveries,
+    queues_of,
+    supersede_queued,
+)
 from engine.store.documents import dedupe_key
 from engine.store.search import DocumentQuery, document_lines, document_view
 from engine.store.tables import deliveries, documents, messages
@@ -322,10 +330,16 @@ class Operator(Repository):
         it) was not delivered to, unless ``everywhere`` (channel ``replay-all``; see
         engine/store/messages.py ``_skip_delivered_before``). KeyError when there is no such
         message; :class:`ActionRefused` while it is still received or being processed (the copy
-        would race it), or once it is replayed (the message names the copy)."""
+        would race it), or once it is replayed (the message names the copy).
+
+        The original's deliveries still queued (a destination down and retrying, or one waiting
+        behind another) are settled ``resent``: the copy replaces them, and each destination
+        gets the message once (before, both went out once the destination was back). One being
+        sent at this moment refuses the replay until it settles."""
         now = utcnow()
         try:
             with self._tx() as conn:
+                lock_queues(conn, queues_of(conn, message_id))  # before the message's row
                 row = _lock_message(conn, message_id)
                 if row is None:
                     raise KeyError(message_id)
@@ -334,6 +348,12 @@ class Operator(Repository):
                         f"message {message_id} is {row.state}: it has not been processed yet"
                     )
                 _refuse_replayed(conn, message_id, row.state)
+                superseded, flying = supersede_queued(conn, message_id, now)
+                if flying:
+                    raise ActionRefused(
+                        f"message {message_id} is being sent to {', '.join(flying)} at this "
+                        "moment: replay it once that delivery is settled"
+                    )
                 copy = {c: getattr(row, c) for c in _COPIED}
                 channel = "replay-all" if everywhere else "replay"
                 new_id = _insert_replay(conn, copy, message_id, row.state, channel=channel, now=now)
@@ -349,7 +369,8 @@ class Operator(Repository):
                     **_who(who),
                     message_id=message_id,
                     outcome="ok",
-                    detail=f"new message {new_id}; was {row.state}",
+                    detail=f"new message {new_id}; was {row.state}"
+                    + (f"; queued to {', '.join(superseded)}: replaced" if superseded else ""),
                 )
         except (KeyError, ActionRefused) as exc:
             self._refused("replay", who, message_id, exc)

@@ -272,3 +272,57 @@ def test_resend_of_a_replayed_message_is_refused_naming_its_copy(
     assert mid not in store.ids_in_state("dead")
     [last] = store.audit_entries(message_id=mid, limit=1)
     assert (last.action, last.outcome, last.detail) == ("resend", "refused", refusal)
+
+
+def _process_copy(store: SqlMessageStore, copy: int, *destinations: str) -> None:
+    """The replay's copy processed as the worker does, routed to ``destinations`` again."""
+    new = [
+        NewDelivery(d, "r", "hl7v2", "text/plain", f"copy to {d}".encode(), "CLINIC|MRN1")
+        for d in destinations
+    ]
+    store.finish_batch([Processed(copy, "routed", None, "CLINIC|MRN1", new)])
+
+
+def _sent(store: SqlMessageStore) -> list[tuple[int, str]]:
+    """Everything due delivered, as (message, destination) in the order sent."""
+    sent: list[tuple[int, str]] = []
+    while due := store.claim_due_deliveries(100):
+        sent += [(d.message_id, d.destination) for d in due]
+        store.record_outcomes([Outcome(d.id, True, "") for d in due])
+    return sent
+
+
+def test_a_replay_replaces_the_deliveries_still_queued(store: SqlMessageStore) -> None:
+    """A message routed to a destination that is down (its delivery pending, retrying) and
+    replayed after a mapping was fixed: the original's queued deliveries are settled
+    ``resent`` and only the copy's go out, once each (before, both did once the destination
+    was back); a later message for the same patient, waiting behind the original's, is
+    promoted, and the copy, received anew, is sent after it."""
+    mid = _routed(store, "ehr", "archive")
+    later = _routed(store, "ehr", control="C2")
+    assert _rows(store, later) == [("ehr", "waiting", None)]
+    replayed = store.replay_message(mid, CLI)
+    assert _rows(store, mid) == [("ehr", "resent", None), ("archive", "resent", None)]
+    assert _rows(store, later) == [("ehr", "pending", None)]
+    _process_copy(store, replayed.message_id, "ehr", "archive")
+    sent = _sent(store)
+    copy = replayed.message_id
+    assert sorted(sent) == sorted([(later, "ehr"), (copy, "ehr"), (copy, "archive")])
+    assert [m for m, d in sent if d == "ehr"] == [later, copy]
+    assert _state(store, replayed.message_id) == "delivered"
+    assert _state(store, mid) == "replayed"
+    [entry] = [e for e in store.audit_entries() if e.action == "replay"]
+    assert "queued to archive, ehr: replaced" in entry.detail
+
+
+def test_a_replay_is_refused_while_a_delivery_is_being_sent(store: SqlMessageStore) -> None:
+    mid = _routed(store, "ehr")
+    [claimed] = store.claim_due_deliveries(10)
+    with pytest.raises(ActionRefused, match="being sent to ehr"):
+        store.replay_message(mid, CLI)
+    assert _rows(store, mid) == [("ehr", "pending", None)]  # nothing changed
+    assert _state(store, mid) == "routed"
+    store.record_outcomes([Outcome(claimed.id, True, "")])
+    assert _state(store, mid) == "delivered"
+    replayed = store.replay_message(mid, CLI)  # settled now: the copy skips ehr, which had it
+    assert replayed.original_state == "delivered"
