@@ -39,7 +39,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,15 @@ _RETRY_S = 60.0
 class _Seen:
     size: int
     mtime_ns: int
+
+
+def _looked_at(path: Path) -> _Seen | None:
+    """The file's size and time now (None: gone)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return _Seen(st.st_size, st.st_mtime_ns)
 
 
 class _SidecarProblem(Exception):
@@ -288,10 +297,11 @@ class WatchedFolder:
         return found
 
     async def _take(
-        self, name: str, now: float, names: Collection[str], stable: Collection[str]
+        self, name: str, now: float, names: Mapping[str, _Seen], stable: Collection[str]
     ) -> bool:
         """Accept or refuse one stable file, then move it; False when it waits (for a sidecar,
-        for its sidecar to be written, or for the store to come back)."""
+        for its sidecar to be written, or for the store to come back). ``names``: the
+        listing, as it was seen."""
         path = self.inbox / name
         sidecar, others = await self.intake.run(self._sidecar, name, names)
         if sidecar is not None and sidecar.name not in stable:
@@ -330,6 +340,15 @@ class WatchedFolder:
             return False
         except DocumentRefused as refused:
             await self.intake.run(self._move_refused, path, sidecar, refused)
+            return True
+        if await self.intake.run(_looked_at, path) != names.get(name):
+            # written to after it was taken (a fax server's next page after a pause longer
+            # than the two looks): what was stored is what was read, but not all of the file;
+            # it stays, and is taken again once it is stable (new bytes: a document of its own)
+            log.warning(
+                "document in the folder changed after it was taken: left to be taken again",
+                extra={"document_id": accepted.document_id},
+            )
             return True
         await self.intake.run(self._move, path, sidecar, self.done)
         log.info(

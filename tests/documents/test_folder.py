@@ -173,6 +173,37 @@ def test_refused_files_go_to_error_with_their_reason(
     assert sorted(p.name for p in inbox.iterdir()) == ["error"]
 
 
+def test_a_file_written_to_after_it_was_taken_stays_and_is_taken_again(
+    folder: WatchedFolder, inbox: Path, store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fax server that pauses longer than the two looks, then writes the next page: what was
+    stored is what was read, the first page; the file is not moved to done/ as if it were all
+    taken (its later pages were lost that way), and once it is stable again it is taken whole,
+    a document of its own."""
+    path = inbox / "MRN1_referral_20261201.tif"
+    data = TIFF_LE + bytes(range(256)) * 8  # the first page, then the next
+    first = len(TIFF_LE)
+    path.write_bytes(data[:first])
+    accept = folder.intake.accept_file
+
+    async def then_the_next_page(*args: object, **kwargs: object) -> object:
+        accepted = await accept(*args, **kwargs)  # type: ignore[arg-type]
+        with path.open("ab") as f:
+            f.write(data[first:])
+        return accepted
+
+    monkeypatch.setattr(folder.intake, "accept_file", then_the_next_page)
+    _poll(folder)
+    monkeypatch.undo()
+    assert [d.size for d in _documents(store)] == [first]
+    assert path.exists() and not (inbox / "done").exists()
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    _poll(folder)
+    assert [d.size for d in _documents(store)] == [first, len(data)]
+    assert not path.exists()
+    assert [p.name for p in (inbox / "done").iterdir()] == [path.name]
+
+
 def test_a_file_taken_again_after_a_crash_is_stored_once(
     folder: WatchedFolder, inbox: Path, store: SqlMessageStore, tmp_path: Path
 ) -> None:
