@@ -341,13 +341,16 @@ class WatchedFolder:
         except DocumentRefused as refused:
             await self.intake.run(self._move_refused, path, sidecar, refused)
             return True
-        if await self.intake.run(_looked_at, path) != names.get(name):
+        looked = await self.intake.run(_looked_at, path)
+        if looked is not None and looked != names.get(name):
             # written to after it was taken (a fax server's next page after a pause longer
             # than the two looks): what was stored is what was read, but not all of the file;
-            # it stays, and is taken again once it is stable (new bytes: a document of its own)
+            # it stays, and is taken again once it has been stable a while (new bytes: a
+            # document of its own), not at every pause of its writer
+            self._retry_at[name] = now + _RETRY_S
             log.warning(
                 "document in the folder changed after it was taken: left to be taken again",
-                extra={"document_id": accepted.document_id},
+                extra={"document_id": accepted.document_id, "retry_s": _RETRY_S},
             )
             return True
         await self.intake.run(self._move, path, sidecar, self.done)
@@ -360,7 +363,8 @@ class WatchedFolder:
     def _move(self, path: Path, sidecar: Path | None, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         target = _free_name(folder, _safe_name(path.name))
-        os.replace(path, target)
+        with contextlib.suppress(FileNotFoundError):  # removed by hand once taken: its sidecar
+            os.replace(path, target)
         if sidecar is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.replace(sidecar, _free_name(folder, _safe_name(sidecar.name)))

@@ -134,16 +134,18 @@ class BlobFiles:
         _fsync_dir(final.parent)
 
     def _folder(self, final: Path) -> None:
-        """Make ``final``'s folder if it is not there yet, its entry fsynced into the folders
-        above it (up to the root's own parent), so that a file committed in it after a power
-        cut is still found: the file's own fsync and its folder's do not cover the folder's
-        name."""
-        if final.parent.is_dir():
+        """Make ``final``'s folder if it is not there yet, and fsync its entry into the root
+        and the root's into its parent, once per folder in this process (the first file
+        placed there after a start; another thread may find the folder made and not yet
+        fsynced, and a crash may come between the two): a file committed in it is still found
+        after a power cut, which the file's own fsync and its folder's do not ensure."""
+        folder = final.parent
+        if folder in _DURABLE:
             return
-        made = [p for p in (final.parent, self.root) if not p.exists()]
-        final.parent.mkdir(parents=True, exist_ok=True)
-        for folder in made:
-            _fsync_dir(folder.parent)
+        folder.mkdir(parents=True, exist_ok=True)
+        _fsync_dir(self.root.parent)
+        _fsync_dir(self.root)
+        _DURABLE.add(folder)
 
     def chunks(self, sha256: str) -> Iterator[bytes]:
         """The bytes of ``sha256``, 1 MiB at a time; KeyError when the file is missing."""
@@ -202,6 +204,10 @@ def _read(f: IO[bytes]) -> Iterator[bytes]:
     with f:
         while chunk := f.read(_CHUNK):
             yield chunk
+
+
+#: the folders of bytes whose entries this process has fsynced (:meth:`BlobFiles._folder`)
+_DURABLE: set[Path] = set()
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -52,9 +52,8 @@ __all__ = [
     "Outcome",
     "deliveries_of",
     "lock_queues",
+    "promote_queues",
     "queue_deliveries",
-    "queues_of",
-    "supersede_queued",
 ]
 
 
@@ -216,54 +215,6 @@ def _lock_queues(conn: Connection, queues: set[tuple[str, str]]) -> None:
 lock_queues = _lock_queues
 
 
-_QUEUED_STATES = ("pending", "waiting")
-#: a message's deliveries still queued: their (destination, patient) queues
-_QUEUES_OF = (
-    select(deliveries.c.destination, deliveries.c.patient_key)
-    .where(deliveries.c.message_id == bindparam("mid"), deliveries.c.state.in_(_QUEUED_STATES))
-    .distinct()
-)
-#: a replayed message's deliveries still queued and not being sent: the copy replaces them
-_SUPERSEDE = (
-    update(deliveries)
-    .where(
-        deliveries.c.message_id == bindparam("mid"),
-        deliveries.c.state.in_(_QUEUED_STATES),
-        or_(deliveries.c.claimed_until.is_(None), deliveries.c.claimed_until <= bindparam("now")),
-    )
-    .values(state="resent", claimed_until=None, claimed_by=None)
-    .returning(deliveries.c.destination, deliveries.c.patient_key)
-)
-#: a message's deliveries being sent (claimed, their lease not run out)
-_IN_FLIGHT = select(deliveries.c.destination).where(
-    deliveries.c.message_id == bindparam("mid"),
-    deliveries.c.state == "pending",
-    deliveries.c.claimed_until > bindparam("now"),
-)
-
-
-def queues_of(conn: Connection, message_id: int) -> set[tuple[str, str]]:
-    """The (destination, patient) queues of a message's deliveries still queued (a read: for
-    :func:`lock_queues` before the message is locked, as the dispatcher's order has it)."""
-    return {(r.destination, r.patient_key) for r in conn.execute(_QUEUES_OF, {"mid": message_id})}
-
-
-def supersede_queued(
-    conn: Connection, message_id: int, now: datetime
-) -> tuple[list[str], list[str]]:
-    """A replay's original (engine/store/operator.py): its deliveries still queued, a
-    destination down and retrying, or waiting behind another, are settled ``resent`` (its copy
-    is routed anew and replaces them, so each destination gets the message once), and their
-    queues' next ones promoted. Returns the destinations settled, and those being sent at this
-    moment (claimed, not settled: the caller refuses the replay, its transaction rolled back).
-    The queues are the caller's to lock first (:func:`queues_of`, :func:`lock_queues`)."""
-    settled = conn.execute(_SUPERSEDE, {"mid": message_id, "now": now}).all()
-    flying = sorted(set(conn.execute(_IN_FLIGHT, {"mid": message_id, "now": now}).scalars()))
-    if settled and not flying:
-        _promote(conn, {(r.destination, r.patient_key) for r in settled}, now)
-    return sorted({r.destination for r in settled}), flying
-
-
 _queued = deliveries.alias("queued")
 #: the next waiting delivery of a (destination, patient) becomes the head of its queue
 _PROMOTE = (
@@ -329,6 +280,10 @@ def _promote(conn: Connection, queues: set[tuple[str, str]], now: datetime) -> N
         conn.execute(_PROMOTE_ALL, {"dests": dests, "patients": patients, "now": now})
         return
     conn.execute(_PROMOTE, [{"dest": d, "patient": p, "now": now} for d, p in ordered])
+
+
+#: for a replay that settles its original's queued deliveries (engine/store/replays.py)
+promote_queues = _promote
 
 
 _LOCK_MESSAGES = select(messages.c.id).where(in_list(messages.c.id)).with_for_update()

@@ -9,8 +9,9 @@ copy): ``engine messages replay --state dead`` run again finds nothing to replay
 one more copy each time. A ``replayed`` message is refused a second replay and a resend, naming
 its copy: the copy is the live one (before, each replay of the original made one more copy, and a
 resend put the original back to ``dead`` for the next ``replay --state dead``). The original's
-deliveries still queued (``pending`` and not being sent, or ``waiting``) are settled ``resent``:
-the copy's replace them, so a destination that was down gets the message once, not both.
+deliveries still queued (a destination down and retrying) are settled ``resent``: the copy's
+replace them, so a destination that was down gets the message once, not both; while that would
+reorder a patient's messages or one may be on its way, the replay is refused.
 
 **Resend** sends a delivery's payload again, as it was made, to its destination: by default each
 dead delivery of the message and each that waits for its patient (``needs-patient``: the EHR has
@@ -52,14 +53,9 @@ from engine.errors import EngineError
 from engine.store.audit import audit
 from engine.store.clean import clean
 from engine.store.db import Repository, utcnow
-from engine.store.deliveries import (
-    NewDelivery,
-    lock_queues,
-    queue_deliveries,
-    queues_of,
-    supersede_queued,
-)
+from engine.store.deliveries import NewDelivery, lock_queues, queue_deliveries
 from engine.store.documents import dedupe_key
+from engine.store.replays import queues_of, supersede_queued
 from engine.store.search import DocumentQuery, document_lines, document_view
 from engine.store.tables import deliveries, documents, messages
 from engine.store.views import (
@@ -332,28 +328,32 @@ class Operator(Repository):
         message; :class:`ActionRefused` while it is still received or being processed (the copy
         would race it), or once it is replayed (the message names the copy).
 
-        The original's deliveries still queued (a destination down and retrying, or one waiting
-        behind another) are settled ``resent``: the copy replaces them, and each destination
-        gets the message once (before, both went out once the destination was back). One being
-        sent at this moment refuses the replay until it settles."""
+        The original's deliveries still queued (a destination down and retrying) are settled
+        ``resent``: the copy replaces them, and each destination gets the message once (before,
+        both went out once the destination was back). The replay is refused while one of them
+        is claimed by a dispatcher, has a later message for the patient waiting behind it (the
+        copy would follow it), or goes where another route of the message was delivered
+        (:func:`~engine.store.replays.supersede_queued`)."""
         now = utcnow()
         try:
             with self._tx() as conn:
-                lock_queues(conn, queues_of(conn, message_id))  # before the message's row
+                queues = queues_of(conn, message_id)
+                lock_queues(conn, queues)  # before the message's row, as the dispatcher does
                 row = _lock_message(conn, message_id)
                 if row is None:
                     raise KeyError(message_id)
+                if not queues_of(conn, message_id) <= queues:  # a resend came between
+                    raise ActionRefused(
+                        f"message {message_id} was resent while it was being replayed: try again"
+                    )
                 if row.state in _UNFINISHED:
                     raise ActionRefused(
                         f"message {message_id} is {row.state}: it has not been processed yet"
                     )
                 _refuse_replayed(conn, message_id, row.state)
-                superseded, flying = supersede_queued(conn, message_id, now)
-                if flying:
-                    raise ActionRefused(
-                        f"message {message_id} is being sent to {', '.join(flying)} at this "
-                        "moment: replay it once that delivery is settled"
-                    )
+                superseded, why_not = supersede_queued(conn, message_id, now)
+                if why_not:
+                    raise ActionRefused(f"message {message_id} cannot be replayed now: {why_not}")
                 copy = {c: getattr(row, c) for c in _COPIED}
                 channel = "replay-all" if everywhere else "replay"
                 new_id = _insert_replay(conn, copy, message_id, row.state, channel=channel, now=now)

@@ -30,7 +30,7 @@ attempt's time, the last error and the patient key that orders deliveries per pa
     dead, delivered, needs-patient ──▶ resent   (an operator's resend makes a new row, resend_of
                                                  this one; a match replays the message and
                                                  settles its needs-patient rows as resent)
-    pending (not being sent), waiting ──▶ resent (its message replayed: the copy replaces it)
+    pending (never claimed), waiting ──▶ resent  (its message replayed: the copy replaces it)
 
 needs-patient leaves its queue as delivered and dead do: the next delivery for the same patient
 and destination is promoted (an ADT registering the patient must not wait behind a document for

@@ -198,10 +198,34 @@ def test_a_file_written_to_after_it_was_taken_stays_and_is_taken_again(
     assert [d.size for d in _documents(store)] == [first]
     assert path.exists() and not (inbox / "done").exists()
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    _poll(folder, 3)  # not at its writer's next pause: a minute later
+    assert [d.size for d in _documents(store)] == [first]
+    folder._retry_at[path.name] = 0.0  # the minute has passed
     _poll(folder)
     assert [d.size for d in _documents(store)] == [first, len(data)]
     assert not path.exists()
     assert [p.name for p in (inbox / "done").iterdir()] == [path.name]
+
+
+def test_a_file_removed_once_taken_has_its_sidecar_moved_all_the_same(
+    folder: WatchedFolder, inbox: Path, store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = inbox / "scan-7.png"
+    path.write_bytes(PNG)
+    sidecar = inbox / "scan-7.png.json"
+    sidecar.write_text(json.dumps({"mrn": "MRN7", "type": "consent", "date": "2026-12-01"}))
+    accept = folder.intake.accept_file
+
+    async def then_removed(*args: object, **kwargs: object) -> object:
+        accepted = await accept(*args, **kwargs)  # type: ignore[arg-type]
+        path.unlink()  # someone tidying the inbox by hand
+        return accepted
+
+    monkeypatch.setattr(folder.intake, "accept_file", then_removed)
+    _poll(folder)
+    assert len(_documents(store)) == 1
+    assert not sidecar.exists()
+    assert [p.name for p in (inbox / "done").iterdir()] == [sidecar.name]
 
 
 def test_a_file_taken_again_after_a_crash_is_stored_once(

@@ -293,36 +293,66 @@ def _sent(store: SqlMessageStore) -> list[tuple[int, str]]:
 
 
 def test_a_replay_replaces_the_deliveries_still_queued(store: SqlMessageStore) -> None:
-    """A message routed to a destination that is down (its delivery pending, retrying) and
+    """A message routed to destinations that are down (its deliveries pending, retrying) and
     replayed after a mapping was fixed: the original's queued deliveries are settled
-    ``resent`` and only the copy's go out, once each (before, both did once the destination
-    was back); a later message for the same patient, waiting behind the original's, is
-    promoted, and the copy, received anew, is sent after it."""
+    ``resent`` and only the copy's go out, once each (before, both did once the destinations
+    were back); a later message for another patient is not held up."""
     mid = _routed(store, "ehr", "archive")
-    later = _routed(store, "ehr", control="C2")
-    assert _rows(store, later) == [("ehr", "waiting", None)]
+    other = _routed(store, "ehr", patient="CLINIC|MRN2", control="C2")
     replayed = store.replay_message(mid, CLI)
     assert _rows(store, mid) == [("ehr", "resent", None), ("archive", "resent", None)]
-    assert _rows(store, later) == [("ehr", "pending", None)]
     _process_copy(store, replayed.message_id, "ehr", "archive")
-    sent = _sent(store)
     copy = replayed.message_id
-    assert sorted(sent) == sorted([(later, "ehr"), (copy, "ehr"), (copy, "archive")])
-    assert [m for m, d in sent if d == "ehr"] == [later, copy]
-    assert _state(store, replayed.message_id) == "delivered"
-    assert _state(store, mid) == "replayed"
+    assert sorted(_sent(store)) == sorted([(other, "ehr"), (copy, "ehr"), (copy, "archive")])
+    assert _state(store, copy) == "delivered" and _state(store, mid) == "replayed"
     [entry] = [e for e in store.audit_entries() if e.action == "replay"]
     assert "queued to archive, ehr: replaced" in entry.detail
 
 
-def test_a_replay_is_refused_while_a_delivery_is_being_sent(store: SqlMessageStore) -> None:
+def test_a_replay_that_would_reorder_a_patients_messages_is_refused(
+    store: SqlMessageStore,
+) -> None:
+    """A later message for the same patient waits behind the original's delivery: the copy,
+    queued once it is processed, would be sent after it (an A08 before its A01), so the replay
+    is refused, nothing changed, until the original's delivery is delivered or dead."""
     mid = _routed(store, "ehr")
-    [claimed] = store.claim_due_deliveries(10)
+    later = _routed(store, "ehr", control="C2")
+    assert _rows(store, later) == [("ehr", "waiting", None)]
+    with pytest.raises(ActionRefused, match="ahead of later messages for the same patient"):
+        store.replay_message(mid, CLI)
+    assert _rows(store, mid) == [("ehr", "pending", None)]
+    assert _rows(store, later) == [("ehr", "waiting", None)]
+    _run(store, fail={"ehr"})  # dead now, the later one promoted and dead too
+    assert store.replay_message(mid, CLI).original_state == "dead"
+
+
+def test_a_replay_is_refused_while_a_delivery_is_claimed(store: SqlMessageStore) -> None:
+    """Claimed by a dispatcher: on its way, or its lease run out while it may have been (the
+    copy would be a second send); refused, nothing changed, until it settles."""
+    mid = _routed(store, "ehr")
+    [claimed] = store.claim_due_deliveries(10, lease=0.0)  # its lease already run out
     with pytest.raises(ActionRefused, match="being sent to ehr"):
         store.replay_message(mid, CLI)
-    assert _rows(store, mid) == [("ehr", "pending", None)]  # nothing changed
+    assert _rows(store, mid) == [("ehr", "pending", None)]
     assert _state(store, mid) == "routed"
     store.record_outcomes([Outcome(claimed.id, True, "")])
     assert _state(store, mid) == "delivered"
     replayed = store.replay_message(mid, CLI)  # settled now: the copy skips ehr, which had it
     assert replayed.original_state == "delivered"
+
+
+def test_a_replay_is_refused_where_another_route_delivered(store: SqlMessageStore) -> None:
+    """Two routes to one destination, one delivered and one still queued: the copy skips a
+    destination the message was delivered to, so superseding the queued one would lose it."""
+    [stored] = store.save_batch([Incoming(raw=RAW, channel="mllp", patient_key="CLINIC|MRN1")])
+    new = [
+        NewDelivery("ehr", route, "hl7v2", "text/plain", route.encode(), "CLINIC|MRN3")
+        for route in ("adt", "notes")
+    ]
+    store.finish_batch([Processed(stored.id, "routed", None, "CLINIC|MRN3", new)])
+    [first] = store.claim_due_deliveries(10)  # the queue's head: the second waits behind it
+    store.record_outcomes([Outcome(first.id, True, "")])
+    assert _rows(store, stored.id) == [("ehr", "delivered", None), ("ehr", "pending", None)]
+    with pytest.raises(ActionRefused, match="delivered to ehr and is still queued there"):
+        store.replay_message(stored.id, CLI)
+    assert _rows(store, stored.id) == [("ehr", "delivered", None), ("ehr", "pending", None)]
