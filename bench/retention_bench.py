@@ -273,8 +273,12 @@ class SwitchedPurge:
     while :attr:`on` is clear. The waits are taken out of the batch times the function
     measures (its ``clock``), so its batch sizing and its slowest batch are as the leader's."""
 
-    def __init__(self, store: Any, older_than: timedelta, budget_s: float) -> None:
+    def __init__(
+        self, store: Any, older_than: timedelta, budget_s: float, duty: float | None = None
+    ) -> None:
         self.store = store
+        #: the share of the time purging (None: the leader's, engine/jobs/retention.py)
+        self.duty = duty
         self.db_engine: Engine = store.db_engine
         self.on = threading.Event()
         self.halt = threading.Event()
@@ -349,8 +353,9 @@ class SwitchedPurge:
         from engine.jobs.retention import purge_in_batches
 
         try:
+            duty = {} if self.duty is None else {"duty": self.duty}
             self.report = purge_in_batches(
-                self, older_than, budget_s=budget_s, stop=self.halt.is_set, clock=self.clock
+                self, older_than, budget_s=budget_s, stop=self.halt.is_set, clock=self.clock, **duty
             )
             self.ran_out = not self.halt.is_set()
         except BaseException as exc:  # reported by stop()
@@ -566,14 +571,17 @@ def measure(
     slot_s: float,
     slots: int,
     budget_s: float = BUDGET_MS / 1000,
+    duty: float | None = None,
 ) -> dict[str, Any]:
     """``engine serve`` on the seeded store under 8 senders flat out, pruning off and on in
-    alternate slots (see the module); the slots' rates, the pairs, the purge's figures."""
+    alternate slots (see the module); the slots' rates, the pairs, the purge's figures.
+    ``duty``: the purge's share of the time (the leader's unless given: a test's slots of a
+    second hold only a few batches at 8 %)."""
     from bench.console_bench import _load, _served
     from engine.store import SqlMessageStore, create_db_engine
 
     db = create_db_engine(url)
-    purge = SwitchedPurge(SqlMessageStore(db), timedelta(days=RETENTION_DAYS), budget_s)
+    purge = SwitchedPurge(SqlMessageStore(db), timedelta(days=RETENTION_DAYS), budget_s, duty)
     deliveries_before = _seeded_deliveries(db, newest_seeded)
     acks = home / "acks.txt"
     load: subprocess.Popen[str] | None = None

@@ -121,7 +121,8 @@ def test_the_seed_and_the_switched_purge() -> None:
 @pytest.mark.postgres
 def test_one_short_run_pairs_its_slots_on_with_those_off(tmp_path: Path) -> None:
     """engine serve on 4,000 seeded messages, 8 senders flat out, pruning off and on in four
-    slots of a second; the purge's budget shrunk so its batches are 20 ids and it lasts them."""
+    slots of a second; the purge's budget shrunk so its batches are 20 ids and it lasts them
+    (at half the time purging, 20-25 batches of about 20 a slot: far from the 3,600 due)."""
     _skip_without_postgres()
     with private_schema() as url:
         db = create_db_engine(url)
@@ -129,7 +130,11 @@ def test_one_short_run_pairs_its_slots_on_with_those_off(tmp_path: Path) -> None
             seed_store(db, 4000)
         finally:
             db.dispose()
-        r = measure(url, tmp_path, newest_seeded=4000, slot_s=1.0, slots=4, budget_s=0.001)
+        # purging half the time: at the leader's 8 % a slot of a second held 2 to 4 batches,
+        # and one cancelled at its limit could leave a slot with none (make test failed so)
+        r = measure(
+            url, tmp_path, newest_seeded=4000, slot_s=1.0, slots=4, budget_s=0.001, duty=0.5
+        )
         db = create_db_engine(url)
         try:
             left = _count(db, "SELECT count(*) FROM messages WHERE id <= 4000")
