@@ -5,6 +5,7 @@ refused where that would reorder a patient's messages, skip a destination or rac
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, exists, select, update
 
@@ -40,28 +41,32 @@ _IN_FLIGHT = select(deliveries.c.destination).where(
     deliveries.c.claimed_until.is_not(None),
 )
 _later = deliveries.alias("later")
+
+
+def _queued_where(*other: Any) -> Any:
+    """The destinations of a message's queued deliveries for which another delivery
+    (``_later``) meets the conditions ``other``."""
+    return select(deliveries.c.destination).where(
+        deliveries.c.message_id == bindparam("mid"),
+        deliveries.c.state.in_(_QUEUED_STATES),
+        exists().where(*other),
+    )
+
+
 #: a message's queued deliveries with a later message's waiting behind them in their queue
-_AHEAD = select(deliveries.c.destination).where(
-    deliveries.c.message_id == bindparam("mid"),
-    deliveries.c.state.in_(_QUEUED_STATES),
-    exists().where(
-        _later.c.destination == deliveries.c.destination,
-        _later.c.patient_key == deliveries.c.patient_key,
-        _later.c.state == "waiting",
-        _later.c.id > deliveries.c.id,
-        _later.c.message_id != deliveries.c.message_id,
-    ),
+_AHEAD = _queued_where(
+    _later.c.destination == deliveries.c.destination,
+    _later.c.patient_key == deliveries.c.patient_key,
+    _later.c.state == "waiting",
+    _later.c.id > deliveries.c.id,
+    _later.c.message_id != deliveries.c.message_id,
 )
 #: a message's queued deliveries to a destination another of its deliveries (another route's)
 #: was delivered to: the copy skips that destination (engine/store/messages.py)
-_DELIVERED_THERE = select(deliveries.c.destination).where(
-    deliveries.c.message_id == bindparam("mid"),
-    deliveries.c.state.in_(_QUEUED_STATES),
-    exists().where(
-        _later.c.message_id == deliveries.c.message_id,
-        _later.c.destination == deliveries.c.destination,
-        _later.c.state == "delivered",
-    ),
+_DELIVERED_THERE = _queued_where(
+    _later.c.message_id == deliveries.c.message_id,
+    _later.c.destination == deliveries.c.destination,
+    _later.c.state == "delivered",
 )
 
 
