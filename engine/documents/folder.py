@@ -345,8 +345,8 @@ class WatchedFolder:
         if looked is not None and looked != names.get(name):
             # written to after it was taken (a fax server's next page after a pause longer
             # than the two looks): what was stored is what was read, but not all of the file;
-            # it stays, and is taken again once it has been stable a while (new bytes: a
-            # document of its own), not at every pause of its writer
+            # it stays, and is taken again a minute later once stable (new bytes: a document
+            # of its own), not at every pause of its writer
             self._retry_at[name] = now + _RETRY_S
             log.warning(
                 "document in the folder changed after it was taken: left to be taken again",

@@ -140,7 +140,7 @@ class BlobFiles:
         fsynced, and a crash may come between the two): a file committed in it is still found
         after a power cut, which the file's own fsync and its folder's do not ensure."""
         folder = final.parent
-        if folder in _DURABLE:
+        if folder in _DURABLE and folder.is_dir():  # (removed by hand since: made again)
             return
         folder.mkdir(parents=True, exist_ok=True)
         _fsync_dir(self.root.parent)

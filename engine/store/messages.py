@@ -49,7 +49,7 @@ from engine.store.resends import Held, Insert, Plan, Planner, after_receipt_note
 from engine.store.tables import deliveries, documents, messages
 from engine.store.views import MessageView
 
-__all__ = ["Incoming", "MessageStore", "Processed", "Purged", "Stored"]
+__all__ = ["Incoming", "MessageStore", "Processed", "Purged", "Stored", "delivered_before"]
 
 
 @dataclass(frozen=True)
@@ -182,6 +182,10 @@ def _had_it(conn: Connection, original: int) -> dict[str, int]:
             had.setdefault(destination, mid)
         mid = conn.execute(_PARENT, {"mid": mid}).scalar_one_or_none()
     return had
+
+
+#: for a replay's check of its original's queued deliveries (engine/store/replays.py)
+delivered_before = _had_it
 
 
 def _skip_delivered_before(conn: Connection, outcomes: list[Processed]) -> list[Processed]:

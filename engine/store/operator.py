@@ -55,6 +55,7 @@ from engine.store.clean import clean
 from engine.store.db import Repository, utcnow
 from engine.store.deliveries import NewDelivery, lock_queues, queue_deliveries
 from engine.store.documents import dedupe_key
+from engine.store.messages import delivered_before
 from engine.store.replays import queues_of, supersede_queued
 from engine.store.search import DocumentQuery, document_lines, document_view
 from engine.store.tables import deliveries, documents, messages
@@ -351,7 +352,8 @@ class Operator(Repository):
                         f"message {message_id} is {row.state}: it has not been processed yet"
                     )
                 _refuse_replayed(conn, message_id, row.state)
-                superseded, why_not = supersede_queued(conn, message_id, now)
+                skipped = () if everywhere else delivered_before(conn, message_id)
+                superseded, why_not = supersede_queued(conn, message_id, now, skipped)
                 if why_not:
                     raise ActionRefused(f"message {message_id} cannot be replayed now: {why_not}")
                 copy = {c: getattr(row, c) for c in _COPIED}

@@ -4,8 +4,8 @@ refused where that would reorder a patient's messages, skip a destination or rac
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Connection, bindparam, exists, select, update
 
@@ -33,40 +33,23 @@ _SUPERSEDE = (
     .values(state="resent")
     .returning(deliveries.c.destination, deliveries.c.patient_key)
 )
-#: a message's deliveries claimed by a dispatcher (being sent, or their lease run out while it
-#: may have been)
-_IN_FLIGHT = select(deliveries.c.destination).where(
-    deliveries.c.message_id == bindparam("mid"),
-    deliveries.c.state == "pending",
-    deliveries.c.claimed_until.is_not(None),
+#: a message's deliveries still queued after :data:`_SUPERSEDE`: claimed by a dispatcher when
+#: it ran (on its way, or its lease run out while it may have been), or since
+_LEFT = select(deliveries.c.destination).where(
+    deliveries.c.message_id == bindparam("mid"), deliveries.c.state.in_(_QUEUED_STATES)
 )
 _later = deliveries.alias("later")
-
-
-def _queued_where(*other: Any) -> Any:
-    """The destinations of a message's queued deliveries for which another delivery
-    (``_later``) meets the conditions ``other``."""
-    return select(deliveries.c.destination).where(
-        deliveries.c.message_id == bindparam("mid"),
-        deliveries.c.state.in_(_QUEUED_STATES),
-        exists().where(*other),
-    )
-
-
 #: a message's queued deliveries with a later message's waiting behind them in their queue
-_AHEAD = _queued_where(
-    _later.c.destination == deliveries.c.destination,
-    _later.c.patient_key == deliveries.c.patient_key,
-    _later.c.state == "waiting",
-    _later.c.id > deliveries.c.id,
-    _later.c.message_id != deliveries.c.message_id,
-)
-#: a message's queued deliveries to a destination another of its deliveries (another route's)
-#: was delivered to: the copy skips that destination (engine/store/messages.py)
-_DELIVERED_THERE = _queued_where(
-    _later.c.message_id == deliveries.c.message_id,
-    _later.c.destination == deliveries.c.destination,
-    _later.c.state == "delivered",
+_AHEAD = select(deliveries.c.destination).where(
+    deliveries.c.message_id == bindparam("mid"),
+    deliveries.c.state.in_(_QUEUED_STATES),
+    exists().where(
+        _later.c.destination == deliveries.c.destination,
+        _later.c.patient_key == deliveries.c.patient_key,
+        _later.c.state == "waiting",
+        _later.c.id > deliveries.c.id,
+        _later.c.message_id != deliveries.c.message_id,
+    ),
 )
 
 
@@ -76,32 +59,38 @@ def queues_of(conn: Connection, message_id: int) -> set[tuple[str, str]]:
     return {(r.destination, r.patient_key) for r in conn.execute(_QUEUES_OF, {"mid": message_id})}
 
 
-def supersede_queued(conn: Connection, message_id: int, now: datetime) -> tuple[list[str], str]:
+def supersede_queued(
+    conn: Connection, message_id: int, now: datetime, skipped: Collection[str] = ()
+) -> tuple[list[str], str]:
     """A replay's original (engine/store/operator.py): its deliveries still queued, a
     destination down and retrying, are settled ``resent`` (its copy is routed anew and
     replaces them, so each destination gets the message once), and their queues' next ones
     promoted. Returns the destinations settled, and why the replay cannot be done now ("" when
-    it can; the caller refuses it, its transaction rolled back, nothing settled): a delivery
-    claimed by a dispatcher (on its way, or its lease run out while it may have been); a later
+    it can; the caller refuses it, its transaction rolled back, nothing settled): a later
     message for the same patient waiting behind one (the copy, queued when it is processed,
-    would go after it); one to a destination another route of the message delivered to (the
-    copy skips that destination). The queues are the caller's to lock first (:func:`queues_of`,
-    :func:`lock_queues`)."""
+    would go after it); one to a destination the copy will skip (``skipped``: where the
+    message or an earlier one of its replay chain was delivered, engine/store/messages.py); a
+    delivery claimed by a dispatcher, on its way or its lease run out while it may have been
+    (any delivery still queued after the settling: one claimed then, or whose claim a retry
+    has given back since, which that statement did not wait for). The queues are the
+    caller's to lock first (:func:`queues_of`, :func:`lock_queues`)."""
     params = {"mid": message_id}
     if ahead := sorted(set(conn.execute(_AHEAD, params).scalars())):
         return [], (
             f"it is queued to {', '.join(ahead)} ahead of later messages for the same patient, "
             "which its copy would follow: replay it once it is delivered or dead"
         )
-    if twice := sorted(set(conn.execute(_DELIVERED_THERE, params).scalars())):
+    queued = {destination for destination, _ in queues_of(conn, message_id)}
+    if twice := sorted(queued & set(skipped)):
         return [], (
-            f"it was delivered to {', '.join(twice)} and is still queued there by another "
-            "route, which its copy would skip: replay it once that delivery settles"
+            f"it is still queued to {', '.join(twice)}, where it (or the message it replays) "
+            "was delivered by another route, and its copy would skip it: replay it once that "
+            "delivery settles, or with --all-destinations"
         )
     settled = conn.execute(_SUPERSEDE, params).all()
-    if flying := sorted(set(conn.execute(_IN_FLIGHT, params).scalars())):
+    if left := sorted(set(conn.execute(_LEFT, params).scalars())):
         return [], (
-            f"it is being sent to {', '.join(flying)} at this moment: replay it once that "
+            f"it is being sent to {', '.join(left)} at this moment: replay it once that "
             "delivery settles"
         )
     if settled:

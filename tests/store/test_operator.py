@@ -353,6 +353,9 @@ def test_a_replay_is_refused_where_another_route_delivered(store: SqlMessageStor
     [first] = store.claim_due_deliveries(10)  # the queue's head: the second waits behind it
     store.record_outcomes([Outcome(first.id, True, "")])
     assert _rows(store, stored.id) == [("ehr", "delivered", None), ("ehr", "pending", None)]
-    with pytest.raises(ActionRefused, match="delivered to ehr and is still queued there"):
+    with pytest.raises(ActionRefused, match="still queued to ehr, where it .* was delivered"):
         store.replay_message(stored.id, CLI)
     assert _rows(store, stored.id) == [("ehr", "delivered", None), ("ehr", "pending", None)]
+    # to every destination, the copy skips none: the queued one is replaced
+    store.replay_message(stored.id, CLI, everywhere=True)
+    assert _rows(store, stored.id) == [("ehr", "delivered", None), ("ehr", "resent", None)]
