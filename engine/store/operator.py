@@ -343,7 +343,8 @@ class Operator(Repository):
                 row = _lock_message(conn, message_id)
                 if row is None:
                     raise KeyError(message_id)
-                if not queues_of(conn, message_id) <= queues:  # a resend came between
+                current = queues_of(conn, message_id)
+                if not current <= queues:  # a resend came between
                     raise ActionRefused(
                         f"message {message_id} was resent while it was being replayed: try again"
                     )
@@ -353,7 +354,7 @@ class Operator(Repository):
                     )
                 _refuse_replayed(conn, message_id, row.state)
                 skipped = () if everywhere else delivered_before(conn, message_id)
-                superseded, why_not = supersede_queued(conn, message_id, now, skipped)
+                superseded, why_not = supersede_queued(conn, message_id, now, current, skipped)
                 if why_not:
                     raise ActionRefused(f"message {message_id} cannot be replayed now: {why_not}")
                 copy = {c: getattr(row, c) for c in _COPIED}

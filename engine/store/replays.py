@@ -60,7 +60,11 @@ def queues_of(conn: Connection, message_id: int) -> set[tuple[str, str]]:
 
 
 def supersede_queued(
-    conn: Connection, message_id: int, now: datetime, skipped: Collection[str] = ()
+    conn: Connection,
+    message_id: int,
+    now: datetime,
+    queues: Collection[tuple[str, str]],
+    skipped: Collection[str] = (),
 ) -> tuple[list[str], str]:
     """A replay's original (engine/store/operator.py): its deliveries still queued, a
     destination down and retrying, are settled ``resent`` (its copy is routed anew and
@@ -72,15 +76,16 @@ def supersede_queued(
     message or an earlier one of its replay chain was delivered, engine/store/messages.py); a
     delivery claimed by a dispatcher, on its way or its lease run out while it may have been
     (any delivery still queued after the settling: one claimed then, or whose claim a retry
-    has given back since, which that statement did not wait for). The queues are the
-    caller's to lock first (:func:`queues_of`, :func:`lock_queues`)."""
+    has given back since, which that statement did not wait for). ``queues``: the
+    message's, as :func:`queues_of` read them once the message was locked; the caller's to
+    lock first (:func:`lock_queues`)."""
     params = {"mid": message_id}
     if ahead := sorted(set(conn.execute(_AHEAD, params).scalars())):
         return [], (
             f"it is queued to {', '.join(ahead)} ahead of later messages for the same patient, "
             "which its copy would follow: replay it once it is delivered or dead"
         )
-    queued = {destination for destination, _ in queues_of(conn, message_id)}
+    queued = {destination for destination, _ in queues}
     if twice := sorted(queued & set(skipped)):
         return [], (
             f"it is still queued to {', '.join(twice)}, where it (or the message it replays) "
