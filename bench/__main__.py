@@ -25,6 +25,7 @@ SUITES: dict[str, str] = {
     "console": "bench.console_bench",
     "pg-cost": "bench.pg_cost",
     "path-profile": "bench.path_profile",
+    "path-profile-pg": "bench.path_profile_pg",
     "http-client": "bench.http_client_bench",
     "retention": "bench.retention_bench",
 }

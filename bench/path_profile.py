@@ -33,7 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Options, environment
-from bench.ingest_bench import FILE_DEST, ROUTES, _engine, _load, _stop, _wait_delivered
+from bench.ingest_bench import (
+    FILE_DEST,
+    ROUTES,
+    _engine,
+    _load,
+    _postgres_url,
+    _stop,
+    _wait_delivered,
+)
 
 __all__ = ["classify", "run"]
 
@@ -51,6 +59,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
         "leaf",
         r"^(do_execute|do_executemany|do_commit) .*/sqlalchemy/engine/default\.py$",
     ),
+    ("psycopg: sending, waiting, reading results", "lib", r"/site-packages/psycopg/"),
     ("SQLAlchemy: compiling, binding, results", "lib", r"/site-packages/sqlalchemy/"),
     ("FHIR models (fhir.resources, pydantic)", "lib", r"/site-packages/(fhir|pydantic)"),
     ("MLLP: framing, reading, writing", "engine", r"^adapters/mllp/"),
@@ -116,18 +125,21 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _worker_pid(pid: int) -> int:
-    """The worker process ``engine serve`` started: its child that multiprocessing spawned
-    (not the resource tracker beside it)."""
+def _worker_pids(pid: int, count: int) -> list[int]:
+    """The ``count`` worker processes ``engine serve`` started: its children that
+    multiprocessing spawned (not the resource tracker beside them)."""
     end = time.monotonic() + 60
     while time.monotonic() < end:
+        found = []
         for task in Path(f"/proc/{pid}/task").iterdir():
             for child in (task / "children").read_text().split():
                 args = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
                 if b"spawn_main" in args:
-                    return int(child)
+                    found.append(int(child))
+        if len(found) >= count:
+            return sorted(found)[:count]
         time.sleep(0.2)
-    raise RuntimeError("engine serve started no worker process")
+    raise RuntimeError(f"engine serve did not start {count} worker processes")
 
 
 def _record(pid: int, out: Path) -> subprocess.Popen[bytes]:
@@ -175,7 +187,11 @@ def _spy_available() -> bool:
     return Path(spy).exists()
 
 
-def run(options: Options) -> dict[str, Any]:
+def run(options: Options, backend: str = "sqlite") -> dict[str, Any]:
+    """The profile on SQLite with one worker process (as ``make run`` runs it, one process so
+    that the profile follows a message through one worker's path), or on PostgreSQL
+    (``backend="postgresql"``, suite ``path-profile-pg``: the machine's database, a schema of
+    its own) with the default two worker processes, each profiled."""
     if not _spy_available():
         print("  py-spy is not installed (make venv installs it): nothing measured")
         return {"suite": "path-profile", "skipped": "py-spy not installed"}
@@ -187,45 +203,79 @@ def run(options: Options) -> dict[str, Any]:
         (routes / "example.yaml").write_text(
             ROUTES.format(name="drop", type="file", extra=FILE_DEST.format(dir=work / "out"))
         )
-        db_url = f"sqlite:///{work / 'engine.db'}"
-        # one worker process: the profile follows a message through one worker's path
-        proc, port = _engine(db_url, routes, work, worker_processes=1)
+        schema = f"profile_{os.getpid()}"
+        if backend == "postgresql":
+            maybe = _postgres_url(schema)
+            if maybe is None:
+                return {"suite": "path-profile-pg", "skipped": "PostgreSQL not available"}
+            db_url, workers = maybe, 2
+        else:
+            db_url, workers = f"sqlite:///{work / 'engine.db'}", 1
+        proc, port = _engine(db_url, routes, work, worker_processes=workers)
         try:
-            worker = _worker_pid(proc.pid)
+            worker_pids = _worker_pids(proc.pid, workers)
             _load(port, 8, WARM)
             _wait_delivered(db_url, WARM)
-            pids = {"receiver": proc.pid, "worker": worker}
-            spies = {name: _record(pid, work / f"{name}.txt") for name, pid in pids.items()}
-            time.sleep(1.0)  # py-spy attached
-            before = {name: _cpu_s(pid) for name, pid in pids.items()}
-            start = time.monotonic()
-            sent = _load(port, 8, messages)
-            received_s = time.monotonic() - start
-            done = _wait_delivered(db_url, WARM + messages)
-            cpu = {name: _cpu_s(pid) - before[name] for name, pid in pids.items()}
-            for name, spy in spies.items():
-                _stop_spy(spy, work / f"{name}.txt")
-            result: dict[str, Any] = {
-                "messages": messages,
-                "received_per_s": round(messages / received_s, 1),
-                "delivered_per_s": round(messages / (done - start), 1),
-                "ack_p50_ms": sent.get("p50_ms"),
-                "ack_p99_ms": sent.get("p99_ms"),
-                "processes": {
-                    name: _profile(_leaves(work / f"{name}.txt"), cpu[name], messages)
-                    for name in pids
-                },
-            }
+            pids = {"receiver": proc.pid}
+            pids.update(
+                {
+                    f"worker {i + 1}" if workers > 1 else "worker": w
+                    for i, w in enumerate(worker_pids)
+                }
+            )
+            result = _measured(pids, port, db_url, messages, work)
         finally:
             _stop(proc)
+            if backend == "postgresql":
+                _drop_schema(schema)
+    result["backend"] = backend
     _print(result)
-    result["environment"] = environment(["sqlalchemy", "uvloop"])
-    return {"suite": "path-profile", "quick": options.quick, **result}
+    result["environment"] = environment(["sqlalchemy", "uvloop", "psycopg"])
+    name = "path-profile-pg" if backend == "postgresql" else "path-profile"
+    return {"suite": name, "quick": options.quick, **result}
+
+
+def _measured(
+    pids: dict[str, int], port: int, db_url: str, messages: int, work: Path
+) -> dict[str, Any]:
+    spies = {name: _record(pid, work / f"{name}.txt") for name, pid in pids.items()}
+    time.sleep(1.0)  # py-spy attached
+    before = {name: _cpu_s(pid) for name, pid in pids.items()}
+    start = time.monotonic()
+    sent = _load(port, 8, messages)
+    received_s = time.monotonic() - start
+    done = _wait_delivered(db_url, WARM + messages)
+    cpu = {name: _cpu_s(pid) - before[name] for name, pid in pids.items()}
+    for name, spy in spies.items():
+        _stop_spy(spy, work / f"{name}.txt")
+    return {
+        "messages": messages,
+        "received_per_s": round(messages / received_s, 1),
+        "delivered_per_s": round(messages / (done - start), 1),
+        "ack_p50_ms": sent.get("p50_ms"),
+        "ack_p99_ms": sent.get("p99_ms"),
+        "processes": {
+            name: _profile(_leaves(work / f"{name}.txt"), cpu[name], messages) for name in pids
+        },
+    }
+
+
+def _drop_schema(schema: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    base = os.environ.get(
+        "ENGINE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    )
+    eng = create_engine(base)
+    with eng.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    eng.dispose()
 
 
 def _print(r: dict[str, Any]) -> None:
     print(
-        f"  {r['messages']:,} ADT^A08 from 8 senders, mapped to FHIR, into a folder: received "
+        f"  {r['backend']}: {r['messages']:,} ADT^A08 from 8 senders, mapped to FHIR, into a "
+        f"folder: received "
         f"{r['received_per_s']:,.0f}/s, delivered {r['delivered_per_s']:,.0f}/s (under py-spy); "
         f"ACK p50 {r['ack_p50_ms']:.1f} ms, p99 {r['ack_p99_ms']:.1f} ms"
     )
