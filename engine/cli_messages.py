@@ -272,13 +272,43 @@ def messages_replay(
         raise EngineError(f"unknown state {state!r} (states: {', '.join(MESSAGE_STATES)})")
     who = cli_who()
     with command_store() as store:
-        ids = [message_id] if message_id is not None else store.ids_in_state(state or "")
-        for mid in ids:
-            with store_action(f"no message {mid}"):
-                done = store.replay_message(mid, who, everywhere=all_destinations)
-            typer.echo(f"message {mid} ({done.original_state}) replayed as {done.message_id}")
+        if message_id is not None:
+            with store_action(f"no message {message_id}"):
+                done = store.replay_message(message_id, who, everywhere=all_destinations)
+            typer.echo(
+                f"message {message_id} ({done.original_state}) replayed as {done.message_id}"
+            )
+            return
+        ids = store.ids_in_state(state or "")
+        refused = _replay_each(store, ids, who, everywhere=all_destinations)
     if not ids:
         typer.echo(f"no message in state {state}")
+    elif refused:
+        raise EngineError(
+            f"{refused} of {len(ids)} messages in state {state} not replayed (each said above); "
+            "the others were"
+        )
+
+
+def _replay_each(store: Any, ids: list[int], who: Any, *, everywhere: bool) -> int:
+    """Replay each message in turn: one refused (a patient's later message waiting behind it,
+    a send under way, purged since it was listed) is said on stderr, and the rest go on; how
+    many were refused."""
+    from engine.store import ActionRefused
+
+    refused = 0
+    for mid in ids:
+        try:
+            done = store.replay_message(mid, who, everywhere=everywhere)
+        except KeyError:
+            refused += 1
+            typer.echo(f"message {mid} not replayed: it is gone (purged)", err=True)
+        except ActionRefused as exc:
+            refused += 1
+            typer.echo(f"message {mid} not replayed: {exc}", err=True)
+        else:
+            typer.echo(f"message {mid} ({done.original_state}) replayed as {done.message_id}")
+    return refused
 
 
 @messages_app.command("resend")

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from engine.adapters.memory import MemoryDestination
 from engine.cli import app
+from engine.errors import EngineError
 from engine.mappings import Mappings, load_mappings
 from engine.routes.loader import RouteSet
 from engine.store import MessageQuery, SqlMessageStore
@@ -500,3 +501,23 @@ def test_handle_refuses_a_message_in_another_state_in_one_line_without_a_traceba
     assert store.handled_marks([mid]) == {}
     trail = [(e.action, e.message_id, e.outcome) for e in store.audit_entries(limit=2)]
     assert trail == [("mark-handled", None, "refused"), ("mark-handled", mid, "refused")]
+
+
+def test_replay_of_a_state_goes_on_past_a_refusal(store: SqlMessageStore, cli) -> None:
+    """``--state routed`` with a patient's two messages queued at a destination that is down:
+    the first is refused (its copy would go after the second), the second is replayed all
+    the same, and the command says so and exits with an error. Before, it stopped at the
+    refusal and the second was never tried."""
+    from tests.store.test_operator import _routed
+
+    first = _routed(store, "ehr")
+    second = _routed(store, "ehr", control="C2")
+    cli("messages", "list")  # the fixture's environment, set
+    result = runner.invoke(app, ["messages", "replay", "--state", "routed"])
+    assert isinstance(result.exception, EngineError)  # engine/cli.py prints it, exit 1
+    assert "1 of 2 messages in state routed not replayed" in str(result.exception)
+    assert f"message {first} not replayed: " in result.stderr
+    assert "ahead of later messages for the same patient" in result.stderr
+    assert result.stdout.startswith(f"message {second} (routed) replayed as ")
+    assert store.get(first).state == "routed"  # type: ignore[union-attr]
+    assert store.get(second).state == "replayed"  # type: ignore[union-attr]

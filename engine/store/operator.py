@@ -164,6 +164,23 @@ def _lock_message(conn: Connection, message_id: int) -> Any | None:
     return conn.execute(_ORIGINAL.with_for_update(), {"mid": message_id}).one_or_none()
 
 
+_DOCUMENTS_OF = (
+    select(documents.c.id)
+    .where(documents.c.message_id == bindparam("mid"))
+    .order_by(documents.c.id)
+    .with_for_update()
+)
+
+
+def _lock_documents_of(conn: Connection, message_id: int) -> None:
+    """Lock the document rows of a document's message before its own row (PostgreSQL). A
+    match of the document locks its row, then the message's: a replay that locked the
+    message first and the document at its end could wait for the match while the match
+    waited for it, until PostgreSQL's deadlock check failed one of them. Nothing is locked
+    for a message that carries no document."""
+    conn.execute(_DOCUMENTS_OF, {"mid": message_id})
+
+
 def _insert_replay(
     conn: Connection,
     copy: dict[str, Any],
@@ -340,6 +357,7 @@ class Operator(Repository):
             with self._tx() as conn:
                 queues = queues_of(conn, message_id)
                 lock_queues(conn, queues)  # before the message's row, as the dispatcher does
+                _lock_documents_of(conn, message_id)  # and its document's, as a match does
                 row = _lock_message(conn, message_id)
                 if row is None:
                     raise KeyError(message_id)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from engine.adapters.memory import MemoryDestination
 from engine.adapters.registry import load_routes
@@ -336,3 +338,40 @@ def test_match_keeps_one_document_per_bytes_and_patient(
         media_type="application/pdf",
     )
     assert again.duplicate and again.info.document_id == doc_id
+
+
+@pytest.mark.postgres
+def test_a_replay_takes_the_document_before_the_message_as_a_match_does(
+    store: SqlMessageStore, routes: RouteSet
+) -> None:
+    """A match locks the document's row, then its message's. A replay of that message used to
+    lock the message first and the document at its end: each waited for the other until
+    PostgreSQL failed one. Here the match's first lock is held while the replay runs: the
+    replay waits for it before touching the message, which the match can then still lock."""
+    if store.db_engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's writers take turns: nothing to lock in an order")
+    doc_id, mid, _, _ = _waiting_document(store, routes)
+    done: list[object] = []
+    with store.db_engine.connect() as match:
+        holder = match.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        match.execute(select(documents.c.id).where(documents.c.id == doc_id).with_for_update())
+        replay = threading.Thread(target=lambda: done.append(store.replay_message(mid, CLI)))
+        replay.start()
+        blocked = text(
+            "SELECT count(*) FROM pg_stat_activity WHERE :h = ANY(pg_blocking_pids(pid))"
+        )
+        deadline = time.monotonic() + 10
+        with store.db_engine.connect() as probe:
+            while not probe.execute(blocked, {"h": holder}).scalar_one():
+                assert time.monotonic() < deadline, "the replay never waited for the document"
+                time.sleep(0.02)
+        # the match's next lock: free, where the replay used to hold it already
+        row = match.execute(
+            select(messages.c.id).where(messages.c.id == mid).with_for_update(nowait=True)
+        ).one()
+        assert row.id == mid
+        match.rollback()
+    replay.join(10)
+    assert not replay.is_alive()
+    [replayed] = done
+    assert _doc_row(store, doc_id).message_id == replayed.message_id  # type: ignore[attr-defined]
