@@ -21,6 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.exc import DBAPIError
 
 from engine.alerts.rules import (
     DAYS,
@@ -278,7 +279,19 @@ def database_finding(rule: Database, elapsed_ms: float | None, error: str | None
 
 
 def probe_database(db_engine: Engine) -> float:
-    """Milliseconds the probe took: a round trip and an indexed read of the messages."""
+    """Milliseconds the probe took: a round trip and an indexed read of the messages. A pooled
+    connection the server ended while it was idle less than a second (not pinged:
+    engine/store/db.py) fails once and renews the pool: the probe then asks once more, so a
+    database already back is not reported as not answering."""
+    try:
+        return _probe(db_engine)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    return _probe(db_engine)
+
+
+def _probe(db_engine: Engine) -> float:
     started = time.perf_counter()
     with db_engine.connect() as conn:
         conn.execute(select(1)).scalar_one()

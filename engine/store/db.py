@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import BindParameter, Connection, Engine, create_engine, event, literal, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, InvalidatePoolError, NoSuchModuleError
 
 from engine.errors import ConfigError
 
@@ -147,7 +147,9 @@ def _ping_when_idle(engine: Engine) -> None:
     it, so after a restart of PostgreSQL or a cut connection at most the one transaction that
     found it fails (and is done again: the receiver answers its senders with a NAK, the
     workers claim again). A broken connection psycopg already knows of is replaced without a
-    round trip."""
+    round trip. A ping or a connection found dead renews the whole pool
+    (``InvalidatePoolError``, as ``pool_pre_ping`` does): the server that ended it ended the
+    others too."""
     dialect = engine.dialect
 
     @event.listens_for(engine, "checkin")
@@ -157,7 +159,7 @@ def _ping_when_idle(engine: Engine) -> None:
     @event.listens_for(engine, "checkout")
     def _alive(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         if getattr(dbapi_connection, "broken", False) or dbapi_connection.closed:
-            raise DisconnectionError("the connection was broken while in the pool")
+            raise InvalidatePoolError("the connection was broken while in the pool")
         since = record.info.pop("idle_since", None)
         if since is not None and time.monotonic() - since < PING_AFTER_IDLE_S:
             return
@@ -165,7 +167,7 @@ def _ping_when_idle(engine: Engine) -> None:
             dialect.do_ping(dbapi_connection)
         except dialect.loaded_dbapi.Error as exc:
             if dialect.is_disconnect(exc, dbapi_connection, None):
-                raise DisconnectionError(str(exc)) from exc
+                raise InvalidatePoolError(str(exc)) from exc
             raise
 
 
