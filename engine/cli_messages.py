@@ -294,12 +294,21 @@ def _replay_each(store: Any, ids: list[int], who: Any, *, everywhere: bool) -> i
     """Replay each message in turn: one refused (a patient's later message waiting behind it,
     a send under way, purged since it was listed) is said on stderr, and the rest go on; how
     many were refused."""
+    from sqlalchemy.exc import DBAPIError
+
     from engine.store import ActionRefused
+    from engine.store.db import failure_name
 
     refused = 0
-    for mid in ids:
+    for n, mid in enumerate(ids):
         try:
             done = store.replay_message(mid, who, everywhere=everywhere)
+        except DBAPIError as exc:  # the database itself failed: the rest would too
+            raise EngineError(
+                f"stopped at message {mid}: the database failed ({failure_name(exc)}); "
+                f"{n - refused} of {len(ids)} replayed before it, {refused} refused; "
+                "run the command again once the database answers"
+            ) from None
         except KeyError:
             refused += 1
             typer.echo(f"message {mid} not replayed: it is gone (purged)", err=True)

@@ -521,3 +521,34 @@ def test_replay_of_a_state_goes_on_past_a_refusal(store: SqlMessageStore, cli) -
     assert result.stdout.startswith(f"message {second} (routed) replayed as ")
     assert store.get(first).state == "routed"  # type: ignore[union-attr]
     assert store.get(second).state == "replayed"  # type: ignore[union-attr]
+
+
+def test_replay_of_a_state_stops_at_a_database_failure_saying_how_far_it_got(
+    store: SqlMessageStore, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database failing mid-way (not a refusal: the rest would fail too) stops the run
+    with what was replayed before it, not a traceback."""
+    from sqlalchemy.exc import OperationalError
+
+    from tests.store.test_operator import _routed
+
+    ids = [_routed(store, "ehr", patient=f"CLINIC|MRN{n}", control=f"C{n}") for n in (1, 2, 3)]
+    real = SqlMessageStore.replay_message
+    calls: list[int] = []
+
+    def failing(self: SqlMessageStore, mid: int, *args: object, **kwargs: object) -> object:
+        calls.append(mid)
+        if len(calls) == 2:
+            raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+        return real(self, mid, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SqlMessageStore, "replay_message", failing)
+    cli("messages", "list")  # the fixture's environment, set
+    result = runner.invoke(app, ["messages", "replay", "--state", "routed"])
+    assert isinstance(result.exception, EngineError)
+    assert str(result.exception) == (
+        f"stopped at message {ids[1]}: the database failed (OperationalError); 1 of 3 "
+        "replayed before it, 0 refused; run the command again once the database answers"
+    )
+    assert calls == ids[:2]
+    assert result.stdout.startswith(f"message {ids[0]} (routed) replayed as ")

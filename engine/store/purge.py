@@ -267,8 +267,9 @@ def purge_postgresql(
     (engine/jobs/retention.py). Batch sizing aims well under the limit; this is the bound for
     the batch the machine stretches anyway, which sizing cannot foresee (10 million messages
     under 8 senders flat out: 1 batch of 891 held its locks 108.5 ms, p99 38.6 ms, on 6
-    December before the limit). Matching a waiting document to its patient locks the
-    document before its message, the other order from this statement's; the limit cancels
+    December before the limit). Matching a waiting document to its patient, and replaying a
+    document's message, lock the document before its message, the other order from this
+    statement's; the limit cancels
     the purge long before PostgreSQL's deadlock check would pick one of the two (without a
     limit, that check does, after its ``deadlock_timeout``).
 
