@@ -475,6 +475,34 @@ def state_literal(state: str) -> BindParameter[str]:
 MIGRATION_LOCK_KEY = 0x656E676D6967
 
 
+#: PostgreSQL: how long a migration step waits for a table that another session holds (a
+#: long report, a transaction left open) before the whole migration gives up, rolls back and
+#: tries again. While a step such as ``ALTER TABLE messages`` waits for its lock, every other
+#: node's statements on that table queue behind it: its receivers stop ACKing. Without a limit
+#: they would wait as long as that other session; with it, at most this long at a time.
+MIGRATION_LOCK_WAIT_S = 2.0
+#: how long the migration keeps trying before it fails, naming the long transactions
+MIGRATION_RETRY_FOR_S = 300.0
+
+
+def lock_wait_ran_out(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL's ``lock_timeout`` (SQLSTATE 55P03, lock_not_available)."""
+    orig = getattr(exc, "orig", exc)
+    return getattr(orig, "sqlstate", None) == "55P03"
+
+
+def long_transactions(conn: Connection, older_than_s: float) -> list[tuple[int, float]]:
+    """PostgreSQL: the other sessions of this database in a transaction for over
+    ``older_than_s`` (pid, seconds), longest first: those a migration step may be waiting for."""
+    rows = conn.exec_driver_sql(
+        "SELECT pid, extract(epoch FROM now() - xact_start) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+        "AND xact_start < now() - make_interval(secs => %(s)s) ORDER BY xact_start",
+        {"s": older_than_s},
+    )
+    return [(int(pid), float(age)) for pid, age in rows]
+
+
 def hold_migration_lock(conn: Connection) -> None:
     """Make migrations run one process at a time: held from now until ``conn``'s transaction
     (the one the upgrade runs in) commits or rolls back.
@@ -490,6 +518,9 @@ def hold_migration_lock(conn: Connection) -> None:
     """
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+        # from here on, the steps' own locks: see MIGRATION_LOCK_WAIT_S
+        wait_ms = max(1, int(MIGRATION_LOCK_WAIT_S * 1000))
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {wait_ms}")
         return
     database = conn.engine.url.database
     if conn.dialect.name != "sqlite" or not database or database == ":memory:":

@@ -11,11 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
+from engine.errors import EngineError
+from engine.store import db
 from engine.store.audit import Audit
 from engine.store.cluster import Cluster
 from engine.store.console_stats import ConsoleStats
@@ -65,18 +69,50 @@ class SqlMessageStore(
     audit trail
     (``SqlMessageStore(db_engine)``)."""
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision (creates it on a new database)."""
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to the newest Alembic revision (creates it on a new database).
+
+        On PostgreSQL a step that waits for a table another session holds gives up after
+        :data:`~engine.store.db.MIGRATION_LOCK_WAIT_S` (the other nodes' statements on that
+        table queue behind it meanwhile): the migration rolls back, says so in the log, and
+        tries again, for :data:`~engine.store.db.MIGRATION_RETRY_FOR_S`; then it fails naming
+        the sessions in a long transaction (EngineError)."""
         from alembic import command
         from alembic.config import Config
 
         cfg = Config()
         cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-        with self.db_engine.begin() as conn, unbounded_statements(conn):
-            # unbounded: a step may rebuild an index of millions of rows, and the next node's
-            # start waits here for the migration lock as long as that takes (engine/store/db.py)
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        deadline = time.monotonic() + db.MIGRATION_RETRY_FOR_S
+        attempt = 0
+        while True:
+            try:
+                with self.db_engine.begin() as conn, unbounded_statements(conn):
+                    # unbounded: a step may rebuild an index of millions of rows, and the next
+                    # node's start waits here for the migration lock as long as that takes
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, revision)
+                return
+            except OperationalError as exc:
+                if not db.lock_wait_ran_out(exc):
+                    raise
+                attempt += 1
+                if time.monotonic() >= deadline:
+                    raise EngineError(self._held_too_long()) from None
+                log.warning(
+                    "schema migration waited for a table another session holds: trying again",
+                    extra={"attempt": attempt, "wait_s": db.MIGRATION_LOCK_WAIT_S},
+                )
+                time.sleep(min(5.0, 0.1 * attempt) * random.uniform(0.5, 1.5))
+
+    def _held_too_long(self) -> str:
+        with self.db_engine.connect() as conn:
+            held = db.long_transactions(conn, db.MIGRATION_LOCK_WAIT_S)
+        who = ", ".join(f"pid {pid} ({age:.0f} s)" for pid, age in held) or "none now"
+        return (
+            f"the schema migration could not lock its tables for {db.MIGRATION_RETRY_FOR_S:.0f} "
+            f"s: other sessions held them (in a transaction for longer than "
+            f"{db.MIGRATION_LOCK_WAIT_S:g} s: {who}); end those or wait, then start again"
+        )
 
     def checkpoint(self) -> None:
         """SQLite: copy the write-ahead log into the database without waiting for (or
