@@ -39,6 +39,7 @@ import ctypes
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import partial
@@ -322,6 +323,8 @@ async def _forget(store: Any, node: str) -> None:
 
 #: how long the leader waits before trying again to start the eligibility schedule, doubled after
 #: each failure up to ELIGIBILITY_RETRY_MAX_S (seconds)
+#: how often the leader sweeps stored document bytes no document names (PostgreSQL)
+ORPHAN_SWEEP_EVERY_S = 86_400.0
 ELIGIBILITY_RETRY_S = 5.0
 ELIGIBILITY_RETRY_MAX_S = 60.0
 
@@ -415,6 +418,7 @@ async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> Non
     hourly and at start (of each term as the leader)."""
     from engine.jobs.retention import purge_in_batches
 
+    next_orphan_sweep = 0.0  # at start, then daily
     while not stop.is_set():
         try:
             # in short transactions (engine/jobs/retention.py): never a lock held for long
@@ -442,6 +446,12 @@ async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> Non
             swept = await asyncio.to_thread(store.sweep_blob_files)
             if swept:
                 log.info("document files swept", extra={"files": swept})
+            # PostgreSQL: bytes two overlapping purges both left (a whole table's read: daily)
+            if time.monotonic() >= next_orphan_sweep:
+                orphans = await asyncio.to_thread(store.sweep_orphan_bytes)
+                next_orphan_sweep = time.monotonic() + ORPHAN_SWEEP_EVERY_S
+                if orphans:
+                    log.warning("document bytes no document named swept", extra={"n": orphans})
             # the audit trail has its own period; message retention never deletes its rows
             pruned = await asyncio.to_thread(
                 store.prune_audit, timedelta(days=settings.audit_retention_days)

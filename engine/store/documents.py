@@ -25,6 +25,7 @@ import base64
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -502,6 +503,59 @@ class Documents(Repository):
             return hashes - known
 
         return files.sweep(unknown, self._write_lock.held)
+
+    #: bytes stored longer ago than this that nothing names are swept (a few uploads in
+    #: flight name bytes they have just stored, in their own transaction)
+    ORPHAN_AGE_S = 3600.0
+
+    def sweep_orphan_bytes(self, page: int = 500) -> int:
+        """PostgreSQL: delete stored document bytes (``document_blobs`` rows and their chunks)
+        that no document names and no refusal keeps, stored over :attr:`ORPHAN_AGE_S` ago; how
+        many. Retention frees bytes in the statement that purges their last document, but two
+        purges at once (a leader replaced mid-batch while the old one finishes) each see the
+        other's documents still there and both leave the bytes their documents shared, which
+        nothing else would ever remove. Read a page at a time without locks (the row versions
+        first, then the refusals that keep bytes, as retention reads them), then deleted only
+        at the version read and only if still unnamed: an upload that reuses the bytes
+        meanwhile updates their row and keeps them. SQLite's purges take turns: nothing to
+        sweep (its files of bytes: :meth:`sweep_blob_files`)."""
+        if self.db_engine.dialect.name != "postgresql":
+            return 0
+        swept, after = 0, ""
+        cutoff = utcnow() - timedelta(seconds=self.ORPHAN_AGE_S)
+        while True:
+            with self.db_engine.connect() as conn:
+                found = {"after": after, "cutoff": cutoff, "page": page}
+                rows = conn.execute(self._ORPHANS, found).all()
+                blobs = {str(r.sha256): str(r.version) for r in rows}
+                for sha in refused_hashes(conn, set(blobs), set()) if blobs else ():
+                    del blobs[sha]
+            if blobs:
+                with self.db_engine.begin() as conn:
+                    conn.exec_driver_sql("SET LOCAL statement_timeout = 5000")
+                    swept += conn.execute(
+                        self._SWEEP, {"shas": list(blobs), "versions": list(blobs.values())}
+                    ).scalar_one()
+            if len(rows) < page:
+                return swept
+            after = rows[-1].sha256
+
+    _ORPHANS = text(
+        "SELECT b.sha256, b.xmin::text AS version FROM document_blobs b "
+        "WHERE b.sha256 > :after AND b.created_at < :cutoff "
+        "AND NOT EXISTS (SELECT 1 FROM documents d WHERE d.sha256 = b.sha256) "
+        "ORDER BY b.sha256 LIMIT :page"
+    )
+    _SWEEP = text(
+        "WITH read AS (SELECT * FROM unnest(CAST(:shas AS text[]), CAST(:versions AS text[])) "
+        "AS r(sha, version)), "
+        "doomed AS (DELETE FROM document_blobs b USING read "
+        "WHERE b.sha256 = read.sha AND b.xmin::text = read.version "
+        "AND NOT EXISTS (SELECT 1 FROM documents d WHERE d.sha256 = b.sha256) "
+        "RETURNING b.sha256), "
+        "chunks AS (DELETE FROM document_chunks c WHERE c.sha256 IN (SELECT sha256 FROM doomed)) "
+        "SELECT count(*) FROM doomed"
+    )
 
     def _chunks(self, sha256: str, count: int) -> Iterator[bytes]:
         for seq in range(count):

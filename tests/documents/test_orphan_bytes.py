@@ -1,0 +1,143 @@
+"""The leader's daily sweep of stored document bytes no document names (PostgreSQL,
+``Documents.sweep_orphan_bytes``): what two overlapping purges leave (each saw the other's
+document still there) goes; bytes a document names, bytes a refusal keeps and bytes stored
+within the hour stay; an upload that reuses orphaned bytes while the sweep runs keeps them."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, event, update
+
+from engine.store import SqlMessageStore, create_db_engine
+from engine.store.db import utcnow
+from engine.store.documents import DocumentToStore
+from engine.store.tables import document_blobs, documents, messages
+from tests.documents.intake_support import new_document, write
+from tests.documents.test_document_retention import _blobs, _put
+from tests.documents.test_purge_reuse import _stored, _waits_for_a_lock
+from tests.documents.test_refusal_retention import _refuse
+
+
+@pytest.fixture
+def pg_store(postgres_schema_url: str) -> Iterator[SqlMessageStore]:
+    db = create_db_engine(postgres_schema_url)
+    store = SqlMessageStore(db)
+    store.migrate()
+    try:
+        yield store
+    finally:
+        db.dispose()
+
+
+def _scan(tmp_path: Path, name: str) -> Path:
+    return write(tmp_path / name, b"%PDF-1.4\n" + os.urandom(200_000))
+
+
+def _aged(store: SqlMessageStore, sha: str) -> None:
+    """The bytes stored two hours ago."""
+    with store.db_engine.begin() as conn:
+        conn.execute(
+            update(document_blobs)
+            .where(document_blobs.c.sha256 == sha)
+            .values(created_at=utcnow() - timedelta(hours=2))
+        )
+
+
+def _orphaned(store: SqlMessageStore, path: Path) -> str:
+    """Bytes whose document and message are gone and the bytes not: what two overlapping
+    purges leave behind. Their SHA-256."""
+    mid, sha = _put(store, path, "MRN1")
+    with store.db_engine.begin() as conn:
+        conn.execute(delete(documents).where(documents.c.message_id == mid))
+        conn.execute(delete(messages).where(messages.c.id == mid))
+    _aged(store, sha)
+    return sha
+
+
+@pytest.mark.postgres
+def test_bytes_nothing_names_are_swept_and_the_rest_stay(
+    pg_store: SqlMessageStore, tmp_path: Path
+) -> None:
+    orphan = _orphaned(pg_store, _scan(tmp_path, "orphan.pdf"))
+    _, named = _put(pg_store, _scan(tmp_path, "named.pdf"), "MRN2")
+    _aged(pg_store, named)
+    young = _orphaned(pg_store, _scan(tmp_path, "young.pdf"))
+    with pg_store.db_engine.begin() as conn:  # stored a minute ago, its upload maybe on its way
+        conn.execute(
+            update(document_blobs)
+            .where(document_blobs.c.sha256 == young)
+            .values(created_at=utcnow() - timedelta(minutes=1))
+        )
+    refused = _scan(tmp_path, "refused.pdf")
+    _refuse(pg_store, refused)
+    kept = _orphaned(pg_store, refused)  # its document gone; the refusal still keeps the bytes
+    assert pg_store.sweep_orphan_bytes() == 1
+    assert _blobs(pg_store, orphan) == (0, False)
+    for sha in (named, young, kept):
+        assert _blobs(pg_store, sha) == (1, True)
+    assert pg_store.sweep_orphan_bytes() == 0
+
+
+@pytest.mark.postgres
+def test_sweeps_page_by_page(pg_store: SqlMessageStore, tmp_path: Path) -> None:
+    shas = [_orphaned(pg_store, _scan(tmp_path, f"o{i}.pdf")) for i in range(5)]
+    assert pg_store.sweep_orphan_bytes(page=2) == 5
+    assert all(_blobs(pg_store, sha) == (0, False) for sha in shas)
+
+
+@pytest.mark.postgres
+def test_an_upload_reusing_orphaned_bytes_while_the_sweep_runs_keeps_them(
+    pg_store: SqlMessageStore, tmp_path: Path
+) -> None:
+    """The upload of the same bytes for another patient, its transaction open, when the
+    sweep's statement comes to their row: the statement waits, then finds the row changed
+    and leaves it; the new document has its bytes."""
+    path = _scan(tmp_path, "scan.pdf")
+    data = path.read_bytes()
+    sha = _orphaned(pg_store, path)
+    sweeping: list[int] = []
+
+    @event.listens_for(pg_store.db_engine, "before_cursor_execute")
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "DELETE FROM document_blobs" in statement:
+            sweeping.append(conn.connection.dbapi_connection.info.backend_pid)
+
+    url = pg_store.db_engine.url.render_as_string(hide_password=False)
+    upload, admin = SqlMessageStore(create_db_engine(url)), create_db_engine(url)
+    swept: list[int] = []
+    waited = False
+    try:
+        with upload._tx() as conn:  # the upload's own transaction, kept open here
+            item = DocumentToStore(new_document("MRN2"), path, sha, len(data), "application/pdf")
+            stored = upload._store_one(conn, item)
+            assert not isinstance(stored, Exception) and not stored.duplicate
+            thread = threading.Thread(target=lambda: swept.append(pg_store.sweep_orphan_bytes()))
+            thread.start()
+            for _ in range(400):  # until the sweep's statement waits on the upload's row lock
+                if sweeping and (waited := _waits_for_a_lock(admin, sweeping[-1])):
+                    break
+                if not thread.is_alive():
+                    break
+                thread.join(0.05)
+        thread.join(60)
+    finally:
+        event.remove(pg_store.db_engine, "before_cursor_execute", record)
+        upload.db_engine.dispose()
+        admin.dispose()
+    assert waited, "the sweep's statement never waited for the upload"
+    assert swept == [0]
+    assert _blobs(pg_store, sha) == (1, True)
+    assert _stored(pg_store, sha) == data
+
+
+def test_sqlite_has_nothing_to_sweep(tmp_path: Path) -> None:
+    store = SqlMessageStore(create_db_engine(f"sqlite:///{tmp_path / 'engine.db'}"))
+    store.migrate()
+    assert store.sweep_orphan_bytes() == 0
