@@ -206,6 +206,9 @@ def open_database(settings: Settings) -> tuple[DbEngine, SqlMessageStore]:
     except SQLAlchemyError as exc:
         db_engine.dispose()
         raise connection_problem(db_engine, exc) from exc
+    except BaseException:  # the migration's own error (a table held too long): said as it is
+        db_engine.dispose()
+        raise
     return db_engine, store
 
 

@@ -485,22 +485,35 @@ MIGRATION_LOCK_WAIT_S = 2.0
 MIGRATION_RETRY_FOR_S = 300.0
 
 
+#: PostgreSQL's lock_not_available (``lock_timeout``) and deadlock_detected: a migration that
+#: got either is rolled back whole and tried again
+_LOCK_STATES = frozenset({"55P03", "40P01"})
+
+
 def lock_wait_ran_out(exc: BaseException) -> bool:
-    """Whether ``exc`` is PostgreSQL's ``lock_timeout`` (SQLSTATE 55P03, lock_not_available)."""
+    """Whether ``exc`` is PostgreSQL's ``lock_timeout`` (SQLSTATE 55P03) or a deadlock it broke
+    (40P01): a wait for other sessions' locks that a new attempt may not meet."""
     orig = getattr(exc, "orig", exc)
-    return getattr(orig, "sqlstate", None) == "55P03"
+    return getattr(orig, "sqlstate", None) in _LOCK_STATES
 
 
-def long_transactions(conn: Connection, older_than_s: float) -> list[tuple[int, float]]:
-    """PostgreSQL: the other sessions of this database in a transaction for over
-    ``older_than_s`` (pid, seconds), longest first: those a migration step may be waiting for."""
+def table_holders(conn: Connection, older_than_s: float) -> list[tuple[int, float | None, str]]:
+    """PostgreSQL: the other sessions holding a lock on a table of this schema, in a transaction
+    for over ``older_than_s`` (pid, seconds or None when the database does not show this role
+    another role's sessions, the tables), longest first: those a migration step waits for.
+    From ``pg_locks``, which shows every session's locks to every role."""
     rows = conn.exec_driver_sql(
-        "SELECT pid, extract(epoch FROM now() - xact_start) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-        "AND xact_start < now() - make_interval(secs => %(s)s) ORDER BY xact_start",
+        "SELECT l.pid, extract(epoch FROM now() - a.xact_start), "
+        "string_agg(DISTINCT c.relname, ', ' ORDER BY c.relname) "
+        "FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+        "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.granted AND l.locktype = 'relation' AND l.pid <> pg_backend_pid() "
+        "AND c.relkind IN ('r', 'p') AND c.relnamespace = current_schema()::regnamespace "
+        "AND (a.xact_start IS NULL OR a.xact_start < now() - make_interval(secs => %(s)s)) "
+        "GROUP BY l.pid, a.xact_start ORDER BY a.xact_start NULLS LAST, l.pid",
         {"s": older_than_s},
     )
-    return [(int(pid), float(age)) for pid, age in rows]
+    return [(int(pid), None if age is None else float(age), str(t)) for pid, age, t in rows]
 
 
 def hold_migration_lock(conn: Connection) -> None:

@@ -82,7 +82,7 @@ class SqlMessageStore(
 
         cfg = Config()
         cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-        deadline = time.monotonic() + db.MIGRATION_RETRY_FOR_S
+        deadline: float | None = None  # from the first wait that ran out: see below
         attempt = 0
         while True:
             try:
@@ -96,21 +96,31 @@ class SqlMessageStore(
                 if not db.lock_wait_ran_out(exc):
                     raise
                 attempt += 1
+                # the time to wait for another node's migration (the migration lock), or to
+                # run a long step, is not counted: only the time since the first wait ran out
+                deadline = deadline or time.monotonic() + db.MIGRATION_RETRY_FOR_S
                 if time.monotonic() >= deadline:
                     raise EngineError(self._held_too_long()) from None
                 log.warning(
                     "schema migration waited for a table another session holds: trying again",
                     extra={"attempt": attempt, "wait_s": db.MIGRATION_LOCK_WAIT_S},
                 )
-                time.sleep(min(5.0, 0.1 * attempt) * random.uniform(0.5, 1.5))
+                # at least as long as a step's wait: the other nodes' statements go on between
+                time.sleep(db.MIGRATION_LOCK_WAIT_S * random.uniform(1.0, 2.0))
 
     def _held_too_long(self) -> str:
         with self.db_engine.connect() as conn:
-            held = db.long_transactions(conn, db.MIGRATION_LOCK_WAIT_S)
-        who = ", ".join(f"pid {pid} ({age:.0f} s)" for pid, age in held) or "none now"
+            held = db.table_holders(conn, db.MIGRATION_LOCK_WAIT_S)
+        who = (
+            ", ".join(
+                f"pid {pid} ({'?' if age is None else f'{age:.0f}'} s; {tables})"
+                for pid, age, tables in held
+            )
+            or "none now"
+        )
         return (
             f"the schema migration could not lock its tables for {db.MIGRATION_RETRY_FOR_S:.0f} "
-            f"s: other sessions held them (in a transaction for longer than "
+            f"s: other sessions held them (those holding a table for longer than "
             f"{db.MIGRATION_LOCK_WAIT_S:g} s: {who}); end those or wait, then start again"
         )
 

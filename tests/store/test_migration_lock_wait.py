@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import OperationalError
 
 import engine.store.db as db_module
 from engine.errors import EngineError
@@ -105,5 +106,14 @@ def test_a_table_held_too_long_fails_the_migration_naming_who_holds_it(
     assert gave_up, "the migration waited for the report as long as it held the table"
     [error] = failed
     assert isinstance(error, EngineError) and "could not lock its tables" in str(error)
-    assert f"pid {holder} (" in str(error)
+    assert f"pid {holder} (" in str(error) and "s; messages)" in str(error)
     assert "digest" not in {c["name"] for c in inspect(at_0026).get_columns("messages")}
+
+
+@pytest.mark.parametrize(("state", "retried"), [("55P03", True), ("40P01", True), ("57014", False)])
+def test_a_lock_wait_or_a_deadlock_is_tried_again_nothing_else(state: str, retried: bool) -> None:
+    class Orig(Exception):
+        sqlstate = state
+
+    error = OperationalError("ALTER TABLE messages ...", {}, Orig())
+    assert db_module.lock_wait_ran_out(error) is retried
