@@ -279,15 +279,28 @@ def messages_replay(
                 f"message {message_id} ({done.original_state}) replayed as {done.message_id}"
             )
             return
-        ids = store.ids_in_state(state or "")
+        ids = store.ids_in_state(state or "", limit=REPLAY_AT_MOST)
         refused = _replay_each(store, ids, who, everywhere=all_destinations)
     if not ids:
         typer.echo(f"no message in state {state}")
-    elif refused:
+    more = (
+        f"; only the oldest {REPLAY_AT_MOST:,} in state {state} were taken: run the command "
+        "again for the rest"
+        if len(ids) == REPLAY_AT_MOST
+        else ""
+    )
+    if refused:
         raise EngineError(
             f"{refused} of {len(ids)} messages in state {state} not replayed (each said above); "
-            "the others were"
+            f"the others were{more}"
         )
+    if more:
+        typer.echo(more[2:].capitalize(), err=True)
+
+
+#: messages one ``replay --state`` takes, oldest first (a run's copies, stored after, are not
+#: among them); a second run takes the next ones, the first run's having left the state
+REPLAY_AT_MOST = 10_000
 
 
 def _replay_each(store: Any, ids: list[int], who: Any, *, everywhere: bool) -> int:

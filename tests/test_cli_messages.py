@@ -552,3 +552,21 @@ def test_replay_of_a_state_stops_at_a_database_failure_saying_how_far_it_got(
     )
     assert calls == ids[:2]
     assert result.stdout.startswith(f"message {ids[0]} (routed) replayed as ")
+
+
+def test_replay_of_a_state_says_when_it_took_only_the_oldest(
+    store: SqlMessageStore, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state holding more messages than one run takes: the run says it took only the oldest
+    and that another run takes the rest (before: the rest were left without a word)."""
+    import engine.cli_messages as cli_messages
+    from tests.store.test_operator import _routed
+
+    monkeypatch.setattr(cli_messages, "REPLAY_AT_MOST", 2)
+    ids = [_routed(store, "ehr", patient=f"CLINIC|MRN{n}", control=f"C{n}") for n in (1, 2, 3)]
+    code, out, err = cli("messages", "replay", "--state", "routed")
+    assert code == 0, err
+    assert [line.split()[1] for line in out.splitlines()] == [str(i) for i in ids[:2]]
+    assert "Only the oldest 2 in state routed were taken: run the command again" in err
+    code, out, err = cli("messages", "replay", "--state", "routed")
+    assert code == 0 and out.startswith(f"message {ids[2]} (routed) replayed as ") and not err
