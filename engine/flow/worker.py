@@ -321,10 +321,10 @@ async def _forget(store: Any, node: str) -> None:
         log.warning("node not forgotten", extra={"node": node, "error": type(exc).__name__})
 
 
-#: how long the leader waits before trying again to start the eligibility schedule, doubled after
-#: each failure up to ELIGIBILITY_RETRY_MAX_S (seconds)
 #: how often the leader sweeps stored document bytes no document names (PostgreSQL)
 ORPHAN_SWEEP_EVERY_S = 86_400.0
+#: how long the leader waits before trying again to start the eligibility schedule, doubled after
+#: each failure up to ELIGIBILITY_RETRY_MAX_S (seconds)
 ELIGIBILITY_RETRY_S = 5.0
 ELIGIBILITY_RETRY_MAX_S = 60.0
 
@@ -446,12 +446,6 @@ async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> Non
             swept = await asyncio.to_thread(store.sweep_blob_files)
             if swept:
                 log.info("document files swept", extra={"files": swept})
-            # PostgreSQL: bytes two overlapping purges both left (a whole table's read: daily)
-            if time.monotonic() >= next_orphan_sweep:
-                orphans = await asyncio.to_thread(store.sweep_orphan_bytes)
-                next_orphan_sweep = time.monotonic() + ORPHAN_SWEEP_EVERY_S
-                if orphans:
-                    log.warning("document bytes no document named swept", extra={"n": orphans})
             # the audit trail has its own period; message retention never deletes its rows
             pruned = await asyncio.to_thread(
                 store.prune_audit, timedelta(days=settings.audit_retention_days)
@@ -464,8 +458,25 @@ async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> Non
                 log.warning("delivery queues without a head repaired", extra={"n": repaired})
         except Exception as exc:  # the database may be away; try again next hour
             log.warning("retention failed", extra={"error": type(exc).__name__})
+        if time.monotonic() >= next_orphan_sweep:
+            next_orphan_sweep = await _sweep_orphans(store, stop)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 3600)
+
+
+async def _sweep_orphans(store: Any, stop: asyncio.Event) -> float:
+    """PostgreSQL: the stored document bytes no document names, which two overlapping purges
+    both left (``Documents.sweep_orphan_bytes``; it reads the whole table: daily, after the
+    rest of retention, and on its own: a failure here stops nothing else). When to sweep
+    next: in a day, or in an hour after a failure."""
+    try:
+        orphans = await asyncio.to_thread(store.sweep_orphan_bytes, stop=stop.is_set)
+    except Exception as exc:
+        log.warning("document bytes sweep failed", extra={"error": type(exc).__name__})
+        return time.monotonic() + 3600
+    if orphans:
+        log.warning("document bytes no document named swept", extra={"n": orphans})
+    return time.monotonic() + ORPHAN_SWEEP_EVERY_S
 
 
 async def _alerts(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, event, update
+from sqlalchemy import delete, event, select, update
 
 from engine.store import SqlMessageStore, create_db_engine
 from engine.store.db import utcnow
@@ -141,3 +141,40 @@ def test_sqlite_has_nothing_to_sweep(tmp_path: Path) -> None:
     store = SqlMessageStore(create_db_engine(f"sqlite:///{tmp_path / 'engine.db'}"))
     store.migrate()
     assert store.sweep_orphan_bytes() == 0
+
+
+@pytest.mark.postgres
+def test_bytes_whose_row_is_held_are_left_for_the_next_sweep_the_rest_go(
+    pg_store: SqlMessageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group of bytes one of which is held (an upload taking its row) is cancelled at the
+    limit and tried one by one: the others go, the held bytes wait for the next sweep."""
+    import engine.store.documents as documents_module
+
+    monkeypatch.setattr(documents_module, "ORPHAN_LOCK_LIMIT_S", 0.2)
+    shas = [_orphaned(pg_store, _scan(tmp_path, f"o{i}.pdf")) for i in range(3)]
+    with pg_store.db_engine.connect() as holder:
+        holder.execute(
+            select(document_blobs.c.sha256)
+            .where(document_blobs.c.sha256 == shas[1])
+            .with_for_update()
+        )
+        assert pg_store.sweep_orphan_bytes() == 2
+        holder.rollback()
+    assert [_blobs(pg_store, sha)[0] for sha in shas] == [0, 1, 0]
+    assert pg_store.sweep_orphan_bytes() == 1
+
+
+@pytest.mark.postgres
+def test_the_sweep_stops_between_groups_when_told(
+    pg_store: SqlMessageStore, tmp_path: Path
+) -> None:
+    shas = [_orphaned(pg_store, _scan(tmp_path, f"o{i}.pdf")) for i in range(3)]
+    asked: list[bool] = []
+
+    def stop() -> bool:  # the term ends after the first group
+        asked.append(True)
+        return len(asked) > 1
+
+    assert pg_store.sweep_orphan_bytes(group=1, stop=stop) == 1
+    assert sum(_blobs(pg_store, sha)[0] for sha in shas) == 2
