@@ -6,22 +6,19 @@ within the hour stay; an upload that reuses orphaned bytes while the sweep runs 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import delete, event, select, update
+from sqlalchemy import delete, select, update
 
 from engine.store import SqlMessageStore, create_db_engine
 from engine.store.db import utcnow
-from engine.store.documents import DocumentToStore
 from engine.store.tables import document_blobs, documents, messages
-from tests.documents.intake_support import new_document, write
+from tests.documents.intake_support import write
 from tests.documents.test_document_retention import _blobs, _put
-from tests.documents.test_purge_reuse import _stored, _waits_for_a_lock
+from tests.documents.test_purge_reuse import _stored, beside_an_upload
 from tests.documents.test_refusal_retention import _refuse
 
 
@@ -102,35 +99,9 @@ def test_an_upload_reusing_orphaned_bytes_while_the_sweep_runs_keeps_them(
     path = _scan(tmp_path, "scan.pdf")
     data = path.read_bytes()
     sha = _orphaned(pg_store, path)
-    sweeping: list[int] = []
-
-    @event.listens_for(pg_store.db_engine, "before_cursor_execute")
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "DELETE FROM document_blobs" in statement:
-            sweeping.append(conn.connection.dbapi_connection.info.backend_pid)
-
-    url = pg_store.db_engine.url.render_as_string(hide_password=False)
-    upload, admin = SqlMessageStore(create_db_engine(url)), create_db_engine(url)
-    swept: list[int] = []
-    waited = False
-    try:
-        with upload._tx() as conn:  # the upload's own transaction, kept open here
-            item = DocumentToStore(new_document("MRN2"), path, sha, len(data), "application/pdf")
-            stored = upload._store_one(conn, item)
-            assert not isinstance(stored, Exception) and not stored.duplicate
-            thread = threading.Thread(target=lambda: swept.append(pg_store.sweep_orphan_bytes()))
-            thread.start()
-            for _ in range(400):  # until the sweep's statement waits on the upload's row lock
-                if sweeping and (waited := _waits_for_a_lock(admin, sweeping[-1])):
-                    break
-                if not thread.is_alive():
-                    break
-                thread.join(0.05)
-        thread.join(60)
-    finally:
-        event.remove(pg_store.db_engine, "before_cursor_execute", record)
-        upload.db_engine.dispose()
-        admin.dispose()
+    waited, swept, _ = beside_an_upload(
+        pg_store, path, sha, pg_store.sweep_orphan_bytes, "DELETE FROM document_blobs"
+    )
     assert waited, "the sweep's statement never waited for the upload"
     assert swept == [0]
     assert _blobs(pg_store, sha) == (1, True)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import Engine, event
@@ -27,6 +27,7 @@ from tests.documents.test_document_retention import _blobs, _delivered_long_ago,
 from tests.documents.test_refusal_retention import _refuse
 
 KEEP = timedelta(days=30)
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -116,6 +117,46 @@ def _waits_for_a_lock(admin: Engine, pid: int) -> bool:
         )
 
 
+def beside_an_upload(
+    store: SqlMessageStore, path: Path, sha: str, action: Callable[[], T], marker: str = ""
+) -> tuple[bool, list[T], Any]:
+    """Run ``action`` in a thread while an upload of the bytes at ``path`` (another patient)
+    holds its transaction open, until ``action``'s statement (the first of ``store``'s whose
+    text holds ``marker``) waits on the upload's row lock; then commit the upload. Whether it
+    waited, what ``action`` returned, and the upload's result."""
+    running: list[int] = []
+
+    @event.listens_for(store.db_engine, "before_cursor_execute")
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if marker in statement:
+            running.append(conn.connection.dbapi_connection.info.backend_pid)
+
+    url = store.db_engine.url.render_as_string(hide_password=False)
+    upload, admin = SqlMessageStore(create_db_engine(url)), create_db_engine(url)
+    result: list[T] = []
+    waited = False
+    try:
+        with upload._tx() as conn:  # the upload's own transaction, kept open here
+            size = path.stat().st_size
+            item = DocumentToStore(new_document("MRN2"), path, sha, size, "application/pdf")
+            stored = upload._store_one(conn, item)
+            assert not isinstance(stored, Exception) and not stored.duplicate
+            thread = threading.Thread(target=lambda: result.append(action()))
+            thread.start()
+            for _ in range(400):  # until the statement waits on the upload's row lock
+                if running and (waited := _waits_for_a_lock(admin, running[-1])):
+                    break
+                if not thread.is_alive():
+                    break
+                thread.join(0.05)
+        thread.join(60)
+    finally:
+        event.remove(store.db_engine, "before_cursor_execute", record)
+        upload.db_engine.dispose()
+        admin.dispose()
+    return waited, result, stored
+
+
 @pytest.mark.postgres
 def test_an_upload_reusing_the_bytes_while_the_statement_runs_keeps_them(
     pg_store: SqlMessageStore, tmp_path: Path
@@ -124,37 +165,9 @@ def test_an_upload_reusing_the_bytes_while_the_statement_runs_keeps_them(
     when the purge's statement comes to the bytes' row: the statement waits for it, then finds
     the row changed and leaves the bytes; the second document is stored with them."""
     path, sha, data = _old_document(pg_store, tmp_path)
-    size = len(data)
-    purging: list[int] = []
-
-    @event.listens_for(pg_store.db_engine, "before_cursor_execute")
-    def record(conn: Any, *args: Any) -> None:
-        purging.append(conn.connection.dbapi_connection.info.backend_pid)
-
-    url = pg_store.db_engine.url.render_as_string(hide_password=False)
-    upload, admin = SqlMessageStore(create_db_engine(url)), create_db_engine(url)
-    result: list[Purged] = []
-    waited = False
-    try:
-        with upload._tx() as conn:  # the upload's own transaction, kept open here
-            item = DocumentToStore(new_document("MRN2"), path, sha, size, "application/pdf")
-            stored = upload._store_one(conn, item)
-            assert not isinstance(stored, Exception) and not stored.duplicate
-            thread = threading.Thread(
-                target=lambda: result.append(pg_store.purge_range(KEEP, lock_limit_s=60))
-            )
-            thread.start()
-            for _ in range(400):  # until the purge's statement waits on the upload's row lock
-                if purging and (waited := _waits_for_a_lock(admin, purging[-1])):
-                    break
-                if not thread.is_alive():
-                    break
-                thread.join(0.05)
-        thread.join(60)
-    finally:
-        event.remove(pg_store.db_engine, "before_cursor_execute", record)
-        upload.db_engine.dispose()
-        admin.dispose()
+    waited, result, stored = beside_an_upload(
+        pg_store, path, sha, lambda: pg_store.purge_range(KEEP, lock_limit_s=60)
+    )
     assert waited, "the purge's statement never waited for the upload"
     assert result and (result[0].rows, result[0].documents) == (1, 1)
     assert _blobs(pg_store, sha) == (1, True)
