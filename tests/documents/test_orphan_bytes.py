@@ -6,7 +6,6 @@ within the hour stay; an upload that reuses orphaned bytes while the sweep runs 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,18 +18,8 @@ from engine.store.tables import document_blobs, documents, messages
 from tests.documents.intake_support import write
 from tests.documents.test_document_retention import _blobs, _put
 from tests.documents.test_purge_reuse import _stored, beside_an_upload
+from tests.documents.test_purge_reuse import pg_store as pg_store  # noqa: F401  (the fixture)
 from tests.documents.test_refusal_retention import _refuse
-
-
-@pytest.fixture
-def pg_store(postgres_schema_url: str) -> Iterator[SqlMessageStore]:
-    db = create_db_engine(postgres_schema_url)
-    store = SqlMessageStore(db)
-    store.migrate()
-    try:
-        yield store
-    finally:
-        db.dispose()
 
 
 def _scan(tmp_path: Path, name: str) -> Path:
