@@ -279,58 +279,67 @@ def messages_replay(
                 f"message {message_id} ({done.original_state}) replayed as {done.message_id}"
             )
             return
-        ids = store.ids_in_state(state or "", limit=REPLAY_AT_MOST)
-        refused = _replay_each(store, ids, who, everywhere=all_destinations)
-    if not ids:
+        seen, refused = _replay_state(store, state or "", who, everywhere=all_destinations)
+    if not seen:
         typer.echo(f"no message in state {state}")
-    more = (
-        f"; only the oldest {REPLAY_AT_MOST:,} in state {state} were taken: run the command "
-        "again for the rest"
-        if len(ids) == REPLAY_AT_MOST
-        else ""
-    )
-    if refused:
+    elif refused:
         raise EngineError(
-            f"{refused} of {len(ids)} messages in state {state} not replayed (each said above); "
-            f"the others were{more}"
+            f"{refused} of {seen} messages in state {state} not replayed (each said above); "
+            "the others were"
         )
-    if more:
-        typer.echo(more[2:].capitalize(), err=True)
 
 
-#: messages one ``replay --state`` takes, oldest first (a run's copies, stored after, are not
-#: among them); a second run takes the next ones, the first run's having left the state
-REPLAY_AT_MOST = 10_000
+#: messages read a statement by ``replay --state``, oldest first
+REPLAY_PAGE = 1_000
 
 
-def _replay_each(store: Any, ids: list[int], who: Any, *, everywhere: bool) -> int:
-    """Replay each message in turn: one refused (a patient's later message waiting behind it,
-    a send under way, purged since it was listed) is said on stderr, and the rest go on; how
-    many were refused."""
+def _replay_state(store: Any, state: str, who: Any, *, everywhere: bool) -> tuple[int, int]:
+    """Replay every message in ``state``, a page at a time, oldest first; how many were taken
+    and how many refused. One refused (a patient's later message waiting behind it, a send
+    under way, purged since it was listed) is said on stderr, and the rest go on; the
+    database failing stops the run (the rest would fail too), saying how far it got. The
+    run's own copies (stored after its first, so with higher ids: a copy may die and join the
+    state) and messages received since are not taken: the run ends at the first copy's id."""
     from sqlalchemy.exc import DBAPIError
 
-    from engine.store import ActionRefused
     from engine.store.db import failure_name
 
-    refused = 0
-    for n, mid in enumerate(ids):
-        try:
-            done = store.replay_message(mid, who, everywhere=everywhere)
-        except DBAPIError as exc:  # the database itself failed: the rest would too
-            raise EngineError(
-                f"stopped at message {mid}: the database failed ({failure_name(exc)}); "
-                f"{n - refused} of {len(ids)} replayed before it, {refused} refused; "
-                "run the command again once the database answers"
-            ) from None
-        except KeyError:
-            refused += 1
-            typer.echo(f"message {mid} not replayed: it is gone (purged)", err=True)
-        except ActionRefused as exc:
-            refused += 1
-            typer.echo(f"message {mid} not replayed: {exc}", err=True)
-        else:
-            typer.echo(f"message {mid} ({done.original_state}) replayed as {done.message_id}")
-    return refused
+    seen = refused = 0
+    after, bound = 0, None
+    while True:
+        page = store.ids_in_state(state, limit=REPLAY_PAGE, after=after)
+        taken = [i for i in page if bound is None or i < bound]
+        if not taken:
+            return seen, refused
+        for mid in taken:
+            try:
+                copy = _replay_one(store, mid, who, everywhere=everywhere)
+            except DBAPIError as exc:
+                raise EngineError(
+                    f"stopped at message {mid}: the database failed ({failure_name(exc)}); "
+                    f"{seen - refused} replayed before it, {refused} refused; "
+                    "run the command again once the database answers"
+                ) from None
+            seen += 1
+            refused += copy is None
+            bound = bound or copy
+        after = taken[-1]
+
+
+def _replay_one(store: Any, mid: int, who: Any, *, everywhere: bool) -> int | None:
+    """Replay one message of a state, said on stdout; refused, said on stderr (None)."""
+    from engine.store import ActionRefused
+
+    try:
+        done = store.replay_message(mid, who, everywhere=everywhere)
+    except KeyError:
+        typer.echo(f"message {mid} not replayed: it is gone (purged)", err=True)
+        return None
+    except ActionRefused as exc:
+        typer.echo(f"message {mid} not replayed: {exc}", err=True)
+        return None
+    typer.echo(f"message {mid} ({done.original_state}) replayed as {done.message_id}")
+    return int(done.message_id)
 
 
 @messages_app.command("resend")

@@ -547,26 +547,42 @@ def test_replay_of_a_state_stops_at_a_database_failure_saying_how_far_it_got(
     result = runner.invoke(app, ["messages", "replay", "--state", "routed"])
     assert isinstance(result.exception, EngineError)
     assert str(result.exception) == (
-        f"stopped at message {ids[1]}: the database failed (OperationalError); 1 of 3 "
+        f"stopped at message {ids[1]}: the database failed (OperationalError); 1 "
         "replayed before it, 0 refused; run the command again once the database answers"
     )
     assert calls == ids[:2]
     assert result.stdout.startswith(f"message {ids[0]} (routed) replayed as ")
 
 
-def test_replay_of_a_state_says_when_it_took_only_the_oldest(
+def test_replay_of_a_state_takes_them_all_a_page_at_a_time_but_not_its_own_copies(
     store: SqlMessageStore, cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A state holding more messages than one run takes: the run says it took only the oldest
-    and that another run takes the rest (before: the rest were left without a word)."""
+    """Pages of 2 here: all three are replayed in one run (before, one run took the oldest
+    10,000 and said nothing of the rest). A copy that joins the state while the run goes on
+    (here each copy is put in it at once, as a copy that dies at once would be) is not
+    replayed again by the same run."""
+    from sqlalchemy import update
+
     import engine.cli_messages as cli_messages
+    from engine.store.tables import messages
     from tests.store.test_operator import _routed
 
-    monkeypatch.setattr(cli_messages, "REPLAY_AT_MOST", 2)
+    monkeypatch.setattr(cli_messages, "REPLAY_PAGE", 2)
     ids = [_routed(store, "ehr", patient=f"CLINIC|MRN{n}", control=f"C{n}") for n in (1, 2, 3)]
+    real = SqlMessageStore.replay_message
+    calls: list[int] = []
+
+    def copy_joins_the_state(self: SqlMessageStore, mid: int, *args: object, **kw: object):  # type: ignore[no-untyped-def]
+        calls.append(mid)
+        assert len(calls) <= len(ids), f"the run replayed its own copies: {calls}"
+        done = real(self, mid, *args, **kw)  # type: ignore[arg-type]
+        with self.db_engine.begin() as conn:
+            conn.execute(
+                update(messages).where(messages.c.id == done.message_id).values(state="routed")
+            )
+        return done
+
+    monkeypatch.setattr(SqlMessageStore, "replay_message", copy_joins_the_state)
     code, out, err = cli("messages", "replay", "--state", "routed")
     assert code == 0, err
-    assert [line.split()[1] for line in out.splitlines()] == [str(i) for i in ids[:2]]
-    assert "Only the oldest 2 in state routed were taken: run the command again" in err
-    code, out, err = cli("messages", "replay", "--state", "routed")
-    assert code == 0 and out.startswith(f"message {ids[2]} (routed) replayed as ") and not err
+    assert [line.split()[1] for line in out.splitlines()] == [str(i) for i in ids]

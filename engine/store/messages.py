@@ -611,13 +611,13 @@ class MessageStore(Repository):
             ).scalar_one_or_none()
         return bytes(value) if value is not None else None
 
-    def ids_in_state(self, state: str, limit: int = 10_000) -> builtins.list[int]:
-        """The ids of messages in ``state``, oldest first (to replay them all)."""
+    def ids_in_state(self, state: str, limit: int = 10_000, after: int = 0) -> builtins.list[int]:
+        """The ids of messages in ``state`` after ``after``, oldest first (to replay them all)."""
         with self.db_engine.connect() as conn:
             return list(
                 conn.execute(
                     select(messages.c.id)
-                    .where(messages.c.state == state)
+                    .where(messages.c.state == state, messages.c.id > after)
                     .order_by(messages.c.id)
                     .limit(limit)
                 ).scalars()
