@@ -458,7 +458,7 @@ async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> Non
                 log.warning("delivery queues without a head repaired", extra={"n": repaired})
         except Exception as exc:  # the database may be away; try again next hour
             log.warning("retention failed", extra={"error": type(exc).__name__})
-        if time.monotonic() >= next_orphan_sweep:
+        if time.monotonic() >= next_orphan_sweep and not stop.is_set():
             next_orphan_sweep = await _sweep_orphans(store, stop)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 3600)

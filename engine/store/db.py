@@ -508,7 +508,9 @@ def table_holders(conn: Connection, older_than_s: float) -> list[tuple[int, floa
         "FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
         "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
         "WHERE l.granted AND l.locktype = 'relation' AND l.pid <> pg_backend_pid() "
-        "AND c.relkind IN ('r', 'p') AND c.relnamespace = current_schema()::regnamespace "
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "AND c.relkind IN ('r', 'p') "
+        "AND c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) "
         "AND (a.xact_start IS NULL OR a.xact_start < now() - make_interval(secs => %(s)s)) "
         "GROUP BY l.pid, a.xact_start ORDER BY a.xact_start NULLS LAST, l.pid",
         {"s": older_than_s},

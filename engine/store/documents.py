@@ -533,12 +533,13 @@ class Documents(Repository):
         and bytes whose own deletion is cancelled are left for the next sweep. ``stop`` is
         asked between groups. SQLite's purges take turns: nothing to sweep (its files of
         bytes: :meth:`sweep_blob_files`)."""
+        stopped = stop or (lambda: False)
         if self.db_engine.dialect.name != "postgresql":
             return 0
         cutoff = utcnow() - timedelta(seconds=self.ORPHAN_AGE_S)
         blobs: dict[str, str] = {}
         after = ""
-        while True:
+        while not stopped():
             with self.db_engine.connect() as conn:  # a transaction a page: no table held long
                 found = {"after": after, "cutoff": cutoff, "page": page}
                 rows = conn.execute(self._ORPHANS, found).all()
@@ -552,28 +553,39 @@ class Documents(Repository):
                     del blobs[sha]
         items, swept = list(blobs.items()), 0
         for i in range(0, len(items), group):
-            if stop is not None and stop():
+            if stopped():
                 break
-            swept += self._sweep_group(items[i : i + group])
+            try:
+                swept += self._sweep_group(items[i : i + group])
+            except DBAPIError as exc:  # this group waits for the next sweep; the others go on
+                log.warning("document bytes not swept", extra={"error": type(exc).__name__})
         return swept
 
     def _sweep_group(self, items: list[tuple[str, str]]) -> int:
-        """One group of :meth:`sweep_orphan_bytes` in one statement; cancelled at the limit,
-        each alone."""
+        """One group of :meth:`sweep_orphan_bytes` in one statement, bounded at
+        :data:`ORPHAN_LOCK_LIMIT_S`; cancelled there, each alone. Alone, only the wait for
+        the bytes' row is bounded so (their deletion may take longer: a large document's
+        chunks), and bytes still held are left for the next sweep."""
+        limit_ms = max(1, round(ORPHAN_LOCK_LIMIT_S * 1000))
+        alone = len(items) == 1
         try:
             with self.db_engine.begin() as conn:
-                limit_ms = max(1, round(ORPHAN_LOCK_LIMIT_S * 1000))
-                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {limit_ms}")
+                if alone:
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {limit_ms}")
+                    conn.exec_driver_sql("SET LOCAL statement_timeout = 60000")
+                else:
+                    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {limit_ms}")
                 shas, versions = [sha for sha, _ in items], [ver for _, ver in items]
                 return int(
                     conn.execute(self._SWEEP, {"shas": shas, "versions": versions}).scalar_one()
                 )
         except DBAPIError as exc:
-            if sqlstate(exc) != "57014":  # query_canceled: the limit
+            # query_canceled (the group's limit) or lock_not_available (a row held)
+            if sqlstate(exc) not in ("57014", "55P03"):
                 raise
-        if len(items) > 1:
+        if not alone:
             return sum(self._sweep_group([item]) for item in items)
-        log.warning("document bytes no document names left: their deletion ran past its limit")
+        log.warning("document bytes no document names left: their row was held")
         return 0
 
     _ORPHANS = text(

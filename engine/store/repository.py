@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from engine.errors import EngineError
 from engine.store import db
@@ -109,8 +109,12 @@ class SqlMessageStore(
                 time.sleep(db.MIGRATION_LOCK_WAIT_S * random.uniform(1.0, 2.0))
 
     def _held_too_long(self) -> str:
-        with self.db_engine.connect() as conn:
-            held = db.table_holders(conn, db.MIGRATION_LOCK_WAIT_S)
+        try:
+            with self.db_engine.connect() as conn:
+                held = db.table_holders(conn, db.MIGRATION_LOCK_WAIT_S)
+        except DBAPIError as exc:  # the error to give is the migration's, not this one's
+            log.warning("sessions holding the tables not read", extra={"error": type(exc).__name__})
+            held = []
         who = (
             ", ".join(
                 f"pid {pid} ({'?' if age is None else f'{age:.0f}'} s; {tables})"
