@@ -158,10 +158,19 @@ def _read(url: str, messages: int) -> dict[str, Any]:
 
 
 def _phase(
-    url: str, data: Path, label: str, *, nodes: int, workers: bool, count: int, tmp: Path
+    url: str,
+    data: Path,
+    label: str,
+    *,
+    nodes: int,
+    workers: bool,
+    count: int,
+    tmp: Path,
+    worker_processes: int | None = None,
 ) -> dict[str, Any]:
     """``count`` messages through ``nodes`` engines on the database at ``url`` (8 senders spread
-    over them), with their workers or without; their stores and drops under ``tmp`` (removed
+    over them), with their workers or without (``worker_processes`` each: None, the default
+    two); their stores and drops under ``tmp`` (removed
     when the suite ends, not before the next phase: :class:`bench.harness.Scratch`)."""
     engines: list[tuple[subprocess.Popen[bytes], int]] = []
     try:
@@ -174,7 +183,9 @@ def _phase(
             (routes / "example.yaml").write_text(
                 ROUTES.format(name="drop", type="file", extra=destination)
             )
-            engines.append(_engine(url, routes, var, workers=workers))
+            engines.append(
+                _engine(url, routes, var, workers=workers, worker_processes=worker_processes)
+            )
         for _, port in engines:  # warm: connections, statements prepared, workers started
             _load(port, 8 // nodes, 200 // nodes)
         if workers:
@@ -239,10 +250,13 @@ def _describe(r: dict[str, Any]) -> str:
     )
 
 
-PHASES = (
-    ("receiver alone, 1 node", 1, False),
-    ("receiver and worker, 1 node", 1, True),
-    ("receiver and worker, 2 nodes", 2, True),
+#: (label, nodes, with workers, worker processes a node: None for the default two). The last:
+#: two nodes sized to one machine's cores between them, as one node's two worker processes
+PHASES: tuple[tuple[str, int, bool, int | None], ...] = (
+    ("receiver alone, 1 node", 1, False, None),
+    ("receiver and worker, 1 node", 1, True, None),
+    ("receiver and worker, 2 nodes", 2, True, None),
+    ("receiver and worker, 2 nodes of one worker process each", 2, True, 1),
 )
 
 
@@ -251,9 +265,16 @@ def run(options: Options) -> dict[str, Any]:
     print(f"pg-cost: {count:,} ADT^A08 per phase, 8 MLLP senders, a private PostgreSQL cluster")
     phases: list[dict[str, Any]] = []
     with private_cluster() as (url, data), Scratch(prefix="bench-pg-cost-") as scratch:
-        for label, nodes, workers in PHASES:
+        for label, nodes, workers, processes in PHASES:
             r = _phase(
-                url, data, label, nodes=nodes, workers=workers, count=count, tmp=scratch.new()
+                url,
+                data,
+                label,
+                nodes=nodes,
+                workers=workers,
+                count=count,
+                tmp=scratch.new(),
+                worker_processes=processes,
             )
             print(f"  {label}: {_describe(r)}", flush=True)
             for heading, key in (
