@@ -419,7 +419,6 @@ async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> Non
     from engine.jobs.retention import purge_in_batches
 
     next_orphan_sweep = 0.0  # at start, then daily
-    digests_filled = False  # once a term: large messages stored before migration 0027
     while not stop.is_set():
         try:
             # in short transactions (engine/jobs/retention.py): never a lock held for long
@@ -461,8 +460,6 @@ async def _retention(store: Any, settings: Settings, stop: asyncio.Event) -> Non
             log.warning("retention failed", extra={"error": type(exc).__name__})
         if time.monotonic() >= next_orphan_sweep and not stop.is_set():
             next_orphan_sweep = await _sweep_orphans(store, stop)
-        if not digests_filled and not stop.is_set():
-            digests_filled = await _fill_digests(store, stop)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 3600)
 
@@ -480,20 +477,6 @@ async def _sweep_orphans(store: Any, stop: asyncio.Event) -> float:
     if orphans:
         log.warning("document bytes no document named swept", extra={"n": orphans})
     return time.monotonic() + ORPHAN_SWEEP_EVERY_S
-
-
-async def _fill_digests(store: Any, stop: asyncio.Event) -> bool:
-    """The digests of large messages stored before migration 0027 (``Digests.fill_digests``),
-    so that their resends are not hashed in the receiver's batch; whether done (a failure is
-    tried again in an hour)."""
-    try:
-        filled = await asyncio.to_thread(store.fill_digests, stop=stop.is_set)
-    except Exception as exc:
-        log.warning("digests of large messages not filled in", extra={"error": type(exc).__name__})
-        return False
-    if filled:
-        log.info("digests of large messages filled in", extra={"n": filled})
-    return not stop.is_set()
 
 
 async def _alerts(

@@ -14,7 +14,6 @@ search        the operator's message list: filters, keyset paging, failing desti
 documents     documents' metadata and bytes (content-addressed), stored before they are accepted
 operator      an operator's replay of a message, resend of its deliveries, match of a document
 replays       a replayed message's deliveries still queued, replaced by its copy's
-digests       the content digests of large messages stored before migration 0027, filled in
 audit         who replayed, resent or viewed a payload, and when
 users         the console's users (argon2id hashes, roles, lock-out) and sessions
 repository    SqlMessageStore: the parts combined on one database

@@ -25,7 +25,6 @@ from engine.store.cluster import Cluster
 from engine.store.console_stats import ConsoleStats
 from engine.store.db import BUSY_TIMEOUT_MS, unbounded_statements
 from engine.store.deliveries import Deliveries
-from engine.store.digests import Digests
 from engine.store.documents import Documents
 from engine.store.eligibility import EligibilityChecks
 from engine.store.handled import HandledMarks
@@ -58,7 +57,6 @@ class SqlMessageStore(
     Operator,
     DocumentActions,
     Audit,
-    Digests,
     Nodes,
     Cluster,
     Documents,

@@ -404,31 +404,3 @@ def test_a_large_original_stored_without_its_digest_is_hashed_when_compared(
     assert (resend.id, resend.duplicate) == (first.id, True)
     [other] = store.save_batch([item(_large(given="Alicia"))])
     assert (other.duplicate, other.reused) == (False, True)
-
-
-def test_the_leader_fills_in_the_digests_of_large_messages_stored_without_one(
-    store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Large messages stored before migration 0027 get their digests (``fill_digests``, run by
-    the leader's retention step), a page at a time, small ones none; their resends are then
-    compared without the original being read back and hashed under the writers' lock."""
-    from engine.store import messages as module
-
-    bodies = [_large(given=f"Alice{n}") for n in range(3)]
-    stored = [
-        store.save_batch([item(b, key=KEY.replace("CTRL-1", f"CTRL-{n}"))])[0]
-        for n, b in enumerate(bodies)
-    ]
-    [small] = store.save_batch([item(raw(mrn=9), key=KEY.replace("CTRL-1", "CTRL-9"))])
-    with store.db_engine.begin() as conn:  # as stored before 0027
-        conn.execute(update(messages).values(digest=None))
-    assert store.fill_digests(page=2) == 3
-    assert [_digest_of(store, s.id) for s in stored] == [content_digest(b) for b in bodies]
-    assert _digest_of(store, small.id) is None
-    assert store.fill_digests() == 0
-    hashed: list[int] = []
-    monkeypatch.setattr(module, "content_digest", lambda b: hashed.append(len(b)) or "")
-    resent = _large(given="Alice1", when="20261207041500")
-    [resend] = store.save_batch([item(resent, key=KEY)])
-    assert (resend.id, resend.duplicate) == (stored[1].id, True)
-    assert hashed == []
