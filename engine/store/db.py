@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import threading
 import time
 import weakref
@@ -258,15 +259,32 @@ def _sqlite_engine(parsed: URL, *, durable: bool) -> Engine:
 BUSY_TIMEOUT_MS = 10_000
 
 
+def _into_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL`` on a new connection. Processes opening a new database file
+    at the same moment (``engine serve``'s receiver and workers on a fresh install) each try to
+    switch it to WAL, which needs the file to itself, and SQLite answers ``database is locked``
+    at once rather than wait for it (1 in 12 children of a pair failed so, 7 December): tried
+    again for up to :data:`BUSY_TIMEOUT_MS`."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _configure_sqlite(db_engine: Engine, *, durable: bool) -> None:
     """WAL and the pragmas on every new connection; write transactions begin IMMEDIATE."""
 
     @event.listens_for(db_engine, "connect")
     def _pragma(dbapi_conn, _record):  # type: ignore[no-untyped-def]
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")  # first: the next may wait
+        _into_wal(cur)
         cur.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         # no checkpoint inside a commit (an ACK would wait for it, ~100 ms at times):
         # ``checkpoint`` runs beside the writers instead (engine serve, engine worker)
         cur.execute("PRAGMA wal_autocheckpoint=0")

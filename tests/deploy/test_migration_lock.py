@@ -53,8 +53,12 @@ def _race(url: str, folder: Path) -> list[subprocess.CompletedProcess[str]]:
         )
     deadline = time.monotonic() + 60
     while not all((folder / f"ready{n}").exists() for n in range(2)):
-        assert time.monotonic() < deadline, "the migrating processes did not start"
-        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        if time.monotonic() >= deadline or any(p.poll() is not None for p in procs):
+            # one died before it was ready (or neither got there): the other waits for a go
+            # that will not come, so it is ended before its output is read
+            for p in procs:
+                p.kill()
+            raise AssertionError(f"a migrating process did not start: {_outputs(procs)}")
         time.sleep(0.01)
     go.touch()
     done = []
@@ -62,6 +66,11 @@ def _race(url: str, folder: Path) -> list[subprocess.CompletedProcess[str]]:
         out, err = p.communicate(timeout=120)
         done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
     return done
+
+
+def _outputs(procs: list[subprocess.Popen[str]]) -> list[tuple[int | None, str]]:
+    errs = [p.communicate(timeout=30)[1][-2000:] for p in procs]
+    return [(p.returncode, err) for p, err in zip(procs, errs, strict=True)]
 
 
 def _check(done: list[subprocess.CompletedProcess[str]]) -> None:
