@@ -261,7 +261,7 @@ BUSY_TIMEOUT_MS = 10_000
 
 def _into_wal(cursor: Any) -> None:
     """``PRAGMA journal_mode=WAL`` on a new connection. Processes opening a new database file
-    at the same moment (``engine serve``'s receiver and workers on a fresh install) each try to
+    at the same moment (two engine processes started together on a new store) each try to
     switch it to WAL, which needs the file to itself, and SQLite answers ``database is locked``
     at once rather than wait for it (1 in 12 children of a pair failed so, 7 December): tried
     again for up to :data:`BUSY_TIMEOUT_MS`."""

@@ -1,5 +1,5 @@
-"""Processes opening a new SQLite database at the same moment (``engine serve``'s receiver and
-worker processes on a fresh install): each connection switches the file to WAL, which SQLite
+"""Processes opening a new SQLite database at the same moment (two engine processes started
+together on a new store): each connection switches the file to WAL, which SQLite
 refused at once with ``database is locked`` when another connection was doing the same (1 in
 12 processes of a pair, 7 December; it hung the CI's two-process migration test). Here four
 connections at once, many times: none fails."""
