@@ -511,8 +511,7 @@ _LOCK_STATES = frozenset({"55P03", "40P01"})
 def lock_wait_ran_out(exc: BaseException) -> bool:
     """Whether ``exc`` is PostgreSQL's ``lock_timeout`` (SQLSTATE 55P03) or a deadlock it broke
     (40P01): a wait for other sessions' locks that a new attempt may not meet."""
-    orig = getattr(exc, "orig", exc)
-    return getattr(orig, "sqlstate", None) in _LOCK_STATES
+    return sqlstate(exc) in _LOCK_STATES
 
 
 def table_holders(conn: Connection, older_than_s: float) -> list[tuple[int, float | None, str]]:
