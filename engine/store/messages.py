@@ -15,7 +15,7 @@ once, beside the method that runs it (building a statement costs more than SQLit
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,7 +26,6 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
-    case,
     delete,
     exists,
     func,
@@ -45,7 +44,7 @@ from engine.store.index import IndexedResource, upsert_resources
 from engine.store.inserts import insert_messages
 from engine.store.lists import in_list
 from engine.store.purge import Purged, purge_postgresql, purge_sqlite
-from engine.store.resends import Held, Insert, Plan, Planner, after_receipt_notes, content_digest
+from engine.store.resends import Held, Insert, Plan, Planner, after_receipt_notes, holders
 from engine.store.tables import deliveries, documents, messages
 from engine.store.views import MessageView
 
@@ -298,13 +297,13 @@ class MessageStore(Repository):
         with self._tx(priority=True) as conn:
             if conn.dialect.name == "postgresql":
                 return self._save_inserting_first(conn, batch, now)
-            known = self._known(conn, asked) if asked else {}
+            known = holders(conn, asked) if asked else {}
             while True:  # a key reused asks for its digest-keyed key too: two lookups at most
                 plan = batch.planner.plan(known)
                 need = plan.consulted - asked
                 if not need:
                     break
-                known |= self._known(conn, need)
+                known |= holders(conn, need)
                 asked |= need
             ids = insert_messages(conn, batch.rows(plan.inserts, now), now) if plan.inserts else []
             return batch.results(plan, [int(i) for i in ids if i is not None], now)
@@ -342,28 +341,8 @@ class MessageStore(Repository):
             done |= {p: i for p, i in zip(todo, ids, strict=True) if i is not None}
             if not skipped:
                 return batch.results(plan, [done[p] for p in plan.inserts], now)
-            known |= self._known(conn, skipped)
+            known |= holders(conn, skipped)
         raise RuntimeError(f"a batch's keys changed under it {self._ROUNDS} times while storing")
-
-    #: a key's holder, its bytes read only where they are compared (HL7v2) and no digest of
-    #: them is stored (a large one's is: migration 0027)
-    _KNOWN_KEYS = select(
-        messages.c.dedupe_key,
-        messages.c.id,
-        messages.c.received_at,
-        messages.c.digest,
-        case((and_(messages.c.kind == "hl7v2", messages.c.digest.is_(None)), messages.c.raw)).label(
-            "raw"
-        ),
-    ).where(in_list(messages.c.dedupe_key, "keys"))
-
-    def _known(self, conn: Connection, keys: Iterable[str]) -> dict[str, Held]:
-        """The stored messages of these dedupe keys, by key, each with its content's digest."""
-        known = {}
-        for row in conn.execute(self._KNOWN_KEYS, {"keys": list(keys)}):
-            digest = row.digest or (None if row.raw is None else content_digest(bytes(row.raw)))
-            known[row.dedupe_key] = Held(row.id, aware(row.received_at), digest)
-        return known
 
     # -- processing --------------------------------------------------------------------------
 

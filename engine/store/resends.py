@@ -26,13 +26,15 @@ The planner here decides, given the originals known so far, what each item of a 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import BindParameter, ColumnElement, case, literal
+from sqlalchemy import BindParameter, ColumnElement, Connection, and_, case, literal, select
 
 from engine.store.clean import clean
+from engine.store.db import aware
+from engine.store.lists import in_list
 from engine.store.tables import messages
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "Planner",
     "after_receipt_notes",
     "content_digest",
+    "holders",
     "reused_key",
 ]
 
@@ -217,6 +220,40 @@ class Planner:
             # the control ID reused: the key with this content's digest
             candidate = reused_key(key, self.digest(n), self.width)
             note = _note(self.control_ids[n])
+
+
+#: a key's holder, its bytes read only where they are compared (HL7v2) and no digest of them is
+#: stored (a large one's is: migration 0027). On PostgreSQL each holder found is locked ``FOR KEY
+#: SHARE`` until the batch commits: a purge's DELETE of it waits for the batch, and a holder being
+#: deleted is waited for, then not found (the batch plans without it). So a message stored under
+#: a reused key commits before its key's holder can be purged, and every snapshot sees one or the
+#: other: a resend at another node that no longer finds the holder finds the reused message by
+#: its guard. Before, a resend there between the purge's commit and the batch's found neither
+#: and was stored again. The lock allows the worker's updates (FOR NO KEY UPDATE) and other
+#: lookups; it is taken only where a batch holds a resend or a control ID reused.
+_HOLDERS = (
+    select(
+        messages.c.dedupe_key,
+        messages.c.id,
+        messages.c.received_at,
+        messages.c.digest,
+        case((and_(messages.c.kind == "hl7v2", messages.c.digest.is_(None)), messages.c.raw)).label(
+            "raw"
+        ),
+    )
+    .where(in_list(messages.c.dedupe_key, "keys"))
+    .with_for_update(read=True, key_share=True, of=messages)
+)
+
+
+def holders(conn: Connection, keys: Iterable[str]) -> dict[str, Held]:
+    """The stored messages of these dedupe keys, by key, each with its content's digest (see
+    ``_HOLDERS`` for the lock each takes on PostgreSQL)."""
+    known = {}
+    for row in conn.execute(_HOLDERS, {"keys": list(keys)}):
+        digest = row.digest or (None if row.raw is None else content_digest(bytes(row.raw)))
+        known[row.dedupe_key] = Held(row.id, aware(row.received_at), digest)
+    return known
 
 
 def after_receipt_notes(new: BindParameter[str]) -> ColumnElement[str]:

@@ -283,17 +283,17 @@ def test_a_batch_of_new_messages_is_still_one_lookup_or_one_insert(
 
     looked: list[int] = []
     inserted: list[int] = []
-    known, insert_messages = module.MessageStore._known, module.insert_messages
+    known, insert_messages = module.holders, module.insert_messages
 
-    def counted_known(self: object, conn: object, keys: object) -> object:
+    def counted_known(conn: object, keys: object) -> object:
         looked.append(1)
-        return known(self, conn, keys)  # type: ignore[arg-type]
+        return known(conn, keys)  # type: ignore[arg-type]
 
     def counted_insert(conn: object, rows: list[object], *args: object) -> object:
         inserted.append(len(rows))
         return insert_messages(conn, rows, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(module.MessageStore, "_known", counted_known)
+    monkeypatch.setattr(module, "holders", counted_known)
     monkeypatch.setattr(module, "insert_messages", counted_insert)
     batch = [item(raw(n, "New"), key=f"FRONTDESK|CLINIC|NEW-{n}") for n in range(4)]
     assert not any(s.duplicate or s.reused for s in store.save_batch(batch))
@@ -372,7 +372,7 @@ def test_a_large_message_keeps_its_digest_and_its_resend_is_not_hashed_again(
     compared with that digest, the original's bytes neither read back nor hashed again (on
     SQLite that hash was under the writers' lock: 0.4 s a 100 MB); a small message keeps none,
     and another large one under the same control ID is still told apart."""
-    from engine.store import messages as module
+    from engine.store import resends as module
     from engine.store.resends import DIGEST_STORED_FROM
 
     body = _large()
@@ -381,13 +381,14 @@ def test_a_large_message_keeps_its_digest_and_its_resend_is_not_hashed_again(
     assert _digest_of(store, first.id) == content_digest(body)
     [small] = store.save_batch([item(raw(mrn=9), key=KEY.replace("CTRL-1", "CTRL-9"))])
     assert _digest_of(store, small.id) is None
-    hashed: list[int] = []
-    monkeypatch.setattr(module, "content_digest", lambda b: hashed.append(len(b)) or "")
+    hashed: list[bytes] = []
+    real = module.content_digest
+    monkeypatch.setattr(module, "content_digest", lambda b: hashed.append(b) or real(b))
     [resend] = store.save_batch([item(_large(when="20261207041500").replace(b"\r", b"\n"))])
     assert (resend.id, resend.duplicate) == (first.id, True)
     [other] = store.save_batch([item(_large(given="Alicia"))])
     assert (other.duplicate, other.reused) == (False, True)
-    assert hashed == []  # the stored original's bytes: never hashed here
+    assert hashed and body not in hashed  # the new messages' hashed, the stored original never
     monkeypatch.undo()
     with store.db_engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(messages)).scalar_one() == 3

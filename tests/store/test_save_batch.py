@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import delete, select, update
 
+import engine.store.messages as store_module
 from engine.settings import Settings
 from engine.store import Incoming, SqlMessageStore, Stored, lists
 from engine.store.tables import messages
@@ -146,17 +147,17 @@ def test_a_resend_whose_original_is_purged_meanwhile_is_stored_anew_in_order(
     if store.db_engine.dialect.name != "postgresql":
         pytest.skip("SQLite looks keys up before it inserts, under its one writer's lock")
     [original] = store.save_batch([_item(8, "SENDER|SITE|C8")])
-    real = SqlMessageStore._known
+    real = store_module.holders
     purged: list[int] = []
 
-    def known_after_purge(self: SqlMessageStore, conn: object, keys: object) -> object:
+    def known_after_purge(conn: object, keys: object) -> object:
         if not purged:
             with store.db_engine.begin() as other:
                 other.execute(delete(messages).where(messages.c.id == original.id))
             purged.append(original.id)
-        return real(self, conn, keys)  # type: ignore[arg-type]
+        return real(conn, keys)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(SqlMessageStore, "_known", known_after_purge)
+    monkeypatch.setattr(store_module, "holders", known_after_purge)
     batch = [_item(11, "SENDER|SITE|C11"), _item(8, "SENDER|SITE|C8"), _item(12, "SENDER|SITE|C12")]
     stored = store.save_batch(batch)
     assert purged == [original.id]
@@ -180,11 +181,11 @@ def test_a_lookup_that_never_finds_the_key_fails_the_batch(
     [original] = store.save_batch([_item(9, "SENDER|SITE|C9")])
     lookups: list[object] = []
 
-    def never(self: SqlMessageStore, conn: object, keys: object) -> dict[str, object]:
+    def never(conn: object, keys: object) -> dict[str, object]:
         lookups.append(keys)
         return {}
 
-    monkeypatch.setattr(SqlMessageStore, "_known", never)
+    monkeypatch.setattr(store_module, "holders", never)
     with pytest.raises(RuntimeError, match="changed under it 4 times"):
         store.save_batch([_item(10, "SENDER|SITE|C10"), _item(9, "SENDER|SITE|C9")])
     assert len(lookups) == 4
