@@ -1,5 +1,6 @@
 """Two nodes on one PostgreSQL, a control ID reused, its first holder purged, and a resend: the
-race the README's Known gaps named until 8 December (engine/store/resends.py, ``_HOLDERS``).
+race the README's Known gaps named until the evening of 7 December (engine/store/resends.py,
+``_HOLDERS``).
 
 Node A stores Bob's message, which reuses Alice's control ID, under the digest-keyed key; while
 A's transaction is still open, retention deletes Alice's message and Bob's resend reaches node
