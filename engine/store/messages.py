@@ -44,7 +44,16 @@ from engine.store.index import IndexedResource, upsert_resources
 from engine.store.inserts import insert_messages
 from engine.store.lists import in_list
 from engine.store.purge import Purged, purge_postgresql, purge_sqlite
-from engine.store.resends import Held, Insert, Plan, Planner, after_receipt_notes, holders
+from engine.store.resends import (
+    Held,
+    Insert,
+    Plan,
+    Planner,
+    Unhashed,
+    after_receipt_notes,
+    hash_originals,
+    holders,
+)
 from engine.store.tables import deliveries, documents, messages
 from engine.store.views import MessageView
 
@@ -289,21 +298,30 @@ class MessageStore(Repository):
         PostgreSQL inserts first, skipping a key already committed (looked up by the same
         statement) or one another writer or node is inserting (``ON CONFLICT DO NOTHING``, which
         waits for that insert), and looks up only the keys it skipped: one statement for a batch
-        without duplicates (engine/store/inserts.py).
+        without duplicates (engine/store/inserts.py). A large original stored before migration
+        0027 is hashed between two tries, outside the transaction (resends.py, ``Unhashed``).
         """
         now = utcnow()
         batch = _Batch(items)
         asked = batch.planner.lookups()  # keys and guards, hashed before the writers' lock
+        for last in (False, False, True):
+            try:
+                return self._save(batch, asked, now, inline=last)
+            except Unhashed as old:  # originals stored before 0027: hashed outside, then again
+                hash_originals(self.db_engine, old.ids)
+        raise AssertionError("unreachable: the last attempt hashes inline")
+
+    def _save(self, batch: _Batch, asked: set[str], now: datetime, inline: bool) -> list[Stored]:
         with self._tx(priority=True) as conn:
             if conn.dialect.name == "postgresql":
-                return self._save_inserting_first(conn, batch, now)
-            known = holders(conn, asked) if asked else {}
+                return self._save_inserting_first(conn, batch, now, inline)
+            known = holders(conn, asked, inline=inline) if asked else {}
             while True:  # a key reused asks for its digest-keyed key too: two lookups at most
                 plan = batch.planner.plan(known)
                 need = plan.consulted - asked
                 if not need:
                     break
-                known |= holders(conn, need)
+                known |= holders(conn, need, inline=inline)
                 asked |= need
             ids = insert_messages(conn, batch.rows(plan.inserts, now), now) if plan.inserts else []
             return batch.results(plan, [int(i) for i in ids if i is not None], now)
@@ -314,7 +332,9 @@ class MessageStore(Repository):
     #: lookup; a resend of a message stored under a reused one takes two, its guard looked up)
     _ROUNDS = 4
 
-    def _save_inserting_first(self, conn: Connection, batch: _Batch, now: datetime) -> list[Stored]:
+    def _save_inserting_first(
+        self, conn: Connection, batch: _Batch, now: datetime, inline: bool
+    ) -> list[Stored]:
         """PostgreSQL: insert the batch as planned from the originals known so far and look up
         the keys it skipped; plan again and insert what the new plan adds, until nothing is
         skipped. A message under a control ID reused is added after the batch's others: a
@@ -341,7 +361,7 @@ class MessageStore(Repository):
             done |= {p: i for p, i in zip(todo, ids, strict=True) if i is not None}
             if not skipped:
                 return batch.results(plan, [done[p] for p in plan.inserts], now)
-            known |= holders(conn, skipped)
+            known |= holders(conn, skipped, inline=inline)
         raise RuntimeError(f"a batch's keys changed under it {self._ROUNDS} times while storing")
 
     # -- processing --------------------------------------------------------------------------

@@ -30,7 +30,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import BindParameter, ColumnElement, Connection, and_, case, literal, select
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    case,
+    literal,
+    select,
+)
 
 from engine.store.clean import clean
 from engine.store.db import aware
@@ -43,8 +52,10 @@ __all__ = [
     "Insert",
     "Plan",
     "Planner",
+    "Unhashed",
     "after_receipt_notes",
     "content_digest",
+    "hash_originals",
     "holders",
     "reused_key",
 ]
@@ -222,38 +233,100 @@ class Planner:
             note = _note(self.control_ids[n])
 
 
-#: a key's holder, its bytes read only where they are compared (HL7v2) and no digest of them is
-#: stored (a large one's is: migration 0027). On PostgreSQL each holder found is locked ``FOR KEY
-#: SHARE`` until the batch commits: a purge's DELETE of it waits for the batch, and a holder being
-#: deleted is waited for, then not found (the batch plans without it). So a message stored under
-#: a reused key commits before its key's holder can be purged, and every snapshot sees one or the
-#: other: a resend at another node that no longer finds the holder finds the reused message by
-#: its guard. Before, a resend there between the purge's commit and the batch's found neither
-#: and was stored again. The lock allows the worker's updates (FOR NO KEY UPDATE) and other
+#: a key's holder, its bytes read only where they are compared (a small HL7v2 message; a large
+#: one's digest is stored with it since migration 0027, or hashed outside the transaction:
+#: :class:`Unhashed`). On PostgreSQL each holder found is locked ``FOR KEY SHARE`` until the
+#: batch commits: a purge's DELETE of it waits for the batch, and a holder being deleted is
+#: waited for, then not found (the batch plans without it). So a message stored under a reused
+#: key commits before its key's holder can be purged, and every snapshot sees one or the other:
+#: a resend at another node that no longer finds the holder finds the reused message by its
+#: guard. Before, a resend there between the purge's commit and the batch's found neither and
+#: was stored again. The lock allows the worker's updates (FOR NO KEY UPDATE) and other
 #: lookups; it is taken only where a batch holds a resend or a control ID reused.
 _HOLDERS = (
     select(
         messages.c.dedupe_key,
         messages.c.id,
+        messages.c.kind,
         messages.c.received_at,
+        messages.c.size,
         messages.c.digest,
-        case((and_(messages.c.kind == "hl7v2", messages.c.digest.is_(None)), messages.c.raw)).label(
-            "raw"
-        ),
+        case(
+            (
+                and_(
+                    messages.c.kind == "hl7v2",
+                    messages.c.digest.is_(None),
+                    messages.c.size < DIGEST_STORED_FROM,
+                ),
+                messages.c.raw,
+            )
+        ).label("raw"),
     )
     .where(in_list(messages.c.dedupe_key, "keys"))
     .with_for_update(read=True, key_share=True, of=messages)
 )
 
+#: a large HL7v2 message stored before migration 0027 (no digest in its row): its digest once
+#: hashed outside a write transaction, by (id, received_at, size); bounded, dropped whole when
+#: full (a resend of such a message is rare, and one hashed again costs time, not a result)
+_HASHED: dict[tuple[int, datetime, int], str] = {}
+_HASHED_MAX = 256
 
-def holders(conn: Connection, keys: Iterable[str]) -> dict[str, Held]:
+
+class Unhashed(Exception):
+    """The holders found include large HL7v2 messages stored before migration 0027 whose
+    digests are not known yet (``ids``): the caller ends its write transaction, has them
+    hashed (:func:`hash_originals`) and tries again. Hashing one in the transaction held
+    SQLite's one writer's lock, and with it every other ACK, for 0.4 s a 100 MB."""
+
+    def __init__(self, ids: list[int]) -> None:
+        super().__init__(f"{len(ids)} stored message(s) to hash outside the transaction")
+        self.ids = ids
+
+
+def holders(conn: Connection, keys: Iterable[str], *, inline: bool = False) -> dict[str, Held]:
     """The stored messages of these dedupe keys, by key, each with its content's digest (see
-    ``_HOLDERS`` for the lock each takes on PostgreSQL)."""
-    known = {}
+    ``_HOLDERS`` for the lock each takes on PostgreSQL). A large one without a stored digest
+    raises :class:`Unhashed` unless hashed before, or ``inline`` (its bytes read and hashed
+    here)."""
+    known, pending = {}, []
     for row in conn.execute(_HOLDERS, {"keys": list(keys)}):
-        digest = row.digest or (None if row.raw is None else content_digest(bytes(row.raw)))
-        known[row.dedupe_key] = Held(row.id, aware(row.received_at), digest)
+        held = (row.id, aware(row.received_at), row.size)
+        digest = row.digest or _HASHED.get(held)
+        if digest is None and row.kind == "hl7v2":  # other kinds are never compared
+            if row.raw is not None:
+                digest = content_digest(bytes(row.raw))
+            elif inline:
+                digest = _hash_stored(conn, [row.id]).get(row.id)
+            else:
+                pending.append(row.id)
+        known[row.dedupe_key] = Held(row.id, held[1], digest)
+    if pending:
+        raise Unhashed(pending)
     return known
+
+
+def _hash_stored(conn: Connection, ids: list[int]) -> dict[int, str]:
+    """The digests of these large HL7v2 messages (not of other kinds: never compared), hashed
+    from their stored bytes and remembered in ``_HASHED``."""
+    query = select(messages.c.id, messages.c.received_at, messages.c.size, messages.c.raw).where(
+        in_list(messages.c.id, "ids"), messages.c.kind == "hl7v2"
+    )
+    hashed = {}
+    for row in conn.execute(query, {"ids": ids}):
+        if len(_HASHED) >= _HASHED_MAX:
+            _HASHED.clear()
+        digest = content_digest(bytes(row.raw))
+        _HASHED[(row.id, aware(row.received_at), row.size)] = digest
+        hashed[row.id] = digest
+    return hashed
+
+
+def hash_originals(db_engine: Engine, ids: list[int]) -> None:
+    """Hash the originals :class:`Unhashed` named, outside any write transaction (on SQLite a
+    read, which takes no writer's lock): the next lookup finds their digests."""
+    with db_engine.connect() as conn:
+        _hash_stored(conn, ids)
 
 
 def after_receipt_notes(new: BindParameter[str]) -> ColumnElement[str]:

@@ -9,7 +9,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 
 from engine.store import Incoming, Processed, SqlMessageStore, Stored
 from engine.store.resends import content_digest, reused_key
@@ -285,9 +285,9 @@ def test_a_batch_of_new_messages_is_still_one_lookup_or_one_insert(
     inserted: list[int] = []
     known, insert_messages = module.holders, module.insert_messages
 
-    def counted_known(conn: object, keys: object) -> object:
+    def counted_known(conn: object, keys: object, **options: bool) -> object:
         looked.append(1)
-        return known(conn, keys)  # type: ignore[arg-type]
+        return known(conn, keys, **options)  # type: ignore[arg-type]
 
     def counted_insert(conn: object, rows: list[object], *args: object) -> object:
         inserted.append(len(rows))
@@ -395,13 +395,62 @@ def test_a_large_message_keeps_its_digest_and_its_resend_is_not_hashed_again(
 
 
 def test_a_large_original_stored_without_its_digest_is_hashed_when_compared(
-    store: SqlMessageStore,
+    store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One stored before migration 0027 (no digest): its resend is compared as before."""
+    """One stored before migration 0027 (no digest): its resend is compared as before, but the
+    original is hashed outside the write transaction (on SQLite another writer gets the
+    writers' lock meanwhile: before, the hash held it 0.4 s a 100 MB) and once, not on each
+    resend."""
+    from engine.store import resends as module
+
     [first] = store.save_batch([item(_large())])
     with store.db_engine.begin() as conn:
         conn.execute(update(messages).where(messages.c.id == first.id).values(digest=None))
+    monkeypatch.setattr(module, "_HASHED", {})
+    real, hashed, writable = module.content_digest, [], []
+
+    def spied(body: bytes) -> str:
+        if body == _large():  # the stored original, not a message being received
+            hashed.append(1)
+            writable.append(_another_writer_can_write(store))
+        return real(body)
+
+    monkeypatch.setattr(module, "content_digest", spied)
     [resend] = store.save_batch([item(_large(when="20261207041500"))])
     assert (resend.id, resend.duplicate) == (first.id, True)
+    [again] = store.save_batch([item(_large(when="20261207042000").replace(b"\r", b"\n"))])
+    assert (again.id, again.duplicate) == (first.id, True)
     [other] = store.save_batch([item(_large(given="Alicia"))])
     assert (other.duplicate, other.reused) == (False, True)
+    assert hashed == [1] and writable == [True]
+    # the cache lost (full, or another process): still compared, hashed outside once more
+    module._HASHED.clear()
+    [third] = store.save_batch([item(_large(when="20261207043000"))])
+    assert (third.id, third.duplicate) == (first.id, True) and writable == [True, True]
+
+
+def _another_writer_can_write(store: SqlMessageStore) -> bool:
+    """Whether a write transaction elsewhere starts at once: on SQLite, BEGIN IMMEDIATE with no
+    wait; on PostgreSQL, whether a session holds a write transaction open (one with a
+    transaction id: the lookup's row locks take one, a read does not)."""
+    if store.db_engine.dialect.name == "sqlite":
+        import sqlite3
+
+        path = store.db_engine.url.database
+        other = sqlite3.connect(str(path), timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            return True
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            other.close()
+    with store.db_engine.connect() as conn:
+        open_ = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL"
+            )
+        ).scalar_one()
+    return open_ == 0

@@ -150,12 +150,12 @@ def test_a_resend_whose_original_is_purged_meanwhile_is_stored_anew_in_order(
     real = store_module.holders
     purged: list[int] = []
 
-    def known_after_purge(conn: object, keys: object) -> object:
+    def known_after_purge(conn: object, keys: object, **options: bool) -> object:
         if not purged:
             with store.db_engine.begin() as other:
                 other.execute(delete(messages).where(messages.c.id == original.id))
             purged.append(original.id)
-        return real(conn, keys)  # type: ignore[arg-type]
+        return real(conn, keys, **options)  # type: ignore[arg-type]
 
     monkeypatch.setattr(store_module, "holders", known_after_purge)
     batch = [_item(11, "SENDER|SITE|C11"), _item(8, "SENDER|SITE|C8"), _item(12, "SENDER|SITE|C12")]
@@ -181,7 +181,7 @@ def test_a_lookup_that_never_finds_the_key_fails_the_batch(
     [original] = store.save_batch([_item(9, "SENDER|SITE|C9")])
     lookups: list[object] = []
 
-    def never(conn: object, keys: object) -> dict[str, object]:
+    def never(conn: object, keys: object, **options: bool) -> dict[str, object]:
         lookups.append(keys)
         return {}
 
