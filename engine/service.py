@@ -169,7 +169,7 @@ class Engine:
         config, self._running = load_running_config(settings)
         check_schedule(settings)  # the worker's, so a mistake stops the receiver too
         # SIGHUP and POST /api/admin/reload read the files again: applied only when all valid
-        self.reloader = Reloader(settings, config, self._apply_config)
+        self.reloader = Reloader.on_snapshot(settings, config, self._running, self._apply_config)
         self._reload_workers = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.db_engine, self.store = open_database(settings)

@@ -213,6 +213,8 @@ async def reload_routes(request: Request, user: CsrfDep, settings: SettingsDep) 
     done = await run_in_threadpool(reloader.reload)
     if done.applied:
         detail = f"applied: {done.routes} routes, {done.destinations} destinations"
+        if done.warning:
+            detail += f"; {done.warning}"
         await run_in_threadpool(record, "ok", detail)
     else:
         await run_in_threadpool(record, "refused", f"kept the running files: {done.error}")

@@ -32,7 +32,7 @@ import logging
 import os
 import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -134,15 +134,36 @@ def snapshot(settings: Settings) -> tuple[Settings, dict[str, str]]:
             ) from exc
         updates[key] = copy
         origin[str(copy)] = str(source)
-    _prune(base, keep=target)
     return settings.model_copy(update=updates), origin
 
 
-def _prune(base: Path, keep: Path) -> None:
-    """Remove all but the newest snapshots (the running worker's is among them)."""
-    if not base.is_dir():
+def _snapshot_dir(running: Settings) -> Path | None:
+    """The ``var/config/<time>-<pid>`` folder ``running`` points into (None: not a snapshot)."""
+    base = running.var_dir / "config"
+    for key in ("routes_dir", "mappings_dir"):
+        folder: Path | None = getattr(running, key)
+        if folder is not None and folder.parent.parent == base:
+            return folder.parent
+    return None
+
+
+def discard(running: Settings) -> None:
+    """Remove a snapshot that was not applied (its files refused): nothing runs on it."""
+    folder = _snapshot_dir(running)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def keep_running(running: Settings) -> None:
+    """``running``'s snapshot is what runs now: keep it and the newest ones before it, remove
+    the rest. Only an applied snapshot prunes: a reload refused again and again (a broken file,
+    a node whose files differ) never removes the one the worker runs, which a worker restarted
+    after a crash starts on (before 7 December three refusals removed it, and such a restart
+    then failed, "routes directory not found", until the engine was restarted)."""
+    keep = _snapshot_dir(running)
+    if keep is None:
         return
-    old = sorted((p for p in base.iterdir() if p.is_dir() and p != keep), reverse=True)
+    old = sorted((p for p in keep.parent.iterdir() if p.is_dir() and p != keep), reverse=True)
     for stale in old[KEEP_SNAPSHOTS - 1 :]:
         shutil.rmtree(stale, ignore_errors=True)
 
@@ -169,11 +190,13 @@ def config_digest(settings: Settings) -> str:
 
 def load_running_config(settings: Settings) -> tuple[LoadedConfig, Settings]:
     """Snapshot the site folders and load the snapshot (:func:`load_config`): the configuration
-    and the settings that point at its copy (hand those to the worker process)."""
+    and the settings that point at its copy (hand those to the worker process). A copy that
+    fails is removed; one that succeeds is kept until :func:`keep_running` prunes others."""
     running, origin = snapshot(settings)
     try:
         config = load_config(running)
     except EngineError as exc:
+        discard(running)
         text = str(exc)
         for copy, source in origin.items():
             text = text.replace(copy, source)
@@ -196,6 +219,8 @@ class ReloadResult:
     files: list[str]
     loaded_at: datetime
     error: str | None = None
+    #: applied here, but something the admin must know (not yet published to the other nodes)
+    warning: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The API's JSON."""
@@ -206,6 +231,7 @@ class ReloadResult:
             "files": self.files,
             "loaded_at": self.loaded_at.isoformat(),
             "error": self.error,
+            "warning": self.warning,
         }
 
 
@@ -241,6 +267,8 @@ class Reloader:
         settings: Settings,
         current: LoadedConfig,
         apply: Callable[[LoadedConfig, Settings], None],
+        *,
+        digest: str | None = None,
     ) -> None:
         self.settings = settings
         self.current = current
@@ -248,11 +276,34 @@ class Reloader:
         self._lock = threading.Lock()
         self.generations: ConfigGenerations | None = None
         self.node = ""
-        #: the digest of the files running here; the generation this node has taken (None:
-        #: not looked yet), and the last generation refused with the digest of the files then
-        self.digest = config_digest(settings)
+        #: the digest of the files ``current`` was loaded from (its snapshot's: the site's files
+        #: may change while they are read; "" when not known, which no generation matches); the
+        #: generation this node has taken (None: not looked yet), and the last generation
+        #: refused with the digest of the files then
+        self.digest = config_digest(settings) if digest is None else digest
         self.generation: int | None = None
         self._refused: tuple[int, str] | None = None
+        #: a reload applied here whose publication failed (the database away): published by the
+        #: next :meth:`follow` that finds no newer generation; a record of this node's
+        #: configuration that failed, written again by the next one
+        self._unpublished = False
+        self._unrecorded: tuple[int, str, str, str | None] | None = None
+
+    @classmethod
+    def on_snapshot(
+        cls,
+        settings: Settings,
+        current: LoadedConfig,
+        running: Settings,
+        apply: Callable[[LoadedConfig, Settings], None],
+    ) -> Reloader:
+        """The reloader of ``current``, loaded from the snapshot ``running`` points at
+        (:func:`load_running_config`): its digest is the snapshot's, not the site's files,
+        which may have changed since they were copied (before 7 December a node started so
+        took a generation of the changed files for what it ran, and never loaded it); earlier
+        runs' snapshots beyond the newest few are removed."""
+        keep_running(running)
+        return cls(settings, current, apply, digest=config_digest(running))
 
     def share(self, generations: ConfigGenerations, node: str) -> None:
         """Publish this node's reloads in ``generations`` and follow the others' (as ``node``)."""
@@ -260,25 +311,64 @@ class Reloader:
 
     def reload(self) -> ReloadResult:
         """Read every file again; switch to it if valid, else keep the running configuration.
-        Applied and shared: published as the next generation, for every node to follow."""
+        Applied and shared: published as the next generation, for every node to follow; when
+        that fails the answer says so, and it is published again every :data:`FOLLOW_EVERY_S`
+        until it is (or another node's newer reload is taken instead)."""
         with self._lock:
             result = self._load()
-            if result.applied and self.generations is not None:
-                try:
-                    self.generation = self.generations.publish_config(self.digest, self.node)
-                    self.generations.record_config(
-                        self.node, self.generation, self.digest, "applied"
-                    )
-                    log.info(
-                        "configuration generation published",
-                        extra={"generation": self.generation, "digest": self.digest[:12]},
-                    )
-                except Exception as exc:  # applied here; the others follow the next one
-                    log.error(
-                        "configuration generation not published: other nodes keep theirs",
-                        extra={"error": type(exc).__name__},
-                    )
-            return result
+            if not result.applied:
+                log.error(
+                    "reload refused: running configuration kept", extra={"error": result.error}
+                )
+                return result
+            if self.generations is None:
+                return result
+            self._unpublished = True
+            failure = self._publish()
+            if failure is None:
+                return result
+            return replace(
+                result,
+                warning=(
+                    f"applied on this node but not published to the other nodes ({failure}): "
+                    f"tried again every {FOLLOW_EVERY_S:.0f} s until the database answers"
+                ),
+            )
+
+    def _publish(self) -> str | None:
+        """Publish the running files' digest as the next generation (the caller holds the lock)
+        and record it as this node's: None, or the type of the error that stopped it."""
+        assert self.generations is not None
+        try:
+            generation = self.generations.publish_config(self.digest, self.node)
+        except Exception as exc:
+            log.error(
+                "configuration generation not published: other nodes keep theirs until it is",
+                extra={"error": type(exc).__name__},
+            )
+            return type(exc).__name__
+        self.generation, self._unpublished = generation, False
+        log.info(
+            "configuration generation published",
+            extra={"generation": generation, "digest": self.digest[:12]},
+        )
+        self._record(generation, self.digest, "applied")
+        return None
+
+    def _record(self, generation: int, digest: str, status: str, why: str | None = None) -> None:
+        """Record what this node runs (``config_applied``, for the admin's dashboard); when the
+        database does not take it, the next :meth:`follow` writes it again."""
+        assert self.generations is not None
+        self._unrecorded = (generation, digest, status, why)
+        try:
+            self.generations.record_config(self.node, generation, digest, status, why)
+        except Exception as exc:
+            log.warning(
+                "node's configuration not recorded: tried again",
+                extra={"generation": generation, "error": type(exc).__name__},
+            )
+            return
+        self._unrecorded = None
 
     def _load(self, expect: str | None = None) -> ReloadResult:
         """Load, check and apply (the caller holds the lock); with ``expect``, only files of
@@ -286,13 +376,14 @@ class Reloader:
         try:
             new, running = load_running_config(self.settings)
         except EngineError as exc:
-            log.error("reload refused: running configuration kept", extra={"error": str(exc)})
             return self._result(self.current, applied=False, error=str(exc))
         digest = config_digest(running)
         if expect is not None and digest != expect:
+            discard(running)
             why = "this node's route and mapping files changed while they were read"
             return self._result(self.current, applied=False, error=why)
         self._apply(new, running)
+        keep_running(running)
         self.current, self.digest = new, digest
         log.info(
             "configuration reloaded",
@@ -308,14 +399,25 @@ class Reloader:
         this node's own files when their digest is the generation's; refused (and recorded)
         when it is not. None when there was nothing to do."""
         assert self.generations is not None
-        published = self.generations.config_generation()
+        # read under the lock: a reload here publishes before it lets go, so a generation read
+        # just before a reload here cannot be taken for another node's after it (before 7
+        # December that race recorded this node "refused" for the generation it had made)
         with self._lock:
+            if self._unrecorded is not None:
+                self._record(*self._unrecorded)
+            published = self.generations.config_generation()
+            if self._unpublished:
+                mine = self.generation
+                if published is None or mine is None or published[0] == mine:
+                    self._publish()  # no newer reload elsewhere since this one
+                    return None
+                self._unpublished = False  # another node's reload came after: taken below
             if published is None or published[0] == self.generation:
                 return None
             generation, digest = published
             if self.generation is None and digest == self.digest:  # at start: the same files
                 self.generation = generation
-                self.generations.record_config(self.node, generation, digest, "applied")
+                self._record(generation, digest, "applied")
                 return None
             here = config_digest(self.settings)
             if here != digest:
@@ -324,7 +426,7 @@ class Reloader:
             if not result.applied:
                 return self._refuse(generation, digest, here, result.error)
             self.generation, self._refused = generation, None
-            self.generations.record_config(self.node, generation, digest, "applied")
+            self._record(generation, digest, "applied")
             log.warning(
                 "configuration generation taken from another node's reload",
                 extra={"generation": generation, "digest": digest[:12]},
@@ -349,9 +451,7 @@ class Reloader:
             "configuration generation refused",
             extra={"generation": generation, "node": self.node, "error": why},
         )
-        assert self.generations is not None
-        with contextlib.suppress(Exception):
-            self.generations.record_config(self.node, generation, digest, "refused", why)
+        self._record(generation, digest, "refused", why)
         return self._result(self.current, applied=False, error=why)
 
     @staticmethod

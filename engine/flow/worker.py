@@ -507,7 +507,7 @@ def _worker_reloader(
     checked on their snapshot, and only when all of them are valid does the next round start on
     that snapshot (so what runs is what was checked). The reloader and its database engine."""
     from engine.audit.key import audit_key_for
-    from engine.flow.config import LoadedConfig, Reloader, load_config
+    from engine.flow.config import LoadedConfig, Reloader, config_digest, load_config
     from engine.store import SqlMessageStore
     from engine.store.nodes import new_node_id
 
@@ -516,7 +516,12 @@ def _worker_reloader(
         log.info("configuration reloaded: workers restarting on it")
         loop.call_soon_threadsafe(restart.set)
 
-    reloader = Reloader(settings, load_config(settings), apply)
+    # the digest of the files loaded: read before and after, and unknown ("": the first
+    # generation published is then loaded again) when they changed meanwhile
+    before = config_digest(settings)
+    config = load_config(settings)
+    digest = before if config_digest(settings) == before else ""
+    reloader = Reloader(settings, config, apply, digest=digest)
     db_engine = worker_db_engine(settings)
     store = SqlMessageStore(db_engine)
     store.migrate()
