@@ -30,6 +30,11 @@ so does any other appointment of the same patient and payer (the item's digest n
 the 270 asked about the member, not the visit). Not waiting for that answer: the run that sent
 it is nearly always a dead node's, whose answer never comes. In one run, a member's checks go one
 after another: the first asks, the next are given its answer ("checked today").
+
+Only the node holding the run starts its items (engine/store/eligibility.py): a node that stood
+still while another resumed its run, and wakes with its old idea of what is left, is refused at
+its next item (:class:`~engine.store.nodes.RunTakenOver`) before that item's 270 goes out, and
+its run stops there (the checks it has under way end first: their 270s are out already).
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ from engine.jobs.verdicts import (
 from engine.retry import CircuitBreaker
 from engine.settings import Settings
 from engine.store import SqlMessageStore
-from engine.store.eligibility import RunItem, RunProgress
+from engine.store.eligibility import RunItem, RunProgress, RunTakenOver
 from engine.x12.x270 import EligibilityInquiry, Payer, Person, Provider, build_270
 from engine.x12.x271 import read_271
 
@@ -309,6 +314,8 @@ class EligibilityService:
         async def one(t: Target) -> CheckOutcome:
             try:
                 outcome = await self._check_in_run(t, force, run)
+            except RunTakenOver:  # the run is another node's now: it stops (below)
+                raise
             except Exception as exc:  # one bad check must not lose the others
                 log.exception("eligibility check failed", extra={"error": type(exc).__name__})
                 outcome = CheckOutcome(
@@ -329,12 +336,22 @@ class EligibilityService:
         for n, t in enumerate(targets):
             members.setdefault(t.member, []).append(n)
         outcomes: dict[int, CheckOutcome] = {}
+        #: the run found taken over by another node: no member's next check starts here
+        taken: list[RunTakenOver] = []
 
         async def in_turn(group: list[int]) -> None:
             for n in group:
-                outcomes[n] = await one(targets[n])
+                if taken:
+                    return
+                try:
+                    outcomes[n] = await one(targets[n])
+                except RunTakenOver as exc:
+                    taken.append(exc)
+                    return
 
         await asyncio.gather(*(in_turn(g) for g in members.values()))
+        if taken:
+            raise taken[0]
         return [outcomes[n] for n in range(len(targets))]
 
     async def _check_in_run(self, t: Target, force: bool, run: RunProgress | None) -> CheckOutcome:
@@ -416,6 +433,8 @@ class EligibilityService:
                 }
             )
         answer = await self._ask(target, payer_id, config, item)
+        if answer.attempts == 0:  # no 270 went out: nothing learnt of the payer
+            return answer
         unavailable = answer.result["status"] == "payer_unavailable"
         self.breaker.record(
             payer_id, ok=not unavailable, retryable=unavailable, now=time.monotonic()
@@ -428,7 +447,9 @@ class EligibilityService:
         """The 270 → 271 exchange, tried again while the payer is unavailable as the payer's
         retry policy says (with jitter; a Retry-After the payer sent is believed). ``item``:
         the scheduled run's item, recorded as started once its turn at the payer comes, just
-        before its first 270 (a resumed run then never sends it a second one)."""
+        before its first 270 (a resumed run then never sends it a second one). No 270 when
+        the item was started already (by the run's earlier node); RunTakenOver when the run is
+        no longer this node's."""
         limit = self._limits.setdefault(payer_id, asyncio.Semaphore(config.max_concurrency))
         self._control += 1
         control = self._control  # this check's own number (ISA13/GS06), read once
@@ -439,8 +460,8 @@ class EligibilityService:
         result: dict[str, Any]
         response_json: str | None = None
         async with limit:
-            if item is not None:
-                await asyncio.to_thread(self.store.start_run_item, item)
+            if item is not None and not await asyncio.to_thread(self.store.start_run_item, item):
+                return _Answer(IN_FLIGHT)
             while True:
                 attempts += 1
                 retry_after = 0.0

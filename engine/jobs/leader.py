@@ -41,7 +41,7 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-__all__ = ["CHECK_S", "CHECK_TIMEOUT_S", "POLL_S", "Leadership", "lock_key"]
+__all__ = ["CHECK_S", "CHECK_TIMEOUT_S", "KEEPALIVES", "POLL_S", "Leadership", "lock_key"]
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,9 @@ CHECK_TIMEOUT_S = 5.0
 #: on a clean stop, how long the singleton jobs get to end before they are cancelled
 STOP_GRACE_S = 5.0
 
-#: the lock connection: short TCP keepalives, so a dead peer is found in seconds
-_KEEPALIVES = {
+#: the lock connection: short TCP keepalives, so a dead peer is found in seconds (the job store's
+#: connections have them too: engine/jobs/scheduler.py)
+KEEPALIVES = {
     "keepalives": 1,
     "keepalives_idle": 5,
     "keepalives_interval": 2,
@@ -141,7 +142,7 @@ class Leadership:
             return
         # the lock's session carries the node's id (PostgreSQL keeps 63 characters of it), so
         # pg_locks and pg_stat_activity say which node leads (engine/store/cluster.py)
-        named = {**_KEEPALIVES, "application_name": self.node[:63]}
+        named = {**KEEPALIVES, "application_name": self.node[:63]}
         self._lock_engine = create_engine(
             self.db_engine.url, poolclass=NullPool, connect_args=named
         )

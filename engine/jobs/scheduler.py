@@ -14,7 +14,11 @@ run back — is resumed by the leader (:func:`resume_interrupted`, at election a
 :data:`RESUME_EVERY_S` after): the eligibility run checks only the appointments its earlier part
 did not record (engine/jobs/eligibility.py :class:`~engine.jobs.eligibility.RunProgress`), so a
 payer gets no second 270 for an appointment already checked. A pull is not resumed: pulling
-again stores nothing twice, and its next fire does it.
+again stores nothing twice, and its next fire does it. A give-back or an end the database did
+not take when it was due is tried again until it does (engine/jobs/claims.py): otherwise the
+run stayed its live node's, and was never resumed while that node lived. A node that finds its
+run taken over by another (it stood still long enough to be taken for dead) stops it there
+(:class:`~engine.store.nodes.RunTakenOver`) and records nothing over the new owner's.
 """
 
 from __future__ import annotations
@@ -34,9 +38,14 @@ from apscheduler.job import Job
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
 from engine.errors import ConfigError
+from engine.jobs import claims
+from engine.jobs.leader import KEEPALIVES
 from engine.settings import Settings
+from engine.store.nodes import RunTakenOver
 
 __all__ = [
     "RESUME_EVERY_S",
@@ -56,7 +65,7 @@ class JobRuns(Protocol):
 
     def start_job_run(self, job_id: str, run_at: datetime, node: str) -> bool: ...
 
-    def finish_job_run(self, job_id: str, run_at: datetime, outcome: str) -> None: ...
+    def finish_job_run(self, job_id: str, run_at: datetime, outcome: str, node: str) -> bool: ...
 
     def give_back_job_run(self, job_id: str, run_at: datetime, node: str) -> None: ...
 
@@ -97,8 +106,10 @@ async def run_once(
         await work()
         return True
     at = run_at.isoformat()
+    take = partial(runs.start_job_run, job_id, run_at, node)
+    give_back = partial(runs.give_back_job_run, job_id, run_at, node)
     try:
-        mine = await asyncio.to_thread(runs.start_job_run, job_id, run_at, node)
+        mine = await claims.claim(job_id, run_at, take, give_back)
     except Exception as exc:  # the database away: skip, rather than risk a second run
         log.error(
             "job run not started", extra={"job": job_id, "run_at": at, "error": type(exc).__name__}
@@ -118,31 +129,37 @@ async def _finish(
     runs: JobRuns, node: str, job_id: str, run_at: datetime, work: Callable[[], Awaitable[str]]
 ) -> None:
     """Run ``work`` for a run this node holds and record its end; a run cancelled (the node
-    stepping down, or stopping) is given back unfinished, for the next leader to resume."""
+    stepping down, or stopping) is given back unfinished, for the next leader to resume. A
+    give-back or an end the database does not take now is made once it answers (claims.py). A
+    run another node has taken over meanwhile is stopped: its end is that node's to record."""
     outcome = "failed"
     try:
         outcome = await work()
     except asyncio.CancelledError:
         log.warning("job run interrupted; given back", extra={"job": job_id, "node": node})
-        try:
-            await asyncio.shield(asyncio.to_thread(runs.give_back_job_run, job_id, run_at, node))
-        except Exception as exc:  # its node's heartbeat stops: taken as dead's, resumed then
-            log.warning(
-                "job run not given back", extra={"job": job_id, "error": type(exc).__name__}
-            )
+        await claims.release(job_id, run_at, partial(runs.give_back_job_run, job_id, run_at, node))
         raise
+    except RunTakenOver:
+        log.warning(
+            "job run taken over by another node: stopped here", extra={"job": job_id, "node": node}
+        )
+        return
     except Exception as exc:
         outcome = f"failed: {type(exc).__name__}"
-        await _record_end(runs, job_id, run_at, outcome)
+        await _record_end(runs, node, job_id, run_at, outcome)
         raise
-    await _record_end(runs, job_id, run_at, outcome)
+    await _record_end(runs, node, job_id, run_at, outcome)
 
 
-async def _record_end(runs: JobRuns, job_id: str, run_at: datetime, outcome: str) -> None:
-    try:
-        await asyncio.to_thread(runs.finish_job_run, job_id, run_at, outcome)
-    except Exception as exc:
-        log.warning("job run end not recorded", extra={"job": job_id, "error": type(exc).__name__})
+async def _record_end(
+    runs: JobRuns, node: str, job_id: str, run_at: datetime, outcome: str
+) -> None:
+    finish = partial(runs.finish_job_run, job_id, run_at, outcome, node)
+    if await claims.release(job_id, run_at, finish) is False:
+        log.warning(
+            "job run end not recorded: another node holds the run",
+            extra={"job": job_id, "node": node},
+        )
 
 
 def _run_start(service: Any, run_at: datetime) -> date:
@@ -192,10 +209,15 @@ RESUME_EVERY_S = 5.0
 
 async def resume_interrupted(service: Any, runs: Any, node: str) -> int:
     """Finish the eligibility runs that were started and never ended by a node now dead (or
-    given back): each taken over by this node (one node wins each) and resumed; how many."""
+    given back): each taken over by this node (one node wins each) and resumed; how many.
+    First, the runs this process could not give back (or end) when it should have are given
+    back (or ended) now, if the database answers: found below, and resumed here."""
+    await claims.settle()
     resumed = 0
     for run in await asyncio.to_thread(runs.interrupted_runs, "eligibility"):
-        if not await asyncio.to_thread(runs.resume_job_run, run, node):
+        take = partial(runs.resume_job_run, run, node)
+        give_back = partial(runs.give_back_job_run, run.job_id, run.run_at, node)
+        if not await claims.claim(run.job_id, run.run_at, take, give_back):
             continue
         log.warning(
             "interrupted job run resumed",
@@ -225,22 +247,56 @@ MISFIRE_GRACE_S = 3600
 def _with_driver(db_url: str) -> str:
     """The URL with the driver the engine installs: a plain ``postgresql://`` means psycopg2 to
     SQLAlchemy, which is not installed (the job store then failed, and no schedule ran)."""
-    from sqlalchemy.engine import make_url
-
     parsed = make_url(db_url)
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
 
 
-def _missed_fire(db_url: str, job_id: str, grace_s: float) -> datetime | None:
+#: on PostgreSQL, the longest one statement of the job store may run (it reads or writes a row
+#: or two), as the leader's own lock check (engine/jobs/leader.py)
+JOB_STORE_STATEMENT_TIMEOUT_S = 5
+#: on PostgreSQL, the job store's connections: the leader's short keepalives (the connect
+#: timeout stays the engine's), and a limit on data sent and not acknowledged
+#: (``tcp_user_timeout``, ms: keepalives probe only an idle line), longer than the keepalives'
+#: own 11 s so it does not cut them short
+_JOB_STORE_TCP = {
+    **{k: v for k, v in KEEPALIVES.items() if k != "connect_timeout"},
+    "tcp_user_timeout": 15_000,
+}
+
+
+def _job_store(db_url: str) -> SQLAlchemyJobStore:
+    """The schedule's store, in the engine's database. APScheduler reads and writes it on the
+    event loop (at start, at each fire), so on PostgreSQL its connections are bounded like the
+    engine's others (``connect_timeout``, a ``statement_timeout``: engine/store/db.py) and the
+    leader's lock connection (keepalives): a database host that drops packets would otherwise
+    hold the leader's loop, its lock check with it, for the minutes TCP takes to give up, and
+    the leader could not step down. A URL's own settings win."""
+    url = _with_driver(db_url)
+    if make_url(url).get_backend_name() != "postgresql":
+        return SQLAlchemyJobStore(url=url, tablename="scheduled_jobs")
+    from sqlalchemy import event
+
+    from engine.store import create_db_engine
+
+    db_engine = create_db_engine(url, statement_timeout_s=JOB_STORE_STATEMENT_TIMEOUT_S)
+
+    @event.listens_for(db_engine, "do_connect")
+    def _bounded(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
+        for key, value in _JOB_STORE_TCP.items():
+            params.setdefault(key, value)
+
+    return SQLAlchemyJobStore(engine=db_engine, tablename="scheduled_jobs")
+
+
+def _missed_fire(db_engine: Engine, job_id: str, grace_s: float) -> datetime | None:
     """The stored next fire time of ``job_id`` when it has passed, within ``grace_s``: a
     leader died before the fire, and the next leader's scheduler must run it (adding the job
-    again computes tomorrow's). None when there is none (or no job store yet)."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.pool import NullPool
+    again computes tomorrow's). None when there is none (or no job store yet). Read through
+    the job store's own engine (:func:`_job_store`: bounded on PostgreSQL)."""
+    from sqlalchemy import text
 
-    db_engine = create_engine(_with_driver(db_url), poolclass=NullPool)
     try:
         with db_engine.connect() as conn:
             stored = conn.execute(
@@ -248,8 +304,6 @@ def _missed_fire(db_url: str, job_id: str, grace_s: float) -> datetime | None:
             ).scalar_one_or_none()
     except Exception:  # no job store yet (the first start): nothing was missed
         return None
-    finally:
-        db_engine.dispose()
     if stored is None:
         return None
     at = datetime.fromtimestamp(float(stored), UTC)
@@ -275,10 +329,9 @@ def start_scheduler(
         trigger = CronTrigger.from_crontab(settings.eligibility_cron, timezone=settings.timezone)
     except ValueError as exc:
         raise ConfigError(f"ENGINE_ELIGIBILITY_CRON {settings.eligibility_cron!r}: {exc}") from exc
+    job_store = _job_store(db_url)
     scheduler = AsyncIOScheduler(
-        jobstores={
-            "default": SQLAlchemyJobStore(url=_with_driver(db_url), tablename="scheduled_jobs")
-        },
+        jobstores={"default": job_store},
         executors={"default": _FireTimeExecutor()},
         timezone=settings.timezone,
         job_defaults={
@@ -288,7 +341,7 @@ def start_scheduler(
         },
     )
     # a fire the last leader missed (it died before it) is kept, not replaced by tomorrow's
-    missed = _missed_fire(db_url, "eligibility-nightly", MISFIRE_GRACE_S)
+    missed = _missed_fire(job_store.engine, "eligibility-nightly", MISFIRE_GRACE_S)
     scheduler.add_job(
         nightly_eligibility,
         trigger,

@@ -6,6 +6,12 @@ recorded as one of that run's items (``job_run_items``) in the same transaction:
 by another node after the first died knows exactly which appointments were checked, and sends no
 second 270 for them.
 
+Only the node that holds the run (its owner in ``job_runs``, the run not finished) starts or
+records its items, checked in the same transaction (engine/store/nodes.py :func:`holds_run`): a
+node that stood still while another resumed its run is refused (:class:`RunTakenOver`) before
+it sends a 270 the run's new owner may send too. And an item is started once: the 270 goes out
+only from the call that wrote its row.
+
 An item is a digest, 64 hex digits and no PHI (engine/jobs/targets.py ``Target.key``): the
 first :data:`CHECK_DIGITS` name the check (appointment, patient, coverage, payer), the last 32 its
 member (patient, payer: whom a 270 asks about, whichever appointment it is for). An item written
@@ -24,9 +30,10 @@ from typing import Any
 from sqlalchemy import and_, insert, not_, select, update
 
 from engine.store.db import Repository, utcnow
+from engine.store.nodes import RunTakenOver, holds_run
 from engine.store.tables import eligibility_checks, job_run_items
 
-__all__ = ["CHECK_DIGITS", "EligibilityChecks", "RunItem", "RunProgress"]
+__all__ = ["CHECK_DIGITS", "EligibilityChecks", "RunItem", "RunProgress", "RunTakenOver"]
 
 #: an item's first hex digits, which name its check; the rest name its member (patient, payer)
 CHECK_DIGITS = 32
@@ -90,12 +97,14 @@ class EligibilityChecks(Repository):
     def save_eligibility(self, row: dict[str, Any], item: RunItem | None = None) -> int:
         """Store one eligibility check (history: a new row every time); its id. ``item``: the
         scheduled run's item this check is, recorded done in the same transaction (the row
-        :meth:`start_run_item` made before its 270 went out, or a new one)."""
+        :meth:`start_run_item` made before its 270 went out, or a new one) while its node
+        still holds the run. When it does not (another node resumed the run) the check is
+        stored all the same, as what the payer said, but the item is left to the run's owner."""
         row = {k: _utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
         with self._tx() as conn:
             pk = conn.execute(insert(eligibility_checks).values(**row)).inserted_primary_key
             assert pk is not None
-            if item is not None:
+            if item is not None and holds_run(conn, item.job_id, item.run_at, item.node):
                 done = {"result_id": int(pk[0]), "node": item.node, "done_at": utcnow()}
                 updated = conn.execute(
                     update(job_run_items).where(*_item_is(item)).values(**done)
@@ -104,19 +113,23 @@ class EligibilityChecks(Repository):
                     conn.execute(insert(job_run_items).values(**_item_key(item), **done))
             return int(pk[0])
 
-    def start_run_item(self, item: RunItem) -> None:
+    def start_run_item(self, item: RunItem) -> bool:
         """Record that a scheduled run's item is about to ask the payer (its 270 may be out from
         now on): a run resumed after this node died finds the item without a result and does
-        not send a second 270 for it (see engine/jobs/eligibility.py)."""
+        not send a second 270 for it (see engine/jobs/eligibility.py). True: recorded now, the
+        270 may go. False: the item has a row already (started or done by another node of the
+        run): no 270. Raises :class:`RunTakenOver` when ``item.node`` no longer holds the run."""
         with self._tx() as conn:
+            if not holds_run(conn, item.job_id, item.run_at, item.node):
+                raise RunTakenOver(f"job run {item.job_id} is no longer this node's")
             exists = conn.execute(select(job_run_items.c.item).where(*_item_is(item))).first()
-            if exists is None:
-                # ``done_at`` is when it started until the result comes (``result_id`` None)
-                conn.execute(
-                    insert(job_run_items).values(
-                        **_item_key(item), node=item.node, done_at=utcnow()
-                    )
-                )
+            if exists is not None:
+                return False
+            # ``done_at`` is when it started until the result comes (``result_id`` None)
+            conn.execute(
+                insert(job_run_items).values(**_item_key(item), node=item.node, done_at=utcnow())
+            )
+            return True
 
     def run_item_open(self, item: str, since: datetime, other_than: RunItem | None) -> bool:
         """Whether a scheduled run started, since ``since``, an item of the same member as

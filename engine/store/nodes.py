@@ -28,6 +28,14 @@ to :data:`NOBODY`) is *interrupted*: the leader takes it over (:meth:`Nodes.resu
 conditional update, so one node wins) and finishes only the items without a row in
 ``job_run_items`` (each written in the transaction of the item's result).
 
+A run is fenced by its owner: an item is started (:meth:`EligibilityChecks.start_run_item`,
+engine/store/eligibility.py), recorded with its result, and the run finished only while the run
+is still the caller's, checked in the write's own transaction with the run's row share-locked
+(:func:`holds_run`): a node that stood still long enough to be taken for dead (its host paused,
+its loop blocked) and wakes while another node resumes its run cannot send a 270 that run has
+sent or will send, nor close the other node's run with its own late outcome. It learns it
+(:class:`RunTakenOver`) and stops.
+
 The configuration's generation (``config_generation``, one row): a reload applied on any node
 bumps it with the digest of its files, and every node follows it (engine/flow/config.py);
 ``config_applied`` says what each node runs, or why it refused a generation.
@@ -72,7 +80,9 @@ __all__ = [
     "InterruptedRun",
     "Liveness",
     "Nodes",
+    "RunTakenOver",
     "TakenOver",
+    "holds_run",
     "new_node_id",
     "worker_role",
 ]
@@ -182,6 +192,32 @@ class InterruptedRun:
     job_id: str
     run_at: datetime
     node: str
+
+
+class RunTakenOver(Exception):
+    """A scheduled run is no longer the node's that works on it: another node resumed it (this
+    one was taken for dead) or it was finished. Nothing more of it may be done here."""
+
+
+def holds_run(conn: Connection, job_id: str, run_at: datetime, node: str) -> bool:
+    """Whether ``node`` still holds the run (it owns the row, and the run has no end), the row
+    share-locked until ``conn``'s transaction ends (PostgreSQL; SQLite's writers take turns).
+
+    The lock is what makes the answer hold for the write that follows in the same transaction:
+    a takeover (:meth:`Nodes.resume_job_run`, an UPDATE) waits for it, and one that was not yet
+    committed when this ran is waited for and then seen (the row read again once its lock is
+    granted), never missed by a snapshot taken before it committed."""
+    query = (
+        select(job_runs.c.node)
+        .where(
+            job_runs.c.job_id == job_id,
+            job_runs.c.run_at == run_at.astimezone(UTC),
+            job_runs.c.node == node,
+            job_runs.c.finished_at.is_(None),
+        )
+        .with_for_update(read=True)
+    )
+    return conn.execute(query).first() is not None
 
 
 @dataclass(frozen=True)
@@ -369,14 +405,21 @@ class Nodes(Repository):
         with self._tx() as conn:  # (a row comes back only when this insert made it)
             return conn.execute(stmt.returning(job_runs.c.node)).first() is not None
 
-    def finish_job_run(self, job_id: str, run_at: datetime, outcome: str) -> None:
-        """Record when a run ended and how (``ok: ...`` or ``failed: ...``)."""
+    def finish_job_run(self, job_id: str, run_at: datetime, outcome: str, node: str) -> bool:
+        """Record when a run ended and how (``ok: ...`` or ``failed: ...``), if ``node`` still
+        holds it; False when it does not (another node resumed it, and records its own end)."""
         with self._tx() as conn:
-            conn.execute(
+            ended = conn.execute(
                 update(job_runs)
-                .where(job_runs.c.job_id == job_id, job_runs.c.run_at == run_at.astimezone(UTC))
+                .where(
+                    job_runs.c.job_id == job_id,
+                    job_runs.c.run_at == run_at.astimezone(UTC),
+                    job_runs.c.node == node,
+                    job_runs.c.finished_at.is_(None),
+                )
                 .values(finished_at=utcnow(), outcome=clean(outcome, 200))
             )
+            return bool(ended.rowcount)
 
     def interrupted_runs(
         self, prefix: str, dead_after: timedelta | None = None

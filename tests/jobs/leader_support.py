@@ -1,8 +1,10 @@
 """What the leader and resume tests share: a stub payer that counts the 270s it receives per
-member (the subscriber's NM1*IL NM109, synthetic ids), and many synthetic appointments."""
+member (the subscriber's NM1*IL NM109, synthetic ids), one that holds its first answer, and many
+synthetic appointments."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ from typing import Any
 from engine.sim.demo import PATIENTS, demo_messages
 from engine.sim.payer.stub import StubPayer, StubReply
 
-__all__ = ["CountingPayer", "many_appointments"]
+__all__ = ["CountingPayer", "HeldPayer", "many_appointments"]
 
 _MEMBER = re.compile(r"NM1\*IL\*[^~]*?\*MI\*([^~*]+)")
 
@@ -29,6 +31,23 @@ class CountingPayer(StubPayer):
         with self.lock:
             self.asked[match.group(1) if match else "?"] += 1
         return super().respond(x270)
+
+
+class HeldPayer(CountingPayer):
+    """The counting stub, slow to answer its first 270: ``held`` is set once it has arrived
+    (counted), and the answer comes back when ``answer`` is set. Made in the test's loop."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.held = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def exchange(self, x270: str, *, timeout_s: float = 20.0) -> str:
+        reply = await super().exchange(x270, timeout_s=timeout_s)
+        if not self.held.is_set():
+            self.held.set()
+            await self.answer.wait()
+        return reply
 
 
 def many_appointments(today: date, copies: int) -> Iterator[bytes]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select, text
 
 from engine.jobs import scheduler as jobs
@@ -60,3 +61,32 @@ def test_a_fire_the_last_leader_missed_is_run_by_the_next(indexed: SqlMessageSto
     with indexed.db_engine.connect() as conn:
         [row] = conn.execute(select(job_runs)).all()
     assert row.node == "next-leader" and row.run_at.replace(tzinfo=UTC) == missed
+
+
+@pytest.mark.postgres
+def test_the_schedule_s_connections_give_up_on_a_silent_database(postgres_schema_url: str) -> None:
+    """APScheduler reads and writes its job store on the leader's event loop (the missed fire
+    is read through the same engine): on PostgreSQL its connections carry the engine's connect
+    timeout, the leader's keepalives, a limit on unacknowledged data and a statement timeout,
+    so a database host that drops packets holds the loop seconds, not the minutes TCP takes.
+    The URL's own options (here its search_path) are kept."""
+    url = postgres_schema_url.replace("postgresql+psycopg://", "postgresql://")
+    store = jobs._job_store(url)
+    try:
+        with store.engine.connect() as conn:
+            params = conn.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
+            statement_timeout = conn.exec_driver_sql("SHOW statement_timeout").scalar_one()
+            search_path = conn.exec_driver_sql("SHOW search_path").scalar_one()
+    finally:
+        store.shutdown()
+    limits = ("connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval")
+    assert {k: params.get(k) for k in (*limits, "keepalives_count", "tcp_user_timeout")} == {
+        "connect_timeout": "10",
+        "keepalives": "1",
+        "keepalives_idle": "5",
+        "keepalives_interval": "2",
+        "keepalives_count": "3",
+        "tcp_user_timeout": "15000",
+    }
+    assert statement_timeout == "5s"
+    assert search_path == url.rsplit("%3D", 1)[1]

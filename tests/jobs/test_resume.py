@@ -109,11 +109,13 @@ def test_a_new_run_before_the_resume_does_not_resend_a_270_in_flight(
     svc = service(indexed, adapter_for=lambda _: payer)
     [first, *rest] = svc.targets(MONDAY, 1)
     indexed.start_run_item(RunProgress(JOB, RUN_AT, "dead-node", {}).item(first.key))
-    # the new leader's start-up run, the same day, a run of its own
+    # the new leader's start-up run, the same day, a run of its own (claimed, then ended)
     start_run = RunProgress(
         "eligibility-start", datetime(2026, 11, 27, 17, 55, tzinfo=UTC), "n2", {}
     )
+    assert indexed.start_job_run(start_run.job_id, start_run.run_at, "n2")
     outcomes = asyncio.run(svc.check_upcoming(start=MONDAY, days=1, run=start_run))
+    assert indexed.finish_job_run(start_run.job_id, start_run.run_at, "ok", "n2")
     assert sorted(payer.asked.values()) == [1, 1] and len(rest) == 2  # the two others only
     [in_flight] = [o for o in outcomes if o.patient_url == first.patient["_full_url"]]
     assert in_flight.status == "needs_action" and "not asked twice" in (in_flight.reason or "")

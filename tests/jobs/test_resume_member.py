@@ -77,7 +77,9 @@ def test_a_new_run_asks_nothing_about_her_and_the_resume_after_it_neither(
     first, second = _hers(two_visits)
     assert two_visits.start_job_run(DEAD.job_id, DEAD.run_at, DEAD.node)
     two_visits.start_run_item(DEAD.item(first.key))
+    assert two_visits.start_job_run(START.job_id, START.run_at, START.node)
     outcomes = asyncio.run(svc.check_upcoming(start=MONDAY, days=1, run=START))
+    assert two_visits.finish_job_run(START.job_id, START.run_at, "ok", START.node)
     assert payer.asked[MEMBER] == 0 and sum(payer.asked.values()) == 2
     mine = [o for o in outcomes if o.patient_url == first.patient["_full_url"]]
     assert len(mine) == 2 and all(o.status == "needs_action" for o in mine)
@@ -92,6 +94,7 @@ def test_her_two_visits_in_one_run_are_one_270(two_visits: SqlMessageStore) -> N
     visit given that answer (the "checked today" rule), not a second 270 beside the first."""
     payer = CountingPayer()
     svc = service(two_visits, adapter_for=lambda _: payer)
+    assert two_visits.start_job_run(START.job_id, START.run_at, START.node)
     outcomes = asyncio.run(svc.check_upcoming(start=MONDAY, days=1, run=START))
     assert payer.asked[MEMBER] == 1 and sum(payer.asked.values()) == 3
     her = _hers(two_visits)[0].patient["_full_url"]

@@ -122,7 +122,7 @@ def test_a_scheduled_run_is_taken_by_one_node(store: SqlMessageStore) -> None:
     assert store.start_job_run("eligibility-nightly", at, "a")
     assert not store.start_job_run("eligibility-nightly", at, "b")
     assert store.start_job_run("eligibility-nightly", at + timedelta(days=1), "b")
-    store.finish_job_run("eligibility-nightly", at, "ok: 3 checked")
+    assert store.finish_job_run("eligibility-nightly", at, "ok: 3 checked", "a")
     with store.db_engine.connect() as conn:
         rows = conn.execute(select(job_runs).order_by(job_runs.c.run_at)).all()
     assert [(r.node, r.outcome) for r in rows] == [("a", "ok: 3 checked"), ("b", None)]
