@@ -200,8 +200,9 @@ class Processor:
         self._wake = asyncio.Event()
         self.pressure = pressure
         self.metrics = metrics
-        #: the claims of a batch not finished yet (given back if it fails)
-        self._unfinished: list[int] = []
+        #: a step failed with claims of this worker's perhaps committed and not in hand (its
+        #: batch's, or a claim whose reply was lost): all given back before the next claim
+        self._in_doubt = False
         #: the last claim was short and left no message behind: linger before the next
         self._took_all = False
         #: processed by :meth:`_cycle` and not finished yet: finished with the next claim
@@ -283,16 +284,16 @@ class Processor:
         linger, when there is one, so a message's deliveries are queued up to ``linger_s``
         later than with :meth:`process_batch`, and a steady trickle costs one transaction a
         batch instead of two."""
-        if self._unfinished:
-            self.store.release_processing(self._unfinished, self.worker)
-            self._unfinished = []
+        self._give_back_in_doubt()
         done, self._processed = self._processed, []
-        # claims not finished if the transaction fails: given back before the next claim
-        self._unfinished = [p.message_id for p in done]
+        # from here until the claimed batch is in hand, a failure leaves claims of ours that
+        # nothing holds: those ``done`` if the finish did not commit, those claimed if it did
+        # and its reply was lost (before 7 December only the first were given back; the others
+        # waited 5 minutes for reclaim_stale, holding their patients' later messages)
+        self._in_doubt = True
         kept, claimed = self.store.finish_and_claim(
             done, self.worker, self.batch if limit is None else limit
         )
-        self._unfinished = [message_id for message_id, _, _ in claimed]
         if self.metrics is not None:  # counted once stored (see process_batch)
             for processed in kept:
                 self.metrics.record_routed(d.route for d in processed.new_deliveries)
@@ -302,8 +303,16 @@ class Processor:
             and not self.store.any_received()  # none left behind (patient order), none new
         )
         self._processed = [self.process_one(mid, raw, kind) for mid, raw, kind in claimed]
-        self._unfinished = []  # the next step finishes them (or gives them back if it fails)
+        self._in_doubt = False  # the next step finishes them (or gives them back if it fails)
         return len(done), len(claimed)
+
+    def _give_back_in_doubt(self) -> None:
+        """After a failed step, before the next claim: every message still ``processing`` under
+        this worker's name is put back (``received``). None is in hand then (a processor holds
+        one batch, in ``_processed``, which a failed step has already let go)."""
+        if self._in_doubt:
+            self.store.release_processing(None, self.worker)
+            self._in_doubt = False
 
     def process_batch(self) -> int:
         """Claim and process one batch; returns how many messages it took.
@@ -312,21 +321,20 @@ class Processor:
         claim, once the database answers again: its claims are this live worker's, which no
         heartbeat takes over, and they would hold their patients' later messages back for
         the 5 minutes of :meth:`reclaim_stale` (the fault campaign, scenario postgres)."""
-        if self._unfinished:
-            self.store.release_processing(self._unfinished, self.worker)
-            self._unfinished = []
+        self._give_back_in_doubt()
+        self._in_doubt = True  # a claim whose reply is lost may have committed
         claimed = self.store.claim_received(self.worker, self.batch)
-        self._unfinished = [message_id for message_id, _, _ in claimed]
+        if not claimed:
+            self._in_doubt = self._took_all = False
+            return 0
         self._took_all = (
-            0 < len(claimed) < self.batch
+            len(claimed) < self.batch
             and self.linger_s > 0
             and not self.store.any_received()  # none left behind (patient order), none new
         )
         done = [self.process_one(message_id, raw, kind) for message_id, raw, kind in claimed]
-        if not done:
-            return 0
         kept = self.store.finish_batch(done)  # one transaction for the whole batch
-        self._unfinished = []
+        self._in_doubt = False
         if self.metrics is not None:  # counted once stored: not a failed batch, nor an
             for processed in kept:  # outcome whose claim another worker had taken back
                 self.metrics.record_routed(d.route for d in processed.new_deliveries)

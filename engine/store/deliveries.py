@@ -286,7 +286,9 @@ def _promote(conn: Connection, queues: set[tuple[str, str]], now: datetime) -> N
 promote_queues = _promote
 
 
-_LOCK_MESSAGES = select(messages.c.id).where(in_list(messages.c.id)).with_for_update()
+#: FOR NO KEY UPDATE, as every lock the engine takes on a message's row (engine/store/resends.py
+#: ``_HOLDERS``: a receiver's lookup of a resend's original is not held up by it)
+_LOCK_MESSAGES = select(messages.c.id).where(in_list(messages.c.id)).with_for_update(key_share=True)
 #: a routed message is delivered once no delivery is queued; ``needs-patient`` if one waits for
 #: its patient (the action an operator must take: match or resend; a dead one beside it shows in
 #: the list's ``failing`` and is resent with it), else dead if one is dead

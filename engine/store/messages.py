@@ -393,7 +393,7 @@ class MessageStore(Repository):
         )
         .order_by(messages.c.id)
         .limit(bindparam("limit"))
-        .with_for_update(skip_locked=True, of=messages)
+        .with_for_update(skip_locked=True, of=messages, key_share=True)
     )
     _MARK_PROCESSING = (
         update(messages)
@@ -471,27 +471,23 @@ class MessageStore(Repository):
             )
             return int(result.rowcount or 0)
 
-    def release_processing(self, ids: Sequence[int], worker: str) -> int:
+    def release_processing(self, ids: Sequence[int] | None, worker: str) -> int:
         """Put back messages ``worker`` claimed and could not finish (its batch failed with the
-        database away): still ``processing`` and still its own, they are ``received`` again.
-        Without this a live worker's failed batch kept its claims, and every later message of
-        their patients waited, until :meth:`reclaim_stale` (5 minutes)."""
-        if not ids:
-            return 0
+        database away), or with ``ids`` None all it holds (after a failed step, when none is in
+        hand: a claim may have committed with its reply lost): still ``processing`` and still
+        its own, they are ``received`` again. Without this a live worker's failed batch kept its
+        claims, and every later message of their patients waited, until :meth:`reclaim_stale`
+        (5 minutes)."""
+        mine = [messages.c.state == "processing", messages.c.claimed_by == worker]
+        if ids is not None:
+            mine.append(in_list(messages.c.id, "ids"))
         with self._tx() as conn:
-            result = conn.execute(
-                update(messages)
-                .where(
-                    in_list(messages.c.id, "ids"),
-                    messages.c.state == "processing",
-                    messages.c.claimed_by == worker,
-                )
-                .values(state="received", claimed_by=None, claimed_at=None, updated_at=utcnow()),
-                {"ids": list(ids)},
-            )
+            released = update(messages).where(*mine)
+            now = {"state": "received", "claimed_by": None, "claimed_at": None}
+            result = conn.execute(released.values(updated_at=utcnow(), **now), {"ids": ids or []})
             return int(result.rowcount or 0)
 
-    _EXISTING = select(messages.c.id).where(in_list(messages.c.id)).with_for_update()
+    _EXISTING = select(messages.c.id).where(in_list(messages.c.id)).with_for_update(key_share=True)
     #: the messages of a batch still claimed by this worker (a claim taken back does not count)
     #: (locked on PostgreSQL, so a reclaim and another worker's finish cannot slip in before our
     #: update)
@@ -502,7 +498,7 @@ class MessageStore(Repository):
             messages.c.state == "processing",
             messages.c.claimed_by == bindparam("worker"),
         )
-        .with_for_update()
+        .with_for_update(key_share=True)
     )
     _FINISH = (
         update(messages)
@@ -511,7 +507,7 @@ class MessageStore(Repository):
             state=bindparam("new_state"),
             reason=bindparam("new_reason"),
             warnings=after_receipt_notes(bindparam("new_warnings", type_=Text)),
-            patient_key=bindparam("new_patient"),
+            patient_key=func.coalesce(bindparam("new_patient"), messages.c.patient_key),
             updated_at=bindparam("now"),
         )
     )
@@ -523,7 +519,7 @@ class MessageStore(Repository):
         "UPDATE messages SET state = u.state, reason = u.reason, warnings = CASE"
         " WHEN messages.warnings IS NULL THEN u.warnings WHEN u.warnings IS NULL"
         " THEN messages.warnings ELSE messages.warnings || E'\\n' || u.warnings END,"
-        " patient_key = u.patient, updated_at = :now"
+        " patient_key = COALESCE(u.patient, messages.patient_key), updated_at = :now"
         " FROM unnest(CAST(:ids AS bigint[]), CAST(:states AS text[]), CAST(:reasons AS text[]),"
         " CAST(:warnings AS text[]), CAST(:patients AS text[]))"
         " AS u(id, state, reason, warnings, patient)"

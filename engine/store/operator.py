@@ -161,7 +161,9 @@ _NEWEST_COPY = (
 
 def _lock_message(conn: Connection, message_id: int) -> Any | None:
     """The message's row, locked until the transaction ends (PostgreSQL; SQLite has one writer)."""
-    return conn.execute(_ORIGINAL.with_for_update(), {"mid": message_id}).one_or_none()
+    return conn.execute(
+        _ORIGINAL.with_for_update(key_share=True), {"mid": message_id}
+    ).one_or_none()
 
 
 _DOCUMENTS_OF = (

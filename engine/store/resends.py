@@ -241,8 +241,11 @@ class Planner:
 #: key commits before its key's holder can be purged, and every snapshot sees one or the other:
 #: a resend at another node that no longer finds the holder finds the reused message by its
 #: guard. Before, a resend there between the purge's commit and the batch's found neither and
-#: was stored again. The lock allows the worker's updates (FOR NO KEY UPDATE) and other
-#: lookups; it is taken only where a batch holds a resend or a control ID reused.
+#: was stored again. It is taken only where a batch holds a resend or a control ID reused, and
+#: waits for no one but a DELETE: every lock the engine takes on a message's row otherwise (the
+#: worker's claim and finish, a delivery's settling, an operator's replay or match) is FOR NO KEY
+#: UPDATE, which still excludes the others and the purge but not this (until the evening of 7
+#: December they were FOR UPDATE, and a resend's ACK waited for the worker's transaction).
 _HOLDERS = (
     select(
         messages.c.dedupe_key,

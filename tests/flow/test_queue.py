@@ -435,6 +435,36 @@ def test_a_batch_whose_finish_failed_is_given_back_and_processed_again(
     assert len(store.get(view.id).deliveries) == 2  # type: ignore[union-attr]  # queued once
 
 
+@pytest.mark.parametrize("step", ["_cycle", "process_batch"])
+def test_a_claim_whose_reply_was_lost_is_given_back_at_the_next_step(
+    store: SqlMessageStore, routes: RouteSet, mappings: Mappings, step: str
+) -> None:
+    """The claim commits and its reply is lost (the connection cut just after): the claimed
+    message is this live worker's and in no one's hands. The next step gives it back and it is
+    processed; before 7 December it stayed ``processing`` for reclaim_stale's 5 minutes, and
+    every later message of its patient waited."""
+    store.save_batch([Incoming(raw=msg(65, "P65"), channel="t")])
+    proc = Processor(store, routes, mappings, idle_s=0.01)
+    name = "finish_and_claim" if step == "_cycle" else "claim_received"
+    real = getattr(store, name)
+    lost: list[int] = []
+
+    def committed_then_lost(*args: Any) -> Any:
+        result = real(*args)
+        if not lost:
+            lost.append(1)
+            raise OSError("connection cut after the commit")
+        return result
+
+    setattr(store, name, committed_then_lost)
+    with pytest.raises(OSError):
+        getattr(proc, step)()
+    assert lost == [1] and store.counts().get("processing") == 1
+    for _ in range(3):
+        getattr(proc, step)()
+    assert store.counts().get("routed") == 1 and not store.counts().get("processing")
+
+
 def test_a_stopping_processor_finishes_what_it_processed(
     store: SqlMessageStore, routes: RouteSet, mappings: Mappings
 ) -> None:

@@ -6,15 +6,17 @@ same holds cut into several statements and with two writers at once."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import delete, select, update
+from sqlalchemy import Connection, delete, select, update
 
 import engine.store.messages as store_module
 from engine.settings import Settings
 from engine.store import Incoming, SqlMessageStore, Stored, lists
+from engine.store.messages import utcnow
 from engine.store.tables import messages
 
 RAWS = [
@@ -112,20 +114,51 @@ def test_two_writers_at_once_each_id_its_own_message(store: SqlMessageStore) -> 
     assert all(control[mid] == cid for mid, cid in everything)
 
 
+def _hold_by_update(store: SqlMessageStore, conn: Connection, mid: int) -> None:
+    conn.execute(update(messages).where(messages.c.id == mid).values(state="processing"))
+
+
+def _hold_by_claim(store: SqlMessageStore, conn: Connection, mid: int) -> None:
+    assert [m[0] for m in store._claim_received(conn, "w1", 10, utcnow())] == [mid]
+
+
+def _hold_by_finish(store: SqlMessageStore, conn: Connection, mid: int) -> None:
+    conn.execute(update(messages).values(state="processing", claimed_by="w1"))
+    assert list(conn.execute(store._STILL_CLAIMED, {"ids": [mid], "worker": "w1"})) != []
+
+
+def _hold_by_settling(store: SqlMessageStore, conn: Connection, mid: int) -> None:
+    from engine.store.deliveries import _LOCK_MESSAGES
+
+    assert list(conn.execute(_LOCK_MESSAGES, {"ids": [mid]})) != []
+
+
+def _hold_by_operator(store: SqlMessageStore, conn: Connection, mid: int) -> None:
+    from engine.store.operator import _lock_message
+
+    assert _lock_message(conn, mid) is not None
+
+
+@pytest.mark.parametrize(
+    "hold",
+    [_hold_by_update, _hold_by_claim, _hold_by_finish, _hold_by_settling, _hold_by_operator],
+    ids=["update", "claim", "finish", "settling", "replay-or-match"],
+)
 def test_a_resend_does_not_wait_for_a_worker_holding_its_original(
-    store: SqlMessageStore,
+    store: SqlMessageStore, hold: Callable[[SqlMessageStore, Connection, int], None]
 ) -> None:
-    """A worker's claim (an UPDATE of the original's row) left open: the resend is answered as
-    a duplicate at once (a committed original is found without waiting for its row's lock)."""
+    """A transaction holding the original's row (an UPDATE, the worker's claim or finish, a
+    delivery's settling, an operator's replay or match) left open: the resend is answered as
+    a duplicate at once. Its lookup locks the original FOR KEY SHARE (engine/store/resends.py);
+    these take FOR NO KEY UPDATE, which lets that through (with FOR UPDATE, as before the
+    evening of 7 December, the resend's ACK waited for the worker's transaction)."""
     if store.db_engine.dialect.name != "postgresql":
         pytest.skip("SQLite has one writer: an open write transaction holds every other")
     [original] = store.save_batch([_item(7, "SENDER|SITE|C7")])
     done: list[Stored] = []
     with store.db_engine.connect() as worker:
         worker.begin()
-        worker.execute(
-            update(messages).where(messages.c.id == original.id).values(state="processing")
-        )
+        hold(store, worker, original.id)
         saver = threading.Thread(
             target=lambda: done.extend(store.save_batch([_item(7, "SENDER|SITE|C7")]))
         )
