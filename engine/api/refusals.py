@@ -7,12 +7,14 @@ import contextlib
 from collections.abc import Iterator
 from typing import NoReturn
 
-from fastapi import HTTPException, status
+from fastapi import HTTPException, Request, status
 
+from engine.api.auth import Principal, Role
+from engine.api.deps import peer_of
 from engine.api.ports import AuditPort
 from engine.store import ActionRefused, Who
 
-__all__ = ["answer_refusals", "refuse_role"]
+__all__ = ["answer_refusals", "caller_as", "refuse_role"]
 
 
 @contextlib.contextmanager
@@ -29,6 +31,23 @@ def answer_refusals(missing: str, *invalid: type[Exception]) -> Iterator[None]:
         raise HTTPException(422, detail=str(exc)) from None
     except ActionRefused as exc:
         raise HTTPException(409, detail=str(exc)) from None
+
+
+def caller_as(
+    request: Request,
+    port: AuditPort,
+    principal: Principal,
+    role: Role,
+    action: str,
+    message_id: int | None = None,
+) -> Who:
+    """The caller as an audit actor when they hold ``role``; otherwise the refusal is recorded
+    (:func:`refuse_role`) and answered 403. For the dependencies of audited actions, which name
+    ``role`` in their closure (the OpenAPI document reads it there)."""
+    who = Who(principal.subject, "api", peer_of(request))
+    if not principal.may(role):
+        refuse_role(port, who, action, role.value, message_id=message_id)
+    return who
 
 
 def refuse_role(

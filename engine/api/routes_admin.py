@@ -19,8 +19,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from engine.api.auth import Principal, Role, current_principal
-from engine.api.deps import MessagesDep, peer_of
-from engine.api.refusals import refuse_role
+from engine.api.deps import MessagesDep
+from engine.api.refusals import caller_as
+from engine.flow.config import record_reload
 from engine.store import Who
 
 __all__ = ["router"]
@@ -39,10 +40,7 @@ def _caller(role: Role, action: str) -> Callable[..., Who]:
         messages: MessagesDep,
         principal: Annotated[Principal, Depends(current_principal)],
     ) -> Who:
-        who = Who(principal.subject, "api", peer_of(request))
-        if not principal.may(role):
-            refuse_role(messages, who, action, role.value)
-        return who
+        return caller_as(request, messages, principal, role, action)
 
     return dependency
 
@@ -55,29 +53,12 @@ async def reload_configuration(
 ) -> JSONResponse:
     """Reload routes and mappings; keep the running ones when the new ones are invalid. Every
     attempt is a record of the audit trail, as a reload from the console is (a refusal too)."""
-
-    def record(outcome: str, detail: str) -> None:
-        messages.record_audit(
-            action="reload",
-            actor=who.actor,
-            source=who.source,
-            peer=who.peer,
-            message_id=None,
-            outcome=outcome,
-            detail=detail[:2000],
-        )
-
     reloader: Any = getattr(request.app.state, "reloader", None)
     if reloader is None:
-        await run_in_threadpool(record, "refused", "this engine cannot reload its configuration")
+        refusal = "this engine cannot reload its configuration"
+        await run_in_threadpool(record_reload, messages, who, "refused", refusal)
         raise HTTPException(503, detail="this engine cannot reload its configuration")
     result = await run_in_threadpool(reloader.reload)
     log.info("reload asked", extra={"by": who.actor, "applied": result.applied})
-    if result.applied:
-        detail = f"applied: {result.routes} routes, {result.destinations} destinations"
-        if result.warning:
-            detail += f"; {result.warning}"
-        await run_in_threadpool(record, "ok", detail)
-    else:
-        await run_in_threadpool(record, "refused", f"kept the running files: {result.error}")
+    await run_in_threadpool(record_reload, messages, who, *result.audit())
     return JSONResponse(result.as_dict(), status_code=200 if result.applied else 422)

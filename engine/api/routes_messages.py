@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 
 from engine.api.auth import Principal, Role, ViewerDep, current_principal
 from engine.api.deps import MessagesDep, SettingsDep, peer_of
-from engine.api.refusals import answer_refusals, refuse_role
+from engine.api.refusals import answer_refusals, caller_as
 from engine.api.schemas import HandledMark, HandledNote, ReplayAccepted, ResendAccepted
 from engine.store import (
     MessageLine,
@@ -61,10 +61,7 @@ def _audited(role: Role, action: str) -> Callable[..., Who]:
         messages: MessagesDep,
         principal: Annotated[Principal, Depends(current_principal)],
     ) -> Who:
-        who = Who(principal.subject, "api", peer_of(request))
-        if not principal.may(role):
-            refuse_role(messages, who, action, role.value, message_id=message_id)
-        return who
+        return caller_as(request, messages, principal, role, action, message_id)
 
     return dependency
 

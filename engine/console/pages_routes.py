@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from engine.console.pages_dashboard import OpsUserDep
 from engine.console.pages_messages import local_time, store_of, who_of
 from engine.console.render import render
 from engine.errors import EngineError
+from engine.flow.config import record_reload
 from engine.settings import Settings
 
 __all__ = ["router"]
@@ -183,17 +185,7 @@ async def reload_routes(request: Request, user: CsrfDep, settings: SettingsDep) 
     """Apply the route and mapping files now, or keep the running ones and say why."""
     store = store_of(request)
     who = who_of(user)
-
-    def record(outcome: str, detail: str) -> None:
-        store.record_audit(
-            action="reload",
-            actor=who.actor,
-            source=who.source,
-            peer=who.peer,
-            message_id=None,
-            outcome=outcome,
-            detail=detail[:2000],
-        )
+    record = partial(record_reload, store, who)
 
     if not user.may(Role.ADMIN):
         await run_in_threadpool(record, "refused", "requires the admin role")
@@ -211,13 +203,7 @@ async def reload_routes(request: Request, user: CsrfDep, settings: SettingsDep) 
             status_code=503,
         )
     done = await run_in_threadpool(reloader.reload)
-    if done.applied:
-        detail = f"applied: {done.routes} routes, {done.destinations} destinations"
-        if done.warning:
-            detail += f"; {done.warning}"
-        await run_in_threadpool(record, "ok", detail)
-    else:
-        await run_in_threadpool(record, "refused", f"kept the running files: {done.error}")
+    await run_in_threadpool(record, *done.audit())
     log.info("reload asked from the console", extra={"by": who.actor, "applied": done.applied})
     return _page(
         request,

@@ -57,6 +57,7 @@ __all__ = [
     "follow_reloads",
     "load_config",
     "load_running_config",
+    "record_reload",
 ]
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,27 @@ class ReloadResult:
             "error": self.error,
             "warning": self.warning,
         }
+
+    def audit(self) -> tuple[str, str]:
+        """The audit trail's outcome and detail of this reload (the API's and the console's)."""
+        if not self.applied:
+            return "refused", f"kept the running files: {self.error}"
+        detail = f"applied: {self.routes} routes, {self.destinations} destinations"
+        return "ok", f"{detail}; {self.warning}" if self.warning else detail
+
+
+def record_reload(port: Any, who: Any, outcome: str, detail: str) -> None:
+    """A reload's record in the audit trail (action ``reload``), asked from the API or the
+    console: ``port`` records (the store), ``who`` asked (``actor``, ``source``, ``peer``)."""
+    port.record_audit(
+        action="reload",
+        actor=who.actor,
+        source=who.source,
+        peer=who.peer,
+        message_id=None,
+        outcome=outcome,
+        detail=detail[:2000],
+    )
 
 
 #: how often a node looks at the database's configuration generation

@@ -67,7 +67,7 @@ class NodeState:
     #: its heartbeat is younger than the takeover limit (nodes.dead_after; None: not known)
     alive: bool | None = None
     leader: bool = False
-    #: the generation it runs or refused, and ``applied``, ``refused`` or ``differs`` (None: it
+    #: the generation it runs or refused, and ``applied`` or ``refused`` (None: it
     #: has no row, such as an ``engine serve``'s worker process or before any reload)
     generation: int | None = None
     config_status: str | None = None

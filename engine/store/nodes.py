@@ -526,7 +526,7 @@ class Nodes(Repository):
         self, node: str, generation: int, digest: str, status: str, detail: str | None = None
     ) -> None:
         """What ``node`` runs now: ``applied`` (this generation), ``refused`` (its files do not
-        match the generation's digest, or do not load) or ``differs`` (at start)."""
+        match the generation's digest, or do not load)."""
         row = {
             "generation": generation,
             "hash": digest,
