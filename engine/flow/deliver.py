@@ -151,6 +151,31 @@ class Dispatcher:
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flush_tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        #: the lease ends of claim calls that failed: each may have committed with its reply
+        #: lost, its claims this node's and in no one's hands; given back before the next claim
+        self._lost_leases: list[datetime] = []
+
+    def _give_back_lost(self) -> None:
+        """Give back the claims of the claim calls that failed (:attr:`_lost_leases`), in a
+        thread; a failure leaves the rest for the next look."""
+        while self._lost_leases:
+            if self.node is not None:
+                self.store.release_lease(self.node, self._lost_leases[0])
+            self._lost_leases.pop(0)
+
+    async def _claim(self, limit: int, paused: list[str]) -> list[DueDelivery]:
+        """Claim up to ``limit`` due deliveries, once the claims of calls that failed before
+        are given back; a call that fails may have committed with its reply lost: its lease's
+        end is kept, to give its claims back (:attr:`_lost_leases`)."""
+        await asyncio.to_thread(self._give_back_lost)
+        until = datetime.now(UTC) + timedelta(seconds=self.lease_s)
+        try:
+            return await asyncio.to_thread(
+                self.store.claim_due_deliveries, limit, self.lease_s, paused, self.node, until
+            )
+        except Exception:
+            self._lost_leases.append(until)
+            raise
 
     def wake(self) -> None:
         """Called when deliveries were made or settled: claim now rather than at the next poll."""
@@ -180,13 +205,7 @@ class Dispatcher:
                     if self.pressure is not None:
                         await self.pressure.yield_to()  # a burst: ACKs first
                     try:
-                        due = await asyncio.to_thread(
-                            self.store.claim_due_deliveries,
-                            min(room, self.batch),
-                            self.lease_s,
-                            paused,
-                            self.node,
-                        )
+                        due = await self._claim(min(room, self.batch), paused)
                         failures = 0
                     except Exception as exc:  # the database away for a moment
                         failures += 1

@@ -408,6 +408,7 @@ class Deliveries(Repository):
         lease: float = 120.0,
         paused: Sequence[str] = (),
         owner: str | None = None,
+        until: datetime | None = None,
     ) -> list[DueDelivery]:
         """Claim deliveries that are due, at most one in flight per (destination, patient): a
         delivery is ``waiting`` while an earlier one for the same patient and destination is
@@ -415,9 +416,11 @@ class Deliveries(Repository):
 
         ``owner``: the claiming node (engine/store/nodes.py): its claims are taken over as soon
         as its heartbeat stops, and only its own outcomes count for them. A claim without an
-        owner is free again when its lease runs out."""
+        owner is free again when its lease runs out. ``until``: the lease's end, chosen by the
+        caller (else ``lease`` seconds from now), which names this call's claims for
+        :meth:`release_lease` should its reply be lost."""
         now = utcnow()
-        until = now + timedelta(seconds=lease)
+        until = until or now + timedelta(seconds=lease)
         due = self._DUE_UNPAUSED if paused else self._DUE
         params = {"now": now, "limit": limit, "paused": list(paused)}
         if self.db_engine.dialect.name == "sqlite":
@@ -587,6 +590,26 @@ class Deliveries(Repository):
             with self._tx() as conn:
                 stmt = self._RELEASE_BY if owner is not None else self._RELEASE
                 conn.execute(stmt, {"ids": list(delivery_ids), "owner": owner})
+
+    _RELEASE_LEASE = (
+        update(deliveries)
+        .where(
+            deliveries.c.state == "pending",
+            deliveries.c.claimed_by == bindparam("owner"),
+            deliveries.c.claimed_until == bindparam("until"),
+        )
+        .values(claimed_until=None, claimed_by=None)
+    )
+
+    def release_lease(self, owner: str, until: datetime) -> int:
+        """Give back the claims one call of :meth:`claim_due_deliveries` by ``owner`` made, the
+        lease it gave them ending at ``until`` (none was renewed: a renewal moves it), when
+        that call failed and may have committed with its reply lost: none of them is in the
+        caller's hands, and without this they held their patients' queues until the lease ran
+        out (10 minutes). How many were given back."""
+        with self._tx() as conn:
+            result = conn.execute(self._RELEASE_LEASE, {"owner": owner, "until": until})
+            return int(result.rowcount or 0)
 
     #: a claim kept for longer: only while it is still ours (same lease) and pending
     _RENEW = (

@@ -121,3 +121,56 @@ def test_an_outcome_the_database_missed_is_recorded_once_it_is_back(
     counts = asyncio.run(run())
     assert missed  # the database was away when the first outcome was recorded
     assert counts.get("delivered") == 2 and not counts.get("deliveries_pending"), counts
+
+
+def test_a_delivery_claim_whose_reply_was_lost_is_given_back(
+    store: SqlMessageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim of deliveries commits and its reply is lost (the connection cut just after):
+    its claims are this live node's and in no one's hands. The next claim gives them back
+    first; before 7 December they waited for their 10-minute lease, and the patient's later
+    deliveries to the destination with them."""
+    folder = tmp_path / "routes"
+    folder.mkdir()
+    (folder / "test.yaml").write_text(ROUTES.format(tmp=tmp_path))
+    routes = load_routes(defaults=folder)
+    store.save_batch(
+        [
+            Incoming(raw=MSG.format(n=n, mrn="CH1").encode(), channel="mllp", patient_key="CH1")
+            for n in range(2)
+        ]
+    )
+    node = store.register_node("worker")
+    processor = Processor(store, routes, load_mappings(), worker=node)
+    while processor.process_batch():
+        pass
+    raw = MemoryDestination("raw")
+    claim = store.claim_due_deliveries
+    lost: list[int] = []
+
+    def reply_lost_once(*args: object, **kwargs: object) -> object:
+        due = claim(*args, **kwargs)  # type: ignore[arg-type]
+        if not lost and due:
+            lost.append(len(due))
+            raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+        return due
+
+    monkeypatch.setattr(store, "claim_due_deliveries", reply_lost_once)
+
+    async def run() -> dict[str, int]:
+        stop = asyncio.Event()
+        dispatcher = Dispatcher(store, routes, {"raw": raw}, idle_s=0.05, node=node)
+        task = asyncio.create_task(dispatcher.run(stop))
+        deadline = asyncio.get_running_loop().time() + 8  # the lease is 10 minutes
+        counts = await asyncio.to_thread(store.counts)
+        while counts.get("deliveries_pending") and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+            counts = await asyncio.to_thread(store.counts)
+        stop.set()
+        await task
+        return counts
+
+    counts = asyncio.run(run())
+    assert lost == [1]  # the first message's delivery (the second waits behind it)
+    assert counts.get("delivered") == 2 and not counts.get("deliveries_pending"), counts
+    assert len(raw.delivered) == 2 and len(raw.attempts) == 2  # each once
