@@ -156,17 +156,46 @@ def discard(running: Settings) -> None:
 
 
 def keep_running(running: Settings) -> None:
-    """``running``'s snapshot is what runs now: keep it and the newest ones before it, remove
-    the rest. Only an applied snapshot prunes: a reload refused again and again (a broken file,
-    a node whose files differ) never removes the one the worker runs, which a worker restarted
-    after a crash starts on (before 7 December three refusals removed it, and such a restart
-    then failed, "routes directory not found", until the engine was restarted)."""
+    """``running``'s snapshot is what runs now: keep it and this process's newest ones before
+    it, and every snapshot of another live process (an ``engine serve`` and the ``engine
+    worker`` processes beside it may share one var folder: each runs its own); remove the rest
+    of this process's, and those of processes that have ended. Only an applied snapshot prunes:
+    a reload refused again and again (a broken file, a node whose files differ) never removes
+    the one the worker runs, which a worker restarted after a crash starts on (before 7
+    December three refusals removed it, as did three ``engine worker`` processes taking a
+    reload beside ``engine serve``, and such a restart then failed, "routes directory not
+    found", until the engine was restarted)."""
     keep = _snapshot_dir(running)
     if keep is None:
         return
-    old = sorted((p for p in keep.parent.iterdir() if p.is_dir() and p != keep), reverse=True)
-    for stale in old[KEEP_SNAPSHOTS - 1 :]:
+    mine: list[Path] = []
+    for folder in keep.parent.iterdir():
+        if not folder.is_dir() or folder == keep:
+            continue
+        pid = _pid_of(folder)
+        if pid == os.getpid():
+            mine.append(folder)
+        elif pid is not None and not _alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+    for stale in sorted(mine, reverse=True)[KEEP_SNAPSHOTS - 1 :]:
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def _pid_of(folder: Path) -> int | None:
+    """The process a snapshot folder (``<time>-<pid>``) belongs to; None: not one of ours."""
+    _, _, pid = folder.name.rpartition("-")
+    return int(pid) if pid.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (the var folder is the host's own)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
 
 
 def config_digest(settings: Settings) -> str:

@@ -6,6 +6,7 @@ runs, and reports, what it loaded; a record the database refused is written agai
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -206,3 +207,37 @@ def test_a_record_the_database_refused_is_written_again(
     flaky.down = set()
     assert one.follow() is None
     assert _status(store) == {"one": (1, "applied")}
+
+
+def test_snapshots_of_other_live_processes_sharing_the_var_folder_are_kept(
+    tmp_path: Path,
+) -> None:
+    """``engine serve`` and ``engine worker`` processes beside it may share one var folder,
+    each running its own snapshot. Before, each applied reload kept the newest three of all:
+    three workers taking a reload removed the serve's, and its worker processes could not be
+    started again. Now a process prunes its own older snapshots and those of ended processes,
+    never a live one's."""
+    import subprocess
+    import sys
+
+    settings = _site(tmp_path)
+    base = settings.var_dir / "config"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    try:
+        theirs = base / f"20261207T000000000000-{other.pid}"
+        gone = base / f"20261207T000000000001-{ended.pid}"
+        for folder in (theirs, gone):
+            (folder / "routes").mkdir(parents=True)
+        reloader, running = _node(settings, None, "one")
+        for _ in range(5):
+            assert reloader.reload().applied
+        mine = sorted(p for p in base.iterdir() if p.name.endswith(f"-{os.getpid()}"))
+        assert theirs.is_dir(), "a live process's snapshot was removed"
+        assert not gone.exists(), "an ended process's snapshot was kept"
+        assert len(mine) == 3 and running[-1].routes_dir is not None
+        assert running[-1].routes_dir.parent == mine[-1]
+    finally:
+        other.kill()
+        other.wait()
