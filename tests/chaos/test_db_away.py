@@ -23,6 +23,7 @@ from engine.adapters.registry import load_routes
 from engine.flow.deliver import Dispatcher
 from engine.flow.process import Processor
 from engine.mappings import load_mappings
+from engine.routes.loader import RouteSet
 from engine.store import Incoming, SqlMessageStore
 
 ROUTES = """
@@ -76,9 +77,9 @@ def test_a_batch_cut_off_by_the_database_is_given_back_at_the_next_batch(
     assert not counts.get("processing")
 
 
-def test_an_outcome_the_database_missed_is_recorded_once_it_is_back(
-    store: SqlMessageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _two_routed(store: SqlMessageStore, tmp_path: Path) -> tuple[RouteSet, str]:
+    """Two messages of one patient, processed (their deliveries queued, the second waiting
+    behind the first) by a registered worker node: the routes and the node."""
     folder = tmp_path / "routes"
     folder.mkdir()
     (folder / "test.yaml").write_text(ROUTES.format(tmp=tmp_path))
@@ -93,6 +94,31 @@ def test_an_outcome_the_database_missed_is_recorded_once_it_is_back(
     processor = Processor(store, routes, load_mappings(), worker=node)
     while processor.process_batch():
         pass
+    return routes, node
+
+
+async def _deliver_for_a_while(
+    store: SqlMessageStore, routes: RouteSet, raw: MemoryDestination, node: str
+) -> dict[str, int]:
+    """Run the node's dispatcher until nothing is pending, or 8 s (far less than the 10-minute
+    lease a claim left behind would wait): the store's counts then."""
+    stop = asyncio.Event()
+    dispatcher = Dispatcher(store, routes, {"raw": raw}, idle_s=0.05, node=node)
+    task = asyncio.create_task(dispatcher.run(stop))
+    deadline = asyncio.get_running_loop().time() + 8
+    counts = await asyncio.to_thread(store.counts)
+    while counts.get("deliveries_pending") and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+        counts = await asyncio.to_thread(store.counts)
+    stop.set()
+    await task
+    return counts
+
+
+def test_an_outcome_the_database_missed_is_recorded_once_it_is_back(
+    store: SqlMessageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routes, node = _two_routed(store, tmp_path)
     raw = MemoryDestination("raw")
     record = store.record_outcomes
     missed: list[int] = []
@@ -105,20 +131,7 @@ def test_an_outcome_the_database_missed_is_recorded_once_it_is_back(
 
     monkeypatch.setattr(store, "record_outcomes", database_away_once)
 
-    async def run() -> dict[str, int]:
-        stop = asyncio.Event()
-        dispatcher = Dispatcher(store, routes, {"raw": raw}, idle_s=0.05, node=node)
-        task = asyncio.create_task(dispatcher.run(stop))
-        deadline = asyncio.get_running_loop().time() + 8  # the lease is 10 minutes
-        counts = await asyncio.to_thread(store.counts)
-        while counts.get("deliveries_pending") and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.1)
-            counts = await asyncio.to_thread(store.counts)
-        stop.set()
-        await task
-        return counts
-
-    counts = asyncio.run(run())
+    counts = asyncio.run(_deliver_for_a_while(store, routes, raw, node))
     assert missed  # the database was away when the first outcome was recorded
     assert counts.get("delivered") == 2 and not counts.get("deliveries_pending"), counts
 
@@ -130,20 +143,7 @@ def test_a_delivery_claim_whose_reply_was_lost_is_given_back(
     its claims are this live node's and in no one's hands. The next claim gives them back
     first; before 7 December they waited for their 10-minute lease, and the patient's later
     deliveries to the destination with them."""
-    folder = tmp_path / "routes"
-    folder.mkdir()
-    (folder / "test.yaml").write_text(ROUTES.format(tmp=tmp_path))
-    routes = load_routes(defaults=folder)
-    store.save_batch(
-        [
-            Incoming(raw=MSG.format(n=n, mrn="CH1").encode(), channel="mllp", patient_key="CH1")
-            for n in range(2)
-        ]
-    )
-    node = store.register_node("worker")
-    processor = Processor(store, routes, load_mappings(), worker=node)
-    while processor.process_batch():
-        pass
+    routes, node = _two_routed(store, tmp_path)
     raw = MemoryDestination("raw")
     claim = store.claim_due_deliveries
     lost: list[int] = []
@@ -157,20 +157,7 @@ def test_a_delivery_claim_whose_reply_was_lost_is_given_back(
 
     monkeypatch.setattr(store, "claim_due_deliveries", reply_lost_once)
 
-    async def run() -> dict[str, int]:
-        stop = asyncio.Event()
-        dispatcher = Dispatcher(store, routes, {"raw": raw}, idle_s=0.05, node=node)
-        task = asyncio.create_task(dispatcher.run(stop))
-        deadline = asyncio.get_running_loop().time() + 8  # the lease is 10 minutes
-        counts = await asyncio.to_thread(store.counts)
-        while counts.get("deliveries_pending") and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.1)
-            counts = await asyncio.to_thread(store.counts)
-        stop.set()
-        await task
-        return counts
-
-    counts = asyncio.run(run())
+    counts = asyncio.run(_deliver_for_a_while(store, routes, raw, node))
     assert lost == [1]  # the first message's delivery (the second waits behind it)
     assert counts.get("delivered") == 2 and not counts.get("deliveries_pending"), counts
     assert len(raw.delivered) == 2 and len(raw.attempts) == 2  # each once

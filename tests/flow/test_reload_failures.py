@@ -70,6 +70,15 @@ def _status(store: SqlMessageStore) -> dict[str, tuple[int, str]]:
     return {r.node: (r.generation, r.status) for r in rows}
 
 
+def _pair(store: SqlMessageStore, tmp_path: Path) -> tuple[Settings, Flaky, Reloader, Reloader]:
+    """Two nodes on one site's files: ``one`` on a store that can fail, ``two`` on the store."""
+    settings = _site(tmp_path)
+    flaky = Flaky(store)
+    one, _ = _node(settings, flaky, "one")
+    two, _ = _node(settings, store, "two")
+    return settings, flaky, one, two
+
+
 def test_refused_reloads_keep_the_snapshot_the_worker_runs(tmp_path: Path) -> None:
     """Before, every reload copied the files and kept the newest three copies: three refused
     reloads removed the running one, and a worker restarted after a crash then failed to start
@@ -91,10 +100,7 @@ def test_refused_reloads_keep_the_snapshot_the_worker_runs(tmp_path: Path) -> No
 def test_a_reload_not_published_says_so_and_is_published_when_the_database_answers(
     store: SqlMessageStore, tmp_path: Path
 ) -> None:
-    settings = _site(tmp_path)
-    flaky = Flaky(store)
-    one, _ = _node(settings, flaky, "one")
-    two, _ = _node(settings, store, "two")
+    settings, flaky, one, two = _pair(store, tmp_path)
     assert settings.routes_dir is not None
     (settings.routes_dir / "lab.yaml").write_text(EXTRA_ROUTE.format(folder=tmp_path / "lab"))
     flaky.down = {"publish_config"}
@@ -117,10 +123,7 @@ def test_a_reload_not_published_says_so_and_is_published_when_the_database_answe
 def test_a_newer_reload_elsewhere_wins_over_one_not_yet_published(
     store: SqlMessageStore, tmp_path: Path
 ) -> None:
-    settings = _site(tmp_path)
-    flaky = Flaky(store)
-    one, _ = _node(settings, flaky, "one")
-    two, _ = _node(settings, store, "two")
+    settings, flaky, one, two = _pair(store, tmp_path)
     assert one.reload().applied
     two.follow()  # the same files: taken without a reload
     assert (one.generation, two.generation) == (1, 1)
