@@ -167,7 +167,8 @@ class Dispatcher:
         """Claim up to ``limit`` due deliveries, once the claims of calls that failed before
         are given back; a call that fails may have committed with its reply lost: its lease's
         end is kept, to give its claims back (:attr:`_lost_leases`)."""
-        await asyncio.to_thread(self._give_back_lost)
+        if self._lost_leases:  # (no thread hop for each claim when nothing was lost)
+            await asyncio.to_thread(self._give_back_lost)
         until = datetime.now(UTC) + timedelta(seconds=self.lease_s)
         try:
             return await asyncio.to_thread(
