@@ -25,7 +25,7 @@ from engine.pressure import IngestPressure
 from engine.retry import CircuitBreaker, backoff_s
 from engine.routes.loader import RouteSet
 from engine.store import DueDelivery, Outcome, SqlMessageStore
-from engine.store.db import failure_name, statement_cancelled
+from engine.store.db import failure_name, statement_cancelled, utcnow
 from engine.store.nodes import Liveness
 
 __all__ = ["Dispatcher", "Observer"]
@@ -158,9 +158,8 @@ class Dispatcher:
     def _give_back_lost(self) -> None:
         """Give back the claims of the claim calls that failed (:attr:`_lost_leases`), in a
         thread; a failure leaves the rest for the next look."""
-        while self._lost_leases:
-            if self.node is not None:
-                self.store.release_lease(self.node, self._lost_leases[0])
+        while self._lost_leases and self.node is not None:
+            self.store.release_lease(self.node, self._lost_leases[0])
             self._lost_leases.pop(0)
 
     async def _claim(self, limit: int, paused: list[str]) -> list[DueDelivery]:
@@ -169,13 +168,14 @@ class Dispatcher:
         end is kept, to give its claims back (:attr:`_lost_leases`)."""
         if self._lost_leases:  # (no thread hop for each claim when nothing was lost)
             await asyncio.to_thread(self._give_back_lost)
-        until = datetime.now(UTC) + timedelta(seconds=self.lease_s)
+        until = utcnow() + timedelta(seconds=self.lease_s)
         try:
             return await asyncio.to_thread(
                 self.store.claim_due_deliveries, limit, self.lease_s, paused, self.node, until
             )
         except Exception:
-            self._lost_leases.append(until)
+            if self.node is not None:  # (claims without an owner are free when leases end)
+                self._lost_leases.append(until)
             raise
 
     def wake(self) -> None:

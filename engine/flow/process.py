@@ -311,7 +311,7 @@ class Processor:
         this worker's name is put back (``received``). None is in hand then (a processor holds
         one batch, in ``_processed``, which a failed step has already let go)."""
         if self._in_doubt:
-            self.store.release_processing(None, self.worker)
+            self.store.release_processing(self.worker)
             self._in_doubt = False
 
     def process_batch(self) -> int:

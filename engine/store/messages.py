@@ -471,20 +471,18 @@ class MessageStore(Repository):
             )
             return int(result.rowcount or 0)
 
-    def release_processing(self, ids: Sequence[int] | None, worker: str) -> int:
-        """Put back messages ``worker`` claimed and could not finish (its batch failed with the
-        database away), or with ``ids`` None all it holds (after a failed step, when none is in
-        hand: a claim may have committed with its reply lost): still ``processing`` and still
-        its own, they are ``received`` again. Without this a live worker's failed batch kept its
-        claims, and every later message of their patients waited, until :meth:`reclaim_stale`
-        (5 minutes)."""
-        mine = [messages.c.state == "processing", messages.c.claimed_by == worker]
-        if ids is not None:
-            mine.append(in_list(messages.c.id, "ids"))
+    def release_processing(self, worker: str) -> int:
+        """Put back every message ``worker`` holds, after a step of its that failed (the
+        database away, or a claim committed with its reply lost) when none is in its hands:
+        still ``processing`` and still its own, they are ``received`` again. Without this a
+        live worker's claims stayed, and every later message of their patients waited, until
+        :meth:`reclaim_stale` (5 minutes)."""
         with self._tx() as conn:
-            released = update(messages).where(*mine)
-            now = {"state": "received", "claimed_by": None, "claimed_at": None}
-            result = conn.execute(released.values(updated_at=utcnow(), **now), {"ids": ids or []})
+            result = conn.execute(
+                update(messages)
+                .where(messages.c.state == "processing", messages.c.claimed_by == worker)
+                .values(state="received", claimed_by=None, claimed_at=None, updated_at=utcnow())
+            )
             return int(result.rowcount or 0)
 
     _EXISTING = select(messages.c.id).where(in_list(messages.c.id)).with_for_update(key_share=True)
