@@ -25,7 +25,7 @@ from engine.pressure import IngestPressure
 from engine.retry import CircuitBreaker, backoff_s
 from engine.routes.loader import RouteSet
 from engine.store import DueDelivery, Outcome, SqlMessageStore
-from engine.store.db import failure_name, statement_cancelled, utcnow
+from engine.store.db import failure_name, statement_cancelled
 from engine.store.nodes import Liveness
 
 __all__ = ["Dispatcher", "Observer"]
@@ -168,14 +168,18 @@ class Dispatcher:
         end is kept, to give its claims back (:attr:`_lost_leases`)."""
         if self._lost_leases:  # (no thread hop for each claim when nothing was lost)
             await asyncio.to_thread(self._give_back_lost)
-        until = utcnow() + timedelta(seconds=self.lease_s)
+        asked: list[datetime] = []
+
+        def claim() -> list[DueDelivery]:
+            # the lease's end in the database's clock, read in the thread (it may measure it)
+            asked.append(self.store.now() + timedelta(seconds=self.lease_s))
+            return self.store.claim_due_deliveries(limit, self.lease_s, paused, self.node, asked[0])
+
         try:
-            return await asyncio.to_thread(
-                self.store.claim_due_deliveries, limit, self.lease_s, paused, self.node, until
-            )
+            return await asyncio.to_thread(claim)
         except Exception:
-            if self.node is not None:  # (claims without an owner are free when leases end)
-                self._lost_leases.append(until)
+            if self.node is not None and asked:  # (claims without an owner: free at lease end)
+                self._lost_leases.append(asked[0])
             raise
 
     def wake(self) -> None:
@@ -286,7 +290,7 @@ class Dispatcher:
         (it is then not sent from here)."""
         if due.claimed_until is None:
             return True
-        now = datetime.now(UTC)
+        now = self.store.now()  # the lease's clock (the last offset measured: no round trip)
         until = (
             due.claimed_until if due.claimed_until.tzinfo else due.claimed_until.replace(tzinfo=UTC)
         )
@@ -497,9 +501,9 @@ class Dispatcher:
                     # the delivered ones too (sent again after their lease)
                     delay = max(delay, min(result.retry_after_s or 0.0, 3600.0))
                     try:
-                        retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+                        retry_at = self.store.now() + timedelta(seconds=delay)
                     except (OverflowError, ValueError):  # ValueError: nan
-                        retry_at = datetime.now(UTC) + timedelta(hours=1)
+                        retry_at = self.store.now() + timedelta(hours=1)
                     outcomes.append(Outcome(due.id, False, result.detail, retry_at))
                 else:
                     dead = True

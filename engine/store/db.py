@@ -26,6 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, InvalidatePoolError, NoSuchModuleError
 
 from engine.errors import ConfigError
+from engine.store.clock import DbClock
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -428,6 +429,13 @@ class Repository:
     def __init__(self, db_engine: Engine) -> None:
         self.db_engine = db_engine
         self._write_lock = WriteLock.for_engine(db_engine)
+        #: the database's clock, which claims' fallback time-outs use (engine/store/clock.py)
+        self.clock = DbClock.for_engine(db_engine)
+
+    def now(self) -> datetime:
+        """Now in the database's clock (this host's, corrected by the measured offset; on
+        SQLite the host's): what a claim's fallback time-out is written and compared in."""
+        return self.clock.now()
 
     @contextmanager
     def _tx(self, *, priority: bool = False) -> Iterator[Connection]:

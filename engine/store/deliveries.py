@@ -418,8 +418,9 @@ class Deliveries(Repository):
         as its heartbeat stops, and only its own outcomes count for them. A claim without an
         owner is free again when its lease runs out. ``until``: the lease's end, chosen by the
         caller (else ``lease`` seconds from now), which names this call's claims for
-        :meth:`release_lease` should its reply be lost."""
-        now = utcnow()
+        :meth:`release_lease` should its reply be lost. Both in the database's clock
+        (:meth:`now`), which every node shares."""
+        now = self.now()
         until = until or now + timedelta(seconds=lease)
         due = self._DUE_UNPAUSED if paused else self._DUE
         params = {"now": now, "limit": limit, "paused": list(paused)}
@@ -534,7 +535,7 @@ class Deliveries(Repository):
         still claimed by that node (not after a takeover). Without one, while still pending."""
         if not outcomes:
             return
-        now = utcnow()
+        now = self.now()  # a promoted delivery is due now in the database's clock
         done = [o.delivery_id for o in outcomes if o.ok]
         waits = [o for o in outcomes if not o.ok and o.needs_patient]
         dead = [o for o in outcomes if not o.ok and not o.needs_patient and o.retry_at is None]
@@ -647,9 +648,10 @@ class Deliveries(Repository):
     def repair_queues(self) -> int:
         """Promote the next delivery of any queue left without a pending head; how many queues.
         Nothing should leave one so; this runs with the retention job as a guard."""
+        now = self.now()
         with self._tx() as conn:
             queues = {(r.destination, r.patient_key) for r in conn.execute(self._HEADLESS_QUEUES)}
-            _promote(conn, queues, utcnow())
+            _promote(conn, queues, now)
             return len(queues)
 
     _BACKLOG = (

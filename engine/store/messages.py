@@ -418,8 +418,9 @@ class MessageStore(Repository):
         being processed (by this worker or another): each patient's messages are processed, and
         so delivered, in the order they arrived, while different patients go in parallel.
         """
+        now = self.now()  # (before the transaction: it may read the database's clock)
         with self._tx() as conn:
-            return self._claim_received(conn, worker, limit, utcnow())
+            return self._claim_received(conn, worker, limit, now)
 
     def _claim_received(
         self, conn: Connection, worker: str, limit: int, now: datetime
@@ -440,7 +441,7 @@ class MessageStore(Repository):
         transaction's cost under the one write lock is the same whatever it holds). A message
         finished here may be claimable again only by another patient's rule: the claim sees
         what the finish wrote."""
-        now = utcnow()
+        now = self.now()
         with self._tx() as conn:
             kept = self._finish(conn, outcomes, now) if outcomes else []
             return kept, self._claim_received(conn, worker, limit, now)
@@ -461,8 +462,8 @@ class MessageStore(Repository):
     def reclaim_stale(self, older_than: timedelta) -> int:
         """Put back messages whose processing was claimed more than ``older_than`` ago: the
         fallback for a claim no node takes over (a dead node's claims are taken over within
-        seconds, see engine/store/nodes.py)."""
-        now = utcnow()
+        seconds, see engine/store/nodes.py). Claimed and compared in the database's clock."""
+        now = self.now()
         with self._tx() as conn:
             result = conn.execute(
                 update(messages)
@@ -530,7 +531,7 @@ class MessageStore(Repository):
         taken back (the worker was thought dead and another claimed the message) is dropped:
         the other worker's counts."""
         with self._tx() as conn:
-            return self._finish(conn, outcomes, utcnow())
+            return self._finish(conn, outcomes, self.now())
 
     def _finish(
         self, conn: Connection, outcomes: Sequence[Processed], now: datetime

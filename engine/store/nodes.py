@@ -19,7 +19,9 @@ Safety: a claim is released only when its owner is dead by that rule, never a li
 a node thought dead that comes back cannot record a late outcome over the new owner's
 (``finish_batch`` and ``record_outcomes`` keep an outcome only while its claim is still the
 node's). Heartbeats are written and compared in the database's clock on PostgreSQL (nodes on
-several hosts need not agree on the time); SQLite is one host's file, so its clock is the host's.
+several hosts need not agree on the time), and so are the fallback time-outs (their times are
+the host's plus its measured offset: engine/store/clock.py); SQLite is one host's file, so its
+clock is the host's.
 
 ``job_runs``: a scheduled job's run (job id, scheduled fire time) is done by the one process whose
 insert of that row succeeds (the primary key decides, on SQLite and PostgreSQL alike); the others

@@ -406,9 +406,10 @@ class Operator(Repository):
         linked to the one it replaces, which becomes ``resent``. KeyError when there is no such
         message; :class:`ActionRefused` for a destination the message never had, a message with
         no deliveries, or one replayed (its copy is the live one: the message names it)."""
+        now = self.now()  # the copies are due now in the database's clock (engine/store/clock.py)
         try:
             with self._tx() as conn:
-                outcome = self._resend(conn, message_id, destination)
+                outcome = self._resend(conn, message_id, destination, now)
                 audit(
                     conn,
                     action="resend",
@@ -422,7 +423,9 @@ class Operator(Repository):
             raise
         return outcome
 
-    def _resend(self, conn: Connection, message_id: int, destination: str | None) -> ResendOutcome:
+    def _resend(
+        self, conn: Connection, message_id: int, destination: str | None, now: datetime
+    ) -> ResendOutcome:
         """The resend, in the caller's transaction."""
         # the queues first, then the message row: the dispatcher settles a delivery (its queue's
         # lock) before it settles the message (the row), so taking them in that order cannot
@@ -443,7 +446,6 @@ class Operator(Repository):
         targets, note = _targets(message_id, current, destination)
         if not targets:
             return ResendOutcome(message_id, (), note)
-        now = utcnow()
         conn.execute(_MARK_RESENT, {"ids": [r.id for r in targets]})
         new = [
             NewDelivery(
