@@ -325,7 +325,7 @@ class Ingest:
                 timestamp=timestamp,
                 errors=errors_for(error, message),
                 sending=self.identity,
-            ).to_bytes()
+            ).to_bytes(replace=True)  # (stored: its answer must go out, see ack_bytes)
         return Receipt(stored.id, state, ack, code, stored.duplicate, app, stored.reused)
 
     async def application_ack(
@@ -368,7 +368,7 @@ class Ingest:
             errors=errors_for(error, message) if error else (),
             sending=self.identity,
         )
-        return ack.to_bytes()
+        return ack.to_bytes(replace=True)
 
     def _nak(self, raw: bytes, error: EngineError, suffix: str) -> tuple[bytes | None, str | None]:
         """A reject ACK for bytes that could not be read or stored, and its code."""

@@ -501,15 +501,12 @@ def ack_bytes(
             timestamp=timestamp,
             sending=sending,
             message_type=message_type,
-        ).to_bytes()
+        ).to_bytes(replace=True)
     text = template.replace(_TIME, timestamp).replace(_OURS, control_id).replace(_THEIRS, theirs)
-    try:
-        return text.encode(original.charset)
-    except UnicodeEncodeError as exc:
-        raise HL7DecodeError(
-            f"text cannot be written in the message character set {original.charset}",
-            where="MSH-18",
-        ) from exc
+    # the message is stored when this runs: its ACK must go out even when our own name
+    # (ENGINE_APPLICATION_NAME) holds a character the sender's MSH-18 cannot carry, which then
+    # reads ``?``; raising here left the sender without an answer, resending for ever
+    return text.encode(original.charset, errors="replace")
 
 
 # -- answering what cannot be parsed -------------------------------------------------------------

@@ -480,9 +480,13 @@ class Message:
         """Canonical ER7 text, each segment followed by ``terminator``."""
         return "".join(s.to_er7() + terminator for s in self.segments)
 
-    def to_bytes(self, terminator: str = "\r") -> bytes:
-        """The ER7 text encoded in the message's character set."""
+    def to_bytes(self, terminator: str = "\r", *, replace: bool = False) -> bytes:
+        """The ER7 text encoded in the message's character set; ``replace``: a character it
+        cannot write becomes ``?`` (an ACK, which must go out whatever our own name holds),
+        else HL7DecodeError."""
         text = self.to_er7(terminator)
+        if replace:
+            return text.encode(self.charset, errors="replace")
         try:
             return text.encode(self.charset)
         except UnicodeEncodeError as exc:
