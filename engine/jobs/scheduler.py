@@ -281,11 +281,13 @@ def _job_store(db_url: str) -> SQLAlchemyJobStore:
     from engine.store import create_db_engine
 
     db_engine = create_db_engine(url, statement_timeout_s=JOB_STORE_STATEMENT_TIMEOUT_S)
+    given = make_url(url).query  # (the engine's own keepalives, longer, are replaced)
 
     @event.listens_for(db_engine, "do_connect")
     def _bounded(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
         for key, value in _JOB_STORE_TCP.items():
-            params.setdefault(key, value)
+            if key not in given:
+                params[key] = value
 
     return SQLAlchemyJobStore(engine=db_engine, tablename="scheduled_jobs")
 

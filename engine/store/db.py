@@ -119,10 +119,15 @@ def create_db_engine(
         connect_args: dict[str, Any] = (
             {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_TIMEOUT_S}
         )
+        for key, value in CLIENT_KEEPALIVES.items():
+            if key not in parsed.query:
+                connect_args[key] = value
+        session = dict(SESSION_BOUNDS)
         if statement_timeout_s is not None:
-            options = _with_statement_timeout(parsed.query, statement_timeout_s)
-            if options is not None:
-                connect_args["options"] = options  # replaces the URL's: it includes them
+            session["statement_timeout"] = _milliseconds(statement_timeout_s)
+        options = _session_options(parsed.query, session)
+        if options is not None:
+            connect_args["options"] = options  # replaces the URL's: it includes them
         engine = create_engine(parsed, pool_size=10, max_overflow=10, connect_args=connect_args)
     except (NoSuchModuleError, ImportError) as exc:
         raise ConfigError(
@@ -173,13 +178,50 @@ def _ping_when_idle(engine: Engine) -> None:
             raise
 
 
+#: PostgreSQL: every connection's TCP keepalives (libpq), unless the URL sets them: a
+#: connection to a database host that went away (powered off, cut off) fails in about 20 s,
+#: not in the hours the kernel's defaults take
+CLIENT_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+}
+#: PostgreSQL: every session's settings on the server's side, unless the URL's options (or
+#: ``PGOPTIONS``) set them. The server's keepalives end the session of a node whose host went
+#: away (paused, powered off, cut off) in about 20 s, and a session left idle inside a
+#: transaction (its process stopped, not its host) after 5 minutes: either held its row locks
+#: until then, and a message it was inserting held every other node's insert of a resend of
+#: it, and with it their whole group commit, for the kernel's 2 hours (review of 7 December).
+#: No transaction of the engine waits on its process that long: the workers' statements are
+#: bounded at 60 s and their transactions hold no work between statements.
+SESSION_BOUNDS = {
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "3",
+    "tcp_keepalives_count": "3",
+    "idle_in_transaction_session_timeout": "300000",
+}
+
+
+def _milliseconds(seconds: float) -> str:
+    return str(max(1, round(seconds * 1000)) if seconds > 0 else 0)  # 0: none
+
+
 def _with_statement_timeout(
     query: Mapping[str, str | tuple[str, ...]], seconds: float
 ) -> str | None:
+    """:func:`_session_options` with ``statement_timeout`` alone."""
+    return _session_options(query, {"statement_timeout": _milliseconds(seconds)})
+
+
+def _session_options(
+    query: Mapping[str, str | tuple[str, ...]], settings: Mapping[str, str]
+) -> str | None:
     """The libpq ``options`` the connection would have (the URL's, given once or repeated, or
-    else ``PGOPTIONS``) with ``-c statement_timeout`` added; None when they set one already (the
-    administrator's wins), and when a service file is named without options in the URL (options
-    given here would replace the service's, and with them a search_path)."""
+    else ``PGOPTIONS``) with ``-c name=value`` added for each setting they do not set already
+    (the administrator's wins); None when there is nothing to add, and when a service file is
+    named without options in the URL (options given here would replace the service's, and with
+    them a search_path)."""
     options = query.get("options")
     if options is None and ("service" in query or os.environ.get("PGSERVICE")):
         return None
@@ -187,10 +229,12 @@ def _with_statement_timeout(
         given = " ".join(options)
     else:
         given = options if options is not None else os.environ.get("PGOPTIONS", "")
-    if "statement_timeout" in given or "statement-timeout" in given:
-        return None
-    limit = max(1, round(seconds * 1000)) if seconds > 0 else 0  # 0: none
-    return f"{given} -c statement_timeout={limit}".strip()
+    added = [
+        f"-c {name}={value}"
+        for name, value in settings.items()
+        if name not in given and name.replace("_", "-") not in given
+    ]
+    return " ".join([given, *added]).strip() if added else None
 
 
 def sqlstate(exc: BaseException) -> str | None:
