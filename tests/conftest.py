@@ -100,3 +100,13 @@ def metrics_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
     yield directory
     values.close_all_multiprocess_files()
+
+
+def a_newer_message(store: SqlMessageStore) -> int:
+    """Store a message after the test's own and return its id: SQLite's retention keeps the
+    newest message (engine/store/purge.py: a new row takes the highest id + 1), so a test that
+    means to purge its newest message stores one after it. Received: never purged itself."""
+    from engine.store import Incoming
+
+    [stored] = store.save_batch([Incoming(raw=b"MSH|^~\\&|NEWER", channel="test")])
+    return stored.id

@@ -650,10 +650,11 @@ class MessageStore(Repository):
         goes one link a run), and refused document uploads (kind ``document``, state ``error``,
         no document: the sender was told, nothing waits on them) refused before the cutoff.
         Other messages not delivered (received, routed, error, dead) are never purged, nor the
-        original of a copy that is not delivered yet. A purged document message takes its
-        document along, a refusal the bytes it kept, each only when nothing else needs them
-        (``purge_documents_of``). ``id_range`` (after, up to): only ids after the first and up
-        to the second (one short transaction of a batched purge, engine/jobs/retention.py).
+        original of a copy not delivered (or unrouted) before the cutoff. A purged document
+        message takes its document along, a refusal the bytes it kept, each only when nothing
+        else needs them (``purge_documents_of``). ``id_range`` (after, up to): only ids after
+        the first and up to the second (one short transaction of a batched purge,
+        engine/jobs/retention.py).
         ``lock_limit_s``: on PostgreSQL the purge's statement is cancelled past it (``Purged``'s
         ``cancelled``: engine/store/purge.py); SQLite's batch is bounded by its size alone."""
         cutoff = utcnow() - older_than
@@ -667,7 +668,8 @@ class MessageStore(Repository):
                 # PostgreSQL cannot answer by hashing every unfinished message of the table (a
                 # full scan a batch), and probes the index on replay_of per replayed original
                 copy.c.id > messages.c.id,
-                copy.c.state.not_in(("delivered", "unrouted")),
+                # a copy settled since the cutoff keeps its original (its dedupe key) as long
+                or_(copy.c.state.not_in(("delivered", "unrouted")), copy.c.updated_at >= cutoff),
             )
             .exists()
         )

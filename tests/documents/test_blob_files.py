@@ -22,6 +22,7 @@ from engine.store.blobs import BlobFiles, DocumentChanged
 from engine.store.db import utcnow
 from engine.store.documents import DocumentToStore
 from engine.store.tables import document_blobs, document_chunks, messages
+from tests.conftest import a_newer_message
 from tests.documents.intake_support import new_document, pdf_bytes, write
 
 
@@ -183,6 +184,7 @@ def test_retention_removes_the_file_once_its_rows_are_gone(
             .values(state="delivered", updated_at=utcnow() - timedelta(days=90))
         )
     assert files.path(_sha(data)).exists()
+    a_newer_message(sqlite_store)
     assert sqlite_store.purge_range(timedelta(days=30)).rows == 1
     assert not files.path(_sha(data)).exists()
     with pytest.raises(KeyError):

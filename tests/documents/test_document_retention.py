@@ -14,6 +14,7 @@ from engine.store import SqlMessageStore
 from engine.store.db import utcnow
 from engine.store.documents import RefusedDocument
 from engine.store.tables import document_blobs, document_chunks, documents, messages
+from tests.conftest import a_newer_message
 from tests.documents.intake_support import new_document, write
 
 
@@ -66,6 +67,7 @@ def test_a_purged_document_takes_its_bytes_unless_another_still_needs_them(
     second, _ = _put(store, shared, "MRN2")  # the same bytes, another patient: not delivered
     third, alone_sha = _put(store, alone, "MRN3")
     _delivered_long_ago(store, first, third)
+    a_newer_message(store)
 
     assert store.purge_range(timedelta(days=30)).rows == 2
 
@@ -98,6 +100,7 @@ def test_the_bytes_a_refusal_kept_stay(store: SqlMessageStore, tmp_path: Path) -
     )
     accepted, _ = _put(store, path, "MRN1")
     _delivered_long_ago(store, accepted)
+    a_newer_message(store)
 
     assert store.purge_range(timedelta(days=30)).rows == 1
     assert _documents(store) == 0

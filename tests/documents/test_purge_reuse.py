@@ -22,6 +22,7 @@ from engine.store import SqlMessageStore, create_db_engine
 from engine.store.blobs import BlobFiles
 from engine.store.documents import DocumentToStore
 from engine.store.purge import Purged
+from tests.conftest import a_newer_message
 from tests.documents.intake_support import new_document, write
 from tests.documents.test_document_retention import _blobs, _delivered_long_ago, _put
 from tests.documents.test_refusal_retention import _refuse
@@ -211,6 +212,7 @@ def test_on_sqlite_an_upload_right_after_the_purge_commits_keeps_its_bytes(
         removing(files, hashes)
 
     monkeypatch.setattr(BlobFiles, "remove", remove)
+    a_newer_message(store)
     assert store.purge_range(KEEP).rows == 1
     assert len(threads) == 1, "the purge removed no file"
     threads[0].join(30)

@@ -17,6 +17,7 @@ from sqlalchemy import event, insert, select
 
 from engine.store import SqlMessageStore
 from engine.store.tables import document_blobs, messages
+from tests.conftest import a_newer_message
 
 ORIGINALS = 4000
 REPLAYED = 200
@@ -96,6 +97,7 @@ def test_a_batch_asks_after_copies_through_the_index_and_is_never_jit_compiled(
     store: SqlMessageStore,
 ) -> None:
     _seed(store)
+    a_newer_message(store)
     with _statements(store) as seen:
         purged = store.purge_range(timedelta(days=30), id_range=(0, 10**9)).rows
     # everything old and delivered, and the originals whose copies are delivered; the originals
@@ -174,6 +176,7 @@ def test_a_batch_finds_the_refusals_that_keep_bytes_without_reading_every_error(
     store: SqlMessageStore,
 ) -> None:
     _refusals(store, "E")
+    a_newer_message(store)
     with _statements(store) as seen:
         assert store.purge_range(timedelta(days=30), id_range=(0, 10**9)).rows == 5
     asked = [(s, p) for s, p in seen if "kind = 'document'" in s]

@@ -17,6 +17,7 @@ from engine.store import SqlMessageStore, Who, create_db_engine
 from engine.store.audit import AuditChainMissing, audit
 from engine.store.db import utcnow
 from engine.store.tables import audit_chain, audit_log
+from tests.conftest import a_newer_message
 
 ADMIN = Who("alice", "cli")
 
@@ -237,6 +238,7 @@ def test_message_retention_never_deletes_audit_rows(store: SqlMessageStore) -> N
     _run(store)
     assert store.read_payload(mid, ADMIN) is not None  # audited, names the message
     before = store.verify_audit()
+    a_newer_message(store)
     assert store.purge_range(timedelta(seconds=-60)).rows == 1  # everything delivered is old
     assert store.get(mid) is None
     after = store.verify_audit()

@@ -11,6 +11,7 @@ from sqlalchemy import delete, event, func, select, update
 from engine.store import Incoming, NewDelivery, Outcome, Processed, SqlMessageStore
 from engine.store.attempts import attempt_fields
 from engine.store.tables import deliveries, delivery_attempts, messages
+from tests.conftest import a_newer_message
 
 
 def _routed(store: SqlMessageStore, patient: str = "A") -> int:
@@ -136,6 +137,7 @@ def test_retention_purges_attempts_with_their_delivered_message(store: SqlMessag
     assert _attempt_rows(store) == 2 and store.get(mid).state == "delivered"  # type: ignore[union-attr]
     with store.db_engine.begin() as conn:
         conn.execute(update(messages).values(updated_at=datetime.now(UTC) - timedelta(days=40)))
+    a_newer_message(store)
     assert store.purge_range(timedelta(days=30)).rows == 1
     assert _attempt_rows(store) == 0
 
