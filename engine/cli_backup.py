@@ -1,8 +1,9 @@
 """``engine backup PATH`` and ``engine restore PATH``: the SQLite store, copied online.
 
 On SQLite, ``backup`` copies the database (SQLite's online backup API: the engine may run) and
-its documents' files into the new folder PATH and checks the copy; ``restore`` puts such a folder
-back in place of the database once the engine is stopped (engine/store/backup.py). On
+its documents' files into the new folder PATH and checks the copy (built in ``PATH.partial`` and
+put in place whole: a failed run leaves nothing in PATH); ``restore`` puts such a folder back in
+place of the database once the engine is stopped (engine/store/backup.py). On
 PostgreSQL both print the ``pg_dump`` / ``pg_restore`` commands to run (docs/OPERATIONS.md) and
 exit 1: the engine does not copy a database that its server backs up better.
 """
@@ -64,6 +65,8 @@ def backup(
         _postgres(url, path.absolute(), restoring=False)
         return
     done = backup_sqlite(database, path.absolute(), version=__version__)
+    for note in done.notes:
+        typer.echo(f"note: {note}", err=True)
     typer.echo(
         f"backed up {database} to {done.folder}: database {done.database_bytes} bytes "
         f"(schema {done.revision}, integrity ok), {done.documents} document file(s), "

@@ -9,6 +9,11 @@ temporary name, fsynced, renamed into place and its folder fsynced, so a name in
 holds complete bytes; a crash between the rename and the commit leaves a file no row names
 (swept after an hour: :meth:`BlobFiles.sweep`), never a row without its bytes.
 
+While ``engine backup`` copies the files (engine/store/backup.py), it holds a shared ``flock``
+on ``<db>.blobs.backuplock`` (:func:`backup_lock`): retention's removal and the sweep leave
+every file in place meanwhile, since the backup's copy of the database may name a file whose
+rows were purged after it. What they left, no row names: the next sweep removes it.
+
 On PostgreSQL the bytes stay in the database (``document_chunks``): several nodes share it, and
 a file on one node's disk would not be on the others'.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
@@ -29,11 +35,17 @@ from typing import IO
 
 from sqlalchemy import Engine
 
-__all__ = ["BlobFiles", "DocumentChanged"]
+__all__ = ["BlobFiles", "DocumentChanged", "backup_lock"]
 
 _CHUNK = 1024 * 1024
 #: a file no row names is a crashed commit's only when older than this
 _ORPHAN_AGE_S = 3600.0
+
+
+def backup_lock(root: Path) -> Path:
+    """The file a backup of the files under ``root`` holds a shared ``flock`` on while it
+    copies (``engine.blobs.backuplock`` beside ``engine.blobs``)."""
+    return root.with_name(root.name + ".backuplock")
 
 
 class DocumentChanged(ValueError):
@@ -156,10 +168,34 @@ class BlobFiles:
         return _read(f)
 
     def remove(self, hashes: Iterable[str]) -> None:
-        """Remove the files of ``hashes`` (their rows are gone: called after that commit)."""
-        for sha in hashes:
-            with contextlib.suppress(OSError, ValueError):
-                self.path(sha).unlink()
+        """Remove the files of ``hashes`` (their rows are gone: called after that commit);
+        none while a backup copies (:meth:`_unless_backup`): the sweep removes them later."""
+        with self._unless_backup() as free:
+            if not free:
+                return
+            for sha in hashes:
+                with contextlib.suppress(OSError, ValueError):
+                    self.path(sha).unlink()
+
+    @contextlib.contextmanager
+    def _unless_backup(self) -> Iterator[bool]:
+        """Whether files named by a row once may be removed: not while a backup holds
+        :func:`backup_lock` (it took it before its copy of the database, which may name them).
+        Asked without waiting (a backup copies for minutes; retention runs under the writers'
+        lock) and held exclusively to the block's end: a backup starting meanwhile waits for
+        these few removals, and its copy of the database, made after, names none of them."""
+        try:
+            fd = os.open(backup_lock(self.root), os.O_RDONLY)
+        except OSError:
+            # no backup ever ran here; or its lock cannot be opened (not this user's to read):
+            # removed as before, and a backup that needed a file fails, saying so
+            fd = -1
+        try:
+            free = fd < 0 or _lock_now(fd)
+            yield free
+        finally:
+            if fd >= 0:
+                os.close(fd)  # (closing releases the flock)
 
     def sweep(
         self,
@@ -172,7 +208,8 @@ class BlobFiles:
         ``locked``: the writers' lock, held from asking ``unknown`` to the last removal, each
         file's age looked at again under it: an upload of the same bytes puts a new file in
         place of an old unnamed one and records it under that lock, and its file is not taken
-        for the old one."""
+        for the old one. No file but temporary ones while a backup copies
+        (:meth:`_unless_backup`): its copy of the database may name one no row names now."""
         if not self.root.is_dir():
             return 0
         cutoff = time.time() - _ORPHAN_AGE_S
@@ -191,13 +228,22 @@ class BlobFiles:
                     else:
                         old[path.name] = path
         if old:
-            with locked():
-                for sha in unknown(set(old)):
+            with locked(), self._unless_backup() as free:
+                for sha in unknown(set(old)) if free else ():
                     with contextlib.suppress(OSError):
                         if old[sha].stat().st_mtime < cutoff:
                             old[sha].unlink()
                             removed += 1
         return removed
+
+
+def _lock_now(fd: int) -> bool:
+    """An exclusive ``flock`` on ``fd`` if nobody holds one; False, not waiting, otherwise."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _read(f: IO[bytes]) -> Iterator[bytes]:
