@@ -30,6 +30,7 @@ from engine.adapters.mllp.server import MLLPServer, Reply, current_reply
 from engine.alerts.gauge import ActiveAlertsGauge
 from engine.api.app import create_app
 from engine.api.auth_settings import auth_settings_for
+from engine.api.http_limits import HttpLimits, limited_http_protocol
 from engine.documents.folder import WatchedFolder
 from engine.documents.intake import DocumentIntake
 from engine.errors import ConfigError
@@ -141,6 +142,26 @@ def _http_tls(settings: Settings) -> tuple[str | None, str | None]:
     return str(cert), str(key)
 
 
+def _http_config(settings: Settings, app: Any) -> uvicorn.Config:
+    """uvicorn's configuration for the HTTP port: HTTPS when configured, and the connection
+    limits of engine/api/http_limits.py (a deadline for each request head, connections capped in
+    all and per address). Not uvicorn's ``limit_concurrency``: it answers 503 to a request head,
+    so a connection that never finishes its head still holds its descriptor; the protocol closes
+    one over the cap as it is accepted, and one whose head is late."""
+    tls_cert, tls_key = _http_tls(settings)
+    return uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+        http=limited_http_protocol(HttpLimits.from_settings(settings)),
+    )
+
+
 def _alert_rules(running: Settings) -> tuple[str, ...]:
     """The names of the rules in the running configuration's ``alerts.yaml`` (checked already,
     with the routes), shown at 0 by ``engine_alerts_active`` until they raise an alert."""
@@ -226,18 +247,7 @@ class Engine:
             documents=self.documents,
         )
         app.state.reloader = self.reloader
-        tls_cert, tls_key = _http_tls(settings)  # HTTPS on the HTTP port, when configured
-        http_config = uvicorn.Config(
-            app,
-            host=settings.http_host,
-            port=settings.http_port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            ssl_certfile=tls_cert,
-            ssl_keyfile=tls_key,
-        )
-        self.http = _Server(http_config)
+        self.http = _Server(_http_config(settings, app))
         self._workers: list[BaseProcess] = []
 
     def _apply_config(self, config: LoadedConfig, running: Settings) -> None:

@@ -82,6 +82,15 @@ class Settings(BaseSettings):
     #: connections one address may hold at once (so one sender cannot take every slot). Read by
     #: the MLLP server (engine/adapters/mllp/server.py), passed by engine/service.py.
     max_connections_per_peer: int = Field(20, ge=1)
+    #: HTTP limits (the API, /hl7v2, /fhir, the console), read by engine/service.py: a request's
+    #: head must arrive within ``http_head_timeout_s`` of the connect or of the previous answer
+    #: (engine/api/http_limits.py), a body read by /hl7v2 and /fhir within
+    #: ``http_body_timeout_s`` (408 past it: engine/api/body.py); connections at once in all and
+    #: from one address (behind a proxy every connection is the proxy's: raise the second).
+    http_head_timeout_s: float = Field(10.0, gt=0)
+    http_body_timeout_s: float = Field(60.0, gt=0)
+    http_max_connections: int = Field(256, ge=1)
+    http_max_connections_per_peer: int = Field(64, ge=1)
 
     #: charset for messages whose MSH-18 is empty. Read by ingest, the processor and
     #: ``engine convert``.

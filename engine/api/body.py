@@ -2,17 +2,25 @@
 
 The cap is ``Settings.max_message_bytes``, the same limit the MLLP listener enforces. A declared
 ``Content-Length`` over the cap is refused without reading; a chunked body is read only up to it.
+The whole body must arrive within ``Settings.http_body_timeout_s`` of the first read (408 past it,
+and the connection is closed): a client sending a byte now and then would otherwise hold its
+connection, and up to the cap in memory, for as long as it liked.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 
 from fastapi import HTTPException, Request
 
+from engine.api.deps import ApiContext
 from engine.metrics import EngineMetrics
 
-__all__ = ["media_type", "read_capped"]
+__all__ = ["BODY_TIMEOUT_S", "media_type", "read_capped"]
+
+#: the body's deadline in an app built without the engine's settings (the setting's default)
+BODY_TIMEOUT_S = 60.0
 
 
 def media_type(request: Request, allowed: Collection[str]) -> str:
@@ -23,8 +31,11 @@ def media_type(request: Request, allowed: Collection[str]) -> str:
     return value
 
 
-async def read_capped(request: Request, *, limit: int, metrics: EngineMetrics) -> bytes:
-    """The whole body, at most ``limit`` bytes (413 beyond, 400 when empty)."""
+async def read_capped(
+    request: Request, *, limit: int, metrics: EngineMetrics, timeout_s: float | None = None
+) -> bytes:
+    """The whole body, at most ``limit`` bytes (413 beyond, 400 when empty), received within
+    ``timeout_s`` (by default the app's ``http_body_timeout_s``; 408 past it)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         # ASCII digits only: str.isdigit() also takes "²", which int() refuses
@@ -35,12 +46,30 @@ async def read_capped(request: Request, *, limit: int, metrics: EngineMetrics) -
         if len(declared.lstrip("0")) > len(str(limit)) or int(declared) > limit:
             metrics.record_error("receive")
             raise HTTPException(413, detail=f"body larger than the {limit}-byte limit")
+    timeout_s = _body_timeout(request) if timeout_s is None else timeout_s
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            metrics.record_error("receive")
-            raise HTTPException(413, detail=f"body larger than the {limit}-byte limit")
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    metrics.record_error("receive")
+                    raise HTTPException(413, detail=f"body larger than the {limit}-byte limit")
+    except TimeoutError:
+        metrics.record_error("receive")
+        # closed after the answer: the rest of the body may still be on its way
+        raise HTTPException(
+            408,
+            detail=f"body not received within {timeout_s:g} s ({len(body)} bytes came)",
+            headers={"Connection": "close"},
+        ) from None
     if not body:
         raise HTTPException(400, detail="empty body")
     return bytes(body)
+
+
+def _body_timeout(request: Request) -> float:
+    context = getattr(request.app.state, "context", None)
+    if isinstance(context, ApiContext):
+        return context.settings.http_body_timeout_s
+    return BODY_TIMEOUT_S
