@@ -85,7 +85,8 @@ class Settings(BaseSettings):
     #: HTTP limits (the API, /hl7v2, /fhir, the console), read by engine/service.py: a request's
     #: head must arrive within ``http_head_timeout_s`` of the connect or of the previous answer
     #: (engine/api/http_limits.py), a body read by /hl7v2 and /fhir within
-    #: ``http_body_timeout_s`` (408 past it: engine/api/body.py); connections at once in all and
+    #: ``http_body_timeout_s`` (408 past it: engine/api/body.py), any other body whole or 64 KiB
+    #: more of it within the two time-outs together (engine/api/http_limits.py); connections at once in all and
     #: from one address (behind a proxy every connection is the proxy's: raise the second).
     http_head_timeout_s: float = Field(10.0, gt=0)
     http_body_timeout_s: float = Field(60.0, gt=0)

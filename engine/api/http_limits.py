@@ -10,7 +10,13 @@ request head sent a byte at a time (or never) keeps its connection for ever; and
 
 * ``head_timeout_s``: a connection that has not delivered a whole request head within this time
   of its connect, or of the end of the previous response on a kept-alive connection, is closed.
-  Bodies are bounded where they are read (``read_capped``, ``ENGINE_HTTP_BODY_TIMEOUT_S``).
+* ``body_timeout_s``: the body of every request must keep coming: all of it, or another
+  :data:`BODY_PROGRESS_BYTES`, within ``head_timeout_s + body_timeout_s`` of the head or of the
+  last such step, or the connection is closed. FastAPI reads a form or JSON body before a route's
+  dependencies run (the login check among them), so an anonymous client could otherwise send a
+  head and then a byte of its body now and then, for ever. A steady upload of a large scan over
+  a slow link keeps going (64 KiB a window: about 7 kbit/s at the defaults). ``/hl7v2`` and
+  ``/fhir`` bound their whole body tighter where they read it (``read_capped``: 408).
 * ``max_connections_per_peer``: one address holds at most this many connections; a further one is
   accepted and closed at once.
 * ``max_connections``: when every slot is taken, the connection that has waited the longest for a
@@ -40,6 +46,9 @@ __all__ = ["HttpLimits", "LimitedHttpProtocol", "limited_http_protocol"]
 
 log = logging.getLogger(__name__)
 
+#: how much more of a body must arrive within each window (``body_timeout_s`` above)
+BODY_PROGRESS_BYTES = 64 * 1024
+
 
 @dataclass(frozen=True)
 class HttpLimits:
@@ -49,6 +58,7 @@ class HttpLimits:
     head_timeout_s: float = 10.0
     max_connections: int = 256
     max_connections_per_peer: int = 64
+    body_timeout_s: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpLimits:
@@ -56,6 +66,7 @@ class HttpLimits:
             head_timeout_s=settings.http_head_timeout_s,
             max_connections=settings.http_max_connections,
             max_connections_per_peer=settings.http_max_connections_per_peer,
+            body_timeout_s=settings.http_body_timeout_s,
         )
 
 
@@ -68,6 +79,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
+        #: the request's body must arrive, or grow by BODY_PROGRESS_BYTES, before this fires
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_grown = 0
         #: since when (time.monotonic(): uvloop's loop.time() ticks in whole milliseconds, too
         #: coarse to tell which of two waited longer) a request head is awaited; None while a
         #: request is in progress
@@ -82,11 +96,44 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        self._stop_body_timer()
         super().connection_lost(exc)
 
     def on_headers_complete(self) -> None:
         self._stop_head_timer()
         super().on_headers_complete()
+        self._await_body()  # (a request without a body completes at once: stopped there)
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._body_grown += len(body)
+        if self._body_grown >= BODY_PROGRESS_BYTES and self._body_timer is not None:
+            self._await_body()
+
+    def on_message_complete(self) -> None:
+        self._stop_body_timer()
+        super().on_message_complete()
+
+    def _await_body(self) -> None:
+        self._stop_body_timer()
+        window = self.limits.head_timeout_s + self.limits.body_timeout_s
+        self._body_timer = self.loop.call_later(window, self._body_overdue)
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        self._body_grown = 0
+
+    def _body_overdue(self) -> None:
+        self._body_timer = None
+        if not self.transport.is_closing():
+            log.info(
+                "http connection closed: its request body stopped coming (body_timeout_s %g s)",
+                self.limits.body_timeout_s,
+                extra={"peer": self._peer()},
+            )
+            self.transport.abort()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

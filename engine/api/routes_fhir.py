@@ -45,7 +45,7 @@ _ACCEPTED = ("application/fhir+json", "application/json")
 #: the most of a refused resourceType shown back in the OperationOutcome
 _SHOWN = 64
 #: the OperationOutcome issue code (FHIR R4 issue-type) of the body checks' HTTP errors
-_HTTP_CODES = {413: "too-long", 415: "not-supported"}
+_HTTP_CODES = {408: "timeout", 413: "too-long", 415: "not-supported"}
 
 router = APIRouter()
 

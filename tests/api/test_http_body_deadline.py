@@ -113,6 +113,7 @@ def test_a_stalled_fhir_body_is_408_in_an_operation_outcome(
     outcome = json.loads(sent.body)
     assert outcome["resourceType"] == "OperationOutcome"
     assert outcome["issue"][0]["diagnostics"] == "body not received within 0.5 s (10 bytes came)"
+    assert outcome["issue"][0]["code"] == "timeout"
     assert ingest.calls == []
 
 

@@ -85,12 +85,16 @@ def make_app(gate: Gate) -> Any:
 
 @contextmanager
 def serving(
-    tmp_path: Path, new_loop: LoopFactory, gate: Gate | None = None, **limits: Any
+    tmp_path: Path,
+    new_loop: LoopFactory,
+    gate: Gate | None = None,
+    app: Any = None,
+    **limits: Any,
 ) -> Iterator[int]:
     """uvicorn with the engine's configuration (``limits``: ``http_*`` settings) in a loop thread
-    of its own, on an ephemeral loopback port."""
+    of its own, on an ephemeral loopback port, serving ``app`` (else :func:`make_app`'s)."""
     settings = Settings(var_dir=tmp_path, http_host="127.0.0.1", **limits)
-    config = _http_config(settings, make_app(gate or Gate()))
+    config = _http_config(settings, app or make_app(gate or Gate()))
     # uvicorn's own keep-alive timer (5 s) would close an idle connection a slow test still uses
     config.timeout_keep_alive = int(WAIT_S * 3)
     server = uvicorn.Server(config)  # not the main thread: uvicorn leaves the signals alone
@@ -162,7 +166,7 @@ def test_the_engine_configures_uvicorn_with_its_limits(tmp_path: Path) -> None:
     # the defaults, and uvicorn's own 503 limit left unset (it would not free a descriptor)
     defaults = _http_config(Settings(var_dir=tmp_path), make_app(Gate()))
     assert isinstance(defaults.http, type) and issubclass(defaults.http, LimitedHttpProtocol)
-    assert defaults.http.limits == HttpLimits() == HttpLimits(10.0, 256, 64)
+    assert defaults.http.limits == HttpLimits() == HttpLimits(10.0, 256, 64, 60.0)
     assert defaults.limit_concurrency is None
 
 
