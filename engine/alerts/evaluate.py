@@ -37,6 +37,7 @@ from engine.alerts.rules import (
 from engine.alerts.state import Finding
 from engine.settings import Settings
 from engine.store.clean import clean
+from engine.store.clock import DbClock
 from engine.store.db import aware, utcnow
 from engine.store.tables import deliveries, eligibility_checks, messages
 
@@ -331,6 +332,11 @@ def evaluate_rules(
 def _evaluate(rule: AnyRule, db_engine: Engine, settings: Settings, now: datetime) -> list[Any]:
     if isinstance(rule, Disk):
         return disk(rule, settings)
+    if isinstance(rule, DeadLetters | QueueAge):
+        # the deliveries' times are the database's clock (engine/store/clock.py): so is the
+        # window's end, or a leader on a host minutes off would never see a dead letter
+        clock = DbClock.for_engine(db_engine)
+        now = now + (clock.now() - clock.host())
     with db_engine.connect() as conn:
         if isinstance(rule, DeadLetters):
             return dead_letters(conn, rule, now)

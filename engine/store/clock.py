@@ -70,32 +70,44 @@ class DbClock:
         self._lock = threading.Lock()
 
     def now(self) -> datetime:
-        """Now in the database's clock, measured again first when due and not on an event loop
-        (which never waits for the database here: it gets the last offset)."""
-        if self._engine is not None and not _on_event_loop():
-            due = self._due
-            if due is None or time.monotonic() >= due:
-                self.measure()
+        """Now in the database's clock, measured again first when due, not on an event loop
+        (which never waits for the database here: it gets the last offset), and not while
+        another thread measures (it gets the last offset too, unless none was ever measured):
+        callers do not queue behind one measurement, each to take its own after it."""
+        if self._engine is not None and not _on_event_loop() and self._is_due():
+            if self._lock.acquire(blocking=self._due is None):
+                try:
+                    if self._is_due():  # (another thread may have just measured)
+                        self._measure()
+                finally:
+                    self._lock.release()
         return self.host() + self.offset
+
+    def _is_due(self) -> bool:
+        due = self._due
+        return due is None or time.monotonic() >= due
 
     def measure(self) -> timedelta:
         """Measure the offset now (one round trip) and return it; on failure keep the last."""
+        with self._lock:
+            return self._measure()
+
+    def _measure(self) -> timedelta:
         db_engine = self._engine() if self._engine is not None else None
         if db_engine is None:
             return self.offset
-        with self._lock:
-            try:
-                with db_engine.connect() as conn:
-                    before = self.host()
-                    theirs: datetime = conn.execute(_CLOCK_TIMESTAMP).scalar_one()
-                    after = self.host()
-            except Exception as exc:  # the database away: the claim call after this will tell
-                log.debug("database clock not read", extra={"error": type(exc).__name__})
-                self._due = time.monotonic() + RETRY_S
-                return self.offset
-            self.offset = theirs - (before + (after - before) / 2)
-            self._due = time.monotonic() + REMEASURE_S
+        try:
+            with db_engine.connect() as conn:
+                before = self.host()
+                theirs: datetime = conn.execute(_CLOCK_TIMESTAMP).scalar_one()
+                after = self.host()
+        except Exception as exc:  # the database away: the claim call after this will tell
+            log.debug("database clock not read", extra={"error": type(exc).__name__})
+            self._due = time.monotonic() + RETRY_S
             return self.offset
+        self.offset = theirs - (before + (after - before) / 2)
+        self._due = time.monotonic() + REMEASURE_S
+        return self.offset
 
     _by_engine: weakref.WeakKeyDictionary[Engine, DbClock] = weakref.WeakKeyDictionary()
     _guard = threading.Lock()

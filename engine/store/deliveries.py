@@ -39,7 +39,7 @@ from sqlalchemy import (
 
 from engine.store.attempts import Outcome, attempt_history, record_attempts
 from engine.store.clean import clean, clean_lines
-from engine.store.db import Repository, aware, in_index_order, utcnow
+from engine.store.db import Repository, aware, in_index_order
 from engine.store.lists import in_list, json_rows, not_in_list
 from engine.store.tables import deliveries, messages
 from engine.store.views import DeliveryView
@@ -669,7 +669,7 @@ class Deliveries(Repository):
         """Per destination with anything left to deliver: how many deliveries wait (pending or
         queued behind one) and the age of the oldest. A destination with nothing waiting is not
         listed. Read-only: no write lock, no transaction of its own."""
-        now = utcnow()
+        now = self.now()  # (the deliveries' times are the database's clock)
         with self.db_engine.connect() as conn:
             rows = conn.execute(self._BACKLOG).all()
         return [

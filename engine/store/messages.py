@@ -530,8 +530,9 @@ class MessageStore(Repository):
         resources, in ONE transaction, and return those recorded. An outcome whose claim was
         taken back (the worker was thought dead and another claimed the message) is dropped:
         the other worker's counts."""
+        now = self.now()  # (before the transaction: it may read the database's clock)
         with self._tx() as conn:
-            return self._finish(conn, outcomes, self.now())
+            return self._finish(conn, outcomes, now)
 
     def _finish(
         self, conn: Connection, outcomes: Sequence[Processed], now: datetime

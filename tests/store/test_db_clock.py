@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select, text
@@ -136,3 +137,57 @@ def test_the_event_loop_never_waits_for_a_measurement(two_engines: tuple[Engine,
     assert abs(asyncio.run(on_loop()) - (utcnow() - timedelta(minutes=4))) < timedelta(seconds=1)
     assert a.pool.checkedout() + a.pool.checkedin() == before  # no connection was opened
     assert abs(clock.now() - _database_now(a)) < timedelta(seconds=2)  # off the loop: measured
+
+
+@pytest.mark.postgres
+def test_a_thread_does_not_queue_behind_another_threads_measurement(
+    two_engines: tuple[Engine, Engine],
+) -> None:
+    """A measurement is due while another thread is taking one (the database slow): the caller
+    gets the last offset at once, instead of waiting and then measuring again itself."""
+    import threading
+
+    a, _ = two_engines
+    clock = DbClock(a, host=_skewed(timedelta(minutes=-4)))
+    clock.measure()
+    clock._due = 0.0  # due again  # noqa: SLF001
+    got: list[datetime] = []
+    with clock._lock:  # another thread's measurement, in progress  # noqa: SLF001
+        reader = threading.Thread(target=lambda: got.append(clock.now()))
+        reader.start()
+        reader.join(10)
+        assert got, "now() waited for the other thread's measurement"
+    assert abs(got[0] - _database_now(a)) < timedelta(seconds=2)  # the last offset
+
+
+@pytest.mark.postgres
+def test_alerts_on_a_host_ahead_still_see_dead_letters_and_queue_ages(
+    two_engines: tuple[Engine, Engine], tmp_path: Path
+) -> None:
+    """The deliveries' times are the database's clock: so are the alert windows (review of 7
+    December: a leader 9 minutes ahead never saw a dead letter in a 5-minute window)."""
+    from engine.alerts.evaluate import evaluate_rules
+    from engine.alerts.rules import AlertConfig, DeadLetters, QueueAge
+    from engine.settings import Settings
+    from engine.store import Outcome
+
+    a, b = two_engines
+    worker, leader = _node(a, timedelta(0)), _node(b, timedelta(minutes=9))
+    for patient in ("P1", "P2"):
+        [stored] = worker.save_batch([Incoming(raw=b"MSH|", channel="test", patient_key=patient)])
+        delivery = NewDelivery(
+            "lab" if patient == "P1" else "fhir", "r", "hl7v2", "t", b"x", patient
+        )
+        worker.finish_batch([Processed(stored.id, "routed", None, patient, [delivery])])
+    [due] = [d for d in worker.claim_due_deliveries(10) if d.destination == "lab"]
+    worker.record_outcomes([Outcome(due.id, False, "refused: AR", None)])
+    rules = (
+        DeadLetters(name="dead", kind="dead-letters", window_minutes=5, threshold=1),
+        QueueAge(name="age", kind="queue-age", older_than_minutes=5),
+    )
+    found = evaluate_rules(
+        AlertConfig(rules=rules), b, Settings(var_dir=tmp_path), now=leader.clock.host()
+    ).findings
+    by_rule = {f.rule: f for f in found}
+    assert by_rule["dead"].raised  # seen, in a window 9 minutes ahead of the deliveries' times
+    assert not by_rule["age"].raised  # the fhir delivery is seconds old, not 9 minutes
