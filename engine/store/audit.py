@@ -548,6 +548,10 @@ class Audit(Repository):
         statement = _RECORD.order_by(audit_log.c.seq)
         if since is not None:
             statement = statement.where(audit_log.c.at >= _utc(since))
+        if conn.dialect.name == "postgresql":
+            # the cursor's transaction waits on its reader (an export piped to a pager): not
+            # ended by the 5 minutes every other session gets idle in a transaction (db.py)
+            conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
         result = conn.execution_options(yield_per=2000).execute(statement)
         try:
             for row in result:

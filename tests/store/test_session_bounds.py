@@ -84,3 +84,48 @@ def test_the_client_keepalives_unless_the_url_sets_them() -> None:
         "keepalives_idle": "30",
         "keepalives_count": "3",
     }
+
+
+@pytest.mark.postgres
+def test_an_audit_export_read_slowly_is_not_ended_by_the_idle_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``engine audit export | less``: the export's cursor waits on its reader, inside its
+    transaction, longer than the idle bound (shortened to 1 s here); it is not cut halfway."""
+    import time
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert
+
+    from engine.store import SqlMessageStore, Who
+    from engine.store.tables import audit_log
+
+    monkeypatch.setitem(SESSION_BOUNDS, "idle_in_transaction_session_timeout", "1000")
+    with fresh_schema("bounds") as url:
+        db = create_db_engine(url)
+        try:
+            store = SqlMessageStore(db)
+            store.migrate()
+            now = datetime.now(UTC)
+            rows = [
+                {
+                    "at": now,
+                    "actor": "t",
+                    "source": "cli",
+                    "action": "view",
+                    "outcome": "ok",
+                    "seq": n,
+                    "prev_hash": "0" * 64,
+                    "hash": "0" * 64,
+                }
+                for n in range(10, 2610)  # past the cursor's first fetch of 2,000
+            ]
+            with db.begin() as conn:
+                conn.execute(insert(audit_log), rows)
+            records = store.export_audit(None, Who("tester", "cli"))
+            seen = [next(records)]
+            time.sleep(2.5)  # the reader paged slowly
+            seen.extend(records)
+            assert len(seen) >= 2600
+        finally:
+            db.dispose()
