@@ -35,7 +35,7 @@ from engine.documents.folder import WatchedFolder
 from engine.documents.intake import DocumentIntake
 from engine.errors import ConfigError
 from engine.flow.config import LoadedConfig, Reloader, follow_reloads, load_running_config
-from engine.flow.ingest import Ingest, Receipt
+from engine.flow.ingest import Ingest, Receipt, StatesOf
 from engine.flow.worker import run_workers
 from engine.mappings.document_types import document_types
 from engine.memory import keep_little_freed_memory
@@ -71,24 +71,44 @@ class _Server(uvicorn.Server):
 class _MLLPHandler:
     """Adapts ingest (engine/flow/ingest.py) to the MLLP listener."""
 
-    def __init__(self, ingest: Ingest, state_of: Callable[[int], str | None] | None = None) -> None:
+    def __init__(self, ingest: Ingest, states_of: StatesOf | None = None) -> None:
         self.ingest = ingest
-        self.state_of = state_of
-        self._pending: set[asyncio.Task[None]] = set()
+        #: the store's states of many messages in one query; None: no application ACKs are sent
+        self.states_of = states_of
+        #: the application ACKs still to send, by the connection's task (see ``_follow``)
+        self._pending: dict[asyncio.Task[Any], set[asyncio.Task[None]]] = {}
 
     async def on_message(self, payload: bytes, peer: str) -> bytes | None:
         receipt = await self.ingest.receive(payload, channel="mllp", peer=peer)
         reply = current_reply.get()
-        if receipt.application_ack and reply is not None and self.state_of is not None:
-            # enhanced mode: the application ACK follows on this connection once processed
-            task = asyncio.create_task(self._application_ack(payload, receipt, reply))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+        if receipt.application_ack and reply is not None and self.states_of is not None:
+            self._follow(payload, receipt, reply)
         return receipt.ack
 
+    def _follow(self, payload: bytes, receipt: Receipt, reply: Reply) -> None:
+        """Enhanced mode: the application ACK follows on this connection once processed.
+
+        The listener handles a connection's messages in that connection's task, which ends when
+        the connection closes: the application ACKs still waiting for it are dropped then, as
+        no one is left to read them, and each holds its message's bytes and one of the places
+        that ingest's limit of application ACKs waiting allows."""
+        connection = asyncio.current_task()
+        assert connection is not None
+        waiting = self._pending.get(connection)
+        if waiting is None:
+            waiting = self._pending[connection] = set()
+            connection.add_done_callback(self._closed)
+        task = asyncio.create_task(self._application_ack(payload, receipt, reply))
+        waiting.add(task)
+        task.add_done_callback(waiting.discard)
+
+    def _closed(self, connection: asyncio.Task[Any]) -> None:
+        for task in self._pending.pop(connection, ()):
+            task.cancel()
+
     async def _application_ack(self, payload: bytes, receipt: Receipt, reply: Reply) -> None:
-        assert self.state_of is not None
-        ack = await self.ingest.application_ack(payload, receipt, self.state_of)
+        assert self.states_of is not None
+        ack = await self.ingest.application_ack(payload, receipt, self.states_of)
         if ack is not None:
             await reply.send(ack)
 
@@ -222,7 +242,7 @@ class Engine:
             writers=1 if sqlite else settings.ingest_writers,
         )
         self.mllp = MLLPServer(
-            _MLLPHandler(self.ingest, self._state_of),
+            _MLLPHandler(self.ingest, self.store.states_of),
             host=settings.mllp_host,
             port=settings.mllp_port,
             max_message_bytes=settings.max_message_bytes,
@@ -285,10 +305,6 @@ class Engine:
             name_pattern=self.settings.documents_name_pattern,
             retention_days=self.settings.retention_days,
         )
-
-    def _state_of(self, message_id: int) -> str | None:
-        rec = self.store.get(message_id)
-        return rec.state if rec else None
 
     def _count(self, channel: str, receipt: Receipt) -> None:
         stored = receipt.message_id is not None and not receipt.duplicate

@@ -37,6 +37,7 @@ from sqlalchemy import ColumnElement, Connection, Select, and_, bindparam, or_, 
 
 from engine.store.db import Repository, aware
 from engine.store.deliveries import deliveries_of
+from engine.store.lists import in_list
 from engine.store.tables import deliveries, documents, messages, patient_mrn
 from engine.store.views import DocumentLine, DocumentView, MessageLine
 
@@ -235,6 +236,10 @@ def _line(row: Any, failing: list[str]) -> MessageLine:
     )
 
 
+#: the states of the messages listed, by id
+_STATES_OF = select(messages.c.id, messages.c.state).where(in_list(messages.c.id))
+
+
 class MessageSearch(Repository):
     """The operator's message list."""
 
@@ -249,6 +254,14 @@ class MessageSearch(Repository):
             rows = conn.execute(statement).all()
             failing = _failing(conn, [r.id for r in rows])
         return [_line(r, failing.get(r.id, [])) for r in rows]
+
+    def states_of(self, ids: Sequence[int]) -> dict[int, str]:
+        """The state of each of the messages ``ids`` that exists, in one query: the receiver's
+        application ACKs wait for thousands of messages at once (engine/flow/ingest.py)."""
+        if not ids:
+            return {}
+        with self.db_engine.connect() as conn:
+            return {r.id: r.state for r in conn.execute(_STATES_OF, {"ids": list(ids)})}
 
 
 # -- documents --------------------------------------------------------------------------------
