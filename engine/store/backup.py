@@ -45,6 +45,7 @@ in place, and that process must be restarted.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -55,6 +56,7 @@ import shutil
 import sqlite3
 import struct
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -241,7 +243,7 @@ def _building(target: Path, notes: list[str]) -> Iterator[Path]:
     else:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + PARTIAL)
-    held = _claim(partial)
+    held = _claim(partial, notes)
     try:
         yield partial
         if inside:
@@ -258,34 +260,63 @@ def _building(target: Path, notes: list[str]) -> Iterator[Path]:
         os.close(held)
 
 
-def _claim(partial: Path) -> int:
+#: what ``flock`` answers on a file system that cannot lock a folder so (NFS emulates it with a
+#: byte-range lock, which an exclusive one needs a file open for writing for: EBADF)
+_NO_FOLDER_LOCKS = frozenset({errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL})
+#: a folder a backup left, on such a file system, is taken for a killed one's only when nothing
+#: in it changed for this long (a backup writing it writes every few seconds)
+_LEFT_QUIET_S = 600.0
+
+
+def _lock(fd: int, flags: int) -> bool | None:
+    """``flock``: True once held, False when another holds it (``LOCK_NB``), None when this
+    file system cannot lock a folder so (NFS): the backup goes on without that lock."""
+    try:
+        fcntl.flock(fd, flags)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno in _NO_FOLDER_LOCKS:
+            return None
+        raise
+    return True
+
+
+def _claim(partial: Path, notes: list[str]) -> int:
     """Make ``partial`` (``0700``) and hold a ``flock`` on it (the descriptor returned, to
     close at the end): one a killed backup left is removed first, one another backup holds is
     not. The folder above is locked meanwhile, so that of two backups starting together one
-    makes it and the other finds it held (neither takes the other's new folder for a left one)."""
+    makes it and the other finds it held (neither takes the other's new folder for a left one).
+    Where folders cannot be locked (NFS) the backup goes on without, with a note."""
     above = os.open(partial.parent, os.O_RDONLY)
     try:
-        fcntl.flock(above, fcntl.LOCK_EX)
+        locks = _lock(above, fcntl.LOCK_EX) is not None
+        if not locks:
+            notes.append(
+                f"{partial.parent} cannot be locked (NFS?): two backups to it at once are not "
+                "kept apart"
+            )
         if partial.exists() or partial.is_symlink():
-            _remove_left(partial)
+            _remove_left(partial, locks)
         partial.mkdir(mode=0o700)
         fd = os.open(partial, os.O_RDONLY)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # free: made under the lock above
+        if locks:
+            _lock(fd, fcntl.LOCK_EX)  # free: made under the lock above
         return fd
     finally:
         os.close(above)  # (closing releases the flock)
 
 
-def _remove_left(partial: Path) -> None:
+def _remove_left(partial: Path, locks: bool = True) -> None:
     """Remove the ``partial`` folder a killed backup left: not one a backup still writes (it
-    holds a ``flock`` on it), nor one that holds anything a backup does not write."""
+    holds a ``flock`` on it; where folders cannot be locked, one changed in the last
+    :data:`_LEFT_QUIET_S`), nor one that holds anything a backup does not write."""
     if partial.is_symlink() or not partial.is_dir():
         raise EngineError(f"{partial} is in the way (not a folder): move it, or name another")
     fd = os.open(partial, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        held = _lock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB) if locks else None
+        if held is False or (held is None and _changed_lately(partial)):
             raise EngineError(
                 f"another backup is writing {partial}: wait for it to end, or name another folder"
             ) from None
@@ -297,6 +328,13 @@ def _remove_left(partial: Path) -> None:
         shutil.rmtree(partial)
     finally:
         os.close(fd)
+
+
+def _changed_lately(folder: Path) -> bool:
+    """Whether anything in ``folder`` (or the folder itself) changed in :data:`_LEFT_QUIET_S`."""
+    since = time.time() - _LEFT_QUIET_S
+    paths = [folder, *folder.rglob("*")]
+    return any(p.lstat().st_mtime > since for p in paths)
 
 
 def _rename_into_place(partial: Path, target: Path) -> None:

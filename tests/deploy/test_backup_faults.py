@@ -368,3 +368,42 @@ def test_a_process_opening_the_database_as_restore_replaces_it_is_named(
     finally:
         for proc in opened:
             proc.communicate("", timeout=30)
+
+
+def _nfs_locks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``flock`` as NFS answers it on a folder: an exclusive lock needs a file open for writing
+    (EBADF); a shared one, and locks on files, work."""
+    import errno
+    import stat
+
+    real = fcntl.flock
+
+    def flock(fd: int, flags: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode) and flags & fcntl.LOCK_EX:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        real(fd, flags)
+
+    monkeypatch.setattr(module.fcntl, "flock", flock)
+
+
+def test_a_backup_to_a_folder_that_cannot_be_locked_nfs_still_works(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of 7 December: every backup to an NFS mount failed on the folder's lock."""
+    database = home / "engine.db"
+    seed_documents(database, tmp_path, 2)
+    _nfs_locks(monkeypatch)
+    done = backup_sqlite(database, tmp_path / "nfs" / "b", version="test")
+    assert done.documents == 2 and (tmp_path / "nfs" / "b" / "backup.json").exists()
+    assert any("cannot be locked" in note for note in done.notes)
+    # a folder a killed backup left: removed once quiet, refused while it may be written
+    partial = tmp_path / "nfs" / "c.partial"
+    partial.mkdir()
+    (partial / "engine.db").write_bytes(b"half")
+    with pytest.raises(EngineError, match="another backup is writing"):
+        backup_sqlite(database, tmp_path / "nfs" / "c", version="test")
+    old = time.time() - 3600
+    for path in (partial / "engine.db", partial):
+        os.utime(path, (old, old))
+    assert backup_sqlite(database, tmp_path / "nfs" / "c", version="test").documents == 2
+    assert not partial.exists()
