@@ -84,10 +84,10 @@ class Settings(BaseSettings):
     max_connections_per_peer: int = Field(20, ge=1)
     #: HTTP limits (the API, /hl7v2, /fhir, the console), read by engine/service.py: a request's
     #: head must arrive within ``http_head_timeout_s`` of the connect or of the previous answer
-    #: (engine/api/http_limits.py), a body read by /hl7v2 and /fhir within
-    #: ``http_body_timeout_s`` (408 past it: engine/api/body.py), any other body whole or 64 KiB
-    #: more of it within the two time-outs together (engine/api/http_limits.py); connections at once in all and
-    #: from one address (behind a proxy every connection is the proxy's: raise the second).
+    #: (engine/api/http_limits.py); a body read by /hl7v2 and /fhir must grow by 64 KiB (or
+    #: end) within each ``http_body_timeout_s`` (408 past it: engine/api/body.py), any other
+    #: body within the two time-outs together (engine/api/http_limits.py); connections at once
+    #: in all and from one address (behind a proxy every connection is the proxy's: raise it).
     http_head_timeout_s: float = Field(10.0, gt=0)
     http_body_timeout_s: float = Field(60.0, gt=0)
     http_max_connections: int = Field(256, ge=1)
