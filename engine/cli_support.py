@@ -36,7 +36,9 @@ def open_store() -> Any:
     The CLI reads the engine's store; it never makes one. A SQLite file that does not exist, or a
     database without the engine's tables (an empty file, another application's database) is an
     error naming it (an empty database would only answer "no messages"), and so is a database
-    that cannot be reached (its host and port, never the password).
+    that cannot be reached (its host and port, never the password). A migration step that fails,
+    or a schema a newer engine made, is said as :meth:`~engine.store.SqlMessageStore.migrate`
+    words it (the step's revision and the database's reason; what to run instead).
     """
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -67,7 +69,11 @@ def open_store() -> Any:
         store.migrate()  # an older engine's schema is brought up to date
         store.use_audit_key(key)
     except SQLAlchemyError as exc:
+        db_engine.dispose()
         raise connection_problem(db_engine, exc) from exc
+    except BaseException:  # no engine tables, or the migration's own error: said as it is
+        db_engine.dispose()
+        raise
     return store
 
 

@@ -206,7 +206,8 @@ def open_database(settings: Settings) -> tuple[DbEngine, SqlMessageStore]:
     except SQLAlchemyError as exc:
         db_engine.dispose()
         raise connection_problem(db_engine, exc) from exc
-    except BaseException:  # the migration's own error (a table held too long): said as it is
+    except BaseException:  # the migration's own error (a table held too long, a step that
+        # failed, a newer engine's schema): said as it is, never as a connection problem
         db_engine.dispose()
         raise
     return db_engine, store
