@@ -60,6 +60,10 @@ __all__ = ["Engine", "keep_receiver", "serve"]
 log = logging.getLogger(__name__)
 
 
+#: how long a stop waits for HTTP requests in progress before it closes their connections
+HTTP_STOP_GRACE_S = 10
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: :func:`serve` owns the signals."""
 
@@ -167,7 +171,9 @@ def _http_config(settings: Settings, app: Any) -> uvicorn.Config:
     limits of engine/api/http_limits.py (a deadline for each request head, connections capped in
     all and per address). Not uvicorn's ``limit_concurrency``: it answers 503 to a request head,
     so a connection that never finishes its head still holds its descriptor; the protocol closes
-    one over the cap as it is accepted, and one whose head is late."""
+    one over the cap as it is accepted, and one whose head is late. A stop waits at most
+    :data:`HTTP_STOP_GRACE_S` for requests in progress (uvicorn's default waits for ever, and a
+    slow upload held the rest of the stop: the worker processes, the node's claims)."""
     tls_cert, tls_key = _http_tls(settings)
     return uvicorn.Config(
         app,
@@ -179,6 +185,7 @@ def _http_config(settings: Settings, app: Any) -> uvicorn.Config:
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
         http=limited_http_protocol(HttpLimits.from_settings(settings)),
+        timeout_graceful_shutdown=HTTP_STOP_GRACE_S,
     )
 
 

@@ -16,7 +16,8 @@ request head sent a byte at a time (or never) keeps its connection for ever; and
   dependencies run (the login check among them), so an anonymous client could otherwise send a
   head and then a byte of its body now and then, for ever. A steady upload of a large scan over
   a slow link keeps going (64 KiB a window: about 7 kbit/s at the defaults). ``/hl7v2`` and
-  ``/fhir`` bound their whole body tighter where they read it (``read_capped``: 408).
+  ``/fhir`` answer a body that stops coming with a 408 first, where they read it (``read_capped``:
+  64 KiB more within each ``body_timeout_s``).
 * ``max_connections_per_peer``: one address holds at most this many connections; a further one is
   accepted and closed at once.
 * ``max_connections``: when every slot is taken, the connection that has waited the longest for a

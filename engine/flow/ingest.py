@@ -191,6 +191,7 @@ class Ingest:
             self._commits = None
         if self._settled is not None:
             self._settled.close()
+            self._settled = None  # (a start after this makes a new one, on its own loop)
 
     async def _store(self, item: Incoming) -> Stored:
         if self._queue is None:  # not started: one transaction per message
@@ -213,23 +214,8 @@ class Ingest:
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             started = time.monotonic()
-            try:
-                stored = await self._save([p.item for p in batch])
-            except Exception as exc:
-                unavailable = _database_unavailable(exc)
-                log.error(
-                    "store failed",
-                    extra={
-                        "error": failure_name(exc),
-                        "n": len(batch),
-                        "then": "all refused" if unavailable else "one by one",
-                    },
-                )
-                if unavailable:
-                    _refuse_all(batch, exc)
-                else:
-                    # one bad row must not refuse its neighbours: store them one by one
-                    await self._store_one_by_one(batch)
+            stored = await self._save_or_answer(batch)
+            if stored is None:
                 continue
             if self.pressure is not None:
                 # the writer's own time: waiting for the workers' transactions is not the
@@ -241,6 +227,42 @@ class Ingest:
                     p.future.set_result(s)
             if self.on_stored is not None:
                 self.on_stored()
+
+    async def _save_or_answer(self, batch: list[_Pending]) -> list[Stored] | None:
+        """Store a batch; None when it failed, its senders answered already. A batch that found
+        its pooled connection dead (the server restarted) is tried once more on a new one when
+        every message of it has a dedupe key: had its COMMIT gone through, the second try finds
+        them stored (duplicates, the same ACKs). One with a keyless message (a FHIR Bundle) is
+        refused whole: tried again, that message would be stored twice."""
+        items = [p.item for p in batch]
+        try:
+            return await self._save(items)
+        except Exception as exc:
+            failed = exc
+        if (
+            isinstance(failed, DBAPIError)
+            and failed.connection_invalidated
+            and all(i.dedupe_key for i in items)
+        ):
+            try:
+                return await self._save(items)
+            except Exception as again:
+                failed = again
+        unavailable = _database_unavailable(failed)
+        log.error(
+            "store failed",
+            extra={
+                "error": failure_name(failed),
+                "n": len(batch),
+                "then": "all refused" if unavailable else "one by one",
+            },
+        )
+        if unavailable:
+            _refuse_all(batch, failed)
+        else:
+            # one bad row must not refuse its neighbours: store them one by one
+            await self._store_one_by_one(batch)
+        return None
 
     async def _save(self, items: list[Incoming]) -> list[Stored]:
         loop = asyncio.get_running_loop()

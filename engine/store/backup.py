@@ -56,7 +56,6 @@ import shutil
 import sqlite3
 import struct
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -263,9 +262,6 @@ def _building(target: Path, notes: list[str]) -> Iterator[Path]:
 #: what ``flock`` answers on a file system that cannot lock a folder so (NFS emulates it with a
 #: byte-range lock, which an exclusive one needs a file open for writing for: EBADF)
 _NO_FOLDER_LOCKS = frozenset({errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL})
-#: a folder a backup left, on such a file system, is taken for a killed one's only when nothing
-#: in it changed for this long (a backup writing it writes every few seconds)
-_LEFT_QUIET_S = 600.0
 
 
 def _lock(fd: int, flags: int) -> bool | None:
@@ -298,7 +294,12 @@ def _claim(partial: Path, notes: list[str]) -> int:
             )
         if partial.exists() or partial.is_symlink():
             _remove_left(partial, locks)
-        partial.mkdir(mode=0o700)
+        try:
+            partial.mkdir(mode=0o700)  # (atomic, NFS too: of two backups one makes it)
+        except FileExistsError:
+            raise EngineError(
+                f"another backup is writing {partial}: wait for it to end, or name another folder"
+            ) from None
         fd = os.open(partial, os.O_RDONLY)
         if locks:
             _lock(fd, fcntl.LOCK_EX)  # free: made under the lock above
@@ -309,14 +310,20 @@ def _claim(partial: Path, notes: list[str]) -> int:
 
 def _remove_left(partial: Path, locks: bool = True) -> None:
     """Remove the ``partial`` folder a killed backup left: not one a backup still writes (it
-    holds a ``flock`` on it; where folders cannot be locked, one changed in the last
-    :data:`_LEFT_QUIET_S`), nor one that holds anything a backup does not write."""
+    holds a ``flock`` on it), nor one that holds anything a backup does not write. Where folders
+    cannot be locked (NFS) none is removed: a backup reading for minutes (its integrity check,
+    its digest) writes nothing meanwhile, so no age tells a killed one's folder from a live
+    one's, and the operator is asked to remove it."""
     if partial.is_symlink() or not partial.is_dir():
         raise EngineError(f"{partial} is in the way (not a folder): move it, or name another")
+    if not locks:
+        raise EngineError(
+            f"{partial} is in the way: a backup may be writing it (this file system cannot lock "
+            "folders to tell); once none runs, remove it, or name another folder"
+        )
     fd = os.open(partial, os.O_RDONLY)
     try:
-        held = _lock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB) if locks else None
-        if held is False or (held is None and _changed_lately(partial)):
+        if not _lock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
             raise EngineError(
                 f"another backup is writing {partial}: wait for it to end, or name another folder"
             ) from None
@@ -328,13 +335,6 @@ def _remove_left(partial: Path, locks: bool = True) -> None:
         shutil.rmtree(partial)
     finally:
         os.close(fd)
-
-
-def _changed_lately(folder: Path) -> bool:
-    """Whether anything in ``folder`` (or the folder itself) changed in :data:`_LEFT_QUIET_S`."""
-    since = time.time() - _LEFT_QUIET_S
-    paths = [folder, *folder.rglob("*")]
-    return any(p.lstat().st_mtime > since for p in paths)
 
 
 def _rename_into_place(partial: Path, target: Path) -> None:

@@ -354,7 +354,7 @@ class Operator(Repository):
         is claimed by a dispatcher, has a later message for the patient waiting behind it (the
         copy would follow it), or goes where another route of the message was delivered
         (:func:`~engine.store.replays.supersede_queued`)."""
-        now = utcnow()
+        now = self.now()  # (promotions are due in the database's clock: engine/store/clock.py)
         try:
             with self._tx() as conn:
                 queues = queues_of(conn, message_id)

@@ -168,6 +168,8 @@ def test_the_engine_configures_uvicorn_with_its_limits(tmp_path: Path) -> None:
     assert isinstance(defaults.http, type) and issubclass(defaults.http, LimitedHttpProtocol)
     assert defaults.http.limits == HttpLimits() == HttpLimits(10.0, 256, 64, 60.0)
     assert defaults.limit_concurrency is None
+    # a stop waits a bounded time for requests in progress (uvicorn's default: for ever)
+    assert defaults.timeout_graceful_shutdown == 10
 
 
 def test_a_connection_that_sends_nothing_is_closed_at_the_head_deadline(
