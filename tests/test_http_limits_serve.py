@@ -18,8 +18,7 @@ import resource
 import socket
 import ssl
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 from engine.api.auth_settings import DEV_SECRET_NAME, AuthSettings
@@ -37,15 +36,11 @@ ADT = (
 )
 
 
-@contextmanager
-def descriptor_limit(count: int) -> Iterator[None]:
-    """This process (and so a child started meanwhile) may open ``count`` descriptors."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(count, hard), hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+def descriptor_limit(pid: int, count: int) -> None:
+    """The running process ``pid`` may open ``count`` descriptors from now on (Linux's
+    prlimit: the test's own process keeps its limit, which a long test run's open files need)."""
+    _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (min(count, hard), hard))
 
 
 def ends(sock: socket.socket) -> bool:
@@ -94,10 +89,11 @@ def test_a_flood_of_unfinished_heads_leaves_mllp_its_descriptors(tmp_path: Path)
     routes.mkdir()
     (routes / "outbox.yaml").write_text(OUTBOX_ROUTES.format(outbox=tmp_path / "outbox"))
     with ExitStack() as stack:
-        with descriptor_limit(256):
-            engine: ConsoleEngine = stack.enter_context(
-                console_engine(tmp_path, env=env, routes=routes)
-            )
+        engine: ConsoleEngine = stack.enter_context(
+            console_engine(tmp_path, env=env, routes=routes)
+        )
+        assert engine.proc is not None
+        descriptor_limit(engine.proc.pid, 256)
         sources = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
         flood(stack, engine.http, sources, each=100)  # 400 connections, more than 256
         time.sleep(1)  # the engine accepts them all (and closes what is over the limits)
