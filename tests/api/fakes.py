@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
+from typing import Any
 
 from engine.flow.ingest import Receipt
 from engine.metrics import EngineMetrics
@@ -203,3 +204,22 @@ class FakeHealth:
         if self.fail:
             raise RuntimeError("database gone")
         return self.is_ready
+
+
+def post_scope(path: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The ASGI scope of a POST to ``path`` with ``headers``, from a loopback client."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8080),
+        "state": {},
+    }

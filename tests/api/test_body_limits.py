@@ -21,6 +21,7 @@ from engine.api.tokens import mint_dev_token
 from engine.console.pages_workbench import MAX_BODY, MAX_TEXT
 from engine.store import SqlMessageStore
 from tests.api.conftest import TestClient
+from tests.api.fakes import post_scope
 from tests.console.frontdesk_support import TOKEN, front_desk_app, user
 
 AppFactory = Callable[..., FastAPI]
@@ -51,21 +52,7 @@ class Sender:
 
 def _drive(app: FastAPI, path: str, body: bytes, headers: dict[str, str]) -> Sender:
     sender = Sender(body)
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8080),
-        "state": {},
-    }
+    scope = post_scope(path, headers)
     asyncio.run(asyncio.wait_for(app(scope, sender.receive, sender.send), 60))  # type: ignore[arg-type]
     return sender
 

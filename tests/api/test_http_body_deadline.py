@@ -19,7 +19,7 @@ from engine.api.body import read_capped
 from engine.metrics import EngineMetrics
 from engine.settings import Settings
 from tests.api.conftest import MAX_BYTES, AppFactory, bearer
-from tests.api.fakes import ACK, FakeIngest
+from tests.api.fakes import ACK, FakeIngest, post_scope
 
 ADT = (
     b"MSH|^~\\&|FRONTDESK|CLINIC|ENGINE|HUB|20260102030405||ADT^A04|CTRL-1|P|2.5.1\r"
@@ -62,21 +62,7 @@ class Client:
 
 
 def post(app: FastAPI, path: str, client: Client, headers: dict[str, str]) -> Client:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8080),
-        "state": {},
-    }
+    scope = post_scope(path, headers)
     asyncio.run(asyncio.wait_for(app(scope, client.receive, client.send), WAIT_S))
     return client
 

@@ -181,24 +181,31 @@ def test_a_connection_that_sends_nothing_is_closed_at_the_head_deadline(
         assert time.monotonic() - started >= 0.4  # the deadline's doing, not a refusal
 
 
+def dribble_until_cut(sock: socket.socket, piece: bytes, every_s: float) -> bool:
+    """Send ``piece`` every ``every_s`` until the server ends the connection (True) or WAIT_S
+    passes (False)."""
+    started = time.monotonic()
+    while time.monotonic() - started < WAIT_S:
+        try:
+            sock.sendall(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+        sock.settimeout(every_s)
+        try:
+            if sock.recv(4096) == b"":
+                return True
+        except TimeoutError:
+            pass
+        except ConnectionResetError:
+            return True
+    return False
+
+
 def test_a_head_sent_a_line_at_a_time_is_cut_off(tmp_path: Path, new_loop: LoopFactory) -> None:
     with serving(tmp_path, new_loop, http_head_timeout_s=0.5) as port, connect(port) as sock:
         sock.sendall(b"POST /hl7v2 HTTP/1.1\r\nHost: test\r\n")
-        started = time.monotonic()
-        cut = False
-        while not cut and time.monotonic() - started < WAIT_S:
-            try:
-                sock.sendall(b"X-Slow: 1\r\n")  # each line well within any per-read timeout
-            except (BrokenPipeError, ConnectionResetError):
-                cut = True
-                break
-            sock.settimeout(0.1)
-            try:
-                cut = sock.recv(4096) == b""
-            except TimeoutError:
-                pass
-            except ConnectionResetError:
-                cut = True
+        # each line well within any per-read timeout
+        cut = dribble_until_cut(sock, b"X-Slow: 1\r\n", 0.1)
         assert cut, "a head that never ends kept its connection"
 
 
