@@ -10,6 +10,8 @@ request head sent a byte at a time (or never) keeps its connection for ever; and
 
 * ``head_timeout_s``: a connection that has not delivered a whole request head within this time
   of its connect, or of the end of the previous response on a kept-alive connection, is closed.
+  A request answered before its body was read (a 401 or a 413, say) keeps its connection while
+  that body still comes: the next head is due from the body's end.
 * ``body_timeout_s``: the body of every request must keep coming: all of it, or another
   :data:`BODY_PROGRESS_BYTES`, within ``head_timeout_s + body_timeout_s`` of the head or of the
   last such step, or the connection is closed. FastAPI reads a form or JSON body before a route's
@@ -83,6 +85,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         #: the request's body must arrive, or grow by BODY_PROGRESS_BYTES, before this fires
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_grown = 0
+        #: whether the current request's body has all arrived (uvicorn's own ``more_body``
+        #: stays set when the app answered before reading it all)
+        self._body_done = True
         #: since when (time.monotonic(): uvloop's loop.time() ticks in whole milliseconds, too
         #: coarse to tell which of two waited longer) a request head is awaited; None while a
         #: request is in progress
@@ -102,6 +107,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._stop_head_timer()
+        self._body_done = False
         super().on_headers_complete()
         self._await_body()  # (a request without a body completes at once: stopped there)
 
@@ -113,7 +119,12 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._stop_body_timer()
+        self._body_done = True
         super().on_message_complete()
+        # answered before its body had all come: the next head is due from now on
+        if self.cycle is not None and self.cycle.response_complete and not self.pipeline:
+            if not self.transport.is_closing():
+                self._await_head()
 
     def _await_body(self) -> None:
         self._stop_body_timer()
@@ -138,8 +149,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        # not while a pipelined request (its head already read) is still to be answered
-        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+        # not while a pipelined request (its head already read) is still to be answered, nor
+        # while the body of one answered early still comes (its body timer bounds that)
+        if self.transport.is_closing() or not self._body_done:
+            return
+        if self.cycle is None or self.cycle.response_complete:
             self._await_head()
 
     def _await_head(self) -> None:

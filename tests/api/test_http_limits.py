@@ -238,6 +238,26 @@ def test_a_request_in_progress_is_not_cut_by_the_head_deadline(
         assert answer(sock).startswith(b"HTTP/1.1 200")  # and kept alive for the next
 
 
+def test_a_body_still_coming_after_an_early_answer_is_not_cut_by_the_head_deadline(
+    tmp_path: Path, new_loop: LoopFactory
+) -> None:
+    """An app may answer before reading the body (a 401 or 413 does): the client still sends
+    it, and the next head is due only from its end, not from the answer."""
+    with serving(tmp_path, new_loop, http_head_timeout_s=0.5) as port, connect(port) as sock:
+        piece, pieces = b"x" * 100, 15
+        head = (
+            f"POST /hello HTTP/1.1\r\nHost: test\r\nContent-Length: {len(piece) * pieces}\r\n\r\n"
+        )
+        assert answer(sock, head.encode()).startswith(b"HTTP/1.1 200")  # the app read nothing
+        for _ in range(pieces):  # 1.5 s of body: three head deadlines after the answer
+            time.sleep(0.1)
+            sock.sendall(piece)
+        assert answer(sock).startswith(b"HTTP/1.1 200"), "the body's connection was cut"
+        # and the deadline holds again from the body's end
+        sock.sendall(GET[:10])
+        assert closed(sock)
+
+
 def test_one_address_holds_at_most_its_share(tmp_path: Path, new_loop: LoopFactory) -> None:
     limits = {"http_head_timeout_s": 30.0, "http_max_connections_per_peer": 2}
     with (
