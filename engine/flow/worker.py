@@ -337,7 +337,7 @@ async def _eligibility(settings: Settings, store: Any, node: str, term: asyncio.
     cancelled): an error that cannot heal is logged once a minute. The queue workers run
     meanwhile whatever is wrong (the receiver checked the payers' files at start-up and said so).
     The schedule is stopped and the service closed when the term ends."""
-    from engine.jobs.scheduler import stop_scheduler
+    from engine.jobs.scheduler import outlast, stop_scheduler
 
     delay = ELIGIBILITY_RETRY_S
     attempts = 1
@@ -354,8 +354,10 @@ async def _eligibility(settings: Settings, store: Any, node: str, term: asyncio.
     try:
         await _resume(service, store, node, term)
     finally:
-        await stop_scheduler(scheduler)
-        await service.close()
+        try:
+            await stop_scheduler(scheduler)
+        finally:  # (closed even when the term's end cancels the stop too)
+            await outlast(asyncio.ensure_future(service.close()))
 
 
 async def _start_eligibility(
@@ -365,14 +367,31 @@ async def _start_eligibility(
     the error's type and when the next try is, never a value from the files)."""
     from engine.adapters.payer import load_payers
     from engine.jobs.eligibility import EligibilityService
-    from engine.jobs.scheduler import start_scheduler
+    from engine.jobs.scheduler import outlast, start_scheduler, stop_scheduler
 
     service: Any = None
     try:
         service = EligibilityService(store, load_payers(settings.payers_dir), settings)
-        scheduler = start_scheduler(
-            service, settings, settings.resolved_database_url(), runs=store, node=node
+        # its job store read and written off the loop, from the start (engine/jobs/scheduler.py)
+        starting = asyncio.ensure_future(
+            asyncio.to_thread(
+                start_scheduler,
+                service,
+                settings,
+                settings.resolved_database_url(),
+                runs=store,
+                node=node,
+                loop=asyncio.get_running_loop(),
+            )
         )
+        try:
+            scheduler = await asyncio.shield(starting)
+        except asyncio.CancelledError:  # the term lost while starting: stopped once started
+            await outlast(starting)  # (the start is bounded by the job store's time-outs)
+            if not starting.cancelled() and starting.exception() is None:
+                await outlast(asyncio.ensure_future(stop_scheduler(starting.result())))
+            await outlast(asyncio.ensure_future(service.close()))
+            raise
     except Exception as exc:
         log.error(
             "eligibility schedule not started: trying again",

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
@@ -36,7 +37,9 @@ from zoneinfo import ZoneInfo
 from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.job import Job
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.base import STATE_STOPPED, BaseScheduler
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
@@ -81,14 +84,102 @@ _FIRE_TIME: ContextVar[datetime | None] = ContextVar("job_fire_time", default=No
 
 class _FireTimeExecutor(AsyncIOExecutor):  # type: ignore[misc]
     """APScheduler's asyncio executor, handing each run its scheduled fire time (APScheduler 3
-    does not pass it to the job function): the task the run is made in copies this context."""
+    does not pass it to the job function): the task the run is made in copies this context.
+    A run submitted from another thread (:class:`OffLoopScheduler` finds due jobs on one) is
+    made on the loop: asyncio's tasks may only be created there."""
 
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
+        if _on_loop(self._eventloop):
+            self._submit_here(job, run_times)
+        else:
+            self._eventloop.call_soon_threadsafe(self._submit_here, job, run_times)
+
+    def _submit_here(self, job: Job, run_times: list[datetime]) -> None:
+        if self._scheduler.state == STATE_STOPPED:  # found due just before the scheduler stopped
+            return
         token = _FIRE_TIME.set(run_times[-1])
         try:
             super()._do_submit_job(job, run_times)
         finally:
             _FIRE_TIME.reset(token)
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+class OffLoopScheduler(AsyncIOScheduler):  # type: ignore[misc]
+    """APScheduler's asyncio scheduler, with its job store read and written on a thread of its
+    own: at each wake-up APScheduler 3 looks for due jobs and writes their next fire times
+    synchronously, on the event loop. The eligibility schedule's store is the engine's
+    database: a database slow to answer (or dropping packets, for the job store's own
+    timeouts) held the leader's loop, its lock check and its queue workers with it. The runs
+    themselves are still made on the loop (:class:`_FireTimeExecutor`). One look at a time:
+    a wake-up asked for meanwhile is made when it ends."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="job-store")
+        self._looking: asyncio.Future[Any] | None = None
+        self._look_again = False
+
+    def wakeup(self) -> None:  # (APScheduler calls it from any thread)
+        loop = self._eventloop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._look)
+
+    def _look(self) -> None:
+        """On the loop: look for due jobs on the store's thread, unless a look is under way."""
+        self._stop_timer()
+        if self.state == STATE_STOPPED or self._eventloop is None:
+            return
+        if self._looking is not None:
+            self._look_again = True
+            return
+        self._looking = self._eventloop.run_in_executor(self._store_thread, self._process_jobs)
+        self._looking.add_done_callback(self._looked)
+
+    def _looked(self, done: asyncio.Future[Any]) -> None:
+        self._looking = None
+        if self.state == STATE_STOPPED or self._eventloop is None:
+            return
+        if done.cancelled() or done.exception() is not None:
+            log.error("scheduler: looking for due jobs failed; looking again")
+            wait: float | None = self.jobstore_retry_interval
+        else:
+            wait = done.result()
+        if self._look_again:
+            self._look_again, wait = False, 0
+        self._start_timer(wait)
+
+    async def settle(self) -> None:
+        """Wait for a look under way to end (bounded by the job store's own time-outs), so that
+        stopping does not wait for it on the loop."""
+        self._stop_timer()
+        if self._looking is not None:
+            await asyncio.wait([self._looking])
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stopped at once when called on the loop (APScheduler's asyncio scheduler stops a
+        turn later: a caller could not tell when it had), else on the loop's next turn."""
+        loop: asyncio.AbstractEventLoop | None = self._eventloop
+        if not self.running or loop is None:
+            raise SchedulerNotRunningError
+        if _on_loop(loop):
+            self._stop_now(wait)
+        else:
+            loop.call_soon_threadsafe(self._stop_now, wait)
+
+    def _stop_now(self, wait: bool) -> None:
+        if self.state == STATE_STOPPED:
+            return
+        BaseScheduler.shutdown(self, wait)  # (its runs cancelled: asyncio's, on the loop)
+        self._stop_timer()
+        self._eventloop = None
+        self._store_thread.shutdown(wait=False)
 
 
 async def run_once(
@@ -233,11 +324,31 @@ async def resume_interrupted(service: Any, runs: Any, node: str) -> int:
 async def stop_scheduler(scheduler: AsyncIOScheduler, grace_s: float = 5.0) -> None:
     """Stop ``scheduler`` and cancel the runs it is running, waiting up to ``grace_s`` for them
     to give their runs back (APScheduler's own shutdown cancels them without waiting)."""
+    cancelled = False
+    if isinstance(scheduler, OffLoopScheduler):  # stopped whatever: a term's end cancels twice
+        cancelled = await outlast(asyncio.ensure_future(scheduler.settle()))
     executors = getattr(scheduler, "_executors", {}).values()
     running = [f for e in executors for f in getattr(e, "_pending_futures", ()) if not f.done()]
     scheduler.shutdown(wait=False)
+    if cancelled:
+        raise asyncio.CancelledError
     if running:
         await asyncio.wait(running, timeout=grace_s)
+
+
+async def outlast(future: asyncio.Future[Any]) -> bool:
+    """Wait until ``future`` is done, however often this task is cancelled meanwhile (a
+    leader's term ends by cancelling its jobs, more than once); whether it was. The caller
+    finishes what must be finished, then raises :class:`asyncio.CancelledError` itself."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled = True
+        except Exception:  # the future's own error: its owner reads it
+            break
+    return cancelled
 
 
 #: a fire missed by less than this (the engine down, the leader changing) still runs
@@ -320,8 +431,11 @@ def start_scheduler(
     *,
     runs: JobRuns | None = None,
     node: str = "",
-) -> AsyncIOScheduler:
-    """Start the scheduler on the running event loop with the eligibility job on its cron.
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> OffLoopScheduler:
+    """Start the scheduler with the eligibility job on its cron, its runs made on ``loop``
+    (else the running one): called off the loop (``asyncio.to_thread``, as the worker does),
+    its reads and writes of the job store (the engine's database) keep off the loop too.
 
     ``runs`` and ``node``: where each run is claimed, and as whom, so that of several worker
     processes sharing the schedule one runs it (without ``runs`` every process does)."""
@@ -332,7 +446,8 @@ def start_scheduler(
     except ValueError as exc:
         raise ConfigError(f"ENGINE_ELIGIBILITY_CRON {settings.eligibility_cron!r}: {exc}") from exc
     job_store = _job_store(db_url)
-    scheduler = AsyncIOScheduler(
+    scheduler = OffLoopScheduler(
+        event_loop=loop or asyncio.get_running_loop(),
         jobstores={"default": job_store},
         executors={"default": _FireTimeExecutor()},
         timezone=settings.timezone,

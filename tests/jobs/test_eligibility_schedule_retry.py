@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -55,8 +56,9 @@ class Starts:
     """``start_scheduler`` failing the first ``failures`` times as a store that is away does,
     then the real one; the schedulers it started."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, slow_s: float = 0.0) -> None:
         self.failures = failures
+        self.slow_s = slow_s  # each start takes this long (a database slow to answer)
         self.calls = 0
         self.started: list[Any] = []
         self.real = jobs.start_scheduler
@@ -65,6 +67,7 @@ class Starts:
         self.calls += 1
         if self.calls <= self.failures:
             raise OperationalError("SELECT 1", {}, Exception("unable to open database file"))
+        time.sleep(self.slow_s)  # (the worker starts the schedule on a thread)
         scheduler = self.real(*args, **kwargs)
         self.started.append(scheduler)
         return scheduler
@@ -179,6 +182,30 @@ def test_leadership_lost_while_retrying_or_after_the_start_stops_cleanly(
         with pytest.raises(asyncio.CancelledError):
             await lead
         [scheduler] = starts.started
+        assert not scheduler.running
+
+    asyncio.run(main())
+
+
+def test_leadership_lost_while_the_schedule_starts_stops_it_once_started(
+    store: SqlMessageStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The schedule starts on a thread (its job store off the loop): a term lost meanwhile
+    waits for that start and stops what it started, rather than leave it running beside the
+    next leader's."""
+    starts = Starts(failures=0, slow_s=0.5)
+    monkeypatch.setattr(jobs, "start_scheduler", starts)
+
+    async def main() -> None:
+        lead = asyncio.create_task(
+            worker._lead(settings, store, "node-a", NO_SOURCES, lambda: None, None, asyncio.Event())
+        )
+        await _until(lambda: starts.calls >= 1)
+        lead.cancel()  # while the start is under way
+        with pytest.raises(asyncio.CancelledError):
+            await lead
+        [scheduler] = starts.started  # it did start, and was stopped before _lead returned
+        await asyncio.sleep(0.05)  # (APScheduler's shutdown is made on the loop: a turn)
         assert not scheduler.running
 
     asyncio.run(main())
