@@ -357,7 +357,9 @@ async def _eligibility(settings: Settings, store: Any, node: str, term: asyncio.
         try:
             await stop_scheduler(scheduler)
         finally:  # (closed even when the term's end cancels the stop too)
-            await outlast(asyncio.ensure_future(service.close()))
+            closing = asyncio.ensure_future(service.close())
+            if await outlast(closing, "eligibility service close"):
+                raise asyncio.CancelledError
 
 
 async def _start_eligibility(
@@ -387,10 +389,12 @@ async def _start_eligibility(
         try:
             scheduler = await asyncio.shield(starting)
         except asyncio.CancelledError:  # the term lost while starting: stopped once started
-            await outlast(starting)  # (the start is bounded by the job store's time-outs)
+            # (the start is bounded by the job store's time-outs)
+            await outlast(starting, "eligibility schedule start")
             if not starting.cancelled() and starting.exception() is None:
-                await outlast(asyncio.ensure_future(stop_scheduler(starting.result())))
-            await outlast(asyncio.ensure_future(service.close()))
+                stopping = asyncio.ensure_future(stop_scheduler(starting.result()))
+                await outlast(stopping, "eligibility schedule stop")
+            await outlast(asyncio.ensure_future(service.close()), "eligibility service close")
             raise
     except Exception as exc:
         log.error(

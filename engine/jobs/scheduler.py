@@ -118,13 +118,17 @@ class OffLoopScheduler(AsyncIOScheduler):  # type: ignore[misc]
     database: a database slow to answer (or dropping packets, for the job store's own
     timeouts) held the leader's loop, its lock check and its queue workers with it. The runs
     themselves are still made on the loop (:class:`_FireTimeExecutor`). One look at a time:
-    a wake-up asked for meanwhile is made when it ends."""
+    a wake-up asked for meanwhile is made when it ends. Stop it with :func:`stop_scheduler`,
+    which lets a look under way end first and starts none after (a plain ``shutdown`` waits
+    for that look on the loop: APScheduler stops its job stores under the lock a look holds)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="job-store")
         self._looking: asyncio.Future[Any] | None = None
         self._look_again = False
+        #: set by :meth:`settle`: no look starts any more
+        self._stopping = False
 
     def wakeup(self) -> None:  # (APScheduler calls it from any thread)
         loop = self._eventloop
@@ -134,7 +138,7 @@ class OffLoopScheduler(AsyncIOScheduler):  # type: ignore[misc]
     def _look(self) -> None:
         """On the loop: look for due jobs on the store's thread, unless a look is under way."""
         self._stop_timer()
-        if self.state == STATE_STOPPED or self._eventloop is None:
+        if self.state == STATE_STOPPED or self._eventloop is None or self._stopping:
             return
         if self._looking is not None:
             self._look_again = True
@@ -144,10 +148,11 @@ class OffLoopScheduler(AsyncIOScheduler):  # type: ignore[misc]
 
     def _looked(self, done: asyncio.Future[Any]) -> None:
         self._looking = None
-        if self.state == STATE_STOPPED or self._eventloop is None:
+        if self.state == STATE_STOPPED or self._eventloop is None or self._stopping:
             return
-        if done.cancelled() or done.exception() is not None:
-            log.error("scheduler: looking for due jobs failed; looking again")
+        if done.cancelled() or (error := done.exception()) is not None:
+            failed = "CancelledError" if done.cancelled() else type(error).__name__
+            log.error("scheduler: looking for due jobs failed", extra={"error": failed})
             wait: float | None = self.jobstore_retry_interval
         else:
             wait = done.result()
@@ -156,8 +161,11 @@ class OffLoopScheduler(AsyncIOScheduler):  # type: ignore[misc]
         self._start_timer(wait)
 
     async def settle(self) -> None:
-        """Wait for a look under way to end (bounded by the job store's own time-outs), so that
-        stopping does not wait for it on the loop."""
+        """Start no more looks, and wait for one under way to end (bounded by the job store's
+        own time-outs), so that stopping does not wait for it on the loop. The runs that look
+        found due are made before this returns (their submissions were queued on the loop
+        before its end), so a stop that follows finds them and cancels them."""
+        self._stopping = True
         self._stop_timer()
         if self._looking is not None:
             await asyncio.wait([self._looking])
@@ -176,6 +184,7 @@ class OffLoopScheduler(AsyncIOScheduler):  # type: ignore[misc]
     def _stop_now(self, wait: bool) -> None:
         if self.state == STATE_STOPPED:
             return
+        self._stopping = True
         BaseScheduler.shutdown(self, wait)  # (its runs cancelled: asyncio's, on the loop)
         self._stop_timer()
         self._eventloop = None
@@ -326,7 +335,7 @@ async def stop_scheduler(scheduler: AsyncIOScheduler, grace_s: float = 5.0) -> N
     to give their runs back (APScheduler's own shutdown cancels them without waiting)."""
     cancelled = False
     if isinstance(scheduler, OffLoopScheduler):  # stopped whatever: a term's end cancels twice
-        cancelled = await outlast(asyncio.ensure_future(scheduler.settle()))
+        cancelled = await outlast(asyncio.ensure_future(scheduler.settle()), "scheduler settle")
     executors = getattr(scheduler, "_executors", {}).values()
     running = [f for e in executors for f in getattr(e, "_pending_futures", ()) if not f.done()]
     scheduler.shutdown(wait=False)
@@ -336,17 +345,20 @@ async def stop_scheduler(scheduler: AsyncIOScheduler, grace_s: float = 5.0) -> N
         await asyncio.wait(running, timeout=grace_s)
 
 
-async def outlast(future: asyncio.Future[Any]) -> bool:
+async def outlast(future: asyncio.Future[Any], what: str) -> bool:
     """Wait until ``future`` is done, however often this task is cancelled meanwhile (a
     leader's term ends by cancelling its jobs, more than once); whether it was. The caller
-    finishes what must be finished, then raises :class:`asyncio.CancelledError` itself."""
+    finishes what must be finished, then raises :class:`asyncio.CancelledError` itself. An
+    error of ``future`` is logged (its type, as ``what`` failed), not raised: the caller is
+    ending its term, and reads the future's result itself where it needs it."""
     cancelled = False
     while not future.done():
         try:
             await asyncio.shield(future)
         except asyncio.CancelledError:
             cancelled = True
-        except Exception:  # the future's own error: its owner reads it
+        except Exception as exc:
+            log.warning(f"{what} failed", extra={"error": type(exc).__name__})
             break
     return cancelled
 
@@ -386,6 +398,14 @@ def _job_store(db_url: str) -> SQLAlchemyJobStore:
     the leader could not step down. A URL's own settings win."""
     url = _with_driver(db_url)
     if make_url(url).get_backend_name() != "postgresql":
+        if make_url(url).database in (None, "", ":memory:"):  # (tests): one database, any thread
+            from sqlalchemy import create_engine
+            from sqlalchemy.pool import StaticPool
+
+            memory = create_engine(
+                url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+            )
+            return SQLAlchemyJobStore(engine=memory, tablename="scheduled_jobs")
         return SQLAlchemyJobStore(url=url, tablename="scheduled_jobs")
     from sqlalchemy import event
 
