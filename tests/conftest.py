@@ -103,10 +103,18 @@ def metrics_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 
 
 def a_newer_message(store: SqlMessageStore) -> int:
-    """Store a message after the test's own and return its id: SQLite's retention keeps the
-    newest message (engine/store/purge.py: a new row takes the highest id + 1), so a test that
-    means to purge its newest message stores one after it. Received: never purged itself."""
+    """Store a message after the test's own, with a delivery and a document row, and return
+    its id: SQLite's retention keeps the messages holding the newest message, delivery and
+    document ids (engine/store/purge.py: a new row takes the highest id + 1), so a test that
+    means to purge its newest ones stores newer ones. Received: never purged itself."""
+    from sqlalchemy import insert
+
     from engine.store import Incoming
+    from engine.store.tables import deliveries, documents
+    from tests.jobs.retention_support import delivered, document_row
 
     [stored] = store.save_batch([Incoming(raw=b"MSH|^~\\&|NEWER", channel="test")])
+    with store.db_engine.begin() as conn:
+        conn.execute(insert(deliveries), [delivered(stored.id, stored.received_at)])
+        conn.execute(insert(documents), [document_row(stored.id, stored.received_at)])
     return stored.id

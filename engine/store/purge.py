@@ -78,6 +78,14 @@ class _Papers:
     blobs: dict[str, str]
 
 
+#: the messages holding the newest message, delivery and document ids (SQLite: see below)
+_NEWEST = select(
+    select(func.max(messages.c.id)).scalar_subquery(),
+    select(deliveries.c.message_id).order_by(deliveries.c.id.desc()).limit(1).scalar_subquery(),
+    select(documents.c.message_id).order_by(documents.c.id.desc()).limit(1).scalar_subquery(),
+)
+
+
 def purge_sqlite(conn: Any, query: Any) -> tuple[Purged, set[str]]:
     """``MessageStore.purge_range`` on SQLite, on ``conn`` (the caller holds the writers' lock):
     the batch ``query`` reads, purged in one transaction (BEGIN IMMEDIATE), document messages
@@ -90,9 +98,10 @@ def purge_sqlite(conn: Any, query: Any) -> tuple[Purged, set[str]]:
         locked = time.perf_counter()
         # the newest message stays: SQLite numbers a new row the highest id + 1, so with the
         # newest purged (a feed idle past the retention) the next message took its id, and
-        # the audit trail's rows for the purged one, kept for years, named another message
-        newest = conn.execute(select(func.max(messages.c.id))).scalar_one()
-        rows = [r for r in conn.execute(query) if r.id != newest]
+        # the audit trail's rows for the purged one, kept for years, named another message;
+        # so do the messages of the newest delivery and the newest document, for theirs
+        kept = set(conn.execute(_NEWEST).one())
+        rows = [r for r in conn.execute(query) if r.id not in kept]
         if not rows:
             return Purged(0), set()
         ids = [r.id for r in rows]

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from engine.store import Incoming, SqlMessageStore
-from engine.store.tables import messages
+from engine.store.tables import deliveries, documents, messages
+from tests.jobs.retention_support import delivered, document_row
 
 OLD = datetime.now(UTC) - timedelta(days=40)
 
@@ -66,3 +67,37 @@ def test_a_replayed_original_waits_for_its_copy_settled_after_the_cutoff(
     assert store.purge_range(timedelta(days=30)).rows == 2
     with store.db_engine.connect() as conn:
         assert conn.execute(select(messages.c.id)).scalars().all() == [copy + 1]
+
+
+def test_the_newest_delivery_and_documents_ids_are_never_given_again(
+    store: SqlMessageStore,
+) -> None:
+    """SQLite numbers deliveries and documents as it does messages. The newest delivery or
+    document can belong to an older message (a replay delivered again, a document routed
+    late): that message stays, so a new row never takes a purged one's id."""
+    with_delivery, with_document = _stored(store, 1), _stored(store, 2)
+    newest = _stored(store, 3)
+    with store.db_engine.begin() as conn:  # the newest delivery and document: older messages'
+        [old_delivery] = conn.execute(
+            insert(deliveries).returning(deliveries.c.id), [delivered(with_delivery, OLD)]
+        ).scalars()
+        [old_document] = conn.execute(
+            insert(documents).returning(documents.c.id), [document_row(with_document, OLD)]
+        ).scalars()
+    for mid in (with_delivery, with_document, newest):
+        _settle(store, mid, "delivered", OLD)
+    purged = store.purge_range(timedelta(days=30)).rows
+    later = _stored(store, 4)
+    with store.db_engine.begin() as conn:
+        [new_delivery] = conn.execute(
+            insert(deliveries).returning(deliveries.c.id), [delivered(later, OLD)]
+        ).scalars()
+        [new_document] = conn.execute(
+            insert(documents).returning(documents.c.id), [document_row(later, OLD)]
+        ).scalars()
+    assert new_delivery != old_delivery
+    assert new_document != old_document
+    if store.db_engine.dialect.name == "sqlite":
+        assert purged == 0  # the three kept: the newest message, delivery and document's
+    else:
+        assert purged == 3  # a sequence never hands an id out twice
