@@ -71,7 +71,9 @@ __all__ = [
     "backup_sqlite",
     "database_user",
     "pg_commands",
+    "restore_marker",
     "restore_sqlite",
+    "unfinished_restore",
 ]
 
 MANIFEST = "backup.json"
@@ -479,10 +481,18 @@ def _put_in_place(database: Path, new_db: Path, new_blobs: Path) -> Path | None:
         _remove(new_db, new_blobs)
         raise EngineError(f"{database} was opened by process {user} meanwhile: stop it first")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    # until the database is in place, a start refuses (engine/store/db.py): killed between the
+    # renames, the restore left no database, and an engine made an empty one whose hourly
+    # sweep removed the restored document files no row named
+    marker = restore_marker(database)
+    _write_synced(marker, f"pre-restore-{stamp}\n".encode())
+    _fsync_dir(database.parent)
     aside = _move_aside(database, database.parent / f"pre-restore-{stamp}")
     new_blobs.replace(database.with_suffix(".blobs"))
     _fsync_dir(database.parent)
     new_db.replace(database)
+    _fsync_dir(database.parent)
+    marker.unlink()
     _fsync_dir(database.parent)
     # an engine that opened the database since the check above (it opens it before it takes
     # the migration lock, and waits for that) has the one moved aside open, its WAL index
@@ -497,6 +507,29 @@ def _put_in_place(database: Path, new_db: Path, new_blobs: Path) -> Path | None:
             "was being replaced: stop that process, then start the engine again"
         )
     return aside
+
+
+def restore_marker(database: Path) -> Path:
+    """The file beside ``database`` that says a restore began to put a backup in its place
+    and has not finished (its content: the folder the replaced database went to)."""
+    return database.with_name(f"{database.name}.restore-unfinished")
+
+
+def unfinished_restore(database: Path) -> str | None:
+    """Why ``database`` must not be opened: a restore was stopped while it put a backup in
+    place (:func:`restore_marker`); None when none was."""
+    marker = restore_marker(database)
+    try:
+        aside = marker.read_text(errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        aside = f"? ({exc.strerror})"
+    return (
+        f"a restore of {database} was stopped before it finished ({marker} is there): run "
+        f"`engine restore` from the backup again (the database it replaced is in {aside}, "
+        "beside it), then start the engine"
+    )
 
 
 def _remove(*paths: Path) -> None:

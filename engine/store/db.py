@@ -293,11 +293,21 @@ def _sqlite_engine(parsed: URL, *, durable: bool) -> Engine:
                 f"ENGINE_DATABASE_URL: cannot create the database folder {folder} "
                 f"({exc.strerror or exc}); set ENGINE_HOME or ENGINE_DATABASE_URL"
             ) from exc
+        _refuse_unfinished_restore(Path(parsed.database))
     db_engine = create_engine(
         parsed, connect_args={"check_same_thread": False, "isolation_level": None}
     )
     _configure_sqlite(db_engine, durable=durable)
     return db_engine
+
+
+def _refuse_unfinished_restore(database: Path) -> None:
+    """A SQLite store a restore began to replace and did not finish is not opened: with no
+    database in place, an engine would make an empty one (engine/store/backup.py)."""
+    from engine.store.backup import unfinished_restore
+
+    if (why := unfinished_restore(database)) is not None:
+        raise ConfigError(why)
 
 
 #: how long a SQLite statement waits for a lock before it fails (``database is locked``)
@@ -612,6 +622,8 @@ def hold_migration_lock(conn: Connection) -> None:
     fd = os.open(Path(database).with_suffix(".migratelock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        # a start that waited here for a restore which was then stopped half-way
+        _refuse_unfinished_restore(Path(database))
     except BaseException:
         os.close(fd)
         raise

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from engine.errors import EngineError
+from engine.errors import ConfigError, EngineError
 from engine.store import SqlMessageStore, create_db_engine
 from engine.store import backup as module
 from engine.store.backup import backup_sqlite, restore_sqlite
@@ -283,10 +283,36 @@ def test_a_crash_between_the_renames_leaves_no_database_without_its_files(
     if database.exists():
         for sha in hashes:
             assert (home / "engine.blobs" / sha[:2] / sha).is_file()
+    # no engine starts on it: it would make an empty database, and its sweep would remove the
+    # restored files no row names
+    with pytest.raises(ConfigError, match="restore of .* was stopped before it finished"):
+        create_db_engine(f"sqlite:///{database}")
+    assert not database.exists()
     # and a restore run again puts both in place
     _restore(folder, database)
     for sha in hashes:
         assert (home / "engine.blobs" / sha[:2] / sha).is_file()
+    assert not module.restore_marker(database).exists()
+    store = SqlMessageStore(create_db_engine(f"sqlite:///{database}"))
+    store.migrate()  # an engine starts on it
+    store.db_engine.dispose()
+
+
+def test_an_engine_waiting_for_a_restore_that_stops_half_way_does_not_start(
+    home: Path, tmp_path: Path
+) -> None:
+    """An engine started during a restore opens its database, then waits for the migration
+    lock the restore holds. Were the restore killed between its renames, the engine would go
+    on with no database in place: it checks again once it holds the lock."""
+    _backed_up(home, tmp_path)
+    database = home / "engine.db"
+    waiting = SqlMessageStore(create_db_engine(f"sqlite:///{database}"))  # before the restore
+    module.restore_marker(database).write_text("pre-restore-20261208T000000Z\n")  # as left
+    try:
+        with pytest.raises(ConfigError, match="run `engine restore` from the backup again"):
+            waiting.migrate()
+    finally:
+        waiting.db_engine.dispose()
 
 
 def test_a_backup_database_that_changes_while_it_is_copied_is_not_restored(
