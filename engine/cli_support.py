@@ -31,14 +31,15 @@ ResendDestination = Annotated[
 
 
 def open_store() -> Any:
-    """The message store of the configured database, migrated to the current schema.
+    """The message store of the configured database, at this engine's schema.
 
     The CLI reads the engine's store; it never makes one. A SQLite file that does not exist, or a
     database without the engine's tables (an empty file, another application's database) is an
     error naming it (an empty database would only answer "no messages"), and so is a database
-    that cannot be reached (its host and port, never the password). A migration step that fails,
-    or a schema a newer engine made, is said as :meth:`~engine.store.SqlMessageStore.migrate`
-    words it (the step's revision and the database's reason; what to run instead).
+    that cannot be reached (its host and port, never the password). A schema older or newer
+    than this engine's is an error too
+    (:meth:`~engine.store.SqlMessageStore.require_current_schema`): a command never migrates,
+    since the nodes running on the database may be of another version; `engine serve` does.
     """
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -66,7 +67,7 @@ def open_store() -> Any:
                 f"{shown} is not an engine database (it has no engine tables): start the "
                 "engine once with `engine serve` on it, or set ENGINE_HOME / ENGINE_DATABASE_URL"
             )
-        store.migrate()  # an older engine's schema is brought up to date
+        store.require_current_schema()  # never migrated here: older nodes may be running
         store.use_audit_key(key)
     except SQLAlchemyError as exc:
         db_engine.dispose()

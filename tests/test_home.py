@@ -21,6 +21,8 @@ from engine.store import SqlMessageStore, create_db_engine
 from engine.store.messages import Incoming
 
 ENGINE = [sys.executable, "-m", "engine"]
+#: a schema revision before this engine's newest
+OLDER = "0026"
 
 
 def engine_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -145,6 +147,31 @@ def test_a_database_without_the_engine_schema_is_named_not_filled(tmp_path: Path
     proc = engine_cli("messages", "list", cwd=tmp_path, env={})
     one_line_error(proc, f"{empty} is not an engine database", "engine serve")
     assert empty.stat().st_size == 0
+
+
+def test_an_older_schema_is_named_and_left_as_it_is(tmp_path: Path) -> None:
+    """A newer CLI installed beside nodes still running the older version does not migrate
+    their database under them: the command says what to do, and the schema stays."""
+    from alembic.runtime.migration import MigrationContext
+
+    (tmp_path / "var").mkdir()
+    database = tmp_path / "var" / "engine.db"
+    store = SqlMessageStore(create_db_engine(f"sqlite:///{database}"))
+    store.migrate(OLDER)  # as the older version left it
+
+    def revision() -> str | None:
+        with store.db_engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    try:
+        proc = engine_cli("messages", "list", cwd=tmp_path, env={})
+        one_line_error(proc, f"revision {OLDER}, older than this engine's", "engine serve")
+        assert revision() == OLDER
+        store.migrate()  # what `engine serve` of this version does as it starts
+        proc = engine_cli("messages", "list", cwd=tmp_path, env={})
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        store.db_engine.dispose()
 
 
 def test_an_unreachable_postgresql_is_named_without_its_password(tmp_path: Path) -> None:

@@ -128,6 +128,32 @@ class SqlMessageStore(
         #: when :meth:`checkpoint` may try a RESTART again after one found the log held
         self.restarts = RestartPacing()
 
+    def require_current_schema(self) -> None:
+        """For what uses the store without changing its schema (the CLI's commands): a
+        ConfigError when the database is not at this engine's newest revision. Older: the
+        nodes running now may be of the older version, and a newer CLI installed beside them
+        must not change the schema under them; `engine serve` of this version migrates it.
+        Newer: as :meth:`migrate` says it. A database that cannot be reached raises
+        SQLAlchemy's error, which the caller words."""
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        with self.db_engine.connect() as conn:
+            if (newer := _newer_schema(conn, cfg)) is not None:
+                raise newer
+            heads = MigrationContext.configure(conn).get_current_heads()
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        if tuple(heads) != (head,):
+            raise ConfigError(
+                f"the database's schema is at revision {', '.join(heads) or '(none)'}, older "
+                f"than this engine's {head}: start `engine serve` of this version on it, which "
+                "migrates it (every node of the database must then run this version); "
+                "a command leaves the schema as it is, for the nodes running now"
+            )
+
     def migrate(self, revision: str = "head") -> None:
         """Bring the schema to the newest Alembic revision (creates it on a new database).
 
