@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, insert, select, text, update
@@ -403,6 +404,7 @@ def test_a_large_original_stored_without_its_digest_is_hashed_when_compared(
     resend."""
     from engine.store import resends as module
 
+    _record_pids(store)
     [first] = store.save_batch([item(_large())])
     with store.db_engine.begin() as conn:
         conn.execute(update(messages).where(messages.c.id == first.id).values(digest=None))
@@ -446,11 +448,33 @@ def _another_writer_can_write(store: SqlMessageStore) -> bool:
             return False
         finally:
             other.close()
+    # this store's sessions only: other tests' (another pytest on the same database) may write
+    assert _STORE_PIDS, "the store's connections were not recorded (_record_pids)"
     with store.db_engine.connect() as conn:
         open_ = conn.execute(
             text(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL"
-            )
+                "AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL "
+                "AND pid = ANY(:pids)"
+            ),
+            {"pids": sorted(_STORE_PIDS)},
         ).scalar_one()
     return open_ == 0
+
+
+#: the backend pids of the store's connections (PostgreSQL), for _another_writer_can_write
+_STORE_PIDS: set[int] = set()
+
+
+def _record_pids(store: SqlMessageStore) -> None:
+    """From now on each new connection of ``store`` adds its backend pid to _STORE_PIDS."""
+    from sqlalchemy import event
+
+    _STORE_PIDS.clear()
+    if store.db_engine.dialect.name != "postgresql":
+        return
+    store.db_engine.dispose()  # every connection from here on is a new one, recorded
+
+    @event.listens_for(store.db_engine, "connect")
+    def _pid(dbapi_connection: Any, _record: Any) -> None:
+        _STORE_PIDS.add(dbapi_connection.info.backend_pid)
