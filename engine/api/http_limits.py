@@ -121,10 +121,15 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._stop_body_timer()
         self._body_done = True
         super().on_message_complete()
-        # answered before its body had all come: the next head is due from now on
+        # answered before its body had all come: the connection is idle from now on, the next
+        # head due (and uvicorn's keep-alive timer, held back until now, armed)
         if self.cycle is not None and self.cycle.response_complete and not self.pipeline:
             if not self.transport.is_closing():
                 self._await_head()
+                if self.timeout_keep_alive_task is None:
+                    self.timeout_keep_alive_task = self.loop.call_later(
+                        self.timeout_keep_alive, self.timeout_keep_alive_handler
+                    )
 
     def _await_body(self) -> None:
         self._stop_body_timer()
@@ -151,7 +156,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         super().on_response_complete()
         # not while a pipelined request (its head already read) is still to be answered, nor
         # while the body of one answered early still comes (its body timer bounds that)
-        if self.transport.is_closing() or not self._body_done:
+        if self.transport.is_closing():
+            return
+        if not self._body_done:  # not idle: uvicorn's keep-alive timer would close it at 5 s
+            self._unset_keepalive_if_required()
             return
         if self.cycle is None or self.cycle.response_complete:
             self._await_head()

@@ -89,6 +89,7 @@ def serving(
     new_loop: LoopFactory,
     gate: Gate | None = None,
     app: Any = None,
+    keep_alive_s: int = int(WAIT_S * 3),
     **limits: Any,
 ) -> Iterator[int]:
     """uvicorn with the engine's configuration (``limits``: ``http_*`` settings) in a loop thread
@@ -96,7 +97,7 @@ def serving(
     settings = Settings(var_dir=tmp_path, http_host="127.0.0.1", **limits)
     config = _http_config(settings, app or make_app(gate or Gate()))
     # uvicorn's own keep-alive timer (5 s) would close an idle connection a slow test still uses
-    config.timeout_keep_alive = int(WAIT_S * 3)
+    config.timeout_keep_alive = keep_alive_s
     server = uvicorn.Server(config)  # not the main thread: uvicorn leaves the signals alone
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -243,13 +244,15 @@ def test_a_body_still_coming_after_an_early_answer_is_not_cut_by_the_head_deadli
 ) -> None:
     """An app may answer before reading the body (a 401 or 413 does): the client still sends
     it, and the next head is due only from its end, not from the answer."""
-    with serving(tmp_path, new_loop, http_head_timeout_s=0.5) as port, connect(port) as sock:
+    limits = {"http_head_timeout_s": 0.5, "keep_alive_s": 1}  # uvicorn's keep-alive: 1 s
+    with serving(tmp_path, new_loop, **limits) as port, connect(port) as sock:
         piece, pieces = b"x" * 100, 15
         head = (
             f"POST /hello HTTP/1.1\r\nHost: test\r\nContent-Length: {len(piece) * pieces}\r\n\r\n"
         )
         assert answer(sock, head.encode()).startswith(b"HTTP/1.1 200")  # the app read nothing
-        for _ in range(pieces):  # 1.5 s of body: three head deadlines after the answer
+        time.sleep(1.5)  # the client pauses past uvicorn's keep-alive time before its body
+        for _ in range(pieces):  # 1.5 s of body: three head deadlines more
             time.sleep(0.1)
             sock.sendall(piece)
         assert answer(sock).startswith(b"HTTP/1.1 200"), "the body's connection was cut"
