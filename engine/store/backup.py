@@ -485,9 +485,10 @@ def _put_in_place(database: Path, new_db: Path, new_blobs: Path) -> Path | None:
     # renames, the restore left no database, and an engine made an empty one whose hourly
     # sweep removed the restored document files no row named
     marker = restore_marker(database)
-    _write_synced(marker, f"pre-restore-{stamp}\n".encode())
+    folder = _unused(database.parent / f"pre-restore-{stamp}")
+    _write_synced(marker, f"{folder.name}\n".encode())
     _fsync_dir(database.parent)
-    aside = _move_aside(database, database.parent / f"pre-restore-{stamp}")
+    aside = _move_aside(database, folder)
     new_blobs.replace(database.with_suffix(".blobs"))
     _fsync_dir(database.parent)
     new_db.replace(database)
@@ -527,8 +528,8 @@ def unfinished_restore(database: Path) -> str | None:
         aside = f"? ({exc.strerror})"
     return (
         f"a restore of {database} was stopped before it finished ({marker} is there): run "
-        f"`engine restore` from the backup again (the database it replaced is in {aside}, "
-        "beside it), then start the engine"
+        f"`engine restore` from the backup again (the database it replaced, if there was one, "
+        f"is in {aside} beside it), then start the engine"
     )
 
 
@@ -627,14 +628,21 @@ def _move_aside(database: Path, folder: Path) -> Path | None:
     present = [database.parent / name for name in names if (database.parent / name).exists()]
     if not present:
         return None
-    base, n = folder, 1
-    while folder.exists():  # two restores within a second
-        n += 1
-        folder = base.with_name(f"{base.name}-{n}")
+    folder = _unused(folder)
     folder.mkdir(mode=0o700)
     for path in present:
         path.replace(folder / path.name)
     _fsync_dir(folder)
+    return folder
+
+
+def _unused(folder: Path) -> Path:
+    """``folder``, or ``folder-2``, ``-3``... the first that does not exist (two restores
+    within a second)."""
+    base, n = folder, 1
+    while folder.exists():
+        n += 1
+        folder = base.with_name(f"{base.name}-{n}")
     return folder
 
 

@@ -301,6 +301,15 @@ def _sqlite_engine(parsed: URL, *, durable: bool) -> Engine:
     return db_engine
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """The file at ``path`` (device and inode), None when there is none."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 def _refuse_unfinished_restore(database: Path) -> None:
     """A SQLite store a restore began to replace and did not finish is not opened: with no
     database in place, an engine would make an empty one (engine/store/backup.py)."""
@@ -619,11 +628,18 @@ def hold_migration_lock(conn: Connection) -> None:
     database = conn.engine.url.database
     if conn.dialect.name != "sqlite" or not database or database == ":memory:":
         return
+    opened = _file_id(Path(database))  # the file this connection opened, a moment ago
     fd = os.open(Path(database).with_suffix(".migratelock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        # a start that waited here for a restore which was then stopped half-way
+        # a start that waited here for a restore: stopped half-way, or done (the connection's
+        # file, made while the old one was moved aside, is no longer the database)
         _refuse_unfinished_restore(Path(database))
+        if _file_id(Path(database)) != opened:
+            raise ConfigError(
+                f"{database} was replaced while this engine waited to start (a restore): "
+                "start it again"
+            )
     except BaseException:
         os.close(fd)
         raise

@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -296,6 +297,45 @@ def test_a_crash_between_the_renames_leaves_no_database_without_its_files(
     store = SqlMessageStore(create_db_engine(f"sqlite:///{database}"))
     store.migrate()  # an engine starts on it
     store.db_engine.dispose()
+
+
+def test_an_engine_that_waited_for_a_restore_does_not_start_on_the_file_it_made(
+    home: Path, tmp_path: Path
+) -> None:
+    """An engine that connected while the restore had moved the old database aside made an
+    empty file there, then waited for the lock; the restore renamed the backup onto that
+    name and finished. The engine, on its empty file, would have migrated it and left its
+    log beside the restored database (found by review: the restore then read 0 messages)."""
+    _backed_up(home, tmp_path)
+    database = home / "engine.db"
+    database.rename(tmp_path / "aside.db")  # moved aside...
+    waiting = SqlMessageStore(create_db_engine(f"sqlite:///{database}"))
+    with waiting.db_engine.connect() as conn:  # ...and an engine opens the name: a new file
+        conn.exec_driver_sql("SELECT 1")
+    lock = os.open(database.with_suffix(".migratelock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # the restore's
+
+    def restore_finishes() -> None:
+        time.sleep(0.5)  # the engine waits for the lock meanwhile
+        shutil.copy(tmp_path / "aside.db", tmp_path / "staged.db")
+        (tmp_path / "staged.db").replace(database)
+        os.close(lock)
+
+    finishing = threading.Thread(target=restore_finishes)
+    finishing.start()
+    try:
+        with pytest.raises(ConfigError, match="was replaced while this engine waited"):
+            waiting.migrate()
+    finally:
+        finishing.join()
+        waiting.db_engine.dispose()
+    # the restored database is the backup's, whole
+    assert _messages_in(database) == _messages_in(tmp_path / "aside.db") > 0
+
+
+def _messages_in(database: Path) -> int:
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
 
 
 def test_an_engine_waiting_for_a_restore_that_stops_half_way_does_not_start(
