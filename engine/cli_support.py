@@ -13,6 +13,7 @@ import typer
 
 __all__ = [
     "ResendDestination",
+    "has_engine_tables",
     "open_store",
     "print_deliveries",
     "print_json",
@@ -187,6 +188,26 @@ def store_action(missing: str) -> Iterator[None]:
         raise EngineError(missing) from None
     except ActionRefused as exc:
         raise EngineError(str(exc)) from None
+
+
+def has_engine_tables(url: str) -> bool:
+    """Whether the database at ``url`` holds an engine schema (False for a SQLite file that
+    does not exist); a database that cannot be reached is said as :func:`open_store` says it."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from engine.store import create_db_engine
+    from engine.store.db import connection_problem
+
+    database = _sqlite_file(url)
+    if database is not None and not database.is_file():
+        return False
+    db_engine = create_db_engine(url)
+    try:
+        return _has_schema(db_engine)
+    except SQLAlchemyError as exc:
+        raise connection_problem(db_engine, exc) from exc
+    finally:
+        db_engine.dispose()
 
 
 def _has_schema(db_engine: Any) -> bool:

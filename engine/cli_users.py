@@ -5,7 +5,8 @@ script or CI hands one over, with no terminal), or asked twice when stdin is a t
 from the command line (where ``ps`` and the shell history would keep it), never echoed or logged.
 Fewer than 12 characters is refused. Every change is audited with the OS user as the actor and
 ``cli`` as the source (engine/store/users.py). ``add`` on a home where the engine never ran
-makes (and migrates) its database, so the first user can exist before the first start.
+makes (and migrates) its database, so the first user can exist before the first start; a
+database in use is never migrated (a schema older than this engine's is an error).
 """
 
 from __future__ import annotations
@@ -50,11 +51,20 @@ PasswordStdin = Annotated[
 
 @contextmanager
 def _users() -> Iterator[Any]:
-    """The store (made and migrated if the engine never ran here), closed after."""
+    """The store, closed after: made and migrated where the engine never ran (no engine
+    tables yet, so no node runs on it, and the first user can exist before the first
+    start); else at this engine's schema, never migrated (``open_store``: the nodes running
+    on it may be of an older version)."""
+    from engine.cli_support import command_store, has_engine_tables
     from engine.settings import load_settings
     from engine.startup import open_database
 
-    db_engine, store = open_database(load_settings())
+    settings = load_settings()
+    if has_engine_tables(settings.resolved_database_url()):
+        with command_store() as store:
+            yield store
+        return
+    db_engine, store = open_database(settings)
     try:
         yield store
     finally:

@@ -164,9 +164,10 @@ def test_an_older_schema_is_named_and_left_as_it_is(tmp_path: Path) -> None:
             return MigrationContext.configure(conn).get_current_revision()
 
     try:
-        proc = engine_cli("messages", "list", cwd=tmp_path, env={})
-        one_line_error(proc, f"revision {OLDER}, older than this engine's", "engine serve")
-        assert revision() == OLDER
+        for command in (("messages", "list"), ("users", "list")):
+            proc = engine_cli(*command, cwd=tmp_path, env={})
+            one_line_error(proc, f"revision {OLDER}, older than this engine's", "engine serve")
+            assert revision() == OLDER
         store.migrate()  # what `engine serve` of this version does as it starts
         proc = engine_cli("messages", "list", cwd=tmp_path, env={})
         assert proc.returncode == 0, proc.stderr
