@@ -50,7 +50,7 @@ async def read_capped(
         # read thousands of digits (it refuses past 4300)
         if len(declared.lstrip("0")) > len(str(limit)) or int(declared) > limit:
             metrics.record_error("receive")
-            raise _too_large(limit)
+            raise HTTPException(413, detail=f"body larger than the {limit}-byte limit")
     timeout_s = _body_timeout(request) if timeout_s is None else timeout_s
     body = bytearray()
     loop = asyncio.get_running_loop()
@@ -61,7 +61,7 @@ async def read_capped(
                 body += chunk
                 if len(body) > limit:
                     metrics.record_error("receive")
-                    raise _too_large(limit)
+                    raise HTTPException(413, detail=f"body larger than the {limit}-byte limit")
                 if len(body) - stepped >= PROGRESS_BYTES:
                     stepped = len(body)
                     deadline.reschedule(loop.time() + timeout_s)
@@ -79,14 +79,6 @@ async def read_capped(
     if not body:
         raise HTTPException(400, detail="empty body")
     return bytes(body)
-
-
-def _too_large(limit: int) -> HTTPException:
-    """413, the connection closed after it: the rest of the body may be on its way, and it
-    would keep the connection as long as it comes."""
-    return HTTPException(
-        413, detail=f"body larger than the {limit}-byte limit", headers={"Connection": "close"}
-    )
 
 
 def _body_timeout(request: Request) -> float:

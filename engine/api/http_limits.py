@@ -11,7 +11,8 @@ request head sent a byte at a time (or never) keeps its connection for ever; and
 * ``head_timeout_s``: a connection that has not delivered a whole request head within this time
   of its connect, or of the end of the previous response on a kept-alive connection, is closed.
   A request answered before its body was read (a 401 or a 413, say) keeps its connection while
-  that body still comes: the next head is due from the body's end.
+  that body still comes, with no gap longer than uvicorn's keep-alive time (5 s): the next head
+  is due from the body's end.
 * ``body_timeout_s``: the body of every request must keep coming: all of it, or another
   :data:`BODY_PROGRESS_BYTES`, within ``head_timeout_s + body_timeout_s`` of the head or of the
   last such step, or the connection is closed. FastAPI reads a form or JSON body before a route's
@@ -105,8 +106,24 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._stop_body_timer()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # (uvicorn's keep-alive timer stopped at any data)
+        # a body still coming after its request was answered: the connection stays while it
+        # keeps coming, with no gap longer than uvicorn's keep-alive time (a client that sent
+        # ``Expect: 100-continue`` may never send it); the body timer bounds it as well
+        if self._draining() and self.timeout_keep_alive_task is None:
+            if not self.transport.is_closing():
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
+
+    def _draining(self) -> bool:
+        """Whether the current request was answered and its body still comes."""
+        return not self._body_done and self.cycle is not None and self.cycle.response_complete
+
     def on_headers_complete(self) -> None:
         self._stop_head_timer()
+        self._unset_keepalive_if_required()  # (armed after an early answer: a new request now)
         self._body_done = False
         super().on_headers_complete()
         self._await_body()  # (a request without a body completes at once: stopped there)
@@ -122,7 +139,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._body_done = True
         super().on_message_complete()
         # answered before its body had all come: the connection is idle from now on, the next
-        # head due (and uvicorn's keep-alive timer, held back until now, armed)
+        # head due (uvicorn's keep-alive timer armed, if it is not)
         if self.cycle is not None and self.cycle.response_complete and not self.pipeline:
             if not self.transport.is_closing():
                 self._await_head()
@@ -158,8 +175,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         # while the body of one answered early still comes (its body timer bounds that)
         if self.transport.is_closing():
             return
-        if not self._body_done:  # not idle: uvicorn's keep-alive timer would close it at 5 s
-            self._unset_keepalive_if_required()
+        if not self._body_done:  # the body still comes: data_received keeps it (above)
             return
         if self.cycle is None or self.cycle.response_complete:
             self._await_head()

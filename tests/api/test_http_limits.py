@@ -239,26 +239,68 @@ def test_a_request_in_progress_is_not_cut_by_the_head_deadline(
         assert answer(sock).startswith(b"HTTP/1.1 200")  # and kept alive for the next
 
 
+#: short deadlines for the early-answer tests: the next head (0.5 s) and uvicorn's own keep-alive
+#: time (1 s, 5 s in production)
+EARLY = {"http_head_timeout_s": 0.5, "keep_alive_s": 1}
+
+
+def _posted(sock: socket.socket, length: int, *extra: str) -> None:
+    """A POST of ``length`` bytes to /hello, which answers without reading them: answered."""
+    head = f"POST /hello HTTP/1.1\r\nHost: test\r\nContent-Length: {length}\r\n"
+    head += "".join(f"{line}\r\n" for line in extra) + "\r\n"
+    assert answer(sock, head.encode()).startswith(b"HTTP/1.1 200")  # the app read nothing
+
+
 def test_a_body_still_coming_after_an_early_answer_is_not_cut_by_the_head_deadline(
     tmp_path: Path, new_loop: LoopFactory
 ) -> None:
     """An app may answer before reading the body (a 401 or 413 does): the client still sends
-    it, and the next head is due only from its end, not from the answer."""
-    limits = {"http_head_timeout_s": 0.5, "keep_alive_s": 1}  # uvicorn's keep-alive: 1 s
-    with serving(tmp_path, new_loop, **limits) as port, connect(port) as sock:
+    it, and the connection stays while it comes; the next head is due from its end."""
+    with serving(tmp_path, new_loop, **EARLY) as port, connect(port) as sock:
         piece, pieces = b"x" * 100, 15
-        head = (
-            f"POST /hello HTTP/1.1\r\nHost: test\r\nContent-Length: {len(piece) * pieces}\r\n\r\n"
-        )
-        assert answer(sock, head.encode()).startswith(b"HTTP/1.1 200")  # the app read nothing
-        time.sleep(1.5)  # the client pauses past uvicorn's keep-alive time before its body
-        for _ in range(pieces):  # 1.5 s of body: three head deadlines more
-            time.sleep(0.1)
+        _posted(sock, len(piece) * pieces)
+        for _ in range(pieces):  # 3 s of body: past both deadlines, never idle for either
+            time.sleep(0.2)
             sock.sendall(piece)
         assert answer(sock).startswith(b"HTTP/1.1 200"), "the body's connection was cut"
         # and the deadline holds again from the body's end
         sock.sendall(GET[:10])
         assert closed(sock)
+
+
+@pytest.mark.parametrize("some", [b"", b"x" * 10], ids=["none of it", "some of it"])
+def test_a_body_that_stops_after_an_early_answer_is_closed_at_the_keep_alive_time(
+    tmp_path: Path, new_loop: LoopFactory, some: bytes
+) -> None:
+    """A client that sent ``Expect: 100-continue`` and got its answer may never send the body,
+    or stop sending it: the connection is closed when it has been idle for uvicorn's
+    keep-alive time, not held for the body's whole window (70 s in production)."""
+    with serving(tmp_path, new_loop, **EARLY) as port, connect(port) as sock:
+        _posted(sock, 1000, "Expect: 100-continue")
+        sock.sendall(some)
+        started = time.monotonic()
+        assert closed(sock)
+        assert time.monotonic() - started < 5  # the keep-alive's 1 s, not the body's 60.5 s
+
+
+def test_the_next_request_in_the_same_read_as_an_early_answered_body_is_not_cut(
+    tmp_path: Path, new_loop: LoopFactory
+) -> None:
+    """The rest of an early-answered body and the next request, in one read: the idle timer
+    armed at the body's end stops at the next head, whose answer takes longer than it."""
+    gate = Gate()
+    with serving(tmp_path, new_loop, gate, **EARLY) as port, connect(port) as sock:
+        _posted(sock, 10)
+        sock.sendall(b"x" * 10 + GATED)
+        gate.until_arrived(1)
+        time.sleep(1.5)  # past the keep-alive time while the app works
+        gate.open()
+        data = b""
+        while not data.endswith(b"hello"):
+            chunk = sock.recv(4096)
+            assert chunk, "the connection was closed while its request was in progress"
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200")
 
 
 def test_one_address_holds_at_most_its_share(tmp_path: Path, new_loop: LoopFactory) -> None:
