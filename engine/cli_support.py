@@ -224,6 +224,8 @@ def _has_schema(db_engine: Any) -> bool:
                 found = db.execute(
                     "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
                 ).fetchone()
+        except sqlite3.OperationalError:  # locked, or cannot be read: no verdict on the file
+            return True  # (the store's own connection then says what is wrong)
         except sqlite3.DatabaseError:  # not a SQLite file at all
             return False
         return found is not None

@@ -118,3 +118,28 @@ def test_add_on_a_home_where_the_engine_never_ran(
         assert [u.username for u in SqlMessageStore(db).list_users()] == ["ada"]
     finally:
         db.dispose()
+
+
+def test_a_database_locked_elsewhere_is_not_taken_for_one_without_engine_tables(
+    tmp_path: Path,
+) -> None:
+    """Whether a SQLite file holds the engine's tables is read without writing; a file locked
+    by another process gives no answer, and is not taken for a new database (``engine users``
+    would then migrate it while its nodes run): the store's own connection says what is
+    wrong."""
+    import contextlib
+    import sqlite3
+
+    from engine.cli_support import _has_schema
+
+    path = tmp_path / "engine.db"
+    store = SqlMessageStore(create_db_engine(f"sqlite:///{path}"))
+    store.migrate()
+    store.db_engine.dispose()  # (its pooled connection would keep the lock below from us)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("PRAGMA locking_mode=EXCLUSIVE")
+        other.execute("BEGIN EXCLUSIVE")  # held: no reader gets in
+        assert _has_schema(store.db_engine) is True
+        other.execute("ROLLBACK")
+    (tmp_path / "other.db").write_bytes(b"not a database file, not even close" * 10)
+    assert _has_schema(create_db_engine(f"sqlite:///{tmp_path / 'other.db'}")) is False
