@@ -97,11 +97,9 @@ def restore(
 
 def _known_revisions() -> set[str]:
     """The schema revisions this engine's migrations know."""
-    from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    import engine.store
+    from engine.store.repository import alembic_config
 
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(engine.store.__file__).parent / "migrations"))
-    return {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
+    scripts = ScriptDirectory.from_config(alembic_config())
+    return {rev.revision for rev in scripts.walk_revisions()}

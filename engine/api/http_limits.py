@@ -111,11 +111,15 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         # a body still coming after its request was answered: the connection stays while it
         # keeps coming, with no gap longer than uvicorn's keep-alive time (a client that sent
         # ``Expect: 100-continue`` may never send it); the body timer bounds it as well
-        if self._draining() and self.timeout_keep_alive_task is None:
-            if not self.transport.is_closing():
-                self.timeout_keep_alive_task = self.loop.call_later(
-                    self.timeout_keep_alive, self.timeout_keep_alive_handler
-                )
+        if self._draining():
+            self._arm_keep_alive()
+
+    def _arm_keep_alive(self) -> None:
+        """uvicorn's keep-alive timer (closes the connection when it fires), unless armed."""
+        if self.timeout_keep_alive_task is None and not self.transport.is_closing():
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     def _draining(self) -> bool:
         """Whether the current request was answered and its body still comes."""
@@ -143,10 +147,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if self.cycle is not None and self.cycle.response_complete and not self.pipeline:
             if not self.transport.is_closing():
                 self._await_head()
-                if self.timeout_keep_alive_task is None:
-                    self.timeout_keep_alive_task = self.loop.call_later(
-                        self.timeout_keep_alive, self.timeout_keep_alive_handler
-                    )
+                self._arm_keep_alive()
 
     def _await_body(self) -> None:
         self._stop_body_timer()

@@ -127,7 +127,7 @@ class OffLoopScheduler(AsyncIOScheduler):  # type: ignore[misc]
         self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="job-store")
         self._looking: asyncio.Future[Any] | None = None
         self._look_again = False
-        #: set by :meth:`settle`: no look starts any more
+        #: set by :meth:`settle` and on stopping: no look starts any more
         self._stopping = False
 
     def wakeup(self) -> None:  # (APScheduler calls it from any thread)
@@ -138,17 +138,18 @@ class OffLoopScheduler(AsyncIOScheduler):  # type: ignore[misc]
     def _look(self) -> None:
         """On the loop: look for due jobs on the store's thread, unless a look is under way."""
         self._stop_timer()
-        if self.state == STATE_STOPPED or self._eventloop is None or self._stopping:
+        loop = self._eventloop
+        if self._stopping or loop is None:  # (set before the scheduler stops: see _stop_now)
             return
         if self._looking is not None:
             self._look_again = True
             return
-        self._looking = self._eventloop.run_in_executor(self._store_thread, self._process_jobs)
+        self._looking = loop.run_in_executor(self._store_thread, self._process_jobs)
         self._looking.add_done_callback(self._looked)
 
     def _looked(self, done: asyncio.Future[Any]) -> None:
         self._looking = None
-        if self.state == STATE_STOPPED or self._eventloop is None or self._stopping:
+        if self._stopping:
             return
         if done.cancelled() or (error := done.exception()) is not None:
             failed = "CancelledError" if done.cancelled() else type(error).__name__

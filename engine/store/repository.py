@@ -135,12 +135,10 @@ class SqlMessageStore(
         must not change the schema under them; `engine serve` of this version migrates it.
         Newer: as :meth:`migrate` says it. A database that cannot be reached raises
         SQLAlchemy's error, which the caller words."""
-        from alembic.config import Config
         from alembic.runtime.migration import MigrationContext
         from alembic.script import ScriptDirectory
 
-        cfg = Config()
-        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        cfg = alembic_config()
         with self.db_engine.connect() as conn:
             if (newer := _newer_schema(conn, cfg)) is not None:
                 raise newer
@@ -169,10 +167,7 @@ class SqlMessageStore(
         a ConfigError saying so. Those are not a database that cannot be reached: that raises
         SQLAlchemy's error, which the caller words (:func:`~engine.store.db.connection_problem`).
         """
-        from alembic.config import Config
-
-        cfg = Config()
-        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        cfg = alembic_config()
         deadline: float | None = None  # from the first wait that ran out: see below
         attempt = 0
         while True:
@@ -349,6 +344,15 @@ def _short_reason(exc: DBAPIError) -> str:
     if (db.sqlstate(exc) or "").startswith("22"):
         reason = reason.split(": ", 1)[0]
     return reason or type(orig).__name__
+
+
+def alembic_config() -> Config:
+    """Alembic's configuration of the engine's migrations (engine/store/migrations)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    return cfg
 
 
 def _newer_schema(conn: Connection, cfg: Config) -> ConfigError | None:
